@@ -46,3 +46,22 @@ def sandbox(sandbox_server):
     sandbox_server.reset(seed="empty")
     yield sandbox_server
     sandbox_server.clear_faults()
+
+
+@pytest.fixture
+def app(redis_url, sandbox):
+    """The Flask app wired to this test's Redis database and sandbox (Flask tutorial's `app`)."""
+    from app import create_app
+
+    return create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                       "INLOOX_API_KEY": sandbox.token})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()

@@ -43,12 +43,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class Process:
-    """A child process whose output goes to a log file, killed (with its group) on stop()."""
+    """A child process whose output goes to a log file, killed (with its group) on stop().
+
+    `env` is added to this process's environment; a value of None removes that variable.
+    """
 
     def __init__(self, args: list[str], *, name: str, env: dict | None = None, cwd: Path = ROOT):
         self.name = name
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # A value of None removes an inherited variable (e.g. REDIS_URL from the developer's shell).
+        merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {name: value for name, value in merged.items() if value is not None}
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(
                 args, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

