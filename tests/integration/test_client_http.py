@@ -1,0 +1,291 @@
+"""inloox.Client against tiny local HTTP servers, for what the sandbox cannot do: redirects to another
+host, a nextLink that leaves the origin, a token echoed back, exact wire format, lost answers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from inloox import (
+    Client, HTTPStatusError, InLooxError, InvalidRequest, OutcomeUnknown, RateLimited, ServerError,
+    TransportError, UnexpectedRedirect, eq,
+)
+from tests.support.processes import free_port
+
+TOKEN = "ilx_SENTINELsentinelSENTINELsentinel01"
+GUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+DROP = object()  # reply: close the connection without answering
+
+
+class LocalServer:
+    """A stdlib HTTP server in a thread: scripted replies by (method, path), every request recorded."""
+
+    def __init__(self):
+        self.replies: dict[tuple[str, str], object] = {}
+        self.received: list[dict] = []
+        self.released = threading.Event()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/api/odata/"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def reply(self, method: str, path: str, status: int = 200, body=None, headers=None, hang: float = 0):
+        """Answer `method /api/odata/<path>` (query string included when given) with this reply."""
+        self.replies[(method, path)] = (status, body, headers or {}, hang)
+
+    def stop(self):
+        self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self._answer()
+
+    do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
+
+    def _answer(self):
+        owner = self.server.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        owner.received.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                               "body": json.loads(body) if body else None})
+        relative = self.path.removeprefix("/api/odata/")
+        reply = owner.replies.get((self.command, relative)) or owner.replies.get((self.command, relative.split("?")[0]))
+        status, payload, headers, hang = reply or (404, {"error": {"code": "NotFound", "message": "no route"}}, {}, 0)
+        if hang:
+            owner.released.wait(hang)
+        if payload is DROP:
+            self.close_connection = True
+            return
+        self._write(status, payload, headers)
+
+    def _write(self, status, payload, headers):
+        data = payload.encode() if isinstance(payload, str) else b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    server = LocalServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def other_server():
+    server = LocalServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(server):
+    with Client(server.url, TOKEN, timeout=(2, 2)) as client:
+        yield client
+
+
+def _page(rows, next_link=None):
+    return {"@odata.context": "$metadata#Task", "value": rows, **({"@odata.nextLink": next_link} if next_link else {})}
+
+
+def _everything_shown(err: BaseException) -> str:
+    """All text an error exposes: str, repr, attributes, pickle, and the traceback with its causes."""
+    exposed = [str(err), repr(err), repr(vars(err)), repr(pickle.dumps(err))]
+    exposed += traceback.format_exception(err)
+    return "\n".join(exposed)
+
+
+def test_token_and_json_headers_go_with_every_request(server, client):
+    server.reply("GET", "Task", body=_page([{"Name": "a"}]))
+    assert list(client.query("Task")) == [{"Name": "a"}]
+    headers = server.received[0]["headers"]
+    assert headers["x-api-key"] == TOKEN and headers["Accept"] == "application/json"
+
+
+def test_a_redirect_is_an_error_and_the_other_host_never_sees_the_token(server, other_server, client):
+    server.reply("GET", f"Task({GUID})", status=302, headers={"Location": other_server.url + f"Task({GUID})"})
+    server.reply("POST", "TimeEntry", status=307, headers={"Location": other_server.url + "TimeEntry"})
+    with pytest.raises(UnexpectedRedirect) as caught:
+        client.get("Task", GUID)
+    assert caught.value.location == other_server.url + f"Task({GUID})" and caught.value.status == 302
+    assert other_server.url in str(caught.value) and not caught.value.retryable
+    with pytest.raises(UnexpectedRedirect):
+        client.create("TimeEntry", {"DisplayName": "x"})
+    assert other_server.received == []
+
+
+def test_next_link_to_another_origin_is_refused_before_sending(server, other_server, client):
+    server.reply("GET", "Task", body=_page([{"Name": "a"}], next_link=other_server.url + "Task?$skiptoken=1"))
+    rows = client.query("Task")
+    assert next(rows) == {"Name": "a"}
+    with pytest.raises(InLooxError, match="refusing to follow @odata.nextLink"):
+        next(rows)
+    assert other_server.received == []
+
+
+def test_next_link_is_followed_verbatim(server, client):
+    second = "Task?$skiptoken=a%2Bb'c&$filter=Name%20eq%20'x%26y'"
+    server.reply("GET", "Task", body=_page([{"n": 1}], next_link=server.url + second))
+    server.reply("GET", second, body=_page([{"n": 2}], next_link="Task?$skiptoken=relative"))
+    server.reply("GET", "Task?$skiptoken=relative", body=_page([{"n": 3}]))
+    assert [row["n"] for row in client.query("Task")] == [1, 2, 3]
+    assert [r["path"] for r in server.received] == [
+        "/api/odata/Task", "/api/odata/" + second, "/api/odata/Task?$skiptoken=relative"]
+
+
+def test_reads_are_lazy_and_top_stops_paging(server, client):
+    server.reply("GET", "Task", body=_page([{"n": i} for i in range(3)], next_link=server.url + "Task?p=2"))
+    rows = client.query("Task", top=2, select=["Name"], orderby="Name desc")
+    assert server.received == []
+    assert list(rows) == [{"n": 0}, {"n": 1}]
+    assert [r["path"] for r in server.received] == ["/api/odata/Task?$select=Name&$orderby=Name%20desc&$top=2"]
+
+
+def test_filter_text_on_the_wire(server, client):
+    server.reply("GET", "Task", body=_page([]))
+    list(client.query("Task", filter=eq("Name", "O'Brien) or (1 eq 1 & x=y+z #")))
+    assert server.received[0]["path"] == \
+        "/api/odata/Task?$filter=Name%20eq%20'O''Brien)%20or%20(1%20eq%201%20%26%20x%3Dy%2Bz%20%23'"
+
+
+def test_writes_operations_and_counts(server, client):
+    server.reply("POST", "TimeEntry", status=201, body={"@odata.context": "x", "TimeEntryId": GUID})
+    server.reply("PATCH", f"Task({GUID})", status=204)
+    server.reply("DELETE", f"Task({GUID})", status=204)
+    server.reply("POST", f"Task({GUID})/Default.AddNote", status=204)
+    server.reply("GET", f"Project({GUID})/Default.CopyProject()", body={"@odata.context": "x", "value": GUID})
+    server.reply("GET", "UserInfo/Me()", body={"value": [{"ContactId": GUID, "DisplayName": "Ada"}]})
+    server.reply("GET", "Task/$count", body="250")
+    assert client.create("TimeEntry", {"DisplayName": "x"}) == {"TimeEntryId": GUID}
+    assert client.update("Task", GUID, {"IsDone": True}) is None
+    assert client.delete("Task", GUID) is None
+    assert client.action("Task", GUID, "AddNote", {"htmlText": "<p>hi</p>", "notificationContactIds": []}) is None
+    assert client.function("Project", GUID, "CopyProject") == GUID
+    assert client.me() == {"ContactId": GUID, "DisplayName": "Ada"}
+    assert client.count("Task") == 250
+    sent = [(r["method"], r["path"].removeprefix("/api/odata/"), r["body"]) for r in server.received]
+    assert sent[:4] == [("POST", "TimeEntry", {"DisplayName": "x"}), ("PATCH", f"Task({GUID})", {"IsDone": True}),
+                        ("DELETE", f"Task({GUID})", None),
+                        ("POST", f"Task({GUID})/Default.AddNote", {"htmlText": "<p>hi</p>", "notificationContactIds": []})]
+
+
+@pytest.mark.parametrize("body", [
+    {"error": {"code": "InvalidField", "message": "Name too long", "details": [{"message": "max 255", "target": "Name"}]}},
+    {"title": "One or more validation errors occurred.", "status": 400, "errors": {"Name": ["Name too long"]}},
+    "Name too long",
+])
+def test_each_error_body_format_becomes_invalid_request(server, client, body):
+    server.reply("POST", "Task", status=400, body=body)
+    with pytest.raises(InvalidRequest) as caught:
+        client.create("Task", {"Name": "x" * 300})
+    err = caught.value
+    assert "Name too long" in err.message and err.status == 400 and not err.retryable
+    assert str(err).startswith(f"400 Bad Request from POST {server.url}Task: ")
+    assert err.odata_code == ("InvalidField" if "error" in body else None)
+
+
+def test_retry_after_as_seconds_and_as_http_date(server, client):
+    server.reply("GET", "Task", status=429, body="slow down", headers={"Retry-After": "7"})
+    server.reply("GET", "Project", status=503, body="", headers={"Retry-After": "Fri, 01 Jan 2100 00:00:00 GMT"})
+    with pytest.raises(RateLimited) as limited:
+        list(client.query("Task"))
+    assert limited.value.retry_after == 7 and limited.value.retryable
+    with pytest.raises(ServerError) as unavailable:
+        list(client.query("Project"))
+    assert unavailable.value.retry_after > 3600 and unavailable.value.retryable
+
+
+def test_a_body_that_is_not_json_is_an_error(server, client):
+    server.reply("GET", "Task", body="<html>login</html>")
+    with pytest.raises(HTTPStatusError, match="not JSON") as caught:
+        list(client.query("Task"))
+    assert not caught.value.retryable
+
+
+def test_the_token_is_redacted_even_when_the_server_echoes_it(server, client, caplog):
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+    server.reply("POST", "Task", status=401, body={"error": {
+        "code": TOKEN, "message": f"token {TOKEN} is revoked", "details": [{"message": TOKEN, "target": "x-api-key"}]}})
+    server.reply("GET", "Task", status=302, headers={"Location": f"https://evil.example/?k={TOKEN}"})
+    server.reply("PATCH", f"Task({GUID})", body=DROP)
+    errors = []
+    for call in (lambda: client.create("Task", {"Name": TOKEN}), lambda: list(client.query("Task")),
+                 lambda: client.update("Task", GUID, {"Name": "x"})):
+        with pytest.raises(InLooxError) as caught:
+            call()
+        errors.append(caught.value)
+    assert errors[0].message == "token *** is revoked" and errors[0].details[0]["message"] == "***"
+    assert "***" in errors[1].location
+    for err in errors:
+        assert TOKEN not in _everything_shown(err)
+    assert any("urllib3" in r.name for r in caplog.records)
+    for record in caplog.records:
+        assert TOKEN not in record.getMessage() and TOKEN not in str(record.args)
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "DELETE"])
+def test_a_write_whose_answer_times_out_has_an_unknown_outcome(server, method):
+    server.reply(method, "Task" if method == "POST" else f"Task({GUID})", hang=5)
+    with Client(server.url, TOKEN, timeout=(2, 0.3)) as client:
+        write = {"POST": lambda: client.create("Task", {}), "PATCH": lambda: client.update("Task", GUID, {}),
+                 "DELETE": lambda: client.delete("Task", GUID)}[method]
+        with pytest.raises(OutcomeUnknown) as caught:
+            write()
+    assert not caught.value.retryable and caught.value.method == method
+    assert "may or may not have been applied" in str(caught.value)
+
+
+def test_a_dropped_post_has_an_unknown_outcome(server, client):
+    server.reply("POST", "Task", body=DROP)
+    with pytest.raises(OutcomeUnknown):
+        client.create("Task", {"Name": "x"})
+
+
+def test_a_lost_answer_to_a_read_is_retryable(server):
+    server.reply("GET", "Task", hang=5)
+    server.reply("GET", "Project", body=DROP)
+    with Client(server.url, TOKEN, timeout=(2, 0.3)) as client:
+        for entity_set in ("Task", "Project"):
+            with pytest.raises(TransportError) as caught:
+                list(client.query(entity_set))
+            assert type(caught.value) is TransportError and caught.value.retryable
+
+
+def test_a_write_that_could_not_connect_is_safe_to_retry():
+    with Client(f"http://127.0.0.1:{free_port()}/api/odata/", TOKEN) as client:
+        with pytest.raises(TransportError) as caught:
+            client.create("TimeEntry", {"DisplayName": "x"})
+    assert type(caught.value) is TransportError and caught.value.retryable
+    assert "could not connect" in str(caught.value)
+
+
+def test_threads_share_the_pool_without_discarding_connections(server, caplog):
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    server.reply("GET", "Task", body=_page([{"n": 1}]))
+    with Client(server.url, TOKEN, pool_size=8) as client:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: list(client.query("Task")), range(64)))
+    assert results == [[{"n": 1}]] * 64
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
