@@ -1,0 +1,137 @@
+"""Injected faults: rules that delay, fail, drop or hang requests to /api/odata/.
+
+Kinds: `latency` (sleep latency_ms, then serve normally), `status` (answer `status` with an OData
+error body and optional Retry-After, without touching data), `drop` (close the connection before
+doing anything), `commit_then_hang` (apply and commit the write, hold the response hang_s seconds,
+then close the connection without answering). A rule matches by method and a regex on the path
+after /api/odata/, fires with probability `fraction`, and expires after `count` firings.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+
+from .errors import BadRequest
+
+KINDS = ("latency", "status", "drop", "commit_then_hang")
+_FIELDS = {"kind", "status", "retry_after", "latency_ms", "hang_s", "count", "fraction", "methods", "path"}
+
+
+@dataclass
+class FaultRule:
+    """One rule as posted to /_sandbox/faults; `count` counts down as it fires (None = forever)."""
+
+    id: int
+    kind: str
+    status: int | None = None
+    retry_after: float | None = None
+    latency_ms: int = 0
+    hang_s: float = 30.0
+    count: int | None = None
+    fraction: float = 1.0
+    methods: list[str] | None = None
+    path: str | None = None
+    _pattern: re.Pattern | None = field(default=None, repr=False)
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods and method.upper() not in self.methods:
+            return False
+        return self._pattern is None or self._pattern.search(path) is not None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+class Faults:
+    """The active rules, thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._rules: list[FaultRule] = []
+        self._ids = itertools.count(1)
+
+    def add(self, spec) -> FaultRule:
+        """Add a rule from a JSON body; raises BadRequest naming a bad field."""
+        rule = _rule_from(spec, next(self._ids))
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def list(self) -> list[dict]:
+        with self._lock:
+            return [r.to_dict() for r in self._rules]
+
+    def remove(self, rule_id: int) -> bool:
+        with self._lock:
+            kept = [r for r in self._rules if r.id != rule_id]
+            removed, self._rules = len(kept) != len(self._rules), kept
+            return removed
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules = []
+
+    def fire(self, method: str, path: str) -> list[FaultRule]:
+        """The rules that fire for this request: every latency rule, then at most one other."""
+        fired = []
+        with self._lock:
+            for rule in list(self._rules):
+                if not rule.matches(method, path) or random.random() >= rule.fraction:
+                    continue
+                if rule.kind != "latency" and any(r.kind != "latency" for r in fired):
+                    continue
+                fired.append(rule)
+                if rule.count is not None:
+                    rule.count -= 1
+                    if rule.count <= 0:
+                        self._rules.remove(rule)
+        return fired
+
+
+def _rule_from(spec, rule_id: int) -> FaultRule:
+    if not isinstance(spec, dict):
+        raise BadRequest("A fault rule must be a JSON object")
+    unknown = set(spec) - _FIELDS
+    if unknown:
+        raise BadRequest(f"Unknown fault field(s): {', '.join(sorted(unknown))}", target=sorted(unknown)[0])
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise BadRequest(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}", target="kind")
+    status = _number(spec, "status", int, 100, 599)
+    if kind == "status" and status is None:
+        raise BadRequest("A 'status' fault needs 'status' (e.g. 429 or 503)", target="status")
+    methods = spec.get("methods")
+    if methods is not None and (not isinstance(methods, list) or not all(isinstance(m, str) for m in methods)):
+        raise BadRequest("'methods' must be a list of HTTP methods", target="methods")
+    return FaultRule(
+        id=rule_id, kind=kind, status=status,
+        retry_after=_number(spec, "retry_after", (int, float), 0, None),
+        latency_ms=_number(spec, "latency_ms", int, 0, None) or 0,
+        hang_s=_number(spec, "hang_s", (int, float), 0, None) if spec.get("hang_s") is not None else 30.0,
+        count=_number(spec, "count", int, 1, None),
+        fraction=_number(spec, "fraction", (int, float), 0, 1) if spec.get("fraction") is not None else 1.0,
+        methods=[m.upper() for m in methods] if methods else None,
+        path=spec.get("path"), _pattern=_pattern(spec.get("path")),
+    )
+
+
+def _number(spec: dict, name: str, kind, low, high):
+    value = spec.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadRequest(f"'{name}' must be a number {bound}, got {value!r}", target=name)
+    return value
+
+
+def _pattern(text):
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except (re.error, TypeError) as exc:
+        raise BadRequest(f"'path' is not a valid regular expression: {exc}", target="path") from None
