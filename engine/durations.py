@@ -1,0 +1,29 @@
+"""Durations in rules: `90s`, `10m`, `2h`, `3d`, `1w`, or a number of seconds."""
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+PATTERN = r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$"  # the same grammar, for the JSON Schema
+
+
+def parse_duration(value: Any) -> timedelta | None:
+    """A timedelta from `10m`-style text or seconds; None when it is neither."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value) if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    m = _DURATION.match(value)
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+
+
+def format_duration(delta: timedelta) -> str:
+    """The shortest exact `2h`/`90s` form of a timedelta."""
+    seconds = delta.total_seconds()
+    for unit in ("w", "d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{int(seconds // _UNITS[unit])}{unit}"
+    return f"{seconds:g}s"

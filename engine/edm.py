@@ -1,0 +1,61 @@
+"""EDM types of InLoox fields: checking rule literals against them and coercing event values."""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Callable
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """An aware datetime from a datetime or ISO string (`Z` allowed), else None."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# EDM type → (accepts a literal?, what a user should write instead)
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "Edm.Boolean": (lambda v: isinstance(v, bool), "true or false"),
+    "Edm.Guid": (lambda v: isinstance(v, str) and bool(_GUID.match(v)), "a GUID like 3fa85f64-5717-4562-b3fc-2c963f66afa6"),
+    "Edm.String": (lambda v: isinstance(v, str), "a string"),
+    "Edm.Int32": (_is_int, "an integer"),
+    "Edm.Int64": (_is_int, "an integer"),
+    "Edm.Double": (_is_number, "a number"),
+    "Edm.Single": (_is_number, "a number"),
+    "Edm.Decimal": (_is_number, "a number"),
+    "Edm.DateTimeOffset": (lambda v: parse_datetime(v) is not None, "an ISO date-time like 2025-04-01T09:00:00Z"),
+}
+
+
+def type_problem(edm_type: str, value: Any, *, nullable: bool = True) -> str:
+    """Why `value` cannot be a value of `edm_type` ("" when it can; unknown types accept anything)."""
+    if value is None:
+        return "" if nullable else "the field is not nullable"
+    check = _CHECKS.get(edm_type)
+    if check is None or check[0](value):
+        return ""
+    return f"{value!r} is not a valid {edm_type}, wanted {check[1]}"
+
+
+def coercer(edm_type: str | None) -> Callable[[Any], Any]:
+    """A function that turns event values of this type into comparable Python values."""
+    if edm_type == "Edm.DateTimeOffset":
+        return lambda v: parse_datetime(v) if v is not None else None
+    if edm_type == "Edm.Guid":
+        return lambda v: v.lower() if isinstance(v, str) else v  # GUIDs compare case-insensitively
+    return lambda v: v

@@ -1,0 +1,201 @@
+"""Plans: what a matched rule will do for one event, as primitive Operations.
+
+Values that depend only on the event are rendered here; values that read `steps.<id>` are kept
+as template source and rendered by `render_deferred` once the worker has those outputs.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .actions import ACTIONS
+from .durations import parse_duration
+from .errors import TemplateError
+from .events import Event
+from .match import event_context, match_event
+from .templates import compile_template, isoformat, render
+
+if TYPE_CHECKING:
+    from .rules import Rule, Ruleset, Step
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One primitive call (verb + params) with its idempotency key; params is None while deferred."""
+
+    step: int
+    step_id: str
+    action: str
+    verb: str
+    idempotency_key: str
+    params: dict | None = field(default=None, hash=False)
+    args: dict = field(default_factory=dict, hash=False)
+    deferred: tuple[tuple[tuple, str], ...] = ()  # (path inside args, template source)
+    needs: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["deferred"] = [[list(p), s] for p, s in self.deferred]
+        d["needs"] = list(self.needs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Operation":
+        return cls(**{**d, "deferred": tuple((tuple(p), s) for p, s in d.get("deferred", ())),
+                      "needs": tuple(d.get("needs", ()))})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A matched rule's operations for one event, plus the run policy the pipeline enforces."""
+
+    rule_id: str
+    rule_version: str
+    event_id: str
+    event: dict = field(hash=False)
+    planned_at: str = ""  # the `now` the plan was made with, ISO UTC
+    mode: str = "live"
+    allow_chained: bool = False
+    hold_seconds: float | None = None  # `for:` — re-check the trigger after this long, then run
+    retry: dict = field(default_factory=dict, hash=False)
+    concurrency: dict | None = field(default=None, hash=False)  # {"key": rendered, "limit": n}
+    rate_limit: dict | None = field(default=None, hash=False)  # {"max": n, "per_seconds": s}
+    operations: tuple[Operation, ...] = ()
+    error: str | None = None  # set when the rule matched but could not be planned
+
+    def to_dict(self) -> dict:
+        """JSON-safe form (RQ job argument); from_dict reverses it."""
+        d = {k: v for k, v in asdict(self).items() if k != "operations"}
+        d["operations"] = [op.to_dict() for op in self.operations]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Plan":
+        ops = tuple(Operation.from_dict(o) for o in d.get("operations", ()))
+        return cls(**{**d, "operations": ops})
+
+
+def idempotency_key(event_id: str, rule: "Rule", index: int) -> str:
+    """Deterministic key of one operation: same event, rule version and step → same key."""
+    text = f"{event_id}\n{rule.id}\n{rule.version}\n{index}"
+    return "op_" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def evaluate(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str, Any]) -> list[Plan]:
+    """Plans of every rule the event matches; a rule whose templates fail gets a Plan with `error`."""
+    plans = []
+    for match in match_event(event, ruleset, now=now, env=env):
+        if not match.matched:
+            continue
+        try:
+            plans.append(plan_rule(event, match.rule, now=now, env=env))
+        except TemplateError as exc:
+            plans.append(_policy(event, match.rule, now, {}, error=str(exc)))
+    return plans
+
+
+plan_event = evaluate
+
+
+def plan_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, Any]) -> Plan:
+    """The Plan of one (already matched) rule; raises TemplateError naming rule, step and variable."""
+    context = event_context(event, rule, now=now, env=env)
+    ops = tuple(_plan_step(event, rule, step, context) for step in rule.steps)
+    return replace(_policy(event, rule, now, context), operations=ops)
+
+
+def _policy(event: Event, rule: "Rule", now: datetime, context: dict, *, error: str | None = None) -> Plan:
+    concurrency = None
+    if rule.concurrency and error is None:
+        key = render(rule.concurrency_key, context, rule_id=rule.id, step="concurrency.key") \
+            if rule.concurrency_key else ""
+        concurrency = {"key": f"{rule.id}:{key}", "limit": rule.concurrency["limit"]}
+    rate = rule.rate_limit
+    retry = dict(rule.retry)
+    if "backoff" in retry:
+        retry["backoff"] = parse_duration(retry["backoff"]).total_seconds()
+    return Plan(
+        rule_id=rule.id, rule_version=rule.version, event_id=event.id, event=event.to_dict(),
+        planned_at=isoformat(now), mode=rule.mode, allow_chained=rule.allow_chained,
+        hold_seconds=rule.trigger.hold.total_seconds() if rule.trigger.hold else None,
+        retry=retry, concurrency=concurrency,
+        rate_limit={"max": rate["max"], "per_seconds": parse_duration(rate["per"]).total_seconds()} if rate else None,
+        error=error,
+    )
+
+
+def _step_label(step: "Step") -> str:
+    return f"step {step.index} ({step.id})"
+
+
+def _plan_step(event: Event, rule: "Rule", step: "Step", context: dict) -> Operation:
+    args = copy.deepcopy(step.args)
+    deferred = []
+    for path, template in step.templates:
+        if template.steps:
+            deferred.append((path, template.source))
+            continue
+        value = render(template, context, rule_id=rule.id, step=_step_label(step))
+        _set(args, path, jsonable(value, rule.id, _step_label(step)))
+    op = Operation(step.index, step.id, step.action, ACTIONS[step.action].verb,
+                   idempotency_key(event.id, rule, step.index), None, args, tuple(deferred), step.needs)
+    return op if deferred else replace(op, params=_build(op, rule.id))
+
+
+def render_deferred(plan: Plan, operation: Operation, steps_outputs: Mapping[str, Any], *,
+                    env: Mapping[str, Any]) -> Operation:
+    """The operation with its `steps.*` templates rendered and params built (worker side)."""
+    if not operation.deferred:
+        return operation
+    event = Event.from_dict(plan.event)
+    rule = _PlannedRule(plan.rule_id, plan.rule_version)
+    now = datetime.fromisoformat(plan.planned_at.replace("Z", "+00:00"))
+    context = event_context(event, rule, now=now, env=env, steps=steps_outputs)
+    args = copy.deepcopy(operation.args)
+    label = f"step {operation.step} ({operation.step_id})"
+    for path, source in operation.deferred:
+        value = render(compile_template(source), context, rule_id=plan.rule_id, step=label)
+        _set(args, path, jsonable(value, plan.rule_id, label))
+    done = replace(operation, args=args, deferred=())
+    return replace(done, params=_build(done, plan.rule_id))
+
+
+@dataclass(frozen=True)
+class _PlannedRule:
+    """The bits of a rule a plan remembers, enough to rebuild the template context."""
+
+    id: str
+    version: str
+    description: str = ""
+
+
+def _build(op: Operation, rule_id: str) -> dict:
+    try:
+        return ACTIONS[op.action].build(op.args)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise TemplateError(f"{op.action}: {exc}", rule_id=rule_id,
+                            step=f"step {op.step} ({op.step_id})") from exc
+
+
+def _set(tree: Any, path: tuple, value: Any) -> None:
+    for part in path[:-1]:
+        tree = tree[part]
+    tree[path[-1]] = value
+
+
+def jsonable(value: Any, rule_id: str, step: str) -> Any:
+    """A rendered value in JSON form: date-times as ISO UTC, durations as seconds."""
+    if isinstance(value, (datetime, date)):
+        return isoformat(value) if isinstance(value, datetime) else value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, rule_id, step) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, rule_id, step) for k, v in value.items()}
+    raise TemplateError(f"rendered a {type(value).__name__}, which is not JSON", rule_id=rule_id, step=step)

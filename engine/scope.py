@@ -1,0 +1,116 @@
+"""The names a rule may read in conditions and templates, and checks of paths against them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from inloox.metadata import load_metadata
+
+from .errors import did_you_mean
+
+ALWAYS = ("event", "rule", "now", "env")  # every rule can read these, whatever its trigger
+
+
+@dataclass(frozen=True)
+class Root:
+    """What a root name holds: an entity's fields, its changes, or free-form data."""
+
+    kind: str  # "entity", "changes" or "free"
+    entity_set: str | None = None
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """The EDM type of a path that ends on an InLoox field."""
+
+    edm_type: str
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Roots a rule's trigger provides, plus the ids of steps already run (templates only)."""
+
+    roots: Mapping[str, Root] = field(default_factory=dict)
+    steps: tuple[str, ...] = ()
+
+    def with_steps(self, steps: tuple[str, ...]) -> "Scope":
+        return Scope(self.roots, steps)
+
+    def names(self, *, templates: bool = False) -> list[str]:
+        extra = ["steps"] if templates else []
+        return [*self.roots, *ALWAYS, *extra]
+
+    def check(self, parts: tuple[str, ...], *, templates: bool = False) -> tuple[str, str, FieldType | None]:
+        """(problem, hint, field type) for a path; problem is "" when the path is allowed."""
+        head = parts[0]
+        if head == "steps" and templates:
+            return self._check_step(parts)
+        if head in ALWAYS:
+            return "", "", None
+        root = self.roots.get(head)
+        if root is None:
+            return (f"unknown name {head!r}", did_you_mean(head, self.names(templates=templates)), None)
+        if root.kind == "free" or len(parts) < 2:
+            return "", "", None
+        return _check_field(root, parts)
+
+    def _check_step(self, parts: tuple[str, ...]) -> tuple[str, str, None]:
+        if len(parts) < 2:
+            return "", "", None
+        if parts[1] not in self.steps:
+            known = ", ".join(self.steps) or "none"
+            return (f"step {parts[1]!r} is not an earlier step (earlier steps: {known})",
+                    did_you_mean(parts[1], self.steps), None)
+        return "", "", None
+
+
+def _check_field(root: Root, parts: tuple[str, ...]) -> tuple[str, str, FieldType | None]:
+    entity_set = load_metadata().entity_set(root.entity_set)
+    name = parts[1]
+    prop = entity_set.property(name)
+    if prop is None:
+        if entity_set.open_type:
+            return "", "", None  # open types carry extra columns, e.g. custom fields
+        return (f"{root.entity_set} has no field {name!r}",
+                did_you_mean(name, entity_set.properties), None)
+    if root.kind == "changes":
+        if len(parts) < 3:
+            return "", "", None
+        if parts[2] not in ("from", "to"):
+            return f"a change has 'from' and 'to', not {parts[2]!r}", did_you_mean(parts[2], ["from", "to"]), None
+    return "", "", FieldType(prop.type, prop.nullable)
+
+
+@dataclass(frozen=True)
+class Compilation:
+    """Where a rule is being compiled: its document, rule id and scope; `fail` raises there."""
+
+    doc: "Document"
+    scope: Scope
+    rule_id: str = ""
+
+    def fail(self, path: tuple, message: str, *, hint: str = "", key: bool = False):
+        """Raise a RuleError located at `path` (at the key itself with key=True)."""
+        raise self.doc.error(path, message, hint=hint, key=key, rule_id=self.rule_id)
+
+    def check_template(self, path: tuple, source: str) -> "Template":
+        """Compile a template and check the names it reads; raises RuleError at `path`."""
+        from jinja2 import TemplateSyntaxError
+
+        from .templates import compile_template, syntax_problem
+        try:
+            template = compile_template(source)
+        except TemplateSyntaxError as exc:
+            self.fail(path, syntax_problem(exc))
+        for chain in template.chains:
+            if chain[0] in BUILTINS:
+                continue
+            problem, hint, _ = self.scope.check(chain, templates=True)
+            if problem:
+                self.fail(path, f"{'.'.join(chain)}: {problem}", hint=hint)
+        return template
+
+
+from .documents import Document  # noqa: E402  (type only; documents does not import scope)
+from .templates import BUILTIN_NAMES as BUILTINS, Template  # noqa: E402

@@ -1,0 +1,163 @@
+"""Jinja templates in rules, rendered in an immutable sandbox with strict undefined variables.
+
+A string that is exactly one `{{ expression }}` renders to the expression's native value (a number
+stays a number); any other template renders to text. Functions and filters available to rules are
+the `TemplateFunction` records in FUNCTIONS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Callable, Mapping
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.runtime import Undefined
+
+from .edm import parse_datetime
+from .errors import TemplateError
+
+
+@dataclass(frozen=True)
+class TemplateFunction:
+    """A global function or filter offered to rule templates."""
+
+    name: str
+    kind: str  # "global" or "filter"
+    func: Callable
+    doc: str
+
+
+def isoformat(value: Any) -> str:
+    """An ISO date-time in UTC with a `Z`, from a datetime or an ISO string."""
+    moment = parse_datetime(value) if not isinstance(value, date) else value
+    if not isinstance(moment, datetime):
+        raise ValueError(f"isoformat wants a date-time, got {value!r}")
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _to_datetime(value: Any) -> datetime:
+    moment = parse_datetime(value)
+    if moment is None:
+        raise ValueError(f"{value!r} is not an ISO date-time")
+    return moment
+
+
+FUNCTIONS = (
+    TemplateFunction("hours", "global", lambda x: timedelta(hours=float(x)), "hours(1.5) → a timedelta"),
+    TemplateFunction("minutes", "global", lambda x: timedelta(minutes=float(x)), "minutes(90) → a timedelta"),
+    TemplateFunction("days", "global", lambda x: timedelta(days=float(x)), "days(3) → a timedelta"),
+    TemplateFunction("datetime", "global", _to_datetime, "datetime('2025-04-01T09:00:00Z') → an aware datetime"),
+    TemplateFunction("datetime", "filter", _to_datetime, "'2025-04-01T09:00:00Z' | datetime → an aware datetime"),
+    TemplateFunction("isoformat", "filter", isoformat, "now | isoformat → '2025-04-01T09:00:00Z' (UTC)"),
+)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    for fn in FUNCTIONS:
+        (env.globals if fn.kind == "global" else env.filters)[fn.name] = fn.func
+    return env
+
+
+_ENV = _environment()
+BUILTIN_NAMES = frozenset(_ENV.globals)
+
+
+def is_template(text: Any) -> bool:
+    """True for strings containing Jinja syntax."""
+    return isinstance(text, str) and ("{{" in text or "{%" in text)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled template: its source, the names and attribute chains it reads, its step needs."""
+
+    source: str
+    chains: tuple[tuple[str, ...], ...]  # e.g. ("task", "WorkAmount"), ("steps", "find", "value")
+    _render: Callable[[Mapping], Any]
+
+    @property
+    def variables(self) -> frozenset[str]:
+        return frozenset(c[0] for c in self.chains) - BUILTIN_NAMES
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """Ids of the earlier steps this template reads (`steps.<id>`)."""
+        return tuple(dict.fromkeys(c[1] for c in self.chains if c[0] == "steps" and len(c) > 1))
+
+
+def _chain(node: nodes.Node) -> tuple[str, ...] | None:
+    parts: list[str] = []
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+        elif isinstance(node.arg, nodes.Const):
+            parts.append(str(node.arg.value))
+        else:
+            parts.clear()  # a computed index: only the part before it is known
+        node = node.node
+    if not isinstance(node, nodes.Name):
+        return None
+    return (node.name, *reversed(parts))
+
+
+def _chains(ast: nodes.Node) -> tuple[tuple[str, ...], ...]:
+    """The longest attribute chains rooted in a variable, in source order."""
+    found: list[tuple[str, ...]] = []
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
+        chain = _chain(node)
+        if chain and not any(f[:len(chain)] == chain for f in found):
+            found = [f for f in found if chain[:len(f)] != f] + [chain]
+    return tuple(found)
+
+
+def compile_template(source: str) -> Template:
+    """Compile once; raises jinja2.TemplateSyntaxError for bad syntax."""
+    ast = _ENV.parse(source)
+    body = source.strip()
+    single = (body.startswith("{{") and body.endswith("}}") and len(ast.body) == 1
+              and isinstance(ast.body[0], nodes.Output) and len(ast.body[0].nodes) == 1)
+    if single:
+        expression = _ENV.compile_expression(body[2:-2].strip("-"), undefined_to_none=False)
+        render = lambda ctx: expression(**ctx)  # noqa: E731
+    else:
+        template = _ENV.from_string(source)
+        render = template.render
+    return Template(source, _chains(ast), render)
+
+
+def render(template: Template, context: Mapping[str, Any], *, rule_id: str = "", step: str = "") -> Any:
+    """The template's value in `context`; raises TemplateError naming the undefined variable."""
+    try:
+        value = template._render(context)
+        if isinstance(value, Undefined):
+            str(value)  # a strict undefined raises only when used
+    except UndefinedError as exc:
+        variable = _missing_chain(template, context)
+        raise TemplateError(f"{variable or exc.message} is undefined in {template.source!r}",
+                            rule_id=rule_id, step=step, variable=variable) from exc
+    except (SecurityError, TypeError, ValueError, ArithmeticError) as exc:
+        raise TemplateError(f"{exc} in {template.source!r}", rule_id=rule_id, step=step) from exc
+    return value
+
+
+def _missing_chain(template: Template, context: Mapping[str, Any]) -> str:
+    """The first `a.b.c` chain of the template that the context cannot resolve."""
+    for chain in template.chains:
+        value: Any = context
+        for i, part in enumerate(chain):
+            if isinstance(value, Mapping) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            elif i == 0 and part in BUILTIN_NAMES:
+                break
+            else:
+                return ".".join(chain[: i + 1])
+    return ""
+
+
+def syntax_problem(exc: TemplateSyntaxError) -> str:
+    """A one-line description of a template syntax error."""
+    return f"template syntax error: {exc.message} (template line {exc.lineno})"

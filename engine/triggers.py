@@ -1,0 +1,237 @@
+"""Triggers: which events start a rule. The trigger's YAML key selects its kind.
+
+Kinds:
+    inloox    `inloox: Task` with `on`, `changes` (from/to/not_from/not_to/changed) and `for`
+    webhook   `webhook: <hook name>`
+    chat      `chat: <command>`
+    schedule  `schedule: "<cron>"` with `timezone`
+    manual    `manual: true` (run by a person, e.g. from the dashboard)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from inloox.metadata import load_metadata
+
+from .durations import PATTERN as DURATION_PATTERN, format_duration, parse_duration
+from .edm import coercer, type_problem
+from .errors import did_you_mean
+from .events import Event, entity_name
+from .scope import Compilation, Root, Scope
+
+IndexKey = tuple  # e.g. ("inloox", "Task", "updated", "IsDone"); "*" stands for any field
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A compiled trigger: where the index files it, what it reads, and its own check."""
+
+    kind: str
+    summary: str
+    index_keys: tuple[IndexKey, ...]
+    scope: Scope
+    check: Callable[[Event], "str | None"] = field(repr=False)
+    hold: timedelta | None = None
+    cron: str | None = None
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class TriggerKind:
+    """A trigger kind: compile from config, lookup keys of an event, template context of an event."""
+
+    name: str
+    compile: Callable[[Mapping, tuple, Compilation], Trigger]
+    event_keys: Callable[[Event], list[IndexKey]]
+    context: Callable[[Event], dict]
+    explanation: str
+    schema: dict
+
+
+TRIGGERS: dict[str, TriggerKind] = {}
+
+
+def trigger(name: str, *, event_keys, context, explanation: str, options: dict):
+    """Register a trigger kind; `options` are the JSON Schema properties it accepts."""
+    def register(compile_fn):
+        schema = {"type": "object", "properties": options, "additionalProperties": False}
+        TRIGGERS[name] = TriggerKind(name, compile_fn, event_keys, context, explanation, schema)
+        return compile_fn
+    return register
+
+
+def compile_trigger(config: Mapping, path: tuple, comp: Compilation) -> Trigger:
+    """The compiled trigger of a rule; exactly one kind key must be present."""
+    kinds = [k for k in config if k in TRIGGERS]
+    if len(kinds) != 1:
+        found = ", ".join(kinds) if kinds else "none"
+        comp.fail(path, f"a trigger needs exactly one of {', '.join(TRIGGERS)} (found {found})",
+                  hint=" ".join(did_you_mean(k, TRIGGERS) for k in config if k not in TRIGGERS).strip())
+    return TRIGGERS[kinds[0]].compile(config, path, comp)
+
+
+def _prop(description: str, **schema) -> dict:
+    return {**schema, "description": description}
+
+
+def _inloox_keys(event: Event) -> list[IndexKey]:
+    fields = list(event.changes) + ["*"]
+    return [("inloox", event.entity_set, event.kind, f) for f in fields]
+
+
+def _inloox_context(event: Event) -> dict:
+    changes = {f: {"from": a, "to": b} for f, (a, b) in event.changes.items()}
+    entity = dict(event.entity)
+    return {entity_name(event.entity_set or "entity"): entity, "entity": entity,
+            "change": changes, "actor": dict(event.actor)}
+
+
+ENTITY_EVENTS = ("created", "updated", "deleted")
+_CHANGE_TESTS = ("from", "to", "not_from", "not_to")
+_CHANGE = {
+    "type": "object", "additionalProperties": False, "description": "How one field must have changed.",
+    "properties": {
+        "from": _prop("The field's value before the change.", type=["string", "number", "boolean", "null"]),
+        "to": _prop("The field's value after the change.", type=["string", "number", "boolean", "null"]),
+        "not_from": _prop("The value before must not be this.", type=["string", "number", "boolean", "null"]),
+        "not_to": _prop("The value after must not be this.", type=["string", "number", "boolean", "null"]),
+        "changed": _prop("true: the field must have changed (the default); false: it must not.", type="boolean"),
+    },
+}
+_INLOOX_OPTIONS = {
+    "inloox": _prop("The InLoox entity set to watch, e.g. Task, TimeEntry, Project.", type="string"),
+    "on": _prop("Which entity events start the rule (default: all three).",
+                type="array", minItems=1, uniqueItems=True, items={"enum": list(ENTITY_EVENTS)}),
+    "changes": _prop("Fields that must have changed, by field name.", type="object", minProperties=1,
+                     additionalProperties=_CHANGE),
+    "for": _prop("Hold: the trigger's state must still hold after this long (e.g. 10m) before the run.",
+                 type=["string", "number"], pattern=DURATION_PATTERN),
+}
+
+
+@trigger("inloox", event_keys=_inloox_keys, context=_inloox_context, options=_INLOOX_OPTIONS,
+         explanation="an entity of an InLoox entity set was created, updated or deleted")
+def _compile_inloox(config, path, comp):
+    entity_set = config["inloox"]
+    meta = load_metadata().entity_set(entity_set)
+    if meta is None:
+        comp.fail(path + ("inloox",), f"unknown entity set {entity_set!r}",
+                  hint=did_you_mean(entity_set, load_metadata().entity_sets))
+    kinds = tuple(config.get("on", ENTITY_EVENTS))
+    changes = config.get("changes", {})
+    tests = [_compile_change(f, spec, path + ("changes", f), meta, comp) for f, spec in changes.items()]
+    must_change = [f for f, spec in changes.items() if spec.get("changed", True)]
+    fields = must_change[:1] or ["*"]  # every must-change field is required, so one suffices
+    hold = parse_duration(config["for"]) if "for" in config else None
+    if "for" in config and hold is None:
+        comp.fail(path + ("for",), f"{config['for']!r} is not a duration", hint="write e.g. 90s, 10m, 2h, 3d")
+
+    def check(event: Event):
+        if event.kind not in kinds:
+            return f"trigger: {event.kind} is not one of {', '.join(kinds)}"
+        for test in tests:
+            reason = test(event.changes)
+            if reason:
+                return reason
+        return None
+
+    name = entity_name(entity_set)
+    roots = {name: Root("entity", entity_set), "entity": Root("entity", entity_set),
+             "change": Root("changes", entity_set), "actor": Root("free")}
+    summary = f"{entity_set} {'/'.join(kinds)}" + (f" changing {', '.join(changes)}" if changes else "")
+    if hold:
+        summary += f", held for {format_duration(hold)}"
+    keys = tuple(("inloox", entity_set, k, f) for k in kinds for f in fields)
+    return Trigger("inloox", summary, keys, Scope(roots), check, hold=hold)
+
+
+def _compile_change(name: str, spec: Mapping, path: tuple, meta, comp: Compilation):
+    """A test of one field's (from, to) pair; literals are checked against the field's EDM type."""
+    prop = meta.property(name)
+    if prop is None and not meta.open_type:
+        comp.fail(path, f"{meta.name} has no field {name!r}", hint=did_you_mean(name, meta.properties), key=True)
+    coerce = coercer(prop.type if prop else None)
+    wanted = {}
+    for test in _CHANGE_TESTS:
+        if test in spec:
+            problem = type_problem(prop.type, spec[test], nullable=prop.nullable) if prop else ""
+            if problem:
+                comp.fail(path + (test,), f"{name}: {problem}")
+            wanted[test] = coerce(spec[test])
+    must_change = spec.get("changed", True)
+    where = f"trigger.changes.{name}"
+
+    def check(changes: Mapping):
+        if name not in changes:
+            return None if not must_change else f"{where}: {name} did not change"
+        if not must_change:
+            return f"{where}: {name} changed, wanted it unchanged"
+        before, after = (coerce(v) for v in changes[name])
+        for test, value in wanted.items():
+            actual = before if test.endswith("from") else after
+            if (actual == value) == test.startswith("not_"):
+                return f"{where}: went {before!r} → {after!r}, wanted {test} {value!r}"
+        return None
+    return check
+
+
+def _named_trigger(kind: str, root: str, noun: str, description: str):
+    """Register a trigger whose events are looked up by a name (a hook, a command)."""
+    options = {kind: _prop(description, type="string", minLength=1)}
+
+    def compile_named(config, path, comp):
+        name = config[kind]
+        check = lambda event: None  # noqa: E731  (the index already matched the name)
+        return Trigger(kind, f"{noun} {name}", ((kind, name),), Scope({root: Root("free")}), check)
+
+    trigger(kind, event_keys=lambda event: [(kind, event.kind)],
+            context=lambda event: {root: dict(event.payload)}, options=options,
+            explanation=f"the {noun} named by the trigger was received")(compile_named)
+
+
+_named_trigger("webhook", "webhook", "webhook", "The inbound webhook's name (its URL is /hooks/<name>).")
+_named_trigger("chat", "chat", "chat command", "The chat command, e.g. `log` for `/inloox log 2h`.")
+
+
+def _rule_keys(event: Event) -> list[IndexKey]:
+    return [(event.source, event.kind)]  # schedule and manual events name the rule they fire
+
+
+_SCHEDULE_OPTIONS = {
+    "schedule": _prop("A five-field cron expression, e.g. '0 9 * * 1-5'.", type="string"),
+    "timezone": _prop("The IANA time zone the cron expression is read in (default UTC).", type="string"),
+}
+
+
+@trigger("schedule", event_keys=_rule_keys, context=lambda event: {"schedule": dict(event.payload)},
+         options=_SCHEDULE_OPTIONS, explanation="the cron expression fired")
+def _compile_schedule(config, path, comp):
+    cron, tz = config["schedule"], config.get("timezone", "UTC")
+    if not croniter.is_valid(cron) or len(cron.split()) != 5:
+        comp.fail(path + ("schedule",), f"{cron!r} is not a valid five-field cron expression",
+                  hint="minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5'")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        comp.fail(path + ("timezone",), f"unknown time zone {tz!r}", hint="use an IANA name like Europe/Berlin")
+    scope = Scope({"schedule": Root("free")})
+    return Trigger("schedule", f"schedule {cron} ({tz})", (("schedule", comp.rule_id),), scope,
+                   lambda event: None, cron=cron, timezone=tz)
+
+
+@trigger("manual", event_keys=_rule_keys, context=lambda event: {"input": dict(event.payload)},
+         options={"manual": _prop("true: a person may run the rule by hand.", const=True)},
+         explanation="a person ran the rule by hand")
+def _compile_manual(config, path, comp):
+    return Trigger("manual", "manual run", (("manual", comp.rule_id),), Scope({"input": Root("free")}),
+                   lambda event: None)
+
+
+def next_fire(trig: Trigger, after: datetime) -> datetime:
+    """When a schedule trigger fires next after `after` (aware, in the trigger's time zone)."""
+    return croniter(trig.cron, after.astimezone(ZoneInfo(trig.timezone))).get_next(datetime)
