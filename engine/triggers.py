@@ -159,7 +159,9 @@ def _compile_change(name: str, spec: Mapping, path: tuple, meta, comp: Compilati
     wanted = {}
     for test in _CHANGE_TESTS:
         if test in spec:
-            problem = type_problem(prop.type, spec[test], nullable=prop.nullable) if prop else ""
+            # "from": null is how a created entity's fields change, whatever their nullability
+            nullable = prop.nullable or test.endswith("from") if prop else True
+            problem = type_problem(prop.type, spec[test], nullable=nullable) if prop else ""
             if problem:
                 comp.fail(path + (test,), f"{name}: {problem}")
             wanted[test] = coerce(spec[test])

@@ -1,0 +1,106 @@
+"""Planning: operations, idempotency keys, deferred step templates and the run policy."""
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from engine import Event, Plan, TemplateError, evaluate, load_texts, plan_rule, render_deferred
+
+NOW = datetime(2025, 4, 1, 10, 0, tzinfo=timezone.utc)
+TASK_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+PROJECT_ID = "11111111-2222-3333-4444-555555555555"
+
+
+def ruleset(*rules):
+    ruleset = load_texts([("r.yaml", "\n---\n".join(json.dumps(r) for r in rules))])
+    assert not ruleset.errors, ruleset.errors[0].format()
+    return ruleset
+
+
+def done_event(**kw):
+    entity = {"TaskItemId": TASK_ID, "ProjectId": PROJECT_ID, "WorkAmount": 2, "Name": "Spec"}
+    return Event("inloox", "updated", NOW, id="ev1", entity_set="Task", key=TASK_ID,
+                 changes={"IsDone": (False, True)}, entity=entity, **kw)
+
+
+DONE = {"id": "done", "trigger": {"inloox": "Task", "changes": {"IsDone": {"to": True}}},
+        "do": [{"id": "book", "log_time_entry": {"project": "{{ task.ProjectId }}", "start": "{{ now - hours(2) }}",
+                                                 "hours": "{{ task.WorkAmount }}"}},
+               {"set_field": {"field": "Name", "value": "{{ task.Name }} (booked)"}}]}
+
+
+def test_rule_level_actions_become_primitive_operations():
+    (plan,) = evaluate(done_event(), ruleset(DONE), now=NOW, env={})
+    book, rename = plan.operations
+    assert (book.verb, book.params) == ("create", {"entity_set": "TimeEntry", "values": {
+        "ProjectId": PROJECT_ID, "StartDateTime": "2025-04-01T08:00:00Z", "EndDateTime": "2025-04-01T10:00:00Z"}})
+    assert (rename.verb, rename.params) == ("update", {"entity_set": "Task", "key": TASK_ID,
+                                                        "values": {"Name": "Spec (booked)"}})
+
+
+def test_idempotency_keys_are_deterministic_per_event_rule_version_and_step():
+    keys = lambda rs, ev: [op.idempotency_key for p in evaluate(ev, rs, now=NOW, env={}) for op in p.operations]  # noqa: E731
+    first = keys(ruleset(DONE), done_event())
+    assert first == keys(ruleset(DONE), done_event()) and len(set(first)) == 2
+    edited = {**DONE, "description": "edited"}
+    assert keys(ruleset(edited), done_event()) != first
+    assert keys(ruleset(DONE), Event.from_dict({**done_event().to_dict(), "id": "ev2"})) != first
+
+
+def test_plan_round_trips_through_json():
+    (plan,) = evaluate(done_event(), ruleset(DONE), now=NOW, env={})
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_step_outputs_are_deferred_and_rendered_later():
+    rule = {"id": "chain", "trigger": {"webhook": "h"},
+            "do": [{"id": "find", "query": {"entity": "Task", "filter": "Name eq '{{ webhook.body.name }}'"}},
+                   {"add_note": {"entity": "Task", "key": "{{ steps.find.value[0].TaskItemId }}",
+                                 "html": "<p>{{ webhook.body.note }}</p>"}}]}
+    (plan,) = evaluate(Event("webhook", "h", NOW, payload={"body": {"name": "A", "note": "hi"}}),
+                       ruleset(rule), now=NOW, env={})
+    find, note = plan.operations
+    assert find.params == {"entity_set": "Task", "filter": "Name eq 'A'"}
+    assert note.params is None and note.needs == ("find",)
+    assert note.deferred == ((("key",), "{{ steps.find.value[0].TaskItemId }}"),)
+    plan = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))  # as the worker receives it
+    done = render_deferred(plan, plan.operations[1], {"find": {"value": [{"TaskItemId": TASK_ID}]}}, env={})
+    assert done.params["key"] == TASK_ID and done.params["parameters"]["htmlText"] == "<p>hi</p>"
+
+
+def test_deferred_undefined_step_output_is_a_template_error():
+    rule = {"id": "chain", "trigger": {"manual": True},
+            "do": [{"id": "t", "get": {"entity": "Task", "key": "x"}},
+                   {"notify": {"url": "u", "text": "{{ steps.t.Name }}"}}]}
+    (plan,) = evaluate(Event("manual", "chain", NOW), ruleset(rule), now=NOW, env={})
+    with pytest.raises(TemplateError, match=r"rule chain step 1 \(step1\): steps.t.Name is undefined"):
+        render_deferred(plan, plan.operations[1], {"t": {}}, env={})
+
+
+def test_undefined_variable_fails_that_rule_only():
+    broken = {"id": "broken", "trigger": {"inloox": "Task"},
+              "do": [{"notify": {"url": "{{ env.MISSING }}", "text": "x"}}]}
+    plans = {p.rule_id: p for p in evaluate(done_event(), ruleset(DONE, broken), now=NOW, env={})}
+    assert plans["done"].error is None
+    assert plans["broken"].error == "rule broken step 0 (step0): env.MISSING is undefined in '{{ env.MISSING }}'"
+    with pytest.raises(TemplateError) as info:
+        plan_rule(done_event(), ruleset(broken).rules["broken"], now=NOW, env={})
+    assert info.value.variable == "env.MISSING"
+
+
+def test_env_is_passed_in_not_read():
+    rule = {"id": "n", "trigger": {"manual": True}, "do": [{"notify": {"url": "{{ env.HOOK }}", "text": "x"}}]}
+    (plan,) = evaluate(Event("manual", "n", NOW), ruleset(rule), now=NOW, env={"HOOK": "https://hooks.test/1"})
+    assert plan.operations[0].params["url"] == "https://hooks.test/1"
+
+
+def test_policy_is_carried_on_the_plan():
+    rule = {**DONE, "mode": "shadow", "allow_chained": True, "retry": {"attempts": 2, "backoff": "1m"},
+            "concurrency": {"key": "{{ task.ProjectId }}", "limit": 1}, "rate_limit": {"max": 5, "per": "1h"},
+            "trigger": {**DONE["trigger"], "for": "15m"}}
+    (plan,) = evaluate(done_event(chained=True), ruleset(rule), now=NOW, env={})
+    assert (plan.mode, plan.allow_chained, plan.hold_seconds) == ("shadow", True, 900)
+    assert plan.retry == {"attempts": 2, "backoff": 60}
+    assert plan.concurrency == {"key": f"done:{PROJECT_ID}", "limit": 1}
+    assert plan.rate_limit == {"max": 5, "per_seconds": 3600}
+    assert plan.planned_at == "2025-04-01T10:00:00Z"

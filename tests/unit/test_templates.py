@@ -1,0 +1,61 @@
+"""Templates: native values, helpers, the sandbox, and errors naming the missing variable."""
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from jinja2 import TemplateSyntaxError
+
+from engine import TemplateError
+from engine.templates import FUNCTIONS, compile_template, is_template, render
+
+NOW = datetime(2025, 4, 1, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("source,context,expected", [
+    ("{{ task.WorkAmount * 60 }}", {"task": {"WorkAmount": 1.5}}, 90.0),
+    ("{{ task.IsDone }}", {"task": {"IsDone": False}}, False),
+    ("{{ items | length }}", {"items": [1, 2]}, 2),
+    ("{{ task.Name }} done", {"task": {"Name": "A"}}, "A done"),
+    ("{{ now | isoformat }}", {"now": NOW}, "2025-04-01T10:00:00Z"),
+    ("{{ now - hours(1.5) }}", {"now": NOW}, NOW - timedelta(minutes=90)),
+    ("{{ now + minutes(30) + days(1) }}", {"now": NOW}, NOW + timedelta(days=1, minutes=30)),
+    ("{{ datetime('2025-04-01T12:00:00+02:00') | isoformat }}", {}, "2025-04-01T10:00:00Z"),
+    ("{{ '2025-04-01T09:00:00Z' | datetime < now }}", {"now": NOW}, True),
+    ("{{ x | default('none') }}", {}, "none"),
+])
+def test_render(source, context, expected):
+    assert render(compile_template(source), context) == expected
+
+
+def test_chains_and_step_needs_are_found_statically():
+    t = compile_template("{{ task.Name }} {{ steps.find.value[0].Name }} {{ steps['other'] }} {{ now }}")
+    assert t.chains == (("task", "Name"), ("steps", "find", "value", "0", "Name"), ("steps", "other"), ("now",))
+    assert t.steps == ("find", "other")
+    assert t.variables == {"task", "steps", "now"}
+
+
+def test_undefined_variable_names_rule_step_and_variable():
+    with pytest.raises(TemplateError) as info:
+        render(compile_template("Hi {{ task.Owner.Name }}"), {"task": {}}, rule_id="r1", step="step 2 (note)")
+    assert info.value.variable == "task.Owner"
+    assert str(info.value) == "rule r1 step 2 (note): task.Owner is undefined in 'Hi {{ task.Owner.Name }}'"
+
+
+def test_sandbox_refuses_unsafe_attributes_and_mutation():
+    with pytest.raises(TemplateError):
+        render(compile_template("{{ task.__class__.__mro__ }}"), {"task": {}})
+    with pytest.raises(TemplateError):
+        render(compile_template("{{ items.append(3) }}"), {"items": [1]})
+
+
+def test_syntax_errors_raise_at_compile():
+    with pytest.raises(TemplateSyntaxError):
+        compile_template("{{ task.Name ")
+
+
+def test_is_template():
+    assert is_template("{{ x }}") and is_template("{% if x %}{% endif %}")
+    assert not is_template("plain") and not is_template(3)
+
+
+def test_every_function_is_documented():
+    assert all(f.doc and f.kind in ("global", "filter") for f in FUNCTIONS)
