@@ -23,17 +23,30 @@ def load_config() -> dict:
     """Settings from the environment (after `.env` / `.flaskenv`), falling back to DEFAULTS."""
     load_dotenv(".flaskenv")
     load_dotenv(".env")
-    return {name: os.environ.get(name, default) for name, default in DEFAULTS.items()}
+    config = {name: os.environ.get(name, default) for name, default in DEFAULTS.items()}
+    config["WEBHOOK_SOURCES"] = webhook_sources(os.environ)
+    return config
+
+
+def webhook_sources(environ) -> dict[str, list[str]]:
+    """`WEBHOOK_SECRET_FORMS="whsec_new whsec_old"` → {"forms": [...]}: one or two active secrets."""
+    prefix = "WEBHOOK_SECRET_"
+    return {
+        name[len(prefix):].lower().replace("_", "-"): value.split()
+        for name, value in environ.items() if name.startswith(prefix) and value.split()
+    }
 
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app; `test_config` replaces environment settings (tests pass theirs explicitly)."""
     app = Flask(__name__)
-    app.config.from_mapping(load_config() if test_config is None else {**DEFAULTS, **test_config})
+    app.config.from_mapping(load_config() if test_config is None else
+                            {**DEFAULTS, "WEBHOOK_SOURCES": {}, **test_config})
 
-    from web import errors, health, resources
+    from web import errors, health, hooks, resources
 
     resources.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(hooks.bp)
     return app

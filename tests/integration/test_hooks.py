@@ -1,0 +1,147 @@
+"""`POST /hooks/<source>`: Standard Webhooks signatures, limits and durable, deduplicated intake."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import pytest
+import redis
+from rq import Queue
+from standardwebhooks.webhooks import Webhook
+
+from app import create_app
+from tests.support.processes import free_port
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+NEW_SECRET = "whsec_" + "bmV3LXNlY3JldC1mb3Itcm90YXRpb24tdGVzdHM="
+
+
+def test_known_answer_vector_of_the_standard_webhooks_spec():
+    signature = Webhook(SECRET).sign("msg_p5jXN8AQM9LWM0D4loKWxJek",
+                                     datetime.fromtimestamp(1614265330, timezone.utc), '{"test": 2432232314}')
+    assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+@pytest.fixture
+def hooks_app(redis_url):
+    return create_app({"TESTING": True, "REDIS_URL": redis_url,
+                       "WEBHOOK_SOURCES": {"forms": [SECRET, NEW_SECRET], "ci": [SECRET]}})
+
+
+@pytest.fixture
+def post(hooks_app):
+    """Deliver `body` to a source, signed with `secret` `age` seconds ago, unless headers are given."""
+    client = hooks_app.test_client()
+
+    def deliver(body, *, source="forms", secret=SECRET, msg_id="msg_1", age=0, headers=None):
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if headers is None:
+            stamp = int(time.time()) - age
+            signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, timezone.utc), raw.decode())
+            headers = {"webhook-id": msg_id, "webhook-timestamp": str(stamp), "webhook-signature": signature}
+        return client.post(f"/hooks/{source}", data=raw, headers={"content-type": "application/json", **headers})
+
+    return deliver
+
+
+def queued_events(redis_url) -> list[dict]:
+    queue = Queue("default", connection=redis.Redis.from_url(redis_url), serializer="json")
+    return [job.args[0] for job in queue.jobs]
+
+
+def test_a_signed_webhook_is_stored_as_one_queued_event(post, redis_url):
+    response = post({"type": "form.submitted", "data": {"title": "New task"}})
+    assert response.status_code == 202
+    assert response.json == {"status": "accepted", "event_id": "webhook:forms:msg_1"}
+    [event] = queued_events(redis_url)
+    assert event["source"] == "webhook" and event["kind"] == "forms"
+    assert event["payload"]["body"] == {"type": "form.submitted", "data": {"title": "New task"}}
+
+
+def test_redelivering_the_same_webhook_five_times_queues_one_event(post, redis_url):
+    statuses = [post({"n": 1}, msg_id="msg_dup").status_code for _ in range(5)]
+    assert statuses == [202, 200, 200, 200, 200]
+    assert len(queued_events(redis_url)) == 1
+
+
+def test_the_same_id_from_another_source_is_another_event(post, redis_url):
+    assert post({"n": 1}, source="forms", msg_id="msg_x").status_code == 202
+    assert post({"n": 1}, source="ci", msg_id="msg_x").status_code == 202
+    assert len(queued_events(redis_url)) == 2
+
+
+def test_either_secret_is_accepted_during_rotation(post):
+    assert post({"n": 1}, secret=SECRET, msg_id="a").status_code == 202
+    assert post({"n": 1}, secret=NEW_SECRET, msg_id="b").status_code == 202
+
+
+def _tampered():
+    stamp = int(time.time())
+    signature = Webhook(SECRET).sign("msg_t", datetime.fromtimestamp(stamp, timezone.utc), '{"amount": 1}')
+    return {"webhook-id": "msg_t", "webhook-timestamp": str(stamp), "webhook-signature": signature}
+
+
+def _headers_without(name):
+    stamp = int(time.time())
+    signature = Webhook(SECRET).sign("msg_m", datetime.fromtimestamp(stamp, timezone.utc), '{"amount": 2}')
+    headers = {"webhook-id": "msg_m", "webhook-timestamp": str(stamp), "webhook-signature": signature}
+    del headers[name]
+    return headers
+
+
+def _with_signature(value):
+    return {"webhook-id": "msg_v", "webhook-timestamp": str(int(time.time())), "webhook-signature": value}
+
+
+@pytest.mark.parametrize("case, kwargs", [
+    ("301 s old", {"age": 301}),
+    ("301 s in the future", {"age": -301}),
+    ("wrong secret", {"secret": "whsec_" + "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA=="}),
+    ("tampered body", {"headers": _tampered()}),
+    ("no webhook-id", {"headers": _headers_without("webhook-id")}),
+    ("no webhook-timestamp", {"headers": _headers_without("webhook-timestamp")}),
+    ("no webhook-signature", {"headers": _headers_without("webhook-signature")}),
+    ("unknown version prefix", {"headers": _with_signature("v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")}),
+    ("malformed signature", {"headers": _with_signature("garbage")}),
+    ("non-numeric timestamp", {"headers": {**_tampered(), "webhook-timestamp": "yesterday"}}),
+])
+def test_a_badly_signed_webhook_is_refused_and_queues_nothing(post, redis_url, case, kwargs):
+    body = {"amount": 2}
+    response = post(body, **kwargs)
+    assert response.status_code == 401, case
+    assert response.json["error"]["message"].startswith("webhook signature rejected")
+    assert queued_events(redis_url) == []
+
+
+def test_an_unknown_source_is_404(post):
+    assert post({"n": 1}, source="nobody").status_code == 404
+
+
+def test_a_body_over_64_kib_is_413(post, redis_url):
+    response = post({"blob": "x" * (64 * 1024)})
+    assert response.status_code == 413
+    assert queued_events(redis_url) == []
+
+
+def test_a_signed_body_that_is_not_json_is_400(post, redis_url):
+    response = post(b"{not json")
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json["error"]["message"]
+    assert queued_events(redis_url) == []
+
+
+def test_redis_down_answers_503_so_the_sender_retries(redis_url):
+    down = create_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "WEBHOOK_SOURCES": {"forms": [SECRET]}})
+    stamp = int(time.time())
+    raw = b'{"n": 1}'
+    headers = {"webhook-id": "msg_r", "webhook-timestamp": str(stamp), "content-type": "application/json",
+               "webhook-signature": Webhook(SECRET).sign("msg_r", datetime.fromtimestamp(stamp, timezone.utc), raw.decode())}
+    assert down.test_client().post("/hooks/forms", data=raw, headers=headers).status_code == 503
+    up = create_app({"REDIS_URL": redis_url, "WEBHOOK_SOURCES": {"forms": [SECRET]}})
+    assert up.test_client().post("/hooks/forms", data=raw, headers=headers).status_code == 202
+
+
+def test_a_delivery_within_the_five_minute_window_is_accepted(post):
+    assert post({"n": 1}, age=290, msg_id="late").status_code == 202
+    assert post({"n": 1}, age=-290, msg_id="early").status_code == 202

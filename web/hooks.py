@@ -1,0 +1,59 @@
+"""Inbound webhooks: `POST /hooks/<source>`, signed per Standard Webhooks, acknowledged once durable."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import redis
+from flask import Blueprint, abort, current_app, jsonify, request
+
+from engine.events import Event
+from web.resources import get_redis
+from web.signatures import SignatureError, verify_standard_webhook
+from workers.intake import submit_event
+
+bp = Blueprint("hooks", __name__, url_prefix="/hooks")
+
+MAX_BODY_BYTES = 64 * 1024
+# Senders retry for up to ~3 days; remembering ids for 5 makes every retry a duplicate.
+DEDUP_TTL_SECONDS = 5 * 24 * 3600
+
+
+@bp.post("/<source>")
+def receive(source: str):
+    """Verify, store durably, then answer 202 (200 for a redelivery of an accepted id)."""
+    secrets = current_app.config["WEBHOOK_SOURCES"].get(source)
+    if not secrets:
+        abort(404, f"unknown webhook source {source!r}")
+    request.max_content_length = MAX_BODY_BYTES  # larger bodies end in 413 before being read
+    body = request.get_data(cache=False)
+    try:
+        verify_standard_webhook(body, request.headers, secrets)
+    except SignatureError as exc:
+        abort(401, f"webhook signature rejected: {exc}")
+    event = _event(source, request.headers["webhook-id"], _json(body))
+    try:
+        accepted = submit_event(get_redis(), event, dedup_key=f"hooks:seen:{source}:{event.payload['id']}",
+                                dedup_ttl=DEDUP_TTL_SECONDS)
+    except redis.RedisError:
+        current_app.logger.exception("webhook %s from %s not stored", event.id, source)
+        abort(503, "the event could not be stored; retry later")
+    status = "accepted" if accepted else "duplicate"
+    return jsonify(status=status, event_id=event.id), 202 if accepted else 200
+
+
+def _json(body: bytes):
+    try:
+        return json.loads(body)
+    except ValueError as exc:  # also UnicodeDecodeError
+        abort(400, f"body is not valid JSON: {exc}")
+
+
+def _event(source: str, webhook_id: str, body) -> Event:
+    return Event(
+        source="webhook", kind=source, id=f"webhook:{source}:{webhook_id}",
+        occurred_at=datetime.now(timezone.utc),
+        payload={"id": webhook_id, "body": body,
+                 "headers": {"webhook-timestamp": request.headers.get("webhook-timestamp"),
+                             "content-type": request.content_type}},
+    )

@@ -1,0 +1,59 @@
+"""Accepting an event durably: its dedup claim and its RQ job are written in one transaction.
+
+Every source (webhooks, chat, the poller, the scheduler) hands its events over here, so "accepted"
+means the same everywhere: the event is in Redis as an RQ job before we answer the sender. Claim
+and job commit together (MULTI/EXEC), so a failure leaves neither behind: no claim that would turn
+the sender's retry into a "duplicate" while the event itself was never stored.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import redis
+from redis.client import Pipeline
+from rq import Queue
+
+from engine.events import Event
+
+HANDLE_EVENT = "workers.jobs.handle_event"  # by name: the web process never imports the job code
+
+
+def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup_ttl: int,
+                 queue: str = "default", also: Callable[[Pipeline], None] | None = None) -> bool:
+    """Enqueue `event` once per `dedup_key`: True if accepted now, False for a duplicate.
+
+    `also` adds the source's own bookkeeping (the poller's snapshot) to the same transaction.
+    Raises redis.RedisError when Redis fails; then nothing was stored and a retry can succeed.
+    """
+    rq_queue = Queue(queue, connection=connection, serializer="json")
+    with connection.pipeline() as pipe:
+        try:
+            pipe.watch(dedup_key)
+            if pipe.exists(dedup_key):
+                pipe.unwatch()
+                _apply(connection, also)  # the source's bookkeeping must still catch up
+                return False
+            pipe.multi()
+            pipe.set(dedup_key, event.id, ex=dedup_ttl)
+            rq_queue.enqueue_call(HANDLE_EVENT, args=[event.to_dict()], job_id=job_id(event),
+                                  result_ttl=3600, failure_ttl=7 * 86400, pipeline=pipe)
+            if also is not None:
+                also(pipe)
+            pipe.execute()
+        except redis.WatchError:
+            _apply(connection, also)  # a concurrent delivery claimed the id between WATCH and EXEC
+            return False
+    return True
+
+
+def _apply(connection: redis.Redis, also: Callable[[Pipeline], None] | None) -> None:
+    if also is not None:
+        with connection.pipeline() as pipe:
+            also(pipe)
+            pipe.execute()
+
+
+def job_id(event: Event) -> str:
+    """RQ job ids allow only [A-Za-z0-9_-]; event ids may hold any character, so hash them."""
+    return "event-" + hashlib.sha256(event.id.encode()).hexdigest()[:32]
