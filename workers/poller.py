@@ -1,22 +1,120 @@
 """The InLoox change poller process (`python -m workers.poller`).
 
-Not built yet: the poller belongs to the event-pipeline issue. Until then this entry point says so
-and idles, so the Procfile, `make run` and process supervision already have their final shape.
+Polls the entity sets that enabled rules trigger on, every POLL_INTERVAL seconds, and sweeps for
+deletions every POLL_SWEEP_SECONDS. Only the holder of the account's Redis lease polls, so any
+number of poller processes may run: the others wait and take over within one lease period.
 """
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import redis
+
+from engine.rules import Ruleset, load_rules
+from inloox import Client, InLooxError
+from inloox.changes import change_feed
+from workers.poll import PollSettings, poll_once, sweep_deleted
+
+log = logging.getLogger("poller")
+
+
+@dataclass(frozen=True)
+class PollerSettings:
+    """How often to poll and sweep, and how long a lease lasts without renewal."""
+
+    interval: float = 2.0
+    sweep_every: float = 300.0
+    lease_seconds: float = 15.0
+
+
+def watched_sets(ruleset: Ruleset) -> dict[str, frozenset[str] | None]:
+    """Entity set → fields the enabled rules watch (None: any field), from their trigger index keys."""
+    watched: dict[str, set[str] | None] = {}
+    for rule in ruleset.rules.values():
+        for key in rule.trigger.index_keys if rule.enabled else ():
+            if key[0] != "inloox" or change_feed(key[1]) is None:
+                continue
+            fields = watched.setdefault(key[1], set())
+            field = key[3] if len(key) > 3 else "*"
+            if fields is not None and field == "*":
+                watched[key[1]] = None
+            elif fields is not None:
+                fields.add(field)
+    return {name: None if fields is None else frozenset(fields) for name, fields in watched.items()}
+
+
+def run(client: Client, connection: redis.Redis, watched: Mapping[str, frozenset[str] | None],
+        settings: PollSettings, poller: PollerSettings, stop: threading.Event) -> None:
+    """Poll until `stop` is set, while holding the account's lease."""
+    lease = connection.lock(f"{settings.prefix}poll:lease", timeout=poller.lease_seconds, blocking=False,
+                            thread_local=False)
+    next_sweep = 0.0
+    while not stop.is_set():
+        if _hold_lease(lease):
+            sweep = time.monotonic() >= next_sweep
+            _cycle(client, connection, watched, settings, sweep=sweep)
+            next_sweep = time.monotonic() + poller.sweep_every if sweep else next_sweep
+        stop.wait(poller.interval)
+    if lease.owned():
+        lease.release()
+
+
+def _hold_lease(lease) -> bool:
+    """Renew the lease we hold, or try to take a free one; False while another poller has it."""
+    try:
+        if lease.owned():
+            return lease.reacquire()
+        return lease.acquire(blocking=False)
+    except redis.exceptions.LockError:
+        return False  # expired under us (a long stall): the next round competes for it again
+
+
+def _cycle(client, connection, watched, settings, *, sweep: bool) -> None:
+    for entity_set, fields in watched.items():
+        feed = change_feed(entity_set)
+        try:
+            _report(poll_once(client, connection, feed, fields, settings))
+            if sweep:
+                _report(sweep_deleted(client, connection, feed, settings))
+        except (InLooxError, redis.RedisError) as exc:
+            # The cursor did not move: the next cycle reads the same changes again.
+            log.warning("poll %s failed, will retry: %s", entity_set, exc)
+
+
+def _report(result) -> None:
+    if result.accepted or result.held or result.baseline:
+        log.info("poll %s: %d rows, %d events, %d duplicates, %d held%s", result.entity_set, result.rows,
+                 len(result.accepted), result.duplicates, result.held, " (baseline)" if result.baseline else "")
 
 
 def main() -> int:
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    print(
-        "poller: not built yet (event-pipeline issue). It will watch the InLoox entity sets that "
-        "enabled rules trigger on, through the Dynamic views, and enqueue their changes. Idling.",
-        flush=True,
-    )
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    from app import load_config  # the one place settings are read from the environment
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = load_config()
+    ruleset = load_rules(config["RULES_PATH"])
+    watched = watched_sets(ruleset)
+    client = Client(config["INLOOX_URL"], config["INLOOX_API_KEY"], timeout=float(config["INLOOX_TIMEOUT"]))
+    connection = redis.Redis.from_url(config["REDIS_URL"])
+    me = client.me()
+    settings = PollSettings(own_contact_id=str(me.get("ContactId")))
+    poller = PollerSettings(interval=float(os.environ.get("POLL_INTERVAL", 2.0)),
+                            sweep_every=float(os.environ.get("POLL_SWEEP_SECONDS", 300.0)))
+    log.info("poller %s: watching %s every %.1fs as %s", uuid.uuid4().hex[:8],
+             ", ".join(f"{s} ({'any field' if f is None else ', '.join(sorted(f))})" for s, f in watched.items())
+             or "nothing (no enabled InLoox rules)", poller.interval, me.get("DisplayName"))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run(client, connection, watched, settings, poller, stop)
     return 0
 
 

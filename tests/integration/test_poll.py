@@ -1,0 +1,158 @@
+"""Finding InLoox changes by polling the sandbox's Dynamic views, with snapshots in a real Redis."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import redis
+from rq import Queue
+
+from inloox import Client
+from inloox.changes import change_feed
+from workers.poll import PollSettings, poll_once, sweep_deleted
+
+TASKS = change_feed("Task")
+PROJECT = {"ProjectId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "Name": "Website relaunch"}
+
+
+@pytest.fixture
+def connection(redis_url):
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def client(sandbox):
+    with Client(sandbox.base_url, sandbox.token) as client:
+        yield client
+
+
+@pytest.fixture
+def project(sandbox):
+    assert sandbox.post("Project", json=PROJECT).status_code == 201
+    return PROJECT["ProjectId"]
+
+
+def make_task(sandbox, project, name, **fields) -> str:
+    response = sandbox.post("Task", json={"Name": name, "ProjectId": project, "WorkAmount": 2.0, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()["TaskItemId"]
+
+
+def queued(connection) -> list[dict]:
+    return [job.args[0] for job in Queue("default", connection=connection, serializer="json").jobs]
+
+
+def test_the_first_poll_takes_a_baseline_and_fires_nothing(sandbox, client, connection, project):
+    make_task(sandbox, project, "Write report")
+    result = poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    assert result.baseline and result.rows == 1
+    assert queued(connection) == []
+
+
+def test_a_task_marked_done_becomes_one_updated_event_with_from_and_to(sandbox, client, connection, project):
+    task = make_task(sandbox, project, "Write report")
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).status_code in (200, 204)
+
+    result = poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+
+    [event] = queued(connection)
+    assert result.accepted == [event["id"]]
+    assert (event["kind"], event["entity_set"], event["key"]) == ("updated", "Task", task)
+    assert event["changes"] == {"IsDone": [False, True]}
+    assert event["entity"]["Name"] == "Write report" and event["entity"]["WorkAmount"] == 2.0
+    me = client.me()["ContactId"]
+    assert event["actor"] == {"ContactId": me}
+
+
+def test_polling_again_without_changes_fires_nothing_more(sandbox, client, connection, project):
+    task = make_task(sandbox, project, "Write report")
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    sandbox.patch(f"Task({task})", json={"IsDone": True})
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    for _ in range(3):
+        again = poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+        assert again.accepted == [] and again.duplicates == 0
+    assert len(queued(connection)) == 1
+
+
+def test_a_change_to_an_unwatched_field_fires_nothing(sandbox, client, connection, project):
+    task = make_task(sandbox, project, "Write report")
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    sandbox.patch(f"Task({task})", json={"Name": "Write the report"})
+    assert poll_once(client, connection, TASKS, frozenset({"IsDone"})).accepted == []
+    assert queued(connection) == []
+
+
+def test_a_new_task_is_a_created_event(sandbox, client, connection, project):
+    poll_once(client, connection, TASKS, None)
+    task = make_task(sandbox, project, "Call the client")
+    poll_once(client, connection, TASKS, None)
+    [event] = queued(connection)
+    assert (event["kind"], event["key"], event["entity"]["Name"]) == ("created", task, "Call the client")
+
+
+def test_a_deleted_task_is_found_by_the_sweep_once(sandbox, client, connection, project):
+    keep = make_task(sandbox, project, "Keep")
+    gone = make_task(sandbox, project, "Gone")
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    assert sandbox.delete(f"Task({gone})").status_code == 204
+
+    assert len(sweep_deleted(client, connection, TASKS).accepted) == 1
+    assert sweep_deleted(client, connection, TASKS).accepted == []
+    [event] = queued(connection)
+    assert (event["kind"], event["key"]) == ("deleted", gone)
+    assert keep != gone
+
+
+def test_a_flood_of_changes_is_held_not_run(sandbox, client, connection, project):
+    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(5)]
+    settings = PollSettings(flood_limit=3)
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    for task in tasks:
+        sandbox.patch(f"Task({task})", json={"IsDone": True})
+
+    result = poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+
+    assert result.held == 5 and result.accepted == []
+    assert queued(connection) == []
+    assert connection.llen("poll:Task:held") == 5
+    assert poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings).held == 0
+
+
+def test_a_poll_costs_two_requests_however_many_rows_the_account_has(sandbox, client, connection, project):
+    # All 250 rows are written within a second here, inside the default 5 s overlap window that
+    # guards against late commits; in an account they are older. No overlap shows the steady cost.
+    settings = PollSettings(overlap=timedelta(0))
+    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(250)]
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    for task in tasks[:10]:
+        sandbox.patch(f"Task({task})", json={"IsDone": True})
+    sandbox.clear_requests()
+
+    result = poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+
+    assert len(result.accepted) == 10
+    reads = [r for r in sandbox.requests() if r["method"] == "GET"]
+    assert len(reads) == 2, reads
+
+
+def test_a_second_poller_after_a_restart_fires_nothing_twice(sandbox, client, connection, project):
+    task = make_task(sandbox, project, "Write report")
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    sandbox.patch(f"Task({task})", json={"IsDone": True})
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    with Client(sandbox.base_url, sandbox.token) as restarted:
+        assert poll_once(restarted, connection, TASKS, frozenset({"IsDone"})).accepted == []
+    assert len(queued(connection)) == 1
+
+
+def test_changes_by_the_engine_own_user_are_marked_chained(sandbox, client, connection, project):
+    task = make_task(sandbox, project, "Write report")
+    me = client.me()["ContactId"]
+    settings = PollSettings(own_contact_id=me)
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    sandbox.patch(f"Task({task})", json={"IsDone": True})
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    [event] = queued(connection)
+    assert event["chained"] is True
