@@ -12,7 +12,7 @@ import pytest
 
 from inloox import (
     AuthError, Client, InvalidRequest, NotFound, OutcomeUnknown, RateLimited, ServerError, TransportError,
-    contains, eq,
+    contains, eq, in_, ne,
 )
 from tests.support.processes import free_port, wait_until
 
@@ -164,3 +164,29 @@ def test_latency_beyond_the_read_timeout_on_a_read_is_retryable(sandbox):
         with pytest.raises(TransportError) as caught:
             list(client.query("Task"))
     assert type(caught.value) is TransportError and caught.value.retryable
+
+
+def test_bound_actions_and_functions(sandbox, client):
+    sandbox.reset(seed="demo")
+    key = next(client.query("Task", filter=ne("ProjectId", None), top=1))["TaskItemId"]
+    assert client.action("Task", key, "AddNote", {"htmlText": "<p>it's done</p>", "notificationContactIds": []}) is None
+    assert [note["HtmlText"] for note in sandbox.notes(key)] == ["<p>it's done</p>"]
+    client.action("Task", key, "StartStopwatch")
+    assert client.function("Task", key, "GetStopwatch")["TaskItemId"] == key
+
+
+def test_a_composite_key_reads_and_writes_one_custom_field(sandbox, client):
+    sandbox.reset(seed="demo")
+    field = next(client.query("CustomField", top=1))
+    key = {"Name": field["Name"], "ObjectId": field["ObjectId"]}
+    client.update("CustomField", key, {"Value": "it's 50/50"})
+    assert client.get("CustomField", key)["Value"] == "it's 50/50"
+    assert client.count("CustomField", filter=eq("Value", "it's 50/50")) == 1
+
+
+def test_a_guid_filter_is_typed_by_the_schema(sandbox, client):
+    sandbox.reset(seed="demo")
+    project_id = next(client.query("Project", select=["ProjectId"], top=1))["ProjectId"]
+    tasks = list(client.query("Task", filter=eq("ProjectId", project_id), select=["ProjectId"]))
+    assert tasks and {t["ProjectId"] for t in tasks} == {project_id}
+    assert client.count("Task", filter=in_("ProjectId", [project_id, uuid.uuid4()])) == len(tasks)
