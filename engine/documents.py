@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -69,6 +70,8 @@ def _plain(node: Any, path: Path, doc: Document) -> Any:
         return out
     if isinstance(node, str):
         return str(node)  # drop ruamel's scalar string subclasses
+    if isinstance(node, (datetime, date)):
+        return node.isoformat()  # rules are JSON-shaped: an unquoted timestamp means its ISO text
     return node
 
 

@@ -1,6 +1,7 @@
 """Explanations: for one event, which rules were candidates, which matched and why not."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping
@@ -70,7 +71,9 @@ def _outcome_lines(o: RuleOutcome) -> list[str]:
         return [head, f"    error: {o.error}"]
     lines = [head + (f" (mode {o.plan.mode})" if o.plan.mode != "live" else "")]
     for op in o.plan.operations:
-        detail = op.params if op.params is not None else f"deferred until steps {', '.join(op.needs)}: {op.args}"
+        detail = json.dumps(op.params if op.params is not None else op.args, ensure_ascii=False)
+        if op.params is None:
+            detail = f"deferred until steps {', '.join(op.needs)}: {detail}"
         lines.append(f"    {op.step}. {op.step_id}: {op.action} → {op.verb} {detail}")
     return lines
 

@@ -1,7 +1,10 @@
 """Explain: the report `flask rules explain` prints."""
 from datetime import datetime, timezone
+from pathlib import Path
 
 from engine import Event, explain, load_rules
+
+RULES = Path(__file__).parents[2] / "rules"
 
 NOW = datetime(2025, 4, 1, 10, 0, tzinfo=timezone.utc)
 TASK = {"TaskItemId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "ProjectId": "11111111-2222-3333-4444-555555555555",
@@ -11,7 +14,7 @@ TASK = {"TaskItemId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "ProjectId": "1111
 def test_explains_why_a_rule_did_not_match():
     event = Event("inloox", "updated", NOW, id="e1", entity_set="Task", key=TASK["TaskItemId"],
                   changes={"IsDone": (False, True)}, entity=TASK)
-    report = explain(event, load_rules("rules"), now=NOW, env={})
+    report = explain(event, load_rules(RULES), now=NOW, env={})
     lines = report.lines()
     assert lines[0] == f"event e1: inloox updated Task({TASK['TaskItemId']}) at 2025-04-01T10:00:00+00:00"
     assert "✗ log-time-when-task-done [Task updated changing IsDone]: if[0]: task.WorkAmount was 0, wanted gt 0" in lines
@@ -20,13 +23,13 @@ def test_explains_why_a_rule_did_not_match():
 
 def test_explains_operations_of_a_match_including_deferred_ones():
     event = Event("schedule", "overdue-tasks-digest", NOW, id="e2", payload={"time": "2025-04-01T07:00:00Z"})
-    lines = explain(event, load_rules("rules"), now=NOW, env={"SLACK_WEBHOOK_URL": "https://hooks.test"}).lines()
+    lines = explain(event, load_rules(RULES), now=NOW, env={"SLACK_WEBHOOK_URL": "https://hooks.test"}).lines()
     assert "✓ overdue-tasks-digest [schedule 0 9 * * 1-5 (Europe/Berlin)]: matched" in lines
     assert any(line.startswith("    1. step1: notify → notify deferred until steps overdue") for line in lines)
 
 
 def test_explains_holds():
     event = Event("inloox", "created", NOW, id="e3", entity_set="Task", key="k", entity={"Name": "New"})
-    lines = explain(event, load_rules("rules"), now=NOW, env={"SLACK_WEBHOOK_URL": "https://hooks.test"}).lines()
+    lines = explain(event, load_rules(RULES), now=NOW, env={"SLACK_WEBHOOK_URL": "https://hooks.test"}).lines()
     assert ("✓ unassigned-task-alert [Task created, held for 1h]: matched; held 1h, then re-checked "
             "before it runs") in lines

@@ -1,9 +1,12 @@
 """Loading and validating rule files: every error class with its exact line and column."""
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from engine import RuleError, RulesetError, load_rules, load_texts
+
+RULES = Path(__file__).parents[2] / "rules"
 
 VALID = """\
 id: ok
@@ -134,7 +137,7 @@ def test_load_rules_reads_a_folder(tmp_path):
 
 
 def test_example_rules_load_without_errors():
-    ruleset = load_rules("rules")
+    ruleset = load_rules(RULES)
     assert ruleset.errors == [] and len(ruleset.rules) >= 5
 
 

@@ -1,0 +1,106 @@
+"""Rule tests (`flask rules test`): fixture files of events and the plans they must produce.
+
+A fixture file is a YAML list of cases:
+
+    - name: done task books its effort
+      now: 2025-04-01T10:00:00Z          # optional, default: the event's occurred_at
+      env: {SLACK_WEBHOOK_URL: https://hooks.example.test/x}
+      event: {source: inloox, kind: updated, entity_set: Task, key: …, changes: {IsDone: [false, true]}, entity: {…}}
+      expect:                             # exactly these rules plan; each plan must contain this subset
+        log-time-when-task-done: {operations: [{verb: create, params: {entity_set: TimeEntry}}]}
+      reasons:                            # optional: rules that must not match, and words of the reason
+        other-rule: "wanted gt 0"
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .documents import Document, parse_documents
+from .edm import parse_datetime
+from .events import Event
+from .explain import explain
+from .rules import RULE_SUFFIXES
+
+
+@dataclass
+class CaseResult:
+    """One fixture case: where it is, and what did not come out as expected (empty: passed)."""
+
+    file: str
+    line: int
+    name: str
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def fixture_files(path: str | Path) -> list[Path]:
+    """Fixture files: the file itself, or YAML files in `<path>/tests/` (or in `path` if it has none)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    folder = path / "tests" if (path / "tests").is_dir() else path
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in RULE_SUFFIXES)
+
+
+def run_fixture_file(path: Path, ruleset) -> list[CaseResult]:
+    """Run every case of one fixture file; raises RuleError if the file itself is malformed."""
+    docs = parse_documents(path.read_text(encoding="utf-8"), str(path))
+    results = []
+    for doc in docs:
+        if not isinstance(doc.data, list):
+            raise doc.error((), "a fixture file is a list of cases")
+        results += [_run_case(doc, i, ruleset) for i in range(len(doc.data))]
+    return results
+
+
+def _run_case(doc: Document, index: int, ruleset) -> CaseResult:
+    case = doc.data[index]
+    result = CaseResult(doc.file, doc.locate((index,))[0], str(case.get("name", f"case {index}")))
+    try:
+        event = Event.from_dict(case["event"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise doc.error((index, "event"), f"not an event: {exc}") from exc
+    now = parse_datetime(case.get("now")) if case.get("now") else event.occurred_at
+    if now is None:
+        raise doc.error((index, "now"), f"{case.get('now')!r} is not an ISO date-time")
+    report = explain(event, ruleset, now=now, env=case.get("env") or {})
+    _compare(report, case, result)
+    return result
+
+
+def _compare(report, case: dict, result: CaseResult) -> None:
+    expected = case.get("expect") or {}
+    outcomes = {o.rule_id: o for o in report.outcomes}
+    planned = {rid for rid, o in outcomes.items() if o.reason is None}
+    for rid in sorted(planned - set(expected)):
+        result.problems.append(f"{rid} matched but was not expected")
+    for rid, want in expected.items():
+        o = outcomes.get(rid)
+        if o is None or o.reason is not None:
+            why = o.reason if o else "not a candidate for this event"
+            result.problems.append(f"{rid} was expected to match: {why}")
+            continue
+        got = o.plan.to_dict() if o.plan else {"error": o.error}
+        result.problems += [f"{rid}: {p}" for p in _subset_problems(want or {}, got, "plan")]
+    for rid, words in (case.get("reasons") or {}).items():
+        o = outcomes.get(rid)
+        reason = o.reason if o else "not a candidate for this event"
+        if reason is None or words not in reason:
+            result.problems.append(f"{rid}: reason {reason!r} does not contain {words!r}")
+
+
+def _subset_problems(want: Any, got: Any, path: str) -> list[str]:
+    """Where `want` is not contained in `got`: mappings by key, lists item by item, else equality."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        return [p for k, v in want.items()
+                for p in (_subset_problems(v, got[k], f"{path}.{k}") if k in got else [f"{path}.{k} is missing"])]
+    if isinstance(want, list) and isinstance(got, list):
+        if len(want) != len(got):
+            return [f"{path} has {len(got)} item(s), expected {len(want)}"]
+        return [p for i, (w, g) in enumerate(zip(want, got)) for p in _subset_problems(w, g, f"{path}[{i}]")]
+    return [] if want == got else [f"{path} was {got!r}, expected {want!r}"]

@@ -1,0 +1,108 @@
+"""`flask rules check|test|explain|schema` through Flask's CLI runner, as a user runs them."""
+import json
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from web.rules_cli import rules_cli
+
+RULES = Path(__file__).parents[2] / "rules"
+EVENT = """\
+source: inloox
+kind: updated
+occurred_at: 2025-04-01T10:00:00Z
+entity_set: Task
+key: 3fa85f64-5717-4562-b3fc-2c963f66afa6
+changes: {IsDone: [false, true]}
+entity: {ProjectId: 0b4f2a9e-8c1d-4e6f-9a2b-3c4d5e6f7a8b, WorkAmount: 0}
+"""
+
+
+@pytest.fixture
+def runner():
+    app = Flask("rules-cli-test")
+    app.cli.add_command(rules_cli)
+    return app.test_cli_runner()
+
+
+def test_check_passes_on_the_example_rules(runner):
+    result = runner.invoke(args=["rules", "check", str(RULES)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: 6 rule(s)")
+
+
+def test_check_reports_errors_with_positions_and_exit_1(runner, tmp_path):
+    (tmp_path / "good.yaml").write_text((RULES / "archive-project.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text("id: bad\ntrigger: {inloox: Task}\nif:\n  - task.Statuss: x\ndo: [{delete: {}}]\n")
+    result = runner.invoke(args=["rules", "check", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"{tmp_path}/bad.yaml:4:5: if[0].task.Statuss: Task has no field 'Statuss'" in result.output
+    assert f"skipped rule bad in {tmp_path}/bad.yaml" in result.output
+    assert "Error: 1 error(s); 1 rule(s) loaded" in result.output
+
+
+def test_check_json(runner, tmp_path):
+    (tmp_path / "bad.yaml").write_text("id: a\ntrigger: {manual: true}\n")
+    result = runner.invoke(args=["rules", "check", "--json", str(tmp_path)])
+    report = json.loads(result.output.splitlines()[0])
+    assert report["errors"][0]["message"] == "'do' is a required property" and result.exit_code == 1
+
+
+def test_test_runs_the_example_fixtures(runner):
+    result = runner.invoke(args=["rules", "test", str(RULES)])
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output and result.output.rstrip().endswith("case(s) passed")
+
+
+def test_test_reports_a_failing_case(runner, tmp_path):
+    (tmp_path / "r.yaml").write_text((RULES / "archive-project.yaml").read_text())
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "cases.yaml").write_text(
+        "- name: wrong field\n"
+        "  event: {source: manual, kind: archive-project, occurred_at: 2025-04-01T00:00:00Z,\n"
+        "          payload: {project_id: p}}\n"
+        "  expect:\n"
+        "    archive-project: {operations: [{params: {values: {IsArchived: false}}}, {}]}\n")
+    result = runner.invoke(args=["rules", "test", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"FAIL {tmp_path}/tests/cases.yaml:1 wrong field" in result.output
+    assert "archive-project: plan.operations[0].params.values.IsArchived was True, expected False" in result.output
+
+
+def test_explain_prints_reasons(runner, tmp_path):
+    (tmp_path / "event.yaml").write_text(EVENT)
+    result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml"), "--rules", str(RULES)])
+    assert result.exit_code == 0, result.output
+    assert "✗ log-time-when-task-done [Task updated changing IsDone]: if[0]: task.WorkAmount was 0, wanted gt 0" \
+        in result.output
+
+
+def test_explain_json_with_now_and_env(runner, tmp_path):
+    (tmp_path / "event.yaml").write_text(EVENT.replace("WorkAmount: 0", "WorkAmount: 1, Name: N, TaskItemId: t"))
+    result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml"), "--rules", str(RULES),
+                                 "--now", "2025-04-01T12:00:00Z", "--env", "X=1", "--json"])
+    report = json.loads(result.output)
+    (rule,) = report["rules"]
+    assert rule["matched"] and rule["plan"]["planned_at"] == "2025-04-01T12:00:00Z"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--now", "yesterday"], "is not an ISO date-time"),
+    (["--env", "NOEQUALS"], "is not NAME=VALUE"),
+])
+def test_explain_bad_options_exit_2(runner, tmp_path, args, message):
+    (tmp_path / "event.yaml").write_text(EVENT)
+    result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml"), "--rules", str(RULES), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_explain_refuses_a_non_event(runner, tmp_path):
+    (tmp_path / "event.yaml").write_text("source: email\nkind: x\noccurred_at: 2025-04-01T00:00:00Z\n")
+    result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml"), "--rules", str(RULES)])
+    assert result.exit_code == 1 and "not an event: unknown event source 'email'" in result.output
+
+
+def test_schema_prints_the_checked_in_schema(runner):
+    result = runner.invoke(args=["rules", "schema"])
+    assert json.loads(result.output) == json.loads((RULES.parent / "schemas" / "rule.schema.json").read_text())

@@ -1,0 +1,112 @@
+"""`flask rules …`: check, test and explain rules from the command line (thin over `engine`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from flask.cli import AppGroup
+
+from engine import Event, RuleError, explain, load_rules, rule_schema
+from engine.documents import parse_documents
+from engine.edm import parse_datetime
+from engine.fixtures import fixture_files, run_fixture_file
+
+rules_cli = AppGroup("rules", help="Check, test and explain automation rules.")
+
+_PATH = click.argument("path", default="rules", type=click.Path(exists=True, path_type=Path))
+
+
+@rules_cli.command("check")
+@_PATH
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def check_command(path: Path, as_json: bool):
+    """Load and validate every rule file under PATH (default rules/)."""
+    ruleset = load_rules(path)
+    if as_json:
+        click.echo(json.dumps({"rules": sorted(ruleset.rules), "errors": [_error_dict(e) for e in ruleset.errors]}))
+    else:
+        for error in ruleset.errors:
+            click.echo(error.format(), err=True)
+        for skipped in ruleset.skipped:
+            what = f"rule {skipped.rule_id}" if skipped.rule_id else "the whole file"
+            click.echo(f"skipped {what} in {skipped.file}", err=True)
+    if ruleset.errors:
+        raise click.ClickException(f"{len(ruleset.errors)} error(s); {len(ruleset.rules)} rule(s) loaded")
+    if not as_json:
+        click.echo(f"ok: {len(ruleset.rules)} rule(s) in {path}")
+
+
+@rules_cli.command("test")
+@_PATH
+def test_command(path: Path):
+    """Run the fixture cases in PATH/tests/ against the rules in PATH."""
+    rules_path = path if path.is_dir() else path.parent.parent
+    ruleset = load_rules(rules_path)
+    for error in ruleset.errors:
+        click.echo(error.format(), err=True)
+    failed = total = 0
+    for file in fixture_files(path):
+        try:
+            results = run_fixture_file(file, ruleset)
+        except RuleError as exc:
+            raise click.ClickException(exc.format()) from exc
+        for result in results:
+            total += 1
+            failed += not result.passed
+            click.echo(f"{'PASS' if result.passed else 'FAIL'} {result.file}:{result.line} {result.name}")
+            for problem in result.problems:
+                click.echo(f"     {problem}")
+    if ruleset.errors or failed:
+        raise click.ClickException(f"{failed} of {total} case(s) failed, {len(ruleset.errors)} rule error(s)")
+    click.echo(f"ok: {total} case(s) passed")
+
+
+@rules_cli.command("explain")
+@click.option("--event", "event_file", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A YAML or JSON file holding one event.")
+@click.option("--rules", "rules_path", default="rules", type=click.Path(exists=True, path_type=Path))
+@click.option("--now", help="The time to evaluate at (ISO 8601); default: the event's occurred_at.")
+@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
+              help="A value for env.NAME in templates (repeatable); the process environment is not read.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def explain_command(event_file: Path, rules_path: Path, now: str | None, env_pairs: tuple[str, ...], as_json: bool):
+    """Show which rules an event would trigger, why the others don't, and the planned operations."""
+    event = _read_event(event_file)
+    moment = parse_datetime(now) if now else event.occurred_at
+    if moment is None or moment.tzinfo is None:
+        raise click.BadParameter(f"{now!r} is not an ISO date-time with a time zone", param_hint="--now")
+    env = dict(_pair(p) for p in env_pairs)
+    report = explain(event, load_rules(rules_path), now=moment, env=env)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo("\n".join(report.lines()))
+
+
+@rules_cli.command("schema")
+def schema_command():
+    """Print the rule JSON Schema (the source of schemas/rule.schema.json)."""
+    click.echo(json.dumps(rule_schema(), indent=2, ensure_ascii=False))
+
+
+def _read_event(path: Path) -> Event:
+    try:
+        (doc,) = parse_documents(path.read_text(encoding="utf-8"), str(path))
+        return Event.from_dict(doc.data)
+    except RuleError as exc:
+        raise click.ClickException(exc.format()) from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise click.ClickException(f"{path}: not an event: {exc}") from exc
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--env")
+    return name, value
+
+
+def _error_dict(error: RuleError) -> dict:
+    return {"file": error.file, "line": error.line, "col": error.col, "path": error.path,
+            "message": error.message, "hint": error.hint, "rule": error.rule_id}
