@@ -178,15 +178,16 @@ def _compile_not(config, path, comp):
 @condition("expr", explanation="a Jinja expression such as '{{ task.WorkAmount > 0 }}' is true", schema={"type": "string"})
 def _compile_expr(config, path, comp):
     template = comp.check_template(path, config)
+    where = format_path(path)
 
     def check(ctx):
         try:
-            value = render(template, ctx, rule_id=comp.rule_id, step=format_path(path))
+            value = render(template, ctx, rule_id=comp.rule_id, step=where)
         except TemplateError as exc:  # reported as the reason, so explain shows it
-            return f"{format_path(path)}: {exc.message}"
+            return f"{where}: {exc.message}"
         if isinstance(value, str):
             value = value.strip().lower() not in ("", "false", "0", "none", "no")
-        return None if value else f"{format_path(path)}: {config} was false"
+        return None if value else f"{where}: {config} was false"
     return check
 
 

@@ -53,15 +53,25 @@ class Match:
 def event_context(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, Any],
                   steps: Mapping[str, Any] | None = None) -> dict:
     """The names conditions and templates read: the trigger's roots plus event, rule, now, env, steps."""
-    context = TRIGGERS[event.source].context(event)
-    context.update(event=event.to_dict(), now=now, env=dict(env),
-                   rule={"id": rule.id, "version": rule.version, "description": rule.description})
+    context = with_rule(base_context(event, now=now, env=env), rule)
     if steps is not None:
         context["steps"] = dict(steps)
     return context
 
 
-def match_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, Any]) -> Match:
+def base_context(event: Event, *, now: datetime, env: Mapping[str, Any]) -> dict:
+    """The rule-independent part of the context, built once per event."""
+    context = TRIGGERS[event.source].context(event)
+    context.update(event=event.to_dict(), now=now, env=dict(env))
+    return context
+
+
+def with_rule(base: Mapping[str, Any], rule: "Rule") -> dict:
+    return {**base, "rule": {"id": rule.id, "version": rule.version, "description": rule.description}}
+
+
+def match_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, Any],
+               base: Mapping[str, Any] | None = None) -> Match:
     """Check one rule against an event: enabled, chained, trigger, then conditions."""
     if not rule.enabled:
         return Match(rule, "rule is disabled")
@@ -69,10 +79,15 @@ def match_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, A
         return Match(rule, "event came from this service's own write and allow_chained is false")
     reason = rule.trigger.check(event)
     if reason is None and rule.condition is not None:
-        reason = rule.condition(event_context(event, rule, now=now, env=env))
+        base = base if base is not None else base_context(event, now=now, env=env)
+        reason = rule.condition(with_rule(base, rule))
     return Match(rule, reason, rule.trigger.hold if reason is None else None)
 
 
 def match_event(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str, Any]) -> list[Match]:
     """A Match for every candidate rule of the event (matched or not)."""
-    return [match_rule(event, rule, now=now, env=env) for rule in ruleset.index.candidates(event)]
+    candidates = ruleset.index.candidates(event)
+    if not candidates:
+        return []
+    base = base_context(event, now=now, env=env)
+    return [match_rule(event, rule, now=now, env=env, base=base) for rule in candidates]

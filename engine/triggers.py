@@ -132,6 +132,8 @@ def _compile_inloox(config, path, comp):
         comp.fail(path + ("for",), f"{config['for']!r} is not a duration", hint="write e.g. 90s, 10m, 2h, 3d")
 
     def check(event: Event):
+        if (event.source, event.entity_set) != ("inloox", entity_set):
+            return f"trigger: wanted an InLoox {entity_set} event"
         if event.kind not in kinds:
             return f"trigger: {event.kind} is not one of {', '.join(kinds)}"
         for test in tests:
@@ -182,13 +184,18 @@ def _compile_change(name: str, spec: Mapping, path: tuple, meta, comp: Compilati
     return check
 
 
+def _identity(event: Event, source: str, kind: str, wanted: str) -> str | None:
+    """None when the event comes from `source` under the name `kind`, else why not."""
+    return None if (event.source, event.kind) == (source, kind) else f"trigger: wanted {wanted}"
+
+
 def _named_trigger(kind: str, root: str, noun: str, description: str):
     """Register a trigger whose events are looked up by a name (a hook, a command)."""
     options = {kind: _prop(description, type="string", minLength=1)}
 
     def compile_named(config, path, comp):
         name = config[kind]
-        check = lambda event: None  # noqa: E731  (the index already matched the name)
+        check = lambda event: _identity(event, kind, name, f"{noun} {name}")  # noqa: E731
         return Trigger(kind, f"{noun} {name}", ((kind, name),), Scope({root: Root("free")}), check)
 
     trigger(kind, event_keys=lambda event: [(kind, event.kind)],
@@ -222,16 +229,17 @@ def _compile_schedule(config, path, comp):
     except (ZoneInfoNotFoundError, ValueError):
         comp.fail(path + ("timezone",), f"unknown time zone {tz!r}", hint="use an IANA name like Europe/Berlin")
     scope = Scope({"schedule": Root("free")})
+    check = lambda event: _identity(event, "schedule", comp.rule_id, "this rule's schedule")  # noqa: E731
     return Trigger("schedule", f"schedule {cron} ({tz})", (("schedule", comp.rule_id),), scope,
-                   lambda event: None, cron=cron, timezone=tz)
+                   check, cron=cron, timezone=tz)
 
 
 @trigger("manual", event_keys=_rule_keys, context=lambda event: {"input": dict(event.payload)},
          options={"manual": _prop("true: a person may run the rule by hand.", const=True)},
          explanation="a person ran the rule by hand")
 def _compile_manual(config, path, comp):
-    return Trigger("manual", "manual run", (("manual", comp.rule_id),), Scope({"input": Root("free")}),
-                   lambda event: None)
+    check = lambda event: _identity(event, "manual", comp.rule_id, "a manual run of this rule")  # noqa: E731
+    return Trigger("manual", "manual run", (("manual", comp.rule_id),), Scope({"input": Root("free")}), check)
 
 
 def next_fire(trig: Trigger, after: datetime) -> datetime:
