@@ -110,11 +110,10 @@ class Client:
     def count(self, entity_set: str, filter: Filter | None = None) -> int:
         """How many rows of `entity_set` match `filter` (the `/$count` segment)."""
         url = self._url(f"{identifier(entity_set)}/$count", {"$filter": self._filter_text(entity_set, filter)})
-        text = self._send("GET", url).text.strip()
-        if not text.isdigit():
-            raise InLooxError(f"GET {self._shown(url)}: expected a count, got {text[:80]!r}", method="GET",
-                              url=self._shown(url))
-        return int(text)
+        response = self._send("GET", url)
+        if not response.text.strip().isdigit():
+            raise self._status_error("GET", url, response, "answered with something that is not a count")
+        return int(response.text)
 
     def get(self, entity_set: str, key, *, select: list[str] | None = None) -> dict:
         """One entity by key; raises NotFound if there is none."""
@@ -226,20 +225,21 @@ class Client:
 
     def _status_error(self, method: str, url: str, response: requests.Response,
                       complaint: str | None = None) -> HTTPStatusError:
+        """The error for a non-2xx answer, or for a 2xx one we cannot read (`complaint`); token redacted."""
         redact, status = self._api_key.redact, response.status_code
         parsed = parse_error_body(response.text)
+        cls = HTTPStatusError if complaint else status_error_class(status)
+        extra = {"location": redact(response.headers.get("Location"))} if cls is UnexpectedRedirect else {}
+        if extra:
+            complaint = f"redirects are not followed (Location: {extra['location']})"
         message = redact(complaint or parsed.message or response.reason or "")
-        cls = status_error_class(status) if complaint is None else HTTPStatusError
-        fields = {"location": redact(response.headers.get("Location"))} if cls is UnexpectedRedirect else {}
-        if cls is UnexpectedRedirect:
-            message = f"redirects are not followed (Location: {fields['location']})"
         return cls(
-            redact(f"{status} {response.reason} from {method} {self._shown(url)}: {message}"),
-            method=method, url=self._shown(url), status=status, odata_code=redact(parsed.code),
-            message=message, response_excerpt=redact(response.text)[:EXCERPT_CHARS],
+            redact(f"{status} {response.reason} from {method} {url}: {message}"),
+            method=method, url=redact(url), status=status, odata_code=redact(parsed.code), message=message,
+            response_excerpt=redact(response.text)[:EXCERPT_CHARS],
             details=tuple({k: redact(v) for k, v in d.items()} for d in parsed.details),
             retry_after=parse_retry_after(response.headers.get("Retry-After"), datetime.now(timezone.utc)),
-            **fields,
+            **extra,
         )
 
     def _shown(self, url: str) -> str:

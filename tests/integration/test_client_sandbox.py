@@ -63,6 +63,18 @@ def test_a_value_that_looks_like_filter_syntax_matches_only_itself(sandbox, clie
     assert client.count("Task") == 3
 
 
+ADVERSARIAL_NAMES = [TRICKY, "x') or true or ('", "' eq null or '", "a' or 'a' eq 'a", "%27", "a%20b",
+                     "&$top=1", "#fragment", "1+1", "null", "back\\slash", "Zoë ✓", "", " ", "''", "(", ")"]
+
+
+def test_every_adversarial_name_matches_exactly_its_own_row(client):
+    for name in ADVERSARIAL_NAMES:
+        client.create("Task", {"Name": name})
+    for name in ADVERSARIAL_NAMES:
+        assert [row["Name"] for row in client.query("Task", filter=eq("Name", name))] == [name], name
+        assert client.count("Task", filter=contains("Name", name)) >= 1
+
+
 def test_create_get_update_delete(sandbox, client):
     created = client.create("Task", {"Name": "write me", "WorkAmount": 1.5})
     key = created["TaskItemId"]
