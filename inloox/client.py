@@ -26,8 +26,8 @@ from inloox.errors import (
 )
 from inloox.metadata import Metadata, load_metadata
 from inloox.query import (
-    Filter, function_arguments, identifier, key_predicate, orderby_option, qualified_name, render_filter, select_option,
-    top_option,
+    Filter, function_arguments, identifier, key_predicate, orderby_option, qualified_name, render_filter,
+    select_option, top_option,
 )
 
 DEFAULT_TIMEOUT = (5.0, 30.0)  # seconds to connect, seconds to wait for each read
@@ -46,7 +46,7 @@ class _ApiKey(requests.auth.AuthBase):
         if not (isinstance(token, str) and token and token.isascii() and token.isprintable()
                 and token == token.strip()):
             # Checked here because requests' own header check would put the value in its message.
-            raise ValueError("the InLoox token must be a non-empty printable ASCII string without spaces at its ends")
+            raise ValueError("the InLoox token must be non-empty printable ASCII, without spaces at its ends")
         self._token = token
 
     def __call__(self, request):
@@ -109,7 +109,8 @@ class Client:
 
     def count(self, entity_set: str, filter: Filter | None = None) -> int:
         """How many rows of `entity_set` match `filter` (the `/$count` segment)."""
-        url = self._url(f"{identifier(entity_set)}/$count", {"$filter": self._filter_text(entity_set, filter)})
+        options = {"$filter": self._filter_text(entity_set, filter)}
+        url = self._url(f"{identifier(entity_set)}/$count", options)
         response = self._send("GET", url)
         if not response.text.strip().isdigit():
             raise self._status_error("GET", url, response, "answered with something that is not a count")
@@ -184,7 +185,8 @@ class Client:
             page = self._json("GET", url)
             rows = page.get("value") if isinstance(page, dict) else None
             if not isinstance(rows, list):
-                raise InLooxError(f"GET {self._shown(url)}: expected a collection", method="GET", url=self._shown(url))
+                shown = self._shown(url)
+                raise InLooxError(f"GET {shown}: expected a collection", method="GET", url=shown)
             for row in rows[:None if limit is None else limit - yielded]:
                 yielded += 1
                 yield row
@@ -255,6 +257,11 @@ def _translated(method: str, url: str, redact):
         raise _transport_error(exc, method, url, redact) from exc
 
 
+# The request went out but its answer did not (fully) come back.
+_ANSWER_LOST = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
+
+
 def _transport_error(exc: Exception, method: str, url: str, redact) -> InLooxError:
     detail = redact(str(exc))[:EXCERPT_CHARS]
     if _nothing_sent(exc):
@@ -262,12 +269,11 @@ def _transport_error(exc: Exception, method: str, url: str, redact) -> InLooxErr
         if isinstance(exc, requests.exceptions.SSLError):
             error.retryable = False  # a certificate problem does not go away by itself
         return error
-    if not isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                            requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+    if not isinstance(exc, _ANSWER_LOST):
         return InLooxError(f"could not send {method} {url}: {detail}", method=method, url=url)
     if method in WRITE_METHODS:
-        return OutcomeUnknown(f"no answer to {method} {url}, which may or may not have been applied: {detail}",
-                              method=method, url=url)
+        return OutcomeUnknown(f"no answer to {method} {url}, which may or may not have been applied: "
+                              f"{detail}", method=method, url=url)
     return TransportError(f"no answer to {method} {url}: {detail}", method=method, url=url)
 
 
@@ -295,7 +301,7 @@ def _normalized_base_url(base_url: str) -> str:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
             or parts.username or parts.password:
-        raise ValueError(f"not an InLoox OData base URL: {base_url!r} (like https://app.inloox.com/api/odata/)")
+        raise ValueError(f"not an InLoox OData base URL: {base_url!r} (e.g. https://app.inloox.com/api/odata/)")
     return base_url if base_url.endswith("/") else base_url + "/"
 
 

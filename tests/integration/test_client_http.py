@@ -79,7 +79,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(status, payload, headers)
 
     def _write(self, status, payload, headers):
-        data = payload.encode() if isinstance(payload, str) else b"" if payload is None else json.dumps(payload).encode()
+        data = b"" if payload is None else payload if isinstance(payload, str) else json.dumps(payload)
+        data = data.encode() if isinstance(data, str) else data
         self.send_response(status)
         self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -194,11 +195,13 @@ def test_writes_operations_and_counts(server, client):
     sent = [(r["method"], r["path"].removeprefix("/api/odata/"), r["body"]) for r in server.received]
     assert sent[:4] == [("POST", "TimeEntry", {"DisplayName": "x"}), ("PATCH", f"Task({GUID})", {"IsDone": True}),
                         ("DELETE", f"Task({GUID})", None),
-                        ("POST", f"Task({GUID})/Default.AddNote", {"htmlText": "<p>hi</p>", "notificationContactIds": []})]
+                        ("POST", f"Task({GUID})/Default.AddNote",
+                         {"htmlText": "<p>hi</p>", "notificationContactIds": []})]
 
 
 @pytest.mark.parametrize("body", [
-    {"error": {"code": "InvalidField", "message": "Name too long", "details": [{"message": "max 255", "target": "Name"}]}},
+    {"error": {"code": "InvalidField", "message": "Name too long",
+               "details": [{"message": "max 255", "target": "Name"}]}},
     {"title": "One or more validation errors occurred.", "status": 400, "errors": {"Name": ["Name too long"]}},
     "Name too long",
 ])

@@ -150,7 +150,8 @@ def test_string_keys_are_escaped_for_the_path():
 
 @pytest.mark.parametrize("key, entity_set", [
     ("12", TASK), (None, TASK), (f"{GUID})/Delete(", TASK), (GUID, SCHEMA.entity_set("CustomField")),
-    ({"Name": "x"}, SCHEMA.entity_set("CustomField")), ({"Name": "x", "ObjectId": "nope"}, SCHEMA.entity_set("CustomField")),
+    ({"Name": "x"}, SCHEMA.entity_set("CustomField")),
+    ({"Name": "x", "ObjectId": "nope"}, SCHEMA.entity_set("CustomField")),
     ("not-a-guid", None), ({"bad name": 1}, None),
 ])
 def test_bad_keys_are_refused(key, entity_set):
