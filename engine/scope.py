@@ -4,9 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from jinja2 import TemplateSyntaxError
+
 from inloox.metadata import load_metadata
 
+from .documents import Document
 from .errors import did_you_mean
+from .templates import BUILTIN_NAMES, Template, compile_template, syntax_problem
 
 ALWAYS = ("event", "rule", "now", "env")  # every rule can read these, whatever its trigger
 
@@ -86,7 +90,7 @@ def _check_field(root: Root, parts: tuple[str, ...]) -> tuple[str, str, FieldTyp
 class Compilation:
     """Where a rule is being compiled: its document, rule id and scope; `fail` raises there."""
 
-    doc: "Document"
+    doc: Document
     scope: Scope
     rule_id: str = ""
 
@@ -94,23 +98,16 @@ class Compilation:
         """Raise a RuleError located at `path` (at the key itself with key=True)."""
         raise self.doc.error(path, message, hint=hint, key=key, rule_id=self.rule_id)
 
-    def check_template(self, path: tuple, source: str) -> "Template":
+    def check_template(self, path: tuple, source: str) -> Template:
         """Compile a template and check the names it reads; raises RuleError at `path`."""
-        from jinja2 import TemplateSyntaxError
-
-        from .templates import compile_template, syntax_problem
         try:
             template = compile_template(source)
         except TemplateSyntaxError as exc:
             self.fail(path, syntax_problem(exc))
         for chain in template.chains:
-            if chain[0] in BUILTINS:
+            if chain[0] in BUILTIN_NAMES:
                 continue
             problem, hint, _ = self.scope.check(chain, templates=True)
             if problem:
                 self.fail(path, f"{'.'.join(chain)}: {problem}", hint=hint)
         return template
-
-
-from .documents import Document  # noqa: E402  (type only; documents does not import scope)
-from .templates import BUILTIN_NAMES as BUILTINS, Template  # noqa: E402

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.runtime import Undefined
 
@@ -126,7 +126,8 @@ def compile_template(source: str) -> Template:
     else:
         template = _ENV.from_string(source)
         render = template.render
-    return Template(source, _chains(ast), render)
+    free = meta.find_undeclared_variables(ast)  # loop and {% set %} names are the template's own
+    return Template(source, tuple(c for c in _chains(ast) if c[0] in free), render)
 
 
 def render(template: Template, context: Mapping[str, Any], *, rule_id: str = "", step: str = "") -> Any:

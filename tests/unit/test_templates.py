@@ -59,3 +59,9 @@ def test_is_template():
 
 def test_every_function_is_documented():
     assert all(f.doc and f.kind in ("global", "filter") for f in FUNCTIONS)
+
+
+def test_names_the_template_defines_are_not_inputs():
+    t = compile_template("{% set n = 2 %}{% for row in steps.q.value %}{{ row.Name }}{{ n }}{% endfor %}")
+    assert t.chains == (("steps", "q", "value"),)
+    assert render(t, {"steps": {"q": {"value": [{"Name": "a"}, {"Name": "b"}]}}}) == "a2b2"
