@@ -196,7 +196,8 @@ class Client:
         link = page.get("@odata.nextLink")
         if not link:
             return None
-        url = urljoin(self.base_url, link)  # verbatim when absolute, as OData requires
+        # Followed verbatim, as OData requires; only a relative link is resolved against the base URL.
+        url = link if urlsplit(link).scheme else urljoin(self.base_url, link)
         if _origin(url) != _origin(self.base_url) or url == current:
             shown = self._shown(url)
             raise InLooxError(f"refusing to follow @odata.nextLink {shown} from {self._shown(current)}: "

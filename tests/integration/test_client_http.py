@@ -153,7 +153,7 @@ def test_next_link_to_another_origin_is_refused_before_sending(server, other_ser
 
 
 def test_next_link_is_followed_verbatim(server, client):
-    second = "Task?$skiptoken=a%2Bb'c&$filter=Name%20eq%20'x%26y'"
+    second = "Task?$skiptoken=a%2Bb'c;d&$filter=Name%20eq%20'x%26y'&empty="
     server.reply("GET", "Task", body=_page([{"n": 1}], next_link=server.url + second))
     server.reply("GET", second, body=_page([{"n": 2}], next_link="Task?$skiptoken=relative"))
     server.reply("GET", "Task?$skiptoken=relative", body=_page([{"n": 3}]))
