@@ -64,6 +64,8 @@ _VALUES = _arg("Field values by InLoox field name; templates allowed.", type="ob
 
 def _entity_set(args: Mapping, path: tuple, comp: Compilation):
     name = args.get("entity")
+    if name is None:
+        comp.fail(path, "entity is required", hint="only an inloox trigger gives a default entity and key")
     meta = load_metadata().entity_set(name) if isinstance(name, str) else None
     if meta is None:
         comp.fail(path + ("entity",), f"unknown entity set {name!r}",

@@ -40,7 +40,10 @@ def check_command(path: Path, as_json: bool):
 @rules_cli.command("test")
 @_PATH
 def test_command(path: Path):
-    """Run the fixture cases in PATH/tests/ against the rules in PATH."""
+    """Run the fixture cases in PATH/tests/ against the rules in PATH.
+
+    PATH may also be one fixture file in such a tests/ folder; the rules are then its grandparent.
+    """
     rules_path = path if path.is_dir() else path.parent.parent
     ruleset = load_rules(rules_path)
     for error in ruleset.errors:

@@ -72,6 +72,8 @@ CASES = [
      "Task has no operation 'AddNot'", "did you mean 'AddNote'"),
     ("unknown_value_field", "id: a\ntrigger: {manual: true}\ndo:\n  - create:\n      entity: TimeEntry\n"
      "      values: {Duration: 5}\n", 6, 16, "TimeEntry has no field 'Duration'", "did you mean 'DurationMinutes'?"),
+    ("entity_required", "id: a\ntrigger: {webhook: x}\ndo:\n  - set_field: {field: Name, value: x}\n", 4, 16,
+     "entity is required", "only an inloox trigger"),
     ("value_type", "id: a\ntrigger: {manual: true}\ndo:\n  - create:\n      entity: Task\n"
      "      values: {IsDone: maybe}\n", 6, 24, "'maybe' is not a valid Edm.Boolean", ""),
     ("bad_regex", "id: a\ntrigger: {webhook: x}\nif:\n  webhook.body.t: {regex: \"(\"}\ndo: [{notify: {url: x, text: y}}]\n",
