@@ -33,3 +33,11 @@ def test_explains_holds():
     lines = explain(event, load_rules(RULES), now=NOW, env={"SLACK_WEBHOOK_URL": "https://hooks.test"}).lines()
     assert ("✓ unassigned-task-alert [Task created, held for 1h]: matched; held 1h, then re-checked "
             "before it runs") in lines
+
+
+def test_lists_rules_that_did_not_load(tmp_path):
+    (tmp_path / "ok.yaml").write_text((RULES / "archive-project.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text("id: bad\ntrigger: {manual: true}\n")
+    event = Event("manual", "archive-project", NOW, id="e4", payload={"project_id": "p"})
+    lines = explain(event, load_rules(tmp_path), now=NOW, env={}).lines()
+    assert lines[-1] == f"skipped (did not load): {tmp_path}/bad.yaml:1:1: 'do' is a required property"

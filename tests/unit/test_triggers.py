@@ -91,3 +91,11 @@ def test_schedule_next_fire_reads_cron_in_its_time_zone():
     rule = rule_with({"schedule": "0 9 * * 1-5", "timezone": "Europe/Berlin"})
     fire = next_fire(rule.trigger, NOW)  # Tuesday 12:00 UTC = 14:00 in Berlin
     assert fire.isoformat() == "2025-04-02T09:00:00+02:00"
+
+
+def test_ruleset_lists_enabled_schedules_for_the_scheduler():
+    rules = [{"id": "a", "trigger": {"schedule": "0 9 * * *"}, "do": DO},
+             {"id": "b", "trigger": {"schedule": "0 9 * * *"}, "enabled": False, "do": DO},
+             {"id": "c", "trigger": {"manual": True}, "do": DO}]
+    ruleset = load_texts([("r.yaml", "\n---\n".join(json.dumps(r) for r in rules))])
+    assert [(r.id, r.trigger.cron, r.trigger.timezone) for r in ruleset.schedules()] == [("a", "0 9 * * *", "UTC")]
