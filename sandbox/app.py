@@ -1,6 +1,8 @@
 """`create_app(config)`: the sandbox's Flask app, wired like Flask's tutorial factory."""
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 
@@ -46,7 +48,6 @@ def _http_error(error: HTTPException):
 
 def _unexpected_error(error: Exception):
     # Still an OData body, so clients parse it; the traceback goes to the server log.
-    import logging
     logging.getLogger(__name__).exception("unexpected error")
     wrapped = ODataError(f"Internal sandbox error: {type(error).__name__}: {error}")
     return odata.error_response(wrapped)

@@ -66,7 +66,6 @@ _DERIVED = {
     },
     "Project": {
         "ListItemId": "p.ProjectId", "NotesCount": _notes("p.ProjectId"),
-        "TasksCount": '(SELECT COUNT(*) FROM "Task" x WHERE x.ProjectId = p.ProjectId)',
         "Locked": "(p.LockMode <> 0)",
     },
     "TimeEntry": {
@@ -76,6 +75,9 @@ _DERIVED = {
         "CreatedByDisplayName": _contact_name("e._created_by"),
     },
 }
+# Counting a project's tasks costs a scan per row: only DynamicProject (one row per project) has it,
+# so a page of 100 task rows in a 100,000-task project stays cheap.
+_PROJECT_VIEW_ONLY = {"Project_TasksCount": '(SELECT COUNT(*) FROM "Task" x WHERE x.ProjectId = p.ProjectId)'}
 _CUSTOM_FIELD_NAME = re.compile(r"cf_[0-9A-Fa-f]{8}_\w+", re.ASCII)
 _CUSTOM_FIELD_SOURCES = """
     SELECT DISTINCT Name, CASE
@@ -109,6 +111,9 @@ def create_views(conn: sqlite3.Connection, metadata: Metadata) -> dict[str, dict
 def _view_columns(metadata: Metadata, view: str, fields: list[tuple[str, str]]):
     selected, types = [], {}
     for prop in metadata.entity_sets[view].properties.values():
+        if view == "DynamicProject" and prop.name in _PROJECT_VIEW_ONLY:
+            selected.append(f'{_PROJECT_VIEW_ONLY[prop.name]} AS "{prop.name}"')
+            continue
         selected.append(f'{_column_sql(metadata, prop)} AS "{prop.name}"')
         types[prop.name] = prop.type
     for prefix, name in fields:

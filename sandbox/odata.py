@@ -57,20 +57,33 @@ def gate():
 
 
 def _fault_status(rule) -> Response:
-    headers = {"Retry-After": str(int(rule.retry_after) if float(rule.retry_after).is_integer() else rule.retry_after)} \
-        if rule.retry_after is not None else None
+    headers = None
+    if rule.retry_after is not None:
+        seconds = rule.retry_after
+        headers = {"Retry-After": str(int(seconds) if float(seconds).is_integer() else seconds)}
     error = ODataError(f"Injected fault: HTTP {rule.status}")
     error.status, error.code = rule.status, "SandboxFault"
     return error_response(error, headers)
 
 
+_UNPARSEABLE = object()
+
+
+def _parsed_body():
+    """The request body as JSON, parsed once per request; _UNPARSEABLE if it is not JSON."""
+    if "parsed_body" not in g:
+        try:
+            g.parsed_body = json.loads(request.get_data())
+        except ValueError:
+            g.parsed_body = _UNPARSEABLE
+    return g.parsed_body
+
+
 def _body_for_log():
     if not request.content_length:
         return None
-    try:
-        return json.loads(request.get_data())
-    except ValueError:
-        return None
+    body = _parsed_body()
+    return None if body is _UNPARSEABLE else body
 
 
 @bp.after_request
@@ -174,8 +187,7 @@ def _operation(sandbox, target):
 
 
 def _json_body():
-    raw = request.get_data()
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}") from None
+    body = _parsed_body()
+    if body is _UNPARSEABLE:
+        raise BadRequest("The request body is not valid JSON")
+    return body

@@ -1,11 +1,13 @@
 """Collection reads: `$filter $select $orderby $top $skip $count` as one SQL query, 100 rows a page.
 
-Pages are cut in SQL (LIMIT/OFFSET, or a key-ordered `$skiptoken` when no `$orderby` is given, so
-walking 100,000 rows never rescans from the start) and never load more than a page into Python.
+Pages are cut in SQL and never load more than a page into Python. When the order is the key, or
+one column plus the key, the next page starts after a `$skiptoken` (the last row's order values)
+instead of an OFFSET, so walking 100,000 rows never rescans from the start; other orders use $skip.
 A longer result carries `@odata.nextLink`: the same query with the position encoded.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from urllib.parse import quote as url_quote, urlencode
 
@@ -82,44 +84,68 @@ def _count_option(args, name: str) -> int | None:
 
 def read_page(store: Store, set_name: str, query: Query) -> tuple[list[dict], dict | None, int | None]:
     """One page of rows, the arguments for the next page (or None) and the total if `$count=true`."""
-    key = store.metadata.entity_sets[set_name].key
-    keyset = not query.order and len(key) == 1
-    where, params = _conditions(query, key[0] if keyset else None)
+    order = _full_order(query, store.metadata.entity_sets[set_name].key)
+    keyset = len(order) <= 2 and len({d for _, d in order}) == 1 and (len(order) == 1 or not query.order[1:])
+    where, params = _conditions(query, order if keyset else None)
     limit = PAGE_SIZE if query.top is None else min(PAGE_SIZE, query.top)
-    order = [f"{quote(c)} {'DESC' if d else 'ASC'}" for c, d in query.order] + [quote(k) for k in key]
-    offset = 0 if query.skiptoken is not None else query.skip
-    sql = (f"SELECT {', '.join(quote(c) for c in query.select)} FROM {quote(set_name)}{where}"
-           f" ORDER BY {', '.join(order)} LIMIT ? OFFSET ?")
+    extra = [c for c, _ in order if c not in query.select]  # fetched for the next $skiptoken only
+    sql = (f"SELECT {', '.join(quote(c) for c in (*query.select, *extra))} FROM {quote(set_name)}{where}"
+           f" ORDER BY {', '.join(quote(c) + (' DESC' if d else '') for c, d in order)} LIMIT ? OFFSET ?")
     with store.reading() as conn:
-        rows = conn.execute(sql, [*params, limit + 1, offset]).fetchall()
+        rows = conn.execute(sql, [*params, limit + 1, query.skip]).fetchall()
         total = count_rows(conn, set_name, query) if query.count else None
-    more = len(rows) > limit and (query.top is None or query.top > limit)
-    entities = to_entities(store, set_name, query.select, rows[:limit])
-    if not more:
+    entities = to_entities(store, set_name, query.select, [row[:len(query.select)] for row in rows[:limit]])
+    if len(rows) <= limit or (query.top is not None and query.top <= limit):
         return entities, None, total
-    return entities, _next_position(query, rows[limit - 1], key[0] if keyset else None, limit), total
+    position = {"$top": None if query.top is None else str(query.top - limit)}
+    if keyset:
+        columns = (*query.select, *extra)
+        token = [rows[limit - 1][columns.index(c)] for c, _ in order]
+        return entities, {**position, "$skiptoken": json.dumps(token), "$skip": None}, total
+    return entities, {**position, "$skip": str(query.skip + limit)}, total
 
 
-def _conditions(query: Query, keyset_column: str | None) -> tuple[str, list]:
+def _full_order(query: Query, key: tuple[str, ...]) -> list[tuple[str, bool]]:
+    """The user's order plus the key as tie-breaker (in the same direction when one column is sorted)."""
+    direction = len(query.order) == 1 and query.order[0][1]
+    order = list(query.order)
+    return order + [(k, direction) for k in key if k not in {c for c, _ in order}]
+
+
+def _conditions(query: Query, keyset: list[tuple[str, bool]] | None) -> tuple[str, list]:
     clauses, params = [], list(query.params)
     if query.where:
         clauses.append(query.where)
-    if keyset_column and query.skiptoken is not None:
-        clauses.append(f"{quote(keyset_column)} > ?")
-        params.append(query.skiptoken)
+    if keyset and query.skiptoken is not None:
+        clause, values = _after_token(keyset, query.skiptoken)
+        clauses.append(clause)
+        params += values
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def _next_position(query: Query, last_row, keyset_column: str | None, returned: int) -> dict:
-    position = {"$top": None if query.top is None else str(query.top - returned)}
-    if keyset_column:
-        if keyset_column not in query.select:
-            return {**position, "$skip": str(query.skip + returned), "$skiptoken": None}
-        position["$skiptoken"] = str(last_row[query.select.index(keyset_column)])
-        position["$skip"] = None
-    else:
-        position["$skip"] = str(query.skip + returned)
-    return position
+def _after_token(order: list[tuple[str, bool]], token_text: str) -> tuple[str, list]:
+    """The condition "comes after the row the token names" for an order of (column, key) or (key)."""
+    try:
+        token = json.loads(token_text)
+    except ValueError:
+        token = None
+    if not isinstance(token, list) or len(token) != len(order):
+        raise BadRequest(f"Malformed $skiptoken '{token_text}'; follow @odata.nextLink verbatim", target="$skiptoken")
+    descending = order[0][1]
+    after = "<" if descending else ">"
+    if len(order) == 1:
+        return f"{quote(order[0][0])} {after} ?", token
+    column, key = quote(order[0][0]), quote(order[1][0])
+    value, last_key = token
+    # SQLite sorts NULL first: ascending, NULL rows are already behind us; descending, still ahead.
+    if value is None:
+        if descending:
+            return f"({column} IS NULL AND {key} < ?)", [last_key]
+        return f"(({column} IS NULL AND {key} > ?) OR {column} IS NOT NULL)", [last_key]
+    within = f"({column} {after}= ? AND ({column} {after} ? OR {key} {after} ?))"
+    if descending:
+        return f"({within} OR {column} IS NULL)", [value, value, last_key]
+    return within, [value, value, last_key]
 
 
 def next_link(base: str, set_name: str, args, position: dict) -> str:

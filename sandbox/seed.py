@@ -102,7 +102,8 @@ def _task(ctx: WriteContext, project: str, name: str, n: int, assignee: str, tod
     column = TASK_STATUSES[n % 4]
     # Due dates spread from 10 days ago to 17 days ahead: the early, unfinished ones are overdue.
     due = today + timedelta(days=3 * n - 10)
-    _put(ctx, "Task", {"TaskItemId": seed_id("task", project, name), "Name": name, "ProjectId": seed_id("project", project),
+    _put(ctx, "Task", {"TaskItemId": seed_id("task", project, name), "Name": name,
+                       "ProjectId": seed_id("project", project),
                        "TaskItemStatusId": seed_id("task-status", project, column), "IsDone": column == "Done",
                        "ContactId": assignee, "WorkAmount": float((n % 5 + 1) * 2), "CardPositionNumber": n,
                        "StartDateTime": _iso(due - timedelta(days=5)), "EndDateTime": _iso(due),
@@ -127,8 +128,8 @@ def _custom_fields(ctx: WriteContext) -> None:
         _put(ctx, "CustomFieldDefinition", {"CustomFieldDefinitionId": seed_id("custom-field", column),
                                             "ColumnName": column, "DisplayName": label, "TableName": "Project",
                                             "OrdinalPosition": position, "ColumnType": 0})
-    values = [("Website Relaunch", "cf_2283e9e4_Budget", "25000"), ("Website Relaunch", "cf_7c1f3a9b_Customer", "Acme"),
-              ("Mobile App", "cf_2283e9e4_Budget", "40000")]
+    values = [("Website Relaunch", "cf_2283e9e4_Budget", "25000"),
+              ("Website Relaunch", "cf_7c1f3a9b_Customer", "Acme"), ("Mobile App", "cf_2283e9e4_Budget", "40000")]
     for project, column, value in values:
         _put(ctx, "CustomField", {"Name": column, "ObjectId": seed_id("project", project), "Value": value,
                                   "Type": "String"})

@@ -19,7 +19,7 @@ from .clock import Clock
 HIDDEN_COLUMNS = ("_created_at", "_updated_at", "_created_by", "_changed_by")
 # Foreign keys worth an index: filters (`Task?$filter=ProjectId eq …`) and cascading deletes use them.
 INDEXED_REFERENCES = ("ProjectId", "TaskItemId", "BudgetId", "TaskItemStatusId", "ContactId", "ObjectId")
-NOTE_TABLE = """CREATE TABLE _note (
+NOTE_TABLE = """CREATE TABLE IF NOT EXISTS _note (
     NoteId TEXT PRIMARY KEY, EntitySet TEXT NOT NULL, ObjectId TEXT NOT NULL, HtmlText TEXT,
     NotificationContactIds TEXT, CreatedByContactId TEXT, CreatedAt TEXT NOT NULL)"""
 
@@ -99,20 +99,21 @@ class Store:
             for ddl in _index_ddl(entity_set):
                 self.conn.execute(ddl)
         self.conn.execute(NOTE_TABLE)
-        self.conn.execute("CREATE INDEX _note_object ON _note (ObjectId)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS _note_object ON _note (ObjectId)")
 
 
 def _table_ddl(entity_set: EntitySet) -> str:
     columns = [f"{quote(p.name)} {edm.sql_type(p.type)}" for p in entity_set.properties.values()]
     columns += [f"{name} TEXT" for name in HIDDEN_COLUMNS]
     key = ", ".join(quote(k) for k in entity_set.key)
-    return f"CREATE TABLE {quote(entity_set.name)} ({', '.join(columns)}, PRIMARY KEY ({key}))"
+    return f"CREATE TABLE IF NOT EXISTS {quote(entity_set.name)} ({', '.join(columns)}, PRIMARY KEY ({key}))"
 
 
 def _index_ddl(entity_set: EntitySet) -> list[str]:
     table = quote(entity_set.name)
-    statements = [f"CREATE INDEX {quote(entity_set.name + '__updated_at')} ON {table} (_updated_at)"]
+    statements = [f"CREATE INDEX IF NOT EXISTS {quote(entity_set.name + '__updated_at')} ON {table} (_updated_at)"]
     for name in INDEXED_REFERENCES:
         if name in entity_set.properties and name not in entity_set.key:
-            statements.append(f"CREATE INDEX {quote(entity_set.name + '_' + name)} ON {table} ({quote(name)})")
+            index = quote(f"{entity_set.name}_{name}")
+            statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({quote(name)})")
     return statements

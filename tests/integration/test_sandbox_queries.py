@@ -203,3 +203,25 @@ def test_a_missing_or_wrong_token_is_401(sandbox, headers):
     assert response.status_code == 401 and response.json()["error"]["code"] == "Unauthorized"
     assert requests.post(sandbox.base_url + "Task", json={}, headers=headers, timeout=5).status_code == 401
     assert sandbox.count("Task") == 0
+
+
+def walk(sandbox, set_name: str, **params) -> list[dict]:
+    """Every row of a query, following nextLinks."""
+    page = sandbox.get(set_name, **params).json()
+    rows = page["value"]
+    while "@odata.nextLink" in page:
+        page = sandbox.session.get(page["@odata.nextLink"]).json()
+        rows += page["value"]
+    return rows
+
+
+@pytest.mark.parametrize("orderby", ["EndDateTime", "EndDateTime desc", "EndDateTime desc,Name", "TaskItemId desc"])
+def test_paging_through_ties_and_nulls_loses_and_repeats_nothing(sandbox, orderby):
+    ends = [None, "2025-04-01T09:00:00Z", "2025-04-02T09:00:00Z", "2025-04-03T09:00:00Z"]
+    for i in range(230):
+        sandbox.post("Task", {"Name": f"t{i:03}", "EndDateTime": ends[i % 4]})
+    rows = walk(sandbox, "Task", **{"$orderby": orderby, "$select": "Name,EndDateTime,TaskItemId"})
+    assert len({r["TaskItemId"] for r in rows}) == 230
+    column, _, direction = orderby.split(",")[0].partition(" ")
+    values = [r[column] or "" for r in rows]
+    assert values == sorted(values, reverse=direction == "desc")

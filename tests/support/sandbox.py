@@ -19,10 +19,10 @@ class SandboxServer:
         self.session.headers["x-api-key"] = token
 
     @classmethod
-    def start(cls, port: int, token: str, seed: str = "empty") -> "SandboxServer":
-        """Start the process on `port` and wait until it listens."""
-        process = Process.python("-m", "sandbox", "--port", str(port), "--token", token, "--seed", seed,
-                                 name="sandbox")
+    def start(cls, port: int, token: str, seed: str = "empty", data: str | None = None) -> "SandboxServer":
+        """Start the process on `port` (in memory, or on SQLite file `data`) and wait until it listens."""
+        args = ["-m", "sandbox", "--port", str(port), "--token", token, "--seed", seed]
+        process = Process.python(*args, *(["--data", data] if data else []), name="sandbox")
         process.wait_for_port(port)
         return cls(process, port, token)
 

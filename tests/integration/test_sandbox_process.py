@@ -1,0 +1,27 @@
+"""`python -m sandbox` itself: the demo seed from the command line and a --data file that survives a restart."""
+from __future__ import annotations
+
+from tests.support.processes import free_port
+from tests.support.sandbox import SandboxServer
+
+
+def _start(tmp_path, seed: str) -> SandboxServer:
+    server = SandboxServer.start(port=free_port(), token="file-token", seed=seed,
+                                 data=str(tmp_path / "inloox.sqlite"))
+    return server
+
+
+def test_a_data_file_keeps_its_rows_across_restarts(tmp_path):
+    server = _start(tmp_path, "demo")
+    try:
+        assert server.count("Task") == 30
+        server.post("Task", {"Name": "survivor"})
+    finally:
+        server.stop()
+    server = _start(tmp_path, "demo")  # an existing account is not reseeded
+    try:
+        assert server.count("Task") == 31 and server.count("Task", "Name eq 'survivor'") == 1
+        server.reset(seed="empty")
+        assert server.count("Task") == 0
+    finally:
+        server.stop()
