@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, request
 
 from .errors import BadRequest, NotFound
 from .odata import json_response
@@ -52,7 +52,7 @@ def list_faults():
 def clear_faults():
     """Remove every fault rule."""
     get_sandbox().faults.clear()
-    return json_response({}, 204)
+    return Response(status=204)
 
 
 @bp.delete("/faults/<int:rule_id>")
@@ -60,7 +60,7 @@ def remove_fault(rule_id: int):
     """Remove one fault rule."""
     if not get_sandbox().faults.remove(rule_id):
         raise NotFound(f"No fault rule {rule_id}")
-    return json_response({}, 204)
+    return Response(status=204)
 
 
 @bp.post("/reset")
@@ -81,7 +81,7 @@ def list_requests():
 def clear_requests():
     """Forget the logged requests."""
     get_sandbox().log.clear()
-    return json_response({}, 204)
+    return Response(status=204)
 
 
 @bp.get("/notes")

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, request
 
 from . import connection, operations, queries, writes
 from .errors import BadRequest, MethodNotAllowed, ODataError, Unauthorized
-from .paths import parse_path
+from .paths import format_key, parse_path
 from .runtime import get_sandbox
 
 bp = Blueprint("odata", __name__, url_prefix="/api/odata")
@@ -22,7 +22,8 @@ bp = Blueprint("odata", __name__, url_prefix="/api/odata")
 
 def json_response(payload, status: int = 200, headers: dict | None = None) -> Response:
     """A JSON response that keeps key order (@odata.context first)."""
-    return Response(json.dumps(payload), status=status, headers=headers, mimetype="application/json")
+    return Response(json.dumps(payload), status=status, headers={"OData-Version": "4.0", **(headers or {})},
+                    mimetype="application/json")
 
 
 def error_response(error: ODataError, headers: dict | None = None) -> Response:
@@ -132,7 +133,9 @@ def _collection(sandbox, target):
     entity_set = target.entity_set
     if request.method == "POST":
         created = writes.create(sandbox.store, entity_set, _json_body(), sandbox.user)
-        return _entity_response(entity_set.name, created, 201)
+        response = _entity_response(entity_set.name, created, 201)
+        response.headers["Location"] = _base_url() + format_key(entity_set, created)
+        return response
     if request.method != "GET":
         raise MethodNotAllowed(f"{request.method} is not allowed on the collection {entity_set.name}")
     query = queries.parse_query(request.args, sandbox.store.columns(entity_set.name))

@@ -114,3 +114,15 @@ def _key_value(entity_set: EntitySet, name: str, raw: str):
     except (BadRequest, ValueError):
         raise BadRequest(f"Malformed key {name}={raw} for {entity_set.name}: expected {prop.type}",
                          target=name) from None
+
+
+def format_key(entity_set: EntitySet, entity: dict) -> str:
+    """`Set(<guid>)` or `Set(Name='x',ObjectId=<guid>)` for an entity, as InLoox writes its URLs."""
+    def literal(name):
+        value = entity[name]
+        if entity_set.properties[name].type == "Edm.String":
+            return "'" + str(value).replace("'", "''") + "'"
+        return str(value)
+    if len(entity_set.key) == 1:
+        return f"{entity_set.name}({literal(entity_set.key[0])})"
+    return f"{entity_set.name}({','.join(f'{k}={literal(k)}' for k in entity_set.key)})"

@@ -169,3 +169,9 @@ def test_demo_seed_is_a_believable_account(sandbox):
     mockups = sandbox.get(f"Task({seed_id('task', 'Website Relaunch', 'Design mockups')})").json()
     assert mockups["Name"] == "Design mockups" and mockups["WorkAmount"] > 0 and mockups["ContactDisplayName"]
     assert sandbox.get("UserInfo/Me()").json()["value"][0]["ContactId"] == ME_ID
+
+
+def test_a_created_entity_s_location_is_its_url(sandbox):
+    response = sandbox.post("CustomField", {"Name": "cf_2283e9e4_It's", "ObjectId": ME_ID, "Value": "v"})
+    assert response.status_code == 201 and response.headers["OData-Version"] == "4.0"
+    assert sandbox.session.get(response.headers["Location"]).json()["Value"] == "v"
