@@ -16,6 +16,10 @@ DEFAULTS = {
     "INLOOX_TIMEOUT": "10",
     "REDIS_URL": "redis://127.0.0.1:6390/0",
     "RULES_PATH": "rules",
+    # Environment variables rules may read as `env.NAME` (an allow-list: never the InLoox token).
+    "RULES_ENV": "TEAM_CHANNEL_URL SLACK_WEBHOOK_URL TEAMS_WEBHOOK_URL",
+    # Hosts that notifications and http steps may reach although they are private (development).
+    "OUTBOUND_ALLOW": "",
 }
 
 

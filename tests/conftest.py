@@ -65,3 +65,13 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
+
+
+@pytest.fixture
+def receiver():
+    """A local endpoint standing in for Slack/Teams/any webhook receiver."""
+    from tests.support.receiver import Receiver
+
+    receiver = Receiver()
+    yield receiver
+    receiver.close()

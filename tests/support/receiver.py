@@ -1,0 +1,38 @@
+"""A local HTTP endpoint that records what is posted to it (stands in for Slack, Teams, a webhook)."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Receiver:
+    """Records every request body; `url` is its base URL, `json_url` the Apprise form of it."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    parsed = body.decode(errors="replace")
+                receiver.received.append({"path": self.path, "body": parsed, "headers": dict(self.headers)})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.json_url = f"json://127.0.0.1:{self.port}/notify"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,161 @@
+"""The executor table: one function per primitive operation verb, each safe to call again.
+
+Writes go through the step ledger so that a retried or recovered step never writes twice:
+    create   durable "sent" mark, then POST with a marker in the entity; a later attempt that finds
+             the mark looks for the marker and adopts the entity it finds instead of posting again
+    update   read first; skipped when InLoox already has the values (so a re-send is a no-op)
+    delete   a 404 means done
+    invoke, notify, http   at most once: after an unknown outcome they stop and ask a person
+Reads (get, query) have no effect to protect and simply run again.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from engine import diff_snapshots
+from inloox import Client, InLooxError, NotFound, OutcomeUnknown, contains, raw
+from workers import ledger
+from workers.outbound import OutboundPolicy, OutboundRefused, http, notify
+
+# Where a created entity carries its marker, per entity set (a text field InLoox stores as given).
+MARKER_FIELDS = {
+    "TimeEntry": "DescriptionText", "Task": "DescriptionHTML", "Project": "DescriptionText",
+    "LineItem": "DescriptionText", "Document": "DescriptionHTML", "Planning": "DescriptionHTML",
+}
+
+
+class NeedsAttention(Exception):
+    """The step may or may not have happened and cannot be checked: a person must decide."""
+
+
+@dataclass
+class StepContext:
+    """What a step may use: the InLoox client, Redis (for the ledger) and the outbound policy."""
+
+    client: Client
+    connection: redis.Redis
+    outbound: OutboundPolicy
+
+
+def marker(key: str) -> str:
+    """The text a created entity carries so that a later attempt can find it."""
+    return f"[automation {key}]"
+
+
+def create(ctx: StepContext, params: dict, key: str) -> dict:
+    """POST an entity exactly once (see the module docstring)."""
+    entity_set, values = params["entity_set"], dict(params["values"])
+    field = MARKER_FIELDS.get(entity_set)
+    earlier = ledger.entry(ctx.connection, key)
+    if earlier and earlier["state"] == "done":
+        return earlier["output"]
+    if earlier and earlier["state"] == "sent":
+        found = _find_marked(ctx, entity_set, field, key)
+        if found is not None:
+            ledger.mark_done(ctx.connection, key, found)
+            return found
+    if field:
+        values[field] = _with_marker(values.get(field), key, html=field.endswith("HTML"))
+    return _write(ctx, key, lambda: ctx.client.create(entity_set, values))
+
+
+def update(ctx: StepContext, params: dict, key: str) -> dict:
+    """PATCH only the fields that differ; nothing is sent when InLoox has the values already."""
+    entity_set, target, values = params["entity_set"], params["key"], params["values"]
+    current = ctx.client.get(entity_set, target, select=list(values))
+    changes = diff_snapshots(current, values, values)
+    if not changes:
+        ledger.mark_done(ctx.connection, key, {"unchanged": True})
+        return {"unchanged": True}
+    return _write(ctx, key, lambda: ctx.client.update(entity_set, target, dict(values)) or {"updated": True})
+
+
+def delete(ctx: StepContext, params: dict, key: str) -> dict:
+    """DELETE; an entity that is already gone counts as deleted."""
+    try:
+        ctx.client.delete(params["entity_set"], params["key"])
+    except NotFound:
+        return {"deleted": False, "already_gone": True}
+    return {"deleted": True}
+
+
+def invoke(ctx: StepContext, params: dict, key: str):
+    """A bound action or function, at most once."""
+    call = ctx.client.action if params.get("method", "POST") == "POST" else ctx.client.function
+    return _once(ctx, key, lambda: call(params["entity_set"], params["key"], params["operation"],
+                                        params.get("parameters") or {}))
+
+
+def get(ctx: StepContext, params: dict, key: str) -> dict:
+    """One entity by key."""
+    return ctx.client.get(params["entity_set"], params["key"])
+
+
+def query(ctx: StepContext, params: dict, key: str) -> dict:
+    """Entities matching the rule's filter; `value` is the list (as in OData)."""
+    rows = ctx.client.query(params["entity_set"], filter=raw(params["filter"]) if params.get("filter") else None,
+                            select=params.get("select"), orderby=params.get("orderby"), top=params.get("top"))
+    return {"value": list(rows)}
+
+
+def send_notification(ctx: StepContext, params: dict, key: str) -> dict:
+    """A chat/email/webhook notification through Apprise, at most once."""
+    return _once(ctx, key, lambda: notify(ctx.outbound, params["url"], params["text"], params.get("title", ""))
+                 or {"sent": True})
+
+
+def send_http(ctx: StepContext, params: dict, key: str) -> dict:
+    """An outbound HTTP request, at most once."""
+    return _once(ctx, key, lambda: http(ctx.outbound, params["method"], params["url"],
+                                        headers=params.get("headers"), body=params.get("body")))
+
+
+EXECUTORS: dict[str, Callable[[StepContext, dict, str], object]] = {
+    "create": create, "update": update, "delete": delete, "invoke": invoke,
+    "get": get, "query": query, "notify": send_notification, "http": send_http,
+}
+
+
+def _write(ctx: StepContext, key: str, send: Callable[[], object]):
+    """Mark "sent", send, mark "done"; InLoox's clear refusals unmark so a retry may send again."""
+    ledger.mark_sent(ctx.connection, key)
+    try:
+        output = send()
+    except OutcomeUnknown:
+        raise  # keep "sent": the next attempt checks InLoox before writing again
+    except InLooxError as exc:
+        if exc.retryable or exc.status is not None and exc.status < 500:
+            ledger.clear(ctx.connection, key)  # InLoox said no, or nothing reached it
+        raise
+    except OutboundRefused:
+        ledger.clear(ctx.connection, key)  # refused before sending, or the receiver said no
+        raise
+    ledger.mark_done(ctx.connection, key, output)
+    return output
+
+
+def _once(ctx: StepContext, key: str, send: Callable[[], object]):
+    """Like _write, but a step found "sent" cannot be checked, so it is not sent again."""
+    earlier = ledger.entry(ctx.connection, key)
+    if earlier and earlier["state"] == "done":
+        return earlier["output"]
+    if earlier and earlier["state"] == "sent":
+        raise NeedsAttention("an earlier attempt may have done this already and it cannot be checked; "
+                             "retry the run from this step once you have looked")
+    return _write(ctx, key, send)
+
+
+def _find_marked(ctx: StepContext, entity_set: str, field: str | None, key: str) -> dict | None:
+    if field is None:
+        raise NeedsAttention(f"{entity_set} has no field to carry a marker, and an earlier attempt "
+                             "may have created it; check InLoox, then retry the run from this step")
+    rows = list(ctx.client.query(entity_set, filter=contains(field, marker(key)), top=2))
+    return rows[0] if rows else None
+
+
+def _with_marker(text: str | None, key: str, *, html: bool) -> str:
+    tag = f"<p>{marker(key)}</p>" if html else marker(key)
+    return f"{text}{'' if html else chr(10)}{tag}" if text else tag

@@ -1,0 +1,152 @@
+"""RQ job functions. Arguments are JSON (event dicts, run ids), never clients, tokens or secrets.
+
+    handle_event(event)   match an accepted event against the rules; one run per matched rule
+    execute_run(run_id)   perform a run's operations in order, each exactly once
+"""
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta, timezone
+
+import redis
+from rq import Queue, Retry
+
+from engine import Event, Plan, TemplateError, evaluate, render_deferred
+from inloox import AuthError, InLooxError, OutcomeUnknown
+from workers.effects import EXECUTORS, NeedsAttention, StepContext
+from workers.outbound import OutboundRefused
+from workers.runs import TERMINAL, create_run, load_run, new_run, record_step, save_run
+from workers.worker_context import WorkerContext, worker_context
+
+log = logging.getLogger(__name__)
+
+QUEUE = "default"
+RUN_JOB_TIMEOUT = 40  # seconds; with the worker's short grace a killed run resumes within a minute
+UNKNOWN_OUTCOME_DELAY = 5.0  # let a slow InLoox finish a write before we look for it
+DEFAULT_RETRY = {"attempts": 5, "backoff": 2.0}
+MAX_BACKOFF = 300.0
+PAUSED_KEY = "account:paused"
+
+
+def handle_event(event: dict) -> dict:
+    """Plan the event against the rules; store a run per matched rule and queue the live ones."""
+    ctx = worker_context()
+    now = datetime.now(timezone.utc)
+    parsed = Event.from_dict(event)
+    run_ids = []
+    for plan in evaluate(parsed, ctx.ruleset(), now=now, env=ctx.rule_env):
+        run = new_run(plan, now=now, **_initial_status(parsed, plan))
+        create_run(ctx.connection, run)
+        existing = load_run(ctx.connection, run["id"])
+        if existing and existing["status"] == "queued":
+            # Also when the run existed: a crash may have come between storing and queueing it.
+            _queue(ctx.connection).enqueue_call(execute_run, args=[run["id"]], job_id=run["id"],
+                                                timeout=RUN_JOB_TIMEOUT, retry=Retry(max=3))
+        run_ids.append(run["id"])
+    return {"event_id": parsed.id, "runs": run_ids}
+
+
+def _initial_status(event: Event, plan: Plan) -> dict:
+    if plan.error:
+        return {"status": "failed", "reason": plan.error}
+    if event.chained and not plan.allow_chained:
+        return {"status": "skipped", "reason": "caused by the engine's own write (allow_chained is off)"}
+    if plan.mode == "shadow":
+        return {"status": "shadow", "reason": "shadow mode: planned and recorded, nothing written"}
+    return {"status": "queued"}
+
+
+def execute_run(run_id: str) -> str:
+    """Run the remaining steps of a run; returns its status. Safe to call again at any point."""
+    ctx = worker_context()
+    run = load_run(ctx.connection, run_id)
+    if run is None or run["status"] in TERMINAL:
+        return run["status"] if run else "missing"
+    lock = ctx.connection.lock(f"run-lock:{run_id}", timeout=RUN_JOB_TIMEOUT + 5, blocking=False)
+    if not lock.acquire():
+        _retry_later(ctx, run_id, 5.0, tag="locked")  # another worker is on it; look again soon
+        return "locked"
+    try:
+        return _execute(ctx, run)
+    finally:
+        if lock.owned():
+            lock.release()
+
+
+def _execute(ctx: WorkerContext, run: dict) -> str:
+    if ctx.connection.exists(PAUSED_KEY):
+        return _stop(ctx, run, "paused", ctx.connection.get(PAUSED_KEY).decode())
+    plan = Plan.from_dict(run["plan"])
+    done = {s["index"] for s in run["steps"] if s["status"] == "done"}
+    step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound)
+    for operation in plan.operations:
+        if operation.step in done:
+            continue
+        outcome = _step(ctx, step_ctx, run, plan, operation)
+        if outcome != "done":
+            return outcome
+    return _stop(ctx, run, "succeeded", "")
+
+
+def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, operation) -> str:
+    """Perform one operation and record its trace; returns "done" or the run's new status."""
+    started = datetime.now(timezone.utc)
+    trace = {"index": operation.step, "id": operation.step_id, "action": operation.action,
+             "verb": operation.verb, "started_at": started.isoformat()}
+    try:
+        operation = render_deferred(plan, operation, run["outputs"], env=ctx.rule_env)
+        trace["request"] = operation.params
+        output = EXECUTORS[operation.verb](step_ctx, operation.params, operation.idempotency_key)
+    except (InLooxError, NeedsAttention, OutboundRefused, TemplateError) as exc:
+        return _failed_step(ctx, run, plan, trace, exc)
+    trace.update(status="done", output=output, ms=_ms_since(started))
+    record_step(run, trace)
+    run["outputs"][operation.step_id] = output
+    save_run(ctx.connection, run, now=datetime.now(timezone.utc))
+    return "done"
+
+
+def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Exception) -> str:
+    trace.update(status="error", error=str(exc), error_type=type(exc).__name__)
+    record_step(run, trace)
+    if isinstance(exc, AuthError):
+        # Every run of this account would fail the same way: stop them all until a person looks.
+        ctx.connection.set(PAUSED_KEY, f"InLoox refused the token ({exc.status}) at {trace['started_at']}")
+        return _stop(ctx, run, "paused", f"InLoox refused the token: {exc}")
+    if isinstance(exc, OutcomeUnknown) or getattr(exc, "retryable", False):
+        return _retry(ctx, run, plan, exc)
+    return _stop(ctx, run, "failed", f"step {trace['index']} ({trace['id']}): {exc}")
+
+
+def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception) -> str:
+    """Schedule the next attempt: exponential backoff with full jitter, never before Retry-After."""
+    policy = {**DEFAULT_RETRY, **(plan.retry or {})}
+    run["attempts"] += 1
+    if run["attempts"] >= policy["attempts"]:
+        return _stop(ctx, run, "failed", f"gave up after {run['attempts']} attempts: {exc}")
+    delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** run["attempts"]))
+    delay = max(delay, getattr(exc, "retry_after", None) or 0.0,
+                UNKNOWN_OUTCOME_DELAY if isinstance(exc, OutcomeUnknown) else 0.0)
+    _retry_later(ctx, run["id"], delay, tag=f"a{run['attempts']}")
+    return _stop(ctx, run, "retrying", f"attempt {run['attempts']} failed ({exc}); next in {delay:.1f}s")
+
+
+def _retry_later(ctx: WorkerContext, run_id: str, delay: float, *, tag: str) -> None:
+    _queue(ctx.connection).enqueue_in(timedelta(seconds=delay), execute_run, run_id,
+                                      job_id=f"{run_id}-{tag}", job_timeout=RUN_JOB_TIMEOUT, retry=Retry(max=3))
+
+
+def _stop(ctx: WorkerContext, run: dict, status: str, reason: str) -> str:
+    run["status"], run["reason"] = status, reason
+    save_run(ctx.connection, run, now=datetime.now(timezone.utc))
+    log.info("run %s (%s): %s %s", run["id"], run["rule_id"], status, reason)
+    return status
+
+
+def _queue(connection: redis.Redis) -> Queue:
+    return Queue(QUEUE, connection=connection, serializer="json")
+
+
+def _ms_since(started: datetime) -> int:
+    return int((datetime.now(timezone.utc) - started).total_seconds() * 1000)

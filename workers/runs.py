@@ -1,0 +1,92 @@
+"""Runs: one matched rule for one event, with the trace of every step, kept in Redis.
+
+A run's id is derived from (event id, rule id, rule version), so handling the same event twice
+finds the run it already made instead of making a second one.
+
+    run:<id>            JSON of the run (status, plan, steps with requests, responses and timings)
+    runs                sorted set of run ids by creation time (newest last), trimmed to RETENTION
+    runs:rule:<rule>    the same, per rule
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from engine import Plan
+
+RETENTION = 10_000  # runs kept for listing; older ones expire with RUN_TTL
+RUN_TTL = 30 * 24 * 3600
+TERMINAL = frozenset({"succeeded", "failed", "skipped", "shadow"})
+
+
+def run_id(plan: Plan) -> str:
+    """The run id of a plan: the same event, rule and rule version always give the same id."""
+    text = f"{plan.event_id}\n{plan.rule_id}\n{plan.rule_version}"
+    return "run_" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def new_run(plan: Plan, *, now: datetime, status: str = "queued", reason: str = "") -> dict:
+    """A run record for `plan`, before any step ran."""
+    return {
+        "id": run_id(plan), "rule_id": plan.rule_id, "rule_version": plan.rule_version,
+        "event_id": plan.event_id, "source": plan.event.get("source"), "mode": plan.mode,
+        "status": status, "reason": reason, "created_at": now.isoformat(), "updated_at": now.isoformat(),
+        "plan": plan.to_dict(), "steps": [], "outputs": {}, "attempts": 0,
+    }
+
+
+def create_run(connection: redis.Redis, run: dict) -> bool:
+    """Store a new run; False (and nothing written) when a run with its id exists already."""
+    if not connection.set(_key(run["id"]), json.dumps(run), nx=True, ex=RUN_TTL):
+        return False
+    score = datetime.fromisoformat(run["created_at"]).timestamp()
+    with connection.pipeline() as pipe:
+        for index in ("runs", f"runs:rule:{run['rule_id']}"):
+            pipe.zadd(index, {run["id"]: score})
+            pipe.zremrangebyrank(index, 0, -RETENTION - 1)
+        pipe.execute()
+    return True
+
+
+def load_run(connection: redis.Redis, run_id: str) -> dict | None:
+    """The run, or None when there is none (never made, or expired)."""
+    raw = connection.get(_key(run_id))
+    return json.loads(raw) if raw is not None else None
+
+
+def save_run(connection: redis.Redis, run: dict, *, now: datetime) -> None:
+    """Write the run back after a change."""
+    run["updated_at"] = now.isoformat()
+    connection.set(_key(run["id"]), json.dumps(run, default=str), ex=RUN_TTL)
+
+
+def list_runs(connection: redis.Redis, *, rule: str | None = None, status: str | None = None,
+              limit: int = 50) -> list[dict]:
+    """The newest runs first, optionally of one rule and/or in one status."""
+    index = f"runs:rule:{rule}" if rule else "runs"
+    runs = []
+    for batch_start in range(0, RETENTION, 200):
+        ids = connection.zrevrange(index, batch_start, batch_start + 199)
+        if not ids:
+            break
+        for raw in connection.mget([_key(i.decode()) for i in ids]):
+            run = json.loads(raw) if raw is not None else None
+            if run and (status is None or run["status"] == status):
+                runs.append(run)
+                if len(runs) >= limit:
+                    return runs
+    return runs
+
+
+def record_step(run: dict, step: dict[str, Any]) -> None:
+    """Add or replace the trace of one step (by its index)."""
+    run["steps"] = [s for s in run["steps"] if s["index"] != step["index"]] + [step]
+    run["steps"].sort(key=lambda s: s["index"])
+
+
+def _key(run_id: str) -> str:
+    return f"run:{run_id}"
