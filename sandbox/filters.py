@@ -30,7 +30,18 @@ def compile_filter(text: str, columns: dict[str, str]) -> tuple[str, list]:
         raise BadRequest(f"Malformed $filter '{text}': {exc}", target="$filter") from None
     if tree is None:
         raise BadRequest(f"Malformed $filter '{text}': empty expression", target="$filter")
-    return _Compiler(columns).condition(tree)
+    compiler = _Compiler(columns)
+    parts = [compiler.condition(node) for node in _conjuncts(tree)]
+    # Filters here are mostly selective (polls on *_UpdatedAt, foreign keys). Telling SQLite so makes
+    # it search the filter's index and sort the few hits, instead of walking the whole key order.
+    return " AND ".join(f"unlikely({sql})" for sql, _ in parts), [p for _, params in parts for p in params]
+
+
+def _conjuncts(node) -> list:
+    """The top-level AND terms of a filter (each may use its own index)."""
+    if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
+        return _conjuncts(node.left) + _conjuncts(node.right)
+    return [node]
 
 
 class _Compiler:

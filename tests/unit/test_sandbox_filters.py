@@ -25,7 +25,13 @@ def db():
 
 def test_string_literals_become_parameters():
     sql, params = compile_filter("Name eq 'O''Brien) or (1 eq 1'", COLUMNS)
-    assert sql == '("Name" = ?)' and params == ["O'Brien) or (1 eq 1"]
+    assert sql == 'unlikely(("Name" = ?))' and params == ["O'Brien) or (1 eq 1"]
+
+
+def test_each_and_term_stays_a_separate_condition():
+    sql, params = compile_filter("IsDone eq true and (Recurrence eq 1 or Recurrence eq 2)", COLUMNS)
+    assert sql == 'unlikely(("IsDone" = ?)) AND unlikely((("Recurrence" = ?) OR ("Recurrence" = ?)))'
+    assert params == [1, 1, 2]
 
 
 @pytest.mark.parametrize("text, params", [
