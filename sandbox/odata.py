@@ -180,7 +180,7 @@ def _entity_response(set_name: str, entity: dict, status: int = 200) -> Response
 
 def _operation(sandbox, target):
     body = _json_body() if request.method == "POST" and request.get_data() else None
-    status, result = operations.invoke(sandbox.store, target, body, sandbox.user)
+    status, result = operations.invoke(sandbox.store, target, request.method, body, sandbox.user)
     if result is None:
         return Response(status=204)
     context = f"{_base_url()}$metadata#{target.entity_set.name}"

@@ -14,7 +14,7 @@ from datetime import timedelta
 from . import edm, writes
 from .behaviour import WriteContext
 from .clock import format_ms
-from .errors import BadRequest, NotFound, NotImplementedOperation
+from .errors import BadRequest, MethodNotAllowed, NotFound, NotImplementedOperation
 from .paths import Resource
 from .store import Store
 
@@ -30,12 +30,16 @@ def operation(name: str, *set_names: str):
     return register
 
 
-def invoke(store: Store, resource: Resource, body, user: str) -> tuple[int, object]:
+def invoke(store: Store, resource: Resource, method: str, body, user: str) -> tuple[int, object]:
     """Run the operation `resource` names; returns (status, JSON payload or None)."""
     set_name, name = resource.entity_set.name, resource.operation
-    if store.metadata.operation(set_name, name, collection=resource.key is None) is None:
+    declared = store.metadata.operation(set_name, name, collection=resource.key is None)
+    if declared is None:
         raise NotFound(f"{set_name} has no operation '{name}'"
                        f"{' bound to one entity' if resource.key else ' bound to the collection'}", target=name)
+    expected = "POST" if declared.kind == "Action" else "GET"
+    if method != expected:
+        raise MethodNotAllowed(f"{set_name}/{name} is an OData {declared.kind.lower()}: call it with {expected}")
     handler = OPERATIONS.get((set_name, name))
     if handler is None:
         raise NotImplementedOperation(f"The sandbox does not implement {set_name}/{name}", target=name)

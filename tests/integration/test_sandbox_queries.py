@@ -168,7 +168,10 @@ BAD_INPUT = [
     ("GET", "Task(1)", None, 400, "TaskItemId"),
     ("GET", "NoSuchSet", None, 404, "NoSuchSet"),
     ("POST", "DynamicTaskItem", {"TaskItem_Name": "x"}, 405, "DynamicTaskItem"),
-    ("POST", "Project(00000000-0000-0000-0000-000000000001)/Default.CopyProject", None, 501, "CopyProject"),
+    ("GET", "Project(00000000-0000-0000-0000-000000000001)/Default.CopyProject()", None, 501, "CopyProject"),
+    ("POST", "Project(00000000-0000-0000-0000-000000000001)/ApproveRequest", None, 501, "ApproveRequest"),
+    ("POST", "Project(00000000-0000-0000-0000-000000000001)/Default.CopyProject", None, 405, "GET"),
+    ("POST", "UserInfo/Me()", None, 405, "GET"),
     ("POST", "Task(00000000-0000-0000-0000-000000000001)/Default.NoSuchAction", None, 404, "NoSuchAction"),
 ]
 
