@@ -52,8 +52,7 @@ def create(store: Store, entity_set: EntitySet, body, user: str) -> dict:
     values = check_body(entity_set, body)
     with store.transaction() as conn:
         ctx = WriteContext(conn, store, user, store.clock.now())
-        row = insert(ctx, entity_set, values)
-        return read_entity(store, entity_set, key_of(entity_set, row))
+        return _as_entity(store, entity_set, insert(ctx, entity_set, values))
 
 
 def insert(ctx: WriteContext, entity_set: EntitySet, values: dict) -> dict:
@@ -101,8 +100,7 @@ def update(store: Store, entity_set: EntitySet, key: dict, body, user: str) -> d
             raise BadRequest(f"Key property '{name}' cannot be changed", target=name)
     with store.transaction() as conn:
         ctx = WriteContext(conn, store, user, store.clock.now())
-        modify(ctx, entity_set, key, values)
-        return read_entity(store, entity_set, key)
+        return _as_entity(store, entity_set, modify(ctx, entity_set, key, values))
 
 
 def modify(ctx: WriteContext, entity_set: EntitySet, key: dict, values: dict) -> dict:
@@ -171,6 +169,12 @@ def _fetch_row(conn, entity_set: EntitySet, key: dict) -> dict:
     if found is None:
         raise NotFound(f"{entity_set.name} {key_text(key)} does not exist")
     return dict(zip([d[0] for d in cursor.description], found))
+
+
+def _as_entity(store: Store, entity_set: EntitySet, row: dict) -> dict:
+    # The row just written is what a read-back would return; skipping the SELECT saves a round trip.
+    columns = list(store.columns(entity_set.name))
+    return to_entity(store, entity_set.name, columns, [row.get(c) for c in columns])
 
 
 def read_entity(store: Store, entity_set: EntitySet, key: dict) -> dict:
