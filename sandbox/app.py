@@ -12,7 +12,6 @@ from . import admin, odata, runtime
 from .errors import ODataError
 from .faults import Faults
 from .requestlog import RequestLog
-from .seed import plant
 from .store import Store
 
 

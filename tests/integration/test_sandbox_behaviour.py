@@ -3,8 +3,10 @@ custom fields, UserInfo/Me() and the demo seed."""
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 from sandbox.seed import ME_ID, seed_id
 
@@ -175,3 +177,24 @@ def test_a_created_entity_s_location_is_its_url(sandbox):
     response = sandbox.post("CustomField", {"Name": "cf_2283e9e4_It's", "ObjectId": ME_ID, "Value": "v"})
     assert response.status_code == 201 and response.headers["OData-Version"] == "4.0"
     assert sandbox.session.get(response.headers["Location"]).json()["Value"] == "v"
+
+
+def test_concurrent_writes_get_distinct_ordered_stamps(sandbox):
+    def write(n):
+        session = requests.Session()
+        session.headers["x-api-key"] = sandbox.token
+        return [session.post(sandbox.base_url + "Task", json={"Name": f"{n}-{i}"}).status_code for i in range(25)]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [s for batch in pool.map(write, range(8)) for s in batch]
+    assert statuses == [201] * 200
+    stamps = [r["TaskItem_UpdatedAt"] for r in walk_all(sandbox, "DynamicTaskItem?$select=TaskItem_UpdatedAt")]
+    assert len(stamps) == 200 and len(set(stamps)) == 200
+
+
+def walk_all(sandbox, path: str) -> list[dict]:
+    page = sandbox.session.get(sandbox.base_url + path).json()
+    rows = page["value"]
+    while "@odata.nextLink" in page:
+        page = sandbox.session.get(page["@odata.nextLink"]).json()
+        rows += page["value"]
+    return rows
