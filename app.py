@@ -20,6 +20,8 @@ DEFAULTS = {
     "RULES_ENV": "TEAM_CHANNEL_URL SLACK_WEBHOOK_URL TEAMS_WEBHOOK_URL",
     # Hosts that notifications and http steps may reach although they are private (development).
     "OUTBOUND_ALLOW": "",
+    # Bearer token for the runs API (and later the dashboard); empty: open (local development).
+    "ADMIN_TOKEN": "",
 }
 
 
@@ -47,10 +49,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_mapping(load_config() if test_config is None else
                             {**DEFAULTS, "WEBHOOK_SOURCES": {}, **test_config})
 
-    from web import errors, health, hooks, resources
+    from web import errors, health, hooks, resources, runs
+    from web.rules_cli import rules_cli
+    from web.runs_cli import runs_cli
 
     resources.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(hooks.bp)
+    app.register_blueprint(runs.bp)
+    app.cli.add_command(rules_cli)
+    app.cli.add_command(runs_cli)
     return app

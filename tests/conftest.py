@@ -75,3 +75,25 @@ def receiver():
     receiver = Receiver()
     yield receiver
     receiver.close()
+
+
+@pytest.fixture
+def rules_dir(tmp_path):
+    """An empty rules folder for this test's stack."""
+    path = tmp_path / "rules"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def stack(redis_url, sandbox, receiver, rules_dir):
+    """Pipeline processes (started by the test) wired to this test's Redis, sandbox and rules."""
+    from tests.support.stack import Stack
+
+    env = {"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": sandbox.token,
+           "RULES_PATH": str(rules_dir), "TEAM_CHANNEL_URL": receiver.json_url,
+           "OUTBOUND_ALLOW": "127.0.0.1", "POLL_INTERVAL": "1"}
+    stack = Stack(env)
+    yield stack
+    stack.stop()
+    print(stack.logs())  # shown by pytest only when the test failed

@@ -12,11 +12,12 @@ from datetime import datetime, timedelta, timezone
 import redis
 from rq import Queue, Retry
 
-from engine import Event, Plan, TemplateError, evaluate, render_deferred
+from engine import Event, Plan, TemplateError, evaluate, explain, render_deferred
 from inloox import AuthError, InLooxError, OutcomeUnknown
+from workers import ledger
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
 from workers.outbound import OutboundRefused
-from workers.runs import TERMINAL, create_run, load_run, new_run, record_step, save_run
+from workers.runs import TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
 from workers.worker_context import WorkerContext, worker_context
 
 log = logging.getLogger(__name__)
@@ -30,21 +31,28 @@ PAUSED_KEY = "account:paused"
 
 
 def handle_event(event: dict) -> dict:
-    """Plan the event against the rules; store a run per matched rule and queue the live ones."""
+    """Plan the event against the rules; store a run per matched rule and queue the live ones.
+
+    The explain report (which rules matched, and why the others did not) is kept as the event's trace.
+    """
     ctx = worker_context()
     now = datetime.now(timezone.utc)
-    parsed = Event.from_dict(event)
-    run_ids = []
-    for plan in evaluate(parsed, ctx.ruleset(), now=now, env=ctx.rule_env):
-        run = new_run(plan, now=now, **_initial_status(parsed, plan))
-        create_run(ctx.connection, run)
-        existing = load_run(ctx.connection, run["id"])
-        if existing and existing["status"] == "queued":
-            # Also when the run existed: a crash may have come between storing and queueing it.
-            _queue(ctx.connection).enqueue_call(execute_run, args=[run["id"]], job_id=run["id"],
-                                                timeout=RUN_JOB_TIMEOUT, retry=Retry(max=3))
-        run_ids.append(run["id"])
+    parsed, ruleset = Event.from_dict(event), ctx.ruleset()
+    run_ids = [_start_run(ctx, parsed, plan, now) for plan in evaluate(parsed, ruleset, now=now, env=ctx.rule_env)]
+    report = explain(parsed, ruleset, now=now, env=ctx.rule_env)
+    save_trace(ctx.connection, report.to_dict(), run_ids, now=now)
     return {"event_id": parsed.id, "runs": run_ids}
+
+
+def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime) -> str:
+    run = new_run(plan, now=now, **_initial_status(event, plan))
+    create_run(ctx.connection, run)
+    existing = load_run(ctx.connection, run["id"])
+    if existing and existing["status"] == "queued":
+        # Also when the run existed: a crash may have come between storing and queueing it.
+        _queue(ctx.connection).enqueue_call(execute_run, args=[run["id"]], job_id=run["id"],
+                                            timeout=RUN_JOB_TIMEOUT, retry=Retry(max=3))
+    return run["id"]
 
 
 def _initial_status(event: Event, plan: Plan) -> dict:
@@ -150,3 +158,42 @@ def _queue(connection: redis.Redis) -> Queue:
 
 def _ms_since(started: datetime) -> int:
     return int((datetime.now(timezone.utc) - started).total_seconds() * 1000)
+
+
+class RetryRefused(Exception):
+    """The run cannot be retried now (it is not failed or paused); the message says why."""
+
+
+def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False) -> dict:
+    """Queue a failed or paused run again, from its failed step (default) or from the start.
+
+    Writes that are known to have landed are never repeated, even from the start: the step
+    ledger returns their first result. A step that stopped because its outcome was unknown
+    and uncheckable is sent again: retrying it is the person's decision.
+    """
+    run = load_run(connection, run_id)
+    if run is None:
+        raise RetryRefused(f"no run {run_id}")
+    if run["status"] not in ("failed", "paused"):
+        raise RetryRefused(f"run {run_id} is {run['status']}; only failed or paused runs can be retried")
+    plan = Plan.from_dict(run["plan"])
+    for step in run["steps"]:
+        if step.get("error_type") == "NeedsAttention":
+            ledger.clear(connection, plan.operations[step["index"]].idempotency_key)
+    run["steps"] = [] if from_start else [s for s in run["steps"] if s["status"] == "done"]
+    run["outputs"] = {} if from_start else run["outputs"]
+    run.update(status="queued", attempts=0, reason="retried " + ("from the start" if from_start else "from the failed step"))
+    run["retries"] = run.get("retries", 0) + 1
+    save_run(connection, run, now=datetime.now(timezone.utc))
+    _queue(connection).enqueue_call(execute_run, args=[run_id], job_id=f"{run_id}-r{run['retries']}",
+                                    timeout=RUN_JOB_TIMEOUT, retry=Retry(max=3))
+    return run
+
+
+def resume_account(connection: redis.Redis) -> list[str]:
+    """Lift the pause set by a refused token and queue the paused runs again; returns their ids."""
+    connection.delete(PAUSED_KEY)
+    paused = [r["id"] for r in list_runs(connection, status="paused", limit=10_000)]
+    for run_id in paused:
+        retry_run(connection, run_id)
+    return paused

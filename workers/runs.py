@@ -90,3 +90,20 @@ def record_step(run: dict, step: dict[str, Any]) -> None:
 
 def _key(run_id: str) -> str:
     return f"run:{run_id}"
+
+
+def save_trace(connection: redis.Redis, report: dict, run_ids: list[str], *, now: datetime) -> None:
+    """Keep an event's explain report (matched rules, near misses and why) with the runs it made."""
+    event_id = report["event"]["id"]
+    trace = {**report, "runs": run_ids, "handled_at": now.isoformat()}
+    with connection.pipeline() as pipe:
+        pipe.set(f"trace:{event_id}", json.dumps(trace, default=str), ex=RUN_TTL)
+        pipe.zadd("traces", {event_id: now.timestamp()})
+        pipe.zremrangebyrank("traces", 0, -RETENTION - 1)
+        pipe.execute()
+
+
+def load_trace(connection: redis.Redis, event_id: str) -> dict | None:
+    """The trace of an event, or None."""
+    raw = connection.get(f"trace:{event_id}")
+    return json.loads(raw) if raw is not None else None

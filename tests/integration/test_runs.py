@@ -1,0 +1,108 @@
+"""Runs as a user sees them: the runs API and `flask runs`, failures kept, retries, shadow mode, pauses."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from app import create_app
+from tests.support.processes import wait_until
+from tests.support.stack import PROJECT, deliver, ensure_project, runs_in
+
+FORM_RULE = """
+id: form-to-task
+description: Each form submission becomes a task in the project it names.
+{mode}
+when:
+  - webhook: forms
+then:
+  - id: task
+    inloox.create: Task
+    values:
+      Name: "{{{{ webhook.body.title }}}}"
+      ProjectId: "{{{{ webhook.body.project }}}}"
+      WorkAmount: 1
+"""
+
+
+def write_rule(rules_dir, mode=""):
+    (rules_dir / "forms.yaml").write_text(textwrap.dedent(FORM_RULE.format(mode=mode)))
+
+
+@pytest.fixture
+def api(redis_url, sandbox):
+    """The app in-process (the runs API reads only Redis), with an admin token."""
+    app = create_app({"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": sandbox.token,
+                      "ADMIN_TOKEN": "admin-secret"})
+    return app
+
+
+def get(api, path):
+    return api.test_client().get(path, headers={"Authorization": "Bearer admin-secret"})
+
+
+def test_a_failed_run_keeps_the_request_and_the_inloox_error_and_retries_from_that_step(
+        stack, sandbox, rules_dir, redis_url, api):
+    write_rule(rules_dir)
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="status", status=500, methods=["POST"], path="^Task$", count=1)
+
+    deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_fail")
+
+    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 20, "the run to fail")
+    listed = get(api, "/runs?status=failed").json["runs"]
+    assert [r["id"] for r in listed] == [failed["id"]]
+    shown = get(api, f"/runs/{failed['id']}").json
+    [step] = shown["run"]["steps"]
+    assert step["status"] == "error" and "500" in step["error"]
+    assert step["request"]["values"]["Name"] == "Call Ann"
+    assert [r["rule"] for r in shown["trace"]["rules"] if r["matched"]] == ["form-to-task"]
+    assert sandbox.count("Task") == 0
+
+    result = api.test_cli_runner().invoke(args=["runs", "retry", failed["id"]])
+    assert result.exit_code == 0, result.output
+    wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the retried run to succeed")
+    assert sandbox.count("Task") == 1
+
+
+def test_a_shadow_rule_records_what_it_would_write_and_writes_nothing(stack, sandbox, rules_dir, redis_url, api):
+    write_rule(rules_dir, mode="mode: shadow")
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+
+    deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_shadow")
+
+    [run] = wait_until(lambda: runs_in(redis_url, "shadow"), 20, "the shadow run")
+    [operation] = run["plan"]["operations"]
+    assert operation["verb"] == "create"
+    assert operation["params"] == {"entity_set": "Task", "values": {"Name": "Call Ann", "ProjectId": PROJECT,
+                                                                      "WorkAmount": 1}}
+    assert not [r for r in sandbox.requests() if r["method"] != "GET"]
+
+
+def test_a_refused_token_pauses_the_account_until_resumed(stack, sandbox, rules_dir, redis_url, api):
+    write_rule(rules_dir)
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="status", status=401, methods=["POST"], path="^Task$")
+
+    deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_401")
+
+    [run] = wait_until(lambda: runs_in(redis_url, "paused"), 20, "the run to pause")
+    assert "refused the token" in run["reason"]
+    sandbox.clear_faults()
+    result = api.test_cli_runner().invoke(args=["runs", "resume"])
+    assert "1 paused run(s) queued again" in result.output
+    wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the resumed run to succeed")
+    assert sandbox.count("Task") == 1
+
+
+def test_the_runs_api_needs_the_admin_token_when_one_is_set(api):
+    assert api.test_client().get("/runs").status_code == 401
+    assert api.test_client().get("/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert get(api, "/runs").status_code == 200
+    assert get(api, "/runs/run_nope").status_code == 404

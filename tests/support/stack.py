@@ -1,0 +1,85 @@
+"""The pipeline's processes for integration tests: rq workers, pollers and the web app, plus readers."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import redis
+import requests
+from standardwebhooks.webhooks import Webhook
+
+from tests.support.processes import Process, free_port
+
+PROJECT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+class Stack:
+    """Worker, poller and web processes wired to the test's Redis, sandbox and rules folder."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.processes: list[Process] = []
+
+    def worker(self, name="worker") -> Process:
+        """An `rq worker` process, as the Procfile runs it (with a short maintenance interval)."""
+        return self._start(Process.python(
+            "-m", "rq.cli", "worker", "--worker-class", "workers.worker.Worker", "--serializer", "json",
+            "--with-scheduler", "--maintenance-interval", "5", "--url", self.env["REDIS_URL"], "default",
+            name=name, env=self.env))
+
+    def poller(self, name="poller") -> Process:
+        return self._start(Process.python("-m", "workers.poller", name=name, env=self.env))
+
+    def web(self) -> str:
+        """The app under gunicorn, accepting webhooks from source `forms`; returns its base URL."""
+        port = free_port()
+        process = self._start(Process.python(
+            "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "app:create_app()",
+            name="web", env={**self.env, "WEBHOOK_SECRET_FORMS": WEBHOOK_SECRET}))
+        process.wait_for_port(port)
+        return f"http://127.0.0.1:{port}"
+
+    def _start(self, process: Process) -> Process:
+        self.processes.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in self.processes)
+
+    def stop(self):
+        for process in self.processes:
+            process.stop()
+
+
+def deliver(web: str, body: dict, msg_id: str) -> requests.Response:
+    """POST a Standard-Webhooks-signed delivery to the `forms` source."""
+    raw = json.dumps(body)
+    stamp = int(time.time())
+    signature = Webhook(WEBHOOK_SECRET).sign(msg_id, datetime.fromtimestamp(stamp, timezone.utc), raw)
+    return requests.post(f"{web}/hooks/forms", data=raw, timeout=5, headers={
+        "content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(stamp),
+        "webhook-signature": signature})
+
+
+def all_runs(redis_url: str) -> list[dict]:
+    """Every stored run, oldest first."""
+    connection = redis.Redis.from_url(redis_url)
+    return [json.loads(connection.get(f"run:{i.decode()}")) for i in connection.zrange("runs", 0, -1)]
+
+
+def runs_in(redis_url: str, status: str) -> list[dict]:
+    return [r for r in all_runs(redis_url) if r["status"] == status]
+
+
+def ensure_project(sandbox) -> str:
+    if sandbox.count("Project", f"ProjectId eq {PROJECT}") == 0:
+        assert sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"}).status_code == 201
+    return PROJECT
+
+
+def make_task(sandbox, name="Write report", work=1.5) -> str:
+    response = sandbox.post("Task", json={"Name": name, "ProjectId": ensure_project(sandbox), "WorkAmount": work})
+    assert response.status_code == 201, response.text
+    return response.json()["TaskItemId"]

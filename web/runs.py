@@ -1,0 +1,56 @@
+"""The runs API: `GET /runs`, `GET /runs/<id>` (with its event's trace), `POST /runs/<id>/retry`."""
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, abort, current_app, jsonify, request
+
+from web.resources import get_redis
+from workers.jobs import RetryRefused, retry_run
+from workers.runs import list_runs, load_run, load_trace
+
+bp = Blueprint("runs", __name__, url_prefix="/runs")
+
+
+@bp.before_request
+def require_admin_token():
+    """With ADMIN_TOKEN set, every runs request needs `Authorization: Bearer <token>`."""
+    expected = current_app.config.get("ADMIN_TOKEN")
+    if not expected:
+        return
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        abort(401, "an admin token is needed (Authorization: Bearer …)")
+
+
+@bp.get("")
+def index():
+    """The newest runs first; filter with ?rule=, ?status= and ?limit= (at most 500)."""
+    limit = min(request.args.get("limit", 50, type=int), 500)
+    runs = list_runs(get_redis(), rule=request.args.get("rule"), status=request.args.get("status"), limit=limit)
+    return jsonify(runs=[_summary(r) for r in runs])
+
+
+@bp.get("/<run_id>")
+def show(run_id: str):
+    """One run with its steps (requests, responses, timings) and its event's explain report."""
+    run = load_run(get_redis(), run_id)
+    if run is None:
+        abort(404, f"no run {run_id}")
+    return jsonify(run=run, trace=load_trace(get_redis(), run["event_id"]))
+
+
+@bp.post("/<run_id>/retry")
+def retry(run_id: str):
+    """Queue a failed or paused run again (`?from=start` to begin at its first step)."""
+    try:
+        run = retry_run(get_redis(), run_id, from_start=request.args.get("from") == "start")
+    except RetryRefused as exc:
+        abort(409, str(exc))
+    return jsonify(run=_summary(run)), 202
+
+
+def _summary(run: dict) -> dict:
+    keys = ("id", "rule_id", "rule_version", "event_id", "source", "mode", "status", "reason",
+            "created_at", "updated_at", "attempts")
+    return {key: run.get(key) for key in keys} | {"steps": len(run["steps"])}

@@ -1,0 +1,59 @@
+"""`flask runs list|show|retry|resume`: the runs API for a terminal."""
+from __future__ import annotations
+
+import json
+
+import click
+from flask.cli import AppGroup
+
+from web.resources import get_redis
+from workers.jobs import RetryRefused, resume_account, retry_run
+from workers.runs import list_runs, load_run, load_trace
+
+runs_cli = AppGroup("runs", help="List, inspect and retry rule runs.")
+
+
+@runs_cli.command("list")
+@click.option("--rule", help="Only runs of this rule id.")
+@click.option("--status", help="Only runs in this status (queued, retrying, succeeded, failed, paused, …).")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_command(rule, status, limit, as_json):
+    """The newest runs first."""
+    runs = list_runs(get_redis(), rule=rule, status=status, limit=limit)
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    for run in runs:
+        click.echo(f"{run['id']}  {run['created_at'][:19]}  {run['status']:<9}  {run['rule_id']}  {run['reason']}")
+    if not runs:
+        click.echo("no runs")
+
+
+@runs_cli.command("show")
+@click.argument("run_id")
+def show_command(run_id):
+    """One run with its steps and its event's trace, as JSON."""
+    run = load_run(get_redis(), run_id)
+    if run is None:
+        raise click.ClickException(f"no run {run_id}")
+    click.echo(json.dumps({"run": run, "trace": load_trace(get_redis(), run["event_id"])}, indent=2))
+
+
+@runs_cli.command("retry")
+@click.argument("run_id")
+@click.option("--from-start", is_flag=True, help="Begin at the first step (landed writes are not repeated).")
+def retry_command(run_id, from_start):
+    """Queue a failed or paused run again."""
+    try:
+        run = retry_run(get_redis(), run_id, from_start=from_start)
+    except RetryRefused as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{run['id']} queued ({run['reason']})")
+
+
+@runs_cli.command("resume")
+def resume_command():
+    """Lift the pause set when InLoox refused the token, and queue the paused runs again."""
+    paused = resume_account(get_redis())
+    click.echo(f"resumed; {len(paused)} paused run(s) queued again")
