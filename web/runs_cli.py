@@ -7,6 +7,7 @@ import click
 from flask.cli import AppGroup
 
 from web.resources import get_redis
+from workers.guards import resume_rule
 from workers.jobs import RetryRefused, resume_account, retry_run
 from workers.runs import list_runs, load_run, load_trace
 
@@ -53,7 +54,12 @@ def retry_command(run_id, from_start):
 
 
 @runs_cli.command("resume")
-def resume_command():
-    """Lift the pause set when InLoox refused the token, and queue the paused runs again."""
+@click.option("--rule", "rule_id", help="Resume this rule, paused by the loop guard, instead of the account.")
+def resume_command(rule_id):
+    """Lift the account's pause (InLoox refused the token) and queue its paused runs again."""
+    if rule_id:
+        state = "resumed" if resume_rule(get_redis(), rule_id) else "was not paused"
+        click.echo(f"rule {rule_id} {state}")
+        return
     paused = resume_account(get_redis())
     click.echo(f"resumed; {len(paused)} paused run(s) queued again")

@@ -13,8 +13,8 @@ import redis
 from rq import Queue, Retry
 
 from engine import Event, Plan, TemplateError, evaluate, explain, render_deferred
-from inloox import AuthError, InLooxError, OutcomeUnknown
-from workers import ledger
+from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
+from workers import guards, ledger
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
 from workers.outbound import OutboundRefused
 from workers.runs import TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
@@ -45,7 +45,7 @@ def handle_event(event: dict) -> dict:
 
 
 def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime) -> str:
-    run = new_run(plan, now=now, **_initial_status(event, plan))
+    run = new_run(plan, now=now, **_initial_status(ctx.connection, event, plan))
     create_run(ctx.connection, run)
     existing = load_run(ctx.connection, run["id"])
     if existing and existing["status"] == "queued":
@@ -55,11 +55,14 @@ def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime) -> s
     return run["id"]
 
 
-def _initial_status(event: Event, plan: Plan) -> dict:
+def _initial_status(connection: redis.Redis, event: Event, plan: Plan) -> dict:
     if plan.error:
         return {"status": "failed", "reason": plan.error}
     if event.chained and not plan.allow_chained:
         return {"status": "skipped", "reason": "caused by the engine's own write (allow_chained is off)"}
+    refused = guards.refusal(connection, plan.rule_id, plan.event)
+    if refused:
+        return {"status": "skipped", "reason": refused}
     if plan.mode == "shadow":
         return {"status": "shadow", "reason": "shadow mode: planned and recorded, nothing written"}
     return {"status": "queued"}
@@ -109,10 +112,26 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
     except (InLooxError, NeedsAttention, OutboundRefused, TemplateError) as exc:
         return _failed_step(ctx, run, plan, trace, exc)
     trace.update(status="done", output=output, ms=_ms_since(started))
+    _note_write(ctx, plan, operation, output)
     record_step(run, trace)
     run["outputs"][operation.step_id] = output
     save_run(ctx.connection, run, now=datetime.now(timezone.utc))
     return "done"
+
+
+def _note_write(ctx: WorkerContext, plan: Plan, operation, output) -> None:
+    """Record the chain depth on the entity we wrote, for the loop guard (see workers.guards)."""
+    if operation.verb not in ("create", "update", "delete", "invoke"):
+        return
+    entity_set = operation.params["entity_set"]
+    key = operation.params.get("key") or (output or {}).get(_key_field(entity_set))
+    if key:
+        guards.note_write(ctx.connection, entity_set, str(key), int(plan.event.get("payload", {}).get("hops", 0)) + 1)
+
+
+def _key_field(entity_set: str) -> str | None:
+    meta = load_metadata().entity_set(entity_set)
+    return meta.key[0] if meta and len(meta.key) == 1 else None
 
 
 def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Exception) -> str:

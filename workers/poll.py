@@ -22,6 +22,7 @@ from engine.events import Event
 from inloox import Client, eq, ge, or_
 from inloox.changes import ChangeFeed
 from inloox.metadata import load_metadata
+from workers import guards
 from workers.intake import submit_event
 from workers.snapshots import STAMP, SnapshotStore
 
@@ -122,8 +123,9 @@ def _changes(feed, watched, rows, snapshots) -> tuple[list[_Change], dict]:
 
 def _emit(client, connection, store, feed, found, settings, result) -> None:
     entities = _fetch(client, feed, [c.key for c in found])
+    hops = guards.hops_of(connection, feed.entity_set, [c.key for c in found])
     for change in found:
-        event = _event(feed, change, entities.get(change.key, {}), settings)
+        event = _event(feed, change, entities.get(change.key, {}), settings, hops.get(change.key, 0))
         accepted = submit_event(
             connection, event, dedup_key=f"{settings.prefix}poll:seen:{_digest(event.id)}",
             dedup_ttl=settings.dedup_ttl, queue=settings.queue,
@@ -135,16 +137,17 @@ def _emit(client, connection, store, feed, found, settings, result) -> None:
             result.duplicates += 1
 
 
-def _event(feed: ChangeFeed, change: _Change, entity: dict, settings: PollSettings) -> Event:
+def _event(feed: ChangeFeed, change: _Change, entity: dict, settings: PollSettings, hops: int = 0) -> Event:
     stamp = change.row.get(feed.stamp)
     actor = str(change.row.get(feed.changed_by) or "") if feed.changed_by else ""
+    chained = bool(actor) and actor == settings.own_contact_id
     return Event(
         source="inloox", kind=change.kind, entity_set=feed.entity_set, key=change.key,
         occurred_at=parse_datetime(stamp),
         id=f"inloox:{feed.entity_set}:{change.key}:{stamp}:{change.kind}:{','.join(sorted(change.changes))}",
         changes=change.changes, entity=entity or _plain(feed, change.row),
         actor={"ContactId": actor} if actor else {},
-        chained=bool(actor) and actor == settings.own_contact_id,
+        chained=chained, payload={"hops": hops} if chained else {},
     )
 
 

@@ -1,0 +1,65 @@
+"""Loop guards: how far a chain of our own writes may go, and how often a rule may hit one entity.
+
+A rule that writes the field it triggers on would loop forever. Three guards stop that:
+1. changes made by the engine's own InLoox user arrive as `chained` events, which rules ignore
+   unless they say `allow_chained: true` (handled where runs start);
+2. every write we make records its hop count on the entity it wrote (`wrote:<Set>:<key>`), so the
+   chained event it causes carries hop + 1, and a chain stops at HOP_LIMIT;
+3. a rule that runs more than RUN_LIMIT times on one entity within RUN_WINDOW seconds is paused
+   and flagged until a person resumes it (`flask runs resume --rule ID`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+
+HOP_LIMIT = 3
+RUN_LIMIT = 10
+RUN_WINDOW = 60
+WROTE_TTL = 600  # a chained event arrives within a few polls of the write that caused it
+
+
+def note_write(connection: redis.Redis, entity_set: str, key: str, hops: int) -> None:
+    """Remember that we wrote this entity at chain depth `hops`."""
+    connection.set(f"wrote:{entity_set}:{key}", hops, ex=WROTE_TTL)
+
+
+def hops_of(connection: redis.Redis, entity_set: str, keys: Iterable[str]) -> dict[str, int]:
+    """Chain depth of our latest write to each entity (0 where we wrote nothing recently)."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    values = connection.mget([f"wrote:{entity_set}:{k}" for k in keys])
+    return {k: int(v) if v is not None else 0 for k, v in zip(keys, values)}
+
+
+def refusal(connection: redis.Redis, rule_id: str, event: dict) -> str | None:
+    """Why this rule must not run for this event (paused, chain too long, too frequent), or None."""
+    paused = connection.get(f"rule:paused:{rule_id}")
+    if paused is not None:
+        return f"rule paused: {paused.decode()}"
+    hops = int((event.get("payload") or {}).get("hops", 0))
+    if event.get("chained") and hops >= HOP_LIMIT:
+        return f"chain of our own writes stopped at {hops} hops"
+    if not event.get("entity_set"):
+        return None
+    return _count_run(connection, rule_id, event["entity_set"], event["key"])
+
+
+def _count_run(connection: redis.Redis, rule_id: str, entity_set: str, key: str) -> str | None:
+    counter = f"rate:{rule_id}:{entity_set}:{key}"
+    with connection.pipeline() as pipe:
+        pipe.incr(counter)
+        pipe.expire(counter, RUN_WINDOW, nx=True)
+        count = pipe.execute()[0]
+    if count <= RUN_LIMIT:
+        return None
+    reason = f"ran more than {RUN_LIMIT} times on {entity_set}({key}) within {RUN_WINDOW}s"
+    connection.set(f"rule:paused:{rule_id}", reason)
+    return f"rule paused: {reason}"
+
+
+def resume_rule(connection: redis.Redis, rule_id: str) -> bool:
+    """Lift a rule's pause; False if it was not paused."""
+    return bool(connection.delete(f"rule:paused:{rule_id}"))
