@@ -30,7 +30,10 @@ WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
 class InLooxError(Exception):
-    """Base of every InLoox client error; `str()` is one line naming status, method and URL."""
+    """Base of every InLoox client error; `str()` is one line naming status, method and URL.
+
+    Raised as itself for protocol surprises (a nextLink to another origin); not safe to retry.
+    """
 
     retryable = False
 
@@ -63,7 +66,10 @@ class OutcomeUnknown(TransportError):
 
 
 class HTTPStatusError(InLooxError):
-    """InLoox answered with an error status; `response_excerpt` is the start of its body (redacted)."""
+    """InLoox answered with an error (or unreadable) response; not safe to retry unless a subclass says so.
+
+    `response_excerpt` is the start of the body and `details` its per-field errors, both redacted.
+    """
 
     def __init__(self, text: str, *, response_excerpt: str = "", details: tuple = (), **fields):
         super().__init__(text, **fields)
@@ -72,7 +78,7 @@ class HTTPStatusError(InLooxError):
 
 
 class UnexpectedRedirect(HTTPStatusError):
-    """A 3xx answer; redirects are never followed because the token would travel with them."""
+    """A 3xx answer, naming `location`; never followed (the token would travel along); not retryable."""
 
     def __init__(self, text: str, *, location: str | None = None, **fields):
         super().__init__(text, **fields)
@@ -100,7 +106,7 @@ class ServerError(HTTPStatusError):
 
 
 class ClientError(HTTPStatusError):
-    """4xx: the request itself is wrong or not allowed; sending it again gives the same answer."""
+    """4xx: the request itself is wrong or not allowed; not retryable, it would get the same answer."""
 
 
 class AuthError(ClientError):
