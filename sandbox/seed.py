@@ -20,8 +20,9 @@ COLLEAGUES = [("Brigitte", "Koch", "brigitte.koch@example.com"), ("Chen", "Wei",
 PROJECT_STATUSES = [("Planned", 0), ("Active", 50), ("Completed", 100)]
 TASK_STATUSES = ["To do", "In progress", "Review", "Done"]
 PROJECTS = {
-    "Website Relaunch": ("2026_0001", "Active", ["Kick-off workshop", "Sitemap", "Design mockups", "Content migration",
-                         "SEO audit", "Accessibility review", "Staging deploy", "Load test", "Go-live", "Retrospective"]),
+    "Website Relaunch": ("2026_0001", "Active", ["Kick-off workshop", "Sitemap", "Design mockups",
+                         "Content migration", "SEO audit", "Accessibility review", "Staging deploy", "Load test",
+                         "Go-live", "Retrospective"]),
     "Mobile App": ("2026_0002", "Active", ["User interviews", "Wireframes", "API contract", "Login screen",
                    "Offline sync", "Push notifications", "Beta release", "Crash triage", "Store listing", "Launch"]),
     "Office Move": ("2026_0003", "Planned", ["Find movers", "Floor plan", "IT cabling", "Furniture order",
