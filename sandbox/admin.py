@@ -1,7 +1,8 @@
 """Admin endpoints under /_sandbox/ (no token; the server binds 127.0.0.1): faults, reset, log, notes.
 
 POST/GET/DELETE /_sandbox/faults, DELETE /_sandbox/faults/<id>, POST /_sandbox/reset,
-GET/DELETE /_sandbox/requests, GET /_sandbox/notes[?object_id=], GET /_sandbox/health.
+GET/DELETE /_sandbox/requests, GET /_sandbox/notes[?object_id=], GET /_sandbox/health,
+POST /_sandbox/users (another person with a token of their own).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from flask import Blueprint, Response, request
 
 from .errors import BadRequest, NotFound
 from .odata import json_response
+from . import seed
 from .runtime import get_sandbox
 
 bp = Blueprint("admin", __name__, url_prefix="/_sandbox")
@@ -69,6 +71,23 @@ def reset():
     seed = _body().get("seed", "empty")
     get_sandbox().reset(seed)
     return json_response({"seed": seed})
+
+
+@bp.post("/users")
+def add_user():
+    """Another person with their own token, so tests can tell their writes from the engine's.
+
+    Body `{"token": "...", "first": "Ann", "last": "Other", "email": "ann@example.com"}`; 201 with the
+    ContactId. Writes made with that token carry it as *_ChangedByContactId. Reset removes the token.
+    """
+    body = _body()
+    missing = [f for f in ("token", "first", "last") if not isinstance(body.get(f), str) or not body.get(f)]
+    if missing:
+        raise BadRequest(f"Missing or empty field(s): {', '.join(missing)}", target=missing[0])
+    sandbox = get_sandbox()
+    contact_id = seed.add_person(sandbox.store, body["first"], body["last"], body.get("email") or "")
+    sandbox.users[body["token"]] = contact_id
+    return json_response({"ContactId": contact_id}, 201)
 
 
 @bp.get("/requests")

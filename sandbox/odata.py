@@ -5,7 +5,6 @@ a store read or write; errors become OData error bodies through the app's error 
 """
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from datetime import datetime, timezone
@@ -52,7 +51,8 @@ def gate():
         elif rule.kind == "commit_then_hang":
             g.hang_s = rule.hang_s
     token = request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(token.encode(), sandbox.token.encode()):
+    g.user = sandbox.user_of(token)
+    if g.user is None:
         raise Unauthorized("Missing or invalid x-api-key header" if token else "Missing x-api-key header")
     return None
 
@@ -132,7 +132,7 @@ def resource(path: str):
 def _collection(sandbox, target):
     entity_set = target.entity_set
     if request.method == "POST":
-        created = writes.create(sandbox.store, entity_set, _json_body(), sandbox.user)
+        created = writes.create(sandbox.store, entity_set, _json_body(), g.user)
         response = _entity_response(entity_set.name, created, 201)
         response.headers["Location"] = _base_url() + format_key(entity_set, created)
         return response
@@ -164,10 +164,10 @@ def _entity(sandbox, target):
     if request.method == "GET":
         return _entity_response(entity_set.name, writes.read_entity(store, entity_set, key))
     if request.method == "DELETE":
-        writes.delete(store, entity_set, key, sandbox.user)
+        writes.delete(store, entity_set, key, g.user)
         return Response(status=204)
     if request.method in ("PATCH", "PUT"):
-        updated = writes.update(store, entity_set, key, _json_body(), sandbox.user)
+        updated = writes.update(store, entity_set, key, _json_body(), g.user)
         if "return=minimal" in request.headers.get("Prefer", ""):
             return Response(status=204)
         return _entity_response(entity_set.name, updated)
@@ -180,7 +180,7 @@ def _entity_response(set_name: str, entity: dict, status: int = 200) -> Response
 
 def _operation(sandbox, target):
     body = _json_body() if request.method == "POST" and request.get_data() else None
-    status, result = operations.invoke(sandbox.store, target, request.method, body, sandbox.user)
+    status, result = operations.invoke(sandbox.store, target, request.method, body, g.user)
     if result is None:
         return Response(status=204)
     context = f"{_base_url()}$metadata#{target.entity_set.name}"

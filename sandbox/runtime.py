@@ -1,7 +1,8 @@
 """The sandbox's live state, owned by the app: the store, fault rules, request log and token."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hmac
+from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 
@@ -15,18 +16,28 @@ _EXTENSION = "inloox_sandbox"
 
 @dataclass(frozen=True)
 class Sandbox:
-    """Everything a request may touch; `user` is the ContactId the token belongs to."""
+    """Everything a request may touch; `token` belongs to the main user (ME_ID), `users` are more tokens."""
 
     store: Store
     faults: Faults
     log: RequestLog
     token: str
     user: str = ME_ID
+    users: dict[str, str] = field(default_factory=dict)  # extra token → ContactId (other people)
+
+    def user_of(self, token: str) -> str | None:
+        """The ContactId a token belongs to, or None; compared in constant time, as a server should."""
+        found = None
+        for known, contact_id in [(self.token, self.user), *self.users.items()]:
+            if hmac.compare_digest(token.encode(), known.encode()):
+                found = contact_id
+        return found
 
     def reset(self, seed: str) -> None:
-        """Clear data, notes, faults and the request log, then load `seed`."""
+        """Clear data, notes, faults, extra tokens and the request log, then load `seed`."""
         self.faults.clear()
         self.log.clear()
+        self.users.clear()
         self.store.clear()
         plant(self.store, seed)
 

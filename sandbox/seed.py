@@ -50,6 +50,15 @@ def plant(store: Store, name: str) -> None:
             _demo(ctx)
 
 
+def add_person(store: Store, first: str, last: str, email: str) -> str:
+    """A user (Contact + UserInfo) with a fixed id from the name, if not there yet; returns the id."""
+    contact_id = seed_id("contact", f"{first} {last}")
+    with store.transaction() as conn:
+        if conn.execute('SELECT 1 FROM "UserInfo" WHERE "ContactId" = ?', (contact_id,)).fetchone() is None:
+            _person(WriteContext(conn, store, ME_ID, store.clock.now()), contact_id, first, last, email)
+    return contact_id
+
+
 def _put(ctx: WriteContext, set_name: str, values: dict) -> None:
     entity_set = ctx.store.metadata.entity_sets[set_name]
     ctx = WriteContext(ctx.conn, ctx.store, ctx.user, ctx.store.clock.now())

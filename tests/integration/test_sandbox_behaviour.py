@@ -198,3 +198,16 @@ def walk_all(sandbox, path: str) -> list[dict]:
         page = sandbox.session.get(page["@odata.nextLink"]).json()
         rows += page["value"]
     return rows
+
+
+def test_another_person_s_token_writes_as_that_person(sandbox, project):
+    ann = sandbox.add_user("ann-token", "Ann", "Other")
+    task = sandbox.post("Task", {"Name": "shared", "ProjectId": project["ProjectId"]}).json()
+    as_ann = sandbox.as_user("ann-token")
+    [me] = as_ann.get(sandbox.base_url + "UserInfo/Me()", timeout=5).json()["value"]
+    assert me["ContactId"] == ann and me["DisplayName"] == "Ann Other"
+    assert as_ann.patch(sandbox.base_url + f"Task({task['TaskItemId']})", json={"IsDone": True}, timeout=5).ok
+    row = sandbox.get(f"DynamicTaskItem({task['TaskItemId']})").json()
+    assert row["TaskItem_ChangedByContactId"] == ann and row["TaskItem_CreatedByContactId"] == ME_ID
+    sandbox.reset()
+    assert as_ann.get(sandbox.base_url + "Task", timeout=5).status_code == 401

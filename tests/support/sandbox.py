@@ -62,6 +62,18 @@ class SandboxServer:
         params = {"object_id": object_id} if object_id else None
         return self._admin("GET", "notes", params=params).json()["value"]
 
+    def add_user(self, token: str, first: str = "Ann", last: str = "Other") -> str:
+        """Another person with their own token (until the next reset); returns their ContactId."""
+        response = self._admin("POST", "users", json={"token": token, "first": first, "last": last,
+                                                       "email": f"{first.lower()}@example.com"})
+        return response.json()["ContactId"]
+
+    def as_user(self, token: str) -> requests.Session:
+        """A session that sends another person's token (see add_user)."""
+        session = requests.Session()
+        session.headers["x-api-key"] = token
+        return session
+
     # --- OData calls with the token ----------------------------------------------------------------
     def get(self, path: str, **params) -> requests.Response:
         return self.session.get(self.base_url + path, params=params or None, timeout=10)
