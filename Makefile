@@ -17,16 +17,18 @@ export REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
 else
 export EMBEDDED_REDIS := 0
 endif
-# No InLoox account given: use the local sandbox.
+# No InLoox account given: use the local sandbox, where the automation has a user of its own
+# ("Automation Bot"), so that edits made with SANDBOX_TOKEN (Alex Meyer) are a person's, not ours.
+export SANDBOX_ENGINE_TOKEN ?= sandbox-engine-token
 export INLOOX_URL ?= http://127.0.0.1:$(SANDBOX_PORT)/api/odata/
-export INLOOX_API_KEY ?= $(SANDBOX_TOKEN)
+export INLOOX_API_KEY ?= $(SANDBOX_ENGINE_TOKEN)
 
 .PHONY: run test check-python clean
 
 run: $(VENV)/.installed
 	@echo "Starting the stack (Ctrl+C stops it):"
 	@echo "  web      http://127.0.0.1:$(PORT)   (/healthz, /readyz)"
-	@echo "  sandbox  http://127.0.0.1:$(SANDBOX_PORT)/api/odata/   x-api-key: $(SANDBOX_TOKEN)   (demo data)"
+	@echo "  sandbox  http://127.0.0.1:$(SANDBOX_PORT)/api/odata/   x-api-key: $(SANDBOX_TOKEN)   (demo data; you are Alex Meyer)"
 	@echo "  redis    $(REDIS_URL)   (embedded: $(EMBEDDED_REDIS))"
 	@echo "  InLoox   $(INLOOX_URL)"
 	@echo "  rules    rules/"

@@ -16,12 +16,14 @@ from .store import Store
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """The app; config keys SANDBOX_TOKEN, SANDBOX_SEED ('empty'|'demo'), SANDBOX_DATA (SQLite file)."""
+    """The app; config keys SANDBOX_TOKEN, SANDBOX_SEED ('empty'|'demo'), SANDBOX_DATA (SQLite file),
+    SANDBOX_USERS ({token: (first, last)}: more people, kept across resets)."""
     app = Flask(__name__)
-    app.config.from_mapping(SANDBOX_TOKEN="sandbox-token", SANDBOX_SEED="empty", SANDBOX_DATA=None)
+    app.config.from_mapping(SANDBOX_TOKEN="sandbox-token", SANDBOX_SEED="empty", SANDBOX_DATA=None, SANDBOX_USERS={})
     app.config.update(test_config or {})
     store = Store(load_metadata(), app.config["SANDBOX_DATA"])
-    sandbox = runtime.Sandbox(store, Faults(), RequestLog(), app.config["SANDBOX_TOKEN"])
+    sandbox = runtime.Sandbox(store, Faults(), RequestLog(), app.config["SANDBOX_TOKEN"],
+                              people=dict(app.config["SANDBOX_USERS"]))
     if app.config["SANDBOX_DATA"] is None or _is_empty(store):
         sandbox.reset(app.config["SANDBOX_SEED"])
     runtime.init_app(app, sandbox)

@@ -8,7 +8,7 @@ from flask import Flask, current_app
 
 from .faults import Faults
 from .requestlog import RequestLog
-from .seed import ME_ID, plant
+from .seed import ME_ID, add_person, plant
 from .store import Store
 
 _EXTENSION = "inloox_sandbox"
@@ -24,6 +24,10 @@ class Sandbox:
     token: str
     user: str = ME_ID
     users: dict[str, str] = field(default_factory=dict)  # extra token → ContactId (other people)
+    people: dict[str, tuple[str, str]] = field(default_factory=dict)  # token → name, from the command line
+
+    def __post_init__(self):
+        self._add_people()
 
     def user_of(self, token: str) -> str | None:
         """The ContactId a token belongs to, or None; compared in constant time, as a server should."""
@@ -40,6 +44,13 @@ class Sandbox:
         self.users.clear()
         self.store.clear()
         plant(self.store, seed)
+        self._add_people()
+
+    def _add_people(self) -> None:
+        # People named at start-up (e.g. the automation's own user) survive resets, unlike
+        # those added through the admin API by a test.
+        for token, (first, last) in self.people.items():
+            self.users[token] = add_person(self.store, first, last, f"{first.lower()}@example.com")
 
 
 def get_sandbox() -> Sandbox:

@@ -25,3 +25,16 @@ def test_a_data_file_keeps_its_rows_across_restarts(tmp_path):
         assert server.count("Task") == 0
     finally:
         server.stop()
+
+
+def test_people_named_on_the_command_line_keep_their_tokens_across_resets():
+    server = SandboxServer.start(port=free_port(), token="main-token", people=("bot-token=Automation Bot",))
+    try:
+        as_bot = server.as_user("bot-token")
+        me = as_bot.get(server.base_url + "UserInfo/Me()", timeout=5).json()["value"][0]
+        assert me["DisplayName"] == "Automation Bot"
+        server.reset(seed="demo")
+        again = as_bot.get(server.base_url + "UserInfo/Me()", timeout=5).json()["value"][0]
+        assert again["ContactId"] == me["ContactId"]
+    finally:
+        server.stop()

@@ -19,9 +19,14 @@ class SandboxServer:
         self.session.headers["x-api-key"] = token
 
     @classmethod
-    def start(cls, port: int, token: str, seed: str = "empty", data: str | None = None) -> "SandboxServer":
-        """Start the process on `port` (in memory, or on SQLite file `data`) and wait until it listens."""
-        args = ["-m", "sandbox", "--port", str(port), "--token", token, "--seed", seed]
+    def start(cls, port: int, token: str, seed: str = "empty", data: str | None = None,
+              people: tuple[str, ...] = ()) -> "SandboxServer":
+        """Start the process on `port` (in memory, or on SQLite file `data`) and wait until it listens.
+
+        `people` are `--user-token` values, `TOKEN=First Last`.
+        """
+        args = ["-m", "sandbox", "--port", str(port), "--token", token, "--seed", seed,
+                *(arg for person in people for arg in ("--user-token", person))]
         process = Process.python(*args, *(["--data", data] if data else []), name="sandbox")
         process.wait_for_port(port)
         return cls(process, port, token)
