@@ -23,11 +23,16 @@ export SANDBOX_ENGINE_TOKEN ?= sandbox-engine-token
 export INLOOX_URL ?= http://127.0.0.1:$(SANDBOX_PORT)/api/odata/
 export INLOOX_API_KEY ?= $(SANDBOX_ENGINE_TOKEN)
 
+# The example rules notify TEAM_CHANNEL_URL: by default the web app's development inbox.
+export DEV_INBOX ?= 1
+export TEAM_CHANNEL_URL ?= json://127.0.0.1:$(PORT)/dev/inbox
+export OUTBOUND_ALLOW ?= 127.0.0.1
+
 .PHONY: run test check-python clean
 
 run: $(VENV)/.installed
 	@echo "Starting the stack (Ctrl+C stops it):"
-	@echo "  web      http://127.0.0.1:$(PORT)   (/healthz, /readyz)"
+	@echo "  web      http://127.0.0.1:$(PORT)   (/healthz, /readyz, /runs, /dev/inbox)"
 	@echo "  sandbox  http://127.0.0.1:$(SANDBOX_PORT)/api/odata/   x-api-key: $(SANDBOX_TOKEN)   (demo data; you are Alex Meyer)"
 	@echo "  redis    $(REDIS_URL)   (embedded: $(EMBEDDED_REDIS))"
 	@echo "  InLoox   $(INLOOX_URL)"

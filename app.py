@@ -22,6 +22,8 @@ DEFAULTS = {
     "OUTBOUND_ALLOW": "",
     # Bearer token for the runs API (and later the dashboard); empty: open (local development).
     "ADMIN_TOKEN": "",
+    # "1": serve /dev/inbox, a local stand-in for Slack/Teams (make run sets it).
+    "DEV_INBOX": "",
 }
 
 
@@ -49,7 +51,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_mapping(load_config() if test_config is None else
                             {**DEFAULTS, "WEBHOOK_SOURCES": {}, **test_config})
 
-    from web import errors, health, hooks, resources, runs
+    from web import errors, health, hooks, inbox, resources, runs
     from web.rules_cli import rules_cli
     from web.runs_cli import runs_cli
 
@@ -58,6 +60,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(runs.bp)
+    if app.config["DEV_INBOX"] in ("1", "true", True):
+        app.register_blueprint(inbox.bp)
     app.cli.add_command(rules_cli)
     app.cli.add_command(runs_cli)
     return app

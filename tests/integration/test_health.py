@@ -44,3 +44,4 @@ def test_unknown_path_gets_a_json_error(client):
     response = client.get("/no-such-page")
     assert response.status_code == 404
     assert response.json["error"]["code"] == "NotFound"
+
