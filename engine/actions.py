@@ -1,24 +1,30 @@
-"""Actions: the steps of a rule's `do:` list, each compiled to one primitive Operation verb.
+"""Actions: the steps of a rule's `then:` list, each compiled to one primitive Operation verb.
+
+A step is one mapping: the action's key with its main argument, the action's other arguments
+beside it, and an optional `id` (its output becomes `steps.<id>`).
 
 Kinds (→ verb):
-    create, update, delete, get, query, invoke, notify, http   (→ themselves)
-    set_field       → update   one field of the trigger's entity (or any entity)
-    log_time_entry  → create   a TimeEntry from a start and a duration
-    add_note        → invoke   AddNote on the trigger's entity (or any entity)
-The worker's executor table needs only the eight verbs.
+    inloox.create: <Set>     values                       → create
+    inloox.update: <Set>     key, values                  → update
+    inloox.delete: <Set>     key                          → delete
+    inloox.get: <Set>        key                          → get
+    inloox.query: <Set>      filter, select, orderby, top → query
+    inloox.action: <Name>    entity, key, parameters      → invoke (a bound operation, e.g. AddNote)
+    notify: <Apprise URL>    title, body                  → notify
+    http: <URL>              method, headers, body        → http
+`key` (and `entity` of inloox.action) default to the entity of the rule's inloox trigger.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Callable, Mapping
 
 from inloox.metadata import load_metadata
 
-from .edm import parse_datetime, type_problem
+from .edm import type_problem
 from .errors import did_you_mean
 from .scope import Compilation, Scope
-from .templates import is_template, isoformat
+from .templates import is_template, unescaped_expressions
 
 VERBS = ("create", "update", "delete", "get", "query", "invoke", "notify", "http")
 
@@ -31,7 +37,7 @@ class ActionKind:
     verb: str
     build: Callable[[Mapping[str, Any]], dict]  # rendered args → operation params
     check: Callable[[Mapping[str, Any], tuple, Compilation], None]  # metadata checks at load
-    defaults: Callable[[Scope], dict]  # args taken from the trigger when left out
+    defaults: Callable[[Mapping[str, Any], Scope], dict]  # args taken from the trigger when left out
     explanation: str
     schema: dict
 
@@ -39,16 +45,16 @@ class ActionKind:
 ACTIONS: dict[str, ActionKind] = {}
 
 
-def action(name: str, *, verb: str, explanation: str, args: dict, required: tuple = (),
+def action(name: str, *, verb: str, explanation: str, main: dict, args: dict, required: tuple = (),
            check=None, defaults=None):
-    """Register an action kind; `args` are the JSON Schema properties of its arguments."""
+    """Register an action kind; `main` is the schema of its key's value, `args` of the keys beside it."""
     assert verb in VERBS, verb
 
     def register(build):
-        schema = {"type": "object", "properties": args, "additionalProperties": False,
-                  "required": list(required), "description": explanation}
+        schema = {"type": "object", "properties": {name: main, **args}, "required": [name, *required],
+                  "description": explanation}
         ACTIONS[name] = ActionKind(name, verb, build, check or (lambda a, p, c: None),
-                                   defaults or (lambda scope: {}), explanation, schema)
+                                   defaults or (lambda a, scope: {}), explanation, schema)
         return build
     return register
 
@@ -57,20 +63,26 @@ def _arg(description: str, **schema) -> dict:
     return {**schema, "description": description}
 
 
-_ENTITY = _arg("The InLoox entity set, e.g. Task or TimeEntry.", type="string")
-_KEY = _arg("The entity's key (a GUID), usually a template such as '{{ task.TaskItemId }}'.", type="string")
+_SET = _arg("The InLoox entity set, e.g. Task or TimeEntry.", type="string", minLength=1)
+_KEY = _arg("The entity's key (a GUID), usually a template such as '{{ steps.task.TaskItemId }}'; "
+            "default: the key of the rule's inloox trigger entity, when it is of this set.", type="string")
 _VALUES = _arg("Field values by InLoox field name; templates allowed.", type="object")
 
 
-def _entity_set(args: Mapping, path: tuple, comp: Compilation):
-    name = args.get("entity")
-    if name is None:
-        comp.fail(path, "entity is required", hint="only an inloox trigger gives a default entity and key")
+def _entity_set(name: Any, path: tuple, comp: Compilation):
     meta = load_metadata().entity_set(name) if isinstance(name, str) else None
     if meta is None:
-        comp.fail(path + ("entity",), f"unknown entity set {name!r}",
-                  hint=did_you_mean(str(name), load_metadata().entity_sets))
+        comp.fail(path, f"unknown entity set {name!r}", hint=did_you_mean(str(name), load_metadata().entity_sets))
     return meta
+
+
+def _check_key(args: Mapping, path: tuple, comp: Compilation, entity_set: str) -> None:
+    if "key" not in args:
+        comp.fail(path, "key is required", hint=f"only an `inloox: {entity_set}` trigger gives a default key")
+    key = args["key"]
+    problem = "" if is_template(key) else type_problem("Edm.Guid", key, nullable=False)
+    if problem:
+        comp.fail(path + ("key",), f"key: {problem}")
 
 
 def _check_values(meta, values: Mapping, path: tuple, comp: Compilation) -> None:
@@ -86,72 +98,92 @@ def _check_values(meta, values: Mapping, path: tuple, comp: Compilation) -> None
             comp.fail(path + (field,), f"{field}: {problem}")
 
 
-def _check_entity_values(args, path, comp):
-    _check_values(_entity_set(args, path, comp), args.get("values", {}), path + ("values",), comp)
-
-
-def _trigger_entity(scope: Scope) -> dict:
-    """The trigger's own entity as default target (only inloox triggers have one)."""
+def _trigger_key(args: Mapping, scope: Scope, entity_set: Any) -> dict:
+    """The trigger's own entity key, when the step targets the trigger's entity set."""
     root = scope.roots.get("entity")
-    return {"entity": root.entity_set, "key": "{{ event.key }}"} if root else {}
+    return {"key": "{{ event.key }}"} if root and root.entity_set == entity_set else {}
 
 
-def _target(args: Mapping) -> dict:
-    return {"entity_set": args["entity"], "key": args.get("key")}
+def _target(args: Mapping, name: str) -> dict:
+    return {"entity_set": args[name], "key": args["key"]}
 
 
-@action("create", verb="create", explanation="create an entity (POST <Set>)",
-        args={"entity": _ENTITY, "values": _VALUES}, required=("entity", "values"), check=_check_entity_values)
+def _checker(name: str, *, key: bool = False, values: bool = False):
+    """A check of the entity set named by the action, and of its key and values when it has them."""
+    def check(args, path, comp):
+        meta = _entity_set(args[name], path + (name,), comp)
+        if key:
+            _check_key(args, path, comp, meta.name)
+        if values:
+            _check_values(meta, args.get("values", {}), path + ("values",), comp)
+    return check
+
+
+def _key_default(name: str):
+    return lambda args, scope: _trigger_key(args, scope, args.get(name))
+
+
+@action("inloox.create", verb="create", explanation="create an entity (POST <Set>); steps.<id> is the new entity",
+        main=_SET, args={"values": _VALUES}, required=("values",), check=_checker("inloox.create", values=True))
 def _create(args):
-    return {"entity_set": args["entity"], "values": dict(args["values"])}
+    return {"entity_set": args["inloox.create"], "values": dict(args["values"])}
 
 
-@action("update", verb="update", explanation="change fields of an entity (PATCH <Set>(key))",
-        args={"entity": _ENTITY, "key": _KEY, "values": _VALUES}, required=("values",),
-        check=_check_entity_values, defaults=_trigger_entity)
+@action("inloox.update", verb="update", explanation="change fields of an entity (PATCH <Set>(key))",
+        main=_SET, args={"key": _KEY, "values": _VALUES}, required=("values",),
+        check=_checker("inloox.update", key=True, values=True), defaults=_key_default("inloox.update"))
 def _update(args):
-    return {**_target(args), "values": dict(args["values"])}
+    return {**_target(args, "inloox.update"), "values": dict(args["values"])}
 
 
-@action("delete", verb="delete", explanation="delete an entity and its children (DELETE <Set>(key))",
-        args={"entity": _ENTITY, "key": _KEY}, check=lambda a, p, c: _entity_set(a, p, c),
-        defaults=_trigger_entity)
+@action("inloox.delete", verb="delete", explanation="delete an entity and its children (DELETE <Set>(key))",
+        main=_SET, args={"key": _KEY}, check=_checker("inloox.delete", key=True),
+        defaults=_key_default("inloox.delete"))
 def _delete(args):
-    return _target(args)
+    return _target(args, "inloox.delete")
 
 
-@action("get", verb="get", explanation="read one entity; its fields become steps.<id>",
-        args={"entity": _ENTITY, "key": _KEY}, required=("entity", "key"),
-        check=lambda a, p, c: _entity_set(a, p, c))
+@action("inloox.get", verb="get", explanation="read one entity; its fields become steps.<id>",
+        main=_SET, args={"key": _KEY}, check=_checker("inloox.get", key=True), defaults=_key_default("inloox.get"))
 def _get(args):
-    return _target(args)
+    return _target(args, "inloox.get")
 
 
-@action("query", verb="query", explanation="read entities with an OData filter; steps.<id>.value is the list",
-        args={"entity": _ENTITY,
-              "filter": _arg("An OData $filter, e.g. \"ProjectId eq {{ task.ProjectId }}\".", type="string"),
-              "select": _arg("Fields to read ($select).", type="array", items={"type": "string"}),
-              "orderby": _arg("An OData $orderby.", type="string"),
-              "top": _arg("Read at most this many entities.", type="integer", minimum=1)},
-        required=("entity",), check=lambda a, p, c: _check_select(_entity_set(a, p, c), a, p, c))
-def _query(args):
-    return {"entity_set": args["entity"], **{k: args[k] for k in ("filter", "select", "orderby", "top") if k in args}}
-
-
-def _check_select(meta, args, path, comp):
+def _check_query(args, path, comp):
+    meta = _entity_set(args["inloox.query"], path + ("inloox.query",), comp)
     for i, field in enumerate(args.get("select", [])):
         if meta.property(field) is None and not meta.open_type:
             comp.fail(path + ("select", i), f"{meta.name} has no field {field!r}",
                       hint=did_you_mean(field, meta.properties))
+    # Event values (webhook bodies, chat text) must not write OData: each one goes through `| odata`.
+    for expression in unescaped_expressions(args.get("filter", "")):
+        comp.fail(path + ("filter",), f"{expression} in a filter is not written as an OData literal",
+                  hint=f"end the expression in | odata, e.g. {expression[:-2].rstrip()} | odata }}}}")
 
 
-def _check_invoke(args, path, comp):
-    meta = _entity_set(args, path, comp)
-    name = args.get("operation", "")
+@action("inloox.query", verb="query", explanation="read entities with an OData filter; steps.<id>.value is the list",
+        main=_SET,
+        args={"filter": _arg("An OData $filter; every {{ }} in it must end in | odata, e.g. "
+                             "\"ProjectId eq {{ task.ProjectId | odata }}\".", type="string"),
+              "select": _arg("Fields to read ($select).", type="array", items={"type": "string"}),
+              "orderby": _arg("An OData $orderby, e.g. 'EndDateTime desc'.", type="string"),
+              "top": _arg("Read at most this many entities.", type="integer", minimum=1)},
+        check=_check_query)
+def _query(args):
+    options = {k: args[k] for k in ("filter", "select", "orderby", "top") if k in args}
+    return {"entity_set": args["inloox.query"], **options}
+
+
+def _check_action(args, path, comp):
+    if "entity" not in args:
+        comp.fail(path, "entity is required", hint="only an inloox trigger gives a default entity and key")
+    meta = _entity_set(args["entity"], path + ("entity",), comp)
+    name = args["inloox.action"]
     op = load_metadata().operation(meta.name, name)
     if op is None:
         names = [o.name for o in load_metadata().operations if meta.name in o.binding_sets]
-        comp.fail(path + ("operation",), f"{meta.name} has no operation {name!r}", hint=did_you_mean(name, names))
+        comp.fail(path + ("inloox.action",), f"{meta.name} has no operation {name!r}", hint=did_you_mean(name, names))
+    _check_key(args, path, comp, meta.name)
     allowed = [p.name for p in op.parameters]
     for param in args.get("parameters", {}):
         if param not in allowed:
@@ -159,83 +191,38 @@ def _check_invoke(args, path, comp):
                       hint=did_you_mean(param, allowed) or f"parameters: {', '.join(allowed) or 'none'}", key=True)
 
 
-@action("invoke", verb="invoke", explanation="call a bound InLoox action or function, e.g. AddNote",
-        args={"entity": _ENTITY, "key": _KEY,
-              "operation": _arg("The operation's name, e.g. AddNote or StopStopwatch.", type="string"),
-              "parameters": _arg("The operation's parameters by name.", type="object")},
-        required=("operation",), check=_check_invoke, defaults=_trigger_entity)
+def _action_defaults(args, scope: Scope) -> dict:
+    root = scope.roots.get("entity")
+    entity = args.get("entity", root.entity_set if root else None)
+    return {**({"entity": entity} if entity else {}), **_trigger_key(args, scope, entity)}
+
+
+@action("inloox.action", verb="invoke", explanation="call a bound InLoox action or function, e.g. AddNote",
+        main=_arg("The operation's name, e.g. AddNote, StopStopwatch or AddNotificationFollowers.",
+                  type="string", minLength=1),
+        args={"entity": _arg("The entity set the operation is bound to; default: the trigger's.", type="string"),
+              "key": _KEY,
+              "parameters": _arg("The operation's parameters by name, e.g. htmlText for AddNote.", type="object")},
+        check=_check_action, defaults=_action_defaults)
 def _invoke(args):
-    op = load_metadata().operation(args["entity"], args["operation"])
-    return {**_target(args), "operation": op.name, "method": "POST" if op.kind == "Action" else "GET",
-            "parameters": dict(args.get("parameters", {}))}
+    op = load_metadata().operation(args["entity"], args["inloox.action"])
+    return {"entity_set": args["entity"], "key": args["key"], "operation": op.name,
+            "method": "POST" if op.kind == "Action" else "GET", "parameters": dict(args.get("parameters", {}))}
 
 
-@action("notify", verb="notify", explanation="post a message to a chat incoming-webhook URL (Slack, Teams)",
-        args={"url": _arg("The incoming-webhook URL, usually '{{ env.SLACK_WEBHOOK_URL }}'.", type="string"),
-              "text": _arg("The message text.", type="string")},
-        required=("url", "text"))
+@action("notify", verb="notify", explanation="send a message through Apprise (Slack, Teams, email, JSON webhook)",
+        main=_arg("The Apprise URL, usually '{{ env.TEAM_CHANNEL_URL }}'.", type="string", minLength=1),
+        args={"title": _arg("The message title.", type="string"), "body": _arg("The message text.", type="string")},
+        required=("body",))
 def _notify(args):
-    return {"url": args["url"], "text": str(args["text"])}
+    return {"url": args["notify"], "text": str(args["body"]), "title": str(args.get("title", ""))}
 
 
-@action("http", verb="http", explanation="send an HTTP request to another system",
-        args={"method": _arg("The HTTP method.", enum=["GET", "POST", "PUT", "PATCH", "DELETE"]),
-              "url": _arg("The URL.", type="string"),
+@action("http", verb="http", explanation="send an HTTP request to an allow-listed host",
+        main=_arg("The URL.", type="string", minLength=1),
+        args={"method": _arg("The HTTP method (default POST).", enum=["GET", "POST", "PUT", "PATCH", "DELETE"]),
               "headers": _arg("Request headers.", type="object", additionalProperties={"type": "string"}),
-              "body": _arg("A JSON body.", type=["object", "array", "string", "number", "boolean", "null"])},
-        required=("method", "url"))
+              "body": _arg("A JSON body.", type=["object", "array", "string", "number", "boolean", "null"])})
 def _http(args):
-    return {"method": args["method"], "url": args["url"], "headers": dict(args.get("headers", {})),
+    return {"method": args.get("method", "POST"), "url": args["http"], "headers": dict(args.get("headers", {})),
             "body": args.get("body")}
-
-
-def _check_set_field(args, path, comp):
-    meta = _entity_set(args, path, comp)
-    _check_values(meta, {args["field"]: args.get("value")}, path, comp)
-
-
-@action("set_field", verb="update", explanation="set one field, by default on the trigger's entity",
-        args={"entity": _ENTITY, "key": _KEY, "field": _arg("The InLoox field name.", type="string"),
-              "value": _arg("The new value; templates allowed.",
-                            type=["string", "number", "boolean", "null"])},
-        required=("field", "value"), check=_check_set_field, defaults=_trigger_entity)
-def _set_field(args):
-    return {**_target(args), "values": {args["field"]: args["value"]}}
-
-
-def _duration(args: Mapping) -> timedelta:
-    if "minutes" in args:
-        return timedelta(minutes=float(args["minutes"]))
-    return timedelta(hours=float(args["hours"]))
-
-
-@action("log_time_entry", verb="create", explanation="book a time entry from a start and a duration",
-        args={"project": _arg("The project's ProjectId.", type="string"),
-              "task": _arg("The task's TaskItemId (optional).", type="string"),
-              "start": _arg("When the work started (ISO date-time or template).", type="string"),
-              "minutes": _arg("Duration in minutes.", type=["number", "string"]),
-              "hours": _arg("Duration in hours (instead of minutes).", type=["number", "string"]),
-              "name": _arg("The entry's DisplayName.", type="string"),
-              "description": _arg("The entry's DescriptionText.", type="string"),
-              "billable": _arg("IsBillable.", type=["boolean", "string"])},
-        required=("project", "start"),
-        check=lambda a, p, c: None if ("minutes" in a) != ("hours" in a)
-        else c.fail(p, "log_time_entry needs exactly one of minutes or hours"))
-def _log_time_entry(args):
-    start = parse_datetime(args["start"])
-    if start is None:
-        raise ValueError(f"start {args['start']!r} is not an ISO date-time")
-    end = start + _duration(args)
-    values = {"ProjectId": args["project"], "StartDateTime": isoformat(start), "EndDateTime": isoformat(end)}
-    optional = {"task": "TaskItemId", "name": "DisplayName", "description": "DescriptionText", "billable": "IsBillable"}
-    values.update({field: args[arg] for arg, field in optional.items() if args.get(arg) is not None})
-    return {"entity_set": "TimeEntry", "values": values}
-
-
-@action("add_note", verb="invoke", explanation="add a note (AddNote) to a task, project, time entry or document",
-        args={"entity": _ENTITY, "key": _KEY, "html": _arg("The note as HTML.", type="string"),
-              "notify": _arg("ContactIds to notify.", type="array", items={"type": "string"})},
-        required=("html",), check=lambda a, p, c: _entity_set(a, p, c), defaults=_trigger_entity)
-def _add_note(args):
-    return {**_target(args), "operation": "AddNote", "method": "POST",
-            "parameters": {"htmlText": args["html"], "notificationContactIds": list(args.get("notify", []))}}

@@ -1,10 +1,12 @@
-"""Conditions: compiled once into checkers that return None when they hold, else a reason.
+"""Conditions (`if:`): compiled once into checkers that return None when they hold, else a reason.
 
-Condition kinds (the YAML key selects one; any other key is a field path such as `task.WorkAmount`):
-    all, any, not, expr
+Condition kinds (each clause has exactly one of these keys; a list of clauses means all):
+    path   {path: task.WorkAmount, op: gt, value: 0, ignore_case: false}   a field test
+    all    {all: [clause, …]}       any    {any: [clause, …]}
+    not    {not: clause}            expr   {expr: "{{ task.WorkAmount * 60 > 30 }}"}
 Operators of a field test:
     eq ne lt le gt ge in not_in contains prefix suffix regex exists between older_than newer_than
-    (`ignore_case: true` folds case for the text operators)
+A `value` may be a template ("{{ task.ProjectId }}"): it is rendered each time the clause is checked.
 """
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ from datetime import datetime
 from typing import Any, Callable, Mapping
 
 from .documents import format_path
-from .durations import PATTERN as DURATION_PATTERN, parse_duration
+from .durations import parse_duration
 from .edm import coercer, parse_datetime, type_problem
 from .errors import TemplateError, did_you_mean
 from .scope import Compilation, FieldType
-from .templates import render
+from .templates import is_template, render
 
 Checker = Callable[[Mapping[str, Any]], "str | None"]
 MISSING = object()
@@ -26,7 +28,7 @@ MISSING = object()
 
 @dataclass(frozen=True)
 class Operator:
-    """A field-test operator: its test, the operand it takes and its JSON Schema."""
+    """A field-test operator: its test, the operand it takes and the JSON Schema of its `value`."""
 
     name: str
     test: Callable[[Any, Any, datetime], bool]
@@ -37,10 +39,10 @@ class Operator:
 
 @dataclass(frozen=True)
 class ConditionKind:
-    """A structural condition (all/any/not/expr): how to compile it, and its schema."""
+    """A condition kind: how to compile a clause holding its key, and the clause's schema."""
 
     name: str
-    compile: Callable[[Any, tuple, Compilation], Checker]
+    compile: Callable[[Mapping, tuple, Compilation], Checker]
     explanation: str
     schema: dict
 
@@ -49,32 +51,33 @@ OPERATORS: dict[str, Operator] = {}
 CONDITIONS: dict[str, ConditionKind] = {}
 
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
+_TEMPLATE = {"type": "string", "pattern": r"\{[{%]", "description": "A template that renders to the operand."}
 _OPERAND_SCHEMAS = {
     "value": _SCALAR, "any": _SCALAR, "text": {"type": "string"}, "regex": {"type": "string"},
     "bool": {"type": "boolean"},
-    "list": {"type": "array", "items": _SCALAR},
-    "pair": {"type": "array", "items": _SCALAR, "minItems": 2, "maxItems": 2},
-    "duration": {"type": ["string", "number"], "pattern": DURATION_PATTERN},
+    "list": {"anyOf": [{"type": "array", "items": _SCALAR}, _TEMPLATE]},
+    "pair": {"anyOf": [{"type": "array", "items": _SCALAR, "minItems": 2, "maxItems": 2}, _TEMPLATE]},
+    "duration": {"type": ["string", "number"]},
 }
 
 
 def operator(name: str, *, operand: str, explanation: str):
     """Register a field-test operator under `name`."""
     def register(test):
-        schema = {**_OPERAND_SCHEMAS[operand], "description": f"{name}: {explanation}"}
+        schema = {**_OPERAND_SCHEMAS[operand], "description": f"The operand of {name}: {explanation}."}
         OPERATORS[name] = Operator(name, test, operand, explanation, schema)
         return test
     return register
 
 
-def condition(name: str, *, explanation: str, schema: dict):
-    """Register a structural condition kind under `name`."""
+def condition(name: str, *, explanation: str, keys: dict, extra: dict | None = None):
+    """Register a condition kind; `keys` are the JSON Schema properties of its clause."""
     def register(compile_fn):
-        CONDITIONS[name] = ConditionKind(name, compile_fn, explanation, {**schema, "description": explanation})
+        schema = {"type": "object", "properties": keys, "additionalProperties": False,
+                  "description": explanation, **(extra or {})}
+        CONDITIONS[name] = ConditionKind(name, compile_fn, explanation, schema)
         return compile_fn
     return register
-
-
 def _ordered(test):
     def safe(value, operand, now):
         try:
@@ -109,7 +112,7 @@ operator("suffix", operand="text", explanation="text ends with")(
     lambda v, o, now: isinstance(v, str) and v.endswith(o))
 operator("regex", operand="regex", explanation="text matches a regular expression (search)")(
     lambda v, o, now: isinstance(v, str) and o.search(v) is not None)
-operator("exists", operand="bool", explanation="the value is present and not null (true) or absent (false)")(
+operator("exists", operand="bool", explanation="the value is present and not null (no value, or true) or absent (false)")(
     lambda v, o, now: (v is not MISSING and v is not None) == o)
 
 
@@ -126,17 +129,23 @@ def _newer_than(value, operand, now):
 
 
 def compile_condition(config: Any, path: tuple, comp: Compilation) -> Checker:
-    """A checker for a condition mapping, or for a list of them (all must hold)."""
+    """A checker for one clause, or for a list of clauses (all must hold)."""
     if isinstance(config, list):
         return _all_of([compile_condition(c, path + (i,), comp) for i, c in enumerate(config)])
-    checkers = []
-    for key, value in config.items():
-        kind = CONDITIONS.get(key)
-        if kind is not None:
-            checkers.append(kind.compile(value, path + (key,), comp))
-        else:
-            checkers.append(_compile_field_test(key, value, path + (key,), comp))
-    return _all_of(checkers)
+    kinds = [k for k in config if k in CONDITIONS]
+    if len(kinds) != 1:
+        comp.fail(path, f"a condition needs exactly one of {', '.join(CONDITIONS)} "
+                        f"(found {', '.join(kinds) or 'none'})", hint=_kind_hint(config))
+    return CONDITIONS[kinds[0]].compile(config, path, comp)
+
+
+def _kind_hint(config: Mapping) -> str:
+    for key in config:
+        if "." in key:  # the shape `task.WorkAmount: {gt: 0}` of other tools
+            return f"write a field test as {{path: {key}, op: …, value: …}}"
+        if did_you_mean(key, CONDITIONS):
+            return did_you_mean(key, CONDITIONS)
+    return ""
 
 
 def _all_of(checkers: list[Checker]) -> Checker:
@@ -149,14 +158,20 @@ def _all_of(checkers: list[Checker]) -> Checker:
     return checkers[0] if len(checkers) == 1 else check
 
 
-@condition("all", explanation="every listed condition holds", schema={"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/condition"}})
+_CLAUSES = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/condition"}}
+
+
+@condition("all", explanation="every listed condition holds", keys={"all": {**_CLAUSES, "description": "The clauses."}})
 def _compile_all(config, path, comp):
-    return _all_of([compile_condition(c, path + (i,), comp) for i, c in enumerate(config)])
+    path += ("all",)
+    return _all_of([compile_condition(c, path + (i,), comp) for i, c in enumerate(config["all"])])
 
 
-@condition("any", explanation="at least one listed condition holds", schema={"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/condition"}})
+@condition("any", explanation="at least one listed condition holds",
+           keys={"any": {**_CLAUSES, "description": "The clauses."}})
 def _compile_any(config, path, comp):
-    checkers = [compile_condition(c, path + (i,), comp) for i, c in enumerate(config)]
+    path += ("any",)
+    checkers = [compile_condition(c, path + (i,), comp) for i, c in enumerate(config["any"])]
 
     def check(ctx):
         reasons = []
@@ -169,15 +184,20 @@ def _compile_any(config, path, comp):
     return check
 
 
-@condition("not", explanation="the condition (or every condition of a list) does not hold", schema={"$ref": "#/$defs/condition"})
+@condition("not", explanation="the condition (or every condition of a list) does not hold",
+           keys={"not": {"$ref": "#/$defs/condition", "description": "The clause that must not hold."}})
 def _compile_not(config, path, comp):
-    inner = compile_condition(config, path, comp)
+    path += ("not",)
+    inner = compile_condition(config["not"], path, comp)
     return lambda ctx: f"{format_path(path)}: held, wanted it not to" if inner(ctx) is None else None
 
 
-@condition("expr", explanation="a Jinja expression such as '{{ task.WorkAmount > 0 }}' is true", schema={"type": "string"})
+@condition("expr", explanation="a Jinja expression such as '{{ task.WorkAmount > 0 }}' is true",
+           keys={"expr": {"type": "string", "description": "The expression, in {{ }}."}})
 def _compile_expr(config, path, comp):
-    template = comp.check_template(path, config)
+    source = config["expr"]
+    path += ("expr",)
+    template = comp.check_template(path, source)
     where = format_path(path)
 
     def check(ctx):
@@ -187,86 +207,139 @@ def _compile_expr(config, path, comp):
             return f"{where}: {exc.message}"
         if isinstance(value, str):
             value = value.strip().lower() not in ("", "false", "0", "none", "no")
-        return None if value else f"{where}: {config} was false"
+        return None if value else f"{where}: {source} was false"
     return check
 
 
-def _compile_field_test(key: str, spec: Any, path: tuple, comp: Compilation) -> Checker:
+_FIELD_TEST = {
+    "path": {"type": "string", "minLength": 1,
+             "description": "A dotted path into the event: task.Name, change.IsDone.from, webhook.body.x, actor.ContactId."},
+    "op": {"enum": list(OPERATORS), "description": "The operator: " + ", ".join(OPERATORS) + "."},
+    "value": {"description": "The operand (a literal, or a template rendered when checked); exists takes none."},
+    "ignore_case": {"type": "boolean", "description": "Fold case for the text operators."},
+}
+
+
+_OPERANDS = {"required": ["path", "op"], "allOf": [
+    {"if": {"properties": {"op": {"const": name, "description": f"The operator is {name}."}}},
+     "then": {"properties": {"value": op.schema}}}
+    for name, op in OPERATORS.items()]}
+
+
+@condition("path", explanation="the value at a path passes an operator test", keys=_FIELD_TEST, extra=_OPERANDS)
+def _compile_field_test(config, path, comp):
+    key = config["path"]
     parts = tuple(key.split("."))
     problem, hint, field_type = comp.scope.check(parts)
     if problem:
-        if not hint and len(parts) == 1:
-            hint = did_you_mean(key, [*CONDITIONS, *comp.scope.names()])
-        comp.fail(path, problem, hint=hint, key=True)
-    if isinstance(spec, list):  # allowed by the schema only so that a misspelt `all:` gets the hint above
-        comp.fail(path, f"{key}: a field test takes operators or one value, not a list", hint="use in: [...]")
-    tests = spec if isinstance(spec, dict) else {"eq": spec}
-    ignore_case = bool(tests.get("ignore_case", False))
-    checkers = [_compile_operator(key, parts, op, operand, path + (op,), field_type, ignore_case, comp)
-                for op, operand in tests.items() if op != "ignore_case"]
-    if not checkers:
-        comp.fail(path, "no operator given", hint="e.g. {gt: 0}")
-    return _all_of(checkers)
-
-
-def _compile_operator(key, parts, op_name, operand, path, field_type, ignore_case, comp) -> Checker:
-    op = OPERATORS.get(op_name)
-    if op is None:
-        comp.fail(path, f"unknown operator {op_name!r}", hint=did_you_mean(op_name, OPERATORS), key=True)
-    prepared = _prepare(op, operand, path, field_type, comp)
-    coerce = _value_coercer(field_type, prepared)
-    fold = _fold if ignore_case else (lambda v: v)
-    prepared = fold(prepared)
-    where = format_path(path[:-2])
+        comp.fail(path + ("path",), problem, hint=hint)
+    op = OPERATORS[config["op"]]  # the schema allows only registered names
+    fold = _fold if config.get("ignore_case") else (lambda v: v)
+    operand = _operand(op, config, path, field_type, fold, comp)
+    coerce = coercer(field_type.edm_type) if field_type else None
+    where = format_path(path)
 
     def check(ctx):
+        try:
+            shown, prepared = operand(ctx)
+        except (TemplateError, ValueError) as exc:
+            return f"{where}: value: {getattr(exc, 'message', exc)}"
+        wanted = f"{op.name} {shown!r}" if "value" in config else op.name
         raw = resolve(ctx, parts)
         if raw is MISSING and op.name != "exists":
-            return f"{where}: {key} was missing, wanted {op.name} {operand!r}"
-        value = raw if raw is MISSING else fold(coerce(raw))
+            return f"{where}: {key} was missing, wanted {wanted}"
+        value = raw if raw is MISSING else fold((coerce or _value_coercer(prepared))(raw))
         if op.test(value, prepared, ctx.get("now")):
             return None
-        shown = "missing" if raw is MISSING else repr(raw)
-        return f"{where}: {key} was {shown}, wanted {op.name} {operand!r}"
+        return f"{where}: {key} was {'missing' if raw is MISSING else repr(raw)}, wanted {wanted}"
     return check
 
 
-def _prepare(op: Operator, operand: Any, path: tuple, field_type: FieldType | None, comp: Compilation) -> Any:
+def _operand(op: Operator, config: Mapping, path: tuple, field_type: FieldType | None, fold, comp: Compilation):
+    """A function of the context giving (value as written or rendered, operand ready to compare)."""
+    if "value" not in config:
+        if op.operand != "bool":
+            comp.fail(path, f"{op.name} needs a value", hint=f"{{path: …, op: {op.name}, value: …}}")
+        return lambda ctx: (True, True)
+    given, at = config["value"], path + ("value",)
+    templates = {sub: comp.check_template(at + sub, s) for sub, s in _template_strings(given, ())}
+    if not templates:
+        try:
+            ready = (given, fold(_prepare(op, given, field_type)))
+        except OperandProblem as exc:
+            comp.fail(at + exc.where, exc.message, hint=exc.hint)
+        return lambda ctx: ready
+
+    def rendered(ctx):
+        value = _with_rendered(given, templates, ctx, comp.rule_id, format_path(at))
+        return value, fold(_prepare(op, value, field_type))
+    return rendered
+
+
+def _template_strings(value: Any, sub: tuple):
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _template_strings(item, sub + (i,))
+    elif is_template(value):
+        yield sub, value
+
+
+def _with_rendered(value: Any, templates: dict, ctx, rule_id: str, where: str) -> Any:
+    if () in templates:
+        return render(templates[()], ctx, rule_id=rule_id, step=where)
+    return [render(templates[(i,)], ctx, rule_id=rule_id, step=where) if (i,) in templates else item
+            for i, item in enumerate(value)]
+
+
+class OperandProblem(ValueError):
+    """An operand that does not suit its operator or field; `where` is the path inside `value`."""
+
+    def __init__(self, message: str, where: tuple = (), hint: str = ""):
+        super().__init__(message)
+        self.message, self.where, self.hint = message, where, hint
+
+
+def _prepare(op: Operator, operand: Any, field_type: FieldType | None) -> Any:
     """Check an operand against the operator and the field's EDM type; return it ready to compare."""
     if op.operand == "duration":
         delta = parse_duration(operand)
         if delta is None:
-            comp.fail(path, f"{operand!r} is not a duration", hint="write e.g. 90s, 10m, 2h, 3d or 1w")
+            raise OperandProblem(f"{operand!r} is not a duration", hint="write e.g. 90s, 10m, 2h, 3d or 1w")
         if field_type and field_type.edm_type != "Edm.DateTimeOffset":
-            comp.fail(path, f"{op.name} needs a date-time field, this one is {field_type.edm_type}")
+            raise OperandProblem(f"{op.name} needs a date-time field, this one is {field_type.edm_type}")
         return delta
+    if op.operand in ("text", "regex") and not isinstance(operand, str):
+        raise OperandProblem(f"{op.name} wants text, got {operand!r}")
     if op.operand == "regex":
         try:
             return re.compile(operand)
         except re.error as exc:
-            comp.fail(path, f"invalid regular expression: {exc}")
+            raise OperandProblem(f"invalid regular expression: {exc}") from exc
+    if op.operand == "bool" and not isinstance(operand, bool):
+        raise OperandProblem(f"{op.name} wants true or false, got {operand!r}")
     if op.operand in ("list", "pair"):
-        items = [_typed(item, path + (i,), field_type, comp) for i, item in enumerate(operand)]
-        return tuple(items)
+        if not isinstance(operand, (list, tuple)) or (op.operand == "pair" and len(operand) != 2):
+            raise OperandProblem(f"{op.name} wants {'two values' if op.operand == 'pair' else 'a list'}, "
+                                 f"got {operand!r}")
+        return tuple(_typed(item, (i,), field_type) for i, item in enumerate(operand))
     if op.operand in ("value", "any") and not (op.operand == "any" and field_type is None):
-        return _typed(operand, path, field_type, comp)
+        return _typed(operand, (), field_type)
     return operand
 
 
-def _typed(value: Any, path: tuple, field_type: FieldType | None, comp: Compilation) -> Any:
+def _typed(value: Any, where: tuple, field_type: FieldType | None) -> Any:
     if field_type is None:
         return parse_datetime(value) if isinstance(value, datetime) else value
     problem = type_problem(field_type.edm_type, value)
     if problem:
-        comp.fail(path, problem)
+        raise OperandProblem(problem, where)
     return coercer(field_type.edm_type)(value)
 
 
-def _value_coercer(field_type: FieldType | None, operand: Any) -> Callable[[Any], Any]:
-    if field_type is not None:
-        return coercer(field_type.edm_type)
+def _value_coercer(operand: Any) -> Callable[[Any], Any]:
+    """How to read an untyped field's value: as a date-time when compared with one."""
     sample = operand[0] if isinstance(operand, tuple) and operand else operand
-    if isinstance(sample, datetime):  # an untyped field compared with a date-time literal
+    if isinstance(sample, datetime):
         return lambda v: parse_datetime(v) or v
     return lambda v: v
 

@@ -8,6 +8,11 @@ from typing import Any, Callable
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
+def is_guid(value: Any) -> bool:
+    """True for text shaped like a GUID."""
+    return isinstance(value, str) and bool(_GUID.match(value))
+
+
 def parse_datetime(value: Any) -> datetime | None:
     """An aware datetime from a datetime or ISO string (`Z` allowed), else None."""
     if isinstance(value, datetime):

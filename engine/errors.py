@@ -3,6 +3,7 @@
     EngineError
     ├── RuleError       a rule file is wrong: file, line, col, path, message, hint
     └── TemplateError   a template failed to render: rule id, step, variable
+        └── StepSkipped a step's own `if:` did not hold when it was about to run
 
 A condition that does not hold is not an error: checkers return a reason string instead.
 """
@@ -42,6 +43,13 @@ class TemplateError(EngineError):
         self.message, self.rule_id, self.step, self.variable = message, rule_id, step, variable
         where = " ".join(p for p in (f"rule {rule_id}" if rule_id else "", step) if p)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class StepSkipped(TemplateError):
+    """A step's `if:` did not hold; the step must not run (`message` is the reason).
+
+    A TemplateError, so that an executor unaware of skipping stops the run rather than writing.
+    """
 
 
 def _words(name: str) -> list[str]:

@@ -90,6 +90,6 @@ def explain(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str
                 plan = plan_rule(event, m.rule, now=now, env=env)
             except TemplateError as exc:
                 error = str(exc)
-        outcomes.append(RuleOutcome(m.rule.id, m.rule.trigger.summary, m.reason, hold, plan, error))
+        outcomes.append(RuleOutcome(m.rule.id, m.rule.summary, m.reason, hold, plan, error))
     skipped = tuple(e.format() for e in ruleset.errors)
     return Explanation(event, tuple(outcomes), len(ruleset.rules) - len(matches), skipped)

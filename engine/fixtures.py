@@ -4,10 +4,12 @@ A fixture file is a YAML list of cases:
 
     - name: done task books its effort
       now: 2025-04-01T10:00:00Z          # optional, default: the event's occurred_at
-      env: {SLACK_WEBHOOK_URL: https://hooks.example.test/x}
+      env: {TEAM_CHANNEL_URL: json://hooks.example.test/x}
       event: {source: inloox, kind: updated, entity_set: Task, key: …, changes: {IsDone: [false, true]}, entity: {…}}
+      outputs:                            # optional: what steps return (by step id), e.g. inloox.get data;
+        book: {TimeEntryId: …}            # given, deferred steps are rendered as the worker would
       expect:                             # exactly these rules plan; each plan must contain this subset
-        log-time-when-task-done: {operations: [{verb: create, params: {entity_set: TimeEntry}}]}
+        log-time-when-task-done: {operations: [{verb: create, params: {entity_set: TimeEntry}}, {verb: notify}]}
       reasons:                            # optional: rules that must not match, and words of the reason
         other-rule: "wanted gt 0"
 """
@@ -19,8 +21,10 @@ from typing import Any
 
 from .documents import Document, parse_documents
 from .edm import parse_datetime
+from .errors import StepSkipped, TemplateError
 from .events import Event
 from .explain import explain
+from .plan import Plan, render_deferred
 from .rules import RULE_SUFFIXES
 
 
@@ -85,13 +89,32 @@ def _compare(report, case: dict, result: CaseResult) -> None:
             why = o.reason if o else "not a candidate for this event"
             result.problems.append(f"{rid} was expected to match: {why}")
             continue
-        got = o.plan.to_dict() if o.plan else {"error": o.error}
+        got = _run(o.plan, case) if o.plan else {"error": o.error}
         result.problems += [f"{rid}: {p}" for p in _subset_problems(want or {}, got, "plan")]
     for rid, words in (case.get("reasons") or {}).items():
         o = outcomes.get(rid)
         reason = o.reason if o else "not a candidate for this event"
         if reason is None or words not in reason:
             result.problems.append(f"{rid}: reason {reason!r} does not contain {words!r}")
+
+
+def _run(plan: Plan, case: dict) -> dict:
+    """The plan as a dict; with `outputs`, deferred steps rendered and skipped ones marked as the worker would."""
+    got = plan.to_dict()
+    if "outputs" not in case:
+        return got
+    given, outputs = case["outputs"] or {}, {}
+    for op, op_dict in zip(plan.operations, got["operations"]):
+        try:
+            op_dict.update(render_deferred(plan, op, outputs, env=case.get("env") or {}).to_dict())
+        except StepSkipped as exc:
+            op_dict["skipped"] = exc.message
+            continue
+        except TemplateError as exc:
+            op_dict["error"] = str(exc)
+        if op.step_id in given:
+            outputs[op.step_id] = given[op.step_id]
+    return got
 
 
 def _subset_problems(want: Any, got: Any, path: str) -> list[str]:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .events import Event
-from .triggers import TRIGGERS
+from .triggers import TRIGGERS, Trigger
 
 if TYPE_CHECKING:
     from .rules import Rule, Ruleset
@@ -22,7 +22,7 @@ class RuleIndex:
     def __init__(self, rules: Iterable["Rule"]):
         self._by_key: dict[tuple, list["Rule"]] = {}
         for rule in rules:
-            for key in rule.trigger.index_keys:
+            for key in dict.fromkeys(k for t in rule.triggers for k in t.index_keys):
                 self._by_key.setdefault(key, []).append(rule)
 
     def candidates(self, event: Event) -> list["Rule"]:
@@ -44,6 +44,7 @@ class Match:
     rule: "Rule"
     reason: str | None = None
     hold: timedelta | None = None
+    trigger: "Trigger | None" = None  # the trigger that matched
 
     @property
     def matched(self) -> bool:
@@ -51,9 +52,9 @@ class Match:
 
 
 def event_context(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, Any],
-                  steps: Mapping[str, Any] | None = None) -> dict:
+                  steps: Mapping[str, Any] | None = None, bindings: Mapping[str, Any] | None = None) -> dict:
     """The names conditions and templates read: the trigger's roots plus event, rule, now, env, steps."""
-    context = with_rule(base_context(event, now=now, env=env), rule)
+    context = {**with_rule(base_context(event, now=now, env=env), rule), **(bindings or {})}
     if steps is not None:
         context["steps"] = dict(steps)
     return context
@@ -70,6 +71,17 @@ def with_rule(base: Mapping[str, Any], rule: "Rule") -> dict:
     return {**base, "rule": {"id": rule.id, "version": rule.version, "description": rule.description}}
 
 
+def bindings(event: Event, trigger: Trigger | None) -> dict:
+    """The names only the matching trigger gives (a chat command's arguments), JSON-safe."""
+    return trigger.bind(event) if trigger is not None and trigger.bind else {}
+
+
+def trigger_reason(event: Event, rule: "Rule") -> str:
+    """Why none of the rule's triggers matched: the one reason, or all of them."""
+    reasons = [t.check(event) for t in rule.triggers]
+    return reasons[0] if len(reasons) == 1 else f"when: no trigger matched ({'; '.join(reasons)})"
+
+
 def match_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, Any],
                base: Mapping[str, Any] | None = None) -> Match:
     """Check one rule against an event: enabled, chained, trigger, then conditions."""
@@ -77,11 +89,14 @@ def match_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, A
         return Match(rule, "rule is disabled")
     if event.chained and not rule.allow_chained:
         return Match(rule, "event came from this service's own write and allow_chained is false")
-    reason = rule.trigger.check(event)
-    if reason is None and rule.condition is not None:
+    trigger = rule.trigger_for(event)
+    if trigger is None:
+        return Match(rule, trigger_reason(event, rule))
+    reason = None
+    if rule.condition is not None:
         base = base if base is not None else base_context(event, now=now, env=env)
-        reason = rule.condition(with_rule(base, rule))
-    return Match(rule, reason, rule.trigger.hold if reason is None else None)
+        reason = rule.condition({**with_rule(base, rule), **bindings(event, trigger)})
+    return Match(rule, reason, trigger.hold if reason is None else None, trigger)
 
 
 def match_event(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str, Any]) -> list[Match]:

@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .actions import ACTIONS
 from .durations import parse_duration
-from .errors import TemplateError
+from .conditions import Checker, compile_condition
+from .documents import Document
+from .errors import StepSkipped, TemplateError
+from .scope import Compilation, Scope
 from .events import Event
-from .match import event_context, match_event
+from .match import bindings, event_context, match_event
 from .templates import compile_template, isoformat, render
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ class Operation:
     args: dict = field(default_factory=dict, hash=False)
     deferred: tuple[tuple[tuple, str], ...] = ()  # (path inside args, template source)
     needs: tuple[str, ...] = ()
+    condition: Any = None  # the step's `if:` as written; render_deferred checks it (raises StepSkipped)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -62,6 +66,7 @@ class Plan:
     hold_seconds: float | None = None  # `for:` — re-check the trigger after this long, then run
     retry: dict = field(default_factory=dict, hash=False)
     concurrency: dict | None = field(default=None, hash=False)  # {"key": rendered, "limit": n}
+    bindings: dict = field(default_factory=dict, hash=False)  # names the matching trigger gave (chat.args)
     rate_limit: dict | None = field(default=None, hash=False)  # {"max": n, "per_seconds": s}
     operations: tuple[Operation, ...] = ()
     error: str | None = None  # set when the rule matched but could not be planned
@@ -93,7 +98,7 @@ def evaluate(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[st
         try:
             plans.append(plan_rule(event, match.rule, now=now, env=env))
         except TemplateError as exc:
-            plans.append(_policy(event, match.rule, now, {}, error=str(exc)))
+            plans.append(_policy(event, match.rule, match.trigger, now, {}, error=str(exc)))
     return plans
 
 
@@ -102,12 +107,14 @@ plan_event = evaluate
 
 def plan_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, Any]) -> Plan:
     """The Plan of one (already matched) rule; raises TemplateError naming rule, step and variable."""
-    context = event_context(event, rule, now=now, env=env)
+    trigger = rule.trigger_for(event)
+    bound = bindings(event, trigger)
+    context = event_context(event, rule, now=now, env=env, bindings=bound)
     ops = tuple(_plan_step(event, rule, step, context) for step in rule.steps)
-    return replace(_policy(event, rule, now, context), operations=ops)
+    return replace(_policy(event, rule, trigger, now, context), operations=ops, bindings=bound)
 
 
-def _policy(event: Event, rule: "Rule", now: datetime, context: dict, *, error: str | None = None) -> Plan:
+def _policy(event: Event, rule: "Rule", trigger, now: datetime, context: dict, *, error: str | None = None) -> Plan:
     concurrency = None
     if rule.concurrency and error is None:
         key = render(rule.concurrency_key, context, rule_id=rule.id, step="concurrency.key") \
@@ -120,7 +127,7 @@ def _policy(event: Event, rule: "Rule", now: datetime, context: dict, *, error: 
     return Plan(
         rule_id=rule.id, rule_version=rule.version, event_id=event.id, event=event.to_dict(),
         planned_at=isoformat(now), mode=rule.mode, allow_chained=rule.allow_chained,
-        hold_seconds=rule.trigger.hold.total_seconds() if rule.trigger.hold else None,
+        hold_seconds=trigger.hold.total_seconds() if trigger and trigger.hold else None,
         retry=retry, concurrency=concurrency,
         rate_limit={"max": rate["max"], "per_seconds": parse_duration(rate["per"]).total_seconds()} if rate else None,
         error=error,
@@ -141,26 +148,41 @@ def _plan_step(event: Event, rule: "Rule", step: "Step", context: dict) -> Opera
         value = render(template, context, rule_id=rule.id, step=_step_label(step))
         _set(args, path, jsonable(value, rule.id, _step_label(step)))
     op = Operation(step.index, step.id, step.action, ACTIONS[step.action].verb,
-                   idempotency_key(event.id, rule, step.index), None, args, tuple(deferred), step.needs)
-    return op if deferred else replace(op, params=_build(op, rule.id))
+                   idempotency_key(event.id, rule, step.index), None, args, tuple(deferred), step.needs,
+                   step.condition)
+    return op if deferred or step.condition is not None else replace(op, params=_build(op, rule.id))
 
 
 def render_deferred(plan: Plan, operation: Operation, steps_outputs: Mapping[str, Any], *,
                     env: Mapping[str, Any]) -> Operation:
-    """The operation with its `steps.*` templates rendered and params built (worker side)."""
-    if not operation.deferred:
+    """The operation with its `steps.*` templates rendered and params built (worker side).
+
+    Raises StepSkipped (a TemplateError) when the step's own `if:` does not hold: the step must not run.
+    """
+    if not operation.deferred and operation.condition is None:
         return operation
     event = Event.from_dict(plan.event)
     rule = _PlannedRule(plan.rule_id, plan.rule_version)
     now = datetime.fromisoformat(plan.planned_at.replace("Z", "+00:00"))
-    context = event_context(event, rule, now=now, env=env, steps=steps_outputs)
+    context = event_context(event, rule, now=now, env=env, steps=steps_outputs, bindings=plan.bindings)
     args = copy.deepcopy(operation.args)
     label = f"step {operation.step} ({operation.step_id})"
+    reason = _step_condition(operation, plan.rule_id)(context)
+    if reason:
+        raise StepSkipped(f"skipped: {reason}", rule_id=plan.rule_id, step=label)
     for path, source in operation.deferred:
         value = render(compile_template(source), context, rule_id=plan.rule_id, step=label)
         _set(args, path, jsonable(value, plan.rule_id, label))
     done = replace(operation, args=args, deferred=())
     return replace(done, params=_build(done, plan.rule_id))
+
+
+def _step_condition(operation: Operation, rule_id: str) -> Checker:
+    """The step's `if:` compiled again on the worker; it was checked when the rule loaded."""
+    if operation.condition is None:
+        return lambda context: None
+    comp = Compilation(Document("", operation.condition), Scope(open=True, in_step=True), rule_id)
+    return compile_condition(operation.condition, ("then", operation.step, "if"), comp)
 
 
 @dataclass(frozen=True)

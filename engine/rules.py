@@ -1,4 +1,4 @@
-"""Loading rule files: YAML → JSON Schema → compiled `Rule`s, with file:line:col errors.
+"""Loading rule files: YAML → JSON Schema → compiled `Rule`s (`when` / `if` / `then`), with file:line:col errors.
 
 A broken file or rule never stops the valid ones from loading: `Ruleset.errors` and
 `Ruleset.skipped` say what was left out. `strict=True` refuses the whole set instead.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,7 +19,7 @@ from .documents import Document, parse_documents
 from .durations import parse_duration
 from .errors import RuleError, RulesetError, did_you_mean
 from .schema import rule_schema
-from .scope import Compilation, Scope
+from .scope import Compilation, Root, Scope
 from .templates import Template, is_template
 from .triggers import TRIGGERS, Trigger, compile_trigger
 
@@ -36,6 +36,7 @@ class Step:
     action: str
     args: dict = field(hash=False)
     templates: tuple[tuple[tuple, Template], ...] = ()  # (path inside args, template)
+    condition: Any = field(default=None, hash=False)  # the step's own `if:` as written; checked when it runs
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -45,14 +46,14 @@ class Step:
 
 @dataclass(frozen=True)
 class Rule:
-    """A loaded rule; `version` changes whenever its content does."""
+    """A loaded rule; it fires when any of its `triggers` matches; `version` changes with its content."""
 
     id: str
     version: str
     file: str
     line: int
     description: str
-    trigger: Trigger
+    triggers: tuple[Trigger, ...]
     condition: Checker | None
     steps: tuple[Step, ...]
     enabled: bool = True
@@ -62,6 +63,15 @@ class Rule:
     concurrency: dict | None = field(default=None, hash=False)
     concurrency_key: Template | None = None
     rate_limit: dict | None = field(default=None, hash=False)
+
+    @property
+    def summary(self) -> str:
+        """The triggers in a few words, e.g. 'Task updated changing IsDone | manual run'."""
+        return " | ".join(t.summary for t in self.triggers)
+
+    def trigger_for(self, event) -> Trigger | None:
+        """The first trigger the event matches, or None."""
+        return next((t for t in self.triggers if t.check(event) is None), None)
 
 
 @dataclass
@@ -92,8 +102,8 @@ class Ruleset:
         return self.rules.get(rule_id)
 
     def schedules(self) -> list[Rule]:
-        """Enabled rules with a schedule trigger, for the scheduler."""
-        return [r for r in self.rules.values() if r.enabled and r.trigger.cron]
+        """Enabled rules with a schedule trigger (see `rule.triggers[i].cron`), for the scheduler."""
+        return [r for r in self.rules.values() if r.enabled and any(t.cron for t in r.triggers)]
 
 
 def rule_files(path: str | Path) -> list[Path]:
@@ -157,6 +167,10 @@ def schema_errors(doc: Document) -> list[RuleError]:
             found += [("unknown", path, doc.error(path + (key,), f"unknown key {key!r}", key=True,
                                                   hint=_unknown_key_hint(key, known), rule_id=rule_id))
                       for key in error.instance if key not in known]
+        elif error.validator == "enum" and isinstance(error.instance, str):
+            found.append(("enum", path, doc.error(path, f"{error.instance!r} is not one of {', '.join(error.validator_value)}",
+                                                  hint=did_you_mean(error.instance, error.validator_value),
+                                                  rule_id=rule_id)))
         elif error.validator != "if":  # a failing if/then is reported by its "then" branch
             found.append((error.validator, path, doc.error(path, error.message, rule_id=rule_id)))
     # A misspelt key also makes the real one "required": the unknown-key error already says so.
@@ -182,21 +196,32 @@ def compile_rule(doc: Document) -> Rule:
     """Compile a schema-valid document into a Rule; raises RuleError at the first problem."""
     d = doc.data
     comp = Compilation(doc, Scope(), d["id"])
-    trig = compile_trigger(d["trigger"], ("trigger",), comp)
-    comp = Compilation(doc, trig.scope, d["id"])
+    listed = isinstance(d["when"], list)
+    triggers = tuple(compile_trigger(t, ("when", i) if listed else ("when",), comp)
+                     for i, t in enumerate(d["when"] if listed else [d["when"]]))
+    comp = Compilation(doc, _joint_scope(triggers), d["id"])
     condition = compile_condition(d["if"], ("if",), comp) if "if" in d else None
-    steps = _compile_steps(d["do"], comp)
+    steps = _compile_steps(d["then"], comp)
     _check_options(d, comp)
     concurrency = d.get("concurrency")
     key = concurrency.get("key") if concurrency else None
     return Rule(
         id=d["id"], version=rule_version(d), file=doc.file, line=doc.locate(())[0],
-        description=d.get("description", ""), trigger=trig, condition=condition, steps=steps,
+        description=d.get("description", ""), triggers=triggers, condition=condition, steps=steps,
         enabled=d.get("enabled", True), mode=d.get("mode", "live"), allow_chained=d.get("allow_chained", False),
         retry=d.get("retry", {}), concurrency=concurrency,
         concurrency_key=comp.check_template(("concurrency", "key"), key) if key else None,
         rate_limit=d.get("rate_limit"),
     )
+
+
+def _joint_scope(triggers: tuple[Trigger, ...]) -> Scope:
+    """The names any of the triggers gives; a name two triggers give differently is free-form."""
+    roots: dict[str, Root] = {}
+    for trig in triggers:
+        for name, root in trig.scope.roots.items():
+            roots[name] = root if roots.get(name, root) == root else Root("free")
+    return Scope(roots)
 
 
 def _check_options(d: dict, comp: Compilation) -> None:
@@ -209,22 +234,27 @@ def _check_options(d: dict, comp: Compilation) -> None:
 def _compile_steps(configs: list[dict], comp: Compilation) -> tuple[Step, ...]:
     steps: list[Step] = []
     for index, config in enumerate(configs):
-        path = ("do", index)
+        path = ("then", index)
         kinds = [k for k in config if k in ACTIONS]
         if len(kinds) != 1:
+            close = " ".join(did_you_mean(k, ACTIONS) for k in config if k not in ACTIONS).strip()
             comp.fail(path, f"a step needs exactly one action (found {', '.join(kinds) or 'none'})",
-                      hint="actions: " + ", ".join(ACTIONS))
+                      hint=close or "actions: " + ", ".join(ACTIONS))
         step_id = config.get("id", f"step{index}")
         if step_id in {s.id for s in steps}:
             comp.fail(path + ("id",), f"duplicate step id {step_id!r}")
         step_comp = Compilation(comp.doc, comp.scope.with_steps(tuple(s.id for s in steps)), comp.rule_id)
-        steps.append(_compile_step(index, step_id, kinds[0], config[kinds[0]], path + (kinds[0],), step_comp))
+        given = {k: v for k, v in config.items() if k not in ("id", "if")}
+        if "if" in config:  # checked now, evaluated by render_deferred once earlier outputs exist
+            compile_condition(config["if"], path + ("if",), step_comp)
+        step = _compile_step(index, step_id, kinds[0], given, path, step_comp)
+        steps.append(replace(step, condition=config.get("if")))
     return tuple(steps)
 
 
 def _compile_step(index: int, step_id: str, name: str, given: dict, path: tuple, comp: Compilation) -> Step:
     kind = ACTIONS[name]
-    args = {**kind.defaults(comp.scope), **given}
+    args = {**kind.defaults(given, comp.scope), **given}
     kind.check(args, path, comp)
     templates = tuple((p, comp.check_template(path + p, s)) for p, s in _template_strings(args, ()))
     return Step(index, step_id, name, args, templates)

@@ -6,7 +6,7 @@ the two equal, so each kind's schema lives only beside the kind.
 from __future__ import annotations
 
 from .actions import ACTIONS
-from .conditions import CONDITIONS, OPERATORS
+from .conditions import CONDITIONS
 from .durations import PATTERN as DURATION_PATTERN
 from .triggers import TRIGGERS
 
@@ -20,31 +20,31 @@ def _d(description: str, **schema) -> dict:
 
 def _trigger() -> dict:
     cases = [{"if": {"required": [name]}, "then": kind.schema} for name, kind in TRIGGERS.items()]
-    return _d("What starts the rule; exactly one of: " + ", ".join(TRIGGERS) + ".",
+    return _d("One trigger; exactly one of: " + ", ".join(TRIGGERS) + ".",
               type="object", minProperties=1, allOf=cases)
 
 
 def _condition() -> dict:
-    return _d("A condition: all/any/not/expr, or field paths mapped to operator tests; a list means all.",
+    cases = [{"if": {"type": "object", "required": [name]}, "then": kind.schema} for name, kind in CONDITIONS.items()]
+    return _d("A condition clause with exactly one of " + ", ".join(CONDITIONS) + "; a list of clauses means all.",
               type=["object", "array"], minItems=1, minProperties=1, items={"$ref": "#/$defs/condition"},
-              properties={name: kind.schema for name, kind in CONDITIONS.items()},
-              additionalProperties={"$ref": "#/$defs/field_test"})
+              allOf=cases)
 
 
-def _field_test() -> dict:
-    props = {name: op.schema for name, op in OPERATORS.items()}
-    props["ignore_case"] = _d("Compare text case-insensitively.", type="boolean")
-    return _d("Operators the field's value must pass (all of them); a bare value means eq.",
-              type=["object", "array", "string", "number", "boolean", "null"], minProperties=1,
-              properties=props, additionalProperties=False)
+_STEP_IF = {"$ref": "#/$defs/condition",
+            "description": "The step runs only if this holds when its turn comes (it may read steps.<id>); "
+                           "otherwise it is skipped."}
 
 
 def _step() -> dict:
-    props = {"id": _d("Names the step so later steps can read its output as steps.<id>.",
-                      type="string", pattern=RULE_ID_PATTERN)}
-    props.update({name: kind.schema for name, kind in ACTIONS.items()})
-    return _d("One step: an optional id and exactly one action.", type="object", minProperties=1,
-              properties=props, additionalProperties=False)
+    step_id = _d("Names the step so later steps can read its output as steps.<id>.", type="string",
+                 pattern=RULE_ID_PATTERN)
+    cases = [{"if": {"required": [name]},
+              "then": {**kind.schema, "properties": {"id": step_id, "if": _STEP_IF, **kind.schema["properties"]},
+                       "additionalProperties": False}}
+             for name, kind in ACTIONS.items()]
+    return _d("One step: exactly one action (" + ", ".join(ACTIONS) + ") with its arguments beside it, "
+              "and an optional id.", type="object", minProperties=1, allOf=cases)
 
 
 def _options() -> dict:
@@ -73,19 +73,21 @@ def rule_schema() -> dict:
         "mode": _d("live runs the operations; shadow plans and records them without writing.",
                    enum=["live", "shadow"]),
         "allow_chained": _d("Also react to changes made by this service's own writes.", type="boolean"),
-        "trigger": {"$ref": "#/$defs/trigger", "description": "What starts the rule."},
+        "when": _d("What starts the rule: a trigger, or a list of them (any one suffices).",
+                   type=["object", "array"], minItems=1, items={"$ref": "#/$defs/trigger"},
+                   allOf=[{"if": {"type": "object"}, "then": {"$ref": "#/$defs/trigger"}}]),
         "if": {"$ref": "#/$defs/condition", "description": "Conditions that must hold for the rule to run."},
-        "do": _d("The steps, run in order.", type="array", minItems=1, items={"$ref": "#/$defs/step"}),
+        "then": _d("The steps, run in order.", type="array", minItems=1, items={"$ref": "#/$defs/step"}),
         **_options(),
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
         "title": "InLoox automation rule",
-        "description": "One rule per YAML document: a trigger, optional conditions and the steps to run.",
+        "description": "One rule per YAML document: when (triggers), if (conditions), then (steps).",
         "type": "object",
-        "required": ["id", "trigger", "do"],
+        "required": ["id", "when", "then"],
         "additionalProperties": False,
         "properties": props,
-        "$defs": {"trigger": _trigger(), "condition": _condition(), "field_test": _field_test(), "step": _step()},
+        "$defs": {"trigger": _trigger(), "condition": _condition(), "step": _step()},
     }

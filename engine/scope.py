@@ -37,20 +37,22 @@ class Scope:
 
     roots: Mapping[str, Root] = field(default_factory=dict)
     steps: tuple[str, ...] = ()
+    in_step: bool = False  # a step's own `if:` may read earlier steps' outputs
+    open: bool = False  # any name is free-form (re-compiling an already checked step condition)
 
     def with_steps(self, steps: tuple[str, ...]) -> "Scope":
-        return Scope(self.roots, steps)
+        return Scope(self.roots, steps, in_step=True)
 
     def names(self, *, templates: bool = False) -> list[str]:
-        extra = ["steps"] if templates else []
+        extra = ["steps"] if templates or self.in_step else []
         return [*self.roots, *ALWAYS, *extra]
 
     def check(self, parts: tuple[str, ...], *, templates: bool = False) -> tuple[str, str, FieldType | None]:
         """(problem, hint, field type) for a path; problem is "" when the path is allowed."""
         head = parts[0]
-        if head == "steps" and templates:
-            return self._check_step(parts)
-        if head in ALWAYS:
+        if head == "steps" and (templates or self.in_step):
+            return ("", "", None) if self.open else self._check_step(parts)
+        if head in ALWAYS or self.open:
             return "", "", None
         root = self.roots.get(head)
         if root is None:

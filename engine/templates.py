@@ -7,6 +7,7 @@ the `TemplateFunction` records in FUNCTIONS.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
@@ -15,7 +16,9 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, n
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.runtime import Undefined
 
-from .edm import parse_datetime
+from inloox.query import literal
+
+from .edm import is_guid, parse_datetime
 from .errors import TemplateError
 
 
@@ -24,7 +27,7 @@ class TemplateFunction:
     """A global function or filter offered to rule templates."""
 
     name: str
-    kind: str  # "global" or "filter"
+    kind: str  # "global", "filter" or "test"
     func: Callable
     doc: str
 
@@ -44,6 +47,20 @@ def _to_datetime(value: Any) -> datetime:
     return moment
 
 
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})\Z")
+
+
+def odata(value: Any, edm_type: str | None = None) -> str:
+    """`value` as an OData literal for a $filter: text quoted with ' doubled, GUIDs and date-times bare.
+
+    Text shaped like a GUID or an ISO date-time with an offset is written as that type (InLoox keys
+    are GUIDs and compare unquoted); `odata('Edm.String')` keeps such text a string.
+    """
+    if edm_type is None and isinstance(value, str):
+        edm_type = "Edm.Guid" if is_guid(value) else "Edm.DateTimeOffset" if _ISO_DATETIME.match(value) else None
+    return literal(value, edm_type)
+
+
 FUNCTIONS = (
     TemplateFunction("hours", "global", lambda x: timedelta(hours=float(x)), "hours(1.5) → a timedelta"),
     TemplateFunction("minutes", "global", lambda x: timedelta(minutes=float(x)), "minutes(90) → a timedelta"),
@@ -51,13 +68,16 @@ FUNCTIONS = (
     TemplateFunction("datetime", "global", _to_datetime, "datetime('2025-04-01T09:00:00Z') → an aware datetime"),
     TemplateFunction("datetime", "filter", _to_datetime, "'2025-04-01T09:00:00Z' | datetime → an aware datetime"),
     TemplateFunction("isoformat", "filter", isoformat, "now | isoformat → '2025-04-01T09:00:00Z' (UTC)"),
+    TemplateFunction("guid", "test", is_guid, "{% if x is guid %} → true for text shaped like a GUID"),
+    TemplateFunction("odata", "filter", odata, "\"O'Brien\" | odata → 'O''Brien' (an OData literal; required in filters)"),
 )
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    tables = {"global": env.globals, "filter": env.filters, "test": env.tests}
     for fn in FUNCTIONS:
-        (env.globals if fn.kind == "global" else env.filters)[fn.name] = fn.func
+        tables[fn.kind][fn.name] = fn.func
     return env
 
 
@@ -159,6 +179,31 @@ def _missing_chain(template: Template, context: Mapping[str, Any]) -> str:
             else:
                 return ".".join(chain[: i + 1])
     return ""
+
+
+_EXPRESSION = re.compile(r"\{\{.*?\}\}", re.DOTALL)
+_REWRITING = (nodes.FilterBlock, nodes.CallBlock, nodes.Macro)  # could rewrite what | odata wrote
+
+
+def unescaped_expressions(source: str) -> list[str]:
+    """The `{{ … }}` expressions of a template that do not end in `| odata` (all of them if it rewrites output)."""
+    if not is_template(source):
+        return []
+    try:
+        if any(True for _ in _ENV.parse(source).find_all(_REWRITING)):
+            return _EXPRESSION.findall(source) or [source]
+    except TemplateSyntaxError:
+        return []  # reported as a syntax error by the template check
+    return [e for e in _EXPRESSION.findall(source) if not _ends_in_odata(e)]
+
+
+def _ends_in_odata(expression: str) -> bool:
+    try:
+        (output,) = _ENV.parse(expression).body
+        (node,) = output.nodes
+    except (TemplateSyntaxError, ValueError, AttributeError):
+        return False
+    return isinstance(node, nodes.Filter) and node.name == "odata"
 
 
 def syntax_problem(exc: TemplateSyntaxError) -> str:

@@ -1,14 +1,15 @@
-"""Triggers: which events start a rule. The trigger's YAML key selects its kind.
+"""Triggers (`when:`): which events start a rule. Each trigger's YAML key selects its kind.
 
 Kinds:
     inloox    `inloox: Task` with `on`, `changes` (from/to/not_from/not_to/changed) and `for`
     webhook   `webhook: <hook name>`
-    chat      `chat: <command>`
+    chat      `chat: "<command> <arg> …"`, e.g. `chat: "done <task>"` (chat.args.task)
     schedule  `schedule: "<cron>"` with `timezone`
     manual    `manual: true` (run by a person, e.g. from the dashboard)
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Mapping
@@ -20,6 +21,7 @@ from inloox.metadata import load_metadata
 
 from .durations import PATTERN as DURATION_PATTERN, format_duration, parse_duration
 from .edm import coercer, type_problem
+from .documents import format_path
 from .errors import did_you_mean
 from .events import Event, entity_name
 from .scope import Compilation, Root, Scope
@@ -36,6 +38,7 @@ class Trigger:
     index_keys: tuple[IndexKey, ...]
     scope: Scope
     check: Callable[[Event], "str | None"] = field(repr=False)
+    bind: Callable[[Event], dict] | None = field(default=None, repr=False)  # names only this trigger gives
     hold: timedelta | None = None
     cron: str | None = None
     timezone: str | None = None
@@ -93,20 +96,21 @@ def _inloox_context(event: Event) -> dict:
 
 ENTITY_EVENTS = ("created", "updated", "deleted")
 _CHANGE_TESTS = ("from", "to", "not_from", "not_to")
+_VALUES = ["string", "number", "boolean", "null", "array"]  # a list means "one of these"
 _CHANGE = {
     "type": "object", "additionalProperties": False, "description": "How one field must have changed.",
     "properties": {
-        "from": _prop("The field's value before the change.", type=["string", "number", "boolean", "null"]),
-        "to": _prop("The field's value after the change.", type=["string", "number", "boolean", "null"]),
-        "not_from": _prop("The value before must not be this.", type=["string", "number", "boolean", "null"]),
-        "not_to": _prop("The value after must not be this.", type=["string", "number", "boolean", "null"]),
+        "from": _prop("The field's value before the change (or a list: one of them).", type=_VALUES),
+        "to": _prop("The field's value after the change (or a list: one of them).", type=_VALUES),
+        "not_from": _prop("The value before must not be this (or any of a list).", type=_VALUES),
+        "not_to": _prop("The value after must not be this (or any of a list).", type=_VALUES),
         "changed": _prop("true: the field must have changed (the default); false: it must not.", type="boolean"),
     },
 }
 _INLOOX_OPTIONS = {
     "inloox": _prop("The InLoox entity set to watch, e.g. Task, TimeEntry, Project.", type="string"),
-    "on": _prop("Which entity events start the rule (default: all three).",
-                type="array", minItems=1, uniqueItems=True, items={"enum": list(ENTITY_EVENTS)}),
+    "on": _prop("Which entity events start the rule: created, updated or deleted, or a list (default: all).",
+                type=["string", "array"], minItems=1, uniqueItems=True, items={"enum": list(ENTITY_EVENTS)}),
     "changes": _prop("Fields that must have changed, by field name.", type="object", minProperties=1,
                      additionalProperties=_CHANGE),
     "for": _prop("Hold: the trigger's state must still hold after this long (e.g. 10m) before the run.",
@@ -122,7 +126,7 @@ def _compile_inloox(config, path, comp):
     if meta is None:
         comp.fail(path + ("inloox",), f"unknown entity set {entity_set!r}",
                   hint=did_you_mean(entity_set, load_metadata().entity_sets))
-    kinds = tuple(config.get("on", ENTITY_EVENTS))
+    kinds = _entity_events(config.get("on", ENTITY_EVENTS), path + ("on",), comp)
     changes = config.get("changes", {})
     tests = [_compile_change(f, spec, path + ("changes", f), meta, comp) for f, spec in changes.items()]
     must_change = [f for f, spec in changes.items() if spec.get("changed", True)]
@@ -131,11 +135,13 @@ def _compile_inloox(config, path, comp):
     if "for" in config and hold is None:
         comp.fail(path + ("for",), f"{config['for']!r} is not a duration", hint="write e.g. 90s, 10m, 2h, 3d")
 
+    where = format_path(path)
+
     def check(event: Event):
         if (event.source, event.entity_set) != ("inloox", entity_set):
-            return f"trigger: wanted an InLoox {entity_set} event"
+            return f"{where}: wanted an InLoox {entity_set} event"
         if event.kind not in kinds:
-            return f"trigger: {event.kind} is not one of {', '.join(kinds)}"
+            return f"{where}: {event.kind} is not one of {', '.join(kinds)}"
         for test in tests:
             reason = test(event.changes)
             if reason:
@@ -152,6 +158,15 @@ def _compile_inloox(config, path, comp):
     return Trigger("inloox", summary, keys, Scope(roots), check, hold=hold)
 
 
+def _entity_events(given, path: tuple, comp: Compilation) -> tuple[str, ...]:
+    kinds = (given,) if isinstance(given, str) else tuple(given)
+    for kind in kinds:
+        if kind not in ENTITY_EVENTS:
+            comp.fail(path, f"{kind!r} is not an entity event",
+                      hint=did_you_mean(kind, ENTITY_EVENTS) or "created, updated or deleted")
+    return kinds
+
+
 def _compile_change(name: str, spec: Mapping, path: tuple, meta, comp: Compilation):
     """A test of one field's (from, to) pair; literals are checked against the field's EDM type."""
     prop = meta.property(name)
@@ -163,12 +178,14 @@ def _compile_change(name: str, spec: Mapping, path: tuple, meta, comp: Compilati
         if test in spec:
             # "from": null is how a created entity's fields change, whatever their nullability
             nullable = prop.nullable or test.endswith("from") if prop else True
-            problem = type_problem(prop.type, spec[test], nullable=nullable) if prop else ""
-            if problem:
-                comp.fail(path + (test,), f"{name}: {problem}")
-            wanted[test] = coerce(spec[test])
+            listed = isinstance(spec[test], list)
+            for i, value in enumerate(spec[test] if listed else [spec[test]]):
+                problem = type_problem(prop.type, value, nullable=nullable) if prop else ""
+                if problem:
+                    comp.fail(path + (test,) + ((i,) if listed else ()), f"{name}: {problem}")
+            wanted[test] = tuple(coerce(v) for v in (spec[test] if listed else [spec[test]]))
     must_change = spec.get("changed", True)
-    where = f"trigger.changes.{name}"
+    where = format_path(path)
 
     def check(changes: Mapping):
         if name not in changes:
@@ -176,35 +193,77 @@ def _compile_change(name: str, spec: Mapping, path: tuple, meta, comp: Compilati
         if not must_change:
             return f"{where}: {name} changed, wanted it unchanged"
         before, after = (coerce(v) for v in changes[name])
-        for test, value in wanted.items():
+        for test, values in wanted.items():
             actual = before if test.endswith("from") else after
-            if (actual == value) == test.startswith("not_"):
-                return f"{where}: went {before!r} → {after!r}, wanted {test} {value!r}"
+            if (actual in values) == test.startswith("not_"):
+                shown = values[0] if len(values) == 1 else list(values)
+                return f"{where}: went {before!r} → {after!r}, wanted {test} {shown!r}"
         return None
     return check
 
 
-def _identity(event: Event, source: str, kind: str, wanted: str) -> str | None:
+def _identity(event: Event, source: str, kind: str, wanted: str, path: tuple) -> str | None:
     """None when the event comes from `source` under the name `kind`, else why not."""
-    return None if (event.source, event.kind) == (source, kind) else f"trigger: wanted {wanted}"
+    return None if (event.source, event.kind) == (source, kind) else f"{format_path(path)}: wanted {wanted}"
 
 
-def _named_trigger(kind: str, root: str, noun: str, description: str):
-    """Register a trigger whose events are looked up by a name (a hook, a command)."""
-    options = {kind: _prop(description, type="string", minLength=1)}
-
-    def compile_named(config, path, comp):
-        name = config[kind]
-        check = lambda event: _identity(event, kind, name, f"{noun} {name}")  # noqa: E731
-        return Trigger(kind, f"{noun} {name}", ((kind, name),), Scope({root: Root("free")}), check)
-
-    trigger(kind, event_keys=lambda event: [(kind, event.kind)],
-            context=lambda event: {root: dict(event.payload)}, options=options,
-            explanation=f"the {noun} named by the trigger was received")(compile_named)
+def _named_keys(event: Event) -> list[IndexKey]:
+    return [(event.source, event.kind)]
 
 
-_named_trigger("webhook", "webhook", "webhook", "The inbound webhook's name (its URL is /hooks/<name>).")
-_named_trigger("chat", "chat", "chat command", "The chat command, e.g. `log` for `/inloox log 2h`.")
+@trigger("webhook", event_keys=_named_keys, context=lambda event: {"webhook": dict(event.payload)},
+         options={"webhook": _prop("The inbound webhook's name (its URL is /hooks/<name>).", type="string", minLength=1)},
+         explanation="a signed POST to /hooks/<name> was received")
+def _compile_webhook(config, path, comp):
+    name = config["webhook"]
+    check = lambda event: _identity(event, "webhook", name, f"webhook {name}", path)  # noqa: E731
+    return Trigger("webhook", f"webhook {name}", (("webhook", name),), Scope({"webhook": Root("free")}), check)
+
+
+_ARGUMENT = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)(?::(text|number))?>\Z")
+_NUMBER = r"[-+]?\d+(?:\.\d+)?"
+
+
+@trigger("chat", event_keys=_named_keys, context=lambda event: {"chat": {**event.payload, "args": {}}},
+         options={"chat": _prop("The command and its argument pattern, e.g. 'done <task>' or 'log <hours:number> "
+                                "<task>'; the last argument takes the rest of the text.", type="string", minLength=1)},
+         explanation="a chat command whose text fits the pattern; chat.args holds the arguments")
+def _compile_chat(config, path, comp):
+    command, *words = config["chat"].split()
+    parts, names, numbers = [], [], []
+    for i, word in enumerate(words):
+        m = _ARGUMENT.match(word)
+        if not m and word.startswith("<"):
+            comp.fail(path + ("chat",), f"{word!r} is not an argument", hint="write <name> or <name:number>")
+        if not m:
+            parts.append(re.escape(word))
+            continue
+        names.append(m.group(1))
+        numbers += [m.group(1)] if m.group(2) == "number" else []
+        text = ".+" if i == len(words) - 1 else r"\S+"  # the last argument takes the rest
+        parts.append(f"(?P<{m.group(1)}>{_NUMBER if m.group(2) == 'number' else text})")
+    if len(set(names)) != len(names):
+        comp.fail(path + ("chat",), "an argument name is used twice")
+    pattern = re.compile(r"\s+".join(parts) + r"\Z", re.DOTALL)
+    usage = " ".join([command, *words])
+    where = format_path(path)
+
+    def arguments(event: Event) -> dict | None:
+        m = pattern.match(str(event.payload.get("text", "")).strip())
+        return None if m is None else {k: _number(v) if k in numbers else v for k, v in m.groupdict().items()}
+
+    def check(event: Event):
+        wrong = _identity(event, "chat", command, f"chat command {command}", path)
+        if wrong or arguments(event) is not None:
+            return wrong
+        return f"{where}: {event.payload.get('text', '')!r} does not fit {usage!r}"
+
+    bind = lambda event: {"chat": {**event.payload, "args": arguments(event) or {}}}  # noqa: E731
+    return Trigger("chat", f"chat {usage}", (("chat", command),), Scope({"chat": Root("free")}), check, bind)
+
+
+def _number(text: str) -> int | float:
+    return float(text) if "." in text else int(text)
 
 
 def _rule_keys(event: Event) -> list[IndexKey]:
@@ -229,7 +288,7 @@ def _compile_schedule(config, path, comp):
     except (ZoneInfoNotFoundError, ValueError):
         comp.fail(path + ("timezone",), f"unknown time zone {tz!r}", hint="use an IANA name like Europe/Berlin")
     scope = Scope({"schedule": Root("free")})
-    check = lambda event: _identity(event, "schedule", comp.rule_id, "this rule's schedule")  # noqa: E731
+    check = lambda event: _identity(event, "schedule", comp.rule_id, "this rule's schedule", path)  # noqa: E731
     return Trigger("schedule", f"schedule {cron} ({tz})", (("schedule", comp.rule_id),), scope,
                    check, cron=cron, timezone=tz)
 
@@ -238,7 +297,7 @@ def _compile_schedule(config, path, comp):
          options={"manual": _prop("true: a person may run the rule by hand.", const=True)},
          explanation="a person ran the rule by hand")
 def _compile_manual(config, path, comp):
-    check = lambda event: _identity(event, "manual", comp.rule_id, "a manual run of this rule")  # noqa: E731
+    check = lambda event: _identity(event, "manual", comp.rule_id, "a manual run of this rule", path)  # noqa: E731
     return Trigger("manual", "manual run", (("manual", comp.rule_id),), Scope({"input": Root("free")}), check)
 
 
