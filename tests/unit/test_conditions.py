@@ -12,7 +12,7 @@ NOW = datetime(2025, 4, 1, 12, 0, tzinfo=timezone.utc)
 
 def compile_rule(condition, trigger=None):
     trigger = trigger or {"webhook": "hook"}
-    rule = {"id": "r", "trigger": trigger, "if": condition, "do": [{"notify": {"url": "u", "text": "t"}}]}
+    rule = {"id": "r", "when": [trigger], "if": condition, "then": [{"notify": "u", "body": "t"}]}
     ruleset = load_texts([("r.yaml", json.dumps(rule))])
     assert not ruleset.errors, ruleset.errors[0].format()
     return ruleset.rules["r"]
@@ -24,52 +24,81 @@ def reason(condition, body, trigger=None):
     return match_rule(event, compile_rule(condition, trigger), now=NOW, env={}).reason
 
 
+def clause(path, op, *value, **options):
+    """A field-test clause as a rule writes it: {path, op, value, ignore_case}."""
+    return {"path": path, "op": op, **({"value": value[0]} if value else {}), **options}
+
+
+def v(op, *value, **options):
+    return clause("webhook.body.v", op, *value, **options)
+
+
 OPERATOR_CASES = [
-    ({"eq": 3}, 3, True), ({"eq": 3}, 4, False), ({"ne": "a"}, "b", True), ({"ne": "a"}, "a", False),
-    ({"lt": 5}, 4, True), ({"lt": 5}, 5, False), ({"le": 5}, 5, True), ({"le": 5}, 6, False),
-    ({"gt": 0}, 0.5, True), ({"gt": 0}, 0, False), ({"ge": 1}, 1, True), ({"ge": 1}, 0, False),
-    ({"gt": 1}, "text", False),  # unlike types never hold, never raise
-    ({"in": ["a", "b"]}, "b", True), ({"in": ["a", "b"]}, "c", False),
-    ({"not_in": ["a"]}, "b", True), ({"not_in": ["a"]}, "a", False),
-    ({"contains": "ell"}, "hello", True), ({"contains": "x"}, "hello", False),
-    ({"contains": 2}, [1, 2], True), ({"contains": 3}, [1, 2], False),
-    ({"prefix": "he"}, "hello", True), ({"prefix": "lo"}, "hello", False),
-    ({"suffix": "lo"}, "hello", True), ({"suffix": "he"}, "hello", False),
-    ({"regex": r"^T-\d+$"}, "T-12", True), ({"regex": r"^T-\d+$"}, "T-x", False),
-    ({"exists": True}, "x", True), ({"exists": True}, None, False), ({"exists": False}, None, True),
-    ({"between": [1, 3]}, 3, True), ({"between": [1, 3]}, 4, False),
-    ({"older_than": "2d"}, "2025-03-29T12:00:00Z", True), ({"older_than": "2d"}, "2025-03-31T12:00:00Z", False),
-    ({"newer_than": "1h"}, "2025-04-01T11:30:00Z", True), ({"newer_than": "1h"}, "2025-04-01T10:00:00Z", False),
-    ({"eq": "ABC", "ignore_case": True}, "abc", True), ({"eq": "ABC"}, "abc", False),
-    ({"in": ["Open"], "ignore_case": True}, "OPEN", True),
-    ({"prefix": "URG", "ignore_case": True}, "urgent", True),
-    ({"regex": "^urg", "ignore_case": True}, "URGENT", True),
-    ({"gt": 0, "lt": 10}, 5, True), ({"gt": 0, "lt": 10}, 10, False),
+    (v("eq", 3), 3, True), (v("eq", 3), 4, False), (v("ne", "a"), "b", True), (v("ne", "a"), "a", False),
+    (v("lt", 5), 4, True), (v("lt", 5), 5, False), (v("le", 5), 5, True), (v("le", 5), 6, False),
+    (v("gt", 0), 0.5, True), (v("gt", 0), 0, False), (v("ge", 1), 1, True), (v("ge", 1), 0, False),
+    (v("gt", 1), "text", False),  # unlike types never hold, never raise
+    (v("in", ["a", "b"]), "b", True), (v("in", ["a", "b"]), "c", False),
+    (v("not_in", ["a"]), "b", True), (v("not_in", ["a"]), "a", False),
+    (v("contains", "ell"), "hello", True), (v("contains", "x"), "hello", False),
+    (v("contains", 2), [1, 2], True), (v("contains", 3), [1, 2], False),
+    (v("prefix", "he"), "hello", True), (v("prefix", "lo"), "hello", False),
+    (v("suffix", "lo"), "hello", True), (v("suffix", "he"), "hello", False),
+    (v("regex", r"^T-\d+$"), "T-12", True), (v("regex", r"^T-\d+$"), "T-x", False),
+    (v("exists"), "x", True), (v("exists"), None, False), (v("exists", True), "x", True),
+    (v("exists", False), None, True), (v("exists", False), "x", False),
+    (v("between", [1, 3]), 3, True), (v("between", [1, 3]), 4, False),
+    (v("older_than", "2d"), "2025-03-29T12:00:00Z", True), (v("older_than", "2d"), "2025-03-31T12:00:00Z", False),
+    (v("newer_than", "1h"), "2025-04-01T11:30:00Z", True), (v("newer_than", "1h"), "2025-04-01T10:00:00Z", False),
+    (v("eq", "ABC", ignore_case=True), "abc", True), (v("eq", "ABC"), "abc", False),
+    (v("in", ["Open"], ignore_case=True), "OPEN", True),
+    (v("prefix", "URG", ignore_case=True), "urgent", True),
+    (v("regex", "^urg", ignore_case=True), "URGENT", True),
 ]
 
 
-@pytest.mark.parametrize("test,value,holds", OPERATOR_CASES, ids=[f"{t}-{v}" for t, v, _ in OPERATOR_CASES])
-def test_operator(test, value, holds):
-    assert (reason({"webhook.body.v": test}, {"v": value}) is None) == holds
+@pytest.mark.parametrize("clause,value,holds", OPERATOR_CASES,
+                         ids=[f"{c['op']}-{c.get('value')}-{v}" for c, v, _ in OPERATOR_CASES])
+def test_operator(clause, value, holds):
+    assert (reason(clause, {"v": value}) is None) == holds
 
 
-def test_bare_value_means_eq():
-    assert reason({"webhook.body.v": "x"}, {"v": "x"}) is None
-    assert reason({"webhook.body.v": "x"}, {"v": "y"}) == "if: webhook.body.v was 'y', wanted eq 'x'"
+def test_failing_clause_says_what_was_found_and_wanted():
+    assert reason(v("eq", "x"), {"v": "x"}) is None
+    assert reason(v("eq", "x"), {"v": "y"}) == "if: webhook.body.v was 'y', wanted eq 'x'"
 
 
 def test_missing_value_fails_with_reason_except_exists():
-    assert reason({"webhook.body.v": {"gt": 0}}, {}) == "if: webhook.body.v was missing, wanted gt 0"
-    assert reason({"webhook.body.v": {"exists": False}}, {}) is None
+    assert reason(v("gt", 0), {}) == "if: webhook.body.v was missing, wanted gt 0"
+    assert reason(v("exists"), {}) == "if: webhook.body.v was missing, wanted exists"
+    assert reason(v("exists", False), {}) is None
+
+
+@pytest.mark.parametrize("clause,body,holds", [
+    (clause("webhook.body.a", "eq", "{{ webhook.body.b }}"), {"a": 2, "b": 2}, True),
+    (clause("webhook.body.a", "eq", "{{ webhook.body.b }}"), {"a": 2, "b": 3}, False),
+    (clause("webhook.body.a", "in", ["x", "{{ webhook.body.b }}"]), {"a": "y", "b": "y"}, True),
+    (clause("webhook.body.a", "between", "{{ [webhook.body.b, webhook.body.b + 2] }}"), {"a": 3, "b": 1}, True),
+    (clause("webhook.body.at", "older_than", "{{ webhook.body.days }}d"), {"at": "2025-03-01T00:00:00Z", "days": 2}, True),
+])
+def test_values_may_be_templates_rendered_when_checked(clause, body, holds):
+    assert (reason(clause, body) is None) == holds
+
+
+def test_a_template_value_that_fails_to_render_is_the_reason():
+    assert reason(clause("webhook.body.a", "eq", "{{ webhook.body.b }}"), {"a": 1}) == \
+        "if: value: webhook.body.b is undefined in '{{ webhook.body.b }}'"
+    assert reason(clause("webhook.body.a", "between", "{{ webhook.body.b }}"), {"a": 1, "b": 5}) == \
+        "if: value: between wants two values, got 5"
 
 
 def test_reason_names_the_path_to_the_failing_clause():
-    condition = {"all": [{"webhook.body.a": 1}, {"webhook.body.b": {"gt": 0}}]}
-    assert reason(condition, {"a": 1, "b": 0}) == "if.all[1]: webhook.body.b was 0, wanted gt 0"
+    condition = {"all": [v("eq", 1), clause("webhook.body.b", "gt", 0)]}
+    assert reason(condition, {"v": 1, "b": 0}) == "if.all[1]: webhook.body.b was 0, wanted gt 0"
 
 
 def test_any_lists_every_reason():
-    condition = {"any": [{"webhook.body.a": 1}, {"webhook.body.b": 2}]}
+    condition = {"any": [clause("webhook.body.a", "eq", 1), clause("webhook.body.b", "eq", 2)]}
     assert reason(condition, {"a": 1, "b": 0}) is None
     assert reason(condition, {"a": 0, "b": 0}) == (
         "if.any: none held (if.any[0]: webhook.body.a was 0, wanted eq 1; "
@@ -77,13 +106,13 @@ def test_any_lists_every_reason():
 
 
 def test_not_inverts_and_nests():
-    condition = {"not": {"any": [{"webhook.body.a": 1}, {"webhook.body.b": 1}]}}
+    condition = {"not": {"any": [clause("webhook.body.a", "eq", 1), clause("webhook.body.b", "eq", 1)]}}
     assert reason(condition, {"a": 0, "b": 0}) is None
     assert reason(condition, {"a": 1}) == "if.not: held, wanted it not to"
 
 
 def test_list_means_all():
-    assert reason([{"webhook.body.a": 1}, {"webhook.body.b": 1}], {"a": 1, "b": 2}) == \
+    assert reason([clause("webhook.body.a", "eq", 1), clause("webhook.body.b", "eq", 1)], {"a": 1, "b": 2}) == \
         "if[1]: webhook.body.b was 2, wanted eq 1"
 
 
@@ -101,7 +130,7 @@ def test_expr_with_undefined_variable_fails_with_its_name():
 
 
 def test_list_items_are_reachable_by_index():
-    assert reason({"webhook.body.items.1.name": "b"}, {"items": [{"name": "a"}, {"name": "b"}]}) is None
+    assert reason(clause("webhook.body.items.1.name", "eq", "b"), {"items": [{"name": "a"}, {"name": "b"}]}) is None
 
 
 TASK = {"inloox": "Task"}
@@ -114,11 +143,12 @@ def task_reason(condition, entity, changes=None):
 
 def test_typed_fields_coerce_guids_and_datetimes():
     guid = "3FA85F64-5717-4562-B3FC-2C963F66AFA6"
-    assert task_reason({"task.ProjectId": guid.lower()}, {"ProjectId": guid}) is None
-    assert task_reason({"task.EndDateTime": {"lt": "2025-04-01T10:00:00+02:00"}},
+    assert task_reason(clause("task.ProjectId", "eq", guid.lower()), {"ProjectId": guid}) is None
+    assert task_reason(clause("task.EndDateTime", "lt", "2025-04-01T10:00:00+02:00"),
                        {"EndDateTime": "2025-04-01T07:59:00Z"}) is None
-    assert task_reason({"task.EndDateTime": {"older_than": "1d"}}, {"EndDateTime": "2025-03-30T00:00:00Z"}) is None
+    assert task_reason(clause("task.EndDateTime", "older_than", "1d"), {"EndDateTime": "2025-03-30T00:00:00Z"}) is None
+    assert task_reason(clause("task.EndDateTime", "lt", "{{ now }}"), {"EndDateTime": "2025-03-30T00:00:00Z"}) is None
 
 
 def test_change_paths_are_readable_in_conditions():
-    assert task_reason({"change.WorkAmount.from": {"lt": 2}}, {}, {"WorkAmount": (1, 3)}) is None
+    assert task_reason(clause("change.WorkAmount.from", "lt", 2), {}, {"WorkAmount": (1, 3)}) is None

@@ -17,27 +17,28 @@ def test_explains_why_a_rule_did_not_match():
     report = explain(event, load_rules(RULES), now=NOW, env={})
     lines = report.lines()
     assert lines[0] == f"event e1: inloox updated Task({TASK['TaskItemId']}) at 2025-04-01T10:00:00+00:00"
-    assert "✗ log-time-when-task-done [Task updated changing IsDone]: if[0]: task.WorkAmount was 0, wanted gt 0" in lines
+    assert "✗ log-time-when-task-done [Task updated changing IsDone]: if.all[0]: task.WorkAmount was 0, wanted gt 0" \
+        in lines
     assert report.to_dict()["rules"][0]["matched"] is False
 
 
 def test_explains_operations_of_a_match_including_deferred_ones():
     event = Event("schedule", "overdue-tasks-digest", NOW, id="e2", payload={"time": "2025-04-01T07:00:00Z"})
-    lines = explain(event, load_rules(RULES), now=NOW, env={"SLACK_WEBHOOK_URL": "https://hooks.test"}).lines()
+    lines = explain(event, load_rules(RULES), now=NOW, env={"TEAM_CHANNEL_URL": "https://hooks.test"}).lines()
     assert "✓ overdue-tasks-digest [schedule 0 9 * * 1-5 (Europe/Berlin)]: matched" in lines
     assert any(line.startswith("    1. step1: notify → notify deferred until steps overdue") for line in lines)
 
 
 def test_explains_holds():
     event = Event("inloox", "created", NOW, id="e3", entity_set="Task", key="k", entity={"Name": "New"})
-    lines = explain(event, load_rules(RULES), now=NOW, env={"SLACK_WEBHOOK_URL": "https://hooks.test"}).lines()
+    lines = explain(event, load_rules(RULES), now=NOW, env={"TEAM_CHANNEL_URL": "https://hooks.test"}).lines()
     assert ("✓ unassigned-task-alert [Task created, held for 1h]: matched; held 1h, then re-checked "
             "before it runs") in lines
 
 
 def test_lists_rules_that_did_not_load(tmp_path):
     (tmp_path / "ok.yaml").write_text((RULES / "archive-project.yaml").read_text())
-    (tmp_path / "bad.yaml").write_text("id: bad\ntrigger: {manual: true}\n")
+    (tmp_path / "bad.yaml").write_text("id: bad\nwhen: {manual: true}\n")
     event = Event("manual", "archive-project", NOW, id="e4", payload={"project_id": "p"})
     lines = explain(event, load_rules(tmp_path), now=NOW, env={}).lines()
-    assert lines[-1] == f"skipped (did not load): {tmp_path}/bad.yaml:1:1: 'do' is a required property"
+    assert lines[-1] == f"skipped (did not load): {tmp_path}/bad.yaml:1:1: 'then' is a required property"

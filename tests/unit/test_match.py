@@ -5,20 +5,21 @@ from datetime import datetime, timezone
 from engine import Event, load_texts, match_event
 
 NOW = datetime(2025, 4, 1, tzinfo=timezone.utc)
-DO = [{"notify": {"url": "u", "text": "t"}}]
+THEN = [{"notify": "u", "body": "t"}]
 RULES = {
-    "done": {"inloox": "Task", "on": ["updated"], "changes": {"IsDone": {"to": True}}},
+    "done": {"inloox": "Task", "on": "updated", "changes": {"IsDone": {"to": True}}},
     "any-task": {"inloox": "Task"},
     "project-created": {"inloox": "Project", "on": ["created"]},
     "hook": {"webhook": "orders"},
     "cmd": {"chat": "log"},
     "daily": {"schedule": "0 9 * * *"},
     "by-hand": {"manual": True},
+    "either": [{"inloox": "Project", "on": "deleted"}, {"webhook": "orders"}],
 }
 
 
 def ruleset():
-    text = "\n---\n".join(json.dumps({"id": rid, "trigger": t, "do": DO}) for rid, t in RULES.items())
+    text = "\n---\n".join(json.dumps({"id": rid, "when": t, "then": THEN}) for rid, t in RULES.items())
     return load_texts([("r.yaml", text)])
 
 
@@ -40,7 +41,8 @@ def test_entity_set_and_kind_narrow_the_candidates():
 
 
 def test_named_sources_match_by_name_or_rule_id():
-    assert candidates(Event("webhook", "orders", NOW)) == ["hook"]
+    assert candidates(Event("webhook", "orders", NOW)) == ["hook", "either"]
+    assert candidates(Event("inloox", "deleted", NOW, entity_set="Project", key="k")) == ["either"]
     assert candidates(Event("webhook", "other", NOW)) == []
     assert candidates(Event("chat", "log", NOW)) == ["cmd"]
     assert candidates(Event("schedule", "daily", NOW)) == ["daily"]

@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 import pytest
 
 from engine import Event, Plan, TemplateError, evaluate, load_texts, plan_rule, render_deferred
+from engine.errors import StepSkipped
 
 NOW = datetime(2025, 4, 1, 10, 0, tzinfo=timezone.utc)
 TASK_ID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
@@ -23,13 +24,14 @@ def done_event(**kw):
                  changes={"IsDone": (False, True)}, entity=entity, **kw)
 
 
-DONE = {"id": "done", "trigger": {"inloox": "Task", "changes": {"IsDone": {"to": True}}},
-        "do": [{"id": "book", "log_time_entry": {"project": "{{ task.ProjectId }}", "start": "{{ now - hours(2) }}",
-                                                 "hours": "{{ task.WorkAmount }}"}},
-               {"set_field": {"field": "Name", "value": "{{ task.Name }} (booked)"}}]}
+DONE = {"id": "done", "when": [{"inloox": "Task", "changes": {"IsDone": {"to": True}}}],
+        "then": [{"id": "book", "inloox.create": "TimeEntry",
+                  "values": {"ProjectId": "{{ task.ProjectId }}", "StartDateTime": "{{ now - hours(2) }}",
+                             "EndDateTime": "{{ now }}"}},
+                 {"inloox.update": "Task", "values": {"Name": "{{ task.Name }} (booked)"}}]}
 
 
-def test_rule_level_actions_become_primitive_operations():
+def test_steps_become_primitive_operations():
     (plan,) = evaluate(done_event(), ruleset(DONE), now=NOW, env={})
     book, rename = plan.operations
     assert (book.verb, book.params) == ("create", {"entity_set": "TimeEntry", "values": {
@@ -53,10 +55,10 @@ def test_plan_round_trips_through_json():
 
 
 def test_step_outputs_are_deferred_and_rendered_later():
-    rule = {"id": "chain", "trigger": {"webhook": "h"},
-            "do": [{"id": "find", "query": {"entity": "Task", "filter": "Name eq '{{ webhook.body.name }}'"}},
-                   {"add_note": {"entity": "Task", "key": "{{ steps.find.value[0].TaskItemId }}",
-                                 "html": "<p>{{ webhook.body.note }}</p>"}}]}
+    rule = {"id": "chain", "when": {"webhook": "h"},
+            "then": [{"id": "find", "inloox.query": "Task", "filter": "Name eq {{ webhook.body.name | odata }}"},
+                     {"inloox.action": "AddNote", "entity": "Task", "key": "{{ steps.find.value[0].TaskItemId }}",
+                      "parameters": {"htmlText": "<p>{{ webhook.body.note }}</p>"}}]}
     (plan,) = evaluate(Event("webhook", "h", NOW, payload={"body": {"name": "A", "note": "hi"}}),
                        ruleset(rule), now=NOW, env={})
     find, note = plan.operations
@@ -69,17 +71,17 @@ def test_step_outputs_are_deferred_and_rendered_later():
 
 
 def test_deferred_undefined_step_output_is_a_template_error():
-    rule = {"id": "chain", "trigger": {"manual": True},
-            "do": [{"id": "t", "get": {"entity": "Task", "key": "x"}},
-                   {"notify": {"url": "u", "text": "{{ steps.t.Name }}"}}]}
+    rule = {"id": "chain", "when": {"manual": True},
+            "then": [{"id": "t", "inloox.get": "Task", "key": TASK_ID},
+                     {"notify": "u", "body": "{{ steps.t.Name }}"}]}
     (plan,) = evaluate(Event("manual", "chain", NOW), ruleset(rule), now=NOW, env={})
     with pytest.raises(TemplateError, match=r"rule chain step 1 \(step1\): steps.t.Name is undefined"):
         render_deferred(plan, plan.operations[1], {"t": {}}, env={})
 
 
 def test_undefined_variable_fails_that_rule_only():
-    broken = {"id": "broken", "trigger": {"inloox": "Task"},
-              "do": [{"notify": {"url": "{{ env.MISSING }}", "text": "x"}}]}
+    broken = {"id": "broken", "when": {"inloox": "Task"},
+              "then": [{"notify": "{{ env.MISSING }}", "body": "x"}]}
     plans = {p.rule_id: p for p in evaluate(done_event(), ruleset(DONE, broken), now=NOW, env={})}
     assert plans["done"].error is None
     assert plans["broken"].error == "rule broken step 0 (step0): env.MISSING is undefined in '{{ env.MISSING }}'"
@@ -89,7 +91,7 @@ def test_undefined_variable_fails_that_rule_only():
 
 
 def test_env_is_passed_in_not_read():
-    rule = {"id": "n", "trigger": {"manual": True}, "do": [{"notify": {"url": "{{ env.HOOK }}", "text": "x"}}]}
+    rule = {"id": "n", "when": {"manual": True}, "then": [{"notify": "{{ env.HOOK }}", "body": "x"}]}
     (plan,) = evaluate(Event("manual", "n", NOW), ruleset(rule), now=NOW, env={"HOOK": "https://hooks.test/1"})
     assert plan.operations[0].params["url"] == "https://hooks.test/1"
 
@@ -97,10 +99,34 @@ def test_env_is_passed_in_not_read():
 def test_policy_is_carried_on_the_plan():
     rule = {**DONE, "mode": "shadow", "allow_chained": True, "retry": {"attempts": 2, "backoff": "1m"},
             "concurrency": {"key": "{{ task.ProjectId }}", "limit": 1}, "rate_limit": {"max": 5, "per": "1h"},
-            "trigger": {**DONE["trigger"], "for": "15m"}}
+            "when": [{**DONE["when"][0], "for": "15m"}]}
     (plan,) = evaluate(done_event(chained=True), ruleset(rule), now=NOW, env={})
     assert (plan.mode, plan.allow_chained, plan.hold_seconds) == ("shadow", True, 900)
     assert plan.retry == {"attempts": 2, "backoff": 60}
     assert plan.concurrency == {"key": f"done:{PROJECT_ID}", "limit": 1}
     assert plan.rate_limit == {"max": 5, "per_seconds": 3600}
     assert plan.planned_at == "2025-04-01T10:00:00Z"
+
+
+STEP_IF = {"id": "gated", "when": {"chat": "close <task>"},
+           "then": [{"id": "found", "inloox.query": "Task", "filter": "Name eq {{ chat.args.task | odata }}"},
+                    {"if": {"path": "steps.found.value.0.Name", "op": "eq", "value": "{{ chat.args.task }}"},
+                     "inloox.update": "Task", "key": "{{ steps.found.value[0].TaskItemId }}",
+                     "values": {"IsDone": True}}]}
+
+
+def test_a_step_if_is_checked_when_the_step_is_about_to_run():
+    event = Event("chat", "close", NOW, payload={"text": "Spec"})
+    (plan,) = evaluate(event, ruleset(STEP_IF), now=NOW, env={})
+    plan = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))  # as the worker receives it
+    assert plan.bindings == {"chat": {"text": "Spec", "args": {"task": "Spec"}}}
+    update = plan.operations[1]
+    assert update.params is None and update.condition is not None
+    found = {"value": [{"Name": "Spec", "TaskItemId": TASK_ID}]}
+    assert render_deferred(plan, update, {"found": found}, env={}).params["key"] == TASK_ID
+    with pytest.raises(StepSkipped, match=r"rule gated step 1 \(step1\): skipped: then\[1\]\.if: steps.found.value"):
+        render_deferred(plan, update, {"found": {"value": []}}, env={})
+
+
+def test_a_skipped_step_stops_an_executor_that_only_knows_template_errors():
+    assert issubclass(StepSkipped, TemplateError)

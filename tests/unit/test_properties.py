@@ -20,7 +20,12 @@ PYTHON = {"eq": lambda v, o: v == o, "ne": lambda v, o: v != o, "lt": lambda v, 
 
 
 def holds(test, value):
-    return reason({"webhook.body.v": test}, {"v": value}) is None
+    """Whether {path: webhook.body.v, op, value, …} holds; `test` is {op: operand, [ignore_case]}."""
+    options = dict(test)
+    ignore_case = options.pop("ignore_case", False)
+    ((op, operand),) = options.items()
+    clause = {"path": "webhook.body.v", "op": op, "value": operand, "ignore_case": ignore_case}
+    return reason(clause, {"v": value}) is None
 
 
 @given(st.sampled_from(sorted(PYTHON)), numbers, numbers)
@@ -79,7 +84,7 @@ def _all_trigger_shapes():
 
 
 RULESET = load_texts([("r.yaml", "\n---\n".join(
-    json.dumps({"id": f"r{i}", "trigger": t, "do": [{"notify": {"url": "u", "text": "t"}}]})
+    json.dumps({"id": f"r{i}", "when": [t], "then": [{"notify": "u", "body": "t"}]})
     for i, t in enumerate(_all_trigger_shapes())))])
 
 events = st.builds(

@@ -10,87 +10,112 @@ RULES = Path(__file__).parents[2] / "rules"
 
 VALID = """\
 id: ok
-trigger:
-  inloox: Task
-  changes:
-    IsDone: {to: true}
-do:
-  - set_field: {field: Name, value: done}
+when:
+  - inloox: Task
+    changes:
+      IsDone: {to: true}
+then:
+  - inloox.update: Task
+    values: {Name: done}
 """
 
 
 def load_one(text: str):
-    """Load one file's text; return the single error it produced."""
+    """Load one file's text; return the first error it produced."""
     ruleset = load_texts([("r.yaml", textwrap.dedent(text))])
     assert len(ruleset.errors) >= 1, "expected an error"
     return ruleset.errors[0]
 
 
+T = "id: a\nwhen:\n  - inloox: Task\n"  # a rule with an inloox trigger, three lines
+M = "id: a\nwhen: {manual: true}\n"
+N = "then: [{notify: x, body: y}]\n"
 CASES = [
-    ("yaml_syntax", "id: a\ntrigger: [1\ndo: 2\n", 3, 3, "expected ',' or ']'", ""),
-    ("duplicate_key", "id: a\ntrigger:\n  inloox: Task\n  inloox: Project\ndo: []\n", 4, 3, "duplicate key", "once"),
-    ("missing_required", "id: a\ntrigger: {manual: true}\n", 1, 1, "'do' is a required property", ""),
-    ("unknown_top_key", "id: a\ntriger: {manual: true}\ndo: [{notify: {url: x, text: y}}]\n", 2, 1,
-     "unknown key 'triger'", "did you mean 'trigger'?"),
-    ("unknown_trigger_option", "id: a\ntrigger:\n  inloox: Task\n  chnages: {IsDone: {to: true}}\ndo: [{delete: {}}]\n",
-     4, 3, "unknown key 'chnages'", "did you mean 'changes'?"),
-    ("bad_rule_id", "id: Bad Id\ntrigger: {manual: true}\ndo: [{notify: {url: x, text: y}}]\n", 1, 5,
-     "does not match", ""),
-    ("unknown_entity_set", "id: a\ntrigger:\n  inloox: Tsk\ndo: [{delete: {}}]\n", 3, 11,
+    ("yaml_syntax", 3, 5, "id: a\nwhen: [1\nthen: 2\n", "expected ',' or ']'", ""),
+    ("duplicate_key", 4, 5, "id: a\nwhen:\n  - inloox: Task\n    inloox: Project\nthen: []\n", "duplicate key", "once"),
+    ("missing_required", 1, 1, M, "'then' is a required property", ""),
+    ("unknown_top_key", 2, 1, "id: a\nwhne: {manual: true}\n" + N, "unknown key 'whne'", "did you mean 'when'?"),
+    ("old_trigger_key", 2, 1, "id: a\ntrigger: {manual: true}\n" + N, "unknown key 'trigger'", ""),
+    ("unknown_trigger_option", 4, 5, T + "    chnages: {IsDone: {to: true}}\nthen: [{inloox.delete: Task}]\n",
+     "unknown key 'chnages'", "did you mean 'changes'?"),
+    ("bad_entity_event", 4, 9, T + "    on: updatd\nthen: [{inloox.delete: Task}]\n", "'updatd' is not an entity event",
+     "did you mean 'updated'?"),
+    ("bad_rule_id", 1, 5, "id: Bad Id\nwhen: {manual: true}\n" + N, "does not match", ""),
+    ("unknown_entity_set", 3, 13, "id: a\nwhen:\n  - inloox: Tsk\nthen: [{inloox.delete: Task}]\n",
      "unknown entity set 'Tsk'", "did you mean 'Task'"),
-    ("unknown_changes_field", "id: a\ntrigger:\n  inloox: Task\n  changes:\n    Statuss: {changed: true}\ndo: [{delete: {}}]\n",
-     5, 5, "Task has no field 'Statuss'", "did you mean 'TaskItemStatusId'?"),
-    ("changes_value_type", "id: a\ntrigger:\n  inloox: Task\n  changes:\n    IsDone: {to: \"yes\"}\ndo: [{delete: {}}]\n",
-     5, 18, "'yes' is not a valid Edm.Boolean", ""),
-    ("unknown_operator", "id: a\ntrigger: {inloox: Task}\nif:\n  task.WorkAmount: {gte: 1}\ndo: [{delete: {}}]\n",
-     4, 21, "unknown key 'gte'", "'ge'"),
-    ("unknown_condition_field", "id: a\ntrigger: {inloox: Task}\nif:\n  - task.Statuss: Open\ndo: [{delete: {}}]\n",
-     4, 5, "Task has no field 'Statuss'", "did you mean 'TaskItemStatusId'?"),
-    ("condition_literal_type", "id: a\ntrigger: {inloox: Task}\nif:\n  task.WorkAmount: {gt: lots}\ndo: [{delete: {}}]\n",
-     4, 25, "'lots' is not a valid Edm.Double", ""),
-    ("unknown_condition_root", "id: a\ntrigger: {webhook: x}\nif:\n  - alll: []\ndo: [{notify: {url: x, text: y}}]\n",
-     4, 5, "unknown name 'alll'", "did you mean 'all'?"),
-    ("template_syntax", "id: a\ntrigger: {manual: true}\ndo:\n  - notify: {url: x, text: \"{{ input.a }\"}\n",
-     4, 28, "template syntax error", ""),
-    ("undefined_step", "id: a\ntrigger: {manual: true}\ndo:\n  - id: first\n    get: {entity: Task, key: x}\n"
-     "  - notify: {url: x, text: \"{{ steps.frist.Name }}\"}\n", 6, 28,
+    ("unknown_changes_field", 5, 7, T + "    changes:\n      Statuss: {changed: true}\nthen: [{inloox.delete: Task}]\n",
+     "Task has no field 'Statuss'", "did you mean 'TaskItemStatusId'?"),
+    ("changes_value_type", 5, 20, T + "    changes:\n      IsDone: {to: \"yes\"}\nthen: [{inloox.delete: Task}]\n",
+     "'yes' is not a valid Edm.Boolean", ""),
+    ("unknown_operator", 5, 33, T + "if:\n  - {path: task.WorkAmount, op: gte, value: 1}\nthen: [{inloox.delete: Task}]\n",
+     "'gte' is not one of eq, ne", "'ge'"),
+    ("unknown_condition_field", 5, 12, T + "if:\n  - {path: task.Statuss, op: eq, value: Open}\nthen: [{inloox.delete: Task}]\n",
+     "Task has no field 'Statuss'", "did you mean 'TaskItemStatusId'?"),
+    ("condition_literal_type", 5, 44, T + "if:\n  - {path: task.WorkAmount, op: gt, value: lots}\nthen: [{inloox.delete: Task}]\n",
+     "'lots' is not a valid Edm.Double", ""),
+    ("condition_list_item_type", 5, 47, T + "if:\n  - {path: task.IsDone, op: in, value: [true, maybe]}\nthen: [{inloox.delete: Task}]\n",
+     "'maybe' is not a valid Edm.Boolean", ""),
+    ("operator_needs_value", 5, 5, T + "if:\n  - {path: task.WorkAmount, op: gt}\nthen: [{inloox.delete: Task}]\n",
+     "gt needs a value", ""),
+    ("unknown_condition_kind", 4, 5, "id: a\nwhen: {webhook: x}\nif:\n  - alll: []\n" + N,
+     "a condition needs exactly one of all, any, not, expr, path", "did you mean 'all'?"),
+    ("old_condition_shape", 4, 5, "id: a\nwhen: {webhook: x}\nif:\n  - webhook.body.a: {gt: 0}\n" + N,
+     "a condition needs exactly one of", "{path: webhook.body.a, op: …, value: …}"),
+    ("unknown_condition_key", 4, 36, "id: a\nwhen: {webhook: x}\nif:\n  - {path: webhook.body.a, op: eq, vaule: 1}\n" + N,
+     "unknown key 'vaule'", "did you mean 'value'?"),
+    ("template_syntax", 5, 11, M + "then:\n  - notify: x\n    body: \"{{ input.a }\"\n", "template syntax error", ""),
+    ("undefined_step", 8, 11, M + "then:\n  - id: first\n    inloox.get: Task\n    key: 3fa85f64-5717-4562-b3fc-2c963f66afa6\n"
+     "  - notify: x\n    body: \"{{ steps.frist.Name }}\"\n",
      "step 'frist' is not an earlier step (earlier steps: first)", "did you mean 'first'?"),
-    ("unknown_template_root", "id: a\ntrigger: {inloox: Task}\ndo:\n  - notify: {url: x, text: \"{{ tsk.Name }}\"}\n",
-     4, 28, "tsk.Name: unknown name 'tsk'", "did you mean 'task'?"),
-    ("template_field", "id: a\ntrigger: {inloox: Task}\ndo:\n  - notify: {url: x, text: \"{{ task.Nme }}\"}\n",
-     4, 28, "task.Nme: Task has no field 'Nme'", "did you mean 'Name'?"),
-    ("bad_cron", "id: a\ntrigger:\n  schedule: \"0 25 * * *\"\ndo: [{notify: {url: x, text: y}}]\n", 3, 13,
-     "is not a valid five-field cron expression", ""),
-    ("bad_timezone", "id: a\ntrigger:\n  schedule: \"0 9 * * *\"\n  timezone: Mars/Base\ndo: [{notify: {url: x, text: y}}]\n",
-     4, 13, "unknown time zone 'Mars/Base'", ""),
-    ("bad_hold", "id: a\ntrigger:\n  inloox: Task\n  for: ten minutes\ndo: [{delete: {}}]\n", 4, 8, "does not match", ""),
-    ("unknown_action", "id: a\ntrigger: {manual: true}\ndo:\n  - log_time: {}\n", 4, 5,
-     "unknown key 'log_time'", "did you mean 'log_time_entry'?"),
-    ("two_actions", "id: a\ntrigger: {manual: true}\ndo:\n  - notify: {url: x, text: y}\n    delete: {entity: Task, key: x}\n",
-     4, 5, "a step needs exactly one action (found notify, delete)", ""),
-    ("unknown_operation", "id: a\ntrigger: {inloox: Task}\ndo:\n  - invoke: {operation: AddNot}\n", 4, 25,
-     "Task has no operation 'AddNot'", "did you mean 'AddNote'"),
-    ("unknown_value_field", "id: a\ntrigger: {manual: true}\ndo:\n  - create:\n      entity: TimeEntry\n"
-     "      values: {Duration: 5}\n", 6, 16, "TimeEntry has no field 'Duration'", "did you mean 'DurationMinutes'?"),
-    ("entity_required", "id: a\ntrigger: {webhook: x}\ndo:\n  - set_field: {field: Name, value: x}\n", 4, 16,
-     "entity is required", "only an inloox trigger"),
-    ("value_type", "id: a\ntrigger: {manual: true}\ndo:\n  - create:\n      entity: Task\n"
-     "      values: {IsDone: maybe}\n", 6, 24, "'maybe' is not a valid Edm.Boolean", ""),
-    ("bad_regex", "id: a\ntrigger: {webhook: x}\nif:\n  webhook.body.t: {regex: \"(\"}\ndo: [{notify: {url: x, text: y}}]\n",
-     4, 27, "invalid regular expression", ""),
-    ("two_trigger_kinds", "id: a\ntrigger: {webhook: x, chat: y}\ndo: [{notify: {url: x, text: y}}]\n", 2, 11,
-     "unknown key 'webhook'", "give only one"),
-    ("duplicate_step_id", "id: a\ntrigger: {manual: true}\ndo:\n  - {id: s, notify: {url: x, text: y}}\n"
-     "  - {id: s, notify: {url: x, text: y}}\n", 5, 10, "duplicate step id 's'", ""),
-    ("older_than_needs_datetime", "id: a\ntrigger: {inloox: Task}\nif:\n  task.Name: {older_than: 2d}\ndo: [{delete: {}}]\n",
-     4, 27, "older_than needs a date-time field", ""),
-    ("minutes_or_hours", "id: a\ntrigger: {manual: true}\ndo:\n  - log_time_entry: {project: x, start: y}\n", 4, 21,
-     "exactly one of minutes or hours", ""),
+    ("unknown_template_root", 6, 11, T + "then:\n  - notify: x\n    body: \"{{ tsk.Name }}\"\n",
+     "tsk.Name: unknown name 'tsk'", "did you mean 'task'?"),
+    ("template_field", 6, 11, T + "then:\n  - notify: x\n    body: \"{{ task.Nme }}\"\n",
+     "task.Nme: Task has no field 'Nme'", "did you mean 'Name'?"),
+    ("bad_cron", 3, 15, "id: a\nwhen:\n  - schedule: \"0 25 * * *\"\n" + N, "is not a valid five-field cron expression", ""),
+    ("bad_timezone", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    timezone: Mars/Base\n" + N,
+     "unknown time zone 'Mars/Base'", ""),
+    ("bad_hold", 4, 10, T + "    for: ten minutes\nthen: [{inloox.delete: Task}]\n", "does not match", ""),
+    ("bad_chat_argument", 3, 11, "id: a\nwhen:\n  - chat: \"done <task\"\n" + N, "'<task' is not an argument", "<name>"),
+    ("unknown_action", 4, 5, M + "then:\n  - inloox.craete: Task\n    values: {}\n",
+     "a step needs exactly one action (found none)", "did you mean 'inloox.create'"),
+    ("two_actions", 4, 5, M + "then:\n  - notify: x\n    body: y\n    inloox.delete: Task\n",
+     "unknown key 'notify'", "give only one"),
+    ("unknown_action_argument", 5, 5, M + "then:\n  - notify: x\n    bdy: y\n", "unknown key 'bdy'", "did you mean 'body'?"),
+    ("unknown_operation", 5, 20, T + "then:\n  - inloox.action: AddNot\n", "Task has no operation 'AddNot'",
+     "did you mean 'AddNote'"),
+    ("unknown_operation_parameter", 6, 18, T + "then:\n  - inloox.action: AddNote\n    parameters: {html: x}\n",
+     "AddNote has no parameter 'html'", "did you mean 'htmlText'"),
+    ("unknown_value_field", 5, 14, M + "then:\n  - inloox.create: TimeEntry\n    values: {Duration: 5}\n",
+     "TimeEntry has no field 'Duration'", "did you mean 'DurationMinutes'?"),
+    ("key_required", 4, 5, "id: a\nwhen: {webhook: x}\nthen:\n  - inloox.update: Task\n    values: {Name: x}\n",
+     "key is required", "only an `inloox: Task` trigger"),
+    ("key_not_a_guid", 5, 10, M + "then:\n  - inloox.delete: Task\n    key: 42-x\n", "'42-x' is not a valid Edm.Guid", ""),
+    ("value_type", 5, 22, M + "then:\n  - inloox.create: Task\n    values: {IsDone: maybe}\n",
+     "'maybe' is not a valid Edm.Boolean", ""),
+    ("bad_regex", 4, 46, "id: a\nwhen: {webhook: x}\nif:\n  - {path: webhook.body.t, op: regex, value: \"(\"}\n" + N,
+     "invalid regular expression", ""),
+    ("two_trigger_kinds", 3, 6, "id: a\nwhen:\n  - {webhook: x, chat: y}\n" + N, "unknown key 'webhook'", "give only one"),
+    ("duplicate_step_id", 5, 10, M + "then:\n  - {id: s, notify: x, body: y}\n  - {id: s, notify: x, body: y}\n",
+     "duplicate step id 's'", ""),
+    ("older_than_needs_datetime", 5, 46, T + "if:\n  - {path: task.Name, op: older_than, value: 2d}\nthen: [{inloox.delete: Task}]\n",
+     "older_than needs a date-time field", ""),
+    ("unescaped_filter_value", 5, 13, "id: a\nwhen: {webhook: x}\nthen:\n  - inloox.query: Task\n"
+     "    filter: \"Name eq '{{ webhook.body.name }}'\"\n",
+     "{{ webhook.body.name }} in a filter is not written as an OData literal",
+     "end the expression in | odata, e.g. {{ webhook.body.name | odata }}"),
+    ("filter_value_rewritten_after_odata", 5, 13, "id: a\nwhen: {webhook: x}\nthen:\n  - inloox.query: Task\n"
+     "    filter: \"Name eq {{ webhook.body.name | odata | replace('x', 'y') }}\"\n",
+     "is not written as an OData literal", ""),
+    ("step_if_reads_a_later_step", 4, 16, M + "then:\n  - if: {path: steps.later.Name, op: exists}\n    notify: x\n    body: y\n"
+     "  - {id: later, inloox.get: Task, key: 3fa85f64-5717-4562-b3fc-2c963f66afa6}\n",
+     "step 'later' is not an earlier step", ""),
+    ("rule_if_reads_steps", 3, 12, "id: a\nwhen: {webhook: x}\nif: {path: steps.a.b, op: exists}\n" + N,
+     "unknown name 'steps'", ""),
 ]
 
 
-@pytest.mark.parametrize("name,text,line,col,message,hint", CASES, ids=[c[0] for c in CASES])
-def test_error_is_located_exactly(name, text, line, col, message, hint):
+@pytest.mark.parametrize("name,line,col,text,message,hint", CASES, ids=[c[0] for c in CASES])
+def test_error_is_located_exactly(name, line, col, text, message, hint):
     error = load_one(text)
     assert (error.file, error.line, error.col) == ("r.yaml", line, col), error.format()
     assert message in error.message
@@ -98,8 +123,8 @@ def test_error_is_located_exactly(name, text, line, col, message, hint):
 
 
 def test_error_formats_as_file_line_col_path_message_hint():
-    error = load_one("id: a\ntrigger: {inloox: Task}\nif:\n  - task.Statuss: Open\ndo: [{delete: {}}]\n")
-    assert error.format() == ("r.yaml:4:5: if[0].task.Statuss: Task has no field 'Statuss' "
+    error = load_one(T + "if:\n  - {path: task.Statuss, op: eq, value: Open}\nthen: [{inloox.delete: Task}]\n")
+    assert error.format() == ("r.yaml:5:12: if[0].path: Task has no field 'Statuss' "
                               "(did you mean 'TaskItemStatusId'?)")
 
 
@@ -113,7 +138,7 @@ def test_duplicate_rule_ids_across_files_keep_the_first():
 
 def test_broken_file_does_not_stop_valid_rules():
     ruleset = load_texts([("bad.yaml", "id: [\n"), ("good.yaml", VALID),
-                          ("mixed.yaml", VALID.replace("ok", "ok2") + "---\nid: broken\ntrigger: {manual: true}\n")])
+                          ("mixed.yaml", VALID.replace("ok", "ok2") + "---\nid: broken\nwhen: {manual: true}\n")])
     assert sorted(ruleset.rules) == ["ok", "ok2"]
     assert [(s.file, s.rule_id) for s in ruleset.skipped] == [("bad.yaml", ""), ("mixed.yaml", "broken")]
 
@@ -125,7 +150,7 @@ def test_strict_mode_refuses_the_set():
 
 
 def test_version_ignores_formatting_but_not_content():
-    reformatted = VALID.replace("{to: true}", "\n      to: true").replace("  - set", "  -   set")
+    reformatted = VALID.replace("{to: true}", "\n        to: true").replace("{Name: done}", "{ Name: 'done' }")
     versions = [load_texts([("r.yaml", t)]).rules["ok"].version
                 for t in (VALID, reformatted, VALID.replace("done", "finished"))]
     assert versions[0] == versions[1] != versions[2]

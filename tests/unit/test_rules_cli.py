@@ -29,24 +29,36 @@ def runner():
 def test_check_passes_on_the_example_rules(runner):
     result = runner.invoke(args=["rules", "check", str(RULES)])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("ok: 6 rule(s)")
+    assert result.output.startswith("ok: 7 rule(s)")
 
 
 def test_check_reports_errors_with_positions_and_exit_1(runner, tmp_path):
     (tmp_path / "good.yaml").write_text((RULES / "archive-project.yaml").read_text())
-    (tmp_path / "bad.yaml").write_text("id: bad\ntrigger: {inloox: Task}\nif:\n  - task.Statuss: x\ndo: [{delete: {}}]\n")
+    (tmp_path / "bad.yaml").write_text("id: bad\nwhen: {inloox: Task}\nif:\n  - {path: task.Statuss, op: eq, value: x}\n"
+                                       "then: [{inloox.delete: Task}]\n")
     result = runner.invoke(args=["rules", "check", str(tmp_path)])
     assert result.exit_code == 1
-    assert f"{tmp_path}/bad.yaml:4:5: if[0].task.Statuss: Task has no field 'Statuss'" in result.output
+    assert f"{tmp_path}/bad.yaml:4:12: if[0].path: Task has no field 'Statuss'" in result.output
     assert f"skipped rule bad in {tmp_path}/bad.yaml" in result.output
     assert "Error: 1 error(s); 1 rule(s) loaded" in result.output
 
 
 def test_check_json(runner, tmp_path):
-    (tmp_path / "bad.yaml").write_text("id: a\ntrigger: {manual: true}\n")
+    (tmp_path / "bad.yaml").write_text("id: a\nwhen: {manual: true}\n")
     result = runner.invoke(args=["rules", "check", "--json", str(tmp_path)])
     report = json.loads(result.output.splitlines()[0])
-    assert report["errors"][0]["message"] == "'do' is a required property" and result.exit_code == 1
+    assert report["errors"][0]["message"] == "'then' is a required property" and result.exit_code == 1
+
+
+def test_check_refuses_event_text_pasted_into_a_filter(runner, tmp_path):
+    (tmp_path / "r.yaml").write_text(
+        "id: find\nwhen: {webhook: forms}\nthen:\n"
+        "  - inloox.query: Project\n"
+        "    filter: \"Number eq '{{ webhook.body.number }}'\"\n")
+    result = runner.invoke(args=["rules", "check", str(tmp_path)])
+    assert result.exit_code == 1
+    assert (f"{tmp_path}/r.yaml:5:13: then[0].filter: {{{{ webhook.body.number }}}} in a filter is not written as an "
+            "OData literal (end the expression in | odata, e.g. {{ webhook.body.number | odata }})") in result.output
 
 
 def test_test_runs_the_example_fixtures(runner):
@@ -74,14 +86,14 @@ def test_explain_prints_reasons(runner, tmp_path):
     (tmp_path / "event.yaml").write_text(EVENT)
     result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml"), "--rules", str(RULES)])
     assert result.exit_code == 0, result.output
-    assert "✗ log-time-when-task-done [Task updated changing IsDone]: if[0]: task.WorkAmount was 0, wanted gt 0" \
+    assert "✗ log-time-when-task-done [Task updated changing IsDone]: if.all[0]: task.WorkAmount was 0, wanted gt 0" \
         in result.output
 
 
 def test_explain_json_with_now_and_env(runner, tmp_path):
     (tmp_path / "event.yaml").write_text(EVENT.replace("WorkAmount: 0", "WorkAmount: 1, Name: N, TaskItemId: t"))
     result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml"), "--rules", str(RULES),
-                                 "--now", "2025-04-01T12:00:00Z", "--env", "X=1", "--json"])
+                                 "--now", "2025-04-01T12:00:00Z", "--env", "TEAM_CHANNEL_URL=json://x", "--json"])
     report = json.loads(result.output)
     (rule,) = report["rules"]
     assert rule["matched"] and rule["plan"]["planned_at"] == "2025-04-01T12:00:00Z"

@@ -5,7 +5,7 @@ import pytest
 from jinja2 import TemplateSyntaxError
 
 from engine import TemplateError
-from engine.templates import FUNCTIONS, compile_template, is_template, render
+from engine.templates import FUNCTIONS, compile_template, is_template, render, unescaped_expressions
 
 NOW = datetime(2025, 4, 1, 10, 0, tzinfo=timezone.utc)
 
@@ -58,10 +58,42 @@ def test_is_template():
 
 
 def test_every_function_is_documented():
-    assert all(f.doc and f.kind in ("global", "filter") for f in FUNCTIONS)
+    assert all(f.doc and f.kind in ("global", "filter", "test") for f in FUNCTIONS)
 
 
 def test_names_the_template_defines_are_not_inputs():
     t = compile_template("{% set n = 2 %}{% for row in steps.q.value %}{{ row.Name }}{{ n }}{% endfor %}")
     assert t.chains == (("steps", "q", "value"),)
     assert render(t, {"steps": {"q": {"value": [{"Name": "a"}, {"Name": "b"}]}}}) == "a2b2"
+
+
+@pytest.mark.parametrize("source,value,expected", [
+    ("{{ x | odata }}", "O'Brien", "'O''Brien'"),
+    ("{{ x | odata }}", "3FA85F64-5717-4562-B3FC-2C963F66AFA6", "3fa85f64-5717-4562-b3fc-2c963f66afa6"),
+    ("{{ x | odata('Edm.String') }}", "3fa85f64-5717-4562-b3fc-2c963f66afa6", "'3fa85f64-5717-4562-b3fc-2c963f66afa6'"),
+    ("{{ x | odata }}", "2025-04-01T11:00:00+02:00", "2025-04-01T09:00:00Z"),
+    ("{{ x | odata }}", "2025-04-01", "'2025-04-01'"),
+    ("{{ x | odata }}", 2.5, "2.5"), ("{{ x | odata }}", True, "true"), ("{{ x | odata }}", None, "null"),
+    ("{{ x | odata }}", "x' or 1 eq 1 or Name eq '", "'x'' or 1 eq 1 or Name eq '''"),
+    ("{{ x is guid }}", "3fa85f64-5717-4562-b3fc-2c963f66afa6", True), ("{{ x is guid }}", "spec", False),
+])
+def test_odata_writes_literals(source, value, expected):
+    assert render(compile_template(source), {"x": value}) == expected
+
+
+def test_odata_refuses_what_has_no_literal():
+    with pytest.raises(TemplateError):
+        render(compile_template("{{ x | odata }}"), {"x": {"a": 1}})
+
+
+@pytest.mark.parametrize("source,unescaped", [
+    ("ProjectId eq {{ task.ProjectId | odata }}", []),
+    ("Name eq '{{ name }}'", ["{{ name }}"]),
+    ("A eq {{ a | odata }} and B eq {{ b | lower }}", ["{{ b | lower }}"]),
+    ("A eq {{ (a | odata) ~ ' or 1 eq 1' }}", ["{{ (a | odata) ~ ' or 1 eq 1' }}"]),
+    ("{% filter replace(\"''\", \"'\") %}A eq {{ a | odata }}{% endfilter %}", ["{{ a | odata }}"]),
+    ("{% if a is guid %}K eq {{ a | odata }}{% endif %}", []),
+    ("IsDone eq false", []),
+])
+def test_unescaped_expressions_in_a_filter_are_found(source, unescaped):
+    assert unescaped_expressions(source) == unescaped

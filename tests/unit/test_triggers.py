@@ -9,11 +9,12 @@ from engine.match import match_rule
 from engine.triggers import next_fire
 
 NOW = datetime(2025, 4, 1, 12, 0, tzinfo=timezone.utc)
-DO = [{"notify": {"url": "u", "text": "t"}}]
+THEN = [{"notify": "u", "body": "t"}]
 
 
 def rule_with(trigger, **extra):
-    ruleset = load_texts([("r.yaml", json.dumps({"id": "r", "trigger": trigger, "do": DO, **extra}))])
+    """A rule with one trigger (a mapping) or several (a list)."""
+    ruleset = load_texts([("r.yaml", json.dumps({"id": "r", "when": trigger, "then": THEN, **extra}))])
     assert not ruleset.errors, ruleset.errors[0].format()
     return ruleset.rules["r"]
 
@@ -35,6 +36,8 @@ CHANGE_CASES = [
     ({"WorkAmount": {"to": 2}}, {"WorkAmount": (1, 2.0)}, True),
     ({"ProjectId": {"to": "3fa85f64-5717-4562-b3fc-2c963f66afa6"}},
      {"ProjectId": (None, "3FA85F64-5717-4562-B3FC-2C963F66AFA6")}, True),
+    ({"WorkAmount": {"to": [2, 3]}}, {"WorkAmount": (1, 3)}, True),
+    ({"WorkAmount": {"not_to": [2, 3]}}, {"WorkAmount": (1, 3)}, False),
 ]
 
 
@@ -48,21 +51,33 @@ def test_changes(changes, event_changes, holds):
 def test_change_reason_says_what_happened():
     rule = rule_with({"inloox": "Task", "changes": {"IsDone": {"to": True}}})
     assert match_rule(task_event(changes={"IsDone": (True, False)}), rule, now=NOW, env={}).reason == \
-        "trigger.changes.IsDone: went True → False, wanted to True"
+        "when.changes.IsDone: went True → False, wanted to True"
 
 
 def test_on_limits_entity_events():
-    rule = rule_with({"inloox": "Task", "on": ["created"]})
+    rule = rule_with([{"inloox": "Task", "on": "created"}])
     assert match_rule(task_event("created"), rule, now=NOW, env={}).matched
     assert match_rule(task_event("deleted"), rule, now=NOW, env={}).reason == \
-        "trigger: deleted is not one of created"
+        "when[0]: deleted is not one of created"
+    both = rule_with({"inloox": "Task", "on": ["created", "deleted"]})
+    assert match_rule(task_event("deleted"), both, now=NOW, env={}).matched
+
+
+def test_any_of_several_triggers_starts_the_rule():
+    rule = rule_with([{"inloox": "Task", "on": "created"}, {"manual": True}])
+    assert match_rule(task_event("created"), rule, now=NOW, env={}).matched
+    assert match_rule(Event("manual", "r", NOW), rule, now=NOW, env={}).matched
+    assert match_rule(task_event("deleted"), rule, now=NOW, env={}).reason == (
+        "when: no trigger matched (when[0]: deleted is not one of created; "
+        "when[1]: wanted a manual run of this rule)")
+    assert rule.summary == "Task created | manual run"
 
 
 def test_hold_is_carried_on_the_match():
     rule = rule_with({"inloox": "Task", "for": "10m"})
     match = match_rule(task_event(), rule, now=NOW, env={})
     assert match.matched and match.hold.total_seconds() == 600
-    assert "held for 10m" in rule.trigger.summary
+    assert "held for 10m" in rule.summary
 
 
 def test_chained_events_need_allow_chained():
@@ -81,21 +96,39 @@ def test_disabled_rule_never_matches():
     ({"schedule": "*/5 * * * *"}, "schedule"),
 ])
 def test_named_triggers_expose_their_payload(trigger, root):
-    rule = rule_with(trigger, **{"if": {f"{root}.x": 1}})
+    rule = rule_with(trigger, **{"if": {"path": f"{root}.x", "op": "eq", "value": 1}})
     source = next(iter(trigger))
     kind = "r" if source in ("manual", "schedule") else trigger[source]
     assert match_rule(Event(source, kind, NOW, payload={"x": 1}), rule, now=NOW, env={}).matched
 
 
+@pytest.mark.parametrize("pattern,text,args", [
+    ("done <task>", "Write the spec", {"task": "Write the spec"}),
+    ("done <task>", "", None),
+    ("log <hours:number> <task>", "1.5 Write it", {"hours": 1.5, "task": "Write it"}),
+    ("log <hours:number> <task>", "lots Write it", None),
+    ("move <task> to <column>", "spec to Review board", {"task": "spec", "column": "Review board"}),
+    ("ping", "", {}),
+])
+def test_chat_patterns_give_arguments(pattern, text, args):
+    rule = rule_with({"chat": pattern})
+    event = Event("chat", pattern.split()[0], NOW, payload={"text": text})
+    match = match_rule(event, rule, now=NOW, env={})
+    assert match.matched == (args is not None), match.reason
+    if args is not None:
+        assert match.trigger.bind(event)["chat"]["args"] == args
+
+
 def test_schedule_next_fire_reads_cron_in_its_time_zone():
     rule = rule_with({"schedule": "0 9 * * 1-5", "timezone": "Europe/Berlin"})
-    fire = next_fire(rule.trigger, NOW)  # Tuesday 12:00 UTC = 14:00 in Berlin
+    fire = next_fire(rule.triggers[0], NOW)  # Tuesday 12:00 UTC = 14:00 in Berlin
     assert fire.isoformat() == "2025-04-02T09:00:00+02:00"
 
 
 def test_ruleset_lists_enabled_schedules_for_the_scheduler():
-    rules = [{"id": "a", "trigger": {"schedule": "0 9 * * *"}, "do": DO},
-             {"id": "b", "trigger": {"schedule": "0 9 * * *"}, "enabled": False, "do": DO},
-             {"id": "c", "trigger": {"manual": True}, "do": DO}]
+    rules = [{"id": "a", "when": [{"manual": True}, {"schedule": "0 9 * * *"}], "then": THEN},
+             {"id": "b", "when": [{"schedule": "0 9 * * *"}], "enabled": False, "then": THEN},
+             {"id": "c", "when": [{"manual": True}], "then": THEN}]
     ruleset = load_texts([("r.yaml", "\n---\n".join(json.dumps(r) for r in rules))])
-    assert [(r.id, r.trigger.cron, r.trigger.timezone) for r in ruleset.schedules()] == [("a", "0 9 * * *", "UTC")]
+    assert [(r.id, [(t.cron, t.timezone) for t in r.triggers if t.cron]) for r in ruleset.schedules()] == \
+        [("a", [("0 9 * * *", "UTC")])]
