@@ -111,7 +111,10 @@ _INLOOX_OPTIONS = {
     "inloox": _prop("The InLoox entity set to watch, e.g. Task, TimeEntry, Project.", type="string"),
     "on": _prop("Which entity events start the rule: created, updated or deleted, or a list (default: all).",
                 type=["string", "array"], minItems=1, uniqueItems=True, items={"enum": list(ENTITY_EVENTS)}),
-    "changes": _prop("Fields that must have changed, by field name.", type="object", minProperties=1,
+    "changes": _prop("How fields must have changed, by field name (all of them); `changed: [fields]`: "
+                     "at least one of these fields changed.", type="object", minProperties=1,
+                     properties={"changed": _prop("Fields of which at least one must have changed.", type="array",
+                                                  minItems=1, items={"type": "string"})},
                      additionalProperties=_CHANGE),
     "for": _prop("Hold: the trigger's state must still hold after this long (e.g. 10m) before the run.",
                  type=["string", "number"], pattern=DURATION_PATTERN),
@@ -127,10 +130,13 @@ def _compile_inloox(config, path, comp):
         comp.fail(path + ("inloox",), f"unknown entity set {entity_set!r}",
                   hint=did_you_mean(entity_set, load_metadata().entity_sets))
     kinds = _entity_events(config.get("on", ENTITY_EVENTS), path + ("on",), comp)
-    changes = config.get("changes", {})
+    changes = {f: spec for f, spec in config.get("changes", {}).items() if f != "changed"}
+    any_of = config.get("changes", {}).get("changed", [])
     tests = [_compile_change(f, spec, path + ("changes", f), meta, comp) for f, spec in changes.items()]
+    tests += [_compile_any_change(any_of, path + ("changes", "changed"), meta, comp)] if any_of else []
     must_change = [f for f, spec in changes.items() if spec.get("changed", True)]
-    fields = must_change[:1] or ["*"]  # every must-change field is required, so one suffices
+    # Every must-change field is required, so one suffices; else any listed field may be the one.
+    fields = must_change[:1] or list(any_of) or ["*"]
     hold = parse_duration(config["for"]) if "for" in config else None
     if "for" in config and hold is None:
         comp.fail(path + ("for",), f"{config['for']!r} is not a duration", hint="write e.g. 90s, 10m, 2h, 3d")
@@ -152,6 +158,7 @@ def _compile_inloox(config, path, comp):
     roots = {name: Root("entity", entity_set), "entity": Root("entity", entity_set),
              "change": Root("changes", entity_set), "actor": Root("free")}
     summary = f"{entity_set} {'/'.join(kinds)}" + (f" changing {', '.join(changes)}" if changes else "")
+    summary += f" changing any of {', '.join(any_of)}" if any_of else ""
     if hold:
         summary += f", held for {format_duration(hold)}"
     keys = tuple(("inloox", entity_set, k, f) for k in kinds for f in fields)
@@ -200,6 +207,15 @@ def _compile_change(name: str, spec: Mapping, path: tuple, meta, comp: Compilati
                 return f"{where}: went {before!r} → {after!r}, wanted {test} {shown!r}"
         return None
     return check
+
+
+def _compile_any_change(names: list, path: tuple, meta, comp: Compilation):
+    """A test that at least one of the listed fields changed."""
+    for i, name in enumerate(names):
+        if meta.property(name) is None and not meta.open_type:
+            comp.fail(path + (i,), f"{meta.name} has no field {name!r}", hint=did_you_mean(name, meta.properties))
+    where = format_path(path)
+    return lambda changes: None if any(n in changes for n in names) else f"{where}: none of {', '.join(names)} changed"
 
 
 def _identity(event: Event, source: str, kind: str, wanted: str, path: tuple) -> str | None:

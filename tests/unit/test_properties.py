@@ -79,6 +79,8 @@ def _all_trigger_shapes():
         for fields in itertools.chain(itertools.combinations(FIELDS_OF[entity_set], 1), [FIELDS_OF[entity_set]]):
             shapes.append({"inloox": entity_set, "on": kinds, "changes": {f: {} for f in fields}})
         shapes.append({"inloox": entity_set, "on": kinds, "changes": {"Name": {"changed": False}}})
+        shapes.append({"inloox": entity_set, "on": kinds, "changes": {"changed": FIELDS_OF[entity_set]}})
+    shapes.append([{"inloox": "Task", "on": "created"}, {"inloox": "Project", "changes": {"Name": {}}}])
     shapes += [{"webhook": "a"}, {"chat": "b"}, {"manual": True}]
     return shapes
 

@@ -132,3 +132,14 @@ def test_ruleset_lists_enabled_schedules_for_the_scheduler():
     ruleset = load_texts([("r.yaml", "\n---\n".join(json.dumps(r) for r in rules))])
     assert [(r.id, [(t.cron, t.timezone) for t in r.triggers if t.cron]) for r in ruleset.schedules()] == \
         [("a", [("0 9 * * *", "UTC")])]
+
+
+@pytest.mark.parametrize("event_changes,holds", [
+    ({"Name": ("a", "b")}, True), ({"WorkAmount": (1, 2)}, True), ({"IsDone": (False, True)}, False),
+])
+def test_changed_lists_fields_of_which_any_may_change(event_changes, holds):
+    rule = rule_with({"inloox": "Task", "changes": {"changed": ["Name", "WorkAmount"]}})
+    match = match_rule(task_event(changes=event_changes), rule, now=NOW, env={})
+    assert match.matched == holds
+    assert holds or match.reason == "when.changes.changed: none of Name, WorkAmount changed"
+    assert {k[3] for k in rule.triggers[0].index_keys} == {"Name", "WorkAmount"}
