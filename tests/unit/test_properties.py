@@ -86,7 +86,7 @@ def _all_trigger_shapes():
 
 
 RULESET = load_texts([("r.yaml", "\n---\n".join(
-    json.dumps({"id": f"r{i}", "when": [t], "then": [{"notify": "u", "body": "t"}]})
+    json.dumps({"id": f"r{i}", "when": t, "then": [{"notify": "u", "body": "t"}]})
     for i, t in enumerate(_all_trigger_shapes())))])
 
 events = st.builds(
