@@ -11,37 +11,36 @@ from tests.support.stack import PROJECT, all_runs, deliver, runs_in
 MISSION_RULE = """
 id: log-time-when-task-done
 description: When a task is marked done, book its planned effort and tell the team.
-trigger:
-  inloox: Task
-  on: [updated]
-  changes:
-    IsDone: {from: false, to: true}
+when:
+  - inloox: Task
+    on: updated
+    changes:
+      IsDone: {from: false, to: true}
 if:
-  - task.WorkAmount: {gt: 0}
-do:
+  - {path: task.WorkAmount, op: gt, value: 0}
+then:
   - id: book
-    log_time_entry:
-      project: "{{ task.ProjectId }}"
-      task: "{{ task.TaskItemId }}"
-      start: "{{ now - hours(task.WorkAmount) }}"
-      hours: "{{ task.WorkAmount }}"
-      name: "{{ task.Name }}"
-  - notify:
-      url: "{{ env.TEAM_CHANNEL_URL }}"
-      text: "Done: {{ task.Name }} (time entry {{ steps.book.TimeEntryId }})"
+    inloox.create: TimeEntry
+    values:
+      ProjectId: "{{ task.ProjectId }}"
+      TaskItemId: "{{ task.TaskItemId }}"
+      DisplayName: "{{ task.Name }}"
+      StartDateTime: "{{ (now - hours(task.WorkAmount)) | isoformat }}"
+      EndDateTime: "{{ now | isoformat }}"
+  - notify: "{{ env.TEAM_CHANNEL_URL }}"
+    body: "Done: {{ task.Name }} (time entry {{ steps.book.TimeEntryId }})"
 """
 WEBHOOK_RULE = """
 id: form-to-task
 description: Each form submission becomes a task in the project it names.
-trigger:
-  webhook: forms
-do:
-  - create:
-      entity: Task
-      values:
-        Name: "{{ webhook.body.title }}"
-        ProjectId: "{{ webhook.body.project }}"
-        WorkAmount: 1
+when:
+  - webhook: forms
+then:
+  - inloox.create: Task
+    values:
+      Name: "{{ webhook.body.title }}"
+      ProjectId: "{{ webhook.body.project }}"
+      WorkAmount: 1
 """
 def test_a_webhook_delivered_five_times_creates_one_task(stack, sandbox, rules_dir, redis_url):
     (rules_dir / "forms.yaml").write_text(textwrap.dedent(WEBHOOK_RULE))
