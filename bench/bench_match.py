@@ -4,6 +4,9 @@
 
 Two events per size: one whose changed field no rule watches (index lookup only), and one whose
 field some rules watch but whose conditions fail (index + trigger + condition checks).
+
+One run (when/if/then syntax, 2025): an event on an unwatched field costs 0.9 µs with 10, 1,000 or
+10,000 rules; one whose field 605 of 10,000 rules watch costs ~9 ms (their conditions run).
 """
 from __future__ import annotations
 
@@ -34,9 +37,10 @@ def make_rules(count: int, seed: int = 1) -> list[tuple[str, str]]:
         root, name = {"Task": ("task", "Name"), "Project": ("project", "Name"),
                       "TimeEntry": ("time_entry", "DisplayName")}[entity_set]
         docs.append(json.dumps({
-            "id": f"rule-{i}", "trigger": {"inloox": entity_set, "on": ["updated"], "changes": {field: {}}},
-            "if": {"all": [{"expr": f"{{{{ {root}.{name} is not none }}}}"}, {f"{root}.{name}": {"prefix": "zz-never"}}]},
-            "do": [{"notify": {"url": "https://hooks.example.test", "text": "{{ rule.id }}"}}],
+            "id": f"rule-{i}", "when": [{"inloox": entity_set, "on": "updated", "changes": {field: {}}}],
+            "if": {"all": [{"expr": f"{{{{ {root}.{name} is not none }}}}"},
+                           {"path": f"{root}.{name}", "op": "prefix", "value": "zz-never"}]},
+            "then": [{"notify": "https://hooks.example.test", "body": "{{ rule.id }}"}],
         }))
     return [("bench.yaml", "\n---\n".join(docs))]
 
