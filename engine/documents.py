@@ -11,7 +11,7 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from .errors import RuleError
 
-Path = tuple  # a path into a document: keys and list indexes, e.g. ("do", 0, "create")
+Path = tuple  # a path into a document: keys and list indexes, e.g. ("then", 0, "values")
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Document:
 
 
 def format_path(path: Path) -> str:
-    """`("do", 0, "create")` → `do[0].create`."""
+    """`("then", 0, "values")` → `then[0].values`."""
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
