@@ -6,6 +6,9 @@ export PATH := $(BIN):$(PATH)
 
 # Ports and the sandbox token; override any of them from the environment.
 export PORT ?= 8000
+# honcho hands every process its own PORT (PORT + 100 × its place in the Procfile), so the web
+# process reads its port from WEB_PORT instead.
+export WEB_PORT := $(PORT)
 export SANDBOX_PORT ?= 8090
 export SANDBOX_TOKEN ?= sandbox-token
 export REDIS_PORT ?= 6390
@@ -25,7 +28,7 @@ export INLOOX_API_KEY ?= $(SANDBOX_ENGINE_TOKEN)
 
 # The example rules notify TEAM_CHANNEL_URL: by default the web app's development inbox.
 export DEV_INBOX ?= 1
-export TEAM_CHANNEL_URL ?= json://127.0.0.1:$(PORT)/dev/inbox
+export TEAM_CHANNEL_URL ?= json://127.0.0.1:$(WEB_PORT)/dev/inbox
 export OUTBOUND_ALLOW ?= 127.0.0.1
 
 .PHONY: run test check-python clean

@@ -13,6 +13,7 @@ import redis
 from rq import Queue, Retry
 
 from engine import Event, Plan, TemplateError, evaluate, explain, render_deferred
+from engine.errors import StepSkipped
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
 from workers import guards, ledger
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
@@ -45,7 +46,7 @@ def handle_event(event: dict) -> dict:
 
 
 def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime) -> str:
-    run = new_run(plan, now=now, **_initial_status(ctx.connection, event, plan))
+    run = new_run(plan, now=now, **_initial_status(ctx.connection, plan))
     create_run(ctx.connection, run)
     existing = load_run(ctx.connection, run["id"])
     if existing and existing["status"] == "queued":
@@ -55,11 +56,9 @@ def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime) -> s
     return run["id"]
 
 
-def _initial_status(connection: redis.Redis, event: Event, plan: Plan) -> dict:
+def _initial_status(connection: redis.Redis, plan: Plan) -> dict:
     if plan.error:
         return {"status": "failed", "reason": plan.error}
-    if event.chained and not plan.allow_chained:
-        return {"status": "skipped", "reason": "caused by the engine's own write (allow_chained is off)"}
     refused = guards.refusal(connection, plan.rule_id, plan.event)
     if refused:
         return {"status": "skipped", "reason": refused}
@@ -89,7 +88,7 @@ def _execute(ctx: WorkerContext, run: dict) -> str:
     if ctx.connection.exists(PAUSED_KEY):
         return _stop(ctx, run, "paused", ctx.connection.get(PAUSED_KEY).decode())
     plan = Plan.from_dict(run["plan"])
-    done = {s["index"] for s in run["steps"] if s["status"] == "done"}
+    done = {s["index"] for s in run["steps"] if s["status"] in ("done", "skipped")}
     step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound)
     for operation in plan.operations:
         if operation.step in done:
@@ -109,12 +108,20 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
         operation = render_deferred(plan, operation, run["outputs"], env=ctx.rule_env)
         trace["request"] = operation.params
         output = EXECUTORS[operation.verb](step_ctx, operation.params, operation.idempotency_key)
+    except StepSkipped as exc:
+        # The step's own `if:` did not hold: nothing to do, and not a failure.
+        trace.update(status="skipped", reason=exc.message, ms=_ms_since(started))
+        return _record(ctx, run, trace)
     except (InLooxError, NeedsAttention, OutboundRefused, TemplateError) as exc:
         return _failed_step(ctx, run, plan, trace, exc)
     trace.update(status="done", output=output, ms=_ms_since(started))
     _note_write(ctx, plan, operation, output)
-    record_step(run, trace)
     run["outputs"][operation.step_id] = output
+    return _record(ctx, run, trace)
+
+
+def _record(ctx: WorkerContext, run: dict, trace: dict) -> str:
+    record_step(run, trace)
     save_run(ctx.connection, run, now=datetime.now(timezone.utc))
     return "done"
 
@@ -199,7 +206,7 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
     for step in run["steps"]:
         if step.get("error_type") == "NeedsAttention":
             ledger.clear(connection, plan.operations[step["index"]].idempotency_key)
-    run["steps"] = [] if from_start else [s for s in run["steps"] if s["status"] == "done"]
+    run["steps"] = [] if from_start else [s for s in run["steps"] if s["status"] in ("done", "skipped")]
     run["outputs"] = {} if from_start else run["outputs"]
     run.update(status="queued", attempts=0, reason="retried " + ("from the start" if from_start else "from the failed step"))
     run["retries"] = run.get("retries", 0) + 1

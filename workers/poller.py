@@ -39,7 +39,7 @@ def watched_sets(ruleset: Ruleset) -> dict[str, frozenset[str] | None]:
     """Entity set → fields the enabled rules watch (None: any field), from their trigger index keys."""
     watched: dict[str, set[str] | None] = {}
     for rule in ruleset.rules.values():
-        for key in rule.trigger.index_keys if rule.enabled else ():
+        for key in (k for t in rule.triggers for k in t.index_keys) if rule.enabled else ():
             if key[0] != "inloox" or change_feed(key[1]) is None:
                 continue
             fields = watched.setdefault(key[1], set())

@@ -50,16 +50,19 @@ def wait_for_redis(url: str, timeout: float = 30.0) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # Signals are taken synchronously (sigwait) so a stop always reaches server.stop().
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
     if os.environ.get("EMBEDDED_REDIS", "1") == "0":
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         print(f"redis: using external REDIS_URL={_redacted(os.environ.get('REDIS_URL', ''))}; nothing to run", flush=True)
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        signal.sigwait(stop_signals)
         return 0
     server = start_embedded(args.port, Path(args.dir))
+    # Signals are taken synchronously from here on, so a stop always reaches server.stop(). Only
+    # now: Valkey, started above, must not inherit a mask that would make it deaf to SIGTERM.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     print(f"redis: embedded Valkey on {server.connection_url} (AOF in {server.data_dir})", flush=True)
     while server.is_running():
-        if signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, 1.0):
+        if signal.sigtimedwait(stop_signals, 1.0):
             break
     server.stop()  # SIGTERM to Valkey: it flushes the AOF before exiting
     return 0

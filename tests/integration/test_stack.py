@@ -41,7 +41,17 @@ def test_make_run_serves_web_sandbox_worker_and_embedded_redis(stack):
     connection = redis.Redis(port=ports["REDIS_PORT"])
     workers = wait_until(lambda: Worker.all(connection=connection), timeout=30, message="an rq worker to register")
     assert workers[0].queue_names() == ["default"]
-    wait_until(lambda: "poller:" in process.output(), timeout=10, message="the poller to start")
+    wait_until(lambda: "(baseline)" in process.output(), timeout=20, message="the poller's first poll")
+
+    # The demo flow of the README: Alex marks a task done, the example rule books its time.
+    alex = {"x-api-key": "stack-token"}
+    [task] = requests.get(f"{sandbox}Task", params={"$filter": "IsDone eq false and WorkAmount gt 0", "$top": 1},
+                          headers=alex, timeout=5).json()["value"]
+    assert requests.patch(f"{sandbox}Task({task['TaskItemId']})", json={"IsDone": True}, headers=alex, timeout=5).ok
+    booked = f"{sandbox}TimeEntry/$count?$filter=TaskItemId eq {task['TaskItemId']}"
+    wait_until(lambda: requests.get(booked, headers=alex, timeout=5).text == "1", 20, "the time entry")
+    inbox = wait_until(lambda: requests.get(f"{web}/dev/inbox", timeout=5).json()["messages"], 20, "the message")
+    assert task["Name"] in str(inbox[0])
 
     process.signal(signal.SIGTERM)
     process.popen.wait(timeout=30)
