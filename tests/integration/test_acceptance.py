@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import signal
-import textwrap
 from datetime import datetime
 
-import pytest
 import redis
 
 from tests.support.processes import wait_until
-from tests.support.stack import all_runs, make_task, runs_in
+from tests.support.stack import ENGINE_TOKEN, all_runs, make_task, runs_in, start, write_rule
 
 # The issue's own example, verbatim.
 MISSION_RULE = """
@@ -63,30 +61,6 @@ then:
       Name: "{{{{ task.Name }}}}!"
 """
 
-ENGINE_TOKEN = "ilx_SENTINEL7fQ2mZ9xK4pL8vR3nT6wY1bC5dSENTINEL"
-
-
-@pytest.fixture
-def engine(stack, sandbox):
-    """The engine talks to InLoox as its own user; the test's sandbox token is a person's (Alex)."""
-    sandbox.add_user(ENGINE_TOKEN, "Automation", "Bot")
-    stack.env["INLOOX_API_KEY"] = ENGINE_TOKEN
-    return stack
-
-
-def write_rule(rules_dir, name, text):
-    (rules_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
-
-
-def polled_once(redis_url) -> bool:
-    return redis.Redis.from_url(redis_url).exists("poll:Task:cursor") == 1
-
-
-def start(engine, redis_url, workers=1):
-    for n in range(workers):
-        engine.worker(f"worker-{n + 1}")
-    engine.poller()
-    wait_until(lambda: polled_once(redis_url), 20, "the poller's baseline")
 
 
 def test_a_task_marked_done_yields_one_time_entry_and_one_notification(engine, sandbox, receiver, rules_dir,

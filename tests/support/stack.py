@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from datetime import datetime, timezone
 
@@ -9,9 +10,11 @@ import redis
 import requests
 from standardwebhooks.webhooks import Webhook
 
-from tests.support.processes import Process, free_port
+from tests.support.processes import Process, free_port, wait_until
 
 PROJECT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+# The engine's own token in the sandbox: a user of its own, and a sentinel no log or store may show.
+ENGINE_TOKEN = "ilx_SENTINEL7fQ2mZ9xK4pL8vR3nT6wY1bC5dSENTINEL"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -26,7 +29,7 @@ class Stack:
         """An `rq worker` process, as the Procfile runs it (with a short maintenance interval)."""
         return self._start(Process.python(
             "-m", "rq.cli", "worker", "--worker-class", "workers.worker.Worker", "--serializer", "json",
-            "--with-scheduler", "--maintenance-interval", "5", "--url", self.env["REDIS_URL"], "default",
+            "--with-scheduler", "--url", self.env["REDIS_URL"], "default",
             name=name, env=self.env))
 
     def poller(self, name="poller") -> Process:
@@ -83,3 +86,17 @@ def make_task(sandbox, name="Write report", work=1.5) -> str:
     response = sandbox.post("Task", json={"Name": name, "ProjectId": ensure_project(sandbox), "WorkAmount": work})
     assert response.status_code == 201, response.text
     return response.json()["TaskItemId"]
+
+
+def write_rule(rules_dir, name: str, text: str) -> None:
+    """Put a rule file into the stack's rules folder (the worker notices within seconds)."""
+    (rules_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
+
+
+def start(engine: Stack, redis_url: str, workers: int = 1) -> None:
+    """Start workers and a poller, and wait for the poller's silent first poll (its baseline)."""
+    for n in range(workers):
+        engine.worker(f"worker-{n + 1}")
+    engine.poller()
+    connection = redis.Redis.from_url(redis_url)
+    wait_until(lambda: connection.exists("poll:Task:cursor"), 20, "the poller's baseline")

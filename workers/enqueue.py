@@ -1,0 +1,31 @@
+"""Putting run jobs on the queue: one place for the queue's name, the job timeout and retries.
+
+Jobs are named by their dotted path, so modules that queue work never import the job code.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import redis
+from rq import Queue, Retry
+
+QUEUE = "default"
+RUN_JOB_TIMEOUT = 40  # seconds; with the worker's short grace a killed run resumes within a minute
+EXECUTE_RUN = "workers.jobs.execute_run"
+
+
+def queue(connection: redis.Redis) -> Queue:
+    """The work queue, with RQ's JSON serializer (job arguments are ids and plain data)."""
+    return Queue(QUEUE, connection=connection, serializer="json")
+
+
+def queue_run(connection: redis.Redis, run_id: str, *, job_id: str | None = None, delay: float = 0.0) -> None:
+    """Queue `execute_run(run_id)` now or after `delay` seconds.
+
+    Retry(max=3) is what lets RQ requeue the job when its worker died in the middle of it.
+    """
+    options = {"job_id": job_id or run_id, "job_timeout": RUN_JOB_TIMEOUT, "retry": Retry(max=3)}
+    if delay > 0:
+        queue(connection).enqueue_in(timedelta(seconds=delay), EXECUTE_RUN, run_id, **options)
+    else:
+        queue(connection).enqueue(EXECUTE_RUN, run_id, **options)

@@ -1,0 +1,75 @@
+"""Durable `for:` holds: a matched rule waits, then runs only if it still matches InLoox as it is.
+
+The run is stored as "held" and its check is scheduled with RQ's scheduler at created_at + hold,
+so it lives in Redis and survives restarts of every process. When due, the entity is read again,
+the rule is matched against its current state (its `changes` against the current values, its
+`if:` against the current entity), and it runs with a fresh plan or is skipped saying why.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import redis
+
+from engine import Event, Plan, TemplateError, plan_rule
+from engine.match import match_rule
+from inloox import InLooxError, NotFound
+from workers.enqueue import queue, queue_run
+from workers.runs import load_run, save_run
+from workers.worker_context import worker_context
+
+RECHECK_AFTER_ERROR = 30.0  # seconds; InLoox could not be read when the hold ended
+
+
+def schedule_check(connection: redis.Redis, run: dict) -> None:
+    """Schedule the end of a held run's hold (again, harmlessly, if it is already scheduled)."""
+    due = datetime.fromisoformat(run["created_at"]) + timedelta(seconds=run["plan"]["hold_seconds"])
+    queue(connection).enqueue_at(due, check_hold, run["id"], job_id=f"{run['id']}-hold")
+
+
+def check_hold(run_id: str) -> str:
+    """The hold is over: run the rule if it still matches, skip it otherwise; returns the status."""
+    ctx = worker_context()
+    run = load_run(ctx.connection, run_id)
+    if run is None or run["status"] != "held":
+        return run["status"] if run else "missing"
+    plan = Plan.from_dict(run["plan"])
+    rule = ctx.ruleset().get(plan.rule_id)
+    if rule is None:
+        return _finish(ctx, run, "skipped", "the rule was removed during the hold")
+    try:
+        event = _current(ctx.client, Event.from_dict(plan.event))
+    except NotFound:
+        return _finish(ctx, run, "skipped", "the entity was deleted during the hold")
+    except InLooxError as exc:
+        queue(ctx.connection).enqueue_in(timedelta(seconds=RECHECK_AFTER_ERROR), check_hold, run_id,
+                                         job_id=f"{run_id}-hold")
+        return _finish(ctx, run, "held", f"could not re-read InLoox ({exc}); checking again soon")
+    now = datetime.now(timezone.utc)
+    match = match_rule(event, rule, now=now, env=ctx.rule_env)
+    if match.reason is not None:
+        return _finish(ctx, run, "skipped", f"no longer matches after the hold: {match.reason}")
+    try:
+        fresh = plan_rule(event, rule, now=now, env=ctx.rule_env)
+    except TemplateError as exc:
+        return _finish(ctx, run, "failed", str(exc))
+    run["plan"] = fresh.to_dict()
+    _finish(ctx, run, "queued", "the hold is over and the rule still matches")
+    queue_run(ctx.connection, run_id)
+    return "queued"
+
+
+def _current(client, event: Event) -> Event:
+    """The event as if it happened now: the entity as InLoox has it, each change ending at today's value."""
+    if not event.entity_set or not event.key:
+        return event
+    entity = client.get(event.entity_set, event.key)
+    changes = {f: (before, entity.get(f, after)) for f, (before, after) in event.changes.items()}
+    return replace(event, entity=entity, changes=changes)
+
+
+def _finish(ctx, run: dict, status: str, reason: str) -> str:
+    run["status"], run["reason"] = status, reason
+    save_run(ctx.connection, run, now=datetime.now(timezone.utc))
+    return status
