@@ -53,6 +53,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from web import errors, health, hooks, inbox, resources, runs
     from web.rules_cli import rules_cli
+    from web.poller_cli import poller_cli
     from web.runs_cli import runs_cli
 
     resources.init_app(app)
@@ -64,4 +65,5 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.register_blueprint(inbox.bp)
     app.cli.add_command(rules_cli)
     app.cli.add_command(runs_cli)
+    app.cli.add_command(poller_cli)
     return app

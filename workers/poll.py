@@ -220,3 +220,14 @@ def _instant(stamp: str) -> datetime:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def release_held(connection: redis.Redis, entity_set: str, settings: PollSettings = PollSettings()) -> int:
+    """Hand a held flood's events to intake after all (a person decided); returns how many."""
+    key = f"{settings.prefix}poll:{entity_set}:held"
+    released = 0
+    while (raw := connection.lpop(key)) is not None:
+        event = Event.from_dict(json.loads(raw))
+        released += submit_event(connection, event, dedup_key=f"{settings.prefix}poll:seen:{_digest(event.id)}",
+                                 dedup_ttl=settings.dedup_ttl, queue=settings.queue)
+    return released

@@ -156,3 +156,24 @@ def test_changes_by_the_engine_own_user_are_marked_chained(sandbox, client, conn
     poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
     [event] = queued(connection)
     assert event["chained"] is True
+
+
+def test_a_held_flood_is_shown_and_runs_once_a_person_releases_it(sandbox, client, connection, project, redis_url):
+    from app import create_app
+
+    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(4)]
+    settings = PollSettings(flood_limit=3)
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    for task in tasks:
+        sandbox.patch(f"Task({task})", json={"IsDone": True})
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    runner = create_app({"REDIS_URL": redis_url}).test_cli_runner()
+
+    assert "held 4" in runner.invoke(args=["poller", "status"]).output
+    assert queued(connection) == []
+    result = runner.invoke(args=["poller", "release", "Task"])
+
+    assert "4 held change(s) of Task handed over" in result.output
+    assert sorted(e["key"] for e in queued(connection)) == sorted(tasks)
+    assert "held 0" in runner.invoke(args=["poller", "status"]).output
+    assert runner.invoke(args=["poller", "release", "Task"]).output.startswith("0 held")
