@@ -1,4 +1,4 @@
-"""End to end with real processes: sandbox → poller → Valkey → rq worker → sandbox and a receiver."""
+"""Webhook-driven runs end to end with real processes: web → Valkey → rq worker → sandbox."""
 from __future__ import annotations
 
 import textwrap
@@ -8,28 +8,6 @@ import pytest
 from tests.support.processes import wait_until
 from tests.support.stack import PROJECT, all_runs, deliver, runs_in
 
-MISSION_RULE = """
-id: log-time-when-task-done
-description: When a task is marked done, book its planned effort and tell the team.
-when:
-  - inloox: Task
-    on: updated
-    changes:
-      IsDone: {from: false, to: true}
-if:
-  - {path: task.WorkAmount, op: gt, value: 0}
-then:
-  - id: book
-    inloox.create: TimeEntry
-    values:
-      ProjectId: "{{ task.ProjectId }}"
-      TaskItemId: "{{ task.TaskItemId }}"
-      DisplayName: "{{ task.Name }}"
-      StartDateTime: "{{ (now - hours(task.WorkAmount)) | isoformat }}"
-      EndDateTime: "{{ now | isoformat }}"
-  - notify: "{{ env.TEAM_CHANNEL_URL }}"
-    body: "Done: {{ task.Name }} (time entry {{ steps.book.TimeEntryId }})"
-"""
 WEBHOOK_RULE = """
 id: form-to-task
 description: Each form submission becomes a task in the project it names.
