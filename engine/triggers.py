@@ -4,7 +4,7 @@ Kinds:
     inloox    `inloox: Task` with `on`, `changes` (from/to/not_from/not_to/changed) and `for`
     webhook   `webhook: <hook name>`
     chat      `chat: "<command> <arg> …"`, e.g. `chat: "done <task>"` (chat.args.task)
-    schedule  `schedule: "<cron>"` with `timezone`
+    schedule  `schedule: "<cron>"` with `timezone` and `catch_up` (skip | latest)
     manual    `manual: true` (run by a person, e.g. from the dashboard)
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Trigger:
     hold: timedelta | None = None
     cron: str | None = None
     timezone: str | None = None
+    catch_up: str | None = None  # schedule: after downtime, "skip" missed ticks or fire the "latest" once
 
 
 @dataclass(frozen=True)
@@ -286,9 +287,12 @@ def _rule_keys(event: Event) -> list[IndexKey]:
     return [(event.source, event.kind)]  # schedule and manual events name the rule they fire
 
 
+CATCH_UP = ("skip", "latest")
 _SCHEDULE_OPTIONS = {
     "schedule": _prop("A five-field cron expression, e.g. '0 9 * * 1-5'.", type="string"),
     "timezone": _prop("The IANA time zone the cron expression is read in (default UTC).", type="string"),
+    "catch_up": _prop("Ticks missed while no scheduler ran: skip (default) fires none of them, latest fires "
+                      "the most recent one once.", enum=list(CATCH_UP)),
 }
 
 
@@ -305,8 +309,9 @@ def _compile_schedule(config, path, comp):
         comp.fail(path + ("timezone",), f"unknown time zone {tz!r}", hint="use an IANA name like Europe/Berlin")
     scope = Scope({"schedule": Root("free")})
     check = lambda event: _identity(event, "schedule", comp.rule_id, "this rule's schedule", path)  # noqa: E731
+    catch_up = config.get("catch_up", "skip")
     return Trigger("schedule", f"schedule {cron} ({tz})", (("schedule", comp.rule_id),), scope,
-                   check, cron=cron, timezone=tz)
+                   check, cron=cron, timezone=tz, catch_up=catch_up)
 
 
 @trigger("manual", event_keys=_rule_keys, context=lambda event: {"input": dict(event.payload)},

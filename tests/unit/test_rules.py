@@ -74,6 +74,8 @@ CASES = [
     ("bad_cron", 3, 15, "id: a\nwhen:\n  - schedule: \"0 25 * * *\"\n" + N, "is not a valid five-field cron expression", ""),
     ("bad_timezone", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    timezone: Mars/Base\n" + N,
      "unknown time zone 'Mars/Base'", ""),
+    ("bad_catch_up", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    catch_up: lates\n" + N,
+     "'lates' is not one of skip, latest", "did you mean 'latest'?"),
     ("bad_hold", 4, 10, T + "    for: ten minutes\nthen: [{inloox.delete: Task}]\n", "does not match", ""),
     ("bad_chat_argument", 3, 11, "id: a\nwhen:\n  - chat: \"done <task\"\n" + N, "'<task' is not an argument", "<name>"),
     ("unknown_action", 4, 5, M + "then:\n  - inloox.craete: Task\n    values: {}\n",

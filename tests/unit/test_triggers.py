@@ -134,6 +134,11 @@ def test_ruleset_lists_enabled_schedules_for_the_scheduler():
         [("a", [("0 9 * * *", "UTC")])]
 
 
+@pytest.mark.parametrize("given, catch_up", [({}, "skip"), ({"catch_up": "latest"}, "latest")])
+def test_schedule_catch_up_defaults_to_skip(given, catch_up):
+    assert rule_with({"schedule": "0 9 * * *", **given}).triggers[0].catch_up == catch_up
+
+
 @pytest.mark.parametrize("event_changes,holds", [
     ({"Name": ("a", "b")}, True), ({"WorkAmount": (1, 2)}, True), ({"IsDone": (False, True)}, False),
 ])
