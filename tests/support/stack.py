@@ -35,6 +35,11 @@ class Stack:
     def poller(self, name="poller") -> Process:
         return self._start(Process.python("-m", "workers.poller", name=name, env=self.env))
 
+    def scheduler(self, name="scheduler") -> Process:
+        """A `python -m workers.scheduler` process, looking for due ticks every half second."""
+        return self._start(Process.python("-m", "workers.scheduler", name=name,
+                                          env={"SCHEDULE_INTERVAL": "0.5", **self.env}))
+
     def web(self) -> str:
         """The app under gunicorn, accepting webhooks from source `forms`; returns its base URL."""
         port = free_port()

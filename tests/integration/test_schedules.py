@@ -1,0 +1,89 @@
+"""Schedules with real processes: each tick fires once however many schedulers run; catch-up after downtime.
+
+Ticks are made due by seeding the rule's last look (`schedule:last`) in Redis before the schedulers
+start, as if they had been running until then; no test waits for the clock to reach a tick.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import redis
+from rq import Queue
+
+from tests.support.processes import wait_until
+from tests.support.stack import all_runs, write_rule
+from workers.scheduler import LAST_KEY
+
+RULE = """
+id: {id}
+description: Tell the team the time of every tick.
+when:
+  - schedule: "{cron}"
+    catch_up: {catch_up}
+then:
+  - notify: "{{{{ env.TEAM_CHANNEL_URL }}}}"
+    title: Tick
+    body: "{id} fired for {{{{ schedule.time }}}}"
+"""
+
+
+def minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def seed_last_look(redis_url: str, **looks: datetime) -> redis.Redis:
+    connection = redis.Redis.from_url(redis_url)
+    connection.zadd(LAST_KEY, {rule_id.replace("_", "-"): moment.timestamp() for rule_id, moment in looks.items()})
+    return connection
+
+
+def queued_ticks(connection) -> list[tuple[str, str]]:
+    jobs = Queue("default", connection=connection, serializer="json").jobs
+    return [(job.args[0]["kind"], job.args[0]["payload"]["time"]) for job in jobs]
+
+
+def test_a_due_tick_fires_exactly_once_with_two_schedulers(stack, receiver, rules_dir, redis_url):
+    write_rule(rules_dir, "every-minute", RULE.format(id="every-minute", cron="* * * * *", catch_up="skip"))
+    tick = minute(datetime.now(timezone.utc))
+    connection = seed_last_look(redis_url, every_minute=tick - timedelta(seconds=30))
+
+    first, second = stack.scheduler("scheduler-1"), stack.scheduler("scheduler-2")
+    wait_until(lambda: queued_ticks(connection), 20, "the tick's event")
+    wait_until(lambda: connection.zscore(LAST_KEY, "every-minute") > tick.timestamp() + 1, 10, "a later look")
+    first.stop()
+    second.stop()
+
+    # Each tick is accepted once (a minute may have turned meanwhile: that tick, too, only once).
+    ticks = Counter(queued_ticks(connection))
+    assert ticks[("every-minute", tick.isoformat().replace("+00:00", "Z"))] == 1
+    assert set(ticks.values()) == {1}
+    assert "fired schedule:every-minute:" in first.output() + second.output()
+
+    stack.worker()
+    wait_until(lambda: len(receiver.received) == len(ticks) and
+               {r["status"] for r in all_runs(redis_url)} == {"succeeded"}, 20, "one notification per tick")
+    assert f"every-minute fired for {tick.isoformat().replace('+00:00', 'Z')}" in str(receiver.received[0]["body"])
+    assert len(all_runs(redis_url)) == len(ticks)
+
+
+def test_after_downtime_skip_fires_nothing_and_latest_fires_the_last_missed_tick(stack, receiver, rules_dir,
+                                                                                   redis_url):
+    now = datetime.now(timezone.utc)
+    missed = minute(now) - timedelta(minutes=10)  # an hourly tick ten minutes ago: well past the grace
+    cron = f"{missed.minute} * * * *"
+    for catch_up in ("skip", "latest"):
+        write_rule(rules_dir, catch_up, RULE.format(id=f"catch-up-{catch_up}", cron=cron, catch_up=catch_up))
+    down_since = now - timedelta(hours=3)  # the schedulers "stopped" three hours ago: three ticks missed
+    connection = seed_last_look(redis_url, catch_up_skip=down_since, catch_up_latest=down_since)
+
+    scheduler = stack.scheduler()
+    wait_until(lambda: all(connection.zscore(LAST_KEY, r) > now.timestamp() for r in ("catch-up-skip", "catch-up-latest")),
+               20, "the scheduler to look at both rules")
+    scheduler.stop()
+
+    assert queued_ticks(connection) == [("catch-up-latest", missed.isoformat().replace("+00:00", "Z"))]
+    stack.worker()
+    [message] = wait_until(lambda: receiver.received, 20, "the caught-up tick's notification")
+    assert f"catch-up-latest fired for {missed.isoformat().replace('+00:00', 'Z')}" in str(message["body"])
+    assert [r["rule_id"] for r in all_runs(redis_url)] == ["catch-up-latest"]

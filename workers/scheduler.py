@@ -1,0 +1,117 @@
+"""The scheduler process (`python -m workers.scheduler`): fires each due schedule tick once, as an event.
+
+Every SCHEDULE_INTERVAL seconds, for each enabled rule with a `schedule:` trigger, it asks
+`engine.schedules.due_ticks` which ticks came since the rule's last look and submits one
+`schedule` event per tick through `workers.intake.submit_event`, like every other source.
+
+    schedule:last                 sorted set: rule id → the time (epoch s) up to which ticks were handled
+    schedule:fired:<rule>:<tick>  the tick's dedup claim, kept FIRED_TTL
+
+The dedup claim is the lock: any number of schedulers may run side by side, and each tick of a
+rule is accepted once. A crash between submitting and moving `last` only means the next round
+computes the same ticks again, which the claims turn away.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import redis
+
+from engine import Event, Ruleset, load_rules
+from engine.rules import Rule, rule_files
+from engine.schedules import DEFAULT_GRACE, due_ticks
+from engine.templates import isoformat
+from workers.intake import submit_event
+
+log = logging.getLogger("scheduler")
+
+LAST_KEY = "schedule:last"
+FIRED_TTL = 7 * 86400  # far longer than any tick can be computed again (at most `grace` after it)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """How often to look for due ticks, and how late a tick may still fire as on time."""
+
+    interval: float = 5.0
+    grace: timedelta = DEFAULT_GRACE
+
+
+def schedule_event(rule_id: str, tick: datetime) -> Event:
+    """The event of one tick of a rule; its id (and so its run) is the same in every scheduler."""
+    time = isoformat(tick)
+    return Event(source="schedule", kind=rule_id, occurred_at=tick, id=f"schedule:{rule_id}:{time}",
+                 payload={"time": time})
+
+
+def last_look(connection: redis.Redis, rule_id: str) -> datetime | None:
+    """The time up to which the rule's ticks were handled, or None for a rule never seen."""
+    score = connection.zscore(LAST_KEY, rule_id)
+    return None if score is None else datetime.fromtimestamp(score, timezone.utc)
+
+
+def rule_ticks(rule: Rule, last: datetime | None, now: datetime, grace: timedelta) -> list[datetime]:
+    """The due ticks of all the rule's schedule triggers, oldest first, each once."""
+    return sorted({tick for trig in rule.triggers if trig.cron
+                   for tick in due_ticks(trig.cron, trig.timezone, last=last, now=now,
+                                         catch_up=trig.catch_up or "skip", grace=grace)})
+
+
+def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
+             grace: timedelta = DEFAULT_GRACE) -> list[str]:
+    """Submit the due ticks of every schedule rule; returns the ids of the events accepted now."""
+    accepted = []
+    for rule in ruleset.schedules():
+        for tick in rule_ticks(rule, last_look(connection, rule.id), now, grace):
+            event = schedule_event(rule.id, tick)
+            if submit_event(connection, event, dedup_key=f"schedule:fired:{rule.id}:{event.payload['time']}",
+                            dedup_ttl=FIRED_TTL):
+                accepted.append(event.id)
+        # GT: never move back (another scheduler may have looked a moment later than we did).
+        connection.zadd(LAST_KEY, {rule.id: now.timestamp()}, gt=True)
+    return accepted
+
+
+def run(connection: redis.Redis, rules_path: str, settings: SchedulerSettings, stop: threading.Event) -> None:
+    """Fire due ticks until `stop` is set; the rule files are read again when they change."""
+    ruleset, stamp = None, None
+    while not stop.is_set():
+        current = _files_stamp(rules_path)
+        if current != stamp:
+            ruleset, stamp = load_rules(rules_path), current
+            log.info("schedules: %s", ", ".join(r.id for r in ruleset.schedules()) or "none")
+        try:
+            for event_id in fire_due(connection, ruleset, now=datetime.now(timezone.utc), grace=settings.grace):
+                log.info("fired %s", event_id)
+        except redis.RedisError as exc:
+            log.warning("could not fire schedules, will retry: %s", exc)  # nothing moved: the next round redoes it
+        stop.wait(settings.interval)
+
+
+def _files_stamp(path: str) -> tuple:
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in rule_files(path))
+
+
+def main() -> int:
+    from app import load_config  # the one place settings are read from the environment
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = load_config()
+    settings = SchedulerSettings(interval=float(os.environ.get("SCHEDULE_INTERVAL", 5.0)))
+    log.info("scheduler %s: every %.1fs", uuid.uuid4().hex[:8], settings.interval)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run(redis.Redis.from_url(config["REDIS_URL"]), config["RULES_PATH"], settings, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
