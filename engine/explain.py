@@ -70,10 +70,14 @@ def _outcome_lines(o: RuleOutcome) -> list[str]:
     if o.error:
         return [head, f"    error: {o.error}"]
     lines = [head + (f" (mode {o.plan.mode})" if o.plan.mode != "live" else "")]
+    if o.plan.for_each:
+        grouped = f", grouped by {o.plan.for_each['group_by']}" if o.plan.for_each["group_by"] else ""
+        lines.append(f"    for each: query {json.dumps(o.plan.for_each['query'], ensure_ascii=False)}{grouped}")
     for op in o.plan.operations:
         detail = json.dumps(op.params if op.params is not None else op.args, ensure_ascii=False)
         if op.params is None:
-            detail = f"deferred until steps {', '.join(op.needs)}: {detail}"
+            waits = ([f"steps {', '.join(op.needs)}"] if op.needs else []) + (["its item"] if o.plan.for_each else [])
+            detail = f"deferred until {' and '.join(waits) or 'it runs'}: {detail}"
         lines.append(f"    {op.step}. {op.step_id}: {op.action} → {op.verb} {detail}")
     return lines
 

@@ -8,6 +8,8 @@ A fixture file is a YAML list of cases:
       event: {source: inloox, kind: updated, entity_set: Task, key: …, changes: {IsDone: [false, true]}, entity: {…}}
       outputs:                            # optional: what steps return (by step id), e.g. inloox.get data;
         book: {TimeEntryId: …}            # given, deferred steps are rendered as the worker would
+      rows: [{TaskItemId: …, ContactId: …}]   # optional: what a rule's for_each query finds; the plan then
+                                          # gets `items`, one per item: {key, operations} rendered per item
       expect:                             # exactly these rules plan; each plan must contain this subset
         log-time-when-task-done: {operations: [{verb: create, params: {entity_set: TimeEntry}}, {verb: notify}]}
       reasons:                            # optional: rules that must not match, and words of the reason
@@ -24,6 +26,7 @@ from .edm import parse_datetime
 from .errors import StepSkipped, TemplateError
 from .events import Event
 from .explain import explain
+from .iteration import iterate
 from .plan import Plan, render_deferred
 from .rules import RULE_SUFFIXES
 
@@ -99,11 +102,21 @@ def _compare(report, case: dict, result: CaseResult) -> None:
 
 
 def _run(plan: Plan, case: dict) -> dict:
-    """The plan as a dict; with `outputs`, deferred steps rendered and skipped ones marked as the worker would."""
+    """The plan as a dict; with `outputs`, deferred steps rendered and skipped ones marked as the worker would.
+
+    With `rows` and a for_each plan, `items` holds each item's plan, rendered the same way.
+    """
     got = plan.to_dict()
-    if "outputs" not in case:
-        return got
-    given, outputs = case["outputs"] or {}, {}
+    if plan.for_each and "rows" in case:
+        got["items"] = [{"key": item.item_key, "item": item.bindings["item"], **_rendered(item, case)}
+                        for item in iterate(plan, case["rows"] or [])]
+    return {**got, **_rendered(plan, case)} if "outputs" in case and not plan.for_each else got
+
+
+def _rendered(plan: Plan, case: dict) -> dict:
+    """{"operations": […]} with deferred steps rendered, given the case's `outputs` (if any)."""
+    got = plan.to_dict()
+    given, outputs = case.get("outputs") or {}, {}
     for op, op_dict in zip(plan.operations, got["operations"]):
         try:
             op_dict.update(render_deferred(plan, op, outputs, env=case.get("env") or {}).to_dict())
@@ -114,7 +127,7 @@ def _run(plan: Plan, case: dict) -> dict:
             op_dict["error"] = str(exc)
         if op.step_id in given:
             outputs[op.step_id] = given[op.step_id]
-    return got
+    return {"operations": got["operations"]}
 
 
 def _subset_problems(want: Any, got: Any, path: str) -> list[str]:

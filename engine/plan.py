@@ -18,6 +18,7 @@ from .documents import Document
 from .errors import StepSkipped, TemplateError
 from .scope import Compilation, Scope
 from .events import Event
+from .iteration import describe
 from .match import bindings, event_context, match_event
 from .templates import compile_template, isoformat, render
 
@@ -70,6 +71,8 @@ class Plan:
     rate_limit: dict | None = field(default=None, hash=False)  # {"max": n, "per_seconds": s}
     operations: tuple[Operation, ...] = ()
     error: str | None = None  # set when the rule matched but could not be planned
+    for_each: dict | None = field(default=None, hash=False)  # the query whose items the steps run for
+    item_key: str | None = None  # set on the plan of one for_each item (see engine.iteration)
 
     def to_dict(self) -> dict:
         """JSON-safe form (RQ job argument); from_dict reverses it."""
@@ -83,9 +86,9 @@ class Plan:
         return cls(**{**d, "operations": ops})
 
 
-def idempotency_key(event_id: str, rule: "Rule", index: int) -> str:
-    """Deterministic key of one operation: same event, rule version and step → same key."""
-    text = f"{event_id}\n{rule.id}\n{rule.version}\n{index}"
+def idempotency_key(event_id: str, rule: "Rule", index: int, item: str | None = None) -> str:
+    """Deterministic key of one operation: same event, rule version, step (and for_each item) → same key."""
+    text = f"{event_id}\n{rule.id}\n{rule.version}\n{index}" + (f"\n{item}" if item is not None else "")
     return "op_" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -111,7 +114,11 @@ def plan_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, An
     bound = bindings(event, trigger)
     context = event_context(event, rule, now=now, env=env, bindings=bound)
     ops = tuple(_plan_step(event, rule, step, context) for step in rule.steps)
-    return replace(_policy(event, rule, trigger, now, context), operations=ops, bindings=bound)
+    for_each = None
+    if rule.for_each:
+        query = _plan_step(event, rule, rule.for_each.query, context)
+        for_each = describe(rule.for_each, query.params)
+    return replace(_policy(event, rule, trigger, now, context), operations=ops, bindings=bound, for_each=for_each)
 
 
 def _policy(event: Event, rule: "Rule", trigger, now: datetime, context: dict, *, error: str | None = None) -> Plan:
@@ -142,7 +149,7 @@ def _plan_step(event: Event, rule: "Rule", step: "Step", context: dict) -> Opera
     args = copy.deepcopy(step.args)
     deferred = []
     for path, template in step.templates:
-        if template.steps:
+        if template.steps or "item" in template.variables:  # known once the step runs (or its item is known)
             deferred.append((path, template.source))
             continue
         value = render(template, context, rule_id=rule.id, step=_step_label(step))
@@ -162,7 +169,7 @@ def render_deferred(plan: Plan, operation: Operation, steps_outputs: Mapping[str
     if not operation.deferred and operation.condition is None:
         return operation
     event = Event.from_dict(plan.event)
-    rule = _PlannedRule(plan.rule_id, plan.rule_version)
+    rule = planned_rule(plan)
     now = datetime.fromisoformat(plan.planned_at.replace("Z", "+00:00"))
     context = event_context(event, rule, now=now, env=env, steps=steps_outputs, bindings=plan.bindings)
     args = copy.deepcopy(operation.args)
@@ -192,6 +199,11 @@ class _PlannedRule:
     id: str
     version: str
     description: str = ""
+
+
+def planned_rule(plan: Plan) -> _PlannedRule:
+    """The rule as the plan remembers it (id and version)."""
+    return _PlannedRule(plan.rule_id, plan.rule_version)
 
 
 def _build(op: Operation, rule_id: str) -> dict:

@@ -18,6 +18,7 @@ from .conditions import Checker, compile_condition
 from .documents import Document, parse_documents
 from .durations import parse_duration
 from .errors import RuleError, RulesetError, did_you_mean
+from .iteration import ForEach, compile_for_each
 from .schema import rule_schema
 from .scope import Compilation, Root, Scope
 from .templates import Template, is_template
@@ -63,6 +64,7 @@ class Rule:
     concurrency: dict | None = field(default=None, hash=False)
     concurrency_key: Template | None = None
     rate_limit: dict | None = field(default=None, hash=False)
+    for_each: ForEach | None = None  # the steps run once per item of this query (see engine.iteration)
 
     @property
     def summary(self) -> str:
@@ -201,6 +203,9 @@ def compile_rule(doc: Document) -> Rule:
                      for i, t in enumerate(d["when"] if listed else [d["when"]]))
     comp = Compilation(doc, _joint_scope(triggers), d["id"])
     condition = compile_condition(d["if"], ("if",), comp) if "if" in d else None
+    for_each = compile_for_each(d["for_each"], comp, _compile_step) if "for_each" in d else None
+    if for_each:  # the steps (not the rule's `if:`, checked before the query runs) may read `item`
+        comp = Compilation(doc, Scope({**comp.scope.roots, "item": for_each.root()}), d["id"])
     steps = _compile_steps(d["then"], comp)
     _check_options(d, comp)
     concurrency = d.get("concurrency")
@@ -211,7 +216,7 @@ def compile_rule(doc: Document) -> Rule:
         enabled=d.get("enabled", True), mode=d.get("mode", "live"), allow_chained=d.get("allow_chained", False),
         retry=d.get("retry", {}), concurrency=concurrency,
         concurrency_key=comp.check_template(("concurrency", "key"), key) if key else None,
-        rate_limit=d.get("rate_limit"),
+        rate_limit=d.get("rate_limit"), for_each=for_each,
     )
 
 

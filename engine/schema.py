@@ -8,6 +8,7 @@ from __future__ import annotations
 from .actions import ACTIONS
 from .conditions import CONDITIONS
 from .durations import PATTERN as DURATION_PATTERN
+from .iteration import GROUP_BY, QUERY
 from .triggers import TRIGGERS
 
 SCHEMA_ID = "urn:inloox-automation:schemas:rule"
@@ -47,6 +48,13 @@ def _step() -> dict:
               "and an optional id.", type="object", minProperties=1, allOf=cases)
 
 
+def _for_each() -> dict:
+    query = ACTIONS[QUERY].schema
+    return _d("Run the steps once per entity this query finds when the run executes (or per group with "
+              "group_by); the steps read it as `item`.", type="object", additionalProperties=False,
+              required=[QUERY], properties={**query["properties"], "group_by": GROUP_BY})
+
+
 def _options() -> dict:
     duration = _d("A duration such as 30s, 10m, 2h.", type=["string", "number"], pattern=DURATION_PATTERN)
     return {
@@ -78,6 +86,7 @@ def rule_schema() -> dict:
                    allOf=[{"if": {"type": "object"}, "then": {"$ref": "#/$defs/trigger"}}]),
         "if": {"$ref": "#/$defs/condition", "description": "Conditions that must hold for the rule to run."},
         "then": _d("The steps, run in order.", type="array", minItems=1, items={"$ref": "#/$defs/step"}),
+        "for_each": _for_each(),
         **_options(),
     }
     return {

@@ -25,8 +25,10 @@ def test_explains_why_a_rule_did_not_match():
 def test_explains_operations_of_a_match_including_deferred_ones():
     event = Event("schedule", "overdue-tasks-digest", NOW, id="e2", payload={"time": "2025-04-01T07:00:00Z"})
     lines = explain(event, load_rules(RULES), now=NOW, env={"TEAM_CHANNEL_URL": "https://hooks.test"}).lines()
-    assert "✓ overdue-tasks-digest [schedule 0 9 * * 1-5 (Europe/Berlin)]: matched" in lines
-    assert any(line.startswith("    1. step1: notify → notify deferred until steps overdue") for line in lines)
+    assert "✓ overdue-tasks-digest [schedule 0 9 * * 1-5 (Europe/Berlin) | manual run]: matched" in lines
+    assert any(line.startswith('    for each: query {"entity_set": "Task"') and line.endswith("grouped by ContactId")
+               for line in lines)
+    assert any(line.startswith("    0. step0: notify → notify deferred until its item") for line in lines)
 
 
 def test_explains_holds():
