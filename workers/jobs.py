@@ -13,6 +13,7 @@ import redis
 
 from engine import Event, Plan, TemplateError, evaluate, explain, render_deferred
 from engine.errors import StepSkipped
+from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
 from workers import guards, ledger
 from workers.enqueue import RUN_JOB_TIMEOUT, queue_run
@@ -92,6 +93,8 @@ def _execute(ctx: WorkerContext, run: dict) -> str:
     plan = Plan.from_dict(run["plan"])
     done = {s["index"] for s in run["steps"] if s["status"] in ("done", "skipped")}
     step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound)
+    if plan.for_each:
+        return _fan_out(ctx, step_ctx, run, plan, done)
     for operation in plan.operations:
         if operation.step in done:
             continue
@@ -99,6 +102,19 @@ def _execute(ctx: WorkerContext, run: dict) -> str:
         if outcome != "done":
             return outcome
     return _stop(ctx, run, "succeeded", "")
+
+
+def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, done: set) -> str:
+    """for_each: run the query (once: its rows are kept), then start one run per item."""
+    operation = query_operation(plan)
+    if operation.step not in done:
+        outcome = _step(ctx, step_ctx, run, plan, operation)
+        if outcome != "done":
+            return outcome
+    rows = run["outputs"][operation.step_id]["value"]
+    event, now = Event.from_dict(plan.event), datetime.now(timezone.utc)
+    run["item_runs"] = [_start_run(ctx, event, item, now) for item in iterate(plan, rows)]
+    return _stop(ctx, run, "succeeded", f"{len(run['item_runs'])} item run(s) started")
 
 
 def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, operation) -> str:

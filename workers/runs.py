@@ -24,8 +24,9 @@ TERMINAL = frozenset({"succeeded", "failed", "skipped", "shadow"})
 
 
 def run_id(plan: Plan) -> str:
-    """The run id of a plan: the same event, rule and rule version always give the same id."""
+    """The run id of a plan: the same event, rule and rule version (and for_each item) give the same id."""
     text = f"{plan.event_id}\n{plan.rule_id}\n{plan.rule_version}"
+    text += f"\n{plan.item_key}" if plan.item_key is not None else ""
     return "run_" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -1,0 +1,54 @@
+"""for_each with real processes: the overdue digest, run against the sandbox's demo account, tells
+each assignee about their own overdue tasks, one notification each, exactly once per item."""
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import redis
+
+from engine import Event
+from tests.support.processes import wait_until
+from tests.support.stack import all_runs
+from workers.intake import submit_event
+
+DIGEST = Path(__file__).parents[2] / "rules" / "overdue-tasks-digest.yaml"
+
+
+def overdue_by_assignee(sandbox) -> dict[str, list[str]]:
+    """What the digest should say, read from the sandbox directly."""
+    now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    rows = sandbox.get("Task", **{"$filter": f"IsDone eq false and EndDateTime lt {now} and ContactId ne null",
+                                  "$select": "Name,ContactDisplayName"}).json()["value"]
+    found = defaultdict(list)
+    for row in rows:
+        found[row["ContactDisplayName"]].append(row["Name"])
+    return found
+
+
+def test_the_digest_sends_each_assignee_one_notification_listing_their_overdue_tasks(stack, sandbox, receiver,
+                                                                                      rules_dir, redis_url):
+    sandbox.reset(seed="demo")
+    shutil.copy(DIGEST, rules_dir / DIGEST.name)
+    expected = overdue_by_assignee(sandbox)
+    assert len(expected) >= 2  # the demo data has overdue tasks of several people
+    stack.worker("worker-1")
+    stack.worker("worker-2")
+
+    event = Event("manual", "overdue-tasks-digest", datetime.now(timezone.utc), id="manual:digest:1")
+    assert submit_event(redis.Redis.from_url(redis_url), event, dedup_key="test:digest:1", dedup_ttl=60)
+
+    wait_until(lambda: len(receiver.received) == len(expected), 30, f"{len(expected)} notifications")
+    runs = wait_until(lambda: (r := all_runs(redis_url)) and {x["status"] for x in r} == {"succeeded"} and r,
+                      10, "every run to finish")
+    titles = sorted(str(m["body"]["title"]) for m in receiver.received)
+    assert titles == sorted(f"{name}: {len(tasks)} overdue task(s)" for name, tasks in expected.items())
+    for message in receiver.received:
+        name = message["body"]["title"].split(":")[0]
+        assert sorted(line[2:].split(", due")[0] for line in message["body"]["message"].splitlines()) == \
+            sorted(expected[name])
+    [query_run] = [r for r in runs if r["plan"]["for_each"]]
+    assert sorted(query_run["item_runs"]) == sorted(r["id"] for r in runs if r["plan"]["item_key"])
+    assert len(runs) == len(expected) + 1
