@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import redis
 from rq import Queue, Retry
+from rq.rate_limit import RateLimit
 
 QUEUE = "default"
 RUN_JOB_TIMEOUT = 40  # seconds; with the worker's short grace a killed run resumes within a minute
@@ -19,13 +20,18 @@ def queue(connection: redis.Redis) -> Queue:
     return Queue(QUEUE, connection=connection, serializer="json")
 
 
-def queue_run(connection: redis.Redis, run_id: str, *, job_id: str | None = None, delay: float = 0.0) -> None:
-    """Queue `execute_run(run_id)` now or after `delay` seconds.
+def queue_run(connection: redis.Redis, run: dict, *, job_id: str | None = None, delay: float = 0.0) -> None:
+    """Queue `execute_run(run id)` now or after `delay` seconds.
 
-    Retry(max=3) is what lets RQ requeue the job when its worker died in the middle of it.
+    Retry(max=3) is what lets RQ requeue the job when its worker died in the middle of it. A rule's
+    `concurrency: {key, limit}` becomes RQ's RateLimit: runs over the limit wait in Redis and
+    start as earlier ones finish.
     """
-    options = {"job_id": job_id or run_id, "job_timeout": RUN_JOB_TIMEOUT, "retry": Retry(max=3)}
+    options = {"job_id": job_id or run["id"], "job_timeout": RUN_JOB_TIMEOUT, "retry": Retry(max=3)}
+    concurrency = run["plan"].get("concurrency")
+    if concurrency:
+        options["rate_limit"] = RateLimit(key=f"concurrency:{concurrency['key']}", concurrency=concurrency["limit"])
     if delay > 0:
-        queue(connection).enqueue_in(timedelta(seconds=delay), EXECUTE_RUN, run_id, **options)
+        queue(connection).enqueue_in(timedelta(seconds=delay), EXECUTE_RUN, run["id"], **options)
     else:
-        queue(connection).enqueue(EXECUTE_RUN, run_id, **options)
+        queue(connection).enqueue(EXECUTE_RUN, run["id"], **options)

@@ -7,12 +7,16 @@ A rule that writes the field it triggers on would loop forever. Three guards sto
    chained event it causes carries hop + 1, and a chain stops at HOP_LIMIT;
 3. a rule that runs more than RUN_LIMIT times on one entity within RUN_WINDOW seconds is paused
    and flagged until a person resumes it (`flask runs resume --rule ID`).
+A rule's own `rate_limit` (at most n runs per window) is kept here too: runs over it wait.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import redis
+
+from workers import metrics
 
 HOP_LIMIT = 3
 RUN_LIMIT = 10
@@ -38,9 +42,11 @@ def refusal(connection: redis.Redis, rule_id: str, event: dict) -> str | None:
     """Why this rule must not run for this event (paused, chain too long, too frequent), or None."""
     paused = connection.get(f"rule:paused:{rule_id}")
     if paused is not None:
+        metrics.count(connection, "loops_stopped", reason="paused")
         return f"rule paused: {paused.decode()}"
     hops = int((event.get("payload") or {}).get("hops", 0))
     if event.get("chained") and hops >= HOP_LIMIT:
+        metrics.count(connection, "loops_stopped", reason="hops")
         return f"chain of our own writes stopped at {hops} hops"
     if not event.get("entity_set"):
         return None
@@ -57,7 +63,26 @@ def _count_run(connection: redis.Redis, rule_id: str, entity_set: str, key: str)
         return None
     reason = f"ran more than {RUN_LIMIT} times on {entity_set}({key}) within {RUN_WINDOW}s"
     connection.set(f"rule:paused:{rule_id}", reason)
+    metrics.count(connection, "loops_stopped", reason="frequency")
     return f"rule paused: {reason}"
+
+
+def rate_wait(connection: redis.Redis, rule_id: str, rate: dict, *, now: float | None = None) -> float:
+    """0 if the rule may start one more run now (and counts it), else seconds until it may.
+
+    `rate` is the plan's `{"max": n, "per_seconds": s}`: at most n runs in each window of s seconds.
+    """
+    now = time.time() if now is None else now
+    window = int(now // rate["per_seconds"])
+    counter = f"ratelimit:{rule_id}:{window}"
+    with connection.pipeline() as pipe:
+        pipe.incr(counter)
+        pipe.expire(counter, int(rate["per_seconds"]) + 60)
+        count = pipe.execute()[0]
+    if count <= rate["max"]:
+        return 0.0
+    connection.decr(counter)  # refused runs do not use up the window
+    return (window + 1) * rate["per_seconds"] - now
 
 
 def resume_rule(connection: redis.Redis, rule_id: str) -> bool:

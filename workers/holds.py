@@ -56,7 +56,7 @@ def check_hold(run_id: str) -> str:
         return _finish(ctx, run, "failed", str(exc))
     run["plan"] = fresh.to_dict()
     _finish(ctx, run, "queued", "the hold is over and the rule still matches")
-    queue_run(ctx.connection, run_id)
+    queue_run(ctx.connection, run)
     return "queued"
 
 

@@ -15,7 +15,7 @@ from engine import Event, Plan, TemplateError, evaluate, explain, render_deferre
 from engine.errors import StepSkipped
 from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
-from workers import guards, ledger
+from workers import guards, ledger, metrics
 from workers.enqueue import RUN_JOB_TIMEOUT, queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
@@ -39,22 +39,32 @@ def handle_event(event: dict) -> dict:
     ctx = worker_context()
     now = datetime.now(timezone.utc)
     parsed, ruleset = Event.from_dict(event), ctx.ruleset()
-    run_ids = [_start_run(ctx, parsed, plan, now) for plan in evaluate(parsed, ruleset, now=now, env=ctx.rule_env)]
+    plans = evaluate(parsed, ruleset, now=now, env=ctx.rule_env)
+    run_ids = [_start_run(ctx, parsed, plan, now) for plan in plans]
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env)
     save_trace(ctx.connection, report.to_dict(), run_ids, now=now)
+    _count_matches(ctx.connection, plans)
     return {"event_id": parsed.id, "runs": run_ids}
 
 
 def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime) -> str:
     run = new_run(plan, now=now, **_initial_status(ctx.connection, plan))
-    create_run(ctx.connection, run)
+    if create_run(ctx.connection, run):
+        metrics.count(ctx.connection, "runs", status=run["status"])
     existing = load_run(ctx.connection, run["id"])
     # Also when the run existed: a crash may have come between storing and queueing it.
     if existing and existing["status"] == "queued":
-        queue_run(ctx.connection, run["id"])
+        queue_run(ctx.connection, existing)
     elif existing and existing["status"] == "held":
         schedule_check(ctx.connection, existing)
     return run["id"]
+
+
+def _count_matches(connection: redis.Redis, plans: list[Plan]) -> None:
+    with connection.pipeline(transaction=False) as pipe:
+        for plan in plans:
+            metrics.count(pipe, "rule_matches", rule=plan.rule_id)
+        pipe.execute()
 
 
 def _initial_status(connection: redis.Redis, plan: Plan) -> dict:
@@ -78,7 +88,7 @@ def execute_run(run_id: str) -> str:
         return run["status"] if run else "missing"
     lock = ctx.connection.lock(f"run-lock:{run_id}", timeout=RUN_JOB_TIMEOUT + 5, blocking=False)
     if not lock.acquire():
-        _retry_later(ctx, run_id, 5.0, tag="locked")  # another worker is on it; look again soon
+        _retry_later(ctx, run, 5.0, tag="locked")  # another worker is on it; look again soon
         return "locked"
     try:
         return _execute(ctx, run)
@@ -91,6 +101,12 @@ def _execute(ctx: WorkerContext, run: dict) -> str:
     if ctx.connection.exists(PAUSED_KEY):
         return _stop(ctx, run, "paused", ctx.connection.get(PAUSED_KEY).decode())
     plan = Plan.from_dict(run["plan"])
+    if plan.rate_limit and not run["steps"] and not run.get("rate_counted"):
+        wait = guards.rate_wait(ctx.connection, plan.rule_id, plan.rate_limit)
+        if wait:
+            _retry_later(ctx, run, wait, tag=f"rate{int(datetime.now(timezone.utc).timestamp())}")
+            return _stop(ctx, run, "queued", f"rate limit of {plan.rule_id} reached; starts in {wait:.0f}s")
+        run["rate_counted"] = True  # a retry of this run is not a new run
     done = {s["index"] for s in run["steps"] if s["status"] in ("done", "skipped")}
     step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound)
     if plan.for_each:
@@ -140,7 +156,10 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
 
 def _record(ctx: WorkerContext, run: dict, trace: dict) -> str:
     record_step(run, trace)
-    save_run(ctx.connection, run, now=datetime.now(timezone.utc))
+    with ctx.connection.pipeline(transaction=False) as pipe:
+        save_run(pipe, run, now=datetime.now(timezone.utc))
+        metrics.count_step(pipe, trace)
+        pipe.execute()
     return "done"
 
 
@@ -160,8 +179,10 @@ def _key_field(entity_set: str) -> str | None:
 
 
 def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Exception) -> str:
-    trace.update(status="error", error=str(exc), error_type=type(exc).__name__)
+    trace.update(status="error", error=str(exc), error_type=type(exc).__name__,
+                 ms=_ms_since(datetime.fromisoformat(trace["started_at"])))
     record_step(run, trace)
+    metrics.count_step(ctx.connection, trace)
     if isinstance(exc, AuthError):
         # Every run of this account would fail the same way: stop them all until a person looks.
         ctx.connection.set(PAUSED_KEY, f"InLoox refused the token ({exc.status}) at {trace['started_at']}")
@@ -175,22 +196,26 @@ def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception) -> str:
     """Schedule the next attempt: exponential backoff with full jitter, never before Retry-After."""
     policy = {**DEFAULT_RETRY, **(plan.retry or {})}
     run["attempts"] += 1
+    metrics.count(ctx.connection, "retries", kind="automatic")
     if run["attempts"] >= policy["attempts"]:
         return _stop(ctx, run, "failed", f"gave up after {run['attempts']} attempts: {exc}")
     delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** run["attempts"]))
     delay = max(delay, getattr(exc, "retry_after", None) or 0.0,
                 UNKNOWN_OUTCOME_DELAY if isinstance(exc, OutcomeUnknown) else 0.0)
-    _retry_later(ctx, run["id"], delay, tag=f"a{run['attempts']}")
+    _retry_later(ctx, run, delay, tag=f"a{run['attempts']}")
     return _stop(ctx, run, "retrying", f"attempt {run['attempts']} failed ({exc}); next in {delay:.1f}s")
 
 
-def _retry_later(ctx: WorkerContext, run_id: str, delay: float, *, tag: str) -> None:
-    queue_run(ctx.connection, run_id, job_id=f"{run_id}-{tag}", delay=delay)
+def _retry_later(ctx: WorkerContext, run: dict, delay: float, *, tag: str) -> None:
+    queue_run(ctx.connection, run, job_id=f"{run['id']}-{tag}", delay=delay)
 
 
 def _stop(ctx: WorkerContext, run: dict, status: str, reason: str) -> str:
     run["status"], run["reason"] = status, reason
-    save_run(ctx.connection, run, now=datetime.now(timezone.utc))
+    with ctx.connection.pipeline(transaction=False) as pipe:
+        save_run(pipe, run, now=datetime.now(timezone.utc))  # the status and its count together
+        metrics.count(pipe, "runs", status=status)
+        pipe.execute()
     log.info("run %s (%s): %s %s", run["id"], run["rule_id"], status, reason)
     return status
 
@@ -224,7 +249,8 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
     run.update(status="queued", attempts=0, reason="retried " + ("from the start" if from_start else "from the failed step"))
     run["retries"] = run.get("retries", 0) + 1
     save_run(connection, run, now=datetime.now(timezone.utc))
-    queue_run(connection, run_id, job_id=f"{run_id}-r{run['retries']}")
+    metrics.count(connection, "retries", kind="manual")
+    queue_run(connection, run, job_id=f"{run_id}-r{run['retries']}")
     return run
 
 

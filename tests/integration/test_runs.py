@@ -51,7 +51,7 @@ def test_a_failed_run_keeps_the_request_and_the_inloox_error_and_retries_from_th
 
     deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_fail")
 
-    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 20, "the run to fail")
+    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 40, "the run to fail")
     listed = get(api, "/runs?status=failed").json["runs"]
     assert [r["id"] for r in listed] == [failed["id"]]
     shown = get(api, f"/runs/{failed['id']}").json
@@ -63,7 +63,7 @@ def test_a_failed_run_keeps_the_request_and_the_inloox_error_and_retries_from_th
 
     result = api.test_cli_runner().invoke(args=["runs", "retry", failed["id"]])
     assert result.exit_code == 0, result.output
-    wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the retried run to succeed")
+    wait_until(lambda: runs_in(redis_url, "succeeded"), 40, "the retried run to succeed")
     assert sandbox.count("Task") == 1
 
 
@@ -76,7 +76,7 @@ def test_a_shadow_rule_records_what_it_would_write_and_writes_nothing(stack, san
 
     deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_shadow")
 
-    [run] = wait_until(lambda: runs_in(redis_url, "shadow"), 20, "the shadow run")
+    [run] = wait_until(lambda: runs_in(redis_url, "shadow"), 40, "the shadow run")
     [operation] = run["plan"]["operations"]
     assert operation["verb"] == "create"
     assert operation["params"] == {"entity_set": "Task", "values": {"Name": "Call Ann", "ProjectId": PROJECT,
@@ -93,12 +93,12 @@ def test_a_refused_token_pauses_the_account_until_resumed(stack, sandbox, rules_
 
     deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_401")
 
-    [run] = wait_until(lambda: runs_in(redis_url, "paused"), 20, "the run to pause")
+    [run] = wait_until(lambda: runs_in(redis_url, "paused"), 40, "the run to pause")
     assert "refused the token" in run["reason"]
     sandbox.clear_faults()
     result = api.test_cli_runner().invoke(args=["runs", "resume"])
     assert "1 paused run(s) queued again" in result.output
-    wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the resumed run to succeed")
+    wait_until(lambda: runs_in(redis_url, "succeeded"), 40, "the resumed run to succeed")
     assert sandbox.count("Task") == 1
 
 
