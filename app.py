@@ -51,7 +51,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_mapping(load_config() if test_config is None else
                             {**DEFAULTS, "WEBHOOK_SOURCES": {}, **test_config})
 
-    from web import errors, health, hooks, inbox, resources, runs
+    from web import errors, health, hooks, inbox, metrics, resources, runs
     from web.rules_cli import rules_cli
     from web.poller_cli import poller_cli
     from web.runs_cli import runs_cli
@@ -61,6 +61,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(runs.bp)
+    app.register_blueprint(metrics.bp)
     if app.config["DEV_INBOX"] in ("1", "true", True):
         app.register_blueprint(inbox.bp)
     app.cli.add_command(rules_cli)

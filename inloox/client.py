@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
@@ -72,8 +72,11 @@ class Client:
     """One InLoox account over OData: reads (paged lazily), writes, bound operations, typed errors."""
 
     def __init__(self, base_url: str, token: str, *, timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
-                 pool_size: int = DEFAULT_POOL_SIZE, metadata: Metadata | None = None):
+                 pool_size: int = DEFAULT_POOL_SIZE, metadata: Metadata | None = None,
+                 on_response: Callable[[str, int | None], None] | None = None):
+        """`on_response(method, status)` is called after every request (status None: no answer came)."""
         self.base_url = _normalized_base_url(base_url)
+        self.on_response = on_response
         self.timeout = _checked_timeout(timeout)
         self.metadata = metadata if metadata is not None else load_metadata()
         self._api_key = _ApiKey(token)
@@ -217,14 +220,23 @@ class Client:
     def _send(self, method: str, url: str, body: dict | None = None) -> requests.Response:
         shown = self._shown(url)
         started = time.monotonic()
-        with _translated(method, shown, self._api_key.redact):
-            response = self._session.request(method, url, json=body, timeout=self.timeout,
-                                             allow_redirects=False)
+        try:
+            with _translated(method, shown, self._api_key.redact):
+                response = self._session.request(method, url, json=body, timeout=self.timeout,
+                                                 allow_redirects=False)
+        except InLooxError:
+            self._observe(method, None)
+            raise
+        self._observe(method, response.status_code)
         log.debug("%s %s -> %d in %.0f ms", method, shown, response.status_code,
                   (time.monotonic() - started) * 1000)
         if not 200 <= response.status_code < 300:
             raise self._status_error(method, url, response)
         return response
+
+    def _observe(self, method: str, status: int | None) -> None:
+        if self.on_response is not None:
+            self.on_response(method, status)
 
     def _status_error(self, method: str, url: str, response: requests.Response,
                       complaint: str | None = None) -> HTTPStatusError:

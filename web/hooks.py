@@ -10,6 +10,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from engine.events import Event
 from web.resources import get_redis
 from web.signatures import SignatureError, verify_standard_webhook
+from workers import metrics
 from workers.intake import submit_event
 
 bp = Blueprint("hooks", __name__, url_prefix="/hooks")
@@ -40,6 +41,20 @@ def receive(source: str):
         abort(503, "the event could not be stored; retry later")
     status = "accepted" if accepted else "duplicate"
     return jsonify(status=status, event_id=event.id), 202 if accepted else 200
+
+
+@bp.after_request
+def count_rejected(response):
+    """Count refused deliveries (unknown source, bad signature, bad body) as `rejected` events."""
+    if 400 <= response.status_code < 500:
+        source = (request.view_args or {}).get("source")
+        known = source in current_app.config["WEBHOOK_SOURCES"]
+        try:
+            metrics.count(get_redis(), "events", source="webhook", outcome="rejected",
+                          kind=source if known else "unknown")  # never a sender's arbitrary name
+        except redis.RedisError:
+            current_app.logger.warning("could not count a rejected webhook")
+    return response
 
 
 def _json(body: bytes):

@@ -15,6 +15,7 @@ from redis.client import Pipeline
 from rq import Queue
 
 from engine.events import Event
+from workers import metrics
 
 HANDLE_EVENT = "workers.jobs.handle_event"  # by name: the web process never imports the job code
 
@@ -33,6 +34,7 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
             if pipe.exists(dedup_key):
                 pipe.unwatch()
                 _apply(connection, also)  # the source's bookkeeping must still catch up
+                metrics.count(connection, "events", source=event.source, kind=event.kind, outcome="duplicate")
                 return False
             pipe.multi()
             pipe.set(dedup_key, event.id, ex=dedup_ttl)
@@ -40,9 +42,11 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
                                   result_ttl=3600, failure_ttl=7 * 86400, pipeline=pipe)
             if also is not None:
                 also(pipe)
+            metrics.count(pipe, "events", source=event.source, kind=event.kind, outcome="accepted")
             pipe.execute()
         except redis.WatchError:
             _apply(connection, also)  # a concurrent delivery claimed the id between WATCH and EXEC
+            metrics.count(connection, "events", source=event.source, kind=event.kind, outcome="duplicate")
             return False
     return True
 

@@ -15,13 +15,16 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import redis
 
 from engine.rules import Ruleset, load_rules
 from inloox import Client, InLooxError
 from inloox.changes import change_feed
+from workers import metrics
 from workers.poll import PollSettings, poll_once, sweep_deleted
+from workers.poll_status import record_poll
 
 log = logging.getLogger("poller")
 
@@ -81,12 +84,21 @@ def _cycle(client, connection, watched, settings, *, sweep: bool) -> None:
     for entity_set, fields in watched.items():
         feed = change_feed(entity_set)
         try:
-            _report(poll_once(client, connection, feed, fields, settings))
+            _report(_timed_poll(client, connection, feed, fields, settings))
             if sweep:
                 _report(sweep_deleted(client, connection, feed, settings))
         except (InLooxError, redis.RedisError) as exc:
             # The cursor did not move: the next cycle reads the same changes again.
             log.warning("poll %s failed, will retry: %s", entity_set, exc)
+
+
+def _timed_poll(client, connection, feed, fields, settings):
+    """poll_once, keeping its duration and request count for the dashboard and /metrics."""
+    started, requests_before = time.monotonic(), metrics.requests_seen()
+    result = poll_once(client, connection, feed, fields, settings)
+    record_poll(connection, result, seconds=time.monotonic() - started,
+                requests=metrics.requests_seen() - requests_before, now=datetime.now(timezone.utc))
+    return result
 
 
 def _report(result) -> None:
@@ -102,7 +114,8 @@ def main() -> int:
     config = load_config()
     ruleset = load_rules(config["RULES_PATH"])
     watched = watched_sets(ruleset)
-    client = Client(config["INLOOX_URL"], config["INLOOX_API_KEY"], timeout=float(config["INLOOX_TIMEOUT"]))
+    client = Client(config["INLOOX_URL"], config["INLOOX_API_KEY"], timeout=float(config["INLOOX_TIMEOUT"]),
+                    on_response=metrics.note_request)
     connection = redis.Redis.from_url(config["REDIS_URL"])
     me = client.me()
     settings = PollSettings(own_contact_id=str(me.get("ContactId")))

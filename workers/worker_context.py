@@ -16,6 +16,7 @@ import redis
 from engine import Ruleset, load_rules
 from engine.rules import rule_files
 from inloox import Client
+from workers import metrics
 from workers.outbound import OutboundPolicy
 
 RULES_RECHECK_SECONDS = 2.0  # how stale the worker's view of the rule files may get
@@ -70,7 +71,8 @@ def worker_context() -> WorkerContext:
 
         config = load_config()
         _context = WorkerContext(
-            client=Client(config["INLOOX_URL"], config["INLOOX_API_KEY"], timeout=float(config["INLOOX_TIMEOUT"])),
+            client=Client(config["INLOOX_URL"], config["INLOOX_API_KEY"], timeout=float(config["INLOOX_TIMEOUT"]),
+                          on_response=metrics.note_request),
             connection=redis.Redis.from_url(config["REDIS_URL"]),
             outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
             rule_env=rule_env(config),

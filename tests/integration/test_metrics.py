@@ -1,0 +1,96 @@
+"""`/metrics`: counters written by the web, worker and poller processes, read back as Prometheus text."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import create_app
+from tests.support.processes import wait_until
+from tests.support.stack import PROJECT, deliver, ensure_project, runs_in
+
+FORM_RULE = """
+id: form-to-task
+when:
+  - webhook: forms
+then:
+  - id: task
+    inloox.create: Task
+    values:
+      Name: "{{ webhook.body.title }}"
+      ProjectId: "{{ webhook.body.project }}"
+"""
+
+
+@pytest.fixture
+def api(redis_url, sandbox):
+    return create_app({"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": sandbox.token})
+
+
+def scrape(api) -> dict:
+    """{(sample name, sorted labels): value} of one /metrics answer."""
+    response = api.test_client().get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.get_data(as_text=True)) for s in family.samples}
+
+
+def test_metrics_answer_on_an_empty_database_with_every_family(api):
+    samples = scrape(api)
+    names = {name for name, _ in samples}
+    assert ("inloox_automation_queue_jobs", (("queue", "default"), ("state", "queued"))) in samples
+    assert "inloox_automation_step_duration_seconds_count" in names
+    assert ("inloox_automation_workers", ()) in samples
+
+
+def test_a_webhook_run_is_counted_from_intake_to_step_latency(stack, sandbox, rules_dir, redis_url, api):
+    (rules_dir / "forms.yaml").write_text(textwrap.dedent(FORM_RULE))
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="status", status=400, methods=["POST"], path="^Task$", count=1)
+
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_m1").status_code == 202
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_m1").status_code == 200
+    assert deliver(web, {"title": "Call Bo", "project": PROJECT}, "msg_m2").status_code == 202
+    wait_until(lambda: runs_in(redis_url, "succeeded") and runs_in(redis_url, "failed"), 20, "both runs to end")
+
+    samples = scrape(api)
+    events = "inloox_automation_events_total"
+    hook = (("kind", "forms"), ("outcome", "{}"), ("source", "webhook"))
+    assert samples[events, tuple((k, v.format("accepted")) for k, v in hook)] == 2
+    assert samples[events, tuple((k, v.format("duplicate")) for k, v in hook)] == 1
+    assert samples["inloox_automation_rule_matches_total", (("rule", "form-to-task"),)] == 2
+    assert samples["inloox_automation_runs_total", (("status", "succeeded"),)] == 1
+    assert samples["inloox_automation_runs_total", (("status", "failed"),)] == 1
+    assert samples["inloox_automation_steps_total", (("status", "done"), ("verb", "create"))] == 1
+    assert samples["inloox_automation_steps_total", (("status", "error"), ("verb", "create"))] == 1
+    assert samples["inloox_automation_step_duration_seconds_count", ()] == 2
+    assert samples["inloox_automation_inloox_requests_total", (("method", "POST"), ("status_class", "4xx"))] >= 1
+    assert samples["inloox_automation_inloox_requests_total", (("method", "POST"), ("status_class", "2xx"))] >= 1
+
+
+def test_a_rejected_webhook_is_counted_without_its_made_up_source(api, redis_url):
+    api.config["WEBHOOK_SOURCES"] = {"forms": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]}
+    client = api.test_client()
+    assert client.post("/hooks/forms", data=b"{}").status_code == 401
+    assert client.post("/hooks/made-up-name", data=b"{}").status_code == 404
+
+    samples = scrape(api)
+    rejected = {labels: v for (name, labels), v in samples.items()
+                if name == "inloox_automation_events_total" and ("outcome", "rejected") in labels}
+    assert rejected == {(("kind", "forms"), ("outcome", "rejected"), ("source", "webhook")): 1,
+                        (("kind", "unknown"), ("outcome", "rejected"), ("source", "webhook")): 1}
+
+
+def test_poll_lag_and_held_floods_per_entity_set(api, redis_url):
+    connection = redis.Redis.from_url(redis_url)
+    connection.set("poll:Task:cursor", "2020-01-01T00:00:00Z")
+    connection.rpush("poll:Task:held", "{}", "{}")
+
+    samples = scrape(api)
+    assert samples["inloox_automation_poll_lag_seconds", (("entity_set", "Task"),)] > 3600
+    assert samples["inloox_automation_held_floods", (("entity_set", "Task"),)] == 2

@@ -1,0 +1,112 @@
+"""`GET /metrics`: Prometheus metrics of the whole stack, read from Redis at each scrape.
+
+Web, worker and poller are separate processes, so their counters live in Redis (`workers.metrics`)
+and this collector reads them; gauges (queue depth, poll lag, held floods, workers) are measured
+from Redis as they are now.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import redis
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from rq import Queue, Worker
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from web.resources import get_redis
+from workers.enqueue import QUEUE
+from workers.metrics import COUNTERS, STEP_MS_BUCKETS, parse_field
+from workers.poll_status import poll_status
+
+bp = Blueprint("metrics", __name__)
+
+PREFIX = "inloox_automation_"
+# name in Redis → (Prometheus name, help, label names)
+COUNTER_METRICS = {
+    "events": ("events", "Events received, by source, kind and outcome (accepted, duplicate, rejected)",
+               ("source", "kind", "outcome")),
+    "rule_matches": ("rule_matches", "Rules matched by an event", ("rule",)),
+    "runs": ("runs", "Runs reaching a status", ("status",)),
+    "steps": ("steps", "Steps finished, by verb and status (done, skipped, error)", ("verb", "status")),
+    "inloox_requests": ("inloox_requests", "Requests to InLoox by status class (error: no answer)",
+                        ("method", "status_class")),
+    "retries": ("retries", "Runs retried (automatic: backoff after a transient error; manual: a person)",
+                ("kind",)),
+    "loops_stopped": ("loops_stopped", "Runs refused by the loop guards", ("reason",)),
+    "held_changes": ("held_changes", "Changes held back by flood protection", ("entity_set",)),
+    "polls": ("polls", "Polls of an entity set", ("entity_set",)),
+}
+
+
+@bp.get("/metrics")
+def metrics():
+    """Every metric in Prometheus' text format."""
+    return Response(generate_latest(RedisCollector(get_redis())), mimetype=CONTENT_TYPE_LATEST)
+
+
+class RedisCollector:
+    """A prometheus_client collector over the counters and queues in one Redis database."""
+
+    def __init__(self, connection: redis.Redis):
+        self.connection = connection
+
+    def collect(self):
+        counters = [(*parse_field(f), int(v)) for f, v in self.connection.hgetall(COUNTERS).items()]
+        yield from _counter_families(counters)
+        yield _step_histogram(counters)
+        yield from self._poll_gauges()
+        yield from self._queue_gauges()
+
+    def _poll_gauges(self):
+        lag = GaugeMetricFamily(PREFIX + "poll_lag_seconds", "Now minus the poll cursor, per entity set",
+                                labels=["entity_set"])
+        held = GaugeMetricFamily(PREFIX + "held_floods", "Changes waiting in a held flood, per entity set",
+                                 labels=["entity_set"])
+        for entry in poll_status(self.connection, now=datetime.now(timezone.utc)):
+            if entry["lag_seconds"] is not None:
+                lag.add_metric([entry["entity_set"]], entry["lag_seconds"])
+            held.add_metric([entry["entity_set"]], entry["held"])
+        return lag, held
+
+    def _queue_gauges(self):
+        queue = Queue(QUEUE, connection=self.connection, serializer="json")
+        depth = GaugeMetricFamily(PREFIX + "queue_jobs", "RQ jobs by state", labels=["queue", "state"])
+        depth.add_metric([QUEUE, "queued"], queue.count)
+        for state, registry in (("started", StartedJobRegistry), ("scheduled", ScheduledJobRegistry),
+                                ("failed", FailedJobRegistry)):
+            depth.add_metric([QUEUE, state], registry(queue=queue).count)
+        workers = GaugeMetricFamily(PREFIX + "workers", "RQ workers registered")
+        workers.add_metric([], len(Worker.all(connection=self.connection)))
+        return depth, workers
+
+
+def _counter_families(counters: list[tuple[str, dict, int]]):
+    sums = defaultdict(int)  # summed by the labels shown, so no series appears twice
+    for name, labels, value in counters:
+        if name in COUNTER_METRICS:
+            sums[name, tuple(labels.get(n, "") for n in COUNTER_METRICS[name][2])] += value
+    families = {name: CounterMetricFamily(PREFIX + prom, text, labels=list(labels))
+                for name, (prom, text, labels) in COUNTER_METRICS.items()}
+    for (name, values), value in sorted(sums.items()):
+        families[name].add_metric(list(values), value)
+    return families.values()
+
+
+def _step_histogram(counters: list[tuple[str, dict, int]]) -> HistogramMetricFamily:
+    """Step latency in seconds; Redis keeps per-bucket counts in ms, Prometheus wants them cumulative."""
+    per_bucket = defaultdict(int)
+    sum_ms = 0
+    for name, labels, value in counters:
+        if name == "step_ms_bucket":
+            per_bucket[labels["le"]] += value
+        elif name == "step_ms_sum":
+            sum_ms += value
+    buckets, total = [], 0
+    for bound in (*STEP_MS_BUCKETS, "+Inf"):
+        total += per_bucket.get(str(bound), 0)
+        buckets.append((str(bound / 1000) if bound != "+Inf" else "+Inf", total))
+    return HistogramMetricFamily(PREFIX + "step_duration_seconds", "Duration of finished steps",
+                                 buckets=buckets, sum_value=sum_ms / 1000)

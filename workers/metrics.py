@@ -1,0 +1,88 @@
+"""Counters shared by the web, worker and poller processes, kept in one Redis hash.
+
+Each process adds to `metrics:counters` (HINCRBY), usually on the pipeline of the write the count
+belongs to, so counting costs no extra round trip; `web/metrics.py` turns the hash into Prometheus
+metrics at `/metrics`. Fields are JSON `[name, {label: value}]`:
+
+    events        {source, kind, outcome}   accepted | duplicate | rejected
+    rule_matches  {rule}
+    runs          {status}            each time a run reaches a status
+    steps         {verb, status}      done | skipped | error
+    inloox_requests {method, status_class}            2xx … 5xx, or "error" when no answer came
+    retries       {kind}              automatic | manual
+    loops_stopped {reason}            the guards' refusals: paused | hops | frequency
+    held_changes  {entity_set}        changes held back by flood protection
+    polls         {entity_set}
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+
+COUNTERS = "metrics:counters"
+STEP_MS_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000)
+
+_pending: Counter = Counter()  # InLoox requests seen by this process, not yet written
+_pending_lock = threading.Lock()
+_seen = 0  # InLoox requests made by this process, ever (the poller reports them per poll)
+
+
+def field(name: str, labels: dict) -> str:
+    """The hash field of one counter: JSON of [name, labels] with sorted keys."""
+    return json.dumps([name, {k: str(v) for k, v in labels.items()}], sort_keys=True)
+
+
+def parse_field(raw: str | bytes) -> tuple[str, dict]:
+    """(name, labels) of a hash field written by `field`."""
+    name, labels = json.loads(raw)
+    return name, labels
+
+
+def count(target, name: str, amount: int = 1, **labels) -> None:
+    """Add `amount` to a counter; `target` is a Redis connection or a pipeline (batched with its writes).
+
+    Also writes the InLoox request counts this process gathered since its last write.
+    """
+    target.hincrby(COUNTERS, field(name, labels), amount)
+    _flush_requests(target)
+
+
+def count_step(target, trace: dict) -> None:
+    """Count a finished step by verb and status, and its duration in the latency histogram."""
+    count(target, "steps", verb=trace.get("verb"), status=trace.get("status"))
+    ms = trace.get("ms")
+    if ms is None:
+        return
+    le = next((b for b in STEP_MS_BUCKETS if ms <= b), "+Inf")
+    target.hincrby(COUNTERS, field("step_ms_bucket", {"le": le}), 1)
+    target.hincrby(COUNTERS, field("step_ms_sum", {}), int(ms))
+
+
+def note_request(method: str, status: int | None) -> None:
+    """The InLoox client's `on_response` hook: remember one request in memory until the next write."""
+    global _seen
+    status_class = f"{status // 100}xx" if status else "error"
+    with _pending_lock:
+        _seen += 1
+        _pending[field("inloox_requests", {"method": method, "status_class": status_class})] += 1
+
+
+def requests_seen() -> int:
+    """How many InLoox requests this process has made (through clients hooked to `note_request`)."""
+    return _seen
+
+
+def flush(connection) -> None:
+    """Write this process's pending request counts now (the poller calls it after each cycle)."""
+    with connection.pipeline(transaction=False) as pipe:
+        _flush_requests(pipe)
+        pipe.execute()
+
+
+def _flush_requests(target) -> None:
+    with _pending_lock:
+        pending = dict(_pending)
+        _pending.clear()
+    for name, amount in pending.items():
+        target.hincrby(COUNTERS, name, amount)
