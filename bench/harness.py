@@ -136,6 +136,19 @@ def rss_mb(pids) -> float:
     return total_kb / 1024
 
 
+def pss_mb(pids) -> float:
+    """Sum of proportional set sizes (Pss), in MB: pages shared by gunicorn's forks count once."""
+    total_kb = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
 def tree_rss_mb(root: int) -> float:
     return rss_mb(tree_pids(root))
 
@@ -172,18 +185,20 @@ def cpu_seconds(pids) -> float:
 
 
 class PeakRss:
-    """Samples the summed RSS of some process trees every `interval` s in a thread; `.peak` in MB."""
+    """Samples summed RSS and PSS of some process trees every `interval` s; `.peak`, `.peak_pss` in MB."""
 
     def __init__(self, roots_fn, interval: float = 0.25):
         import threading
 
-        self.roots_fn, self.interval, self.peak, self._stop = roots_fn, interval, 0.0, threading.Event()
+        self.roots_fn, self.interval, self._stop = roots_fn, interval, threading.Event()
+        self.peak = self.peak_pss = 0.0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
             pids = [pid for root in self.roots_fn() for pid in tree_pids(root)]
             self.peak = max(self.peak, rss_mb(pids))
+            self.peak_pss = max(self.peak_pss, pss_mb(pids))
             self._stop.wait(self.interval)
 
     def __enter__(self):
