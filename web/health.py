@@ -1,13 +1,20 @@
 """Liveness and readiness: `/healthz` (the process answers) and `/readyz` (its dependencies do)."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import redis
 from flask import Blueprint, jsonify
+from rq import Worker
 
 from inloox import InLooxError
 from web.resources import get_inloox, get_redis
 
 bp = Blueprint("health", __name__)
+
+# An idle worker beats every few seconds and a job runs at most ~45 s, so a minute of silence means
+# no worker is taking jobs.
+WORKER_HEARTBEAT_SECONDS = 60
 
 
 @bp.get("/healthz")
@@ -18,8 +25,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Redis and InLoox reachable: 200 with each check, or 503 naming the failing one."""
-    checks = {"redis": _check_redis(), "inloox": _check_inloox()}
+    """Redis, InLoox and a live RQ worker: 200 with each check, or 503 naming the failing one."""
+    checks = {"redis": _check_redis(), "inloox": _check_inloox(), "worker": _check_worker()}
     ready = all(check["ok"] for check in checks.values())
     return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
 
@@ -39,3 +46,17 @@ def _check_inloox() -> dict:
     except InLooxError as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": True, "user": me.get("DisplayName") or me.get("ContactId")}
+
+
+def _check_worker() -> dict:
+    """At least one RQ worker with a recent heartbeat (RQ's own worker registry)."""
+    try:
+        workers = Worker.all(connection=get_redis())
+    except redis.RedisError as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    now = datetime.now(timezone.utc)
+    alive = [w for w in workers
+             if w.last_heartbeat and (now - w.last_heartbeat).total_seconds() < WORKER_HEARTBEAT_SECONDS]
+    if not alive:
+        return {"ok": False, "error": f"no RQ worker with a heartbeat in the last {WORKER_HEARTBEAT_SECONDS}s"}
+    return {"ok": True, "workers": len(alive)}

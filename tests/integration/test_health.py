@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from app import create_app
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_until
 
 
 def test_healthz_answers_without_dependencies():
@@ -12,12 +12,26 @@ def test_healthz_answers_without_dependencies():
     assert response.json == {"status": "ok"}
 
 
-def test_readyz_reports_each_dependency_ok(client):
-    response = client.get("/readyz")
-    assert response.status_code == 200
+def test_readyz_reports_each_dependency_ok(client, stack):
+    stack.worker()
+    response = wait_until(lambda: _ready(client), 20, "/readyz with a worker running")
     assert response.json["status"] == "ready"
     assert response.json["checks"]["redis"] == {"ok": True}
     assert response.json["checks"]["inloox"]["ok"] is True
+    assert response.json["checks"]["worker"] == {"ok": True, "workers": 1}
+
+
+def test_readyz_is_not_ready_without_a_worker(client):
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json["checks"]["worker"]["ok"] is False
+    assert "no RQ worker" in response.json["checks"]["worker"]["error"]
+    assert response.json["checks"]["redis"] == {"ok": True}
+
+
+def _ready(client):
+    response = client.get("/readyz")
+    return response if response.status_code == 200 else None
 
 
 def test_readyz_names_an_unreachable_redis(redis_url, sandbox):
