@@ -1,8 +1,13 @@
-"""Verifying signed requests before anything else looks at them (Standard Webhooks for now)."""
+"""Verifying signed requests before anything else looks at them: Standard Webhooks, Slack, Teams."""
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 from collections.abc import Iterable, Mapping
 
+from slack_sdk.signature import Clock, SignatureVerifier
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 
@@ -27,3 +32,48 @@ def verify_standard_webhook(body: bytes, headers: Mapping[str, str], secrets: It
             # (binascii.Error, UnicodeDecodeError) on malformed ones: that is a bad signature too.
             reason = "malformed signature headers"
     raise SignatureError(reason)
+
+
+def verify_slack(body: bytes, headers: Mapping[str, str], secret: str, *, now: float | None = None) -> None:
+    """Accept a Slack request signed with `secret` (v0, HMAC-SHA256) within ±300 s of `now` (default: the clock).
+
+    Raises SignatureError when it is not.
+    """
+    if not secret:
+        raise SignatureError("no Slack signing secret configured")
+    stamp, signature = headers.get("X-Slack-Request-Timestamp"), headers.get("X-Slack-Signature")
+    if not stamp or not signature:
+        raise SignatureError("missing X-Slack-Request-Timestamp or X-Slack-Signature")
+    # The verifier compares in constant time and refuses timestamps more than five minutes off.
+    try:
+        valid = SignatureVerifier(secret, clock=_Clock(now)).is_valid(body, stamp, signature)
+    except ValueError:  # a timestamp that is not a number
+        valid = False
+    if not valid:
+        raise SignatureError("bad signature or timestamp more than 300 s off")
+
+
+def verify_teams(body: bytes, authorization: str | None, token: str) -> None:
+    """Accept a Teams outgoing-webhook request: `HMAC <base64>` of the body keyed by the base64 `token`."""
+    if not token:
+        raise SignatureError("no Teams security token configured")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme != "HMAC" or not given:
+        raise SignatureError("missing 'Authorization: HMAC <signature>'")
+    try:
+        key = base64.b64decode(token, validate=True)
+    except binascii.Error as exc:
+        raise SignatureError("the configured Teams security token is not base64") from exc
+    expected = base64.b64encode(hmac.new(key, body, hashlib.sha256).digest()).decode()
+    if not hmac.compare_digest(expected, given.strip()):
+        raise SignatureError("bad signature")
+
+
+class _Clock(Clock):
+    """The verifier's clock, fixed at `at` when given (known-answer tests), else the real one."""
+
+    def __init__(self, at: float | None):
+        self.at = at
+
+    def now(self) -> float:
+        return super().now() if self.at is None else self.at
