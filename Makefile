@@ -36,7 +36,7 @@ RUN_ENV := PATH="$(BIN):$$PATH" WEB_PORT=$(PORT) EMBEDDED_REDIS=$(EMBEDDED_REDIS
 	$(call defaults,PORT SANDBOX_PORT SANDBOX_TOKEN SANDBOX_ENGINE_TOKEN REDIS_PORT REDIS_DIR REDIS_URL \
 	INLOOX_URL INLOOX_API_KEY DEV_INBOX TEAM_CHANNEL_URL OUTBOUND_ALLOW)
 
-.PHONY: run test check-python clean
+.PHONY: run test bench check-python clean
 
 run: $(VENV)/.installed
 	@echo "Starting the stack (Ctrl+C stops it):"
@@ -49,6 +49,15 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest
+
+# Benchmarks (bench/RESULTS.md): a few minutes, traffic to 127.0.0.1 only; needs wrk (apt-get install wrk).
+bench: $(VENV)/.installed
+	@command -v wrk >/dev/null || { echo "Error: bench/ingest.py needs wrk (apt-get install -y wrk)"; exit 1; }
+	$(BIN)/python bench/match.py
+	$(BIN)/python bench/poll.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/end_to_end.py
+	$(BIN)/python bench/memory.py
 
 # The virtualenv is rebuilt whenever requirements.txt changes.
 $(VENV)/.installed: requirements.txt | check-python
