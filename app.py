@@ -50,6 +50,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(load_config() if test_config is None else
                             {**DEFAULTS, "WEBHOOK_SOURCES": {}, **test_config})
+    if test_config is None:  # a served app: JSON logs; tests keep pytest's own log capture
+        from workers.logs import configure_logging
+
+        configure_logging(app.config)
 
     from web import errors, health, hooks, inbox, metrics, resources, runs
     from web.rules_cli import rules_cli

@@ -23,6 +23,7 @@ from engine.rules import Ruleset, load_rules
 from inloox import Client, InLooxError
 from inloox.changes import change_feed
 from workers import metrics
+from workers.logs import configure_logging
 from workers.poll import PollSettings, poll_once, sweep_deleted
 from workers.poll_status import record_poll
 
@@ -110,8 +111,8 @@ def _report(result) -> None:
 def main() -> int:
     from app import load_config  # the one place settings are read from the environment
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config()
+    configure_logging(config)
     ruleset = load_rules(config["RULES_PATH"])
     watched = watched_sets(ruleset)
     client = Client(config["INLOOX_URL"], config["INLOOX_API_KEY"], timeout=float(config["INLOOX_TIMEOUT"]),

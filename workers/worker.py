@@ -14,6 +14,8 @@ from __future__ import annotations
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.worker import SimpleWorker
 
+from workers.logs import configure_logging
+
 ABANDON_GRACE_SECONDS = 5
 MAINTENANCE_SECONDS = 10
 IDLE_WAKE_SECONDS = 5
@@ -23,6 +25,9 @@ class Worker(SimpleWorker):
     """SimpleWorker with short recovery times (see the module docstring)."""
 
     def __init__(self, *args, **kwargs):
+        from app import load_config  # the one place settings are read from the environment
+
+        configure_logging(load_config())  # before RQ's bootstrap, which keeps a handler it finds
         super().__init__(*args, **kwargs)
         self.maintenance_interval = min(self.maintenance_interval, MAINTENANCE_SECONDS)
 

@@ -1,0 +1,41 @@
+"""JSON log lines: one per record, the run id when the message names one, secrets redacted."""
+from __future__ import annotations
+
+import json
+import logging
+
+from workers.logs import JsonFormatter, secrets_of
+
+TOKEN = "ilx_SENTINELtokenSENTINEL"
+
+
+def record(message, *args, exc_info=None) -> logging.LogRecord:
+    return logging.LogRecord("workers.jobs", logging.INFO, __file__, 1, message, args, exc_info)
+
+
+def test_a_record_is_one_json_line_with_its_run_id():
+    line = JsonFormatter().format(record("run %s (%s): %s", "run_0123456789abcdef01234567", "r", "succeeded"))
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["run_id"] == "run_0123456789abcdef01234567"
+    assert parsed["level"] == "INFO" and parsed["logger"] == "workers.jobs"
+    assert parsed["message"].endswith("succeeded")
+
+
+def test_configured_secrets_never_appear_in_messages_or_tracebacks():
+    config = {"INLOOX_API_KEY": TOKEN, "ADMIN_TOKEN": "admin-secret",
+              "WEBHOOK_SOURCES": {"forms": ["whsec_abcdefgh"]}, "DEV_INBOX": "1"}
+    try:
+        raise ValueError(f"refused {TOKEN}")
+    except ValueError as exc:
+        info = (type(exc), exc, exc.__traceback__)
+    line = JsonFormatter(secrets_of(config)).format(
+        record("sent %s with %s and %s", TOKEN, "admin-secret", "whsec_abcdefgh", exc_info=info))
+    assert TOKEN not in line and "admin-secret" not in line and "whsec_abcdefgh" not in line
+    assert json.loads(line)["message"] == "sent *** with *** and ***"
+    assert "refused ***" in json.loads(line)["exception"]
+
+
+def test_short_settings_are_not_treated_as_secrets():
+    line = JsonFormatter(secrets_of({"ADMIN_TOKEN": "1"})).format(record("1 run queued"))
+    assert json.loads(line)["message"] == "1 run queued"
