@@ -59,12 +59,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     from web.rules_cli import rules_cli
     from web.poller_cli import poller_cli
     from web.runs_cli import runs_cli
+    from web import rules_api
 
     resources.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(runs.bp)
+    app.register_blueprint(rules_api.bp)
     app.register_blueprint(metrics.bp)
     if app.config["DEV_INBOX"] in ("1", "true", True):
         app.register_blueprint(inbox.bp)

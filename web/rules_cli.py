@@ -1,16 +1,21 @@
-"""`flask rules …`: check, test and explain rules from the command line (thin over `engine`)."""
+"""`flask rules …`: check, test, explain and run rules from the command line (thin over `engine`)."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 
 from engine import Event, RuleError, explain, load_rules, rule_schema
 from engine.documents import parse_documents
 from engine.edm import parse_datetime
 from engine.fixtures import fixture_files, run_fixture_file
+from workers.manual import ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
+from workers.runs import run_id
+from workers.worker_context import rule_env
 
 rules_cli = AppGroup("rules", help="Check, test and explain automation rules.")
 
@@ -85,6 +90,36 @@ def explain_command(event_file: Path, rules_path: Path, now: str | None, env_pai
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
         click.echo("\n".join(report.lines()))
+
+
+@rules_cli.command("run")
+@click.argument("rule_id")
+@click.option("--event", "event_file", type=click.Path(exists=True, path_type=Path),
+              help="A YAML or JSON file holding the event to run the rule for (default: a manual event).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (the explain report) and write nothing.")
+@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
+              help="A value for env.NAME, over those RULES_ENV allows from the environment (repeatable).")
+def run_command(rule_id: str, event_file: Path | None, dry_run: bool, env_pairs: tuple[str, ...]):
+    """Run RULE_ID now: its event goes to the intake and a worker runs it, like any other event.
+
+    With --event, every rule that event matches runs (the event is simply accepted again).
+    """
+    config, now = current_app.config, datetime.now(timezone.utc)
+    ruleset = load_rules(config.get("RULES_PATH", "rules"))
+    event = _read_event(event_file) if event_file else manual_event(rule_id, now=now, given={"by": "flask rules run"})
+    env = {**rule_env({"RULES_ENV": config.get("RULES_ENV", "")}), **dict(_pair(p) for p in env_pairs)}
+    try:
+        plan = plan_manual_run(ruleset, rule_id, event, now=now, env=env)
+    except ManualRunRefused as exc:
+        raise click.ClickException(str(exc)) from exc
+    if dry_run:
+        click.echo("\n".join(explain(event, ruleset, now=now, env=env).lines()))
+        click.echo("dry run: nothing was written")
+        return
+    from web.resources import get_redis  # only a real run needs Redis
+
+    accepted = submit_manual_run(get_redis(), event)
+    click.echo(f"{'queued' if accepted else 'already submitted before'}: event {event.id}, run {run_id(plan)}")
 
 
 @rules_cli.command("schema")

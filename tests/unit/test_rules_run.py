@@ -1,0 +1,49 @@
+"""`flask rules run RULE_ID --dry-run`: the plan a manual run would make, and refusals, without Redis."""
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from web.rules_cli import rules_cli
+
+RULES = Path(__file__).parents[2] / "rules"
+
+
+@pytest.fixture
+def runner():
+    app = Flask("rules-run-test")
+    app.config.update(RULES_PATH=str(RULES), RULES_ENV="")
+    app.cli.add_command(rules_cli)
+    return app.test_cli_runner()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(runner):
+    result = runner.invoke(args=["rules", "run", "overdue-tasks-digest", "--dry-run",
+                                 "--env", "TEAM_CHANNEL_URL=json://hooks.example.test/team"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("event manual:overdue-tasks-digest:") and " manual overdue-tasks-digest at " in lines[0]
+    assert "✓ overdue-tasks-digest [schedule 0 9 * * 1-5 (Europe/Berlin) | manual run]: matched" in lines
+    assert any(line.startswith('    for each: query {"entity_set": "Task"') for line in lines)
+    assert lines[-1] == "dry run: nothing was written"
+
+
+def test_dry_run_with_a_given_event(runner, tmp_path):
+    event = tmp_path / "event.yaml"
+    event.write_text("source: schedule\nkind: overdue-tasks-digest\noccurred_at: 2025-04-01T07:00:00Z\n"
+                     "payload: {time: '2025-04-01T07:00:00Z'}\n")
+    result = runner.invoke(args=["rules", "run", "overdue-tasks-digest", "--event", str(event), "--dry-run",
+                                 "--env", "TEAM_CHANNEL_URL=json://x"])
+    assert result.exit_code == 0, result.output
+    assert "event ev_" in result.output.splitlines()[0] and "schedule overdue-tasks-digest" in result.output
+
+
+@pytest.mark.parametrize("rule_id, words", [
+    ("log-time-when-task-done", "add `- manual: true` to its when: to run it by hand"),
+    ("overdue-task-digest", "no rule 'overdue-task-digest'. did you mean 'overdue-tasks-digest'?"),
+    ("overdue-tasks-digest", "cannot be planned: rule overdue-tasks-digest step 0 (step0): env.TEAM_CHANNEL_URL is undefined"),
+])
+def test_a_rule_that_would_not_run_is_refused_with_its_reason(runner, rule_id, words):
+    result = runner.invoke(args=["rules", "run", rule_id, "--dry-run"])
+    assert result.exit_code == 1
+    assert words in result.output

@@ -1,0 +1,53 @@
+"""Manual runs: a person runs one rule now (`flask rules run`, `POST /rules/<id>/run`).
+
+The run starts as every run does: the event (a `manual` event naming the rule, or one the person
+gives) is handed to `workers.intake.submit_event`, and a worker matches and runs it. Before that,
+the rule is matched and planned here, so that a rule that would not run is refused with its reason
+and a dry run can show the plan without writing anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime
+from typing import Any, Mapping
+
+import redis
+
+from engine import Event, Plan, Ruleset, TemplateError, plan_rule
+from engine.errors import did_you_mean
+from engine.match import match_rule
+from workers.intake import submit_event
+
+DEDUP_TTL = 86400  # a given event submitted again within a day is the same manual run
+
+
+class ManualRunRefused(Exception):
+    """The rule cannot run now (unknown, does not match the event, or cannot be planned); says why."""
+
+
+def manual_event(rule_id: str, *, now: datetime, given: Mapping[str, Any] | None = None) -> Event:
+    """A new `manual` event for the rule (the rule reads `given` as `input`); a new id each time."""
+    return Event("manual", rule_id, now, id=f"manual:{rule_id}:{uuid.uuid4().hex}", payload=dict(given or {}))
+
+
+def plan_manual_run(ruleset: Ruleset, rule_id: str, event: Event, *, now: datetime, env: Mapping[str, Any]) -> Plan:
+    """The plan the rule would make for the event; raises ManualRunRefused saying why there is none."""
+    rule = ruleset.get(rule_id)
+    if rule is None:
+        raise ManualRunRefused(f"no rule {rule_id!r}. {did_you_mean(rule_id, ruleset.rules)}".strip())
+    match = match_rule(event, rule, now=now, env=env)
+    if not match.matched:
+        hint = " (add `- manual: true` to its when: to run it by hand)" \
+            if event.source == "manual" and not any(t.kind == "manual" for t in rule.triggers) else ""
+        raise ManualRunRefused(f"{rule_id} does not run for this event: {match.reason}{hint}")
+    try:
+        return plan_rule(event, rule, now=now, env=env)
+    except TemplateError as exc:
+        raise ManualRunRefused(f"{rule_id} cannot be planned: {exc}") from exc
+
+
+def submit_manual_run(connection: redis.Redis, event: Event) -> bool:
+    """Hand the event to the intake; False when this very event was submitted before."""
+    digest = hashlib.sha256(event.id.encode()).hexdigest()[:32]
+    return submit_event(connection, event, dedup_key=f"manual:seen:{digest}", dedup_ttl=DEDUP_TTL)
