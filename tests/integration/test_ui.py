@@ -1,0 +1,93 @@
+"""The dashboard under /ui with Flask's test client: pages render, filters work, retry changes a run."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import redis
+
+from app import create_app
+from tests.support.processes import wait_until
+from tests.support.stack import ENGINE_TOKEN, PROJECT, WEBHOOK_SECRET, deliver, ensure_project, runs_in
+
+FORM_RULE = """
+id: form-to-task
+description: Each form submission becomes a task.
+when:
+  - webhook: forms
+then:
+  - id: task
+    inloox.create: Task
+    values:
+      Name: "{{ webhook.body.title }}"
+      ProjectId: "{{ webhook.body.project }}"
+"""
+ADMIN = "admin-secret-token"
+
+
+@pytest.fixture
+def dashboard(redis_url, sandbox, rules_dir):
+    """The app in-process with an admin token; its client is logged in."""
+    (rules_dir / "forms.yaml").write_text(textwrap.dedent(FORM_RULE))
+    app = create_app({"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": ENGINE_TOKEN,
+                      "RULES_PATH": str(rules_dir), "ADMIN_TOKEN": ADMIN,
+                      "WEBHOOK_SOURCES": {"forms": [WEBHOOK_SECRET]}})
+    client = app.test_client()
+    assert client.post("/ui/login", data={"token": ADMIN}).status_code == 302
+    return client
+
+
+def page(client, path) -> str:
+    response = client.get(path)
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    text = response.get_data(as_text=True)
+    for secret in (ADMIN, ENGINE_TOKEN, WEBHOOK_SECRET):
+        assert secret not in text
+    return text
+
+
+def test_pages_need_the_admin_token(redis_url, sandbox, rules_dir):
+    app = create_app({"REDIS_URL": redis_url, "RULES_PATH": str(rules_dir), "ADMIN_TOKEN": ADMIN})
+    client = app.test_client()
+    assert client.get("/ui/rules").status_code == 302
+    assert client.post("/ui/runs/run_x/retry").status_code == 401
+    assert client.post("/ui/login", data={"token": "wrong"}).status_code == 401
+    assert client.get("/ui/rules", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+    response = client.post("/ui/login", data={"token": ADMIN})
+    assert ADMIN not in response.headers["Set-Cookie"]
+    assert client.get("/ui/rules").status_code == 200
+
+
+def test_the_rules_page_shows_state_and_the_errors_of_broken_files(dashboard, rules_dir, redis_url):
+    (rules_dir / "broken.yaml").write_text("id: broken\nwhen: []\nthen: nonsense\n")
+    redis.Redis.from_url(redis_url).set("rule:paused:form-to-task", "ran too often")
+
+    text = page(dashboard, "/ui/rules")
+    assert "form-to-task" in text and "paused" in text and "ran too often" in text
+    assert "broken.yaml" in text
+    page(dashboard, "/ui/poller")
+
+
+def test_runs_filter_and_a_retry_button_runs_a_failed_run_again(dashboard, stack, sandbox, redis_url):
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="status", status=500, methods=["POST"], path="^Task$", count=1)
+    deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_ui_1")
+    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 20, "the run to fail")
+    deliver(web, {"title": "Call Bo", "project": PROJECT}, "msg_ui_2")
+    [ok] = wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the second run")
+
+    listed = page(dashboard, "/ui/runs?status=failed")
+    assert failed["id"] in listed and ok["id"] not in listed
+    assert ok["id"] in page(dashboard, "/ui/runs?rule=form-to-task&source=webhook&hours=1")
+    assert "No runs match" in page(dashboard, "/ui/runs?source=inloox")
+
+    shown = page(dashboard, f"/ui/runs/{failed['id']}")
+    assert "500" in shown and "Call Ann" in shown and "retry-failed-step" in shown
+
+    response = dashboard.post(f"/ui/runs/{failed['id']}/retry", follow_redirects=True)
+    assert "Queued again." in response.get_data(as_text=True)
+    wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 2, 20, "the retried run to succeed")
+    assert 'id="status" class="status-succeeded"' in page(dashboard, f"/ui/runs/{failed['id']}")
+    assert sandbox.count("Task") == 2

@@ -1,0 +1,126 @@
+"""The dashboard under `/ui`: rules, runs (with retry buttons) and the poller, as server-rendered pages.
+
+With ADMIN_TOKEN set, every page needs a login (a form that sets an HttpOnly, SameSite=Strict cookie
+holding an HMAC of the token, never the token) or `Authorization: Bearer <token>`. Pages show run
+records and rule files, which hold no tokens or webhook secrets.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime, timedelta, timezone
+
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+
+from engine import load_rules
+from web.resources import get_redis
+from workers.jobs import RetryRefused, retry_run
+from workers.poll_status import poll_status
+from workers.runs import list_runs, load_run, load_trace
+
+bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
+
+COOKIE = "ui_session"
+RECENT = timedelta(hours=24)
+PER_RULE_SCAN = 1000  # runs looked at per rule for the 24-hour figures
+
+
+@bp.before_request
+def require_login():
+    """With ADMIN_TOKEN set, send visitors without a valid session or bearer token to the login form."""
+    token = current_app.config.get("ADMIN_TOKEN")
+    if not token or request.endpoint == "ui.login":
+        return None
+    bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if hmac.compare_digest(request.cookies.get(COOKIE, ""), _session(token)) or \
+            hmac.compare_digest(bearer.encode(), token.encode()):
+        return None
+    if request.method != "GET":
+        abort(401, "log in to the dashboard first")
+    return redirect(url_for("ui.login", next=request.path))
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """The login form; a right token sets the session cookie."""
+    token = current_app.config.get("ADMIN_TOKEN") or ""
+    if request.method == "GET":
+        return render_template("ui/login.html")
+    given = request.form.get("token", "")
+    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        return render_template("ui/login.html", error="That is not the admin token."), 401
+    target = request.args.get("next", "")
+    response = redirect(target if target.startswith("/ui") else url_for("ui.rules"))
+    response.set_cookie(COOKIE, _session(token), httponly=True, samesite="Strict", secure=request.is_secure)
+    return response
+
+
+@bp.get("")
+def index():
+    """The dashboard starts at the rules."""
+    return redirect(url_for("ui.rules"))
+
+
+@bp.get("/rules")
+def rules():
+    """Each rule: state, trigger summary, last run, runs and failures in the last 24 h; broken files."""
+    ruleset = load_rules(current_app.config["RULES_PATH"])
+    connection = get_redis()
+    since = datetime.now(timezone.utc) - RECENT
+    rows = [_rule_row(connection, rule, since) for rule in sorted(ruleset.rules.values(), key=lambda r: r.id)]
+    return render_template("ui/rules.html", rules=rows, errors=[str(e) for e in ruleset.errors])
+
+
+@bp.get("/runs")
+def runs():
+    """Runs, newest first, filtered by rule, status, source and age (hours)."""
+    args = request.args
+    hours = args.get("hours", type=float)
+    since = datetime.now(timezone.utc) - timedelta(hours=hours) if hours and hours > 0 else None
+    found = list_runs(get_redis(), rule=args.get("rule") or None, status=args.get("status") or None, limit=500)
+    shown = [r for r in found if (not args.get("source") or r.get("source") == args["source"])
+             and (since is None or datetime.fromisoformat(r["created_at"]) >= since)][:200]
+    return render_template("ui/runs.html", runs=shown, filters=args)
+
+
+@bp.get("/runs/<run_id>")
+def run(run_id: str):
+    """One run: its event, the explain report, each step's request, response, timing and error."""
+    record = load_run(get_redis(), run_id)
+    if record is None:
+        abort(404, f"no run {run_id}")
+    return render_template("ui/run.html", run=record, trace=load_trace(get_redis(), record["event_id"]))
+
+
+@bp.post("/runs/<run_id>/retry")
+def retry(run_id: str):
+    """The retry buttons: from the failed step, or from the start (`from=start`)."""
+    try:
+        retry_run(get_redis(), run_id, from_start=request.form.get("from") == "start")
+        notice = "Queued again."
+    except RetryRefused as exc:
+        notice = f"Not retried: {exc}"
+    return redirect(url_for("ui.run", run_id=run_id, notice=notice))
+
+
+@bp.get("/poller")
+def poller():
+    """Per watched entity set: cursor, lag, last poll (duration, requests), held floods."""
+    return render_template("ui/poller.html", sets=poll_status(get_redis(), now=datetime.now(timezone.utc)))
+
+
+def _rule_row(connection, rule, since: datetime) -> dict:
+    ids = [i.decode() for i in connection.zrevrangebyscore(
+        f"runs:rule:{rule.id}", "+inf", since.timestamp(), start=0, num=PER_RULE_SCAN)]
+    recent = [r for r in (load_run(connection, i) for i in ids) if r]
+    last_id = connection.zrevrange(f"runs:rule:{rule.id}", 0, 0)
+    paused = connection.get(f"rule:paused:{rule.id}")
+    state = "paused" if paused is not None else "disabled" if not rule.enabled else rule.mode
+    return {"rule": rule, "state": state, "paused_reason": paused.decode() if paused else "",
+            "last": load_run(connection, last_id[0].decode()) if last_id else None,
+            "runs_24h": len(recent), "failures_24h": sum(r["status"] == "failed" for r in recent)}
+
+
+def _session(token: str) -> str:
+    # The cookie proves the token was given without holding it: a stolen cookie reveals nothing.
+    return hmac.new(token.encode(), b"inloox-automation dashboard", hashlib.sha256).hexdigest()
