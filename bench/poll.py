@@ -5,7 +5,7 @@
 Builds a sandbox SQLite file with `--tasks` tasks (through the sandbox's own write code, so the
 change stamps are real; kept in /tmp and reused by the next run with the same size), serves it
 with `python -m sandbox --data`, takes the poller's baseline (the first poll, which reads every
-row: timed and counted too), changes `--changed` tasks as a person would (PATCH with the
+row: timed and counted too), renames `--changed` tasks as a person would (PATCH with the
 person's token), then measures one `workers.poll.poll_once` for Task watching Name, IsDone and
 WorkAmount: requests (the sandbox's request log), response bytes (counted by a response hook on
 the client's session), CPU of this process (the poller's side) and of the sandbox, wall time.
@@ -109,8 +109,9 @@ def main() -> None:
               f"poller CPU {first['cpu']:.1f}s, sandbox CPU {first['server_cpu']:.1f}s, wall {first['wall']:.1f}s")
         person = requests.Session()
         person.headers["x-api-key"] = PERSON_TOKEN
+        run = time.time()  # a new name each run: the data file is reused, so its tasks were changed before
         for i in range(0, args.tasks, max(1, args.tasks // args.changed))[:args.changed]:
-            person.patch(f"{base}api/odata/Task(00000000-0000-4000-8000-{i:012d})", json={"IsDone": True},
+            person.patch(f"{base}api/odata/Task(00000000-0000-4000-8000-{i:012d})", json={"Name": f"task {i} renamed {run}"},
                          timeout=30).raise_for_status()
         time.sleep(0.05)
         poll = measured_poll(counting, connection, base, sandbox.popen.pid)
