@@ -5,7 +5,8 @@
 Each request has a start time fixed in advance (i / rate); its latency runs from that time, not
 from when a connection was free, so a stalled server shows up as latency instead of a lower rate
 ("coordinated omission"). wrk has no fixed-rate mode (wrk2 is not in Debian), hence this client.
-Prints one JSON line. Plain asyncio streams with keep-alive: ~2,000 req/s on one core is its
+Prints one JSON line. It needs keep-alive: against gunicorn's sync workers (`--threads 1`), which
+close every connection, most requests count as errors. Plain asyncio streams with keep-alive: ~2,000 req/s on one core is its
 ceiling, plenty for the 200/s target but not for the max-rate run (wrk does that).
 """
 from __future__ import annotations
