@@ -24,6 +24,11 @@ DEFAULTS = {
     "ADMIN_TOKEN": "",
     # "1": serve /dev/inbox, a local stand-in for Slack/Teams (make run sets it).
     "DEV_INBOX": "",
+    # Chat commands: Slack's signing secret, the Teams outgoing webhook's security token (base64),
+    # and chat user id → InLoox email or ContactId ("U2CERLKJA=ann@example.com, U0X=…").
+    "SLACK_SIGNING_SECRET": "",
+    "TEAMS_SECURITY_TOKEN": "",
+    "CHAT_USER_MAP": "",
 }
 
 
@@ -59,12 +64,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     from web.rules_cli import rules_cli
     from web.poller_cli import poller_cli
     from web.runs_cli import runs_cli
+    from web import chat
     from web import rules_api
 
     resources.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(hooks.bp)
+    app.register_blueprint(chat.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(rules_api.bp)
     app.register_blueprint(metrics.bp)

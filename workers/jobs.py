@@ -22,6 +22,7 @@ from workers.effects import EXECUTORS, NeedsAttention, StepContext
 from workers.outbound import OutboundRefused
 from workers.runs import TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
 from workers.worker_context import WorkerContext, worker_context
+from workers.chat import after_run as report_to_chat
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str) -> str:
         metrics.count(pipe, "runs", status=status)
         pipe.execute()
     log.info("run %s (%s): %s %s", run["id"], run["rule_id"], status, reason)
+    report_to_chat(ctx.connection, run)  # a chat command's result goes back to its chat
     return status
 
 

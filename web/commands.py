@@ -1,0 +1,167 @@
+"""Answering a chat command (Slack or Teams alike): match it to a rule, resolve, confirm, submit.
+
+    answer(command)  →  the reply text, after one of:
+      help / unknown command      the commands the rules define
+      a task name fitting several the pick-list, nothing submitted
+      a delete or several writes  a pending plan and a `confirm <code>` to send within 10 minutes
+      anything else               the event submitted to intake (deduplicated by the chat's request id)
+      confirm <code>              the pending event submitted, once (the code is consumed atomically)
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+from flask import current_app
+
+from engine import Event, Ruleset, evaluate, load_rules, match_event
+from engine.commands import chat_commands, confirmation_reason, describe_plan, help_text
+from engine.match import bindings
+from inloox import and_, contains, eq
+from web.resources import get_inloox, get_redis
+from workers.intake import submit_event
+from workers.worker_context import rule_env
+
+# Slack retries for minutes and Teams for seconds; a day covers both with room to spare.
+DEDUP_TTL_SECONDS = 24 * 3600
+CONFIRM_TTL_SECONDS = 600
+PICK_LIST_SIZE = 5
+_GUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
+
+
+@dataclass(frozen=True)
+class ChatCommand:
+    """One command as a chat surface delivered it; `request_id` is Slack's trigger_id or Teams' activity id."""
+
+    surface: str
+    request_id: str
+    text: str
+    user: dict = field(hash=False)  # {"id", "name"} as the surface knows the person
+    response_url: str | None = None
+    prefix: str = ""  # how the person invokes us ("/inloox "), for usage lines
+
+
+def answer(command: ChatCommand) -> str:
+    """Handle one command and return what to tell the person right away."""
+    name, _, rest = command.text.strip().partition(" ")
+    ruleset = load_rules(current_app.config["RULES_PATH"])
+    if name in ("", "help"):
+        return help_text(ruleset, prefix=command.prefix)
+    if name == "confirm":
+        return _confirm(command, rest.strip())
+    if name not in {c.name for c in chat_commands(ruleset)}:
+        return f"Unknown command `{name}`. The commands are:\n" + help_text(ruleset, prefix=command.prefix)
+    if get_redis().exists(_seen_key(command)):
+        return "Already received; the result comes when it is done."
+    return _plan_and_submit(command, ruleset, _event(command, name, rest.strip()))
+
+
+def _plan_and_submit(command: ChatCommand, ruleset: Ruleset, event: Event) -> str:
+    now = datetime.now(timezone.utc)
+    env = rule_env(current_app.config)
+    matches = [m for m in match_event(event, ruleset, now=now, env=env) if m.matched]
+    if not matches:
+        return f"That does not fit `{event.kind}`. Usage:\n" + help_text(ruleset, prefix=command.prefix, only=event.kind)
+    event, problem = _resolve_task(event, bindings(event, matches[0].trigger)["chat"]["args"], command.prefix)
+    if problem:
+        return problem
+    plans = evaluate(event, ruleset, now=now, env=env)
+    summary = "; ".join(describe_plan(p, ruleset.get(p.rule_id).description) for p in plans)
+    reason = next((r for r in map(confirmation_reason, plans) if r), None)
+    if reason:
+        code = _hold_for_confirmation(command, event)
+        return (f"This will: {summary}.\nIt needs a confirmation because {reason}: "
+                f"send `{command.prefix}confirm {code}` within {CONFIRM_TTL_SECONDS // 60} minutes.")
+    if not submit_event(get_redis(), event, dedup_key=_seen_key(command), dedup_ttl=DEDUP_TTL_SECONDS):
+        return "Already received; the result comes when it is done."
+    return f"On it: {summary}." + (" The result follows here." if command.response_url else "")
+
+
+def _event(command: ChatCommand, name: str, text: str) -> Event:
+    user = _mapped_user(command.user)
+    actor = {k: user[k] for k in ("ContactId", "DisplayName") if user.get(k)}
+    return Event(source="chat", kind=name, id=f"chat:{command.surface}:{command.request_id}",
+                 occurred_at=datetime.now(timezone.utc), actor=actor,
+                 payload={"text": text, "typed": command.text.strip(), "user": user,
+                          "surface": command.surface, "response_url": command.response_url})
+
+
+def _mapped_user(user: dict) -> dict:
+    """The chat user with their InLoox ContactId, from CHAT_USER_MAP (chat id → email or ContactId)."""
+    target = user_map(current_app.config["CHAT_USER_MAP"]).get(user.get("id", ""), user.get("email"))
+    if not target:
+        return dict(user)
+    if _GUID.match(target):
+        return {**user, "ContactId": target}
+    contacts = list(get_inloox().query("Contact", filter=eq("Email", target), select=["ContactId", "DisplayName"], top=2))
+    if len(contacts) != 1:
+        return {**user, "email": target}
+    return {**user, "email": target, **contacts[0]}
+
+
+def user_map(setting: str) -> dict[str, str]:
+    """`"U2CERLKJA=ann@example.com, U0X=<ContactId>"` → {chat user id: email or ContactId}."""
+    pairs = (item.split("=", 1) for item in re.split(r"[\s,]+", setting or "") if "=" in item)
+    return {chat_id.strip(): target.strip() for chat_id, target in pairs}
+
+
+def _resolve_task(event: Event, args: dict, prefix: str) -> tuple[Event, str | None]:
+    """Pin `<task>` to one open task by id or name: the event with the task's id, or the reply instead."""
+    typed = args.get("task")
+    if not isinstance(typed, str) or _GUID.match(typed):
+        return event, None
+    found = _open_tasks(eq("Name", typed)) or _open_tasks(contains("Name", typed))
+    if not found:
+        return event, f"No open task is called or contains '{typed}'."
+    if len(found) > 1:
+        lines = [f"• `{prefix}{event.kind} {_with_task(event.payload['text'], typed, t['TaskItemId'])}`: {t['Name']}"
+                 for t in found[:PICK_LIST_SIZE]]
+        more = " (showing the first few)" if len(found) > PICK_LIST_SIZE else ""
+        return event, f"Several open tasks fit '{typed}'{more}. Which one?\n" + "\n".join(lines)
+    text = _with_task(event.payload["text"], typed, found[0]["TaskItemId"])
+    return replace(event, payload={**event.payload, "text": text, "task": found[0]}), None
+
+
+def _open_tasks(name_filter) -> list[dict]:
+    return list(get_inloox().query("Task", filter=and_(name_filter, eq("IsDone", False)),
+                                   select=["TaskItemId", "Name"], top=PICK_LIST_SIZE + 1))
+
+
+def _with_task(text: str, typed: str, task_id: str) -> str:
+    # The task is the last argument in the patterns we know ("log <hours:number> <task>").
+    return text[: -len(typed)] + task_id if text.endswith(typed) else text.replace(typed, task_id, 1)
+
+
+def _hold_for_confirmation(command: ChatCommand, event: Event) -> str:
+    """Keep the event until its user confirms it; the code only works for that user, once."""
+    connection = get_redis()
+    code = f"{secrets.randbelow(900_000) + 100_000}"
+    with connection.pipeline() as pipe:
+        pipe.set(_seen_key(command), event.id, ex=DEDUP_TTL_SECONDS)
+        pipe.set(_pending_key(command, code), json.dumps(event.to_dict()), ex=CONFIRM_TTL_SECONDS)
+        pipe.execute()
+    return code
+
+
+def _confirm(command: ChatCommand, code: str) -> str:
+    raw = get_redis().getdel(_pending_key(command, code))
+    if raw is None:
+        return f"No command of yours waits for the code '{code}' (codes work once, for {CONFIRM_TTL_SECONDS // 60} minutes)."
+    event = Event.from_dict(json.loads(raw))
+    # The newer response_url: Slack's URLs expire, and the person expects the answer under `confirm`.
+    event = replace(event, payload={**event.payload, "response_url": command.response_url})
+    submit_event(get_redis(), event, dedup_key=f"chat:confirmed:{event.id}", dedup_ttl=DEDUP_TTL_SECONDS)
+    return f"Confirmed: `{event.payload['typed']}` is on its way." + (
+        " The result follows here." if command.response_url else "")
+
+
+def _seen_key(command: ChatCommand) -> str:
+    return f"chat:seen:{command.surface}:{command.request_id}"
+
+
+def _pending_key(command: ChatCommand, code: str) -> str:
+    return f"chat:confirm:{command.surface}:{command.user.get('id', '')}:{code}"
+
