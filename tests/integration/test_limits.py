@@ -4,24 +4,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from tests.support.processes import wait_until
-from tests.support.stack import PROJECT, deliver, ensure_project, runs_in, write_rule
-
-FORM_RULE = """
-id: form-to-task
-description: Each form submission becomes a task.
-{limit}
-when:
-  - webhook: forms
-then:
-  - inloox.create: Task
-    values:
-      Name: "{{{{ webhook.body.title }}}}"
-      ProjectId: "{{{{ webhook.body.project }}}}"
-"""
+from tests.support.stack import PROJECT, deliver, ensure_project, runs_in, write_form_rule
 
 
 def test_runs_sharing_a_concurrency_key_never_overlap(stack, sandbox, rules_dir, redis_url):
-    write_rule(rules_dir, "forms", FORM_RULE.format(limit='concurrency: {key: "{{ webhook.body.project }}", limit: 1}'))
+    write_form_rule(rules_dir, 'concurrency: {key: "{{ webhook.body.project }}", limit: 1}')
     ensure_project(sandbox)
     stack.worker("worker-1")
     stack.worker("worker-2")
@@ -39,7 +26,7 @@ def test_runs_sharing_a_concurrency_key_never_overlap(stack, sandbox, rules_dir,
 
 
 def test_runs_over_the_rate_limit_wait_for_the_next_window(stack, sandbox, rules_dir, redis_url):
-    write_rule(rules_dir, "forms", FORM_RULE.format(limit="rate_limit: {max: 2, per: 1h}"))
+    write_form_rule(rules_dir, "rate_limit: {max: 2, per: 1h}")
     ensure_project(sandbox)
     stack.worker()
     web = stack.web()

@@ -2,22 +2,9 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 from tests.support.processes import wait_until
-from tests.support.stack import ENGINE_TOKEN, PROJECT, deliver, ensure_project, runs_in
-
-FORM_RULE = """
-id: form-to-task
-when:
-  - webhook: forms
-then:
-  - id: task
-    inloox.create: Task
-    values:
-      Name: "{{ webhook.body.title }}"
-      ProjectId: "{{ webhook.body.project }}"
-"""
+from tests.support.stack import ENGINE_TOKEN, PROJECT, deliver, ensure_project, runs_in, write_form_rule
 
 
 def json_lines(process) -> list[dict]:
@@ -26,7 +13,7 @@ def json_lines(process) -> list[dict]:
 
 
 def test_worker_and_poller_lines_are_json_with_the_run_id_and_no_token(engine, sandbox, rules_dir, redis_url):
-    (rules_dir / "forms.yaml").write_text(textwrap.dedent(FORM_RULE))
+    write_form_rule(rules_dir)
     ensure_project(sandbox)
     worker, poller = engine.worker(), engine.poller()
     web = engine.web()

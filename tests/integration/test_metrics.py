@@ -1,7 +1,6 @@
 """`/metrics`: counters written by the web, worker and poller processes, read back as Prometheus text."""
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 import redis
@@ -9,19 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from tests.support.processes import wait_until
-from tests.support.stack import PROJECT, deliver, ensure_project, runs_in
-
-FORM_RULE = """
-id: form-to-task
-when:
-  - webhook: forms
-then:
-  - id: task
-    inloox.create: Task
-    values:
-      Name: "{{ webhook.body.title }}"
-      ProjectId: "{{ webhook.body.project }}"
-"""
+from tests.support.stack import PROJECT, deliver, ensure_project, runs_in, write_form_rule
 
 
 @pytest.fixture
@@ -47,7 +34,7 @@ def test_metrics_answer_on_an_empty_database_with_every_family(api):
 
 
 def test_a_webhook_run_is_counted_from_intake_to_step_latency(stack, sandbox, rules_dir, redis_url, api):
-    (rules_dir / "forms.yaml").write_text(textwrap.dedent(FORM_RULE))
+    write_form_rule(rules_dir)
     ensure_project(sandbox)
     stack.worker()
     web = stack.web()

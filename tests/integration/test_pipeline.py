@@ -1,27 +1,14 @@
 """Webhook-driven runs end to end with real processes: web → Valkey → rq worker → sandbox."""
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
 from tests.support.processes import wait_until
-from tests.support.stack import PROJECT, all_runs, deliver, runs_in
+from tests.support.stack import PROJECT, all_runs, deliver, runs_in, write_form_rule
 
-WEBHOOK_RULE = """
-id: form-to-task
-description: Each form submission becomes a task in the project it names.
-when:
-  - webhook: forms
-then:
-  - inloox.create: Task
-    values:
-      Name: "{{ webhook.body.title }}"
-      ProjectId: "{{ webhook.body.project }}"
-      WorkAmount: 1
-"""
+
 def test_a_webhook_delivered_five_times_creates_one_task(stack, sandbox, rules_dir, redis_url):
-    (rules_dir / "forms.yaml").write_text(textwrap.dedent(WEBHOOK_RULE))
+    write_form_rule(rules_dir)
     sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
     stack.worker()
     web = stack.web()
@@ -42,7 +29,7 @@ def test_a_webhook_delivered_five_times_creates_one_task(stack, sandbox, rules_d
 ], ids=["429 with Retry-After", "503 burst", "commit then hang"])
 def test_each_intended_write_lands_exactly_once_through_faults(stack, sandbox, rules_dir, redis_url,
                                                                fault, posts):
-    (rules_dir / "forms.yaml").write_text(textwrap.dedent(WEBHOOK_RULE))
+    write_form_rule(rules_dir)
     sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
     stack.env["INLOOX_TIMEOUT"] = "2"  # so that a hung answer is given up on quickly
     stack.worker()
@@ -56,4 +43,4 @@ def test_each_intended_write_lands_exactly_once_through_faults(stack, sandbox, r
     sent = [r for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "Task"]
     assert len(sent) == posts
     assert run["attempts"] >= 1, "the fault should have cost at least one retry"
-    assert run["outputs"]["step0"]["Name"] == "Call Ann"
+    assert run["outputs"]["task"]["Name"] == "Call Ann"

@@ -1,32 +1,11 @@
 """Runs as a user sees them: the runs API and `flask runs`, failures kept, retries, shadow mode, pauses."""
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
 from app import create_app
 from tests.support.processes import wait_until
-from tests.support.stack import PROJECT, deliver, ensure_project, runs_in
-
-FORM_RULE = """
-id: form-to-task
-description: Each form submission becomes a task in the project it names.
-{mode}
-when:
-  - webhook: forms
-then:
-  - id: task
-    inloox.create: Task
-    values:
-      Name: "{{{{ webhook.body.title }}}}"
-      ProjectId: "{{{{ webhook.body.project }}}}"
-      WorkAmount: 1
-"""
-
-
-def write_rule(rules_dir, mode=""):
-    (rules_dir / "forms.yaml").write_text(textwrap.dedent(FORM_RULE.format(mode=mode)))
+from tests.support.stack import PROJECT, deliver, ensure_project, runs_in, write_form_rule
 
 
 @pytest.fixture
@@ -43,7 +22,7 @@ def get(api, path):
 
 def test_a_failed_run_keeps_the_request_and_the_inloox_error_and_retries_from_that_step(
         stack, sandbox, rules_dir, redis_url, api):
-    write_rule(rules_dir)
+    write_form_rule(rules_dir)
     ensure_project(sandbox)
     stack.worker()
     web = stack.web()
@@ -68,7 +47,7 @@ def test_a_failed_run_keeps_the_request_and_the_inloox_error_and_retries_from_th
 
 
 def test_a_shadow_rule_records_what_it_would_write_and_writes_nothing(stack, sandbox, rules_dir, redis_url, api):
-    write_rule(rules_dir, mode="mode: shadow")
+    write_form_rule(rules_dir, "mode: shadow")
     ensure_project(sandbox)
     stack.worker()
     web = stack.web()
@@ -85,7 +64,7 @@ def test_a_shadow_rule_records_what_it_would_write_and_writes_nothing(stack, san
 
 
 def test_a_refused_token_pauses_the_account_until_resumed(stack, sandbox, rules_dir, redis_url, api):
-    write_rule(rules_dir)
+    write_form_rule(rules_dir)
     ensure_project(sandbox)
     stack.worker()
     web = stack.web()

@@ -93,6 +93,28 @@ def make_task(sandbox, name="Write report", work=1.5) -> str:
     return response.json()["TaskItemId"]
 
 
+# A webhook rule most pipeline tests share: each delivery to `forms` creates one task.
+FORM_RULE = """
+id: form-to-task
+description: Each form submission becomes a task in the project it names.
+{extra}
+when:
+  - webhook: forms
+then:
+  - id: task
+    inloox.create: Task
+    values:
+      Name: "{{{{ webhook.body.title }}}}"
+      ProjectId: "{{{{ webhook.body.project }}}}"
+      WorkAmount: 1
+"""
+
+
+def write_form_rule(rules_dir, extra: str = "") -> None:
+    """The `forms` webhook rule, with extra top-level lines (e.g. `mode: shadow`)."""
+    write_rule(rules_dir, "forms", FORM_RULE.format(extra=extra))
+
+
 def write_rule(rules_dir, name: str, text: str) -> None:
     """Put a rule file into the stack's rules folder (the worker notices within seconds)."""
     (rules_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
