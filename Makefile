@@ -40,7 +40,7 @@ RUN_ENV := PATH="$(BIN):$$PATH" WEB_PORT=$(PORT) EMBEDDED_REDIS=$(EMBEDDED_REDIS
 
 run: $(VENV)/.installed
 	@echo "Starting the stack (Ctrl+C stops it):"
-	@echo "  web      http://127.0.0.1:$(PORT)   (/healthz, /readyz, /runs, /dev/inbox)"
+	@echo "  web      http://127.0.0.1:$(PORT)   (/ui dashboard, /runs, /metrics, /readyz, /dev/inbox)"
 	@echo "  sandbox  http://127.0.0.1:$(SANDBOX_PORT)/api/odata/   x-api-key: $(SANDBOX_TOKEN)   (demo data; you are Alex Meyer)"
 	@echo "  redis    $(if $(filter 1,$(EMBEDDED_REDIS)),$(REDIS_URL) (embedded),external REDIS_URL)"
 	@echo "  InLoox   $(INLOOX_URL)"
