@@ -60,7 +60,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
         configure_logging(app.config)
 
-    from web import errors, health, hooks, inbox, metrics, openapi, resources, runs, ui
+    from web import errors, health, hooks, inbox, metrics, openapi, queues, resources, runs, ui
     from web.rules_cli import rules_cli
     from web.poller_cli import poller_cli
     from web.runs_cli import runs_cli
@@ -77,6 +77,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ui.bp)
+    queues.init_app(app)
     if app.config["DEV_INBOX"] in ("1", "true", True):
         app.register_blueprint(inbox.bp)
     app.cli.add_command(rules_cli)

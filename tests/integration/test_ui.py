@@ -1,10 +1,14 @@
 """The dashboard under /ui with Flask's test client: pages render, filters work, retry changes a run."""
 from __future__ import annotations
 
+import json
 import textwrap
+import time
+from datetime import datetime, timezone
 
 import pytest
 import redis
+from standardwebhooks.webhooks import Webhook
 
 from app import create_app
 from tests.support.processes import wait_until
@@ -91,3 +95,28 @@ def test_runs_filter_and_a_retry_button_runs_a_failed_run_again(dashboard, stack
     wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 2, 20, "the retried run to succeed")
     assert 'id="status" class="status-succeeded"' in page(dashboard, f"/ui/runs/{failed['id']}")
     assert sandbox.count("Task") == 2
+
+
+def test_rq_dashboard_shows_the_queued_job_to_the_admin_only(dashboard, redis_url, sandbox, rules_dir):
+    raw = json.dumps({"title": "Call Cy", "project": "p-1"})
+    stamp = int(time.time())
+    signature = Webhook(WEBHOOK_SECRET).sign("msg_rq", datetime.fromtimestamp(stamp, timezone.utc), raw)
+    assert dashboard.post("/hooks/forms", data=raw, headers={
+        "content-type": "application/json", "webhook-id": "msg_rq", "webhook-timestamp": str(stamp),
+        "webhook-signature": signature}).status_code == 202
+
+    assert "<title>RQ dashboard</title>" in page(dashboard, "/ui/rq/")  # its lists come as JSON
+    [queue] = dashboard.get("/ui/rq/0/data/queues.json").get_json()["queues"]
+    assert (queue["name"], queue["count"]) == ("default", 1)
+    assert 'href="/ui/rq/"' in page(dashboard, "/ui/rules")  # the navigation links to it
+    page(dashboard, "/ui/rq/0/view/jobs")
+    [job] = dashboard.get("/ui/rq/0/data/jobs/default/queued/8/asc/1.json").get_json()["jobs"]
+    assert job["description"].startswith("workers.jobs.handle_event(")  # read with our JSON serializer
+    page(dashboard, f"/ui/rq/0/view/job/{job['id']}")
+    assert dashboard.get(f"/ui/rq/0/data/job/{job['id']}.json").get_json()["status"] == "queued"
+
+    stranger = create_app({"REDIS_URL": redis_url, "RULES_PATH": str(rules_dir), "ADMIN_TOKEN": ADMIN}).test_client()
+    assert stranger.get("/ui/rq/").status_code == 302
+    assert stranger.get("/ui/rq/0/data/queues.json").status_code == 302
+    assert stranger.post(f"/ui/rq/job/{job['id']}/delete").status_code == 401
+    assert stranger.get("/ui/rq/", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
