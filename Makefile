@@ -36,7 +36,7 @@ RUN_ENV := PATH="$(BIN):$$PATH" WEB_PORT=$(PORT) EMBEDDED_REDIS=$(EMBEDDED_REDIS
 	$(call defaults,PORT SANDBOX_PORT SANDBOX_TOKEN SANDBOX_ENGINE_TOKEN REDIS_PORT REDIS_DIR REDIS_URL \
 	INLOOX_URL INLOOX_API_KEY DEV_INBOX TEAM_CHANNEL_URL OUTBOUND_ALLOW)
 
-.PHONY: run test bench check-python clean
+.PHONY: run test browser bench check-python clean
 
 run: $(VENV)/.installed
 	@echo "Starting the stack (Ctrl+C stops it):"
@@ -47,8 +47,15 @@ run: $(VENV)/.installed
 	@echo "  rules    rules/"
 	@env $(RUN_ENV) $(BIN)/honcho start -f Procfile
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(BIN)/pytest
+
+# The dashboard's browser test (tests/integration/test_ui_browser.py) drives Debian's Chromium and
+# ChromeDriver; they are installed only when missing (CI runs as root on a fresh Debian machine).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+		echo "Installing Debian's chromium and chromium-driver for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 # Benchmarks (bench/RESULTS.md): a few minutes, traffic to 127.0.0.1 only; needs wrk (apt-get install wrk).
 bench: $(VENV)/.installed
