@@ -51,11 +51,13 @@ test: $(VENV)/.installed browser
 	$(BIN)/pytest
 
 # The dashboard's browser test (tests/integration/test_ui_browser.py) drives Debian's Chromium and
-# ChromeDriver; they are installed only when missing (CI runs as root on a fresh Debian machine).
+# ChromeDriver; they are installed only when missing (as root in CI; through sudo for a developer).
 browser:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
 		echo "Installing Debian's chromium and chromium-driver for the browser test"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium chromium-driver; }
 
 # Benchmarks (bench/RESULTS.md): a few minutes, traffic to 127.0.0.1 only; needs wrk (apt-get install wrk).
 bench: $(VENV)/.installed
