@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from datetime import datetime, timezone
 
@@ -12,27 +11,16 @@ from standardwebhooks.webhooks import Webhook
 
 from app import create_app
 from tests.support.processes import wait_until
-from tests.support.stack import ENGINE_TOKEN, PROJECT, WEBHOOK_SECRET, deliver, ensure_project, runs_in
+from tests.support.stack import (ENGINE_TOKEN, PROJECT, WEBHOOK_SECRET, deliver, ensure_project, runs_in,
+                                 write_form_rule)
 
-FORM_RULE = """
-id: form-to-task
-description: Each form submission becomes a task.
-when:
-  - webhook: forms
-then:
-  - id: task
-    inloox.create: Task
-    values:
-      Name: "{{ webhook.body.title }}"
-      ProjectId: "{{ webhook.body.project }}"
-"""
 ADMIN = "admin-secret-token"
 
 
 @pytest.fixture
 def dashboard(redis_url, sandbox, rules_dir):
     """The app in-process with an admin token; its client is logged in."""
-    (rules_dir / "forms.yaml").write_text(textwrap.dedent(FORM_RULE))
+    write_form_rule(rules_dir)
     app = create_app({"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": ENGINE_TOKEN,
                       "RULES_PATH": str(rules_dir), "ADMIN_TOKEN": ADMIN,
                       "WEBHOOK_SOURCES": {"forms": [WEBHOOK_SECRET]}})
