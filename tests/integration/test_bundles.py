@@ -1,0 +1,231 @@
+"""Rule bundles per workspace in a real Redis: upload, list, roll back, refuse broken or unsafe bundles."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from engine import load_rules
+from workers.bundles import (MAX_BYTES, MAX_FILES, MAX_VERSIONS, BundleError, UnknownVersion, activate, active,
+                             active_number, parse_bundle, upload, versions)
+
+RULES = Path(__file__).parents[2] / "rules"
+LOG_TIME = (RULES / "log-time-when-task-done.yaml").read_text()
+ALERT = (RULES / "unassigned-task-alert.yaml").read_text()
+ACME = "ws:acme:"
+NOW = datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc)
+# The log-time rule with its trigger's `changes` misspelt, on line 7 of the file.
+BROKEN = LOG_TIME.replace("id: log-time-when-task-done", "id: broken-log-time").replace("    changes:", "    chnages:")
+
+
+@pytest.fixture
+def connection(redis_url):
+    client = redis_lib.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def renamed(text: str, rule_id: str) -> str:
+    """A copy of an example rule under another id."""
+    first_id = next(line for line in text.splitlines() if line.startswith("id: "))
+    return text.replace(first_id, f"id: {rule_id}")
+
+
+def test_first_upload_is_version_1_and_active(connection):
+    files = {"tasks.yaml": LOG_TIME, "alerts.yml": ALERT}
+
+    version = upload(connection, ACME, files, by="ann@example.com", now=NOW)
+
+    assert version.number == 1 and version.active
+    assert version.rule_ids == ["log-time-when-task-done", "unassigned-task-alert"]
+    assert (version.by, version.uploaded_at, version.file_count) == ("ann@example.com", NOW.isoformat(), 2)
+    assert active(connection, ACME) == (1, files)
+    assert active_number(connection, ACME) == 1
+    assert [v.to_dict() for v in versions(connection, ACME)] == [version.to_dict()]
+
+
+def test_nothing_uploaded_means_no_active_version(connection):
+    assert active(connection, ACME) is None
+    assert active_number(connection, ACME) is None
+    assert versions(connection, ACME) == []
+
+
+def test_second_upload_activates_2_and_rollback_activates_1(connection):
+    first = {"tasks.yaml": LOG_TIME}
+    second = {"tasks.yaml": renamed(LOG_TIME, "log-time-v2")}
+    upload(connection, ACME, first, now=NOW)
+    assert upload(connection, ACME, second, now=NOW).number == 2
+    assert active(connection, ACME) == (2, second)
+
+    rolled_back = activate(connection, ACME, 1)
+
+    assert rolled_back.number == 1 and rolled_back.active and rolled_back.rule_ids == ["log-time-when-task-done"]
+    assert active(connection, ACME) == (1, first)
+    assert [(v.number, v.active) for v in versions(connection, ACME)] == [(2, False), (1, True)]
+
+
+def test_a_broken_bundle_stores_nothing_and_names_file_and_line(connection):
+    good = {"tasks.yaml": LOG_TIME}
+    upload(connection, ACME, good, now=NOW)
+
+    errors = upload(connection, ACME, {"tasks.yaml": LOG_TIME, "broken.yaml": BROKEN}, now=NOW)
+
+    assert [e.format() for e in errors] == [
+        "broken.yaml:7:5: when[0].chnages: unknown key 'chnages' (did you mean 'changes'?)"]
+    assert active(connection, ACME) == (1, good)
+    assert [v.number for v in versions(connection, ACME)] == [1]
+    assert upload(connection, ACME, good, now=NOW).number == 2  # no number was spent on the refusal
+
+
+def test_activating_a_version_never_stored_is_refused(connection):
+    upload(connection, ACME, {"tasks.yaml": LOG_TIME}, now=NOW)
+
+    with pytest.raises(UnknownVersion, match="no rule bundle version 7"):
+        activate(connection, ACME, 7)
+    assert active_number(connection, ACME) == 1
+
+
+def test_workspaces_never_see_each_others_versions(connection):
+    upload(connection, ACME, {"tasks.yaml": LOG_TIME}, now=NOW)
+    upload(connection, ACME, {"tasks.yaml": renamed(LOG_TIME, "acme-2")}, now=NOW)
+    globex = {"alerts.yaml": ALERT}
+
+    assert upload(connection, "ws:globex:", globex, now=NOW).number == 1
+
+    assert active(connection, "ws:globex:") == (1, globex)
+    assert [v.number for v in versions(connection, "ws:globex:")] == [1]
+    assert active_number(connection, ACME) == 2
+    with pytest.raises(UnknownVersion):
+        activate(connection, "ws:globex:", 2)
+    assert all(key.startswith((b"ws:acme:", b"ws:globex:")) for key in connection.keys("*"))
+
+
+def test_only_the_newest_versions_are_kept(connection):
+    for n in range(MAX_VERSIONS + 2):
+        upload(connection, ACME, {"tasks.yaml": renamed(LOG_TIME, f"rule-{n}")}, now=NOW)
+
+    numbers = [v.number for v in versions(connection, ACME)]
+
+    assert numbers == list(range(MAX_VERSIONS + 2, 2, -1))
+    with pytest.raises(UnknownVersion):
+        activate(connection, ACME, 2)
+    assert connection.get(f"{ACME}rules:files:2") is None
+
+
+def test_the_digest_covers_content_not_file_order(connection):
+    one = upload(connection, ACME, {"a.yaml": LOG_TIME, "b.yaml": ALERT}, now=NOW)
+    same = upload(connection, ACME, {"b.yaml": ALERT, "a.yaml": LOG_TIME}, now=NOW)
+    other = upload(connection, ACME, {"a.yaml": ALERT, "b.yaml": LOG_TIME}, now=NOW)
+
+    assert one.sha256 == same.sha256 != other.sha256
+
+
+def tar_gz(entries: dict[str, bytes], *, extra: list[tarfile.TarInfo] = ()) -> bytes:
+    """A gzip'd tar as `tar czf - -C folder .` writes it: names start with './'."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for info in extra:
+            archive.addfile(info)
+        for name, content in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def folder(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def test_parse_json_bundle():
+    body = json.dumps({"files": {"tasks.yaml": LOG_TIME, "alerts.yml": ALERT}}).encode()
+
+    assert parse_bundle(body, "application/json; charset=utf-8") == {"tasks.yaml": LOG_TIME, "alerts.yml": ALERT}
+
+
+@pytest.mark.parametrize("content_type", ["application/yaml", "application/x-yaml", "text/yaml"])
+def test_parse_one_yaml_document(content_type):
+    assert parse_bundle(LOG_TIME.encode(), content_type) == {"rules.yaml": LOG_TIME}
+
+
+@pytest.mark.parametrize("content_type", ["application/gzip", "application/x-gzip", "application/x-tar"])
+def test_parse_a_rules_folder_as_tar_gz(content_type):
+    body = tar_gz({"./tasks.yaml": LOG_TIME.encode(), "./alerts.yml": ALERT.encode(), "./README.md": b"# notes",
+                   "./tests/task-events.yaml": b"cases: []", "./._tasks.yaml": b"\x00\x05\x16\x07"},
+                  extra=[folder("."), folder("./tests")])
+
+    assert parse_bundle(body, content_type) == {"tasks.yaml": LOG_TIME, "alerts.yml": ALERT}
+
+
+def test_the_example_rules_folder_uploads_as_tar_gz(connection):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(RULES, arcname=".")  # what `tar czf - -C rules .` sends
+
+    version = upload(connection, ACME, parse_bundle(buffer.getvalue(), "application/gzip"), now=NOW)
+
+    assert version.rule_ids == sorted(load_rules(RULES).rules)
+
+
+@pytest.mark.parametrize("body, content_type, message", [
+    (LOG_TIME.encode(), "text/plain", "content type 'text/plain' is not a rule bundle"),
+    (LOG_TIME.encode(), "", "content type '(none)'"),
+    (b"{files:", "application/json", "not JSON"),
+    (b'["tasks.yaml"]', "application/json", 'a JSON bundle is {"files"'),
+    (b'{"files": {"tasks.yaml": 3}}', "application/json", "files['tasks.yaml'] is not a string"),
+    (b'{"files": {}}', "application/json", "holds no .yaml or .yml rule files"),
+    (b'{"files": {"../x.yaml": "id: a"}}', "application/json", "'../x.yaml' is not a plain file name"),
+    (b'{"files": {"sub/x.yaml": "id: a"}}', "application/json", "'sub/x.yaml' is not a plain file name"),
+    (b'{"files": {"notes.txt": "id: a"}}', "application/json", "'notes.txt' is not a plain file name"),
+    (b"\xff\xfe", "application/yaml", "not UTF-8"),
+    (b"id: a", "application/gzip", "not a gzip'd tar archive"),
+    (gzip.compress(b"id: a"), "application/gzip", "not a gzip'd tar archive"),
+    (tar_gz({"../x.yaml": b"id: a"}), "application/gzip", "'../x.yaml' points outside the rules folder"),
+    (tar_gz({"/etc/x.yaml": b"id: a"}), "application/gzip", "'/etc/x.yaml' points outside"),
+    (tar_gz({"./README.md": b"# notes"}), "application/gzip", "holds no .yaml or .yml rule files"),
+])
+def test_parse_refuses(body, content_type, message):
+    with pytest.raises(BundleError, match=re.escape(message)):
+        parse_bundle(body, content_type)
+
+
+def test_parse_refuses_oversize_bundles():
+    too_many = {"files": {f"r{n}.yaml": "" for n in range(MAX_FILES + 1)}}
+    too_big = {"files": {"big.yaml": "#" * (MAX_BYTES + 1)}}
+    # Ignored entries count too: a gzip bomb in a README is refused before it is read.
+    bomb = tar_gz({"./tasks.yaml": LOG_TIME.encode(), "./README.md": b"\0" * (MAX_BYTES + 1)})
+
+    with pytest.raises(BundleError, match=f"holds {MAX_FILES + 1} files"):
+        parse_bundle(json.dumps(too_many).encode(), "application/json")
+    with pytest.raises(BundleError, match=f"holds {MAX_BYTES + 1} bytes"):
+        parse_bundle(json.dumps(too_big).encode(), "application/json")
+    with pytest.raises(BundleError, match=f"bigger than {MAX_BYTES} bytes"):
+        parse_bundle(bomb, "application/gzip")
+
+
+def test_concurrent_uploads_get_distinct_numbers_and_the_last_is_active(redis_url):
+    def upload_one(n: int) -> int:
+        client = redis_lib.Redis.from_url(redis_url)
+        try:
+            return upload(client, ACME, {"tasks.yaml": renamed(LOG_TIME, f"rule-{n}")}, now=NOW).number
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        numbers = sorted(pool.map(upload_one, range(16)))
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    assert numbers == list(range(1, 17))
+    assert active_number(connection, ACME) == 16
+    assert [v.number for v in versions(connection, ACME)] == list(range(16, 0, -1))
+    connection.close()

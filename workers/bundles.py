@@ -1,0 +1,226 @@
+"""Versioned rule bundles per workspace in Redis: upload (validated), list, activate (roll back).
+
+Under the workspace's key prefix:
+
+    rules:seq           the last version number given out
+    rules:versions      hash: version number → its Version as JSON (without `active`)
+    rules:files:<n>     the version's files as JSON {file name: YAML text}
+    rules:active        the number of the version workers run
+
+Every write is one MULTI/EXEC, watched, so a reader never sees an active pointer to nothing or a
+version without its files. A broken bundle is never stored: the active version keeps running.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+import redis
+
+from engine.errors import RuleError
+from engine.rules import load_texts
+
+MAX_FILES = 200
+MAX_BYTES = 1024 * 1024  # uncompressed, all files together (a tar's ignored entries count too)
+MAX_ARCHIVE_ENTRIES = 1000  # tar headers cost even when ignored: refuse archives of endless entries
+MAX_VERSIONS = 50  # per workspace; the oldest go when an upload makes more
+_FILE_NAME = re.compile(r"\w[\w.\-]{0,200}\.ya?ml")  # no folders, no hidden files, no spaces
+_YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml"}
+_TAR_TYPES = {"application/gzip", "application/x-gzip", "application/x-tar"}
+
+
+class BundleError(ValueError):
+    """A request body that is not a rule bundle we take; the message says why."""
+
+
+class UnknownVersion(KeyError):
+    """The workspace has no stored version of that number (never uploaded, or trimmed)."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of its message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Version:
+    """A stored rule bundle: `sha256` covers its sorted file names and texts; `active` if workers run it."""
+
+    number: int
+    uploaded_at: str
+    by: str
+    sha256: str
+    rule_ids: list[str]
+    file_count: int
+    active: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_bundle(body: bytes, content_type: str) -> dict[str, str]:
+    """File name → YAML text from a JSON `{"files": {…}}`, one YAML document, or a gzip'd tar of a rules folder."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/json":
+        files = _json_files(body)
+    elif kind in _YAML_TYPES:
+        files = {"rules.yaml": _text(body, "the YAML body")}
+    elif kind in _TAR_TYPES:
+        files = _tar_files(body)
+    else:
+        raise BundleError(f"content type {kind or '(none)'!r} is not a rule bundle: send application/json, "
+                          "application/yaml or a gzip'd tar (application/gzip)")
+    return _checked(files)
+
+
+def upload(connection: redis.Redis, prefix: str, files: dict[str, str], *, by: str = "",
+           now: datetime | None = None) -> Version | list[RuleError]:
+    """Store a valid bundle as a new version and activate it; or store nothing and return its errors."""
+    ruleset = load_texts(sorted(files.items()))
+    if ruleset.errors:
+        return ruleset.errors
+    content = json.dumps(files, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    moment = now or datetime.now(timezone.utc)
+
+    def store(pipe) -> Version:
+        number = int(pipe.get(f"{prefix}rules:seq") or 0) + 1
+        version = Version(number, moment.isoformat(), by, hashlib.sha256(content.encode()).hexdigest(),
+                          sorted(ruleset.rules), len(files), active=True)
+        stored = sorted(int(n) for n in pipe.hkeys(f"{prefix}rules:versions"))
+        trimmed = stored[:max(0, len(stored) + 1 - MAX_VERSIONS)]  # all older than the new active one
+        pipe.multi()
+        pipe.set(f"{prefix}rules:seq", number)
+        pipe.hset(f"{prefix}rules:versions", number, _meta(version))
+        pipe.set(f"{prefix}rules:files:{number}", content)
+        pipe.set(f"{prefix}rules:active", number)
+        if trimmed:
+            pipe.hdel(f"{prefix}rules:versions", *trimmed)
+            pipe.delete(*(f"{prefix}rules:files:{n}" for n in trimmed))
+        return version
+
+    return connection.transaction(store, f"{prefix}rules:seq", f"{prefix}rules:versions",
+                                  value_from_callable=True)
+
+
+def versions(connection: redis.Redis, prefix: str) -> list[Version]:
+    """Every stored version, newest first; the active one has `active=True`."""
+    with connection.pipeline() as pipe:  # MULTI/EXEC: the list and the pointer from one moment
+        stored, current = pipe.hvals(f"{prefix}rules:versions").get(f"{prefix}rules:active").execute()
+    found = [Version(**json.loads(meta)) for meta in stored]
+    number = int(current) if current is not None else None
+    return sorted((_marked(v, v.number == number) for v in found), key=lambda v: v.number, reverse=True)
+
+
+def active(connection: redis.Redis, prefix: str) -> tuple[int, dict[str, str]] | None:
+    """The active version's number and files, or None before the first upload."""
+    while True:
+        number = connection.get(f"{prefix}rules:active")
+        if number is None:
+            return None
+        with connection.pipeline() as pipe:  # MULTI/EXEC: the pointer and the files from one moment
+            still, content = pipe.get(f"{prefix}rules:active").get(f"{prefix}rules:files:{int(number)}").execute()
+        if still == number:  # else a switch came in between (and a trim may follow it): read again
+            return int(number), json.loads(content)
+
+
+def activate(connection: redis.Redis, prefix: str, number: int) -> Version:
+    """Make a stored version the active one (rollback or forward); raises UnknownVersion.
+
+    Not validated again: it was valid when stored, and the engine is the same code.
+    """
+
+    def switch(pipe) -> Version:
+        meta = pipe.hget(f"{prefix}rules:versions", number)
+        if meta is None:
+            raise UnknownVersion(f"no rule bundle version {number} in this workspace")
+        pipe.multi()
+        pipe.set(f"{prefix}rules:active", number)
+        return _marked(Version(**json.loads(meta)), True)
+
+    # Watching the versions hash: an upload trimming this version meanwhile makes us look again.
+    return connection.transaction(switch, f"{prefix}rules:versions", value_from_callable=True)
+
+
+def active_number(connection: redis.Redis, prefix: str) -> int | None:
+    """The active version's number (one GET), for workers to notice a switch before each job."""
+    number = connection.get(f"{prefix}rules:active")
+    return int(number) if number is not None else None
+
+
+def _meta(version: Version) -> str:
+    meta = version.to_dict()
+    del meta["active"]  # the pointer says which one is active; a copy here would go stale
+    return json.dumps(meta)
+
+
+def _marked(version: Version, is_active: bool) -> Version:
+    return Version(**{**version.to_dict(), "active": is_active})
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{what} is not UTF-8 text: {exc}") from exc
+
+
+def _json_files(body: bytes) -> dict[str, str]:
+    try:
+        document = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
+        raise BundleError(f"the body is not JSON: {exc}") from exc
+    files = document.get("files") if isinstance(document, dict) else None
+    if not isinstance(files, dict):
+        raise BundleError('a JSON bundle is {"files": {"name.yaml": "YAML text", …}}')
+    for name, text in files.items():
+        if not isinstance(text, str):
+            raise BundleError(f"files[{name!r}] is not a string of YAML text")
+    return files
+
+
+def _tar_files(body: bytes) -> dict[str, str]:
+    """The .yaml/.yml files at the archive's top level; sub-folders (tests/) are left out, as by load_rules."""
+    files, total = {}, 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(body), mode="r|gz") as archive:
+            for count, member in enumerate(archive, 1):
+                total += member.size  # checked before the member's content is read
+                if count > MAX_ARCHIVE_ENTRIES or total > MAX_BYTES:
+                    raise BundleError(f"the archive is bigger than {MAX_BYTES} bytes or {MAX_ARCHIVE_ENTRIES} entries")
+                name = _archive_name(member.name)
+                if member.isfile() and _is_rule_file(name):
+                    files[name] = _text(archive.extractfile(member).read(), name)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"the body is not a gzip'd tar archive: {exc}") from exc
+    return files
+
+
+def _archive_name(name: str) -> str:
+    """The member's name relative to the archive root; raises BundleError for names that escape it."""
+    if name.startswith("/") or ".." in name.split("/"):
+        raise BundleError(f"archive entry {name!r} points outside the rules folder")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _is_rule_file(name: str) -> bool:
+    """A YAML file at the top level; hidden ones (macOS tar's `._x.yaml` resource forks) are not rules."""
+    return "/" not in name and not name.startswith(".") and name.endswith((".yaml", ".yml"))
+
+
+def _checked(files: dict[str, str]) -> dict[str, str]:
+    if not files:
+        raise BundleError("the bundle holds no .yaml or .yml rule files")
+    if len(files) > MAX_FILES:
+        raise BundleError(f"the bundle holds {len(files)} files; at most {MAX_FILES} are taken")
+    for name in files:
+        if not _FILE_NAME.fullmatch(name):
+            raise BundleError(f"{name!r} is not a plain file name ending in .yaml or .yml")
+    size = sum(len(text.encode()) for text in files.values())
+    if size > MAX_BYTES:
+        raise BundleError(f"the bundle holds {size} bytes of YAML; at most {MAX_BYTES} are taken")
+    return files
