@@ -73,10 +73,16 @@ class Client:
 
     def __init__(self, base_url: str, token: str, *, timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
                  pool_size: int = DEFAULT_POOL_SIZE, metadata: Metadata | None = None,
-                 on_response: Callable[[str, int | None], None] | None = None):
-        """`on_response(method, status)` is called after every request (status None: no answer came)."""
+                 on_response: Callable[[str, int | None], None] | None = None,
+                 throttle: Callable[[str], None] | None = None):
+        """`on_response(method, status)` is called after every request (status None: no answer came).
+
+        `throttle(method)` is called right before every request; it may sleep, or raise
+        `inloox.errors.Throttled`, which then propagates with nothing sent and nothing observed.
+        """
         self.base_url = _normalized_base_url(base_url)
         self.on_response = on_response
+        self.throttle = throttle
         self.timeout = _checked_timeout(timeout)
         self.metadata = metadata if metadata is not None else load_metadata()
         self._api_key = _ApiKey(token)
@@ -218,6 +224,8 @@ class Client:
             raise self._status_error(method, url, response, "answered with a body that is not JSON") from None
 
     def _send(self, method: str, url: str, body: dict | None = None) -> requests.Response:
+        if self.throttle is not None:
+            self.throttle(method)  # outside the try below: a refusal here is not a request
         shown = self._shown(url)
         started = time.monotonic()
         try:

@@ -6,6 +6,7 @@ worker whether sending the same request again is safe; `retry_after` (seconds) w
 The API token never appears in any of them: the client redacts it before building one.
 
     InLooxError                      .method .url .status .odata_code .message .retry_after
+    ├── Throttled                    our own shared rate limit said wait; nothing sent    retryable
     ├── TransportError               no response (connect failure, read timeout, reset)   retryable
     │   └── OutcomeUnknown           a write was sent but no answer came back             NOT retryable
     └── HTTPStatusError              a response came back; .response_excerpt .details
@@ -47,6 +48,15 @@ class InLooxError(Exception):
         self.odata_code = odata_code
         self.message = message if message is not None else text
         self.retry_after = retry_after
+
+
+class Throttled(InLooxError):
+    """Our own shared rate limit said wait, so nothing was sent; safe to retry after `retry_after` seconds.
+
+    Raised by the client's `throttle` hook (see `workers/throttle.py`), never by InLoox: `status` is None.
+    """
+
+    retryable = True
 
 
 class TransportError(InLooxError):
