@@ -38,7 +38,7 @@ def gate():
     """Log the request, apply any fault rules, then require the token."""
     sandbox, path = get_sandbox(), request.path[len(bp.url_prefix) + 1:]
     g.log_entry = {"method": request.method, "path": path, "query": request.query_string.decode(),
-                   "status": None, "body": _body_for_log(), "fault": None,
+                   "user": None, "status": None, "body": _body_for_log(), "fault": None,
                    "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
     for rule in sandbox.faults.fire(request.method, path):
         g.log_entry["fault"] = rule.kind
@@ -52,6 +52,7 @@ def gate():
             g.hang_s = rule.hang_s
     token = request.headers.get("x-api-key", "")
     g.user = sandbox.user_of(token)
+    g.log_entry["user"] = g.user  # whose request: tells workspaces (one token each) apart in the log
     if g.user is None:
         raise Unauthorized("Missing or invalid x-api-key header" if token else "Missing x-api-key header")
     return None

@@ -56,7 +56,7 @@ class SandboxServer:
         self._admin("DELETE", "faults")
 
     def requests(self) -> list[dict]:
-        """Logged requests to /api/odata/: {method, path, query, status, body, at, fault}."""
+        """Logged requests to /api/odata/: {method, path, query, user (ContactId), status, body, at, fault}."""
         return self._admin("GET", "requests").json()["value"]
 
     def clear_requests(self) -> None:
