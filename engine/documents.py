@@ -51,8 +51,16 @@ def format_path(path: Path) -> str:
     return text
 
 
+MAX_NODES = 50_000  # values in one document once YAML aliases are expanded; rules have hundreds
+
+
 def _plain(node: Any, path: Path, doc: Document) -> Any:
     """Copy a ruamel node into dicts and lists, recording positions on the way."""
+    if len(doc.values) > MAX_NODES:
+        # Aliases of aliases expand exponentially: a few hundred bytes could hold a billion values.
+        line, col = doc.values[path[:-1]] if path[:-1] in doc.values else (0, 0)
+        raise RuleError(f"the document holds more than {MAX_NODES} values once its YAML aliases are expanded",
+                        file=doc.file, line=line, col=col, hint="write the rule out without nested aliases")
     if isinstance(node, CommentedMap):
         out = {}
         for k, v in node.items():

@@ -173,3 +173,12 @@ def test_example_rules_load_without_errors():
 def test_rule_error_is_an_engine_error_with_fields():
     error = RuleError("bad", file="f.yaml", line=3, col=7, path="do[0]", hint="try this")
     assert str(error) == "f.yaml:3:7: do[0]: bad (try this)"
+
+
+def test_nested_yaml_aliases_are_refused_before_they_expand():
+    # 6 levels of 10 aliases each would be a million values from a few hundred bytes.
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]" for prev, name in zip("abcde", "bcdef")]
+    ruleset = load_texts([("bomb.yaml", "\n".join(levels + ["id: bomb"]))])
+    [error] = ruleset.errors
+    assert error.file == "bomb.yaml" and "more than 50000 values" in error.message
