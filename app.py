@@ -9,6 +9,8 @@ import os
 from dotenv import load_dotenv
 from flask import Flask
 
+from workers.workspaces import load_workspaces
+
 # Every setting, its environment variable and its default; nothing else reads os.environ for them.
 DEFAULTS = {
     "INLOOX_URL": "http://127.0.0.1:8090/api/odata/",
@@ -29,6 +31,13 @@ DEFAULTS = {
     "SLACK_SIGNING_SECRET": "",
     "TEAMS_SECURITY_TOKEN": "",
     "CHAT_USER_MAP": "",
+    # InLoox requests per second of the default workspace, shared by all processes (0: no limit).
+    "INLOOX_REQUESTS_PER_SECOND": "5",
+    # Hosted: a YAML file listing the workspaces (docs/deploy.md); unset: one workspace, "default",
+    # configured by the settings above.
+    "WORKSPACES_FILE": "",
+    # Hosted: the operator's bearer token, accepted for every workspace (each also has its own).
+    "OPERATOR_TOKEN": "",
 }
 
 
@@ -38,6 +47,7 @@ def load_config() -> dict:
     load_dotenv(".env")
     config = {name: os.environ.get(name, default) for name, default in DEFAULTS.items()}
     config["WEBHOOK_SOURCES"] = webhook_sources(os.environ)
+    config["WORKSPACES"] = load_workspaces(config)
     return config
 
 
@@ -55,12 +65,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(load_config() if test_config is None else
                             {**DEFAULTS, "WEBHOOK_SOURCES": {}, **test_config})
+    app.config.setdefault("WORKSPACES", None)
+    if app.config["WORKSPACES"] is None:
+        app.config["WORKSPACES"] = load_workspaces(app.config)
     if test_config is None:  # a served app: JSON logs; tests keep pytest's own log capture
         from workers.logs import configure_logging
 
         configure_logging(app.config)
 
-    from web import errors, health, hooks, inbox, metrics, openapi, queues, resources, runs, ui
+    from web import errors, health, hooks, inbox, metrics, openapi, queues, resources, runs, ui, workspace
     from web.rules_cli import rules_cli
     from web.poller_cli import poller_cli
     from web.runs_cli import runs_cli
@@ -69,11 +82,11 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     resources.init_app(app)
     errors.init_app(app)
+    workspace.init_app(app)
     app.register_blueprint(health.bp)
-    app.register_blueprint(hooks.bp)
-    app.register_blueprint(chat.bp)
-    app.register_blueprint(runs.bp)
-    app.register_blueprint(rules_api.bp)
+    # Workspace routes: at their own path for the default workspace, and under /workspaces/<ws>/.
+    for bp in (hooks.bp, chat.bp, runs.bp, rules_api.bp):
+        workspace.register(app, bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ui.bp)

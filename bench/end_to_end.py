@@ -35,7 +35,11 @@ import requests  # noqa: E402
 from rq import Queue  # noqa: E402
 
 from engine.events import Event  # noqa: E402
+from workers import workspaces  # noqa: E402
 from workers.intake import submit_event  # noqa: E402
+
+# The default workspace, as the engine processes see it (only its name and key prefix matter here).
+BENCH_WORKSPACE = workspaces.Workspace(workspaces.DEFAULT, "http://unused/", "unused")
 
 PROJECT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 SANDBOX_TOKEN, ENGINE_TOKEN = "bench-person", "bench-engine"
@@ -60,8 +64,10 @@ def fill_backlog(connection: redis.Redis, count: int, tag: str) -> list[str]:
         event = Event(source="webhook", kind=harness.WEBHOOK_SOURCE, id=f"webhook:{harness.WEBHOOK_SOURCE}:{msg_id}",
                       occurred_at=datetime.now(timezone.utc),
                       payload={"id": msg_id, "body": {"title": title}, "headers": {"content-type": "application/json"}})
-        if not submit_event(connection, event, dedup_key=f"hooks:seen:bench:{msg_id}", dedup_ttl=3600):
-            raise AssertionError(f"{msg_id} was not accepted")
+        with workspaces.using(BENCH_WORKSPACE):
+            if not submit_event(connection, event, dedup_key=workspaces.key(f"hooks:seen:bench:{msg_id}"),
+                                dedup_ttl=3600):
+                raise AssertionError(f"{msg_id} was not accepted")
         titles.append(title)
     return titles
 
@@ -131,10 +137,10 @@ class UrlTarget:
 
 
 def run_statuses(connection: redis.Redis) -> dict:
-    ids = [i.decode() for i in connection.zrange("runs", 0, -1)]
+    ids = [i.decode() for i in connection.zrange(BENCH_WORKSPACE.prefix + "runs", 0, -1)]
     statuses: dict[str, int] = {}
     for start in range(0, len(ids), 500):
-        for raw in connection.mget([f"run:{i}" for i in ids[start:start + 500]]):
+        for raw in connection.mget([f"{BENCH_WORKSPACE.prefix}run:{i}" for i in ids[start:start + 500]]):
             status = json.loads(raw)["status"] if raw else "missing"
             statuses[status] = statuses.get(status, 0) + 1
     return statuses
@@ -216,7 +222,8 @@ def main() -> None:
     rules = Path(tempfile.mkdtemp(prefix="bench-rules-"))
     (rules / "bench.yaml").write_text(RULE)
     base_env = {"REDIS_URL": f"redis://127.0.0.1:{server.port}/0", "RULES_PATH": str(rules), "INLOOX_URL": None,
-                "INLOOX_API_KEY": None, "OUTBOUND_ALLOW": "127.0.0.1"}
+                "INLOOX_API_KEY": None, "OUTBOUND_ALLOW": "127.0.0.1",
+                "INLOOX_REQUESTS_PER_SECOND": "0"}  # measuring our throughput, not InLoox's budget
     try:
         overhead = rq_overhead(server, base_env, args.rq_jobs)
         print(f"  rq: {overhead:.2f} ms per no-op job (one SimpleWorker, {args.rq_jobs} jobs); "

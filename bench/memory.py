@@ -92,7 +92,8 @@ def main() -> None:
     (rules / "bench.yaml").write_text(RULE)
     (rules / "watch.yaml").write_text(TASK_RULE)
     env = {"REDIS_URL": f"redis://127.0.0.1:{server.port}/0", "RULES_PATH": str(rules), "INLOOX_URL": odata,
-           "INLOOX_API_KEY": ENGINE_TOKEN, "OUTBOUND_ALLOW": "127.0.0.1", "POLL_INTERVAL": "2"}
+           "INLOOX_API_KEY": ENGINE_TOKEN, "OUTBOUND_ALLOW": "127.0.0.1", "POLL_INTERVAL": "2",
+           "INLOOX_REQUESTS_PER_SECOND": "0"}
     web, base = harness.gunicorn(env)
     worker = harness.rq_worker(env)
     poller = harness.Process.python("-m", "workers.poller", name="poller", env=env)

@@ -25,6 +25,7 @@ import requests  # noqa: E402
 
 from inloox import Client  # noqa: E402
 from inloox.changes import change_feed  # noqa: E402
+from workers import workspaces  # noqa: E402
 from workers.poll import PollSettings, poll_once  # noqa: E402
 
 PERSON_TOKEN, ENGINE_TOKEN = "bench-person", "bench-engine"
@@ -75,7 +76,8 @@ def measured_poll(counting: CountingClient, connection, sandbox_url: str, sandbo
     requests.delete(sandbox_url + "_sandbox/requests", timeout=10)
     counting.bytes = 0
     cpu0, server0, wall0 = time.process_time(), harness.cpu_seconds([sandbox_pid]), time.perf_counter()
-    result = poll_once(counting.client, connection, change_feed("Task"), WATCHED, PollSettings())
+    with workspaces.using(workspaces.Workspace(workspaces.DEFAULT, sandbox_url, "unused")):
+        result = poll_once(counting.client, connection, change_feed("Task"), WATCHED, PollSettings())
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     server = harness.cpu_seconds([sandbox_pid]) - server0
     log = requests.get(sandbox_url + "_sandbox/requests", timeout=60).json()["value"]

@@ -54,7 +54,16 @@ def app(redis_url, sandbox):
     from app import create_app
 
     return create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
-                       "INLOOX_API_KEY": sandbox.token})
+                       "INLOOX_API_KEY": sandbox.token, "INLOOX_REQUESTS_PER_SECOND": "0"})
+
+
+@pytest.fixture
+def workspace(sandbox):
+    """Work for the default workspace (this test's sandbox) in code the test calls directly."""
+    from workers import workspaces
+
+    with workspaces.using(workspaces.Workspace(workspaces.DEFAULT, sandbox.base_url, sandbox.token)) as entered:
+        yield entered
 
 
 @pytest.fixture
@@ -92,7 +101,10 @@ def stack(redis_url, sandbox, receiver, rules_dir):
 
     env = {"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": sandbox.token,
            "RULES_PATH": str(rules_dir), "TEAM_CHANNEL_URL": receiver.json_url,
-           "OUTBOUND_ALLOW": "127.0.0.1", "POLL_INTERVAL": "1"}
+           "OUTBOUND_ALLOW": "127.0.0.1", "POLL_INTERVAL": "1",
+           # No shared InLoox rate limit here: tests of other things should not wait for it
+           # (tests/integration/test_workspaces.py checks the limit itself).
+           "INLOOX_REQUESTS_PER_SECOND": "0"}
     stack = Stack(env)
     yield stack
     stack.stop()

@@ -14,8 +14,11 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from inloox import InLooxError
 from web.commands import ChatCommand, answer
 from web.signatures import SignatureError, verify_slack, verify_teams
+from web.workspace import require_workspace
+from workers import workspaces
 
 bp = Blueprint("chat", __name__, url_prefix="/chat")
+bp.before_request(require_workspace)
 
 MAX_BODY_BYTES = 64 * 1024
 _MENTION = re.compile(r"<at>.*?</at>", re.DOTALL)
@@ -27,7 +30,7 @@ def slack():
     request.max_content_length = MAX_BODY_BYTES
     body = request.get_data(cache=True)
     try:
-        verify_slack(body, request.headers, current_app.config["SLACK_SIGNING_SECRET"])
+        verify_slack(body, request.headers, workspaces.current().slack_signing_secret)
     except SignatureError as exc:
         abort(401, f"Slack signature rejected: {exc}")
     form = request.form
@@ -46,7 +49,7 @@ def teams():
     request.max_content_length = MAX_BODY_BYTES
     body = request.get_data(cache=True)
     try:
-        verify_teams(body, request.headers.get("Authorization"), current_app.config["TEAMS_SECURITY_TOKEN"])
+        verify_teams(body, request.headers.get("Authorization"), workspaces.current().teams_security_token)
     except SignatureError as exc:
         abort(401, f"Teams signature rejected: {exc}")
     activity = request.get_json(silent=True)

@@ -15,15 +15,13 @@ import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from flask import current_app
-
-from engine import Event, Ruleset, evaluate, load_rules, match_event
+from engine import Event, Ruleset, evaluate, match_event
 from engine.commands import chat_commands, confirmation_reason, describe_plan, help_text
 from engine.match import bindings
 from inloox import and_, contains, eq
-from web.resources import get_inloox, get_redis
+from web.resources import get_context, get_inloox, get_redis
 from workers.intake import submit_event
-from workers.worker_context import rule_env
+from workers.workspaces import current, key
 
 # Slack retries for minutes and Teams for seconds; a day covers both with room to spare.
 DEDUP_TTL_SECONDS = 24 * 3600
@@ -47,7 +45,7 @@ class ChatCommand:
 def answer(command: ChatCommand) -> str:
     """Handle one command and return what to tell the person right away."""
     name, _, rest = command.text.strip().partition(" ")
-    ruleset = load_rules(current_app.config["RULES_PATH"])
+    ruleset = get_context().ruleset()
     if name in ("", "help"):
         return help_text(ruleset, prefix=command.prefix)
     if name == "confirm":
@@ -61,7 +59,7 @@ def answer(command: ChatCommand) -> str:
 
 def _plan_and_submit(command: ChatCommand, ruleset: Ruleset, event: Event) -> str:
     now = datetime.now(timezone.utc)
-    env = rule_env(current_app.config)
+    env = get_context().rule_env
     matches = [m for m in match_event(event, ruleset, now=now, env=env) if m.matched]
     if not matches:
         return f"That does not fit `{event.kind}`. Usage:\n" + help_text(ruleset, prefix=command.prefix, only=event.kind)
@@ -91,7 +89,7 @@ def _event(command: ChatCommand, name: str, text: str) -> Event:
 
 def _mapped_user(user: dict) -> dict:
     """The chat user with their InLoox ContactId, from CHAT_USER_MAP (chat id → email or ContactId)."""
-    target = user_map(current_app.config["CHAT_USER_MAP"]).get(user.get("id", ""), user.get("email"))
+    target = user_map(current().chat_user_map).get(user.get("id", ""), user.get("email"))
     if not target:
         return dict(user)
     if _GUID.match(target):
@@ -153,15 +151,15 @@ def _confirm(command: ChatCommand, code: str) -> str:
     event = Event.from_dict(json.loads(raw))
     # The newer response_url: Slack's URLs expire, and the person expects the answer under `confirm`.
     event = replace(event, payload={**event.payload, "response_url": command.response_url})
-    submit_event(get_redis(), event, dedup_key=f"chat:confirmed:{event.id}", dedup_ttl=DEDUP_TTL_SECONDS)
+    submit_event(get_redis(), event, dedup_key=key(f"chat:confirmed:{event.id}"), dedup_ttl=DEDUP_TTL_SECONDS)
     return f"Confirmed: `{event.payload['typed']}` is on its way." + (
         " The result follows here." if command.response_url else "")
 
 
 def _seen_key(command: ChatCommand) -> str:
-    return f"chat:seen:{command.surface}:{command.request_id}"
+    return key(f"chat:seen:{command.surface}:{command.request_id}")
 
 
 def _pending_key(command: ChatCommand, code: str) -> str:
-    return f"chat:confirm:{command.surface}:{command.user.get('id', '')}:{code}"
+    return key(f"chat:confirm:{command.surface}:{command.user.get('id', '')}:{code}")
 

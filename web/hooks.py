@@ -5,15 +5,17 @@ import json
 from datetime import datetime, timezone
 
 import redis
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, abort, current_app, g, jsonify, request
 
 from engine.events import Event
 from web.resources import get_redis
+from web.workspace import require_workspace
 from web.signatures import SignatureError, verify_standard_webhook
-from workers import metrics
+from workers import metrics, workspaces
 from workers.intake import submit_event
 
 bp = Blueprint("hooks", __name__, url_prefix="/hooks")
+bp.before_request(require_workspace)
 
 MAX_BODY_BYTES = 64 * 1024
 # Senders retry for up to ~3 days; remembering ids for 5 makes every retry a duplicate.
@@ -23,7 +25,7 @@ DEDUP_TTL_SECONDS = 5 * 24 * 3600
 @bp.post("/<source>")
 def receive(source: str):
     """Verify, store durably, then answer 202 (200 for a redelivery of an accepted id)."""
-    secrets = current_app.config["WEBHOOK_SOURCES"].get(source)
+    secrets = workspaces.current().webhook_sources.get(source)
     if not secrets:
         abort(404, f"unknown webhook source {source!r}")
     request.max_content_length = MAX_BODY_BYTES  # larger bodies end in 413 before being read
@@ -34,7 +36,7 @@ def receive(source: str):
         abort(401, f"webhook signature rejected: {exc}")
     event = _event(source, request.headers["webhook-id"], _json(body))
     try:
-        accepted = submit_event(get_redis(), event, dedup_key=f"hooks:seen:{source}:{event.payload['id']}",
+        accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
                                 dedup_ttl=DEDUP_TTL_SECONDS)
     except redis.RedisError:
         current_app.logger.exception("webhook %s from %s not stored", event.id, source)
@@ -46,9 +48,9 @@ def receive(source: str):
 @bp.after_request
 def count_rejected(response):
     """Count refused deliveries (unknown source, bad signature, bad body) as `rejected` events."""
-    if 400 <= response.status_code < 500:
+    if 400 <= response.status_code < 500 and "workspace_token" in g:  # not for unknown workspaces
         source = (request.view_args or {}).get("source")
-        known = source in current_app.config["WEBHOOK_SOURCES"]
+        known = source in workspaces.current().webhook_sources
         try:
             metrics.count(get_redis(), "events", source="webhook", outcome="rejected",
                           kind=source if known else "unknown")  # never a sender's arbitrary name

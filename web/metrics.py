@@ -2,7 +2,9 @@
 
 Web, worker and poller are separate processes, so their counters live in Redis (`workers.metrics`)
 and this collector reads them; gauges (queue depth, poll lag, held floods, workers) are measured
-from Redis as they are now.
+from Redis as they are now. Every series has a `workspace` label. `/metrics` shows all workspaces
+(the operator's token, when OPERATOR_TOKEN is set); `/workspaces/<ws>/metrics` shows one workspace's
+series only, to its admin token.
 """
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 import redis
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from web.resources import get_redis
-from workers.enqueue import QUEUE
+from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_operator_token
+from workers import workspaces
 from workers.metrics import COUNTERS, STEP_MS_BUCKETS, parse_field
 from workers.poll_status import poll_status
 
@@ -43,18 +46,31 @@ COUNTER_METRICS = {
 
 @bp.get("/metrics")
 def metrics():
-    """Every metric in Prometheus' text format."""
-    return Response(generate_latest(RedisCollector(get_redis())), mimetype=CONTENT_TYPE_LATEST)
+    """Every metric of every workspace in Prometheus' text format."""
+    require_operator_token()
+    served = list(current_app.config["WORKSPACES"].values())
+    return Response(generate_latest(RedisCollector(get_redis(), served)), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get(WORKSPACE_PREFIX + "/metrics")
+def workspace_metrics():
+    """The metrics of one workspace (its admin token)."""
+    require_admin_token()
+    collector = RedisCollector(get_redis(), [workspaces.current()])
+    return Response(generate_latest(collector), mimetype=CONTENT_TYPE_LATEST)
 
 
 class RedisCollector:
-    """A prometheus_client collector over the counters and queues in one Redis database."""
+    """A prometheus_client collector over the counters and queues of some workspaces in one Redis database."""
 
-    def __init__(self, connection: redis.Redis):
+    def __init__(self, connection: redis.Redis, served: list[workspaces.Workspace]):
         self.connection = connection
+        self.served = served
 
     def collect(self):
-        counters = [(*parse_field(f), int(v)) for f, v in self.connection.hgetall(COUNTERS).items()]
+        names = {w.name for w in self.served}
+        counters = [(name, labels, int(v)) for f, v in self.connection.hgetall(COUNTERS).items()
+                    for name, labels in [parse_field(f)] if labels.get("workspace") in names]
         yield from _counter_families(counters)
         yield _step_histogram(counters)
         yield from self._poll_gauges()
@@ -62,22 +78,25 @@ class RedisCollector:
 
     def _poll_gauges(self):
         lag = GaugeMetricFamily(PREFIX + "poll_lag_seconds", "Now minus the poll cursor, per entity set",
-                                labels=["entity_set"])
+                                labels=["workspace", "entity_set"])
         held = GaugeMetricFamily(PREFIX + "held_floods", "Changes waiting in a held flood, per entity set",
-                                 labels=["entity_set"])
-        for entry in poll_status(self.connection, now=datetime.now(timezone.utc)):
-            if entry["lag_seconds"] is not None:
-                lag.add_metric([entry["entity_set"]], entry["lag_seconds"])
-            held.add_metric([entry["entity_set"]], entry["held"])
+                                 labels=["workspace", "entity_set"])
+        for workspace in self.served:
+            with workspaces.using(workspace):
+                for entry in poll_status(self.connection, now=datetime.now(timezone.utc)):
+                    if entry["lag_seconds"] is not None:
+                        lag.add_metric([workspace.name, entry["entity_set"]], entry["lag_seconds"])
+                    held.add_metric([workspace.name, entry["entity_set"]], entry["held"])
         return lag, held
 
     def _queue_gauges(self):
-        queue = Queue(QUEUE, connection=self.connection, serializer="json")
         depth = GaugeMetricFamily(PREFIX + "queue_jobs", "RQ jobs by state", labels=["queue", "state"])
-        depth.add_metric([QUEUE, "queued"], queue.count)
-        for state, registry in (("started", StartedJobRegistry), ("scheduled", ScheduledJobRegistry),
-                                ("failed", FailedJobRegistry)):
-            depth.add_metric([QUEUE, state], registry(queue=queue).count)
+        for workspace in self.served:
+            queue = Queue(workspace.queue, connection=self.connection, serializer="json")
+            depth.add_metric([queue.name, "queued"], queue.count)
+            for state, registry in (("started", StartedJobRegistry), ("scheduled", ScheduledJobRegistry),
+                                    ("failed", FailedJobRegistry)):
+                depth.add_metric([queue.name, state], registry(queue=queue).count)
         workers = GaugeMetricFamily(PREFIX + "workers", "RQ workers registered")
         workers.add_metric([], len(Worker.all(connection=self.connection)))
         return depth, workers
@@ -87,8 +106,8 @@ def _counter_families(counters: list[tuple[str, dict, int]]):
     sums = defaultdict(int)  # summed by the labels shown, so no series appears twice
     for name, labels, value in counters:
         if name in COUNTER_METRICS:
-            sums[name, tuple(labels.get(n, "") for n in COUNTER_METRICS[name][2])] += value
-    families = {name: CounterMetricFamily(PREFIX + prom, text, labels=list(labels))
+            sums[name, tuple(labels.get(n, "") for n in ("workspace", *COUNTER_METRICS[name][2]))] += value
+    families = {name: CounterMetricFamily(PREFIX + prom, text, labels=["workspace", *labels])
                 for name, (prom, text, labels) in COUNTER_METRICS.items()}
     for (name, values), value in sorted(sums.items()):
         families[name].add_metric(list(values), value)
@@ -103,7 +122,7 @@ def _step_histogram(counters: list[tuple[str, dict, int]]) -> HistogramMetricFam
         if name == "step_ms_bucket":
             per_bucket[labels["le"]] += value
         elif name == "step_ms_sum":
-            sum_ms += value
+            sum_ms += value  # the histogram adds up the workspaces shown
     buckets, total = [], 0
     for bound in (*STEP_MS_BUCKETS, "+Inf"):
         total += per_bucket.get(str(bound), 0)

@@ -1,7 +1,8 @@
-"""Shared clients owned by the app: Redis and InLoox, opened lazily once per process.
+"""Shared clients owned by the app: Redis, and per workspace InLoox and the rules, opened lazily.
 
 As in Flask's tutorial `db.py`: `get_*()` opens on first use and caches; nothing is built at import
-time, so tests and CLI commands that never touch Redis never connect to it.
+time, so tests and CLI commands that never touch Redis never connect to it. InLoox and the rules
+are those of the request's workspace (see web/workspace.py).
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import redis
 from flask import Flask, current_app
 
 from inloox import Client
+from workers import workspaces
+from workers.worker_context import WorkerContext, build_context
 
 _EXTENSION = "inloox_automation"
 
@@ -20,13 +23,15 @@ def get_redis() -> redis.Redis:
     ))
 
 
+def get_context() -> WorkerContext:
+    """The current workspace's InLoox client, rules and settings (built once per process)."""
+    workspace = workspaces.current()
+    return _cached(f"context:{workspace.name}", lambda: build_context(current_app.config, workspace, get_redis()))
+
+
 def get_inloox() -> Client:
-    """The app's InLoox client for the configured base URL and token."""
-    return _cached("inloox", lambda: Client(
-        current_app.config["INLOOX_URL"],
-        current_app.config["INLOOX_API_KEY"],
-        timeout=float(current_app.config["INLOOX_TIMEOUT"]),
-    ))
+    """The InLoox client of the current workspace."""
+    return get_context().client
 
 
 def _cached(name: str, build):

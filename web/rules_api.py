@@ -1,19 +1,30 @@
-"""The rules API: `POST /rules/<id>/run` runs a rule now (admin token, like the runs API)."""
+"""The rules API (admin token): run a rule now, and manage a workspace's uploaded rule bundles.
+
+    POST /rules/<id>/run                 run a rule now (a manual event, or a given one)
+    PUT  /rules                          upload a bundle: validated, stored as a new version, activated
+    GET  /rules                          the versions, newest first, and which one is active
+    POST /rules/versions/<n>/activate    roll back (or forward) to a stored version
+
+All of it also under `/workspaces/<ws>/rules`. Bundles are for workspaces whose rules are not a
+folder in git; a workspace with a rules folder answers 409 to uploads (git is its history).
+"""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, abort, jsonify, request
 
-from engine import Event, explain, load_rules
-from web.resources import get_redis
-from web.runs import require_admin_token
+from engine import Event, explain
+from web.resources import get_context, get_redis
+from web.workspace import require_admin_token
+from workers import bundles, workspaces
 from workers.manual import ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
 from workers.runs import run_id
-from workers.worker_context import rule_env
 
 bp = Blueprint("rules_api", __name__, url_prefix="/rules")
 bp.before_request(require_admin_token)
+
+MAX_BUNDLE_BYTES = 2 * 1024 * 1024
 
 
 @bp.post("/<rule_id>/run")
@@ -22,7 +33,7 @@ def run(rule_id: str):
     body = request.get_json(silent=True) or {}
     now = datetime.now(timezone.utc)
     event = _event(body, rule_id, now)
-    ruleset, env = load_rules(current_app.config["RULES_PATH"]), rule_env(current_app.config)
+    ruleset, env = get_context().ruleset(), get_context().rule_env
     try:
         plan = plan_manual_run(ruleset, rule_id, event, now=now, env=env)
     except ManualRunRefused as exc:
@@ -41,3 +52,57 @@ def _event(body: dict, rule_id: str, now: datetime) -> Event:
         return Event.from_dict(body["event"])
     except (KeyError, TypeError, ValueError) as exc:
         abort(400, f"not an event: {exc}")
+
+
+@bp.put("")
+def upload():
+    """Upload a rule bundle (JSON `{"files": {…}}`, one YAML file, or a .tar.gz of a rules folder).
+
+    422 with every error (file:line:col, as `flask rules check` prints them) when it does not
+    validate; the active version then stays as it was.
+    """
+    _require_bundle_workspace()
+    request.max_content_length = MAX_BUNDLE_BYTES
+    try:
+        files = bundles.parse_bundle(request.get_data(cache=False), request.content_type or "")
+    except bundles.BundleError as exc:
+        abort(400, str(exc))
+    outcome = bundles.upload(get_redis(), workspaces.current().prefix, files, by=_who())
+    if isinstance(outcome, list):
+        return jsonify(error="the rule bundle is not valid; the active version is unchanged",
+                       errors=[str(e) for e in outcome]), 422
+    return jsonify(version=outcome.to_dict(), active=outcome.number), 201
+
+
+@bp.get("")
+def versions():
+    """The stored versions of the workspace's rule bundle, newest first."""
+    folder, prefix = workspaces.current().rules_path, workspaces.current().prefix
+    if folder is not None:
+        return jsonify(source="folder", folder=folder, active=get_context().rules.current()[1], versions=[])
+    number = bundles.active_number(get_redis(), prefix)  # not the cached rule set: the pointer as it is now
+    return jsonify(source="bundles", folder=None, active=f"v{number}" if number else None,
+                   versions=[v.to_dict() for v in bundles.versions(get_redis(), prefix)])
+
+
+@bp.post("/versions/<number>/activate")
+def activate(number: str):
+    """Make a stored version the active one (a rollback, or back forward)."""
+    _require_bundle_workspace()
+    try:
+        version = bundles.activate(get_redis(), workspaces.current().prefix, int(number))
+    except (ValueError, bundles.UnknownVersion) as exc:
+        abort(404, f"no rule bundle version {number!r}: {exc}")
+    return jsonify(version=version.to_dict(), active=version.number)
+
+
+def _require_bundle_workspace() -> None:
+    path = workspaces.current().rules_path
+    if path is not None:
+        abort(409, f"the rules of workspace {workspaces.current().name!r} come from the folder {path} (git); "
+                   "change them there")
+
+
+def _who() -> str:
+    """Who uploaded: the operator or the workspace admin (never the token itself)."""
+    return "admin" if request.headers.get("Authorization") else "anonymous"

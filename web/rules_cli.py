@@ -10,6 +10,8 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from engine import Event, RuleError, explain, load_rules, rule_schema
+from web.resources import get_context
+from web.workspace import cli_workspace
 from engine.documents import parse_documents
 from engine.edm import parse_datetime
 from engine.fixtures import fixture_files, run_fixture_file
@@ -93,6 +95,7 @@ def explain_command(event_file: Path, rules_path: Path, now: str | None, env_pai
 
 
 @rules_cli.command("run")
+@cli_workspace
 @click.argument("rule_id")
 @click.option("--event", "event_file", type=click.Path(exists=True, path_type=Path),
               help="A YAML or JSON file holding the event to run the rule for (default: a manual event).")
@@ -105,7 +108,7 @@ def run_command(rule_id: str, event_file: Path | None, dry_run: bool, env_pairs:
     With --event, every rule that event matches runs (the event is simply accepted again).
     """
     config, now = current_app.config, datetime.now(timezone.utc)
-    ruleset = load_rules(config.get("RULES_PATH", "rules"))
+    ruleset = get_context().ruleset()
     event = _read_event(event_file) if event_file else manual_event(rule_id, now=now, given={"by": "flask rules run"})
     env = {**rule_env({"RULES_ENV": config.get("RULES_ENV", "")}), **dict(_pair(p) for p in env_pairs)}
     try:

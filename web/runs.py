@@ -1,26 +1,18 @@
-"""The runs API: `GET /runs`, `GET /runs/<id>` (with its event's trace), `POST /runs/<id>/retry`."""
+"""The runs API: `GET /runs`, `GET /runs/<id>` (with its event's trace), `POST /runs/<id>/retry`.
+
+Also under `/workspaces/<ws>/runs`; a run is only found through its own workspace.
+"""
 from __future__ import annotations
 
-import hmac
-
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, abort, jsonify, request
 
 from web.resources import get_redis
+from web.workspace import require_admin_token
 from workers.jobs import RetryRefused, retry_run
 from workers.runs import list_runs, load_run, load_trace
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
-
-
-@bp.before_request
-def require_admin_token():
-    """With ADMIN_TOKEN set, every runs request needs `Authorization: Bearer <token>`."""
-    expected = current_app.config.get("ADMIN_TOKEN")
-    if not expected:
-        return
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        abort(401, "an admin token is needed (Authorization: Bearer …)")
+bp.before_request(require_admin_token)
 
 
 @bp.get("")
@@ -51,6 +43,6 @@ def retry(run_id: str):
 
 
 def _summary(run: dict) -> dict:
-    keys = ("id", "rule_id", "rule_version", "event_id", "source", "mode", "status", "reason",
+    keys = ("id", "rule_id", "rule_version", "ruleset_version", "event_id", "source", "mode", "status", "reason",
             "created_at", "updated_at", "attempts")
     return {key: run.get(key) for key in keys} | {"steps": len(run["steps"])}

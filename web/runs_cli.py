@@ -7,6 +7,7 @@ import click
 from flask.cli import AppGroup
 
 from web.resources import get_redis
+from web.workspace import cli_workspace
 from workers.guards import resume_rule
 from workers.jobs import RetryRefused, resume_account, retry_run
 from workers.runs import list_runs, load_run, load_trace
@@ -15,6 +16,7 @@ runs_cli = AppGroup("runs", help="List, inspect and retry rule runs.")
 
 
 @runs_cli.command("list")
+@cli_workspace
 @click.option("--rule", help="Only runs of this rule id.")
 @click.option("--status", help="Only runs in this status (queued, retrying, succeeded, failed, paused, …).")
 @click.option("--limit", default=20, show_default=True)
@@ -32,6 +34,7 @@ def list_command(rule, status, limit, as_json):
 
 
 @runs_cli.command("show")
+@cli_workspace
 @click.argument("run_id")
 def show_command(run_id):
     """One run with its steps and its event's trace, as JSON."""
@@ -42,6 +45,7 @@ def show_command(run_id):
 
 
 @runs_cli.command("retry")
+@cli_workspace
 @click.argument("run_id")
 @click.option("--from-start", is_flag=True, help="Begin at the first step (landed writes are not repeated).")
 def retry_command(run_id, from_start):
@@ -54,6 +58,7 @@ def retry_command(run_id, from_start):
 
 
 @runs_cli.command("resume")
+@cli_workspace
 @click.option("--rule", "rule_id", help="Resume this rule, paused by the loop guard, instead of the account.")
 def resume_command(rule_id):
     """Lift the account's pause (InLoox refused the token) and queue its paused runs again."""

@@ -1,6 +1,6 @@
 """The dashboard under `/ui`: rules, runs (with retry buttons) and the poller, as server-rendered pages.
 
-With ADMIN_TOKEN set, every page needs a login (a form that sets an HttpOnly, SameSite=Strict cookie
+It shows the default workspace. With an admin token set (ADMIN_TOKEN, or OPERATOR_TOKEN), every page needs a login (a form that sets an HttpOnly, SameSite=Strict cookie
 holding an HMAC of the token, never the token) or `Authorization: Bearer <token>`. Pages show run
 records and rule files, which hold no tokens or webhook secrets.
 """
@@ -10,10 +10,11 @@ import hashlib
 import hmac
 from datetime import datetime, timedelta, timezone
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 
-from engine import load_rules
-from web.resources import get_redis
+from web.resources import get_context, get_redis
+from web.workspace import admin_tokens, bearer_token, is_admin, require_workspace
+from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
 from workers.poll_status import poll_status
 from workers.runs import list_runs, load_run, load_trace
@@ -27,13 +28,13 @@ PER_RULE_SCAN = 1000  # runs looked at per rule for the 24-hour figures
 
 @bp.before_request
 def require_login():
-    """With ADMIN_TOKEN set, send visitors without a valid session or bearer token to the login form."""
-    token = current_app.config.get("ADMIN_TOKEN")
-    if not token or request.endpoint == "ui.login":
+    """With an admin token set, send visitors without a valid session or bearer token to the login form."""
+    require_workspace()
+    tokens = admin_tokens()
+    if not tokens or request.endpoint == "ui.login":
         return None
-    bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if hmac.compare_digest(request.cookies.get(COOKIE, ""), _session(token)) or \
-            hmac.compare_digest(bearer.encode(), token.encode()):
+    cookie = request.cookies.get(COOKIE, "")
+    if any(hmac.compare_digest(cookie, _session(t)) for t in tokens) or is_admin(bearer_token()):
         return None
     if request.method != "GET":
         abort(401, "log in to the dashboard first")
@@ -43,12 +44,12 @@ def require_login():
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """The login form; a right token sets the session cookie."""
-    token = current_app.config.get("ADMIN_TOKEN") or ""
     if request.method == "GET":
         return render_template("ui/login.html")
     given = request.form.get("token", "")
-    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+    if not admin_tokens() or not is_admin(given):
         return render_template("ui/login.html", error="That is not the admin token."), 401
+    token = given
     target = request.args.get("next", "")
     response = redirect(target if target.startswith("/ui") else url_for("ui.rules"))
     response.set_cookie(COOKIE, _session(token), httponly=True, samesite="Strict", secure=request.is_secure)
@@ -64,7 +65,7 @@ def index():
 @bp.get("/rules")
 def rules():
     """Each rule: state, trigger summary, last run, runs and failures in the last 24 h; broken files."""
-    ruleset = load_rules(current_app.config["RULES_PATH"])
+    ruleset = get_context().ruleset()
     connection = get_redis()
     since = datetime.now(timezone.utc) - RECENT
     rows = [_rule_row(connection, rule, since) for rule in sorted(ruleset.rules.values(), key=lambda r: r.id)]
@@ -111,10 +112,10 @@ def poller():
 
 def _rule_row(connection, rule, since: datetime) -> dict:
     ids = [i.decode() for i in connection.zrevrangebyscore(
-        f"runs:rule:{rule.id}", "+inf", since.timestamp(), start=0, num=PER_RULE_SCAN)]
+        key(f"runs:rule:{rule.id}"), "+inf", since.timestamp(), start=0, num=PER_RULE_SCAN)]
     recent = [r for r in (load_run(connection, i) for i in ids) if r]
-    last_id = connection.zrevrange(f"runs:rule:{rule.id}", 0, 0)
-    paused = connection.get(f"rule:paused:{rule.id}")
+    last_id = connection.zrevrange(key(f"runs:rule:{rule.id}"), 0, 0)
+    paused = connection.get(key(f"rule:paused:{rule.id}"))
     state = "paused" if paused is not None else "disabled" if not rule.enabled else rule.mode
     return {"rule": rule, "state": state, "paused_reason": paused.decode() if paused else "",
             "last": load_run(connection, last_id[0].decode()) if last_id else None,

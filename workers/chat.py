@@ -9,10 +9,11 @@ import logging
 
 import redis
 
-from workers.enqueue import queue
+from workers import workspaces
+from workers.enqueue import queue, workspace_job_id
 from workers.outbound import http
 from workers.runs import TERMINAL, load_run
-from workers.worker_context import worker_context
+from workers.worker_context import workspace_job
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +25,17 @@ def after_run(connection: redis.Redis, run: dict) -> None:
     """Queue the result message of a finished run that came from a chat command with a response_url."""
     event = run["plan"]["event"]
     if run["status"] in TERMINAL and event.get("source") == "chat" and event["payload"].get("response_url"):
-        queue(connection).enqueue(POST_RESULT, run["id"], job_id=f"chat-result-{run['id']}")
+        queue(connection).enqueue(POST_RESULT, run["id"], workspaces.current().name,
+                                  job_id=workspace_job_id(f"chat-result-{run['id']}"))
 
 
-def post_result(run_id: str) -> str:
+@workspace_job
+def post_result(ctx, run_id: str) -> str:
     """Post the run's result to its response_url, at most once; returns what happened."""
-    ctx = worker_context()
     run = load_run(ctx.connection, run_id)
     if run is None:
         return "missing"
-    if not ctx.connection.set(f"chat:posted:{run_id}", 1, nx=True, ex=POSTED_TTL_SECONDS):
+    if not ctx.connection.set(workspaces.key(f"chat:posted:{run_id}"), 1, nx=True, ex=POSTED_TTL_SECONDS):
         return "already posted"
     url = run["plan"]["event"]["payload"]["response_url"]
     # OutboundRefused propagates: the job fails visibly, and the claim above keeps it from repeating.

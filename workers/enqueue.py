@@ -10,14 +10,20 @@ import redis
 from rq import Queue, Retry
 from rq.rate_limit import RateLimit
 
-QUEUE = "default"
+from workers import workspaces
+
 RUN_JOB_TIMEOUT = 40  # seconds; with the worker's short grace a killed run resumes within a minute
 EXECUTE_RUN = "workers.jobs.execute_run"
 
 
 def queue(connection: redis.Redis) -> Queue:
-    """The work queue, with RQ's JSON serializer (job arguments are ids and plain data)."""
-    return Queue(QUEUE, connection=connection, serializer="json")
+    """The current workspace's queue, with RQ's JSON serializer (job arguments are ids and plain data)."""
+    return Queue(workspaces.current().queue, connection=connection, serializer="json")
+
+
+def workspace_job_id(name: str) -> str:
+    """An RQ job id unique across workspaces: run ids repeat when two accounts see the same event id."""
+    return f"{workspaces.current().name}-{name}"
 
 
 def queue_run(connection: redis.Redis, run: dict, *, job_id: str | None = None, delay: float = 0.0) -> None:
@@ -27,11 +33,14 @@ def queue_run(connection: redis.Redis, run: dict, *, job_id: str | None = None, 
     `concurrency: {key, limit}` becomes RQ's RateLimit: runs over the limit wait in Redis and
     start as earlier ones finish.
     """
-    options = {"job_id": job_id or run["id"], "job_timeout": RUN_JOB_TIMEOUT, "retry": Retry(max=3)}
+    options = {"job_id": workspace_job_id(job_id or run["id"]), "job_timeout": RUN_JOB_TIMEOUT,
+               "retry": Retry(max=3)}
     concurrency = run["plan"].get("concurrency")
     if concurrency:
-        options["rate_limit"] = RateLimit(key=f"concurrency:{concurrency['key']}", concurrency=concurrency["limit"])
+        options["rate_limit"] = RateLimit(key=workspaces.key(f"concurrency:{concurrency['key']}"),
+                                          concurrency=concurrency["limit"])
+    args = (run["id"], workspaces.current().name)
     if delay > 0:
-        queue(connection).enqueue_in(timedelta(seconds=delay), EXECUTE_RUN, run["id"], **options)
+        queue(connection).enqueue_in(timedelta(seconds=delay), EXECUTE_RUN, *args, **options)
     else:
-        queue(connection).enqueue(EXECUTE_RUN, run["id"], **options)
+        queue(connection).enqueue(EXECUTE_RUN, *args, **options)

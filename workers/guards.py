@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import redis
 
 from workers import metrics
+from workers.workspaces import key as ws_key
 
 HOP_LIMIT = 3
 RUN_LIMIT = 10
@@ -26,7 +27,7 @@ WROTE_TTL = 600  # a chained event arrives within a few polls of the write that 
 
 def note_write(connection: redis.Redis, entity_set: str, key: str, hops: int) -> None:
     """Remember that we wrote this entity at chain depth `hops`."""
-    connection.set(f"wrote:{entity_set}:{key}", hops, ex=WROTE_TTL)
+    connection.set(ws_key(f"wrote:{entity_set}:{key}"), hops, ex=WROTE_TTL)
 
 
 def hops_of(connection: redis.Redis, entity_set: str, keys: Iterable[str]) -> dict[str, int]:
@@ -34,13 +35,13 @@ def hops_of(connection: redis.Redis, entity_set: str, keys: Iterable[str]) -> di
     keys = list(keys)
     if not keys:
         return {}
-    values = connection.mget([f"wrote:{entity_set}:{k}" for k in keys])
+    values = connection.mget([ws_key(f"wrote:{entity_set}:{k}") for k in keys])
     return {k: int(v) if v is not None else 0 for k, v in zip(keys, values)}
 
 
 def refusal(connection: redis.Redis, rule_id: str, event: dict) -> str | None:
     """Why this rule must not run for this event (paused, chain too long, too frequent), or None."""
-    paused = connection.get(f"rule:paused:{rule_id}")
+    paused = connection.get(ws_key(f"rule:paused:{rule_id}"))
     if paused is not None:
         metrics.count(connection, "loops_stopped", reason="paused")
         return f"rule paused: {paused.decode()}"
@@ -54,7 +55,7 @@ def refusal(connection: redis.Redis, rule_id: str, event: dict) -> str | None:
 
 
 def _count_run(connection: redis.Redis, rule_id: str, entity_set: str, key: str) -> str | None:
-    counter = f"rate:{rule_id}:{entity_set}:{key}"
+    counter = ws_key(f"rate:{rule_id}:{entity_set}:{key}")
     with connection.pipeline() as pipe:
         pipe.incr(counter)
         pipe.expire(counter, RUN_WINDOW, nx=True)
@@ -62,7 +63,7 @@ def _count_run(connection: redis.Redis, rule_id: str, entity_set: str, key: str)
     if count <= RUN_LIMIT:
         return None
     reason = f"ran more than {RUN_LIMIT} times on {entity_set}({key}) within {RUN_WINDOW}s"
-    connection.set(f"rule:paused:{rule_id}", reason)
+    connection.set(ws_key(f"rule:paused:{rule_id}"), reason)
     metrics.count(connection, "loops_stopped", reason="frequency")
     return f"rule paused: {reason}"
 
@@ -74,7 +75,7 @@ def rate_wait(connection: redis.Redis, rule_id: str, rate: dict, *, now: float |
     """
     now = time.time() if now is None else now
     window = int(now // rate["per_seconds"])
-    counter = f"ratelimit:{rule_id}:{window}"
+    counter = ws_key(f"ratelimit:{rule_id}:{window}")
     with connection.pipeline() as pipe:
         pipe.incr(counter)
         pipe.expire(counter, int(rate["per_seconds"]) + 60)
@@ -87,4 +88,4 @@ def rate_wait(connection: redis.Redis, rule_id: str, rate: dict, *, now: float |
 
 def resume_rule(connection: redis.Redis, rule_id: str) -> bool:
     """Lift a rule's pause; False if it was not paused."""
-    return bool(connection.delete(f"rule:paused:{rule_id}"))
+    return bool(connection.delete(ws_key(f"rule:paused:{rule_id}")))

@@ -15,9 +15,10 @@ import redis
 from engine import Event, Plan, TemplateError, plan_rule
 from engine.match import match_rule
 from inloox import InLooxError, NotFound
-from workers.enqueue import queue, queue_run
+from workers import workspaces
+from workers.enqueue import queue, queue_run, workspace_job_id
 from workers.runs import load_run, save_run
-from workers.worker_context import worker_context
+from workers.worker_context import workspace_job
 
 RECHECK_AFTER_ERROR = 30.0  # seconds; InLoox could not be read when the hold ended
 
@@ -25,12 +26,13 @@ RECHECK_AFTER_ERROR = 30.0  # seconds; InLoox could not be read when the hold en
 def schedule_check(connection: redis.Redis, run: dict) -> None:
     """Schedule the end of a held run's hold (again, harmlessly, if it is already scheduled)."""
     due = datetime.fromisoformat(run["created_at"]) + timedelta(seconds=run["plan"]["hold_seconds"])
-    queue(connection).enqueue_at(due, check_hold, run["id"], job_id=f"{run['id']}-hold")
+    queue(connection).enqueue_at(due, check_hold, run["id"], workspaces.current().name,
+                                 job_id=workspace_job_id(f"{run['id']}-hold"))
 
 
-def check_hold(run_id: str) -> str:
+@workspace_job
+def check_hold(ctx, run_id: str) -> str:
     """The hold is over: run the rule if it still matches, skip it otherwise; returns the status."""
-    ctx = worker_context()
     run = load_run(ctx.connection, run_id)
     if run is None or run["status"] != "held":
         return run["status"] if run else "missing"
@@ -44,7 +46,7 @@ def check_hold(run_id: str) -> str:
         return _finish(ctx, run, "skipped", "the entity was deleted during the hold")
     except InLooxError as exc:
         queue(ctx.connection).enqueue_in(timedelta(seconds=RECHECK_AFTER_ERROR), check_hold, run_id,
-                                         job_id=f"{run_id}-hold")
+                                         ctx.workspace.name, job_id=workspace_job_id(f"{run_id}-hold"))
         return _finish(ctx, run, "held", f"could not re-read InLoox ({exc}); checking again soon")
     now = datetime.now(timezone.utc)
     match = match_rule(event, rule, now=now, env=ctx.rule_env)

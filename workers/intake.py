@@ -15,19 +15,22 @@ from redis.client import Pipeline
 from rq import Queue
 
 from engine.events import Event
-from workers import metrics
+from workers import metrics, workspaces
 
 HANDLE_EVENT = "workers.jobs.handle_event"  # by name: the web process never imports the job code
 
 
 def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup_ttl: int,
-                 queue: str = "default", also: Callable[[Pipeline], None] | None = None) -> bool:
-    """Enqueue `event` once per `dedup_key`: True if accepted now, False for a duplicate.
+                 also: Callable[[Pipeline], None] | None = None) -> bool:
+    """Enqueue `event` for the current workspace once per `dedup_key`: True if accepted now, False for a duplicate.
 
+    `dedup_key` is a full Redis key (the source builds it with `workspaces.key`). The job goes on the
+    workspace's queue and names the workspace, so the worker matches it against that one's rules only.
     `also` adds the source's own bookkeeping (the poller's snapshot) to the same transaction.
     Raises redis.RedisError when Redis fails; then nothing was stored and a retry can succeed.
     """
-    rq_queue = Queue(queue, connection=connection, serializer="json")
+    workspace = workspaces.current()
+    rq_queue = Queue(workspace.queue, connection=connection, serializer="json")
     with connection.pipeline() as pipe:
         try:
             pipe.watch(dedup_key)
@@ -38,7 +41,7 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
                 return False
             pipe.multi()
             pipe.set(dedup_key, event.id, ex=dedup_ttl)
-            rq_queue.enqueue_call(HANDLE_EVENT, args=[event.to_dict()], job_id=job_id(event),
+            rq_queue.enqueue_call(HANDLE_EVENT, args=[event.to_dict(), workspace.name], job_id=job_id(event),
                                   result_ttl=3600, failure_ttl=7 * 86400, pipeline=pipe)
             if also is not None:
                 also(pipe)
@@ -59,5 +62,8 @@ def _apply(connection: redis.Redis, also: Callable[[Pipeline], None] | None) -> 
 
 
 def job_id(event: Event) -> str:
-    """RQ job ids allow only [A-Za-z0-9_-]; event ids may hold any character, so hash them."""
-    return "event-" + hashlib.sha256(event.id.encode()).hexdigest()[:32]
+    """The event's RQ job id, unique across workspaces (two accounts may send the same event id).
+
+    RQ job ids allow only [A-Za-z0-9_-]; event ids may hold any character, so hash them.
+    """
+    return f"{workspaces.current().name}-event-" + hashlib.sha256(event.id.encode()).hexdigest()[:32]

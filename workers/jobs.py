@@ -1,12 +1,15 @@
 """RQ job functions. Arguments are JSON (event dicts, run ids), never clients, tokens or secrets.
 
-    handle_event(event)   match an accepted event against the rules; one run per matched rule
-    execute_run(run_id)   perform a run's operations in order, each exactly once
+    handle_event(event, workspace)   match an accepted event against the workspace's rules; one run per match
+    execute_run(run_id, workspace)   perform a run's operations in order, each exactly once
+
+Each job works for the workspace it names: its client, rules and Redis keys are that workspace's.
 """
 from __future__ import annotations
 
 import logging
 import random
+import time
 from datetime import datetime, timezone
 
 import redis
@@ -15,13 +18,14 @@ from engine import Event, Plan, TemplateError, evaluate, explain, render_deferre
 from engine.errors import StepSkipped
 from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
-from workers import guards, ledger, metrics
+from inloox.errors import Throttled
+from workers import guards, ledger, metrics, workspaces
 from workers.enqueue import RUN_JOB_TIMEOUT, queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
 from workers.outbound import OutboundRefused
 from workers.runs import TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
-from workers.worker_context import WorkerContext, worker_context
+from workers.worker_context import WorkerContext, workspace_job
 from workers.chat import after_run as report_to_chat
 
 log = logging.getLogger(__name__)
@@ -29,27 +33,28 @@ log = logging.getLogger(__name__)
 UNKNOWN_OUTCOME_DELAY = 5.0  # let a slow InLoox finish a write before we look for it
 DEFAULT_RETRY = {"attempts": 5, "backoff": 2.0}
 MAX_BACKOFF = 300.0
-PAUSED_KEY = "account:paused"
+PAUSED = "account:paused"  # the workspace's InLoox token was refused: its runs wait for a person
+WORKSPACE_RUNS_WINDOW = {"per_seconds": 60}  # a workspace's runs_per_minute limit
 
 
-def handle_event(event: dict) -> dict:
-    """Plan the event against the rules; store a run per matched rule and queue the live ones.
+@workspace_job
+def handle_event(ctx: WorkerContext, event: dict) -> dict:
+    """Plan the event against the workspace's rules; store a run per matched rule and queue the live ones.
 
     The explain report (which rules matched, and why the others did not) is kept as the event's trace.
     """
-    ctx = worker_context()
-    now = datetime.now(timezone.utc)
-    parsed, ruleset = Event.from_dict(event), ctx.ruleset()
+    parsed, now = Event.from_dict(event), datetime.now(timezone.utc)
+    ruleset, version = ctx.rules.current()
     plans = evaluate(parsed, ruleset, now=now, env=ctx.rule_env)
-    run_ids = [_start_run(ctx, parsed, plan, now) for plan in plans]
+    run_ids = [_start_run(ctx, parsed, plan, now, version) for plan in plans]
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env)
     save_trace(ctx.connection, report.to_dict(), run_ids, now=now)
     _count_matches(ctx.connection, plans)
     return {"event_id": parsed.id, "runs": run_ids}
 
 
-def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime) -> str:
-    run = new_run(plan, now=now, **_initial_status(ctx.connection, plan))
+def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str) -> str:
+    run = new_run(plan, now=now, ruleset_version=ruleset_version, **_initial_status(ctx.connection, plan))
     if create_run(ctx.connection, run):
         metrics.count(ctx.connection, "runs", status=run["status"])
     existing = load_run(ctx.connection, run["id"])
@@ -81,13 +86,13 @@ def _initial_status(connection: redis.Redis, plan: Plan) -> dict:
     return {"status": "queued"}
 
 
-def execute_run(run_id: str) -> str:
+@workspace_job
+def execute_run(ctx: WorkerContext, run_id: str) -> str:
     """Run the remaining steps of a run; returns its status. Safe to call again at any point."""
-    ctx = worker_context()
     run = load_run(ctx.connection, run_id)
     if run is None or run["status"] in TERMINAL:
         return run["status"] if run else "missing"
-    lock = ctx.connection.lock(f"run-lock:{run_id}", timeout=RUN_JOB_TIMEOUT + 5, blocking=False)
+    lock = ctx.connection.lock(workspaces.key(f"run-lock:{run_id}"), timeout=RUN_JOB_TIMEOUT + 5, blocking=False)
     if not lock.acquire():
         _retry_later(ctx, run, 5.0, tag="locked")  # another worker is on it; look again soon
         return "locked"
@@ -99,9 +104,17 @@ def execute_run(run_id: str) -> str:
 
 
 def _execute(ctx: WorkerContext, run: dict) -> str:
-    if ctx.connection.exists(PAUSED_KEY):
-        return _stop(ctx, run, "paused", ctx.connection.get(PAUSED_KEY).decode())
+    paused = ctx.connection.get(workspaces.key(PAUSED))
+    if paused is not None:
+        return _stop(ctx, run, "paused", paused.decode())
     plan = Plan.from_dict(run["plan"])
+    if not run["steps"] and not run.get("workspace_counted"):
+        wait = _workspace_wait(ctx)
+        if wait:
+            _retry_later(ctx, run, wait, tag=f"ws{int(datetime.now(timezone.utc).timestamp())}")
+            return _stop(ctx, run, "queued", f"workspace limit of {ctx.workspace.limits.runs_per_minute} "
+                                             f"runs/minute reached; starts in {wait:.0f}s")
+        run["workspace_counted"] = True
     if plan.rate_limit and not run["steps"] and not run.get("rate_counted"):
         wait = guards.rate_wait(ctx.connection, plan.rule_id, plan.rate_limit)
         if wait:
@@ -130,7 +143,8 @@ def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, d
             return outcome
     rows = run["outputs"][operation.step_id]["value"]
     event, now = Event.from_dict(plan.event), datetime.now(timezone.utc)
-    run["item_runs"] = [_start_run(ctx, event, item, now) for item in iterate(plan, rows)]
+    version = run.get("ruleset_version", "")
+    run["item_runs"] = [_start_run(ctx, event, item, now, version) for item in iterate(plan, rows)]
     return _stop(ctx, run, "succeeded", f"{len(run['item_runs'])} item run(s) started")
 
 
@@ -186,7 +200,7 @@ def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Ex
     metrics.count_step(ctx.connection, trace)
     if isinstance(exc, AuthError):
         # Every run of this account would fail the same way: stop them all until a person looks.
-        ctx.connection.set(PAUSED_KEY, f"InLoox refused the token ({exc.status}) at {trace['started_at']}")
+        ctx.connection.set(workspaces.key(PAUSED), f"InLoox refused the token ({exc.status}) at {trace['started_at']}")
         return _stop(ctx, run, "paused", f"InLoox refused the token: {exc}")
     if isinstance(exc, OutcomeUnknown) or getattr(exc, "retryable", False):
         return _retry(ctx, run, plan, exc)
@@ -196,14 +210,16 @@ def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Ex
 def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception) -> str:
     """Schedule the next attempt: exponential backoff with full jitter, never before Retry-After."""
     policy = {**DEFAULT_RETRY, **(plan.retry or {})}
-    run["attempts"] += 1
+    # Waiting for the workspace's own request budget is not a failed attempt: nothing was sent.
+    run["attempts"] += 0 if isinstance(exc, Throttled) else 1
     metrics.count(ctx.connection, "retries", kind="automatic")
     if run["attempts"] >= policy["attempts"]:
         return _stop(ctx, run, "failed", f"gave up after {run['attempts']} attempts: {exc}")
     delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** run["attempts"]))
     delay = max(delay, getattr(exc, "retry_after", None) or 0.0,
                 UNKNOWN_OUTCOME_DELAY if isinstance(exc, OutcomeUnknown) else 0.0)
-    _retry_later(ctx, run, delay, tag=f"a{run['attempts']}")
+    throttled = isinstance(exc, Throttled)  # several waits share one attempt number: name them by time
+    _retry_later(ctx, run, delay, tag=f"t{time.time_ns()}" if throttled else f"a{run['attempts']}")
     return _stop(ctx, run, "retrying", f"attempt {run['attempts']} failed ({exc}); next in {delay:.1f}s")
 
 
@@ -220,6 +236,14 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str) -> str:
     log.info("run %s (%s): %s %s", run["id"], run["rule_id"], status, reason)
     report_to_chat(ctx.connection, run)  # a chat command's result goes back to its chat
     return status
+
+
+def _workspace_wait(ctx: WorkerContext) -> float:
+    """0 when the workspace may start one more run now (counting it), else seconds until it may."""
+    limit = ctx.workspace.limits.runs_per_minute
+    if not limit:
+        return 0.0
+    return guards.rate_wait(ctx.connection, "(workspace)", {**WORKSPACE_RUNS_WINDOW, "max": limit})
 
 
 def _ms_since(started: datetime) -> int:
@@ -258,7 +282,7 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
 
 def resume_account(connection: redis.Redis) -> list[str]:
     """Lift the pause set by a refused token and queue the paused runs again; returns their ids."""
-    connection.delete(PAUSED_KEY)
+    connection.delete(workspaces.key(PAUSED))
     paused = [r["id"] for r in list_runs(connection, status="paused", limit=10_000)]
     for run_id in paused:
         retry_run(connection, run_id)

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 
 import redis
 
+from workers import workspaces
+
 LEDGER_TTL = 30 * 24 * 3600
 
 
@@ -39,7 +41,7 @@ def clear(connection: redis.Redis, key: str) -> None:
 
 
 def _key(key: str) -> str:
-    return f"step:{key}"
+    return workspaces.key(f"step:{key}")
 
 
 def _now() -> str:

@@ -18,6 +18,7 @@ from engine import Event, Plan, Ruleset, TemplateError, plan_rule
 from engine.errors import did_you_mean
 from engine.match import match_rule
 from workers.intake import submit_event
+from workers.workspaces import key
 
 DEDUP_TTL = 86400  # a given event submitted again within a day is the same manual run
 
@@ -50,4 +51,4 @@ def plan_manual_run(ruleset: Ruleset, rule_id: str, event: Event, *, now: dateti
 def submit_manual_run(connection: redis.Redis, event: Event) -> bool:
     """Hand the event to the intake; False when this very event was submitted before."""
     digest = hashlib.sha256(event.id.encode()).hexdigest()[:32]
-    return submit_event(connection, event, dedup_key=f"manual:seen:{digest}", dedup_ttl=DEDUP_TTL)
+    return submit_event(connection, event, dedup_key=key(f"manual:seen:{digest}"), dedup_ttl=DEDUP_TTL)

@@ -2,7 +2,8 @@
 
 Each process adds to `metrics:counters` (HINCRBY), usually on the pipeline of the write the count
 belongs to, so counting costs no extra round trip; `web/metrics.py` turns the hash into Prometheus
-metrics at `/metrics`. Fields are JSON `[name, {label: value}]`:
+metrics at `/metrics`. Fields are JSON `[name, {label: value}]`; every counter carries the
+`workspace` it was counted for, so each workspace's figures can be shown to it alone:
 
     events        {source, kind, outcome}   accepted | duplicate | rejected
     rule_matches  {rule}
@@ -19,6 +20,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+
+from workers import workspaces
 
 COUNTERS = "metrics:counters"
 STEP_MS_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000)
@@ -44,7 +47,7 @@ def count(target, name: str, amount: int = 1, **labels) -> None:
 
     Also writes the InLoox request counts this process gathered since its last write.
     """
-    target.hincrby(COUNTERS, field(name, labels), amount)
+    target.hincrby(COUNTERS, field(name, {"workspace": workspaces.current().name, **labels}), amount)
     _flush_requests(target)
 
 
@@ -55,17 +58,20 @@ def count_step(target, trace: dict) -> None:
     if ms is None:
         return
     le = next((b for b in STEP_MS_BUCKETS if ms <= b), "+Inf")
-    target.hincrby(COUNTERS, field("step_ms_bucket", {"le": le}), 1)
-    target.hincrby(COUNTERS, field("step_ms_sum", {}), int(ms))
+    count(target, "step_ms_bucket", le=le)
+    count(target, "step_ms_sum", int(ms))
 
 
-def note_request(method: str, status: int | None) -> None:
-    """The InLoox client's `on_response` hook: remember one request in memory until the next write."""
-    global _seen
-    status_class = f"{status // 100}xx" if status else "error"
-    with _pending_lock:
-        _seen += 1
-        _pending[field("inloox_requests", {"method": method, "status_class": status_class})] += 1
+def request_observer(workspace: str):
+    """The `on_response` hook of a workspace's InLoox client: remembers each request until the next write."""
+    def note_request(method: str, status: int | None) -> None:
+        global _seen
+        status_class = f"{status // 100}xx" if status else "error"
+        with _pending_lock:
+            _seen += 1
+            _pending[field("inloox_requests", {"workspace": workspace, "method": method,
+                                               "status_class": status_class})] += 1
+    return note_request
 
 
 def requests_seen() -> int:

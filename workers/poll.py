@@ -22,7 +22,7 @@ from engine.events import Event
 from inloox import Client, eq, ge, or_
 from inloox.changes import ChangeFeed
 from inloox.metadata import load_metadata
-from workers import guards
+from workers import guards, workspaces
 from workers.intake import submit_event
 from workers.snapshots import STAMP, SnapshotStore
 
@@ -38,8 +38,6 @@ class PollSettings:
     overlap: timedelta = timedelta(seconds=5)
     flood_limit: int = 500
     dedup_ttl: int = 7 * 24 * 3600
-    queue: str = "default"
-    prefix: str = ""  # Redis key prefix of the workspace
     own_contact_id: str | None = None  # the engine's own InLoox user: its changes are "chained"
 
 
@@ -58,7 +56,7 @@ class PollResult:
 def poll_once(client: Client, connection: redis.Redis, feed: ChangeFeed, fields: frozenset[str] | None,
               settings: PollSettings = PollSettings()) -> PollResult:
     """Poll `feed` once; `fields` are the fields rules watch (None: every field)."""
-    store = SnapshotStore(connection, feed.entity_set, settings.prefix)
+    store = SnapshotStore(connection, feed.entity_set, workspaces.current().prefix)
     watched = watched_fields(feed, fields)
     cursor = store.cursor()
     if cursor is None:
@@ -127,8 +125,8 @@ def _emit(client, connection, store, feed, found, settings, result) -> None:
     for change in found:
         event = _event(feed, change, entities.get(change.key, {}), settings, hops.get(change.key, 0))
         accepted = submit_event(
-            connection, event, dedup_key=f"{settings.prefix}poll:seen:{_digest(event.id)}",
-            dedup_ttl=settings.dedup_ttl, queue=settings.queue,
+            connection, event, dedup_key=_seen_key(event),
+            dedup_ttl=settings.dedup_ttl,
             also=lambda pipe, c=change: store.save(pipe, c.key, c.snapshot),
         )
         if accepted:
@@ -167,7 +165,7 @@ def _plain(feed: ChangeFeed, row: dict) -> dict:
 
 def _hold(connection, feed, found, settings, result) -> None:
     """Too many changes at once (a bulk edit or an import): keep them for a person to release."""
-    key = f"{settings.prefix}poll:{feed.entity_set}:held"
+    key = workspaces.key(f"poll:{feed.entity_set}:held")
     events = [_event(feed, c, {}, settings).to_dict() for c in found]
     with connection.pipeline() as pipe:
         pipe.rpush(key, *(json.dumps(e, default=str) for e in events))
@@ -180,7 +178,7 @@ def _hold(connection, feed, found, settings, result) -> None:
 def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
                   settings: PollSettings = PollSettings()) -> PollResult:
     """Find deleted entities (invisible to a timestamp poll) by listing every key; emit `deleted`."""
-    store = SnapshotStore(connection, feed.entity_set, settings.prefix)
+    store = SnapshotStore(connection, feed.entity_set, workspaces.current().prefix)
     # Known keys first: an entity created after this line cannot be mistaken for a deleted one.
     known = store.keys()
     existing = {str(row[feed.key]) for row in client.query(feed.entity_set, select=[feed.key])}
@@ -193,8 +191,8 @@ def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
             occurred_at=_instant(snapshot.get(STAMP) or ""), id=f"inloox:{feed.entity_set}:{key}:deleted",
             entity={f: v for f, v in snapshot.items() if f != STAMP},
         )
-        if submit_event(connection, event, dedup_key=f"{settings.prefix}poll:seen:{_digest(event.id)}",
-                        dedup_ttl=settings.dedup_ttl, queue=settings.queue,
+        if submit_event(connection, event, dedup_key=_seen_key(event),
+                        dedup_ttl=settings.dedup_ttl,
                         also=lambda pipe, k=key: store.forget(pipe, k)):
             result.accepted.append(event.id)
     return result
@@ -218,16 +216,17 @@ def _instant(stamp: str) -> datetime:
     return parse_datetime(stamp) or datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def _seen_key(event: Event) -> str:
+    """The event's dedup claim in the current workspace."""
+    return workspaces.key("poll:seen:" + hashlib.sha256(event.id.encode()).hexdigest()[:32])
 
 
 def release_held(connection: redis.Redis, entity_set: str, settings: PollSettings = PollSettings()) -> int:
     """Hand a held flood's events to intake after all (a person decided); returns how many."""
-    key = f"{settings.prefix}poll:{entity_set}:held"
+    key = workspaces.key(f"poll:{entity_set}:held")
     released = 0
     while (raw := connection.lpop(key)) is not None:
         event = Event.from_dict(json.loads(raw))
-        released += submit_event(connection, event, dedup_key=f"{settings.prefix}poll:seen:{_digest(event.id)}",
-                                 dedup_ttl=settings.dedup_ttl, queue=settings.queue)
+        released += submit_event(connection, event, dedup_key=_seen_key(event),
+                                 dedup_ttl=settings.dedup_ttl)
     return released

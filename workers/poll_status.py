@@ -1,6 +1,8 @@
-"""The poller's state per entity set, for `/metrics` and the dashboard: cursor, lag, last poll, held floods.
+"""The poller's state per entity set of the current workspace, for `/metrics` and the dashboard: cursor, lag, last poll, held floods.
 
-The poller writes `poll:<Set>:last` (a hash: when, seconds, requests, rows, events) after each poll;
+The poller writes `poll:<Set>:last` (a hash: when, by which poller, seconds, requests, rows, events)
+after each poll, and `poll:recent` (the last RECENT_POLLS "<poller> <when>" entries, newest first:
+which poller owned the workspace when, for operators chasing a stuck or double poll);
 the cursor and the held floods are the poller's own keys (see `workers.snapshots`, `workers.poll`).
 """
 from __future__ import annotations
@@ -12,13 +14,19 @@ import redis
 from engine.edm import parse_datetime
 from inloox.changes import CHANGE_FEEDS
 from workers import metrics
+from workers.workspaces import key
+
+RECENT_POLLS = 200
 
 
-def record_poll(connection: redis.Redis, result, *, seconds: float, requests: int, now: datetime) -> None:
+def record_poll(connection: redis.Redis, result, *, seconds: float, requests: int, now: datetime,
+                poller: str = "") -> None:
     """Keep what one poll of `result.entity_set` did, and count it (and any held changes)."""
     with connection.pipeline(transaction=False) as pipe:
-        pipe.hset(f"poll:{result.entity_set}:last", mapping={
-            "at": now.isoformat(), "seconds": f"{seconds:.3f}", "requests": requests, "rows": result.rows,
+        pipe.lpush(key("poll:recent"), f"{poller} {now.isoformat()}")
+        pipe.ltrim(key("poll:recent"), 0, RECENT_POLLS - 1)
+        pipe.hset(key(f"poll:{result.entity_set}:last"), mapping={
+            "at": now.isoformat(), "poller": poller, "seconds": f"{seconds:.3f}", "requests": requests, "rows": result.rows,
             "events": len(result.accepted), "held": result.held})
         metrics.count(pipe, "polls", entity_set=result.entity_set)
         if result.held:
@@ -31,10 +39,10 @@ def poll_status(connection: redis.Redis, *, now: datetime) -> list[dict]:
     names = list(CHANGE_FEEDS)
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.get(f"poll:{name}:cursor")
-            pipe.llen(f"poll:{name}:held")
-            pipe.hlen(f"poll:{name}:snap")
-            pipe.hgetall(f"poll:{name}:last")
+            pipe.get(key(f"poll:{name}:cursor"))
+            pipe.llen(key(f"poll:{name}:held"))
+            pipe.hlen(key(f"poll:{name}:snap"))
+            pipe.hgetall(key(f"poll:{name}:last"))
         replies = pipe.execute()
     status = []
     for index, name in enumerate(names):

@@ -1,11 +1,13 @@
 """Runs: one matched rule for one event, with the trace of every step, kept in Redis.
 
 A run's id is derived from (event id, rule id, rule version), so handling the same event twice
-finds the run it already made instead of making a second one.
+finds the run it already made instead of making a second one. Keys are the workspace's own
+(`workspaces.key`): a run of one workspace cannot be read through another.
 
     run:<id>            JSON of the run (status, plan, steps with requests, responses and timings)
     runs                sorted set of run ids by creation time (newest last), trimmed to RETENTION
     runs:rule:<rule>    the same, per rule
+    trace:<event id>    the event's explain report; `traces` lists them
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 import redis
 
 from engine import Plan
+from workers.workspaces import key
 
 RETENTION = 10_000  # runs kept for listing; older ones expire with RUN_TTL
 RUN_TTL = 30 * 24 * 3600
@@ -30,10 +33,11 @@ def run_id(plan: Plan) -> str:
     return "run_" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def new_run(plan: Plan, *, now: datetime, status: str = "queued", reason: str = "") -> dict:
-    """A run record for `plan`, before any step ran."""
+def new_run(plan: Plan, *, now: datetime, status: str = "queued", reason: str = "", ruleset_version: str = "") -> dict:
+    """A run record for `plan`, before any step ran; `ruleset_version` names the rule set it came from."""
     return {
         "id": run_id(plan), "rule_id": plan.rule_id, "rule_version": plan.rule_version,
+        "ruleset_version": ruleset_version,
         "event_id": plan.event_id, "source": plan.event.get("source"), "mode": plan.mode,
         "status": status, "reason": reason, "created_at": now.isoformat(), "updated_at": now.isoformat(),
         "plan": plan.to_dict(), "steps": [], "outputs": {}, "attempts": 0,
@@ -46,7 +50,7 @@ def create_run(connection: redis.Redis, run: dict) -> bool:
         return False
     score = datetime.fromisoformat(run["created_at"]).timestamp()
     with connection.pipeline() as pipe:
-        for index in ("runs", f"runs:rule:{run['rule_id']}"):
+        for index in (key("runs"), key(f"runs:rule:{run['rule_id']}")):
             pipe.zadd(index, {run["id"]: score})
             pipe.zremrangebyrank(index, 0, -RETENTION - 1)
         pipe.execute()
@@ -68,7 +72,7 @@ def save_run(connection: redis.Redis, run: dict, *, now: datetime) -> None:
 def list_runs(connection: redis.Redis, *, rule: str | None = None, status: str | None = None,
               limit: int = 50) -> list[dict]:
     """The newest runs first, optionally of one rule and/or in one status."""
-    index = f"runs:rule:{rule}" if rule else "runs"
+    index = key(f"runs:rule:{rule}" if rule else "runs")
     runs = []
     for batch_start in range(0, RETENTION, 200):
         ids = connection.zrevrange(index, batch_start, batch_start + 199)
@@ -90,7 +94,7 @@ def record_step(run: dict, step: dict[str, Any]) -> None:
 
 
 def _key(run_id: str) -> str:
-    return f"run:{run_id}"
+    return key(f"run:{run_id}")
 
 
 def save_trace(connection: redis.Redis, report: dict, run_ids: list[str], *, now: datetime) -> None:
@@ -98,13 +102,13 @@ def save_trace(connection: redis.Redis, report: dict, run_ids: list[str], *, now
     event_id = report["event"]["id"]
     trace = {**report, "runs": run_ids, "handled_at": now.isoformat()}
     with connection.pipeline() as pipe:
-        pipe.set(f"trace:{event_id}", json.dumps(trace, default=str), ex=RUN_TTL)
-        pipe.zadd("traces", {event_id: now.timestamp()})
-        pipe.zremrangebyrank("traces", 0, -RETENTION - 1)
+        pipe.set(key(f"trace:{event_id}"), json.dumps(trace, default=str), ex=RUN_TTL)
+        pipe.zadd(key("traces"), {event_id: now.timestamp()})
+        pipe.zremrangebyrank(key("traces"), 0, -RETENTION - 1)
         pipe.execute()
 
 
 def load_trace(connection: redis.Redis, event_id: str) -> dict | None:
     """The trace of an event, or None."""
-    raw = connection.get(f"trace:{event_id}")
+    raw = connection.get(key(f"trace:{event_id}"))
     return json.loads(raw) if raw is not None else None

@@ -1,8 +1,10 @@
 """The scheduler process (`python -m workers.scheduler`): fires each due schedule tick once, as an event.
 
-Every SCHEDULE_INTERVAL seconds, for each enabled rule with a `schedule:` trigger, it asks
+Every SCHEDULE_INTERVAL seconds, for each workspace and each of its enabled rules with a `schedule:` trigger, it asks
 `engine.schedules.due_ticks` which ticks came since the rule's last look and submits one
 `schedule` event per tick through `workers.intake.submit_event`, like every other source.
+
+Keys are the workspace's own (`workspaces.key`):
 
     schedule:last                 sorted set: rule id → the time (epoch s) up to which ticks were handled
     schedule:fired:<rule>:<tick>  the tick's dedup claim, kept FIRED_TTL
@@ -24,11 +26,14 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 
-from engine import Event, Ruleset, load_rules
-from engine.rules import Rule, rule_files
+from engine import Event, Ruleset
+from engine.rules import Rule
 from engine.schedules import DEFAULT_GRACE, due_ticks
 from engine.templates import isoformat
+from workers import workspaces
 from workers.intake import submit_event
+from workers.worker_context import RuleSource
+from workers.workspaces import Workspace, key
 
 log = logging.getLogger("scheduler")
 
@@ -53,7 +58,7 @@ def schedule_event(rule_id: str, tick: datetime) -> Event:
 
 def last_look(connection: redis.Redis, rule_id: str) -> datetime | None:
     """The time up to which the rule's ticks were handled, or None for a rule never seen."""
-    score = connection.zscore(LAST_KEY, rule_id)
+    score = connection.zscore(key(LAST_KEY), rule_id)
     return None if score is None else datetime.fromtimestamp(score, timezone.utc)
 
 
@@ -71,32 +76,32 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
     for rule in ruleset.schedules():
         for tick in rule_ticks(rule, last_look(connection, rule.id), now, grace):
             event = schedule_event(rule.id, tick)
-            if submit_event(connection, event, dedup_key=f"schedule:fired:{rule.id}:{event.payload['time']}",
+            if submit_event(connection, event, dedup_key=key(f"schedule:fired:{rule.id}:{event.payload['time']}"),
                             dedup_ttl=FIRED_TTL):
                 accepted.append(event.id)
         # GT: never move back (another scheduler may have looked a moment later than we did).
-        connection.zadd(LAST_KEY, {rule.id: now.timestamp()}, gt=True)
+        connection.zadd(key(LAST_KEY), {rule.id: now.timestamp()}, gt=True)
     return accepted
 
 
-def run(connection: redis.Redis, rules_path: str, settings: SchedulerSettings, stop: threading.Event) -> None:
-    """Fire due ticks until `stop` is set; the rule files are read again when they change."""
-    ruleset, stamp = None, None
+def run(connection: redis.Redis, served: list[Workspace], settings: SchedulerSettings, stop: threading.Event) -> None:
+    """Fire due ticks of every workspace until `stop` is set; rules are read again when they change."""
+    sources = [RuleSource(connection, workspace) for workspace in served]
     while not stop.is_set():
-        current = _files_stamp(rules_path)
-        if current != stamp:
-            ruleset, stamp = load_rules(rules_path), current
-            log.info("schedules: %s", ", ".join(r.id for r in ruleset.schedules()) or "none")
-        try:
-            for event_id in fire_due(connection, ruleset, now=datetime.now(timezone.utc), grace=settings.grace):
-                log.info("fired %s", event_id)
-        except redis.RedisError as exc:
-            log.warning("could not fire schedules, will retry: %s", exc)  # nothing moved: the next round redoes it
+        for source in sources:
+            with workspaces.using(source.workspace):
+                _fire(connection, source, settings)
         stop.wait(settings.interval)
 
 
-def _files_stamp(path: str) -> tuple:
-    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in rule_files(path))
+def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettings) -> None:
+    try:
+        ruleset = source.ruleset()
+        for event_id in fire_due(connection, ruleset, now=datetime.now(timezone.utc), grace=settings.grace):
+            log.info("%s: fired %s", source.workspace.name, event_id)
+    except redis.RedisError as exc:
+        # Nothing moved: the next round redoes it.
+        log.warning("%s: could not fire schedules, will retry: %s", source.workspace.name, exc)
 
 
 def main() -> int:
@@ -109,7 +114,7 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run(redis.Redis.from_url(config["REDIS_URL"]), config["RULES_PATH"], settings, stop)
+    run(redis.Redis.from_url(config["REDIS_URL"]), list(config["WORKSPACES"].values()), settings, stop)
     return 0
 
 

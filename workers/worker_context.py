@@ -1,10 +1,12 @@
-"""What a worker process builds once and reuses for every job: clients, rules, settings.
+"""What a process builds once per workspace and reuses for every job: clients, rules, settings.
 
-Built lazily on the first job (RQ imports job modules before forking nothing: we run the
-in-process SimpleWorker), so importing this module opens no connection.
+Built lazily on the first job of a workspace (we run the in-process SimpleWorker, nothing is
+forked), so importing this module opens no connection.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import threading
 import time
@@ -13,43 +15,82 @@ from pathlib import Path
 
 import redis
 
-from engine import Ruleset, load_rules
-from engine.rules import rule_files
+from engine import Ruleset
+from engine.rules import load_texts, rule_files
 from inloox import Client
-from workers import metrics
+from workers import bundles, metrics
 from workers.outbound import OutboundPolicy
+from workers.throttle import Throttle
+from workers.workspaces import DEFAULT, Workspace, using
 
-RULES_RECHECK_SECONDS = 2.0  # how stale the worker's view of the rule files may get
+RULES_RECHECK_SECONDS = 2.0  # how stale a process's view of the rule files may get
 
 
 @dataclass
-class WorkerContext:
-    """Clients and settings of this worker process; the rule set reloads when its files change."""
+class RuleSource:
+    """A workspace's active rule set: its rules folder (git), or its active uploaded bundle.
 
-    client: Client
+    `version` names what is active: "v<n>" for a bundle, "files:<digest of the files' contents>"
+    for a folder (the same on every machine with the same checkout). Every run records it.
+    """
+
     connection: redis.Redis
-    outbound: OutboundPolicy
-    rule_env: dict
-    rules_path: str
+    workspace: Workspace
     _ruleset: Ruleset | None = None
-    _stamp: tuple = ()
+    _version: str = ""
+    _stamp: str = ""  # what we last loaded from: the files' mtimes and sizes, or the bundle number
     _checked: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ruleset(self) -> Ruleset:
-        """The current rules; files are re-read when one was added, removed or changed."""
+        """The current rules, re-read when the folder's files or the active bundle changed."""
+        return self.current()[0]
+
+    def current(self) -> tuple[Ruleset, str]:
+        """(rules, version) as they are now (at most RULES_RECHECK_SECONDS stale)."""
         with self._lock:
             if self._ruleset is None or time.monotonic() - self._checked > RULES_RECHECK_SECONDS:
-                stamp = _files_stamp(self.rules_path)
+                stamp = self._stamp_now()
                 if self._ruleset is None or stamp != self._stamp:
-                    self._ruleset, self._stamp = load_rules(self.rules_path), stamp
+                    self._ruleset, self._version = self._load()
+                    self._stamp = stamp
                 self._checked = time.monotonic()
-            return self._ruleset
+            return self._ruleset, self._version
+
+    def _stamp_now(self) -> str:
+        path = self.workspace.rules_path
+        if path is not None:
+            files = rule_files(path) if Path(path).exists() else []
+            return "\n".join(f"{f}\t{f.stat().st_mtime_ns}\t{f.stat().st_size}" for f in files)
+        return str(bundles.active_number(self.connection, self.workspace.prefix))
+
+    def _load(self) -> tuple[Ruleset, str]:
+        path = self.workspace.rules_path
+        if path is not None:
+            files = rule_files(path) if Path(path).exists() else []
+            texts = [(str(f), f.read_text(encoding="utf-8", errors="replace")) for f in files]
+            digest = hashlib.sha256("\0".join(f"{Path(name).name}\0{text}" for name, text in texts).encode())
+            return load_texts(texts), "files:" + digest.hexdigest()[:12]
+        active = bundles.active(self.connection, self.workspace.prefix)
+        if active is None:
+            return load_texts([]), "none"
+        number, files = active
+        return load_texts(sorted(files.items())), f"v{number}"
 
 
-def _files_stamp(path: str) -> tuple:
-    files = rule_files(path) if Path(path).exists() else []
-    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+@dataclass
+class WorkerContext:
+    """One workspace's clients and settings in this process."""
+
+    workspace: Workspace
+    client: Client
+    connection: redis.Redis
+    outbound: OutboundPolicy
+    rule_env: dict
+    rules: RuleSource
+
+    def ruleset(self) -> Ruleset:
+        return self.rules.ruleset()
 
 
 def rule_env(config: dict, environ=os.environ) -> dict:
@@ -60,22 +101,54 @@ def rule_env(config: dict, environ=os.environ) -> dict:
     return {name: environ[name] for name in config["RULES_ENV"].split() if name in environ}
 
 
-_context: WorkerContext | None = None
+def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -> WorkerContext:
+    """The context of one workspace; its InLoox client counts requests and obeys the shared rate limit."""
+    throttle = Throttle(connection, workspace.prefix + "inloox:rate", workspace.limits.inloox_requests_per_second)
+    client = Client(workspace.inloox_url, workspace.inloox_api_key, timeout=float(config["INLOOX_TIMEOUT"]),
+                    on_response=metrics.request_observer(workspace.name), throttle=throttle)
+    return WorkerContext(workspace=workspace, client=client, connection=connection,
+                         outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
+                         rule_env=rule_env(config), rules=RuleSource(connection, workspace))
 
 
-def worker_context() -> WorkerContext:
-    """This process's context, built from the environment on first use."""
-    global _context
-    if _context is None:
-        from app import load_config  # the one place settings are read from the environment
+def workspace_job(body):
+    """Make `body(ctx, argument)` an RQ job `job(argument, workspace)` that works for that workspace.
 
-        config = load_config()
-        _context = WorkerContext(
-            client=Client(config["INLOOX_URL"], config["INLOOX_API_KEY"], timeout=float(config["INLOOX_TIMEOUT"]),
-                          on_response=metrics.note_request),
-            connection=redis.Redis.from_url(config["REDIS_URL"]),
-            outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
-            rule_env=rule_env(config),
-            rules_path=config["RULES_PATH"],
-        )
-    return _context
+    Jobs name their workspace as their last argument (JSON, never a client or token); the job
+    runs with that workspace's context and inside it, so every Redis key it touches is its own.
+    """
+    @functools.wraps(body)
+    def job(argument, workspace: str = DEFAULT):
+        ctx = worker_context(workspace)
+        with using(ctx.workspace):
+            return body(ctx, argument)
+
+    return job
+
+
+class UnknownWorkspace(LookupError):
+    """A job or request names a workspace this deployment does not serve."""
+
+
+_config: dict | None = None
+_connection: redis.Redis | None = None
+_workspaces: dict[str, Workspace] = {}
+_contexts: dict[str, WorkerContext] = {}
+_build_lock = threading.Lock()
+
+
+def worker_context(workspace: str) -> WorkerContext:
+    """This process's context of `workspace`, built from the environment on first use."""
+    global _config, _connection, _workspaces
+    with _build_lock:
+        if _config is None:
+            from app import load_config  # the one place settings are read from the environment
+
+            _config = load_config()
+            _connection = redis.Redis.from_url(_config["REDIS_URL"])
+            _workspaces = _config["WORKSPACES"]
+        if workspace not in _contexts:
+            if workspace not in _workspaces:
+                raise UnknownWorkspace(f"this deployment serves no workspace {workspace!r}")
+            _contexts[workspace] = build_context(_config, _workspaces[workspace], _connection)
+        return _contexts[workspace]

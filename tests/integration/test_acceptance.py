@@ -13,7 +13,7 @@ from datetime import datetime
 import redis
 
 from tests.support.processes import wait_until
-from tests.support.stack import ENGINE_TOKEN, all_runs, make_task, runs_in, start, write_rule
+from tests.support.stack import ENGINE_TOKEN, PREFIX, all_runs, make_task, runs_in, start, write_rule
 
 # The issue's own example, verbatim.
 MISSION_RULE = """
@@ -171,7 +171,7 @@ def test_restarting_the_poller_mid_stream_loses_no_change_and_fires_none_twice(e
 def chained_traces(redis_url: str) -> list[dict]:
     """Traces of events caused by the engine's own writes."""
     connection = redis.Redis.from_url(redis_url)
-    traces = [json.loads(connection.get(f"trace:{i.decode()}")) for i in connection.zrange("traces", 0, -1)]
+    traces = [json.loads(connection.get(f"{PREFIX}trace:{i.decode()}")) for i in connection.zrange(f"{PREFIX}traces", 0, -1)]
     return [t for t in traces if t["event"]["chained"]]
 
 

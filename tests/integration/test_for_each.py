@@ -29,7 +29,7 @@ def overdue_by_assignee(sandbox) -> dict[str, list[str]]:
 
 
 def test_the_digest_sends_each_assignee_one_notification_listing_their_overdue_tasks(stack, sandbox, receiver,
-                                                                                      rules_dir, redis_url):
+                                                                                      rules_dir, redis_url, workspace):
     sandbox.reset(seed="demo")
     shutil.copy(DIGEST, rules_dir / DIGEST.name)
     expected = overdue_by_assignee(sandbox)

@@ -16,7 +16,7 @@ PROJECT = {"ProjectId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "Name": "Website
 
 
 @pytest.fixture
-def connection(redis_url):
+def connection(redis_url, workspace):
     return redis.Redis.from_url(redis_url)
 
 
@@ -116,7 +116,7 @@ def test_a_flood_of_changes_is_held_not_run(sandbox, client, connection, project
 
     assert result.held == 5 and result.accepted == []
     assert queued(connection) == []
-    assert connection.llen("poll:Task:held") == 5
+    assert connection.llen("ws:default:poll:Task:held") == 5
     assert poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings).held == 0
 
 

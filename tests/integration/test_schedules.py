@@ -13,7 +13,9 @@ from rq import Queue
 
 from tests.support.processes import wait_until
 from tests.support.stack import all_runs, write_rule
-from workers.scheduler import LAST_KEY
+from workers import scheduler
+
+LAST_KEY = "ws:default:" + scheduler.LAST_KEY
 
 RULE = """
 id: {id}

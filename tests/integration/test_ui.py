@@ -52,7 +52,7 @@ def test_pages_need_the_admin_token(redis_url, sandbox, rules_dir):
 
 def test_the_rules_page_shows_state_and_the_errors_of_broken_files(dashboard, rules_dir, redis_url):
     (rules_dir / "broken.yaml").write_text("id: broken\nwhen: []\nthen: nonsense\n")
-    redis.Redis.from_url(redis_url).set("rule:paused:form-to-task", "ran too often")
+    redis.Redis.from_url(redis_url).set("ws:default:rule:paused:form-to-task", "ran too often")
 
     text = page(dashboard, "/ui/rules")
     assert "form-to-task" in text and "paused" in text and "ran too often" in text

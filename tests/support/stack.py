@@ -16,6 +16,7 @@ PROJECT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 # The engine's own token in the sandbox: a user of its own, and a sentinel no log or store may show.
 ENGINE_TOKEN = "ilx_SENTINEL7fQ2mZ9xK4pL8vR3nT6wY1bC5dSENTINEL"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+PREFIX = "ws:default:"  # the Redis keys of the default workspace
 
 
 class Stack:
@@ -25,11 +26,11 @@ class Stack:
         self.env = env
         self.processes: list[Process] = []
 
-    def worker(self, name="worker") -> Process:
-        """An `rq worker` process, as the Procfile runs it (with a short maintenance interval)."""
+    def worker(self, name="worker", queues: tuple[str, ...] = ("default",)) -> Process:
+        """An `rq worker` process on the workspaces' queues, taken in turn, as the Procfile runs it."""
         return self._start(Process.python(
             "-m", "rq.cli", "worker", "--worker-class", "workers.worker.Worker", "--serializer", "json",
-            "--with-scheduler", "--url", self.env["REDIS_URL"], "default",
+            "--with-scheduler", "--dequeue-strategy", "round_robin", "--url", self.env["REDIS_URL"], *queues,
             name=name, env=self.env))
 
     def poller(self, name="poller") -> Process:
@@ -61,12 +62,13 @@ class Stack:
             process.stop()
 
 
-def deliver(web: str, body: dict, msg_id: str) -> requests.Response:
-    """POST a Standard-Webhooks-signed delivery to the `forms` source."""
+def deliver(web: str, body: dict, msg_id: str, *, path: str = "/hooks/forms",
+            secret: str = WEBHOOK_SECRET) -> requests.Response:
+    """POST a Standard-Webhooks-signed delivery (by default to the default workspace's `forms` source)."""
     raw = json.dumps(body)
     stamp = int(time.time())
-    signature = Webhook(WEBHOOK_SECRET).sign(msg_id, datetime.fromtimestamp(stamp, timezone.utc), raw)
-    return requests.post(f"{web}/hooks/forms", data=raw, timeout=5, headers={
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, timezone.utc), raw)
+    return requests.post(f"{web}{path}", data=raw, timeout=5, headers={
         "content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(stamp),
         "webhook-signature": signature})
 
@@ -74,7 +76,7 @@ def deliver(web: str, body: dict, msg_id: str) -> requests.Response:
 def all_runs(redis_url: str) -> list[dict]:
     """Every stored run, oldest first."""
     connection = redis.Redis.from_url(redis_url)
-    return [json.loads(connection.get(f"run:{i.decode()}")) for i in connection.zrange("runs", 0, -1)]
+    return [json.loads(connection.get(f"{PREFIX}run:{i.decode()}")) for i in connection.zrange(f"{PREFIX}runs", 0, -1)]
 
 
 def runs_in(redis_url: str, status: str) -> list[dict]:
@@ -126,4 +128,4 @@ def start(engine: Stack, redis_url: str, workers: int = 1) -> None:
         engine.worker(f"worker-{n + 1}")
     engine.poller()
     connection = redis.Redis.from_url(redis_url)
-    wait_until(lambda: connection.exists("poll:Task:cursor"), 20, "the poller's baseline")
+    wait_until(lambda: connection.exists(f"{PREFIX}poll:Task:cursor"), 20, "the poller's baseline")

@@ -2,18 +2,15 @@
 from pathlib import Path
 
 import pytest
-from flask import Flask
 
-from web.rules_cli import rules_cli
+from app import create_app
 
 RULES = Path(__file__).parents[2] / "rules"
 
 
 @pytest.fixture
 def runner():
-    app = Flask("rules-run-test")
-    app.config.update(RULES_PATH=str(RULES), RULES_ENV="")
-    app.cli.add_command(rules_cli)
+    app = create_app({"TESTING": True, "RULES_PATH": str(RULES), "RULES_ENV": "", "INLOOX_REQUESTS_PER_SECOND": "0"})
     return app.test_cli_runner()
 
 

@@ -1,0 +1,392 @@
+"""Hosted service: many workspaces in one deployment, isolated, sharing Redis and RQ workers.
+
+Two workspaces talk to two sandbox servers with their own tokens; their rules, events, runs,
+traces and metrics never cross, and each one's secrets and tokens are refused by the other.
+"""
+from __future__ import annotations
+
+import textwrap
+import time
+from datetime import datetime, timezone
+
+import pytest
+import redis
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.processes import free_port, wait_until
+from tests.support.sandbox import SandboxServer
+from tests.support.stack import FORM_RULE, PROJECT, ensure_project, deliver
+
+ACME_SECRET = "whsec_QUNNRWFjbWVhY21lYWNtZWFjbWVhY21lYWNtZQ=="
+GLOBEX_SECRET = "whsec_R0xPQkVYZ2xvYmV4Z2xvYmV4Z2xvYmV4Z2xvYg=="
+ACME_ADMIN, GLOBEX_ADMIN, OPERATOR = "acme-admin-7Qx2", "globex-admin-9Wd4", "operator-3Kp8"
+ACME_TOKEN, GLOBEX_TOKEN = "ilx_acme_engine_token_0001", "ilx_globex_engine_token_0002"
+
+
+@pytest.fixture(scope="module")
+def other_sandbox_server():
+    """A second InLoox: globex's account."""
+    server = SandboxServer.start(port=free_port(), token="globex-person-token")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def other_sandbox(other_sandbox_server):
+    other_sandbox_server.reset(seed="empty")
+    return other_sandbox_server
+
+
+def write_workspaces(tmp_path, text: str):
+    path = tmp_path / "workspaces.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def hosted(stack, sandbox, other_sandbox, tmp_path):
+    """acme (sandbox, rules folder in git) and globex (other sandbox, uploaded bundles), one web, one worker."""
+    acme_rules = tmp_path / "acme"
+    acme_rules.mkdir()
+    (acme_rules / "forms.yaml").write_text(textwrap.dedent(FORM_RULE.format(extra="")))
+    path = write_workspaces(tmp_path, f"""
+        workspaces:
+          acme:
+            inloox_url: {sandbox.base_url}
+            inloox_api_key: {{env: ACME_INLOOX_TOKEN}}
+            admin_token: {ACME_ADMIN}
+            rules: {acme_rules}
+            webhooks: {{forms: {ACME_SECRET}}}
+          globex:
+            inloox_url: {other_sandbox.base_url}
+            inloox_api_key: {{env: GLOBEX_INLOOX_TOKEN}}
+            admin_token: {{env: GLOBEX_ADMIN_TOKEN}}
+            webhooks: {{forms: [{GLOBEX_SECRET}]}}
+    """)
+    sandbox.add_user(ACME_TOKEN, "Acme", "Bot")
+    other_sandbox.add_user(GLOBEX_TOKEN, "Globex", "Bot")
+    ensure_project(sandbox)
+    ensure_project(other_sandbox)
+    stack.env.update(WORKSPACES_FILE=str(path), OPERATOR_TOKEN=OPERATOR, ACME_INLOOX_TOKEN=ACME_TOKEN,
+                     GLOBEX_INLOOX_TOKEN=GLOBEX_TOKEN, GLOBEX_ADMIN_TOKEN=GLOBEX_ADMIN)
+    stack.worker("worker", queues=("acme", "globex"))
+    return stack.web()
+
+
+def call(method: str, url: str, token: str | None = None, *, headers: dict | None = None, **kwargs) -> requests.Response:
+    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+    return requests.request(method, url, headers=headers, timeout=10, **kwargs)
+
+
+def task_names(sandbox) -> list[str]:
+    return sorted(t["Name"] for t in sandbox.get("Task").json()["value"])
+
+
+def metric_workspaces(text: str) -> set[str]:
+    return {s.labels["workspace"] for family in text_string_to_metric_families(text) for s in family.samples
+            if "workspace" in s.labels}
+
+
+def test_two_workspaces_never_see_each_others_rules_events_runs_traces_or_metrics(hosted, sandbox, other_sandbox):
+    web = hosted
+    # globex's rules come from the admin API: the same rule id and text as acme's folder holds.
+    bundle = {"files": {"forms.yaml": textwrap.dedent(FORM_RULE.format(extra=""))}}
+    assert call("PUT", f"{web}/workspaces/globex/rules", ACME_ADMIN, json=bundle).status_code == 401
+    uploaded = call("PUT", f"{web}/workspaces/globex/rules", GLOBEX_ADMIN, json=bundle)
+    assert uploaded.status_code == 201, uploaded.text
+    assert call("PUT", f"{web}/workspaces/acme/rules", ACME_ADMIN, json=bundle).status_code == 409  # git owns it
+
+    # The same delivery id to both: two workspaces, two events (dedup is per workspace).
+    body = {"title": "Quote request", "project": PROJECT}
+    assert deliver(web, body, "msg_1", path="/workspaces/acme/hooks/forms", secret=ACME_SECRET).status_code == 202
+    assert deliver(web, body, "msg_1", path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET).status_code == 202
+    # A webhook for acme signed with globex's secret, and one for a workspace that does not exist.
+    assert deliver(web, body, "msg_2", path="/workspaces/acme/hooks/forms", secret=GLOBEX_SECRET).status_code == 401
+    assert deliver(web, body, "msg_3", path="/workspaces/nope/hooks/forms", secret=ACME_SECRET).status_code == 404
+    assert deliver(web, body, "msg_4", path="/hooks/forms", secret=ACME_SECRET).status_code == 404  # no default
+
+    wait_until(lambda: task_names(sandbox) == ["Quote request"] and task_names(other_sandbox) == ["Quote request"],
+               20, "one task in each account")
+    # Each account saw only its own workspace's token.
+    acme_users = {r["user"] for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "Task"}
+    globex_users = {r["user"] for r in other_sandbox.requests() if r["method"] == "POST" and r["path"] == "Task"}
+    assert len(acme_users) == len(globex_users) == 1 and acme_users != globex_users
+
+    acme_runs = call("GET", f"{web}/workspaces/acme/runs", ACME_ADMIN).json()["runs"]
+    globex_runs = wait_until(lambda: [r for r in call("GET", f"{web}/workspaces/globex/runs", GLOBEX_ADMIN).json()["runs"]
+                                      if r["status"] == "succeeded"], 10, "globex's run")
+    assert [r["status"] for r in acme_runs] == ["succeeded"] and len(globex_runs) == 1
+    assert acme_runs[0]["ruleset_version"].startswith("files:") and globex_runs[0]["ruleset_version"] == "v1"
+    # Same event id, rule and rule text: the same run id, held apart by workspace.
+    run_id = acme_runs[0]["id"]
+    assert globex_runs[0]["id"] == run_id
+    acme_run = call("GET", f"{web}/workspaces/acme/runs/{run_id}", ACME_ADMIN).json()
+    globex_run = call("GET", f"{web}/workspaces/globex/runs/{run_id}", GLOBEX_ADMIN).json()
+    acme_id, globex_id = (r["run"]["outputs"]["task"]["TaskItemId"] for r in (acme_run, globex_run))
+    assert acme_id == sandbox.get("Task").json()["value"][0]["TaskItemId"]
+    assert globex_id == other_sandbox.get("Task").json()["value"][0]["TaskItemId"] != acme_id
+    assert acme_run["trace"]["event"]["id"] == "webhook:forms:msg_1"
+    # acme's runs and traces with globex's token: refused; the operator sees both.
+    assert call("GET", f"{web}/workspaces/acme/runs/{run_id}", GLOBEX_ADMIN).status_code == 401
+    assert call("GET", f"{web}/workspaces/acme/runs", GLOBEX_ADMIN).status_code == 401
+    assert call("GET", f"{web}/workspaces/acme/runs", OPERATOR).status_code == 200
+    assert call("GET", f"{web}/workspaces/globex/runs", OPERATOR).status_code == 200
+
+    # Metrics: each workspace sees its own series only; the whole deployment needs the operator.
+    acme_metrics = call("GET", f"{web}/workspaces/acme/metrics", ACME_ADMIN)
+    assert acme_metrics.status_code == 200 and metric_workspaces(acme_metrics.text) == {"acme"}
+    assert 'outcome="rejected"' in acme_metrics.text  # the delivery signed with globex's secret
+    assert call("GET", f"{web}/workspaces/acme/metrics", GLOBEX_ADMIN).status_code == 401
+    assert call("GET", f"{web}/metrics").status_code == 401
+    assert metric_workspaces(call("GET", f"{web}/metrics", OPERATOR).text) == {"acme", "globex"}
+
+
+def test_a_broken_bundle_is_refused_with_its_errors_and_the_active_version_keeps_running(hosted, other_sandbox):
+    web = hosted
+    good = {"files": {"forms.yaml": textwrap.dedent(FORM_RULE.format(extra=""))}}
+    assert call("PUT", f"{web}/workspaces/globex/rules", GLOBEX_ADMIN, json=good).status_code == 201
+    broken = textwrap.dedent(FORM_RULE.format(extra="")).replace("inloox.create: Task", "inloox.create: Tsk")
+
+    refused = call("PUT", f"{web}/workspaces/globex/rules", GLOBEX_ADMIN, data=broken,
+                   headers={"Content-Type": "application/yaml"})
+
+    assert refused.status_code == 422
+    [error] = refused.json()["errors"]
+    assert error.startswith("rules.yaml:") and "Tsk" in error and "Task" in error  # file:line:col, did you mean
+    listing = call("GET", f"{web}/workspaces/globex/rules", GLOBEX_ADMIN).json()
+    assert listing["active"] == "v1" and [v["number"] for v in listing["versions"]] == [1]
+    body = {"title": "Still running", "project": PROJECT}
+    assert deliver(web, body, "msg_9", path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET).status_code == 202
+    wait_until(lambda: task_names(other_sandbox) == ["Still running"], 20, "the task made by version 1")
+
+
+DONE_RULE = """
+id: tell-{name}
+description: Tell the team when a task is done, naming the workspace.
+when:
+  - inloox: Task
+    changes: {{IsDone: {{to: true}}}}
+then:
+  - notify: "{{{{ env.TEAM_CHANNEL_URL }}}}"
+    title: "{name}"
+    body: "{{{{ entity.Name }}}}"
+"""
+
+
+def test_three_pollers_share_ten_workspaces_and_take_over_a_killed_ones_within_a_lease(
+        stack, sandbox, receiver, tmp_path, redis_url):
+    names = [f"ws{n}" for n in range(10)]
+    entries = []
+    for n, name in enumerate(names):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "done.yaml").write_text(textwrap.dedent(DONE_RULE.format(name=name)))
+        token = f"ilx_engine_token_of_{name}_000"
+        sandbox.add_user(token, f"Bot{n}", "Engine")
+        entries.append(f"""
+          {name}:
+            inloox_url: {sandbox.base_url}
+            inloox_api_key: {token}
+            rules: {folder}
+            limits: {{inloox_requests_per_second: 0}}""")
+    path = tmp_path / "workspaces.yaml"
+    path.write_text("workspaces:" + "".join(entries) + "\n")
+    stack.env.update(WORKSPACES_FILE=str(path), POLL_INTERVAL="0.5", POLL_LEASE_SECONDS="3")
+    first, second = (sandbox.post("Task", json={"Name": name, "ProjectId": ensure_project(sandbox)}).json()["TaskItemId"]
+                     for name in ("First", "Second"))
+    stack.worker("worker", queues=tuple(names))
+    pollers = [stack.poller(f"poller-{n}") for n in range(3)]
+    connection = redis.Redis.from_url(redis_url)
+    wait_until(lambda: all(connection.exists(f"ws:{name}:poll:Task:cursor") for name in names), 30, "every baseline")
+
+    def notified(task_name: str) -> list[str]:
+        return sorted(m["body"]["title"] for m in receiver.received if m["body"].get("message") == task_name)
+
+    sandbox.patch(f"Task({first})", json={"IsDone": True})
+    wait_until(lambda: notified("First") == names, 30, "one message per workspace for the first task")
+
+    # Kill the poller that owns the most workspaces, then change a task while they have no poller.
+    owner = {name: connection.hget(f"ws:{name}:poll:Task:last", "poller").decode() for name in names}
+    victim_id = max(set(owner.values()), key=list(owner.values()).count)
+    [victim] = [p for p in pollers if f"poller {victim_id}:" in p.output()]
+    orphaned = [name for name in names if owner[name] == victim_id]
+    victim.signal(9)
+    killed_at = datetime.now(timezone.utc)
+    sandbox.patch(f"Task({second})", json={"IsDone": True})
+
+    wait_until(lambda: notified("Second") == names, 3 + 10, "every workspace's message, the orphaned ones too")
+    taken_over = {name: connection.hget(f"ws:{name}:poll:Task:last", "poller").decode() for name in orphaned}
+    assert victim_id not in taken_over.values()
+    time.sleep(2)  # time for a duplicate to show up, if one were made
+    for name in orphaned:  # taken over within one lease (3 s), give or take a poll interval
+        after = [datetime.fromisoformat(entry.decode().split(" ")[1])
+                 for entry in connection.lrange(f"ws:{name}:poll:recent", 0, -1)]
+        resumed = min(t for t in after if t > killed_at)
+        assert (resumed - killed_at).total_seconds() < 3 + 1.5, (name, resumed, killed_at)
+    assert notified("First") == notified("Second") == names
+
+    # Each workspace was polled by one poller at a time: its recent polls change hands a few times
+    # (sharing out at the start, the takeover), never back and forth as two pollers at once would.
+    def recent_pollers(name: str) -> list[str]:
+        return [entry.decode().split(" ")[0] for entry in connection.lrange(f"ws:{name}:poll:recent", 0, -1)]
+
+    wait_until(lambda: all(len(recent_pollers(name)) >= 12 for name in names), 30, "a dozen polls of each workspace")
+    for name in names:
+        recent = recent_pollers(name)
+        handovers = sum(a != b for a, b in zip(recent, recent[1:]))
+        assert handovers <= 4, (name, recent)
+
+
+def test_the_shared_inloox_rate_limit_holds_across_four_workers(engine, sandbox, rules_dir):
+    from tests.support.stack import write_form_rule
+
+    write_form_rule(rules_dir)
+    engine.env["INLOOX_REQUESTS_PER_SECOND"] = "5"
+    ensure_project(sandbox)
+    for n in range(4):
+        engine.worker(f"worker-{n}")
+    web = engine.web()
+    sandbox.clear_requests()
+
+    for n in range(30):
+        assert deliver(web, {"title": f"Form {n}", "project": PROJECT}, f"msg_{n}").status_code == 202
+
+    wait_until(lambda: sandbox.count("Task") == 30, 60, "30 tasks")
+    engine_id = sandbox.get("UserInfo/Me()").json()["value"][0]["ContactId"]  # the person's, to exclude
+    times = sorted(datetime.fromisoformat(r["at"].replace("Z", "+00:00")).timestamp()
+                   for r in sandbox.requests() if r["user"] and r["user"] != engine_id)
+    assert len(times) >= 30
+    # At most 5 in any one-second span (less a little for the trip between our clock and the server's).
+    busiest = max(sum(1 for t in times[i:] if t - start < 0.95) for i, start in enumerate(times))
+    assert busiest <= 5, busiest
+    assert len(times) / (times[-1] - times[0]) > 2.5  # and it did keep going at about the limit
+
+
+def test_bundle_versions_are_listed_and_an_older_one_can_be_made_active_again(redis_url, sandbox):
+    from app import create_app
+    from workers.workspaces import Workspace
+
+    globex = Workspace("globex", sandbox.base_url, sandbox.token, admin_token=GLOBEX_ADMIN)
+    api = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {"globex": globex}}).test_client()
+    admin = {"Authorization": f"Bearer {GLOBEX_ADMIN}"}
+    first = textwrap.dedent(FORM_RULE.format(extra=""))
+    second = first.replace("WorkAmount: 1", "WorkAmount: 2")
+    for text in (first, second):
+        assert api.put("/workspaces/globex/rules", json={"files": {"forms.yaml": text}}, headers=admin).status_code == 201
+
+    listing = api.get("/workspaces/globex/rules", headers=admin).json
+    assert listing["source"] == "bundles" and listing["active"] == "v2"
+    assert [(v["number"], v["active"], v["rule_ids"]) for v in listing["versions"]] == [
+        (2, True, ["form-to-task"]), (1, False, ["form-to-task"])]
+
+    rolled_back = api.post("/workspaces/globex/rules/versions/1/activate", headers=admin)
+    assert rolled_back.status_code == 200 and rolled_back.json["active"] == 1
+    assert api.get("/workspaces/globex/rules", headers=admin).json["active"] == "v1"
+    assert api.post("/workspaces/globex/rules/versions/9/activate", headers=admin).status_code == 404
+    assert api.post("/workspaces/globex/rules/versions/1/activate").status_code == 401
+    assert api.get("/rules", headers=admin).status_code == 404  # no default workspace in this deployment
+
+
+SHADOW_RULE = """
+id: note-forms
+description: Plan a task for each form, write nothing (shadow mode).
+mode: shadow
+when:
+  - webhook: forms
+then:
+  - inloox.create: Task
+    values: {Name: "{{ webhook.body.title }}", ProjectId: "3fa85f64-5717-4562-b3fc-2c963f66afa6"}
+"""
+
+
+NOTIFY_RULE = """
+id: note-forms
+description: Tell the team about each form.
+when:
+  - webhook: forms
+then:
+  - notify: "{{ env.TEAM_CHANNEL_URL }}"
+    title: Form
+    body: "{{ webhook.body.title }}"
+"""
+
+
+def submit_forms(redis_url: str, workspace, count: int, tag: str) -> None:
+    """Accept `count` webhook events for `workspace` straight through intake (as /hooks would)."""
+    from engine.events import Event
+    from workers import workspaces
+    from workers.intake import submit_event
+
+    connection = redis.Redis.from_url(redis_url)
+    with workspaces.using(workspace):
+        for n in range(count):
+            event = Event(source="webhook", kind="forms", id=f"webhook:forms:{tag}{n}",
+                          occurred_at=datetime.now(timezone.utc),
+                          payload={"id": f"{tag}{n}", "body": {"title": f"{tag} {n}"}, "headers": {}})
+            assert submit_event(connection, event, dedup_key=workspaces.key(f"hooks:seen:forms:{tag}{n}"),
+                                dedup_ttl=60)
+
+
+def two_shadow_workspaces(stack, sandbox, tmp_path, **limits):
+    from workers.workspaces import Limits, Workspace
+
+    entries, served = [], {}
+    for name in ("noisy", "quiet"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "forms.yaml").write_text(textwrap.dedent(SHADOW_RULE))
+        limit_text = ", ".join(f"{k}: {v}" for k, v in {"inloox_requests_per_second": 0, **limits}.items())
+        entries.append(f"\n  {name}:\n    inloox_url: {sandbox.base_url}\n    inloox_api_key: {sandbox.token}"
+                       f"\n    rules: {folder}\n    limits: {{{limit_text}}}")
+        served[name] = Workspace(name, sandbox.base_url, sandbox.token, rules_path=str(folder),
+                                 limits=Limits(**{"inloox_requests_per_second": 0, **limits}))
+    path = tmp_path / "workspaces.yaml"
+    path.write_text("workspaces:" + "".join(entries) + "\n")
+    stack.env.update(WORKSPACES_FILE=str(path))
+    return served
+
+
+def handled_order(redis_url: str, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(workspace, event id) of every handled event, in the order workers handled them."""
+    import json
+
+    connection = redis.Redis.from_url(redis_url)
+    handled = []
+    for name in names:
+        for event_id in connection.zrange(f"ws:{name}:traces", 0, -1):
+            trace = json.loads(connection.get(f"ws:{name}:trace:{event_id.decode()}"))
+            handled.append((trace["handled_at"], name, event_id.decode()))
+    return [(name, event_id) for _, name, event_id in sorted(handled)]
+
+
+def test_a_noisy_workspace_does_not_starve_a_quiet_one(stack, sandbox, tmp_path, redis_url):
+    served = two_shadow_workspaces(stack, sandbox, tmp_path)
+    submit_forms(redis_url, served["noisy"], 40, "n")  # a backlog, queued first
+    submit_forms(redis_url, served["quiet"], 1, "q")
+
+    stack.worker("worker", queues=("noisy", "quiet"))
+
+    order = wait_until(lambda: len(o := handled_order(redis_url, ("noisy", "quiet"))) == 41 and o, 60, "41 events")
+    # Round-robin dequeue: the quiet workspace's event is among the first few, not behind the 40.
+    assert ("quiet", "webhook:forms:q0") in order[:3], order[:5]
+
+
+def test_runs_over_a_workspaces_runs_per_minute_wait_instead_of_running(stack, sandbox, receiver, tmp_path,
+                                                                      redis_url):
+    import json
+
+    served = two_shadow_workspaces(stack, sandbox, tmp_path, runs_per_minute=2)
+    for name in served:  # shadow runs end before any step: a live rule is needed for the limit to apply
+        (tmp_path / name / "forms.yaml").write_text(textwrap.dedent(NOTIFY_RULE))
+    submit_forms(redis_url, served["noisy"], 4, "n")
+    stack.worker("worker", queues=("noisy", "quiet"))
+    connection = redis.Redis.from_url(redis_url)
+
+    def runs() -> list[dict]:
+        return [json.loads(connection.get(f"ws:noisy:run:{i.decode()}")) for i in connection.zrange("ws:noisy:runs", 0, -1)]
+
+    waiting = wait_until(lambda: [r for r in runs() if "runs/minute" in (r.get("reason") or "")], 20, "runs over the limit")
+    assert len(runs()) == 4 and len(waiting) == 2
+    assert all(r["status"] == "queued" and "2 runs/minute reached" in r["reason"] for r in waiting)
+    wait_until(lambda: len(receiver.received) == 2, 10, "the two runs within the limit")

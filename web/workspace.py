@@ -1,0 +1,101 @@
+"""Which workspace a request is for, and who may act for it.
+
+Workspace routes are registered twice: at their own path for the default workspace
+(`/hooks/forms`, `/runs`) and under `/workspaces/<ws>/` for any workspace (`/workspaces/acme/runs`).
+The `ws` URL value is taken off before the view runs (Flask's documented url_value_preprocessor
+pattern), and the request works for that workspace until it ends.
+
+Admin endpoints take the workspace's own admin token or the operator's token (OPERATOR_TOKEN),
+which serves every workspace. A workspace without an admin token is open only while no operator
+token is configured either (local development).
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+
+import click
+from flask import Blueprint, Flask, abort, current_app, g, request
+
+from workers import workspaces
+
+WORKSPACE_PREFIX = "/workspaces/<ws>"
+
+
+def init_app(app: Flask) -> None:
+    """Resolve the workspace of every request and leave it when the request ends."""
+    app.url_value_preprocessor(_enter_workspace)
+    app.teardown_request(_leave_workspace)
+
+
+def register(app: Flask, bp: Blueprint) -> None:
+    """Serve `bp` for the default workspace at its own path and for each workspace below /workspaces/<ws>."""
+    app.register_blueprint(bp)
+    app.register_blueprint(bp, name=f"ws_{bp.name}", url_prefix=WORKSPACE_PREFIX + (bp.url_prefix or ""))
+
+
+def _enter_workspace(endpoint, values) -> None:
+    name = (values or {}).pop("ws", None)
+    known = current_app.config["WORKSPACES"]
+    if name is None and workspaces.DEFAULT not in known:
+        return  # an unprefixed route in a hosted deployment without a default workspace
+    name = name or workspaces.DEFAULT
+    if name not in known:
+        abort(404, f"no workspace {name!r}")
+    g.workspace_token = workspaces.enter(known[name])
+
+
+def _leave_workspace(exc=None) -> None:
+    token = g.pop("workspace_token", None)
+    if token is not None:
+        workspaces.leave(token)
+
+
+def require_workspace() -> None:
+    """Refuse a workspace route that has no workspace (hosted deployment, no default workspace)."""
+    if "workspace_token" not in g:
+        abort(404, "this deployment has no default workspace; use /workspaces/<ws>/…")
+
+
+def admin_tokens() -> list[str]:
+    """The tokens that may administer the current workspace: its own and the operator's."""
+    return [t for t in (workspaces.current().admin_token, current_app.config.get("OPERATOR_TOKEN")) if t]
+
+
+def bearer_token() -> str:
+    return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+
+
+def is_admin(given: str) -> bool:
+    """True when `given` is an admin token of the current workspace (or no token is configured at all)."""
+    tokens = admin_tokens()
+    return not tokens or any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens)
+
+
+def require_admin_token() -> None:
+    """Admin routes need `Authorization: Bearer <token>` of the workspace or the operator."""
+    require_workspace()
+    if not is_admin(bearer_token()):
+        abort(401, "an admin token is needed (Authorization: Bearer …)")
+
+
+def require_operator_token() -> None:
+    """Deployment-wide routes (all workspaces' metrics) need the operator token when one is set."""
+    expected = current_app.config.get("OPERATOR_TOKEN")
+    if expected and not hmac.compare_digest(bearer_token().encode(), expected.encode()):
+        abort(401, "the operator token is needed (Authorization: Bearer …)")
+
+
+def cli_workspace(command):
+    """Give a `flask` command a `--workspace` option (default: "default", or $WORKSPACE) and run it in that workspace."""
+    @functools.wraps(command)
+    def in_workspace(*args, workspace: str, **kwargs):
+        known = current_app.config["WORKSPACES"]
+        if workspace not in known:
+            raise click.ClickException(f"no workspace {workspace!r}; this deployment serves "
+                                       f"{', '.join(sorted(known))}")
+        with workspaces.using(known[workspace]):
+            return command(*args, **kwargs)
+
+    return click.option("--workspace", "-w", default=workspaces.DEFAULT, envvar="WORKSPACE", show_default=True,
+                        help="The workspace to act on.")(in_workspace)
