@@ -39,28 +39,43 @@ WORKSPACE_RUNS_WINDOW = {"per_seconds": 60}  # a workspace's runs_per_minute lim
 
 @workspace_job
 def handle_event(ctx: WorkerContext, event: dict) -> dict:
-    """Plan the event against the workspace's rules; store a run per matched rule and queue the live ones.
+    """Plan the event against the workspace's rules; store a run per matched rule, and start the live ones.
 
     The explain report (which rules matched, and why the others did not) is kept as the event's trace.
+    The event's first live run is executed right here, in this job: most events start one run, and
+    a job of its own would double RQ's bookkeeping per write. Further runs get jobs of their own
+    (other workers take them in parallel). Should this worker die, RQ requeues this job (intake
+    gives it retries), which finds the run stored and continues it from its step ledger.
     """
     parsed, now = Event.from_dict(event), datetime.now(timezone.utc)
     ruleset, version = ctx.rules.current()
     plans = evaluate(parsed, ruleset, now=now, env=ctx.rule_env)
-    run_ids = [_start_run(ctx, parsed, plan, now, version) for plan in plans]
+    here: list[str] = []
+    run_ids = [_start_run(ctx, parsed, plan, now, version, here=here) for plan in plans]
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env)
     save_trace(ctx.connection, report.to_dict(), run_ids, now=now)
     _count_matches(ctx.connection, plans)
+    for run_id in here:
+        _run(ctx, run_id)
     return {"event_id": parsed.id, "runs": run_ids}
 
 
-def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str) -> str:
+def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str, *,
+               here: list[str] | None = None) -> str:
+    """Store the run (once) and start it: queued, or appended to `here` to be run by the caller.
+
+    `here` takes at most one run, and none with a `concurrency` limit (RQ enforces that on jobs).
+    """
     run = new_run(plan, now=now, ruleset_version=ruleset_version, **_initial_status(ctx.connection, plan))
     if create_run(ctx.connection, run):
         metrics.count(ctx.connection, "runs", status=run["status"])
     existing = load_run(ctx.connection, run["id"])
-    # Also when the run existed: a crash may have come between storing and queueing it.
+    # Also when the run existed: a crash may have come between storing and starting it.
     if existing and existing["status"] == "queued":
-        queue_run(ctx.connection, existing)
+        if here is not None and not here and not existing["plan"].get("concurrency"):
+            here.append(existing["id"])
+        else:
+            queue_run(ctx.connection, existing)
     elif existing and existing["status"] == "held":
         schedule_check(ctx.connection, existing)
     return run["id"]
@@ -89,6 +104,11 @@ def _initial_status(connection: redis.Redis, plan: Plan) -> dict:
 @workspace_job
 def execute_run(ctx: WorkerContext, run_id: str) -> str:
     """Run the remaining steps of a run; returns its status. Safe to call again at any point."""
+    return _run(ctx, run_id)
+
+
+def _run(ctx: WorkerContext, run_id: str) -> str:
+    """execute_run's work, also done inside handle_event: under the run's lock, from its ledger."""
     run = load_run(ctx.connection, run_id)
     if run is None or run["status"] in TERMINAL:
         return run["status"] if run else "missing"
