@@ -85,11 +85,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     workspace.init_app(app)
     app.register_blueprint(health.bp)
     # Workspace routes: at their own path for the default workspace, and under /workspaces/<ws>/.
-    for bp in (hooks.bp, chat.bp, runs.bp, rules_api.bp):
+    for bp in (hooks.bp, chat.bp, runs.bp, rules_api.bp, ui.bp):
         workspace.register(app, bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
-    app.register_blueprint(ui.bp)
     queues.init_app(app)
     if app.config["DEV_INBOX"] in ("1", "true", True):
         app.register_blueprint(inbox.bp)

@@ -24,4 +24,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=URL_PREFIX)
     # The blueprint is rq-dashboard's, so the check is registered on the app for that blueprint's
     # requests (Flask runs `before_request_funcs[name]` for them), which leaves its object untouched.
-    app.before_request_funcs.setdefault(rq_dashboard.blueprint.name, []).append(ui.require_login)
+    app.before_request_funcs.setdefault(rq_dashboard.blueprint.name, []).append(ui.require_operator_login)

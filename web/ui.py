@@ -1,8 +1,10 @@
 """The dashboard under `/ui`: rules, runs (with retry buttons) and the poller, as server-rendered pages.
 
-It shows the default workspace. With an admin token set (ADMIN_TOKEN, or OPERATOR_TOKEN), every page needs a login (a form that sets an HttpOnly, SameSite=Strict cookie
-holding an HMAC of the token, never the token) or `Authorization: Bearer <token>`. Pages show run
-records and rule files, which hold no tokens or webhook secrets.
+Served for each workspace (`/ui` is the default one's, `/workspaces/<ws>/ui` any one's). With an
+admin token set (the workspace's, or OPERATOR_TOKEN), every page needs a login (a form that sets
+an HttpOnly, SameSite=Strict cookie, scoped to that dashboard's path, holding an HMAC of the token,
+never the token) or `Authorization: Bearer <token>`. Pages show run records and rule files, which
+hold no tokens or webhook secrets.
 """
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import hashlib
 import hmac
 from datetime import datetime, timedelta, timezone
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
 from web.resources import get_context, get_redis
 from web.workspace import admin_tokens, bearer_token, is_admin, require_workspace
+from workers import workspaces
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
 from workers.poll_status import poll_status
@@ -30,15 +33,33 @@ PER_RULE_SCAN = 1000  # runs looked at per rule for the 24-hour figures
 def require_login():
     """With an admin token set, send visitors without a valid session or bearer token to the login form."""
     require_workspace()
-    tokens = admin_tokens()
-    if not tokens or request.endpoint == "ui.login":
+    if request.endpoint and request.endpoint.endswith(".login"):
         return None
-    cookie = request.cookies.get(COOKIE, "")
-    if any(hmac.compare_digest(cookie, _session(t)) for t in tokens) or is_admin(bearer_token()):
+    return _login_needed(admin_tokens(), login=url_for(".login", next=request.path))
+
+
+def require_operator_login():
+    """RQ's dashboard shows every workspace's jobs: with several workspaces, only the operator may see it."""
+    if len(current_app.config["WORKSPACES"]) == 1 and workspaces.DEFAULT in current_app.config["WORKSPACES"]:
+        require_workspace()  # one account: its admin is the operator
+        return _login_needed(admin_tokens(), login=url_for("ui.login", next=request.path))
+    operator = current_app.config.get("OPERATOR_TOKEN")
+    if not operator:
+        abort(404, "RQ's dashboard serves the operator of a multi-workspace deployment: set OPERATOR_TOKEN")
+    return _login_needed([operator], login=None)
+
+
+def _login_needed(tokens: list[str], *, login: str | None):
+    """None when the session cookie or bearer token holds one of `tokens` (or there are none), else a refusal."""
+    if not tokens:
         return None
-    if request.method != "GET":
+    cookie, bearer = request.cookies.get(COOKIE, ""), bearer_token()
+    if any(hmac.compare_digest(cookie, _session(t)) or hmac.compare_digest(bearer.encode(), t.encode())
+           for t in tokens):
+        return None
+    if request.method != "GET" or login is None:
         abort(401, "log in to the dashboard first")
-    return redirect(url_for("ui.login", next=request.path))
+    return redirect(login)
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -49,17 +70,18 @@ def login():
     given = request.form.get("token", "")
     if not admin_tokens() or not is_admin(given):
         return render_template("ui/login.html", error="That is not the admin token."), 401
-    token = given
+    home = url_for(".index")  # /ui, or /workspaces/<ws>/ui: each workspace's session is its own
     target = request.args.get("next", "")
-    response = redirect(target if target.startswith("/ui") else url_for("ui.rules"))
-    response.set_cookie(COOKIE, _session(token), httponly=True, samesite="Strict", secure=request.is_secure)
+    response = redirect(target if target.startswith(home) else url_for(".rules"))
+    response.set_cookie(COOKIE, _session(given), httponly=True, samesite="Strict", secure=request.is_secure,
+                        path=home)
     return response
 
 
 @bp.get("")
 def index():
     """The dashboard starts at the rules."""
-    return redirect(url_for("ui.rules"))
+    return redirect(url_for(".rules"))
 
 
 @bp.get("/rules")
@@ -101,7 +123,7 @@ def retry(run_id: str):
         notice = "Queued again."
     except RetryRefused as exc:
         notice = f"Not retried: {exc}"
-    return redirect(url_for("ui.run", run_id=run_id, notice=notice))
+    return redirect(url_for(".run", run_id=run_id, notice=notice))
 
 
 @bp.get("/poller")

@@ -25,6 +25,7 @@ WORKSPACE_PREFIX = "/workspaces/<ws>"
 def init_app(app: Flask) -> None:
     """Resolve the workspace of every request and leave it when the request ends."""
     app.url_value_preprocessor(_enter_workspace)
+    app.url_defaults(_add_workspace)
     app.teardown_request(_leave_workspace)
 
 
@@ -43,6 +44,13 @@ def _enter_workspace(endpoint, values) -> None:
     if name not in known:
         abort(404, f"no workspace {name!r}")
     g.workspace_token = workspaces.enter(known[name])
+
+
+def _add_workspace(endpoint: str, values: dict) -> None:
+    """url_for(".runs") inside a workspace's pages links to that workspace's route (Flask's url_defaults)."""
+    if "ws" not in values and "workspace_token" in g and \
+            current_app.url_map.is_endpoint_expecting(endpoint, "ws"):
+        values["ws"] = workspaces.current().name
 
 
 def _leave_workspace(exc=None) -> None:

@@ -390,3 +390,35 @@ def test_runs_over_a_workspaces_runs_per_minute_wait_instead_of_running(stack, s
     assert len(runs()) == 4 and len(waiting) == 2
     assert all(r["status"] == "queued" and "2 runs/minute reached" in r["reason"] for r in waiting)
     wait_until(lambda: len(receiver.received) == 2, 10, "the two runs within the limit")
+
+
+def test_each_workspace_has_its_own_dashboard_and_only_the_operator_sees_every_queue(redis_url, sandbox, tmp_path):
+    from app import create_app
+    from workers.workspaces import Workspace
+
+    folders = {}
+    for name in ("acme", "globex"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "forms.yaml").write_text(textwrap.dedent(FORM_RULE.format(extra="")).replace(
+            "id: form-to-task", f"id: {name}-forms"))
+    served = {"acme": Workspace("acme", sandbox.base_url, sandbox.token, admin_token=ACME_ADMIN,
+                                rules_path=str(folders["acme"])),
+              "globex": Workspace("globex", sandbox.base_url, sandbox.token, admin_token=GLOBEX_ADMIN,
+                                  rules_path=str(folders["globex"]))}
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": served, "OPERATOR_TOKEN": OPERATOR})
+    browser = app.test_client()
+
+    assert browser.get("/workspaces/acme/ui/rules").headers["Location"].startswith("/workspaces/acme/ui/login")
+    logged_in = browser.post("/workspaces/acme/ui/login", data={"token": ACME_ADMIN})
+    assert logged_in.status_code == 302 and "Path=/workspaces/acme/ui" in logged_in.headers["Set-Cookie"]
+    page = browser.get("/workspaces/acme/ui/rules").get_data(as_text=True)
+    assert "acme-forms" in page and "globex-forms" not in page
+    assert 'href="/workspaces/acme/ui/runs' in page  # its links stay in the workspace
+    # acme's session is no key to globex's dashboard, nor is acme's token.
+    assert browser.get("/workspaces/globex/ui/rules").status_code == 302
+    assert browser.get("/workspaces/globex/ui/rules",
+                       headers={"Authorization": f"Bearer {ACME_ADMIN}"}).status_code == 302
+    # RQ's dashboard lists every workspace's jobs: the operator's only.
+    assert browser.get("/ui/rq/", headers={"Authorization": f"Bearer {ACME_ADMIN}"}).status_code == 401
+    assert browser.get("/ui/rq/", headers={"Authorization": f"Bearer {OPERATOR}"}).status_code == 200
