@@ -5,7 +5,7 @@ import pytest
 
 from app import create_app
 from tests.support.processes import wait_until
-from tests.support.stack import PROJECT, deliver, ensure_project, runs_in, write_form_rule
+from tests.support.stack import PROJECT, deliver, ensure_project, failed_form_run, runs_in, write_form_rule
 
 
 @pytest.fixture
@@ -23,14 +23,9 @@ def get(api, path):
 def test_a_failed_run_keeps_the_request_and_the_inloox_error_and_retries_from_that_step(
         stack, sandbox, rules_dir, redis_url, api):
     write_form_rule(rules_dir)
-    ensure_project(sandbox)
-    stack.worker()
-    web = stack.web()
-    sandbox.fault(kind="status", status=500, methods=["POST"], path="^Task$", count=1)
 
-    deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_fail")
+    _, failed = failed_form_run(stack, sandbox, redis_url, "msg_fail")
 
-    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 40, "the run to fail")
     listed = get(api, "/runs?status=failed").json["runs"]
     assert [r["id"] for r in listed] == [failed["id"]]
     shown = get(api, f"/runs/{failed['id']}").json

@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import Webhook
 
 from app import create_app
 from tests.support.processes import wait_until
-from tests.support.stack import (ENGINE_TOKEN, PROJECT, WEBHOOK_SECRET, deliver, ensure_project, runs_in,
+from tests.support.stack import (ENGINE_TOKEN, PROJECT, WEBHOOK_SECRET, deliver, failed_form_run, runs_in,
                                  write_form_rule)
 
 ADMIN = "admin-secret-token"
@@ -61,12 +61,7 @@ def test_the_rules_page_shows_state_and_the_errors_of_broken_files(dashboard, ru
 
 
 def test_runs_filter_and_a_retry_button_runs_a_failed_run_again(dashboard, stack, sandbox, redis_url):
-    ensure_project(sandbox)
-    stack.worker()
-    web = stack.web()
-    sandbox.fault(kind="status", status=500, methods=["POST"], path="^Task$", count=1)
-    deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_ui_1")
-    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 20, "the run to fail")
+    web, failed = failed_form_run(stack, sandbox, redis_url, "msg_ui_1")
     deliver(web, {"title": "Call Bo", "project": PROJECT}, "msg_ui_2")
     [ok] = wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the second run")
 

@@ -12,7 +12,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from tests.support.processes import wait_until
-from tests.support.stack import PROJECT, deliver, ensure_project, runs_in, write_form_rule
+from tests.support.stack import failed_form_run, write_form_rule
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -45,13 +45,8 @@ def heading(browser) -> str:
 def test_an_admin_logs_in_sees_every_page_and_retries_a_failed_run(browser, stack, sandbox, redis_url,
                                                                     rules_dir, tmp_path):
     write_form_rule(rules_dir)
-    ensure_project(sandbox)
     stack.env["ADMIN_TOKEN"] = ADMIN
-    stack.worker()
-    web = stack.web()
-    sandbox.fault(kind="status", status=500, methods=["POST"], path="^Task$", count=1)
-    deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_browser_1")
-    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 20, "the run to fail")
+    web, failed = failed_form_run(stack, sandbox, redis_url, "msg_browser_1")
 
     browser.get(f"{web}/ui/rules")
     assert heading(browser) == "Log in"

@@ -112,6 +112,20 @@ then:
 """
 
 
+def failed_form_run(stack: Stack, sandbox, redis_url: str, msg_id: str, title: str = "Call Ann") -> tuple[str, dict]:
+    """Start a worker and the web, and deliver a form whose task InLoox refuses once (500).
+
+    Returns the web's URL and the failed run. The `forms` rule must be in the rules folder.
+    """
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="status", status=500, methods=["POST"], path="^Task$", count=1)
+    deliver(web, {"title": title, "project": PROJECT}, msg_id)
+    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 40, "the run to fail")
+    return web, failed
+
+
 def write_form_rule(rules_dir, extra: str = "") -> None:
     """The `forms` webhook rule, with extra top-level lines (e.g. `mode: shadow`)."""
     write_rule(rules_dir, "forms", FORM_RULE.format(extra=extra))
