@@ -83,18 +83,29 @@ def run(connection: redis.Redis, accounts: list[Account], poller: PollerSettings
     """Poll the workspaces whose lease this process holds until `stop` is set; take free ones up to a fair share."""
     me = me or uuid.uuid4().hex[:8]
     while not stop.is_set():
-        share = _fair_share(connection, me, len(accounts), poller)
-        for account in _rotated(accounts):
-            if account.lease.owned() and _owned(accounts) > share:
-                account.lease.release()  # hand one over to a poller that has fewer
-            elif _hold_lease(account.lease, may_take=_owned(accounts) < share):
-                with workspaces.using(account.workspace):
-                    _poll_account(account, poller, me)
+        try:
+            _round(connection, accounts, poller, me)
+        except redis.RedisError as exc:  # Redis restarting: nothing moved, the next round tries again
+            log.warning("poll round failed, will retry: %s", exc)
         stop.wait(poller.interval)
-    for account in accounts:
-        if account.lease.owned():
-            account.lease.release()
-    connection.zrem(POLLERS_KEY, me)
+    try:
+        for account in accounts:
+            if account.lease.owned():
+                account.lease.release()
+        connection.zrem(POLLERS_KEY, me)
+    except redis.RedisError:
+        pass  # Redis went first (a stack shutting down): the leases expire by themselves
+
+
+def _round(connection: redis.Redis, accounts: list[Account], poller: PollerSettings, me: str) -> None:
+    """Renew or take leases up to a fair share, and poll each workspace held."""
+    share = _fair_share(connection, me, len(accounts), poller)
+    for account in _rotated(accounts):
+        if account.lease.owned() and _owned(accounts) > share:
+            account.lease.release()  # hand one over to a poller that has fewer
+        elif _hold_lease(account.lease, may_take=_owned(accounts) < share):
+            with workspaces.using(account.workspace):
+                _poll_account(account, poller, me)
 
 
 def _fair_share(connection: redis.Redis, me: str, total: int, poller: PollerSettings) -> int:
