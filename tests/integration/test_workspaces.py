@@ -422,3 +422,35 @@ def test_each_workspace_has_its_own_dashboard_and_only_the_operator_sees_every_q
     # RQ's dashboard lists every workspace's jobs: the operator's only.
     assert browser.get("/ui/rq/", headers={"Authorization": f"Bearer {ACME_ADMIN}"}).status_code == 401
     assert browser.get("/ui/rq/", headers={"Authorization": f"Bearer {OPERATOR}"}).status_code == 200
+
+
+def test_the_same_schedule_tick_fires_once_in_each_workspace(redis_url, sandbox):
+    from datetime import timedelta
+
+    from rq import Queue
+
+    from engine.rules import load_texts
+    from workers import scheduler, workspaces
+    from workers.workspaces import Workspace
+
+    ruleset = load_texts([("tick.yaml", textwrap.dedent("""
+        id: every-minute
+        description: A tick every minute.
+        when:
+          - schedule: "* * * * *"
+        then:
+          - notify: "json://127.0.0.1:9/tick"
+            title: Tick
+            body: "{{ schedule.time }}"
+    """))])
+    connection = redis.Redis.from_url(redis_url)
+    now = datetime.now(timezone.utc).replace(second=30, microsecond=0)
+    fired = {}
+    for name in ("acme", "globex"):
+        with workspaces.using(Workspace(name, sandbox.base_url, sandbox.token)):
+            connection.zadd(workspaces.key(scheduler.LAST_KEY), {"every-minute": (now - timedelta(seconds=45)).timestamp()})
+            fired[name] = scheduler.fire_due(connection, ruleset, now=now)
+            assert scheduler.fire_due(connection, ruleset, now=now) == []  # a second scheduler: nothing
+
+    assert fired["acme"] == fired["globex"] and len(fired["acme"]) == 1  # same tick id, one event each
+    assert [Queue(name, connection=connection, serializer="json").count for name in ("acme", "globex")] == [1, 1]
