@@ -7,10 +7,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .durations import format_duration
-from .errors import TemplateError
 from .events import Event
 from .match import match_event
-from .plan import Plan, plan_rule
+from .plan import Plan, plan_match
 
 if TYPE_CHECKING:
     from .rules import Ruleset
@@ -36,6 +35,7 @@ class Explanation:
     outcomes: tuple[RuleOutcome, ...]
     not_candidates: int
     skipped: tuple[str, ...] = field(default=())
+    plans: tuple[Plan, ...] = field(default=(), compare=False)  # what `evaluate` returns, for the worker
 
     def lines(self) -> list[str]:
         """Human-readable report, one fact per line."""
@@ -84,16 +84,15 @@ def _outcome_lines(o: RuleOutcome) -> list[str]:
 
 def explain(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str, Any]) -> Explanation:
     """Match every candidate rule, planning the ones that matched, and say why the rest did not."""
-    outcomes = []
+    outcomes, plans = [], []
     matches = match_event(event, ruleset, now=now, env=env)
     for m in matches:
         hold = format_duration(m.hold) if m.hold else None
         plan = error = None
         if m.matched:
-            try:
-                plan = plan_rule(event, m.rule, now=now, env=env)
-            except TemplateError as exc:
-                error = str(exc)
+            planned = plan_match(event, m, now=now, env=env)
+            plans.append(planned)
+            plan, error = (None, planned.error) if planned.error else (planned, None)
         outcomes.append(RuleOutcome(m.rule.id, m.rule.summary, m.reason, hold, plan, error))
     skipped = tuple(e.format() for e in ruleset.errors)
-    return Explanation(event, tuple(outcomes), len(ruleset.rules) - len(matches), skipped)
+    return Explanation(event, tuple(outcomes), len(ruleset.rules) - len(matches), skipped, tuple(plans))

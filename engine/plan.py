@@ -94,15 +94,16 @@ def idempotency_key(event_id: str, rule: "Rule", index: int, item: str | None = 
 
 def evaluate(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str, Any]) -> list[Plan]:
     """Plans of every rule the event matches; a rule whose templates fail gets a Plan with `error`."""
-    plans = []
-    for match in match_event(event, ruleset, now=now, env=env):
-        if not match.matched:
-            continue
-        try:
-            plans.append(plan_rule(event, match.rule, now=now, env=env))
-        except TemplateError as exc:
-            plans.append(_policy(event, match.rule, match.trigger, now, {}, error=str(exc)))
-    return plans
+    return [plan_match(event, match, now=now, env=env)
+            for match in match_event(event, ruleset, now=now, env=env) if match.matched]
+
+
+def plan_match(event: Event, match, *, now: datetime, env: Mapping[str, Any]) -> Plan:
+    """The Plan of a matched rule; when its templates fail, a Plan with `error` (it runs nothing)."""
+    try:
+        return plan_rule(event, match.rule, now=now, env=env)
+    except TemplateError as exc:
+        return _policy(event, match.rule, match.trigger, now, {}, error=str(exc))
 
 
 plan_event = evaluate

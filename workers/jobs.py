@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import redis
 
-from engine import Event, Plan, TemplateError, evaluate, explain, render_deferred
+from engine import Event, Plan, TemplateError, explain, render_deferred
 from engine.errors import StepSkipped
 from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
@@ -49,10 +49,10 @@ def handle_event(ctx: WorkerContext, event: dict) -> dict:
     """
     parsed, now = Event.from_dict(event), datetime.now(timezone.utc)
     ruleset, version = ctx.rules.current()
-    plans = evaluate(parsed, ruleset, now=now, env=ctx.rule_env)
+    report = explain(parsed, ruleset, now=now, env=ctx.rule_env)  # matches once: its plans are evaluate's
+    plans = list(report.plans)
     here: list[str] = []
     run_ids = [_start_run(ctx, parsed, plan, now, version, here=here) for plan in plans]
-    report = explain(parsed, ruleset, now=now, env=ctx.rule_env)
     save_trace(ctx.connection, report.to_dict(), run_ids, now=now)
     _count_matches(ctx.connection, plans)
     for run_id in here:

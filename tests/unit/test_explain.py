@@ -44,3 +44,15 @@ def test_lists_rules_that_did_not_load(tmp_path):
     event = Event("manual", "archive-project", NOW, id="e4", payload={"project_id": "p"})
     lines = explain(event, load_rules(tmp_path), now=NOW, env={}).lines()
     assert lines[-1] == f"skipped (did not load): {tmp_path}/bad.yaml:1:1: 'then' is a required property"
+
+
+def test_the_report_carries_the_plans_evaluate_makes_including_failed_ones():
+    from engine import evaluate
+
+    event = Event("schedule", "overdue-tasks-digest", NOW, id="e4", payload={"time": "2025-04-01T07:00:00Z"})
+    ruleset = load_rules(RULES)
+    # Without TEAM_CHANNEL_URL the notify template fails: a plan with an error, which runs nothing.
+    for env in ({"TEAM_CHANNEL_URL": "https://hooks.test"}, {}):
+        report = explain(event, ruleset, now=NOW, env=env)
+        assert list(report.plans) == evaluate(event, ruleset, now=NOW, env=env)
+        assert len(report.plans) == 1 and bool(report.plans[0].error) == (env == {})
