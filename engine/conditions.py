@@ -149,13 +149,26 @@ def _kind_hint(config: Mapping) -> str:
 
 
 def _all_of(checkers: list[Checker]) -> Checker:
+    """All must hold. Clauses that render no template are checked first: they cost ~1 µs, a
+    rendered one ~10 µs, and most candidate rules fail a literal test. The verdict does not depend
+    on the order (clauses have no effects); the reason given is the first failure in checking order."""
+    ordered = sorted(checkers, key=renders)  # stable: written order within each kind
+
     def check(ctx):
-        for checker in checkers:
+        for checker in ordered:
             reason = checker(ctx)
             if reason:
                 return reason
         return None
-    return checkers[0] if len(checkers) == 1 else check
+    if len(checkers) == 1:
+        return checkers[0]
+    check.renders = any(map(renders, checkers))
+    return check
+
+
+def renders(checker: Checker) -> bool:
+    """Whether a checker renders templates (unknown checkers are assumed to)."""
+    return getattr(checker, "renders", True)
 
 
 _CLAUSES = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/condition"}}
@@ -181,6 +194,7 @@ def _compile_any(config, path, comp):
                 return None
             reasons.append(reason)
         return f"{format_path(path)}: none held ({'; '.join(reasons)})"
+    check.renders = any(map(renders, checkers))
     return check
 
 
@@ -189,7 +203,11 @@ def _compile_any(config, path, comp):
 def _compile_not(config, path, comp):
     path += ("not",)
     inner = compile_condition(config["not"], path, comp)
-    return lambda ctx: f"{format_path(path)}: held, wanted it not to" if inner(ctx) is None else None
+
+    def check(ctx):
+        return f"{format_path(path)}: held, wanted it not to" if inner(ctx) is None else None
+    check.renders = renders(inner)
+    return check
 
 
 @condition("expr", explanation="a Jinja expression such as '{{ task.WorkAmount > 0 }}' is true",
@@ -208,6 +226,7 @@ def _compile_expr(config, path, comp):
         if isinstance(value, str):
             value = value.strip().lower() not in ("", "false", "0", "none", "no")
         return None if value else f"{where}: {source} was false"
+    check.renders = True
     return check
 
 
@@ -252,6 +271,7 @@ def _compile_field_test(config, path, comp):
         if op.test(value, prepared, ctx.get("now")):
             return None
         return f"{where}: {key} was {'missing' if raw is MISSING else repr(raw)}, wanted {wanted}"
+    check.renders = any(True for _ in _template_strings(config.get("value"), ()))
     return check
 
 

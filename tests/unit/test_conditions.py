@@ -152,3 +152,12 @@ def test_typed_fields_coerce_guids_and_datetimes():
 
 def test_change_paths_are_readable_in_conditions():
     assert task_reason(clause("change.WorkAmount.from", "lt", 2), {}, {"WorkAmount": (1, 3)}) is None
+
+
+def test_in_all_the_literal_tests_are_checked_before_rendered_ones():
+    # The expression would fail (no such variable); the literal test is checked first and fails.
+    condition = {"all": [{"expr": "{{ webhook.body.nope.deeper > 1 }}"}, v("eq", 3)]}
+    assert reason(condition, {"v": 4}) == "if.all[1]: webhook.body.v was 4, wanted eq 3"
+    # When the literal holds, the expression decides, as written.
+    assert reason(condition, {"v": 3}).startswith("if.all[0].expr: webhook.body.nope is undefined")
+    assert reason({"all": [{"expr": "{{ webhook.body.v == 3 }}"}, v("eq", 3)]}, {"v": 3}) is None
