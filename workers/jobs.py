@@ -51,17 +51,20 @@ def handle_event(ctx: WorkerContext, event: dict) -> dict:
     ruleset, version = ctx.rules.current()
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env)  # matches once: its plans are evaluate's
     plans = list(report.plans)
-    here: list[str] = []
+    here: list[dict] = []
     run_ids = [_start_run(ctx, parsed, plan, now, version, here=here) for plan in plans]
-    save_trace(ctx.connection, report.to_dict(), run_ids, now=now)
-    _count_matches(ctx.connection, plans)
-    for run_id in here:
-        _run(ctx, run_id)
+    with ctx.connection.pipeline() as pipe:
+        save_trace(pipe, report.to_dict(), run_ids, now=now)
+        for plan in plans:
+            metrics.count(pipe, "rule_matches", rule=plan.rule_id)
+        pipe.execute()
+    for run in here:
+        _run(ctx, run["id"], run)
     return {"event_id": parsed.id, "runs": run_ids}
 
 
 def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str, *,
-               here: list[str] | None = None) -> str:
+               here: list[dict] | None = None) -> str:
     """Store the run (once) and start it: queued, or appended to `here` to be run by the caller.
 
     `here` takes at most one run, and none with a `concurrency` limit (RQ enforces that on jobs).
@@ -69,23 +72,18 @@ def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, rule
     run = new_run(plan, now=now, ruleset_version=ruleset_version, **_initial_status(ctx.connection, plan))
     if create_run(ctx.connection, run):
         metrics.count(ctx.connection, "runs", status=run["status"])
-    existing = load_run(ctx.connection, run["id"])
+        existing = run
+    else:
+        existing = load_run(ctx.connection, run["id"])
     # Also when the run existed: a crash may have come between storing and starting it.
     if existing and existing["status"] == "queued":
         if here is not None and not here and not existing["plan"].get("concurrency"):
-            here.append(existing["id"])
+            here.append(existing)
         else:
             queue_run(ctx.connection, existing)
     elif existing and existing["status"] == "held":
         schedule_check(ctx.connection, existing)
     return run["id"]
-
-
-def _count_matches(connection: redis.Redis, plans: list[Plan]) -> None:
-    with connection.pipeline(transaction=False) as pipe:
-        for plan in plans:
-            metrics.count(pipe, "rule_matches", rule=plan.rule_id)
-        pipe.execute()
 
 
 def _initial_status(connection: redis.Redis, plan: Plan) -> dict:
@@ -107,9 +105,12 @@ def execute_run(ctx: WorkerContext, run_id: str) -> str:
     return _run(ctx, run_id)
 
 
-def _run(ctx: WorkerContext, run_id: str) -> str:
-    """execute_run's work, also done inside handle_event: under the run's lock, from its ledger."""
-    run = load_run(ctx.connection, run_id)
+def _run(ctx: WorkerContext, run_id: str, run: dict | None = None) -> str:
+    """execute_run's work, also done inside handle_event: under the run's lock, from its ledger.
+
+    `run` is the record when the caller has just read or written it (saves reading it again).
+    """
+    run = run if run is not None else load_run(ctx.connection, run_id)
     if run is None or run["status"] in TERMINAL:
         return run["status"] if run else "missing"
     lock = ctx.connection.lock(workspaces.key(f"run-lock:{run_id}"), timeout=RUN_JOB_TIMEOUT + 5, blocking=False)
@@ -119,8 +120,10 @@ def _run(ctx: WorkerContext, run_id: str) -> str:
     try:
         return _execute(ctx, run)
     finally:
-        if lock.owned():
+        try:
             lock.release()
+        except redis.exceptions.LockError:
+            pass  # it expired (a run longer than its timeout): nothing of ours to release
 
 
 def _execute(ctx: WorkerContext, run: dict) -> str:

@@ -97,15 +97,16 @@ def _key(run_id: str) -> str:
     return key(f"run:{run_id}")
 
 
-def save_trace(connection: redis.Redis, report: dict, run_ids: list[str], *, now: datetime) -> None:
-    """Keep an event's explain report (matched rules, near misses and why) with the runs it made."""
+def save_trace(pipe, report: dict, run_ids: list[str], *, now: datetime) -> None:
+    """Keep an event's explain report (matched rules, near misses and why) with the runs it made.
+
+    `pipe` is a pipeline the caller executes (with its other bookkeeping: one round trip).
+    """
     event_id = report["event"]["id"]
     trace = {**report, "runs": run_ids, "handled_at": now.isoformat()}
-    with connection.pipeline() as pipe:
-        pipe.set(key(f"trace:{event_id}"), json.dumps(trace, default=str), ex=RUN_TTL)
-        pipe.zadd(key("traces"), {event_id: now.timestamp()})
-        pipe.zremrangebyrank(key("traces"), 0, -RETENTION - 1)
-        pipe.execute()
+    pipe.set(key(f"trace:{event_id}"), json.dumps(trace, default=str), ex=RUN_TTL)
+    pipe.zadd(key("traces"), {event_id: now.timestamp()})
+    pipe.zremrangebyrank(key("traces"), 0, -RETENTION - 1)
 
 
 def load_trace(connection: redis.Redis, event_id: str) -> dict | None:
