@@ -98,11 +98,11 @@ def current() -> Workspace:
 @contextlib.contextmanager
 def using(workspace: Workspace) -> Iterator[Workspace]:
     """Work for `workspace` inside the block (nests; the previous one is back afterwards)."""
-    token = _current.set(workspace)
+    token = enter(workspace)
     try:
         yield workspace
     finally:
-        _current.reset(token)
+        leave(token)
 
 
 def enter(workspace: Workspace):
@@ -111,6 +111,7 @@ def enter(workspace: Workspace):
 
 
 def leave(token) -> None:
+    """Back to the workspace worked for before `enter` gave `token`."""
     _current.reset(token)
 
 
