@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from rq import get_current_job
 
 REDACTED = "***"
-SECRET_SETTINGS = ("INLOOX_API_KEY", "ADMIN_TOKEN", "SLACK_SIGNING_SECRET", "TEAMS_SECURITY_TOKEN")
+SECRET_SETTINGS = ("INLOOX_API_KEY", "ADMIN_TOKEN", "SLACK_SIGNING_SECRET", "TEAMS_SECURITY_TOKEN", "OPERATOR_TOKEN")
 MIN_SECRET_CHARS = 6  # shorter values ("1", "") would redact ordinary text
 _RUN_ID = re.compile(r"\brun_[0-9a-f]{24}\b")
 # Loggers that libraries give handlers of their own; theirs would print plain text beside ours.
@@ -53,7 +53,9 @@ class JsonFormatter(logging.Formatter):
 def secrets_of(config: dict) -> list[str]:
     """The secret values in a configuration mapping (as `app.load_config()` returns it)."""
     found = [str(config.get(name) or "") for name in SECRET_SETTINGS]
-    return found + [s for pair in (config.get("WEBHOOK_SOURCES") or {}).values() for s in pair]
+    found += [s for pair in (config.get("WEBHOOK_SOURCES") or {}).values() for s in pair]
+    # Every workspace's own: its InLoox token, admin token, webhook and chat secrets.
+    return found + [s for workspace in (config.get("WORKSPACES") or {}).values() for s in workspace.secrets()]
 
 
 def configure_logging(config: dict, *, level: int = logging.INFO) -> None:

@@ -39,3 +39,15 @@ def test_configured_secrets_never_appear_in_messages_or_tracebacks():
 def test_short_settings_are_not_treated_as_secrets():
     line = JsonFormatter(secrets_of({"ADMIN_TOKEN": "1"})).format(record("1 run queued"))
     assert json.loads(line)["message"] == "1 run queued"
+
+
+def test_every_workspaces_secrets_and_the_operator_token_are_redacted_too():
+    from workers.workspaces import Workspace
+
+    acme = Workspace("acme", "https://acme/", "ilx_acme_token_123", admin_token="acme-admin-456",
+                     webhook_sources={"forms": ["whsec_acme789"]}, slack_signing_secret="slack-acme-0ab")
+    config = {"OPERATOR_TOKEN": "operator-token-1", "WORKSPACES": {"acme": acme}}
+    line = JsonFormatter(secrets_of(config)).format(
+        record("%s %s %s %s %s", "ilx_acme_token_123", "acme-admin-456", "whsec_acme789", "slack-acme-0ab",
+               "operator-token-1"))
+    assert json.loads(line)["message"] == "*** *** *** *** ***"
