@@ -320,3 +320,33 @@ def test_time_is_booked_for_the_person_who_typed_the_command(chat_stack, sandbox
     [entry] = wait_until(lambda: sandbox.get("TimeEntry").json()["value"], 15, "the time entry")
     assert entry["PerformedByContactId"] == ann and entry["TaskItemId"] == task
     assert entry["DurationMinutes"] == 120
+
+
+def test_each_workspace_has_its_own_slack_app_commands_and_queue(redis_url, sandbox, tmp_path):
+    from workers.workspaces import Workspace
+
+    other_secret = "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d"
+    served = {}
+    for name, secret, rule in (("acme", SLACK_SECRET, DONE_RULE), ("globex", other_secret, LOG_RULE)):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_rule(folder, "rule", rule)
+        served[name] = Workspace(name, sandbox.base_url, sandbox.token, rules_path=str(folder),
+                                 slack_signing_secret=secret)
+    client = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": served}).test_client()
+
+    def send(workspace: str, text: str, secret: str, trigger_id: str = "t1"):
+        body = slack_body(text, trigger_id=trigger_id)
+        return client.post(f"/workspaces/{workspace}/chat/slack", data=body, headers=slack_headers(body, secret=secret))
+
+    acme_help, globex_help = send("acme", "help", SLACK_SECRET).json["text"], send("globex", "help", other_secret).json["text"]
+    assert "done <task>" in acme_help and "log" not in acme_help
+    assert "log <hours:number> <task>" in globex_help and "done" not in globex_help
+    assert send("acme", "help", other_secret).status_code == 401  # globex's Slack app cannot speak for acme
+
+    task = make_task(sandbox)
+    assert send("acme", f"done {task}", SLACK_SECRET, trigger_id="t2").status_code == 200
+    connection = redis.Redis.from_url(redis_url)
+    [job] = Queue("acme", connection=connection, serializer="json").jobs
+    assert job.args[0]["kind"] == "done" and job.args[1] == "acme"
+    assert Queue("globex", connection=connection, serializer="json").count == 0
