@@ -464,3 +464,41 @@ def test_the_same_schedule_tick_fires_once_in_each_workspace(redis_url, sandbox)
 
     assert fired["acme"] == fired["globex"] and len(fired["acme"]) == 1  # same tick id, one event each
     assert [Queue(name, connection=connection, serializer="json").count for name in ("acme", "globex")] == [1, 1]
+
+
+def test_a_workspace_whose_token_is_refused_pauses_alone(stack, sandbox, rules_dir, tmp_path, redis_url):
+    rules = rules_dir
+    (rules / "forms.yaml").write_text(textwrap.dedent(FORM_RULE.format(extra="")))
+    sandbox.add_user(GLOBEX_TOKEN, "Globex", "Bot")
+    ensure_project(sandbox)
+    path = write_workspaces(tmp_path, f"""
+        workspaces:
+          acme:
+            inloox_url: {sandbox.base_url}
+            inloox_api_key: ilx_revoked_token_of_acme
+            rules: {rules}
+            webhooks: {{forms: {ACME_SECRET}}}
+            limits: {{inloox_requests_per_second: 0}}
+          globex:
+            inloox_url: {sandbox.base_url}
+            inloox_api_key: {GLOBEX_TOKEN}
+            rules: {rules}
+            webhooks: {{forms: {GLOBEX_SECRET}}}
+            limits: {{inloox_requests_per_second: 0}}
+    """)
+    stack.env.update(WORKSPACES_FILE=str(path))
+    stack.worker("worker", queues=("acme", "globex"))
+    web = stack.web()
+
+    for workspace, secret in (("acme", ACME_SECRET), ("globex", GLOBEX_SECRET)):
+        body = {"title": f"{workspace} form", "project": PROJECT}
+        assert deliver(web, body, "msg_1", path=f"/workspaces/{workspace}/hooks/forms", secret=secret).status_code == 202
+
+    wait_until(lambda: task_names(sandbox) == ["globex form"], 20, "globex's task")
+    connection = redis.Redis.from_url(redis_url)
+    wait_until(lambda: connection.exists("ws:acme:account:paused"), 20, "acme to be paused")
+    assert not connection.exists("ws:globex:account:paused")
+    # A second globex form still runs: acme's refused token stops acme's runs only.
+    body = {"title": "globex again", "project": PROJECT}
+    assert deliver(web, body, "msg_2", path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET).status_code == 202
+    wait_until(lambda: task_names(sandbox) == ["globex again", "globex form"], 20, "globex's second task")
