@@ -77,6 +77,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from web.rules_cli import rules_cli
     from web.poller_cli import poller_cli
     from web.runs_cli import runs_cli
+    from web.workspaces_cli import workspaces_cli
     from web import chat
     from web import rules_api
 
@@ -95,4 +96,5 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.cli.add_command(rules_cli)
     app.cli.add_command(runs_cli)
     app.cli.add_command(poller_cli)
+    app.cli.add_command(workspaces_cli)
     return app

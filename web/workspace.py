@@ -11,13 +11,16 @@ token is configured either (local development).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 
 import click
+import redis
 from flask import Blueprint, Flask, abort, current_app, g, request
 
 from workers import workspaces
+from workers.redis_server import redacted_url
 
 WORKSPACE_PREFIX = "/workspaces/<ws>"
 
@@ -94,6 +97,15 @@ def require_operator_token() -> None:
         abort(401, "the operator token is needed (Authorization: Bearer …)")
 
 
+@contextlib.contextmanager
+def redis_errors_as_messages():
+    """A `flask` command meeting an unreachable Redis says so in one line, not with a traceback."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis ({redacted_url(current_app.config['REDIS_URL'])}) failed: {exc}") from exc
+
+
 def cli_workspace(command):
     """Give a `flask` command a `--workspace` option (default: "default", or $WORKSPACE) and run it in that workspace."""
     @functools.wraps(command)
@@ -102,7 +114,7 @@ def cli_workspace(command):
         if workspace not in known:
             raise click.ClickException(f"no workspace {workspace!r}; this deployment serves "
                                        f"{', '.join(sorted(known))}")
-        with workspaces.using(known[workspace]):
+        with workspaces.using(known[workspace]), redis_errors_as_messages():
             return command(*args, **kwargs)
 
     return click.option("--workspace", "-w", default=workspaces.DEFAULT, envvar="WORKSPACE", show_default=True,

@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     if os.environ.get("EMBEDDED_REDIS", "1") == "0":
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-        print(f"redis: using external REDIS_URL={_redacted(os.environ.get('REDIS_URL', ''))}; nothing to run", flush=True)
+        print(f"redis: using external REDIS_URL={redacted_url(os.environ.get('REDIS_URL', ''))}; nothing to run", flush=True)
         signal.sigwait(stop_signals)
         return 0
     server = start_embedded(args.port, Path(args.dir))
@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """The URL without its password, for printing."""
     if "@" not in url:
         return url

@@ -502,3 +502,46 @@ def test_a_workspace_whose_token_is_refused_pauses_alone(stack, sandbox, rules_d
     body = {"title": "globex again", "project": PROJECT}
     assert deliver(web, body, "msg_2", path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET).status_code == 202
     wait_until(lambda: task_names(sandbox) == ["globex again", "globex form"], 20, "globex's second task")
+
+
+def test_the_operator_lists_every_workspace_with_its_rules_queue_and_pause(redis_url, sandbox, tmp_path):
+    import json
+
+    from app import create_app
+    from workers.workspaces import Workspace
+
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    (folder / "forms.yaml").write_text(textwrap.dedent(SHADOW_RULE))
+    served = {"acme": Workspace("acme", sandbox.base_url, sandbox.token, rules_path=str(folder)),
+              "globex": Workspace("globex", sandbox.base_url, sandbox.token, admin_token=GLOBEX_ADMIN)}
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": served})
+    bundle = {"files": {"forms.yaml": textwrap.dedent(NOTIFY_RULE)}}
+    assert app.test_client().put("/workspaces/globex/rules", json=bundle,
+                                 headers={"Authorization": f"Bearer {GLOBEX_ADMIN}"}).status_code == 201
+    submit_forms(redis_url, served["acme"], 2, "a")
+    redis.Redis.from_url(redis_url).set("ws:globex:account:paused", "InLoox refused the token (401)")
+
+    result = app.test_cli_runner().invoke(args=["workspaces", "list", "--json"])
+
+    assert result.exit_code == 0, result.output
+    acme, globex = json.loads(result.output)
+    assert (acme["workspace"], acme["rules"], acme["rule_count"], acme["queued"], acme["paused"]) == \
+        ("acme", str(folder), 1, 2, "")
+    assert acme["ruleset_version"].startswith("files:") and acme["poll_lag_seconds"] is None
+    assert (globex["rules"], globex["ruleset_version"], globex["queued"]) == ("uploaded bundles", "v1", 0)
+    assert globex["paused"] == "InLoox refused the token (401)"
+    text = app.test_cli_runner().invoke(args=["workspaces", "list"]).output
+    assert "globex" in text and "PAUSED: InLoox refused the token (401)" in text
+
+
+def test_operator_commands_say_in_one_line_that_redis_is_unreachable(sandbox):
+    from app import create_app
+    from tests.support.processes import free_port
+
+    app = create_app({"TESTING": True, "REDIS_URL": f"redis://:pw@127.0.0.1:{free_port()}/0",
+                      "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": sandbox.token})
+    for command in (["workspaces", "list"], ["runs", "list"], ["poller", "status"]):
+        result = app.test_cli_runner().invoke(args=command)
+        assert result.exit_code == 1 and result.output.startswith("Error: Redis (redis://***@127.0.0.1:"), result.output
+        assert "Traceback" not in result.output and "pw" not in result.output
