@@ -9,7 +9,7 @@ import os
 from dotenv import load_dotenv
 from flask import Flask
 
-from workers.workspaces import load_workspaces
+from workers.workspaces import WorkspaceConfigError, load_workspaces
 
 # Every setting, its environment variable and its default; nothing else reads os.environ for them.
 DEFAULTS = {
@@ -47,7 +47,12 @@ def load_config() -> dict:
     load_dotenv(".env")
     config = {name: os.environ.get(name, default) for name, default in DEFAULTS.items()}
     config["WEBHOOK_SOURCES"] = webhook_sources(os.environ)
-    config["WORKSPACES"] = load_workspaces(config)
+    try:
+        config["WORKSPACES"] = load_workspaces(config)
+    except WorkspaceConfigError as exc:
+        # No process can serve with a broken workspaces file: each stops with its errors (file:line:
+        # field), not a traceback.
+        raise SystemExit(f"Error: {exc}") from None
     return config
 
 

@@ -5,6 +5,7 @@ traces and metrics never cross, and each one's secrets and tokens are refused by
 """
 from __future__ import annotations
 
+import os
 import textwrap
 import time
 from collections import Counter
@@ -545,3 +546,20 @@ def test_operator_commands_say_in_one_line_that_redis_is_unreachable(sandbox):
         result = app.test_cli_runner().invoke(args=command)
         assert result.exit_code == 1 and result.output.startswith("Error: Redis (redis://***@127.0.0.1:"), result.output
         assert "Traceback" not in result.output and "pw" not in result.output
+
+
+def test_a_process_given_a_broken_workspaces_file_stops_with_its_errors(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_workspaces(tmp_path, """
+        workspaces:
+          acme:
+            inloox_url: ftp://acme.example
+            inloox_api_key: {env: ACME_TOKEN_THAT_IS_NOT_SET}
+    """)
+    for module in (["-m", "workers.poller"], ["-m", "workers.workspaces", "queues"]):
+        done = subprocess.run([sys.executable, *module], env={**os.environ, "WORKSPACES_FILE": str(path)},
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert done.stderr.startswith(f"Error: {path}:4: workspaces.acme.inloox_url: 'ftp://acme.example' does not match")
