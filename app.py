@@ -33,6 +33,12 @@ DEFAULTS = {
     "CHAT_USER_MAP": "",
     # InLoox requests per second of the default workspace, shared by all processes (0: no limit).
     "INLOOX_REQUESTS_PER_SECOND": "5",
+    # Worker processes: events in flight at once (threads; runs mostly wait on InLoox), at most
+    # this many of one workspace per read (0: no cap), and the CPU priority they lower
+    # themselves to, so that the web keeps answering senders on a small machine.
+    "WORKER_THREADS": "32",
+    "WORKER_THREADS_PER_WORKSPACE": "0",
+    "WORKER_NICE": "10",
     # Hosted: a YAML file listing the workspaces (docs/deploy.md); unset: one workspace, "default",
     # configured by the settings above.
     "WORKSPACES_FILE": "",

@@ -20,7 +20,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 
 from web.resources import get_redis
 from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_operator_token
-from workers import workspaces
+from workers import eventlog, workspaces
 from workers.metrics import COUNTERS, STEP_MS_BUCKETS, parse_field
 from workers.poll_status import poll_status
 
@@ -97,9 +97,13 @@ class RedisCollector:
             for state, registry in (("started", StartedJobRegistry), ("scheduled", ScheduledJobRegistry),
                                     ("failed", FailedJobRegistry)):
                 depth.add_metric([queue.name, state], registry(queue=queue).count)
+        waiting = GaugeMetricFamily(PREFIX + "events_waiting", "Accepted events not handled yet (event log)",
+                                    labels=["workspace"])
+        for workspace in self.served:
+            waiting.add_metric([workspace.name], eventlog.backlog(self.connection, workspace=workspace.name))
         workers = GaugeMetricFamily(PREFIX + "workers", "RQ workers registered")
         workers.add_metric([], len(Worker.all(connection=self.connection)))
-        return depth, workers
+        return depth, waiting, workers
 
 
 def _counter_families(counters: list[tuple[str, dict, int]]):

@@ -11,7 +11,7 @@ from rq import Queue
 
 from web.resources import get_context, get_redis
 from web.workspace import redis_errors_as_messages
-from workers import workspaces
+from workers import eventlog, workspaces
 from workers.jobs import PAUSED
 from workers.poll_status import poll_status
 
@@ -43,5 +43,6 @@ def _row(workspace: workspaces.Workspace) -> dict:
                 if s["lag_seconds"] is not None]
     return {"workspace": workspace.name, "inloox_url": workspace.inloox_url,
             "rules": workspace.rules_path or "uploaded bundles", "ruleset_version": version,
-            "rule_count": len(ruleset.rules), "queued": Queue(workspace.queue, connection=connection).count,
+            "rule_count": len(ruleset.rules), "queued": Queue(workspace.queue, connection=connection).count
+            + eventlog.backlog(connection, workspace=workspace.name),
             "paused": paused.decode() if paused else "", "poll_lag_seconds": max(lags) if lags else None}

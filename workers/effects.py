@@ -11,7 +11,7 @@ Reads (get, query) have no effect to protect and simply run again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -33,11 +33,27 @@ class NeedsAttention(Exception):
 
 @dataclass
 class StepContext:
-    """What a step may use: the InLoox client, Redis (for the ledger) and the outbound policy."""
+    """What a step may use: the InLoox client, Redis (for the ledger) and the outbound policy.
+
+    `fresh`: the run was created a moment ago and never attempted, so the ledger holds nothing of
+    it (its idempotency keys are its own) and need not be read. `after`: ledger writes that go to
+    Redis with the step's record, in one round trip (the caller executes them); a "done" that is
+    lost with a crash only makes the next attempt check InLoox, which the "sent" mark asks for anyway.
+    """
 
     client: Client
     connection: redis.Redis
     outbound: OutboundPolicy
+    fresh: bool = False
+    after: list[Callable[[object], None]] = field(default_factory=list)
+
+    def earlier(self, key: str) -> dict | None:
+        """The ledger entry of an earlier attempt at this operation, or None."""
+        return None if self.fresh else ledger.entry(self.connection, key)
+
+    def mark_done(self, key: str, output) -> None:
+        """Record "done" with the step's record (see `after`)."""
+        self.after.append(lambda pipe: ledger.mark_done(pipe, key, output))
 
 
 def marker(key: str) -> str:
@@ -49,13 +65,13 @@ def create(ctx: StepContext, params: dict, key: str) -> dict:
     """POST an entity exactly once (see the module docstring)."""
     entity_set, values = params["entity_set"], dict(params["values"])
     field = MARKER_FIELDS.get(entity_set)
-    earlier = ledger.entry(ctx.connection, key)
+    earlier = ctx.earlier(key)
     if earlier and earlier["state"] == "done":
         return earlier["output"]
     if earlier and earlier["state"] == "sent":
         found = _find_marked(ctx, entity_set, field, key)
         if found is not None:
-            ledger.mark_done(ctx.connection, key, found)
+            ctx.mark_done(key, found)
             return found
     if field:
         values[field] = _with_marker(values.get(field), key, html=field.endswith("HTML"))
@@ -68,7 +84,7 @@ def update(ctx: StepContext, params: dict, key: str) -> dict:
     current = ctx.client.get(entity_set, target, select=list(values))
     changes = diff_snapshots(current, values, values)
     if not changes:
-        ledger.mark_done(ctx.connection, key, {"unchanged": True})
+        ctx.mark_done(key, {"unchanged": True})
         return {"unchanged": True}
     return _write(ctx, key, lambda: ctx.client.update(entity_set, target, dict(values)) or {"updated": True})
 
@@ -133,13 +149,13 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object]):
     except OutboundRefused:
         ledger.clear(ctx.connection, key)  # refused before sending, or the receiver said no
         raise
-    ledger.mark_done(ctx.connection, key, output)
+    ctx.mark_done(key, output)
     return output
 
 
 def _once(ctx: StepContext, key: str, send: Callable[[], object]):
     """Like _write, but a step found "sent" cannot be checked, so it is not sent again."""
-    earlier = ledger.entry(ctx.connection, key)
+    earlier = ctx.earlier(key)
     if earlier and earlier["state"] == "done":
         return earlier["output"]
     if earlier and earlier["state"] == "sent":

@@ -40,26 +40,33 @@ def hops_of(connection: redis.Redis, entity_set: str, keys: Iterable[str]) -> di
 
 
 def refusal(connection: redis.Redis, rule_id: str, event: dict) -> str | None:
-    """Why this rule must not run for this event (paused, chain too long, too frequent), or None."""
-    paused = connection.get(ws_key(f"rule:paused:{rule_id}"))
+    """Why this rule must not run for this event (paused, chain too long, too frequent), or None.
+
+    One round trip: the pause flag is read with the run counted (a run of a paused rule counts
+    too, which changes nothing: the rule is paused already).
+    """
+    hops = int((event.get("payload") or {}).get("hops", 0))
+    too_deep = bool(event.get("chained")) and hops >= HOP_LIMIT
+    counter = ws_key(f"rate:{rule_id}:{event['entity_set']}:{event['key']}") \
+        if event.get("entity_set") and not too_deep else None
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.get(ws_key(f"rule:paused:{rule_id}"))
+        if counter:
+            pipe.incr(counter)
+            pipe.expire(counter, RUN_WINDOW, nx=True)
+        paused, *counted = pipe.execute()
     if paused is not None:
         metrics.count(connection, "loops_stopped", reason="paused")
         return f"rule paused: {paused.decode()}"
-    hops = int((event.get("payload") or {}).get("hops", 0))
-    if event.get("chained") and hops >= HOP_LIMIT:
+    if too_deep:
         metrics.count(connection, "loops_stopped", reason="hops")
         return f"chain of our own writes stopped at {hops} hops"
-    if not event.get("entity_set"):
+    if not counter:
         return None
-    return _count_run(connection, rule_id, event["entity_set"], event["key"])
+    return _too_frequent(connection, rule_id, event["entity_set"], event["key"], counted[0])
 
 
-def _count_run(connection: redis.Redis, rule_id: str, entity_set: str, key: str) -> str | None:
-    counter = ws_key(f"rate:{rule_id}:{entity_set}:{key}")
-    with connection.pipeline() as pipe:
-        pipe.incr(counter)
-        pipe.expire(counter, RUN_WINDOW, nx=True)
-        count = pipe.execute()[0]
+def _too_frequent(connection: redis.Redis, rule_id: str, entity_set: str, key: str, count: int) -> str | None:
     if count <= RUN_LIMIT:
         return None
     reason = f"ran more than {RUN_LIMIT} times on {entity_set}({key}) within {RUN_WINDOW}s"

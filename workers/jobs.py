@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from datetime import datetime, timezone
 
 import redis
@@ -19,7 +20,7 @@ from engine.errors import StepSkipped
 from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
 from inloox.errors import Throttled
-from workers import guards, ledger, metrics, workspaces
+from workers import guards, ledger, metrics, recovery, workspaces
 from workers.enqueue import RUN_JOB_TIMEOUT, queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
@@ -35,50 +36,59 @@ DEFAULT_RETRY = {"attempts": 5, "backoff": 2.0}
 MAX_BACKOFF = 300.0
 PAUSED = "account:paused"  # the workspace's InLoox token was refused: its runs wait for a person
 WORKSPACE_RUNS_WINDOW = {"per_seconds": 60}  # a workspace's runs_per_minute limit
+RUN_LOCK_SECONDS = RUN_JOB_TIMEOUT + 5  # a run's lease, renewed at each step
 
 
-@workspace_job
-def handle_event(ctx: WorkerContext, event: dict) -> dict:
-    """Plan the event against the workspace's rules; store a run per matched rule, and start the live ones.
+def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None) -> dict:
+    """Plan the event against the workspace's rules; store a run per matched rule, and run the live ones.
 
-    The explain report (which rules matched, and why the others did not) is kept as the event's trace.
-    The event's first live run is executed right here, in this job: most events start one run, and
-    a job of its own would double RQ's bookkeeping per write. Further runs get jobs of their own
-    (other workers take them in parallel). Should this worker die, RQ requeues this job (intake
-    gives it retries), which finds the run stored and continues it from its step ledger.
+    `accepted_at` (time.time() of the event's acceptance) makes the rules at least that new. The
+    explain report (which rules matched, and why the others did not) is kept as the event's trace.
+    Live runs are executed right here, one after the other, on the caller's thread (the event
+    consumer's pool keeps many events in flight); runs limited by a rule's `concurrency` get RQ
+    jobs of their own, since RQ enforces that limit. Safe to call again for the same event: run
+    ids depend on the event and the rule only, so a second call finds and continues the same runs.
     """
     parsed, now = Event.from_dict(event), datetime.now(timezone.utc)
-    ruleset, version = ctx.rules.current()
+    ruleset, version = ctx.rules.current(not_before=accepted_at)
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env)  # matches once: its plans are evaluate's
     plans = list(report.plans)
-    here: list[dict] = []
+    here: list[tuple[str, dict | None]] = []
     run_ids = [_start_run(ctx, parsed, plan, now, version, here=here) for plan in plans]
-    with ctx.connection.pipeline() as pipe:
+    with ctx.connection.pipeline(transaction=False) as pipe:
         save_trace(pipe, report.to_dict(), run_ids, now=now)
         for plan in plans:
             metrics.count(pipe, "rule_matches", rule=plan.rule_id)
         pipe.execute()
-    for run in here:
-        _run(ctx, run["id"], run)
+    for run_id, record in here:
+        _run(ctx, run_id, record)
     return {"event_id": parsed.id, "runs": run_ids}
 
 
+@workspace_job
+def handle_event(ctx: WorkerContext, event: dict) -> dict:
+    """RQ job form of `handle` (events queued as RQ jobs before the event log existed)."""
+    return handle(ctx, event)
+
+
 def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str, *,
-               here: list[dict] | None = None) -> str:
+               here: list[tuple[str, dict | None]] | None = None) -> str:
     """Store the run (once) and start it: queued, or appended to `here` to be run by the caller.
 
-    `here` takes at most one run, and none with a `concurrency` limit (RQ enforces that on jobs).
+    `here` gets (run id, the record if we just created it, else None) and takes no run with a
+    `concurrency` limit (RQ enforces that on jobs).
     """
     run = new_run(plan, now=now, ruleset_version=ruleset_version, **_initial_status(ctx.connection, plan))
-    if create_run(ctx.connection, run):
+    created = create_run(ctx.connection, run)
+    if created:
         metrics.count(ctx.connection, "runs", status=run["status"])
         existing = run
     else:
         existing = load_run(ctx.connection, run["id"])
     # Also when the run existed: a crash may have come between storing and starting it.
     if existing and existing["status"] == "queued":
-        if here is not None and not here and not existing["plan"].get("concurrency"):
-            here.append(existing)
+        if here is not None and not existing["plan"].get("concurrency"):
+            here.append((existing["id"], existing if created else None))
         else:
             queue_run(ctx.connection, existing)
     elif existing and existing["status"] == "held":
@@ -106,19 +116,24 @@ def execute_run(ctx: WorkerContext, run_id: str) -> str:
 
 
 def _run(ctx: WorkerContext, run_id: str, run: dict | None = None) -> str:
-    """execute_run's work, also done inside handle_event: under the run's lock, from its ledger.
+    """execute_run's work, also done inside handle: under the run's lock, from its ledger.
 
-    `run` is the record when the caller has just read or written it (saves reading it again).
+    `run` is the record when the caller has just created it (saves reading it again); otherwise
+    the record is read once the lock is ours, so it holds every step an earlier executor finished.
+    A run whose lock another executor holds is left to it: should that executor die, its lock runs
+    out and the sweeper (workers/recovery.py) starts the run again.
     """
-    run = run if run is not None else load_run(ctx.connection, run_id)
-    if run is None or run["status"] in TERMINAL:
-        return run["status"] if run else "missing"
-    lock = ctx.connection.lock(workspaces.key(f"run-lock:{run_id}"), timeout=RUN_JOB_TIMEOUT + 5, blocking=False)
-    if not lock.acquire():
-        _retry_later(ctx, run, 5.0, tag="locked")  # another worker is on it; look again soon
+    lock, paused = _acquire(ctx, run_id)
+    if lock is None:
         return "locked"
+    fresh = run is not None and not run["steps"] and not run["attempts"]  # created by our caller just now
     try:
-        return _execute(ctx, run)
+        run = run if run is not None else load_run(ctx.connection, run_id)
+        if run is None or run["status"] in TERMINAL:
+            return run["status"] if run else "missing"
+        if paused is not None:
+            return _stop(ctx, run, "paused", paused.decode())
+        return _execute(ctx, run, lock, fresh=fresh)
     finally:
         try:
             lock.release()
@@ -126,10 +141,21 @@ def _run(ctx: WorkerContext, run_id: str, run: dict | None = None) -> str:
             pass  # it expired (a run longer than its timeout): nothing of ours to release
 
 
-def _execute(ctx: WorkerContext, run: dict) -> str:
-    paused = ctx.connection.get(workspaces.key(PAUSED))
-    if paused is not None:
-        return _stop(ctx, run, "paused", paused.decode())
+def _acquire(ctx: WorkerContext, run_id: str):
+    """(the run's lock if we got it else None, the workspace's pause reason or None): one round trip."""
+    lock = ctx.connection.lock(workspaces.key(f"run-lock:{run_id}"), timeout=RUN_LOCK_SECONDS, blocking=False)
+    token = uuid.uuid1().hex.encode()  # as redis-py's Lock makes them
+    with ctx.connection.pipeline(transaction=False) as pipe:
+        pipe.set(lock.name, token, nx=True, px=int(RUN_LOCK_SECONDS * 1000))
+        pipe.get(workspaces.key(PAUSED))
+        acquired, paused = pipe.execute()
+    if not acquired:
+        return None, paused
+    lock.local.token = token  # the lock is ours: its release() and reacquire() go by this token
+    return lock, paused
+
+
+def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False) -> str:
     plan = Plan.from_dict(run["plan"])
     if not run["steps"] and not run.get("workspace_counted"):
         wait = _workspace_wait(ctx)
@@ -145,16 +171,18 @@ def _execute(ctx: WorkerContext, run: dict) -> str:
             return _stop(ctx, run, "queued", f"rate limit of {plan.rule_id} reached; starts in {wait:.0f}s")
         run["rate_counted"] = True  # a retry of this run is not a new run
     done = {s["index"] for s in run["steps"] if s["status"] in ("done", "skipped")}
-    step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound)
+    step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound, fresh=fresh)
     if plan.for_each:
         return _fan_out(ctx, step_ctx, run, plan, done)
     for operation in plan.operations:
         if operation.step in done:
             continue
-        outcome = _step(ctx, step_ctx, run, plan, operation)
+        if operation.step != plan.operations[0].step:
+            lock.reacquire()  # a full lease for each step: nobody may start this run while we write
+        outcome = _step(ctx, step_ctx, run, plan, operation, last=operation is plan.operations[-1])
         if outcome != "done":
             return outcome
-    return _stop(ctx, run, "succeeded", "")
+    return _stop(ctx, run, "succeeded", "", pending=step_ctx.after)
 
 
 def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, done: set) -> str:
@@ -171,8 +199,11 @@ def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, d
     return _stop(ctx, run, "succeeded", f"{len(run['item_runs'])} item run(s) started")
 
 
-def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, operation) -> str:
-    """Perform one operation and record its trace; returns "done" or the run's new status."""
+def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, operation, *, last: bool = False) -> str:
+    """Perform one operation and record its trace; returns "done" or the run's new status.
+
+    The last step's record waits in `step_ctx.after` for the run's final status (one round trip).
+    """
     started = datetime.now(timezone.utc)
     trace = {"index": operation.step, "id": operation.step_id, "action": operation.action,
              "verb": operation.verb, "started_at": started.isoformat()}
@@ -183,32 +214,39 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
     except StepSkipped as exc:
         # The step's own `if:` did not hold: nothing to do, and not a failure.
         trace.update(status="skipped", reason=exc.message, ms=_ms_since(started))
-        return _record(ctx, run, trace)
+        return _record(ctx, step_ctx, run, trace, defer=last)
     except (InLooxError, NeedsAttention, OutboundRefused, TemplateError) as exc:
         return _failed_step(ctx, run, plan, trace, exc)
     trace.update(status="done", output=output, ms=_ms_since(started))
-    _note_write(ctx, plan, operation, output)
+    step_ctx.after.append(lambda pipe: _note_write(pipe, plan, operation, output))
     run["outputs"][operation.step_id] = output
-    return _record(ctx, run, trace)
+    return _record(ctx, step_ctx, run, trace, defer=last)
 
 
-def _record(ctx: WorkerContext, run: dict, trace: dict) -> str:
+def _record(ctx: WorkerContext, step_ctx: StepContext, run: dict, trace: dict, *, defer: bool = False) -> str:
+    """Store the step's trace, its ledger "done" and its counts: one round trip (or none yet, with `defer`)."""
     record_step(run, trace)
+    if defer:
+        step_ctx.after.append(lambda pipe: metrics.count_step(pipe, trace))
+        return "done"
     with ctx.connection.pipeline(transaction=False) as pipe:
+        for write in step_ctx.after:
+            write(pipe)
+        step_ctx.after.clear()
         save_run(pipe, run, now=datetime.now(timezone.utc))
         metrics.count_step(pipe, trace)
         pipe.execute()
     return "done"
 
 
-def _note_write(ctx: WorkerContext, plan: Plan, operation, output) -> None:
+def _note_write(pipe, plan: Plan, operation, output) -> None:
     """Record the chain depth on the entity we wrote, for the loop guard (see workers.guards)."""
     if operation.verb not in ("create", "update", "delete", "invoke"):
         return
     entity_set = operation.params["entity_set"]
     key = operation.params.get("key") or (output or {}).get(_key_field(entity_set))
     if key:
-        guards.note_write(ctx.connection, entity_set, str(key), int(plan.event.get("payload", {}).get("hops", 0)) + 1)
+        guards.note_write(pipe, entity_set, str(key), int(plan.event.get("payload", {}).get("hops", 0)) + 1)
 
 
 def _key_field(entity_set: str) -> str | None:
@@ -247,12 +285,16 @@ def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception) -> str:
 
 
 def _retry_later(ctx: WorkerContext, run: dict, delay: float, *, tag: str) -> None:
+    run["resume_at"] = time.time() + delay  # the sweeper's deadline counts from here
     queue_run(ctx.connection, run, job_id=f"{run['id']}-{tag}", delay=delay)
 
 
-def _stop(ctx: WorkerContext, run: dict, status: str, reason: str) -> str:
+def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()) -> str:
+    """Give the run its new status (with `pending` writes of its last step): one round trip."""
     run["status"], run["reason"] = status, reason
     with ctx.connection.pipeline(transaction=False) as pipe:
+        for write in pending:
+            write(pipe)
         save_run(pipe, run, now=datetime.now(timezone.utc))  # the status and its count together
         metrics.count(pipe, "runs", status=status)
         pipe.execute()
@@ -287,8 +329,9 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
     run = load_run(connection, run_id)
     if run is None:
         raise RetryRefused(f"no run {run_id}")
-    if run["status"] not in ("failed", "paused"):
-        raise RetryRefused(f"run {run_id} is {run['status']}; only failed or paused runs can be retried")
+    if run["status"] not in ("failed", "paused") and not _stuck(connection, run):
+        raise RetryRefused(f"run {run_id} is {run['status']}; only failed or paused runs, or runs that are "
+                           "past their deadline with nobody working on them, can be retried")
     plan = Plan.from_dict(run["plan"])
     for step in run["steps"]:
         if step.get("error_type") == "NeedsAttention":
@@ -301,6 +344,14 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
     metrics.count(connection, "retries", kind="manual")
     queue_run(connection, run, job_id=f"{run_id}-r{run['retries']}")
     return run
+
+
+def _stuck(connection: redis.Redis, run: dict) -> bool:
+    """True for a waiting run that nobody works on and that is past its deadline (see workers.recovery)."""
+    if run["status"] not in ("queued", "retrying", "held") or connection.exists(workspaces.key(f"run-lock:{run['id']}")):
+        return False
+    due = connection.zscore(workspaces.key(recovery.ACTIVE), run["id"])
+    return due is None or due <= time.time()
 
 
 def resume_account(connection: redis.Redis) -> list[str]:

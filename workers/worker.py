@@ -1,35 +1,56 @@
-"""The RQ worker class: in-process (no fork per job) and quick to take over from a dead worker.
+"""The worker process: the event consumer (many events in flight) beside an in-process RQ worker.
 
     rq worker --worker-class workers.worker.Worker --serializer json --with-scheduler default
 
-RQ's SimpleWorker runs jobs without forking, which keeps connections and the loaded rules warm
-between jobs. RQ's defaults assume minutes are fine for recovery; ours are tightened so that a
-killed worker's run resumes elsewhere within about a minute:
+Accepted events arrive through the workspaces' event logs (workers/eventlog.py) and are handled by
+the event consumer's thread pool (workers/consumer.py), which this class starts and stops with the
+RQ worker. RQ keeps what needs a queue with timing: retries after a delay, holds, runs under a
+rule's `concurrency` limit, chat replies, runs restarted by the sweeper. RQ's SimpleWorker runs
+those without forking, which keeps connections and the loaded rules warm.
+
+RQ's defaults assume minutes are fine for recovery; ours are tightened so that a killed worker's
+run resumes elsewhere within about a minute:
 - a job counts as abandoned once its heartbeat is `timeout + 5 s` old (RQ: + 60 s);
 - maintenance (requeueing abandoned jobs, taking over a dead worker's scheduler) runs every
   10 s (RQ: 10 min), and an idle worker wakes every 5 s to do it (RQ: every 405 s).
+
+RQ's own loop quits on a Redis error ("unhandled exception, quitting"); this one waits with backoff
+and starts it again, so a Redis restart never needs a person. The process also lowers its own CPU
+priority (WORKER_NICE), so that on a small machine the web answers senders before workers drain.
 """
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
+
+import redis
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.worker import SimpleWorker
 
+from workers.consumer import EventConsumer
 from workers.logs import configure_logging
+
+log = logging.getLogger(__name__)
 
 ABANDON_GRACE_SECONDS = 5
 MAINTENANCE_SECONDS = 10
 IDLE_WAKE_SECONDS = 5
+MAX_BACKOFF_SECONDS = 30
 
 
 class Worker(SimpleWorker):
-    """SimpleWorker with short recovery times (see the module docstring)."""
+    """SimpleWorker with the event consumer, short recovery times and Redis outage riding (see above)."""
 
     def __init__(self, *args, **kwargs):
         from app import load_config  # the one place settings are read from the environment
 
-        configure_logging(load_config())  # before RQ's bootstrap, which keeps a handler it finds
+        self.config = load_config()
+        configure_logging(self.config)  # before RQ's bootstrap, which keeps a handler it finds
         super().__init__(*args, **kwargs)
         self.maintenance_interval = min(self.maintenance_interval, MAINTENANCE_SECONDS)
+        self.consumer: EventConsumer | None = None
 
     @property
     def dequeue_timeout(self) -> int:
@@ -39,3 +60,53 @@ class Worker(SimpleWorker):
         if job.timeout == -1:
             return DEFAULT_WORKER_TTL
         return int(job.timeout or DEFAULT_WORKER_TTL) + ABANDON_GRACE_SECONDS
+
+    def work(self, burst: bool = False, **kwargs) -> bool:
+        """RQ's loop, started again after a Redis error; the event consumer runs beside it (not in burst mode)."""
+        _lower_priority(int(self.config.get("WORKER_NICE") or 0))
+        if not burst:
+            self.consumer = self._start_consumer()
+        try:
+            return self._work_until_stopped(burst, **kwargs)
+        finally:
+            if self.consumer is not None:
+                self.consumer.stop()
+
+    def _work_until_stopped(self, burst: bool, **kwargs) -> bool:
+        backoff, base_name, restarts = 1.0, self.name, 0
+        while True:
+            try:
+                worked = super().work(burst=burst, **kwargs)
+                if burst or self._stop_requested:
+                    return worked
+                error = "RQ's loop stopped on an error"  # RQ logged it; it quits on any Redis error
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                error = str(exc)
+            if self._stop_requested:
+                return False
+            log.warning("worker %s: %s; starting again in %.0fs", self.name, error, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            # The old registration may have outlived the outage (AOF): RQ refuses a second birth.
+            restarts += 1
+            self.name = f"{base_name}-{restarts}"
+
+    def _start_consumer(self) -> EventConsumer:
+        served = self.config["WORKSPACES"].values()
+        queues = set(self.queue_names())
+        mine = [w.name for w in served if w.queue in queues]
+        consumer = EventConsumer(redis.Redis.from_url(self.config["REDIS_URL"]), mine, name=self.name,
+                                 pool_size=int(self.config["WORKER_THREADS"]),
+                                 per_workspace=int(self.config["WORKER_THREADS_PER_WORKSPACE"]) or None)
+        consumer.start()
+        log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine) or "no workspace",
+                 consumer.pool_size)
+        return consumer
+
+
+def _lower_priority(nice: int) -> None:
+    if nice > 0 and threading.current_thread() is threading.main_thread():
+        try:
+            os.nice(nice)
+        except OSError:
+            log.warning("could not lower the worker's CPU priority")

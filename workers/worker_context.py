@@ -40,16 +40,24 @@ class RuleSource:
     _version: str = ""
     _stamp: str = ""  # what we last loaded from: the files' mtimes and sizes, or the bundle number
     _checked: float = 0.0
+    _checked_wall: float = 0.0  # time.time() when the last check began
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ruleset(self) -> Ruleset:
         """The current rules, re-read when the folder's files or the active bundle changed."""
         return self.current()[0]
 
-    def current(self) -> tuple[Ruleset, str]:
-        """(rules, version) as they are now (at most RULES_RECHECK_SECONDS stale)."""
+    def current(self, *, not_before: float | None = None) -> tuple[Ruleset, str]:
+        """(rules, version) as they are now: at most RULES_RECHECK_SECONDS stale, and looked at no
+        earlier than `not_before` (time.time() of an event's acceptance) when it is given.
+
+        An event must meet the rules that were active when it was accepted: a rule added (or a
+        bundle activated) a moment before would otherwise miss the event it was written for.
+        """
         with self._lock:
-            if self._ruleset is None or time.monotonic() - self._checked > RULES_RECHECK_SECONDS:
+            stale = time.monotonic() - self._checked > RULES_RECHECK_SECONDS
+            if self._ruleset is None or stale or (not_before is not None and not_before >= self._checked_wall):
+                self._checked_wall = time.time()
                 stamp = self._stamp_now()
                 if self._ruleset is None or stamp != self._stamp:
                     self._ruleset, self._version = self._load()

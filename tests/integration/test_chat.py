@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import pytest
 import redis
 import requests
-from rq import Queue
+from workers import eventlog
 from slack_sdk.signature import SignatureVerifier
 
 from app import create_app
@@ -141,8 +141,8 @@ def slack(chat_app):
 
 
 def queued_events(redis_url) -> list[dict]:
-    queue = Queue("default", connection=redis.Redis.from_url(redis_url), serializer="json")
-    return [job.args[0] for job in queue.jobs if job.func_name == "workers.jobs.handle_event"]
+    """The accepted events no worker has handled yet (the default workspace's event log)."""
+    return [entry.event for entry in eventlog.waiting(redis.Redis.from_url(redis_url), workspace="default")]
 
 
 @pytest.mark.parametrize("age, tamper, status", [(0, False, 200), (301, False, 401), (-301, False, 401),
@@ -347,6 +347,6 @@ def test_each_workspace_has_its_own_slack_app_commands_and_queue(redis_url, sand
     task = make_task(sandbox)
     assert send("acme", f"done {task}", SLACK_SECRET, trigger_id="t2").status_code == 200
     connection = redis.Redis.from_url(redis_url)
-    [job] = Queue("acme", connection=connection, serializer="json").jobs
-    assert job.args[0]["kind"] == "done" and job.args[1] == "acme"
-    assert Queue("globex", connection=connection, serializer="json").count == 0
+    [entry] = eventlog.waiting(connection, workspace="acme")
+    assert entry.event["kind"] == "done"
+    assert eventlog.waiting(connection, workspace="globex") == []

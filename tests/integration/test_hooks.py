@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 import redis
-from rq import Queue
+from workers import eventlog
 from standardwebhooks.webhooks import Webhook
 
 from app import create_app
@@ -46,8 +46,8 @@ def post(hooks_app):
 
 
 def queued_events(redis_url) -> list[dict]:
-    queue = Queue("default", connection=redis.Redis.from_url(redis_url), serializer="json")
-    return [job.args[0] for job in queue.jobs]
+    """The accepted events no worker has handled yet (the default workspace's event log)."""
+    return [entry.event for entry in eventlog.waiting(redis.Redis.from_url(redis_url), workspace="default")]
 
 
 def test_a_signed_webhook_is_stored_as_one_queued_event(post, redis_url):

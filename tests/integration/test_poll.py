@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 import redis
-from rq import Queue
+from workers import eventlog
 
 from inloox import Client
 from inloox.changes import change_feed
@@ -39,7 +39,8 @@ def make_task(sandbox, project, name, **fields) -> str:
 
 
 def queued(connection) -> list[dict]:
-    return [job.args[0] for job in Queue("default", connection=connection, serializer="json").jobs]
+    """The accepted events no worker has handled yet (the default workspace's event log)."""
+    return [entry.event for entry in eventlog.waiting(connection, workspace="default")]
 
 
 def test_the_first_poll_takes_a_baseline_and_fires_nothing(sandbox, client, connection, project):

@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import redis
-from rq import Queue
+from workers import eventlog
 
 from tests.support.processes import wait_until
 from tests.support.stack import all_runs, write_rule
@@ -41,8 +41,8 @@ def seed_last_look(redis_url: str, **looks: datetime) -> redis.Redis:
 
 
 def queued_ticks(connection) -> list[tuple[str, str]]:
-    jobs = Queue("default", connection=connection, serializer="json").jobs
-    return [(job.args[0]["kind"], job.args[0]["payload"]["time"]) for job in jobs]
+    events = [entry.event for entry in eventlog.waiting(connection, workspace="default")]
+    return [(event["kind"], event["payload"]["time"]) for event in events]
 
 
 def test_a_due_tick_fires_exactly_once_with_two_schedulers(stack, receiver, rules_dir, redis_url):

@@ -1,0 +1,80 @@
+"""The execution core with real processes: rules as new as the event, many events per worker, stuck runs."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import redis
+
+from engine import Plan
+from tests.support.processes import wait_until
+from tests.support.stack import PROJECT, FORM_RULE, all_runs, deliver, ensure_project, runs_in, write_form_rule, write_rule
+from workers import recovery, workspaces
+from workers.jobs import RetryRefused, retry_run
+from workers.runs import create_run, load_run
+
+
+def test_an_event_accepted_right_after_a_rule_was_added_meets_that_rule(stack, sandbox, rules_dir, redis_url):
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    assert deliver(web, {"title": "Warm up", "project": PROJECT}, "msg_warm").status_code == 202
+    wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the first run (the worker has read the rules)")
+
+    # Within a moment of that look at the rules: a new rule for the same source, then an event for it.
+    write_rule(rules_dir, "forms-copy", FORM_RULE.format(extra="").replace("id: form-to-task", "id: form-copy"))
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_new_rule").status_code == 202
+
+    wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 3, 20, "both rules' runs of the second event")
+    second = [r["rule_id"] for r in all_runs(redis_url) if r["event_id"] == "webhook:forms:msg_new_rule"]
+    assert sorted(second) == ["form-copy", "form-to-task"]
+    assert sorted(t["Name"] for t in sandbox.get("Task").json()["value"]) == ["Call Ann", "Call Ann", "Warm up"]
+
+
+def test_one_worker_keeps_many_slow_runs_in_flight(stack, sandbox, rules_dir, redis_url):
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    # InLoox answers each create after 1.5 s: forty of them one after the other would take a minute.
+    sandbox.fault(kind="latency", latency_ms=1500, methods=["POST"], path="^Task$")
+    stack.env["WORKER_THREADS"] = "40"
+    stack.worker()
+    web = stack.web()
+
+    for n in range(40):
+        assert deliver(web, {"title": f"Task {n}", "project": PROJECT}, f"msg_slow_{n}").status_code == 202
+
+    # Not a speed test: what shows concurrency is that creates overlap at the sandbox.
+    wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 40, 50, "all forty runs")
+    assert sandbox.count("Task") == 40
+    starts = sorted(r["at"] for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "Task")
+    assert len(starts) == 40
+    assert _most_overlapping(starts, window=1.5) >= 10, "creates should have been in flight together"
+
+
+def test_a_run_left_queued_by_a_lost_executor_can_be_retried_by_a_person(redis_url, sandbox):
+    connection = redis.Redis.from_url(redis_url)
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+        created = datetime.now(timezone.utc) - timedelta(minutes=5)
+        run = {"id": "run_lost", "rule_id": "r", "rule_version": "1", "event_id": "e", "status": "queued",
+               "reason": "", "created_at": created.isoformat(), "updated_at": created.isoformat(),
+               "plan": Plan(rule_id="r", rule_version="1", event_id="e", event={}).to_dict(), "steps": [], "outputs": {}, "attempts": 0}
+        create_run(connection, run)
+        connection.zadd(workspaces.key(recovery.ACTIVE), {"run_lost": created.timestamp() + recovery.GRACE})
+
+        assert retry_run(connection, "run_lost")["status"] == "queued"
+        assert load_run(connection, "run_lost")["retries"] == 1
+
+        # Not while an executor holds its lease: then it is not stuck, only busy.
+        connection.set(workspaces.key("run-lock:run_lost"), "someone", ex=30)
+        try:
+            retry_run(connection, "run_lost")
+        except RetryRefused as exc:
+            assert "past their deadline" in str(exc)
+        else:
+            raise AssertionError("a run with a live executor must not be retried")
+
+
+def _most_overlapping(starts: list[str], window: float) -> int:
+    """The most requests that started within any `window` seconds (ISO times)."""
+    times = [datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for s in starts]
+    return max(sum(1 for t in times if first <= t < first + window) for first in times)

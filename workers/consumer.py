@@ -1,0 +1,207 @@
+"""The event consumer: a worker's loop over its workspaces' event logs, many events in flight at once.
+
+One thread reads new entries in batches (XREADGROUP, one round trip for every workspace) and hands
+each event to a thread pool, which matches it and runs its runs (workers.jobs.handle). Runs spend
+their time waiting on InLoox, so one process keeps up to `pool_size` of them in flight; each
+workspace's InLoox request budget is enforced at the client (workers/throttle.py), and the reader
+takes at most `per_workspace` new events of one workspace per batch, so a busy account cannot fill
+the pool alone.
+
+An entry is acknowledged once its event was handled: its runs are stored and ended or handed on
+(retry, hold, concurrency queue). Until then it stays pending under this worker's name. Every few
+seconds the loop
+- touches the entries it is still handling (so nobody takes them over),
+- takes over entries another worker has left unacknowledged for CLAIM_IDLE seconds (it died), and
+  handles them again: run ids depend only on the event and the rule, and every write goes through
+  the step ledger, so handling an event twice never writes twice;
+- gives up on an entry delivered MAX_DELIVERIES times (an event that crashes every worker), keeping
+  its error as the event's trace, so one bad event cannot stall the log;
+- trims the log (workers/eventlog.py) and requeues overdue runs (workers/recovery.py).
+A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import redis
+
+from workers import eventlog, recovery
+from workers.eventlog import Entry
+from workers.jobs import handle
+from workers.worker_context import worker_context
+from workers.workspaces import using
+
+log = logging.getLogger(__name__)
+
+CLAIM_IDLE = 30.0  # seconds an entry may go unacknowledged and untouched before another worker takes it
+MAINTENANCE_SECONDS = 5.0
+TRIM_SECONDS = 30.0
+MAX_DELIVERIES = 5
+READ_BLOCK_MS = 500
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class _Stream:
+    workspace: str
+    key: str
+    handling: set[str] = field(default_factory=set)  # entry ids in the pool now
+    done: list[str] = field(default_factory=list)  # handled, to acknowledge
+
+
+class EventConsumer:
+    """Reads the event logs of `workspaces` as `name` and handles their events on a pool of `pool_size` threads."""
+
+    def __init__(self, connection: redis.Redis, workspaces: list[str], *, name: str, pool_size: int,
+                 per_workspace: int | None = None, handle=None):
+        self.connection = connection
+        self.name = name
+        self.pool_size = max(1, pool_size)
+        self.per_workspace = per_workspace or self.pool_size
+        self.streams = {eventlog.stream_key(w): _Stream(w, eventlog.stream_key(w)) for w in workspaces}
+        self._handle = handle or _handle_event
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(self.pool_size, thread_name_prefix="event")
+        self._thread: threading.Thread | None = None
+        self._next_maintenance = 0.0
+        self._next_trim = 0.0
+
+    def start(self) -> None:
+        """Run the loop on a thread of its own (the RQ worker's main thread keeps taking RQ jobs)."""
+        self._thread = threading.Thread(target=self.run, name="event-consumer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop reading, let the events in flight finish (up to `timeout`), acknowledge them."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._flush_acks()
+
+    def run(self) -> None:
+        """The loop: read, hand out, acknowledge, maintain; riding out Redis outages."""
+        backoff = 1.0
+        ready = False
+        while not self._stop.is_set():
+            try:
+                if not ready:
+                    for stream in self.streams.values():
+                        eventlog.ensure_group(self.connection, stream.key)
+                    ready = True
+                self._cycle()
+                backoff = 1.0
+            except redis.RedisError as exc:
+                log.warning("event consumer %s: Redis unavailable (%s); retrying in %.0fs", self.name, exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                ready = False  # a restarted Redis without its data has no group: make it again
+
+    def _cycle(self) -> None:
+        self._flush_acks()
+        if time.monotonic() >= self._next_maintenance:
+            self._maintain()
+        free = self._wait_for_space()
+        if free == 0:
+            return
+        batch = eventlog.read_new(self.connection, list(self.streams), self.name,
+                                  count=min(free, self.per_workspace), block_ms=READ_BLOCK_MS)
+        for stream_key, entry in batch:
+            self._submit(self.streams[stream_key], entry)
+
+    def _wait_for_space(self) -> int:
+        with self._space:
+            if self._in_flight >= self.pool_size:
+                self._space.wait(0.2)
+            return self.pool_size - self._in_flight
+
+    def _submit(self, stream: _Stream, entry: Entry) -> None:
+        with self._lock:
+            if entry.id in stream.handling:
+                return
+            stream.handling.add(entry.id)
+            self._in_flight += 1
+        future = self._pool.submit(self._handle, stream.workspace, entry)
+        future.add_done_callback(lambda f, s=stream, e=entry: self._finished(s, e, f))
+
+    def _finished(self, stream: _Stream, entry: Entry, future: Future) -> None:
+        error = future.exception() if not future.cancelled() else None
+        if future.cancelled() or error is not None:
+            if error is not None:
+                # Left pending: another delivery (after CLAIM_IDLE) tries again, up to MAX_DELIVERIES.
+                log.error("event %s (%s) not handled: %r", entry.event.get("id"), stream.workspace, error,
+                          exc_info=error if not isinstance(error, redis.RedisError) else None)
+        with self._space:
+            stream.handling.discard(entry.id)
+            if not future.cancelled() and error is None:
+                stream.done.append(entry.id)
+            self._in_flight -= 1
+            self._space.notify()
+
+    def _flush_acks(self) -> None:
+        with self._lock:
+            todo = {s.key: s.done[:] for s in self.streams.values() if s.done}
+            for stream in self.streams.values():
+                stream.done.clear()
+        if not todo:
+            return
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for key, ids in todo.items():
+                    eventlog.ack(pipe, key, ids)
+                pipe.execute()
+        except redis.RedisError:
+            with self._lock:  # acknowledged later; until then the entries stay pending (harmless)
+                for key, ids in todo.items():
+                    self.streams[key].done.extend(ids)
+            raise
+
+    def _maintain(self) -> None:
+        self._next_maintenance = time.monotonic() + MAINTENANCE_SECONDS
+        for stream in self.streams.values():
+            with self._lock:
+                handling = list(stream.handling)
+            eventlog.touch(self.connection, stream.key, self.name, handling)
+            self._claim(stream)
+            recovery.sweep(self.connection, worker_context(stream.workspace).workspace)
+        if time.monotonic() >= self._next_trim:
+            self._next_trim = time.monotonic() + TRIM_SECONDS
+            for stream in self.streams.values():
+                eventlog.trim(self.connection, stream.key)
+
+    def _claim(self, stream: _Stream) -> None:
+        with self._lock:
+            free = self.pool_size - self._in_flight
+        if free <= 0:
+            return
+        claimed = eventlog.claim_stale(self.connection, stream.key, self.name,
+                                       min_idle_ms=int(CLAIM_IDLE * 1000), count=free)
+        for entry, entry_id, deliveries in claimed:
+            if entry is None or deliveries >= MAX_DELIVERIES:
+                _give_up(self.connection, stream, entry, entry_id, deliveries)
+                continue
+            log.warning("event %s (%s): taken over from a worker that did not finish it (delivery %d)",
+                        entry.event.get("id"), stream.workspace, deliveries + 1)
+            self._submit(stream, entry)
+
+
+def _give_up(connection: redis.Redis, stream: _Stream, entry: Entry | None, entry_id: str, deliveries: int) -> None:
+    """Acknowledge an entry that failed every delivery (or was trimmed), keeping a trace that says so."""
+    if entry is not None:
+        recovery.record_unhandled(connection, worker_context(stream.workspace).workspace, entry.event,
+                                  f"not handled after {deliveries} deliveries; see the workers' logs")
+    log.error("event entry %s (%s) given up after %d deliveries", entry_id, stream.workspace, deliveries)
+    eventlog.ack(connection, stream.key, [entry_id])
+
+
+def _handle_event(workspace: str, entry: Entry) -> None:
+    ctx = worker_context(workspace)
+    with using(ctx.workspace):
+        handle(ctx, entry.event, accepted_at=entry.accepted_at)

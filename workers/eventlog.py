@@ -1,0 +1,203 @@
+"""The event log: every accepted event of a workspace, in one Redis Stream, read by the workers.
+
+    ws:<name>:events        stream; each entry's field `event` is the event's JSON
+    group `engine`          the workers' consumer group: an entry delivered to a worker stays in the
+                            group's pending list until that worker acknowledges it, so an event whose
+                            worker died is claimed by another one (see workers/consumer.py)
+
+Accepting an event is one Lua script: claim the dedup key (SET NX) and append the entry, or do
+neither. No WATCH: redis-py turns any connection error during a WATCH into WatchError, which used to
+be read as "a concurrent duplicate" while Redis was still loading its AOF. Here a Redis error is an
+error (the sender is told to retry), and a duplicate is only ever a claim that exists.
+
+The entry's id is Redis's clock at acceptance (milliseconds): the worker matches the event against
+rules at least that new (workers/worker_context.py), and retention cuts the stream by it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+from redis.commands.core import Script
+
+from workers import workspaces
+
+GROUP = "engine"
+EVENTS_KEEP = 100_000  # handled entries kept per workspace (the newest), at most
+EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
+
+# KEYS: dedup claim, stream, metrics hash. ARGV: event id, claim ttl, event JSON, counter field if
+# accepted, counter field if duplicate. Returns the new entry's id, or false for a duplicate.
+_APPEND = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  local id = redis.call('XADD', KEYS[2], '*', 'event', ARGV[3])
+  redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+  return id
+end
+redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
+return false
+"""
+_APPEND_SCRIPT = Script(None, _APPEND.encode())  # called as EVALSHA: the script's text goes to Redis once
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One event as read from the log: its stream id, the event dict and its acceptance time."""
+
+    id: str
+    event: dict
+
+    @property
+    def accepted_at(self) -> float:
+        """Seconds since the epoch by Redis's clock when the event was accepted."""
+        return int(self.id.split("-", 1)[0]) / 1000.0
+
+
+def stream_key(workspace: str | None = None) -> str:
+    """The stream of `workspace` (default: the current one)."""
+    if workspace is None:
+        return workspaces.key("events")
+    return f"ws:{workspace}:events"
+
+
+def append(target, event_json: str, event_id: str, *, dedup_key: str, dedup_ttl: int,
+           counted: tuple[str, str], metrics_key: str):
+    """Run the append script on `target`: the new entry's id (None for a duplicate), or queue it on a pipeline.
+
+    `counted` is the (accepted, duplicate) counter fields; the script counts the outcome itself, so
+    the count is exact without knowing the outcome beforehand.
+    """
+    return _APPEND_SCRIPT(keys=[dedup_key, stream_key(), metrics_key], args=[event_id, dedup_ttl, event_json, *counted],
+                  client=target)
+
+
+def ensure_group(connection: redis.Redis, stream: str) -> None:
+    """Create the workers' group on `stream` (and the stream) if missing, reading from its first entry."""
+    try:
+        connection.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def read_new(connection: redis.Redis, streams: list[str], consumer: str, *, count: int,
+             block_ms: int | None) -> list[tuple[str, Entry]]:
+    """Up to `count` entries per stream not yet delivered to any worker, now delivered to `consumer`."""
+    answer = connection.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+    return [(_text(stream), _entry(entry_id, fields))
+            for stream, entries in answer or [] for entry_id, fields in entries if fields]
+
+
+def claim_stale(connection: redis.Redis, stream: str, consumer: str, *, min_idle_ms: int,
+                count: int) -> list[tuple[Entry | None, str, int]]:
+    """Take over entries another worker got but has not acknowledged for `min_idle_ms`.
+
+    Returns (entry, id, times delivered before); the entry is None when it was trimmed meanwhile.
+    """
+    stale = connection.xpending_range(stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms)
+    if not stale:
+        return []
+    ids = [item["message_id"] for item in stale]
+    claimed = {_text(i): fields for i, fields in connection.xclaim(stream, GROUP, consumer, min_idle_ms, ids)}
+    result = []
+    for item in stale:
+        entry_id = _text(item["message_id"])
+        if entry_id not in claimed and not _claimed_by(item, consumer):
+            continue  # another worker took it first
+        fields = claimed.get(entry_id)
+        result.append((_entry(entry_id, fields) if fields else None, entry_id, int(item["times_delivered"])))
+    return result
+
+
+def touch(connection: redis.Redis, stream: str, consumer: str, ids: Iterable[str]) -> None:
+    """Reset the idle time of entries this worker is still handling, so nobody claims them."""
+    ids = list(ids)
+    if ids:
+        connection.xclaim(stream, GROUP, consumer, 0, ids, justid=True)
+
+
+def ack(target, stream: str, ids: list[str]) -> None:
+    """Mark entries handled (their runs are stored and started)."""
+    if ids:
+        target.xack(stream, GROUP, *ids)
+
+
+def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_age: float = EVENTS_MAX_AGE,
+         now: float | None = None) -> None:
+    """Drop handled entries older than `max_age`, and beyond the newest `keep` when nothing waits.
+
+    Never an entry that is not handled yet: the cut stops at the oldest pending or undelivered one.
+    """
+    now = time.time() if now is None else now
+    groups = {(_text(g["name"])): g for g in connection.xinfo_groups(stream)}
+    group = groups.get(GROUP)
+    if group is None:
+        return
+    safe = _text(group["last-delivered-id"])
+    summary = connection.xpending(stream, GROUP)
+    if summary["pending"]:
+        safe = min(safe, _text(summary["min"]), key=_id_order)
+    cut = min(safe, f"{int((now - max_age) * 1000)}-0", key=_id_order)
+    connection.xtrim(stream, minid=cut, approximate=True)
+    if not summary["pending"] and not group.get("lag"):
+        connection.xtrim(stream, maxlen=keep, approximate=True)
+
+
+def entries(connection: redis.Redis, *, workspace: str | None = None, count: int = 1000) -> list[Entry]:
+    """The newest `count` events of the log, oldest first (handled or not)."""
+    found = connection.xrevrange(stream_key(workspace), count=count)
+    return [_entry(entry_id, fields) for entry_id, fields in reversed(found)]
+
+
+def waiting(connection: redis.Redis, *, workspace: str | None = None) -> list[Entry]:
+    """Accepted events no worker has finished handling yet (undelivered or unacknowledged), oldest first."""
+    stream = stream_key(workspace)
+    pending = {_text(p["message_id"]) for p in connection.xpending_range(stream, GROUP, "-", "+", 10_000)} \
+        if _has_group(connection, stream) else set()
+    last = _last_delivered(connection, stream)
+    return [e for e in entries(connection, workspace=workspace, count=10_000)
+            if e.id in pending or _id_order(e.id) > _id_order(last)]
+
+
+def backlog(connection: redis.Redis, *, workspace: str | None = None) -> int:
+    """How many accepted events are not handled yet: not yet delivered plus delivered but unacknowledged."""
+    stream = stream_key(workspace)
+    if not _has_group(connection, stream):
+        return connection.xlen(stream)
+    group = next(g for g in connection.xinfo_groups(stream) if _text(g["name"]) == GROUP)
+    lag = group.get("lag")
+    if lag is None:  # Redis cannot tell after some trims: count what is after the last delivered entry
+        lag = len(connection.xrange(stream, min="(" + _text(group["last-delivered-id"]), count=100_000))
+    return int(lag) + int(group["pending"])
+
+
+def _has_group(connection: redis.Redis, stream: str) -> bool:
+    if not connection.exists(stream):
+        return False
+    return any(_text(g["name"]) == GROUP for g in connection.xinfo_groups(stream))
+
+
+def _last_delivered(connection: redis.Redis, stream: str) -> str:
+    if not _has_group(connection, stream):
+        return "0-0"
+    return next(_text(g["last-delivered-id"]) for g in connection.xinfo_groups(stream) if _text(g["name"]) == GROUP)
+
+
+def _claimed_by(item: dict, consumer: str) -> bool:
+    return _text(item["consumer"]) == consumer
+
+
+def _entry(entry_id, fields: dict) -> Entry:
+    return Entry(_text(entry_id), json.loads(fields[b"event"] if b"event" in fields else fields["event"]))
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
