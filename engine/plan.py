@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -42,10 +42,13 @@ class Operation:
     condition: Any = None  # the step's `if:` as written; render_deferred checks it (raises StepSkipped)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["deferred"] = [[list(p), s] for p, s in self.deferred]
-        d["needs"] = list(self.needs)
-        return d
+        # Field by field rather than dataclasses.asdict, whose deep copies cost more than the rest
+        # of planning; dicts are copied one level down, and no caller changes them deeper.
+        return {"step": self.step, "step_id": self.step_id, "action": self.action, "verb": self.verb,
+                "idempotency_key": self.idempotency_key,
+                "params": dict(self.params) if self.params is not None else None, "args": dict(self.args),
+                "deferred": [[list(p), s] for p, s in self.deferred], "needs": list(self.needs),
+                "condition": self.condition}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Operation":
@@ -76,7 +79,7 @@ class Plan:
 
     def to_dict(self) -> dict:
         """JSON-safe form (RQ job argument); from_dict reverses it."""
-        d = {k: v for k, v in asdict(self).items() if k != "operations"}
+        d = {f.name: _copied(getattr(self, f.name)) for f in fields(self) if f.name != "operations"}
         d["operations"] = [op.to_dict() for op in self.operations]
         return d
 
@@ -84,6 +87,10 @@ class Plan:
     def from_dict(cls, d: Mapping) -> "Plan":
         ops = tuple(Operation.from_dict(o) for o in d.get("operations", ()))
         return cls(**{**d, "operations": ops})
+
+
+def _copied(value):
+    return dict(value) if isinstance(value, dict) else value
 
 
 def idempotency_key(event_id: str, rule: "Rule", index: int, item: str | None = None) -> str:
