@@ -61,12 +61,13 @@ browser:
 
 # Benchmarks (bench/RESULTS.md): a few minutes, traffic to 127.0.0.1 only; needs wrk (apt-get install wrk).
 bench: $(VENV)/.installed
-	@command -v wrk >/dev/null || { echo "Error: bench/ingest.py needs wrk (apt-get install -y wrk)"; exit 1; }
+	@command -v wrk >/dev/null || { echo "Error: bench/ingest.py and bench/stack.py need wrk (apt-get install -y wrk)"; exit 1; }
 	$(BIN)/python bench/match.py
 	$(BIN)/python bench/poll.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/end_to_end.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/stack.py
 
 # The virtualenv is rebuilt whenever requirements.txt changes.
 $(VENV)/.installed: requirements.txt | check-python

@@ -208,3 +208,19 @@ class PeakRss:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) of `root` and its live descendants, plus what their reaped
+    children used (cutime + cstime): a gunicorn worker or a `... && exec` helper that has exited
+    still counts, in the parent that waited for it. Differences of two readings are a tree's use."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / hz
