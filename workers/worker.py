@@ -14,6 +14,10 @@ run resumes elsewhere within about a minute:
 - maintenance (requeueing abandoned jobs, taking over a dead worker's scheduler) runs every
   10 s (RQ: 10 min), and an idle worker wakes every 5 s to do it (RQ: every 405 s).
 
+RQ's scheduler (which moves due retries and holds onto the queue) runs on a thread of this process,
+not in a forked child: one process fewer per worker, and a killed worker takes its scheduler with it
+(a forked child used to keep the worker's output pipe open, so nothing noticed the worker's death).
+
 RQ's own loop quits on a Redis error ("unhandled exception, quitting"); this one waits with backoff
 and starts it again, so a Redis restart never needs a person. The process also lowers its own CPU
 priority (WORKER_NICE), so that on a small machine the web answers senders before workers drain.
@@ -27,6 +31,7 @@ import time
 
 import redis
 from rq.defaults import DEFAULT_WORKER_TTL
+from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 
 from workers.consumer import EventConsumer
@@ -51,6 +56,35 @@ class Worker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.maintenance_interval = min(self.maintenance_interval, MAINTENANCE_SECONDS)
         self.consumer: EventConsumer | None = None
+
+    def bootstrap(self, *args, **kwargs):
+        """RQ's start-up; then its per-job lines ("Job OK", "dequeued …") go quiet: one line per run is ours."""
+        super().bootstrap(*args, **kwargs)
+        for name in ("rq.worker", "rq.job"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO", date_format: str = "",
+                         log_format: str = "") -> None:
+        """RQ's `_start_scheduler`, with the scheduler on a thread (ThreadScheduler)."""
+        self.scheduler = ThreadScheduler(self.queues, connection=self.connection, serializer=self.serializer,
+                                         logging_level=logging_level or self.log.level)
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return  # another worker schedules; RQ's maintenance tries again every 10 s
+        if burst:
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()
+            finally:
+                self.scheduler.release_locks()
+                self.scheduler.register_death()
+        else:
+            self.scheduler.start()
+
+    def stop_scheduler(self) -> None:
+        if self.scheduler is not None and self.scheduler._process is not None:
+            self.scheduler.request_stop()
+            self.scheduler._process.join(self.scheduler.interval + 5)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -102,6 +136,27 @@ class Worker(SimpleWorker):
         log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine) or "no workspace",
                  consumer.pool_size)
         return consumer
+
+
+class ThreadScheduler(RQScheduler):
+    """RQ's scheduler loop on a daemon thread of the worker (signals stay with the worker's main thread)."""
+
+    def _install_signal_handlers(self) -> None:
+        pass  # only the main thread may install them; the worker's stop reaches us via request_stop()
+
+    def start(self) -> threading.Thread:
+        self._status = self.Status.STARTED
+        self._stop_requested = False
+        self._process = threading.Thread(target=self._work, name="rq-scheduler", daemon=True)
+        self._process.start()
+        return self._process
+
+    def _work(self) -> None:
+        try:
+            self.work()
+        except redis.RedisError as exc:
+            # The thread ends; the worker's maintenance (every 10 s) takes the locks and starts it again.
+            log.warning("RQ scheduler stopped on a Redis error (%s); it restarts with the worker's maintenance", exc)
 
 
 def _lower_priority(nice: int) -> None:
