@@ -37,6 +37,7 @@ from rq import Queue  # noqa: E402
 from engine.events import Event  # noqa: E402
 from workers import workspaces  # noqa: E402
 from workers.intake import submit_event  # noqa: E402
+from workers.runs import decode_record  # noqa: E402
 
 # The default workspace, as the engine processes see it (only its name and key prefix matter here).
 BENCH_WORKSPACE = workspaces.Workspace(workspaces.DEFAULT, "http://unused/", "unused")
@@ -141,7 +142,7 @@ def run_statuses(connection: redis.Redis) -> dict:
     statuses: dict[str, int] = {}
     for start in range(0, len(ids), 500):
         for raw in connection.mget([f"{BENCH_WORKSPACE.prefix}run:{i}" for i in ids[start:start + 500]]):
-            status = json.loads(raw)["status"] if raw else "missing"
+            status = decode_record(raw)["status"] if raw else "missing"
             statuses[status] = statuses.get(status, 0) + 1
     return statuses
 

@@ -1,35 +1,96 @@
 """Runs: one matched rule for one event, with the trace of every step, kept in Redis.
 
-A run's id is derived from (event id, rule id, rule version), so handling the same event twice
-finds the run it already made instead of making a second one. Keys are the workspace's own
+A run's id is derived from (event id, rule id), so handling the same event twice finds the run it
+already made instead of making a second one, even when the rule changed in between: a rule runs
+at most once per event. The run keeps the plan (and rule version) it was made with. Keys are the workspace's own
 (`workspaces.key`): a run of one workspace cannot be read through another.
 
     run:<id>            JSON of the run (status, plan, steps with requests, responses and timings)
-    runs                sorted set of run ids by creation time (newest last), trimmed to RETENTION
+    runs                sorted set of run ids by creation time (newest last): what `list_runs` reads
     runs:rule:<rule>    the same, per rule
-    trace:<event id>    the event's explain report; `traces` lists them
+    runs:done           finished runs ("<run id> <rule id>") by the time they finished: what is trimmed
+    trace:<event id>    the event's explain report; `traces` lists them by the time it was handled
+
+Retention, by count and by age (see docs/deploy.md):
+
+- The newest RUNS_KEEP finished runs (status in TERMINAL) are kept. Storing or finishing a run
+  deletes the runs that finished before those, in the same transaction: the record and its
+  entries in `runs`, `runs:rule:<rule>` and `runs:done`, not only the listing. Unfinished runs
+  (queued, retrying, held, paused) are never in `runs:done`, so no count deletes a run that is
+  still waiting; a run joins it when it finishes.
+- Every record expires RUNS_MAX_AGE after its last write (a waiting run's TTL starts again on each
+  change); finished runs older than that leave the indexes when a run is next stored or finishes.
+- Traces: the newest TRACES_KEEP, at most RUNS_MAX_AGE old, deleted with their index entries.
+
+Records are compact JSON: a step's output is kept once (in `outputs`) and its request once (in the
+plan) when they are the same; a trace keeps its matched rules' plans in their runs. `load_run` and
+`load_trace` put them back, so readers see the whole record; records stored before load as they are.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+import zlib
 from datetime import datetime
 from typing import Any
 
 import redis
+from redis.client import Pipeline
+from redis.commands.core import Script
 
 from engine import Plan
+from workers import recovery
 from workers.workspaces import key
 
-RETENTION = 10_000  # runs kept for listing; older ones expire with RUN_TTL
-RUN_TTL = 30 * 24 * 3600
+RUNS_KEEP = 10_000  # finished runs kept per workspace (newest first); unfinished runs are never trimmed
+TRACES_KEEP = 10_000  # event traces kept per workspace (newest first)
+RUNS_MAX_AGE = 7 * 24 * 3600  # seconds a run record or trace lives after its last write
+TRIM_BATCH = 1000  # most entries one store deletes (a lowered keep-count catches up over several)
 TERMINAL = frozenset({"succeeded", "failed", "skipped", "shadow"})
+# zlib-compress run records and traces (about 60% smaller); readers go through decode_run /
+# decode_record (`load_run`, `list_runs`, `load_trace`), which read both forms.
+COMPRESS = True
+COMPRESS_OVER = 200  # bytes of JSON below which compressing gains nothing
+
+# Deletes what is past the keep-count or the age cut-off from a retention index, records included.
+# KEYS: the retention index (runs:done or traces), the listing index (runs or traces).
+# ARGV: keep, age cut-off (a score), record key prefix, per-rule index prefix ("" for traces), batch.
+# runs:done members are "<run id> <rule id>"; trace members are event ids (any text).
+_TRIM = """
+local done, listing = KEYS[1], KEYS[2]
+local keep, batch = tonumber(ARGV[1]), tonumber(ARGV[5])
+local members = redis.call('ZRANGEBYSCORE', done, '-inf', '(' .. ARGV[2], 'LIMIT', 0, batch)
+local excess = math.min(redis.call('ZCARD', done) - #members - keep, batch - #members)
+if excess > 0 then
+  for _, m in ipairs(redis.call('ZRANGE', done, #members, #members + excess - 1)) do
+    members[#members + 1] = m
+  end
+end
+for _, m in ipairs(members) do
+  local id = m
+  if ARGV[4] ~= '' then
+    local space = string.find(m, ' ', 1, true)
+    id = string.sub(m, 1, space - 1)
+    redis.call('ZREM', ARGV[4] .. string.sub(m, space + 1), id)
+  end
+  redis.call('DEL', ARGV[3] .. id)
+  redis.call('ZREM', listing, id)
+  redis.call('ZREM', done, m)
+end
+return #members
+"""
+_TRIM_SCRIPT = Script(None, _TRIM.encode())  # EVALSHA: the text goes to Redis once
 
 
 def run_id(plan: Plan) -> str:
-    """The run id of a plan: the same event, rule and rule version (and for_each item) give the same id."""
-    text = f"{plan.event_id}\n{plan.rule_id}\n{plan.rule_version}"
-    text += f"\n{plan.item_key}" if plan.item_key is not None else ""
+    """The run id of a plan: the same event and rule (and for_each item) give the same id, whatever its version."""
+    return _run_id(plan.event_id, plan.rule_id, plan.item_key)
+
+
+def _run_id(event_id: str, rule_id: str, item_key: str | None) -> str:
+    text = f"{event_id}\n{rule_id}"
+    text += f"\n{item_key}" if item_key is not None else ""
     return "run_" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -44,46 +105,93 @@ def new_run(plan: Plan, *, now: datetime, status: str = "queued", reason: str = 
     }
 
 
-def create_run(connection: redis.Redis, run: dict) -> bool:
-    """Store a new run; False (and nothing written) when a run with its id exists already."""
-    if not connection.set(_key(run["id"]), json.dumps(run), nx=True, ex=RUN_TTL):
+def create_run(connection: redis.Redis, run: dict, *, keep: int | None = None, max_age: int | None = None) -> bool:
+    """Store a new run; False (and nothing written) when a run with its id exists already.
+
+    Also applies retention: finished runs past the newest `keep` (RUNS_KEEP) or finished longer
+    than `max_age` seconds (RUNS_MAX_AGE) ago are deleted, in the same transaction.
+    """
+    max_age = RUNS_MAX_AGE if max_age is None else max_age
+    if not connection.set(_key(run["id"]), _encode_run(run), nx=True, ex=max_age):
         return False
-    score = datetime.fromisoformat(run["created_at"]).timestamp()
     with connection.pipeline() as pipe:
-        for index in (key("runs"), key(f"runs:rule:{run['rule_id']}")):
-            pipe.zadd(index, {run["id"]: score})
-            pipe.zremrangebyrank(index, 0, -RETENTION - 1)
+        _list(pipe, run)
+        recovery.track(pipe, run, now=time.time())
+        if run["status"] in TERMINAL:
+            pipe.zadd(key("runs:done"), {_done_member(run): _stamp(run["updated_at"])})
+        _trim_runs(pipe, keep, max_age)
         pipe.execute()
     return True
 
 
 def load_run(connection: redis.Redis, run_id: str) -> dict | None:
-    """The run, or None when there is none (never made, or expired)."""
+    """The run, or None when there is none (never made, trimmed, or expired)."""
     raw = connection.get(_key(run_id))
-    return json.loads(raw) if raw is not None else None
+    return decode_run(raw) if raw is not None else None
 
 
-def save_run(connection: redis.Redis, run: dict, *, now: datetime) -> None:
-    """Write the run back after a change."""
+def save_run(connection: redis.Redis, run: dict, *, now: datetime, keep: int | None = None,
+             max_age: int | None = None) -> None:
+    """Write the run back after a change (on a connection, or queued on the caller's pipeline).
+
+    A finished run joins `runs:done`, by the time it finished, and retention is applied as in
+    `create_run`. An unfinished one leaves `runs:done` first, so that no trim deletes it from then
+    on, and is listed again should a trim have taken it a moment before (a failed run retried just
+    as it was the oldest kept).
+    """
     run["updated_at"] = now.isoformat()
-    connection.set(_key(run["id"]), json.dumps(run, default=str), ex=RUN_TTL)
+    if isinstance(connection, Pipeline):
+        _queue_save(connection, run, now, keep, max_age)
+        return
+    with connection.pipeline() as pipe:
+        _queue_save(pipe, run, now, keep, max_age)
+        pipe.execute()
+
+
+def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_age: int | None) -> None:
+    max_age = RUNS_MAX_AGE if max_age is None else max_age
+    recovery.track(pipe, run, now=now.timestamp())  # its deadline, or none once finished or paused
+    if run["status"] in TERMINAL:
+        pipe.set(_key(run["id"]), _encode_run(run), ex=max_age)
+        pipe.zadd(key("runs:done"), {_done_member(run): now.timestamp()})
+        _trim_runs(pipe, keep, max_age)
+    else:
+        pipe.zrem(key("runs:done"), _done_member(run))
+        pipe.set(_key(run["id"]), _encode_run(run), ex=max_age)
+        _list(pipe, run)
+
+
+def _trim_runs(pipe: Pipeline, keep: int | None, max_age: int) -> None:
+    _TRIM_SCRIPT(keys=[key("runs:done"), key("runs")], client=pipe,
+                 args=[RUNS_KEEP if keep is None else keep, time.time() - max_age, key("run:"), key("runs:rule:"),
+                       TRIM_BATCH])
 
 
 def list_runs(connection: redis.Redis, *, rule: str | None = None, status: str | None = None,
               limit: int = 50) -> list[dict]:
-    """The newest runs first, optionally of one rule and/or in one status."""
+    """The newest runs first, optionally of one rule and/or in one status.
+
+    Ids whose record is gone (a waiting run that expired untouched) are skipped and unlisted.
+    """
     index = key(f"runs:rule:{rule}" if rule else "runs")
-    runs = []
-    for batch_start in range(0, RETENTION, 200):
+    runs, gone = [], []
+    batch_start = 0
+    while len(runs) < limit:
         ids = connection.zrevrange(index, batch_start, batch_start + 199)
         if not ids:
             break
-        for raw in connection.mget([_key(i.decode()) for i in ids]):
-            run = json.loads(raw) if raw is not None else None
-            if run and (status is None or run["status"] == status):
+        batch_start += len(ids)
+        for run_id, raw in zip(ids, connection.mget([_key(i.decode()) for i in ids])):
+            if raw is None:
+                gone.append(run_id)
+                continue
+            run = decode_run(raw)
+            if status is None or run["status"] == status:
                 runs.append(run)
                 if len(runs) >= limit:
-                    return runs
+                    break
+    if gone:
+        connection.zrem(index, *gone)
     return runs
 
 
@@ -97,19 +205,96 @@ def _key(run_id: str) -> str:
     return key(f"run:{run_id}")
 
 
-def save_trace(pipe, report: dict, run_ids: list[str], *, now: datetime) -> None:
+def _list(pipe: Pipeline, run: dict) -> None:
+    score = _stamp(run["created_at"])
+    pipe.zadd(key("runs"), {run["id"]: score})
+    pipe.zadd(key(f"runs:rule:{run['rule_id']}"), {run["id"]: score})
+
+
+def _done_member(run: dict) -> str:
+    return f"{run['id']} {run['rule_id']}"  # run ids have no spaces; the rule names its per-rule index
+
+
+def _stamp(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _encode_run(run: dict) -> str:
+    """Compact JSON; a step's output or request that `outputs` or the plan holds already is left out."""
+    operations = {o.get("step"): o.get("params") for o in (run.get("plan") or {}).get("operations") or ()}
+    outputs = run.get("outputs") or {}
+    steps = []
+    for step in run.get("steps", ()):
+        elided = []
+        if "request" in step and step["request"] is not None and step["request"] == operations.get(step["index"]):
+            elided.append("request")
+        if "output" in step and step.get("id") in outputs and step["output"] == outputs[step["id"]]:
+            elided.append("output")
+        if elided:
+            step = {k: v for k, v in step.items() if k not in elided} | {"elided": elided}
+        steps.append(step)
+    return encode_record({**run, "steps": steps} if "steps" in run else run, compress=COMPRESS)
+
+
+def decode_run(raw: bytes) -> dict:
+    """A run record as stored (compressed or not, with elided steps) → the whole run."""
+    run = decode_record(raw)
+    elided = [s for s in run.get("steps", ()) if "elided" in s]
+    if elided:
+        operations = {o.get("step"): o.get("params") for o in run["plan"].get("operations") or ()}
+        for step in elided:
+            for field in step.pop("elided"):
+                step[field] = operations.get(step["index"]) if field == "request" else run["outputs"].get(step["id"])
+    return run
+
+
+def encode_record(value, *, compress: bool) -> bytes:
+    """Compact JSON (UTF-8), zlib-compressed when `compress` and it is long enough to gain."""
+    text = json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False).encode()
+    return zlib.compress(text, 6) if compress and len(text) >= COMPRESS_OVER else text
+
+
+def decode_record(raw: bytes):
+    """What `encode_record` (or plain `json.dumps`, as records were stored before) wrote."""
+    return json.loads(raw if raw[:1] == b"{" else zlib.decompress(raw))
+
+
+def save_trace(pipe, report: dict, run_ids: list[str], *, now: datetime, keep: int | None = None,
+               max_age: int | None = None) -> None:
     """Keep an event's explain report (matched rules, near misses and why) with the runs it made.
 
-    `pipe` is a pipeline the caller executes (with its other bookkeeping: one round trip).
+    `pipe` is a pipeline the caller executes (with its other bookkeeping: one round trip). A
+    matched rule's plan is the plan of its run: the trace names the run (`run`) and `load_trace`
+    takes the plan from it. Traces past the newest `keep` (TRACES_KEEP) or older than `max_age`
+    (RUNS_MAX_AGE) are deleted.
     """
+    max_age = RUNS_MAX_AGE if max_age is None else max_age
     event_id = report["event"]["id"]
-    trace = {**report, "runs": run_ids, "handled_at": now.isoformat()}
-    pipe.set(key(f"trace:{event_id}"), json.dumps(trace, default=str), ex=RUN_TTL)
+    made = set(run_ids)
+    rules = []
+    for outcome in report.get("rules", ()):
+        plan = outcome.get("plan")
+        if plan:
+            made_by = _run_id(plan["event_id"], plan["rule_id"], plan.get("item_key"))
+            if made_by in made:
+                outcome = {**outcome, "plan": None, "run": made_by}
+        rules.append(outcome)
+    trace = {**report, "rules": rules, "runs": run_ids, "handled_at": now.isoformat()}
+    pipe.set(key(f"trace:{event_id}"), encode_record(trace, compress=COMPRESS), ex=max_age)
     pipe.zadd(key("traces"), {event_id: now.timestamp()})
-    pipe.zremrangebyrank(key("traces"), 0, -RETENTION - 1)
+    _TRIM_SCRIPT(keys=[key("traces"), key("traces")], client=pipe,
+                 args=[TRACES_KEEP if keep is None else keep, time.time() - max_age, key("trace:"), "", TRIM_BATCH])
 
 
 def load_trace(connection: redis.Redis, event_id: str) -> dict | None:
-    """The trace of an event, or None."""
+    """The trace of an event, or None; matched rules' plans are read from their runs (if still kept)."""
     raw = connection.get(key(f"trace:{event_id}"))
-    return json.loads(raw) if raw is not None else None
+    if raw is None:
+        return None
+    trace = decode_record(raw)
+    referring = [r for r in trace.get("rules", ()) if r.get("run") and r.get("plan") is None]
+    if referring:
+        for outcome, raw_run in zip(referring, connection.mget([_key(r["run"]) for r in referring])):
+            if raw_run is not None:
+                outcome["plan"] = decode_record(raw_run).get("plan")
+    return trace

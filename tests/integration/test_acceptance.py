@@ -6,7 +6,6 @@ sandbox's data and request log, the receiver, the runs in Redis, the processes' 
 """
 from __future__ import annotations
 
-import json
 import signal
 from datetime import datetime
 
@@ -14,6 +13,7 @@ import redis
 
 from tests.support.processes import wait_until
 from tests.support.stack import ENGINE_TOKEN, PREFIX, all_runs, make_task, runs_in, start, write_rule
+from workers.runs import decode_record
 
 # The issue's own example, verbatim.
 MISSION_RULE = """
@@ -171,7 +171,7 @@ def test_restarting_the_poller_mid_stream_loses_no_change_and_fires_none_twice(e
 def chained_traces(redis_url: str) -> list[dict]:
     """Traces of events caused by the engine's own writes."""
     connection = redis.Redis.from_url(redis_url)
-    traces = [json.loads(connection.get(f"{PREFIX}trace:{i.decode()}")) for i in connection.zrange(f"{PREFIX}traces", 0, -1)]
+    traces = [decode_record(connection.get(f"{PREFIX}trace:{i.decode()}")) for i in connection.zrange(f"{PREFIX}traces", 0, -1)]
     return [t for t in traces if t["event"]["chained"]]
 
 

@@ -17,6 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.processes import free_port, wait_until
+from workers.runs import decode_record, decode_run
 from tests.support.sandbox import SandboxServer
 from tests.support.stack import FORM_RULE, PROJECT, ensure_project, deliver
 
@@ -368,7 +369,7 @@ def handled_order(redis_url: str, names: tuple[str, ...]) -> list[tuple[str, str
     handled = []
     for name in names:
         for event_id in connection.zrange(f"ws:{name}:traces", 0, -1):
-            trace = json.loads(connection.get(f"ws:{name}:trace:{event_id.decode()}"))
+            trace = decode_record(connection.get(f"ws:{name}:trace:{event_id.decode()}"))
             handled.append((trace["handled_at"], name, event_id.decode()))
     return [(name, event_id) for _, name, event_id in sorted(handled)]
 
@@ -397,7 +398,7 @@ def test_runs_over_a_workspaces_runs_per_minute_wait_instead_of_running(stack, s
     connection = redis.Redis.from_url(redis_url)
 
     def runs() -> list[dict]:
-        return [json.loads(connection.get(f"ws:noisy:run:{i.decode()}")) for i in connection.zrange("ws:noisy:runs", 0, -1)]
+        return [decode_run(connection.get(f"ws:noisy:run:{i.decode()}")) for i in connection.zrange("ws:noisy:runs", 0, -1)]
 
     def waiting() -> list[dict]:
         every = runs()
