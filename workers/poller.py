@@ -188,8 +188,15 @@ def _report(result) -> None:
                  len(result.accepted), result.duplicates, result.held, " (baseline)" if result.baseline else "")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m workers.poller [--with-scheduler]`: poll every workspace; with the flag, also fire
+    their schedules (workers/scheduler.py) on a thread of this process, one process fewer."""
     from app import load_config  # the one place settings are read from the environment
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv not in ([], ["--with-scheduler"]):
+        print("usage: python -m workers.poller [--with-scheduler]", file=sys.stderr)
+        return 2
 
     config = load_config()
     configure_logging(config)
@@ -207,6 +214,11 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if argv == ["--with-scheduler"]:
+        from workers import scheduler
+
+        threading.Thread(target=scheduler.run, name="scheduler", daemon=True, args=(
+            connection, list(config["WORKSPACES"].values()), scheduler.settings_from_environment(), stop)).start()
     run(connection, accounts, poller, stop, me=me)
     return 0
 

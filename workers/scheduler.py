@@ -104,12 +104,17 @@ def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettin
         log.warning("%s: could not fire schedules, will retry: %s", source.workspace.name, exc)
 
 
+def settings_from_environment() -> SchedulerSettings:
+    """The scheduler's settings as the environment gives them (SCHEDULE_INTERVAL)."""
+    return SchedulerSettings(interval=float(os.environ.get("SCHEDULE_INTERVAL", 5.0)))
+
+
 def main() -> int:
     from app import load_config  # the one place settings are read from the environment
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config()
-    settings = SchedulerSettings(interval=float(os.environ.get("SCHEDULE_INTERVAL", 5.0)))
+    settings = settings_from_environment()
     log.info("scheduler %s: every %.1fs", uuid.uuid4().hex[:8], settings.interval)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
