@@ -10,6 +10,7 @@ import redis
 import requests
 from standardwebhooks.webhooks import Webhook
 
+from workers.runs import decode_run
 from tests.support.processes import Process, free_port, wait_until
 
 PROJECT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
@@ -41,11 +42,15 @@ class Stack:
         return self._start(Process.python("-m", "workers.scheduler", name=name,
                                           env={"SCHEDULE_INTERVAL": "0.5", **self.env}))
 
-    def web(self) -> str:
-        """The app under gunicorn, accepting webhooks from source `forms`; returns its base URL."""
+    def web(self, threads: int = 1) -> str:
+        """The app under gunicorn, accepting webhooks from source `forms`; returns its base URL.
+
+        `threads` > 1 serves that many requests at once (gunicorn's gthread worker).
+        """
         port = free_port()
         process = self._start(Process.python(
-            "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "app:create_app()",
+            "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            *(("--threads", str(threads)) if threads > 1 else ()), "app:create_app()",
             name="web", env={**self.env, "WEBHOOK_SECRET_FORMS": WEBHOOK_SECRET}))
         process.wait_for_port(port)
         return f"http://127.0.0.1:{port}"
@@ -76,7 +81,7 @@ def deliver(web: str, body: dict, msg_id: str, *, path: str = "/hooks/forms",
 def all_runs(redis_url: str) -> list[dict]:
     """Every stored run, oldest first."""
     connection = redis.Redis.from_url(redis_url)
-    return [json.loads(connection.get(f"{PREFIX}run:{i.decode()}")) for i in connection.zrange(f"{PREFIX}runs", 0, -1)]
+    return [decode_run(connection.get(f"{PREFIX}run:{i.decode()}")) for i in connection.zrange(f"{PREFIX}runs", 0, -1)]
 
 
 def runs_in(redis_url: str, status: str) -> list[dict]:

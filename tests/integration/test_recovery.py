@@ -1,0 +1,213 @@
+"""Recovery from crashes and Redis restarts (issue 11), end to end with real processes.
+
+A worker killed mid-run, Valkey loading its AOF after a restart, and a Valkey outage: in each case
+what a user sees must be right afterwards: runs reach `succeeded`, InLoox holds exactly one entity
+per intended create, and a delivery is either stored (202) or refused retryably (503), never
+answered "duplicate" when nothing was stored. Only outside observations are used (run records,
+the sandbox's entities and request log, HTTP answers, process liveness), not RQ's internals.
+"""
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.support.processes import wait_until
+from tests.support.stack import PROJECT, all_runs, deliver, ensure_project, runs_in, write_form_rule
+from tests.support.valkey import SLOW_LOADING, Valkey
+
+SENDERS = 16  # webhook senders delivering at once while Valkey loads
+
+
+@pytest.fixture
+def killable_valkey(tmp_path, stack):
+    """This test's own Valkey (AOF in tmp_path), which the test may kill and restart; the stack uses it."""
+    server = Valkey(tmp_path / "redis")
+    stack.env["REDIS_URL"] = server.url
+    yield server
+    stack.stop()  # the stack's processes go before their Redis does
+    if server.alive():
+        server.stop()
+    print(f"--- valkey\n{server.output()}")  # shown by pytest only when the test failed
+
+
+@pytest.fixture
+def slow_loading_valkey(tmp_path, stack):
+    """Like `killable_valkey`, but loading its data after a restart takes seconds (see SLOW_LOADING)."""
+    server = Valkey(tmp_path / "redis", config=SLOW_LOADING)
+    stack.env["REDIS_URL"] = server.url
+    yield server
+    stack.stop()
+    if server.alive():
+        server.stop()
+    print(f"--- valkey\n{server.output()}")
+
+
+def all_tasks(sandbox) -> list[dict]:
+    """Every task in the sandbox, following its pages."""
+    page = sandbox.get("Task").json()
+    tasks = page["value"]
+    while "@odata.nextLink" in page:
+        page = sandbox.session.get(page["@odata.nextLink"], timeout=10).json()
+        tasks += page["value"]
+    return tasks
+
+
+def tasks_named(sandbox, name: str) -> list[dict]:
+    return [t for t in all_tasks(sandbox) if t["Name"] == name]
+
+
+def runs_of(redis_url: str, title: str, status: str) -> list[dict]:
+    """The runs in `status` whose task (the form rule's step `task`) has this name."""
+    return [r for r in runs_in(redis_url, status) if ((r.get("outputs") or {}).get("task") or {}).get("Name") == title]
+
+
+def statuses(redis_url: str) -> list[str]:
+    return [r["status"] for r in all_runs(redis_url)]
+
+
+@pytest.mark.timeout(150)
+def test_a_worker_killed_during_a_runs_create_leaves_a_run_another_worker_finishes_once(
+        stack, sandbox, rules_dir, redis_url):
+    """Issue 11 (1): SIGKILL the worker while its create is committed but unanswered; a new worker
+    must finish the run within 60 s, adopting the created task by its marker instead of posting again."""
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    # The create lands in InLoox, and its answer never comes while the first worker lives.
+    sandbox.fault(kind="commit_then_hang", hang_s=60, count=1, methods=["POST"], path="^Task$")
+    first = stack.worker("worker-1")
+    web = stack.web()
+
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_killed").status_code == 202
+    wait_until(lambda: len(tasks_named(sandbox, "Call Ann")) == 1, 30, "the create to be committed in InLoox")
+    assert first.alive()
+    first.signal(signal.SIGKILL)  # the worker's whole process group, mid-request
+    wait_until(lambda: not first.alive(), 10, "the first worker to die")
+    assert len(all_runs(redis_url)) == 1 and statuses(redis_url)[0] not in ("succeeded", "failed"), \
+        f"the run should have been stored, unfinished, before the create: {statuses(redis_url)}"
+
+    stack.worker("worker-2")
+    try:
+        wait_until(lambda: runs_in(redis_url, "succeeded"), 60, "the run to succeed on the second worker")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; run statuses 60 s after the second worker started: {statuses(redis_url)}") from None
+    assert len(all_runs(redis_url)) == 1
+    assert len(tasks_named(sandbox, "Call Ann")) == 1, "the second worker created the task again"
+    [run] = all_runs(redis_url)
+    assert run["outputs"]["task"]["Name"] == "Call Ann"
+
+
+@pytest.mark.timeout(150)
+def test_no_webhook_delivered_while_redis_loads_its_data_is_answered_duplicate(
+        stack, sandbox, rules_dir, slow_loading_valkey):
+    """Issue 11 (2): while Valkey loads its AOF after a restart, no first delivery of a webhook id may
+    be answered 200 "duplicate" (nothing was stored, and the sender will never send it again): each
+    is refused retryably (503) or stored (202). After loading, the senders retry what was not
+    accepted; then every id has exactly one run and one task.
+
+    Senders deliver new ids concurrently, staggered, throughout the end of loading, so that requests
+    are in flight at every stage of their handling when loading finishes.
+    """
+    valkey = slow_loading_valkey.start()
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    web = stack.web(threads=SENDERS)
+    # Enough data that loading it back (key-load-delay per key) takes about six seconds.
+    with valkey.client(db=1).pipeline(transaction=False) as pipe:
+        for n in range(22_000):
+            pipe.set(f"filler:{n}", "x" * 10)
+        pipe.execute()
+
+    valkey.stop()
+    valkey.start(wait=False)
+    wait_until(lambda: (valkey.loading_percent() or 0) >= 50, 30, "Valkey to have loaded half of its data")
+    loaded = threading.Event()
+    first: dict[str, tuple[int | None, str]] = {}  # webhook id -> (status, body) of its first delivery
+
+    def send(sender: int) -> None:
+        # Staggered starts: a request against a loading Valkey advances one step per loading pause
+        # (about 0.2 s), so senders started together would all be at the same step when loading ends.
+        loaded.wait(sender * 0.1)
+        for n in itertools.count():
+            if loaded.is_set():
+                return
+            msg_id = f"msg_{sender}_{n}"
+            try:
+                response = deliver(web, {"title": msg_id, "project": PROJECT}, msg_id)
+                first[msg_id] = (response.status_code, response.text.strip())
+            except requests.RequestException as exc:  # no answer in 5 s: the sender retries
+                first[msg_id] = (None, repr(exc))
+
+    senders = [threading.Thread(target=send, args=(n,)) for n in range(SENDERS)]
+    for thread in senders:
+        thread.start()
+    try:
+        valkey.wait_ready(30)
+    finally:
+        loaded.set()
+        for thread in senders:
+            thread.join(10)
+
+    duplicates = {i: a for i, a in first.items() if a[0] == 200}
+    if duplicates:
+        pytest.fail(f"{len(duplicates)} of {len(first)} webhook ids delivered for the first time while Valkey "
+                    f"loaded were answered as duplicates, e.g. {next(iter(duplicates.items()))}")
+    assert {a[0] for a in first.values()} <= {202, 503, None}, first
+
+    stack.worker()  # only now: a worker's own survival of the restart is another test's matter
+    for msg_id, (status, _) in first.items():
+        if status != 202:  # the sender retries what was not accepted
+            again = deliver(web, {"title": msg_id, "project": PROJECT}, msg_id)
+            assert again.status_code in ((202,) if status == 503 else (202, 200)), (msg_id, again.text)
+
+    wait_until(lambda: len(runs_in(valkey.url, "succeeded")) >= len(first), 60, f"{len(first)} runs to succeed")
+    assert len(all_runs(valkey.url)) == len(first)
+    names = sorted(t["Name"] for t in all_tasks(sandbox))
+    assert names == sorted(first), "each webhook id should have made exactly one task"
+
+
+OUTAGE_SECONDS = 10  # how long Valkey stays down: longer than redis-py's own retries (about 4 s)
+
+
+@pytest.mark.timeout(150)
+def test_worker_poller_and_scheduler_ride_out_a_redis_outage_during_a_run(stack, sandbox, rules_dir,
+                                                                          killable_valkey):
+    """Issue 11 (3): SIGKILL Valkey while the worker is in the middle of a run, keep it down for
+    OUTAGE_SECONDS and restart it on the same port and data; the worker, poller and scheduler must
+    still run, and a delivery made afterwards must be executed (one run, one task)."""
+    valkey = killable_valkey.start()
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    worker, poller, scheduler = stack.worker(), stack.poller(), stack.scheduler()
+    web = stack.web()
+    # The run's create lands in InLoox but its answer is held back for 2 s: Redis goes down meanwhile,
+    # so the worker meets the outage while finishing the run (not only while waiting for work).
+    sandbox.fault(kind="commit_then_hang", hang_s=2, count=1, methods=["POST"], path="^Task$")
+    assert deliver(web, {"title": "During", "project": PROJECT}, "msg_during").status_code == 202
+    wait_until(lambda: tasks_named(sandbox, "During"), 30, "the run's create to land in InLoox")
+    assert worker.alive()
+
+    valkey.kill()
+    outage_end = time.monotonic() + OUTAGE_SECONDS  # the outage's length (not a wait for a condition)
+    while time.monotonic() < outage_end:
+        time.sleep(0.2)
+    valkey.start()
+
+    def exited() -> list[str]:
+        """The processes that quit, each with its last log line that says why."""
+        dead = [p for p in (worker, poller, scheduler) if not p.alive()]
+        return [f"{p.name} (exit {p.popen.returncode}): "
+                + next((line[:300] for line in reversed(p.output().splitlines()) if "quitting" in line),
+                       p.output()[-300:]) for p in dead]
+
+    if exited():
+        pytest.fail(f"processes quit during the Redis outage: {exited()}")
+    assert deliver(web, {"title": "After", "project": PROJECT}, "msg_after").status_code == 202
+    wait_until(lambda: runs_of(valkey.url, "After", "succeeded"), 40, "the run of the delivery made after the outage")
+    assert len(tasks_named(sandbox, "After")) == 1
+    if exited():
+        pytest.fail(f"processes quit after the Redis outage: {exited()}")
