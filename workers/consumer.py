@@ -42,7 +42,7 @@ MAINTENANCE_SECONDS = 5.0
 TRIM_SECONDS = 30.0
 MAX_DELIVERIES = 5
 READ_BLOCK_MS = 500
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 5.0  # a Redis back from a restart is used again within seconds
 
 
 @dataclass

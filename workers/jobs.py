@@ -295,6 +295,8 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()
     with ctx.connection.pipeline(transaction=False) as pipe:
         for write in pending:
             write(pipe)
+        if status in ("succeeded", "skipped", "shadow"):
+            ledger.finished(pipe, [op["idempotency_key"] for op in run["plan"].get("operations", ())])
         save_run(pipe, run, now=datetime.now(timezone.utc))  # the status and its count together
         metrics.count(pipe, "runs", status=status)
         pipe.execute()

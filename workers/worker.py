@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 ABANDON_GRACE_SECONDS = 5
 MAINTENANCE_SECONDS = 10
 IDLE_WAKE_SECONDS = 5
-MAX_BACKOFF_SECONDS = 30
+MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within seconds
 
 
 class Worker(SimpleWorker):
@@ -55,6 +55,7 @@ class Worker(SimpleWorker):
         configure_logging(self.config)  # before RQ's bootstrap, which keeps a handler it finds
         super().__init__(*args, **kwargs)
         self.maintenance_interval = min(self.maintenance_interval, MAINTENANCE_SECONDS)
+        self.max_connection_wait_time = MAX_BACKOFF_SECONDS  # RQ's own wait while dequeueing (60 s)
         self.consumer: EventConsumer | None = None
 
     def bootstrap(self, *args, **kwargs):
