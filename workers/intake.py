@@ -9,7 +9,6 @@ behind, so a sender's retry is never turned into a "duplicate" of an event that 
 from __future__ import annotations
 
 import functools
-import json
 from typing import Callable
 
 import redis
@@ -32,7 +31,7 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
     labels = {"workspace": workspaces.current().name, "source": event.source, "kind": event.kind}
     counted = (metrics.field("events", {**labels, "outcome": "accepted"}),
                metrics.field("events", {**labels, "outcome": "duplicate"}))
-    append = functools.partial(eventlog.append, event_json=json.dumps(event.to_dict(), separators=(",", ":"), default=str),
+    append = functools.partial(eventlog.append, event_json=eventlog.encode(event.to_dict()),
                                event_id=event.id, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted,
                                metrics_key=metrics.COUNTERS)
     if also is None:

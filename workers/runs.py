@@ -280,6 +280,8 @@ def save_trace(pipe, report: dict, run_ids: list[str], *, now: datetime, keep: i
                 outcome = {**outcome, "plan": None, "run": made_by}
         rules.append(outcome)
     trace = {**report, "rules": rules, "runs": run_ids, "handled_at": now.isoformat()}
+    if run_ids:  # the event is in its runs' plans: kept there once (load_trace puts it back)
+        trace["event"] = {"id": event_id, "in_run": run_ids[0]}
     pipe.set(key(f"trace:{event_id}"), encode_record(trace, compress=COMPRESS), ex=max_age)
     pipe.zadd(key("traces"), {event_id: now.timestamp()})
     _TRIM_SCRIPT(keys=[key("traces"), key("traces")], client=pipe,
@@ -293,8 +295,13 @@ def load_trace(connection: redis.Redis, event_id: str) -> dict | None:
         return None
     trace = decode_record(raw)
     referring = [r for r in trace.get("rules", ()) if r.get("run") and r.get("plan") is None]
-    if referring:
-        for outcome, raw_run in zip(referring, connection.mget([_key(r["run"]) for r in referring])):
-            if raw_run is not None:
-                outcome["plan"] = decode_record(raw_run).get("plan")
+    holder = trace["event"].get("in_run")
+    wanted = [r["run"] for r in referring] + ([holder] if holder else [])
+    plans = {run_id: decode_record(raw_run).get("plan")
+             for run_id, raw_run in zip(wanted, connection.mget([_key(i) for i in wanted]) if wanted else ())
+             if raw_run is not None}
+    for outcome in referring:
+        outcome["plan"] = plans.get(outcome["run"])
+    if holder and plans.get(holder):
+        trace["event"] = plans[holder]["event"]
     return trace

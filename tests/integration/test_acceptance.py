@@ -13,7 +13,8 @@ import redis
 
 from tests.support.processes import wait_until
 from tests.support.stack import ENGINE_TOKEN, PREFIX, all_runs, make_task, runs_in, start, write_rule
-from workers.runs import decode_record
+from workers import workspaces
+from workers.runs import load_trace
 
 # The issue's own example, verbatim.
 MISSION_RULE = """
@@ -171,7 +172,8 @@ def test_restarting_the_poller_mid_stream_loses_no_change_and_fires_none_twice(e
 def chained_traces(redis_url: str) -> list[dict]:
     """Traces of events caused by the engine's own writes."""
     connection = redis.Redis.from_url(redis_url)
-    traces = [decode_record(connection.get(f"{PREFIX}trace:{i.decode()}")) for i in connection.zrange(f"{PREFIX}traces", 0, -1)]
+    with workspaces.using(workspaces.Workspace("default", "http://unused/", "unused")):
+        traces = [load_trace(connection, i.decode()) for i in connection.zrange(f"{PREFIX}traces", 0, -1)]
     return [t for t in traces if t["event"]["chained"]]
 
 
