@@ -33,8 +33,9 @@ def queue_run(connection: redis.Redis, run: dict, *, job_id: str | None = None, 
     `concurrency: {key, limit}` becomes RQ's RateLimit: runs over the limit wait in Redis and
     start as earlier ones finish.
     """
+    # result_ttl=0: the run record is what people read; RQ's copy of the result would only take memory.
     options = {"job_id": workspace_job_id(job_id or run["id"]), "job_timeout": RUN_JOB_TIMEOUT,
-               "retry": Retry(max=3)}
+               "retry": Retry(max=3), "result_ttl": 0}
     concurrency = run["plan"].get("concurrency")
     if concurrency:
         options["rate_limit"] = RateLimit(key=workspaces.key(f"concurrency:{concurrency['key']}"),

@@ -127,10 +127,11 @@ def ack(target, stream: str, ids: list[str]) -> None:
 
 
 def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_age: float = EVENTS_MAX_AGE,
-         now: float | None = None) -> None:
+         now: float | None = None, approximate: bool = True) -> None:
     """Drop handled entries older than `max_age`, and beyond the newest `keep` when nothing waits.
 
     Never an entry that is not handled yet: the cut stops at the oldest pending or undelivered one.
+    `approximate` lets Redis cut at its storage nodes' bounds (cheap; a few more entries stay).
     """
     now = time.time() if now is None else now
     groups = {(_text(g["name"])): g for g in connection.xinfo_groups(stream)}
@@ -142,9 +143,9 @@ def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_a
     if summary["pending"]:
         safe = min(safe, _text(summary["min"]), key=_id_order)
     cut = min(safe, f"{int((now - max_age) * 1000)}-0", key=_id_order)
-    connection.xtrim(stream, minid=cut, approximate=True)
-    if not summary["pending"] and not group.get("lag"):
-        connection.xtrim(stream, maxlen=keep, approximate=True)
+    connection.xtrim(stream, minid=cut, approximate=approximate)
+    if not summary["pending"] and group.get("lag") == 0:  # None: Redis cannot tell; keep everything then
+        connection.xtrim(stream, maxlen=keep, approximate=approximate)
 
 
 def entries(connection: redis.Redis, *, workspace: str | None = None, count: int = 1000) -> list[Entry]:
