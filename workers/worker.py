@@ -31,6 +31,7 @@ import time
 
 import redis
 from rq.defaults import DEFAULT_WORKER_TTL
+from rq.exceptions import StopRequested
 from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 
@@ -57,6 +58,7 @@ class Worker(SimpleWorker):
         self.maintenance_interval = min(self.maintenance_interval, MAINTENANCE_SECONDS)
         self.max_connection_wait_time = MAX_BACKOFF_SECONDS  # RQ's own wait while dequeueing (60 s)
         self.consumer: EventConsumer | None = None
+        self._stopping = False  # a stop signal came (RQ raises StopRequested without keeping a flag)
 
     def bootstrap(self, *args, **kwargs):
         """RQ's start-up; then its per-job lines ("Job OK", "dequeued …") go quiet: one line per run is ours."""
@@ -81,6 +83,10 @@ class Worker(SimpleWorker):
                 self.scheduler.register_death()
         else:
             self.scheduler.start()
+
+    def request_stop(self, signum, frame):
+        self._stopping = True
+        super().request_stop(signum, frame)
 
     def stop_scheduler(self) -> None:
         if self.scheduler is not None and self.scheduler._process is not None:
@@ -112,19 +118,26 @@ class Worker(SimpleWorker):
         while True:
             try:
                 worked = super().work(burst=burst, **kwargs)
-                if burst or self._stop_requested:
+                if burst or self._stopping or self._stop_requested:
                     return worked
                 error = "RQ's loop stopped on an error"  # RQ logged it; it quits on any Redis error
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 error = str(exc)
-            if self._stop_requested:
-                return False
+            except StopRequested:
+                return False  # a stop signal while RQ's loop was not running
+            if self._stopping:
+                return False  # stopping while Redis is away: RQ's farewell could not be written
             log.warning("worker %s: %s; starting again in %.0fs", self.name, error, backoff)
-            time.sleep(backoff)
+            self._pause(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
             # The old registration may have outlived the outage (AOF): RQ refuses a second birth.
             restarts += 1
             self.name = f"{base_name}-{restarts}"
+
+    def _pause(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _start_consumer(self) -> EventConsumer:
         served = self.config["WORKSPACES"].values()

@@ -211,3 +211,17 @@ def test_worker_poller_and_scheduler_ride_out_a_redis_outage_during_a_run(stack,
     assert len(tasks_named(sandbox, "After")) == 1
     if exited():
         pytest.fail(f"processes quit after the Redis outage: {exited()}")
+
+
+def test_a_worker_stops_on_sigterm_while_redis_is_down(stack, killable_valkey, rules_dir):
+    write_form_rule(rules_dir)
+    killable_valkey.start()
+    worker = stack.worker()
+    connection = killable_valkey.client()
+    wait_until(lambda: connection.exists("ws:default:events"), 20, "the worker's consumer group")
+
+    killable_valkey.kill()
+    worker.signal(signal.SIGTERM)
+
+    wait_until(lambda: not worker.alive(), 15, "the worker to stop although Redis is away")
+    assert "Traceback" not in worker.output()
