@@ -21,6 +21,7 @@ A Redis outage pauses the loop with backoff; nothing is acknowledged that was no
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -111,9 +112,11 @@ class EventConsumer:
         free = self._wait_for_space()
         if free == 0:
             return
-        batch = eventlog.read_new(self.connection, list(self.streams), self.name,
-                                  count=min(free, self.per_workspace), block_ms=READ_BLOCK_MS)
-        for stream_key, entry in batch:
+        # A fair share of the free threads for each workspace, handed out in turns (one of each
+        # workspace, then the next of each), so one with a backlog cannot go ahead of the others.
+        share = max(1, min(self.per_workspace, free // len(self.streams)))
+        batch = eventlog.read_new(self.connection, list(self.streams), self.name, count=share, block_ms=READ_BLOCK_MS)
+        for stream_key, entry in _in_turns(batch):
             self._submit(self.streams[stream_key], entry)
 
     def _wait_for_space(self) -> int:
@@ -190,6 +193,15 @@ class EventConsumer:
             log.warning("event %s (%s): taken over from a worker that did not finish it (delivery %d)",
                         entry.event.get("id"), stream.workspace, deliveries + 1)
             self._submit(stream, entry)
+
+
+def _in_turns(batch: list[tuple[str, Entry]]) -> list[tuple[str, Entry]]:
+    """The batch reordered round-robin across its streams, each stream's own order kept."""
+    by_stream: dict[str, list[tuple[str, Entry]]] = {}
+    for item in batch:
+        by_stream.setdefault(item[0], []).append(item)
+    turns = itertools.zip_longest(*by_stream.values())
+    return [item for turn in turns for item in turn if item is not None]
 
 
 def _give_up(connection: redis.Redis, stream: _Stream, entry: Entry | None, entry_id: str, deliveries: int) -> None:

@@ -63,6 +63,9 @@ class Worker(SimpleWorker):
     def bootstrap(self, *args, **kwargs):
         """RQ's start-up; then its per-job lines ("Job OK", "dequeued …") go quiet: one line per run is ours."""
         super().bootstrap(*args, **kwargs)
+        # RQ lists a queue (rq:queues) only once something was enqueued on it; events no longer are,
+        # so a worker names its queues, and RQ's dashboard shows them while they are empty.
+        self.connection.sadd(self.queue_class.redis_queues_keys, *(queue.key for queue in self.queues))
         for name in ("rq.worker", "rq.job"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
