@@ -225,3 +225,59 @@ def test_a_worker_stops_on_sigterm_while_redis_is_down(stack, killable_valkey, r
 
     wait_until(lambda: not worker.alive(), 15, "the worker to stop although Redis is away")
     assert "Traceback" not in worker.output()
+
+
+@pytest.mark.timeout(170)
+def test_valkey_killed_and_restarted_under_steady_deliveries_loses_and_repeats_nothing(
+        stack, sandbox, rules_dir, killable_valkey):
+    """Issue 11 (acceptance): Valkey is SIGKILLed and restarted (AOF) while about 50 deliveries a second
+    arrive; senders resend what was not answered 2xx, with the same webhook-id, as Standard Webhooks
+    senders do. Every id ends with exactly one run and one task; an id is answered "duplicate" only if
+    an earlier delivery of it was stored; processing resumes by itself."""
+    valkey = killable_valkey.start()
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web(threads=8)
+    answers: dict[str, list[int]] = {}
+    stop = threading.Event()
+
+    def send(sender: int) -> None:
+        n = 0
+        while not stop.is_set():
+            msg_id = f"msg_{sender}_{n}"
+            answers[msg_id] = []
+            for _ in range(60):  # resend until a 2xx, about every half second
+                try:
+                    status = deliver(web, {"title": msg_id, "project": PROJECT}, msg_id).status_code
+                except requests.RequestException:
+                    status = 0
+                answers[msg_id].append(status)
+                if status in (200, 202):
+                    break
+                time.sleep(0.5)
+            n += 1
+            time.sleep(0.2)  # five senders, about 50 deliveries a second in all
+
+    senders = [threading.Thread(target=send, args=(s,)) for s in range(5)]
+    for thread in senders:
+        thread.start()
+    time.sleep(3)
+    valkey.kill()
+    time.sleep(2)  # an outage of two seconds while deliveries keep coming
+    valkey.start()
+    time.sleep(3)
+    stop.set()
+    for thread in senders:
+        thread.join(60)
+
+    assert all(a and a[-1] in (200, 202) for a in answers.values()), \
+        [(m, a) for m, a in answers.items() if not a or a[-1] not in (200, 202)][:5]
+    first_try_duplicates = [m for m, a in answers.items() if a[0] == 200]
+    assert not first_try_duplicates, f"never sent before, answered duplicate: {first_try_duplicates[:5]}"
+    refused = [m for m, a in answers.items() if len(a) > 1]
+    assert refused, "the outage should have refused some deliveries (else this test tests nothing)"
+    wait_until(lambda: len(runs_in(killable_valkey.url, "succeeded")) == len(answers), 60,
+               f"a succeeded run for each of the {len(answers)} ids")
+    names = sorted(t["Name"] for t in all_tasks(sandbox))
+    assert names == sorted(answers), "each id must have exactly one task"
