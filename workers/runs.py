@@ -82,6 +82,18 @@ return #members
 """
 _TRIM_SCRIPT = Script(None, _TRIM.encode())  # EVALSHA: the text goes to Redis once
 
+# KEYS: record, runs, runs:rule:<rule>, runs:active, runs:done. ARGV: record, ttl, run id, created
+# (score), deadline ("" for none), done member ("" unless finished), finished (score).
+_CREATE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3]) end
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6]) end
+return 1
+"""
+_CREATE_SCRIPT = Script(None, _CREATE.encode())
+
 
 def run_id(plan: Plan) -> str:
     """The run id of a plan: the same event and rule (and for_each item) give the same id, whatever its version."""
@@ -112,16 +124,20 @@ def create_run(connection: redis.Redis, run: dict, *, keep: int | None = None, m
     than `max_age` seconds (RUNS_MAX_AGE) ago are deleted, in the same transaction.
     """
     max_age = RUNS_MAX_AGE if max_age is None else max_age
-    if not connection.set(_key(run["id"]), _encode_run(run), nx=True, ex=max_age):
-        return False
-    with connection.pipeline() as pipe:
-        _list(pipe, run)
-        recovery.track(pipe, run, now=time.time())
-        if run["status"] in TERMINAL:
-            pipe.zadd(key("runs:done"), {_done_member(run): _stamp(run["updated_at"])})
+    # Record, listing and recovery deadline in one script: a process killed in between must not
+    # leave a record that no index lists and no sweeper knows (a second handling of the event
+    # would find the record, run it, and it would never be listed).
+    created_at = _stamp(run["created_at"])
+    deadline = recovery.deadline(run, now=time.time()) if recovery.is_active(run) else ""
+    finished = run["status"] in TERMINAL
+    with connection.pipeline(transaction=False) as pipe:
+        _CREATE_SCRIPT(keys=[_key(run["id"]), key("runs"), key(f"runs:rule:{run['rule_id']}"), key(recovery.ACTIVE),
+                             key("runs:done")],
+                       args=[_encode_run(run), max_age, run["id"], created_at, deadline,
+                             _done_member(run) if finished else "", _stamp(run["updated_at"])], client=pipe)
         _trim_runs(pipe, keep, max_age)
-        pipe.execute()
-    return True
+        created = pipe.execute()[0]
+    return bool(created)
 
 
 def load_run(connection: redis.Redis, run_id: str) -> dict | None:
