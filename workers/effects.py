@@ -17,7 +17,7 @@ import redis
 
 from engine import diff_snapshots
 from inloox import Client, InLooxError, NotFound, OutcomeUnknown, contains, raw
-from workers import ledger
+from workers import failpoints, ledger
 from workers.outbound import OutboundPolicy, OutboundRefused, http, notify
 
 # Where a created entity carries its marker, per entity set (a text field InLoox stores as given).
@@ -138,6 +138,7 @@ EXECUTORS: dict[str, Callable[[StepContext, dict, str], object]] = {
 def _write(ctx: StepContext, key: str, send: Callable[[], object]):
     """Mark "sent", send, mark "done"; InLoox's clear refusals unmark so a retry may send again."""
     ledger.mark_sent(ctx.connection, key)
+    failpoints.hit("before_send")  # tests only (inert unless ENGINE_FAILPOINTS is set)
     try:
         output = send()
     except OutcomeUnknown:
@@ -149,6 +150,7 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object]):
     except OutboundRefused:
         ledger.clear(ctx.connection, key)  # refused before sending, or the receiver said no
         raise
+    failpoints.hit("after_answer")  # tests only
     ctx.mark_done(key, output)
     return output
 

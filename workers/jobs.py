@@ -20,7 +20,7 @@ from engine.errors import StepSkipped
 from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
 from inloox.errors import Throttled
-from workers import guards, ledger, metrics, recovery, workspaces
+from workers import failpoints, guards, ledger, metrics, recovery, workspaces
 from workers.enqueue import RUN_JOB_TIMEOUT, queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
@@ -178,6 +178,7 @@ def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False) -> str
         if operation.step in done:
             continue
         if operation.step != plan.operations[0].step:
+            failpoints.hit("between_steps")  # tests only (inert unless ENGINE_FAILPOINTS is set)
             lock.reacquire()  # a full lease for each step: nobody may start this run while we write
         outcome = _step(ctx, step_ctx, run, plan, operation, last=operation is plan.operations[-1])
         if outcome != "done":
@@ -211,6 +212,7 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
         operation = render_deferred(plan, operation, run["outputs"], env=ctx.rule_env)
         trace["request"] = operation.params
         output = EXECUTORS[operation.verb](step_ctx, operation.params, operation.idempotency_key)
+        failpoints.hit("during_notify", when=operation.verb == "notify")  # tests only
     except StepSkipped as exc:
         # The step's own `if:` did not hold: nothing to do, and not a failure.
         trace.update(status="skipped", reason=exc.message, ms=_ms_since(started))
