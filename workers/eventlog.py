@@ -22,9 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
-from redis.commands.core import Script
 
-from workers import workspaces
+from workers import scripts, workspaces
 
 GROUP = "engine"
 EVENTS_KEEP = 100_000  # handled entries kept per workspace (the newest), at most
@@ -41,7 +40,7 @@ end
 redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
 return false
 """
-_APPEND_SCRIPT = Script(None, _APPEND.encode())  # called as EVALSHA: the script's text goes to Redis once
+_APPEND_SCRIPT = scripts.script(_APPEND)
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,8 @@ def append(target, event_json: bytes, event_id: str, *, dedup_key: str, dedup_tt
     `counted` is the (accepted, duplicate) counter fields; the script counts the outcome itself, so
     the count is exact without knowing the outcome beforehand.
     """
-    return _APPEND_SCRIPT(keys=[dedup_key, stream_key(), metrics_key], args=[event_id, dedup_ttl, event_json, *counted],
-                  client=target)
+    return scripts.call(target, _APPEND_SCRIPT, keys=[dedup_key, stream_key(), metrics_key],
+                        args=[event_id, dedup_ttl, event_json, *counted])
 
 
 def ensure_group(connection: redis.Redis, stream: str) -> None:

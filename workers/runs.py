@@ -37,10 +37,9 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
-from redis.commands.core import Script
 
 from engine import Plan
-from workers import recovery
+from workers import recovery, scripts
 from workers.workspaces import key
 
 RUNS_KEEP = 10_000  # finished runs kept per workspace (newest first); unfinished runs are never trimmed
@@ -80,7 +79,7 @@ for _, m in ipairs(members) do
 end
 return #members
 """
-_TRIM_SCRIPT = Script(None, _TRIM.encode())  # EVALSHA: the text goes to Redis once
+_TRIM_SCRIPT = scripts.script(_TRIM)
 
 # KEYS: record, runs, runs:rule:<rule>, runs:active, runs:done. ARGV: record, ttl, run id, created
 # (score), deadline ("" for none), done member ("" unless finished), finished (score).
@@ -92,7 +91,20 @@ if ARGV[5] ~= '' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3]) end
 if ARGV[6] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6]) end
 return 1
 """
-_CREATE_SCRIPT = Script(None, _CREATE.encode())
+_CREATE_SCRIPT = scripts.script(_CREATE)
+
+
+TRIM_EVERY = 1.0  # seconds between one process's trims of one index (at the default keep and age)
+_last_trim: dict[str, float] = {}
+
+
+def _due(index: str) -> bool:
+    """True (and noted) when this process last trimmed `index` TRIM_EVERY ago or more."""
+    now = time.monotonic()
+    if now - _last_trim.get(index, -TRIM_EVERY) < TRIM_EVERY:
+        return False
+    _last_trim[index] = now
+    return True
 
 
 def run_id(plan: Plan) -> str:
@@ -131,10 +143,11 @@ def create_run(connection: redis.Redis, run: dict, *, keep: int | None = None, m
     deadline = recovery.deadline(run, now=time.time()) if recovery.is_active(run) else ""
     finished = run["status"] in TERMINAL
     with connection.pipeline(transaction=False) as pipe:
-        _CREATE_SCRIPT(keys=[_key(run["id"]), key("runs"), key(f"runs:rule:{run['rule_id']}"), key(recovery.ACTIVE),
-                             key("runs:done")],
-                       args=[_encode_run(run), max_age, run["id"], created_at, deadline,
-                             _done_member(run) if finished else "", _stamp(run["updated_at"])], client=pipe)
+        scripts.call(pipe, _CREATE_SCRIPT,
+                     keys=[_key(run["id"]), key("runs"), key(f"runs:rule:{run['rule_id']}"), key(recovery.ACTIVE),
+                           key("runs:done")],
+                     args=[_encode_run(run), max_age, run["id"], created_at, deadline,
+                           _done_member(run) if finished else "", _stamp(run["updated_at"])])
         _trim_runs(pipe, keep, max_age)
         created = pipe.execute()[0]
     return bool(created)
@@ -178,7 +191,9 @@ def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_
 
 
 def _trim_runs(pipe: Pipeline, keep: int | None, max_age: int) -> None:
-    _TRIM_SCRIPT(keys=[key("runs:done"), key("runs")], client=pipe,
+    if keep is None and max_age == RUNS_MAX_AGE and not _due(key("runs:done")):
+        return  # trimmed by this process less than TRIM_EVERY ago: a second's runs more is no matter
+    scripts.call(pipe, _TRIM_SCRIPT, keys=[key("runs:done"), key("runs")],
                  args=[RUNS_KEEP if keep is None else keep, time.time() - max_age, key("run:"), key("runs:rule:"),
                        TRIM_BATCH])
 
@@ -300,7 +315,9 @@ def save_trace(pipe, report: dict, run_ids: list[str], *, now: datetime, keep: i
         trace["event"] = {"id": event_id, "in_run": run_ids[0]}
     pipe.set(key(f"trace:{event_id}"), encode_record(trace, compress=COMPRESS), ex=max_age)
     pipe.zadd(key("traces"), {event_id: now.timestamp()})
-    _TRIM_SCRIPT(keys=[key("traces"), key("traces")], client=pipe,
+    if keep is None and max_age == RUNS_MAX_AGE and not _due(key("traces")):
+        return
+    scripts.call(pipe, _TRIM_SCRIPT, keys=[key("traces"), key("traces")],
                  args=[TRACES_KEEP if keep is None else keep, time.time() - max_age, key("trace:"), "", TRIM_BATCH])
 
 

@@ -45,7 +45,8 @@ TASK = {  # what InLoox (the sandbox) answers to the create: the ledger and the 
 
 
 @pytest.fixture
-def connection(redis_url):
+def connection(redis_url, monkeypatch):
+    monkeypatch.setattr(runs, "TRIM_EVERY", 0)  # trim at every store (a process trims at most once a second)
     client = redis_lib.Redis.from_url(redis_url)
     with workspaces.using(workspaces.Workspace(workspaces.DEFAULT, "http://unused/", "unused")):
         yield client
