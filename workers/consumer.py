@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from workers import eventlog, recovery
+from workers import eventlog, metrics, recovery
 from workers.eventlog import Entry
 from workers.jobs import handle
 from workers.worker_context import worker_context
@@ -86,6 +86,7 @@ class EventConsumer:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._flush_acks()
+        metrics.flush(self.connection)
 
     def run(self) -> None:
         """The loop: read, hand out, acknowledge, maintain; riding out Redis outages."""
@@ -107,6 +108,7 @@ class EventConsumer:
 
     def _cycle(self) -> None:
         self._flush_acks()
+        metrics.flush_due(self.connection)
         if time.monotonic() >= self._next_maintenance:
             self._maintain()
         free = self._wait_for_space()

@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
+
+from redis.client import Pipeline
 
 from workers import workspaces
 
 COUNTERS = "metrics:counters"
 STEP_MS_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000)
 
-_pending: Counter = Counter()  # InLoox requests seen by this process, not yet written
+_pending: Counter = Counter()  # counts of this process not yet written (InLoox requests; all when batching)
+_batch_seconds = 0.0
+_last_flush = 0.0
 _pending_lock = threading.Lock()
 _seen = 0  # InLoox requests made by this process, ever (the poller reports them per poll)
 
@@ -42,13 +47,43 @@ def parse_field(raw: str | bytes) -> tuple[str, dict]:
     return name, labels
 
 
+def batch(seconds: float) -> None:
+    """Keep this process's counts in memory and write them at most every `seconds` (0: with each write).
+
+    The worker batches (a second): its many runs at once would otherwise add several HINCRBYs to
+    every round trip; the figures at /metrics are then up to a second behind.
+    """
+    global _batch_seconds
+    _batch_seconds = seconds
+
+
 def count(target, name: str, amount: int = 1, **labels) -> None:
     """Add `amount` to a counter; `target` is a Redis connection or a pipeline (batched with its writes).
 
-    Also writes the InLoox request counts this process gathered since its last write.
+    Also writes the counts this process gathered since its last write (InLoox requests, and all of
+    them when batching) once they are due.
     """
-    target.hincrby(COUNTERS, field(name, {"workspace": workspaces.current().name, **labels}), amount)
-    _flush_requests(target)
+    counter = field(name, {"workspace": workspaces.current().name, **labels})
+    if not _batch_seconds:
+        target.hincrby(COUNTERS, counter, amount)
+        _flush_requests(target)
+        return
+    with _pending_lock:
+        _pending[counter] += amount
+    flush_due(target)
+
+
+def flush_due(target) -> None:
+    """Queue on `target` the pending counts if the batch is due (always when not batching)."""
+    global _last_flush
+    now = time.monotonic()
+    if now - _last_flush < _batch_seconds:
+        return
+    _last_flush = now
+    if isinstance(target, Pipeline):
+        _flush_requests(target)
+    else:
+        flush(target)
 
 
 def count_step(target, trace: dict) -> None:
@@ -80,7 +115,7 @@ def requests_seen() -> int:
 
 
 def flush(connection) -> None:
-    """Write this process's pending request counts now (the poller calls it after each cycle)."""
+    """Write this process's pending counts now (the poller after each cycle, the worker every second)."""
     with connection.pipeline(transaction=False) as pipe:
         _flush_requests(pipe)
         pipe.execute()

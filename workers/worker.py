@@ -35,6 +35,7 @@ from rq.exceptions import StopRequested
 from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 
+from workers import metrics
 from workers.consumer import EventConsumer
 from workers.logs import configure_logging
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 ABANDON_GRACE_SECONDS = 5
 MAINTENANCE_SECONDS = 10
 IDLE_WAKE_SECONDS = 5
+METRICS_BATCH_SECONDS = 1.0  # counts reach Redis (and /metrics) at most this late
 MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within seconds
 
 
@@ -108,6 +110,7 @@ class Worker(SimpleWorker):
     def work(self, burst: bool = False, **kwargs) -> bool:
         """RQ's loop, started again after a Redis error; the event consumer runs beside it (not in burst mode)."""
         _lower_priority(int(self.config.get("WORKER_NICE") or 0))
+        metrics.batch(METRICS_BATCH_SECONDS)
         if not burst:
             self.consumer = self._start_consumer()
         try:

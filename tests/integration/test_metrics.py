@@ -49,7 +49,9 @@ def test_a_webhook_run_is_counted_from_intake_to_step_latency(stack, sandbox, ru
     assert deliver(web, {"title": "Call Bo", "project": PROJECT}, "msg_m2").status_code == 202
     wait_until(lambda: runs_in(redis_url, "succeeded") and runs_in(redis_url, "failed"), 20, "both runs to end")
 
-    samples = scrape(api)
+    # A worker writes its counts at most a second after they happen.
+    samples = wait_until(lambda: (s := scrape(api)).get(("inloox_automation_step_duration_seconds_count", ())) == 2
+                         and s, 10, "the worker's counts at /metrics")
     events = "inloox_automation_events_total"
     hook = (("kind", "forms"), ("outcome", "{}"), ("source", "webhook"))
     assert samples[events, tuple((k, v.format("accepted")) for k, v in hook)] == 2
