@@ -38,7 +38,7 @@ from workers.workspaces import using
 
 log = logging.getLogger(__name__)
 
-CLAIM_IDLE = 30.0  # seconds an entry may go unacknowledged and untouched before another worker takes it
+CLAIM_IDLE = 20.0  # seconds an entry may go unacknowledged and untouched (its worker touches it every 5 s)
 MAINTENANCE_SECONDS = 5.0
 TRIM_SECONDS = 30.0
 MAX_DELIVERIES = 5

@@ -36,7 +36,6 @@ DEFAULT_RETRY = {"attempts": 5, "backoff": 2.0}
 MAX_BACKOFF = 300.0
 PAUSED = "account:paused"  # the workspace's InLoox token was refused: its runs wait for a person
 WORKSPACE_RUNS_WINDOW = {"per_seconds": 60}  # a workspace's runs_per_minute limit
-RUN_LOCK_SECONDS = RUN_JOB_TIMEOUT + 5  # a run's lease, renewed at each step
 
 
 def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None) -> dict:
@@ -143,10 +142,10 @@ def _run(ctx: WorkerContext, run_id: str, run: dict | None = None) -> str:
 
 def _acquire(ctx: WorkerContext, run_id: str):
     """(the run's lock if we got it else None, the workspace's pause reason or None): one round trip."""
-    lock = ctx.connection.lock(workspaces.key(f"run-lock:{run_id}"), timeout=RUN_LOCK_SECONDS, blocking=False)
+    lock = ctx.connection.lock(workspaces.key(f"run-lock:{run_id}"), timeout=ctx.run_lease, blocking=False)
     token = uuid.uuid1().hex.encode()  # as redis-py's Lock makes them
     with ctx.connection.pipeline(transaction=False) as pipe:
-        pipe.set(lock.name, token, nx=True, px=int(RUN_LOCK_SECONDS * 1000))
+        pipe.set(lock.name, token, nx=True, px=int(ctx.run_lease * 1000))
         pipe.get(workspaces.key(PAUSED))
         acquired, paused = pipe.execute()
     if not acquired:

@@ -12,7 +12,8 @@ RQ's defaults assume minutes are fine for recovery; ours are tightened so that a
 run resumes elsewhere within about a minute:
 - a job counts as abandoned once its heartbeat is `timeout + 5 s` old (RQ: + 60 s);
 - maintenance (requeueing abandoned jobs, taking over a dead worker's scheduler) runs every
-  10 s (RQ: 10 min), and an idle worker wakes every 5 s to do it (RQ: every 405 s).
+  10 s (RQ: 10 min), and an idle worker wakes every 2 s (RQ: every 405 s), which is also how
+  soon it notices a stop signal.
 
 RQ's scheduler (which moves due retries and holds onto the queue) runs on a thread of this process,
 not in a forked child: one process fewer per worker, and a killed worker takes its scheduler with it
@@ -26,12 +27,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 
 import redis
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import StopRequested
+from rq.utils import now
+from rq.worker import WorkerStatus
 from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 
@@ -43,7 +47,7 @@ log = logging.getLogger(__name__)
 
 ABANDON_GRACE_SECONDS = 5
 MAINTENANCE_SECONDS = 10
-IDLE_WAKE_SECONDS = 5
+IDLE_WAKE_SECONDS = 2  # also how soon an idle worker notices a stop signal
 METRICS_BATCH_SECONDS = 1.0  # counts reach Redis (and /metrics) at most this late
 MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within seconds
 
@@ -90,8 +94,24 @@ class Worker(SimpleWorker):
             self.scheduler.start()
 
     def request_stop(self, signum, frame):
-        self._stopping = True
-        super().request_stop(signum, frame)
+        """Warm shutdown, noted rather than raised from the signal handler (as RQ does when idle).
+
+        RQ's StopRequested, raised wherever the main thread happens to be, could land inside
+        logging or redis-py and be printed or swallowed. The flag is read where it is safe: RQ's
+        loop and our heartbeat (each turn of the wait for work, within IDLE_WAKE_SECONDS).
+        """
+        self._stopping = self._stop_requested = True
+        self._shutdown_requested_date = now()  # a second signal within a second is not a cold stop
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        self.handle_warm_shutdown_request()
+
+    def heartbeat(self, *args, **kwargs):
+        # RQ's wait for work retries Redis errors in a loop of its own, where the StopRequested its
+        # signal handler raises can be swallowed by redis-py; this is the first call of each turn.
+        if self._stopping and self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()
+        return super().heartbeat(*args, **kwargs)
 
     def stop_scheduler(self) -> None:
         if self.scheduler is not None and self.scheduler._process is not None:

@@ -96,6 +96,7 @@ class WorkerContext:
     outbound: OutboundPolicy
     rule_env: dict
     rules: RuleSource
+    run_lease: float = 45.0  # seconds a run's lock lasts unless renewed (see run_lease)
 
     def ruleset(self) -> Ruleset:
         return self.rules.ruleset()
@@ -116,7 +117,18 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
                     on_response=metrics.request_observer(workspace.name), throttle=throttle)
     return WorkerContext(workspace=workspace, client=client, connection=connection,
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
-                         rule_env=rule_env(config), rules=RuleSource(connection, workspace))
+                         rule_env=rule_env(config), rules=RuleSource(connection, workspace),
+                         run_lease=run_lease(float(config["INLOOX_TIMEOUT"])))
+
+
+def run_lease(inloox_timeout: float) -> float:
+    """How long a run's lock lasts unless renewed: longer than any one step can take.
+
+    A step makes at most three InLoox requests (a create's marker look-up and its POST; an update's
+    read and PATCH), each bounded by the client's timeout; renewed before every step. 45 s at the
+    default 10 s timeout: a killed worker's run is taken up again within about a minute.
+    """
+    return 3 * inloox_timeout + 15
 
 
 def workspace_job(body):

@@ -103,9 +103,10 @@ def test_a_worker_killed_at_any_of_five_points_of_a_run_leaves_one_task_one_noti
     worker without failpoints (worker-2) must end all five runs within 60 s, each with the status
     POINTS says is right, one task each, and exactly one notification each (never two: in the
     `during_notify` case the dead worker's notification is the one that counts). The five cases
-    share the recovery wait (a dead worker's run lease is 45 s), so the test takes about 75 s
-    instead of five times 55 s.
+    share the recovery wait (a dead worker's run lease: 30 s with INLOOX_TIMEOUT=5), so the test
+    takes about a minute instead of five.
     """
+    stack.env["INLOOX_TIMEOUT"] = "5"  # a shorter run lease (3 x 5 + 15 s); the hang below is longer
     write_rule(rules_dir, "forms", CREATE_THEN_NOTIFY)
     ensure_project(sandbox)
     web = stack.web()
@@ -206,10 +207,11 @@ def test_2000_events_with_three_workers_one_killed_twice_lose_nothing_and_double
     not under test here): a backlog of BACKLOG before the workers start, the rest steadily over
     FEED_SECONDS while worker-1..3 drain it. worker-3 is SIGKILLed with events in flight once
     FIRST_KILL runs are stored; its replacement, worker-4, the same way at SECOND_KILL; worker-5
-    replaces it. The dead workers' unacknowledged events are claimed by the survivors after 30 s,
-    their runs restarted once their leases (45 s) ran out. Afterwards: one run per event, all
+    replaces it. The dead workers' unacknowledged events are claimed by the survivors after 20 s,
+    their runs restarted once their leases (30 s with INLOOX_TIMEOUT=5) ran out. Afterwards: one run per event, all
     succeeded, one task per event in the sandbox. The full 2,000: about 60 s, plus the teardown.
     """
+    stack.env["INLOOX_TIMEOUT"] = "5"
     write_form_rule(rules_dir)
     ensure_project(sandbox)
     connection = redis.Redis.from_url(redis_url)

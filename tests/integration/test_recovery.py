@@ -75,6 +75,7 @@ def test_a_worker_killed_during_a_runs_create_leaves_a_run_another_worker_finish
         stack, sandbox, rules_dir, redis_url):
     """Issue 11 (1): SIGKILL the worker while its create is committed but unanswered; a new worker
     must finish the run within 60 s, adopting the created task by its marker instead of posting again."""
+    stack.env["INLOOX_TIMEOUT"] = "5"  # a run lease of 30 s (3 x 5 + 15); the worker dies well within 5 s
     write_form_rule(rules_dir)
     ensure_project(sandbox)
     # The create lands in InLoox, and its answer never comes while the first worker lives.
