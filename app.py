@@ -36,7 +36,7 @@ DEFAULTS = {
     # Worker processes: events in flight at once (threads; runs mostly wait on InLoox), at most
     # this many of one workspace per read (0: no cap), and the CPU priority they lower
     # themselves to, so that the web keeps answering senders on a small machine.
-    "WORKER_THREADS": "32",
+    "WORKER_THREADS": "48",
     "WORKER_THREADS_PER_WORKSPACE": "0",
     "WORKER_NICE": "10",
     # Hosted: a YAML file listing the workspaces (docs/deploy.md); unset: one workspace, "default",

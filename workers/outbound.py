@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import apprise
 import requests
 
 # Apprise services whose host the rule author chooses; every other Apprise service posts to the
@@ -57,6 +56,8 @@ def _addresses(host: str) -> Iterable[str]:
 
 def notify(policy: OutboundPolicy, url: str, text: str, title: str = "") -> None:
     """Send one notification through Apprise (Slack, Teams, email, JSON webhook …)."""
+    import apprise  # here, not at the top: only a worker sending a notification needs it (~25 MB)
+
     sender = apprise.Apprise()
     if not sender.add(url):
         raise OutboundRefused(f"not a notification URL Apprise knows: {_scheme(url)}://…")
