@@ -8,8 +8,8 @@ then two loads from separate processes:
   1. a fixed 200/s for 10 s (bench/paced.py, open loop: latency counted from the scheduled time);
   2. as fast as it goes for `--seconds` (wrk, one thread, `--connections` keep-alive connections,
      replaying deliveries signed beforehand, each id once: bench/signed.lua).
-No worker runs, so every accepted event must still be a job in `rq:queue:default`:
-lost = 202 answers - queued jobs (never negative: a job whose answer timed out is not lost).
+No worker runs, so every accepted event must still be in the event log (`ws:default:events`):
+lost = 202 answers - logged events (never negative: an event whose answer timed out is not lost).
 The load generator shares the 2 cores with the server: wrk's CPU share is printed too.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def run_variant(server, workers: int, threads: int, args) -> dict:
         web_cpu = harness.cpu_seconds(harness.tree_pids(web.popen.pid)) - cpu_before
         deliveries.unlink()
         accepted = warm["statuses"].get("202", 0) + slow["statuses"].get("202", 0) + fast["statuses"].get("202", 0)
-        queued = connection.llen("rq:queue:default")
+        queued = connection.xlen("ws:default:events")
     finally:
         web.stop()
     return {"variant": f"{workers}x{threads}", "slow": slow, "fast": fast, "accepted": accepted, "queued": queued,
