@@ -38,7 +38,9 @@ async def _send(reader, writer, host: str, path: str, raw: str, headers: dict) -
     return int(status_line.split()[1])
 
 
-async def run(url: str, rate: float, count: int, connections: int, prefix: str) -> dict:
+async def run(url: str, rate: float, count: int, connections: int, prefix: str, redeliver: float = 0.0) -> dict:
+    """Send `count` deliveries at `rate`/s; with `redeliver` (a fraction), that share of them is a
+    sender's retry of a delivery made five before (same webhook-id and body), as in a soak test."""
     parts = urlsplit(url)
     pool: asyncio.Queue = asyncio.Queue()
     for _ in range(connections):
@@ -49,7 +51,9 @@ async def run(url: str, rate: float, count: int, connections: int, prefix: str) 
     async def one(i: int) -> None:
         nonlocal errors
         scheduled = start + i / rate
-        raw, headers = signed_delivery(f"{prefix}-{i}", {"n": i, "title": f"paced {i}"})
+        again = redeliver and i >= 5 and i % max(1, round(1 / redeliver)) == 0
+        n = i - 5 if again else i
+        raw, headers = signed_delivery(f"{prefix}-{n}", {"n": n, "title": f"paced {n}"})
         conn = await pool.get()
         try:
             status = await _send(*conn, parts.netloc, parts.path, raw, headers)

@@ -334,10 +334,10 @@ def wrk_closed_loop(url: str, deliveries: Path, connections: int, seconds: int |
     return result
 
 
-def paced_open_loop(url: str, rate: float, count: int, prefix: str) -> dict:
+def paced_open_loop(url: str, rate: float, count: int, prefix: str, redeliver: float = 0.0) -> dict:
     """bench/paced.py's open loop with this bench's task bodies, in a process of its own."""
     proc = subprocess.Popen([sys.executable, __file__, "--paced-child", url, "--rate", str(rate), "--events", str(count),
-                             "--prefix", prefix], stdout=subprocess.PIPE, text=True)
+                             "--prefix", prefix, "--redeliver", str(redeliver)], stdout=subprocess.PIPE, text=True)
     try:
         out, _ = proc.communicate(timeout=count / rate + 120)
     finally:
@@ -351,7 +351,7 @@ def paced_child(args) -> None:
     import paced
 
     paced.signed_delivery = lambda msg_id, _body: harness.signed_delivery(msg_id, task_body(msg_id))
-    result = asyncio.run(paced.run(args.paced_child, args.rate, args.events, 16, args.prefix))
+    result = asyncio.run(paced.run(args.paced_child, args.rate, args.events, 16, args.prefix, args.redeliver))
     result["finished"] = time.time()  # the last answer came in just now
     print(json.dumps(result))
 
@@ -397,7 +397,7 @@ def open_loop(honcho: Honcho, sink: Sink, hooks: str, args) -> dict:
     sink.reset()
     cpu_before = honcho.cpu()
     started = time.time()
-    load = paced_open_loop(hooks, args.rate, int(args.rate * args.rate_seconds), f"b{int(started)}")
+    load = paced_open_loop(hooks, args.rate, int(args.rate * args.rate_seconds), f"b{int(started)}", args.redeliver)
     last_ack = load["finished"]
     acked = load["statuses"].get("202", 0)
     figures = phase_figures("open", honcho, sink, acked, started, last_ack, cpu_before, args)
@@ -542,6 +542,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rate", type=float, default=200, help="open loop: deliveries per second (0: no open loop)")
     parser.add_argument("--rate-seconds", type=float, default=20)
+    parser.add_argument("--redeliver", type=float, default=0.0,
+                        help="open loop: this share of deliveries resend an earlier one (same webhook-id): a soak")
     parser.add_argument("--latency-ms", type=float, default=0, help="the sink answers InLoox requests this much later")
     parser.add_argument("--workers", type=int, default=0, help="honcho -c worker=N (default: the Procfile's one)")
     parser.add_argument("--inloox-rps", type=float, default=0, help="INLOOX_REQUESTS_PER_SECOND (0: no budget)")
