@@ -1,15 +1,28 @@
 """One JSON error shape for every HTTP error: {"error": {"code", "message", "details"}}."""
 from __future__ import annotations
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 
 def handle_http_error(exc: HTTPException):
     """Render an HTTP error (from `abort()` or routing) as JSON instead of Werkzeug's HTML page."""
-    body = {"error": {"code": exc.name.replace(" ", ""), "message": exc.description, "details": []}}
+    body = {"error": {"code": exc.name.replace(" ", ""), "message": _message(exc), "details": []}}
     return jsonify(body), exc.code
+
+
+def _message(exc: HTTPException) -> str:
+    if isinstance(exc, RequestEntityTooLarge) and request.max_content_length:
+        # Werkzeug's text ("exceeds the capacity limit") does not say what the limit is.
+        return f"the request body is over {request.max_content_length // 1024} KiB, the most this endpoint accepts"
+    return exc.description
+
+
+def favicon():
+    """No icon: 204 rather than a 404 logged for every dashboard page a browser opens."""
+    return "", 204
 
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
+    app.add_url_rule("/favicon.ico", "favicon", favicon)

@@ -79,6 +79,7 @@ def login():
 
 
 @bp.get("")
+@bp.get("/")
 def index():
     """The dashboard starts at the rules."""
     return redirect(url_for(".rules"))

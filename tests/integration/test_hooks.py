@@ -121,6 +121,7 @@ def test_an_unknown_source_is_404(post):
 def test_a_body_over_64_kib_is_413(post, redis_url):
     response = post({"blob": "x" * (64 * 1024)})
     assert response.status_code == 413
+    assert "64 KiB" in response.json["error"]["message"]  # the sender learns the limit
     assert queued_events(redis_url) == []
 
 

@@ -48,6 +48,12 @@ def test_pages_need_the_admin_token(redis_url, sandbox, rules_dir):
     assert client.get("/ui/rules").status_code == 200
 
 
+def test_the_dashboard_answers_with_or_without_a_trailing_slash_and_has_no_404_favicon(dashboard):
+    assert dashboard.get("/ui/").headers["Location"].endswith("/ui/rules")
+    assert dashboard.get("/ui").status_code == 302  # to the rules, or to the login (its cookie is /ui/'s)
+    assert dashboard.get("/favicon.ico").status_code == 204
+
+
 def test_the_rules_page_shows_state_and_the_errors_of_broken_files(dashboard, rules_dir, redis_url):
     (rules_dir / "broken.yaml").write_text("id: broken\nwhen: []\nthen: nonsense\n")
     redis.Redis.from_url(redis_url).set("ws:default:rule:paused:form-to-task", "ran too often")
