@@ -36,12 +36,46 @@ def list_command(rule, status, limit, as_json):
 @runs_cli.command("show")
 @cli_workspace
 @click.argument("run_id")
-def show_command(run_id):
-    """One run with its steps and its event's trace, as JSON."""
+@click.option("--json", "as_json", is_flag=True, help="The whole record and its event's trace, as JSON.")
+def show_command(run_id, as_json):
+    """One run: its status and times, and each step's request and InLoox's answer, in short."""
     run = load_run(get_redis(), run_id)
     if run is None:
         raise click.ClickException(f"no run {run_id}")
-    click.echo(json.dumps({"run": run, "trace": load_trace(get_redis(), run["event_id"])}, indent=2))
+    if as_json:
+        click.echo(json.dumps({"run": run, "trace": load_trace(get_redis(), run["event_id"])}, indent=2))
+        return
+    click.echo("\n".join(summary_lines(run)))
+
+
+SHOWN_CHARS = 160  # of a step's request or answer; --json has them whole
+
+
+def summary_lines(run: dict) -> list[str]:
+    """A run for people: a head line, then two or three lines per step."""
+    lines = [f"{run['id']}  {run['rule_id']}  {run['status']}" + (f": {run['reason']}" if run.get("reason") else ""),
+             f"  event {run['event_id']}  created {run['created_at'][:19]}  updated {run['updated_at'][:19]}"
+             f"  attempts {run.get('attempts', 0)}"]
+    for step in run["steps"]:
+        took = f" in {step['ms']} ms" if step.get("ms") is not None else ""
+        target = (step.get("request") or {}).get("entity_set", "")
+        lines.append(f"  step {step['index']} {step.get('id') or ''}: {step.get('verb')} {target} → {step['status']}{took}")
+        if step.get("request") is not None:
+            lines.append(f"    sent:   {_short(step['request'])}")
+        if step["status"] == "error":
+            lines.append(f"    error:  {step.get('error_type')}: {step.get('error')}")
+        elif step.get("output") is not None:
+            lines.append(f"    answer: {_short(step['output'])}")
+        elif step.get("reason"):
+            lines.append(f"    reason: {step['reason']}")
+    if not run["steps"]:
+        lines.append("  no step has run yet")
+    return lines
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + f"… ({len(text)} chars; --json for all)"
 
 
 @runs_cli.command("retry")

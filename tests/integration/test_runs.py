@@ -1,6 +1,8 @@
 """Runs as a user sees them: the runs API and `flask runs`, failures kept, retries, shadow mode, pauses."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from app import create_app
@@ -34,6 +36,13 @@ def test_a_failed_run_keeps_the_request_and_the_inloox_error_and_retries_from_th
     assert step["request"]["values"]["Name"] == "Call Ann"
     assert [r["rule"] for r in shown["trace"]["rules"] if r["matched"]] == ["form-to-task"]
     assert sandbox.count("Task") == 0
+
+    shown = api.test_cli_runner().invoke(args=["runs", "show", failed["id"]])  # for people: a few lines
+    assert shown.exit_code == 0 and len(shown.output.splitlines()) <= 6, shown.output
+    assert f"{failed['id']}  form-to-task  failed" in shown.output
+    assert "create Task → error" in shown.output and "Call Ann" in shown.output and "500" in shown.output
+    whole = api.test_cli_runner().invoke(args=["runs", "show", failed["id"], "--json"])
+    assert json.loads(whole.output)["run"]["steps"][0]["request"]["values"]["Name"] == "Call Ann"
 
     result = api.test_cli_runner().invoke(args=["runs", "retry", failed["id"]])
     assert result.exit_code == 0, result.output
