@@ -239,7 +239,7 @@ def main() -> None:
     try:
         overhead = rq_overhead(server, base_env, args.rq_jobs)
         print(f"  rq: {overhead:.2f} ms per no-op job (one SimpleWorker, {args.rq_jobs} jobs); "
-              f"one job per event: its first run runs inside handle_event")
+              f"events come from the event log, handled on the worker's thread pool")
         for name in args.targets.split(","):
             target = {"sink": SinkTarget, "sandbox": SandboxTarget, "url": UrlTarget}[name]()
             env = {**base_env, "INLOOX_URL": target.url, "INLOOX_API_KEY": target.token}

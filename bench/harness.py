@@ -105,8 +105,8 @@ def signed_delivery(msg_id: str, body: dict, stamp: int | None = None) -> tuple[
 
 
 # --- memory -----------------------------------------------------------------------------------------
-def tree_pids(root: int) -> list[int]:
-    """`root` and all its descendants (gunicorn's workers, Valkey under its wrapper)."""
+def children_by_parent() -> dict[int, list[int]]:
+    """ppid -> child pids, from one walk of /proc."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -115,6 +115,12 @@ def tree_pids(root: int) -> list[int]:
             continue
         ppid = int(text[text.rindex(")") + 2:].split()[1])
         children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and all its descendants (gunicorn's workers, Valkey under its wrapper)."""
+    children = children_by_parent()
     found, todo = [], [root]
     while todo:
         pid = todo.pop()

@@ -9,7 +9,7 @@ events per size:
   busy    changes a field ~1/17 of the rules watch; their conditions run and fail (non-matching)
   match   changes the one field only the matching rule watches: one plan is rendered
   worker  the busy event through what a worker does per event: explain() (its plans are
-          evaluate()'s; workers.jobs.handle_event keeps the report as the event's trace)
+          evaluate()'s; workers.jobs.handle keeps the report as the event's trace)
 """
 from __future__ import annotations
 

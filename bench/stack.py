@@ -127,18 +127,6 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[2]), int(fields[19])
 
 
-def _children() -> dict[int, list[int]]:
-    """ppid -> child pids, from one walk of /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        children.setdefault(int(text[text.rindex(")") + 2:].split()[1]), []).append(int(stat.parent.name))
-    return children
-
-
 def _tree(children: dict[int, list[int]], root: int) -> list[int]:
     found, todo = [], [root]
     while todo:
@@ -195,7 +183,7 @@ class Honcho:
         return re.findall(r"\| (\S+ stopped \(rc=-?\d+\))", self.output())
 
     def rss(self, children: dict | None = None) -> dict[str, float]:
-        children = children if children is not None else _children()
+        children = children if children is not None else harness.children_by_parent()
         return {name: harness.rss_mb(_tree(children, pid)) for name, pid in self.production().items()}
 
     def cpu(self) -> dict[str, float]:
@@ -203,7 +191,7 @@ class Honcho:
 
     def _sample(self):
         while not self._stop.is_set():
-            children = _children()  # one walk of /proc per sample: the machine has 2 cores to share
+            children = harness.children_by_parent()  # one walk of /proc per sample: the machine has 2 cores to share
             for pid in _tree(children, self.popen.pid):
                 if pid not in self.seen and (stat := _stat(pid)):
                     self.seen[pid] = stat

@@ -58,13 +58,12 @@ class EventConsumer:
     """Reads the event logs of `workspaces` as `name` and handles their events on a pool of `pool_size` threads."""
 
     def __init__(self, connection: redis.Redis, workspaces: list[str], *, name: str, pool_size: int,
-                 per_workspace: int | None = None, handle=None):
+                 per_workspace: int | None = None):
         self.connection = connection
         self.name = name
         self.pool_size = max(1, pool_size)
         self.per_workspace = per_workspace or self.pool_size
         self.streams = {eventlog.stream_key(w): _Stream(w, eventlog.stream_key(w)) for w in workspaces}
-        self._handle = handle or _handle_event
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._in_flight = 0
@@ -85,8 +84,12 @@ class EventConsumer:
         if self._thread is not None:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._flush_acks()
-        metrics.flush(self.connection)
+        try:
+            self._flush_acks()
+            metrics.flush(self.connection)
+        except redis.RedisError as exc:
+            # Stopping while Redis is away: the unacknowledged events are taken over by another worker.
+            log.warning("event consumer %s: could not acknowledge on the way out (%s)", self.name, exc)
 
     def run(self) -> None:
         """The loop: read, hand out, acknowledge, maintain; riding out Redis outages."""
@@ -133,7 +136,7 @@ class EventConsumer:
                 return
             stream.handling.add(entry.id)
             self._in_flight += 1
-        future = self._pool.submit(self._handle, stream.workspace, entry)
+        future = self._pool.submit(_handle_event, stream.workspace, entry)
         future.add_done_callback(lambda f, s=stream, e=entry: self._finished(s, e, f))
 
     def _finished(self, stream: _Stream, entry: Entry, future: Future) -> None:

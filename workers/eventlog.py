@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import redis
 
-from workers import scripts, workspaces
+from workers import metrics, scripts, workspaces
 
 GROUP = "engine"
 EVENTS_KEEP = 100_000  # handled entries kept per workspace (the newest), at most
@@ -63,15 +63,14 @@ def stream_key(workspace: str | None = None) -> str:
     return f"ws:{workspace}:events"
 
 
-def append(target, event_json: bytes, event_id: str, *, dedup_key: str, dedup_ttl: int,
-           counted: tuple[str, str], metrics_key: str):
+def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tuple[str, str]):
     """Run the append script on `target`: the new entry's id (None for a duplicate), or queue it on a pipeline.
 
     `counted` is the (accepted, duplicate) counter fields; the script counts the outcome itself, so
     the count is exact without knowing the outcome beforehand.
     """
-    return scripts.call(target, _APPEND_SCRIPT, keys=[dedup_key, stream_key(), metrics_key],
-                        args=[event_id, dedup_ttl, event_json, *counted])
+    return scripts.call(target, _APPEND_SCRIPT, keys=[dedup_key, stream_key(), metrics.COUNTERS],
+                        args=[event["id"], dedup_ttl, encode(event), *counted])
 
 
 def ensure_group(connection: redis.Redis, stream: str) -> None:
@@ -133,8 +132,7 @@ def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_a
     `approximate` lets Redis cut at its storage nodes' bounds (cheap; a few more entries stay).
     """
     now = time.time() if now is None else now
-    groups = {(_text(g["name"])): g for g in connection.xinfo_groups(stream)}
-    group = groups.get(GROUP)
+    group = _group(connection, stream)
     if group is None:
         return
     safe = _text(group["last-delivered-id"])
@@ -156,35 +154,32 @@ def entries(connection: redis.Redis, *, workspace: str | None = None, count: int
 def waiting(connection: redis.Redis, *, workspace: str | None = None) -> list[Entry]:
     """Accepted events no worker has finished handling yet (undelivered or unacknowledged), oldest first."""
     stream = stream_key(workspace)
-    pending = {_text(p["message_id"]) for p in connection.xpending_range(stream, GROUP, "-", "+", 10_000)} \
-        if _has_group(connection, stream) else set()
-    last = _last_delivered(connection, stream)
+    group = _group(connection, stream)
+    if group is None:
+        return entries(connection, workspace=workspace, count=10_000)
+    pending = {_text(p["message_id"]) for p in connection.xpending_range(stream, GROUP, "-", "+", 10_000)}
+    last = _id_order(_text(group["last-delivered-id"]))
     return [e for e in entries(connection, workspace=workspace, count=10_000)
-            if e.id in pending or _id_order(e.id) > _id_order(last)]
+            if e.id in pending or _id_order(e.id) > last]
 
 
 def backlog(connection: redis.Redis, *, workspace: str | None = None) -> int:
     """How many accepted events are not handled yet: not yet delivered plus delivered but unacknowledged."""
     stream = stream_key(workspace)
-    if not _has_group(connection, stream):
+    group = _group(connection, stream)
+    if group is None:
         return connection.xlen(stream)
-    group = next(g for g in connection.xinfo_groups(stream) if _text(g["name"]) == GROUP)
     lag = group.get("lag")
     if lag is None:  # Redis cannot tell after some trims: count what is after the last delivered entry
         lag = len(connection.xrange(stream, min="(" + _text(group["last-delivered-id"]), count=100_000))
     return int(lag) + int(group["pending"])
 
 
-def _has_group(connection: redis.Redis, stream: str) -> bool:
+def _group(connection: redis.Redis, stream: str) -> dict | None:
+    """XINFO GROUPS' entry for the workers' group on `stream`, or None (no stream, or no group yet)."""
     if not connection.exists(stream):
-        return False
-    return any(_text(g["name"]) == GROUP for g in connection.xinfo_groups(stream))
-
-
-def _last_delivered(connection: redis.Redis, stream: str) -> str:
-    if not _has_group(connection, stream):
-        return "0-0"
-    return next(_text(g["last-delivered-id"]) for g in connection.xinfo_groups(stream) if _text(g["name"]) == GROUP)
+        return None
+    return next((g for g in connection.xinfo_groups(stream) if _text(g["name"]) == GROUP), None)
 
 
 def _claimed_by(item: dict, consumer: str) -> bool:

@@ -8,7 +8,6 @@ behind, so a sender's retry is never turned into a "duplicate" of an event that 
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import redis
@@ -31,12 +30,10 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
     labels = {"workspace": workspaces.current().name, "source": event.source, "kind": event.kind}
     counted = (metrics.field("events", {**labels, "outcome": "accepted"}),
                metrics.field("events", {**labels, "outcome": "duplicate"}))
-    append = functools.partial(eventlog.append, event_json=eventlog.encode(event.to_dict()),
-                               event_id=event.id, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted,
-                               metrics_key=metrics.COUNTERS)
+    record = event.to_dict()
     if also is None:
-        return bool(append(connection))
+        return bool(eventlog.append(connection, record, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted))
     with connection.pipeline(transaction=True) as pipe:
-        append(pipe)
+        eventlog.append(pipe, record, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted)
         also(pipe)
         return bool(pipe.execute()[0])

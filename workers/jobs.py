@@ -1,9 +1,10 @@
-"""RQ job functions. Arguments are JSON (event dicts, run ids), never clients, tokens or secrets.
+"""Handling events and executing runs. RQ job arguments are JSON (run ids), never clients or secrets.
 
-    handle_event(event, workspace)   match an accepted event against the workspace's rules; one run per match
-    execute_run(run_id, workspace)   perform a run's operations in order, each exactly once
+    handle(ctx, event, accepted_at)  match an accepted event (from workers/consumer.py) against the
+                                     workspace's rules; one run per match, the live ones executed here
+    execute_run(run_id, workspace)   RQ job: perform a run's remaining operations, each exactly once
 
-Each job works for the workspace it names: its client, rules and Redis keys are that workspace's.
+Each works for one workspace: its client, rules and Redis keys are that workspace's.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from engine.errors import StepSkipped
 from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
 from inloox.errors import Throttled
-from workers import failpoints, guards, ledger, metrics, recovery, workspaces
-from workers.enqueue import RUN_JOB_TIMEOUT, queue_run
+from workers import failpoints, guards, ledger, metrics, workspaces
+from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
 from workers.outbound import OutboundRefused
-from workers.runs import TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
+from workers.runs import ACTIVE, TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
 from workers.worker_context import WorkerContext, workspace_job
 from workers.chat import after_run as report_to_chat
 
@@ -62,12 +63,6 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None)
     for run_id, record in here:
         _run(ctx, run_id, record)
     return {"event_id": parsed.id, "runs": run_ids}
-
-
-@workspace_job
-def handle_event(ctx: WorkerContext, event: dict) -> dict:
-    """RQ job form of `handle` (events queued as RQ jobs before the event log existed)."""
-    return handle(ctx, event)
 
 
 def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str, *,
@@ -353,7 +348,7 @@ def _stuck(connection: redis.Redis, run: dict) -> bool:
     """True for a waiting run that nobody works on and that is past its deadline (see workers.recovery)."""
     if run["status"] not in ("queued", "retrying", "held") or connection.exists(workspaces.key(f"run-lock:{run['id']}")):
         return False
-    due = connection.zscore(workspaces.key(recovery.ACTIVE), run["id"])
+    due = connection.zscore(workspaces.key(ACTIVE), run["id"])
     return due is None or due <= time.time()
 
 

@@ -1,16 +1,14 @@
 """Recovery: no run waits for a process that is gone.
 
 Every run that is neither finished nor waiting for a person has a deadline in the workspace's
-`runs:active` sorted set, written in the same round trip as the run record (workers/runs.py): when
-it should have started, retried or ended its hold, plus GRACE. Each worker sweeps the set every few
-seconds (workers/consumer.py). An overdue run whose lock nobody holds lost its executor (a killed
+`runs:active` sorted set, written with the run record by workers/runs.py: when it should have
+started, retried or ended its hold, plus a grace. Each worker sweeps the set every few seconds (workers/consumer.py). An overdue run whose lock nobody holds lost its executor (a killed
 worker, an RQ job that was lost with its worker or with Redis): it gets a fresh RQ job, or a fresh
 hold check. Run locks, the step ledger and run ids derived from (event, rule) make a second
 executor harmless, so the sweeper may be early, never wrong. See docs/execution.md.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -18,10 +16,12 @@ from datetime import datetime, timezone
 import redis
 
 from workers import workspaces
+from workers.enqueue import queue_run
+from workers.holds import schedule_check
+from workers.runs import ACTIVE, GRACE, is_active, load_run, save_trace
 
 log = logging.getLogger(__name__)
 
-ACTIVE = "runs:active"
 SWEEP_BATCH = 100
 SWEEP_LEASE = 4  # seconds: one worker sweeps a workspace at a time
 
@@ -46,11 +46,6 @@ def sweep(connection: redis.Redis, workspace: workspaces.Workspace, *, now: floa
 
 
 def _restart(connection: redis.Redis, run_id: str, now: float) -> bool:
-    # Imported here: workers.runs imports this module (track) to keep deadlines with the records.
-    from workers.enqueue import queue_run
-    from workers.holds import schedule_check
-    from workers.runs import load_run
-
     active = workspaces.key(ACTIVE)
     lock_ttl = connection.pttl(workspaces.key(f"run-lock:{run_id}"))
     if lock_ttl > 0:  # an executor holds it: look again when its lease would have run out
@@ -70,43 +65,10 @@ def _restart(connection: redis.Redis, run_id: str, now: float) -> bool:
     return True
 
 
-GRACE = 30.0  # seconds past a run's due time before it counts as lost
-LIMITED_GRACE = 600.0  # the same for a run waiting on its rule's `concurrency` limit
-WAITING_FOR_A_PERSON = frozenset({"paused"})
-FINISHED = frozenset({"succeeded", "failed", "skipped", "shadow"})
-
-
-def is_active(run: dict) -> bool:
-    """True when some process is expected to move the run on (not finished, not waiting for a person)."""
-    return run["status"] not in FINISHED and run["status"] not in WAITING_FOR_A_PERSON
-
-
-def deadline(run: dict, *, now: float) -> float:
-    """When the run counts as lost: its due time (a retry's or a hold's end, else now) plus GRACE."""
-    due = run.get("resume_at") or now
-    if run["status"] == "queued" and (run.get("plan") or {}).get("concurrency"):
-        due = max(due, now) + LIMITED_GRACE - GRACE  # it may wait its turn behind the rule's other runs
-    if run["status"] == "held":
-        created = datetime.fromisoformat(run["created_at"]).timestamp()
-        due = max(due, created + float(run["plan"].get("hold_seconds") or 0))
-    return max(due, now) + GRACE
-
-
-def track(pipe, run: dict, *, now: float) -> None:
-    """Queue on `pipe` the run's place in the active set: its deadline, or none once it needs no process."""
-    if is_active(run):
-        pipe.zadd(workspaces.key(ACTIVE), {run["id"]: deadline(run, now=now)})
-    else:
-        pipe.zrem(workspaces.key(ACTIVE), run["id"])
-
-
 def record_unhandled(connection: redis.Redis, workspace: workspaces.Workspace, event: dict, reason: str) -> None:
     """Keep, as the event's trace, that it could not be handled (shown by `flask runs` and the dashboard)."""
-    from workers.runs import save_trace
-
     with workspaces.using(workspace):
-        now = datetime.now(timezone.utc)
         report = {"event": event, "not_candidates": 0, "skipped": [], "rules": [], "error": reason}
         with connection.pipeline(transaction=False) as pipe:
-            save_trace(pipe, json.loads(json.dumps(report, default=str)), [], now=now)
+            save_trace(pipe, report, [], now=datetime.now(timezone.utc))
             pipe.execute()

@@ -9,6 +9,8 @@ at most once per event. The run keeps the plan (and rule version) it was made wi
     runs                sorted set of run ids by creation time (newest last): what `list_runs` reads
     runs:rule:<rule>    the same, per rule
     runs:done           finished runs ("<run id> <rule id>") by the time they finished: what is trimmed
+    runs:active         runs some process must still move on (not finished, not paused), by the
+                        time they count as lost: what the sweeper reads (workers/recovery.py)
     trace:<event id>    the event's explain report; `traces` lists them by the time it was handled
 
 Retention, by count and by age (see docs/deploy.md):
@@ -39,7 +41,7 @@ import redis
 from redis.client import Pipeline
 
 from engine import Plan
-from workers import recovery, scripts
+from workers import scripts
 from workers.workspaces import key
 
 RUNS_KEEP = 10_000  # finished runs kept per workspace (newest first); unfinished runs are never trimmed
@@ -47,6 +49,10 @@ TRACES_KEEP = 10_000  # event traces kept per workspace (newest first)
 RUNS_MAX_AGE = 7 * 24 * 3600  # seconds a run record or trace lives after its last write
 TRIM_BATCH = 1000  # most entries one store deletes (a lowered keep-count catches up over several)
 TERMINAL = frozenset({"succeeded", "failed", "skipped", "shadow"})
+WAITING_FOR_A_PERSON = frozenset({"paused"})
+ACTIVE = "runs:active"
+GRACE = 30.0  # seconds past a run's due time before it counts as lost
+LIMITED_GRACE = 600.0  # the same for a run waiting its turn behind its rule's `concurrency` limit
 # zlib-compress run records and traces (about 60% smaller); readers go through decode_run /
 # decode_record (`load_run`, `list_runs`, `load_trace`), which read both forms.
 COMPRESS = True
@@ -140,13 +146,13 @@ def create_run(connection: redis.Redis, run: dict, *, keep: int | None = None, m
     # leave a record that no index lists and no sweeper knows (a second handling of the event
     # would find the record, run it, and it would never be listed).
     created_at = _stamp(run["created_at"])
-    deadline = recovery.deadline(run, now=time.time()) if recovery.is_active(run) else ""
+    lost_at = deadline(run, now=time.time()) if is_active(run) else ""
     finished = run["status"] in TERMINAL
     with connection.pipeline(transaction=False) as pipe:
         scripts.call(pipe, _CREATE_SCRIPT,
-                     keys=[_key(run["id"]), key("runs"), key(f"runs:rule:{run['rule_id']}"), key(recovery.ACTIVE),
+                     keys=[_key(run["id"]), key("runs"), key(f"runs:rule:{run['rule_id']}"), key(ACTIVE),
                            key("runs:done")],
-                     args=[_encode_run(run), max_age, run["id"], created_at, deadline,
+                     args=[_encode_run(run), max_age, run["id"], created_at, lost_at,
                            _done_member(run) if finished else "", _stamp(run["updated_at"])])
         _trim_runs(pipe, keep, max_age)
         created = pipe.execute()[0]
@@ -179,7 +185,10 @@ def save_run(connection: redis.Redis, run: dict, *, now: datetime, keep: int | N
 
 def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_age: int | None) -> None:
     max_age = RUNS_MAX_AGE if max_age is None else max_age
-    recovery.track(pipe, run, now=now.timestamp())  # its deadline, or none once finished or paused
+    if is_active(run):
+        pipe.zadd(key(ACTIVE), {run["id"]: deadline(run, now=now.timestamp())})
+    else:
+        pipe.zrem(key(ACTIVE), run["id"])
     if run["status"] in TERMINAL:
         pipe.set(_key(run["id"]), _encode_run(run), ex=max_age)
         pipe.zadd(key("runs:done"), {_done_member(run): now.timestamp()})
@@ -196,6 +205,20 @@ def _trim_runs(pipe: Pipeline, keep: int | None, max_age: int) -> None:
     scripts.call(pipe, _TRIM_SCRIPT, keys=[key("runs:done"), key("runs")],
                  args=[RUNS_KEEP if keep is None else keep, time.time() - max_age, key("run:"), key("runs:rule:"),
                        TRIM_BATCH])
+
+
+def is_active(run: dict) -> bool:
+    """True when some process is expected to move the run on (not finished, not waiting for a person)."""
+    return run["status"] not in TERMINAL and run["status"] not in WAITING_FOR_A_PERSON
+
+
+def deadline(run: dict, *, now: float) -> float:
+    """When an active run counts as lost: its due time (a retry's, a hold's end, else now) plus a grace."""
+    due = max(run.get("resume_at") or now, now)
+    if run["status"] == "held":
+        due = max(due, _stamp(run["created_at"]) + float(run["plan"].get("hold_seconds") or 0))
+    limited = run["status"] == "queued" and (run.get("plan") or {}).get("concurrency")
+    return due + (LIMITED_GRACE if limited else GRACE)
 
 
 def list_runs(connection: redis.Redis, *, rule: str | None = None, status: str | None = None,

@@ -132,7 +132,7 @@ class Worker(SimpleWorker):
         _lower_priority(int(self.config.get("WORKER_NICE") or 0))
         metrics.batch(METRICS_BATCH_SECONDS)
         if not burst:
-            self.consumer = self._start_consumer()
+            self.consumer = self._start_consumer()  # None when no workspace's queue is ours
         try:
             return self._work_until_stopped(burst, **kwargs)
         finally:
@@ -165,15 +165,18 @@ class Worker(SimpleWorker):
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(0.1)
 
-    def _start_consumer(self) -> EventConsumer:
+    def _start_consumer(self) -> EventConsumer | None:
         served = self.config["WORKSPACES"].values()
         queues = set(self.queue_names())
         mine = [w.name for w in served if w.queue in queues]
+        if not mine:
+            log.warning("worker %s: none of its queues is a workspace's; it takes RQ jobs only", self.name)
+            return None
         consumer = EventConsumer(redis.Redis.from_url(self.config["REDIS_URL"]), mine, name=self.name,
                                  pool_size=int(self.config["WORKER_THREADS"]),
                                  per_workspace=int(self.config["WORKER_THREADS_PER_WORKSPACE"]) or None)
         consumer.start()
-        log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine) or "no workspace",
+        log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine),
                  consumer.pool_size)
         return consumer
 
