@@ -8,7 +8,8 @@ from flask import Blueprint, g, jsonify
 from rq import Worker
 
 from inloox import InLooxError
-from web.resources import get_inloox, get_redis
+from web.resources import get_context, get_inloox, get_redis
+from workers import rule_files
 
 bp = Blueprint("health", __name__)
 
@@ -25,8 +26,12 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Redis, InLoox and a live RQ worker: 200 with each check, or 503 naming the failing one."""
-    checks = {"redis": _check_redis(), "inloox": _check_inloox(), "worker": _check_worker()}
+    """Redis, InLoox and a live RQ worker: 200 with each check, or 503 naming the failing one.
+
+    `rules` says which version of the rules runs and which files are broken; a broken file does not
+    make the service unready (its last good version runs, and the web must keep accepting events).
+    """
+    checks = {"redis": _check_redis(), "inloox": _check_inloox(), "worker": _check_worker(), "rules": _check_rules()}
     ready = all(check["ok"] for check in checks.values())
     return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
 
@@ -52,6 +57,18 @@ def _check_inloox() -> dict:
     except redis.RedisError as exc:  # the shared request budget lives in Redis
         return {"ok": False, "error": f"rate limit unavailable: {type(exc).__name__}: {exc}"}
     return {"ok": True, "user": me.get("DisplayName") or me.get("ContactId")}
+
+
+def _check_rules() -> dict:
+    if "workspace_token" not in g:
+        return {"ok": True, "skipped": "no default workspace"}
+    try:
+        context = get_context()
+        _, version = context.rules.current()
+        broken = rule_files.broken_files(get_redis(), context.workspace.prefix)
+    except redis.RedisError as exc:
+        return {"ok": True, "error": f"rule file states unavailable: {type(exc).__name__}: {exc}"}
+    return {"ok": True, "version": version, "broken": broken}
 
 
 def _check_worker() -> dict:

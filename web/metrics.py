@@ -20,7 +20,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 
 from web.resources import get_redis
 from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_operator_token
-from workers import eventlog, workspaces
+from workers import eventlog, rule_files, workspaces
 from workers.metrics import COUNTERS, STEP_MS_BUCKETS, parse_field
 from workers.poll_status import poll_status
 
@@ -75,6 +75,7 @@ class RedisCollector:
         yield _step_histogram(counters)
         yield from self._poll_gauges()
         yield from self._queue_gauges()
+        yield from self._rule_file_gauges()
 
     def _poll_gauges(self):
         lag = GaugeMetricFamily(PREFIX + "poll_lag_seconds", "Now minus the poll cursor, per entity set",
@@ -104,6 +105,19 @@ class RedisCollector:
         workers = GaugeMetricFamily(PREFIX + "workers", "RQ workers registered")
         workers.add_metric([], len(Worker.all(connection=self.connection)))
         return depth, waiting, workers
+
+
+    def _rule_file_gauges(self):
+        """Broken rule files (workers/rule_files.py): running their last good version, or nothing of them."""
+        broken = GaugeMetricFamily(PREFIX + "rule_file_broken", "A rule file that does not load (1)",
+                                   labels=["workspace", "file", "running"])
+        since = GaugeMetricFamily(PREFIX + "rule_file_broken_since_seconds",
+                                  "When the rule file broke (Unix time)", labels=["workspace", "file"])
+        for workspace in self.served:
+            for entry in rule_files.broken_files(self.connection, workspace.prefix):
+                broken.add_metric([workspace.name, entry["file"], rule_files.running(entry)], 1)
+                since.add_metric([workspace.name, entry["file"]], entry["since"])
+        return broken, since
 
 
 def _counter_families(counters: list[tuple[str, dict, int]]):

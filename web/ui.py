@@ -16,7 +16,7 @@ from flask import Blueprint, abort, current_app, redirect, render_template, requ
 
 from web.resources import get_context, get_redis
 from web.workspace import admin_tokens, bearer_token, is_admin, require_workspace
-from workers import workspaces
+from workers import rule_files, workspaces
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
 from workers.poll_status import poll_status
@@ -88,11 +88,17 @@ def index():
 @bp.get("/rules")
 def rules():
     """Each rule: state, trigger summary, last run, runs and failures in the last 24 h; broken files."""
-    ruleset = get_context().ruleset()
+    context = get_context()
+    ruleset, version = context.rules.current()
     connection = get_redis()
     since = datetime.now(timezone.utc) - RECENT
     rows = [_rule_row(connection, rule, since) for rule in sorted(ruleset.rules.values(), key=lambda r: r.id)]
-    return render_template("ui/rules.html", rules=rows, errors=[str(e) for e in ruleset.errors])
+    broken = [{**entry, "running": rule_files.running(entry), "running_digest": entry["running"],
+               "since": _utc(entry["since"]),
+               "good_since": _utc(entry["good_since"]) if entry.get("good_since") else None}
+              for entry in rule_files.broken_files(connection, context.workspace.prefix)]
+    return render_template("ui/rules.html", rules=rows, version=version, broken=broken,
+                           errors=[str(e) for e in ruleset.errors])
 
 
 @bp.get("/runs")
@@ -143,6 +149,10 @@ def _rule_row(connection, rule, since: datetime) -> dict:
     return {"rule": rule, "state": state, "paused_reason": paused.decode() if paused else "",
             "last": load_run(connection, last_id[0].decode()) if last_id else None,
             "runs_24h": len(recent), "failures_24h": sum(r["status"] == "failed" for r in recent)}
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _session(token: str) -> str:

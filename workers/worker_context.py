@@ -6,7 +6,6 @@ forked), so importing this module opens no connection.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import threading
 import time
@@ -16,9 +15,11 @@ from pathlib import Path
 import redis
 
 from engine import Ruleset
+from engine.last_good import FileState, load_keeping_last_good
 from engine.rules import load_texts, rule_files
 from inloox import Client
 from workers import bundles, metrics
+from workers import rule_files as rule_files_state
 from workers.outbound import OutboundPolicy
 from workers.throttle import Throttle
 from workers.workspaces import DEFAULT, Workspace, using
@@ -31,7 +32,9 @@ class RuleSource:
     """A workspace's active rule set: its rules folder (git), or its active uploaded bundle.
 
     `version` names what is active: "v<n>" for a bundle, "files:<digest of the files' contents>"
-    for a folder (the same on every machine with the same checkout). Every run records it.
+    for a folder (the same on every machine with the same checkout). Every run records it. A file
+    of the folder that was good and breaks keeps running at its last good text (engine/last_good.py);
+    the version then names the texts that run.
     """
 
     connection: redis.Redis
@@ -42,6 +45,7 @@ class RuleSource:
     _checked: float = 0.0
     _checked_wall: float = 0.0  # time.time() when the last check began
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    trouble: tuple[FileState, ...] = ()  # the folder's files that did not load at the last look (see engine.last_good)
 
     def ruleset(self) -> Ruleset:
         """The current rules, re-read when the folder's files or the active bundle changed."""
@@ -77,8 +81,11 @@ class RuleSource:
         if path is not None:
             files = rule_files(path) if Path(path).exists() else []
             texts = [(str(f), f.read_text(encoding="utf-8", errors="replace")) for f in files]
-            digest = hashlib.sha256("\0".join(f"{Path(name).name}\0{text}" for name, text in texts).encode())
-            return load_texts(texts), "files:" + digest.hexdigest()[:12]
+            prefix = self.workspace.prefix
+            loaded = load_keeping_last_good(texts, rule_files_state.last_good(self.connection, prefix))
+            rule_files_state.record(self.connection, prefix, {Path(p).name: t for p, t in texts}, loaded)
+            self.trouble = loaded.trouble
+            return loaded.ruleset, loaded.version
         active = bundles.active(self.connection, self.workspace.prefix)
         if active is None:
             return load_texts([]), "none"
