@@ -84,7 +84,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
         configure_logging(app.config)
 
-    from web import errors, health, hooks, inbox, metrics, openapi, queues, resources, runs, ui, workspace
+    from web import errors, events, health, hooks, inbox, metrics, openapi, queues, resources, runs, ui, workspace
+    from web.events_cli import events_cli, whatif_command
     from web.rules_cli import rules_cli
     from web.poller_cli import poller_cli
     from web.runs_cli import runs_cli
@@ -97,7 +98,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     workspace.init_app(app)
     app.register_blueprint(health.bp)
     # Workspace routes: at their own path for the default workspace, and under /workspaces/<ws>/.
-    for bp in (hooks.bp, chat.bp, runs.bp, rules_api.bp, ui.bp):
+    for bp in (hooks.bp, chat.bp, runs.bp, events.bp, rules_api.bp, ui.bp):
         workspace.register(app, bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
@@ -106,6 +107,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.register_blueprint(inbox.bp)
     app.cli.add_command(rules_cli)
     app.cli.add_command(runs_cli)
+    app.cli.add_command(events_cli)
+    rules_cli.add_command(whatif_command)
     app.cli.add_command(poller_cli)
     app.cli.add_command(workspaces_cli)
     return app

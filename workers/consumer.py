@@ -213,7 +213,8 @@ def _give_up(connection: redis.Redis, stream: _Stream, entry: Entry | None, entr
     """Acknowledge an entry that failed every delivery (or was trimmed), keeping a trace that says so."""
     if entry is not None:
         recovery.record_unhandled(connection, worker_context(stream.workspace).workspace, entry.event,
-                                  f"not handled after {deliveries} deliveries; see the workers' logs")
+                                  f"not handled after {deliveries} deliveries; see the workers' logs",
+                                  entry_id=entry_id)
     log.error("event entry %s (%s) given up after %d deliveries", entry_id, stream.workspace, deliveries)
     eventlog.ack(connection, stream.key, [entry_id])
 
@@ -221,4 +222,4 @@ def _give_up(connection: redis.Redis, stream: _Stream, entry: Entry | None, entr
 def _handle_event(workspace: str, entry: Entry) -> None:
     ctx = worker_context(workspace)
     with using(ctx.workspace):
-        handle(ctx, entry.event, accepted_at=entry.accepted_at)
+        handle(ctx, entry.event, accepted_at=entry.accepted_at, entry_id=entry.id)

@@ -86,7 +86,7 @@ def read_new(connection: redis.Redis, streams: list[str], consumer: str, *, coun
              block_ms: int | None) -> list[tuple[str, Entry]]:
     """Up to `count` entries per stream not yet delivered to any worker, now delivered to `consumer`."""
     answer = connection.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
-    return [(_text(stream), _entry(entry_id, fields))
+    return [(as_text(stream), decode_entry(entry_id, fields))
             for stream, entries in answer or [] for entry_id, fields in entries if fields]
 
 
@@ -100,14 +100,14 @@ def claim_stale(connection: redis.Redis, stream: str, consumer: str, *, min_idle
     if not stale:
         return []
     ids = [item["message_id"] for item in stale]
-    claimed = {_text(i): fields for i, fields in connection.xclaim(stream, GROUP, consumer, min_idle_ms, ids)}
+    claimed = {as_text(i): fields for i, fields in connection.xclaim(stream, GROUP, consumer, min_idle_ms, ids)}
     result = []
     for item in stale:
-        entry_id = _text(item["message_id"])
+        entry_id = as_text(item["message_id"])
         if entry_id not in claimed and not _claimed_by(item, consumer):
             continue  # another worker took it first
         fields = claimed.get(entry_id)
-        result.append((_entry(entry_id, fields) if fields else None, entry_id, int(item["times_delivered"])))
+        result.append((decode_entry(entry_id, fields) if fields else None, entry_id, int(item["times_delivered"])))
     return result
 
 
@@ -132,14 +132,14 @@ def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_a
     `approximate` lets Redis cut at its storage nodes' bounds (cheap; a few more entries stay).
     """
     now = time.time() if now is None else now
-    group = _group(connection, stream)
+    group = group_info(connection, stream)
     if group is None:
         return
-    safe = _text(group["last-delivered-id"])
+    safe = as_text(group["last-delivered-id"])
     summary = connection.xpending(stream, GROUP)
     if summary["pending"]:
-        safe = min(safe, _text(summary["min"]), key=_id_order)
-    cut = min(safe, f"{int((now - max_age) * 1000)}-0", key=_id_order)
+        safe = min(safe, as_text(summary["min"]), key=id_order)
+    cut = min(safe, f"{int((now - max_age) * 1000)}-0", key=id_order)
     connection.xtrim(stream, minid=cut, approximate=approximate)
     if not summary["pending"] and group.get("lag") == 0:  # None: Redis cannot tell; keep everything then
         connection.xtrim(stream, maxlen=keep, approximate=approximate)
@@ -148,42 +148,42 @@ def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_a
 def entries(connection: redis.Redis, *, workspace: str | None = None, count: int = 1000) -> list[Entry]:
     """The newest `count` events of the log, oldest first (handled or not)."""
     found = connection.xrevrange(stream_key(workspace), count=count)
-    return [_entry(entry_id, fields) for entry_id, fields in reversed(found)]
+    return [decode_entry(entry_id, fields) for entry_id, fields in reversed(found)]
 
 
 def waiting(connection: redis.Redis, *, workspace: str | None = None) -> list[Entry]:
     """Accepted events no worker has finished handling yet (undelivered or unacknowledged), oldest first."""
     stream = stream_key(workspace)
-    group = _group(connection, stream)
+    group = group_info(connection, stream)
     if group is None:
         return entries(connection, workspace=workspace, count=10_000)
-    pending = {_text(p["message_id"]) for p in connection.xpending_range(stream, GROUP, "-", "+", 10_000)}
-    last = _id_order(_text(group["last-delivered-id"]))
+    pending = {as_text(p["message_id"]) for p in connection.xpending_range(stream, GROUP, "-", "+", 10_000)}
+    last = id_order(as_text(group["last-delivered-id"]))
     return [e for e in entries(connection, workspace=workspace, count=10_000)
-            if e.id in pending or _id_order(e.id) > last]
+            if e.id in pending or id_order(e.id) > last]
 
 
 def backlog(connection: redis.Redis, *, workspace: str | None = None) -> int:
     """How many accepted events are not handled yet: not yet delivered plus delivered but unacknowledged."""
     stream = stream_key(workspace)
-    group = _group(connection, stream)
+    group = group_info(connection, stream)
     if group is None:
         return connection.xlen(stream)
     lag = group.get("lag")
     if lag is None:  # Redis cannot tell after some trims: count what is after the last delivered entry
-        lag = len(connection.xrange(stream, min="(" + _text(group["last-delivered-id"]), count=100_000))
+        lag = len(connection.xrange(stream, min="(" + as_text(group["last-delivered-id"]), count=100_000))
     return int(lag) + int(group["pending"])
 
 
-def _group(connection: redis.Redis, stream: str) -> dict | None:
+def group_info(connection: redis.Redis, stream: str) -> dict | None:
     """XINFO GROUPS' entry for the workers' group on `stream`, or None (no stream, or no group yet)."""
     if not connection.exists(stream):
         return None
-    return next((g for g in connection.xinfo_groups(stream) if _text(g["name"]) == GROUP), None)
+    return next((g for g in connection.xinfo_groups(stream) if as_text(g["name"]) == GROUP), None)
 
 
 def _claimed_by(item: dict, consumer: str) -> bool:
-    return _text(item["consumer"]) == consumer
+    return as_text(item["consumer"]) == consumer
 
 
 def encode(event: dict) -> bytes:
@@ -191,14 +191,14 @@ def encode(event: dict) -> bytes:
     return zlib.compress(json.dumps(event, separators=(",", ":"), default=str).encode(), 6)
 
 
-def _entry(entry_id, fields: dict) -> Entry:
-    return Entry(_text(entry_id), json.loads(zlib.decompress(fields[b"z"])))
+def decode_entry(entry_id, fields: dict) -> Entry:
+    return Entry(as_text(entry_id), json.loads(zlib.decompress(fields[b"z"])))
 
 
-def _id_order(entry_id: str) -> tuple[int, int]:
+def id_order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -39,11 +39,12 @@ PAUSED = "account:paused"  # the workspace's InLoox token was refused: its runs 
 WORKSPACE_RUNS_WINDOW = {"per_seconds": 60}  # a workspace's runs_per_minute limit
 
 
-def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None) -> dict:
+def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None, entry_id: str | None = None) -> dict:
     """Plan the event against the workspace's rules; store a run per matched rule, and run the live ones.
 
     `accepted_at` (time.time() of the event's acceptance) makes the rules at least that new. The
-    explain report (which rules matched, and why the others did not) is kept as the event's trace.
+    explain report (which rules matched, and why the others did not) is kept as the event's trace,
+    with the rule set's version and the event's place in the event log (`entry_id`).
     Live runs are executed right here, one after the other, on the caller's thread (the event
     consumer's pool keeps many events in flight); runs limited by a rule's `concurrency` get RQ
     jobs of their own, since RQ enforces that limit. Safe to call again for the same event: run
@@ -54,9 +55,12 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None)
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env)  # matches once: its plans are evaluate's
     plans = list(report.plans)
     here: list[tuple[str, dict | None]] = []
-    run_ids = [_start_run(ctx, parsed, plan, now, version, here=here) for plan in plans]
+    run_ids = [start_run(ctx, parsed, plan, now, version, here=here)[0] for plan in plans]
+    trace = report.to_dict() | {"ruleset_version": version, "entry": entry_id}
+    if ctx.rules.trouble:  # the event met these files at their last good version, or not at all
+        trace["broken_files"] = [{"file": f.name, "status": f.status} for f in ctx.rules.trouble]
     with ctx.connection.pipeline(transaction=False) as pipe:
-        save_trace(pipe, report.to_dict(), run_ids, now=now)
+        save_trace(pipe, trace, run_ids, now=now)
         for plan in plans:
             metrics.count(pipe, "rule_matches", rule=plan.rule_id)
         pipe.execute()
@@ -65,14 +69,16 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None)
     return {"event_id": parsed.id, "runs": run_ids}
 
 
-def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str, *,
-               here: list[tuple[str, dict | None]] | None = None) -> str:
+def start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str, *,
+              here: list[tuple[str, dict | None]] | None = None, forced: dict | None = None) -> tuple[str, bool]:
     """Store the run (once) and start it: queued, or appended to `here` to be run by the caller.
 
-    `here` gets (run id, the record if we just created it, else None) and takes no run with a
-    `concurrency` limit (RQ enforces that on jobs).
+    Returns (run id, whether this call created it). `here` gets (run id, the record if we just
+    created it, else None) and takes no run with a `concurrency` limit (RQ enforces that on jobs).
+    `forced` (when and by whom) makes a run of its own even if the rule ran for the event already.
     """
-    run = new_run(plan, now=now, ruleset_version=ruleset_version, **_initial_status(ctx.connection, plan))
+    run = new_run(plan, now=now, ruleset_version=ruleset_version, forced=forced,
+                  **_initial_status(ctx.connection, plan))
     created = create_run(ctx.connection, run)
     if created:
         metrics.count(ctx.connection, "runs", status=run["status"])
@@ -87,7 +93,7 @@ def _start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, rule
             queue_run(ctx.connection, existing)
     elif existing and existing["status"] == "held":
         schedule_check(ctx.connection, existing)
-    return run["id"]
+    return run["id"], created
 
 
 def _initial_status(connection: redis.Redis, plan: Plan) -> dict:
@@ -190,7 +196,8 @@ def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, d
     rows = run["outputs"][operation.step_id]["value"]
     event, now = Event.from_dict(plan.event), datetime.now(timezone.utc)
     version = run.get("ruleset_version", "")
-    run["item_runs"] = [_start_run(ctx, event, item, now, version) for item in iterate(plan, rows)]
+    run["item_runs"] = [start_run(ctx, event, item, now, version, forced=run.get("forced"))[0]
+                        for item in iterate(plan, rows)]
     return _stop(ctx, run, "succeeded", f"{len(run['item_runs'])} item run(s) started")
 
 

@@ -65,10 +65,11 @@ def _restart(connection: redis.Redis, run_id: str, now: float) -> bool:
     return True
 
 
-def record_unhandled(connection: redis.Redis, workspace: workspaces.Workspace, event: dict, reason: str) -> None:
+def record_unhandled(connection: redis.Redis, workspace: workspaces.Workspace, event: dict, reason: str, *,
+                     entry_id: str | None = None) -> None:
     """Keep, as the event's trace, that it could not be handled (shown by `flask runs` and the dashboard)."""
     with workspaces.using(workspace):
-        report = {"event": event, "not_candidates": 0, "skipped": [], "rules": [], "error": reason}
+        report = {"event": event, "not_candidates": 0, "skipped": [], "rules": [], "error": reason, "entry": entry_id}
         with connection.pipeline(transaction=False) as pipe:
             save_trace(pipe, report, [], now=datetime.now(timezone.utc))
             pipe.execute()

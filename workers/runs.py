@@ -124,15 +124,31 @@ def _run_id(event_id: str, rule_id: str, item_key: str | None) -> str:
     return "run_" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def new_run(plan: Plan, *, now: datetime, status: str = "queued", reason: str = "", ruleset_version: str = "") -> dict:
-    """A run record for `plan`, before any step ran; `ruleset_version` names the rule set it came from."""
+def new_run(plan: Plan, *, now: datetime, status: str = "queued", reason: str = "", ruleset_version: str = "",
+            forced: dict | None = None) -> dict:
+    """A run record for `plan`, before any step ran; `ruleset_version` names the rule set it came from.
+
+    `forced` ({"at", "by"}: a replay with --force) gives the run an id of its own, so that it runs
+    even though the rule already ran for the event; the record keeps `forced`.
+    """
+    identity = run_id(plan) if forced is None else _run_id(f"{plan.event_id}\nforced {forced['at']}", plan.rule_id,
+                                                          plan.item_key)
+    planned = plan.to_dict()
+    if forced is not None:  # writes of their own: the ledger and InLoox markers know the first run's keys
+        planned["operations"] = [{**op, "idempotency_key": _forced_key(op["idempotency_key"], forced["at"])}
+                                 for op in planned["operations"]]
     return {
-        "id": run_id(plan), "rule_id": plan.rule_id, "rule_version": plan.rule_version,
+        **({"forced": forced} if forced else {}),
+        "id": identity, "rule_id": plan.rule_id, "rule_version": plan.rule_version,
         "ruleset_version": ruleset_version,
         "event_id": plan.event_id, "source": plan.event.get("source"), "mode": plan.mode,
         "status": status, "reason": reason, "created_at": now.isoformat(), "updated_at": now.isoformat(),
-        "plan": plan.to_dict(), "steps": [], "outputs": {}, "attempts": 0,
+        "plan": planned, "steps": [], "outputs": {}, "attempts": 0,
     }
+
+
+def _forced_key(key: str, at: str) -> str:
+    return "op_" + hashlib.sha256(f"{key}\nforced {at}".encode()).hexdigest()[:32]
 
 
 def create_run(connection: redis.Redis, run: dict, *, keep: int | None = None, max_age: int | None = None) -> bool:

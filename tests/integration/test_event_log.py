@@ -1,0 +1,138 @@
+"""The event log with real processes: broken rule files, replay at most once per rule, what-if, the dashboard."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.processes import wait_until
+from tests.support.stack import FORM_RULE, PROJECT, all_runs, deliver, ensure_project, runs_in, write_form_rule, write_rule
+from workers import eventlog, workspaces
+
+ADMIN = {"Authorization": "Bearer s3cret"}
+RULES = Path(__file__).resolve().parents[2] / "rules"
+
+
+@pytest.fixture
+def app(redis_url, sandbox, rules_dir, receiver):
+    from app import create_app
+
+    return create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                       "INLOOX_API_KEY": sandbox.token, "RULES_PATH": str(rules_dir), "ADMIN_TOKEN": "s3cret",
+                       "INLOOX_REQUESTS_PER_SECOND": "0"})
+
+
+def _statuses(client) -> list[str]:
+    return [e["status"] for e in client.get("/events", headers=ADMIN).get_json()["events"]]
+
+
+def test_events_for_a_rule_that_never_loaded_are_replayed_once_it_is_fixed(stack, sandbox, rules_dir, redis_url,
+                                                                           app, client):
+    # A new rule with a typo (`vaules`): it has never been valid, so it is not active.
+    write_rule(rules_dir, "forms", FORM_RULE.format(extra="").replace("values:", "vaules:"))
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    for n in range(5):
+        assert deliver(web, {"title": f"Form {n}", "project": PROJECT}, f"msg_broken_{n}").status_code == 202
+    wait_until(lambda: _statuses(client) == ["unmatched"] * 5, 20, "five handled events, none matched")
+
+    listed = client.get("/events?unmatched=1", headers=ADMIN).get_json()["events"]
+    assert len(listed) == 5 and all(e["broken_files"] == [{"file": "forms.yaml", "status": "broken"}] for e in listed)
+    assert all_runs(redis_url) == []
+
+    write_form_rule(rules_dir)  # fixed
+    runner = app.test_cli_runner()
+    dry = runner.invoke(args=["events", "replay", "--since", "10m", "--dry-run"])
+    assert "would start 5 run(s)" in dry.output, dry.output
+    assert all_runs(redis_url) == []
+
+    first = runner.invoke(args=["events", "replay", "--since", "10m"])
+    assert first.exit_code == 0 and "started 5 run(s), 0 already ran" in first.output, first.output
+    wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 5, 30, "the five replayed runs")
+    assert sorted(t["Name"] for t in sandbox.get("Task").json()["value"]) == [f"Form {n}" for n in range(5)]
+
+    # Again, over HTTP: every event already ran under this rule, so nothing starts and nothing is written.
+    again = client.post("/events/replay", json={"since": "10m"}, headers=ADMIN)
+    assert again.status_code == 202 and again.get_json()["started"] == 0 and again.get_json()["already"] == 5
+    assert sandbox.count("Task") == 5 and len(all_runs(redis_url)) == 5
+
+    # --force runs a rule again, and its run says it was forced.
+    event_id = listed[0]["id"]
+    forced = runner.invoke(args=["events", "replay", event_id, "--force"])
+    assert "started 1 run(s)" in forced.output, forced.output
+    wait_until(lambda: sandbox.count("Task") == 6, 30, "the forced run's task")
+    assert [r["forced"]["by"] for r in all_runs(redis_url) if "forced" in r] == ["cli"]
+
+    shown = runner.invoke(args=["events", "show", event_id])
+    assert "ran" in shown.output and "replayed" in shown.output and "(forced)" in shown.output, shown.output
+
+
+def test_a_rule_file_that_breaks_keeps_running_its_last_good_version(stack, sandbox, rules_dir, redis_url, client):
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    assert deliver(web, {"title": "Before", "project": PROJECT}, "msg_before").status_code == 202
+    [good_run] = wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the run under the good file")
+
+    # The person edits the file and breaks it: same rule, an unknown key.
+    write_rule(rules_dir, "forms", FORM_RULE.format(extra="").replace("values:", "vaules:").replace("WorkAmount: 1", "WorkAmount: 9"))
+    for n in range(2):
+        assert deliver(web, {"title": f"While broken {n}", "project": PROJECT}, f"msg_during_{n}").status_code == 202
+    wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 3, 20, "both events run at the last good version")
+    assert {r["ruleset_version"] for r in all_runs(redis_url)} == {good_run["ruleset_version"]}
+    assert sorted(t["Name"] for t in sandbox.get("Task").json()["value"]) == ["Before", "While broken 0", "While broken 1"]
+
+    page = client.get("/ui/rules", headers=ADMIN).get_data(as_text=True)
+    assert "forms.yaml" in page and "last good version" in page and "vaules" in page
+    ready = client.get("/readyz").get_json()
+    [broken] = ready["checks"]["rules"]["broken"]
+    assert broken["file"] == "forms.yaml" and broken["running"] and broken["since"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'inloox_automation_rule_file_broken{file="forms.yaml",running="last good",workspace="default"} 1.0' in metrics
+
+
+def test_whatif_reports_exactly_the_events_whose_outcome_changes(redis_url, sandbox, tmp_path):
+    active, candidate = tmp_path / "active", tmp_path / "candidate"
+    shutil.copytree(RULES, active, ignore=shutil.ignore_patterns("tests"))
+    shutil.copytree(active, candidate)
+    rule = candidate / "log-time-when-task-done.yaml"
+    rule.write_text(rule.read_text().replace("{path: task.WorkAmount, op: gt, value: 0}",
+                                             "{path: task.WorkAmount, op: gt, value: 2}"))
+    connection = redis.Redis.from_url(redis_url)
+    work = {"done-1h": 1, "done-3h": 3, "done-0h": 0, "done-5h": 5}
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(active))):
+        for event_id, amount in work.items():
+            _log(connection, _task_done(event_id, amount))
+        _log(connection, _task_done("renamed", 1, changes={"Name": ["a", "b"]}))
+
+    from app import create_app
+
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": sandbox.token, "RULES_PATH": str(active)})
+    result = app.test_cli_runner().invoke(args=["rules", "whatif", "--rules", str(candidate), "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads(result.output)
+    assert report["events"] == 5
+    assert report["changed_events"] == ["done-1h"]  # 1 h was booked (> 0) and would no longer be (> 2)
+    assert report["rules"] == [{"rule_id": "log-time-when-task-done", "new": 0, "lost": 1, "changed": 0,
+                                "examples": {"new": [], "lost": ["done-1h"], "changed": []}}]
+    text = app.test_cli_runner().invoke(args=["rules", "whatif", "--rules", str(candidate)]).output
+    assert "5 logged event(s); 1 would have another outcome" in text and "0 new match(es), 1 lost" in text
+
+
+def _task_done(event_id: str, work: float, changes=None) -> dict:
+    task = {"TaskItemId": "0f8fad5b-d9cb-469f-a165-70867728950e", "Name": "Write report", "WorkAmount": work,
+            "ProjectId": PROJECT, "IsDone": True}
+    return {"id": event_id, "source": "inloox", "kind": "updated", "occurred_at": "2026-11-30T08:00:00+00:00",
+            "entity_set": "Task", "key": task["TaskItemId"], "changes": changes or {"IsDone": [False, True]},
+            "entity": task, "actor": {"ContactId": "someone"}, "payload": {}, "chained": False}
+
+
+def _log(connection, event: dict) -> None:
+    eventlog.append(connection, event, dedup_key=workspaces.key(f"dedup:{event['id']}"), dedup_ttl=60,
+                    counted=("a", "b"))

@@ -1,0 +1,91 @@
+"""The event log over HTTP: `GET /events`, `GET /events/<id>`, `POST /events/replay` (admin token).
+
+Also under `/workspaces/<ws>/events`. Listing filters: ?since=1h, ?source=, ?kind=, ?unmatched=1,
+?limit= (at most 500). A replay body names the events (`events`: ids) or a time (`since`), and
+optionally `rule`, `force` and `dry_run`; it answers what it started and what it left alone.
+"""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, abort, jsonify, request
+
+from engine.durations import parse_duration
+from web.resources import get_context, get_redis
+from web.workspace import require_admin_token
+from workers import event_history
+from workers.replay import ReplayRefused, replay
+
+bp = Blueprint("events", __name__, url_prefix="/events")
+bp.before_request(require_admin_token)
+
+
+@bp.get("")
+def index():
+    """Logged events, newest first, with what became of each."""
+    args = request.args
+    try:
+        since = since_epoch(args.get("since"))
+    except ReplayRefused as exc:
+        abort(400, str(exc))
+    found = event_history.history(get_redis(), since=since, source=args.get("source"),
+                                  kind=args.get("kind"), unmatched=args.get("unmatched") in ("1", "true"),
+                                  limit=min(args.get("limit", 50, type=int), 500))
+    return jsonify(events=[e.summary() for e in found])
+
+
+@bp.get("/<event_id>")
+def show(event_id: str):
+    """One event: its payload, its acceptance, the rule-set version it met, its trace and runs."""
+    found = event_history.find(get_redis(), event_id)
+    if found is None:
+        abort(404, f"no event {event_id} in the event log (kept {event_history.KEPT_FOR})")
+    return jsonify(event=found.event, summary=found.summary(), trace=found.trace)
+
+
+@bp.post("/replay")
+def replay_events():
+    """Match logged events against the current rules again and start the runs they make now (202)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        abort(400, 'a JSON object is needed: {"since": "1h"} or {"events": ["…"]}, with "rule", "force", "dry_run"')
+    try:
+        entries = selected_entries(get_redis(), since=body.get("since"), event_ids=body.get("events") or ())
+        done = replay(get_context(), entries, rule=body.get("rule"), force=body.get("force") is True,
+                      dry_run=body.get("dry_run") is True, by="admin")
+    except ReplayRefused as exc:
+        abort(422, str(exc))
+    return jsonify(replay_summary(done, dry_run=body.get("dry_run") is True)), 200 if body.get("dry_run") else 202
+
+
+def since_epoch(text: str | None) -> float | None:
+    """`1h`, `10m`, `7d` before now, in epoch seconds; None when not given; ReplayRefused when unreadable."""
+    if not text:
+        return None
+    delta = parse_duration(text)
+    if delta is None:
+        raise ReplayRefused(f"since {text!r} is not a duration such as 10m, 1h or 7d")
+    return time.time() - delta.total_seconds()
+
+
+def selected_entries(connection, *, since: str | None, event_ids) -> list:
+    """The log entries a replay names: by event id (each must be kept) or accepted since a time."""
+    if bool(since) == bool(event_ids):
+        raise ReplayRefused("name the events to replay: either a time (since, e.g. 1h) or event ids, not both")
+    if since:
+        return event_history.entries_since(connection, since_epoch(since))
+    if isinstance(event_ids, str) or not all(isinstance(i, str) for i in event_ids):
+        raise ReplayRefused("events must be a list of event ids")
+    entries = []
+    for event_id in event_ids:
+        found = event_history.find(connection, event_id)
+        if found is None:
+            raise ReplayRefused(f"no event {event_id} in the event log")
+        entries.append(found.entry)
+    return sorted(entries, key=lambda e: e.accepted_at)
+
+
+def replay_summary(done, *, dry_run: bool) -> dict:
+    return {"dry_run": dry_run, "events": len(done), "started": sum(len(d.started) for d in done),
+            "already": sum(len(d.already) for d in done), "skipped": sum(bool(d.skipped) for d in done),
+            "replayed": [d.to_dict() for d in done]}

@@ -1,0 +1,157 @@
+"""What became of each logged event: the event log (workers/eventlog.py) joined with the events' traces.
+
+    history(connection, since=…, source=…, kind=…, unmatched=True, limit=50)   newest first
+    find(connection, "evt-id" or "1764480000000-0")                              one event
+
+Each event's `status`:
+    waiting      accepted, no worker has finished handling it yet
+    ran          matched rules; `runs` names the runs it made
+    unmatched    handled; no rule matched (the trace says why each candidate did not)
+    not handled  every delivery to a worker failed (see the trace's error); replay can retry it
+    unknown      handled, but its trace is no longer kept (traces are kept for fewer events than the log)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from workers import eventlog
+from workers.runs import TRACES_KEEP, decode_record, load_trace
+from workers.workspaces import key
+
+WAITING, RAN, UNMATCHED, NOT_HANDLED, UNKNOWN = "waiting", "ran", "unmatched", "not handled", "unknown"
+KEPT_FOR = (f"{eventlog.EVENTS_MAX_AGE // 86400} days, the newest {eventlog.EVENTS_KEEP:,} events; "
+            f"their traces: the newest {TRACES_KEEP:,}")
+PAGE = 200  # entries read from the stream per round trip while filtering
+SCAN_MAX = 100_000  # entries looked at, at most, for one listing (the log's default size)
+
+
+@dataclass
+class LoggedEvent:
+    """An event of the log with what became of it."""
+
+    entry: eventlog.Entry
+    status: str
+    runs: list[str] = field(default_factory=list)
+    trace: dict | None = None  # as stored: matched rules name their runs instead of holding plans
+
+    @property
+    def event(self) -> dict:
+        return self.entry.event
+
+    def summary(self) -> dict:
+        trace = self.trace or {}
+        return {"id": self.event["id"], "entry": self.entry.id, "accepted_at": self.entry.accepted_at,
+                "source": self.event.get("source"), "kind": self.event.get("kind"),
+                "entity_set": self.event.get("entity_set"), "key": self.event.get("key"),
+                "status": self.status, "runs": self.runs, "ruleset_version": trace.get("ruleset_version"),
+                "broken_files": trace.get("broken_files", []), "replays": trace.get("replays", []),
+                "error": trace.get("error")}
+
+
+def history(connection: redis.Redis, *, since: float | None = None, source: str | None = None,
+            kind: str | None = None, unmatched: bool = False, limit: int = 50) -> list[LoggedEvent]:
+    """Logged events accepted at or after `since` (epoch seconds), newest first, filtered."""
+    stream = eventlog.stream_key()
+    low = f"{int(since * 1000)}-0" if since else "-"
+    high, found, looked = "+", [], 0
+    handled = Handled(connection, stream)
+    while len(found) < limit and looked < SCAN_MAX:
+        page = connection.xrevrange(stream, max=high, min=low, count=PAGE)
+        if not page:
+            break
+        looked += len(page)
+        entries = [eventlog.decode_entry(i, f) for i, f in page]
+        entries = [e for e in entries if (not source or e.event.get("source") == source)
+                   and (not kind or e.event.get("kind") == kind)]
+        for logged in _with_outcomes(connection, entries, handled):
+            if not unmatched or logged.status in (UNMATCHED, NOT_HANDLED):
+                found.append(logged)
+        high = "(" + eventlog.as_text(page[-1][0])
+    return found[:limit]
+
+
+def find(connection: redis.Redis, wanted: str) -> LoggedEvent | None:
+    """The logged event with this event id (or stream entry id), with its whole trace; None if not kept."""
+    stream = eventlog.stream_key()
+    entry_id = wanted if _is_entry_id(wanted) else None
+    trace = None if entry_id else load_trace(connection, wanted)
+    if trace is not None and trace.get("entry"):
+        entry_id = trace["entry"]
+    entry = _entry_at(connection, stream, entry_id) if entry_id else _search(connection, stream, wanted)
+    if entry is None:
+        return None
+    if trace is None:
+        trace = load_trace(connection, entry.event["id"])
+    logged = _with_outcomes(connection, [entry], Handled(connection, stream))[0]
+    logged.trace = trace if trace is not None else logged.trace
+    return logged
+
+
+def entries_since(connection: redis.Redis, since: float, *, limit: int = SCAN_MAX) -> list[eventlog.Entry]:
+    """Every logged entry accepted at or after `since`, oldest first (for replay and what-if)."""
+    stream, found, low = eventlog.stream_key(), [], f"{int(since * 1000)}-0"
+    while len(found) < limit:
+        page = connection.xrange(stream, min=low, max="+", count=min(1000, limit - len(found)))
+        if not page:
+            break
+        found += [eventlog.decode_entry(i, f) for i, f in page]
+        low = "(" + eventlog.as_text(page[-1][0])
+    return found
+
+
+class Handled:
+    """Tells whether the workers have finished handling an entry (no stream read per entry)."""
+
+    def __init__(self, connection: redis.Redis, stream: str):
+        group = eventlog.group_info(connection, stream)
+        self.last = eventlog.id_order(eventlog.as_text(group["last-delivered-id"])) if group else (0, 0)
+        self.pending = {eventlog.as_text(p["message_id"])
+                        for p in connection.xpending_range(stream, eventlog.GROUP, "-", "+", 10_000)} if group else set()
+
+    def __call__(self, entry_id: str) -> bool:
+        return entry_id not in self.pending and eventlog.id_order(entry_id) <= self.last
+
+
+def _with_outcomes(connection: redis.Redis, entries: list[eventlog.Entry], handled: Handled) -> list[LoggedEvent]:
+    raws = connection.mget([key(f"trace:{e.event['id']}") for e in entries]) if entries else []
+    return [_outcome(entry, decode_record(raw) if raw is not None else None, handled(entry.id))
+            for entry, raw in zip(entries, raws)]
+
+
+def _outcome(entry: eventlog.Entry, trace: dict | None, handled: bool) -> LoggedEvent:
+    if trace is None:
+        return LoggedEvent(entry, UNKNOWN if handled else WAITING)
+    runs = list(trace.get("runs") or ())
+    if trace.get("error") and not runs:
+        return LoggedEvent(entry, NOT_HANDLED, runs, trace)
+    if not handled and not runs:  # replayed or handled once already and being handled again
+        return LoggedEvent(entry, WAITING, runs, trace)
+    return LoggedEvent(entry, RAN if runs else UNMATCHED, runs, trace)
+
+
+def _entry_at(connection: redis.Redis, stream: str, entry_id: str) -> eventlog.Entry | None:
+    found = connection.xrange(stream, min=entry_id, max=entry_id, count=1)
+    return eventlog.decode_entry(*found[0]) if found else None
+
+
+def _search(connection: redis.Redis, stream: str, event_id: str) -> eventlog.Entry | None:
+    """The newest entry holding `event_id`: for events with no trace (waiting, or traces trimmed)."""
+    high, looked = "+", 0
+    while looked < SCAN_MAX:
+        page = connection.xrevrange(stream, max=high, min="-", count=1000)
+        if not page:
+            return None
+        looked += len(page)
+        for entry_id, fields in page:
+            entry = eventlog.decode_entry(entry_id, fields)
+            if entry.event.get("id") == event_id:
+                return entry
+        high = "(" + eventlog.as_text(page[-1][0])
+    return None
+
+
+def _is_entry_id(text: str) -> bool:
+    ms, dash, seq = text.partition("-")
+    return bool(dash) and ms.isdigit() and seq.isdigit()

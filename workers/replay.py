@@ -1,0 +1,101 @@
+"""Replay: match logged events against the current rules again and start the runs they make now.
+
+A rule runs at most once per event: a run's id is a hash of the event and the rule (workers/runs.py),
+so replaying an event the rule already ran for finds that run and starts nothing, however often it
+is replayed. `force` makes runs of their own (recorded as forced) for a person who wants the
+writes again. Runs start as RQ jobs (the workers execute them), so replaying from the web or the
+CLI never writes to InLoox from that process.
+
+Events are left alone when replaying them could not be judged safely:
+    waiting         no worker has finished handling it yet: the worker will
+    history gone    its trace is no longer kept, so the runs it made may be gone too (the log keeps
+                    more events than the traces); a rule could run twice. Only with `force`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from engine import Event, explain
+from workers import eventlog
+from workers.event_history import Handled
+from workers.jobs import start_run
+from workers.runs import decode_record, new_run, save_trace
+from workers.worker_context import WorkerContext
+from workers.workspaces import key
+
+MAX_EVENTS = 10_000  # events one replay may take; more must be split by time
+
+
+class ReplayRefused(ValueError):
+    """The replay asked for nothing it can do (no events, too many, an unknown rule)."""
+
+
+@dataclass
+class Replayed:
+    """What a replay did (or, dry, would do) with one event."""
+
+    event_id: str
+    entry: str
+    started: list[str] = field(default_factory=list)  # runs created now (dry run: that would be)
+    already: list[str] = field(default_factory=list)  # runs of the same event and rule that exist: not again
+    skipped: str = ""  # why the event was left alone
+
+    def to_dict(self) -> dict:
+        return {"event_id": self.event_id, "entry": self.entry, "started": self.started,
+                "already": self.already, "skipped": self.skipped}
+
+
+def replay(ctx: WorkerContext, entries: list[eventlog.Entry], *, rule: str | None = None, force: bool = False,
+           dry_run: bool = False, by: str = "") -> list[Replayed]:
+    """Replay `entries` (oldest first) against the current rules; only `rule` if given."""
+    if len(entries) > MAX_EVENTS:
+        raise ReplayRefused(f"{len(entries)} events; a replay takes at most {MAX_EVENTS} (narrow --since)")
+    ruleset, version = ctx.rules.current()
+    if rule is not None and ruleset.get(rule) is None:
+        raise ReplayRefused(f"no rule {rule!r} is active")
+    handled = Handled(ctx.connection, eventlog.stream_key())
+    now = datetime.now(timezone.utc)
+    forced = {"at": now.isoformat(), "by": by} if force else None
+    return [_replay_one(ctx, entry, ruleset, version, handled(entry.id), rule, forced, dry_run, now)
+            for entry in entries]
+
+
+def _replay_one(ctx: WorkerContext, entry: eventlog.Entry, ruleset, version: str, handled: bool,
+                rule: str | None, forced: dict | None, dry_run: bool, now: datetime) -> Replayed:
+    event_id = entry.event["id"]
+    done = Replayed(event_id, entry.id)
+    if not handled:
+        done.skipped = "waiting: a worker has not finished handling it yet"
+        return done
+    raw = ctx.connection.get(key(f"trace:{event_id}"))
+    trace = decode_record(raw) if raw is not None else None
+    if trace is None and forced is None:
+        done.skipped = "its trace is no longer kept, so the runs it made may be gone too; --force runs it anyway"
+        return done
+    parsed = Event.from_dict(entry.event)
+    report = explain(parsed, ruleset, now=now, env=ctx.rule_env)
+    plans = [p for p in report.plans if rule is None or p.rule_id == rule]
+    for plan in plans:
+        if dry_run:
+            run = new_run(plan, now=now, forced=forced)
+            exists = forced is None and ctx.connection.exists(key(f"run:{run['id']}"))
+            (done.already if exists else done.started).append(run["id"])
+            continue
+        run_id, created = start_run(ctx, parsed, plan, now, version, forced=forced)
+        (done.started if created else done.already).append(run_id)
+    if not dry_run and done.started:
+        _note_on_trace(ctx, trace, report.to_dict() | {"ruleset_version": version, "entry": entry.id},
+                       done, forced, now)
+    return done
+
+
+def _note_on_trace(ctx: WorkerContext, trace: dict | None, report: dict, done: Replayed, forced: dict | None,
+                   now: datetime) -> None:
+    """Add the new runs to the event's trace, with a note of the replay (the event page lists both)."""
+    base = trace if trace is not None else report
+    runs = list(dict.fromkeys([*(base.get("runs") or ()), *done.started]))
+    note = {"at": now.isoformat(), "runs": done.started, "forced": forced is not None}
+    with ctx.connection.pipeline(transaction=False) as pipe:
+        save_trace(pipe, {**base, "replays": [*base.get("replays", ()), note]}, runs, now=now)
+        pipe.execute()
