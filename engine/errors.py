@@ -1,7 +1,7 @@
 """Errors the engine raises, and the did-you-mean hints they carry.
 
     EngineError
-    ├── RuleError       a rule file is wrong: file, line, col, path, message, hint
+    ├── RuleError       a rule file is wrong: file, line, col, path, message, hint (+ detail)
     └── TemplateError   a template failed to render: rule id, step, variable
         └── StepSkipped a step's own `if:` did not hold when it was about to run
 
@@ -22,9 +22,10 @@ class RuleError(EngineError):
     """A rule file that cannot be loaded, located to the character (line and col are 1-based)."""
 
     def __init__(self, message: str, *, file: str = "", line: int = 0, col: int = 0,
-                 path: str = "", hint: str = "", rule_id: str = ""):
+                 path: str = "", hint: str = "", rule_id: str = "", detail: str = ""):
         self.file, self.line, self.col = file, line, col
         self.path, self.message, self.hint, self.rule_id = path, message, hint, rule_id
+        self.detail = detail  # the YAML parser's own words, when `message` says it more plainly
         super().__init__(self.format())
 
     def format(self) -> str:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from .actions import ACTIONS
 from .conditions import Checker, compile_condition
@@ -26,6 +28,7 @@ from .triggers import TRIGGERS, Trigger, compile_trigger
 
 _VALIDATOR = Draft202012Validator(rule_schema())
 RULE_SUFFIXES = (".yaml", ".yml")
+_MAX_MESSAGE = 300  # characters of a schema message before the value it quotes is cut short
 
 
 @dataclass(frozen=True)
@@ -144,41 +147,64 @@ def load_texts(sources: Iterable[tuple[str, str]], *, strict: bool = False) -> R
 def _load_document(doc: Document, rules: dict[str, Rule], skipped: list[Skipped]) -> None:
     rule_id = doc.data.get("id", "") if isinstance(doc.data, dict) else ""
     rule_id = rule_id if isinstance(rule_id, str) else ""
-    errors = schema_errors(doc)
+    problems = _schema_problems(doc)
+    errors = [error for _, error in problems]
     if not errors and rule_id in rules:
         first = rules[rule_id]
         errors = [doc.error(("id",), f"duplicate rule id {rule_id!r}",
                             hint=f"first defined at {first.file}:{first.line}", rule_id=rule_id)]
-    if not errors:
-        try:
-            rules[rule_id] = compile_rule(doc)
-            return
-        except RuleError as exc:
-            errors = [exc]
-    skipped.append(Skipped(doc.file, rule_id, errors))
+    # The parts the schema did accept are compiled too, so that every mistake shows at once.
+    compiled = compile_rule(doc, invalid=[path for path, _ in problems]) if isinstance(doc.data, dict) else []
+    if isinstance(compiled, Rule) and not errors:
+        rules[rule_id] = compiled
+        return
+    errors += compiled if isinstance(compiled, list) else []
+    skipped.append(Skipped(doc.file, rule_id, _in_file_order(errors)))
+
+
+def _in_file_order(errors: list[RuleError]) -> list[RuleError]:
+    """Errors sorted by line and column, each once (two checks may find the same mistake)."""
+    unique = {error.format(): error for error in errors}
+    return sorted(unique.values(), key=lambda e: (e.line, e.col))
 
 
 def schema_errors(doc: Document) -> list[RuleError]:
     """Every JSON Schema violation of a document, located; unknown keys get a did-you-mean."""
+    return [error for _, error in _schema_problems(doc)]
+
+
+def _schema_problems(doc: Document) -> list[tuple[tuple, RuleError]]:
+    """(path of the offending value, error) for every schema violation, in file order."""
     rule_id = str(doc.data.get("id", "")) if isinstance(doc.data, dict) else ""
     found: list[tuple[str, tuple, RuleError]] = []
     for error in _VALIDATOR.iter_errors(doc.data):
+        # Under anyOf, say what the closest alternative wanted, not "not valid under any of the given schemas".
+        error = best_match([error]) if error.context else error
         path = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             known = error.schema.get("properties", {})
-            found += [("unknown", path, doc.error(path + (key,), f"unknown key {key!r}", key=True,
-                                                  hint=_unknown_key_hint(key, known), rule_id=rule_id))
+            found += [("unknown", path + (key,), doc.error(path + (key,), f"unknown key {key!r}", key=True,
+                                                           hint=_unknown_key_hint(key, known), rule_id=rule_id))
                       for key in error.instance if key not in known]
         elif error.validator == "enum" and isinstance(error.instance, str):
             found.append(("enum", path, doc.error(path, f"{error.instance!r} is not one of {', '.join(error.validator_value)}",
                                                   hint=did_you_mean(error.instance, error.validator_value),
                                                   rule_id=rule_id)))
+        elif error.validator == "required":  # the value that is wrong is the one not there
+            found.append(("required", path + (None,), doc.error(path, _brief(error), rule_id=rule_id)))
         elif error.validator != "if":  # a failing if/then is reported by its "then" branch
-            found.append((error.validator, path, doc.error(path, error.message, rule_id=rule_id)))
+            found.append((error.validator, path, doc.error(path, _brief(error), rule_id=rule_id)))
     # A misspelt key also makes the real one "required": the unknown-key error already says so.
-    unknown_at = {path for validator, path, _ in found if validator == "unknown"}
-    errors = [e for validator, path, e in found if not (validator == "required" and path in unknown_at)]
-    return sorted(errors, key=lambda e: (e.line, e.col))
+    unknown_at = {path[:-1] for validator, path, _ in found if validator == "unknown"}
+    problems = [(path, e) for validator, path, e in found if not (validator == "required" and path[:-1] in unknown_at)]
+    return sorted(problems, key=lambda p: (p[1].line, p[1].col))
+
+
+def _brief(error) -> str:
+    """The schema's message, with a long value in it cut short (it quotes the whole value)."""
+    if len(error.message) <= _MAX_MESSAGE:
+        return error.message
+    return error.message.replace(repr(error.instance), reprlib.repr(error.instance))
 
 
 def _unknown_key_hint(key: str, known) -> str:
@@ -194,75 +220,146 @@ def rule_version(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def compile_rule(doc: Document) -> Rule:
-    """Compile a schema-valid document into a Rule; raises RuleError at the first problem."""
-    d = doc.data
-    comp = Compilation(doc, Scope(), d["id"])
-    listed = isinstance(d["when"], list)
-    triggers = tuple(compile_trigger(t, ("when", i) if listed else ("when",), comp)
-                     for i, t in enumerate(d["when"] if listed else [d["when"]]))
-    comp = Compilation(doc, _joint_scope(triggers), d["id"])
-    condition = compile_condition(d["if"], ("if",), comp) if "if" in d else None
-    for_each = compile_for_each(d["for_each"], comp, _compile_step) if "for_each" in d else None
-    if for_each:  # the steps (not the rule's `if:`, checked before the query runs) may read `item`
-        comp = Compilation(doc, Scope({**comp.scope.roots, "item": for_each.root()}), d["id"])
-    steps = _compile_steps(d["then"], comp)
-    _check_options(d, comp)
+def compile_rule(doc: Document, *, invalid: Iterable[tuple] = ()) -> Rule | list[RuleError]:
+    """A Rule from a document, or every problem found in it, in file order.
+
+    Each trigger, condition clause, step and option compiles on its own, so one mistake does not
+    hide the next. Parts at or around the `invalid` paths (where the schema failed) are not compiled;
+    the rule is then never built, but its other parts are still checked.
+    """
+    d, invalid = doc.data, set(invalid)
+    rule_id = d["id"] if isinstance(d.get("id"), str) else ""
+    comp = Compilation(doc, Scope(), rule_id)
+    triggers, scope = _compile_triggers(d.get("when"), comp, invalid)
+    comp = comp.within(scope)
+    condition = _compile_if(d["if"], comp, invalid) if "if" in d else None
+    for_each = None
+    if "for_each" in d:  # the steps (not the rule's `if:`, checked before the query runs) may read `item`
+        if _untouched(("for_each",), invalid):
+            for_each = comp.attempt(compile_for_each, d["for_each"], comp, _compile_step)
+        item = for_each.root() if for_each else Root("free")
+        comp = comp.within(replace(comp.scope, roots={**comp.scope.roots, "item": item}))
+    steps = _compile_steps(d.get("then"), comp, invalid)
+    _check_options(d, comp, invalid)
     concurrency = d.get("concurrency")
-    key = concurrency.get("key") if concurrency else None
+    key = concurrency.get("key") if isinstance(concurrency, dict) else None
+    if isinstance(key, str) and _untouched(("concurrency", "key"), invalid):
+        key = comp.attempt(comp.check_template, ("concurrency", "key"), key)
+    if comp.errors or invalid:
+        return _in_file_order(comp.errors)
     return Rule(
         id=d["id"], version=rule_version(d), file=doc.file, line=doc.locate(())[0],
-        description=d.get("description", ""), triggers=triggers, condition=condition, steps=steps,
+        description=d.get("description", ""), triggers=tuple(triggers), condition=condition, steps=steps,
         enabled=d.get("enabled", True), mode=d.get("mode", "live"), allow_chained=d.get("allow_chained", False),
-        retry=d.get("retry", {}), concurrency=concurrency,
-        concurrency_key=comp.check_template(("concurrency", "key"), key) if key else None,
+        retry=d.get("retry", {}), concurrency=concurrency, concurrency_key=key,
         rate_limit=d.get("rate_limit"), for_each=for_each,
     )
 
 
-def _joint_scope(triggers: tuple[Trigger, ...]) -> Scope:
-    """The names any of the triggers gives; a name two triggers give differently is free-form."""
+def _untouched(part: tuple, invalid: set[tuple]) -> bool:
+    """Whether no schema error lies at, inside or around this part of the rule."""
+    return not any(path[:len(part)] == part or part[:len(path)] == path for path in invalid)
+
+
+def _compile_triggers(when: Any, comp: Compilation, invalid: set[tuple]) -> tuple[list[Trigger | None], Scope]:
+    """The triggers (None for each that did not compile) and the names they give the rest of the rule."""
+    if not isinstance(when, (list, dict)):
+        return [None], _joint_scope([None])
+    parts = [(("when", i), t) for i, t in enumerate(when)] if isinstance(when, list) else [(("when",), when)]
+    triggers, scopes = [], []
+    for path, config in parts:
+        trigger = comp.attempt(compile_trigger, config, path, comp) if _untouched(path, invalid) else None
+        triggers.append(trigger)
+        scopes.append(trigger.scope if trigger else _kind_scope(config, path, comp, invalid))
+    return triggers, _joint_scope(scopes)
+
+
+def _kind_scope(config: Any, path: tuple, comp: Compilation, invalid: set[tuple]) -> Scope | None:
+    """The names a trigger that did not compile still gives: those of its kind and main value alone
+    (`inloox: Task` without its `changes`), if that much compiles; else None."""
+    kinds = [k for k in config if k in TRIGGERS] if isinstance(config, dict) else []
+    if len(kinds) != 1 or not _untouched(path + (kinds[0],), invalid):
+        return None
+    try:  # a scratch compilation: this trigger's errors are reported already
+        return compile_trigger({kinds[0]: config[kinds[0]]}, path, Compilation(comp.doc, Scope(), comp.rule_id)).scope
+    except RuleError:
+        return None
+
+
+def _joint_scope(scopes: list[Scope | None]) -> Scope:
+    """The names any of the triggers gives; a name two triggers give differently is free-form.
+
+    When a trigger's names are unknown (None) any other name goes, so that its one mistake is not
+    reported again at every use of the names it would have given.
+    """
     roots: dict[str, Root] = {}
-    for trig in triggers:
-        for name, root in trig.scope.roots.items():
+    for scope in filter(None, scopes):
+        for name, root in scope.roots.items():
             roots[name] = root if roots.get(name, root) == root else Root("free")
-    return Scope(roots)
+    return Scope(roots, incomplete=None in scopes)
 
 
-def _check_options(d: dict, comp: Compilation) -> None:
+def _compile_if(config: Any, comp: Compilation, invalid: set[tuple]) -> Checker | None:
+    """The rule's condition; a list's clauses compile one by one once the whole has failed, to report each."""
+    if _untouched(("if",), invalid):
+        try:
+            return compile_condition(config, ("if",), comp)
+        except RuleError as exc:
+            if not isinstance(config, list):
+                comp.errors.append(exc)
+                return None
+    for i, clause in enumerate(config if isinstance(config, list) else []):
+        if _untouched(("if", i), invalid):
+            comp.attempt(compile_condition, clause, ("if", i), comp)
+    return None
+
+
+def _check_options(d: dict, comp: Compilation, invalid: set[tuple]) -> None:
     for path in (("retry", "backoff"), ("rate_limit", "per")):
-        value = d.get(path[0], {}).get(path[1])
-        if value is not None and parse_duration(value) is None:
-            comp.fail(path, f"{value!r} is not a duration", hint="write e.g. 30s, 10m, 2h")
+        section = d.get(path[0])
+        value = section.get(path[1]) if isinstance(section, dict) else None
+        if value is not None and _untouched(path, invalid) and parse_duration(value) is None:
+            comp.report(path, f"{value!r} is not a duration", hint="write e.g. 30s, 10m, 2h")
 
 
-def _compile_steps(configs: list[dict], comp: Compilation) -> tuple[Step, ...]:
+def _compile_steps(configs: Any, comp: Compilation, invalid: set[tuple]) -> tuple[Step, ...]:
     steps: list[Step] = []
-    for index, config in enumerate(configs):
+    ids: list[str] = []  # of every step so far, compiled or not, so that no later step trips on a broken one
+    for index, config in enumerate(configs if isinstance(configs, list) else []):
         path = ("then", index)
-        kinds = [k for k in config if k in ACTIONS]
-        if len(kinds) != 1:
-            close = " ".join(did_you_mean(k, ACTIONS) for k in config if k not in ACTIONS).strip()
-            comp.fail(path, f"a step needs exactly one action (found {', '.join(kinds) or 'none'})",
-                      hint=close or "actions: " + ", ".join(ACTIONS))
-        step_id = config.get("id", f"step{index}")
-        if step_id in {s.id for s in steps}:
-            comp.fail(path + ("id",), f"duplicate step id {step_id!r}")
-        step_comp = Compilation(comp.doc, comp.scope.with_steps(tuple(s.id for s in steps)), comp.rule_id)
-        given = {k: v for k, v in config.items() if k not in ("id", "if")}
+        step_id = config.get("id", f"step{index}") if isinstance(config, dict) else f"step{index}"
+        if step_id in ids:
+            comp.report(path + ("id",), f"duplicate step id {step_id!r}")
+        step_comp = comp.within(comp.scope.with_steps(tuple(ids)))
+        ids.append(step_id)
+        if not _untouched(path, invalid):
+            continue
         if "if" in config:  # checked now, evaluated by render_deferred once earlier outputs exist
-            compile_condition(config["if"], path + ("if",), step_comp)
-        step = _compile_step(index, step_id, kinds[0], given, path, step_comp)
-        steps.append(replace(step, condition=config.get("if")))
+            step_comp.attempt(compile_condition, config["if"], path + ("if",), step_comp)
+        step = step_comp.attempt(_compile_action, index, step_id, config, step_comp)
+        if step is not None:
+            steps.append(replace(step, condition=config.get("if")))
     return tuple(steps)
 
 
+def _compile_action(index: int, step_id: str, config: dict, comp: Compilation) -> Step:
+    path = ("then", index)
+    kinds = [k for k in config if k in ACTIONS]
+    if len(kinds) != 1:
+        close = " ".join(did_you_mean(k, ACTIONS) for k in config if k not in ACTIONS).strip()
+        comp.fail(path, f"a step needs exactly one action (found {', '.join(kinds) or 'none'})",
+                  hint=close or "actions: " + ", ".join(ACTIONS))
+    given = {k: v for k, v in config.items() if k not in ("id", "if")}
+    return _compile_step(index, step_id, kinds[0], given, path, comp)
+
+
 def _compile_step(index: int, step_id: str, name: str, given: dict, path: tuple, comp: Compilation) -> Step:
+    """One step; raises RuleError if its arguments are wrong, records each wrong template in `comp.errors`."""
     kind = ACTIONS[name]
     args = {**kind.defaults(given, comp.scope), **given}
     kind.check(args, path, comp)
-    templates = tuple((p, comp.check_template(path + p, s)) for p, s in _template_strings(args, ()))
-    return Step(index, step_id, name, args, templates)
+    templates = [(p, comp.attempt(comp.check_template, path + p, s)) for p, s in _template_strings(args, ())]
+    return Step(index, step_id, name, args, tuple((p, t) for p, t in templates if t is not None))
 
 
 def _template_strings(value: Any, path: tuple):

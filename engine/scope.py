@@ -1,18 +1,19 @@
 """The names a rule may read in conditions and templates, and checks of paths against them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, TypeVar
 
 from jinja2 import TemplateSyntaxError
 
 from inloox.metadata import load_metadata
 
 from .documents import Document
-from .errors import did_you_mean
+from .errors import RuleError, did_you_mean
 from .templates import BUILTIN_NAMES, Template, compile_template, syntax_problem
 
 ALWAYS = ("event", "rule", "now", "env")  # every rule can read these, whatever its trigger
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,10 @@ class Scope:
     steps: tuple[str, ...] = ()
     in_step: bool = False  # a step's own `if:` may read earlier steps' outputs
     open: bool = False  # any name is free-form (re-compiling an already checked step condition)
+    incomplete: bool = False  # a trigger did not compile: names beyond `roots` may exist, free-form
 
     def with_steps(self, steps: tuple[str, ...]) -> "Scope":
-        return Scope(self.roots, steps, in_step=True)
+        return replace(self, steps=steps, in_step=True)
 
     def names(self, *, templates: bool = False) -> list[str]:
         extra = ["steps"] if templates or self.in_step else []
@@ -55,6 +57,8 @@ class Scope:
         if head in ALWAYS or self.open:
             return "", "", None
         root = self.roots.get(head)
+        if root is None and self.incomplete:
+            return "", "", None
         if root is None:
             return (f"unknown name {head!r}", did_you_mean(head, self.names(templates=templates)), None)
         if root.kind == "free" or len(parts) < 2:
@@ -90,15 +94,36 @@ def _check_field(root: Root, parts: tuple[str, ...]) -> tuple[str, str, FieldTyp
 
 @dataclass(frozen=True)
 class Compilation:
-    """Where a rule is being compiled: its document, rule id and scope; `fail` raises there."""
+    """Where a rule is being compiled: its document, rule id and scope; `fail` raises there.
+
+    `errors` collects what `attempt` caught and `report` found, shared by every Compilation derived
+    `within` this one, so that a rule with several mistakes reports them all at once.
+    """
 
     doc: Document
     scope: Scope
     rule_id: str = ""
+    errors: list[RuleError] = field(default_factory=list, compare=False)
 
     def fail(self, path: tuple, message: str, *, hint: str = "", key: bool = False):
         """Raise a RuleError located at `path` (at the key itself with key=True)."""
         raise self.doc.error(path, message, hint=hint, key=key, rule_id=self.rule_id)
+
+    def report(self, path: tuple, message: str, *, hint: str = "", key: bool = False) -> None:
+        """Record a RuleError located at `path` and go on compiling."""
+        self.errors.append(self.doc.error(path, message, hint=hint, key=key, rule_id=self.rule_id))
+
+    def within(self, scope: Scope) -> "Compilation":
+        """The same compilation (and errors) with another scope."""
+        return replace(self, scope=scope)
+
+    def attempt(self, compile_part: Callable[..., T], *args) -> T | None:
+        """`compile_part(*args)`, or None once its RuleError is recorded: one broken part must not hide the next."""
+        try:
+            return compile_part(*args)
+        except RuleError as exc:
+            self.errors.append(exc)
+            return None
 
     def check_template(self, path: tuple, source: str) -> Template:
         """Compile a template and check the names it reads; raises RuleError at `path`."""

@@ -33,11 +33,13 @@ def check_command(path: Path, as_json: bool):
     if as_json:
         click.echo(json.dumps({"rules": sorted(ruleset.rules), "errors": [_error_dict(e) for e in ruleset.errors]}))
     else:
-        for error in ruleset.errors:
-            click.echo(error.format(), err=True)
-        for skipped in ruleset.skipped:
+        for skipped in ruleset.skipped:  # every error of a rule, then what was left out because of them
+            for error in skipped.errors:
+                click.echo(error.format(), err=True)
+                if error.detail:
+                    click.echo(f"    (the YAML parser said: {error.detail})", err=True)
             what = f"rule {skipped.rule_id}" if skipped.rule_id else "the whole file"
-            click.echo(f"skipped {what} in {skipped.file}", err=True)
+            click.echo(f"skipped {what} in {skipped.file}: {len(skipped.errors)} error(s)", err=True)
     if ruleset.errors:
         raise click.ClickException(f"{len(ruleset.errors)} error(s); {len(ruleset.rules)} rule(s) loaded")
     if not as_json:
@@ -150,4 +152,4 @@ def _pair(text: str) -> tuple[str, str]:
 
 def _error_dict(error: RuleError) -> dict:
     return {"file": error.file, "line": error.line, "col": error.col, "path": error.path,
-            "message": error.message, "hint": error.hint, "rule": error.rule_id}
+            "message": error.message, "hint": error.hint, "rule": error.rule_id, "detail": error.detail}

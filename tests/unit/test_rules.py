@@ -31,7 +31,7 @@ T = "id: a\nwhen:\n  - inloox: Task\n"  # a rule with an inloox trigger, three l
 M = "id: a\nwhen: {manual: true}\n"
 N = "then: [{notify: x, body: y}]\n"
 CASES = [
-    ("yaml_syntax", 3, 5, "id: a\nwhen: [1\nthen: 2\n", "expected ',' or ']'", ""),
+    ("yaml_syntax", 2, 7, "id: a\nwhen: [1\nthen: 2\n", "unclosed '[' started at line 2", "close it with ']'"),
     ("duplicate_key", 4, 5, "id: a\nwhen:\n  - inloox: Task\n    inloox: Project\nthen: []\n", "duplicate key", "once"),
     ("missing_required", 1, 1, M, "'then' is a required property", ""),
     ("unknown_top_key", 2, 1, "id: a\nwhne: {manual: true}\n" + N, "unknown key 'whne'", "did you mean 'when'?"),

@@ -1,0 +1,33 @@
+"""The rules API as an admin uses it: what an upload that cannot be loaded answers."""
+from __future__ import annotations
+
+import pytest
+
+from workers.workspaces import Workspace
+
+ADMIN = "globex-admin-token"
+
+
+@pytest.fixture
+def api(redis_url):
+    """The app serving one workspace whose rules are uploaded bundles (no InLoox call is made)."""
+    from app import create_app
+
+    globex = Workspace("globex", "http://127.0.0.1:9", "unused", admin_token=ADMIN)
+    return create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {"globex": globex}}).test_client()
+
+
+def test_a_bundle_whose_aliases_expand_too_far_is_refused_with_422_at_the_alias(api):
+    # 108 KiB of YAML naming one 100 KiB string 2,000 times would be 195 MiB in the web process.
+    bomb = ("id: bomb\nwhen: {manual: true}\ndescription: &s " + "x" * 100 * 1024 + "\n"
+            "then:\n  - notify: x\n    body: y\n    tags: [" + ", ".join(["*s"] * 2000) + "]\n")
+
+    refused = api.put("/workspaces/globex/rules", data=bomb, headers={
+        "Content-Type": "application/yaml", "Authorization": f"Bearer {ADMIN}"})
+
+    assert refused.status_code == 422
+    [error] = refused.get_json()["errors"]
+    assert error.startswith("rules.yaml:7:48: then[0].tags[9]: the alias *s takes the file past 1,104,900 characters "
+                            "once its YAML aliases are expanded (the limit is 10 times the file's size"), error
+    listing = api.get("/workspaces/globex/rules", headers={"Authorization": f"Bearer {ADMIN}"}).get_json()
+    assert listing["versions"] == []  # nothing was stored
