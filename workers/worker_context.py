@@ -64,8 +64,8 @@ class RuleSource:
                 self._checked_wall = time.time()
                 stamp = self._stamp_now()
                 if self._ruleset is None or stamp != self._stamp:
-                    self._ruleset, self._version = self._load()
-                    self._stamp = stamp
+                    self._ruleset, self._version, recorded = self._load()
+                    self._stamp = stamp if recorded else ""  # not recorded in Redis: load again next time
                 self._checked = time.monotonic()
             return self._ruleset, self._version
 
@@ -76,21 +76,33 @@ class RuleSource:
             return "\n".join(f"{f}\t{f.stat().st_mtime_ns}\t{f.stat().st_size}" for f in files)
         return str(bundles.active_number(self.connection, self.workspace.prefix))
 
-    def _load(self) -> tuple[Ruleset, str]:
+    def _load(self) -> tuple[Ruleset, str, bool]:
+        """(rules, version, whether the folder's state was recorded in Redis)."""
         path = self.workspace.rules_path
         if path is not None:
             files = rule_files(path) if Path(path).exists() else []
             texts = [(str(f), f.read_text(encoding="utf-8", errors="replace")) for f in files]
-            prefix = self.workspace.prefix
-            loaded = load_keeping_last_good(texts, rule_files_state.last_good(self.connection, prefix))
-            rule_files_state.record(self.connection, prefix, {Path(p).name: t for p, t in texts}, loaded)
-            self.trouble = loaded.trouble
-            return loaded.ruleset, loaded.version
+            return self._load_folder(texts)
         active = bundles.active(self.connection, self.workspace.prefix)
         if active is None:
-            return load_texts([]), "none"
+            return load_texts([]), "none", True
         number, files = active
-        return load_texts(sorted(files.items())), f"v{number}"
+        return load_texts(sorted(files.items())), f"v{number}", True
+
+    def _load_folder(self, texts: list[tuple[str, str]]) -> tuple[Ruleset, str, bool]:
+        prefix = self.workspace.prefix
+        try:
+            loaded = load_keeping_last_good(texts, rule_files_state.last_good(self.connection, prefix))
+            rule_files_state.record(self.connection, prefix, {Path(p).name: t for p, t in texts}, loaded)
+            recorded = True
+        except redis.RedisError:
+            # Without Redis a good folder loads the same (a `flask rules run --dry-run` needs no Redis);
+            # a broken file would lose its last good version, so then the error stands.
+            loaded, recorded = load_keeping_last_good(texts, {}), False
+            if loaded.trouble:
+                raise
+        self.trouble = loaded.trouble
+        return loaded.ruleset, loaded.version, recorded
 
 
 @dataclass
@@ -104,6 +116,7 @@ class WorkerContext:
     rule_env: dict
     rules: RuleSource
     run_lease: float = 45.0  # seconds a run's lock lasts unless renewed (see run_lease)
+    delivery_schedule: tuple[float, ...] | None = None  # change-feed retry delays (None: workers.deliveries.SCHEDULE)
 
     def ruleset(self) -> Ruleset:
         return self.rules.ruleset()
@@ -125,7 +138,14 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
     return WorkerContext(workspace=workspace, client=client, connection=connection,
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
                          rule_env=rule_env(config), rules=RuleSource(connection, workspace),
-                         run_lease=run_lease(float(config["INLOOX_TIMEOUT"])))
+                         run_lease=run_lease(float(config["INLOOX_TIMEOUT"])),
+                         delivery_schedule=retry_schedule(config.get("DELIVERY_RETRY_SECONDS", "")))
+
+
+def retry_schedule(setting: str) -> tuple[float, ...] | None:
+    """DELIVERY_RETRY_SECONDS "5 300 1800": the delays before a failed delivery's next attempts."""
+    delays = tuple(float(part) for part in setting.replace(",", " ").split())
+    return delays or None
 
 
 def run_lease(inloox_timeout: float) -> float:
