@@ -210,10 +210,30 @@ def _invoke(args):
             "method": "POST" if op.kind == "Action" else "GET", "parameters": dict(args.get("parameters", {}))}
 
 
+# Apprise services whose transport is neither HTTP (requests) nor SMTP (smtplib): the outbound guard
+# (workers/egress.py) checks where those two connect, and refuses any other socket a service opens,
+# so these would fail at every send. Their hosts are the rule author's choice (irc://, rsyslog://,
+# amqp://), or they reach this machine's own desktop, bus or syslog.
+UNGUARDED_NOTIFY_SCHEMES = frozenset({
+    "amqp", "amqps", "irc", "ircs", "nostr", "rsyslog", "syslog", "mqtt", "mqtts", "xmpp", "xmpps",
+    "smpp", "smpps", "growl", "dbus", "kde", "qt", "glib", "gio", "gnome", "macosx", "windows", "blink1",
+})
+
+
+def _check_notify(args, path, comp):
+    # Only the part before any template is known at load; "{{ env.TEAM_CHANNEL_URL }}" is checked at send.
+    written = str(args["notify"]).split("{{", 1)[0].split("{%", 1)[0]
+    scheme = written.split("://", 1)[0].lower() if "://" in written else ""
+    if scheme in UNGUARDED_NOTIFY_SCHEMES:
+        comp.fail(path + ("notify",), f"{scheme}:// notifications are refused: their transport is not HTTP or "
+                                      "SMTP, which the outbound guard checks",
+                  hint="use a service that posts over HTTP (json://, slack://, msteams://, ntfy://, …) or mailto://")
+
+
 @action("notify", verb="notify", explanation="send a message through Apprise (Slack, Teams, email, JSON webhook)",
         main=_arg("The Apprise URL, usually '{{ env.TEAM_CHANNEL_URL }}'.", type="string", minLength=1),
         args={"title": _arg("The message title.", type="string"), "body": _arg("The message text.", type="string")},
-        required=("body",))
+        required=("body",), check=_check_notify)
 def _notify(args):
     return {"url": args["notify"], "text": str(args["body"]), "title": str(args.get("title", ""))}
 

@@ -82,7 +82,8 @@ def _outcome_lines(o: RuleOutcome) -> list[str]:
     return lines
 
 
-def explain(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str, Any]) -> Explanation:
+def explain(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str, Any],
+            defer_env: bool = False) -> Explanation:
     """Match every candidate rule, planning the ones that matched, and say why the rest did not."""
     outcomes, plans = [], []
     matches = match_event(event, ruleset, now=now, env=env)
@@ -90,7 +91,7 @@ def explain(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str
         hold = format_duration(m.hold) if m.hold else None
         plan = error = None
         if m.matched:
-            planned = plan_match(event, m, now=now, env=env)
+            planned = plan_match(event, m, now=now, env=env, defer_env=defer_env)
             plans.append(planned)
             plan, error = (None, planned.error) if planned.error else (planned, None)
         outcomes.append(RuleOutcome(m.rule.id, m.rule.summary, m.reason, hold, plan, error))

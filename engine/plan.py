@@ -99,16 +99,22 @@ def idempotency_key(event_id: str, rule: "Rule", index: int, item: str | None = 
     return "op_" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def evaluate(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str, Any]) -> list[Plan]:
-    """Plans of every rule the event matches; a rule whose templates fail gets a Plan with `error`."""
-    return [plan_match(event, match, now=now, env=env)
+def evaluate(event: Event, ruleset: "Ruleset", *, now: datetime, env: Mapping[str, Any],
+             defer_env: bool = False) -> list[Plan]:
+    """Plans of every rule the event matches; a rule whose templates fail gets a Plan with `error`.
+
+    `defer_env`: leave templates that read `env` for the worker to render when the step runs
+    (`render_deferred`), so that plans kept in run records never hold those values (a channel
+    URL with its token). People's previews (explain, fixtures) render them in place.
+    """
+    return [plan_match(event, match, now=now, env=env, defer_env=defer_env)
             for match in match_event(event, ruleset, now=now, env=env) if match.matched]
 
 
-def plan_match(event: Event, match, *, now: datetime, env: Mapping[str, Any]) -> Plan:
+def plan_match(event: Event, match, *, now: datetime, env: Mapping[str, Any], defer_env: bool = False) -> Plan:
     """The Plan of a matched rule; when its templates fail, a Plan with `error` (it runs nothing)."""
     try:
-        return plan_rule(event, match.rule, now=now, env=env)
+        return plan_rule(event, match.rule, now=now, env=env, defer_env=defer_env)
     except TemplateError as exc:
         return _policy(event, match.rule, match.trigger, now, {}, error=str(exc))
 
@@ -116,15 +122,15 @@ def plan_match(event: Event, match, *, now: datetime, env: Mapping[str, Any]) ->
 plan_event = evaluate
 
 
-def plan_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, Any]) -> Plan:
+def plan_rule(event: Event, rule: "Rule", *, now: datetime, env: Mapping[str, Any], defer_env: bool = False) -> Plan:
     """The Plan of one (already matched) rule; raises TemplateError naming rule, step and variable."""
     trigger = rule.trigger_for(event)
     bound = bindings(event, trigger)
     context = event_context(event, rule, now=now, env=env, bindings=bound)
-    ops = tuple(_plan_step(event, rule, step, context) for step in rule.steps)
+    ops = tuple(_plan_step(event, rule, step, context, defer_env) for step in rule.steps)
     for_each = None
     if rule.for_each:
-        query = _plan_step(event, rule, rule.for_each.query, context)
+        query = _plan_step(event, rule, rule.for_each.query, context)  # its params describe the items now
         for_each = describe(rule.for_each, query.params)
     return replace(_policy(event, rule, trigger, now, context), operations=ops, bindings=bound, for_each=for_each)
 
@@ -153,11 +159,12 @@ def _step_label(step: "Step") -> str:
     return f"step {step.index} ({step.id})"
 
 
-def _plan_step(event: Event, rule: "Rule", step: "Step", context: dict) -> Operation:
+def _plan_step(event: Event, rule: "Rule", step: "Step", context: dict, defer_env: bool = False) -> Operation:
     args = copy.deepcopy(step.args)
     deferred = []
     for path, template in step.templates:
-        if template.steps or "item" in template.variables:  # known once the step runs (or its item is known)
+        # Known once the step runs (or its item is known); `env` too when the worker fills it in.
+        if template.steps or "item" in template.variables or (defer_env and "env" in template.variables):
             deferred.append((path, template.source))
             continue
         value = render(template, context, rule_id=rule.id, step=_step_label(step))

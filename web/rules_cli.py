@@ -118,7 +118,8 @@ def run_command(rule_id: str, event_file: Path | None, dry_run: bool, env_pairs:
     except ManualRunRefused as exc:
         raise click.ClickException(str(exc)) from exc
     if dry_run:
-        click.echo("\n".join(explain(event, ruleset, now=now, env=env).lines()))
+        # Without --env the plan shows env.* templates as written: the worker fills them in.
+        click.echo("\n".join(explain(event, ruleset, now=now, env=env, defer_env=not env_pairs).lines()))
         click.echo("dry run: nothing was written")
         return
     from web.resources import get_redis  # only a real run needs Redis

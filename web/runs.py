@@ -9,6 +9,7 @@ from flask import Blueprint, abort, jsonify, request
 from web.resources import get_redis
 from web.workspace import require_admin_token
 from workers.jobs import RetryRefused, retry_run
+from workers.outbound import redacted
 from workers.runs import list_runs, load_run, load_trace
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
@@ -29,7 +30,7 @@ def show(run_id: str):
     run = load_run(get_redis(), run_id)
     if run is None:
         abort(404, f"no run {run_id}")
-    return jsonify(run=run, trace=load_trace(get_redis(), run["event_id"]))
+    return jsonify(run=redacted(run), trace=redacted(load_trace(get_redis(), run["event_id"])))
 
 
 @bp.post("/<run_id>/retry")

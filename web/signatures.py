@@ -65,7 +65,8 @@ def verify_teams(body: bytes, authorization: str | None, token: str) -> None:
     except binascii.Error as exc:
         raise SignatureError("the configured Teams security token is not base64") from exc
     expected = base64.b64encode(hmac.new(key, body, hashlib.sha256).digest()).decode()
-    if not hmac.compare_digest(expected, given.strip()):
+    # Bytes: compare_digest raises TypeError on str with non-ASCII text, and the header is the sender's.
+    if not hmac.compare_digest(expected.encode(), given.strip().encode("utf-8", "surrogatepass")):
         raise SignatureError("bad signature")
 
 

@@ -53,7 +53,7 @@ def check_hold(ctx, run_id: str) -> str:
     if match.reason is not None:
         return _finish(ctx, run, "skipped", f"no longer matches after the hold: {match.reason}")
     try:
-        fresh = plan_rule(event, rule, now=now, env=ctx.rule_env)
+        fresh = plan_rule(event, rule, now=now, env=ctx.rule_env, defer_env=True)
     except TemplateError as exc:
         return _finish(ctx, run, "failed", str(exc))
     run["plan"] = fresh.to_dict()

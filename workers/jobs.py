@@ -25,7 +25,7 @@ from workers import failpoints, guards, ledger, metrics, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
-from workers.outbound import OutboundRefused
+from workers.outbound import OutboundRefused, redacted
 from workers.runs import ACTIVE, TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
 from workers.worker_context import WorkerContext, workspace_job
 from workers.chat import after_run as report_to_chat
@@ -52,7 +52,7 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None,
     """
     parsed, now = Event.from_dict(event), datetime.now(timezone.utc)
     ruleset, version = ctx.rules.current(not_before=accepted_at)
-    report = explain(parsed, ruleset, now=now, env=ctx.rule_env)  # matches once: its plans are evaluate's
+    report = explain(parsed, ruleset, now=now, env=ctx.rule_env, defer_env=True)  # plans as evaluate makes them
     plans = list(report.plans)
     here: list[tuple[str, dict | None]] = []
     run_ids = [start_run(ctx, parsed, plan, now, version, here=here)[0] for plan in plans]
@@ -211,7 +211,7 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
              "verb": operation.verb, "started_at": started.isoformat()}
     try:
         operation = render_deferred(plan, operation, run["outputs"], env=ctx.rule_env)
-        trace["request"] = operation.params
+        trace["request"] = redacted(operation.params)  # a notification URL's token never lands in the record
         output = EXECUTORS[operation.verb](step_ctx, operation.params, operation.idempotency_key)
         failpoints.hit("during_notify", when=operation.verb == "notify")  # tests only
     except StepSkipped as exc:

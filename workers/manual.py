@@ -43,7 +43,7 @@ def plan_manual_run(ruleset: Ruleset, rule_id: str, event: Event, *, now: dateti
             if event.source == "manual" and not any(t.kind == "manual" for t in rule.triggers) else ""
         raise ManualRunRefused(f"{rule_id} does not run for this event: {match.reason}{hint}")
     try:
-        return plan_rule(event, rule, now=now, env=env)
+        return plan_rule(event, rule, now=now, env=env, defer_env=True)  # env is the worker's to fill in
     except TemplateError as exc:
         raise ManualRunRefused(f"{rule_id} cannot be planned: {exc}") from exc
 

@@ -1,22 +1,26 @@
-"""Requests to the world outside InLoox (notifications, `http` steps), with the SSRF guard on them.
+"""Requests to the world outside InLoox (notifications, `http` steps, chat replies), through the outbound guard.
 
-A rule may send to any URL its author writes, so each destination must resolve to public
-addresses, unless its host is on OUTBOUND_ALLOW (for local development and tests). Redirects
-are never followed: a public host could otherwise bounce us to 169.254.169.254 or localhost.
+A rule may send to any URL its author writes, so every request is made inside `egress.guarded`:
+each connection, Apprise's and each redirect hop included, goes only to public addresses unless
+its host is on OUTBOUND_ALLOW (for local development and tests). `http` steps never follow
+redirects; Apprise services may, through the guard. Notification URLs carry their service's
+credentials: messages name a URL only through `redact_url`, and `redacted` cleans what is shown.
 """
 from __future__ import annotations
 
-import ipaddress
-import socket
-from collections.abc import Iterable
+import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
 
-# Apprise services whose host the rule author chooses; every other Apprise service posts to the
-# service's own fixed host (hooks.slack.com, …), so the URL's "host" part is a token there.
-_HOSTED_SCHEMES = {"json", "jsons", "xml", "xmls", "form", "forms", "http", "https"}
+from engine.actions import UNGUARDED_NOTIFY_SCHEMES
+from workers import egress
+
+REDACTED = "***"
+# Query parameters and headers whose values are credentials (token=, apikey=, sig=, Authorization …).
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|sig|auth|code|session|cookie|cred", re.IGNORECASE)
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s\"'<>]*[^\s\"'<>.,;:!?)\]]", re.IGNORECASE)  # not a closing "." or ","
 
 
 class OutboundRefused(Exception):
@@ -35,57 +39,84 @@ class OutboundPolicy:
         """From a comma-separated OUTBOUND_ALLOW value."""
         return cls(frozenset(h.strip().lower() for h in hosts.split(",") if h.strip()), timeout)
 
-    def check_host(self, host: str | None) -> None:
-        """Raise OutboundRefused unless `host` is allowed or resolves only to public addresses."""
-        if not host:
-            raise OutboundRefused("the URL has no host")
-        if host.lower() in self.allow:
-            return
-        for address in _addresses(host):
-            if not ipaddress.ip_address(address).is_global:
-                raise OutboundRefused(f"{host} resolves to {address}, a non-public address "
-                                      "(add the host to OUTBOUND_ALLOW to permit it)")
-
-
-def _addresses(host: str) -> Iterable[str]:
-    try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror as exc:
-        raise OutboundRefused(f"cannot resolve {host}: {exc}") from exc
-
 
 def notify(policy: OutboundPolicy, url: str, text: str, title: str = "") -> None:
     """Send one notification through Apprise (Slack, Teams, email, JSON webhook …)."""
     import apprise  # here, not at the top: only a worker sending a notification needs it (~25 MB)
 
+    scheme = _scheme(url)
+    if scheme in UNGUARDED_NOTIFY_SCHEMES:
+        raise OutboundRefused(f"{scheme}:// notifications are refused: their transport is not HTTP or SMTP, "
+                              "which the outbound guard cannot check")
     sender = apprise.Apprise()
     if not sender.add(url):
-        raise OutboundRefused(f"not a notification URL Apprise knows: {_scheme(url)}://…")
+        raise OutboundRefused(f"Apprise cannot send to {redact_url(url)} (an unknown scheme or a malformed URL)")
     service = next(iter(sender))
-    if _scheme(url) in _HOSTED_SCHEMES:
-        policy.check_host(getattr(service, "host", None))
-    if not sender.notify(body=text, title=title or "", timeout=policy.timeout):
+    with egress.guarded(policy.allow) as guard:
+        delivered = sender.notify(body=text, title=title or "", timeout=policy.timeout)
+    if guard.refusals:  # Apprise reports a refused connection only as "not delivered"
+        raise OutboundRefused(f"refused: {guard.refusals[0]}")
+    if not delivered:
         raise OutboundRefused(f"the {type(service).__name__} notification was not delivered")
 
 
 def http(policy: OutboundPolicy, method: str, url: str, *, headers: dict | None = None, body=None) -> dict:
-    """Send one HTTP request; returns status and (JSON or text) body. Raises for 4xx/5xx."""
+    """Send one HTTP request; returns status and (JSON or text) body. Raises for 3xx/4xx/5xx."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise OutboundRefused(f"only http and https URLs may be called, not {parts.scheme!r}")
-    policy.check_host(parts.hostname)
-    try:
-        response = requests.request(method, url, headers=headers or {}, json=body, timeout=policy.timeout,
-                                    allow_redirects=False)
-    except requests.RequestException as exc:
-        raise OutboundRefused(f"{method} {parts.scheme}://{parts.hostname}… failed: {type(exc).__name__}") from exc
+    target = redact_url(url)
+    with egress.guarded(policy.allow) as guard:
+        try:
+            response = requests.request(method, url, headers=headers or {}, json=body, timeout=policy.timeout,
+                                        allow_redirects=False)
+        except requests.RequestException as exc:
+            reason = f"refused: {guard.refusals[0]}" if guard.refusals else f"failed: {type(exc).__name__}"
+            raise OutboundRefused(f"{method} {target} {reason}") from exc
     if response.status_code >= 300:
-        raise OutboundRefused(f"{method} {parts.scheme}://{parts.hostname}… answered {response.status_code}")
+        raise OutboundRefused(f"{method} {target} answered {response.status_code}")
     try:
         content = response.json()
     except ValueError:
         content = response.text[:10_000]
     return {"status": response.status_code, "body": content}
+
+
+def redact_url(url: str) -> str:
+    """`url` with what may be a credential replaced by ***: user and password, path, secret query values.
+
+    The host stays when it looks like one (it has a dot, or is an IPv6 literal), so that a person
+    can still tell targets apart; Apprise's service URLs put tokens where the host goes
+    (slack://TokenA/TokenB/TokenC), and those have neither.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return f"{_scheme(url)}://{REDACTED}"
+    shown = host if "." in host or ":" in host else REDACTED if host else ""
+    netloc = ((f"{REDACTED}@" if "@" in parts.netloc else "") + (f"[{shown}]" if ":" in shown else shown)
+              + (f":{port}" if port else ""))
+    path = f"/{REDACTED}" if parts.path.strip("/") else parts.path
+    query = urlencode([(k, REDACTED if _SECRET_NAME.search(k) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="@*", quote_via=quote)
+    return urlunsplit((parts.scheme, netloc, path, query, REDACTED if parts.fragment else ""))
+
+
+def redacted(value):
+    """`value` (a step's request, a plan, a report) with every URL redacted, and secret-looking headers."""
+    if isinstance(value, str):
+        return _URL.sub(lambda found: redact_url(found.group()), value)
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted_headers(v) if k == "headers" and isinstance(v, dict) else redacted(v)
+                for k, v in value.items()}
+    return value
+
+
+def _redacted_headers(headers: dict) -> dict:
+    return {name: REDACTED if _SECRET_NAME.search(str(name)) else redacted(v) for name, v in headers.items()}
 
 
 def _scheme(url: str) -> str:
