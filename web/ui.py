@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
 from web.resources import get_context, get_redis
 from web.workspace import admin_tokens, bearer_token, is_admin, require_workspace
-from workers import rule_files, workspaces
+from web.events import replay_summary, selected_entries, since_epoch
+from engine.rules import load_texts
+from engine.whatif import whatif
+from workers import bundles, event_history, rule_files, workspaces
+from workers.replay import ReplayRefused, replay
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
+from workers.outbound import redacted
 from workers.poll_status import poll_status
 from workers.runs import list_runs, load_run, load_trace
 
@@ -27,6 +33,8 @@ bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
 COOKIE = "ui_session"
 RECENT = timedelta(hours=24)
 PER_RULE_SCAN = 1000  # runs looked at per rule for the 24-hour figures
+WHATIF_SPAN = timedelta(days=7)  # the logged events a what-if looks at
+WHATIF_EVENTS = 10_000  # at most (the oldest of the span first): a page must answer in seconds
 
 
 @bp.before_request
@@ -54,12 +62,22 @@ def _login_needed(tokens: list[str], *, login: str | None):
     if not tokens:
         return None
     cookie, bearer = request.cookies.get(COOKIE, ""), bearer_token()
-    if any(hmac.compare_digest(cookie, _session(t)) or hmac.compare_digest(bearer.encode(), t.encode())
-           for t in tokens):
+    if any(_same(cookie, _session(t)) or _same(bearer, t) for t in tokens):
         return None
     if request.method != "GET" or login is None:
         abort(401, "log in to the dashboard first")
     return redirect(login)
+
+
+def _same(given: str, expected: str) -> bool:
+    """compare_digest of the UTF-8 bytes: on str it raises TypeError for non-ASCII text, which a visitor sends."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
+@bp.app_template_filter("redacted")
+def redacted_filter(value):
+    """Run records shown with notification URLs and secret headers redacted (workers.outbound.redacted)."""
+    return redacted(value)
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -131,6 +149,72 @@ def retry(run_id: str):
     except RetryRefused as exc:
         notice = f"Not retried: {exc}"
     return redirect(url_for(".run", run_id=run_id, notice=notice))
+
+
+@bp.get("/events")
+def events():
+    """The event log: newest first, filtered by age, source, kind, or only those no rule ran for."""
+    args = request.args
+    try:
+        since = since_epoch(args.get("since"))
+    except ReplayRefused as exc:
+        return redirect(url_for(".events", notice=str(exc)))
+    found = event_history.history(get_redis(), since=since, source=args.get("source") or None,
+                                  kind=args.get("kind") or None, unmatched=bool(args.get("unmatched")), limit=200)
+    rows = [{**e.summary(), "accepted": _utc(e.entry.accepted_at)} for e in found]
+    return render_template("ui/events.html", events=rows, filters=args, kept_for=event_history.KEPT_FOR)
+
+
+@bp.get("/events/<event_id>")
+def event(event_id: str):
+    """One event's path: source → rules (matched, and why the others did not) → runs → their steps."""
+    found = event_history.find(get_redis(), event_id)
+    if found is None:
+        abort(404, f"no event {event_id} in the event log")
+    runs = [r for r in (load_run(get_redis(), i) for i in found.runs) if r]
+    return render_template("ui/event.html", event=found.event, summary=found.summary(), trace=found.trace,
+                           runs=runs, accepted=_utc(found.entry.accepted_at))
+
+
+@bp.post("/events/replay")
+def replay_events():
+    """The replay buttons: one event (`event`), or every event of the last `since`; `dry_run`, `force`."""
+    form = request.form
+    event_id, dry_run = form.get("event") or "", bool(form.get("dry_run"))
+    try:
+        entries = selected_entries(get_redis(), since=form.get("since") or None,
+                                   event_ids=[event_id] if event_id else [])
+        done = replay(get_context(), entries, force=bool(form.get("force")), dry_run=dry_run, by="dashboard")
+    except ReplayRefused as exc:
+        notice = f"Not replayed: {exc}"
+    else:
+        summary = replay_summary(done, dry_run=dry_run)
+        verb = "would start" if dry_run else "started"
+        notice = (f"{summary['events']} event(s): {verb} {summary['started']} run(s), "
+                  f"{summary['already']} already ran, {summary['skipped']} left alone.")
+    if event_id:
+        return redirect(url_for(".event", event_id=event_id, notice=notice))
+    return redirect(url_for(".events", since=form.get("since"), notice=notice))
+
+
+@bp.get("/whatif")
+def whatif_page():
+    """What an uploaded, not yet active bundle version would do differently with the last week's events."""
+    context, connection = get_context(), get_redis()
+    if context.workspace.rules_path is not None:
+        return render_template("ui/whatif.html", folder=context.workspace.rules_path, versions=[], report=None)
+    stored = bundles.versions(connection, context.workspace.prefix)
+    number, report = request.args.get("version", type=int), None
+    if number is not None:
+        texts = bundles.files(connection, context.workspace.prefix, number)
+        if texts is None:
+            abort(404, f"no rule bundle version {number}")
+        entries = event_history.entries_since(connection, time.time() - WHATIF_SPAN.total_seconds(), limit=WHATIF_EVENTS)
+        report = whatif(((e.event, datetime.fromtimestamp(e.accepted_at, timezone.utc)) for e in entries),
+                        candidate=load_texts(sorted(texts.items())), active=context.rules.ruleset(),
+                        env=context.rule_env).to_dict()
+    return render_template("ui/whatif.html", folder=None, versions=stored, number=number, report=report,
+                           span=WHATIF_SPAN)
 
 
 @bp.get("/poller")

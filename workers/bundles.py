@@ -126,6 +126,12 @@ def active(connection: redis.Redis, prefix: str) -> tuple[int, dict[str, str]] |
             return int(number), json.loads(content)
 
 
+def files(connection: redis.Redis, prefix: str, number: int) -> dict[str, str] | None:
+    """The files of a stored version (active or not), or None when there is no such version."""
+    content = connection.get(f"{prefix}rules:files:{int(number)}")
+    return json.loads(content) if content is not None else None
+
+
 def activate(connection: redis.Redis, prefix: str, number: int) -> Version:
     """Make a stored version the active one (rollback or forward); raises UnknownVersion.
 

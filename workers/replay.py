@@ -74,7 +74,7 @@ def _replay_one(ctx: WorkerContext, entry: eventlog.Entry, ruleset, version: str
         done.skipped = "its trace is no longer kept, so the runs it made may be gone too; --force runs it anyway"
         return done
     parsed = Event.from_dict(entry.event)
-    report = explain(parsed, ruleset, now=now, env=ctx.rule_env)
+    report = explain(parsed, ruleset, now=now, env=ctx.rule_env, defer_env=True)
     plans = [p for p in report.plans if rule is None or p.rule_id == rule]
     for plan in plans:
         if dry_run:

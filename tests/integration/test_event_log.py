@@ -136,3 +136,51 @@ def _task_done(event_id: str, work: float, changes=None) -> dict:
 def _log(connection, event: dict) -> None:
     eventlog.append(connection, event, dedup_key=workspaces.key(f"dedup:{event['id']}"), dedup_ttl=60,
                     counted=("a", "b"))
+
+
+def test_the_dashboard_lists_events_shows_an_events_path_and_replays_it(stack, sandbox, rules_dir, redis_url, client):
+    write_rule(rules_dir, "forms", FORM_RULE.format(extra="").replace("values:", "vaules:"))
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    assert deliver(web, {"title": "From the page", "project": PROJECT}, "msg_page").status_code == 202
+    wait_until(lambda: _statuses(client) == ["unmatched"], 20, "the event, handled and unmatched")
+
+    listing = client.get("/ui/events?unmatched=1", headers=ADMIN).get_data(as_text=True)
+    assert "webhook:forms:msg_page" in listing and "unmatched" in listing and "while forms.yaml was broken" in listing
+    write_form_rule(rules_dir)
+    page = client.get("/ui/events/webhook:forms:msg_page", headers=ADMIN).get_data(as_text=True)
+    assert "Replay against the current rules" in page and "no rule listens to this kind of event" in page
+
+    answer = client.post("/ui/events/replay", data={"event": "webhook:forms:msg_page"}, headers=ADMIN)
+    assert answer.status_code == 302 and "started+1+run" in answer.headers["Location"].replace("%20", "+")
+    wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the replayed run")
+    page = client.get("/ui/events/webhook:forms:msg_page", headers=ADMIN).get_data(as_text=True)
+    assert "form-to-task" in page and "succeeded" in page and "Replayed" in page
+    again = client.post("/ui/events/replay", data={"event": "webhook:forms:msg_page"}, headers=ADMIN)
+    assert "1+already+ran" in again.headers["Location"].replace("%20", "+")
+    assert sandbox.count("Task") == 1
+
+
+def test_the_dashboard_compares_an_uploaded_bundle_version_with_the_active_one(redis_url, sandbox):
+    from app import create_app
+    from workers.workspaces import Workspace
+
+    globex = Workspace("globex", sandbox.base_url, sandbox.token, admin_token="g")
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {"globex": globex}})
+    api, admin = app.test_client(), {"Authorization": "Bearer g"}
+    rule = FORM_RULE.format(extra="")
+    assert api.put("/workspaces/globex/rules", json={"files": {"forms.yaml": rule}}, headers=admin).status_code == 201
+    candidate = rule.replace("when:", "if:\n  - {path: webhook.body.title, op: ne, value: skip}\nwhen:")
+    assert api.put("/workspaces/globex/rules", json={"files": {"forms.yaml": candidate}}, headers=admin).status_code == 201
+    assert api.post("/workspaces/globex/rules/versions/1/activate", headers=admin).status_code == 200
+    connection = redis.Redis.from_url(redis_url)
+    with workspaces.using(globex):
+        for n, title in enumerate(["keep", "skip", "keep too"]):
+            _log(connection, {"id": f"form-{n}", "source": "webhook", "kind": "forms",
+                              "occurred_at": "2026-11-30T08:00:00+00:00",
+                              "payload": {"body": {"title": title, "project": PROJECT}, "headers": {}}})
+
+    page = api.get("/workspaces/globex/ui/whatif?version=2", headers=admin).get_data(as_text=True)
+    assert "3 logged event(s); 1 would have another outcome" in page
+    assert 'data-rule="form-to-task"' in page and "form-1" in page and "(lost)" in page

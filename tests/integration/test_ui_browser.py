@@ -73,6 +73,17 @@ def test_an_admin_logs_in_sees_every_page_and_retries_a_failed_run(browser, stac
     wait_until(lambda: browser.refresh() or browser.find_element(By.ID, "status").text == "succeeded", 20,
                "the page to show the retried run succeeded", interval=0.5)
     assert sandbox.count("Task") == 1
+
+    browser.find_element(By.LINK_TEXT, "Events").click()
+    wait_until(lambda: heading(browser) == "Events", 10, "the events page")
+    browser.find_element(By.LINK_TEXT, "webhook:forms:msg_browser_1").click()
+    wait_until(lambda: heading(browser) == "Event webhook:forms:msg_browser_1", 10, "the event's page")
+    assert failed["id"] in browser.find_element(By.ID, "path").text
+    browser.find_element(By.ID, "replay-button").click()
+    wait_until(lambda: "1 already ran" in browser.find_element(By.ID, "notice").text, 10, "the replay notice")
+    browser.find_element(By.LINK_TEXT, "What-if").click()
+    wait_until(lambda: heading(browser) == "What-if", 10, "the what-if page")
+    assert sandbox.count("Task") == 1
     screenshot = tmp_path / "run-page.png"
     browser.save_screenshot(str(screenshot))
     print(f"screenshot of the run page: {screenshot}")
