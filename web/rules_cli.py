@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+import redis
 from flask import current_app
 from flask.cli import AppGroup
 
@@ -16,6 +17,7 @@ from engine.documents import parse_documents
 from engine.edm import parse_datetime
 from engine.fixtures import fixture_files, run_fixture_file
 from workers.manual import ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
+from workers import rule_files, workspaces
 from workers.runs import run_id
 from workers.worker_context import rule_env
 
@@ -30,8 +32,10 @@ _PATH = click.argument("path", default="rules", type=click.Path(exists=True, pat
 def check_command(path: Path, as_json: bool):
     """Load and validate every rule file under PATH (default rules/)."""
     ruleset = load_rules(path)
+    running = _running_state(path)
     if as_json:
-        click.echo(json.dumps({"rules": sorted(ruleset.rules), "errors": [_error_dict(e) for e in ruleset.errors]}))
+        click.echo(json.dumps({"rules": sorted(ruleset.rules), "errors": [_error_dict(e) for e in ruleset.errors],
+                               "running": running}))
     else:
         for skipped in ruleset.skipped:  # every error of a rule, then what was left out because of them
             for error in skipped.errors:
@@ -40,10 +44,37 @@ def check_command(path: Path, as_json: bool):
                     click.echo(f"    (the YAML parser said: {error.detail})", err=True)
             what = f"rule {skipped.rule_id}" if skipped.rule_id else "the whole file"
             click.echo(f"skipped {what} in {skipped.file}: {len(skipped.errors)} error(s)", err=True)
+        for entry in running:
+            click.echo(f"{entry['file']}: {_running_words(entry)}", err=True)
     if ruleset.errors:
         raise click.ClickException(f"{len(ruleset.errors)} error(s); {len(ruleset.rules)} rule(s) loaded")
     if not as_json:
         click.echo(f"ok: {len(ruleset.rules)} rule(s) in {path}")
+
+
+def _running_state(path: Path) -> list[dict]:
+    """When PATH is the folder the stack runs: its broken files as the stack sees them ([] if Redis is away)."""
+    workspace = (current_app.config.get("WORKSPACES") or {}).get(workspaces.DEFAULT)
+    if workspace is None or workspace.rules_path is None or Path(workspace.rules_path).resolve() != path.resolve():
+        return []
+    connection = redis.Redis.from_url(current_app.config["REDIS_URL"], socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return rule_files.broken_files(connection, workspace.prefix)
+    except redis.RedisError:
+        return []  # checking files needs no stack: say nothing of it
+    finally:
+        connection.close()
+
+
+def _running_words(entry: dict) -> str:
+    since = datetime.fromtimestamp(entry["since"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    what = rule_files.running(entry)
+    if what == "last good":
+        good = datetime.fromtimestamp(entry["good_since"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return f"broken since {since}; the stack runs its last good version (from {good})"
+    if what == "valid rules":
+        return f"broken since {since}; the stack runs the rules in it that load (it never loaded whole)"
+    return f"broken since {since}; none of its rules run (it has never loaded)"
 
 
 @rules_cli.command("test")

@@ -71,7 +71,8 @@ def test_events_for_a_rule_that_never_loaded_are_replayed_once_it_is_fixed(stack
     assert "ran" in shown.output and "replayed" in shown.output and "(forced)" in shown.output, shown.output
 
 
-def test_a_rule_file_that_breaks_keeps_running_its_last_good_version(stack, sandbox, rules_dir, redis_url, client):
+def test_a_rule_file_that_breaks_keeps_running_its_last_good_version(stack, sandbox, rules_dir, redis_url, app,
+                                                                     client):
     write_form_rule(rules_dir)
     ensure_project(sandbox)
     stack.worker()
@@ -92,6 +93,9 @@ def test_a_rule_file_that_breaks_keeps_running_its_last_good_version(stack, sand
     ready = client.get("/readyz").get_json()
     [broken] = ready["checks"]["rules"]["broken"]
     assert broken["file"] == "forms.yaml" and broken["running"] and broken["since"]
+    checked = app.test_cli_runner().invoke(args=["rules", "check", str(rules_dir)])
+    assert checked.exit_code == 1 and "forms.yaml: broken since" in checked.output
+    assert "the stack runs its last good version" in checked.output, checked.output
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'inloox_automation_rule_file_broken{file="forms.yaml",running="last good",workspace="default"} 1.0' in metrics
 
