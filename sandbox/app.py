@@ -16,15 +16,21 @@ from .store import Store
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """The app; config keys SANDBOX_TOKEN, SANDBOX_SEED ('empty'|'demo'), SANDBOX_DATA (SQLite file),
-    SANDBOX_USERS ({token: (first, last)}: more people, kept across resets)."""
+    """The app; config keys SANDBOX_TOKEN, SANDBOX_SEED ('empty'|'demo'), SANDBOX_DATA (SQLite file;
+    None or empty: in memory), SANDBOX_USERS ({token: (first, last)}: more people, kept across resets).
+
+    Sets SANDBOX_SEEDED: whether the seed was planted (always in memory; for a file, when it was new).
+    """
     app = Flask(__name__)
     app.config.from_mapping(SANDBOX_TOKEN="sandbox-token", SANDBOX_SEED="empty", SANDBOX_DATA=None, SANDBOX_USERS={})
     app.config.update(test_config or {})
     store = Store(load_metadata(), app.config["SANDBOX_DATA"])
+    # A data file that already holds an account is the sandbox's state from its last run: kept.
+    # Asked before the Sandbox adds the people named at start-up, who would make any file look used.
+    app.config["SANDBOX_SEEDED"] = not app.config["SANDBOX_DATA"] or _is_empty(store)
     sandbox = runtime.Sandbox(store, Faults(), RequestLog(), app.config["SANDBOX_TOKEN"],
                               people=dict(app.config["SANDBOX_USERS"]))
-    if app.config["SANDBOX_DATA"] is None or _is_empty(store):
+    if app.config["SANDBOX_SEEDED"]:
         sandbox.reset(app.config["SANDBOX_SEED"])
     runtime.init_app(app, sandbox)
     app.register_blueprint(odata.bp)
@@ -36,7 +42,6 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 
 def _is_empty(store: Store) -> bool:
-    # A --data file that already holds an account keeps its data across restarts.
     with store.reading() as conn:
         return conn.execute('SELECT COUNT(*) FROM "UserInfo"').fetchone()[0] == 0
 

@@ -5,12 +5,18 @@ an empty (or seeded) dataset, as the Flask tutorial gives each test a fresh data
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import redis as redis_lib
 
 from tests.support.processes import free_port
 from tests.support.sandbox import SandboxServer
 from workers.redis_server import start_embedded
+
+# What a test's processes read is what the test gives them, never the settings of a `make run`
+# the developer may have going (var/stack.env, see workers/settings.py).
+os.environ["STACK_ENV"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def secrets_of(config: dict) -> list[str]:
-    """The secret values in a configuration mapping (as `app.load_config()` returns it)."""
+    """The secret values in a configuration mapping (as `workers.settings.load_config()` returns it)."""
     found = [str(config.get(name) or "") for name in SECRET_SETTINGS]
     found += [s for pair in (config.get("WEBHOOK_SOURCES") or {}).values() for s in pair]
     # Every workspace's own: its InLoox token, admin token, webhook and chat secrets.

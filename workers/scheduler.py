@@ -32,6 +32,7 @@ from engine.schedules import DEFAULT_GRACE, due_ticks
 from engine.templates import isoformat
 from workers import workspaces
 from workers.intake import submit_event
+from workers.settings import load_config
 from workers.worker_context import RuleSource
 from workers.workspaces import Workspace, key
 
@@ -110,8 +111,6 @@ def settings_from_environment() -> SchedulerSettings:
 
 
 def main() -> int:
-    from app import load_config  # the one place settings are read from the environment
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config()
     settings = settings_from_environment()

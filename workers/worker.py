@@ -42,6 +42,7 @@ from rq.worker import SimpleWorker
 from workers import metrics
 from workers.consumer import EventConsumer
 from workers.logs import configure_logging
+from workers.settings import load_config
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ class Worker(SimpleWorker):
     """SimpleWorker with the event consumer, short recovery times and Redis outage riding (see above)."""
 
     def __init__(self, *args, **kwargs):
-        from app import load_config  # the one place settings are read from the environment
-
         self.config = load_config()
         configure_logging(self.config)  # before RQ's bootstrap, which keeps a handler it finds
         super().__init__(*args, **kwargs)

@@ -21,6 +21,7 @@ from inloox import Client
 from workers import bundles, metrics
 from workers import rule_files as rule_files_state
 from workers.outbound import OutboundPolicy
+from workers.settings import load_config
 from workers.throttle import Throttle
 from workers.workspaces import DEFAULT, Workspace, using
 
@@ -189,8 +190,6 @@ def worker_context(workspace: str) -> WorkerContext:
     global _config, _connection, _workspaces
     with _build_lock:
         if _config is None:
-            from app import load_config  # the one place settings are read from the environment
-
             _config = load_config()
             _connection = redis.Redis.from_url(_config["REDIS_URL"])
             _workspaces = _config["WORKSPACES"]

@@ -198,7 +198,7 @@ def _resolve(path: str, where: str, value, environ: Mapping[str, str]) -> str:
 
 def main(argv: list[str]) -> int:
     """`python -m workers.workspaces queues`: the queue names a worker should listen on (for the Procfile)."""
-    from app import load_config  # the one place settings are read from the environment
+    from workers.settings import load_config  # imported here: workers.settings imports this module
 
     if argv != ["queues"]:
         print("usage: python -m workers.workspaces queues", file=sys.stderr)

@@ -1,26 +1,45 @@
-"""`make run` brings up the whole stack: embedded Valkey, sandbox with demo data, web, worker, poller."""
+"""`make run` brings up the whole stack (embedded Valkey, sandbox with demo data, web, worker, poller),
+a second shell's `flask` commands find it, Ctrl+C stops it quietly, and a restart invents nothing."""
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 import redis
 import requests
 from rq import Worker
 
-from tests.support.processes import Process, free_port, wait_until
+from tests.support.processes import ROOT, Process, free_port, wait_until
+from workers.runs import TERMINAL
+from workers.settings import DEFAULTS, PORTS
+
+ALEX = {"x-api-key": "stack-token"}  # the sandbox's person (SANDBOX_TOKEN below)
+
+
+def make_run(tmp_path, ports: dict, **env) -> Process:
+    """`make run` on `ports`, keeping its data and settings in `tmp_path` (not the checkout's var/)."""
+    given = {name: str(port) for name, port in ports.items()}
+    given.update(SANDBOX_TOKEN="stack-token", REDIS_DIR=str(tmp_path / "redis"),
+                 SANDBOX_DATA=str(tmp_path / "sandbox.sqlite"), STACK_ENV=str(tmp_path / "stack.env"))
+    # Unset, as on a fresh machine: the Makefile must choose the embedded Redis and the sandbox.
+    given.update(REDIS_URL=None, INLOOX_URL=None, INLOOX_API_KEY=None, EMBEDDED_REDIS=None)
+    return Process([shutil.which("make") or "make", "run"], name="make-run", env={**given, **env})
+
+
+def free_ports() -> dict:
+    return {"PORT": free_port(), "SANDBOX_PORT": free_port(), "REDIS_PORT": free_port()}
 
 
 @pytest.fixture
 def stack(tmp_path):
-    """`make run` with free ports and a private Redis data folder, stopped (SIGTERM) afterwards."""
-    ports = {"PORT": free_port(), "SANDBOX_PORT": free_port(), "REDIS_PORT": free_port()}
-    env = {name: str(port) for name, port in ports.items()}
-    env.update(SANDBOX_TOKEN="stack-token", REDIS_DIR=str(tmp_path / "redis"))
-    # Unset, as on a fresh machine: the Makefile must choose the embedded Redis and the sandbox.
-    env.update(REDIS_URL=None, INLOOX_URL=None, INLOOX_API_KEY=None, EMBEDDED_REDIS=None)
-    process = Process([shutil.which("make") or "make", "run"], name="make-run", env=env)
+    """`make run` with free ports and a private data folder, stopped (SIGTERM) afterwards."""
+    ports = free_ports()
+    process = make_run(tmp_path, ports)
     yield process, ports, tmp_path
     process.stop(timeout=20)
 
@@ -35,7 +54,7 @@ def test_make_run_serves_web_sandbox_worker_and_embedded_redis(stack):
     assert ready["checks"]["redis"]["ok"] and ready["checks"]["inloox"]["ok"]
 
     sandbox = f"http://127.0.0.1:{ports['SANDBOX_PORT']}/api/odata/"
-    tasks = requests.get(f"{sandbox}Task/$count", headers={"x-api-key": "stack-token"}, timeout=5)
+    tasks = requests.get(f"{sandbox}Task/$count", headers=ALEX, timeout=5)
     assert int(tasks.text) >= 20, "the sandbox should start with the demo account's tasks"
 
     connection = redis.Redis(port=ports["REDIS_PORT"])
@@ -44,18 +63,147 @@ def test_make_run_serves_web_sandbox_worker_and_embedded_redis(stack):
     wait_until(lambda: "(baseline)" in process.output(), timeout=20, message="the poller's first poll")
 
     # The demo flow of the README: Alex marks a task done, the example rule books its time.
-    alex = {"x-api-key": "stack-token"}
-    [task] = requests.get(f"{sandbox}Task", params={"$filter": "IsDone eq false and WorkAmount gt 0", "$top": 1},
-                          headers=alex, timeout=5).json()["value"]
-    assert requests.patch(f"{sandbox}Task({task['TaskItemId']})", json={"IsDone": True}, headers=alex, timeout=5).ok
-    booked = f"{sandbox}TimeEntry/$count?$filter=TaskItemId eq {task['TaskItemId']}"
-    wait_until(lambda: requests.get(booked, headers=alex, timeout=5).text == "1", 20, "the time entry")
+    task = _mark_a_task_done(sandbox)
+    entries = wait_until(lambda: _time_entries(sandbox, task), 20, "the time entry")
+    assert entries[0]["TimeEntry_CreatedByDisplayName"] == "Automation Bot"
     inbox = wait_until(lambda: requests.get(f"{web}/dev/inbox", timeout=5).json()["messages"], 20, "the message")
-    assert task["Name"] in str(inbox[0])
+    assert task["TaskItem_Name"] in str(inbox[0])
 
     process.signal(signal.SIGTERM)
     process.popen.wait(timeout=30)
     assert (tmp_path / "redis" / "appendonlydir").is_dir(), "embedded Redis must persist with AOF"
+
+
+def test_flask_commands_in_a_second_shell_find_the_stack(stack):
+    process, ports, tmp_path = stack
+    wait_until(lambda: _ready(f"http://127.0.0.1:{ports['PORT']}"), 60, "/readyz to report ready")
+    # A second shell: nothing of the stack in its environment. STACK_ENV only says where this
+    # test's `make run` wrote its settings (a person's is var/stack.env, read by default).
+    shell = {"PATH": os.environ["PATH"], "STACK_ENV": str(tmp_path / "stack.env")}
+
+    runs = _flask(shell, "runs", "list")
+    assert (runs.returncode, runs.stdout.strip()) == (0, "no runs"), runs.stderr
+    workspaces = _flask(shell, "workspaces", "list")
+    assert workspaces.returncode == 0, workspaces.stderr
+    assert f"http://127.0.0.1:{ports['SANDBOX_PORT']}/api/odata/" in workspaces.stdout
+
+    # REDIS_PORT alone names the stack's Valkey, as it did for `make run`.
+    alone = _flask({"PATH": os.environ["PATH"], "STACK_ENV": "", "REDIS_PORT": str(ports["REDIS_PORT"])},
+                   "runs", "list")
+    assert (alone.returncode, alone.stdout.strip()) == (0, "no runs"), alone.stderr
+
+
+def test_the_stack_file_leaves_out_what_came_from_the_environment(tmp_path):
+    ports = free_ports()
+    # A token of the person's own (a real InLoox token, in real use) reaches the stack but no file.
+    process = make_run(tmp_path, ports, SANDBOX_ENGINE_TOKEN="engine-3f9c2a", INLOOX_API_KEY="engine-3f9c2a")
+    try:
+        wait_until(lambda: _ready(f"http://127.0.0.1:{ports['PORT']}"), 60, "/readyz to report ready")
+        written = (tmp_path / "stack.env").read_text()
+    finally:
+        process.stop(timeout=20)
+    assert "engine-3f9c2a" not in written
+    assert "# INLOOX_API_KEY was given to make run: not copied here" in written
+    assert f"REDIS_URL=redis://127.0.0.1:{ports['REDIS_PORT']}/0" in written.splitlines()
+
+
+def test_ctrl_c_stops_the_stack_without_a_traceback(tmp_path):
+    ports = free_ports()
+    process = make_run(tmp_path, ports)
+    try:
+        wait_until(lambda: _ready(f"http://127.0.0.1:{ports['PORT']}"), 60, "/readyz to report ready")
+        wait_until(lambda: "(baseline)" in process.output(), 20, "the poller's first poll")
+        process.signal(signal.SIGINT)  # what Ctrl+C in a terminal sends: make and everything below it
+        process.popen.wait(timeout=20)
+    finally:
+        process.stop()
+    output = process.output()
+    assert "Traceback" not in output and "make: ***" not in output, output[-4000:]
+    stops = re.findall(r"(\w+)\.1 stopped \(rc=(-?\d+)\)", output)
+    assert sorted(stops) == [(name, "0") for name in ("poller", "redis", "sandbox", "web", "worker")], output[-4000:]
+    # Redis stops last, so nobody on their way out finds it gone and says so.
+    stopping = output[output.index("SIGINT received"):]
+    assert '"level": "ERROR"' not in stopping and '"level": "WARNING"' not in stopping, stopping
+    # GNU make ends by re-raising the Ctrl+C it got (after its recipe ended well), so the shell
+    # knows the command was interrupted; it prints nothing.
+    assert process.popen.returncode in (0, -signal.SIGINT)
+
+
+def test_restarting_make_run_invents_no_events(tmp_path):
+    ports = free_ports()
+    web = f"http://127.0.0.1:{ports['PORT']}"
+    sandbox = f"http://127.0.0.1:{ports['SANDBOX_PORT']}/api/odata/"
+    fast = {"POLL_INTERVAL": "0.5", "POLL_SWEEP_SECONDS": "1"}  # deletions are found by sweeps
+    process = make_run(tmp_path, ports, **fast)
+    try:
+        wait_until(lambda: _ready(web), 60, "/readyz to report ready")
+        wait_until(lambda: "(baseline)" in process.output(), 20, "the poller's first poll")
+        task = _mark_a_task_done(sandbox)  # a person's change: one event, one run, one time entry
+        wait_until(lambda: _finished_runs(web), 20, "the run")
+        events, runs = _events(web), _finished_runs(web)
+        process.signal(signal.SIGINT)
+        process.popen.wait(timeout=20)
+    finally:
+        process.stop()
+
+    process = make_run(tmp_path, ports, **fast)
+    try:
+        wait_until(lambda: _ready(web), 60, "/readyz to report ready after the restart")
+        polls = _task_polls(web)
+        wait_until(lambda: _task_polls(web) >= polls + 3, 20, "the poller to poll (and sweep) after the restart")
+        assert _time_entries(sandbox, task), "the sandbox keeps its data across restarts"
+        assert _events(web) == events and _finished_runs(web) == runs
+    finally:
+        process.stop(timeout=20)
+
+
+def test_make_run_and_the_settings_module_share_their_defaults():
+    # A `flask` command given no settings at all must reach a `make run` given none.
+    makes = {"PORT", "SANDBOX_PORT", "SANDBOX_TOKEN", "SANDBOX_ENGINE_TOKEN", "REDIS_PORT", "REDIS_DIR", "REDIS_URL",
+             "INLOOX_URL", "INLOOX_API_KEY", "DEV_INBOX", "TEAM_CHANNEL_URL", "OUTBOUND_ALLOW", "SANDBOX_DATA", "STACK_ENV"}
+    env = {name: value for name, value in os.environ.items() if name not in makes}
+    dry = subprocess.run([shutil.which("make") or "make", "-n", "run"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    given = dict(re.findall(r"\b([A-Z_]+)=(\S+)", next(line for line in dry.stdout.splitlines() if "honcho start" in line)))
+    assert {name: given[name] for name in ("REDIS_URL", "INLOOX_URL", "INLOOX_API_KEY")} == \
+        {name: DEFAULTS[name] for name in ("REDIS_URL", "INLOOX_URL", "INLOOX_API_KEY")}
+    assert (given["REDIS_PORT"], given["SANDBOX_PORT"]) == (PORTS["REDIS_PORT"], PORTS["SANDBOX_PORT"])
+
+
+def _mark_a_task_done(sandbox: str) -> dict:
+    """As the README's demo does: an open task without a time entry, marked done by Alex."""
+    query = {"$filter": "TaskItem_IsDone eq false and TaskItem_HasTimeEntries eq false", "$top": 1,
+             "$select": "TaskItem_TaskItemId,TaskItem_Name"}
+    [task] = requests.get(f"{sandbox}DynamicTaskItem", params=query, headers=ALEX, timeout=5).json()["value"]
+    done = requests.patch(f"{sandbox}Task({task['TaskItem_TaskItemId']})", json={"IsDone": True}, headers=ALEX, timeout=5)
+    assert done.ok, done.text
+    return task
+
+
+def _time_entries(sandbox: str, task: dict) -> list:
+    query = {"$filter": f"TimeEntry_TaskItemId eq {task['TaskItem_TaskItemId']}",
+             "$select": "TimeEntry_DisplayName,TimeEntry_CreatedByDisplayName"}
+    return requests.get(f"{sandbox}DynamicTimeEntry", params=query, headers=ALEX, timeout=5).json()["value"]
+
+
+def _events(web: str) -> list:
+    return [event["id"] for event in requests.get(f"{web}/events", timeout=5).json()["events"]]
+
+
+def _finished_runs(web: str) -> list:
+    runs = requests.get(f"{web}/runs", timeout=5).json()["runs"]
+    return sorted((run["id"], run["status"]) for run in runs if run["status"] in TERMINAL)
+
+
+def _task_polls(web: str) -> float:
+    metrics = requests.get(f"{web}/metrics", timeout=5).text
+    found = re.search(r'^inloox_automation_polls_total\{[^}]*entity_set="Task"[^}]*\} (\S+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _flask(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
 
 
 def _ready(web: str):

@@ -1,0 +1,42 @@
+"""Where a process finds its settings: its environment, then `.env`, then `var/stack.env`, then the defaults."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.support.processes import ROOT
+
+SHOW = "import json; from workers.settings import load_config; c = load_config(); " \
+       "print(json.dumps({k: c[k] for k in ('REDIS_URL', 'INLOOX_URL', 'INLOOX_API_KEY', 'RULES_PATH')}))"
+
+
+def settings_of(cwd, **environ) -> dict:
+    """The settings a process started in `cwd` with only `environ` (and PATH) reads."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **environ}
+    done = subprocess.run([sys.executable, "-c", SHOW], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_environment_then_env_file_then_stack_file_then_defaults(tmp_path):
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "stack.env").write_text("REDIS_URL=redis://127.0.0.1:6491/0\n"
+                                                "INLOOX_URL=http://127.0.0.1:9190/api/odata/\n"
+                                                "INLOOX_API_KEY=from-stack-file\n")
+    (tmp_path / ".env").write_text("INLOOX_API_KEY=from-env-file\n")
+
+    found = settings_of(tmp_path, INLOOX_URL="https://app.inloox.com/api/odata/")
+
+    assert found == {"INLOOX_URL": "https://app.inloox.com/api/odata/", "INLOOX_API_KEY": "from-env-file",
+                     "REDIS_URL": "redis://127.0.0.1:6491/0", "RULES_PATH": "rules"}
+
+
+def test_stack_env_names_another_file_or_none(tmp_path):
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "stack.env").write_text("REDIS_URL=redis://127.0.0.1:6491/0\n")
+    (tmp_path / "elsewhere.env").write_text("REDIS_URL=redis://127.0.0.1:6492/0\n")
+
+    assert settings_of(tmp_path, STACK_ENV=str(tmp_path / "elsewhere.env"))["REDIS_URL"] == "redis://127.0.0.1:6492/0"
+    assert settings_of(tmp_path, STACK_ENV="")["REDIS_URL"] == "redis://127.0.0.1:6390/0"

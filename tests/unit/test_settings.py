@@ -1,0 +1,35 @@
+"""workers/settings.py: which value each setting takes, from an environment alone (no files)."""
+from __future__ import annotations
+
+import pytest
+
+from workers.settings import DEFAULTS, settings_from
+
+
+def test_no_environment_gives_the_defaults_of_make_run():
+    config = settings_from({})
+    assert config["REDIS_URL"] == DEFAULTS["REDIS_URL"] == "redis://127.0.0.1:6390/0"
+    assert config["INLOOX_URL"] == DEFAULTS["INLOOX_URL"] == "http://127.0.0.1:8090/api/odata/"
+    assert config["INLOOX_API_KEY"] == "sandbox-engine-token"
+    assert config["WEBHOOK_SOURCES"] == {}
+
+
+@pytest.mark.parametrize("environ, name, expected", [
+    ({"REDIS_PORT": "6491"}, "REDIS_URL", "redis://127.0.0.1:6491/0"),
+    ({"REDIS_PORT": "6491", "REDIS_URL": "redis://cache.internal:6379/2"}, "REDIS_URL", "redis://cache.internal:6379/2"),
+    ({"SANDBOX_PORT": "9190"}, "INLOOX_URL", "http://127.0.0.1:9190/api/odata/"),
+    ({"SANDBOX_PORT": "9190", "INLOOX_URL": "https://app.inloox.com/api/odata/"}, "INLOOX_URL",
+     "https://app.inloox.com/api/odata/"),
+])
+def test_a_port_alone_gives_the_url_make_run_builds_from_it(environ, name, expected):
+    assert settings_from(environ)[name] == expected
+
+
+def test_ports_are_not_settings_of_the_app():
+    # rq-dashboard, mounted in the app, would take a REDIS_PORT in the app's config for its own.
+    assert "REDIS_PORT" not in settings_from({"REDIS_PORT": "6491"})
+
+
+def test_webhook_secrets_are_found_by_their_prefix():
+    config = settings_from({"WEBHOOK_SECRET_FORMS": "whsec_new whsec_old", "WEBHOOK_SECRET_CRM_EU": "whsec_c"})
+    assert config["WEBHOOK_SOURCES"] == {"forms": ["whsec_new", "whsec_old"], "crm-eu": ["whsec_c"]}

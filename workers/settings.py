@@ -1,0 +1,129 @@
+"""The settings of every process (web, worker, poller, scheduler) and of every `flask` command.
+
+Each setting is found in the first of these that has it:
+
+1. the process's environment;
+2. `.flaskenv`, then `.env` (in the current folder);
+3. `var/stack.env` (another file if STACK_ENV names one; none if it is empty): what `make run`
+   chose, so that a `flask` command in a second shell talks to the stack that is running;
+4. DEFAULTS, the same as `make run`'s, so a fresh clone needs no settings at all.
+
+The files are loaded into `os.environ` without overriding it (python-dotenv's rule), so variables
+that are not settings, such as those rules read as `env.NAME`, come from them too.
+
+Two development switches of `make run` are not defaults here, because a production process started
+without them must stay closed: DEV_INBOX (the /dev/inbox page) and OUTBOUND_ALLOW (private hosts
+notifications may reach). `make run` writes both to `var/stack.env`.
+
+workers/ sits below the web, so this module lives here: app.py and web/ import it, and nothing in
+workers/ imports app.py or web/ for its configuration.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from dotenv import load_dotenv
+
+from workers.workspaces import WorkspaceConfigError, load_workspaces
+
+STACK_ENV = "var/stack.env"
+# Ports of `make run`'s embedded Valkey and sandbox. Alone, each gives the URL `make run` builds
+# from it (REDIS_URL, INLOOX_URL). Not settings of their own: rq-dashboard, mounted in the app,
+# would take a REDIS_PORT in the app's config for its own connection.
+PORTS = {"REDIS_PORT": "6390", "SANDBOX_PORT": "8090"}
+
+# Every setting, its environment variable and its default.
+DEFAULTS = {
+    "INLOOX_URL": "http://127.0.0.1:8090/api/odata/",
+    # The sandbox's token of the automation's own user (Automation Bot), as under `make run`: its
+    # writes are not a person's, so they never trigger rules again.
+    "INLOOX_API_KEY": "sandbox-engine-token",
+    "INLOOX_TIMEOUT": "10",
+    "REDIS_URL": "redis://127.0.0.1:6390/0",
+    "RULES_PATH": "rules",
+    # Environment variables rules may read as `env.NAME` (an allow-list: never the InLoox token).
+    "RULES_ENV": "TEAM_CHANNEL_URL SLACK_WEBHOOK_URL TEAMS_WEBHOOK_URL",
+    # Hosts that notifications and http steps may reach although they are private (development).
+    "OUTBOUND_ALLOW": "",
+    # Bearer token for the runs API (and later the dashboard); empty: open (local development).
+    "ADMIN_TOKEN": "",
+    # "1": serve /dev/inbox, a local stand-in for Slack/Teams (make run sets it).
+    "DEV_INBOX": "",
+    # Chat commands: Slack's signing secret, the Teams outgoing webhook's security token (base64),
+    # and chat user id → InLoox email or ContactId ("U2CERLKJA=ann@example.com, U0X=…").
+    "SLACK_SIGNING_SECRET": "",
+    "TEAMS_SECURITY_TOKEN": "",
+    "CHAT_USER_MAP": "",
+    # InLoox requests per second of the default workspace, shared by all processes (0: no limit).
+    "INLOOX_REQUESTS_PER_SECOND": "5",
+    # Worker processes: events in flight at once (threads; runs mostly wait on InLoox), at most
+    # this many of one workspace per read (0: no cap), and the CPU priority they lower
+    # themselves to, so that the web keeps answering senders on a small machine.
+    "WORKER_THREADS": "48",
+    "WORKER_THREADS_PER_WORKSPACE": "0",
+    "WORKER_NICE": "10",
+    # Hosted: a YAML file listing the workspaces (docs/deploy.md); unset: one workspace, "default",
+    # configured by the settings above.
+    "WORKSPACES_FILE": "",
+    # Hosted: the operator's bearer token, accepted for every workspace (each also has its own).
+    "OPERATOR_TOKEN": "",
+    # Change-feed deliveries: seconds before each retry of a failed one (empty: the Standard
+    # Webhooks schedule, about three days; workers/deliveries.py).
+    "DELIVERY_RETRY_SECONDS": "",
+}
+
+
+def load_config() -> dict:
+    """Every setting (see the module docstring for where each is found), plus the workspaces served.
+
+    A broken WORKSPACES_FILE stops the process with its errors (SystemExit), not a traceback.
+    """
+    read_setting_files()
+    config = settings_from(os.environ)
+    try:
+        config["WORKSPACES"] = load_workspaces(config)
+    except WorkspaceConfigError as exc:
+        # No process can serve with a broken workspaces file: each stops with its errors (file:line:
+        # field), not a traceback.
+        raise SystemExit(f"Error: {exc}") from None
+    return config
+
+
+def read_setting_files() -> None:
+    """Load `.flaskenv`, `.env` and the stack file into os.environ, never over a value already there."""
+    load_dotenv(".flaskenv")
+    load_dotenv(".env")
+    stack_env = os.environ.get("STACK_ENV", STACK_ENV)
+    if stack_env:
+        load_dotenv(stack_env)
+
+
+def settings_from(environ: Mapping[str, str]) -> dict:
+    """The settings an environment gives, with DEFAULTS for the rest (no files read)."""
+    fallback = {**DEFAULTS, **_urls_from_ports(environ)}
+    config = {name: environ.get(name, default) for name, default in fallback.items()}
+    config["WEBHOOK_SOURCES"] = webhook_sources(environ)
+    return config
+
+
+def ports(environ: Mapping[str, str]) -> dict[str, int]:
+    """REDIS_PORT and SANDBOX_PORT as the environment gives them, or `make run`'s."""
+    return {name: int(environ.get(name, default)) for name, default in PORTS.items()}
+
+
+def _urls_from_ports(environ: Mapping[str, str]) -> dict:
+    # `REDIS_PORT=6491 flask …` should reach the Valkey that `REDIS_PORT=6491 make run` started,
+    # as the Makefile builds REDIS_URL and INLOOX_URL from the ports.
+    given = ports(environ)
+    return {"REDIS_URL": f"redis://127.0.0.1:{given['REDIS_PORT']}/0",
+            "INLOOX_URL": f"http://127.0.0.1:{given['SANDBOX_PORT']}/api/odata/"}
+
+
+def webhook_sources(environ: Mapping[str, str]) -> dict[str, list[str]]:
+    """`WEBHOOK_SECRET_FORMS="whsec_new whsec_old"` → {"forms": [...]}: one or two active secrets."""
+    prefix = "WEBHOOK_SECRET_"
+    return {
+        name[len(prefix):].lower().replace("_", "-"): value.split()
+        for name, value in environ.items() if name.startswith(prefix) and value.split()
+    }
