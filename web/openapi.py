@@ -15,7 +15,7 @@ from flask import Blueprint, jsonify
 bp = Blueprint("openapi", __name__)
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
-WORKSPACE_ROUTES = ("/hooks/", "/chat/", "/runs", "/events", "/rules")  # those web.workspace.register serves twice
+WORKSPACE_ROUTES = ("/hooks/", "/chat/", "/runs", "/events", "/subscriptions", "/rules")  # those web.workspace.register serves twice
 WORKSPACE_PARAMETER = {"name": "ws", "in": "path", "required": True, "schema": {"type": "string"},
                        "description": "The workspace (see docs/deploy.md)."}
 

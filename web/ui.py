@@ -20,7 +20,7 @@ from web.workspace import admin_tokens, bearer_token, is_admin, require_workspac
 from web.events import replay_summary, selected_entries, since_epoch
 from engine.rules import load_texts
 from engine.whatif import whatif
-from workers import bundles, event_history, rule_files, workspaces
+from workers import bundles, deliveries, event_history, rule_files, subscriptions, workspaces
 from workers.replay import ReplayRefused, replay
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
@@ -215,6 +215,23 @@ def whatif_page():
                         env=context.rule_env).to_dict()
     return render_template("ui/whatif.html", folder=None, versions=stored, number=number, report=report,
                            span=WHATIF_SPAN)
+
+
+@bp.get("/subscriptions")
+def subscriptions_page():
+    """The change feed's subscribers: state, patterns, and their newest deliveries with each attempt."""
+    connection = get_redis()
+    rows = [{"sub": sub, "deliveries": deliveries.listed(connection, sub.id, limit=10)}
+            for sub in subscriptions.all_subscriptions(connection)]
+    return render_template("ui/subscriptions.html", rows=rows, when=_utc)
+
+
+@bp.post("/subscriptions/<sub_id>/deliveries/<delivery_id>/redeliver")
+def redeliver(sub_id: str, delivery_id: str):
+    """The redeliver button of a failed delivery: the same webhook-id and body, sent again."""
+    found = deliveries.redeliver(get_redis(), sub_id, delivery_id)
+    notice = "Queued again." if found else f"No delivery {delivery_id} of {sub_id}."
+    return redirect(url_for(".subscriptions_page", notice=notice))
 
 
 @bp.get("/poller")

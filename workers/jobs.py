@@ -21,7 +21,7 @@ from engine.errors import StepSkipped
 from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
 from inloox.errors import Throttled
-from workers import failpoints, guards, ledger, metrics, workspaces
+from workers import deliveries, failpoints, guards, ledger, metrics, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
@@ -64,6 +64,8 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None,
         for plan in plans:
             metrics.count(pipe, "rule_matches", rule=plan.rule_id)
         pipe.execute()
+    if parsed.source == "inloox":  # the change feed's subscribers: before the event is acknowledged
+        deliveries.fan_out(ctx.connection, event)
     for run_id, record in here:
         _run(ctx, run_id, record)
     return {"event_id": parsed.id, "runs": run_ids}

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import redis
 
-from workers import workspaces
+from workers import deliveries, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.runs import ACTIVE, GRACE, is_active, load_run, save_trace
@@ -42,6 +42,7 @@ def sweep(connection: redis.Redis, workspace: workspaces.Workspace, *, now: floa
         for run_id in overdue(connection, now=now):
             if _restart(connection, run_id, now):
                 restarted.append(run_id)
+        deliveries.sweep(connection, now=now)  # change-feed deliveries whose job was lost
         return restarted
 
 

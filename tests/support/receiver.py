@@ -11,6 +11,7 @@ class Receiver:
 
     def __init__(self):
         self.received: list[dict] = []
+        self.answers: list[int] = []  # statuses for the next requests (then 200), e.g. [503, 503, 503]
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -20,8 +21,9 @@ class Receiver:
                     parsed = json.loads(body)
                 except ValueError:
                     parsed = body.decode(errors="replace")
-                receiver.received.append({"path": self.path, "body": parsed, "headers": dict(self.headers)})
-                self.send_response(200)
+                receiver.received.append({"path": self.path, "body": parsed, "headers": dict(self.headers),
+                                          "raw": body.decode(errors="replace")})
+                self.send_response(receiver.answers.pop(0) if receiver.answers else 200)
                 self.end_headers()
 
             def log_message(self, *args):

@@ -1,0 +1,134 @@
+"""The InLoox change feed as signed webhooks, with real processes: poller, worker, sandbox, a receiver."""
+from __future__ import annotations
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from tests.support.processes import wait_until
+from tests.support.stack import make_task, start
+from workers import deliveries
+
+ADMIN = {"Authorization": "Bearer feed-admin"}
+
+
+@pytest.fixture
+def api(redis_url, sandbox, rules_dir):
+    from app import create_app
+
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": sandbox.token, "RULES_PATH": str(rules_dir), "ADMIN_TOKEN": "feed-admin"})
+    return app.test_client()
+
+
+def _subscribe(api, receiver, events, fields=None) -> dict:
+    answer = api.post("/subscriptions", json={"url": f"{receiver.url}/inloox", "events": events, "fields": fields},
+                      headers=ADMIN)
+    assert answer.status_code == 201, answer.get_data(as_text=True)
+    assert answer.get_json()["secret"].startswith("whsec_")
+    return answer.get_json()
+
+
+def _verified(secret: str, delivery: dict) -> dict:
+    """The delivery's body, verified as a Standard Webhooks receiver would (raises when the signature is wrong)."""
+    return Webhook(secret).verify(delivery["raw"], {k.lower(): v for k, v in delivery["headers"].items()})
+
+
+def test_each_task_change_is_delivered_once_signed_and_retried_with_the_same_id(stack, sandbox, receiver, api,
+                                                                             redis_url):
+    sub = _subscribe(api, receiver, ["Task.updated"], fields=["IsDone", "Name"])
+    task = make_task(sandbox, "Write report")
+    stack.env["DELIVERY_RETRY_SECONDS"] = "0.2 0.2 0.2 0.2"
+    start(stack, redis_url)
+
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
+    [first] = wait_until(lambda: receiver.received, 20, "the delivery of the first change")
+    body = _verified(sub["secret"], first)
+    assert body["type"] == "inloox.Task.updated" and body["data"]["key"] == task
+    assert body["data"]["changes"]["IsDone"] == {"from": False, "to": True}
+
+    # A change of a field the subscription does not name is not delivered; a named one is.
+    assert sandbox.patch(f"Task({task})", json={"WorkAmount": 3}).ok
+    assert sandbox.patch(f"Task({task})", json={"Name": "Write the report"}).ok
+    wait_until(lambda: len(receiver.received) == 2, 20, "the rename's delivery")
+    assert _verified(sub["secret"], receiver.received[1])["data"]["changes"] == {
+        "Name": {"from": "Write report", "to": "Write the report"}}
+
+    # The receiver is down for three attempts: the fourth succeeds, with the same webhook-id.
+    receiver.answers = [503, 503, 503]
+    assert sandbox.patch(f"Task({task})", json={"IsDone": False}).ok
+    wait_until(lambda: len(receiver.received) == 6, 30, "four attempts of the third change")
+    attempts = receiver.received[2:]
+    assert len({a["headers"]["webhook-id"] for a in attempts}) == 1
+    for attempt in attempts:
+        _verified(sub["secret"], attempt)
+    listed = api.get(f"/subscriptions/{sub['id']}/deliveries", headers=ADMIN).get_json()["deliveries"]
+    assert [d["status"] for d in listed] == ["delivered"] * 3
+    assert [a["status"] for a in listed[0]["attempts"]] == [503, 503, 503, 200]
+
+    # After a rotation both the new and the old secret verify the next delivery.
+    rotated = api.post(f"/subscriptions/{sub['id']}/rotate", headers=ADMIN).get_json()
+    assert rotated["secret"] != sub["secret"]
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
+    wait_until(lambda: len(receiver.received) == 7, 20, "the delivery after the rotation")
+    latest = receiver.received[6]
+    assert len(latest["headers"]["webhook-signature"].split()) == 2
+    assert _verified(rotated["secret"], latest) == _verified(sub["secret"], latest)
+
+
+def test_a_subscription_to_a_private_address_is_refused_at_delivery_and_can_be_redelivered(stack, sandbox, receiver,
+                                                                                          api, redis_url):
+    private = api.post("/subscriptions", json={"url": "http://127.0.0.2:9/hook", "events": ["Task.*"]},
+                       headers=ADMIN).get_json()
+    good = _subscribe(api, receiver, ["*.updated"])
+    task = make_task(sandbox, "Call Ann")
+    start(stack, redis_url)
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
+
+    wait_until(lambda: receiver.received, 20, "the public subscriber's delivery")
+    [refused] = wait_until(lambda: [d for d in api.get(f"/subscriptions/{private['id']}/deliveries",
+                                                       headers=ADMIN).get_json()["deliveries"]
+                                    if d["status"] == "failed"], 20, "the private one's refusal")
+    assert refused["error"].startswith("refused: 127.0.0.2 resolves to 127.0.0.2, a non-public address")
+    assert len(refused["attempts"]) == 1  # a refusal is not retried
+
+    [delivered] = api.get(f"/subscriptions/{good['id']}/deliveries", headers=ADMIN).get_json()["deliveries"]
+    again = api.post(f"/subscriptions/{good['id']}/deliveries/{delivered['id']}/redeliver", headers=ADMIN)
+    assert again.status_code == 202
+    wait_until(lambda: len(receiver.received) == 2, 20, "the redelivery")
+    assert receiver.received[1]["headers"]["webhook-id"] == receiver.received[0]["headers"]["webhook-id"] == delivered["id"]
+    assert api.delete(f"/subscriptions/{good['id']}", headers=ADMIN).status_code == 204
+    assert api.get(f"/subscriptions/{good['id']}", headers=ADMIN).status_code == 404
+
+
+def test_bad_subscriptions_are_refused_with_the_field_named(api):
+    for body, words in (({"events": ["Task.updated"]}, "url:"),
+                        ({"url": "ftp://x.example/", "events": ["Task.updated"]}, "url:"),
+                        ({"url": "https://x.example/", "events": ["Task.renamed"]}, "events:"),
+                        ({"url": "https://x.example/", "events": ["Task.updated"], "fields": "IsDone"}, "fields:")):
+        answer = api.post("/subscriptions", json=body, headers=ADMIN)
+        assert answer.status_code == 422 and words in answer.get_json()["error"]["message"]
+    assert api.get("/subscriptions").status_code == 401
+
+
+def test_delivery_ids_are_stable_per_subscription_and_event():
+    assert deliveries.delivery_id("sub_1", "evt") == deliveries.delivery_id("sub_1", "evt")
+    assert deliveries.delivery_id("sub_1", "evt") != deliveries.delivery_id("sub_2", "evt")
+
+
+def test_the_dashboard_and_the_cli_show_subscriptions_and_their_deliveries(redis_url, sandbox, rules_dir, receiver):
+    from app import create_app
+
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": sandbox.token, "RULES_PATH": str(rules_dir), "ADMIN_TOKEN": "feed-admin"})
+    runner, client = app.test_cli_runner(), app.test_client()
+    added = runner.invoke(args=["subscriptions", "add", f"{receiver.url}/hook?token=s3cr3t", "--event", "Task.*",
+                                "--field", "IsDone"])
+    assert added.exit_code == 0 and "secret: whsec_" in added.output, added.output
+    sub_id = added.output.split()[0]
+    listed = runner.invoke(args=["subscriptions", "list"]).output
+    assert sub_id in listed and "active" in listed and "Task.*" in listed
+    page = client.get("/ui/subscriptions", headers=ADMIN).get_data(as_text=True)
+    assert sub_id in page and "Nothing delivered yet" in page and "s3cr3t" not in page
+    assert "secret: whsec_" in runner.invoke(args=["subscriptions", "rotate", sub_id]).output
+    assert runner.invoke(args=["subscriptions", "delete", sub_id]).output.strip() == f"{sub_id} deleted"
+    assert "no subscriptions" in runner.invoke(args=["subscriptions", "list"]).output

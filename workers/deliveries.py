@@ -1,0 +1,222 @@
+"""Deliveries of InLoox changes to subscribers, as Standard Webhooks: durable, retried, signed.
+
+    fan_out(connection, event)     for an accepted InLoox change: one delivery per subscription
+                                   that wants it (called while the event is handled, before it
+                                   is acknowledged, so a crash re-creates nothing twice)
+    deliver(delivery_id, ws)       RQ job: one attempt; the next one is scheduled on failure
+    sweep(connection)              deliveries whose job got lost (a killed worker) are queued again
+
+    <prefix>delivery:<id>          JSON record: subscription, event, type, body, status
+                                   (pending, delivered, failed), attempts [{at, status, error}]
+    <prefix>deliveries:due         sorted set: pending delivery id → when its attempt is due
+    <prefix>subs:<id>:deliveries   sorted set: the subscription's deliveries by creation time
+
+The delivery id is the `webhook-id`: the same for every attempt, so a receiver can drop repeats.
+Attempts after a 5xx, a 429, a timeout or a lost connection follow SCHEDULE (the Standard Webhooks
+reference schedule, then a day: about three days in all); then the delivery is failed and can be
+sent again by a person (`redeliver`). Other answers (3xx: redirects are not followed; 4xx) fail it
+at once. Every connection goes through the outbound guard (workers/egress.py). Deliveries run as
+RQ jobs, apart from rule runs, which the event consumer executes on its own threads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+
+import redis
+import requests
+from standardwebhooks.webhooks import Webhook
+
+from workers import egress, metrics, subscriptions
+from workers.enqueue import queue, workspace_job_id
+from workers.worker_context import WorkerContext, workspace_job
+from workers.workspaces import current, key
+
+log = logging.getLogger(__name__)
+
+DELIVER = "workers.deliveries.deliver"
+SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000, 86400)  # seconds before attempts 2, 3, …
+GRACE = 60  # seconds past its due time before a pending delivery's job counts as lost
+KEEP_PER_SUBSCRIPTION = 1000  # deliveries listed per subscription (the newest)
+RECORD_TTL = 7 * 86400  # seconds a delivery record is kept after its last change
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+RETRYABLE = {429} | set(range(500, 600))
+
+
+def delivery_id(sub_id: str, event_id: str) -> str:
+    """The same subscription and event give the same id: handling an event twice delivers it once."""
+    return "msg_" + hashlib.sha256(f"{sub_id}\n{event_id}".encode()).hexdigest()[:24]
+
+
+def body(event: dict) -> str:
+    """The JSON a subscriber receives for an InLoox change."""
+    return json.dumps({"type": f"inloox.{event['entity_set']}.{event['kind']}", "timestamp": event["occurred_at"],
+                       "data": {"entity_set": event["entity_set"], "key": event.get("key"),
+                                "changes": {f: {"from": c[0], "to": c[1]} for f, c in (event.get("changes") or {}).items()},
+                                "entity": event.get("entity") or {}, "actor": event.get("actor") or {}}},
+                      separators=(",", ":"), default=str)
+
+
+def fan_out(connection: redis.Redis, event: dict, *, now: float | None = None) -> list[str]:
+    """Create (once) and queue a delivery of `event` for each subscription that wants it; returns the new ids."""
+    wanted = subscriptions.matching(connection, event)
+    if not wanted:
+        return []
+    now = time.time() if now is None else now
+    payload, created = body(event), []
+    for sub in wanted:
+        record = {"id": delivery_id(sub.id, event["id"]), "subscription": sub.id, "event_id": event["id"],
+                  "type": f"inloox.{event['entity_set']}.{event['kind']}", "created_at": now,
+                  "status": PENDING, "attempts": [], "body": payload}
+        if connection.set(_key(record["id"]), json.dumps(record), nx=True, ex=RECORD_TTL):
+            with connection.pipeline(transaction=False) as pipe:
+                pipe.zadd(key("deliveries:due"), {record["id"]: now})
+                pipe.zadd(key(f"subs:{sub.id}:deliveries"), {record["id"]: now})
+                pipe.zremrangebyrank(key(f"subs:{sub.id}:deliveries"), 0, -KEEP_PER_SUBSCRIPTION - 1)
+                pipe.execute()
+            created.append(record["id"])
+        _queue(connection, record["id"])  # also when it existed: a crash may have come before its job
+    return created
+
+
+@workspace_job
+def deliver(ctx: WorkerContext, delivery: str) -> str:
+    """One attempt at a delivery; returns its status. A second job for the same delivery waits its turn."""
+    connection = ctx.connection
+    lock = connection.lock(key(f"delivery-lock:{delivery}"), timeout=ctx.outbound.timeout + 15, blocking=False)
+    if not lock.acquire():
+        return "locked"
+    try:
+        record = load(connection, delivery)
+        if record is None or record["status"] != PENDING:
+            return record["status"] if record else "missing"
+        sub = subscriptions.get(connection, record["subscription"])
+        now = time.time()
+        if sub is None or sub.disabled:
+            return _finish(connection, record, FAILED, now, "the subscription was deleted" if sub is None
+                           else f"the subscription is disabled: {sub.disabled}")
+        status, error = _send(ctx, sub, record, now)
+        record["attempts"].append({"at": now, "status": status, "error": error})
+        if status is not None and 200 <= status < 300:
+            if sub.failing_since is not None:
+                sub.failing_since = None
+                subscriptions.save(connection, sub)
+            return _finish(connection, record, DELIVERED, now)
+        _note_failure(connection, sub, now)
+        retry = (status in RETRYABLE or (status is None and not error.startswith("refused")))
+        schedule = ctx.delivery_schedule or SCHEDULE
+        if retry and len(record["attempts"]) <= len(schedule) and not sub.disabled:
+            delay = schedule[len(record["attempts"]) - 1]
+            _save(connection, record, due=now + delay)
+            _queue(connection, delivery, delay=delay, attempt=len(record["attempts"]))
+            return PENDING
+        return _finish(connection, record, FAILED, now, error or f"answered {status}")
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass
+
+
+def _send(ctx: WorkerContext, sub: subscriptions.Subscription, record: dict, now: float) -> tuple[int | None, str]:
+    """(HTTP status or None, error text) of one POST, through the outbound guard, signed with every active secret."""
+    stamp = datetime.fromtimestamp(int(now), timezone.utc)
+    signatures = " ".join(Webhook(s).sign(record["id"], stamp, record["body"]) for s in sub.signing_secrets(now))
+    headers = {"content-type": "application/json", "user-agent": "inloox-automation",
+               "webhook-id": record["id"], "webhook-timestamp": str(int(now)), "webhook-signature": signatures}
+    with egress.guarded(ctx.outbound.allow) as guard:
+        try:
+            response = requests.post(sub.url, data=record["body"].encode(), headers=headers,
+                                     timeout=ctx.outbound.timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            if guard.refusals:
+                return None, f"refused: {guard.refusals[0]}"
+            return None, f"{type(exc).__name__}: no answer"
+    return response.status_code, "" if response.status_code < 300 else f"answered {response.status_code}"
+
+
+def _note_failure(connection: redis.Redis, sub: subscriptions.Subscription, now: float) -> None:
+    """Count the subscription as failing; after DISABLE_AFTER of nothing but failures, disable it."""
+    if sub.failing_since is None:
+        sub.failing_since = now
+    elif now - sub.failing_since >= subscriptions.DISABLE_AFTER and not sub.disabled:
+        sub.disabled = (f"every delivery failed for {subscriptions.DISABLE_AFTER // 86400} days "
+                        f"(since {datetime.fromtimestamp(sub.failing_since, timezone.utc):%Y-%m-%d %H:%M} UTC)")
+        metrics.count(connection, "subscriptions_disabled")
+        log.error("subscription %s (%s) disabled: %s", sub.id, current().name, sub.disabled)
+    else:
+        return
+    subscriptions.save(connection, sub)
+
+
+def _finish(connection: redis.Redis, record: dict, status: str, now: float, error: str = "") -> str:
+    record["status"], record["finished_at"] = status, now
+    if error:
+        record["error"] = error
+    _save(connection, record, due=None)
+    metrics.count(connection, "deliveries", status=status)
+    return status
+
+
+def _save(connection: redis.Redis, record: dict, *, due: float | None) -> None:
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.set(_key(record["id"]), json.dumps(record), ex=RECORD_TTL)
+        if due is None:
+            pipe.zrem(key("deliveries:due"), record["id"])
+        else:
+            pipe.zadd(key("deliveries:due"), {record["id"]: due})
+        pipe.execute()
+
+
+def _queue(connection: redis.Redis, delivery: str, *, delay: float = 0.0, attempt: int = 0, tag: str = "") -> None:
+    options = {"job_id": workspace_job_id(f"{delivery}-{attempt}{tag}"), "result_ttl": 0, "job_timeout": 60}
+    args = (delivery, current().name)
+    if delay > 0:
+        queue(connection).enqueue_in(timedelta(seconds=delay), DELIVER, *args, **options)
+    else:
+        queue(connection).enqueue(DELIVER, *args, **options)
+
+
+def load(connection: redis.Redis, delivery: str) -> dict | None:
+    raw = connection.get(_key(delivery))
+    return json.loads(raw) if raw is not None else None
+
+
+def listed(connection: redis.Redis, sub_id: str, *, limit: int = 50) -> list[dict]:
+    """A subscription's newest deliveries, without their bodies."""
+    ids = [i.decode() for i in connection.zrevrange(key(f"subs:{sub_id}:deliveries"), 0, limit - 1)]
+    records = [json.loads(raw) for raw in connection.mget([_key(i) for i in ids]) if raw is not None] if ids else []
+    return [{k: v for k, v in r.items() if k != "body"} for r in records]
+
+
+def redeliver(connection: redis.Redis, sub_id: str, delivery: str) -> dict | None:
+    """Send a failed (or delivered) delivery again, same id and body; None when there is no such delivery."""
+    record = load(connection, delivery)
+    if record is None or record["subscription"] != sub_id:
+        return None
+    record["status"] = PENDING
+    record.pop("error", None)
+    _save(connection, record, due=time.time())
+    _queue(connection, delivery, attempt=len(record["attempts"]), tag=f"-again{int(time.time())}")
+    return record
+
+
+def sweep(connection: redis.Redis, *, now: float | None = None) -> list[str]:
+    """Queue again the pending deliveries GRACE past due whose job was lost (no one holds their lock)."""
+    now = time.time() if now is None else now
+    lost = [i.decode() for i in connection.zrangebyscore(key("deliveries:due"), "-inf", now - GRACE, start=0, num=100)]
+    restarted = []
+    for delivery in lost:
+        if connection.exists(key(f"delivery-lock:{delivery}")):
+            continue
+        connection.zadd(key("deliveries:due"), {delivery: now})
+        _queue(connection, delivery, tag=f"-sweep{int(now)}")
+        restarted.append(delivery)
+    return restarted
+
+
+def _key(delivery: str) -> str:
+    return key(f"delivery:{delivery}")
