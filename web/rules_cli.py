@@ -79,16 +79,19 @@ def _running_words(entry: dict) -> str:
 
 @rules_cli.command("test")
 @_PATH
-def test_command(path: Path):
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report (each case: file, line, name, passed, problems).")
+def test_command(path: Path, as_json: bool):
     """Run the fixture cases in PATH/tests/ against the rules in PATH.
 
     PATH may also be one fixture file in such a tests/ folder; the rules are then its grandparent.
     """
     rules_path = path if path.is_dir() else path.parent.parent
     ruleset = load_rules(rules_path)
-    for error in ruleset.errors:
-        click.echo(error.format(), err=True)
+    if not as_json:
+        for error in ruleset.errors:
+            click.echo(error.format(), err=True)
     failed = total = 0
+    cases = []
     for file in fixture_files(path):
         try:
             results = run_fixture_file(file, ruleset)
@@ -97,24 +100,37 @@ def test_command(path: Path):
         for result in results:
             total += 1
             failed += not result.passed
-            click.echo(f"{'PASS' if result.passed else 'FAIL'} {result.file}:{result.line} {result.name}")
-            for problem in result.problems:
-                click.echo(f"     {problem}")
+            cases.append({"file": str(result.file), "line": result.line, "name": result.name,
+                          "passed": result.passed, "problems": [str(p) for p in result.problems]})
+            if not as_json:
+                click.echo(f"{'PASS' if result.passed else 'FAIL'} {result.file}:{result.line} {result.name}")
+                for problem in result.problems:
+                    click.echo(f"     {problem}")
+    if as_json:
+        click.echo(json.dumps({"cases": cases, "failed": failed, "errors": [_error_dict(e) for e in ruleset.errors]},
+                              indent=2))
     if ruleset.errors or failed:
         raise click.ClickException(f"{failed} of {total} case(s) failed, {len(ruleset.errors)} rule error(s)")
-    click.echo(f"ok: {total} case(s) passed")
+    if not as_json:
+        click.echo(f"ok: {total} case(s) passed")
 
 
 @rules_cli.command("explain")
 @click.option("--event", "event_file", required=True, type=click.Path(exists=True, path_type=Path),
               help="A YAML or JSON file holding one event.")
-@click.option("--rules", "rules_path", default="rules", type=click.Path(exists=True, path_type=Path))
+@click.option("--rules", "rules_path", type=click.Path(exists=True, path_type=Path),
+              help="The rules (a folder or a file); default: RULES_PATH, as the stack uses.")
 @click.option("--now", help="The time to evaluate at (ISO 8601); default: the event's occurred_at.")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
               help="A value for env.NAME in templates (repeatable); the process environment is not read.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def explain_command(event_file: Path, rules_path: Path, now: str | None, env_pairs: tuple[str, ...], as_json: bool):
-    """Show which rules an event would trigger, why the others don't, and the planned operations."""
+def explain_command(event_file: Path, rules_path: Path | None, now: str | None, env_pairs: tuple[str, ...],
+                    as_json: bool):
+    """Show which rules an event would trigger, why the others don't, and the planned operations.
+
+    Exits 1 when a matched rule cannot be planned (its error is in the report).
+    """
+    rules_path = rules_path or Path(current_app.config.get("RULES_PATH") or "rules")
     event = _read_event(event_file)
     moment = parse_datetime(now) if now else event.occurred_at
     if moment is None or moment.tzinfo is None:
@@ -125,6 +141,9 @@ def explain_command(event_file: Path, rules_path: Path, now: str | None, env_pai
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
         click.echo("\n".join(report.lines()))
+    failed = [plan.rule_id for plan in report.plans if plan.error]
+    if failed:
+        raise click.ClickException(f"{len(failed)} matched rule(s) cannot be planned: {', '.join(failed)}")
 
 
 @rules_cli.command("run")

@@ -29,7 +29,8 @@ def runner():
 def test_check_passes_on_the_example_rules(runner):
     result = runner.invoke(args=["rules", "check", str(RULES)])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("ok: 7 rule(s)")
+    # Each example file holds one rule.
+    assert result.output.startswith(f"ok: {len(list(RULES.glob('*.yaml')))} rule(s)")
 
 
 def test_check_reports_errors_with_positions_and_exit_1(runner, tmp_path):
@@ -118,3 +119,29 @@ def test_explain_refuses_a_non_event(runner, tmp_path):
 def test_schema_prints_the_checked_in_schema(runner):
     result = runner.invoke(args=["rules", "schema"])
     assert json.loads(result.output) == json.loads((RULES.parent / "schemas" / "rule.schema.json").read_text())
+
+
+def test_explain_exits_1_when_a_matched_rule_cannot_be_planned(runner, tmp_path):
+    (tmp_path / "event.yaml").write_text(EVENT.replace("WorkAmount: 0", "WorkAmount: 1, Name: N, TaskItemId: t"))
+    result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml"), "--rules", str(RULES)])
+    assert result.exit_code == 1
+    assert "env.TEAM_CHANNEL_URL is undefined" in result.output
+    assert "1 matched rule(s) cannot be planned: log-time-when-task-done" in result.output
+
+
+def test_explain_reads_the_rules_at_rules_path_by_default(tmp_path):
+    (tmp_path / "event.yaml").write_text(EVENT)
+    app = Flask("rules-cli-test")
+    app.config["RULES_PATH"] = str(RULES)
+    app.cli.add_command(rules_cli)
+    result = app.test_cli_runner().invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "log-time-when-task-done" in result.output
+
+
+def test_test_json_lists_each_case(runner):
+    result = runner.invoke(args=["rules", "test", str(RULES), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["failed"] == 0 and report["cases"] and all(c["passed"] for c in report["cases"])
+    assert {"file", "line", "name", "problems"} <= set(report["cases"][0])
