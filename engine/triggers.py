@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from inloox.changes import unobservable
 from inloox.metadata import load_metadata
 
 from .durations import PATTERN as DURATION_PATTERN, format_duration, parse_duration
@@ -43,6 +44,8 @@ class Trigger:
     cron: str | None = None
     timezone: str | None = None
     catch_up: str | None = None  # schedule: after downtime, "skip" missed ticks or fire the "latest" once
+    # inloox: the fields whose changes its tests read, which the poller must watch (None: every field)
+    watches: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,11 +131,13 @@ def _compile_inloox(config, path, comp):
     entity_set = config["inloox"]
     meta = load_metadata().entity_set(entity_set)
     if meta is None:
-        comp.fail(path + ("inloox",), f"unknown entity set {entity_set!r}",
-                  hint=did_you_mean(entity_set, load_metadata().entity_sets))
+        blind = unobservable(entity_set)  # an operation's name says more than "unknown"
+        comp.fail(path + ("inloox",), blind.message if blind else f"unknown entity set {entity_set!r}",
+                  hint=blind.hint if blind else did_you_mean(entity_set, load_metadata().entity_sets))
     kinds = _entity_events(config.get("on", ENTITY_EVENTS), path + ("on",), comp)
     changes = {f: spec for f, spec in config.get("changes", {}).items() if f != "changed"}
     any_of = config.get("changes", {}).get("changed", [])
+    _check_observable(entity_set, changes, any_of, path, comp)
     tests = [_compile_change(f, spec, path + ("changes", f), meta, comp) for f, spec in changes.items()]
     tests += [_compile_any_change(any_of, path + ("changes", "changed"), meta, comp)] if any_of else []
     must_change = [f for f, spec in changes.items() if spec.get("changed", True)]
@@ -163,7 +168,21 @@ def _compile_inloox(config, path, comp):
     if hold:
         summary += f", held for {format_duration(hold)}"
     keys = tuple(("inloox", entity_set, k, f) for k in kinds for f in fields)
-    return Trigger("inloox", summary, keys, Scope(roots), check, hold=hold)
+    # Every field a test reads must be watched, not only the one the index files the rule under;
+    # with no field that must change, an update of any field may be the one.
+    watches = None if fields == ["*"] else frozenset([*changes, *any_of])
+    return Trigger("inloox", summary, keys, Scope(roots), check, hold=hold, watches=watches)
+
+
+def _check_observable(entity_set: str, changes: Mapping, any_of: list, path: tuple, comp: Compilation) -> None:
+    """Refuse a trigger the poller could never see fire (a rule accepted here must be able to run)."""
+    blind = unobservable(entity_set, [*changes, *any_of])
+    if blind is None:
+        return
+    if blind.field is None:
+        comp.fail(path + ("inloox",), blind.message, hint=blind.hint)
+    where = ("changes", blind.field) if blind.field in changes else ("changes", "changed", any_of.index(blind.field))
+    comp.fail(path + where, blind.message, hint=blind.hint, key=blind.field in changes)
 
 
 def _entity_events(given, path: tuple, comp: Compilation) -> tuple[str, ...]:

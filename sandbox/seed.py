@@ -29,6 +29,11 @@ PROJECTS = {
                     "Notify clients", "Pack archive", "Moving day", "Network test", "Key handover", "Housewarming"]),
 }
 CUSTOM_FIELDS = {"cf_2283e9e4_Budget": "Budget", "cf_7c1f3a9b_Customer": "Customer"}
+# Master data and the groups without change times (scanned by the poller): a few rows of each.
+CLIENTS = ["Acme GmbH", "Globex AG"]
+CATEGORIES = ["Internal", "Customer project"]
+CHECKLISTS = ["Launch checklist", "Handover checklist"]
+PORTFOLIO = ("Digital 2026", "Projects that move our customers online")
 
 
 def seed_id(*names: str) -> str:
@@ -95,6 +100,7 @@ def _demo(ctx: WriteContext) -> None:
             _task(ctx, project, task, n, people[(n + index) % len(people)], today)
     _time_entries(ctx, people, today)
     _custom_fields(ctx)
+    _master_data(ctx)
 
 
 def _project(ctx: WriteContext, name: str, number: str, status: str, start: datetime) -> None:
@@ -143,6 +149,21 @@ def _custom_fields(ctx: WriteContext) -> None:
     for project, column, value in values:
         _put(ctx, "CustomField", {"Name": column, "ObjectId": seed_id("project", project), "Value": value,
                                   "Type": "String"})
+
+
+def _master_data(ctx: WriteContext) -> None:
+    """Clients, categories, a checklist per project and one portfolio, so every group has rows to watch."""
+    for name in CLIENTS:
+        _put(ctx, "Client", {"ClientId": seed_id("client", name), "Name": name})
+    for name in CATEGORIES:
+        _put(ctx, "Category", {"CategoryId": seed_id("category", name), "Name": name})
+    for project in PROJECTS:
+        for position, name in enumerate(CHECKLISTS):
+            _put(ctx, "CheckList", {"CheckListId": seed_id("checklist", project, name), "Name": name,
+                                    "ProjectId": seed_id("project", project), "OrdinalPosition": position})
+    name, description = PORTFOLIO
+    _put(ctx, "Portfolio", {"PortfolioId": seed_id("portfolio", name), "Name": name, "Description": description,
+                            "PortfolioManagerContactId": ME_ID})
 
 
 def _iso(moment: datetime) -> str:

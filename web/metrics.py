@@ -41,6 +41,8 @@ COUNTER_METRICS = {
     "loops_stopped": ("loops_stopped", "Runs refused by the loop guards", ("reason",)),
     "held_changes": ("held_changes", "Changes held back by flood protection", ("entity_set",)),
     "polls": ("polls", "Polls of an entity set", ("entity_set",)),
+    "deliveries": ("deliveries", "Change-feed deliveries finished, by status (delivered, failed)", ("status",)),
+    "subscriptions_disabled": ("subscriptions_disabled", "Subscriptions disabled after days of failed deliveries", ()),
 }
 
 
@@ -78,17 +80,26 @@ class RedisCollector:
         yield from self._rule_file_gauges()
 
     def _poll_gauges(self):
-        lag = GaugeMetricFamily(PREFIX + "poll_lag_seconds", "Now minus the poll cursor, per entity set",
-                                labels=["workspace", "entity_set"])
+        labels = ["workspace", "entity_set"]
+        lag = GaugeMetricFamily(PREFIX + "poll_lag_seconds", "How stale our view of InLoox is: now minus the "
+                                "start of the last complete poll (or scan), per watched entity set", labels=labels)
         held = GaugeMetricFamily(PREFIX + "held_floods", "Changes waiting in a held flood, per entity set",
-                                 labels=["workspace", "entity_set"])
+                                 labels=labels)
+        cost = GaugeMetricFamily(PREFIX + "scan_requests", "InLoox requests one scan of the set costs at its "
+                                 "current row count (sets without a change feed)", labels=labels)
+        every = GaugeMetricFamily(PREFIX + "scan_interval_seconds", "Seconds between two scans of the set",
+                                  labels=labels)
         for workspace in self.served:
             with workspaces.using(workspace):
                 for entry in poll_status(self.connection, now=datetime.now(timezone.utc)):
+                    series = [workspace.name, entry["entity_set"]]
                     if entry["lag_seconds"] is not None:
-                        lag.add_metric([workspace.name, entry["entity_set"]], entry["lag_seconds"])
-                    held.add_metric([workspace.name, entry["entity_set"]], entry["held"])
-        return lag, held
+                        lag.add_metric(series, entry["lag_seconds"])
+                    held.add_metric(series, entry["held"])
+                    if entry["requests_per_scan"] is not None and entry["watched"]:
+                        cost.add_metric(series, entry["requests_per_scan"])
+                        every.add_metric(series, entry["every"])
+        return lag, held, cost, every
 
     def _queue_gauges(self):
         depth = GaugeMetricFamily(PREFIX + "queue_jobs", "RQ jobs by state", labels=["queue", "state"])

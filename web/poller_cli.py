@@ -6,13 +6,11 @@ from datetime import datetime, timezone
 import click
 from flask.cli import AppGroup
 
-from engine.edm import parse_datetime
-from inloox.changes import CHANGE_FEEDS
+from inloox.changes import observation
 from web.resources import get_redis
 from web.workspace import cli_workspace
-from workers import workspaces
 from workers.poll import release_held
-from workers.snapshots import SnapshotStore
+from workers.poll_status import poll_status
 
 poller_cli = AppGroup("poller", help="Inspect the InLoox change poller and release held floods.")
 
@@ -20,18 +18,24 @@ poller_cli = AppGroup("poller", help="Inspect the InLoox change poller and relea
 @poller_cli.command("status")
 @cli_workspace
 def status_command():
-    """Per watched entity set: the cursor, how far behind now it is, entities known, changes held."""
-    connection = get_redis()
-    now = datetime.now(timezone.utc)
-    for entity_set in CHANGE_FEEDS:
-        store = SnapshotStore(connection, entity_set, workspaces.current().prefix)
-        cursor = store.cursor()
-        if cursor is None:
-            continue
-        lag = (now - parse_datetime(cursor)).total_seconds()
-        held = connection.llen(workspaces.key(f"poll:{entity_set}:held"))
-        click.echo(f"{entity_set:<10} cursor {cursor}  lag {lag:.0f}s  known {connection.hlen(store.snap_key)}"
-                   f"  held {held}")
+    """Per watched entity set: how it is polled, how stale our view is (lag), what a scan costs, changes held."""
+    for entry in poll_status(get_redis(), now=datetime.now(timezone.utc)):
+        click.echo("  ".join([f"{entry['entity_set']:<16}", _describe(entry)]))
+
+
+def _describe(entry: dict) -> str:
+    """One status line after the set's name, e.g. `scan every 60s  lag 12s  known 250  3 requests per scan  held 0`."""
+    every = f" every {entry['every']:g}s" if entry["every"] else ""
+    lag = "not watched" if not entry["watched"] else (
+        "lag ?" if entry["lag_seconds"] is None else f"lag {entry['lag_seconds']:.0f}s")
+    parts = [f"{entry['method']}{every}", lag, f"known {entry['known']}"]
+    if entry["requests_per_scan"] is not None:
+        count = entry["requests_per_scan"]
+        parts.append(f"{count} request{'s' if count != 1 else ''} per scan")
+    elif entry["cursor"]:
+        parts.append(f"cursor {entry['cursor']}")
+    parts.append(f"held {entry['held']}")
+    return "  ".join(parts)
 
 
 @poller_cli.command("release")
@@ -39,6 +43,6 @@ def status_command():
 @click.argument("entity_set")
 def release_command(entity_set):
     """Run the changes held back by flood protection for ENTITY_SET (e.g. Task)."""
-    if entity_set not in CHANGE_FEEDS:
-        raise click.ClickException(f"{entity_set} is not watched; one of {', '.join(CHANGE_FEEDS)}")
+    if observation(entity_set) is None:
+        raise click.ClickException(f"{entity_set} is not an entity set the poller can watch")
     click.echo(f"{release_held(get_redis(), entity_set)} held change(s) of {entity_set} handed over")

@@ -39,6 +39,29 @@ def hops_of(connection: redis.Redis, entity_set: str, keys: Iterable[str]) -> di
     return {k: int(v) if v is not None else 0 for k, v in zip(keys, values)}
 
 
+def writes_of(connection: redis.Redis, entity_set: str, keys: Iterable[str]) -> dict[str, tuple[int, float]]:
+    """Our latest write to each entity that has a note: (chain depth, seconds since it was noted)."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    with connection.pipeline(transaction=False) as pipe:
+        for k in keys:
+            pipe.get(ws_key(f"wrote:{entity_set}:{k}"))
+            pipe.pttl(ws_key(f"wrote:{entity_set}:{k}"))
+        replies = pipe.execute()
+    return {k: (int(hops), WROTE_TTL - ttl / 1000) for k, hops, ttl in zip(keys, replies[::2], replies[1::2])
+            if hops is not None and ttl > 0}
+
+
+def forget_write(pipe, entity_set: str, key: str) -> None:
+    """Use up the note of our write to this entity: it explained one change, the next one is a person's.
+
+    Sets without a column naming who changed a row (the scanned ones) rely on the note alone;
+    left in place, it would mark a person's edit within WROTE_TTL as ours.
+    """
+    pipe.delete(ws_key(f"wrote:{entity_set}:{key}"))
+
+
 def refusal(connection: redis.Redis, rule_id: str, event: dict) -> str | None:
     """Why this rule must not run for this event (paused, chain too long, too frequent), or None.
 

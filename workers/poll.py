@@ -1,10 +1,13 @@
-"""One poll of one entity set: read what changed since the cursor, diff it, hand the events over.
+"""One poll of one entity set's change feed: read what changed since the cursor, diff it, hand the events over.
 
 Cost grows with the number of changes, not the account size: one request reads the rows whose
 change timestamp is at or after the cursor (less a small overlap, for writes that commit late),
-selecting only the key, the timestamp, the author and the watched fields; a second request reads
-the changed entities in full for the rules. Each event is accepted in the same Redis transaction
-that stores its entity's new snapshot, so a crash re-polls into duplicates, which intake drops.
+selecting only the key, the timestamps, the authors and the watched fields; a second request reads
+the changed entities in full for the rules. A Dynamic view's row has a timestamp per joined table
+(`TaskItem_UpdatedAt`, `Planning_UpdatedAt`, …): the rows where any watched table's stamp moved are
+read, and the newest stamp is the row's. Each event is accepted in the same Redis transaction that
+stores its entity's new snapshot, so a crash re-polls into duplicates, which intake drops.
+Sets without a change feed are scanned instead (workers/scan.py), with the same events and rules.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from engine.diff import diff_snapshots
 from engine.edm import parse_datetime
 from engine.events import Event
 from inloox import Client, eq, ge, or_
-from inloox.changes import ChangeFeed
+from inloox.changes import ChangeFeed, Stamp
 from inloox.metadata import load_metadata
 from workers import guards, workspaces
 from workers.intake import submit_event
@@ -29,6 +32,7 @@ from workers.snapshots import STAMP, SnapshotStore
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 40  # keys per `or` filter when reading changed entities: keeps URLs well under 4 KB
+SELECT_LIMIT = 40  # more columns than this are read whole: a longer `$select` would make URLs too long
 
 
 @dataclass(frozen=True)
@@ -57,30 +61,38 @@ def poll_once(client: Client, connection: redis.Redis, feed: ChangeFeed, fields:
               settings: PollSettings = PollSettings()) -> PollResult:
     """Poll `feed` once; `fields` are the fields rules watch (None: every field)."""
     store = SnapshotStore(connection, feed.entity_set, workspaces.current().prefix)
-    watched = watched_fields(feed, fields)
+    watched = watched_fields(feed.entity_set, fields, exclude=(feed.key,))
+    stamps = feed.stamps(watched)
     cursor = store.cursor()
     if cursor is None:
-        return _baseline(client, store, feed, watched)
+        return _baseline(client, store, feed, watched, stamps)
     since = parse_datetime(cursor) - settings.overlap
-    rows = list(client.query(feed.view, filter=ge(feed.stamp, since), select=_select(feed, watched),
-                             orderby=[feed.stamp, feed.column(feed.key)]))
+    rows = list(client.query(feed.view, filter=or_(*(ge(s.column, since) for s in stamps)),
+                             select=_select(feed, watched, stamps), orderby=_order(feed, stamps)))
     result = PollResult(feed.entity_set, rows=len(rows))
-    found, quiet = _changes(feed, watched, rows, store.load(str(r[feed.column(feed.key)]) for r in rows))
-    newest = _newest(cursor, rows, feed)
+    found, quiet = _changes(feed, watched, stamps, rows,
+                            store.load(str(r[feed.column(feed.key)]) for r in rows))
+    newest = _newest(cursor, rows, stamps)
     if len(found) > settings.flood_limit:
-        _hold(connection, feed, found, settings, result)
+        result.held = hold_flood(connection, feed.entity_set,
+                                 [_event(feed, stamps, c, {}, settings) for c in found], settings.flood_limit)
         quiet.update({c.key: c.snapshot for c in found})  # held changes count as seen
     else:
-        _emit(client, connection, store, feed, found, settings, result)
+        _emit(client, connection, store, feed, stamps, found, settings, result)
     store.save_many(quiet, newest)
     return result
 
 
-def watched_fields(feed: ChangeFeed, fields: frozenset[str] | None) -> list[str]:
-    """The plain field names to snapshot: those asked for, or every field of the entity set."""
-    entity_set = load_metadata().entity_set(feed.entity_set)
-    names = fields if fields is not None else entity_set.properties
-    return sorted(name for name in names if name in entity_set.properties and name != feed.key)
+def watched_fields(entity_set: str, fields: frozenset[str] | None, *, exclude=()) -> list[str]:
+    """The field names to snapshot: those asked for, or every field of the entity set; never `exclude` (the key).
+
+    An open type (a Dynamic view) also has columns the metadata cannot list (custom fields, e.g.
+    `Project_cf_2283e9e4_Budget`): named ones are kept, and "every field" means the listed ones.
+    """
+    meta = load_metadata().entity_set(entity_set)
+    names = fields if fields is not None else meta.properties
+    return sorted(name for name in names
+                  if (name in meta.properties or meta.open_type) and name not in exclude)
 
 
 @dataclass(frozen=True)
@@ -92,21 +104,51 @@ class _Change:
     row: dict
 
 
-def _select(feed: ChangeFeed, watched: list[str]) -> list[str]:
-    extra = [feed.changed_by] if feed.changed_by else []
-    return [feed.column(feed.key), feed.stamp, *extra, *(feed.column(f) for f in watched)]
+def _select(feed: ChangeFeed, watched: list[str], stamps: tuple[Stamp, ...]) -> list[str] | None:
+    """The columns to read; None (all of them) when a watched one is a custom field.
+
+    A custom field's column exists only once the account has the field, and naming a column that
+    does not exist in `$select` fails the whole read: reading every column instead, a field that
+    appears later simply changes from None.
+    """
+    meta = load_metadata().entity_set(feed.view)
+    if any(feed.column(f) not in meta.properties for f in watched):
+        return None
+    columns = [feed.column(feed.key)]
+    for stamp in stamps:
+        columns += [stamp.column] + ([stamp.changed_by] if stamp.changed_by else [])
+    return selection([*columns, *(feed.column(f) for f in watched)])
 
 
-def _snapshot(feed: ChangeFeed, watched: list[str], row: dict) -> dict:
-    return {STAMP: row.get(feed.stamp), **{f: row.get(feed.column(f)) for f in watched}}
+def selection(columns: list[str]) -> list[str] | None:
+    """`columns` once each for `$select`, or None (every column) when there are more than SELECT_LIMIT."""
+    columns = list(dict.fromkeys(columns))
+    return columns if len(columns) <= SELECT_LIMIT else None
 
 
-def _changes(feed, watched, rows, snapshots) -> tuple[list[_Change], dict]:
+def _order(feed: ChangeFeed, stamps: tuple[Stamp, ...]) -> list[str]:
+    """By the one stamp (then key), or by key alone when rows have several stamps to be newest by."""
+    return [feed.stamp, feed.column(feed.key)] if len(stamps) == 1 else [feed.column(feed.key)]
+
+
+def _newest_stamp(stamps: tuple[Stamp, ...], row: dict) -> Stamp:
+    """Which of the row's stamps moved last (the row's own when none is set)."""
+    return max(stamps, key=lambda s: _instant(row.get(s.column) or ""))
+
+
+def _snapshot(feed: ChangeFeed, watched: list[str], stamps: tuple[Stamp, ...], row: dict) -> dict:
+    return {STAMP: row.get(_newest_stamp(stamps, row).column), **{f: row.get(feed.column(f)) for f in watched}}
+
+
+def _changes(feed, watched, stamps, rows, snapshots) -> tuple[list[_Change], dict]:
     """Rows that changed a watched field (or are new), and the quiet rows' refreshed snapshots."""
-    found, quiet = [], {}
+    found, quiet, done = [], {}, set()
     for row in rows:
         key = str(row[feed.column(feed.key)])
-        new, old = _snapshot(feed, watched, row), snapshots.get(key)
+        if key in done:
+            continue  # a view may list one entity twice (a task with two joined rows): once is enough
+        done.add(key)
+        new, old = _snapshot(feed, watched, stamps, row), snapshots.get(key)
         if old is None:
             found.append(_Change(key, "created", {}, new, row))
             continue
@@ -119,15 +161,15 @@ def _changes(feed, watched, rows, snapshots) -> tuple[list[_Change], dict]:
     return found, quiet
 
 
-def _emit(client, connection, store, feed, found, settings, result) -> None:
+def _emit(client, connection, store, feed, stamps, found, settings, result) -> None:
     entities = _fetch(client, feed, [c.key for c in found])
     hops = guards.hops_of(connection, feed.entity_set, [c.key for c in found])
     for change in found:
-        event = _event(feed, change, entities.get(change.key, {}), settings, hops.get(change.key, 0))
+        event = _event(feed, stamps, change, entities.get(change.key, {}), settings, hops.get(change.key, 0))
         accepted = submit_event(
-            connection, event, dedup_key=_seen_key(event),
+            connection, event, dedup_key=seen_key(event),
             dedup_ttl=settings.dedup_ttl,
-            also=lambda pipe, c=change: store.save(pipe, c.key, c.snapshot),
+            also=lambda pipe, c=change, ours=event.chained: _store(pipe, store, feed, c, ours),
         )
         if accepted:
             result.accepted.append(event.id)
@@ -135,10 +177,24 @@ def _emit(client, connection, store, feed, found, settings, result) -> None:
             result.duplicates += 1
 
 
-def _event(feed: ChangeFeed, change: _Change, entity: dict, settings: PollSettings, hops: int = 0) -> Event:
-    stamp = change.row.get(feed.stamp)
-    actor = str(change.row.get(feed.changed_by) or "") if feed.changed_by else ""
-    chained = bool(actor) and actor == settings.own_contact_id
+def _store(pipe, store: SnapshotStore, feed: ChangeFeed, change: _Change, ours: bool) -> None:
+    """The event's bookkeeping: the new snapshot, and the note of our write, used up by the change it caused.
+
+    Left in place, the note would mark a person's later delete of the entity (which the sweep
+    finds, with no author) as ours.
+    """
+    store.save(pipe, change.key, change.snapshot)
+    if ours:
+        guards.forget_write(pipe, feed.entity_set, change.key)
+
+
+def _event(feed: ChangeFeed, stamps: tuple[Stamp, ...], change: _Change, entity: dict, settings: PollSettings,
+           hops: int = 0) -> Event:
+    newest = _newest_stamp(stamps, change.row)
+    stamp = change.row.get(newest.column)
+    actor = str(change.row.get(newest.changed_by) or "") if newest.changed_by else ""
+    # Where InLoox names nobody (Budget, Document), the note our worker left on the entity decides.
+    chained = actor == settings.own_contact_id if newest.changed_by else hops > 0
     return Event(
         source="inloox", kind=change.kind, entity_set=feed.entity_set, key=change.key,
         occurred_at=parse_datetime(stamp),
@@ -163,16 +219,14 @@ def _plain(feed: ChangeFeed, row: dict) -> dict:
     return {name: value for column, value in row.items() if (name := feed.field(column)) is not None}
 
 
-def _hold(connection, feed, found, settings, result) -> None:
-    """Too many changes at once (a bulk edit or an import): keep them for a person to release."""
-    key = workspaces.key(f"poll:{feed.entity_set}:held")
-    events = [_event(feed, c, {}, settings).to_dict() for c in found]
+def hold_flood(connection: redis.Redis, entity_set: str, events: list[Event], limit: int) -> int:
+    """Too many changes at once (a bulk edit or an import): keep their events for a person to release."""
+    key = workspaces.key(f"poll:{entity_set}:held")
     with connection.pipeline() as pipe:
-        pipe.rpush(key, *(json.dumps(e, default=str) for e in events))
+        pipe.rpush(key, *(json.dumps(e.to_dict(), default=str) for e in events))
         pipe.execute()
-    result.held = len(found)
-    log.warning("poll %s: %d changes held (flood limit %d); nothing was run",
-                feed.entity_set, len(found), settings.flood_limit)
+    log.warning("poll %s: %d changes held (flood limit %d); nothing was run", entity_set, len(events), limit)
+    return len(events)
 
 
 def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
@@ -183,40 +237,45 @@ def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
     known = store.keys()
     existing = {str(row[feed.key]) for row in client.query(feed.entity_set, select=[feed.key])}
     result = PollResult(feed.entity_set, rows=len(existing))
-    for key, snapshot in store.load(sorted(known - existing)).items():
-        if snapshot is None:
-            continue
-        event = Event(
-            source="inloox", kind="deleted", entity_set=feed.entity_set, key=key,
-            occurred_at=_instant(snapshot.get(STAMP) or ""), id=f"inloox:{feed.entity_set}:{key}:deleted",
-            entity={f: v for f, v in snapshot.items() if f != STAMP},
-        )
-        if submit_event(connection, event, dedup_key=_seen_key(event),
+    gone = {k: s for k, s in store.load(sorted(known - existing)).items() if s is not None}
+    hops = guards.hops_of(connection, feed.entity_set, gone)
+    for key, snapshot in gone.items():
+        event = deleted_event(feed.entity_set, key, snapshot, _instant(snapshot.get(STAMP) or ""),
+                              f"inloox:{feed.entity_set}:{key}:deleted", hops[key])
+        if submit_event(connection, event, dedup_key=seen_key(event),
                         dedup_ttl=settings.dedup_ttl,
                         also=lambda pipe, k=key: store.forget(pipe, k)):
             result.accepted.append(event.id)
     return result
 
 
-def _baseline(client, store, feed, watched) -> PollResult:
+def deleted_event(entity_set: str, key: str, snapshot: dict, occurred_at: datetime, event_id: str,
+                  hops: int = 0) -> Event:
+    """A `deleted` event from the entity's last snapshot; chained when our own delete left a note (hops > 0)."""
+    return Event(source="inloox", kind="deleted", entity_set=entity_set, key=key, occurred_at=occurred_at,
+                 id=event_id, entity={f: v for f, v in snapshot.items() if f != STAMP},
+                 chained=hops > 0, payload={"hops": hops} if hops else {})
+
+
+def _baseline(client, store, feed, watched, stamps) -> PollResult:
     """First poll: remember every row as it is now and fire nothing."""
-    rows = list(client.query(feed.view, select=_select(feed, watched), orderby=[feed.stamp]))
-    snapshots = {str(r[feed.column(feed.key)]): _snapshot(feed, watched, r) for r in rows}
-    store.save_many(snapshots, _newest(None, rows, feed) or "1970-01-01T00:00:00Z")
+    rows = list(client.query(feed.view, select=_select(feed, watched, stamps), orderby=_order(feed, stamps)))
+    snapshots = {str(r[feed.column(feed.key)]): _snapshot(feed, watched, stamps, r) for r in rows}
+    store.save_many(snapshots, _newest(None, rows, stamps) or "1970-01-01T00:00:00Z")
     return PollResult(feed.entity_set, rows=len(rows), baseline=True)
 
 
-def _newest(cursor: str | None, rows: list[dict], feed: ChangeFeed) -> str | None:
+def _newest(cursor: str | None, rows: list[dict], stamps: tuple[Stamp, ...]) -> str | None:
     """The latest of the cursor and the rows' timestamps (compared as instants, kept as text)."""
-    stamps = [s for s in (cursor, *(r.get(feed.stamp) for r in rows)) if s]
-    return max(stamps, key=_instant) if stamps else None
+    seen = [v for v in (cursor, *(r.get(s.column) for r in rows for s in stamps)) if v]
+    return max(seen, key=_instant) if seen else None
 
 
 def _instant(stamp: str) -> datetime:
     return parse_datetime(stamp) or datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _seen_key(event: Event) -> str:
+def seen_key(event: Event) -> str:
     """The event's dedup claim in the current workspace."""
     return workspaces.key("poll:seen:" + hashlib.sha256(event.id.encode()).hexdigest()[:32])
 
@@ -227,6 +286,6 @@ def release_held(connection: redis.Redis, entity_set: str, settings: PollSetting
     released = 0
     while (raw := connection.lpop(key)) is not None:
         event = Event.from_dict(json.loads(raw))
-        released += submit_event(connection, event, dedup_key=_seen_key(event),
+        released += submit_event(connection, event, dedup_key=seen_key(event),
                                  dedup_ttl=settings.dedup_ttl)
     return released

@@ -1,42 +1,70 @@
-"""The poller's state per entity set of the current workspace, for `/metrics` and the dashboard: cursor, lag, last poll, held floods.
+"""The poller's state per entity set of the current workspace, for `/metrics`, the dashboard and the CLI.
 
-The poller writes `poll:<Set>:last` (a hash: when, by which poller, seconds, requests, rows, events)
-after each poll, and `poll:recent` (the last RECENT_POLLS "<poller> <when>" entries, newest first:
-which poller owned the workspace when, for operators chasing a stuck or double poll);
-the cursor and the held floods are the poller's own keys (see `workers.snapshots`, `workers.poll`).
+The poller writes `poll:<Set>:last` (a hash: when the poll started and ended, by which poller, how
+(feed or scan), how often, seconds, requests, rows, events) after each complete poll or scan,
+`poll:watched` (JSON: the sets its rules watch now) when that changes, and `poll:recent` (the last
+RECENT_POLLS "<poller> <when>" entries, newest first: which poller owned the workspace when, for
+operators chasing a stuck or double poll); the cursor and the held floods are the poller's own
+keys (see `workers.snapshots`, `workers.poll`).
+
+Lag is how stale our view of InLoox is: now − the start of the last complete poll of the set.
+Whatever changed before that start has been seen; an idle account keeps it under a few intervals,
+and it grows only when polls fail or fall behind.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable
 
 import redis
 
 from engine.edm import parse_datetime
-from inloox.changes import CHANGE_FEEDS
+from inloox.changes import CHANGE_FEEDS, scan_requests
 from workers import metrics
 from workers.workspaces import key
 
 RECENT_POLLS = 200
 
 
-def record_poll(connection: redis.Redis, result, *, seconds: float, requests: int, now: datetime,
-                poller: str = "") -> None:
-    """Keep what one poll of `result.entity_set` did, and count it (and any held changes)."""
+@dataclass(frozen=True)
+class PollRun:
+    """How one poll or scan of a set went: its start, duration and cost, and how often the set is polled."""
+
+    started: datetime
+    seconds: float
+    requests: int
+    method: str = "feed"  # feed | scan
+    every: float = 0.0  # seconds between two polls of this set
+
+
+def record_poll(connection: redis.Redis, result, run: PollRun, *, poller: str = "") -> None:
+    """Keep what one complete poll of `result.entity_set` did, and count it (and any held changes)."""
+    ended = run.started.timestamp() + run.seconds
     with connection.pipeline(transaction=False) as pipe:
-        pipe.lpush(key("poll:recent"), f"{poller} {now.isoformat()}")
+        pipe.lpush(key("poll:recent"), f"{poller} {run.started.isoformat()}")
         pipe.ltrim(key("poll:recent"), 0, RECENT_POLLS - 1)
         pipe.hset(key(f"poll:{result.entity_set}:last"), mapping={
-            "at": now.isoformat(), "poller": poller, "seconds": f"{seconds:.3f}", "requests": requests, "rows": result.rows,
-            "events": len(result.accepted), "held": result.held})
+            "at": datetime.fromtimestamp(ended, run.started.tzinfo).isoformat(), "started": run.started.isoformat(),
+            "poller": poller, "method": run.method, "every": f"{run.every:g}", "seconds": f"{run.seconds:.3f}",
+            "requests": run.requests, "rows": result.rows, "events": len(result.accepted), "held": result.held})
         metrics.count(pipe, "polls", entity_set=result.entity_set)
         if result.held:
             metrics.count(pipe, "held_changes", result.held, entity_set=result.entity_set)
         pipe.execute()
 
 
+def record_watched(connection: redis.Redis, entity_sets: Iterable[str]) -> None:
+    """Replace the list of sets the rules watch now (sets no longer watched have no lag to show)."""
+    connection.set(key("poll:watched"), json.dumps(sorted(entity_sets)))
+
+
 def poll_status(connection: redis.Redis, *, now: datetime) -> list[dict]:
-    """One entry per entity set the poller has seen: cursor, lag in seconds (now − cursor), last poll, held."""
-    names = list(CHANGE_FEEDS)
+    """One entry per entity set the poller has seen: cursor, lag (now − start of the last complete poll), cost, held."""
+    recorded = connection.get(key("poll:watched"))
+    watched = set(json.loads(recorded)) if recorded is not None else set()
+    names = sorted(set(CHANGE_FEEDS) | watched)
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.get(key(f"poll:{name}:cursor"))
@@ -47,11 +75,19 @@ def poll_status(connection: redis.Redis, *, now: datetime) -> list[dict]:
     status = []
     for index, name in enumerate(names):
         cursor, held, known, last = replies[4 * index:4 * index + 4]
-        if cursor is None:
+        if cursor is None and not held:
             continue
-        cursor = cursor.decode()
-        stamp = parse_datetime(cursor)
-        lag = (now - stamp.replace(tzinfo=stamp.tzinfo or timezone.utc)).total_seconds() if stamp else None
-        status.append({"entity_set": name, "cursor": cursor, "lag_seconds": lag, "held": held, "known": known,
-                       "last": {k.decode(): v.decode() for k, v in last.items()}})
+        last = {k.decode(): v.decode() for k, v in last.items()}
+        status.append(_entry(name, cursor.decode() if cursor else None, held, known, last,
+                             watched=name in watched or not recorded, now=now))
     return status
+
+
+def _entry(name: str, cursor: str | None, held: int, known: int, last: dict, *, watched: bool, now: datetime) -> dict:
+    started = parse_datetime(last.get("started"))
+    scan = last.get("method") == "scan"
+    return {"entity_set": name, "cursor": cursor, "held": held, "known": known, "last": last, "watched": watched,
+            "lag_seconds": (now - started).total_seconds() if watched and started else None,
+            "method": last.get("method", "feed"), "every": float(last["every"]) if last.get("every") else None,
+            # A scan reads every row each time: its cost is the set's size in pages, not what changed.
+            "requests_per_scan": scan_requests(known) if scan else None}

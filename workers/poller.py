@@ -1,7 +1,10 @@
 """The InLoox change poller process (`python -m workers.poller`).
 
-For every workspace, polls the entity sets that its enabled rules trigger on, every POLL_INTERVAL
-seconds, and sweeps for deletions every POLL_SWEEP_SECONDS. Each workspace is polled only by the
+For every workspace, polls the entity sets that its enabled rules trigger on: those with a change
+feed every POLL_INTERVAL seconds (sweeping them for deletions every POLL_SWEEP_SECONDS), the others
+by a scan of the whole set every POLL_SCAN_SECONDS (default 60; per set as `60 Contact=30`, never
+below POLL_SCAN_FLOOR_SECONDS), since a scan costs a request per 100 rows however little changed.
+Each workspace is polled only by the
 holder of its Redis lease (`ws:<name>:poll:lease`, a redis-py Lock with expiry), so any number of
 poller processes may run: they split the workspaces between them, and the workspaces of a poller
 that died are taken over by the others within one lease period (POLL_LEASE_SECONDS).
@@ -17,20 +20,22 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable, Mapping
 
 import redis
 from redis.lock import Lock
 
 from engine.rules import Ruleset
 from inloox import InLooxError
-from inloox.changes import change_feed
+from inloox.changes import CHANGE_FEEDS, ChangeFeed, Scan, observation
 from workers import metrics
 from workers.logs import configure_logging
-from workers.poll import PollSettings, poll_once, sweep_deleted
-from workers import workspaces
-from workers.poll_status import record_poll
+from workers.poll import PollResult, PollSettings, poll_once, sweep_deleted
+from workers import subscriptions, workspaces
+from workers.poll_status import PollRun, record_poll, record_watched
+from workers.scan import LeaseLost, scan_once
 from workers.worker_context import WorkerContext, build_context
 from workers.workspaces import Workspace
 
@@ -41,26 +46,50 @@ POLLERS_KEY = "pollers:alive"  # deployment-wide: poller id → last round (epoc
 
 @dataclass(frozen=True)
 class PollerSettings:
-    """How often to poll and sweep, and how long a lease lasts without renewal."""
+    """How often to poll, scan and sweep, and how long a lease lasts without renewal."""
 
     interval: float = 2.0
     sweep_every: float = 300.0
     lease_seconds: float = 15.0
+    scan_every: float = 60.0
+    scan_floor: float = 10.0
+    scan_every_set: Mapping[str, float] = field(default_factory=dict)  # per entity set, over scan_every
+
+    def scan_interval(self, entity_set: str) -> float:
+        """Seconds between two scans of `entity_set`: its own setting or the default, never below the floor."""
+        return max(self.scan_floor, self.scan_every_set.get(entity_set, self.scan_every))
+
+
+def parse_scan_seconds(text: str) -> tuple[float, dict[str, float]]:
+    """`"60 Contact=30 Portfolio=600"` → (60.0, {"Contact": 30.0, "Portfolio": 600.0}); ValueError if unreadable."""
+    default, per_set = 60.0, {}
+    for word in text.replace(",", " ").split():
+        name, _, seconds = word.rpartition("=")
+        try:
+            value = float(seconds)
+        except ValueError:
+            raise ValueError(f"POLL_SCAN_SECONDS: {word!r} is not seconds or <EntitySet>=<seconds>") from None
+        if name and observation(name) is None:
+            raise ValueError(f"POLL_SCAN_SECONDS: {name!r} is not an entity set the poller can watch")
+        if name:
+            per_set[name] = value
+        else:
+            default = value
+    return default, per_set
 
 
 def watched_sets(ruleset: Ruleset) -> dict[str, frozenset[str] | None]:
-    """Entity set → fields the enabled rules watch (None: any field), from their trigger index keys."""
+    """Entity set → fields the enabled rules' inloox triggers read (None: any field)."""
     watched: dict[str, set[str] | None] = {}
     for rule in ruleset.rules.values():
-        for key in (k for t in rule.triggers for k in t.index_keys) if rule.enabled else ():
-            if key[0] != "inloox" or change_feed(key[1]) is None:
-                continue
-            fields = watched.setdefault(key[1], set())
-            field = key[3] if len(key) > 3 else "*"
-            if fields is not None and field == "*":
-                watched[key[1]] = None
-            elif fields is not None:
-                fields.add(field)
+        for trigger in rule.triggers if rule.enabled else ():
+            for entity_set in {k[1] for k in trigger.index_keys if k[0] == "inloox"}:
+                if observation(entity_set) is None or watched.get(entity_set, set()) is None:
+                    continue
+                if trigger.watches is None:
+                    watched[entity_set] = None
+                else:
+                    watched.setdefault(entity_set, set()).update(trigger.watches)
     return {name: None if fields is None else frozenset(fields) for name, fields in watched.items()}
 
 
@@ -72,6 +101,8 @@ class Account:
     lease: Lock
     settings: PollSettings | None = None  # known once InLoox told us who the engine's own user is
     next_sweep: float = 0.0
+    next_scan: dict[str, float] = field(default_factory=dict)  # entity set → when its scan is due (monotonic)
+    watched: frozenset[str] | None = None  # the sets last recorded as watched (for the status)
 
     @property
     def workspace(self) -> Workspace:
@@ -141,12 +172,20 @@ def _poll_account(account: Account, poller: PollerSettings, me: str) -> None:
             account.settings = PollSettings(own_contact_id=str(user.get("ContactId")),
                                             flood_limit=account.workspace.limits.flood_limit)
             log.info("%s: polling as %s", account.workspace.name, user.get("DisplayName"))
-        watched = watched_sets(account.context.ruleset())
+        watched = subscriptions.merged(watched_sets(account.context.ruleset()),  # rules and change-feed subscribers
+                                       subscriptions.watched_sets(account.context.connection, CHANGE_FEEDS))
+        if frozenset(watched) != account.watched:
+            record_watched(account.context.connection, watched)
+            account.watched = frozenset(watched)
     except (InLooxError, redis.RedisError) as exc:
         log.warning("%s: cannot poll yet: %s", account.workspace.name, exc)
         return
     sweep = time.monotonic() >= account.next_sweep
-    _cycle(account.context.client, account.context.connection, watched, account.settings, sweep=sweep, poller=me)
+    try:
+        _cycle(account, watched, poller, sweep=sweep, me=me)
+    except LeaseLost as exc:
+        log.warning("%s: %s", account.workspace.name, exc)  # the new holder polls from where we left off
+        return
     if sweep:
         account.next_sweep = time.monotonic() + poller.sweep_every
 
@@ -161,24 +200,44 @@ def _hold_lease(lease: Lock, *, may_take: bool = True) -> bool:
         return False  # expired under us (a long stall): the next round competes for it again
 
 
-def _cycle(client, connection, watched, settings, *, sweep: bool, poller: str = "") -> None:
+def _cycle(account: Account, watched: dict, poller: PollerSettings, *, sweep: bool, me: str) -> None:
+    """Poll each watched set with a change feed, and scan each other one whose scan is due."""
+    client, connection, settings = account.context.client, account.context.connection, account.settings
     for entity_set, fields in watched.items():
-        feed = change_feed(entity_set)
+        how = observation(entity_set)
+        if how is None:
+            continue  # rules check refuses such sets; a subscription may still name one
         try:
-            _report(_timed_poll(client, connection, feed, fields, settings, poller))
-            if sweep:
-                _report(sweep_deleted(client, connection, feed, settings))
+            if isinstance(how, ChangeFeed):
+                _report(_timed(connection, lambda _: poll_once(client, connection, how, fields, settings),
+                               method="feed", every=poller.interval, poller=me))
+                if sweep:
+                    _report(sweep_deleted(client, connection, how, settings))
+            elif time.monotonic() >= account.next_scan.get(entity_set, 0.0):
+                _scan(account, how, fields, poller, me)
         except (InLooxError, redis.RedisError) as exc:
             # The cursor did not move: the next cycle reads the same changes again.
             log.warning("poll %s failed, will retry: %s", entity_set, exc)
 
 
-def _timed_poll(client, connection, feed, fields, settings, poller: str):
-    """poll_once, keeping its duration and request count for the dashboard and /metrics."""
-    started, requests_before = time.monotonic(), metrics.requests_seen()
-    result = poll_once(client, connection, feed, fields, settings)
-    record_poll(connection, result, seconds=time.monotonic() - started,
-                requests=metrics.requests_seen() - requests_before, now=datetime.now(timezone.utc), poller=poller)
+def _scan(account: Account, scan: Scan, fields, poller: PollerSettings, me: str) -> None:
+    """One scan of a set without a change feed; the next is due one interval after this one started."""
+    every = poller.scan_interval(scan.entity_set)
+    account.next_scan[scan.entity_set] = time.monotonic() + every
+    keep = lambda: _hold_lease(account.lease, may_take=False)  # noqa: E731  (renewed per page: scans are long)
+    _report(_timed(account.context.connection,
+                   lambda now: scan_once(account.context.client, account.context.connection, scan, fields,
+                                         account.settings, now=now, keep_lease=keep),
+                   method="scan", every=every, poller=me))
+
+
+def _timed(connection, poll: Callable[[datetime], PollResult], *, method: str, every: float,
+           poller: str) -> PollResult:
+    """`poll(started)`, recording its start, duration and request count for the dashboard and /metrics."""
+    started_at, started, requests_before = datetime.now(timezone.utc), time.monotonic(), metrics.requests_seen()
+    result = poll(started_at)
+    run = PollRun(started_at, time.monotonic() - started, metrics.requests_seen() - requests_before, method, every)
+    record_poll(connection, result, run, poller=poller)
     return result
 
 
@@ -191,7 +250,7 @@ def _report(result) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m workers.poller [--with-scheduler]`: poll every workspace; with the flag, also fire
     their schedules (workers/scheduler.py) on a thread of this process, one process fewer."""
-    from app import load_config  # the one place settings are read from the environment
+    from workers.settings import load_config  # the one place settings are read from the environment
 
     argv = sys.argv[1:] if argv is None else argv
     if argv not in ([], ["--with-scheduler"]):
@@ -201,16 +260,26 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config()
     configure_logging(config)
     connection = redis.Redis.from_url(config["REDIS_URL"])
+    try:
+        scan_every, scan_every_set = parse_scan_seconds(os.environ.get("POLL_SCAN_SECONDS", "60"))
+    except ValueError as exc:
+        raise SystemExit(f"Error: {exc}") from None
     poller = PollerSettings(interval=float(os.environ.get("POLL_INTERVAL", 2.0)),
                             sweep_every=float(os.environ.get("POLL_SWEEP_SECONDS", 300.0)),
-                            lease_seconds=float(os.environ.get("POLL_LEASE_SECONDS", 15.0)))
+                            lease_seconds=float(os.environ.get("POLL_LEASE_SECONDS", 15.0)),
+                            scan_every=scan_every, scan_every_set=scan_every_set,
+                            scan_floor=float(os.environ.get("POLL_SCAN_FLOOR_SECONDS", 10.0)))
     accounts = [Account(build_context(config, workspace, connection),
                         connection.lock(workspace.prefix + "poll:lease", timeout=poller.lease_seconds,
                                         blocking=False, thread_local=False))
                 for workspace in config["WORKSPACES"].values()]
     me = uuid.uuid4().hex[:8]
-    log.info("poller %s: %d workspace(s) (%s), every %.1fs", me, len(accounts),
-             ", ".join(a.workspace.name for a in accounts), poller.interval)
+    log.info("poller %s: %d workspace(s) (%s), every %.1fs, scans every %gs", me, len(accounts),
+             ", ".join(a.workspace.name for a in accounts), poller.interval, poller.scan_interval(""))
+    for name, seconds in {"(default)": poller.scan_every, **poller.scan_every_set}.items():
+        if seconds < poller.scan_floor:
+            log.warning("scan interval %gs of %s is below the floor: scanning every %gs", seconds, name,
+                        poller.scan_floor)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,8 +1,10 @@
 """What the poller last saw of each watched entity, kept in Redis so restarts and rule edits lose nothing.
 
 Per entity set, under the workspace's key prefix:
-    poll:<Set>:cursor   the newest change timestamp seen (the server's own clock, ISO text)
+    poll:<Set>:cursor   a change feed's newest change timestamp seen (the server's own clock, ISO
+                        text); a scanned set's: when its last complete scan started (our clock)
     poll:<Set>:snap     hash: entity key → JSON of the watched fields and the row's timestamp
+                        (a scanned set's rows have none; their key's parts are kept instead)
 """
 from __future__ import annotations
 
@@ -48,11 +50,13 @@ class SnapshotStore:
         """Queue the removal of a deleted entity's snapshot on `pipe`."""
         pipe.hdel(self.snap_key, key)
 
-    def save_many(self, snapshots: Mapping[str, Mapping], cursor: str | None) -> None:
-        """Write many snapshots and move the cursor, in one transaction."""
+    def save_many(self, snapshots: Mapping[str, Mapping], cursor: str | None, *, forget: Iterable[str] = ()) -> None:
+        """Write many snapshots, drop those of `forget`, and move the cursor, in one transaction."""
         with self.connection.pipeline() as pipe:
             for key, snapshot in snapshots.items():
                 self.save(pipe, key, snapshot)
+            for key in forget:
+                self.forget(pipe, key)
             if cursor is not None:
                 pipe.set(self.cursor_key, cursor)
             pipe.execute()

@@ -83,6 +83,8 @@ def test_a_rejected_webhook_is_counted_without_its_made_up_source(redis_url, san
 def test_poll_lag_and_held_floods_per_entity_set(api, redis_url):
     connection = redis.Redis.from_url(redis_url)
     connection.set("ws:default:poll:Task:cursor", "2020-01-01T00:00:00Z")
+    # Lag counts from the start of the last complete poll (a poller that stopped in 2020).
+    connection.hset("ws:default:poll:Task:last", mapping={"started": "2020-01-01T00:00:05+00:00"})
     connection.rpush("ws:default:poll:Task:held", "{}", "{}")
 
     samples = scrape(api)

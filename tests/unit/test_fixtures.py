@@ -18,7 +18,7 @@ def run(tmp_path, text):
 
 
 def test_example_fixtures_are_found_in_rules_tests():
-    assert [p.name for p in fixture_files(RULES)] == ["other-sources.yaml", "task-events.yaml"]
+    assert [p.name for p in fixture_files(RULES)] == ["other-sources.yaml", "scanned-sets.yaml", "task-events.yaml"]
 
 
 def test_unexpected_match_fails(tmp_path):

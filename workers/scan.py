@@ -1,0 +1,184 @@
+"""One scan of an entity set InLoox records no change time for: read it whole, compare, hand the events over.
+
+A scan reads every row of the set, the key and the watched fields only (`$select`), PAGE_SIZE rows
+a request, following @odata.nextLink, and compares each row with its snapshot from the previous
+scan: a new key is `created`, a changed watched field `updated`, a key no longer listed `deleted`.
+A missing key is first looked up again by key, because a page boundary that moved under a delete
+elsewhere can hide a row that still exists. Events carry `changes` exactly as the change feeds' do
+(workers/poll.py) and go through the same intake: the first scan is a silent baseline, more changes
+than the flood limit are held for a person, and each event is accepted in the transaction that
+stores its entity's new snapshot. Nothing is kept of a scan whose lease was lost on the way.
+
+Our own writes: scanned sets have no column naming who changed a row, so a change is ours when
+the worker left a note of its write on that entity (workers/guards.py) after the previous scan
+started: a write noted before that was in the previous scan's read already. The event is then
+`chained`, with the note's hop count, and the note is used up with it, so that a person's next
+change to the same entity counts as theirs. (A note comes just after the write it records: a scan
+that reads the row in between takes that one change for a person's, and the rule runs once more.)
+
+Cost per scan: one request per PAGE_SIZE rows whatever changed, plus one per FETCH_CHUNK changed
+entities (read in full for the rules) and one per FETCH_CHUNK missing keys (looked up again).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterable
+
+import redis
+
+from engine.diff import diff_snapshots
+from engine.events import Event
+from inloox import Client, and_, eq, or_
+from inloox.changes import PAGE_SIZE, Scan
+from workers import guards, workspaces
+from workers.intake import submit_event
+from workers.poll import (
+    FETCH_CHUNK, PollResult, PollSettings, deleted_event, hold_flood, seen_key, selection, watched_fields,
+)
+from workers.snapshots import SnapshotStore
+
+
+class LeaseLost(Exception):
+    """Another poller holds the workspace now: the scan stopped and kept nothing."""
+
+
+@dataclass(frozen=True)
+class _Change:
+    key: str
+    kind: str  # created | updated | deleted
+    changes: dict
+    snapshot: dict  # the new one; for a deleted entity, its last
+
+
+def scan_once(client: Client, connection: redis.Redis, scan: Scan, fields: frozenset[str] | None,
+              settings: PollSettings = PollSettings(), *, now: datetime,
+              keep_lease: Callable[[], bool] = lambda: True) -> PollResult:
+    """Scan `scan.entity_set` once, as of `now` (when it starts); `fields` are the watched ones (None: all).
+
+    `keep_lease()` is asked after every page and before anything is stored; when it answers False
+    the scan raises LeaseLost.
+    """
+    store = SnapshotStore(connection, scan.entity_set, workspaces.current().prefix)
+    watched = watched_fields(scan.entity_set, fields, exclude=scan.key)
+    previous = store.cursor()  # when the previous complete scan started
+    baseline = previous is None
+    known = store.keys()  # before reading: a row created during the scan is never taken for a deleted one
+    rows = _read(client, scan, watched, keep_lease)
+    snapshots = {key: _snapshot(scan, watched, row) for key, row in rows.items()}
+    if baseline:
+        _keep(keep_lease)
+        store.save_many(snapshots, now.isoformat())
+        return PollResult(scan.entity_set, rows=len(rows), baseline=True)
+    result = PollResult(scan.entity_set, rows=len(rows))
+    found, quiet = _changes(watched, snapshots, store.load(snapshots))
+    found += _deleted(client, scan, store.load(sorted(known - rows.keys())))
+    _keep(keep_lease)
+    if len(found) > settings.flood_limit:
+        held = [_event(scan, c, c.snapshot, now, 0) for c in found]
+        result.held = hold_flood(connection, scan.entity_set, held, settings.flood_limit)
+        quiet.update({c.key: c.snapshot for c in found if c.kind != "deleted"})  # held changes count as seen
+        store.save_many(quiet, now.isoformat(), forget=[c.key for c in found if c.kind == "deleted"])
+        return result
+    ours = _ours(connection, scan, [c.key for c in found], since=datetime.fromisoformat(previous))
+    _emit(client, connection, store, scan, found, ours, settings, result, now=now, complete=fields is None)
+    store.save_many(quiet, now.isoformat())
+    return result
+
+
+def _keep(keep_lease: Callable[[], bool]) -> None:
+    if not keep_lease():
+        raise LeaseLost("the workspace's poll lease was lost during a scan; nothing of it was kept")
+
+
+def _read(client: Client, scan: Scan, watched: list[str], keep_lease) -> dict[str, dict]:
+    """Every row by key text, page by page (ordered by key, so that paging is stable)."""
+    rows = {}
+    for count, row in enumerate(client.query(scan.entity_set, select=selection([*scan.key, *watched]),
+                                             orderby=list(scan.key)), start=1):
+        rows[scan.key_text(row)] = row
+        if count % PAGE_SIZE == 0:
+            _keep(keep_lease)
+    return rows
+
+
+def _snapshot(scan: Scan, watched: list[str], row: dict) -> dict:
+    # The key's parts are kept too: a deleted entity is looked up again by them, and they are
+    # the deleted event's entity.
+    return {**{k: row[k] for k in scan.key}, **{f: row.get(f) for f in watched}}
+
+
+def _changes(watched: list[str], snapshots: dict, previous: dict) -> tuple[list[_Change], dict]:
+    """Entities that are new or changed a watched field, and the quiet ones whose snapshot must be rewritten."""
+    found, quiet = [], {}
+    for key, new in snapshots.items():
+        old = previous.get(key)
+        if old is None:
+            found.append(_Change(key, "created", {}, new))
+            continue
+        # A field missing from the old snapshot was added to the rules since: learn it silently.
+        changes = diff_snapshots(old, new, [f for f in watched if f in old])
+        if changes:
+            found.append(_Change(key, "updated", changes, new))
+        elif set(old) != set(new):
+            quiet[key] = new
+    return found, quiet
+
+
+def _deleted(client: Client, scan: Scan, missing: dict[str, dict | None]) -> list[_Change]:
+    """The missing keys that are really gone (looked up again: paging may have skipped a row)."""
+    candidates = {key: snapshot for key, snapshot in missing.items() if snapshot is not None}
+    still_there = _read_keys(client, scan, candidates.values(), select=list(scan.key))
+    return [_Change(key, "deleted", {}, snapshot) for key, snapshot in candidates.items() if key not in still_there]
+
+
+def _read_keys(client: Client, scan: Scan, keys: Iterable[dict], *, select: list[str] | None = None) -> dict:
+    """The rows with these keys (each a dict of the key's parts), FETCH_CHUNK keys per request."""
+    keys, found = list(keys), {}
+    for start in range(0, len(keys), FETCH_CHUNK):
+        chunk = [and_(*(eq(k, parts[k]) for k in scan.key)) for parts in keys[start:start + FETCH_CHUNK]]
+        for row in client.query(scan.entity_set, filter=or_(*chunk), select=select):
+            found[scan.key_text(row)] = row
+    return found
+
+
+def _ours(connection, scan: Scan, keys: list[str], *, since: datetime) -> dict[str, int]:
+    """Entity key → hop count of our write noted since `since` (the changes we made ourselves)."""
+    elapsed = time.time() - since.timestamp()
+    return {key: hops for key, (hops, age) in guards.writes_of(connection, scan.entity_set, keys).items()
+            if age <= elapsed}
+
+
+def _emit(client, connection, store, scan, found, ours, settings, result, *, now, complete: bool) -> None:
+    # The rows read carry every field when every field is watched; else read the changed ones in full.
+    changed = [c.snapshot for c in found if c.kind != "deleted"]
+    entities = {scan.key_text(s): s for s in changed} if complete else _read_keys(client, scan, changed)
+    for change in found:
+        event = _event(scan, change, entities.get(change.key, change.snapshot), now, ours.get(change.key, 0))
+        accepted = submit_event(connection, event, dedup_key=seen_key(event), dedup_ttl=settings.dedup_ttl,
+                                also=lambda pipe, c=change, ours=event.chained: _store(pipe, store, scan, c, ours))
+        if accepted:
+            result.accepted.append(event.id)
+        else:
+            result.duplicates += 1
+
+
+def _store(pipe, store: SnapshotStore, scan: Scan, change: _Change, ours: bool) -> None:
+    """The event's bookkeeping, in its own transaction: the new snapshot, and the used-up note of our write."""
+    if change.kind == "deleted":
+        store.forget(pipe, change.key)
+    else:
+        store.save(pipe, change.key, change.snapshot)
+    if ours:
+        guards.forget_write(pipe, scan.entity_set, change.key)
+
+
+def _event(scan: Scan, change: _Change, entity: dict, now: datetime, hops: int) -> Event:
+    """The event of one change; `occurred_at` is the start of the scan that saw it (InLoox keeps no time)."""
+    event_id = f"inloox:{scan.entity_set}:{change.key}:scan {now.isoformat()}:{change.kind}"
+    if change.kind == "deleted":
+        return deleted_event(scan.entity_set, change.key, change.snapshot, now, event_id, hops)
+    return Event(source="inloox", kind=change.kind, entity_set=scan.entity_set, key=change.key, occurred_at=now,
+                 id=f"{event_id}:{','.join(sorted(change.changes))}", changes=change.changes, entity=entity,
+                 chained=hops > 0, payload={"hops": hops} if hops else {})
