@@ -28,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 import requests
+from rq import Queue
 from standardwebhooks.webhooks import Webhook
 
 from workers import egress, metrics, subscriptions
@@ -61,25 +62,31 @@ def body(event: dict) -> str:
 
 
 def fan_out(connection: redis.Redis, event: dict, *, now: float | None = None) -> list[str]:
-    """Create (once) and queue a delivery of `event` for each subscription that wants it; returns the new ids."""
+    """Create (once) and queue a delivery of `event` for each subscription that wants it; returns the new ids.
+
+    Two round trips whatever the number of subscribers: the records (SET NX each) with their index
+    entries, then the jobs of those that are new.
+    """
     wanted = subscriptions.matching(connection, event)
     if not wanted:
         return []
     now = time.time() if now is None else now
-    payload, created = body(event), []
-    for sub in wanted:
-        record = {"id": delivery_id(sub.id, event["id"]), "subscription": sub.id, "event_id": event["id"],
-                  "type": f"inloox.{event['entity_set']}.{event['kind']}", "created_at": now,
-                  "status": PENDING, "attempts": [], "body": payload}
-        if connection.set(_key(record["id"]), json.dumps(record), nx=True, ex=RECORD_TTL):
-            with connection.pipeline(transaction=False) as pipe:
-                pipe.zadd(key("deliveries:due"), {record["id"]: now})
-                pipe.zadd(key(f"subs:{sub.id}:deliveries"), {record["id"]: now})
-                pipe.zremrangebyrank(key(f"subs:{sub.id}:deliveries"), 0, -KEEP_PER_SUBSCRIPTION - 1)
-                pipe.execute()
-            created.append(record["id"])
-        _queue(connection, record["id"])  # also when it existed: a crash may have come before its job
-    return created
+    payload = body(event)
+    records = [{"id": delivery_id(sub.id, event["id"]), "subscription": sub.id, "event_id": event["id"],
+                "type": f"inloox.{event['entity_set']}.{event['kind']}", "created_at": now,
+                "status": PENDING, "attempts": [], "body": payload} for sub in wanted]
+    with connection.pipeline(transaction=False) as pipe:
+        for record in records:
+            pipe.set(_key(record["id"]), json.dumps(record), nx=True, ex=RECORD_TTL)
+            # In the same round trip: should we die before queueing below, the sweeper finds them here.
+            pipe.zadd(key("deliveries:due"), {record["id"]: now}, nx=True)
+            sub_index = key(f"subs:{record['subscription']}:deliveries")
+            pipe.zadd(sub_index, {record["id"]: now}, nx=True)
+            pipe.zremrangebyrank(sub_index, 0, -KEEP_PER_SUBSCRIPTION - 1)
+        created = [r for r, new in zip(records, pipe.execute()[::4]) if new]
+    if created:  # the others were queued by an earlier handling of this event (or are the sweeper's)
+        queue(connection).enqueue_many([_job(record["id"]) for record in created])
+    return [r["id"] for r in created]
 
 
 @workspace_job
@@ -92,6 +99,7 @@ def deliver(ctx: WorkerContext, delivery: str) -> str:
     try:
         record = load(connection, delivery)
         if record is None or record["status"] != PENDING:
+            connection.zrem(key("deliveries:due"), delivery)  # nothing left to do (an event handled twice)
             return record["status"] if record else "missing"
         sub = subscriptions.get(connection, record["subscription"])
         now = time.time()
@@ -178,6 +186,12 @@ def _queue(connection: redis.Redis, delivery: str, *, delay: float = 0.0, attemp
         queue(connection).enqueue_in(timedelta(seconds=delay), DELIVER, *args, **options)
     else:
         queue(connection).enqueue(DELIVER, *args, **options)
+
+
+def _job(delivery: str):
+    """A first attempt's job, for Queue.enqueue_many."""
+    return Queue.prepare_data(DELIVER, (delivery, current().name), job_id=workspace_job_id(f"{delivery}-0"),
+                              result_ttl=0, timeout=60)
 
 
 def load(connection: redis.Redis, delivery: str) -> dict | None:

@@ -65,10 +65,10 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None,
         for plan in plans:
             metrics.count(pipe, "rule_matches", rule=plan.rule_id)
         pipe.execute()
-    if parsed.source == "inloox":  # the change feed's subscribers: before the event is acknowledged
-        deliveries.fan_out(ctx.connection, event)
     for run_id, record in here:
         _run(ctx, run_id, record)
+    if parsed.source == "inloox":  # the change feed's subscribers: after the runs, before the event's ack
+        deliveries.fan_out(ctx.connection, event)
     return {"event_id": parsed.id, "runs": run_ids}
 
 

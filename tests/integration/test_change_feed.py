@@ -132,3 +132,28 @@ def test_the_dashboard_and_the_cli_show_subscriptions_and_their_deliveries(redis
     assert "secret: whsec_" in runner.invoke(args=["subscriptions", "rotate", sub_id]).output
     assert runner.invoke(args=["subscriptions", "delete", sub_id]).output.strip() == f"{sub_id} deleted"
     assert "no subscriptions" in runner.invoke(args=["subscriptions", "list"]).output
+
+
+def test_a_delivery_whose_job_was_lost_is_sent_by_the_sweeper(stack, sandbox, receiver, redis_url):
+    import time
+
+    import redis as redis_lib
+
+    from workers import subscriptions, workspaces
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    event = {"id": "evt-lost", "source": "inloox", "kind": "updated", "entity_set": "Task", "key": "k1",
+             "occurred_at": "2026-11-30T08:00:00+00:00", "changes": {"IsDone": [False, True]}, "entity": {},
+             "actor": {}}
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+        sub, secret = subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.*"]})
+        [delivery] = deliveries.fan_out(connection, event, now=time.time() - 120)
+        # The process died after storing the delivery and before its job reached the queue.
+        connection.delete(*connection.keys("rq:queue:*"), *connection.keys("rq:job:*"))
+        assert deliveries.fan_out(connection, event) == []  # handled again: nothing new, nothing twice
+    stack.worker()
+    [received] = wait_until(lambda: receiver.received, 30, "the sweeper to send the lost delivery")
+    assert received["headers"]["webhook-id"] == delivery
+    assert Webhook(secret).verify(received["raw"], {k.lower(): v for k, v in received["headers"].items()})
+    time.sleep(1)
+    assert len(receiver.received) == 1
