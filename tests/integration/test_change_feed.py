@@ -157,3 +157,32 @@ def test_a_delivery_whose_job_was_lost_is_sent_by_the_sweeper(stack, sandbox, re
     assert Webhook(secret).verify(received["raw"], {k.lower(): v for k, v in received["headers"].items()})
     time.sleep(1)
     assert len(receiver.received) == 1
+
+
+def test_a_subscription_failing_for_five_days_is_disabled_and_the_operator_told(stack, sandbox, receiver, redis_url,
+                                                                                api):
+    import time
+
+    import redis as redis_lib
+
+    from workers import subscriptions, workspaces
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    event = {"id": "evt-late", "source": "inloox", "kind": "updated", "entity_set": "Task", "key": "k1",
+             "occurred_at": "2026-11-30T08:00:00+00:00", "changes": {"Name": ["a", "b"]}, "entity": {}, "actor": {}}
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+        sub, _ = subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.updated"]})
+        sub.failing_since = time.time() - subscriptions.DISABLE_AFTER - 60  # nothing delivered for 5 days
+        subscriptions.save(connection, sub)
+        receiver.answers = [503]
+        deliveries.fan_out(connection, event)
+    worker = stack.worker()
+    wait_until(lambda: api.get(f"/subscriptions/{sub.id}", headers=ADMIN).get_json()["disabled"], 20,
+               "the subscription to be disabled")
+    shown = api.get(f"/subscriptions/{sub.id}", headers=ADMIN).get_json()
+    assert shown["disabled"].startswith("every delivery failed for 5 days")
+    [failed] = api.get(f"/subscriptions/{sub.id}/deliveries", headers=ADMIN).get_json()["deliveries"]
+    assert failed["status"] == "failed" and len(failed["attempts"]) == 1
+    wait_until(lambda: "disabled: every delivery failed" in worker.output(), 10, "the worker's error line")
+    wait_until(lambda: 'inloox_automation_subscriptions_disabled_total{workspace="default"} 1.0'
+               in api.get("/metrics").get_data(as_text=True), 10, "the counter on /metrics")
