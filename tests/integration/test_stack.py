@@ -93,6 +93,41 @@ def test_flask_commands_in_a_second_shell_find_the_stack(stack):
     assert (alone.returncode, alone.stdout.strip()) == (0, "no runs"), alone.stderr
 
 
+def test_the_readme_demo_and_commands_run_as_written_in_a_second_shell(stack):
+    process, ports, tmp_path = stack
+    wait_until(lambda: _ready(f"http://127.0.0.1:{ports['PORT']}"), 60, "/readyz to report ready")
+    wait_until(lambda: "(baseline)" in process.output(), timeout=30, message="the poller's first poll")
+    shell = {"PATH": os.environ["PATH"], "STACK_ENV": str(tmp_path / "stack.env")}
+    readme = (ROOT / "README.md").read_text()
+
+    # The demo block, with this stack's ports and person token for the defaults it names.
+    demo = re.search(r"Try it from another shell:\n\n```sh\n(.*?)```", readme, re.S).group(1)
+    demo = (demo.replace("127.0.0.1:8000", f"127.0.0.1:{ports['PORT']}")
+            .replace("127.0.0.1:8090", f"127.0.0.1:{ports['SANDBOX_PORT']}").replace("sandbox-token", "stack-token"))
+    wait_for_entry = "\nfor n in $(seq 40); do curl -s -H 'x-api-key: stack-token' " \
+        f"\"http://127.0.0.1:{ports['SANDBOX_PORT']}/api/odata/DynamicTimeEntry/\\$count?\\$filter=TimeEntry_TaskItemId%20eq%20$TASK\"" \
+        " | grep -qv '^0$' && break; sleep 0.5; done\n"
+    # "within a few seconds": the block's later lines read what the engine wrote, so wait for it there.
+    demo = demo.replace("# within a few seconds", wait_for_entry + "# within a few seconds", 1)
+    ran = subprocess.run(["bash", "-euo", "pipefail", "-c", demo], cwd=ROOT, env=shell, capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert "Automation Bot" in ran.stdout and "log-time-when-task-done" in ran.stdout, ran.stdout
+
+    # Every command of the README's command list that needs no value of the reader's own.
+    commands = re.search(r"## Commands\n\n```sh\n(.*?)```", readme, re.S).group(1).splitlines()
+    placeholder = re.compile(r"\b(RULE_ID|RUN_ID|EVENT_ID|EVENT\.yaml|DIR|URL|FILE)\b")
+    tried = []
+    for line in commands:
+        command = re.sub(r"\[[^]]*\]", "", line.split("  #")[0]).strip()
+        if not command.startswith(".venv/bin/flask") or placeholder.search(command):
+            continue
+        done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=shell, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        tried.append(command)
+    assert len(tried) >= 8, tried
+
+
 def test_the_stack_file_leaves_out_what_came_from_the_environment(tmp_path):
     ports = free_ports()
     # A token of the person's own (a real InLoox token, in real use) reaches the stack but no file.
