@@ -1,4 +1,7 @@
-"""The dashboard under `/ui`: rules, runs (with retry buttons) and the poller, as server-rendered pages.
+"""The dashboard under `/ui`: an overview in charts, rules, runs (with retry buttons), events and the poller.
+
+Every page is rendered on the server, charts included (server-side SVG, web/charts.py): no script,
+nothing fetched from elsewhere. Times show as "3 min ago" with the exact UTC time on hover.
 
 Served for each workspace (`/ui` is the default one's, `/workspaces/<ws>/ui` any one's). With an
 admin token set (the workspace's, or OPERATOR_TOKEN), every page needs a login (a form that sets
@@ -15,12 +18,13 @@ from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
+from web import charts, times
 from web.resources import get_context, get_redis
 from web.workspace import admin_tokens, bearer_token, is_admin, require_workspace
 from web.events import replay_summary, selected_entries, since_epoch
 from engine.rules import load_texts
 from engine.whatif import whatif
-from workers import bundles, deliveries, event_history, rule_files, subscriptions, workspaces
+from workers import bundles, deliveries, event_history, rule_files, series, subscriptions, workspaces
 from workers.replay import ReplayRefused, replay
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
@@ -35,6 +39,7 @@ RECENT = timedelta(hours=24)
 PER_RULE_SCAN = 1000  # runs looked at per rule for the 24-hour figures
 WHATIF_SPAN = timedelta(days=7)  # the logged events a what-if looks at
 WHATIF_EVENTS = 10_000  # at most (the oldest of the span first): a page must answer in seconds
+OVERVIEW_SERIES = ("runs", "failures", "requests", "throttled", "backlog", "queued")  # workers/series.py
 
 
 @bp.before_request
@@ -74,6 +79,12 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
+@bp.app_template_filter("ago")
+def ago_filter(value):
+    """A time as "3 min ago", the exact UTC time on hover (web/times.py)."""
+    return times.ago(value, now=datetime.now(timezone.utc))
+
+
 @bp.app_template_filter("redacted")
 def redacted_filter(value):
     """Run records shown with notification URLs and secret headers redacted (workers.outbound.redacted)."""
@@ -90,7 +101,7 @@ def login():
         return render_template("ui/login.html", error="That is not the admin token."), 401
     home = url_for(".index")  # /ui, or /workspaces/<ws>/ui: each workspace's session is its own
     target = request.args.get("next", "")
-    response = redirect(target if target.startswith(home) else url_for(".rules"))
+    response = redirect(target if target.startswith(home) else url_for(".overview"))
     response.set_cookie(COOKIE, _session(given), httponly=True, samesite="Strict", secure=request.is_secure,
                         path=home)
     return response
@@ -99,8 +110,27 @@ def login():
 @bp.get("")
 @bp.get("/")
 def index():
-    """The dashboard starts at the rules."""
-    return redirect(url_for(".rules"))
+    """The dashboard starts at the overview."""
+    return redirect(url_for(".overview"))
+
+
+@bp.get("/overview")
+def overview():
+    """Charts of the last hours: runs and failures, InLoox requests and throttling, queue depth, poll lag."""
+    hours, lag_sets = _hours(), _watched_sets()
+    window, found = _history(hours, [*OVERVIEW_SERIES, *(f"poll_lag:{s}" for s in lag_sets)])
+    figures = {
+        "runs": charts.bars([charts.Series("runs finished", found["runs"]),
+                             charts.Series("failed", found["failures"], charts.BAD)], window),
+        "requests": charts.bars([charts.Series("InLoox requests", found["requests"]),
+                                 charts.Series("throttled", found["throttled"], charts.BAD)], window),
+        "queues": charts.lines([charts.Series("events waiting", found["backlog"]),
+                                charts.Series("jobs queued", found["queued"])], window),
+        "lag": _lag_chart(found, lag_sets, window),
+    }
+    totals = {name: int(sum(found[name].values())) for name in ("runs", "failures", "requests", "throttled")}
+    return render_template("ui/overview.html", figures=figures, totals=totals, hours=hours, window=window,
+                           windows=charts.WINDOWS, lag_sets=lag_sets)
 
 
 @bp.get("/rules")
@@ -111,9 +141,7 @@ def rules():
     connection = get_redis()
     since = datetime.now(timezone.utc) - RECENT
     rows = [_rule_row(connection, rule, since) for rule in sorted(ruleset.rules.values(), key=lambda r: r.id)]
-    broken = [{**entry, "running": rule_files.running(entry), "running_digest": entry["running"],
-               "since": _utc(entry["since"]),
-               "good_since": _utc(entry["good_since"]) if entry.get("good_since") else None}
+    broken = [{**entry, "running": rule_files.running(entry), "running_digest": entry["running"]}
               for entry in rule_files.broken_files(connection, context.workspace.prefix)]
     return render_template("ui/rules.html", rules=rows, version=version, broken=broken,
                            errors=[str(e) for e in ruleset.errors])
@@ -161,7 +189,7 @@ def events():
         return redirect(url_for(".events", notice=str(exc)))
     found = event_history.history(get_redis(), since=since, source=args.get("source") or None,
                                   kind=args.get("kind") or None, unmatched=bool(args.get("unmatched")), limit=200)
-    rows = [{**e.summary(), "accepted": _utc(e.entry.accepted_at)} for e in found]
+    rows = [{**e.summary(), "accepted": e.entry.accepted_at} for e in found]
     return render_template("ui/events.html", events=rows, filters=args, kept_for=event_history.KEPT_FOR)
 
 
@@ -173,7 +201,7 @@ def event(event_id: str):
         abort(404, f"no event {event_id} in the event log")
     runs = [r for r in (load_run(get_redis(), i) for i in found.runs) if r]
     return render_template("ui/event.html", event=found.event, summary=found.summary(), trace=found.trace,
-                           runs=runs, accepted=_utc(found.entry.accepted_at))
+                           runs=runs, accepted=found.entry.accepted_at)
 
 
 @bp.post("/events/replay")
@@ -223,7 +251,7 @@ def subscriptions_page():
     connection = get_redis()
     rows = [{"sub": sub, "deliveries": deliveries.listed(connection, sub.id, limit=10)}
             for sub in subscriptions.all_subscriptions(connection)]
-    return render_template("ui/subscriptions.html", rows=rows, when=_utc)
+    return render_template("ui/subscriptions.html", rows=rows)
 
 
 @bp.post("/subscriptions/<sub_id>/deliveries/<delivery_id>/redeliver")
@@ -236,8 +264,34 @@ def redeliver(sub_id: str, delivery_id: str):
 
 @bp.get("/poller")
 def poller():
-    """Per watched entity set: cursor, lag, last poll (duration, requests), held floods."""
-    return render_template("ui/poller.html", sets=poll_status(get_redis(), now=datetime.now(timezone.utc)))
+    """Per watched entity set: lag over the last hours (a chart), cursor, last poll (time, cost), held floods."""
+    hours, polled = _hours(), poll_status(get_redis(), now=datetime.now(timezone.utc))
+    lag_sets = [s["entity_set"] for s in polled if s["watched"]]
+    window, found = _history(hours, [f"poll_lag:{s}" for s in lag_sets])
+    return render_template("ui/poller.html", sets=polled, lag_sets=lag_sets, hours=hours, windows=charts.WINDOWS,
+                           lag=_lag_chart(found, lag_sets, window))
+
+
+def _hours() -> int:
+    """The hours the charts show (`?hours=`, one of charts.WINDOWS; 24 by default)."""
+    hours = request.args.get("hours", type=int)
+    return hours if hours in charts.WINDOWS else 24
+
+
+def _history(hours: int, names: list[str]) -> tuple[charts.Window, dict[str, dict[int, float]]]:
+    """The chart window of the last `hours` and the per-minute values of the `names` series in it."""
+    window = charts.Window.last(hours, now_minute=int(time.time() // 60))
+    found = series.history(get_redis(), workspaces.current().prefix, names, now_minute=window.end,
+                           span=window.minutes * window.count)
+    return window, found
+
+
+def _watched_sets() -> list[str]:
+    return [s["entity_set"] for s in poll_status(get_redis(), now=datetime.now(timezone.utc)) if s["watched"]]
+
+
+def _lag_chart(found: dict, lag_sets: list[str], window: charts.Window):
+    return charts.lines([charts.Series(name, found[f"poll_lag:{name}"]) for name in lag_sets], window, unit=" s")
 
 
 def _rule_row(connection, rule, since: datetime) -> dict:
@@ -250,10 +304,6 @@ def _rule_row(connection, rule, since: datetime) -> dict:
     return {"rule": rule, "state": state, "paused_reason": paused.decode() if paused else "",
             "last": load_run(connection, last_id[0].decode()) if last_id else None,
             "runs_24h": len(recent), "failures_24h": sum(r["status"] == "failed" for r in recent)}
-
-
-def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _session(token: str) -> str:

@@ -16,7 +16,8 @@ seconds the loop
   the step ledger, so handling an event twice never writes twice;
 - gives up on an entry delivered MAX_DELIVERIES times (an event that crashes every worker), keeping
   its error as the event's trace, so one bad event cannot stall the log;
-- trims the log (workers/eventlog.py) and requeues overdue runs (workers/recovery.py).
+- trims the log (workers/eventlog.py) and requeues overdue runs (workers/recovery.py);
+- every `sample_seconds`, records the gauges the dashboard charts (workers/gauges.py).
 A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from workers import eventlog, metrics, recovery
+from workers import eventlog, gauges, metrics, recovery
 from workers.eventlog import Entry
 from workers.jobs import handle
 from workers.worker_context import worker_context
@@ -44,6 +45,7 @@ TRIM_SECONDS = 30.0
 MAX_DELIVERIES = 5
 READ_BLOCK_MS = 500
 MAX_BACKOFF = 5.0  # a Redis back from a restart is used again within seconds
+SAMPLE_SECONDS = 60.0  # the dashboard's charts show gauges per minute
 
 
 @dataclass
@@ -58,7 +60,7 @@ class EventConsumer:
     """Reads the event logs of `workspaces` as `name` and handles their events on a pool of `pool_size` threads."""
 
     def __init__(self, connection: redis.Redis, workspaces: list[str], *, name: str, pool_size: int,
-                 per_workspace: int | None = None):
+                 per_workspace: int | None = None, sample_seconds: float = SAMPLE_SECONDS):
         self.connection = connection
         self.name = name
         self.pool_size = max(1, pool_size)
@@ -72,6 +74,8 @@ class EventConsumer:
         self._thread: threading.Thread | None = None
         self._next_maintenance = 0.0
         self._next_trim = 0.0
+        self.sample_seconds = sample_seconds
+        self._next_sample = 0.0
 
     def start(self) -> None:
         """Run the loop on a thread of its own (the RQ worker's main thread keeps taking RQ jobs)."""
@@ -183,6 +187,11 @@ class EventConsumer:
             self._next_trim = time.monotonic() + TRIM_SECONDS
             for stream in self.streams.values():
                 eventlog.trim(self.connection, stream.key)
+        if time.monotonic() >= self._next_sample:
+            self._next_sample = time.monotonic() + self.sample_seconds
+            for stream in self.streams.values():
+                gauges.sample(self.connection, worker_context(stream.workspace).workspace, now=time.time(),
+                              every=self.sample_seconds)
 
     def _claim(self, stream: _Stream) -> None:
         with self._lock:

@@ -14,6 +14,9 @@ metrics at `/metrics`. Fields are JSON `[name, {label: value}]`; every counter c
     loops_stopped {reason}            the guards' refusals: paused | hops | frequency
     held_changes  {entity_set}        changes held back by flood protection
     polls         {entity_set}
+
+A few of these are also kept per minute for the dashboard's charts (workers/series.py): they are
+gathered in memory here and written with the same batch.
 """
 from __future__ import annotations
 
@@ -24,12 +27,13 @@ from collections import Counter
 
 from redis.client import Pipeline
 
-from workers import workspaces
+from workers import series, workspaces
 
 COUNTERS = "metrics:counters"
 STEP_MS_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000)
 
 _pending: Counter = Counter()  # counts of this process not yet written (InLoox requests; all when batching)
+_pending_series: Counter = Counter()  # (workspace, series) → counted since the last write
 _batch_seconds = 0.0
 _last_flush = 0.0
 _pending_lock = threading.Lock()
@@ -60,16 +64,21 @@ def batch(seconds: float) -> None:
 def count(target, name: str, amount: int = 1, **labels) -> None:
     """Add `amount` to a counter; `target` is a Redis connection or a pipeline (batched with its writes).
 
-    Also writes the counts this process gathered since its last write (InLoox requests, and all of
-    them when batching) once they are due.
+    Also writes the counts this process gathered since its last write (InLoox requests, the
+    per-minute series, and all counts when batching) once they are due.
     """
-    counter = field(name, {"workspace": workspaces.current().name, **labels})
+    workspace = workspaces.current().name
+    counter = field(name, {"workspace": workspace, **labels})
+    followed = series.counted(name, labels)
+    with _pending_lock:
+        for each in followed:
+            _pending_series[workspace, each] += amount
+        if _batch_seconds:
+            _pending[counter] += amount
     if not _batch_seconds:
         target.hincrby(COUNTERS, counter, amount)
         _flush_requests(target)
         return
-    with _pending_lock:
-        _pending[counter] += amount
     flush_due(target)
 
 
@@ -106,7 +115,18 @@ def request_observer(workspace: str):
             _seen += 1
             _pending[field("inloox_requests", {"workspace": workspace, "method": method,
                                                "status_class": status_class})] += 1
+            _pending_series[workspace, "requests"] += 1
+            if status == 429:
+                _pending_series[workspace, "throttled"] += 1
     return note_request
+
+
+def refusal_observer(workspace: str):
+    """The `on_refused` hook of a workspace's shared rate limit: a run deferred counts as throttled."""
+    def note_refusal() -> None:
+        with _pending_lock:
+            _pending_series[workspace, "throttled"] += 1
+    return note_refusal
 
 
 def requests_seen() -> int:
@@ -123,7 +143,11 @@ def flush(connection) -> None:
 
 def _flush_requests(target) -> None:
     with _pending_lock:
-        pending = dict(_pending)
+        pending, per_minute = dict(_pending), dict(_pending_series)
         _pending.clear()
+        _pending_series.clear()
     for name, amount in pending.items():
         target.hincrby(COUNTERS, name, amount)
+    if per_minute:
+        # Stamped with the minute they are written in: the worker writes every second, the poller after each poll.
+        series.add(target, per_minute, minute=int(time.time() // 60))

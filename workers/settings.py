@@ -71,6 +71,9 @@ DEFAULTS = {
     # Change-feed deliveries: seconds before each retry of a failed one (empty: the Standard
     # Webhooks schedule, about three days; workers/deliveries.py).
     "DELIVERY_RETRY_SECONDS": "",
+    # Seconds between two samples of the gauges the dashboard charts (queue depth, poll lag); a
+    # chart shows one point per minute, so less than 60 only helps tests.
+    "SERIES_SAMPLE_SECONDS": "60",
 }
 
 

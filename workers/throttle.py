@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from fractions import Fraction
 
 import redis
@@ -40,15 +41,18 @@ class Throttle:
     `connection` is a Redis URL, a `redis.Redis` (its connection pool is reused) or a connection
     pool. `rate` is requests per second; a fraction becomes whole requests per whole seconds
     (0.5 → 1 per 2 s, 2.5 → 5 per 2 s); 0 or less means no limit, and Redis is never asked.
+    `on_refused()` is called before each `Throttled` is raised (the dashboard counts them).
     """
 
     def __init__(self, connection: str | redis.Redis | redis.ConnectionPool, key: str,
-                 rate: float = DEFAULT_RATE, *, max_sleep: float = DEFAULT_MAX_SLEEP):
+                 rate: float = DEFAULT_RATE, *, max_sleep: float = DEFAULT_MAX_SLEEP,
+                 on_refused: Callable[[], None] | None = None):
         if max_sleep < 0:
             raise ValueError(f"max_sleep must be seconds >= 0, not {max_sleep!r}")
         self.key = key
         self.rate = rate
         self.max_sleep = max_sleep
+        self.on_refused = on_refused
         self._window = _window(rate) if rate > 0 else None
         self._limiter = MovingWindowRateLimiter(_storage(connection, key)) if self._window else None
 
@@ -63,6 +67,8 @@ class Throttle:
         while not self._limiter.hit(self._window):
             wait = self._until_free() + random.uniform(*JITTER_SECONDS)
             if time.monotonic() + wait > deadline:
+                if self.on_refused is not None:
+                    self.on_refused()
                 raise Throttled(f"{method} not sent: the shared limit {self._window} of {self.key} is "
                                 f"used up, next slot in {wait:.2f}s", method=method, retry_after=wait)
             time.sleep(wait)

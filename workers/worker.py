@@ -173,7 +173,8 @@ class Worker(SimpleWorker):
             return None
         consumer = EventConsumer(redis.Redis.from_url(self.config["REDIS_URL"]), mine, name=self.name,
                                  pool_size=int(self.config["WORKER_THREADS"]),
-                                 per_workspace=int(self.config["WORKER_THREADS_PER_WORKSPACE"]) or None)
+                                 per_workspace=int(self.config["WORKER_THREADS_PER_WORKSPACE"]) or None,
+                                 sample_seconds=float(self.config["SERIES_SAMPLE_SECONDS"]))
         consumer.start()
         log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine),
                  consumer.pool_size)

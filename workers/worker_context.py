@@ -133,7 +133,8 @@ def rule_env(config: dict, environ=os.environ) -> dict:
 
 def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -> WorkerContext:
     """The context of one workspace; its InLoox client counts requests and obeys the shared rate limit."""
-    throttle = Throttle(connection, workspace.prefix + "inloox:rate", workspace.limits.inloox_requests_per_second)
+    throttle = Throttle(connection, workspace.prefix + "inloox:rate", workspace.limits.inloox_requests_per_second,
+                        on_refused=metrics.refusal_observer(workspace.name))
     client = Client(workspace.inloox_url, workspace.inloox_api_key, timeout=float(config["INLOOX_TIMEOUT"]),
                     on_response=metrics.request_observer(workspace.name), throttle=throttle)
     return WorkerContext(workspace=workspace, client=client, connection=connection,

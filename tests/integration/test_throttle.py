@@ -74,14 +74,17 @@ def test_a_full_window_makes_the_next_request_wait_for_the_oldest_slot(redis_url
 
 
 def test_a_wait_longer_than_max_sleep_raises_throttled(redis_url):
-    throttle = Throttle(redis_url, KEY, 5, max_sleep=0.1)
+    refused = []  # the dashboard's "throttled" series counts each refusal (workers.metrics.refusal_observer)
+    throttle = Throttle(redis_url, KEY, 5, max_sleep=0.1, on_refused=lambda: refused.append(1))
     for _ in range(5):
         throttle("GET")
+    assert not refused
     with pytest.raises(Throttled) as caught:
         throttle("POST")
     error = caught.value
     assert error.retryable and error.status is None and error.method == "POST"
     assert 0 < error.retry_after <= 1.1
+    assert refused == [1]
 
 
 def test_a_fractional_rate_is_whole_requests_per_whole_seconds(redis_url):

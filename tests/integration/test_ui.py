@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import re
+
 import pytest
 import redis
 
@@ -9,8 +11,8 @@ from app import create_app
 from workers import workspaces
 from workers.enqueue import queue_run
 from tests.support.processes import wait_until
-from tests.support.stack import (ENGINE_TOKEN, PROJECT, WEBHOOK_SECRET, deliver, failed_form_run, runs_in,
-                                 write_form_rule)
+from tests.support.stack import (ENGINE_TOKEN, PROJECT, WATCH_RULE, WEBHOOK_SECRET, deliver, failed_form_run,
+                                 runs_in, write_form_rule, write_rule)
 
 ADMIN = "admin-secret-token"
 
@@ -49,8 +51,8 @@ def test_pages_need_the_admin_token(redis_url, sandbox, rules_dir):
 
 
 def test_the_dashboard_answers_with_or_without_a_trailing_slash_and_has_no_404_favicon(dashboard):
-    assert dashboard.get("/ui/").headers["Location"].endswith("/ui/rules")
-    assert dashboard.get("/ui").status_code == 302  # to the rules, or to the login (its cookie is /ui/'s)
+    assert dashboard.get("/ui/").headers["Location"].endswith("/ui/overview")
+    assert dashboard.get("/ui").status_code == 302  # to the overview, or to the login (its cookie is /ui/'s)
     assert dashboard.get("/favicon.ico").status_code == 204
 
 
@@ -104,3 +106,39 @@ def test_rq_dashboard_shows_the_queued_job_to_the_admin_only(dashboard, redis_ur
     assert stranger.get("/ui/rq/0/data/queues.json").status_code == 302
     assert stranger.post(f"/ui/rq/job/{job['id']}/delete").status_code == 401
     assert stranger.get("/ui/rq/", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+
+
+def drawn(html: str) -> dict[str, int]:
+    """{section id: points its chart drew} of a dashboard page."""
+    return {name: int(points) for name, points in
+            re.findall(r'<section class="chart" id="([\w-]+)">.*?<svg [^>]*data-points="(\d+)"', html, re.S)}
+
+
+def words(html: str) -> str:
+    """The page's text as a reader sees it, tags left out."""
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split()).replace(" ,", ",")
+
+
+def test_the_overview_charts_runs_failures_requests_throttling_queue_depth_and_poll_lag(
+        dashboard, stack, sandbox, redis_url, rules_dir):
+    write_rule(rules_dir, "watch", WATCH_RULE)
+    stack.env["SERIES_SAMPLE_SECONDS"] = "1"
+    stack.poller()
+    web, failed = failed_form_run(stack, sandbox, redis_url, "msg_chart_1")
+    sandbox.fault(kind="status", status=429, retry_after=0.2, methods=["POST"], path="^Task$", count=1)
+    deliver(web, {"title": "Call Bo", "project": PROJECT}, "msg_chart_2")
+
+    def charted():
+        text = page(dashboard, "/ui/overview")
+        return text if "2 finished, 1 failed" in words(text) and drawn(text).get("chart-lag") else None
+    text = wait_until(charted, 30, "both runs and a sample of the poll lag on the overview")
+    assert set(drawn(text)) == {"chart-runs", "chart-requests", "chart-queues", "chart-lag"}
+    assert all(drawn(text).values()), drawn(text)
+    assert "1 throttled" in words(text)  # InLoox's one 429
+    assert "· failed: 1</title>" in text and "· Task: " in text  # what hovering over a bar or a dot shows
+    assert drawn(page(dashboard, "/ui/overview?hours=1"))["chart-runs"] > 0
+
+    assert drawn(page(dashboard, "/ui/poller"))["chart-lag"] > 0
+    listed = page(dashboard, "/ui/runs")
+    assert re.search(r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">(just now|\d+ s ago)</time>',
+                     listed), listed

@@ -131,6 +131,21 @@ def failed_form_run(stack: Stack, sandbox, redis_url: str, msg_id: str, title: s
     return web, failed
 
 
+# A shadow rule on InLoox's tasks: it makes the poller watch them (so their poll lag is charted) and writes nothing.
+WATCH_RULE = """
+id: watch-tasks
+description: Shadow only; makes the poller watch tasks.
+mode: shadow
+when:
+  - inloox: Task
+    on: updated
+then:
+  - inloox.update: Task
+    values:
+      Name: "{{ task.Name }}"
+"""
+
+
 def write_form_rule(rules_dir, extra: str = "") -> None:
     """The `forms` webhook rule, with extra top-level lines (e.g. `mode: shadow`)."""
     write_rule(rules_dir, "forms", FORM_RULE.format(extra=extra))
