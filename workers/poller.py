@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import signal
 import sys
@@ -261,14 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config)
     connection = redis.Redis.from_url(config["REDIS_URL"])
     try:
-        scan_every, scan_every_set = parse_scan_seconds(os.environ.get("POLL_SCAN_SECONDS", "60"))
+        scan_every, scan_every_set = parse_scan_seconds(config["POLL_SCAN_SECONDS"])
+        poller = PollerSettings(interval=float(config["POLL_INTERVAL"]),
+                                sweep_every=float(config["POLL_SWEEP_SECONDS"]),
+                                lease_seconds=float(config["POLL_LEASE_SECONDS"]),
+                                scan_every=scan_every, scan_every_set=scan_every_set,
+                                scan_floor=float(config["POLL_SCAN_FLOOR_SECONDS"]))
     except ValueError as exc:
-        raise SystemExit(f"Error: {exc}") from None
-    poller = PollerSettings(interval=float(os.environ.get("POLL_INTERVAL", 2.0)),
-                            sweep_every=float(os.environ.get("POLL_SWEEP_SECONDS", 300.0)),
-                            lease_seconds=float(os.environ.get("POLL_LEASE_SECONDS", 15.0)),
-                            scan_every=scan_every, scan_every_set=scan_every_set,
-                            scan_floor=float(os.environ.get("POLL_SCAN_FLOOR_SECONDS", 10.0)))
+        raise SystemExit(f"Error: a POLL_* setting: {exc}") from None
     accounts = [Account(build_context(config, workspace, connection),
                         connection.lock(workspace.prefix + "poll:lease", timeout=poller.lease_seconds,
                                         blocking=False, thread_local=False))
@@ -287,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         from workers import scheduler
 
         threading.Thread(target=scheduler.run, name="scheduler", daemon=True, args=(
-            connection, list(config["WORKSPACES"].values()), scheduler.settings_from_environment(), stop)).start()
+            connection, list(config["WORKSPACES"].values()), scheduler.settings_from(config), stop)).start()
     run(connection, accounts, poller, stop, me=me)
     return 0
 

@@ -16,7 +16,6 @@ computes the same ticks again, which the claims turn away.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -105,15 +104,15 @@ def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettin
         log.warning("%s: could not fire schedules, will retry: %s", source.workspace.name, exc)
 
 
-def settings_from_environment() -> SchedulerSettings:
-    """The scheduler's settings as the environment gives them (SCHEDULE_INTERVAL)."""
-    return SchedulerSettings(interval=float(os.environ.get("SCHEDULE_INTERVAL", 5.0)))
+def settings_from(config: dict) -> SchedulerSettings:
+    """The scheduler's settings from the configuration (SCHEDULE_INTERVAL)."""
+    return SchedulerSettings(interval=float(config["SCHEDULE_INTERVAL"]))
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config()
-    settings = settings_from_environment()
+    settings = settings_from(config)
     log.info("scheduler %s: every %.1fs", uuid.uuid4().hex[:8], settings.interval)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -74,6 +74,15 @@ DEFAULTS = {
     # Seconds between two samples of the gauges the dashboard charts (queue depth, poll lag); a
     # chart shows one point per minute, so less than 60 only helps tests.
     "SERIES_SAMPLE_SECONDS": "60",
+    # Pollers: seconds between polls of the change feeds, between sweeps for deleted rows, and a
+    # poller's lease on a workspace; scans of sets without a change time ("60 Contact=30": per
+    # set) and the least interval allowed. Schedulers: seconds between looks for due ticks.
+    "POLL_INTERVAL": "2",
+    "POLL_SWEEP_SECONDS": "300",
+    "POLL_LEASE_SECONDS": "15",
+    "POLL_SCAN_SECONDS": "60",
+    "POLL_SCAN_FLOOR_SECONDS": "10",
+    "SCHEDULE_INTERVAL": "5",
 }
 
 

@@ -33,3 +33,11 @@ def test_ports_are_not_settings_of_the_app():
 def test_webhook_secrets_are_found_by_their_prefix():
     config = settings_from({"WEBHOOK_SECRET_FORMS": "whsec_new whsec_old", "WEBHOOK_SECRET_CRM_EU": "whsec_c"})
     assert config["WEBHOOK_SOURCES"] == {"forms": ["whsec_new", "whsec_old"], "crm-eu": ["whsec_c"]}
+
+
+def test_the_poller_and_scheduler_settings_are_read_here_too():
+    from workers.scheduler import settings_from as scheduler_settings
+
+    config = settings_from({"POLL_SCAN_SECONDS": "60 Contact=30", "SCHEDULE_INTERVAL": "0.5"})
+    assert (config["POLL_INTERVAL"], config["POLL_SCAN_SECONDS"]) == ("2", "60 Contact=30")
+    assert scheduler_settings(config).interval == 0.5
