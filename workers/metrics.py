@@ -37,7 +37,7 @@ _pending_series: Counter = Counter()  # (workspace, series) → counted since th
 _batch_seconds = 0.0
 _last_flush = 0.0
 _pending_lock = threading.Lock()
-_seen = 0  # InLoox requests made by this process, ever (the poller reports them per poll)
+_seen = threading.local()  # InLoox requests made by each thread, ever (the poller reports them per poll)
 
 
 def field(name: str, labels: dict) -> str:
@@ -109,10 +109,10 @@ def count_step(target, trace: dict) -> None:
 def request_observer(workspace: str):
     """The `on_response` hook of a workspace's InLoox client: remembers each request until the next write."""
     def note_request(method: str, status: int | None) -> None:
-        global _seen
         status_class = f"{status // 100}xx" if status else "error"
+        # Per thread: the poller's scans run beside its feed polls, and each reports its own cost.
+        _seen.count = getattr(_seen, "count", 0) + 1
         with _pending_lock:
-            _seen += 1
             _pending[field("inloox_requests", {"workspace": workspace, "method": method,
                                                "status_class": status_class})] += 1
             _pending_series[workspace, "requests"] += 1
@@ -130,8 +130,8 @@ def refusal_observer(workspace: str):
 
 
 def requests_seen() -> int:
-    """How many InLoox requests this process has made (through clients hooked to `note_request`)."""
-    return _seen
+    """How many InLoox requests this thread has made (through clients hooked to `note_request`)."""
+    return getattr(_seen, "count", 0)
 
 
 def flush(connection) -> None:

@@ -102,6 +102,7 @@ class Account:
     next_sweep: float = 0.0
     next_scan: dict[str, float] = field(default_factory=dict)  # entity set → when its scan is due (monotonic)
     watched: frozenset[str] | None = None  # the sets last recorded as watched (for the status)
+    scanning: threading.Thread | None = None  # the scans due, run beside the feed polls
 
     @property
     def workspace(self) -> Workspace:
@@ -200,23 +201,47 @@ def _hold_lease(lease: Lock, *, may_take: bool = True) -> bool:
 
 
 def _cycle(account: Account, watched: dict, poller: PollerSettings, *, sweep: bool, me: str) -> None:
-    """Poll each watched set with a change feed, and scan each other one whose scan is due."""
+    """Poll each watched set with a change feed; start the scans that are due on a thread of their own.
+
+    A scan reads a whole set (1,000 requests for 100,000 rows): inline, it would hold up the feed
+    polls of its workspace, and Task changes would wait for the Contact scan.
+    """
     client, connection, settings = account.context.client, account.context.connection, account.settings
+    due = []
     for entity_set, fields in watched.items():
         how = observation(entity_set)
         if how is None:
             continue  # rules check refuses such sets; a subscription may still name one
+        if isinstance(how, Scan):
+            if time.monotonic() >= account.next_scan.get(entity_set, 0.0):
+                due.append((how, fields))
+            continue
         try:
-            if isinstance(how, ChangeFeed):
-                _report(_timed(connection, lambda _: poll_once(client, connection, how, fields, settings),
-                               method="feed", every=poller.interval, poller=me))
-                if sweep:
-                    _report(sweep_deleted(client, connection, how, settings))
-            elif time.monotonic() >= account.next_scan.get(entity_set, 0.0):
-                _scan(account, how, fields, poller, me)
+            _report(_timed(connection, lambda _: poll_once(client, connection, how, fields, settings),
+                           method="feed", every=poller.interval, poller=me))
+            if sweep:
+                _report(sweep_deleted(client, connection, how, settings))
         except (InLooxError, redis.RedisError) as exc:
             # The cursor did not move: the next cycle reads the same changes again.
             log.warning("poll %s failed, will retry: %s", entity_set, exc)
+    if due and (account.scanning is None or not account.scanning.is_alive()):
+        account.scanning = threading.Thread(target=_scans, args=(account, due, poller, me), daemon=True,
+                                            name=f"scan-{account.workspace.name}")
+        account.scanning.start()
+
+
+def _scans(account: Account, due: list, poller: PollerSettings, me: str) -> None:
+    with workspaces.using(account.workspace):  # the thread's own context: every key is the workspace's
+        for scan, fields in due:
+            try:
+                _scan(account, scan, fields, poller, me)
+            except LeaseLost:
+                return  # another poller has the workspace now; it scans from here on
+            except (InLooxError, redis.RedisError) as exc:
+                # Nothing of it was kept: try again after a few polls rather than a whole interval.
+                account.next_scan[scan.entity_set] = time.monotonic() + min(poller.scan_interval(scan.entity_set),
+                                                                            5 * poller.interval)
+                log.warning("scan %s failed, will retry: %s", scan.entity_set, exc)
 
 
 def _scan(account: Account, scan: Scan, fields, poller: PollerSettings, me: str) -> None:

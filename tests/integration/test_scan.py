@@ -4,6 +4,7 @@ poller processes, one set of each of the 14 groups of InLoox's product page firi
 of an idle stack."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -371,3 +372,22 @@ def test_a_custom_field_the_account_does_not_have_yet_is_watched_from_its_first_
 
     [event] = queued(connection)
     assert event["changes"] == {"Project_cf_2283e9e4_Budget": [None, "25000"]}
+
+
+def test_a_slow_scan_does_not_hold_up_the_change_feeds(engine, sandbox, rules_dir, redis_url):
+    """A scan of a big set takes long (1,000 requests for 100,000 rows); feeds are polled meanwhile."""
+    write_rule(rules_dir, "Contact", rules_for("Contact", "Email"))
+    write_rule(rules_dir, "Task", rules_for("Task", "Name"))
+    fast_scans(engine, POLL_INTERVAL="0.5")
+    start(engine, redis_url)
+    connection = redis.Redis.from_url(redis_url)
+    wait_until(lambda: connection.exists(f"{PREFIX}poll:Contact:cursor"), 20, "the first scan")
+    task = sandbox.post("Task", json={"Name": "Plan", "ProjectId": ensure_project(sandbox)}).json()["TaskItemId"]
+    wait_until(lambda: any(e["kind"] == "created" and e["entity_set"] == "Task" for e in events(connection)), 20,
+               "the new task's event")
+    # Every page of the Contact scan now takes 8 s.
+    sandbox.fault(kind="latency", latency_ms=8000, methods=["GET"], path="^Contact")
+    time.sleep(2 * SCAN_SECONDS)  # a scan is under way, waiting on its page
+    assert sandbox.patch(f"Task({task})", json={"Name": "Plan it"}).ok
+    wait_until(lambda: sandbox.get(f"Task({task})").json()["Name"] == "Plan it ✓", 6,
+               "the Task rule to run while the Contact scan still waits")
