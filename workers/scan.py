@@ -13,8 +13,9 @@ Our own writes: scanned sets have no column naming who changed a row, so a chang
 the worker left a note of its write on that entity (workers/guards.py) after the previous scan
 started: a write noted before that was in the previous scan's read already. The event is then
 `chained`, with the note's hop count, and the note is used up with it, so that a person's next
-change to the same entity counts as theirs. (A note comes just after the write it records: a scan
-that reads the row in between takes that one change for a person's, and the rule runs once more.)
+change to the same entity counts as theirs. On these sets the worker notes an update, delete or
+action before sending it (workers/jobs.py), so a scan never reads our write before its note; a
+create's key is known only from InLoox's answer, so its note follows the write.
 
 Cost per scan: one request per PAGE_SIZE rows whatever changed, plus one per FETCH_CHUNK changed
 entities (read in full for the rules) and one per FETCH_CHUNK missing keys (looked up again).
