@@ -118,9 +118,9 @@ def children_by_parent() -> dict[int, list[int]]:
     return children
 
 
-def tree_pids(root: int) -> list[int]:
-    """`root` and all its descendants (gunicorn's workers, Valkey under its wrapper)."""
-    children = children_by_parent()
+def tree_pids(root: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """`root` and all its descendants (gunicorn's workers, Valkey under its wrapper); `children`: one walk of /proc to reuse."""
+    children = children_by_parent() if children is None else children
     found, todo = [], [root]
     while todo:
         pid = todo.pop()

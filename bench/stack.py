@@ -127,15 +127,6 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[2]), int(fields[19])
 
 
-def _tree(children: dict[int, list[int]], root: int) -> list[int]:
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 class Honcho:
     """`honcho start -f Procfile` in `root`, its output in a file, every process group it made remembered.
 
@@ -184,7 +175,7 @@ class Honcho:
 
     def rss(self, children: dict | None = None) -> dict[str, float]:
         children = children if children is not None else harness.children_by_parent()
-        return {name: harness.rss_mb(_tree(children, pid)) for name, pid in self.production().items()}
+        return {name: harness.rss_mb(harness.tree_pids(pid, children)) for name, pid in self.production().items()}
 
     def cpu(self) -> dict[str, float]:
         return {name: harness.tree_cpu_seconds(pid) for name, pid in self.production().items()}
@@ -192,7 +183,7 @@ class Honcho:
     def _sample(self):
         while not self._stop.is_set():
             children = harness.children_by_parent()  # one walk of /proc per sample: the machine has 2 cores to share
-            for pid in _tree(children, self.popen.pid):
+            for pid in harness.tree_pids(self.popen.pid, children):
                 if pid not in self.seen and (stat := _stat(pid)):
                     self.seen[pid] = stat
             if self.measuring:
