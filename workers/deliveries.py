@@ -27,12 +27,12 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import redis
-import requests
 from rq import Queue
 from standardwebhooks.webhooks import Webhook
 
-from workers import egress, metrics, subscriptions
+from workers import metrics, outbound, subscriptions
 from workers.enqueue import queue, workspace_job_id
+from workers.outbound import OutboundRefused
 from workers.worker_context import WorkerContext, workspace_job
 from workers.workspaces import current, key
 
@@ -106,7 +106,7 @@ def deliver(ctx: WorkerContext, delivery: str) -> str:
         if sub is None or sub.disabled:
             return _finish(connection, record, FAILED, now, "the subscription was deleted" if sub is None
                            else f"the subscription is disabled: {sub.disabled}")
-        status, error = _send(ctx, sub, record, now)
+        status, error, refused = _send(ctx, sub, record, now)
         record["attempts"].append({"at": now, "status": status, "error": error})
         if status is not None and 200 <= status < 300:
             if sub.failing_since is not None:
@@ -114,7 +114,7 @@ def deliver(ctx: WorkerContext, delivery: str) -> str:
                 subscriptions.save(connection, sub)
             return _finish(connection, record, DELIVERED, now)
         _note_failure(connection, sub, now)
-        retry = (status in RETRYABLE or (status is None and not error.startswith("refused")))
+        retry = status in RETRYABLE or (status is None and not refused)
         schedule = ctx.delivery_schedule or SCHEDULE
         if retry and len(record["attempts"]) <= len(schedule) and not sub.disabled:
             delay = schedule[len(record["attempts"]) - 1]
@@ -129,21 +129,18 @@ def deliver(ctx: WorkerContext, delivery: str) -> str:
             pass
 
 
-def _send(ctx: WorkerContext, sub: subscriptions.Subscription, record: dict, now: float) -> tuple[int | None, str]:
-    """(HTTP status or None, error text) of one POST, through the outbound guard, signed with every active secret."""
+def _send(ctx: WorkerContext, sub: subscriptions.Subscription, record: dict,
+          now: float) -> tuple[int | None, str, bool]:
+    """(HTTP status or None, error text, refused by the guard) of one POST, signed with every active secret."""
     stamp = datetime.fromtimestamp(int(now), timezone.utc)
     signatures = " ".join(Webhook(s).sign(record["id"], stamp, record["body"]) for s in sub.signing_secrets(now))
     headers = {"content-type": "application/json", "user-agent": "inloox-automation",
                "webhook-id": record["id"], "webhook-timestamp": str(int(now)), "webhook-signature": signatures}
-    with egress.guarded(ctx.outbound.allow) as guard:
-        try:
-            response = requests.post(sub.url, data=record["body"].encode(), headers=headers,
-                                     timeout=ctx.outbound.timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            if guard.refusals:
-                return None, f"refused: {guard.refusals[0]}"
-            return None, f"{type(exc).__name__}: no answer"
-    return response.status_code, "" if response.status_code < 300 else f"answered {response.status_code}"
+    try:
+        response = outbound.send(ctx.outbound, "POST", sub.url, data=record["body"].encode(), headers=headers)
+    except OutboundRefused as exc:
+        return None, str(exc), exc.refused
+    return response.status_code, "" if response.status_code < 300 else f"answered {response.status_code}", False
 
 
 def _note_failure(connection: redis.Redis, sub: subscriptions.Subscription, now: float) -> None:

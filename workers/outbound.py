@@ -24,7 +24,14 @@ _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s\"'<>]*[^\s\"'<>.,;:!?)\]]", re.IGNO
 
 
 class OutboundRefused(Exception):
-    """The destination is not allowed (private address, unknown scheme) or did not answer well."""
+    """The destination is not allowed (private address, unknown scheme) or did not answer well.
+
+    `refused`: the guard (or a rule about schemes) stopped it, so trying again cannot help.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -66,13 +73,10 @@ def http(policy: OutboundPolicy, method: str, url: str, *, headers: dict | None 
     if parts.scheme not in ("http", "https"):
         raise OutboundRefused(f"only http and https URLs may be called, not {parts.scheme!r}")
     target = redact_url(url)
-    with egress.guarded(policy.allow) as guard:
-        try:
-            response = requests.request(method, url, headers=headers or {}, json=body, timeout=policy.timeout,
-                                        allow_redirects=False)
-        except requests.RequestException as exc:
-            reason = f"refused: {guard.refusals[0]}" if guard.refusals else f"failed: {type(exc).__name__}"
-            raise OutboundRefused(f"{method} {target} {reason}") from exc
+    try:
+        response = send(policy, method, url, headers=headers or {}, json=body)
+    except OutboundRefused as exc:
+        raise OutboundRefused(f"{method} {target} {exc}", refused=exc.refused) from exc
     if response.status_code >= 300:
         raise OutboundRefused(f"{method} {target} answered {response.status_code}")
     try:
@@ -80,6 +84,20 @@ def http(policy: OutboundPolicy, method: str, url: str, *, headers: dict | None 
     except ValueError:
         content = response.text[:10_000]
     return {"status": response.status_code, "body": content}
+
+
+def send(policy: OutboundPolicy, method: str, url: str, **kwargs) -> requests.Response:
+    """One HTTP request through the outbound guard, redirects not followed, whatever its status.
+
+    Raises OutboundRefused when there is no answer: `refused` when the guard stopped the connection.
+    """
+    with egress.guarded(policy.allow) as guard:
+        try:
+            return requests.request(method, url, timeout=policy.timeout, allow_redirects=False, **kwargs)
+        except requests.RequestException as exc:
+            if guard.refusals:
+                raise OutboundRefused(f"refused: {guard.refusals[0]}", refused=True) from exc
+            raise OutboundRefused(f"failed: {type(exc).__name__}") from exc
 
 
 def redact_url(url: str) -> str:
