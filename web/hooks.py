@@ -1,12 +1,12 @@
 """Inbound webhooks: `POST /hooks/<source>`, signed per Standard Webhooks, acknowledged once durable."""
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 import redis
 from flask import Blueprint, abort, current_app, g, jsonify, request
 
+from engine.bodies import BodyError, decode_text, parse_json
 from engine.events import Event
 from web.resources import get_redis
 from web.workspace import require_workspace
@@ -29,12 +29,16 @@ def receive(source: str):
     if not secrets:
         abort(404, f"unknown webhook source {source!r}")
     request.max_content_length = MAX_BODY_BYTES  # larger bodies end in 413 before being read
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        abort(415, f"Content-Encoding {encoding!r} is not accepted: send the JSON body uncompressed")
     body = request.get_data(cache=False)
+    text = _text(body)  # the signature covers the text: a body that is not UTF-8 cannot be verified
     try:
         verify_standard_webhook(body, request.headers, secrets)
     except SignatureError as exc:
         abort(401, f"webhook signature rejected: {exc}")
-    event = _event(source, request.headers["webhook-id"], _json(body))
+    event = _event(source, request.headers["webhook-id"], _json(text))
     try:
         accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
                                 dedup_ttl=DEDUP_TTL_SECONDS)
@@ -59,11 +63,20 @@ def count_rejected(response):
     return response
 
 
-def _json(body: bytes):
+def _text(body: bytes) -> str:
     try:
-        return json.loads(body)
-    except ValueError as exc:  # also UnicodeDecodeError
-        abort(400, f"body is not valid JSON: {exc}")
+        return decode_text(body)
+    except BodyError as exc:
+        hint = " (it looks gzip-compressed: send it uncompressed)" if body[:2] == b"\x1f\x8b" else ""
+        abort(400, f"{exc}{hint}")
+
+
+def _json(text: str):
+    """The body as data; a lone surrogate (JavaScript cut a string inside an emoji) becomes U+FFFD."""
+    try:
+        return parse_json(text, repair=True)
+    except BodyError as exc:
+        abort(400, str(exc))
 
 
 def _event(source: str, webhook_id: str, body) -> Event:

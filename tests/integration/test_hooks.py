@@ -146,3 +146,59 @@ def test_redis_down_answers_503_so_the_sender_retries(redis_url):
 def test_a_delivery_within_the_five_minute_window_is_accepted(post):
     assert post({"n": 1}, age=290, msg_id="late").status_code == 202
     assert post({"n": 1}, age=-290, msg_id="early").status_code == 202
+
+
+# -- hostile bodies (issue 19): every one answered 4xx naming what was wrong, never 5xx ------------
+
+def _signed_bytes(raw: bytes, msg_id: str, secret: str = SECRET) -> dict:
+    """Standard Webhooks headers over raw bytes, as a sender whose library signs bytes would send them."""
+    import base64
+    import hashlib
+    import hmac
+
+    stamp = str(int(time.time()))
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{msg_id}.{stamp}.".encode() + raw, hashlib.sha256).digest()
+    return {"webhook-id": msg_id, "webhook-timestamp": stamp, "webhook-signature": "v1," + base64.b64encode(mac).decode()}
+
+
+def test_a_lone_surrogate_is_accepted_as_the_replacement_character(post, redis_url):
+    # Legal JSON that no UTF-8 can carry (JavaScript cut a string inside an emoji): stored as U+FFFD,
+    # so every later step (traces, runs, the CLI) can store and print it.
+    response = post(b'{"a": "\\ud800", "b": "\\ud83d\\ude00", "\\udc00": 1}', msg_id="surrogate")
+    assert response.status_code == 202
+    [event] = queued_events(redis_url)
+    assert event["payload"]["body"] == {"a": "\ufffd", "b": "\U0001F600", "\ufffd": 1}
+
+
+@pytest.mark.parametrize("depth", [65, 990, 2_000, 32_000])
+def test_deeply_nested_json_is_400_naming_the_limit(post, redis_url, depth):
+    response = post(b"[" * depth + b"]" * depth, msg_id=f"deep{depth}")
+    assert response.status_code == 400
+    assert "nests deeper than 64 levels" in response.json["error"]["message"]
+    assert queued_events(redis_url) == []
+
+
+def test_json_nested_64_deep_is_accepted(post):
+    assert post(b"[" * 64 + b"]" * 64, msg_id="deep64").status_code == 202
+
+
+def test_a_signed_body_that_is_not_utf8_is_400_naming_the_byte(post, redis_url):
+    raw = '{"name": "Müller"}'.encode("latin-1")
+    response = post(raw, headers=_signed_bytes(raw, "latin1"))
+    assert response.status_code == 400
+    assert response.json["error"]["message"] == "the body is not UTF-8 text: byte 0xfc at offset 11"
+    assert queued_events(redis_url) == []
+
+
+def test_a_gzip_body_is_415_or_400_saying_to_send_it_uncompressed(post, redis_url):
+    import gzip
+
+    raw = gzip.compress(b'{"n": 1}', mtime=0)
+    declared = post(raw, headers={**_signed_bytes(raw, "gz1"), "Content-Encoding": "gzip"})
+    assert declared.status_code == 415
+    assert "send the JSON body uncompressed" in declared.json["error"]["message"]
+    undeclared = post(raw, headers=_signed_bytes(raw, "gz2"))
+    assert undeclared.status_code == 400
+    assert "gzip-compressed" in undeclared.json["error"]["message"]
+    assert queued_events(redis_url) == []

@@ -1,0 +1,121 @@
+"""Outside bytes → plain data, decoded once and within limits.
+
+Every body, bundle file and form that reaches us from outside is hostile until this module has read
+it. It refuses, with a message a sender can act on (the caller answers 4xx with it):
+- bytes that are not UTF-8 (the offset of the first bad byte);
+- JSON nested deeper than `MAX_DEPTH` (Python's parser recurses, and so does everything after it:
+  schema checks, templates, copies; a 30,000-deep body would be a RecursionError somewhere later);
+- text holding a lone surrogate (`"\\ud800"` is legal JSON but no UTF-8 can carry it, so every later
+  step that stores or prints the event would fail on it: the poison event of issue 19). Where a
+  person wrote the text (a rule file) it is refused; where a program sent it (a webhook, an InLoox
+  answer: JavaScript that cut a string inside an emoji sends exactly this) each lone surrogate
+  becomes U+FFFD, as the WHATWG encoding standard (TextEncoder, `String.toWellFormed`) does, and the
+  event goes on.
+The checks cost a C-speed scan of the raw text in the common case: a body with fewer brackets than
+the depth limit and without a `\\u` escape cannot break either rule, and is not walked.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+MAX_DEPTH = 64  # webhook payloads nest ~10 deep (GitHub's deepest), rule documents ~15
+
+
+class BodyError(ValueError):
+    """Outside data we will not take; the message says what was wrong and where."""
+
+
+def decode_text(raw: bytes, what: str = "the body") -> str:
+    """`raw` as UTF-8 text (a leading BOM dropped), or a BodyError naming the first bad byte."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"{what} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}") from None
+
+
+def parse_json(raw: bytes | str, what: str = "the body", *, max_depth: int = MAX_DEPTH,
+               repair: bool = False) -> Any:
+    """`raw` parsed as JSON, with every check of this module; a BodyError says what was wrong.
+
+    `repair`: lone surrogates become U+FFFD instead of being refused.
+    """
+    text = decode_text(raw, what) if isinstance(raw, (bytes, bytearray)) else raw
+    try:
+        data = json.loads(text)
+    except RecursionError:  # the C parser stops at the interpreter's recursion limit, cleanly
+        raise BodyError(f"{what} nests deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        raise BodyError(f"{what} is not valid JSON: {exc}") from None
+    surrogates = "\\u" in text  # in JSON, a lone surrogate can only arrive as an escape
+    if surrogates or _brackets(text) > max_depth:
+        check_plain(data, what, max_depth=max_depth, may_have_surrogates=surrogates and not repair)
+        if surrogates and repair:
+            data = well_formed(data)
+    return data
+
+
+def well_formed(data: Any) -> Any:
+    """`data` with each lone surrogate in its strings (keys too) replaced by U+FFFD.
+
+    Recursive: call it on data whose depth `check_plain` has bounded.
+    """
+    if isinstance(data, str):
+        return _SURROGATE.sub("\ufffd", data)
+    if isinstance(data, dict):
+        return {well_formed(k): well_formed(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [well_formed(v) for v in data]
+    return data
+
+
+def check_plain(data: Any, what: str = "the data", *, max_depth: int = MAX_DEPTH,
+                may_have_surrogates: bool = True) -> None:
+    """Refuse `data` (already parsed: JSON, YAML, a form) nested past `max_depth` or holding a lone surrogate."""
+    stack = [(data, 1, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            if may_have_surrogates:
+                _check_text(value, what, path)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > max_depth:
+            raise BodyError(f"{what} nests deeper than {max_depth} levels")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if isinstance(k, str) and may_have_surrogates:
+                _check_text(k, what, path)
+            if may_have_surrogates or isinstance(v, (dict, list)):
+                stack.append((v, depth + 1, (*path, k)))
+
+
+def check_text(text: str, what: str = "the text") -> None:
+    """Refuse text holding a lone surrogate (a decoded escape that no UTF-8 can carry)."""
+    _check_text(text, what, ())
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(text: str, what: str, path: tuple) -> None:
+    found = _SURROGATE.search(text)
+    if found:
+        raise BodyError(f"{what} holds a lone surrogate \\u{ord(found.group()):04x} (not Unicode text; "
+                        f"send a UTF-8 character or a valid pair) at {_where(path)}")
+
+
+def _brackets(text: str) -> int:
+    return text.count("[") + text.count("{")
+
+
+def _where(path: tuple) -> str:
+    """A JSON pointer to `path` (long ones cut in the middle)."""
+    if not path:
+        return "the top"
+    parts = [str(p) for p in path]
+    if len(parts) > 8:
+        parts = [*parts[:4], "…", *parts[-3:]]
+    return "/" + "/".join(parts)
