@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
@@ -18,6 +19,9 @@ from typing import Any, Mapping
 from .edm import parse_datetime
 
 SOURCES = ("inloox", "webhook", "chat", "schedule", "manual")
+# What an event id may hold as it is: a person pastes ids into a shell (`flask events show ID`), so an
+# id is one shell word. The same set as `shlex.quote` leaves alone, less `%`, which escapes the rest.
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_@+=:,./-]")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,14 @@ class Event:
             entity=d.get("entity") or {}, actor=d.get("actor") or {},
             payload=d.get("payload") or {}, chained=bool(d.get("chained", False)),
         )
+
+
+def id_part(text: str) -> str:
+    """`text` made fit for an event id: each character a shell would split or strip at becomes %XX (UTF-8).
+
+    Deterministic and one-to-one, so the same change always gets the same id (and dedupes the same).
+    """
+    return _ID_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), text)
 
 
 def _pair(value: Any) -> tuple[Any, Any]:

@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 import redis
 
 from engine.diff import diff_snapshots
-from engine.events import Event
+from engine.events import Event, id_part
 from inloox import Client, and_, eq, or_
 from inloox.changes import PAGE_SIZE, Scan
 from workers import guards, workspaces
@@ -176,8 +176,12 @@ def _store(pipe, store: SnapshotStore, scan: Scan, change: _Change, ours: bool) 
 
 
 def _event(scan: Scan, change: _Change, entity: dict, now: datetime, hops: int) -> Event:
-    """The event of one change; `occurred_at` is the start of the scan that saw it (InLoox keeps no time)."""
-    event_id = f"inloox:{scan.entity_set}:{change.key}:scan {now.isoformat()}:{change.kind}"
+    """The event of one change; `occurred_at` is the start of the scan that saw it (InLoox keeps no time).
+
+    Its id is one shell word (a composite key's quotes are escaped) and depends only on the change and
+    the scan's start, so the same change seen by the same scan always dedupes to one event.
+    """
+    event_id = f"inloox:{scan.entity_set}:{id_part(change.key)}:scan@{now.isoformat()}:{change.kind}"
     if change.kind == "deleted":
         return deleted_event(scan.entity_set, change.key, change.snapshot, now, event_id, hops)
     return Event(source="inloox", kind=change.kind, entity_set=scan.entity_set, key=change.key, occurred_at=now,

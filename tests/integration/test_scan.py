@@ -4,6 +4,7 @@ poller processes, one set of each of the 14 groups of InLoox's product page firi
 of an idle stack."""
 from __future__ import annotations
 
+import shlex
 import time
 from datetime import datetime, timezone
 
@@ -188,6 +189,19 @@ def test_custom_field_values_are_scanned_by_their_composite_key(sandbox, scans, 
     [event] = queued(connection)
     assert event["key"] == f"Name='cf_2283e9e4_Budget',ObjectId={project}"
     assert event["changes"] == {"Value": ["25000", "30000"]}
+    # Pasted unquoted into a shell (`flask events show ID`), the id stays one word, quotes and all.
+    assert shlex.quote(event["id"]) == event["id"] and shlex.split(event["id"]) == [event["id"]]
+
+
+def test_a_scanned_change_has_one_id_that_is_one_shell_word(sandbox, client, connection):
+    contact = make(sandbox, "Contact", DisplayName="Brigitte Koch", Email="brigitte@example.com")["ContactId"]
+    at = datetime(2026, 12, 4, 13, 21, 29, 925891, tzinfo=timezone.utc)
+    scan_once(client, connection, CONTACTS, frozenset({"Email"}), PollSettings(), now=at)
+    sandbox.patch(f"Contact({contact})", json={"Email": "b.koch@example.com"})
+    [event_id] = scan_once(client, connection, CONTACTS, frozenset({"Email"}), PollSettings(), now=at).accepted
+
+    assert event_id == f"inloox:Contact:{contact}:scan@2026-12-04T13:21:29.925891+00:00:updated:Email"
+    assert shlex.split(event_id) == [event_id]
 
 
 def test_a_project_custom_field_is_read_from_dynamic_project_s_change_feed(sandbox, client, connection):
