@@ -19,6 +19,7 @@ from engine.fixtures import fixture_files, run_fixture_file
 from workers.manual import ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
 from workers import rule_files, workspaces
 from workers.runs import run_id
+from workers.settings import DEFAULTS
 from workers.worker_context import rule_env
 
 rules_cli = AppGroup("rules", help="Check, test and explain automation rules.")
@@ -122,7 +123,7 @@ def test_command(path: Path, as_json: bool):
               help="The rules (a folder or a file); default: RULES_PATH, as the stack uses.")
 @click.option("--now", help="The time to evaluate at (ISO 8601); default: the event's occurred_at.")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
-              help="A value for env.NAME in templates (repeatable); the process environment is not read.")
+              help="A value for env.NAME, over those RULES_ENV allows from the settings (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def explain_command(event_file: Path, rules_path: Path | None, now: str | None, env_pairs: tuple[str, ...],
                     as_json: bool):
@@ -135,8 +136,7 @@ def explain_command(event_file: Path, rules_path: Path | None, now: str | None, 
     moment = parse_datetime(now) if now else event.occurred_at
     if moment is None or moment.tzinfo is None:
         raise click.BadParameter(f"{now!r} is not an ISO date-time with a time zone", param_hint="--now")
-    env = dict(_pair(p) for p in env_pairs)
-    report = explain(event, load_rules(rules_path), now=moment, env=env)
+    report = explain(event, load_rules(rules_path), now=moment, env=_rule_env(env_pairs))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -159,10 +159,10 @@ def run_command(rule_id: str, event_file: Path | None, dry_run: bool, env_pairs:
 
     With --event, every rule that event matches runs (the event is simply accepted again).
     """
-    config, now = current_app.config, datetime.now(timezone.utc)
+    now = datetime.now(timezone.utc)
     ruleset = get_context().ruleset()
     event = _read_event(event_file) if event_file else manual_event(rule_id, now=now, given={"by": "flask rules run"})
-    env = {**rule_env({"RULES_ENV": config.get("RULES_ENV", "")}), **dict(_pair(p) for p in env_pairs)}
+    env = _rule_env(env_pairs)
     try:
         plan = plan_manual_run(ruleset, rule_id, event, now=now, env=env)
     except ManualRunRefused as exc:
@@ -192,6 +192,13 @@ def _read_event(path: Path) -> Event:
         raise click.ClickException(exc.format()) from exc
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise click.ClickException(f"{path}: not an event: {exc}") from exc
+
+
+def _rule_env(env_pairs: tuple[str, ...]) -> dict:
+    """env.NAME values as the stack's workers see them (RULES_ENV of the settings: the environment, `.env`,
+    `var/stack.env`), with the command line's NAME=VALUE pairs over them."""
+    allowed = current_app.config.get("RULES_ENV", DEFAULTS["RULES_ENV"])
+    return {**rule_env({"RULES_ENV": allowed}), **dict(_pair(p) for p in env_pairs)}
 
 
 def _pair(text: str) -> tuple[str, str]:

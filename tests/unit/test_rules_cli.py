@@ -121,7 +121,8 @@ def test_schema_prints_the_checked_in_schema(runner):
     assert json.loads(result.output) == json.loads((RULES.parent / "schemas" / "rule.schema.json").read_text())
 
 
-def test_explain_exits_1_when_a_matched_rule_cannot_be_planned(runner, tmp_path):
+def test_explain_exits_1_when_a_matched_rule_cannot_be_planned(runner, tmp_path, monkeypatch):
+    monkeypatch.delenv("TEAM_CHANNEL_URL", raising=False)  # no setting gives it
     (tmp_path / "event.yaml").write_text(EVENT.replace("WorkAmount: 0", "WorkAmount: 1, Name: N, TaskItemId: t"))
     result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml"), "--rules", str(RULES)])
     assert result.exit_code == 1
