@@ -35,6 +35,7 @@ class Operator:
     operand: str  # "value", "list", "pair", "text", "regex", "bool", "duration", "any"
     explanation: str
     schema: dict
+    synonyms: tuple[str, ...] = ()  # words people write for it (`greater_than`): the did-you-mean by meaning
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,18 @@ _OPERAND_SCHEMAS = {
 }
 
 
-def operator(name: str, *, operand: str, explanation: str):
-    """Register a field-test operator under `name`."""
+def operator(name: str, *, operand: str, explanation: str, synonyms: tuple[str, ...] = ()):
+    """Register a field-test operator under `name`; `synonyms` are other words for it, suggested by meaning."""
     def register(test):
         schema = {**_OPERAND_SCHEMAS[operand], "description": f"The operand of {name}: {explanation}."}
-        OPERATORS[name] = Operator(name, test, operand, explanation, schema)
+        OPERATORS[name] = Operator(name, test, operand, explanation, schema, synonyms)
         return test
     return register
+
+
+def operator_meanings() -> dict[str, str]:
+    """Each synonym of a registered operator → the operator's name (for `did_you_mean(meanings=…)`)."""
+    return {word: op.name for op in OPERATORS.values() for word in op.synonyms}
 
 
 def condition(name: str, *, explanation: str, keys: dict, extra: dict | None = None):
@@ -87,32 +93,48 @@ def _ordered(test):
     return safe
 
 
-operator("eq", operand="value", explanation="equals")(lambda v, o, now: v == o)
-operator("ne", operand="value", explanation="does not equal")(lambda v, o, now: v != o)
-operator("lt", operand="value", explanation="is less than")(_ordered(lambda v, o: v < o))
-operator("le", operand="value", explanation="is at most")(_ordered(lambda v, o: v <= o))
-operator("gt", operand="value", explanation="is greater than")(_ordered(lambda v, o: v > o))
-operator("ge", operand="value", explanation="is at least")(_ordered(lambda v, o: v >= o))
-operator("in", operand="list", explanation="is one of the listed values")(lambda v, o, now: v in o)
-operator("not_in", operand="list", explanation="is none of the listed values")(lambda v, o, now: v not in o)
-operator("between", operand="pair", explanation="lies between two values, inclusive")(
-    _ordered(lambda v, o: o[0] <= v <= o[1]))
+operator("eq", operand="value", explanation="equals",
+         synonyms=("equals", "equal", "equal_to", "is", "=", "==", "same_as"))(lambda v, o, now: v == o)
+operator("ne", operand="value", explanation="does not equal",
+         synonyms=("not_equal", "not_equals", "not_equal_to", "neq", "is_not", "!=", "<>", "differs_from"))(
+    lambda v, o, now: v != o)
+operator("lt", operand="value", explanation="is less than",
+         synonyms=("less_than", "lower_than", "smaller_than", "fewer_than", "below", "<"))(_ordered(lambda v, o: v < o))
+operator("le", operand="value", explanation="is at most",
+         synonyms=("less_than_or_equal", "less_than_or_equal_to", "less_or_equal", "lte", "at_most", "<="))(
+    _ordered(lambda v, o: v <= o))
+operator("gt", operand="value", explanation="is greater than",
+         synonyms=("greater_than", "more_than", "larger_than", "bigger_than", "higher_than", "above", ">"))(
+    _ordered(lambda v, o: v > o))
+operator("ge", operand="value", explanation="is at least",
+         synonyms=("greater_than_or_equal", "greater_than_or_equal_to", "greater_or_equal", "gte", "at_least", ">="))(
+    _ordered(lambda v, o: v >= o))
+operator("in", operand="list", explanation="is one of the listed values",
+         synonyms=("in_list", "one_of", "is_one_of", "any_of", "is_in"))(lambda v, o, now: v in o)
+operator("not_in", operand="list", explanation="is none of the listed values",
+         synonyms=("not_in_list", "none_of", "not_one_of", "nin", "is_not_in"))(lambda v, o, now: v not in o)
+operator("between", operand="pair", explanation="lies between two values, inclusive",
+         synonyms=("in_range", "range", "within_range"))(_ordered(lambda v, o: o[0] <= v <= o[1]))
 
 
-@operator("contains", operand="any", explanation="text contains a substring, or a list contains an item")
+@operator("contains", operand="any", explanation="text contains a substring, or a list contains an item",
+          synonyms=("includes", "has", "contains_text", "includes_text"))
 def _contains(value, operand, now):
     if isinstance(value, str):
         return isinstance(operand, str) and operand in value
     return isinstance(value, (list, tuple)) and operand in value
 
 
-operator("prefix", operand="text", explanation="text starts with")(
+operator("prefix", operand="text", explanation="text starts with",
+         synonyms=("starts_with", "startswith", "begins_with"))(
     lambda v, o, now: isinstance(v, str) and v.startswith(o))
-operator("suffix", operand="text", explanation="text ends with")(
+operator("suffix", operand="text", explanation="text ends with", synonyms=("ends_with", "endswith"))(
     lambda v, o, now: isinstance(v, str) and v.endswith(o))
-operator("regex", operand="regex", explanation="text matches a regular expression (search)")(
+operator("regex", operand="regex", explanation="text matches a regular expression (search)",
+         synonyms=("matches", "match", "regexp", "re", "pattern", "like"))(
     lambda v, o, now: isinstance(v, str) and o.search(v) is not None)
-operator("exists", operand="bool", explanation="the value is present and not null (no value, or true) or absent (false)")(
+operator("exists", operand="bool", explanation="the value is present and not null (no value, or true) or absent (false)",
+         synonyms=("is_set", "present", "is_present", "not_null", "is_not_null", "has_value", "defined"))(
     lambda v, o, now: (v is not MISSING and v is not None) == o)
 
 
@@ -122,7 +144,8 @@ def _older_than(value, operand, now):
     return moment is not None and moment < now - operand
 
 
-@operator("newer_than", operand="duration", explanation="a date-time lies within a duration before now")
+@operator("newer_than", operand="duration", explanation="a date-time lies within a duration before now",
+          synonyms=("within_last", "within_the_last", "younger_than"))
 def _newer_than(value, operand, now):
     moment = parse_datetime(value)
     return moment is not None and moment >= now - operand

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
 class EngineError(Exception):
@@ -58,9 +58,21 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"_|(?<=[a-z0-9])(?=[A-Z])", name) if w]
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """A hint like "did you mean 'TaskItemStatusId'?", or "" when nothing is close."""
+def _meaning_key(word: str) -> str:
+    # `greater_than`, `greaterThan`, `Greater-Than` and `greater than` are one word to a reader.
+    return re.sub(r"[\s_-]", "", word.lower())
+
+
+def did_you_mean(name: str, candidates: Iterable[str], *, meanings: Mapping[str, str] | None = None) -> str:
+    """A hint like "did you mean 'TaskItemStatusId'?", or "" when nothing is close.
+
+    `meanings` (other word → candidate) is asked first: a name that means a candidate (`greater_than`
+    → `gt`) is pointed to it, not to a candidate merely spelt alike (`newer_than`).
+    """
     candidates = sorted(set(candidates))
+    by_meaning = {_meaning_key(word): meant for word, meant in (meanings or {}).items() if meant in candidates}
+    if _meaning_key(name) in by_meaning:
+        return f"did you mean {by_meaning[_meaning_key(name)]!r}?"
     by_lower = {c.lower(): c for c in candidates}
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
     found = [by_lower[c] for c in close]

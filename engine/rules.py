@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from .actions import ACTIONS
-from .conditions import Checker, compile_condition
+from .conditions import Checker, compile_condition, operator_meanings
 from .documents import Document, parse_documents
 from .durations import parse_duration
 from .errors import RuleError, RulesetError, did_you_mean
@@ -123,12 +123,12 @@ def load_rules(paths: str | Path | Iterable[str | Path], *, strict: bool = False
     """Load every rule file under `paths`; raises RulesetError in strict mode if anything failed."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    sources = [(str(f), f.read_text(encoding="utf-8")) for p in paths for f in rule_files(p)]
+    sources = [(str(f), f.read_bytes()) for p in paths for f in rule_files(p)]  # parse_documents decodes
     return load_texts(sources, strict=strict)
 
 
-def load_texts(sources: Iterable[tuple[str, str]], *, strict: bool = False) -> Ruleset:
-    """Load rules from (file name, YAML text) pairs; the pure core of load_rules."""
+def load_texts(sources: Iterable[tuple[str, str | bytes]], *, strict: bool = False) -> Ruleset:
+    """Load rules from (file name, YAML text or its bytes) pairs; the pure core of load_rules."""
     rules: dict[str, Rule] = {}
     skipped: list[Skipped] = []
     for file, text in sources:
@@ -188,7 +188,8 @@ def _schema_problems(doc: Document) -> list[tuple[tuple, RuleError]]:
                       for key in error.instance if key not in known]
         elif error.validator == "enum" and isinstance(error.instance, str):
             found.append(("enum", path, doc.error(path, f"{error.instance!r} is not one of {', '.join(error.validator_value)}",
-                                                  hint=did_you_mean(error.instance, error.validator_value),
+                                                  hint=did_you_mean(error.instance, error.validator_value,
+                                                                    meanings=operator_meanings()),
                                                   rule_id=rule_id)))
         elif error.validator == "required":  # the value that is wrong is the one not there
             found.append(("required", path + (None,), doc.error(path, _brief(error), rule_id=rule_id)))
