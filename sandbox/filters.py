@@ -5,9 +5,15 @@ is a `?` parameter (so no value can inject SQL) and every identifier is checked 
 columns. Literals are converted to the stored form of the column they are compared with (GUIDs
 lowercased, date-times to UTC milliseconds, booleans to 0/1), so comparisons run in SQL on indexes.
 Supported: eq ne gt ge lt le in, and or not, parentheses, contains startswith endswith, tolower
-toupper trim length, bare boolean properties, and null.
+toupper trim length, bare boolean properties, and null. A condition may be compared with a boolean
+(`contains(Name,'a') eq true`, allowed since OData 4.01 and what SAP's client always writes), with
+OData's null rules: a function of a null property is null, and `null eq false` is false while
+`null ne true` is true, which SQLite's `=` and `IS NOT` give as they stand.
+A filter may nest MAX_DEPTH levels: the compiler recurses, and so does SQLite's parser.
 """
 from __future__ import annotations
+
+import dataclasses
 
 from odata_query import ast
 from odata_query.exceptions import ODataException
@@ -20,6 +26,9 @@ from .store import quote
 _COMPARE = {ast.Eq: "=", ast.NotEq: "IS NOT", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _NUMBERS = {"Edm.Int16", "Edm.Int32", "Edm.Int64", "Edm.Byte", "Edm.Double", "Edm.Single", "Edm.Decimal"}
 _STRING_FUNCTIONS = {"tolower": "lower", "toupper": "upper", "trim": "trim"}
+_TEXT_MATCHES = ("contains", "startswith", "endswith")
+_SQL_INTEGERS = range(-2**63, 2**63)  # what SQLite can bind
+MAX_DEPTH = 100  # far deeper than filters people write (use `in (…)` for long lists of values)
 
 
 def compile_filter(text: str, columns: dict[str, str]) -> tuple[str, list]:
@@ -30,11 +39,28 @@ def compile_filter(text: str, columns: dict[str, str]) -> tuple[str, list]:
         raise BadRequest(f"Malformed $filter '{text}': {exc}", target="$filter") from None
     if tree is None:
         raise BadRequest(f"Malformed $filter '{text}': empty expression", target="$filter")
+    if _deeper_than_allowed(tree):
+        raise BadRequest(f"$filter nests deeper than {MAX_DEPTH} levels (for a long list of values, "
+                         f"write 'Property in (…)' rather than a chain of 'or')", target="$filter")
     compiler = _Compiler(columns)
     parts = [compiler.condition(node) for node in _conjuncts(tree)]
     # Filters here are mostly selective (polls on *_UpdatedAt, foreign keys). Telling SQLite so makes
     # it search the filter's index and sort the few hits, instead of walking the whole key order.
     return " AND ".join(f"unlikely({sql})" for sql, _ in parts), [p for _, params in parts for p in params]
+
+
+def _deeper_than_allowed(tree) -> bool:
+    """Whether the AST nests past MAX_DEPTH, found without recursing (3,000 `not`s would overflow)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        for field in dataclasses.fields(node):
+            value = getattr(node, field.name)
+            children = value if isinstance(value, (list, tuple)) else (value,)
+            stack.extend((child, depth + 1) for child in children if isinstance(child, ast._Node))
+    return False
 
 
 def _conjuncts(node) -> list:
@@ -61,7 +87,7 @@ class _Compiler:
             return f"(NOT {sql})", params
         if isinstance(node, ast.Compare):
             return self.compare(node)
-        if isinstance(node, ast.Call) and node.func.name in ("contains", "startswith", "endswith"):
+        if isinstance(node, ast.Call) and node.func.name in _TEXT_MATCHES:
             return self.text_match(node)
         if isinstance(node, ast.Identifier) and self.column_type(node) == "Edm.Boolean":
             return f"({quote(node.name)} = 1)", []
@@ -103,7 +129,9 @@ class _Compiler:
                 needle_params + subject_params + needle_params + needle_params)
 
     def operand(self, node, other_type: str | None, other_name: str = "") -> tuple[str, list]:
-        """SQL for a value: a column, a function of one, or a literal as `?`."""
+        """SQL for a value: a column, a function of one, a condition (0, 1 or NULL) or a literal as `?`."""
+        if _is_condition(node):
+            return self.condition(node)
         if isinstance(node, ast.Identifier):
             self.column_type(node)
             return quote(node.name), []
@@ -120,6 +148,8 @@ class _Compiler:
         raise BadRequest(f"$filter: {_describe(node)} is not supported here", target="$filter")
 
     def type_of(self, node) -> str | None:
+        if _is_condition(node):
+            return "Edm.Boolean"
         if isinstance(node, ast.Identifier):
             return self.column_type(node)
         if isinstance(node, ast.Call) and node.func.name in _STRING_FUNCTIONS:
@@ -152,7 +182,7 @@ def _convert_literal(node, column_type: str | None):
     if column_type in (None, "Edm.String") and isinstance(node, ast.String):
         return node.val
     if column_type is None and isinstance(node, (ast.Integer, ast.Float)):
-        return node.py_val
+        return _sql_number(node.py_val)
     if column_type == "Edm.Guid" and isinstance(node, (ast.GUID, ast.String)):
         return edm.normalize_guid(node.val)
     if column_type == "Edm.DateTimeOffset" and isinstance(node, (ast.DateTime, ast.Date, ast.String)):
@@ -160,8 +190,24 @@ def _convert_literal(node, column_type: str | None):
     if column_type == "Edm.Boolean" and isinstance(node, ast.Boolean):
         return int(node.val.lower() == "true")
     if column_type in _NUMBERS and isinstance(node, (ast.Integer, ast.Float)):
-        return node.py_val
+        return _sql_number(node.py_val)
     raise TypeError(node)
+
+
+def _sql_number(value):
+    if isinstance(value, int) and value not in _SQL_INTEGERS:
+        raise OverflowError(value)  # no stored number is that large, and SQLite cannot bind it
+    return value
+
+
+def _is_condition(node) -> bool:
+    """Whether `node` is true or false (or null) rather than a value: a comparison, a boolean
+    operator or a text match."""
+    if isinstance(node, (ast.BoolOp, ast.Compare)):
+        return True
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, ast.Not)
+    return isinstance(node, ast.Call) and node.func.name in _TEXT_MATCHES
 
 
 def _name(node) -> str:

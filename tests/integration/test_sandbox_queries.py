@@ -56,6 +56,13 @@ def names(sandbox, **params) -> list[str]:
     ("contains(Name, '''')", ["O'Brien", TRICKY]),
     ("startswith(Name, 'al')", ["alpha"]),
     ("endswith(Name, 'ta')", ["beta"]),
+    # OData 4.01 lets a boolean function be compared with a boolean; SAP's client always writes it so.
+    ("contains(Name, 'amm') eq true", ["gamma"]),
+    ("contains(Name, 'a') eq false", ["O'Brien", TRICKY]),
+    ("startswith(Name, 'al') ne true", ["O'Brien", TRICKY, "beta", "gamma"]),
+    ("endswith(Name, 'ta') ne false", ["beta"]),
+    ("true eq startswith(Name, 'be')", ["beta"]),
+    ("contains(Name, 'a') eq true and IsDone eq (Recurrence gt 1)", ["alpha", "beta"]),
     ("tolower(Name) eq 'o''brien'", ["O'Brien"]),
     ("Recurrence in (1, 3)", ["alpha", "gamma"]),
     ("WorkAmount eq 0", [TRICKY]),

@@ -56,10 +56,38 @@ def test_bad_filters_raise_bad_request_naming_the_problem(text, mentions):
     assert mentions in caught.value.message
 
 
+@pytest.mark.parametrize("text, matches", [
+    ("contains(Name,'b') eq true", 1), ("contains(Name,'b') eq false", 0),
+    ("contains(Name,'z') eq false", 1), ("contains(Name,'z') ne true", 1),
+    ("startswith(Name,'a') ne false", 1), ("endswith(Name,'b') eq true", 1),
+    ("false eq endswith(Name,'b')", 0), ("IsDone eq (Recurrence gt 1)", 1),
+    ("(contains(Name,'a') and IsDone) eq true", 1),
+])
+def test_boolean_functions_compare_with_booleans_as_in_odata_4_01(db, text, matches):
+    sql, params = compile_filter(text, COLUMNS)
+    assert db.execute(f"SELECT COUNT(*) FROM t WHERE {sql}", params).fetchone()[0] == matches
+
+
+@pytest.mark.parametrize("text", [
+    "not " * 3000 + "IsDone", " or ".join(["IsDone"] * 3000), " and ".join(["IsDone"] * 3000),
+    "length(" * 500 + "Name" + ")" * 500 + " eq 1",
+])
+def test_filters_nested_past_the_limit_are_a_bad_request(text):
+    with pytest.raises(BadRequest) as caught:
+        compile_filter(text, COLUMNS)
+    assert "nests deeper than" in caught.value.message
+
+
+def test_a_long_in_list_is_not_nesting():
+    values = ", ".join(str(i) for i in range(3000))
+    assert len(compile_filter(f"Recurrence in ({values})", COLUMNS)[1]) == 3000
+
+
 _ATOMS = st.sampled_from([
     "Name", "IsDone", "TaskItemId", "EndDateTime", "WorkAmount", "Recurrence", "'x'", "'it''s'", "1", "2.5",
     "true", "null", "2025-04-01T09:00:00Z", "2025-04-01", "3fa85f64-5717-4562-b3fc-2c963f66afa6",
     "tolower(Name)", "length(Name)", "contains(Name,'a')", "startswith(Name,'')", "endswith(Name,'b')",
+    "contains(Name,'a') eq true", "endswith(Name,'b') ne false",
 ])
 _OPS = st.sampled_from([" eq ", " ne ", " gt ", " ge ", " lt ", " le ", " and ", " or ", " in "])
 _FILTERS = st.recursive(
