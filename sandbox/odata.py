@@ -88,6 +88,11 @@ def _body_for_log():
     return None if body is _UNPARSEABLE else body
 
 
+def _method() -> str:
+    """The request's method with HEAD read as GET: Werkzeug leaves the body out of a HEAD answer."""
+    return "GET" if request.method == "HEAD" else request.method
+
+
 @bp.after_request
 def record(response: Response) -> Response:
     """Finish the log entry; for commit_then_hang, hold and then drop the connection."""
@@ -132,12 +137,12 @@ def resource(path: str):
 
 def _collection(sandbox, target):
     entity_set = target.entity_set
-    if request.method == "POST":
+    if _method() == "POST":
         created = writes.create(sandbox.store, entity_set, _json_body(), g.user)
         response = _entity_response(entity_set.name, created, 201)
         response.headers["Location"] = _base_url() + format_key(entity_set, created)
         return response
-    if request.method != "GET":
+    if _method() != "GET":
         raise MethodNotAllowed(f"{request.method} is not allowed on the collection {entity_set.name}")
     query = queries.parse_query(request.args, sandbox.store.columns(entity_set.name))
     rows, position, total = queries.read_page(sandbox.store, entity_set.name, query)
@@ -151,7 +156,7 @@ def _collection(sandbox, target):
 
 
 def _count(sandbox, target):
-    if request.method != "GET":
+    if _method() != "GET":
         raise MethodNotAllowed("$count is read-only")
     query = queries.parse_query({"$filter": request.args.get("$filter", "")},
                                 sandbox.store.columns(target.entity_set.name))
@@ -162,12 +167,13 @@ def _count(sandbox, target):
 
 def _entity(sandbox, target):
     store, entity_set, key = sandbox.store, target.entity_set, target.key
-    if request.method == "GET":
+    method = _method()
+    if method == "GET":
         return _entity_response(entity_set.name, writes.read_entity(store, entity_set, key))
-    if request.method == "DELETE":
+    if method == "DELETE":
         writes.delete(store, entity_set, key, g.user)
         return Response(status=204)
-    if request.method in ("PATCH", "PUT"):
+    if method in ("PATCH", "PUT"):
         updated = writes.update(store, entity_set, key, _json_body(), g.user)
         if "return=minimal" in request.headers.get("Prefer", ""):
             return Response(status=204)
@@ -181,7 +187,7 @@ def _entity_response(set_name: str, entity: dict, status: int = 200) -> Response
 
 def _operation(sandbox, target):
     body = _json_body() if request.method == "POST" and request.get_data() else None
-    status, result = operations.invoke(sandbox.store, target, request.method, body, g.user)
+    status, result = operations.invoke(sandbox.store, target, _method(), body, g.user)
     if result is None:
         return Response(status=204)
     context = f"{_base_url()}$metadata#{target.entity_set.name}"

@@ -142,6 +142,20 @@ def test_a_single_entity_is_the_bare_object_with_its_context(sandbox, tasks):
     assert listing["@odata.context"] == f"{sandbox.base_url}$metadata#Task"
 
 
+@pytest.mark.parametrize("path", ["Task", "Task({beta})", "Task/$count", "$metadata", "", "UserInfo/Me()"])
+def test_head_answers_like_get_without_a_body(sandbox, tasks, path):
+    url = sandbox.base_url + path.format(beta=tasks["beta"])
+    got, head = sandbox.session.get(url, timeout=10), sandbox.session.head(url, timeout=10)
+    assert got.status_code == 200 and head.status_code == 200, head.headers
+    assert head.content == b"" and head.headers["Content-Type"] == got.headers["Content-Type"]
+    assert head.headers["Content-Length"] == got.headers["Content-Length"]
+
+
+def test_head_is_refused_where_get_is(sandbox):
+    assert sandbox.session.head(sandbox.base_url + "NoSuchSet", timeout=10).status_code == 404
+    assert requests.head(sandbox.base_url + "Task", timeout=10).status_code == 401
+
+
 def test_metadata_is_inloox_s_own_edmx(sandbox):
     response = sandbox.get("$metadata")
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/xml")
