@@ -187,10 +187,10 @@ def _entity_response(set_name: str, entity: dict, status: int = 200) -> Response
 
 def _operation(sandbox, target):
     body = _json_body() if request.method == "POST" and request.get_data() else None
-    status, result = operations.invoke(sandbox.store, target, _method(), body, g.user)
+    status, result, result_set = operations.invoke(sandbox.store, target, _method(), body, g.user)
     if result is None:
         return Response(status=204)
-    context = f"{_base_url()}$metadata#{target.entity_set.name}"
+    context = f"{_base_url()}$metadata#{result_set}"
     if isinstance(result, list):
         return json_response({"@odata.context": context, "value": result}, status)
     return json_response({"@odata.context": context + "/$entity", **result}, status)

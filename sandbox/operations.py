@@ -3,13 +3,17 @@
 Modelled: `UserInfo/Me()`; `AddNote` on Task, Project, TimeEntry and Document (notes are stored and
 listed at `GET /_sandbox/notes`); Task `StartStopwatch`, `PauseStopwatch`, `StopStopwatch` (books a
 TimeEntry for the elapsed time) and `GetStopwatch`, using the UserStopwatch set. Every other
-operation of the metadata answers 501 naming itself.
+operation of the metadata answers 501 naming itself. Each registration names the entity set its
+result belongs to (the stopwatch operations are bound to Task but return a UserStopwatch), which
+is what the answer's `@odata.context` names.
 """
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 from . import edm, writes
 from .behaviour import WriteContext
@@ -18,20 +22,30 @@ from .errors import BadRequest, MethodNotAllowed, NotFound, NotImplementedOperat
 from .paths import Resource
 from .store import Store
 
-OPERATIONS: dict = {}
+
+@dataclass(frozen=True)
+class Implemented:
+    """A modelled operation: its handler and the entity set of what it returns (None: the bound set)."""
+
+    handler: Callable
+    returns: str | None
 
 
-def operation(name: str, *set_names: str):
-    """Register `handler(ctx, resource, body) -> (status, payload)` for `name` on `set_names`."""
+OPERATIONS: dict[tuple[str, str], Implemented] = {}
+
+
+def operation(name: str, *set_names: str, returns: str | None = None):
+    """Register `handler(ctx, resource, body) -> (status, payload)` for `name` on `set_names`;
+    `returns` is the entity set of the entities it answers with, when not the set it is bound to."""
     def register(handler):
         for set_name in set_names:
-            OPERATIONS[(set_name, name)] = handler
+            OPERATIONS[(set_name, name)] = Implemented(handler, returns)
         return handler
     return register
 
 
-def invoke(store: Store, resource: Resource, method: str, body, user: str) -> tuple[int, object]:
-    """Run the operation `resource` names; returns (status, JSON payload or None)."""
+def invoke(store: Store, resource: Resource, method: str, body, user: str) -> tuple[int, object, str]:
+    """Run the operation `resource` names; returns (status, JSON payload or None, the payload's entity set)."""
     set_name, name = resource.entity_set.name, resource.operation
     declared = store.metadata.operation(set_name, name, collection=resource.key is None)
     if declared is None:
@@ -40,12 +54,13 @@ def invoke(store: Store, resource: Resource, method: str, body, user: str) -> tu
     expected = "POST" if declared.kind == "Action" else "GET"
     if method != expected:
         raise MethodNotAllowed(f"{set_name}/{name} is an OData {declared.kind.lower()}: call it with {expected}")
-    handler = OPERATIONS.get((set_name, name))
-    if handler is None:
+    implemented = OPERATIONS.get((set_name, name))
+    if implemented is None:
         raise NotImplementedOperation(f"The sandbox does not implement {set_name}/{name}", target=name)
     with store.transaction() as conn:
         ctx = WriteContext(conn, store, user, store.clock.now())
-        return handler(ctx, resource, body if body is not None else {})
+        status, payload = implemented.handler(ctx, resource, body if body is not None else {})
+    return status, payload, implemented.returns or set_name
 
 
 @operation("Me", "UserInfo")
@@ -96,7 +111,7 @@ def _public(ctx: WriteContext, watch_id: str) -> dict:
     return writes.read_entity(ctx.store, _stopwatch_set(ctx), {"UserStopwatchId": watch_id})
 
 
-@operation("StartStopwatch", "Task")
+@operation("StartStopwatch", "Task", returns="UserStopwatch")
 def start_stopwatch(ctx: WriteContext, resource: Resource, body):
     task = writes.read_entity(ctx.store, resource.entity_set, resource.key)
     if not task["ProjectId"]:
@@ -117,7 +132,7 @@ def start_stopwatch(ctx: WriteContext, resource: Resource, body):
     return 200, _public(ctx, watch["UserStopwatchId"])
 
 
-@operation("PauseStopwatch", "Task")
+@operation("PauseStopwatch", "Task", returns="UserStopwatch")
 def pause_stopwatch(ctx: WriteContext, resource: Resource, body):
     watch = _require_stopwatch(ctx, resource)
     if watch["PausedAt"] is None:
@@ -125,12 +140,12 @@ def pause_stopwatch(ctx: WriteContext, resource: Resource, body):
     return 200, _public(ctx, watch["UserStopwatchId"])
 
 
-@operation("GetStopwatch", "Task")
+@operation("GetStopwatch", "Task", returns="UserStopwatch")
 def get_stopwatch(ctx: WriteContext, resource: Resource, body):
     return 200, _public(ctx, _require_stopwatch(ctx, resource)["UserStopwatchId"])
 
 
-@operation("StopStopwatch", "Task")
+@operation("StopStopwatch", "Task", returns="UserStopwatch")
 def stop_stopwatch(ctx: WriteContext, resource: Resource, body):
     watch = _require_stopwatch(ctx, resource)
     elapsed = _elapsed(ctx, watch)

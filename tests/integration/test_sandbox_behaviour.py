@@ -119,6 +119,19 @@ def test_stopwatch_start_stop_books_a_time_entry(sandbox, project):
     assert sandbox.count("UserStopwatch") == 0
 
 
+@pytest.mark.parametrize("operation, method", [
+    ("StartStopwatch", "POST"), ("Default.GetStopwatch()", "GET"), ("PauseStopwatch", "POST"), ("StopStopwatch", "POST"),
+])
+def test_stopwatch_operations_answer_with_a_user_stopwatch_context(sandbox, project, operation, method):
+    task = sandbox.post("Task", {"Name": "timed", "ProjectId": project["ProjectId"]}).json()
+    if operation != "StartStopwatch":
+        sandbox.post(f"Task({task['TaskItemId']})/StartStopwatch")
+    response = sandbox.session.request(method, f"{sandbox.base_url}Task({task['TaskItemId']})/{operation}", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["@odata.context"] == f"{sandbox.base_url}$metadata#UserStopwatch/$entity"
+    assert response.json()["TaskItemId"] == task["TaskItemId"]
+
+
 def test_starting_a_second_stopwatch_pauses_the_first(sandbox, project):
     first, second = (sandbox.post("Task", {"Name": n, "ProjectId": project["ProjectId"]}).json() for n in "ab")
     sandbox.post(f"Task({first['TaskItemId']})/StartStopwatch")
