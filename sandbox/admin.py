@@ -10,9 +10,9 @@ import json
 
 from flask import Blueprint, Response, request
 
+from . import bodies, seed
 from .errors import BadRequest, NotFound
 from .odata import json_response
-from . import seed
 from .runtime import get_sandbox
 
 bp = Blueprint("admin", __name__, url_prefix="/_sandbox")
@@ -22,10 +22,7 @@ def _body() -> dict:
     raw = request.get_data()
     if not raw:
         return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}") from None
+    body = bodies.parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object")
     return body

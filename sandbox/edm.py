@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from datetime import datetime, timezone
 
@@ -105,8 +106,14 @@ def _integer(edm_type: str, value) -> int:
 
 def _number(edm_type: str, value) -> float:
     if edm_type == "Edm.Decimal" and isinstance(value, str):
-        return float(value)  # IEEE754Compatible clients send decimals as strings
-    return float(_require(value, (int, float)))
+        number = float(value)  # IEEE754Compatible clients send decimals as strings
+    else:
+        number = float(_require(value, (int, float)))
+    # JSON has neither infinity nor NaN, but 1e400 parses as infinity and a decimal string may say
+    # "NaN": stored, one would be answered as `Infinity` (which strict parsers refuse), the other as null.
+    if not math.isfinite(number):
+        raise OverflowError(value)
+    return number
 
 
 def _describe(edm_type: str) -> str:

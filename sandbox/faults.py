@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 from .errors import BadRequest
 
 KINDS = ("latency", "status", "drop", "commit_then_hang")
+# A fault holds a server thread while it sleeps: beyond an hour it is a typo, and past ~1e10 s
+# time.sleep raises OverflowError, which would be a 500 on every request the rule fires for.
+_MAX_LATENCY_MS, _MAX_HANG_S = 3_600_000, 3600
 _FIELDS = {"kind", "status", "retry_after", "latency_ms", "hang_s", "count", "fraction", "methods", "path"}
 
 
@@ -109,8 +112,8 @@ def _rule_from(spec, rule_id: int) -> FaultRule:
     return FaultRule(
         id=rule_id, kind=kind, status=status,
         retry_after=_number(spec, "retry_after", (int, float), 0, None),
-        latency_ms=_number(spec, "latency_ms", int, 0, None) or 0,
-        hang_s=_number(spec, "hang_s", (int, float), 0, None) if spec.get("hang_s") is not None else 30.0,
+        latency_ms=_number(spec, "latency_ms", int, 0, _MAX_LATENCY_MS) or 0,
+        hang_s=_number(spec, "hang_s", (int, float), 0, _MAX_HANG_S) if spec.get("hang_s") is not None else 30.0,
         count=_number(spec, "count", int, 1, None),
         fraction=_number(spec, "fraction", (int, float), 0, 1) if spec.get("fraction") is not None else 1.0,
         methods=[m.upper() for m in methods] if methods else None,

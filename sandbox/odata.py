@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, Response, g, request
 
-from . import connection, operations, queries, writes
+from . import bodies, connection, operations, queries, writes
 from .errors import BadRequest, MethodNotAllowed, ODataError, Unauthorized
 from .paths import format_key, parse_path
 from .runtime import get_sandbox
@@ -68,24 +68,26 @@ def _fault_status(rule) -> Response:
     return error_response(error, headers)
 
 
-_UNPARSEABLE = object()
-
-
-def _parsed_body():
-    """The request body as JSON, parsed once per request; _UNPARSEABLE if it is not JSON."""
+def _json_body():
+    """The request body as JSON, parsed once per request (the log reads it too); raises BadRequest."""
+    if "body_error" in g:
+        raise g.body_error
     if "parsed_body" not in g:
         try:
-            g.parsed_body = json.loads(request.get_data())
-        except ValueError:
-            g.parsed_body = _UNPARSEABLE
+            g.parsed_body = bodies.parse_json(request.get_data())
+        except BadRequest as exc:
+            g.body_error = exc
+            raise
     return g.parsed_body
 
 
 def _body_for_log():
     if not request.content_length:
         return None
-    body = _parsed_body()
-    return None if body is _UNPARSEABLE else body
+    try:
+        return _json_body()
+    except BadRequest:
+        return None  # a refused body is logged as null: the log must stay printable
 
 
 def _method() -> str:
@@ -195,9 +197,3 @@ def _operation(sandbox, target):
         return json_response({"@odata.context": context, "value": result}, status)
     return json_response({"@odata.context": context + "/$entity", **result}, status)
 
-
-def _json_body():
-    body = _parsed_body()
-    if body is _UNPARSEABLE:
-        raise BadRequest("The request body is not valid JSON")
-    return body

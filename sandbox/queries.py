@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass
 from urllib.parse import quote as url_quote, urlencode
 
-from . import edm
+from . import bodies, edm
 from .errors import BadRequest
 from .filters import compile_filter
 from .store import Store, quote
 
 PAGE_SIZE = 100
+_MAX_DIGITS = 18  # any $top/$skip of this many digits fits SQLite's 64-bit integers
 _OPTIONS = {"$filter", "$select", "$orderby", "$top", "$skip", "$skiptoken", "$count", "$format"}
 
 
@@ -77,8 +78,10 @@ def _count_option(args, name: str) -> int | None:
     text = args.get(name)
     if text is None:
         return None
-    if not text.isdigit():
-        raise BadRequest(f"{name} must be a non-negative integer, got '{text}'", target=name)
+    # isdigit() alone takes '²' and other digits int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_DIGITS:
+        raise BadRequest(f"{name} must be a non-negative integer of at most {_MAX_DIGITS} digits,"
+                         f" got '{text[:40]}'", target=name)
     return int(text)
 
 
@@ -126,11 +129,12 @@ def _conditions(query: Query, keyset: list[tuple[str, bool]] | None) -> tuple[st
 def _after_token(order: list[tuple[str, bool]], token_text: str) -> tuple[str, list]:
     """The condition "comes after the row the token names" for an order of (column, key) or (key)."""
     try:
-        token = json.loads(token_text)
-    except ValueError:
+        token = bodies.parse_json(token_text, "$skiptoken")
+    except BadRequest:
         token = None
-    if not isinstance(token, list) or len(token) != len(order):
-        raise BadRequest(f"Malformed $skiptoken '{token_text}'; follow @odata.nextLink verbatim", target="$skiptoken")
+    if not isinstance(token, list) or len(token) != len(order) or not all(map(_storable, token)):
+        raise BadRequest(f"Malformed $skiptoken '{token_text[:80]}'; follow @odata.nextLink verbatim",
+                         target="$skiptoken")
     descending = order[0][1]
     after = "<" if descending else ">"
     if len(order) == 1:
@@ -146,6 +150,13 @@ def _after_token(order: list[tuple[str, bool]], token_text: str) -> tuple[str, l
     if descending:
         return f"({within} OR {column} IS NULL)", [value, value, last_key]
     return within, [value, value, last_key]
+
+
+def _storable(value) -> bool:
+    """Whether SQLite can compare a column with `value` (a token holds stored values only)."""
+    if isinstance(value, int):
+        return -2**63 <= value < 2**63
+    return value is None or isinstance(value, (str, float))
 
 
 def next_link(base: str, set_name: str, args, position: dict) -> str:

@@ -8,7 +8,7 @@ from flask import Flask, current_app
 
 from .faults import Faults
 from .requestlog import RequestLog
-from .seed import ME_ID, add_person, plant
+from .seed import ME_ID, add_person, check_seed, plant
 from .store import Store
 
 _EXTENSION = "inloox_sandbox"
@@ -38,7 +38,10 @@ class Sandbox:
         return found
 
     def reset(self, seed: str) -> None:
-        """Clear data, notes, faults, extra tokens and the request log, then load `seed`."""
+        """Clear data, notes, faults, extra tokens and the request log, then load `seed`.
+
+        An unknown seed raises BadRequest before anything is cleared."""
+        check_seed(seed)
         self.faults.clear()
         self.log.clear()
         self.users.clear()

@@ -44,10 +44,15 @@ def seed_id(*names: str) -> str:
 ME_ID = seed_id("contact", "me")
 
 
+def check_seed(name) -> None:
+    """Raise BadRequest unless `name` is a seed ('empty' or 'demo')."""
+    if name not in ("empty", "demo"):
+        raise BadRequest(f"Unknown seed {name!r:.80} (choose 'empty' or 'demo')", target="seed")
+
+
 def plant(store: Store, name: str) -> None:
     """Load seed `name` ('empty' or 'demo') into the (cleared) store."""
-    if name not in ("empty", "demo"):
-        raise BadRequest(f"Unknown seed '{name}' (choose 'empty' or 'demo')", target="seed")
+    check_seed(name)
     with store.transaction() as conn:
         ctx = WriteContext(conn, store, ME_ID, store.clock.now())
         _account(ctx)
