@@ -1,9 +1,11 @@
 """YAML rule documents as plain data plus the line and column of every key and value.
 
-Two things can go wrong before a rule is even read, and both are reported here as a RuleError:
-the YAML does not parse (`engine/syntax.py` puts the parser's complaint in plain words, at the line a
-person should fix), or its aliases expand to far more than the file holds (`MAX_NODES`, and the
-character budget of `_Expansion`).
+Several things can go wrong before a rule is even read, and each is reported here as a RuleError
+at its line: the bytes are not UTF-8; the YAML does not parse (`engine/syntax.py` puts the parser's
+complaint in plain words, at the line a person should fix); it nests too deep, holds a tag beyond
+YAML's standard ones or half a surrogate pair (`engine/yaml_limits.py`, checked as it parses); or
+its aliases expand to far more than the file holds (`MAX_NODES`, `MAX_DEPTH` and the character
+budget of `_Expansion`).
 """
 from __future__ import annotations
 
@@ -12,13 +14,15 @@ from datetime import date, datetime
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.reader import ReaderError
 
+from .bodies import MAX_DEPTH
 from .errors import RuleError
 from .syntax import syntax_error
+from .yaml_limits import CheckedParser, Refused
 
 Path = tuple  # a path into a document: keys and list indexes, e.g. ("then", 0, "values")
 
@@ -138,6 +142,13 @@ def _plain(node: Any, path: Path, doc: Document, cost: _Expansion) -> Any:
 
 
 def _copy(node: Any, path: Path, doc: Document, cost: _Expansion) -> Any:
+    if isinstance(node, (CommentedMap, CommentedSeq)) and len(path) >= MAX_DEPTH:
+        # The parser bounds the nesting as written; aliases can nest anchored values in each other past it.
+        line, col = doc.locate(path)
+        what = f"the alias *{cost.alias}" if cost.alias else "this value"
+        raise RuleError(f"{what} nests deeper than {MAX_DEPTH} levels once its YAML aliases are expanded",
+                        file=doc.file, line=line, col=col, path=format_path(path),
+                        hint="write the rule out without nested aliases")
     if isinstance(node, CommentedMap):
         out = {}
         for k, v in node.items():
@@ -155,6 +166,8 @@ def _copy(node: Any, path: Path, doc: Document, cost: _Expansion) -> Any:
             doc.values[path + (i,)] = (line + 1, col + 1)
             out.append(_plain(v, path + (i,), doc, cost))
         return out
+    if isinstance(node, TaggedScalar):
+        node = node.value  # `!!str 3`: the only tag yaml_limits lets through that round-trip keeps
     if isinstance(node, str):
         cost.spend(len(node), doc, path)
         return str(node)  # drop ruamel's scalar string subclasses
@@ -171,15 +184,34 @@ def _key_position(node: CommentedMap, key: Any) -> list[int]:
     return merged.lc.data[key] if merged is not None else [node.lc.line, node.lc.col] * 2
 
 
-def parse_documents(text: str, file: str) -> list[Document]:
-    """Every YAML document in `text`.
+def read_rule_text(raw: bytes, file: str) -> str:
+    """A rule file's bytes as text (a leading BOM dropped); RuleError at the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # engine.bodies.decode_text says the offset; a person editing the file wants the line.
+        start = exc.start
+        line = raw.count(b"\n", 0, start) + 1
+        col = len(raw[raw.rfind(b"\n", 0, start) + 1:start].decode("utf-8", "replace")) + 1
+        raise RuleError(f"byte 0x{raw[start]:02x} is not UTF-8 text", file=file, line=line, col=col,
+                        hint="save the file as UTF-8") from None
+
+
+def parse_documents(text: str | bytes, file: str) -> list[Document]:
+    """Every YAML document in `text` (bytes are read as UTF-8).
 
     Raises RuleError for syntax errors, duplicate keys and control characters (in plain words,
-    `detail` keeps the parser's), and for aliases that expand past `expansion_limit(text)` characters.
+    `detail` keeps the parser's), for what `yaml_limits` refuses (nesting, tags, lone surrogates),
+    and for aliases that expand past `expansion_limit(text)` characters.
     """
+    if isinstance(text, bytes):
+        text = read_rule_text(text, file)
     yaml = YAML(typ="rt")  # round-trip mode keeps positions and refuses duplicate keys
+    yaml.Parser = CheckedParser
     try:
         nodes = list(yaml.load_all(text))
+    except Refused as exc:
+        raise RuleError(exc.message, file=file, line=exc.line + 1, col=exc.col + 1, hint=exc.hint) from None
     except MarkedYAMLError as exc:
         raise syntax_error(exc, text, file) from exc
     except ReaderError as exc:  # a control character; the reader knows only its offset
