@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 
 import redis
 
+from engine.bodies import BodyError, parse_json
+from engine.documents import read_rule_text
 from engine.errors import RuleError
 from engine.rules import load_texts
 
@@ -36,6 +38,14 @@ _TAR_TYPES = {"application/gzip", "application/x-gzip", "application/x-tar"}
 
 class BundleError(ValueError):
     """A request body that is not a rule bundle we take; the message says why."""
+
+
+class RefusedBundle(BundleError):
+    """A bundle refused for what it holds, as a rule that does not validate is (422, not 400).
+
+    The JSON is not valid or nests past engine.bodies.MAX_DEPTH or holds a lone surrogate, or a
+    file is not UTF-8 (the message then starts with file:line:col).
+    """
 
 
 class UnknownVersion(KeyError):
@@ -67,7 +77,7 @@ def parse_bundle(body: bytes, content_type: str) -> dict[str, str]:
     if kind == "application/json":
         files = _json_files(body)
     elif kind in _YAML_TYPES:
-        files = {"rules.yaml": _text(body, "the YAML body")}
+        files = {"rules.yaml": _text(body, "rules.yaml")}
     elif kind in _TAR_TYPES:
         files = _tar_files(body)
     else:
@@ -166,18 +176,18 @@ def _marked(version: Version, is_active: bool) -> Version:
     return Version(**{**version.to_dict(), "active": is_active})
 
 
-def _text(raw: bytes, what: str) -> str:
+def _text(raw: bytes, file: str) -> str:
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BundleError(f"{what} is not UTF-8 text: {exc}") from exc
+        return read_rule_text(raw, file)
+    except RuleError as exc:
+        raise RefusedBundle(str(exc)) from None
 
 
 def _json_files(body: bytes) -> dict[str, str]:
     try:
-        document = json.loads(body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
-        raise BundleError(f"the body is not JSON: {exc}") from exc
+        document = parse_json(body, "the body")
+    except BodyError as exc:
+        raise RefusedBundle(str(exc)) from None
     files = document.get("files") if isinstance(document, dict) else None
     if not isinstance(files, dict):
         raise BundleError('a JSON bundle is {"files": {"name.yaml": "YAML text", …}}')

@@ -14,8 +14,10 @@ import pytest
 import redis as redis_lib
 
 from engine import load_rules
+from engine.bodies import MAX_DEPTH
 from workers.bundles import (MAX_BYTES, MAX_FILES, MAX_VERSIONS, BundleError, UnknownVersion, activate, active,
                              active_number, parse_bundle, upload, versions)
+from workers.workspaces import Workspace
 
 RULES = Path(__file__).parents[2] / "rules"
 LOG_TIME = (RULES / "log-time-when-task-done.yaml").read_text()
@@ -182,7 +184,7 @@ def test_the_example_rules_folder_uploads_as_tar_gz(connection):
 @pytest.mark.parametrize("body, content_type, message", [
     (LOG_TIME.encode(), "text/plain", "content type 'text/plain' is not a rule bundle"),
     (LOG_TIME.encode(), "", "content type '(none)'"),
-    (b"{files:", "application/json", "not JSON"),
+    (b"{files:", "application/json", "not valid JSON"),
     (b'["tasks.yaml"]', "application/json", 'a JSON bundle is {"files"'),
     (b'{"files": {"tasks.yaml": 3}}', "application/json", "files['tasks.yaml'] is not a string"),
     (b'{"files": {}}', "application/json", "holds no .yaml or .yml rule files"),
@@ -231,3 +233,86 @@ def test_concurrent_uploads_get_distinct_numbers_and_the_last_is_active(redis_ur
     assert active_number(connection, ACME) == 16
     assert [v.number for v in versions(connection, ACME)] == list(range(16, 0, -1))
     connection.close()
+
+
+# --- hostile bundles through HTTP (issue 19): 422 naming what was wrong, never a 5xx --------------
+
+ADMIN = "globex-admin-token"
+SECRETS_KEY = "3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="  # a Fernet key, for the workspace registry's secrets
+
+
+@pytest.fixture
+def api(redis_url):
+    """The app serving one workspace whose rules are uploaded bundles (no InLoox call is made)."""
+    from app import create_app
+
+    globex = Workspace("globex", "http://127.0.0.1:9", "unused", admin_token=ADMIN)
+    return create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {"globex": globex},
+                       "SECRETS_KEY": SECRETS_KEY}).test_client()
+
+
+def put_bundle(api, body: bytes, content_type: str):
+    return api.put("/workspaces/globex/rules", data=body,
+                   headers={"Content-Type": content_type, "Authorization": f"Bearer {ADMIN}"})
+
+
+def nested_json(depth: int) -> bytes:
+    return b'{"files": {"a.yaml": ' + b"[" * depth + b"]" * depth + b"}}"
+
+
+def deep_yaml(depth: int) -> bytes:
+    return b"id: deep\nv: " + b"[" * depth + b"]" * depth + b"\n"
+
+
+def block_mapping(depth: int) -> bytes:
+    return ("".join(" " * i + f"k{i}:\n" for i in range(depth)) + " " * depth + "leaf\n").encode()
+
+
+HOSTILE = [
+    ("json-1000", nested_json(1000), "application/json", f"the body nests deeper than {MAX_DEPTH} levels"),
+    ("json-5000", b"[" * 5000 + b"]" * 5000, "application/json", f"the body nests deeper than {MAX_DEPTH} levels"),
+    ("json-30000", b"[" * 30_000 + b"]" * 30_000, "application/json", f"the body nests deeper than {MAX_DEPTH} levels"),
+    ("yaml-flow-1000", deep_yaml(1000), "application/yaml",
+     f"rules.yaml:2:67: the YAML nests deeper than {MAX_DEPTH} levels"),
+    ("yaml-block-900", block_mapping(900), "application/yaml",
+     f"rules.yaml:65:65: the YAML nests deeper than {MAX_DEPTH} levels"),
+    ("json-of-deep-yaml", json.dumps({"files": {"a.yaml": deep_yaml(1000).decode()}}).encode(), "application/json",
+     f"a.yaml:2:67: the YAML nests deeper than {MAX_DEPTH} levels"),
+    ("tar-of-deep-yaml", tar_gz({"./a.yaml": deep_yaml(5000)}), "application/gzip",
+     f"a.yaml:2:67: the YAML nests deeper than {MAX_DEPTH} levels"),
+    ("python-apply", b"id: x\nv: !!python/object/apply:os.system ['true']\n", "application/yaml",
+     "rules.yaml:2:4: the tag !!python/object/apply:os.system is not one a rule file may use"),
+    ("python-name", b"id: x\nv: !!python/name:os.system\n", "application/yaml",
+     "rules.yaml:2:4: the tag !!python/name:os.system is not one a rule file may use"),
+    ("custom-tag", b"id: x\nv: !custom 3\n", "application/yaml",
+     "rules.yaml:2:4: the tag !custom is not one a rule file may use"),
+    ("json-lone-surrogate", b'{"files": {"a.yaml": "id: \\ud800"}}', "application/json",
+     "the body holds a lone surrogate \\ud800"),
+    ("yaml-escaped-surrogate", b'id: "\\ud800"\n', "application/yaml",
+     "rules.yaml:1:5: the escape \\ud800 is half of a surrogate pair"),
+    ("yaml-not-utf8", b"id: caf\xe9\n", "application/yaml", "rules.yaml:1:8: byte 0xe9 is not UTF-8 text"),
+    ("tar-not-utf8", tar_gz({"./tasks.yaml": b"id: x\ndescription: caf\xe9\n"}), "application/gzip",
+     "tasks.yaml:2:17: byte 0xe9 is not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("body, content_type, message", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_a_hostile_bundle_is_refused_with_422_naming_what_was_wrong(api, body, content_type, message):
+    refused = put_bundle(api, body, content_type)
+
+    assert refused.status_code == 422, refused.get_data(as_text=True)[:500]
+    answer = refused.get_json()
+    assert answer["error"] == "the rule bundle is not valid; the active version is unchanged"
+    assert any(error.startswith(message) for error in answer["errors"]), answer["errors"]
+    listing = api.get("/workspaces/globex/rules", headers={"Authorization": f"Bearer {ADMIN}"}).get_json()
+    assert listing["versions"] == []  # nothing was stored
+
+
+def test_a_hostile_upload_leaves_the_active_version_running(api):
+    good = json.dumps({"files": {"tasks.yaml": LOG_TIME}}).encode()
+    assert put_bundle(api, good, "application/json").status_code == 201
+
+    assert put_bundle(api, deep_yaml(1000), "application/yaml").status_code == 422
+
+    listing = api.get("/workspaces/globex/rules", headers={"Authorization": f"Bearer {ADMIN}"}).get_json()
+    assert listing["active"] == "v1" and [v["number"] for v in listing["versions"]] == [1]
