@@ -18,10 +18,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Root:
-    """What a root name holds: an entity's fields, its changes, or free-form data."""
+    """What a root name holds: an entity's fields, its changes, free-form data, or a record of known names."""
 
-    kind: str  # "entity", "changes" or "free"
+    kind: str  # "entity", "changes", "free" or "record"
     entity_set: str | None = None
+    names: tuple[str, ...] = ()  # a record's names (none: it is always empty)
+    about: str = ""  # a record's contents in words: "only ContactId on Task events (who made the change)"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Scope:
             return (f"unknown name {head!r}", did_you_mean(head, self.names(templates=templates)), None)
         if root.kind == "free" or len(parts) < 2:
             return "", "", None
+        if root.kind == "record":
+            return _check_record(head, root, parts[1])
         return _check_field(root, parts)
 
     def _check_step(self, parts: tuple[str, ...]) -> tuple[str, str, None]:
@@ -73,6 +77,15 @@ class Scope:
             return (f"step {parts[1]!r} is not an earlier step (earlier steps: {known})",
                     did_you_mean(parts[1], self.steps), None)
         return "", "", None
+
+
+def _check_record(head: str, root: Root, name: str) -> tuple[str, str, None]:
+    if name in root.names:
+        return "", "", None
+    if not root.names:
+        return f"{head} is empty on {root.about}", "", None
+    return (f"{head} holds only {', '.join(root.names)} on {root.about}",
+            did_you_mean(name, root.names) or f"{head} holds: {', '.join(root.names)}", None)
 
 
 def _check_field(root: Root, parts: tuple[str, ...]) -> tuple[str, str, FieldType | None]:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from inloox.changes import unobservable
+from inloox.changes import change_feed, unobservable
 from inloox.metadata import load_metadata
 
 from .durations import PATTERN as DURATION_PATTERN, format_duration, parse_duration
@@ -162,7 +162,7 @@ def _compile_inloox(config, path, comp):
 
     name = entity_name(entity_set)
     roots = {name: Root("entity", entity_set), "entity": Root("entity", entity_set),
-             "change": Root("changes", entity_set), "actor": Root("free")}
+             "change": Root("changes", entity_set), "actor": _actor(entity_set, kinds)}
     summary = f"{entity_set} {'/'.join(kinds)}" + (f" changing {', '.join(changes)}" if changes else "")
     summary += f" changing any of {', '.join(any_of)}" if any_of else ""
     if hold:
@@ -172,6 +172,18 @@ def _compile_inloox(config, path, comp):
     # with no field that must change, an update of any field may be the one.
     watches = None if fields == ["*"] else frozenset([*changes, *any_of])
     return Trigger("inloox", summary, keys, Scope(roots), check, hold=hold, watches=watches)
+
+
+def _actor(entity_set: str, kinds: tuple[str, ...]) -> Root:
+    """What `actor` holds on the set's events: who made the change, where the change feed records it."""
+    feed = change_feed(entity_set)
+    if set(kinds) == {"deleted"}:  # a deletion is found by a sweep: the row, and who removed it, are gone
+        return Root("record", about=f"{entity_set} deleted events: InLoox keeps no trace of who deletes a row")
+    if feed is None or not feed.changed_by:
+        how = "it is scanned" if feed is None else "its change feed names nobody"
+        return Root("record", about=f"{entity_set} events: InLoox records no author of a change to it ({how})")
+    # On `deleted` events (of a rule also on created/updated) it is empty too: templates say `| default`.
+    return Root("record", names=("ContactId",), about=f"{entity_set} events (who made the change)")
 
 
 def _check_observable(entity_set: str, changes: Mapping, any_of: list, path: tuple, comp: Compilation) -> None:
