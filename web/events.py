@@ -14,7 +14,7 @@ from engine.durations import parse_duration
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
 from workers import event_history
-from workers.replay import ReplayRefused, replay
+from workers.replay import ReplayRefused, outcome_counts, replay
 
 bp = Blueprint("events", __name__, url_prefix="/events")
 bp.before_request(require_admin_token)
@@ -88,4 +88,5 @@ def selected_entries(connection, *, since: str | None, event_ids) -> list:
 def replay_summary(done, *, dry_run: bool) -> dict:
     return {"dry_run": dry_run, "events": len(done), "started": sum(len(d.started) for d in done),
             "already": sum(len(d.already) for d in done), "skipped": sum(bool(d.skipped) for d in done),
+            "outcomes": outcome_counts(done),  # events per outcome: they add up to "events"
             "replayed": [d.to_dict() for d in done]}

@@ -14,7 +14,8 @@ from web.events import replay_summary, selected_entries, since_epoch
 from web.resources import get_context, get_redis
 from web.workspace import cli_workspace
 from workers import event_history
-from workers.replay import ReplayRefused, replay
+from workers.replay import (ALREADY, NO_MATCH, OUTCOMES, STARTED, TRACE_GONE, WAITING, ReplayRefused,
+                            replay)
 
 events_cli = AppGroup("events", help="The event log: list and inspect accepted events, replay them.")
 
@@ -79,15 +80,31 @@ def replay_command(event_ids, since, rule_id, force, dry_run, as_json):
         click.echo(json.dumps(summary, indent=2))
         return
     for item in done:
-        if item.skipped:
-            click.echo(f"{item.event_id}  left alone: {item.skipped}")
-        for run_id in item.started:
-            click.echo(f"{item.event_id}  {'would start' if dry_run else 'started'} {run_id}")
-        for run_id in item.already:
-            click.echo(f"{item.event_id}  already ran: {run_id}")
-    verb = "would start" if dry_run else "started"
-    click.echo(f"{summary['events']} event(s): {verb} {summary['started']} run(s), {summary['already']} already ran, "
-               f"{summary['skipped']} left alone")
+        click.echo("\n".join(replayed_lines(item, dry_run=dry_run, rule=rule_id)))
+    click.echo(replay_total(summary))
+
+
+def replayed_lines(item, *, dry_run: bool, rule: str | None) -> list[str]:
+    """What became of one replayed event: a line per run, or the one reason nothing started."""
+    lines = [f"{item.event_id}  {'would start' if dry_run else 'started'} {run_id}" for run_id in item.started]
+    lines += [f"{item.event_id}  already ran: {run_id}" for run_id in item.already]
+    if item.skipped:
+        lines.append(f"{item.event_id}  left alone: {item.skipped}")
+    elif not lines:
+        lines.append(f"{item.event_id}  {f'rule {rule} does not match' if rule else 'no rule matches'} it now")
+    return lines
+
+
+def replay_total(summary: dict) -> str:
+    """One line whose counts add up to the events listed, then how many runs started."""
+    dry, counts = summary["dry_run"], summary["outcomes"]
+    words = {**_OUTCOME_WORDS, STARTED: "would start a run" if dry else "started a run"}
+    parts = ", ".join(f"{counts[outcome]} {words[outcome]}" for outcome in OUTCOMES)
+    return f"{summary['events']} event(s): {parts}; {'would start' if dry else 'started'} {summary['started']} run(s)"
+
+
+_OUTCOME_WORDS = {ALREADY: "already ran", NO_MATCH: "matched no rule now", WAITING: "waiting for a worker",
+                  TRACE_GONE: "left alone (trace gone)"}
 
 
 @click.command("whatif")

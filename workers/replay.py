@@ -6,10 +6,13 @@ is replayed. `force` makes runs of their own (recorded as forced) for a person w
 writes again. Runs start as RQ jobs (the workers execute them), so replaying from the web or the
 CLI never writes to InLoox from that process.
 
-Events are left alone when replaying them could not be judged safely:
-    waiting         no worker has finished handling it yet: the worker will
-    history gone    its trace is no longer kept, so the runs it made may be gone too (the log keeps
-                    more events than the traces); a rule could run twice. Only with `force`.
+What becomes of each event replayed (its `outcome`; the counts add up to the events replayed):
+    started         a rule matches it now and had not run for it: a run started (dry: would start)
+    already ran     every rule that matches it now ran for it already: nothing starts
+    no rule matches no rule (or not the rule asked for) matches it now
+    waiting         no worker has finished handling it yet: the worker will (left alone)
+    trace gone      its trace is no longer kept, so the runs it made may be gone too (the log keeps
+                    more events than the traces); a rule could run twice. Only with `force` (left alone).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from workers.worker_context import WorkerContext
 from workers.workspaces import key
 
 MAX_EVENTS = 10_000  # events one replay may take; more must be split by time
+STARTED, ALREADY, NO_MATCH, WAITING, TRACE_GONE = "started", "already ran", "no rule matches", "waiting", "trace gone"
+OUTCOMES = (STARTED, ALREADY, NO_MATCH, WAITING, TRACE_GONE)
 
 
 class ReplayRefused(ValueError):
@@ -40,10 +45,23 @@ class Replayed:
     started: list[str] = field(default_factory=list)  # runs created now (dry run: that would be)
     already: list[str] = field(default_factory=list)  # runs of the same event and rule that exist: not again
     skipped: str = ""  # why the event was left alone
+    left_alone: str = ""  # WAITING or TRACE_GONE when it was
+
+    @property
+    def outcome(self) -> str:
+        """What became of the event: one of OUTCOMES."""
+        if self.left_alone:
+            return self.left_alone
+        return STARTED if self.started else ALREADY if self.already else NO_MATCH
 
     def to_dict(self) -> dict:
-        return {"event_id": self.event_id, "entry": self.entry, "started": self.started,
+        return {"event_id": self.event_id, "entry": self.entry, "outcome": self.outcome, "started": self.started,
                 "already": self.already, "skipped": self.skipped}
+
+
+def outcome_counts(done: list[Replayed]) -> dict[str, int]:
+    """Events per outcome, every outcome named (their sum is the number of events)."""
+    return {outcome: sum(d.outcome == outcome for d in done) for outcome in OUTCOMES}
 
 
 def replay(ctx: WorkerContext, entries: list[eventlog.Entry], *, rule: str | None = None, force: bool = False,
@@ -66,12 +84,13 @@ def _replay_one(ctx: WorkerContext, entry: eventlog.Entry, ruleset, version: str
     event_id = entry.event["id"]
     done = Replayed(event_id, entry.id)
     if not handled:
-        done.skipped = "waiting: a worker has not finished handling it yet"
+        done.skipped, done.left_alone = "waiting: a worker has not finished handling it yet", WAITING
         return done
     raw = ctx.connection.get(key(f"trace:{event_id}"))
     trace = decode_record(raw) if raw is not None else None
     if trace is None and forced is None:
         done.skipped = "its trace is no longer kept, so the runs it made may be gone too; --force runs it anyway"
+        done.left_alone = TRACE_GONE
         return done
     parsed = Event.from_dict(entry.event)
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env, defer_env=True)

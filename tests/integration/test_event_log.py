@@ -51,7 +51,7 @@ def test_events_for_a_rule_that_never_loaded_are_replayed_once_it_is_fixed(stack
     assert all_runs(redis_url) == []
 
     first = runner.invoke(args=["events", "replay", "--since", "10m"])
-    assert first.exit_code == 0 and "started 5 run(s), 0 already ran" in first.output, first.output
+    assert first.exit_code == 0 and "5 event(s): 5 started a run, 0 already ran" in first.output, first.output
     wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 5, 30, "the five replayed runs")
     assert sorted(t["Name"] for t in sandbox.get("Task").json()["value"]) == [f"Form {n}" for n in range(5)]
 
@@ -69,6 +69,35 @@ def test_events_for_a_rule_that_never_loaded_are_replayed_once_it_is_fixed(stack
 
     shown = runner.invoke(args=["events", "show", event_id])
     assert "ran" in shown.output and "replayed" in shown.output and "(forced)" in shown.output, shown.output
+
+
+def test_a_replay_says_what_became_of_every_event_it_lists(stack, sandbox, rules_dir, redis_url, app, client):
+    write_form_rule(rules_dir, extra="if: {path: webhook.body.title, op: ne, value: skip me}")
+    ensure_project(sandbox)
+    worker = stack.worker()
+    web = stack.web()
+    assert deliver(web, {"title": "Form", "project": PROJECT}, "msg_runs").status_code == 202
+    assert deliver(web, {"title": "skip me", "project": PROJECT}, "msg_skipped").status_code == 202
+    wait_until(lambda: sorted(_statuses(client)) == ["ran", "unmatched"], 20, "both events handled")
+    worker.stop()  # the next event waits for a worker
+    waiting = {"id": "webhook:forms:msg_waiting", "source": "webhook", "kind": "forms",
+               "occurred_at": "2026-11-30T08:00:00+00:00", "payload": {"body": {"title": "Later", "project": PROJECT}}}
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
+        _log(redis.Redis.from_url(redis_url), waiting)
+
+    dry = app.test_cli_runner().invoke(args=["events", "replay", "--since", "10m", "--dry-run"])
+
+    assert dry.exit_code == 0, dry.output
+    lines = dry.output.splitlines()
+    assert "webhook:forms:msg_runs  already ran: run_" in dry.output
+    assert "webhook:forms:msg_skipped  no rule matches it now" in lines
+    assert "webhook:forms:msg_waiting  left alone: waiting: a worker has not finished handling it yet" in lines
+    assert lines[-1] == ("3 event(s): 0 would start a run, 1 already ran, 1 matched no rule now, "
+                         "1 waiting for a worker, 0 left alone (trace gone); would start 0 run(s)")
+    summary = client.post("/events/replay", json={"since": "10m", "dry_run": True}, headers=ADMIN).get_json()
+    assert summary["outcomes"] == {"started": 0, "already ran": 1, "no rule matches": 1, "waiting": 1,
+                                   "trace gone": 0}
+    assert sum(summary["outcomes"].values()) == summary["events"] == 3
 
 
 def test_a_rule_file_that_breaks_keeps_running_its_last_good_version(stack, sandbox, rules_dir, redis_url, app,
