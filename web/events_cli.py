@@ -36,7 +36,7 @@ def list_command(since, source, kind, unmatched, limit, as_json):
         click.echo(json.dumps([e.summary() for e in found], indent=2))
         return
     for logged in found:
-        click.echo(_line(logged.summary()))
+        click.echo(printable(_line(logged.summary())))
     if not found:
         click.echo("no events")
 
@@ -54,7 +54,7 @@ def show_command(event_id, as_json):
         click.echo(json.dumps({"event": found.event, "summary": found.summary(), "trace": found.trace},
                               indent=2, default=str))
         return
-    click.echo("\n".join(show_lines(found)))
+    click.echo("\n".join(map(printable, show_lines(found))))
 
 
 @events_cli.command("replay")
@@ -80,7 +80,7 @@ def replay_command(event_ids, since, rule_id, force, dry_run, as_json):
         click.echo(json.dumps(summary, indent=2))
         return
     for item in done:
-        click.echo("\n".join(replayed_lines(item, dry_run=dry_run, rule=rule_id)))
+        click.echo("\n".join(map(printable, replayed_lines(item, dry_run=dry_run, rule=rule_id))))
     click.echo(replay_total(summary))
 
 
@@ -126,7 +126,7 @@ def whatif_command(rules_path, since, as_json):
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
-    click.echo("\n".join(whatif_lines(report.to_dict())))
+    click.echo("\n".join(map(printable, whatif_lines(report.to_dict()))))
 
 
 def whatif_lines(report: dict) -> list[str]:
@@ -164,6 +164,18 @@ def show_lines(found: event_history.LoggedEvent) -> list[str]:
     lines.append("  payload: " + json.dumps({k: event.get(k) for k in ("changes", "payload", "actor") if event.get(k)},
                                             default=str, ensure_ascii=False)[:400])
     return lines
+
+
+def printable(line: str) -> str:
+    """`line` as a terminal shows it safely: control and format characters and lone surrogates (which no
+    terminal encoding can write) as escapes, so an event's text can neither crash a command nor steer
+    the terminal (colours, clearing the screen, right-to-left overrides)."""
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in line)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _line(s: dict) -> str:

@@ -217,3 +217,27 @@ def test_the_dashboard_compares_an_uploaded_bundle_version_with_the_active_one(r
     page = api.get("/workspaces/globex/ui/whatif?version=2", headers=admin).get_data(as_text=True)
     assert "3 logged event(s); 1 would have another outcome" in page
     assert 'data-rule="form-to-task"' in page and "form-1" in page and "(lost)" in page
+
+
+def test_events_show_prints_an_event_with_odd_characters_and_its_handling_error(redis_url, sandbox, app):
+    from workers.recovery import record_unhandled
+
+    odd = {"id": "webhook:forms:msg_odd", "source": "webhook", "kind": "forms", "occurred_at": "2026-11-30T08:00:00+00:00",
+           "payload": {"body": {"title": "half \ud83d a pair", "note": "red \x1b[31malert\x1b[0m\r\nbell \x07",
+                                "flip": "\u202eevil"}}}
+    workspace = workspaces.Workspace("default", sandbox.base_url, sandbox.token)
+    connection = redis.Redis.from_url(redis_url)
+    with workspaces.using(workspace):
+        _log(connection, odd)
+    record_unhandled(connection, workspace, odd, "poison \x1b[2J event: \ud800 no worker could handle it")
+
+    shown = app.test_cli_runner().invoke(args=["events", "show", "webhook:forms:msg_odd"])
+
+    assert shown.exit_code == 0, shown.output
+    assert "error: poison \\x1b[2J event: \\ud800 no worker could handle it" in shown.output
+    assert "half \\ud83d a pair" in shown.output and "\\u202eevil" in shown.output
+    assert not any(ch in shown.output for ch in "\x1b\x07\r\u202e")
+    as_json = app.test_cli_runner().invoke(args=["events", "show", "webhook:forms:msg_odd", "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.output)["trace"]["error"].startswith("poison")
+    listed = app.test_cli_runner().invoke(args=["events", "list"])
+    assert listed.exit_code == 0 and "webhook:forms:msg_odd" in listed.output
