@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from workers.settings import DEFAULTS, load_config
+from workers.settings import DEFAULTS, load_config, secrets_key
 from workers.workspaces import load_workspaces
 
 
@@ -14,7 +14,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the app; `test_config` replaces environment settings (tests pass theirs explicitly)."""
     app = Flask(__name__)
     app.config.from_mapping(load_config() if test_config is None else
-                            {**DEFAULTS, "WEBHOOK_SOURCES": {}, **test_config})
+                            {**DEFAULTS, "WEBHOOK_SOURCES": {}, **secrets_key(), **test_config})
     app.config.setdefault("WORKSPACES", None)
     if app.config["WORKSPACES"] is None:
         app.config["WORKSPACES"] = load_workspaces(app.config)
@@ -32,14 +32,18 @@ def create_app(test_config: dict | None = None) -> Flask:
     from web.workspaces_cli import workspaces_cli
     from web import chat
     from web import rules_api, subscriptions
+    from web import webhook_sources, workspaces_api
+    from web.secrets_cli import secrets_cli
+    from web.webhooks_cli import webhooks_cli
 
     resources.init_app(app)
     errors.init_app(app)
     workspace.init_app(app)
     app.register_blueprint(health.bp)
     # Workspace routes: at their own path for the default workspace, and under /workspaces/<ws>/.
-    for bp in (hooks.bp, chat.bp, runs.bp, events.bp, subscriptions.bp, rules_api.bp, ui.bp):
+    for bp in (hooks.bp, chat.bp, runs.bp, events.bp, subscriptions.bp, rules_api.bp, ui.bp, webhook_sources.bp):
         workspace.register(app, bp)
+    app.register_blueprint(workspaces_api.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
     queues.init_app(app)
@@ -52,4 +56,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     rules_cli.add_command(whatif_command)
     app.cli.add_command(poller_cli)
     app.cli.add_command(workspaces_cli)
+    app.cli.add_command(webhooks_cli)
+    app.cli.add_command(secrets_cli)
     return app

@@ -17,6 +17,9 @@ from workers.redis_server import start_embedded
 # What a test's processes read is what the test gives them, never the settings of a `make run`
 # the developer may have going (var/stack.env, see workers/settings.py).
 os.environ["STACK_ENV"] = ""
+# One key that seals the registry's secrets for the whole session, in this process (apps built with
+# a test config read it, web/resources.py) and in every process a test starts (they inherit it).
+os.environ["SECRETS_KEY"] = "f3Vn0Dk9Q2sB7yT1mZ8cX4rW6pL5hJ0aE2uI9oY3tGs="
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from web.resources import get_redis
+from web.resources import get_redis, get_registry
 from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_operator_token
 from workers import eventlog, rule_files, workspaces
 from workers.metrics import COUNTERS, STEP_MS_BUCKETS, parse_field
@@ -50,7 +50,7 @@ COUNTER_METRICS = {
 def metrics():
     """Every metric of every workspace in Prometheus' text format."""
     require_operator_token()
-    served = list(current_app.config["WORKSPACES"].values())
+    served = list(get_registry().workspaces().values())
     return Response(generate_latest(RedisCollector(get_redis(), served)), mimetype=CONTENT_TYPE_LATEST)
 
 

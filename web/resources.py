@@ -10,7 +10,8 @@ import redis
 from flask import Flask, current_app
 
 from inloox import Client
-from workers import workspaces
+from workers import registry, workspaces
+from workers.secrets import Keyring
 from workers.worker_context import WorkerContext, build_context
 
 _EXTENSION = "inloox_automation"
@@ -23,10 +24,31 @@ def get_redis() -> redis.Redis:
     ))
 
 
+def get_keyring() -> Keyring:
+    """The keys of SECRETS_KEY, which seal and unseal every secret the registry keeps."""
+    return _cached("keyring", lambda: Keyring.from_config(current_app.config))
+
+
+def get_registry() -> registry.View:
+    """The app's live view of the workspace registry; the first call applies this app's declared
+    workspaces (WORKSPACES_FILE, or `default` from the settings) to it."""
+    store = current_app.extensions[_EXTENSION]
+    if "registry" not in store:
+        registry.apply_config(get_redis(), get_keyring(), current_app.config)
+        store["registry"] = registry.View(get_redis(), get_keyring(),
+                                          refresh_seconds=float(current_app.config.get("REGISTRY_REFRESH_SECONDS", 1)))
+    return store["registry"]
+
+
 def get_context() -> WorkerContext:
-    """The current workspace's InLoox client, rules and settings (built once per process)."""
+    """The current workspace's InLoox client, rules and settings (built again when the workspace changed)."""
     workspace = workspaces.current()
-    return _cached(f"context:{workspace.name}", lambda: build_context(current_app.config, workspace, get_redis()))
+    store = current_app.extensions[_EXTENSION]
+    built = store.get(f"context:{workspace.name}")
+    if built is None or built[0] != workspace:
+        built = store[f"context:{workspace.name}"] = (workspace, build_context(current_app.config, workspace,
+                                                                               get_redis()))
+    return built[1]
 
 
 def get_inloox() -> Client:

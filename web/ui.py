@@ -20,11 +20,12 @@ from flask import Blueprint, abort, current_app, redirect, render_template, requ
 
 from web import charts, times
 from web.resources import get_context, get_redis
-from web.workspace import admin_tokens, bearer_token, is_admin, require_workspace
+from web.resources import get_registry
+from web.workspace import admin_token_hashes, bearer_token, is_admin, require_workspace
 from web.events import replay_summary, selected_entries, since_epoch
 from engine.rules import load_texts
 from engine.whatif import whatif
-from workers import bundles, deliveries, event_history, rule_files, series, subscriptions, workspaces
+from workers import bundles, deliveries, event_history, registry, rule_files, series, subscriptions, workspaces
 from workers.replay import ReplayRefused, replay
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
@@ -48,26 +49,28 @@ def require_login():
     require_workspace()
     if request.endpoint and request.endpoint.endswith(".login"):
         return None
-    return _login_needed(admin_tokens(), login=url_for(".login", next=request.path))
+    return _login_needed(admin_token_hashes(), login=url_for(".login", next=request.path))
 
 
 def require_operator_login():
     """RQ's dashboard shows every workspace's jobs: with several workspaces, only the operator may see it."""
-    if len(current_app.config["WORKSPACES"]) == 1 and workspaces.DEFAULT in current_app.config["WORKSPACES"]:
+    served = get_registry().workspaces()
+    if len(served) == 1 and workspaces.DEFAULT in served:
         require_workspace()  # one account: its admin is the operator
-        return _login_needed(admin_tokens(), login=url_for("ui.login", next=request.path))
+        return _login_needed(admin_token_hashes(), login=url_for("ui.login", next=request.path))
     operator = current_app.config.get("OPERATOR_TOKEN")
     if not operator:
         abort(404, "RQ's dashboard serves the operator of a multi-workspace deployment: set OPERATOR_TOKEN")
-    return _login_needed([operator], login=None)
+    return _login_needed([registry.token_hash(operator)], login=None)
 
 
-def _login_needed(tokens: list[str], *, login: str | None):
-    """None when the session cookie or bearer token holds one of `tokens` (or there are none), else a refusal."""
-    if not tokens:
+def _login_needed(hashes: list[str], *, login: str | None):
+    """None when the session cookie or bearer token is one of the tokens hashed in `hashes` (or there
+    are none), else a refusal."""
+    if not hashes:
         return None
-    cookie, bearer = request.cookies.get(COOKIE, ""), bearer_token()
-    if any(_same(cookie, _session(t)) or _same(bearer, t) for t in tokens):
+    cookie, bearer = request.cookies.get(COOKIE, ""), registry.token_hash(bearer_token())
+    if any(_same(cookie, _session(h)) or _same(bearer, h) for h in hashes):
         return None
     if request.method != "GET" or login is None:
         abort(401, "log in to the dashboard first")
@@ -97,12 +100,12 @@ def login():
     if request.method == "GET":
         return render_template("ui/login.html")
     given = request.form.get("token", "")
-    if not admin_tokens() or not is_admin(given):
+    if not admin_token_hashes() or not is_admin(given):
         return render_template("ui/login.html", error="That is not the admin token."), 401
     home = url_for(".index")  # /ui, or /workspaces/<ws>/ui: each workspace's session is its own
     target = request.args.get("next", "")
     response = redirect(target if target.startswith(home) else url_for(".overview"))
-    response.set_cookie(COOKIE, _session(given), httponly=True, samesite="Strict", secure=request.is_secure,
+    response.set_cookie(COOKIE, _session(registry.token_hash(given)), httponly=True, samesite="Strict", secure=request.is_secure,
                         path=home)
     return response
 
@@ -306,6 +309,7 @@ def _rule_row(connection, rule, since: datetime) -> dict:
             "runs_24h": len(recent), "failures_24h": sum(r["status"] == "failed" for r in recent)}
 
 
-def _session(token: str) -> str:
-    # The cookie proves the token was given without holding it: a stolen cookie reveals nothing.
-    return hmac.new(token.encode(), b"inloox-automation dashboard", hashlib.sha256).hexdigest()
+def _session(token_hash: str) -> str:
+    # The cookie proves the token was given without holding it: a stolen cookie reveals nothing. It
+    # is made from the token's hash, all the registry keeps of it.
+    return hmac.new(token_hash.encode(), b"inloox-automation dashboard", hashlib.sha256).hexdigest()

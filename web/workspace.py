@@ -5,9 +5,14 @@ Workspace routes are registered twice: at their own path for the default workspa
 The `ws` URL value is taken off before the view runs (Flask's documented url_value_preprocessor
 pattern), and the request works for that workspace until it ends.
 
-Admin endpoints take the workspace's own admin token or the operator's token (OPERATOR_TOKEN),
-which serves every workspace. A workspace without an admin token is open only while no operator
-token is configured either (local development).
+Which workspaces exist is the registry's to say (workers/registry), read through the app's live
+View: a workspace created, changed or deleted by any process is served so within a second or two.
+A workspace whose secrets this process cannot unseal answers 503 naming the key it needs; the
+others keep serving.
+
+Admin endpoints take the workspace's own admin token (the registry keeps only its hash) or the
+operator's token (OPERATOR_TOKEN), which serves every workspace. A workspace without an admin
+token is open only while no operator token is configured either (local development).
 """
 from __future__ import annotations
 
@@ -19,10 +24,13 @@ import click
 import redis
 from flask import Blueprint, Flask, abort, current_app, g, request
 
-from workers import workspaces
+from web.resources import get_registry
+from workers import registry, workspaces
 from workers.redis_server import redacted_url
+from workers.secrets import SecretsKeyError
 
 WORKSPACE_PREFIX = "/workspaces/<ws>"
+_SCOPED = "workspace_blueprints"  # app.extensions: blueprints whose unprefixed routes are the default workspace's
 
 
 def init_app(app: Flask) -> None:
@@ -34,19 +42,41 @@ def init_app(app: Flask) -> None:
 
 def register(app: Flask, bp: Blueprint) -> None:
     """Serve `bp` for the default workspace at its own path and for each workspace below /workspaces/<ws>."""
+    app.extensions.setdefault(_SCOPED, set()).add(bp.name)
     app.register_blueprint(bp)
     app.register_blueprint(bp, name=f"ws_{bp.name}", url_prefix=WORKSPACE_PREFIX + (bp.url_prefix or ""))
 
 
 def _enter_workspace(endpoint, values) -> None:
     name = (values or {}).pop("ws", None)
-    known = current_app.config["WORKSPACES"]
+    if name is None and request.blueprint not in current_app.extensions.get(_SCOPED, ()):
+        _enter_default_if_served()  # a deployment-wide route (RQ's dashboard reads the default's admin)
+        return
+    try:
+        view = get_registry()
+        known = view.workspaces()
+    except (registry.RegistryUnavailable, redis.RedisError) as exc:
+        abort(503, f"the workspace registry cannot be read: {exc}")
+    unreadable = view.unreadable().get(name or workspaces.DEFAULT)
+    if unreadable:
+        abort(503, unreadable)
     if name is None and workspaces.DEFAULT not in known:
         return  # an unprefixed route in a hosted deployment without a default workspace
     name = name or workspaces.DEFAULT
     if name not in known:
         abort(404, f"no workspace {name!r}")
     g.workspace_token = workspaces.enter(known[name])
+
+
+def _enter_default_if_served() -> None:
+    """Enter the default workspace when it is served and the registry can say so; never refuse:
+    /healthz and /metrics answer whatever the registry's state."""
+    try:
+        served = get_registry().workspaces().get(workspaces.DEFAULT)
+    except (registry.RegistryUnavailable, redis.RedisError, SecretsKeyError):
+        return
+    if served is not None:
+        g.workspace_token = workspaces.enter(served)
 
 
 def _add_workspace(endpoint: str, values: dict) -> None:
@@ -68,19 +98,35 @@ def require_workspace() -> None:
         abort(404, "this deployment has no default workspace; use /workspaces/<ws>/…")
 
 
-def admin_tokens() -> list[str]:
-    """The tokens that may administer the current workspace: its own and the operator's."""
-    return [t for t in (workspaces.current().admin_token, current_app.config.get("OPERATOR_TOKEN")) if t]
-
-
 def bearer_token() -> str:
     return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
 
 
+def is_operator(given: str) -> bool:
+    """True when `given` is the operator token (False when none is configured)."""
+    expected = current_app.config.get("OPERATOR_TOKEN")
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
 def is_admin(given: str) -> bool:
     """True when `given` is an admin token of the current workspace (or no token is configured at all)."""
-    tokens = admin_tokens()
-    return not tokens or any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens)
+    workspace = workspaces.current()
+    stored = workspace.admin_token_hash or registry_hash(workspace.admin_token)
+    if not stored and not current_app.config.get("OPERATOR_TOKEN"):
+        return True
+    return registry.token_matches(given, stored) or is_operator(given)
+
+
+def registry_hash(token: str) -> str:
+    """The hash the registry would keep of `token` (a Workspace built in code carries the token itself)."""
+    return registry.token_hash(token)
+
+
+def admin_token_hashes() -> list[str]:
+    """Hashes of the tokens that may administer the current workspace: its own and the operator's."""
+    workspace = workspaces.current()
+    own = workspace.admin_token_hash or registry_hash(workspace.admin_token)
+    return [h for h in (own, registry_hash(current_app.config.get("OPERATOR_TOKEN") or "")) if h]
 
 
 def require_admin_token() -> None:
@@ -106,11 +152,22 @@ def redis_errors_as_messages():
         raise click.ClickException(f"Redis ({redacted_url(current_app.config['REDIS_URL'])}) failed: {exc}") from exc
 
 
+def cli_registry() -> registry.View:
+    """The registry for a `flask` command: a missing key or an unreadable registry is one "Error: …" line."""
+    try:
+        with redis_errors_as_messages():
+            view = get_registry()
+            view.workspaces()  # the first read, so that an unreadable registry is said here
+            return view
+    except (SecretsKeyError, registry.RegistryUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def cli_workspace(command):
     """Give a `flask` command a `--workspace` option (default: "default", or $WORKSPACE) and run it in that workspace."""
     @functools.wraps(command)
     def in_workspace(*args, workspace: str, **kwargs):
-        known = current_app.config["WORKSPACES"]
+        known = cli_registry().workspaces()
         if workspace not in known:
             raise click.ClickException(f"no workspace {workspace!r}; this deployment serves "
                                        f"{', '.join(sorted(known))}")

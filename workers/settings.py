@@ -66,6 +66,9 @@ DEFAULTS = {
     # Hosted: a YAML file listing the workspaces (docs/deploy.md); unset: one workspace, "default",
     # configured by the settings above.
     "WORKSPACES_FILE": "",
+    # Keys that encrypt every secret the workspace registry keeps (workers/secrets): Fernet keys,
+    # comma-separated, newest first. No default: `make run` generates one into var/secrets.key.
+    "SECRETS_KEY": "",
     # Hosted: the operator's bearer token, accepted for every workspace (each also has its own).
     "OPERATOR_TOKEN": "",
     # Change-feed deliveries: seconds before each retry of a failed one (empty: the Standard
@@ -100,6 +103,11 @@ def load_config() -> dict:
         # field), not a traceback.
         raise SystemExit(f"Error: {exc}") from None
     return config
+
+
+def secrets_key(environ: Mapping[str, str] = os.environ) -> dict:
+    """{"SECRETS_KEY": …} from the environment, for apps built with a test config (tests set it there)."""
+    return {"SECRETS_KEY": environ.get("SECRETS_KEY", "")}
 
 
 def read_setting_files() -> None:

@@ -65,6 +65,10 @@ class Workspace:
     teams_security_token: str = field(default="", repr=False)
     chat_user_map: str = ""
     limits: Limits = Limits()
+    paused: bool = False  # paused: events are still accepted into its log, nothing of it runs
+    alerts: str = ""  # where alerts about this workspace go (an Apprise URL); "" for none
+    # What the registry keeps of the admin token (workers/registry): its sha256, never the token.
+    admin_token_hash: str = field(default="", repr=False)
 
     @property
     def prefix(self) -> str:

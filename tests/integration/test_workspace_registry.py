@@ -1,0 +1,298 @@
+"""Workspaces and webhook sources as data: the operator API, the registry every process follows, and
+secrets sealed at rest (issue 20). Real Valkey, the real app (test client, or a web process over HTTP)."""
+from __future__ import annotations
+
+import pytest
+import redis
+
+from tests.support.processes import wait_until
+from tests.support.stack import deliver
+from workers import registry
+from workers.secrets import Keyring, generate_key
+
+OPERATOR = "operator-registry-5Tq1"
+INLOOX_TOKEN = "ilx_registry_token_secret_0042"
+SLACK_SECRET = "slack-signing-secret-0043"
+
+
+@pytest.fixture
+def api(redis_url, sandbox):
+    """The app with an operator token: the operator API is closed to anyone else."""
+    from app import create_app
+
+    return create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                       "INLOOX_API_KEY": sandbox.token, "INLOOX_REQUESTS_PER_SECOND": "0",
+                       "OPERATOR_TOKEN": OPERATOR})
+
+
+def auth(token: str = OPERATOR) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def create(client, name: str, sandbox, **fields) -> dict:
+    answer = client.put(f"/workspaces/{name}", headers=auth(),
+                        json={"inloox_url": sandbox.base_url, "inloox_api_key": INLOOX_TOKEN, **fields})
+    assert answer.status_code == 201, answer.text
+    return answer.json
+
+
+def every_value(connection: redis.Redis) -> list[bytes]:
+    """Every key and every value stored, whatever its type."""
+    found = []
+    for key in connection.scan_iter(count=1000):
+        found.append(key)
+        kind = connection.type(key).decode()
+        if kind == "string":
+            found.append(connection.get(key))
+        elif kind == "hash":
+            found += [part for pair in connection.hgetall(key).items() for part in pair]
+        elif kind == "list":
+            found += connection.lrange(key, 0, -1)
+        elif kind == "set":
+            found += connection.smembers(key)
+        elif kind == "zset":
+            found += connection.zrange(key, 0, -1)
+        elif kind == "stream":
+            found += [v for _, entry in connection.xrange(key) for pair in entry.items() for v in pair]
+    return found
+
+
+def test_put_creates_with_an_admin_token_then_updates_and_the_same_body_twice_changes_nothing(api, sandbox, redis_url):
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    created = create(client, "acme", sandbox, limits={"runs_per_minute": 60})
+    assert created["admin_token"].startswith("wsa_") and created["limits"]["runs_per_minute"] == 60
+    version = registry.version(connection)
+
+    again = client.put("/workspaces/acme", headers=auth(),
+                       json={"inloox_url": sandbox.base_url, "inloox_api_key": INLOOX_TOKEN, "limits": {"runs_per_minute": 60}})
+    assert again.status_code == 200 and again.json["changed"] is False and "admin_token" not in again.json
+    assert registry.version(connection) == version  # nothing written
+
+    changed = client.put("/workspaces/acme", headers=auth(), json={"chat_user_map": "U1=ann@example.com"})
+    assert changed.status_code == 200 and changed.json["changed"] is True
+    assert registry.version(connection) > version
+    shown = client.get("/workspaces/acme", headers=auth()).json
+    assert shown["chat_user_map"] == "U1=ann@example.com" and shown["inloox_url"] == sandbox.base_url
+    assert INLOOX_TOKEN not in str(shown) and shown["secrets_set"] == ["inloox_api_key"]
+    assert [w["name"] for w in client.get("/workspaces", headers=auth()).json["workspaces"]] == ["acme", "default"]
+
+
+@pytest.mark.parametrize("body, named", [
+    ({"inloox_url": "ftp://acme.example", "inloox_api_key": "t"}, "inloox_url"),
+    ({"inloox_url": "https://acme.example/api/odata/", "colour": "red"}, "'colour' was unexpected"),
+    ({"inloox_url": "https://acme.example/api/odata/", "limits": {"runs_per_minute": -1}}, "limits/runs_per_minute"),
+    ({"inloox_api_key": "t"}, "inloox_url"),  # a new workspace needs its InLoox
+    (["not", "an", "object"], "the body"),
+])
+def test_a_bad_body_is_422_naming_the_field(api, body, named):
+    answer = api.test_client().put("/workspaces/acme", headers=auth(), json=body)
+    assert answer.status_code == 422 and named in answer.json["error"]["message"], answer.text
+
+
+def test_the_operator_api_needs_the_operator_token(api, sandbox):
+    client = api.test_client()
+    assert client.put("/workspaces/acme", json={"inloox_url": sandbox.base_url}).status_code == 401
+    assert client.get("/workspaces", headers=auth("wrong")).status_code == 401
+    assert client.delete("/workspaces/default").status_code == 401
+    assert client.get("/workspaces/nope", headers=auth()).status_code == 404
+    assert client.put("/workspaces/Not_A_Name", headers=auth(), json={"inloox_url": sandbox.base_url}).status_code == 422
+
+
+def test_a_new_admin_token_replaces_the_old_one_at_once(api, sandbox):
+    client = api.test_client()
+    first = create(client, "acme", sandbox)["admin_token"]
+    assert client.get("/workspaces/acme/runs", headers=auth(first)).status_code == 200
+    assert client.get("/workspaces/acme", headers=auth(first)).status_code == 200  # its own record
+    assert client.get("/workspaces", headers=auth(first)).status_code == 401  # but not the others'
+
+    second = client.post("/workspaces/acme/admin-token", headers=auth(first))
+    assert second.status_code == 201
+    assert client.get("/workspaces/acme/runs", headers=auth(first)).status_code == 401
+    assert client.get("/workspaces/acme/runs", headers=auth(second.json["admin_token"])).status_code == 200
+
+
+def test_pause_and_resume_set_the_flag_every_process_reads(api, sandbox, redis_url):
+    client = api.test_client()
+    create(client, "acme", sandbox)
+    view = registry.View(redis.Redis.from_url(redis_url), Keyring.from_config(api.config), refresh_seconds=0)
+    assert view.workspaces()["acme"].paused is False
+    assert client.post("/workspaces/acme/pause", headers=auth()).json["paused"] is True
+    assert view.workspaces()["acme"].paused is True and client.get("/workspaces/acme", headers=auth()).json["paused"]
+    assert client.post("/workspaces/acme/resume", headers=auth()).json["paused"] is False
+    assert view.workspaces()["acme"].paused is False
+    assert client.post("/workspaces/nope/pause", headers=auth()).status_code == 404
+
+
+def test_a_webhook_source_added_in_one_process_is_served_by_the_web_without_a_restart(api, stack, sandbox):
+    stack.env.update(OPERATOR_TOKEN=OPERATOR)
+    web = stack.web()
+    create(api.test_client(), "acme", sandbox)
+    body = {"title": "Quote", "project": "x"}
+    refused = deliver(web, body, "msg_0", path="/workspaces/acme/hooks/helpdesk", secret="whsec_" + "QUJD" * 8)
+    assert refused.status_code == 404
+
+    added = api.test_cli_runner().invoke(args=["webhooks", "add", "helpdesk", "--workspace", "acme"])
+    assert added.exit_code == 0, added.output
+    secret = added.output.split("secret: ")[1].split()[0]
+    assert secret.startswith("whsec_")
+    wait_until(lambda: deliver(web, body, "msg_1", path="/workspaces/acme/hooks/helpdesk",
+                               secret=secret).status_code == 202, 5, "the web to serve the new source")
+
+    listed = api.test_client().get("/workspaces/acme/webhooks", headers=auth()).json["webhooks"]
+    assert [h["source"] for h in listed] == ["helpdesk"] and secret not in str(listed)
+
+
+def test_a_rotated_webhook_secret_keeps_working_beside_the_new_one_until_removed(api, sandbox):
+    client = api.test_client()
+    create(client, "acme", sandbox)
+    added = client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "helpdesk"})
+    assert added.status_code == 201, added.text
+    assert client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "helpdesk"}).status_code == 409
+    old = added.json["secret"]
+    rotated = client.post("/workspaces/acme/webhooks/helpdesk/rotate", headers=auth())
+    assert rotated.status_code == 200 and rotated.json["secret"] != old
+    body = {"title": "Quote", "project": "x"}
+    for n, secret in enumerate((old, rotated.json["secret"])):
+        answer = _signed(client, "/workspaces/acme/hooks/helpdesk", body, f"msg_{n}", secret)
+        assert answer.status_code == 202, answer.text
+
+    assert client.delete("/workspaces/acme/webhooks/helpdesk", headers=auth()).status_code == 200
+    assert _signed(client, "/workspaces/acme/hooks/helpdesk", body, "msg_9", old).status_code == 404
+    assert client.delete("/workspaces/acme/webhooks/helpdesk", headers=auth()).status_code == 404
+
+
+def test_the_default_workspace_takes_webhook_sources_at_slash_webhooks(app, runner):
+    added = runner.invoke(args=["webhooks", "add", "helpdesk"])
+    assert added.exit_code == 0, added.output
+    secret = added.output.split("secret: ")[1].split()[0]
+    client = app.test_client()
+    wait_until(lambda: _signed(client, "/hooks/helpdesk", {"a": 1}, "msg_1", secret).status_code == 202, 5,
+               "the new source to be served")
+    assert [h["source"] for h in client.get("/webhooks").json["webhooks"]] == ["helpdesk"]
+    assert "helpdesk" in runner.invoke(args=["webhooks", "list"]).output
+
+
+def test_delete_leaves_no_key_of_the_workspace_and_its_routes_answer_404(api, sandbox, redis_url):
+    from rq import Queue
+
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    token = create(client, "zephyrco", sandbox)["admin_token"]
+    secret = client.post("/workspaces/zephyrco/webhooks", headers=auth(), json={"source": "forms"}).json["secret"]
+    bundle = {"files": {"a.yaml": "id: a\ndescription: A.\nwhen:\n  - manual: true\nthen:\n  - notify: json://127.0.0.1:9/x\n    body: hi\n"}}
+    assert client.put("/workspaces/zephyrco/rules", headers=auth(token), json=bundle).status_code == 201, "bundle"
+    assert _signed(client, "/workspaces/zephyrco/hooks/forms", {"a": 1}, "msg_1", secret).status_code == 202
+    Queue("zephyrco", connection=connection).enqueue("workers.jobs.nothing", job_id="zephyrco-job-1")
+    assert client.post("/workspaces/zephyrco/subscriptions", headers=auth(token),
+                       json={"url": "https://example.com/hook", "events": ["Task.updated"]}).status_code == 201
+    assert list(connection.scan_iter(match="*zephyrco*"))  # there was something to delete
+
+    deleted = client.delete("/workspaces/zephyrco", headers=auth())
+    assert deleted.status_code == 200, deleted.text
+    assert list(connection.scan_iter(match="*zephyrco*")) == []
+    assert [v for v in every_value(connection) if b"zephyrco" in v] == []
+    assert client.get("/workspaces/zephyrco/runs", headers=auth()).status_code == 404
+    assert client.get("/workspaces/zephyrco", headers=auth()).status_code == 404
+    assert client.get("/runs", headers=auth()).status_code == 200  # the default workspace is untouched
+
+
+def test_no_secret_or_token_is_stored_in_plain_text(api, sandbox, redis_url):
+    client = api.test_client()
+    admin = create(client, "acme", sandbox, slack_signing_secret=SLACK_SECRET)["admin_token"]
+    hook = client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms"}).json["secret"]
+    rotated = client.post("/workspaces/acme/webhooks/forms/rotate", headers=auth()).json["secret"]
+    api.test_client().get("/runs")  # the default workspace applied too (its sandbox token)
+    values = b"\n".join(every_value(redis.Redis.from_url(redis_url)))
+    for secret in (INLOOX_TOKEN, SLACK_SECRET, admin, hook, rotated, sandbox.token):
+        assert secret.encode() not in values, secret
+    assert b"fernet:" in values
+
+
+def test_after_rotating_to_a_new_key_only_the_new_key_is_needed(api, sandbox, redis_url):
+    from app import create_app
+
+    client = api.test_client()
+    create(client, "acme", sandbox, slack_signing_secret=SLACK_SECRET)
+    client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms"})
+    old_key, new_key = api.config["SECRETS_KEY"], generate_key()
+    connection = redis.Redis.from_url(redis_url)
+
+    rotating = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                           "INLOOX_API_KEY": sandbox.token, "SECRETS_KEY": f"{new_key},{old_key}"})
+    result = rotating.test_cli_runner().invoke(args=["secrets", "rotate"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("re-sealed 4 secret(s)")  # acme: token, slack, hook; default: its token
+    assert rotating.test_cli_runner().invoke(args=["secrets", "rotate"]).output.startswith("re-sealed 0 secret(s)")
+
+    only_new = registry.View(connection, Keyring([new_key]))
+    assert set(only_new.workspaces()) == {"acme", "default"} and only_new.unreadable() == {}
+    assert only_new.workspaces()["acme"].slack_signing_secret == SLACK_SECRET
+    only_old = registry.View(connection, Keyring([old_key]))
+    assert only_old.workspaces() == {} and Keyring([new_key]).key_ids[0] in only_old.unreadable()["acme"]
+
+
+def test_a_secret_this_process_cannot_unseal_stops_only_its_workspace(api, sandbox, redis_url):
+    connection = redis.Redis.from_url(redis_url)
+    other_key = Keyring([generate_key()])
+    registry.put(connection, other_key, "globex", {"inloox_url": sandbox.base_url, "inloox_api_key": INLOOX_TOKEN})
+    client = api.test_client()
+    create(client, "acme", sandbox)
+
+    refused = client.get("/workspaces/globex/runs", headers=auth())
+    assert refused.status_code == 503
+    message = refused.json["error"]["message"]
+    assert "globex" in message and other_key.key_ids[0] in message and INLOOX_TOKEN not in message
+    assert client.get("/workspaces/acme/runs", headers=auth()).status_code == 200
+    assert client.get("/runs", headers=auth()).status_code == 200
+    listed = {w["name"]: w["unreadable"] for w in client.get("/workspaces", headers=auth()).json["workspaces"]}
+    assert listed["acme"] == "" and other_key.key_ids[0] in listed["globex"]
+
+
+def test_export_holds_bundles_subscriptions_events_and_runs_but_no_secret(api, sandbox):
+    client = api.test_client()
+    token = create(client, "acme", sandbox)["admin_token"]
+    secret = client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms"}).json["secret"]
+    bundle = {"files": {"a.yaml": "id: a\ndescription: A.\nwhen:\n  - webhook: forms\nthen:\n  - notify: json://127.0.0.1:9/x\n    body: hi\n"}}
+    assert client.put("/workspaces/acme/rules", headers=auth(token), json=bundle).status_code == 201
+    sub = client.post("/workspaces/acme/subscriptions", headers=auth(token),
+                      json={"url": "https://example.com/hook", "events": ["Task.updated"]}).json
+    assert _signed(client, "/workspaces/acme/hooks/forms", {"a": 1}, "msg_1", secret).status_code == 202
+
+    archive = client.get("/workspaces/acme/export", headers=auth(token))
+    assert archive.status_code == 200, archive.text
+    exported = archive.json
+    assert exported["workspace"]["name"] == "acme"
+    assert exported["rule_bundles"][0]["files"] == bundle["files"]
+    assert [s["id"] for s in exported["subscriptions"]] == [sub["id"]]
+    assert [e["id"] for e in exported["events"]] == ["webhook:forms:msg_1"]
+    assert "runs" in exported
+    for hidden in (secret, sub["secret"], INLOOX_TOKEN, token):
+        assert hidden not in archive.text
+
+
+def test_a_workspaces_file_is_applied_again_without_changing_anything(redis_url, sandbox, tmp_path):
+    path = tmp_path / "workspaces.yaml"
+    path.write_text(f"workspaces:\n  acme:\n    inloox_url: {sandbox.base_url}\n    inloox_api_key: {INLOOX_TOKEN}\n"
+                    f"    admin_token: acme-admin-1\n    webhooks: {{forms: whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldY}}\n")
+    connection, keyring = redis.Redis.from_url(redis_url), Keyring([generate_key()])
+    registry.put(connection, keyring, "other", {"inloox_url": sandbox.base_url})
+    assert registry.apply_file(connection, keyring, str(path)) == ["other"]  # left running, and said
+    version = registry.version(connection)
+    registry.add_webhook(connection, keyring, "acme", "helpdesk")
+    registry.apply_file(connection, keyring, str(path))
+    assert registry.version(connection) == version + 1  # only the API's change; the file's apply wrote nothing
+    served = registry.View(connection, keyring).workspaces()["acme"]
+    assert sorted(served.webhook_sources) == ["forms", "helpdesk"]  # the API's source survives a restart
+    assert registry.token_matches("acme-admin-1", served.admin_token_hash)
+
+
+def _signed(client, path: str, body: dict, msg_id: str, secret: str):
+    import json
+    import time
+    from datetime import datetime, timezone
+
+    from standardwebhooks import Webhook
+
+    raw, stamp = json.dumps(body), int(time.time())
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, timezone.utc), raw)
+    return client.post(path, data=raw, headers={"content-type": "application/json", "webhook-id": msg_id,
+                                                "webhook-timestamp": str(stamp), "webhook-signature": signature})

@@ -1,0 +1,155 @@
+"""The operator's workspace API (OPERATOR_TOKEN): create, change, pause, export and delete workspaces live.
+
+    PUT    /workspaces/<name>               create (201, with its admin token shown once) or update (200)
+    GET    /workspaces                      every workspace (no secret)
+    GET    /workspaces/<name>               one workspace (no secret; also its own admin token)
+    POST   /workspaces/<name>/admin-token   a new admin token; the old one stops working (also its own)
+    POST   /workspaces/<name>/pause         its events are still accepted into its log; nothing runs
+    POST   /workspaces/<name>/resume        what waited runs, in order
+    GET    /workspaces/<name>/export        its rule bundles, subscriptions (no secret), events and runs (also its own)
+    DELETE /workspaces/<name>               paused first, then every Redis key, job and queue of it removed
+
+Every change goes to the registry (workers/registry), which every process follows within seconds.
+The URL variable is `name`, not `ws`: these routes act on a workspace rather than inside one.
+"""
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+from flask import Blueprint, abort, jsonify, request
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from web.resources import get_keyring, get_redis, get_registry
+from web.workspace import bearer_token, require_operator_token
+from workers import registry, workspaces
+from workers.workspace_export import export
+
+bp = Blueprint("workspaces_api", __name__, url_prefix="/workspaces")
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "workspace.schema.json"
+
+
+@bp.put("/<name>")
+def put(name: str):
+    """Create the workspace or update the fields given; the same body twice changes nothing."""
+    require_operator_token()
+    body = _body()
+    try:
+        change = registry.put(get_redis(), get_keyring(), name, body)
+    except registry.RegistryError as exc:
+        abort(422, str(exc))
+    get_registry().refresh()
+    if change.created:
+        return jsonify({**change.workspace, "admin_token": change.admin_token,
+                        "note": "the admin token is shown this once"}), 201
+    return jsonify({**change.workspace, "changed": change.changed}), 200
+
+
+@bp.get("")
+def list_workspaces():
+    """Every workspace, with whether it is paused and whether this process can serve it."""
+    require_operator_token()
+    connection, unreadable = get_redis(), get_registry().unreadable()
+    shown = [{**registry.get(connection, name), "unreadable": unreadable.get(name, "")}
+             for name in registry.names(connection)]
+    return jsonify(workspaces=shown)
+
+
+@bp.get("/<name>")
+def show(name: str):
+    """One workspace as stored, without its secrets."""
+    _require_owner(name)
+    return jsonify(_known(name))
+
+
+@bp.post("/<name>/admin-token")
+def admin_token(name: str):
+    """A new admin token, shown this once; the previous one stops working at once."""
+    _require_owner(name)
+    token = _registry_call(registry.new_admin_token, get_redis(), name)
+    get_registry().refresh()
+    return jsonify(workspace=name, admin_token=token, note="the admin token is shown this once"), 201
+
+
+@bp.post("/<name>/pause")
+def pause(name: str):
+    """Pause: webhooks and InLoox changes are still accepted into its log, nothing runs."""
+    require_operator_token()
+    shown = _registry_call(registry.pause, get_redis(), name)
+    get_registry().refresh()
+    return jsonify(shown)
+
+
+@bp.post("/<name>/resume")
+def resume(name: str):
+    """Resume: what waited runs, in order."""
+    require_operator_token()
+    shown = _registry_call(registry.resume, get_redis(), name)
+    get_registry().refresh()
+    return jsonify(shown)
+
+
+@bp.get("/<name>/export")
+def export_workspace(name: str):
+    """An archive (JSON) of the workspace: enough to move it to another deployment. No secret."""
+    _require_owner(name)
+    record = _known(name)
+    archive = export(get_redis(), record)
+    response = jsonify(archive)
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}.json"'
+    return response
+
+
+@bp.delete("/<name>")
+def delete(name: str):
+    """Delete the workspace whole (a running one is paused first); its routes answer 404 from now on."""
+    require_operator_token()
+    removed = _registry_call(registry.delete, get_redis(), name)
+    get_registry().refresh()
+    return jsonify(workspace=name, deleted=True, keys_removed=removed)
+
+
+def _require_owner(name: str) -> None:
+    """The operator, or the workspace's own admin token."""
+    record = registry.read(get_redis(), name) if _valid(name) else None
+    if record is not None and registry.token_matches(bearer_token(), record["admin_token_sha256"]):
+        return
+    require_operator_token()
+
+
+def _valid(name: str) -> bool:
+    return bool(workspaces.NAME.match(name))
+
+
+def _known(name: str) -> dict:
+    shown = registry.get(get_redis(), name) if _valid(name) else None
+    if shown is None:
+        abort(404, f"no workspace {name!r}")
+    return shown
+
+
+def _registry_call(action, *args):
+    try:
+        return action(*args)
+    except registry.UnknownWorkspace as exc:
+        abort(404, str(exc))
+    except registry.RegistryError as exc:
+        abort(422, str(exc))
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if body is None:
+        abort(400, "the body must be a JSON object of workspace fields (schemas/workspace.schema.json)")
+    problem = best_match(_validator().iter_errors(body))
+    if problem is not None:
+        where = "/".join(str(p) for p in problem.absolute_path) or "the body"
+        abort(422, f"{where}: {problem.message[:300]}")
+    return body
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
