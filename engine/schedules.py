@@ -9,10 +9,15 @@ No `last` (the rule was never seen) fires nothing: the scheduler starts counting
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
+
+if TYPE_CHECKING:
+    from .rules import Rule
 
 DEFAULT_GRACE = timedelta(minutes=2)  # how late a tick may still fire as on time (a slow or restarted scheduler)
 _JUST_AFTER = timedelta(microseconds=1)  # croniter's get_prev is strict; this makes "at or before"
@@ -43,3 +48,26 @@ def due_ticks(cron: str, tz: str, *, last: datetime | None, now: datetime, catch
         return on_time
     missed = latest_tick(cron, tz, now - grace)
     return [missed] if missed > last else []
+
+
+@dataclass(frozen=True)
+class NextTick:
+    """A schedule rule's next tick: when (aware, UTC) and the time zone its cron expression is read in."""
+
+    at: datetime
+    timezone: str
+
+    @property
+    def local(self) -> datetime:
+        """The tick in the rule's time zone."""
+        return self.at.astimezone(ZoneInfo(self.timezone))
+
+
+def next_tick(rule: "Rule", after: datetime) -> NextTick | None:
+    """The soonest tick strictly after `after` of the rule's schedule triggers, or None without one."""
+    found = [NextTick(_next(t.cron, t.timezone, after), t.timezone) for t in rule.triggers if t.cron]
+    return min(found, key=lambda tick: tick.at, default=None)
+
+
+def _next(cron: str, tz: str, after: datetime) -> datetime:
+    return croniter(cron, after.astimezone(ZoneInfo(tz))).get_next(datetime).astimezone(timezone.utc)

@@ -15,10 +15,12 @@ from web.resources import get_context
 from web.workspace import cli_workspace
 from engine.documents import parse_documents
 from engine.edm import parse_datetime
+from engine.schedules import NextTick, next_tick
 from engine.fixtures import fixture_files, run_fixture_file
 from workers.manual import ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
 from workers import rule_files, workspaces
 from workers.runs import run_id
+from workers.scheduler import fire_tick, schedule_event
 from workers.settings import DEFAULTS
 from workers.worker_context import rule_env
 
@@ -151,17 +153,23 @@ def explain_command(event_file: Path, rules_path: Path | None, now: str | None, 
 @click.argument("rule_id")
 @click.option("--event", "event_file", type=click.Path(exists=True, path_type=Path),
               help="A YAML or JSON file holding the event to run the rule for (default: a manual event).")
+@click.option("--tick", is_flag=True, help="Fire the schedule rule's next tick now, as the scheduler would then.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (the explain report) and write nothing.")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
-              help="A value for env.NAME, over those RULES_ENV allows from the environment (repeatable).")
-def run_command(rule_id: str, event_file: Path | None, dry_run: bool, env_pairs: tuple[str, ...]):
+              help="A value for env.NAME, over those RULES_ENV allows from the settings (repeatable).")
+def run_command(rule_id: str, event_file: Path | None, tick: bool, dry_run: bool, env_pairs: tuple[str, ...]):
     """Run RULE_ID now: its event goes to the intake and a worker runs it, like any other event.
 
-    With --event, every rule that event matches runs (the event is simply accepted again).
+    With --event, every rule that event matches runs (the event is simply accepted again). With
+    --tick, a schedule rule's next tick fires now, once: the scheduler does not fire that tick again.
     """
+    if tick and event_file:
+        raise click.UsageError("give --event or --tick, not both")
     now = datetime.now(timezone.utc)
     ruleset = get_context().ruleset()
-    event = _read_event(event_file) if event_file else manual_event(rule_id, now=now, given={"by": "flask rules run"})
+    upcoming = _next_tick(ruleset, rule_id, now) if tick else None
+    event = (schedule_event(rule_id, upcoming.at) if upcoming else _read_event(event_file) if event_file
+             else manual_event(rule_id, now=now, given={"by": "flask rules run"}))
     env = _rule_env(env_pairs)
     try:
         plan = plan_manual_run(ruleset, rule_id, event, now=now, env=env)
@@ -174,8 +182,53 @@ def run_command(rule_id: str, event_file: Path | None, dry_run: bool, env_pairs:
         return
     from web.resources import get_redis  # only a real run needs Redis
 
+    if upcoming:
+        fired = fire_tick(get_redis(), event)
+        click.echo(f"{'fired' if fired else 'already fired before'}: the tick of {_tick_words(upcoming)}, "
+                   f"event {event.id}, run {run_id(plan)}")
+        return
     accepted = submit_manual_run(get_redis(), event)
     click.echo(f"{'queued' if accepted else 'already submitted before'}: event {event.id}, run {run_id(plan)}")
+
+
+@rules_cli.command("list")
+@cli_workspace
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_command(as_json: bool):
+    """The rules the stack runs, their triggers, and each schedule rule's next tick in its time zone."""
+    now, ruleset = datetime.now(timezone.utc), get_context().ruleset()
+    listed = [_listed(rule, now) for rule in sorted(ruleset.rules.values(), key=lambda r: r.id)]
+    if as_json:
+        click.echo(json.dumps({"rules": listed, "skipped": [e.format() for e in ruleset.errors]}, indent=2))
+        return
+    for entry in listed:
+        state = "" if entry["enabled"] else "  (disabled)"
+        tick = f"  next tick {entry['next_tick']} ({entry['timezone']})" if entry["next_tick"] else ""
+        click.echo(f"{entry['id']}  [{entry['triggers']}]{state}{tick}")
+    if ruleset.errors:
+        click.echo(f"{len(ruleset.errors)} error(s) in the rule files: see `flask rules check`", err=True)
+    if not listed:
+        click.echo("no rules")
+
+
+def _listed(rule, now: datetime) -> dict:
+    upcoming = next_tick(rule, now) if rule.enabled else None
+    return {"id": rule.id, "triggers": rule.summary, "enabled": rule.enabled, "file": rule.file, "line": rule.line,
+            "next_tick": upcoming.local.isoformat() if upcoming else None,
+            "timezone": upcoming.timezone if upcoming else None}
+
+
+def _next_tick(ruleset, rule_id: str, now: datetime) -> NextTick:
+    rule = ruleset.get(rule_id)
+    upcoming = next_tick(rule, now) if rule is not None else None
+    if upcoming is None:
+        raise click.ClickException(f"{rule_id} has no schedule trigger: --tick fires a schedule rule's next tick"
+                                   if rule is not None else f"no rule {rule_id!r}")
+    return upcoming
+
+
+def _tick_words(tick: NextTick) -> str:
+    return f"{tick.local.isoformat()} ({tick.timezone})"
 
 
 @rules_cli.command("schema")

@@ -76,12 +76,20 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
     for rule in ruleset.schedules():
         for tick in rule_ticks(rule, last_look(connection, rule.id), now, grace):
             event = schedule_event(rule.id, tick)
-            if submit_event(connection, event, dedup_key=key(f"schedule:fired:{rule.id}:{event.payload['time']}"),
-                            dedup_ttl=FIRED_TTL):
+            if fire_tick(connection, event):
                 accepted.append(event.id)
         # GT: never move back (another scheduler may have looked a moment later than we did).
         connection.zadd(key(LAST_KEY), {rule.id: now.timestamp()}, gt=True)
     return accepted
+
+
+def fire_tick(connection: redis.Redis, event: Event) -> bool:
+    """Submit one tick's event (see `schedule_event`) unless that tick fired before; True when it fires now.
+
+    The scheduler's path, and `flask rules run RULE --tick`'s: a tick fired by hand is not fired again.
+    """
+    return submit_event(connection, event, dedup_key=key(f"schedule:fired:{event.kind}:{event.payload['time']}"),
+                        dedup_ttl=FIRED_TTL)
 
 
 def run(connection: redis.Redis, served: list[Workspace], settings: SchedulerSettings, stop: threading.Event) -> None:

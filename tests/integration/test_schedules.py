@@ -5,6 +5,7 @@ start, as if they had been running until then; no test waits for the clock to re
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -13,7 +14,7 @@ from workers import eventlog
 
 from tests.support.processes import wait_until
 from tests.support.stack import all_runs, write_rule
-from workers import scheduler
+from workers import scheduler, workspaces
 
 LAST_KEY = "ws:default:" + scheduler.LAST_KEY
 
@@ -89,3 +90,65 @@ def test_after_downtime_skip_fires_nothing_and_latest_fires_the_last_missed_tick
     [message] = wait_until(lambda: receiver.received, 20, "the caught-up tick's notification")
     assert f"catch-up-latest fired for {missed.isoformat().replace('+00:00', 'Z')}" in str(message["body"])
     assert [r["rule_id"] for r in all_runs(redis_url)] == ["catch-up-latest"]
+
+
+def cli(redis_url, sandbox, rules_dir):
+    """`flask` commands in a second shell, as the stack's rules folder and Redis are configured."""
+    from app import create_app
+
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": sandbox.token, "RULES_PATH": str(rules_dir), "INLOOX_REQUESTS_PER_SECOND": "0"})
+    return app.test_cli_runner()
+
+
+BERLIN_DIGEST = RULE.format(id="morning-digest", cron="0 9 * * 1-5", catch_up="skip").replace(
+    '    catch_up: skip\n', '    timezone: Europe/Berlin\n')
+
+
+def test_rules_list_shows_a_schedule_rule_s_next_tick_in_its_time_zone(redis_url, sandbox, rules_dir):
+    write_rule(rules_dir, "digest", BERLIN_DIGEST)
+    write_rule(rules_dir, "every-minute", RULE.format(id="every-minute", cron="* * * * *", catch_up="skip"))
+
+    listed = cli(redis_url, sandbox, rules_dir).invoke(args=["rules", "list"])
+
+    assert listed.exit_code == 0, listed.output
+    [digest] = [line for line in listed.output.splitlines() if line.startswith("morning-digest")]
+    assert re.search(r"next tick \d{4}-\d\d-\d\dT09:00:00\+0[12]:00 \(Europe/Berlin\)$", digest), digest
+    when = datetime.fromisoformat(digest.split("next tick ")[1].split(" ")[0])
+    assert when.weekday() < 5 and when > datetime.now(timezone.utc)
+    [minutely] = [line for line in listed.output.splitlines() if line.startswith("every-minute")]
+    assert re.search(r"next tick \S+:00\+00:00 \(UTC\)$", minutely), minutely
+
+
+def test_rules_run_tick_fires_the_next_tick_once_and_the_scheduler_not_again(stack, receiver, redis_url, sandbox,
+                                                                             rules_dir):
+    write_rule(rules_dir, "digest", BERLIN_DIGEST)
+    runner = cli(redis_url, sandbox, rules_dir)
+
+    fired = runner.invoke(args=["rules", "run", "morning-digest", "--tick"])
+    assert fired.exit_code == 0, fired.output
+    assert re.match(r"fired: the tick of \S+T09:00:00\+0[12]:00 \(Europe/Berlin\), event schedule:morning-digest:",
+                    fired.output), fired.output
+    connection = redis.Redis.from_url(redis_url)
+    [(rule_id, time)] = queued_ticks(connection)
+    assert rule_id == "morning-digest" and time == fired.output.split("schedule:morning-digest:")[1].split(",")[0]
+
+    again = runner.invoke(args=["rules", "run", "morning-digest", "--tick"])
+    assert again.exit_code == 0 and again.output.startswith("already fired before: the tick of"), again.output
+    # When that tick comes, the scheduler finds it fired: nothing more (its own path, `now` moved there).
+    tick = datetime.fromisoformat(time.replace("Z", "+00:00"))
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
+        seed_last_look(redis_url, morning_digest=tick - timedelta(seconds=30))
+        from engine import load_rules
+        assert scheduler.fire_due(connection, load_rules(rules_dir), now=tick + timedelta(seconds=5)) == []
+    assert queued_ticks(connection) == [(rule_id, time)]
+
+    stack.worker()
+    [message] = wait_until(lambda: receiver.received, 20, "the tick's notification")
+    assert f"morning-digest fired for {time}" in str(message["body"])
+
+
+def test_rules_run_tick_refuses_a_rule_without_a_schedule(redis_url, sandbox, rules_dir):
+    write_rule(rules_dir, "by-hand", "id: by-hand\nwhen: {manual: true}\nthen:\n  - notify: x\n    body: y\n")
+    refused = cli(redis_url, sandbox, rules_dir).invoke(args=["rules", "run", "by-hand", "--tick"])
+    assert refused.exit_code == 1 and "by-hand has no schedule trigger" in refused.output
