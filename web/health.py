@@ -65,7 +65,7 @@ def _check_rules() -> dict:
     try:
         context = get_context()
         _, version = context.rules.current()
-        broken = rule_files.broken_files(get_redis(), context.workspace.prefix)
+        broken = [rule_files.with_iso_times(e) for e in rule_files.broken_files(get_redis(), context.workspace.prefix)]
     except redis.RedisError as exc:
         return {"ok": True, "error": f"rule file states unavailable: {type(exc).__name__}: {exc}"}
     return {"ok": True, "version": version, "broken": broken}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,10 @@ def test_a_rule_file_that_breaks_keeps_running_its_last_good_version(stack, sand
     assert "forms.yaml" in page and "last good version" in page and "vaules" in page
     ready = client.get("/readyz").get_json()
     [broken] = ready["checks"]["rules"]["broken"]
-    assert broken["file"] == "forms.yaml" and broken["running"] and broken["since"]
+    assert broken["file"] == "forms.yaml" and broken["running"]
+    # Times an API shows are ISO 8601, not epoch seconds.
+    assert datetime.fromisoformat(broken["since"]).tzinfo is not None, broken
+    assert datetime.fromisoformat(broken["good_since"]) <= datetime.fromisoformat(broken["since"]), broken
     checked = app.test_cli_runner().invoke(args=["rules", "check", str(rules_dir)])
     assert checked.exit_code == 1 and "forms.yaml: broken since" in checked.output
     assert "the stack runs its last good version" in checked.output, checked.output
