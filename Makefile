@@ -80,8 +80,7 @@ run: $(VENV)/.installed
 	else echo "SECRETS_KEY=$$(cat $(SECRETS_KEY_FILE))" >> $(STACK_ENV); fi
 # Ctrl+C reaches this shell too; ignoring it lets honcho finish its orderly stop, and honcho's
 # 130 ("stopped by Ctrl+C") is how `make run` normally ends, not an error to report.
-	@trap '' INT; env $(RUN_ENV) SECRETS_KEY="$${SECRETS_KEY:-$$(cat $(SECRETS_KEY_FILE))}" \
-		$(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]
+	@trap '' INT; env $(RUN_ENV) SECRETS_KEY="$${SECRETS_KEY:-$$(cat $(SECRETS_KEY_FILE))}" $(BIN)/honcho start -f Procfile || [ $$? -eq 130 ]
 
 # Start afresh: delete Redis's data and the sandbox's (stop `make run` first; this stops nothing).
 # The next `make run` seeds the demo account again.

@@ -2,6 +2,7 @@
 a second shell's `flask` commands find it, Ctrl+C stops it quietly, and a restart invents nothing."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ def make_run(tmp_path, ports: dict, **env) -> Process:
                  SANDBOX_DATA=str(tmp_path / "sandbox.sqlite"), STACK_ENV=str(tmp_path / "stack.env"))
     # Unset, as on a fresh machine: the Makefile must choose the embedded Redis and the sandbox.
     given.update(REDIS_URL=None, INLOOX_URL=None, INLOOX_API_KEY=None, EMBEDDED_REDIS=None)
+    # No secrets key either: `make run` generates one (here beside its data) and hands it on.
+    given.update(SECRETS_KEY=None, SECRETS_KEY_FILE=str(tmp_path / "secrets.key"))
     return Process([shutil.which("make") or "make", "run"], name="make-run", env={**given, **env})
 
 
@@ -87,9 +90,10 @@ def test_flask_commands_in_a_second_shell_find_the_stack(stack):
     assert workspaces.returncode == 0, workspaces.stderr
     assert f"http://127.0.0.1:{ports['SANDBOX_PORT']}/api/odata/" in workspaces.stdout
 
-    # REDIS_PORT alone names the stack's Valkey, as it did for `make run`.
-    alone = _flask({"PATH": os.environ["PATH"], "STACK_ENV": "", "REDIS_PORT": str(ports["REDIS_PORT"])},
-                   "runs", "list")
+    # REDIS_PORT alone names the stack's Valkey, as it did for `make run` (with the key that opens
+    # the workspaces' secrets, which only the stack file or the environment hands on).
+    alone = _flask({"PATH": os.environ["PATH"], "STACK_ENV": "", "REDIS_PORT": str(ports["REDIS_PORT"]),
+                    "SECRETS_KEY": (tmp_path / "secrets.key").read_text().strip()}, "runs", "list")
     assert (alone.returncode, alone.stdout.strip()) == (0, "no runs"), alone.stderr
 
 
@@ -244,3 +248,83 @@ def _flask(env: dict, *args: str) -> subprocess.CompletedProcess:
 def _ready(web: str):
     response = requests.get(f"{web}/readyz", timeout=5)
     return response.json() if response.status_code == 200 else None
+
+
+EXPLAIN_EVENT = """\
+source: inloox
+kind: updated
+occurred_at: 2026-12-04T10:00:00Z
+entity_set: Task
+key: 3fa85f64-5717-4562-b3fc-2c963f66afa6
+changes: {IsDone: [false, true]}
+entity: {ProjectId: 0b4f2a9e-8c1d-4e6f-9a2b-3c4d5e6f7a8b, WorkAmount: 1, Name: N, TaskItemId: t}
+"""
+
+
+def test_the_first_hour_in_a_second_shell_says_what_happened(tmp_path):
+    """Issue 23: explain reads the stack's settings, a scan's event id is one shell word, replay's counts
+    add up, --tick fires a schedule once, and a rule file broken and fixed says so in `make run`'s output."""
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    ports = free_ports()
+    # Contacts are scanned every second here (60 by default), so a scanned change comes soon.
+    process = make_run(tmp_path, ports, RULES_PATH=str(rules), POLL_SCAN_SECONDS="1", POLL_SCAN_FLOOR_SECONDS="1")
+    shell = {"PATH": os.environ["PATH"], "STACK_ENV": str(tmp_path / "stack.env"), "RULES_PATH": str(rules)}
+    sandbox = f"http://127.0.0.1:{ports['SANDBOX_PORT']}/api/odata/"
+    flask = ".venv/bin/flask --app app "
+    try:
+        wait_until(lambda: _ready(f"http://127.0.0.1:{ports['PORT']}"), 60, "/readyz to report ready")
+        wait_until(lambda: "poll Contact" in process.output(), 30, "the first scan of Contact")
+
+        # 3: an env.* rule plans with no flags: the value is the one `make run` wrote to the stack file.
+        (tmp_path / "event.yaml").write_text(EXPLAIN_EVENT)
+        explained = _bash(shell, flask + f"rules explain --event {tmp_path / 'event.yaml'}")
+        assert explained.returncode == 0, explained.stdout + explained.stderr
+        assert f"json://127.0.0.1:{ports['PORT']}/dev/inbox" in explained.stdout
+
+        # 4: a scanned change's event id, pasted unquoted, is one word that `events show` finds.
+        [contact] = requests.get(f"{sandbox}Contact", params={"$top": 1}, headers=ALEX, timeout=5).json()["value"]
+        changed = requests.patch(f"{sandbox}Contact({contact['ContactId']})", json={"Email": "new@example.com"},
+                                 headers=ALEX, timeout=5)
+        assert changed.ok, changed.text
+        event_id = wait_until(lambda: _scanned_event(shell), 30, "the scanned change's event")
+        shown = _bash(shell, flask + f"events show {event_id}")
+        assert shown.returncode == 0 and shown.stdout.startswith(event_id + " "), shown.stdout + shown.stderr
+
+        # 5: every event replay lists is counted once, in one of its outcomes.
+        replayed = _bash(shell, flask + "events replay --since 10m --dry-run")
+        assert replayed.returncode == 0, replayed.stderr
+        *lines, total = replayed.stdout.splitlines()
+        events, outcomes = re.match(r"(\d+) event\(s\): (.*); would start \d+ run\(s\)$", total).groups()
+        assert sum(int(n) for n in re.findall(r"(\d+) [a-z]", outcomes)) == int(events) >= 1, total
+        assert len({line.split()[0] for line in lines}) == int(events), replayed.stdout
+
+        # 7: a schedule rule's next tick fires now, once.
+        first = _bash(shell, flask + "rules run overdue-tasks-digest --tick")
+        assert first.returncode == 0 and first.stdout.startswith("fired: the tick of "), first.stdout + first.stderr
+        again = _bash(shell, flask + "rules run overdue-tasks-digest --tick")
+        assert again.stdout.startswith("already fired before: "), again.stdout + again.stderr
+        listed = _bash(shell, flask + "rules list")
+        assert re.search(r"overdue-tasks-digest .* next tick \S+T09:00:00\+0[12]:00 \(Europe/Berlin\)", listed.stdout)
+
+        # 1: a file broken and fixed says so, with file:line, where `make run` prints.
+        form = rules / "form-to-task.yaml"
+        good = form.read_text()
+        form.write_text(good.replace("then:", "thne:"))
+        wait_until(lambda: f"rule file broken: {form}:" in process.output(), 20, "the broken file's line")
+        form.write_text(good)
+        wait_until(lambda: f"rule file {form} loads again" in process.output(), 20, "the fixed file's line")
+        assert process.output().count(f"rule file broken: {form}:") == 1
+    finally:
+        process.stop(timeout=20)
+
+
+def _scanned_event(shell: dict) -> str | None:
+    listed = _bash(shell, ".venv/bin/flask --app app events list --source inloox --json")
+    ids = [e["id"] for e in json.loads(listed.stdout or "[]") if e["entity_set"] == "Contact"]
+    return ids[0] if ids else None
+
+
+def _bash(env: dict, command: str) -> subprocess.CompletedProcess:
+    """A command line as a person types it in a second shell (unquoted words split as bash splits them)."""
+    return subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
