@@ -157,7 +157,7 @@ def cli_registry() -> registry.View:
     try:
         with redis_errors_as_messages():
             view = get_registry()
-            view.workspaces()  # the first read, so that an unreadable registry is said here
+            view.refresh()  # a command acts on the registry as it is now (and says here if it cannot be read)
             return view
     except (SecretsKeyError, registry.RegistryUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc

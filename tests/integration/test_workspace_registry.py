@@ -296,3 +296,22 @@ def _signed(client, path: str, body: dict, msg_id: str, secret: str):
     signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, timezone.utc), raw)
     return client.post(path, data=raw, headers={"content-type": "application/json", "webhook-id": msg_id,
                                                 "webhook-timestamp": str(stamp), "webhook-signature": signature})
+
+
+def test_the_flask_workspaces_commands_are_the_apis_twins(api, sandbox, redis_url):
+    runner = api.test_cli_runner()
+    created = runner.invoke(args=["workspaces", "create", "acme", "--inloox-url", sandbox.base_url],
+                            env={"INLOOX_API_KEY_NEW": INLOOX_TOKEN})
+    assert created.exit_code == 0 and "admin token: wsa_" in created.output, created.output
+    assert runner.invoke(args=["workspaces", "create", "acme", "--inloox-url", sandbox.base_url]).exit_code == 1
+    assert runner.invoke(args=["workspaces", "update", "acme", "--limits", '{"runs_per_minute": 5}']).output \
+        .startswith("updated: acme")
+    assert runner.invoke(args=["workspaces", "update", "acme", "--limits", '{"runs_per_minute": 5}']).output \
+        .startswith("unchanged: acme")
+    assert runner.invoke(args=["workspaces", "pause", "acme"]).exit_code == 0
+    shown = runner.invoke(args=["workspaces", "show", "acme"]).output
+    assert '"paused": true' in shown and INLOOX_TOKEN not in shown
+    assert "PAUSED: paused by the operator" in runner.invoke(args=["workspaces", "list"]).output
+    assert runner.invoke(args=["workspaces", "delete", "acme", "--yes"]).output.startswith("deleted: acme")
+    missing = runner.invoke(args=["workspaces", "show", "acme"])
+    assert missing.exit_code == 1 and "no workspace 'acme'" in missing.output
