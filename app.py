@@ -24,6 +24,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         configure_logging(app.config)
 
     from web import errors, events, health, hooks, inbox, metrics, openapi, queues, resources, runs, ui, workspace
+    from web import json_bodies
     from web.events_cli import events_cli, whatif_command
     from web.subscriptions_cli import subscriptions_cli
     from web.rules_cli import rules_cli
@@ -36,6 +37,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from web.secrets_cli import secrets_cli
     from web.webhooks_cli import webhooks_cli
 
+    json_bodies.init_app(app)  # every request.get_json() is bounded (depth, UTF-8) and says why it refused
     resources.init_app(app)
     errors.init_app(app)
     workspace.init_app(app)

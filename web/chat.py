@@ -52,7 +52,7 @@ def teams():
         verify_teams(body, request.headers.get("Authorization"), workspaces.current().teams_security_token)
     except SignatureError as exc:
         abort(401, f"Teams signature rejected: {exc}")
-    activity = request.get_json(silent=True)
+    activity = request.get_json(force=True)  # signed by Teams; unreadable JSON is a 400 saying why (web.json_bodies)
     if not isinstance(activity, dict) or not activity.get("id"):
         abort(400, "the body is not a Teams activity with an id")
     sender = activity.get("from") or {}

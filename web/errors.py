@@ -8,7 +8,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 def handle_http_error(exc: HTTPException):
     """Render an HTTP error (from `abort()` or routing) as JSON instead of Werkzeug's HTML page."""
     body = {"error": {"code": exc.name.replace(" ", ""), "message": _message(exc), "details": []}}
-    return jsonify(body), exc.code
+    return jsonify(body), exc.code, _headers(exc)
+
+
+def _headers(exc: HTTPException) -> list[tuple[str, str]]:
+    """The error's own headers (`Allow` on a 405, `WWW-Authenticate`, `Retry-After`), less its HTML content type."""
+    return [(name, value) for name, value in exc.get_headers() if name.lower() != "content-type"]
 
 
 def _message(exc: HTTPException) -> str:

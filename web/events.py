@@ -11,6 +11,7 @@ import time
 from flask import Blueprint, abort, jsonify, request
 
 from engine.durations import parse_duration
+from web.openapi import check_query, request_body
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
 from workers import event_history
@@ -18,6 +19,7 @@ from workers.replay import ReplayRefused, outcome_counts, replay
 
 bp = Blueprint("events", __name__, url_prefix="/events")
 bp.before_request(require_admin_token)
+bp.before_request(check_query)
 
 
 @bp.get("")
@@ -30,7 +32,7 @@ def index():
         abort(400, str(exc))
     found = event_history.history(get_redis(), since=since, source=args.get("source"),
                                   kind=args.get("kind"), unmatched=args.get("unmatched") in ("1", "true"),
-                                  limit=min(args.get("limit", 50, type=int), 500))
+                                  limit=args.get("limit", 50, type=int))
     return jsonify(events=[e.summary() for e in found])
 
 
@@ -46,9 +48,7 @@ def show(event_id: str):
 @bp.post("/replay")
 def replay_events():
     """Match logged events against the current rules again and start the runs they make now (202)."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        abort(400, 'a JSON object is needed: {"since": "1h"} or {"events": ["…"]}, with "rule", "force", "dry_run"')
+    body = request_body()  # an object naming either `since` or `events` (schemas/openapi.json)
     try:
         entries = selected_entries(get_redis(), since=body.get("since"), event_ids=body.get("events") or ())
         done = replay(get_context(), entries, rule=body.get("rule"), force=body.get("force") is True,

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, abort, jsonify, request
 
 from engine import Event, explain
+from web.openapi import check_query, request_body
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
 from workers import bundles, workspaces
@@ -23,6 +24,7 @@ from workers.runs import run_id
 
 bp = Blueprint("rules_api", __name__, url_prefix="/rules")
 bp.before_request(require_admin_token)
+bp.before_request(check_query)
 
 MAX_BUNDLE_BYTES = 2 * 1024 * 1024
 
@@ -30,7 +32,7 @@ MAX_BUNDLE_BYTES = 2 * 1024 * 1024
 @bp.post("/<rule_id>/run")
 def run(rule_id: str):
     """Run a rule now: body `{"input": {…}}` (a manual event) or `{"event": {…}}`; `?dry_run=1` only plans."""
-    body = request.get_json(silent=True) or {}
+    body = request_body(required=False)  # `input` and `event` must be objects, an event as the document draws it
     now = datetime.now(timezone.utc)
     event = _event(body, rule_id, now)
     ruleset, env = get_context().ruleset(), get_context().rule_env
@@ -48,10 +50,10 @@ def run(rule_id: str):
 def _event(body: dict, rule_id: str, now: datetime) -> Event:
     if "event" not in body:
         return manual_event(rule_id, now=now, given=body.get("input") or {})
-    try:
+    try:  # the document checked the shape; what is left is a value the shape cannot say (a date, a source)
         return Event.from_dict(body["event"])
-    except (KeyError, TypeError, ValueError) as exc:
-        abort(400, f"not an event: {exc}")
+    except ValueError as exc:
+        abort(422, f"event: {exc}")
 
 
 @bp.put("")

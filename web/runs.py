@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, jsonify, request
 
+from web.openapi import check_query
 from web.resources import get_redis
 from web.workspace import require_admin_token
 from workers.jobs import RetryRefused, retry_run
@@ -14,13 +15,14 @@ from workers.runs import list_runs, load_run, load_trace
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 bp.before_request(require_admin_token)
+bp.before_request(check_query)  # filters the document does not name are refused, not ignored
 
 
 @bp.get("")
 def index():
-    """The newest runs first; filter with ?rule=, ?status= and ?limit= (at most 500)."""
-    limit = min(request.args.get("limit", 50, type=int), 500)
-    runs = list_runs(get_redis(), rule=request.args.get("rule"), status=request.args.get("status"), limit=limit)
+    """The newest runs first; filter with ?rule=, ?status= and ?limit= (1 to 500, checked by `check_query`)."""
+    runs = list_runs(get_redis(), rule=request.args.get("rule"), status=request.args.get("status"),
+                     limit=request.args.get("limit", 50, type=int))
     return jsonify(runs=[_summary(r) for r in runs])
 
 
@@ -36,6 +38,8 @@ def show(run_id: str):
 @bp.post("/<run_id>/retry")
 def retry(run_id: str):
     """Queue a failed or paused run again (`?from=start` to begin at its first step)."""
+    if load_run(get_redis(), run_id) is None:  # an unknown run is not there (404), not a refusal (409)
+        abort(404, f"no run {run_id}")
     try:
         run = retry_run(get_redis(), run_id, from_start=request.args.get("from") == "start")
     except RetryRefused as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, jsonify, request
 
+from web.openapi import check_query, request_body
 from web.resources import get_redis
 from web.workspace import require_admin_token
 from workers import deliveries, subscriptions
@@ -21,13 +22,12 @@ from workers.subscriptions import SubscriptionError
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/subscriptions")
 bp.before_request(require_admin_token)
+bp.before_request(check_query)
 
 
 @bp.post("")
 def create():
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        abort(400, 'a JSON object is needed: {"url": "https://…", "events": ["Task.updated"], "fields": ["IsDone"]}')
+    body = request_body()
     try:
         sub, secret = subscriptions.create(get_redis(), body)
     except SubscriptionError as exc:
@@ -66,7 +66,7 @@ def rotate(sub_id: str):
 def deliveries_index(sub_id: str):
     _found(sub_id)
     limit = min(request.args.get("limit", 50, type=int), deliveries.KEEP_PER_SUBSCRIPTION)
-    return jsonify(deliveries=deliveries.listed(get_redis(), sub_id, limit=max(limit, 1)))
+    return jsonify(deliveries=deliveries.listed(get_redis(), sub_id, limit=limit))
 
 
 @bp.post("/<sub_id>/deliveries/<delivery_id>/redeliver")
