@@ -27,6 +27,7 @@ SPEC_PATH = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
 WORKSPACE_ROUTES = ("/hooks/", "/chat/", "/runs", "/events", "/subscriptions", "/rules")  # those web.workspace.register serves twice
 WORKSPACE_PARAMETER = {"name": "ws", "in": "path", "required": True, "schema": {"type": "string"},
                        "description": "The workspace (see docs/deploy.md)."}
+TWIN_SUFFIX = "InWorkspace"
 MESSAGE_CHARS = 300  # a refused value is quoted in the message; a 64 KiB one is cut
 _URL_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
@@ -52,6 +53,12 @@ def _in_workspace(operations: dict) -> dict:
     for operation in twin.values():
         operation["parameters"] = [WORKSPACE_PARAMETER, *operation.get("parameters", [])]
         operation["responses"].setdefault("404", {"$ref": "#/components/responses/Error"})
+        if "operationId" in operation:  # ids are unique in a document; a twin's links lead to twins
+            operation["operationId"] += TWIN_SUFFIX
+        for response in operation["responses"].values():
+            for link in response.get("links", {}).values():
+                link["operationId"] += TWIN_SUFFIX
+                link["parameters"] = {"ws": "$request.path.ws", **link.get("parameters", {})}
     return twin
 
 

@@ -117,3 +117,13 @@ def _run(schema) -> tuple[list[str], list[str], Counter]:
         elif isinstance(event, EngineFinished):
             break
     return list(failures.values()), errors, answers
+
+
+def test_operation_ids_are_unique_and_every_link_leads_to_one(served):
+    spec = served.test_client().get("/openapi.json").json
+    operations = [op for path in spec["paths"].values() for op in path.values()]
+    ids = [op["operationId"] for op in operations if "operationId" in op]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    linked = {link["operationId"] for op in operations for response in op["responses"].values()
+              for link in response.get("links", {}).values()}
+    assert linked and linked <= set(ids), linked - set(ids)
