@@ -19,7 +19,7 @@ class BoundedJSONProvider(DefaultJSONProvider):
     """Flask's JSON, except that `loads` refuses what `engine.bodies` refuses (a BodyError, a ValueError)."""
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        if kwargs:  # a caller asking for json.loads' own options (hooks) gets exactly them
+        if kwargs:  # a caller asking for json.loads' own options (object_hook, …) gets exactly them
             return super().loads(s, **kwargs)
         # A program sent it: a string cut inside an emoji is repaired, not refused (see engine.bodies).
         return parse_json(s, "the body", repair=True)
