@@ -10,6 +10,7 @@ from rq import Worker
 from inloox import InLooxError
 from web.resources import get_context, get_inloox, get_redis
 from workers import rule_files
+from workers.worker import CONSUMER_BEAT, CONSUMER_BEAT_TTL
 
 bp = Blueprint("health", __name__)
 
@@ -72,14 +73,25 @@ def _check_rules() -> dict:
 
 
 def _check_worker() -> dict:
-    """At least one RQ worker with a recent heartbeat (RQ's own worker registry)."""
+    """At least one RQ worker with a recent heartbeat (RQ's registry), and every such worker's event consumer running."""
     try:
         workers = Worker.all(connection=get_redis())
+        now = datetime.now(timezone.utc)
+        alive = [w for w in workers
+                 if w.last_heartbeat and (now - w.last_heartbeat).total_seconds() < WORKER_HEARTBEAT_SECONDS]
+        states = get_redis().mget([CONSUMER_BEAT + w.name for w in alive]) if alive else []
     except redis.RedisError as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    now = datetime.now(timezone.utc)
-    alive = [w for w in workers
-             if w.last_heartbeat and (now - w.last_heartbeat).total_seconds() < WORKER_HEARTBEAT_SECONDS]
     if not alive:
         return {"ok": False, "error": f"no RQ worker with a heartbeat in the last {WORKER_HEARTBEAT_SECONDS}s"}
+    # A worker that has not said yet (it started < 10 s ago) counts as running until its beat is due.
+    stopped = {w.name: (state or b"not running").decode() for w, state in zip(alive, states)
+               if state not in (b"running", b"none") and (state is not None or _older_than(w, now, CONSUMER_BEAT_TTL))}
+    if stopped:
+        return {"ok": False, "workers": len(alive),
+                "error": "event consumer not running in " + ", ".join(f"{n} ({s})" for n, s in sorted(stopped.items()))}
     return {"ok": True, "workers": len(alive)}
+
+
+def _older_than(worker: Worker, now: datetime, seconds: float) -> bool:
+    return worker.birth_date is None or (now - worker.birth_date).total_seconds() > seconds

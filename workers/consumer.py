@@ -16,6 +16,10 @@ seconds the loop
   the step ledger, so handling an event twice never writes twice;
 - gives up on an entry delivered MAX_DELIVERIES times (an event that crashes every worker), keeping
   its error as the event's trace, so one bad event cannot stall the log;
+Whatever goes wrong while handling one event (an encoding, a template, a bug) is kept as that
+event's trace at once and counted (`events_failed`), and the loop goes on; an error in the loop
+itself is logged and the loop starts its next turn, and the worker starts a consumer thread again
+should it ever end (workers/worker.py).
 - trims the log (workers/eventlog.py) and requeues overdue runs (workers/recovery.py);
 - every `sample_seconds`, records the gauges the dashboard charts (workers/gauges.py).
 A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled.
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from workers import eventlog, gauges, metrics, recovery
+from workers import eventlog, failpoints, gauges, metrics, recovery
 from workers.eventlog import Entry
 from workers.jobs import handle
 from workers.worker_context import worker_context
@@ -46,6 +50,7 @@ MAX_DELIVERIES = 5
 READ_BLOCK_MS = 500
 MAX_BACKOFF = 5.0  # a Redis back from a restart is used again within seconds
 SAMPLE_SECONDS = 60.0  # the dashboard's charts show gauges per minute
+STALL_SECONDS = 30.0  # a loop that has not turned for this long is not running (/readyz says so)
 
 
 @dataclass
@@ -76,11 +81,25 @@ class EventConsumer:
         self._next_trim = 0.0
         self.sample_seconds = sample_seconds
         self._next_sample = 0.0
+        self._last_turn = time.monotonic()
 
     def start(self) -> None:
         """Run the loop on a thread of its own (the RQ worker's main thread keeps taking RQ jobs)."""
         self._thread = threading.Thread(target=self.run, name="event-consumer", daemon=True)
         self._thread.start()
+
+    def running(self) -> bool:
+        """The loop's thread is alive and turned within STALL_SECONDS (each turn takes ≤ READ_BLOCK_MS when idle)."""
+        return (self._thread is not None and self._thread.is_alive()
+                and time.monotonic() - self._last_turn < STALL_SECONDS)
+
+    def keep_running(self) -> bool:
+        """Start the loop's thread again if it ended without being stopped; True if it had to."""
+        if self._stop.is_set() or self._thread is None or self._thread.is_alive():
+            return False
+        log.error("event consumer %s: its thread had ended; starting it again", self.name)
+        self.start()
+        return True
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop reading, let the events in flight finish (up to `timeout`), acknowledge them."""
@@ -112,8 +131,14 @@ class EventConsumer:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 ready = False  # a restarted Redis without its data has no group: make it again
+            except Exception:  # a bug in the loop itself: never the end of every later event
+                log.exception("event consumer %s: error in its loop; going on in %.0fs", self.name, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _cycle(self) -> None:
+        failpoints.hit("consumer_turn", subject=self.name)  # tests only (inert unless ENGINE_FAILPOINTS is set)
+        self._last_turn = time.monotonic()
         self._flush_acks()
         metrics.flush_due(self.connection)
         if time.monotonic() >= self._next_maintenance:
@@ -150,6 +175,8 @@ class EventConsumer:
                 # Left pending: another delivery (after CLAIM_IDLE) tries again, up to MAX_DELIVERIES.
                 log.error("event %s (%s) not handled: %r", entry.event.get("id"), stream.workspace, error,
                           exc_info=error if not isinstance(error, redis.RedisError) else None)
+                if not isinstance(error, redis.RedisError):
+                    _note_failure(self.connection, stream, entry, error)
         with self._space:
             stream.handling.discard(entry.id)
             if not future.cancelled() and error is None:
@@ -221,11 +248,27 @@ def _in_turns(batch: list[tuple[str, Entry]]) -> list[tuple[str, Entry]]:
 def _give_up(connection: redis.Redis, stream: _Stream, entry: Entry | None, entry_id: str, deliveries: int) -> None:
     """Acknowledge an entry that failed every delivery (or was trimmed), keeping a trace that says so."""
     if entry is not None:
-        recovery.record_unhandled(connection, worker_context(stream.workspace).workspace, entry.event,
-                                  f"not handled after {deliveries} deliveries; see the workers' logs",
-                                  entry_id=entry_id)
+        try:
+            recovery.record_unhandled(connection, worker_context(stream.workspace).workspace, entry.event,
+                                      f"not handled after {deliveries} deliveries; see the workers' logs",
+                                      entry_id=entry_id, keep_error=True)
+        except redis.RedisError:
+            raise  # acknowledged at a later turn, once Redis answers
+        except Exception:  # even its trace cannot be kept: the log line is all there is
+            log.exception("event entry %s (%s): could not keep its trace", entry_id, stream.workspace)
     log.error("event entry %s (%s) given up after %d deliveries", entry_id, stream.workspace, deliveries)
     eventlog.ack(connection, stream.key, [entry_id])
+
+
+def _note_failure(connection: redis.Redis, stream: _Stream, entry: Entry, error: BaseException) -> None:
+    """Keep a failed handling's error as the event's trace now (a later delivery that works replaces it)."""
+    try:
+        with using(worker_context(stream.workspace).workspace):
+            metrics.count(connection, "events_failed", error=type(error).__name__)
+        recovery.record_unhandled(connection, worker_context(stream.workspace).workspace, entry.event,
+                                  f"handling failed: {type(error).__name__}: {error}", entry_id=entry.id)
+    except Exception:  # Redis away, or the error itself cannot be kept: the log line above has it
+        log.exception("event %s (%s): could not keep the error as its trace", entry.event.get("id"), stream.workspace)
 
 
 def _handle_event(workspace: str, entry: Entry) -> None:

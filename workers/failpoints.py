@@ -9,6 +9,10 @@ test_crash_points.py) start a worker with, e.g.,
     ENGINE_FAILPOINTS=a,b@3               either (comma separated)
 
 and the process dies there with SIGKILL (no cleanup, no `finally`, no atexit: as in a crash).
+A point can raise instead, as a bug would, each time its subject contains a text:
+
+    ENGINE_FAILPOINTS=handle_event~poison  raises FailpointError for every event whose id has "poison"
+
 The variable is read once, at import.
 
 The points (see docs/execution.md, "Crash points"):
@@ -17,6 +21,8 @@ The points (see docs/execution.md, "Crash points"):
     after_answer    the write's answer came back, its "done" not yet recorded (same place)
     between_steps   a step was recorded, the next not yet started (workers/jobs.py)
     during_notify   a notification was sent, its step not yet recorded (workers/jobs.py)
+    handle_event    an event is about to be matched (workers/jobs.py handle; subject: the event id)
+    consumer_turn   the event consumer starts a turn of its loop (workers/consumer.py; subject: the worker's name)
 """
 from __future__ import annotations
 
@@ -27,29 +33,42 @@ import threading
 ENVIRONMENT = "ENGINE_FAILPOINTS"
 
 
-def _parse(text: str) -> dict[str, int]:
-    """"a,b@3" -> {"a": 1, "b": 3}: the hit (1-based) at which each point kills."""
+class FailpointError(RuntimeError):
+    """Raised by a point armed to raise: stands for any bug met while handling something."""
+
+
+def _parse(text: str) -> tuple[dict[str, int], dict[str, str]]:
+    """"a,b@3,c~x" -> ({"a": 1, "b": 3}, {"c": "x"}): the hit (1-based) at which each point kills; what raises."""
     points: dict[str, int] = {}
+    raising: dict[str, str] = {}
     for item in text.split(","):
-        name, _, nth = item.strip().partition("@")
+        name, tilde, subject = item.strip().partition("~")
+        if tilde:
+            raising[name] = subject
+            continue
+        name, _, nth = name.partition("@")
         if name:
             points[name] = int(nth) if nth else 1
-    return points
+    return points, raising
 
 
-_NTH = _parse(os.environ.get(ENVIRONMENT, ""))
-ARMED = frozenset(_NTH)  # empty unless a test set ENGINE_FAILPOINTS
+_NTH, _RAISING = _parse(os.environ.get(ENVIRONMENT, ""))
+ARMED = frozenset(_NTH) | frozenset(_RAISING)  # empty unless a test set ENGINE_FAILPOINTS
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
 
-def hit(name: str, *, when: bool = True) -> None:
+def hit(name: str, *, when: bool = True, subject: str = "") -> None:
     """Kill this process (SIGKILL) if `name` is armed and this is its Nth hit; else do nothing.
 
     `when=False` does not count as a hit (a place shared by several kinds of step, e.g. only
-    notifications).
+    notifications). A point armed to raise raises FailpointError when `subject` has its text.
     """
     if name not in ARMED or not when:
+        return
+    if name in _RAISING:
+        if _RAISING[name] in subject:
+            raise FailpointError(f"failpoint {name} raised for {subject}")
         return
     with _lock:
         _hits[name] = count = _hits.get(name, 0) + 1

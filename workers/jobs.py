@@ -51,6 +51,7 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None,
     jobs of their own, since RQ enforces that limit. Safe to call again for the same event: run
     ids depend on the event and the rule only, so a second call finds and continues the same runs.
     """
+    failpoints.hit("handle_event", subject=event.get("id", ""))  # tests only (inert unless ENGINE_FAILPOINTS is set)
     parsed, now = Event.from_dict(event), datetime.now(timezone.utc)
     ruleset, version = ctx.rules.current(not_before=accepted_at)
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env, defer_env=True)  # plans as evaluate makes them

@@ -18,7 +18,7 @@ import redis
 from workers import deliveries, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
-from workers.runs import ACTIVE, GRACE, is_active, load_run, save_trace
+from workers.runs import ACTIVE, GRACE, is_active, load_run, load_trace, save_trace
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,16 @@ def _restart(connection: redis.Redis, run_id: str, now: float) -> bool:
 
 
 def record_unhandled(connection: redis.Redis, workspace: workspaces.Workspace, event: dict, reason: str, *,
-                     entry_id: str | None = None) -> None:
-    """Keep, as the event's trace, that it could not be handled (shown by `flask runs` and the dashboard)."""
+                     entry_id: str | None = None, keep_error: bool = False) -> None:
+    """Keep, as the event's trace, that it could not be handled (shown by `flask events show` and the dashboard).
+
+    `keep_error`: the error an earlier failed handling kept in the trace is kept in the new reason.
+    """
     with workspaces.using(workspace):
+        if keep_error:
+            earlier = load_trace(connection, event["id"]) or {}
+            if earlier.get("error"):
+                reason = f"{reason}; last error: {earlier['error']}"
         report = {"event": event, "not_candidates": 0, "skipped": [], "rules": [], "error": reason, "entry": entry_id}
         with connection.pipeline(transaction=False) as pipe:
             save_trace(pipe, report, [], now=datetime.now(timezone.utc))

@@ -320,7 +320,13 @@ def decode_run(raw: bytes) -> dict:
 
 def encode_record(value, *, compress: bool) -> bytes:
     """Compact JSON (UTF-8), zlib-compressed when `compress` and it is long enough to gain."""
-    text = json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        text = json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (an event accepted before the web repaired them, or an InLoox answer):
+        # escaped, it is still JSON and reads back as the same string, so one odd character never
+        # keeps an event's trace or run from being stored.
+        text = json.dumps(value, default=str, separators=(",", ":")).encode()
     return zlib.compress(text, 6) if compress and len(text) >= COMPRESS_OVER else text
 
 

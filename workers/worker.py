@@ -51,6 +51,11 @@ MAINTENANCE_SECONDS = 10
 IDLE_WAKE_SECONDS = 2  # also how soon an idle worker notices a stop signal
 METRICS_BATCH_SECONDS = 1.0  # counts reach Redis (and /metrics) at most this late
 MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within seconds
+# Each worker says whether its event consumer runs ("running", "stalled", or "none": it serves no
+# workspace), under its RQ name; /readyz reads it beside RQ's heartbeat.
+CONSUMER_BEAT = "consumer:beat:"
+CONSUMER_BEAT_SECONDS = 10
+CONSUMER_BEAT_TTL = 30
 
 
 class Worker(SimpleWorker):
@@ -64,6 +69,7 @@ class Worker(SimpleWorker):
         self.max_connection_wait_time = MAX_BACKOFF_SECONDS  # RQ's own wait while dequeueing (60 s)
         self.consumer: EventConsumer | None = None
         self._stopping = False  # a stop signal came (RQ raises StopRequested without keeping a flag)
+        self._next_beat = 0.0
 
     def bootstrap(self, *args, **kwargs):
         """RQ's start-up; then its per-job lines ("Job OK", "dequeued …") go quiet: one line per run is ours."""
@@ -110,7 +116,18 @@ class Worker(SimpleWorker):
         # signal handler raises can be swallowed by redis-py; this is the first call of each turn.
         if self._stopping and self.get_state() != WorkerStatus.BUSY:
             raise StopRequested()
+        self._consumer_beat()
         return super().heartbeat(*args, **kwargs)
+
+    def _consumer_beat(self) -> None:
+        """Start a dead consumer thread again, and say for /readyz (CONSUMER_BEAT) whether it runs."""
+        if self.consumer is not None:
+            self.consumer.keep_running()  # every turn (≤ IDLE_WAKE_SECONDS)
+        if time.monotonic() < self._next_beat:
+            return
+        state = "none" if self.consumer is None else "running" if self.consumer.running() else "stalled"
+        self.connection.set(CONSUMER_BEAT + self.name, state, ex=CONSUMER_BEAT_TTL)
+        self._next_beat = time.monotonic() + CONSUMER_BEAT_SECONDS
 
     def stop_scheduler(self) -> None:
         if self.scheduler is not None and self.scheduler._process is not None:

@@ -1,6 +1,8 @@
 """`/healthz` and `/readyz` against a real Redis and the sandbox."""
 from __future__ import annotations
 
+import pytest
+
 from app import create_app
 from tests.support.processes import free_port, wait_until
 
@@ -60,3 +62,17 @@ def test_unknown_path_gets_a_json_error(client):
     assert response.status_code == 404
     assert response.json["error"]["code"] == "NotFound"
 
+
+
+@pytest.mark.timeout(120)
+def test_readyz_is_not_ready_while_a_workers_event_consumer_does_not_run(client, stack):
+    # Every turn of the worker's event loop fails (as a bug in it would): RQ's heartbeat goes on, but
+    # no event would be handled, and /readyz must say so, naming the worker.
+    stack.env["ENGINE_FAILPOINTS"] = "consumer_turn~"  # every worker's loop
+    stack.worker("stuck-worker")
+    wait_until(lambda: _ready(client), 20, "/readyz with the worker's first beat")
+    response = wait_until(lambda: (r := client.get("/readyz")).status_code == 503 and r, 60,
+                          "/readyz to notice the consumer")
+    check = response.json["checks"]["worker"]
+    assert check["ok"] is False and check["workers"] == 1
+    assert check["error"].startswith("event consumer not running in ") and "(stalled)" in check["error"]

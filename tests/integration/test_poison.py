@@ -1,0 +1,111 @@
+"""Issue 19: no event, however strange, stops the others (real web, workers, sandbox and Valkey).
+
+Two kinds of poison: an event whose handling raises (a bug; `ENGINE_FAILPOINTS=handle_event~poison`
+makes every event whose id holds "poison" raise, as a bug would), and an event holding a lone
+surrogate, which the web repairs today but an older web stored as it came (so logs written then
+still hold such entries). Each must end in its own trace, readable with `flask events show`, while
+every good delivery around it becomes its InLoox write within 30 s, across a worker restart.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+import redis
+
+from engine.events import Event
+from tests.support.processes import wait_until
+from tests.support.stack import PROJECT, deliver, ensure_project, write_form_rule
+from workers import eventlog
+
+GOOD = 15
+LATENCY_LIMIT = 30.0
+
+
+def _legacy_surrogate_entry(redis_url: str) -> str:
+    """Append, as the web before issue 19 did, a `forms` event whose body holds a lone surrogate."""
+    event = Event(source="webhook", kind="forms", id="webhook:forms:msg_legacy",
+                  occurred_at=datetime.now(timezone.utc),
+                  payload={"id": "msg_legacy", "body": {"title": "Legacy \ud800 title", "project": PROJECT},
+                           "headers": {}})
+    redis.Redis.from_url(redis_url).xadd(eventlog.stream_key("default"), {"z": eventlog.encode(event.to_dict())})
+    return event.id
+
+
+def _as_if_delivered_five_times(redis_url: str) -> None:
+    """Every entry still pending now counts as delivered 5 times and long idle, as after ~100 s of retries.
+
+    The next worker then gives up on it at once: the give-up path is where the poison of issue 19
+    killed the consumer thread (its trace could not be stored), and every later event waited.
+    """
+    connection, stream = redis.Redis.from_url(redis_url), eventlog.stream_key("default")
+    pending = connection.xpending_range(stream, eventlog.GROUP, "-", "+", 100)
+    if pending:
+        connection.xclaim(stream, eventlog.GROUP, "worker-1", 0, [p["message_id"] for p in pending],
+                          idle=600_000, retrycount=5)
+
+
+class TaskWatch:
+    """Notes when each task name first appears in the sandbox (polled every half second)."""
+
+    def __init__(self, sandbox):
+        self.sandbox, self.seen, self._stop = sandbox, {}, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                names = [t["Name"] for t in self.sandbox.get("Task", **{"$top": "1000"}).json()["value"]]
+            except Exception:  # the sandbox busy for a moment: the next look counts
+                continue
+            now = time.monotonic()
+            for name in names:
+                self.seen.setdefault(name, now)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.mark.timeout(170)
+def test_a_poison_event_never_holds_up_good_deliveries_across_a_worker_restart(stack, sandbox, rules_dir,
+                                                                               redis_url, runner):
+    stack.env["ENGINE_FAILPOINTS"] = "handle_event~poison"
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    first = stack.worker("worker-1")
+    web = stack.web(threads=4)
+    watch = TaskWatch(sandbox)
+    sent: dict[str, float] = {}
+    try:
+        assert deliver(web, {"title": "Poison", "project": PROJECT}, "msg_poison").status_code == 202
+        legacy_id = _legacy_surrogate_entry(redis_url)
+        for n in range(GOOD):
+            if n == GOOD // 2:  # a worker restart in between, with the poison still pending
+                first.signal(signal.SIGTERM)
+                wait_until(lambda: not first.alive(), 30, "the first worker to stop")
+                _as_if_delivered_five_times(redis_url)
+                stack.worker("worker-2")
+            title = f"Good {n}"
+            assert deliver(web, {"title": title, "project": PROJECT}, f"msg_good_{n}").status_code == 202
+            sent[title] = time.monotonic()
+            time.sleep(1.5)
+        wait_until(lambda: all(t in watch.seen for t in sent), LATENCY_LIMIT + 5, "every good delivery's task")
+    finally:
+        watch.stop()
+    late = {t: round(watch.seen[t] - sent[t], 1) for t in sent if watch.seen[t] - sent[t] > LATENCY_LIMIT}
+    assert late == {}, f"deliveries written more than {LATENCY_LIMIT:.0f} s after they were sent: {late}"
+    assert "Poison" not in watch.seen
+
+    poison = runner.invoke(args=["events", "show", "webhook:forms:msg_poison"])
+    assert poison.exit_code == 0, poison.output
+    assert "handling failed: FailpointError" in poison.output, poison.output
+
+    # The legacy entry was handled like any other: its trace kept, its run stored, and the CLI shows it.
+    legacy = runner.invoke(args=["events", "show", legacy_id])
+    assert legacy.exit_code == 0, legacy.output
+    assert "forms" in legacy.output and "run" in legacy.output, legacy.output
