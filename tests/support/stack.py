@@ -20,6 +20,12 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PREFIX = "ws:default:"  # the Redis keys of the default workspace
 
 
+def web_server_args(port: int, threads: int) -> list[str]:
+    """The Procfile's waitress settings (a slow client holds a connection, never a thread)."""
+    return ["--listen", f"127.0.0.1:{port}", "--threads", str(threads), "--connection-limit", "1000",
+            "--channel-timeout", "10", "--cleanup-interval", "5", "--asyncore-use-poll", "--max-request-body-size", "16777216", "--ident", ""]
+
+
 class Stack:
     """Worker, poller and web processes wired to the test's Redis, sandbox and rules folder."""
 
@@ -43,14 +49,13 @@ class Stack:
                                           env={"SCHEDULE_INTERVAL": "0.5", **self.env}))
 
     def web(self, threads: int = 1) -> str:
-        """The app under gunicorn, accepting webhooks from source `forms`; returns its base URL.
+        """The app under waitress as the Procfile serves it, accepting webhooks from source `forms`; its base URL.
 
-        `threads` > 1 serves that many requests at once (gunicorn's gthread worker).
+        `threads` requests are handled at once; waitress reads each whole request before a thread sees it.
         """
         port = free_port()
         process = self._start(Process.python(
-            "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            *(("--threads", str(threads)) if threads > 1 else ()), "app:create_app()",
+            "-m", "waitress", *web_server_args(port, threads), "--call", "app:create_app",
             name="web", env={**self.env, "WEBHOOK_SECRET_FORMS": WEBHOOK_SECRET}))
         process.wait_for_port(port)
         return f"http://127.0.0.1:{port}"
