@@ -71,6 +71,7 @@ class EventConsumer:
         self.pool_size = max(1, pool_size)
         self.per_workspace = per_workspace or self.pool_size
         self.streams = {eventlog.stream_key(w): _Stream(w, eventlog.stream_key(w)) for w in workspaces}
+        self._wanted: list[str] | None = None  # the workspaces to serve from the next turn on (follow)
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._in_flight = 0
@@ -87,6 +88,11 @@ class EventConsumer:
         """Run the loop on a thread of its own (the RQ worker's main thread keeps taking RQ jobs)."""
         self._thread = threading.Thread(target=self.run, name="event-consumer", daemon=True)
         self._thread.start()
+
+    def follow(self, workspaces: list[str]) -> None:
+        """Serve these workspaces' event logs from the loop's next turn (one created, resumed, paused or deleted)."""
+        with self._lock:
+            self._wanted = list(workspaces)
 
     def running(self) -> bool:
         """The loop's thread is alive and turned within STALL_SECONDS (each turn takes ≤ READ_BLOCK_MS when idle)."""
@@ -120,6 +126,8 @@ class EventConsumer:
         ready = False
         while not self._stop.is_set():
             try:
+                if self._take_wanted():
+                    ready = False
                 if not ready:
                     for stream in self.streams.values():
                         eventlog.ensure_group(self.connection, stream.key)
@@ -146,12 +154,39 @@ class EventConsumer:
         free = self._wait_for_space()
         if free == 0:
             return
+        if not self.streams:  # no workspace served now
+            self._stop.wait(READ_BLOCK_MS / 1000)
+            return
         # A fair share of the free threads for each workspace, handed out in turns (one of each
         # workspace, then the next of each), so one with a backlog cannot go ahead of the others.
         share = max(1, min(self.per_workspace, free // len(self.streams)))
         batch = eventlog.read_new(self.connection, list(self.streams), self.name, count=share, block_ms=READ_BLOCK_MS)
         for stream_key, entry in _in_turns(batch):
             self._submit(self.streams[stream_key], entry)
+
+    def _take_wanted(self) -> bool:
+        """Apply `follow`: streams added; streams let go once their events in flight are done and acknowledged.
+
+        True when streams were added (their consumer group is made before the next read).
+        """
+        with self._lock:
+            wanted, self._wanted = self._wanted, None
+        if wanted is None:
+            return False
+        keys = {eventlog.stream_key(w): w for w in wanted}
+        added = [k for k in keys if k not in self.streams]
+        for key in added:
+            self.streams[key] = _Stream(keys[key], key)
+        for key in [k for k in self.streams if k not in keys]:
+            stream = self.streams[key]
+            with self._lock:
+                busy = bool(stream.handling or stream.done)
+            if busy:  # its events in flight finish first; try again at the next turn
+                with self._lock:
+                    self._wanted = self._wanted if self._wanted is not None else wanted
+                continue
+            del self.streams[key]
+        return bool(added)
 
     def _wait_for_space(self) -> int:
         with self._space:

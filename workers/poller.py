@@ -11,6 +11,7 @@ that died are taken over by the others within one lease period (POLL_LEASE_SECON
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -24,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 import redis
+from redis.exceptions import LockError
 from redis.lock import Lock
 
 from engine.rules import Ruleset
@@ -35,7 +37,8 @@ from workers.poll import PollResult, PollSettings, poll_once, sweep_deleted
 from workers import subscriptions, workspaces
 from workers.poll_status import PollRun, record_poll, record_watched
 from workers.scan import LeaseLost, scan_once
-from workers.worker_context import WorkerContext, build_context
+from workers.registry import Served
+from workers.worker_context import WorkerContext, build_context, served
 from workers.workspaces import Workspace
 
 log = logging.getLogger("poller")
@@ -109,12 +112,17 @@ class Account:
         return self.context.workspace
 
 
-def run(connection: redis.Redis, accounts: list[Account], poller: PollerSettings, stop: threading.Event,
-        *, me: str = "") -> None:
-    """Poll the workspaces whose lease this process holds until `stop` is set; take free ones up to a fair share."""
+def run(connection: redis.Redis, follow: Callable[[], list[Account]], poller: PollerSettings,
+        stop: threading.Event, *, me: str = "") -> None:
+    """Poll the workspaces whose lease this process holds until `stop` is set; take free ones up to a fair share.
+
+    `follow()` gives the accounts to poll this round (workspaces come and go while it runs).
+    """
     me = me or uuid.uuid4().hex[:8]
+    accounts: list[Account] = []
     while not stop.is_set():
         try:
+            accounts = follow()
             _round(connection, accounts, poller, me)
         except redis.RedisError as exc:  # Redis restarting: nothing moved, the next round tries again
             log.warning("poll round failed, will retry: %s", exc)
@@ -126,6 +134,36 @@ def run(connection: redis.Redis, accounts: list[Account], poller: PollerSettings
         connection.zrem(POLLERS_KEY, me)
     except redis.RedisError:
         pass  # Redis went first (a stack shutting down): the leases expire by themselves
+
+
+class Following:
+    """The accounts of the workspaces served now (paused ones too: their changes are still taken in).
+
+    A workspace created through the operator API gets an account at the next round, one deleted
+    loses it (and its lease), one changed (a new token) gets a new context.
+    """
+
+    def __init__(self, config: dict, connection: redis.Redis, served: Served, lease_seconds: float):
+        self.config, self.connection, self.served, self.lease_seconds = config, connection, served, lease_seconds
+        self.accounts: dict[str, Account] = {}
+
+    def __call__(self) -> list[Account]:
+        current = self.served.workspaces()
+        for name in [n for n in self.accounts if n not in current]:
+            gone = self.accounts.pop(name)
+            with contextlib.suppress(LockError):  # expired meanwhile: nothing to hand back
+                if gone.lease.owned():
+                    gone.lease.release()
+            log.info("poller: %s is no longer served", name)
+        for name, workspace in current.items():
+            account = self.accounts.get(name)
+            if account is None:
+                self.accounts[name] = Account(build_context(self.config, workspace, self.connection), self.connection.lock(
+                    workspace.prefix + "poll:lease", timeout=self.lease_seconds, blocking=False, thread_local=False))
+            elif account.workspace != workspace:
+                account.context = build_context(self.config, workspace, self.connection)
+                account.settings = None  # who the engine is in InLoox is asked again (the token may be new)
+        return list(self.accounts.values())
 
 
 def _round(connection: redis.Redis, accounts: list[Account], poller: PollerSettings, me: str) -> None:
@@ -293,13 +331,10 @@ def main(argv: list[str] | None = None) -> int:
                                 scan_floor=float(config["POLL_SCAN_FLOOR_SECONDS"]))
     except ValueError as exc:
         raise SystemExit(f"Error: a POLL_* setting: {exc}") from None
-    accounts = [Account(build_context(config, workspace, connection),
-                        connection.lock(workspace.prefix + "poll:lease", timeout=poller.lease_seconds,
-                                        blocking=False, thread_local=False))
-                for workspace in config["WORKSPACES"].values()]
+    follow = Following(config, connection, served(), poller.lease_seconds)
     me = uuid.uuid4().hex[:8]
-    log.info("poller %s: %d workspace(s) (%s), every %.1fs, scans every %gs", me, len(accounts),
-             ", ".join(a.workspace.name for a in accounts), poller.interval, poller.scan_interval(""))
+    log.info("poller %s: %s, every %.1fs, scans every %gs", me, ", ".join(a.workspace.name for a in follow()) or
+             "no workspace yet", poller.interval, poller.scan_interval(""))
     for name, seconds in {"(default)": poller.scan_every, **poller.scan_every_set}.items():
         if seconds < poller.scan_floor:
             log.warning("scan interval %gs of %s is below the floor: scanning every %gs", seconds, name,
@@ -311,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         from workers import scheduler
 
         threading.Thread(target=scheduler.run, name="scheduler", daemon=True, args=(
-            connection, list(config["WORKSPACES"].values()), scheduler.settings_from(config), stop)).start()
-    run(connection, accounts, poller, stop, me=me)
+            connection, served(), scheduler.settings_from(config), stop)).start()
+    run(connection, follow, poller, stop, me=me)
     return 0
 
 

@@ -32,7 +32,8 @@ from engine.templates import isoformat
 from workers import workspaces
 from workers.intake import submit_event
 from workers.settings import load_config
-from workers.worker_context import RuleSource
+from workers.registry import Served
+from workers.worker_context import RuleSource, served
 from workers.workspaces import Workspace, key
 
 log = logging.getLogger("scheduler")
@@ -92,11 +93,21 @@ def fire_tick(connection: redis.Redis, event: Event) -> bool:
                         dedup_ttl=FIRED_TTL)
 
 
-def run(connection: redis.Redis, served: list[Workspace], settings: SchedulerSettings, stop: threading.Event) -> None:
-    """Fire due ticks of every workspace until `stop` is set; rules are read again when they change."""
-    sources = [RuleSource(connection, workspace) for workspace in served]
+def run(connection: redis.Redis, served: Served, settings: SchedulerSettings, stop: threading.Event) -> None:
+    """Fire due ticks of every workspace served until `stop` is set; rules are read again when they change.
+
+    Workspaces are followed live: one created through the operator API has its ticks fired from the
+    next round on (a paused one's too: they wait in its event log, as its webhooks do).
+    """
+    sources: dict[str, RuleSource] = {}
     while not stop.is_set():
-        for source in sources:
+        current = served.workspaces()
+        for name in [n for n in sources if n not in current]:
+            del sources[name]
+        for name, workspace in current.items():
+            if name not in sources or sources[name].workspace != workspace:
+                sources[name] = RuleSource(connection, workspace)
+        for source in sources.values():
             with workspaces.using(source.workspace):
                 _fire(connection, source, settings)
         stop.wait(settings.interval)
@@ -125,7 +136,7 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run(redis.Redis.from_url(config["REDIS_URL"]), list(config["WORKSPACES"].values()), settings, stop)
+    run(redis.Redis.from_url(config["REDIS_URL"]), served(), settings, stop)
     return 0
 
 

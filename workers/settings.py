@@ -63,6 +63,9 @@ DEFAULTS = {
     "WORKER_THREADS": "48",
     "WORKER_THREADS_PER_WORKSPACE": "0",
     "WORKER_NICE": "10",
+    # The workspaces a worker serves, comma-separated (a shard of a large deployment); empty: all
+    # of the registry's, followed live.
+    "WORKER_WORKSPACES": "",
     # Hosted: a YAML file listing the workspaces (docs/deploy.md); unset: one workspace, "default",
     # configured by the settings above.
     "WORKSPACES_FILE": "",

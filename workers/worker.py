@@ -39,10 +39,11 @@ from rq.worker import WorkerStatus
 from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 
-from workers import metrics
+from workers import metrics, registry
 from workers.consumer import EventConsumer
 from workers.logs import configure_logging
 from workers.settings import load_config
+from workers.worker_context import served
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within secon
 CONSUMER_BEAT = "consumer:beat:"
 CONSUMER_BEAT_SECONDS = 10
 CONSUMER_BEAT_TTL = 30
+PURGE_SECONDS = 5  # how often a worker deletes what was written for a just-deleted workspace
+IDLE_QUEUE = "no-workspace"  # the queue an RQ loop waits on while no workspace is served (never enqueued)
 
 
 class Worker(SimpleWorker):
@@ -70,6 +73,10 @@ class Worker(SimpleWorker):
         self.consumer: EventConsumer | None = None
         self._stopping = False  # a stop signal came (RQ raises StopRequested without keeping a flag)
         self._next_beat = 0.0
+        self._following: list[str] | None = None  # the workspaces served now, as last followed
+        self._next_purge = 0.0
+        # WORKER_WORKSPACES names the workspaces this worker may serve (a shard); empty: every one.
+        self.only = {n.strip() for n in (self.config.get("WORKER_WORKSPACES") or "").split(",") if n.strip()}
 
     def bootstrap(self, *args, **kwargs):
         """RQ's start-up; then its per-job lines ("Job OK", "dequeued …") go quiet: one line per run is ours."""
@@ -116,8 +123,39 @@ class Worker(SimpleWorker):
         # signal handler raises can be swallowed by redis-py; this is the first call of each turn.
         if self._stopping and self.get_state() != WorkerStatus.BUSY:
             raise StopRequested()
+        self._follow_workspaces()
         self._consumer_beat()
         return super().heartbeat(*args, **kwargs)
+
+    def _follow_workspaces(self) -> None:
+        """Serve the running workspaces as the registry has them now: their event logs and RQ queues.
+
+        A workspace created or resumed is taken up, one paused or deleted is let go (its events
+        wait in its log, its jobs in its queue), within a second or two of the change.
+        """
+        try:
+            running = sorted(n for n in served().running() if not self.only or n in self.only)
+            if time.monotonic() >= self._next_purge:
+                self._next_purge = time.monotonic() + PURGE_SECONDS
+                registry.purge_deleted(self.connection)
+        except redis.RedisError as exc:
+            log.warning("worker %s: could not read the workspace registry (%s)", self.name, exc)
+            return
+        if running == self._following:
+            return
+        if self._following is not None:
+            log.info("worker %s: now serving %s", self.name, ", ".join(running) or "no workspace")
+        self._following = running
+        # RQ takes from the queues in turn; with none it would block on nothing: an empty queue stands in.
+        self.queues = [self.queue_class(name, connection=self.connection, serializer=self.serializer)
+                       for name in running or [IDLE_QUEUE]]
+        self._ordered_queues = self.queues[:]
+        if self.consumer is not None:
+            self.consumer.follow(running)
+        if self.scheduler is not None:
+            # RQ's scheduler looks at a changed set of queues only after 10 minutes: now, at its next turn.
+            self.scheduler._queue_names = set(running)
+            self.scheduler.lock_acquisition_time = None
 
     def _consumer_beat(self) -> None:
         """Start a dead consumer thread again, and say for /readyz (CONSUMER_BEAT) whether it runs."""
@@ -148,7 +186,7 @@ class Worker(SimpleWorker):
         _lower_priority(int(self.config.get("WORKER_NICE") or 0))
         metrics.batch(METRICS_BATCH_SECONDS)
         if not burst:
-            self.consumer = self._start_consumer()  # None when no workspace's queue is ours
+            self.consumer = self._start_consumer()
         try:
             return self._work_until_stopped(burst, **kwargs)
         finally:
@@ -181,19 +219,15 @@ class Worker(SimpleWorker):
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(0.1)
 
-    def _start_consumer(self) -> EventConsumer | None:
-        served = self.config["WORKSPACES"].values()
-        queues = set(self.queue_names())
-        mine = [w.name for w in served if w.queue in queues]
-        if not mine:
-            log.warning("worker %s: none of its queues is a workspace's; it takes RQ jobs only", self.name)
-            return None
+    def _start_consumer(self) -> EventConsumer:
+        self._follow_workspaces()
+        mine = self._following or []
         consumer = EventConsumer(redis.Redis.from_url(self.config["REDIS_URL"]), mine, name=self.name,
                                  pool_size=int(self.config["WORKER_THREADS"]),
                                  per_workspace=int(self.config["WORKER_THREADS_PER_WORKSPACE"]) or None,
                                  sample_seconds=float(self.config["SERIES_SAMPLE_SECONDS"]))
         consumer.start()
-        log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine),
+        log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine) or "no workspace yet",
                  consumer.pool_size)
         return consumer
 

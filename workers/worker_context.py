@@ -21,6 +21,7 @@ from inloox import Client
 from workers import bundles, metrics
 from workers import rule_files as rule_files_state
 from workers.outbound import OutboundPolicy
+from workers.registry import Served
 from workers.settings import load_config
 from workers.throttle import Throttle
 from workers.workspaces import DEFAULT, Workspace, using
@@ -181,21 +182,39 @@ class UnknownWorkspace(LookupError):
 
 _config: dict | None = None
 _connection: redis.Redis | None = None
-_workspaces: dict[str, Workspace] = {}
+_served: Served | None = None  # made with the first context
 _contexts: dict[str, WorkerContext] = {}
 _build_lock = threading.Lock()
 
 
+def served() -> Served:
+    """What this process serves: its declared workspaces and the registry's others, live."""
+    _settings()
+    return _served
+
+
 def worker_context(workspace: str) -> WorkerContext:
-    """This process's context of `workspace`, built from the environment on first use."""
-    global _config, _connection, _workspaces
+    """This process's context of `workspace`, built on first use and again when the workspace changed.
+
+    A workspace created, changed or paused through the operator API is followed within a second
+    or so (workers/registry); one it no longer serves raises UnknownWorkspace.
+    """
+    _settings()
+    current = _served.workspaces().get(workspace)
+    with _build_lock:
+        if current is None:
+            _contexts.pop(workspace, None)
+            raise UnknownWorkspace(f"this deployment serves no workspace {workspace!r}")
+        ctx = _contexts.get(workspace)
+        if ctx is None or ctx.workspace != current:
+            ctx = _contexts[workspace] = build_context(_config, current, _connection)
+        return ctx
+
+
+def _settings() -> None:
+    global _config, _connection, _served
     with _build_lock:
         if _config is None:
             _config = load_config()
             _connection = redis.Redis.from_url(_config["REDIS_URL"])
-            _workspaces = _config["WORKSPACES"]
-        if workspace not in _contexts:
-            if workspace not in _workspaces:
-                raise UnknownWorkspace(f"this deployment serves no workspace {workspace!r}")
-            _contexts[workspace] = build_context(_config, _workspaces[workspace], _connection)
-        return _contexts[workspace]
+            _served = Served(_connection, _config)

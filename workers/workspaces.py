@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import re
-import sys
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -198,19 +197,3 @@ def _resolve(path: str, where: str, value, environ: Mapping[str, str]) -> str:
             raise WorkspaceConfigError(f"{path}: workspaces.{where}: environment variable {value['env']} is not set")
         return environ[value["env"]]
     return value
-
-
-def main(argv: list[str]) -> int:
-    """`python -m workers.workspaces queues`: the queue names a worker should listen on (for the Procfile)."""
-    from workers.settings import load_config  # imported here: workers.settings imports this module
-
-    if argv != ["queues"]:
-        print("usage: python -m workers.workspaces queues", file=sys.stderr)
-        return 2
-    served = load_config()["WORKSPACES"]  # a broken file stops here, printing its errors
-    print(" ".join(workspace.queue for workspace in served.values()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

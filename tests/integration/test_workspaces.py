@@ -565,7 +565,7 @@ def test_a_process_given_a_broken_workspaces_file_stops_with_its_errors(tmp_path
             inloox_url: ftp://acme.example
             inloox_api_key: {env: ACME_TOKEN_THAT_IS_NOT_SET}
     """)
-    for module in (["-m", "workers.poller"], ["-m", "workers.workspaces", "queues"]):
+    for module in (["-m", "workers.poller"], ["-m", "workers.scheduler"]):
         done = subprocess.run([sys.executable, *module], env={**os.environ, "WORKSPACES_FILE": str(path)},
                               capture_output=True, text=True, timeout=30)
         assert done.returncode == 1 and "Traceback" not in done.stderr

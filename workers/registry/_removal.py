@@ -2,6 +2,8 @@
 its series in the deployment's shared counters (metrics:counters, labelled by workspace)."""
 from __future__ import annotations
 
+import time
+
 import redis
 from rq import Queue
 
@@ -9,6 +11,8 @@ from workers import metrics
 from workers.registry._store import UnknownWorkspace, pause, update
 
 _SCAN_COUNT = 1000
+DELETED = "registry:deleted"  # zset: name → when deleted; its leftovers are purged for PURGE_SECONDS
+PURGE_SECONDS = 120.0  # processes let a deleted workspace go within seconds; a lagging write lands well within this
 _JOB_KEYS = ("rq:job:{id}", "rq:job:{id}:dependents", "rq:job:{id}:dependencies", "rq:results:{id}")
 
 
@@ -23,11 +27,34 @@ def delete(connection: redis.Redis, name: str) -> int:
     if known:
         pause(connection, name)
         update(connection, name, lambda old: None)
-    removed = _delete_jobs(connection, name) + _delete_matching(connection, f"ws:{name}:*")
-    removed += _delete_queue_keys(connection, name) + _delete_counters(connection, name)
+        connection.zadd(DELETED, {name: time.time()})
+    removed = _delete_everything(connection, name)
     if not known and not removed:
         raise UnknownWorkspace(f"no workspace {name!r}")
     return removed + int(known)
+
+
+def purge_deleted(connection: redis.Redis, *, now: float | None = None) -> int:
+    """Delete again what processes still wrote for a workspace deleted within PURGE_SECONDS; how many keys went.
+
+    A worker flushing its counts, a scheduler refreshing its lock or a poll finishing in the second
+    before it noticed the deletion can write a key of the deleted workspace; workers call this every
+    few seconds, so that soon after a delete no key of it is left (unless it was created again).
+    """
+    now = time.time() if now is None else now
+    connection.zremrangebyscore(DELETED, "-inf", now - PURGE_SECONDS)
+    removed = 0
+    for raw in connection.zrange(DELETED, 0, -1):
+        name = raw.decode()
+        if not connection.hexists("registry:workspaces", name):
+            removed += _delete_everything(connection, name)
+    return removed
+
+
+def _delete_everything(connection: redis.Redis, name: str) -> int:
+    removed = _delete_jobs(connection, name) + _delete_matching(connection, f"ws:{name}:*")
+    removed += _delete_queue_keys(connection, name) + _delete_counters(connection, name)
+    return removed + connection.unlink(f"rq:scheduler-lock:{name}")
 
 
 def _delete_matching(connection: redis.Redis, pattern: str) -> int:

@@ -1,0 +1,65 @@
+"""What a worker, poller or scheduler process serves: its declared workspaces and the registry's others, live.
+
+A process declares workspaces in its settings (WORKSPACES_FILE, or `make run`'s `default`); those it
+serves as declared, whatever another process applied, so that processes started with different
+settings (tests do this; a deployment should not) never take each other's tokens. Every other
+workspace of the registry (created through the operator API) is served as the registry holds it,
+and `paused` always comes from the registry. The view is re-read within a second of a change, so a
+workspace created, paused, resumed or deleted is followed within `refresh_seconds` + one turn.
+
+Without SECRETS_KEY the registry cannot be read: the process serves its declared workspaces alone,
+and says so once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+
+import redis
+
+from workers.registry._view import RegistryUnavailable, View
+from workers.secrets import Keyring, SecretsKeyError
+from workers.workspaces import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class Served:
+    """The workspaces this process serves, by name; `paused` as the registry says."""
+
+    def __init__(self, connection: redis.Redis, config: Mapping, *, refresh_seconds: float = 1.0):
+        self.declared: dict[str, Workspace] = dict(config.get("WORKSPACES") or {})
+        try:
+            self.view: View | None = View(connection, Keyring.from_config(config), refresh_seconds=refresh_seconds)
+        except SecretsKeyError as exc:
+            log.warning("no workspace registry for this process (%s): it serves only %s", exc,
+                        ", ".join(self.declared) or "nothing")
+            self.view = None
+        self._warned = False
+
+    def workspaces(self) -> dict[str, Workspace]:
+        """Every workspace served now (paused ones included: their changes are still accepted)."""
+        live = self._live()
+        served = {name: ws for name, ws in live.items() if name not in self.declared}
+        for name, declared in self.declared.items():
+            paused = live[name].paused if name in live else declared.paused
+            served[name] = dataclasses.replace(declared, paused=paused) if paused != declared.paused else declared
+        return served
+
+    def running(self) -> dict[str, Workspace]:
+        """The served workspaces that are not paused: whose events and jobs are handled."""
+        return {name: ws for name, ws in self.workspaces().items() if not ws.paused}
+
+    def _live(self) -> dict[str, Workspace]:
+        if self.view is None:
+            return {}
+        try:
+            live = self.view.workspaces()
+        except RegistryUnavailable as exc:  # Redis never read yet: the declared ones meanwhile
+            if not self._warned:
+                log.warning("workspace registry not readable yet (%s); serving the declared workspaces", exc)
+                self._warned = True
+            return {}
+        self._warned = False
+        return live
