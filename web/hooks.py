@@ -27,7 +27,11 @@ def receive(source: str):
     """Verify, store durably, then answer 202 (200 for a redelivery of an accepted id)."""
     secrets = workspaces.current().webhook_sources.get(source)
     if not secrets:
-        abort(404, f"unknown webhook source {source!r}")
+        ws = workspaces.current().name
+        route = "/webhooks" if ws == workspaces.DEFAULT else f"/workspaces/{ws}/webhooks"
+        abort(404, f"unknown webhook source {source!r} in workspace {ws!r}: add it with `flask webhooks add "
+                   f"{source}{'' if ws == workspaces.DEFAULT else ' --workspace ' + ws}` or POST {route} "
+                   f"{{\"source\": \"{source}\"}} (served at once, no restart)")
     request.max_content_length = MAX_BODY_BYTES  # larger bodies end in 413 before being read
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):

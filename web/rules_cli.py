@@ -18,7 +18,8 @@ from engine.edm import parse_datetime
 from engine.schedules import NextTick, next_tick
 from engine.fixtures import fixture_files, run_fixture_file
 from workers.manual import ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
-from workers import rule_files, workspaces
+from workers import registry, rule_files, workspaces
+from workers.secrets import Keyring, SecretsKeyError
 from workers.runs import run_id
 from workers.scheduler import fire_tick, schedule_event
 from workers.settings import DEFAULTS
@@ -49,6 +50,8 @@ def check_command(path: Path, as_json: bool):
             click.echo(f"skipped {what} in {skipped.file}: {len(skipped.errors)} error(s)", err=True)
         for entry in running:
             click.echo(f"{entry['file']}: {_running_words(entry)}", err=True)
+        for warning in _missing_sources(path, ruleset):
+            click.echo(warning, err=True)
     if ruleset.errors:
         raise click.ClickException(f"{len(ruleset.errors)} error(s); {len(ruleset.rules)} rule(s) loaded")
     if not as_json:
@@ -67,6 +70,35 @@ def _running_state(path: Path) -> list[dict]:
         return []  # checking files needs no stack: say nothing of it
     finally:
         connection.close()
+
+
+def _missing_sources(path: Path, ruleset) -> list[str]:
+    """Warnings for `webhook:` triggers whose source the running stack does not have (every POST would be 404).
+
+    Only when PATH is the folder the stack runs and its registry can be read; a warning, not an
+    error: the source may be added after the rules (`flask webhooks add`).
+    """
+    workspace = (current_app.config.get("WORKSPACES") or {}).get(workspaces.DEFAULT)
+    if workspace is None or workspace.rules_path is None or Path(workspace.rules_path).resolve() != path.resolve():
+        return []
+    connection = redis.Redis.from_url(current_app.config["REDIS_URL"], socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:  # read only: checking files applies nothing to the stack's registry
+        live = registry.View(connection, Keyring.from_config(current_app.config)).workspaces().get(workspaces.DEFAULT)
+    except (redis.RedisError, registry.RegistryUnavailable, SecretsKeyError):
+        return []  # no running stack to compare with
+    finally:
+        connection.close()
+    if live is None:
+        return []
+    warnings = []
+    for rule in sorted(ruleset.rules.values(), key=lambda r: (r.file, r.line)):
+        for trigger in rule.triggers:
+            for kind, source in trigger.index_keys:
+                if kind == "webhook" and source not in live.webhook_sources:
+                    warnings.append(f"{rule.file}:{rule.line}: warning: rule {rule.id}: the running stack has no webhook "
+                                    f"source {source!r}, so every POST to /hooks/{source} is answered 404: add it with "
+                                    f"`flask webhooks add {source}`")
+    return warnings
 
 
 def _running_words(entry: dict) -> str:

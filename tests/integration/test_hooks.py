@@ -114,8 +114,11 @@ def test_a_badly_signed_webhook_is_refused_and_queues_nothing(post, redis_url, c
     assert queued_events(redis_url) == []
 
 
-def test_an_unknown_source_is_404(post):
-    assert post({"n": 1}, source="nobody").status_code == 404
+def test_an_unknown_source_is_404_saying_how_to_add_it(post):
+    response = post({"n": 1}, source="nobody")
+    assert response.status_code == 404
+    assert "`flask webhooks add nobody`" in response.json["error"]["message"]
+    assert 'POST /webhooks {"source": "nobody"}' in response.json["error"]["message"]
 
 
 def test_a_body_over_64_kib_is_413(post, redis_url):
