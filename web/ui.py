@@ -1,4 +1,5 @@
-"""The dashboard under `/ui`: an overview in charts, rules, runs (with retry buttons), events and the poller.
+"""The dashboard under `/ui`: an overview in charts, rules, runs (with retry buttons), events and the poller;
+for the operator, every workspace with pause and resume buttons.
 
 Every page is rendered on the server, charts included (server-side SVG, web/charts.py): no script,
 nothing fetched from elsewhere. Times show as "3 min ago" with the exact UTC time on hover.
@@ -23,6 +24,7 @@ from web.resources import get_context, get_redis
 from web.resources import get_registry
 from web.workspace import admin_token_hashes, bearer_token, is_admin, require_workspace
 from web.events import replay_summary, selected_entries, since_epoch
+from web.workspace_states import workspace_states
 from engine.rules import load_texts
 from engine.whatif import whatif
 from workers import bundles, deliveries, event_history, registry, rule_files, series, subscriptions, workspaces
@@ -67,19 +69,35 @@ def require_operator_login():
 def _login_needed(hashes: list[str], *, login: str | None):
     """None when the session cookie or bearer token is one of the tokens hashed in `hashes` (or there
     are none), else a refusal."""
-    if not hashes:
-        return None
-    cookie, bearer = request.cookies.get(COOKIE, ""), registry.token_hash(bearer_token())
-    if any(_same(cookie, _session(h)) or _same(bearer, h) for h in hashes):
+    if not hashes or _presented(hashes):
         return None
     if request.method != "GET" or login is None:
         abort(401, "log in to the dashboard first")
     return redirect(login)
 
 
+def _presented(hashes: list[str]) -> bool:
+    """True when the session cookie or the bearer token is one of the tokens hashed in `hashes`."""
+    cookie, bearer = request.cookies.get(COOKIE, ""), registry.token_hash(bearer_token())
+    return any(_same(cookie, _session(h)) or _same(bearer, h) for h in hashes)
+
+
+def is_operator_session() -> bool:
+    """True for the operator's session or bearer token, and for everyone let in when no OPERATOR_TOKEN is
+    configured (local development: the dashboard's own login, if any, already let them in)."""
+    operator = current_app.config.get("OPERATOR_TOKEN")
+    return not operator or _presented([registry.token_hash(operator)])
+
+
 def _same(given: str, expected: str) -> bool:
     """compare_digest of the UTF-8 bytes: on str it raises TypeError for non-ASCII text, which a visitor sends."""
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
+@bp.context_processor
+def operator_navigation():
+    """The navigation links to the workspaces page for the operator only."""
+    return {"operator": is_operator_session()}
 
 
 @bp.app_template_filter("ago")
@@ -273,6 +291,43 @@ def poller():
     window, found = _history(hours, [f"poll_lag:{s}" for s in lag_sets])
     return render_template("ui/poller.html", sets=polled, lag_sets=lag_sets, hours=hours, windows=charts.WINDOWS,
                            lag=_lag_chart(found, lag_sets, window))
+
+
+@bp.get("/workspaces")
+def workspaces_page():
+    """The operator's page: every workspace's state, rules version, last event, poll lag and queue."""
+    _require_operator()
+    rows = workspace_states(get_redis(), get_registry(), now=datetime.now(timezone.utc))
+    return render_template("ui/workspaces.html", rows=rows)
+
+
+@bp.post("/workspaces/<name>/pause")
+def pause_workspace(name: str):
+    """The pause button: the workspace's events are still accepted into its log, nothing of it runs."""
+    return _set_paused(name, registry.pause, "Paused")
+
+
+@bp.post("/workspaces/<name>/resume")
+def resume_workspace(name: str):
+    """The resume button: what waited runs, in order."""
+    return _set_paused(name, registry.resume, "Resumed")
+
+
+def _set_paused(name: str, action, done: str):
+    _require_operator()
+    try:
+        action(get_redis(), name)
+        notice = f"{done} {name}."
+    except registry.UnknownWorkspace:
+        notice = f"No workspace {name!r}."
+    get_registry().refresh()  # every process follows within seconds; this one at once
+    return redirect(url_for(".workspaces_page", notice=notice))
+
+
+def _require_operator() -> None:
+    # require_login already let in the workspace's admin; this page shows and acts on every workspace.
+    if not is_operator_session():
+        abort(403, "the workspaces page is the operator's: log in with OPERATOR_TOKEN")
 
 
 def _hours() -> int:

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 
+import html
+import json
 import re
+import time
+from datetime import datetime, timezone
 
 import pytest
 import redis
+from standardwebhooks.webhooks import Webhook
 
 from app import create_app
 from workers import workspaces
@@ -142,3 +147,91 @@ def test_the_overview_charts_runs_failures_requests_throttling_queue_depth_and_p
     listed = page(dashboard, "/ui/runs")
     assert re.search(r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">(just now|\d+ s ago)</time>',
                      listed), listed
+
+
+OPERATOR = "operator-token-5Rz1"
+
+
+@pytest.fixture
+def operated(redis_url, sandbox, rules_dir):
+    """The app with the default workspace (its own admin token) and `acme` created through the operator API."""
+    write_form_rule(rules_dir)
+    app = create_app({"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": ENGINE_TOKEN,
+                      "RULES_PATH": str(rules_dir), "ADMIN_TOKEN": ADMIN, "OPERATOR_TOKEN": OPERATOR,
+                      "WEBHOOK_SOURCES": {"forms": [WEBHOOK_SECRET]}})
+    created = app.test_client().put("/workspaces/acme", headers={"Authorization": f"Bearer {OPERATOR}"},
+                                    json={"inloox_url": sandbox.base_url, "inloox_api_key": ENGINE_TOKEN})
+    assert created.status_code == 201, created.get_data(as_text=True)
+    return app
+
+
+def logged_in(app, token: str):
+    client = app.test_client()
+    assert client.post("/ui/login", data={"token": token}).status_code == 302
+    return client
+
+
+def workspace_row(html: str, name: str) -> str:
+    """The words of one workspace's row of the workspaces page."""
+    found = re.search(rf'<tr data-workspace="{name}">(.*?)</tr>', html, re.S)
+    assert found, html
+    return words(found.group(1))
+
+
+def test_the_operator_sees_every_workspace_and_pauses_and_resumes_one(operated):
+    client = logged_in(operated, OPERATOR)
+    text = page(client, "/ui/workspaces")
+    assert OPERATOR not in text
+    assert workspace_row(text, "default").startswith("default running files:")
+    assert workspace_row(text, "acme").startswith("acme running none none yet not polled 0 0")
+    assert 'href="/ui/workspaces"' in page(client, "/ui/rules")  # the navigation links to it
+
+    paused = client.post("/ui/workspaces/acme/pause", follow_redirects=True)
+    assert paused.status_code == 200 and "Paused acme." in paused.get_data(as_text=True)
+    assert client.get("/workspaces/acme", headers={"Authorization": f"Bearer {OPERATOR}"}).get_json()["paused"]
+    text = page(client, "/ui/workspaces")
+    assert workspace_row(text, "acme").startswith("acme paused")
+    assert "Resume" in workspace_row(text, "acme") and "Pause" in workspace_row(text, "default")
+
+    # Paused, it still takes webhooks into its log: the page shows the event, waiting.
+    added = client.post("/workspaces/acme/webhooks", headers={"Authorization": f"Bearer {OPERATOR}"},
+                        json={"source": "forms"})
+    assert added.status_code == 201, added.get_data(as_text=True)
+    signed_post(client, "/workspaces/acme/hooks/forms", {"title": "Call Ann"}, "msg_ws_page_2",
+                secret=added.get_json()["secret"])
+    row = workspace_row(page(client, "/ui/workspaces"), "acme")
+    assert re.match(r"acme paused none (just now|\d+ s ago) not polled 1 0 Resume", row), row
+
+    resumed = client.post("/ui/workspaces/acme/resume", follow_redirects=True)
+    assert "Resumed acme." in resumed.get_data(as_text=True)
+    assert workspace_row(page(client, "/ui/workspaces"), "acme").startswith("acme running")
+    unknown = client.post("/ui/workspaces/gone/pause", follow_redirects=True)
+    assert "No workspace 'gone'." in html.unescape(unknown.get_data(as_text=True))
+
+
+def test_the_workspaces_page_shows_the_last_event_of_a_workspace(operated, sandbox):
+    client = logged_in(operated, OPERATOR)
+    signed_post(client, "/hooks/forms", {"title": "Call Ann", "project": PROJECT}, "msg_ws_page_1")
+    row = workspace_row(page(client, "/ui/workspaces"), "default")
+    assert re.match(r"default running files:\S+ (just now|\d+ s ago) not polled 1 0", row), row
+
+
+def test_a_workspace_admin_may_not_see_or_use_the_workspaces_page(operated):
+    admin = logged_in(operated, ADMIN)
+    assert admin.get("/ui/workspaces").status_code == 403
+    assert admin.post("/ui/workspaces/acme/pause").status_code == 403
+    assert 'href="/ui/workspaces"' not in page(admin, "/ui/rules")
+    assert not operated.test_client().get("/workspaces/acme", headers={"Authorization": f"Bearer {OPERATOR}"}
+                                          ).get_json()["paused"]  # nothing changed
+    stranger = operated.test_client()
+    assert stranger.get("/ui/workspaces").status_code == 302
+    assert stranger.post("/ui/workspaces/acme/pause").status_code == 401
+
+
+def signed_post(client, path: str, body: dict, msg_id: str, *, secret: str = WEBHOOK_SECRET):
+    """A Standard-Webhooks-signed POST through the test client (as tests.support.stack.deliver does over HTTP)."""
+    raw, stamp = json.dumps(body), int(time.time())
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, timezone.utc), raw)
+    answer = client.post(path, data=raw, headers={"content-type": "application/json", "webhook-id": msg_id,
+                                                  "webhook-timestamp": str(stamp), "webhook-signature": signature})
+    assert answer.status_code == 202, answer.get_data(as_text=True)

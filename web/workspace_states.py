@@ -1,0 +1,59 @@
+"""What the operator's dashboard page shows of each workspace of the registry: state, rules, last event, lag, queue.
+
+A workspace whose secrets this process cannot unseal still has its Redis keys: its last event,
+poll lag and queue are read all the same (only its rules need the workspace itself).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import redis
+from rq import Queue
+
+from web.resources import get_context
+from workers import eventlog, registry, workspaces
+from workers.poll_status import poll_status
+
+RUNNING, PAUSED, UNREADABLE = "running", "paused", "unreadable secret"
+
+
+def workspace_states(connection: redis.Redis, view: registry.View, *, now: datetime) -> list[dict]:
+    """One row per workspace of the registry, by name (a workspace deleted while we read is left out)."""
+    served, unreadable = view.workspaces(), view.unreadable()
+    rows = (_row(connection, name, served.get(name), unreadable.get(name, ""), now=now)
+            for name in registry.names(connection))
+    return [row for row in rows if row is not None]
+
+
+def _row(connection: redis.Redis, name: str, served: workspaces.Workspace | None, unreadable: str, *,
+         now: datetime) -> dict | None:
+    # The record, not the view: the view may be a second behind a pause this very request made.
+    record = registry.get(connection, name)
+    if record is None:
+        return None
+    # A stand-in carries only the name, enough to reach the keys of a workspace we cannot unseal.
+    workspace = served or workspaces.Workspace(name, inloox_url="", inloox_api_key="")
+    with workspaces.using(workspace):
+        rules_version = get_context().rules.current()[1] if served else ""
+        last_event = _last_event(connection)
+        lag = _poll_lag(connection, now)
+    state = UNREADABLE if unreadable else PAUSED if record["paused"] else RUNNING
+    return {"name": name, "state": state, "why": unreadable, "paused": bool(record["paused"]),
+            "rules_version": rules_version, "last_event": last_event, "poll_lag_seconds": lag,
+            "jobs_queued": Queue(workspace.queue, connection=connection).count,
+            "events_waiting": eventlog.backlog(connection, workspace=name)}
+
+
+def _last_event(connection: redis.Redis) -> float | None:
+    """Unix seconds of the newest entry of the workspace's event log (its id's millisecond part), or None."""
+    newest = connection.xrevrange(eventlog.stream_key(), count=1)
+    if not newest:
+        return None
+    entry_id = newest[0][0].decode() if isinstance(newest[0][0], bytes) else newest[0][0]
+    return int(entry_id.split("-")[0]) / 1000
+
+
+def _poll_lag(connection: redis.Redis, now: datetime) -> float | None:
+    """The largest lag of the sets the workspace's rules watch (as the Poller page computes it), or None."""
+    lags = [s["lag_seconds"] for s in poll_status(connection, now=now) if s["lag_seconds"] is not None]
+    return max(lags) if lags else None
