@@ -27,6 +27,7 @@ from bench.harness import Process, free_port, machine, redis_server, rq_worker, 
 from tests.support.receiver import Receiver  # noqa: E402
 from workers import subscriptions, workspaces  # noqa: E402
 from workers.runs import decode_run  # noqa: E402
+from workers.secrets import Keyring, generate_key  # noqa: E402
 
 PERSON, ENGINE = "bench-person", "bench-engine"
 RULE = """
@@ -62,7 +63,8 @@ def main() -> None:
     (rules / "book.yaml").write_text(RULE)
     url = f"{server.connection_url}/0"
     env = {"REDIS_URL": url, "INLOOX_URL": base, "INLOOX_API_KEY": ENGINE, "RULES_PATH": str(rules),
-           "OUTBOUND_ALLOW": "127.0.0.1", "POLL_INTERVAL": "1", "INLOOX_REQUESTS_PER_SECOND": "0"}
+           "OUTBOUND_ALLOW": "127.0.0.1", "POLL_INTERVAL": "1", "INLOOX_REQUESTS_PER_SECOND": "0",
+           "SECRETS_KEY": generate_key()}  # subscription secrets are stored sealed; the worker opens them
     session = requests.Session()
     session.headers["x-api-key"] = PERSON
     project = session.post(base + "Project", json={"Name": "Bench"}).json()["ProjectId"]
@@ -76,7 +78,8 @@ def main() -> None:
         quiet = _tick(session, base, connection, tasks[:args.changes], done_before=0)
         with workspaces.using(workspaces.Workspace("default", base, ENGINE)):
             for _ in range(args.subscriptions):
-                subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.updated"]})
+                subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.updated"]},
+                                     keyring=Keyring.from_config(env))
         started = time.monotonic()
         loaded = _tick(session, base, connection, tasks[args.changes:], done_before=args.changes)
         wanted = args.changes * args.subscriptions

@@ -8,16 +8,18 @@
     GET    /subscriptions/<id>/deliveries      the newest deliveries and each attempt
     POST   /subscriptions/<id>/deliveries/<d>/redeliver   send a delivery again (same webhook-id)
 
-Also under `/workspaces/<ws>/subscriptions`. The secret is shown once, when made or rotated.
+Also under `/workspaces/<ws>/subscriptions`. The secret is shown once, when made or rotated, and
+stored only sealed under SECRETS_KEY (without one, creating and rotating answer 503).
 """
 from __future__ import annotations
 
 from flask import Blueprint, abort, jsonify, request
 
 from web.openapi import check_query, request_body
-from web.resources import get_redis
+from web.resources import get_keyring, get_redis
 from web.workspace import require_admin_token
 from workers import deliveries, subscriptions
+from workers.secrets import Keyring, SecretsKeyError
 from workers.subscriptions import SubscriptionError
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/subscriptions")
@@ -29,7 +31,7 @@ bp.before_request(check_query)
 def create():
     body = request_body()
     try:
-        sub, secret = subscriptions.create(get_redis(), body)
+        sub, secret = subscriptions.create(get_redis(), body, keyring=_keyring())
     except SubscriptionError as exc:
         abort(422, str(exc))
     return jsonify({**sub.public(), "secret": secret}), 201
@@ -54,7 +56,7 @@ def delete(sub_id: str):
 
 @bp.post("/<sub_id>/rotate")
 def rotate(sub_id: str):
-    rotated = subscriptions.rotate(get_redis(), sub_id)
+    rotated = subscriptions.rotate(get_redis(), sub_id, keyring=_keyring())
     if rotated is None:
         abort(404, f"no subscription {sub_id}")
     sub, secret = rotated
@@ -76,6 +78,14 @@ def redeliver(sub_id: str, delivery_id: str):
     if record is None:
         abort(404, f"no delivery {delivery_id} of subscription {sub_id}")
     return jsonify(delivery={k: v for k, v in record.items() if k != "body"}), 202
+
+
+def _keyring() -> Keyring:
+    # A secret is never stored in plain text: without a key there is nowhere safe to keep one.
+    try:
+        return get_keyring()
+    except SecretsKeyError as exc:
+        abort(503, f"subscription secrets cannot be stored: {exc}")
 
 
 def _found(sub_id: str) -> subscriptions.Subscription:

@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 import click
 from flask.cli import AppGroup
 
-from web.resources import get_redis
+from web.resources import get_keyring, get_redis
 from web.workspace import cli_workspace
 from workers import deliveries, subscriptions
+from workers.secrets import Keyring, SecretsKeyError
 from workers.subscriptions import SubscriptionError
 
 subscriptions_cli = AppGroup("subscriptions", help="Deliver InLoox changes to other systems as signed webhooks.")
@@ -25,7 +26,7 @@ def add_command(url, events, fields):
     """Subscribe URL; prints the id and the signing secret (shown this once)."""
     try:
         sub, secret = subscriptions.create(get_redis(), {"url": url, "events": list(events),
-                                                         "fields": list(fields) or None})
+                                                         "fields": list(fields) or None}, keyring=_keyring())
     except SubscriptionError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{sub.id}  {sub.url}  {', '.join(sub.events)}")
@@ -64,7 +65,7 @@ def delete_command(sub_id):
 @click.argument("sub_id")
 def rotate_command(sub_id):
     """A new signing secret; the old one keeps signing alongside for 24 h."""
-    rotated = subscriptions.rotate(get_redis(), sub_id)
+    rotated = subscriptions.rotate(get_redis(), sub_id, keyring=_keyring())
     if rotated is None:
         raise click.ClickException(f"no subscription {sub_id}")
     click.echo(f"secret: {rotated[1]}  (the previous one keeps signing for {subscriptions.ROTATION_OVERLAP // 3600} h)")
@@ -98,6 +99,14 @@ def redeliver_command(sub_id, delivery_id):
     if deliveries.redeliver(get_redis(), sub_id, delivery_id) is None:
         raise click.ClickException(f"no delivery {delivery_id} of subscription {sub_id}")
     click.echo(f"{delivery_id} queued again")
+
+
+def _keyring() -> Keyring:
+    # A secret is never stored in plain text: without a key there is nowhere safe to keep one.
+    try:
+        return get_keyring()
+    except SecretsKeyError as exc:
+        raise click.ClickException(f"subscription secrets cannot be stored: {exc}") from exc
 
 
 def _when(epoch: float) -> str:

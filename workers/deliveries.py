@@ -33,6 +33,7 @@ from standardwebhooks.webhooks import Webhook
 from workers import metrics, outbound, subscriptions
 from workers.enqueue import queue, workspace_job_id
 from workers.outbound import OutboundRefused
+from workers.secrets import SecretUnreadable
 from workers.worker_context import WorkerContext, workspace_job
 from workers.workspaces import current, key
 
@@ -110,8 +111,7 @@ def deliver(ctx: WorkerContext, delivery: str) -> str:
         record["attempts"].append({"at": now, "status": status, "error": error})
         if status is not None and 200 <= status < 300:
             if sub.failing_since is not None:
-                sub.failing_since = None
-                subscriptions.save(connection, sub)
+                subscriptions.update(connection, sub.id, _delivered)
             return _finish(connection, record, DELIVERED, now)
         _note_failure(connection, sub, now)
         retry = status in RETRYABLE or (status is None and not refused)
@@ -133,7 +133,13 @@ def _send(ctx: WorkerContext, sub: subscriptions.Subscription, record: dict,
           now: float) -> tuple[int | None, str, bool]:
     """(HTTP status or None, error text, refused by the guard) of one POST, signed with every active secret."""
     stamp = datetime.fromtimestamp(int(now), timezone.utc)
-    signatures = " ".join(Webhook(s).sign(record["id"], stamp, record["body"]) for s in sub.signing_secrets(now))
+    try:
+        secrets = sub.signing_secrets(now, ctx.keyring)
+    except SecretUnreadable as exc:
+        # Retried on the schedule: a process started with the right SECRETS_KEY will sign it.
+        log.error("delivery %s (%s) not sent: cannot sign: %s", record["id"], current().name, exc)
+        return None, f"cannot sign: {exc}", False
+    signatures = " ".join(Webhook(s).sign(record["id"], stamp, record["body"]) for s in secrets)
     headers = {"content-type": "application/json", "user-agent": "inloox-automation",
                "webhook-id": record["id"], "webhook-timestamp": str(int(now)), "webhook-signature": signatures}
     try:
@@ -145,16 +151,32 @@ def _send(ctx: WorkerContext, sub: subscriptions.Subscription, record: dict,
 
 def _note_failure(connection: redis.Redis, sub: subscriptions.Subscription, now: float) -> None:
     """Count the subscription as failing; after DISABLE_AFTER of nothing but failures, disable it."""
-    if sub.failing_since is None:
-        sub.failing_since = now
-    elif now - sub.failing_since >= subscriptions.DISABLE_AFTER and not sub.disabled:
-        sub.disabled = (f"every delivery failed for {subscriptions.DISABLE_AFTER // 86400} days "
-                        f"(since {datetime.fromtimestamp(sub.failing_since, timezone.utc):%Y-%m-%d %H:%M} UTC)")
+    if sub.failing_since is not None and (now - sub.failing_since < subscriptions.DISABLE_AFTER or sub.disabled):
+        return
+
+    disabled_now = False
+
+    def failing(stored: subscriptions.Subscription) -> None:
+        nonlocal disabled_now
+        disabled_now = False
+        if stored.failing_since is None:
+            stored.failing_since = now
+        elif now - stored.failing_since >= subscriptions.DISABLE_AFTER and not stored.disabled:
+            stored.disabled = (f"every delivery failed for {subscriptions.DISABLE_AFTER // 86400} days (since "
+                               f"{datetime.fromtimestamp(stored.failing_since, timezone.utc):%Y-%m-%d %H:%M} UTC)")
+            disabled_now = True
+
+    # Only these fields change, in one compare-and-set: a rotation meanwhile keeps its secrets.
+    stored = subscriptions.update(connection, sub.id, failing)
+    if stored is not None:
+        sub.disabled = stored.disabled
+    if disabled_now:
         metrics.count(connection, "subscriptions_disabled")
         log.error("subscription %s (%s) disabled: %s", sub.id, current().name, sub.disabled)
-    else:
-        return
-    subscriptions.save(connection, sub)
+
+
+def _delivered(stored: subscriptions.Subscription) -> None:
+    stored.failing_since = None
 
 
 def _finish(connection: redis.Redis, record: dict, status: str, now: float, error: str = "") -> str:

@@ -1,13 +1,15 @@
 """Subscriptions to the InLoox change feed: who wants which changes delivered as signed webhooks.
 
     <prefix>subs    hash: subscription id → JSON {id, url, events, fields, secrets, created_at,
-                    disabled, failing_since}
+                    disabled, failing_since}; each secret sealed (workers/secrets), never plain
 
 `events` are patterns over "<entity set>.<created|updated|deleted>" ("Task.updated", "Project.*",
 "*.deleted"); `fields`, when given, narrows updates to those changing one of the fields. Each
 subscription signs with its secrets (Standard Webhooks, `whsec_…`): after a rotation the old secret
 keeps signing alongside the new one for ROTATION_OVERLAP, so receivers can switch without a gap.
-Deliveries are in workers/deliveries.py.
+A secret is shown once, when made or rotated, and stored sealed under the newest key of SECRETS_KEY;
+one stored in plain text before secrets were sealed still signs until `flask secrets rotate` seals
+it (`reseal_all`). Deliveries are in workers/deliveries.py.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
+from workers.secrets import Keyring, SecretUnreadable, is_sealed
 from workers.workspaces import key
 
 ROTATION_OVERLAP = 24 * 3600  # seconds an old secret keeps signing after a rotation
@@ -28,6 +31,8 @@ DISABLE_AFTER = 5 * 86400  # seconds of failing deliveries (none succeeding) bef
 MAX_SUBSCRIPTIONS = 1000  # per workspace
 KINDS = ("created", "updated", "deleted")
 _PATTERN = re.compile(r"^(\*|[A-Za-z][A-Za-z0-9_]*)\.(\*|created|updated|deleted)$")
+_ALL_SUBS = "ws:*:subs"  # every workspace's subscriptions hash (a workspace's keys start ws:<name>:)
+_ATTEMPTS = 20  # compare-and-set attempts before giving up on a subscription many writers change at once
 
 
 class SubscriptionError(ValueError):
@@ -51,9 +56,22 @@ class Subscription:
             return False
         return kind != "updated" or not self.fields or bool(changed & set(self.fields))
 
-    def signing_secrets(self, now: float) -> list[str]:
-        """The secrets that sign now: the current one and any rotated out less than a day ago."""
-        return [s["secret"] for s in self.secrets if s["until"] is None or s["until"] > now]
+    def signing_secrets(self, now: float, keyring: Keyring | None) -> list[str]:
+        """The secrets that sign now, unsealed: the current one and any rotated out less than a day ago.
+
+        A plain one (stored before secrets were sealed) signs as it is. One this keyring cannot open
+        (or any sealed one when the process has no SECRETS_KEY) is left out; when that leaves none,
+        raises SecretUnreadable naming the key it needs, so nothing goes out unsigned.
+        """
+        opened, unreadable = [], []
+        for stored in (s["secret"] for s in self.secrets if s["until"] is None or s["until"] > now):
+            try:
+                opened.append(_unsealed(stored, keyring))
+            except SecretUnreadable as exc:
+                unreadable.append(exc)
+        if not opened and unreadable:
+            raise SecretUnreadable(f"subscription {self.id}: {unreadable[0]}", unreadable[0].key_id)
+        return opened
 
     def public(self) -> dict:
         """The subscription as shown by the API and the dashboard: no secret."""
@@ -62,8 +80,9 @@ class Subscription:
         return shown
 
 
-def create(connection: redis.Redis, body: dict, *, check_url=None, now: float | None = None) -> tuple[Subscription, str]:
-    """Store a new subscription from an API body; returns it and its secret (shown this once)."""
+def create(connection: redis.Redis, body: dict, *, keyring: Keyring, check_url=None,
+           now: float | None = None) -> tuple[Subscription, str]:
+    """Store a new subscription from an API body, its secret sealed; returns it and the secret (shown this once)."""
     url, events, fields = body.get("url"), body.get("events"), body.get("fields")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise SubscriptionError("url: an http:// or https:// URL is needed")
@@ -77,7 +96,8 @@ def create(connection: redis.Redis, body: dict, *, check_url=None, now: float | 
         raise SubscriptionError(f"this workspace has {MAX_SUBSCRIPTIONS} subscriptions, the most it may have")
     secret = new_secret()
     sub = Subscription(id="sub_" + random.token_hex(8), url=url, events=events, fields=fields or None,
-                       secrets=[{"secret": secret, "until": None}], created_at=time.time() if now is None else now)
+                       secrets=[{"secret": keyring.seal(secret), "until": None}],
+                       created_at=time.time() if now is None else now)
     save(connection, sub)
     return sub, secret
 
@@ -105,18 +125,100 @@ def delete(connection: redis.Redis, sub_id: str) -> bool:
     return bool(connection.hdel(key("subs"), sub_id))
 
 
-def rotate(connection: redis.Redis, sub_id: str, *, now: float | None = None) -> tuple[Subscription, str] | None:
-    """A new current secret; the old ones sign alongside it for ROTATION_OVERLAP. None: no such subscription."""
-    sub = get(connection, sub_id)
-    if sub is None:
-        return None
+def rotate(connection: redis.Redis, sub_id: str, *, keyring: Keyring,
+           now: float | None = None) -> tuple[Subscription, str] | None:
+    """A new current secret, sealed; the old ones sign alongside it for ROTATION_OVERLAP.
+
+    Returns the subscription and the new secret (shown this once); None: no such subscription.
+    """
     now = time.time() if now is None else now
     secret = new_secret()
-    kept = [{**s, "until": now + ROTATION_OVERLAP if s["until"] is None else s["until"]}
-            for s in sub.secrets if s["until"] is None or s["until"] > now]
-    sub.secrets = [{"secret": secret, "until": None}, *kept]
-    save(connection, sub)
-    return sub, secret
+
+    def change(sub: Subscription) -> None:
+        kept = [{**s, "until": now + ROTATION_OVERLAP if s["until"] is None else s["until"]}
+                for s in sub.secrets if s["until"] is None or s["until"] > now]
+        sub.secrets = [{"secret": keyring.seal(secret), "until": None}, *kept]
+
+    sub = update(connection, sub_id, change)
+    return None if sub is None else (sub, secret)
+
+
+def update(connection: redis.Redis, sub_id: str, change) -> Subscription | None:
+    """Apply `change(sub)` to the stored subscription in one compare-and-set; the result, or None if none.
+
+    A delivery noting a failure and a rotation (of the secret, or of the keys) may meet on one
+    subscription: writing back a whole copy read earlier would undo the other's change.
+    """
+    return _update(connection, key("subs"), sub_id, change)
+
+
+def _update(connection: redis.Redis, subs_key: str, sub_id: str, change) -> Subscription | None:
+    for _ in range(_ATTEMPTS):
+        with connection.pipeline() as pipe:
+            try:
+                pipe.watch(subs_key)
+                raw = pipe.hget(subs_key, sub_id)
+                if raw is None:
+                    return None
+                sub = Subscription(**json.loads(raw))
+                change(sub)
+                pipe.multi()
+                pipe.hset(subs_key, sub_id, json.dumps(asdict(sub)))
+                pipe.execute()
+                return sub
+            except redis.WatchError:
+                continue
+    raise redis.RedisError(f"subscription {sub_id} changed {_ATTEMPTS} times while it was being written; try again")
+
+
+def reseal_all(connection: redis.Redis, keyring: Keyring) -> int:
+    """Every workspace's subscription secrets sealed under the newest key, plain ones included; how many.
+
+    Secrets past their overlap are dropped (they sign nothing any more). Raises SecretUnreadable
+    naming the workspace and subscription when one cannot be opened; those done before stay done.
+    """
+    count = 0
+    for subs_key in connection.scan_iter(match=_ALL_SUBS, _type="hash"):
+        subs_key = subs_key.decode()
+        workspace = subs_key.split(":")[1]
+        for sub_id in connection.hkeys(subs_key):
+            count += _reseal(connection, keyring, subs_key, sub_id.decode(), workspace)
+    return count
+
+
+def _reseal(connection: redis.Redis, keyring: Keyring, subs_key: str, sub_id: str, workspace: str) -> int:
+    resealed = 0
+    now = time.time()
+
+    def change(sub: Subscription) -> None:
+        nonlocal resealed
+        resealed, live = 0, []
+        for entry in sub.secrets:
+            if entry["until"] is not None and entry["until"] <= now:
+                continue
+            stored = entry["secret"]
+            if not keyring.is_current(stored):
+                stored, resealed = _resealed(keyring, stored, workspace, sub_id), resealed + 1
+            live.append({**entry, "secret": stored})
+        sub.secrets = live
+
+    _update(connection, subs_key, sub_id, change)
+    return resealed
+
+
+def _resealed(keyring: Keyring, stored: str, workspace: str, sub_id: str) -> str:
+    try:
+        return keyring.rotated(stored) if is_sealed(stored) else keyring.seal(stored)
+    except SecretUnreadable as exc:
+        raise SecretUnreadable(f"workspace {workspace!r}, subscription {sub_id}: {exc}", exc.key_id) from None
+
+
+def _unsealed(stored: str, keyring: Keyring | None) -> str:
+    if not is_sealed(stored):
+        return stored  # stored before secrets were sealed; `flask secrets rotate` seals it
+    if keyring is None:
+        raise SecretUnreadable("it is sealed and this process has no SECRETS_KEY")
+    return keyring.unseal(stored)
 
 
 def matching(connection: redis.Redis, event: dict) -> list[Subscription]:

@@ -6,6 +6,7 @@ forked), so importing this module opens no connection.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -22,11 +23,14 @@ from workers import bundles, metrics
 from workers import rule_files as rule_files_state
 from workers.outbound import OutboundPolicy
 from workers.registry import Served
+from workers.secrets import Keyring, SecretsKeyError
 from workers.settings import load_config
 from workers.throttle import Throttle
 from workers.workspaces import DEFAULT, Workspace, using
 
 RULES_RECHECK_SECONDS = 2.0  # how stale a process's view of the rule files may get
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,6 +123,7 @@ class WorkerContext:
     rules: RuleSource
     run_lease: float = 45.0  # seconds a run's lock lasts unless renewed (see run_lease)
     delivery_schedule: tuple[float, ...] | None = None  # change-feed retry delays (None: workers.deliveries.SCHEDULE)
+    keyring: Keyring | None = None  # opens sealed secrets (subscriptions'); None: no usable SECRETS_KEY
 
     def ruleset(self) -> Ruleset:
         return self.rules.ruleset()
@@ -142,7 +147,24 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
                          rule_env=rule_env(config), rules=RuleSource(connection, workspace),
                          run_lease=run_lease(float(config["INLOOX_TIMEOUT"])),
-                         delivery_schedule=retry_schedule(config.get("DELIVERY_RETRY_SECONDS", "")))
+                         delivery_schedule=retry_schedule(config.get("DELIVERY_RETRY_SECONDS", "")),
+                         keyring=keyring_of(config))
+
+
+_keyless_told = False  # said once per process, not once per workspace
+
+
+def keyring_of(config: dict) -> Keyring | None:
+    """The keyring of SECRETS_KEY, or None (said once) when it has none usable: then only secrets
+    stored in plain text before sealing began can be used."""
+    global _keyless_told
+    try:
+        return Keyring.from_config(config)
+    except SecretsKeyError as exc:
+        if not _keyless_told:
+            _keyless_told = True
+            log.warning("no usable SECRETS_KEY (%s): sealed subscription secrets cannot sign deliveries", exc)
+        return None
 
 
 def retry_schedule(setting: str) -> tuple[float, ...] | None:

@@ -1,12 +1,15 @@
 """The InLoox change feed as signed webhooks, with real processes: poller, worker, sandbox, a receiver."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.support.processes import wait_until
 from tests.support.stack import make_task, start
 from workers import deliveries
+from workers.secrets import Keyring
 
 ADMIN = {"Authorization": "Bearer feed-admin"}
 
@@ -146,7 +149,8 @@ def test_a_delivery_whose_job_was_lost_is_sent_by_the_sweeper(stack, sandbox, re
              "occurred_at": "2026-11-30T08:00:00+00:00", "changes": {"IsDone": [False, True]}, "entity": {},
              "actor": {}}
     with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
-        sub, secret = subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.*"]})
+        sub, secret = subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.*"]},
+                                           keyring=Keyring.from_config(os.environ))
         [delivery] = deliveries.fan_out(connection, event, now=time.time() - 120)
         # The process died after storing the delivery and before its job reached the queue.
         connection.delete(*connection.keys("rq:queue:*"), *connection.keys("rq:job:*"))
@@ -171,7 +175,8 @@ def test_a_subscription_failing_for_five_days_is_disabled_and_the_operator_told(
     event = {"id": "evt-late", "source": "inloox", "kind": "updated", "entity_set": "Task", "key": "k1",
              "occurred_at": "2026-11-30T08:00:00+00:00", "changes": {"Name": ["a", "b"]}, "entity": {}, "actor": {}}
     with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
-        sub, _ = subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.updated"]})
+        sub, _ = subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.updated"]},
+                                      keyring=Keyring.from_config(os.environ))
         sub.failing_since = time.time() - subscriptions.DISABLE_AFTER - 60  # nothing delivered for 5 days
         subscriptions.save(connection, sub)
         receiver.answers = [503]

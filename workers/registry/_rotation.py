@@ -1,17 +1,20 @@
-"""`flask secrets rotate`: every sealed secret re-sealed under the newest key of SECRETS_KEY."""
+"""`flask secrets rotate`: every sealed secret re-sealed under the newest key of SECRETS_KEY: the
+registry's, then every workspace's subscription secrets (workers/subscriptions.py)."""
 from __future__ import annotations
 
 import copy
 
 import redis
 
+from workers import subscriptions
 from workers.registry import _records
 from workers.registry._store import names, update
 from workers.secrets import Keyring
 
 
 def rotate_secrets(connection: redis.Redis, keyring: Keyring) -> int:
-    """Re-seal every secret not yet under the newest key in the registry; returns how many.
+    """Re-seal every secret not yet under the newest key, in the registry and in every workspace's
+    subscriptions (sealing those stored in plain text before sealing began); returns how many.
 
     Raises SecretUnreadable (naming the workspace and the key) when one cannot be opened with these
     keys: nothing of that workspace is changed, and the ones rotated before it stay rotated.
@@ -19,7 +22,7 @@ def rotate_secrets(connection: redis.Redis, keyring: Keyring) -> int:
     count = 0
     for name in names(connection):
         count += _rotate_record(connection, keyring, name)
-    return count
+    return count + subscriptions.reseal_all(connection, keyring)
 
 
 def _rotate_record(connection: redis.Redis, keyring: Keyring, name: str) -> int:
