@@ -36,6 +36,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     from web import webhook_sources, workspaces_api
     from web.secrets_cli import secrets_cli
     from web.webhooks_cli import webhooks_cli
+    from web import usage
+    from web.usage_cli import usage_command
 
     json_bodies.init_app(app)  # every request.get_json() is bounded (depth, UTF-8) and says why it refused
     resources.init_app(app)
@@ -47,6 +49,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         workspace.register(app, bp)
     app.register_blueprint(workspaces_api.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(usage.bp)
     app.register_blueprint(openapi.bp)
     queues.init_app(app)
     if app.config["DEV_INBOX"] in ("1", "true", True):
@@ -60,4 +63,5 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.cli.add_command(workspaces_cli)
     app.cli.add_command(webhooks_cli)
     app.cli.add_command(secrets_cli)
+    app.cli.add_command(usage_command)
     return app

@@ -16,6 +16,7 @@ WINDOWS = {1: 1, 6: 5, 24: 10}  # hours a chart shows → minutes per bar or poi
 PALETTE = ("#3b6ea8", "#1b7f3b", "#a15c00", "#6a3ea8", "#00838f", "#5d4037", "#757575")  # in turn
 BAD = "#b00020"  # failures and throttling, as the pages' own red
 WIDTH, HEIGHT = 720, 180
+DAY = 24 * 60  # minutes: windows of whole days are labelled by date
 LEFT, RIGHT, TOP, BOTTOM = 44, 8, 24, 20  # margins around the plot; the legend sits in the top one
 
 
@@ -51,6 +52,8 @@ class Window:
     def label(self, index: int) -> str:
         """The bucket's time: "14:20 UTC" for a minute, "14:20–14:30 UTC" for longer."""
         start = self.first + index * self.minutes
+        if self.minutes >= DAY:  # a bar per day (the Usage page)
+            return _date(start)
         text = _clock(start)
         return f"{text}–{_clock(start + self.minutes)} UTC" if self.minutes > 1 else f"{text} UTC"
 
@@ -144,7 +147,7 @@ def _axes(window: Window, scale: _Scale) -> list[str]:
     span = window.minutes * window.count
     for minute, anchor in ((window.first, "start"), (window.first + span // 2, "middle"), (None, "end")):
         x = LEFT + (span if minute is None else minute - window.first) * scale.width / span
-        text = "now" if minute is None else f"{_clock(minute)} UTC"
+        text = "now" if minute is None else _date(minute) if window.minutes >= DAY else f"{_clock(minute)} UTC"
         parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 5}" text-anchor="{anchor}">{text}</text>')
     return parts
 
@@ -174,6 +177,10 @@ def _round_up(value: float) -> float:
 
 def _number(value: float) -> str:
     return f"{value:.4g}" if value != int(value) else str(int(value))
+
+
+def _date(minute: int) -> str:
+    return datetime.fromtimestamp(minute * 60, timezone.utc).strftime("%Y-%m-%d")
 
 
 def _clock(minute: int) -> str:

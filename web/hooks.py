@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 import redis
 from flask import Blueprint, abort, current_app, g, jsonify, request
+from werkzeug.exceptions import TooManyRequests
 
 from engine.bodies import BodyError, decode_text, parse_json
 from engine.events import Event
@@ -13,6 +14,8 @@ from web.workspace import require_workspace
 from web.signatures import SignatureError, verify_standard_webhook
 from workers import metrics, workspaces
 from workers.intake import submit_event
+from workers.metering import limits
+from workers.outbound import OutboundPolicy
 
 bp = Blueprint("hooks", __name__, url_prefix="/hooks")
 bp.before_request(require_workspace)
@@ -43,6 +46,7 @@ def receive(source: str):
     except SignatureError as exc:
         abort(401, f"webhook signature rejected: {exc}")
     event = _event(source, request.headers["webhook-id"], _json(text))
+    _within_daily_events()
     try:
         accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
                                 dedup_ttl=DEDUP_TTL_SECONDS)
@@ -65,6 +69,20 @@ def count_rejected(response):
         except redis.RedisError:
             current_app.logger.warning("could not count a rejected webhook")
     return response
+
+
+def _within_daily_events() -> None:
+    """Refuse (429 with Retry-After: the next UTC midnight) once the workspace's events_per_day are used."""
+    try:
+        wait = limits.events_wait(get_redis(), workspaces.current(),
+                                  OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]))
+    except redis.RedisError:
+        current_app.logger.exception("the daily event limit could not be read")
+        abort(503, "the event could not be stored; retry later")
+    if wait is not None:
+        limit = workspaces.current().limits.events_per_day
+        raise TooManyRequests(f"workspace {workspaces.current().name!r} accepted its limit of {limit} events today; "
+                              f"retry after midnight UTC (in {wait}s)", retry_after=wait)
 
 
 def _text(body: bytes) -> str:

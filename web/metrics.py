@@ -42,6 +42,9 @@ COUNTER_METRICS = {
     "held_changes": ("held_changes", "Changes held back by flood protection", ("entity_set",)),
     "polls": ("polls", "Polls of an entity set", ("entity_set",)),
     "deliveries": ("deliveries", "Change-feed deliveries finished, by status (delivered, failed)", ("status",)),
+    "runs_started": ("runs_started", "Runs started (stored for a matched rule): the usage's runs", ()),
+    "billable_runs": ("billable_runs", "Runs that performed at least one InLoox write or notification, by rule",
+                      ("rule",)),
     "subscriptions_disabled": ("subscriptions_disabled", "Subscriptions disabled after days of failed deliveries", ()),
 }
 

@@ -37,6 +37,7 @@ import redis
 
 from workers import eventlog, failpoints, gauges, metrics, recovery
 from workers.eventlog import Entry
+from workers.metering import limits
 from workers.jobs import handle
 from workers.worker_context import worker_context
 from workers.workspaces import using
@@ -245,6 +246,7 @@ class EventConsumer:
             eventlog.touch(self.connection, stream.key, self.name, handling)
             self._claim(stream)
             recovery.sweep(self.connection, worker_context(stream.workspace).workspace)
+            limits.release_waiting(self.connection, worker_context(stream.workspace).workspace)  # room again?
         if time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + TRIM_SECONDS
             for stream in self.streams.values():

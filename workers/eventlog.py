@@ -23,18 +23,28 @@ from dataclasses import dataclass
 
 import redis
 
-from workers import metrics, scripts, workspaces
+from workers import activity, metrics, scripts, workspaces
+from workers.metering import usage
 
 GROUP = "engine"
 EVENTS_KEEP = 100_000  # handled entries kept per workspace (the newest), at most
 EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
 
-# KEYS: dedup claim, stream, metrics hash. ARGV: event id, claim ttl, event JSON, counter field if
-# accepted, counter field if duplicate. Returns the new entry's id, or false for a duplicate.
+# KEYS: dedup claim, stream, metrics hash, usage of the day, usage of the month (workers/metering),
+# the workspace's activity stamp (workers/activity.py).
+# ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field if duplicate, usage
+# field, day ttl, month ttl. Returns the new entry's id, or false for a duplicate. An accepted event
+# marks its workspace active (the entry id's milliseconds), so that the poller polls it at full
+# speed again, at no round trip of its own.
 _APPEND = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   local id = redis.call('XADD', KEYS[2], '*', 'z', ARGV[3])
   redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+  redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+  redis.call('EXPIRE', KEYS[4], ARGV[7])
+  redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
+  redis.call('EXPIRE', KEYS[5], ARGV[8])
+  redis.call('SET', KEYS[6], string.match(id, '^%d+'))
   return id
 end
 redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
@@ -67,10 +77,15 @@ def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tupl
     """Run the append script on `target`: the new entry's id (None for a duplicate), or queue it on a pipeline.
 
     `counted` is the (accepted, duplicate) counter fields; the script counts the outcome itself, so
-    the count is exact without knowing the outcome beforehand.
+    the count is exact without knowing the outcome beforehand; so is the workspace's usage (an
+    accepted event only).
     """
-    return scripts.call(target, _APPEND_SCRIPT, keys=[dedup_key, stream_key(), metrics.COUNTERS],
-                        args=[event["id"], dedup_ttl, encode(event), *counted])
+    name, day = workspaces.current().name, usage.today()
+    keys = [dedup_key, stream_key(), metrics.COUNTERS, usage.day_key(name, day), usage.month_key(name, usage.month_of(day)),
+            activity.key()]
+    return scripts.call(target, _APPEND_SCRIPT, keys=keys,
+                        args=[event["id"], dedup_ttl, encode(event), *counted, usage.event_field(event["source"]),
+                              usage.DAY_TTL, usage.MONTH_TTL])
 
 
 def ensure_group(connection: redis.Redis, stream: str) -> None:

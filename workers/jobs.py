@@ -30,6 +30,7 @@ from workers.outbound import OutboundRefused, redacted
 from workers.runs import ACTIVE, TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
 from workers.worker_context import WorkerContext, workspace_job
 from workers.chat import after_run as report_to_chat
+from workers.metering import limits, usage
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,10 @@ def start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, rules
                   **_initial_status(ctx.connection, plan))
     created = create_run(ctx.connection, run)
     if created:
-        metrics.count(ctx.connection, "runs", status=run["status"])
+        with ctx.connection.pipeline(transaction=False) as pipe:  # one round trip, none when counts are batched
+            metrics.count(pipe, "runs", status=run["status"])
+            metrics.count(pipe, "runs_started")
+            pipe.execute()
         existing = run
     else:
         existing = load_run(ctx.connection, run["id"])
@@ -161,6 +165,10 @@ def _acquire(ctx: WorkerContext, run_id: str):
 
 def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False) -> str:
     plan = Plan.from_dict(run["plan"])
+    if not run["steps"] and not run.get("limit_counted"):
+        if not limits.admit(ctx.connection, ctx.workspace, ctx.outbound, run):
+            return _stop(ctx, run, limits.OVER_LIMIT, limits.over_reason(ctx.workspace), pending=[limits.wait(run)])
+        run["limit_counted"] = True  # its slot under the monthly limit is taken (workers/metering/limits.py)
     if not run["steps"] and not run.get("workspace_counted"):
         wait = _workspace_wait(ctx)
         if wait:
@@ -318,12 +326,26 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()
             write(pipe)
         if status in ("succeeded", "skipped", "shadow"):
             ledger.finished(pipe, [op["idempotency_key"] for op in run["plan"].get("operations", ())])
+        billed = _bill(ctx, pipe, run, finished=status in TERMINAL or status == "paused")
         save_run(pipe, run, now=datetime.now(timezone.utc))  # the status and its count together
         metrics.count(pipe, "runs", status=status)
-        pipe.execute()
+        replies = pipe.execute()
+    if billed is not None:
+        limits.alert_runs(ctx.connection, ctx.workspace, ctx.outbound, used=replies[billed])
     log.info("run %s (%s): %s %s", run["id"], run["rule_id"], status, reason)
     report_to_chat(ctx.connection, run)  # a chat command's result goes back to its chat
     return status
+
+
+def _bill(ctx: WorkerContext, pipe, run: dict, *, finished: bool) -> int | None:
+    """Count the run once as billable when it wrote or notified, and give back its slot under the
+    monthly limit; the index of the month's new billable count among `pipe`'s replies, or None."""
+    billed = usage.bill(pipe, ctx.workspace.name, run, day=usage.today())
+    if billed is not None:
+        metrics.count(pipe, "billable_runs", rule=run["rule_id"])
+    if run.get("limit_counted"):
+        limits.settle(pipe, run, finished=finished)
+    return billed
 
 
 def _workspace_wait(ctx: WorkerContext) -> float:

@@ -15,8 +15,9 @@ metrics at `/metrics`. Fields are JSON `[name, {label: value}]`; every counter c
     held_changes  {entity_set}        changes held back by flood protection
     polls         {entity_set}
 
-A few of these are also kept per minute for the dashboard's charts (workers/series.py): they are
-gathered in memory here and written with the same batch.
+A few of these are also kept per minute for the dashboard's charts (workers/series.py), and some
+add to the workspace's usage per day and month (workers/metering): both are gathered in memory here
+and written with the same batch.
 """
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ from collections import Counter
 from redis.client import Pipeline
 
 from workers import series, workspaces
+from workers.metering import usage
 
 COUNTERS = "metrics:counters"
 STEP_MS_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000)
 
 _pending: Counter = Counter()  # counts of this process not yet written (InLoox requests; all when batching)
 _pending_series: Counter = Counter()  # (workspace, series) → counted since the last write
+_pending_usage: Counter = Counter()  # (workspace, usage field) → counted since the last write
 _batch_seconds = 0.0
 _last_flush = 0.0
 _pending_lock = threading.Lock()
@@ -70,9 +73,12 @@ def count(target, name: str, amount: int = 1, **labels) -> None:
     workspace = workspaces.current().name
     counter = field(name, {"workspace": workspace, **labels})
     followed = series.counted(name, labels)
+    metered = usage.usage_fields(name, labels)
     with _pending_lock:
         for each in followed:
             _pending_series[workspace, each] += amount
+        for each in metered:
+            _pending_usage[workspace, each] += amount
         if _batch_seconds:
             _pending[counter] += amount
     if not _batch_seconds:
@@ -116,6 +122,7 @@ def request_observer(workspace: str):
             _pending[field("inloox_requests", {"workspace": workspace, "method": method,
                                                "status_class": status_class})] += 1
             _pending_series[workspace, "requests"] += 1
+            _pending_usage[workspace, usage.request_field(method)] += 1
             if status == 429:
                 _pending_series[workspace, "throttled"] += 1
     return note_request
@@ -143,11 +150,14 @@ def flush(connection) -> None:
 
 def _flush_requests(target) -> None:
     with _pending_lock:
-        pending, per_minute = dict(_pending), dict(_pending_series)
+        pending, per_minute, used = dict(_pending), dict(_pending_series), dict(_pending_usage)
         _pending.clear()
         _pending_series.clear()
+        _pending_usage.clear()
     for name, amount in pending.items():
         target.hincrby(COUNTERS, name, amount)
+    if used:
+        usage.add(target, used, day=usage.today())  # the day they are written in, as the series' minute
     if per_minute:
         # Stamped with the minute they are written in: the worker writes every second, the poller after each poll.
         series.add(target, per_minute, minute=int(time.time() // 60))

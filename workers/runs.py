@@ -18,7 +18,7 @@ Retention, by count and by age (see docs/deploy.md):
 - The newest RUNS_KEEP finished runs (status in TERMINAL) are kept. Storing or finishing a run
   deletes the runs that finished before those, in the same transaction: the record and its
   entries in `runs`, `runs:rule:<rule>` and `runs:done`, not only the listing. Unfinished runs
-  (queued, retrying, held, paused) are never in `runs:done`, so no count deletes a run that is
+  (queued, retrying, held, paused, over_limit) are never in `runs:done`, so no count deletes a run that is
   still waiting; a run joins it when it finishes.
 - Every record expires RUNS_MAX_AGE after its last write (a waiting run's TTL starts again on each
   change); finished runs older than that leave the indexes when a run is next stored or finishes.
@@ -50,6 +50,8 @@ RUNS_MAX_AGE = 7 * 24 * 3600  # seconds a run record or trace lives after its la
 TRIM_BATCH = 1000  # most entries one store deletes (a lowered keep-count catches up over several)
 TERMINAL = frozenset({"succeeded", "failed", "skipped", "shadow"})
 WAITING_FOR_A_PERSON = frozenset({"paused"})
+# Runs over the workspace's monthly limit: workers/metering/limits.py lists and releases them, not the sweeper.
+WAITING_FOR_THE_LIMIT = frozenset({"over_limit"})
 ACTIVE = "runs:active"
 GRACE = 30.0  # seconds past a run's due time before it counts as lost
 LIMITED_GRACE = 600.0  # the same for a run waiting its turn behind its rule's `concurrency` limit
@@ -224,8 +226,8 @@ def _trim_runs(pipe: Pipeline, keep: int | None, max_age: int) -> None:
 
 
 def is_active(run: dict) -> bool:
-    """True when some process is expected to move the run on (not finished, not waiting for a person)."""
-    return run["status"] not in TERMINAL and run["status"] not in WAITING_FOR_A_PERSON
+    """True when some process is expected to move the run on (not finished, not waiting for a person or the limit)."""
+    return run["status"] not in TERMINAL | WAITING_FOR_A_PERSON | WAITING_FOR_THE_LIMIT
 
 
 def deadline(run: dict, *, now: float) -> float:

@@ -11,7 +11,9 @@ With WORKSPACES_FILE set, the workspaces are the ones that file lists (see docs/
         admin_token: {env: ACME_ADMIN_TOKEN}
         rules: rules/acme                          # a folder in git; without it, bundles uploaded
         webhooks: {forms: [whsec_...]}             #   with PUT /workspaces/acme/rules
-        limits: {inloox_requests_per_second: 5, runs_per_minute: 600, flood_limit: 500}
+        limits: {inloox_requests_per_second: 5, runs_per_minute: 600, flood_limit: 500,
+                 runs_per_month: 10000, events_per_day: 50000}   # plan limits (workers/metering)
+        alerts: json://alerts.example.com/acme        # where usage alerts go (an Apprise URL)
 
 Which workspace the code is working for is held in a context variable, set where work enters
 (a web request, a job, one workspace's poll or schedule tick) — as Flask holds `current_app`.
@@ -48,6 +50,8 @@ class Limits:
     inloox_requests_per_second: float = 5.0  # shared by every process through Redis; 0: no limit
     runs_per_minute: int = 0  # runs started per minute; over it they wait; 0: no limit
     flood_limit: int = 500  # changes in one poll above which they are held for a person
+    runs_per_month: int = 0  # billable runs a month; over it runs wait as `over_limit`; 0: no limit
+    events_per_day: int = 0  # events accepted a day (UTC); over it webhooks are answered 429; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,7 @@ def _workspace(path: str, name: str, given: dict, environ: Mapping[str, str]) ->
         admin_token=secret("admin_token"), rules_path=given.get("rules"), webhook_sources=hooks,
         slack_signing_secret=secret("slack_signing_secret"), teams_security_token=secret("teams_security_token"),
         chat_user_map=given.get("chat_user_map", ""), limits=Limits(**(given.get("limits") or {})),
+        alerts=given.get("alerts", ""),
     )
 
 

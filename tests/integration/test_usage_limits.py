@@ -1,0 +1,172 @@
+"""Issue 21: usage metering and plan limits that hold and replay, with real web, worker and sandbox.
+
+A workspace created over HTTP with `runs_per_month: 5` and an alert channel: seven signed webhooks
+make five runs that write and two that wait `over_limit`; the alerts at 80 % and 100 % arrive once
+each; raising the limit to 10 runs the two waiting ones once each, in order; usage then shows seven
+webhook events and seven billable runs. Over `events_per_day`, a webhook is answered 429.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from tests.support.processes import wait_until
+from tests.support.stack import FORM_RULE, PROJECT, deliver, ensure_project
+
+OPERATOR = "operator-usage-4Tq9"
+NOTIFY_RULE = """
+id: form-to-chat
+description: Each urgent form submission is told to the team.
+when:
+  - webhook: forms
+if:
+  - {{path: webhook.body.urgent, op: exists}}
+then:
+  - notify: "{url}"
+    title: "Urgent form"
+    body: "urgent: {{{{ webhook.body.title }}}}"
+"""
+
+
+def _call(method: str, url: str, token: str, body: dict | None = None) -> requests.Response:
+    return requests.request(method, url, json=body, timeout=10, headers={"Authorization": f"Bearer {token}"})
+
+
+def _task_names(sandbox) -> list[str]:
+    return [(r.get("body") or {}).get("Name") for r in sandbox.requests()
+            if r["method"] == "POST" and r["path"].rstrip("/").endswith("Task") and r["status"] < 300]
+
+
+def _alerts(receiver) -> list[str]:
+    return [str((r["body"] or {}).get("message", "")) for r in receiver.received
+            if isinstance(r["body"], dict) and "runs this month" in str(r["body"].get("message", ""))]
+
+
+def _workspace(web: str, sandbox, limits: dict, alerts: str, rules: dict) -> tuple[str, str]:
+    """Create `acme` over HTTP with `limits`, `alerts` and the rule files `rules`; (admin token, webhook secret)."""
+    created = _call("PUT", f"{web}/workspaces/acme", OPERATOR,
+                    {"inloox_url": sandbox.base_url, "inloox_api_key": sandbox.token, "limits": limits,
+                     "alerts": alerts})
+    assert created.status_code == 201, created.text
+    admin = created.json()["admin_token"]
+    uploaded = _call("PUT", f"{web}/workspaces/acme/rules", admin, {"files": rules})
+    assert uploaded.status_code in (200, 201), uploaded.text
+    added = _call("POST", f"{web}/workspaces/acme/webhooks", admin, {"source": "forms"})
+    assert added.status_code == 201, added.text
+    return admin, added.json()["secret"]
+
+
+def _start(stack) -> str:
+    stack.env["OPERATOR_TOKEN"] = OPERATOR
+    web = stack.web(threads=4)
+    stack.worker()
+    return web
+
+
+HOOK = "/workspaces/acme/hooks/forms"
+
+
+@pytest.mark.timeout(150)
+def test_runs_over_the_monthly_limit_wait_and_run_once_each_when_it_is_raised(stack, sandbox, receiver):
+    ensure_project(sandbox)
+    web = _start(stack)
+    admin, secret = _workspace(web, sandbox, {"runs_per_month": 5}, receiver.json_url,
+                               {"forms.yaml": FORM_RULE.format(extra="")})
+    wait_until(lambda: deliver(web, {"title": "Limit 1", "project": PROJECT}, "limit_1", path=HOOK,
+                               secret=secret).status_code == 202, 5, "the new source to be served")
+    for n in range(2, 8):
+        assert deliver(web, {"title": f"Limit {n}", "project": PROJECT}, f"limit_{n}", path=HOOK,
+                       secret=secret).status_code == 202
+
+    def over_limit() -> list[dict]:
+        return _call("GET", f"{web}/workspaces/acme/runs?status=over_limit", admin).json()["runs"]
+
+    wait_until(lambda: len(over_limit()) == 2 and len(_task_names(sandbox)) == 5, 20,
+               "five runs to write and two to wait over the limit")
+    time.sleep(2)  # nothing more happens while the limit holds
+    assert len(_task_names(sandbox)) == 5
+    waiting = sorted(over_limit(), key=lambda r: r["created_at"])
+    assert all("limit of 5 billable runs" in r["reason"] for r in waiting)
+    wait_until(lambda: len(_alerts(receiver)) == 2, 10, "the alerts at 80 % and 100 %")
+    alerts = _alerts(receiver)
+    assert sum("80 % of 5 runs this month" in a for a in alerts) == 1
+    assert sum("100 % of 5 runs this month" in a for a in alerts) == 1
+
+    raised = _call("PUT", f"{web}/workspaces/acme", OPERATOR, {"limits": {"runs_per_month": 10}})
+    assert raised.status_code == 200, raised.text
+    wait_until(lambda: len(_task_names(sandbox)) == 7, 20, "the two waiting runs to start")
+    time.sleep(2)
+    names = _task_names(sandbox)
+    assert sorted(names) == sorted(f"Limit {n}" for n in range(1, 8))  # each once
+    titles = [f"Limit {r['event_id'].rsplit('_', 1)[1]}" for r in waiting]  # event ids: webhook:forms:limit_<n>
+    assert names[-2:] == titles  # the waiting ones, in the order they came
+    assert over_limit() == []
+    assert len(_alerts(receiver)) == 2  # once each per month, not again
+
+    used = _call("GET", f"{web}/workspaces/acme/usage", admin)
+    assert used.status_code == 200, used.text
+    report = used.json()
+    assert report["events"]["webhook"] == 7
+    assert report["billable_runs"] == 7
+    assert report["runs"] == 7
+    assert report["rules"] == [{"rule": "form-to-task", "billable_runs": 7}]
+
+
+@pytest.mark.timeout(120)
+def test_usage_equals_what_happened(stack, sandbox, receiver):
+    ensure_project(sandbox)
+    web = _start(stack)
+    admin, secret = _workspace(web, sandbox, {}, "", {
+        "forms.yaml": FORM_RULE.format(extra=""),
+        "chat.yaml": NOTIFY_RULE.format(url=receiver.json_url)})
+    wait_until(lambda: deliver(web, {"title": "Known 1", "project": PROJECT}, "known_1", path=HOOK,
+                               secret=secret).status_code == 202, 5, "the new source to be served")
+    assert deliver(web, {"title": "Known 2", "project": PROJECT, "urgent": True}, "known_2", path=HOOK,
+                   secret=secret).status_code == 202
+    assert deliver(web, {"title": "Known 2", "project": PROJECT, "urgent": True}, "known_2", path=HOOK,
+                   secret=secret).status_code == 200  # a redelivery: no event, no run
+    wait_until(lambda: len(_task_names(sandbox)) == 2 and any("urgent" in r["raw"] for r in receiver.received),
+               20, "two tasks and one notification")
+
+    def report() -> dict:
+        return _call("GET", f"{web}/workspaces/acme/usage", admin).json()
+
+    # The worker writes its batched counts within a second or two.
+    wait_until(lambda: report()["billable_runs"] == 3 and report()["inloox_requests"]["write"] >= 2, 10,
+               "the worker's counts")
+    seen = report()
+    assert seen["events"] == {"webhook": 2, "inloox": 0, "chat": 0, "schedule": 0, "manual": 0}
+    assert seen["runs"] == 3  # form-to-task twice, form-to-chat for the urgent one
+    assert seen["billable_runs"] == 3  # two writes and one notification
+    assert seen["notifications"] == 1
+    posts = [r for r in sandbox.requests() if r["method"] == "POST" and r["path"].rstrip("/").endswith("Task")]
+    assert seen["inloox_requests"]["write"] == len(posts) == 2
+    assert seen["inloox_requests"]["read"] >= 0
+    assert sorted((r["rule"], r["billable_runs"]) for r in seen["rules"]) == [("form-to-chat", 1), ("form-to-task", 2)]
+
+    everyone = _call("GET", f"{web}/usage", OPERATOR)
+    assert everyone.status_code == 200
+    assert [w["workspace"] for w in everyone.json()["workspaces"] if w["workspace"] == "acme"] == ["acme"]
+    assert _call("GET", f"{web}/usage", admin).status_code == 401
+    assert _call("GET", f"{web}/workspaces/acme/usage?from=2026-13-01", admin).status_code == 400
+    assert _call("GET", f"{web}/workspaces/acme/usage?from=2026-02-01&to=2026-01-01", admin).status_code == 400
+    assert _call("GET", f"{web}/workspaces/acme/usage?form=2026-01-01", admin).status_code == 400
+
+
+@pytest.mark.timeout(90)
+def test_webhooks_over_the_daily_event_limit_are_answered_429(stack, sandbox, receiver):
+    ensure_project(sandbox)
+    web = _start(stack)
+    _, secret = _workspace(web, sandbox, {"events_per_day": 2}, receiver.json_url,
+                           {"forms.yaml": FORM_RULE.format(extra="")})
+    wait_until(lambda: deliver(web, {"title": "Day 1", "project": PROJECT}, "day_1", path=HOOK,
+                               secret=secret).status_code == 202, 5, "the new source to be served")
+    assert deliver(web, {"title": "Day 2", "project": PROJECT}, "day_2", path=HOOK, secret=secret).status_code == 202
+    refused = deliver(web, {"title": "Day 3", "project": PROJECT}, "day_3", path=HOOK, secret=secret)
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["Retry-After"]) <= 86400
+    assert "limit of 2 events today" in refused.json()["error"]["message"]
+    messages = [str((r["body"] or {}).get("message", "")) for r in receiver.received if isinstance(r["body"], dict)]
+    assert sum("100 % of 2 events today" in m for m in messages) == 1

@@ -1,0 +1,198 @@
+"""Plan limits that hold and replay: `runs_per_month` (billable runs) and `events_per_day`.
+
+    ws:<name>:limits:runs:inflight   sorted set: runs admitted under the monthly limit that have not
+                                     billed or finished yet (a run's slot), by admission time
+    ws:<name>:limits:runs:waiting    sorted set: runs over the limit (status `over_limit`), by creation
+                                     time: the order they are released in
+    ws:<name>:limits:alerted:<limit>:<period>:<percent>   the claim (SET NX) that the alert was sent
+
+A run is admitted (`admit`) before its first step when the month's billable runs plus the runs in
+flight stay under the limit; one script, so runs admitted at once never exceed it. A run that bills
+(workers/metering/usage.py `bill`) or finishes gives its slot back, on the pipeline of that write.
+A run refused waits, stored with status `over_limit` and listed in `waiting`; each worker's
+maintenance calls `release_waiting`, which starts as many as there is room for, oldest first,
+once the limit is raised or removed, or a new month began. A released run is queued again under
+its own id: its lock, status and step ledger make it run at most once (and a rule still runs at
+most once per event: the run id is the event's and the rule's).
+
+Over `events_per_day`, webhooks are answered 429 (web/hooks.py); events of other sources (our own
+polling, schedules, chat, manual) are still accepted, and all sources count towards the limit.
+At 80 % and 100 % of either limit, one notification goes to the workspace's `alerts` channel and
+one log line is written, once each per period (the claim above).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timedelta, timezone
+
+import redis
+
+from workers import scripts, workspaces
+from workers.enqueue import queue_run
+from workers.metering import usage
+from workers.outbound import OutboundPolicy, OutboundRefused, notify
+from workers.runs import load_run, save_run
+
+log = logging.getLogger(__name__)
+
+INFLIGHT = "limits:runs:inflight"
+WAITING = "limits:runs:waiting"
+OVER_LIMIT = "over_limit"
+THRESHOLDS = (80, 100)  # percent of a limit at which the workspace is told
+RELEASE_BATCH = 100  # most runs one maintenance releases per workspace
+RELEASE_LEASE = 4  # seconds: one worker releases a workspace's runs at a time
+ALERT_TTL = 40 * 86400  # a month's claim outlives the month
+
+# KEYS: the month's usage hash, the in-flight set. ARGV: limit, run id, now.
+# 1: admitted (or was already); 0: the month's billable runs and those in flight fill the limit.
+_ADMIT = """
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 1 end
+local used = tonumber(redis.call('HGET', KEYS[1], 'billable_runs') or '0') + redis.call('ZCARD', KEYS[2])
+if used >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return 1
+"""
+_ADMIT_SCRIPT = scripts.script(_ADMIT)
+
+_claimed: set[str] = set()  # alert claims this process has seen taken (by itself or another one)
+
+
+def admit(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, run: dict) -> bool:
+    """True when `run` may start under the workspace's monthly limit (no round trip without a limit)."""
+    limit = workspace.limits.runs_per_month
+    if not limit:
+        return True
+    day = usage.today()
+    admitted = scripts.call(connection, _ADMIT_SCRIPT, keys=[usage.month_key(workspace.name, usage.month_of(day)),
+                                                             workspaces.key(INFLIGHT)],
+                            args=[limit, run["id"], time.time()])
+    if admitted:
+        return True
+    alert_runs(connection, workspace, policy, used=limit)  # the limit may have been lowered under the count
+    return False
+
+
+def over_reason(workspace: workspaces.Workspace) -> str:
+    """Why a run waits as `over_limit`."""
+    return (f"the workspace's limit of {workspace.limits.runs_per_month} billable runs this month is reached; "
+            "the run starts when the limit is raised or the month ends")
+
+
+def wait(run: dict):
+    """A pipeline write listing `run` among the waiting ones (in the order of creation)."""
+    created = datetime.fromisoformat(run["created_at"]).timestamp()
+    return lambda pipe: pipe.zadd(workspaces.key(WAITING), {run["id"]: created})
+
+
+def settle(pipe, run: dict, *, finished: bool) -> None:
+    """Queue on `pipe` giving back the run's slot once it billed (the count holds it now) or `finished`."""
+    if run.get("billed") or finished:
+        pipe.zrem(workspaces.key(INFLIGHT), run["id"])
+
+
+def alert_runs(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *, used: int) -> None:
+    """Tell the workspace (once per month and threshold) that `used` billable runs reached 80 % or 100 %."""
+    limit = workspace.limits.runs_per_month
+    period = usage.month_of(usage.today())
+    for percent in _reached(used, limit):
+        text = f"{percent} % of {limit} runs this month used ({used} billable runs) in workspace {workspace.name}"
+        if percent == 100:
+            text += "; new runs wait (status over_limit) until the limit is raised or the month ends"
+        _alert(connection, workspace, policy, f"runs_per_month:{period}:{percent}", text)
+
+
+def alert_events(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *, used: int) -> None:
+    """Tell the workspace (once per day and threshold) that `used` events today reached 80 % or 100 %."""
+    limit = workspace.limits.events_per_day
+    period = usage.today().isoformat()
+    for percent in _reached(used, limit):
+        text = f"{percent} % of {limit} events today used ({used} accepted) in workspace {workspace.name}"
+        if percent == 100:
+            text += "; webhooks are answered 429 until midnight UTC"
+        _alert(connection, workspace, policy, f"events_per_day:{period}:{percent}", text)
+
+
+def events_wait(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *,
+                now: datetime | None = None) -> int | None:
+    """Seconds until one more event may be accepted today (None: now); no round trip without a limit."""
+    limit = workspace.limits.events_per_day
+    if not limit:
+        return None
+    now = now or datetime.now(timezone.utc)
+    used = usage.events_on(connection, workspace.name, usage.today(now))
+    if used >= limit:
+        alert_events(connection, workspace, policy, used=used)
+        midnight = datetime.combine(usage.today(now) + timedelta(days=1), datetime.min.time(), timezone.utc)
+        return max(1, math.ceil((midnight - now).total_seconds()))
+    alert_events(connection, workspace, policy, used=used + 1)  # this one will be accepted
+    return None
+
+
+def release_waiting(connection: redis.Redis, workspace: workspaces.Workspace) -> list[str]:
+    """Start the runs waiting over the limit, oldest first, as many as there is room for; returns their ids."""
+    with workspaces.using(workspace):
+        waiting = [i.decode() for i in connection.zrange(workspaces.key(WAITING), 0, RELEASE_BATCH - 1)]
+        if not waiting:
+            return []
+        room = _room(connection, workspace)
+        if room <= 0 or not connection.set(workspaces.key("limits:releasing"), 1, nx=True, ex=RELEASE_LEASE):
+            return []
+        released = [run_id for run_id in waiting[:room] if _release(connection, run_id)]
+        if released:
+            log.info("workspace %s: %d run(s) waiting over the limit released", workspace.name, len(released))
+        return released
+
+
+def _room(connection: redis.Redis, workspace: workspaces.Workspace) -> int:
+    """How many more runs may start this month (RELEASE_BATCH without a limit)."""
+    limit = workspace.limits.runs_per_month
+    if not limit:
+        return RELEASE_BATCH
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hget(usage.month_key(workspace.name, usage.month_of(usage.today())), "billable_runs")
+        pipe.zcard(workspaces.key(INFLIGHT))
+        billed, in_flight = pipe.execute()
+    return limit - int(billed or 0) - in_flight
+
+
+def _release(connection: redis.Redis, run_id: str) -> bool:
+    """Queue one waiting run again: its new status and its leaving the list in one transaction, then its job.
+
+    Should this process die before queueing the job, the run is `queued` with a deadline: the
+    sweeper (workers/recovery.py) starts it.
+    """
+    run = load_run(connection, run_id)
+    if run is None or run["status"] != OVER_LIMIT:
+        connection.zrem(workspaces.key(WAITING), run_id)
+        return False
+    run.update(status="queued", reason="released: the monthly run limit has room again")
+    with connection.pipeline() as pipe:
+        save_run(pipe, run, now=datetime.now(timezone.utc))
+        pipe.zrem(workspaces.key(WAITING), run_id)
+        pipe.execute()
+    queue_run(connection, run, job_id=f"{run_id}-limit{time.time_ns()}")
+    return True
+
+
+def _reached(used: int, limit: int) -> list[int]:
+    return [p for p in THRESHOLDS if limit and used >= math.ceil(limit * p / 100)]
+
+
+def _alert(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, claim: str,
+           text: str) -> None:
+    """Send `text` to the workspace's alerts channel and log it, if nobody claimed `claim` before."""
+    name = f"ws:{workspace.name}:limits:alerted:{claim}"
+    if name in _claimed:
+        return
+    _claimed.add(name)
+    if not connection.set(name, 1, nx=True, ex=ALERT_TTL):
+        return  # another process (or an earlier life of this one) sent it
+    log.warning("usage alert: %s", text)
+    if not workspace.alerts:
+        return
+    try:
+        notify(policy, workspace.alerts, text, title=f"Usage of workspace {workspace.name}")
+    except OutboundRefused as exc:
+        log.warning("usage alert for workspace %s not delivered: %s", workspace.name, exc)
