@@ -25,6 +25,7 @@ from web.resources import get_registry
 from web.workspace import admin_token_hashes, bearer_token, is_admin, require_workspace
 from web.events import replay_summary, selected_entries, since_epoch
 from web.workspace_states import workspace_states
+from web.usage import usage_page
 from engine.rules import load_texts
 from engine.whatif import whatif
 from workers import bundles, deliveries, event_history, registry, rule_files, series, subscriptions, workspaces
@@ -36,6 +37,7 @@ from workers.poll_status import poll_status
 from workers.runs import list_runs, load_run, load_trace
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
+bp.add_url_rule("/usage", "usage", usage_page)  # the view lives with the usage API (web/usage.py)
 
 COOKIE = "ui_session"
 RECENT = timedelta(hours=24)
