@@ -170,3 +170,35 @@ def test_webhooks_over_the_daily_event_limit_are_answered_429(stack, sandbox, re
     assert "limit of 2 events today" in refused.json()["error"]["message"]
     messages = [str((r["body"] or {}).get("message", "")) for r in receiver.received if isinstance(r["body"], dict)]
     assert sum("100 % of 2 events today" in m for m in messages) == 1
+
+
+def test_the_usage_page_the_cli_and_prometheus_show_the_counts(app, client, runner, redis_url, workspace):
+    import redis as redis_client
+
+    from workers import metrics
+    from workers.metering import usage
+
+    connection = redis_client.Redis.from_url(redis_url)
+    day = usage.today()
+    with connection.pipeline() as pipe:
+        usage.add(pipe, {("default", "events:webhook"): 3, ("default", "runs"): 3, ("default", "billable_runs"): 2,
+                         ("default", "rule:form-to-task"): 2, ("default", "inloox_requests:write"): 2}, day=day)
+        pipe.execute()
+    metrics.count(connection, "billable_runs", rule="form-to-task")
+
+    page = client.get("/ui/usage")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert '<span class="total" id="billable">2</span>' in html
+    assert "form-to-task" in html and 'href="/ui/usage"' in html
+    assert 'class="chart chart-bars" data-points="0"' not in html  # the day's bars are drawn
+    assert day.isoformat() in html  # bars per day are labelled by date
+
+    shown = runner.invoke(args=["usage", "--workspace", "default"])
+    assert shown.exit_code == 0, shown.output
+    assert "events: 3 webhook" in shown.output and "billable: 2" in shown.output and "2 write" in shown.output
+    assert runner.invoke(args=["usage", "--month", "2026-13"]).exit_code == 2
+    assert runner.invoke(args=["usage", "--workspace", "nope"]).exit_code == 1
+
+    scraped = client.get("/metrics").get_data(as_text=True)
+    assert 'inloox_automation_billable_runs_total{rule="form-to-task",workspace="default"} 1.0' in scraped
