@@ -24,8 +24,14 @@ def status_command():
 
 
 def _describe(entry: dict) -> str:
-    """One status line after the set's name, e.g. `scan every 60s  lag 12s  known 250  3 requests per scan  held 0`."""
+    """One status line after the set's name, e.g. `scan every 240s (quiet 2m)  lag 12s  known 250  3 requests per scan  held 0`.
+
+    `every` is the set's interval now: POLL_INTERVAL (or its scan interval) while it is lively, up to
+    the ceiling while it is quiet.
+    """
     every = f" every {entry['every']:g}s" if entry["every"] else ""
+    if entry["every"] and entry.get("quiet_seconds"):
+        every += f" (quiet {_duration(entry['quiet_seconds'])})"
     lag = "not watched" if not entry["watched"] else (
         "lag ?" if entry["lag_seconds"] is None else f"lag {entry['lag_seconds']:.0f}s")
     parts = [f"{entry['method']}{every}", lag, f"known {entry['known']}"]
@@ -36,6 +42,13 @@ def _describe(entry: dict) -> str:
         parts.append(f"cursor {entry['cursor']}")
     parts.append(f"held {entry['held']}")
     return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    """`45s`, `12m`, `3h`: how long a set has been quiet, roughly."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 3600 else f"{seconds / 3600:.0f}h"
 
 
 @poller_cli.command("release")

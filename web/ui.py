@@ -28,7 +28,7 @@ from web.workspace_states import workspace_states
 from web.usage import usage_page
 from engine.rules import load_texts
 from engine.whatif import whatif
-from workers import bundles, deliveries, event_history, registry, rule_files, series, subscriptions, workspaces
+from workers import activity, bundles, deliveries, event_history, registry, rule_files, series, subscriptions, workspaces
 from workers.replay import ReplayRefused, replay
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
@@ -53,7 +53,10 @@ def require_login():
     require_workspace()
     if request.endpoint and request.endpoint.endswith(".login"):
         return None
-    return _login_needed(admin_token_hashes(), login=url_for(".login", next=request.path))
+    refused = _login_needed(admin_token_hashes(), login=url_for(".login", next=request.path))
+    if refused is None:
+        activity.note(get_redis())  # a person is looking: the poller polls this workspace at full speed
+    return refused
 
 
 def require_operator_login():

@@ -79,7 +79,8 @@ def poll_once(client: Client, connection: redis.Redis, feed: ChangeFeed, fields:
         quiet.update({c.key: c.snapshot for c in found})  # held changes count as seen
     else:
         _emit(client, connection, store, feed, stamps, found, settings, result)
-    store.save_many(quiet, newest)
+    if quiet or newest != cursor:  # nothing moved: no write (an idle set's poll is a read and nothing else)
+        store.save_many(quiet, newest)
     return result
 
 

@@ -8,8 +8,9 @@ operators chasing a stuck or double poll); the cursor and the held floods are th
 keys (see `workers.snapshots`, `workers.poll`).
 
 Lag is how stale our view of InLoox is: now − the start of the last complete poll of the set.
-Whatever changed before that start has been seen; an idle account keeps it under a few intervals,
-and it grows only when polls fail or fall behind.
+Whatever changed before that start has been seen; an idle account keeps it under a few intervals
+(`every`: the set's interval now, longer while it is quiet, see workers/poll_pace.py), and it grows
+beyond that only when polls fail or fall behind.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class PollRun:
     seconds: float
     requests: int
     method: str = "feed"  # feed | scan
-    every: float = 0.0  # seconds between two polls of this set
+    every: float = 0.0  # seconds until the next poll of this set (its interval now: it backs off while quiet)
+    quiet: float = 0.0  # seconds the set had been quiet (no change, no activity in its workspace) at the start
 
 
 def record_poll(connection: redis.Redis, result, run: PollRun, *, poller: str = "") -> None:
@@ -47,7 +49,8 @@ def record_poll(connection: redis.Redis, result, run: PollRun, *, poller: str = 
         pipe.ltrim(key("poll:recent"), 0, RECENT_POLLS - 1)
         pipe.hset(key(f"poll:{result.entity_set}:last"), mapping={
             "at": datetime.fromtimestamp(ended, run.started.tzinfo).isoformat(), "started": run.started.isoformat(),
-            "poller": poller, "method": run.method, "every": f"{run.every:g}", "seconds": f"{run.seconds:.3f}",
+            "poller": poller, "method": run.method, "every": f"{run.every:g}", "quiet": f"{run.quiet:.0f}",
+            "seconds": f"{run.seconds:.3f}",
             "requests": run.requests, "rows": result.rows, "events": len(result.accepted), "held": result.held})
         metrics.count(pipe, "polls", entity_set=result.entity_set)
         if result.held:
@@ -89,5 +92,6 @@ def _entry(name: str, cursor: str | None, held: int, known: int, last: dict, *, 
     return {"entity_set": name, "cursor": cursor, "held": held, "known": known, "last": last, "watched": watched,
             "lag_seconds": (now - started).total_seconds() if watched and started else None,
             "method": last.get("method", "feed"), "every": float(last["every"]) if last.get("every") else None,
+            "quiet_seconds": float(last["quiet"]) if last.get("quiet") else None,
             # A scan reads every row each time: its cost is the set's size in pages, not what changed.
             "requests_per_scan": scan_requests(known) if scan else None}

@@ -4,10 +4,19 @@ For every workspace, polls the entity sets that its enabled rules trigger on: th
 feed every POLL_INTERVAL seconds (sweeping them for deletions every POLL_SWEEP_SECONDS), the others
 by a scan of the whole set every POLL_SCAN_SECONDS (default 60; per set as `60 Contact=30`, never
 below POLL_SCAN_FLOOR_SECONDS), since a scan costs a request per 100 rows however little changed.
+A set that sees no change, in a workspace where nothing happens, is polled less and less often, up
+to POLL_MAX_INTERVAL (feeds) or POLL_SCAN_MAX_SECONDS (scans); a change, an event accepted from any
+source or a person on the dashboard brings it back at once (workers/poll_pace.py has the curve).
+
 Each workspace is polled only by the
 holder of its Redis lease (`ws:<name>:poll:lease`, a redis-py Lock with expiry), so any number of
 poller processes may run: they split the workspaces between them, and the workspaces of a poller
 that died are taken over by the others within one lease period (POLL_LEASE_SECONDS).
+
+What a round costs Redis does not grow with idle workspaces: one MGET of every workspace's activity
+stamp, the pollers' roll call, and a lease renewal per workspace every third of a lease period
+(the holder remembers when it last renewed instead of asking Redis every round); a workspace with
+nothing due sends nothing else.
 """
 from __future__ import annotations
 
@@ -31,9 +40,10 @@ from redis.lock import Lock
 from engine.rules import Ruleset
 from inloox import InLooxError
 from inloox.changes import CHANGE_FEEDS, ChangeFeed, Scan, observation
-from workers import metrics
+from workers import activity, metrics
 from workers.logs import configure_logging
 from workers.poll import PollResult, PollSettings, poll_once, sweep_deleted
+from workers.poll_pace import Pace, SetPace
 from workers import subscriptions, workspaces
 from workers.poll_status import PollRun, record_poll, record_watched
 from workers.scan import LeaseLost, scan_once
@@ -44,6 +54,7 @@ from workers.workspaces import Workspace
 log = logging.getLogger("poller")
 
 POLLERS_KEY = "pollers:alive"  # deployment-wide: poller id → last round (epoch s)
+WATCHED_REFRESH_SECONDS = 10.0  # a set a new rule or subscription watches is polled within this (and a poll)
 
 
 @dataclass(frozen=True)
@@ -56,10 +67,19 @@ class PollerSettings:
     scan_every: float = 60.0
     scan_floor: float = 10.0
     scan_every_set: Mapping[str, float] = field(default_factory=dict)  # per entity set, over scan_every
+    idle_after: float = 60.0  # seconds of quiet before a set backs off (0: never)
+    max_interval: float = 30.0  # a change feed's ceiling
+    scan_max: float = 600.0  # a scan's ceiling
 
     def scan_interval(self, entity_set: str) -> float:
         """Seconds between two scans of `entity_set`: its own setting or the default, never below the floor."""
         return max(self.scan_floor, self.scan_every_set.get(entity_set, self.scan_every))
+
+    def pace(self, entity_set: str) -> Pace:
+        """How `entity_set` is paced: a change feed from POLL_INTERVAL, a scan from its scan interval."""
+        if isinstance(observation(entity_set), Scan):
+            return Pace(self.scan_interval(entity_set), self.idle_after, self.scan_max)
+        return Pace(self.interval, self.idle_after, self.max_interval)
 
 
 def parse_scan_seconds(text: str) -> tuple[float, dict[str, float]]:
@@ -103,9 +123,13 @@ class Account:
     lease: Lock
     settings: PollSettings | None = None  # known once InLoox told us who the engine's own user is
     next_sweep: float = 0.0
-    next_scan: dict[str, float] = field(default_factory=dict)  # entity set → when its scan is due (monotonic)
+    paces: dict[str, SetPace] = field(default_factory=dict)  # entity set → its timing (workers/poll_pace.py)
     watched: frozenset[str] | None = None  # the sets last recorded as watched (for the status)
+    watching: dict = field(default_factory=dict)  # entity set → fields, as last read from rules and subscriptions
+    watched_at: float = float("-inf")  # when (monotonic) `watching` was read
     scanning: threading.Thread | None = None  # the scans due, run beside the feed polls
+    renewed_at: float | None = None  # when (monotonic) we last took or renewed the lease; None: not ours
+    lively_at: float = 0.0  # the workspace's latest activity stamp seen (epoch s)
 
     @property
     def workspace(self) -> Workspace:
@@ -129,8 +153,7 @@ def run(connection: redis.Redis, follow: Callable[[], list[Account]], poller: Po
         stop.wait(poller.interval)
     try:
         for account in accounts:
-            if account.lease.owned():
-                account.lease.release()
+            _release(account)
         connection.zrem(POLLERS_KEY, me)
     except redis.RedisError:
         pass  # Redis went first (a stack shutting down): the leases expire by themselves
@@ -167,14 +190,24 @@ class Following:
 
 
 def _round(connection: redis.Redis, accounts: list[Account], poller: PollerSettings, me: str) -> None:
-    """Renew or take leases up to a fair share, and poll each workspace held."""
+    """Renew or take leases up to a fair share, and poll what is due in each workspace held."""
     share = _fair_share(connection, me, len(accounts), poller)
+    lively = activity.latest(connection, [a.workspace.name for a in accounts])
     for account in _rotated(accounts):
-        if account.lease.owned() and _owned(accounts) > share:
-            account.lease.release()  # hand one over to a poller that has fewer
-        elif _hold_lease(account.lease, may_take=_owned(accounts) < share):
+        if account.renewed_at is not None and _owned(accounts) > share:
+            _release(account)  # hand one over to a poller that has fewer
+        elif _hold_lease(account, poller, may_take=_owned(accounts) < share):
+            _note_activity(account, lively.get(account.workspace.name, 0.0))
             with workspaces.using(account.workspace):
                 _poll_account(account, poller, me)
+
+
+def _note_activity(account: Account, at: float) -> None:
+    """The workspace was active at `at` (epoch s): every set of it back to its active interval."""
+    if at > account.lively_at:
+        account.lively_at = at
+        for pace in list(account.paces.values()):
+            pace.lively(at)
 
 
 def _fair_share(connection: redis.Redis, me: str, total: int, poller: PollerSettings) -> int:
@@ -200,25 +233,25 @@ def _rotated(accounts: list[Account]) -> list[Account]:
 
 
 def _owned(accounts: list[Account]) -> int:
-    return sum(a.lease.owned() for a in accounts)
+    return sum(a.renewed_at is not None for a in accounts)
 
 
 def _poll_account(account: Account, poller: PollerSettings, me: str) -> None:
+    """Poll the sets that are due (and sweep, when due); nothing at all, not even Redis, when none is."""
+    sweep = time.monotonic() >= account.next_sweep
+    stale = time.monotonic() - account.watched_at >= WATCHED_REFRESH_SECONDS
+    if not (sweep or stale or any(p.due(time.time()) for p in account.paces.values())):
+        return
     try:
         if account.settings is None:
             user = account.context.client.me()  # the engine's own InLoox user: its changes are "chained"
             account.settings = PollSettings(own_contact_id=str(user.get("ContactId")),
                                             flood_limit=account.workspace.limits.flood_limit)
             log.info("%s: polling as %s", account.workspace.name, user.get("DisplayName"))
-        watched = subscriptions.merged(watched_sets(account.context.ruleset()),  # rules and change-feed subscribers
-                                       subscriptions.watched_sets(account.context.connection, CHANGE_FEEDS))
-        if frozenset(watched) != account.watched:
-            record_watched(account.context.connection, watched)
-            account.watched = frozenset(watched)
+        watched = _watching(account, poller)
     except (InLooxError, redis.RedisError) as exc:
         log.warning("%s: cannot poll yet: %s", account.workspace.name, exc)
         return
-    sweep = time.monotonic() >= account.next_sweep
     try:
         _cycle(account, watched, poller, sweep=sweep, me=me)
     except LeaseLost as exc:
@@ -228,14 +261,58 @@ def _poll_account(account: Account, poller: PollerSettings, me: str) -> None:
         account.next_sweep = time.monotonic() + poller.sweep_every
 
 
-def _hold_lease(lease: Lock, *, may_take: bool = True) -> bool:
-    """Renew the lease we hold, or try to take a free one; False while another poller has it."""
+def _watching(account: Account, poller: PollerSettings) -> dict:
+    """The sets to poll and their fields (rules and change-feed subscribers), each with its pace.
+
+    Read again every WATCHED_REFRESH_SECONDS: while a workspace is idle, its rules and subscriptions
+    are not read every round.
+    """
+    if time.monotonic() - account.watched_at >= WATCHED_REFRESH_SECONDS:
+        account.watching = subscriptions.merged(watched_sets(account.context.ruleset()),
+                                                subscriptions.watched_sets(account.context.connection, CHANGE_FEEDS))
+        account.watched_at = time.monotonic()
+    watched = account.watching
+    if frozenset(watched) != account.watched:
+        record_watched(account.context.connection, watched)
+        account.watched = frozenset(watched)
+    now = time.time()
+    for entity_set in watched:
+        if entity_set not in account.paces or account.paces[entity_set].pace != poller.pace(entity_set):
+            # A set newly watched counts as lively: the rule was just written for it.
+            account.paces[entity_set] = SetPace(poller.pace(entity_set), lively_at=max(now, account.lively_at))
+    for entity_set in [s for s in account.paces if s not in watched]:
+        del account.paces[entity_set]
+    return watched
+
+
+def _hold_lease(account: Account, poller: PollerSettings, *, may_take: bool = True) -> bool:
+    """Keep the lease we hold (renewed once a third of its period has passed), or try to take a free one.
+
+    False while another poller has it. Between renewals the holder trusts its own clock: a lease
+    renewed less than a third of its period ago cannot have expired, so asking Redis would cost a
+    command per workspace per round and tell nothing.
+    """
     try:
-        if lease.owned():
-            return lease.reacquire()
-        return may_take and lease.acquire(blocking=False)
+        if account.renewed_at is not None:
+            if time.monotonic() - account.renewed_at < poller.lease_seconds / 3:
+                return True
+            account.lease.reacquire()  # raises LockNotOwnedError when it expired under us
+        elif not (may_take and account.lease.acquire(blocking=False)):
+            return False
     except redis.exceptions.LockError:
-        return False  # expired under us (a long stall): the next round competes for it again
+        account.renewed_at = None  # expired under us (a long stall): the next round competes for it again
+        return False
+    account.renewed_at = time.monotonic()
+    return True
+
+
+def _release(account: Account) -> None:
+    """Hand the workspace's lease back (if it is still ours), for another poller to take."""
+    if account.renewed_at is None:
+        return
+    account.renewed_at = None
+    with contextlib.suppress(LockError):  # expired meanwhile: nothing to hand back
+        account.lease.release()
 
 
 def _cycle(account: Account, watched: dict, poller: PollerSettings, *, sweep: bool, me: str) -> None:
@@ -247,18 +324,19 @@ def _cycle(account: Account, watched: dict, poller: PollerSettings, *, sweep: bo
     client, connection, settings = account.context.client, account.context.connection, account.settings
     due = []
     for entity_set, fields in watched.items():
-        how = observation(entity_set)
+        how, pace = observation(entity_set), account.paces[entity_set]
         if how is None:
             continue  # rules check refuses such sets; a subscription may still name one
         if isinstance(how, Scan):
-            if time.monotonic() >= account.next_scan.get(entity_set, 0.0):
+            if pace.due(time.time()):
                 due.append((how, fields))
             continue
         try:
-            _report(_timed(connection, lambda _: poll_once(client, connection, how, fields, settings),
-                           method="feed", every=poller.interval, poller=me))
+            if pace.due(time.time()):
+                _report(_timed(connection, lambda _: poll_once(client, connection, how, fields, settings),
+                               method="feed", pace=pace, poller=me))
             if sweep:
-                _report(sweep_deleted(client, connection, how, settings))
+                _noticed(pace, _report(sweep_deleted(client, connection, how, settings)), time.time())
         except (InLooxError, redis.RedisError) as exc:
             # The cursor did not move: the next cycle reads the same changes again.
             log.warning("poll %s failed, will retry: %s", entity_set, exc)
@@ -277,36 +355,48 @@ def _scans(account: Account, due: list, poller: PollerSettings, me: str) -> None
                 return  # another poller has the workspace now; it scans from here on
             except (InLooxError, redis.RedisError) as exc:
                 # Nothing of it was kept: try again after a few polls rather than a whole interval.
-                account.next_scan[scan.entity_set] = time.monotonic() + min(poller.scan_interval(scan.entity_set),
-                                                                            5 * poller.interval)
+                pace = account.paces.get(scan.entity_set)
+                if pace is not None:
+                    pace.due_at = time.time() + min(pace.interval(time.time()), 5 * poller.interval)
                 log.warning("scan %s failed, will retry: %s", scan.entity_set, exc)
 
 
 def _scan(account: Account, scan: Scan, fields, poller: PollerSettings, me: str) -> None:
     """One scan of a set without a change feed; the next is due one interval after this one started."""
-    every = poller.scan_interval(scan.entity_set)
-    account.next_scan[scan.entity_set] = time.monotonic() + every
-    keep = lambda: _hold_lease(account.lease, may_take=False)  # noqa: E731  (renewed per page: scans are long)
+    keep = lambda: _hold_lease(account, poller, may_take=False)  # noqa: E731  (asked per page: scans are long)
     _report(_timed(account.context.connection,
                    lambda now: scan_once(account.context.client, account.context.connection, scan, fields,
                                          account.settings, now=now, keep_lease=keep),
-                   method="scan", every=every, poller=me))
+                   method="scan", pace=account.paces[scan.entity_set], poller=me))
 
 
-def _timed(connection, poll: Callable[[datetime], PollResult], *, method: str, every: float,
+def _timed(connection, poll: Callable[[datetime], PollResult], *, method: str, pace: SetPace,
            poller: str) -> PollResult:
-    """`poll(started)`, recording its start, duration and request count for the dashboard and /metrics."""
+    """`poll(started)`, timed by `pace`, recording its start, duration and request count for the dashboard and /metrics.
+
+    A poll that found a change (or a duplicate of one: another poller's, or a retry) keeps its set lively.
+    """
     started_at, started, requests_before = datetime.now(timezone.utc), time.monotonic(), metrics.requests_seen()
+    quiet = max(0.0, started_at.timestamp() - pace.lively_at)
+    every = pace.started(started_at.timestamp())
     result = poll(started_at)
-    run = PollRun(started_at, time.monotonic() - started, metrics.requests_seen() - requests_before, method, every)
+    _noticed(pace, result, started_at.timestamp())
+    run = PollRun(started_at, time.monotonic() - started, metrics.requests_seen() - requests_before, method, every,
+                  quiet=quiet)
     record_poll(connection, result, run, poller=poller)
     return result
 
 
-def _report(result) -> None:
+def _noticed(pace: SetPace, result: PollResult, started: float) -> None:
+    if result.accepted or result.held or result.duplicates:
+        pace.lively(started)
+
+
+def _report(result: PollResult) -> PollResult:
     if result.accepted or result.held or result.baseline:
         log.info("poll %s: %d rows, %d events, %d duplicates, %d held%s", result.entity_set, result.rows,
                  len(result.accepted), result.duplicates, result.held, " (baseline)" if result.baseline else "")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,13 +418,17 @@ def main(argv: list[str] | None = None) -> int:
                                 sweep_every=float(config["POLL_SWEEP_SECONDS"]),
                                 lease_seconds=float(config["POLL_LEASE_SECONDS"]),
                                 scan_every=scan_every, scan_every_set=scan_every_set,
-                                scan_floor=float(config["POLL_SCAN_FLOOR_SECONDS"]))
+                                scan_floor=float(config["POLL_SCAN_FLOOR_SECONDS"]),
+                                idle_after=float(config["POLL_IDLE_AFTER_SECONDS"]),
+                                max_interval=float(config["POLL_MAX_INTERVAL"]),
+                                scan_max=float(config["POLL_SCAN_MAX_SECONDS"]))
     except ValueError as exc:
         raise SystemExit(f"Error: a POLL_* setting: {exc}") from None
     follow = Following(config, connection, served(), poller.lease_seconds)
     me = uuid.uuid4().hex[:8]
-    log.info("poller %s: %s, every %.1fs, scans every %gs", me, ", ".join(a.workspace.name for a in follow()) or
-             "no workspace yet", poller.interval, poller.scan_interval(""))
+    log.info("poller %s: %s, every %.1fs, scans every %gs; quiet sets back off after %gs up to %gs (scans %gs)",
+             me, ", ".join(a.workspace.name for a in follow()) or "no workspace yet", poller.interval,
+             poller.scan_interval(""), poller.idle_after, poller.max_interval, poller.scan_max)
     for name, seconds in {"(default)": poller.scan_every, **poller.scan_every_set}.items():
         if seconds < poller.scan_floor:
             log.warning("scan interval %gs of %s is below the floor: scanning every %gs", seconds, name,

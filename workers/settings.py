@@ -88,6 +88,12 @@ DEFAULTS = {
     "POLL_LEASE_SECONDS": "15",
     "POLL_SCAN_SECONDS": "60",
     "POLL_SCAN_FLOOR_SECONDS": "10",
+    # Adaptive polling (workers/poll_pace.py): a set quiet this long (no change, nothing accepted
+    # into its workspace's log, nobody on its dashboard) is polled half as often, again each such
+    # period, up to POLL_MAX_INTERVAL (change feeds) or POLL_SCAN_MAX_SECONDS (scans). 0: never back off.
+    "POLL_IDLE_AFTER_SECONDS": "60",
+    "POLL_MAX_INTERVAL": "30",
+    "POLL_SCAN_MAX_SECONDS": "600",
     "SCHEDULE_INTERVAL": "5",
 }
 

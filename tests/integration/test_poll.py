@@ -178,3 +178,77 @@ def test_a_held_flood_is_shown_and_runs_once_a_person_releases_it(sandbox, clien
     assert sorted(e["key"] for e in queued(connection)) == sorted(tasks)
     assert "held 0" in runner.invoke(args=["poller", "status"]).output
     assert runner.invoke(args=["poller", "release", "Task"]).output.startswith("0 held")
+
+
+# --- adaptive polling (issue 21): a real poller, the sandbox's request log, a webhook -----------------
+
+IDLE_TASK_RULE = """
+id: watch-done
+when:
+  - inloox: Task
+    on: updated
+    changes:
+      IsDone: {from: false, to: true}
+then:
+  - notify: "json://127.0.0.1:9/never"
+    body: "{{ task.Name }}"
+"""
+FAST = {"POLL_INTERVAL": "0.5", "POLL_IDLE_AFTER_SECONDS": "2", "POLL_MAX_INTERVAL": "4",
+        "POLL_SWEEP_SECONDS": "3600"}  # quiet after 2 s: 0.5 → 1 → 2 → 4 s by 6 s of quiet
+BOUND = 4 + 3  # the ceiling, plus a poll and the machine's other tenants
+
+
+def _feed_polls(sandbox, since: float) -> int:
+    """Task change-feed reads the sandbox logged since `since` (its `at`, epoch seconds)."""
+    return sum(1 for r in sandbox.requests() if "DynamicTaskItem" in r["path"] and _at(r) >= since)
+
+
+def _at(entry: dict) -> float:
+    from engine.edm import parse_datetime
+
+    at = entry["at"]
+    return at if isinstance(at, (int, float)) else parse_datetime(at).timestamp()
+
+
+def _task_events(connection, task: str) -> list[dict]:
+    return [e.event for e in eventlog.entries(connection, workspace="default") if e.event.get("key") == task]
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_set_backs_off_yet_sees_a_change_and_a_webhook_brings_it_back(engine, sandbox, rules_dir, redis_url,
+                                                                            runner):
+    import time
+
+    from tests.support.processes import wait_until
+    from tests.support.stack import deliver, ensure_project, make_task
+
+    (rules_dir / "watch-done.yaml").write_text(IDLE_TASK_RULE)
+    ensure_project(sandbox)
+    task = make_task(sandbox, "Quiet task", work=0)
+    engine.env.update(FAST)
+    web = engine.web()
+    engine.poller()
+    connection = redis.Redis.from_url(redis_url)
+    wait_until(lambda: connection.exists("ws:default:poll:Task:cursor"), 30, "the Task baseline")
+
+    time.sleep(8)  # nothing happens: the set backs off to its ceiling of 4 s
+    window = time.time()
+    time.sleep(8)
+    idle_polls = _feed_polls(sandbox, window)
+    assert idle_polls <= 4, f"{idle_polls} polls of an idle set in 8 s (at 0.5 s there would be 16)"
+    status = runner.invoke(args=["poller", "status"])
+    assert "Task" in status.output and "feed every 4s" in status.output, status.output
+
+    # A person's change is still seen within the ceiling and a poll.
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).status_code in (200, 204)
+    wait_until(lambda: _task_events(connection, task), BOUND, "the person's change in the event log")
+
+    # Idle again, then a webhook to the workspace: the Task feed is back to 0.5 s at once.
+    time.sleep(8)
+    assert "feed every 4s" in runner.invoke(args=["poller", "status"]).output
+    assert deliver(web, {"title": "Nothing to do"}, "wake_1").status_code == 202
+    woke = time.time()
+    wait_until(lambda: "feed every 0.5s" in runner.invoke(args=["poller", "status"]).output, 3,
+               "the Task feed back at POLL_INTERVAL after the webhook")
+    time.sleep(2)
+    assert _feed_polls(sandbox, woke) >= 3, "the feed should poll every 0.5 s again after the webhook"
