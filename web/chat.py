@@ -1,8 +1,12 @@
-"""Chat commands: `POST /chat/slack` (slash commands) and `POST /chat/teams` (outgoing webhooks).
+"""Chat commands: `POST /chat/slack` (slash commands), `POST /chat/slack/interactive` (button clicks)
+and `POST /chat/teams` (outgoing webhooks).
 
-Both verify the request's signature, then hand the command to `web.commands.answer` and reply with
-its text: Slack ephemerally within its 3 s (the run's result goes to `response_url` later, see
-`workers/chat.py`), Teams synchronously within its 5 s.
+Each verifies the request's signature, then hands the command to `web.commands.answer` and replies
+with its text: Slack ephemerally within its 3 s (the run's result goes to `response_url` later, see
+`workers/chat.py`), Teams synchronously within its 5 s. A plan that waits for confirmation comes to
+Slack with Confirm and Cancel buttons (web/slack_buttons.py); a click is acknowledged with an empty
+200, and its outcome replaces the buttons through the click's `response_url`, posted by a worker.
+Teams confirms by typing `confirm <code>`.
 """
 from __future__ import annotations
 
@@ -11,11 +15,15 @@ import re
 import redis
 from flask import Blueprint, abort, current_app, jsonify, request
 
+from engine.bodies import BodyError
 from inloox import InLooxError
-from web.commands import ChatCommand, answer
+from web.commands import ChatCommand, Reply, answer, cancel, confirm
+from web.resources import get_redis
 from web.signatures import SignatureError, verify_slack, verify_teams
+from web.slack_buttons import CONFIRM, confirmation_blocks, outcome_message, read_click
 from web.workspace import require_workspace
 from workers import workspaces
+from workers.chat import queue_reply
 
 bp = Blueprint("chat", __name__, url_prefix="/chat")
 bp.before_request(require_workspace)
@@ -27,12 +35,7 @@ _MENTION = re.compile(r"<at>.*?</at>", re.DOTALL)
 @bp.post("/slack")
 def slack():
     """A slash command: `/inloox done Write report` → an ephemeral reply."""
-    request.max_content_length = MAX_BODY_BYTES
-    body = request.get_data(cache=True)
-    try:
-        verify_slack(body, request.headers, workspaces.current().slack_signing_secret)
-    except SignatureError as exc:
-        abort(401, f"Slack signature rejected: {exc}")
+    _verify_slack()
     form = request.form
     if not form.get("trigger_id"):
         abort(400, "no trigger_id")
@@ -40,7 +43,31 @@ def slack():
         surface="slack", request_id=form["trigger_id"], text=form.get("text", ""),
         user={"id": form.get("user_id", ""), "name": form.get("user_name", "")},
         response_url=form.get("response_url") or None, prefix=f"{form.get('command', '/inloox')} ")
-    return jsonify(response_type="ephemeral", text=_answer(command))
+    reply = _answer(command)
+    if reply.code is None:
+        return jsonify(response_type="ephemeral", text=reply.text)
+    # `text` stays: Slack shows it in notifications, and clients without blocks show only it.
+    return jsonify(response_type="ephemeral", text=reply.text, blocks=confirmation_blocks(reply.text, reply.code))
+
+
+@bp.post("/slack/interactive")
+def slack_interactive():
+    """A click on a plan's Confirm or Cancel button → an empty 200; the outcome replaces the buttons."""
+    _verify_slack()
+    try:
+        click = read_click(request.form.get("payload"))
+    except BodyError as exc:
+        abort(400, str(exc))
+    command = ChatCommand(surface="slack", request_id=click.trigger_id, text=f"{click.action} {click.code}",
+                          user=click.user, response_url=click.response_url)
+    try:
+        text = (confirm if click.action == CONFIRM else cancel)(command, click.code)
+        if click.response_url:
+            queue_reply(get_redis(), click.response_url, outcome_message(text))
+    except redis.RedisError:
+        current_app.logger.exception("Slack click %s %s not settled", click.action, click.code)
+        abort(503, "the click could not be stored; please click again in a minute")
+    return "", 200
 
 
 @bp.post("/teams")
@@ -59,15 +86,25 @@ def teams():
     command = ChatCommand(
         surface="teams", request_id=str(activity["id"]), text=_MENTION.sub("", activity.get("text") or "").strip(),
         user={"id": sender.get("aadObjectId") or sender.get("id", ""), "name": sender.get("name", "")})
-    return jsonify(type="message", text=_answer(command))
+    return jsonify(type="message", text=_answer(command).text)
 
 
-def _answer(command: ChatCommand) -> str:
+def _verify_slack() -> None:
+    """Abort with 401 unless the workspace's Slack app signed this request (read whole, at most MAX_BODY_BYTES)."""
+    request.max_content_length = MAX_BODY_BYTES
+    body = request.get_data(cache=True)
+    try:
+        verify_slack(body, request.headers, workspaces.current().slack_signing_secret)
+    except SignatureError as exc:
+        abort(401, f"Slack signature rejected: {exc}")
+
+
+def _answer(command: ChatCommand) -> Reply:
     try:
         return answer(command)
     except InLooxError as exc:
         current_app.logger.warning("chat command %s: InLoox failed: %s", command.request_id, exc)
-        return "InLoox did not answer in time; please try again in a minute."
+        return Reply("InLoox did not answer in time; please try again in a minute.")
     except redis.RedisError:
         current_app.logger.exception("chat command %s not stored", command.request_id)
-        return "The command could not be stored; please try again in a minute."
+        return Reply("The command could not be stored; please try again in a minute.")

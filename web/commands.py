@@ -1,11 +1,17 @@
 """Answering a chat command (Slack or Teams alike): match it to a rule, resolve, confirm, submit.
 
-    answer(command)  →  the reply text, after one of:
+    answer(command)  →  the Reply (its text, and the code of a plan held for confirmation), after one of:
       help / unknown command      the commands the rules define
       a task name fitting several the pick-list, nothing submitted
       a delete or several writes  a pending plan and a `confirm <code>` to send within 10 minutes
       anything else               the event submitted to intake (deduplicated by the chat's request id)
-      confirm <code>              the pending event submitted, once (the code is consumed atomically)
+      confirm <code>              the pending event submitted, once (see `confirm`)
+    confirm(command, code)      typed `confirm <code>` and Slack's Confirm button alike: one claim decides
+    cancel(command, code)       Slack's Cancel button: the pending event dropped, so no confirm can run it
+
+A pending plan is settled once, by one Lua script (`_SETTLE`): it takes the pending event and records
+the outcome (confirmed or cancelled) in the same step, so a typed confirm, a click and a second click
+cannot both run it, and the later ones are told what became of it.
 """
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ from workers.workspaces import current, key
 # Slack retries for minutes and Teams for seconds; a day covers both with room to spare.
 DEDUP_TTL_SECONDS = 24 * 3600
 CONFIRM_TTL_SECONDS = 600
+# How long a settled code still answers "already confirmed" / "cancelled" rather than "no such code".
+SETTLED_TTL_SECONDS = DEDUP_TTL_SECONDS
+CONFIRMED, CANCELLED = "confirmed", "cancelled"
 PICK_LIST_SIZE = 5
 _GUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 
@@ -42,40 +51,53 @@ class ChatCommand:
     prefix: str = ""  # how the person invokes us ("/inloox "), for usage lines
 
 
-def answer(command: ChatCommand) -> str:
+@dataclass(frozen=True)
+class Reply:
+    """What to tell the person right away; `code` names the plan held for their confirmation, if one is.
+
+    The code is no secret: it only works for the person who typed the command (it is stored under
+    their chat user id), so a surface may show it, e.g. as the value of Slack's buttons.
+    """
+
+    text: str
+    code: str | None = None
+
+
+def answer(command: ChatCommand) -> Reply:
     """Handle one command and return what to tell the person right away."""
     name, _, rest = command.text.strip().partition(" ")
     ruleset = get_context().ruleset()
     if name in ("", "help"):
-        return help_text(ruleset, prefix=command.prefix)
+        return Reply(help_text(ruleset, prefix=command.prefix))
     if name == "confirm":
-        return _confirm(command, rest.strip())
+        return Reply(confirm(command, rest.strip()))
     if name not in {c.name for c in chat_commands(ruleset)}:
-        return f"Unknown command `{name}`. The commands are:\n" + help_text(ruleset, prefix=command.prefix)
+        return Reply(f"Unknown command `{name}`. The commands are:\n" + help_text(ruleset, prefix=command.prefix))
     if get_redis().exists(_seen_key(command)):
-        return "Already received; the result comes when it is done."
+        return Reply("Already received; the result comes when it is done.")
     return _plan_and_submit(command, ruleset, _event(command, name, rest.strip()))
 
 
-def _plan_and_submit(command: ChatCommand, ruleset: Ruleset, event: Event) -> str:
+def _plan_and_submit(command: ChatCommand, ruleset: Ruleset, event: Event) -> Reply:
     now = datetime.now(timezone.utc)
     env = get_context().rule_env
     matches = [m for m in match_event(event, ruleset, now=now, env=env) if m.matched]
     if not matches:
-        return f"That does not fit `{event.kind}`. Usage:\n" + help_text(ruleset, prefix=command.prefix, only=event.kind)
+        return Reply(f"That does not fit `{event.kind}`. Usage:\n"
+                     + help_text(ruleset, prefix=command.prefix, only=event.kind))
     event, problem = _resolve_task(event, bindings(event, matches[0].trigger)["chat"]["args"], command.prefix)
     if problem:
-        return problem
+        return Reply(problem)
     plans = evaluate(event, ruleset, now=now, env=env)
     summary = "; ".join(describe_plan(p, ruleset.get(p.rule_id).description) for p in plans)
     reason = next((r for r in map(confirmation_reason, plans) if r), None)
     if reason:
         code = _hold_for_confirmation(command, event)
-        return (f"This will: {summary}.\nIt needs a confirmation because {reason}: "
-                f"send `{command.prefix}confirm {code}` within {CONFIRM_TTL_SECONDS // 60} minutes.")
+        return Reply(f"This will: {summary}.\nIt needs a confirmation because {reason}: "
+                     f"send `{command.prefix}confirm {code}` within {CONFIRM_TTL_SECONDS // 60} minutes.", code)
     if not submit_event(get_redis(), event, dedup_key=_seen_key(command), dedup_ttl=DEDUP_TTL_SECONDS):
-        return "Already received; the result comes when it is done."
-    return f"On it: {summary}." + (" The result follows here." if command.response_url else "")
+        return Reply("Already received; the result comes when it is done.")
+    return Reply(f"On it: {summary}." + (" The result follows here." if command.response_url else ""))
 
 
 def _event(command: ChatCommand, name: str, text: str) -> Event:
@@ -140,20 +162,57 @@ def _hold_for_confirmation(command: ChatCommand, event: Event) -> str:
     with connection.pipeline() as pipe:
         pipe.set(_seen_key(command), event.id, ex=DEDUP_TTL_SECONDS)
         pipe.set(_pending_key(command, code), json.dumps(event.to_dict()), ex=CONFIRM_TTL_SECONDS)
+        pipe.delete(_settled_key(command, code))  # a code drawn again must not inherit an old outcome
         pipe.execute()
     return code
 
 
-def _confirm(command: ChatCommand, code: str) -> str:
-    raw = get_redis().getdel(_pending_key(command, code))
-    if raw is None:
-        return f"No command of yours waits for the code '{code}' (codes work once, for {CONFIRM_TTL_SECONDS // 60} minutes)."
-    event = Event.from_dict(json.loads(raw))
+def confirm(command: ChatCommand, code: str) -> str:
+    """Submit the event held under `code` for this person, once; what to tell them."""
+    held, settled = _settle(command, code, CONFIRMED)
+    if held is None:
+        return _not_waiting(code, settled)
+    event = Event.from_dict(json.loads(held))
     # The newer response_url: Slack's URLs expire, and the person expects the answer under `confirm`.
     event = replace(event, payload={**event.payload, "response_url": command.response_url})
     submit_event(get_redis(), event, dedup_key=key(f"chat:confirmed:{event.id}"), dedup_ttl=DEDUP_TTL_SECONDS)
     return f"Confirmed: `{event.payload['typed']}` is on its way." + (
         " The result follows here." if command.response_url else "")
+
+
+def cancel(command: ChatCommand, code: str) -> str:
+    """Drop the event held under `code` for this person, so that no later confirm runs it; what to tell them."""
+    held, settled = _settle(command, code, CANCELLED)
+    if held is None:
+        return _not_waiting(code, settled)
+    return f"Cancelled: `{json.loads(held)['payload']['typed']}` will not run."
+
+
+def _not_waiting(code: str, settled: str | None) -> str:
+    if settled == CONFIRMED:
+        return f"Already confirmed: the command with the code '{code}' runs once; nothing more was started."
+    if settled == CANCELLED:
+        return f"The command with the code '{code}' was cancelled; nothing runs."
+    return f"No command of yours waits for the code '{code}' (codes work once, for {CONFIRM_TTL_SECONDS // 60} minutes)."
+
+
+# KEYS: the pending event, its outcome. ARGV: the outcome to record, its TTL.
+# Returns {event JSON, false} to the one caller that took the event, else {false, the outcome or false}.
+_SETTLE = """
+local held = redis.call('GETDEL', KEYS[1])
+if held then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  return {held, false}
+end
+return {false, redis.call('GET', KEYS[2])}
+"""
+
+
+def _settle(command: ChatCommand, code: str, outcome: str) -> tuple[str | None, str | None]:
+    """(the held event's JSON if this call took it, else None; the outcome an earlier call recorded, if any)."""
+    held, settled = get_redis().eval(_SETTLE, 2, _pending_key(command, code), _settled_key(command, code),
+                                     outcome, SETTLED_TTL_SECONDS)
+    return (held.decode() if held else None), (settled.decode() if settled else None)
 
 
 def _seen_key(command: ChatCommand) -> str:
@@ -162,4 +221,8 @@ def _seen_key(command: ChatCommand) -> str:
 
 def _pending_key(command: ChatCommand, code: str) -> str:
     return key(f"chat:confirm:{command.surface}:{command.user.get('id', '')}:{code}")
+
+
+def _settled_key(command: ChatCommand, code: str) -> str:
+    return key(f"chat:settled:{command.surface}:{command.user.get('id', '')}:{code}")
 

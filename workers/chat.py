@@ -2,6 +2,8 @@
 
     after_run(connection, run)   queue post_result when a chat run with a response_url finished
     post_result(run_id)          RQ job: post the result once, through the outbound guard
+    queue_reply(connection, url, message)   queue post_reply: one message to a response_url
+    post_reply(reply)            RQ job: post it, through the outbound guard (a Slack click's outcome)
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from workers.worker_context import workspace_job
 log = logging.getLogger(__name__)
 
 POST_RESULT = "workers.chat.post_result"
+POST_REPLY = "workers.chat.post_reply"
 POSTED_TTL_SECONDS = 24 * 3600  # Slack's response_url lives 30 minutes; a day is plenty
 
 
@@ -40,6 +43,20 @@ def post_result(ctx, run_id: str) -> str:
     url = run["plan"]["event"]["payload"]["response_url"]
     # OutboundRefused propagates: the job fails visibly, and the claim above keeps it from repeating.
     http(ctx.outbound, "POST", url, body={"response_type": "ephemeral", "text": result_text(run)})
+    return "posted"
+
+
+def queue_reply(connection: redis.Redis, url: str, message: dict) -> None:
+    """Queue `message` for `url`: the web answers Slack's click within its 3 s and a worker posts."""
+    queue(connection).enqueue(POST_REPLY, {"url": url, "message": message}, workspaces.current().name,
+                              result_ttl=0)
+
+
+@workspace_job
+def post_reply(ctx, reply: dict) -> str:
+    """Post `reply["message"]` to `reply["url"]` once (no retries: a late "confirmed" would only confuse)."""
+    # OutboundRefused propagates: the job fails visibly in RQ's failed registry.
+    http(ctx.outbound, "POST", reply["url"], body=reply["message"])
     return "posted"
 
 

@@ -1,4 +1,5 @@
-"""`POST /chat/slack` and `POST /chat/teams`: signatures, replies, confirmation, pick-lists, user mapping.
+"""`POST /chat/slack`, `/chat/slack/interactive` and `/chat/teams`: signatures, replies, confirmation (typed
+and by Slack's buttons), pick-lists, user mapping.
 
 The app runs in-process against the test's Redis and sandbox; queued events are read from RQ's queue.
 The round trips at the end run a real web and worker process with the receiver as Slack's response_url.
@@ -225,9 +226,95 @@ def test_a_delete_waits_for_its_confirmation_and_runs_once(slack, sandbox, redis
     assert queued_events(redis_url) == []
 
     assert slack(f"confirm {code}", trigger_id="t4").json["text"].startswith(f"Confirmed: `drop {task}`")
-    assert "No command of yours" in slack(f"confirm {code}", trigger_id="t5").json["text"]
+    assert slack(f"confirm {code}", trigger_id="t5").json["text"].startswith("Already confirmed")
     [event] = queued_events(redis_url)
     assert event["kind"] == "drop" and event["id"] == "chat:slack:t1"
+
+
+# --- Slack's Confirm / Cancel buttons ------------------------------------------------------------------
+
+def click_body(action: str, code: str, *, user_id: str = "U2CERLKJA", kind: str = "block_actions",
+               response_url: str = "https://hooks.slack.com/actions/T1/1/x") -> str:
+    """Slack's interaction request for a click on one of our buttons (the form field `payload`, JSON)."""
+    payload = {"type": kind, "user": {"id": user_id, "username": "roadrunner", "team_id": "T1DC2JH3J"},
+               "team": {"id": "T1DC2JH3J"}, "trigger_id": f"click-{action}-{code}", "response_url": response_url,
+               "container": {"type": "message", "is_ephemeral": True},
+               "actions": [{"type": "button", "block_id": "confirmation", "action_id": action, "value": code,
+                            "action_ts": "1531420618.000001"}]}
+    return urlencode({"payload": json.dumps(payload)})
+
+
+@pytest.fixture
+def click(chat_app):
+    """Send a signed click on one of our buttons; returns the Flask response."""
+    client = chat_app.test_client()
+
+    def send(action: str, code: str, *, secret: str = SLACK_SECRET, **options):
+        body = click_body(action, code, **options)
+        return client.post("/chat/slack/interactive", data=body, headers=slack_headers(body, secret=secret))
+
+    return send
+
+
+def held_code(reply: dict) -> str:
+    return re.search(r"confirm (\d{6})", reply["text"]).group(1)
+
+
+def test_a_plan_that_needs_confirmation_comes_with_confirm_and_cancel_buttons(slack, sandbox):
+    task = make_task(sandbox, "Old task")
+    reply = slack(f"drop {task}").json
+    code = held_code(reply)  # the typed form stays, as the fallback text
+    section, actions = reply["blocks"]
+    assert section["type"] == "section" and section["text"]["text"].startswith("This will: Delete a task.")
+    confirm_button, cancel_button = actions["elements"]
+    assert (confirm_button["text"]["text"], confirm_button["style"], confirm_button["value"]) == ("Confirm", "primary", code)
+    assert (cancel_button["text"]["text"], cancel_button["value"]) == ("Cancel", code)
+    assert SLACK_SECRET not in json.dumps(reply)
+
+
+def test_a_command_that_needs_no_confirmation_has_no_buttons(slack, sandbox):
+    make_task(sandbox, "Write report")
+    assert "blocks" not in slack("done Write report").json
+
+
+@pytest.mark.parametrize("tamper", ["secret", "body", "unsigned"])
+def test_a_click_with_a_bad_signature_runs_nothing(chat_app, slack, sandbox, redis_url, tamper):
+    task = make_task(sandbox, "Old task")
+    code = held_code(slack(f"drop {task}").json)
+    body = click_body("confirm", code)
+    headers = slack_headers(body, secret="another-secret" if tamper == "secret" else SLACK_SECRET)
+    if tamper == "unsigned":
+        headers = {"content-type": "application/x-www-form-urlencoded"}
+    sent = body.replace("confirm", "cancel") if tamper == "body" else body
+    response = chat_app.test_client().post("/chat/slack/interactive", data=sent, headers=headers)
+    assert response.status_code == 401 and "Slack signature rejected" in response.json["error"]["message"]
+    assert queued_events(redis_url) == []
+    # The refused click settled nothing: the plan still waits for its confirmation.
+    assert slack(f"confirm {code}", trigger_id="t2").json["text"].startswith(f"Confirmed: `drop {task}`")
+
+
+@pytest.mark.parametrize("body, named", [
+    (click_body("confirm", "123456", kind="view_submission"), "'view_submission' are not handled"),
+    (click_body("confirm", "123456", kind="message_action"), "'message_action' are not handled"),
+    (click_body("approve", "123456"), "the action 'approve' is not a button of ours"),
+    (urlencode({"payload": "{not json"}), "the payload field is not valid JSON"),
+    (urlencode({"payload": "[1, 2]"}), "not a JSON object"),
+    (urlencode({"payload": json.dumps({"type": "block_actions", "actions": []})}), "has no actions"),
+    (urlencode({"text": "confirm 123456"}), "no 'payload' form field"),
+])
+def test_an_interaction_we_do_not_handle_is_a_400_naming_it(chat_app, redis_url, body, named):
+    response = chat_app.test_client().post("/chat/slack/interactive", data=body, headers=slack_headers(body))
+    assert response.status_code == 400 and named in response.json["error"]["message"]
+    assert queued_events(redis_url) == []
+
+
+def test_a_click_is_acknowledged_at_once_and_someone_elses_click_runs_nothing(slack, click, sandbox, redis_url):
+    task = make_task(sandbox, "Old task")
+    code = held_code(slack(f"drop {task}").json)
+    response = click("confirm", code, user_id="USOMEONE")  # the code is only the person's who typed it
+    assert response.status_code == 200 and response.data == b""
+    assert queued_events(redis_url) == []
+    assert slack(f"confirm {code}", trigger_id="t2").json["text"].startswith(f"Confirmed: `drop {task}`")
 
 
 # --- Teams -------------------------------------------------------------------------------------------
@@ -274,18 +361,37 @@ def test_teams_commands_are_deduplicated_by_activity_id(chat_app, sandbox, redis
 # --- Round trips with real processes -----------------------------------------------------------------
 
 @pytest.fixture
-def chat_stack(engine, rules_dir, receiver):
+def chat_web(engine, rules_dir):
+    """A real web and worker process serving the chat rules; the web's base URL."""
     for name, text in (("done", DONE_RULE), ("drop", DROP_RULE), ("log", LOG_RULE)):
         write_rule(rules_dir, name, text)
     engine.env.update(SLACK_SIGNING_SECRET=SLACK_SECRET, CHAT_USER_MAP="U2CERLKJA=ann@example.com")
     engine.worker()
-    web = engine.web()
+    return engine.web()
 
+
+@pytest.fixture
+def chat_stack(chat_web, receiver):
+    """Send a signed slash command to the real web, with the receiver as its response_url."""
     def send(text: str, trigger_id: str) -> requests.Response:
         body = slack_body(text, trigger_id=trigger_id, response_url=f"{receiver.url}/slack-response")
-        return requests.post(f"{web}/chat/slack", data=body, headers=slack_headers(body), timeout=5)
+        return requests.post(f"{chat_web}/chat/slack", data=body, headers=slack_headers(body), timeout=5)
 
     return send
+
+
+@pytest.fixture
+def stack_click(chat_web, receiver):
+    """Send a signed button click to the real web; the outcome is posted to the receiver at /slack-action."""
+    def send(action: str, code: str) -> requests.Response:
+        body = click_body(action, code, response_url=f"{receiver.url}/slack-action")
+        return requests.post(f"{chat_web}/chat/slack/interactive", data=body, headers=slack_headers(body), timeout=5)
+
+    return send
+
+
+def posted(receiver, path: str) -> list[dict]:
+    return [m["body"] for m in receiver.received if m["path"] == path]
 
 
 def test_a_slash_command_marks_the_task_done_and_posts_the_result(chat_stack, sandbox, receiver, redis_url):
@@ -311,6 +417,42 @@ def test_a_confirmed_delete_runs_exactly_once(chat_stack, sandbox, receiver, red
     assert sandbox.count("Task", f"TaskItemId eq {task}") == 0
     assert [r["rule_id"] for r in all_runs(redis_url)] == ["chat-drop"]
     assert len(receiver.received) == 1
+
+
+def test_a_confirm_click_runs_the_plan_once_and_a_second_click_runs_nothing(chat_stack, stack_click, sandbox,
+                                                                            receiver, redis_url):
+    task = make_task(sandbox, "Old task")
+    code = held_code(chat_stack(f"drop {task}", "rt-5").json())
+    first, second = stack_click("confirm", code), stack_click("confirm", code)
+    assert (first.status_code, first.text, second.status_code) == (200, "", 200)
+
+    messages = wait_until(lambda: len(posted(receiver, "/slack-action")) == 3 and posted(receiver, "/slack-action"),
+                          15, "two click outcomes and the run's result at the click's response_url")
+    outcomes = [m for m in messages if m.get("replace_original")]
+    assert sorted(m["text"].split(":")[0] for m in outcomes) == ["Already confirmed", "Confirmed"]
+    [result] = [m for m in messages if not m.get("replace_original")]
+    assert result["text"].startswith(f"`drop {task}`: succeeded")
+    assert sandbox.count("Task", f"TaskItemId eq {task}") == 0
+    assert [r["rule_id"] for r in all_runs(redis_url)] == ["chat-drop"]
+    # A typed confirm after the click meets the same claim.
+    assert chat_stack(f"confirm {code}", "rt-6").json()["text"].startswith("Already confirmed")
+    assert len(all_runs(redis_url)) == 1
+
+
+def test_a_cancel_click_drops_the_plan_so_no_confirm_runs_it(chat_stack, stack_click, sandbox, receiver, redis_url):
+    task = make_task(sandbox, "Old task")
+    code = held_code(chat_stack(f"drop {task}", "rt-7").json())
+    assert stack_click("cancel", code).status_code == 200
+    [cancelled] = wait_until(lambda: posted(receiver, "/slack-action"), 15, "the Cancel outcome")
+    assert cancelled == {"response_type": "ephemeral", "replace_original": True,
+                         "text": f"Cancelled: `drop {task}` will not run."}
+
+    assert stack_click("confirm", code).status_code == 200
+    wait_until(lambda: len(posted(receiver, "/slack-action")) == 2, 15, "the later Confirm's outcome")
+    assert "was cancelled; nothing runs" in posted(receiver, "/slack-action")[1]["text"]
+    assert "was cancelled; nothing runs" in chat_stack(f"confirm {code}", "rt-8").json()["text"]
+    assert sandbox.count("Task", f"TaskItemId eq {task}") == 1
+    assert all_runs(redis_url) == [] and queued_events(redis_url) == []
 
 
 def test_time_is_booked_for_the_person_who_typed_the_command(chat_stack, sandbox, receiver):
