@@ -20,12 +20,6 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PREFIX = "ws:default:"  # the Redis keys of the default workspace
 
 
-def web_server_args(port: int, threads: int) -> list[str]:
-    """The Procfile's waitress settings (a slow client holds a connection, never a thread)."""
-    return ["--listen", f"127.0.0.1:{port}", "--threads", str(threads), "--connection-limit", "1000",
-            "--channel-timeout", "10", "--cleanup-interval", "5", "--asyncore-use-poll", "--max-request-body-size", "16777216", "--ident", ""]
-
-
 class Stack:
     """Worker, poller and web processes wired to the test's Redis, sandbox and rules folder."""
 
@@ -55,7 +49,7 @@ class Stack:
         """
         port = free_port()
         process = self._start(Process.python(
-            "-m", "waitress", *web_server_args(port, threads), "--call", "app:create_app",
+            "-m", "web.server", "--port", str(port), "--threads", str(threads),
             name="web", env={**self.env, "WEBHOOK_SECRET_FORMS": WEBHOOK_SECRET}))
         process.wait_for_port(port)
         return f"http://127.0.0.1:{port}"
