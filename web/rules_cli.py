@@ -93,8 +93,9 @@ def _missing_sources(path: Path, ruleset) -> list[str]:
     warnings = []
     for rule in sorted(ruleset.rules.values(), key=lambda r: (r.file, r.line)):
         for trigger in rule.triggers:
-            for kind, source in trigger.index_keys:
-                if kind == "webhook" and source not in live.webhook_sources:
+            for index_key in trigger.index_keys:
+                kind, source = index_key[0], index_key[-1]
+                if trigger.kind == "webhook" and kind == "webhook" and source not in live.webhook_sources:
                     warnings.append(f"{rule.file}:{rule.line}: warning: rule {rule.id}: the running stack has no webhook "
                                     f"source {source!r}, so every POST to /hooks/{source} is answered 404: add it with "
                                     f"`flask webhooks add {source}`")

@@ -167,7 +167,15 @@ def cli_workspace(command):
     """Give a `flask` command a `--workspace` option (default: "default", or $WORKSPACE) and run it in that workspace."""
     @functools.wraps(command)
     def in_workspace(*args, workspace: str, **kwargs):
-        known = cli_registry().workspaces()
+        declared = current_app.config.get("WORKSPACES") or {}
+        try:
+            known = cli_registry().workspaces()
+        except click.ClickException:
+            if workspace not in declared:
+                raise
+            # The registry cannot be read (no Redis, no key): a workspace this process's settings declare
+            # is still known, so commands that need no Redis (`rules run --dry-run`, `rules check`) work.
+            known = declared
         if workspace not in known:
             raise click.ClickException(f"no workspace {workspace!r}; this deployment serves "
                                        f"{', '.join(sorted(known))}")
