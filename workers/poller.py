@@ -47,7 +47,7 @@ from workers.poll_pace import Pace, SetPace
 from workers import subscriptions, workspaces
 from workers.poll_status import PollRun, record_poll, record_watched
 from workers.scan import LeaseLost, scan_once
-from workers.registry import Served
+from workers.registry import Leftovers, Served
 from workers.worker_context import WorkerContext, build_context, served
 from workers.workspaces import Workspace
 
@@ -169,6 +169,7 @@ class Following:
     def __init__(self, config: dict, connection: redis.Redis, served: Served, lease_seconds: float):
         self.config, self.connection, self.served, self.lease_seconds = config, connection, served, lease_seconds
         self.accounts: dict[str, Account] = {}
+        self.leftovers = Leftovers()
 
     def __call__(self) -> list[Account]:
         current = self.served.workspaces()
@@ -177,7 +178,9 @@ class Following:
             with contextlib.suppress(LockError):  # expired meanwhile: nothing to hand back
                 if gone.lease.owned():
                     gone.lease.release()
+            self.leftovers.let_go(name)  # a poll or scan of it may still have been finishing
             log.info("poller: %s is no longer served", name)
+        self.leftovers.purge_due(self.connection)
         for name, workspace in current.items():
             account = self.accounts.get(name)
             if account is None:

@@ -57,7 +57,6 @@ MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within secon
 CONSUMER_BEAT = "consumer:beat:"
 CONSUMER_BEAT_SECONDS = 10
 CONSUMER_BEAT_TTL = 30
-PURGE_SECONDS = 5  # how often a worker deletes what was written for a just-deleted workspace
 IDLE_QUEUE = "no-workspace"  # the queue an RQ loop waits on while no workspace is served (never enqueued)
 
 
@@ -74,7 +73,8 @@ class Worker(SimpleWorker):
         self._stopping = False  # a stop signal came (RQ raises StopRequested without keeping a flag)
         self._next_beat = 0.0
         self._following: list[str] | None = None  # the workspaces served now, as last followed
-        self._next_purge = 0.0
+        self._leftovers = registry.Leftovers()
+        self._known: set[str] = set()  # every workspace served, paused or not, at the last look
         # WORKER_WORKSPACES names the workspaces this worker may serve (a shard); empty: every one.
         self.only = {n.strip() for n in (self.config.get("WORKER_WORKSPACES") or "").split(",") if n.strip()}
 
@@ -134,10 +134,12 @@ class Worker(SimpleWorker):
         wait in its log, its jobs in its queue), within a second or two of the change.
         """
         try:
-            running = sorted(n for n in served().running() if not self.only or n in self.only)
-            if time.monotonic() >= self._next_purge:
-                self._next_purge = time.monotonic() + PURGE_SECONDS
-                registry.purge_deleted(self.connection)
+            known = served().workspaces()
+            running = sorted(n for n, ws in known.items() if not ws.paused and (not self.only or n in self.only))
+            for gone in self._known - set(known):
+                self._leftovers.let_go(gone)  # deleted: what this worker still writes of it goes soon after
+            self._known = set(known)
+            self._leftovers.purge_due(self.connection)
         except redis.RedisError as exc:
             log.warning("worker %s: could not read the workspace registry (%s)", self.name, exc)
             return

@@ -10,7 +10,8 @@ Every write is one compare-and-set script that also bumps the version; a write t
 (the same PUT twice, a restart applying the same file) writes nothing. A workspace's other keys all
 start `ws:<name>:` and its RQ queue is named after it, so `delete` removes it whole.
 
-- `put`, `get`, `names`, `delete`, `pause`, `resume`, `new_admin_token`: the operator API's verbs.
+- `put`, `get`, `names`, `delete`, `pause`, `resume`, `new_admin_token`: the operator API's verbs;
+  `Leftovers`: what a process still wrote for a workspace deleted under it, deleted soon after.
 - `add_webhook`, `rotate_webhook`, `remove_webhook`, `webhooks`: webhook sources as data.
 - `apply_config`, `apply_file`, `apply_default`: declared workspaces applied at every process's start.
 - `View`: the registry as a process sees it, unsealed, re-read within a second of a change.
@@ -19,7 +20,7 @@ start `ws:<name>:` and its RQ queue is named after it, so `delete` removes it wh
 """
 from workers.registry._apply import apply_config, apply_default, apply_file, apply_workspaces
 from workers.registry._records import token_hash, token_matches
-from workers.registry._removal import delete, purge_deleted
+from workers.registry._removal import Leftovers, delete
 from workers.registry._rotation import rotate_secrets
 from workers.registry._store import (
     RECORDS, ROTATION_OVERLAP, VERSION, Change, RegistryError, UnknownWorkspace, check_name, get, names, new_admin_token, pause,
@@ -31,7 +32,7 @@ from workers.registry._webhooks import SourceExists, UnknownSource, add_webhook,
 
 __all__ = [
     "RECORDS", "ROTATION_OVERLAP", "VERSION", "Change", "SourceExists", "RegistryError", "RegistryUnavailable", "UnknownSource", "UnknownWorkspace",
-    "Served", "View", "add_webhook", "apply_config", "apply_default", "apply_file", "apply_workspaces", "check_name",
-    "delete", "get", "names", "new_admin_token", "purge_deleted", "pause", "put", "read", "remove_webhook", "resume",
+    "Leftovers", "Served", "View", "add_webhook", "apply_config", "apply_default", "apply_file", "apply_workspaces", "check_name",
+    "delete", "get", "names", "new_admin_token", "pause", "put", "read", "remove_webhook", "resume",
     "rotate_secrets", "rotate_webhook", "token_hash", "token_matches", "version", "webhooks", "workspace",
 ]

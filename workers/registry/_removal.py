@@ -11,8 +11,6 @@ from workers import metrics
 from workers.registry._store import UnknownWorkspace, pause, update
 
 _SCAN_COUNT = 1000
-DELETED = "registry:deleted"  # zset: name → when deleted; its leftovers are purged for PURGE_SECONDS
-PURGE_SECONDS = 120.0  # processes let a deleted workspace go within seconds; a lagging write lands well within this
 _JOB_KEYS = ("rq:job:{id}", "rq:job:{id}:dependents", "rq:job:{id}:dependencies", "rq:results:{id}")
 
 
@@ -27,28 +25,39 @@ def delete(connection: redis.Redis, name: str) -> int:
     if known:
         pause(connection, name)
         update(connection, name, lambda old: None)
-        connection.zadd(DELETED, {name: time.time()})
     removed = _delete_everything(connection, name)
     if not known and not removed:
         raise UnknownWorkspace(f"no workspace {name!r}")
     return removed + int(known)
 
 
-def purge_deleted(connection: redis.Redis, *, now: float | None = None) -> int:
-    """Delete again what processes still wrote for a workspace deleted within PURGE_SECONDS; how many keys went.
+class Leftovers:
+    """Deletes again what this process may still have written for a workspace deleted while it served it.
 
-    A worker flushing its counts, a scheduler refreshing its lock or a poll finishing in the second
-    before it noticed the deletion can write a key of the deleted workspace; workers call this every
-    few seconds, so that soon after a delete no key of it is left (unless it was created again).
+    A process lets a deleted workspace go within a second or two; in that time it can write a key of
+    it (a count flushed, a scheduler lock refreshed, a poll finished). Each process notes the
+    workspaces it let go and, a few seconds later and once more after that, deletes whatever of
+    them is left, unless the workspace was created again. Nothing of the name stays in Redis.
     """
-    now = time.time() if now is None else now
-    connection.zremrangebyscore(DELETED, "-inf", now - PURGE_SECONDS)
-    removed = 0
-    for raw in connection.zrange(DELETED, 0, -1):
-        name = raw.decode()
-        if not connection.hexists("registry:workspaces", name):
-            removed += _delete_everything(connection, name)
-    return removed
+
+    AFTER = (3.0, 15.0)  # seconds after letting go: past the metrics batch, a poll round and a lease renewal
+
+    def __init__(self):
+        self._due: list[tuple[float, str]] = []
+
+    def let_go(self, name: str, *, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._due.extend((now + after, name) for after in self.AFTER)
+
+    def purge_due(self, connection: redis.Redis, *, now: float | None = None) -> int:
+        """Delete the leftovers that are due; how many keys went."""
+        now = time.monotonic() if now is None else now
+        due = [name for at, name in self._due if at <= now]
+        if not due:
+            return 0
+        self._due = [(at, name) for at, name in self._due if at > now]
+        return sum(_delete_everything(connection, name) for name in set(due)
+                   if not connection.hexists("registry:workspaces", name))
 
 
 def _delete_everything(connection: redis.Redis, name: str) -> int:
