@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
@@ -74,7 +75,7 @@ then:
 # Settings the stack reads: never inherited from the caller's shell (a real InLoox token or
 # REDIS_URL there must not reach a benchmark); RUN_ENV's values are set below instead.
 STACK_PREFIXES = ("INLOOX_", "WEBHOOK_SECRET_", "REDIS_", "SANDBOX_", "POLL_", "SLACK_", "TEAMS_")
-STACK_NAMES = {"RULES_PATH", "RULES_ENV", "WORKSPACES_FILE", "ADMIN_TOKEN", "OPERATOR_TOKEN", "CHAT_USER_MAP",
+STACK_NAMES = {"SECRETS_KEY", "RULES_PATH", "RULES_ENV", "WORKSPACES_FILE", "ADMIN_TOKEN", "OPERATOR_TOKEN", "CHAT_USER_MAP",
                "SCHEDULE_INTERVAL", "PORT", "WEB_PORT", "EMBEDDED_REDIS", "DEV_INBOX", "TEAM_CHANNEL_URL",
                "OUTBOUND_ALLOW", "PYTHONPATH", "VIRTUAL_ENV"}
 
@@ -421,6 +422,8 @@ def stack_env(root: Path, ports: dict, tmp: Path, sink: Sink, args) -> dict:
         "RULES_PATH": str(tmp / "rules"), f"WEBHOOK_SECRET_{harness.WEBHOOK_SOURCE.upper()}": harness.WEBHOOK_SECRET,
         "INLOOX_REQUESTS_PER_SECOND": str(args.inloox_rps),
         "STACK_ENV": "",  # not the settings of a `make run` the checkout may have going (var/stack.env)
+        # As `make run` does (it generates var/secrets.key): a checkout without the registry ignores it.
+        "SECRETS_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
     })
     return env
 

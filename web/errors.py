@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
+
+from workers.secrets import SecretsKeyError
 
 
 def handle_http_error(exc: HTTPException):
@@ -23,6 +25,11 @@ def _message(exc: HTTPException) -> str:
     return exc.description
 
 
+def no_secrets_key(exc: SecretsKeyError):
+    """A route that seals or unseals a secret, in a process started without SECRETS_KEY: 503 saying so."""
+    return handle_http_error(ServiceUnavailable(f"this needs the workspace registry's keys: {exc}"))
+
+
 def favicon():
     """No icon: 204 rather than a 404 logged for every dashboard page a browser opens."""
     return "", 204
@@ -30,4 +37,5 @@ def favicon():
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(SecretsKeyError, no_secrets_key)
     app.add_url_rule("/favicon.ico", "favicon", favicon)

@@ -11,7 +11,7 @@ from flask import Flask, current_app
 
 from inloox import Client
 from workers import registry, workspaces
-from workers.secrets import Keyring
+from workers.secrets import Keyring, SecretsKeyError
 from workers.worker_context import WorkerContext, build_context
 
 _EXTENSION = "inloox_automation"
@@ -31,13 +31,40 @@ def get_keyring() -> Keyring:
 
 def get_registry() -> registry.View:
     """The app's live view of the workspace registry; the first call applies this app's declared
-    workspaces (WORKSPACES_FILE, or `default` from the settings) to it."""
+    workspaces (WORKSPACES_FILE, or `default` from the settings) to it.
+
+    Without SECRETS_KEY no registry can be read or written: the app serves the workspaces its own
+    settings declare (as before the registry existed), says so once, and the operator routes that
+    need the registry answer 503 naming the setting; never a 500 on every request.
+    """
     store = current_app.extensions[_EXTENSION]
     if "registry" not in store:
-        registry.apply_config(get_redis(), get_keyring(), current_app.config)
-        store["registry"] = registry.View(get_redis(), get_keyring(),
+        try:
+            keyring = get_keyring()
+        except SecretsKeyError as exc:
+            current_app.logger.warning("no workspace registry (%s): serving the declared workspaces only", exc)
+            store["registry"] = DeclaredOnly(current_app.config.get("WORKSPACES") or {}, str(exc))
+            return store["registry"]
+        registry.apply_config(get_redis(), keyring, current_app.config)
+        store["registry"] = registry.View(get_redis(), keyring,
                                           refresh_seconds=float(current_app.config.get("REGISTRY_REFRESH_SECONDS", 1)))
     return store["registry"]
+
+
+class DeclaredOnly:
+    """A View's stand-in when this process has no SECRETS_KEY: its declared workspaces, nothing live."""
+
+    def __init__(self, declared: dict, why: str):
+        self._declared, self.why = dict(declared), why
+
+    def workspaces(self) -> dict:
+        return self._declared
+
+    def unreadable(self) -> dict:
+        return {}
+
+    def refresh(self) -> None:
+        pass
 
 
 def get_context() -> WorkerContext:

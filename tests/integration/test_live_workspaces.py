@@ -103,3 +103,18 @@ def test_rules_check_warns_of_a_webhook_source_the_running_stack_does_not_have(r
     assert runner.invoke(args=["webhooks", "add", "helpdesk"]).exit_code == 0
     quiet = runner.invoke(args=["rules", "check", str(rules_dir)])
     assert quiet.exit_code == 0 and "no webhook source" not in quiet.output, quiet.output
+
+
+def test_a_web_process_without_secrets_key_serves_its_declared_workspace_and_never_500s(redis_url, sandbox):
+    from app import create_app
+    from tests.support.stack import WEBHOOK_SECRET
+
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": sandbox.token, "SECRETS_KEY": "", "OPERATOR_TOKEN": OPERATOR,
+                      "WEBHOOK_SOURCES": {"forms": [WEBHOOK_SECRET]}})
+    client = app.test_client()
+    assert client.get("/runs", headers={"Authorization": f"Bearer {OPERATOR}"}).status_code == 200
+    refused = client.put("/workspaces/acme", headers={"Authorization": f"Bearer {OPERATOR}"},
+                         json={"inloox_url": sandbox.base_url, "inloox_api_key": "k"})
+    assert refused.status_code == 503
+    assert "SECRETS_KEY is empty" in refused.json["error"]["message"]
