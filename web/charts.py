@@ -50,11 +50,11 @@ class Window:
         return [combine(values) if values else None for values in grouped]
 
     def label(self, index: int) -> str:
-        """The bucket's time: "14:20 UTC" for a minute, "14:20–14:30 UTC" for longer."""
+        """The bucket's time: "Dec 04 14:20 UTC" for a minute, "Dec 04 14:20–14:30 UTC" for longer."""
         start = self.first + index * self.minutes
         if self.minutes >= DAY:  # a bar per day (the Usage page)
             return _date(start)
-        text = _clock(start)
+        text = f"{_day(start)} {_clock(start)}"
         return f"{text}–{_clock(start + self.minutes)} UTC" if self.minutes > 1 else f"{text} UTC"
 
 
@@ -145,11 +145,21 @@ def _axes(window: Window, scale: _Scale) -> list[str]:
         if value != scale.top / 2:  # half of a count's scale may be no count ("2.5 runs")
             parts.append(f'<text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">{_number(value)}</text>')
     span = window.minutes * window.count
-    for minute, anchor in ((window.first, "start"), (window.first + span // 2, "middle"), (None, "end")):
-        x = LEFT + (span if minute is None else minute - window.first) * scale.width / span
-        text = "now" if minute is None else _date(minute) if window.minutes >= DAY else f"{_clock(minute)} UTC"
-        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 5}" text-anchor="{anchor}">{text}</text>')
+    for minute, anchor in ((window.first, "start"), (window.first + span // 2, "middle")):
+        x = LEFT + (minute - window.first) * scale.width / span
+        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 5}" text-anchor="{anchor}">{_tick(window, minute)}</text>')
+    parts.append(f'<text x="{LEFT + scale.width:.1f}" y="{HEIGHT - 5}" text-anchor="end">now</text>')
     return parts
+
+
+def _tick(window: Window, minute: int) -> str:
+    """An axis label: the date for day bars; else the time, with its day on the first label and where the
+    day changed since it (a 24-hour window crosses midnight)."""
+    if window.minutes >= DAY:
+        return _date(minute)
+    if minute != window.first and minute // DAY == window.first // DAY:
+        return f"{_clock(minute)} UTC"
+    return f"{_day(minute)} {_clock(minute)} UTC"
 
 
 def _legend(series: list[Series]) -> list[str]:
@@ -181,6 +191,10 @@ def _number(value: float) -> str:
 
 def _date(minute: int) -> str:
     return datetime.fromtimestamp(minute * 60, timezone.utc).strftime("%Y-%m-%d")
+
+
+def _day(minute: int) -> str:
+    return datetime.fromtimestamp(minute * 60, timezone.utc).strftime("%b %d")
 
 
 def _clock(minute: int) -> str:
