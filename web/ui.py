@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -34,7 +35,7 @@ from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
 from workers.outbound import redacted
 from workers.poll_status import poll_status
-from workers.runs import list_runs, load_run, load_trace
+from workers.runs import decode_run, list_runs, load_run, load_trace
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
 bp.add_url_rule("/usage", "usage", usage_page)  # the view lives with the usage API (web/usage.py)
@@ -42,6 +43,9 @@ bp.add_url_rule("/usage", "usage", usage_page)  # the view lives with the usage 
 COOKIE = "ui_session"
 RECENT = timedelta(hours=24)
 PER_RULE_SCAN = 1000  # runs looked at per rule for the 24-hour figures
+FAILURES_SHOWN = 10  # the overview's recent failures
+FAILURES_SCAN = 1000  # runs of the last 24 h looked at for them, newest first: the page answers at once
+DEFAULT_HOURS = 1  # a new stack's first runs fill the chart, not a sliver of a day
 WHATIF_SPAN = timedelta(days=7)  # the logged events a what-if looks at
 WHATIF_EVENTS = 10_000  # at most (the oldest of the span first): a page must answer in seconds
 OVERVIEW_SERIES = ("runs", "failures", "requests", "throttled", "backlog", "queued")  # workers/series.py
@@ -117,6 +121,13 @@ def redacted_filter(value):
     return redacted(value)
 
 
+@bp.app_template_filter("pretty_json")
+def pretty_json_filter(value):
+    """JSON indented for a <pre>, its text as written ("don't", "<p>"): Jinja escapes it for HTML, where
+    `tojson` writes \\u0027 and \\u003c, which are for a <script>."""
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """The login form; a right token sets the session cookie."""
@@ -142,7 +153,8 @@ def index():
 
 @bp.get("/overview")
 def overview():
-    """Charts of the last hours: runs and failures, InLoox requests and throttling, queue depth, poll lag."""
+    """Charts of the last hours (runs and failures, InLoox requests and throttling, queue depth, poll lag), the
+    recent failed runs and the broken rule files."""
     hours, lag_sets = _hours(), _watched_sets()
     window, found = _history(hours, [*OVERVIEW_SERIES, *(f"poll_lag:{s}" for s in lag_sets)])
     figures = {
@@ -155,8 +167,12 @@ def overview():
         "lag": _lag_chart(found, lag_sets, window),
     }
     totals = {name: int(sum(found[name].values())) for name in ("runs", "failures", "requests", "throttled")}
+    context, connection = get_context(), get_redis()
+    context.rules.current()  # the folder looked at again if it is due, so its broken files are as of now
     return render_template("ui/overview.html", figures=figures, totals=totals, hours=hours, window=window,
-                           windows=charts.WINDOWS, lag_sets=lag_sets)
+                           windows=charts.WINDOWS, lag_sets=lag_sets, failures=_recent_failures(connection),
+                           broken=rule_files.broken_files(connection, context.workspace.prefix),
+                           recent_hours=int(RECENT.total_seconds() // 3600))
 
 
 @bp.get("/rules")
@@ -336,9 +352,9 @@ def _require_operator() -> None:
 
 
 def _hours() -> int:
-    """The hours the charts show (`?hours=`, one of charts.WINDOWS; 24 by default)."""
+    """The hours the charts show (`?hours=`, one of charts.WINDOWS; DEFAULT_HOURS by default)."""
     hours = request.args.get("hours", type=int)
-    return hours if hours in charts.WINDOWS else 24
+    return hours if hours in charts.WINDOWS else DEFAULT_HOURS
 
 
 def _history(hours: int, names: list[str]) -> tuple[charts.Window, dict[str, dict[int, float]]]:
@@ -355,6 +371,19 @@ def _watched_sets() -> list[str]:
 
 def _lag_chart(found: dict, lag_sets: list[str], window: charts.Window):
     return charts.lines([charts.Series(name, found[f"poll_lag:{name}"]) for name in lag_sets], window, unit=" s")
+
+
+def _recent_failures(connection) -> list[dict]:
+    """The newest failed runs of the last 24 h (at most FAILURES_SHOWN, among the newest FAILURES_SCAN runs)."""
+    since = (datetime.now(timezone.utc) - RECENT).timestamp()
+    ids = [i.decode() for i in connection.zrevrangebyscore(key("runs"), "+inf", since, start=0, num=FAILURES_SCAN)]
+    failed = []
+    for start in range(0, len(ids), 200):  # batches: most pages stop at the first
+        raws = connection.mget([key(f"run:{i}") for i in ids[start:start + 200]])
+        failed += [run for run in (decode_run(raw) for raw in raws if raw is not None) if run["status"] == "failed"]
+        if len(failed) >= FAILURES_SHOWN:
+            break
+    return failed[:FAILURES_SHOWN]
 
 
 def _rule_row(connection, rule, since: datetime) -> dict:

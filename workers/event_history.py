@@ -9,6 +9,10 @@ Each event's `status`:
     unmatched    handled; no rule matched (the trace says why each candidate did not)
     not handled  every delivery to a worker failed (see the trace's error); replay can retry it
     unknown      handled, but its trace is no longer kept (traces are kept for fewer events than the log)
+
+A summary also names the event's entity as a person knows it (`name`: the entity's Name, DisplayName,
+Title…, or a webhook body's title), and says whether the event is one of our own writes coming back
+(`own_write`: no rule runs for those unless it allows chained events).
 """
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ KEPT_FOR = (f"{eventlog.EVENTS_MAX_AGE // 86400} days, the newest {eventlog.EVEN
             f"their traces: the newest {TRACES_KEEP:,}")
 PAGE = 200  # entries read from the stream per round trip while filtering
 SCAN_MAX = 100_000  # entries looked at, at most, for one listing (the log's default size)
+# The fields that name an entity or a webhook's subject, most telling first; compared case-insensitively
+# (InLoox writes Name and DisplayName, a form's body title or name). DynamicTaskItem's columns are prefixed.
+NAME_FIELDS = ("name", "displayname", "title", "subject", "taskitem_name", "project_name")
+NAME_MAX = 120  # characters of a name shown; the event page holds the whole payload
 
 
 @dataclass
@@ -47,7 +55,34 @@ class LoggedEvent:
                 "entity_set": self.event.get("entity_set"), "key": self.event.get("key"),
                 "status": self.status, "runs": self.runs, "ruleset_version": trace.get("ruleset_version"),
                 "broken_files": trace.get("broken_files", []), "replays": trace.get("replays", []),
-                "error": trace.get("error")}
+                "error": trace.get("error"), "name": event_name(self.event),
+                "own_write": bool(self.event.get("chained"))}
+
+
+def event_name(event: dict) -> str | None:
+    """The name of the event's entity: from the entity, else its changed fields, else a webhook's body."""
+    changed = {f: _newest(v) for f, v in (event.get("changes") or {}).items()}
+    for fields in (event.get("entity"), changed, (event.get("payload") or {}).get("body")):
+        named = _named(fields) if isinstance(fields, dict) else None
+        if named:
+            return named if len(named) <= NAME_MAX else named[:NAME_MAX - 1] + "…"
+    return None
+
+
+def _named(fields: dict) -> str | None:
+    lowered = {str(k).lower(): v for k, v in fields.items()}
+    for name in NAME_FIELDS:
+        value = lowered.get(name)
+        if isinstance(value, str) and value.strip():
+            return " ".join(value.split())  # a name spread over lines reads as one line in a table
+    return None
+
+
+def _newest(change) -> object:
+    """A logged change's value after it, or before it for a deletion ([from, to] as Event.to_dict writes it)."""
+    if isinstance(change, (list, tuple)) and len(change) == 2:
+        return change[1] if change[1] is not None else change[0]
+    return None
 
 
 def history(connection: redis.Redis, *, since: float | None = None, source: str | None = None,

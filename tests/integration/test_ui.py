@@ -13,11 +13,14 @@ import redis
 from standardwebhooks.webhooks import Webhook
 
 from app import create_app
+from inloox import Client
+from inloox.changes import change_feed
 from workers import workspaces
 from workers.enqueue import queue_run
+from workers.poll import PollSettings, poll_once
 from tests.support.processes import wait_until
 from tests.support.stack import (ENGINE_TOKEN, PROJECT, WATCH_RULE, WEBHOOK_SECRET, deliver, failed_form_run,
-                                 runs_in, write_form_rule, write_rule)
+                                 make_task, runs_in, write_form_rule, write_rule)
 
 ADMIN = "admin-secret-token"
 
@@ -147,6 +150,71 @@ def test_the_overview_charts_runs_failures_requests_throttling_queue_depth_and_p
     listed = page(dashboard, "/ui/runs")
     assert re.search(r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">(just now|\d+ s ago)</time>',
                      listed), listed
+
+
+def section(html: str, name: str) -> str:
+    """The words of the page's <section id=name>."""
+    found = re.search(rf'<section id="{name}">(.*?)</section>', html, re.S)
+    assert found, html
+    return words(found.group(1))
+
+
+def test_the_overview_shows_the_last_hour_recent_failures_and_broken_rule_files(dashboard, stack, sandbox,
+                                                                                 redis_url, rules_dir):
+    text = page(dashboard, "/ui/overview")
+    assert re.search(r'aria-current="page">1 h</a>', text)  # a new stack's first runs are not a sliver of a day
+    assert section(text, "failures").endswith("No run failed in the last 24 h.")
+    assert 'id="broken-files"' not in text
+
+    (rules_dir / "broken.yaml").write_text("id: broken\nwhen: []\nthen: nonsense\n")
+    web, failed = failed_form_run(stack, sandbox, redis_url, "msg_failures")
+    text = page(dashboard, "/ui/overview")
+    failures = html.unescape(section(text, "failures"))
+    assert re.search(rf"{failed['id']} form-to-task (just now|\d+ s ago) step 0 \(task\): 500 INTERNAL SERVER "
+                     r"ERROR from POST http://\S+: Injected fault: HTTP 500$", failures), failures
+    assert f'href="/ui/runs/{failed["id"]}"' in text
+    broken = section(text, "broken-files")
+    assert broken.startswith("Broken rule files broken.yaml, broken") and "broken.yaml:" in broken, broken
+
+
+def test_a_run_shows_its_json_as_written_escaped_for_html_only(dashboard, stack, sandbox, redis_url):
+    web, failed = failed_form_run(stack, sandbox, redis_url, "msg_json", title="Ann's <p>call</p> – Zoë")
+    text = page(dashboard, f"/ui/runs/{failed['id']}")
+    assert "\\u0027" not in text and "\\u003c" not in text and "\\u00eb" not in text
+    assert '"Name": "Ann\'s <p>call</p> – Zoë"' in html.unescape(text)  # the request's body, in its step
+    assert "<p>call" not in text  # the text still goes through Jinja's escaping
+
+
+def logged_events(html: str) -> dict[str, str]:
+    """{event id: the words of its row} of the events page."""
+    return {event_id: words(row) for event_id, row in re.findall(r'<tr data-event="([^"]+)">(.*?)</tr>', html, re.S)}
+
+
+def test_the_events_page_names_each_entity_and_says_which_events_are_our_own_writes(
+        dashboard, stack, sandbox, redis_url, rules_dir):
+    write_rule(rules_dir, "watch", WATCH_RULE)  # on updated tasks; an own write reaches it and is let go
+    task = make_task(sandbox, "Write report")
+    signed_post(dashboard, "/hooks/forms", {"title": "Call Ann", "project": PROJECT}, "msg_named")
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)), \
+            Client(sandbox.base_url, sandbox.token) as inloox:
+        ours = PollSettings(own_contact_id=inloox.me()["ContactId"])  # the sandbox's edits are the engine's user
+        poll_once(inloox, redis.Redis.from_url(redis_url), change_feed("Task"), frozenset({"IsDone"}), ours)
+        assert sandbox.patch(f"Task({task})", json={"IsDone": True}).status_code in (200, 204)
+        poll_once(inloox, redis.Redis.from_url(redis_url), change_feed("Task"), frozenset({"IsDone"}), ours)
+    stack.worker()
+
+    def handled():
+        rows = logged_events(page(dashboard, "/ui/events"))
+        return rows if len(rows) == 2 and not any("waiting" in row for row in rows.values()) else None
+    rows = wait_until(handled, 20, "both events handled")
+    [mine] = [row for row in rows.values() if "inloox" in row]
+    assert re.search(rf"inloox Write report updated Task {task} our own write", mine), mine
+    [form] = [row for row in rows.values() if "webhook" in row]
+    assert "webhook Call Ann forms" in form and "ran" in form, form
+    assert "unmatched" not in " ".join(rows.values())
+    [own_id] = [event_id for event_id, row in rows.items() if row is mine]
+    shown = words(page(dashboard, f"/ui/events/{own_id}"))
+    assert "Write report · inloox · updated Task" in shown and "status our own write" in shown, shown
 
 
 OPERATOR = "operator-token-5Rz1"
