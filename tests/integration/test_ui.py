@@ -154,7 +154,7 @@ def test_the_overview_charts_runs_failures_requests_throttling_queue_depth_and_p
 
 def section(html: str, name: str) -> str:
     """The words of the page's <section id=name>."""
-    found = re.search(rf'<section id="{name}">(.*?)</section>', html, re.S)
+    found = re.search(rf'<section class="summary" id="{name}">(.*?)</section>', html, re.S)
     assert found, html
     return words(found.group(1))
 

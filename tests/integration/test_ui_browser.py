@@ -106,6 +106,10 @@ def test_an_admin_logs_in_sees_every_page_and_retries_a_failed_run(browser, stac
     browser.find_element(By.LINK_TEXT, "Overview").click()
     wait_until(lambda: overview_complete(browser), 30, "every chart of the overview to have points", interval=1)
     assert checked(browser) == 4  # runs, InLoox requests, queue depth, poll lag
+    failures = browser.find_element(By.ID, "failures")
+    assert "form-to-task" in failures.text and "500" in failures.text, failures.text
+    assert failures.find_element(By.LINK_TEXT, failed["id"]).is_displayed()
+    shot(browser, tmp_path, "overview")
     assert visit(browser, "Poller", "Poller") == 1  # the lag of the watched set
     assert visit(browser, "Subscriptions", "Subscriptions") == 0
     browser.find_element(By.LINK_TEXT, "Queues").click()
@@ -119,6 +123,9 @@ def test_an_admin_logs_in_sees_every_page_and_retries_a_failed_run(browser, stac
     assert checked(browser) == 0
     assert browser.find_element(By.ID, "status").text == "failed"
     assert "500" in browser.find_element(By.ID, "steps").text
+    for box in browser.find_elements(By.CSS_SELECTOR, "#steps pre"):  # a request or response shown whole
+        assert box.get_property("scrollWidth") <= box.get_property("clientWidth") + 1, box.text[:200]
+    shot(browser, tmp_path, "run")
 
     browser.find_element(By.ID, "retry-failed-step").click()
     wait_until(lambda: browser.find_element(By.ID, "notice").text == "Queued again.", 10, "the retry notice")
@@ -127,6 +134,9 @@ def test_an_admin_logs_in_sees_every_page_and_retries_a_failed_run(browser, stac
     assert sandbox.count("Task") == 1
 
     assert visit(browser, "Events", "Events") == 0
+    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-event="webhook:forms:msg_browser_1"]')
+    assert row.find_element(By.CLASS_NAME, "name").text == "Call Ann"  # the form's title, beside its id
+    shot(browser, tmp_path, "events")
     assert visit(browser, "webhook:forms:msg_browser_1", "Event webhook:forms:msg_browser_1") == 0
     assert failed["id"] in browser.find_element(By.ID, "path").text
     browser.find_element(By.ID, "replay-button").click()
@@ -135,6 +145,13 @@ def test_an_admin_logs_in_sees_every_page_and_retries_a_failed_run(browser, stac
     assert visit(browser, "Runs", "Runs") == 0
     assert sandbox.count("Task") == 1
     visit(browser, "Overview", "Overview")
-    screenshot = tmp_path / "overview.png"
-    browser.save_screenshot(str(screenshot))
-    print(f"screenshot of the overview: {screenshot}")
+
+
+def shot(browser, folder, name: str) -> None:
+    """A screenshot of the whole page, to look at when the test fails (its path is printed)."""
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, max(1000, height))
+    path = folder / f"{name}.png"
+    browser.save_screenshot(str(path))
+    browser.set_window_size(1280, 1000)
+    print(f"screenshot of the {name} page: {path}")
