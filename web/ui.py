@@ -1,5 +1,5 @@
-"""The dashboard under `/ui`: an overview in charts, rules, runs (with retry buttons), events and the poller;
-for the operator, every workspace with pause and resume buttons.
+"""The dashboard under `/ui`: an overview (charts, recent failures, broken rule files), rules, runs (with retry
+buttons), events and the poller; for the operator, every workspace with pause and resume buttons.
 
 Every page is rendered on the server, charts included (server-side SVG, web/charts.py): no script,
 nothing fetched from elsewhere. Times show as "3 min ago" with the exact UTC time on hover.
