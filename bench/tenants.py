@@ -1,0 +1,226 @@
+"""Tenants: what an idle workspace costs, and how fast a person's change is still seen (issue 21).
+
+    .venv/bin/python bench/tenants.py [--workspaces 30] [--idle-seconds 300] [--measure-seconds 60]
+
+Starts Valkey (durable, as in production), the sandbox (a project with tasks, contacts, checklists and
+a portfolio, written as a person) and the stack's worker and poller processes as the Procfile runs
+them (`rq worker` with the worker class; `python -m workers.poller --with-scheduler`). There are
+`--workspaces` workspaces, all on the sandbox with the example rules of rules/ (Task and
+DynamicProject by change feed; Contact, CheckList and Portfolio by scan; a schedule): `default`, as
+the settings declare it, and the others created in the registry (workers.registry.put, as the
+operator API does). The web is not started (it costs nothing while nobody calls it).
+
+Once every workspace has its baselines, nothing happens for `--idle-seconds`; then, over
+`--measure-seconds` of more idling, per idle workspace:
+  - InLoox requests per minute (the sandbox's request log, cleared at the window's start);
+  - CPU of the worker and poller processes (utime + stime), and of Valkey, in ms per second;
+  - Redis commands per second (the calls of INFO commandstats, before and after; the bench's own
+    few reads are counted in, a handful);
+  - Redis memory: MEMORY USAGE summed over the workspace's `ws:<name>:*` keys (median workspace),
+    and used_memory over the workspaces.
+Then change detection: a person ticks a task (a watched field; it has no planned effort, so no rule
+writes anything) and the bench reads, in each workspace's event log, when its event was accepted
+(the entry id is Valkey's clock): first after the idle period (an idle set), then again 20 s later
+(a set active in the last minute). Latency = acceptance − the moment the sandbox answered the change.
+All workspaces read the same sandbox, so one change is seen once per workspace: N samples each.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+import redis  # noqa: E402
+import requests  # noqa: E402
+
+from workers import registry  # noqa: E402
+from workers.secrets import Keyring, generate_key  # noqa: E402
+
+PERSON_TOKEN, ENGINE_TOKEN = "bench-person", "bench-engine"
+PROJECT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+RULES = ("contact-email-changed", "checklist-added", "portfolio-manager-changed", "project-budget-changed",
+         "log-time-when-task-done", "task-moved-to-review", "unassigned-task-alert", "overdue-tasks-digest",
+         "archive-project")
+
+
+def seed(odata: str, *, tasks: int = 20, contacts: int = 50) -> str:
+    """A project with tasks, checklists, a portfolio and contacts, written as a person; the id of a task to tick."""
+    session = requests.Session()
+    session.headers["x-api-key"] = PERSON_TOKEN
+    for path, body in [("Project", {"ProjectId": PROJECT, "Name": "Bench"}),
+                       ("Portfolio", {"Name": "Bench portfolio"}),
+                       *(("CheckList", {"Name": f"List {n}", "ProjectId": PROJECT}) for n in range(3)),
+                       *(("Contact", {"DisplayName": f"Contact {n}", "Email": f"c{n}@example.com"})
+                         for n in range(contacts)),
+                       *(("Task", {"Name": f"Task {n}", "ProjectId": PROJECT, "WorkAmount": 1.0})
+                         for n in range(tasks))]:
+        session.post(odata + path, json=body, timeout=10).raise_for_status()
+    # No planned effort: ticking it is an event for every workspace and a run for none.
+    answer = session.post(odata + "Task", json={"Name": "Ticked by the bench", "ProjectId": PROJECT,
+                                                "WorkAmount": 0}, timeout=10)
+    answer.raise_for_status()
+    return answer.json()["TaskItemId"]
+
+
+def rules_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="bench-tenants-rules-"))
+    for name in RULES:
+        source = harness.ROOT / "rules" / f"{name}.yaml"
+        if source.exists():
+            (folder / source.name).write_text(source.read_text())
+    return folder
+
+
+def create_workspaces(connection: redis.Redis, keyring: Keyring, count: int, odata: str, rules: Path) -> list[str]:
+    """`default` (declared by the settings) and count − 1 registry workspaces like it."""
+    names = ["default"] + [f"t{n:03d}" for n in range(1, count)]
+    for name in names[1:]:
+        registry.put(connection, keyring, name, {"inloox_url": odata, "inloox_api_key": ENGINE_TOKEN,
+                                                 "rules": str(rules)})
+    return names
+
+
+def command_calls(connection: redis.Redis) -> dict[str, int]:
+    """Calls so far by command (INFO commandstats)."""
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in connection.info("commandstats").items()}
+
+
+def busiest(before: dict[str, int], after: dict[str, int], per: float, top: int = 8) -> str:
+    """The commands sent most in between, `per` (workspaces × seconds) each: where Redis's load comes from."""
+    sent = sorted(((after[c] - before.get(c, 0), c) for c in after), reverse=True)[:top]
+    return ", ".join(f"{c} {n / per:.2f}" for n, c in sent if n)
+
+
+def workspace_bytes(connection: redis.Redis, name: str) -> int:
+    return sum(connection.memory_usage(k) or 0 for k in connection.scan_iter(f"ws:{name}:*", count=1000))
+
+
+def tick(odata: str, task: str, done: bool) -> float:
+    """A person sets the task's IsDone; the wall time (s) when the sandbox had it."""
+    answer = requests.patch(f"{odata}Task({task})", json={"IsDone": done}, timeout=10,
+                            headers={"x-api-key": PERSON_TOKEN})
+    answer.raise_for_status()
+    return time.time()
+
+
+def detected(connection: redis.Redis, names: list[str], task: str, since: float, timeout: float) -> list[float]:
+    """Seconds from `since` to each workspace's acceptance of an event about `task` (missing ones left out)."""
+    found: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(found) < len(names) and time.monotonic() < deadline:
+        for name in names:
+            if name in found:
+                continue
+            for entry_id, fields in connection.xrevrange(f"ws:{name}:events", count=5):
+                accepted = int(entry_id.decode().split("-")[0]) / 1000
+                if accepted >= since - 1 and task.encode() in _plain(fields):
+                    found[name] = accepted - since
+                    break
+        time.sleep(0.5)
+    return list(found.values())
+
+
+def _plain(fields: dict) -> bytes:
+    import zlib
+
+    return zlib.decompress(fields[b"z"])
+
+
+def p95(values: list[float]) -> float:
+    return sorted(values)[max(0, round(0.95 * len(values)) - 1)] if values else float("nan")
+
+
+def latency_line(label: str, values: list[float], expected: int) -> str:
+    if not values:
+        return f"  {label}: not detected in any workspace"
+    return (f"  {label}: seen by {len(values)}/{expected} workspaces; median {statistics.median(values):.1f}s, "
+            f"p95 {p95(values):.1f}s, worst {max(values):.1f}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspaces", type=int, default=30)
+    parser.add_argument("--idle-seconds", type=float, default=300)
+    parser.add_argument("--measure-seconds", type=float, default=60)
+    parser.add_argument("--detect-timeout", type=float, default=120)
+    args = parser.parse_args()
+    print(harness.machine())
+    print("busy before:", ", ".join(harness.busy_processes()) or "nothing over 5%", flush=True)
+    server = harness.redis_server(durable=True)
+    port = harness.free_port()
+    sandbox = harness.sandbox(port, PERSON_TOKEN, engine_token=ENGINE_TOKEN)
+    odata = f"http://127.0.0.1:{port}/api/odata/"
+    task = seed(odata)
+    rules = rules_folder()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    secrets_key = generate_key()
+    env = {"REDIS_URL": url, "RULES_PATH": str(rules), "INLOOX_URL": odata, "INLOOX_API_KEY": ENGINE_TOKEN,
+           "SECRETS_KEY": secrets_key, "STACK_ENV": "", "WORKSPACES_FILE": ""}
+    connection = redis.Redis.from_url(url)
+    names = create_workspaces(connection, Keyring([secrets_key]), args.workspaces, odata, rules)
+    processes = [harness.Process.python("-m", "rq.cli", "worker", "--worker-class", "workers.worker.Worker",
+                                        "--with-scheduler", "--serializer", "json", "--dequeue-strategy",
+                                        "round_robin", "--url", url, name="worker", env=env),
+                 harness.Process.python("-m", "workers.poller", "--with-scheduler", name="poller", env=env)]
+    valkey = harness.valkey_pid(server)
+    try:
+        baselines = [f"ws:{n}:poll:{s}:cursor" for n in names for s in ("Task", "Contact")]
+        harness.wait_until(lambda: connection.exists(*baselines) == len(baselines), 300, "every workspace's baselines")
+        print(f"  {len(names)} workspaces polled; idle for {args.idle_seconds:g}s", flush=True)
+        time.sleep(args.idle_seconds)
+        pids = [p for process in processes for p in harness.tree_pids(process.popen.pid)]
+        stack_cpu = lambda: sum(harness.tree_cpu_seconds(p.popen.pid) for p in processes)  # noqa: E731
+        requests.delete(f"http://127.0.0.1:{port}/_sandbox/requests", timeout=10)
+        calls0, cpu0, valkey0, t0 = command_calls(connection), stack_cpu(), \
+            harness.cpu_seconds([valkey] if valkey else []), time.monotonic()
+        time.sleep(args.measure_seconds)
+        seconds = time.monotonic() - t0
+        calls1 = command_calls(connection)
+        calls = sum(calls1.values()) - sum(calls0.values())
+        cpu = stack_cpu() - cpu0
+        valkey_cpu = harness.cpu_seconds([valkey] if valkey else []) - valkey0
+        sent = len(requests.get(f"http://127.0.0.1:{port}/_sandbox/requests", timeout=10).json()["value"])
+        sizes = sorted(workspace_bytes(connection, n) for n in names)
+        used = int(connection.info("memory")["used_memory"])
+        rss = harness.rss_mb(pids)
+        n = len(names)
+        print(f"  idle window {seconds:.0f}s after {args.idle_seconds:g}s idle, per workspace: "
+              f"{sent / n / (seconds / 60):.1f} InLoox requests/min; worker+poller CPU "
+              f"{cpu * 1000 / seconds / n:.2f} ms/s (all {cpu / seconds:.3f} cores, RSS {rss:.0f} MB); Valkey CPU "
+              f"{valkey_cpu * 1000 / seconds / n:.2f} ms/s; {calls / seconds / n:.1f} Redis commands/s; "
+              f"Redis {statistics.median(sizes) / 1024:.1f} KiB of ws:<name>:* keys (median; "
+              f"{used / n / 1024:.0f} KiB of used_memory)", flush=True)
+        print(f"  Redis commands per workspace per second, busiest: {busiest(calls0, calls1, n * seconds)}", flush=True)
+        idle_since = time.time()
+        idle_for = args.idle_seconds + seconds
+        idle = detected(connection, names, task, tick(odata, task, True), args.detect_timeout)
+        print(latency_line(f"change in a set idle for {idle_for:.0f}s", idle, n), flush=True)
+        time.sleep(max(0.0, 20 - (time.time() - idle_since)))
+        active = detected(connection, names, task, tick(odata, task, False), args.detect_timeout)
+        print(latency_line("change in a set active in the last minute", active, n), flush=True)
+        print(harness.summary(
+            "tenants", workspaces=n, idle_s=f"{idle_for:.0f}", requests_per_min=f"{sent / n / (seconds / 60):.1f}",
+            cpu_ms_per_s=f"{cpu * 1000 / seconds / n:.2f}", valkey_cpu_ms_per_s=f"{valkey_cpu * 1000 / seconds / n:.2f}",
+            redis_cmds_per_s=f"{calls / seconds / n:.1f}", redis_kib=f"{statistics.median(sizes) / 1024:.1f}",
+            idle_p95=f"{p95(idle):.1f}s", active_p95=f"{p95(active):.1f}s"), flush=True)
+        problems = [p.name for p in processes if "Traceback" in p.output()]
+        if problems:
+            print("  tracebacks in: " + ", ".join(problems))
+            for p in processes:
+                print(f"--- {p.name}\n{p.output()[-3000:]}")
+    finally:
+        for process in processes:
+            process.stop()
+        sandbox.stop()
+        server.stop()
+    print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
+
+
+if __name__ == "__main__":
+    main()
