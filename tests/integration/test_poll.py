@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 import redis
+import requests
 from workers import eventlog
 
 from inloox import Client
@@ -214,8 +215,8 @@ def _task_events(connection, task: str) -> list[dict]:
     return [e.event for e in eventlog.entries(connection, workspace="default") if e.event.get("key") == task]
 
 
-@pytest.mark.timeout(120)
-def test_an_idle_set_backs_off_yet_sees_a_change_and_a_webhook_brings_it_back(engine, sandbox, rules_dir, redis_url,
+@pytest.mark.timeout(150)
+def test_an_idle_set_backs_off_yet_sees_a_change_and_a_webhook_or_a_visit_brings_it_back(engine, sandbox, rules_dir, redis_url,
                                                                             runner):
     import time
 
@@ -252,3 +253,10 @@ def test_an_idle_set_backs_off_yet_sees_a_change_and_a_webhook_brings_it_back(en
                "the Task feed back at POLL_INTERVAL after the webhook")
     time.sleep(2)
     assert _feed_polls(sandbox, woke) >= 3, "the feed should poll every 0.5 s again after the webhook"
+
+    # Idle again, then a person opens the dashboard: back to 0.5 s too.
+    time.sleep(8)
+    assert "feed every 4s" in runner.invoke(args=["poller", "status"]).output
+    assert requests.get(f"{web}/ui/poller", timeout=10).status_code == 200
+    wait_until(lambda: "feed every 0.5s" in runner.invoke(args=["poller", "status"]).output, 3,
+               "the Task feed back at POLL_INTERVAL after a dashboard visit")
