@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -127,8 +128,6 @@ def detected(connection: redis.Redis, names: list[str], task: str, since: float,
 
 
 def _plain(fields: dict) -> bytes:
-    import zlib
-
     return zlib.decompress(fields[b"z"])
 
 

@@ -341,7 +341,9 @@ def _cycle(account: Account, watched: dict, poller: PollerSettings, *, sweep: bo
             if sweep:
                 _noticed(pace, _report(sweep_deleted(client, connection, how, settings)), time.time())
         except (InLooxError, redis.RedisError) as exc:
-            # The cursor did not move: the next cycle reads the same changes again.
+            # The cursor did not move: the next cycle reads the same changes again, at the active
+            # interval rather than a backed-off one (as before backoff existed).
+            pace.due_at = min(pace.due_at, time.time() + pace.pace.active)
             log.warning("poll %s failed, will retry: %s", entity_set, exc)
     if due and (account.scanning is None or not account.scanning.is_alive()):
         account.scanning = threading.Thread(target=_scans, args=(account, due, poller, me), daemon=True,
