@@ -14,9 +14,27 @@ import redis
 import requests
 
 from tests.support.processes import wait_until
-from tests.support.stack import FORM_RULE, PROJECT, deliver, ensure_project
+from tests.support.stack import ENGINE_TOKEN, FORM_RULE, PROJECT, deliver, ensure_project, make_task
 
 OPERATOR = "operator-live-7Hk2"
+# A person marks a task done in acme's InLoox: the engine books its effort (its own user's write).
+DONE_RULE = """
+id: book-when-done
+description: When a task is marked done, book its planned effort.
+when:
+  - inloox: Task
+    on: updated
+    changes:
+      IsDone: {from: false, to: true}
+then:
+  - inloox.create: TimeEntry
+    values:
+      ProjectId: "{{ task.ProjectId }}"
+      TaskItemId: "{{ task.TaskItemId }}"
+      DisplayName: "Booked: {{ task.Name }}"
+      StartDateTime: "{{ (now - hours(1)) | isoformat }}"
+      EndDateTime: "{{ now | isoformat }}"
+"""
 
 
 def _call(method: str, url: str, token: str, body: dict | None = None) -> requests.Response:
@@ -32,16 +50,18 @@ def _task_names(sandbox) -> list[str]:
 @pytest.mark.timeout(150)
 def test_a_workspace_lives_its_whole_life_without_a_restart(stack, sandbox, redis_url):
     stack.env["OPERATOR_TOKEN"] = OPERATOR
+    sandbox.add_user(ENGINE_TOKEN, "Automation", "Bot")  # acme's token: the engine's own user
     ensure_project(sandbox)
+    task = make_task(sandbox, "Ship release")
     web = stack.web(threads=4)
     stack.worker()
     stack.poller()
 
     created = _call("PUT", f"{web}/workspaces/acme", OPERATOR,
-                    {"inloox_url": sandbox.base_url, "inloox_api_key": sandbox.token})
+                    {"inloox_url": sandbox.base_url, "inloox_api_key": ENGINE_TOKEN})
     assert created.status_code == 201, created.text
     admin = created.json()["admin_token"]
-    bundle = {"files": {"forms.yaml": FORM_RULE.format(extra="")}}
+    bundle = {"files": {"forms.yaml": FORM_RULE.format(extra=""), "done.yaml": DONE_RULE}}
     uploaded = _call("PUT", f"{web}/workspaces/acme/rules", admin, bundle)
     assert uploaded.status_code in (200, 201), uploaded.text
     added = _call("POST", f"{web}/workspaces/acme/webhooks", admin, {"source": "forms"})
@@ -54,6 +74,12 @@ def test_a_workspace_lives_its_whole_life_without_a_restart(stack, sandbox, redi
                                secret=secret).status_code == 202, 5, "the new source to be served")
     wait_until(lambda: "Acme 1" in _task_names(sandbox), 15, "the new workspace's first write")
     assert time.monotonic() - started < 20
+
+    # The poller took the new workspace up: a person's change in its InLoox fires its `inloox:` rule.
+    time.sleep(3)  # its first poll is the silent baseline
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).status_code in (200, 204)
+    wait_until(lambda: sandbox.count("TimeEntry", f"TaskItemId eq {task}") == 1, 20,
+               "the time entry booked by acme's inloox rule")
 
     # Paused: deliveries are still accepted into its log; nothing runs.
     assert _call("POST", f"{web}/workspaces/acme/pause", OPERATOR).status_code == 200
