@@ -174,7 +174,9 @@ def main() -> None:
         print(f"  {len(names)} workspaces polled; idle for {args.idle_seconds:g}s", flush=True)
         time.sleep(args.idle_seconds)
         pids = [p for process in processes for p in harness.tree_pids(process.popen.pid)]
-        stack_cpu = lambda: sum(harness.tree_cpu_seconds(p.popen.pid) for p in processes)  # noqa: E731
+        by_process = lambda: {p.name: harness.tree_cpu_seconds(p.popen.pid) for p in processes}  # noqa: E731
+        stack_cpu = lambda: sum(by_process().values())  # noqa: E731
+        each0 = by_process()
         requests.delete(f"http://127.0.0.1:{port}/_sandbox/requests", timeout=10)
         calls0, cpu0, valkey0, t0 = command_calls(connection), stack_cpu(), \
             harness.cpu_seconds([valkey] if valkey else []), time.monotonic()
@@ -183,6 +185,7 @@ def main() -> None:
         calls1 = command_calls(connection)
         calls = sum(calls1.values()) - sum(calls0.values())
         cpu = stack_cpu() - cpu0
+        each = {name: (spent - each0[name]) * 1000 / seconds / len(names) for name, spent in by_process().items()}
         valkey_cpu = harness.cpu_seconds([valkey] if valkey else []) - valkey0
         sent = len(requests.get(f"http://127.0.0.1:{port}/_sandbox/requests", timeout=10).json()["value"])
         sizes = sorted(workspace_bytes(connection, n) for n in names)
@@ -195,6 +198,7 @@ def main() -> None:
               f"{valkey_cpu * 1000 / seconds / n:.2f} ms/s; {calls / seconds / n:.1f} Redis commands/s; "
               f"Redis {statistics.median(sizes) / 1024:.1f} KiB of ws:<name>:* keys (median; "
               f"{used / n / 1024:.0f} KiB of used_memory)", flush=True)
+        print("  CPU per workspace by process: " + ", ".join(f"{k} {v:.2f} ms/s" for k, v in each.items()), flush=True)
         print(f"  Redis commands per workspace per second, busiest: {busiest(calls0, calls1, n * seconds)}", flush=True)
         idle_since = time.time()
         idle_for = args.idle_seconds + seconds
