@@ -1,6 +1,7 @@
 """Real processes for integration tests: free ports, waiting on conditions, owned subprocesses."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -42,6 +43,21 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM it when the test process that started it dies, however it dies.
+
+    A process group of its own keeps a child from Ctrl+C meant for pytest, but a pytest killed
+    (SIGKILL, a CI time-out) runs no teardown: its workers and servers would live on, and a later
+    test's Valkey on a reused port would meet an old test's worker. Linux's PR_SET_PDEATHSIG ends
+    them with their parent (the thread that started them: tests start processes on the main thread).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
 class Process:
     """A child process whose output goes to a log file, killed (with its group) on stop().
 
@@ -56,7 +72,8 @@ class Process:
         full_env = {name: value for name, value in merged.items() if value is not None}
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(
-                args, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     @classmethod
