@@ -2,6 +2,8 @@
 secrets sealed at rest (issue 20). Real Valkey, the real app (test client, or a web process over HTTP)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 
@@ -315,3 +317,30 @@ def test_the_flask_workspaces_commands_are_the_apis_twins(api, sandbox, redis_ur
     assert runner.invoke(args=["workspaces", "delete", "acme", "--yes"]).output.startswith("deleted: acme")
     missing = runner.invoke(args=["workspaces", "show", "acme"])
     assert missing.exit_code == 1 and "no workspace 'acme'" in missing.output
+
+
+def test_the_append_only_file_holds_no_secret_in_plain_text(tmp_path, sandbox):
+    """Every write Valkey ever took is in its AOF (issue 20's acceptance: search the file for the values)."""
+    from app import create_app
+    from tests.support.valkey import Valkey
+
+    server = Valkey(tmp_path / "redis").start()
+    try:
+        app = create_app({"TESTING": True, "REDIS_URL": server.url, "INLOOX_URL": sandbox.base_url,
+                          "INLOOX_API_KEY": sandbox.token, "INLOOX_REQUESTS_PER_SECOND": "0", "OPERATOR_TOKEN": OPERATOR})
+        client = app.test_client()
+        admin = create(client, "acme", sandbox, slack_signing_secret=SLACK_SECRET)["admin_token"]
+        hook = client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms"}).json["secret"]
+        rotated = client.post("/workspaces/acme/webhooks/forms/rotate", headers=auth()).json["secret"]
+        sub = client.post("/workspaces/acme/subscriptions", headers=auth(admin),
+                          json={"url": "https://example.com/hook", "events": ["Task.updated"]}).json["secret"]
+        client.get("/runs")  # the default workspace applied too (its sandbox token)
+        redis.Redis.from_url(server.url).execute_command("BGREWRITEAOF")  # and what a rewrite keeps
+        time.sleep(1)
+        written = b"".join(p.read_bytes() for p in (tmp_path / "redis").rglob("*") if p.is_file() and "aof" in p.name)
+        assert b"registry:workspaces" in written and b"https://example.com/hook" in written  # the writes are there
+        for secret in (INLOOX_TOKEN, SLACK_SECRET, admin, hook, rotated, sub, sandbox.token):
+            assert secret.encode() not in written, secret
+            assert secret.removeprefix("whsec_").encode() not in written, secret
+    finally:
+        server.stop()
