@@ -52,6 +52,7 @@ READ_BLOCK_MS = 500
 MAX_BACKOFF = 5.0  # a Redis back from a restart is used again within seconds
 SAMPLE_SECONDS = 60.0  # the dashboard's charts show gauges per minute
 STALL_SECONDS = 30.0  # a loop that has not turned for this long is not running (/readyz says so)
+FAILING_SECONDS = 5.0  # a loop whose every turn failed for this long is not running either
 
 
 @dataclass
@@ -84,6 +85,7 @@ class EventConsumer:
         self.sample_seconds = sample_seconds
         self._next_sample = 0.0
         self._last_turn = time.monotonic()
+        self._failing_since: float | None = None  # when the loop's turns began to fail (None: the last one worked)
 
     def start(self) -> None:
         """Run the loop on a thread of its own (the RQ worker's main thread keeps taking RQ jobs)."""
@@ -97,8 +99,15 @@ class EventConsumer:
 
     def running(self) -> bool:
         """The loop's thread is alive and turned within STALL_SECONDS (each turn takes ≤ READ_BLOCK_MS when idle)."""
-        return (self._thread is not None and self._thread.is_alive()
-                and time.monotonic() - self._last_turn < STALL_SECONDS)
+        now = time.monotonic()
+        return (self._thread is not None and self._thread.is_alive() and now - self._last_turn < STALL_SECONDS
+                and (self._failing_since is None or now - self._failing_since < FAILING_SECONDS))
+
+    def trouble(self) -> str:
+        """Why `running()` is False: "stopped" (no thread), "failing" (every turn errs) or "stalled"."""
+        if self._thread is None or not self._thread.is_alive():
+            return "stopped"
+        return "failing" if self._failing_since is not None else "stalled"
 
     def keep_running(self) -> bool:
         """Start the loop's thread again if it ended without being stopped; True if it had to."""
@@ -134,6 +143,7 @@ class EventConsumer:
                         eventlog.ensure_group(self.connection, stream.key)
                     ready = True
                 self._cycle()
+                self._failing_since = None
                 backoff = 1.0
             except redis.RedisError as exc:
                 log.warning("event consumer %s: Redis unavailable (%s); retrying in %.0fs", self.name, exc, backoff)
@@ -141,6 +151,8 @@ class EventConsumer:
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 ready = False  # a restarted Redis without its data has no group: make it again
             except Exception:  # a bug in the loop itself: never the end of every later event
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
                 log.exception("event consumer %s: error in its loop; going on in %.0fs", self.name, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)

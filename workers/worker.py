@@ -52,10 +52,10 @@ MAINTENANCE_SECONDS = 10
 IDLE_WAKE_SECONDS = 2  # also how soon an idle worker notices a stop signal
 METRICS_BATCH_SECONDS = 1.0  # counts reach Redis (and /metrics) at most this late
 MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within seconds
-# Each worker says whether its event consumer runs ("running", "stalled", or "none": it serves no
-# workspace), under its RQ name; /readyz reads it beside RQ's heartbeat.
+# Each worker says whether its event consumer runs ("running"; "failing", "stalled" or "stopped" when
+# not; "none" before it has one), under its RQ name; /readyz reads it beside RQ's heartbeat.
 CONSUMER_BEAT = "consumer:beat:"
-CONSUMER_BEAT_SECONDS = 10
+CONSUMER_BEAT_SECONDS = 5
 CONSUMER_BEAT_TTL = 30
 IDLE_QUEUE = "no-workspace"  # the queue an RQ loop waits on while no workspace is served (never enqueued)
 
@@ -165,7 +165,7 @@ class Worker(SimpleWorker):
             self.consumer.keep_running()  # every turn (≤ IDLE_WAKE_SECONDS)
         if time.monotonic() < self._next_beat:
             return
-        state = "none" if self.consumer is None else "running" if self.consumer.running() else "stalled"
+        state = "none" if self.consumer is None else "running" if self.consumer.running() else self.consumer.trouble()
         self.connection.set(CONSUMER_BEAT + self.name, state, ex=CONSUMER_BEAT_TTL)
         self._next_beat = time.monotonic() + CONSUMER_BEAT_SECONDS
 

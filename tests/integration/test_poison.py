@@ -93,7 +93,7 @@ def test_a_poison_event_never_holds_up_good_deliveries_across_a_worker_restart(s
             title = f"Good {n}"
             assert deliver(web, {"title": title, "project": PROJECT}, f"msg_good_{n}").status_code == 202
             sent[title] = time.monotonic()
-            time.sleep(1.5)
+            time.sleep(1.0)
         wait_until(lambda: all(t in watch.seen for t in sent), LATENCY_LIMIT + 5, "every good delivery's task")
     finally:
         watch.stop()
