@@ -141,10 +141,7 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
     """The context of one workspace; its InLoox client counts requests and obeys the shared rate limit."""
     throttle = Throttle(connection, workspace.prefix + "inloox:rate", workspace.limits.inloox_requests_per_second,
                         on_refused=metrics.refusal_observer(workspace.name))
-    # As many pooled connections as threads that may call InLoox at once: with the default 10 for 48
-    # threads, a share of writes under load opened a new TCP connection ("Connection pool is full").
     client = Client(workspace.inloox_url, workspace.inloox_api_key, timeout=float(config["INLOOX_TIMEOUT"]),
-                    pool_size=max(int(config["WORKER_THREADS"]), 16),
                     on_response=metrics.request_observer(workspace.name), throttle=throttle)
     return WorkerContext(workspace=workspace, client=client, connection=connection,
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
