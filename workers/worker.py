@@ -166,8 +166,23 @@ class Worker(SimpleWorker):
         if time.monotonic() < self._next_beat:
             return
         state = "none" if self.consumer is None else "running" if self.consumer.running() else self.consumer.trouble()
-        self.connection.set(CONSUMER_BEAT + self.name, state, ex=CONSUMER_BEAT_TTL)
+        try:
+            self.connection.set(CONSUMER_BEAT + self.name, state, ex=CONSUMER_BEAT_TTL)
+        except redis.RedisError:
+            return  # Redis away: RQ's own heartbeat, next, waits for it; the beat is said again then
         self._next_beat = time.monotonic() + CONSUMER_BEAT_SECONDS
+
+    def run_maintenance_tasks(self):
+        """RQ's maintenance (every MAINTENANCE_SECONDS), skipped while Redis is away.
+
+        RQ lets a connection error here end its loop with a traceback ("unhandled exception"); the
+        loop is started again anyway (work), but an outage is expected, not a crash: a warning, and
+        the next turn tries again.
+        """
+        try:
+            super().run_maintenance_tasks()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("worker %s: maintenance skipped, Redis unavailable (%s)", self.name, exc)
 
     def stop_scheduler(self) -> None:
         if self.scheduler is not None and self.scheduler._process is not None:
