@@ -228,7 +228,7 @@ def worker_context(workspace: str) -> WorkerContext:
             _contexts.pop(workspace, None)
             raise UnknownWorkspace(f"this deployment serves no workspace {workspace!r}")
         ctx = _contexts.get(workspace)
-        if ctx is None or ctx.workspace != current:
+        if ctx is None or (ctx.workspace is not current and ctx.workspace != current):
             ctx = _contexts[workspace] = build_context(_config, current, _connection)
         return ctx
 

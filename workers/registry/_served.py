@@ -23,6 +23,7 @@ from workers.secrets import Keyring, SecretsKeyError
 from workers.workspaces import Workspace
 
 log = logging.getLogger(__name__)
+_NONE: dict[str, Workspace] = {}  # the registry's set when it cannot be read: one object, so `workspaces` is built once
 
 
 class Served:
@@ -37,10 +38,21 @@ class Served:
                         ", ".join(self.declared) or "nothing")
             self.view = None
         self._warned = False
+        self._built_from: dict | None = None
+        self._served: dict[str, Workspace] | None = None
 
     def workspaces(self) -> dict[str, Workspace]:
-        """Every workspace served now (paused ones included: their changes are still accepted)."""
+        """Every workspace served now (paused ones included: their changes are still accepted).
+
+        Built again only when the view's set changed (the View keeps one dict until it re-reads):
+        workers ask for every event, and a deployment may serve a thousand workspaces.
+        """
         live = self._live()
+        if live is not self._built_from or self._served is None:
+            self._served, self._built_from = self._merge(live), live
+        return self._served
+
+    def _merge(self, live: dict[str, Workspace]) -> dict[str, Workspace]:
         served = {name: ws for name, ws in live.items() if name not in self.declared}
         for name, declared in self.declared.items():
             paused = live[name].paused if name in live else declared.paused
@@ -53,13 +65,13 @@ class Served:
 
     def _live(self) -> dict[str, Workspace]:
         if self.view is None:
-            return {}
+            return _NONE
         try:
             live = self.view.workspaces()
         except RegistryUnavailable as exc:  # Redis never read yet: the declared ones meanwhile
             if not self._warned:
                 log.warning("workspace registry not readable yet (%s); serving the declared workspaces", exc)
                 self._warned = True
-            return {}
+            return _NONE
         self._warned = False
         return live
