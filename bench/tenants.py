@@ -98,6 +98,24 @@ def busiest(before: dict[str, int], after: dict[str, int], per: float, top: int 
     return ", ".join(f"{c} {n / per:.2f}" for n, c in sent if n)
 
 
+def monitor(connection: redis.Redis, names: list[str], seconds: float, top: int = 25) -> str:
+    """Commands by key pattern over `seconds` (MONITOR; workspace names read as <ws>), per workspace per second."""
+    import re
+    import collections
+    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")\b")
+    tally: collections.Counter = collections.Counter()
+    deadline = time.monotonic() + seconds
+    with connection.monitor() as feed:
+        for item in feed.listen():
+            words = item["command"].split(" ")
+            key = words[1] if len(words) > 1 else ""
+            tally[f"{words[0].upper()} {pattern.sub('<ws>', key)[:60]}"] += 1
+            if time.monotonic() >= deadline:
+                break
+    per = len(names) * seconds
+    return "\n".join(f"    {n / per:7.3f}  {what}" for what, n in tally.most_common(top))
+
+
 def workspace_bytes(connection: redis.Redis, name: str) -> int:
     return sum(connection.memory_usage(k) or 0 for k in connection.scan_iter(f"ws:{name}:*", count=1000))
 
@@ -148,6 +166,8 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=300)
     parser.add_argument("--measure-seconds", type=float, default=60)
     parser.add_argument("--detect-timeout", type=float, default=120)
+    parser.add_argument("--monitor-seconds", type=float, default=0,
+                        help="after the window, tally commands by key pattern for this long (MONITOR)")
     args = parser.parse_args()
     print(harness.machine())
     print("busy before:", ", ".join(harness.busy_processes()) or "nothing over 5%", flush=True)
@@ -200,6 +220,9 @@ def main() -> None:
               f"{used / n / 1024:.0f} KiB of used_memory)", flush=True)
         print("  CPU per workspace by process: " + ", ".join(f"{k} {v:.2f} ms/s" for k, v in each.items()), flush=True)
         print(f"  Redis commands per workspace per second, busiest: {busiest(calls0, calls1, n * seconds)}", flush=True)
+        if args.monitor_seconds:
+            print("  Redis commands by key pattern, per workspace per second (MONITOR):\n"
+                  + monitor(connection, names, args.monitor_seconds), flush=True)
         idle_since = time.time()
         idle_for = args.idle_seconds + seconds
         idle = detected(connection, names, task, tick(odata, task, True), args.detect_timeout)
