@@ -22,6 +22,12 @@ itself is logged and the loop starts its next turn, and the worker starts a cons
 should it ever end (workers/worker.py).
 - trims the log (workers/eventlog.py) and requeues overdue runs (workers/recovery.py);
 - every `sample_seconds`, records the gauges the dashboard charts (workers/gauges.py).
+A quiet workspace (no activity stamp, workers/activity.py, for QUIET_AFTER seconds, and nothing of it
+in flight here) is looked after every QUIET_MAINTENANCE_SECONDS instead: most workspaces of a hosted
+service are idle, and five housekeeping commands each every 5 s were most of what an idle one cost
+Redis. Anything that makes work for it (an event accepted, a person on its dashboard) stamps it
+active first; what a quiet look can be late for is a safety net (a run or delivery whose executor
+died long after its event, a run waiting over a limit raised meanwhile): ≤ 30 s later than before.
 A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled.
 """
 from __future__ import annotations
@@ -35,7 +41,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from workers import eventlog, failpoints, gauges, metrics, recovery
+from workers import activity, eventlog, failpoints, gauges, metrics, recovery
 from workers.eventlog import Entry
 from workers.metering import limits
 from workers.jobs import handle
@@ -53,6 +59,8 @@ MAX_BACKOFF = 5.0  # a Redis back from a restart is used again within seconds
 SAMPLE_SECONDS = 60.0  # the dashboard's charts show gauges per minute
 STALL_SECONDS = 30.0  # a loop that has not turned for this long is not running (/readyz says so)
 FAILING_SECONDS = 5.0  # a loop whose every turn failed for this long is not running either
+QUIET_AFTER = 60.0  # seconds without activity after which a workspace is quiet (looked after less often)
+QUIET_MAINTENANCE_SECONDS = 30.0
 
 
 @dataclass
@@ -61,6 +69,7 @@ class _Stream:
     key: str
     handling: set[str] = field(default_factory=set)  # entry ids in the pool now
     done: list[str] = field(default_factory=list)  # handled, to acknowledge
+    next_quiet_look: float = 0.0  # monotonic time of the next housekeeping while the workspace is quiet
 
 
 class EventConsumer:
@@ -252,7 +261,7 @@ class EventConsumer:
 
     def _maintain(self) -> None:
         self._next_maintenance = time.monotonic() + MAINTENANCE_SECONDS
-        for stream in self.streams.values():
+        for stream in self._due_for_maintenance():
             with self._lock:
                 handling = list(stream.handling)
             eventlog.touch(self.connection, stream.key, self.name, handling)
@@ -268,6 +277,22 @@ class EventConsumer:
             for stream in self.streams.values():
                 gauges.sample(self.connection, worker_context(stream.workspace).workspace, now=time.time(),
                               every=self.sample_seconds)
+
+    def _due_for_maintenance(self) -> list[_Stream]:
+        """The streams to look after this turn: every busy or lively one, a quiet one every QUIET_MAINTENANCE_SECONDS.
+
+        One MGET of the activity stamps (workers/activity.py) decides, whatever the number of workspaces.
+        """
+        lively = activity.latest(self.connection, [s.workspace for s in self.streams.values()])
+        wall, now = time.time(), time.monotonic()
+        due = []
+        for stream in self.streams.values():
+            with self._lock:
+                busy = bool(stream.handling)
+            if busy or wall - lively.get(stream.workspace, 0.0) < QUIET_AFTER or now >= stream.next_quiet_look:
+                stream.next_quiet_look = now + QUIET_MAINTENANCE_SECONDS
+                due.append(stream)
+        return due
 
     def _claim(self, stream: _Stream) -> None:
         with self._lock:

@@ -12,6 +12,12 @@ Keys are the workspace's own (`workspaces.key`):
 The dedup claim is the lock: any number of schedulers may run side by side, and each tick of a
 rule is accepted once. A crash between submitting and moving `last` only means the next round
 computes the same ticks again, which the claims turn away.
+
+Between ticks a round asks Redis nothing: each scheduler remembers, per workspace and rule, the last
+look it wrote and the rule's next tick after it (`Upcoming`), and reads `schedule:last` again only
+once that tick is due. Leaving `last` where it was meanwhile changes nothing: no tick lies between
+it and now, so the ticks computed at the next look are the same (a daily digest in 1,000 idle
+workspaces used to cost two commands each every 5 s).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import redis
 
 from engine import Event, Ruleset
 from engine.rules import Rule
-from engine.schedules import DEFAULT_GRACE, due_ticks
+from engine.schedules import DEFAULT_GRACE, due_ticks, next_tick
 from engine.templates import isoformat
 from workers import workspaces
 from workers.intake import submit_event
@@ -70,17 +76,52 @@ def rule_ticks(rule: Rule, last: datetime | None, now: datetime, grace: timedelt
                                          catch_up=trig.catch_up or "skip", grace=grace)})
 
 
+class Upcoming:
+    """What one scheduler remembers of each schedule rule: its last look written, and the next tick after it."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple, tuple[datetime, datetime | None]] = {}  # (ws, rule, schedule) → (last, next)
+
+    @staticmethod
+    def _key(rule: Rule) -> tuple:
+        # The rule's schedule is part of the key: an edited cron expression is looked at again at once.
+        return (workspaces.current().name, rule.id,
+                tuple((t.cron, t.timezone, t.catch_up) for t in rule.triggers if t.cron))
+
+    def waiting(self, rule: Rule, now: datetime) -> bool:
+        """True while the rule's next tick is still ahead of `now` (nothing to ask Redis)."""
+        seen = self._seen.get(self._key(rule))
+        return seen is not None and (seen[1] is None or now < seen[1])
+
+    def last(self, rule: Rule) -> datetime | None:
+        """The last look this scheduler wrote (stands in for `schedule:last` should Redis have lost it)."""
+        seen = self._seen.get(self._key(rule))
+        return seen[0] if seen else None
+
+    def looked(self, rule: Rule, now: datetime) -> None:
+        upcoming = next_tick(rule, now)
+        self._seen[self._key(rule)] = (now, upcoming.at if upcoming else None)
+
+
 def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
-             grace: timedelta = DEFAULT_GRACE) -> list[str]:
-    """Submit the due ticks of every schedule rule; returns the ids of the events accepted now."""
+             grace: timedelta = DEFAULT_GRACE, upcoming: Upcoming | None = None) -> list[str]:
+    """Submit the due ticks of every schedule rule; returns the ids of the events accepted now.
+
+    With `upcoming` (the scheduler's loop), a rule whose next tick is still ahead is skipped.
+    """
     accepted = []
     for rule in ruleset.schedules():
-        for tick in rule_ticks(rule, last_look(connection, rule.id), now, grace):
+        if upcoming is not None and upcoming.waiting(rule, now):
+            continue
+        last = last_look(connection, rule.id) or (upcoming.last(rule) if upcoming else None)
+        for tick in rule_ticks(rule, last, now, grace):
             event = schedule_event(rule.id, tick)
             if fire_tick(connection, event):
                 accepted.append(event.id)
         # GT: never move back (another scheduler may have looked a moment later than we did).
         connection.zadd(key(LAST_KEY), {rule.id: now.timestamp()}, gt=True)
+        if upcoming is not None:
+            upcoming.looked(rule, now)
     return accepted
 
 
@@ -100,6 +141,7 @@ def run(connection: redis.Redis, served: Served, settings: SchedulerSettings, st
     next round on (a paused one's too: they wait in its event log, as its webhooks do).
     """
     sources: dict[str, RuleSource] = {}
+    upcoming = Upcoming()
     while not stop.is_set():
         current = served.workspaces()
         for name in [n for n in sources if n not in current]:
@@ -109,14 +151,15 @@ def run(connection: redis.Redis, served: Served, settings: SchedulerSettings, st
                 sources[name] = RuleSource(connection, workspace)
         for source in sources.values():
             with workspaces.using(source.workspace):
-                _fire(connection, source, settings)
+                _fire(connection, source, settings, upcoming)
         stop.wait(settings.interval)
 
 
-def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettings) -> None:
+def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettings, upcoming: Upcoming) -> None:
     try:
         ruleset = source.ruleset()
-        for event_id in fire_due(connection, ruleset, now=datetime.now(timezone.utc), grace=settings.grace):
+        for event_id in fire_due(connection, ruleset, now=datetime.now(timezone.utc), grace=settings.grace,
+                                 upcoming=upcoming):
             log.info("%s: fired %s", source.workspace.name, event_id)
     except redis.RedisError as exc:
         # Nothing moved: the next round redoes it.

@@ -152,3 +152,25 @@ def test_rules_run_tick_refuses_a_rule_without_a_schedule(redis_url, sandbox, ru
     write_rule(rules_dir, "by-hand", "id: by-hand\nwhen: {manual: true}\nthen:\n  - notify: x\n    body: y\n")
     refused = cli(redis_url, sandbox, rules_dir).invoke(args=["rules", "run", "by-hand", "--tick"])
     assert refused.exit_code == 1 and "by-hand has no schedule trigger" in refused.output
+
+
+def test_between_ticks_a_scheduler_asks_redis_nothing_and_still_fires_the_next_tick(redis_url, sandbox, rules_dir):
+    """An idle workspace's hourly digest costs no Redis command per round; its tick still fires, once."""
+    from engine import load_rules
+    write_rule(rules_dir, "hourly", RULE.format(id="hourly", cron="0 * * * *", catch_up="skip"))
+    ruleset = load_rules(rules_dir)
+    connection = redis.Redis.from_url(redis_url)
+    upcoming = scheduler.Upcoming()
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
+        assert scheduler.fire_due(connection, ruleset, now=hour + timedelta(minutes=1), upcoming=upcoming) == []
+        calls = lambda: sum(int(v["calls"]) for v in connection.info("commandstats").values())  # noqa: E731
+        before = calls()
+        for minutes in range(2, 60, 5):  # a round every few minutes of the hour
+            assert scheduler.fire_due(connection, ruleset, now=hour + timedelta(minutes=minutes), upcoming=upcoming) == []
+        assert calls() - before <= 1  # the INFO of the first calls() itself; before: two commands a round
+        connection.delete(LAST_KEY)  # Redis lost it meanwhile (a restart without its data): the tick still fires
+        next_hour = hour + timedelta(hours=1)
+        assert scheduler.fire_due(connection, ruleset, now=next_hour + timedelta(seconds=3), upcoming=upcoming) == [
+            f"schedule:hourly:{next_hour.isoformat().replace('+00:00', 'Z')}"]
+        assert scheduler.fire_due(connection, ruleset, now=next_hour + timedelta(seconds=8), upcoming=upcoming) == []

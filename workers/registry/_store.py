@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import redis
 
-from workers import scripts
+from workers import activity, scripts
 from workers.registry import _records
 from workers.secrets import Keyring
 from workers.workspaces import NAME, Workspace
@@ -89,6 +89,10 @@ def update(connection: redis.Redis, name: str, change: Callable[[dict | None], d
             return old, old
         encoded = "" if new is None else _records.encode({**new, "updated_at": time.time()})
         if scripts.call(connection, _SWAP, keys=[RECORDS, VERSION], args=[name, raw or "", encoded]):
+            if new is not None:
+                # A changed workspace is a lively one: its workers look after it at full speed (a raised
+                # limit releases its waiting runs within seconds, workers/consumer.py).
+                connection.set(activity.key(name), int(time.time() * 1000))
             return old, (None if new is None else _records.decode(encoded))
     raise RegistryError(f"workspace {name!r} changed {_ATTEMPTS} times while being written; try again")
 
