@@ -14,9 +14,9 @@ poller processes may run: they split the workspaces between them, and the worksp
 that died are taken over by the others within one lease period (POLL_LEASE_SECONDS).
 
 What a round costs Redis does not grow with idle workspaces: one MGET of every workspace's activity
-stamp, the pollers' roll call, and a lease renewal per workspace every third of a lease period
-(the holder remembers when it last renewed instead of asking Redis every round); a workspace with
-nothing due sends nothing else.
+stamp, the pollers' roll call, and every third of a lease period one script renewing every lease
+held (the holder remembers when it last renewed instead of asking Redis every round); a workspace
+with nothing due sends nothing else.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from redis.lock import Lock
 from engine.rules import Ruleset
 from inloox import InLooxError
 from inloox.changes import CHANGE_FEEDS, ChangeFeed, Scan, observation
-from workers import activity, metrics
+from workers import activity, metrics, scripts
 from workers.logs import configure_logging
 from workers.poll import PollResult, PollSettings, poll_once, sweep_deleted
 from workers.poll_pace import Pace, SetPace
@@ -196,6 +196,7 @@ def _round(connection: redis.Redis, accounts: list[Account], poller: PollerSetti
     """Renew or take leases up to a fair share, and poll what is due in each workspace held."""
     share = _fair_share(connection, me, len(accounts), poller)
     lively = activity.latest(connection, [a.workspace.name for a in accounts])
+    _renew_leases(connection, accounts, poller)
     for account in _rotated(accounts):
         if account.renewed_at is not None and _owned(accounts) > share:
             _release(account)  # hand one over to a poller that has fewer
@@ -307,6 +308,38 @@ def _hold_lease(account: Account, poller: PollerSettings, *, may_take: bool = Tr
         return False
     account.renewed_at = time.monotonic()
     return True
+
+
+# For each lease (KEYS[i], our token ARGV[i+1]): extend it to ARGV[1] ms if it is still ours; 1 or 0 each.
+_RENEW = scripts.script("""
+local renewed = {}
+for i, lease in ipairs(KEYS) do
+    if redis.call('get', lease) == ARGV[i + 1] then
+        redis.call('pexpire', lease, ARGV[1])
+        renewed[i] = 1
+    else
+        renewed[i] = 0
+    end
+end
+return renewed
+""")
+
+
+def _renew_leases(connection: redis.Redis, accounts: list[Account], poller: PollerSettings) -> None:
+    """Renew, in one script, every lease held that a third of its period has passed since it was renewed.
+
+    What `_hold_lease` would do one workspace at a time (a script each: 3 commands per workspace
+    every 5 s). A lease found no longer ours is let go: the round competes for it again.
+    """
+    now = time.monotonic()
+    due = [a for a in accounts if a.renewed_at is not None and now - a.renewed_at >= poller.lease_seconds / 3
+           and a.lease.local.token is not None]
+    if not due:
+        return
+    renewed = scripts.call(connection, _RENEW, keys=[a.lease.name for a in due],
+                           args=[int(poller.lease_seconds * 1000), *(a.lease.local.token for a in due)])
+    for account, ours in zip(due, renewed):
+        account.renewed_at = now if ours else None
 
 
 def _release(account: Account) -> None:

@@ -570,3 +570,30 @@ def test_a_process_given_a_broken_workspaces_file_stops_with_its_errors(tmp_path
                               capture_output=True, text=True, timeout=30)
         assert done.returncode == 1 and "Traceback" not in done.stderr
         assert done.stderr.startswith(f"Error: {path}:4: workspaces.acme.inloox_url: 'ftp://acme.example' does not match")
+
+
+def test_a_poller_keeps_every_lease_it_holds_renewed_with_one_script(stack, sandbox, tmp_path, redis_url):
+    """Leases renewed together (one script a third of a lease) never lapse: no other poller could take one."""
+    names = [f"kept{n}" for n in range(3)]
+    entries = []
+    for n, name in enumerate(names):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "done.yaml").write_text(textwrap.dedent(DONE_RULE.format(name=name)))
+        entries.append(f"""
+          {name}:
+            inloox_url: {sandbox.base_url}
+            inloox_api_key: {sandbox.token}
+            rules: {folder}""")
+    path = tmp_path / "workspaces.yaml"
+    path.write_text("workspaces:" + "".join(entries) + "\n")
+    stack.env.update(WORKSPACES_FILE=str(path), POLL_INTERVAL="0.5", POLL_LEASE_SECONDS="1.5")
+    stack.poller("poller")
+    connection = redis.Redis.from_url(redis_url)
+    leases = [f"ws:{name}:poll:lease" for name in names]
+    wait_until(lambda: connection.exists(*leases) == len(leases), 30, "every lease taken")
+    tokens = connection.mget(leases)
+    deadline = time.monotonic() + 5  # more than three lease periods
+    while time.monotonic() < deadline:
+        assert connection.mget(leases) == tokens  # never lapsed, never another holder's
+        time.sleep(0.1)
