@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 
 import redis
 
+from workers.metering import expiry
 from workers.runs import TERMINAL
 
 SPAN_MINUTES = 24 * 60
@@ -48,7 +49,7 @@ def add(target, counts: Mapping[tuple[str, str], int], *, minute: int) -> None:
     for (workspace, series), amount in counts.items():
         hour = hour_key(f"ws:{workspace}:", series, minute)
         target.hincrby(hour, minute, amount)
-        target.expire(hour, KEEP_SECONDS)
+        expiry.expire(target, hour, KEEP_SECONDS)
 
 
 def record(target, prefix: str, gauges: Mapping[str, float], *, minute: int) -> None:

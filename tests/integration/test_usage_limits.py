@@ -202,3 +202,27 @@ def test_the_usage_page_the_cli_and_prometheus_show_the_counts(app, client, runn
 
     scraped = client.get("/metrics").get_data(as_text=True)
     assert 'inloox_automation_billable_runs_total{rule="form-to-task",workspace="default"} 1.0' in scraped
+
+
+def test_counter_keys_get_their_ttl_once_an_hour_not_with_every_count(redis_url):
+    """Counting costs a HINCRBY per count; the day's and month's TTLs are set once, and again after a purge."""
+    import redis as redis_lib
+    from workers.metering import expiry, usage
+    connection = redis_lib.Redis.from_url(redis_url)
+    day = usage.today()
+    keys = [usage.day_key("ttl-probe", day), usage.month_key("ttl-probe", usage.month_of(day))]
+    sent = lambda: sum(int(v["calls"]) for k, v in connection.info("commandstats").items() if k == "cmdstat_expire")  # noqa: E731
+    before = sent()
+    for _ in range(5):
+        with connection.pipeline(transaction=False) as pipe:
+            usage.add(pipe, {("ttl-probe", "inloox_requests:read"): 1}, day=day)
+            pipe.execute()
+    assert sent() - before == 2  # one per key, not one per count
+    assert all(connection.ttl(k) > 0 for k in keys)
+    assert usage.read_month(connection, "ttl-probe", usage.month_of(day)) == {"inloox_requests:read": 5}
+    connection.delete(*keys)  # a purge; counting again within the hour leaves them without a TTL…
+    expiry._set_at.clear()  # …until the hour is over (here: now)
+    with connection.pipeline(transaction=False) as pipe:
+        usage.add(pipe, {("ttl-probe", "inloox_requests:read"): 1}, day=day)
+        pipe.execute()
+    assert all(connection.ttl(k) > 0 for k in keys)

@@ -26,6 +26,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import redis
 
+from workers.metering import expiry
+
 SOURCES = ("webhook", "inloox", "chat", "schedule", "manual")
 KEEP_DAYS = 400
 DAY_TTL = (KEEP_DAYS + 1) * 86400
@@ -83,7 +85,7 @@ def add(target, counts: Mapping[tuple[str, str], int], *, day: date) -> None:
             target.hincrby(key, field, amount)
             ttls[key] = ttl
     for key, ttl in ttls.items():
-        target.expire(key, ttl)
+        expiry.expire(target, key, ttl)
 
 
 def is_billable(run: dict) -> bool:
