@@ -1,24 +1,27 @@
 """Putting run jobs on the queue: one place for the queue's name, the job timeout and retries.
 
-Jobs are named by their dotted path, so modules that queue work never import the job code.
+Jobs are named by their dotted path, so modules that queue work never import the job code. Every
+queue here is an IndexedQueue: a job scheduled for later (enqueue_at, enqueue_in) also notes its queue
+in RQ's due index, the one place the scheduler looks (workers/rq_schedule.py).
 """
 from __future__ import annotations
 
 from datetime import timedelta
 
 import redis
-from rq import Queue, Retry
+from rq import Retry
 from rq.rate_limit import RateLimit
 
 from workers import workspaces
+from workers.rq_schedule import IndexedQueue
 
 RUN_JOB_TIMEOUT = 40  # seconds; with the worker's short grace a killed run resumes within a minute
 EXECUTE_RUN = "workers.jobs.execute_run"
 
 
-def queue(connection: redis.Redis) -> Queue:
+def queue(connection: redis.Redis) -> IndexedQueue:
     """The current workspace's queue, with RQ's JSON serializer (job arguments are ids and plain data)."""
-    return Queue(workspaces.current().queue, connection=connection, serializer="json")
+    return IndexedQueue(workspaces.current().queue, connection=connection, serializer="json")
 
 
 def workspace_job_id(name: str) -> str:

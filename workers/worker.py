@@ -2,6 +2,8 @@
 
     rq worker --worker-class workers.worker.Worker --serializer json --with-scheduler default
 
+(`--queue-class` is not read: the worker's queues are IndexedQueues, so that RQ's retries write the due index.)
+
 Accepted events arrive through the workspaces' event logs (workers/eventlog.py) and are handled by
 the event consumer's thread pool (workers/consumer.py), which this class starts and stops with the
 RQ worker. RQ keeps what needs a queue with timing: retries after a delay, holds, runs under a
@@ -15,9 +17,14 @@ run resumes elsewhere within about a minute:
   10 s (RQ: 10 min), and an idle worker wakes every 2 s (RQ: every 405 s), which is also how
   soon it notices a stop signal.
 
-RQ's scheduler (which moves due retries and holds onto the queue) runs on a thread of this process,
+RQ's scheduler (which moves due retries and holds onto their queue) runs on a thread of this process,
 not in a forked child: one process fewer per worker, and a killed worker takes its scheduler with it
 (a forked child used to keep the worker's output pipe open, so nothing noticed the worker's death).
+It is ours (workers/rq_schedule.py): RQ's took a lock per queue and looked at every queue each
+second, 4 Redis commands per workspace per second while nothing happened. Every job scheduled
+(through IndexedQueue, this worker's queue class) also notes its queue in one due index, and one
+worker of the deployment holds one lock and moves what the index says is due, for every workspace;
+a killed holder's lock expires and another worker's maintenance takes it over.
 
 RQ's own loop quits on a Redis error ("unhandled exception, quitting"); this one waits with backoff
 and starts it again, so a Redis restart never needs a person. The process also lowers its own CPU
@@ -35,13 +42,13 @@ import redis
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import StopRequested
 from rq.utils import now
-from rq.worker import WorkerStatus
-from rq.scheduler import RQScheduler
-from rq.worker import SimpleWorker
+from rq import Queue
+from rq.worker import SimpleWorker, WorkerStatus
 
 from workers import metrics, registry
 from workers.consumer import EventConsumer
 from workers.logs import configure_logging
+from workers.rq_schedule import IndexedQueue, ThreadScheduler
 from workers.settings import load_config
 from workers.worker_context import served
 
@@ -63,10 +70,14 @@ IDLE_QUEUE = "no-workspace"  # the queue an RQ loop waits on while no workspace 
 class Worker(SimpleWorker):
     """SimpleWorker with the event consumer, short recovery times and Redis outage riding (see above)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, queues, *args, **kwargs):
         self.config = load_config()
         configure_logging(self.config)  # before RQ's bootstrap, which keeps a handler it finds
-        super().__init__(*args, **kwargs)
+        # RQ's CLI passes its --queue-class (rq.Queue) and builds the queues with it: by name, they
+        # become IndexedQueues, whose schedule_job (RQ's Retry with intervals) writes the due index.
+        kwargs["queue_class"] = IndexedQueue
+        names = [q.name if isinstance(q, Queue) else q for q in ([queues] if isinstance(queues, (str, Queue)) else queues)]
+        super().__init__(names, *args, **kwargs)
         self.maintenance_interval = min(self.maintenance_interval, MAINTENANCE_SECONDS)
         self.max_connection_wait_time = MAX_BACKOFF_SECONDS  # RQ's own wait while dequeueing (60 s)
         self.consumer: EventConsumer | None = None
@@ -89,12 +100,12 @@ class Worker(SimpleWorker):
 
     def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO", date_format: str = "",
                          log_format: str = "") -> None:
-        """RQ's `_start_scheduler`, with the scheduler on a thread (ThreadScheduler)."""
-        self.scheduler = ThreadScheduler(self.queues, connection=self.connection, serializer=self.serializer,
+        """RQ's `_start_scheduler`, with our scheduler (one lock, every queue: ThreadScheduler) on a thread."""
+        self.scheduler = ThreadScheduler([], connection=self.connection, serializer=self.serializer,
                                          logging_level=logging_level or self.log.level)
         self.scheduler.acquire_locks()
         if not self.scheduler.acquired_locks:
-            return  # another worker schedules; RQ's maintenance tries again every 10 s
+            return  # another worker schedules (for every queue); RQ's maintenance tries again every 10 s
         if burst:
             try:
                 self.scheduler.register_birth()
@@ -154,10 +165,6 @@ class Worker(SimpleWorker):
         self._ordered_queues = self.queues[:]
         if self.consumer is not None:
             self.consumer.follow(running)
-        if self.scheduler is not None:
-            # RQ's scheduler looks at a changed set of queues only after 10 minutes: now, at its next turn.
-            self.scheduler._queue_names = set(running)
-            self.scheduler.lock_acquisition_time = None
 
     def _consumer_beat(self) -> None:
         """Start a dead consumer thread again, and say for /readyz (CONSUMER_BEAT) whether it runs."""
@@ -247,27 +254,6 @@ class Worker(SimpleWorker):
         log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine) or "no workspace yet",
                  consumer.pool_size)
         return consumer
-
-
-class ThreadScheduler(RQScheduler):
-    """RQ's scheduler loop on a daemon thread of the worker (signals stay with the worker's main thread)."""
-
-    def _install_signal_handlers(self) -> None:
-        pass  # only the main thread may install them; the worker's stop reaches us via request_stop()
-
-    def start(self) -> threading.Thread:
-        self._status = self.Status.STARTED
-        self._stop_requested = False
-        self._process = threading.Thread(target=self._work, name="rq-scheduler", daemon=True)
-        self._process.start()
-        return self._process
-
-    def _work(self) -> None:
-        try:
-            self.work()
-        except redis.RedisError as exc:
-            # The thread ends; the worker's maintenance (every 10 s) takes the locks and starts it again.
-            log.warning("RQ scheduler stopped on a Redis error (%s); it restarts with the worker's maintenance", exc)
 
 
 def _lower_priority(nice: int) -> None:

@@ -58,6 +58,6 @@ def test_a_hold_survives_a_killed_worker(engine, sandbox, receiver, rules_dir, r
     engine.worker("worker-2")
 
     # The hold is kept in Redis; worker-2's scheduler takes over once the dead one's lock
-    # (RQ: 61 s) has expired, so the run fires late but exactly once.
+    # (20 s, workers/rq_schedule.py) has expired, so the run fires late but exactly once.
     wait_until(lambda: runs_in(redis_url, "succeeded"), 100, "the held run to fire after the restart")
     assert len(receiver.received) == 1

@@ -8,6 +8,7 @@ import redis
 from rq import Queue
 
 from workers import metrics
+from workers.rq_schedule import DUE
 from workers.registry._store import UnknownWorkspace, pause, update
 
 _SCAN_COUNT = 1000
@@ -97,6 +98,7 @@ def _delete_jobs(connection: redis.Redis, name: str) -> int:
 def _delete_queue_keys(connection: redis.Redis, name: str) -> int:
     """RQ's keys of the queue itself (rq:queue:<name>, rq:wip:<name>, rq:failed:<name>, …)."""
     connection.srem("rq:queues", f"rq:queue:{name}")
+    connection.zrem(DUE, name)  # the due index names the queue (workers/rq_schedule.py)
     keys = [k for k in connection.scan_iter(match=f"rq:*:{name}", count=_SCAN_COUNT)
             if k.decode().split(":", 2)[-1] == name]
     return connection.unlink(*keys) if keys else 0
