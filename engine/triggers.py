@@ -169,8 +169,12 @@ def _compile_inloox(config, path, comp):
         summary += f", held for {format_duration(hold)}"
     keys = tuple(("inloox", entity_set, k, f) for k in kinds for f in fields)
     # Every field a test reads must be watched, not only the one the index files the rule under;
-    # with no field that must change, an update of any field may be the one.
+    # with no field that must change, an update of any field may be the one. A trigger on creation
+    # alone compares nothing: a new entity is one without a snapshot, and its event carries the
+    # entity read in full, so the poller need not keep every field of every entity for it.
     watches = None if fields == ["*"] else frozenset([*changes, *any_of])
+    if set(kinds) == {"created"} and not tests:
+        watches = frozenset()
     return Trigger("inloox", summary, keys, Scope(roots), check, hold=hold, watches=watches)
 
 

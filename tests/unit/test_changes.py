@@ -109,7 +109,9 @@ def test_unreadable_scan_intervals_are_refused(text, words):
     ("    changes:\n      changed: [Name, EndDateTime]", frozenset({"Name", "EndDateTime"})),
     # "Name did not change" holds for an update of any other field: every field is watched.
     ("    changes:\n      Name: {changed: false}", None),
-    ("    on: created", None),
+    # A new entity is one without a snapshot: no field needs keeping for it (its event reads it whole).
+    ("    on: created", frozenset()),
+    ("    on: [created, deleted]", None),
 ])
 def test_the_poller_watches_every_field_a_trigger_reads(tmp_path, options, fields):
     (tmp_path / "rule.yaml").write_text(RULE.format(entity_set="Task", options=options))
