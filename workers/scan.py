@@ -61,7 +61,9 @@ def scan_once(client: Client, connection: redis.Redis, scan: Scan, fields: froze
     `keep_lease()` is asked after every page and before anything is stored; when it answers False
     the scan raises LeaseLost.
     """
-    store = SnapshotStore(connection, scan.entity_set, workspaces.current().prefix)
+    # A one-part key is the hash field already: its snapshots need not store it again.
+    store = SnapshotStore(connection, scan.entity_set, workspaces.current().prefix,
+                          key_field=scan.key[0] if len(scan.key) == 1 else None)
     watched = watched_fields(scan.entity_set, fields, exclude=scan.key)
     previous = store.cursor()  # when the previous complete scan started
     baseline = previous is None
