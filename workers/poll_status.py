@@ -26,7 +26,9 @@ from inloox.changes import CHANGE_FEEDS, scan_requests
 from workers import metrics
 from workers.workspaces import key
 
-RECENT_POLLS = 200
+# Enough to see a handover, or two pollers taking turns: about a minute of an active workspace's
+# polls, half an hour of an idle one's. Every workspace keeps its own list: 200 took ~9 KB each.
+RECENT_POLLS = 50
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def record_poll(connection: redis.Redis, result, run: PollRun, *, poller: str = 
     """Keep what one complete poll of `result.entity_set` did, and count it (and any held changes)."""
     ended = run.started.timestamp() + run.seconds
     with connection.pipeline(transaction=False) as pipe:
-        pipe.lpush(key("poll:recent"), f"{poller} {run.started.isoformat()}")
+        pipe.lpush(key("poll:recent"), f"{poller} {run.started.isoformat(timespec='milliseconds')}")
         pipe.ltrim(key("poll:recent"), 0, RECENT_POLLS - 1)
         pipe.hset(key(f"poll:{result.entity_set}:last"), mapping={
             "at": datetime.fromtimestamp(ended, run.started.tzinfo).isoformat(), "started": run.started.isoformat(),
