@@ -39,6 +39,7 @@ class StepContext:
     it (its idempotency keys are its own) and need not be read. `after`: ledger writes that go to
     Redis with the step's record, in one round trip (the caller executes them); a "done" that is
     lost with a crash only makes the next attempt check InLoox, which the "sent" mark asks for anyway.
+    `lock`: held by the run's executor (workers/jobs.py), which renews and releases it.
     """
 
     client: Client
@@ -46,6 +47,7 @@ class StepContext:
     outbound: OutboundPolicy
     fresh: bool = False
     after: list[Callable[[object], None]] = field(default_factory=list)
+    lock: object = None  # the run's lock (redis-py's Lock), given back with the run's last status
 
     def earlier(self, key: str) -> dict | None:
         """The ledger entry of an earlier attempt at this operation, or None."""

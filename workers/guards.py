@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import redis
 
@@ -62,38 +63,68 @@ def forget_write(pipe, entity_set: str, key: str) -> None:
     pipe.delete(ws_key(f"wrote:{entity_set}:{key}"))
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What the guards read as a run of `rule_id` starts for one event (see `admission`)."""
+
+    rule_id: str
+    paused_key: str  # the rule's pause flag
+    counter_key: str | None  # the rule's runs on the event's entity in this window; None: not counted
+    entity: str  # "Set(key)" of the event, for the reason
+    hops: int  # the event's chain depth
+    too_deep: bool  # a chain of our own writes at HOP_LIMIT: refused whatever Redis says
+    limit: int = RUN_LIMIT
+    window: int = RUN_WINDOW
+
+
+def admission(rule_id: str, event: dict) -> Admission:
+    """What to read (and count) before a run of this rule starts for this event.
+
+    workers.runs.create_run asks it in the script that stores the run (no round trip of its own);
+    `refusal` asks it on its own.
+    """
+    hops = int((event.get("payload") or {}).get("hops", 0))
+    too_deep = bool(event.get("chained")) and hops >= HOP_LIMIT
+    counted = event.get("entity_set") and not too_deep
+    return Admission(rule_id, ws_key(f"rule:paused:{rule_id}"),
+                     ws_key(f"rate:{rule_id}:{event['entity_set']}:{event['key']}") if counted else None,
+                     f"{event.get('entity_set')}({event.get('key')})", hops, too_deep)
+
+
 def refusal(connection: redis.Redis, rule_id: str, event: dict) -> str | None:
     """Why this rule must not run for this event (paused, chain too long, too frequent), or None.
 
     One round trip: the pause flag is read with the run counted (a run of a paused rule counts
     too, which changes nothing: the rule is paused already).
     """
-    hops = int((event.get("payload") or {}).get("hops", 0))
-    too_deep = bool(event.get("chained")) and hops >= HOP_LIMIT
-    counter = ws_key(f"rate:{rule_id}:{event['entity_set']}:{event['key']}") \
-        if event.get("entity_set") and not too_deep else None
+    asked = admission(rule_id, event)
     with connection.pipeline(transaction=False) as pipe:
-        pipe.get(ws_key(f"rule:paused:{rule_id}"))
-        if counter:
-            pipe.incr(counter)
-            pipe.expire(counter, RUN_WINDOW, nx=True)
+        pipe.get(asked.paused_key)
+        if asked.counter_key:
+            pipe.incr(asked.counter_key)
+            pipe.expire(asked.counter_key, asked.window, nx=True)
         paused, *counted = pipe.execute()
+    return verdict(connection, asked, paused, counted[0] if counted else None)
+
+
+def verdict(connection: redis.Redis, asked: Admission, paused: bytes | None, count: int | None) -> str | None:
+    """Why the run must not start, from what was read for `asked` (None: it may); counts the refusal."""
     if paused is not None:
         metrics.count(connection, "loops_stopped", reason="paused")
         return f"rule paused: {paused.decode()}"
-    if too_deep:
+    if asked.too_deep:
         metrics.count(connection, "loops_stopped", reason="hops")
-        return f"chain of our own writes stopped at {hops} hops"
-    if not counter:
+        return f"chain of our own writes stopped at {asked.hops} hops"
+    if count is None:
         return None
-    return _too_frequent(connection, rule_id, event["entity_set"], event["key"], counted[0])
+    return _too_frequent(connection, asked, count)
 
 
-def _too_frequent(connection: redis.Redis, rule_id: str, entity_set: str, key: str, count: int) -> str | None:
-    if count <= RUN_LIMIT:
+def _too_frequent(connection: redis.Redis, asked: Admission, count: int) -> str | None:
+    if count <= asked.limit:
         return None
-    reason = f"ran more than {RUN_LIMIT} times on {entity_set}({key}) within {RUN_WINDOW}s"
-    connection.set(ws_key(f"rule:paused:{rule_id}"), reason)
+    reason = f"ran more than {asked.limit} times on {asked.entity} within {asked.window}s"
+    connection.set(asked.paused_key, reason)
     metrics.count(connection, "loops_stopped", reason="frequency")
     return f"rule paused: {reason}"
 

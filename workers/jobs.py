@@ -22,12 +22,13 @@ from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
 from inloox.changes import ChangeFeed, observation
 from inloox.errors import Throttled
-from workers import deliveries, failpoints, guards, ledger, metrics, workspaces
+from workers import deliveries, failpoints, guards, ledger, metrics, scripts, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext
 from workers.outbound import OutboundRefused, redacted
-from workers.runs import ACTIVE, TERMINAL, create_run, list_runs, load_run, new_run, record_step, save_run, save_trace
+from workers.runs import (ACTIVE, TERMINAL, Creation, Lease, create_run, list_runs, load_run, new_run, queue_create,
+                          record_step, save_run, save_trace)
 from workers.worker_context import WorkerContext, workspace_job
 from workers.chat import after_run as report_to_chat
 from workers.metering import limits, usage
@@ -57,34 +58,65 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None,
     ruleset, version = ctx.rules.current(not_before=accepted_at)
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env, defer_env=True)  # plans as evaluate makes them
     plans = list(report.plans)
-    here: list[tuple[str, dict | None]] = []
-    run_ids = [start_run(ctx, parsed, plan, now, version, here=here)[0] for plan in plans]
     trace = report.to_dict() | {"ruleset_version": version, "entry": entry_id}
     if ctx.rules.trouble:  # the event met these files at their last good version, or not at all
         trace["broken_files"] = [{"file": f.name, "status": f.status} for f in ctx.rules.trouble]
-    with ctx.connection.pipeline(transaction=False) as pipe:
-        save_trace(pipe, trace, run_ids, now=now)
-        for plan in plans:
-            metrics.count(pipe, "rule_matches", rule=plan.rule_id)
-        pipe.execute()
-    for run_id, record in here:
-        _run(ctx, run_id, record)
+    here: list[tuple[str, dict | None, tuple | None]] = []
+    run_ids = [run_id for run_id, _ in _start_runs(ctx, plans, now, version, here=here, trace=trace)]
+    for run_id, record, acquired in here:
+        _run(ctx, run_id, record, acquired=acquired)
     if parsed.source == "inloox":  # the change feed's subscribers: after the runs, before the event's ack
         deliveries.fan_out(ctx.connection, event)
     return {"event_id": parsed.id, "runs": run_ids}
 
 
 def start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str, *,
-              here: list[tuple[str, dict | None]] | None = None, forced: dict | None = None) -> tuple[str, bool]:
+              here: list[tuple[str, dict | None, tuple | None]] | None = None,
+              forced: dict | None = None) -> tuple[str, bool]:
     """Store the run (once) and start it: queued, or appended to `here` to be run by the caller.
 
     Returns (run id, whether this call created it). `here` gets (run id, the record if we just
-    created it, else None) and takes no run with a `concurrency` limit (RQ enforces that on jobs).
+    created it else None, `_acquire`'s answer if its lock was taken with the record else None)
+    and takes no run with a `concurrency` limit (RQ enforces that on jobs).
     `forced` (when and by whom) makes a run of its own even if the rule ran for the event already.
     """
-    run = new_run(plan, now=now, ruleset_version=ruleset_version, forced=forced,
-                  **_initial_status(ctx.connection, plan))
-    created = create_run(ctx.connection, run)
+    return _start_runs(ctx, [plan], now, ruleset_version, here=here, forced=forced)[0]
+
+
+def _start_runs(ctx: WorkerContext, plans: list[Plan], now: datetime, ruleset_version: str, *,
+                here: list | None = None, forced: dict | None = None, trace: dict | None = None) -> list[tuple[str, bool]]:
+    """start_run for each plan in one round trip: guards, records, the event's `trace`, and the
+    lock of the first run to be executed here (it starts at once; the others take theirs then)."""
+    runs, asked = [], []
+    for plan in plans:
+        status, guard = _initial_status(ctx.connection, plan)
+        runs.append(new_run(plan, now=now, ruleset_version=ruleset_version, forced=forced, **status))
+        asked.append(guard)
+    leased = next((r for r in runs if here is not None and _executes_here(r)), None)
+    lease = _lease(ctx, leased["id"]) if leased else None
+    with ctx.connection.pipeline(transaction=False) as pipe:
+        at = [queue_create(pipe, run, guard=guard, lease=lease if run is leased else None)
+              for run, guard in zip(runs, asked)]
+        paused_at = len(pipe.command_stack)
+        if lease:
+            pipe.get(workspaces.key(PAUSED))  # what `_acquire` reads with the lock
+        if trace is not None:
+            save_trace(pipe, trace, [run["id"] for run in runs], now=now)
+            for plan in plans:
+                metrics.count(pipe, "rule_matches", rule=plan.rule_id)
+        replies = pipe.execute()
+    acquired = (_lock(ctx, lease), replies[paused_at]) if lease else None
+    return [_started(ctx, run, guard, Creation.of(replies[i]), here=here, acquired=acquired)
+            for run, guard, i in zip(runs, asked, at)]
+
+
+def _started(ctx: WorkerContext, run: dict, guard, creation: Creation, *, here: list | None,
+             acquired: tuple | None) -> tuple[str, bool]:
+    """After the run's creation script: store it as skipped if the guards refused it, and start it."""
+    created = creation.created
+    if creation.refused:  # nothing was stored: the run is kept as skipped, saying why
+        run.update(status="skipped", reason=guards.verdict(ctx.connection, guard, creation.paused, creation.count))
+        created = create_run(ctx.connection, run)
     if created:
         with ctx.connection.pipeline(transaction=False) as pipe:  # one round trip, none when counts are batched
             metrics.count(pipe, "runs", status=run["status"])
@@ -96,7 +128,7 @@ def start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, rules
     # Also when the run existed: a crash may have come between storing and starting it.
     if existing and existing["status"] == "queued":
         if here is not None and not existing["plan"].get("concurrency"):
-            here.append((existing["id"], existing if created else None))
+            here.append((existing["id"], existing if created else None, acquired if creation.leased else None))
         else:
             queue_run(ctx.connection, existing)
     elif existing and existing["status"] == "held":
@@ -104,17 +136,23 @@ def start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, rules
     return run["id"], created
 
 
-def _initial_status(connection: redis.Redis, plan: Plan) -> dict:
+def _executes_here(run: dict) -> bool:
+    return run["status"] == "queued" and not run["plan"].get("concurrency")
+
+
+def _initial_status(connection: redis.Redis, plan: Plan) -> tuple[dict, guards.Admission | None]:
+    """The run's first status if its guards let it start, and what they must ask with its creation
+    (None: nothing, or they have answered already)."""
     if plan.error:
-        return {"status": "failed", "reason": plan.error}
-    refused = guards.refusal(connection, plan.rule_id, plan.event)
-    if refused:
-        return {"status": "skipped", "reason": refused}
+        return {"status": "failed", "reason": plan.error}, None
+    asked = guards.admission(plan.rule_id, plan.event)
+    if asked.too_deep:  # refused whatever Redis holds; the guards' own round trip says why (rare)
+        return {"status": "skipped", "reason": guards.refusal(connection, plan.rule_id, plan.event)}, None
     if plan.mode == "shadow":
-        return {"status": "shadow", "reason": "shadow mode: planned and recorded, nothing written"}
+        return {"status": "shadow", "reason": "shadow mode: planned and recorded, nothing written"}, asked
     if plan.hold_seconds:
-        return {"status": "held", "reason": f"waiting {plan.hold_seconds:g}s, then checking the rule again"}
-    return {"status": "queued"}
+        return {"status": "held", "reason": f"waiting {plan.hold_seconds:g}s, then checking the rule again"}, asked
+    return {"status": "queued"}, asked
 
 
 @workspace_job
@@ -123,15 +161,16 @@ def execute_run(ctx: WorkerContext, run_id: str) -> str:
     return _run(ctx, run_id)
 
 
-def _run(ctx: WorkerContext, run_id: str, run: dict | None = None) -> str:
+def _run(ctx: WorkerContext, run_id: str, run: dict | None = None, *, acquired: tuple | None = None) -> str:
     """execute_run's work, also done inside handle: under the run's lock, from its ledger.
 
     `run` is the record when the caller has just created it (saves reading it again); otherwise
     the record is read once the lock is ours, so it holds every step an earlier executor finished.
+    `acquired` is `_acquire`'s answer when the lock was taken with the record (workers.runs.Lease).
     A run whose lock another executor holds is left to it: should that executor die, its lock runs
     out and the sweeper (workers/recovery.py) starts the run again.
     """
-    lock, paused = _acquire(ctx, run_id)
+    lock, paused = acquired or _acquire(ctx, run_id)
     if lock is None:
         return "locked"
     fresh = run is not None and not run["steps"] and not run["attempts"]  # created by our caller just now
@@ -140,50 +179,71 @@ def _run(ctx: WorkerContext, run_id: str, run: dict | None = None) -> str:
         if run is None or run["status"] in TERMINAL:
             return run["status"] if run else "missing"
         if paused is not None:
-            return _stop(ctx, run, "paused", paused.decode())
+            return _stop(ctx, run, "paused", paused.decode(), lock=lock)
         return _execute(ctx, run, lock, fresh=fresh)
     finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            pass  # it expired (a run longer than its timeout): nothing of ours to release
+        _release(lock)
 
 
 def _acquire(ctx: WorkerContext, run_id: str):
     """(the run's lock if we got it else None, the workspace's pause reason or None): one round trip."""
-    lock = ctx.connection.lock(workspaces.key(f"run-lock:{run_id}"), timeout=ctx.run_lease, blocking=False)
-    token = uuid.uuid1().hex.encode()  # as redis-py's Lock makes them
+    lease = _lease(ctx, run_id)
     with ctx.connection.pipeline(transaction=False) as pipe:
-        pipe.set(lock.name, token, nx=True, px=int(ctx.run_lease * 1000))
+        pipe.set(lease.key, lease.token, nx=True, px=lease.ms)
         pipe.get(workspaces.key(PAUSED))
         acquired, paused = pipe.execute()
-    if not acquired:
-        return None, paused
-    lock.local.token = token  # the lock is ours: its release() and reacquire() go by this token
-    return lock, paused
+    return (_lock(ctx, lease) if acquired else None), paused
+
+
+def _lease(ctx: WorkerContext, run_id: str) -> Lease:
+    """A new token for the run's lock, not taken yet."""
+    return Lease(workspaces.key(f"run-lock:{run_id}"), uuid.uuid1().hex.encode(), int(ctx.run_lease * 1000))
+
+
+def _lock(ctx: WorkerContext, lease: Lease):
+    """redis-py's Lock for a lease we hold: its reacquire() and release() go by the lease's token."""
+    lock = ctx.connection.lock(lease.key, timeout=ctx.run_lease, blocking=False)
+    lock.local.token = lease.token
+    return lock
+
+
+def _queue_release(pipe, lock) -> None:
+    """Queue giving the lock back on `pipe` (with the run's status: one round trip); only if still ours."""
+    scripts.call(pipe, lock.lua_release, keys=[lock.name], args=[lock.local.token])
+    lock.local.token = None  # given back: `_release` has nothing left to do
+
+
+def _release(lock) -> None:
+    if lock.local.token is None:
+        return  # given back with the run's status (`_stop`)
+    try:
+        lock.release()
+    except redis.exceptions.LockError:
+        pass  # it expired (a run longer than its timeout): nothing of ours to release
 
 
 def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False) -> str:
     plan = Plan.from_dict(run["plan"])
     if not run["steps"] and not run.get("limit_counted"):
         if not limits.admit(ctx.connection, ctx.workspace, ctx.outbound, run):
-            return _stop(ctx, run, limits.OVER_LIMIT, limits.over_reason(ctx.workspace), pending=[limits.wait(run)])
+            return _stop(ctx, run, limits.OVER_LIMIT, limits.over_reason(ctx.workspace), pending=[limits.wait(run)],
+                         lock=lock)
         run["limit_counted"] = True  # its slot under the monthly limit is taken (workers/metering/limits.py)
     if not run["steps"] and not run.get("workspace_counted"):
         wait = _workspace_wait(ctx)
         if wait:
             _retry_later(ctx, run, wait, tag=f"ws{int(datetime.now(timezone.utc).timestamp())}")
             return _stop(ctx, run, "queued", f"workspace limit of {ctx.workspace.limits.runs_per_minute} "
-                                             f"runs/minute reached; starts in {wait:.0f}s")
+                                             f"runs/minute reached; starts in {wait:.0f}s", lock=lock)
         run["workspace_counted"] = True
     if plan.rate_limit and not run["steps"] and not run.get("rate_counted"):
         wait = guards.rate_wait(ctx.connection, plan.rule_id, plan.rate_limit)
         if wait:
             _retry_later(ctx, run, wait, tag=f"rate{int(datetime.now(timezone.utc).timestamp())}")
-            return _stop(ctx, run, "queued", f"rate limit of {plan.rule_id} reached; starts in {wait:.0f}s")
+            return _stop(ctx, run, "queued", f"rate limit of {plan.rule_id} reached; starts in {wait:.0f}s", lock=lock)
         run["rate_counted"] = True  # a retry of this run is not a new run
     done = {s["index"] for s in run["steps"] if s["status"] in ("done", "skipped")}
-    step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound, fresh=fresh)
+    step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound, fresh=fresh, lock=lock)
     if plan.for_each:
         return _fan_out(ctx, step_ctx, run, plan, done)
     for operation in plan.operations:
@@ -195,7 +255,7 @@ def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False) -> str
         outcome = _step(ctx, step_ctx, run, plan, operation, last=operation is plan.operations[-1])
         if outcome != "done":
             return outcome
-    return _stop(ctx, run, "succeeded", "", pending=step_ctx.after)
+    return _stop(ctx, run, "succeeded", "", pending=step_ctx.after, lock=lock)
 
 
 def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, done: set) -> str:
@@ -210,7 +270,7 @@ def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, d
     version = run.get("ruleset_version", "")
     run["item_runs"] = [start_run(ctx, event, item, now, version, forced=run.get("forced"))[0]
                         for item in iterate(plan, rows)]
-    return _stop(ctx, run, "succeeded", f"{len(run['item_runs'])} item run(s) started")
+    return _stop(ctx, run, "succeeded", f"{len(run['item_runs'])} item run(s) started", lock=step_ctx.lock)
 
 
 def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, operation, *, last: bool = False) -> str:
@@ -232,7 +292,7 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
         trace.update(status="skipped", reason=exc.message, ms=_ms_since(started))
         return _record(ctx, step_ctx, run, trace, defer=last)
     except (InLooxError, NeedsAttention, OutboundRefused, TemplateError) as exc:
-        return _failed_step(ctx, run, plan, trace, exc)
+        return _failed_step(ctx, run, plan, trace, exc, lock=step_ctx.lock)
     trace.update(status="done", output=output, ms=_ms_since(started))
     step_ctx.after.append(lambda pipe: _note_write(pipe, plan, operation, output))
     run["outputs"][operation.step_id] = output
@@ -283,7 +343,7 @@ def _key_field(entity_set: str) -> str | None:
     return meta.key[0] if meta and len(meta.key) == 1 else None
 
 
-def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Exception) -> str:
+def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Exception, *, lock) -> str:
     trace.update(status="error", error=str(exc), error_type=type(exc).__name__,
                  ms=_ms_since(datetime.fromisoformat(trace["started_at"])))
     record_step(run, trace)
@@ -291,26 +351,26 @@ def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Ex
     if isinstance(exc, AuthError):
         # Every run of this account would fail the same way: stop them all until a person looks.
         ctx.connection.set(workspaces.key(PAUSED), f"InLoox refused the token ({exc.status}) at {trace['started_at']}")
-        return _stop(ctx, run, "paused", f"InLoox refused the token: {exc}")
+        return _stop(ctx, run, "paused", f"InLoox refused the token: {exc}", lock=lock)
     if isinstance(exc, OutcomeUnknown) or getattr(exc, "retryable", False):
-        return _retry(ctx, run, plan, exc)
-    return _stop(ctx, run, "failed", f"step {trace['index']} ({trace['id']}): {exc}")
+        return _retry(ctx, run, plan, exc, lock=lock)
+    return _stop(ctx, run, "failed", f"step {trace['index']} ({trace['id']}): {exc}", lock=lock)
 
 
-def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception) -> str:
+def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception, *, lock) -> str:
     """Schedule the next attempt: exponential backoff with full jitter, never before Retry-After."""
     policy = {**DEFAULT_RETRY, **(plan.retry or {})}
     # Waiting for the workspace's own request budget is not a failed attempt: nothing was sent.
     run["attempts"] += 0 if isinstance(exc, Throttled) else 1
     metrics.count(ctx.connection, "retries", kind="automatic")
     if run["attempts"] >= policy["attempts"]:
-        return _stop(ctx, run, "failed", f"gave up after {run['attempts']} attempts: {exc}")
+        return _stop(ctx, run, "failed", f"gave up after {run['attempts']} attempts: {exc}", lock=lock)
     delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** run["attempts"]))
     delay = max(delay, getattr(exc, "retry_after", None) or 0.0,
                 UNKNOWN_OUTCOME_DELAY if isinstance(exc, OutcomeUnknown) else 0.0)
     throttled = isinstance(exc, Throttled)  # several waits share one attempt number: name them by time
     _retry_later(ctx, run, delay, tag=f"t{time.time_ns()}" if throttled else f"a{run['attempts']}")
-    return _stop(ctx, run, "retrying", f"attempt {run['attempts']} failed ({exc}); next in {delay:.1f}s")
+    return _stop(ctx, run, "retrying", f"attempt {run['attempts']} failed ({exc}); next in {delay:.1f}s", lock=lock)
 
 
 def _retry_later(ctx: WorkerContext, run: dict, delay: float, *, tag: str) -> None:
@@ -318,8 +378,9 @@ def _retry_later(ctx: WorkerContext, run: dict, delay: float, *, tag: str) -> No
     queue_run(ctx.connection, run, job_id=f"{run['id']}-{tag}", delay=delay)
 
 
-def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()) -> str:
-    """Give the run its new status (with `pending` writes of its last step): one round trip."""
+def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=(), lock=None) -> str:
+    """Give the run its new status (with `pending` writes of its last step) and give its `lock`
+    back: one round trip. The lock goes after the status, so whoever takes it next reads it."""
     run["status"], run["reason"] = status, reason
     with ctx.connection.pipeline(transaction=False) as pipe:
         for write in pending:
@@ -329,6 +390,8 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()
         billed = _bill(ctx, pipe, run, finished=status in TERMINAL or status == "paused")
         save_run(pipe, run, now=datetime.now(timezone.utc))  # the status and its count together
         metrics.count(pipe, "runs", status=status)
+        if lock is not None:
+            _queue_release(pipe, lock)
         replies = pipe.execute()
     if billed is not None:
         limits.alert_runs(ctx.connection, ctx.workspace, ctx.outbound, used=replies[billed])

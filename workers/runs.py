@@ -34,6 +34,7 @@ import hashlib
 import json
 import time
 import zlib
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -89,15 +90,27 @@ return #members
 """
 _TRIM_SCRIPT = scripts.script(_TRIM)
 
-# KEYS: record, runs, runs:rule:<rule>, runs:active, runs:done. ARGV: record, ttl, run id, created
-# (score), deadline ("" for none), done member ("" unless finished), finished (score).
+# KEYS: record, runs, runs:rule:<rule>, runs:active, runs:done, then optional ones ("" for none): the
+# rule's pause flag, its run counter on the entity (workers/guards.py), the run's lock (workers/jobs.py).
+# ARGV: record, ttl, run id, created (score), deadline ("" for none), done member ("" unless finished),
+# finished (score), counter limit, counter window (seconds), lock token, lock lease (ms).
+# Returns {created, refused, the pause reason or nil, the count or nil, leased}: refused, nothing is stored.
 _CREATE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+local paused, count = false, false
+if KEYS[6] ~= '' then paused = redis.call('GET', KEYS[6]) end
+if KEYS[7] ~= '' then
+  count = redis.call('INCR', KEYS[7])
+  redis.call('EXPIRE', KEYS[7], ARGV[9], 'NX')
+end
+if paused or (count and count > tonumber(ARGV[8])) then return {0, 1, paused, count, 0} end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return {0, 0, paused, count, 0} end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3]) end
 if ARGV[6] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6]) end
-return 1
+local leased = 0
+if KEYS[8] ~= '' and redis.call('SET', KEYS[8], ARGV[10], 'NX', 'PX', ARGV[11]) then leased = 1 end
+return {1, 0, paused, count, leased}
 """
 _CREATE_SCRIPT = scripts.script(_CREATE)
 
@@ -153,28 +166,67 @@ def _forced_key(key: str, at: str) -> str:
     return "op_" + hashlib.sha256(f"{key}\nforced {at}".encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A run's lock, taken with its record when the run is created (workers/jobs.py owns the key)."""
+
+    key: str
+    token: bytes
+    ms: int
+
+
+@dataclass(frozen=True)
+class Creation:
+    """What `queue_create`'s script did: stored the run or not, what the guards read, the lease."""
+
+    created: bool
+    refused: bool  # the guards said no: nothing was stored, the caller stores the run as skipped
+    paused: bytes | None  # the rule's pause reason, when the guards were asked
+    count: int | None  # the rule's runs on the entity in the window, when counted
+    leased: bool  # the lease was taken (only ever with the run's creation)
+
+    @classmethod
+    def of(cls, reply) -> "Creation":
+        created, refused, paused, count, leased = (list(reply) + [None] * 5)[:5]
+        return cls(bool(created), bool(refused), paused or None, count, bool(leased))
+
+
 def create_run(connection: redis.Redis, run: dict, *, keep: int | None = None, max_age: int | None = None) -> bool:
     """Store a new run; False (and nothing written) when a run with its id exists already.
 
     Also applies retention: finished runs past the newest `keep` (RUNS_KEEP) or finished longer
     than `max_age` seconds (RUNS_MAX_AGE) ago are deleted, in the same transaction.
     """
+    with connection.pipeline(transaction=False) as pipe:
+        at = queue_create(pipe, run, keep=keep, max_age=max_age)
+        return Creation.of(pipe.execute()[at]).created
+
+
+def queue_create(pipe: Pipeline, run: dict, *, guard=None, lease: Lease | None = None, keep: int | None = None,
+                 max_age: int | None = None) -> int:
+    """Queue `create_run`'s script on `pipe`; the index of its reply (`Creation.of` reads it).
+
+    `guard` (a `workers.guards.Admission`) is asked in the same script: a run it refuses is not
+    stored. `lease` is taken when the run is created, so that nobody starts it before its creator.
+    """
     max_age = RUNS_MAX_AGE if max_age is None else max_age
-    # Record, listing and recovery deadline in one script: a process killed in between must not
-    # leave a record that no index lists and no sweeper knows (a second handling of the event
-    # would find the record, run it, and it would never be listed).
+    # Guards, record, listing, recovery deadline and lease in one script: a process killed in between
+    # must not leave a record that no index lists and no sweeper knows (a second handling of the
+    # event would find the record, run it, and it would never be listed), nor a run its guard refused.
     created_at = _stamp(run["created_at"])
     lost_at = deadline(run, now=time.time()) if is_active(run) else ""
     finished = run["status"] in TERMINAL
-    with connection.pipeline(transaction=False) as pipe:
-        scripts.call(pipe, _CREATE_SCRIPT,
-                     keys=[_key(run["id"]), key("runs"), key(f"runs:rule:{run['rule_id']}"), key(ACTIVE),
-                           key("runs:done")],
-                     args=[_encode_run(run), max_age, run["id"], created_at, lost_at,
-                           _done_member(run) if finished else "", _stamp(run["updated_at"])])
-        _trim_runs(pipe, keep, max_age)
-        created = pipe.execute()[0]
-    return bool(created)
+    at = len(pipe.command_stack)
+    scripts.call(pipe, _CREATE_SCRIPT,
+                 keys=[_key(run["id"]), key("runs"), key(f"runs:rule:{run['rule_id']}"), key(ACTIVE), key("runs:done"),
+                       guard.paused_key if guard else "", (guard.counter_key or "") if guard else "",
+                       lease.key if lease else ""],
+                 args=[_encode_run(run), max_age, run["id"], created_at, lost_at,
+                       _done_member(run) if finished else "", _stamp(run["updated_at"]),
+                       guard.limit if guard else 0, guard.window if guard else 0,
+                       lease.token if lease else "", lease.ms if lease else 0])
+    _trim_runs(pipe, keep, max_age)
+    return at
 
 
 def load_run(connection: redis.Redis, run_id: str) -> dict | None:

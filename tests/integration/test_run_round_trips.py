@@ -1,0 +1,139 @@
+"""Issue 22: what one run costs in Redis round trips on the worker's hot path, on a real Valkey.
+
+An event is handled the way the worker's consumer does it (`workers.jobs.handle`, counts batched
+as the worker batches them), against the sandbox over HTTP. Round trips are counted where they
+happen, at the connection (each request written to the socket, a pipeline being one), and the
+commands Valkey executed are read from its own INFO commandstats. What a user would see is
+checked too: the run succeeded and InLoox holds the task, once.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+import redis
+
+from engine import Event, Plan
+from tests.support.stack import PROJECT, ensure_project, write_form_rule
+from workers import guards, metrics, workspaces
+from workers.jobs import handle
+from workers.runs import load_run, run_id
+from workers.worker_context import build_context
+
+# The worker's hot path for a one-step create: start (guards, record, lock, trace), "sent" before
+# the POST, the final status with the step's record and the lock's release. Seven before issue 22.
+MAX_ROUND_TRIPS_PER_RUN = 3
+
+
+class _CountingConnection(redis.Connection):
+    """A connection that counts what it writes to the socket: one per command or pipeline."""
+
+    sent = 0
+
+    def send_packed_command(self, command, check_health=True):
+        type(self).sent += 1
+        return super().send_packed_command(command, check_health)
+
+
+def _commands(connection: redis.Redis) -> int:
+    """Commands Valkey has executed since its stats were reset (INFO itself excluded)."""
+    stats = connection.info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat"))
+
+
+def _context(redis_url: str, sandbox, rules_dir):
+    connection = redis.Redis(connection_pool=redis.ConnectionPool.from_url(
+        redis_url, connection_class=_CountingConnection))
+    workspace = workspaces.Workspace(workspaces.DEFAULT, sandbox.base_url, sandbox.token, rules_path=str(rules_dir),
+                                     limits=workspaces.Limits(inloox_requests_per_second=0))
+    config = {"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": "", "RULES_ENV": "", "DELIVERY_RETRY_SECONDS": ""}
+    return build_context(config, workspace, connection), workspace
+
+
+def _event(n: int) -> dict:
+    body = {"title": f"Task {n}", "project": PROJECT}
+    return Event(source="webhook", kind="forms", id=f"webhook:forms:msg_rt_{n}", occurred_at=datetime.now(timezone.utc),
+                 payload={"id": f"msg_rt_{n}", "body": body, "headers": {}}).to_dict()
+
+
+@pytest.fixture
+def batched_counts():
+    """Counts kept in memory and written every second, as the worker does (workers/worker.py)."""
+    metrics.batch(3600.0)
+    yield
+    metrics.batch(0.0)
+
+
+def test_a_one_step_run_costs_few_round_trips(redis_url, sandbox, tmp_path, batched_counts):
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    observer = redis.Redis.from_url(redis_url)
+    with workspaces.using(workspace):
+        handle(ctx, _event(0), accepted_at=time.time())  # rules read, scripts cached, connections open
+        events = 10
+        observer.config_resetstat()
+        sent_before = _CountingConnection.sent
+        for n in range(1, events + 1):
+            handle(ctx, _event(n), accepted_at=0.0)
+        round_trips = (_CountingConnection.sent - sent_before) / events
+        commands = _commands(observer) / events
+        runs = [load_run(observer, run_id_of(n)) for n in range(events + 1)]
+
+    print(f"per run: {round_trips:.1f} round trips, {commands:.1f} commands")
+    assert [r["status"] for r in runs] == ["succeeded"] * (events + 1)
+    names = sorted(t["Name"] for t in sandbox.get("Task").json()["value"])
+    assert names == sorted(f"Task {n}" for n in range(events + 1))
+    assert round_trips <= MAX_ROUND_TRIPS_PER_RUN, f"{round_trips:.1f} round trips per run ({commands:.1f} commands)"
+
+
+def run_id_of(n: int) -> str:
+    return run_id(Plan(rule_id="form-to-task", rule_version="", event_id=f"webhook:forms:msg_rt_{n}", event={}))
+
+
+def test_a_paused_rule_stores_its_run_as_skipped_and_writes_nothing(redis_url, sandbox, tmp_path, batched_counts):
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        ctx.connection.set(workspaces.key("rule:paused:form-to-task"), "paused by Ann")
+        handle(ctx, _event(1), accepted_at=time.time())
+        run = load_run(ctx.connection, run_id_of(1))
+
+    assert (run["status"], run["reason"]) == ("skipped", "rule paused: paused by Ann")
+    assert sandbox.count("Task") == 0
+
+
+def test_a_rule_running_too_often_on_one_entity_is_paused(redis_url, sandbox, tmp_path, batched_counts):
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        for n in range(guards.RUN_LIMIT + 2):
+            event = _event(n) | {"entity_set": "Task", "key": "k1"}
+            handle(ctx, event, accepted_at=time.time())
+        runs = [load_run(ctx.connection, run_id_of(n)) for n in range(guards.RUN_LIMIT + 2)]
+        paused = ctx.connection.get(workspaces.key("rule:paused:form-to-task"))
+
+    reason = f"rule paused: ran more than {guards.RUN_LIMIT} times on Task(k1) within {guards.RUN_WINDOW}s"
+    assert [r["status"] for r in runs] == ["succeeded"] * guards.RUN_LIMIT + ["skipped"] * 2
+    assert [r["reason"] for r in runs[guards.RUN_LIMIT:]] == [reason, reason]
+    assert paused.decode() in reason
+    assert sandbox.count("Task") == guards.RUN_LIMIT
+
+
+def test_a_second_handling_of_an_event_continues_its_runs_and_writes_once(redis_url, sandbox, tmp_path,
+                                                                          batched_counts):
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        first = handle(ctx, _event(1), accepted_at=time.time())
+        second = handle(ctx, _event(1), accepted_at=time.time())
+        run = load_run(ctx.connection, run_id_of(1))
+        lock = ctx.connection.get(workspaces.key(f"run-lock:{run_id_of(1)}"))
+
+    assert first["runs"] == second["runs"] == [run_id_of(1)]
+    assert run["status"] == "succeeded" and lock is None
+    assert sandbox.count("Task") == 1
