@@ -132,14 +132,21 @@ class ThreadScheduler(RQScheduler):
             return
         if time.monotonic() >= self._next_sweep:
             self.sweep()
-        due = [name.decode() for name in self.connection.zrangebyscore(DUE, "-inf", current_timestamp())]
-        if not due:
+        for name in self.connection.zrangebyscore(DUE, "-inf", current_timestamp()):
+            self._move_due_jobs(name.decode())
+
+    def _move_due_jobs(self, queue_name: str) -> None:
+        """RQ's move for one queue's registry, then its index entry set again from what is left there."""
+        registry = ScheduledJobRegistry(queue_name, connection=self.connection, serializer=self.serializer)
+        self._scheduled_job_registries = [registry]
+        try:
+            super().enqueue_scheduled_jobs()
+        except redis.RedisError:
+            raise  # the thread ends; the worker's maintenance starts it again
+        except Exception:  # noqa: BLE001 - one queue's bad job must not stop the others' (it is tried next turn)
+            log.exception("RQ scheduler: could not move the due jobs of queue %s", queue_name)
             return
-        self._scheduled_job_registries = [ScheduledJobRegistry(name, connection=self.connection,
-                                                               serializer=self.serializer) for name in due]
-        super().enqueue_scheduled_jobs()  # RQ's move, over these registries only
-        for registry in self._scheduled_job_registries:
-            scripts.call(self.connection, _RESETTLE, keys=[DUE, registry.key], args=[registry.name])
+        scripts.call(self.connection, _RESETTLE, keys=[DUE, registry.key], args=[queue_name])
 
     def sweep(self) -> None:
         """Note in the index every queue whose registry holds a job the index missed (the safety net)."""

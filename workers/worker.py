@@ -39,10 +39,10 @@ import threading
 import time
 
 import redis
+from rq import Queue
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import StopRequested
 from rq.utils import now
-from rq import Queue
 from rq.worker import SimpleWorker, WorkerStatus
 
 from workers import metrics, registry
@@ -76,8 +76,8 @@ class Worker(SimpleWorker):
         # RQ's CLI passes its --queue-class (rq.Queue) and builds the queues with it: by name, they
         # become IndexedQueues, whose schedule_job (RQ's Retry with intervals) writes the due index.
         kwargs["queue_class"] = IndexedQueue
-        names = [q.name if isinstance(q, Queue) else q for q in ([queues] if isinstance(queues, (str, Queue)) else queues)]
-        super().__init__(names, *args, **kwargs)
+        queues = [queues] if isinstance(queues, (str, Queue)) else queues
+        super().__init__([q.name if isinstance(q, Queue) else q for q in queues], *args, **kwargs)
         self.maintenance_interval = min(self.maintenance_interval, MAINTENANCE_SECONDS)
         self.max_connection_wait_time = MAX_BACKOFF_SECONDS  # RQ's own wait while dequeueing (60 s)
         self.consumer: EventConsumer | None = None
