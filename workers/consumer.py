@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -290,7 +291,8 @@ class EventConsumer:
             with self._lock:
                 busy = bool(stream.handling)
             if busy or wall - lively.get(stream.workspace, 0.0) < QUIET_AFTER or now >= stream.next_quiet_look:
-                stream.next_quiet_look = now + QUIET_MAINTENANCE_SECONDS
+                # Spread over a fifth of the period: quiet workspaces taken up together do not stay in step.
+                stream.next_quiet_look = now + QUIET_MAINTENANCE_SECONDS * random.uniform(0.9, 1.1)
                 due.append(stream)
         return due
 

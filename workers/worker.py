@@ -42,11 +42,13 @@ import redis
 from rq import Queue
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import StopRequested
+from rq import worker_registration
+from rq.registry import clean_registries
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from workers import metrics, registry
-from workers.consumer import EventConsumer
+from workers import activity, metrics, registry
+from workers.consumer import QUIET_AFTER, EventConsumer
 from workers.logs import configure_logging
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
 from workers.settings import load_config
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 
 ABANDON_GRACE_SECONDS = 5
 MAINTENANCE_SECONDS = 10
+QUIET_CLEAN_SECONDS = 600  # RQ's own maintenance interval, for the queues of quiet workspaces
 IDLE_WAKE_SECONDS = 2  # also how soon an idle worker notices a stop signal
 METRICS_BATCH_SECONDS = 1.0  # counts reach Redis (and /metrics) at most this late
 MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within seconds
@@ -85,6 +88,7 @@ class Worker(SimpleWorker):
         self._next_beat = 0.0
         self._following: list[str] | None = None  # the workspaces served now, as last followed
         self._leftovers = registry.Leftovers()
+        self._cleaned: dict[str, float] = {}  # queue name → when (monotonic) its registries were last cleaned
         self._known: set[str] = set()  # every workspace served, paused or not, at the last look
         # WORKER_WORKSPACES names the workspaces this worker may serve (a shard); empty: every one.
         self.only = {n.strip() for n in (self.config.get("WORKER_WORKSPACES") or "").split(",") if n.strip()}
@@ -178,6 +182,29 @@ class Worker(SimpleWorker):
         except redis.RedisError:
             return  # Redis away: RQ's own heartbeat, next, waits for it; the beat is said again then
         self._next_beat = time.monotonic() + CONSUMER_BEAT_SECONDS
+
+    def clean_registries(self):
+        """RQ's cleaning of each queue's registries (abandoned jobs requeued, old ones dropped), lively first.
+
+        RQ cleans every queue at each maintenance (every MAINTENANCE_SECONDS here): some ten
+        commands per workspace, most of what an idle one cost Redis. A queue whose workspace is quiet
+        (no activity stamp for QUIET_AFTER, workers/activity.py) is cleaned every QUIET_CLEAN_SECONDS,
+        RQ's own default: a job left by a killed worker in a workspace where nothing happens is found
+        later, and its run is started again by the sweeper (workers/recovery.py) meanwhile anyway.
+        """
+        lively = activity.latest(self.connection, [queue.name for queue in self.queues])
+        wall, moment = time.time(), time.monotonic()
+        for queue in self.queues:
+            quiet = wall - lively.get(queue.name, 0.0) >= QUIET_AFTER
+            if quiet and moment - self._cleaned.get(queue.name, -QUIET_CLEAN_SECONDS) < QUIET_CLEAN_SECONDS:
+                continue
+            if queue.acquire_maintenance_lock():  # one worker at a time cleans a queue (RQ's lock)
+                clean_registries(queue, self._exc_handlers)
+                worker_registration.clean_worker_registry(queue)
+                queue.intermediate_queue.cleanup(self, queue)
+                queue.release_maintenance_lock()
+            self._cleaned[queue.name] = moment
+        self.last_cleaned_at = now()
 
     def run_maintenance_tasks(self):
         """RQ's maintenance (every MAINTENANCE_SECONDS), skipped while Redis is away.
