@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=300)
     parser.add_argument("--measure-seconds", type=float, default=60)
     parser.add_argument("--detect-timeout", type=float, default=120)
+    parser.add_argument("--baseline-timeout", type=float, default=300,
+                        help="how long every workspace may take to have its first polls done")
     parser.add_argument("--monitor-seconds", type=float, default=0,
                         help="after the window, tally commands by key pattern for this long (MONITOR)")
     args = parser.parse_args()
@@ -190,8 +192,11 @@ def main() -> None:
     valkey = harness.valkey_pid(server)
     try:
         baselines = [f"ws:{n}:poll:{s}:cursor" for n in names for s in ("Task", "Contact")]
-        harness.wait_until(lambda: connection.exists(*baselines) == len(baselines), 300, "every workspace's baselines")
-        print(f"  {len(names)} workspaces polled; idle for {args.idle_seconds:g}s", flush=True)
+        started = time.monotonic()
+        harness.wait_until(lambda: connection.exists(*baselines) == len(baselines), args.baseline_timeout,
+                           "every workspace's baselines")
+        print(f"  {len(names)} workspaces polled (first polls done in {time.monotonic() - started:.0f}s); "
+              f"idle for {args.idle_seconds:g}s", flush=True)
         time.sleep(args.idle_seconds)
         pids = [p for process in processes for p in harness.tree_pids(process.popen.pid)]
         by_process = lambda: {p.name: harness.tree_cpu_seconds(p.popen.pid) for p in processes}  # noqa: E731

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -95,7 +96,8 @@ class Client:
         raise TypeError("an inloox.Client cannot be pickled (it holds a token); pass its settings instead")
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Let go of the session; the pooled connections stay with the process's other clients (`_shared_adapter`)."""
+        self._session.adapters.clear()
         self._session.close()
 
     def __enter__(self) -> "Client":
@@ -316,11 +318,34 @@ def _new_session(api_key: _ApiKey, pool_size: int, base_url: str) -> requests.Se
     session.proxies, session.verify, session.cert = settings["proxies"], settings["verify"], settings["cert"]
     session.auth = api_key
     session.headers.update({"Accept": "application/json", "OData-MaxVersion": "4.0"})
-    # No automatic retries: retrying is the worker's decision, made from the error's class.
-    adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+    adapter = _shared_adapter(pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+_adapters: dict[int, requests.adapters.HTTPAdapter] = {}
+_adapters_lock = threading.Lock()
+HOSTS_KEPT = 64  # connection pools kept per adapter, one per InLoox host
+
+
+def _shared_adapter(pool_size: int) -> requests.adapters.HTTPAdapter:
+    """The process's connection pools, shared by every client of the same pool size.
+
+    A hosted service runs hundreds of accounts on one InLoox host: with a pool per client, a poller
+    kept a connection open per workspace (1,000 idle connections from one process, and servers that
+    cap connections, as waitress does at 100, made the 101st workspace wait minutes for its first
+    answer). Requests carry their own account's key (the session's auth), so sharing the connections
+    of one host shares nothing else.
+    """
+    with _adapters_lock:
+        adapter = _adapters.get(pool_size)
+        if adapter is None:
+            # No automatic retries: retrying is the worker's decision, made from the error's class.
+            adapter = requests.adapters.HTTPAdapter(pool_connections=HOSTS_KEPT, pool_maxsize=pool_size,
+                                                    max_retries=0)
+            _adapters[pool_size] = adapter
+        return adapter
 
 
 def _normalized_base_url(base_url: str) -> str:
