@@ -22,6 +22,8 @@ The points (see docs/execution.md, "Crash points"):
     between_steps   a step was recorded, the next not yet started (workers/jobs.py)
     during_notify   a notification was sent, its step not yet recorded (workers/jobs.py)
     handle_event    an event is about to be matched (workers/jobs.py handle; subject: the event id)
+    runs_stored     an event's runs are stored, the first live one's lease taken, none executed yet
+                    (workers/jobs.py handle)
     consumer_turn   the event consumer starts a turn of its loop (workers/consumer.py; subject: the worker's name)
 """
 from __future__ import annotations

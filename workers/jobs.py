@@ -63,6 +63,7 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None,
         trace["broken_files"] = [{"file": f.name, "status": f.status} for f in ctx.rules.trouble]
     here: list[tuple[str, dict | None, tuple | None]] = []
     run_ids = [run_id for run_id, _ in _start_runs(ctx, plans, now, version, here=here, trace=trace)]
+    failpoints.hit("runs_stored")  # tests only (inert unless ENGINE_FAILPOINTS is set)
     for run_id, record, acquired in here:
         _run(ctx, run_id, record, acquired=acquired)
     if parsed.source == "inloox":  # the change feed's subscribers: after the runs, before the event's ack
