@@ -78,12 +78,14 @@ def rules_folder() -> Path:
     return folder
 
 
-def create_workspaces(connection: redis.Redis, keyring: Keyring, count: int, odata: str, rules: Path) -> list[str]:
-    """`default` (declared by the settings) and count − 1 registry workspaces like it."""
+def create_workspaces(connection: redis.Redis, keyring: Keyring, count: int, odata: str, rules: Path,
+                      probes: int = 0, probe_odata: str = "") -> list[str]:
+    """`default` (declared by the settings) and count − 1 registry workspaces like it; the first
+    `probes` of those on `probe_odata` instead."""
     names = ["default"] + [f"t{n:03d}" for n in range(1, count)]
-    for name in names[1:]:
-        registry.put(connection, keyring, name, {"inloox_url": odata, "inloox_api_key": ENGINE_TOKEN,
-                                                 "rules": str(rules)})
+    for n, name in enumerate(names[1:]):
+        registry.put(connection, keyring, name, {"inloox_url": probe_odata if n < probes else odata,
+                                                 "inloox_api_key": ENGINE_TOKEN, "rules": str(rules)})
     return names
 
 
@@ -166,6 +168,9 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=300)
     parser.add_argument("--measure-seconds", type=float, default=60)
     parser.add_argument("--detect-timeout", type=float, default=120)
+    parser.add_argument("--probes", type=int, default=0,
+                        help="measure change detection in this many workspaces on a sandbox of their own "
+                             "(0: every workspace sees the change, all at once)")
     parser.add_argument("--baseline-timeout", type=float, default=300,
                         help="how long every workspace may take to have its first polls done")
     parser.add_argument("--monitor-seconds", type=float, default=0,
@@ -178,13 +183,21 @@ def main() -> None:
     sandbox = harness.sandbox(port, PERSON_TOKEN, engine_token=ENGINE_TOKEN)
     odata = f"http://127.0.0.1:{port}/api/odata/"
     task = seed(odata)
+    probe_sandbox, probe_odata, probe_task = None, odata, task
+    if args.probes:
+        probe_port = harness.free_port()
+        probe_sandbox = harness.sandbox(probe_port, PERSON_TOKEN, engine_token=ENGINE_TOKEN)
+        probe_odata = f"http://127.0.0.1:{probe_port}/api/odata/"
+        probe_task = seed(probe_odata)
     rules = rules_folder()
     url = f"redis://127.0.0.1:{server.port}/0"
     secrets_key = generate_key()
     env = {"REDIS_URL": url, "RULES_PATH": str(rules), "INLOOX_URL": odata, "INLOOX_API_KEY": ENGINE_TOKEN,
            "SECRETS_KEY": secrets_key, "STACK_ENV": "", "WORKSPACES_FILE": ""}
     connection = redis.Redis.from_url(url)
-    names = create_workspaces(connection, Keyring([secrets_key]), args.workspaces, odata, rules)
+    names = create_workspaces(connection, Keyring([secrets_key]), args.workspaces, odata, rules,
+                              probes=args.probes, probe_odata=probe_odata)
+    watching = names[1:1 + args.probes] if args.probes else names  # the workspaces that see the change
     processes = [harness.Process.python("-m", "rq.cli", "worker", "--worker-class", "workers.worker.Worker",
                                         "--with-scheduler", "--serializer", "json", "--dequeue-strategy",
                                         "round_robin", "--url", url, name="worker", env=env),
@@ -202,7 +215,10 @@ def main() -> None:
         by_process = lambda: {p.name: harness.tree_cpu_seconds(p.popen.pid) for p in processes}  # noqa: E731
         stack_cpu = lambda: sum(by_process().values())  # noqa: E731
         each0 = by_process()
-        requests.delete(f"http://127.0.0.1:{port}/_sandbox/requests", timeout=10)
+        logs = [odata.replace("/api/odata/", "/_sandbox/requests")] + (
+            [probe_odata.replace("/api/odata/", "/_sandbox/requests")] if args.probes else [])
+        for log in logs:
+            requests.delete(log, timeout=10)
         calls0, cpu0, valkey0, t0 = command_calls(connection), stack_cpu(), \
             harness.cpu_seconds([valkey] if valkey else []), time.monotonic()
         time.sleep(args.measure_seconds)
@@ -212,7 +228,7 @@ def main() -> None:
         cpu = stack_cpu() - cpu0
         each = {name: (spent - each0[name]) * 1000 / seconds / len(names) for name, spent in by_process().items()}
         valkey_cpu = harness.cpu_seconds([valkey] if valkey else []) - valkey0
-        sent = len(requests.get(f"http://127.0.0.1:{port}/_sandbox/requests", timeout=10).json()["value"])
+        sent = sum(len(requests.get(log, timeout=10).json()["value"]) for log in logs)
         sizes = sorted(workspace_bytes(connection, n) for n in names)
         used = int(connection.info("memory")["used_memory"])
         rss = harness.rss_mb(pids)
@@ -230,11 +246,14 @@ def main() -> None:
                   + monitor(connection, names, args.monitor_seconds), flush=True)
         idle_since = time.time()
         idle_for = args.idle_seconds + seconds
-        idle = detected(connection, names, task, tick(odata, task, True), args.detect_timeout)
-        print(latency_line(f"change in a set idle for {idle_for:.0f}s", idle, n), flush=True)
+        seeing = len(watching)
+        if args.probes:
+            print(f"  change detection in {seeing} workspaces on a sandbox of their own, among {n} workspaces")
+        idle = detected(connection, watching, probe_task, tick(probe_odata, probe_task, True), args.detect_timeout)
+        print(latency_line(f"change in a set idle for {idle_for:.0f}s", idle, seeing), flush=True)
         time.sleep(max(0.0, 20 - (time.time() - idle_since)))
-        active = detected(connection, names, task, tick(odata, task, False), args.detect_timeout)
-        print(latency_line("change in a set active in the last minute", active, n), flush=True)
+        active = detected(connection, watching, probe_task, tick(probe_odata, probe_task, False), args.detect_timeout)
+        print(latency_line("change in a set active in the last minute", active, seeing), flush=True)
         print(harness.summary(
             "tenants", workspaces=n, idle_s=f"{idle_for:.0f}", requests_per_min=f"{sent / n / (seconds / 60):.1f}",
             cpu_ms_per_s=f"{cpu * 1000 / seconds / n:.2f}", valkey_cpu_ms_per_s=f"{valkey_cpu * 1000 / seconds / n:.2f}",
@@ -249,6 +268,8 @@ def main() -> None:
         for process in processes:
             process.stop()
         sandbox.stop()
+        if probe_sandbox is not None:
+            probe_sandbox.stop()
         server.stop()
     print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
 
