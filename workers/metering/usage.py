@@ -105,10 +105,10 @@ def bill(pipe, workspace: str, run: dict, *, day: date) -> int | None:
     at = len(pipe.command_stack)
     pipe.hincrby(month, "billable_runs", 1)
     pipe.hincrby(month, RULE + run["rule_id"], 1)
-    pipe.expire(month, MONTH_TTL)
+    expiry.expire(pipe, month, MONTH_TTL)
     pipe.hincrby(daily, "billable_runs", 1)
     pipe.hincrby(daily, RULE + run["rule_id"], 1)
-    pipe.expire(daily, DAY_TTL)
+    expiry.expire(pipe, daily, DAY_TTL)
     return at
 
 
