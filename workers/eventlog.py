@@ -40,10 +40,10 @@ _APPEND = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   local id = redis.call('XADD', KEYS[2], '*', 'z', ARGV[3])
   redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
-  redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
-  redis.call('EXPIRE', KEYS[4], ARGV[7])
-  redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
-  redis.call('EXPIRE', KEYS[5], ARGV[8])
+  -- The day's and month's TTLs are set by their first count of this source (every writer sets them
+  -- when it makes a key; workers/metering/expiry.py), not with every event.
+  if redis.call('HINCRBY', KEYS[4], ARGV[6], 1) == 1 then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
+  if redis.call('HINCRBY', KEYS[5], ARGV[6], 1) == 1 then redis.call('EXPIRE', KEYS[5], ARGV[8]) end
   redis.call('SET', KEYS[6], string.match(id, '^%d+'))
   return id
 end

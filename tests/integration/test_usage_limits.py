@@ -226,3 +226,20 @@ def test_counter_keys_get_their_ttl_once_an_hour_not_with_every_count(redis_url)
         usage.add(pipe, {("ttl-probe", "inloox_requests:read"): 1}, day=day)
         pipe.execute()
     assert all(connection.ttl(k) > 0 for k in keys)
+
+
+def test_an_accepted_event_counts_once_and_its_day_and_month_keep_a_ttl(redis_url):
+    """The intake script sets the usage keys' TTLs with the first count of a source (not with every event)."""
+    import redis as redis_lib
+    from workers import eventlog, workspaces
+    from workers.metering import usage
+    connection = redis_lib.Redis.from_url(redis_url)
+    day = usage.today()
+    with workspaces.using(workspaces.Workspace("ttl-intake", "http://127.0.0.1:9/api/odata/", "token")):
+        for n in range(3):
+            eventlog.append(connection, {"id": f"e{n}", "source": "webhook", "kind": "k", "payload": {}},
+                            dedup_key=f"ws:ttl-intake:dedup:e{n}", dedup_ttl=60, counted=("a", "d"))
+    month = usage.read_month(connection, "ttl-intake", usage.month_of(day))
+    assert month["events:webhook"] == 3
+    assert connection.ttl(usage.day_key("ttl-intake", day)) > 0
+    assert connection.ttl(usage.month_key("ttl-intake", usage.month_of(day))) > 0
