@@ -179,16 +179,17 @@ then:
 """
 
 
-def test_three_pollers_share_ten_workspaces_and_take_over_a_killed_ones_within_a_lease(
-        stack, sandbox, receiver, tmp_path, redis_url):
-    names = [f"ws{n}" for n in range(10)]
+def _done_workspaces(tmp_path, sandbox, names: list[str], *, own_users: bool = False):
+    """A workspaces file: each of `names` on the sandbox with DONE_RULE (and an InLoox user of its own)."""
     entries = []
     for n, name in enumerate(names):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "done.yaml").write_text(textwrap.dedent(DONE_RULE.format(name=name)))
-        token = f"ilx_engine_token_of_{name}_000"
-        sandbox.add_user(token, f"Bot{n}", "Engine")
+        token = sandbox.token
+        if own_users:
+            token = f"ilx_engine_token_of_{name}_000"
+            sandbox.add_user(token, f"Bot{n}", "Engine")
         entries.append(f"""
           {name}:
             inloox_url: {sandbox.base_url}
@@ -197,6 +198,13 @@ def test_three_pollers_share_ten_workspaces_and_take_over_a_killed_ones_within_a
             limits: {{inloox_requests_per_second: 0}}""")
     path = tmp_path / "workspaces.yaml"
     path.write_text("workspaces:" + "".join(entries) + "\n")
+    return path
+
+
+def test_three_pollers_share_ten_workspaces_and_take_over_a_killed_ones_within_a_lease(
+        stack, sandbox, receiver, tmp_path, redis_url):
+    names = [f"ws{n}" for n in range(10)]
+    path = _done_workspaces(tmp_path, sandbox, names, own_users=True)
     stack.env.update(WORKSPACES_FILE=str(path), POLL_INTERVAL="0.5", POLL_LEASE_SECONDS="3")
     first, second = (sandbox.post("Task", json={"Name": name, "ProjectId": ensure_project(sandbox)}).json()["TaskItemId"]
                      for name in ("First", "Second"))
@@ -575,18 +583,7 @@ def test_a_process_given_a_broken_workspaces_file_stops_with_its_errors(tmp_path
 def test_a_poller_keeps_every_lease_it_holds_renewed_with_one_script(stack, sandbox, tmp_path, redis_url):
     """Leases renewed together (one script a third of a lease) never lapse: no other poller could take one."""
     names = [f"kept{n}" for n in range(3)]
-    entries = []
-    for n, name in enumerate(names):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "done.yaml").write_text(textwrap.dedent(DONE_RULE.format(name=name)))
-        entries.append(f"""
-          {name}:
-            inloox_url: {sandbox.base_url}
-            inloox_api_key: {sandbox.token}
-            rules: {folder}""")
-    path = tmp_path / "workspaces.yaml"
-    path.write_text("workspaces:" + "".join(entries) + "\n")
+    path = _done_workspaces(tmp_path, sandbox, names)
     stack.env.update(WORKSPACES_FILE=str(path), POLL_INTERVAL="0.5", POLL_LEASE_SECONDS="1.5")
     stack.poller("poller")
     connection = redis.Redis.from_url(redis_url)
