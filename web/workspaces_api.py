@@ -140,7 +140,8 @@ def _registry_call(action, *args):
 
 
 def _body() -> dict:
-    body = request.get_json(silent=True)
+    # Any content type; a body that is not readable JSON is a 400 saying why (web/json_bodies.py).
+    body = request.get_json(force=True, silent=not request.get_data())
     if body is None:
         abort(400, "the body must be a JSON object of workspace fields (schemas/workspace.schema.json)")
     problem = best_match(_validator().iter_errors(body))
