@@ -8,7 +8,9 @@ A set that sees no change, in a workspace where nothing happens, is polled less 
 to POLL_MAX_INTERVAL (feeds) or POLL_SCAN_MAX_SECONDS (scans); a change, an event accepted from any
 source or a person on the dashboard brings it back at once (workers/poll_pace.py has the curve).
 
-Each workspace is polled only by the
+Each round hands every workspace held that has something due to a pool of POLL_THREADS threads, at
+most one poll of a workspace at a time: an InLoox account that answers slowly, or not before the
+client's timeout, delays its own polls, not the other workspaces'. Each workspace is polled only by the
 holder of its Redis lease (`ws:<name>:poll:lease`, a redis-py Lock with expiry), so any number of
 poller processes may run: they split the workspaces between them, and the workspaces of a poller
 that died are taken over by the others within one lease period (POLL_LEASE_SECONDS).
@@ -29,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Mapping
@@ -70,6 +73,7 @@ class PollerSettings:
     idle_after: float = 60.0  # seconds of quiet before a set backs off (0: never)
     max_interval: float = 30.0  # a change feed's ceiling
     scan_max: float = 600.0  # a scan's ceiling
+    threads: int = 8  # workspaces polled at the same time (POLL_THREADS)
 
     def scan_interval(self, entity_set: str) -> float:
         """Seconds between two scans of `entity_set`: its own setting or the default, never below the floor."""
@@ -128,6 +132,7 @@ class Account:
     watching: dict = field(default_factory=dict)  # entity set → fields, as last read from rules and subscriptions
     watched_at: float = float("-inf")  # when (monotonic) `watching` was read
     scanning: threading.Thread | None = None  # the scans due, run beside the feed polls
+    polling: Future | None = None  # the workspace's poll on the pool, until it is done
     renewed_at: float | None = None  # when (monotonic) we last took or renewed the lease; None: not ours
     lively_at: float = 0.0  # the workspace's latest activity stamp seen (epoch s)
 
@@ -144,13 +149,15 @@ def run(connection: redis.Redis, follow: Callable[[], list[Account]], poller: Po
     """
     me = me or uuid.uuid4().hex[:8]
     accounts: list[Account] = []
+    pool = ThreadPoolExecutor(max(1, poller.threads), thread_name_prefix="poll")
     while not stop.is_set():
         try:
             accounts = follow()
-            _round(connection, accounts, poller, me)
+            _round(connection, accounts, poller, me, pool)
         except redis.RedisError as exc:  # Redis restarting: nothing moved, the next round tries again
             log.warning("poll round failed, will retry: %s", exc)
         stop.wait(poller.interval)
+    pool.shutdown(wait=True, cancel_futures=True)  # the polls under way end (each bounded by the client's timeout)
     try:
         for account in accounts:
             _release(account)
@@ -192,18 +199,30 @@ class Following:
         return list(self.accounts.values())
 
 
-def _round(connection: redis.Redis, accounts: list[Account], poller: PollerSettings, me: str) -> None:
-    """Renew or take leases up to a fair share, and poll what is due in each workspace held."""
+def _round(connection: redis.Redis, accounts: list[Account], poller: PollerSettings, me: str,
+           pool: ThreadPoolExecutor) -> None:
+    """Renew or take leases up to a fair share, and start a poll of each workspace held whose last one is done."""
     share = _fair_share(connection, me, len(accounts), poller)
     lively = activity.latest(connection, [a.workspace.name for a in accounts])
     _renew_leases(connection, accounts, poller)
     for account in _rotated(accounts):
+        busy = account.polling is not None and not account.polling.done()
         if account.renewed_at is not None and _owned(accounts) > share:
-            _release(account)  # hand one over to a poller that has fewer
+            if not busy:  # handed over between polls, never under one (two pollers would read it at once)
+                _release(account)  # hand one over to a poller that has fewer
         elif _hold_lease(account, poller, may_take=_owned(accounts) < share):
             _note_activity(account, lively.get(account.workspace.name, 0.0))
-            with workspaces.using(account.workspace):
-                _poll_account(account, poller, me)
+            if not busy:
+                account.polling = pool.submit(_poll_workspace, account, poller, me)
+
+
+def _poll_workspace(account: Account, poller: PollerSettings, me: str) -> None:
+    """One workspace's turn on the pool, in its own context; whatever goes wrong stays with it."""
+    with workspaces.using(account.workspace):
+        try:
+            _poll_account(account, poller, me)
+        except Exception:  # a bug or an answer nobody foresaw: this workspace's poll, not the poller
+            log.exception("%s: poll failed", account.workspace.name)
 
 
 def _note_activity(account: Account, at: float) -> None:
@@ -459,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                                 scan_floor=float(config["POLL_SCAN_FLOOR_SECONDS"]),
                                 idle_after=float(config["POLL_IDLE_AFTER_SECONDS"]),
                                 max_interval=float(config["POLL_MAX_INTERVAL"]),
-                                scan_max=float(config["POLL_SCAN_MAX_SECONDS"]))
+                                scan_max=float(config["POLL_SCAN_MAX_SECONDS"]),
+                                threads=int(config["POLL_THREADS"]))
     except ValueError as exc:
         raise SystemExit(f"Error: a POLL_* setting: {exc}") from None
     follow = Following(config, connection, served(), poller.lease_seconds)

@@ -594,3 +594,44 @@ def test_a_poller_keeps_every_lease_it_holds_renewed_with_one_script(stack, sand
     while time.monotonic() < deadline:
         assert connection.mget(leases) == tokens  # never lapsed, never another holder's
         time.sleep(0.1)
+
+
+def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_polls(
+        stack, sandbox, other_sandbox, receiver, tmp_path, redis_url):
+    """One customer's InLoox answering only after the client's timeout: the other customer's changes still arrive."""
+    engine = "ilx_engine_token_of_quick_000"
+    sandbox.add_user(engine, "Bot", "Quick")  # the engine's own user: a person's change is not its own
+    entries = []
+    for name, inloox, token in (("quick", sandbox, engine), ("stuck", other_sandbox, other_sandbox.token)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "done.yaml").write_text(textwrap.dedent(DONE_RULE.format(name=name)))
+        entries.append(f"""
+          {name}:
+            inloox_url: {inloox.base_url}
+            inloox_api_key: {token}
+            rules: {folder}
+            limits: {{inloox_requests_per_second: 0}}""")
+    path = tmp_path / "workspaces.yaml"
+    path.write_text("workspaces:" + "".join(entries) + "\n")
+    stack.env.update(WORKSPACES_FILE=str(path), POLL_INTERVAL="0.5", INLOOX_TIMEOUT="4")
+    task = sandbox.post("Task", json={"Name": "Quick one", "ProjectId": ensure_project(sandbox)}).json()["TaskItemId"]
+    stack.worker("worker", queues=("quick", "stuck"))
+    stack.poller("poller")
+    connection = redis.Redis.from_url(redis_url)
+    wait_until(lambda: connection.exists("ws:quick:poll:Task:cursor", "ws:stuck:poll:Task:cursor") == 2, 30,
+               "both baselines")
+    other_sandbox.fault(kind="latency", latency_ms=6000, count=1000)  # past the client's 4 s, every request
+    time.sleep(2)  # the stuck account's polls are hanging now
+
+    polled_before, watched_from = connection.llen("ws:quick:poll:recent"), time.monotonic()
+    sandbox.patch(f"Task({task})", json={"IsDone": True})
+
+    wait_until(lambda: [m for m in receiver.received if m["body"].get("message") == "Quick one"], 6,
+               "the quick workspace's message while the other one's InLoox hangs")
+    time.sleep(max(0.0, 6 - (time.monotonic() - watched_from)))
+    # Polled one after the other, the quick workspace waited 4 s for each hanging request of the
+    # other (a poll every ~4.5 s); on its own thread it keeps its 0.5 s interval.
+    polls = connection.llen("ws:quick:poll:recent") - polled_before
+    assert polls >= 6, f"the quick workspace was polled {polls} times in 6 s"
+    other_sandbox.clear_faults()
