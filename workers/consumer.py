@@ -46,7 +46,7 @@ from workers import activity, eventlog, failpoints, gauges, metrics, recovery
 from workers.eventlog import Entry
 from workers.metering import limits
 from workers.jobs import handle
-from workers.worker_context import worker_context
+from workers.worker_context import served, worker_context
 from workers.workspaces import using
 
 log = logging.getLogger(__name__)
@@ -177,15 +177,31 @@ class EventConsumer:
         free = self._wait_for_space()
         if free == 0:
             return
-        if not self.streams:  # no workspace served now
+        readable = self._readable()
+        if not readable:  # no workspace served now, or every one paused
             self._stop.wait(READ_BLOCK_MS / 1000)
             return
         # A fair share of the free threads for each workspace, handed out in turns (one of each
         # workspace, then the next of each), so one with a backlog cannot go ahead of the others.
-        share = max(1, min(self.per_workspace, free // len(self.streams)))
-        batch = eventlog.read_new(self.connection, list(self.streams), self.name, count=share, block_ms=READ_BLOCK_MS)
+        share = max(1, min(self.per_workspace, free // len(readable)))
+        batch = eventlog.read_new(self.connection, readable, self.name, count=share, block_ms=READ_BLOCK_MS)
         for stream_key, entry in _in_turns(batch):
             self._submit(self.streams[stream_key], entry)
+
+    def _readable(self) -> list[str]:
+        """The logs to read this turn: not those of a workspace paused since the worker last followed the registry.
+
+        The worker follows the registry between RQ jobs (up to IDLE_WAKE_SECONDS apart, longer while
+        a job runs); a pause must hold from the next read on, so each turn asks the registry's view
+        (re-read within a second, workers/registry) itself.
+        """
+        try:
+            known = served().workspaces()
+        except Exception:  # the view could not be read now: the worker's own following still applies
+            log.warning("event consumer %s: could not read the workspace registry", self.name, exc_info=True)
+            return list(self.streams)
+        return [key for key, stream in self.streams.items()
+                if not (stream.workspace in known and known[stream.workspace].paused)]
 
     def _take_wanted(self) -> bool:
         """Apply `follow`: streams added; streams let go once their events in flight are done and acknowledged.
