@@ -9,22 +9,12 @@ import requests
 from workers import eventlog
 
 from inloox import Client
+from tests.support.polling import client, connection  # noqa: F401  (fixtures)
 from inloox.changes import change_feed
 from workers.poll import PollSettings, poll_once, sweep_deleted
 
 TASKS = change_feed("Task")
 PROJECT = {"ProjectId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "Name": "Website relaunch"}
-
-
-@pytest.fixture
-def connection(redis_url, workspace):
-    return redis.Redis.from_url(redis_url)
-
-
-@pytest.fixture
-def client(sandbox):
-    with Client(sandbox.base_url, sandbox.token) as client:
-        yield client
 
 
 @pytest.fixture

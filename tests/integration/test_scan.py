@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from app import create_app
-from inloox import Client, load_metadata
+from inloox import load_metadata
+from tests.support.polling import client, connection  # noqa: F401  (fixtures)
 from inloox.changes import change_feed, observation
 from tests.support.processes import wait_until
 from tests.support.stack import PREFIX, PROJECT as PARENT, all_runs, ensure_project, start, write_rule
@@ -23,17 +24,6 @@ from workers.scan import LeaseLost, scan_once
 
 CONTACTS = observation("Contact")
 PROJECT = {"ProjectId": "0b4f2a9e-8c1d-4e6f-9a2b-3c4d5e6f7a8b", "Name": "Website relaunch"}
-
-
-@pytest.fixture
-def connection(redis_url, workspace):
-    return redis.Redis.from_url(redis_url)
-
-
-@pytest.fixture
-def client(sandbox):
-    with Client(sandbox.base_url, sandbox.token) as client:
-        yield client
 
 
 @pytest.fixture

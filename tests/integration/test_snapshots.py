@@ -6,10 +6,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import redis
 
 from engine import load_rules
-from inloox import Client
+from tests.support.polling import client, connection  # noqa: F401  (fixtures)
 from inloox.changes import change_feed, observation
 from workers import eventlog, workspaces
 from workers.poll import poll_once, sweep_deleted
@@ -21,17 +20,6 @@ TASKS = change_feed("Task")
 CONTACTS = observation("Contact")
 EXAMPLES = Path(__file__).resolve().parents[2] / "rules"
 PROJECT = {"ProjectId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "Name": "Website relaunch"}
-
-
-@pytest.fixture
-def connection(redis_url, workspace):
-    return redis.Redis.from_url(redis_url)
-
-
-@pytest.fixture
-def client(sandbox):
-    with Client(sandbox.base_url, sandbox.token) as client:
-        yield client
 
 
 @pytest.fixture
