@@ -181,18 +181,26 @@ then:
 
 def _done_workspaces(tmp_path, sandbox, names: list[str], *, own_users: bool = False):
     """A workspaces file: each of `names` on the sandbox with DONE_RULE (and an InLoox user of its own)."""
-    entries = []
+    accounts = []
     for n, name in enumerate(names):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "done.yaml").write_text(textwrap.dedent(DONE_RULE.format(name=name)))
         token = sandbox.token
         if own_users:
             token = f"ilx_engine_token_of_{name}_000"
             sandbox.add_user(token, f"Bot{n}", "Engine")
+        accounts.append((name, sandbox, token))
+    return _workspaces_file(tmp_path, accounts)
+
+
+def _workspaces_file(tmp_path, accounts: list[tuple]):
+    """A workspaces file of (name, InLoox sandbox, token) accounts, each with DONE_RULE."""
+    entries = []
+    for name, inloox, token in accounts:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "done.yaml").write_text(textwrap.dedent(DONE_RULE.format(name=name)))
         entries.append(f"""
           {name}:
-            inloox_url: {sandbox.base_url}
+            inloox_url: {inloox.base_url}
             inloox_api_key: {token}
             rules: {folder}
             limits: {{inloox_requests_per_second: 0}}""")
@@ -601,19 +609,7 @@ def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_polls
     """One customer's InLoox answering only after the client's timeout: the other customer's changes still arrive."""
     engine = "ilx_engine_token_of_quick_000"
     sandbox.add_user(engine, "Bot", "Quick")  # the engine's own user: a person's change is not its own
-    entries = []
-    for name, inloox, token in (("quick", sandbox, engine), ("stuck", other_sandbox, other_sandbox.token)):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "done.yaml").write_text(textwrap.dedent(DONE_RULE.format(name=name)))
-        entries.append(f"""
-          {name}:
-            inloox_url: {inloox.base_url}
-            inloox_api_key: {token}
-            rules: {folder}
-            limits: {{inloox_requests_per_second: 0}}""")
-    path = tmp_path / "workspaces.yaml"
-    path.write_text("workspaces:" + "".join(entries) + "\n")
+    path = _workspaces_file(tmp_path, [("quick", sandbox, engine), ("stuck", other_sandbox, other_sandbox.token)])
     stack.env.update(WORKSPACES_FILE=str(path), POLL_INTERVAL="0.5", INLOOX_TIMEOUT="4")
     task = sandbox.post("Task", json={"Name": "Quick one", "ProjectId": ensure_project(sandbox)}).json()["TaskItemId"]
     stack.worker("worker", queues=("quick", "stuck"))
