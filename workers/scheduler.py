@@ -80,27 +80,37 @@ class Upcoming:
     """What one scheduler remembers of each schedule rule: its last look written, and the next tick after it."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple, tuple[datetime, datetime | None]] = {}  # (ws, rule, schedule) → (last, next)
+        # (workspace, rule id) → (its schedule when looked at, the last look, the next tick after it)
+        self._seen: dict[tuple[str, str], tuple[tuple, datetime, datetime | None]] = {}
 
     @staticmethod
-    def _key(rule: Rule) -> tuple:
-        # The rule's schedule is part of the key: an edited cron expression is looked at again at once.
-        return (workspaces.current().name, rule.id,
-                tuple((t.cron, t.timezone, t.catch_up) for t in rule.triggers if t.cron))
+    def _key(rule: Rule) -> tuple[str, str]:
+        return workspaces.current().name, rule.id
+
+    @staticmethod
+    def _schedule(rule: Rule) -> tuple:
+        return tuple((t.cron, t.timezone, t.catch_up) for t in rule.triggers if t.cron)
 
     def waiting(self, rule: Rule, now: datetime) -> bool:
-        """True while the rule's next tick is still ahead of `now` (nothing to ask Redis)."""
+        """True while the rule's next tick is still ahead of `now` (nothing to ask Redis).
+
+        An edited schedule is looked at again at once.
+        """
         seen = self._seen.get(self._key(rule))
-        return seen is not None and (seen[1] is None or now < seen[1])
+        return seen is not None and seen[0] == self._schedule(rule) and (seen[2] is None or now < seen[2])
 
     def last(self, rule: Rule) -> datetime | None:
         """The last look this scheduler wrote (stands in for `schedule:last` should Redis have lost it)."""
         seen = self._seen.get(self._key(rule))
-        return seen[0] if seen else None
+        return seen[1] if seen else None
+
+    def forget(self, workspace: str) -> None:
+        """Drop what is remembered of a workspace no longer served (deleted: its rules are gone)."""
+        self._seen = {k: v for k, v in self._seen.items() if k[0] != workspace}
 
     def looked(self, rule: Rule, now: datetime) -> None:
         upcoming = next_tick(rule, now)
-        self._seen[self._key(rule)] = (now, upcoming.at if upcoming else None)
+        self._seen[self._key(rule)] = (self._schedule(rule), now, upcoming.at if upcoming else None)
 
 
 def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
@@ -146,6 +156,7 @@ def run(connection: redis.Redis, served: Served, settings: SchedulerSettings, st
         current = served.workspaces()
         for name in [n for n in sources if n not in current]:
             del sources[name]
+            upcoming.forget(name)
         for name, workspace in current.items():
             if name not in sources or sources[name].workspace != workspace:
                 sources[name] = RuleSource(connection, workspace)
