@@ -7,6 +7,8 @@
 
 The poller reads every workspace's key in one MGET per round (workers/poller.py); a stamp newer
 than it last saw brings each of the workspace's watched sets back to its active interval at once.
+A workspace without activity for QUIET_AFTER is *quiet*: the worker's consumer and RQ's registry
+cleaning look after it less often (`quiet`, workers/consumer.py, workers/worker.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import redis
 from workers import workspaces
 
 NAME = "active"
+QUIET_AFTER = 60.0  # seconds without activity after which a workspace is quiet: its workers look after it less often
 
 
 def key(workspace: str | None = None) -> str:
@@ -37,3 +40,11 @@ def latest(connection: redis.Redis, names: Iterable[str]) -> dict[str, float]:
         return {}
     stamps = connection.mget([key(name) for name in names])
     return {name: int(stamp) / 1000 for name, stamp in zip(names, stamps) if stamp is not None}
+
+
+def quiet(connection: redis.Redis, names: Iterable[str], *, now: float | None = None) -> set[str]:
+    """Those of `names` without activity for QUIET_AFTER seconds (one MGET)."""
+    names = list(names)
+    lively = latest(connection, names)
+    now = time.time() if now is None else now
+    return {name for name in names if now - lively.get(name, 0.0) >= QUIET_AFTER}

@@ -22,7 +22,7 @@ itself is logged and the loop starts its next turn, and the worker starts a cons
 should it ever end (workers/worker.py).
 - trims the log (workers/eventlog.py) and requeues overdue runs (workers/recovery.py);
 - every `sample_seconds`, records the gauges the dashboard charts (workers/gauges.py).
-A quiet workspace (no activity stamp, workers/activity.py, for QUIET_AFTER seconds, and nothing of it
+A quiet workspace (no activity stamp for a minute, workers/activity.py, and nothing of it
 in flight here) is looked after every QUIET_MAINTENANCE_SECONDS instead: most workspaces of a hosted
 service are idle, and five housekeeping commands each every 5 s were most of what an idle one cost
 Redis. Anything that makes work for it (an event accepted, a person on its dashboard) stamps it
@@ -60,7 +60,6 @@ MAX_BACKOFF = 5.0  # a Redis back from a restart is used again within seconds
 SAMPLE_SECONDS = 60.0  # the dashboard's charts show gauges per minute
 STALL_SECONDS = 30.0  # a loop that has not turned for this long is not running (/readyz says so)
 FAILING_SECONDS = 5.0  # a loop whose every turn failed for this long is not running either
-QUIET_AFTER = 60.0  # seconds without activity after which a workspace is quiet (looked after less often)
 QUIET_MAINTENANCE_SECONDS = 30.0
 
 
@@ -300,13 +299,13 @@ class EventConsumer:
 
         One MGET of the activity stamps (workers/activity.py) decides, whatever the number of workspaces.
         """
-        lively = activity.latest(self.connection, [s.workspace for s in self.streams.values()])
-        wall, now = time.time(), time.monotonic()
+        quiet = activity.quiet(self.connection, [s.workspace for s in self.streams.values()])
+        now = time.monotonic()
         due = []
         for stream in self.streams.values():
             with self._lock:
                 busy = bool(stream.handling)
-            if busy or wall - lively.get(stream.workspace, 0.0) < QUIET_AFTER or now >= stream.next_quiet_look:
+            if busy or stream.workspace not in quiet or now >= stream.next_quiet_look:
                 # Spread over a fifth of the period: quiet workspaces taken up together do not stay in step.
                 stream.next_quiet_look = now + QUIET_MAINTENANCE_SECONDS * random.uniform(0.9, 1.1)
                 due.append(stream)

@@ -48,7 +48,7 @@ from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from workers import activity, metrics, registry
-from workers.consumer import QUIET_AFTER, EventConsumer
+from workers.consumer import EventConsumer
 from workers.logs import configure_logging
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
 from workers.settings import load_config
@@ -188,15 +188,14 @@ class Worker(SimpleWorker):
 
         RQ cleans every queue at each maintenance (every MAINTENANCE_SECONDS here): some ten
         commands per workspace, most of what an idle one cost Redis. A queue whose workspace is quiet
-        (no activity stamp for QUIET_AFTER, workers/activity.py) is cleaned every QUIET_CLEAN_SECONDS,
+        (no activity stamp for a minute, workers/activity.py) is cleaned every QUIET_CLEAN_SECONDS,
         RQ's own default: a job left by a killed worker in a workspace where nothing happens is found
         later, and its run is started again by the sweeper (workers/recovery.py) meanwhile anyway.
         """
-        lively = activity.latest(self.connection, [queue.name for queue in self.queues])
-        wall, moment = time.time(), time.monotonic()
+        quiet = activity.quiet(self.connection, [queue.name for queue in self.queues])
+        moment = time.monotonic()
         for queue in self.queues:
-            quiet = wall - lively.get(queue.name, 0.0) >= QUIET_AFTER
-            if quiet and moment - self._cleaned.get(queue.name, -QUIET_CLEAN_SECONDS) < QUIET_CLEAN_SECONDS:
+            if queue.name in quiet and moment - self._cleaned.get(queue.name, -QUIET_CLEAN_SECONDS) < QUIET_CLEAN_SECONDS:
                 continue
             if queue.acquire_maintenance_lock():  # one worker at a time cleans a queue (RQ's lock)
                 clean_registries(queue, self._exc_handlers)
