@@ -205,15 +205,22 @@ def _round(connection: redis.Redis, accounts: list[Account], poller: PollerSetti
     share = _fair_share(connection, me, len(accounts), poller)
     lively = activity.latest(connection, [a.workspace.name for a in accounts])
     _renew_leases(connection, accounts, poller)
+    owned = _owned(accounts)  # kept up to date below: counting it per account made a round O(n²)
+    now = time.time()
     for account in _rotated(accounts):
         busy = account.polling is not None and not account.polling.done()
-        if account.renewed_at is not None and _owned(accounts) > share:
+        held = account.renewed_at is not None
+        if held and owned > share:
             if not busy:  # handed over between polls, never under one (two pollers would read it at once)
                 _release(account)  # hand one over to a poller that has fewer
-        elif _hold_lease(account, poller, may_take=_owned(accounts) < share):
+                owned -= 1
+        elif _hold_lease(account, poller, may_take=owned < share):
+            owned += not held
             _note_activity(account, lively.get(account.workspace.name, 0.0))
-            if not busy:
+            if not busy and _has_work(account, now):
                 account.polling = pool.submit(_poll_workspace, account, poller, me)
+        else:
+            owned -= held  # the lease expired under us
 
 
 def _poll_workspace(account: Account, poller: PollerSettings, me: str) -> None:
@@ -259,12 +266,20 @@ def _owned(accounts: list[Account]) -> int:
     return sum(a.renewed_at is not None for a in accounts)
 
 
+def _has_work(account: Account, now: float) -> bool:
+    """True when a set of the workspace is due at `now` (epoch s), or its sweep, or a look at what it watches.
+
+    Asked in the round, before the workspace goes to the pool: most idle workspaces have nothing due
+    in a round, and handing each to a thread only to find that out cost more than the polls.
+    """
+    clock = time.monotonic()
+    return (clock >= account.next_sweep or clock - account.watched_at >= WATCHED_REFRESH_SECONDS
+            or any(p.due(now) for p in account.paces.values()))
+
+
 def _poll_account(account: Account, poller: PollerSettings, me: str) -> None:
-    """Poll the sets that are due (and sweep, when due); nothing at all, not even Redis, when none is."""
+    """Poll the sets that are due (and sweep, when due); the round hands over only workspaces with work."""
     sweep = time.monotonic() >= account.next_sweep
-    stale = time.monotonic() - account.watched_at >= WATCHED_REFRESH_SECONDS
-    if not (sweep or stale or any(p.due(time.time()) for p in account.paces.values())):
-        return
     try:
         if account.settings is None:
             user = account.context.client.me()  # the engine's own InLoox user: its changes are "chained"
