@@ -15,7 +15,7 @@ import redis
 from rq import Queue
 
 from workers import eventlog, series, workspaces
-from workers.poll_status import poll_status
+from workers.poll_status import lags
 from workers.workspaces import Workspace
 
 
@@ -33,9 +33,8 @@ def sample(connection: redis.Redis, workspace: Workspace, *, now: float, every: 
 def read_gauges(connection: redis.Redis, workspace: Workspace, *, now: float) -> dict[str, float]:
     """{series: value} of the workspace's gauges now: event backlog, queued jobs, lag per watched set."""
     with workspaces.using(workspace):
-        polled = poll_status(connection, now=datetime.fromtimestamp(now, timezone.utc))
+        lag = lags(connection, now=datetime.fromtimestamp(now, timezone.utc))
     gauges = {"backlog": eventlog.backlog(connection, workspace=workspace.name),
               "queued": Queue(workspace.queue, connection=connection).count}
-    gauges.update({f"poll_lag:{entry['entity_set']}": round(entry["lag_seconds"], 1)
-                   for entry in polled if entry["lag_seconds"] is not None})
+    gauges.update({f"poll_lag:{name}": round(seconds, 1) for name, seconds in lag.items()})
     return gauges

@@ -88,6 +88,25 @@ def poll_status(connection: redis.Redis, *, now: datetime) -> list[dict]:
     return status
 
 
+def lags(connection: redis.Redis, *, now: datetime) -> dict[str, float]:
+    """Entity set → lag in seconds (now − the start of its last complete poll), for the sets watched now.
+
+    What the gauges sample every minute for every workspace: the watched sets' start times only
+    (one GET, then one HGET per set), not `poll_status`'s four reads of every set the poller knows.
+    """
+    recorded = connection.get(key("poll:watched"))
+    if recorded is None:  # a poller from before `poll:watched`: every set it polled counts as watched
+        return {e["entity_set"]: e["lag_seconds"] for e in poll_status(connection, now=now)
+                if e["lag_seconds"] is not None}
+    names = sorted(json.loads(recorded))
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hget(key(f"poll:{name}:last"), "started")
+        started = pipe.execute()
+    return {name: (now - at).total_seconds() for name, raw in zip(names, started)
+            if raw is not None and (at := parse_datetime(raw.decode())) is not None}
+
+
 def _entry(name: str, cursor: str | None, held: int, known: int, last: dict, *, watched: bool, now: datetime) -> dict:
     started = parse_datetime(last.get("started"))
     scan = last.get("method") == "scan"

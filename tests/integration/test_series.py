@@ -39,3 +39,18 @@ def test_one_worker_of_many_samples_queue_depth_and_poll_lag(redis_url, workspac
     found = series.history(connection, PREFIX, ["backlog", "queued", "poll_lag:Task"], now_minute=minute)
     assert found["backlog"] == {minute: 0.0} and found["queued"] == {minute: 1.0}
     assert found["poll_lag:Task"][minute] > 3600  # the poller has not finished a poll since 2025-01-01
+
+
+def test_poll_lag_is_sampled_for_the_sets_the_rules_watch_now(redis_url, workspace):
+    connection = redis.Redis.from_url(redis_url)
+    connection.set(f"{PREFIX}poll:watched", '["Task"]')
+    for name in ("Task", "Contact"):  # Contact was watched once; its last poll stays behind
+        connection.set(f"{PREFIX}poll:{name}:cursor", "2025-01-01T00:00:00Z")
+        connection.hset(f"{PREFIX}poll:{name}:last", mapping={"started": "2025-01-01T00:00:00+00:00"})
+    now = time.time()
+
+    assert gauges.sample(connection, workspace, now=now, every=60)
+
+    minute = int(now // 60)
+    found = series.history(connection, PREFIX, ["poll_lag:Task", "poll_lag:Contact"], now_minute=minute)
+    assert found["poll_lag:Task"][minute] > 3600 and found["poll_lag:Contact"] == {}
