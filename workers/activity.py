@@ -33,6 +33,16 @@ def note(connection: redis.Redis, *, now: float | None = None) -> None:
     connection.set(key(), int((time.time() if now is None else now) * 1000))
 
 
+def stamp(target, prefix: str, *, now: float | None = None) -> None:
+    """Queue on `target` (a connection or a pipeline) the activity stamp of the workspace of key `prefix`.
+
+    For changes to what a workspace watches (a rule bundle activated, a subscription saved): the
+    poller looks at a quiet workspace's rules and subscriptions only once a minute, and at once
+    after a stamp.
+    """
+    target.set(f"{prefix}{NAME}", int((time.time() if now is None else now) * 1000))
+
+
 def latest(connection: redis.Redis, names: Iterable[str]) -> dict[str, float]:
     """Workspace name → epoch seconds of its latest activity, for those that have one (one MGET)."""
     names = list(names)

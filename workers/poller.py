@@ -58,6 +58,9 @@ log = logging.getLogger("poller")
 
 POLLERS_KEY = "pollers:alive"  # deployment-wide: poller id → last round (epoch s)
 WATCHED_REFRESH_SECONDS = 10.0  # a set a new rule or subscription watches is polled within this (and a poll)
+# In a quiet workspace (workers/activity.py) within this: a bundle activated or a subscription saved
+# stamps activity, which makes the poller look at once; only a rules folder edited in place waits.
+QUIET_WATCHED_REFRESH_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -233,8 +236,14 @@ def _poll_workspace(account: Account, poller: PollerSettings, me: str) -> None:
 
 
 def _note_activity(account: Account, at: float) -> None:
-    """The workspace was active at `at` (epoch s): every set of it back to its active interval."""
+    """The workspace was active at `at` (epoch s): every set of it back to its active interval.
+
+    A workspace quiet until now also has its rules and subscriptions looked at again at once: what
+    stamped it may have been a new bundle or subscription.
+    """
     if at > account.lively_at:
+        if at - account.lively_at >= activity.QUIET_AFTER:
+            account.watched_at = float("-inf")
         account.lively_at = at
         for pace in list(account.paces.values()):
             pace.lively(at)
@@ -273,8 +282,14 @@ def _has_work(account: Account, now: float) -> bool:
     in a round, and handing each to a thread only to find that out cost more than the polls.
     """
     clock = time.monotonic()
-    return (clock >= account.next_sweep or clock - account.watched_at >= WATCHED_REFRESH_SECONDS
+    return (clock >= account.next_sweep or clock - account.watched_at >= _refresh_every(account, now)
             or any(p.due(now) for p in account.paces.values()))
+
+
+def _refresh_every(account: Account, now: float) -> float:
+    """Seconds between two looks at what the workspace watches: longer while it is quiet."""
+    quiet = now - account.lively_at >= activity.QUIET_AFTER
+    return QUIET_WATCHED_REFRESH_SECONDS if quiet else WATCHED_REFRESH_SECONDS
 
 
 def _poll_account(account: Account, poller: PollerSettings, me: str) -> None:
@@ -302,10 +317,10 @@ def _poll_account(account: Account, poller: PollerSettings, me: str) -> None:
 def _watching(account: Account, poller: PollerSettings) -> dict:
     """The sets to poll and their fields (rules and change-feed subscribers), each with its pace.
 
-    Read again every WATCHED_REFRESH_SECONDS: while a workspace is idle, its rules and subscriptions
-    are not read every round.
+    Read again every WATCHED_REFRESH_SECONDS (QUIET_WATCHED_REFRESH_SECONDS while the workspace is
+    quiet): while a workspace is idle, its rules and subscriptions are not read every round.
     """
-    if time.monotonic() - account.watched_at >= WATCHED_REFRESH_SECONDS:
+    if time.monotonic() - account.watched_at >= _refresh_every(account, time.time()):
         account.watching = subscriptions.merged(watched_sets(account.context.ruleset()),
                                                 subscriptions.watched_sets(account.context.connection, CHANGE_FEEDS))
         account.watched_at = time.monotonic()

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
+from workers import activity, workspaces
 from workers.secrets import Keyring, SecretUnreadable, is_sealed
 from workers.workspaces import key
 
@@ -108,7 +109,10 @@ def new_secret() -> str:
 
 
 def save(connection: redis.Redis, sub: Subscription) -> None:
-    connection.hset(key("subs"), sub.id, json.dumps(asdict(sub)))
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hset(key("subs"), sub.id, json.dumps(asdict(sub)))
+        activity.stamp(pipe, workspaces.current().prefix)  # the poller watches its sets within seconds, quiet or not
+        pipe.execute()
 
 
 def get(connection: redis.Redis, sub_id: str) -> Subscription | None:

@@ -47,3 +47,26 @@ def test_an_idle_worker_costs_redis_under_a_command_per_quiet_workspace_per_seco
     print(f"{per_workspace:.2f} commands per quiet workspace per second")
     assert per_workspace <= MOST_COMMANDS_PER_WORKSPACE_PER_SECOND, (
         f"{per_workspace:.2f} commands per quiet workspace per second ({sent} in {MEASURED_SECONDS}s)")
+
+
+@pytest.mark.timeout(90)
+def test_a_subscription_saved_in_a_quiet_workspace_has_its_set_polled_within_seconds(stack, sandbox, redis_url):
+    """The poller looks at a quiet workspace's rules and subscriptions once a minute; saving a
+    subscription stamps the workspace, and the poller looks at once."""
+    from workers import subscriptions, workspaces
+
+    connection = redis.Redis.from_url(redis_url)
+    keyring = Keyring.from_config(os.environ)
+    registry.put(connection, keyring, "quiet", {"inloox_url": sandbox.base_url, "inloox_api_key": sandbox.token})
+    connection.delete(activity.key("quiet"))  # made long ago: nothing has happened since
+    stack.env["POLL_INTERVAL"] = "0.5"
+    poller = stack.poller()
+    wait_until(lambda: "quiet" in poller.output(), 20, "the poller to serve the workspace")
+    time.sleep(3)  # its first look at what it watches (nothing) is done
+
+    with workspaces.using(workspaces.Workspace("quiet", sandbox.base_url, sandbox.token)):
+        subscriptions.create(connection, {"url": "https://example.com/hook", "events": ["Task.updated"]},
+                             keyring=keyring)
+    started = time.monotonic()
+    wait_until(lambda: connection.exists("ws:quiet:poll:Task:cursor"), 8, "the subscribed set's first poll")
+    print(f"polled {time.monotonic() - started:.1f}s after the subscription was saved")
