@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
+import os
 from datetime import datetime, timezone
 
 import redis
@@ -198,7 +198,7 @@ def _acquire(ctx: WorkerContext, run_id: str):
 
 def _lease(ctx: WorkerContext, run_id: str) -> Lease:
     """A new token for the run's lock, not taken yet."""
-    return Lease(workspaces.key(f"run-lock:{run_id}"), uuid.uuid1().hex.encode(), int(ctx.run_lease * 1000))
+    return Lease(workspaces.key(f"run-lock:{run_id}"), os.urandom(16).hex().encode(), int(ctx.run_lease * 1000))
 
 
 def _lock(ctx: WorkerContext, lease: Lease):
