@@ -1,26 +1,32 @@
 """The InLoox OData client: the only code that speaks HTTP to InLoox.
 
-One `requests.Session` per `Client` (pooled, thread-safe for our use), paths relative to the base URL
-(Cloud `https://app.inloox.com/api/odata/`, self-hosted `https://HOST/api/v1/odata/`), the token in the
-`x-api-key` header. Redirects are never followed and `@odata.nextLink` is only followed to the base
-URL's own origin, because the token travels with every request. requests' exceptions are translated to
-`inloox.errors` in one place, `_translated()`; the token is redacted from everything an error keeps.
+Requests go out through urllib3 directly, not `requests`: a poller of 1,000 idle workspaces sends ~60
+GETs a second, and `requests.Session.request` (preparing, merging settings, hooks, adapters) was a
+third of its CPU. Connections are shared per process, through the environment's proxy if it names
+one (`inloox.connections`); paths are relative to the base URL (Cloud `https://app.inloox.com/api/odata/`,
+self-hosted `https://HOST/api/v1/odata/`), the token is in the `x-api-key` header. Redirects are never
+followed and `@odata.nextLink` is only followed to the base URL's own origin, because the token travels
+with every request; nothing is retried automatically (the worker decides from the error's class).
+urllib3's exceptions are translated to `inloox.errors` in one place, `_translated()`; the token is
+redacted from everything an error keeps.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
+import json
 import logging
-import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from functools import cached_property
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import quote, urljoin, urlsplit
 
-import requests
-import requests.adapters
-import requests.auth
+import urllib3
 import urllib3.exceptions
 
+from inloox.connections import route_of, shared_pool
 from inloox.errors import (
     EXCERPT_CHARS, WRITE_METHODS, HTTPStatusError, InLooxError, OutcomeUnknown, TransportError,
     UnexpectedRedirect, parse_error_body, parse_retry_after, status_error_class,
@@ -36,23 +42,28 @@ DEFAULT_POOL_SIZE = 10  # connections kept open: size it to the number of thread
 NAMESPACE = "Default"  # where InLoox's bound actions and functions live
 REDACTED = "***"
 _QUERY_SAFE = "$',():/@"  # kept readable in URLs; everything else in a value is percent-encoded
+# What every request says besides its key; compressed answers as requests asked for them (a poll's
+# baseline reads every row of a set).
+_READ_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0",
+                 "Accept-Encoding": urllib3.util.make_headers(accept_encoding=True)["accept-encoding"]}
+_WRITE_HEADERS = {**_READ_HEADERS, "Content-Type": "application/json"}
 
 log = logging.getLogger(__name__)
 
 
-class _ApiKey(requests.auth.AuthBase):
+class _ApiKey:
     """Puts the token in `x-api-key`; shows as `***`, refuses to be pickled, redacts it from text."""
 
     def __init__(self, token: str):
         if not (isinstance(token, str) and token and token.isascii() and token.isprintable()
                 and token == token.strip()):
-            # Checked here because requests' own header check would put the value in its message.
+            # Checked here because a header check further down would put the value in its message.
             raise ValueError("the InLoox token must be non-empty printable ASCII, without spaces at its ends")
         self._token = token
 
-    def __call__(self, request):
-        request.headers["x-api-key"] = self._token
-        return request
+    def headers(self, others: Mapping[str, str]) -> dict[str, str]:
+        """`others` plus the key, as a new dict for one request."""
+        return {**others, "x-api-key": self._token}
 
     def __repr__(self) -> str:
         return f"x-api-key={REDACTED}"
@@ -69,25 +80,47 @@ class _ApiKey(requests.auth.AuthBase):
         return text
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What InLoox answered to one request: its status line, headers and whole body (already read)."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]  # urllib3's HTTPHeaderDict: names are case-insensitive
+    body: bytes
+
+    @cached_property
+    def text(self) -> str:
+        """The body decoded by its declared charset (UTF-8 when none or an unknown one), never raising."""
+        return self.body.decode(_charset(self.headers.get("Content-Type", "")), errors="replace")
+
+
 class Client:
     """One InLoox account over OData: reads (paged lazily), writes, bound operations, typed errors."""
 
     def __init__(self, base_url: str, token: str, *, timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
                  pool_size: int = DEFAULT_POOL_SIZE, metadata: Metadata | None = None,
                  on_response: Callable[[str, int | None], None] | None = None,
-                 throttle: Callable[[str], None] | None = None):
+                 throttle: Callable[[str], None] | None = None,
+                 on_received: Callable[[int], None] | None = None):
         """`on_response(method, status)` is called after every request (status None: no answer came).
 
         `throttle(method)` is called right before every request; it may sleep, or raise
         `inloox.errors.Throttled`, which then propagates with nothing sent and nothing observed.
+        `on_received(size)` is called with the size in bytes of every answer's body (decompressed).
         """
         self.base_url = _normalized_base_url(base_url)
         self.on_response = on_response
         self.throttle = throttle
+        self.on_received = on_received
         self.timeout = _checked_timeout(timeout)
         self.metadata = metadata if metadata is not None else load_metadata()
         self._api_key = _ApiKey(token)
-        self._session = _new_session(self._api_key, pool_size, self.base_url)
+        self._urllib3_timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
+        self._route = route_of(self.base_url)  # the environment, read once per client
+        self._pool_size = pool_size
+        self._pool: urllib3.PoolManager | None = None  # taken on the first request (see `_connections`)
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<inloox.Client {self.base_url} {self._api_key!r}>"
@@ -96,9 +129,9 @@ class Client:
         raise TypeError("an inloox.Client cannot be pickled (it holds a token); pass its settings instead")
 
     def close(self) -> None:
-        """Let go of the session; the pooled connections stay with the process's other clients (`_shared_adapter`)."""
-        self._session.adapters.clear()
-        self._session.close()
+        """Send nothing more; the pooled connections stay with the process's other clients (`shared_pool`)."""
+        self._closed = True
+        self._pool = None
 
     def __enter__(self) -> "Client":
         return self
@@ -218,40 +251,57 @@ class Client:
 
     def _json(self, method: str, url: str, body: dict | None = None) -> Any:
         response = self._send(method, url, body)
-        if response.status_code == 204 or not response.content:
+        if response.status == 204 or not response.body:
             return None
         try:
-            return response.json()
-        except ValueError:  # requests' JSONDecodeError is a ValueError
+            return json.loads(response.text)
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             raise self._status_error(method, url, response, "answered with a body that is not JSON") from None
 
-    def _send(self, method: str, url: str, body: dict | None = None) -> requests.Response:
+    def _send(self, method: str, url: str, body: dict | None = None) -> _Answer:
+        shown = self._shown(url)
+        payload = _encoded(body, method, shown)  # before the throttle: a body we refuse is no request
         if self.throttle is not None:
             self.throttle(method)  # outside the try below: a refusal here is not a request
-        shown = self._shown(url)
         started = time.monotonic()
         try:
             with _translated(method, shown, self._api_key.redact):
-                response = self._session.request(method, url, json=body, timeout=self.timeout,
-                                                 allow_redirects=False)
+                response = self._connections().urlopen(
+                    method, url, body=payload, headers=self._api_key.headers(
+                        _READ_HEADERS if payload is None else _WRITE_HEADERS),
+                    timeout=self._urllib3_timeout, retries=False, redirect=False)
         except InLooxError:
             self._observe(method, None)
             raise
-        self._observe(method, response.status_code)
-        log.debug("%s %s -> %d in %.0f ms", method, shown, response.status_code,
-                  (time.monotonic() - started) * 1000)
-        if not 200 <= response.status_code < 300:
-            raise self._status_error(method, url, response)
-        return response
+        answer = _Answer(response.status, response.reason or "", response.headers, response.data)
+        self._observe(method, answer.status)
+        if self.on_received is not None:
+            self.on_received(len(answer.body))
+        log.debug("%s %s -> %d in %.0f ms", method, shown, answer.status, (time.monotonic() - started) * 1000)
+        if not 200 <= answer.status < 300:
+            raise self._status_error(method, url, answer)
+        return answer
+
+    def _connections(self) -> urllib3.PoolManager:
+        """The process's shared pool for this client's route, taken on first use (`shared_pool`).
+
+        Taken here rather than in `__init__` so that a proxy setting urllib3 cannot use fails each
+        request with "could not send", as it did with requests, instead of failing the client's creation.
+        """
+        if self._closed:
+            raise InLooxError("could not send: the InLoox client is closed")
+        if self._pool is None:
+            self._pool = shared_pool(self._pool_size, self._route)
+        return self._pool
 
     def _observe(self, method: str, status: int | None) -> None:
         if self.on_response is not None:
             self.on_response(method, status)
 
-    def _status_error(self, method: str, url: str, response: requests.Response,
+    def _status_error(self, method: str, url: str, response: _Answer,
                       complaint: str | None = None) -> HTTPStatusError:
         """The error for a non-2xx answer, or for a 2xx one we cannot read (`complaint`); token redacted."""
-        redact, status = self._api_key.redact, response.status_code
+        redact, status = self._api_key.redact, response.status
         parsed = parse_error_body(response.text)
         cls = HTTPStatusError if complaint else status_error_class(status)
         extra = {"location": redact(response.headers.get("Location"))} if cls is UnexpectedRedirect else {}
@@ -271,25 +321,41 @@ class Client:
         return self._api_key.redact(url)
 
 
+def _encoded(body: dict | None, method: str, url: str) -> bytes | None:
+    """`body` as JSON bytes; NaN and Infinity are refused (they are not JSON) before anything is sent."""
+    if body is None:
+        return None
+    try:
+        return json.dumps(body, allow_nan=False).encode()
+    except ValueError as exc:
+        raise InLooxError(f"could not send {method} {url}: {exc}", method=method, url=url) from exc
+
+
 @contextlib.contextmanager
 def _translated(method: str, url: str, redact):
-    """Turn requests' exceptions into `inloox.errors` (the one place that knows them)."""
+    """Turn urllib3's exceptions into `inloox.errors` (the one place that knows them)."""
     try:
         yield
-    except requests.exceptions.RequestException as exc:
+    except urllib3.exceptions.HTTPError as exc:
         raise _transport_error(exc, method, url, redact) from exc
 
 
-# The request went out but its answer did not (fully) come back.
-_ANSWER_LOST = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
+# With retries=False urllib3 raises the original error, never MaxRetryError.
+# Nothing reached InLoox: the connection (or the one to the proxy, or TLS) could not be set up.
+_NOTHING_SENT = (urllib3.exceptions.ConnectTimeoutError,  # includes NewConnectionError: refused, DNS
+                 urllib3.exceptions.ProxyError, urllib3.exceptions.SSLError)
+# The request went out but its answer did not (fully) come back: read timeout, reset or aborted
+# connection (ProtocolError), a body cut short or that does not decompress.
+_ANSWER_LOST = (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ProtocolError,
+                urllib3.exceptions.IncompleteRead, urllib3.exceptions.InvalidChunkLength,
+                urllib3.exceptions.DecodeError)
 
 
 def _transport_error(exc: Exception, method: str, url: str, redact) -> InLooxError:
     detail = redact(str(exc))[:EXCERPT_CHARS]
     if _nothing_sent(exc):
         error = TransportError(f"could not connect for {method} {url}: {detail}", method=method, url=url)
-        if isinstance(exc, requests.exceptions.SSLError):
+        if isinstance(exc, urllib3.exceptions.SSLError):
             error.retryable = False  # a certificate problem does not go away by itself
         return error
     if not isinstance(exc, _ANSWER_LOST):
@@ -302,50 +368,17 @@ def _transport_error(exc: Exception, method: str, url: str, redact) -> InLooxErr
 
 def _nothing_sent(exc: Exception) -> bool:
     """True when the request cannot have reached InLoox (connect failed), so any method may be resent."""
-    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(exc, requests.exceptions.ConnectionError) and isinstance(
-        reason, urllib3.exceptions.ConnectTimeoutError)  # includes NewConnectionError (refused, DNS)
+    return isinstance(exc, _NOTHING_SENT)
 
 
-def _new_session(api_key: _ApiKey, pool_size: int, base_url: str) -> requests.Session:
-    session = requests.Session()
-    # The environment's proxy and CA settings are read once, here, not on every request (requests
-    # does that by default: about a quarter of a write's CPU went to scanning os.environ).
-    settings = session.merge_environment_settings(base_url, {}, None, None, None)
-    session.trust_env = False
-    session.proxies, session.verify, session.cert = settings["proxies"], settings["verify"], settings["cert"]
-    session.auth = api_key
-    session.headers.update({"Accept": "application/json", "OData-MaxVersion": "4.0"})
-    adapter = _shared_adapter(pool_size)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
-_adapters: dict[int, requests.adapters.HTTPAdapter] = {}
-_adapters_lock = threading.Lock()
-HOSTS_KEPT = 64  # connection pools kept per adapter, one per InLoox host
-
-
-def _shared_adapter(pool_size: int) -> requests.adapters.HTTPAdapter:
-    """The process's connection pools, shared by every client of the same pool size.
-
-    A hosted service runs hundreds of accounts on one InLoox host: with a pool per client, a poller
-    kept a connection open per workspace (1,000 idle connections from one process, and servers that
-    cap connections, as waitress does at 100, made the 101st workspace wait minutes for its first
-    answer). Requests carry their own account's key (the session's auth), so sharing the connections
-    of one host shares nothing else.
-    """
-    with _adapters_lock:
-        adapter = _adapters.get(pool_size)
-        if adapter is None:
-            # No automatic retries: retrying is the worker's decision, made from the error's class.
-            adapter = requests.adapters.HTTPAdapter(pool_connections=HOSTS_KEPT, pool_maxsize=pool_size,
-                                                    max_retries=0)
-            _adapters[pool_size] = adapter
-        return adapter
+def _charset(content_type: str) -> str:
+    """The charset a Content-Type declares, if Python knows it; else UTF-8 (what JSON must be)."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            with contextlib.suppress(LookupError):
+                return codecs.lookup(value.strip().strip("\"'")).name
+    return "utf-8"
 
 
 def _normalized_base_url(base_url: str) -> str:

@@ -158,7 +158,7 @@ def parse_error_body(text: str) -> ErrorBody:
     """Read an OData error, an RFC 7807 problem, or plain text; never raises."""
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return ErrorBody(message=_first_line(text))
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return _odata_error(body["error"])

@@ -3,13 +3,19 @@ host, a nextLink that leaves the origin, a token echoed back, exact wire format,
 """
 from __future__ import annotations
 
+import base64
+import datetime
+import gzip
+import ipaddress
 import json
 import logging
 import pickle
+import ssl
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -27,13 +33,15 @@ DROP = object()  # reply: close the connection without answering
 class LocalServer:
     """A stdlib HTTP server in a thread: scripted replies by (method, path), every request recorded."""
 
-    def __init__(self):
+    def __init__(self, tls: ssl.SSLContext | None = None):
         self.replies: dict[tuple[str, str], object] = {}
         self.received: list[dict] = []
         self.released = threading.Event()
         self.httpd = _Server(("127.0.0.1", 0), _Handler)
         self.httpd.owner = self
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/api/odata/"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.httpd.server_port}/api/odata/"
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def reply(self, method: str, path: str, status: int = 200, body=None, headers=None, hang: float = 0):
@@ -68,7 +76,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         owner.received.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
                                "body": json.loads(body) if body else None})
-        relative = self.path.removeprefix("/api/odata/")
+        # An absolute-form target (`GET http://host/api/odata/Task`) is what a proxy is asked for.
+        target = self.path if self.path.startswith("/") else urlsplit(self.path)._replace(scheme="", netloc="").geturl()
+        relative = target.removeprefix("/api/odata/")
         reply = owner.replies.get((self.command, relative)) or owner.replies.get((self.command, relative.split("?")[0]))
         status, payload, headers, hang = reply or (404, {"error": {"code": "NotFound", "message": "no route"}}, {}, 0)
         if hang:
@@ -79,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(status, payload, headers)
 
     def _write(self, status, payload, headers):
-        data = b"" if payload is None else payload if isinstance(payload, str) else json.dumps(payload)
+        data = b"" if payload is None else payload if isinstance(payload, (str, bytes)) else json.dumps(payload)
         data = data.encode() if isinstance(data, str) else data
         self.send_response(status)
         self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
@@ -299,3 +309,122 @@ def test_threads_share_the_pool_without_discarding_connections(server, caplog):
             results = list(pool.map(lambda _: list(client.query("Task")), range(64)))
     assert results == [[{"n": 1}]] * 64
     assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+def _clear_proxy_settings(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_the_proxy_named_in_the_environment_carries_the_requests(server, other_server, monkeypatch):
+    _clear_proxy_settings(monkeypatch)
+    proxy = other_server  # a plain HTTP server standing in as the proxy: it answers what it is asked
+    monkeypatch.setenv("HTTP_PROXY", f"http://egress:p%40ss@127.0.0.1:{proxy.httpd.server_port}")
+    proxy.reply("GET", "Task", body=_page([{"Name": "via the proxy"}]))
+    with Client(server.url, TOKEN, timeout=(2, 2)) as client:
+        assert list(client.query("Task")) == [{"Name": "via the proxy"}]
+    [request] = proxy.received
+    assert request["path"] == server.url + "Task"  # absolute-form: the proxy is told where to go
+    assert request["headers"]["Proxy-Authorization"] == "Basic " + base64.b64encode(b"egress:p@ss").decode()
+    assert request["headers"]["x-api-key"] == TOKEN and server.received == []
+
+
+def test_no_proxy_sends_directly(server, other_server, monkeypatch):
+    _clear_proxy_settings(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", other_server.url)
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    server.reply("GET", "Task", body=_page([{"Name": "direct"}]))
+    with Client(server.url, TOKEN, timeout=(2, 2)) as client:
+        assert list(client.query("Task")) == [{"Name": "direct"}]
+    assert other_server.received == [] and len(server.received) == 1
+
+
+def test_a_write_whose_proxy_cannot_be_reached_is_safe_to_retry(server, monkeypatch):
+    _clear_proxy_settings(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with Client(server.url, TOKEN, timeout=(2, 2)) as client:
+        with pytest.raises(TransportError, match="could not connect for POST") as caught:
+            client.create("TimeEntry", {"DisplayName": "x"})
+    assert type(caught.value) is TransportError and caught.value.retryable
+    assert server.received == []
+
+
+def test_a_body_with_nan_is_refused_and_nothing_is_sent(server, client):
+    server.reply("POST", "TimeEntry", status=201, body={})
+    for number in (float("nan"), float("inf")):
+        with pytest.raises(InLooxError, match="could not send POST .*not JSON compliant") as caught:
+            client.create("TimeEntry", {"Duration": number})
+        assert type(caught.value) is InLooxError and not caught.value.retryable
+    assert server.received == []
+
+
+def test_a_compressed_answer_is_read_and_a_corrupt_one_is_a_lost_answer(server, client):
+    server.reply("GET", "Task", body=gzip.compress(json.dumps(_page([{"n": 1}])).encode()),
+                 headers={"Content-Encoding": "gzip"})
+    server.reply("GET", "Project", body=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    assert list(client.query("Task")) == [{"n": 1}]
+    assert "gzip" in server.received[0]["headers"]["Accept-Encoding"]
+    with pytest.raises(TransportError, match="no answer to GET") as caught:
+        list(client.query("Project"))
+    assert caught.value.retryable
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_an_error(server, client):
+    server.reply("GET", "Task", body="[" * 100_000)
+    with pytest.raises(HTTPStatusError, match="not JSON"):
+        list(client.query("Task"))
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    certificate = _self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate, tmp_path / "key.pem")
+    server = LocalServer(tls=context)
+    server.certificate = certificate
+    yield server
+    server.stop()
+
+
+def test_https_trusts_the_ca_bundle_named_in_the_environment(tls_server, monkeypatch):
+    _clear_proxy_settings(monkeypatch)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_server.certificate))
+    tls_server.reply("GET", "Task", body=_page([{"Name": "over TLS"}]))
+    with Client(tls_server.url, TOKEN, timeout=(2, 2)) as client:
+        assert list(client.query("Task")) == [{"Name": "over TLS"}]
+
+
+def test_an_untrusted_certificate_is_a_transport_error_that_is_not_retried(tls_server, monkeypatch):
+    _clear_proxy_settings(monkeypatch)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)  # then certifi's bundle, which does not know it
+    with Client(tls_server.url, TOKEN, timeout=(2, 2)) as client:
+        with pytest.raises(TransportError, match="could not connect for POST") as caught:
+            client.create("TimeEntry", {"DisplayName": "x"})
+    assert type(caught.value) is TransportError and not caught.value.retryable
+    assert tls_server.received == []
+
+
+def _self_signed_certificate(folder):
+    """A certificate for 127.0.0.1 signed by its own key (cert.pem, key.pem in `folder`)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return folder / "cert.pem"

@@ -26,7 +26,7 @@ def test_repr_and_str_hide_the_token(client):
 
 
 def test_the_client_cannot_be_pickled_or_copied(client):
-    for attempt in (pickle.dumps, copy.copy, copy.deepcopy, lambda c: pickle.dumps(c._session)):
+    for attempt in (pickle.dumps, copy.copy, copy.deepcopy, lambda c: pickle.dumps(c._api_key)):
         with pytest.raises(TypeError) as caught:
             attempt(client)
         assert TOKEN not in str(caught.value)
@@ -107,3 +107,9 @@ def test_public_names_are_exported():
     for name in inloox.__all__:
         assert hasattr(inloox, name), name
     assert issubclass(inloox.OutcomeUnknown, inloox.TransportError)
+
+
+def test_a_closed_client_sends_nothing(client):
+    client.close()
+    with pytest.raises(inloox.InLooxError, match="closed"):
+        client.get("Task", GUID)

@@ -1,0 +1,85 @@
+"""The process's connections to InLoox hosts: pools shared by every client on the same route.
+
+A `Route` is what the environment says about reaching a base URL (a proxy, a CA bundle), read once
+per client; `shared_pool()` gives the urllib3 manager for a route and pool size. Sending, and making
+sense of what comes back, stays in `inloox.client`.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
+
+import certifi
+import urllib3
+
+HOSTS_KEPT = 64  # connection pools kept per manager, one per InLoox host
+
+
+@dataclass(frozen=True)
+class Route:
+    """How this process reaches one base URL: through which proxy (None: directly), trusting which CAs."""
+
+    proxy: str | None = field(repr=False)  # a proxy URL may hold the proxy's password
+    ca_bundle: str  # a file, or a directory of certificates
+
+
+def route_of(base_url: str) -> Route:
+    """The environment's proxy and CA settings for `base_url`, as requests read them.
+
+    Read once per client, not per request (requests did it per request by default: about a quarter
+    of a write's CPU went to scanning os.environ). HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and NO_PROXY,
+    either case; REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, else certifi's bundle.
+    """
+    parts, proxies = urlsplit(base_url), getproxies_environment()
+    proxy = None if proxy_bypass_environment(parts.netloc, proxies) else (
+        proxies.get(parts.scheme) or proxies.get("all"))
+    if proxy and "://" not in proxy:
+        proxy = "http://" + proxy  # `proxy.example:3128` means an HTTP proxy, as requests read it
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    return Route(proxy or None, ca_bundle)
+
+
+_pools: dict[tuple[int, Route], urllib3.PoolManager] = {}
+_lock = threading.Lock()
+
+
+def shared_pool(pool_size: int, route: Route) -> urllib3.PoolManager:
+    """The process's connection pools, shared by every client of the same pool size and route.
+
+    A hosted service runs hundreds of accounts on one InLoox host: with a pool per client, a poller
+    kept a connection open per workspace (1,000 idle connections from one process, and servers that
+    cap connections, as waitress does at 100, made the 101st workspace wait minutes for its first
+    answer). Requests carry their own account's key (`inloox.client`), so sharing the connections
+    of one host shares nothing else.
+    """
+    with _lock:
+        pool = _pools.get((pool_size, route))
+        if pool is None:
+            pool = _pools[(pool_size, route)] = _new_pool(pool_size, route)
+        return pool
+
+
+def _new_pool(pool_size: int, route: Route) -> urllib3.PoolManager:
+    # block=False as requests had it: a thread beyond `pool_size` gets a connection of its own, which
+    # is closed when returned to a full pool, instead of waiting for one.
+    tls = {"ca_cert_dir" if os.path.isdir(route.ca_bundle) else "ca_certs": route.ca_bundle}
+    options = dict(num_pools=HOSTS_KEPT, maxsize=pool_size, block=False, retries=False,
+                   cert_reqs="CERT_REQUIRED", **tls)
+    if route.proxy is None:
+        return urllib3.PoolManager(**options)
+    if route.proxy.lower().startswith("socks"):
+        from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as requests did for SOCKS
+        return SOCKSProxyManager(route.proxy, **options)
+    return urllib3.ProxyManager(route.proxy, proxy_headers=_proxy_credentials(route.proxy), **options)
+
+
+def _proxy_credentials(proxy: str) -> dict[str, str]:
+    """`Proxy-Authorization` for a proxy URL with a user and password in it (urllib3 leaves them out)."""
+    parts = urlsplit(proxy)
+    if not parts.username:
+        return {}
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return {"Proxy-Authorization": urllib3.util.make_headers(proxy_basic_auth=credentials)["proxy-authorization"]}
