@@ -7,8 +7,8 @@ change stamps are real; kept in /tmp and reused by the next run with the same si
 with `python -m sandbox --data`, takes the poller's baseline (the first poll, which reads every
 row: timed and counted too), renames `--changed` tasks as a person would (PATCH with the
 person's token), then measures one `workers.poll.poll_once` for Task watching Name, IsDone and
-WorkAmount: requests (the sandbox's request log), response bytes (counted by a response hook on
-the client's session), CPU of this process (the poller's side) and of the sandbox, wall time.
+WorkAmount: requests (the sandbox's request log), response bytes (each answer's body size, from the
+client's `on_received`), CPU of this process (the poller's side) and of the sandbox, wall time.
 """
 from __future__ import annotations
 
@@ -61,15 +61,14 @@ def build_data(path: Path, tasks: int, spacing_ms: int) -> None:
 
 
 class CountingClient:
-    """An inloox.Client whose session counts response bytes (a requests hook; the client is unchanged)."""
+    """An inloox.Client that counts the bytes of the answers' bodies (through its `on_received`)."""
 
     def __init__(self, url: str, token: str):
-        self.client = Client(url, token, timeout=120)
+        self.client = Client(url, token, timeout=120, on_received=self._count)
         self.bytes = 0
-        self.client._session.hooks["response"].append(self._count)
 
-    def _count(self, response, *args, **kwargs):
-        self.bytes += len(response.content)
+    def _count(self, size: int) -> None:
+        self.bytes += size
 
 
 def measured_poll(counting: CountingClient, connection, sandbox_url: str, sandbox_pid: int) -> dict:
