@@ -23,7 +23,8 @@ bp.before_request(require_admin_token)
 @bp.post("")
 def add():
     """Add a source; its secret is in the answer, and only there."""
-    body = request.get_json(silent=True)
+    # Any content type; a body that is not readable JSON is a 400 saying why (web/json_bodies.py).
+    body = request.get_json(force=True, silent=not request.get_data())
     if not isinstance(body, dict) or not isinstance(body.get("source"), str):
         abort(422, 'source: the body must be {"source": "<name>"}')
     secret = _call(registry.add_webhook, get_redis(), get_keyring(), _name(), body["source"])

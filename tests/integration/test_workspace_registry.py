@@ -102,6 +102,18 @@ def test_an_unreadable_body_is_400_saying_why(api, data, reason):
     assert answer.status_code == 400 and reason in answer.json["error"]["message"], answer.text
 
 
+@pytest.mark.parametrize("data, reason", [
+    (b"[" * 100 + b"]" * 100, "deeper than 64 levels"),
+    (b'{"source": "\xff"}', "UTF-8"),
+    (b"{not json", "JSON"),
+])
+def test_an_unreadable_webhook_source_body_is_400_saying_why(api, sandbox, data, reason):
+    client = api.test_client()
+    create(client, "acme", sandbox)
+    answer = client.post("/workspaces/acme/webhooks", headers=auth(), data=data, content_type="application/json")
+    assert answer.status_code == 400 and reason in answer.json["error"]["message"], answer.text
+
+
 def test_the_operator_api_needs_the_operator_token(api, sandbox):
     client = api.test_client()
     assert client.put("/workspaces/acme", json={"inloox_url": sandbox.base_url}).status_code == 401
