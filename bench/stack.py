@@ -489,6 +489,8 @@ def run(args) -> None:
         log = honcho.output()
         problems = [f"{log.count('Traceback')} tracebacks"] if "Traceback" in log else []
         problems += honcho.stopped()
+        problems += [f"{phase['phase']}: {phase['dup']} duplicated, {phase['lost']} lost"
+                     for phase in (closed, opened) if phase and (phase["dup"] or phase["lost"])]
         if problems:
             print("  stack problems: " + "; ".join(problems) + f" (honcho's output kept: {tmp / 'honcho.log'})")
         figures = {"root": describe(root), "workers": args.workers or 1, "latency_ms": args.latency_ms,

@@ -489,7 +489,7 @@ def _report(result: PollResult) -> PollResult:
 def main(argv: list[str] | None = None) -> int:
     """`python -m workers.poller [--with-scheduler]`: poll every workspace; with the flag, also fire
     their schedules (workers/scheduler.py) on a thread of this process, one process fewer."""
-    from workers.settings import load_config  # the one place settings are read from the environment
+    from workers.settings import load_config, redis_client  # the one place settings are read from the environment
 
     argv = sys.argv[1:] if argv is None else argv
     if argv not in ([], ["--with-scheduler"]):
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_config()
     configure_logging(config)
-    connection = redis.Redis.from_url(config["REDIS_URL"])
+    connection = redis_client(config)  # room for every poll thread, and for the scans running beside them
     try:
         scan_every, scan_every_set = parse_scan_seconds(config["POLL_SCAN_SECONDS"])
         poller = PollerSettings(interval=float(config["POLL_INTERVAL"]),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import redis
 from dotenv import load_dotenv
 
 from workers.workspaces import WorkspaceConfigError, load_workspaces
@@ -115,6 +116,23 @@ def load_config() -> dict:
         # field), not a traceback.
         raise SystemExit(f"Error: {exc}") from None
     return config
+
+
+REDIS_SPARE_CONNECTIONS = 32  # beyond the threads a process runs: its loops, sweeps and RQ's own
+
+
+def redis_client(config: Mapping[str, str]) -> redis.Redis:
+    """The process's Redis client, with room in its pool for every thread the settings give it.
+
+    redis-py's pool refuses a 101st connection ("Too many connections"): a worker with more than
+    about 90 WORKER_THREADS failed events in a burst, and a poller starting many scans at once failed
+    them. The pool holds the process's threads and some spare, and a thread beyond that waits for a
+    free connection (up to 20 s) instead of failing.
+    """
+    threads = int(config.get("WORKER_THREADS") or 0) + int(config.get("POLL_THREADS") or 0)
+    pool = redis.BlockingConnectionPool.from_url(config["REDIS_URL"], timeout=20,
+                                                 max_connections=max(100, threads + REDIS_SPARE_CONNECTIONS))
+    return redis.Redis(connection_pool=pool)
 
 
 def secrets_key(environ: Mapping[str, str] = os.environ) -> dict:

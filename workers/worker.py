@@ -51,7 +51,7 @@ from workers import activity, metrics, registry
 from workers.consumer import EventConsumer
 from workers.logs import configure_logging
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
-from workers.settings import load_config
+from workers.settings import load_config, redis_client
 from workers.worker_context import served
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class Worker(SimpleWorker):
     def _start_consumer(self) -> EventConsumer:
         self._follow_workspaces()
         mine = self._following or []
-        consumer = EventConsumer(redis.Redis.from_url(self.config["REDIS_URL"]), mine, name=self.name,
+        consumer = EventConsumer(redis_client(self.config), mine, name=self.name,
                                  pool_size=int(self.config["WORKER_THREADS"]),
                                  per_workspace=int(self.config["WORKER_THREADS_PER_WORKSPACE"]) or None,
                                  sample_seconds=float(self.config["SERIES_SAMPLE_SECONDS"]))

@@ -24,7 +24,7 @@ from workers import rule_files as rule_files_state
 from workers.outbound import OutboundPolicy
 from workers.registry import Served
 from workers.secrets import Keyring, SecretsKeyError
-from workers.settings import load_config
+from workers.settings import load_config, redis_client
 from workers.throttle import Throttle
 from workers.workspaces import DEFAULT, Workspace, using
 
@@ -262,5 +262,5 @@ def _settings() -> None:
     with _build_lock:
         if _config is None:
             _config = load_config()
-            _connection = redis.Redis.from_url(_config["REDIS_URL"])
+            _connection = redis_client(_config)
             _served = Served(_connection, _config)

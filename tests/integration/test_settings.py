@@ -40,3 +40,36 @@ def test_stack_env_names_another_file_or_none(tmp_path):
 
     assert settings_of(tmp_path, STACK_ENV=str(tmp_path / "elsewhere.env"))["REDIS_URL"] == "redis://127.0.0.1:6492/0"
     assert settings_of(tmp_path, STACK_ENV="")["REDIS_URL"] == "redis://127.0.0.1:6390/0"
+
+
+def test_a_process_redis_client_has_room_for_every_thread_the_settings_give_it(redis_url):
+    """redis-py's own pool refuses a 101st connection: a worker with 150 threads starting runs at
+    once failed events with "Too many connections" (and the poller its scans)."""
+    import threading
+
+    import redis
+
+    from workers.settings import redis_client
+
+    def hold_at_once(client: redis.Redis, threads: int) -> list[Exception]:
+        errors, start = [], threading.Barrier(threads)
+
+        def hold():
+            start.wait()
+            try:
+                client.blpop(["nothing-comes"], timeout=1)  # keeps its connection for a second
+            except redis.RedisError as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=hold) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return errors
+
+    assert hold_at_once(redis.Redis.from_url(redis_url), 150), "redis-py's default pool should refuse some"
+    config = {"REDIS_URL": redis_url, "WORKER_THREADS": "150", "POLL_THREADS": "8"}
+    assert hold_at_once(redis_client(config), 150) == []
+    poller = {"REDIS_URL": redis_url, "WORKER_THREADS": "48", "POLL_THREADS": "8"}
+    assert hold_at_once(redis_client(poller), 150) == []  # beyond its pool, threads wait for a connection
