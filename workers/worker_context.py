@@ -162,11 +162,8 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
     """The context of one workspace; its InLoox client counts requests and obeys the shared rate limit."""
     throttle = Throttle(connection, workspace.prefix + "inloox:rate", workspace.limits.inloox_requests_per_second,
                         on_refused=metrics.refusal_observer(workspace.name))
-    # As many connections kept as threads may send at once (a worker's events, a poller's polls): with
-    # fewer, every request beyond them opened a connection of its own and threw it away.
-    connections = max(int(config.get("WORKER_THREADS") or 0), int(config.get("POLL_THREADS") or 0), 1)
     client = Client(workspace.inloox_url, workspace.inloox_api_key, timeout=float(config["INLOOX_TIMEOUT"]),
-                    pool_size=connections, on_response=metrics.request_observer(workspace.name), throttle=throttle)
+                    on_response=metrics.request_observer(workspace.name), throttle=throttle)
     return WorkerContext(workspace=workspace, client=client, connection=connection,
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
                          rule_env=rule_env(config), rules=RuleSource(connection, workspace),

@@ -37,7 +37,7 @@ def test_one_worker_keeps_many_slow_runs_in_flight(stack, sandbox, rules_dir, re
     # InLoox answers each create after 1.5 s: forty of them one after the other would take a minute.
     sandbox.fault(kind="latency", latency_ms=1500, methods=["POST"], path="^Task$")
     stack.env["WORKER_THREADS"] = "40"
-    worker = stack.worker()
+    stack.worker()
     web = stack.web()
 
     for n in range(40):
@@ -49,9 +49,6 @@ def test_one_worker_keeps_many_slow_runs_in_flight(stack, sandbox, rules_dir, re
     starts = sorted(r["at"] for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "Task")
     assert len(starts) == 40
     assert _most_overlapping(starts, window=1.5) >= 10, "creates should have been in flight together"
-    # Each thread kept its connection: the client's pool holds as many as the worker has threads
-    # (it held 10, and every other request opened a connection of its own and threw it away).
-    assert "pool is full" not in worker.output()
 
 
 def test_a_run_left_queued_by_a_lost_executor_can_be_retried_by_a_person(redis_url, sandbox):
