@@ -51,7 +51,7 @@ from workers import subscriptions, workspaces
 from workers.poll_status import PollRun, record_poll, record_watched
 from workers.scan import LeaseLost, scan_once
 from workers.registry import Leftovers, Served
-from workers.worker_context import WorkerContext, build_context, served
+from workers.worker_context import WorkerContext, build_context, folder_stamp, served
 from workers.workspaces import Workspace
 
 log = logging.getLogger("poller")
@@ -281,15 +281,23 @@ def _has_work(account: Account, now: float) -> bool:
     Asked in the round, before the workspace goes to the pool: most idle workspaces have nothing due
     in a round, and handing each to a thread only to find that out cost more than the polls.
     """
-    clock = time.monotonic()
-    return (clock >= account.next_sweep or clock - account.watched_at >= _refresh_every(account, now)
+    return (time.monotonic() >= account.next_sweep or _look_due(account, now)
             or any(p.due(now) for p in account.paces.values()))
 
 
-def _refresh_every(account: Account, now: float) -> float:
-    """Seconds between two looks at what the workspace watches: longer while it is quiet."""
+def _look_due(account: Account, now: float) -> bool:
+    """True when the poller should look at what the workspace watches again.
+
+    Every WATCHED_REFRESH_SECONDS, every QUIET_WATCHED_REFRESH_SECONDS while the workspace is quiet,
+    and at once when its rules folder changed: the process's shared look at the folder costs no
+    request, and the person editing a rule file sees the "loaded"/"broken" line within seconds.
+    """
     quiet = now - account.lively_at >= activity.QUIET_AFTER
-    return QUIET_WATCHED_REFRESH_SECONDS if quiet else WATCHED_REFRESH_SECONDS
+    every = QUIET_WATCHED_REFRESH_SECONDS if quiet else WATCHED_REFRESH_SECONDS
+    if time.monotonic() - account.watched_at >= every:
+        return True
+    path = account.workspace.rules_path
+    return path is not None and folder_stamp(path)[1] != account.context.rules.loaded_from
 
 
 def _poll_account(account: Account, poller: PollerSettings, me: str) -> None:
@@ -320,7 +328,7 @@ def _watching(account: Account, poller: PollerSettings) -> dict:
     Read again every WATCHED_REFRESH_SECONDS (QUIET_WATCHED_REFRESH_SECONDS while the workspace is
     quiet): while a workspace is idle, its rules and subscriptions are not read every round.
     """
-    if time.monotonic() - account.watched_at >= _refresh_every(account, time.time()):
+    if _look_due(account, time.time()):
         account.watching = subscriptions.merged(watched_sets(account.context.ruleset()),
                                                 subscriptions.watched_sets(account.context.connection, CHANGE_FEEDS))
         account.watched_at = time.monotonic()

@@ -53,6 +53,11 @@ class RuleSource:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     trouble: tuple[FileState, ...] = ()  # the folder's files that did not load at the last look (see engine.last_good)
 
+    @property
+    def loaded_from(self) -> str:
+        """What the rules in use were loaded from: the folder's file stamps (see `folder_stamp`) or the bundle number."""
+        return self._stamp
+
     def ruleset(self) -> Ruleset:
         """The current rules, re-read when the folder's files or the active bundle changed."""
         return self.current()[0]

@@ -32,7 +32,8 @@ def test_a_rule_still_matching_after_its_hold_runs_once(engine, sandbox, receive
     wait_until(lambda: runs_in(redis_url, "held"), 10, "the run to be held")
     [message] = wait_until(lambda: receiver.received, 15, "the notification after the hold")
     assert "Nobody's job has no assignee." in str(message["body"])
-    assert [r["status"] for r in all_runs(redis_url)] == ["succeeded"]
+    # The run's status is stored once the notification was answered: a moment after it arrived.
+    wait_until(lambda: [r["status"] for r in all_runs(redis_url)] == ["succeeded"], 5, "the run to succeed")
 
 
 def test_a_rule_no_longer_matching_after_its_hold_is_skipped(engine, sandbox, receiver, rules_dir, redis_url):
