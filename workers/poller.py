@@ -59,7 +59,7 @@ log = logging.getLogger("poller")
 POLLERS_KEY = "pollers:alive"  # deployment-wide: poller id → last round (epoch s)
 WATCHED_REFRESH_SECONDS = 10.0  # a set a new rule or subscription watches is polled within this (and a poll)
 # In a quiet workspace (workers/activity.py) within this: a bundle activated or a subscription saved
-# stamps activity, which makes the poller look at once; only a rules folder edited in place waits.
+# stamps activity, and a rules folder's changed files are seen in the process's shared look: both make the poller look at once.
 QUIET_WATCHED_REFRESH_SECONDS = 60.0
 
 
