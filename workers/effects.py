@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import redis
 
@@ -25,6 +26,11 @@ MARKER_FIELDS = {
     "TimeEntry": "DescriptionText", "Task": "DescriptionHTML", "Project": "DescriptionText",
     "LineItem": "DescriptionText", "Document": "DescriptionHTML", "Planning": "DescriptionHTML",
 }
+
+
+class NotSettled(OutcomeUnknown):
+    """A create whose answer was lost is not in InLoox yet, but may still arrive: look for it again
+    after `retry_after` seconds rather than send it again now."""
 
 
 class NeedsAttention(Exception):
@@ -48,6 +54,7 @@ class StepContext:
     fresh: bool = False
     after: list[Callable[[object], None]] = field(default_factory=list)
     lock: object = None  # the run's lock (redis-py's Lock), given back with the run's last status
+    settle_seconds: float = 60.0  # how long a write whose answer was lost may take to appear (INLOOX_SETTLE_SECONDS)
 
     def earlier(self, key: str) -> dict | None:
         """The ledger entry of an earlier attempt at this operation, or None."""
@@ -75,6 +82,7 @@ def create(ctx: StepContext, params: dict, key: str) -> dict:
         if found is not None:
             ctx.mark_done(key, found)
             return found
+        _settled(ctx, earlier, entity_set)
     if field:
         values[field] = _with_marker(values.get(field), key, html=field.endswith("HTML"))
     return _write(ctx, key, lambda: ctx.client.create(entity_set, values))
@@ -166,6 +174,20 @@ def _once(ctx: StepContext, key: str, send: Callable[[], object]):
         raise NeedsAttention("an earlier attempt may have done this already and it cannot be checked; "
                              "retry the run from this step once you have looked")
     return _write(ctx, key, send)
+
+
+def _settled(ctx: StepContext, earlier: dict, entity_set: str) -> None:
+    """Raise NotSettled while the earlier attempt may still be applied by InLoox.
+
+    An answer lost to our read timeout does not mean InLoox dropped the request: it may still hold it
+    in a queue and apply it later. Its marker not being there yet is no proof, so the create is
+    sent again only INLOOX_SETTLE_SECONDS after the earlier attempt was sent (test_acceptance).
+    """
+    sent = datetime.fromisoformat(earlier["at"]) if earlier.get("at") else None
+    left = ctx.settle_seconds - (datetime.now(timezone.utc) - sent).total_seconds() if sent else 0.0
+    if left > 0:
+        raise NotSettled(f"the earlier create of {entity_set} may still reach InLoox: looking again in {left:.0f}s "
+                         "before sending it again", retry_after=left)
 
 
 def _find_marked(ctx: StepContext, entity_set: str, field: str | None, key: str) -> dict | None:

@@ -244,7 +244,8 @@ def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False) -> str
             return _stop(ctx, run, "queued", f"rate limit of {plan.rule_id} reached; starts in {wait:.0f}s", lock=lock)
         run["rate_counted"] = True  # a retry of this run is not a new run
     done = {s["index"] for s in run["steps"] if s["status"] in ("done", "skipped")}
-    step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound, fresh=fresh, lock=lock)
+    step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound, fresh=fresh, lock=lock,
+                           settle_seconds=ctx.settle_seconds)
     if plan.for_each:
         return _fan_out(ctx, step_ctx, run, plan, done)
     for operation in plan.operations:

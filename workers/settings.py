@@ -41,6 +41,7 @@ DEFAULTS = {
     # writes are not a person's, so they never trigger rules again.
     "INLOOX_API_KEY": "sandbox-engine-token",
     "INLOOX_TIMEOUT": "10",
+    "INLOOX_SETTLE_SECONDS": "60",
     "REDIS_URL": "redis://127.0.0.1:6390/0",
     "RULES_PATH": "rules",
     # Environment variables rules may read as `env.NAME` (an allow-list: never the InLoox token).

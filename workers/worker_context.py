@@ -148,6 +148,7 @@ class WorkerContext:
     rule_env: dict
     rules: RuleSource
     run_lease: float = 45.0  # seconds a run's lock lasts unless renewed (see run_lease)
+    settle_seconds: float = 60.0  # a create whose answer was lost is sent again only after this (INLOOX_SETTLE_SECONDS)
     delivery_schedule: tuple[float, ...] | None = None  # change-feed retry delays (None: workers.deliveries.SCHEDULE)
     keyring: Keyring | None = None  # opens sealed secrets (subscriptions'); None: no usable SECRETS_KEY
 
@@ -173,6 +174,7 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
                          rule_env=rule_env(config), rules=RuleSource(connection, workspace),
                          run_lease=run_lease(float(config["INLOOX_TIMEOUT"])),
+                         settle_seconds=float(config.get("INLOOX_SETTLE_SECONDS") or 60),
                          delivery_schedule=retry_schedule(config.get("DELIVERY_RETRY_SECONDS", "")),
                          keyring=keyring_of(config))
 

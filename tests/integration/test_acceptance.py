@@ -7,6 +7,7 @@ sandbox's data and request log, the receiver, the runs in Redis, the processes' 
 from __future__ import annotations
 
 import signal
+import time
 from datetime import datetime
 
 import redis
@@ -103,6 +104,26 @@ def test_a_worker_killed_while_its_create_is_in_flight_leaves_exactly_one_entity
     engine.worker("worker-2")
 
     [run] = wait_until(lambda: runs_in(redis_url, "succeeded"), 90, "another worker to finish the run")
+    assert sandbox.count("TimeEntry") == 1
+    assert run["outputs"]["book"]["TaskItemId"] == task
+
+
+def test_a_create_inloox_still_held_when_its_answer_was_lost_is_not_sent_twice(engine, sandbox, rules_dir, redis_url):
+    write_rule(rules_dir, "booking", BOOKING_RULE)
+    task = make_task(sandbox)
+    engine.env.update(INLOOX_TIMEOUT="2", INLOOX_SETTLE_SECONDS="15")
+    start(engine, redis_url)
+    # InLoox holds the create 9 s before it applies it (a queue in front of a busy server): our client
+    # gives up after 2 s, and the retry's look for the create's marker, 5 s later, finds nothing yet.
+    sandbox.fault(kind="latency", latency_ms=9000, methods=["POST"], path="^TimeEntry$", count=1)
+
+    sandbox.patch(f"Task({task})", json={"IsDone": True})
+    wait_until(lambda: [r for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "TimeEntry"],
+               15, "the create to be sent")
+    sent = time.monotonic()
+    [run] = wait_until(lambda: runs_in(redis_url, "succeeded"), 60, "the run to finish")
+    time.sleep(max(0.0, 11 - (time.monotonic() - sent)))  # the held create has been applied by now
+
     assert sandbox.count("TimeEntry") == 1
     assert run["outputs"]["book"]["TaskItemId"] == task
 
