@@ -152,7 +152,10 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object]):
     try:
         output = send()
     except OutcomeUnknown:
-        raise  # keep "sent": the next attempt checks InLoox before writing again
+        # Keep "sent" (the next attempt checks InLoox before writing again), noting that the answer
+        # was lost: InLoox may still hold the request, so a create waits for it to settle.
+        ledger.mark_lost(ctx.connection, key)
+        raise
     except InLooxError as exc:
         if exc.retryable or exc.status is not None and exc.status < 500:
             ledger.clear(ctx.connection, key)  # InLoox said no, or nothing reached it
@@ -181,10 +184,13 @@ def _settled(ctx: StepContext, earlier: dict, entity_set: str) -> None:
 
     An answer lost to our read timeout does not mean InLoox dropped the request: it may still hold it
     in a queue and apply it later. Its marker not being there yet is no proof, so the create is
-    sent again only INLOOX_SETTLE_SECONDS after the earlier attempt was sent (test_acceptance).
+    sent again only INLOOX_SETTLE_SECONDS after the answer was lost (test_acceptance). A "sent" mark
+    without a lost answer (a worker that died, an error InLoox answered) is not waited for.
     """
-    sent = datetime.fromisoformat(earlier["at"]) if earlier.get("at") else None
-    left = ctx.settle_seconds - (datetime.now(timezone.utc) - sent).total_seconds() if sent else 0.0
+    if not earlier.get("answer_lost"):
+        return  # never sent (a worker died first), or answered: nothing can still be on its way
+    lost = datetime.fromisoformat(earlier["at"])
+    left = ctx.settle_seconds - (datetime.now(timezone.utc) - lost).total_seconds()
     if left > 0:
         raise NotSettled(f"the earlier create of {entity_set} may still reach InLoox: looking again in {left:.0f}s "
                          "before sending it again", retry_after=left)

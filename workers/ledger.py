@@ -47,6 +47,11 @@ def finished(target, keys, *, keep_for: int = LEDGER_AFTER_FINISH) -> None:
         target.expire(_key(key), keep_for)
 
 
+def mark_lost(connection: redis.Redis, key: str) -> None:
+    """Record that the write went out and its answer was lost (InLoox may still apply it later)."""
+    connection.set(_key(key), _dumps({"state": "sent", "at": _now(), "answer_lost": True}), ex=LEDGER_MAX_AGE)
+
+
 def clear(connection: redis.Redis, key: str) -> None:
     """Forget a "sent" mark when InLoox answered that it did nothing (429, 503, refused connection)."""
     connection.delete(_key(key))
