@@ -28,19 +28,16 @@ def key(workspace: str | None = None) -> str:
     return workspaces.key(NAME) if workspace is None else f"ws:{workspace}:{NAME}"
 
 
-def note(connection: redis.Redis, *, now: float | None = None) -> None:
-    """Mark the current workspace active now (one SET)."""
-    connection.set(key(), int((time.time() if now is None else now) * 1000))
+def note(target, *, prefix: str | None = None, now: float | None = None) -> None:
+    """Mark a workspace active now: the current one, or the one whose keys start with `prefix`.
 
-
-def stamp(target, prefix: str, *, now: float | None = None) -> None:
-    """Queue on `target` (a connection or a pipeline) the activity stamp of the workspace of key `prefix`.
-
-    For changes to what a workspace watches (a rule bundle activated, a subscription saved): the
-    poller looks at a quiet workspace's rules and subscriptions only once a minute, and at once
-    after a stamp.
+    `target` is a connection (one SET) or a pipeline (queued with the change it marks). Besides the
+    events accepted and people on the dashboard, changes to what a workspace watches (a rule bundle
+    activated, a subscription saved) mark it: the poller looks at a quiet workspace's rules and
+    subscriptions only once a minute, and at once after a mark.
     """
-    target.set(f"{prefix}{NAME}", int((time.time() if now is None else now) * 1000))
+    name = key() if prefix is None else f"{prefix}{NAME}"
+    target.set(name, int((time.time() if now is None else now) * 1000))
 
 
 def latest(connection: redis.Redis, names: Iterable[str]) -> dict[str, float]:

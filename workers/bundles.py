@@ -107,7 +107,7 @@ def upload(connection: redis.Redis, prefix: str, files: dict[str, str], *, by: s
         pipe.hset(f"{prefix}rules:versions", number, _meta(version))
         pipe.set(f"{prefix}rules:files:{number}", content)
         pipe.set(f"{prefix}rules:active", number)
-        activity.stamp(pipe, prefix)  # the poller looks at what the new rules watch now, quiet or not
+        activity.note(pipe, prefix=prefix)  # the poller looks at what the new rules watch now, quiet or not
         if trimmed:
             pipe.hdel(f"{prefix}rules:versions", *trimmed)
             pipe.delete(*(f"{prefix}rules:files:{n}" for n in trimmed))
@@ -156,7 +156,7 @@ def activate(connection: redis.Redis, prefix: str, number: int) -> Version:
             raise UnknownVersion(f"no rule bundle version {number} in this workspace")
         pipe.multi()
         pipe.set(f"{prefix}rules:active", number)
-        activity.stamp(pipe, prefix)
+        activity.note(pipe, prefix=prefix)
         return _marked(Version(**json.loads(meta)), True)
 
     # Watching the versions hash: an upload trimming this version meanwhile makes us look again.

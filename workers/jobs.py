@@ -9,9 +9,9 @@ Each works for one workspace: its client, rules and Redis keys are that workspac
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
-import os
 from datetime import datetime, timezone
 
 import redis

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from workers import activity, workspaces
+from workers import activity
 from workers.secrets import Keyring, SecretUnreadable, is_sealed
 from workers.workspaces import key
 
@@ -111,7 +111,7 @@ def new_secret() -> str:
 def save(connection: redis.Redis, sub: Subscription) -> None:
     with connection.pipeline(transaction=False) as pipe:
         pipe.hset(key("subs"), sub.id, json.dumps(asdict(sub)))
-        activity.stamp(pipe, workspaces.current().prefix)  # the poller watches its sets within seconds, quiet or not
+        activity.note(pipe)  # the poller watches its sets within seconds, quiet or not
         pipe.execute()
 
 

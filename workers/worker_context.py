@@ -174,7 +174,7 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
                          rule_env=rule_env(config), rules=RuleSource(connection, workspace),
                          run_lease=run_lease(float(config["INLOOX_TIMEOUT"])),
-                         settle_seconds=float(config.get("INLOOX_SETTLE_SECONDS") or 60),
+                         settle_seconds=float(config.get("INLOOX_SETTLE_SECONDS", 60)),
                          delivery_schedule=retry_schedule(config.get("DELIVERY_RETRY_SECONDS", "")),
                          keyring=keyring_of(config))
 
