@@ -26,7 +26,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import urllib3
 import urllib3.exceptions
 
-from inloox.connections import route_of, shared_pool
+from inloox.connections import exchanges, route_of, shared_pool
 from inloox.errors import (
     EXCERPT_CHARS, WRITE_METHODS, HTTPStatusError, InLooxError, OutcomeUnknown, TransportError,
     UnexpectedRedirect, parse_error_body, parse_retry_after, status_error_class,
@@ -271,9 +271,11 @@ class Client:
                         _READ_HEADERS if payload is None else _WRITE_HEADERS),
                     timeout=self._urllib3_timeout, retries=False, redirect=False)
         except InLooxError:
+            exchanges.record(time.monotonic() - started)
             self._observe(method, None)
             raise
         answer = _Answer(response.status, response.reason or "", response.headers, response.data)
+        exchanges.record(time.monotonic() - started)
         self._observe(method, answer.status)
         if self.on_received is not None:
             self.on_received(len(answer.body))

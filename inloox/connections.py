@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
@@ -41,6 +42,35 @@ def route_of(base_url: str) -> Route:
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
     return Route(proxy or None, ca_bundle)
 
+
+class Exchanges:
+    """How long this process's InLoox requests took, from sending to the whole answer (or giving up).
+
+    The worker sizes how many events it keeps in flight from these (workers/consumer/in_flight.py):
+    a process whose requests are answered slowly, but no slower as it sends more, gains by sending
+    more at once. Only the newest KEPT are held, so a process that never reads them (a poller) keeps
+    a few kilobytes.
+    """
+
+    KEPT = 4096
+
+    def __init__(self):
+        self._durations: deque[float] = deque(maxlen=self.KEPT)
+
+    def record(self, seconds: float) -> None:
+        self._durations.append(seconds)  # deque.append is atomic: no lock on the request path
+
+    def take(self) -> list[float]:
+        """The durations recorded since the last take, oldest first."""
+        taken = []
+        while True:
+            try:
+                taken.append(self._durations.popleft())
+            except IndexError:
+                return taken
+
+
+exchanges = Exchanges()  # the process's; every Client records into it
 
 _pools: dict[tuple[int, Route], urllib3.PoolManager] = {}
 _lock = threading.Lock()

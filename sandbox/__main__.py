@@ -14,6 +14,10 @@ from .app import create_app
 
 # Enough threads that a few commit_then_hang faults holding their thread don't starve the rest.
 THREADS = 32
+# Connections held open at once (waitress's default is 100). InLoox's cloud, behind its load
+# balancer, keeps what a client's connection pools hold; with 100, the third worker of a stack,
+# whose pools kept one connection per request it had in flight, waited in the accept queue.
+CONNECTION_LIMIT = 2000
 # `make run`'s honcho kills what is left 5 s after the first process stopped.
 STOP_GRACE_SECONDS = 3.0
 
@@ -43,7 +47,8 @@ def serve(app, host: str, port: int) -> None:
     write was committed to the data file when it was answered, so there is nothing to save.
     """
     logging.basicConfig()  # waitress's own warnings, as waitress.serve() would show them
-    server = waitress.create_server(app, host=host, port=port, threads=THREADS, ident="inloox-sandbox")
+    server = waitress.create_server(app, host=host, port=port, threads=THREADS, connection_limit=CONNECTION_LIMIT,
+                                    ident="inloox-sandbox")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -8,7 +8,7 @@
 The poller reads every workspace's key in one MGET per round (workers/poller.py); a stamp newer
 than it last saw brings each of the workspace's watched sets back to its active interval at once.
 A workspace without activity for QUIET_AFTER is *quiet*: the worker's consumer and RQ's registry
-cleaning look after it less often (`quiet`, workers/consumer.py, workers/worker.py).
+cleaning look after it less often (`quiet`, workers/consumer/, workers/worker.py).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     ws:<name>:events        stream; each entry's field `z` is the event's JSON, zlib-compressed
     group `engine`          the workers' consumer group: an entry delivered to a worker stays in the
                             group's pending list until that worker acknowledges it, so an event whose
-                            worker died is claimed by another one (see workers/consumer.py)
+                            worker died is claimed by another one (see workers/consumer/)
 
 Accepting an event is one Lua script: claim the dedup key (SET NX) and append the entry, or do
 neither. No WATCH: redis-py turns any connection error during a WATCH into WatchError, which used to

@@ -24,7 +24,7 @@ The points (see docs/execution.md, "Crash points"):
     handle_event    an event is about to be matched (workers/jobs.py handle; subject: the event id)
     runs_stored     an event's runs are stored, the first live one's lease taken, none executed yet
                     (workers/jobs.py handle)
-    consumer_turn   the event consumer starts a turn of its loop (workers/consumer.py; subject: the worker's name)
+    consumer_turn   the event consumer starts a turn of its loop (workers/consumer/; subject: the worker's name)
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Handling events and executing runs. RQ job arguments are JSON (run ids), never clients or secrets.
 
-    handle(ctx, event, accepted_at)  match an accepted event (from workers/consumer.py) against the
+    handle(ctx, event, accepted_at)  match an accepted event (from workers/consumer/) against the
                                      workspace's rules; one run per match, the live ones executed here
     execute_run(run_id, workspace)   RQ job: perform a run's remaining operations, each exactly once
 

@@ -2,7 +2,7 @@
 
 Every run that is neither finished nor waiting for a person has a deadline in the workspace's
 `runs:active` sorted set, written with the run record by workers/runs.py: when it should have
-started, retried or ended its hold, plus a grace. Each worker sweeps the set every few seconds (workers/consumer.py). An overdue run whose lock nobody holds lost its executor (a killed
+started, retried or ended its hold, plus a grace. Each worker sweeps the set every few seconds (workers/consumer/). An overdue run whose lock nobody holds lost its executor (a killed
 worker, an RQ job that was lost with its worker or with Redis): it gets a fresh RQ job, or a fresh
 hold check. Run locks, the step ledger and run ids derived from (event, rule) make a second
 executor harmless, so the sweeper may be early, never wrong. See docs/execution.md.

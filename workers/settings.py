@@ -59,10 +59,11 @@ DEFAULTS = {
     "CHAT_USER_MAP": "",
     # InLoox requests per second of the default workspace, shared by all processes (0: no limit).
     "INLOOX_REQUESTS_PER_SECOND": "5",
-    # Worker processes: events in flight at once (threads; runs mostly wait on InLoox), at most
-    # this many of one workspace per read (0: no cap), and the CPU priority they lower
+    # Worker processes: at most this many events in flight at once, each on a thread (runs mostly
+    # wait on InLoox; how many are in flight adapts to InLoox's answers, workers/consumer/in_flight.py),
+    # at most this many of one workspace per read (0: no cap), and the CPU priority they lower
     # themselves to, so that the web keeps answering senders on a small machine.
-    "WORKER_THREADS": "48",
+    "WORKER_THREADS": "400",
     "WORKER_THREADS_PER_WORKSPACE": "0",
     "WORKER_NICE": "10",
     # The workspaces a worker serves, comma-separated (a shard of a large deployment); empty: all
@@ -130,10 +131,14 @@ def redis_client(config: Mapping[str, str]) -> redis.Redis:
     them. The pool holds the process's threads and some spare, and a thread beyond that waits for a
     free connection (up to 20 s) instead of failing.
     """
-    threads = int(config.get("WORKER_THREADS") or 0) + int(config.get("POLL_THREADS") or 0)
     pool = redis.BlockingConnectionPool.from_url(config["REDIS_URL"], timeout=20,
-                                                 max_connections=max(100, threads + REDIS_SPARE_CONNECTIONS))
+                                                 max_connections=max(100, threads(config) + REDIS_SPARE_CONNECTIONS))
     return redis.Redis(connection_pool=pool)
+
+
+def threads(config: Mapping[str, str]) -> int:
+    """The most threads a process's settings let it run at once (a worker's events, a poller's polls)."""
+    return int(config.get("WORKER_THREADS") or 0) + int(config.get("POLL_THREADS") or 0)
 
 
 def secrets_key(environ: Mapping[str, str] = os.environ) -> dict:

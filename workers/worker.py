@@ -5,7 +5,7 @@
 (`--queue-class` is not read: the worker's queues are IndexedQueues, so that RQ's retries write the due index.)
 
 Accepted events arrive through the workspaces' event logs (workers/eventlog.py) and are handled by
-the event consumer's thread pool (workers/consumer.py), which this class starts and stops with the
+the event consumer's thread pool (workers/consumer/), which this class starts and stops with the
 RQ worker. RQ keeps what needs a queue with timing: retries after a delay, holds, runs under a
 rule's `concurrency` limit, chat replies, runs restarted by the sweeper. RQ's SimpleWorker runs
 those without forking, which keeps connections and the loaded rules warm.

@@ -24,7 +24,7 @@ from workers import rule_files as rule_files_state
 from workers.outbound import OutboundPolicy
 from workers.registry import Served
 from workers.secrets import Keyring, SecretsKeyError
-from workers.settings import load_config, redis_client
+from workers.settings import load_config, redis_client, threads
 from workers.throttle import Throttle
 from workers.workspaces import DEFAULT, Workspace, using
 
@@ -168,8 +168,12 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
     """The context of one workspace; its InLoox client counts requests and obeys the shared rate limit."""
     throttle = Throttle(connection, workspace.prefix + "inloox:rate", workspace.limits.inloox_requests_per_second,
                         on_refused=metrics.refusal_observer(workspace.name))
+    # The process's InLoox connections are kept for as many requests as its threads can have out at
+    # once: a smaller pool closed every connection beyond it after use ("Connection pool is full,
+    # discarding connection", hundreds of times per 3,000 writes), so those writes each opened a new one.
     client = Client(workspace.inloox_url, workspace.inloox_api_key, timeout=float(config["INLOOX_TIMEOUT"]),
-                    on_response=metrics.request_observer(workspace.name), throttle=throttle)
+                    on_response=metrics.request_observer(workspace.name), throttle=throttle,
+                    pool_size=threads(config))
     return WorkerContext(workspace=workspace, client=client, connection=connection,
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
                          rule_env=rule_env(config), rules=RuleSource(connection, workspace),

@@ -91,7 +91,7 @@ def update(connection: redis.Redis, name: str, change: Callable[[dict | None], d
         if scripts.call(connection, _SWAP, keys=[RECORDS, VERSION], args=[name, raw or "", encoded]):
             if new is not None:
                 # A changed workspace is a lively one: its workers look after it at full speed (a raised
-                # limit releases its waiting runs within seconds, workers/consumer.py).
+                # limit releases its waiting runs within seconds, workers/consumer/).
                 connection.set(activity.key(name), int(time.time() * 1000))
             return old, (None if new is None else _records.decode(encoded))
     raise RegistryError(f"workspace {name!r} changed {_ATTEMPTS} times while being written; try again")

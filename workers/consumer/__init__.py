@@ -2,7 +2,8 @@
 
 One thread reads new entries in batches (XREADGROUP, one round trip for every workspace) and hands
 each event to a thread pool, which matches it and runs its runs (workers.jobs.handle). Runs spend
-their time waiting on InLoox, so one process keeps up to `pool_size` of them in flight; each
+their time waiting on InLoox, so one process keeps many of them in flight: as many as InLoox's
+answers reward, up to `pool_size` (`in_flight.py`); each
 workspace's InLoox request budget is enforced at the client (workers/throttle.py), and the reader
 takes at most `per_workspace` new events of one workspace per batch, so a busy account cannot fill
 the pool alone.
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 import redis
 
 from workers import activity, eventlog, failpoints, gauges, metrics, recovery
+from workers.consumer.in_flight import InFlightLimit
 from workers.eventlog import Entry
 from workers.metering import limits
 from workers.jobs import handle
@@ -87,7 +89,8 @@ class EventConsumer:
         self._space = threading.Condition(self._lock)
         self._in_flight = 0
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(self.pool_size, thread_name_prefix="event")
+        self.limit = InFlightLimit(self.pool_size)  # how many of the pool's threads to keep busy now
+        self._pool = ThreadPoolExecutor(self.pool_size, thread_name_prefix="event")  # threads start as needed
         self._thread: threading.Thread | None = None
         self._next_maintenance = 0.0
         self._next_trim = 0.0
@@ -228,9 +231,10 @@ class EventConsumer:
 
     def _wait_for_space(self) -> int:
         with self._space:
-            if self._in_flight >= self.pool_size:
+            limit = self.limit.observe(self._in_flight)
+            if self._in_flight >= limit:
                 self._space.wait(0.2)
-            return self.pool_size - self._in_flight
+            return max(0, limit - self._in_flight)
 
     def _submit(self, stream: _Stream, entry: Entry) -> None:
         with self._lock:
@@ -313,7 +317,7 @@ class EventConsumer:
 
     def _claim(self, stream: _Stream) -> None:
         with self._lock:
-            free = self.pool_size - self._in_flight
+            free = self.limit.value - self._in_flight
         if free <= 0:
             return
         claimed = eventlog.claim_stale(self.connection, stream.key, self.name,

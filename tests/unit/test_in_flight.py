@@ -1,0 +1,91 @@
+"""How many events a worker keeps in flight, against InLoox servers of different shapes (workers/consumer/in_flight.py).
+
+Each case plays a server: given the events in flight, how long its answers take. A window's answers
+are those Little's law gives (in flight × window / answer time), as a worker with a full backlog sees them.
+"""
+from __future__ import annotations
+
+from workers.consumer.in_flight import FLOOR, InFlightLimit
+
+
+class _Server:
+    def __init__(self, answer_time, *, own_work: float = 0.0):
+        self.answer_time = answer_time  # in flight -> seconds per answer
+        self.own_work = own_work  # seconds each event spends on the worker's own CPU, not waiting on InLoox
+        self.now = 0.0
+        self._answers: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def take(self) -> list[float]:
+        taken, self._answers = self._answers, []
+        return taken
+
+    def play(self, limit: InFlightLimit, seconds: float, *, backlog: bool = True) -> list[int]:
+        """Keep the limit's worth of events in flight (or none without a backlog); the limits seen, per step."""
+        seen, step = [], 0.1
+        while seconds > 0:
+            in_flight = limit.value if backlog else 0
+            if in_flight:
+                answer = self.answer_time(in_flight)
+                per_event = answer + self.own_work
+                self._answers += [answer] * round(in_flight * step / per_event)
+            seen.append(limit.observe(in_flight))
+            self.now += step
+            seconds -= step
+        return seen
+
+
+def _limit(server: _Server, ceiling: int = 400) -> InFlightLimit:
+    return InFlightLimit(ceiling, take=server.take, clock=server.clock)
+
+
+def test_an_inloox_answering_in_a_second_gets_as_many_events_in_flight_as_the_ceiling_allows():
+    server = _Server(lambda in_flight: 1.0)
+    limit = _limit(server)
+    assert limit.value == FLOOR
+    server.play(limit, 15)
+    # 48 threads (the old fixed pool) would have written 48 a second; 400 in flight write 400.
+    assert limit.value == 400
+
+
+def test_a_server_that_queues_what_it_is_sent_is_not_sent_more():
+    # 200 answers a second at most, 50 ms each when not queueing: 10 in flight is all it can use.
+    server = _Server(lambda in_flight: max(0.05, in_flight / 200))
+    limit = _limit(server)
+    seen = server.play(limit, 60)
+    assert max(seen) <= 2 * FLOOR  # a doubling was tried, found to buy queueing, and taken back
+    assert limit.value == FLOOR
+
+
+def test_a_worker_busy_with_its_own_work_stays_at_the_floor():
+    # InLoox answers in a millisecond; each event costs the worker 4 ms of its own.
+    server = _Server(lambda in_flight: 0.001, own_work=0.004)
+    limit = _limit(server)
+    assert max(server.play(limit, 30)) == FLOOR
+
+
+def test_an_inloox_that_stops_answering_cuts_the_limit():
+    answer = {"time": 1.0}
+    server = _Server(lambda in_flight: answer["time"])
+    limit = _limit(server)
+    server.play(limit, 15)
+    assert limit.value == 400
+    answer["time"] = 30.0  # every request now runs into the read timeout
+    server.play(limit, 10)
+    assert limit.value < 400 * 0.75
+
+
+def test_nothing_in_flight_teaches_nothing():
+    server = _Server(lambda in_flight: 1.0)
+    limit = _limit(server)
+    server.play(limit, 15)
+    server.play(limit, 30, backlog=False)
+    assert limit.value == 400  # a quiet spell does not undo what the last busy one learned
+
+
+def test_the_ceiling_holds_even_when_it_is_below_the_floor():
+    server = _Server(lambda in_flight: 1.0)
+    limit = _limit(server, ceiling=4)
+    assert max(server.play(limit, 10)) == 4

@@ -1,0 +1,100 @@
+"""How many events a worker keeps in flight: as many as InLoox's answers reward, within a ceiling.
+
+A run spends most of its time waiting for InLoox. Against a fast InLoox a worker is bound by its own
+CPU, and more events in flight only add contention (48 threads wrote no faster than 12); against an
+InLoox that answers in a second, 300 writes a second need about 300 events in flight. A fixed thread
+count is right for one of the two at most, so the number adapts, every WINDOW_SECONDS, from what the
+process's InLoox requests took (`inloox.connections.exchanges`):
+
+- answers SLOWED times slower than usual (a slow average of earlier windows) mean that InLoox, or
+  this process, is queueing what it is sent: the limit is cut by a quarter;
+- when the limit is what holds events back (in flight ≈ the limit) and most of the events in flight
+  are waiting for an answer (Little's law: the requests awaiting answers = the answer time summed
+  over the window / the window), the limit doubles, up to the ceiling (`WORKER_THREADS`);
+- a doubling is judged a window later: if the answers became slower by as much as the limit grew
+  (the server queues, or this process is out of CPU), it bought nothing and is taken back, and
+  the limit holds for HOLD_WINDOWS before it tries again;
+- when few of the events in flight wait for InLoox, the process is busy with its own work and the
+  limit creeps back towards the floor.
+
+A window lasts WINDOW_SECONDS, or the usual answer time if that is longer, so that a doubling's
+answers are back before it is judged. A request that times out counts as a slow answer, so an
+InLoox that stops answering cuts the limit too. This is the idea of TCP's slow start and of Netflix's
+concurrency-limits (a latency gradient), with Little's law added so that a CPU-bound worker does not
+grow. What InLoox may be sent per workspace is still capped by the workspace's request budget
+(workers/throttle.py), whatever the limit.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+
+from inloox.connections import exchanges
+
+log = logging.getLogger(__name__)
+
+FLOOR = 16  # as many as a CPU-bound worker needs to keep its core busy while some wait on Redis
+WINDOW_SECONDS, MAX_WINDOW_SECONDS = 0.5, 3.0
+SLOWED = 2.0  # answers this many times slower than usual: queueing somewhere
+QUEUED = 1.3  # answers this much slower after a doubling: it bought queueing, not answers
+GROW, CUT = 2, 0.75
+HOLD_WINDOWS = 10
+WAITING = 0.5  # the share of the events in flight awaiting an answer above which more in flight helps
+IDLE_WAITING = 0.2  # below it, the process is busy with its own work
+FULL = 0.8  # in flight this close to the limit: the limit is what holds events back
+USUAL_UP, USUAL_DOWN = 0.05, 0.3  # how fast the usual answer time follows slower and faster answers
+
+
+class InFlightLimit:
+    """The number of events to keep in flight now (`value`), between a floor and `ceiling`."""
+
+    def __init__(self, ceiling: int, *, floor: int = FLOOR, take: Callable[[], list[float]] = exchanges.take,
+                 clock: Callable[[], float] = time.monotonic):
+        self.ceiling = max(1, ceiling)
+        self.floor = max(1, min(floor, self.ceiling))
+        self.value = self.floor
+        self.usual: float | None = None  # seconds, the usual answer time
+        self._take = take
+        self._clock = clock
+        self._window_start = clock()
+        self._in_flight_sum = 0.0  # in flight, sampled at each `observe`, summed over the window
+        self._samples = 0
+        self._grown_from: tuple[int, float] | None = None  # the limit and answer time before a doubling
+        self._hold = 0  # windows left before the next doubling may be tried
+
+    def observe(self, in_flight: int) -> int:
+        """Note how many events are in flight now; at the end of a window, adapt. The limit now."""
+        self._in_flight_sum += in_flight
+        self._samples += 1
+        now = self._clock()
+        elapsed = now - self._window_start
+        if elapsed >= min(MAX_WINDOW_SECONDS, max(WINDOW_SECONDS, self.usual or 0.0)):
+            self._adapt(self._take(), self._in_flight_sum / self._samples, elapsed)
+            self._window_start, self._in_flight_sum, self._samples = now, 0.0, 0
+        return self.value
+
+    def _adapt(self, durations: list[float], in_flight: float, elapsed: float) -> None:
+        self._hold = max(0, self._hold - 1)
+        if not durations:
+            return  # nothing was asked of InLoox: nothing learned
+        typical = statistics.median(durations)
+        usual = self.usual if self.usual is not None else typical
+        grown_from, self._grown_from = self._grown_from, None
+        waiting = sum(durations) / elapsed
+        before = self.value
+        if typical > SLOWED * usual:
+            self.value = max(self.floor, int(self.value * CUT))
+        elif grown_from is not None and typical > QUEUED * grown_from[1]:
+            self.value, self._hold = grown_from[0], HOLD_WINDOWS
+        elif not self._hold and in_flight >= FULL * self.value and waiting >= WAITING * in_flight:
+            if self.value < self.ceiling:
+                self._grown_from = (self.value, typical)
+                self.value = min(self.ceiling, self.value * GROW)
+        elif waiting < IDLE_WAITING * max(in_flight, 1.0):
+            self.value = max(self.floor, self.value - 1)
+        self.usual = usual + (USUAL_UP if typical > usual else USUAL_DOWN) * (typical - usual)
+        if self.value != before:
+            log.debug("events in flight: at most %d now, was %d (answers in %.0f ms, usually %.0f; %.0f of %.0f "
+                      "in flight awaiting one)", self.value, before, typical * 1000, usual * 1000, waiting, in_flight)
