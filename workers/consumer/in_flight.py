@@ -15,7 +15,7 @@ process's InLoox requests took (`inloox.connections.exchanges`):
   (the server queues, or this process is out of CPU), it bought nothing and is taken back, and
   the limit holds for HOLD_WINDOWS before it tries again;
 - when few of the events in flight wait for InLoox, the process is busy with its own work and the
-  limit creeps back towards the floor.
+  limit creeps back towards the floor (FLOOR).
 
 A window lasts WINDOW_SECONDS, or the usual answer time if that is longer, so that a doubling's
 answers are back before it is judged. A request that times out counts as a slow answer, so an
@@ -35,7 +35,10 @@ from inloox.connections import exchanges
 
 log = logging.getLogger(__name__)
 
-FLOOR = 16  # as many as a CPU-bound worker needs to keep its core busy while some wait on Redis
+# Never fewer than the fixed pool that came before (48 threads): a mix of workspaces with different
+# answer times can mislead the limit, and it then falls back to what was known to work. Fewer bought
+# nothing measurable against a fast InLoox (12 threads used as much CPU per event as 48).
+FLOOR = 48
 WINDOW_SECONDS, MAX_WINDOW_SECONDS = 0.5, 3.0
 SLOWED = 2.0  # answers this many times slower than usual: queueing somewhere
 QUEUED = 1.3  # answers this much slower after a doubling: it bought queueing, not answers
