@@ -1,0 +1,75 @@
+"""`python -m web.server --processes N`: several servers on one port, stopped and failing as one web."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from tests.support.processes import Process, free_port, port_open, wait_until
+from tests.support.stack import WEBHOOK_SECRET, deliver
+from workers import eventlog
+
+
+def _web(stack, processes: int) -> tuple[Process, int]:
+    port = free_port()
+    process = Process.python("-m", "web.server", "--port", str(port), "--threads", "4", "--processes", str(processes),
+                             name="web", env={**stack.env, "WEBHOOK_SECRET_FORMS": WEBHOOK_SECRET})
+    stack.processes.append(process)  # stopped (its process group) with the stack, whatever the test did
+    process.wait_for_port(port, timeout=60)
+    return process, port
+
+
+def _servers(parent: int) -> list[int]:
+    """The live child processes of `parent` (its servers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_two_servers_accept_webhooks_on_one_port_and_stop_together_on_sigterm(stack, redis_url):
+    web, port = _web(stack, 2)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: len(_servers(web.popen.pid)) == 2, 30, "two server processes")
+    for i in range(20):  # new connections each: the kernel hands them to either server
+        assert deliver(base, {"title": f"Task {i}"}, f"msg_{i}").status_code == 202
+    assert deliver(base, {"title": "Task 0"}, "msg_0").status_code == 200  # a redelivery, whichever server
+    assert len(eventlog.waiting(redis.Redis.from_url(redis_url), workspace="default")) == 20
+    servers = _servers(web.popen.pid)
+
+    os.kill(web.popen.pid, signal.SIGTERM)  # a supervisor stops the web's main process only
+
+    assert web.popen.wait(30) == 0
+    assert not port_open(port)
+    assert not [pid for pid in servers if Path(f"/proc/{pid}").exists()]
+
+
+@pytest.mark.timeout(120)
+def test_a_server_that_dies_takes_the_web_down_for_its_supervisor_to_see(stack):
+    web, port = _web(stack, 2)
+    wait_until(lambda: len(_servers(web.popen.pid)) == 2, 30, "two server processes")
+    first, second = _servers(web.popen.pid)
+
+    os.kill(first, signal.SIGKILL)
+
+    assert web.popen.wait(30) != 0  # not a web at half its capacity that nobody notices
+    assert "exited" in web.output()
+    assert not port_open(port)
+    assert not Path(f"/proc/{second}").exists()  # stopped and reaped by the parent
+
+
+@pytest.mark.timeout(60)
+def test_one_process_serves_health_as_before(stack):
+    web, port = _web(stack, 1)
+    assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json() == {"status": "ok"}
