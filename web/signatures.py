@@ -11,6 +11,9 @@ from slack_sdk.signature import Clock, SignatureVerifier
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 
+_STANDARD_WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
 class SignatureError(Exception):
     """The request is not signed by any active secret; the message says why, never the secret."""
 
@@ -19,11 +22,15 @@ def verify_standard_webhook(body: bytes, headers: Mapping[str, str], secrets: It
     """Accept `body` if one of `secrets` signed it within ±5 minutes; raise SignatureError if not.
 
     Several secrets are active during a rotation: the old one keeps working until it is removed.
+    `headers` is looked up by the lower-case names (werkzeug's request headers ignore case).
     """
+    # The library reads these three (lower-cased) and nothing else: copying every header of the
+    # request into a dict for it was half the check's time.
+    signed = {name: headers[name] for name in _STANDARD_WEBHOOK_HEADERS if name in headers}
     reason = "no secret configured"
     for secret in secrets:
         try:
-            Webhook(secret).verify(body, dict(headers), json_parse=False)
+            Webhook(secret).verify(body, signed, json_parse=False)
             return
         except WebhookVerificationError as exc:
             reason = str(exc)
