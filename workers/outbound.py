@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
-
-import requests
 
 from engine.actions import UNGUARDED_NOTIFY_SCHEMES
 from workers import egress
+
+if TYPE_CHECKING:
+    import requests
 
 REDACTED = "***"
 # Query parameters and headers whose values are credentials (token=, apikey=, sig=, Authorization …).
@@ -91,6 +93,8 @@ def send(policy: OutboundPolicy, method: str, url: str, **kwargs) -> requests.Re
 
     Raises OutboundRefused when there is no answer: `refused` when the guard stopped the connection.
     """
+    import requests  # here, not at the top: most processes never send one, and it costs each ~4 MB
+
     with egress.guarded(policy.allow) as guard:
         try:
             return requests.request(method, url, timeout=policy.timeout, allow_redirects=False, **kwargs)
