@@ -5,15 +5,13 @@ A broken file or rule never stops the valid ones from loading: `Ruleset.errors` 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from .actions import ACTIONS
 from .conditions import Checker, compile_condition, operator_meanings
@@ -26,7 +24,6 @@ from .scope import Compilation, Root, Scope
 from .templates import Template, is_template
 from .triggers import TRIGGERS, Trigger, compile_trigger
 
-_VALIDATOR = Draft202012Validator(rule_schema())
 RULE_SUFFIXES = (".yaml", ".yml")
 _MAX_MESSAGE = 300  # characters of a schema message before the value it quotes is cut short
 
@@ -175,9 +172,11 @@ def schema_errors(doc: Document) -> list[RuleError]:
 
 def _schema_problems(doc: Document) -> list[tuple[tuple, RuleError]]:
     """(path of the offending value, error) for every schema violation, in file order."""
+    from jsonschema.exceptions import best_match  # here: see _validator
+
     rule_id = str(doc.data.get("id", "")) if isinstance(doc.data, dict) else ""
     found: list[tuple[str, tuple, RuleError]] = []
-    for error in _VALIDATOR.iter_errors(doc.data):
+    for error in _validator().iter_errors(doc.data):
         # Under anyOf, say what the closest alternative wanted, not "not valid under any of the given schemas".
         error = best_match([error]) if error.context else error
         path = tuple(error.absolute_path)
@@ -373,3 +372,15 @@ def _template_strings(value: Any, path: tuple):
             yield from _template_strings(v, path + (i,))
     elif is_template(value):
         yield path, value
+
+
+@functools.cache
+def _validator():
+    """The rule schema's validator, made the first time a rule file is loaded.
+
+    jsonschema is imported here, not at the top: an idle worker loads no rules until its first
+    event, and jsonschema costs a process ~3.5 MB.
+    """
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(rule_schema())

@@ -31,7 +31,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jsonschema import Draft202012Validator
 from ruamel.yaml import YAML, YAMLError
 
 DEFAULT = "default"
@@ -156,6 +155,8 @@ def read_workspaces_file(path: str, environ: Mapping[str, str] = os.environ) -> 
         data = YAML().load(Path(path).read_text())  # round-trip mode: nodes know their line
     except (OSError, YAMLError) as exc:
         raise WorkspaceConfigError(f"{path}: cannot read the workspaces file: {exc}") from exc
+    from jsonschema import Draft202012Validator  # here: only a workspaces file needs it (~3.5 MB a process)
+
     errors = sorted(Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).iter_errors(data),
                     key=lambda e: list(map(str, e.absolute_path)))
     if errors:
