@@ -4,7 +4,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 
-from cryptography.fernet import Fernet, InvalidToken
+from workers.secrets import _fernet
+from workers.secrets._fernet import Fernet, InvalidToken
 
 SCHEME = "fernet"
 _KEY_ID_LENGTH = 8  # hex characters of sha256(key): enough to tell a handful of keys apart
@@ -24,7 +25,7 @@ class SecretUnreadable(ValueError):
 
 def generate_key() -> str:
     """A new random Fernet key (url-safe base64 of 32 bytes), as SECRETS_KEY takes it."""
-    return Fernet.generate_key().decode()
+    return _fernet.generate_key()
 
 
 def is_sealed(value: str) -> bool:
