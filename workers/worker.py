@@ -288,3 +288,22 @@ def _lower_priority(nice: int) -> None:
             os.nice(nice)
         except OSError:
             log.warning("could not lower the worker's CPU priority")
+        _lower_autogroup(nice)
+
+
+def _lower_autogroup(nice: int) -> None:
+    """Lower the priority of the worker's scheduling group too, when the group is the worker's own.
+
+    With Linux's autogroup on (the default on desktops and many servers), each session is a group
+    and groups share the CPU equally: a process's own nice counts only inside its group. honcho and
+    systemd start every process in a session of its own, so os.nice alone left the worker an equal
+    share beside the web (a core of 2 while the web acked; bench/RESULTS.md section 15, "Acks").
+    A group shared with other processes (a worker started from a shell) is left alone.
+    """
+    if os.getsid(0) != os.getpid():
+        return
+    try:
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(nice))
+    except OSError:  # no autogroup (not Linux, or a kernel without it): os.nice is all there is
+        pass
