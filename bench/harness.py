@@ -129,6 +129,23 @@ def tree_pids(root: int, children: dict[int, list[int]] | None = None) -> list[i
     return found
 
 
+def pss_mb(pids) -> float:
+    """Sum of proportional set sizes (Pss, /proc/<pid>/smaps_rollup) of `pids`, in MB.
+
+    A page shared by N processes counts 1/N in each: what the processes cost the machine together,
+    where summed RSS counts a forked server's pages (and every shared library) once per process.
+    """
+    total_kb = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
 def rss_mb(pids) -> float:
     """Sum of resident set sizes (VmRSS) of `pids`, in MB; gone processes count 0."""
     total_kb = 0

@@ -20,7 +20,7 @@ last write before the next:
 Figures: acks/s and ack p99; writes/s from the first to the last write at the sink; whole-stack
 CPU per event = utime+stime (with reaped children) of every production process tree (all but
 the sandbox; honcho, the sink and the load generators are not part of it) from the phase's first
-delivery to its last write, over the events acked; summed RSS of those trees after start-up
+delivery to its last write, over the events acked; summed RSS (and, idle, PSS: shared pages split among their processes) of those trees after start-up
 (idle) and at the peak (sampled every 0.25 s); lost = events acked 202 without a write, dup =
 writes - distinct events written. Everything listens on 127.0.0.1; the stack is torn down (its
 process groups) on exit, error or Ctrl+C.
@@ -177,6 +177,10 @@ class Honcho:
     def rss(self, children: dict | None = None) -> dict[str, float]:
         children = children if children is not None else harness.children_by_parent()
         return {name: harness.rss_mb(harness.tree_pids(pid, children)) for name, pid in self.production().items()}
+
+    def pss(self) -> dict[str, float]:
+        children = harness.children_by_parent()
+        return {name: harness.pss_mb(harness.tree_pids(pid, children)) for name, pid in self.production().items()}
 
     def cpu(self) -> dict[str, float]:
         return {name: harness.tree_cpu_seconds(pid) for name, pid in self.production().items()}
@@ -472,8 +476,10 @@ def run(args) -> None:
             time.sleep(0.5)
         idle_cores = (sum(honcho.cpu().values()) - sum(cpu0.values())) / (time.monotonic() - t0)
         idle = {n: statistics.median(s[n] for s in samples if n in s) for n in samples[-1]}
+        pss = honcho.pss()
         print(f"  idle ({args.idle_seconds:.0f}s, median): RSS {sum(idle.values()):.0f} MB ("
-              + ", ".join(f"{n} {mb:.0f}" for n, mb in sorted(idle.items())) + f"); stack CPU {idle_cores:.3f} cores",
+              + ", ".join(f"{n} {mb:.0f}" for n, mb in sorted(idle.items())) + f"); PSS {sum(pss.values()):.0f} MB ("
+              + ", ".join(f"{n} {mb:.0f}" for n, mb in sorted(pss.items())) + f"); stack CPU {idle_cores:.3f} cores",
               flush=True)
         hooks = f"{base}/hooks/{harness.WEBHOOK_SOURCE}"
         honcho.measuring = True
@@ -497,7 +503,7 @@ def run(args) -> None:
                    "inloox_rps": args.inloox_rps, "events": closed["acked"], "acks": f"{closed['acks_per_s']:.0f}/s",
                    "p99": f"{closed['p99']:.1f}ms", "writes": f"{closed['writes_per_s']:.0f}/s",
                    "e2e": f"{closed['events_per_s']:.0f}/s", "cpu": f"{closed['cpu_ms_per_event']:.2f}ms/event",
-                   "rss_idle": f"{sum(idle.values()):.0f}MB", "rss_peak": f"{honcho.peak:.0f}MB",
+                   "rss_idle": f"{sum(idle.values()):.0f}MB", "pss_idle": f"{sum(pss.values()):.0f}MB", "rss_peak": f"{honcho.peak:.0f}MB",
                    "lost": closed["lost"], "dup": closed["dup"]}
         if opened:
             figures.update({f"p99_at_{args.rate:g}": f"{opened['p99']:.1f}ms",
