@@ -135,28 +135,24 @@ def pss_mb(pids) -> float:
     A page shared by N processes counts 1/N in each: what the processes cost the machine together,
     where summed RSS counts a forked server's pages (and every shared library) once per process.
     """
-    total_kb = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024
+    return _summed_kb(pids, "smaps_rollup", "Pss:") / 1024
 
 
 def rss_mb(pids) -> float:
     """Sum of resident set sizes (VmRSS) of `pids`, in MB; gone processes count 0."""
+    return _summed_kb(pids, "status", "VmRSS:") / 1024
+
+
+def _summed_kb(pids, file: str, label: str) -> int:
     total_kb = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+                if line.startswith(label):
                     total_kb += int(line.split()[1])
         except OSError:
             continue
-    return total_kb / 1024
+    return total_kb
 
 
 def pss_mb(pids) -> float:
