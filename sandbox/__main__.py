@@ -12,8 +12,10 @@ import waitress
 
 from .app import create_app
 
-# Enough threads that a few commit_then_hang faults holding their thread don't starve the rest.
-THREADS = 32
+# Enough threads that a few commit_then_hang faults holding their thread don't starve the rest, and
+# that a latency fault (each request sleeps on its thread) still lets a worker have over a hundred
+# requests in flight, as it would against InLoox's cloud.
+THREADS = 128
 # Connections held open at once (waitress's default is 100). InLoox's cloud, behind its load
 # balancer, keeps what a client's connection pools hold; with 100, the third worker of a stack,
 # whose pools kept one connection per request it had in flight, waited in the accept queue.

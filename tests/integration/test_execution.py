@@ -53,6 +53,26 @@ def test_one_worker_keeps_many_slow_runs_in_flight(stack, sandbox, rules_dir, re
     assert "Connection pool is full" not in stack.logs()
 
 
+def test_against_a_slow_inloox_a_worker_keeps_more_in_flight_than_the_threads_it_used_to_have(
+        stack, sandbox, rules_dir, redis_url):
+    # Each create is answered after a second, however many are sent: what limits a worker here is
+    # what it has in flight. The fixed pool of 48 threads it had made that 48 a second at most.
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    sandbox.fault(kind="latency", latency_ms=1000, methods=["POST"], path="^Task$")
+    stack.worker()
+    web = stack.web()
+
+    for n in range(300):
+        assert deliver(web, {"title": f"Task {n}", "project": PROJECT}, f"msg_many_{n}").status_code == 202
+
+    wait_until(lambda: sandbox.count("Task") == 300, 90, "all three hundred tasks")
+    starts = sorted(r["at"] for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "Task")
+    assert len(starts) == 300  # each created once
+    # A thread's next create starts a second after its last: 48 threads start at most 48 in any second.
+    assert _most_overlapping(starts, window=1.0) > 48
+
+
 def test_a_run_left_queued_by_a_lost_executor_can_be_retried_by_a_person(redis_url, sandbox):
     connection = redis.Redis.from_url(redis_url)
     with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
