@@ -271,11 +271,11 @@ class Client:
                         _READ_HEADERS if payload is None else _WRITE_HEADERS),
                     timeout=self._urllib3_timeout, retries=False, redirect=False)
         except InLooxError:
-            exchanges.record(time.monotonic() - started)
             self._observe(method, None)
             raise
+        finally:
+            exchanges.record(time.monotonic() - started)  # the whole answer is read by now (urllib3 preloads it)
         answer = _Answer(response.status, response.reason or "", response.headers, response.data)
-        exchanges.record(time.monotonic() - started)
         self._observe(method, answer.status)
         if self.on_received is not None:
             self.on_received(len(answer.body))

@@ -8,7 +8,6 @@ behind, so a sender's retry is never turned into a "duplicate" of an event that 
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Callable
 
 import redis
@@ -28,7 +27,9 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
     Raises redis.RedisError when Redis fails (also while it loads its data after a restart): then
     nothing was stored and a retry can succeed.
     """
-    counted = _counted(workspaces.current().name, event.source, event.kind)
+    labels = {"workspace": workspaces.current().name, "source": event.source, "kind": event.kind}
+    counted = (metrics.field("events", {**labels, "outcome": "accepted"}),
+               metrics.field("events", {**labels, "outcome": "duplicate"}))
     record = event.to_dict()
     if also is None:
         return bool(eventlog.append(connection, record, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted))
@@ -36,10 +37,3 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
         eventlog.append(pipe, record, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted)
         also(pipe)
         return bool(pipe.execute()[0])
-
-
-@lru_cache(maxsize=1024)
-def _counted(workspace: str, source: str, kind: str) -> tuple[str, str]:
-    """The (accepted, duplicate) counter fields of events like these; built once, not per event (JSON, sorted)."""
-    labels = {"workspace": workspace, "source": source, "kind": kind}
-    return metrics.field("events", {**labels, "outcome": "accepted"}), metrics.field("events", {**labels, "outcome": "duplicate"})

@@ -375,6 +375,11 @@ def decode_run(raw: bytes) -> dict:
     return run
 
 
+# What makes orjson write what json.dumps(default=str) wrote: int keys as strings, dates and
+# dataclasses through `default`.
+_ORJSON_AS_JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def encode_record(value, *, compress: bool) -> bytes:
     """Compact JSON (UTF-8), zlib-compressed when `compress` and it is long enough to gain.
 
@@ -390,11 +395,6 @@ def encode_record(value, *, compress: bool) -> bytes:
     except TypeError:  # orjson.JSONEncodeError is one
         text = json.dumps(value, default=str, separators=(",", ":")).encode()
     return _compress(text) if compress and len(text) >= COMPRESS_OVER else text
-
-
-# What makes orjson write what json.dumps(default=str) wrote: int keys as strings, dates and
-# dataclasses through `default`.
-_ORJSON_AS_JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def _compress(text: bytes) -> bytes:
