@@ -4,7 +4,13 @@
 
 The run id is the one the record's message names, or that of the RQ job being worked on (run jobs
 are named after their run). Every secret in the configuration (the InLoox token, the admin token,
-webhook and chat secrets) is replaced by `***` in messages and tracebacks, whoever logged them.
+webhook and chat secrets) is replaced by `***` in messages and tracebacks, whoever logged them; so
+is every secret of the workspaces the process's registry view has read (`follow_registry`), including
+those created or rotated after the process started. A secret rotated out or deleted stays redacted
+until the process restarts: redacting too much costs nothing, missing one leaks it.
+
+All secrets are found in one pass over a line (an Aho-Corasick automaton), so a line costs the same
+with four secrets or four thousand (a thousand workspaces).
 """
 from __future__ import annotations
 
@@ -14,15 +20,55 @@ import re
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
+import ahocorasick
 from rq import get_current_job
+
+if TYPE_CHECKING:
+    from workers.registry import View
 
 REDACTED = "***"
 SECRET_SETTINGS = ("INLOOX_API_KEY", "ADMIN_TOKEN", "SLACK_SIGNING_SECRET", "TEAMS_SECURITY_TOKEN", "OPERATOR_TOKEN")
 MIN_SECRET_CHARS = 6  # shorter values ("1", "") would redact ordinary text
 _RUN_ID = re.compile(r"\brun_[0-9a-f]{24}\b")
+# A registry workspace's admin token is kept only as its hash, so no process knows it to list it:
+# anything shaped like one (workers/registry/_records.py: `wsa_` and 32 random bytes) is redacted.
+_ADMIN_TOKEN_SHAPE = re.compile(r"wsa_[A-Za-z0-9_-]{43,}")
 # Loggers that libraries give handlers of their own; theirs would print plain text beside ours.
 _LIBRARY_LOGGERS = ("rq", "rq.worker", "rq.job", "rq.scheduler")
+
+
+class Secrets:
+    """The secret values to redact, and the automaton that finds every occurrence of all of them at once."""
+
+    def __init__(self, values: Iterable[str] = ()):
+        self.values = _usable(values)
+        self._automaton = _automaton(self.values) if self.values else None
+
+    def with_more(self, values: Iterable[str]) -> Secrets:
+        """These secrets and `values` (itself when it has them all already: no automaton is built)."""
+        more = _usable(values) - self.values
+        return Secrets(self.values | more) if more else self
+
+    def mask(self, text: str) -> str:
+        """`text` with every character of every secret occurrence under a `***`.
+
+        Occurrences that overlap or touch share one `***`: replacing one secret after another would
+        leave the part of a secret that another, replaced first, overlapped.
+        """
+        if self._automaton is None:
+            return text
+        spans = sorted((end + 1 - length, end + 1) for end, length in self._automaton.iter(text))
+        if not spans:
+            return text
+        pieces, masked_to = [], -1
+        for start, end in spans:
+            if start > masked_to:  # apart from the mask before: the text between, then a new mask
+                pieces += (text[max(masked_to, 0):start], REDACTED)
+            masked_to = max(masked_to, end)
+        pieces.append(text[masked_to:])
+        return "".join(pieces)
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +76,8 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self, secrets: Iterable[str] = ()):
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+        self.secrets = Secrets(secrets)
+        self._followed: list[tuple[View, dict | None]] = []  # each registry view followed, and the set last taken from it
 
     def format(self, record: logging.LogRecord) -> str:
         message = self.redact(record.getMessage())
@@ -43,11 +90,26 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.redact(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
 
+    def follow(self, view: View) -> None:
+        """Redact, from now on, the secrets of every workspace `view` holds, as it re-reads them."""
+        self._followed.append((view, None))
+
     def redact(self, text: str) -> str:
-        """`text` with every configured secret replaced by `***`."""
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        """`text` with every configured secret, every followed workspace's, and anything shaped like an
+        admin token replaced by `***`."""
+        if self._followed:
+            self._take_in_workspaces()
+        return _ADMIN_TOKEN_SHAPE.sub(REDACTED, self.secrets.mask(text))
+
+    def _take_in_workspaces(self) -> None:
+        # `held` is what the view has already read, never a Redis call: a log line must not wait on
+        # Redis, nor call back into a view that is logging while it re-reads. The view keeps one dict
+        # until it re-reads, so an unchanged registry costs one identity test per line.
+        for place, (view, seen) in enumerate(self._followed):
+            held = view.held()
+            if held is not seen:
+                self.secrets = self.secrets.with_more(s for ws in held.values() for s in ws.secrets())
+                self._followed[place] = (view, held)
 
 
 def secrets_of(config: dict) -> list[str]:
@@ -71,6 +133,20 @@ def configure_logging(config: dict, *, level: int = logging.INFO) -> None:
         library.propagate = True
 
 
+def follow_registry(view: View | None) -> None:
+    """Redact in this process's log lines the secrets of every workspace `view` reads, live.
+
+    Called with the process's own view (the one it serves from), after `configure_logging`; a no-op
+    without a view (no SECRETS_KEY: only the configuration's workspaces, already redacted) or where
+    logging was not configured (tests keep pytest's own capture).
+    """
+    if view is None:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            handler.formatter.follow(view)
+
+
 def _run_id(message: str) -> str | None:
     found = _RUN_ID.search(message)
     if found:
@@ -79,3 +155,15 @@ def _run_id(message: str) -> str | None:
     if job is not None and job.id.startswith("run_"):
         return job.id.split("-")[0]  # retries are queued as <run id>-<tag>
     return None
+
+
+def _usable(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(s for s in values if s and len(s) >= MIN_SECRET_CHARS)
+
+
+def _automaton(values: frozenset[str]) -> ahocorasick.Automaton:
+    automaton = ahocorasick.Automaton()
+    for value in values:
+        automaton.add_word(value, len(value))
+    automaton.make_automaton()
+    return automaton

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+import redis
+
 from workers.logs import JsonFormatter, secrets_of
 
 TOKEN = "ilx_SENTINELtokenSENTINEL"
@@ -51,3 +54,38 @@ def test_every_workspaces_secrets_and_the_operator_token_are_redacted_too():
         record("%s %s %s %s %s", "ilx_acme_token_123", "acme-admin-456", "whsec_acme789", "slack-acme-0ab",
                "operator-token-1"))
     assert json.loads(line)["message"] == "*** *** *** *** ***"
+
+
+def test_overlapping_secrets_are_masked_whole_not_one_after_the_other():
+    # Replacing the longer first would leave "tok_ab", a piece of the shorter, in the line.
+    line = JsonFormatter(["tok_abcdef", "cdef_more_secret"]).format(record("got tok_abcdef_more_secret."))
+    assert json.loads(line)["message"] == "got ***."
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("key=ilx_inside_token_77;", "key=***;"),                 # inside a longer word
+    ("ilx_inside_token_77ilx_inside_token_77", "***"),        # twice, touching
+    ("Schlüssel ü-secret-ß and more", "Schlüssel *** and more"),  # not ASCII
+    ("ilx_inside_token_7", "ilx_inside_token_7"),             # one character short of the secret
+])
+def test_every_occurrence_of_a_secret_is_masked_wherever_it_stands(text, shown):
+    formatter = JsonFormatter(["ilx_inside_token_77", "ü-secret-ß"])
+    assert json.loads(formatter.format(record("%s", text)))["message"] == shown
+
+
+def test_each_of_four_thousand_secrets_is_redacted():
+    secrets = [f"whsec_{n:06d}_{n * 7919:09d}" for n in range(4000)]
+    formatter = JsonFormatter(secrets)
+    for secret in secrets[::97] + secrets[-1:]:
+        assert json.loads(formatter.format(record("before %s after", secret)))["message"] == "before *** after"
+
+
+def test_a_followed_registry_that_cannot_be_reached_never_holds_up_a_log_line():
+    """Before its first read, a view holds nothing and the line is formatted without looking at Redis."""
+    from workers.registry import View
+    from workers.secrets import Keyring, generate_key
+
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=5)
+    formatter = JsonFormatter([TOKEN])
+    formatter.follow(View(unreachable, Keyring([generate_key()])))
+    assert json.loads(formatter.format(record("sent %s", TOKEN)))["message"] == "sent ***"

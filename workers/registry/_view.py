@@ -13,6 +13,7 @@ from workers.secrets import Keyring, SecretUnreadable
 from workers.workspaces import Workspace
 
 log = logging.getLogger(__name__)
+_NOTHING_READ: dict[str, Workspace] = {}  # `held` before the first read: one object, so a follower sees no change
 
 
 class RegistryUnavailable(RuntimeError):
@@ -45,6 +46,11 @@ class View:
         """Workspaces left out because a secret of theirs cannot be unsealed: name → why (no secret in it)."""
         self._follow()
         return dict(self._unreadable)
+
+    def held(self) -> dict[str, Workspace]:
+        """The workspaces as last read, without looking at Redis (none before the first read): for what
+        must never wait on Redis, such as the redaction of a log line (workers/logs.py)."""
+        return self._workspaces if self._workspaces is not None else _NOTHING_READ
 
     def refresh(self) -> None:
         """Look at the version now, whatever the time since the last look (after this process wrote)."""
