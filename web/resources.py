@@ -11,6 +11,7 @@ from flask import Flask, current_app
 
 from inloox import Client
 from workers import registry, workspaces
+from workers.logs import follow_registry
 from workers.secrets import Keyring, SecretsKeyError
 from workers.worker_context import WorkerContext, build_context
 
@@ -48,6 +49,7 @@ def get_registry() -> registry.View:
         registry.apply_config(get_redis(), keyring, current_app.config)
         store["registry"] = registry.View(get_redis(), keyring,
                                           refresh_seconds=float(current_app.config.get("REGISTRY_REFRESH_SECONDS", 1)))
+        follow_registry(store["registry"])  # workspaces added or rotated later have their secrets redacted too
     return store["registry"]
 
 

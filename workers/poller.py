@@ -44,7 +44,7 @@ from engine.rules import Ruleset
 from inloox import InLooxError
 from inloox.changes import CHANGE_FEEDS, ChangeFeed, Scan, observation
 from workers import activity, metrics, scripts
-from workers.logs import configure_logging
+from workers.logs import configure_logging, follow_registry
 from workers.poll import PollResult, PollSettings, poll_once, sweep_deleted
 from workers.poll_pace import Pace, SetPace
 from workers import subscriptions, workspaces
@@ -506,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_config()
     configure_logging(config)
+    follow_registry(served().view)  # workspaces added or rotated later have their secrets redacted too
     connection = redis_client(config)  # room for every poll thread, and for the scans running beside them
     try:
         scan_every, scan_every_set = parse_scan_seconds(config["POLL_SCAN_SECONDS"])

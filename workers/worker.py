@@ -49,7 +49,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from workers import activity, metrics, registry
 from workers.consumer import EventConsumer
-from workers.logs import configure_logging
+from workers.logs import configure_logging, follow_registry
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
 from workers.settings import load_config, redis_client
 from workers.worker_context import served
@@ -76,6 +76,7 @@ class Worker(SimpleWorker):
     def __init__(self, queues, *args, **kwargs):
         self.config = load_config()
         configure_logging(self.config)  # before RQ's bootstrap, which keeps a handler it finds
+        follow_registry(served().view)  # workspaces added or rotated later have their secrets redacted too
         # RQ's CLI passes its --queue-class (rq.Queue) and builds the queues with it: by name, they
         # become IndexedQueues, whose schedule_job (RQ's Retry with intervals) writes the due index.
         kwargs["queue_class"] = IndexedQueue
