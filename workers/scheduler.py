@@ -37,6 +37,7 @@ from engine.schedules import DEFAULT_GRACE, due_ticks, next_tick
 from engine.templates import isoformat
 from workers import workspaces
 from workers.intake import submit_event
+from workers.logs import configure_logging, follow_registry
 from workers.settings import load_config
 from workers.registry import Served
 from workers.worker_context import RuleSource, served
@@ -183,8 +184,9 @@ def settings_from(config: dict) -> SchedulerSettings:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config()
+    configure_logging(config)  # JSON lines, secrets redacted, as the worker and the poller log
+    follow_registry(served().view)  # workspaces added or rotated later have their secrets redacted too
     settings = settings_from(config)
     log.info("scheduler %s: every %.1fs", uuid.uuid4().hex[:8], settings.interval)
     stop = threading.Event()

@@ -42,6 +42,15 @@ def test_worker_and_poller_lines_are_json_with_the_run_id_and_no_token(engine, s
     assert ENGINE_TOKEN not in worker.output() + poller.output()
 
 
+def test_the_scheduler_run_alone_logs_json_lines_without_the_token(engine):
+    """`python -m workers.scheduler` (the README's way to run the schedules apart from the poller)
+    logs as the worker and the poller do: JSON lines, secrets redacted."""
+    scheduler = engine.scheduler()
+    wait_until(lambda: scheduler.output().strip(), 20, "the scheduler's first line")
+    assert {"time", "level", "logger", "message"} <= set(json_lines(scheduler)[0])
+    assert ENGINE_TOKEN not in scheduler.output()
+
+
 def test_a_workspace_created_after_the_worker_started_has_its_secrets_redacted_too(stack, sandbox, redis_url):
     """The worker starts serving `default` only; `acme` and its webhook source are then added through the
     operator API. A form whose sender pasted the source's secret into a field fails its run, and InLoox's
