@@ -22,7 +22,8 @@ CPU per event = utime+stime (with reaped children) of every production process t
 the sandbox; honcho, the sink and the load generators are not part of it) from the phase's first
 delivery to its last write, over the events acked; summed RSS (and, idle, PSS: shared pages split among their processes) of those trees after start-up
 (idle) and at the peak (sampled every 0.25 s); lost = events acked 202 without a write, dup =
-writes - distinct events written. Everything listens on 127.0.0.1; the stack is torn down (its
+writes - distinct events written; Valkey's round trips (reads of a request or pipeline) and command calls
+per event, over the phase and its drain (a script's own commands counted by name). Everything listens on 127.0.0.1; the stack is torn down (its
 process groups) on exit, error or Ctrl+C.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 import requests  # noqa: E402
+import redis  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PROJECT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
@@ -347,6 +349,7 @@ def phase_figures(name: str, honcho: Honcho, sink: Sink, acked: int, started: fl
     at_last_ack = sink.stats()
     stats, noticed, how = wait_for_writes(sink, acked, args.stall, args.drain_timeout)
     cpu_after = honcho.cpu()
+    valkey = valkey_figures(args.valkey, acked)
     final = settle(sink)
     cpu = {n: cpu_after.get(n, 0.0) - cpu_before.get(n, 0.0) for n in cpu_after}
     first, last = final["first"], final["last"]
@@ -359,8 +362,18 @@ def phase_figures(name: str, honcho: Honcho, sink: Sink, acked: int, started: fl
         "backlog_at_last_ack": max(0, acked - at_last_ack["distinct"]),
         "writes_after_last_ack_s": (last - last_ack) if last else None,
         "cpu_s": sum(cpu.values()), "cpu_by_name": cpu, "window_s": noticed - started,
-        "cpu_ms_per_event": sum(cpu.values()) / max(1, acked) * 1000,
+        "cpu_ms_per_event": sum(cpu.values()) / max(1, acked) * 1000, "valkey": valkey,
     }
+
+
+def valkey_figures(valkey: redis.Redis, events: int) -> dict:
+    """Valkey's work per event since the phase began: reads of a client's request (a command or a
+    pipeline: a round trip) and command calls by name (a script's own commands counted apart)."""
+    events = max(1, events)
+    reads = int(valkey.info("stats").get("total_reads_processed", 0))
+    calls = {name.removeprefix("cmdstat_"): v["calls"] / events for name, v in valkey.info("commandstats").items()
+             if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
+    return {"round_trips_per_event": reads / events, "calls_per_event": calls}
 
 
 def closed_loop(honcho: Honcho, sink: Sink, hooks: str, tmp: Path, args) -> dict:
@@ -369,6 +382,7 @@ def closed_loop(honcho: Honcho, sink: Sink, hooks: str, tmp: Path, args) -> dict
     deliveries = tmp / "deliveries.tsv"
     write_deliveries(deliveries, count, prefix)
     sink.reset()
+    args.valkey.config_resetstat()
     cpu_before = honcho.cpu()
     load = wrk_closed_loop(hooks, deliveries, args.connections, args.seconds, args.drain_timeout)
     acked = load["statuses"].get("202", 0)
@@ -379,6 +393,7 @@ def closed_loop(honcho: Honcho, sink: Sink, hooks: str, tmp: Path, args) -> dict
 
 def open_loop(honcho: Honcho, sink: Sink, hooks: str, args) -> dict:
     sink.reset()
+    args.valkey.config_resetstat()
     cpu_before = honcho.cpu()
     started = time.time()
     load = paced_open_loop(hooks, args.rate, int(args.rate * args.rate_seconds), f"b{int(started)}", args.redeliver)
@@ -411,6 +426,9 @@ def print_phase(r: dict) -> None:
     print(f"  {r['phase']}: stack CPU {r['cpu_s']:.1f}s over {r['window_s']:.1f}s ({r['cpu_s'] / max(r['window_s'], 1e-9):.2f} cores) "
           f"= {r['cpu_ms_per_event']:.2f} ms/event; by process: "
           + ", ".join(f"{n} {s:.1f}s" for n, s in sorted(r["cpu_by_name"].items())))
+    calls = sorted(r["valkey"]["calls_per_event"].items(), key=lambda kv: -kv[1])
+    print(f"  {r['phase']}: Valkey per event: {r['valkey']['round_trips_per_event']:.1f} round trips; "
+          f"{sum(c for _, c in calls):.1f} commands (" + ", ".join(f"{n} {c:.2f}" for n, c in calls if c >= 0.05) + ")")
 
 
 def stack_env(root: Path, ports: dict, tmp: Path, sink: Sink, args) -> dict:
@@ -482,6 +500,7 @@ def run(args) -> None:
               + ", ".join(f"{n} {mb:.0f}" for n, mb in sorted(pss.items())) + f"); stack CPU {idle_cores:.3f} cores",
               flush=True)
         hooks = f"{base}/hooks/{harness.WEBHOOK_SOURCE}"
+        args.valkey = redis.Redis.from_url(env["REDIS_URL"])
         honcho.measuring = True
         closed = closed_loop(honcho, sink, hooks, tmp, args)
         print_phase(closed)
