@@ -10,21 +10,27 @@ Under gunicorn's threaded worker, 20 such connections held every thread and /hea
 it as Ctrl+C does: requests in flight finish, then the process exits 0.
 
 One process holds one GIL: waitress's parsing, Flask and the handlers share one core, about 1,100
-webhooks a second here (bench/acks.py). `--processes N` binds the port once and forks N servers
-that accept from it, each with its own app, Redis pool and threads (nothing is shared but the
-socket). The parent only supervises: SIGTERM stops every server; should one exit on its own, the
-others are stopped and the parent exits with its code, so the supervisor (honcho, systemd) sees
-the web down rather than serving at a fraction.
+webhooks a second here (bench/acks.py). `--processes N` binds the port, builds the app once and
+forks N - 1 more servers; all N accept from the port, the first (the process the supervisor
+started) among them, so no Python process is spent on supervising alone (a parent that only
+supervised was 41 of the web's 170 MB idle RSS). The app built before the fork is shared by
+copy-on-write (`gc.freeze()` keeps the collector from writing to it); each server opens its own
+Redis pool and threads at its first request. SIGTERM to the first server stops every server;
+should another exit on its own, the first stops too and exits with its code; should the first
+die, the kernel SIGTERMs the others: the supervisor (honcho, systemd) sees the web down rather
+than serving at a fraction.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 import waitress
@@ -48,12 +54,27 @@ def _common() -> dict:
             "max_request_body_size": MAX_REQUEST_BODY, "ident": None}
 
 
+STOPPING = threading.Event()  # set by the first stop signal: a forked server exiting after it did not fail
+
+
 def _stop(signum, frame):
+    STOPPING.set()
+    # The first signal stops the server; a second (Ctrl+C reaches every server, then the first one's
+    # SIGTERM) would cut short the requests it is finishing.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt  # waitress's loop closes its sockets and lets its threads finish on it
 
 
-def serve(options: dict) -> None:
-    """Build the app and serve it with waitress `options` until SIGTERM or Ctrl+C."""
+def serve(options: dict, app=None) -> None:
+    """Serve `app` (built here when not given) with waitress `options` until SIGTERM or Ctrl+C."""
+    app = build() if app is None else app
+    signal.signal(signal.SIGTERM, _stop)
+    waitress.serve(app, **options)
+
+
+def build():
+    """The app, as every server process serves it."""
     from app import create_app  # the factory imports every blueprint, this module among its neighbours
 
     app = create_app()
@@ -61,8 +82,7 @@ def serve(options: dict) -> None:
     # burst that is one JSON log line per webhook (4 % of the web's CPU at 1,000/s, bench/acks.py)
     # saying only that requests wait their turn, which their latency shows.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    signal.signal(signal.SIGTERM, _stop)
-    waitress.serve(app, **options)
+    return app
 
 
 def listener(host: str, port: int) -> socket.socket:
@@ -75,30 +95,39 @@ def listener(host: str, port: int) -> socket.socket:
 
 
 def prefork(sock: socket.socket, count: int, threads: int) -> int:
-    """Fork `count` servers on `sock` and supervise them; the exit code for the whole web."""
+    """Serve on `sock` in this process and `count - 1` forked ones; the exit code for the whole web."""
+    options = {"sockets": [sock], "threads": threads, **_common()}
+    app = build()  # before forking: the servers share its pages, and a broken setting stops the web once
+    # The collector never walks what was built so far, so its pages stay shared: a full collection in
+    # a forked server otherwise copies ~26 MB of them (issue 22, bench/RESULTS.md).
+    gc.freeze()
     parent = os.getpid()
-    children = set()
-    for _ in range(count):
-        pid = os.fork()
-        if pid == 0:
-            _serve_child(sock, threads, parent)
-        children.add(pid)
-    sock.close()  # the parent never accepts: a connection it held would wait for nobody
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
-    code = _wait_first(children, stopping)
-    _stop_all(children)
-    return code
+    signal.signal(signal.SIGTERM, _stop)  # before forking, for every server: a signal during start-up stops it too
+    signal.signal(signal.SIGINT, _stop)
+    forked = Forked()
+    try:
+        for _ in range(count - 1):
+            pid = os.fork()
+            if pid == 0:
+                _serve_child(app, options, parent)
+            forked.pids.append(pid)
+        forked.watch()  # threads started after the last fork: a forked server starts with none
+        serve(options, app)
+    except BaseException as exc:  # noqa: BLE001 - whatever ends this server, the others are stopped
+        if not isinstance(exc, KeyboardInterrupt):
+            logging.getLogger(__name__).exception("web server process failed")
+            forked.failed(1)
+    finally:
+        forked.stop()
+    return forked.code
 
 
-def _serve_child(sock: socket.socket, threads: int, parent: int) -> None:
+def _serve_child(app, options: dict, parent: int) -> None:
     """In a forked server: die with the parent, serve on the shared socket, never return."""
     code = 0
     try:
         _die_with(parent)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        serve({"sockets": [sock], "threads": threads, **_common()})
+        serve(options, app)
     except BaseException:  # noqa: BLE001 - a forked child must never return into the parent's code
         logging.getLogger(__name__).exception("web server process failed")
         code = 1
@@ -118,42 +147,52 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _wait_first(children: set[int], stopping: list) -> int:
-    """Until SIGTERM/SIGINT (0) or until a server exits by itself (its exit code, at least 1)."""
-    while not stopping:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return 1
-        if pid in children:
-            children.discard(pid)
-            code = os.waitstatus_to_exitcode(status)
+class Forked:
+    """The forked servers, each reaped by a thread of its own that stops this one if it exits first."""
+
+    def __init__(self):
+        self.pids: list[int] = []
+        self.threads: dict[int, threading.Thread] = {}
+        self.code = 0  # the web's exit code: 0 when stopped by a signal, else the failed server's
+
+    def watch(self) -> None:
+        for pid in self.pids:
+            if pid in self.threads:
+                continue
+            self.threads[pid] = threading.Thread(target=self._reap, args=(pid,), name=f"reap-{pid}", daemon=True)
+            self.threads[pid].start()
+
+    def _reap(self, pid: int) -> None:
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        if not STOPPING.is_set():
             print(f"web server process {pid} exited ({code}); stopping the others", file=sys.stderr, flush=True)
-            return code if code > 0 else 1
-        time.sleep(0.2)
-    return 0
+            self.failed(code if code > 0 else 1)
+            os.kill(os.getpid(), signal.SIGTERM)  # this server finishes its requests and returns from serve()
 
+    def failed(self, code: int) -> None:
+        self.code = self.code or code
 
-def _stop_all(children: set[int]) -> None:
-    """SIGTERM every server, give them STOP_SECONDS to finish their requests, then SIGKILL."""
-    for pid in children:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_SECONDS
-    while children and time.monotonic() < deadline:
-        for pid in list(children):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                children.discard(pid)
-        time.sleep(0.1)
-    for pid in children:
-        _signal(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    def stop(self) -> None:
+        """SIGTERM every other server, give them STOP_SECONDS to finish their requests, then SIGKILL."""
+        STOPPING.set()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop signal must not cut this one short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.watch()  # those forked before a signal cut the forking short
+        self._signal_alive(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for thread in self.threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._signal_alive(signal.SIGKILL)
+        for thread in self.threads.values():
+            thread.join()
 
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+    def _signal_alive(self, signum: int) -> None:
+        for pid, thread in self.threads.items():
+            if thread.is_alive():
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,8 +207,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.processes == 1:
         serve(settings(args.host, args.port, args.threads))
         return
-    import app  # noqa: F401 - imported once before forking, so the servers share its pages
-
     sys.exit(prefork(listener(args.host, args.port), args.processes, args.threads))
 
 
