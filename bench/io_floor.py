@@ -14,6 +14,9 @@ the InLoox call, `_stop`), with records of the sizes workers/runs.py stores; eve
      answer JSON-decoded;
   4. one pipeline: SET of the 1.3 KB run record EX, ZADD, 2 HINCRBY, EXPIRE of the mark, EVALSHA of
      redis-py's lock release script.
+Not in it: the consumer's read and acknowledgement of the event in the event log, the guards' and
+limits' reads, the run-end log line. Scripts go as EVALSHA (loaded beforehand); the worker sends
+EVAL with the script's text on a pipeline (workers/scripts.py), a few hundred bytes more per call.
 Variants (each a child process of its own, 3 runs each by default, interleaved):
   a     sync, 1 thread: redis-py (hiredis) on a BlockingConnectionPool + a urllib3 PoolManager, as
         workers/settings.py and inloox/connections.py make them;
@@ -43,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -463,7 +467,8 @@ def run_all(args) -> None:
     if problem:
         print(f"variants {', '.join(n for n in names if VARIANTS[n][0] == 'aiohttp')} skipped: {problem}")
         names = [n for n in names if VARIANTS[n][0] != "aiohttp"]
-    valkey = Valkey(Path(tempfile.mkdtemp(prefix="bench-io-floor-")) / "valkey").start()
+    data = Path(tempfile.mkdtemp(prefix="bench-io-floor-"))
+    valkey = Valkey(data / "valkey").start()
     port = harness.free_port()
     sink = harness.Process.python(str(HERE / "sink.py"), "--port", str(port), name="sink")
     try:
@@ -482,6 +487,7 @@ def run_all(args) -> None:
     finally:
         sink.stop()
         valkey.stop()
+        shutil.rmtree(data, ignore_errors=True)  # the AOF of every run
     if args.engine_events:
         engine_costs(args.engine_events)
     print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
@@ -507,7 +513,11 @@ def main() -> None:
         return
     sys.path.insert(0, str(HERE))  # harness, stack: the parent's alone (a child of variant c has no project venv)
     signal.signal(signal.SIGTERM, _interrupted)
-    run_all(args)
+    try:
+        run_all(args)
+    except KeyboardInterrupt:
+        print("interrupted: Valkey, the sink and the running variant are stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
