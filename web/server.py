@@ -54,15 +54,18 @@ def _common() -> dict:
             "max_request_body_size": MAX_REQUEST_BODY, "ident": None}
 
 
-STOPPING = threading.Event()  # set by the first stop signal: a forked server exiting after it did not fail
+# Set by the first stop signal: a forked server exiting after it did not fail. A list, not a
+# threading.Event: the signal handler runs again inside itself when signals come together, and an
+# Event's lock, taken by the outer run, deadlocked the inner one (tests/integration/test_server.py).
+STOPPING: list[bool] = []
 
 
 def _stop(signum, frame):
-    STOPPING.set()
     # The first signal stops the server; a second (Ctrl+C reaches every server, then the first one's
-    # SIGTERM) would cut short the requests it is finishing.
+    # SIGTERM) would cut short the requests it is finishing. Nothing here takes a lock.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    STOPPING.append(True)
     raise KeyboardInterrupt  # waitress's loop closes its sockets and lets its threads finish on it
 
 
@@ -164,7 +167,7 @@ class Forked:
 
     def _reap(self, pid: int) -> None:
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        if not STOPPING.is_set():
+        if not STOPPING:
             print(f"web server process {pid} exited ({code}); stopping the others", file=sys.stderr, flush=True)
             self.failed(code if code > 0 else 1)
             os.kill(os.getpid(), signal.SIGTERM)  # this server finishes its requests and returns from serve()
@@ -174,9 +177,9 @@ class Forked:
 
     def stop(self) -> None:
         """SIGTERM every other server, give them STOP_SECONDS to finish their requests, then SIGKILL."""
-        STOPPING.set()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop signal must not cut this one short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        STOPPING.append(True)
         self.watch()  # those forked before a signal cut the forking short
         self._signal_alive(signal.SIGTERM)
         deadline = time.monotonic() + STOP_SECONDS

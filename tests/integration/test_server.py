@@ -83,7 +83,29 @@ def test_the_first_server_dying_takes_the_forked_ones_with_it(stack):
     web.popen.wait(30)
     # The port first: a server's main thread shows as a zombie while its other threads still hold it.
     wait_until(lambda: not port_open(port), 30, "no server on the port")
-    assert not [pid for pid in forked if _alive(pid)]
+    # Then the forked ones: waitress closes its socket first, then lets its threads finish.
+    wait_until(lambda: not [pid for pid in forked if _alive(pid)], 30, "the forked servers to exit")
+
+
+@pytest.mark.timeout(120)
+def test_a_burst_of_stop_signals_still_stops_a_server(stack):
+    """Ctrl+C reaches every server of the web, then its supervisor's SIGTERM, then the first server's
+    own: stop signals arrive together. A server handling one when the next came must still stop (a
+    lock taken in the signal handler once left a server deadlocked in it, holding the port)."""
+    web, port = _web(stack, 2)
+    wait_until(lambda: len(_forked(web.popen.pid)) == 1, 30, "a second server process")
+    [forked] = _forked(web.popen.pid)
+
+    for _ in range(100):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                os.kill(forked, signum)
+            except ProcessLookupError:
+                break
+
+    wait_until(lambda: not _alive(forked), 20, "the signalled server to exit")
+    web.popen.wait(30)
+    wait_until(lambda: not port_open(port), 30, "no server on the port")
 
 
 def _alive(pid: int) -> bool:

@@ -100,12 +100,29 @@ class Process:
             os.killpg(self.popen.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL it if it has not gone within `timeout`."""
-        if not self.alive():
-            return
-        self.signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
+        """SIGTERM the process group, then SIGKILL what is left of it after `timeout`.
+
+        Also when the process itself is gone: what it started may still run in its group (a server
+        a web forked, whose first server a test killed), and would outlive the test.
+        """
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self._group_runs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._signal_group(signal.SIGKILL)
+        if self.alive():
             self.popen.wait(5)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)  # its group: the process started a session of its own
+        except ProcessLookupError:
+            pass
+
+    def _group_runs(self) -> bool:
+        self.popen.poll()  # reap the process itself, so that it does not count as running
+        try:
+            os.killpg(self.popen.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
