@@ -1,28 +1,9 @@
 """The tests' own process handling (tests/support/processes.py): nothing a test started outlives it."""
 from __future__ import annotations
 
-import os
 import time
 
-from tests.support.processes import Process, wait_until
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # Members that are zombies (dead, not yet reaped by init) answer too: only running ones count.
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
-            try:
-                text = open(f"/proc/{stat}/stat").read()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+from tests.support.processes import Process, group_runs, wait_until
 
 
 def test_stop_ends_what_a_process_left_running_after_it_died():
@@ -31,8 +12,8 @@ def test_stop_ends_what_a_process_left_running_after_it_died():
     group = process.popen.pid
     wait_until(lambda: not process.alive(), 10, "the leader to exit")
     time.sleep(0.2)
-    assert _group_alive(group), "the child it left behind runs"
+    assert group_runs(group), "the child it left behind runs"
 
     process.stop()
 
-    wait_until(lambda: not _group_alive(group), 10, "nothing of the process group left")
+    wait_until(lambda: not group_runs(group), 10, "nothing of the process group left")

@@ -58,6 +58,20 @@ def _die_with_parent() -> None:
 PR_SET_PDEATHSIG = 1
 
 
+def group_runs(pgid: int) -> bool:
+    """A process of group `pgid` still runs. A zombie does not count: one whose parent died waits,
+    dead, for init to reap it, which here takes seconds."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 class Process:
     """A child process whose output goes to a log file, killed (with its group) on stop().
 
@@ -107,7 +121,10 @@ class Process:
         """
         self._signal_group(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while self._group_runs() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            self.popen.poll()  # reap the process itself
+            if not group_runs(self.popen.pid):
+                break
             time.sleep(0.05)
         self._signal_group(signal.SIGKILL)
         if self.alive():
@@ -118,11 +135,3 @@ class Process:
             os.killpg(self.popen.pid, sig)  # its group: the process started a session of its own
         except ProcessLookupError:
             pass
-
-    def _group_runs(self) -> bool:
-        self.popen.poll()  # reap the process itself, so that it does not count as running
-        try:
-            os.killpg(self.popen.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
