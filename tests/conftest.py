@@ -116,7 +116,7 @@ def stack(redis_url, sandbox, receiver, rules_dir):
            "INLOOX_REQUESTS_PER_SECOND": "0"}
     stack = Stack(env)
     yield stack
-    stack.stop()
+    stack.end()
     print(stack.logs())  # shown by pytest only when the test failed
 
 

@@ -29,7 +29,7 @@ def killable_valkey(tmp_path, stack):
     server = Valkey(tmp_path / "redis")
     stack.env["REDIS_URL"] = server.url
     yield server
-    stack.stop()  # the stack's processes go before their Redis does
+    stack.end()  # the stack's processes go before their Redis does
     if server.alive():
         server.stop()
     print(f"--- valkey\n{server.output()}")  # shown by pytest only when the test failed
@@ -41,7 +41,7 @@ def slow_loading_valkey(tmp_path, stack):
     server = Valkey(tmp_path / "redis", config=SLOW_LOADING)
     stack.env["REDIS_URL"] = server.url
     yield server
-    stack.stop()
+    stack.end()
     if server.alive():
         server.stop()
     print(f"--- valkey\n{server.output()}")

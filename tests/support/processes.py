@@ -114,12 +114,12 @@ class Process:
             os.killpg(self.popen.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL what is left of it after `timeout`.
+        """SIGTERM the process group, then SIGKILL what is left of it after `timeout` (0: at once).
 
         Also when the process itself is gone: what it started may still run in its group (a server
         a web forked, whose first server a test killed), and would outlive the test.
         """
-        self._signal_group(signal.SIGTERM)
+        self._signal_group(signal.SIGTERM if timeout else signal.SIGKILL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.popen.poll()  # reap the process itself

@@ -26,13 +26,16 @@ class Stack:
     def __init__(self, env: dict):
         self.env = env
         self.processes: list[Process] = []
+        self.workers: list[Process] = []
 
     def worker(self, name="worker", queues: tuple[str, ...] = ("default",)) -> Process:
         """An `rq worker` process on the workspaces' queues, taken in turn, as the Procfile runs it."""
-        return self._start(Process.python(
+        worker = self._start(Process.python(
             "-m", "rq.cli", "worker", "--worker-class", "workers.worker.Worker", "--serializer", "json",
             "--with-scheduler", "--dequeue-strategy", "round_robin", "--url", self.env["REDIS_URL"], *queues,
             name=name, env=self.env))
+        self.workers.append(worker)
+        return worker
 
     def poller(self, name="poller") -> Process:
         return self._start(Process.python("-m", "workers.poller", name=name, env=self.env))
@@ -64,6 +67,16 @@ class Stack:
     def stop(self):
         for process in self.processes:
             process.stop()
+
+    def end(self):
+        """Stop everything once the test is over: the workers killed, the others stopped.
+
+        A worker's own stop waits for RQ's wait for work to come round (up to 2 s, then its
+        scheduler and consumer): seconds of every test's teardown, for an orderly exit nobody
+        looks at then. Tests of stopping stop their processes themselves.
+        """
+        for process in self.processes:
+            process.stop(timeout=0 if process in self.workers else 10.0)
 
 
 def deliver(web: str, body: dict, msg_id: str, *, path: str = "/hooks/forms",
