@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
 
 import waitress
+
+from workers.signals import stop_event
 
 from .app import create_app
 
@@ -51,9 +52,7 @@ def serve(app, host: str, port: int) -> None:
     logging.basicConfig()  # waitress's own warnings, as waitress.serve() would show them
     server = waitress.create_server(app, host=host, port=port, threads=THREADS, connection_limit=CONNECTION_LIMIT,
                                     ident="inloox-sandbox")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event()  # set by SIGTERM or Ctrl+C from a thread: the handler takes no lock
     threading.Thread(target=server.run, name="waitress", daemon=True).start()
     while not stop.wait(1):
         pass

