@@ -94,6 +94,12 @@ class ThreadScheduler(RQScheduler):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._next_sweep = 0.0  # the first turn looks at every registry: jobs an older process scheduled
+        self._woken = threading.Event()  # a stop request ends the wait between turns at once
+
+    def request_stop(self, signum=None, frame=None) -> None:
+        """Stop after this turn (called by the worker's teardown, in its main thread, not a signal handler)."""
+        super().request_stop(signum, frame)
+        self._woken.set()
 
     def _install_signal_handlers(self) -> None:
         pass  # only the main thread may install them; the worker's stop reaches us via request_stop()
@@ -165,6 +171,7 @@ class ThreadScheduler(RQScheduler):
     def start(self) -> threading.Thread:
         self._status = self.Status.STARTED
         self._stop_requested = False
+        self._woken.clear()
         self._process = threading.Thread(target=self._work, name="rq-scheduler", daemon=True)
         self._process.start()
         return self._process
@@ -178,7 +185,7 @@ class ThreadScheduler(RQScheduler):
                 self.register_death()  # RQ's maintenance (every 10 s) asks for the lock again
                 return
             self.enqueue_scheduled_jobs()
-            time.sleep(self.interval)  # as RQ; the worker's stop waits for it (interval + 5 s)
+            self._woken.wait(self.interval)  # RQ sleeps here: a stopping worker waited up to a second for it
         self.stop()
 
     def _work(self) -> None:

@@ -138,6 +138,8 @@ class Worker(SimpleWorker):
         # RQ's wait for work retries Redis errors in a loop of its own, where the StopRequested its
         # signal handler raises can be swallowed by redis-py; this is the first call of each turn.
         if self._stopping and self.get_state() != WorkerStatus.BUSY:
+            if self.consumer is not None:
+                self.consumer.stop_reading()  # its last read ends while RQ's scheduler stops
             raise StopRequested()
         self._follow_workspaces()
         self._consumer_beat()

@@ -129,6 +129,10 @@ class EventConsumer:
         self.start()
         return True
 
+    def stop_reading(self) -> None:
+        """Read no more events (the loop ends within READ_BLOCK_MS); `stop` waits for the rest."""
+        self._stop.set()
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop reading, let the events in flight finish (up to `timeout`), acknowledge them."""
         self._stop.set()
