@@ -1,7 +1,7 @@
 """I/O floor: the CPU per event of a run's I/O skeleton alone, per execution design (issue 22).
 
     .venv/bin/python bench/io_floor.py [--events 5000] [--repeats 3] [--variants a,b8,b48,c1,c50,c200,d200]
-        [--async-python /tmp/iofloor-venv/bin/python] [--engine-events 3000]
+        [--async-python /tmp/iofloor-venv/bin/python] [--engine-events 3000]   (variants also e8, e32)
 
 Before anyone rewrites the worker's execution path: what do the Redis and HTTP calls of one event
 cost the worker's CPU, without any of our code around them? The skeleton per event is what
@@ -28,7 +28,10 @@ Variants (each a child process of its own, 3 runs each by default, interleaved):
         hiredis==3.5.0 aiohttp==3.12.15`), and are skipped without it;
   d200  (d1, d50) asyncio with redis.asyncio and the POST written and read by hand on a raw asyncio
         stream (one keep-alive connection per event in flight): only to show the HTTP client's share
-        of c; NOT a production candidate (no TLS, no chunked answers, no error handling).
+        of c; NOT a production candidate (no TLS, no chunked answers, no error handling);
+  e8    (e32) sync, 1 thread, 8 (32) events at a time: their step 1 and 2 in one pipeline, their POSTs
+        one after the other, their step 4 in one pipeline: the floor of a worker that stores and
+        ends several events' runs together (three round trips per event become two per batch).
 Figures per variant (median and min–max over the runs, each over `--events` events after a
 warm-up of a tenth of that): events/s wall; the worker's CPU per event (time.process_time, and
 os.times' user and system parts); Valkey's CPU per event (utime+stime of its process from
@@ -91,6 +94,8 @@ VARIANTS = {  # name: (design, events or threads in flight, what it is)
     "d1": ("raw", 1, "asyncio+raw HTTP, 1 in flight"),
     "d50": ("raw", 50, "asyncio+raw HTTP, 50 in flight"),
     "d200": ("raw", 200, "asyncio+raw HTTP, 200 in flight"),
+    "e8": ("batched", 8, "sync, 1 thread, 8 events a pipeline"),
+    "e32": ("batched", 32, "sync, 1 thread, 32 events a pipeline"),
 }
 
 
@@ -139,12 +144,14 @@ def check_answer(status: int, body: bytes) -> None:
 
 
 # --- the designs (each runs in a child process) ----------------------------------------------------
-def sync_design(args, shas: dict) -> tuple:
-    """(one event(i), run(count, tag)) for variants a and b: the worker's clients on 1 or N threads."""
+def sync_design(args, shas: dict, *, batch: int = 1) -> tuple:
+    """run(count, tag) for variants a, b and e: the worker's clients on 1 or N threads, or (e, `batch`
+    > 1) on one thread handling `batch` events at a time: their creations and "sent" marks in one
+    pipeline, their POSTs one after the other, their ends in one pipeline."""
     import urllib3
     from concurrent.futures import ThreadPoolExecutor
 
-    threads = args.in_flight
+    threads = 1 if batch > 1 else args.in_flight
     connection = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
         args.redis_url, timeout=20, max_connections=max(100, threads + 32)))  # workers/settings.py
     http = urllib3.PoolManager(num_pools=10, maxsize=threads, block=False, retries=False)  # inloox/connections.py
@@ -164,9 +171,31 @@ def sync_design(args, shas: dict) -> tuple:
             queue_stop(pipe, shas, tag, i, token)
             pipe.execute()
 
+    def batched(tag: str, first: int, last: int) -> None:
+        tokens = {i: os.urandom(16).hex().encode() for i in range(first, last)}
+        with connection.pipeline(transaction=False) as pipe:
+            for i, token in tokens.items():
+                queue_start(pipe, shas, tag, i, token)
+                pipe.set(keys(tag, i)[3], SENT, ex=TTL)
+            replies = pipe.execute()
+        for n in range(len(tokens)):
+            check_created(replies[n * 6:])
+        for i in tokens:
+            response = http.urlopen("POST", url, body=post_body(tag, i), headers=dict(HEADERS), timeout=timeout,
+                                    retries=False, redirect=False)
+            check_answer(response.status, response.data)
+        with connection.pipeline(transaction=False) as pipe:
+            for i, token in tokens.items():
+                queue_stop(pipe, shas, tag, i, token)
+            pipe.execute()
+
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def run(count: int, tag: str) -> None:
+        if batch > 1:
+            for first in range(0, count, batch):
+                batched(tag, first, min(count, first + batch))
+            return
         if pool is None:  # one thread: the events one after the other, no pool's hand-offs
             for i in range(count):
                 event(tag, i)
@@ -277,8 +306,8 @@ def figures(before: tuple, after: tuple, events: int) -> dict:
 def child(args) -> None:
     """Run one variant (warm-up first, not counted) and print its figures as one JSON line."""
     shas = {"create": args.create_sha, "release": args.release_sha}
-    if args.design == "sync":
-        run = sync_design(args, shas)
+    if args.design in ("sync", "batched"):
+        run = sync_design(args, shas, batch=args.in_flight if args.design == "batched" else 1)
         run(args.warmup, f"{args.tag}w")
         before = clocks(args.valkey_pid)
         run(args.events, args.tag)
@@ -502,7 +531,7 @@ def main() -> None:
     parser.add_argument("--engine-events", type=int, default=3000, help="events for the second table (0: none)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one run may take")
     child_options = parser.add_argument_group("a child's (one run of one variant, started by the parent)")
-    child_options.add_argument("--child", dest="design", choices=("sync", "aiohttp", "raw"))
+    child_options.add_argument("--child", dest="design", choices=("sync", "batched", "aiohttp", "raw"))
     for option in ("--in-flight", "--valkey-pid", "--warmup"):
         child_options.add_argument(option, type=int)
     for option in ("--redis-url", "--sink-url", "--tag", "--create-sha", "--release-sha"):
