@@ -5,7 +5,7 @@ are those Little's law gives (in flight × window / answer time), as a worker wi
 """
 from __future__ import annotations
 
-from workers.consumer.in_flight import FLOOR, InFlightLimit
+from workers.consumer.in_flight import BATCH, BUSY_FLOOR, FLOOR, InFlightLimit
 
 
 class _Server:
@@ -48,6 +48,7 @@ def test_an_inloox_answering_in_a_second_gets_as_many_events_in_flight_as_the_ce
     server.play(limit, 15)
     # 48 threads (the old fixed pool) would have written 48 a second; 400 in flight write 400.
     assert limit.value == 400
+    assert limit.batch() == 1  # a thread waits for one answer at a time
 
 
 def test_a_server_that_queues_what_it_is_sent_is_not_sent_more():
@@ -59,11 +60,24 @@ def test_a_server_that_queues_what_it_is_sent_is_not_sent_more():
     assert limit.value == FLOOR
 
 
-def test_a_worker_busy_with_its_own_work_stays_at_the_floor():
+def test_a_worker_busy_with_its_own_work_keeps_a_few_threads_each_taking_several_events():
     # InLoox answers in a millisecond; each event costs the worker 4 ms of its own.
     server = _Server(lambda in_flight: 0.001, own_work=0.004)
     limit = _limit(server)
+    assert limit.batch() == 1  # nothing learned yet
     assert max(server.play(limit, 30)) == FLOOR
+    assert (limit.value, limit.batch()) == (BUSY_FLOOR, BATCH)
+
+
+def test_a_busy_worker_whose_inloox_slows_down_waits_for_one_answer_per_thread_again():
+    answer = {"time": 0.001}
+    server = _Server(lambda in_flight: answer["time"], own_work=0.004)
+    limit = _limit(server)
+    server.play(limit, 30)
+    assert limit.value == BUSY_FLOOR
+    answer["time"] = 0.2  # now the events wait for InLoox
+    server.play(limit, 5)
+    assert limit.value >= FLOOR and limit.batch() == 1
 
 
 def test_an_inloox_that_stops_answering_cuts_the_limit():

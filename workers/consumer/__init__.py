@@ -3,7 +3,8 @@
 One thread reads new entries in batches (XREADGROUP, one round trip for every workspace) and hands
 each event to a thread pool, which matches it and runs its runs (workers.jobs.handle). Runs spend
 their time waiting on InLoox, so one process keeps many of them in flight: as many as InLoox's
-answers reward, up to `pool_size` (`in_flight.py`); each
+answers reward, up to `pool_size` (`in_flight.py`); when they wait for this process's CPU instead,
+a few threads each take several events of one workspace, one after the other; each
 workspace's InLoox request budget is enforced at the client (workers/throttle.py), and the reader
 takes at most `per_workspace` new events of one workspace per batch, so a busy account cannot fill
 the pool alone.
@@ -189,10 +190,13 @@ class EventConsumer:
             return
         # A fair share of the free threads for each workspace, handed out in turns (one of each
         # workspace, then the next of each), so one with a backlog cannot go ahead of the others.
+        # A thread takes `per_thread` events of one workspace, one after the other (in_flight.py).
         share = max(1, min(self.per_workspace, free // len(readable)))
-        batch = eventlog.read_new(self.connection, readable, self.name, count=share, block_ms=READ_BLOCK_MS)
-        for stream_key, entry in _in_turns(batch):
-            self._submit(self.streams[stream_key], entry)
+        per_thread = self.limit.batch()
+        batch = eventlog.read_new(self.connection, readable, self.name, count=share * per_thread,
+                                  block_ms=READ_BLOCK_MS)
+        for stream_key, entries in _in_turns(_chunks(batch, per_thread)):
+            self._submit(self.streams[stream_key], entries)
 
     def _readable(self) -> list[str]:
         """The logs to read this turn: not those of a workspace paused since the worker last followed the registry.
@@ -240,18 +244,23 @@ class EventConsumer:
                 self._space.wait(0.2)
             return max(0, limit - self._in_flight)
 
-    def _submit(self, stream: _Stream, entry: Entry) -> None:
+    def _submit(self, stream: _Stream, entries: list[Entry]) -> None:
+        """Hand `entries` (of one stream) to one thread of the pool, which handles them one after the other."""
         with self._lock:
-            if entry.id in stream.handling:
+            entries = [entry for entry in entries if entry.id not in stream.handling]
+            if not entries:
                 return
-            stream.handling.add(entry.id)
+            stream.handling.update(entry.id for entry in entries)
             self._in_flight += 1
-        future = self._pool.submit(_handle_event, stream.workspace, entry)
-        future.add_done_callback(lambda f, s=stream, e=entry: self._finished(s, e, f))
+        future = self._pool.submit(_handle_events, stream.workspace, entries)
+        future.add_done_callback(lambda f, s=stream, e=entries: self._finished(s, e, f))
 
-    def _finished(self, stream: _Stream, entry: Entry, future: Future) -> None:
-        error = future.exception() if not future.cancelled() else None
-        if future.cancelled() or error is not None:
+    def _finished(self, stream: _Stream, entries: list[Entry], future: Future) -> None:
+        if future.cancelled():
+            errors = [None] * len(entries)
+        else:  # what each entry raised; or, should the thread itself have failed, that for all of them
+            errors = future.result() if future.exception() is None else [future.exception()] * len(entries)
+        for entry, error in zip(entries, errors):
             if error is not None:
                 # Left pending: another delivery (after CLAIM_IDLE) tries again, up to MAX_DELIVERIES.
                 log.error("event %s (%s) not handled: %r", entry.event.get("id"), stream.workspace, error,
@@ -259,9 +268,10 @@ class EventConsumer:
                 if not isinstance(error, redis.RedisError):
                     _note_failure(self.connection, stream, entry, error)
         with self._space:
-            stream.handling.discard(entry.id)
-            if not future.cancelled() and error is None:
-                stream.done.append(entry.id)
+            for entry, error in zip(entries, errors):
+                stream.handling.discard(entry.id)
+                if not future.cancelled() and error is None:
+                    stream.done.append(entry.id)
             self._in_flight -= 1
             self._space.notify()
 
@@ -332,12 +342,21 @@ class EventConsumer:
                 continue
             log.warning("event %s (%s): taken over from a worker that did not finish it (delivery %d)",
                         entry.event.get("id"), stream.workspace, deliveries + 1)
-            self._submit(stream, entry)
+            self._submit(stream, [entry])
 
 
-def _in_turns(batch: list[tuple[str, Entry]]) -> list[tuple[str, Entry]]:
+def _chunks(batch: list[tuple[str, Entry]], size: int) -> list[tuple[str, list[Entry]]]:
+    """The batch as (stream, up to `size` of its entries in its order), each stream's chunks in order."""
+    by_stream: dict[str, list[Entry]] = {}
+    for stream_key, entry in batch:
+        by_stream.setdefault(stream_key, []).append(entry)
+    return [(stream_key, entries[i:i + size]) for stream_key, entries in by_stream.items()
+            for i in range(0, len(entries), size)]
+
+
+def _in_turns(batch: list[tuple[str, object]]) -> list[tuple[str, object]]:
     """The batch reordered round-robin across its streams, each stream's own order kept."""
-    by_stream: dict[str, list[tuple[str, Entry]]] = {}
+    by_stream: dict[str, list[tuple[str, object]]] = {}
     for item in batch:
         by_stream.setdefault(item[0], []).append(item)
     turns = itertools.zip_longest(*by_stream.values())
@@ -368,6 +387,18 @@ def _note_failure(connection: redis.Redis, stream: _Stream, entry: Entry, error:
                                   f"handling failed: {type(error).__name__}: {error}", entry_id=entry.id)
     except Exception:  # Redis away, or the error itself cannot be kept: the log line above has it
         log.exception("event %s (%s): could not keep the error as its trace", entry.event.get("id"), stream.workspace)
+
+
+def _handle_events(workspace: str, entries: list[Entry]) -> list[BaseException | None]:
+    """Handle each entry in turn; what each raised (None: handled), so one failure stops none of the others."""
+    errors: list[BaseException | None] = []
+    for entry in entries:
+        try:
+            _handle_event(workspace, entry)
+            errors.append(None)
+        except Exception as exc:  # noqa: BLE001 - kept as that event's trace by `_finished`
+            errors.append(exc)
+    return errors
 
 
 def _handle_event(workspace: str, entry: Entry) -> None:

@@ -7,15 +7,21 @@ count is right for one of the two at most, so the number adapts, every WINDOW_SE
 process's InLoox requests took (`inloox.connections.exchanges`):
 
 - answers SLOWED times slower than usual (a slow average of earlier windows) mean that InLoox, or
-  this process, is queueing what it is sent: the limit is cut by a quarter;
+  this process, is queueing what it is sent: the limit is cut by a quarter (or, below the floor, set
+  back to it: the events wait for InLoox now);
 - when the limit is what holds events back (in flight ≈ the limit) and most of the events in flight
   are waiting for an answer (Little's law: the requests awaiting answers = the answer time summed
   over the window / the window), the limit doubles, up to the ceiling (`WORKER_THREADS`);
 - a doubling is judged a window later: if the answers became slower by as much as the limit grew
   (the server queues, or this process is out of CPU), it bought nothing and is taken back, and
   the limit holds for HOLD_WINDOWS before it tries again;
-- when few of the events in flight wait for InLoox, the process is busy with its own work and the
-  limit creeps back towards the floor (FLOOR).
+- when few of the events in flight wait for InLoox, the process is busy with its own work: the limit
+  is cut by a quarter, down to BUSY_FLOOR threads, and each thread takes BATCH events at a time
+  (`batch`). A thread handing the GIL to another at every socket call is what a CPU-bound worker
+  spends most on besides its own work: 4 threads with 8 events each used 16 % less CPU per event than
+  48 threads with one (bench/RESULTS.md section 18); either change alone bought nothing. Against an
+  InLoox whose answers are what the events wait for, the limit stays at FLOOR or above and a thread
+  takes one event, as before: eight writes one after the other would wait eight answers.
 
 A window lasts WINDOW_SECONDS, or the usual answer time if that is longer, so that a doubling's
 answers are back before it is judged. A request that times out counts as a slow answer, so an
@@ -35,10 +41,13 @@ from inloox.connections import exchanges
 
 log = logging.getLogger(__name__)
 
-# Never fewer than the fixed pool that came before (48 threads): a mix of workspaces with different
-# answer times can mislead the limit, and it then falls back to what was known to work. Fewer bought
-# nothing measurable against a fast InLoox (12 threads used as much CPU per event as 48).
+# Never fewer than the fixed pool that came before (48 threads) while events wait for InLoox: a mix of
+# workspaces with different answer times can mislead the limit, and it then falls back to what was
+# known to work. Fewer threads alone bought nothing against a fast InLoox (12 used as much CPU per
+# event as 48); fewer threads each taking several events did (BUSY_FLOOR, BATCH).
 FLOOR = 48
+BUSY_FLOOR = 4
+BATCH = 8  # events a thread takes at a time while the process is busy with its own work
 WINDOW_SECONDS, MAX_WINDOW_SECONDS = 0.5, 3.0
 SLOWED = 2.0  # answers this many times slower than usual: queueing somewhere
 QUEUED = 1.3  # answers this much slower after a doubling: it bought queueing, not answers
@@ -57,6 +66,7 @@ class InFlightLimit:
                  clock: Callable[[], float] = time.monotonic):
         self.ceiling = max(1, ceiling)
         self.floor = max(1, min(floor, self.ceiling))
+        self.busy_floor = min(BUSY_FLOOR, self.floor)
         self.value = self.floor
         self.usual: float | None = None  # seconds, the usual answer time
         self._take = take
@@ -78,6 +88,11 @@ class InFlightLimit:
             self._window_start, self._in_flight_sum, self._samples = now, 0.0, 0
         return self.value
 
+    def batch(self) -> int:
+        """Events one thread takes at a time: BATCH once the limit went below the floor (the process is
+        busy with its own work, not waiting for InLoox), else 1."""
+        return BATCH if self.value < self.floor else 1
+
     def _adapt(self, durations: list[float], in_flight: float, elapsed: float) -> None:
         self._hold = max(0, self._hold - 1)
         if not durations:
@@ -87,7 +102,9 @@ class InFlightLimit:
         grown_from, self._grown_from = self._grown_from, None
         waiting = sum(durations) / elapsed
         before = self.value
-        if typical > SLOWED * usual:
+        if typical > SLOWED * usual and self.value < self.floor:
+            self.value = self.floor  # the events wait for InLoox now, not for this process: one each, as before
+        elif typical > SLOWED * usual:
             self.value = max(self.floor, int(self.value * CUT))
         elif grown_from is not None and typical > QUEUED * grown_from[1]:
             self.value, self._hold = grown_from[0], HOLD_WINDOWS
@@ -96,7 +113,7 @@ class InFlightLimit:
                 self._grown_from = (self.value, typical)
                 self.value = min(self.ceiling, self.value * GROW)
         elif waiting < IDLE_WAITING * max(in_flight, 1.0):
-            self.value = max(self.floor, self.value - 1)
+            self.value = max(self.busy_floor, min(self.value - 1, int(self.value * CUT)))
         self.usual = usual + (USUAL_UP if typical > usual else USUAL_DOWN) * (typical - usual)
         if self.value != before:
             log.debug("events in flight: at most %d now, was %d (answers in %.0f ms, usually %.0f; %.0f of %.0f "
