@@ -44,7 +44,8 @@ def route_of(base_url: str) -> Route:
 
 
 class Exchanges:
-    """How long this process's InLoox requests took, from sending to the whole answer (or giving up).
+    """How long this process's InLoox requests took, from sending to the whole answer (or giving up);
+    the worker adds its notifications and outbound requests (workers/effects.py).
 
     The worker sizes how many events it keeps in flight from these (workers/consumer/in_flight.py):
     a process whose requests are answered slowly, but no slower as it sends more, gains by sending

@@ -10,6 +10,7 @@ Reads (get, query) have no effect to protect and simply run again.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ import redis
 
 from engine import diff_snapshots
 from inloox import Client, InLooxError, NotFound, OutcomeUnknown, contains, raw
+from inloox.connections import exchanges
 from workers import failpoints, ledger
 from workers.outbound import OutboundPolicy, OutboundRefused, http, notify
 
@@ -129,14 +131,14 @@ def query(ctx: StepContext, params: dict, key: str) -> dict:
 
 def send_notification(ctx: StepContext, params: dict, key: str) -> dict:
     """A chat/email/webhook notification through Apprise, at most once."""
-    return _once(ctx, key, lambda: notify(ctx.outbound, params["url"], params["text"], params.get("title", ""))
-                 or {"sent": True})
+    return _once(ctx, key, _timed(lambda: notify(ctx.outbound, params["url"], params["text"], params.get("title", ""))
+                                  or {"sent": True}))
 
 
 def send_http(ctx: StepContext, params: dict, key: str) -> dict:
     """An outbound HTTP request, at most once."""
-    return _once(ctx, key, lambda: http(ctx.outbound, params["method"], params["url"],
-                                        headers=params.get("headers"), body=params.get("body")))
+    return _once(ctx, key, _timed(lambda: http(ctx.outbound, params["method"], params["url"],
+                                               headers=params.get("headers"), body=params.get("body"))))
 
 
 EXECUTORS: dict[str, Callable[[StepContext, dict, str], object]] = {
@@ -177,6 +179,23 @@ def _once(ctx: StepContext, key: str, send: Callable[[], object]):
         raise NeedsAttention("an earlier attempt may have done this already and it cannot be checked; "
                              "retry the run from this step once you have looked")
     return _write(ctx, key, send)
+
+
+def _timed(send: Callable[[], object]) -> Callable[[], object]:
+    """`send`, recording how long each call takes with InLoox's answer times (inloox.connections.exchanges).
+
+    The worker's in-flight limit (workers/consumer/in_flight.py) reads them to tell events waiting
+    for answers from a process busy with its own CPU; a slow receiver outside InLoox (Slack, Teams,
+    a webhook) is waited for just the same, and unseen it would look like a busy CPU. (InLoox's
+    client records its own requests.)
+    """
+    def timed():
+        started = time.monotonic()
+        try:
+            return send()
+        finally:
+            exchanges.record(time.monotonic() - started)
+    return timed
 
 
 def _settled(ctx: StepContext, earlier: dict, entity_set: str) -> None:

@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from engine import Event, Plan
-from tests.support.stack import PROJECT, ensure_project, write_form_rule
+from inloox.connections import exchanges
+from tests.support.stack import PROJECT, ensure_project, write_form_rule, write_rule
 from workers import guards, metrics, workspaces
 from workers.jobs import handle
 from workers.runs import load_run, run_id
@@ -42,12 +43,12 @@ def _commands(connection: redis.Redis) -> int:
     return sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat"))
 
 
-def _context(redis_url: str, sandbox, rules_dir):
+def _context(redis_url: str, sandbox, rules_dir, *, outbound_allow: str = ""):
     connection = redis.Redis(connection_pool=redis.ConnectionPool.from_url(
         redis_url, connection_class=_CountingConnection))
     workspace = workspaces.Workspace(workspaces.DEFAULT, sandbox.base_url, sandbox.token, rules_path=str(rules_dir),
                                      limits=workspaces.Limits(inloox_requests_per_second=0))
-    config = {"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": "", "RULES_ENV": "", "DELIVERY_RETRY_SECONDS": ""}
+    config = {"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": outbound_allow, "RULES_ENV": "", "DELIVERY_RETRY_SECONDS": ""}
     return build_context(config, workspace, connection), workspace
 
 
@@ -137,3 +138,32 @@ def test_a_second_handling_of_an_event_continues_its_runs_and_writes_once(redis_
     assert first["runs"] == second["runs"] == [run_id_of(1)]
     assert run["status"] == "succeeded" and lock is None
     assert sandbox.count("Task") == 1
+
+
+NOTIFY_RULE = """
+id: form-to-chat
+when:
+  - webhook: forms
+then:
+  - notify: "{url}"
+    title: New form
+    body: "{{{{ webhook.body.title }}}}"
+"""
+
+
+def test_the_wait_for_a_slow_notification_is_seen_by_the_workers_in_flight_limit(redis_url, sandbox, tmp_path,
+                                                                                  receiver, batched_counts):
+    """Events waiting on a receiver outside InLoox (Slack, Teams) are not the worker being busy with its own
+    CPU: the in-flight limit (workers/consumer/in_flight.py) reads these waits too. Were they unseen, it would
+    give such events 4 threads of 8 events each, one after the other: 13 a second with a receiver that answers
+    in 300 ms, against 160 on 48 threads."""
+    receiver.delay = 0.3
+    write_rule(tmp_path, "chat", NOTIFY_RULE.format(url=receiver.json_url))
+    ctx, workspace = _context(redis_url, sandbox, tmp_path, outbound_allow="127.0.0.1")
+    exchanges.take()  # what earlier tests of this process left
+    with workspaces.using(workspace):
+        handle(ctx, _event(1), accepted_at=time.time())
+    waits = exchanges.take()
+
+    assert [m["body"]["message"] for m in receiver.received] == ["Task 1"]
+    assert max(waits, default=0.0) >= 0.3, waits

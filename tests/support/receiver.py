@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -12,6 +13,7 @@ class Receiver:
     def __init__(self):
         self.received: list[dict] = []
         self.answers: list[int] = []  # statuses for the next requests (then 200), e.g. [503, 503, 503]
+        self.delay = 0.0  # seconds each answer takes (a slow Slack)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -23,6 +25,7 @@ class Receiver:
                     parsed = body.decode(errors="replace")
                 receiver.received.append({"path": self.path, "body": parsed, "headers": dict(self.headers),
                                           "raw": body.decode(errors="replace")})
+                time.sleep(receiver.delay)
                 self.send_response(receiver.answers.pop(0) if receiver.answers else 200)
                 self.end_headers()
 

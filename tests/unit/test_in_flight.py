@@ -22,11 +22,13 @@ class _Server:
         taken, self._answers = self._answers, []
         return taken
 
-    def play(self, limit: InFlightLimit, seconds: float, *, backlog: bool = True) -> list[int]:
-        """Keep the limit's worth of events in flight (or none without a backlog); the limits seen, per step."""
+    def play(self, limit: InFlightLimit, seconds: float, *, backlog: bool = True,
+             arriving: int | None = None) -> list[int]:
+        """Keep the limit's worth of events in flight (or none without a backlog, or `arriving` when events
+        come slower than the limit takes them); the limits seen, per step."""
         seen, step = [], 0.1
         while seconds > 0:
-            in_flight = limit.value if backlog else 0
+            in_flight = (limit.value if arriving is None else min(arriving, limit.value)) if backlog else 0
             if in_flight:
                 answer = self.answer_time(in_flight)
                 per_event = answer + self.own_work
@@ -67,6 +69,18 @@ def test_a_worker_busy_with_its_own_work_keeps_a_few_threads_each_taking_several
     assert limit.batch() == 1  # nothing learned yet
     assert max(server.play(limit, 30)) == FLOOR
     assert (limit.value, limit.batch()) == (BUSY_FLOOR, BATCH)
+
+
+def test_a_worker_without_a_backlog_keeps_one_event_per_thread():
+    server = _Server(lambda in_flight: 0.001, own_work=0.004)
+    limit = _limit(server)
+    server.play(limit, 30, arriving=2)  # two events at a time, and a fast InLoox: nothing is held back
+    assert (limit.value, limit.batch()) == (FLOOR, 1)
+    server.play(limit, 30)  # a backlog
+    assert (limit.value, limit.batch()) == (BUSY_FLOOR, BATCH)
+    server.play(limit, 5, backlog=False)  # gone again
+    server.play(limit, 5, arriving=2)
+    assert (limit.value, limit.batch()) == (FLOOR, 1)
 
 
 def test_a_busy_worker_whose_inloox_slows_down_waits_for_one_answer_per_thread_again():

@@ -4,7 +4,7 @@ A run spends most of its time waiting for InLoox. Against a fast InLoox a worker
 CPU, and more events in flight only add contention (48 threads wrote no faster than 12); against an
 InLoox that answers in a second, 300 writes a second need about 300 events in flight. A fixed thread
 count is right for one of the two at most, so the number adapts, every WINDOW_SECONDS, from what the
-process's InLoox requests took (`inloox.connections.exchanges`):
+process's InLoox requests, notifications and outbound requests took (`inloox.connections.exchanges`):
 
 - answers SLOWED times slower than usual (a slow average of earlier windows) mean that InLoox, or
   this process, is queueing what it is sent: the limit is cut by a quarter (or, below the floor, set
@@ -15,13 +15,16 @@ process's InLoox requests took (`inloox.connections.exchanges`):
 - a doubling is judged a window later: if the answers became slower by as much as the limit grew
   (the server queues, or this process is out of CPU), it bought nothing and is taken back, and
   the limit holds for HOLD_WINDOWS before it tries again;
-- when few of the events in flight wait for InLoox, the process is busy with its own work: the limit
-  is cut by a quarter, down to BUSY_FLOOR threads, and each thread takes BATCH events at a time
+- when half the limit or more is in flight and few of those events wait for InLoox, the process
+  is busy with its own work: the limit is cut by a quarter, down to BUSY_FLOOR threads, and each
+  thread takes BATCH events at a time
   (`batch`). A thread handing the GIL to another at every socket call is what a CPU-bound worker
   spends most on besides its own work: 4 threads with 8 events each used 16 % less CPU per event than
   48 threads with one (bench/RESULTS.md section 18); either change alone bought nothing. Against an
   InLoox whose answers are what the events wait for, the limit stays at FLOOR or above and a thread
-  takes one event, as before: eight writes one after the other would wait eight answers.
+  takes one event, as before: eight writes one after the other would wait eight answers. With less
+  than one event in flight on average (the backlog gone) the limit goes back to FLOOR: a burst after
+  a quiet spell is not handled eight at a time.
 
 A window lasts WINDOW_SECONDS, or the usual answer time if that is longer, so that a doubling's
 answers are back before it is judged. A request that times out counts as a slow answer, so an
@@ -56,6 +59,7 @@ HOLD_WINDOWS = 10
 WAITING = 0.5  # the share of the events in flight awaiting an answer above which more in flight helps
 IDLE_WAITING = 0.2  # below it, the process is busy with its own work
 FULL = 0.8  # in flight this close to the limit: the limit is what holds events back
+BACKLOG = 0.5  # in flight this close to the limit: events are waiting to be taken (the reader lags a little)
 USUAL_UP, USUAL_DOWN = 0.05, 0.3  # how fast the usual answer time follows slower and faster answers
 
 
@@ -95,6 +99,9 @@ class InFlightLimit:
 
     def _adapt(self, durations: list[float], in_flight: float, elapsed: float) -> None:
         self._hold = max(0, self._hold - 1)
+        if in_flight < 1.0 and self.value < self.floor:
+            self.value = self.floor  # the backlog is gone: the next burst starts from what was known to work
+            return
         if not durations:
             return  # nothing was asked of InLoox: nothing learned
         typical = statistics.median(durations)
@@ -112,7 +119,8 @@ class InFlightLimit:
             if self.value < self.ceiling:
                 self._grown_from = (self.value, typical)
                 self.value = min(self.ceiling, self.value * GROW)
-        elif waiting < IDLE_WAITING * max(in_flight, 1.0):
+        elif waiting < IDLE_WAITING * max(in_flight, 1.0) and in_flight >= BACKLOG * self.value:
+            # A backlog the process does not take faster however many wait for InLoox: its own CPU.
             self.value = max(self.busy_floor, min(self.value - 1, int(self.value * CUT)))
         self.usual = usual + (USUAL_UP if typical > usual else USUAL_DOWN) * (typical - usual)
         if self.value != before:
