@@ -117,3 +117,15 @@ def test_the_ceiling_holds_even_when_it_is_below_the_floor():
     server = _Server(lambda in_flight: 1.0)
     limit = _limit(server, ceiling=4)
     assert max(server.play(limit, 10)) == 4
+
+
+def test_answers_not_back_yet_are_not_taken_for_a_busy_cpu():
+    # The first second of a slow InLoox: 48 creates sent, only a few quick reads answered so far.
+    answers = iter([[0.002] * 5] * 2 + [[1.0] * 48] * 200)
+    clock = {"now": 0.0}
+    limit = InFlightLimit(400, take=lambda: next(answers), clock=lambda: clock["now"])
+    seen = []
+    for _ in range(100):
+        clock["now"] += 0.1
+        seen.append((limit.observe(limit.value), limit.batch()))
+    assert min(seen) == (FLOOR, 1)  # never fewer threads, nor several events each

@@ -119,8 +119,11 @@ class InFlightLimit:
             if self.value < self.ceiling:
                 self._grown_from = (self.value, typical)
                 self.value = min(self.ceiling, self.value * GROW)
-        elif waiting < IDLE_WAITING * max(in_flight, 1.0) and in_flight >= BACKLOG * self.value:
-            # A backlog the process does not take faster however many wait for InLoox: its own CPU.
+        elif (waiting < IDLE_WAITING * max(in_flight, 1.0) and in_flight >= BACKLOG * self.value
+              and len(durations) >= in_flight):
+            # A backlog the process does not take faster however many wait for InLoox: its own CPU. Only
+            # with at least one answer per event in flight: answers not back yet (a slow InLoox's first
+            # second) would otherwise look like nobody waiting.
             self.value = max(self.busy_floor, min(self.value - 1, int(self.value * CUT)))
         self.usual = usual + (USUAL_UP if typical > usual else USUAL_DOWN) * (typical - usual)
         if self.value != before:
