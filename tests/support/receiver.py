@@ -19,6 +19,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                # The answer is chosen before the request is recorded: a test that sets `answers` once it
+                # sees a request must not change that request's own answer (a 503 for a delivery it saw).
+                status = receiver.answers.pop(0) if receiver.answers else 200
                 try:
                     parsed = json.loads(body)
                 except ValueError:
@@ -26,7 +29,7 @@ class Receiver:
                 receiver.received.append({"path": self.path, "body": parsed, "headers": dict(self.headers),
                                           "raw": body.decode(errors="replace")})
                 time.sleep(receiver.delay)
-                self.send_response(receiver.answers.pop(0) if receiver.answers else 200)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args):
