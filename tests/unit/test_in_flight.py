@@ -129,3 +129,14 @@ def test_answers_not_back_yet_are_not_taken_for_a_busy_cpu():
         clock["now"] += 0.1
         seen.append((limit.observe(limit.value), limit.batch()))
     assert min(seen) == (FLOOR, 1)  # never fewer threads, nor several events each
+
+
+def test_a_thread_held_up_by_a_slow_answer_sends_a_busy_worker_back_to_one_event_per_thread():
+    # A busy worker down to a few threads, each taking several events; then one event waits on a receiver
+    # that hangs. Until that answer comes no window sees it, and the other events would wait behind it.
+    server = _Server(lambda in_flight: 0.001, own_work=0.004)
+    limit = _limit(server)
+    server.play(limit, 30)
+    assert (limit.value, limit.batch()) == (BUSY_FLOOR, BATCH)
+    limit.observe(BUSY_FLOOR, longest=3.0)
+    assert (limit.value, limit.batch()) == (FLOOR, 1)

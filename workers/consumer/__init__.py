@@ -89,6 +89,8 @@ class EventConsumer:
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._in_flight = 0
+        self._running: dict[int, float] = {}  # each task in the pool: when it started (monotonic)
+        self._tasks = itertools.count()
         self._stop = threading.Event()
         self.limit = InFlightLimit(self.pool_size)  # how many of the pool's threads to keep busy now
         self._pool = ThreadPoolExecutor(self.pool_size, thread_name_prefix="event")  # threads start as needed
@@ -239,7 +241,8 @@ class EventConsumer:
 
     def _wait_for_space(self) -> int:
         with self._space:
-            limit = self.limit.observe(self._in_flight)
+            started = min(self._running.values(), default=None)
+            limit = self.limit.observe(self._in_flight, longest=0.0 if started is None else time.monotonic() - started)
             if self._in_flight >= limit:
                 self._space.wait(0.2)
             return max(0, limit - self._in_flight)
@@ -252,10 +255,12 @@ class EventConsumer:
                 return
             stream.handling.update(entry.id for entry in entries)
             self._in_flight += 1
+            task = next(self._tasks)
+            self._running[task] = time.monotonic()
         future = self._pool.submit(_handle_events, stream.workspace, entries)
-        future.add_done_callback(lambda f, s=stream, e=entries: self._finished(s, e, f))
+        future.add_done_callback(lambda f, s=stream, e=entries, t=task: self._finished(s, e, f, task=t))
 
-    def _finished(self, stream: _Stream, entries: list[Entry], future: Future) -> None:
+    def _finished(self, stream: _Stream, entries: list[Entry], future: Future, *, task: int | None = None) -> None:
         if future.cancelled():
             errors = [None] * len(entries)
         else:  # what each entry raised; or, should the thread itself have failed, that for all of them
@@ -272,6 +277,7 @@ class EventConsumer:
                 stream.handling.discard(entry.id)
                 if not future.cancelled() and error is None:
                     stream.done.append(entry.id)
+            self._running.pop(task, None)
             self._in_flight -= 1
             self._space.notify()
 

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 FLOOR = 48
 BUSY_FLOOR = 4
 BATCH = 8  # events a thread takes at a time while the process is busy with its own work
+LONG_SECONDS = 1.0  # a thread at its events longer than this is waiting, not busy (8 events take ~30 ms)
 WINDOW_SECONDS, MAX_WINDOW_SECONDS = 0.5, 3.0
 SLOWED = 2.0  # answers this many times slower than usual: queueing somewhere
 QUEUED = 1.3  # answers this much slower after a doubling: it bought queueing, not answers
@@ -81,8 +82,14 @@ class InFlightLimit:
         self._grown_from: tuple[int, float] | None = None  # the limit and answer time before a doubling
         self._hold = 0  # windows left before the next doubling may be tried
 
-    def observe(self, in_flight: int) -> int:
-        """Note how many events are in flight now; at the end of a window, adapt. The limit now."""
+    def observe(self, in_flight: int, *, longest: float = 0.0) -> int:
+        """Note how many events are in flight now, and how long the longest-running thread has been at
+        its events (seconds); at the end of a window, adapt. The limit now."""
+        if longest > LONG_SECONDS and self.value < self.floor:
+            # A thread at its events this long waits for an answer that does not come (a hung receiver,
+            # one workspace's slow InLoox), which no window has seen yet: with few threads, a few such
+            # events would hold up every other event and workspace. Back to one event per thread.
+            self.value = self.floor
         self._in_flight_sum += in_flight
         self._samples += 1
         now = self._clock()
