@@ -9,7 +9,7 @@ import pytest
 import redis
 import requests
 
-from tests.support.processes import Process, free_port, port_open, wait_until
+from tests.support.processes import Process, free_port, port_open, running_processes, wait_until
 from tests.support.stack import WEBHOOK_SECRET, deliver
 from workers import eventlog
 
@@ -25,16 +25,7 @@ def _web(stack, processes: int) -> tuple[Process, int]:
 
 def _forked(parent: int) -> list[int]:
     """The live child processes of `parent`: the servers it forked (it serves too)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        if int(fields[1]) == parent and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
+    return [pid for pid, ppid, _ in running_processes() if ppid == parent]
 
 
 @pytest.mark.timeout(120)

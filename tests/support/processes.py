@@ -58,18 +58,24 @@ def _die_with_parent() -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def group_runs(pgid: int) -> bool:
-    """A process of group `pgid` still runs. A zombie does not count: one whose parent died waits,
-    dead, for init to reap it, which here takes seconds."""
+def running_processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every process that runs. A zombie does not count: one whose
+    parent died waits, dead, for init to reap it, which here takes seconds."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue
-        fields = text[text.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+        fields = text[text.rindex(")") + 2:].split()  # after the name, which may hold spaces
+        if fields[0] != "Z":
+            found.append((int(stat.parent.name), int(fields[1]), int(fields[2])))
+    return found
+
+
+def group_runs(pgid: int) -> bool:
+    """A process of group `pgid` still runs (zombies aside)."""
+    return any(group == pgid for _, _, group in running_processes())
 
 
 class Process:
