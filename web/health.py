@@ -10,7 +10,7 @@ from rq import Worker
 from inloox import InLooxError
 from web.resources import get_context, get_inloox, get_redis
 from workers import rule_files
-from workers.worker import CONSUMER_BEAT, CONSUMER_BEAT_TTL
+from workers.worker import CONSUMER_BEAT, CONSUMER_BEAT_TTL, CONSUMER_STATES
 
 bp = Blueprint("health", __name__)
 
@@ -73,7 +73,8 @@ def _check_rules() -> dict:
 
 
 def _check_worker() -> dict:
-    """At least one RQ worker with a recent heartbeat (RQ's registry), and every such worker's event consumer running."""
+    """At least one RQ worker with a recent heartbeat (RQ's registry), and every such worker's loops running:
+    its event consumer, and its poller and schedules when it runs them (WORKER_POLLS)."""
     try:
         workers = Worker.all(connection=get_redis())
         now = datetime.now(timezone.utc)
@@ -89,8 +90,13 @@ def _check_worker() -> dict:
                if state not in (b"running", b"none") and (state is not None or _older_than(w, now, CONSUMER_BEAT_TTL))}
     if stopped:
         return {"ok": False, "workers": len(alive),
-                "error": "event consumer not running in " + ", ".join(f"{n} ({s})" for n, s in sorted(stopped.items()))}
+                "error": "not running in " + ", ".join(f"{n} ({_trouble(s)})" for n, s in sorted(stopped.items()))}
     return {"ok": True, "workers": len(alive)}
+
+
+def _trouble(state: str) -> str:
+    """A worker's beat as a person reads it: the consumer's own states name it ("event consumer failing")."""
+    return f"event consumer {state}" if state in CONSUMER_STATES else state
 
 
 def _older_than(worker: Worker, now: datetime, seconds: float) -> bool:

@@ -25,6 +25,7 @@ The points (see docs/execution.md, "Crash points"):
     runs_stored     an event's runs are stored, the first live one's lease taken, none executed yet
                     (workers/jobs.py handle)
     consumer_turn   the event consumer starts a turn of its loop (workers/consumer/; subject: the worker's name)
+    poll_round      a poller starts a round (workers/poller.py run; subject: the poller's id)
 """
 from __future__ import annotations
 

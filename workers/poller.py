@@ -42,13 +42,14 @@ from redis.lock import Lock
 from engine.rules import Ruleset
 from inloox import InLooxError
 from inloox.changes import CHANGE_FEEDS, ChangeFeed, Scan, observation
-from workers import activity, metrics, scripts
+from workers import activity, failpoints, metrics, scripts
 from workers.logs import configure_logging, follow_registry
 from workers.poll import PollResult, PollSettings, poll_once, sweep_deleted
 from workers.poll_pace import Pace, SetPace
 from workers import subscriptions, workspaces
 from workers.poll_status import PollRun, record_poll, record_watched
 from workers.scan import LeaseLost, scan_once
+from workers.settings import redis_client
 from workers.signals import stop_event
 from workers.registry import Leftovers, Served
 from workers.worker_context import WorkerContext, build_context, folder_stamp, served
@@ -145,20 +146,27 @@ class Account:
 
 
 def run(connection: redis.Redis, follow: Callable[[], list[Account]], poller: PollerSettings,
-        stop: threading.Event, *, me: str = "") -> None:
+        stop: threading.Event, *, me: str = "", rounds: Callable[[bool], None] = lambda ok: None) -> None:
     """Poll the workspaces whose lease this process holds until `stop` is set; take free ones up to a fair share.
 
-    `follow()` gives the accounts to poll this round (workspaces come and go while it runs).
+    `follow()` gives the accounts to poll this round (workspaces come and go while it runs);
+    `rounds(ok)` hears how each round went (False: it failed on something other than Redis).
     """
     me = me or uuid.uuid4().hex[:8]
     accounts: list[Account] = []
     pool = ThreadPoolExecutor(max(1, poller.threads), thread_name_prefix="poll")
     while not stop.is_set():
+        ok = True
         try:
+            failpoints.hit("poll_round", subject=me)  # tests only (inert unless ENGINE_FAILPOINTS is set)
             accounts = follow()
             _round(connection, accounts, poller, me, pool)
         except redis.RedisError as exc:  # Redis restarting: nothing moved, the next round tries again
             log.warning("poll round failed, will retry: %s", exc)
+        except Exception:  # a bug: its trace, and the next round (a poller that quit would poll nothing)
+            log.exception("poll round failed")
+            ok = False
+        rounds(ok)
         stop.wait(poller.interval)
     pool.shutdown(wait=True, cancel_futures=True)  # the polls under way end (each bounded by the client's timeout)
     try:
@@ -494,10 +502,104 @@ def _report(result: PollResult) -> PollResult:
     return result
 
 
+def poller_settings(config: Mapping[str, str]) -> PollerSettings:
+    """The POLL_* settings; a value that is not a number stops the process with its name (SystemExit)."""
+    try:
+        scan_every, scan_every_set = parse_scan_seconds(config["POLL_SCAN_SECONDS"])
+        return PollerSettings(interval=float(config["POLL_INTERVAL"]),
+                              sweep_every=float(config["POLL_SWEEP_SECONDS"]),
+                              lease_seconds=float(config["POLL_LEASE_SECONDS"]),
+                              scan_every=scan_every, scan_every_set=scan_every_set,
+                              scan_floor=float(config["POLL_SCAN_FLOOR_SECONDS"]),
+                              idle_after=float(config["POLL_IDLE_AFTER_SECONDS"]),
+                              max_interval=float(config["POLL_MAX_INTERVAL"]),
+                              scan_max=float(config["POLL_SCAN_MAX_SECONDS"]),
+                              threads=int(config["POLL_THREADS"]))
+    except ValueError as exc:
+        raise SystemExit(f"Error: a POLL_* setting: {exc}") from None
+
+
+class Polling:
+    """The poller's loop, and the schedules' (workers/scheduler.py), on threads of the process that starts it.
+
+    `python -m workers.poller` runs the loop on its main thread; a worker started with WORKER_POLLS=1
+    runs both beside its event consumer, one process fewer (workers/worker.py). Either way the
+    process polls only the workspaces whose lease it holds, so any number of them may poll.
+    """
+
+    def __init__(self, config: dict, *, with_scheduler: bool, stop: threading.Event | None = None):
+        self.config = config
+        self.settings = poller_settings(config)
+        self.connection = redis_client(config)  # room for every poll thread, and for the scans running beside them
+        self.follow = Following(config, self.connection, served(), self.settings.lease_seconds)
+        self.me = uuid.uuid4().hex[:8]
+        self.stop_event = stop or threading.Event()
+        self.loops: dict[str, Callable[[], None]] = {"poller": self.poll}
+        if with_scheduler:
+            self.loops["scheduler"] = self.schedule
+        self.threads: dict[str, threading.Thread] = {}
+        self.failing = False  # the last round failed on something other than Redis
+
+    def announce(self) -> None:
+        poller = self.settings
+        log.info("poller %s: %s, every %.1fs, scans every %gs; quiet sets back off after %gs up to %gs (scans %gs)",
+                 self.me, ", ".join(a.workspace.name for a in self.follow()) or "no workspace yet", poller.interval,
+                 poller.scan_interval(""), poller.idle_after, poller.max_interval, poller.scan_max)
+        for name, seconds in {"(default)": poller.scan_every, **poller.scan_every_set}.items():
+            if seconds < poller.scan_floor:
+                log.warning("scan interval %gs of %s is below the floor: scanning every %gs", seconds, name,
+                            poller.scan_floor)
+
+    def poll(self) -> None:
+        """The polling loop on the calling thread, until `stop_event` is set."""
+        try:
+            self.announce()
+        except redis.RedisError as exc:  # Redis restarting: the rounds wait for it
+            log.warning("poller %s: starting while Redis is unavailable (%s)", self.me, exc)
+        run(self.connection, self.follow, self.settings, self.stop_event, me=self.me, rounds=self._round_went)
+
+    def _round_went(self, ok: bool) -> None:
+        self.failing = not ok
+
+    def schedule(self) -> None:
+        """The schedules' loop on the calling thread, until `stop_event` is set."""
+        from workers import scheduler
+
+        scheduler.run(self.connection, served(), scheduler.settings_from(self.config), self.stop_event)
+
+    def start(self, *names: str) -> None:
+        """The loops named (all by default) on threads of their own, named after them."""
+        for name in names or self.loops:
+            thread = threading.Thread(target=self.loops[name], name=name, daemon=True)
+            self.threads[name] = thread
+            thread.start()
+
+    def keep_running(self) -> None:
+        """Start again a loop whose thread ended while no stop was asked for (its traceback is in the log)."""
+        for name, thread in list(self.threads.items()):
+            if not thread.is_alive() and not self.stop_event.is_set():
+                log.error("the %s loop had stopped; starting it again", name)
+                self.start(name)
+
+    def trouble(self) -> str | None:
+        """What is wrong with the loops ("poller failing", "scheduler stopped", …); None when all run."""
+        dead = sorted(name for name, thread in self.threads.items() if not thread.is_alive())
+        if dead:
+            return f"{' and '.join(dead)} stopped"
+        return "poller failing" if self.failing else None
+
+    def stop(self, timeout: float) -> None:
+        """Ask both loops to stop and wait for them: the poller releases its leases on its way out."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m workers.poller [--with-scheduler]`: poll every workspace; with the flag, also fire
     their schedules (workers/scheduler.py) on a thread of this process, one process fewer."""
-    from workers.settings import load_config, redis_client  # the one place settings are read from the environment
+    from workers.settings import load_config  # the one place settings are read from the environment
 
     argv = sys.argv[1:] if argv is None else argv
     if argv not in ([], ["--with-scheduler"]):
@@ -507,36 +609,10 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config()
     configure_logging(config)
     follow_registry(served().view)  # workspaces added or rotated later have their secrets redacted too
-    connection = redis_client(config)  # room for every poll thread, and for the scans running beside them
-    try:
-        scan_every, scan_every_set = parse_scan_seconds(config["POLL_SCAN_SECONDS"])
-        poller = PollerSettings(interval=float(config["POLL_INTERVAL"]),
-                                sweep_every=float(config["POLL_SWEEP_SECONDS"]),
-                                lease_seconds=float(config["POLL_LEASE_SECONDS"]),
-                                scan_every=scan_every, scan_every_set=scan_every_set,
-                                scan_floor=float(config["POLL_SCAN_FLOOR_SECONDS"]),
-                                idle_after=float(config["POLL_IDLE_AFTER_SECONDS"]),
-                                max_interval=float(config["POLL_MAX_INTERVAL"]),
-                                scan_max=float(config["POLL_SCAN_MAX_SECONDS"]),
-                                threads=int(config["POLL_THREADS"]))
-    except ValueError as exc:
-        raise SystemExit(f"Error: a POLL_* setting: {exc}") from None
-    follow = Following(config, connection, served(), poller.lease_seconds)
-    me = uuid.uuid4().hex[:8]
-    log.info("poller %s: %s, every %.1fs, scans every %gs; quiet sets back off after %gs up to %gs (scans %gs)",
-             me, ", ".join(a.workspace.name for a in follow()) or "no workspace yet", poller.interval,
-             poller.scan_interval(""), poller.idle_after, poller.max_interval, poller.scan_max)
-    for name, seconds in {"(default)": poller.scan_every, **poller.scan_every_set}.items():
-        if seconds < poller.scan_floor:
-            log.warning("scan interval %gs of %s is below the floor: scanning every %gs", seconds, name,
-                        poller.scan_floor)
-    stop = stop_event()
-    if argv == ["--with-scheduler"]:
-        from workers import scheduler
-
-        threading.Thread(target=scheduler.run, name="scheduler", daemon=True, args=(
-            connection, served(), scheduler.settings_from(config), stop)).start()
-    run(connection, follow, poller, stop, me=me)
+    polling = Polling(config, with_scheduler=argv == ["--with-scheduler"], stop=stop_event())
+    if "scheduler" in polling.loops:
+        polling.start("scheduler")
+    polling.poll()  # on the main thread: the process ends with it
     return 0
 
 

@@ -66,6 +66,10 @@ DEFAULTS = {
     "WORKER_THREADS": "400",
     "WORKER_THREADS_PER_WORKSPACE": "0",
     "WORKER_NICE": "10",
+    # 1: a worker also polls InLoox and fires schedules, on threads beside its events (the work of
+    # `python -m workers.poller --with-scheduler`, one process fewer; the Procfile's choice); 0: poller
+    # processes do it. Workspaces are split between every process that polls, by lease.
+    "WORKER_POLLS": "0",
     # The workspaces a worker serves, comma-separated (a shard of a large deployment); empty: all
     # of the registry's, followed live.
     "WORKER_WORKSPACES": "",

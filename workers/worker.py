@@ -49,6 +49,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from workers import activity, metrics, registry
 from workers.consumer import EventConsumer
+from workers.poller import Polling
 from workers.logs import configure_logging, follow_registry
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
 from workers.settings import load_config, redis_client
@@ -63,10 +64,15 @@ IDLE_WAKE_SECONDS = 2  # also how soon an idle worker notices a stop signal
 METRICS_BATCH_SECONDS = 1.0  # counts reach Redis (and /metrics) at most this late
 MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within seconds
 # Each worker says whether its event consumer runs ("running"; "failing", "stalled" or "stopped" when
-# not; "none" before it has one), under its RQ name; /readyz reads it beside RQ's heartbeat.
+# not; "none" before it has one), or else what is wrong with its poller ("poller failing", "scheduler
+# stopped", …), under its RQ name; /readyz reads it beside RQ's heartbeat.
 CONSUMER_BEAT = "consumer:beat:"
+CONSUMER_STATES = ("failing", "stalled", "stopped")
 CONSUMER_BEAT_SECONDS = 5
 CONSUMER_BEAT_TTL = 30
+# A stopping worker waits this long for its polls under way (a poller that stops releases its leases,
+# so another takes its workspaces at once rather than after POLL_LEASE_SECONDS).
+POLLING_STOP_SECONDS = 3.0
 IDLE_QUEUE = "no-workspace"  # the queue an RQ loop waits on while no workspace is served (never enqueued)
 
 
@@ -85,6 +91,7 @@ class Worker(SimpleWorker):
         self.maintenance_interval = min(self.maintenance_interval, MAINTENANCE_SECONDS)
         self.max_connection_wait_time = MAX_BACKOFF_SECONDS  # RQ's own wait while dequeueing (60 s)
         self.consumer: EventConsumer | None = None
+        self.polling: Polling | None = None  # with WORKER_POLLS: the poller's and the schedules' loops
         self._stopping = False  # a stop signal came (RQ raises StopRequested without keeping a flag)
         self._next_beat = 0.0
         self._following: list[str] | None = None  # the workspaces served now, as last followed
@@ -140,6 +147,8 @@ class Worker(SimpleWorker):
         if self._stopping and self.get_state() != WorkerStatus.BUSY:
             if self.consumer is not None:
                 self.consumer.stop_reading()  # its last read ends while RQ's scheduler stops
+            if self.polling is not None:
+                self.polling.stop_event.set()  # its polls under way end meanwhile too
             raise StopRequested()
         self._follow_workspaces()
         self._consumer_beat()
@@ -174,12 +183,16 @@ class Worker(SimpleWorker):
             self.consumer.follow(running)
 
     def _consumer_beat(self) -> None:
-        """Start a dead consumer thread again, and say for /readyz (CONSUMER_BEAT) whether it runs."""
+        """Start a dead consumer (or poller) thread again, and say for /readyz (CONSUMER_BEAT) whether they run."""
         if self.consumer is not None:
             self.consumer.keep_running()  # every turn (≤ IDLE_WAKE_SECONDS)
+        if self.polling is not None:
+            self.polling.keep_running()
         if time.monotonic() < self._next_beat:
             return
         state = "none" if self.consumer is None else "running" if self.consumer.running() else self.consumer.trouble()
+        if state in ("none", "running") and self.polling is not None:
+            state = self.polling.trouble() or state
         try:
             self.connection.set(CONSUMER_BEAT + self.name, state, ex=CONSUMER_BEAT_TTL)
         except redis.RedisError:
@@ -240,11 +253,18 @@ class Worker(SimpleWorker):
         metrics.batch(METRICS_BATCH_SECONDS)
         if not burst:
             self.consumer = self._start_consumer()
+            if self.config.get("WORKER_POLLS") == "1":
+                self.polling = Polling(self.config, with_scheduler=True)
+                self.polling.start()
         try:
             return self._work_until_stopped(burst, **kwargs)
         finally:
+            if self.polling is not None:
+                self.polling.stop_event.set()  # both wind down at once: a supervisor waits only seconds
             if self.consumer is not None:
                 self.consumer.stop()
+            if self.polling is not None:
+                self.polling.stop(POLLING_STOP_SECONDS)
 
     def _work_until_stopped(self, burst: bool, **kwargs) -> bool:
         backoff, base_name, restarts = 1.0, self.name, 0

@@ -75,4 +75,4 @@ def test_readyz_is_not_ready_while_a_workers_event_consumer_does_not_run(client,
                           "/readyz to notice the consumer")
     check = response.json["checks"]["worker"]
     assert check["ok"] is False and check["workers"] == 1
-    assert check["error"].startswith("event consumer not running in ") and "(failing)" in check["error"]
+    assert check["error"].startswith("not running in ") and "(event consumer failing)" in check["error"]

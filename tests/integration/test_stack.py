@@ -1,4 +1,4 @@
-"""`make run` brings up the whole stack (embedded Valkey, sandbox with demo data, web, worker, poller),
+"""`make run` brings up the whole stack (embedded Valkey, sandbox with demo data, web, and a worker that also polls),
 a second shell's `flask` commands find it, Ctrl+C stops it quietly, and a restart invents nothing."""
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def test_ctrl_c_stops_the_stack_without_a_traceback(tmp_path):
     output = process.output()
     assert "Traceback" not in output and "make: ***" not in output, output[-4000:]
     stops = re.findall(r"(\w+)\.1 stopped \(rc=(-?\d+)\)", output)
-    assert sorted(stops) == [(name, "0") for name in ("poller", "redis", "sandbox", "web", "worker")], output[-4000:]
+    assert sorted(stops) == [(name, "0") for name in ("redis", "sandbox", "web", "worker")], output[-4000:]
     # Redis stops last, so nobody on their way out finds it gone and says so.
     stopping = output[output.index("SIGINT received"):]
     assert '"level": "ERROR"' not in stopping and '"level": "WARNING"' not in stopping, stopping
