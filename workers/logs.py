@@ -120,8 +120,17 @@ def secrets_of(config: dict) -> list[str]:
     return found + [s for workspace in (config.get("WORKSPACES") or {}).values() for s in workspace.secrets()]
 
 
-def configure_logging(config: dict, *, level: int = logging.INFO) -> None:
-    """Send every log record of this process to stderr as JSON lines (replacing earlier set-up)."""
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def configure_logging(config: dict) -> None:
+    """Send every log record of this process at LOG_LEVEL or above to stderr as JSON lines (replacing earlier set-up).
+
+    A LOG_LEVEL that is not a level's name stops the process with the names there are (SystemExit).
+    """
+    level = str(config.get("LOG_LEVEL") or "INFO").upper()
+    if level not in LEVELS:
+        raise SystemExit(f"Error: LOG_LEVEL {level!r} is not one of {', '.join(LEVELS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets_of(config)))
     root = logging.getLogger()

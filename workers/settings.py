@@ -87,6 +87,9 @@ DEFAULTS = {
     # Seconds between two samples of the gauges the dashboard charts (queue depth, poll lag); a
     # chart shows one point per minute, so less than 60 only helps tests.
     "SERIES_SAMPLE_SECONDS": "60",
+    # The least level of the log lines every process writes: DEBUG adds, e.g., a worker's changes of
+    # how many events it keeps in flight (workers/consumer/in_flight.py).
+    "LOG_LEVEL": "INFO",
     # Pollers: seconds between polls of the change feeds, between sweeps for deleted rows, and a
     # poller's lease on a workspace; scans of sets without a change time ("60 Contact=30": per
     # set) and the least interval allowed. Schedulers: seconds between looks for due ticks.

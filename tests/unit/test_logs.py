@@ -7,7 +7,7 @@ import logging
 import pytest
 import redis
 
-from workers.logs import JsonFormatter, secrets_of
+from workers.logs import JsonFormatter, configure_logging, secrets_of
 
 TOKEN = "ilx_SENTINELtokenSENTINEL"
 
@@ -89,3 +89,17 @@ def test_a_followed_registry_that_cannot_be_reached_never_holds_up_a_log_line():
     formatter = JsonFormatter([TOKEN])
     formatter.follow(View(unreachable, Keyring([generate_key()])))
     assert json.loads(formatter.format(record("sent %s", TOKEN)))["message"] == "sent ***"
+
+
+def test_log_level_sets_the_least_level_written_and_a_wrong_one_is_named():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging({"LOG_LEVEL": "debug"})
+        assert root.level == logging.DEBUG
+        configure_logging({})
+        assert root.level == logging.INFO
+        with pytest.raises(SystemExit, match="LOG_LEVEL 'VERBOSE' is not one of DEBUG, INFO, WARNING, ERROR"):
+            configure_logging({"LOG_LEVEL": "verbose"})
+    finally:
+        root.handlers[:], root.level = handlers, level
