@@ -1,16 +1,24 @@
 """The execution core with real processes: rules as new as the event, many events per worker, stuck runs."""
 from __future__ import annotations
 
+import re
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import redis
+import requests
 
 from engine import Plan
-from tests.support.processes import wait_until
+from engine.events import Event
+from tests.support.processes import Process, free_port, wait_until
 from tests.support.stack import PROJECT, FORM_RULE, all_runs, deliver, ensure_project, runs_in, write_form_rule, write_rule
-from workers import recovery, workspaces
+from workers import eventlog, recovery, workspaces
+from workers.intake import submit_event
 from workers.jobs import RetryRefused, retry_run
 from workers.runs import create_run, load_run
+
+SINK = Path(__file__).resolve().parents[2] / "bench" / "sink.py"
 
 
 def test_an_event_accepted_right_after_a_rule_was_added_meets_that_rule(stack, sandbox, rules_dir, redis_url):
@@ -71,6 +79,40 @@ def test_against_a_slow_inloox_a_worker_keeps_more_in_flight_than_the_threads_it
     assert len(starts) == 300  # each created once
     # A thread's next create starts a second after its last: 48 threads start at most 48 in any second.
     assert _most_overlapping(starts, window=1.0) > 48
+
+
+def test_a_busy_worker_takes_several_events_per_thread_and_writes_each_once(stack, rules_dir, redis_url):
+    # A backlog against a quick InLoox: the worker is busy with its own CPU and comes down to a few
+    # threads, each taking several events (workers/consumer/in_flight.py). Each event must still be
+    # written once and acknowledged on its own. The sandbox's answers take longer than our CPU per
+    # event (it shares these cores): bench/sink.py, the benches' quick InLoox stand-in, answers at once.
+    port = free_port()
+    sink = stack._start(Process.python(str(SINK), "--port", str(port), name="sink"))
+    sink.wait_for_port(port)
+    write_form_rule(rules_dir)
+    connection = redis.Redis.from_url(redis_url)
+    events = 3000
+    with workspaces.using(workspaces.Workspace("default", "http://unused/", "unused")):
+        for n in range(events):
+            body = {"title": f"Task {n}", "project": PROJECT}  # as the web accepts a `forms` webhook
+            event = Event(source="webhook", kind="forms", id=f"webhook:forms:busy_{n}",
+                          occurred_at=datetime.now(timezone.utc), payload={"id": f"busy_{n}", "body": body})
+            assert submit_event(connection, event, dedup_key=workspaces.key(f"hooks:seen:forms:busy_{n}"), dedup_ttl=600)
+    stack.env.update(LOG_LEVEL="DEBUG", INLOOX_REQUESTS_PER_SECOND="0",
+                     INLOOX_URL=f"http://127.0.0.1:{port}/api/odata/")
+    worker = stack.worker()
+
+    stats = lambda: {k: v.get("Task", 0) for k, v in  # noqa: E731
+                     requests.get(f"http://127.0.0.1:{port}/_sink/stats", timeout=5).json().items() if isinstance(v, dict)}
+    wait_until(lambda: stats()["posts"] >= events, 60, "every event's write")
+    wait_until(lambda: len(runs_in(redis_url, "succeeded")) == events, 20, "every run recorded as succeeded")
+    time.sleep(1.0)  # a write sent twice would have arrived by now
+    assert stats()["posts"] == events and stats()["distinct"] == events and stats()["duplicated"] == 0
+    with workspaces.using(workspaces.Workspace("default", "http://unused/", "unused")):
+        wait_until(lambda: eventlog.backlog(connection) == 0 and not eventlog.waiting(connection), 10,
+                   "every event acknowledged")
+    limits = [int(n) for n in re.findall(r"events in flight: at most (\d+) now", worker.output())]
+    assert limits and min(limits) < 48, f"the worker never took several events per thread: {limits}"
 
 
 def test_a_run_left_queued_by_a_lost_executor_can_be_retried_by_a_person(redis_url, sandbox):

@@ -13,7 +13,11 @@ class _Server:
         self.answer_time = answer_time  # in flight -> seconds per answer
         self.own_work = own_work  # seconds each event spends on the worker's own CPU, not waiting on InLoox
         self.now = 0.0
+        self.cpu_used = 0.0  # the worker's CPU seconds: its own work for each answer it got
         self._answers: list[float] = []
+
+    def cpu(self) -> float:
+        return self.cpu_used
 
     def clock(self) -> float:
         return self.now
@@ -32,7 +36,9 @@ class _Server:
             if in_flight:
                 answer = self.answer_time(in_flight)
                 per_event = answer + self.own_work
-                self._answers += [answer] * round(in_flight * step / per_event)
+                answered = round(in_flight * step / per_event)
+                self._answers += [answer] * answered
+                self.cpu_used += answered * self.own_work
             seen.append(limit.observe(in_flight))
             self.now += step
             seconds -= step
@@ -40,7 +46,7 @@ class _Server:
 
 
 def _limit(server: _Server, ceiling: int = 400) -> InFlightLimit:
-    return InFlightLimit(ceiling, take=server.take, clock=server.clock)
+    return InFlightLimit(ceiling, take=server.take, clock=server.clock, cpu=server.cpu)
 
 
 def test_an_inloox_answering_in_a_second_gets_as_many_events_in_flight_as_the_ceiling_allows():
@@ -140,3 +146,27 @@ def test_a_thread_held_up_by_a_slow_answer_sends_a_busy_worker_back_to_one_event
     assert (limit.value, limit.batch()) == (BUSY_FLOOR, BATCH)
     limit.observe(BUSY_FLOOR, longest=3.0)
     assert (limit.value, limit.batch()) == (FLOOR, 1)
+
+
+def test_a_worker_whose_threads_wait_for_its_own_gil_is_not_fooled_into_more_threads():
+    # A quick InLoox (1 ms), and 3 ms of the worker's own CPU per event on one GIL: a thread whose answer
+    # came waits for the others' CPU before it sees it, so the answer times it measures grow with the
+    # threads, and the events look like they wait for InLoox. The process uses a whole core meanwhile.
+    server = _Server(lambda in_flight: 0.001 + in_flight * 0.003, own_work=0.003)
+    limit = _limit(server)
+    seen = server.play(limit, 30)
+    assert max(seen) <= FLOOR  # before: doubled to the ceiling, the answers slowing with every doubling
+    assert (limit.value, limit.batch()) == (BUSY_FLOOR, BATCH)
+
+
+def test_a_worker_busy_with_many_slow_answers_keeps_them_in_flight():
+    # InLoox answers in a second; 400 events in flight cost the worker a core of its own CPU. A cut for the
+    # busy CPU does not make the answers quicker: it is taken back, and what is in flight stays.
+    server = _Server(lambda in_flight: 1.0, own_work=0.003)
+    limit = _limit(server)
+    server.play(limit, 20)
+    grown = limit.value
+    assert grown >= 300
+    seen = server.play(limit, 60)
+    assert min(seen) >= 0.75 * grown and sum(seen) / len(seen) > 0.9 * grown
+    assert limit.batch() == 1

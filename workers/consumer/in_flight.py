@@ -18,7 +18,13 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
 - when half the limit or more is in flight and few of those events wait for InLoox, the process
   is busy with its own work: the limit is cut by a quarter, down to BUSY_FLOOR threads, and each
   thread takes BATCH events at a time
-  (`batch`). A thread handing the GIL to another at every socket call is what a CPU-bound worker
+  (`batch`). So too when the process used BUSY_CPU of a core or more in the window, however long
+  the answers took: its threads share one GIL, so a thread whose answer came waits for the others
+  before it sees it, and the answer times (and the events "awaiting one") grow with the threads
+  until a quick InLoox looks like a slow one. Against a quick InLoox that fed itself: more threads,
+  slower answers, more threads (to the ceiling of 400; bench/RESULTS.md section 19). Such a cut is
+  judged a window later: if the answers did not get quicker (they are InLoox's own), it is taken
+  back and held, and the process keeps what it has in flight; a busy CPU also never doubles it. A thread handing the GIL to another at every socket call is what a CPU-bound worker
   spends most on besides its own work: 4 threads with 8 events each used 16 % less CPU per event than
   48 threads with one (bench/RESULTS.md section 18); either change alone bought nothing. Against an
   InLoox whose answers are what the events wait for, the limit stays at FLOOR or above and a thread
@@ -62,13 +68,17 @@ IDLE_WAITING = 0.2  # below it, the process is busy with its own work
 FULL = 0.8  # in flight this close to the limit: the limit is what holds events back
 BACKLOG = 0.5  # in flight this close to the limit: events are waiting to be taken (the reader lags a little)
 USUAL_UP, USUAL_DOWN = 0.05, 0.3  # how fast the usual answer time follows slower and faster answers
+# Of a core, over a window: a process whose Python threads share one GIL can use little more than one
+# (a niced worker sharing two cores with the web got 0.8 in the benches, section 18).
+BUSY_CPU = 0.75
+EASED = 0.9  # a cut for a busy CPU that made answers no quicker than this bought nothing
 
 
 class InFlightLimit:
     """The number of events to keep in flight now (`value`), between a floor and `ceiling`."""
 
     def __init__(self, ceiling: int, *, floor: int = FLOOR, take: Callable[[], list[float]] = exchanges.take,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.process_time):
         self.ceiling = max(1, ceiling)
         self.floor = max(1, min(floor, self.ceiling))
         self.busy_floor = min(BUSY_FLOOR, self.floor)
@@ -76,10 +86,12 @@ class InFlightLimit:
         self.usual: float | None = None  # seconds, the usual answer time
         self._take = take
         self._clock = clock
-        self._window_start = clock()
+        self._cpu = cpu  # the process's CPU seconds so far
+        self._window_start, self._window_cpu = clock(), cpu()
         self._in_flight_sum = 0.0  # in flight, sampled at each `observe`, summed over the window
         self._samples = 0
         self._grown_from: tuple[int, float] | None = None  # the limit and answer time before a doubling
+        self._cut_from: tuple[int, float] | None = None  # the same before a cut for a busy CPU
         self._hold = 0  # windows left before the next doubling may be tried
 
     def observe(self, in_flight: int, *, longest: float = 0.0) -> int:
@@ -95,8 +107,9 @@ class InFlightLimit:
         now = self._clock()
         elapsed = now - self._window_start
         if elapsed >= min(MAX_WINDOW_SECONDS, max(WINDOW_SECONDS, self.usual or 0.0)):
-            self._adapt(self._take(), self._in_flight_sum / self._samples, elapsed)
-            self._window_start, self._in_flight_sum, self._samples = now, 0.0, 0
+            cpu = self._cpu()
+            self._adapt(self._take(), self._in_flight_sum / self._samples, elapsed, (cpu - self._window_cpu) / elapsed)
+            self._window_start, self._window_cpu, self._in_flight_sum, self._samples = now, cpu, 0.0, 0
         return self.value
 
     def batch(self) -> int:
@@ -104,7 +117,7 @@ class InFlightLimit:
         busy with its own work, not waiting for InLoox), else 1."""
         return BATCH if self.value < self.floor else 1
 
-    def _adapt(self, durations: list[float], in_flight: float, elapsed: float) -> None:
+    def _adapt(self, durations: list[float], in_flight: float, elapsed: float, cpu: float = 0.0) -> None:
         self._hold = max(0, self._hold - 1)
         if in_flight < 1.0 and self.value < self.floor:
             self.value = self.floor  # the backlog is gone: the next burst starts from what was known to work
@@ -114,25 +127,33 @@ class InFlightLimit:
         typical = statistics.median(durations)
         usual = self.usual if self.usual is not None else typical
         grown_from, self._grown_from = self._grown_from, None
+        cut_from, self._cut_from = self._cut_from, None
         waiting = sum(durations) / elapsed
+        busy_cpu = cpu >= BUSY_CPU
         before = self.value
-        if typical > SLOWED * usual and self.value < self.floor:
+        if grown_from is not None and typical > QUEUED * grown_from[1]:
+            self.value, self._hold = grown_from[0], HOLD_WINDOWS  # the doubling bought queueing: back, and hold
+        elif cut_from is not None and typical > EASED * cut_from[1]:
+            self.value, self._hold = cut_from[0], HOLD_WINDOWS  # the answers are InLoox's: what was in flight, back
+        elif typical > SLOWED * usual and self.value < self.floor:
             self.value = self.floor  # the events wait for InLoox now, not for this process: one each, as before
         elif typical > SLOWED * usual:
             self.value = max(self.floor, int(self.value * CUT))
-        elif grown_from is not None and typical > QUEUED * grown_from[1]:
-            self.value, self._hold = grown_from[0], HOLD_WINDOWS
-        elif not self._hold and in_flight >= FULL * self.value and waiting >= WAITING * in_flight:
+        elif (not self._hold and not busy_cpu and in_flight >= FULL * self.value
+              and waiting >= WAITING * in_flight):
             if self.value < self.ceiling:
                 self._grown_from = (self.value, typical)
                 self.value = min(self.ceiling, self.value * GROW)
-        elif (waiting < IDLE_WAITING * max(in_flight, 1.0) and in_flight >= BACKLOG * self.value
-              and len(durations) >= in_flight):
+        elif in_flight >= BACKLOG * self.value and len(durations) >= in_flight and (
+                waiting < IDLE_WAITING * max(in_flight, 1.0) or busy_cpu and not self._hold):
             # A backlog the process does not take faster however many wait for InLoox: its own CPU. Only
             # with at least one answer per event in flight: answers not back yet (a slow InLoox's first
             # second) would otherwise look like nobody waiting.
+            if waiting >= IDLE_WAITING * max(in_flight, 1.0):
+                self._cut_from = (self.value, typical)  # for a busy CPU alone: judged a window later
             self.value = max(self.busy_floor, min(self.value - 1, int(self.value * CUT)))
         self.usual = usual + (USUAL_UP if typical > usual else USUAL_DOWN) * (typical - usual)
         if self.value != before:
             log.debug("events in flight: at most %d now, was %d (answers in %.0f ms, usually %.0f; %.0f of %.0f "
-                      "in flight awaiting one)", self.value, before, typical * 1000, usual * 1000, waiting, in_flight)
+                      "in flight awaiting one; %.2f of a core)", self.value, before, typical * 1000, usual * 1000,
+                      waiting, in_flight, cpu)
