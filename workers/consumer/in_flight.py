@@ -63,6 +63,7 @@ SLOWED = 2.0  # answers this many times slower than usual: queueing somewhere
 QUEUED = 1.3  # answers this much slower after a doubling: it bought queueing, not answers
 GROW, CUT = 2, 0.75
 HOLD_WINDOWS = 10
+CUT_HOLD_WINDOWS = 60  # after a cut for a busy CPU that bought nothing: InLoox's answer times change slowly
 WAITING = 0.5  # the share of the events in flight awaiting an answer above which more in flight helps
 IDLE_WAITING = 0.2  # below it, the process is busy with its own work
 FULL = 0.8  # in flight this close to the limit: the limit is what holds events back
@@ -71,7 +72,7 @@ USUAL_UP, USUAL_DOWN = 0.05, 0.3  # how fast the usual answer time follows slowe
 # Of a core, over a window: a process whose Python threads share one GIL can use little more than one
 # (a niced worker sharing two cores with the web got 0.8 in the benches, section 18).
 BUSY_CPU = 0.75
-EASED = 0.9  # a cut for a busy CPU that made answers no quicker than this bought nothing
+EASED = 0.8  # a cut for a busy CPU (by a quarter) that made answers no quicker than this bought nothing
 
 
 class InFlightLimit:
@@ -134,7 +135,7 @@ class InFlightLimit:
         if grown_from is not None and typical > QUEUED * grown_from[1]:
             self.value, self._hold = grown_from[0], HOLD_WINDOWS  # the doubling bought queueing: back, and hold
         elif cut_from is not None and typical > EASED * cut_from[1]:
-            self.value, self._hold = cut_from[0], HOLD_WINDOWS  # the answers are InLoox's: what was in flight, back
+            self.value, self._hold = cut_from[0], CUT_HOLD_WINDOWS  # the answers are InLoox's: what was in flight, back
         elif typical > SLOWED * usual and self.value < self.floor:
             self.value = self.floor  # the events wait for InLoox now, not for this process: one each, as before
         elif typical > SLOWED * usual:
