@@ -7,6 +7,10 @@ Writes go through the step ledger so that a retried or recovered step never writ
     delete   a 404 means done
     invoke, notify, http   at most once: after an unknown outcome they stop and ask a person
 Reads (get, query) have no effect to protect and simply run again.
+
+A run's first step, when it is a create with a marker field or an update, is marked "sent" with the
+run's creation (workers/jobs.py), one round trip less: a later attempt that finds the mark looks in
+InLoox first, which is all an early mark costs should the run stop before sending (a limit, a crash).
 """
 from __future__ import annotations
 
@@ -56,6 +60,7 @@ class StepContext:
     fresh: bool = False
     after: list[Callable[[object], None]] = field(default_factory=list)
     lock: object = None  # the run's lock (redis-py's Lock), given back with the run's last status
+    marked: str | None = None  # the idempotency key marked "sent" with the run's creation (workers/jobs.py)
     settle_seconds: float = 60.0  # how long a write whose answer was lost may take to appear (INLOOX_SETTLE_SECONDS)
 
     def earlier(self, key: str) -> dict | None:
@@ -65,6 +70,14 @@ class StepContext:
     def mark_done(self, key: str, output) -> None:
         """Record "done" with the step's record (see `after`)."""
         self.after.append(lambda pipe: ledger.mark_done(pipe, key, output))
+
+
+def checkable_write(operation: dict) -> bool:
+    """True for a write whose "sent" mark a later attempt checks in InLoox instead of asking a person:
+    a create on a set with a marker field, an update (read before it is sent). Neither may be sent early
+    with a mark made early; invoke, notify and http marked "sent" would wait for a person."""
+    entity_set = (operation.get("params") or {}).get("entity_set") or (operation.get("args") or {}).get("entity_set")
+    return operation["verb"] == "update" or operation["verb"] == "create" and entity_set in MARKER_FIELDS
 
 
 def marker(key: str) -> str:
@@ -149,7 +162,8 @@ EXECUTORS: dict[str, Callable[[StepContext, dict, str], object]] = {
 
 def _write(ctx: StepContext, key: str, send: Callable[[], object]):
     """Mark "sent", send, mark "done"; InLoox's clear refusals unmark so a retry may send again."""
-    ledger.mark_sent(ctx.connection, key)
+    if key != ctx.marked:
+        ledger.mark_sent(ctx.connection, key)
     failpoints.hit("before_send")  # tests only (inert unless ENGINE_FAILPOINTS is set)
     try:
         output = send()

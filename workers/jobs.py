@@ -25,7 +25,7 @@ from inloox.errors import Throttled
 from workers import deliveries, failpoints, guards, ledger, metrics, scripts, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
-from workers.effects import EXECUTORS, NeedsAttention, StepContext
+from workers.effects import EXECUTORS, NeedsAttention, StepContext, checkable_write
 from workers.outbound import OutboundRefused, redacted
 from workers.runs import (ACTIVE, TERMINAL, Creation, Lease, create_run, list_runs, load_run, new_run, queue_create,
                           record_step, save_run, save_trace)
@@ -95,18 +95,21 @@ def _start_runs(ctx: WorkerContext, plans: list[Plan], now: datetime, ruleset_ve
         asked.append(guard)
     leased = next((r for r in runs if here is not None and _executes_here(r)), None)
     lease = _lease(ctx, leased["id"]) if leased else None
+    marked = _first_write(leased) if leased else None
     with ctx.connection.pipeline(transaction=False) as pipe:
         at = [queue_create(pipe, run, guard=guard, lease=lease if run is leased else None)
               for run, guard in zip(runs, asked)]
         paused_at = len(pipe.command_stack)
         if lease:
             pipe.get(workspaces.key(PAUSED))  # what `_acquire` reads with the lock
+        if marked:
+            ledger.mark_sent_first(pipe, marked)
         if trace is not None:
             save_trace(pipe, trace, [run["id"] for run in runs], now=now)
             for plan in plans:
                 metrics.count(pipe, "rule_matches", rule=plan.rule_id)
         replies = pipe.execute()
-    acquired = (_lock(ctx, lease), replies[paused_at]) if lease else None
+    acquired = (_lock(ctx, lease), replies[paused_at], marked) if lease else None
     return [_started(ctx, run, guard, Creation.of(replies[i]), here=here, acquired=acquired)
             for run, guard, i in zip(runs, asked, at)]
 
@@ -135,6 +138,16 @@ def _started(ctx: WorkerContext, run: dict, guard, creation: Creation, *, here: 
     elif existing and existing["status"] == "held":
         schedule_check(ctx.connection, existing)
     return run["id"], created
+
+
+def _first_write(run: dict) -> str | None:
+    """The idempotency key of the run's first step when it can be marked "sent" with the run's creation
+    (workers/effects.py checkable_write: a write a later attempt checks in InLoox), else None."""
+    plan = run["plan"]
+    first = (plan.get("operations") or [None])[0]
+    if plan.get("for_each") or first is None or first.get("condition") or not checkable_write(first):
+        return None
+    return first["idempotency_key"]
 
 
 def _executes_here(run: dict) -> bool:
@@ -171,7 +184,7 @@ def _run(ctx: WorkerContext, run_id: str, run: dict | None = None, *, acquired: 
     A run whose lock another executor holds is left to it: should that executor die, its lock runs
     out and the sweeper (workers/recovery.py) starts the run again.
     """
-    lock, paused = acquired or _acquire(ctx, run_id)
+    lock, paused, marked = acquired or _acquire(ctx, run_id)
     if lock is None:
         return "locked"
     fresh = run is not None and not run["steps"] and not run["attempts"]  # created by our caller just now
@@ -181,7 +194,7 @@ def _run(ctx: WorkerContext, run_id: str, run: dict | None = None, *, acquired: 
             return run["status"] if run else "missing"
         if paused is not None:
             return _stop(ctx, run, "paused", paused.decode(), lock=lock)
-        return _execute(ctx, run, lock, fresh=fresh)
+        return _execute(ctx, run, lock, fresh=fresh, marked=marked if fresh else None)
     finally:
         _release(lock)
 
@@ -193,7 +206,7 @@ def _acquire(ctx: WorkerContext, run_id: str):
         pipe.set(lease.key, lease.token, nx=True, px=lease.ms)
         pipe.get(workspaces.key(PAUSED))
         acquired, paused = pipe.execute()
-    return (_lock(ctx, lease) if acquired else None), paused
+    return (_lock(ctx, lease) if acquired else None), paused, None
 
 
 def _lease(ctx: WorkerContext, run_id: str) -> Lease:
@@ -223,7 +236,7 @@ def _release(lock) -> None:
         pass  # it expired (a run longer than its timeout): nothing of ours to release
 
 
-def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False) -> str:
+def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False, marked: str | None = None) -> str:
     plan = Plan.from_dict(run["plan"])
     if not run["steps"] and not run.get("limit_counted"):
         if not limits.admit(ctx.connection, ctx.workspace, ctx.outbound, run):
@@ -245,7 +258,7 @@ def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False) -> str
         run["rate_counted"] = True  # a retry of this run is not a new run
     done = {s["index"] for s in run["steps"] if s["status"] in ("done", "skipped")}
     step_ctx = StepContext(ctx.client, ctx.connection, ctx.outbound, fresh=fresh, lock=lock,
-                           settle_seconds=ctx.settle_seconds)
+                           settle_seconds=ctx.settle_seconds, marked=marked)
     if plan.for_each:
         return _fan_out(ctx, step_ctx, run, plan, done)
     for operation in plan.operations:

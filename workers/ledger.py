@@ -36,6 +36,12 @@ def mark_sent(connection: redis.Redis, key: str) -> None:
     connection.set(_key(key), _dumps({"state": "sent", "at": _now()}), ex=LEDGER_MAX_AGE)
 
 
+def mark_sent_first(target, key: str) -> None:
+    """`mark_sent` unless the operation has an entry already (pipeline-friendly): with the creation of
+    the run that will send it, so that a worker which also handles the event never overwrites a "done"."""
+    target.set(_key(key), _dumps({"state": "sent", "at": _now()}), ex=LEDGER_MAX_AGE, nx=True)
+
+
 def mark_done(connection: redis.Redis, key: str, output) -> None:
     """Record that the write landed, with its output for later steps and later attempts."""
     connection.set(_key(key), _dumps({"state": "done", "output": output, "at": _now()}), ex=LEDGER_MAX_AGE)

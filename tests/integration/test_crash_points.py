@@ -1,6 +1,6 @@
 """Issue 11's crash-point acceptance tests: SIGKILL a worker anywhere in a run, nothing is lost or doubled.
 
-1. A worker killed at each of five points of a run (before the create, with the create in flight,
+1. A worker killed at each of six points of a run (with the run stored, before the create, with the create in flight,
    after InLoox answered but before the ledger knew, between steps, during a notification): another
    worker ends every run within 60 s, InLoox holds exactly one task per run, the receiver at most one
    notification per run (docs/execution.md, "Crash points").
@@ -63,6 +63,9 @@ class Point:
 
 
 POINTS = [
+    Point("runs_stored", "succeeded",
+          "the run is stored with its lock and its create's 'sent' mark (one round trip), nothing executed: "
+          "the next worker finds no task with the marker, posts it, once, then notifies"),
     Point("before_send", "succeeded",
           "the ledger says 'sent' but nothing reached InLoox: no task carries the marker, so the next "
           "worker posts it, once, then notifies"),
@@ -93,16 +96,17 @@ def notifications_for(receiver, title: str) -> int:
 
 
 @pytest.mark.timeout(150)
-def test_a_worker_killed_at_any_of_five_points_of_a_run_leaves_one_task_one_notification_and_a_finished_run(
+def test_a_worker_killed_at_any_of_six_points_of_a_run_leaves_one_task_one_notification_and_a_finished_run(
         stack, sandbox, receiver, rules_dir, redis_url):
     """Issue 11: "SIGKILL a worker at 5 different points of a run: exactly one entity, one notification at
-    most, the run terminal within 60 s, every time."
+    most, the run terminal within 60 s, every time." (A sixth point since issue 22: the run stored with
+    its create's "sent" mark, nothing executed.)
 
     One event per point, each taken by a worker of its own that dies at that point (worker-1-<point>,
     started only once the previous one is dead, so it is the only one to read its event). Then one
-    worker without failpoints (worker-2) must end all five runs within 60 s, each with the status
+    worker without failpoints (worker-2) must end all six runs within 60 s, each with the status
     POINTS says is right, one task each, and exactly one notification each (never two: in the
-    `during_notify` case the dead worker's notification is the one that counts). The five cases
+    `during_notify` case the dead worker's notification is the one that counts). The six cases
     share the recovery wait (a dead worker's run lease: 30 s with INLOOX_TIMEOUT=5), so the test
     takes about a minute instead of five.
     """
@@ -133,14 +137,14 @@ def test_a_worker_killed_at_any_of_five_points_of_a_run_leaves_one_task_one_noti
         # The crash left what that point should leave, and no run is finished yet.
         run = run_for(redis_url, title)
         assert run is not None and run["status"] not in TERMINAL, run
-        assert tasks_named(sandbox, title) == (0 if point.name == "before_send" else 1)
+        assert tasks_named(sandbox, title) == (0 if point.name in ("runs_stored", "before_send") else 1)
         if point.name == "between_steps":
             assert [(s["id"], s["status"]) for s in run["steps"]] == [("task", "done")]
         # The receiver's append precedes its answer: a sent notification is already counted.
         assert notifications_for(receiver, title) == (1 if point.name == "during_notify" else 0)
 
     # No dead worker's event may be claimable yet (30 s idle): each armed worker must read only its own.
-    assert time.monotonic() - crashed_at < 30, "the five crashes took too long for this test's premise"
+    assert time.monotonic() - crashed_at < 30, "the six crashes took too long for this test's premise"
 
     stack.worker("worker-2")
     started = time.monotonic()
@@ -170,7 +174,7 @@ def test_a_worker_killed_at_any_of_five_points_of_a_run_leaves_one_task_one_noti
     for point in POINTS:
         if point.status == "succeeded":
             assert run_for(redis_url, f"Crash {point.name}")["outputs"]["task"]["Name"] == f"Crash {point.name}"
-    print(f"all five runs terminal {recovered_in:.1f} s after worker-2 started")
+    print(f"all six runs terminal {recovered_in:.1f} s after worker-2 started")
 
 
 BULK_EVENTS = 2000

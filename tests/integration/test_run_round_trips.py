@@ -22,9 +22,10 @@ from workers.jobs import handle
 from workers.runs import load_run, run_id
 from workers.worker_context import build_context
 
-# The worker's hot path for a one-step create: start (guards, record, lock, trace), "sent" before
-# the POST, the final status with the step's record and the lock's release. Seven before issue 22.
-MAX_ROUND_TRIPS_PER_RUN = 3
+# The worker's hot path for a one-step create: start (guards, record, lock, trace, and the create's
+# "sent" mark), then the POST, then the final status with the step's record and the lock's release.
+# Seven before issue 22, three with "sent" a round trip of its own.
+MAX_ROUND_TRIPS_PER_RUN = 2
 
 
 class _CountingConnection(redis.Connection):
