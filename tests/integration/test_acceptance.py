@@ -13,39 +13,10 @@ from datetime import datetime
 import redis
 
 from tests.support.processes import wait_until
-from tests.support.stack import ENGINE_TOKEN, PREFIX, all_runs, make_task, runs_in, start, write_rule
+from tests.support.stack import (BOOKING_RULE, ENGINE_TOKEN, MISSION_RULE, PREFIX, all_runs, make_task, runs_in,
+                                 start, write_rule)
 from workers import workspaces
 from workers.runs import load_trace
-
-# The issue's own example, verbatim.
-MISSION_RULE = """
-id: log-time-when-task-done
-description: When a task is marked done, book its planned effort and tell the team.
-when:
-  - inloox: Task            # any entity set; created | updated | deleted
-    on: updated
-    changes:
-      IsDone: {from: false, to: true}
-if:
-  all:
-    - {path: task.WorkAmount, op: gt, value: 0}
-    - {path: task.ProjectId, op: exists}
-then:
-  - id: book
-    inloox.create: TimeEntry
-    values:
-      ProjectId: "{{ task.ProjectId }}"
-      TaskItemId: "{{ task.TaskItemId }}"
-      DisplayName: "{{ task.Name }}"
-      StartDateTime: "{{ (now - hours(task.WorkAmount)) | isoformat }}"
-      EndDateTime: "{{ now | isoformat }}"
-  - notify: "{{ env.TEAM_CHANNEL_URL }}"
-    title: "Done: {{ task.Name }}"
-    body: "Booked {{ task.WorkAmount }} h (time entry {{ steps.book.TimeEntryId }})."
-"""
-
-# The same rule without its notification, where the test is about the booking alone.
-BOOKING_RULE = MISSION_RULE.split("  - notify:")[0]
 
 # Writes the very field it triggers on: without the guards this would run forever.
 SHOUT_RULE = """

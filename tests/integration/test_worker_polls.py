@@ -13,26 +13,8 @@ import redis
 
 from app import create_app
 from tests.support.processes import wait_until
-from tests.support.stack import PREFIX, make_task, runs_in, write_rule
+from tests.support.stack import BOOKING_RULE, PREFIX, make_task, runs_in, write_rule
 from workers import scheduler
-
-BOOKING_RULE = """
-id: book-done-tasks
-when:
-  - inloox: Task
-    on: updated
-    changes:
-      IsDone: {from: false, to: true}
-then:
-  - id: book
-    inloox.create: TimeEntry
-    values:
-      ProjectId: "{{ task.ProjectId }}"
-      TaskItemId: "{{ task.TaskItemId }}"
-      DisplayName: "{{ task.Name }}"
-      StartDateTime: "{{ (now - hours(1)) | isoformat }}"
-      EndDateTime: "{{ now | isoformat }}"
-"""
 
 TICK_RULE = """
 id: tick

@@ -113,6 +113,36 @@ def make_task(sandbox, name="Write report", work=1.5) -> str:
 
 
 # A webhook rule most pipeline tests share: each delivery to `forms` creates one task.
+# Issue 4's own example, verbatim (test_acceptance).
+MISSION_RULE = """
+id: log-time-when-task-done
+description: When a task is marked done, book its planned effort and tell the team.
+when:
+  - inloox: Task            # any entity set; created | updated | deleted
+    on: updated
+    changes:
+      IsDone: {from: false, to: true}
+if:
+  all:
+    - {path: task.WorkAmount, op: gt, value: 0}
+    - {path: task.ProjectId, op: exists}
+then:
+  - id: book
+    inloox.create: TimeEntry
+    values:
+      ProjectId: "{{ task.ProjectId }}"
+      TaskItemId: "{{ task.TaskItemId }}"
+      DisplayName: "{{ task.Name }}"
+      StartDateTime: "{{ (now - hours(task.WorkAmount)) | isoformat }}"
+      EndDateTime: "{{ now | isoformat }}"
+  - notify: "{{ env.TEAM_CHANNEL_URL }}"
+    title: "Done: {{ task.Name }}"
+    body: "Booked {{ task.WorkAmount }} h (time entry {{ steps.book.TimeEntryId }})."
+"""
+
+# The same rule without its notification, where the test is about the booking alone.
+BOOKING_RULE = MISSION_RULE.split("  - notify:")[0]
+
 FORM_RULE = """
 id: form-to-task
 description: Each form submission becomes a task in the project it names.
