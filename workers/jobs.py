@@ -102,6 +102,7 @@ def _start_runs(ctx: WorkerContext, plans: list[Plan], now: datetime, ruleset_ve
         paused_at = len(pipe.command_stack)
         if lease:
             pipe.get(workspaces.key(PAUSED))  # what `_acquire` reads with the lock
+        marked_at = len(pipe.command_stack)
         if marked:
             ledger.mark_sent_first(pipe, marked)
         if trace is not None:
@@ -110,6 +111,12 @@ def _start_runs(ctx: WorkerContext, plans: list[Plan], now: datetime, ruleset_ve
                 metrics.count(pipe, "rule_matches", rule=plan.rule_id)
         replies = pipe.execute()
     acquired = (_lock(ctx, lease), replies[paused_at], marked) if lease else None
+    if marked and replies[marked_at] and Creation.of(replies[at[runs.index(leased)]]).refused:
+        # The guards refused the run: it is stored as skipped and never sent. Its mark goes as a
+        # succeeded run's do (an hour), not at once: a concurrent handling of the event that was let
+        # through may be sending under this very mark (same key), and a deleted mark could mean a
+        # second create after a crash there. Left alone, it would stay LEDGER_MAX_AGE.
+        ledger.finished(ctx.connection, [marked])
     return [_started(ctx, run, guard, Creation.of(replies[i]), here=here, acquired=acquired)
             for run, guard, i in zip(runs, asked, at)]
 

@@ -17,7 +17,7 @@ import redis
 from engine import Event, Plan
 from inloox.connections import exchanges
 from tests.support.stack import PROJECT, ensure_project, write_form_rule, write_rule
-from workers import guards, metrics, workspaces
+from workers import guards, ledger, metrics, workspaces
 from workers.jobs import handle
 from workers.runs import load_run, run_id
 from workers.worker_context import build_context
@@ -117,12 +117,16 @@ def test_a_rule_running_too_often_on_one_entity_is_paused(redis_url, sandbox, tm
             handle(ctx, event, accepted_at=time.time())
         runs = [load_run(ctx.connection, run_id_of(n)) for n in range(guards.RUN_LIMIT + 2)]
         paused = ctx.connection.get(workspaces.key("rule:paused:form-to-task"))
+        # The refused runs' creates were marked "sent" with them: the marks go within the hour, not in 7 days.
+        refused_marks = [ctx.connection.ttl(workspaces.key(f"step:{r['plan']['operations'][0]['idempotency_key']}"))
+                         for r in runs[guards.RUN_LIMIT:]]
 
     reason = f"rule paused: ran more than {guards.RUN_LIMIT} times on Task(k1) within {guards.RUN_WINDOW}s"
     assert [r["status"] for r in runs] == ["succeeded"] * guards.RUN_LIMIT + ["skipped"] * 2
     assert [r["reason"] for r in runs[guards.RUN_LIMIT:]] == [reason, reason]
     assert paused.decode() in reason
     assert sandbox.count("Task") == guards.RUN_LIMIT
+    assert all(0 < ttl <= ledger.LEDGER_AFTER_FINISH for ttl in refused_marks), refused_marks
 
 
 def test_a_second_handling_of_an_event_continues_its_runs_and_writes_once(redis_url, sandbox, tmp_path,
