@@ -51,7 +51,7 @@ from workers.poll_status import PollRun, record_poll, record_watched
 from workers.scan import LeaseLost, scan_once
 from workers.settings import redis_client
 from workers.signals import stop_event
-from workers.registry import Leftovers, Served
+from workers.registry import Leftovers, Served, Shard
 from workers.worker_context import WorkerContext, build_context, folder_stamp, served
 from workers.workspaces import Workspace
 
@@ -184,7 +184,7 @@ class Following:
     loses it (and its lease), one changed (a new token) gets a new context.
     """
 
-    def __init__(self, config: dict, connection: redis.Redis, served: Served, lease_seconds: float):
+    def __init__(self, config: dict, connection: redis.Redis, served: Served | Shard, lease_seconds: float):
         self.config, self.connection, self.served, self.lease_seconds = config, connection, served, lease_seconds
         self.accounts: dict[str, Account] = {}
         self.leftovers = Leftovers()
@@ -527,11 +527,13 @@ class Polling:
     process polls only the workspaces whose lease it holds, so any number of them may poll.
     """
 
-    def __init__(self, config: dict, *, with_scheduler: bool, stop: threading.Event | None = None):
+    def __init__(self, config: dict, *, with_scheduler: bool, stop: threading.Event | None = None,
+                 only: frozenset[str] = frozenset()):
         self.config = config
         self.settings = poller_settings(config)
         self.connection = redis_client(config)  # room for every poll thread, and for the scans running beside them
-        self.follow = Following(config, self.connection, served(), self.settings.lease_seconds)
+        self.served = Shard(served(), only)  # a worker's shard (WORKER_WORKSPACES): its workspaces only
+        self.follow = Following(config, self.connection, self.served, self.settings.lease_seconds)
         self.me = uuid.uuid4().hex[:8]
         self.stop_event = stop or threading.Event()
         self.loops: dict[str, Callable[[], None]] = {"poller": self.poll}
@@ -565,7 +567,7 @@ class Polling:
         """The schedules' loop on the calling thread, until `stop_event` is set."""
         from workers import scheduler
 
-        scheduler.run(self.connection, served(), scheduler.settings_from(self.config), self.stop_event)
+        scheduler.run(self.connection, self.served, scheduler.settings_from(self.config), self.stop_event)
 
     def start(self, *names: str) -> None:
         """The loops named (all by default) on threads of their own, named after them."""

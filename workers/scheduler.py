@@ -39,7 +39,7 @@ from workers.intake import submit_event
 from workers.logs import configure_logging, follow_registry
 from workers.settings import load_config
 from workers.signals import stop_event
-from workers.registry import Served
+from workers.registry import Served, Shard
 from workers.worker_context import RuleSource, served
 from workers.workspaces import Workspace, key
 
@@ -145,7 +145,7 @@ def fire_tick(connection: redis.Redis, event: Event) -> bool:
                         dedup_ttl=FIRED_TTL)
 
 
-def run(connection: redis.Redis, served: Served, settings: SchedulerSettings, stop: threading.Event) -> None:
+def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSettings, stop: threading.Event) -> None:
     """Fire due ticks of every workspace served until `stop` is set; rules are read again when they change.
 
     Workspaces are followed live: one created through the operator API has its ticks fired from the

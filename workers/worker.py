@@ -254,7 +254,7 @@ class Worker(SimpleWorker):
         if not burst:
             self.consumer = self._start_consumer()
             if self.config.get("WORKER_POLLS") == "1":
-                self.polling = Polling(self.config, with_scheduler=True)
+                self.polling = Polling(self.config, with_scheduler=True, only=frozenset(self.only))
                 self.polling.start()
         try:
             return self._work_until_stopped(burst, **kwargs)

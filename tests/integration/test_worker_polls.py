@@ -6,6 +6,8 @@ is logged and the next one runs; /readyz says when a worker's poller is in troub
 from __future__ import annotations
 
 import signal
+import textwrap
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,7 +15,7 @@ import redis
 
 from app import create_app
 from tests.support.processes import wait_until
-from tests.support.stack import BOOKING_RULE, PREFIX, make_task, runs_in, write_rule
+from tests.support.stack import BOOKING_RULE, PREFIX, WATCH_RULE, make_task, runs_in, write_rule
 from workers import scheduler
 
 TICK_RULE = """
@@ -99,3 +101,26 @@ def test_a_poller_process_survives_a_failing_round(engine):
 
     wait_until(lambda: poller.output().count("poll round failed") >= 3, 20, "three failed rounds, one after the other")
     assert poller.popen.poll() is None, poller.output()[-3000:]
+
+
+def test_a_shard_worker_polls_only_its_own_workspaces(stack, sandbox, tmp_path, redis_url):
+    # WORKER_WORKSPACES=a: the worker handles a's events only, so it polls and schedules a only.
+    entries = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "watch.yaml").write_text(textwrap.dedent(WATCH_RULE))
+        entries.append(f"""
+          {name}:
+            inloox_url: {sandbox.base_url}
+            inloox_api_key: {sandbox.token}
+            rules: {tmp_path / name}""")
+    (tmp_path / "workspaces.yaml").write_text("workspaces:" + "".join(entries) + "\n")
+    stack.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"), WORKER_POLLS="1", POLL_INTERVAL="0.5",
+                     WORKER_WORKSPACES="a")
+    stack.worker()
+    connection = redis.Redis.from_url(redis_url)
+
+    wait_until(lambda: connection.exists("ws:a:poll:Task:cursor"), 20, "a's first poll")
+    time.sleep(2.0)  # four more rounds: b would have had its first poll by now
+    assert not connection.exists("ws:b:poll:Task:cursor")
+    assert not connection.exists("ws:b:poll:lease")

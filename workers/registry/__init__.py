@@ -15,7 +15,8 @@ start `ws:<name>:` and its RQ queue is named after it, so `delete` removes it wh
 - `add_webhook`, `rotate_webhook`, `remove_webhook`, `webhooks`: webhook sources as data.
 - `apply_config`, `apply_file`, `apply_default`: declared workspaces applied at every process's start.
 - `View`: the registry as a process sees it, unsealed, re-read within a second of a change.
-- `Served`: what a worker, poller or scheduler serves: its declared workspaces and the registry's others.
+- `Served`: what a worker, poller or scheduler serves: its declared workspaces and the registry's others;
+  `Shard`: those of them a worker's WORKER_WORKSPACES names.
 - `rotate_secrets`: every secret re-sealed under the newest key.
 """
 from workers.registry._apply import apply_config, apply_default, apply_file, apply_workspaces
@@ -26,13 +27,13 @@ from workers.registry._store import (
     RECORDS, ROTATION_OVERLAP, VERSION, Change, RegistryError, UnknownWorkspace, check_name, get, names, new_admin_token, pause,
     put, read, resume, version, workspace,
 )
-from workers.registry._served import Served
+from workers.registry._served import Served, Shard
 from workers.registry._view import RegistryUnavailable, View
 from workers.registry._webhooks import SourceExists, UnknownSource, add_webhook, remove_webhook, rotate_webhook, webhooks
 
 __all__ = [
     "RECORDS", "ROTATION_OVERLAP", "VERSION", "Change", "SourceExists", "RegistryError", "RegistryUnavailable", "UnknownSource", "UnknownWorkspace",
-    "Leftovers", "Served", "View", "add_webhook", "apply_config", "apply_default", "apply_file", "apply_workspaces", "check_name",
+    "Leftovers", "Served", "Shard", "View", "add_webhook", "apply_config", "apply_default", "apply_file", "apply_workspaces", "check_name",
     "delete", "get", "names", "new_admin_token", "pause", "put", "read", "remove_webhook", "resume",
     "rotate_secrets", "rotate_webhook", "token_hash", "token_matches", "version", "webhooks", "workspace",
 ]

@@ -75,3 +75,24 @@ class Served:
             return _NONE
         self._warned = False
         return live
+
+
+class Shard:
+    """The workspaces of `served` named in `names` (a worker's WORKER_WORKSPACES); every one when `names` is empty.
+
+    What a worker that also polls (WORKER_POLLS) polls and schedules: its shard's workspaces, as it
+    handles only their events.
+    """
+
+    def __init__(self, served: Served, names: frozenset[str]):
+        self.served, self.names = served, names
+        self._from: dict[str, Workspace] | None = None
+        self._shard: dict[str, Workspace] = {}
+
+    def workspaces(self) -> dict[str, Workspace]:
+        every = self.served.workspaces()
+        if not self.names:
+            return every
+        if every is not self._from:  # Served keeps one dict until the registry changes: filtered once per change
+            self._from, self._shard = every, {name: ws for name, ws in every.items() if name in self.names}
+        return self._shard
