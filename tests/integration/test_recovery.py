@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from tests.support.processes import wait_until
-from tests.support.stack import PROJECT, all_runs, deliver, ensure_project, runs_in, write_form_rule
+from tests.support.stack import (BOOKING_RULE, PREFIX, PROJECT, all_runs, deliver, ensure_project, make_task, runs_in,
+                                 write_form_rule, write_rule)
 from tests.support.valkey import SLOW_LOADING, Valkey
 
 SENDERS = 16  # webhook senders delivering at once while Valkey loads
@@ -212,6 +213,31 @@ def test_worker_poller_and_scheduler_ride_out_a_redis_outage_during_a_run(stack,
     assert len(tasks_named(sandbox, "After")) == 1
     if exited():
         pytest.fail(f"processes quit after the Redis outage: {exited()}")
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_polls_rides_out_a_redis_outage_and_finds_changes_after_it(engine, sandbox, rules_dir,
+                                                                                 killable_valkey):
+    # The Procfile's worker (WORKER_POLLS=1): its poller's loop shares the process with the events.
+    valkey = killable_valkey.start()
+    write_rule(rules_dir, "booking", BOOKING_RULE)
+    task = make_task(sandbox, "Write report")
+    engine.env.update(WORKER_POLLS="1", POLL_INTERVAL="0.5")
+    worker = engine.worker()
+    connection = valkey.client()
+    wait_until(lambda: connection.exists(f"{PREFIX}poll:Task:cursor"), 20, "the worker's first poll (its baseline)")
+
+    valkey.kill()
+    outage_end = time.monotonic() + OUTAGE_SECONDS  # the outage's length (not a wait for a condition)
+    while time.monotonic() < outage_end:
+        time.sleep(0.2)
+    valkey.start()
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
+
+    [entry] = wait_until(lambda: sandbox.get("TimeEntry").json()["value"], 40, "the change made after the outage booked")
+    assert entry["TaskItemId"] == task
+    assert worker.alive(), worker.output()[-3000:]
+    assert "poll round failed, will retry" in worker.output()  # the rounds met the outage and went on
 
 
 def test_a_worker_stops_on_sigterm_while_redis_is_down(stack, killable_valkey, rules_dir):
