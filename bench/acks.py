@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,14 +29,14 @@ import harness  # noqa: E402
 import stack  # noqa: E402
 
 
-def web_process(command: str, port: int, redis_url: str, root: Path) -> harness.Process:
+def web_process(command: str, port: int, redis_url: str, root: Path, rules: Path) -> harness.Process:
     """The web as `command` runs it (`$PORT` replaced), with the bench's webhook source and settings."""
     args = shlex.split(command.replace("$PORT", str(port)))
     if args[0] == "python":
         args[0] = sys.executable
     env = {"REDIS_URL": redis_url, "WEB_PORT": str(port), "PORT": str(port), "EMBEDDED_REDIS": "0",
            f"WEBHOOK_SECRET_{harness.WEBHOOK_SOURCE.upper()}": harness.WEBHOOK_SECRET, "STACK_ENV": "",
-           "RULES_PATH": tempfile.mkdtemp(prefix="bench-acks-rules-"), "OUTBOUND_ALLOW": "127.0.0.1",
+           "RULES_PATH": str(rules), "OUTBOUND_ALLOW": "127.0.0.1",
            "SECRETS_KEY": ""}
     process = harness.Process(args, name="web", env=env, cwd=root)
     process.wait_for_port(port, timeout=60)
@@ -50,8 +51,9 @@ def run(args) -> None:
     redis_url = f"redis://127.0.0.1:{server.port}/0"
     valkey = harness.valkey_pid(server)
     tmp = Path(tempfile.mkdtemp(prefix="bench-acks-"))
+    (tmp / "rules").mkdir()
     port = harness.free_port()
-    web = web_process(args.web, port, redis_url, Path(args.root).resolve())
+    web = web_process(args.web, port, redis_url, Path(args.root).resolve(), tmp / "rules")
     spy = None
     try:
         deliveries = tmp / "deliveries.tsv"
@@ -82,6 +84,7 @@ def run(args) -> None:
             spy.wait(60)
         web.stop()
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the signed deliveries: megabytes a run
     print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
 
 
