@@ -528,11 +528,11 @@ class Polling:
     """
 
     def __init__(self, config: dict, *, with_scheduler: bool, stop: threading.Event | None = None,
-                 only: frozenset[str] = frozenset()):
+                 shard: Shard | None = None):
         self.config = config
         self.settings = poller_settings(config)
         self.connection = redis_client(config)  # room for every poll thread, and for the scans running beside them
-        self.served = Shard(served(), only)  # a worker's shard (WORKER_WORKSPACES): its workspaces only
+        self.served = shard or Shard(served(), frozenset())  # a worker's shard (WORKER_WORKSPACES), or every one
         self.follow = Following(config, self.connection, self.served, self.settings.lease_seconds)
         self.me = uuid.uuid4().hex[:8]
         self.stop_event = stop or threading.Event()

@@ -99,7 +99,8 @@ class Worker(SimpleWorker):
         self._cleaned: dict[str, float] = {}  # queue name → when (monotonic) its registries were last cleaned
         self._known: set[str] = set()  # every workspace served, paused or not, at the last look
         # WORKER_WORKSPACES names the workspaces this worker may serve (a shard); empty: every one.
-        self.only = {n.strip() for n in (self.config.get("WORKER_WORKSPACES") or "").split(",") if n.strip()}
+        self.shard = registry.Shard(served(), frozenset(
+            n.strip() for n in (self.config.get("WORKER_WORKSPACES") or "").split(",") if n.strip()))
 
     def bootstrap(self, *args, **kwargs):
         """RQ's start-up; then its per-job lines ("Job OK", "dequeued …") go quiet: one line per run is ours."""
@@ -161,8 +162,8 @@ class Worker(SimpleWorker):
         wait in its log, its jobs in its queue), within a second or two of the change.
         """
         try:
-            known = served().workspaces()
-            running = sorted(n for n, ws in known.items() if not ws.paused and (not self.only or n in self.only))
+            known = self.shard.workspaces()
+            running = sorted(n for n, ws in known.items() if not ws.paused)
             for gone in self._known - set(known):
                 self._leftovers.let_go(gone)  # deleted: what this worker still writes of it goes soon after
             self._known = set(known)
@@ -254,7 +255,7 @@ class Worker(SimpleWorker):
         if not burst:
             self.consumer = self._start_consumer()
             if self.config.get("WORKER_POLLS") == "1":
-                self.polling = Polling(self.config, with_scheduler=True, only=frozenset(self.only))
+                self.polling = Polling(self.config, with_scheduler=True, shard=self.shard)
                 self.polling.start()
         try:
             return self._work_until_stopped(burst, **kwargs)
