@@ -74,8 +74,8 @@ class StepContext:
 
 def checkable_write(operation: dict) -> bool:
     """True for a write whose "sent" mark a later attempt checks in InLoox instead of asking a person:
-    a create on a set with a marker field, an update (read before it is sent). Neither may be sent early
-    with a mark made early; invoke, notify and http marked "sent" would wait for a person."""
+    a create on a set with a marker field, an update (read before it is sent). Only these may be marked
+    before the run reaches them; invoke, notify and http found "sent" would wait for a person."""
     entity_set = (operation.get("params") or {}).get("entity_set") or (operation.get("args") or {}).get("entity_set")
     return operation["verb"] == "update" or operation["verb"] == "create" and entity_set in MARKER_FIELDS
 

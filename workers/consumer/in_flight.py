@@ -17,20 +17,20 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   the limit holds for HOLD_WINDOWS before it tries again;
 - when half the limit or more is in flight and few of those events wait for InLoox, the process
   is busy with its own work: the limit is cut by a quarter, down to BUSY_FLOOR threads, and each
-  thread takes BATCH events at a time
-  (`batch`). So too when the process used BUSY_CPU of a core or more in the window, however long
-  the answers took: its threads share one GIL, so a thread whose answer came waits for the others
-  before it sees it, and the answer times (and the events "awaiting one") grow with the threads
-  until a quick InLoox looks like a slow one. Against a quick InLoox that fed itself: more threads,
-  slower answers, more threads (to the ceiling of 400; bench/RESULTS.md section 19). Such a cut is
-  judged a window later: if the answers did not get quicker (they are InLoox's own), it is taken
-  back and held, and the process keeps what it has in flight; a busy CPU also never doubles it. A thread handing the GIL to another at every socket call is what a CPU-bound worker
-  spends most on besides its own work: 4 threads with 8 events each used 16 % less CPU per event than
-  48 threads with one (bench/RESULTS.md section 18); either change alone bought nothing. Against an
-  InLoox whose answers are what the events wait for, the limit stays at FLOOR or above and a thread
-  takes one event, as before: eight writes one after the other would wait eight answers. With less
-  than one event in flight on average (the backlog gone) the limit goes back to FLOOR: a burst after
-  a quiet spell is not handled eight at a time.
+  thread takes BATCH events at a time (`batch`). A thread handing the GIL to another at every socket
+  call is what a CPU-bound worker spends most on besides its own work: 4 threads with 8 events each
+  used 16 % less CPU per event than 48 threads with one (bench/RESULTS.md section 18); either change
+  alone bought nothing. Against an InLoox whose answers are what the events wait for, the limit stays
+  at FLOOR or above and a thread takes one event, as before: eight writes one after the other would
+  wait eight answers. With less than one event in flight on average (the backlog gone) the limit goes
+  back to FLOOR: a burst after a quiet spell is not handled eight at a time;
+- the same cut when the process used BUSY_CPU of a core or more in the window, however long the
+  answers took: its threads share one GIL, so a thread whose answer came waits for the others before
+  it sees it, and the answer times (and the events "awaiting one") grow with the threads until a quick
+  InLoox looks like a slow one. Against a quick InLoox that fed itself: more threads, slower answers,
+  more threads (to the ceiling of 400; bench/RESULTS.md section 19). Such a cut is judged a window
+  later: if the answers did not get quicker (they are InLoox's own), it is taken back and held, and
+  the process keeps what it has in flight; a busy CPU also never doubles the limit.
 
 A window lasts WINDOW_SECONDS, or the usual answer time if that is longer, so that a doubling's
 answers are back before it is judged. A request that times out counts as a slow answer, so an
@@ -131,6 +131,7 @@ class InFlightLimit:
         cut_from, self._cut_from = self._cut_from, None
         waiting = sum(durations) / elapsed
         busy_cpu = cpu >= BUSY_CPU
+        idle = waiting < IDLE_WAITING * max(in_flight, 1.0)  # few of the events in flight await an answer
         before = self.value
         if grown_from is not None and typical > QUEUED * grown_from[1]:
             self.value, self._hold = grown_from[0], HOLD_WINDOWS  # the doubling bought queueing: back, and hold
@@ -146,11 +147,11 @@ class InFlightLimit:
                 self._grown_from = (self.value, typical)
                 self.value = min(self.ceiling, self.value * GROW)
         elif in_flight >= BACKLOG * self.value and len(durations) >= in_flight and (
-                waiting < IDLE_WAITING * max(in_flight, 1.0) or busy_cpu and not self._hold):
+                idle or busy_cpu and not self._hold):
             # A backlog the process does not take faster however many wait for InLoox: its own CPU. Only
             # with at least one answer per event in flight: answers not back yet (a slow InLoox's first
             # second) would otherwise look like nobody waiting.
-            if waiting >= IDLE_WAITING * max(in_flight, 1.0):
+            if not idle:
                 self._cut_from = (self.value, typical)  # for a busy CPU alone: judged a window later
             self.value = max(self.busy_floor, min(self.value - 1, int(self.value * CUT)))
         self.usual = usual + (USUAL_UP if typical > usual else USUAL_DOWN) * (typical - usual)
