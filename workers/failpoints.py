@@ -24,8 +24,11 @@ The points (see docs/execution.md, "Crash points"):
     handle_event    an event is about to be matched (workers/jobs.py handle; subject: the event id)
     runs_stored     an event's runs are stored, the first live one's lease taken, none executed yet
                     (workers/jobs.py handle)
+    runs_ending     a batch of events' runs were executed, their statuses not stored yet (workers/jobs.py Ending)
     consumer_turn   the event consumer starts a turn of its loop (workers/consumer/; subject: the worker's name)
     poll_round      a poller starts a round (workers/poller.py run; subject: the poller's id)
+    scheduler_loop  a poller's schedules loop starts (workers/poller.py Polling.schedule; subject: "start N."
+                    for its Nth start in the process)
 """
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ PAUSED = "account:paused"  # the workspace's InLoox token was refused: its runs 
 WORKSPACE_RUNS_WINDOW = {"per_seconds": 60}  # a workspace's runs_per_minute limit
 
 
-def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None, entry_id: str | None = None) -> dict:
+def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None, entry_id: str | None = None,
+           ending: Ending | None = None) -> dict:
     """Plan the event against the workspace's rules; store a run per matched rule, and run the live ones.
 
     `accepted_at` (time.time() of the event's acceptance) makes the rules at least that new. The
@@ -52,6 +53,7 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None,
     consumer's pool keeps many events in flight); runs limited by a rule's `concurrency` get RQ
     jobs of their own, since RQ enforces that limit. Safe to call again for the same event: run
     ids depend on the event and the rule only, so a second call finds and continues the same runs.
+    With `ending`, the runs that succeed are stored as such with the other events' of its batch (`Ending`).
     """
     failpoints.hit("handle_event", subject=event.get("id", ""))  # tests only (inert unless ENGINE_FAILPOINTS is set)
     parsed, now = Event.from_dict(event), datetime.now(timezone.utc)
@@ -65,7 +67,7 @@ def handle(ctx: WorkerContext, event: dict, *, accepted_at: float | None = None,
     run_ids = [run_id for run_id, _ in _start_runs(ctx, plans, now, version, here=here, trace=trace)]
     failpoints.hit("runs_stored")  # tests only (inert unless ENGINE_FAILPOINTS is set)
     for run_id, record, acquired in here:
-        _run(ctx, run_id, record, acquired=acquired)
+        _run(ctx, run_id, record, acquired=acquired, ending=ending)
     if parsed.source == "inloox":  # the change feed's subscribers: after the runs, before the event's ack
         deliveries.fan_out(ctx.connection, event)
     return {"event_id": parsed.id, "runs": run_ids}
@@ -182,7 +184,8 @@ def execute_run(ctx: WorkerContext, run_id: str) -> str:
     return _run(ctx, run_id)
 
 
-def _run(ctx: WorkerContext, run_id: str, run: dict | None = None, *, acquired: tuple | None = None) -> str:
+def _run(ctx: WorkerContext, run_id: str, run: dict | None = None, *, acquired: tuple | None = None,
+         ending: Ending | None = None) -> str:
     """execute_run's work, also done inside handle: under the run's lock, from its ledger.
 
     `run` is the record when the caller has just created it (saves reading it again); otherwise
@@ -201,7 +204,7 @@ def _run(ctx: WorkerContext, run_id: str, run: dict | None = None, *, acquired: 
             return run["status"] if run else "missing"
         if paused is not None:
             return _stop(ctx, run, "paused", paused.decode(), lock=lock)
-        return _execute(ctx, run, lock, fresh=fresh, marked=marked if fresh else None)
+        return _execute(ctx, run, lock, fresh=fresh, marked=marked if fresh else None, ending=ending)
     finally:
         _release(lock)
 
@@ -228,10 +231,16 @@ def _lock(ctx: WorkerContext, lease: Lease):
     return lock
 
 
-def _queue_release(pipe, lock) -> None:
+def _queue_release(pipe, lock, token: bytes) -> None:
     """Queue giving the lock back on `pipe` (with the run's status: one round trip); only if still ours."""
-    scripts.call(pipe, lock.lua_release, keys=[lock.name], args=[lock.local.token])
-    lock.local.token = None  # given back: `_release` has nothing left to do
+    scripts.call(pipe, lock.lua_release, keys=[lock.name], args=[token])
+
+
+def _given_back(lock) -> bytes | None:
+    """The lock's token, taken from it: `_release` then has nothing left to do, as the token goes
+    back with the run's status (`_stop`)."""
+    token, lock.local.token = lock.local.token, None
+    return token
 
 
 def _release(lock) -> None:
@@ -243,7 +252,8 @@ def _release(lock) -> None:
         pass  # it expired (a run longer than its timeout): nothing of ours to release
 
 
-def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False, marked: str | None = None) -> str:
+def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False, marked: str | None = None,
+             ending: Ending | None = None) -> str:
     plan = Plan.from_dict(run["plan"])
     if not run["steps"] and not run.get("limit_counted"):
         if not limits.admit(ctx.connection, ctx.workspace, ctx.outbound, run):
@@ -277,7 +287,7 @@ def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False, marked
         outcome = _step(ctx, step_ctx, run, plan, operation, last=operation is plan.operations[-1])
         if outcome != "done":
             return outcome
-    return _stop(ctx, run, "succeeded", "", pending=step_ctx.after, lock=lock)
+    return _stop(ctx, run, "succeeded", "", pending=step_ctx.after, lock=lock, ending=ending)
 
 
 def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, done: set) -> str:
@@ -400,11 +410,15 @@ def _retry_later(ctx: WorkerContext, run: dict, delay: float, *, tag: str) -> No
     queue_run(ctx.connection, run, job_id=f"{run['id']}-{tag}", delay=delay)
 
 
-def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=(), lock=None) -> str:
+def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=(), lock=None,
+          ending: Ending | None = None) -> str:
     """Give the run its new status (with `pending` writes of its last step) and give its `lock`
-    back: one round trip. The lock goes after the status, so whoever takes it next reads it."""
+    back: one round trip, or none yet with `ending` (a succeeded run, stored with its batch's others).
+    The lock goes after the status, so whoever takes it next reads it."""
     run["status"], run["reason"] = status, reason
-    with ctx.connection.pipeline(transaction=False) as pipe:
+    token = _given_back(lock) if lock is not None else None
+
+    def queue(pipe) -> int | None:
         for write in pending:
             write(pipe)
         if status in ("succeeded", "skipped", "shadow"):
@@ -412,14 +426,78 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()
         billed = _bill(ctx, pipe, run, finished=status in TERMINAL or status == "paused")
         save_run(pipe, run, now=datetime.now(timezone.utc))  # the status and its count together
         metrics.count(pipe, "runs", status=status)
-        if lock is not None:
-            _queue_release(pipe, lock)
+        if token is not None:
+            _queue_release(pipe, lock, token)
+        return billed
+
+    def stopped(replies: list, billed: int | None) -> None:
+        if billed is not None:
+            limits.alert_runs(ctx.connection, ctx.workspace, ctx.outbound, used=replies[billed])
+        log.info("run %s (%s): %s %s", run["id"], run["rule_id"], status, reason)
+        report_to_chat(ctx.connection, run)  # a chat command's result goes back to its chat
+
+    if ending is not None and status == "succeeded":
+        ending.add(queue, stopped)
+        return status
+    with ctx.connection.pipeline(transaction=False) as pipe:
+        billed = queue(pipe)
         replies = pipe.execute()
-    if billed is not None:
-        limits.alert_runs(ctx.connection, ctx.workspace, ctx.outbound, used=replies[billed])
-    log.info("run %s (%s): %s %s", run["id"], run["rule_id"], status, reason)
-    report_to_chat(ctx.connection, run)  # a chat command's result goes back to its chat
+    stopped(replies, billed)
     return status
+
+
+class Ending:
+    """The succeeded runs of a batch of events (one thread's, workers/consumer/), stored together.
+
+    A worker busy with its own CPU handles several events per thread (workers/consumer/in_flight.py);
+    a round trip per run to store its status, its last step and give its lock back is then a fifth
+    of what an event costs Redis and the worker (bench/RESULTS.md section 18). Each succeeded run's
+    writes wait here, its lock still held (its token travels with them), until `flush`: one round
+    trip for the batch. Nothing is lost by waiting: a worker that dies before the flush leaves each
+    run as one that dies after its write and before its status (its ledger mark says "sent", the
+    next attempt looks for the write in InLoox), and its event unacknowledged. Only succeeded runs
+    wait; any other status is stored at once, as it may queue more work. A run waits at most
+    MAX_WAIT: the loop guard's note of a write (workers/guards.py) waits with it.
+    """
+
+    MAX_WAIT = 0.25  # seconds
+
+    def __init__(self, connection: redis.Redis, clock=time.monotonic):
+        self.connection = connection
+        self._clock = clock
+        self._waiting: list[tuple] = []
+        self._since = 0.0
+
+    def add(self, queue, stopped) -> None:
+        """`queue(pipe)` queues the run's writes, returning what `stopped(replies, it)` needs after."""
+        if not self._waiting:
+            self._since = self._clock()
+        self._waiting.append((queue, stopped))
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def due(self) -> bool:
+        return bool(self._waiting) and self._clock() - self._since >= self.MAX_WAIT
+
+    def flush(self) -> None:
+        """Store every waiting run: one round trip. Raises what Redis raised (then nothing was taken
+        back: the runs' locks run out, and their events are handled again)."""
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        failpoints.hit("runs_ending")  # tests only (inert unless ENGINE_FAILPOINTS is set)
+        with self.connection.pipeline(transaction=False) as pipe:
+            queued = [queue(pipe) for queue, _ in waiting]
+            replies = pipe.execute()
+        failed = None
+        for (_, stopped), it in zip(waiting, queued):
+            try:  # each run's own after-work (its log line, its chat answer), whatever another's did
+                stopped(replies, it)
+            except Exception as exc:  # noqa: BLE001 - raised below, once every run had its turn
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 def _bill(ctx: WorkerContext, pipe, run: dict, *, finished: bool) -> int | None:

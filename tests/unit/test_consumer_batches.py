@@ -26,12 +26,12 @@ def test_chunks_keep_each_workspaces_order_and_workspaces_take_turns():
 def test_one_event_that_fails_stops_none_of_those_after_it_on_the_same_thread(monkeypatch):
     handled = []
 
-    def handle(workspace, entry):
-        if "poison" in entry.id:
+    def handle(ctx, event, *, entry_id, **_):
+        if "poison" in entry_id:
             raise ValueError("a bug")
-        handled.append(entry.id)
+        handled.append(entry_id)
 
-    monkeypatch.setattr(consumer, "_handle_event", handle)
+    monkeypatch.setattr(consumer, "handle", handle)
     errors = _handle_events("default", _entries("1-0", "poison", "3-0"))
     assert handled == ["1-0", "3-0"]
     assert [type(e).__name__ if e else None for e in errors] == [None, "ValueError", None]

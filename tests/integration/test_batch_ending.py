@@ -1,0 +1,105 @@
+"""Issue 22: a busy worker's thread handles several events in a row, and their succeeded runs are stored
+together (workers.jobs.Ending): one round trip for the batch instead of one per run, on a real Valkey,
+against the sandbox over HTTP; a worker killed before that round trip writes nothing twice."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from tests.integration.test_run_round_trips import _CountingConnection, _context, _event, batched_counts, run_id_of
+from tests.support.stack import ensure_project, write_form_rule
+from workers import workspaces
+from workers.jobs import Ending, handle
+from workers.runs import load_run
+
+__all__ = ["batched_counts"]  # the fixture, used by name
+
+BATCH = 8
+# Each run's own round trip (stored with its lock and its create's "sent" mark), and one for the batch's ends.
+MAX_ROUND_TRIPS_PER_RUN = 1 + 1 / BATCH
+
+
+def _tasks(sandbox) -> list[str]:
+    return sorted(t["Name"] for t in sandbox.get("Task").json()["value"])
+
+
+def test_a_batch_of_runs_is_stored_as_succeeded_in_one_round_trip(redis_url, sandbox, tmp_path, batched_counts):
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        handle(ctx, _event(0), accepted_at=time.time())  # rules read, scripts cached, connections open
+        sent_before = _CountingConnection.sent
+        ending = Ending(ctx.connection)
+        for n in range(1, BATCH + 1):
+            handle(ctx, _event(n), accepted_at=0.0, ending=ending)
+        ending.flush()
+        round_trips = (_CountingConnection.sent - sent_before) / BATCH
+        runs = [load_run(ctx.connection, run_id_of(n)) for n in range(BATCH + 1)]
+        locks = [ctx.connection.exists(workspaces.key(f"run-lock:{run_id_of(n)}")) for n in range(BATCH + 1)]
+
+    assert [r["status"] for r in runs] == ["succeeded"] * (BATCH + 1)
+    assert [s["status"] for r in runs for s in r["steps"]] == ["done"] * (BATCH + 1)
+    assert locks == [0] * (BATCH + 1), "every run's lock is given back with its status"
+    assert _tasks(sandbox) == sorted(f"Task {n}" for n in range(BATCH + 1))
+    assert round_trips <= MAX_ROUND_TRIPS_PER_RUN, f"{round_trips:.2f} round trips per run"
+
+
+# A worker's thread with a batch of events, killed (SIGKILL, workers/failpoints.py) once their runs
+# were written to InLoox and before their statuses were stored.
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from tests.integration.test_run_round_trips import _context, _event
+    from workers import metrics, workspaces
+    from workers.jobs import Ending, handle
+
+    class Sandbox:
+        base_url, token = sys.argv[2], sys.argv[3]
+
+    metrics.batch(3600.0)
+    ctx, workspace = _context(sys.argv[1], Sandbox, Path(sys.argv[4]))
+    with workspaces.using(workspace):
+        ending = Ending(ctx.connection)
+        for n in range(1, int(sys.argv[5]) + 1):
+            handle(ctx, _event(n), accepted_at=time.time(), ending=ending)
+        ending.flush()
+    print("flushed")
+""")
+
+
+def test_a_worker_killed_before_its_batch_was_stored_writes_nothing_twice(redis_url, sandbox, tmp_path,
+                                                                          batched_counts):
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    events = 4
+    env = {**os.environ, "ENGINE_FAILPOINTS": "runs_ending"}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, redis_url, sandbox.base_url, sandbox.token, str(tmp_path),
+                              str(events)], env=env, cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    try:
+        output, _ = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == -signal.SIGKILL, output
+
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        # What the dead worker left: every task written, no run stored as ended.
+        assert _tasks(sandbox) == sorted(f"Task {n}" for n in range(1, events + 1))
+        assert {load_run(ctx.connection, run_id_of(n))["status"] for n in range(1, events + 1)} == {"queued"}
+        for n in range(1, events + 1):  # the dead worker's locks run out (45 s in production)
+            ctx.connection.delete(workspaces.key(f"run-lock:{run_id_of(n)}"))
+        ending = Ending(ctx.connection)
+        for n in range(1, events + 1):  # the events, not acknowledged, are delivered again
+            handle(ctx, _event(n), accepted_at=time.time(), ending=ending)
+        ending.flush()
+        runs = [load_run(ctx.connection, run_id_of(n)) for n in range(1, events + 1)]
+
+    assert [r["status"] for r in runs] == ["succeeded"] * events
+    assert _tasks(sandbox) == sorted(f"Task {n}" for n in range(1, events + 1)), "each task once"
