@@ -5,7 +5,7 @@
 
 Before anyone rewrites the worker's execution path: what do the Redis and HTTP calls of one event
 cost the worker's CPU, without any of our code around them? The skeleton per event is what
-workers/jobs.py sends for a webhook event whose one rule writes once (`_start_runs`, `ledger.mark_sent`,
+workers/jobs.py sends for a webhook event whose one rule writes once (`_queue_starts`, `ledger.mark_sent`,
 the InLoox call, `_stop`), with records of the sizes workers/runs.py stores; every key is the event's own:
   1. one pipeline: EVALSHA of a run-creation script (SET of a 1.3 KB record NX EX, ZADD to an index,
      SET NX PX of the run's lock), GET of the pause flag, SET of a 1 KB trace EX, 2 HINCRBY;
@@ -112,7 +112,7 @@ def keys(tag: str, i: int) -> tuple[str, str, str, str, str]:
 
 
 def queue_start(pipe, shas: dict, tag: str, i: int, token: bytes) -> None:
-    """Pipeline 1 (`_start_runs`): the run's creation script with its lease, the pause flag, the trace, counts."""
+    """Pipeline 1 (`_queue_starts`): the run's creation script with its lease, the pause flag, the trace, counts."""
     run, record, trace, _, lock = keys(tag, i)
     pipe.evalsha(shas["create"], 3, record, "runs", lock, RECORD, TTL, run, time.time(), token, LEASE_MS)
     pipe.get(PAUSED)

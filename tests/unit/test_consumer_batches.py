@@ -6,8 +6,7 @@ from concurrent.futures import Future
 
 import redis
 
-from workers import consumer
-from workers.consumer import EventConsumer, _chunks, _handle_events, _in_turns
+from workers.consumer import EventConsumer, _chunks, _in_turns
 from workers.eventlog import Entry
 
 
@@ -21,20 +20,6 @@ def test_chunks_keep_each_workspaces_order_and_workspaces_take_turns():
     assert _in_turns(_chunks(read, 2)) == [("ws:a", a[:2]), ("ws:b", b), ("ws:a", a[2:])]
     assert _in_turns(_chunks(read, 1)) == [("ws:a", [a[0]]), ("ws:b", [b[0]]), ("ws:a", [a[1]]), ("ws:b", [b[1]]),
                                            ("ws:a", [a[2]])]
-
-
-def test_one_event_that_fails_stops_none_of_those_after_it_on_the_same_thread(monkeypatch):
-    handled = []
-
-    def handle(ctx, event, *, entry_id, **_):
-        if "poison" in entry_id:
-            raise ValueError("a bug")
-        handled.append(entry_id)
-
-    monkeypatch.setattr(consumer, "handle", handle)
-    errors = _handle_events("default", _entries("1-0", "poison", "3-0"))
-    assert handled == ["1-0", "3-0"]
-    assert [type(e).__name__ if e else None for e in errors] == [None, "ValueError", None]
 
 
 def _consumer_with(entries: list[Entry]) -> tuple[EventConsumer, object]:

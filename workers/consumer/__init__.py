@@ -48,7 +48,7 @@ from workers import activity, eventlog, failpoints, gauges, metrics, recovery
 from workers.consumer.in_flight import InFlightLimit
 from workers.eventlog import Entry
 from workers.metering import limits
-from workers.jobs import Ending, handle
+from workers.jobs import Arrival, handle_batch
 from workers.worker_context import served, worker_context
 from workers.workspaces import using
 
@@ -396,40 +396,9 @@ def _note_failure(connection: redis.Redis, stream: _Stream, entry: Entry, error:
 
 
 def _handle_events(workspace: str, entries: list[Entry]) -> list[BaseException | None]:
-    """Handle each entry in turn; what each raised (None: handled), so one failure stops none of the others.
-
-    Several entries' succeeded runs are stored together (workers.jobs.Ending); should that fail, so
-    did each entry whose runs waited (their writes are in InLoox; the ledger knows them).
-    """
+    """Handle the entries one after the other (workers.jobs.handle_batch); what each raised (None:
+    handled), so one failure stops none of the others."""
     ctx = worker_context(workspace)
-    ending = Ending(ctx.connection) if len(entries) > 1 else None
-    errors: list[BaseException | None] = []
-    waiting: list[int] = []  # the entries (indexes) with runs in `ending`
-    for last, entry in enumerate(entries, start=1 - len(entries)):
-        before = len(ending or ())
-        errors.append(_handle_event(ctx, entry, ending))
-        if len(ending or ()) > before:
-            waiting.append(len(errors) - 1)
-        if ending is not None and (ending.due() or last == 0):
-            _end(ctx, ending, waiting, errors)
-            waiting = []
-    return errors
-
-
-def _handle_event(ctx, entry: Entry, ending: Ending | None) -> BaseException | None:
-    try:
-        with using(ctx.workspace):
-            handle(ctx, entry.event, accepted_at=entry.accepted_at, entry_id=entry.id, ending=ending)
-    except Exception as exc:  # noqa: BLE001 - kept as that event's trace by `_finished`
-        return exc
-    return None
-
-
-def _end(ctx, ending: Ending, waiting: list[int], errors: list[BaseException | None]) -> None:
-    """Store the waiting runs; should that fail, the error is each waiting entry's."""
-    try:
-        with using(ctx.workspace):
-            ending.flush()
-    except Exception as exc:  # noqa: BLE001 - kept as those events' traces by `_finished`
-        for index in waiting:
-            errors[index] = errors[index] or exc
+    with using(ctx.workspace):
+        outcomes = handle_batch(ctx, [Arrival(e.event, e.accepted_at, e.id) for e in entries])
+    return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
