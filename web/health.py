@@ -1,6 +1,7 @@
 """Liveness and readiness: `/healthz` (the process answers) and `/readyz` (its dependencies do)."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 import redis
@@ -9,7 +10,7 @@ from rq import Worker
 
 from inloox import InLooxError
 from web.resources import get_context, get_inloox, get_redis
-from workers import rule_files
+from workers import poller_beats, rule_files
 from workers.worker import CONSUMER_BEAT, CONSUMER_BEAT_TTL, CONSUMER_STATES
 
 bp = Blueprint("health", __name__)
@@ -27,12 +28,13 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Redis, InLoox and a live RQ worker: 200 with each check, or 503 naming the failing one.
+    """Redis, InLoox, a live RQ worker and every poller process polling: 200 with each check, or 503 naming the failing one.
 
     `rules` says which version of the rules runs and which files are broken; a broken file does not
     make the service unready (its last good version runs, and the web must keep accepting events).
     """
-    checks = {"redis": _check_redis(), "inloox": _check_inloox(), "worker": _check_worker(), "rules": _check_rules()}
+    checks = {"redis": _check_redis(), "inloox": _check_inloox(), "worker": _check_worker(),
+              "pollers": _check_pollers(), "rules": _check_rules()}
     ready = all(check["ok"] for check in checks.values())
     return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
 
@@ -92,6 +94,24 @@ def _check_worker() -> dict:
         return {"ok": False, "workers": len(alive),
                 "error": "not running in " + ", ".join(f"{n} ({_trouble(s)})" for n, s in sorted(stopped.items()))}
     return {"ok": True, "workers": len(alive)}
+
+
+def _check_pollers() -> dict:
+    """Every poller process (`python -m workers.poller`) seen beating lately, with its loops running.
+
+    None seen: nothing is missed (a deployment whose workers poll, WORKER_POLLS=1, has none; their
+    pollers are the worker check's). One that stopped took its beat with it; one that died is
+    said gone (workers/poller_beats.py).
+    """
+    try:
+        beats = poller_beats.read(get_redis())
+    except redis.RedisError as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    now = time.time()
+    troubled = [f"{beat.where()} ({trouble})" for beat in beats if (trouble := beat.trouble(now))]
+    if troubled:
+        return {"ok": False, "pollers": len(beats) - len(troubled), "error": "not polling: " + ", ".join(troubled)}
+    return {"ok": True, "pollers": len(beats)}
 
 
 def _trouble(state: str) -> str:

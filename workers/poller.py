@@ -42,7 +42,7 @@ from redis.lock import Lock
 from engine.rules import Ruleset
 from inloox import InLooxError
 from inloox.changes import CHANGE_FEEDS, ChangeFeed, Scan, observation
-from workers import activity, failpoints, metrics, scripts
+from workers import activity, failpoints, metrics, poller_beats, scripts
 from workers.logs import configure_logging, follow_registry
 from workers.poll import PollResult, PollSettings, poll_once, sweep_deleted
 from workers.poll_pace import Pace, SetPace
@@ -62,6 +62,11 @@ WATCHED_REFRESH_SECONDS = 10.0  # a set a new rule or subscription watches is po
 # In a quiet workspace (workers/activity.py) within this: a bundle activated or a subscription saved
 # stamps activity, and a rules folder's changed files are seen in the process's shared look: both make the poller look at once.
 QUIET_WATCHED_REFRESH_SECONDS = 60.0
+SUPERVISE_SECONDS = 1.0  # how soon a poller process starts a dead loop again
+# A loop started again is said stopped this long after (its beat, or its worker's): a probe every
+# 10 s sees a loop that died once; one that keeps dying is said all along.
+RESTARTED_SHOWN_SECONDS = 15.0
+STOP_SECONDS = 10.0  # a stopping poller process waits this long for its polls under way (then its leases expire)
 
 
 @dataclass(frozen=True)
@@ -522,8 +527,9 @@ def poller_settings(config: Mapping[str, str]) -> PollerSettings:
 class Polling:
     """The poller's loop, and the schedules' (workers/scheduler.py), on threads of the process that starts it.
 
-    `python -m workers.poller` runs the loop on its main thread; a worker started with WORKER_POLLS=1
-    runs both beside its event consumer, one process fewer (workers/worker.py). Either way the
+    `python -m workers.poller` runs them while its main thread watches over them (`supervise`); a
+    worker started with WORKER_POLLS=1 runs both beside its event consumer, one process fewer, and
+    watches over them from its heartbeat (workers/worker.py). Either way the
     process polls only the workspaces whose lease it holds, so any number of them may poll.
     """
 
@@ -540,6 +546,8 @@ class Polling:
         if with_scheduler:
             self.loops["scheduler"] = self.schedule
         self.threads: dict[str, threading.Thread] = {}
+        self.starts: dict[str, int] = {}  # loop name → how many times it was started (failpoint subjects)
+        self.restarted_at: dict[str, float] = {}  # loop name → when (monotonic) it was last started again
         self.failing = False  # the last round failed on something other than Redis
 
     def announce(self) -> None:
@@ -567,28 +575,72 @@ class Polling:
         """The schedules' loop on the calling thread, until `stop_event` is set."""
         from workers import scheduler
 
+        self.starts["scheduler"] = self.starts.get("scheduler", 0) + 1
+        # Tests only: `scheduler_loop~start 1.` ends the first run of the loop as a bug escaping it would.
+        failpoints.hit("scheduler_loop", subject=f"start {self.starts['scheduler']}.")
         scheduler.run(self.connection, self.served, scheduler.settings_from(self.config), self.stop_event)
 
     def start(self, *names: str) -> None:
         """The loops named (all by default) on threads of their own, named after them."""
         for name in names or self.loops:
-            thread = threading.Thread(target=self.loops[name], name=name, daemon=True)
+            thread = threading.Thread(target=self._loop, args=(name,), name=name, daemon=True)
             self.threads[name] = thread
             thread.start()
+
+    def _loop(self, name: str) -> None:
+        """The loop `name` on this thread; a bug escaping it ends the thread, logged here (so redacted), not
+        by Python's hook on stderr. `keep_running` starts it again."""
+        try:
+            self.loops[name]()
+        except Exception:
+            log.exception("the %s loop stopped on an error", name)
 
     def keep_running(self) -> None:
         """Start again a loop whose thread ended while no stop was asked for (its traceback is in the log)."""
         for name, thread in list(self.threads.items()):
             if not thread.is_alive() and not self.stop_event.is_set():
                 log.error("the %s loop had stopped; starting it again", name)
+                self.restarted_at[name] = time.monotonic()
                 self.start(name)
 
     def trouble(self) -> str | None:
-        """What is wrong with the loops ("poller failing", "scheduler stopped", …); None when all run."""
-        dead = sorted(name for name, thread in self.threads.items() if not thread.is_alive())
+        """What is wrong with the loops ("poller failing", "scheduler stopped", …); None when all run.
+
+        A loop started again within RESTARTED_SHOWN_SECONDS counts as stopped: one that dies at every
+        start is alive only for moments, and a beat taken in one of them would say all is well.
+        """
+        moment = time.monotonic()
+        dead = sorted(name for name, thread in self.threads.items() if not thread.is_alive()
+                      or moment - self.restarted_at.get(name, float("-inf")) < RESTARTED_SHOWN_SECONDS)
         if dead:
             return f"{' and '.join(dead)} stopped"
         return "poller failing" if self.failing else None
+
+    def supervise(self) -> None:
+        """The loops on threads of their own until `stop_event` is set; this thread starts a dead one again
+        and says how they are (workers/poller_beats.py) for /readyz. The poller process's main thread.
+        """
+        self.start()
+        next_beat = 0.0
+        while not self.stop_event.is_set():
+            self.keep_running()
+            if time.monotonic() >= next_beat and self._beat():
+                next_beat = time.monotonic() + poller_beats.BEAT_SECONDS
+            self.stop_event.wait(SUPERVISE_SECONDS)
+        self.stop(STOP_SECONDS)
+        try:
+            poller_beats.leave(self.connection, self.me)
+        except redis.RedisError:
+            pass  # Redis went first: /readyz says this poller gone until a live one forgets it (FORGET_AFTER)
+
+    def _beat(self) -> bool:
+        """Say how the loops are; False when Redis is away (the loops wait for it; the beat is said again)."""
+        try:
+            poller_beats.beat(self.connection, self.me, self.trouble() or poller_beats.POLLING, now=time.time())
+        except redis.RedisError as exc:
+            log.debug("poller %s: beat not written (%s)", self.me, exc)
+            return False
+        return True
 
     def stop(self, timeout: float) -> None:
         """Ask both loops to stop and wait for them: the poller releases its leases on its way out."""
@@ -612,9 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config)
     follow_registry(served().view)  # workspaces added or rotated later have their secrets redacted too
     polling = Polling(config, with_scheduler=argv == ["--with-scheduler"], stop=stop_event())
-    if "scheduler" in polling.loops:
-        polling.start("scheduler")
-    polling.poll()  # on the main thread: the process ends with it
+    # A dead loop is started again in the process rather than ending it: under honcho (the Procfile's
+    # runner) one process that exits stops the whole stack, and the worker's loops are kept the same way.
+    polling.supervise()
     return 0
 
 

@@ -84,7 +84,8 @@ def test_readyz_names_a_worker_whose_poll_rounds_fail_and_the_poller_goes_on(pol
     app = create_app({"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": polling.env["INLOOX_API_KEY"]})
     client = app.test_client()
 
-    response = wait_until(lambda: (r := client.get("/readyz")).status_code == 503 and "poller" in str(r.json) and r,
+    response = wait_until(lambda: (r := client.get("/readyz")).status_code == 503
+                          and "poller" in r.json["checks"]["worker"].get("error", "") and r,
                           30, "/readyz to notice the failing poller")
 
     check = response.json["checks"]["worker"]

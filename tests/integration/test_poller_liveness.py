@@ -1,0 +1,144 @@
+"""Poller processes of their own (`python -m workers.poller --with-scheduler`, WORKER_POLLS=0): their loops
+kept running, and how they are told to /readyz (the workers' pollers say it in the workers' beat:
+tests/integration/test_worker_polls.py)."""
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+
+from app import create_app
+from tests.support.processes import Process, wait_until
+from tests.support.stack import PREFIX, write_rule
+from tests.support.valkey import Valkey
+from workers import poller_beats, scheduler
+
+TICK_RULE = """
+id: tick
+when:
+  - schedule: "* * * * *"
+    catch_up: latest
+then:
+  - notify: "{{ env.TEAM_CHANNEL_URL }}"
+    title: Tick
+    body: "tick {{ schedule.time }}"
+"""
+
+
+@pytest.fixture
+def pollers(engine):
+    """The stack with quick rounds, whose pollers the tests start (`start_poller`)."""
+    engine.env.update(POLL_INTERVAL="0.5", SCHEDULE_INTERVAL="0.5")
+    return engine
+
+
+def start_poller(stack, name="poller") -> Process:
+    """`python -m workers.poller --with-scheduler`, as the Procfile of a deployment with poller processes runs it."""
+    process = Process.python("-m", "workers.poller", "--with-scheduler", name=name, env=stack.env)
+    stack.processes.append(process)  # stopped with the stack
+    return process
+
+
+def pollers_check(stack, sandbox) -> dict:
+    """/readyz's `pollers` check, asked of an app on the stack's Redis."""
+    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": stack.env["INLOOX_API_KEY"]})
+    return app.test_client().get("/readyz").json["checks"]["pollers"]
+
+
+def test_a_poller_process_starts_its_dead_scheduler_again_and_the_ticks_fire(pollers, rules_dir, redis_url):
+    # Before, the process went on polling with no schedules loop, and said nothing.
+    pollers.env["ENGINE_FAILPOINTS"] = "scheduler_loop~start 1."  # its first run ends, as a bug escaping it would
+    write_rule(rules_dir, "tick", TICK_RULE)
+    # The last look half a minute before this minute's tick (test_schedules' way): due at once.
+    last = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(seconds=30)
+    redis.Redis.from_url(redis_url).zadd(f"{PREFIX}{scheduler.LAST_KEY}", {"tick": last.timestamp()})
+    poller = start_poller(pollers)
+
+    wait_until(lambda: "fired schedule:tick:" in poller.output(), 20, "the restarted scheduler to fire the tick")
+    assert "the scheduler loop had stopped; starting it again" in poller.output()
+    assert poller.alive()
+
+
+def test_readyz_names_a_poller_process_whose_scheduler_keeps_stopping(pollers, sandbox):
+    pollers.env["ENGINE_FAILPOINTS"] = "scheduler_loop~start"  # every run of the loop ends at once
+    poller = start_poller(pollers)
+
+    check = wait_until(lambda: (c := pollers_check(pollers, sandbox))["ok"] is False and c, 20,
+                       "/readyz to name the poller whose scheduler stopped")
+
+    assert "(scheduler stopped)" in check["error"]
+    assert f"pid {poller.popen.pid}" in check["error"]  # which process: an operator finds it by its pid and host
+    wait_until(lambda: poller.output().count("starting it again") >= 3, 10, "the loop started again, each time it ended")
+    assert poller.alive()
+
+
+def test_readyz_names_a_poller_process_whose_rounds_fail(pollers, sandbox):
+    pollers.env["ENGINE_FAILPOINTS"] = "poll_round~"  # every round raises, as a bug in it would
+    poller = start_poller(pollers)
+
+    check = wait_until(lambda: (c := pollers_check(pollers, sandbox))["ok"] is False and c, 20,
+                       "/readyz to name the failing poller")
+
+    assert "(poller failing)" in check["error"] and f"pid {poller.popen.pid}" in check["error"]
+    assert poller.alive()
+
+
+def test_readyz_says_a_poller_process_went_away_but_not_one_that_stopped(pollers, sandbox):
+    stopped, killed = start_poller(pollers, "stopped"), start_poller(pollers, "killed")
+    wait_until(lambda: pollers_check(pollers, sandbox) == {"ok": True, "pollers": 2}, 20, "both pollers' beats")
+
+    stopped.signal(signal.SIGTERM)
+    stopped.popen.wait(timeout=40)
+    assert stopped.popen.returncode == 0, stopped.output()[-3000:]
+    assert pollers_check(pollers, sandbox) == {"ok": True, "pollers": 1}  # a poller that stops says so: not missed
+    killed.signal(signal.SIGKILL)
+
+    check = wait_until(lambda: (c := pollers_check(pollers, sandbox))["ok"] is False and c,
+                       poller_beats.GONE_AFTER + 10, "/readyz to say the killed poller went away")
+    assert f"pid {killed.popen.pid}" in check["error"] and "gone: no beat for" in check["error"]
+    assert f"pid {stopped.popen.pid}" not in check["error"]
+
+
+def test_a_stack_whose_workers_poll_misses_no_poller_process(pollers, sandbox):
+    pollers.env["WORKER_POLLS"] = "1"
+    pollers.worker()
+    app = create_app({"REDIS_URL": pollers.env["REDIS_URL"], "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": pollers.env["INLOOX_API_KEY"]})
+
+    response = wait_until(lambda: (r := app.test_client().get("/readyz")).status_code == 200 and r, 20,
+                          "/readyz ready with the worker that polls")
+
+    assert response.json["checks"]["pollers"] == {"ok": True, "pollers": 0}
+
+
+@pytest.fixture
+def own_valkey(tmp_path, pollers):
+    """This test's own Valkey, which it kills and starts again; the stack uses it."""
+    server = Valkey(tmp_path / "redis").start()
+    pollers.env["REDIS_URL"] = server.url
+    yield server
+    pollers.end()  # the processes go before their Redis does
+    if server.alive():
+        server.stop()
+
+
+def test_a_poller_process_beats_again_after_a_redis_outage(pollers, own_valkey, sandbox):
+    poller = start_poller(pollers)
+    wait_until(lambda: pollers_check(pollers, sandbox) == {"ok": True, "pollers": 1}, 20, "the poller's first beat")
+
+    own_valkey.kill()
+    outage_end = time.monotonic() + 3 * poller_beats.BEAT_SECONDS  # the outage's length (not a wait for a condition)
+    while time.monotonic() < outage_end:
+        time.sleep(0.2)
+    own_valkey.start()
+    restarted = time.time()
+
+    connection = own_valkey.client()
+    wait_until(lambda: any(b.at > restarted for b in poller_beats.read(connection)), 3 * poller_beats.BEAT_SECONDS,
+               "a beat written after the outage")
+    assert pollers_check(pollers, sandbox) == {"ok": True, "pollers": 1}
+    assert poller.alive(), poller.output()[-3000:]
