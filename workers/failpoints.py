@@ -29,6 +29,8 @@ The points (see docs/execution.md, "Crash points"):
     poll_round      a poller starts a round (workers/poller.py run; subject: the poller's id)
     scheduler_loop  a poller's schedules loop starts (workers/poller.py Polling.schedule; subject: "start N."
                     for its Nth start in the process)
+    schedule_workspace  the schedules loop fires a workspace's due ticks (workers/scheduler.py _fire; subject:
+                    the workspace's name)
 """
 from __future__ import annotations
 

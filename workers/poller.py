@@ -548,7 +548,7 @@ class Polling:
         self.threads: dict[str, threading.Thread] = {}
         self.starts: dict[str, int] = {}  # loop name → how many times it was started (failpoint subjects)
         self.restarted_at: dict[str, float] = {}  # loop name → when (monotonic) it was last started again
-        self.failing = False  # the last round failed on something other than Redis
+        self.failing: set[str] = set()  # the loops whose last round failed on something other than Redis
 
     def announce(self) -> None:
         poller = self.settings
@@ -568,8 +568,11 @@ class Polling:
             log.warning("poller %s: starting while Redis is unavailable (%s)", self.me, exc)
         run(self.connection, self.follow, self.settings, self.stop_event, me=self.me, rounds=self._round_went)
 
-    def _round_went(self, ok: bool) -> None:
-        self.failing = not ok
+    def _round_went(self, ok: bool, loop: str = "poller") -> None:
+        if ok:
+            self.failing.discard(loop)
+        else:
+            self.failing.add(loop)
 
     def schedule(self) -> None:
         """The schedules' loop on the calling thread, until `stop_event` is set."""
@@ -578,7 +581,8 @@ class Polling:
         self.starts["scheduler"] = self.starts.get("scheduler", 0) + 1
         # Tests only: `scheduler_loop~start 1.` ends the first run of the loop as a bug escaping it would.
         failpoints.hit("scheduler_loop", subject=f"start {self.starts['scheduler']}.")
-        scheduler.run(self.connection, self.served, scheduler.settings_from(self.config), self.stop_event)
+        scheduler.run(self.connection, self.served, scheduler.settings_from(self.config), self.stop_event,
+                      rounds=lambda ok: self._round_went(ok, "scheduler"))
 
     def start(self, *names: str) -> None:
         """The loops named (all by default) on threads of their own, named after them."""
@@ -614,7 +618,8 @@ class Polling:
                       or moment - self.restarted_at.get(name, float("-inf")) < RESTARTED_SHOWN_SECONDS)
         if dead:
             return f"{' and '.join(dead)} stopped"
-        return "poller failing" if self.failing else None
+        failing = sorted(self.failing)  # once: the loops' threads change it
+        return f"{' and '.join(failing)} failing" if failing else None
 
     def supervise(self) -> None:
         """The loops on threads of their own until `stop_event` is set; this thread starts a dead one again

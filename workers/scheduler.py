@@ -27,6 +27,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 import redis
 
@@ -34,7 +35,7 @@ from engine import Event, Ruleset
 from engine.rules import Rule
 from engine.schedules import DEFAULT_GRACE, due_ticks, next_tick
 from engine.templates import isoformat
-from workers import workspaces
+from workers import failpoints, workspaces
 from workers.intake import submit_event
 from workers.logs import configure_logging, follow_registry
 from workers.settings import load_config
@@ -145,11 +146,13 @@ def fire_tick(connection: redis.Redis, event: Event) -> bool:
                         dedup_ttl=FIRED_TTL)
 
 
-def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSettings, stop: threading.Event) -> None:
+def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSettings, stop: threading.Event, *,
+        rounds: Callable[[bool], None] = lambda ok: None) -> None:
     """Fire due ticks of every workspace served until `stop` is set; rules are read again when they change.
 
     Workspaces are followed live: one created through the operator API has its ticks fired from the
     next round on (a paused one's too: they wait in its event log, as its webhooks do).
+    `rounds(ok)` hears how each round went (False: a workspace's failed on something other than Redis).
     """
     sources: dict[str, RuleSource] = {}
     upcoming = Upcoming()
@@ -161,14 +164,18 @@ def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSett
         for name, workspace in current.items():
             if name not in sources or sources[name].workspace != workspace:
                 sources[name] = RuleSource(connection, workspace)
+        ok = True
         for source in sources.values():
             with workspaces.using(source.workspace):
-                _fire(connection, source, settings, upcoming)
+                ok = _fire(connection, source, settings, upcoming) and ok
+        rounds(ok)
         stop.wait(settings.interval)
 
 
-def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettings, upcoming: Upcoming) -> None:
+def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettings, upcoming: Upcoming) -> bool:
+    """Fire the workspace's due ticks; False when that failed on a bug (its trace is logged, the others still fire)."""
     try:
+        failpoints.hit("schedule_workspace", subject=source.workspace.name)  # tests only
         ruleset = source.ruleset()
         for event_id in fire_due(connection, ruleset, now=datetime.now(timezone.utc), grace=settings.grace,
                                  upcoming=upcoming):
@@ -176,6 +183,10 @@ def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettin
     except redis.RedisError as exc:
         # Nothing moved: the next round redoes it.
         log.warning("%s: could not fire schedules, will retry: %s", source.workspace.name, exc)
+    except Exception:  # a bug, or a rule nobody foresaw: this workspace's schedules, not every workspace's
+        log.exception("%s: could not fire schedules", source.workspace.name)
+        return False
+    return True
 
 
 def settings_from(config: dict) -> SchedulerSettings:

@@ -142,3 +142,28 @@ def test_a_poller_process_beats_again_after_a_redis_outage(pollers, own_valkey, 
                "a beat written after the outage")
     assert pollers_check(pollers, sandbox) == {"ok": True, "pollers": 1}
     assert poller.alive(), poller.output()[-3000:]
+
+
+def test_a_workspace_whose_schedules_fail_holds_up_no_other_workspace(pollers, sandbox, tmp_path, redis_url):
+    # Before, the bug met in `broken` ended the schedules loop at every start: `fine`, after it, never fired.
+    entries = []
+    for name in ("broken", "fine"):
+        (tmp_path / name).mkdir()
+        write_rule(tmp_path / name, "tick", TICK_RULE)
+        entries.append(f"""
+          {name}:
+            inloox_url: {sandbox.base_url}
+            inloox_api_key: {pollers.env["INLOOX_API_KEY"]}
+            rules: {tmp_path / name}""")
+    (tmp_path / "workspaces.yaml").write_text("workspaces:" + "".join(entries) + "\n")
+    pollers.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"), ENGINE_FAILPOINTS="schedule_workspace~broken")
+    last = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(seconds=30)
+    for name in ("broken", "fine"):
+        redis.Redis.from_url(redis_url).zadd(f"ws:{name}:{scheduler.LAST_KEY}", {"tick": last.timestamp()})
+    poller = start_poller(pollers)
+
+    wait_until(lambda: "fine: fired schedule:tick:" in poller.output(), 20, "fine's tick")
+    check = wait_until(lambda: (c := pollers_check(pollers, sandbox))["ok"] is False and c, 20,
+                       "/readyz to name the poller whose schedules fail")
+    assert "(scheduler failing)" in check["error"]
+    assert "broken: fired" not in poller.output()
