@@ -28,9 +28,12 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   answers took: its threads share one GIL, so a thread whose answer came waits for the others before
   it sees it, and the answer times (and the events "awaiting one") grow with the threads until a quick
   InLoox looks like a slow one. Against a quick InLoox that fed itself: more threads, slower answers,
-  more threads (to the ceiling of 400; bench/RESULTS.md section 19). Such a cut is judged a window
-  later: if the answers did not get quicker (they are InLoox's own), it is taken back and held, and
-  the process keeps what it has in flight; a busy CPU also never doubles the limit.
+  more threads (to the ceiling of 400; bench/RESULTS.md section 19). This cut is a probe: straight
+  down to BUSY_FLOOR threads, one event each, for a window (a quarter fewer threads made the answers
+  only 10-15 % quicker, inside the noise; a few threads, ten times quicker: section 20). If the answers
+  did not get quicker (they are InLoox's own), it is taken back and held for minutes, and the process
+  keeps what it has in flight; if they did, each thread takes BATCH events. A busy CPU never doubles
+  the limit. Once there, answers under QUICK never send it back, however much slower than usual.
 
 A window lasts WINDOW_SECONDS, or the usual answer time if that is longer, so that a doubling's
 answers are back before it is judged. A request that times out counts as a slow answer, so an
@@ -63,7 +66,7 @@ SLOWED = 2.0  # answers this many times slower than usual: queueing somewhere
 QUEUED = 1.3  # answers this much slower after a doubling: it bought queueing, not answers
 GROW, CUT = 2, 0.75
 HOLD_WINDOWS = 10
-CUT_HOLD_WINDOWS = 60  # after a cut for a busy CPU that bought nothing: InLoox's answer times change slowly
+CUT_HOLD_WINDOWS = 300  # after a probe for a busy CPU that bought nothing: InLoox's answer times change slowly
 WAITING = 0.5  # the share of the events in flight awaiting an answer above which more in flight helps
 IDLE_WAITING = 0.2  # below it, the process is busy with its own work
 FULL = 0.8  # in flight this close to the limit: the limit is what holds events back
@@ -72,7 +75,10 @@ USUAL_UP, USUAL_DOWN = 0.05, 0.3  # how fast the usual answer time follows slowe
 # Of a core, over a window: a process whose Python threads share one GIL can use little more than one
 # (a niced worker sharing two cores with the web got 0.8 in the benches, section 18).
 BUSY_CPU = 0.75
-EASED = 0.8  # a cut for a busy CPU (by a quarter) that made answers no quicker than this bought nothing
+EASED = 0.8  # a cut for a busy CPU that made answers no quicker than this bought nothing
+# Answers this quick never send a busy worker's few threads back to one event each, however much slower
+# than usual (a pause of Valkey's, a neighbour's burst): 8 events one after the other wait 80 ms at most.
+QUICK = 0.010
 
 
 class InFlightLimit:
@@ -94,6 +100,7 @@ class InFlightLimit:
         self._grown_from: tuple[int, float] | None = None  # the limit and answer time before a doubling
         self._cut_from: tuple[int, float] | None = None  # the same before a cut for a busy CPU
         self._hold = 0  # windows left before the next doubling may be tried
+        self._probing = False  # down to a few threads for a busy CPU, one event each until judged
 
     def observe(self, in_flight: int, *, longest: float = 0.0) -> int:
         """Note how many events are in flight now, and how long the longest-running thread has been at
@@ -102,7 +109,7 @@ class InFlightLimit:
             # A thread at its events this long waits for an answer that does not come (a hung receiver,
             # one workspace's slow InLoox), which no window has seen yet: with few threads, a few such
             # events would hold up every other event and workspace. Back to one event per thread.
-            self.value = self.floor
+            self.value, self._probing, self._cut_from = self.floor, False, None
         self._in_flight_sum += in_flight
         self._samples += 1
         now = self._clock()
@@ -116,12 +123,16 @@ class InFlightLimit:
     def batch(self) -> int:
         """Events one thread takes at a time: BATCH once the limit went below the floor (the process is
         busy with its own work, not waiting for InLoox), else 1."""
-        return BATCH if self.value < self.floor else 1
+        return BATCH if self.value < self.floor and not self._probing else 1
 
     def _adapt(self, durations: list[float], in_flight: float, elapsed: float, cpu: float = 0.0) -> None:
         self._hold = max(0, self._hold - 1)
         if in_flight < 1.0 and self.value < self.floor:
             self.value = self.floor  # the backlog is gone: the next burst starts from what was known to work
+            return
+        if not durations and self._cut_from is not None:
+            # A probe's window without one answer back: the answers are slow, and they are InLoox's.
+            self.value, self._hold, self._cut_from, self._probing = self._cut_from[0], CUT_HOLD_WINDOWS, None, False
             return
         if not durations:
             return  # nothing was asked of InLoox: nothing learned
@@ -129,6 +140,7 @@ class InFlightLimit:
         usual = self.usual if self.usual is not None else typical
         grown_from, self._grown_from = self._grown_from, None
         cut_from, self._cut_from = self._cut_from, None
+        self._probing = False
         waiting = sum(durations) / elapsed
         busy_cpu = cpu >= BUSY_CPU
         idle = waiting < IDLE_WAITING * max(in_flight, 1.0)  # few of the events in flight await an answer
@@ -137,9 +149,11 @@ class InFlightLimit:
             self.value, self._hold = grown_from[0], HOLD_WINDOWS  # the doubling bought queueing: back, and hold
         elif cut_from is not None and typical > EASED * cut_from[1]:
             self.value, self._hold = cut_from[0], CUT_HOLD_WINDOWS  # the answers are InLoox's: what was in flight, back
-        elif typical > SLOWED * usual and self.value < self.floor:
+        elif cut_from is not None:
+            pass  # the answers were this process's own waiting: a few threads, several events each
+        elif typical > SLOWED * usual and self.value < self.floor and typical > QUICK:
             self.value = self.floor  # the events wait for InLoox now, not for this process: one each, as before
-        elif typical > SLOWED * usual:
+        elif typical > SLOWED * usual and self.value >= self.floor:
             self.value = max(self.floor, int(self.value * CUT))
         elif (not self._hold and not busy_cpu and in_flight >= FULL * self.value
               and waiting >= WAITING * in_flight):
@@ -151,9 +165,11 @@ class InFlightLimit:
             # A backlog the process does not take faster however many wait for InLoox: its own CPU. Only
             # with at least one answer per event in flight: answers not back yet (a slow InLoox's first
             # second) would otherwise look like nobody waiting.
-            if not idle:
-                self._cut_from = (self.value, typical)  # for a busy CPU alone: judged a window later
-            self.value = max(self.busy_floor, min(self.value - 1, int(self.value * CUT)))
+            if idle:
+                self.value = max(self.busy_floor, min(self.value - 1, int(self.value * CUT)))
+            else:  # for a busy CPU alone: a probe, judged a window later
+                self._cut_from = (self.value, typical)
+                self.value, self._probing = self.busy_floor, True
         self.usual = usual + (USUAL_UP if typical > usual else USUAL_DOWN) * (typical - usual)
         if self.value != before:
             log.debug("events in flight: at most %d now, was %d (answers in %.0f ms, usually %.0f; %.0f of %.0f "
