@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timezone
 
+from typing import TYPE_CHECKING
+
 import redis
 from flask import Blueprint, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
@@ -23,6 +23,12 @@ from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_operato
 from workers import eventlog, rule_files, workspaces
 from workers.metrics import COUNTERS, STEP_MS_BUCKETS, parse_field
 from workers.poll_status import poll_status
+
+if TYPE_CHECKING:
+    from prometheus_client.core import HistogramMetricFamily
+
+# prometheus_client is imported in the functions that write a scrape, not here: no idle request
+# needs it, and imported with the app it cost each web process ~0.8 MB of RSS (issue 22).
 
 bp = Blueprint("metrics", __name__)
 
@@ -52,6 +58,8 @@ COUNTER_METRICS = {
 @bp.get("/metrics")
 def metrics():
     """Every metric of every workspace in Prometheus' text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # here: see the note above bp
+
     require_operator_token()
     served = list(get_registry().workspaces().values())
     return Response(generate_latest(RedisCollector(get_redis(), served)), mimetype=CONTENT_TYPE_LATEST)
@@ -60,6 +68,8 @@ def metrics():
 @bp.get(WORKSPACE_PREFIX + "/metrics")
 def workspace_metrics():
     """The metrics of one workspace (its admin token)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # here: see the note above bp
+
     require_admin_token()
     collector = RedisCollector(get_redis(), [workspaces.current()])
     return Response(generate_latest(collector), mimetype=CONTENT_TYPE_LATEST)
@@ -83,6 +93,8 @@ class RedisCollector:
         yield from self._rule_file_gauges()
 
     def _poll_gauges(self):
+        from prometheus_client.core import GaugeMetricFamily  # here: see the note above bp
+
         labels = ["workspace", "entity_set"]
         lag = GaugeMetricFamily(PREFIX + "poll_lag_seconds", "How stale our view of InLoox is: now minus the "
                                 "start of the last complete poll (or scan), per watched entity set", labels=labels)
@@ -105,6 +117,8 @@ class RedisCollector:
         return lag, held, cost, every
 
     def _queue_gauges(self):
+        from prometheus_client.core import GaugeMetricFamily  # here: see the note above bp
+
         depth = GaugeMetricFamily(PREFIX + "queue_jobs", "RQ jobs by state", labels=["queue", "state"])
         for workspace in self.served:
             queue = Queue(workspace.queue, connection=self.connection, serializer="json")
@@ -123,6 +137,8 @@ class RedisCollector:
 
     def _rule_file_gauges(self):
         """Broken rule files (workers/rule_files.py): running their last good version, or nothing of them."""
+        from prometheus_client.core import GaugeMetricFamily  # here: see the note above bp
+
         broken = GaugeMetricFamily(PREFIX + "rule_file_broken", "A rule file that does not load (1)",
                                    labels=["workspace", "file", "running"])
         since = GaugeMetricFamily(PREFIX + "rule_file_broken_since_seconds",
@@ -135,6 +151,8 @@ class RedisCollector:
 
 
 def _counter_families(counters: list[tuple[str, dict, int]]):
+    from prometheus_client.core import CounterMetricFamily  # here: see the note above bp
+
     sums = defaultdict(int)  # summed by the labels shown, so no series appears twice
     for name, labels, value in counters:
         if name in COUNTER_METRICS:
@@ -148,6 +166,8 @@ def _counter_families(counters: list[tuple[str, dict, int]]):
 
 def _step_histogram(counters: list[tuple[str, dict, int]]) -> HistogramMetricFamily:
     """Step latency in seconds; Redis keeps per-bucket counts in ms, Prometheus wants them cumulative."""
+    from prometheus_client.core import HistogramMetricFamily  # here: see the note above bp
+
     per_bucket = defaultdict(int)
     sum_ms = 0
     for name, labels, value in counters:
