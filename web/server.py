@@ -80,7 +80,7 @@ def build():
     """The app, as every server process serves it."""
     from app import create_app  # the factory imports every blueprint, this module among its neighbours
 
-    app = create_app()
+    app = create_app(commands=False)  # a server runs no `flask` command
     # waitress warns "Task queue depth is N" on every request that finds all threads busy: under a
     # burst that is one JSON log line per webhook (4 % of the web's CPU at 1,000/s, bench/acks.py)
     # saying only that requests wait their turn, which their latency shows.
@@ -104,6 +104,7 @@ def prefork(sock: socket.socket, count: int, threads: int) -> int:
     # The collector never walks what was built so far, so its pages stay shared: a full collection in
     # a forked server otherwise copies ~26 MB of them (issue 22, bench/RESULTS.md).
     gc.freeze()
+    _return_free_heap()
     parent = os.getpid()
     signal.signal(signal.SIGTERM, _stop)  # before forking, for every server: a signal during start-up stops it too
     signal.signal(signal.SIGINT, _stop)
@@ -123,6 +124,17 @@ def prefork(sock: socket.socket, count: int, threads: int) -> int:
     finally:
         forked.stop()
     return forked.code
+
+
+def _return_free_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc's malloc_trim), so that no server maps them.
+
+    What start-up freed (~0.7 MB) stays in the heap otherwise, counted in each server's RSS (issue 22).
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): nothing to trim this way
 
 
 def _serve_child(app, options: dict, parent: int) -> None:
