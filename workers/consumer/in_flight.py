@@ -100,6 +100,7 @@ class InFlightLimit:
         self._grown_from: tuple[int, float] | None = None  # the limit and answer time before a doubling
         self._cut_from: tuple[int, float] | None = None  # the same before a cut for a busy CPU
         self._hold = 0  # windows left before the next doubling may be tried
+        self._probe_hold = 0  # windows left before the next probe for a busy CPU may be tried
         self._probing = False  # down to a few threads for a busy CPU, one event each until judged
 
     def observe(self, in_flight: int, *, longest: float = 0.0) -> int:
@@ -126,13 +127,13 @@ class InFlightLimit:
         return BATCH if self.value < self.floor and not self._probing else 1
 
     def _adapt(self, durations: list[float], in_flight: float, elapsed: float, cpu: float = 0.0) -> None:
-        self._hold = max(0, self._hold - 1)
+        self._hold, self._probe_hold = max(0, self._hold - 1), max(0, self._probe_hold - 1)
         if in_flight < 1.0 and self.value < self.floor:
             self.value = self.floor  # the backlog is gone: the next burst starts from what was known to work
             return
         if not durations and self._cut_from is not None:
             # A probe's window without one answer back: the answers are slow, and they are InLoox's.
-            self.value, self._hold, self._cut_from, self._probing = self._cut_from[0], CUT_HOLD_WINDOWS, None, False
+            self.value, self._probe_hold, self._cut_from, self._probing = self._cut_from[0], CUT_HOLD_WINDOWS, None, False
             return
         if not durations:
             return  # nothing was asked of InLoox: nothing learned
@@ -148,7 +149,7 @@ class InFlightLimit:
         if grown_from is not None and typical > QUEUED * grown_from[1]:
             self.value, self._hold = grown_from[0], HOLD_WINDOWS  # the doubling bought queueing: back, and hold
         elif cut_from is not None and typical > EASED * cut_from[1]:
-            self.value, self._hold = cut_from[0], CUT_HOLD_WINDOWS  # the answers are InLoox's: what was in flight, back
+            self.value, self._probe_hold = cut_from[0], CUT_HOLD_WINDOWS  # the answers are InLoox's: what was in flight, back
         elif cut_from is not None:
             pass  # the answers were this process's own waiting: a few threads, several events each
         elif typical > SLOWED * usual and self.value < self.floor and typical > QUICK:
@@ -161,7 +162,7 @@ class InFlightLimit:
                 self._grown_from = (self.value, typical)
                 self.value = min(self.ceiling, self.value * GROW)
         elif in_flight >= BACKLOG * self.value and len(durations) >= in_flight and (
-                idle or busy_cpu and not self._hold):
+                idle or busy_cpu and not self._probe_hold):
             # A backlog the process does not take faster however many wait for InLoox: its own CPU. Only
             # with at least one answer per event in flight: answers not back yet (a slow InLoox's first
             # second) would otherwise look like nobody waiting.
