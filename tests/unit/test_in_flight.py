@@ -33,13 +33,15 @@ class _Server:
         seen, step = [], 0.1
         while seconds > 0:
             in_flight = (limit.value if arriving is None else min(arriving, limit.value)) if backlog else 0
+            longest = 0.0
             if in_flight:
                 answer = self.answer_time(in_flight)
                 per_event = answer + self.own_work
                 answered = round(in_flight * step / per_event)
                 self._answers += [answer] * answered
                 self.cpu_used += answered * self.own_work
-            seen.append(limit.observe(in_flight))
+                longest = per_event * limit.batch()  # a thread is at its events this long
+            seen.append(limit.observe(in_flight, longest=longest))
             self.now += step
             seconds -= step
         return seen

@@ -110,7 +110,11 @@ class InFlightLimit:
             # A thread at its events this long waits for an answer that does not come (a hung receiver,
             # one workspace's slow InLoox), which no window has seen yet: with few threads, a few such
             # events would hold up every other event and workspace. Back to one event per thread.
-            self.value, self._probing, self._cut_from = self.floor, False, None
+            if self._cut_from is not None:  # a probe's events wait that long: the answers are InLoox's own
+                self.value, self._probe_hold = self._cut_from[0], CUT_HOLD_WINDOWS
+            else:
+                self.value = self.floor
+            self._probing, self._cut_from = False, None
         self._in_flight_sum += in_flight
         self._samples += 1
         now = self._clock()
