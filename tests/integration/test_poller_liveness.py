@@ -12,20 +12,9 @@ import redis
 
 from app import create_app
 from tests.support.processes import Process, wait_until
-from tests.support.stack import PREFIX, write_rule
+from tests.support.stack import PREFIX, TICK_RULE, write_rule
 from tests.support.valkey import Valkey
 from workers import poller_beats, scheduler
-
-TICK_RULE = """
-id: tick
-when:
-  - schedule: "* * * * *"
-    catch_up: latest
-then:
-  - notify: "{{ env.TEAM_CHANNEL_URL }}"
-    title: Tick
-    body: "tick {{ schedule.time }}"
-"""
 
 
 @pytest.fixture

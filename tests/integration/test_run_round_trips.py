@@ -60,11 +60,13 @@ def _event(n: int) -> dict:
 
 
 @pytest.fixture
-def batched_counts():
-    """Counts kept in memory and written every second, as the worker does (workers/worker.py)."""
+def batched_counts(redis_url):
+    """Counts kept in memory and written every second, as the worker does (workers/worker.py); what
+    the test left pending is written to its own Redis, not to the next test's of this process."""
     metrics.batch(3600.0)
     yield
     metrics.batch(0.0)
+    metrics.flush(redis.Redis.from_url(redis_url))
 
 
 def test_a_one_step_run_costs_few_round_trips(redis_url, sandbox, tmp_path, batched_counts):

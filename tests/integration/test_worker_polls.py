@@ -15,19 +15,8 @@ import redis
 
 from app import create_app
 from tests.support.processes import wait_until
-from tests.support.stack import BOOKING_RULE, PREFIX, WATCH_RULE, make_task, runs_in, write_rule
+from tests.support.stack import BOOKING_RULE, PREFIX, TICK_RULE, WATCH_RULE, make_task, runs_in, write_rule
 from workers import scheduler
-
-TICK_RULE = """
-id: tick
-when:
-  - schedule: "* * * * *"
-    catch_up: latest
-then:
-  - notify: "{{ env.TEAM_CHANNEL_URL }}"
-    title: Tick
-    body: "tick {{ schedule.time }}"
-"""
 
 
 @pytest.fixture

@@ -188,6 +188,19 @@ then:
 """
 
 
+# A schedule every minute that notifies the team channel: the tests of poller processes and polling workers.
+TICK_RULE = """
+id: tick
+when:
+  - schedule: "* * * * *"
+    catch_up: latest
+then:
+  - notify: "{{ env.TEAM_CHANNEL_URL }}"
+    title: Tick
+    body: "tick {{ schedule.time }}"
+"""
+
+
 def write_form_rule(rules_dir, extra: str = "") -> None:
     """The `forms` webhook rule, with extra top-level lines (e.g. `mode: shadow`)."""
     write_rule(rules_dir, "forms", FORM_RULE.format(extra=extra))
