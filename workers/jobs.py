@@ -86,19 +86,40 @@ def handle_batch(ctx: WorkerContext, arrivals: list[Arrival]) -> list[dict | Bas
         except Exception as exc:  # noqa: BLE001 - that event's error, kept as its trace by the consumer
             outcomes[i] = exc
     starts = _start_each(ctx, [p for _, p in planned], outcomes, [i for i, _ in planned])
+    stored = time.monotonic()  # when the batch's leases were taken
     failpoints.hit("runs_stored")  # tests only (inert unless ENGINE_FAILPOINTS is set)
     ending = Ending(ctx.connection) if len(arrivals) > 1 else None
     waiting: list[int] = []  # the events with succeeded runs in `ending`
     for n, ((i, (parsed, *_)), started) in enumerate(zip(planned, starts), start=1):
         if outcomes[i] is None:
-            before = len(ending or ())
+            before, began = len(ending or ()), time.monotonic()
+            if began - stored > ctx.run_lease / 2:  # the events before took long: renew this one's lease
+                started = (started[0], [_renewed(here) for here in started[1]])
             outcomes[i] = _execute_event(ctx, parsed, arrivals[i].event, started, ending)
             if len(ending or ()) > before:
                 waiting.append(i)
+            if ending is not None and time.monotonic() - began > Ending.MAX_WAIT:
+                # InLoox or a receiver got slow: what waits is stored now, and the rest of the batch
+                # stores its runs one by one, so that no lease runs out while a run waits for the batch.
+                _end(ending, waiting, outcomes)
+                ending, waiting = None, []
         if ending is not None and (ending.due() or n == len(planned)):
             _end(ending, waiting, outcomes)
             waiting = []
     return outcomes
+
+
+def _renewed(here: tuple) -> tuple:
+    """A run to run here whose lease was taken with its record a while ago: the lease renewed, or, if it
+    ran out and another executor took it, given up (`_run` then asks for the lock as any executor does)."""
+    run_id, record, acquired = here
+    if acquired is None:
+        return here
+    try:
+        acquired[0].reacquire()
+    except redis.exceptions.LockError:
+        return run_id, None, None
+    return here
 
 
 def _execute_event(ctx: WorkerContext, parsed: Event, event: dict, started: tuple, ending: Ending | None):

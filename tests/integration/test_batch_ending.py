@@ -4,12 +4,16 @@ round trip for the batch instead of two per run, on a real Valkey, against the s
 worker killed before the batch's last round trip writes nothing twice."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+
+import redis
 
 from tests.integration.test_run_round_trips import _CountingConnection, _context, _event, batched_counts, run_id_of
 from tests.support.stack import ensure_project, write_form_rule
@@ -114,3 +118,38 @@ def test_a_worker_killed_before_its_batch_was_stored_writes_nothing_twice(redis_
     assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
     assert [r["status"] for r in runs] == ["succeeded"] * events
     assert _tasks(sandbox) == sorted(f"Task {n}" for n in range(1, events + 1)), "each task once"
+
+
+def test_a_run_whose_lease_ran_out_while_its_batch_was_slow_is_left_to_the_executor_that_took_it(
+        redis_url, sandbox, tmp_path, batched_counts):
+    """A batch's leases are taken with its runs; should the events before a run take longer than half its
+    lease, the lease is renewed before the run starts, and a run another executor took meanwhile (the
+    sweeper's RQ job, once the lease ran out) is left to it."""
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    ctx = dataclasses.replace(ctx, run_lease=1.0)
+    lock = f"ws:default:run-lock:{run_id_of(3)}"
+    watcher = redis.Redis.from_url(redis_url)
+    taken = threading.Event()
+
+    def take_over():  # the other executor: takes the third run's lock as soon as its lease runs out
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not taken.is_set():
+            if watcher.set(lock, "other", nx=True, px=10_000):
+                taken.set()
+            time.sleep(0.01)
+
+    with workspaces.using(workspace):
+        handle(ctx, _event(0), accepted_at=time.time())  # rules read, connections open
+        sandbox.fault(kind="latency", latency_ms=700, methods=["POST"], path="^Task$", count=2)  # events 1 and 2
+        thread = threading.Thread(target=take_over, daemon=True)
+        thread.start()
+        handle_batch(ctx, [Arrival(_event(n), 0.0) for n in (1, 2, 3)])
+        taken.set()
+        thread.join(5)
+        runs = [load_run(ctx.connection, run_id_of(n)) for n in (1, 2, 3)]
+
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded", "queued"]
+    assert watcher.get(lock) == b"other", "the other executor still holds the third run"
+    assert _tasks(sandbox) == ["Task 0", "Task 1", "Task 2"]
