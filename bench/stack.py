@@ -261,6 +261,14 @@ def wait_ready(base: str, honcho: Honcho, timeout: float) -> dict:
                      f"{honcho.output()[-6000:]}")
 
 
+def probe_every_web_process(base: str, probes: int = 20) -> None:
+    """/readyz as a load balancer asks it, on new connections until each web process likely answered one:
+    its checks load the rules in the process that serves them (a few MB), so the idle figure counts them
+    in every web process, as a deployment probed by its load balancer would (section 20)."""
+    for _ in range(probes):
+        requests.get(f"{base}/readyz", timeout=5, headers={"Connection": "close"})
+
+
 def wait_for_writes(sink: Sink, expected: int, stall: float, timeout: float) -> tuple[dict, float, str]:
     """Until `expected` distinct events are written; also stops when writes stall or time runs out.
 
@@ -480,6 +488,7 @@ def run(args) -> None:
         honcho = Honcho(root, env, concurrency, tmp / "honcho.log")
         base = f"http://127.0.0.1:{ports['web']}"
         ready = wait_ready(base, honcho, args.start_timeout)
+        probe_every_web_process(base)
         honcho.fix()
         missing = [f"{n}.{i}" for n in names for i in range(1, concurrency.get(n, 1) + 1)
                    if f"{n}.{i}" not in honcho.processes()]
