@@ -250,6 +250,12 @@ class Worker(SimpleWorker):
 
     def work(self, burst: bool = False, **kwargs) -> bool:
         """RQ's loop, started again after a Redis error; the event consumer runs beside it (not in burst mode)."""
+        # RQ installs its stop handlers only once its start-up is done, and the consumer and the poller
+        # start before: a SIGTERM in between (honcho stopping a stack that is starting) killed the worker
+        # outright, its poll leases left to expire. Until RQ's handlers take over, a stop signal is noted,
+        # and RQ's loop stops at its first turn (it reads `_stop_requested`).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop_before_started)
         _lower_priority(int(self.config.get("WORKER_NICE") or 0))
         metrics.batch(METRICS_BATCH_SECONDS)
         if not burst:
@@ -266,6 +272,9 @@ class Worker(SimpleWorker):
                 self.consumer.stop()
             if self.polling is not None:
                 self.polling.stop(POLLING_STOP_SECONDS)
+
+    def _stop_before_started(self, signum, frame) -> None:
+        self._stop_requested = True  # nothing else in a signal handler: see workers/signals.py
 
     def _work_until_stopped(self, burst: bool, **kwargs) -> bool:
         backoff, base_name, restarts = 1.0, self.name, 0
