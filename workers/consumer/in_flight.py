@@ -98,10 +98,9 @@ class InFlightLimit:
         self._in_flight_sum = 0.0  # in flight, sampled at each `observe`, summed over the window
         self._samples = 0
         self._grown_from: tuple[int, float] | None = None  # the limit and answer time before a doubling
-        self._cut_from: tuple[int, float] | None = None  # the same before a cut for a busy CPU
+        self._cut_from: tuple[int, float] | None = None  # the same before a probe for a busy CPU (one under way)
         self._hold = 0  # windows left before the next doubling may be tried
         self._probe_hold = 0  # windows left before the next probe for a busy CPU may be tried
-        self._probing = False  # down to a few threads for a busy CPU, one event each until judged
 
     def observe(self, in_flight: int, *, longest: float = 0.0) -> int:
         """Note how many events are in flight now, and how long the longest-running thread has been at
@@ -111,10 +110,9 @@ class InFlightLimit:
             # one workspace's slow InLoox), which no window has seen yet: with few threads, a few such
             # events would hold up every other event and workspace. Back to one event per thread.
             if self._cut_from is not None:  # a probe's events wait that long: the answers are InLoox's own
-                self.value, self._probe_hold = self._cut_from[0], CUT_HOLD_WINDOWS
+                self._probe_back(self._cut_from)
             else:
                 self.value = self.floor
-            self._probing, self._cut_from = False, None
         self._in_flight_sum += in_flight
         self._samples += 1
         now = self._clock()
@@ -128,16 +126,21 @@ class InFlightLimit:
     def batch(self) -> int:
         """Events one thread takes at a time: BATCH once the limit went below the floor (the process is
         busy with its own work, not waiting for InLoox), else 1."""
-        return BATCH if self.value < self.floor and not self._probing else 1
+        return BATCH if self.value < self.floor and self._cut_from is None else 1  # a probe takes one each
+
+    def _probe_back(self, cut_from: tuple[int, float]) -> None:
+        """A probe that bought nothing (the answers are InLoox's own): what was in flight, back, and no
+        probe for CUT_HOLD_WINDOWS."""
+        self.value, self._probe_hold, self._cut_from = cut_from[0], CUT_HOLD_WINDOWS, None
 
     def _adapt(self, durations: list[float], in_flight: float, elapsed: float, cpu: float = 0.0) -> None:
         self._hold, self._probe_hold = max(0, self._hold - 1), max(0, self._probe_hold - 1)
         if in_flight < 1.0 and self.value < self.floor:
-            self.value = self.floor  # the backlog is gone: the next burst starts from what was known to work
+            # The backlog is gone: the next burst starts from what was known to work (a probe under way too).
+            self.value, self._cut_from = self.floor, None
             return
         if not durations and self._cut_from is not None:
-            # A probe's window without one answer back: the answers are slow, and they are InLoox's.
-            self.value, self._probe_hold, self._cut_from, self._probing = self._cut_from[0], CUT_HOLD_WINDOWS, None, False
+            self._probe_back(self._cut_from)  # a probe's window without one answer back: the answers are slow
             return
         if not durations:
             return  # nothing was asked of InLoox: nothing learned
@@ -145,7 +148,6 @@ class InFlightLimit:
         usual = self.usual if self.usual is not None else typical
         grown_from, self._grown_from = self._grown_from, None
         cut_from, self._cut_from = self._cut_from, None
-        self._probing = False
         waiting = sum(durations) / elapsed
         busy_cpu = cpu >= BUSY_CPU
         idle = waiting < IDLE_WAITING * max(in_flight, 1.0)  # few of the events in flight await an answer
@@ -153,7 +155,7 @@ class InFlightLimit:
         if grown_from is not None and typical > QUEUED * grown_from[1]:
             self.value, self._hold = grown_from[0], HOLD_WINDOWS  # the doubling bought queueing: back, and hold
         elif cut_from is not None and typical > EASED * cut_from[1]:
-            self.value, self._probe_hold = cut_from[0], CUT_HOLD_WINDOWS  # the answers are InLoox's: what was in flight, back
+            self._probe_back(cut_from)
         elif cut_from is not None:
             pass  # the answers were this process's own waiting: a few threads, several events each
         elif typical > SLOWED * usual and self.value < self.floor and typical > QUICK:
@@ -173,8 +175,7 @@ class InFlightLimit:
             if idle:
                 self.value = max(self.busy_floor, min(self.value - 1, int(self.value * CUT)))
             else:  # for a busy CPU alone: a probe, judged a window later
-                self._cut_from = (self.value, typical)
-                self.value, self._probing = self.busy_floor, True
+                self._cut_from, self.value = (self.value, typical), self.busy_floor
         self.usual = usual + (USUAL_UP if typical > usual else USUAL_DOWN) * (typical - usual)
         if self.value != before:
             log.debug("events in flight: at most %d now, was %d (answers in %.0f ms, usually %.0f; %.0f of %.0f "
