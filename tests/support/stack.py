@@ -112,7 +112,6 @@ def make_task(sandbox, name="Write report", work=1.5) -> str:
     return response.json()["TaskItemId"]
 
 
-# A webhook rule most pipeline tests share: each delivery to `forms` creates one task.
 # Issue 4's own example, verbatim (test_acceptance).
 MISSION_RULE = """
 id: log-time-when-task-done
@@ -143,6 +142,7 @@ then:
 # The same rule without its notification, where the test is about the booking alone.
 BOOKING_RULE = MISSION_RULE.split("  - notify:")[0]
 
+# A webhook rule most pipeline tests share: each delivery to `forms` creates one task.
 FORM_RULE = """
 id: form-to-task
 description: Each form submission becomes a task in the project it names.
