@@ -147,6 +147,7 @@ def _serve_child(app, options: dict, parent: int) -> None:
         logging.getLogger(__name__).exception("web server process failed")
         code = 1
     finally:
+        logging.shutdown()  # its lines not written yet (workers/logs.py LineWriter): os._exit runs no atexit
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -11,13 +11,20 @@ until the process restarts: redacting too much costs nothing, missing one leaks 
 
 All secrets are found in one pass over a line (an Aho-Corasick automaton), so a line costs the same
 with four secrets or four thousand (a thousand workspaces).
+
+Lines reach stderr through one writer thread per process (`LineWriter`): a thread that logs formats
+its line and goes on, never waiting for the stream or for another thread's write.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import queue
 import re
 import sys
+import threading
+import weakref
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -131,7 +138,7 @@ def configure_logging(config: dict) -> None:
     level = str(config.get("LOG_LEVEL") or "INFO").upper()
     if level not in LEVELS:
         raise SystemExit(f"Error: LOG_LEVEL {level!r} is not one of {', '.join(LEVELS)}")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineWriter(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets_of(config)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -140,6 +147,130 @@ def configure_logging(config: dict) -> None:
         library = logging.getLogger(name)
         library.handlers.clear()
         library.propagate = True
+
+
+class LineWriter(logging.Handler):
+    """Writes records to a stream from a thread of its own: every line gathered since its last write in one call.
+
+    A StreamHandler writes each line under the handler's lock, and the write gives up the GIL: the
+    thread then waits for the GIL again while holding the lock, and every other thread that logs waits
+    for the lock. A worker with 400 threads awaiting a slow InLoox had 23 % of its threads' time in
+    that queue, time its events were not in flight (bench/RESULTS.md section 21). Here the thread
+    that logs formats its record (the RQ job and the exception are that thread's) and puts the line on
+    a queue, taking no lock of the handler's; one write of many lines gives up the GIL once.
+
+    A log reader that stalls (a full pipe) no longer stalls the process: past MAX_QUEUED lines waiting,
+    new ones are dropped and counted, and a warning says how many once the stream takes lines again.
+    A crash loses the lines not written yet (milliseconds of them); `flush()`, which logging calls at
+    exit, writes them. A forked child starts a writer of its own at its first line.
+    """
+
+    def __init__(self, stream=None):
+        super().__init__()
+        self.stream = stream if stream is not None else sys.stderr
+        self._start_lock = threading.Lock()
+        self._reset()
+        _writers.add(self)
+
+    def _reset(self) -> None:
+        # Also in a forked child: the parent's queue (and its lock's state) and writer thread are the parent's.
+        self._lines: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._dropped = 0
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """As logging.Handler.handle, without the handler's lock: the queue is the only thing shared."""
+        passed = self.filter(record)
+        if passed:
+            self.emit(record)
+        return bool(passed)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if self._lines.qsize() >= MAX_QUEUED:
+            self._dropped += 1  # under the GIL; a lost increment only makes the warning's count low
+            return
+        self._lines.put(line)
+        if self._thread is None:
+            self._start()
+
+    def flush(self) -> None:
+        """Return once every line handed over so far is written (or after FLUSH_SECONDS)."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._write(_taken(self._lines))  # no writer (yet, or any more): this thread writes
+        elif thread is not threading.current_thread():
+            written = threading.Event()
+            self._lines.put(written)
+            written.wait(FLUSH_SECONDS)
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._follow, args=(self._lines,), name="log-writer", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no new threads at interpreter shutdown: this thread writes
+                self._write(_taken(self._lines))
+                return
+            self._thread = thread
+
+    def _follow(self, lines: queue.SimpleQueue) -> None:
+        while True:
+            self._write([lines.get(), *_taken(lines, MAX_LINES_A_WRITE - 1)])
+
+    def _write(self, batch: list) -> None:
+        text = [line for line in batch if isinstance(line, str)]
+        dropped, self._dropped = self._dropped, 0
+        if dropped:
+            text.append(self.format(logging.makeLogRecord({
+                "name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": f"{dropped} log lines dropped: the log's reader did not keep up"})))
+        try:
+            if text:
+                self.stream.write("\n".join(text) + "\n")
+                self.stream.flush()
+        except (OSError, ValueError):
+            pass  # the stream is gone (a closed pipe): nowhere to say so either
+        finally:
+            for marker in batch:
+                if isinstance(marker, threading.Event):
+                    marker.set()
+
+
+# Lines waiting for the writer at most (~7 MB); then new ones are dropped rather than the process stalled.
+MAX_QUEUED = 20_000
+MAX_LINES_A_WRITE = 1_000
+FLUSH_SECONDS = 2.0
+_writers: weakref.WeakSet[LineWriter] = weakref.WeakSet()
+
+
+def _taken(lines: queue.SimpleQueue, most: int = MAX_QUEUED) -> list:
+    """What waits on `lines` now, up to `most` items, without waiting."""
+    taken = []
+    while len(taken) < most:
+        try:
+            taken.append(lines.get_nowait())
+        except queue.Empty:
+            break
+    return taken
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_writers):
+        writer._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def follow_registry(view: View | None) -> None:

@@ -1,12 +1,17 @@
 """JSON log lines: one per record, the run id when the message names one, secrets redacted."""
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import sys
+import threading
 
 import pytest
 import redis
 
+from workers import logs
 from workers.logs import JsonFormatter, configure_logging, secrets_of
 
 TOKEN = "ilx_SENTINELtokenSENTINEL"
@@ -103,3 +108,40 @@ def test_log_level_sets_the_least_level_written_and_a_wrong_one_is_named():
             configure_logging({"LOG_LEVEL": "verbose"})
     finally:
         root.handlers[:], root.level = handlers, level
+
+
+def test_a_log_reader_that_stalls_stalls_no_thread_that_logs_and_what_was_dropped_is_said(monkeypatch):
+    """A process's stderr is a pipe (honcho, systemd, docker): a reader that stops reading filled it and
+    every thread that logged waited for it, the run-end line of every run included. Now logging returns;
+    past MAX_QUEUED waiting lines the newest are dropped, and a warning says how many once the reader is back."""
+    read_end, write_end = os.pipe()
+    stream = io.TextIOWrapper(os.fdopen(write_end, "wb"), encoding="utf-8", line_buffering=True)
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logs, "MAX_QUEUED", 2_000)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sent = 3_000
+    try:
+        configure_logging({})
+        logger = logging.getLogger("workers.jobs")
+        logging_thread = threading.Thread(target=lambda: [logger.info("line %d", n) for n in range(sent)])
+        logging_thread.start()
+        logging_thread.join(10)
+        stalled = logging_thread.is_alive()
+    finally:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(os.fdopen(read_end, encoding="utf-8")))
+        reader.start()  # the reader is back: whatever waits is written
+        logging_thread.join()
+        for handler in root.handlers:
+            handler.flush()
+        root.handlers[:], root.level = handlers, level
+        stream.close()
+        reader.join(10)
+    assert not stalled, "logging waited for the stream's reader"
+    messages = [json.loads(line)["message"] for line in lines]
+    written = [m for m in messages if m.startswith("line ")]
+    assert written == [f"line {n}" for n in range(len(written))]  # in order, the oldest kept
+    assert len(written) < sent
+    warning = [m for m in messages if "dropped" in m]
+    assert warning == [f"{sent - len(written)} log lines dropped: the log's reader did not keep up"]
