@@ -13,6 +13,12 @@ A point can raise instead, as a bug would, each time its subject contains a text
 
     ENGINE_FAILPOINTS=handle_event~poison  raises FailpointError for every event whose id has "poison"
 
+A point can freeze the process instead (SIGSTOP: every thread stops there, as if descheduled at
+that instruction), so that a test changes the world meanwhile (kills Valkey, sends SIGTERM) and
+then continues it with SIGCONT:
+
+    ENGINE_FAILPOINTS=freeze:rq_turn      stops at the first hit (`freeze:rq_turn@2`: the second)
+
 The variable is read once, at import.
 
 The points (see docs/execution.md, "Crash points"):
@@ -31,6 +37,10 @@ The points (see docs/execution.md, "Crash points"):
                     for its Nth start in the process)
     schedule_workspace  the schedules loop fires a workspace's due ticks (workers/scheduler.py _fire; subject:
                     the workspace's name)
+    rq_start        the worker's RQ loop is about to start (registration; its stop handlers not yet
+                    installed: workers/worker.py bootstrap)
+    rq_turn         RQ's loop starts a turn (its check for suspension: workers/worker.py)
+    rq_wait         RQ's loop starts to wait for a job (before it writes its state "idle": workers/worker.py)
 """
 from __future__ import annotations
 
@@ -45,29 +55,34 @@ class FailpointError(RuntimeError):
     """Raised by a point armed to raise: stands for any bug met while handling something."""
 
 
-def _parse(text: str) -> tuple[dict[str, int], dict[str, str]]:
-    """"a,b@3,c~x" -> ({"a": 1, "b": 3}, {"c": "x"}): the hit (1-based) at which each point kills; what raises."""
+def _parse(text: str) -> tuple[dict[str, int], dict[str, str], frozenset[str]]:
+    """"a,b@3,c~x,freeze:d" -> ({"a": 1, "b": 3, "d": 1}, {"c": "x"}, {"d"}): the hit (1-based) at which
+    each point kills or freezes; what raises; which freeze."""
     points: dict[str, int] = {}
     raising: dict[str, str] = {}
+    freezing: set[str] = set()
     for item in text.split(","):
         name, tilde, subject = item.strip().partition("~")
         if tilde:
             raising[name] = subject
             continue
         name, _, nth = name.partition("@")
+        if name.startswith("freeze:"):
+            name = name.removeprefix("freeze:")
+            freezing.add(name)
         if name:
             points[name] = int(nth) if nth else 1
-    return points, raising
+    return points, raising, frozenset(freezing)
 
 
-_NTH, _RAISING = _parse(os.environ.get(ENVIRONMENT, ""))
+_NTH, _RAISING, _FREEZING = _parse(os.environ.get(ENVIRONMENT, ""))
 ARMED = frozenset(_NTH) | frozenset(_RAISING)  # empty unless a test set ENGINE_FAILPOINTS
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
 
 def hit(name: str, *, when: bool = True, subject: str = "") -> None:
-    """Kill this process (SIGKILL) if `name` is armed and this is its Nth hit; else do nothing.
+    """Kill this process (SIGKILL), or freeze it (SIGSTOP), if `name` is armed and this is its Nth hit; else do nothing.
 
     `when=False` does not count as a hit (a place shared by several kinds of step, e.g. only
     notifications). A point armed to raise raises FailpointError when `subject` has its text.
@@ -80,6 +95,11 @@ def hit(name: str, *, when: bool = True, subject: str = "") -> None:
         return
     with _lock:
         _hits[name] = count = _hits.get(name, 0) + 1
-    if count == _NTH[name]:
-        os.write(2, f"failpoint {name}: SIGKILL (hit {count})\n".encode())  # the test reads where it died
-        os.kill(os.getpid(), signal.SIGKILL)
+    if count != _NTH[name]:
+        return
+    if name in _FREEZING:  # the test sees the process stopped (state T) and continues it (SIGCONT)
+        os.write(2, f"failpoint {name}: SIGSTOP (hit {count})\n".encode())
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
+    os.write(2, f"failpoint {name}: SIGKILL (hit {count})\n".encode())  # the test reads where it died
+    os.kill(os.getpid(), signal.SIGKILL)
