@@ -47,7 +47,7 @@ from rq.registry import clean_registries
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from workers import activity, metrics, registry
+from workers import activity, failpoints, metrics, registry
 from workers.consumer import EventConsumer
 from workers.poller import Polling
 from workers.logs import configure_logging, follow_registry
@@ -92,7 +92,6 @@ class Worker(SimpleWorker):
         self.max_connection_wait_time = MAX_BACKOFF_SECONDS  # RQ's own wait while dequeueing (60 s)
         self.consumer: EventConsumer | None = None
         self.polling: Polling | None = None  # with WORKER_POLLS: the poller's and the schedules' loops
-        self._stopping = False  # a stop signal came (RQ raises StopRequested without keeping a flag)
         self._next_beat = 0.0
         self._following: list[str] | None = None  # the workspaces served now, as last followed
         self._leftovers = registry.Leftovers()
@@ -104,6 +103,7 @@ class Worker(SimpleWorker):
 
     def bootstrap(self, *args, **kwargs):
         """RQ's start-up; then its per-job lines ("Job OK", "dequeued …") go quiet: one line per run is ours."""
+        failpoints.hit("rq_start")  # tests only (inert unless ENGINE_FAILPOINTS is set)
         super().bootstrap(*args, **kwargs)
         # RQ lists a queue (rq:queues) only once something was enqueued on it; events no longer are,
         # so a worker names its queues, and RQ's dashboard shows them while they are empty.
@@ -133,10 +133,12 @@ class Worker(SimpleWorker):
         """Warm shutdown, noted rather than raised from the signal handler (as RQ does when idle).
 
         RQ's StopRequested, raised wherever the main thread happens to be, could land inside
-        logging or redis-py and be printed or swallowed. The flag is read where it is safe: RQ's
-        loop and our heartbeat (each turn of the wait for work, within IDLE_WAKE_SECONDS).
+        logging or redis-py and be printed or swallowed. RQ's own flag, `_stop_requested` (RQ sets
+        it only while a job runs), is the one flag of a stop, whichever handler noted it; it is read
+        where it is safe: RQ's loop, our heartbeat (each turn of the wait for work, within
+        IDLE_WAKE_SECONDS, or of RQ's waits for Redis, within MAX_BACKOFF_SECONDS) and our restarts.
         """
-        self._stopping = self._stop_requested = True
+        self._stop_requested = True
         self._shutdown_requested_date = now()  # a second signal within a second is not a cold stop
         signal.signal(signal.SIGINT, self.request_force_stop)
         signal.signal(signal.SIGTERM, self.request_force_stop)
@@ -145,7 +147,7 @@ class Worker(SimpleWorker):
     def heartbeat(self, *args, **kwargs):
         # RQ's wait for work retries Redis errors in a loop of its own, where the StopRequested its
         # signal handler raises can be swallowed by redis-py; this is the first call of each turn.
-        if self._stopping and self.get_state() != WorkerStatus.BUSY:
+        if self._stop_requested and self.get_state() != WorkerStatus.BUSY:
             if self.consumer is not None:
                 self.consumer.stop_reading()  # its last read ends while RQ's scheduler stops
             if self.polling is not None:
@@ -234,6 +236,38 @@ class Worker(SimpleWorker):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("worker %s: maintenance skipped, Redis unavailable (%s)", self.name, exc)
 
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's check for `rq suspend` (the first step of each turn of its loop); Redis away, not suspended.
+
+        RQ lets a Redis error here end its loop with a traceback. The turn goes on instead to RQ's wait
+        for work, which waits for Redis with backoff and notices a stop signal meanwhile.
+        """
+        failpoints.hit("rq_turn")  # tests only (inert unless ENGINE_FAILPOINTS is set)
+        try:
+            super().check_for_suspension(burst)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("worker %s: could not check for suspension, Redis unavailable (%s)", self.name, exc)
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        failpoints.hit("rq_wait")  # tests only
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def set_state(self, state: str, pipeline=None) -> None:
+        """RQ's: the state is kept here and written to the worker's hash; Redis away, it is only kept here.
+
+        The written state is for dashboards (`rq info`). RQ writes "idle" as it starts to wait for work,
+        before the wait's own retries: a Redis error there ended its loop with a traceback, also when
+        a stop signal had come. The wait's first step (our heartbeat) meets the same outage and
+        waits for Redis with backoff, or stops. A state written in a pipeline fails with the pipeline.
+        """
+        if pipeline is not None:
+            super().set_state(state, pipeline)
+            return
+        try:
+            super().set_state(state)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("worker %s: its state not written, Redis unavailable (%s)", self.name, exc)
+
     def stop_scheduler(self) -> None:
         if self.scheduler is not None and self.scheduler._process is not None:
             self.scheduler.request_stop()
@@ -253,7 +287,8 @@ class Worker(SimpleWorker):
         # RQ installs its stop handlers only once its start-up is done, and the consumer and the poller
         # start before: a SIGTERM in between (honcho stopping a stack that is starting) killed the worker
         # outright, its poll leases left to expire. Until RQ's handlers take over, a stop signal is noted,
-        # and RQ's loop stops at its first turn (it reads `_stop_requested`).
+        # and RQ's loop stops at its first turn (it reads `_stop_requested`); a start-up that meets no
+        # Redis is not started again (_work_until_stopped).
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop_before_started)
         _lower_priority(int(self.config.get("WORKER_NICE") or 0))
@@ -281,17 +316,22 @@ class Worker(SimpleWorker):
         while True:
             try:
                 worked = super().work(burst=burst, **kwargs)
-                if burst or self._stopping or self._stop_requested:
+                if burst or self._stop_requested:
                     return worked
                 error = "RQ's loop stopped on an error"  # RQ logged it; it quits on any Redis error
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 error = str(exc)
             except StopRequested:
                 return False  # a stop signal while RQ's loop was not running
-            if self._stopping:
-                return False  # stopping while Redis is away: RQ's farewell could not be written
+            if self._stop_requested:
+                # RQ's farewell (its registration's death) could not be written: the registration expires,
+                # and what this worker took stays where another finds it (started registry, pending events).
+                log.warning("worker %s: stopping while Redis is unreachable (%s)", self.name, error)
+                return False
             log.warning("worker %s: %s; starting again in %.0fs", self.name, error, backoff)
             self._pause(backoff)
+            if self._stop_requested:
+                return False  # the stop came during the pause: no start-up against a Redis that is away
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
             # The old registration may have outlived the outage (AOF): RQ refuses a second birth.
             restarts += 1
@@ -299,7 +339,7 @@ class Worker(SimpleWorker):
 
     def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while not self._stopping and time.monotonic() < deadline:
+        while not self._stop_requested and time.monotonic() < deadline:
             time.sleep(0.1)
 
     def _start_consumer(self) -> EventConsumer:

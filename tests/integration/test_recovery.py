@@ -12,6 +12,7 @@ import itertools
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -249,6 +250,50 @@ def test_a_worker_stops_on_sigterm_while_redis_is_down(stack, killable_valkey, r
 
     killable_valkey.kill()
     worker.signal(signal.SIGTERM)
+
+    wait_until(lambda: not worker.alive(), 15, "the worker to stop although Redis is away")
+    assert "Traceback" not in worker.output()
+
+
+def frozen_at(process, point: str) -> bool:
+    """The process stopped itself at failpoint `point` (ENGINE_FAILPOINTS=freeze:…) and is stopped still."""
+    if f"failpoint {point}: SIGSTOP" not in process.output():
+        return False
+    stat = Path(f"/proc/{process.popen.pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] == "T"  # the state follows the command's name in parentheses
+
+
+def test_a_worker_stopped_as_it_starts_while_redis_is_down_stops(stack, killable_valkey, rules_dir):
+    """The SIGTERM comes before RQ's loop has its own stop handlers, and RQ's start-up meets no Redis."""
+    write_form_rule(rules_dir)
+    killable_valkey.start()
+    stack.env["ENGINE_FAILPOINTS"] = "freeze:rq_start"
+    worker = stack.worker()
+    wait_until(lambda: frozen_at(worker, "rq_start"), 20, "the worker to freeze as RQ's loop starts")
+
+    killable_valkey.kill()
+    worker.signal(signal.SIGTERM)  # pending until the worker goes on
+    worker.signal(signal.SIGCONT)
+
+    wait_until(lambda: not worker.alive(), 15, "the worker to stop although Redis is away")
+    assert "Traceback" not in worker.output()
+
+
+def test_a_worker_whose_redis_dies_at_a_turn_of_its_loop_stops_cleanly(stack, killable_valkey, rules_dir):
+    """Redis goes as RQ's loop starts a turn (its check for suspension), the SIGTERM as it starts to wait for work."""
+    write_form_rule(rules_dir)
+    killable_valkey.start()
+    stack.env["ENGINE_FAILPOINTS"] = "freeze:rq_turn,freeze:rq_wait"
+    worker = stack.worker()
+    wait_until(lambda: frozen_at(worker, "rq_turn"), 20, "the worker to freeze at its loop's first turn")
+
+    killable_valkey.kill()
+    worker.signal(signal.SIGCONT)
+    wait_until(lambda: frozen_at(worker, "rq_wait") or "Traceback" in worker.output() or not worker.alive(), 15,
+               "the worker to reach its wait for work")
+    assert "Traceback" not in worker.output()
+    worker.signal(signal.SIGTERM)
+    worker.signal(signal.SIGCONT)
 
     wait_until(lambda: not worker.alive(), 15, "the worker to stop although Redis is away")
     assert "Traceback" not in worker.output()
