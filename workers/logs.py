@@ -24,6 +24,7 @@ import queue
 import re
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -227,6 +228,9 @@ class LineWriter(logging.Handler):
     def _follow(self, lines: queue.SimpleQueue) -> None:
         while True:
             self._write([lines.get(), *_taken(lines, MAX_LINES_A_WRITE - 1)])
+            # Lines gather meanwhile: woken at every line, this thread would take the GIL as often as
+            # the threads that log (a worker's 500 run-end lines a second), one line per write.
+            time.sleep(GATHER_SECONDS)
 
     def _write(self, batch: list) -> None:
         text = [line for line in batch if isinstance(line, str)]
@@ -250,6 +254,7 @@ class LineWriter(logging.Handler):
 # Lines waiting for the writer at most (~7 MB); then new ones are dropped rather than the process stalled.
 MAX_QUEUED = 20_000
 MAX_LINES_A_WRITE = 1_000
+GATHER_SECONDS = 0.05
 FLUSH_SECONDS = 2.0
 _writers: weakref.WeakSet[LineWriter] = weakref.WeakSet()
 
