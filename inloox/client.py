@@ -265,7 +265,8 @@ class Client:
             self.throttle(method)  # outside the try below: a refusal here is not a request
         started = time.monotonic()
         try:
-            with _translated(method, shown, self._api_key.redact):
+            # exchange(): the whole answer is read inside it (urllib3 preloads it)
+            with _translated(method, shown, self._api_key.redact), exchanges.exchange():
                 response = self._connections().urlopen(
                     method, url, body=payload, headers=self._api_key.headers(
                         _READ_HEADERS if payload is None else _WRITE_HEADERS),
@@ -273,8 +274,6 @@ class Client:
         except InLooxError:
             self._observe(method, None)
             raise
-        finally:
-            exchanges.record(time.monotonic() - started)  # the whole answer is read by now (urllib3 preloads it)
         answer = _Answer(response.status, response.reason or "", response.headers, response.data)
         self._observe(method, answer.status)
         if self.on_received is not None:

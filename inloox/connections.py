@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
 
 import certifi
 import urllib3
+
+
+class Gate(Protocol):
+    """What `Exchanges.exchange` needs of a process's gate (workers/consumer/gate.py)."""
+
+    def leave(self) -> bool: ...
+    def enter(self) -> None: ...
+
 
 HOSTS_KEPT = 64  # connection pools kept per manager, one per InLoox host
 
@@ -47,6 +59,10 @@ class Exchanges:
     """How long this process's InLoox requests took, from sending to the whole answer (or giving up);
     the worker adds its notifications and outbound requests (workers/effects.py).
 
+    `exchange()` is the wait for one answer: it records the duration, and a thread that holds a place
+    of the process's `gate` (the worker's: workers/consumer/gate.py) gives it up meanwhile, so that
+    threads waiting for answers do not keep those with work to do from running.
+
     The worker sizes how many events it keeps in flight from these (workers/consumer/in_flight.py):
     a process whose requests are answered slowly, but no slower as it sends more, gains by sending
     more at once. Only the newest KEPT are held, so a process that never reads them (a poller) keeps
@@ -57,9 +73,31 @@ class Exchanges:
 
     def __init__(self):
         self._durations: deque[float] = deque(maxlen=self.KEPT)
+        self.gate: Gate | None = None  # set by a worker; any object with `leave() -> bool` and `enter()`
 
     def record(self, seconds: float) -> None:
         self._durations.append(seconds)  # deque.append is atomic: no lock on the request path
+
+    @contextmanager
+    def exchange(self) -> Iterator[None]:
+        """Around a wait for one answer: its duration recorded, the gate's place given up meanwhile."""
+        with self.waiting():
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self.record(time.monotonic() - started)  # before taking a place again: the answer's time alone
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Around any other wait for the outside (a request budget's slot): the gate's place given up meanwhile."""
+        gate = self.gate
+        left = gate is not None and gate.leave()
+        try:
+            yield
+        finally:
+            if left:
+                gate.enter()
 
     def take(self) -> list[float]:
         """The durations recorded since the last take, oldest first."""

@@ -14,7 +14,6 @@ InLoox first, which is all an early mark costs should the run stop before sendin
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -204,11 +203,8 @@ def _timed(send: Callable[[], object]) -> Callable[[], object]:
     client records its own requests.)
     """
     def timed():
-        started = time.monotonic()
-        try:
+        with exchanges.exchange():  # also out of the worker's gate while waiting (workers/consumer/gate.py)
             return send()
-        finally:
-            exchanges.record(time.monotonic() - started)
     return timed
 
 

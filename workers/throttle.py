@@ -28,6 +28,7 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from packaging.version import Version
 
+from inloox.connections import exchanges
 from inloox.errors import Throttled
 
 DEFAULT_RATE = 5.0  # InLoox requests per second per workspace
@@ -72,7 +73,8 @@ class Throttle:
                     self.on_refused()
                 raise Throttled(f"{method} not sent: the shared limit {self._window} of {self.key} is "
                                 f"used up, next slot in {wait:.2f}s", method=method, retry_after=wait)
-            time.sleep(wait)
+            with exchanges.waiting():  # out of the worker's gate: other workspaces' threads run meanwhile
+                time.sleep(wait)
 
     def _until_free(self) -> float:
         """Seconds until the oldest slot in the window ages out (0 if one is free already)."""

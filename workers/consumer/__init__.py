@@ -31,6 +31,8 @@ Redis. Anything that makes work for it (an event accepted, a person on its dashb
 active first; what a quiet look can be late for is a safety net (a run or delivery whose executor
 died long after its event, a run waiting over a limit raised meanwhile): ≤ 30 s later than before.
 A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled.
+Of the threads in flight, at most a few run this process's own work at once; the others wait for
+answers or for a place (gate.py).
 """
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from inloox.connections import exchanges
 from workers import activity, eventlog, failpoints, gauges, metrics, recovery
+from workers.consumer.gate import GATE
 from workers.consumer.in_flight import InFlightLimit
 from workers.eventlog import Entry
 from workers.metering import limits
@@ -93,6 +97,7 @@ class EventConsumer:
         self._tasks = itertools.count()
         self._stop = threading.Event()
         self.limit = InFlightLimit(self.pool_size)  # how many of the pool's threads to keep busy now
+        exchanges.gate = GATE  # of those, how many run at once: the others wait for answers or a place
         self._pool = ThreadPoolExecutor(self.pool_size, thread_name_prefix="event")  # threads start as needed
         self._thread: threading.Thread | None = None
         self._next_maintenance = 0.0
@@ -397,8 +402,9 @@ def _note_failure(connection: redis.Redis, stream: _Stream, entry: Entry, error:
 
 def _handle_events(workspace: str, entries: list[Entry]) -> list[BaseException | None]:
     """Handle the entries one after the other (workers.jobs.handle_batch); what each raised (None:
-    handled), so one failure stops none of the others."""
+    handled), so one failure stops none of the others. Inside the process's gate (gate.py), out of
+    it while waiting for answers."""
     ctx = worker_context(workspace)
-    with using(ctx.workspace):
+    with GATE.held(), using(ctx.workspace):
         outcomes = handle_batch(ctx, [Arrival(e.event, e.accepted_at, e.id) for e in entries])
     return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
