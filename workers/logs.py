@@ -227,7 +227,10 @@ class LineWriter(logging.Handler):
 
     def _follow(self, lines: queue.SimpleQueue) -> None:
         while True:
-            self._write([lines.get(), *_taken(lines, MAX_LINES_A_WRITE - 1)])
+            try:
+                self._write([lines.get(), *_taken(lines, MAX_LINES_A_WRITE - 1)])
+            except Exception:  # noqa: BLE001 - whatever one batch met, the process's later lines still go out
+                pass  # the stream is where it would be said
             # Lines gather meanwhile: woken at every line, this thread would take the GIL as often as
             # the threads that log (a worker's 500 run-end lines a second), one line per write.
             time.sleep(GATHER_SECONDS)

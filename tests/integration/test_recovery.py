@@ -263,13 +263,19 @@ def frozen_at(process, point: str) -> bool:
     return stat.rpartition(")")[2].split()[0] == "T"  # the state follows the command's name in parentheses
 
 
+def frozen_worker(stack, valkey, rules_dir, failpoints: str, point: str):
+    """A worker (with the forms rule) started with ENGINE_FAILPOINTS=`failpoints`, once frozen at `point`."""
+    write_form_rule(rules_dir)
+    valkey.start()
+    stack.env["ENGINE_FAILPOINTS"] = failpoints
+    worker = stack.worker()
+    wait_until(lambda: frozen_at(worker, point), 20, f"the worker to freeze at {point}")
+    return worker
+
+
 def test_a_worker_stopped_as_it_starts_while_redis_is_down_stops(stack, killable_valkey, rules_dir):
     """The SIGTERM comes before RQ's loop has its own stop handlers, and RQ's start-up meets no Redis."""
-    write_form_rule(rules_dir)
-    killable_valkey.start()
-    stack.env["ENGINE_FAILPOINTS"] = "freeze:rq_start"
-    worker = stack.worker()
-    wait_until(lambda: frozen_at(worker, "rq_start"), 20, "the worker to freeze as RQ's loop starts")
+    worker = frozen_worker(stack, killable_valkey, rules_dir, "freeze:rq_start", "rq_start")
 
     killable_valkey.kill()
     worker.signal(signal.SIGTERM)  # pending until the worker goes on
@@ -281,11 +287,7 @@ def test_a_worker_stopped_as_it_starts_while_redis_is_down_stops(stack, killable
 
 def test_a_worker_whose_redis_dies_at_a_turn_of_its_loop_stops_cleanly(stack, killable_valkey, rules_dir):
     """Redis goes as RQ's loop starts a turn (its check for suspension), the SIGTERM as it starts to wait for work."""
-    write_form_rule(rules_dir)
-    killable_valkey.start()
-    stack.env["ENGINE_FAILPOINTS"] = "freeze:rq_turn,freeze:rq_wait"
-    worker = stack.worker()
-    wait_until(lambda: frozen_at(worker, "rq_turn"), 20, "the worker to freeze at its loop's first turn")
+    worker = frozen_worker(stack, killable_valkey, rules_dir, "freeze:rq_turn,freeze:rq_wait", "rq_turn")
 
     killable_valkey.kill()
     worker.signal(signal.SIGCONT)
