@@ -169,15 +169,17 @@ class LineWriter(logging.Handler):
     def __init__(self, stream=None):
         super().__init__()
         self.stream = stream if stream is not None else sys.stderr
-        self._start_lock = threading.Lock()
         self._reset()
         _writers.add(self)
 
     def _reset(self) -> None:
-        # Also in a forked child: the parent's queue (and its lock's state) and writer thread are the parent's.
+        # Also in a forked child: the parent's queue, writer thread and locks (maybe taken by a thread the
+        # child does not have) are the parent's.
+        self._start_lock = threading.Lock()
         self._lines: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._dropped = 0
+        self._writing = threading.Lock()  # held while writing; a fork waits for it (_before_fork)
 
     def handle(self, record: logging.LogRecord) -> bool:
         """As logging.Handler.handle, without the handler's lock: the queue is the only thing shared."""
@@ -244,8 +246,9 @@ class LineWriter(logging.Handler):
                 "msg": f"{dropped} log lines dropped: the log's reader did not keep up"})))
         try:
             if text:
-                self.stream.write("\n".join(text) + "\n")
-                self.stream.flush()
+                with self._writing:
+                    self.stream.write("\n".join(text) + "\n")
+                    self.stream.flush()
         except (OSError, ValueError):
             pass  # the stream is gone (a closed pipe): nowhere to say so either
         finally:
@@ -273,12 +276,29 @@ def _taken(lines: queue.SimpleQueue, most: int = MAX_QUEUED) -> list:
     return taken
 
 
+_held_for_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    # A fork in the middle of a write would leave the child's copy of the stream's own lock taken: its
+    # first line would wait for ever (the web forks its servers after logging its start).
+    for writer in list(_writers):
+        if writer._writing.acquire(timeout=FLUSH_SECONDS):
+            _held_for_fork.append(writer._writing)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
 def _after_fork_in_child() -> None:
+    _held_for_fork.clear()
     for writer in list(_writers):
         writer._reset()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def follow_registry(view: View | None) -> None:

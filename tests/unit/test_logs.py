@@ -1,10 +1,13 @@
 """JSON log lines: one per record, the run id when the message names one, secrets redacted."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
 import threading
 
@@ -145,3 +148,50 @@ def test_a_log_reader_that_stalls_stalls_no_thread_that_logs_and_what_was_droppe
     assert len(written) < sent
     warning = [m for m in messages if "dropped" in m]
     assert warning == [f"{sent - len(written)} log lines dropped: the log's reader did not keep up"]
+
+
+FORKING = """
+import logging, os, random, threading, time
+from workers.logs import configure_logging
+
+configure_logging({})
+log = logging.getLogger("workers.jobs")
+stop = False
+
+def spam():
+    while not stop:
+        log.info("parent line")
+        time.sleep(0.0002)
+
+for thread in [threading.Thread(target=spam, daemon=True) for _ in range(3)]:
+    thread.start()
+for n in range(30):
+    configure_logging({})  # a new writer, whose thread the spamming threads start as the fork comes
+    time.sleep(random.random() / 5000)
+    pid = os.fork()
+    if pid == 0:
+        log.info("child %d", n)
+        logging.shutdown()
+        os._exit(0)
+    os.waitpid(pid, 0)
+stop = True
+"""
+
+
+def test_a_process_forked_while_its_threads_log_writes_its_own_lines():
+    """The web forks its servers after it has logged; a fork while another thread was starting the
+    writer or writing left the child's copy of a lock taken, and the child's first line hung it."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    process = subprocess.Popen([sys.executable, "-c", FORKING], cwd=root, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its group: a hung forked child is ended with it
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        stderr = "timed out: a forked child hung"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == 0, stderr[-2000:]
+    children = {json.loads(line)["message"] for line in stderr.splitlines() if '"child ' in line}
+    assert children == {f"child {n}" for n in range(30)}
