@@ -142,7 +142,10 @@ def configure_logging(config: dict) -> None:
     handler = LineWriter(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets_of(config)))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    replaced, root.handlers[:] = root.handlers[:], [handler]
+    for earlier in replaced:
+        if isinstance(earlier, LineWriter):
+            earlier.close()  # its thread would otherwise keep it, and wait for lines, for ever
     root.setLevel(level)
     for name in _LIBRARY_LOGGERS:
         library = logging.getLogger(name)
@@ -212,7 +215,9 @@ class LineWriter(logging.Handler):
             written.wait(FLUSH_SECONDS)
 
     def close(self) -> None:
+        """Write what waits, then end the writer thread."""
         self.flush()
+        self._lines.put(_CLOSED)
         super().close()
 
     def _start(self) -> None:
@@ -229,10 +234,13 @@ class LineWriter(logging.Handler):
 
     def _follow(self, lines: queue.SimpleQueue) -> None:
         while True:
+            batch = [lines.get(), *_taken(lines, MAX_LINES_A_WRITE - 1)]
             try:
-                self._write([lines.get(), *_taken(lines, MAX_LINES_A_WRITE - 1)])
+                self._write(batch)
             except Exception:  # noqa: BLE001 - whatever one batch met, the process's later lines still go out
                 pass  # the stream is where it would be said
+            if _CLOSED in batch:
+                return
             # Lines gather meanwhile: woken at every line, this thread would take the GIL as often as
             # the threads that log (a worker's 500 run-end lines a second), one line per write.
             time.sleep(GATHER_SECONDS)
@@ -263,6 +271,7 @@ MAX_LINES_A_WRITE = 1_000
 GATHER_SECONDS = 0.05
 FLUSH_SECONDS = 2.0
 _writers: weakref.WeakSet[LineWriter] = weakref.WeakSet()
+_CLOSED = object()  # put on a writer's queue by `close`: its thread ends
 
 
 def _taken(lines: queue.SimpleQueue, most: int = MAX_QUEUED) -> list:

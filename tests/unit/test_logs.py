@@ -137,7 +137,7 @@ def test_a_log_reader_that_stalls_stalls_no_thread_that_logs_and_what_was_droppe
         reader.start()  # the reader is back: whatever waits is written
         logging_thread.join()
         for handler in root.handlers:
-            handler.flush()
+            handler.close()
         root.handlers[:], root.level = handlers, level
         stream.close()
         reader.join(10)
@@ -195,3 +195,22 @@ def test_a_process_forked_while_its_threads_log_writes_its_own_lines():
     assert process.returncode == 0, stderr[-2000:]
     children = {json.loads(line)["message"] for line in stderr.splitlines() if '"child ' in line}
     assert children == {f"child {n}" for n in range(30)}
+
+
+def test_configuring_logging_again_ends_the_writer_it_replaces_after_writing_its_lines(monkeypatch, capsys):
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    before = {t for t in threading.enumerate() if t.name == "log-writer"}
+    try:
+        for n in range(5):
+            configure_logging({})
+            logging.getLogger("workers.jobs").info("round %d", n)
+        root.handlers[0].flush()
+        writers = [t for t in threading.enumerate() if t.name == "log-writer" and t not in before]
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = handlers, level
+    assert len(writers) == 1
+    written = [json.loads(line)["message"] for line in capsys.readouterr().err.splitlines()]
+    assert written == [f"round {n}" for n in range(5)]
