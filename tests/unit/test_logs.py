@@ -24,6 +24,19 @@ def record(message, *args, exc_info=None) -> logging.LogRecord:
     return logging.LogRecord("workers.jobs", logging.INFO, __file__, 1, message, args, exc_info)
 
 
+@pytest.fixture
+def root():
+    """The root logger for a test that configures logging: its handlers and level put back afterwards,
+    the writers configured meanwhile closed (their threads ended)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:], root.level = handlers, level
+
+
 def test_a_record_is_one_json_line_with_its_run_id():
     line = JsonFormatter().format(record("run %s (%s): %s", "run_0123456789abcdef01234567", "r", "succeeded"))
     assert "\n" not in line
@@ -99,21 +112,16 @@ def test_a_followed_registry_that_cannot_be_reached_never_holds_up_a_log_line():
     assert json.loads(formatter.format(record("sent %s", TOKEN)))["message"] == "sent ***"
 
 
-def test_log_level_sets_the_least_level_written_and_a_wrong_one_is_named():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        configure_logging({"LOG_LEVEL": "debug"})
-        assert root.level == logging.DEBUG
-        configure_logging({})
-        assert root.level == logging.INFO
-        with pytest.raises(SystemExit, match="LOG_LEVEL 'VERBOSE' is not one of DEBUG, INFO, WARNING, ERROR"):
-            configure_logging({"LOG_LEVEL": "verbose"})
-    finally:
-        root.handlers[:], root.level = handlers, level
+def test_log_level_sets_the_least_level_written_and_a_wrong_one_is_named(root):
+    configure_logging({"LOG_LEVEL": "debug"})
+    assert root.level == logging.DEBUG
+    configure_logging({})
+    assert root.level == logging.INFO
+    with pytest.raises(SystemExit, match="LOG_LEVEL 'VERBOSE' is not one of DEBUG, INFO, WARNING, ERROR"):
+        configure_logging({"LOG_LEVEL": "verbose"})
 
 
-def test_a_log_reader_that_stalls_stalls_no_thread_that_logs_and_what_was_dropped_is_said(monkeypatch):
+def test_a_log_reader_that_stalls_stalls_no_thread_that_logs_and_what_was_dropped_is_said(monkeypatch, root):
     """A process's stderr is a pipe (honcho, systemd, docker): a reader that stops reading filled it and
     every thread that logged waited for it, the run-end line of every run included. Now logging returns;
     past MAX_QUEUED waiting lines the newest are dropped, and a warning says how many once the reader is back."""
@@ -121,8 +129,6 @@ def test_a_log_reader_that_stalls_stalls_no_thread_that_logs_and_what_was_droppe
     stream = io.TextIOWrapper(os.fdopen(write_end, "wb"), encoding="utf-8", line_buffering=True)
     monkeypatch.setattr(sys, "stderr", stream)
     monkeypatch.setattr(logs, "MAX_QUEUED", 2_000)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
     sent = 3_000
     try:
         configure_logging({})
@@ -137,8 +143,7 @@ def test_a_log_reader_that_stalls_stalls_no_thread_that_logs_and_what_was_droppe
         reader.start()  # the reader is back: whatever waits is written
         logging_thread.join()
         for handler in root.handlers:
-            handler.close()
-        root.handlers[:], root.level = handlers, level
+            handler.close()  # what waits is written before the stream closes
         stream.close()
         reader.join(10)
     assert not stalled, "logging waited for the stream's reader"
@@ -197,20 +202,13 @@ def test_a_process_forked_while_its_threads_log_writes_its_own_lines():
     assert children == {f"child {n}" for n in range(30)}
 
 
-def test_configuring_logging_again_ends_the_writer_it_replaces_after_writing_its_lines(monkeypatch, capsys):
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+def test_configuring_logging_again_ends_the_writer_it_replaces_after_writing_its_lines(root, capsys):
     before = {t for t in threading.enumerate() if t.name == "log-writer"}
-    try:
-        for n in range(5):
-            configure_logging({})
-            logging.getLogger("workers.jobs").info("round %d", n)
-        root.handlers[0].flush()
-        writers = [t for t in threading.enumerate() if t.name == "log-writer" and t not in before]
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:], root.level = handlers, level
+    for n in range(5):
+        configure_logging({})
+        logging.getLogger("workers.jobs").info("round %d", n)
+    root.handlers[0].flush()
+    writers = [t for t in threading.enumerate() if t.name == "log-writer" and t not in before]
     assert len(writers) == 1
     written = [json.loads(line)["message"] for line in capsys.readouterr().err.splitlines()]
     assert written == [f"round {n}" for n in range(5)]
