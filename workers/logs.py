@@ -215,9 +215,14 @@ class LineWriter(logging.Handler):
             written.wait(FLUSH_SECONDS)
 
     def close(self) -> None:
-        """Write what waits, then end the writer thread."""
+        """Write what waits, then end the writer thread and wait for it to end."""
         self.flush()
         self._lines.put(_CLOSED)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            # Else the thread may still be on its way out when close returns (seen in CI: a replaced
+            # writer's thread counted as alive).
+            thread.join(FLUSH_SECONDS)
         super().close()
 
     def _start(self) -> None:
