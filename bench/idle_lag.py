@@ -26,7 +26,7 @@ import redis  # noqa: E402
 import requests  # noqa: E402
 
 from workers import workspaces  # noqa: E402
-from workers.poll_status import poll_status  # noqa: E402
+from workers.poller.status import poll_status  # noqa: E402
 
 PERSON_TOKEN, ENGINE_TOKEN = "bench-person", "bench-engine"
 PROJECT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"

@@ -6,7 +6,7 @@ Builds a sandbox SQLite file with `--tasks` tasks (through the sandbox's own wri
 change stamps are real; kept in /tmp and reused by the next run with the same size), serves it
 with `python -m sandbox --data`, takes the poller's baseline (the first poll, which reads every
 row: timed and counted too), renames `--changed` tasks as a person would (PATCH with the
-person's token), then measures one `workers.poll.poll_once` for Task watching Name, IsDone and
+person's token), then measures one `workers.poller.poll.poll_once` for Task watching Name, IsDone and
 WorkAmount: requests (the sandbox's request log), response bytes (each answer's body size, from the
 client's `on_received`), CPU of this process (the poller's side) and of the sandbox, wall time.
 """
@@ -26,7 +26,7 @@ import requests  # noqa: E402
 from inloox import Client  # noqa: E402
 from inloox.changes import change_feed  # noqa: E402
 from workers import workspaces  # noqa: E402
-from workers.poll import PollSettings, poll_once  # noqa: E402
+from workers.poller.poll import PollSettings, poll_once  # noqa: E402
 
 PERSON_TOKEN, ENGINE_TOKEN = "bench-person", "bench-engine"
 PROJECT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"

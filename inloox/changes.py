@@ -9,7 +9,7 @@ InLoox has no webhooks, so every change is found by reading. There are two ways:
   (`Project_cf_2283e9e4_Budget`) and a task's planning (`Planning_EndDateTime`) are watched;
 - a scan: every other set that can be read as a collection is read whole, key and watched fields
   only, PAGE_SIZE rows per request, and compared with the previous read (cost grows with the set's
-  size, so scans run less often; see workers/scan.py).
+  size, so scans run less often; see workers/poller/scan.py).
 A few sets can be watched neither way; `unobservable` says why, and `flask rules check` refuses them.
 """
 from __future__ import annotations

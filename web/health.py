@@ -10,7 +10,8 @@ from rq import Worker
 
 from inloox import InLooxError
 from web.resources import get_context, get_inloox, get_redis
-from workers import poller_beats, rule_files
+from workers import rule_files
+from workers.poller import beats as poller_beats
 from workers.worker import CONSUMER_BEAT, CONSUMER_BEAT_TTL, CONSUMER_STATES
 
 bp = Blueprint("health", __name__)
@@ -101,7 +102,7 @@ def _check_pollers() -> dict:
 
     None seen: nothing is missed (a deployment whose workers poll, WORKER_POLLS=1, has none; their
     pollers are the worker check's). One that stopped took its beat with it; one that died is
-    said gone (workers/poller_beats.py).
+    said gone (workers/poller/beats.py).
     """
     try:
         beats = poller_beats.read(get_redis())

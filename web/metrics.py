@@ -22,7 +22,7 @@ from web.resources import get_redis, get_registry
 from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_operator_token
 from workers import eventlog, rule_files, workspaces
 from workers.metrics import COUNTERS, STEP_MS_BUCKETS, parse_field
-from workers.poll_status import poll_status
+from workers.poller.status import poll_status
 
 if TYPE_CHECKING:
     from prometheus_client.core import HistogramMetricFamily

@@ -9,8 +9,8 @@ from flask.cli import AppGroup
 from inloox.changes import observation
 from web.resources import get_redis
 from web.workspace import cli_workspace
-from workers.poll import release_held
-from workers.poll_status import poll_status
+from workers.poller.poll import release_held
+from workers.poller.status import poll_status
 
 poller_cli = AppGroup("poller", help="Inspect the InLoox change poller and release held floods.")
 

@@ -34,7 +34,7 @@ from workers.replay import ReplayRefused, replay
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
 from workers.outbound import redacted
-from workers.poll_status import poll_status
+from workers.poller.status import poll_status
 from workers.runs import decode_run, list_runs, load_run, load_trace
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")

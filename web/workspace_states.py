@@ -12,7 +12,7 @@ from rq import Queue
 
 from web.resources import get_context
 from workers import eventlog, registry, workspaces
-from workers.poll_status import poll_status
+from workers.poller.status import poll_status
 
 RUNNING, PAUSED, UNREADABLE = "running", "paused", "unreadable secret"
 

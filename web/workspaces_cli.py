@@ -13,7 +13,7 @@ from web.resources import get_context, get_keyring, get_redis
 from web.workspace import cli_registry, redis_errors_as_messages
 from workers import eventlog, registry, workspaces
 from workers.jobs import PAUSED
-from workers.poll_status import poll_status
+from workers.poller.status import poll_status
 from workers.workspace_export import export
 
 PAUSED_BY_OPERATOR = "paused by the operator"

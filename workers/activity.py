@@ -5,7 +5,7 @@
                         the event log's append script, at no round trip of its own) or a person on
                         its dashboard (web/ui.py)
 
-The poller reads every workspace's key in one MGET per round (workers/poller.py); a stamp newer
+The poller reads every workspace's key in one MGET per round (workers/poller/loop.py); a stamp newer
 than it last saw brings each of the workspace's watched sets back to its active interval at once.
 A workspace without activity for QUIET_AFTER is *quiet*: the worker's consumer and RQ's registry
 cleaning look after it less often (`quiet`, workers/consumer/, workers/worker.py).

@@ -15,7 +15,7 @@ import redis
 from rq import Queue
 
 from workers import eventlog, series, workspaces
-from workers.poll_status import lags
+from workers.poller.status import lags
 from workers.workspaces import Workspace
 
 

@@ -17,7 +17,7 @@ costs an in-memory increment):
 Sampled series, a gauge read by one worker every SERIES_SAMPLE_SECONDS (workers/gauges.py):
     backlog          accepted events not handled yet (the event log)
     queued           RQ jobs waiting in the workspace's queue
-    poll_lag:<Set>   seconds our view of the set is behind InLoox (workers/poll_status.py)
+    poll_lag:<Set>   seconds our view of the set is behind InLoox (workers/poller/status.py)
 """
 from __future__ import annotations
 

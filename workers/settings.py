@@ -101,7 +101,7 @@ DEFAULTS = {
     # Workspaces one poller polls at the same time: an InLoox account that answers slowly (or not
     # until the client's timeout) holds one of these, not every other workspace's polls.
     "POLL_THREADS": "8",
-    # Adaptive polling (workers/poll_pace.py): a set quiet this long (no change, nothing accepted
+    # Adaptive polling (workers/poller/pace.py): a set quiet this long (no change, nothing accepted
     # into its workspace's log, nobody on its dashboard) is polled half as often, again each such
     # period, up to POLL_MAX_INTERVAL (change feeds) or POLL_SCAN_MAX_SECONDS (scans). 0: never back off.
     "POLL_IDLE_AFTER_SECONDS": "60",

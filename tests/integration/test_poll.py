@@ -11,7 +11,7 @@ from workers import eventlog
 from inloox import Client
 from tests.support.polling import client, connection  # noqa: F401  (fixtures)
 from inloox.changes import change_feed
-from workers.poll import PollSettings, poll_once, sweep_deleted
+from workers.poller.poll import PollSettings, poll_once, sweep_deleted
 
 TASKS = change_feed("Task")
 PROJECT = {"ProjectId": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "Name": "Website relaunch"}

@@ -14,7 +14,8 @@ from app import create_app
 from tests.support.processes import Process, wait_until
 from tests.support.stack import PREFIX, TICK_RULE, write_rule
 from tests.support.valkey import Valkey
-from workers import poller_beats, scheduler
+from workers import scheduler
+from workers.poller import beats as poller_beats
 
 
 @pytest.fixture

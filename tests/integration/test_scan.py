@@ -18,9 +18,9 @@ from inloox.changes import change_feed, observation
 from tests.support.processes import wait_until
 from tests.support.stack import PREFIX, PROJECT as PARENT, all_runs, ensure_project, start, write_rule
 from workers import eventlog, guards, workspaces
-from workers.poll import PollSettings, poll_once
-from workers.poll_status import poll_status
-from workers.scan import LeaseLost, scan_once
+from workers.poller.poll import PollSettings, poll_once
+from workers.poller.status import poll_status
+from workers.poller.scan import LeaseLost, scan_once
 
 CONTACTS = observation("Contact")
 PROJECT = {"ProjectId": "0b4f2a9e-8c1d-4e6f-9a2b-3c4d5e6f7a8b", "Name": "Website relaunch"}

@@ -1,4 +1,4 @@
-"""What the poller keeps of each entity in Redis (workers/snapshots.py): small, and readable across an upgrade."""
+"""What the poller keeps of each entity in Redis (workers/poller/snapshots.py): small, and readable across an upgrade."""
 from __future__ import annotations
 
 import json
@@ -11,10 +11,10 @@ from engine import load_rules
 from tests.support.polling import client, connection  # noqa: F401  (fixtures)
 from inloox.changes import change_feed, observation
 from workers import eventlog, workspaces
-from workers.poll import poll_once, sweep_deleted
-from workers.poller import watched_sets
-from workers.scan import scan_once
-from workers.snapshots import SnapshotStore
+from workers.poller.poll import poll_once, sweep_deleted
+from workers.poller.loop import watched_sets
+from workers.poller.scan import scan_once
+from workers.poller.snapshots import SnapshotStore
 
 TASKS = change_feed("Task")
 CONTACTS = observation("Contact")

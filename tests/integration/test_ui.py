@@ -17,7 +17,7 @@ from inloox import Client
 from inloox.changes import change_feed
 from workers import workspaces
 from workers.enqueue import queue_run
-from workers.poll import PollSettings, poll_once
+from workers.poller.poll import PollSettings, poll_once
 from tests.support.processes import wait_until
 from tests.support.stack import (ENGINE_TOKEN, PROJECT, WATCH_RULE, WEBHOOK_SECRET, deliver, failed_form_run,
                                  make_task, runs_in, write_form_rule, write_rule)

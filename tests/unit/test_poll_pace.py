@@ -1,9 +1,9 @@
-"""The adaptive poll interval (workers/poll_pace.py): time is passed in, never slept on."""
+"""The adaptive poll interval (workers/poller/pace.py): time is passed in, never slept on."""
 from __future__ import annotations
 
 import pytest
 
-from workers.poll_pace import Pace, SetPace
+from workers.poller.pace import Pace, SetPace
 
 FEED = Pace(active=2, idle_after=60, ceiling=30)
 SCAN = Pace(active=60, idle_after=60, ceiling=600)

@@ -7,7 +7,7 @@ the changed entities in full for the rules. A Dynamic view's row has a timestamp
 (`TaskItem_UpdatedAt`, `Planning_UpdatedAt`, …): the rows where any watched table's stamp moved are
 read, and the newest stamp is the row's. Each event is accepted in the same Redis transaction that
 stores its entity's new snapshot, so a crash re-polls into duplicates, which intake drops.
-Sets without a change feed are scanned instead (workers/scan.py), with the same events and rules.
+Sets without a change feed are scanned instead (workers/poller/scan.py), with the same events and rules.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from inloox.changes import ChangeFeed, Stamp
 from inloox.metadata import load_metadata
 from workers import guards, workspaces
 from workers.intake import submit_event
-from workers.snapshots import STAMP, SnapshotStore
+from workers.poller.snapshots import STAMP, SnapshotStore
 
 log = logging.getLogger(__name__)
 

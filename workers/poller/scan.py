@@ -5,7 +5,7 @@ a request, following @odata.nextLink, and compares each row with its snapshot fr
 scan: a new key is `created`, a changed watched field `updated`, a key no longer listed `deleted`.
 A missing key is first looked up again by key, because a page boundary that moved under a delete
 elsewhere can hide a row that still exists. Events carry `changes` exactly as the change feeds' do
-(workers/poll.py) and go through the same intake: the first scan is a silent baseline, more changes
+(workers/poller/poll.py) and go through the same intake: the first scan is a silent baseline, more changes
 than the flood limit are held for a person, and each event is accepted in the transaction that
 stores its entity's new snapshot. Nothing is kept of a scan whose lease was lost on the way.
 
@@ -35,10 +35,10 @@ from inloox import Client, and_, eq, or_
 from inloox.changes import PAGE_SIZE, Scan
 from workers import guards, workspaces
 from workers.intake import submit_event
-from workers.poll import (
+from workers.poller.poll import (
     FETCH_CHUNK, PollResult, PollSettings, deleted_event, hold_flood, seen_key, selection, watched_fields,
 )
-from workers.snapshots import SnapshotStore
+from workers.poller.snapshots import SnapshotStore
 
 
 class LeaseLost(Exception):

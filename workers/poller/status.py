@@ -5,11 +5,11 @@ The poller writes `poll:<Set>:last` (a hash: when the poll started and ended, by
 `poll:watched` (JSON: the sets its rules watch now) when that changes, and `poll:recent` (the last
 RECENT_POLLS "<poller> <when>" entries, newest first: which poller owned the workspace when, for
 operators chasing a stuck or double poll); the cursor and the held floods are the poller's own
-keys (see `workers.snapshots`, `workers.poll`).
+keys (see `workers.poller.snapshots`, `workers.poller.poll`).
 
 Lag is how stale our view of InLoox is: now − the start of the last complete poll of the set.
 Whatever changed before that start has been seen; an idle account keeps it under a few intervals
-(`every`: the set's interval now, longer while it is quiet, see workers/poll_pace.py), and it grows
+(`every`: the set's interval now, longer while it is quiet, see workers/poller/pace.py), and it grows
 beyond that only when polls fail or fall behind.
 """
 from __future__ import annotations

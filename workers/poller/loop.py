@@ -6,7 +6,7 @@ by a scan of the whole set every POLL_SCAN_SECONDS (default 60; per set as `60 C
 below POLL_SCAN_FLOOR_SECONDS), since a scan costs a request per 100 rows however little changed.
 A set that sees no change, in a workspace where nothing happens, is polled less and less often, up
 to POLL_MAX_INTERVAL (feeds) or POLL_SCAN_MAX_SECONDS (scans); a change, an event accepted from any
-source or a person on the dashboard brings it back at once (workers/poll_pace.py has the curve).
+source or a person on the dashboard brings it back at once (workers/poller/pace.py has the curve).
 
 Each round hands every workspace held that has something due to a pool of POLL_THREADS threads, at
 most one poll of a workspace at a time: an InLoox account that answers slowly, or not before the
@@ -42,13 +42,14 @@ from redis.lock import Lock
 from engine.rules import Ruleset
 from inloox import InLooxError
 from inloox.changes import CHANGE_FEEDS, ChangeFeed, Scan, observation
-from workers import activity, failpoints, metrics, poller_beats, scripts
+from workers import activity, failpoints, metrics, scripts
+from workers.poller import beats as poller_beats
 from workers.logs import configure_logging, follow_registry
-from workers.poll import PollResult, PollSettings, poll_once, sweep_deleted
-from workers.poll_pace import Pace, SetPace
+from workers.poller.poll import PollResult, PollSettings, poll_once, sweep_deleted
+from workers.poller.pace import Pace, SetPace
 from workers import subscriptions, workspaces
-from workers.poll_status import PollRun, record_poll, record_watched
-from workers.scan import LeaseLost, scan_once
+from workers.poller.status import PollRun, record_poll, record_watched
+from workers.poller.scan import LeaseLost, scan_once
 from workers.settings import redis_client
 from workers.signals import stop_event
 from workers.registry import Leftovers, Served, Shard
@@ -136,7 +137,7 @@ class Account:
     lease: Lock
     settings: PollSettings | None = None  # known once InLoox told us who the engine's own user is
     next_sweep: float = 0.0
-    paces: dict[str, SetPace] = field(default_factory=dict)  # entity set → its timing (workers/poll_pace.py)
+    paces: dict[str, SetPace] = field(default_factory=dict)  # entity set → its timing (workers/poller/pace.py)
     watched: frozenset[str] | None = None  # the sets last recorded as watched (for the status)
     watching: dict = field(default_factory=dict)  # entity set → fields, as last read from rules and subscriptions
     watched_at: float = float("-inf")  # when (monotonic) `watching` was read
@@ -623,7 +624,7 @@ class Polling:
 
     def supervise(self) -> None:
         """The loops on threads of their own until `stop_event` is set; this thread starts a dead one again
-        and says how they are (workers/poller_beats.py) for /readyz. The poller process's main thread.
+        and says how they are (workers/poller/beats.py) for /readyz. The poller process's main thread.
         """
         self.start()
         next_beat = 0.0
