@@ -19,8 +19,8 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   is busy with its own work: the limit is cut by a quarter, down to BUSY_FLOOR threads, and each
   thread takes BATCH events at a time (`batch`). A thread handing the GIL to another at every socket
   call is what a CPU-bound worker spends most on besides its own work: 4 threads with 8 events each
-  used 16 % less CPU per event than 48 threads with one (bench/RESULTS.md section 18); either change
-  alone bought nothing. Against an InLoox whose answers are what the events wait for, the limit stays
+  used 16 % less CPU per event than 48 threads with one (bench/RESULTS.md section 18), 2 threads 16 %
+  less again (section 22); fewer threads with one event each bought nothing. Against an InLoox whose answers are what the events wait for, the limit stays
   at FLOOR or above and a thread takes one event, as before: eight writes one after the other would
   wait eight answers. With less than one event in flight on average (the backlog gone) the limit goes
   back to FLOOR: a burst after a quiet spell is not handled eight at a time;
@@ -58,7 +58,11 @@ log = logging.getLogger(__name__)
 # known to work. Fewer threads alone bought nothing against a fast InLoox (12 used as much CPU per
 # event as 48); fewer threads each taking several events did (BUSY_FLOOR, BATCH).
 FLOOR = 48
-BUSY_FLOOR = 4
+# 2 rather than 4: four alternating runs each against a quick InLoox, the worker used 13.6-14.1 s for
+# 10,000 events against 15.7-16.8 s and wrote 536-563/s against 434-510 (bench/RESULTS.md section 22):
+# two threads still overlap one's InLoox answer with the other's work, and hand the GIL over less often.
+# One thread used a little less CPU again (12.8-13.5 s) but wrote slower (519-533/s): its answers wait.
+BUSY_FLOOR = 2
 BATCH = 8  # events a thread takes at a time while the process is busy with its own work
 LONG_SECONDS = 1.0  # a thread at its events longer than this is waiting, not busy (8 events take ~30 ms)
 WINDOW_SECONDS, MAX_WINDOW_SECONDS = 0.5, 3.0
