@@ -24,7 +24,7 @@ from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
 from inloox.changes import ChangeFeed, observation
 from inloox.errors import Throttled
-from workers import deliveries, failpoints, guards, ledger, metrics, scripts, workspaces
+from workers import deliveries, failpoints, guards, ledger, metrics, round_trips, scripts, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext, checkable_write
@@ -168,7 +168,7 @@ def _start_each(ctx: WorkerContext, planned: list, outcomes: list, indexes: list
         with ctx.connection.pipeline(transaction=False) as pipe:
             starts = [_queue_starts(ctx, pipe, plans, now, version, here=True, trace=trace)
                       for _, plans, now, version, trace in planned]
-            replies = pipe.execute()
+            replies = round_trips.shared(ctx.connection).execute(pipe)  # with other threads' runs
     except Exception as exc:  # noqa: BLE001 - Redis away: no event of the batch was started
         for i in indexes:
             outcomes[i] = exc
@@ -545,7 +545,8 @@ def _retry_later(ctx: WorkerContext, run: dict, delay: float, *, tag: str) -> No
 def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=(), lock=None,
           ending: Ending | None = None) -> str:
     """Give the run its new status (with `pending` writes of its last step) and give its `lock`
-    back: one round trip, or none yet with `ending` (a succeeded run, stored with its batch's others).
+    back: one round trip (shared with other threads' at the same moment, workers/round_trips), or none
+    yet with `ending` (a succeeded run, stored with its batch's others).
     The lock goes after the status, so whoever takes it next reads it."""
     run["status"], run["reason"] = status, reason
     token = _given_back(lock) if lock is not None else None
@@ -573,7 +574,7 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()
         return status
     with ctx.connection.pipeline(transaction=False) as pipe:
         billed = queue(pipe)
-        replies = pipe.execute()
+        replies = round_trips.shared(ctx.connection).execute(pipe)  # with other threads' runs' ends
     stopped(replies, billed)
     return status
 
@@ -621,7 +622,7 @@ class Ending:
         failpoints.hit("runs_ending")  # tests only (inert unless ENGINE_FAILPOINTS is set)
         with self.connection.pipeline(transaction=False) as pipe:
             queued = [queue(pipe) for queue, _ in waiting]
-            replies = pipe.execute()
+            replies = round_trips.shared(self.connection).execute(pipe)
         failed = None
         for (_, stopped), it in zip(waiting, queued):
             try:  # each run's own after-work (its log line, its chat answer), whatever another's did

@@ -1,0 +1,139 @@
+"""Redis round trips shared by the threads that want one at the same moment: `shared(connection).execute(pipe)`.
+
+Against a slow InLoox a worker keeps hundreds of events in flight, one per thread (workers/consumer/),
+and each of their runs stores its start and its end in a round trip of its own. At InLoox's 100 ms
+those two were 43 % of the worker's GIL time (bench/RESULTS.md section 22), and a worker busy with
+its own CPU writes no faster than that allows. A busy worker's batches store their runs together
+(workers.jobs.handle_batch); threads with one event each can share their round trips instead.
+
+A thread queues its commands on a pipeline of its own, as it would, and hands it to `execute` instead
+of calling `pipe.execute()`. The first thread to arrive leads a round trip: when others are expected
+within WINDOW (other threads' recent arrivals say so), it waits that long for them, out of the process's gate
+(workers/consumer/gate.py) as every wait is, then sends every gathered pipeline's commands in one
+and hands each thread its own replies. A thread that arrives alone, in a quiet worker, sends at once.
+
+What a thread gets is what its own `pipe.execute()` would have given it: its replies in its order; an
+error reply to one of its commands raised (another thread's error is that thread's); a lost
+connection raised in every thread of the round trip. Nothing is acknowledged, ended or released
+before its own round trip is back: a thread waits for it as it waited for its own.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+
+import redis
+from redis.exceptions import ResponseError
+
+from inloox.connections import exchanges
+
+WINDOW = 0.005  # seconds a leader waits for other threads' commands, when some are expected
+MAX_COMMANDS = 5000  # a round trip that holds this many sends without waiting for more
+
+
+class _Turn:
+    """One thread's pipeline in a shared round trip: its commands, then its replies or the error."""
+
+    __slots__ = ("commands", "done", "replies", "error")
+
+    def __init__(self, commands: list):
+        self.commands = commands
+        self.done = threading.Event()
+        self.replies: list | None = None
+        self.error: BaseException | None = None
+
+
+class RoundTrips:
+    """The round trips of the threads that share `connection` (its pool): one gathering at a time."""
+
+    def __init__(self, connection: redis.Redis, *, window: float = WINDOW, clock=time.monotonic):
+        self.connection = connection
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._gathering: list[_Turn] | None = None
+        self._commands = 0  # in the gathering round trip
+        self._last, self._last_thread = 0.0, 0  # when the last thread arrived, and which
+        # A moving average of the time between arrivals of different threads (seconds), each at most
+        # twice the window: a thread that comes back for its next round trip is no company for itself.
+        self._gap = 2 * window
+        self.sent = 0  # round trips sent, and pipelines they carried: how much was shared (bench, tests)
+        self.carried = 0
+
+    def execute(self, pipe) -> list:
+        """`pipe.execute()`, in a round trip shared with other threads' pipelines; `pipe` is left empty."""
+        commands, pipe.command_stack = pipe.command_stack, []
+        if not commands:
+            return []
+        turn = _Turn(commands)
+        with self._lock:
+            now, thread = self._clock(), threading.get_ident()
+            gap = min(now - self._last, 2 * self.window) if thread != self._last_thread else 2 * self.window
+            self._gap += (gap - self._gap) / 8
+            self._last, self._last_thread = now, thread
+            group = self._gathering
+            lead = group is None or self._commands + len(commands) > MAX_COMMANDS
+            if lead:
+                group = self._gathering = [turn]
+                self._commands = 0
+            else:
+                group.append(turn)
+            self._commands += len(commands)
+            wait = self.window if self._gap < self.window else 0.0  # another thread due within the window
+        gate = exchanges.gate
+        left = gate.leave() if gate is not None else False
+        try:
+            if lead:
+                self._lead(group, wait)
+            else:
+                turn.done.wait()
+        finally:
+            if left:
+                gate.enter()
+        if turn.error is not None:
+            raise turn.error
+        for number, reply in enumerate(turn.replies, start=1):
+            if isinstance(reply, ResponseError):
+                pipe.annotate_exception(reply, number, commands[number - 1][0])
+                raise reply
+        return turn.replies
+
+    def _lead(self, group: list[_Turn], wait: float) -> None:
+        if wait:
+            time.sleep(wait)
+        with self._lock:
+            if self._gathering is group:  # closed: whoever comes next leads the next one
+                self._gathering = None
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for turn in group:
+                    pipe.command_stack.extend(turn.commands)
+                replies = pipe.execute(raise_on_error=False)
+            at = 0
+            for turn in group:
+                turn.replies = replies[at:at + len(turn.commands)]
+                at += len(turn.commands)
+        except BaseException as exc:  # noqa: BLE001 - every thread of the round trip raises it
+            for turn in group:
+                turn.error = exc
+        finally:
+            self.sent += 1
+            self.carried += len(group)
+            for turn in group[1:]:
+                turn.done.set()
+
+
+_shared: weakref.WeakKeyDictionary[redis.Redis, RoundTrips] = weakref.WeakKeyDictionary()
+_made = threading.Lock()
+
+
+def shared(connection: redis.Redis) -> RoundTrips:
+    """The process's round trips on `connection` (one per client, made at its first use)."""
+    trips = _shared.get(connection)
+    if trips is None:
+        with _made:
+            trips = _shared.get(connection)
+            if trips is None:
+                trips = _shared[connection] = RoundTrips(connection)
+    return trips
