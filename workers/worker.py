@@ -49,7 +49,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from workers import activity, failpoints, metrics, registry
 from workers.consumer import EventConsumer
-from workers.poller.loop import Polling
+from workers.poller.process import Polling
 from workers.logs import configure_logging, follow_registry
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
 from workers.settings import load_config, redis_client

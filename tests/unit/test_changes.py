@@ -1,5 +1,5 @@
 """Which entity sets the poller can watch and how (inloox/changes.py), what `rules check` refuses,
-and how often sets are scanned (workers/poller/loop.py settings)."""
+and how often sets are scanned (workers/poller/settings.py)."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +9,8 @@ from engine import load_rules
 from inloox.changes import ChangeFeed, Scan, change_feed, observation, scan_requests, unobservable
 from inloox.metadata import load_metadata
 from web.rules_cli import rules_cli
-from workers.poller.loop import PollerSettings, parse_scan_seconds, watched_sets
+from workers.poller.loop import watched_sets
+from workers.poller.settings import PollerSettings, parse_scan_seconds
 
 RULE = """
 id: watch-it

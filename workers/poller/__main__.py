@@ -1,6 +1,6 @@
-"""`python -m workers.poller [--with-scheduler]`: the poller process (workers/poller/loop.py has it)."""
+"""`python -m workers.poller [--with-scheduler]`: the poller process (workers/poller/process.py has it)."""
 import sys
 
-from workers.poller.loop import main
+from workers.poller.process import main
 
 sys.exit(main())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import redis
 
-BEATS_KEY = "pollers:beats"  # deployment-wide, as POLLERS_KEY (workers/poller/loop.py)
+BEATS_KEY = "pollers:beats"  # deployment-wide, as POLLERS_KEY (workers/poller/leases.py)
 BEAT_SECONDS = 5.0
 # Four beats missed. "at" is the poller's clock, read against the web's: hosts must agree within seconds.
 GONE_AFTER = 20.0

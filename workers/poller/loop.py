@@ -1,4 +1,4 @@
-"""The InLoox change poller process (`python -m workers.poller`).
+"""The poller's loop: rounds that poll each workspace this process holds, when something of it is due.
 
 For every workspace, polls the entity sets that its enabled rules trigger on: those with a change
 feed every POLL_INTERVAL seconds (sweeping them for deletions every POLL_SWEEP_SECONDS), the others
@@ -10,10 +10,8 @@ source or a person on the dashboard brings it back at once (workers/poller/pace.
 
 Each round hands every workspace held that has something due to a pool of POLL_THREADS threads, at
 most one poll of a workspace at a time: an InLoox account that answers slowly, or not before the
-client's timeout, delays its own polls, not the other workspaces'. Each workspace is polled only by the
-holder of its Redis lease (`ws:<name>:poll:lease`, a redis-py Lock with expiry), so any number of
-poller processes may run: they split the workspaces between them, and the workspaces of a poller
-that died are taken over by the others within one lease period (POLL_LEASE_SECONDS).
+client's timeout, delays its own polls, not the other workspaces'. Which workspaces a process holds
+is workers/poller/leases.py's; the process that runs the rounds, workers/poller/process.py's.
 
 What a round costs Redis does not grow with idle workspaces: one MGET of every workspace's activity
 stamp, the pollers' roll call, and every third of a lease period one script renewing every lease
@@ -24,16 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
-import sys
 import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Mapping
+from typing import Callable
 
 import redis
 from redis.exceptions import LockError
@@ -42,76 +38,24 @@ from redis.lock import Lock
 from engine.rules import Ruleset
 from inloox import InLooxError
 from inloox.changes import CHANGE_FEEDS, ChangeFeed, Scan, observation
-from workers import activity, failpoints, metrics, scripts
-from workers.poller import beats as poller_beats
-from workers.logs import configure_logging, follow_registry
+from workers import activity, failpoints, metrics
+from workers.poller import leases
 from workers.poller.poll import PollResult, PollSettings, poll_once, sweep_deleted
-from workers.poller.pace import Pace, SetPace
+from workers.poller.pace import SetPace
+from workers.poller.settings import PollerSettings
 from workers import subscriptions, workspaces
 from workers.poller.status import PollRun, record_poll, record_watched
 from workers.poller.scan import LeaseLost, scan_once
-from workers.settings import redis_client
-from workers.signals import stop_event
 from workers.registry import Leftovers, Served, Shard
-from workers.worker_context import WorkerContext, build_context, folder_stamp, served
+from workers.worker_context import WorkerContext, build_context, folder_stamp
 from workers.workspaces import Workspace
 
 log = logging.getLogger("poller")
 
-POLLERS_KEY = "pollers:alive"  # deployment-wide: poller id → last round (epoch s)
 WATCHED_REFRESH_SECONDS = 10.0  # a set a new rule or subscription watches is polled within this (and a poll)
 # In a quiet workspace (workers/activity.py) within this: a bundle activated or a subscription saved
 # stamps activity, and a rules folder's changed files are seen in the process's shared look: both make the poller look at once.
 QUIET_WATCHED_REFRESH_SECONDS = 60.0
-SUPERVISE_SECONDS = 1.0  # how soon a poller process starts a dead loop again
-# A loop started again is said stopped this long after (its beat, or its worker's): a probe every
-# 10 s sees a loop that died once; one that keeps dying is said all along.
-RESTARTED_SHOWN_SECONDS = 15.0
-STOP_SECONDS = 10.0  # a stopping poller process waits this long for its polls under way (then its leases expire)
-
-
-@dataclass(frozen=True)
-class PollerSettings:
-    """How often to poll, scan and sweep, and how long a lease lasts without renewal."""
-
-    interval: float = 2.0
-    sweep_every: float = 300.0
-    lease_seconds: float = 15.0
-    scan_every: float = 60.0
-    scan_floor: float = 10.0
-    scan_every_set: Mapping[str, float] = field(default_factory=dict)  # per entity set, over scan_every
-    idle_after: float = 60.0  # seconds of quiet before a set backs off (0: never)
-    max_interval: float = 30.0  # a change feed's ceiling
-    scan_max: float = 600.0  # a scan's ceiling
-    threads: int = 8  # workspaces polled at the same time (POLL_THREADS)
-
-    def scan_interval(self, entity_set: str) -> float:
-        """Seconds between two scans of `entity_set`: its own setting or the default, never below the floor."""
-        return max(self.scan_floor, self.scan_every_set.get(entity_set, self.scan_every))
-
-    def pace(self, entity_set: str) -> Pace:
-        """How `entity_set` is paced: a change feed from POLL_INTERVAL, a scan from its scan interval."""
-        if isinstance(observation(entity_set), Scan):
-            return Pace(self.scan_interval(entity_set), self.idle_after, self.scan_max)
-        return Pace(self.interval, self.idle_after, self.max_interval)
-
-
-def parse_scan_seconds(text: str) -> tuple[float, dict[str, float]]:
-    """`"60 Contact=30 Portfolio=600"` → (60.0, {"Contact": 30.0, "Portfolio": 600.0}); ValueError if unreadable."""
-    default, per_set = 60.0, {}
-    for word in text.replace(",", " ").split():
-        name, _, seconds = word.rpartition("=")
-        try:
-            value = float(seconds)
-        except ValueError:
-            raise ValueError(f"POLL_SCAN_SECONDS: {word!r} is not seconds or <EntitySet>=<seconds>") from None
-        if name and observation(name) is None:
-            raise ValueError(f"POLL_SCAN_SECONDS: {name!r} is not an entity set the poller can watch")
-        if name:
-            per_set[name] = value
-        else:
-            default = value
-    return default, per_set
 
 
 def watched_sets(ruleset: Ruleset) -> dict[str, frozenset[str] | None]:
@@ -177,8 +121,8 @@ def run(connection: redis.Redis, follow: Callable[[], list[Account]], poller: Po
     pool.shutdown(wait=True, cancel_futures=True)  # the polls under way end (each bounded by the client's timeout)
     try:
         for account in accounts:
-            _release(account)
-        connection.zrem(POLLERS_KEY, me)
+            leases.release(account)
+        connection.zrem(leases.POLLERS_KEY, me)
     except redis.RedisError:
         pass  # Redis went first (a stack shutting down): the leases expire by themselves
 
@@ -219,19 +163,19 @@ class Following:
 def _round(connection: redis.Redis, accounts: list[Account], poller: PollerSettings, me: str,
            pool: ThreadPoolExecutor) -> None:
     """Renew or take leases up to a fair share, and start a poll of each workspace held whose last one is done."""
-    share = _fair_share(connection, me, len(accounts), poller)
+    share = leases.fair_share(connection, me, len(accounts), poller)
     lively = activity.latest(connection, [a.workspace.name for a in accounts])
-    _renew_leases(connection, accounts, poller)
-    owned = _owned(accounts)  # kept up to date below: counting it per account made a round O(n²)
+    leases.renew_leases(connection, accounts, poller)
+    owned = leases.owned(accounts)  # kept up to date below: counting it per account made a round O(n²)
     now = time.time()
     for account in _rotated(accounts):
         busy = account.polling is not None and not account.polling.done()
         held = account.renewed_at is not None
         if held and owned > share:
             if not busy:  # handed over between polls, never under one (two pollers would read it at once)
-                _release(account)  # hand one over to a poller that has fewer
+                leases.release(account)  # hand one over to a poller that has fewer
                 owned -= 1
-        elif _hold_lease(account, poller, may_take=owned < share):
+        elif leases.hold_lease(account, poller, may_take=owned < share):
             owned += not held
             _note_activity(account, lively.get(account.workspace.name, 0.0))
             if not busy and _has_work(account, now):
@@ -263,30 +207,10 @@ def _note_activity(account: Account, at: float) -> None:
             pace.lively(at)
 
 
-def _fair_share(connection: redis.Redis, me: str, total: int, poller: PollerSettings) -> int:
-    """How many workspaces one poller should own: all of them split between the live pollers.
-
-    Each poller stamps itself in POLLERS_KEY every round; one silent for a lease period is gone.
-    A poller over its share takes no new leases and hands one back per round, so a poller that
-    starts later soon finds free ones.
-    """
-    now = time.time()
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.zadd(POLLERS_KEY, {me: now})
-        pipe.zremrangebyscore(POLLERS_KEY, "-inf", now - poller.lease_seconds)
-        pipe.zcard(POLLERS_KEY)
-        alive = pipe.execute()[2]
-    return max(1, math.ceil(total / max(alive, 1)))
-
-
 def _rotated(accounts: list[Account]) -> list[Account]:
     """The accounts from a random starting point, so pollers do not all reach for the same one first."""
     start = random.randrange(len(accounts)) if accounts else 0
     return accounts[start:] + accounts[:start]
-
-
-def _owned(accounts: list[Account]) -> int:
-    return sum(a.renewed_at is not None for a in accounts)
 
 
 def _has_work(account: Account, now: float) -> bool:
@@ -360,68 +284,6 @@ def _watching(account: Account, poller: PollerSettings) -> dict:
     return watched
 
 
-def _hold_lease(account: Account, poller: PollerSettings, *, may_take: bool = True) -> bool:
-    """Keep the lease we hold (renewed once a third of its period has passed), or try to take a free one.
-
-    False while another poller has it. Between renewals the holder trusts its own clock: a lease
-    renewed less than a third of its period ago cannot have expired, so asking Redis would cost a
-    command per workspace per round and tell nothing.
-    """
-    try:
-        if account.renewed_at is not None:
-            if time.monotonic() - account.renewed_at < poller.lease_seconds / 3:
-                return True
-            account.lease.reacquire()  # raises LockNotOwnedError when it expired under us
-        elif not (may_take and account.lease.acquire(blocking=False)):
-            return False
-    except redis.exceptions.LockError:
-        account.renewed_at = None  # expired under us (a long stall): the next round competes for it again
-        return False
-    account.renewed_at = time.monotonic()
-    return True
-
-
-# For each lease (KEYS[i], our token ARGV[i+1]): extend it to ARGV[1] ms if it is still ours; 1 or 0 each.
-_RENEW = scripts.script("""
-local renewed = {}
-for i, lease in ipairs(KEYS) do
-    if redis.call('get', lease) == ARGV[i + 1] then
-        redis.call('pexpire', lease, ARGV[1])
-        renewed[i] = 1
-    else
-        renewed[i] = 0
-    end
-end
-return renewed
-""")
-
-
-def _renew_leases(connection: redis.Redis, accounts: list[Account], poller: PollerSettings) -> None:
-    """Renew, in one script, every lease held that a third of its period has passed since it was renewed.
-
-    What `_hold_lease` would do one workspace at a time (a script each: 3 commands per workspace
-    every 5 s). A lease found no longer ours is let go: the round competes for it again.
-    """
-    now = time.monotonic()
-    due = [a for a in accounts if a.renewed_at is not None and now - a.renewed_at >= poller.lease_seconds / 3
-           and a.lease.local.token is not None]
-    if not due:
-        return
-    renewed = scripts.call(connection, _RENEW, keys=[a.lease.name for a in due],
-                           args=[int(poller.lease_seconds * 1000), *(a.lease.local.token for a in due)])
-    for account, ours in zip(due, renewed):
-        account.renewed_at = now if ours else None
-
-
-def _release(account: Account) -> None:
-    """Hand the workspace's lease back (if it is still ours), for another poller to take."""
-    if account.renewed_at is None:
-        return
-    account.renewed_at = None
-    with contextlib.suppress(LockError):  # expired meanwhile: nothing to hand back
-        account.lease.release()
-
-
 def _cycle(account: Account, watched: dict, poller: PollerSettings, *, sweep: bool, me: str) -> None:
     """Poll each watched set with a change feed; start the scans that are due on a thread of their own.
 
@@ -472,7 +334,7 @@ def _scans(account: Account, due: list, poller: PollerSettings, me: str) -> None
 
 def _scan(account: Account, scan: Scan, fields, poller: PollerSettings, me: str) -> None:
     """One scan of a set without a change feed; the next is due one interval after this one started."""
-    keep = lambda: _hold_lease(account, poller, may_take=False)  # noqa: E731  (asked per page: scans are long)
+    keep = lambda: leases.hold_lease(account, poller, may_take=False)  # noqa: E731  (asked per page: scans are long)
     _report(_timed(account.context.connection,
                    lambda now: scan_once(account.context.client, account.context.connection, scan, fields,
                                          account.settings, now=now, keep_lease=keep),
@@ -506,175 +368,3 @@ def _report(result: PollResult) -> PollResult:
         log.info("poll %s: %d rows, %d events, %d duplicates, %d held%s", result.entity_set, result.rows,
                  len(result.accepted), result.duplicates, result.held, " (baseline)" if result.baseline else "")
     return result
-
-
-def poller_settings(config: Mapping[str, str]) -> PollerSettings:
-    """The POLL_* settings; a value that is not a number stops the process with its name (SystemExit)."""
-    try:
-        scan_every, scan_every_set = parse_scan_seconds(config["POLL_SCAN_SECONDS"])
-        return PollerSettings(interval=float(config["POLL_INTERVAL"]),
-                              sweep_every=float(config["POLL_SWEEP_SECONDS"]),
-                              lease_seconds=float(config["POLL_LEASE_SECONDS"]),
-                              scan_every=scan_every, scan_every_set=scan_every_set,
-                              scan_floor=float(config["POLL_SCAN_FLOOR_SECONDS"]),
-                              idle_after=float(config["POLL_IDLE_AFTER_SECONDS"]),
-                              max_interval=float(config["POLL_MAX_INTERVAL"]),
-                              scan_max=float(config["POLL_SCAN_MAX_SECONDS"]),
-                              threads=int(config["POLL_THREADS"]))
-    except ValueError as exc:
-        raise SystemExit(f"Error: a POLL_* setting: {exc}") from None
-
-
-class Polling:
-    """The poller's loop, and the schedules' (workers/scheduler.py), on threads of the process that starts it.
-
-    `python -m workers.poller` runs them while its main thread watches over them (`supervise`); a
-    worker started with WORKER_POLLS=1 runs both beside its event consumer, one process fewer, and
-    watches over them from its heartbeat (workers/worker.py). Either way the
-    process polls only the workspaces whose lease it holds, so any number of them may poll.
-    """
-
-    def __init__(self, config: dict, *, with_scheduler: bool, stop: threading.Event | None = None,
-                 shard: Shard | None = None):
-        self.config = config
-        self.settings = poller_settings(config)
-        self.connection = redis_client(config)  # room for every poll thread, and for the scans running beside them
-        self.served = shard or Shard(served(), frozenset())  # a worker's shard (WORKER_WORKSPACES), or every one
-        self.follow = Following(config, self.connection, self.served, self.settings.lease_seconds)
-        self.me = uuid.uuid4().hex[:8]
-        self.stop_event = stop or threading.Event()
-        self.loops: dict[str, Callable[[], None]] = {"poller": self.poll}
-        if with_scheduler:
-            self.loops["scheduler"] = self.schedule
-        self.threads: dict[str, threading.Thread] = {}
-        self.starts: dict[str, int] = {}  # loop name → how many times it was started (failpoint subjects)
-        self.restarted_at: dict[str, float] = {}  # loop name → when (monotonic) it was last started again
-        self.failing: set[str] = set()  # the loops whose last round failed on something other than Redis
-
-    def announce(self) -> None:
-        poller = self.settings
-        log.info("poller %s: %s, every %.1fs, scans every %gs; quiet sets back off after %gs up to %gs (scans %gs)",
-                 self.me, ", ".join(a.workspace.name for a in self.follow()) or "no workspace yet", poller.interval,
-                 poller.scan_interval(""), poller.idle_after, poller.max_interval, poller.scan_max)
-        for name, seconds in {"(default)": poller.scan_every, **poller.scan_every_set}.items():
-            if seconds < poller.scan_floor:
-                log.warning("scan interval %gs of %s is below the floor: scanning every %gs", seconds, name,
-                            poller.scan_floor)
-
-    def poll(self) -> None:
-        """The polling loop on the calling thread, until `stop_event` is set."""
-        try:
-            self.announce()
-        except redis.RedisError as exc:  # Redis restarting: the rounds wait for it
-            log.warning("poller %s: starting while Redis is unavailable (%s)", self.me, exc)
-        run(self.connection, self.follow, self.settings, self.stop_event, me=self.me, rounds=self._round_went)
-
-    def _round_went(self, ok: bool, loop: str = "poller") -> None:
-        if ok:
-            self.failing.discard(loop)
-        else:
-            self.failing.add(loop)
-
-    def schedule(self) -> None:
-        """The schedules' loop on the calling thread, until `stop_event` is set."""
-        from workers import scheduler
-
-        self.starts["scheduler"] = self.starts.get("scheduler", 0) + 1
-        # Tests only: `scheduler_loop~start 1.` ends the first run of the loop as a bug escaping it would.
-        failpoints.hit("scheduler_loop", subject=f"start {self.starts['scheduler']}.")
-        scheduler.run(self.connection, self.served, scheduler.settings_from(self.config), self.stop_event,
-                      rounds=lambda ok: self._round_went(ok, "scheduler"))
-
-    def start(self, *names: str) -> None:
-        """The loops named (all by default) on threads of their own, named after them."""
-        for name in names or self.loops:
-            thread = threading.Thread(target=self._loop, args=(name,), name=name, daemon=True)
-            self.threads[name] = thread
-            thread.start()
-
-    def _loop(self, name: str) -> None:
-        """The loop `name` on this thread; a bug escaping it ends the thread, logged here (so redacted), not
-        by Python's hook on stderr. `keep_running` starts it again."""
-        try:
-            self.loops[name]()
-        except Exception:
-            log.exception("the %s loop stopped on an error", name)
-
-    def keep_running(self) -> None:
-        """Start again a loop whose thread ended while no stop was asked for (its traceback is in the log)."""
-        for name, thread in list(self.threads.items()):
-            if not thread.is_alive() and not self.stop_event.is_set():
-                log.error("the %s loop had stopped; starting it again", name)
-                self.restarted_at[name] = time.monotonic()
-                self.start(name)
-
-    def trouble(self) -> str | None:
-        """What is wrong with the loops ("poller failing", "scheduler stopped", …); None when all run.
-
-        A loop started again within RESTARTED_SHOWN_SECONDS counts as stopped: one that dies at every
-        start is alive only for moments, and a beat taken in one of them would say all is well.
-        """
-        moment = time.monotonic()
-        dead = sorted(name for name, thread in self.threads.items() if not thread.is_alive()
-                      or moment - self.restarted_at.get(name, float("-inf")) < RESTARTED_SHOWN_SECONDS)
-        if dead:
-            return f"{' and '.join(dead)} stopped"
-        failing = sorted(self.failing)  # once: the loops' threads change it
-        return f"{' and '.join(failing)} failing" if failing else None
-
-    def supervise(self) -> None:
-        """The loops on threads of their own until `stop_event` is set; this thread starts a dead one again
-        and says how they are (workers/poller/beats.py) for /readyz. The poller process's main thread.
-        """
-        self.start()
-        next_beat = 0.0
-        while not self.stop_event.is_set():
-            self.keep_running()
-            if time.monotonic() >= next_beat and self._beat():
-                next_beat = time.monotonic() + poller_beats.BEAT_SECONDS
-            self.stop_event.wait(SUPERVISE_SECONDS)
-        self.stop(STOP_SECONDS)
-        try:
-            poller_beats.leave(self.connection, self.me)
-        except redis.RedisError:
-            pass  # Redis went first: /readyz says this poller gone until a live one forgets it (FORGET_AFTER)
-
-    def _beat(self) -> bool:
-        """Say how the loops are; False when Redis is away (the loops wait for it; the beat is said again)."""
-        try:
-            poller_beats.beat(self.connection, self.me, self.trouble() or poller_beats.POLLING, now=time.time())
-        except redis.RedisError as exc:
-            log.debug("poller %s: beat not written (%s)", self.me, exc)
-            return False
-        return True
-
-    def stop(self, timeout: float) -> None:
-        """Ask both loops to stop and wait for them: the poller releases its leases on its way out."""
-        self.stop_event.set()
-        deadline = time.monotonic() + timeout
-        for thread in self.threads.values():
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m workers.poller [--with-scheduler]`: poll every workspace; with the flag, also fire
-    their schedules (workers/scheduler.py) on a thread of this process, one process fewer."""
-    from workers.settings import load_config  # the one place settings are read from the environment
-
-    argv = sys.argv[1:] if argv is None else argv
-    if argv not in ([], ["--with-scheduler"]):
-        print("usage: python -m workers.poller [--with-scheduler]", file=sys.stderr)
-        return 2
-
-    config = load_config()
-    configure_logging(config)
-    follow_registry(served().view)  # workspaces added or rotated later have their secrets redacted too
-    polling = Polling(config, with_scheduler=argv == ["--with-scheduler"], stop=stop_event())
-    # A dead loop is started again in the process rather than ending it: under honcho (the Procfile's
-    # runner) one process that exits stops the whole stack, and the worker's loops are kept the same way.
-    polling.supervise()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
