@@ -33,7 +33,7 @@ The points (see docs/execution.md, "Crash points"):
     runs_ending     a batch of events' runs were executed, their statuses not stored yet (workers/jobs.py Ending)
     consumer_turn   the event consumer starts a turn of its loop (workers/consumer/; subject: the worker's name)
     poll_round      a poller starts a round (workers/poller/loop.py run; subject: the poller's id)
-    scheduler_loop  a poller's schedules loop starts (workers/poller/loop.py Polling.schedule; subject: "start N."
+    scheduler_loop  a poller's schedules loop starts (workers/poller/process.py Polling.schedule; subject: "start N."
                     for its Nth start in the process)
     schedule_workspace  the schedules loop fires a workspace's due ticks (workers/scheduler.py _fire; subject:
                     the workspace's name)

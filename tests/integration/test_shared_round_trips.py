@@ -42,22 +42,9 @@ def _together(count: int, work) -> list:
 
 
 def _company(trips: RoundTrips, connection: redis.Redis) -> None:
-    """Eight threads' round trips a moment apart: other threads are about, so a leader waits for them
-    (the threads live on until the last one's round trip, as a worker's do: each is a thread of its own)."""
-    turns = [threading.Event() for _ in range(9)]
-    done = threading.Barrier(9)
-
-    def one(n: int) -> None:
-        turns[n].wait()
-        trips.execute(connection.pipeline(transaction=False).ping())
-        turns[n + 1].set()
-        done.wait()
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    turns[0].set()
-    done.wait()
+    """Sixteen threads' round trips at once: other threads are about, so a leader waits for them (after
+    this, even a thread that reuses the identity of one of them, as a new thread may, finds company)."""
+    _together(16, lambda n: trips.execute(connection.pipeline(transaction=False).ping()))
 
 
 def test_events_handled_on_many_threads_at_once_share_their_round_trips(redis_url, sandbox, tmp_path, batched_counts):
@@ -141,3 +128,44 @@ def test_an_empty_pipeline_is_no_round_trip(redis_url):
 
     assert trips.execute(connection.pipeline(transaction=False)) == []
     assert trips.sent == 0
+
+
+def test_a_leader_interrupted_while_it_gathers_still_sends_the_others_round_trip(redis_url):
+    # A stop signal's exception in the thread that leads (an RQ job runs on the worker's main thread):
+    # the threads that joined must not wait for ever, nor may every later thread join a round trip
+    # nobody sends.
+    connection = redis.Redis.from_url(redis_url)
+    sleeps = [time.sleep]
+    trips = RoundTrips(connection, window=0.2, sleep=lambda seconds: sleeps[0](seconds))
+    _company(trips, connection)
+    sleeping, joined = threading.Event(), threading.Event()
+
+    def interrupted_sleep(seconds: float) -> None:
+        sleeping.set()
+        joined.wait(10)
+        raise KeyboardInterrupt
+
+    sleeps[0] = interrupted_sleep
+    results = {}
+
+    def leader() -> None:
+        try:
+            trips.execute(connection.pipeline(transaction=False).set("lead", 1))
+        except KeyboardInterrupt as exc:
+            results["leader"] = exc
+
+    def follower() -> None:
+        sleeping.wait(10)  # the leader gathers
+        threading.Timer(0.05, joined.set).start()  # once this thread has joined
+        results["follower"] = trips.execute(connection.pipeline(transaction=False).set("follow", 2).get("follow"))
+
+    threads = [threading.Thread(target=leader), threading.Thread(target=follower)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert isinstance(results.get("leader"), KeyboardInterrupt)
+    assert results.get("follower") == [True, b"2"], "the follower got its replies"
+    sleeps[0] = time.sleep
+    assert trips.execute(connection.pipeline(transaction=False).get("lead")) == [b"1"], "later threads go on"

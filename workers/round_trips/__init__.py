@@ -53,10 +53,10 @@ class _Turn:
 class RoundTrips:
     """The round trips of the threads that share `connection` (its pool): one gathering at a time."""
 
-    def __init__(self, connection: redis.Redis, *, window: float = WINDOW, clock=time.monotonic):
+    def __init__(self, connection: redis.Redis, *, window: float = WINDOW, clock=time.monotonic, sleep=time.sleep):
         self.connection = connection
         self.window = window
-        self._clock = clock
+        self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._gathering: list[_Turn] | None = None
         self._commands = 0  # in the gathering round trip
@@ -106,8 +106,12 @@ class RoundTrips:
         return turn.replies
 
     def _lead(self, group: list[_Turn], wait: float) -> None:
+        interrupted = None
         if wait:
-            time.sleep(wait)
+            try:
+                self._sleep(wait)
+            except BaseException as exc:  # noqa: BLE001 - a stop signal's, in an RQ job's main thread: raised
+                interrupted = exc  # below, once the others' round trip went (they would wait for ever)
         with self._lock:
             if self._gathering is group:  # closed: whoever comes next leads the next one
                 self._gathering = None
@@ -128,6 +132,8 @@ class RoundTrips:
             self.carried += len(group)
             for turn in group[1:]:
                 turn.done.release()
+        if interrupted is not None:
+            raise interrupted
 
 
 _shared: weakref.WeakKeyDictionary[redis.Redis, RoundTrips] = weakref.WeakKeyDictionary()
