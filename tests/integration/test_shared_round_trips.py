@@ -116,7 +116,8 @@ def test_a_thread_alone_does_not_wait_for_company(redis_url):
     trips = RoundTrips(connection, window=2.0)
     began = time.monotonic()
     for n in range(5):  # one thread's round trips one after the other are no company for it
-        assert trips.execute(connection.pipeline(transaction=False).set("alone", n).get("alone")) == [True, str(n).encode()]
+        pipe = connection.pipeline(transaction=False).set("alone", n).get("alone")
+        assert trips.execute(pipe) == [True, str(n).encode()]
 
     assert time.monotonic() - began < 2.0, "a lone thread sent at once, each time"
     assert (trips.sent, trips.carried) == (5, 5)

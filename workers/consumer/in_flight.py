@@ -22,8 +22,9 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   used 16 % less CPU per event than 48 threads with one (bench/RESULTS.md section 18), 2 threads 16 %
   less again (section 22); fewer threads with one event each bought nothing. Against an InLoox whose
   answers are what the events wait for, the limit stays at FLOOR or above and a thread takes one
-  event, as before: eight writes one after the other would wait eight answers. With less than one event in flight on average (the backlog gone) the limit goes
-  back to FLOOR: a burst after a quiet spell is not handled eight at a time;
+  event, as before: eight writes one after the other would wait eight answers. With less than one
+  event in flight on average (the backlog gone) the limit goes back to FLOOR: a burst after a quiet
+  spell is not handled eight at a time;
 - the same cut when the process used BUSY_CPU of a core or more in the window, however long the
   answers took: its threads share one GIL, so a thread whose answer came waits for the others before
   it sees it, and the answer times (and the events "awaiting one") grow with the threads until a quick

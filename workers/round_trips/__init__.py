@@ -8,9 +8,9 @@ its own CPU writes no faster than that allows. A busy worker's batches store the
 
 A thread queues its commands on a pipeline of its own, as it would, and hands it to `execute` instead
 of calling `pipe.execute()`. The first thread to arrive leads a round trip: when others are expected
-within WINDOW (other threads' recent arrivals say so), it waits that long for them, out of the process's gate
-(workers/consumer/gate.py) as every wait is, then sends every gathered pipeline's commands in one
-and hands each thread its own replies. A thread that arrives alone, in a quiet worker, sends at once.
+within WINDOW (other threads' recent arrivals say so), it waits that long for them, out of the
+process's gate (workers/consumer/gate.py) as every wait is, then sends every gathered pipeline's
+commands in one and hands each thread its own replies. A thread that arrives alone, in a quiet worker, sends at once.
 
 What a thread gets is what its own `pipe.execute()` would have given it: its replies in its order; an
 error reply to one of its commands raised (another thread's error is that thread's); a lost
@@ -128,8 +128,9 @@ class RoundTrips:
             for turn in group:
                 turn.error = exc
         finally:
-            self.sent += 1
-            self.carried += len(group)
+            with self._lock:  # leaders of successive round trips may finish together
+                self.sent += 1
+                self.carried += len(group)
             for turn in group[1:]:
                 turn.done.release()
         if interrupted is not None:
