@@ -148,11 +148,15 @@ def test_a_log_reader_that_stalls_stalls_no_thread_that_logs_and_what_was_droppe
         reader.join(10)
     assert not stalled, "logging waited for the stream's reader"
     messages = [json.loads(line)["message"] for line in lines]
-    written = [m for m in messages if m.startswith("line ")]
-    assert written == [f"line {n}" for n in range(len(written))]  # in order, the oldest kept
-    assert len(written) < sent
-    warning = [m for m in messages if "dropped" in m]
-    assert warning == [f"{sent - len(written)} log lines dropped: the log's reader did not keep up"]
+    numbers = [int(m.split()[1]) for m in messages if m.startswith("line ")]
+    # In order, each once, the oldest kept. Lines are dropped whenever MAX_QUEUED wait, and the writer
+    # taking a batch makes room again: a gap can come before later lines (CI, a loaded machine: 0-2000,
+    # then 2918 on), so what is kept need not be one run from line 0.
+    assert numbers[0] == 0 and numbers == sorted(set(numbers))
+    assert len(numbers) < sent
+    warnings = [m for m in messages if "dropped" in m]
+    assert warnings and all(m.endswith(" log lines dropped: the log's reader did not keep up") for m in warnings)
+    assert sum(int(m.split()[0]) for m in warnings) == sent - len(numbers), "every dropped line is counted"
 
 
 FORKING = """
