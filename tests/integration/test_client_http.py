@@ -283,6 +283,19 @@ def test_a_dropped_post_has_an_unknown_outcome(server, client):
         client.create("Task", {"Name": "x"})
 
 
+def test_a_write_whose_answer_is_lost_on_a_reused_connection_is_sent_once(server, client):
+    """The worst bug is a write sent twice. A keep-alive connection that closes after a POST arrived,
+    without an answer, is what some HTTP clients answer by resending the POST on a new connection
+    (libcurl does, and returns the second answer as if nothing happened: bench/RESULTS.md section 24).
+    Ours must not: the POST reached InLoox once, and the caller learns that its outcome is unknown."""
+    server.reply("GET", "Task", body=_page([]))
+    server.reply("POST", "Task", body=DROP)
+    assert list(client.query("Task")) == []  # the connection is kept, and the POST goes on it
+    with pytest.raises(OutcomeUnknown):
+        client.create("Task", {"Name": "x"})
+    assert [r["method"] for r in server.received] == ["GET", "POST"]
+
+
 def test_a_lost_answer_to_a_read_is_retryable(server):
     server.reply("GET", "Task", hang=5)
     server.reply("GET", "Project", body=DROP)
