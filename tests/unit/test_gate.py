@@ -66,3 +66,33 @@ def test_a_thread_outside_the_gate_waits_for_answers_without_taking_or_giving_a_
     for thread in holders:
         thread.join(5)
     assert not any(thread.is_alive() for thread in holders), "a place was taken by a thread outside the gate"
+
+
+def test_many_threads_coming_and_going_all_get_their_places_and_never_more_than_width_at_once():
+    """400 event threads at a 1 s InLoox step out and back in at every answer: each one gets a place
+    again (none waits for ever), and the places never exceed the width, however they interleave."""
+    gate, inside, most_inside, lock = Gate(width=3), 0, 0, threading.Lock()
+    rounds = []
+
+    def event() -> None:
+        nonlocal inside, most_inside
+        done = 0
+        for _ in range(50):
+            gate.enter()
+            with lock:
+                inside += 1
+                most_inside = max(most_inside, inside)
+            with lock:
+                inside -= 1
+            assert gate.leave()
+            done += 1
+        rounds.append(done)
+
+    started = [threading.Thread(target=event) for _ in range(40)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join(20)
+    assert rounds == [50] * 40, "a thread was left waiting for a place"
+    assert most_inside <= 3
+    assert not gate.leave(), "this thread holds no place"
