@@ -1,0 +1,199 @@
+"""The worker's own CPU per event, in one process on one thread, code against code (issue 22).
+
+    .venv/bin/python bench/worker_cpu.py [--events 6000] [--batch 8] [--repeats 3] [--breakdown]
+        [--root DIR ...]
+
+bench/stack.py measures the whole stack, and its figures move by 5-15 % with whatever else the machine
+runs: a change worth 3 % of the worker cannot be seen there without many pairs. This runs only what a
+busy worker's event thread runs for its events, `workers.jobs.handle_batch` on `--batch` events at a
+time (the consumer's busy batches, workers/consumer/in_flight.py), for bench/stack.py's rule, against
+a durable embedded Valkey and bench/sink.py answering at once, and counts the thread's CPU per event
+(time.process_time: the thread is the process's only busy one). Not in it: the consumer's read and
+acknowledgement of the events, the gate, other threads and their GIL hand-overs, the web.
+
+Each `--root` (a checkout or an exported tree; default this one) runs in a child process of its own,
+with its own Valkey, roots alternating, `--repeats` times; the figure is the median. The child imports
+the engine and the workers of its root, nothing of this checkout but what it is handed in files.
+
+`--breakdown`: also where an event's CPU goes, by timing (thread CPU) what handle_batch calls: the plan
+(`_plan`), storing the runs (`_start_each`), the InLoox request (`Client._send`, of which http.client's
+header parsing), the ends (`Ending.flush`), the rest of running the event. Timing costs a little
+itself; compare breakdowns with breakdowns.
+
+Valkey and the sink run in process groups of their own and are stopped on exit, error or Ctrl+C.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WARM_UP = 400  # events handled before measuring: imports, connections, the rules' first load
+
+
+def parent(args) -> None:
+    sys.path.insert(0, str(HERE))
+    import harness
+    import stack
+
+    roots = [Path(r).resolve() for r in (args.root or [HERE.parent])]
+    print(harness.machine())
+    print("busy before:", ", ".join(harness.busy_processes()) or "nothing over 5%", flush=True)
+    sink = stack.Sink(0)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-worker-cpu-") as tmp:
+            (Path(tmp) / "rules").mkdir()
+            (Path(tmp) / "rules" / "book-done-task.yaml").write_text(stack.RULE)
+            figures: dict[Path, list[float]] = {root: [] for root in roots}
+            for repeat in range(args.repeats):
+                for root in roots:
+                    bodies = Path(tmp) / "bodies.json"
+                    bodies.write_text(json.dumps([stack.task_body(f"cpu-{repeat}-{i}")
+                                                  for i in range(args.events + WARM_UP)]))
+                    sink.reset()
+                    line = _child(root, args, Path(tmp), bodies, sink.url, harness)
+                    written = sink.stats()
+                    if written["distinct"] != args.events + WARM_UP or written["duplicated"]:
+                        raise SystemExit(f"{root}: the sink saw {written['distinct']} distinct writes "
+                                         f"({written['duplicated']} twice or more), not {args.events + WARM_UP}")
+                    figures[root].append(line["us_per_event"])
+                    breakdown = "".join(f"; {k} {v:.0f}" for k, v in line.get("breakdown", {}).items())
+                    print(f"{root} run {repeat + 1}: {line['us_per_event']:.0f} us of CPU per event, "
+                          f"{line['events_per_second']:.0f} events/s{breakdown}", flush=True)
+            for root, values in figures.items():
+                print(f"worker_cpu: root={root} batch={args.batch} events={args.events} "
+                      f"us_per_event={statistics.median(values):.0f} (min {min(values):.0f}, max {max(values):.0f}, "
+                      f"{len(values)} runs)")
+    finally:
+        sink.stop()
+    print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
+
+
+def _child(root: Path, args, tmp: Path, bodies: Path, sink_url: str, harness) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(root), "--events", str(args.events),
+               "--batch", str(args.batch), "--bodies", str(bodies), "--rules", str(tmp / "rules"),
+               "--sink", sink_url, "--source", harness.WEBHOOK_SOURCE]
+    if args.breakdown:
+        command.append("--breakdown")
+    process = harness.Process(command, name=f"worker-cpu-{root.name}")
+    try:
+        process.popen.wait(args.timeout)
+    finally:
+        process.stop()  # a child still running (Ctrl+C, a time-out) goes with its group, its Valkey too
+    if process.popen.returncode != 0:
+        raise SystemExit(f"{root}: the child failed ({process.popen.returncode}):\n{process.output()[-3000:]}")
+    return json.loads(process.output().strip().splitlines()[-1])
+
+
+def child(args) -> None:
+    """One run: handle the bodies' events with the root's code; one JSON line on stdout."""
+    root = Path(args.child)
+    sys.path.insert(0, str(root))
+    os.chdir(root)
+    import base64
+    import time
+    from datetime import datetime, timezone
+
+    from workers.redis_server import start_embedded
+
+    data = tempfile.mkdtemp(prefix="bench-worker-cpu-valkey-")
+    server = start_embedded(data_dir=Path(data))  # durable, as in production (AOF, fsync every second)
+    try:
+        os.environ.update({
+            "REDIS_URL": f"redis://127.0.0.1:{server.port}/0", "INLOOX_URL": args.sink, "INLOOX_API_KEY": "bench",
+            "INLOOX_REQUESTS_PER_SECOND": "0", "RULES_PATH": args.rules, "STACK_ENV": "",
+            "SECRETS_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(), "LOG_LEVEL": "WARNING",
+        })
+        import logging
+
+        from engine import Event
+        from workers import metrics, workspaces
+        from workers.jobs import Arrival, handle_batch
+        from workers.worker_context import worker_context
+
+        logging.basicConfig(level=logging.WARNING)
+        metrics.batch(1.0)  # as workers/worker.py has it
+        ctx = worker_context("default")
+        workspaces.enter(ctx.workspace)  # as the consumer's thread does (workspaces.using)
+        now, pid = datetime.now(timezone.utc), os.getpid()
+        events = [Event(source="webhook", kind=args.source, id=f"webhook:{args.source}:cpu{pid}_{i}", occurred_at=now,
+                        payload={"id": f"cpu{pid}_{i}", "body": body, "headers": {}}).to_dict()
+                  for i, body in enumerate(json.loads(Path(args.bodies).read_text()))]
+        accepted = time.time()
+
+        def handle(chunk: list[dict]) -> None:
+            for outcome in handle_batch(ctx, [Arrival(event, accepted) for event in chunk]):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+        for at in range(0, WARM_UP, args.batch):
+            handle(events[at:at + args.batch])
+        timings = _timed_pieces() if args.breakdown else None
+        cpu, wall = time.process_time(), time.monotonic()
+        for at in range(WARM_UP, len(events), args.batch):
+            handle(events[at:at + args.batch])
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        line = {"us_per_event": 1e6 * cpu / args.events, "events_per_second": args.events / wall}
+        if timings is not None:
+            line["breakdown"] = {name: 1e6 * seconds / args.events for name, seconds in timings.items()}
+        print(json.dumps(line))
+    finally:
+        server.stop()
+
+
+def _timed_pieces() -> dict[str, float]:
+    """Wrap what handle_batch calls so that each adds its thread CPU to the dict returned (seconds)."""
+    import functools
+    import http.client
+    import time
+
+    import inloox.client
+    from workers import jobs
+
+    spent: dict[str, float] = {}
+
+    def wrap(owner, name: str, label: str) -> None:
+        original = getattr(owner, name)
+        spent[label] = 0.0
+
+        @functools.wraps(original)
+        def timed(*a, **k):
+            started = time.thread_time()
+            try:
+                return original(*a, **k)
+            finally:
+                spent[label] += time.thread_time() - started
+        setattr(owner, name, timed)
+
+    wrap(jobs, "_plan", "plan")
+    wrap(jobs, "_start_each", "runs stored")
+    wrap(jobs, "_execute_event", "run (InLoox request included)")
+    wrap(inloox.client.Client, "_send", "InLoox request")
+    wrap(http.client, "parse_headers", "its header parsing")
+    wrap(jobs.Ending, "flush", "runs ended")
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=6000, help="events measured per run (after a warm-up)")
+    parser.add_argument("--batch", type=int, default=8, help="events per handle_batch call (a busy worker's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--root", action="append", help="code to measure (repeatable; default this checkout)")
+    parser.add_argument("--breakdown", action="store_true", help="also where an event's CPU goes")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
+    child_options = parser.add_argument_group("a child's (one run of one root, started by the parent)")
+    child_options.add_argument("--child", help=argparse.SUPPRESS)
+    for name in ("--bodies", "--rules", "--sink", "--source"):
+        child_options.add_argument(name, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    child(args) if args.child else parent(args)
+
+
+if __name__ == "__main__":
+    main()
