@@ -341,7 +341,10 @@ def _translated(method: str, url: str, redact):
         raise _transport_error(exc, method, url, redact) from exc
 
 
-# With retries=False urllib3 raises the original error, never MaxRetryError.
+# With retries=False urllib3 raises the original error, never MaxRetryError. The transport never sends
+# a request twice: a write whose answer was lost is an OutcomeUnknown, which the run settles by looking
+# for its write in InLoox. (libcurl, for one, resends a POST when a reused keep-alive connection closes
+# without an answer, and returns the second answer as the only one: bench/RESULTS.md section 24.)
 # Nothing reached InLoox: the connection (or the one to the proxy, or TLS) could not be set up.
 _NOTHING_SENT = (urllib3.exceptions.ConnectTimeoutError,  # includes NewConnectionError: refused, DNS
                  urllib3.exceptions.ProxyError, urllib3.exceptions.SSLError)
