@@ -108,6 +108,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/end_to_end.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/stack.py
+	$(BIN)/python bench/worker_cpu.py
 
 # The virtualenv is rebuilt whenever requirements.txt changes.
 $(VENV)/.installed: requirements.txt | check-python
