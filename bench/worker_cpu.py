@@ -9,7 +9,8 @@ busy worker's event thread runs for its events, `workers.jobs.handle_batch` on `
 time (the consumer's busy batches, workers/consumer/in_flight.py), for bench/stack.py's rule, against
 a durable embedded Valkey and bench/sink.py answering at once, and counts the thread's CPU per event
 (time.process_time: the thread is the process's only busy one). Not in it: the consumer's read and
-acknowledgement of the events, the gate, other threads and their GIL hand-overs, the web.
+acknowledgement of the events, the gate, other threads and their GIL hand-overs, the web, and the
+run-end log lines (logging is at WARNING here; a worker writes one INFO line per run).
 
 Each `--root` (a checkout or an exported tree; default this one) runs in a child process of its own,
 with its own Valkey, roots alternating, `--repeats` times; the figure is the median. The child imports
