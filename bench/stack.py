@@ -82,6 +82,11 @@ STACK_NAMES = {"SECRETS_KEY", "RULES_PATH", "RULES_ENV", "WORKSPACES_FILE", "ADM
                "OUTBOUND_ALLOW", "PYTHONPATH", "VIRTUAL_ENV"}
 
 
+def is_stack_setting(name: str) -> bool:
+    """Whether the caller's environment variable `name` is one the stack reads (never passed on)."""
+    return name.startswith(STACK_PREFIXES) or name in STACK_NAMES
+
+
 # --- the job ----------------------------------------------------------------------------------------
 def task_body(msg_id: str) -> dict:
     """The webhook body of one event: a task marked done, its Name unique (the write carries it)."""
@@ -440,7 +445,7 @@ def print_phase(r: dict) -> None:
 
 
 def stack_env(root: Path, ports: dict, tmp: Path, sink: Sink, args) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(STACK_PREFIXES) and k not in STACK_NAMES}
+    env = {k: v for k, v in os.environ.items() if not is_stack_setting(k)}
     redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
     env.update({
         "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",

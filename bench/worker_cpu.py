@@ -51,13 +51,15 @@ def parent(args) -> None:
             (Path(tmp) / "rules").mkdir()
             (Path(tmp) / "rules" / "book-done-task.yaml").write_text(stack.RULE)
             figures: dict[Path, list[float]] = {root: [] for root in roots}
+            bodies = Path(tmp) / "bodies.json"
+            bodies.write_text(json.dumps([stack.task_body(f"cpu-{i}") for i in range(args.events + WARM_UP)]))
+            # The caller's settings stay out of the children (a real InLoox token, a WORKSPACES_FILE), as
+            # bench/stack.py keeps them out of its stack; the child sets what it needs.
+            env = {name: None for name in os.environ if stack.is_stack_setting(name)}
             for repeat in range(args.repeats):
                 for root in roots:
-                    bodies = Path(tmp) / "bodies.json"
-                    bodies.write_text(json.dumps([stack.task_body(f"cpu-{repeat}-{i}")
-                                                  for i in range(args.events + WARM_UP)]))
                     sink.reset()
-                    line = _child(root, args, Path(tmp), bodies, sink.url, harness)
+                    line = _child(root, args, Path(tmp), bodies, sink.url, env, harness)
                     written = sink.stats()
                     if written["distinct"] != args.events + WARM_UP or written["duplicated"]:
                         raise SystemExit(f"{root}: the sink saw {written['distinct']} distinct writes "
@@ -75,13 +77,13 @@ def parent(args) -> None:
     print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
 
 
-def _child(root: Path, args, tmp: Path, bodies: Path, sink_url: str, harness) -> dict:
+def _child(root: Path, args, tmp: Path, bodies: Path, sink_url: str, env: dict, harness) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(root), "--events", str(args.events),
                "--batch", str(args.batch), "--bodies", str(bodies), "--rules", str(tmp / "rules"),
                "--sink", sink_url, "--source", harness.WEBHOOK_SOURCE]
     if args.breakdown:
         command.append("--breakdown")
-    process = harness.Process(command, name=f"worker-cpu-{root.name}")
+    process = harness.Process(command, name=f"worker-cpu-{root.name}", env=env)
     try:
         process.popen.wait(args.timeout)
     finally:
