@@ -6,6 +6,7 @@ sense of what comes back, stays in `inloox.client`.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -66,7 +67,8 @@ class Exchanges:
     The worker sizes how many events it keeps in flight from these (workers/consumer/in_flight.py):
     a process whose requests are answered slowly, but no slower as it sends more, gains by sending
     more at once. Only the newest KEPT are held, so a process that never reads them (a poller) keeps
-    a few kilobytes.
+    a few kilobytes. `oldest_wait()` is how long the oldest wait still under way has lasted: an answer
+    that does not come is seen there before any duration of it is recorded.
     """
 
     KEPT = 4096
@@ -74,6 +76,8 @@ class Exchanges:
     def __init__(self):
         self._durations: deque[float] = deque(maxlen=self.KEPT)
         self.gate: Gate | None = None  # set by a worker; any object with `leave() -> bool` and `enter()`
+        self._waits: dict[int, float] = {}  # the waits under way: when each began
+        self._wait_ids = itertools.count()  # next() on a count is atomic: no lock on the request path
 
     def record(self, seconds: float) -> None:
         self._durations.append(seconds)  # deque.append is atomic: no lock on the request path
@@ -93,11 +97,19 @@ class Exchanges:
         """Around any other wait for the outside (a request budget's slot): the gate's place given up meanwhile."""
         gate = self.gate
         left = gate is not None and gate.leave()
+        wait = next(self._wait_ids)
+        self._waits[wait] = time.monotonic()
         try:
             yield
         finally:
+            del self._waits[wait]
             if left:
                 gate.enter()
+
+    def oldest_wait(self) -> float:
+        """Seconds the oldest wait under way (an answer, a request budget's slot) has lasted; 0 without one."""
+        began = list(self._waits.values())  # one C call: no other thread changes the dict in the middle
+        return time.monotonic() - min(began) if began else 0.0
 
     def take(self) -> list[float]:
         """The durations recorded since the last take, oldest first."""

@@ -2,11 +2,16 @@
 handled, acknowledged or left pending on its own, and workspaces still take turns."""
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import Future
 
 import redis
 
+from inloox.connections import exchanges
+from workers import consumer
 from workers.consumer import EventConsumer, _chunks, _in_turns
+from workers.consumer.in_flight import BATCH, BUSY_FLOOR, FLOOR, LONG_SECONDS
 from workers.eventlog import Entry
 
 
@@ -47,3 +52,47 @@ def test_a_thread_that_failed_as_a_whole_leaves_all_its_events_pending():
     failed.set_exception(redis.ConnectionError("gone"))
     taker._finished(stream, entries, failed)
     assert stream.done == [] and stream.handling == set() and taker._in_flight == 0
+
+
+def _busy_consumer(monkeypatch, handle) -> EventConsumer:
+    """A consumer whose in-flight limit found the process busy with its own work (a few threads, several
+    events each), handing one event to `handle` on a thread of its pool."""
+    monkeypatch.setattr(consumer, "_handle_events", handle)
+    taker = EventConsumer(redis.Redis(), ["default"], name="test", pool_size=400)  # no command sent
+    taker.limit.value = BUSY_FLOOR
+    assert taker.limit.batch() == BATCH
+    taker._submit(next(iter(taker.streams.values())), _entries("1-0"))
+    return taker
+
+
+def test_an_event_slow_for_want_of_cpu_keeps_a_busy_worker_on_a_few_threads(monkeypatch):
+    # While the web takes most of the cores, one event of a worker can take seconds: its thread waits for
+    # the GIL and for a place among 48 others. It waits for no answer: more threads, one event each (the
+    # dearest way to run events) would only make it slower. Before: every such event sent it there.
+    release = threading.Event()
+    taker = _busy_consumer(monkeypatch, lambda workspace, entries: release.wait(10) and [None] * len(entries))
+    try:
+        time.sleep(LONG_SECONDS + 0.2)
+        taker._wait_for_space()
+        assert (taker.limit.value, taker.limit.batch()) == (BUSY_FLOOR, BATCH)
+    finally:
+        release.set()
+        taker._pool.shutdown(wait=True)
+
+
+def test_an_answer_that_does_not_come_sends_a_busy_worker_back_to_one_event_per_thread(monkeypatch):
+    release = threading.Event()
+
+    def hung(workspace, entries):
+        with exchanges.exchange():  # a receiver that does not answer
+            release.wait(10)
+        return [None] * len(entries)
+
+    taker = _busy_consumer(monkeypatch, hung)
+    try:
+        time.sleep(LONG_SECONDS + 0.2)
+        taker._wait_for_space()
+        assert (taker.limit.value, taker.limit.batch()) == (FLOOR, 1)
+    finally:
+        release.set()
+        taker._pool.shutdown(wait=True)

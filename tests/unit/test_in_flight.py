@@ -40,7 +40,7 @@ class _Server:
                 answered = round(in_flight * step / per_event)
                 self._answers += [answer] * answered
                 self.cpu_used += answered * self.own_work
-                longest = per_event * limit.batch()  # a thread is at its events this long
+                longest = answer  # the oldest answer awaited has waited this long at most
             seen.append(limit.observe(in_flight, longest=longest))
             self.now += step
             seconds -= step

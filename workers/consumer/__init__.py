@@ -93,8 +93,6 @@ class EventConsumer:
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._in_flight = 0
-        self._running: dict[int, float] = {}  # each task in the pool: when it started (monotonic)
-        self._tasks = itertools.count()
         self._stop = threading.Event()
         self.limit = InFlightLimit(self.pool_size)  # how many of the pool's threads to keep busy now
         exchanges.gate = GATE  # of those, how many run at once: the others wait for answers or a place
@@ -246,8 +244,10 @@ class EventConsumer:
 
     def _wait_for_space(self) -> int:
         with self._space:
-            started = min(self._running.values(), default=None)
-            limit = self.limit.observe(self._in_flight, longest=0.0 if started is None else time.monotonic() - started)
+            # The oldest wait for an answer, not the oldest event: an event of a worker short of CPU takes
+            # seconds at times (its thread waits for the GIL and a place), and taking that for an answer
+            # that does not come sent a busy worker back to a thread per event, its dearest way (section 25).
+            limit = self.limit.observe(self._in_flight, longest=exchanges.oldest_wait())
             if self._in_flight >= limit:
                 self._space.wait(0.2)
             return max(0, limit - self._in_flight)
@@ -260,12 +260,10 @@ class EventConsumer:
                 return
             stream.handling.update(entry.id for entry in entries)
             self._in_flight += 1
-            task = next(self._tasks)
-            self._running[task] = time.monotonic()
         future = self._pool.submit(_handle_events, stream.workspace, entries)
-        future.add_done_callback(lambda f, s=stream, e=entries, t=task: self._finished(s, e, f, task=t))
+        future.add_done_callback(lambda f, s=stream, e=entries: self._finished(s, e, f))
 
-    def _finished(self, stream: _Stream, entries: list[Entry], future: Future, *, task: int | None = None) -> None:
+    def _finished(self, stream: _Stream, entries: list[Entry], future: Future) -> None:
         if future.cancelled():
             errors = [None] * len(entries)
         else:  # what each entry raised; or, should the thread itself have failed, that for all of them
@@ -282,7 +280,6 @@ class EventConsumer:
                 stream.handling.discard(entry.id)
                 if not future.cancelled() and error is None:
                     stream.done.append(entry.id)
-            self._running.pop(task, None)
             self._in_flight -= 1
             self._space.notify()
 

@@ -65,7 +65,7 @@ FLOOR = 48
 # One thread used a little less CPU again (12.8-13.5 s) but wrote slower (519-533/s): its answers wait.
 BUSY_FLOOR = 2
 BATCH = 8  # events a thread takes at a time while the process is busy with its own work
-LONG_SECONDS = 1.0  # a thread at its events longer than this is waiting, not busy (8 events take ~30 ms)
+LONG_SECONDS = 1.0  # a wait for one answer longer than this: a hung receiver, not a busy process
 WINDOW_SECONDS, MAX_WINDOW_SECONDS = 0.5, 3.0
 SLOWED = 2.0  # answers this many times slower than usual: queueing somewhere
 QUEUED = 1.3  # answers this much slower after a doubling: it bought queueing, not answers
@@ -108,12 +108,12 @@ class InFlightLimit:
         self._probe_hold = 0  # windows left before the next probe for a busy CPU may be tried
 
     def observe(self, in_flight: int, *, longest: float = 0.0) -> int:
-        """Note how many events are in flight now, and how long the longest-running thread has been at
-        its events (seconds); at the end of a window, adapt. The limit now."""
+        """Note how many events are in flight now, and how long the oldest wait for an answer under way
+        has lasted (seconds, `exchanges.oldest_wait()`); at the end of a window, adapt. The limit now."""
         if longest > LONG_SECONDS and self.value < self.floor:
-            # A thread at its events this long waits for an answer that does not come (a hung receiver,
-            # one workspace's slow InLoox), which no window has seen yet: with few threads, a few such
-            # events would hold up every other event and workspace. Back to one event per thread.
+            # A wait this long is for an answer that does not come (a hung receiver, one workspace's slow
+            # InLoox), which no window has seen yet: with few threads, a few such events would hold up
+            # every other event and workspace. Back to one event per thread.
             if self._cut_from is not None:  # a probe's events wait that long: the answers are InLoox's own
                 self._probe_back(self._cut_from)
             else:
