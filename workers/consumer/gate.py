@@ -19,6 +19,7 @@ place (Redis, a few milliseconds) keeps it: every thread waits on the same Redis
 """
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +34,13 @@ class Gate:
 
     def __init__(self, width: int = WIDTH):
         self.width = width
-        self._places = threading.Semaphore(width)
+        # Not a threading.Semaphore: a place it frees goes to whichever thread asks first after it, and
+        # a thread back from its answer asks at once while the one woken for the place still waits for
+        # the GIL, so under load a thread could wait seconds behind threads that came after it. Here a
+        # leaving thread hands its place to the thread that has waited longest.
+        self._lock = threading.Lock()
+        self._free = width
+        self._waiting: collections.deque[threading.Lock] = collections.deque()
         self._inside = threading.local()
 
     @contextmanager
@@ -46,7 +53,15 @@ class Gate:
             self.leave()
 
     def enter(self) -> None:
-        self._places.acquire()
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                self._inside.held = True
+                return
+            mine = threading.Lock()
+            mine.acquire()
+            self._waiting.append(mine)
+        mine.acquire()  # released by the `leave` that hands this thread its place
         self._inside.held = True
 
     def leave(self) -> bool:
@@ -55,7 +70,11 @@ class Gate:
         if not getattr(self._inside, "held", False):
             return False
         self._inside.held = False
-        self._places.release()
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()  # the place goes to the longest waiting, not to who asks next
+            else:
+                self._free += 1
         return True
 
 
