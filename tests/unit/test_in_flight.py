@@ -198,3 +198,18 @@ def test_answers_that_stay_quick_keep_a_busy_worker_on_its_few_threads():
     answer[0] = 0.006
     seen = server.play(limit, 5)
     assert set(seen) == {BUSY_FLOOR} and limit.batch() == BATCH
+
+
+def test_a_probe_that_failed_while_the_machine_was_crowded_is_tried_again_once_it_is_not():
+    # The web acknowledges a burst on the same cores for 10 s: every answer takes 20 ms whatever the worker
+    # keeps in flight, so a probe with few threads buys nothing. Then the worker drains alone, and its own
+    # GIL is what slows its answers: a few threads with several events each are what it needs. Before,
+    # the failed probe was held for 300 windows: the whole drain on 48 threads with one event each.
+    def answer_time(in_flight: int) -> float:
+        return 0.020 if server.now < 10.0 else 0.001 + in_flight * 0.003
+
+    server = _Server(answer_time, own_work=0.003)
+    limit = _limit(server)
+    server.play(limit, 10)
+    server.play(limit, 20)
+    assert (limit.value, limit.batch()) == (BUSY_FLOOR, BATCH)

@@ -32,8 +32,9 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   more threads (to the ceiling of 400; bench/RESULTS.md section 19). This cut is a probe: straight
   down to BUSY_FLOOR threads, one event each, for a window (a quarter fewer threads made the answers
   only 10-15 % quicker, inside the noise; a few threads, ten times quicker: section 20). If the answers
-  did not get quicker (they are InLoox's own), it is taken back and held for minutes, and the process
-  keeps what it has in flight; if they did, each thread takes BATCH events. A busy CPU never doubles
+  did not get quicker (they are InLoox's own), it is taken back and held for minutes (for ten
+  seconds if the answers were quick: the machine, not InLoox, was then the likelier cause), and the
+  process keeps what it has in flight; if they did, each thread takes BATCH events. A busy CPU never doubles
   the limit. Once there, answers under QUICK never send it back, however much slower than usual.
 
 A window lasts WINDOW_SECONDS, or the usual answer time if that is longer, so that a doubling's
@@ -72,6 +73,12 @@ QUEUED = 1.3  # answers this much slower after a doubling: it bought queueing, n
 GROW, CUT = 2, 0.75
 HOLD_WINDOWS = 10
 CUT_HOLD_WINDOWS = 300  # after a probe for a busy CPU that bought nothing: InLoox's answer times change slowly
+# ...unless the answers were quick: then what kept them from getting quicker was more likely the machine
+# than InLoox (the web acknowledging a burst on the same cores makes every answer slower for a while),
+# and a probe costs half a second of a few threads. Held for the whole drain of 10,000 events, such a
+# failed probe left a worker on 27 threads with one event each: 25.7 s of CPU against 19.6 and 20.6
+# (bench/RESULTS.md section 25).
+QUICK_PROBE_HOLD_WINDOWS, SLOW_ANSWERS = 20, 0.050
 WAITING = 0.5  # the share of the events in flight awaiting an answer above which more in flight helps
 IDLE_WAITING = 0.2  # below it, the process is busy with its own work
 FULL = 0.8  # in flight this close to the limit: the limit is what holds events back
@@ -135,8 +142,9 @@ class InFlightLimit:
 
     def _probe_back(self, cut_from: tuple[int, float]) -> None:
         """A probe that bought nothing (the answers are InLoox's own): what was in flight, back, and no
-        probe for CUT_HOLD_WINDOWS."""
-        self.value, self._probe_hold, self._cut_from = cut_from[0], CUT_HOLD_WINDOWS, None
+        probe for CUT_HOLD_WINDOWS (QUICK_PROBE_HOLD_WINDOWS if the answers were quick)."""
+        hold = CUT_HOLD_WINDOWS if cut_from[1] >= SLOW_ANSWERS else QUICK_PROBE_HOLD_WINDOWS
+        self.value, self._probe_hold, self._cut_from = cut_from[0], hold, None
 
     def _adapt(self, durations: list[float], in_flight: float, elapsed: float, cpu: float = 0.0) -> None:
         self._hold, self._probe_hold = max(0, self._hold - 1), max(0, self._probe_hold - 1)
