@@ -12,14 +12,17 @@ used 26-36 s of CPU for 10,000 events and wrote 242-305 a second; with a gate of
 So an event thread holds one of WIDTH places while it runs (its plan, its runs' records, their Redis
 round trips) and steps out while it waits for an answer from outside: an InLoox request, a
 notification, an outbound request (`inloox.connections.exchanges.exchange()`) or a slot of the
-workspace's request budget (workers/throttle.py). A thread waiting for a place waits on a lock of its
-own, first come first served, and costs nothing meanwhile. What is in flight is still the in-flight
+workspace's request budget (workers/throttle.py). A thread waiting for a place blocks and costs
+nothing meanwhile. Not first come first served (a Semaphore): a freed place goes to whichever thread
+asks first after it, often one back from its answer, while the thread woken for it still waits for the
+GIL. Handing each place to the longest-waiting thread instead halved the waits' p99 (bench/gate.py) but
+left places empty while their new holders woke: at InLoox's 1 s a worker wrote 263-281 a second against
+257-313 (five pairs, medians 268 and 287; bench/RESULTS.md section 25). What is in flight is still the in-flight
 limit's; only what runs at once is bounded. A thread that waits on something else while it holds a
 place (Redis, a few milliseconds) keeps it: every thread waits on the same Redis.
 """
 from __future__ import annotations
 
-import collections
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,13 +37,7 @@ class Gate:
 
     def __init__(self, width: int = WIDTH):
         self.width = width
-        # Not a threading.Semaphore: a place it frees goes to whichever thread asks first after it, and
-        # a thread back from its answer asks at once while the one woken for the place still waits for
-        # the GIL, so under load a thread could wait seconds behind threads that came after it. Here a
-        # leaving thread hands its place to the thread that has waited longest.
-        self._lock = threading.Lock()
-        self._free = width
-        self._waiting: collections.deque[threading.Lock] = collections.deque()
+        self._places = threading.Semaphore(width)
         self._inside = threading.local()
 
     @contextmanager
@@ -53,15 +50,7 @@ class Gate:
             self.leave()
 
     def enter(self) -> None:
-        with self._lock:
-            if self._free and not self._waiting:
-                self._free -= 1
-                self._inside.held = True
-                return
-            mine = threading.Lock()
-            mine.acquire()
-            self._waiting.append(mine)
-        mine.acquire()  # released by the `leave` that hands this thread its place
+        self._places.acquire()
         self._inside.held = True
 
     def leave(self) -> bool:
@@ -70,11 +59,7 @@ class Gate:
         if not getattr(self._inside, "held", False):
             return False
         self._inside.held = False
-        with self._lock:
-            if self._waiting:
-                self._waiting.popleft().release()  # the place goes to the longest waiting, not to who asks next
-            else:
-                self._free += 1
+        self._places.release()
         return True
 
 
