@@ -76,8 +76,8 @@ CUT_HOLD_WINDOWS = 300  # after a probe for a busy CPU that bought nothing: InLo
 # ...unless the answers were quick: then what kept them from getting quicker was more likely the machine
 # than InLoox (the web acknowledging a burst on the same cores makes every answer slower for a while),
 # and a probe costs half a second of a few threads. Held for the whole drain of 10,000 events, such a
-# failed probe left a worker on 27 threads with one event each: 25.7 s of CPU against 19.6 and 20.6
-# (bench/RESULTS.md section 25).
+# failed probe left a worker on 20-36 threads (8 events each) instead of 2: 24.7-26.9 s of CPU against
+# 18.8-21.4 s for runs that ended most of their events on 2 threads (bench/RESULTS.md section 25).
 QUICK_PROBE_HOLD_WINDOWS, SLOW_ANSWERS = 20, 0.050
 WAITING = 0.5  # the share of the events in flight awaiting an answer above which more in flight helps
 IDLE_WAITING = 0.2  # below it, the process is busy with its own work
