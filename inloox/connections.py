@@ -67,8 +67,8 @@ class Exchanges:
     The worker sizes how many events it keeps in flight from these (workers/consumer/in_flight.py):
     a process whose requests are answered slowly, but no slower as it sends more, gains by sending
     more at once. Only the newest KEPT are held, so a process that never reads them (a poller) keeps
-    a few kilobytes. `oldest_wait()` is how long the oldest wait still under way has lasted: an answer
-    that does not come is seen there before any duration of it is recorded.
+    a few kilobytes. `oldest_wait()` is how long the oldest wait of an event thread still under way has
+    lasted: an answer that does not come is seen there before any duration of it is recorded.
     """
 
     KEPT = 4096
@@ -97,17 +97,20 @@ class Exchanges:
         """Around any other wait for the outside (a request budget's slot): the gate's place given up meanwhile."""
         gate = self.gate
         left = gate is not None and gate.leave()
+        if not left:  # a thread outside the gate (a poller's, an RQ job's): no event waits behind it
+            yield
+            return
         wait = next(self._wait_ids)
         self._waits[wait] = time.monotonic()
         try:
             yield
         finally:
             del self._waits[wait]
-            if left:
-                gate.enter()
+            gate.enter()
 
     def oldest_wait(self) -> float:
-        """Seconds the oldest wait under way (an answer, a request budget's slot) has lasted; 0 without one."""
+        """Seconds the oldest wait under way of a thread that gave up a place of the gate (an event's: an
+        answer, a request budget's slot) has lasted; 0 without one."""
         began = list(self._waits.values())  # one C call: no other thread changes the dict in the middle
         return time.monotonic() - min(began) if began else 0.0
 

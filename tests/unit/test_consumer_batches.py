@@ -11,6 +11,7 @@ import redis
 from inloox.connections import exchanges
 from workers import consumer
 from workers.consumer import EventConsumer, _chunks, _in_turns
+from workers.consumer.gate import GATE
 from workers.consumer.in_flight import BATCH, BUSY_FLOOR, FLOOR, LONG_SECONDS
 from workers.eventlog import Entry
 
@@ -84,7 +85,7 @@ def test_an_answer_that_does_not_come_sends_a_busy_worker_back_to_one_event_per_
     release = threading.Event()
 
     def hung(workspace, entries):
-        with exchanges.exchange():  # a receiver that does not answer
+        with GATE.held(), exchanges.exchange():  # an event's thread; a receiver that does not answer
             release.wait(10)
         return [None] * len(entries)
 
