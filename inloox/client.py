@@ -37,7 +37,13 @@ from inloox.query import (
     select_option, top_option,
 )
 
-DEFAULT_TIMEOUT = (5.0, 30.0)  # seconds to connect, seconds to wait for each read
+DEFAULT_TIMEOUT = (5.0, 30.0)  # seconds to connect; seconds for a whole answer (each read within it)
+# An answer's body is read up to this size, decompressed. A workspace's InLoox URL may be a server its
+# customer runs (self-hosted InLoox) and one worker process serves many workspaces: an answer of a few
+# megabytes of gzip that inflate to gigabytes would otherwise take that process, and every customer on
+# it, down. A page of 100 rows is a few hundred kilobytes; many threads may each hold this much at once.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+_READ_CHUNK = 256 * 1024  # decompressed bytes per read: urllib3's decoders inflate no more than asked
 DEFAULT_POOL_SIZE = 10  # connections kept open: size it to the number of threads sharing the client
 NAMESPACE = "Default"  # where InLoox's bound actions and functions live
 REDACTED = "***"
@@ -116,7 +122,9 @@ class Client:
         self.timeout = _checked_timeout(timeout)
         self.metadata = metadata if metadata is not None else load_metadata()
         self._api_key = _ApiKey(token)
-        self._urllib3_timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1])
+        # `total`: urllib3 waits for the status line and headers only as long as is left of the read
+        # timeout; `_body` reads the rest within what is then left (a run's lease counts on it).
+        self._urllib3_timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1], total=self.timeout[1])
         self._route = route_of(self.base_url)  # the environment, read once per client
         self._pool_size = pool_size
         self._pool: urllib3.PoolManager | None = None  # taken on the first request (see `_connections`)
@@ -265,20 +273,25 @@ class Client:
             self.throttle(method)  # outside the try below: a refusal here is not a request
         started = time.monotonic()
         try:
-            # exchange(): the whole answer is read inside it (urllib3 preloads it)
+            # exchange(): the whole answer is read inside it
             with _translated(method, shown, self._api_key.redact), exchanges.exchange():
                 response = self._connections().urlopen(
                     method, url, body=payload, headers=self._api_key.headers(
                         _READ_HEADERS if payload is None else _WRITE_HEADERS),
-                    timeout=self._urllib3_timeout, retries=False, redirect=False)
+                    timeout=self._urllib3_timeout, retries=False, redirect=False, preload_content=False)
+                content, whole = _body(response, started, self.timeout[1])
         except InLooxError:
             self._observe(method, None)
             raise
-        answer = _Answer(response.status, response.reason or "", response.headers, response.data)
+        answer = _Answer(response.status, response.reason or "", response.headers, content)
         self._observe(method, answer.status)
         if self.on_received is not None:
             self.on_received(len(answer.body))
         log.debug("%s %s -> %d in %.0f ms", method, shown, answer.status, (time.monotonic() - started) * 1000)
+        if not whole:
+            # Not retryable, whatever the status: the same request would be answered the same way.
+            raise self._status_error(method, url, answer, f"answered with a body over {MAX_ANSWER_BYTES} bytes "
+                                                          "(decompressed), which is not read")
         if not 200 <= answer.status < 300:
             raise self._status_error(method, url, answer)
         return answer
@@ -368,6 +381,41 @@ def _transport_error(exc: Exception, method: str, url: str, redact) -> InLooxErr
         return OutcomeUnknown(f"no answer to {method} {url}, which may or may not have been applied: "
                               f"{detail}", method=method, url=url)
     return TransportError(f"no answer to {method} {url}: {detail}", method=method, url=url)
+
+
+def _body(response: urllib3.BaseHTTPResponse, started: float, seconds: float) -> tuple[bytes, bool]:
+    """The answer's body, decompressed, and whether it is whole: read up to MAX_ANSWER_BYTES, all within
+    `seconds` of `started` (time.monotonic()), else a lost answer (ProtocolError).
+
+    urllib3's own read timeout is for each read of the socket, so a server sending a byte every few
+    seconds held a thread (and a run past its lease) for as long as it liked; each read here may only
+    wait for what is left. An answer cut short is closed with its connection, not pooled half read.
+    """
+    parts, size, deadline = [], 0, started + seconds
+    try:
+        while True:
+            connection = response.connection  # None once the whole answer is read and the connection pooled
+            if connection is not None and connection.sock is not None:  # more to read from the socket
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise urllib3.exceptions.ProtocolError(f"the answer did not end within {seconds:g} s")
+                connection.sock.settimeout(left)
+            try:
+                chunk = response.read1(_READ_CHUNK)  # at most one read of the socket
+            except urllib3.exceptions.ReadTimeoutError:
+                raise urllib3.exceptions.ProtocolError(f"the answer did not end within {seconds:g} s") from None
+            if not chunk:
+                return b"".join(parts), True
+            size += len(chunk)
+            parts.append(chunk)
+            if size > MAX_ANSWER_BYTES:
+                response.close()
+                response.release_conn()
+                return b"".join(parts)[:EXCERPT_CHARS], False
+    except BaseException:
+        response.close()
+        response.release_conn()
+        raise
 
 
 def _nothing_sent(exc: Exception) -> bool:

@@ -12,6 +12,7 @@ import logging
 import pickle
 import ssl
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,11 +24,19 @@ from inloox import (
     Client, HTTPStatusError, InLooxError, InvalidRequest, OutcomeUnknown, RateLimited, ServerError,
     TransportError, UnexpectedRedirect, eq,
 )
+from inloox.client import MAX_ANSWER_BYTES
 from tests.support.processes import free_port
 
 TOKEN = "ilx_SENTINELsentinelSENTINELsentinel01"
 GUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 DROP = object()  # reply: close the connection without answering
+
+
+class Drip:
+    """A reply's body sent `size` bytes at a time, `every` seconds apart (a server answering slowly)."""
+
+    def __init__(self, body: bytes, every: float, size: int = 1):
+        self.body, self.every, self.size = body, every, size
 
 
 class LocalServer:
@@ -89,6 +98,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(status, payload, headers)
 
     def _write(self, status, payload, headers):
+        if isinstance(payload, Drip):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload.body)))
+            self.end_headers()
+            for start in range(0, len(payload.body), payload.size):
+                self.wfile.write(payload.body[start:start + payload.size])
+                self.wfile.flush()
+                if self.server.owner.released.wait(payload.every):
+                    return
+            return
         data = b"" if payload is None else payload if isinstance(payload, (str, bytes)) else json.dumps(payload)
         data = data.encode() if isinstance(data, str) else data
         self.send_response(status)
@@ -381,6 +401,35 @@ def test_a_compressed_answer_is_read_and_a_corrupt_one_is_a_lost_answer(server, 
     with pytest.raises(TransportError, match="no answer to GET") as caught:
         list(client.query("Project"))
     assert caught.value.retryable
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_an_answer_over_the_size_limit_is_an_error_and_is_not_read_whole(server, client, encoding):
+    """A workspace's InLoox URL may be its customer's own server, and a worker serves many workspaces:
+    a page that inflates to 64 MiB (64 KiB on the wire, gzipped) must not be read into the process."""
+    page = json.dumps(_page([{"Name": "a" * (MAX_ANSWER_BYTES + 1)}])).encode()
+    server.reply("GET", "Task", body=gzip.compress(page) if encoding == "gzip" else page,
+                 headers={"Content-Encoding": encoding})
+    server.reply("GET", "Project", body=_page([{"Name": "next"}]))
+    with pytest.raises(HTTPStatusError, match=f"answered with a body over {MAX_ANSWER_BYTES} bytes") as caught:
+        list(client.query("Task"))
+    assert caught.value.status == 200 and not caught.value.retryable
+    assert list(client.query("Project")) == [{"Name": "next"}]  # the half-read connection was not reused
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_an_answer_sent_a_byte_at_a_time_ends_at_the_timeout(server, method):
+    """Each byte comes well within the read timeout (2 s); the whole answer would take 6 s."""
+    body = json.dumps(_page([{"Name": "slow"}])).encode()
+    path = "Task" if method == "GET" else "TimeEntry"
+    server.reply(method, path, status=200 if method == "GET" else 201, body=Drip(body, every=6 / len(body)))
+    with Client(server.url, TOKEN, timeout=(2, 2)) as client:
+        started = time.monotonic()
+        expected = TransportError if method == "GET" else OutcomeUnknown
+        with pytest.raises(expected, match="the answer did not end within 2 s") as caught:
+            list(client.query("Task")) if method == "GET" else client.create("TimeEntry", {"DisplayName": "x"})
+        assert time.monotonic() - started < 4  # the timeout and one slow read at most, not the 6 s drip
+    assert type(caught.value) is expected and caught.value.retryable == (method == "GET")
 
 
 def test_json_nested_deeper_than_the_parser_goes_is_an_error(server, client):
