@@ -1,5 +1,7 @@
 """Jinja templates in rules, rendered in an immutable sandbox with strict undefined variables.
 
+What a template may cost (steps, sizes) is engine/template_limits.py's.
+
 A string that is exactly one `{{ expression }}` renders to the expression's native value (a number
 stays a number); any other template renders to text. Functions and filters available to rules are
 the `TemplateFunction` records in FUNCTIONS.
@@ -13,13 +15,14 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 from jinja2.runtime import Undefined
 
 from inloox.query import literal
 
 from .edm import is_guid, parse_datetime
 from .errors import TemplateError
+from .template_limits import Budget, LimitedEnvironment, bounded_text, sized
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,8 @@ FUNCTIONS = (
 )
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+def _environment() -> LimitedEnvironment:
+    env = LimitedEnvironment(undefined=StrictUndefined, autoescape=False)
     tables = {"global": env.globals, "filter": env.filters, "test": env.tests}
     for fn in FUNCTIONS:
         tables[fn.kind][fn.name] = fn.func
@@ -145,7 +148,7 @@ def compile_template(source: str) -> Template:
         render = lambda ctx: expression(**ctx)  # noqa: E731
     else:
         template = _ENV.from_string(source)
-        render = template.render
+        render = lambda ctx: bounded_text(template.generate(ctx))  # noqa: E731 - stops at the size limit
     free = meta.find_undeclared_variables(ast)  # loop and {% set %} names are the template's own
     return Template(source, tuple(c for c in _chains(ast) if c[0] in free), render)
 
@@ -153,7 +156,8 @@ def compile_template(source: str) -> Template:
 def render(template: Template, context: Mapping[str, Any], *, rule_id: str = "", step: str = "") -> Any:
     """The template's value in `context`; raises TemplateError naming the undefined variable."""
     try:
-        value = template._render(context)
+        with Budget():
+            value = sized(template._render(context))
         if isinstance(value, Undefined):
             str(value)  # a strict undefined raises only when used
     except UndefinedError as exc:
