@@ -143,7 +143,9 @@ def _send(ctx: WorkerContext, sub: subscriptions.Subscription, record: dict,
     headers = {"content-type": "application/json", "user-agent": "inloox-automation",
                "webhook-id": record["id"], "webhook-timestamp": str(int(now)), "webhook-signature": signatures}
     try:
-        response = outbound.send(ctx.outbound, "POST", sub.url, data=record["body"].encode(), headers=headers)
+        # Only the status counts: a receiver's 2xx with a long body is a delivery, not a failure to retry.
+        response = outbound.send(ctx.outbound, "POST", sub.url, answer_bytes=0, data=record["body"].encode(),
+                                 headers=headers)
     except OutboundRefused as exc:
         return None, str(exc), exc.refused
     return response.status_code, "" if response.status_code < 300 else f"answered {response.status_code}", False

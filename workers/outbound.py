@@ -5,10 +5,19 @@ each connection, Apprise's and each redirect hop included, goes only to public a
 its host is on OUTBOUND_ALLOW (for local development and tests). `http` steps never follow
 redirects; Apprise services may, through the guard. Notification URLs carry their service's
 credentials: messages name a URL only through `redact_url`, and `redacted` cleans what is shown.
+
+The answer to an `http` step, a chat reply or a delivery comes from a server the customer chose,
+read by a worker that many customers share: `send` reads at most MAX_ANSWER_BYTES of it (once
+decompressed) and all of it within the policy's timeout, or gives up.
 """
 from __future__ import annotations
 
+import contextvars
 import re
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -20,6 +29,11 @@ if TYPE_CHECKING:
     import requests
 
 REDACTED = "***"
+# An answer is only shown (in a trace, text cut to 10,000 characters) or kept as a step's output,
+# so 1 MiB is far more than any webhook or chat API sends back, and small enough that a worker
+# holding one per thread does not notice. Counted after decompression: a 1 MB gzip can hold 1 GB.
+MAX_ANSWER_BYTES = 1024 * 1024
+_CHUNK = 64 * 1024  # urllib3 decompresses at most this much per read, whatever arrived
 # Query parameters and headers whose values are credentials (token=, apikey=, sig=, Authorization …).
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|sig|auth|code|session|cookie|cred", re.IGNORECASE)
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s\"'<>]*[^\s\"'<>.,;:!?)\]]", re.IGNORECASE)  # not a closing "." or ","
@@ -88,20 +102,143 @@ def http(policy: OutboundPolicy, method: str, url: str, *, headers: dict | None 
     return {"status": response.status_code, "body": content}
 
 
-def send(policy: OutboundPolicy, method: str, url: str, **kwargs) -> requests.Response:
+def send(policy: OutboundPolicy, method: str, url: str, *, answer_bytes: int = MAX_ANSWER_BYTES,
+         **kwargs) -> requests.Response:
     """One HTTP request through the outbound guard, redirects not followed, whatever its status.
 
-    Raises OutboundRefused when there is no answer: `refused` when the guard stopped the connection.
+    The body is read here (`.content`, `.json()` and `.text` work as usual), at most `answer_bytes`
+    of it, and the whole answer within `policy.timeout` seconds. `answer_bytes=0`: only the status
+    and headers matter (a delivery), the body is left unread and the connection closed.
+    Raises OutboundRefused when there is no such answer: `refused` when the guard stopped the connection.
     """
     import requests  # here, not at the top: most processes never send one, and it costs each ~4 MB
 
-    with egress.guarded(policy.allow) as guard:
+    with egress.guarded(policy.allow) as guard, _Deadline(policy.timeout) as deadline, requests.Session() as session:
         try:
-            return requests.request(method, url, timeout=policy.timeout, allow_redirects=False, **kwargs)
+            response = session.request(method, url, timeout=policy.timeout, allow_redirects=False, stream=True,
+                                       **kwargs)
+            response._content = _body(response, deadline, answer_bytes)  # where requests keeps a body it read
+            return response
         except requests.RequestException as exc:
             if guard.refusals:
                 raise OutboundRefused(f"refused: {guard.refusals[0]}", refused=True) from exc
+            if deadline.passed():  # the connection was cut because time was up: say so, not "ConnectionError"
+                raise deadline.refusal() from exc
             raise OutboundRefused(f"failed: {type(exc).__name__}") from exc
+
+
+def _body(response: requests.Response, deadline: _Deadline, limit: int) -> bytes:
+    """The decompressed body, read a chunk at a time; the connection is closed unless it was read to the end."""
+    body = bytearray()
+    try:
+        if limit == 0:
+            return b""
+        for chunk in response.iter_content(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise OutboundRefused(f"answered with a body over {_size(limit)}")
+            deadline.check()
+        deadline.check()  # a body that lasts until the connection closes ends early when time is up
+    finally:
+        response.close()  # read to the end, the connection goes back to the pool; else it is closed
+    return bytes(body)
+
+
+def _size(limit: int) -> str:
+    return f"{limit // 1024 // 1024} MiB" if limit % (1024 * 1024) == 0 else f"{limit:,} bytes"
+
+
+class _Deadline:
+    """The time by which a whole answer must have arrived, counted from before connecting.
+
+    requests' timeout bounds each wait on the socket, not their sum: a server sending a byte just
+    within it holds the thread as long as it likes, in the headers as well as the body. Giving
+    each read the time left would not do: one read of http.client (a header line, a chunk, 64 KiB
+    of body) waits on the socket many times. So when time is up a timer shuts down the request's
+    sockets, and a read waiting on one returns at once, over http or https. urllib3 opens them
+    out of our sight; the audit event of each connect sees every one (a proxy's too). We keep a
+    duplicate of each descriptor: shutting it down ends the connection, and unlike the original
+    it is not closed (and its number reused elsewhere) while the timer may act on it.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._up = self._ended = False
+        self._timer = threading.Timer(seconds, self._time_up)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        _install()
+        self._token = _deadline.set(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _deadline.reset(self._token)
+        self._timer.cancel()
+        with self._lock:  # the timer, if it is running, shuts nothing we close here
+            self._ended = True
+            for sock in self._sockets:
+                sock.close()
+
+    def passed(self) -> bool:
+        return self._up or time.monotonic() >= self.at
+
+    def refusal(self) -> OutboundRefused:
+        return OutboundRefused(f"did not finish answering within {self.seconds:g} s")
+
+    def check(self) -> None:
+        if self.passed():
+            raise self.refusal()
+
+    def watch(self, sock: socket.socket) -> None:
+        try:
+            copy = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except OSError:
+            return  # not a socket we can hold (already closed): nothing to wait on either
+        with self._lock:
+            if self._ended:
+                copy.close()
+                return
+            self._sockets.append(copy)
+            if self._up:  # a connection started after time was up (another address of the host)
+                _shut(copy)
+
+    def _time_up(self) -> None:
+        with self._lock:
+            self._up = True
+            if not self._ended:
+                for sock in self._sockets:
+                    _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected (yet, or any more): no read waits on it
+
+
+_deadline: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar("outbound_deadline", default=None)
+_install_lock = threading.Lock()
+_installed = False
+
+
+def _install() -> None:
+    global _installed
+    with _install_lock:
+        if not _installed:
+            sys.addaudithook(_audit)
+            _installed = True
+
+
+def _audit(event: str, args: tuple) -> None:
+    """Hand each socket connecting inside `send` to its deadline (args: the socket, the address)."""
+    if event == "socket.connect" and (deadline := _deadline.get()) is not None:
+        deadline.watch(args[0])
 
 
 def redact_url(url: str) -> str:

@@ -1,12 +1,91 @@
-"""Outbound requests against a real local server: redirects are never followed."""
+"""Outbound requests against a real local server: redirects are never followed, and an answer is
+read only up to a size (after decompression) and a time, since the server is chosen by a customer."""
 from __future__ import annotations
 
+import gzip
+import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from workers import outbound
 from workers.outbound import OutboundPolicy, OutboundRefused, http
+
+POLICY = OutboundPolicy.from_setting("127.0.0.1")
+BOMB = 64 * 1024 * 1024  # decompressed size of the gzip bomb; it travels as about 64 KB
+
+
+class Answering(BaseHTTPRequestHandler):
+    """Answers every request with the class's `status`, `sent_headers` and `body` (`headers` holds the request's)."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, so that a connection left half read would show
+    status, sent_headers, body = 200, {}, b""
+
+    def do_GET(self):
+        self.send_response(self.status)
+        for name, value in {"Content-Length": str(len(self.body)), **self.sent_headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        try:
+            self.wfile.write(self.body)
+        except OSError:  # the client stopped reading, as it should past the limit
+            pass
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+class Trickling(BaseHTTPRequestHandler):
+    """Sends one byte every 0.3 s for about 6 s: in the headers, or in a body with a length, chunked, or until close."""
+
+    mode = "length"
+
+    def do_GET(self):
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+        if self.mode == "headers":
+            parts = [head] + [bytes([c]) for c in b"X-Slow: " + b"a" * 20 + b"\r\n"]
+        elif self.mode == "chunked":
+            parts = [head + b"Transfer-Encoding: chunked\r\n\r\n"] + [b"1\r\nx\r\n"] * 20 + [b"0\r\n\r\n"]
+        elif self.mode == "length":
+            parts = [head + b"Content-Length: 20\r\n\r\n"] + [b"x"] * 20
+        else:  # the body ends when the connection does
+            parts = [head + b"Connection: close\r\n\r\n"] + [b"x"] * 20
+        try:
+            for part in parts:
+                self.wfile.write(part)
+                time.sleep(0.3)
+        except OSError:  # the client gave up, as it should
+            pass
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    """Starts a server for a handler class; returns its base URL. Every server is stopped after the test."""
+    servers = []
+
+    def start(handler: type[BaseHTTPRequestHandler]) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def answering(status: int = 200, body: bytes = b"", **headers: str) -> type[BaseHTTPRequestHandler]:
+    return type("Answer", (Answering,), {"status": status, "body": body,
+                                         "sent_headers": {k.replace("_", "-"): v for k, v in headers.items()}})
 
 
 def test_http_never_follows_a_redirect():
@@ -30,3 +109,66 @@ def test_http_never_follows_a_redirect():
     finally:
         server.shutdown()
     assert hits == ["/x"]
+
+
+def test_a_gzip_bomb_is_refused_at_the_limit(serve):
+    url = serve(answering(body=gzip.compress(b"0" * BOMB), Content_Encoding="gzip", Content_Type="text/plain"))
+    started = time.monotonic()
+    with pytest.raises(OutboundRefused, match=r"GET http://127\.0\.0\.1:\d+/\*\*\* answered with a body over 1 MiB"):
+        http(POLICY, "GET", f"{url}/bomb")
+    assert time.monotonic() - started < 2  # stopped at the limit, not after decompressing 64 MiB
+
+
+def test_a_large_plain_answer_is_refused_at_the_limit(serve):
+    url = serve(answering(body=b"x" * (2 * 1024 * 1024), Content_Type="text/plain"))
+    with pytest.raises(OutboundRefused, match="answered with a body over 1 MiB") as refused:
+        http(POLICY, "POST", f"{url}/big", body={"a": 1})
+    assert not refused.value.refused  # the guard did not stop it: trying again later may help
+
+
+def test_an_answer_of_exactly_the_limit_is_read_whole(serve):
+    """The limit is on the decompressed size, and the limit itself is allowed."""
+    text = b"y" * outbound.MAX_ANSWER_BYTES
+    url = serve(answering(body=gzip.compress(text), Content_Encoding="gzip", Content_Type="text/plain"))
+    response = outbound.send(POLICY, "GET", f"{url}/edge")
+    assert response.status_code == 200
+    assert response.content == text
+
+
+@pytest.mark.parametrize("mode", ["headers", "length", "chunked", "until close"])
+def test_an_answer_that_trickles_is_cut_off_at_the_timeout(serve, mode):
+    url = serve(type("Slow", (Trickling,), {"mode": mode}))
+    started = time.monotonic()
+    with pytest.raises(OutboundRefused, match="did not finish answering within 1 s"):
+        http(OutboundPolicy.from_setting("127.0.0.1", timeout=1), "GET", f"{url}/slow")
+    assert time.monotonic() - started < 3  # each byte came within the timeout; the whole answer did not
+
+
+def test_ordinary_answers_come_back_as_before(serve):
+    answer = {"ok": True, "items": list(range(100))}
+    plain = serve(answering(body=json.dumps(answer).encode(), Content_Type="application/json"))
+    zipped = serve(answering(body=gzip.compress(json.dumps(answer).encode()), Content_Type="application/json",
+                             Content_Encoding="gzip"))
+    text = serve(answering(status=201, body=b"created", Content_Type="text/plain"))
+    for _ in range(2):  # a second request after the first one's connection was handled
+        assert http(POLICY, "GET", f"{plain}/a") == {"status": 200, "body": answer}
+        assert http(POLICY, "GET", f"{zipped}/a") == {"status": 200, "body": answer}
+        assert http(POLICY, "POST", f"{text}/a", body={"x": 1}) == {"status": 201, "body": "created"}
+
+
+def test_a_request_after_a_refused_answer_still_works(serve):
+    big = serve(answering(body=b"x" * (2 * 1024 * 1024)))
+    small = serve(answering(body=b'{"ok": true}', Content_Type="application/json"))
+    with pytest.raises(OutboundRefused, match="over 1 MiB"):
+        http(POLICY, "GET", f"{big}/a")
+    assert http(POLICY, "GET", f"{small}/a") == {"status": 200, "body": {"ok": True}}
+    response = outbound.send(POLICY, "POST", f"{small}/b", data=b"{}", headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()) == (200, {"ok": True})  # as deliveries read it
+
+
+def test_a_delivery_reads_the_status_and_leaves_a_long_body_unread(serve):
+    """A subscription delivery needs only the status: a receiver's 2xx with 2 MiB of body is delivered."""
+    url = serve(answering(body=b"x" * (2 * 1024 * 1024), Content_Type="text/plain"))
+    for _ in range(2):  # the connection left with its body unread is not used again
+        response = outbound.send(POLICY, "POST", f"{url}/hook", answer_bytes=0, data=b"{}")
+        assert (response.status_code, response.content) == (200, b"")
