@@ -10,10 +10,11 @@ A `value` may be a template ("{{ task.ProjectId }}"): it is rendered each time t
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
+
+import re2
 
 from .documents import format_path
 from .durations import parse_duration
@@ -24,6 +25,13 @@ from .templates import is_template, render
 
 Checker = Callable[[Mapping[str, Any]], "str | None"]
 MISSING = object()
+# `regex` patterns come from rule files and are matched against what events carry, in processes that
+# serve every workspace. Python's `re` backtracks: `(a+)+$` against 30 a's and a "!" took minutes of
+# CPU in C, holding the GIL. RE2 matches in time linear in the text (it has no backreferences or
+# lookarounds, which a rule is told at load time), within max_mem; log_errors off: a refused pattern
+# is the rule's load error, not a line on stderr.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
 
 
 @dataclass(frozen=True)
@@ -354,10 +362,7 @@ def _prepare(op: Operator, operand: Any, field_type: FieldType | None) -> Any:
     if op.operand in ("text", "regex") and not isinstance(operand, str):
         raise OperandProblem(f"{op.name} wants text, got {operand!r}")
     if op.operand == "regex":
-        try:
-            return re.compile(operand)
-        except re.error as exc:
-            raise OperandProblem(f"invalid regular expression: {exc}") from exc
+        return _regex(operand)
     if op.operand == "bool" and not isinstance(operand, bool):
         raise OperandProblem(f"{op.name} wants true or false, got {operand!r}")
     if op.operand in ("list", "pair"):
@@ -368,6 +373,26 @@ def _prepare(op: Operator, operand: Any, field_type: FieldType | None) -> Any:
     if op.operand in ("value", "any") and not (op.operand == "any" and field_type is None):
         return _typed(operand, (), field_type)
     return operand
+
+
+@dataclass(frozen=True)
+class _Regex:
+    """A compiled `regex` operand, and the pattern as written (for `ignore_case`)."""
+
+    pattern: str
+    compiled: Any  # re2's pattern object
+
+    def search(self, text: str):
+        return self.compiled.search(text)
+
+
+def _regex(pattern: str, *, ignore_case: bool = False) -> _Regex:
+    try:
+        return _Regex(pattern, re2.compile(("(?i)" if ignore_case else "") + pattern, _RE2_OPTIONS))
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise OperandProblem(f"invalid regular expression: {reason}",
+                             hint="RE2 syntax: no backreferences (\\1) or lookarounds ((?=…), (?<=…))") from None
 
 
 def _typed(value: Any, where: tuple, field_type: FieldType | None) -> Any:
@@ -392,8 +417,8 @@ def _fold(value: Any) -> Any:
         return value.casefold()
     if isinstance(value, (tuple, list)):
         return type(value)(_fold(v) for v in value)
-    if isinstance(value, re.Pattern):
-        return re.compile(value.pattern, value.flags | re.IGNORECASE)
+    if isinstance(value, _Regex):
+        return _regex(value.pattern, ignore_case=True)
     return value
 
 

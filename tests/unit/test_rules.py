@@ -96,6 +96,8 @@ CASES = [
      "'maybe' is not a valid Edm.Boolean", ""),
     ("bad_regex", 4, 46, "id: a\nwhen: {webhook: x}\nif:\n  - {path: webhook.body.t, op: regex, value: \"(\"}\n" + N,
      "invalid regular expression", ""),
+    ("regex_lookahead", 4, 46, "id: a\nwhen: {webhook: x}\nif:\n  - {path: webhook.body.t, op: regex, value: \"(?=a)\"}\n"
+     + N, "invalid regular expression: invalid perl operator: (?=", "RE2 syntax: no backreferences"),
     ("two_trigger_kinds", 3, 6, "id: a\nwhen:\n  - {webhook: x, chat: y}\n" + N, "unknown key 'webhook'", "give only one"),
     ("duplicate_step_id", 5, 10, M + "then:\n  - {id: s, notify: x, body: y}\n  - {id: s, notify: x, body: y}\n",
      "duplicate step id 's'", ""),
