@@ -75,7 +75,10 @@ def notify(policy: OutboundPolicy, url: str, text: str, title: str = "") -> None
     if not sender.add(url):
         raise OutboundRefused(f"Apprise cannot send to {redact_url(url)} (an unknown scheme or a malformed URL)")
     service = next(iter(sender))
-    with egress.guarded(policy.allow) as guard:
+    # Apprise stops waiting for its service after `timeout` but leaves it running on one of its few pool
+    # threads, reading whatever the server sends for as long as it sends it; the deadline (whose context
+    # those threads copy) shuts the service's sockets when time is up, so that it ends too.
+    with egress.guarded(policy.allow) as guard, _Deadline(policy.timeout):
         delivered = sender.notify(body=text, title=title or "", timeout=policy.timeout)
     if guard.refusals:  # Apprise reports a refused connection only as "not delivered"
         raise OutboundRefused(f"refused: {guard.refusals[0]}")

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from workers import outbound
-from workers.outbound import OutboundPolicy, OutboundRefused, http
+from workers.outbound import OutboundPolicy, OutboundRefused, http, notify
 
 POLICY = OutboundPolicy.from_setting("127.0.0.1")
 BOMB = 64 * 1024 * 1024  # decompressed size of the gzip bomb; it travels as about 64 KB
@@ -172,3 +172,24 @@ def test_a_delivery_reads_the_status_and_leaves_a_long_body_unread(serve):
     for _ in range(2):  # the connection left with its body unread is not used again
         response = outbound.send(POLICY, "POST", f"{url}/hook", answer_bytes=0, data=b"{}")
         assert (response.status_code, response.content) == (200, b"")
+
+
+def test_a_notification_whose_server_trickles_its_answer_lets_go_of_it_at_the_timeout(serve):
+    """Apprise gives up waiting after its timeout but left its service reading on one of its few pool
+    threads; now the service's connection is shut when time is up, and the server sees it go."""
+    gone = threading.Event()
+
+    class Watched(Trickling):
+        mode = "length"
+
+        def do_POST(self):
+            started = time.monotonic()
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.do_GET()  # returns once the client has gone, or after the ~6 s trickle
+            if time.monotonic() - started < 3:
+                gone.set()
+
+    url = serve(Watched)
+    with pytest.raises(OutboundRefused, match="not delivered"):
+        notify(OutboundPolicy.from_setting("127.0.0.1", timeout=1), f"json://{url.split('//')[1]}/hook", "hi")
+    assert gone.wait(5), "the notification's connection was still open after 3 s"
