@@ -66,13 +66,20 @@ class Trickling(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # clients here hang up on purpose (limits, deadlines): a broken pipe is what the test wants
+
+
 @pytest.fixture
 def serve():
     """Starts a server for a handler class; returns its base URL. Every server is stopped after the test."""
     servers = []
 
     def start(handler: type[BaseHTTPRequestHandler]) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = _Server(("127.0.0.1", 0), handler)
         servers.append(server)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{server.server_address[1]}"
