@@ -100,7 +100,7 @@ def http(policy: OutboundPolicy, method: str, url: str, *, headers: dict | None 
         raise OutboundRefused(f"{method} {target} answered {response.status_code}")
     try:
         content = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         content = response.text[:10_000]
     return {"status": response.status_code, "body": content}
 

@@ -200,3 +200,8 @@ def test_a_notification_whose_server_trickles_its_answer_lets_go_of_it_at_the_ti
     with pytest.raises(OutboundRefused, match="not delivered"):
         notify(OutboundPolicy.from_setting("127.0.0.1", timeout=1), f"json://{url.split('//')[1]}/hook", "hi")
     assert gone.wait(5), "the notification's connection was still open after 3 s"
+
+
+def test_an_answer_nested_deeper_than_the_parser_goes_is_kept_as_text(serve):
+    url = serve(answering(body=b"[" * 100_000, Content_Type="application/json"))
+    assert http(POLICY, "GET", f"{url}/deep") == {"status": 200, "body": "[" * 10_000}
