@@ -26,6 +26,7 @@ from string import Formatter
 from typing import Any
 
 from jinja2 import filters as jinja_filters
+from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
@@ -33,6 +34,8 @@ MAX_STEPS = 100_000  # loop turns and calls per render: tens of milliseconds
 MAX_SIZE = 1_000_000  # characters (or items) of any value a template makes, its text included
 MAX_BITS = 100_000  # bits of a number `**` or `*` may make (about 30,000 digits)
 
+# What spends steps: a template without any of these needs no budget.
+COSTLY_NODES = (nodes.For, nodes.Call, nodes.CallBlock, nodes.Macro)
 _budget = threading.local()  # `left`: the steps left to the render under way on this thread, if any
 
 

@@ -22,7 +22,7 @@ from inloox.query import literal
 
 from .edm import is_guid, parse_datetime
 from .errors import TemplateError
-from .template_limits import Budget, LimitedEnvironment, bounded_text, sized
+from .template_limits import COSTLY_NODES, Budget, LimitedEnvironment, bounded_text, sized
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class Template:
     source: str
     chains: tuple[tuple[str, ...], ...]  # e.g. ("task", "WorkAmount"), ("steps", "find", "value")
     _render: Callable[[Mapping], Any]
+    counted: bool = True  # it loops or calls: its renders get a budget of steps (engine/template_limits.py)
 
     @property
     def variables(self) -> frozenset[str]:
@@ -150,13 +151,17 @@ def compile_template(source: str) -> Template:
         template = _ENV.from_string(source)
         render = lambda ctx: bounded_text(template.generate(ctx))  # noqa: E731 - stops at the size limit
     free = meta.find_undeclared_variables(ast)  # loop and {% set %} names are the template's own
-    return Template(source, tuple(c for c in _chains(ast) if c[0] in free), render)
+    counted = any(True for _ in ast.find_all(COSTLY_NODES))
+    return Template(source, tuple(c for c in _chains(ast) if c[0] in free), render, counted)
 
 
 def render(template: Template, context: Mapping[str, Any], *, rule_id: str = "", step: str = "") -> Any:
     """The template's value in `context`; raises TemplateError naming the undefined variable."""
     try:
-        with Budget():
+        if template.counted:
+            with Budget():
+                value = sized(template._render(context))
+        else:  # nothing in it spends a step: most templates (`{{ task.Name }}`), spared the budget's set-up
             value = sized(template._render(context))
         if isinstance(value, Undefined):
             str(value)  # a strict undefined raises only when used

@@ -392,6 +392,7 @@ def _body(response: urllib3.BaseHTTPResponse, started: float, seconds: float) ->
     wait for what is left. An answer cut short is closed with its connection, not pooled half read.
     """
     parts, size, deadline = [], 0, started + seconds
+    plain = "Content-Encoding" not in response.headers  # else the decoder may still hold some of it
     try:
         while True:
             connection = response.connection  # None once the whole answer is read and the connection pooled
@@ -412,6 +413,10 @@ def _body(response: urllib3.BaseHTTPResponse, started: float, seconds: float) ->
                 response.close()
                 response.release_conn()
                 return b"".join(parts)[:EXCERPT_CHARS], False
+            if plain and len(chunk) < _READ_CHUNK and response.connection is None:
+                # The answer ended in this read (its connection went back to the pool) and nothing is left
+                # to decompress: most answers, spared the read that would say so (~10 us a request).
+                return chunk if len(parts) == 1 else b"".join(parts), True
     except BaseException:
         response.close()
         response.release_conn()
