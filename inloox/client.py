@@ -26,6 +26,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import urllib3
 import urllib3.exceptions
 
+from inloox import deadlines
 from inloox.connections import exchanges, route_of, shared_pool
 from inloox.errors import (
     EXCERPT_CHARS, WRITE_METHODS, HTTPStatusError, InLooxError, OutcomeUnknown, TransportError,
@@ -122,8 +123,9 @@ class Client:
         self.timeout = _checked_timeout(timeout)
         self.metadata = metadata if metadata is not None else load_metadata()
         self._api_key = _ApiKey(token)
-        # `total`: urllib3 waits for the status line and headers only as long as is left of the read
-        # timeout; `_body` reads the rest within what is then left (a run's lease counts on it).
+        # The whole answer within the read timeout (a run's lease counts on it): `total` makes urllib3 wait
+        # no longer than that for each read of the status line and headers, `deadlines` cuts them off when
+        # it has passed, and `_body` reads the rest within what is then left.
         self._urllib3_timeout = urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1], total=self.timeout[1])
         self._route = route_of(self.base_url)  # the environment, read once per client
         self._pool_size = pool_size
@@ -274,7 +276,8 @@ class Client:
         started = time.monotonic()
         try:
             # exchange(): the whole answer is read inside it
-            with _translated(method, shown, self._api_key.redact), exchanges.exchange():
+            with _translated(method, shown, self._api_key.redact), exchanges.exchange(), \
+                    deadlines.until(started + self.timeout[1]):
                 response = self._connections().urlopen(
                     method, url, body=payload, headers=self._api_key.headers(
                         _READ_HEADERS if payload is None else _WRITE_HEADERS),

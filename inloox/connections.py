@@ -21,6 +21,8 @@ from urllib.request import getproxies_environment, proxy_bypass_environment
 import certifi
 import urllib3
 
+from inloox import deadlines
+
 
 class Gate(Protocol):
     """What `Exchanges.exchange` needs of a process's gate (workers/consumer/gate.py)."""
@@ -152,12 +154,13 @@ def _new_pool(pool_size: int, route: Route) -> urllib3.PoolManager:
     tls = {"ca_cert_dir" if os.path.isdir(route.ca_bundle) else "ca_certs": route.ca_bundle}
     options = dict(num_pools=HOSTS_KEPT, maxsize=pool_size, block=False, retries=False,
                    cert_reqs="CERT_REQUIRED", **tls)
-    if route.proxy is None:
-        return urllib3.PoolManager(**options)
-    if route.proxy.lower().startswith("socks"):
+    if route.proxy is not None and route.proxy.lower().startswith("socks"):
         from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as requests did for SOCKS
-        return SOCKSProxyManager(route.proxy, **options)
-    return urllib3.ProxyManager(route.proxy, proxy_headers=_proxy_credentials(route.proxy), **options)
+        return SOCKSProxyManager(route.proxy, **options)  # its own connections: heads bounded per read only
+    manager = urllib3.PoolManager(**options) if route.proxy is None else urllib3.ProxyManager(
+        route.proxy, proxy_headers=_proxy_credentials(route.proxy), **options)
+    manager.pool_classes_by_scheme = deadlines.POOL_CLASSES  # an answer's head by its deadline
+    return manager
 
 
 def _proxy_credentials(proxy: str) -> dict[str, str]:

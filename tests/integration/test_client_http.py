@@ -33,10 +33,11 @@ DROP = object()  # reply: close the connection without answering
 
 
 class Drip:
-    """A reply's body sent `size` bytes at a time, `every` seconds apart (a server answering slowly)."""
+    """A reply's body sent `size` bytes at a time, `every` seconds apart (a server answering slowly);
+    `head`: its status line and headers too."""
 
-    def __init__(self, body: bytes, every: float, size: int = 1):
-        self.body, self.every, self.size = body, every, size
+    def __init__(self, body: bytes, every: float, size: int = 1, head: bool = False):
+        self.body, self.every, self.size, self.head = body, every, size, head
 
 
 class LocalServer:
@@ -99,12 +100,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write(self, status, payload, headers):
         if isinstance(payload, Drip):
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload.body)))
-            self.end_headers()
-            for start in range(0, len(payload.body), payload.size):
-                self.wfile.write(payload.body[start:start + payload.size])
+            head = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(payload.body)}\r\n\r\n").encode()
+            if not payload.head:
+                self.wfile.write(head)
+            sent = (head if payload.head else b"") + payload.body
+            for start in range(0, len(sent), payload.size):
+                self.wfile.write(sent[start:start + payload.size])
                 self.wfile.flush()
                 if self.server.owner.released.wait(payload.every):
                     return
@@ -430,6 +432,21 @@ def test_an_answer_sent_a_byte_at_a_time_ends_at_the_timeout(server, method):
             list(client.query("Task")) if method == "GET" else client.create("TimeEntry", {"DisplayName": "x"})
         assert time.monotonic() - started < 4  # the timeout and one slow read at most, not the 6 s drip
     assert type(caught.value) is expected and caught.value.retryable == (method == "GET")
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_an_answer_whose_head_comes_a_byte_at_a_time_ends_at_the_timeout(server, method):
+    """The status line and headers, each byte well within the read timeout (2 s), would take 6 s."""
+    body = json.dumps(_page([{"Name": "slow"}])).encode()
+    path = "Task" if method == "GET" else "TimeEntry"
+    server.reply(method, path, status=200 if method == "GET" else 201, body=Drip(body, every=0.1, head=True))
+    with Client(server.url, TOKEN, timeout=(2, 2)) as client:
+        started = time.monotonic()
+        expected = TransportError if method == "GET" else OutcomeUnknown
+        with pytest.raises(expected, match=f"no answer to {method}") as caught:
+            list(client.query("Task")) if method == "GET" else client.create("TimeEntry", {"DisplayName": "x"})
+        assert time.monotonic() - started < 4  # the timeout and the watcher's half second, not the 6 s+ trickle
+    assert type(caught.value) is expected
 
 
 def test_json_nested_deeper_than_the_parser_goes_is_an_error(server, client):

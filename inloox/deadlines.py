@@ -1,0 +1,118 @@
+"""When an InLoox answer's status line and headers must have come: past it, their socket is shut.
+
+urllib3's read timeout is for each read of the socket. A server that sends its status line and
+headers a byte at a time, each within that timeout, held the thread for as long as it liked: a
+workspace's InLoox URL may be a server its customer runs, and a worker's threads serve every
+workspace. (The body is read by `inloox.client` itself, each read given only what is left.)
+
+`until(deadline)` names the deadline (time.monotonic()) of the requests this thread sends in it;
+the pools' connections (`POOL_CLASSES`) put their socket on a watch list while they wait for an
+answer's head. One thread per process looks at the list every CHECK_SECONDS and shuts the sockets
+whose deadline passed, which ends a read waiting on one at once, over HTTP or TLS. Putting a socket
+on the list and taking it off are single dict operations: no lock on the request path, and the
+watcher, which takes an entry off before shutting it, cannot shut one its request took back.
+"""
+from __future__ import annotations
+
+import contextvars
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ProtocolError
+
+CHECK_SECONDS = 0.5  # how late past its deadline a head may be cut: the watcher's only cost is waking this often
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("inloox_answer_deadline", default=None)
+_watched: dict[int, tuple[float, socket.socket]] = {}  # ticket -> (deadline, socket)
+_tickets = itertools.count()  # next() on a count is atomic
+_watcher_lock = threading.Lock()
+_watcher: threading.Thread | None = None
+
+
+@contextmanager
+def until(deadline: float) -> Iterator[None]:
+    """The requests this thread sends inside must have their answer's head by `deadline` (time.monotonic())."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+class _Watching:
+    """Mixed into urllib3's connections: the wait for an answer's head is watched against the deadline."""
+
+    def getresponse(self, *args, **kwargs):
+        deadline, sock = _deadline.get(), self.sock
+        if deadline is None or sock is None:
+            return super().getresponse(*args, **kwargs)
+        _start_watcher()
+        ticket = next(_tickets)
+        _watched[ticket] = (deadline, sock)
+        try:
+            response = super().getresponse(*args, **kwargs)
+        finally:
+            cut = _watched.pop(ticket, None) is None  # the watcher took it off: it shut the socket
+        if cut:
+            # http.client takes a head cut short for a whole one (an answer without its last headers or
+            # body): had the watcher not cut it, it would still be coming. An answer lost, not one to read.
+            raise ProtocolError("the answer's status line and headers did not come within the timeout")
+        return response
+
+
+class _WatchedHTTPConnection(_Watching, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watching, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+# For a PoolManager's (or a ProxyManager's) `pool_classes_by_scheme`.
+POOL_CLASSES = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+def _start_watcher() -> None:
+    global _watcher
+    if _watcher is not None:
+        return
+    with _watcher_lock:
+        if _watcher is None:
+            _watcher = threading.Thread(target=_watch, name="inloox-answer-deadlines", daemon=True)
+            _watcher.start()
+
+
+def _forget_watcher() -> None:
+    global _watcher
+    _watcher = None  # a forked child (the web's servers) has no thread of its parent's: it starts its own
+    _watched.clear()
+
+
+os.register_at_fork(after_in_child=_forget_watcher)
+
+
+def _watch() -> None:
+    while True:
+        time.sleep(CHECK_SECONDS)
+        now = time.monotonic()
+        for ticket, (deadline, sock) in list(_watched.items()):  # one C call: a consistent copy
+            if deadline <= now and _watched.pop(ticket, None) is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # a closed socket object says EBADF, never reaches another's
+                except OSError:
+                    pass
