@@ -10,11 +10,10 @@ A `value` may be a template ("{{ task.ProjectId }}"): it is rendered each time t
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
-
-import re2
 
 from .documents import format_path
 from .durations import parse_duration
@@ -25,13 +24,6 @@ from .templates import is_template, render
 
 Checker = Callable[[Mapping[str, Any]], "str | None"]
 MISSING = object()
-# `regex` patterns come from rule files and are matched against what events carry, in processes that
-# serve every workspace. Python's `re` backtracks: `(a+)+$` against 30 a's and a "!" took minutes of
-# CPU in C, holding the GIL. RE2 matches in time linear in the text (it has no backreferences or
-# lookarounds, which a rule is told at load time), within max_mem; log_errors off: a refused pattern
-# is the rule's load error, not a line on stderr.
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
 
 
 @dataclass(frozen=True)
@@ -386,9 +378,27 @@ class _Regex:
         return self.compiled.search(text)
 
 
+@functools.cache
+def _re2():
+    """google-re2 and its options, imported at the first `regex` operand: 2.5 MB a process that has none.
+
+    `regex` patterns come from rule files and are matched against what events carry, in processes that
+    serve every workspace. Python's `re` backtracks: `(a+)+$` against 30 a's and a "!" took minutes of
+    CPU in C, holding the GIL. RE2 matches in time linear in the text (it has no backreferences or
+    lookarounds, which a rule is told at load time), within max_mem; log_errors off: a refused pattern
+    is the rule's load error, not a line on stderr.
+    """
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    return re2, options
+
+
 def _regex(pattern: str, *, ignore_case: bool = False) -> _Regex:
+    re2, options = _re2()
     try:
-        return _Regex(pattern, re2.compile(("(?i)" if ignore_case else "") + pattern, _RE2_OPTIONS))
+        return _Regex(pattern, re2.compile(("(?i)" if ignore_case else "") + pattern, options))
     except re2.error as exc:
         reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise OperandProblem(f"invalid regular expression: {reason}",
