@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import os
 import socket
 import threading
@@ -27,6 +28,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ProtocolError
 
+log = logging.getLogger(__name__)
 CHECK_SECONDS = 0.5  # how late past its deadline a head may be cut: the watcher's only cost is waking this often
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("inloox_answer_deadline", default=None)
@@ -109,10 +111,16 @@ os.register_at_fork(after_in_child=_forget_watcher)
 def _watch() -> None:
     while True:
         time.sleep(CHECK_SECONDS)
-        now = time.monotonic()
-        for ticket, (deadline, sock) in list(_watched.items()):  # one C call: a consistent copy
-            if deadline <= now and _watched.pop(ticket, None) is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # a closed socket object says EBADF, never reaches another's
-                except OSError:
-                    pass
+        try:
+            _cut_overdue(time.monotonic())
+        except Exception:  # noqa: BLE001 - a watcher that died would stop keeping every deadline, silently
+            log.exception("could not cut off the InLoox answers past their deadline; trying again")
+
+
+def _cut_overdue(now: float) -> None:
+    for ticket, (deadline, sock) in list(_watched.items()):  # one C call: a consistent copy
+        if deadline <= now and _watched.pop(ticket, None) is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # a closed socket object says EBADF, never reaches another's
+            except OSError:
+                pass
