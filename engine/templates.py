@@ -147,12 +147,56 @@ def compile_template(source: str) -> Template:
     if single:
         expression = _ENV.compile_expression(body[2:-2].strip("-"), undefined_to_none=False)
         render = lambda ctx: expression(**ctx)  # noqa: E731
+        path = _item_path(ast.body[0].nodes[0])
+        if path is not None:
+            render = _path_render(path, render)
     else:
         template = _ENV.from_string(source)
         render = lambda ctx: bounded_text(template.generate(ctx))  # noqa: E731 - stops at the size limit
     free = meta.find_undeclared_variables(ast)  # loop and {% set %} names are the template's own
     counted = any(True for _ in ast.find_all(COSTLY_NODES))
     return Template(source, tuple(c for c in _chains(ast) if c[0] in free), render, counted)
+
+
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+def _item_path(node: nodes.Node) -> tuple[str, ...] | None:
+    """`("task", "Name")` for an expression that only reads names through a chain (`task.Name`,
+    `task["Name"]`), none of which is also a dict attribute (`items`, `get`…); else None."""
+    path: list[str] = []
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr):
+            path.append(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            path.append(node.arg.value)
+        else:
+            return None
+        node = node.node
+    if not isinstance(node, nodes.Name) or any(name in _DICT_ATTRIBUTES for name in path):
+        return None
+    return (node.name, *reversed(path))
+
+
+def _path_render(path: tuple[str, ...], jinja: Callable[[Mapping], Any]) -> Callable[[Mapping], Any]:
+    """`{{ webhook.body.task.Name }}` read straight from the context's dicts, as Jinja's sandbox reads it
+    there (a name no dict attribute has is the dict's item), in a tenth of a microsecond instead of ten;
+    whatever is not a plain dict item on the way (a missing key, another type, a global) is Jinja's."""
+    root, names = path[0], path[1:]
+
+    def render(ctx: Mapping) -> Any:
+        value = ctx.get(root, _NOT_THERE)
+        if value is _NOT_THERE:
+            return jinja(ctx)
+        for name in names:
+            if type(value) is not dict or name not in value:
+                return jinja(ctx)
+            value = value[name]
+        return value
+    return render
+
+
+_NOT_THERE = object()
 
 
 def render(template: Template, context: Mapping[str, Any], *, rule_id: str = "", step: str = "") -> Any:

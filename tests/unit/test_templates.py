@@ -97,3 +97,35 @@ def test_odata_refuses_what_has_no_literal():
 ])
 def test_unescaped_expressions_in_a_filter_are_found(source, unescaped):
     assert unescaped_expressions(source) == unescaped
+
+
+_PATH_CONTEXTS = [
+    {"task": {"Name": "Write", "ProjectId": None, "Tags": ["a"], "items": "a key named like a method"}},
+    {"task": {"Name": {"nested": [1, 2]}}},
+    {"task": {}},  # missing: Jinja's error, naming the chain
+    {"task": None},
+    {"task": ["not", "a", "dict"]},
+    {"webhook": {"body": {"task": {"Name": "deep"}}}},
+    {},
+]
+
+
+@pytest.mark.parametrize("source", ["{{ task.Name }}", '{{ task["Name"] }}', "{{ task.ProjectId }}", "{{ task.Tags }}",
+                                    "{{ task.items }}", "{{ task }}", "{{ webhook.body.task.Name }}", "{{ now }}",
+                                    "{{- task.Name -}}", "{{ task.Name.nested }}"])
+@pytest.mark.parametrize("context", _PATH_CONTEXTS, ids=range(len(_PATH_CONTEXTS)))
+def test_a_template_that_only_reads_a_path_renders_as_jinja_renders_it(source, context):
+    """`{{ task.Name }}` is read straight from the context's dicts when it can be; Jinja decides the rest.
+    Both must give the same value, or the same error."""
+    from engine.templates import Template, _ENV
+    fast = compile_template(source)
+    expression = _ENV.compile_expression(source.strip()[2:-2].strip("-"), undefined_to_none=False)
+    jinja = Template(source, fast.chains, lambda ctx: expression(**ctx), fast.counted)
+
+    def outcome(template):
+        try:
+            value = render(template, {"now": datetime(2025, 4, 1, tzinfo=timezone.utc), **context})
+            return "value", repr(value)
+        except TemplateError as exc:
+            return "error", str(exc)
+    assert outcome(fast) == outcome(jinja)
