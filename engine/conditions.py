@@ -11,6 +11,7 @@ A `value` may be a template ("{{ task.ProjectId }}"): it is rendered each time t
 from __future__ import annotations
 
 import functools
+from collections import abc
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
@@ -436,7 +437,8 @@ def resolve(ctx: Mapping[str, Any], parts: tuple[str, ...]) -> Any:
     """The value at a dotted path in a context (list items by index), or MISSING."""
     value: Any = ctx
     for part in parts:
-        if isinstance(value, Mapping) and part in value:
+        # typing.Mapping's isinstance runs typing's own Python: a fifth of a plan's time went there.
+        if (type(value) is dict or isinstance(value, abc.Mapping)) and part in value:
             value = value[part]
         elif isinstance(value, (list, tuple)) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]

@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from collections import abc
 from typing import Any, Mapping
 
 from .edm import parse_datetime
@@ -83,7 +84,7 @@ def id_part(text: str) -> str:
 
 
 def _pair(value: Any) -> tuple[Any, Any]:
-    if isinstance(value, Mapping):
+    if isinstance(value, abc.Mapping):
         return (value.get("from"), value.get("to"))
     a, b = value
     return (a, b)

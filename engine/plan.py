@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections import abc
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Mapping
@@ -160,7 +161,7 @@ def _step_label(step: "Step") -> str:
 
 
 def _plan_step(event: Event, rule: "Rule", step: "Step", context: dict, defer_env: bool = False) -> Operation:
-    args = copy.deepcopy(step.args)
+    args = _copied(step.args)
     deferred = []
     for path, template in step.templates:
         # Known once the step runs (or its item is known); `env` too when the worker fills it in.
@@ -173,6 +174,22 @@ def _plan_step(event: Event, rule: "Rule", step: "Step", context: dict, defer_en
                    idempotency_key(event.id, rule, step.index), None, args, tuple(deferred), step.needs,
                    step.condition)
     return op if deferred or step.condition is not None else replace(op, params=_build(op, rule.id))
+
+
+_PLAIN = frozenset({str, int, float, bool})
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a step's arguments to fill in: the dicts and lists of YAML copied, text and numbers
+    shared (they cannot change), anything else deep-copied (copy.deepcopy was an eighth of a plan)."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _copied(item) for key, item in value.items()}
+    if kind is list:
+        return [_copied(item) for item in value]
+    if value is None or kind in _PLAIN:
+        return value
+    return copy.deepcopy(value)
 
 
 def render_deferred(plan: Plan, operation: Operation, steps_outputs: Mapping[str, Any], *,
@@ -237,6 +254,8 @@ def _set(tree: Any, path: tuple, value: Any) -> None:
 
 def jsonable(value: Any, rule_id: str, step: str) -> Any:
     """A rendered value in JSON form: date-times as ISO UTC, durations as seconds."""
+    if value is None or type(value) in _PLAIN:  # most values: first, before the checks for the others
+        return value
     if isinstance(value, (datetime, date)):
         return isoformat(value) if isinstance(value, datetime) else value.isoformat()
     if isinstance(value, timedelta):
@@ -245,6 +264,6 @@ def jsonable(value: Any, rule_id: str, step: str) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         return [jsonable(v, rule_id, step) for v in value]
-    if isinstance(value, Mapping):
+    if isinstance(value, abc.Mapping):
         return {str(k): jsonable(v, rule_id, step) for k, v in value.items()}
     raise TemplateError(f"rendered a {type(value).__name__}, which is not JSON", rule_id=rule_id, step=step)

@@ -39,7 +39,7 @@ class Step:
     templates: tuple[tuple[tuple, Template], ...] = ()  # (path inside args, template)
     condition: Any = field(default=None, hash=False)  # the step's own `if:` as written; checked when it runs
 
-    @property
+    @functools.cached_property  # asked every event
     def needs(self) -> tuple[str, ...]:
         """Ids of earlier steps whose outputs this step's templates read."""
         return tuple(dict.fromkeys(s for _, t in self.templates for s in t.steps))

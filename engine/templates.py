@@ -102,11 +102,12 @@ class Template:
     _render: Callable[[Mapping], Any]
     counted: bool = True  # it loops or calls: its renders get a budget of steps (engine/template_limits.py)
 
-    @property
+    # Cached: a plan asks each template for both, every event.
+    @functools.cached_property
     def variables(self) -> frozenset[str]:
         return frozenset(c[0] for c in self.chains) - BUILTIN_NAMES
 
-    @property
+    @functools.cached_property
     def steps(self) -> tuple[str, ...]:
         """Ids of the earlier steps this template reads (`steps.<id>`)."""
         return tuple(dict.fromkeys(c[1] for c in self.chains if c[0] == "steps" and len(c) > 1))
