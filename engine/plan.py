@@ -161,7 +161,7 @@ def _step_label(step: "Step") -> str:
 
 
 def _plan_step(event: Event, rule: "Rule", step: "Step", context: dict, defer_env: bool = False) -> Operation:
-    args = _copied(step.args)
+    args = _fillable(step.args)
     deferred = []
     for path, template in step.templates:
         # Known once the step runs (or its item is known); `env` too when the worker fills it in.
@@ -179,14 +179,15 @@ def _plan_step(event: Event, rule: "Rule", step: "Step", context: dict, defer_en
 _PLAIN = frozenset({str, int, float, bool})
 
 
-def _copied(value: Any) -> Any:
+def _fillable(value: Any) -> Any:
     """A copy of a step's arguments to fill in: the dicts and lists of YAML copied, text and numbers
-    shared (they cannot change), anything else deep-copied (copy.deepcopy was an eighth of a plan)."""
+    shared (they cannot change), anything else deep-copied (copy.deepcopy was an eighth of a plan).
+    Not `_copied` above, which Plan.to_dict uses: a shallow copy of each field is all it needs."""
     kind = type(value)
     if kind is dict:
-        return {key: _copied(item) for key, item in value.items()}
+        return {key: _fillable(item) for key, item in value.items()}
     if kind is list:
-        return [_copied(item) for item in value]
+        return [_fillable(item) for item in value]
     if value is None or kind in _PLAIN:
         return value
     return copy.deepcopy(value)
