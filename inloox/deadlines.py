@@ -1,4 +1,4 @@
-"""When an InLoox answer's status line and headers must have come: past it, their socket is shut.
+"""When an answer must have come: past it, its socket is shut (InLoox's heads, outbound answers).
 
 urllib3's read timeout is for each read of the socket. A server that sends its status line and
 headers a byte at a time, each within that timeout, held the thread for as long as it liked: a
@@ -6,11 +6,13 @@ workspace's InLoox URL may be a server its customer runs, and a worker's threads
 workspace. (The body is read by `inloox.client` itself, each read given only what is left.)
 
 `until(deadline)` names the deadline (time.monotonic()) of the requests this thread sends in it;
-the pools' connections (`POOL_CLASSES`) put their socket on a watch list while they wait for an
-answer's head. One thread per process looks at the list every CHECK_SECONDS and shuts the sockets
-whose deadline passed, which ends a read waiting on one at once, over HTTP or TLS. Putting a socket
-on the list and taking it off are single dict operations: no lock on the request path, and the
-watcher, which takes an entry off before shutting it, cannot shut one its request took back.
+the pools' connections (`POOL_CLASSES`) put their socket on the watch list (`watch`) while they
+wait for an answer's head. workers/outbound.py puts there the sockets of the answers it reads (a
+rule's `http` step, a delivery, a notification), for the whole answer. One thread per process looks
+at the list every CHECK_SECONDS and shuts the sockets whose deadline passed, which ends a read
+waiting on one at once, over HTTP or TLS. Putting a socket on the list and taking it off are single
+dict operations: no lock on the request path, and the watcher, which takes an entry off before
+shutting it, cannot shut one its request took back.
 """
 from __future__ import annotations
 
@@ -55,13 +57,11 @@ class _Watching:
         deadline, sock = _deadline.get(), self.sock
         if deadline is None or sock is None:
             return super().getresponse(*args, **kwargs)
-        _start_watcher()
-        ticket = next(_tickets)
-        _watched[ticket] = (deadline, sock)
+        ticket = watch(deadline, sock)
         try:
             response = super().getresponse(*args, **kwargs)
         finally:
-            cut = _watched.pop(ticket, None) is None  # the watcher took it off: it shut the socket
+            cut = not unwatch(ticket)
         if cut:
             # http.client takes a head cut short for a whole one (an answer without its last headers or
             # body): had the watcher not cut it, it would still be coming. An answer lost, not one to read.
@@ -89,13 +89,26 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
 POOL_CLASSES = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
+def watch(deadline: float, sock: socket.socket) -> int:
+    """Shut `sock` once `deadline` (time.monotonic()) has passed, within CHECK_SECONDS; a ticket for `unwatch`."""
+    _start_watcher()
+    ticket = next(_tickets)
+    _watched[ticket] = (deadline, sock)
+    return ticket
+
+
+def unwatch(ticket: int) -> bool:
+    """Off the list; False if the watcher took it off first, having shut (or shutting) its socket."""
+    return _watched.pop(ticket, None) is not None
+
+
 def _start_watcher() -> None:
     global _watcher
     if _watcher is not None:
         return
     with _watcher_lock:
         if _watcher is None:
-            _watcher = threading.Thread(target=_watch, name="inloox-answer-deadlines", daemon=True)
+            _watcher = threading.Thread(target=_watch, name="answer-deadlines", daemon=True)
             _watcher.start()
 
 
@@ -114,7 +127,7 @@ def _watch() -> None:
         try:
             _cut_overdue(time.monotonic())
         except Exception:  # noqa: BLE001 - a watcher that died would stop keeping every deadline, silently
-            log.exception("could not cut off the InLoox answers past their deadline; trying again")
+            log.exception("could not cut off the answers past their deadline; trying again")
 
 
 def _cut_overdue(now: float) -> None:

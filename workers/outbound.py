@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from engine.actions import UNGUARDED_NOTIFY_SCHEMES
+from inloox import deadlines
 from workers import egress
 
 if TYPE_CHECKING:
@@ -157,38 +158,38 @@ class _Deadline:
     requests' timeout bounds each wait on the socket, not their sum: a server sending a byte just
     within it holds the thread as long as it likes, in the headers as well as the body. Giving
     each read the time left would not do: one read of http.client (a header line, a chunk, 64 KiB
-    of body) waits on the socket many times. So when time is up a timer shuts down the request's
-    sockets, and a read waiting on one returns at once, over http or https. urllib3 opens them
-    out of our sight; the audit event of each connect sees every one (a proxy's too). We keep a
-    duplicate of each descriptor: shutting it down ends the connection, and unlike the original
-    it is not closed (and its number reused elsewhere) while the timer may act on it.
+    of body) waits on the socket many times. So the request's sockets go on the process's watch
+    list (`inloox.deadlines`, which cuts InLoox's answers off too), which shuts them when time is
+    up, and a read waiting on one returns at once, over http or https. urllib3 opens them out of our
+    sight; the audit event of each connect sees every one (a proxy's too). We keep a duplicate of
+    each descriptor: shutting it down ends the connection, and unlike the original it is not closed
+    (and its number reused elsewhere) while the watcher may act on it.
     """
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.at = time.monotonic() + seconds
         self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._up = self._ended = False
-        self._timer = threading.Timer(seconds, self._time_up)
-        self._timer.daemon = True
+        self._watched: list[tuple[int, socket.socket]] = []  # (ticket, the duplicate)
+        self._ended = False
 
     def __enter__(self) -> "_Deadline":
         _install()
         self._token = _deadline.set(self)
-        self._timer.start()
         return self
 
     def __exit__(self, *exc) -> None:
         _deadline.reset(self._token)
-        self._timer.cancel()
-        with self._lock:  # the timer, if it is running, shuts nothing we close here
+        late = self.passed()  # Apprise gives up at its timeout and leaves its service reading on a thread of its own
+        with self._lock:  # Apprise's threads keep this deadline in their context: none adds a socket now
             self._ended = True
-            for sock in self._sockets:
-                sock.close()
+            for ticket, sock in self._watched:
+                if deadlines.unwatch(ticket) and late:  # not shut by the watcher yet: now, not at its next look
+                    _shut(sock)
+                sock.close()  # a watcher shutting it meanwhile meets a closed socket object: EBADF, nothing else
 
     def passed(self) -> bool:
-        return self._up or time.monotonic() >= self.at
+        return time.monotonic() >= self.at
 
     def refusal(self) -> OutboundRefused:
         return OutboundRefused(f"did not finish answering within {self.seconds:g} s")
@@ -203,19 +204,13 @@ class _Deadline:
         except OSError:
             return  # not a socket we can hold (already closed): nothing to wait on either
         with self._lock:
-            if self._ended:
+            if self._ended:  # an abandoned Apprise service connecting again after notify() gave up on it
+                if self.passed():
+                    _shut(copy)
                 copy.close()
                 return
-            self._sockets.append(copy)
-            if self._up:  # a connection started after time was up (another address of the host)
-                _shut(copy)
-
-    def _time_up(self) -> None:
-        with self._lock:
-            self._up = True
-            if not self._ended:
-                for sock in self._sockets:
-                    _shut(sock)
+            # A connection started after time was up (another address of the host) is shut at the next look.
+            self._watched.append((deadlines.watch(self.at, copy), copy))
 
 
 def _shut(sock: socket.socket) -> None:

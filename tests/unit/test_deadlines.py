@@ -1,4 +1,4 @@
-"""inloox/deadlines.py: the watcher that cuts off InLoox answers whose head is past its deadline."""
+"""inloox/deadlines.py: the watcher that cuts off answers past their deadline."""
 from __future__ import annotations
 
 import socket
@@ -13,13 +13,12 @@ class _Broken:
 
 
 def test_the_watcher_keeps_cutting_off_overdue_answers_after_one_it_could_not():
-    deadlines._start_watcher()
     ours, theirs = socket.socketpair()
     try:
-        deadlines._watched[next(deadlines._tickets)] = (0.0, _Broken())
+        deadlines.watch(0.0, _Broken())
         time.sleep(deadlines.CHECK_SECONDS * 2.5)
         assert deadlines._watcher.is_alive()  # a watcher that died would keep no deadline again
-        deadlines._watched[next(deadlines._tickets)] = (time.monotonic(), ours)
+        deadlines.watch(time.monotonic(), ours)
         ours.settimeout(deadlines.CHECK_SECONDS * 4)
         assert ours.recv(1) == b""  # shut: the read waiting on it ends at once
     finally:
