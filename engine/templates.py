@@ -113,13 +113,16 @@ class Template:
         return tuple(dict.fromkeys(c[1] for c in self.chains if c[0] == "steps" and len(c) > 1))
 
 
-def _chain(node: nodes.Node) -> tuple[str, ...] | None:
+def _chain(node: nodes.Node, *, names_only: bool = False) -> tuple[str, ...] | None:
+    """`("task", "Name")` for `task.Name`; `names_only`: None unless every index is a text constant."""
     parts: list[str] = []
     while isinstance(node, (nodes.Getattr, nodes.Getitem)):
         if isinstance(node, nodes.Getattr):
             parts.append(node.attr)
-        elif isinstance(node.arg, nodes.Const):
+        elif isinstance(node.arg, nodes.Const) and (isinstance(node.arg.value, str) or not names_only):
             parts.append(str(node.arg.value))
+        elif names_only:
+            return None
         else:
             parts.clear()  # a computed index: only the part before it is known
         node = node.node
@@ -165,18 +168,8 @@ _DICT_ATTRIBUTES = frozenset(dir(dict))
 def _item_path(node: nodes.Node) -> tuple[str, ...] | None:
     """`("task", "Name")` for an expression that only reads names through a chain (`task.Name`,
     `task["Name"]`), none of which is also a dict attribute (`items`, `get`…); else None."""
-    path: list[str] = []
-    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
-        if isinstance(node, nodes.Getattr):
-            path.append(node.attr)
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            path.append(node.arg.value)
-        else:
-            return None
-        node = node.node
-    if not isinstance(node, nodes.Name) or any(name in _DICT_ATTRIBUTES for name in path):
-        return None
-    return (node.name, *reversed(path))
+    path = _chain(node, names_only=True)
+    return None if path is None or any(name in _DICT_ATTRIBUTES for name in path[1:]) else path
 
 
 def _path_render(path: tuple[str, ...], jinja: Callable[[Mapping], Any]) -> Callable[[Mapping], Any]:
