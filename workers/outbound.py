@@ -8,7 +8,8 @@ credentials: messages name a URL only through `redact_url`, and `redacted` clean
 
 The answer to an `http` step, a chat reply or a delivery comes from a server the customer chose,
 read by a worker that many customers share: `send` reads at most MAX_ANSWER_BYTES of it (once
-decompressed) and all of it within the policy's timeout, or gives up.
+decompressed) and all of it within the policy's timeout, or gives up; so do Apprise's services
+inside `notify`.
 """
 from __future__ import annotations
 
@@ -78,13 +79,15 @@ def notify(policy: OutboundPolicy, url: str, text: str, title: str = "") -> None
     service = next(iter(sender))
     # Apprise stops waiting for its service after `timeout` but leaves it running on one of its few pool
     # threads, reading whatever the server sends for as long as it sends it; the deadline (whose context
-    # those threads copy) shuts the service's sockets when time is up, so that it ends too.
-    with egress.guarded(policy.allow) as guard, _Deadline(policy.timeout):
+    # those threads copy) shuts the service's sockets when time is up, so that it ends too. Its services
+    # read their answers whole; inside the deadline requests reads them within the limits (`_read_answer`).
+    with egress.guarded(policy.allow) as guard, _Deadline(policy.timeout) as deadline:
         delivered = sender.notify(body=text, title=title or "", timeout=policy.timeout)
     if guard.refusals:  # Apprise reports a refused connection only as "not delivered"
         raise OutboundRefused(f"refused: {guard.refusals[0]}")
     if not delivered:
-        raise OutboundRefused(f"the {type(service).__name__} notification was not delivered")
+        why = f": {deadline.answer_refused}" if deadline.answer_refused else ""
+        raise OutboundRefused(f"the {type(service).__name__} notification was not delivered{why}")
 
 
 def http(policy: OutboundPolicy, method: str, url: str, *, headers: dict | None = None, body=None) -> dict:
@@ -172,6 +175,7 @@ class _Deadline:
         self._lock = threading.Lock()
         self._watched: list[tuple[int, socket.socket]] = []  # (ticket, the duplicate)
         self._ended = False
+        self.answer_refused = ""  # why `_read_answer` stopped reading an answer, if it did
 
     def __enter__(self) -> "_Deadline":
         _install()
@@ -230,7 +234,47 @@ def _install() -> None:
     with _install_lock:
         if not _installed:
             sys.addaudithook(_audit)
+            _read_answers_within_limits()
             _installed = True
+
+
+def _read_answers_within_limits() -> None:
+    """Every requests session made from now on reads an answer inside a deadline through `_read_answer`.
+
+    Apprise's services call `requests.post` and friends, which read the whole body before returning
+    (no `stream`), decompressed, however long. A response hook runs before that read, and requests
+    gives every new session its hooks from `default_hooks()`: adding ours there reaches each service
+    without touching Apprise. Outside a deadline, and for a request that streams (ours, which reads
+    its own body), the hook does nothing.
+    """
+    import requests.sessions
+
+    plain = requests.sessions.default_hooks
+
+    def default_hooks() -> dict:
+        hooks = plain()
+        hooks["response"].append(_read_answer)
+        return hooks
+
+    requests.sessions.default_hooks = default_hooks
+
+
+def _read_answer(response: requests.Response, *, stream: bool = False, **_) -> None:
+    """Read the body of an answer now, within the deadline's limits, where requests would read it whole."""
+    import requests
+
+    deadline = _deadline.get()
+    if deadline is None or stream:
+        return
+    try:
+        response._content = _body(response, deadline, MAX_ANSWER_BYTES)  # where requests keeps a body it read
+    except OutboundRefused as exc:
+        deadline.answer_refused = str(exc)
+        raise requests.RequestException(str(exc)) from None  # what Apprise's services take for a failed request
+    except requests.RequestException:
+        if deadline.passed():  # the watcher cut the connection
+            deadline.answer_refused = str(deadline.refusal())
+        raise
 
 
 def _audit(event: str, args: tuple) -> None:

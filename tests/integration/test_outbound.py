@@ -205,3 +205,24 @@ def test_a_notification_whose_server_trickles_its_answer_lets_go_of_it_at_the_ti
 def test_an_answer_nested_deeper_than_the_parser_goes_is_kept_as_text(serve):
     url = serve(answering(body=b"[" * 100_000, Content_Type="application/json"))
     assert http(POLICY, "GET", f"{url}/deep") == {"status": 200, "body": "[" * 10_000}
+
+
+def test_a_notification_whose_server_answers_a_gzip_bomb_is_not_read_past_the_limit(serve):
+    """Apprise's services read their answers whole (requests without stream): 64 MiB here, gigabytes from a
+    server that means it, in a worker every customer shares. Read by the outbound limits instead, the
+    notification stops at 1 MiB and says why."""
+    url = serve(answering(body=gzip.compress(b"0" * BOMB), Content_Encoding="gzip", Content_Type="text/plain"))
+    started = time.monotonic()
+    with pytest.raises(OutboundRefused, match="not delivered: answered with a body over 1 MiB"):
+        notify(POLICY, f"json://{url.split('//')[1]}/hook", "hi")
+    assert time.monotonic() - started < 2  # stopped at the limit, not after decompressing 64 MiB
+
+
+def test_a_notification_with_an_ordinary_answer_is_delivered_and_keeps_the_limits_to_itself(serve):
+    url = serve(answering(body=b'{"ok": true}', Content_Type="application/json"))
+    notify(POLICY, f"json://{url.split('//')[1]}/hook", "hi")
+    import requests
+    answer = requests.get(f"{url}/after", stream=False, timeout=5)  # outside outbound: requests as before
+    assert answer.json() == {"ok": True}
+    big = serve(answering(body=b"x" * (2 * 1024 * 1024), Content_Type="text/plain"))
+    assert len(requests.get(f"{big}/plain", timeout=5).content) == 2 * 1024 * 1024
