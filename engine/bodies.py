@@ -12,7 +12,7 @@ it. It refuses, with a message a sender can act on (the caller answers 4xx with 
   becomes U+FFFD, as the WHATWG encoding standard (TextEncoder, `String.toWellFormed`) does, and the
   event goes on.
 The checks cost a C-speed scan of the raw text in the common case: a body with fewer brackets than
-the depth limit and without a `\\u` escape cannot break either rule, and is not walked.
+the depth limit and without a `\\ud800`-`\\udfff` escape cannot break either rule, and is not walked.
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def parse_json(raw: bytes | str, what: str = "the body", *, max_depth: int = MAX
         raise BodyError(f"{what} nests deeper than {max_depth} levels") from None
     except ValueError as exc:
         raise BodyError(f"{what} is not valid JSON: {exc}") from None
-    surrogates = "\\u" in text  # in JSON, a lone surrogate can only arrive as an escape
+    # In JSON a lone surrogate can only arrive as an escape; "\\u00fc" (how .NET writes "ü") is not one.
+    surrogates = _SURROGATE_ESCAPE.search(text) is not None
     if surrogates or _brackets(text) > max_depth:
         check_plain(data, what, max_depth=max_depth, may_have_surrogates=surrogates and not repair)
         if surrogates and repair:
@@ -98,6 +99,7 @@ def check_text(text: str, what: str = "the text") -> None:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # also after an escaped backslash: a walk for nothing, no harm
 
 
 def _check_text(text: str, what: str, path: tuple) -> None:

@@ -109,17 +109,22 @@ class Client:
                  pool_size: int = DEFAULT_POOL_SIZE, metadata: Metadata | None = None,
                  on_response: Callable[[str, int | None], None] | None = None,
                  throttle: Callable[[str], None] | None = None,
-                 on_received: Callable[[int], None] | None = None):
+                 on_received: Callable[[int], None] | None = None,
+                 parse: Callable[[str], Any] = json.loads):
         """`on_response(method, status)` is called after every request (status None: no answer came).
 
         `throttle(method)` is called right before every request; it may sleep, or raise
         `inloox.errors.Throttled`, which then propagates with nothing sent and nothing observed.
         `on_received(size)` is called with the size in bytes of every answer's body (decompressed).
+        `parse(text)` turns an answer's text into data; a ValueError from it (its message is kept) makes the
+        answer one that is not JSON. The workers pass `engine.bodies`' parser, which holds an answer to
+        the limits a webhook's body meets (depth, lone surrogates); the engine is not this package's to import.
         """
         self.base_url = _normalized_base_url(base_url)
         self.on_response = on_response
         self.throttle = throttle
         self.on_received = on_received
+        self._parse = parse
         self.timeout = _checked_timeout(timeout)
         self.metadata = metadata if metadata is not None else load_metadata()
         self._api_key = _ApiKey(token)
@@ -264,9 +269,11 @@ class Client:
         if response.status == 204 or not response.body:
             return None
         try:
-            return json.loads(response.text)
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+            return self._parse(response.text)
+        except RecursionError:  # nested deeper than the parser goes
             raise self._status_error(method, url, response, "answered with a body that is not JSON") from None
+        except ValueError as exc:
+            raise self._status_error(method, url, response, f"answered with a body that is not JSON: {exc}") from None
 
     def _send(self, method: str, url: str, body: dict | None = None) -> _Answer:
         shown = self._shown(url)

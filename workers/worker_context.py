@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from engine import Ruleset
+from engine.bodies import parse_json
 from engine.last_good import FileState, load_keeping_last_good
 from engine.rules import load_texts, rule_files
 from inloox import Client
@@ -164,6 +165,11 @@ def rule_env(config: dict, environ=os.environ) -> dict:
     return {name: environ[name] for name in config["RULES_ENV"].split() if name in environ}
 
 
+def _inloox_answer(text: str):
+    """An InLoox answer as data, held to a webhook body's limits: a workspace's InLoox may be its own server."""
+    return parse_json(text, "the answer", repair=True)
+
+
 def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -> WorkerContext:
     """The context of one workspace; its InLoox client counts requests and obeys the shared rate limit."""
     throttle = Throttle(connection, workspace.prefix + "inloox:rate", workspace.limits.inloox_requests_per_second,
@@ -173,7 +179,7 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
     # discarding connection", hundreds of times per 3,000 writes), so those writes each opened a new one.
     client = Client(workspace.inloox_url, workspace.inloox_api_key, timeout=float(config["INLOOX_TIMEOUT"]),
                     on_response=metrics.request_observer(workspace.name), throttle=throttle,
-                    pool_size=threads(config))
+                    pool_size=threads(config), parse=_inloox_answer)
     return WorkerContext(workspace=workspace, client=client, connection=connection,
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
                          rule_env=rule_env(config), rules=RuleSource(connection, workspace),

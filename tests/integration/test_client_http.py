@@ -507,3 +507,34 @@ def _self_signed_certificate(folder):
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return folder / "cert.pem"
+
+
+def _the_workers_client(server, redis_url) -> Client:
+    """The client a worker and a poller use for a workspace whose InLoox is `server`."""
+    import redis
+
+    from workers import workspaces
+    from workers.worker_context import build_context
+
+    workspace = workspaces.Workspace(workspaces.DEFAULT, server.url, TOKEN,
+                                     limits=workspaces.Limits(inloox_requests_per_second=0))
+    config = {"INLOOX_TIMEOUT": "2", "OUTBOUND_ALLOW": "", "RULES_ENV": "", "DELIVERY_RETRY_SECONDS": ""}
+    return build_context(config, workspace, redis.Redis.from_url(redis_url)).client
+
+
+def test_a_lone_surrogate_in_an_answer_is_read_as_the_replacement_character(server, redis_url):
+    """Issue 19's poison from the other side: a self-hosted InLoox (or a .NET string cut inside an emoji)
+    may send "\\ud83d" alone, legal JSON that no UTF-8 can carry. Read as it came, it went on into events,
+    runs and writes: a write carrying it back is refused (the sandbox answers 400), and everything that
+    encodes it as UTF-8 on the way must think of it. Read as a webhook is, it becomes U+FFFD at the door."""
+    server.reply("GET", "Task", body='{"value": [{"Name": "Done \\ud83d", "Emoji": "\\ud83d\\ude00"}]}')
+    assert list(_the_workers_client(server, redis_url).query("Task")) == [{"Name": "Done \ufffd", "Emoji": "😀"}]
+
+
+def test_an_answer_nested_past_the_limit_is_an_error_that_says_so(server, redis_url):
+    """Python's parser takes ~1,000 levels, and what walks the data afterwards (conditions, templates,
+    copies) recurses too: an answer is held to the depth a webhook is."""
+    server.reply("GET", "Task", body='{"value": [{"Name": ' + "[" * 100 + "]" * 100 + "}]}")
+    with pytest.raises(HTTPStatusError, match="not JSON: the answer nests deeper than 64 levels") as caught:
+        list(_the_workers_client(server, redis_url).query("Task"))
+    assert not caught.value.retryable
