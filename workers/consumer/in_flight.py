@@ -31,7 +31,9 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   InLoox looks like a slow one. Against a quick InLoox that fed itself: more threads, slower answers,
   more threads (to the ceiling of 400; bench/RESULTS.md section 19). This cut is a probe: straight
   down to BUSY_FLOOR threads, one event each, for a window (a quarter fewer threads made the answers
-  only 10-15 % quicker, inside the noise; a few threads, ten times quicker: section 20). If the answers
+  only 10-15 % quicker, inside the noise; a few threads, ten times quicker: section 20). The window that
+  judges it is the first in which no more than those few were in flight: the threads over the cut finish
+  what they hold first (8 events each, a second or more), and their answers are not the probe's. If the answers
   did not get quicker (they are InLoox's own), it is taken back and held for minutes (for ten
   seconds if the answers were quick: the machine, not InLoox, was then the likelier cause), and the
   process keeps what it has in flight; if they did, each thread takes BATCH events. A busy CPU never doubles
@@ -88,6 +90,10 @@ USUAL_UP, USUAL_DOWN = 0.05, 0.3  # how fast the usual answer time follows slowe
 # (a niced worker sharing two cores with the web got 0.8 in the benches, section 18).
 BUSY_CPU = 0.75
 EASED = 0.8  # a cut for a busy CPU that made answers no quicker than this bought nothing
+# Windows a probe waits, at most, for the threads over it to finish before it is judged anyway. Judged in
+# the first window after the cut, while 40 threads finished their 8 events each, a probe saw their answers
+# (36 ms against 27 before it), was taken back, and the stack's drain went on at 30-40 threads (2026-12-06).
+SETTLE_WINDOWS = 6
 # Answers this quick never send a busy worker's few threads back to one event each, however much slower
 # than usual (a pause of Valkey's, a neighbour's burst): 8 events one after the other wait 80 ms at most.
 QUICK = 0.010
@@ -109,9 +115,11 @@ class InFlightLimit:
         self._window_start, self._window_cpu = clock(), cpu()
         self._in_flight_sum = 0.0  # in flight, sampled at each `observe`, summed over the window
         self._samples = 0
+        self._in_flight_most = 0  # the most in flight at one `observe` of the window
         self._grown_from: tuple[int, float] | None = None  # the limit and answer time before a doubling
         self._cut_from: tuple[int, float] | None = None  # the same before a probe for a busy CPU (one under way)
         self._hold = 0  # windows left before the next doubling may be tried
+        self._settling = 0  # windows a probe may still wait for the threads over it to finish
         self._probe_hold = 0  # windows left before the next probe for a busy CPU may be tried
 
     def observe(self, in_flight: int, *, longest: float = 0.0) -> int:
@@ -127,12 +135,15 @@ class InFlightLimit:
                 self.value = self.floor
         self._in_flight_sum += in_flight
         self._samples += 1
+        self._in_flight_most = max(self._in_flight_most, in_flight)
         now = self._clock()
         elapsed = now - self._window_start
         if elapsed >= min(MAX_WINDOW_SECONDS, max(WINDOW_SECONDS, self.usual or 0.0)):
             cpu = self._cpu()
-            self._adapt(self._take(), self._in_flight_sum / self._samples, elapsed, (cpu - self._window_cpu) / elapsed)
+            self._adapt(self._take(), self._in_flight_sum / self._samples, elapsed, (cpu - self._window_cpu) / elapsed,
+                        most=self._in_flight_most)
             self._window_start, self._window_cpu, self._in_flight_sum, self._samples = now, cpu, 0.0, 0
+            self._in_flight_most = 0
         return self.value
 
     def batch(self) -> int:
@@ -146,7 +157,8 @@ class InFlightLimit:
         hold = CUT_HOLD_WINDOWS if cut_from[1] >= SLOW_ANSWERS else QUICK_PROBE_HOLD_WINDOWS
         self.value, self._probe_hold, self._cut_from = cut_from[0], hold, None
 
-    def _adapt(self, durations: list[float], in_flight: float, elapsed: float, cpu: float = 0.0) -> None:
+    def _adapt(self, durations: list[float], in_flight: float, elapsed: float, cpu: float = 0.0, *,
+               most: int = 0) -> None:
         self._hold, self._probe_hold = max(0, self._hold - 1), max(0, self._probe_hold - 1)
         if in_flight < 1.0 and self.value < self.floor:
             # The backlog is gone: the next burst starts from what was known to work (a probe under way too).
@@ -157,6 +169,9 @@ class InFlightLimit:
             return
         if not durations:
             return  # nothing was asked of InLoox: nothing learned
+        if self._cut_from is not None and self._settling and most > self.value:
+            self._settling -= 1  # threads from before the probe still finishing: their answers, not the probe's
+            return
         typical = statistics.median(durations)
         usual = self.usual if self.usual is not None else typical
         grown_from, self._grown_from = self._grown_from, None
@@ -187,8 +202,8 @@ class InFlightLimit:
             # second) would otherwise look like nobody waiting.
             if idle:
                 self.value = max(self.busy_floor, min(self.value - 1, int(self.value * CUT)))
-            else:  # for a busy CPU alone: a probe, judged a window later
-                self._cut_from, self.value = (self.value, typical), self.busy_floor
+            else:  # for a busy CPU alone: a probe, judged once the threads over it have finished
+                self._cut_from, self.value, self._settling = (self.value, typical), self.busy_floor, SETTLE_WINDOWS
         self.usual = usual + (USUAL_UP if typical > usual else USUAL_DOWN) * (typical - usual)
         if self.value != before:
             log.debug("events in flight: at most %d now, was %d (answers in %.0f ms, usually %.0f; %.0f of %.0f "
