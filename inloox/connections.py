@@ -156,7 +156,9 @@ def _new_pool(pool_size: int, route: Route) -> urllib3.PoolManager:
                    cert_reqs="CERT_REQUIRED", **tls)
     if route.proxy is not None and route.proxy.lower().startswith("socks"):
         from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as requests did for SOCKS
-        return SOCKSProxyManager(route.proxy, **options)  # its own connections: heads bounded per read only
+        manager = SOCKSProxyManager(route.proxy, **options)
+        manager.pool_classes_by_scheme = deadlines.socks_pool_classes()  # an answer's head by its deadline
+        return manager
     manager = urllib3.PoolManager(**options) if route.proxy is None else urllib3.ProxyManager(
         route.proxy, proxy_headers=_proxy_credentials(route.proxy), **options)
     manager.pool_classes_by_scheme = deadlines.POOL_CLASSES  # an answer's head by its deadline

@@ -89,6 +89,27 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
 POOL_CLASSES = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
+def socks_pool_classes() -> dict[str, type]:
+    """The same for a SOCKSProxyManager, whose pools and connections are urllib3.contrib.socks' own.
+    Made at the first SOCKS route: that module needs PySocks, which only such a route uses."""
+    global _socks_pool_classes
+    if _socks_pool_classes is None:
+        from urllib3.contrib.socks import (
+            SOCKSConnection, SOCKSHTTPConnectionPool, SOCKSHTTPSConnection, SOCKSHTTPSConnectionPool,
+        )
+
+        http = type("_WatchedSOCKSConnection", (_Watching, SOCKSConnection), {})
+        https = type("_WatchedSOCKSHTTPSConnection", (_Watching, SOCKSHTTPSConnection), {})
+        _socks_pool_classes = {
+            "http": type("_WatchedSOCKSHTTPPool", (SOCKSHTTPConnectionPool,), {"ConnectionCls": http}),
+            "https": type("_WatchedSOCKSHTTPSPool", (SOCKSHTTPSConnectionPool,), {"ConnectionCls": https}),
+        }
+    return _socks_pool_classes
+
+
+_socks_pool_classes: dict[str, type] | None = None
+
+
 def watch(deadline: float, sock: socket.socket) -> int:
     """Shut `sock` once `deadline` (time.monotonic()) has passed, within CHECK_SECONDS; a ticket for `unwatch`."""
     _start_watcher()

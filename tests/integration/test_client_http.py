@@ -4,12 +4,14 @@ host, a nextLink that leaves the origin, a token echoed back, exact wire format,
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import gzip
 import ipaddress
 import json
 import logging
 import pickle
+import socket
 import ssl
 import threading
 import time
@@ -538,3 +540,95 @@ def test_an_answer_nested_past_the_limit_is_an_error_that_says_so(server, redis_
     with pytest.raises(HTTPStatusError, match="not JSON: the answer nests deeper than 64 levels") as caught:
         list(_the_workers_client(server, redis_url).query("Task"))
     assert not caught.value.retryable
+
+
+class Socks5Proxy:
+    """A SOCKS5 proxy without authentication, CONNECT only: what PySocks speaks for `socks5://` proxies."""
+
+    def __init__(self):
+        self.connects: list[tuple[str, int]] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._open: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self._open.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket):
+        try:
+            _, methods = client.recv(2)
+            client.recv(methods)
+            client.sendall(b"\x05\x00")  # no authentication
+            _, command, _, kind = client.recv(4)
+            if kind == 1:
+                host = socket.inet_ntoa(client.recv(4))
+            elif kind == 3:
+                host = client.recv(client.recv(1)[0]).decode()
+            else:
+                host = socket.inet_ntop(socket.AF_INET6, client.recv(16))
+            port = int.from_bytes(client.recv(2), "big")
+            self.connects.append((host, port))
+            target = socket.create_connection((host, port))
+            self._open.append(target)
+            client.sendall(b"\x05\x00\x00\x01" + bytes(6))
+            threading.Thread(target=self._pipe, args=(target, client), daemon=True).start()
+            self._pipe(client, target)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self):
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.fixture
+def socks_proxy(monkeypatch):
+    _clear_proxy_settings(monkeypatch)
+    proxy = Socks5Proxy()
+    monkeypatch.setenv("HTTP_PROXY", f"socks5://127.0.0.1:{proxy.port}")
+    yield proxy
+    proxy.stop()
+
+
+def test_a_socks_proxy_named_in_the_environment_carries_the_requests(server, socks_proxy):
+    server.reply("GET", "Task", body=_page([{"Name": "through SOCKS"}]))
+    with Client(server.url, TOKEN, timeout=(2, 2)) as client:
+        assert list(client.query("Task")) == [{"Name": "through SOCKS"}]
+    assert socks_proxy.connects == [("127.0.0.1", server.httpd.server_port)]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_an_answer_whose_head_comes_a_byte_at_a_time_through_a_socks_proxy_ends_at_the_timeout(
+        server, socks_proxy, method):
+    """As without a proxy: the status line and headers, each byte well within the 2 s read timeout, would
+    take 6 s; a SOCKS proxy's connections are urllib3's own classes, which the watcher did not know."""
+    body = json.dumps(_page([{"Name": "slow"}])).encode()
+    path = "Task" if method == "GET" else "TimeEntry"
+    server.reply(method, path, status=200 if method == "GET" else 201, body=Drip(body, every=0.1, head=True))
+    with Client(server.url, TOKEN, timeout=(2, 2)) as client:
+        started = time.monotonic()
+        expected = TransportError if method == "GET" else OutcomeUnknown
+        with pytest.raises(expected, match=f"no answer to {method}") as caught:
+            list(client.query("Task")) if method == "GET" else client.create("TimeEntry", {"DisplayName": "x"})
+        assert time.monotonic() - started < 4  # the timeout and the watcher's half second, not the 6 s+ trickle
+    assert type(caught.value) is expected and socks_proxy.connects
