@@ -9,7 +9,7 @@ credentials: messages name a URL only through `redact_url`, and `redacted` clean
 The answer to an `http` step, a chat reply or a delivery comes from a server the customer chose,
 read by a worker that many customers share: `send` reads at most MAX_ANSWER_BYTES of it (once
 decompressed) and all of it within the policy's timeout, or gives up; so do Apprise's services
-inside `notify`.
+inside `notify`, over HTTP and SMTP.
 """
 from __future__ import annotations
 
@@ -235,6 +235,7 @@ def _install() -> None:
         if not _installed:
             sys.addaudithook(_audit)
             _read_answers_within_limits()
+            _read_smtp_replies_within_limits()
             _installed = True
 
 
@@ -257,6 +258,46 @@ def _read_answers_within_limits() -> None:
         return hooks
 
     requests.sessions.default_hooks = default_hooks
+
+
+def _read_smtp_replies_within_limits() -> None:
+    """Inside a deadline, an SMTP connection's replies are read through `_SmtpReplies`: MAX_ANSWER_BYTES in all.
+
+    smtplib reads a reply's lines until one without "-" after its code, however many there are: a mail
+    server sending "220-…" lines without end filled a worker's memory at the network's pace (443 MB in 3 s,
+    tests/integration/test_outbound.py). smtplib makes its reply stream in `getreply` when it has none
+    (at the first reply, and again after STARTTLS), so this `getreply` hands it a bounded one first;
+    SMTP_SSL and LMTP inherit it. Outside a deadline, nothing changes.
+    """
+    import smtplib
+
+    plain = smtplib.SMTP.getreply
+
+    def getreply(self):
+        deadline = _deadline.get()
+        if deadline is not None and self.file is None and self.sock is not None:
+            self.file = _SmtpReplies(self.sock.makefile("rb"), deadline)
+        return plain(self)
+
+    smtplib.SMTP.getreply = getreply
+
+
+class _SmtpReplies:
+    """One SMTP connection's replies as smtplib reads them (`readline`, `close`), refused past MAX_ANSWER_BYTES."""
+
+    def __init__(self, file, deadline: _Deadline):
+        self._file, self._deadline, self._read = file, deadline, 0
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._file.readline(size)
+        self._read += len(line)
+        if self._read > MAX_ANSWER_BYTES:
+            self._deadline.answer_refused = f"answered with replies over {_size(MAX_ANSWER_BYTES)}"
+            raise OSError(self._deadline.answer_refused)  # smtplib closes the connection: SMTPServerDisconnected
+        return line
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _read_answer(response: requests.Response, *, stream: bool = False, **_) -> None:

@@ -226,3 +226,70 @@ def test_a_notification_with_an_ordinary_answer_is_delivered_and_keeps_the_limit
     assert answer.json() == {"ok": True}
     big = serve(answering(body=b"x" * (2 * 1024 * 1024), Content_Type="text/plain"))
     assert len(requests.get(f"{big}/plain", timeout=5).content) == 2 * 1024 * 1024
+
+
+def test_an_email_notification_whose_server_never_ends_its_reply_stops_at_the_limit():
+    """smtplib reads a reply's lines until one without "-" after the code, however many: a mail server
+    sending "220-…" lines without end filled the worker's memory at the network's pace (443 MB in the
+    3 s of this test's timeout: 568 MB of RSS). Now an email notification's replies stop at 1 MiB."""
+    import socket
+
+    sent, listener = [0], socket.create_server(("127.0.0.1", 0))
+
+    def flood():
+        connection, _ = listener.accept()
+        lines = (b"220-" + b"x" * 200 + b"\r\n") * 50
+        with connection:
+            try:
+                while True:
+                    connection.sendall(lines)
+                    sent[0] += len(lines)
+            except OSError:  # the client hung up, as it should
+                pass
+
+    threading.Thread(target=flood, daemon=True).start()
+    url = f"mailto://user:pw@127.0.0.1:{listener.getsockname()[1]}?to=a@example.com&from=b@example.com"
+    started = time.monotonic()
+    try:
+        with pytest.raises(OutboundRefused, match="NotifyEmail notification was not delivered: "
+                                                  "answered with replies over 1 MiB"):
+            notify(OutboundPolicy.from_setting("127.0.0.1", timeout=3), url, "hi")
+    finally:
+        listener.close()
+    assert time.monotonic() - started < 2.5  # stopped at the limit, not at the timeout
+    assert sent[0] < 16 * 1024 * 1024  # 1 MiB read, the rest what the sockets' buffers held
+
+
+def test_an_email_notification_to_an_ordinary_mail_server_is_delivered():
+    """What the limit on replies must leave alone: a plain SMTP conversation, login included."""
+    import socket
+
+    listener, received = socket.create_server(("127.0.0.1", 0)), []
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 mail.example ready\r\n")
+            for line in lines:
+                command = line.split(b" ", 1)[0].upper().strip()
+                if command in (b"EHLO", b"HELO"):
+                    connection.sendall(b"250-mail.example\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n")
+                elif command == b"AUTH":
+                    connection.sendall(b"235 2.7.0 accepted\r\n")
+                elif command == b"DATA":
+                    connection.sendall(b"354 go on\r\n")
+                    received.append(b"".join(iter(lines.readline, b".\r\n")))
+                    connection.sendall(b"250 2.0.0 queued\r\n")
+                elif command == b"QUIT":
+                    connection.sendall(b"221 bye\r\n")
+                    return
+                else:  # MAIL FROM, RCPT TO, RSET, NOOP
+                    connection.sendall(b"250 ok\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"mailto://user:pw@127.0.0.1:{listener.getsockname()[1]}?to=a@example.com&from=b@example.com"
+    try:
+        notify(OutboundPolicy.from_setting("127.0.0.1", timeout=5), url, "hello by mail", title="Subject line")
+    finally:
+        listener.close()
+    assert len(received) == 1 and b"hello by mail" in received[0] and b"Subject line" in received[0]
