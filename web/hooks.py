@@ -21,6 +21,10 @@ bp = Blueprint("hooks", __name__, url_prefix="/hooks")
 bp.before_request(require_workspace)
 
 MAX_BODY_BYTES = 64 * 1024
+# Headers kept with the event (the id also in every key and record made of it): waitress takes a header of
+# 256 KB, which a sender would otherwise add to each event in the Redis every customer shares. Standard
+# Webhooks ids are ~30 characters ("msg_" and 27), content types a few dozen.
+MAX_KEPT_HEADER_CHARS = 256
 # Senders retry for up to ~3 days; remembering ids for 5 makes every retry a duplicate.
 DEDUP_TTL_SECONDS = 5 * 24 * 3600
 
@@ -36,6 +40,10 @@ def receive(source: str):
                    f"{source}{'' if ws == workspaces.DEFAULT else ' --workspace ' + ws}` or POST {route} "
                    f"{{\"source\": \"{source}\"}} (served at once, no restart)")
     request.max_content_length = MAX_BODY_BYTES  # larger bodies end in 413 before being read
+    for name in ("webhook-id", "Content-Type"):
+        if len(request.headers.get(name, "")) > MAX_KEPT_HEADER_CHARS:
+            abort(400, f"the {name} header is {len(request.headers[name]):,} characters long; at most "
+                       f"{MAX_KEPT_HEADER_CHARS} are accepted")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         abort(415, f"Content-Encoding {encoding!r} is not accepted: send the JSON body uncompressed")

@@ -205,3 +205,21 @@ def test_a_gzip_body_is_415_or_400_saying_to_send_it_uncompressed(post, redis_ur
     assert undeclared.status_code == 400
     assert "gzip-compressed" in undeclared.json["error"]["message"]
     assert queued_events(redis_url) == []
+
+
+def test_a_webhook_id_or_content_type_over_256_characters_is_400_and_queues_nothing(post, redis_url):
+    """Both are kept with the event, the id also in every key and record made of it, in a Redis that every
+    customer shares: a sender (signing with its secret) could make each event ~256 KB larger, the size of a
+    header waitress takes. Standard Webhooks ids are ~30 characters (msg_ + 27)."""
+    long_id = "msg_" + "x" * 300
+    response = post({"n": 1}, msg_id=long_id)
+    assert response.status_code == 400
+    assert response.json["error"]["message"] == "the webhook-id header is 304 characters long; at most 256 are accepted"
+    stamp, body = int(time.time()), b'{"n": 2}'
+    signature = Webhook(SECRET).sign("msg_ct", datetime.fromtimestamp(stamp, timezone.utc), body.decode())
+    response = post(body, headers={"webhook-id": "msg_ct", "webhook-timestamp": str(stamp),
+                                   "webhook-signature": signature, "content-type": "application/json; x=" + "y" * 300})
+    assert response.status_code == 400
+    assert "the Content-Type header is 320 characters long; at most 256 are accepted" == response.json["error"]["message"]
+    assert queued_events(redis_url) == []
+    assert post({"n": 3}, msg_id="msg_" + "x" * 252).status_code == 202  # 256 exactly
