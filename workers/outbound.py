@@ -319,7 +319,7 @@ def _read_answer(response: requests.Response, *, stream: bool = False, **_) -> N
 
 
 def _audit(event: str, args: tuple) -> None:
-    """Hand each socket connecting inside `send` to its deadline (args: the socket, the address)."""
+    """Hand each socket connecting inside `send` or `notify` to its deadline (args: the socket, the address)."""
     if event == "socket.connect" and (deadline := _deadline.get()) is not None:
         deadline.watch(args[0])
 
