@@ -129,7 +129,10 @@ def test_a_log_reader_that_stalls_stalls_no_thread_that_logs_and_what_was_droppe
     stream = io.TextIOWrapper(os.fdopen(write_end, "wb"), encoding="utf-8", line_buffering=True)
     monkeypatch.setattr(sys, "stderr", stream)
     monkeypatch.setattr(logs, "MAX_QUEUED", 2_000)
-    sent = 3_000
+    # More than can wait anywhere: the pipe (64 KiB, ~600 of these lines), the writer's batch in hand
+    # (MAX_LINES_A_WRITE) and the queue (MAX_QUEUED). With 3,000 a writer that took a whole batch just
+    # as the pipe filled held every line and dropped none (a CI run: "assert 3000 < 3000").
+    sent = 2 * (logs.MAX_QUEUED + logs.MAX_LINES_A_WRITE)
     try:
         configure_logging({})
         logger = logging.getLogger("workers.jobs")
