@@ -26,7 +26,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import urllib3
 import urllib3.exceptions
 
-from inloox import deadlines
+from inloox import awaited, deadlines, together
 from inloox.connections import exchanges, route_of, shared_pool
 from inloox.errors import (
     EXCERPT_CHARS, WRITE_METHODS, HTTPStatusError, InLooxError, OutcomeUnknown, TransportError,
@@ -281,19 +281,16 @@ class Client:
         if self.throttle is not None:
             self.throttle(method)  # outside the try below: a refusal here is not a request
         started = time.monotonic()
+        headers = self._api_key.headers(_READ_HEADERS if payload is None else _WRITE_HEADERS)
         try:
-            # exchange(): the whole answer is read inside it
-            with _translated(method, shown, self._api_key.redact), exchanges.exchange(), \
-                    deadlines.until(started + self.timeout[1]):
-                response = self._connections().urlopen(
-                    method, url, body=payload, headers=self._api_key.headers(
-                        _READ_HEADERS if payload is None else _WRITE_HEADERS),
-                    timeout=self._urllib3_timeout, retries=False, redirect=False, preload_content=False)
-                content, whole = _body(response, started, self.timeout[1])
+            with _translated(method, shown, self._api_key.redact):
+                if self._route.proxy is None and together.awaiting():
+                    answer, whole = self._awaited(method, url, payload, headers, started)
+                else:
+                    answer, whole = self._exchange(method, url, payload, headers, started)
         except InLooxError:
             self._observe(method, None)
             raise
-        answer = _Answer(response.status, response.reason or "", response.headers, content)
         self._observe(method, answer.status)
         if self.on_received is not None:
             self.on_received(len(answer.body))
@@ -305,6 +302,24 @@ class Client:
         if not 200 <= answer.status < 300:
             raise self._status_error(method, url, answer)
         return answer
+
+    def _exchange(self, method: str, url: str, payload: bytes | None, headers: dict,
+                  started: float) -> tuple[_Answer, bool]:
+        """The request through urllib3 on this thread: its answer, and whether its body is whole."""
+        # exchange(): the whole answer is read inside it
+        with exchanges.exchange(), deadlines.until(started + self.timeout[1]):
+            response = self._connections().urlopen(
+                method, url, body=payload, headers=headers, timeout=self._urllib3_timeout, retries=False,
+                redirect=False, preload_content=False)
+            content, whole = _body(response, started, self.timeout[1])
+        return _Answer(response.status, response.reason or "", response.headers, content), whole
+
+    def _awaited(self, method: str, url: str, payload: bytes | None, headers: dict,
+                 started: float) -> tuple[_Answer, bool]:
+        """The request awaited on this thread's loop, beside the other calls run together (inloox/together.py)."""
+        status, reason, answer_headers, content, whole = together.wait_for(awaited.exchange(
+            method, url, payload, headers, self._route, self.timeout, most=MAX_ANSWER_BYTES, chunk=_READ_CHUNK))
+        return _Answer(status, reason, answer_headers, content if whole else content[:EXCERPT_CHARS]), whole
 
     def _connections(self) -> urllib3.PoolManager:
         """The process's shared pool for this client's route, taken on first use (`shared_pool`).
@@ -360,7 +375,7 @@ def _translated(method: str, url: str, redact):
     """Turn urllib3's exceptions into `inloox.errors` (the one place that knows them)."""
     try:
         yield
-    except urllib3.exceptions.HTTPError as exc:
+    except (urllib3.exceptions.HTTPError, awaited.NothingSent, awaited.AnswerLost) as exc:
         raise _transport_error(exc, method, url, redact) from exc
 
 
@@ -370,19 +385,19 @@ def _translated(method: str, url: str, redact):
 # without an answer, and returns the second answer as the only one: bench/RESULTS.md section 24.)
 # Nothing reached InLoox: the connection (or the one to the proxy, or TLS) could not be set up.
 _NOTHING_SENT = (urllib3.exceptions.ConnectTimeoutError,  # includes NewConnectionError: refused, DNS
-                 urllib3.exceptions.ProxyError, urllib3.exceptions.SSLError)
+                 urllib3.exceptions.ProxyError, urllib3.exceptions.SSLError, awaited.NothingSent)
 # The request went out but its answer did not (fully) come back: read timeout, reset or aborted
 # connection (ProtocolError), a body cut short or that does not decompress.
 _ANSWER_LOST = (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ProtocolError,
                 urllib3.exceptions.IncompleteRead, urllib3.exceptions.InvalidChunkLength,
-                urllib3.exceptions.DecodeError)
+                urllib3.exceptions.DecodeError, awaited.AnswerLost)
 
 
 def _transport_error(exc: Exception, method: str, url: str, redact) -> InLooxError:
     detail = redact(str(exc))[:EXCERPT_CHARS]
     if _nothing_sent(exc):
         error = TransportError(f"could not connect for {method} {url}: {detail}", method=method, url=url)
-        if isinstance(exc, urllib3.exceptions.SSLError):
+        if isinstance(exc, urllib3.exceptions.SSLError) or getattr(exc, "certificate", False):
             error.retryable = False  # a certificate problem does not go away by itself
         return error
     if not isinstance(exc, _ANSWER_LOST):

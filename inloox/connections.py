@@ -110,6 +110,18 @@ class Exchanges:
             del self._waits[wait]
             gate.enter()
 
+    @contextmanager
+    def awaited(self) -> Iterator[None]:
+        """Around a wait for one answer awaited beside others on one thread (inloox/together.py): seen by
+        `oldest_wait`, the duration recorded by the caller; no place of the gate given up (the thread's
+        other calls go on meanwhile)."""
+        wait = next(self._wait_ids)
+        self._waits[wait] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self._waits[wait]
+
     def oldest_wait(self) -> float:
         """Seconds the oldest wait under way of a thread that gave up a place of the gate (an event's: an
         answer, a request budget's slot) has lasted; 0 without one."""
