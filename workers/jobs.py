@@ -9,6 +9,7 @@ Each works for one workspace: its client, rules and Redis keys are that workspac
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ import redis
 from engine import Event, Plan, TemplateError, explain, render_deferred
 from engine.errors import StepSkipped
 from engine.iteration import iterate, query_operation
-from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata
+from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata, together
 from inloox.changes import ChangeFeed, observation
 from inloox.errors import Throttled
 from workers import deliveries, failpoints, guards, ledger, metrics, round_trips, scripts, workspaces
@@ -70,13 +71,14 @@ class Arrival:
     entry_id: str | None = None
 
 
-def handle_batch(ctx: WorkerContext, arrivals: list[Arrival]) -> list[dict | BaseException]:
-    """`handle` for several events of the workspace, one after the other, on this thread: what each
-    returned or raised, so one event that cannot be handled stops none of the others.
+def handle_batch(ctx: WorkerContext, arrivals: list[Arrival], *, together: bool = False) -> list[dict | BaseException]:
+    """`handle` for several events of the workspace on this thread, one after the other or `together`:
+    what each returned or raised, so one event that cannot be handled stops none of the others.
 
     A busy worker's thread takes several events at a time (workers/consumer/), and a round trip per
     event and per run was a third of what an event cost it: their runs are stored in one round trip,
-    then executed event by event, and the runs that succeed are stored as such together (`Ending`).
+    then executed event by event, or together, each event's InLoox requests in flight beside the
+    others' (`_execute_together`), and the runs that succeed are stored as such together (`Ending`).
     """
     outcomes: list[dict | BaseException | None] = [None] * len(arrivals)
     planned = []
@@ -89,6 +91,10 @@ def handle_batch(ctx: WorkerContext, arrivals: list[Arrival]) -> list[dict | Bas
     stored = time.monotonic()  # when the batch's leases were taken
     failpoints.hit("runs_stored")  # tests only (inert unless ENGINE_FAILPOINTS is set)
     ending = Ending(ctx.connection) if len(arrivals) > 1 else None
+    live = [(i, parsed, started) for (i, (parsed, *_)), started in zip(planned, starts) if outcomes[i] is None]
+    if together and ending is not None and len(live) > 1:
+        _execute_together(ctx, arrivals, live, ending, outcomes, stored)
+        return outcomes
     waiting: list[int] = []  # the events with succeeded runs in `ending`
     for n, ((i, (parsed, *_)), started) in enumerate(zip(planned, starts), start=1):
         if outcomes[i] is None:
@@ -107,6 +113,49 @@ def handle_batch(ctx: WorkerContext, arrivals: list[Arrival]) -> list[dict | Bas
             _end(ending, waiting, outcomes)
             waiting = []
     return outcomes
+
+
+def _execute_together(ctx: WorkerContext, arrivals: list[Arrival], live: list[tuple], ending: Ending,
+                      outcomes: list, stored: float) -> None:
+    """Run the batch's events at once on this thread (inloox/together.py): while one waits for InLoox, the
+    next goes on, instead of each waiting its turn. Their succeeded runs are stored together as they end
+    (`ending`): when Ending.MAX_WAIT has passed since the first waiting one, and after the last event.
+
+    An event starts when the one before waits for InLoox, or is done: after a call that blocks the thread
+    (a rule's `http` step to a slow receiver) that may be a while, and its runs' leases, taken with the
+    batch (`stored`), are then renewed as `handle_batch` renews them for an event that waited its turn."""
+    waiting: list[int] = []
+
+    def store_due() -> None:
+        if ending.due():
+            _end(ending, waiting, outcomes)
+            waiting.clear()
+
+    def execute(i: int, parsed: Event, started: tuple) -> None:
+        if time.monotonic() - stored > ctx.run_lease / 2:
+            started = (started[0], [_renewed(here) for here in started[1]])
+        share = _Share(ending)
+        outcomes[i] = _execute_event(ctx, parsed, arrivals[i].event, started, share)
+        if share.added:
+            waiting.append(i)
+        store_due()
+
+    for i, outcome in zip([i for i, *_ in live], together.run(
+            [functools.partial(execute, *event) for event in live], every=(Ending.MAX_WAIT, store_due))):
+        if isinstance(outcome, BaseException):  # not the event's own error (_execute_event keeps that)
+            outcomes[i] = outcome
+    _end(ending, waiting, outcomes)
+
+
+class _Share:
+    """One event's part of a batch's Ending, when the batch's events run together: which of them added runs."""
+
+    def __init__(self, ending: Ending):
+        self.ending, self.added = ending, 0
+
+    def add(self, queue, stopped) -> None:
+        self.added += 1
+        self.ending.add(queue, stopped)
 
 
 def _renewed(here: tuple) -> tuple:

@@ -13,11 +13,12 @@ import textwrap
 import threading
 import time
 
+import pytest
 import redis
 
 from tests.integration.test_run_round_trips import _CountingConnection, _context, _event, batched_counts, run_id_of
 from tests.support.stack import ensure_project, write_form_rule
-from workers import workspaces
+from workers import jobs, workspaces
 from workers.jobs import Arrival, handle, handle_batch
 from workers.runs import load_run
 
@@ -33,14 +34,21 @@ def _tasks(sandbox) -> list[str]:
     return sorted(t["Name"] for t in sandbox.get("Task").json()["value"])
 
 
-def test_a_batch_of_runs_is_stored_as_succeeded_in_one_round_trip(redis_url, sandbox, tmp_path, batched_counts):
+# One after the other, as a thread between the in-flight limit's floors runs its batch; or together, as the
+# busy floor's thread runs its (inloox/together.py): the same runs stored, written and ended the same way.
+ORDERS = pytest.mark.parametrize("together", [False, True], ids=["one-after-the-other", "together"])
+
+
+@ORDERS
+def test_a_batch_of_runs_is_stored_as_succeeded_in_one_round_trip(redis_url, sandbox, tmp_path, batched_counts,
+                                                                   together):
     ensure_project(sandbox)
     write_form_rule(tmp_path)
     ctx, workspace = _context(redis_url, sandbox, tmp_path)
     with workspaces.using(workspace):
         handle(ctx, _event(0), accepted_at=time.time())  # rules read, scripts cached, connections open
         sent_before = _CountingConnection.sent
-        outcomes = handle_batch(ctx, [Arrival(_event(n), 0.0) for n in range(1, BATCH + 1)])
+        outcomes = handle_batch(ctx, [Arrival(_event(n), 0.0) for n in range(1, BATCH + 1)], together=together)
         round_trips = (_CountingConnection.sent - sent_before) / BATCH
         runs = [load_run(ctx.connection, run_id_of(n)) for n in range(BATCH + 1)]
         locks = [ctx.connection.exists(workspaces.key(f"run-lock:{run_id_of(n)}")) for n in range(BATCH + 1)]
@@ -53,14 +61,16 @@ def test_a_batch_of_runs_is_stored_as_succeeded_in_one_round_trip(redis_url, san
     assert round_trips <= MAX_ROUND_TRIPS_PER_RUN, f"{round_trips:.2f} round trips per run"
 
 
+@ORDERS
 def test_one_event_that_cannot_be_handled_stops_none_of_the_others_of_its_batch(redis_url, sandbox, tmp_path,
-                                                                               batched_counts):
+                                                                               batched_counts, together):
     ensure_project(sandbox)
     write_form_rule(tmp_path)
     ctx, workspace = _context(redis_url, sandbox, tmp_path)
     broken = {"id": "webhook:forms:broken", "source": "webhook"}  # no kind, no payload: not an event
     with workspaces.using(workspace):
-        outcomes = handle_batch(ctx, [Arrival(_event(1), 0.0), Arrival(broken, 0.0), Arrival(_event(3), 0.0)])
+        outcomes = handle_batch(ctx, [Arrival(_event(1), 0.0), Arrival(broken, 0.0), Arrival(_event(3), 0.0)],
+                                together=together)
         runs = [load_run(ctx.connection, run_id_of(n)) for n in (1, 3)]
 
     assert [type(o).__name__ for o in outcomes] == ["dict", "ValueError", "dict"]
@@ -83,19 +93,21 @@ CHILD = textwrap.dedent("""
     metrics.batch(3600.0)
     ctx, workspace = _context(sys.argv[1], Sandbox, Path(sys.argv[4]))
     with workspaces.using(workspace):
-        handle_batch(ctx, [Arrival(_event(n), time.time()) for n in range(1, int(sys.argv[5]) + 1)])
+        handle_batch(ctx, [Arrival(_event(n), time.time()) for n in range(1, int(sys.argv[5]) + 1)],
+                     together=sys.argv[6] == "together")
     print("handled")
 """)
 
 
+@ORDERS
 def test_a_worker_killed_before_its_batch_was_stored_writes_nothing_twice(redis_url, sandbox, tmp_path,
-                                                                          batched_counts):
+                                                                          batched_counts, together):
     ensure_project(sandbox)
     write_form_rule(tmp_path)
     events = 4
     env = {**os.environ, "ENGINE_FAILPOINTS": "runs_ending"}
     child = subprocess.Popen([sys.executable, "-c", CHILD, redis_url, sandbox.base_url, sandbox.token, str(tmp_path),
-                              str(events)], env=env, cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              str(events), "together" if together else "one"], env=env, cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)
     try:
         output, _ = child.communicate(timeout=60)
@@ -112,7 +124,8 @@ def test_a_worker_killed_before_its_batch_was_stored_writes_nothing_twice(redis_
         for n in range(1, events + 1):  # the dead worker's locks run out (45 s in production)
             ctx.connection.delete(workspaces.key(f"run-lock:{run_id_of(n)}"))
         # The events, not acknowledged, are delivered again.
-        outcomes = handle_batch(ctx, [Arrival(_event(n), time.time()) for n in range(1, events + 1)])
+        outcomes = handle_batch(ctx, [Arrival(_event(n), time.time()) for n in range(1, events + 1)],
+                                together=together)
         runs = [load_run(ctx.connection, run_id_of(n)) for n in range(1, events + 1)]
 
     assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
@@ -146,6 +159,47 @@ def test_a_run_whose_lease_ran_out_while_its_batch_was_slow_is_left_to_the_execu
         thread = threading.Thread(target=take_over, daemon=True)
         thread.start()
         handle_batch(ctx, [Arrival(_event(n), 0.0) for n in (1, 2, 3)])
+        taken.set()
+        thread.join(5)
+        runs = [load_run(ctx.connection, run_id_of(n)) for n in (1, 2, 3)]
+
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded", "queued"]
+    assert watcher.get(lock) == b"other", "the other executor still holds the third run"
+    assert _tasks(sandbox) == ["Task 0", "Task 1", "Task 2"]
+
+
+def test_an_event_run_together_after_its_thread_was_held_up_renews_its_lease_first(
+        redis_url, sandbox, tmp_path, batched_counts, monkeypatch):
+    """Run together, an event starts when the one before waits for InLoox. Should that one first hold the
+    thread with a call that blocks it (a rule's `http` step to a slow receiver) past the batch's leases, the
+    next events' leases are renewed before they run, and a run another executor took meanwhile is left to it."""
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    ctx = dataclasses.replace(ctx, run_lease=1.0)
+    lock = f"ws:default:run-lock:{run_id_of(3)}"
+    watcher = redis.Redis.from_url(redis_url)
+    taken = threading.Event()
+    execute = jobs._execute_event
+
+    def held_up(ctx, parsed, event, started, ending):
+        if event["id"].endswith("_1"):
+            time.sleep(1.3)  # the thread is held: no other event of the batch runs meanwhile
+        return execute(ctx, parsed, event, started, ending)
+
+    def take_over():  # the other executor: takes the third run's lock as soon as its lease runs out
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not taken.is_set():
+            if watcher.set(lock, "other", nx=True, px=10_000):
+                taken.set()
+            time.sleep(0.01)
+
+    monkeypatch.setattr(jobs, "_execute_event", held_up)
+    with workspaces.using(workspace):
+        handle(ctx, _event(0), accepted_at=time.time())  # rules read, connections open
+        thread = threading.Thread(target=take_over, daemon=True)
+        thread.start()
+        handle_batch(ctx, [Arrival(_event(n), 0.0) for n in (1, 2, 3)], together=True)
         taken.set()
         thread.join(5)
         runs = [load_run(ctx.connection, run_id_of(n)) for n in (1, 2, 3)]

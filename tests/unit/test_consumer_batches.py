@@ -12,7 +12,7 @@ from inloox.connections import exchanges
 from workers import consumer
 from workers.consumer import EventConsumer, _chunks, _in_turns
 from workers.consumer.gate import GATE
-from workers.consumer.in_flight import BATCH, BUSY_FLOOR, FLOOR, LONG_SECONDS
+from workers.consumer.in_flight import BUSY_FLOOR, FLOOR, LONG_SECONDS, TOGETHER
 from workers.eventlog import Entry
 
 
@@ -61,7 +61,7 @@ def _busy_consumer(monkeypatch, handle) -> EventConsumer:
     monkeypatch.setattr(consumer, "_handle_events", handle)
     taker = EventConsumer(redis.Redis(), ["default"], name="test", pool_size=400)  # no command sent
     taker.limit.value = BUSY_FLOOR
-    assert taker.limit.batch() == BATCH
+    assert taker.limit.batch() == TOGETHER
     taker._submit(next(iter(taker.streams.values())), _entries("1-0"))
     return taker
 
@@ -71,11 +71,11 @@ def test_an_event_slow_for_want_of_cpu_keeps_a_busy_worker_on_a_few_threads(monk
     # the GIL and for a place among 48 others. It waits for no answer: more threads, one event each (the
     # dearest way to run events) would only make it slower. Before: every such event sent it there.
     release = threading.Event()
-    taker = _busy_consumer(monkeypatch, lambda workspace, entries: release.wait(10) and [None] * len(entries))
+    taker = _busy_consumer(monkeypatch, lambda workspace, entries, together=False: release.wait(10) and [None] * len(entries))
     try:
         time.sleep(LONG_SECONDS + 0.2)
         taker._wait_for_space()
-        assert (taker.limit.value, taker.limit.batch()) == (BUSY_FLOOR, BATCH)
+        assert (taker.limit.value, taker.limit.batch()) == (BUSY_FLOOR, TOGETHER)
     finally:
         release.set()
         taker._pool.shutdown(wait=True)
@@ -84,7 +84,7 @@ def test_an_event_slow_for_want_of_cpu_keeps_a_busy_worker_on_a_few_threads(monk
 def test_an_answer_that_does_not_come_sends_a_busy_worker_back_to_one_event_per_thread(monkeypatch):
     release = threading.Event()
 
-    def hung(workspace, entries):
+    def hung(workspace, entries, together=False):
         with GATE.held(), exchanges.exchange():  # an event's thread; a receiver that does not answer
             release.wait(10)
         return [None] * len(entries)

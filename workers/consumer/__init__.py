@@ -197,11 +197,11 @@ class EventConsumer:
         # workspace, then the next of each), so one with a backlog cannot go ahead of the others.
         # A thread takes `per_thread` events of one workspace, one after the other (in_flight.py).
         share = max(1, min(self.per_workspace, free // len(readable)))
-        per_thread = self.limit.batch()
+        per_thread, together = self.limit.batch(), self.limit.together()
         batch = eventlog.read_new(self.connection, readable, self.name, count=share * per_thread,
                                   block_ms=READ_BLOCK_MS)
         for stream_key, entries in _in_turns(_chunks(batch, per_thread)):
-            self._submit(self.streams[stream_key], entries)
+            self._submit(self.streams[stream_key], entries, together=together)
 
     def _readable(self) -> list[str]:
         """The logs to read this turn: not those of a workspace paused since the worker last followed the registry.
@@ -252,15 +252,16 @@ class EventConsumer:
                 self._space.wait(0.2)
             return max(0, limit - self._in_flight)
 
-    def _submit(self, stream: _Stream, entries: list[Entry]) -> None:
-        """Hand `entries` (of one stream) to one thread of the pool, which handles them one after the other."""
+    def _submit(self, stream: _Stream, entries: list[Entry], *, together: bool = False) -> None:
+        """Hand `entries` (of one stream) to one thread of the pool, which handles them one after the other,
+        or `together` (workers.jobs.handle_batch)."""
         with self._lock:
             entries = [entry for entry in entries if entry.id not in stream.handling]
             if not entries:
                 return
             stream.handling.update(entry.id for entry in entries)
             self._in_flight += 1
-        future = self._pool.submit(_handle_events, stream.workspace, entries)
+        future = self._pool.submit(_handle_events, stream.workspace, entries, together)
         future.add_done_callback(lambda f, s=stream, e=entries: self._finished(s, e, f))
 
     def _finished(self, stream: _Stream, entries: list[Entry], future: Future) -> None:
@@ -397,11 +398,11 @@ def _note_failure(connection: redis.Redis, stream: _Stream, entry: Entry, error:
         log.exception("event %s (%s): could not keep the error as its trace", entry.event.get("id"), stream.workspace)
 
 
-def _handle_events(workspace: str, entries: list[Entry]) -> list[BaseException | None]:
-    """Handle the entries one after the other (workers.jobs.handle_batch); what each raised (None:
-    handled), so one failure stops none of the others. Inside the process's gate (gate.py), out of
-    it while waiting for answers."""
+def _handle_events(workspace: str, entries: list[Entry], together: bool = False) -> list[BaseException | None]:
+    """Handle the entries one after the other, or together (workers.jobs.handle_batch); what each raised
+    (None: handled), so one failure stops none of the others. Inside the process's gate (gate.py), out of
+    it while waiting for answers one after the other."""
     ctx = worker_context(workspace)
     with GATE.held(), using(ctx.workspace):
-        outcomes = handle_batch(ctx, [Arrival(e.event, e.accepted_at, e.id) for e in entries])
+        outcomes = handle_batch(ctx, [Arrival(e.event, e.accepted_at, e.id) for e in entries], together=together)
     return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]

@@ -22,9 +22,13 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   used 16 % less CPU per event than 48 threads with one (bench/RESULTS.md section 18), 2 threads 16 %
   less again (section 22); fewer threads with one event each bought nothing. Against an InLoox whose
   answers are what the events wait for, the limit stays at FLOOR or above and a thread takes one
-  event, as before: eight writes one after the other would wait eight answers. With less than one
-  event in flight on average (the backlog gone) the limit goes back to FLOOR: a burst after a quiet
-  spell is not handled eight at a time;
+  event, as before: eight writes one after the other would wait eight answers. The busy floor's thread
+  runs its TOGETHER events together (inloox/together.py), so that their answers overlap;
+- a worker starts at the busy floor, and goes back to it from below FLOOR once less than half a thread is
+  busy on average (the backlog gone; what it learned of a slow InLoox, FLOOR or more, it keeps): against
+  a quick InLoox that is the cheapest way from the first event on, and a burst
+  met while the web takes the cores is not handled at 48 threads, the dearest way (bench/RESULTS.md
+  section 28). Answers slower than TOGETHER_QUICK there (InLoox's own) send it to FLOOR within a window;
 - the same cut when the process used BUSY_CPU of a core or more in the window, however long the
   answers took: its threads share one GIL, so a thread whose answer came waits for the others before
   it sees it, and the answer times (and the events "awaiting one") grow with the threads until a quick
@@ -62,12 +66,16 @@ log = logging.getLogger(__name__)
 # known to work. Fewer threads alone bought nothing against a fast InLoox (12 used as much CPU per
 # event as 48); fewer threads each taking several events did (BUSY_FLOOR, BATCH).
 FLOOR = 48
-# 2 rather than 4: four alternating runs each against a quick InLoox, the worker used 13.6-14.1 s for
-# 10,000 events against 15.7-16.8 s and wrote 536-563/s against 434-510 (bench/RESULTS.md section 22):
-# two threads still overlap one's InLoox answer with the other's work, and hand the GIL over less often.
-# One thread used a little less CPU again (12.8-13.5 s) but wrote slower (519-533/s): its answers wait.
-BUSY_FLOOR = 2
-BATCH = 8  # events a thread takes at a time while the process is busy with its own work
+# One thread whose events run together (workers.jobs.handle_batch, inloox/together.py): their InLoox
+# answers overlap on the thread's event loop, where two threads overlapped them at the price of GIL
+# hand-overs. With a limit fixed at each of these (bench/RESULTS.md section 28), 10,000 events against a
+# quick InLoox cost the worker 10.0 s at 1 thread of 16 events together against 12.4 s at 2 threads of 8.
+BUSY_FLOOR = 1
+BATCH = 8  # events a thread takes at a time, one after the other, between the floors
+TOGETHER = 16  # events the busy floor's thread takes at a time, and runs together
+# Threads busy on average below which the backlog is gone. Not 1: a single busy thread is idle for the
+# consumer's read between its batches (a probe's single events: a fifth of the time).
+GONE = 0.5
 LONG_SECONDS = 1.0  # a wait for one answer longer than this: a hung receiver, not a busy process
 WINDOW_SECONDS, MAX_WINDOW_SECONDS = 0.5, 3.0
 SLOWED = 2.0  # answers this many times slower than usual: queueing somewhere
@@ -81,6 +89,15 @@ CUT_HOLD_WINDOWS = 300  # after a probe for a busy CPU that bought nothing: InLo
 # failed probe left a worker on 20-36 threads (8 events each) instead of 2: 24.7-26.9 s of CPU against
 # 18.8-21.4 s for runs that ended most of their events on 2 threads (bench/RESULTS.md section 25).
 QUICK_PROBE_HOLD_WINDOWS, SLOW_ANSWERS = 20, 0.050
+# A backlog whose answers come this quickly is probed for even when this process gets less than BUSY_CPU:
+# the web acknowledging a burst on the same cores leaves a worker a fraction of a core, and its answers,
+# slowed by its own threads, stay in 10-20 ms. Found at its busy floor there, it drained 10,000 events
+# with 9.6-9.7 s of CPU instead of 11.2 (bench/RESULTS.md section 28). No InLoox across a network answers
+# this quickly: only this process's own threads are probed for.
+CROWDED_ANSWERS = 0.020
+# Answers slower than this at the busy floor are InLoox's own (the thread's 16 events delay each other's
+# by a few milliseconds at most): the events wait for InLoox, and one per thread, 48 threads, do better.
+TOGETHER_QUICK = 0.030
 WAITING = 0.5  # the share of the events in flight awaiting an answer above which more in flight helps
 IDLE_WAITING = 0.2  # below it, the process is busy with its own work
 FULL = 0.8  # in flight this close to the limit: the limit is what holds events back
@@ -107,7 +124,7 @@ class InFlightLimit:
         self.ceiling = max(1, ceiling)
         self.floor = max(1, min(floor, self.ceiling))
         self.busy_floor = min(BUSY_FLOOR, self.floor)
-        self.value = self.floor
+        self.value = self.busy_floor
         self.usual: float | None = None  # seconds, the usual answer time
         self._take = take
         self._clock = clock
@@ -147,22 +164,37 @@ class InFlightLimit:
         return self.value
 
     def batch(self) -> int:
-        """Events one thread takes at a time: BATCH once the limit went below the floor (the process is
-        busy with its own work, not waiting for InLoox), else 1."""
-        return BATCH if self.value < self.floor and self._cut_from is None else 1  # a probe takes one each
+        """Events one thread takes at a time: TOGETHER at the busy floor (the process is busy with its own
+        work, not waiting for InLoox, `together`), BATCH between the floors, else 1 (a probe too)."""
+        if self.value >= self.floor or self._cut_from is not None:
+            return 1
+        return TOGETHER if self.together() else BATCH
+
+    def together(self) -> bool:
+        """Whether a thread's events run together (at the busy floor, no probe under way) or one after the other.
+
+        Only there: a few threads of many events each keep the GIL's hand-overs few, and an event's lease
+        and deadline wait only for its own thread's other events.
+        """
+        return self.value <= self.busy_floor and self._cut_from is None
 
     def _probe_back(self, cut_from: tuple[int, float]) -> None:
         """A probe that bought nothing (the answers are InLoox's own): what was in flight, back, and no
         probe for CUT_HOLD_WINDOWS (QUICK_PROBE_HOLD_WINDOWS if the answers were quick)."""
         hold = CUT_HOLD_WINDOWS if cut_from[1] >= SLOW_ANSWERS else QUICK_PROBE_HOLD_WINDOWS
+        log.debug("events in flight: a probe of %d taken back to %d, no probe for %d windows", self.value,
+                  cut_from[0], hold)
         self.value, self._probe_hold, self._cut_from = cut_from[0], hold, None
 
     def _adapt(self, durations: list[float], in_flight: float, elapsed: float, cpu: float = 0.0, *,
                most: int = 0) -> None:
         self._hold, self._probe_hold = max(0, self._hold - 1), max(0, self._probe_hold - 1)
-        if in_flight < 1.0 and self.value < self.floor:
-            # The backlog is gone: the next burst starts from what was known to work (a probe under way too).
-            self.value, self._cut_from = self.floor, None
+        if in_flight < GONE and self.value < self.floor:
+            # The backlog is gone: the next burst starts at the busy floor (a probe under way ends too).
+            if (self.value, self._cut_from) != (self.busy_floor, None):
+                log.debug("events in flight: at most %d now, was %d (%.2f in flight: the backlog is gone)",
+                          self.busy_floor, self.value, in_flight)
+            self.value, self._cut_from = self.busy_floor, None
             return
         if not durations and self._cut_from is not None:
             self._probe_back(self._cut_from)  # a probe's window without one answer back: the answers are slow
@@ -185,18 +217,24 @@ class InFlightLimit:
         elif cut_from is not None and typical > EASED * cut_from[1]:
             self._probe_back(cut_from)
         elif cut_from is not None:
-            pass  # the answers were this process's own waiting: a few threads, several events each
+            # the answers were this process's own waiting: a few threads, several events each
+            log.debug("events in flight: a probe of %d kept (answers in %.0f ms, were %.0f)", self.value,
+                      typical * 1000, cut_from[1] * 1000)
+        elif self.together() and typical > TOGETHER_QUICK:
+            self.value = self.floor  # answers this slow are InLoox's: one event per thread, as many as help
         elif typical > SLOWED * usual and self.value < self.floor and typical > QUICK:
             self.value = self.floor  # the events wait for InLoox now, not for this process: one each, as before
         elif typical > SLOWED * usual and self.value >= self.floor:
             self.value = max(self.floor, int(self.value * CUT))
-        elif (not self._hold and not busy_cpu and in_flight >= FULL * self.value
+        elif (not self._hold and not busy_cpu and in_flight >= FULL * self.value and not self.together()
               and waiting >= WAITING * in_flight):
+            # Not at the busy floor: its thread has TOGETHER events awaiting answers at once, which is
+            # no sign that more threads would help.
             if self.value < self.ceiling:
                 self._grown_from = (self.value, typical)
                 self.value = min(self.ceiling, self.value * GROW)
-        elif in_flight >= BACKLOG * self.value and len(durations) >= in_flight and (
-                idle or busy_cpu and not self._probe_hold):
+        elif self.value > self.busy_floor and in_flight >= BACKLOG * self.value and len(durations) >= in_flight and (
+                idle or (busy_cpu or typical < CROWDED_ANSWERS) and not self._probe_hold):
             # A backlog the process does not take faster however many wait for InLoox: its own CPU. Only
             # with at least one answer per event in flight: answers not back yet (a slow InLoox's first
             # second) would otherwise look like nobody waiting.
