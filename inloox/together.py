@@ -8,10 +8,11 @@ request (inloox/awaited.py) hands it to the thread's event loop (`wait_for`), an
 meanwhile: one thread, the batch's requests in flight together. This is how SQLAlchemy drives asyncio
 database drivers from synchronous code (sqlalchemy.util.concurrency: greenlet_spawn, await_only).
 
-Only `wait_for` switches from one call to another. Everything else a call does (Redis, templates, the
-rules' own code) runs as on a thread of its own, to its end or its next request, so thread-locals hold
-over that stretch, and a call that blocks (a Redis round trip, a request budget's slot) holds up the
-thread's other calls as it held up the next event of the batch before. Each call starts with a copy of
+Only `wait_for` switches from one call to another (and `sleep`, a request budget's wait for a slot).
+Everything else a call does (Redis, templates, the rules' own code) runs as on a thread of its own, to its
+end or its next request, so thread-locals hold over that stretch, and a call that blocks (a Redis round
+trip, a rule's `http` step) holds up the thread's other calls as it held up the next event of the batch
+before. Each call starts with a copy of
 the caller's context variables (the workspace entered, a template's budget).
 
 greenlet, asyncio and uvloop are imported at the first `run`: a process that never runs calls together
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +60,16 @@ def wait_for(awaitable) -> Any:
     import greenlet
 
     return greenlet.getcurrent().parent.switch(awaitable)
+
+
+def sleep(seconds: float) -> None:
+    """Wait `seconds`: on one of `run`'s greenlets the thread's other calls go on meanwhile, else the thread sleeps."""
+    if awaiting():
+        import asyncio
+
+        wait_for(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
 
 
 def loop() -> Any:

@@ -28,6 +28,7 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from packaging.version import Version
 
+from inloox import together
 from inloox.connections import exchanges
 from inloox.errors import Throttled
 
@@ -73,8 +74,11 @@ class Throttle:
                     self.on_refused()
                 raise Throttled(f"{method} not sent: the shared limit {self._window} of {self.key} is "
                                 f"used up, next slot in {wait:.2f}s", method=method, retry_after=wait)
-            with exchanges.waiting():  # out of the worker's gate: other workspaces' threads run meanwhile
-                time.sleep(wait)
+            if together.awaiting():
+                together.sleep(wait)  # the thread's other events (a busy worker's batch) go on meanwhile
+            else:
+                with exchanges.waiting():  # out of the worker's gate: other workspaces' threads run meanwhile
+                    time.sleep(wait)
 
     def _until_free(self) -> float:
         """Seconds until the oldest slot in the window ages out (0 if one is free already)."""

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from inloox import Client
+from inloox import Client, together
 from inloox.errors import Throttled
 from tests.support.processes import free_port
 from workers.throttle import Throttle
@@ -158,3 +158,18 @@ def test_a_throttled_request_never_reaches_inloox(sandbox, redis_url):
             client.create("Task", {"Name": "one too many"})
     assert len(sandbox.requests()) == 5 and sandbox.count("Task") == 5
     assert observed == [201] * 5  # the refused one was not reported as a request
+
+
+def test_a_wait_for_a_slot_in_a_batch_run_together_holds_up_none_of_its_other_events(redis_url):
+    """A busy worker's thread runs its batch's events together (inloox/together.py): one that waits for
+    its workspace's slot lets the others go on. Before, it slept the thread, and them with it."""
+    throttle = Throttle(redis_url, KEY, 1, max_sleep=3.0)
+    done = []
+
+    def event(name: str, limited: bool):
+        if limited:
+            throttle("POST")
+        done.append(name)
+
+    together.run([lambda: event("first", True), lambda: event("second", True), lambda: event("third", False)])
+    assert done == ["first", "third", "second"]  # the second waited about a second for its slot
