@@ -97,3 +97,34 @@ def test_an_answer_that_does_not_come_sends_a_busy_worker_back_to_one_event_per_
     finally:
         release.set()
         taker._pool.shutdown(wait=True)
+
+
+def test_batches_run_together_always_run_on_the_same_thread(monkeypatch):
+    """Each thread that runs a batch together keeps an event loop and its InLoox connections open for good
+    (inloox/together.py): among a pool of 400 threads taking turns, hundreds would each keep theirs."""
+    release, ran = threading.Event(), []
+
+    def handle(workspace, entries, together=False):
+        ran.append((together, threading.get_ident()))
+        if not together:
+            release.wait(10)
+        return [None] * len(entries)
+
+    monkeypatch.setattr(consumer, "_handle_events", handle)
+    taker = EventConsumer(redis.Redis(), ["default"], name="test", pool_size=400)  # no command sent
+    stream = next(iter(taker.streams.values()))
+    try:
+        for n in range(8):  # threads of the pool busy with one event each, then idle, taking turns
+            taker._submit(stream, _entries(f"{n}-0"))
+        release.set()
+        for n in range(8):
+            taker._submit(stream, _entries(f"{n}-1", f"{n}-2"), together=True)
+            deadline = time.monotonic() + 5
+            while sum(1 for together, _ in ran if together) <= n and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        release.set()
+        taker._pool.shutdown(wait=True)
+        taker._together.shutdown(wait=True)
+    threads = {thread for together, thread in ran if together}
+    assert len([1 for together, _ in ran if together]) == 8 and len(threads) == 1

@@ -97,6 +97,10 @@ class EventConsumer:
         self.limit = InFlightLimit(self.pool_size)  # how many of the pool's threads to keep busy now
         exchanges.gate = GATE  # of those, how many run at once: the others wait for answers or a place
         self._pool = ThreadPoolExecutor(self.pool_size, thread_name_prefix="event")  # threads start as needed
+        # Batches run together (the busy floor's, one at a time) always on this one thread: each thread that
+        # runs one keeps an event loop and its InLoox connections open for good (inloox/together.py), and
+        # the pool's hundreds of threads taking turns would each keep theirs.
+        self._together = ThreadPoolExecutor(1, thread_name_prefix="events-together")
         self._thread: threading.Thread | None = None
         self._next_maintenance = 0.0
         self._next_trim = 0.0
@@ -145,6 +149,7 @@ class EventConsumer:
         if self._thread is not None:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._together.shutdown(wait=True, cancel_futures=True)
         try:
             self._flush_acks()
             metrics.flush(self.connection)
@@ -261,7 +266,8 @@ class EventConsumer:
                 return
             stream.handling.update(entry.id for entry in entries)
             self._in_flight += 1
-        future = self._pool.submit(_handle_events, stream.workspace, entries, together)
+        future = (self._together if together else self._pool).submit(_handle_events, stream.workspace, entries,
+                                                                      together)
         future.add_done_callback(lambda f, s=stream, e=entries: self._finished(s, e, f))
 
     def _finished(self, stream: _Stream, entries: list[Entry], future: Future) -> None:
