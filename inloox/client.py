@@ -278,13 +278,16 @@ class Client:
     def _send(self, method: str, url: str, body: dict | None = None) -> _Answer:
         shown = self._shown(url)
         payload = _encoded(body, method, shown)  # before the throttle: a body we refuse is no request
+        awaiting = self._route.proxy is None and together.awaiting()
+        if awaiting:
+            awaited.ready(self._route)  # before the throttle too: a slot taken is sent at once
         if self.throttle is not None:
             self.throttle(method)  # outside the try below: a refusal here is not a request
         started = time.monotonic()
         headers = self._api_key.headers(_READ_HEADERS if payload is None else _WRITE_HEADERS)
         try:
             with _translated(method, shown, self._api_key.redact):
-                if self._route.proxy is None and together.awaiting():
+                if awaiting:
                     answer, whole = self._awaited(method, url, payload, headers, started)
                 else:
                     answer, whole = self._exchange(method, url, payload, headers, started)
