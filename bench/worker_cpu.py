@@ -1,13 +1,14 @@
 """The worker's own CPU per event, in one process on one thread, code against code (issue 22).
 
-    .venv/bin/python bench/worker_cpu.py [--events 6000] [--batch 8] [--repeats 3] [--breakdown]
+    .venv/bin/python bench/worker_cpu.py [--events 6000] [--batch 8] [--together] [--repeats 3] [--breakdown]
         [--root DIR ...]
 
 bench/stack.py measures the whole stack, and its figures move by 5-15 % with whatever else the machine
 runs: a change worth 3 % of the worker cannot be seen there without many pairs. This runs only what a
 busy worker's event thread runs for its events, `workers.jobs.handle_batch` on `--batch` events at a
 time (the consumer's busy batches, workers/consumer/in_flight.py), for bench/stack.py's rule, against
-a durable embedded Valkey and bench/sink.py answering at once, and counts the thread's CPU per event
+a durable embedded Valkey and bench/sink.py answering at once (`--together`: the batch's events run together,
+as the busy floor's thread runs them, inloox/together.py; the root must have that), and counts the thread's CPU per event
 (time.process_time: the thread is the process's only busy one). Not in it: the consumer's read and
 acknowledgement of the events, the gate, other threads and their GIL hand-overs, the web, and the
 run-end log lines (logging is at WARNING here; a worker writes one INFO line per run).
@@ -83,6 +84,8 @@ def _child(root: Path, args, tmp: Path, bodies: Path, sink_url: str, env: dict, 
                "--sink", sink_url, "--source", harness.WEBHOOK_SOURCE]
     if args.breakdown:
         command.append("--breakdown")
+    if args.together:
+        command.append("--together")
     process = harness.Process(command, name=f"worker-cpu-{root.name}", env=env)
     try:
         process.popen.wait(args.timeout)
@@ -90,7 +93,7 @@ def _child(root: Path, args, tmp: Path, bodies: Path, sink_url: str, env: dict, 
         process.stop()  # a child still running (Ctrl+C, a time-out) goes with its group, its Valkey too
     if process.popen.returncode != 0:
         raise SystemExit(f"{root}: the child failed ({process.popen.returncode}):\n{process.output()[-3000:]}")
-    return json.loads(process.output().strip().splitlines()[-1])
+    return json.loads([line for line in process.output().splitlines() if line.startswith("{")][-1])
 
 
 def child(args) -> None:
@@ -129,8 +132,10 @@ def child(args) -> None:
                   for i, body in enumerate(json.loads(Path(args.bodies).read_text()))]
         accepted = time.time()
 
+        together = {"together": True} if args.together else {}  # a root from before has no such argument
+
         def handle(chunk: list[dict]) -> None:
-            for outcome in handle_batch(ctx, [Arrival(event, accepted) for event in chunk]):
+            for outcome in handle_batch(ctx, [Arrival(event, accepted) for event in chunk], **together):
                 if isinstance(outcome, BaseException):
                     raise outcome
 
@@ -144,7 +149,7 @@ def child(args) -> None:
         line = {"us_per_event": 1e6 * cpu / args.events, "events_per_second": args.events / wall}
         if timings is not None:
             line["breakdown"] = {name: 1e6 * seconds / args.events for name, seconds in timings.items()}
-        print(json.dumps(line))
+        print(json.dumps(line), flush=True)
     finally:
         server.stop()
 
@@ -189,6 +194,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--root", action="append", help="code to measure (repeatable; default this checkout)")
     parser.add_argument("--breakdown", action="store_true", help="also where an event's CPU goes")
+    parser.add_argument("--together", action="store_true", help="run each batch's events together (the busy floor's way)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
     child_options = parser.add_argument_group("a child's (one run of one root, started by the parent)")
     child_options.add_argument("--child", help=argparse.SUPPRESS)
