@@ -102,12 +102,10 @@ class Exchanges:
         if not left:  # a thread outside the gate (a poller's, an RQ job's): no event waits behind it
             yield
             return
-        wait = next(self._wait_ids)
-        self._waits[wait] = time.monotonic()
         try:
-            yield
+            with self.awaited():
+                yield
         finally:
-            del self._waits[wait]
             gate.enter()
 
     @contextmanager

@@ -4,6 +4,7 @@ round trip for the batch instead of two per run, on a real Valkey, against the s
 worker killed before the batch's last round trip writes nothing twice."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -28,6 +29,27 @@ BATCH = 8
 # One round trip to store the batch's runs (with their locks and their creates' "sent" marks), one to
 # store them as succeeded. Two per run before.
 MAX_ROUND_TRIPS_PER_RUN = 2 / BATCH
+
+
+@contextlib.contextmanager
+def _taken_once_free(redis_url: str, lock: str):
+    """Another executor meanwhile: takes `lock` as soon as it is free (a lease that ran out), for up to 10 s."""
+    watcher, taken = redis.Redis.from_url(redis_url), threading.Event()
+
+    def take_over():
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not taken.is_set():
+            if watcher.set(lock, "other", nx=True, px=10_000):
+                taken.set()
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=take_over, daemon=True)
+    thread.start()
+    try:
+        yield watcher
+    finally:
+        taken.set()
+        thread.join(5)
 
 
 def _tasks(sandbox) -> list[str]:
@@ -143,24 +165,12 @@ def test_a_run_whose_lease_ran_out_while_its_batch_was_slow_is_left_to_the_execu
     ctx, workspace = _context(redis_url, sandbox, tmp_path)
     ctx = dataclasses.replace(ctx, run_lease=1.0)
     lock = f"ws:default:run-lock:{run_id_of(3)}"
-    watcher = redis.Redis.from_url(redis_url)
-    taken = threading.Event()
-
-    def take_over():  # the other executor: takes the third run's lock as soon as its lease runs out
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not taken.is_set():
-            if watcher.set(lock, "other", nx=True, px=10_000):
-                taken.set()
-            time.sleep(0.01)
 
     with workspaces.using(workspace):
         handle(ctx, _event(0), accepted_at=time.time())  # rules read, connections open
         sandbox.fault(kind="latency", latency_ms=700, methods=["POST"], path="^Task$", count=2)  # events 1 and 2
-        thread = threading.Thread(target=take_over, daemon=True)
-        thread.start()
-        handle_batch(ctx, [Arrival(_event(n), 0.0) for n in (1, 2, 3)])
-        taken.set()
-        thread.join(5)
+        with _taken_once_free(redis_url, lock) as watcher:
+            handle_batch(ctx, [Arrival(_event(n), 0.0) for n in (1, 2, 3)])
         runs = [load_run(ctx.connection, run_id_of(n)) for n in (1, 2, 3)]
 
     assert [r["status"] for r in runs] == ["succeeded", "succeeded", "queued"]
@@ -178,8 +188,6 @@ def test_an_event_run_together_after_its_thread_was_held_up_renews_its_lease_fir
     ctx, workspace = _context(redis_url, sandbox, tmp_path)
     ctx = dataclasses.replace(ctx, run_lease=1.0)
     lock = f"ws:default:run-lock:{run_id_of(3)}"
-    watcher = redis.Redis.from_url(redis_url)
-    taken = threading.Event()
     execute = jobs._execute_event
 
     def held_up(ctx, parsed, event, started, ending):
@@ -187,21 +195,11 @@ def test_an_event_run_together_after_its_thread_was_held_up_renews_its_lease_fir
             time.sleep(1.3)  # the thread is held: no other event of the batch runs meanwhile
         return execute(ctx, parsed, event, started, ending)
 
-    def take_over():  # the other executor: takes the third run's lock as soon as its lease runs out
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not taken.is_set():
-            if watcher.set(lock, "other", nx=True, px=10_000):
-                taken.set()
-            time.sleep(0.01)
-
     monkeypatch.setattr(jobs, "_execute_event", held_up)
     with workspaces.using(workspace):
         handle(ctx, _event(0), accepted_at=time.time())  # rules read, connections open
-        thread = threading.Thread(target=take_over, daemon=True)
-        thread.start()
-        handle_batch(ctx, [Arrival(_event(n), 0.0) for n in (1, 2, 3)], together=True)
-        taken.set()
-        thread.join(5)
+        with _taken_once_free(redis_url, lock) as watcher:
+            handle_batch(ctx, [Arrival(_event(n), 0.0) for n in (1, 2, 3)], together=True)
         runs = [load_run(ctx.connection, run_id_of(n)) for n in (1, 2, 3)]
 
     assert [r["status"] for r in runs] == ["succeeded", "succeeded", "queued"]

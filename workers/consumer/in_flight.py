@@ -23,7 +23,7 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   less again (section 22); fewer threads with one event each bought nothing. Against an InLoox whose
   answers are what the events wait for, the limit stays at FLOOR or above and a thread takes one
   event, as before: eight writes one after the other would wait eight answers. The busy floor's thread
-  runs its TOGETHER events together (inloox/together.py), so that their answers overlap;
+  runs its TOGETHER events together (inloox/together.py), so that their answers overlap.
   Answers slower than TOGETHER_QUICK there (InLoox's own) send it to FLOOR within a window. With less
   than half a thread busy on average (the backlog gone) the limit goes back to FLOOR: a burst after a
   quiet spell is not handled sixteen at a time, and a quiet workspace's event is not queued behind a
