@@ -110,9 +110,9 @@ class Exchanges:
 
     @contextmanager
     def awaited(self) -> Iterator[None]:
-        """Around a wait for one answer awaited beside others on one thread (inloox/together.py): seen by
-        `oldest_wait`, the duration recorded by the caller; no place of the gate given up (the thread's
-        other calls go on meanwhile)."""
+        """Around a wait seen by `oldest_wait`, no place of the gate given up: an answer awaited beside
+        others on one thread (inloox/together.py), whose other calls go on meanwhile; its duration is the
+        caller's to record. `waiting` is this with the gate's place given up."""
         wait = next(self._wait_ids)
         self._waits[wait] = time.monotonic()
         try:
@@ -121,8 +121,8 @@ class Exchanges:
             del self._waits[wait]
 
     def oldest_wait(self) -> float:
-        """Seconds the oldest wait under way of a thread that gave up a place of the gate (an event's: an
-        answer, a request budget's slot) has lasted; 0 without one."""
+        """Seconds the oldest wait under way of an event has lasted (an answer, a request budget's slot: its
+        thread gave up a place of the gate, or awaits it beside others, `awaited`); 0 without one."""
         began = list(self._waits.values())  # one C call: no other thread changes the dict in the middle
         return time.monotonic() - min(began) if began else 0.0
 

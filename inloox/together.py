@@ -12,8 +12,8 @@ Only `wait_for` switches from one call to another (and `sleep`, a request budget
 Everything else a call does (Redis, templates, the rules' own code) runs as on a thread of its own, to its
 end or its next request, so thread-locals hold over that stretch, and a call that blocks (a Redis round
 trip, a rule's `http` step) holds up the thread's other calls as it held up the next event of the batch
-before. Each call starts with a copy of
-the caller's context variables (the workspace entered, a template's budget).
+before. Each call starts with a copy of the caller's context variables (the workspace entered, a
+template's budget).
 
 greenlet, asyncio and uvloop are imported at the first `run`: a process that never runs calls together
 (the web, an idle worker) does not carry them.
@@ -70,11 +70,6 @@ def sleep(seconds: float) -> None:
         wait_for(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)
-
-
-def loop() -> Any:
-    """This thread's event loop (uvloop's), made at its first use and kept for the thread's life."""
-    return _loop()
 
 
 async def _all(calls: list[Callable[[], Any]], every: tuple[float, Callable[[], None]] | None) -> list[Any]:

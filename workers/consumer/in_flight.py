@@ -69,8 +69,8 @@ log = logging.getLogger(__name__)
 FLOOR = 48
 # One thread whose events run together (workers.jobs.handle_batch, inloox/together.py): their InLoox
 # answers overlap on the thread's event loop, where two threads overlapped them at the price of GIL
-# hand-overs. With a limit fixed at each of these (bench/RESULTS.md section 28), 10,000 events against a
-# quick InLoox cost the worker 10.0 s at 1 thread of 16 events together against 12.4 s at 2 threads of 8.
+# hand-overs. With the limit fixed at each (bench/RESULTS.md section 28, one run each in one window), 10,000
+# events against a quick InLoox cost the worker 10.0 s at 1 thread of 16 together, 12.4 s at 2 threads of 8.
 BUSY_FLOOR = 1
 BATCH = 8  # events a thread takes at a time, one after the other, between the floors
 TOGETHER = 16  # events the busy floor's thread takes at a time, and runs together
@@ -92,9 +92,10 @@ CUT_HOLD_WINDOWS = 300  # after a probe for a busy CPU that bought nothing: InLo
 QUICK_PROBE_HOLD_WINDOWS, SLOW_ANSWERS = 20, 0.050
 # A backlog whose answers come this quickly is probed for even when this process gets less than BUSY_CPU:
 # the web acknowledging a burst on the same cores leaves a worker a fraction of a core, and its answers,
-# slowed by its own threads, stay in 10-20 ms. Found at its busy floor there, it drained 10,000 events
-# with 9.6-9.7 s of CPU instead of 11.2 (bench/RESULTS.md section 28). No InLoox across a network answers
-# this quickly: only this process's own threads are probed for.
+# slowed by its own threads, stay in 10-20 ms. With 50 ms here one pair drained 10,000 events with 9.6-9.7
+# s of the worker's CPU against 11.2 without; with 20 ms, two pairs stayed inside the noise (11.1 and 12.6
+# against 11.9 and 11.9 s; bench/RESULTS.md section 28). 20 ms: no InLoox across a network answers this
+# quickly, and a probe of a self-hosted one on a LAN costs it a window of one event at a time.
 CROWDED_ANSWERS = 0.020
 # Answers slower than this at the busy floor are InLoox's own (the thread's 16 events delay each other's
 # by a few milliseconds at most): the events wait for InLoox, and one per thread, 48 threads, do better.
