@@ -3,6 +3,7 @@
     handle(ctx, event, accepted_at)  match an accepted event (from workers/consumer/) against the
                                      workspace's rules; one run per match, the live ones executed here
     handle_batch(ctx, arrivals)      the same for several events of a workspace, stored together
+    handle_together(batches)         the same for several workspaces' events, run at once on one thread
     execute_run(run_id, workspace)   RQ job: perform a run's remaining operations, each exactly once
 
 Each works for one workspace: its client, rules and Redis keys are that workspace's.
@@ -10,6 +11,7 @@ Each works for one workspace: its client, rules and Redis keys are that workspac
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import random
@@ -77,24 +79,13 @@ def handle_batch(ctx: WorkerContext, arrivals: list[Arrival], *, together: bool 
 
     A busy worker's thread takes several events at a time (workers/consumer/), and a round trip per
     event and per run was a third of what an event cost it: their runs are stored in one round trip,
-    then executed event by event, or together, each event's InLoox requests in flight beside the
-    others' (`_execute_together`), and the runs that succeed are stored as such together (`Ending`).
+    then executed event by event, or together (`handle_together`), and the runs that succeed are stored
+    as such together (`Ending`).
     """
-    outcomes: list[dict | BaseException | None] = [None] * len(arrivals)
-    planned = []
-    for i, arrival in enumerate(arrivals):
-        try:
-            planned.append((i, _plan(ctx, arrival)))
-        except Exception as exc:  # noqa: BLE001 - that event's error, kept as its trace by the consumer
-            outcomes[i] = exc
-    starts = _start_each(ctx, [p for _, p in planned], outcomes, [i for i, _ in planned])
-    stored = time.monotonic()  # when the batch's leases were taken
-    failpoints.hit("runs_stored")  # tests only (inert unless ENGINE_FAILPOINTS is set)
+    if together:
+        return handle_together([(ctx, arrivals)])[0]
+    outcomes, planned, starts, stored = _started_batch(ctx, arrivals)
     ending = Ending(ctx.connection) if len(arrivals) > 1 else None
-    live = [(i, parsed, started) for (i, (parsed, *_)), started in zip(planned, starts) if outcomes[i] is None]
-    if together and ending is not None and len(live) > 1:
-        _execute_together(ctx, arrivals, live, ending, outcomes, stored)
-        return outcomes
     waiting: list[int] = []  # the events with succeeded runs in `ending`
     for n, ((i, (parsed, *_)), started) in enumerate(zip(planned, starts), start=1):
         if outcomes[i] is None:
@@ -115,36 +106,113 @@ def handle_batch(ctx: WorkerContext, arrivals: list[Arrival], *, together: bool 
     return outcomes
 
 
-def _execute_together(ctx: WorkerContext, arrivals: list[Arrival], live: list[tuple], ending: Ending,
-                      outcomes: list, stored: float) -> None:
-    """Run the batch's events at once on this thread (inloox/together.py): while one waits for InLoox, the
-    next goes on, instead of each waiting its turn. Their succeeded runs are stored together as they end
-    (`ending`): when Ending.MAX_WAIT has passed since the first waiting one, and after the last event.
+def handle_together(batches: list[tuple[WorkerContext, list[Arrival]]]) -> list[list[dict | BaseException]]:
+    """`handle_batch` for the events of one or several workspaces at once on this thread
+    (inloox/together.py): while one event waits for InLoox, the next goes on, instead of each waiting its
+    turn; per workspace, what each of its events returned or raised.
+
+    Each workspace's runs are stored in one round trip, and its succeeded runs are stored together as they
+    end (`Ending`): when Ending.MAX_WAIT has passed since the first waiting one, and after the last event.
+    A busy worker's one thread of batches takes every workspace's new events in turns
+    (workers/consumer/), so that a quiet workspace's event runs beside a noisy one's instead of behind
+    its batch.
+    """
+    parts = [_Together(ctx, arrivals) for ctx, arrivals in batches]
+    for part, i in _in_turns([[(part, i) for i in range(len(part.arrivals))] for part in parts]):
+        part.plan(i)  # in turns too: what a trace says was handled first is
+    for part in parts:
+        part.start()
+
+    def tick() -> None:
+        for part in parts:
+            part.store_due()
+
+    live = _in_turns([[(part, event) for event in part.live] for part in parts])
+    calls = [functools.partial(part.execute, *event) for part, event in live]
+    for (part, (i, *_)), outcome in zip(live, together.run(calls, every=(Ending.MAX_WAIT, tick))):
+        if isinstance(outcome, BaseException):  # not the event's own error (_execute_event keeps that)
+            part.outcomes[i] = outcome
+    for part in parts:
+        part.store_due(now=True)
+    return [part.outcomes for part in parts]
+
+
+def _in_turns(lists: list[list]) -> list:
+    """The lists' items, one of each list in turn, each list's own order kept."""
+    return [item for turn in itertools.zip_longest(*lists, fillvalue=_in_turns) for item in turn
+            if item is not _in_turns]
+
+
+def _started_batch(ctx: WorkerContext, arrivals: list[Arrival]) -> tuple[list, list, list, float]:
+    """The batch's events planned and their runs stored in one round trip: (the outcomes so far, an error
+    for each event that failed, (index, plan) of the others, what `_start_each` returned for them, when)."""
+    outcomes: list[dict | BaseException | None] = [None] * len(arrivals)
+    planned = []
+    for i, arrival in enumerate(arrivals):
+        _plan_into(ctx, arrival, i, planned, outcomes)
+    starts, stored = _start_planned(ctx, planned, outcomes)
+    return outcomes, planned, starts, stored
+
+
+def _plan_into(ctx: WorkerContext, arrival: Arrival, i: int, planned: list, outcomes: list) -> None:
+    """Plan the batch's `i`th event: (i, its plans) appended to `planned`, or its error in `outcomes`."""
+    try:
+        planned.append((i, _plan(ctx, arrival)))
+    except Exception as exc:  # noqa: BLE001 - that event's error, kept as its trace by the consumer
+        outcomes[i] = exc
+
+
+def _start_planned(ctx: WorkerContext, planned: list, outcomes: list) -> tuple[list, float]:
+    """Store the planned events' runs in one round trip: what `_start_each` returned, and when."""
+    starts = _start_each(ctx, [p for _, p in planned], outcomes, [i for i, _ in planned])
+    stored = time.monotonic()  # when the batch's leases were taken
+    failpoints.hit("runs_stored")  # tests only (inert unless ENGINE_FAILPOINTS is set)
+    return starts, stored
+
+
+class _Together:
+    """One workspace's part of a batch run together (`handle_together`): its events, planned and started,
+    their outcomes, and their succeeded runs waiting to be stored.
 
     An event starts when the one before waits for InLoox, or is done: after a call that blocks the thread
-    (a rule's `http` step to a slow receiver) that may be a while, and its runs' leases, taken with the
-    batch (`stored`), are then renewed as `handle_batch` renews them for an event that waited its turn."""
-    waiting: list[int] = []
+    (a Redis round trip) that may be a while, and its runs' leases, taken with the batch, are then renewed
+    as `handle_batch` renews them for an event that waited its turn."""
 
-    def store_due() -> None:
-        if ending.due():
-            _end(ending, waiting, outcomes)
-            waiting.clear()
+    def __init__(self, ctx: WorkerContext, arrivals: list[Arrival]):
+        self.ctx, self.arrivals = ctx, arrivals
+        self.outcomes: list[dict | BaseException | None] = [None] * len(arrivals)
+        self.planned: list = []
+        self.live: list[tuple] = []  # (index, the parsed event, what `_start_each` returned) of each to run
+        self.stored = 0.0
+        self.ending = Ending(ctx.connection)
+        self.waiting: list[int] = []  # the events with succeeded runs in `ending`
 
-    def execute(i: int, parsed: Event, started: tuple) -> None:
-        if time.monotonic() - stored > ctx.run_lease / 2:
-            started = (started[0], [_renewed(here) for here in started[1]])
-        share = _Share(ending)
-        outcomes[i] = _execute_event(ctx, parsed, arrivals[i].event, started, share)
-        if share.added:
-            waiting.append(i)
-        store_due()
+    def plan(self, i: int) -> None:
+        with workspaces.using(self.ctx.workspace):
+            _plan_into(self.ctx, self.arrivals[i], i, self.planned, self.outcomes)
 
-    for i, outcome in zip([i for i, *_ in live], together.run(
-            [functools.partial(execute, *event) for event in live], every=(Ending.MAX_WAIT, store_due))):
-        if isinstance(outcome, BaseException):  # not the event's own error (_execute_event keeps that)
-            outcomes[i] = outcome
-    _end(ending, waiting, outcomes)
+    def start(self) -> None:
+        """Store the planned events' runs: one round trip."""
+        with workspaces.using(self.ctx.workspace):
+            starts, self.stored = _start_planned(self.ctx, self.planned, self.outcomes)
+        self.live = [(i, parsed, started) for (i, (parsed, *_)), started in zip(self.planned, starts)
+                     if self.outcomes[i] is None]
+
+    def store_due(self, *, now: bool = False) -> None:
+        if self.ending.due() or now:
+            with workspaces.using(self.ctx.workspace):
+                _end(self.ending, self.waiting, self.outcomes)
+            self.waiting.clear()
+
+    def execute(self, i: int, parsed: Event, started: tuple) -> None:
+        with workspaces.using(self.ctx.workspace):
+            if time.monotonic() - self.stored > self.ctx.run_lease / 2:
+                started = (started[0], [_renewed(here) for here in started[1]])
+            share = _Share(self.ending)
+            self.outcomes[i] = _execute_event(self.ctx, parsed, self.arrivals[i].event, started, share)
+            if share.added:
+                self.waiting.append(i)
+        self.store_due()
 
 
 class _Share:

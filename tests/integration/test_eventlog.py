@@ -65,3 +65,41 @@ def test_trimming_never_drops_an_event_not_yet_handled(connection):
         eventlog.ack(connection, stream, [entry.id])
     eventlog.trim(connection, stream, keep=2, max_age=86400, approximate=False)
     assert [e.event["payload"]["n"] for e in eventlog.entries(connection, workspace="default")] == [8, 9]
+
+
+def test_a_busy_worker_takes_over_a_dead_workers_events_a_batch_at_a_time(connection, monkeypatch):
+    """A worker at its busy floor keeps one place, of TOGETHER events run together. Its claims were sized
+    in free places: a dead worker's events came back one every 5 s (the maintenance), none while a batch
+    ran. Now as many as its places hold in events, and again at the next turn while there may be more."""
+    import threading
+
+    from workers import consumer
+    from workers.consumer import EventConsumer
+    from workers.consumer.in_flight import BUSY_FLOOR, TOGETHER
+
+    stream = eventlog.stream_key("default")
+    eventlog.ensure_group(connection, stream)
+    for n in range(40):
+        accept(connection, n)
+    eventlog.read_new(connection, [stream], "dead-worker", count=40, block_ms=None)  # never acknowledged
+    handed, lock = [], threading.Lock()
+
+    def handle_together(batches):
+        with lock:
+            handed.append([entry.event["id"] for _, entries in batches for entry in entries])
+        return [None for _, entries in batches for _ in entries]
+
+    monkeypatch.setattr(consumer, "_handle_together", handle_together)
+    monkeypatch.setattr(consumer, "CLAIM_IDLE", 0.0)
+    taker = EventConsumer(connection, ["default"], name="alive-worker", pool_size=400)
+    assert (taker.limit.value, taker.limit.batch()) == (BUSY_FLOOR, TOGETHER)  # where a worker starts
+    try:
+        taker._claim(taker.streams[stream])
+        for _ in range(3):  # the loop's next turns
+            taker._together.submit(lambda: None).result()  # the batches handed out so far are done
+            taker._flush_acks()  # as each turn begins
+            taker._claim_again()
+    finally:
+        taker._together.shutdown(wait=True)
+    assert sorted(i for batch in handed for i in batch) == sorted(f"webhook:forms:m{n}" for n in range(40))
+    assert len(handed) == 3 and max(len(batch) for batch in handed) == TOGETHER, [len(b) for b in handed]

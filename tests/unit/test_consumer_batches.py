@@ -42,7 +42,7 @@ def test_each_event_of_a_thread_is_acknowledged_or_left_pending_on_its_own():
     done = Future()
     # A Redis error is left for the next delivery (no trace to keep): the others are acknowledged.
     done.set_result([None, redis.ConnectionError("gone"), None])
-    taker._finished(stream, entries, done)
+    taker._finished([(stream, e) for e in entries], done)
     assert stream.done == ["1-0", "3-0"] and stream.handling == set() and taker._in_flight == 0
 
 
@@ -51,18 +51,18 @@ def test_a_thread_that_failed_as_a_whole_leaves_all_its_events_pending():
     taker, stream = _consumer_with(entries)
     failed = Future()
     failed.set_exception(redis.ConnectionError("gone"))
-    taker._finished(stream, entries, failed)
+    taker._finished([(stream, e) for e in entries], failed)
     assert stream.done == [] and stream.handling == set() and taker._in_flight == 0
 
 
 def _busy_consumer(monkeypatch, handle) -> EventConsumer:
-    """A consumer whose in-flight limit found the process busy with its own work (a few threads, several
-    events each), handing one event to `handle` on a thread of its pool."""
-    monkeypatch.setattr(consumer, "_handle_events", handle)
+    """A consumer whose in-flight limit found the process busy with its own work (one thread, several
+    events together), handing one event to `handle(workspace, entries)` on its thread of batches."""
+    monkeypatch.setattr(consumer, "_handle_together", lambda batches: handle(*batches[0]))
     taker = EventConsumer(redis.Redis(), ["default"], name="test", pool_size=400)  # no command sent
     taker.limit.value = BUSY_FLOOR
     assert taker.limit.batch() == TOGETHER
-    taker._submit(next(iter(taker.streams.values())), _entries("1-0"))
+    taker._submit(next(iter(taker.streams.values())), _entries("1-0"), together=True)
     return taker
 
 
@@ -78,7 +78,7 @@ def test_an_event_slow_for_want_of_cpu_keeps_a_busy_worker_on_a_few_threads(monk
         assert (taker.limit.value, taker.limit.batch()) == (BUSY_FLOOR, TOGETHER)
     finally:
         release.set()
-        taker._pool.shutdown(wait=True)
+        taker._together.shutdown(wait=True)
 
 
 def test_an_answer_that_does_not_come_sends_a_busy_worker_back_to_one_event_per_thread(monkeypatch):
@@ -96,7 +96,7 @@ def test_an_answer_that_does_not_come_sends_a_busy_worker_back_to_one_event_per_
         assert (taker.limit.value, taker.limit.batch()) == (FLOOR, 1)
     finally:
         release.set()
-        taker._pool.shutdown(wait=True)
+        taker._together.shutdown(wait=True)
 
 
 def test_batches_run_together_always_run_on_the_same_thread(monkeypatch):
@@ -111,6 +111,8 @@ def test_batches_run_together_always_run_on_the_same_thread(monkeypatch):
         return [None] * len(entries)
 
     monkeypatch.setattr(consumer, "_handle_events", handle)
+    monkeypatch.setattr(consumer, "_handle_together",
+                        lambda batches: [None for b in batches for e in handle(*b, together=True)])
     taker = EventConsumer(redis.Redis(), ["default"], name="test", pool_size=400)  # no command sent
     stream = next(iter(taker.streams.values()))
     try:

@@ -52,7 +52,7 @@ from workers.consumer.gate import GATE
 from workers.consumer.in_flight import InFlightLimit
 from workers.eventlog import Entry
 from workers.metering import limits
-from workers.jobs import Arrival, handle_batch
+from workers.jobs import Arrival, handle_batch, handle_together
 from workers.worker_context import served, worker_context
 from workers.workspaces import using
 
@@ -103,6 +103,7 @@ class EventConsumer:
         self._together = ThreadPoolExecutor(1, thread_name_prefix="events-together")
         self._thread: threading.Thread | None = None
         self._next_maintenance = 0.0
+        self._claim_soon: set[str] = set()  # streams whose last claim may have left more to take over
         self._next_trim = 0.0
         self.sample_seconds = sample_seconds
         self._next_sample = 0.0
@@ -198,15 +199,26 @@ class EventConsumer:
         if not readable:  # no workspace served now, or every one paused
             self._stop.wait(READ_BLOCK_MS / 1000)
             return
+        self._claim_again()
+        per_thread = self.limit.batch()
+        if self.limit.together():
+            # A busy worker's batches run together on one thread (in_flight.py): each takes `per_thread`
+            # events of every workspace, in turns, so that a quiet workspace's event runs beside a noisy
+            # one's instead of waiting behind its batch.
+            count = max(1, min(self.per_workspace, free * per_thread // len(readable)))
+            batch = eventlog.read_new(self.connection, readable, self.name, count=count, block_ms=READ_BLOCK_MS)
+            mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
+            for i in range(0, len(mixed), per_thread):
+                self._hand_out(mixed[i:i + per_thread], together=True)
+            return
         # A fair share of the free threads for each workspace, handed out in turns (one of each
         # workspace, then the next of each), so one with a backlog cannot go ahead of the others.
         # A thread takes `per_thread` events of one workspace, one after the other (in_flight.py).
         share = max(1, min(self.per_workspace, free // len(readable)))
-        per_thread, together = self.limit.batch(), self.limit.together()
         batch = eventlog.read_new(self.connection, readable, self.name, count=share * per_thread,
                                   block_ms=READ_BLOCK_MS)
         for stream_key, entries in _in_turns(_chunks(batch, per_thread)):
-            self._submit(self.streams[stream_key], entries, together=together)
+            self._submit(self.streams[stream_key], entries)
 
     def _readable(self) -> list[str]:
         """The logs to read this turn: not those of a workspace paused since the worker last followed the registry.
@@ -259,23 +271,36 @@ class EventConsumer:
 
     def _submit(self, stream: _Stream, entries: list[Entry], *, together: bool = False) -> None:
         """Hand `entries` (of one stream) to one thread of the pool, which handles them one after the other,
-        or `together` (workers.jobs.handle_batch)."""
-        with self._lock:
-            entries = [entry for entry in entries if entry.id not in stream.handling]
-            if not entries:
-                return
-            stream.handling.update(entry.id for entry in entries)
-            self._in_flight += 1
-        future = (self._together if together else self._pool).submit(_handle_events, stream.workspace, entries,
-                                                                      together)
-        future.add_done_callback(lambda f, s=stream, e=entries: self._finished(s, e, f))
+        or `together` (workers.jobs.handle_together)."""
+        self._hand_out([(stream, entry) for entry in entries], together=together)
 
-    def _finished(self, stream: _Stream, entries: list[Entry], future: Future) -> None:
+    def _hand_out(self, items: list[tuple[_Stream, Entry]], *, together: bool) -> None:
+        """Hand `items` to one thread: the pool's, one after the other (one stream's), or the one that runs
+        batches together (of any streams)."""
+        with self._lock:
+            items = [(stream, entry) for stream, entry in items if entry.id not in stream.handling]
+            if not items:
+                return
+            for stream, entry in items:
+                stream.handling.add(entry.id)
+            self._in_flight += 1
+        groups: dict[str, tuple[_Stream, list[Entry]]] = {}
+        for stream, entry in items:
+            groups.setdefault(stream.key, (stream, []))[1].append(entry)
+        items = [(stream, entry) for stream, entries in groups.values() for entry in entries]  # as handled
+        if together:
+            future = self._together.submit(_handle_together, [(s.workspace, es) for s, es in groups.values()])
+        else:
+            (stream, entries), = groups.values()
+            future = self._pool.submit(_handle_events, stream.workspace, entries)
+        future.add_done_callback(lambda f, i=items: self._finished(i, f))
+
+    def _finished(self, items: list[tuple[_Stream, Entry]], future: Future) -> None:
         if future.cancelled():
-            errors = [None] * len(entries)
+            errors = [None] * len(items)
         else:  # what each entry raised; or, should the thread itself have failed, that for all of them
-            errors = future.result() if future.exception() is None else [future.exception()] * len(entries)
-        for entry, error in zip(entries, errors):
+            errors = future.result() if future.exception() is None else [future.exception()] * len(items)
+        for (stream, entry), error in zip(items, errors):
             if error is not None:
                 # Left pending: another delivery (after CLAIM_IDLE) tries again, up to MAX_DELIVERIES.
                 log.error("event %s (%s) not handled: %r", entry.event.get("id"), stream.workspace, error,
@@ -283,7 +308,7 @@ class EventConsumer:
                 if not isinstance(error, redis.RedisError):
                     _note_failure(self.connection, stream, entry, error)
         with self._space:
-            for entry, error in zip(entries, errors):
+            for (stream, entry), error in zip(items, errors):
                 stream.handling.discard(entry.id)
                 if not future.cancelled() and error is None:
                     stream.done.append(entry.id)
@@ -345,19 +370,36 @@ class EventConsumer:
         return due
 
     def _claim(self, stream: _Stream) -> None:
+        """Take over the stream's entries another worker left pending (it died): as many as there is room
+        for, in events (the limit's places times the events each takes), and at least one place's worth,
+        since they are older than any new event. If there may be more, again at the next turn."""
+        per_thread = self.limit.batch()
         with self._lock:
-            free = self.limit.value - self._in_flight
-        if free <= 0:
-            return
+            room = self.limit.value * per_thread - sum(len(s.handling) for s in self.streams.values())
+        count = max(room, per_thread)
         claimed = eventlog.claim_stale(self.connection, stream.key, self.name,
-                                       min_idle_ms=int(CLAIM_IDLE * 1000), count=free)
+                                       min_idle_ms=int(CLAIM_IDLE * 1000), count=count)
+        taken = []
         for entry, entry_id, deliveries in claimed:
             if entry is None or deliveries >= MAX_DELIVERIES:
                 _give_up(self.connection, stream, entry, entry_id, deliveries)
                 continue
             log.warning("event %s (%s): taken over from a worker that did not finish it (delivery %d)",
                         entry.event.get("id"), stream.workspace, deliveries + 1)
-            self._submit(stream, [entry])
+            taken.append(entry)
+        together = self.limit.together()
+        for i in range(0, len(taken), per_thread):
+            self._submit(stream, taken[i:i + per_thread], together=together)
+        if len(claimed) >= count:
+            self._claim_soon.add(stream.key)
+
+    def _claim_again(self) -> None:
+        """The claims that found as many entries as they asked for, again (there may be more) without
+        waiting for the next maintenance."""
+        soon, self._claim_soon = self._claim_soon, set()
+        for key in soon:
+            if key in self.streams:
+                self._claim(self.streams[key])
 
 
 def _chunks(batch: list[tuple[str, Entry]], size: int) -> list[tuple[str, list[Entry]]]:
@@ -404,11 +446,23 @@ def _note_failure(connection: redis.Redis, stream: _Stream, entry: Entry, error:
         log.exception("event %s (%s): could not keep the error as its trace", entry.event.get("id"), stream.workspace)
 
 
-def _handle_events(workspace: str, entries: list[Entry], together: bool = False) -> list[BaseException | None]:
-    """Handle the entries one after the other, or together (workers.jobs.handle_batch); what each raised
-    (None: handled), so one failure stops none of the others. Inside the process's gate (gate.py), out of
-    it while waiting for answers one after the other."""
+def _handle_events(workspace: str, entries: list[Entry]) -> list[BaseException | None]:
+    """Handle the entries one after the other (workers.jobs.handle_batch); what each raised (None:
+    handled), so one failure stops none of the others. Inside the process's gate (gate.py), out of it
+    while waiting for answers."""
     ctx = worker_context(workspace)
     with GATE.held(), using(ctx.workspace):
-        outcomes = handle_batch(ctx, [Arrival(e.event, e.accepted_at, e.id) for e in entries], together=together)
+        outcomes = handle_batch(ctx, [_arrival(e) for e in entries])
     return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
+
+
+def _handle_together(batches: list[tuple[str, list[Entry]]]) -> list[BaseException | None]:
+    """Handle the entries of each workspace, all at once (workers.jobs.handle_together); what each raised,
+    in order, one workspace after the other."""
+    with GATE.held():
+        outcomes = handle_together([(worker_context(w), [_arrival(e) for e in entries]) for w, entries in batches])
+    return [outcome if isinstance(outcome, BaseException) else None for part in outcomes for outcome in part]
+
+
+def _arrival(entry: Entry) -> Arrival:
+    return Arrival(entry.event, entry.accepted_at, entry.id)

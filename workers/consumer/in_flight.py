@@ -23,13 +23,15 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   less again (section 22); fewer threads with one event each bought nothing. Against an InLoox whose
   answers are what the events wait for, the limit stays at FLOOR or above and a thread takes one
   event, as before: eight writes one after the other would wait eight answers. The busy floor's thread
-  runs its TOGETHER events together (inloox/together.py), so that their answers overlap.
-  Answers slower than TOGETHER_QUICK there (InLoox's own) send it to FLOOR within a window. With less
-  than half a thread busy on average (the backlog gone) the limit goes back to FLOOR: a burst after a
-  quiet spell is not handled sixteen at a time, and a quiet workspace's event is not queued behind a
-  noisy one's batch. (Starting at the busy floor instead drained a quick burst with a third less CPU, but
-  made a quiet workspace wait behind a batch and took a dead worker's events back one at a time:
-  bench/RESULTS.md section 28);
+  runs its TOGETHER events together (inloox/together.py), so that their answers overlap; its batches
+  take every workspace's new events in turns (workers/consumer/), so a quiet workspace's event runs
+  beside a noisy one's batch, not behind it;
+- a worker starts at the busy floor, and goes back to it from below FLOOR once less than half a thread is
+  busy on average (the backlog gone; what it learned of a slow InLoox, FLOOR or more, it keeps): against
+  a quick InLoox that is the cheapest way from the first event on, and a burst met while the web takes
+  the cores is not handled at 48 threads, the dearest way (bench/RESULTS.md sections 28 and 29). Answers
+  slower than TOGETHER_QUICK there (InLoox's own) send it to FLOOR within a window, and so does a wait
+  for one answer longer than LONG_SECONDS, at once;
 - the same cut when the process used BUSY_CPU of a core or more in the window, however long the
   answers took: its threads share one GIL, so a thread whose answer came waits for the others before
   it sees it, and the answer times (and the events "awaiting one") grow with the threads until a quick
@@ -126,7 +128,7 @@ class InFlightLimit:
         self.ceiling = max(1, ceiling)
         self.floor = max(1, min(floor, self.ceiling))
         self.busy_floor = min(BUSY_FLOOR, self.floor)
-        self.value = self.floor
+        self.value = self.busy_floor
         self.usual: float | None = None  # seconds, the usual answer time
         self._take = take
         self._clock = clock
@@ -192,10 +194,11 @@ class InFlightLimit:
                most: int = 0) -> None:
         self._hold, self._probe_hold = max(0, self._hold - 1), max(0, self._probe_hold - 1)
         if in_flight < GONE and self.value < self.floor:
-            # The backlog is gone: the next burst starts from what was known to work (a probe under way too).
-            log.debug("events in flight: at most %d now, was %d (%.2f in flight: the backlog is gone)",
-                      self.floor, self.value, in_flight)
-            self.value, self._cut_from = self.floor, None
+            # The backlog is gone: the next burst starts at the busy floor (a probe under way ends too).
+            if (self.value, self._cut_from) != (self.busy_floor, None):
+                log.debug("events in flight: at most %d now, was %d (%.2f in flight: the backlog is gone)",
+                          self.busy_floor, self.value, in_flight)
+            self.value, self._cut_from = self.busy_floor, None
             return
         if not durations and self._cut_from is not None:
             self._probe_back(self._cut_from)  # a probe's window without one answer back: the answers are slow
