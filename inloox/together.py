@@ -8,12 +8,14 @@ request (inloox/awaited.py) hands it to the thread's event loop (`wait_for`), an
 meanwhile: one thread, the batch's requests in flight together. This is how SQLAlchemy drives asyncio
 database drivers from synchronous code (sqlalchemy.util.concurrency: greenlet_spawn, await_only).
 
-Only `wait_for` switches from one call to another (and `sleep`, a request budget's wait for a slot).
-Everything else a call does (Redis, templates, the rules' own code) runs as on a thread of its own, to its
-end or its next request, so thread-locals hold over that stretch, and a call that blocks (a Redis round
-trip, a rule's `http` step) holds up the thread's other calls as it held up the next event of the batch
-before. Each call starts with a copy of the caller's context variables (the workspace entered, a
-template's budget).
+Only `wait_for` switches from one call to another (and `sleep`, a request budget's wait for a slot, and
+`blocking`). Everything else a call does (Redis, templates, the rules' own code) runs as on a thread of its
+own, to its end or its next request, so thread-locals hold over that stretch, and a call that blocks (a
+Redis round trip) holds up the thread's other calls as it held up the next event of the batch before.
+What may block for long, a rule's `http` step or notification to a receiver the customer chose, goes
+through `blocking`: on a thread of BLOCKING_THREADS while the calls beside it go on, since one customer's
+slow receiver must not hold up the events of others in the batch. Each call starts with a copy of the
+caller's context variables (the workspace entered, a template's budget).
 
 greenlet, asyncio and uvloop are imported at the first `run`: a process that never runs calls together
 (the web, an idle worker) does not carry them.
@@ -27,6 +29,11 @@ from collections.abc import Callable
 from typing import Any
 
 _local = threading.local()  # `loop`: this thread's event loop; `running`: inside `run` now
+# Threads for `blocking`, shared by the process: a together batch has 16 calls at most, and a worker runs
+# one batch at a time (workers/consumer/). Started as needed.
+BLOCKING_THREADS = 16
+_blocking_pool = None
+_blocking_lock = threading.Lock()
 
 
 def awaiting() -> bool:
@@ -70,6 +77,25 @@ def sleep(seconds: float) -> None:
         wait_for(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)
+
+
+def blocking(call: Callable[[], Any]) -> Any:
+    """`call()`, which may block for long (a request to a server outside InLoox): on one of `run`'s
+    greenlets, on another thread, awaited while the thread's other calls go on; else here. What it
+    returned, or raises what it raised."""
+    if not awaiting():
+        return call()
+    return wait_for(_loop().run_in_executor(_pool(), contextvars.copy_context().run, call))
+
+
+def _pool():
+    global _blocking_pool
+    with _blocking_lock:
+        if _blocking_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _blocking_pool = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="blocking")
+        return _blocking_pool
 
 
 async def _all(calls: list[Callable[[], Any]], every: tuple[float, Callable[[], None]] | None) -> list[Any]:

@@ -14,6 +14,7 @@ InLoox first, which is all an early mark costs should the run stop before sendin
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 import redis
 
 from engine import diff_snapshots
-from inloox import Client, InLooxError, NotFound, OutcomeUnknown, contains, raw
+from inloox import Client, InLooxError, NotFound, OutcomeUnknown, contains, raw, together
 from inloox.connections import exchanges
 from workers import failpoints, ledger
 from workers.outbound import OutboundPolicy, OutboundRefused, http, notify
@@ -203,6 +204,16 @@ def _timed(send: Callable[[], object]) -> Callable[[], object]:
     client records its own requests.)
     """
     def timed():
+        if together.awaiting():
+            # In a batch run together: on a thread of its own, awaited beside the batch's other calls, which
+            # go on meanwhile (other workspaces' too): a receiver the customer chose may take its whole
+            # timeout. The batch's thread keeps its place in the gate: it goes on working.
+            started = time.monotonic()
+            with exchanges.awaited():
+                try:
+                    return together.blocking(send)
+                finally:
+                    exchanges.record(time.monotonic() - started)
         with exchanges.exchange():  # also out of the worker's gate while waiting (workers/consumer/gate.py)
             return send()
     return timed

@@ -181,7 +181,7 @@ def test_a_run_whose_lease_ran_out_while_its_batch_was_slow_is_left_to_the_execu
 def test_an_event_run_together_after_its_thread_was_held_up_renews_its_lease_first(
         redis_url, sandbox, tmp_path, batched_counts, monkeypatch):
     """Run together, an event starts when the one before waits for InLoox. Should that one first hold the
-    thread with a call that blocks it (a rule's `http` step to a slow receiver) past the batch's leases, the
+    thread with a call that blocks it (a Redis round trip that waits for a failover) past the batch's leases, the
     next events' leases are renewed before they run, and a run another executor took meanwhile is left to it."""
     ensure_project(sandbox)
     write_form_rule(tmp_path)
@@ -205,3 +205,62 @@ def test_an_event_run_together_after_its_thread_was_held_up_renews_its_lease_fir
     assert [r["status"] for r in runs] == ["succeeded", "succeeded", "queued"]
     assert watcher.get(lock) == b"other", "the other executor still holds the third run"
     assert _tasks(sandbox) == ["Task 0", "Task 1", "Task 2"]
+
+
+SLOW_NOTIFY_RULE = """
+id: note-forms
+description: Tell the team about each form.
+when:
+  - webhook: forms
+then:
+  - notify: "{url}"
+    title: Form
+    body: "{{{{ webhook.body.title }}}}"
+"""
+
+
+def test_a_slow_receiver_of_one_workspace_holds_up_none_of_the_other_events_run_together(
+        redis_url, sandbox, tmp_path, batched_counts, receiver):
+    """A busy worker runs every workspace's events together on one thread (workers.jobs.handle_together). One
+    customer's notification to a receiver that takes seconds to answer must not hold up another customer's
+    event beside it. Before: the notification's request held the thread, and the whole batch, until the
+    answer came (up to its timeout)."""
+    from workers.worker_context import build_context
+    from workers.jobs import handle_together
+
+    ensure_project(sandbox)
+    (tmp_path / "quick").mkdir()
+    (tmp_path / "slow").mkdir()
+    write_form_rule(tmp_path / "quick")
+    (tmp_path / "slow" / "forms.yaml").write_text(SLOW_NOTIFY_RULE.format(url=receiver.json_url))
+    quick_ctx, quick = _context(redis_url, sandbox, tmp_path / "quick")
+    slow = workspaces.Workspace("slow", sandbox.base_url, sandbox.token, rules_path=str(tmp_path / "slow"),
+                                limits=workspaces.Limits(inloox_requests_per_second=0))
+    slow_ctx = build_context({"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": "127.0.0.1", "RULES_ENV": "",
+                              "DELIVERY_RETRY_SECONDS": ""}, slow, quick_ctx.connection)
+    with workspaces.using(quick):
+        handle(quick_ctx, _event(0), accepted_at=time.time())  # rules read, connections open
+    receiver.delay = 3.0
+    created, stop = [], threading.Event()
+
+    def watch_tasks():
+        while not stop.is_set() and not created:
+            if "Task 2" in _tasks(sandbox):
+                created.append(time.monotonic())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch_tasks, daemon=True)
+    began = time.monotonic()
+    watcher.start()
+    try:  # the slow workspace's event first, as the consumer's turns may put it
+        outcomes = handle_together([(slow_ctx, [Arrival(_event(1), 0.0)]), (quick_ctx, [Arrival(_event(2), 0.0)])])
+    finally:
+        stop.set()
+        watcher.join(5)
+    took = time.monotonic() - began
+
+    assert not [o for part in outcomes for o in part if isinstance(o, BaseException)], outcomes
+    assert took >= 3.0 and len(receiver.received) == 1, "the slow notification was sent once, and waited for"
+    assert created and created[0] - began < 1.5, "the other workspace's task waited for the slow receiver"
+    with workspaces.using(quick):
+        assert load_run(quick_ctx.connection, run_id_of(2))["status"] == "succeeded"
