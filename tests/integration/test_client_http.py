@@ -337,6 +337,22 @@ def test_calls_run_together_have_their_requests_in_flight_at_once(server):
     assert sorted(r["body"]["Name"] for r in server.received) == [f"task {n}" for n in range(4)]
 
 
+def test_calls_run_together_through_a_proxy_have_their_requests_in_flight_at_once(server, other_server, monkeypatch):
+    """A route through a proxy keeps urllib3 (inloox/awaited.py does not speak to proxies); run together, its
+    requests wait on threads of their own. Before, each held the batch's thread until its answer came, and
+    with it every other event of the batch, other workspaces' too. The proxy answers none of four writes
+    before all four arrived."""
+    _clear_proxy_settings(monkeypatch)
+    proxy = other_server  # a plain HTTP server standing in as the proxy: it answers what it is asked
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.httpd.server_port}")
+    proxy.reply("POST", "Task", status=201, body={"TaskItemId": GUID}, hang=threading.Barrier(4, timeout=5).wait)
+    with Client(server.url, TOKEN, timeout=(2, 10)) as client:
+        outcomes = together.run([lambda n=n: client.create("Task", {"Name": f"task {n}"}) for n in range(4)])
+    assert outcomes == [{"TaskItemId": GUID}] * 4
+    assert sorted(r["body"]["Name"] for r in proxy.received) == [f"task {n}" for n in range(4)]
+    assert server.received == []
+
+
 def test_a_dropped_post_has_an_unknown_outcome(server, client, via):
     server.reply("POST", "Task", body=DROP)
     with pytest.raises(OutcomeUnknown):
