@@ -111,30 +111,56 @@ def handle_together(batches: list[tuple[WorkerContext, list[Arrival]]]) -> list[
     (inloox/together.py): while one event waits for InLoox, the next goes on, instead of each waiting its
     turn; per workspace, what each of its events returned or raised.
 
-    Each workspace's runs are stored in one round trip, and its succeeded runs are stored together as they
+    Every workspace's runs are stored in one round trip, and the succeeded runs are stored together as they
     end (`Ending`): when Ending.MAX_WAIT has passed since the first waiting one, and after the last event.
     A busy worker's one thread of batches takes every workspace's new events in turns
     (workers/consumer/), so that a quiet workspace's event runs beside a noisy one's instead of behind
-    its batch.
+    its batch; one round trip for all of them, not one per workspace, keeps that as cheap as one
+    workspace's batch.
     """
-    parts = [_Together(ctx, arrivals) for ctx, arrivals in batches]
+    parts = [_Part(ctx, arrivals) for ctx, arrivals in batches]
     for part, i in _in_turns([[(part, i) for i in range(len(part.arrivals))] for part in parts]):
         part.plan(i)  # in turns too: what a trace says was handled first is
-    for part in parts:
-        part.start()
+    _each_round_trip(parts, _Part.queue_start, _Part.started)
 
-    def tick() -> None:
-        for part in parts:
-            part.store_due()
+    def store_due(now: bool = False) -> None:
+        _each_round_trip([part for part in parts if now or part.ending.due()], _Part.queue_end, _Part.ended)
 
     live = _in_turns([[(part, event) for event in part.live] for part in parts])
-    calls = [functools.partial(part.execute, *event) for part, event in live]
-    for (part, (i, *_)), outcome in zip(live, together.run(calls, every=(Ending.MAX_WAIT, tick))):
+    calls = [functools.partial(part.execute, *event, store_due=store_due) for part, event in live]
+    for (part, (i, *_)), outcome in zip(live, together.run(calls, every=(Ending.MAX_WAIT, store_due))):
         if isinstance(outcome, BaseException):  # not the event's own error (_execute_event keeps that)
             part.outcomes[i] = outcome
-    for part in parts:
-        part.store_due(now=True)
+    store_due(now=True)
     return [part.outcomes for part in parts]
+
+
+def _each_round_trip(parts: list[_Part], queue, after) -> None:
+    """For each part, `queue(part, pipe)` on a pipeline of its own (True: something to send), then one round
+    trip for all of them (per Redis connection: every workspace of a worker shares the process's), then
+    `after(part, replies)`, its replies or the error of its round trip. Each inside its workspace."""
+    by_connection: dict[int, list[tuple[_Part, object]]] = {}
+    for part in parts:
+        pipe = part.ctx.connection.pipeline(transaction=False)
+        try:
+            with workspaces.using(part.ctx.workspace):
+                queued = queue(part, pipe)
+        except Exception as exc:  # noqa: BLE001 - that part's error: its half-queued pipeline is not sent
+            pipe.reset()
+            with workspaces.using(part.ctx.workspace):
+                after(part, exc)
+            continue
+        if queued:
+            by_connection.setdefault(id(part.ctx.connection), []).append((part, pipe))
+        else:
+            pipe.reset()
+    for gathered in by_connection.values():
+        connection = gathered[0][0].ctx.connection
+        for (part, pipe), replies in zip(gathered, round_trips.shared(connection).execute_each(
+                [pipe for _, pipe in gathered])):
+            pipe.reset()
+            with workspaces.using(part.ctx.workspace):
+                after(part, replies)
 
 
 def _in_turns(lists: list[list]) -> list:
@@ -150,7 +176,9 @@ def _started_batch(ctx: WorkerContext, arrivals: list[Arrival]) -> tuple[list, l
     planned = []
     for i, arrival in enumerate(arrivals):
         _plan_into(ctx, arrival, i, planned, outcomes)
-    starts, stored = _start_planned(ctx, planned, outcomes)
+    starts = _start_each(ctx, [p for _, p in planned], outcomes, [i for i, _ in planned])
+    stored = time.monotonic()  # when the batch's leases were taken
+    failpoints.hit("runs_stored")  # tests only (inert unless ENGINE_FAILPOINTS is set)
     return outcomes, planned, starts, stored
 
 
@@ -162,17 +190,10 @@ def _plan_into(ctx: WorkerContext, arrival: Arrival, i: int, planned: list, outc
         outcomes[i] = exc
 
 
-def _start_planned(ctx: WorkerContext, planned: list, outcomes: list) -> tuple[list, float]:
-    """Store the planned events' runs in one round trip: what `_start_each` returned, and when."""
-    starts = _start_each(ctx, [p for _, p in planned], outcomes, [i for i, _ in planned])
-    stored = time.monotonic()  # when the batch's leases were taken
-    failpoints.hit("runs_stored")  # tests only (inert unless ENGINE_FAILPOINTS is set)
-    return starts, stored
-
-
-class _Together:
+class _Part:
     """One workspace's part of a batch run together (`handle_together`): its events, planned and started,
-    their outcomes, and their succeeded runs waiting to be stored.
+    their outcomes, and their succeeded runs waiting to be stored. Its round trips are the batch's
+    (`_each_round_trip`): `queue_start` and `started`, `queue_end` and `ended`.
 
     An event starts when the one before waits for InLoox, or is done: after a call that blocks the thread
     (a Redis round trip) that may be a while, and its runs' leases, taken with the batch, are then renewed
@@ -182,29 +203,46 @@ class _Together:
         self.ctx, self.arrivals = ctx, arrivals
         self.outcomes: list[dict | BaseException | None] = [None] * len(arrivals)
         self.planned: list = []
+        self.starts: list = []
         self.live: list[tuple] = []  # (index, the parsed event, what `_start_each` returned) of each to run
         self.stored = 0.0
         self.ending = Ending(ctx.connection)
         self.waiting: list[int] = []  # the events with succeeded runs in `ending`
+        self.ends: tuple | None = None  # what `queue_end` took from `ending`, until `ended`
 
     def plan(self, i: int) -> None:
         with workspaces.using(self.ctx.workspace):
             _plan_into(self.ctx, self.arrivals[i], i, self.planned, self.outcomes)
 
-    def start(self) -> None:
-        """Store the planned events' runs: one round trip."""
-        with workspaces.using(self.ctx.workspace):
-            starts, self.stored = _start_planned(self.ctx, self.planned, self.outcomes)
+    def queue_start(self, pipe) -> bool:
+        self.starts = _queue_each(self.ctx, pipe, [p for _, p in self.planned])
+        return bool(self.planned)
+
+    def started(self, replies: list | BaseException) -> None:
+        starts = _after_each(self.ctx, self.starts, replies, self.outcomes, [i for i, _ in self.planned])
+        self.stored = time.monotonic()  # when the batch's leases were taken
+        failpoints.hit("runs_stored")  # tests only (inert unless ENGINE_FAILPOINTS is set)
         self.live = [(i, parsed, started) for (i, (parsed, *_)), started in zip(self.planned, starts)
                      if self.outcomes[i] is None]
 
-    def store_due(self, *, now: bool = False) -> None:
-        if self.ending.due() or now:
-            with workspaces.using(self.ctx.workspace):
-                _end(self.ending, self.waiting, self.outcomes)
-            self.waiting.clear()
+    def queue_end(self, pipe) -> bool:
+        waiting, self.waiting = self.waiting, []
+        self.ends = (waiting, *self.ending.queue(pipe))
+        return bool(self.ends[1])
 
-    def execute(self, i: int, parsed: Event, started: tuple) -> None:
+    def ended(self, replies: list | BaseException) -> None:
+        waiting, taken, queued = self.ends or ([], [], [])
+        self.ends = None
+        try:
+            if isinstance(replies, BaseException):
+                raise replies
+            Ending.after(taken, queued, replies)
+        except Exception as exc:  # noqa: BLE001 - those events' error (as `_end`)
+            for i in waiting:
+                if not isinstance(self.outcomes[i], BaseException):
+                    self.outcomes[i] = exc
+
+    def execute(self, i: int, parsed: Event, started: tuple, *, store_due) -> None:
         with workspaces.using(self.ctx.workspace):
             if time.monotonic() - self.stored > self.ctx.run_lease / 2:
                 started = (started[0], [_renewed(here) for here in started[1]])
@@ -212,7 +250,7 @@ class _Together:
             self.outcomes[i] = _execute_event(self.ctx, parsed, self.arrivals[i].event, started, share)
             if share.added:
                 self.waiting.append(i)
-        self.store_due()
+        store_due()
 
 
 class _Share:
@@ -281,15 +319,30 @@ def _start_each(ctx: WorkerContext, planned: list, outcomes: list, indexes: list
     here), or its error in `outcomes` (a failed round trip is every event's)."""
     if not planned:
         return []
+    starts: list[_Start] = []
     try:
         with ctx.connection.pipeline(transaction=False) as pipe:
-            starts = [_queue_starts(ctx, pipe, plans, now, version, here=True, trace=trace)
-                      for _, plans, now, version, trace in planned]
+            starts = _queue_each(ctx, pipe, planned)
             replies = round_trips.shared(ctx.connection).execute(pipe)  # with other threads' runs
     except Exception as exc:  # noqa: BLE001 - Redis away: no event of the batch was started
+        replies = exc
+    return _after_each(ctx, starts, replies, outcomes, indexes)
+
+
+def _queue_each(ctx: WorkerContext, pipe, planned: list) -> list[_Start]:
+    """Queue the runs of each planned event (what `_plan` returned for it) on `pipe`."""
+    return [_queue_starts(ctx, pipe, plans, now, version, here=True, trace=trace)
+            for _, plans, now, version, trace in planned]
+
+
+def _after_each(ctx: WorkerContext, starts: list, replies: list | BaseException, outcomes: list,
+                indexes: list[int]) -> list:
+    """After `_queue_each`'s round trip: per event (its run ids, the runs to run here), or its error in
+    `outcomes` (a failed round trip, `replies` an exception, is every event's)."""
+    if isinstance(replies, BaseException):  # Redis away: no event of the batch was started
         for i in indexes:
-            outcomes[i] = exc
-        return [None] * len(planned)
+            outcomes[i] = replies
+        return [None] * len(indexes)
     results = []
     for i, start in zip(indexes, starts):
         here: list[tuple[str, dict | None, tuple | None]] = []
@@ -733,15 +786,27 @@ class Ending:
     def flush(self) -> None:
         """Store every waiting run: one round trip. Raises what Redis raised (then nothing was taken
         back: the runs' locks run out, and their events are handled again)."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            taken, queued = self.queue(pipe)
+            if not taken:
+                return
+            replies = round_trips.shared(self.connection).execute(pipe)
+        self.after(taken, queued, replies)
+
+    def queue(self, pipe) -> tuple[list, list]:
+        """Take every waiting run and queue its writes on `pipe`: (the runs taken, what each queued), for
+        `after` once the round trip is back (a batch run together sends several workspaces' in one)."""
         waiting, self._waiting = self._waiting, []
         if not waiting:
-            return
+            return [], []
         failpoints.hit("runs_ending")  # tests only (inert unless ENGINE_FAILPOINTS is set)
-        with self.connection.pipeline(transaction=False) as pipe:
-            queued = [queue(pipe) for queue, _ in waiting]
-            replies = round_trips.shared(self.connection).execute(pipe)
+        return waiting, [queue(pipe) for queue, _ in waiting]
+
+    @staticmethod
+    def after(taken: list, queued: list, replies: list) -> None:
+        """Each taken run's own after-work; raises the first failure, once every run had its turn."""
         failed = None
-        for (_, stopped), it in zip(waiting, queued):
+        for (_, stopped), it in zip(taken, queued):
             try:  # each run's own after-work (its log line, its chat answer), whatever another's did
                 stopped(replies, it)
             except Exception as exc:  # noqa: BLE001 - raised below, once every run had its turn

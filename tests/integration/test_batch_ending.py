@@ -264,3 +264,39 @@ def test_a_slow_receiver_of_one_workspace_holds_up_none_of_the_other_events_run_
     assert created and created[0] - began < 1.5, "the other workspace's task waited for the slow receiver"
     with workspaces.using(quick):
         assert load_run(quick_ctx.connection, run_id_of(2))["status"] == "succeeded"
+
+
+def test_a_batch_run_together_stores_every_workspaces_runs_in_the_same_two_round_trips(
+        redis_url, sandbox, tmp_path, batched_counts):
+    """A busy worker's batch takes every workspace's events in turns (workers/consumer/): their runs are
+    stored in one round trip and ended in one more, as one workspace's are, not two per workspace."""
+    from workers.jobs import handle_together
+    from workers.worker_context import build_context
+
+    ensure_project(sandbox)
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    write_form_rule(tmp_path / "first")
+    write_form_rule(tmp_path / "second")
+    first_ctx, first = _context(redis_url, sandbox, tmp_path / "first")
+    second = workspaces.Workspace("second", sandbox.base_url, sandbox.token, rules_path=str(tmp_path / "second"),
+                                  limits=workspaces.Limits(inloox_requests_per_second=0))
+    second_ctx = build_context({"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": "", "RULES_ENV": "",
+                                "DELIVERY_RETRY_SECONDS": ""}, second, first_ctx.connection)
+    for ctx, workspace, n in ((first_ctx, first, 0), (second_ctx, second, 100)):
+        with workspaces.using(workspace):
+            handle(ctx, _event(n), accepted_at=time.time())  # rules read, scripts cached, connections open
+    half = BATCH // 2
+    sent_before = _CountingConnection.sent
+    outcomes = handle_together([(first_ctx, [Arrival(_event(n), 0.0) for n in range(1, half + 1)]),
+                                (second_ctx, [Arrival(_event(n), 0.0) for n in range(101, 101 + half)])])
+    round_trips = (_CountingConnection.sent - sent_before) / BATCH
+    with workspaces.using(first):
+        runs = [load_run(first_ctx.connection, run_id_of(n)) for n in range(1, half + 1)]
+    with workspaces.using(second):
+        runs += [load_run(second_ctx.connection, run_id_of(n)) for n in range(101, 101 + half)]
+
+    assert [[o["runs"] for o in part] for part in outcomes] == [
+        [[run_id_of(n)] for n in range(1, half + 1)], [[run_id_of(n)] for n in range(101, 101 + half)]]
+    assert [r["status"] for r in runs] == ["succeeded"] * BATCH
+    assert round_trips <= MAX_ROUND_TRIPS_PER_RUN, f"{round_trips:.2f} round trips per run"

@@ -98,6 +98,31 @@ def test_each_thread_gets_its_own_replies_and_only_its_own_errors(redis_url):
     assert connection.get("key:1") == b"1", "the erring thread's other commands ran, as in its own pipeline"
 
 
+def test_one_threads_pipelines_in_one_round_trip_each_get_their_own_replies_and_errors(redis_url):
+    """A batch run together holds several workspaces' pipelines (workers.jobs.handle_together): one round
+    trip for all, each pipeline's replies its own, an error reply its own, a lost connection every one's."""
+    connection = redis.Redis.from_url(redis_url)
+    connection.set("words", "not a number")
+    trips = RoundTrips(connection, window=0.2)
+    pipes = [connection.pipeline(transaction=False) for _ in range(3)]
+    for n, pipe in enumerate(pipes):
+        pipe.set(f"key:{n}", n)
+        pipe.incr("words" if n == 1 else f"count:{n}")
+        pipe.get(f"key:{n}")
+
+    first, second, third = trips.execute_each(pipes)
+
+    assert (trips.sent, trips.carried) == (1, 3)
+    assert first == [True, 1, b"0"] and third == [True, 1, b"2"]
+    assert isinstance(second, redis.ResponseError) and "Command # 2 (INCRBY words 1)" in str(second)
+    assert connection.get("key:1") == b"1", "the erring pipeline's other commands ran, as in its own round trip"
+    assert all(pipe.command_stack == [] for pipe in pipes)
+    gone = redis.Redis(port=free_port(), socket_connect_timeout=1)  # nothing listens there
+    trips.connection = gone
+    lost = trips.execute_each([gone.pipeline(transaction=False).set(f"lost:{n}", n) for n in range(2)])
+    assert [type(r) for r in lost] == [redis.ConnectionError] * 2
+
+
 def test_a_lost_connection_is_raised_in_every_thread_of_the_round_trip(redis_url):
     connection = redis.Redis.from_url(redis_url)
     trips = RoundTrips(connection, window=0.2)

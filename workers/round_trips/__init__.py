@@ -105,6 +105,39 @@ class RoundTrips:
                 raise reply
         return turn.replies
 
+    def execute_each(self, pipes: list) -> list[list | BaseException]:
+        """This thread's `pipes` in one round trip of their own, gathered with no other thread's: for each,
+        what its `pipe.execute()` would have returned, or the error it would have raised (an error reply
+        to one of its commands is its own; a lost connection is every one's). Each pipe is left empty.
+
+        A batch run together holds several workspaces' pipelines (workers.jobs.handle_together): one round
+        trip for all of them, as one workspace's batch has."""
+        stacks = []
+        for pipe in pipes:
+            stacks.append(pipe.command_stack)
+            pipe.command_stack = []
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for commands in stacks:
+                    pipe.command_stack.extend(commands)
+                replies = pipe.execute(raise_on_error=False) if pipe.command_stack else []
+        except Exception as exc:  # noqa: BLE001 - every pipeline's error
+            return [exc] * len(pipes)
+        with self._lock:
+            self.sent += 1
+            self.carried += len(pipes)
+        results: list[list | BaseException] = []
+        at = 0
+        for pipe, commands in zip(pipes, stacks):
+            mine, at = replies[at:at + len(commands)], at + len(commands)
+            failed = next((n for n, reply in enumerate(mine, start=1) if isinstance(reply, ResponseError)), None)
+            if failed is not None:
+                pipe.annotate_exception(mine[failed - 1], failed, commands[failed - 1][0])
+                results.append(mine[failed - 1])
+            else:
+                results.append(mine)
+        return results
+
     def _lead(self, group: list[_Turn], wait: float) -> None:
         interrupted = None
         if wait:
