@@ -32,12 +32,14 @@ from urllib3.exceptions import ProtocolError
 
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 0.5  # how late past its deadline a head may be cut: the watcher's only cost is waking this often
+STALL_SECONDS = 30.0  # a watcher that has not turned for this long is not running (/readyz says so)
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("inloox_answer_deadline", default=None)
 _watched: dict[int, tuple[float, socket.socket]] = {}  # ticket -> (deadline, socket)
 _tickets = itertools.count()  # next() on a count is atomic
 _watcher_lock = threading.Lock()
 _watcher: threading.Thread | None = None
+_last_turn = 0.0  # time.monotonic() of the watcher's last look at the list
 
 
 @contextmanager
@@ -124,13 +126,40 @@ def unwatch(ticket: int) -> bool:
 
 
 def _start_watcher() -> None:
-    global _watcher
+    global _watcher, _last_turn
     if _watcher is not None:
         return
     with _watcher_lock:
         if _watcher is None:
+            _last_turn = time.monotonic()
             _watcher = threading.Thread(target=_watch, name="answer-deadlines", daemon=True)
             _watcher.start()
+
+
+def trouble() -> str | None:
+    """Why the watcher is not keeping deadlines ("answer deadlines stopped" or "... stalled"), or None:
+    running, or not needed yet (no answer waited for so far). Without it, an answer that drips its head
+    a byte at a time holds its thread, and with it a batch of events, for as long as its server likes."""
+    watcher = _watcher
+    if watcher is None:
+        return None
+    if not watcher.is_alive():
+        return "answer deadlines stopped"
+    return "answer deadlines stalled" if time.monotonic() - _last_turn > STALL_SECONDS else None
+
+
+def keep_running() -> bool:
+    """Start the watcher again if its thread ended; True if it had to."""
+    global _watcher
+    watcher = _watcher
+    if watcher is None or watcher.is_alive():
+        return False
+    log.error("the answer-deadline watcher had ended; starting it again")
+    with _watcher_lock:
+        if _watcher is watcher:
+            _watcher = None
+    _start_watcher()
+    return True
 
 
 def _forget_watcher() -> None:
@@ -143,10 +172,12 @@ os.register_at_fork(after_in_child=_forget_watcher)
 
 
 def _watch() -> None:
+    global _last_turn
     while True:
         time.sleep(CHECK_SECONDS)
+        _last_turn = time.monotonic()
         try:
-            _cut_overdue(time.monotonic())
+            _cut_overdue(_last_turn)
         except Exception:  # noqa: BLE001 - a watcher that died would stop keeping every deadline, silently
             log.exception("could not cut off the answers past their deadline; trying again")
 

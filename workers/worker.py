@@ -47,6 +47,7 @@ from rq.registry import clean_registries
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
+from inloox import deadlines
 from workers import activity, failpoints, metrics, registry
 from workers.consumer import EventConsumer
 from workers.poller.process import Polling
@@ -186,16 +187,20 @@ class Worker(SimpleWorker):
             self.consumer.follow(running)
 
     def _consumer_beat(self) -> None:
-        """Start a dead consumer (or poller) thread again, and say for /readyz (CONSUMER_BEAT) whether they run."""
+        """Start a dead consumer, poller or answer-deadline watcher thread again, and say for /readyz (CONSUMER_BEAT)
+        whether they run."""
         if self.consumer is not None:
             self.consumer.keep_running()  # every turn (≤ IDLE_WAKE_SECONDS)
         if self.polling is not None:
             self.polling.keep_running()
+        deadlines.keep_running()
         if time.monotonic() < self._next_beat:
             return
         state = "none" if self.consumer is None else "running" if self.consumer.running() else self.consumer.trouble()
         if state in ("none", "running") and self.polling is not None:
             state = self.polling.trouble() or state
+        if state in ("none", "running"):  # the poller's trouble says it already when the worker polls
+            state = deadlines.trouble() or state
         try:
             self.connection.set(CONSUMER_BEAT + self.name, state, ex=CONSUMER_BEAT_TTL)
         except redis.RedisError:

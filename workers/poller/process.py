@@ -16,6 +16,7 @@ from typing import Callable
 
 import redis
 
+from inloox import deadlines
 from workers import failpoints
 from workers.logs import configure_logging, follow_registry
 from workers.poller import beats as poller_beats
@@ -111,12 +112,14 @@ class Polling:
             log.exception("the %s loop stopped on an error", name)
 
     def keep_running(self) -> None:
-        """Start again a loop whose thread ended while no stop was asked for (its traceback is in the log)."""
+        """Start again a loop whose thread ended while no stop was asked for (its traceback is in the log),
+        and the watcher of InLoox's answer deadlines (inloox/deadlines.py)."""
         for name, thread in list(self.threads.items()):
             if not thread.is_alive() and not self.stop_event.is_set():
                 log.error("the %s loop had stopped; starting it again", name)
                 self.restarted_at[name] = time.monotonic()
                 self.start(name)
+        deadlines.keep_running()
 
     def trouble(self) -> str | None:
         """What is wrong with the loops ("poller failing", "scheduler stopped", …); None when all run.
@@ -130,7 +133,7 @@ class Polling:
         if dead:
             return f"{' and '.join(dead)} stopped"
         failing = sorted(self.failing)  # once: the loops' threads change it
-        return f"{' and '.join(failing)} failing" if failing else None
+        return f"{' and '.join(failing)} failing" if failing else deadlines.trouble()
 
     def supervise(self) -> None:
         """The loops on threads of their own until `stop_event` is set; this thread starts a dead one again
