@@ -98,9 +98,17 @@ def ensure_group(connection: redis.Redis, stream: str) -> None:
 
 
 def read_new(connection: redis.Redis, streams: list[str], consumer: str, *, count: int,
-             block_ms: int | None) -> list[tuple[str, Entry]]:
-    """Up to `count` entries per stream not yet delivered to any worker, now delivered to `consumer`."""
-    answer = connection.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+             block_ms: int | None, acks: dict[str, list[str]] | None = None) -> list[tuple[str, Entry]]:
+    """Up to `count` entries per stream not yet delivered to any worker, now delivered to `consumer`;
+    `acks` (entry ids by stream, handled) acknowledged first, in the same round trip."""
+    if acks:
+        with connection.pipeline(transaction=False) as pipe:
+            for stream, ids in acks.items():
+                ack(pipe, stream, ids)
+            pipe.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+            answer = pipe.execute()[-1]
+    else:
+        answer = connection.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
     return [(as_text(stream), decode_entry(entry_id, fields))
             for stream, entries in answer or [] for entry_id, fields in entries if fields]
 

@@ -103,3 +103,24 @@ def test_a_busy_worker_takes_over_a_dead_workers_events_a_batch_at_a_time(connec
         taker._together.shutdown(wait=True)
     assert sorted(i for batch in handed for i in batch) == sorted(f"webhook:forms:m{n}" for n in range(40))
     assert len(handed) == 3 and max(len(batch) for batch in handed) == TOGETHER, [len(b) for b in handed]
+
+
+def test_handled_entries_are_acknowledged_in_the_round_trip_that_reads_the_next(redis_url):
+    """A quiet worker's events come one at a time: reading the next one and acknowledging the last are one
+    round trip, not two (workers/consumer/)."""
+    from tests.integration.test_run_round_trips import _CountingConnection
+
+    counting = redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_url,
+                                                                         connection_class=_CountingConnection))
+    with workspaces.using(WORKSPACE):
+        stream = eventlog.stream_key("default")
+        eventlog.ensure_group(counting, stream)
+        accept(counting, 1)
+        [(_, first)] = eventlog.read_new(counting, [stream], "worker-a", count=1, block_ms=None)
+        accept(counting, 2)
+        sent = _CountingConnection.sent
+        [(_, second)] = eventlog.read_new(counting, [stream], "worker-a", count=1, block_ms=100,
+                                          acks={stream: [first.id]})
+        assert _CountingConnection.sent - sent == 1
+        assert second.event["id"] == "webhook:forms:m2"
+        assert [e.id for e in eventlog.waiting(counting, workspace="default")] == [second.id]
