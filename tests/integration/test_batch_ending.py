@@ -207,6 +207,16 @@ def test_an_event_run_together_after_its_thread_was_held_up_renews_its_lease_fir
     assert _tasks(sandbox) == ["Task 0", "Task 1", "Task 2"]
 
 
+def _another_workspace(name: str, sandbox, rules_dir, connection, *, outbound_allow: str = ""):
+    """The context of a workspace beside `_context`'s, on the same Redis connection (as a worker's are)."""
+    from workers.worker_context import build_context
+
+    workspace = workspaces.Workspace(name, sandbox.base_url, sandbox.token, rules_path=str(rules_dir),
+                                     limits=workspaces.Limits(inloox_requests_per_second=0))
+    return build_context({"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": outbound_allow, "RULES_ENV": "",
+                          "DELIVERY_RETRY_SECONDS": ""}, workspace, connection)
+
+
 SLOW_NOTIFY_RULE = """
 id: note-forms
 description: Tell the team about each form.
@@ -225,7 +235,6 @@ def test_a_slow_receiver_of_one_workspace_holds_up_none_of_the_other_events_run_
     customer's notification to a receiver that takes seconds to answer must not hold up another customer's
     event beside it. Before: the notification's request held the thread, and the whole batch, until the
     answer came (up to its timeout)."""
-    from workers.worker_context import build_context
     from workers.jobs import handle_together
 
     ensure_project(sandbox)
@@ -234,10 +243,7 @@ def test_a_slow_receiver_of_one_workspace_holds_up_none_of_the_other_events_run_
     write_form_rule(tmp_path / "quick")
     (tmp_path / "slow" / "forms.yaml").write_text(SLOW_NOTIFY_RULE.format(url=receiver.json_url))
     quick_ctx, quick = _context(redis_url, sandbox, tmp_path / "quick")
-    slow = workspaces.Workspace("slow", sandbox.base_url, sandbox.token, rules_path=str(tmp_path / "slow"),
-                                limits=workspaces.Limits(inloox_requests_per_second=0))
-    slow_ctx = build_context({"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": "127.0.0.1", "RULES_ENV": "",
-                              "DELIVERY_RETRY_SECONDS": ""}, slow, quick_ctx.connection)
+    slow_ctx = _another_workspace("slow", sandbox, tmp_path / "slow", quick_ctx.connection, outbound_allow="127.0.0.1")
     with workspaces.using(quick):
         handle(quick_ctx, _event(0), accepted_at=time.time())  # rules read, connections open
     receiver.delay = 3.0
@@ -271,7 +277,6 @@ def test_a_batch_run_together_stores_every_workspaces_runs_in_the_same_two_round
     """A busy worker's batch takes every workspace's events in turns (workers/consumer/): their runs are
     stored in one round trip and ended in one more, as one workspace's are, not two per workspace."""
     from workers.jobs import handle_together
-    from workers.worker_context import build_context
 
     ensure_project(sandbox)
     (tmp_path / "first").mkdir()
@@ -279,10 +284,8 @@ def test_a_batch_run_together_stores_every_workspaces_runs_in_the_same_two_round
     write_form_rule(tmp_path / "first")
     write_form_rule(tmp_path / "second")
     first_ctx, first = _context(redis_url, sandbox, tmp_path / "first")
-    second = workspaces.Workspace("second", sandbox.base_url, sandbox.token, rules_path=str(tmp_path / "second"),
-                                  limits=workspaces.Limits(inloox_requests_per_second=0))
-    second_ctx = build_context({"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": "", "RULES_ENV": "",
-                                "DELIVERY_RETRY_SECONDS": ""}, second, first_ctx.connection)
+    second_ctx = _another_workspace("second", sandbox, tmp_path / "second", first_ctx.connection)
+    second = second_ctx.workspace
     for ctx, workspace, n in ((first_ctx, first, 0), (second_ctx, second, 100)):
         with workspaces.using(workspace):
             handle(ctx, _event(n), accepted_at=time.time())  # rules read, scripts cached, connections open
