@@ -12,7 +12,7 @@ from inloox.connections import exchanges
 from workers import consumer
 from workers.consumer import EventConsumer, _chunks, _in_turns
 from workers.consumer.gate import GATE
-from workers.consumer.in_flight import BUSY_FLOOR, FLOOR, LONG_SECONDS, TOGETHER
+from workers.consumer.in_flight import BUSY_FLOOR, FLOOR, LONG_SECONDS, TOGETHER, TOGETHER_LONG
 from workers.eventlog import Entry
 
 
@@ -91,7 +91,8 @@ def test_an_answer_that_does_not_come_sends_a_busy_worker_back_to_one_event_per_
 
     taker = _busy_consumer(monkeypatch, hung)
     try:
-        time.sleep(LONG_SECONDS + 0.2)
+        # At the busy floor a fraction of a second will do: the thread's next batches wait behind it.
+        time.sleep(TOGETHER_LONG + 0.1)
         taker._wait_for_space()
         assert (taker.limit.value, taker.limit.batch()) == (FLOOR, 1)
     finally:

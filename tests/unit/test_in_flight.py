@@ -5,7 +5,7 @@ are those Little's law gives (in flight × window / answer time), as a worker wi
 """
 from __future__ import annotations
 
-from workers.consumer.in_flight import BUSY_FLOOR, FLOOR, TOGETHER, InFlightLimit
+from workers.consumer.in_flight import BUSY_FLOOR, FLOOR, SLOW_MEMORY, TOGETHER, TOGETHER_LONG, InFlightLimit
 
 
 class _Server:
@@ -166,6 +166,24 @@ def test_a_thread_held_up_by_a_slow_answer_sends_a_busy_worker_back_to_one_event
     assert (limit.value, limit.batch()) == (BUSY_FLOOR, TOGETHER)
     limit.observe(BUSY_FLOOR, longest=3.0)
     assert (limit.value, limit.batch()) == (FLOOR, 1)
+
+
+def test_a_slow_answer_at_the_busy_floor_sends_the_worker_to_a_thread_per_event_and_keeps_it_there_a_while():
+    # At the busy floor one thread runs every workspace's events, a batch at a time. One workspace's answer
+    # that takes a fraction of a second (its InLoox, its receiver) would hold up the others' events queued
+    # behind its batch; LONG_SECONDS (1 s) was the only way out. And while such answers come now and then,
+    # the worker keeps a thread per event between bursts, as it did before it started at the busy floor.
+    server = _Server(lambda in_flight: 0.001, own_work=0.004)
+    limit = _limit(server)
+    server.play(limit, 5, arriving=1)
+    assert (limit.value, limit.batch()) == (BUSY_FLOOR, TOGETHER)
+    limit.observe(1, longest=TOGETHER_LONG + 0.05)
+    assert (limit.value, limit.batch()) == (FLOOR, 1)
+    server.play(limit, 5, backlog=False)
+    assert limit.value == FLOOR, "a slow answer lately: not back to the busy floor"
+    server.play(limit, SLOW_MEMORY + 5, arriving=1)  # quick answers for a while
+    server.play(limit, 5, backlog=False)
+    assert (limit.value, limit.batch()) == (BUSY_FLOOR, TOGETHER)
 
 
 def test_a_worker_whose_threads_wait_for_its_own_gil_is_not_fooled_into_more_threads():

@@ -30,8 +30,12 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   busy on average (the backlog gone; what it learned of a slow InLoox, FLOOR or more, it keeps): against
   a quick InLoox that is the cheapest way from the first event on, and a burst met while the web takes
   the cores is not handled at 48 threads, the dearest way (bench/RESULTS.md sections 28 and 29). Answers
-  slower than TOGETHER_QUICK there (InLoox's own) send it to FLOOR within a window, and so does a wait
-  for one answer longer than LONG_SECONDS, at once;
+  slower than TOGETHER_QUICK there (InLoox's own) send it to FLOOR within a window, and a wait for one
+  answer longer than TOGETHER_LONG sends it there at once: the thread's next batch, other workspaces'
+  events, would wait behind it. After such answers (or a window's typical answer over TOGETHER_QUICK) the
+  backlog gone brings it to FLOOR, not to the busy floor, until SLOW_MEMORY has passed without them: a
+  hosted worker with one workspace whose InLoox or receiver is slow keeps a thread per event, as it did
+  before it started at the busy floor; one at FLOOR whose answers were quick for that long goes back;
 - the same cut when the process used BUSY_CPU of a core or more in the window, however long the
   answers took: its threads share one GIL, so a thread whose answer came waits for the others before
   it sees it, and the answer times (and the events "awaiting one") grow with the threads until a quick
@@ -80,6 +84,11 @@ TOGETHER = 16  # events the busy floor's thread takes at a time, and runs togeth
 # consumer's read between its batches (a probe's single events: a fifth of the time).
 GONE = 0.5
 LONG_SECONDS = 1.0  # a wait for one answer longer than this: a hung receiver, not a busy process
+# At the busy floor one thread runs every workspace's events, a batch at a time: a wait for one answer longer
+# than this (a workspace's slow InLoox, a receiver's slow answer) holds up the events of others queued behind
+# its batch. A busy worker's own answers on a crowded machine stay under ~50 ms (bench/RESULTS.md section 28).
+TOGETHER_LONG = 0.2
+SLOW_MEMORY = 60.0  # seconds after such an answer during which the worker does not go back to its busy floor
 WINDOW_SECONDS, MAX_WINDOW_SECONDS = 0.5, 3.0
 SLOWED = 2.0  # answers this many times slower than usual: queueing somewhere
 QUEUED = 1.3  # answers this much slower after a doubling: it bought queueing, not answers
@@ -142,17 +151,23 @@ class InFlightLimit:
         self._hold = 0  # windows left before the next doubling may be tried
         self._settling = 0  # windows a probe may still wait for the threads over it to finish
         self._probe_hold = 0  # windows left before the next probe for a busy CPU may be tried
+        self._slow_at = float("-inf")  # when an answer last took longer than TOGETHER_LONG
 
     def observe(self, in_flight: int, *, longest: float = 0.0) -> int:
         """Note how many events are in flight now, and how long the oldest wait for an answer under way
         has lasted (seconds, `exchanges.oldest_wait()`); at the end of a window, adapt. The limit now."""
-        if longest > LONG_SECONDS and self.value < self.floor:
+        if longest > TOGETHER_LONG:
+            self._slow_at = self._clock()
+        if longest > LONG_SECONDS and self.value < self.floor or longest > TOGETHER_LONG and self.together():
             # A wait this long is for an answer that does not come (a hung receiver, one workspace's slow
             # InLoox), which no window has seen yet: with few threads, a few such events would hold up
             # every other event and workspace. Back to one event per thread.
             if self._cut_from is not None:  # a probe's events wait that long: the answers are InLoox's own
                 self._probe_back(self._cut_from)
             else:
+                if self.value != self.floor:
+                    log.debug("events in flight: at most %d now, was %d (an answer awaited for %.2f s)", self.floor,
+                              self.value, longest)
                 self.value = self.floor
         self._in_flight_sum += in_flight
         self._samples += 1
@@ -193,12 +208,19 @@ class InFlightLimit:
     def _adapt(self, durations: list[float], in_flight: float, elapsed: float, cpu: float = 0.0, *,
                most: int = 0) -> None:
         self._hold, self._probe_hold = max(0, self._hold - 1), max(0, self._probe_hold - 1)
-        if in_flight < GONE and self.value < self.floor:
-            # The backlog is gone: the next burst starts at the busy floor (a probe under way ends too).
-            if (self.value, self._cut_from) != (self.busy_floor, None):
+        if durations and (max(durations) > TOGETHER_LONG or statistics.median(durations) > TOGETHER_QUICK):
+            self._slow_at = self._clock()
+        quick_lately = self._clock() - self._slow_at >= SLOW_MEMORY
+        if in_flight < GONE and (self.value < self.floor or self.value == self.floor and quick_lately
+                                 and self._cut_from is None and self.busy_floor < self.floor):
+            # The backlog is gone: the next burst starts at the busy floor (a probe under way ends too), unless
+            # answers were slow lately (SLOW_MEMORY): then with one event per thread, as known to work. A
+            # limit grown over FLOOR (a slow InLoox) is kept.
+            back = self.busy_floor if quick_lately else self.floor
+            if (self.value, self._cut_from) != (back, None):
                 log.debug("events in flight: at most %d now, was %d (%.2f in flight: the backlog is gone)",
-                          self.busy_floor, self.value, in_flight)
-            self.value, self._cut_from = self.busy_floor, None
+                          back, self.value, in_flight)
+            self.value, self._cut_from = back, None
             return
         if not durations and self._cut_from is not None:
             self._probe_back(self._cut_from)  # a probe's window without one answer back: the answers are slow
