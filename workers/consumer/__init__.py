@@ -4,7 +4,9 @@ One thread reads new entries in batches (XREADGROUP, one round trip for every wo
 each event to a thread pool, which matches it and runs its runs (workers.jobs.handle). Runs spend
 their time waiting on InLoox, so one process keeps many of them in flight: as many as InLoox's
 answers reward, up to `pool_size` (`in_flight.py`); when they wait for this process's CPU instead,
-a few threads each take several events of one workspace, one after the other; each
+a few threads each take several events of one workspace, one after the other, and at the busy floor
+(where a worker starts) one thread takes up to 16 events of every workspace, in turns, and runs them
+together (workers.jobs.handle_together); each
 workspace's InLoox request budget is enforced at the client (workers/throttle.py), and the reader
 takes at most `per_workspace` new events of one workspace per batch, so a busy account cannot fill
 the pool alone.
