@@ -1,14 +1,16 @@
 """The worker's own CPU per event, in one process on one thread, code against code (issue 22).
 
-    .venv/bin/python bench/worker_cpu.py [--events 6000] [--batch 8] [--together] [--repeats 3] [--breakdown]
-        [--root DIR ...]
+    .venv/bin/python bench/worker_cpu.py [--events 6000] [--batch 8] [--together [--workspaces N]] [--repeats 3]
+        [--breakdown] [--root DIR ...]
 
 bench/stack.py measures the whole stack, and its figures move by 5-15 % with whatever else the machine
 runs: a change worth 3 % of the worker cannot be seen there without many pairs. This runs only what a
 busy worker's event thread runs for its events, `workers.jobs.handle_batch` on `--batch` events at a
 time (the consumer's busy batches, workers/consumer/in_flight.py), for bench/stack.py's rule, against
 a durable embedded Valkey and bench/sink.py answering at once (`--together`: the batch's events run together,
-as the busy floor's thread runs them, inloox/together.py; the root must have that), and counts the thread's CPU per event
+as the busy floor's thread runs them, inloox/together.py; the root must have that; `--workspaces N`: each batch's
+events spread over N workspaces in turns, as a hosted worker's busy floor takes them, workers.jobs.handle_together,
+which the root must have), and counts the thread's CPU per event
 (time.process_time: the thread is the process's only busy one). Not in it: the consumer's read and
 acknowledgement of the events, the gate, other threads and their GIL hand-overs, the web, and the
 run-end log lines (logging is at WARNING here; a worker writes one INFO line per run).
@@ -86,6 +88,8 @@ def _child(root: Path, args, tmp: Path, bodies: Path, sink_url: str, env: dict, 
         command.append("--breakdown")
     if args.together:
         command.append("--together")
+    if args.workspaces > 1:
+        command += ["--workspaces", str(args.workspaces)]
     process = harness.Process(command, name=f"worker-cpu-{root.name}", env=env)
     try:
         process.popen.wait(args.timeout)
@@ -133,9 +137,17 @@ def child(args) -> None:
         accepted = time.time()
 
         together = {"together": True} if args.together else {}  # a root from before has no such argument
+        contexts = [ctx] + [_another(ctx, f"bench{n}") for n in range(1, args.workspaces)]
 
         def handle(chunk: list[dict]) -> None:
-            for outcome in handle_batch(ctx, [Arrival(event, accepted) for event in chunk], **together):
+            if len(contexts) > 1:
+                from workers.jobs import handle_together
+
+                shares = [(c, [Arrival(e, accepted) for e in chunk[n::len(contexts)]]) for n, c in enumerate(contexts)]
+                outcomes = [o for part in handle_together([s for s in shares if s[1]]) for o in part]
+            else:
+                outcomes = handle_batch(ctx, [Arrival(event, accepted) for event in chunk], **together)
+            for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
 
@@ -152,6 +164,16 @@ def child(args) -> None:
         print(json.dumps(line), flush=True)
     finally:
         server.stop()
+
+
+def _another(ctx, name: str):
+    """A workspace beside `ctx`'s with the same rules, InLoox and Redis connection, as a hosted worker's are."""
+    import dataclasses
+
+    from workers import worker_context
+
+    workspace = dataclasses.replace(ctx.workspace, name=name)
+    return worker_context.build_context(worker_context._config, workspace, ctx.connection)
 
 
 def _timed_pieces() -> dict[str, float]:
@@ -195,6 +217,7 @@ def main() -> None:
     parser.add_argument("--root", action="append", help="code to measure (repeatable; default this checkout)")
     parser.add_argument("--breakdown", action="store_true", help="also where an event's CPU goes")
     parser.add_argument("--together", action="store_true", help="run each batch's events together (the busy floor's way)")
+    parser.add_argument("--workspaces", type=int, default=1, help="with --together: spread each batch over this many workspaces")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
     child_options = parser.add_argument_group("a child's (one run of one root, started by the parent)")
     child_options.add_argument("--child", help=argparse.SUPPRESS)
