@@ -237,6 +237,7 @@ class _Part:
 
     def queue_end(self, pipe) -> bool:
         waiting, self.waiting = self.waiting, []
+        self.ends = (waiting, [], [])  # should the queueing fail, `ended` gives these events its error
         self.ends = (waiting, *self.ending.queue(pipe))
         return bool(self.ends[1])
 

@@ -303,3 +303,25 @@ def test_a_batch_run_together_stores_every_workspaces_runs_in_the_same_two_round
         [[run_id_of(n)] for n in range(1, half + 1)], [[run_id_of(n)] for n in range(101, 101 + half)]]
     assert [r["status"] for r in runs] == ["succeeded"] * BATCH
     assert round_trips <= MAX_ROUND_TRIPS_PER_RUN, f"{round_trips:.2f} round trips per run"
+
+
+def test_runs_whose_ends_could_not_be_queued_leave_their_events_to_be_handled_again(
+        redis_url, sandbox, tmp_path, batched_counts, monkeypatch):
+    """Run together, the succeeded runs' ends are queued for the batch's round trip (`Ending.queue`). Should
+    that fail, their events are not handled: each gets the error (the consumer leaves it pending, and the
+    next delivery finds the write in the ledger), as when the round trip itself fails."""
+    from workers.jobs import handle_together
+
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        handle(ctx, _event(0), accepted_at=time.time())  # rules read, connections open
+
+    def broken(self, pipe):
+        raise RuntimeError("a record that cannot be encoded")
+
+    monkeypatch.setattr(jobs.Ending, "queue", broken)
+    [outcomes] = handle_together([(ctx, [Arrival(_event(n), 0.0) for n in (1, 2)])])
+
+    assert [type(o).__name__ for o in outcomes] == ["RuntimeError", "RuntimeError"]
