@@ -131,3 +131,24 @@ def test_batches_run_together_always_run_on_the_same_thread(monkeypatch):
         taker._together.shutdown(wait=True)
     threads = {thread for together, thread in ran if together}
     assert len([1 for together, _ in ran if together]) == 8 and len(threads) == 1
+
+
+def test_acknowledgements_that_went_with_a_failed_read_are_sent_again_later():
+    """The handled entries are acknowledged in the round trip that reads the next ones (eventlog.read_new):
+    should it fail, they are still to be acknowledged at a later turn, none forgotten."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from tests.support.processes import free_port
+
+    gone = redis.Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))  # nothing listens
+    taker = EventConsumer(gone, ["default"], name="test", pool_size=8)
+    stream = next(iter(taker.streams.values()))
+    stream.done.extend(["1-0", "2-0"])
+    try:
+        taker._read([stream.key], 16)
+    except redis.ConnectionError:
+        pass
+    else:
+        raise AssertionError("the read should have failed")
+    assert stream.done == ["1-0", "2-0"]

@@ -323,7 +323,7 @@ class EventConsumer:
         try:
             return eventlog.read_new(self.connection, readable, self.name, count=count, block_ms=READ_BLOCK_MS,
                                      acks=todo)
-        except redis.RedisError:
+        except Exception:  # Redis away, or anything else: acknowledged at a later turn
             self._give_back_acks(todo)
             raise
 
@@ -336,7 +336,7 @@ class EventConsumer:
                 for key, ids in todo.items():
                     eventlog.ack(pipe, key, ids)
                 pipe.execute()
-        except redis.RedisError:
+        except Exception:  # Redis away, or anything else: acknowledged at a later turn
             self._give_back_acks(todo)
             raise
 
