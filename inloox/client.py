@@ -289,14 +289,10 @@ class Client:
             with _translated(method, shown, self._api_key.redact):
                 if awaiting:
                     answer, whole = self._awaited(method, url, payload, headers, started)
-                elif together.awaiting():
-                    # Through a proxy, run together: urllib3 on a thread of its own, awaited while the batch's
-                    # other calls go on, so that a slow proxy or InLoox holds up none of them.
-                    with exchanges.awaited():
-                        answer, whole = together.blocking(
-                            lambda: self._exchange(method, url, payload, headers, started))
                 else:
-                    answer, whole = self._exchange(method, url, payload, headers, started)
+                    # Run together through a proxy: urllib3 on a thread of its own (together.blocking), so that a
+                    # slow proxy or InLoox holds up none of the batch's other calls; else here, as always.
+                    answer, whole = together.blocking(lambda: self._exchange(method, url, payload, headers, started))
         except InLooxError:
             self._observe(method, None)
             raise

@@ -80,12 +80,16 @@ def sleep(seconds: float) -> None:
 
 
 def blocking(call: Callable[[], Any]) -> Any:
-    """`call()`, which may block for long (a request to a server outside InLoox): on one of `run`'s
-    greenlets, on another thread, awaited while the thread's other calls go on; else here. What it
+    """`call()`, which may block for long (a request through a proxy, to a receiver outside InLoox): on one
+    of `run`'s greenlets, on another thread, awaited while the thread's other calls go on, the wait seen by
+    the worker's in-flight limit (`exchanges.awaited`; `call` records its own duration); else here. What it
     returned, or raises what it raised."""
     if not awaiting():
         return call()
-    return wait_for(_loop().run_in_executor(_pool(), contextvars.copy_context().run, call))
+    from inloox.connections import exchanges
+
+    with exchanges.awaited():
+        return wait_for(_loop().run_in_executor(_pool(), contextvars.copy_context().run, call))
 
 
 def _pool():

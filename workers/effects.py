@@ -14,7 +14,6 @@ InLoox first, which is all an early mark costs should the run stop before sendin
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -204,19 +203,11 @@ def _timed(send: Callable[[], object]) -> Callable[[], object]:
     client records its own requests.)
     """
     def timed():
-        if together.awaiting():
-            # In a batch run together: on a thread of its own, awaited beside the batch's other calls, which
-            # go on meanwhile (other workspaces' too): a receiver the customer chose may take its whole
-            # timeout. The batch's thread keeps its place in the gate: it goes on working.
-            started = time.monotonic()
-            with exchanges.awaited():
-                try:
-                    return together.blocking(send)
-                finally:
-                    exchanges.record(time.monotonic() - started)
         with exchanges.exchange():  # also out of the worker's gate while waiting (workers/consumer/gate.py)
             return send()
-    return timed
+    # In a batch run together, on a thread of its own (together.blocking): a receiver the customer chose may
+    # take its whole timeout, and the batch's other calls (other workspaces' too) go on meanwhile.
+    return lambda: together.blocking(timed)
 
 
 def _settled(ctx: StepContext, earlier: dict, entity_set: str) -> None:
