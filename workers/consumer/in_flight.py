@@ -151,7 +151,7 @@ class InFlightLimit:
         self._hold = 0  # windows left before the next doubling may be tried
         self._settling = 0  # windows a probe may still wait for the threads over it to finish
         self._probe_hold = 0  # windows left before the next probe for a busy CPU may be tried
-        self._slow_at = float("-inf")  # when an answer last took longer than TOGETHER_LONG
+        self._slow_at = float("-inf")  # when an answer last took over TOGETHER_LONG, or a window's typical over TOGETHER_QUICK
 
     def observe(self, in_flight: int, *, longest: float = 0.0) -> int:
         """Note how many events are in flight now, and how long the oldest wait for an answer under way
