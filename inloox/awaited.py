@@ -29,7 +29,9 @@ from typing import Any
 
 from inloox.connections import Route, exchanges
 
-MAX_CONNECTIONS = 64  # per thread and route; a batch holds one per request in flight
+# Per thread and route: a batch holds one per request in flight, and a worker's lane (inloox/together.py)
+# as many as the events it keeps in flight against a slow InLoox (WORKER_THREADS, 400 by default).
+MAX_CONNECTIONS = 512
 
 
 class NothingSent(Exception):

@@ -17,8 +17,13 @@ through `blocking`: on a thread of BLOCKING_THREADS while the calls beside it go
 slow receiver must not hold up the events of others in the batch. Each call starts with a copy of the
 caller's context variables (the workspace entered, a template's budget).
 
-greenlet, asyncio and uvloop are imported at the first `run`: a process that never runs calls together
-(the web, an idle worker) does not carry them.
+A `Lane` is a thread whose loop runs for good: calls submitted from other threads (a worker's batches of
+events awaiting a slow InLoox, workers/consumer/) each start on a greenlet of it at once, so that many
+batches are in flight on one thread, bounded by what the submitter keeps in flight rather than by threads.
+A `run` inside one of them runs its calls together on the lane's loop beside the other batches.
+
+greenlet, asyncio and uvloop are imported at the first `run` (or lane): a process that never runs calls
+together (the web, an idle worker) does not carry them.
 """
 from __future__ import annotations
 
@@ -26,12 +31,16 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 _local = threading.local()  # `loop`: this thread's event loop; `running`: inside `run` now
-# Threads for `blocking`, shared by the process: a together batch has 16 calls at most, and a worker runs
-# one batch at a time (workers/consumer/). Started as needed.
-BLOCKING_THREADS = 16
+# Threads for `blocking`, shared by the process: a busy worker's batch has 16 calls at most, but a lane holds
+# as many events as a worker keeps in flight against a slow InLoox (hundreds), each of which may notify a
+# receiver: a hung one takes a thread for its time out. Started as needed.
+BLOCKING_THREADS = 64
+LANE_STALL_SECONDS = 30.0  # a lane whose loop has not turned for this long, calls in flight, is stalled
+LANE_BEAT_SECONDS = 1.0
 _blocking_pool = None
 _blocking_lock = threading.Lock()
 
@@ -53,6 +62,8 @@ def run(calls: list[Callable[[], Any]], *, every: tuple[float, Callable[[], None
     their stretches, never in the middle of one), until the last call is done.
     """
     if getattr(_local, "running", False):
+        if _on_lane():  # a lane's batch: its calls together on the lane's loop, beside the other batches
+            return wait_for(_all(calls, every))
         return [_outcome(call) for call in calls]
     loop = _loop()
     _local.running = True
@@ -122,6 +133,85 @@ async def _ticks(seconds: float, tick: Callable[[], None]) -> None:
         tick()
 
 
+class Lane:
+    """A thread of its own whose event loop runs every call submitted to it at once, each on a greenlet
+    (`submit`): what one waits for (`wait_for`), the others go on meanwhile. Nothing bounds how many are
+    in flight but the submitter."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._loop = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: set[Future] = set()
+        self._turned = time.monotonic()  # when the loop last ran its beat
+
+    def trouble(self) -> str | None:
+        """Why the lane does not run its calls: "stopped" (its thread ended), "stalled" (calls in flight,
+        and its loop has not turned for LANE_STALL_SECONDS: one of them blocks the thread), or None."""
+        thread = self._thread
+        if thread is None:
+            return None
+        if not thread.is_alive():
+            return "stopped"
+        with self._lock:
+            pending = bool(self._pending)
+        return "stalled" if pending and time.monotonic() - self._turned > LANE_STALL_SECONDS else None
+
+    def submit(self, call: Callable[[], Any]) -> Future:
+        """Start `call()` on a greenlet of the lane's thread (started at the first call); a Future of what it
+        returns or raises."""
+        import asyncio
+
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                self._thread.start()
+                self._started.wait()
+            future = asyncio.run_coroutine_threadsafe(_on_greenlet(call, _lane_class()), self._loop)
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Wait (up to `timeout` seconds) for the calls in flight, then stop the thread."""
+        import concurrent.futures
+
+        with self._lock:
+            pending, thread, loop = list(self._pending), self._thread, self._loop
+            self._thread = None
+        if thread is None:
+            return
+        concurrent.futures.wait(pending, timeout=timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+
+    def _beat(self, loop) -> None:
+        self._turned = time.monotonic()
+        loop.call_later(LANE_BEAT_SECONDS, self._beat, loop)
+
+    def _done(self, future: Future) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def _serve(self) -> None:
+        loop = self._loop = _loop()
+        _local.running = True  # every call here runs on a greenlet of the loop (`awaiting`)
+        loop.call_soon(self._beat, loop)
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            _local.running = False
+
+
+def _on_lane() -> bool:
+    import greenlet
+
+    return type(greenlet.getcurrent()) is _lane_class()
+
+
 def _outcome(call: Callable[[], Any]) -> Any:
     try:
         return call()
@@ -129,9 +219,10 @@ def _outcome(call: Callable[[], Any]) -> Any:
         return exc
 
 
-async def _on_greenlet(call: Callable[[], Any]) -> Any:
-    """Run `call` on a greenlet of its own; await what it hands over (`wait_for`) and send the result back."""
-    child = _call_class()(call)
+async def _on_greenlet(call: Callable[[], Any], kind: type | None = None) -> Any:
+    """Run `call` on a greenlet of its own (of `kind`, else a `run` call's); await what it hands over
+    (`wait_for`) and send the result back."""
+    child = (kind or _call_class())(call)
     child.gr_context = contextvars.copy_context()
     handed = child.switch()
     while not child.dead:
@@ -164,3 +255,14 @@ def _call_class() -> type:
 
         _Call = type("_Call", (greenlet.greenlet,), {})
     return _Call
+
+
+_LaneCall = None
+
+
+def _lane_class() -> type:
+    """The greenlet class of a lane's calls: a `run` call's kind (`awaiting` holds on it), told apart by `run`."""
+    global _LaneCall
+    if _LaneCall is None:
+        _LaneCall = type("_LaneCall", (_call_class(),), {})
+    return _LaneCall

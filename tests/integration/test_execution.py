@@ -1,7 +1,10 @@
 """The execution core with real processes: rules as new as the event, many events per worker, stuck runs."""
 from __future__ import annotations
 
+import os
+
 import re
+import signal
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -68,17 +71,50 @@ def test_against_a_slow_inloox_a_worker_keeps_more_in_flight_than_the_threads_it
     write_form_rule(rules_dir)
     ensure_project(sandbox)
     sandbox.fault(kind="latency", latency_ms=1000, methods=["POST"], path="^Task$")
-    stack.worker()
+    worker = stack.worker()
     web = stack.web()
 
     for n in range(300):
         assert deliver(web, {"title": f"Task {n}", "project": PROJECT}, f"msg_many_{n}").status_code == 202
 
-    wait_until(lambda: sandbox.count("Task") == 300, 90, "all three hundred tasks")
+    threads = []  # the worker's, while it drains
+
+    def created_all() -> bool:
+        threads.append(len(os.listdir(f"/proc/{worker.popen.pid}/task")))
+        return sandbox.count("Task") == 300
+
+    wait_until(created_all, 90, "all three hundred tasks")
     starts = sorted(r["at"] for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "Task")
     assert len(starts) == 300  # each created once
     # A thread's next create starts a second after its last: 48 threads start at most 48 in any second.
     assert _most_overlapping(starts, window=1.0) > 48
+    # ...and not by a thread per event in flight: they await their answers on one thread's loop (the lane,
+    # workers/consumer/), where hundreds of threads spent the worker's CPU handing the GIL around.
+    assert max(threads) < 48, f"the worker ran {max(threads)} threads"
+
+
+def test_a_worker_killed_with_many_events_in_flight_on_its_lane_loses_none_and_writes_none_twice(
+        stack, sandbox, rules_dir, redis_url):
+    # InLoox applies each create at once and answers a second later: killed in between, the worker leaves
+    # sixty writes whose outcome nobody knows, all awaited on one thread's loop (workers/consumer/).
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    sandbox.fault(kind="latency", latency_ms=1000, methods=["POST"], path="^Task$")
+    stack.env["INLOOX_TIMEOUT"] = "3"  # the dead worker's run leases last 24 s, not 45 (worker_context.run_lease)
+    worker = stack.worker()
+    web = stack.web()
+    for n in range(120):
+        assert deliver(web, {"title": f"Task {n}", "project": PROJECT}, f"msg_killed_{n}").status_code == 202
+
+    wait_until(lambda: len([r for r in sandbox.requests() if r["method"] == "POST"]) >= 60, 30, "creates in flight")
+    worker.signal(signal.SIGKILL)
+    stack.worker(name="worker-2")  # takes the dead worker's events over once they have waited CLAIM_IDLE
+
+    wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 120, 90, "every run finished by the second worker")
+    time.sleep(1.5)  # a create sent twice would have been answered by now
+    names = sorted(t["Name"] for skip in (0, 100)
+                   for t in sandbox.get("Task", **{"$select": "Name", "$skip": str(skip)}).json()["value"])
+    assert names == sorted(f"Task {n}" for n in range(120))  # each once
 
 
 def test_a_busy_worker_takes_several_events_per_thread_and_writes_each_once(stack, rules_dir, redis_url):

@@ -8,6 +8,7 @@ from concurrent.futures import Future
 
 import redis
 
+from inloox import together
 from inloox.connections import exchanges
 from workers import consumer
 from workers.consumer import EventConsumer, _chunks, _in_turns
@@ -62,7 +63,7 @@ def _busy_consumer(monkeypatch, handle) -> EventConsumer:
     taker = EventConsumer(redis.Redis(), ["default"], name="test", pool_size=400)  # no command sent
     taker.limit.value = BUSY_FLOOR
     assert taker.limit.batch() == TOGETHER
-    taker._submit(next(iter(taker.streams.values())), _entries("1-0"), together=True)
+    taker._submit(next(iter(taker.streams.values())), _entries("1-0"), how="together")
     return taker
 
 
@@ -121,7 +122,7 @@ def test_batches_run_together_always_run_on_the_same_thread(monkeypatch):
             taker._submit(stream, _entries(f"{n}-0"))
         release.set()
         for n in range(8):
-            taker._submit(stream, _entries(f"{n}-1", f"{n}-2"), together=True)
+            taker._submit(stream, _entries(f"{n}-1", f"{n}-2"), how="together")
             deadline = time.monotonic() + 5
             while sum(1 for together, _ in ran if together) <= n and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -152,3 +153,30 @@ def test_acknowledgements_that_went_with_a_failed_read_are_sent_again_later():
     else:
         raise AssertionError("the read should have failed")
     assert stream.done == ["1-0", "2-0"]
+
+
+def test_against_a_slow_inloox_batches_are_in_flight_together_on_the_lane_each_event_a_place(monkeypatch):
+    """At FLOOR or above (the events wait for InLoox) batches of any workspaces go to the lane, all in flight
+    on one thread at once, and the limit counts their events, not the batches: what it allows is events."""
+    release, ran = threading.Event(), []
+
+    def handle(batches):
+        ran.append(threading.current_thread().name)
+        together.blocking(lambda: release.wait(10))  # an answer awaited: the lane takes the next batch meanwhile
+        return [None for _, entries in batches for _ in entries]
+
+    monkeypatch.setattr(consumer, "_handle_on_lane", handle)
+    taker = EventConsumer(redis.Redis(), ["a", "b"], name="test", pool_size=400)  # no command sent
+    taker.limit.value = FLOOR
+    a, b = taker.streams.values()
+    try:
+        taker._hand_out([(a, e) for e in _entries("1-0", "2-0")] + [(b, e) for e in _entries("3-0")], how=taker._how())
+        taker._hand_out([(a, e) for e in _entries("4-0")], how=taker._how())
+        deadline = time.monotonic() + 5
+        while len(ran) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ran == ["events-lane", "events-lane"] and taker._in_flight == 4
+    finally:
+        release.set()
+        taker._lane.shutdown(5)
+    assert taker._in_flight == 0 and sorted(a.done) == ["1-0", "2-0", "4-0"] and b.done == ["3-0"]

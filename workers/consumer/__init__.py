@@ -6,7 +6,9 @@ their time waiting on InLoox, so one process keeps many of them in flight: as ma
 answers reward, up to `pool_size` (`in_flight.py`); when they wait for this process's CPU instead,
 a few threads each take several events of one workspace, one after the other, and at the busy floor
 (where a worker starts) one thread takes up to 16 events of every workspace, in turns, and runs them
-together (workers.jobs.handle_together); each
+together (workers.jobs.handle_together). Against a slow InLoox (the limit at FLOOR or above) the events
+go to the lane instead of a thread each: batches of up to 16, every one in flight at once on one
+thread's loop (inloox/together.py), each event a place of the limit; each
 workspace's InLoox request budget is enforced at the client (workers/throttle.py), and the reader
 takes at most `per_workspace` new events of one workspace per batch, so a busy account cannot fill
 the pool alone.
@@ -48,10 +50,11 @@ from dataclasses import dataclass, field
 
 import redis
 
+from inloox import together
 from inloox.connections import exchanges
 from workers import activity, eventlog, failpoints, gauges, metrics, recovery
 from workers.consumer.gate import GATE
-from workers.consumer.in_flight import InFlightLimit
+from workers.consumer.in_flight import TOGETHER, InFlightLimit
 from workers.eventlog import Entry
 from workers.metering import limits
 from workers.jobs import Arrival, handle_batch, handle_together
@@ -103,6 +106,11 @@ class EventConsumer:
         # runs one keeps an event loop and its InLoox connections open for good (inloox/together.py), and
         # the pool's hundreds of threads taking turns would each keep theirs.
         self._together = ThreadPoolExecutor(1, thread_name_prefix="events-together")
+        # Against a slow InLoox (the limit at FLOOR or above), events run on a lane instead of a thread each:
+        # one thread whose loop has every batch in flight at once (inloox/together.py), bounded in events by
+        # the limit. Hundreds of threads each awaiting one answer spent the worker's CPU on handing the GIL
+        # around (bench/RESULTS.md section 30).
+        self._lane = together.Lane("events-lane")
         self._thread: threading.Thread | None = None
         self._next_maintenance = 0.0
         self._claim_soon: set[str] = set()  # streams whose last claim may have left more to take over
@@ -126,12 +134,17 @@ class EventConsumer:
         """The loop's thread is alive and turned within STALL_SECONDS (each turn takes ≤ READ_BLOCK_MS when idle)."""
         now = time.monotonic()
         return (self._thread is not None and self._thread.is_alive() and now - self._last_turn < STALL_SECONDS
-                and (self._failing_since is None or now - self._failing_since < FAILING_SECONDS))
+                and (self._failing_since is None or now - self._failing_since < FAILING_SECONDS)
+                and self._lane.trouble() is None)
 
     def trouble(self) -> str:
-        """Why `running()` is False: "stopped" (no thread), "failing" (every turn errs) or "stalled"."""
+        """Why `running()` is False: "stopped" (no thread), "failing" (every turn errs), "stalled", or why
+        its lane does not run its batches ("event lane stalled")."""
         if self._thread is None or not self._thread.is_alive():
             return "stopped"
+        lane = self._lane.trouble()
+        if lane is not None and self._failing_since is None and time.monotonic() - self._last_turn < STALL_SECONDS:
+            return f"event lane {lane}"
         return "failing" if self._failing_since is not None else "stalled"
 
     def keep_running(self) -> bool:
@@ -153,6 +166,7 @@ class EventConsumer:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._together.shutdown(wait=True, cancel_futures=True)
+        self._lane.shutdown()
         try:
             self._flush_acks()
             metrics.flush(self.connection)
@@ -210,13 +224,18 @@ class EventConsumer:
             batch = self._read(readable, count)
             mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
             for i in range(0, len(mixed), per_thread):
-                self._hand_out(mixed[i:i + per_thread], together=True)
+                self._hand_out(mixed[i:i + per_thread], how="together")
             return
         # A fair share of the free threads for each workspace, handed out in turns (one of each
         # workspace, then the next of each), so one with a backlog cannot go ahead of the others.
         # A thread takes `per_thread` events of one workspace, one after the other (in_flight.py).
         share = max(1, min(self.per_workspace, free // len(readable)))
         batch = self._read(readable, share * per_thread)
+        if self._how() == "lane":  # the free places are events: up to TOGETHER of any workspaces per batch
+            mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
+            for i in range(0, len(mixed), TOGETHER):
+                self._hand_out(mixed[i:i + TOGETHER], how="lane")
+            return
         for stream_key, entries in _in_turns(_chunks(batch, per_thread)):
             self._submit(self.streams[stream_key], entries)
 
@@ -269,33 +288,44 @@ class EventConsumer:
                 self._space.wait(0.2)
             return max(0, limit - self._in_flight)
 
-    def _submit(self, stream: _Stream, entries: list[Entry], *, together: bool = False) -> None:
-        """Hand `entries` (of one stream) to one thread of the pool, which handles them one after the other,
-        or `together` (workers.jobs.handle_together)."""
-        self._hand_out([(stream, entry) for entry in entries], together=together)
+    def _how(self) -> str:
+        """Where events go now: "together" (the busy floor's thread), "lane" (a slow InLoox's) or "pool"."""
+        if self.limit.together():
+            return "together"
+        return "lane" if self.limit.value >= self.limit.floor else "pool"
 
-    def _hand_out(self, items: list[tuple[_Stream, Entry]], *, together: bool) -> None:
+    def _submit(self, stream: _Stream, entries: list[Entry], *, how: str = "pool") -> None:
+        """Hand `entries` (of one stream) to one thread of the pool, which handles them one after the other,
+        or as `_hand_out` does for `how`."""
+        self._hand_out([(stream, entry) for entry in entries], how=how)
+
+    def _hand_out(self, items: list[tuple[_Stream, Entry]], *, how: str) -> None:
         """Hand `items` to one thread: the pool's, one after the other (one stream's), or the one that runs
-        batches together (of any streams)."""
+        batches together (of any streams, "together"); or to the lane as one batch among many ("lane"),
+        each of its events one place of the in-flight limit."""
         with self._lock:
             items = [(stream, entry) for stream, entry in items if entry.id not in stream.handling]
             if not items:
                 return
             for stream, entry in items:
                 stream.handling.add(entry.id)
-            self._in_flight += 1
+            weight = len(items) if how == "lane" else 1
+            self._in_flight += weight
         groups: dict[str, tuple[_Stream, list[Entry]]] = {}
         for stream, entry in items:
             groups.setdefault(stream.key, (stream, []))[1].append(entry)
         items = [(stream, entry) for stream, entries in groups.values() for entry in entries]  # as handled
-        if together:
-            future = self._together.submit(_handle_together, [(s.workspace, es) for s, es in groups.values()])
+        batches = [(s.workspace, es) for s, es in groups.values()]
+        if how == "together":
+            future = self._together.submit(_handle_together, batches)
+        elif how == "lane":
+            future = self._lane.submit(lambda: _handle_on_lane(batches))
         else:
             (stream, entries), = groups.values()
             future = self._pool.submit(_handle_events, stream.workspace, entries)
-        future.add_done_callback(lambda f, i=items: self._finished(i, f))
+        future.add_done_callback(lambda f, i=items, w=weight: self._finished(i, f, weight=w))
 
-    def _finished(self, items: list[tuple[_Stream, Entry]], future: Future) -> None:
+    def _finished(self, items: list[tuple[_Stream, Entry]], future: Future, *, weight: int = 1) -> None:
         if future.cancelled():
             errors = [None] * len(items)
         else:  # what each entry raised; or, should the thread itself have failed, that for all of them
@@ -312,7 +342,7 @@ class EventConsumer:
                 stream.handling.discard(entry.id)
                 if not future.cancelled() and error is None:
                     stream.done.append(entry.id)
-            self._in_flight -= 1
+            self._in_flight -= weight
             self._space.notify()
 
     def _read(self, readable: list[str], count: int) -> list[tuple[str, Entry]]:
@@ -406,9 +436,10 @@ class EventConsumer:
             log.warning("event %s (%s): taken over from a worker that did not finish it (delivery %d)",
                         entry.event.get("id"), stream.workspace, deliveries + 1)
             taken.append(entry)
-        together = self.limit.together()
-        for i in range(0, len(taken), per_thread):
-            self._submit(stream, taken[i:i + per_thread], together=together)
+        how = self._how()
+        size = TOGETHER if how == "lane" else per_thread
+        for i in range(0, len(taken), size):
+            self._submit(stream, taken[i:i + size], how=how)
         if len(claimed) >= count:
             self._claim_soon.add(stream.key)
 
@@ -479,7 +510,13 @@ def _handle_together(batches: list[tuple[str, list[Entry]]]) -> list[BaseExcepti
     """Handle the entries of each workspace, all at once (workers.jobs.handle_together); what each raised,
     in order, one workspace after the other."""
     with GATE.held():
-        outcomes = handle_together([(worker_context(w), [_arrival(e) for e in entries]) for w, entries in batches])
+        return _handle_on_lane(batches)
+
+
+def _handle_on_lane(batches: list[tuple[str, list[Entry]]]) -> list[BaseException | None]:
+    """`_handle_together` on a greenlet of the lane, outside the gate: its thread holds no place (the gate
+    is per thread, and the lane's batches take turns on one), and the waits in it switch greenlets, not threads."""
+    outcomes = handle_together([(worker_context(w), [_arrival(e) for e in entries]) for w, entries in batches])
     return [outcome if isinstance(outcome, BaseException) else None for part in outcomes for outcome in part]
 
 

@@ -22,7 +22,9 @@ process's InLoox requests, notifications and outbound requests took (`inloox.con
   used 16 % less CPU per event than 48 threads with one (bench/RESULTS.md section 18), 2 threads 16 %
   less again (section 22); fewer threads with one event each bought nothing. Against an InLoox whose
   answers are what the events wait for, the limit stays at FLOOR or above and a thread takes one
-  event, as before: eight writes one after the other would wait eight answers. The busy floor's thread
+  event, as before: eight writes one after the other would wait eight answers (there the events run on
+  the consumer's lane, every one in flight at once on one thread's loop, not a thread each; the limit is
+  then in events, workers/consumer/). The busy floor's thread
   runs its TOGETHER events together (inloox/together.py), so that their answers overlap; its batches
   take every workspace's new events in turns (workers/consumer/), so a quiet workspace's event runs
   beside a noisy one's batch, not behind it;
