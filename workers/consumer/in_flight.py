@@ -242,7 +242,10 @@ class InFlightLimit:
         before = self.value
         if grown_from is not None and typical > QUEUED * grown_from[1]:
             self.value, self._hold = grown_from[0], HOLD_WINDOWS  # the doubling bought queueing: back, and hold
-        elif cut_from is not None and typical > EASED * cut_from[1]:
+        elif cut_from is not None and (typical > EASED * cut_from[1] or typical > TOGETHER_QUICK):
+            # Not quicker; or quicker, but still too slow for the busy floor, which would go back to FLOOR
+            # within a window: a lane's answers include its loop's lag, which a few events do not have, and
+            # against a 100 ms InLoox each such probe cost a window of one event at a time (section 30).
             self._probe_back(cut_from)
         elif cut_from is not None:
             # the answers were this process's own waiting: a few threads, several events each
