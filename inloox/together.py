@@ -28,12 +28,14 @@ together (the web, an idle worker) does not carry them.
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+log = logging.getLogger(__name__)
 _local = threading.local()  # `loop`: this thread's event loop; `running`: inside `run` now
 # Threads for `blocking`, shared by the process: a busy worker's batch has 16 calls at most, but a lane holds
 # as many events as a worker keeps in flight against a slow InLoox (hundreds), each of which may notify a
@@ -165,7 +167,8 @@ class Lane:
         import asyncio
 
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # the first call, or the loop ended
+                self._started.clear()
                 self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
                 self._thread.start()
                 self._started.wait()
@@ -202,8 +205,18 @@ class Lane:
         self._started.set()
         try:
             loop.run_forever()
-        finally:
+        except BaseException:  # noqa: BLE001 - said, and the lane starts again at the next call
+            log.exception("%s: its event loop ended", self.name)
+        finally:  # stopped, or a call raised what ends a loop (SystemExit): its calls in flight fail, none hangs
             _local.running = False
+            with self._lock:
+                pending = list(self._pending)
+            for future in pending:
+                if not future.done():
+                    try:
+                        future.set_exception(RuntimeError(f"{self.name}: its loop stopped with this call in flight"))
+                    except Exception:  # noqa: BLE001 - done meanwhile
+                        pass
 
 
 def _on_lane() -> bool:

@@ -107,3 +107,28 @@ def test_a_lane_whose_call_blocks_its_thread_says_it_is_stalled(monkeypatch):
     finally:
         release.set()
         lane.shutdown(5)
+
+
+def test_a_lane_whose_loop_ended_fails_its_calls_in_flight_and_starts_again(lane):
+    """A call that raises what ends an event loop (SystemExit) ends the lane's thread: the other calls in
+    flight fail (their events are left for another delivery) rather than wait for good, /readyz says the
+    lane stopped, and the next batch starts it again."""
+    opened: dict[str, asyncio.Event] = {}
+
+    def waiting():
+        opened["event"] = asyncio.Event()
+        together.wait_for(opened["event"].wait())  # never set
+
+    def ending():
+        raise SystemExit(3)
+
+    waiter = lane.submit(waiting)
+    with pytest.raises(SystemExit):
+        lane.submit(ending).result(5)
+    with pytest.raises(RuntimeError, match="loop stopped"):
+        waiter.result(5)
+    deadline = time.monotonic() + 5
+    while lane.trouble() is None and time.monotonic() < deadline:  # its thread ends after failing them
+        time.sleep(0.01)
+    assert lane.trouble() == "stopped"
+    assert lane.submit(lambda: "again").result(5) == "again" and lane.trouble() is None
