@@ -180,3 +180,12 @@ def test_against_a_slow_inloox_batches_are_in_flight_together_on_the_lane_each_e
         release.set()
         taker._lane.shutdown(5)
     assert taker._in_flight == 0 and sorted(a.done) == ["1-0", "2-0", "4-0"] and b.done == ["3-0"]
+
+
+def test_a_read_lingers_after_a_trickle_not_when_events_waited_for_room():
+    from workers.consumer import _trickle
+
+    assert _trickle([1] * 3, 48)  # three came, there was room for more: the log is drained, let more gather
+    assert not _trickle([1] * 3, 3)  # as many as there was room for: more may be waiting, read again at once
+    assert not _trickle([1] * TOGETHER, 400)  # a busy batch
+    assert not _trickle([], 48)  # nothing came: the read's own block waited already

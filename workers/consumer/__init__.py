@@ -13,6 +13,9 @@ workspace's InLoox request budget is enforced at the client (workers/throttle.py
 takes at most `per_workspace` new events of one workspace per batch, so a busy account cannot fill
 the pool alone.
 
+Events that trickle in (a read brought a few, and there was room for more) are read every LINGER_SECONDS
+at most, so that those arriving meanwhile are handled as one batch rather than each alone.
+
 An entry is acknowledged once its event was handled: its runs are stored and ended or handed on
 (retry, hold, concurrency queue). Until then it stays pending under this worker's name. Every few
 seconds the loop
@@ -73,6 +76,12 @@ SAMPLE_SECONDS = 60.0  # the dashboard's charts show gauges per minute
 STALL_SECONDS = 30.0  # a loop that has not turned for this long is not running (/readyz says so)
 FAILING_SECONDS = 5.0  # a loop whose every turn failed for this long is not running either
 QUIET_MAINTENANCE_SECONDS = 30.0
+# After a read that brought a few events and left none behind (a trickle: a quiet worker's events come one at a
+# time), the next read waits this long first, so that those arriving meanwhile are read, planned, stored and ended
+# together: at 200 events a second, each read brought one and each batch of one paid alone for what a batch costs,
+# ~2 ms of the worker's CPU per event against ~0.9 in a busy batch (bench/RESULTS.md section 31). Kafka's
+# producers do the same (linger.ms). A read that brought what there was room for does not linger: events wait.
+LINGER_SECONDS = 0.020
 
 
 @dataclass
@@ -119,6 +128,7 @@ class EventConsumer:
         self._next_sample = 0.0
         self._last_turn = time.monotonic()
         self._failing_since: float | None = None  # when the loop's turns began to fail (None: the last one worked)
+        self._linger = False  # the last read brought a few events: let more gather before the next
 
     def start(self) -> None:
         """Run the loop on a thread of its own (the RQ worker's main thread keeps taking RQ jobs)."""
@@ -207,6 +217,8 @@ class EventConsumer:
         metrics.flush_due(self.connection)
         if time.monotonic() >= self._next_maintenance:
             self._maintain()
+        if self._linger:
+            self._stop.wait(LINGER_SECONDS)
         free = self._wait_for_space()
         readable = self._readable() if free else []
         if not readable:  # no room; or no workspace served now, or every one paused
@@ -222,6 +234,7 @@ class EventConsumer:
             # one's instead of waiting behind its batch.
             count = max(1, min(self.per_workspace, free * per_thread // len(readable)))
             batch = self._read(readable, count)
+            self._linger = _trickle(batch, count * len(readable))
             mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
             for i in range(0, len(mixed), per_thread):
                 self._hand_out(mixed[i:i + per_thread], how="together")
@@ -231,6 +244,7 @@ class EventConsumer:
         # A thread takes `per_thread` events of one workspace, one after the other (in_flight.py).
         share = max(1, min(self.per_workspace, free // len(readable)))
         batch = self._read(readable, share * per_thread)
+        self._linger = _trickle(batch, share * per_thread * len(readable))
         if self._how() == "lane":  # the free places are events: up to TOGETHER of any workspaces per batch
             mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
             for i in range(0, len(mixed), TOGETHER):
@@ -450,6 +464,12 @@ class EventConsumer:
         for key in soon:
             if key in self.streams:
                 self._claim(self.streams[key])
+
+
+def _trickle(batch: list, most: int) -> bool:
+    """Whether a read that could have brought `most` events was a trickle: some, fewer than a busy batch's,
+    and fewer than there was room for (so none were left behind)."""
+    return 0 < len(batch) < min(TOGETHER, most)
 
 
 def _chunks(batch: list[tuple[str, Entry]], size: int) -> list[tuple[str, list[Entry]]]:
