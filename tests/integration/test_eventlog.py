@@ -163,3 +163,39 @@ def test_events_that_trickle_in_are_read_and_handled_several_at_a_time(connectio
         taker.stop(10)
     assert len(handled) == 100
     assert len([n for n in reads if n]) <= 40, reads  # before: one read per event, or nearly
+
+
+def test_a_workspace_with_a_backlog_among_many_quiet_ones_is_read_without_lingering(connection, monkeypatch):
+    """A hosted worker asks each of its many workspaces for an event or so a turn: the one with a backlog gave
+    all it was asked for, and a read that lingered after it (as after a trickle) let it have one event per
+    linger, 20 a second at 50 ms (0407868). Lingering here for half a second shows it: 100 events would take
+    50 s; read without lingering once the backlog shows (a linger at its start at most), a second or so."""
+    import threading
+    import time
+
+    from workers import consumer
+    from workers.consumer import EventConsumer
+
+    handled = []
+
+    def handle(batches):
+        return [handled.append(e.id) for _, entries in batches for e in entries]
+
+    monkeypatch.setattr(consumer, "_handle_together", handle)
+    monkeypatch.setattr(consumer, "_handle_on_lane", handle)
+    monkeypatch.setattr(consumer, "_handle_events", lambda workspace, entries: handle([(workspace, entries)]))
+    monkeypatch.setattr(consumer, "LINGER_SECONDS", 0.5)
+    for n in range(100):
+        accept(connection, n)
+    taker = EventConsumer(connection, ["default"] + [f"quiet{n}" for n in range(49)], name="hosted-worker",
+                          pool_size=400)
+    taker._next_maintenance = float("inf")  # this test is about reading alone
+    loop = threading.Thread(target=taker.run, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(handled) < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        taker.stop(5)
+    assert len(handled) == 100

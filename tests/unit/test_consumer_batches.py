@@ -182,10 +182,14 @@ def test_against_a_slow_inloox_batches_are_in_flight_together_on_the_lane_each_e
     assert taker._in_flight == 0 and sorted(a.done) == ["1-0", "2-0", "4-0"] and b.done == ["3-0"]
 
 
-def test_a_read_lingers_after_a_trickle_not_when_events_waited_for_room():
-    from workers.consumer import _trickle
-
-    assert _trickle([1] * 3, 48)  # three came, there was room for more: the log is drained, let more gather
-    assert not _trickle([1] * 3, 3)  # as many as there was room for: more may be waiting, read again at once
-    assert not _trickle([1] * TOGETHER, 400)  # a busy batch
-    assert not _trickle([], 48)  # nothing came: the read's own block waited already
+def test_a_read_lingers_after_a_trickle_not_after_a_backlog():
+    taker = EventConsumer(redis.Redis(), ["a", "b"], name="test", pool_size=400)  # no command sent
+    a, b = [("ws:a", e) for e in _entries("1-0", "2-0", "3-0")], [("ws:b", e) for e in _entries("4-0")]
+    assert taker._trickle(a, 48)  # three came, there was room for more: the log is drained, let more gather
+    assert taker._trickle(a, 3)  # as many as asked, once: a backlog, or just those
+    assert not taker._trickle(a, 3)  # as many as asked, twice in a row: a backlog, read again at once
+    assert taker._trickle(b, 1) and taker._trickle(a[:1], 1)  # a hosted worker's one event a workspace a turn
+    assert not taker._trickle(a[1:2], 1)  # the same workspace's again: a backlog
+    many = [("ws:a", e) for e in _entries(*(f"{n}-1" for n in range(TOGETHER)))]
+    assert not taker._trickle(many, 400)  # a busy batch
+    assert not taker._trickle([], 48)  # nothing came: the read's own block waited already

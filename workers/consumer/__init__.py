@@ -80,7 +80,8 @@ QUIET_MAINTENANCE_SECONDS = 30.0
 # time), the next read waits this long first, so that those arriving meanwhile are read, planned, stored and ended
 # together: at 200 events a second, each read brought one and each batch of one paid alone for what a batch costs,
 # ~2 ms of the worker's CPU per event against ~0.9 in a busy batch (bench/RESULTS.md section 31). Kafka's
-# producers do the same (linger.ms). A read that brought what there was room for does not linger: events wait.
+# producers do the same (linger.ms). A workspace that gave a read all it asked of it, twice in a row, has a
+# backlog: no linger then (`_trickle`).
 LINGER_SECONDS = 0.020
 
 
@@ -129,6 +130,7 @@ class EventConsumer:
         self._last_turn = time.monotonic()
         self._failing_since: float | None = None  # when the loop's turns began to fail (None: the last one worked)
         self._linger = False  # the last read brought a few events: let more gather before the next
+        self._full: set[str] = set()  # the streams that gave the last read all it asked of them
 
     def start(self) -> None:
         """Run the loop on a thread of its own (the RQ worker's main thread keeps taking RQ jobs)."""
@@ -234,7 +236,7 @@ class EventConsumer:
             # one's instead of waiting behind its batch.
             count = max(1, min(self.per_workspace, free * per_thread // len(readable)))
             batch = self._read(readable, count)
-            self._linger = _trickle(batch, count * len(readable))
+            self._linger = self._trickle(batch, count)
             mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
             for i in range(0, len(mixed), per_thread):
                 self._hand_out(mixed[i:i + per_thread], how="together")
@@ -244,7 +246,7 @@ class EventConsumer:
         # A thread takes `per_thread` events of one workspace, one after the other (in_flight.py).
         share = max(1, min(self.per_workspace, free // len(readable)))
         batch = self._read(readable, share * per_thread)
-        self._linger = _trickle(batch, share * per_thread * len(readable))
+        self._linger = self._trickle(batch, share * per_thread)
         if self._how() == "lane":  # the free places are events: up to TOGETHER of any workspaces per batch
             mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
             for i in range(0, len(mixed), TOGETHER):
@@ -359,6 +361,19 @@ class EventConsumer:
             self._in_flight -= weight
             self._space.notify()
 
+    def _trickle(self, batch: list[tuple[str, Entry]], count: int) -> bool:
+        """Whether a read of up to `count` entries per stream was a trickle, to linger after: some events,
+        fewer than a busy batch's, and no stream that gave all it was asked for at this read and the last (a
+        backlog). A hosted worker asks each of many workspaces for one event a turn: one that gives it may
+        have a backlog or one new event; twice in a row, a backlog, which is then read without waiting (after
+        one linger at most at its start)."""
+        given: dict[str, int] = {}
+        for key, _ in batch:
+            given[key] = given.get(key, 0) + 1
+        full = {key for key, n in given.items() if n >= count}
+        busy, self._full = full & self._full, full
+        return 0 < len(batch) < TOGETHER and not busy
+
     def _read(self, readable: list[str], count: int) -> list[tuple[str, Entry]]:
         """Read up to `count` new entries of each readable stream, acknowledging the handled ones in the same
         round trip: a quiet worker's events come one at a time, and an acknowledgement of its own was a
@@ -464,12 +479,6 @@ class EventConsumer:
         for key in soon:
             if key in self.streams:
                 self._claim(self.streams[key])
-
-
-def _trickle(batch: list, most: int) -> bool:
-    """Whether a read that could have brought `most` events was a trickle: some, fewer than a busy batch's,
-    and fewer than there was room for (so none were left behind)."""
-    return 0 < len(batch) < min(TOGETHER, most)
 
 
 def _chunks(batch: list[tuple[str, Entry]], size: int) -> list[tuple[str, list[Entry]]]:
