@@ -199,3 +199,44 @@ def test_a_workspace_with_a_backlog_among_many_quiet_ones_is_read_without_linger
     finally:
         taker.stop(5)
     assert len(handled) == 100
+
+
+def test_events_that_trickle_into_many_workspaces_are_read_several_at_a_time(connection, monkeypatch):
+    """A hosted worker's free places, shared among its many workspaces, come to less than one each: a read asked
+    each for one event, and a workspace that gave it at two reads in a row was taken for one with a backlog,
+    so the next read did not linger and brought a single event (every third read, 7bcd8ff). After a trickle,
+    a read now asks each for two."""
+    import threading
+    import time
+
+    from workers import consumer
+    from workers.consumer import EventConsumer
+
+    handled, reads = [], []
+
+    def handle(batches):
+        return [handled.append(e.id) for _, entries in batches for e in entries]
+
+    monkeypatch.setattr(consumer, "_handle_together", handle)
+    monkeypatch.setattr(consumer, "_handle_on_lane", handle)
+    monkeypatch.setattr(consumer, "_handle_events", lambda workspace, entries: handle([(workspace, entries)]))
+    read_new = eventlog.read_new
+    monkeypatch.setattr(eventlog, "read_new", lambda *a, **k: (lambda got: reads.append(len(got)) or got)(read_new(*a, **k)))
+    names = [f"ws{n}" for n in range(50)]
+    taker = EventConsumer(connection, names, name="hosted-worker", pool_size=400)
+    taker._next_maintenance = float("inf")  # this test is about reading alone
+    loop = threading.Thread(target=taker.run, daemon=True)
+    loop.start()
+    try:
+        for n in range(200):  # 200 a second, ten of the fifty workspaces in turn
+            with workspaces.using(workspaces.Workspace(names[n % 10], "http://unused/", "unused")):
+                accept(connection, n)
+            time.sleep(0.005)
+        deadline = time.monotonic() + 10
+        while len(handled) < 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        taker.stop(5)
+    assert len(handled) == 200
+    singles = [n for n in reads if n == 1]
+    assert len(singles) <= 6, reads  # the first read's, and a few; before: one read in three

@@ -236,7 +236,7 @@ class EventConsumer:
             # A busy worker's batches run together on one thread (in_flight.py): each takes `per_thread`
             # events of every workspace, in turns, so that a quiet workspace's event runs beside a noisy
             # one's instead of waiting behind its batch.
-            count = max(1, min(self.per_workspace, free * per_thread // len(readable)))
+            count = max(self._least(), min(self.per_workspace, free * per_thread // len(readable)))
             batch = self._read(readable, count)
             self._linger = self._trickle(batch, count)
             mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
@@ -246,7 +246,7 @@ class EventConsumer:
         # A fair share of the free threads for each workspace, handed out in turns (one of each
         # workspace, then the next of each), so one with a backlog cannot go ahead of the others.
         # A thread takes `per_thread` events of one workspace, one after the other (in_flight.py).
-        share = max(1, min(self.per_workspace, free // len(readable)))
+        share = max(self._least(), min(self.per_workspace, free // len(readable)))
         batch = self._read(readable, share * per_thread)
         self._linger = self._trickle(batch, share * per_thread)
         if self._how() == "lane":  # the free places are events: up to TOGETHER of any workspaces per batch
@@ -362,6 +362,12 @@ class EventConsumer:
                     stream.done.append(entry.id)
             self._in_flight -= weight
             self._space.notify()
+
+    def _least(self) -> int:
+        """The fewest entries a read asks of each stream: 1, or 2 after a trickle, so that a workspace giving one
+        new event at a read is not taken for one with a backlog (`_trickle`) by a hosted worker, whose free
+        places, shared among many workspaces, come to less than one each."""
+        return 2 if self._linger else 1
 
     def _trickle(self, batch: list[tuple[str, Entry]], count: int) -> bool:
         """Whether a read of up to `count` entries per stream was a trickle, to linger after: some events,
