@@ -38,9 +38,11 @@ async def _send(reader, writer, host: str, path: str, raw: str, headers: dict) -
     return int(status_line.split()[1])
 
 
-async def run(url: str, rate: float, count: int, connections: int, prefix: str, redeliver: float = 0.0) -> dict:
+async def run(url: str, rate: float, count: int, connections: int, prefix: str, redeliver: float = 0.0,
+              spread: list[str] | None = None) -> dict:
     """Send `count` deliveries at `rate`/s; with `redeliver` (a fraction), that share of them is a
-    sender's retry of a delivery made five before (same webhook-id and body), as in a soak test."""
+    sender's retry of a delivery made five before (same webhook-id and body), as in a soak test; with
+    `spread`, the `{ws}` of the URL's path is each of those names in turn (a hosted service's workspaces)."""
     parts = urlsplit(url)
     pool: asyncio.Queue = asyncio.Queue()
     for _ in range(connections):
@@ -56,7 +58,8 @@ async def run(url: str, rate: float, count: int, connections: int, prefix: str, 
         raw, headers = signed_delivery(f"{prefix}-{n}", {"n": n, "title": f"paced {n}"})
         conn = await pool.get()
         try:
-            status = await _send(*conn, parts.netloc, parts.path, raw, headers)
+            path = parts.path.replace("{ws}", spread[n % len(spread)]) if spread else parts.path
+            status = await _send(*conn, parts.netloc, path, raw, headers)
             statuses[status] = statuses.get(status, 0) + 1
             latencies.append(time.perf_counter() - scheduled)
             pool.put_nowait(conn)

@@ -1,14 +1,16 @@
 """Full stack: the whole stack as `make run` starts it, signed webhooks in, one InLoox write per event out.
 
     .venv/bin/python bench/stack.py [--events 5000 | --seconds 10] [--rate 200 --rate-seconds 20]
-        [--latency-ms 0] [--workers N] [--inloox-rps 0] [--root DIR]
+        [--latency-ms 0] [--workers N] [--inloox-rps 0] [--workspaces 1] [--root DIR]
 
 The stack: `honcho start -f Procfile` in `--root` (default: this checkout) with the environment
 the Makefile's RUN_ENV builds (free ports, embedded Valkey with AOF in a temporary folder, the
 sandbox), except that INLOOX_URL points at bench/sink.py (answering after `--latency-ms`), the
 rules folder holds one rule, and INLOOX_REQUESTS_PER_SECOND is `--inloox-rps` (default 0: no
 budget). The processes are read from the Procfile and honcho's output, never listed here;
-`--workers N` runs honcho with `-c worker=N`. The job: a Standard-Webhooks-signed
+`--workers N` runs honcho with `-c worker=N`; `--workspaces N` serves N workspaces from a WORKSPACES_FILE
+(`default` and N - 1 more, each with the rule, the sink and the secret), the open loop's deliveries to each in
+turn (a hosted service's mix; the closed loop's all to `default`). The job: a Standard-Webhooks-signed
 `{"event": "task.updated", "task": {TaskItemId, Name, IsDone, WorkAmount, ProjectId}}` to
 /hooks/bench; the rule books one TimeEntry (DisplayName = the task's unique Name) when the task is
 done with WorkAmount > 0, so the sink counts writes per event. Two phases, each drained to the
@@ -333,10 +335,11 @@ def wrk_closed_loop(url: str, deliveries: Path, connections: int, seconds: int |
     return result
 
 
-def paced_open_loop(url: str, rate: float, count: int, prefix: str, redeliver: float = 0.0) -> dict:
+def paced_open_loop(url: str, rate: float, count: int, prefix: str, redeliver: float = 0.0, workspaces: int = 1) -> dict:
     """bench/paced.py's open loop with this bench's task bodies, in a process of its own."""
     proc = subprocess.Popen([sys.executable, __file__, "--paced-child", url, "--rate", str(rate), "--events", str(count),
-                             "--prefix", prefix, "--redeliver", str(redeliver)], stdout=subprocess.PIPE, text=True)
+                             "--prefix", prefix, "--redeliver", str(redeliver), "--workspaces", str(workspaces)],
+                            stdout=subprocess.PIPE, text=True)
     try:
         out, _ = proc.communicate(timeout=count / rate + 120)
     finally:
@@ -350,7 +353,8 @@ def paced_child(args) -> None:
     import paced
 
     paced.signed_delivery = lambda msg_id, _body: harness.signed_delivery(msg_id, task_body(msg_id))
-    result = asyncio.run(paced.run(args.paced_child, args.rate, args.events, 16, args.prefix, args.redeliver))
+    spread = workspace_names(args.workspaces) if args.workspaces > 1 else None
+    result = asyncio.run(paced.run(args.paced_child, args.rate, args.events, 16, args.prefix, args.redeliver, spread))
     result["finished"] = time.time()  # the last answer came in just now
     print(json.dumps(result))
 
@@ -409,7 +413,10 @@ def open_loop(honcho: Honcho, sink: Sink, hooks: str, args) -> dict:
     args.valkey.config_resetstat()
     cpu_before = honcho.cpu()
     started = time.time()
-    load = paced_open_loop(hooks, args.rate, int(args.rate * args.rate_seconds), f"b{int(started)}", args.redeliver)
+    if args.workspaces > 1:  # each delivery to the next workspace's hook, in turn
+        hooks = hooks.replace("/hooks/", "/workspaces/{ws}/hooks/")
+    load = paced_open_loop(hooks, args.rate, int(args.rate * args.rate_seconds), f"b{int(started)}", args.redeliver,
+                           args.workspaces)
     last_ack = load["finished"]
     acked = load["statuses"].get("202", 0)
     figures = phase_figures("open", honcho, sink, acked, started, last_ack, cpu_before, args)
@@ -463,6 +470,19 @@ def stack_env(root: Path, ports: dict, tmp: Path, sink: Sink, args) -> dict:
     return env
 
 
+def workspace_names(count: int) -> list[str]:
+    """`--workspaces N`: the hosted service's workspaces, `default` (the closed loop's) and N - 1 more."""
+    return ["default"] + [f"ws{n}" for n in range(1, count)]
+
+
+def write_workspaces(path: Path, count: int, tmp: Path, sink: Sink, args) -> None:
+    """A WORKSPACES_FILE of `count` workspaces, each as the single one is: the bench rule, the sink, the secret."""
+    one = {"inloox_url": sink.url, "inloox_api_key": "sandbox-engine-token", "rules": str(tmp / "rules"),
+           "webhooks": {harness.WEBHOOK_SOURCE: [harness.WEBHOOK_SECRET]},
+           "limits": {"inloox_requests_per_second": args.inloox_rps}}
+    path.write_text(json.dumps({"workspaces": {name: one for name in workspace_names(count)}}))  # JSON is YAML
+
+
 def run(args) -> None:
     root = Path(args.root).resolve()
     names = procfile_names(root)
@@ -485,6 +505,9 @@ def run(args) -> None:
         sink = Sink(args.latency_ms)
         ports = {"web": harness.free_port(), "redis": harness.free_port(), "sandbox": harness.free_port()}
         env = stack_env(root, ports, tmp, sink, args)
+        if args.workspaces > 1:
+            write_workspaces(tmp / "workspaces.yaml", args.workspaces, tmp, sink, args)
+            env["WORKSPACES_FILE"] = str(tmp / "workspaces.yaml")
         check = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "rules", "check", str(tmp / "rules")],
                                cwd=root, env=env, capture_output=True, text=True, timeout=120)
         if check.returncode:
@@ -532,7 +555,8 @@ def run(args) -> None:
                      for phase in (closed, opened) if phase and (phase["dup"] or phase["lost"])]
         if problems:
             print("  stack problems: " + "; ".join(problems) + f" (honcho's output kept: {tmp / 'honcho.log'})")
-        figures = {"root": describe(root), "workers": args.workers or 1, "latency_ms": args.latency_ms,
+        figures = {"root": describe(root), "workers": args.workers or 1, "workspaces": args.workspaces,
+                   "latency_ms": args.latency_ms,
                    "inloox_rps": args.inloox_rps, "events": closed["acked"], "acks": f"{closed['acks_per_s']:.0f}/s",
                    "p99": f"{closed['p99']:.1f}ms", "writes": f"{closed['writes_per_s']:.0f}/s",
                    "e2e": f"{closed['events_per_s']:.0f}/s", "cpu": f"{closed['cpu_ms_per_event']:.2f}ms/event",
@@ -571,6 +595,8 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0, help="the sink answers InLoox requests this much later")
     parser.add_argument("--workers", type=int, default=0, help="honcho -c worker=N (default: the Procfile's one)")
     parser.add_argument("--inloox-rps", type=float, default=0, help="INLOOX_REQUESTS_PER_SECOND (0: no budget)")
+    parser.add_argument("--workspaces", type=int, default=1,
+                        help="a hosted service's N workspaces (WORKSPACES_FILE), the open loop's deliveries to each in turn")
     parser.add_argument("--root", default=str(harness.ROOT), help="the checkout to run (its Procfile and code)")
     parser.add_argument("--idle-seconds", type=float, default=5, help="wait, then sample idle RSS, this long each")
     parser.add_argument("--start-timeout", type=float, default=120)
