@@ -126,43 +126,59 @@ def test_handled_entries_are_acknowledged_in_the_round_trip_that_reads_the_next(
         assert [e.id for e in eventlog.waiting(counting, workspace="default")] == [second.id]
 
 
+class _Reading:
+    """A consumer that reads the log on its own thread and handles nothing: what it read, and handed out."""
+
+    def __init__(self, connection, monkeypatch, served: list[str], name: str):
+        import threading
+
+        from workers import consumer
+        from workers.consumer import EventConsumer
+
+        self.handled: list[str] = []
+        self.reads: list[int] = []
+        # However the limit hands them out (other tests' answers, kept by the process, may have moved it).
+        monkeypatch.setattr(consumer, "_handle_together", self._handle)
+        monkeypatch.setattr(consumer, "_handle_on_lane", self._handle)
+        monkeypatch.setattr(consumer, "_handle_events", lambda workspace, entries: self._handle([(workspace, entries)]))
+        read_new = eventlog.read_new
+        monkeypatch.setattr(eventlog, "read_new",
+                            lambda *a, **k: (lambda got: self.reads.append(len(got)) or got)(read_new(*a, **k)))
+        self.taker = EventConsumer(connection, served, name=name, pool_size=400)
+        self.taker._next_maintenance = float("inf")  # these tests are about reading alone
+        threading.Thread(target=self.taker.run, daemon=True).start()
+
+    def _handle(self, batches):
+        return [self.handled.append(e.id) for _, entries in batches for e in entries]
+
+    def wait_for(self, count: int, timeout: float = 10) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(self.handled) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.taker.stop(5)
+
+
 def test_events_that_trickle_in_are_read_and_handled_several_at_a_time(connection, monkeypatch):
     """At 200 events a second each read brought one event, and each batch of one paid alone for what a batch
     costs (its reads and round trips: ~2 ms of a worker's CPU per event against ~0.9 in a busy batch). After a
     read that brought a few, the next lets more gather first (LINGER_SECONDS)."""
-    import threading
     import time
 
-    from workers import consumer
-    from workers.consumer import EventConsumer
-
-    handled, reads = [], []
-
-    def handle(batches):
-        return [handled.append(e.id) for _, entries in batches for e in entries]
-
-    # However the limit hands them out (other tests' answers, kept by the process, may have moved it).
-    monkeypatch.setattr(consumer, "_handle_together", handle)
-    monkeypatch.setattr(consumer, "_handle_on_lane", handle)
-    monkeypatch.setattr(consumer, "_handle_events", lambda workspace, entries: handle([(workspace, entries)]))
-    read_new = eventlog.read_new
-    monkeypatch.setattr(eventlog, "read_new", lambda *a, **k: (lambda got: reads.append(len(got)) or got)(read_new(*a, **k)))
-    taker = EventConsumer(connection, ["default"], name="trickle-worker", pool_size=400)
-    taker._next_maintenance = float("inf")  # this test is about reading alone
     eventlog.ensure_group(connection, eventlog.stream_key("default"))
-    loop = threading.Thread(target=taker.run, daemon=True)
-    loop.start()
+    reading = _Reading(connection, monkeypatch, ["default"], "trickle-worker")
     try:
         for n in range(100):  # 200 a second, one at a time
             accept(connection, n)
             time.sleep(0.005)
-        deadline = time.monotonic() + 10
-        while len(handled) < 100 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        reading.wait_for(100)
     finally:
-        taker.stop(10)
-    assert len(handled) == 100
-    assert len([n for n in reads if n]) <= 40, reads  # before: one read per event, or nearly
+        reading.stop()
+    assert len(reading.handled) == 100
+    assert len([n for n in reading.reads if n]) <= 40, reading.reads  # before: one read per event, or nearly
 
 
 def test_a_workspace_with_a_backlog_among_many_quiet_ones_is_read_without_lingering(connection, monkeypatch):
@@ -170,73 +186,36 @@ def test_a_workspace_with_a_backlog_among_many_quiet_ones_is_read_without_linger
     all it was asked for, and a read that lingered after it (as after a trickle) let it have one event per
     linger, 20 a second at 50 ms (0407868). Lingering here for half a second shows it: 100 events would take
     50 s; read without lingering once the backlog shows (a linger at its start at most), a second or so."""
-    import threading
-    import time
-
     from workers import consumer
-    from workers.consumer import EventConsumer
 
-    handled = []
-
-    def handle(batches):
-        return [handled.append(e.id) for _, entries in batches for e in entries]
-
-    monkeypatch.setattr(consumer, "_handle_together", handle)
-    monkeypatch.setattr(consumer, "_handle_on_lane", handle)
-    monkeypatch.setattr(consumer, "_handle_events", lambda workspace, entries: handle([(workspace, entries)]))
     monkeypatch.setattr(consumer, "LINGER_SECONDS", 0.5)
     for n in range(100):
         accept(connection, n)
-    taker = EventConsumer(connection, ["default"] + [f"quiet{n}" for n in range(49)], name="hosted-worker",
-                          pool_size=400)
-    taker._next_maintenance = float("inf")  # this test is about reading alone
-    loop = threading.Thread(target=taker.run, daemon=True)
-    loop.start()
+    reading = _Reading(connection, monkeypatch, ["default"] + [f"quiet{n}" for n in range(49)], "hosted-worker")
     try:
-        deadline = time.monotonic() + 10
-        while len(handled) < 100 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        reading.wait_for(100)
     finally:
-        taker.stop(5)
-    assert len(handled) == 100
+        reading.stop()
+    assert len(reading.handled) == 100
 
 
 def test_events_that_trickle_into_many_workspaces_are_read_several_at_a_time(connection, monkeypatch):
     """A hosted worker's free places, shared among its many workspaces, come to less than one each: a read asked
     each for one event, and a workspace that gave it at two reads in a row was taken for one with a backlog,
-    so the next read did not linger and brought a single event (every third read, 7bcd8ff). After a trickle,
+    so the next read did not linger and brought a single event (every third read, 70fccb4). After a trickle,
     a read now asks each for two."""
-    import threading
     import time
 
-    from workers import consumer
-    from workers.consumer import EventConsumer
-
-    handled, reads = [], []
-
-    def handle(batches):
-        return [handled.append(e.id) for _, entries in batches for e in entries]
-
-    monkeypatch.setattr(consumer, "_handle_together", handle)
-    monkeypatch.setattr(consumer, "_handle_on_lane", handle)
-    monkeypatch.setattr(consumer, "_handle_events", lambda workspace, entries: handle([(workspace, entries)]))
-    read_new = eventlog.read_new
-    monkeypatch.setattr(eventlog, "read_new", lambda *a, **k: (lambda got: reads.append(len(got)) or got)(read_new(*a, **k)))
     names = [f"ws{n}" for n in range(50)]
-    taker = EventConsumer(connection, names, name="hosted-worker", pool_size=400)
-    taker._next_maintenance = float("inf")  # this test is about reading alone
-    loop = threading.Thread(target=taker.run, daemon=True)
-    loop.start()
+    reading = _Reading(connection, monkeypatch, names, "hosted-worker")
     try:
         for n in range(200):  # 200 a second, ten of the fifty workspaces in turn
             with workspaces.using(workspaces.Workspace(names[n % 10], "http://unused/", "unused")):
                 accept(connection, n)
             time.sleep(0.005)
-        deadline = time.monotonic() + 10
-        while len(handled) < 200 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        reading.wait_for(200)
     finally:
-        taker.stop(5)
-    assert len(handled) == 200
-    singles = [n for n in reads if n == 1]
-    assert len(singles) <= 6, reads  # the first read's, and a few; before: one read in three
+        reading.stop()
+    assert len(reading.handled) == 200
+    singles = [n for n in reading.reads if n == 1]
+    assert len(singles) <= 6, reading.reads  # the first read's, and a few; before: one read in three
