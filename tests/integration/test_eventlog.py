@@ -1,6 +1,7 @@
 """The event log on a real Valkey: accepted once, delivered, taken over, trimmed only when handled."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -54,7 +55,9 @@ def test_trimming_never_drops_an_event_not_yet_handled(connection):
     delivered = eventlog.read_new(connection, [stream], "worker-a", count=5, block_ms=None)
     eventlog.ack(connection, stream, [entry.id for _, entry in delivered[:3]])  # 3 handled, 2 in hand, 5 not read
 
-    eventlog.trim(connection, stream, keep=0, max_age=0, approximate=False)
+    # A second on: with max_age=0 at the same clock the cut is "now", and entries appended in the same
+    # millisecond (a warm process does all of this in one or two) were younger than it and stayed.
+    eventlog.trim(connection, stream, keep=0, max_age=0, now=time.time() + 1, approximate=False)
 
     left = [e.event["payload"]["n"] for e in eventlog.entries(connection, workspace="default")]
     assert left == list(range(3, 10))  # the handled ones went; the two in hand and the five unread stay
@@ -130,8 +133,6 @@ class _Reading:
     """A consumer that reads the log on its own thread and handles nothing: what it read, and handed out."""
 
     def __init__(self, connection, monkeypatch, served: list[str], name: str):
-        import threading
-
         from workers import consumer
         from workers.consumer import EventConsumer
 
@@ -146,28 +147,26 @@ class _Reading:
                             lambda *a, **k: (lambda got: self.reads.append(len(got)) or got)(read_new(*a, **k)))
         self.taker = EventConsumer(connection, served, name=name, pool_size=400)
         self.taker._next_maintenance = float("inf")  # these tests are about reading alone
-        threading.Thread(target=self.taker.run, daemon=True).start()
+        self.taker.start()  # its thread, which `stop` joins
 
     def _handle(self, batches):
         return [self.handled.append(e.id) for _, entries in batches for e in entries]
 
     def wait_for(self, count: int, timeout: float = 10) -> None:
-        import time
-
         deadline = time.monotonic() + timeout
         while len(self.handled) < count and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def stop(self) -> None:
+        # Joined: a loop still in its blocking read would take the next test's events as this consumer's.
         self.taker.stop(5)
+        assert not self.taker._thread.is_alive()
 
 
 def test_events_that_trickle_in_are_read_and_handled_several_at_a_time(connection, monkeypatch):
     """At 200 events a second each read brought one event, and each batch of one paid alone for what a batch
     costs (its reads and round trips: ~2 ms of a worker's CPU per event against ~0.9 in a busy batch). After a
     read that brought a few, the next lets more gather first (LINGER_SECONDS)."""
-    import time
-
     eventlog.ensure_group(connection, eventlog.stream_key("default"))
     reading = _Reading(connection, monkeypatch, ["default"], "trickle-worker")
     try:
@@ -204,8 +203,6 @@ def test_events_that_trickle_into_many_workspaces_are_read_several_at_a_time(con
     each for one event, and a workspace that gave it at two reads in a row was taken for one with a backlog,
     so the next read did not linger and brought a single event (every third read, 70fccb4). After a trickle,
     a read now asks each for two."""
-    import time
-
     names = [f"ws{n}" for n in range(50)]
     reading = _Reading(connection, monkeypatch, names, "hosted-worker")
     try:
