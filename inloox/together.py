@@ -168,14 +168,28 @@ class Lane:
 
         with self._lock:
             if self._thread is None or not self._thread.is_alive():  # the first call, or the loop ended
-                self._started.clear()
-                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
-                self._thread.start()
-                self._started.wait()
+                self._start()
             future = asyncio.run_coroutine_threadsafe(_on_greenlet(call, _lane_class()), self._loop)
             self._pending.add(future)
         future.add_done_callback(self._done)
         return future
+
+    def keep_running(self) -> bool:
+        """Start the thread again if its loop ended (and the lane was not shut down); True if it had to.
+        Else `trouble` would say "stopped" until the next call, which a worker back at its busy floor may
+        not make for long."""
+        with self._lock:
+            if self._thread is None or self._thread.is_alive():
+                return False
+            self._start()
+        return True
+
+    def _start(self) -> None:
+        """The thread and its loop, running (called holding the lock)."""
+        self._started.clear()
+        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+        self._thread.start()
+        self._started.wait()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Wait (up to `timeout` seconds) for the calls in flight, then stop the thread."""

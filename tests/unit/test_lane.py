@@ -132,3 +132,20 @@ def test_a_lane_whose_loop_ended_fails_its_calls_in_flight_and_starts_again(lane
         time.sleep(0.01)
     assert lane.trouble() == "stopped"
     assert lane.submit(lambda: "again").result(5) == "again" and lane.trouble() is None
+
+
+def test_a_lane_whose_loop_ended_is_started_again_by_the_workers_beat(lane):
+    """/readyz said "event lane stopped" until the next batch came to the lane; a worker back at its busy
+    floor may send none for hours, while nothing is wrong with it. The worker's beat (keep_running) starts it."""
+    def ending():
+        raise SystemExit(3)
+
+    assert lane.keep_running() is False  # never started: nothing to start again
+    with pytest.raises(SystemExit):
+        lane.submit(ending).result(5)
+    deadline = time.monotonic() + 5
+    while lane.trouble() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lane.trouble() == "stopped"
+    assert lane.keep_running() is True and lane.trouble() is None
+    assert lane.keep_running() is False and lane.submit(lambda: "again").result(5) == "again"

@@ -162,7 +162,9 @@ class EventConsumer:
         return "failing" if self._failing_since is not None else "stalled"
 
     def keep_running(self) -> bool:
-        """Start the loop's thread again if it ended without being stopped; True if it had to."""
+        """Start the loop's thread again if it ended without being stopped, and its lane's; True if it had to."""
+        if not self._stop.is_set() and self._lane.keep_running():
+            log.error("event consumer %s: its lane's loop had ended; starting it again", self.name)
         if self._stop.is_set() or self._thread is None or self._thread.is_alive():
             return False
         log.error("event consumer %s: its thread had ended; starting it again", self.name)
