@@ -241,9 +241,7 @@ class EventConsumer:
             count = max(self._least(), min(self.per_workspace, free * per_thread // len(readable)))
             batch = self._read(readable, count)
             self._linger = self._trickle(batch, count)
-            mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
-            for i in range(0, len(mixed), per_thread):
-                self._hand_out(mixed[i:i + per_thread], how="together")
+            self._hand_out_mixed(batch, per_thread, how="together")
             return
         # A fair share of the free threads for each workspace, handed out in turns (one of each
         # workspace, then the next of each), so one with a backlog cannot go ahead of the others.
@@ -252,9 +250,7 @@ class EventConsumer:
         batch = self._read(readable, share * per_thread)
         self._linger = self._trickle(batch, share * per_thread)
         if self._how() == "lane":  # the free places are events: up to TOGETHER of any workspaces per batch
-            mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
-            for i in range(0, len(mixed), TOGETHER):
-                self._hand_out(mixed[i:i + TOGETHER], how="lane")
+            self._hand_out_mixed(batch, TOGETHER, how="lane")
             return
         for stream_key, entries in _in_turns(_chunks(batch, per_thread)):
             self._submit(self.streams[stream_key], entries)
@@ -344,6 +340,12 @@ class EventConsumer:
             (stream, entries), = groups.values()
             future = self._pool.submit(_handle_events, stream.workspace, entries)
         future.add_done_callback(lambda f, i=items, w=weight: self._finished(i, f, weight=w))
+
+    def _hand_out_mixed(self, batch: list[tuple[str, Entry]], size: int, *, how: str) -> None:
+        """Hand `batch` out in batches of `size` events of any workspaces, taken in turns."""
+        mixed = [(self.streams[key], entry) for key, entry in _in_turns(batch)]
+        for i in range(0, len(mixed), size):
+            self._hand_out(mixed[i:i + size], how=how)
 
     def _finished(self, items: list[tuple[_Stream, Entry]], future: Future, *, weight: int = 1) -> None:
         if future.cancelled():
