@@ -58,7 +58,7 @@ from workers.settings import load_config, redis_client
 from workers.worker_context import served
 
 log = logging.getLogger(__name__)
-YOUNG_OBJECTS = 10_000  # the collector's first generation (Python's default: 700); see _settle_heap
+YOUNG_OBJECTS = 10_000  # the collector's first generation (Python's default: 700); see settle_heap
 
 ABANDON_GRACE_SECONDS = 5
 MAINTENANCE_SECONDS = 10
@@ -305,7 +305,7 @@ class Worker(SimpleWorker):
             if self.config.get("WORKER_POLLS") == "1":
                 self.polling = Polling(self.config, with_scheduler=True, shard=self.shard)
                 self.polling.start()
-        _settle_heap()
+        settle_heap()
         try:
             return self._work_until_stopped(burst, **kwargs)
         finally:
@@ -363,7 +363,7 @@ class Worker(SimpleWorker):
         return consumer
 
 
-def _settle_heap() -> None:
+def settle_heap() -> None:
     """Keep the collector off what start-up built, and let it run less often on an event's garbage.
 
     A worker's events leave objects that live for a batch or two, long enough to reach the oldest
