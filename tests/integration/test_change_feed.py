@@ -193,7 +193,13 @@ def test_a_subscription_failing_for_five_days_is_disabled_and_the_operator_told(
                "the subscription to be disabled")
     shown = api.get(f"/subscriptions/{sub.id}", headers=ADMIN).get_json()
     assert shown["disabled"].startswith("every delivery failed for 5 days")
-    [failed] = api.get(f"/subscriptions/{sub.id}/deliveries", headers=ADMIN).get_json()["deliveries"]
+    # The worker disables the subscription, then stores the delivery that failed: a reader may see the
+    # first a few milliseconds before the second (CI did once).
+    def deliveries_shown():
+        return api.get(f"/subscriptions/{sub.id}/deliveries", headers=ADMIN).get_json()["deliveries"]
+
+    wait_until(lambda: deliveries_shown()[0]["status"] != "pending", 10, "the delivery to be finished")
+    [failed] = deliveries_shown()
     assert failed["status"] == "failed" and len(failed["attempts"]) == 1
     wait_until(lambda: "disabled: every delivery failed" in worker.output(), 10, "the worker's error line")
     wait_until(lambda: 'inloox_automation_subscriptions_disabled_total{workspace="default"} 1.0'
