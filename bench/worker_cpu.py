@@ -154,11 +154,14 @@ def child(args) -> None:
         for at in range(0, WARM_UP, args.batch):
             handle(events[at:at + args.batch])
         try:  # as workers/worker.py does once started; a root from before has no such step
-            from workers.worker import settle_heap
+            from workers.heap import settle
         except ImportError:
-            pass
-        else:
-            settle_heap()
+            try:
+                from workers.worker import settle_heap as settle
+            except ImportError:
+                settle = None
+        if settle is not None:
+            settle()
         timings = _timed_pieces() if args.breakdown else None
         cpu, wall = time.process_time(), time.monotonic()
         for at in range(WARM_UP, len(events), args.batch):

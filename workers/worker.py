@@ -32,7 +32,6 @@ priority (WORKER_NICE), so that on a small machine the web answers senders befor
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -49,7 +48,7 @@ from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from inloox import deadlines
-from workers import activity, failpoints, metrics, registry
+from workers import activity, failpoints, heap, metrics, registry
 from workers.consumer import EventConsumer
 from workers.poller.process import Polling
 from workers.logs import configure_logging, follow_registry
@@ -58,7 +57,6 @@ from workers.settings import load_config, redis_client
 from workers.worker_context import served
 
 log = logging.getLogger(__name__)
-YOUNG_OBJECTS = 10_000  # the collector's first generation (Python's default: 700); see settle_heap
 
 ABANDON_GRACE_SECONDS = 5
 MAINTENANCE_SECONDS = 10
@@ -196,6 +194,7 @@ class Worker(SimpleWorker):
         if self.polling is not None:
             self.polling.keep_running()
         deadlines.keep_running()
+        heap.keep()  # what the workspaces followed since built is frozen too
         if time.monotonic() < self._next_beat:
             return
         state = "none" if self.consumer is None else "running" if self.consumer.running() else self.consumer.trouble()
@@ -305,7 +304,7 @@ class Worker(SimpleWorker):
             if self.config.get("WORKER_POLLS") == "1":
                 self.polling = Polling(self.config, with_scheduler=True, shard=self.shard)
                 self.polling.start()
-        settle_heap()
+        heap.settle()  # what start-up built is no longer walked by the collector
         try:
             return self._work_until_stopped(burst, **kwargs)
         finally:
@@ -361,23 +360,6 @@ class Worker(SimpleWorker):
         log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine) or "no workspace yet",
                  consumer.pool_size)
         return consumer
-
-
-def settle_heap() -> None:
-    """Keep the collector off what start-up built, and let it run less often on an event's garbage.
-
-    A worker's events leave objects that live for a batch or two, long enough to reach the oldest
-    generation, and each full collection then walked every object of the process (~30 ms, 15 times
-    for 10,000 events: 5-8 % of the worker's CPU, bench/RESULTS.md section 32). What start-up built
-    (modules, rules, connections) lives as long as the process: frozen, a full collection walks only
-    what came after. (What of it a later change replaces, such as a workspace's first rules, is freed
-    by its reference count; only its reference cycles stay, once, never more than start-up built.)
-    A young generation of 10,000 objects instead of 700 collects the same garbage in fewer passes;
-    what it holds meanwhile is a few MB at most.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(YOUNG_OBJECTS, *gc.get_threshold()[1:])
 
 
 def _lower_priority(nice: int) -> None:

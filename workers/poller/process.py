@@ -17,7 +17,7 @@ from typing import Callable
 import redis
 
 from inloox import deadlines
-from workers import failpoints
+from workers import failpoints, heap
 from workers.logs import configure_logging, follow_registry
 from workers.poller import beats as poller_beats
 from workers.poller.loop import Following, run
@@ -143,6 +143,7 @@ class Polling:
         next_beat = 0.0
         while not self.stop_event.is_set():
             self.keep_running()
+            heap.keep()  # the collector off what the workspaces followed built (workers/heap.py)
             if time.monotonic() >= next_beat and self._beat():
                 next_beat = time.monotonic() + poller_beats.BEAT_SECONDS
             self.stop_event.wait(SUPERVISE_SECONDS)
