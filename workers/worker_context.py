@@ -6,18 +6,21 @@ forked), so importing this module opens no connection.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import redis
 
 from engine import Ruleset
 from engine.bodies import parse_json
-from engine.last_good import FileState, load_keeping_last_good
+from engine.last_good import FileState, LoadedFiles, load_keeping_last_good
 from engine.rules import load_texts, rule_files
 from inloox import Client
 from workers import bundles, metrics
@@ -29,6 +32,7 @@ from workers.settings import load_config, redis_client, threads
 from workers.throttle import Throttle
 from workers.workspaces import DEFAULT, Workspace, using
 
+T = TypeVar("T")
 RULES_RECHECK_SECONDS = 2.0  # how stale a process's view of the rule files may get
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,7 @@ class RuleSource:
     _checked: float = 0.0
     _checked_wall: float = 0.0  # time.time() when the last check began
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _files: LoadedFiles | None = None  # what `_ruleset` came from, when a folder: keeps it shared (see shared)
     trouble: tuple[FileState, ...] = ()  # the folder's files that did not load at the last look (see engine.last_good)
 
     @property
@@ -99,12 +104,14 @@ class RuleSource:
         if active is None:
             return load_texts([]), "none", True
         number, files = active
-        return load_texts(sorted(files.items())), f"v{number}", True
+        texts = sorted(files.items())
+        return shared(("bundle", texts), lambda: load_texts(texts)), f"v{number}", True
 
     def _load_folder(self, texts: list[tuple[str, str]]) -> tuple[Ruleset, str, bool]:
         prefix = self.workspace.prefix
         try:
-            loaded = load_keeping_last_good(texts, rule_files_state.last_good(self.connection, prefix))
+            last_good = rule_files_state.last_good(self.connection, prefix)
+            loaded = shared(("folder", texts, sorted(last_good.items())), lambda: load_keeping_last_good(texts, last_good))
             rule_files_state.record(self.connection, prefix, {Path(p).name: t for p, t in texts}, loaded)
             recorded = True
         except redis.RedisError:
@@ -113,8 +120,28 @@ class RuleSource:
             loaded, recorded = load_keeping_last_good(texts, {}), False
             if loaded.trouble:
                 raise
-        self.trouble = loaded.trouble
+        self.trouble, self._files = loaded.trouble, loaded
         return loaded.ruleset, loaded.version, recorded
+
+
+# Rules compiled from the same texts are the same rules, so workspaces whose rules are the same texts
+# (a thousand of one checkout, or one bundle uploaded to many) share one copy: each cost ~45 ms to
+# compile and ~500 objects to keep (the example rules; bench/RESULTS.md section 33). Rules are
+# immutable once loaded; a copy lives while a workspace of the process uses it.
+_shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_shared_lock = threading.Lock()
+
+
+def shared(source: tuple, load: Callable[[], T]) -> T:
+    """What `load()` gives for `source` (the texts it reads, and what else decides it), loaded once while in use."""
+    key = hashlib.sha256(repr(source).encode()).digest()
+    with _shared_lock:
+        found = _shared.get(key)
+    if found is not None:
+        return found
+    loaded = load()  # outside the lock: two first loads of one source at once both compile, one is kept
+    with _shared_lock:
+        return _shared.setdefault(key, loaded)
 
 
 _folder_looks: dict[str, tuple[float, float, str]] = {}  # rules folder → (monotonic, wall time, stamp) of a look

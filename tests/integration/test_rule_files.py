@@ -72,3 +72,38 @@ def test_a_last_good_text_stored_before_compression_is_stored_again_smaller_with
     load(connection, {"done.yaml": BROKEN})
     [entry] = rule_files.broken_files(connection, PREFIX)
     assert entry["good_since"] == 1_600_000_000.0  # still the time it was last good
+
+
+def _source(connection, name: str, folder: Path):
+    from workers import workspaces
+    from workers.worker_context import RuleSource
+
+    workspace = workspaces.Workspace(name, "https://inloox.example/odata", "token", rules_path=str(folder))
+    return RuleSource(connection, workspace)
+
+
+def test_workspaces_on_one_folder_share_its_rules_until_it_changes(connection, tmp_path):
+    (tmp_path / "done.yaml").write_text(GOOD)
+    first, second = _source(connection, "share-a", tmp_path), _source(connection, "share-b", tmp_path)
+
+    assert first.ruleset() is second.ruleset()  # compiled once in the process, not once per workspace
+    assert list(first.ruleset().rules) == ["tell-the-team"]
+
+    (tmp_path / "done.yaml").write_text(GOOD.replace("tell-the-team", "tell-everyone"))
+    changed = _source(connection, "share-c", tmp_path)
+    assert list(changed.ruleset().rules) == ["tell-everyone"]
+
+
+def test_a_broken_file_runs_each_workspaces_own_last_good_text(connection, tmp_path):
+    (tmp_path / "done.yaml").write_text(GOOD)
+    seen_good = _source(connection, "kept-a", tmp_path)
+    assert list(seen_good.ruleset().rules) == ["tell-the-team"]  # recorded as its last good text
+    (tmp_path / "done.yaml").write_text(BROKEN + "\n")  # another size: seen whatever the clock's grain
+    seen_good.current(not_before=float("inf"))  # looks at the folder now
+
+    never_good = _source(connection, "kept-b", tmp_path)  # a workspace that never saw the file good
+
+    assert list(seen_good.ruleset().rules) == ["tell-the-team"]
+    assert [f.status for f in seen_good.trouble] == [KEPT]
+    assert list(never_good.ruleset().rules) == []
+    assert [f.status for f in never_good.trouble] == ["broken"]
