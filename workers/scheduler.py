@@ -38,7 +38,7 @@ from engine.templates import isoformat
 from workers import failpoints, workspaces
 from workers.intake import submit_event
 from workers.logs import configure_logging, follow_registry
-from workers.settings import load_config
+from workers.settings import load_config, redis_client
 from workers.signals import stop_event
 from workers.registry import Served, Shard
 from workers.worker_context import RuleSource, served
@@ -201,7 +201,7 @@ def main() -> int:
     settings = settings_from(config)
     log.info("scheduler %s: every %.1fs", uuid.uuid4().hex[:8], settings.interval)
     stop = stop_event()
-    run(redis.Redis.from_url(config["REDIS_URL"]), served(), settings, stop)
+    run(redis_client(config), served(), settings, stop)
     return 0
 
 

@@ -128,6 +128,12 @@ def load_config() -> dict:
 
 
 REDIS_SPARE_CONNECTIONS = 32  # beyond the threads a process runs: its loops, sweeps and RQ's own
+# How long an answer or a new connection may take. Without a limit (redis-py's default before 8.0),
+# a Redis cut off by the network, nothing closed (a failover that moved its address, a NAT that lost
+# its state), held each thread waiting on it for good once Redis was reachable again
+# (tests/integration/test_recovery.py). Said here, not left to the library's default (5 s since 8.0).
+# Longer than any command the processes send takes: their blocking reads wait 2 s at most.
+REDIS_SOCKET_TIMEOUT = 5.0
 
 
 def redis_client(config: Mapping[str, str]) -> redis.Redis:
@@ -139,7 +145,9 @@ def redis_client(config: Mapping[str, str]) -> redis.Redis:
     free connection (up to 20 s) instead of failing.
     """
     pool = redis.BlockingConnectionPool.from_url(config["REDIS_URL"], timeout=20,
-                                                 max_connections=max(100, threads(config) + REDIS_SPARE_CONNECTIONS))
+                                                 max_connections=max(100, threads(config) + REDIS_SPARE_CONNECTIONS),
+                                                 socket_timeout=REDIS_SOCKET_TIMEOUT,
+                                                 socket_connect_timeout=REDIS_SOCKET_TIMEOUT)
     return redis.Redis(connection_pool=pool)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.partition import Partition
 from tests.support.processes import wait_until
 from tests.support.stack import (BOOKING_RULE, PREFIX, PROJECT, all_runs, deliver, ensure_project, make_task, runs_in,
                                  write_form_rule, write_rule)
@@ -214,6 +215,35 @@ def test_worker_poller_and_scheduler_ride_out_a_redis_outage_during_a_run(stack,
     assert len(tasks_named(sandbox, "After")) == 1
     if exited():
         pytest.fail(f"processes quit after the Redis outage: {exited()}")
+
+
+PARTITION_SECONDS = 1  # how long nothing gets through (not a wait for a condition)
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_cut_off_from_redis_without_a_word_takes_up_events_once_it_is_reachable(stack, sandbox, rules_dir,
+                                                                                        killable_valkey):
+    """A network partition between the worker and Redis: its connections go silent, nothing is closed;
+    afterwards new connections get through and the old ones stay silent (a failover that moved the
+    address, a NAT that lost its state). An event delivered after that must be run, once."""
+    valkey = killable_valkey.start()
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    web = stack.web()  # straight to Valkey: the partition is the worker's
+    with Partition(valkey.port) as partition:
+        stack.env["REDIS_URL"] = partition.url
+        worker = stack.worker()
+        assert deliver(web, {"title": "Before", "project": PROJECT}, "msg_before").status_code == 202
+        wait_until(lambda: runs_of(valkey.url, "Before", "succeeded"), 30, "the run of the delivery made before")
+
+        partition.cut()
+        time.sleep(PARTITION_SECONDS)
+        partition.heal()
+        assert deliver(web, {"title": "After", "project": PROJECT}, "msg_after").status_code == 202
+
+        wait_until(lambda: runs_of(valkey.url, "After", "succeeded"), 45, "the run of the delivery made after")
+        assert len(tasks_named(sandbox, "After")) == 1
+        assert worker.alive()
 
 
 @pytest.mark.timeout(120)
