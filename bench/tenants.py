@@ -27,6 +27,7 @@ All workspaces read the same sandbox, so one change is seen once per workspace: 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -69,23 +70,30 @@ def seed(odata: str, *, tasks: int = 20, contacts: int = 50) -> str:
     return answer.json()["TaskItemId"]
 
 
-def rules_folder() -> Path:
+FOLDERS: list[Path] = []  # the rules folders made, removed at the end
+
+
+def rules_folder(owner: str = "") -> Path:
+    """The example rules in a folder of their own; with `owner`, each file names it in a comment, so that
+    its texts are the owner's alone (a process compiles a copy per distinct text, not per workspace)."""
     folder = Path(tempfile.mkdtemp(prefix="bench-tenants-rules-"))
+    FOLDERS.append(folder)
     for name in RULES:
         source = harness.ROOT / "rules" / f"{name}.yaml"
         if source.exists():
-            (folder / source.name).write_text(source.read_text())
+            (folder / source.name).write_text(source.read_text() + (f"\n# the rules of {owner}\n" if owner else ""))
     return folder
 
 
 def create_workspaces(connection: redis.Redis, keyring: Keyring, count: int, odata: str, rules: Path,
-                      probes: int = 0, probe_odata: str = "") -> list[str]:
+                      probes: int = 0, probe_odata: str = "", own_rules: bool = False) -> list[str]:
     """`default` (declared by the settings) and count − 1 registry workspaces like it; the first
-    `probes` of those on `probe_odata` instead."""
+    `probes` of those on `probe_odata` instead; with `own_rules`, each on a rules folder of its own."""
     names = ["default"] + [f"t{n:03d}" for n in range(1, count)]
     for n, name in enumerate(names[1:]):
+        folder = rules_folder(name) if own_rules else rules
         registry.put(connection, keyring, name, {"inloox_url": probe_odata if n < probes else odata,
-                                                 "inloox_api_key": ENGINE_TOKEN, "rules": str(rules)})
+                                                 "inloox_api_key": ENGINE_TOKEN, "rules": str(folder)})
     return names
 
 
@@ -168,6 +176,8 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=300)
     parser.add_argument("--measure-seconds", type=float, default=60)
     parser.add_argument("--detect-timeout", type=float, default=120)
+    parser.add_argument("--own-rules", action="store_true",
+                        help="each workspace on a folder of its own (texts that differ), as a hosted service's customers")
     parser.add_argument("--probes", type=int, default=0,
                         help="measure change detection in this many workspaces on a sandbox of their own "
                              "(0: every workspace sees the change, all at once)")
@@ -196,7 +206,7 @@ def main() -> None:
            "SECRETS_KEY": secrets_key, "STACK_ENV": "", "WORKSPACES_FILE": ""}
     connection = redis.Redis.from_url(url)
     names = create_workspaces(connection, Keyring([secrets_key]), args.workspaces, odata, rules,
-                              probes=args.probes, probe_odata=probe_odata)
+                              probes=args.probes, probe_odata=probe_odata, own_rules=args.own_rules)
     watching = names[1:1 + args.probes] if args.probes else names  # the workspaces that see the change
     processes = [harness.Process.python("-m", "rq.cli", "worker", "--worker-class", "workers.worker.Worker",
                                         "--with-scheduler", "--serializer", "json", "--dequeue-strategy",
@@ -271,6 +281,8 @@ def main() -> None:
         if probe_sandbox is not None:
             probe_sandbox.stop()
         server.stop()
+        for folder in FOLDERS:
+            shutil.rmtree(folder, ignore_errors=True)
     print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
 
 
