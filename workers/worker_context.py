@@ -111,7 +111,7 @@ class RuleSource:
         prefix = self.workspace.prefix
         try:
             last_good = rule_files_state.last_good(self.connection, prefix)
-            loaded = shared(("folder", texts, sorted(last_good.items())), lambda: load_keeping_last_good(texts, last_good))
+            loaded = shared(("folder", texts, _deciding(texts, last_good)), lambda: load_keeping_last_good(texts, last_good))
             rule_files_state.record(self.connection, prefix, {Path(p).name: t for p, t in texts}, loaded)
             recorded = True
         except redis.RedisError:
@@ -130,6 +130,14 @@ class RuleSource:
 # immutable once loaded; a copy lives while a workspace of the process uses it.
 _shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _shared_lock = threading.Lock()
+
+
+def _deciding(texts: list[tuple[str, str]], last_good: dict[str, str]) -> list[tuple[str, str]]:
+    """The last good texts that can change what `texts` load to: those of the folder's files that differ
+    from the file. A workspace's first load records its texts as last good, and its next (a poller's
+    scheduler, say) would otherwise not share the copy of the first."""
+    now = {Path(path).name: text for path, text in texts}
+    return sorted((name, text) for name, text in last_good.items() if name in now and now[name] != text)
 
 
 def shared(source: tuple, load: Callable[[], T]) -> T:

@@ -94,6 +94,16 @@ def test_workspaces_on_one_folder_share_its_rules_until_it_changes(connection, t
     assert list(changed.ruleset().rules) == ["tell-everyone"]
 
 
+def test_a_workspaces_poller_and_scheduler_share_its_rules(connection, tmp_path):
+    (tmp_path / "done.yaml").write_text(GOOD + "# acme's own\n")
+    polling = _source(connection, "own-a", tmp_path)
+    rules = polling.ruleset()  # its first load records the texts as last good
+
+    scheduling = _source(connection, "own-a", tmp_path)  # the same workspace's, loading after that
+
+    assert scheduling.ruleset() is rules
+
+
 def test_a_broken_file_runs_each_workspaces_own_last_good_text(connection, tmp_path):
     (tmp_path / "done.yaml").write_text(GOOD)
     seen_good = _source(connection, "kept-a", tmp_path)
