@@ -7,7 +7,7 @@ A worker or poller holds each workspace it follows for as long as it follows it:
 clients (~50 objects) and its compiled rules (~500 for the example rules). Those are built after
 start-up, at the workspace's first event or poll, and they reach the collector's oldest generation,
 which a full collection walks whole. A poller following 1,000 workspaces held ~800,000 such objects,
-and every ~25 s a full collection stopped all its threads for 0.5-0.6 s (bench/RESULTS.md section
+and every ~25 s a full collection stopped all its threads for 0.45-0.70 s (bench/RESULTS.md section
 33). Frozen (`gc.freeze`), they are no longer walked; the collections that remain walk what came
 after the last settle.
 
@@ -40,10 +40,8 @@ def settle(*, reclaim: bool = False, now: float | None = None) -> None:
     global _next_settle, _next_reclaim
     now = time.monotonic() if now is None else now
     with _lock:
-        if reclaim:
+        if reclaim or not _next_reclaim:  # the first settle walks everything anyway: it counts as one
             gc.unfreeze()
-            _next_reclaim = now + RECLAIM_SECONDS
-        elif not _next_reclaim:
             _next_reclaim = now + RECLAIM_SECONDS
         gc.collect()
         gc.freeze()
@@ -58,4 +56,4 @@ def keep(now: float | None = None) -> None:
     """
     now = time.monotonic() if now is None else now
     if now >= _next_settle:
-        settle(reclaim=bool(_next_reclaim) and now >= _next_reclaim, now=now)
+        settle(reclaim=now >= _next_reclaim, now=now)

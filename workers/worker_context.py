@@ -56,7 +56,7 @@ class RuleSource:
     _checked: float = 0.0
     _checked_wall: float = 0.0  # time.time() when the last check began
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _files: LoadedFiles | None = None  # what `_ruleset` came from, when a folder: keeps it shared (see shared)
+    _files: LoadedFiles | None = field(default=None, repr=False)  # what `_ruleset` came from, when a folder: keeps it shared (see shared)
     trouble: tuple[FileState, ...] = ()  # the folder's files that did not load at the last look (see engine.last_good)
 
     @property
