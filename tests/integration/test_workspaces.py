@@ -287,9 +287,14 @@ def test_the_shared_inloox_rate_limit_holds_across_four_workers(engine, sandbox,
     times = sorted(datetime.fromisoformat(r["at"].replace("Z", "+00:00")).timestamp()
                    for r in sandbox.requests() if r["user"] and r["user"] != engine_id)
     assert len(times) >= 30
-    # At most 5 in any one-second span (less a little for the trip between our clock and the server's).
-    busiest = max(sum(1 for t in times[i:] if t - start < 0.95) for i, start in enumerate(times))
-    assert busiest <= 5, busiest
+    # The four workers share the limit: by any moment InLoox has had no more requests than 5 a second
+    # allows since the first one, give or take one second for that first one's own delay (four limits of 5
+    # would let 20 arrive at once). Not "at most 5 in any one-second span": that is the window's promise
+    # for its slots (test_throttle.py), taken when a request is about to go. The sandbox stamps it when it
+    # handles it, and with another stack starting on the same two cores one request reached it 0.6 s after
+    # its slot, beside the next second's five: 6 to 9 in a span, in five of six runs.
+    ahead = max(n + 1 - (5 + 5 * (t - times[0] + 1)) for n, t in enumerate(times))
+    assert ahead <= 0, f"{ahead:.1f} requests ahead of 5 a second: {[round(t - times[0], 3) for t in times]}"
     assert len(times) / (times[-1] - times[0]) > 2.5  # and it did keep going at about the limit
 
 
