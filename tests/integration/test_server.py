@@ -13,11 +13,14 @@ from tests.support.processes import Process, free_port, port_open, running_proce
 from tests.support.stack import WEBHOOK_SECRET, deliver
 from workers import eventlog
 
+# The cores this test may use, as a server started from it finds them (web/server.py pins to one of them).
+CORES = sorted(os.sched_getaffinity(0))
 
-def _web(stack, processes: int) -> tuple[Process, int]:
+
+def _web(stack, processes: int, *options: str) -> tuple[Process, int]:
     port = free_port()
     process = Process.python("-m", "web.server", "--port", str(port), "--threads", "4", "--processes", str(processes),
-                             name="web", env={**stack.env, "WEBHOOK_SECRET_FORMS": WEBHOOK_SECRET})
+                             *options, name="web", env={**stack.env, "WEBHOOK_SECRET_FORMS": WEBHOOK_SECRET})
     stack.processes.append(process)  # stopped (its process group) with the stack, whatever the test did
     process.wait_for_port(port, timeout=60)
     return process, port
@@ -37,6 +40,8 @@ def test_two_servers_accept_webhooks_on_one_port_and_stop_together_on_sigterm(st
         assert deliver(base, {"title": f"Task {i}"}, f"msg_{i}").status_code == 202
     assert deliver(base, {"title": "Task 0"}, "msg_0").status_code == 200  # a redelivery, whichever server
     forked = _forked(web.popen.pid)
+    if len(CORES) > 1:  # each server on a core of its own, the first on the first (web/server.py, `pin`)
+        assert [os.sched_getaffinity(pid) for pid in (web.popen.pid, *forked)] == [{CORES[0]}, {CORES[1]}]
     os.kill(forked[0], signal.SIGSTOP)  # the first server, the one the supervisor started, serves too
     assert deliver(base, {"title": "Task 20"}, "msg_20").status_code == 202
     os.kill(forked[0], signal.SIGCONT)
@@ -112,3 +117,8 @@ def _alive(pid: int) -> bool:
 def test_one_process_serves_health_as_before(stack):
     web, port = _web(stack, 1)
     assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json() == {"status": "ok"}
+    if len(CORES) > 1:  # a lone server keeps to the core it started on; with --no-pin the kernel moves it
+        assert len(os.sched_getaffinity(web.popen.pid)) == 1
+        free, port = _web(stack, 1, "--no-pin")
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        assert sorted(os.sched_getaffinity(free.popen.pid)) == CORES
