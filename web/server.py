@@ -20,13 +20,11 @@ should another exit on its own, the first stops too and exits with its code; sho
 die, the kernel SIGTERMs the others: the supervisor (honcho, systemd) sees the web down rather
 than serving at a fraction.
 
-Each server process keeps to one core (`pin`): the first and the ones it forks take the cores they
-may use in turn; a lone server, the core it starts on. Its threads share one GIL, so a second core
-buys it no Python, but the GIL handed between waitress's I/O thread and a request thread running on
-another core cost each hand-over a wake-up across cores. With 50 senders on 2 cores one server
-acknowledged 268 webhooks a second at 4.2 ms of CPU each, unpinned, and 1,941 at 0.51 ms pinned; two
-servers 2,096-2,223 at 0.69-0.73 ms against 2,885-2,928 at 0.56 (bench/acks.py, bench/RESULTS.md
-section 34). `--no-pin` leaves the kernel to place them.
+Each server process keeps to one core (workers/cores.py): the first and the ones it forks take the
+cores they may use in turn; a lone server, the core it starts on. Unpinned, one server on 2 cores
+acknowledged 225-290 webhooks a second from 50 senders at 4-5 ms of CPU each, pinned 1,935 at 0.51
+ms; two servers 2,096-2,223 at 0.69-0.73 ms against 2,824-2,928 at 0.56-0.58 (bench/acks.py,
+bench/RESULTS.md section 34). `--no-pin` leaves the kernel to place them.
 """
 from __future__ import annotations
 
@@ -42,6 +40,8 @@ import threading
 import time
 
 import waitress
+
+from workers import cores
 
 CONNECTION_LIMIT = 1000  # idle or slow connections are cheap on the I/O loop (poll, not select)
 CHANNEL_TIMEOUT = 10  # seconds a connection may send nothing before it is closed
@@ -105,26 +105,10 @@ def listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def pin(index: int | None = None) -> None:
-    """Keep this process on one core: the `index`-th (round) of those it may use, or the one it runs on now.
-
-    Nothing happens where the kernel does not take CPU affinities (macOS), or with a single core.
-    """
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-        if len(cores) < 2:
-            return
-        if index is None:
-            index = cores.index(ctypes.CDLL(None).sched_getcpu())
-        os.sched_setaffinity(0, {cores[index % len(cores)]})
-    except (AttributeError, OSError, ValueError):
-        pass  # no affinities here, or the core is not among ours: the kernel places the process as before
-
-
 def prefork(sock: socket.socket, count: int, threads: int, *, pinned: bool = True) -> int:
     """Serve on `sock` in this process and `count - 1` forked ones; the exit code for the whole web.
 
-    `pinned`: each server on a core of its own (`pin`), this one on the first."""
+    `pinned`: each server on a core of its own (`cores.pin`), this one on the first."""
     options = {"sockets": [sock], "threads": threads, **_common()}
     app = build()  # before forking: the servers share its pages, and a broken setting stops the web once
     # The collector never walks what was built so far, so its pages stay shared: a full collection in
@@ -140,11 +124,11 @@ def prefork(sock: socket.socket, count: int, threads: int, *, pinned: bool = Tru
             pid = os.fork()
             if pid == 0:
                 if pinned:
-                    pin(number)
+                    cores.pin(number)
                 _serve_child(app, options, parent)
             forked.pids.append(pid)
         if pinned:
-            pin(0)
+            cores.pin(0)
         forked.watch()  # threads started after the last fork: a forked server starts with none
         serve(options, app)
     except BaseException as exc:  # noqa: BLE001 - whatever ends this server, the others are stopped
@@ -254,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--processes must be at least 1")
     if args.processes == 1:
         if args.pinned:
-            pin()
+            cores.pin()
         serve(settings(args.host, args.port, args.threads))
         return
     sys.exit(prefork(listener(args.host, args.port), args.processes, args.threads, pinned=args.pinned))

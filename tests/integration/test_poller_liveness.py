@@ -3,9 +3,11 @@ kept running, and how they are told to /readyz (the workers' pollers say it in t
 tests/integration/test_worker_polls.py)."""
 from __future__ import annotations
 
+import os
 import signal
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import redis
@@ -51,6 +53,8 @@ def test_a_poller_process_starts_its_dead_scheduler_again_and_the_ticks_fire(pol
     wait_until(lambda: "fired schedule:tick:" in poller.output(), 20, "the restarted scheduler to fire the tick")
     assert "the scheduler loop had stopped; starting it again" in poller.output()
     assert poller.alive()
+    if len(os.sched_getaffinity(0)) > 1:  # on the core it started on, its threads with it (workers/cores.py)
+        assert {len(os.sched_getaffinity(int(t.name))) for t in Path(f"/proc/{poller.popen.pid}/task").iterdir()} == {1}
 
 
 def test_readyz_names_a_poller_process_whose_scheduler_keeps_stopping(pollers, sandbox):

@@ -17,7 +17,7 @@ from typing import Callable
 import redis
 
 from inloox import deadlines
-from workers import failpoints, heap
+from workers import cores, failpoints, heap
 from workers.logs import configure_logging, follow_registry
 from workers.poller import beats as poller_beats
 from workers.poller.loop import Following, run
@@ -171,19 +171,23 @@ class Polling:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m workers.poller [--with-scheduler]`: poll every workspace; with the flag, also fire
-    their schedules (workers/scheduler.py) on a thread of this process, one process fewer."""
+    """`python -m workers.poller [--with-scheduler] [--no-pin]`: poll every workspace; with the flag, also
+    fire their schedules (workers/scheduler.py) on a thread of this process, one process fewer. The
+    process keeps to the core it starts on (workers/cores.py: a poll round's loop and its pool pass the
+    GIL back and forth), unless `--no-pin`."""
     from workers.settings import load_config  # the one place settings are read from the environment
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv not in ([], ["--with-scheduler"]):
-        print("usage: python -m workers.poller [--with-scheduler]", file=sys.stderr)
+    if len(set(argv)) != len(argv) or not set(argv) <= {"--with-scheduler", "--no-pin"}:
+        print("usage: python -m workers.poller [--with-scheduler] [--no-pin]", file=sys.stderr)
         return 2
+    if "--no-pin" not in argv:
+        cores.pin()
 
     config = load_config()
     configure_logging(config)
     follow_registry(served().view)  # workspaces added or rotated later have their secrets redacted too
-    polling = Polling(config, with_scheduler=argv == ["--with-scheduler"], stop=stop_event())
+    polling = Polling(config, with_scheduler="--with-scheduler" in argv, stop=stop_event())
     # A dead loop is started again in the process rather than ending it: under honcho (the Procfile's
     # runner) one process that exits stops the whole stack, and the worker's loops are kept the same way.
     polling.supervise()
