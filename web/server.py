@@ -21,10 +21,10 @@ die, the kernel SIGTERMs the others: the supervisor (honcho, systemd) sees the w
 than serving at a fraction.
 
 Each server process keeps to one core (workers/cores.py): the first and the ones it forks take the
-cores they may use in turn; a lone server, the core it starts on. Unpinned, one server on 2 cores
-acknowledged 225-290 webhooks a second from 50 senders at 4-5 ms of CPU each, pinned 1,935 at 0.51
-ms; two servers 2,096-2,223 at 0.69-0.73 ms against 2,824-2,928 at 0.56-0.58 (bench/acks.py,
-bench/RESULTS.md section 34). `--no-pin` leaves the kernel to place them.
+cores they may use in turn, from the one the first runs on; a lone server, the core it starts on.
+Unpinned, one server on 2 cores acknowledged 225-290 webhooks a second from 50 senders at 4-5 ms of
+CPU each, pinned 1,935 at 0.51 ms; two servers 2,096-2,223 at 0.69-0.73 ms against 2,824-2,928 at
+0.56-0.58 (bench/acks.py, bench/RESULTS.md section 34). `--no-pin` leaves the kernel to place them.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def listener(host: str, port: int) -> socket.socket:
 def prefork(sock: socket.socket, count: int, threads: int, *, pinned: bool = True) -> int:
     """Serve on `sock` in this process and `count - 1` forked ones; the exit code for the whole web.
 
-    `pinned`: each server on a core of its own (`cores.pin`), this one on the first."""
+    `pinned`: each server on a core of its own (`cores.pin`), in turn from the one this one runs on."""
     options = {"sockets": [sock], "threads": threads, **_common()}
     app = build()  # before forking: the servers share its pages, and a broken setting stops the web once
     # The collector never walks what was built so far, so its pages stay shared: a full collection in
@@ -120,15 +120,16 @@ def prefork(sock: socket.socket, count: int, threads: int, *, pinned: bool = Tru
     signal.signal(signal.SIGINT, _stop)
     forked = Forked()
     try:
+        first = cores.here()  # where the kernel started this web: another web on the machine likely elsewhere
         for number in range(1, count):
             pid = os.fork()
             if pid == 0:
                 if pinned:
-                    cores.pin(number)
+                    cores.pin(first + number)
                 _serve_child(app, options, parent)
             forked.pids.append(pid)
         if pinned:
-            cores.pin(0)
+            cores.pin(first)
         forked.watch()  # threads started after the last fork: a forked server starts with none
         serve(options, app)
     except BaseException as exc:  # noqa: BLE001 - whatever ends this server, the others are stopped

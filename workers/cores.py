@@ -1,7 +1,8 @@
 """Where a long-running process runs: on one core, since its threads share one GIL.
 
     cores.pin()     # this process on the core it runs on now
-    cores.pin(n)    # on the n-th (round) of the cores it may use: a server and the ones it forks
+    cores.pin(n)    # on the n-th (round) of the cores it may use: a server and the ones it forks,
+                    # from cores.here(), so that a second web on the machine is likely to start elsewhere
 
 A process's Python runs on one core at a time whatever the kernel allows, so a second core buys it
 nothing but wake-ups across cores: each time the GIL passes between two of its threads (waitress's
@@ -26,13 +27,19 @@ def pin(index: int | None = None) -> None:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
             return
-        if index is None:
-            index = cores.index(ctypes.CDLL(None).sched_getcpu())
-        core = {cores[index % len(cores)]}
+        core = {cores[(here() if index is None else index) % len(cores)]}
         for thread in _threads():  # an affinity is a thread's: those started already (a log writer) too
             os.sched_setaffinity(thread, core)
     except (AttributeError, OSError, ValueError):
         pass  # no affinities here, or the core is not among ours: the kernel places the process as before
+
+
+def here() -> int:
+    """Which of the cores this process may use it runs on now, counted from 0 (0 where that is not known)."""
+    try:
+        return sorted(os.sched_getaffinity(0)).index(ctypes.CDLL(None).sched_getcpu())
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _threads() -> list[int]:
