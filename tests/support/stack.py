@@ -49,13 +49,10 @@ class Stack:
         """The app under waitress as the Procfile serves it, accepting webhooks from source `forms`; its base URL.
 
         `threads` requests are handled at once; waitress reads each whole request before a thread sees it.
-        Not pinned to a core (`--no-pin`): two test processes run stacks side by side on the same cores, the
-        shared machine docs/deploy.md gives that advice for. Pinned, the suite took 601 s instead of 537-542, two
-        tests of busy webs 47 and 53 s instead of 34 and under 16 (each alone as before).
         """
         port = free_port()
         process = self._start(Process.python(
-            "-m", "web.server", "--port", str(port), "--threads", str(threads), "--no-pin",
+            "-m", "web.server", "--port", str(port), "--threads", str(threads),
             name="web", env={**self.env, "WEBHOOK_SECRET_FORMS": WEBHOOK_SECRET}))
         process.wait_for_port(port)
         return f"http://127.0.0.1:{port}"
