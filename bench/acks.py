@@ -9,6 +9,12 @@ A durable embedded Valkey (AOF, fsync every second, as `make run`), then the web
 beforehand (bench/stack.py's task bodies), each sent once over `--connections` keep-alive connections.
 Figures: acks/s, latency p50/p99, the web's CPU (utime+stime of its process tree) per ack, Valkey's
 CPU per ack. `--profile FILE` runs py-spy (`--gil`, 200 Hz, raw) on the web for the whole load.
+
+`--rate R`: the deliveries at R a second instead (bench/paced.py's open loop over 16 connections), as
+senders spread over time send them. `--idle-connections N`: N more connections held open through the
+load, quiet but for one byte of a request line every 8 s (a sender's idle keep-alive connection, or
+a slow client's, that waitress keeps until 10 s pass without a byte): what every other request pays
+for connections that are open and quiet (bench/RESULTS.md section 36).
 """
 from __future__ import annotations
 
@@ -17,9 +23,11 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,10 +62,11 @@ def run(args) -> None:
     (tmp / "rules").mkdir()
     port = harness.free_port()
     web = web_process(args.web, port, redis_url, Path(args.root).resolve(), tmp / "rules")
-    spy = None
+    spy = idle = None
     try:
         deliveries = tmp / "deliveries.tsv"
-        stack.write_deliveries(deliveries, args.events, f"w{int(time.time())}")
+        if not args.rate:  # the open loop signs its own
+            stack.write_deliveries(deliveries, args.events, f"w{int(time.time())}")
         # warm up: imports, the registry, the first connections (not counted)
         warm = tmp / "warm.tsv"
         stack.write_deliveries(warm, 500, f"warm{int(time.time())}")
@@ -67,18 +76,28 @@ def run(args) -> None:
                                     "-o", args.profile, "--subprocesses", "--pid", str(web.popen.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
+        idle = IdleConnections(port, args.idle_connections)
         web_cpu, valkey_cpu = harness.tree_cpu_seconds(web.popen.pid), harness.cpu_seconds([valkey] if valkey else [])
-        load = stack.wrk_closed_loop(f"http://127.0.0.1:{port}/hooks/{harness.WEBHOOK_SOURCE}", deliveries,
-                                     args.connections, None, 300)
+        url = f"http://127.0.0.1:{port}/hooks/{harness.WEBHOOK_SOURCE}"
+        if args.rate:
+            load = stack.paced_open_loop(url, args.rate, args.events, f"p{int(time.time())}")
+            load["wall"] = load["seconds"]
+        else:
+            load = stack.wrk_closed_loop(url, deliveries, args.connections, None, 300)
         web_cpu = harness.tree_cpu_seconds(web.popen.pid) - web_cpu
+        still_open = idle.open()
+        idle.close()
         valkey_cpu = harness.cpu_seconds([valkey] if valkey else []) - valkey_cpu
         acked = load["statuses"].get("202", 0)
-        print(f"  {args.web}: {acked} acked of {load['requests']} (statuses {load['statuses']}) in {load['wall']:.2f}s: "
+        print(f"  {args.web}{f' at {args.rate:.0f}/s' if args.rate else ''}"
+              f"{f' beside {still_open} of {args.idle_connections} idle connections' if args.idle_connections else ''}: {acked} acked of {load['requests']} (statuses {load['statuses']}) in {load['wall']:.2f}s: "
               f"{acked / load['wall']:.0f} acks/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms; "
               f"web CPU {web_cpu / max(acked, 1) * 1000:.3f} ms/ack, Valkey {valkey_cpu / max(acked, 1) * 1000:.3f} ms/ack")
         print(harness.summary("acks", acks=f"{acked / load['wall']:.0f}/s", p99=f"{load['p99_ms']:.1f}ms",
                               web_cpu=f"{web_cpu / max(acked, 1) * 1000:.3f}ms", valkey_cpu=f"{valkey_cpu / max(acked, 1) * 1000:.3f}ms"))
     finally:
+        if idle:
+            idle.close()
         if spy:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -88,12 +107,57 @@ def run(args) -> None:
     print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
 
 
+class IdleConnections:
+    """`count` connections to the web, quiet, kept open by one byte of a request line every 8 s, never completed."""
+
+    LINE = b"GET /healthz HTTP/1.1\r\n"
+
+    def __init__(self, port: int, count: int):
+        self.sockets = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+        for sock in self.sockets:
+            sock.setblocking(False)  # a byte to send never waits, and open() only peeks
+        self.sent, self.closed = 0, threading.Event()
+        self.thread = threading.Thread(target=self._trickle, daemon=True)
+        self.thread.start()
+        time.sleep(0.5 if count else 0)  # accepted by the web before the load starts
+
+    def _trickle(self) -> None:
+        # Quiet from the start; waitress closes a connection after 10 s without a byte (checked every 5 s).
+        while not self.closed.wait(8.0):
+            for sock in self.sockets:
+                try:
+                    sock.send(self.LINE[self.sent % len(self.LINE):][:1])
+                except OSError:
+                    pass
+            self.sent += 1
+
+    def open(self) -> int:
+        """How many the web still holds (it closes none of them that keeps sending)."""
+        alive = 0
+        for sock in self.sockets:
+            try:
+                alive += sock.recv(1, socket.MSG_PEEK) != b""
+            except BlockingIOError:
+                alive += 1
+            except OSError:
+                pass
+        return alive
+
+    def close(self) -> None:
+        self.closed.set()
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10000)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--web", default=stack_web_command(), help="the web's command ($PORT is its port)")
     parser.add_argument("--profile", help="py-spy raw output file")
+    parser.add_argument("--rate", type=float, default=0, help="deliveries a second (open loop) instead of wrk's closed loop")
+    parser.add_argument("--idle-connections", type=int, default=0, help="connections held open and quiet through the load")
     parser.add_argument("--root", default=str(harness.ROOT), help="the checkout whose web to run")
     run(parser.parse_args())
 
