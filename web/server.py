@@ -4,7 +4,9 @@
 
 waitress reads each whole request (headers and body) on its I/O loop before one of its threads sees
 it; a client that announces a body and sends part of it holds one of `connection_limit` connection
-slots until `channel_timeout` seconds pass without a byte (checked every `cleanup_interval`).
+slots until `channel_timeout` seconds pass without a byte (checked every `cleanup_interval`). A full
+server closes its quietest connection to accept the next (web/connections.py), so slots held open a
+byte at a time hold up no sender.
 Under gunicorn's threaded worker, 20 such connections held every thread and /healthz timed out
 (issue 19; docs/deploy.md, "What stands in front of the web"). SIGTERM (a supervisor's stop) ends
 it as Ctrl+C does: requests in flight finish, then the process exits 0.
@@ -41,9 +43,12 @@ import time
 
 import waitress
 
+from web import connections
 from workers import cores
 
-CONNECTION_LIMIT = 1000  # idle or slow connections are cheap on the I/O loop (poll, not select)
+# Per process. Each open connection costs every request ~2 us of the I/O loop (it polls them all each turn:
+# bench/RESULTS.md section 36); when full, the quietest is closed to make room (web/connections.py).
+CONNECTION_LIMIT = 250
 CHANNEL_TIMEOUT = 10  # seconds a connection may send nothing before it is closed
 CLEANUP_INTERVAL = 5  # how often waitress looks for such connections
 MAX_REQUEST_BODY = 16 * 1024 * 1024  # each route limits its own body far below this (64 KiB, 2 MiB)
@@ -81,7 +86,7 @@ def serve(options: dict, app=None) -> None:
     """Serve `app` (built here when not given) with waitress `options` until SIGTERM or Ctrl+C."""
     app = build() if app is None else app
     signal.signal(signal.SIGTERM, _stop)
-    waitress.serve(app, **options)
+    waitress.serve(app, _server=connections.server, **options)
 
 
 def build():

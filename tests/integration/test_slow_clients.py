@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.support.stack import deliver
+from web.server import CONNECTION_LIMIT
 
 HOLDERS = 40
 
@@ -58,3 +59,27 @@ def test_a_connection_that_stops_sending_is_closed_after_ten_seconds(stack):
         assert time.monotonic() - started < 20
     finally:
         conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_holding_every_connection_with_headers_that_never_end_holds_up_no_sender(stack):
+    # No secret needed: a client opens as many connections as the web takes and keeps each just short of
+    # its time-out. waitress stopped accepting at its limit, and no sender was answered until it let go.
+    web = stack.web(threads=4)
+    address = urlparse(web)
+    held = []
+    try:
+        for _ in range(CONNECTION_LIMIT):
+            conn = socket.create_connection((address.hostname, address.port), timeout=5)
+            conn.sendall(b"POST /hooks/forms HTTP/1.1\r\nHost: x\r\n")  # headers that never end
+            held.append(conn)
+        time.sleep(0.5)
+        assert deliver(web, {"title": "Served while held"}, "msg_beside_held").status_code == 202
+        assert requests.get(f"{web}/healthz", timeout=5).status_code == 200
+        # The connections quiet the longest were closed to make room, without an answer.
+        held[0].settimeout(5)
+        assert held[0].recv(1024) == b""
+        assert "closed" in stack.logs() and "quiet one(s) to accept new ones" in stack.logs()
+    finally:
+        for conn in held:
+            conn.close()
