@@ -21,7 +21,7 @@ RECOVERY_LIMIT = 60  # seconds after the second worker starts (issue 11's limit 
 @pytest.mark.timeout(150)
 def test_a_worker_killed_between_storing_a_run_and_executing_it_leaves_it_to_another_once(
         stack, sandbox, rules_dir, redis_url):
-    stack.env["INLOOX_TIMEOUT"] = "5"  # a run lease of 3 x 5 + 15 = 30 s
+    stack.env["INLOOX_TIMEOUT"] = "2"  # a run lease of 3 x 2 + 15 = 21 s (no InLoox request is in flight at the kill)
     write_form_rule(rules_dir)
     ensure_project(sandbox)
     web = stack.web()
