@@ -89,8 +89,10 @@ def run(args) -> None:
         idle.close()
         valkey_cpu = harness.cpu_seconds([valkey] if valkey else []) - valkey_cpu
         acked = load["statuses"].get("202", 0)
-        print(f"  {args.web}{f' at {args.rate:.0f}/s' if args.rate else ''}"
-              f"{f' beside {still_open} of {args.idle_connections} idle connections' if args.idle_connections else ''}: {acked} acked of {load['requests']} (statuses {load['statuses']}) in {load['wall']:.2f}s: "
+        how = f" at {args.rate:.0f}/s" if args.rate else ""
+        if args.idle_connections:
+            how += f" beside {still_open} of {args.idle_connections} idle connections"
+        print(f"  {args.web}{how}: {acked} acked of {load['requests']} (statuses {load['statuses']}) in {load['wall']:.2f}s: "
               f"{acked / load['wall']:.0f} acks/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms; "
               f"web CPU {web_cpu / max(acked, 1) * 1000:.3f} ms/ack, Valkey {valkey_cpu / max(acked, 1) * 1000:.3f} ms/ack")
         print(harness.summary("acks", acks=f"{acked / load['wall']:.0f}/s", p99=f"{load['p99_ms']:.1f}ms",
@@ -156,8 +158,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--web", default=stack_web_command(), help="the web's command ($PORT is its port)")
     parser.add_argument("--profile", help="py-spy raw output file")
-    parser.add_argument("--rate", type=float, default=0, help="deliveries a second (open loop) instead of wrk's closed loop")
-    parser.add_argument("--idle-connections", type=int, default=0, help="connections held open and quiet through the load")
+    parser.add_argument("--rate", type=float, default=0, help="deliveries a second (open loop), not wrk's closed loop")
+    parser.add_argument("--idle-connections", type=int, default=0, help="connections held open and quiet meanwhile")
     parser.add_argument("--root", default=str(harness.ROOT), help="the checkout whose web to run")
     run(parser.parse_args())
 

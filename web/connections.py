@@ -75,7 +75,7 @@ def server(app, **options):
     """waitress's `create_server` (a `_server` for `waitress.serve`) whose TCP server makes room when full."""
     created = create_server(app, **options)
     # create_server names its classes itself; the one it made for web.server's single listening socket
-    # becomes this subclass, which adds methods and no state of its own.
+    # becomes this subclass, which adds methods and two counters that start from its class's values.
     if type(created) is TcpWSGIServer:
         created.__class__ = MakesRoom
     else:
