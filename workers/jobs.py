@@ -27,7 +27,7 @@ from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata, together
 from inloox.changes import ChangeFeed, observation
 from inloox.errors import Throttled
-from workers import deliveries, failpoints, guards, ledger, metrics, round_trips, scripts, workspaces
+from workers import deliveries, failpoints, guards, ledger, metrics, recovery, round_trips, scripts, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext, checkable_write
@@ -245,8 +245,6 @@ class _Part:
         waiting, taken, queued = self.ends or ([], [], [])
         self.ends = None
         try:
-            if isinstance(replies, BaseException):
-                raise replies
             Ending.after(taken, queued, replies)
         except Exception as exc:  # noqa: BLE001 - those events' error (as `_end`)
             for i in waiting:
@@ -270,9 +268,9 @@ class _Share:
     def __init__(self, ending: Ending):
         self.ending, self.added = ending, 0
 
-    def add(self, queue, stopped) -> None:
+    def add(self, queue, stopped, lost) -> None:
         self.added += 1
-        self.ending.add(queue, stopped)
+        self.ending.add(queue, stopped, lost)
 
 
 def _renewed(here: tuple) -> tuple:
@@ -285,6 +283,9 @@ def _renewed(here: tuple) -> tuple:
         acquired[0].reacquire()
     except redis.exceptions.LockError:
         return run_id, None, None
+    except redis.RedisError:
+        _abandon(acquired[0], acquired[0].local.token, run_id)
+        raise
     return here
 
 
@@ -353,6 +354,8 @@ def _after_each(ctx: WorkerContext, starts: list, replies: list | BaseException,
     if isinstance(replies, BaseException):  # Redis away: no event of the batch was started
         for i in indexes:
             outcomes[i] = replies
+        for start in starts:  # the round trip may have got through, its answer not
+            _left_behind(start)
         return [None] * len(indexes)
     results = []
     for i, start in zip(indexes, starts):
@@ -362,7 +365,15 @@ def _after_each(ctx: WorkerContext, starts: list, replies: list | BaseException,
         except Exception as exc:  # noqa: BLE001 - that event's error
             outcomes[i] = exc
             results.append(None)
+            _left_behind(start)
     return results
+
+
+def _left_behind(start: _Start) -> None:
+    """The event will not run its runs here (its start failed): the lease of its first, perhaps taken with its
+    record, is given back once Redis answers (workers/recovery.py), not left to run out."""
+    if start.lease is not None:
+        recovery.abandoned(start.lease.key, start.lease.token, start.leased["id"], start.lease.ms / 1000)
 
 
 def start_run(ctx: WorkerContext, event: Event, plan: Plan, now: datetime, ruleset_version: str, *,
@@ -519,7 +530,7 @@ def _run(ctx: WorkerContext, run_id: str, run: dict | None = None, *, acquired: 
             return _stop(ctx, run, "paused", paused.decode(), lock=lock)
         return _execute(ctx, run, lock, fresh=fresh, marked=marked if fresh else None, ending=ending)
     finally:
-        _release(lock)
+        _release(lock, run_id)
 
 
 def _acquire(ctx: WorkerContext, run_id: str):
@@ -556,13 +567,23 @@ def _given_back(lock) -> bytes | None:
     return token
 
 
-def _release(lock) -> None:
-    if lock.local.token is None:
+def _release(lock, run_id: str) -> None:
+    token = lock.local.token
+    if token is None:
         return  # given back with the run's status (`_stop`)
     try:
         lock.release()
     except redis.exceptions.LockError:
         pass  # it expired (a run longer than its timeout): nothing of ours to release
+    except redis.RedisError:
+        _abandon(lock, token, run_id)
+        raise
+
+
+def _abandon(lock, token: bytes, run_id: str) -> None:
+    """The run's attempt is over, its `lock` perhaps still held: Redis failed before it was given back. The
+    worker gives it back once Redis answers (workers/recovery.py) rather than the run waiting out its lease."""
+    recovery.abandoned(lock.name, token, run_id, lock.timeout)
 
 
 def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False, marked: str | None = None,
@@ -750,12 +771,20 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()
         log.info("run %s (%s): %s %s", run["id"], run["rule_id"], status, reason)
         report_to_chat(ctx.connection, run)  # a chat command's result goes back to its chat
 
+    def lost() -> None:  # the round trip that gave the lock back failed
+        if token is not None:
+            _abandon(lock, token, run["id"])
+
     if ending is not None and status == "succeeded":
-        ending.add(queue, stopped)
+        ending.add(queue, stopped, lost)
         return status
     with ctx.connection.pipeline(transaction=False) as pipe:
         billed = queue(pipe)
-        replies = round_trips.shared(ctx.connection).execute(pipe)  # with other threads' runs' ends
+        try:
+            replies = round_trips.shared(ctx.connection).execute(pipe)  # with other threads' runs' ends
+        except Exception:
+            lost()
+            raise
     stopped(replies, billed)
     return status
 
@@ -782,11 +811,12 @@ class Ending:
         self._waiting: list[tuple] = []
         self._since = 0.0
 
-    def add(self, queue, stopped) -> None:
-        """`queue(pipe)` queues the run's writes, returning what `stopped(replies, it)` needs after."""
+    def add(self, queue, stopped, lost) -> None:
+        """`queue(pipe)` queues the run's writes, returning what `stopped(replies, it)` needs after; `lost()`
+        if their round trip fails."""
         if not self._waiting:
             self._since = self._clock()
-        self._waiting.append((queue, stopped))
+        self._waiting.append((queue, stopped, lost))
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -795,13 +825,16 @@ class Ending:
         return bool(self._waiting) and self._clock() - self._since >= self.MAX_WAIT
 
     def flush(self) -> None:
-        """Store every waiting run: one round trip. Raises what Redis raised (then nothing was taken
-        back: the runs' locks run out, and their events are handled again)."""
+        """Store every waiting run: one round trip. Raises what Redis raised (then the runs' locks are
+        given back once Redis answers, workers/recovery.py, and their events are handled again)."""
         with self.connection.pipeline(transaction=False) as pipe:
             taken, queued = self.queue(pipe)
             if not taken:
                 return
-            replies = round_trips.shared(self.connection).execute(pipe)
+            try:
+                replies = round_trips.shared(self.connection).execute(pipe)
+            except Exception as exc:  # noqa: BLE001 - raised by `after`
+                replies = exc
         self.after(taken, queued, replies)
 
     def queue(self, pipe) -> tuple[list, list]:
@@ -811,13 +844,18 @@ class Ending:
         if not waiting:
             return [], []
         failpoints.hit("runs_ending")  # tests only (inert unless ENGINE_FAILPOINTS is set)
-        return waiting, [queue(pipe) for queue, _ in waiting]
+        return waiting, [queue(pipe) for queue, *_ in waiting]
 
     @staticmethod
-    def after(taken: list, queued: list, replies: list) -> None:
-        """Each taken run's own after-work; raises the first failure, once every run had its turn."""
+    def after(taken: list, queued: list, replies: list | BaseException) -> None:
+        """Each taken run's own after-work; raises the first failure, once every run had its turn. `replies`
+        the round trip's error: raised, each run's lock kept for giving back (`lost`)."""
+        if isinstance(replies, BaseException):
+            for _, _, lost in taken:
+                lost()
+            raise replies
         failed = None
-        for (_, stopped), it in zip(taken, queued):
+        for (_, stopped, _), it in zip(taken, queued):
             try:  # each run's own after-work (its log line, its chat answer), whatever another's did
                 stopped(replies, it)
             except Exception as exc:  # noqa: BLE001 - raised below, once every run had its turn

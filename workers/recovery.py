@@ -6,11 +6,19 @@ started, retried or ended its hold, plus a grace. Each worker sweeps the set eve
 worker, an RQ job that was lost with its worker or with Redis): it gets a fresh RQ job, or a fresh
 hold check. Run locks, the step ledger and run ids derived from (event, rule) make a second
 executor harmless, so the sweeper may be early, never wrong. See docs/execution.md.
+
+An attempt that Redis failed under (an outage, a restart) may end with its run's lock still held:
+the round trip that gave it back, or its status with it, did not get through. Its worker knows the
+attempt is over, so it keeps the lock's token (`abandoned`) and, once Redis answers, gives the lock
+back if it is still its own and starts the run again (`give_back`): a Redis blip of seconds then
+delays the run by seconds, not by its lease (45 s by default).
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import redis
@@ -56,14 +64,80 @@ def _restart(connection: redis.Redis, run_id: str, now: float) -> bool:
     if run is None or not is_active(run):
         connection.zrem(active, run_id)
         return False
-    connection.zadd(active, {run_id: now + GRACE})
-    if run["status"] == "held":
-        schedule_check(connection, run)
-    else:
-        queue_run(connection, run, job_id=f"{run_id}-sweep{int(now)}")
+    _start_again(connection, run, now)
     log.warning("run %s (%s) was %s past its deadline with no executor: started again",
                 run_id, run["rule_id"], run["status"])
     return True
+
+
+def _start_again(connection: redis.Redis, run: dict, now: float) -> None:
+    connection.zadd(workspaces.key(ACTIVE), {run["id"]: now + GRACE})
+    if run["status"] == "held":
+        schedule_check(connection, run)
+    else:
+        queue_run(connection, run, job_id=f"{run['id']}-sweep{int(now)}")
+
+
+@dataclass(frozen=True)
+class _Abandoned:
+    workspace: workspaces.Workspace
+    key: str  # the run's lock
+    token: bytes
+    run_id: str
+    until: float  # when its lease runs out (monotonic): the lock is nobody's then anyway
+
+
+_abandoned: list[_Abandoned] = []
+_abandoned_lock = threading.Lock()
+
+
+def abandoned(key: str, token: bytes, run_id: str, lease: float) -> None:
+    """The attempt at `run_id` on this thread is over (nothing of it is in flight) and Redis failed before it
+    gave back the lock `key` it holds with `token` (taken `lease` seconds ago at most): `give_back` does it.
+    Called inside the run's workspace."""
+    gone = _Abandoned(workspaces.current(), key, token, run_id, time.monotonic() + lease)
+    with _abandoned_lock:
+        _abandoned.append(gone)
+
+
+def give_back(connection: redis.Redis) -> list[str]:
+    """Give back the locks attempts here left behind (`abandoned`) that are still theirs, and start those runs
+    again now unless they finished or wait for their time; the ids of the runs started. Raises what Redis
+    raised (those not yet given back are kept for the next call)."""
+    with _abandoned_lock:
+        if not _abandoned:
+            return []
+        now = time.monotonic()
+        todo = [gone for gone in _abandoned if gone.until > now]
+        _abandoned.clear()
+    started = []
+    for i, gone in enumerate(todo):
+        try:
+            if _given_back(connection, gone):
+                started.append(gone.run_id)
+        except redis.RedisError:
+            with _abandoned_lock:
+                _abandoned.extend(todo[i:])
+            raise
+    return started
+
+
+def _given_back(connection: redis.Redis, gone: _Abandoned) -> bool:
+    # redis-py's Lock releases by token (GET and DEL in one script): a lock another executor took since is left.
+    lock = connection.lock(gone.key, thread_local=False)
+    lock.local.token = gone.token
+    try:
+        lock.release()
+    except redis.exceptions.LockError:
+        return False  # given back after all (the round trip did get through), or run out
+    with workspaces.using(gone.workspace):
+        run = load_run(connection, gone.run_id)
+        if run is None or not is_active(run) or (run.get("resume_at") or 0) > time.time():
+            return False  # finished, or waiting for a retry's time: its deadline stands
+        _start_again(connection, run, time.time())
+        log.warning("run %s (%s): its attempt here was cut short by Redis; its lock given back, started again",
+                    run["id"], run["rule_id"])
+        return True
 
 
 def record_unhandled(connection: redis.Redis, workspace: workspaces.Workspace, event: dict, reason: str, *,

@@ -10,13 +10,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 import requests
 
 from engine import Plan
 from engine.events import Event
 from tests.support.processes import Process, free_port, wait_until
 from tests.support.stack import PROJECT, FORM_RULE, all_runs, deliver, ensure_project, runs_in, write_form_rule, write_rule
-from workers import eventlog, recovery, workspaces
+from workers import enqueue, eventlog, recovery, workspaces
 from workers.intake import submit_event
 from workers.jobs import RetryRefused, retry_run
 from workers.runs import create_run, load_run
@@ -174,6 +176,41 @@ def test_a_run_left_queued_by_a_lost_executor_can_be_retried_by_a_person(redis_u
             assert "past their deadline" in str(exc)
         else:
             raise AssertionError("a run with a live executor must not be retried")
+
+
+def test_a_lock_an_attempt_left_behind_when_redis_failed_is_given_back_only_if_still_its_own(redis_url, sandbox):
+    """Issue 22: an attempt Redis failed under keeps its lock's token; `give_back` releases the lock once Redis
+    answers and queues the run again, but leaves a lock another executor took meanwhile, and a finished run."""
+    connection = redis.Redis.from_url(redis_url)
+    workspace = workspaces.Workspace("default", sandbox.base_url, sandbox.token)
+    with workspaces.using(workspace):
+        now = datetime.now(timezone.utc)
+        for run_id, status in (("run_cut", "queued"), ("run_taken", "queued"), ("run_ended", "succeeded")):
+            create_run(connection, {"id": run_id, "rule_id": "r", "rule_version": "1", "event_id": "e",
+                                    "status": status, "reason": "", "created_at": now.isoformat(),
+                                    "updated_at": now.isoformat(), "steps": [], "outputs": {}, "attempts": 0,
+                                    "plan": Plan(rule_id="r", rule_version="1", event_id="e", event={}).to_dict()})
+            connection.set(workspaces.key(f"run-lock:{run_id}"), f"ours-{run_id}", px=45_000)
+            recovery.abandoned(workspaces.key(f"run-lock:{run_id}"), f"ours-{run_id}".encode(), run_id, 45)
+        connection.set(workspaces.key("run-lock:run_taken"), "another executor's", px=45_000)
+
+    # While Redis is away nothing is given back, and nothing is forgotten.
+    away = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    try:
+        recovery.give_back(away)
+    except redis.ConnectionError:
+        pass
+    else:
+        raise AssertionError("give_back must raise while Redis is away")
+
+    assert recovery.give_back(connection) == ["run_cut"]
+    with workspaces.using(workspace):
+        assert connection.get(workspaces.key("run-lock:run_cut")) is None
+        assert connection.get(workspaces.key("run-lock:run_taken")) == b"another executor's"
+        assert connection.get(workspaces.key("run-lock:run_ended")) is None
+        queued = [job.args[0] for job in enqueue.queue(connection).jobs]
+        assert queued == ["run_cut"], queued
+    assert recovery.give_back(connection) == []  # each lock is given back once
 
 
 def _most_overlapping(starts: list[str], window: float) -> int:

@@ -37,7 +37,8 @@ service are idle, and five housekeeping commands each every 5 s were most of wha
 Redis. Anything that makes work for it (an event accepted, a person on its dashboard) stamps it
 active first; what a quiet look can be late for is a safety net (a run or delivery whose executor
 died long after its event, a run waiting over a limit raised meanwhile): ≤ 30 s later than before.
-A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled.
+A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled. Once Redis
+answers again, the loop gives back the run locks of attempts the outage cut short (workers/recovery.py).
 Of the threads in flight, at most a few run this process's own work at once; the others wait for
 answers or for a place (gate.py).
 """
@@ -221,6 +222,7 @@ class EventConsumer:
         failpoints.hit("consumer_turn", subject=self.name)  # tests only (inert unless ENGINE_FAILPOINTS is set)
         self._last_turn = time.monotonic()
         metrics.flush_due(self.connection)
+        recovery.give_back(self.connection)  # run locks left behind when Redis failed under their attempts
         if time.monotonic() >= self._next_maintenance:
             self._maintain()
         if self._linger:
