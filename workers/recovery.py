@@ -119,6 +119,9 @@ def give_back(connection: redis.Redis) -> list[str]:
             with _abandoned_lock:
                 _abandoned.extend(todo[i:])
             raise
+        except Exception:  # a record that cannot be read: that run's lease runs out, the others go on
+            log.exception("run %s: its lock, left by an attempt Redis cut short, could not be given back; "
+                          "it is taken up again when its lease runs out", gone.run_id)
     return started
 
 

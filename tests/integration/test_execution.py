@@ -180,10 +180,14 @@ def test_a_run_left_queued_by_a_lost_executor_can_be_retried_by_a_person(redis_u
 
 def test_a_lock_an_attempt_left_behind_when_redis_failed_is_given_back_only_if_still_its_own(redis_url, sandbox):
     """Issue 22: an attempt Redis failed under keeps its lock's token; `give_back` releases the lock once Redis
-    answers and queues the run again, but leaves a lock another executor took meanwhile, and a finished run."""
+    answers and queues the run again, but leaves a lock another executor took meanwhile, and a finished run; a
+    record it cannot read stops the giving back of no other (the consumer's loop calls it at every turn)."""
     connection = redis.Redis.from_url(redis_url)
     workspace = workspaces.Workspace("default", sandbox.base_url, sandbox.token)
     with workspaces.using(workspace):
+        connection.set(workspaces.key("run:run_unreadable"), b"{not json")
+        connection.set(workspaces.key("run-lock:run_unreadable"), "ours", px=45_000)
+        recovery.abandoned(workspaces.key("run-lock:run_unreadable"), b"ours", "run_unreadable", 45)
         now = datetime.now(timezone.utc)
         for run_id, status in (("run_cut", "queued"), ("run_taken", "queued"), ("run_ended", "succeeded")):
             create_run(connection, {"id": run_id, "rule_id": "r", "rule_version": "1", "event_id": "e",
