@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import redis
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
@@ -45,6 +45,8 @@ COUNTER_METRICS = {
     "retries": ("retries", "Runs retried (automatic: backoff after a transient error; manual: a person)",
                 ("kind",)),
     "loops_stopped": ("loops_stopped", "Runs refused by the loop guards", ("reason",)),
+    "runs_restarted": ("runs_restarted", "Runs queued again after their executor was lost (executor_lost) or "
+                       "Redis failed under their attempt (redis_failed)", ("why",)),
     "held_changes": ("held_changes", "Changes held back by flood protection", ("entity_set",)),
     "polls": ("polls", "Polls of an entity set", ("entity_set",)),
     "deliveries": ("deliveries", "Change-feed deliveries finished, by status (delivered, failed)", ("status",)),

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 
 import redis
 
-from workers import deliveries, workspaces
+from workers import deliveries, metrics, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.runs import ACTIVE, GRACE, is_active, load_run, load_trace, save_trace
@@ -64,14 +64,19 @@ def _restart(connection: redis.Redis, run_id: str, now: float) -> bool:
     if run is None or not is_active(run):
         connection.zrem(active, run_id)
         return False
-    _start_again(connection, run, now)
+    _start_again(connection, run, now, why="executor_lost")
     log.warning("run %s (%s) was %s past its deadline with no executor: started again",
                 run_id, run["rule_id"], run["status"])
     return True
 
 
-def _start_again(connection: redis.Redis, run: dict, now: float) -> None:
-    connection.zadd(workspaces.key(ACTIVE), {run["id"]: now + GRACE})
+def _start_again(connection: redis.Redis, run: dict, now: float, *, why: str) -> None:
+    """Queue the run again (a hold check for a held one), counted as `runs_restarted{why}`: an operator sees
+    how often workers die under runs (`executor_lost`) or Redis fails under them (`redis_failed`)."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zadd(workspaces.key(ACTIVE), {run["id"]: now + GRACE})
+        metrics.count(pipe, "runs_restarted", why=why)
+        pipe.execute()
     if run["status"] == "held":
         schedule_check(connection, run)
     else:
@@ -137,7 +142,7 @@ def _given_back(connection: redis.Redis, gone: _Abandoned) -> bool:
         run = load_run(connection, gone.run_id)
         if run is None or not is_active(run) or (run.get("resume_at") or 0) > time.time():
             return False  # finished, or waiting for a retry's time: its deadline stands
-        _start_again(connection, run, time.time())
+        _start_again(connection, run, time.time(), why="redis_failed")
         log.warning("run %s (%s): its attempt here was cut short by Redis; its lock given back, started again",
                     run["id"], run["rule_id"])
         return True

@@ -18,7 +18,7 @@ from engine import Plan
 from engine.events import Event
 from tests.support.processes import Process, free_port, wait_until
 from tests.support.stack import PROJECT, FORM_RULE, all_runs, deliver, ensure_project, runs_in, write_form_rule, write_rule
-from workers import enqueue, eventlog, recovery, workspaces
+from workers import enqueue, eventlog, metrics, recovery, workspaces
 from workers.intake import submit_event
 from workers.jobs import RetryRefused, retry_run
 from workers.runs import create_run, load_run
@@ -181,7 +181,8 @@ def test_a_run_left_queued_by_a_lost_executor_can_be_retried_by_a_person(redis_u
 def test_a_lock_an_attempt_left_behind_when_redis_failed_is_given_back_only_if_still_its_own(redis_url, sandbox):
     """Issue 22: an attempt Redis failed under keeps its lock's token; `give_back` releases the lock once Redis
     answers and queues the run again, but leaves a lock another executor took meanwhile, and a finished run; a
-    record it cannot read stops the giving back of no other (the consumer's loop calls it at every turn)."""
+    record it cannot read stops the giving back of no other (the consumer's loop calls it at every turn). Each run
+    queued again is counted, apart from those the sweeper queues when their executor was lost."""
     connection = redis.Redis.from_url(redis_url)
     workspace = workspaces.Workspace("default", sandbox.base_url, sandbox.token)
     with workspaces.using(workspace):
@@ -215,6 +216,16 @@ def test_a_lock_an_attempt_left_behind_when_redis_failed_is_given_back_only_if_s
         queued = [job.args[0] for job in enqueue.queue(connection).jobs]
         assert queued == ["run_cut"], queued
     assert recovery.give_back(connection) == []  # each lock is given back once
+
+    # What an operator sees: the run queued again, counted apart from those the sweeper finds without an executor.
+    with workspaces.using(workspace):
+        connection.zadd(workspaces.key(recovery.ACTIVE), {"run_taken": 0})  # overdue, and its lock lapses
+        connection.delete(workspaces.key("run-lock:run_taken"))
+        assert recovery.sweep(connection, workspace) == ["run_taken"]
+    counted = {labels["why"]: int(n) for name, labels, n in
+               ((*metrics.parse_field(f), n) for f, n in connection.hgetall(metrics.COUNTERS).items())
+               if name == "runs_restarted"}
+    assert counted == {"redis_failed": 1, "executor_lost": 1}, counted
 
 
 def _most_overlapping(starts: list[str], window: float) -> int:
