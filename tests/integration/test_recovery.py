@@ -317,6 +317,34 @@ def frozen_worker(stack, valkey, rules_dir, failpoints: str, point: str):
     return worker
 
 
+@pytest.mark.timeout(120)
+def test_runs_whose_batch_end_meets_a_redis_outage_are_taken_up_again_once_it_answers(stack, sandbox, rules_dir,
+                                                                                       killable_valkey):
+    """Issue 22: a batch's succeeded runs wait to be stored together (workers.jobs.Ending), their locks held; Redis
+    goes just before that round trip. Once it answers, the worker gives those locks back and the run is taken up
+    again: it ends succeeded, its task not created twice, well before its 75 s lease would have run out."""
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    valkey = killable_valkey.start()
+    stack.env["INLOOX_TIMEOUT"] = "20"  # a run lease of 75 s (3 x 20 + 15)
+    stack.env["ENGINE_FAILPOINTS"] = "freeze:runs_ending"
+    worker, web = stack.worker(), stack.web()
+    assert deliver(web, {"title": "Ending", "project": PROJECT}, "msg_ending").status_code == 202
+    wait_until(lambda: frozen_at(worker, "runs_ending"), 30, "the worker to freeze before storing the run's end")
+    assert len(tasks_named(sandbox, "Ending")) == 1
+
+    valkey.kill()
+    worker.signal(signal.SIGCONT)  # the round trip meets no Redis, past redis-py's own retries (about 4 s)
+    outage_end = time.monotonic() + 6  # the outage's length (not a wait for a condition)
+    while time.monotonic() < outage_end:
+        time.sleep(0.2)
+    valkey.start()
+    wait_until(lambda: runs_of(valkey.url, "Ending", "succeeded"), CUT_SHORT_RUN_SECONDS,
+               "the run whose end the outage cut short, taken up again before its lease ran out")
+    assert len(tasks_named(sandbox, "Ending")) == 1
+    assert worker.alive()
+
+
 def test_a_worker_stopped_as_it_starts_while_redis_is_down_stops(stack, killable_valkey, rules_dir):
     """The SIGTERM comes before RQ's loop has its own stop handlers, and RQ's start-up meets no Redis."""
     worker = frozen_worker(stack, killable_valkey, rules_dir, "freeze:rq_start", "rq_start")
