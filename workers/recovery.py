@@ -98,7 +98,7 @@ _abandoned_lock = threading.Lock()
 
 def abandoned(key: str, token: bytes, run_id: str, lease: float) -> None:
     """The attempt at `run_id` on this thread is over (nothing of it is in flight) and Redis failed before it
-    gave back the lock `key` it holds with `token` (taken `lease` seconds ago at most): `give_back` does it.
+    gave back the lock `key` it holds with `token` (which runs out within `lease` seconds): `give_back` does it.
     Called inside the run's workspace."""
     gone = _Abandoned(workspaces.current(), key, token, run_id, time.monotonic() + lease)
     with _abandoned_lock:
