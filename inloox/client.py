@@ -404,6 +404,8 @@ def _transport_error(exc: Exception, method: str, url: str, redact) -> InLooxErr
         error = TransportError(f"could not connect for {method} {url}: {detail}", method=method, url=url)
         if isinstance(exc, urllib3.exceptions.SSLError) or getattr(exc, "certificate", False):
             error.retryable = False  # a certificate problem does not go away by itself
+        else:
+            error.unavailable = True  # InLoox (or the way to it) is down, whatever the request
         return error
     if not isinstance(exc, _ANSWER_LOST):
         return InLooxError(f"could not send {method} {url}: {detail}", method=method, url=url)

@@ -2,18 +2,21 @@
 
 Modeled on httpx's `_exceptions.py`. Every error says what was asked (`method`, `url`) and, when a
 response came back, what InLoox answered (`status`, `odata_code`, `message`). `retryable` tells the
-worker whether sending the same request again is safe; `retry_after` (seconds) when InLoox said when.
+worker whether sending the same request again is safe; `retry_after` (seconds) when InLoox said when;
+`unavailable` that InLoox itself could not be reached or said it is down (no connection, 502/503/504),
+which says nothing about the request: the worker does not count it as a failed attempt.
 The API token never appears in any of them: the client redacts it before building one.
 
     InLooxError                      .method .url .status .odata_code .message .retry_after
     ├── Throttled                    our own shared rate limit said wait; nothing sent    retryable
     ├── TransportError               no response (connect failure, read timeout, reset)   retryable
+    │                                (unavailable: could not connect)
     │   └── OutcomeUnknown           a write was sent but no answer came back             NOT retryable
     └── HTTPStatusError              a response came back; .response_excerpt .details
         ├── UnexpectedRedirect (3xx) .location; never followed (the token must not move)  not retryable
         ├── RequestTimeout (408)     the server gave up waiting for our request           retryable
         ├── RateLimited (429)        .retry_after                                         retryable
-        ├── ServerError (5xx)        retryable for 502/503/504 only
+        ├── ServerError (5xx)        retryable (and unavailable) for 502/503/504 only
         └── ClientError (4xx)                                                             not retryable
             ├── AuthError (401/403)   ├── NotFound (404)
             ├── Conflict (409/412)    └── InvalidRequest (400, OData error details)
@@ -37,6 +40,7 @@ class InLooxError(Exception):
     """
 
     retryable = False
+    unavailable = False
 
     def __init__(self, text: str, *, method: str | None = None, url: str | None = None,
                  status: int | None = None, odata_code: str | None = None,
@@ -113,6 +117,10 @@ class ServerError(HTTPStatusError):
     @property
     def retryable(self) -> bool:
         return self.status in (502, 503, 504)
+
+    @property
+    def unavailable(self) -> bool:
+        return self.retryable
 
 
 class ClientError(HTTPStatusError):

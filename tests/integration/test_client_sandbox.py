@@ -103,14 +103,14 @@ def test_service_unavailable_is_a_retryable_server_error(sandbox, client):
     sandbox.fault(kind="status", status=503, count=1, methods=["POST"])
     with pytest.raises(ServerError) as caught:
         client.create("Task", {"Name": "x"})
-    assert caught.value.status == 503 and caught.value.retryable
+    assert caught.value.status == 503 and caught.value.retryable and caught.value.unavailable
 
 
 def test_internal_server_error_on_a_write_is_not_retried_blindly(sandbox, client):
     sandbox.fault(kind="status", status=500, count=1, methods=["POST"])
     with pytest.raises(ServerError) as caught:
         client.create("Task", {"Name": "x"})
-    assert caught.value.status == 500 and not caught.value.retryable
+    assert caught.value.status == 500 and not caught.value.retryable and not caught.value.unavailable
 
 
 def test_bad_input_is_an_invalid_request_with_the_odata_error(client):
