@@ -42,7 +42,8 @@ COUNTER_METRICS = {
     "steps": ("steps", "Steps finished, by verb and status (done, skipped, error)", ("verb", "status")),
     "inloox_requests": ("inloox_requests", "Requests to InLoox by status class (error: no answer)",
                         ("method", "status_class")),
-    "retries": ("retries", "Runs retried (automatic: backoff after a transient error; manual: a person)",
+    "retries": ("retries", "Runs retried (automatic: backoff after a transient error; unavailable: InLoox "
+                "could not be reached, no attempt counted; manual: a person)",
                 ("kind",)),
     "loops_stopped": ("loops_stopped", "Runs refused by the loop guards", ("reason",)),
     "runs_restarted": ("runs_restarted", "Runs queued again after their executor was lost (executor_lost) or "

@@ -660,6 +660,7 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
     except (InLooxError, NeedsAttention, OutboundRefused, TemplateError) as exc:
         return _failed_step(ctx, run, plan, trace, exc, lock=step_ctx.lock)
     trace.update(status="done", output=output, ms=_ms_since(started))
+    run.pop("unavailable", None)  # InLoox answered: an outage's clock starts again at the next one
     step_ctx.after.append(lambda pipe: _note_write(pipe, plan, operation, output))
     run["outputs"][operation.step_id] = output
     return _record(ctx, step_ctx, run, trace, defer=last)
@@ -726,6 +727,10 @@ def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Ex
 def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception, *, lock) -> str:
     """Schedule the next attempt: exponential backoff with full jitter, never before Retry-After."""
     policy = {**DEFAULT_RETRY, **(plan.retry or {})}
+    if getattr(exc, "unavailable", False) and policy["attempts"] > 0:
+        return _wait_for_inloox(ctx, run, policy, exc, lock=lock)
+    if not isinstance(exc, Throttled):
+        run.pop("unavailable", None)  # InLoox answered: an outage ended
     # Waiting for the workspace's own request budget is not a failed attempt: nothing was sent.
     run["attempts"] += 0 if isinstance(exc, Throttled) else 1
     metrics.count(ctx.connection, "retries", kind="automatic")
@@ -737,6 +742,30 @@ def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception, *, lock) -
     throttled = isinstance(exc, Throttled)  # several waits share one attempt number: name them by time
     _retry_later(ctx, run, delay, tag=f"t{time.time_ns()}" if throttled else f"a{run['attempts']}")
     return _stop(ctx, run, "retrying", f"attempt {run['attempts']} failed ({exc}); next in {delay:.1f}s", lock=lock)
+
+
+def _wait_for_inloox(ctx: WorkerContext, run: dict, policy: dict, exc: InLooxError, *, lock) -> str:
+    """InLoox is down: try again later without spending an attempt, until the workspace's outage time
+    (INLOOX_OUTAGE_HOURS) has passed since this outage's first failure (`run["unavailable"]`, dropped once
+    InLoox answers). The request is not at fault: like Temporal's retries and Zapier's replays, which keep
+    trying through an outage, the run waits (backoff up to MAX_BACKOFF) rather than fail within a minute."""
+    now = time.time()
+    outage = run.setdefault("unavailable", {"since": now, "tries": 0})
+    outage["tries"] += 1
+    metrics.count(ctx.connection, "retries", kind="unavailable")
+    if now - outage["since"] >= ctx.outage_seconds:
+        return _stop(ctx, run, "failed", f"InLoox did not answer for {_duration(now - outage['since'])}: {exc}",
+                     lock=lock)
+    delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** min(outage["tries"], 30)))
+    _retry_later(ctx, run, delay, tag=f"u{time.time_ns()}")
+    since = datetime.fromtimestamp(outage["since"], timezone.utc).strftime("%H:%M:%S UTC")
+    return _stop(ctx, run, "retrying", f"InLoox unavailable since {since} ({exc}); next try in {delay:.1f}s "
+                                       "(no attempt counted)", lock=lock)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
 
 
 def _retry_later(ctx: WorkerContext, run: dict, delay: float, *, tag: str) -> None:
@@ -910,6 +939,7 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
             ledger.clear(connection, plan.operations[step["index"]].idempotency_key)
     run["steps"] = [] if from_start else [s for s in run["steps"] if s["status"] in ("done", "skipped")]
     run["outputs"] = {} if from_start else run["outputs"]
+    run.pop("unavailable", None)
     run.update(status="queued", attempts=0, reason="retried " + ("from the start" if from_start else "from the failed step"))
     run["retries"] = run.get("retries", 0) + 1
     save_run(connection, run, now=datetime.now(timezone.utc))

@@ -42,6 +42,9 @@ DEFAULTS = {
     "INLOOX_API_KEY": "sandbox-engine-token",
     "INLOOX_TIMEOUT": "10",
     "INLOOX_SETTLE_SECONDS": "60",
+    # Hours a run waits for an InLoox that cannot be reached (or answers 502/503/504) before it fails;
+    # such failures use none of a rule's retry attempts (workers/jobs.py).
+    "INLOOX_OUTAGE_HOURS": "24",
     "REDIS_URL": "redis://127.0.0.1:6390/0",
     "RULES_PATH": "rules",
     # Environment variables rules may read as `env.NAME` (an allow-list: never the InLoox token).

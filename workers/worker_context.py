@@ -185,6 +185,7 @@ class WorkerContext:
     rules: RuleSource
     run_lease: float = 45.0  # seconds a run's lock lasts unless renewed (see run_lease)
     settle_seconds: float = 60.0  # a create whose answer was lost is sent again only after this (INLOOX_SETTLE_SECONDS)
+    outage_seconds: float = 24 * 3600.0  # a run waits this long for an unreachable InLoox (INLOOX_OUTAGE_HOURS)
     delivery_schedule: tuple[float, ...] | None = None  # change-feed retry delays (None: workers.deliveries.SCHEDULE)
     keyring: Keyring | None = None  # opens sealed secrets (subscriptions'); None: no usable SECRETS_KEY
 
@@ -220,6 +221,7 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
                          rule_env=rule_env(config), rules=RuleSource(connection, workspace),
                          run_lease=run_lease(float(config["INLOOX_TIMEOUT"])),
                          settle_seconds=float(config.get("INLOOX_SETTLE_SECONDS", 60)),
+                         outage_seconds=float(config.get("INLOOX_OUTAGE_HOURS", 24)) * 3600,
                          delivery_schedule=retry_schedule(config.get("DELIVERY_RETRY_SECONDS", "")),
                          keyring=keyring_of(config))
 

@@ -21,14 +21,15 @@ def test_a_webhook_delivered_five_times_creates_one_task(stack, sandbox, rules_d
     assert len(all_runs(redis_url)) == 1
 
 
-@pytest.mark.parametrize("fault, posts", [
-    ({"kind": "status", "status": 429, "retry_after": 1, "count": 2}, 3),
-    ({"kind": "status", "status": 503, "count": 3}, 4),
+@pytest.mark.parametrize("fault, posts, attempts", [
+    ({"kind": "status", "status": 429, "retry_after": 1, "count": 2}, 3, 2),
+    # InLoox down says nothing of the request: no attempt is used up (see the next test).
+    ({"kind": "status", "status": 503, "count": 3}, 4, 0),
     # The create lands but its answer never comes: the retry finds it by its marker, posts nothing.
-    ({"kind": "commit_then_hang", "hang_s": 6, "count": 1}, 1),
+    ({"kind": "commit_then_hang", "hang_s": 6, "count": 1}, 1, 1),
 ], ids=["429 with Retry-After", "503 burst", "commit then hang"])
 def test_each_intended_write_lands_exactly_once_through_faults(stack, sandbox, rules_dir, redis_url,
-                                                               fault, posts):
+                                                               fault, posts, attempts):
     write_form_rule(rules_dir)
     sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
     stack.env["INLOOX_TIMEOUT"] = "2"  # so that a hung answer is given up on quickly
@@ -42,5 +43,32 @@ def test_each_intended_write_lands_exactly_once_through_faults(stack, sandbox, r
     assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann"]
     sent = [r for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "Task"]
     assert len(sent) == posts
-    assert run["attempts"] >= 1, "the fault should have cost at least one retry"
+    assert run["attempts"] == attempts, "a retry after InLoox answered costs an attempt; one while it is down none"
     assert run["outputs"]["task"]["Name"] == "Call Ann"
+
+
+def test_an_inloox_that_is_down_uses_none_of_a_rules_attempts_until_its_outage_time_is_over(
+        stack, sandbox, rules_dir, redis_url):
+    """An InLoox answering 503 (down, say for maintenance) more often than the rule's retry attempts allow: the
+    run waits it out and writes once, where it used to fail after two answers. An outage that lasts past
+    INLOOX_OUTAGE_HOURS (here ~7 s) fails the run, and says so."""
+    write_form_rule(rules_dir, "retry: {attempts: 2, backoff: 0.01s}")
+    sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
+    stack.env["INLOOX_OUTAGE_HOURS"] = "0.002"
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="status", status=503, methods=["POST"], path="^Task$", count=6)
+
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_down").status_code == 202
+
+    [run] = wait_until(lambda: runs_in(redis_url, "succeeded"), 30, "the run to wait out InLoox's 503s")
+    assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann"]
+    assert len([r for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "Task"]) == 7
+    assert run["attempts"] == 0 and "unavailable" not in run
+
+    sandbox.fault(kind="status", status=503, methods=["POST"], path="^Task$")  # down for good
+    assert deliver(web, {"title": "Call Bob", "project": PROJECT}, "msg_down_long").status_code == 202
+    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 40, "the run to give up on InLoox")
+    assert failed["reason"].startswith("InLoox did not answer for ") and "503" in failed["reason"], failed["reason"]
+    assert failed["attempts"] == 0
+    assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann"]
