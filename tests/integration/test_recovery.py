@@ -345,6 +345,36 @@ def test_runs_whose_batch_end_meets_a_redis_outage_are_taken_up_again_once_it_an
     assert worker.alive()
 
 
+# An event whose handling an outage cut short is handled again within a few of the loop's backoffs (up to 5 s)
+# of Redis's return, not once it has been idle CLAIM_IDLE (20 s: 13 s or more after this test's outage).
+CUT_SHORT_EVENT_SECONDS = 10
+
+
+@pytest.mark.timeout(120)
+def test_an_event_whose_handling_meets_a_redis_outage_is_handled_again_once_it_answers(stack, sandbox, rules_dir,
+                                                                                       killable_valkey):
+    """Issue 22: Redis goes away as the worker begins to handle an event (before its run is stored). The worker
+    hands it out again once Redis answers, rather than leave it to the claim of entries idle for CLAIM_IDLE."""
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    valkey = killable_valkey.start()
+    stack.env["ENGINE_FAILPOINTS"] = "freeze:handle_event"
+    worker, web = stack.worker(), stack.web()
+    assert deliver(web, {"title": "Begun", "project": PROJECT}, "msg_begun").status_code == 202
+    wait_until(lambda: frozen_at(worker, "handle_event"), 30, "the worker to freeze as it begins the event")
+
+    valkey.kill()
+    worker.signal(signal.SIGCONT)  # its first round trip meets no Redis, past redis-py's own retries (about 4 s)
+    outage_end = time.monotonic() + 6  # the outage's length (not a wait for a condition)
+    while time.monotonic() < outage_end:
+        time.sleep(0.2)
+    valkey.start()
+    wait_until(lambda: runs_of(valkey.url, "Begun", "succeeded"), CUT_SHORT_EVENT_SECONDS,
+               "the event whose handling the outage cut short, handled again")
+    assert len(tasks_named(sandbox, "Begun")) == 1
+    assert worker.alive()
+
+
 def test_a_worker_stopped_as_it_starts_while_redis_is_down_stops(stack, killable_valkey, rules_dir):
     """The SIGTERM comes before RQ's loop has its own stop handlers, and RQ's start-up meets no Redis."""
     worker = frozen_worker(stack, killable_valkey, rules_dir, "freeze:rq_start", "rq_start")

@@ -38,7 +38,8 @@ Redis. Anything that makes work for it (an event accepted, a person on its dashb
 active first; what a quiet look can be late for is a safety net (a run or delivery whose executor
 died long after its event, a run waiting over a limit raised meanwhile): ≤ 30 s later than before.
 A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled. Once Redis
-answers again, the loop gives back the run locks of attempts the outage cut short (workers/recovery.py).
+answers again, the loop gives back the run locks of attempts the outage cut short (workers/recovery.py)
+and hands out again, at once, the events whose handling it cut short (rather than CLAIM_IDLE later).
 Of the threads in flight, at most a few run this process's own work at once; the others wait for
 answers or for a place (gate.py).
 """
@@ -127,6 +128,8 @@ class EventConsumer:
         self._thread: threading.Thread | None = None
         self._next_maintenance = 0.0
         self._claim_soon: set[str] = set()  # streams whose last claim may have left more to take over
+        self._cut_short: list[tuple[str, Entry]] = []  # (stream key, entry) whose handling lost Redis: again soon
+        self._again: set[str] = set()  # entry ids handed out again so (once: then the claim, which counts them)
         self._next_trim = 0.0
         self.sample_seconds = sample_seconds
         self._next_sample = 0.0
@@ -223,6 +226,7 @@ class EventConsumer:
         self._last_turn = time.monotonic()
         metrics.flush_due(self.connection)
         recovery.give_back(self.connection)  # run locks left behind when Redis failed under their attempts
+        self._hand_out_cut_short()
         if time.monotonic() >= self._next_maintenance:
             self._maintain()
         if self._linger:
@@ -354,20 +358,55 @@ class EventConsumer:
             errors = [None] * len(items)
         else:  # what each entry raised; or, should the thread itself have failed, that for all of them
             errors = future.result() if future.exception() is None else [future.exception()] * len(items)
+        cut_short = []
         for (stream, entry), error in zip(items, errors):
             if error is not None:
-                # Left pending: another delivery (after CLAIM_IDLE) tries again, up to MAX_DELIVERIES.
+                # Left pending: another delivery (after CLAIM_IDLE) tries again, up to MAX_DELIVERIES; or, when
+                # Redis went away under it, this worker once Redis answers (`_hand_out_cut_short`).
                 log.error("event %s (%s) not handled: %r", entry.event.get("id"), stream.workspace, error,
                           exc_info=error if not isinstance(error, redis.RedisError) else None)
-                if not isinstance(error, redis.RedisError):
+                if isinstance(error, (redis.ConnectionError, redis.TimeoutError)) and entry.id not in self._again:
+                    cut_short.append((stream.key, entry))
+                elif not isinstance(error, redis.RedisError):
                     _note_failure(self.connection, stream, entry, error)
         with self._space:
+            if self._again:
+                self._again.difference_update(entry.id for _, entry in items)
+            if cut_short:
+                self._again.update(entry.id for _, entry in cut_short)
+                self._cut_short += cut_short
             for (stream, entry), error in zip(items, errors):
                 stream.handling.discard(entry.id)
                 if not future.cancelled() and error is None:
                     stream.done.append(entry.id)
             self._in_flight -= weight
             self._space.notify()
+
+    def _hand_out_cut_short(self) -> None:
+        """Hand out again the events whose handling Redis failed under, once it answers (a turn whose first
+        commands worked; else this turn fails and the loop backs off): the outage, not the event, was at fault,
+        and waiting for CLAIM_IDLE would add 20 s to every event of a seconds-long outage. Handled twice (had
+        another worker claimed it meanwhile) it writes nothing twice, as after any claim. Once per event: one
+        that meets Redis away again is left to the claim, which counts its deliveries (an event that somehow
+        brings Redis down each time is given up on, not handed out again at every return)."""
+        if not self._cut_short:
+            return
+        self.connection.ping()
+        with self._lock:
+            todo, self._cut_short = self._cut_short, []
+        by_stream: dict[str, list[Entry]] = {}
+        for key, entry in todo:
+            if key in self.streams:  # still served
+                by_stream.setdefault(key, []).append(entry)
+            else:
+                self._again.discard(entry.id)
+        how = self._how()
+        size = TOGETHER if how == "lane" else self.limit.batch()
+        for key, entries in by_stream.items():
+            log.info("event consumer %s: %d event(s) of %s whose handling Redis cut short, handled again",
+                     self.name, len(entries), self.streams[key].workspace)
+            for i in range(0, len(entries), size):
+                self._submit(self.streams[key], entries[i:i + size], how=how)
 
     def _least(self) -> int:
         """The fewest entries a read asks of each stream: 1, or 2 after a trickle, so that a workspace giving one
