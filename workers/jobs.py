@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 UNKNOWN_OUTCOME_DELAY = 5.0  # let a slow InLoox finish a write before we look for it
 DEFAULT_RETRY = {"attempts": 5, "backoff": 2.0}
 MAX_BACKOFF = 300.0
+# The longest Retry-After of InLoox's we honour: it is InLoox's word, not ours, and a retry "1e300 s" later could
+# not be scheduled at all (timedelta overflowed: the attempt ended in an error, its run left to its lease and
+# the sweeper, to meet the same answer again).
+MAX_RETRY_AFTER = 3600.0
 PAUSED = "account:paused"  # the workspace's InLoox token was refused: its runs wait for a person
 WORKSPACE_RUNS_WINDOW = {"per_seconds": 60}  # a workspace's runs_per_minute limit
 
@@ -737,8 +741,7 @@ def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception, *, lock) -
     if run["attempts"] >= policy["attempts"]:
         return _stop(ctx, run, "failed", f"gave up after {run['attempts']} attempts: {exc}", lock=lock)
     delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** run["attempts"]))
-    delay = max(delay, getattr(exc, "retry_after", None) or 0.0,
-                UNKNOWN_OUTCOME_DELAY if isinstance(exc, OutcomeUnknown) else 0.0)
+    delay = max(delay, _told_wait(exc), UNKNOWN_OUTCOME_DELAY if isinstance(exc, OutcomeUnknown) else 0.0)
     throttled = isinstance(exc, Throttled)  # several waits share one attempt number: name them by time
     _retry_later(ctx, run, delay, tag=f"t{time.time_ns()}" if throttled else f"a{run['attempts']}")
     return _stop(ctx, run, "retrying", f"attempt {run['attempts']} failed ({exc}); next in {delay:.1f}s", lock=lock)
@@ -757,10 +760,16 @@ def _wait_for_inloox(ctx: WorkerContext, run: dict, policy: dict, exc: InLooxErr
         return _stop(ctx, run, "failed", f"InLoox did not answer for {_duration(now - outage['since'])}: {exc}",
                      lock=lock)
     delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** min(outage["tries"], 30)))
+    delay = max(delay, _told_wait(exc))  # a 503 may say when to come back
     _retry_later(ctx, run, delay, tag=f"u{time.time_ns()}")
     since = datetime.fromtimestamp(outage["since"], timezone.utc).strftime("%H:%M:%S UTC")
     return _stop(ctx, run, "retrying", f"InLoox unavailable since {since} ({exc}); next try in {delay:.1f}s "
                                        "(no attempt counted)", lock=lock)
+
+
+def _told_wait(exc: Exception) -> float:
+    """Seconds InLoox (or our own request budget) said to wait, at most MAX_RETRY_AFTER."""
+    return min(getattr(exc, "retry_after", None) or 0.0, MAX_RETRY_AFTER)
 
 
 def _duration(seconds: float) -> str:

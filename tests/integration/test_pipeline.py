@@ -72,3 +72,18 @@ def test_an_inloox_that_is_down_uses_none_of_a_rules_attempts_until_its_outage_t
     assert failed["reason"].startswith("InLoox did not answer for ") and "503" in failed["reason"], failed["reason"]
     assert failed["attempts"] == 0
     assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann"]
+
+
+def test_a_retry_after_beyond_reason_from_inloox_is_honoured_up_to_an_hour(stack, sandbox, rules_dir, redis_url):
+    """A hostile or broken InLoox answers 429 with Retry-After: 1e300 (seconds). The run is told to wait the
+    most we honour (an hour), and says so; it used to fail to schedule its retry at all (timedelta overflowed)."""
+    write_form_rule(rules_dir)
+    sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="status", status=429, retry_after=1e300, methods=["POST"], path="^Task$", count=1)
+
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_far_future").status_code == 202
+
+    [run] = wait_until(lambda: runs_in(redis_url, "retrying"), 20, "the run to wait for its retry")
+    assert run["reason"].endswith("next in 3600.0s"), run["reason"]
