@@ -763,8 +763,10 @@ def _wait_for_inloox(ctx: WorkerContext, run: dict, policy: dict, exc: InLooxErr
     delay = max(delay, _told_wait(exc))  # a 503 may say when to come back
     _retry_later(ctx, run, delay, tag=f"u{time.time_ns()}")
     since = datetime.fromtimestamp(outage["since"], timezone.utc).strftime("%H:%M:%S UTC")
+    # Also started as soon as InLoox answers again (workers/recovery.py), rather than at the end of a backoff of minutes.
+    waits = functools.partial(recovery.wait_for_inloox, run_id=run["id"], resume_at=run["resume_at"])
     return _stop(ctx, run, "retrying", f"InLoox unavailable since {since} ({exc}); next try in {delay:.1f}s "
-                                       "(no attempt counted)", lock=lock)
+                                       "(no attempt counted)", pending=[waits], lock=lock)
 
 
 def _told_wait(exc: Exception) -> float:

@@ -12,6 +12,11 @@ the round trip that gave it back, or its status with it, did not get through. It
 attempt is over, so it keeps the lock's token (`abandoned`) and, once Redis answers, gives the lock
 back if it is still its own and starts the run again (`give_back`): a Redis blip of seconds then
 delays the run by seconds, not by its lease (45 s by default).
+
+A run that met its InLoox down waits for it with backoff up to 5 minutes (workers/jobs.py); the process that
+parked it notes its workspace (`wait_for_inloox`) and, at its maintenance, asks InLoox with one read whether it
+answers again (`inloox_back`, on a pool thread: an InLoox that hangs holds up no other workspace). Once it
+does, those runs start at once rather than at the end of their backoff.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from datetime import datetime, timezone
 
 import redis
 
+from inloox.errors import InLooxError, Throttled
 from workers import deliveries, metrics, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 100
 SWEEP_LEASE = 4  # seconds: one worker sweeps a workspace at a time
+WAITING = "inloox:waiting"  # runs waiting for their InLoox to answer again: sorted set, run id -> resume time
+WAITING_TTL = 3 * 24 * 3600  # ids of runs that were taken up otherwise go with it, whoever noted them
 
 
 def overdue(connection: redis.Redis, *, now: float, limit: int = SWEEP_BATCH) -> list[str]:
@@ -146,6 +154,79 @@ def _given_back(connection: redis.Redis, gone: _Abandoned) -> bool:
         log.warning("run %s (%s): its attempt here was cut short by Redis; its lock given back, started again",
                     run["id"], run["rule_id"])
         return True
+
+
+_outages: dict[str, workspaces.Workspace] = {}  # workspaces this process parked runs of, while InLoox was down
+_probing: set[str] = set()
+# After runs were started because InLoox answered, the next start waits this long, doubling each time (up to 5
+# min): an InLoox that answers our question but not the runs' requests (reads served, writes refused in a
+# maintenance) must not have them retried at every look.
+_next_start: dict[str, tuple[float, float]] = {}  # workspace -> (monotonic time of the next start allowed, gap)
+FIRST_GAP, MAX_GAP = 5.0, 300.0
+MAX_STARTED = 10_000  # runs started at one answer (a round trip each, on a pool thread); the rest at the next
+_outages_lock = threading.Lock()
+
+
+def wait_for_inloox(pipe, run_id: str, resume_at: float) -> None:
+    """Queue, with the run's `retrying` status, that it waits for the current workspace's InLoox (`inloox_back`)."""
+    waiting = workspaces.key(WAITING)
+    pipe.zadd(waiting, {run_id: resume_at})
+    pipe.expire(waiting, WAITING_TTL)
+    workspace = workspaces.current()
+    with _outages_lock:
+        _outages[workspace.name] = workspace
+
+
+def parked(workspace: str) -> bool:
+    """Whether runs of `workspace` were parked here while its InLoox was down (and not all taken up since)."""
+    return workspace in _outages
+
+
+def inloox_back(connection: redis.Redis, workspace: workspaces.Workspace, probe) -> list[str]:
+    """If runs of `workspace` were parked here while its InLoox was down: ask InLoox (`probe`, one cheap read) and,
+    once it answers, start every run waiting for it now; their ids. Nothing while InLoox is still down, while our
+    own request budget says wait, or while another call is asking already."""
+    with _outages_lock:
+        allowed, _ = _next_start.get(workspace.name, (0.0, 0.0))
+        if workspace.name not in _outages or workspace.name in _probing or time.monotonic() < allowed:
+            return []
+        _probing.add(workspace.name)
+    try:
+        with workspaces.using(workspace):
+            try:
+                probe()
+            except InLooxError as exc:
+                if exc.unavailable or isinstance(exc, Throttled):
+                    return []  # still down (or not now): the runs keep their backoff
+            return _take_up_waiting(connection, workspace)
+    finally:
+        with _outages_lock:
+            _probing.discard(workspace.name)
+
+
+def _take_up_waiting(connection: redis.Redis, workspace: workspaces.Workspace) -> list[str]:
+    waiting = workspaces.key(WAITING)
+    ids = [i.decode() for i in connection.zrange(waiting, 0, MAX_STARTED - 1)]
+    if not ids:  # each was taken up, and none met InLoox down again: the outage is over
+        with _outages_lock:
+            _outages.pop(workspace.name, None)
+            _next_start.pop(workspace.name, None)
+        return []
+    now, started = time.time(), []
+    for run_id in ids:
+        run = load_run(connection, run_id)
+        connection.zrem(waiting, run_id)  # a run that meets InLoox down again is noted again
+        if run is None or run["status"] != "retrying":
+            continue  # taken up by its own retry meanwhile
+        queue_run(connection, run, job_id=f"{run_id}-back{int(now)}")
+        started.append(run_id)
+    if started:
+        log.info("InLoox of %s answers again: %d run(s) waiting for it started now", workspace.name, len(started))
+        with _outages_lock:
+            _, gap = _next_start.get(workspace.name, (0.0, 0.0))
+            gap = min(MAX_GAP, gap * 2 if gap else FIRST_GAP)
+            _next_start[workspace.name] = (time.monotonic() + gap, gap)
+    return started
 
 
 def record_unhandled(connection: redis.Redis, workspace: workspaces.Workspace, event: dict, reason: str, *,

@@ -1,6 +1,8 @@
 """Webhook-driven runs end to end with real processes: web → Valkey → rq worker → sandbox."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.support.processes import wait_until
@@ -87,3 +89,25 @@ def test_a_retry_after_beyond_reason_from_inloox_is_honoured_up_to_an_hour(stack
 
     [run] = wait_until(lambda: runs_in(redis_url, "retrying"), 20, "the run to wait for its retry")
     assert run["reason"].endswith("next in 3600.0s"), run["reason"]
+
+
+def test_runs_waiting_for_a_down_inloox_start_as_soon_as_it_answers_again(stack, sandbox, rules_dir, redis_url):
+    """InLoox answers 503 to everything for 20 s. Five runs wait for it (backoff from 0.5 s, doubling: half a minute
+    between tries by then, five minutes in a long outage); once it answers, the worker's next look (every 5 s) finds
+    it back and starts them at once."""
+    write_form_rule(rules_dir, "retry: {backoff: 0.5s}")
+    sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="status", status=503)  # every request, the worker's question whether it is back too
+    began = time.monotonic()
+    for n in range(5):
+        assert deliver(web, {"title": f"Waiting {n}", "project": PROJECT}, f"msg_waiting_{n}").status_code == 202
+    while time.monotonic() < began + 20:  # the outage's length (not a wait for a condition)
+        time.sleep(0.5)
+    assert not runs_in(redis_url, "succeeded") and len(runs_in(redis_url, "retrying")) == 5
+
+    sandbox.clear_faults()
+    wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 5, 10, "the waiting runs, started once InLoox answers")
+    names = [t["Name"] for t in sandbox.get("Task").json()["value"]]
+    assert sorted(names) == [f"Waiting {n}" for n in range(5)]

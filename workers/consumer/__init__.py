@@ -30,6 +30,8 @@ event's trace at once and counted (`events_failed`), and the loop goes on; an er
 itself is logged and the loop starts its next turn, and the worker starts a consumer thread again
 should it ever end (workers/worker.py).
 - trims the log (workers/eventlog.py) and requeues overdue runs (workers/recovery.py);
+- asks a workspace's InLoox whether it answers again, if runs were parked here while it was down, and
+  starts them once it does (workers/recovery.py, on a pool thread);
 - every `sample_seconds`, records the gauges the dashboard charts (workers/gauges.py).
 A quiet workspace (no activity stamp for a minute, workers/activity.py, and nothing of it
 in flight here) is looked after every QUIET_MAINTENANCE_SECONDS instead: most workspaces of a hosted
@@ -472,6 +474,7 @@ class EventConsumer:
             eventlog.touch(self.connection, stream.key, self.name, handling)
             self._claim(stream)
             recovery.sweep(self.connection, worker_context(stream.workspace).workspace)
+            self._ask_inloox(stream.workspace)
             limits.release_waiting(self.connection, worker_context(stream.workspace).workspace)  # room again?
         if time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + TRIM_SECONDS
@@ -482,6 +485,13 @@ class EventConsumer:
             for stream in self.streams.values():
                 gauges.sample(self.connection, worker_context(stream.workspace).workspace, now=time.time(),
                               every=self.sample_seconds)
+
+    def _ask_inloox(self, workspace: str) -> None:
+        """Runs parked here while the workspace's InLoox was down start once it answers (workers/recovery.py). The
+        question goes to InLoox on a pool thread: one account's InLoox that hangs holds up no turn of this loop."""
+        if recovery.parked(workspace):
+            ctx = worker_context(workspace)
+            self._pool.submit(recovery.inloox_back, self.connection, ctx.workspace, ctx.client.me)
 
     def _due_for_maintenance(self) -> list[_Stream]:
         """The streams to look after this turn: every busy or lively one, a quiet one every QUIET_MAINTENANCE_SECONDS.
