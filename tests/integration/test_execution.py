@@ -16,6 +16,7 @@ import requests
 
 from engine import Plan
 from engine.events import Event
+from inloox.errors import ServerError
 from tests.support.processes import Process, free_port, wait_until
 from tests.support.stack import PROJECT, FORM_RULE, all_runs, deliver, ensure_project, runs_in, write_form_rule, write_rule
 from workers import enqueue, eventlog, metrics, recovery, workspaces
@@ -226,6 +227,41 @@ def test_a_lock_an_attempt_left_behind_when_redis_failed_is_given_back_only_if_s
                ((*metrics.parse_field(f), n) for f, n in connection.hgetall(metrics.COUNTERS).items())
                if name == "runs_restarted"}
     assert counted == {"redis_failed": 1, "executor_lost": 1}, counted
+
+
+def test_runs_waiting_for_inloox_start_once_it_answers_and_not_again_at_every_look(redis_url, sandbox):
+    """A run parked while its InLoox was down (`recovery.wait_for_inloox`) is left while InLoox still does not answer,
+    started once it does; should it meet InLoox down again at once (reads answered, writes refused), the next look
+    starts nothing yet (5 s, then doubling), and the runs keep their own backoff meanwhile."""
+    connection = redis.Redis.from_url(redis_url)
+    workspace = workspaces.Workspace("waiting-for-inloox", sandbox.base_url, sandbox.token)
+
+    def park(run_id: str) -> None:
+        with workspaces.using(workspace), connection.pipeline(transaction=False) as pipe:
+            recovery.wait_for_inloox(pipe, run_id, time.time() + 300)
+            pipe.execute()
+
+    def down():
+        raise ServerError("503 SERVICE UNAVAILABLE", status=503)
+
+    with workspaces.using(workspace):
+        now = datetime.now(timezone.utc)
+        for run_id, status in (("run_parked", "retrying"), ("run_done_meanwhile", "succeeded")):
+            create_run(connection, {"id": run_id, "rule_id": "r", "rule_version": "1", "event_id": "e",
+                                    "status": status, "reason": "", "created_at": now.isoformat(),
+                                    "updated_at": now.isoformat(), "steps": [], "outputs": {}, "attempts": 0,
+                                    "plan": Plan(rule_id="r", rule_version="1", event_id="e", event={}).to_dict()})
+    assert recovery.inloox_back(connection, workspace, down) == []  # nothing parked here yet
+    park("run_parked")
+    park("run_done_meanwhile")
+
+    assert recovery.inloox_back(connection, workspace, down) == []
+    assert recovery.inloox_back(connection, workspace, lambda: None) == ["run_parked"]
+    with workspaces.using(workspace):
+        assert [job.args[0] for job in enqueue.queue(connection).jobs] == ["run_parked"]
+    park("run_parked")  # InLoox refused it again
+    assert recovery.inloox_back(connection, workspace, lambda: None) == []  # not at every look
+    assert recovery.parked("waiting-for-inloox")
 
 
 def _most_overlapping(starts: list[str], window: float) -> int:
