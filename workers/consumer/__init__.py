@@ -474,8 +474,9 @@ class EventConsumer:
             eventlog.touch(self.connection, stream.key, self.name, handling)
             self._claim(stream)
             recovery.sweep(self.connection, worker_context(stream.workspace).workspace)
-            self._ask_inloox(stream.workspace)
             limits.release_waiting(self.connection, worker_context(stream.workspace).workspace)  # room again?
+        for stream in self.streams.values():  # quiet or not: a workspace quiet for a minute may wait on its InLoox
+            self._ask_inloox(stream.workspace)
         if time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + TRIM_SECONDS
             for stream in self.streams.values():
