@@ -733,8 +733,7 @@ def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception, *, lock) -
     policy = {**DEFAULT_RETRY, **(plan.retry or {})}
     if getattr(exc, "unavailable", False) and policy["attempts"] > 0:
         return _wait_for_inloox(ctx, run, policy, exc, lock=lock)
-    if not isinstance(exc, Throttled):
-        run.pop("unavailable", None)  # InLoox answered: an outage ended
+    outage_over = not isinstance(exc, Throttled) and run.pop("unavailable", None) is not None  # InLoox answered
     # Waiting for the workspace's own request budget is not a failed attempt: nothing was sent.
     run["attempts"] += 0 if isinstance(exc, Throttled) else 1
     metrics.count(ctx.connection, "retries", kind="automatic")
@@ -744,7 +743,10 @@ def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception, *, lock) -
     delay = max(delay, _told_wait(exc), UNKNOWN_OUTCOME_DELAY if isinstance(exc, OutcomeUnknown) else 0.0)
     throttled = isinstance(exc, Throttled)  # several waits share one attempt number: name them by time
     _retry_later(ctx, run, delay, tag=f"t{time.time_ns()}" if throttled else f"a{run['attempts']}")
-    return _stop(ctx, run, "retrying", f"attempt {run['attempts']} failed ({exc}); next in {delay:.1f}s", lock=lock)
+    # No longer waiting for InLoox to answer: not started early when it answers another question (Retry-After).
+    pending = [functools.partial(recovery.not_waiting, run_id=run["id"])] if outage_over else []
+    return _stop(ctx, run, "retrying", f"attempt {run['attempts']} failed ({exc}); next in {delay:.1f}s",
+                 pending=pending, lock=lock)
 
 
 def _wait_for_inloox(ctx: WorkerContext, run: dict, policy: dict, exc: InLooxError, *, lock) -> str:

@@ -177,6 +177,11 @@ def wait_for_inloox(pipe, run_id: str, resume_at: float) -> None:
         _outages[workspace.name] = workspace
 
 
+def not_waiting(pipe, run_id: str) -> None:
+    """Queue that the run no longer waits for InLoox (it answered the run, with an error of another kind)."""
+    pipe.zrem(workspaces.key(WAITING), run_id)
+
+
 def parked(workspace: str) -> bool:
     """Whether runs of `workspace` were parked here while its InLoox was down (and not all taken up since)."""
     return workspace in _outages
@@ -199,6 +204,10 @@ def inloox_back(connection: redis.Redis, workspace: workspaces.Workspace, probe)
                 if exc.unavailable or isinstance(exc, Throttled):
                     return []  # still down (or not now): the runs keep their backoff
             return _take_up_waiting(connection, workspace)
+    except Exception:  # Redis away, or a bug: asked again at the next look; the runs keep their backoff meanwhile
+        log.warning("runs of %s waiting for InLoox: could not look whether it answers again", workspace.name,
+                    exc_info=True)
+        return []
     finally:
         with _outages_lock:
             _probing.discard(workspace.name)
