@@ -333,16 +333,22 @@ def test_runs_whose_batch_end_meets_a_redis_outage_are_taken_up_again_once_it_an
     wait_until(lambda: frozen_at(worker, "runs_ending"), 30, "the worker to freeze before storing the run's end")
     assert len(tasks_named(sandbox, "Ending")) == 1
 
-    valkey.kill()
-    worker.signal(signal.SIGCONT)  # the round trip meets no Redis, past redis-py's own retries (about 4 s)
-    outage_end = time.monotonic() + 6  # the outage's length (not a wait for a condition)
-    while time.monotonic() < outage_end:
-        time.sleep(0.2)
-    valkey.start()
+    continued_through_an_outage(worker, valkey)
     wait_until(lambda: runs_of(valkey.url, "Ending", "succeeded"), CUT_SHORT_RUN_SECONDS,
                "the run whose end the outage cut short, taken up again before its lease ran out")
     assert len(tasks_named(sandbox, "Ending")) == 1
     assert worker.alive()
+
+
+def continued_through_an_outage(worker, valkey, seconds: float = 6) -> None:
+    """Kill Valkey, continue the frozen `worker` (its next round trip meets no Redis, past redis-py's own retries
+    of about 4 s) and start Valkey again `seconds` later."""
+    valkey.kill()
+    worker.signal(signal.SIGCONT)
+    outage_end = time.monotonic() + seconds  # the outage's length (not a wait for a condition)
+    while time.monotonic() < outage_end:
+        time.sleep(0.2)
+    valkey.start()
 
 
 # An event whose handling an outage cut short is handled again within a few of the loop's backoffs (up to 5 s)
@@ -363,12 +369,7 @@ def test_an_event_whose_handling_meets_a_redis_outage_is_handled_again_once_it_a
     assert deliver(web, {"title": "Begun", "project": PROJECT}, "msg_begun").status_code == 202
     wait_until(lambda: frozen_at(worker, "handle_event"), 30, "the worker to freeze as it begins the event")
 
-    valkey.kill()
-    worker.signal(signal.SIGCONT)  # its first round trip meets no Redis, past redis-py's own retries (about 4 s)
-    outage_end = time.monotonic() + 6  # the outage's length (not a wait for a condition)
-    while time.monotonic() < outage_end:
-        time.sleep(0.2)
-    valkey.start()
+    continued_through_an_outage(worker, valkey)
     wait_until(lambda: runs_of(valkey.url, "Begun", "succeeded"), CUT_SHORT_EVENT_SECONDS,
                "the event whose handling the outage cut short, handled again")
     assert len(tasks_named(sandbox, "Begun")) == 1
