@@ -759,7 +759,7 @@ def _wait_for_inloox(ctx: WorkerContext, run: dict, policy: dict, exc: InLooxErr
     outage["tries"] += 1
     metrics.count(ctx.connection, "retries", kind="unavailable")
     if now - outage["since"] >= ctx.outage_seconds:
-        return _stop(ctx, run, "failed", f"InLoox did not answer for {_duration(now - outage['since'])}: {exc}",
+        return _stop(ctx, run, "failed", f"InLoox unavailable for {_duration(now - outage['since'])}: {exc}",
                      lock=lock)
     delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** min(outage["tries"], 30)))
     delay = max(delay, _told_wait(exc))  # a 503 may say when to come back

@@ -71,7 +71,7 @@ def test_an_inloox_that_is_down_uses_none_of_a_rules_attempts_until_its_outage_t
     sandbox.fault(kind="status", status=503, methods=["POST"], path="^Task$")  # down for good
     assert deliver(web, {"title": "Call Bob", "project": PROJECT}, "msg_down_long").status_code == 202
     [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 40, "the run to give up on InLoox")
-    assert failed["reason"].startswith("InLoox did not answer for ") and "503" in failed["reason"], failed["reason"]
+    assert failed["reason"].startswith("InLoox unavailable for ") and "503" in failed["reason"], failed["reason"]
     assert failed["attempts"] == 0
     assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann"]
 
