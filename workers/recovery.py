@@ -15,7 +15,7 @@ delays the run by seconds, not by its lease (45 s by default).
 
 A run that met its InLoox down waits for it with backoff up to 5 minutes (workers/jobs.py); the process that
 parked it notes its workspace (`wait_for_inloox`) and, at its maintenance, asks InLoox with one read whether it
-answers again (`inloox_back`, on a pool thread: an InLoox that hangs holds up no other workspace). Once it
+answers again (`inloox_back`, on threads of their own: an InLoox that hangs holds up no other workspace). Once it
 does, those runs start at once rather than at the end of their backoff.
 """
 from __future__ import annotations
@@ -157,13 +157,12 @@ def _given_back(connection: redis.Redis, gone: _Abandoned) -> bool:
 
 
 _outages: dict[str, workspaces.Workspace] = {}  # workspaces this process parked runs of, while InLoox was down
-_probing: set[str] = set()
 # After runs were started because InLoox answered, the next start waits this long, doubling each time (up to 5
 # min): an InLoox that answers our question but not the runs' requests (reads served, writes refused in a
 # maintenance) must not have them retried at every look.
 _next_start: dict[str, tuple[float, float]] = {}  # workspace -> (monotonic time of the next start allowed, gap)
 FIRST_GAP, MAX_GAP = 5.0, 300.0
-MAX_STARTED = 10_000  # runs started at one answer (a round trip each, on a pool thread); the rest at the next
+MAX_STARTED = 10_000  # runs started at one answer (a round trip each, off the loop); the rest at the next
 _outages_lock = threading.Lock()
 
 
@@ -189,13 +188,12 @@ def parked(workspace: str) -> bool:
 
 def inloox_back(connection: redis.Redis, workspace: workspaces.Workspace, probe) -> list[str]:
     """If runs of `workspace` were parked here while its InLoox was down: ask InLoox (`probe`, one cheap read) and,
-    once it answers, start every run waiting for it now; their ids. Nothing while InLoox is still down, while our
-    own request budget says wait, or while another call is asking already."""
+    once it answers, start every run waiting for it now; their ids. Nothing while InLoox is still down, or while
+    our own request budget says wait. The caller asks one question of a workspace at a time (workers/consumer/)."""
     with _outages_lock:
         allowed, _ = _next_start.get(workspace.name, (0.0, 0.0))
-        if workspace.name not in _outages or workspace.name in _probing or time.monotonic() < allowed:
+        if workspace.name not in _outages or time.monotonic() < allowed:
             return []
-        _probing.add(workspace.name)
     try:
         with workspaces.using(workspace):
             try:
@@ -208,9 +206,6 @@ def inloox_back(connection: redis.Redis, workspace: workspaces.Workspace, probe)
         log.warning("runs of %s waiting for InLoox: could not look whether it answers again", workspace.name,
                     exc_info=True)
         return []
-    finally:
-        with _outages_lock:
-            _probing.discard(workspace.name)
 
 
 def _take_up_waiting(connection: redis.Redis, workspace: workspaces.Workspace) -> list[str]:

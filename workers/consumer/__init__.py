@@ -31,7 +31,7 @@ itself is logged and the loop starts its next turn, and the worker starts a cons
 should it ever end (workers/worker.py).
 - trims the log (workers/eventlog.py) and requeues overdue runs (workers/recovery.py);
 - asks a workspace's InLoox whether it answers again, if runs were parked here while it was down, and
-  starts them once it does (workers/recovery.py, on a pool thread);
+  starts them once it does (workers/recovery.py, on threads of their own);
 - every `sample_seconds`, records the gauges the dashboard charts (workers/gauges.py).
 A quiet workspace (no activity stamp for a minute, workers/activity.py, and nothing of it
 in flight here) is looked after every QUIET_MAINTENANCE_SECONDS instead: most workspaces of a hosted
@@ -80,6 +80,7 @@ SAMPLE_SECONDS = 60.0  # the dashboard's charts show gauges per minute
 STALL_SECONDS = 30.0  # a loop that has not turned for this long is not running (/readyz says so)
 FAILING_SECONDS = 5.0  # a loop whose every turn failed for this long is not running either
 QUIET_MAINTENANCE_SECONDS = 30.0
+QUESTION_THREADS = 4  # threads asking down InLoox accounts whether they answer again (each bounded by INLOOX_TIMEOUT)
 # After a read that brought a few events and left none behind (a trickle: a quiet worker's events come one at a
 # time), the next read waits this long first, so that those arriving meanwhile are read, planned, stored and ended
 # together: at 200 events a second, each read brought one and each batch of one paid alone for what a batch costs,
@@ -127,6 +128,10 @@ class EventConsumer:
         # the limit. Hundreds of threads each awaiting one answer spent the worker's CPU on handing the GIL
         # around (bench/RESULTS.md section 30).
         self._lane = together.Lane("events-lane")
+        # Whether a down InLoox answers again is asked on threads of their own (workers/recovery.py): on the
+        # events' pool, accounts whose InLoox hangs would each hold a thread other workspaces' events wait for.
+        self._questions = ThreadPoolExecutor(QUESTION_THREADS, thread_name_prefix="inloox-back")
+        self._asking: set[str] = set()  # workspaces whose question is queued or being asked (one at a time)
         self._thread: threading.Thread | None = None
         self._next_maintenance = 0.0
         self._claim_soon: set[str] = set()  # streams whose last claim may have left more to take over
@@ -188,6 +193,7 @@ class EventConsumer:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._together.shutdown(wait=True, cancel_futures=True)
+        self._questions.shutdown(wait=False, cancel_futures=True)
         self._lane.shutdown()
         try:
             self._flush_acks()
@@ -396,12 +402,11 @@ class EventConsumer:
         self.connection.ping()
         with self._lock:
             todo, self._cut_short = self._cut_short, []
+            self._again.difference_update(entry.id for key, entry in todo if key not in self.streams)
         by_stream: dict[str, list[Entry]] = {}
         for key, entry in todo:
-            if key in self.streams:  # still served
+            if key in self.streams:  # still served; the others are claimed by a worker that serves them
                 by_stream.setdefault(key, []).append(entry)
-            else:
-                self._again.discard(entry.id)
         how = self._how()
         size = TOGETHER if how == "lane" else self.limit.batch()
         for key, entries in by_stream.items():
@@ -489,10 +494,14 @@ class EventConsumer:
 
     def _ask_inloox(self, workspace: str) -> None:
         """Runs parked here while the workspace's InLoox was down start once it answers (workers/recovery.py). The
-        question goes to InLoox on a pool thread: one account's InLoox that hangs holds up no turn of this loop."""
-        if recovery.parked(workspace):
-            ctx = worker_context(workspace)
-            self._pool.submit(recovery.inloox_back, self.connection, ctx.workspace, ctx.client.me)
+        question goes to InLoox on a thread of `_questions`: one account's InLoox that hangs holds up no turn of this
+        loop and no event; one question of each workspace at a time, so none pile up behind a hanging one."""
+        if not recovery.parked(workspace) or workspace in self._asking:
+            return  # nothing waits here; or its last question is still queued or asked
+        ctx = worker_context(workspace)
+        self._asking.add(workspace)
+        asked = self._questions.submit(recovery.inloox_back, self.connection, ctx.workspace, ctx.client.me)
+        asked.add_done_callback(lambda _, w=workspace: self._asking.discard(w))
 
     def _due_for_maintenance(self) -> list[_Stream]:
         """The streams to look after this turn: every busy or lively one, a quiet one every QUIET_MAINTENANCE_SECONDS.
