@@ -739,8 +739,8 @@ def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception, *, lock) -
     metrics.count(ctx.connection, "retries", kind="automatic")
     if run["attempts"] >= policy["attempts"]:
         return _stop(ctx, run, "failed", f"gave up after {run['attempts']} attempts: {exc}", lock=lock)
-    delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** run["attempts"]))
-    delay = max(delay, _told_wait(exc), UNKNOWN_OUTCOME_DELAY if isinstance(exc, OutcomeUnknown) else 0.0)
+    delay = max(_backoff(policy, run["attempts"], exc),
+                UNKNOWN_OUTCOME_DELAY if isinstance(exc, OutcomeUnknown) else 0.0)
     throttled = isinstance(exc, Throttled)  # several waits share one attempt number: name them by time
     _retry_later(ctx, run, delay, tag=f"t{time.time_ns()}" if throttled else f"a{run['attempts']}")
     # No longer waiting for InLoox to answer: not started early when it answers another question (Retry-After).
@@ -761,19 +761,20 @@ def _wait_for_inloox(ctx: WorkerContext, run: dict, policy: dict, exc: InLooxErr
     if now - outage["since"] >= ctx.outage_seconds:
         return _stop(ctx, run, "failed", f"InLoox unavailable for {_duration(now - outage['since'])}: {exc}",
                      lock=lock)
-    delay = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** min(outage["tries"], 30)))
-    delay = max(delay, _told_wait(exc))  # a 503 may say when to come back
+    delay = _backoff(policy, outage["tries"], exc)  # a 503, too, may say when to come back
     _retry_later(ctx, run, delay, tag=f"u{time.time_ns()}")
     since = datetime.fromtimestamp(outage["since"], timezone.utc).strftime("%H:%M:%S UTC")
-    # Also started as soon as InLoox answers again (workers/recovery.py), rather than at the end of a backoff of minutes.
+    # Also started as soon as InLoox answers again (workers/recovery.py), not at the end of a backoff of minutes.
     waits = functools.partial(recovery.wait_for_inloox, run_id=run["id"], resume_at=run["resume_at"])
     return _stop(ctx, run, "retrying", f"InLoox unavailable since {since} ({exc}); next try in {delay:.1f}s "
                                        "(no attempt counted)", pending=[waits], lock=lock)
 
 
-def _told_wait(exc: Exception) -> float:
-    """Seconds InLoox (or our own request budget) said to wait, at most MAX_RETRY_AFTER."""
-    return min(getattr(exc, "retry_after", None) or 0.0, MAX_RETRY_AFTER)
+def _backoff(policy: dict, tries: int, exc: Exception) -> float:
+    """Seconds before the next try: full jitter up to the rule's backoff doubled `tries` times (at most
+    MAX_BACKOFF), and never before what InLoox (or our own request budget) said to wait, up to MAX_RETRY_AFTER."""
+    jitter = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** min(tries, 30)))
+    return max(jitter, min(getattr(exc, "retry_after", None) or 0.0, MAX_RETRY_AFTER))
 
 
 def _duration(seconds: float) -> str:
