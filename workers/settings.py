@@ -68,6 +68,10 @@ DEFAULTS = {
     # themselves to, so that the web keeps answering senders on a small machine.
     "WORKER_THREADS": "400",
     "WORKER_THREADS_PER_WORKSPACE": "0",
+    # RQ's jobs (retries, holds, deliveries, chat replies) a worker runs at once, each on a thread, and at
+    # most this many of one workspace: one whose InLoox or subscriber hangs holds no other's (workers/worker.py).
+    "WORKER_JOBS": "16",
+    "WORKER_JOBS_PER_WORKSPACE": "4",
     "WORKER_NICE": "10",
     # 1: a worker also polls InLoox and fires schedules, on threads beside its events (the work of
     # `python -m workers.poller --with-scheduler`, one process fewer; the Procfile's choice); 0: poller
@@ -155,8 +159,9 @@ def redis_client(config: Mapping[str, str]) -> redis.Redis:
 
 
 def threads(config: Mapping[str, str]) -> int:
-    """The most threads a process's settings let it run at once (a worker's events, a poller's polls)."""
-    return int(config.get("WORKER_THREADS") or 0) + int(config.get("POLL_THREADS") or 0)
+    """The most threads a process's settings let it run at once (a worker's events and jobs, a poller's polls)."""
+    return (int(config.get("WORKER_THREADS") or 0) + int(config.get("WORKER_JOBS") or 0)
+            + int(config.get("POLL_THREADS") or 0))
 
 
 def secrets_key(environ: Mapping[str, str] = os.environ) -> dict:

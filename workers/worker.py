@@ -10,6 +10,15 @@ RQ worker. RQ keeps what needs a queue with timing: retries after a delay, holds
 rule's `concurrency` limit, chat replies, runs restarted by the sweeper. RQ's SimpleWorker runs
 those without forking, which keeps connections and the loaded rules warm.
 
+RQ runs its jobs on its loop's thread, one after the other; ours wait on the outside world (a run's
+InLoox requests, a delivery's subscriber, a chat reply), so one workspace whose InLoox hung held every
+other workspace's retries, holds and deliveries behind each of its requests (round robin: one job of
+each other queue between two of its own, each of its own waiting out the InLoox time-out). Here each job
+runs on a thread of its own: at most WORKER_JOBS at once, and at most WORKER_JOBS_PER_WORKSPACE of one
+workspace, whose queue is not read while it has that many (its jobs wait in Redis, not in this process).
+The loop still takes each job and records its start (RQ's started registry) itself, and keeps the
+heartbeats of the jobs running, as RQ's forking worker does for its child.
+
 RQ's defaults assume minutes are fine for recovery; ours are tightened so that a killed worker's
 run resumes elsewhere within about a minute:
 - a job counts as abandoned once its heartbeat is `timeout + 5 s` old (RQ: + 60 s);
@@ -44,6 +53,7 @@ from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import StopRequested
 from rq import worker_registration
 from rq.registry import clean_registries
+from rq.timeouts import BaseDeathPenalty
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
@@ -75,10 +85,72 @@ CONSUMER_BEAT_TTL = 30
 # so another takes its workspaces at once rather than after POLL_LEASE_SECONDS).
 POLLING_STOP_SECONDS = 3.0
 IDLE_QUEUE = "no-workspace"  # the queue an RQ loop waits on while no workspace is served (never enqueued)
+JOB_BEAT_SECONDS = 10  # how often the loop renews the started registry's lease of each job running on a thread
+JOBS_STOP_SECONDS = 60  # a stopping worker waits this long for its jobs under way (the longest job time-out)
+
+
+class _OwnDeadlines(BaseDeathPenalty):
+    """No alarm around a job: SIGALRM (RQ's SimpleWorker's) reaches only the main thread, and our jobs bound
+    themselves (InLoox and outbound time-outs, a run's lease)."""
+
+    def setup_death_penalty(self):
+        pass
+
+    def cancel_death_penalty(self):
+        pass
+
+
+class _Places:
+    """The RQ jobs running on threads of this worker, by workspace (queue): at most `most`, `per_workspace` of one."""
+
+    def __init__(self, most: int, per_workspace: int):
+        self.most, self.per_workspace = max(1, most), max(1, per_workspace)
+        self.running: dict[str, tuple] = {}  # job id -> (job, execution) running now
+        self._of: dict[str, int] = {}  # queue name -> its jobs running now
+        self._changed = threading.Condition()
+
+    def full(self) -> set[str]:
+        """The queues not to read now (their workspace has `per_workspace` jobs running); every one when no
+        place is left at all."""
+        with self._changed:
+            if len(self.running) >= self.most:
+                return {"*"}
+            return {name for name, count in self._of.items() if count >= self.per_workspace}
+
+    def take(self, queue: str, job, execution) -> None:
+        with self._changed:
+            self.running[job.id] = (job, execution)
+            self._of[queue] = self._of.get(queue, 0) + 1
+
+    def give_back(self, queue: str, job) -> int:
+        """The place of `job` is free again; how many jobs still run."""
+        with self._changed:
+            self.running.pop(job.id, None)
+            self._of[queue] -= 1
+            if not self._of[queue]:
+                del self._of[queue]
+            self._changed.notify_all()
+            return len(self.running)
+
+    def wait(self, seconds: float) -> None:
+        """Until a place is given back, or `seconds`."""
+        with self._changed:
+            self._changed.wait(seconds)
+
+    def wait_for_none(self, seconds: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: not self.running, seconds)
+
+    def jobs(self) -> list[tuple]:
+        with self._changed:
+            return list(self.running.values())
 
 
 class Worker(SimpleWorker):
-    """SimpleWorker with the event consumer, short recovery times and Redis outage riding (see above)."""
+    """SimpleWorker with the event consumer, jobs on threads, short recovery times and Redis outage riding (see
+    above)."""
+
+    death_penalty_class = _OwnDeadlines
 
     def __init__(self, queues, *args, **kwargs):
         self.config = load_config()
@@ -101,6 +173,10 @@ class Worker(SimpleWorker):
         # WORKER_WORKSPACES names the workspaces this worker may serve (a shard); empty: every one.
         self.shard = registry.Shard(served(), frozenset(
             n.strip() for n in (self.config.get("WORKER_WORKSPACES") or "").split(",") if n.strip()))
+        self._places = _Places(int(self.config["WORKER_JOBS"]), int(self.config["WORKER_JOBS_PER_WORKSPACE"]))
+        self._rotation = self.queues[:]  # every queue served, in RQ's turns; `_ordered_queues`: those read now
+        self._burst = False  # `rq worker --burst`: jobs one after the other on the loop's thread, as RQ does
+        self._next_job_beat = 0.0
 
     def bootstrap(self, *args, **kwargs):
         """RQ's start-up; then its per-job lines ("Job OK", "dequeued …") go quiet: one line per run is ours."""
@@ -146,6 +222,9 @@ class Worker(SimpleWorker):
         self.handle_warm_shutdown_request()
 
     def heartbeat(self, *args, **kwargs):
+        if kwargs.get("pipeline") is not None or threading.current_thread() is not threading.main_thread():
+            # A job's start on its thread, or the loop's renewal of running jobs (`_beat_jobs`), in a pipeline.
+            return super().heartbeat(*args, **kwargs)
         # RQ's wait for work retries Redis errors in a loop of its own, where the StopRequested its
         # signal handler raises can be swallowed by redis-py; this is the first call of each turn.
         if self._stop_requested and self.get_state() != WorkerStatus.BUSY:
@@ -155,7 +234,9 @@ class Worker(SimpleWorker):
                 self.polling.stop_event.set()  # its polls under way end meanwhile too
             raise StopRequested()
         self._follow_workspaces()
+        self._narrow()
         self._consumer_beat()
+        self._beat_jobs()
         return super().heartbeat(*args, **kwargs)
 
     def _follow_workspaces(self) -> None:
@@ -182,7 +263,8 @@ class Worker(SimpleWorker):
         # RQ takes from the queues in turn; with none it would block on nothing: an empty queue stands in.
         self.queues = [self.queue_class(name, connection=self.connection, serializer=self.serializer)
                        for name in running or [IDLE_QUEUE]]
-        self._ordered_queues = self.queues[:]
+        self._rotation = self.queues[:]
+        self._narrow()
         if self.consumer is not None:
             self.consumer.follow(running)
 
@@ -255,8 +337,75 @@ class Worker(SimpleWorker):
             log.warning("worker %s: could not check for suspension, Redis unavailable (%s)", self.name, exc)
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """RQ's wait for a job, from the queues whose workspace has a place left (`_Places`): none is taken
+        before a place is free for it."""
         failpoints.hit("rq_wait")  # tests only
+        while not self._narrow():
+            if self._stop_requested:
+                raise StopRequested()  # RQ's loop ends; its teardown waits for the jobs under way
+            self.heartbeat()  # the workspaces followed, the consumer's beat, while every place is taken
+            self._places.wait(IDLE_WAKE_SECONDS)
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def _narrow(self) -> list:
+        """The queues RQ reads next (`_ordered_queues`): those of `_rotation`, in its order, whose workspace has a
+        place left. Done at each turn of RQ's wait (our heartbeat), so a queue is read again once a place is free."""
+        full = self._places.full()
+        self._ordered_queues = [] if "*" in full else [queue for queue in self._rotation if queue.name not in full]
+        return self._ordered_queues
+
+    def reorder_queues(self, reference_queue):
+        """RQ's turns (round robin) over every queue served, those left out of a read for want of places too."""
+        self._ordered_queues = self._rotation
+        super().reorder_queues(reference_queue)
+        self._rotation = self._ordered_queues
+        self._narrow()
+
+    def execute_job(self, job, queue):
+        """Run `job` on a thread of its own (see above); the loop goes on to the next one."""
+        if self._burst:
+            return super().execute_job(job, queue)
+        execution = self.prepare_execution(job)  # in RQ's started registry before the loop goes on
+        self._places.take(queue.name, job, execution)
+        thread = threading.Thread(target=self._perform, args=(job, queue, execution), name=f"rq-job:{queue.name}",
+                                  daemon=True)
+        try:
+            thread.start()
+        except BaseException:  # no thread to be had: the job stays started, and is found abandoned and run again
+            self._places.give_back(queue.name, job)
+            raise
+
+    def _perform(self, job, queue, execution) -> None:
+        try:
+            self.perform_job(job, queue, execution)  # records its own success or failure, as on RQ's thread
+        except Exception:  # what it could not record (Redis away): found abandoned later, and run again
+            log.exception("worker %s: job %s (%s) ended without its outcome recorded", self.name, job.id, queue.name)
+        finally:
+            if not self._places.give_back(queue.name, job):
+                self.set_state(WorkerStatus.IDLE)
+
+    def _beat_jobs(self) -> None:
+        """Renew the started registry's lease of each job running on a thread (RQ's forking worker does so while
+        its child runs), so that one past its time-out is not taken for abandoned while it runs."""
+        if time.monotonic() < self._next_job_beat:
+            return
+        self._next_job_beat = time.monotonic() + JOB_BEAT_SECONDS
+        for job, execution in self._places.jobs():
+            started = job.started_at
+            if started is None or (now() - started).total_seconds() < JOB_BEAT_SECONDS:
+                continue  # just started: its lease (the job's time-out) is fresh
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as exc:
+                log.warning("worker %s: job %s's lease not renewed (%s)", self.name, job.id, exc)
+                return
+
+    def teardown(self):
+        """RQ's, once the jobs under way have ended (a warm stop lets them finish, as RQ's own)."""
+        if not self._places.wait_for_none(JOBS_STOP_SECONDS):
+            log.warning("worker %s: stopping with %d job(s) still running; they are found abandoned and run again",
+                        self.name, len(self._places.jobs()))
+        super().teardown()
 
     def set_state(self, state: str, pipeline=None) -> None:
         """RQ's: the state is kept here and written to the worker's hash; Redis away, it is only kept here.
@@ -298,6 +447,7 @@ class Worker(SimpleWorker):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop_before_started)
         _lower_priority(int(self.config.get("WORKER_NICE") or 0))
+        self._burst = burst
         metrics.batch(METRICS_BATCH_SECONDS)
         if not burst:
             self.consumer = self._start_consumer()

@@ -636,3 +636,70 @@ def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_polls
     polls = connection.llen("ws:quick:poll:recent") - polled_before
     assert polls >= 6, f"the quick workspace was polled {polls} times in 6 s"
     other_sandbox.clear_faults()
+
+
+STUCK_RULE = """
+id: form-to-task
+description: Each form becomes a task.
+retry: {{attempts: 10, backoff: 0.5s}}
+when:
+  - webhook: forms
+then:
+  - inloox.create: Task
+    values: {{Name: "{{{{ webhook.body.title }}}}", ProjectId: "{project}"}}
+"""
+QUEUED_NOTIFY_RULE = """
+id: note-forms
+description: Tell the team about each form, ten at most at once (such runs are RQ jobs).
+concurrency: {key: team, limit: 10}
+when:
+  - webhook: forms
+then:
+  - notify: "{{ env.TEAM_CHANNEL_URL }}"
+    title: Form
+    body: "{{ webhook.body.title }}"
+"""
+
+
+def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_queued_runs(
+        stack, sandbox, other_sandbox, receiver, tmp_path, redis_url):
+    """RQ's jobs (retries, holds, queued runs, deliveries) of one customer whose InLoox hangs: another's still run
+    at once, and the first one's runs each write once when its InLoox answers again."""
+    from workers.workspaces import Limits, Workspace
+
+    served, entries = {}, []
+    accounts = (("quick", sandbox, QUEUED_NOTIFY_RULE),
+                ("stuck", other_sandbox, STUCK_RULE.format(project=ensure_project(other_sandbox))))
+    for name, inloox, rule in accounts:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "forms.yaml").write_text(textwrap.dedent(rule))
+        entries.append(f"\n  {name}:\n    inloox_url: {inloox.base_url}\n    inloox_api_key: {inloox.token}"
+                       f"\n    rules: {folder}\n    limits: {{inloox_requests_per_second: 0}}")
+        served[name] = Workspace(name, inloox.base_url, inloox.token, rules_path=str(folder),
+                                 limits=Limits(inloox_requests_per_second=0))
+    (tmp_path / "workspaces.yaml").write_text("workspaces:" + "".join(entries) + "\n")
+    stack.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"), INLOOX_TIMEOUT="4")
+    stack.worker("worker", queues=("quick", "stuck"))
+    other_sandbox.fault(kind="latency", latency_ms=8000, count=100000)  # past the client's 4 s, every request
+    submit_forms(redis_url, served["stuck"], 12, "s")
+    connection = redis.Redis.from_url(redis_url)
+
+    def stuck_runs(status: str) -> list[dict]:
+        runs = [decode_run(connection.get(f"ws:stuck:run:{i.decode()}")) for i in connection.zrange("ws:stuck:runs", 0, -1)]
+        return [r for r in runs if r["status"] == status]
+
+    # Their first attempts timed out on the event threads; their retries are RQ jobs, each waiting 4 s for InLoox.
+    wait_until(lambda: len(stuck_runs("retrying")) == 12, 30, "the stuck account's runs retrying")
+    wait_until(lambda: any(r["attempts"] >= 2 for r in stuck_runs("retrying")), 30, "their first retries")
+    started = time.monotonic()
+    submit_forms(redis_url, served["quick"], 5, "q")
+    wait_until(lambda: len(receiver.received) >= 5, 60, "the quick account's five messages")
+    # One after the other on RQ's loop, each of the five waited behind one 4 s retry of the other account (20 s).
+    assert time.monotonic() - started < 6, f"the quick account's queued runs took {time.monotonic() - started:.1f} s"
+
+    other_sandbox.clear_faults()
+    wait_until(lambda: len(stuck_runs("succeeded")) == 12, 90, "the stuck account's runs, once InLoox answers")
+    names = Counter(t["Name"] for t in other_sandbox.get("Task").json()["value"])
+    assert sorted(n for n in names if n.startswith("s ")) == sorted(f"s {n}" for n in range(12))
+    assert all(count == 1 for count in names.values()), names
