@@ -392,8 +392,12 @@ class Worker(SimpleWorker):
         self._next_job_beat = time.monotonic() + JOB_BEAT_SECONDS
         for job, execution in self._places.jobs():
             started = job.started_at
-            if started is None or (now() - started).total_seconds() < JOB_BEAT_SECONDS:
+            running = (now() - started).total_seconds() if started is not None else 0.0
+            if running < JOB_BEAT_SECONDS:
                 continue  # just started: its lease (the job's time-out) is fresh
+            if job.timeout and running > job.timeout:  # none should: each bounds its own requests
+                log.warning("worker %s: job %s (%s) has run for %.0f s, past its time-out of %s s",
+                            self.name, job.id, job.origin, running, job.timeout)
             try:
                 self.maintain_heartbeats(job, execution)
             except redis.RedisError as exc:
