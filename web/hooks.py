@@ -12,7 +12,7 @@ from engine.events import Event
 from web.resources import get_redis
 from web.workspace import require_workspace
 from web.signatures import SignatureError, verify_standard_webhook
-from workers import metrics, workspaces
+from workers import eventlog, metrics, workspaces
 from workers.intake import submit_event
 from workers.metering import limits
 from workers.outbound import OutboundPolicy
@@ -27,6 +27,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_KEPT_HEADER_CHARS = 256
 # Senders retry for up to ~3 days; remembering ids for 5 makes every retry a duplicate.
 DEDUP_TTL_SECONDS = 5 * 24 * 3600
+BACKLOG_RETRY_SECONDS = 60  # Retry-After while the workspace's backlog is at its limit (workers/workspaces.py)
 
 
 @bp.post("/<source>")
@@ -57,7 +58,10 @@ def receive(source: str):
     _within_daily_events()
     try:
         accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
-                                dedup_ttl=DEDUP_TTL_SECONDS)
+                                dedup_ttl=DEDUP_TTL_SECONDS, backlog_limit=workspaces.current().limits.backlog_limit)
+    except eventlog.BacklogFull as full:
+        raise TooManyRequests(f"workspace {workspaces.current().name!r} has {full}; retry later",
+                              retry_after=BACKLOG_RETRY_SECONDS) from None
     except redis.RedisError:
         current_app.logger.exception("webhook %s from %s not stored", event.id, source)
         abort(503, "the event could not be stored; retry later")

@@ -23,20 +23,50 @@ from dataclasses import dataclass
 
 import redis
 
-from workers import activity, metrics, scripts, workspaces
+from workers import activity, metrics, runs, scripts, workspaces
 from workers.metering import usage
 
 GROUP = "engine"
+BACKLOG_LOOK_MS = 1000
+BACKLOG_HEADROOM = 20_000
 EVENTS_KEEP = 100_000  # handled entries kept per workspace (the newest), at most
 EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
 
 # KEYS: dedup claim, stream, metrics hash, usage of the day, usage of the month (workers/metering),
-# the workspace's activity stamp (workers/activity.py).
-# ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field if duplicate, usage
-# field, day ttl, month ttl. Returns the new entry's id, or false for a duplicate. An accepted event
-# marks its workspace active (the entry id's milliseconds), so that the poller polls it at full
-# speed again, at no round trip of its own.
+# the workspace's activity stamp (workers/activity.py), its unfinished runs (workers/runs.py ACTIVE), its
+# backlog as last counted. ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field if
+# duplicate, usage field, day ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is
+# used, the headroom below the limit it needs for that. Returns the new entry's id,
+# false for a duplicate, or {waiting} when the workspace's backlog is at its limit (nothing written).
+# An accepted event marks its workspace active (the entry id's milliseconds), so that the poller polls
+# it at full speed again, at no round trip of its own.
+# The backlog: the log's entries the workers have not acknowledged (pending) or not read (lag; all of
+# them before a worker made the group) and the runs not finished. A lag Redis cannot tell counts 0:
+# wrongly refusing every sender is worse than a late refusal. Counting it cost Valkey ~16 us an event
+# (XINFO GROUPS), ~15 % of its part: a count far enough below the limit (BACKLOG_HEADROOM, more than a
+# deployment accepts for one workspace in BACKLOG_LOOK_MS) is kept that long and used by the next events.
 _APPEND = """
+local limit = tonumber(ARGV[9])
+if limit > 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+  local waiting = tonumber(redis.call('GET', KEYS[8]))
+  if not waiting then
+    waiting = redis.call('ZCARD', KEYS[7])
+    if redis.call('EXISTS', KEYS[2]) == 1 then
+      local grouped = false
+      for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+        local f = {}
+        for i = 1, #group, 2 do f[group[i]] = group[i + 1] end
+        if f['name'] == ARGV[10] then
+          grouped = true
+          waiting = waiting + f['pending'] + (tonumber(f['lag']) or 0)
+        end
+      end
+      if not grouped then waiting = waiting + redis.call('XLEN', KEYS[2]) end
+    end
+    if waiting + tonumber(ARGV[12]) < limit then redis.call('SET', KEYS[8], waiting, 'PX', ARGV[11]) end
+  end
+  if waiting >= limit then return {waiting} end
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   local id = redis.call('XADD', KEYS[2], '*', 'z', ARGV[3])
   redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
@@ -73,19 +103,31 @@ def stream_key(workspace: str | None = None) -> str:
     return f"ws:{workspace}:events"
 
 
-def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tuple[str, str]):
+class BacklogFull(Exception):
+    """The workspace has `waiting` events and runs not yet done, at or over its `limit`: nothing was stored."""
+
+    def __init__(self, waiting: int, limit: int):
+        super().__init__(f"{waiting:,} events and runs waiting (the limit is {limit:,})")
+        self.waiting, self.limit = waiting, limit
+
+
+def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tuple[str, str], backlog_limit: int = 0):
     """Run the append script on `target`: the new entry's id (None for a duplicate), or queue it on a pipeline.
 
     `counted` is the (accepted, duplicate) counter fields; the script counts the outcome itself, so
     the count is exact without knowing the outcome beforehand; so is the workspace's usage (an
-    accepted event only).
+    accepted event only). With a `backlog_limit` (on a connection only), an event that is not a duplicate
+    is refused with BacklogFull while the workspace has that many events and runs waiting.
     """
     name, day = workspaces.current().name, usage.today()
     keys = [dedup_key, stream_key(), metrics.COUNTERS, usage.day_key(name, day), usage.month_key(name, usage.month_of(day)),
-            activity.key()]
-    return scripts.call(target, _APPEND_SCRIPT, keys=keys,
-                        args=[event["id"], dedup_ttl, encode(event), *counted, usage.event_field(event["source"]),
-                              usage.DAY_TTL, usage.MONTH_TTL])
+            activity.key(), workspaces.key(runs.ACTIVE), workspaces.key("events:backlog")]
+    reply = scripts.call(target, _APPEND_SCRIPT, keys=keys,
+                         args=[event["id"], dedup_ttl, encode(event), *counted, usage.event_field(event["source"]),
+                               usage.DAY_TTL, usage.MONTH_TTL, backlog_limit, GROUP, BACKLOG_LOOK_MS, BACKLOG_HEADROOM])
+    if isinstance(reply, list):
+        raise BacklogFull(int(reply[0]), backlog_limit)
+    return reply
 
 
 def ensure_group(connection: redis.Redis, stream: str) -> None:

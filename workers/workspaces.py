@@ -12,7 +12,8 @@ With WORKSPACES_FILE set, the workspaces are the ones that file lists (see docs/
         rules: rules/acme                          # a folder in git; without it, bundles uploaded
         webhooks: {forms: [whsec_...]}             #   with PUT /workspaces/acme/rules
         limits: {inloox_requests_per_second: 5, runs_per_minute: 600, flood_limit: 500,
-                 runs_per_month: 10000, events_per_day: 50000}   # plan limits (workers/metering)
+                 runs_per_month: 10000, events_per_day: 50000,   # plan limits (workers/metering)
+                 backlog_limit: 100000}
         alerts: json://alerts.example.com/acme        # where usage alerts go (an Apprise URL)
 
 Which workspace the code is working for is held in a context variable, set where work enters
@@ -51,6 +52,10 @@ class Limits:
     flood_limit: int = 500  # changes in one poll above which they are held for a person
     runs_per_month: int = 0  # billable runs a month; over it runs wait as `over_limit`; 0: no limit
     events_per_day: int = 0  # events accepted a day (UTC); over it webhooks are answered 429; 0: no limit
+    # Events not yet handled plus runs not yet finished, at which webhooks are answered 429 until fewer wait: the
+    # Redis every customer shares (noeviction) is not filled by one whose senders outrun its workers or InLoox
+    # budget, or whose workspace is paused. 0: no limit.
+    backlog_limit: int = 100_000
 
 
 @dataclass(frozen=True)

@@ -216,3 +216,30 @@ def test_events_that_trickle_into_many_workspaces_are_read_several_at_a_time(con
     assert len(reading.handled) == 200
     singles = [n for n in reading.reads if n == 1]
     assert len(singles) <= 6, reading.reads  # the first read's, and a few; before: one read in three
+
+
+def test_the_backlog_counts_unread_and_unacknowledged_events_and_unfinished_runs_and_refuses_at_its_limit(connection):
+    stream = eventlog.stream_key("default")
+
+    def limited(n: int, limit: int = 4) -> bool:
+        event = Event("webhook", "forms", datetime.now(timezone.utc), id=f"webhook:forms:b{n}", payload={"n": n})
+        return submit_event(connection, event, dedup_key=workspaces.key(f"hooks:seen:forms:b{n}"), dedup_ttl=60,
+                            backlog_limit=limit)
+
+    assert limited(1) and limited(2)  # before any worker made the group, every entry waits
+    eventlog.ensure_group(connection, stream)
+    [(_, first)] = eventlog.read_new(connection, [stream], "w1", count=1, block_ms=None)  # one pending, one unread
+    connection.zadd(workspaces.key("runs:active"), {"run_a": 1.0})  # and one run not finished
+    assert limited(3)  # 3 waiting
+    with pytest.raises(eventlog.BacklogFull) as full:
+        limited(4)
+    assert (full.value.waiting, full.value.limit) == (4, 4)
+    assert limited(1) is False  # a redelivery is still told it is a duplicate
+    assert [e.event["id"] for e in eventlog.waiting(connection, workspace="default")] == [
+        "webhook:forms:b1", "webhook:forms:b2", "webhook:forms:b3"]  # nothing of the refused one was stored
+
+    rest = eventlog.read_new(connection, [stream], "w1", count=10, block_ms=None)
+    eventlog.ack(connection, stream, [first.id] + [entry.id for _, entry in rest])
+    connection.zrem(workspaces.key("runs:active"), "run_a")
+    assert limited(4)
+    assert limited(5, limit=0)  # 0: no limit

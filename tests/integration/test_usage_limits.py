@@ -172,6 +172,29 @@ def test_webhooks_over_the_daily_event_limit_are_answered_429(stack, sandbox, re
     assert sum("100 % of 2 events today" in m for m in messages) == 1
 
 
+@pytest.mark.timeout(90)
+def test_webhooks_over_the_backlog_limit_are_answered_429_until_the_workers_catch_up(stack, sandbox, receiver):
+    ensure_project(sandbox)
+    stack.env["OPERATOR_TOKEN"] = OPERATOR
+    web = stack.web(threads=4)  # no worker yet: what is accepted waits
+    _, secret = _workspace(web, sandbox, {"backlog_limit": 2}, receiver.json_url,
+                           {"forms.yaml": FORM_RULE.format(extra="")})
+
+    def send(n: int) -> requests.Response:
+        return deliver(web, {"title": f"Wait {n}", "project": PROJECT}, f"wait_{n}", path=HOOK, secret=secret)
+
+    wait_until(lambda: send(1).status_code == 202, 5, "the new source to be served")
+    assert send(2).status_code == 202
+    refused = send(3)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "60"
+    assert "has 2 events and runs waiting (the limit is 2)" in refused.json()["error"]["message"]
+    assert send(1).status_code == 200  # a redelivery of an accepted one is still told it is a duplicate
+
+    stack.worker()
+    wait_until(lambda: send(3).status_code == 202, 30, "room once a worker handled the two")
+    wait_until(lambda: sorted(_task_names(sandbox)) == ["Wait 1", "Wait 2", "Wait 3"], 30, "three tasks")
+
+
 def test_the_usage_page_the_cli_and_prometheus_show_the_counts(app, client, runner, redis_url, workspace):
     import redis as redis_client
 
