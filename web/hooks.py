@@ -60,6 +60,11 @@ def receive(source: str):
         accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
                                 dedup_ttl=DEDUP_TTL_SECONDS, backlog_limit=workspaces.current().limits.backlog_limit)
     except eventlog.BacklogFull as full:
+        try:
+            limits.alert_backlog(get_redis(), workspaces.current(),
+                                 OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]), waiting=full.waiting)
+        except redis.RedisError:
+            current_app.logger.warning("the backlog alert could not be claimed")
         raise TooManyRequests(f"workspace {workspaces.current().name!r} has {full}; retry later",
                               retry_after=BACKLOG_RETRY_SECONDS) from None
     except redis.RedisError:

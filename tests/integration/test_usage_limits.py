@@ -189,10 +189,16 @@ def test_webhooks_over_the_backlog_limit_are_answered_429_until_the_workers_catc
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "60"
     assert "has 2 events and runs waiting (the limit is 2)" in refused.json()["error"]["message"]
     assert send(1).status_code == 200  # a redelivery of an accepted one is still told it is a duplicate
+    assert send(4).status_code == 429
+    alerts = [m for m in (str((r["body"] or {}).get("message", "")) for r in receiver.received
+                          if isinstance(r["body"], dict)) if "backlog_limit" in m]
+    assert alerts == ["webhooks of workspace acme are answered 429: 2 events and runs are waiting (its backlog_limit "
+                      "is 2); they are accepted again once fewer wait"]  # once an hour, not at every refusal
 
     stack.worker()
     wait_until(lambda: send(3).status_code == 202, 30, "room once a worker handled the two")
-    wait_until(lambda: sorted(_task_names(sandbox)) == ["Wait 1", "Wait 2", "Wait 3"], 30, "three tasks")
+    wait_until(lambda: send(4).status_code == 202, 30, "room again once the third was handled")
+    wait_until(lambda: sorted(_task_names(sandbox)) == ["Wait 1", "Wait 2", "Wait 3", "Wait 4"], 30, "four tasks")
 
 
 def test_the_usage_page_the_cli_and_prometheus_show_the_counts(app, client, runner, redis_url, workspace):

@@ -18,7 +18,8 @@ most once per event: the run id is the event's and the rule's).
 Over `events_per_day`, webhooks are answered 429 (web/hooks.py); events of other sources (our own
 polling, schedules, chat, manual) are still accepted, and all sources count towards the limit.
 At 80 % and 100 % of either limit, one notification goes to the workspace's `alerts` channel and
-one log line is written, once each per period (the claim above).
+one log line is written, once each per period (the claim above). So, once an hour while it lasts, does a
+webhook refused for the workspace's `backlog_limit` (workers/eventlog.py).
 """
 from __future__ import annotations
 
@@ -112,6 +113,15 @@ def alert_events(connection: redis.Redis, workspace: workspaces.Workspace, polic
         if percent == 100:
             text += "; webhooks are answered 429 until midnight UTC"
         _alert(connection, workspace, policy, f"events_per_day:{period}:{percent}", text)
+
+
+def alert_backlog(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *,
+                  waiting: int) -> None:
+    """Tell the workspace (once an hour while it lasts) that its webhooks are refused for its backlog_limit."""
+    limit = workspace.limits.backlog_limit
+    _alert(connection, workspace, policy, f"backlog_limit:{datetime.now(timezone.utc):%Y-%m-%dT%H}",
+           f"webhooks of workspace {workspace.name} are answered 429: {waiting:,} events and runs are waiting "
+           f"(its backlog_limit is {limit:,}); they are accepted again once fewer wait")
 
 
 def events_wait(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *,
