@@ -175,6 +175,7 @@ class Worker(SimpleWorker):
             n.strip() for n in (self.config.get("WORKER_WORKSPACES") or "").split(",") if n.strip()))
         self._places = _Places(int(self.config["WORKER_JOBS"]), int(self.config["WORKER_JOBS_PER_WORKSPACE"]))
         self._rotation = self.queues[:]  # every queue served, in RQ's turns; `_ordered_queues`: those read now
+        self._idle_queue = self.queue_class(IDLE_QUEUE, connection=self.connection, serializer=self.serializer)
         self._burst = False  # `rq worker --burst`: jobs one after the other on the loop's thread, as RQ does
         self._next_job_beat = 0.0
 
@@ -351,8 +352,15 @@ class Worker(SimpleWorker):
         """The queues RQ reads next (`_ordered_queues`): those of `_rotation`, in its order, whose workspace has a
         place left. Done at each turn of RQ's wait (our heartbeat), so a queue is read again once a place is free."""
         full = self._places.full()
-        self._ordered_queues = [] if "*" in full else [queue for queue in self._rotation if queue.name not in full]
-        return self._ordered_queues
+        readable = [] if "*" in full else [queue for queue in self._rotation if queue.name not in full]
+        if len(readable) == 1 and len(self.queues) > 1:
+            # RQ takes from a lone queue with BLMOVE into its intermediate list, and removes the job from there
+            # only when the worker has one queue: the job would stay listed, and a finished one whose result is
+            # kept be failed a minute later by RQ's cleanup ("stuck in intermediate queue"). An empty queue
+            # beside it keeps RQ's take from several (BLPOP), as with every queue readable.
+            readable.append(self._idle_queue)
+        self._ordered_queues = readable
+        return readable
 
     def reorder_queues(self, reference_queue):
         """RQ's turns (round robin) over every queue served, those left out of a read for want of places too."""
