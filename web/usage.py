@@ -16,7 +16,7 @@ from web import charts
 from web.openapi import check_query
 from web.resources import get_redis
 from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_operator_token
-from workers import registry, workspaces
+from workers import eventlog, registry, runs, workspaces
 from workers.metering import usage
 from workers.metering.limits import WAITING
 
@@ -71,8 +71,12 @@ def _limits(workspace: workspaces.Workspace, month: dict) -> list[dict]:
     today = get_redis().hmget(usage.day_key(workspace.name, usage.today()),
                               [usage.event_field(s) for s in usage.SOURCES])
     used = {"runs_per_month": month["billable_runs"], "events_per_day": sum(int(n or 0) for n in today)}
+    if workspace.limits.backlog_limit:  # what the limit counts (workers/eventlog.py), not its kept count
+        used["backlog_limit"] = (eventlog.backlog(get_redis(), workspace=workspace.name)
+                                 + get_redis().zcard(workspaces.key(runs.ACTIVE)))
     shown = []
-    for name, label in (("runs_per_month", "billable runs this month"), ("events_per_day", "events today")):
+    for name, label in (("runs_per_month", "billable runs this month"), ("events_per_day", "events today"),
+                        ("backlog_limit", "events and runs waiting")):
         limit = getattr(workspace.limits, name)
         if limit:
             shown.append({"name": name, "label": label, "limit": limit, "used": used[name],

@@ -221,6 +221,7 @@ def test_the_usage_page_the_cli_and_prometheus_show_the_counts(app, client, runn
     assert '<span class="total" id="billable">2</span>' in html
     assert "form-to-task" in html and 'href="/ui/usage"' in html
     assert 'class="chart chart-bars" data-points="0"' not in html  # the day's bars are drawn
+    assert "100000 events and runs waiting</td><td>0</td>" in html  # the default backlog_limit, nothing waiting
     assert day.isoformat() in html  # bars per day are labelled by date
 
     shown = runner.invoke(args=["usage", "--workspace", "default"])
