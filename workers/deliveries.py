@@ -20,6 +20,7 @@ RQ jobs, apart from rule runs, which the event consumer executes on its own thre
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import redis
 from rq import Queue
 from standardwebhooks.webhooks import Webhook
 
-from workers import metrics, outbound, subscriptions
+from workers import failpoints, metrics, outbound, subscriptions
 from workers.enqueue import queue, workspace_job_id
 from workers.outbound import OutboundRefused
 from workers.secrets import SecretUnreadable
@@ -108,6 +109,7 @@ def deliver(ctx: WorkerContext, delivery: str) -> str:
             return _finish(connection, record, FAILED, now, "the subscription was deleted" if sub is None
                            else f"the subscription is disabled: {sub.disabled}")
         status, error, refused = _send(ctx, sub, record, now)
+        failpoints.hit("delivery_sent")  # tests only (inert unless ENGINE_FAILPOINTS is set)
         record["attempts"].append({"at": now, "status": status, "error": error})
         if status is not None and 200 <= status < 300:
             if sub.failing_since is not None:
@@ -123,10 +125,33 @@ def deliver(ctx: WorkerContext, delivery: str) -> str:
             return PENDING
         return _finish(connection, record, FAILED, now, error or f"answered {status}")
     finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            pass
+        _release(lock, delivery)
+
+
+def _release(lock, delivery: str) -> None:
+    token = lock.local.token  # redis-py's release forgets it before its round trip
+    try:
+        lock.release()
+    except redis.exceptions.LockError:
+        pass  # it ran out (a subscriber slower than the lock): a second attempt may be under way
+    except (redis.ConnectionError, redis.TimeoutError):
+        # Redis went away under the attempt: the lock is given back, and the delivery queued again if it is still
+        # pending, once Redis answers (workers/recovery.py), not a lock time-out and the sweeper's GRACE later.
+        from workers import recovery  # it sweeps deliveries (this module) too
+
+        recovery.left_behind(lock.name, token, delivery, lock.timeout, functools.partial(_again, delivery=delivery))
+
+
+def _again(connection: redis.Redis, *, delivery: str) -> bool:
+    """Queue `delivery` again now if it is still pending (its attempt was cut short by Redis)."""
+    record = load(connection, delivery)
+    if record is None or record["status"] != PENDING:
+        return False
+    now = time.time()
+    connection.zadd(key("deliveries:due"), {delivery: now})
+    _queue(connection, delivery, tag=f"-back{int(now)}")
+    log.warning("delivery %s (%s): its attempt was cut short by Redis; queued again", delivery, current().name)
+    return True
 
 
 def _send(ctx: WorkerContext, sub: subscriptions.Subscription, record: dict,

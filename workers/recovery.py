@@ -11,7 +11,8 @@ An attempt that Redis failed under (an outage, a restart) may end with its run's
 the round trip that gave it back, or its status with it, did not get through. Its worker knows the
 attempt is over, so it keeps the lock's token (`abandoned`) and, once Redis answers, gives the lock
 back if it is still its own and starts the run again (`give_back`): a Redis blip of seconds then
-delays the run by seconds, not by its lease (45 s by default).
+delays the run by seconds, not by its lease (45 s by default). A change-feed delivery's attempt does
+the same (`left_behind`), rather than wait for its lock's time-out and its sweeper's grace (~75 s).
 
 A run that met its InLoox down waits for it with backoff up to 5 minutes (workers/jobs.py); the process that
 parked it notes its workspace (`wait_for_inloox`) and, at its maintenance, asks InLoox with one read whether it
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -94,10 +96,11 @@ def _start_again(connection: redis.Redis, run: dict, now: float, *, why: str) ->
 @dataclass(frozen=True)
 class _Abandoned:
     workspace: workspaces.Workspace
-    key: str  # the run's lock
+    key: str  # the run's lock (or a delivery's)
     token: bytes
-    run_id: str
+    run_id: str  # or the delivery's id
     until: float  # when its lease runs out (monotonic): the lock is nobody's then anyway
+    again: Callable[[redis.Redis], bool] | None = None  # what starts other work again (None: the run)
 
 
 _abandoned: list[_Abandoned] = []
@@ -109,6 +112,15 @@ def abandoned(key: str, token: bytes, run_id: str, lease: float) -> None:
     gave back the lock `key` it holds with `token` (which runs out within `lease` seconds): `give_back` does it.
     Called inside the run's workspace."""
     gone = _Abandoned(workspaces.current(), key, token, run_id, time.monotonic() + lease)
+    with _abandoned_lock:
+        _abandoned.append(gone)
+
+
+def left_behind(key: str, token: bytes, name: str, lease: float, again: Callable[[redis.Redis], bool]) -> None:
+    """As `abandoned`, for work other than a run (a change-feed delivery, `name`): once its lock is given back,
+    `again(connection)` queues it again if it still has to be done (True when it did). Called inside its
+    workspace."""
+    gone = _Abandoned(workspaces.current(), key, token, name, time.monotonic() + lease, again)
     with _abandoned_lock:
         _abandoned.append(gone)
 
@@ -133,7 +145,7 @@ def give_back(connection: redis.Redis) -> list[str]:
                 _abandoned.extend(todo[i:])
             raise
         except Exception:  # a record that cannot be read: that run's lease runs out, the others go on
-            log.exception("run %s: its lock, left by an attempt Redis cut short, could not be given back; "
+            log.exception("%s: its lock, left by an attempt Redis cut short, could not be given back; "
                           "it is taken up again when its lease runs out", gone.run_id)
     return started
 
@@ -147,6 +159,8 @@ def _given_back(connection: redis.Redis, gone: _Abandoned) -> bool:
     except redis.exceptions.LockError:
         return False  # given back after all (the round trip did get through), or run out
     with workspaces.using(gone.workspace):
+        if gone.again is not None:
+            return gone.again(connection)
         run = load_run(connection, gone.run_id)
         if run is None or not is_active(run) or (run.get("resume_at") or 0) > time.time():
             return False  # finished, or waiting for a retry's time: its deadline stands

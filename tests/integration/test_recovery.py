@@ -376,6 +376,53 @@ def test_an_event_whose_handling_meets_a_redis_outage_is_handled_again_once_it_a
     assert worker.alive()
 
 
+# A change-feed delivery whose attempt an outage cut short is sent again within the consumer's backoffs (up to 5 s)
+# of Redis's return, not once its lock ran out and its sweeper's grace passed (60 s after it was due: ~50 s here).
+CUT_SHORT_DELIVERY_SECONDS = 15
+
+
+@pytest.mark.timeout(120)
+def test_a_delivery_whose_attempt_meets_a_redis_outage_is_sent_again_once_it_answers(stack, sandbox, receiver,
+                                                                                     killable_valkey):
+    """The worker freezes right after sending a change-feed delivery, before storing its outcome; Redis goes away
+    for 6 s. Once it answers, the delivery's lock is given back and it is sent again (same webhook-id: at least
+    once, the first answer was lost with Redis), and ends delivered."""
+    import os
+
+    import redis
+
+    from workers import deliveries, subscriptions, workspaces
+    from workers.secrets import Keyring
+
+    valkey = killable_valkey.start()
+    connection = redis.Redis.from_url(valkey.url)
+    account = workspaces.Workspace("default", sandbox.base_url, sandbox.token)
+    with workspaces.using(account):
+        subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.*"]},
+                             keyring=Keyring.from_config(os.environ))
+    stack.env["ENGINE_FAILPOINTS"] = "freeze:delivery_sent"
+    worker = stack.worker()
+    event = {"id": "evt-cut", "source": "inloox", "kind": "updated", "entity_set": "Task", "key": "k1",
+             "occurred_at": "2026-12-07T05:00:00+00:00", "changes": {"IsDone": [False, True]}, "entity": {},
+             "actor": {}}
+    with workspaces.using(account):
+        [delivery] = deliveries.fan_out(connection, event)
+    wait_until(lambda: frozen_at(worker, "delivery_sent"), 30, "the worker to freeze once the delivery was sent")
+    time.sleep(1.5)  # Valkey writes its AOF to disk every second: the subscription and delivery outlive the kill
+
+    continued_through_an_outage(worker, valkey)
+
+    def status() -> str | None:
+        with workspaces.using(account):
+            record = deliveries.load(connection, delivery)
+        return record and record["status"]
+
+    wait_until(lambda: status() == "delivered", CUT_SHORT_DELIVERY_SECONDS, "the delivery the outage cut short, sent again")
+    # Twice when the first attempt's outcome was lost (redis-py may also have stored it once Redis was back).
+    assert {r["headers"]["webhook-id"] for r in receiver.received} == {delivery} and len(receiver.received) <= 2
+    assert worker.alive()
+
+
 def test_a_worker_stopped_as_it_starts_while_redis_is_down_stops(stack, killable_valkey, rules_dir):
     """The SIGTERM comes before RQ's loop has its own stop handlers, and RQ's start-up meets no Redis."""
     worker = frozen_worker(stack, killable_valkey, rules_dir, "freeze:rq_start", "rq_start")
