@@ -10,7 +10,7 @@ holding up other connections (a slow InLoox). `GET /_sink/stats` returns what wa
 entity set the POST count, the number of distinct `Name`s (or `DisplayName`s: one per event when
 the bench writes something unique per event), how many of them were posted more than once
 (`duplicated`; duplicates = posts - distinct) and the first and last write's time (time.time());
-`POST /_sink/reset` forgets it all. It checks no token and stores nothing else.
+`GET /_sink/at/<Set>` each Name's first write's time; `POST /_sink/reset` forgets all but that. It checks no token and stores nothing else.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class Writes:
     """What the sink was sent, per entity set."""
 
     def __init__(self):
+        self.at = {}  # per entity set: each Name's first write, time.time(), kept through resets (stack.py --neighbour)
         self.reset()
 
     def reset(self):
@@ -43,6 +44,7 @@ class Writes:
         names = self.names.setdefault(entity_set, {})
         name = body.get("Name") or body.get("DisplayName")
         names[name] = names.get(name, 0) + 1
+        self.at.setdefault(entity_set, {}).setdefault(name, now)
 
     def stats(self) -> dict:
         return {"posts": self.posts, "distinct": {k: len(v) for k, v in self.names.items()},
@@ -56,6 +58,8 @@ WRITES = Writes()
 def answer(method: str, path: str, body: bytes) -> tuple[int, dict]:
     if path == "/_sink/stats":
         return 200, WRITES.stats()
+    if path.startswith("/_sink/at/"):  # /_sink/at/<entity set>: each Name's first write
+        return 200, WRITES.at.get(path.rsplit("/", 1)[-1], {})
     if path == "/_sink/reset":
         WRITES.reset()
         return 200, {}

@@ -10,7 +10,10 @@ rules folder holds one rule, and INLOOX_REQUESTS_PER_SECOND is `--inloox-rps` (d
 budget). The processes are read from the Procfile and honcho's output, never listed here;
 `--workers N` runs honcho with `-c worker=N`; `--workspaces N` serves N workspaces from a WORKSPACES_FILE
 (`default` and N - 1 more, each with the rule, the sink and the secret), the open loop's deliveries to each in
-turn (a hosted service's mix; the closed loop's all to `default`). The job: a Standard-Webhooks-signed
+turn (a hosted service's mix; the closed loop's all to `default`). `--neighbour R` (with `--workspaces` 2 or
+more): ws1, a quiet customer beside a noisy one, sends R deliveries a second (its rule writes a Task), alone for
+`--neighbour-seconds`, then from the closed loop's start to the end of its drain; each one's send-to-write time
+and ack time, alone and beside the flood. The job: a Standard-Webhooks-signed
 `{"event": "task.updated", "task": {TaskItemId, Name, IsDone, WorkAmount, ProjectId}}` to
 /hooks/bench; the rule books one TimeEntry (DisplayName = the task's unique Name) when the task is
 done with WorkAmount > 0, so the sink counts writes per event. Two phases, each drained to the
@@ -76,6 +79,24 @@ then:
       StartDateTime: "{{{{ (now - hours(webhook.body.task.WorkAmount)) | isoformat }}}}"
       EndDateTime: "{{{{ now | isoformat }}}}"
 """
+# `--neighbour`: the quiet workspace's rule, on the same deliveries, writes a Task (the sink counts the flood's
+# TimeEntry writes apart) named as the task.
+NEIGHBOUR_RULE = RULE.replace("bench-stack-book-done-task", "bench-stack-neighbour-task").replace(
+    "books its planned effort as one time entry", "is copied as a task of the same name").replace(
+    """  - id: book
+    inloox.create: TimeEntry
+    values:
+      ProjectId: "{{ webhook.body.task.ProjectId }}"
+      TaskItemId: "{{ webhook.body.task.TaskItemId }}"
+      DisplayName: "{{ webhook.body.task.Name }}"
+      StartDateTime: "{{ (now - hours(webhook.body.task.WorkAmount)) | isoformat }}"
+      EndDateTime: "{{ now | isoformat }}"
+""", """  - id: copy
+    inloox.create: Task
+    values:
+      ProjectId: "{{ webhook.body.task.ProjectId }}"
+      Name: "{{ webhook.body.task.Name }}"
+""")
 # Settings the stack reads: never inherited from the caller's shell (a real InLoox token or
 # REDIS_URL there must not reach a benchmark); RUN_ENV's values are set below instead.
 STACK_PREFIXES = ("INLOOX_", "WEBHOOK_SECRET_", "REDIS_", "SANDBOX_", "POLL_", "SLACK_", "TEAMS_")
@@ -476,11 +497,83 @@ def workspace_names(count: int) -> list[str]:
 
 
 def write_workspaces(path: Path, count: int, tmp: Path, sink: Sink, args) -> None:
-    """A WORKSPACES_FILE of `count` workspaces, each as the single one is: the bench rule, the sink, the secret."""
+    """A WORKSPACES_FILE of `count` workspaces, each as the single one is: the bench rule, the sink, the secret
+    (with `--neighbour`, ws1 has NEIGHBOUR_RULE instead)."""
     one = {"inloox_url": sink.url, "inloox_api_key": "sandbox-engine-token", "rules": str(tmp / "rules"),
            "webhooks": {harness.WEBHOOK_SOURCE: [harness.WEBHOOK_SECRET]},
            "limits": {"inloox_requests_per_second": args.inloox_rps}}
-    path.write_text(json.dumps({"workspaces": {name: one for name in workspace_names(count)}}))  # JSON is YAML
+    every = {name: one for name in workspace_names(count)}
+    if args.neighbour:
+        every[NEIGHBOUR] = {**one, "rules": str(tmp / "rules-neighbour")}
+    path.write_text(json.dumps({"workspaces": every}))  # JSON is YAML
+
+
+NEIGHBOUR = "ws1"  # `--neighbour`: the quiet workspace
+
+
+class Trickle:
+    """`--neighbour`: deliveries to the quiet workspace at `rate` a second on a thread, each one's send time kept."""
+
+    def __init__(self, base: str, rate: float, prefix: str):
+        self.url = f"{base}/workspaces/{NEIGHBOUR}/hooks/{harness.WEBHOOK_SOURCE}"
+        self.rate, self.prefix = rate, prefix
+        self.sent: dict[str, float] = {}  # the task's Name -> when it was sent (time.time())
+        self.acks: list[float] = []  # ms
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send, daemon=True)
+
+    def start(self) -> "Trickle":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _send(self) -> None:
+        session, n, start = requests.Session(), 0, time.monotonic()
+        while not self._stop.is_set():
+            msg_id = f"{self.prefix}-{n}"
+            body = task_body(msg_id)
+            raw, headers = harness.signed_delivery(msg_id, body)
+            sent, begun = time.time(), time.perf_counter()
+            try:
+                answer = session.post(self.url, data=raw, headers={**headers, "content-type": "application/json"},
+                                      timeout=30)
+                ok = answer.status_code == 202
+            except requests.RequestException:
+                ok = False
+            if ok:
+                self.sent[body["task"]["Name"]] = sent
+                self.acks.append((time.perf_counter() - begun) * 1000)
+            else:
+                self.refused += 1
+            n += 1
+            self._stop.wait(max(0.0, start + n / self.rate - time.monotonic()))
+
+    def figures(self, sink: Sink, timeout: float = 60) -> dict:
+        """Once every accepted delivery was written (or `timeout`): end-to-end (send to write) and ack figures."""
+        deadline = time.monotonic() + timeout
+        while True:
+            at = requests.get(f"http://127.0.0.1:{sink.port}/_sink/at/Task", timeout=10).json()
+            if all(name in at for name in self.sent) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        e2e = sorted((at[name] - sent) * 1000 for name, sent in self.sent.items() if name in at)
+        acks = sorted(self.acks)
+
+        def pct(values, q):
+            return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+        return {"sent": len(self.sent), "refused": self.refused, "unwritten": len(self.sent) - len(e2e),
+                "e2e_p50": pct(e2e, 0.5), "e2e_p99": pct(e2e, 0.99), "e2e_max": e2e[-1] if e2e else float("nan"),
+                "ack_p50": pct(acks, 0.5), "ack_p99": pct(acks, 0.99)}
+
+
+def print_neighbour(phase: str, f: dict) -> None:
+    print(f"  {NEIGHBOUR} {phase}: {f['sent']} sent ({f['refused']} not accepted), {f['unwritten']} not written; "
+          f"send to write p50 {f['e2e_p50']:.0f} ms, p99 {f['e2e_p99']:.0f} ms, max {f['e2e_max']:.0f} ms; "
+          f"ack p50 {f['ack_p50']:.1f} ms, p99 {f['ack_p99']:.1f} ms", flush=True)
 
 
 def run(args) -> None:
@@ -499,6 +592,11 @@ def run(args) -> None:
     (tmp / "redis").mkdir()
     (tmp / "rules").mkdir()
     (tmp / "rules" / "book-done-task.yaml").write_text(RULE)
+    if args.neighbour:
+        if args.workspaces < 2:
+            raise SystemExit("--neighbour needs --workspaces 2 or more (its deliveries go to ws1)")
+        (tmp / "rules-neighbour").mkdir()
+        (tmp / "rules-neighbour" / "copy-task.yaml").write_text(NEIGHBOUR_RULE)
     sink = honcho = None
     ok = False
     try:
@@ -538,9 +636,22 @@ def run(args) -> None:
               flush=True)
         hooks = f"{base}/hooks/{harness.WEBHOOK_SOURCE}"
         args.valkey = redis.Redis.from_url(env["REDIS_URL"])
+        neighbour = {}
+        if args.neighbour:  # the quiet workspace alone first, then beside the closed loop's flood and its drain
+            trickle = Trickle(base, args.neighbour, f"n{int(time.time())}").start()
+            time.sleep(args.neighbour_seconds)
+            trickle.stop()
+            neighbour["alone"] = trickle.figures(sink)
+            print_neighbour("alone", neighbour["alone"])
         honcho.measuring = True
+        trickle = Trickle(base, args.neighbour, f"f{int(time.time())}").start() if args.neighbour else None
         closed = closed_loop(honcho, sink, hooks, tmp, args)
+        if trickle:
+            trickle.stop()
+            neighbour["flood"] = trickle.figures(sink)
         print_phase(closed)
+        if trickle:
+            print_neighbour("beside the flood and its drain", neighbour["flood"])
         opened = None
         if args.rate and args.rate_seconds:
             opened = open_loop(honcho, sink, hooks, args)
@@ -568,6 +679,9 @@ def run(args) -> None:
                             f"drain_after_{args.rate:g}": f"{opened['writes_after_last_ack_s'] or 0:.1f}s",
                             f"cpu_at_{args.rate:g}": f"{opened['cpu_ms_per_event']:.2f}ms/event",
                             "lost_open": opened["lost"], "dup_open": opened["dup"]})
+        for phase, f in neighbour.items():
+            figures.update({f"{NEIGHBOUR}_{phase}_e2e_p99": f"{f['e2e_p99']:.0f}ms",
+                            f"{NEIGHBOUR}_{phase}_ack_p99": f"{f['ack_p99']:.1f}ms"})
         print(harness.summary("stack", **figures), flush=True)
         ok = not problems
     finally:
@@ -597,6 +711,10 @@ def main() -> None:
     parser.add_argument("--inloox-rps", type=float, default=0, help="INLOOX_REQUESTS_PER_SECOND (0: no budget)")
     parser.add_argument("--workspaces", type=int, default=1,
                         help="a hosted service's N workspaces (WORKSPACES_FILE), the open loop's deliveries to each in turn")
+    parser.add_argument("--neighbour", type=float, default=0,
+                        help="with --workspaces 2 or more: ws1 sends this many deliveries a second, alone for "
+                             "--neighbour-seconds, then beside the closed loop's flood of default: what it waits")
+    parser.add_argument("--neighbour-seconds", type=float, default=10)
     parser.add_argument("--root", default=str(harness.ROOT), help="the checkout to run (its Procfile and code)")
     parser.add_argument("--idle-seconds", type=float, default=5, help="wait, then sample idle RSS, this long each")
     parser.add_argument("--start-timeout", type=float, default=120)
