@@ -140,19 +140,25 @@ def ensure_group(connection: redis.Redis, stream: str) -> None:
 
 
 def read_new(connection: redis.Redis, streams: list[str], consumer: str, *, count: int,
-             block_ms: int | None, acks: dict[str, list[str]] | None = None) -> list[tuple[str, Entry]]:
+             block_ms: int | None, acks: dict[str, list[str]] | None = None,
+             more: tuple[list[str], int] | None = None) -> list[tuple[str, Entry]]:
     """Up to `count` entries per stream not yet delivered to any worker, now delivered to `consumer`;
-    `acks` (entry ids by stream, handled) acknowledged first, in the same round trip."""
-    if acks:
+    `acks` (entry ids by stream, handled) acknowledged first, in the same round trip. `more` (streams, extra):
+    then up to `extra` more of each of those streams, in the same round trip too (their entries after the
+    first read's)."""
+    extra = more is not None and more[0] and more[1] > 0
+    if acks or extra:
         with connection.pipeline(transaction=False) as pipe:
-            for stream, ids in acks.items():
+            for stream, ids in (acks or {}).items():
                 ack(pipe, stream, ids)
             pipe.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
-            answer = pipe.execute()[-1]
+            if extra:
+                pipe.xreadgroup(GROUP, consumer, {s: ">" for s in more[0]}, count=more[1])
+            answers = pipe.execute()[-2 if extra else -1:]
     else:
-        answer = connection.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+        answers = [connection.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)]
     return [(as_text(stream), decode_entry(entry_id, fields))
-            for stream, entries in answer or [] for entry_id, fields in entries if fields]
+            for answer in answers for stream, entries in answer or [] for entry_id, fields in entries if fields]
 
 
 def claim_stale(connection: redis.Redis, stream: str, consumer: str, *, min_idle_ms: int,

@@ -147,7 +147,7 @@ def test_acknowledgements_that_went_with_a_failed_read_are_sent_again_later():
     stream = next(iter(taker.streams.values()))
     stream.done.extend(["1-0", "2-0"])
     try:
-        taker._read([stream.key], 16)
+        taker._read([stream.key], 16, room=16, most=16)
     except redis.ConnectionError:
         pass
     else:
