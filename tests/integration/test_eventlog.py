@@ -188,14 +188,20 @@ def test_a_workspace_with_a_backlog_among_many_quiet_ones_is_read_without_linger
     from workers import consumer
 
     monkeypatch.setattr(consumer, "LINGER_SECONDS", 0.5)
-    for n in range(100):
+    reading = _backlog_among_quiet_ones(connection, monkeypatch, 100)
+    assert len(reading.handled) == 100
+
+
+def _backlog_among_quiet_ones(connection, monkeypatch, count: int) -> _Reading:
+    """`count` events of `default`, read by a hosted worker that serves 49 quiet workspaces too."""
+    for n in range(count):
         accept(connection, n)
     reading = _Reading(connection, monkeypatch, ["default"] + [f"quiet{n}" for n in range(49)], "hosted-worker")
     try:
-        reading.wait_for(100)
+        reading.wait_for(count)
     finally:
         reading.stop()
-    assert len(reading.handled) == 100
+    return reading
 
 
 def test_a_workspace_with_a_backlog_among_many_quiet_ones_is_read_in_full_batches(connection, monkeypatch):
@@ -203,13 +209,7 @@ def test_a_workspace_with_a_backlog_among_many_quiet_ones_is_read_in_full_batche
     with a backlog among fifty was read an event or two at a time, each batch paying alone for what a batch costs
     (3.6 ms of the stack's CPU an event against 1.7-2.0, bench/RESULTS.md section 40). The places the quiet ones
     leave go to the workspaces with a backlog, in the same round trip."""
-    for n in range(400):
-        accept(connection, n)
-    reading = _Reading(connection, monkeypatch, ["default"] + [f"quiet{n}" for n in range(49)], "hosted-worker")
-    try:
-        reading.wait_for(400)
-    finally:
-        reading.stop()
+    reading = _backlog_among_quiet_ones(connection, monkeypatch, 400)
     assert len(reading.handled) == 400
     assert len([n for n in reading.reads if n]) <= 100, reading.reads  # before: 400, one event a read
 

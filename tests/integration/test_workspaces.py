@@ -648,17 +648,8 @@ then:
   - inloox.create: Task
     values: {{Name: "{{{{ webhook.body.title }}}}", ProjectId: "{project}"}}
 """
-QUEUED_NOTIFY_RULE = """
-id: note-forms
-description: Tell the team about each form, ten at most at once (such runs are RQ jobs).
-concurrency: {key: team, limit: 10}
-when:
-  - webhook: forms
-then:
-  - notify: "{{ env.TEAM_CHANNEL_URL }}"
-    title: Form
-    body: "{{ webhook.body.title }}"
-"""
+# Ten at most at once: such runs are RQ jobs.
+QUEUED_NOTIFY_RULE = NOTIFY_RULE.replace("when:", "concurrency: {key: team, limit: 10}\nwhen:", 1)
 
 
 def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_queued_runs(
