@@ -21,6 +21,7 @@ does, those runs start at once rather than at the end of their backoff.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -96,11 +97,11 @@ def _start_again(connection: redis.Redis, run: dict, now: float, *, why: str) ->
 @dataclass(frozen=True)
 class _Abandoned:
     workspace: workspaces.Workspace
-    key: str  # the run's lock (or a delivery's)
+    key: str  # the lock of a run (or of a delivery)
     token: bytes
-    run_id: str  # or the delivery's id
+    name: str  # the run's id (or the delivery's)
     until: float  # when its lease runs out (monotonic): the lock is nobody's then anyway
-    again: Callable[[redis.Redis], bool] | None = None  # what starts other work again (None: the run)
+    again: Callable[[redis.Redis], bool]  # starts the work again, once its lock is given back (True if it did)
 
 
 _abandoned: list[_Abandoned] = []
@@ -109,16 +110,14 @@ _abandoned_lock = threading.Lock()
 
 def abandoned(key: str, token: bytes, run_id: str, lease: float) -> None:
     """The attempt at `run_id` on this thread is over (nothing of it is in flight) and Redis failed before it
-    gave back the lock `key` it holds with `token` (which runs out within `lease` seconds): `give_back` does it.
-    Called inside the run's workspace."""
-    gone = _Abandoned(workspaces.current(), key, token, run_id, time.monotonic() + lease)
-    with _abandoned_lock:
-        _abandoned.append(gone)
+    gave back the lock `key` it holds with `token` (which runs out within `lease` seconds): `give_back` does it,
+    and starts the run again unless it finished or waits for a retry's time. Called inside the run's workspace."""
+    left_behind(key, token, run_id, lease, functools.partial(_run_again, run_id=run_id))
 
 
 def left_behind(key: str, token: bytes, name: str, lease: float, again: Callable[[redis.Redis], bool]) -> None:
-    """As `abandoned`, for work other than a run (a change-feed delivery, `name`): once its lock is given back,
-    `again(connection)` queues it again if it still has to be done (True when it did). Called inside its
+    """As `abandoned`, for any work held by a lock (a change-feed delivery, `name`): once the lock is given back,
+    `again(connection)` queues the work again if it still has to be done (True when it did). Called inside its
     workspace."""
     gone = _Abandoned(workspaces.current(), key, token, name, time.monotonic() + lease, again)
     with _abandoned_lock:
@@ -126,9 +125,9 @@ def left_behind(key: str, token: bytes, name: str, lease: float, again: Callable
 
 
 def give_back(connection: redis.Redis) -> list[str]:
-    """Give back the locks attempts here left behind (`abandoned`) that are still theirs, and start those runs
-    again now unless they finished or wait for their time; the ids of the runs started. Raises what Redis
-    raised (those not yet given back are kept for the next call)."""
+    """Give back the locks attempts here left behind (`abandoned`, `left_behind`) that are still theirs, and start
+    that work again now unless it is done or waits for its time; the ids (of runs, of deliveries) started. Raises
+    what Redis raised (those not yet given back are kept for the next call)."""
     with _abandoned_lock:
         if not _abandoned:
             return []
@@ -139,14 +138,14 @@ def give_back(connection: redis.Redis) -> list[str]:
     for i, gone in enumerate(todo):
         try:
             if _given_back(connection, gone):
-                started.append(gone.run_id)
+                started.append(gone.name)
         except redis.RedisError:
             with _abandoned_lock:
                 _abandoned.extend(todo[i:])
             raise
         except Exception:  # a record that cannot be read: that run's lease runs out, the others go on
             log.exception("%s: its lock, left by an attempt Redis cut short, could not be given back; "
-                          "it is taken up again when its lease runs out", gone.run_id)
+                          "it is taken up again when its lease runs out", gone.name)
     return started
 
 
@@ -159,15 +158,17 @@ def _given_back(connection: redis.Redis, gone: _Abandoned) -> bool:
     except redis.exceptions.LockError:
         return False  # given back after all (the round trip did get through), or run out
     with workspaces.using(gone.workspace):
-        if gone.again is not None:
-            return gone.again(connection)
-        run = load_run(connection, gone.run_id)
-        if run is None or not is_active(run) or (run.get("resume_at") or 0) > time.time():
-            return False  # finished, or waiting for a retry's time: its deadline stands
-        _start_again(connection, run, time.time(), why="redis_failed")
-        log.warning("run %s (%s): its attempt here was cut short by Redis; its lock given back, started again",
-                    run["id"], run["rule_id"])
-        return True
+        return gone.again(connection)
+
+
+def _run_again(connection: redis.Redis, *, run_id: str) -> bool:
+    run = load_run(connection, run_id)
+    if run is None or not is_active(run) or (run.get("resume_at") or 0) > time.time():
+        return False  # finished, or waiting for a retry's time: its deadline stands
+    _start_again(connection, run, time.time(), why="redis_failed")
+    log.warning("run %s (%s): its attempt here was cut short by Redis; its lock given back, started again",
+                run["id"], run["rule_id"])
+    return True
 
 
 _outages: dict[str, workspaces.Workspace] = {}  # workspaces this process parked runs of, while InLoox was down

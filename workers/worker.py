@@ -109,13 +109,13 @@ class _Places:
         self._of: dict[str, int] = {}  # queue name -> its jobs running now
         self._changed = threading.Condition()
 
-    def full(self) -> set[str]:
-        """The queues not to read now (their workspace has `per_workspace` jobs running); every one when no
-        place is left at all."""
+    def readable(self, queues: list) -> list:
+        """Those of `queues` whose workspace has a place left (fewer than `per_workspace` jobs running); none when
+        no place is left at all."""
         with self._changed:
             if len(self.running) >= self.most:
-                return {"*"}
-            return {name for name, count in self._of.items() if count >= self.per_workspace}
+                return []
+            return [queue for queue in queues if self._of.get(queue.name, 0) < self.per_workspace]
 
     def take(self, queue: str, job, execution) -> None:
         with self._changed:
@@ -351,8 +351,7 @@ class Worker(SimpleWorker):
     def _narrow(self) -> list:
         """The queues RQ reads next (`_ordered_queues`): those of `_rotation`, in its order, whose workspace has a
         place left. Done at each turn of RQ's wait (our heartbeat), so a queue is read again once a place is free."""
-        full = self._places.full()
-        readable = [] if "*" in full else [queue for queue in self._rotation if queue.name not in full]
+        readable = self._places.readable(self._rotation)
         if len(readable) == 1 and len(self.queues) > 1:
             # RQ takes from a lone queue with BLMOVE into its intermediate list, and removes the job from there
             # only when the worker has one queue: the job would stay listed, and a finished one whose result is
