@@ -145,6 +145,15 @@ class _Places:
         with self._changed:
             return list(self.running.values())
 
+    def held(self) -> str | None:
+        """What the beat says when every place is held by a job past its RQ time-out, None otherwise: the RQ loop
+        then takes no job until one ends (a thread cannot be stopped), and /readyz says so."""
+        jobs = self.jobs()
+        if len(jobs) < self.most:
+            return None
+        overdue = sum(1 for job, _ in jobs if _past_timeout(job))
+        return f"RQ jobs stuck: each of its {self.most} job places held past the job's time-out" if overdue >= self.most else None
+
 
 class Worker(SimpleWorker):
     """SimpleWorker with the event consumer, jobs on threads, short recovery times and Redis outage riding (see
@@ -285,6 +294,8 @@ class Worker(SimpleWorker):
             state = self.polling.trouble() or state
         if state in ("none", "running"):  # the poller's trouble says it already when the worker polls
             state = deadlines.trouble() or state
+        if state in ("none", "running") and not self._burst:
+            state = self._places.held() or state
         try:
             self.connection.set(CONSUMER_BEAT + self.name, state, ex=CONSUMER_BEAT_TTL)
         except redis.RedisError:
@@ -398,11 +409,10 @@ class Worker(SimpleWorker):
             return
         self._next_job_beat = time.monotonic() + JOB_BEAT_SECONDS
         for job, execution in self._places.jobs():
-            started = job.started_at
-            running = (now() - started).total_seconds() if started is not None else 0.0
+            running = _running_for(job)
             if running < JOB_BEAT_SECONDS:
                 continue  # just started: its lease (the job's time-out) is fresh
-            if job.timeout and running > job.timeout:  # none should: each bounds its own requests
+            if _past_timeout(job):  # none should: each bounds its own requests
                 log.warning("worker %s: job %s (%s) has run for %.0f s, past its time-out of %s s",
                             self.name, job.id, job.origin, running, job.timeout)
             try:
@@ -521,6 +531,15 @@ class Worker(SimpleWorker):
         log.info("worker %s: handling the events of %s with %d threads", self.name, ", ".join(mine) or "no workspace yet",
                  consumer.pool_size)
         return consumer
+
+
+def _running_for(job) -> float:
+    started = job.started_at
+    return (now() - started).total_seconds() if started is not None else 0.0
+
+
+def _past_timeout(job) -> bool:
+    return (job.timeout or 0) > 0 and _running_for(job) > job.timeout  # -1: no time-out
 
 
 def _lower_priority(nice: int) -> None:

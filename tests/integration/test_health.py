@@ -76,3 +76,26 @@ def test_readyz_is_not_ready_while_a_workers_event_consumer_does_not_run(client,
     check = response.json["checks"]["worker"]
     assert check["ok"] is False and check["workers"] == 1
     assert check["error"].startswith("not running in ") and "(event consumer failing)" in check["error"]
+
+
+@pytest.mark.timeout(120)
+def test_readyz_says_so_while_every_rq_job_place_is_held_by_a_job_past_its_time_out(client, stack, redis_url):
+    # A job that outlives its RQ time-out keeps its thread (none should: each bounds its own requests, but a bug
+    # could), and the worker's RQ loop takes nothing more while every place is held that way: not ready, until it ends.
+    import redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    stack.env["WORKER_JOBS"] = "1"
+    stack.worker("held-worker")
+    wait_until(lambda: _ready(client), 20, "/readyz with the worker's first beat")
+    queue = Queue("default", connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
+    job = queue.enqueue("time.sleep", 12, job_timeout=1)
+    response = wait_until(lambda: (r := client.get("/readyz")).status_code == 503 and r, 20,
+                          "/readyz to notice the job place held")
+    check = response.json["checks"]["worker"]
+    assert check["ok"] is False
+    assert check["error"].startswith("not running in ")
+    assert check["error"].endswith(" (RQ jobs stuck: each of its 1 job places held past the job's time-out)")
+    wait_until(lambda: job.get_status(refresh=True) == "finished", 30, "the job to end")
+    wait_until(lambda: _ready(client), 20, "/readyz once the place is free again")
