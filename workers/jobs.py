@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 UNKNOWN_OUTCOME_DELAY = 5.0  # let a slow InLoox finish a write before we look for it
 DEFAULT_RETRY = {"attempts": 5, "backoff": 2.0}
 MAX_BACKOFF = 300.0
+# A run waiting for a down InLoox tries again at most this far apart: every worker following its workspace asks
+# InLoox every few seconds whether it answers and starts it then (workers/recovery.py), so its own tries need not be
+# often; each costs an RQ job (10,000 runs waiting: ~67 jobs a second with MAX_BACKOFF, ~11 with this).
+MAX_OUTAGE_BACKOFF = 1800.0
 # The longest Retry-After of InLoox's we honour: it is InLoox's word, not ours, and a retry "1e300 s" later could
 # not be scheduled at all (timedelta overflowed: the attempt ended in an error, its run left to its lease and
 # the sweeper, to meet the same answer again).
@@ -761,7 +765,7 @@ def _wait_for_inloox(ctx: WorkerContext, run: dict, policy: dict, exc: InLooxErr
     if now - outage["since"] >= ctx.outage_seconds:
         return _stop(ctx, run, "failed", f"InLoox unavailable for {_duration(now - outage['since'])}: {exc}",
                      lock=lock)
-    delay = _backoff(policy, outage["tries"], exc)  # a 503, too, may say when to come back
+    delay = _backoff(policy, outage["tries"], exc, most=MAX_OUTAGE_BACKOFF)  # a 503, too, may say when to come back
     _retry_later(ctx, run, delay, tag=f"u{time.time_ns()}")
     since = datetime.fromtimestamp(outage["since"], timezone.utc).strftime("%H:%M:%S UTC")
     # Also started as soon as InLoox answers again (workers/recovery.py), not at the end of a backoff of minutes.
@@ -770,10 +774,10 @@ def _wait_for_inloox(ctx: WorkerContext, run: dict, policy: dict, exc: InLooxErr
                                        "(no attempt counted)", pending=[waits], lock=lock)
 
 
-def _backoff(policy: dict, tries: int, exc: Exception) -> float:
+def _backoff(policy: dict, tries: int, exc: Exception, *, most: float = MAX_BACKOFF) -> float:
     """Seconds before the next try: full jitter up to the rule's backoff doubled `tries` times (at most
-    MAX_BACKOFF), and never before what InLoox (or our own request budget) said to wait, up to MAX_RETRY_AFTER."""
-    jitter = random.uniform(0, min(MAX_BACKOFF, float(policy["backoff"]) * 2 ** min(tries, 30)))
+    `most`), and never before what InLoox (or our own request budget) said to wait, up to MAX_RETRY_AFTER."""
+    jitter = random.uniform(0, min(most, float(policy["backoff"]) * 2 ** min(tries, 30)))
     return max(jitter, min(getattr(exc, "retry_after", None) or 0.0, MAX_RETRY_AFTER))
 
 

@@ -14,10 +14,13 @@ back if it is still its own and starts the run again (`give_back`): a Redis blip
 delays the run by seconds, not by its lease (45 s by default). A change-feed delivery's attempt does
 the same (`left_behind`), rather than wait for its lock's time-out and its sweeper's grace (~75 s).
 
-A run that met its InLoox down waits for it with backoff up to 5 minutes (workers/jobs.py); the process that
-parked it notes its workspace (`wait_for_inloox`) and, at its maintenance, asks InLoox with one read whether it
-answers again (`inloox_back`, on threads of their own: an InLoox that hangs holds up no other workspace). Once it
-does, those runs start at once rather than at the end of their backoff.
+A run that met its InLoox down waits for it with backoff up to 30 minutes (workers/jobs.py); its workspace is noted
+(`wait_for_inloox`) in the process that parked it and in Redis (OUTAGES), whence every worker following the
+workspace learns it (`learn_outages`, a worker that started since too), and each asks InLoox at its maintenance with
+one read whether it answers again (`inloox_back`, on threads of their own: an InLoox that hangs holds up no other
+workspace). Once it does, those runs start at once rather than at the end of their backoff, which is why that
+backoff may be long: a run's own tries during an outage cost an RQ job each (10,000 runs waiting took ~67 a second
+with a 5-minute cap), and these questions one read per worker every few seconds.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from datetime import datetime, timezone
 import redis
 
 from inloox.errors import InLooxError, Throttled
-from workers import deliveries, metrics, workspaces
+from workers import deliveries, metrics, scripts, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.runs import ACTIVE, GRACE, is_active, load_run, load_trace, save_trace
@@ -43,6 +46,12 @@ SWEEP_BATCH = 100
 SWEEP_LEASE = 4  # seconds: one worker sweeps a workspace at a time
 WAITING = "inloox:waiting"  # runs waiting for their InLoox to answer again: sorted set, run id -> resume time
 WAITING_TTL = 3 * 24 * 3600  # ids of runs that were taken up otherwise go with it, whoever noted them
+OUTAGES = "inloox:outages"  # set of the workspaces with runs in their WAITING (every workspace's: few at a time)
+# The workspace is no longer noted once nothing waits: in one step, or a run parked in between would not be noted.
+_OUTAGE_OVER = scripts.script("""
+if redis.call('ZCARD', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end
+return 0
+""")
 
 
 def overdue(connection: redis.Redis, *, now: float, limit: int = SWEEP_BATCH) -> list[str]:
@@ -184,9 +193,10 @@ _outages_lock = threading.Lock()
 def wait_for_inloox(pipe, run_id: str, resume_at: float) -> None:
     """Queue, with the run's `retrying` status, that it waits for the current workspace's InLoox (`inloox_back`)."""
     waiting = workspaces.key(WAITING)
+    workspace = workspaces.current()
     pipe.zadd(waiting, {run_id: resume_at})
     pipe.expire(waiting, WAITING_TTL)
-    workspace = workspaces.current()
+    pipe.sadd(OUTAGES, workspace.name)
     with _outages_lock:
         _outages[workspace.name] = workspace
 
@@ -194,6 +204,17 @@ def wait_for_inloox(pipe, run_id: str, resume_at: float) -> None:
 def not_waiting(pipe, run_id: str) -> None:
     """Queue that the run no longer waits for InLoox (it answered the run, with an error of another kind)."""
     pipe.zrem(workspaces.key(WAITING), run_id)
+
+
+def learn_outages(connection: redis.Redis, followed: Callable[[str], workspaces.Workspace | None]) -> None:
+    """Note the workspaces whose runs wait for their InLoox (OUTAGES) among those `followed` names here (the
+    workspace, or None), also when another process parked them: its questions are asked here too, and a worker that
+    stopped or died during the outage does not take them with it."""
+    for name in connection.smembers(OUTAGES):
+        workspace = followed(name.decode())
+        if workspace is not None:
+            with _outages_lock:
+                _outages.setdefault(workspace.name, workspace)
 
 
 def parked(workspace: str) -> bool:
@@ -227,14 +248,17 @@ def _take_up_waiting(connection: redis.Redis, workspace: workspaces.Workspace) -
     waiting = workspaces.key(WAITING)
     ids = [i.decode() for i in connection.zrange(waiting, 0, MAX_STARTED - 1)]
     if not ids:  # each was taken up, and none met InLoox down again: the outage is over
+        scripts.call(connection, _OUTAGE_OVER, keys=[waiting, OUTAGES], args=[workspace.name])
         with _outages_lock:
             _outages.pop(workspace.name, None)
             _next_start.pop(workspace.name, None)
         return []
     now, started = time.time(), []
     for run_id in ids:
+        # Taken by the process whose ZREM removed it: several ask at once. One that meets InLoox down again is noted again.
+        if not connection.zrem(waiting, run_id):
+            continue
         run = load_run(connection, run_id)
-        connection.zrem(waiting, run_id)  # a run that meets InLoox down again is noted again
         if run is None or run["status"] != "retrying":
             continue  # taken up by its own retry meanwhile
         queue_run(connection, run, job_id=f"{run_id}-back{int(now)}")

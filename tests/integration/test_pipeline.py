@@ -111,3 +111,27 @@ def test_runs_waiting_for_a_down_inloox_start_as_soon_as_it_answers_again(stack,
     wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 5, 10, "the waiting runs, started once InLoox answers")
     names = [t["Name"] for t in sandbox.get("Task").json()["value"]]
     assert sorted(names) == [f"Waiting {n}" for n in range(5)]
+
+
+def test_runs_waiting_for_a_down_inloox_start_once_it_answers_though_the_worker_that_parked_them_stopped(
+        stack, sandbox, rules_dir, redis_url):
+    """A deploy during an InLoox outage: the worker whose runs met InLoox down is stopped and another starts. The new
+    worker learns from Redis that runs wait for that InLoox, asks it every few seconds, and starts them once it
+    answers, not at the end of their backoff (here up to 10 minutes: the rule's 5 minutes, doubled)."""
+    write_form_rule(rules_dir, "retry: {backoff: 300s}")
+    sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
+    first = stack.worker("first")
+    web = stack.web()
+    sandbox.fault(kind="status", status=503)  # every request, the workers' questions whether it is back too
+    for n in range(5):
+        assert deliver(web, {"title": f"Parked {n}", "project": PROJECT}, f"msg_parked_{n}").status_code == 202
+    wait_until(lambda: len(runs_in(redis_url, "retrying")) == 5, 20, "the runs to wait for InLoox")
+    first.stop()
+    stack.worker("second")
+    time.sleep(6)  # the second worker's first looks meet InLoox still down (not a wait for a condition)
+    assert not runs_in(redis_url, "succeeded")
+
+    sandbox.clear_faults()
+    wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 5, 15, "the waiting runs, started once InLoox answers")
+    names = [t["Name"] for t in sandbox.get("Task").json()["value"]]
+    assert sorted(names) == [f"Parked {n}" for n in range(5)]

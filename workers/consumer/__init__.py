@@ -489,6 +489,7 @@ class EventConsumer:
             self._claim(stream)
             recovery.sweep(self.connection, worker_context(stream.workspace).workspace)
             limits.release_waiting(self.connection, worker_context(stream.workspace).workspace)  # room again?
+        recovery.learn_outages(self.connection, self._followed)  # parked by another process too (one SMEMBERS)
         for stream in self.streams.values():  # quiet or not: a workspace quiet for a minute may wait on its InLoox
             self._ask_inloox(stream.workspace)
         if time.monotonic() >= self._next_trim:
@@ -500,6 +501,10 @@ class EventConsumer:
             for stream in self.streams.values():
                 gauges.sample(self.connection, worker_context(stream.workspace).workspace, now=time.time(),
                               every=self.sample_seconds)
+
+    def _followed(self, name: str):
+        """The workspace `name` if this consumer follows it, else None."""
+        return worker_context(name).workspace if eventlog.stream_key(name) in self.streams else None
 
     def _ask_inloox(self, workspace: str) -> None:
         """Runs parked here while the workspace's InLoox was down start once it answers (workers/recovery.py). The

@@ -64,6 +64,8 @@ class Leftovers:
 def _delete_everything(connection: redis.Redis, name: str) -> int:
     removed = _delete_jobs(connection, name) + _delete_matching(connection, f"ws:{name}:*")
     removed += _delete_queue_keys(connection, name) + _delete_counters(connection, name)
+    from workers.recovery import OUTAGES  # here: recovery needs the worker's context, which needs this package
+    connection.srem(OUTAGES, name)  # its runs waiting for its InLoox went with its keys
     return removed + connection.unlink(f"rq:scheduler-lock:{name}")
 
 
