@@ -13,7 +13,8 @@ budget). The processes are read from the Procfile and honcho's output, never lis
 turn (a hosted service's mix; the closed loop's all to `default`). `--neighbour R` (with `--workspaces` 2 or
 more): ws1, a quiet customer beside a noisy one, sends R deliveries a second (its rule writes a Task), alone for
 `--neighbour-seconds`, then from the closed loop's start to the end of its drain; each one's send-to-write time
-and ack time, alone and beside the flood. The job: a Standard-Webhooks-signed
+and ack time, alone and beside the flood; `--pace R`: default's `webhooks_per_second` (the others' is 0, none: a
+workspace's default of 100 would pace the closed loop). The job: a Standard-Webhooks-signed
 `{"event": "task.updated", "task": {TaskItemId, Name, IsDone, WorkAmount, ProjectId}}` to
 /hooks/bench; the rule books one TimeEntry (DisplayName = the task's unique Name) when the task is
 done with WorkAmount > 0, so the sink counts writes per event. Two phases, each drained to the
@@ -501,8 +502,9 @@ def write_workspaces(path: Path, count: int, tmp: Path, sink: Sink, args) -> Non
     (with `--neighbour`, ws1 has NEIGHBOUR_RULE instead)."""
     one = {"inloox_url": sink.url, "inloox_api_key": "sandbox-engine-token", "rules": str(tmp / "rules"),
            "webhooks": {harness.WEBHOOK_SOURCE: [harness.WEBHOOK_SECRET]},
-           "limits": {"inloox_requests_per_second": args.inloox_rps}}
+           "limits": {"inloox_requests_per_second": args.inloox_rps, "webhooks_per_second": 0}}
     every = {name: one for name in workspace_names(count)}
+    every["default"] = {**one, "limits": {**one["limits"], "webhooks_per_second": args.pace}}
     if args.neighbour:
         every[NEIGHBOUR] = {**one, "rules": str(tmp / "rules-neighbour")}
     path.write_text(json.dumps({"workspaces": every}))  # JSON is YAML
@@ -715,6 +717,8 @@ def main() -> None:
                         help="with --workspaces 2 or more: ws1 sends this many deliveries a second, alone for "
                              "--neighbour-seconds, then beside the closed loop's flood of default: what it waits")
     parser.add_argument("--neighbour-seconds", type=float, default=10)
+    parser.add_argument("--pace", type=float, default=0,
+                        help="with --workspaces 2 or more: default's webhooks_per_second (0: none); faster deliveries get 429")
     parser.add_argument("--root", default=str(harness.ROOT), help="the checkout to run (its Procfile and code)")
     parser.add_argument("--idle-seconds", type=float, default=5, help="wait, then sample idle RSS, this long each")
     parser.add_argument("--start-timeout", type=float, default=120)

@@ -1,6 +1,7 @@
 """Inbound webhooks: `POST /hooks/<source>`, signed per Standard Webhooks, acknowledged once durable."""
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 
 import redis
@@ -56,17 +57,20 @@ def receive(source: str):
         abort(401, f"webhook signature rejected: {exc}")
     event = _event(source, request.headers["webhook-id"], _json(text))
     _within_daily_events()
+    own = workspaces.current().limits
     try:
         accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
-                                dedup_ttl=DEDUP_TTL_SECONDS, backlog_limit=workspaces.current().limits.backlog_limit)
+                                dedup_ttl=DEDUP_TTL_SECONDS, backlog_limit=own.backlog_limit,
+                                per_second=own.webhooks_per_second)
     except eventlog.BacklogFull as full:
-        try:
-            limits.alert_backlog(get_redis(), workspaces.current(),
-                                 OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]), waiting=full.waiting)
-        except redis.RedisError:
-            current_app.logger.warning("the backlog alert could not be claimed")
+        _alert(limits.alert_backlog, waiting=full.waiting)
         raise TooManyRequests(f"workspace {workspaces.current().name!r} has {full}; retry later",
                               retry_after=BACKLOG_RETRY_SECONDS) from None
+    except eventlog.TooFast as fast:
+        _alert(limits.alert_pace)
+        wait = max(1, math.ceil(fast.wait))
+        raise TooManyRequests(f"workspace {workspaces.current().name!r} accepts webhooks at {fast.per_second:g} a second "
+                              f"(after a burst of {fast.burst:,}); retry in {wait} s", retry_after=wait) from None
     except redis.RedisError:
         current_app.logger.exception("webhook %s from %s not stored", event.id, source)
         abort(503, "the event could not be stored; retry later")
@@ -86,6 +90,15 @@ def count_rejected(response):
         except redis.RedisError:
             current_app.logger.warning("could not count a rejected webhook")
     return response
+
+
+def _alert(alert, **details) -> None:
+    """`alert` the workspace that its webhooks are refused (once an hour: a claim in Redis)."""
+    try:
+        alert(get_redis(), workspaces.current(), OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]),
+              **details)
+    except redis.RedisError:
+        current_app.logger.warning("the alert of refused webhooks could not be claimed")
 
 
 def _within_daily_events() -> None:

@@ -29,15 +29,19 @@ from workers.metering import usage
 GROUP = "engine"
 BACKLOG_LOOK_MS = 1000
 BACKLOG_HEADROOM = 20_000
+PACE_BURST_SECONDS = 10  # a paced workspace may send this many seconds' worth at once after a quiet spell
 EVENTS_KEEP = 100_000  # handled entries kept per workspace (the newest), at most
 EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
 
 # KEYS: dedup claim, stream, metrics hash, usage of the day, usage of the month (workers/metering),
 # the workspace's activity stamp (workers/activity.py), its unfinished runs (workers/runs.py ACTIVE), its
-# backlog as last counted. ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field if
-# duplicate, usage field, day ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is
-# used, the headroom below the limit it needs for that. Returns the new entry's id,
-# false for a duplicate, or {waiting} when the workspace's backlog is at its limit (nothing written).
+# backlog as last counted, its pace. ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field
+# if duplicate, usage field, day ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is
+# used, the headroom below the limit it needs for that, events a second (0: no pace), events at once. Returns the
+# new entry's id, false for a duplicate, {waiting} when the workspace's backlog is at its limit, or {-1, ms} when it
+# is ahead of its pace by ms (nothing written either way).
+# The pace is GCRA (a token bucket kept as one time): the key holds when the workspace's sending would be back to
+# its pace, by Redis's clock (ms); an event may be accepted while that is at most the burst's time ahead of now.
 # An accepted event marks its workspace active (the entry id's milliseconds), so that the poller polls
 # it at full speed again, at no round trip of its own.
 # The backlog: the log's entries the workers have not acknowledged (pending) or not read (lag; all of
@@ -46,8 +50,18 @@ EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
 # (XINFO GROUPS), ~15 % of its part: a count far enough below the limit (BACKLOG_HEADROOM, more than a
 # deployment accepts for one workspace in BACKLOG_LOOK_MS) is kept that long and used by the next events.
 _APPEND = """
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
+local pace, now, due = tonumber(ARGV[13]), 0, nil
+if pace > 0 and fresh then
+  local clock = redis.call('TIME')
+  now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+  local gap = 1000 / pace
+  due = math.max(tonumber(redis.call('GET', KEYS[9])) or now, now) + gap
+  local ahead = due - now - gap * tonumber(ARGV[14])
+  if ahead > 0 then return {-1, math.ceil(ahead)} end
+end
 local limit = tonumber(ARGV[9])
-if limit > 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+if limit > 0 and fresh then
   local waiting = tonumber(redis.call('GET', KEYS[8]))
   if not waiting then
     waiting = redis.call('ZCARD', KEYS[7])
@@ -68,6 +82,7 @@ if limit > 0 and redis.call('EXISTS', KEYS[1]) == 0 then
   if waiting >= limit then return {waiting} end
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  if due then redis.call('SET', KEYS[9], due, 'PX', math.ceil(due - now) + 1) end
   local id = redis.call('XADD', KEYS[2], '*', 'z', ARGV[3])
   redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
   -- The day's and month's TTLs are set by their first count of this source (every writer sets them
@@ -111,21 +126,36 @@ class BacklogFull(Exception):
         self.waiting, self.limit = waiting, limit
 
 
-def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tuple[str, str], backlog_limit: int = 0):
+class TooFast(Exception):
+    """The workspace sends faster than its `per_second` (after a burst of `burst`): nothing was stored; the next event
+    may be accepted in `wait` seconds."""
+
+    def __init__(self, wait: float, per_second: float, burst: int):
+        super().__init__(f"more than {per_second:g} events a second (after a burst of {burst:,})")
+        self.wait, self.per_second, self.burst = wait, per_second, burst
+
+
+def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tuple[str, str], backlog_limit: int = 0,
+           per_second: float = 0.0):
     """Run the append script on `target`: the new entry's id (None for a duplicate), or queue it on a pipeline.
 
     `counted` is the (accepted, duplicate) counter fields; the script counts the outcome itself, so
     the count is exact without knowing the outcome beforehand; so is the workspace's usage (an
     accepted event only). With a `backlog_limit` (on a connection only), an event that is not a duplicate
-    is refused with BacklogFull while the workspace has that many events and runs waiting.
+    is refused with BacklogFull while the workspace has that many events and runs waiting; with `per_second`,
+    with TooFast while the workspace's events come faster (after a burst of PACE_BURST_SECONDS' worth).
     """
     name, day = workspaces.current().name, usage.today()
+    burst = max(1, round(per_second * PACE_BURST_SECONDS))
     keys = [dedup_key, stream_key(), metrics.COUNTERS, usage.day_key(name, day), usage.month_key(name, usage.month_of(day)),
-            activity.key(), workspaces.key(runs.ACTIVE), workspaces.key("events:backlog")]
+            activity.key(), workspaces.key(runs.ACTIVE), workspaces.key("events:backlog"), workspaces.key("events:pace")]
     reply = scripts.call(target, _APPEND_SCRIPT, keys=keys,
                          args=[event["id"], dedup_ttl, encode(event), *counted, usage.event_field(event["source"]),
-                               usage.DAY_TTL, usage.MONTH_TTL, backlog_limit, GROUP, BACKLOG_LOOK_MS, BACKLOG_HEADROOM])
+                               usage.DAY_TTL, usage.MONTH_TTL, backlog_limit, GROUP, BACKLOG_LOOK_MS, BACKLOG_HEADROOM,
+                               per_second, burst])
     if isinstance(reply, list):
+        if int(reply[0]) == -1:
+            raise TooFast(int(reply[1]) / 1000, per_second, burst)
         raise BacklogFull(int(reply[0]), backlog_limit)
     return reply
 

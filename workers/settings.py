@@ -62,6 +62,8 @@ DEFAULTS = {
     "CHAT_USER_MAP": "",
     # InLoox requests per second of the default workspace, shared by all processes (0: no limit).
     "INLOOX_REQUESTS_PER_SECOND": "5",
+    # Webhooks the default workspace accepts a second, after a burst of ten seconds' worth (0: no limit).
+    "WEBHOOKS_PER_SECOND": "0",
     # Worker processes: at most this many events in flight at once, each on a thread (runs mostly
     # wait on InLoox; how many are in flight adapts to InLoox's answers, workers/consumer/in_flight.py),
     # at most this many of one workspace per read (0: no cap), and the CPU priority they lower

@@ -13,7 +13,7 @@ With WORKSPACES_FILE set, the workspaces are the ones that file lists (see docs/
         webhooks: {forms: [whsec_...]}             #   with PUT /workspaces/acme/rules
         limits: {inloox_requests_per_second: 5, runs_per_minute: 600, flood_limit: 500,
                  runs_per_month: 10000, events_per_day: 50000,   # plan limits (workers/metering)
-                 backlog_limit: 100000}
+                 backlog_limit: 100000, webhooks_per_second: 100}
         alerts: json://alerts.example.com/acme        # where usage alerts go (an Apprise URL)
 
 Which workspace the code is working for is held in a context variable, set where work enters
@@ -56,6 +56,11 @@ class Limits:
     # Redis every customer shares (noeviction) is not filled by one whose senders outrun its workers or InLoox
     # budget, or whose workspace is paused. 0: no limit.
     backlog_limit: int = 100_000
+    # Webhooks accepted a second (after a burst of ten seconds' worth); faster ones are answered 429. A hosted
+    # workspace's senders share the web, the workers and Redis with every other customer's: one flooding at the
+    # web's whole rate slowed a quiet neighbour's runs from ms to seconds (bench/RESULTS.md section 40). Zapier
+    # allows ~66 a second, Make 30. 0: no limit (the single workspace of `make run` has none unless set).
+    webhooks_per_second: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,8 @@ def default_workspace(config: Mapping) -> Workspace:
         slack_signing_secret=config.get("SLACK_SIGNING_SECRET") or "",
         teams_security_token=config.get("TEAMS_SECURITY_TOKEN") or "",
         chat_user_map=config.get("CHAT_USER_MAP") or "",
-        limits=Limits(inloox_requests_per_second=float(config.get("INLOOX_REQUESTS_PER_SECOND") or 0)),
+        limits=Limits(inloox_requests_per_second=float(config.get("INLOOX_REQUESTS_PER_SECOND") or 0),
+                      webhooks_per_second=float(config.get("WEBHOOKS_PER_SECOND") or 0)),
     )
 
 

@@ -208,6 +208,43 @@ def test_webhooks_over_the_backlog_limit_are_answered_429_until_the_workers_catc
     wait_until(lambda: sorted(_task_names(sandbox)) == ["Wait 1", "Wait 2", "Wait 3", "Wait 4"], 30, "four tasks")
 
 
+@pytest.mark.timeout(90)
+def test_webhooks_faster_than_the_workspaces_pace_are_answered_429_and_another_workspace_is_not(
+        stack, sandbox, receiver, rules_dir):
+    """`webhooks_per_second: 1`: a burst of ten seconds' worth is accepted, the next ones are told to retry in a
+    second, nothing of them stored; a redelivery of an accepted id is still a 200; the default workspace (no pace)
+    is served meanwhile; a second later one more is accepted; every accepted one writes once."""
+    ensure_project(sandbox)
+    (rules_dir / "forms.yaml").write_text(FORM_RULE.format(extra=""))
+    web = _start(stack)
+    _, secret = _workspace(web, sandbox, {"webhooks_per_second": 1}, receiver.json_url,
+                           {"forms.yaml": FORM_RULE.format(extra="")})
+
+    def send(n: int) -> requests.Response:
+        return deliver(web, {"title": f"Paced {n}", "project": PROJECT}, f"paced_{n}", path=HOOK, secret=secret)
+
+    wait_until(lambda: send(0).status_code == 202, 5, "the new source to be served")
+    answers = {n: send(n) for n in range(1, 16)}
+    accepted = [0] + [n for n, r in answers.items() if r.status_code == 202]
+    refused = [r for r in answers.values() if r.status_code == 429]
+    assert 10 <= len(accepted) <= 11 and len(accepted) + len(refused) == 16, {n: r.status_code for n, r in answers.items()}
+    assert accepted == list(range(len(accepted)))  # the first ones, then none
+    assert {r.headers["Retry-After"] for r in refused} == {"1"}
+    assert "accepts webhooks at 1 a second (after a burst of 10); retry in 1 s" in refused[0].json()["error"]["message"]
+    assert send(0).status_code == 200  # a redelivery of an accepted one is still told it is a duplicate
+    assert deliver(web, {"title": "Default", "project": PROJECT}, "default_1").status_code == 202
+    alerts = [m for m in (str((r["body"] or {}).get("message", "")) for r in receiver.received
+                          if isinstance(r["body"], dict)) if "webhooks_per_second" in m]
+    assert alerts == ["webhooks of workspace acme are answered 429: they come faster than its webhooks_per_second "
+                      "(1); they are accepted again at that pace"]  # once an hour, not at every refusal
+
+    time.sleep(1.1)  # the pace's next event (not a wait for a condition)
+    late = refused and max(n for n, r in answers.items() if r.status_code == 429)
+    assert send(late).status_code == 202
+    written = [f"Paced {n}" for n in accepted + [late]] + ["Default"]
+    wait_until(lambda: sorted(_task_names(sandbox)) == sorted(written), 30, "one task for each accepted webhook")
+
+
 def test_the_usage_page_the_cli_and_prometheus_show_the_counts(app, client, runner, redis_url, workspace):
     import redis as redis_client
 

@@ -124,6 +124,14 @@ def alert_backlog(connection: redis.Redis, workspace: workspaces.Workspace, poli
            f"(its backlog_limit is {limit:,}); they are accepted again once fewer wait")
 
 
+def alert_pace(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy) -> None:
+    """Tell the workspace (once an hour while it lasts) that webhooks faster than its webhooks_per_second are refused."""
+    pace = workspace.limits.webhooks_per_second
+    _alert(connection, workspace, policy, f"webhooks_per_second:{datetime.now(timezone.utc):%Y-%m-%dT%H}",
+           f"webhooks of workspace {workspace.name} are answered 429: they come faster than its webhooks_per_second "
+           f"({pace:g}); they are accepted again at that pace")
+
+
 def events_wait(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *,
                 now: datetime | None = None) -> int | None:
     """Seconds until one more event may be accepted today (None: now); no round trip without a limit."""
