@@ -13,7 +13,8 @@ budget). The processes are read from the Procfile and honcho's output, never lis
 turn (a hosted service's mix; the closed loop's all to `default`). `--neighbour R` (with `--workspaces` 2 or
 more): ws1, a quiet customer beside a noisy one, sends R deliveries a second (its rule writes a Task), alone for
 `--neighbour-seconds`, then from the closed loop's start to the end of its drain; each one's send-to-write time
-and ack time, alone and beside the flood; `--pace R`: default's `webhooks_per_second` (the others' is 0, none: a
+and ack time, alone and beside the flood (`--flood-rate R`: default's deliveries at R a second for `--flood-seconds`
+instead of wrk's closed loop); `--pace R`: default's `webhooks_per_second` (the others' is 0, none: a
 workspace's default of 100 would pace the closed loop). The job: a Standard-Webhooks-signed
 `{"event": "task.updated", "task": {TaskItemId, Name, IsDone, WorkAmount, ProjectId}}` to
 /hooks/bench; the rule books one TimeEntry (DisplayName = the task's unique Name) when the task is
@@ -417,6 +418,15 @@ def valkey_figures(valkey: redis.Redis, events: int) -> dict:
 
 def closed_loop(honcho: Honcho, sink: Sink, hooks: str, tmp: Path, args) -> dict:
     prefix = f"a{int(time.time())}"
+    if args.flood_rate:  # default's deliveries at a rate instead (a sender the web keeps up with), then the drain
+        sink.reset()
+        args.valkey.config_resetstat()
+        cpu_before, started = honcho.cpu(), time.time()
+        load = paced_open_loop(hooks, args.flood_rate, int(args.flood_rate * args.flood_seconds), prefix)
+        acked = load["statuses"].get("202", 0)
+        figures = phase_figures("flood", honcho, sink, acked, started, load["finished"], cpu_before, args)
+        figures.update(load=load, acks_per_s=acked / max(load["seconds"], 1e-9), p50=load["p50_ms"], p99=load["p99_ms"])
+        return figures
     count = args.events if not args.seconds else args.seconds * args.max_per_second
     deliveries = tmp / "deliveries.tsv"
     write_deliveries(deliveries, count, prefix)
@@ -717,6 +727,9 @@ def main() -> None:
                         help="with --workspaces 2 or more: ws1 sends this many deliveries a second, alone for "
                              "--neighbour-seconds, then beside the closed loop's flood of default: what it waits")
     parser.add_argument("--neighbour-seconds", type=float, default=10)
+    parser.add_argument("--flood-rate", type=float, default=0,
+                        help="instead of the closed loop: default's deliveries at this rate (bench/paced.py) for --flood-seconds")
+    parser.add_argument("--flood-seconds", type=float, default=20)
     parser.add_argument("--pace", type=float, default=0,
                         help="with --workspaces 2 or more: default's webhooks_per_second (0: none); faster deliveries get 429")
     parser.add_argument("--root", default=str(harness.ROOT), help="the checkout to run (its Procfile and code)")
