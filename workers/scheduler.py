@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
@@ -38,11 +37,11 @@ from engine.templates import isoformat
 from workers import failpoints, workspaces
 from workers.intake import submit_event
 from workers.logs import configure_logging, follow_registry
-from workers.settings import load_config, redis_client
+from workers.settings import load_config
 from workers.signals import stop_event
 from workers.registry import Served, Shard
 from workers.worker_context import RuleSource, served
-from workers.workspaces import Workspace, key
+from workers.workspaces import key
 
 log = logging.getLogger("scheduler")
 
@@ -195,13 +194,17 @@ def settings_from(config: dict) -> SchedulerSettings:
 
 
 def main() -> int:
+    """The schedules' loop as a poller process runs it (workers/poller/process.py), without polling: started again if
+    a bug ends it, and said in the pollers' beats (kind "scheduler"), so /readyz names a scheduler process whose rounds
+    fail, whose loop keeps stopping, or that went away."""
+    from workers.poller.process import Polling  # the poller's process imports this module for its own loop
+
     config = load_config()
     configure_logging(config)  # JSON lines, secrets redacted, as the worker and the poller log
     follow_registry(served().view)  # workspaces added or rotated later have their secrets redacted too
-    settings = settings_from(config)
-    log.info("scheduler %s: every %.1fs", uuid.uuid4().hex[:8], settings.interval)
-    stop = stop_event()
-    run(redis_client(config), served(), settings, stop)
+    polling = Polling(config, with_scheduler=True, polls=False, stop=stop_event())
+    log.info("scheduler %s: every %.1fs", polling.me, settings_from(config).interval)
+    polling.supervise()
     return 0
 
 

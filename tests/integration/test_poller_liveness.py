@@ -161,3 +161,21 @@ def test_a_workspace_whose_schedules_fail_holds_up_no_other_workspace(pollers, s
                        "/readyz to name the poller whose schedules fail")
     assert "(scheduler failing)" in check["error"]
     assert "broken: fired" not in poller.output()
+
+
+def test_readyz_names_a_scheduler_process_whose_rounds_fail_and_it_goes_on(pollers, sandbox, rules_dir):
+    # `python -m workers.scheduler` used to say nothing to /readyz: its rounds could fail on every workspace for good.
+    pollers.env["ENGINE_FAILPOINTS"] = "schedule_workspace~"  # every workspace's round raises, as a bug would
+    write_rule(rules_dir, "tick", TICK_RULE)
+    process = pollers.scheduler()
+
+    check = wait_until(lambda: (c := pollers_check(pollers, sandbox))["ok"] is False and c, 20,
+                       "/readyz to name the failing scheduler process")
+
+    assert check["error"].startswith("not polling: scheduler ")
+    assert f"pid {process.popen.pid}) (scheduler failing)" in check["error"]
+    assert process.alive()
+    process.signal(signal.SIGTERM)
+    process.popen.wait(timeout=20)
+    assert process.popen.returncode == 0, process.output()[-3000:]
+    assert pollers_check(pollers, sandbox) == {"ok": True, "pollers": 0}  # stopped, so not missed

@@ -1,9 +1,10 @@
-"""The poller processes' beat: each `python -m workers.poller` says every few seconds how its loops are, for /readyz.
+"""The poller processes' beat: each `python -m workers.poller` (and `python -m workers.scheduler`, a poller process
+with only the schedules' loop) says every few seconds how its loops are, for /readyz.
 
 A worker that polls (WORKER_POLLS=1) says it in its own beat, under its RQ name (workers/worker.py
 CONSUMER_BEAT); these are the processes that run nothing but polling, which RQ's registry does not know.
 
-    pollers:beats   hash: poller id → {"state", "at" (epoch s), "host", "pid"} as JSON
+    pollers:beats   hash: poller id → {"state", "at" (epoch s), "host", "pid", "kind"} as JSON
 
 A poller that stops takes its entry with it (`leave`). One that dies leaves it behind, and /readyz
 says it went away once GONE_AFTER passed without a beat. Only a live poller forgets a dead one
@@ -36,10 +37,11 @@ class Beat:
     at: float  # epoch s
     host: str = "?"
     pid: int = 0
+    kind: str = "poller"  # "scheduler": `python -m workers.scheduler`
 
     def where(self) -> str:
         """The process as an operator finds it: `poller 3fa8b2c1 (host-1, pid 4242)`."""
-        return f"poller {self.name} ({self.host}, pid {self.pid})"
+        return f"{self.kind} {self.name} ({self.host}, pid {self.pid})"
 
     def trouble(self, now: float) -> str | None:
         """What is wrong with the process at `now` (epoch s), None when it polls."""
@@ -48,12 +50,12 @@ class Beat:
         return None if self.state == POLLING else self.state
 
 
-def beat(connection: redis.Redis, name: str, state: str, *, now: float) -> None:
+def beat(connection: redis.Redis, name: str, state: str, *, now: float, kind: str = "poller") -> None:
     """Say `state` for the poller `name` at `now` (epoch s), and forget pollers dead for FORGET_AFTER.
 
     Raises RedisError: the caller says it again at its next beat.
     """
-    record = json.dumps({"state": state, "at": now, "host": socket.gethostname(), "pid": os.getpid()})
+    record = json.dumps({"state": state, "at": now, "host": socket.gethostname(), "pid": os.getpid(), "kind": kind})
     connection.hset(BEATS_KEY, name, record)
     dead = [b.name for b in read(connection) if now - b.at > FORGET_AFTER]
     if dead:
@@ -74,6 +76,7 @@ def read(connection: redis.Redis) -> list[Beat]:
 def _decoded(name: str, raw: bytes) -> Beat:
     try:
         record = json.loads(raw)
-        return Beat(name, str(record["state"]), float(record["at"]), str(record["host"]), int(record["pid"]))
+        return Beat(name, str(record["state"]), float(record["at"]), str(record["host"]), int(record["pid"]),
+                    "scheduler" if record.get("kind") == "scheduler" else "poller")
     except (ValueError, KeyError, TypeError):  # not written by `beat`: said, not a 500 of /readyz
         return Beat(name, f"unreadable beat {raw[:40]!r}", 0.0)  # forgotten by the live pollers

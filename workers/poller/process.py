@@ -46,7 +46,7 @@ class Polling:
     """
 
     def __init__(self, config: dict, *, with_scheduler: bool, stop: threading.Event | None = None,
-                 shard: Shard | None = None):
+                 shard: Shard | None = None, polls: bool = True):
         self.config = config
         self.settings = poller_settings(config)
         self.connection = redis_client(config)  # room for every poll thread, and for the scans running beside them
@@ -54,8 +54,10 @@ class Polling:
         self.follow = Following(config, self.connection, self.served, self.settings.lease_seconds)
         self.me = uuid.uuid4().hex[:8]
         self.stop_event = stop or threading.Event()
-        self.loops: dict[str, Callable[[], None]] = {"poller": self.poll}
-        if with_scheduler:
+        # Without `polls`: `python -m workers.scheduler`, the schedules' loop alone, watched over and beating the same way.
+        self.kind = "poller" if polls else "scheduler"
+        self.loops: dict[str, Callable[[], None]] = {"poller": self.poll} if polls else {}
+        if with_scheduler or not polls:
             self.loops["scheduler"] = self.schedule
         self.threads: dict[str, threading.Thread] = {}
         self.starts: dict[str, int] = {}  # loop name → how many times it was started (failpoint subjects)
@@ -156,9 +158,10 @@ class Polling:
     def _beat(self) -> bool:
         """Say how the loops are; False when Redis is away (the loops wait for it; the beat is said again)."""
         try:
-            poller_beats.beat(self.connection, self.me, self.trouble() or poller_beats.POLLING, now=time.time())
+            poller_beats.beat(self.connection, self.me, self.trouble() or poller_beats.POLLING, now=time.time(),
+                              kind=self.kind)
         except redis.RedisError as exc:
-            log.debug("poller %s: beat not written (%s)", self.me, exc)
+            log.debug("%s %s: beat not written (%s)", self.kind, self.me, exc)
             return False
         return True
 
