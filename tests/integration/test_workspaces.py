@@ -384,8 +384,6 @@ def two_shadow_workspaces(stack, sandbox, tmp_path, **limits):
 
 def handled_order(redis_url: str, names: tuple[str, ...]) -> list[tuple[str, str]]:
     """(workspace, event id) of every handled event, in the order workers handled them."""
-    import json
-
     connection = redis.Redis.from_url(redis_url)
     handled = []
     for name in names:
@@ -409,8 +407,6 @@ def test_a_noisy_workspace_does_not_starve_a_quiet_one(stack, sandbox, tmp_path,
 
 def test_runs_over_a_workspaces_runs_per_minute_wait_instead_of_running(stack, sandbox, receiver, tmp_path,
                                                                       redis_url):
-    import json
-
     served = two_shadow_workspaces(stack, sandbox, tmp_path, runs_per_minute=2)
     for name in served:  # shadow runs end before any step: a live rule is needed for the limit to apply
         (tmp_path / name / "forms.yaml").write_text(textwrap.dedent(NOTIFY_RULE))
@@ -696,3 +692,37 @@ def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_queue
     names = Counter(t["Name"] for t in other_sandbox.get("Task").json()["value"])
     assert sorted(n for n in names if n.startswith("s ")) == sorted(f"s {n}" for n in range(12))
     assert all(count == 1 for count in names.values()), names
+
+
+def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_events(
+        stack, sandbox, other_sandbox, receiver, tmp_path, redis_url):
+    """A backlog of one customer whose InLoox hangs: each of its events waits out the InLoox time-out on the worker's
+    event path. Another customer's events are still handled at once, not after those time-outs."""
+    from workers.workspaces import Limits, Workspace
+
+    served, entries = {}, []
+    accounts = (("quick", sandbox, NOTIFY_RULE),
+                ("stuck", other_sandbox, STUCK_RULE.format(project=ensure_project(other_sandbox))))
+    for name, inloox, rule in accounts:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "forms.yaml").write_text(textwrap.dedent(rule))
+        entries.append(f"\n  {name}:\n    inloox_url: {inloox.base_url}\n    inloox_api_key: {inloox.token}"
+                       f"\n    rules: {folder}\n    limits: {{inloox_requests_per_second: 0}}")
+        served[name] = Workspace(name, inloox.base_url, inloox.token, rules_path=str(folder),
+                                 limits=Limits(inloox_requests_per_second=0))
+    (tmp_path / "workspaces.yaml").write_text("workspaces:" + "".join(entries) + "\n")
+    stack.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"), INLOOX_TIMEOUT="6", WORKER_THREADS="48")
+    stack.worker("worker", queues=("quick", "stuck"))
+    other_sandbox.fault(kind="latency", latency_ms=10000, count=100000)  # past the client's 6 s, every request
+    submit_forms(redis_url, served["stuck"], 300, "s")
+    # Its events wait for its InLoox: as many as the worker keeps in flight against a slow InLoox (WORKER_THREADS).
+    connection = redis.Redis.from_url(redis_url)
+    wait_until(lambda: connection.zcard("ws:stuck:runs") >= 40, 30, "the stuck account's runs under way")
+
+    started = time.monotonic()
+    submit_forms(redis_url, served["quick"], 5, "q")
+    wait_until(lambda: len(receiver.received) >= 5, 60, "the quick account's five messages")
+    took = time.monotonic() - started
+    other_sandbox.clear_faults()
+    assert took < 3, f"the quick account's events took {took:.1f} s"

@@ -240,6 +240,9 @@ class EventConsumer:
         if self._linger:
             self._stop.wait(LINGER_SECONDS)
         free = self._wait_for_space()
+        if not free and self._how() == "lane":
+            self._read_idle()
+            return
         readable = self._readable() if free else []
         if not readable:  # no room; or no workspace served now, or every one paused
             self._flush_acks()
@@ -268,6 +271,20 @@ class EventConsumer:
             return
         for stream_key, entries in _in_turns(_chunks(batch, per_thread)):
             self._submit(self.streams[stream_key], entries)
+
+    def _read_idle(self) -> None:
+        """No place free on the lane (a slow InLoox's mode, where each event holds a place until its answer): still
+        read the workspaces with nothing in flight, `_least` events each, without waiting, and put them on the lane
+        beyond the limit. One customer whose InLoox hangs fills every place with events that wait out the InLoox
+        time-out, and another's events used to wait for them (10 s with the default INLOOX_TIMEOUT). Beyond the
+        limit by at most that many events per workspace; the limit itself is left to grow as its answers say."""
+        with self._lock:
+            idle = [key for key, stream in self.streams.items() if not stream.handling]
+        readable = [key for key in self._readable() if key in idle] if idle else []
+        if not readable:
+            return
+        batch = self._read(readable, self._least(), room=0, most=self._least(), block_ms=None)
+        self._hand_out_mixed(batch, TOGETHER, how="lane")
 
     def _readable(self) -> list[str]:
         """The logs to read this turn: not those of a workspace paused since the worker last followed the registry.
@@ -434,7 +451,8 @@ class EventConsumer:
         busy, self._full = full & self._full, full
         return 0 < len(batch) < TOGETHER and not busy
 
-    def _read(self, readable: list[str], count: int, *, room: int, most: int) -> list[tuple[str, Entry]]:
+    def _read(self, readable: list[str], count: int, *, room: int, most: int,
+              block_ms: int | None = READ_BLOCK_MS) -> list[tuple[str, Entry]]:
         """Read up to `count` new entries of each readable stream, acknowledging the handled ones in the same
         round trip: a quiet worker's events come one at a time, and an acknowledgement of its own was a
         fifth of the round trips each cost (bench/RESULTS.md section 29).
@@ -449,7 +467,7 @@ class EventConsumer:
         busy = [key for key in readable if key in self._full]
         extra = min(most, room // len(busy)) - count if busy else 0
         try:
-            return eventlog.read_new(self.connection, readable, self.name, count=count, block_ms=READ_BLOCK_MS,
+            return eventlog.read_new(self.connection, readable, self.name, count=count, block_ms=block_ms,
                                      acks=todo, more=(busy, extra) if extra > 0 else None)
         except Exception:  # Redis away, or anything else: acknowledged at a later turn
             self._give_back_acks(todo)
