@@ -11,7 +11,8 @@ go to the lane instead of a thread each: batches of up to 16, every one in fligh
 thread's loop (inloox/together.py), each event a place of the limit; each
 workspace's InLoox request budget is enforced at the client (workers/throttle.py), and the reader
 takes at most `per_workspace` new events of one workspace per batch, so a busy account cannot fill
-the pool alone.
+the pool alone. On the lane, a workspace with nothing in flight is read even while every place is held
+(by another's events waiting out a hung InLoox), its event put beyond the limit (`_read_idle`).
 
 Events that trickle in (a read brought a few, and there was room for more) are read every LINGER_SECONDS
 at most, so that those arriving meanwhile are handled as one batch rather than each alone.
