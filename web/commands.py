@@ -25,7 +25,7 @@ from engine import Event, Ruleset, evaluate, match_event
 from engine.commands import chat_commands, confirmation_reason, describe_plan, help_text
 from engine.match import bindings
 from inloox import and_, contains, eq
-from web.resources import get_context, get_inloox, get_redis
+from web.resources import get_context, get_inloox, get_redis, inloox_slot
 from workers.intake import submit_event
 from workers.workspaces import current, key
 
@@ -116,7 +116,9 @@ def _mapped_user(user: dict) -> dict:
         return dict(user)
     if _GUID.match(target):
         return {**user, "ContactId": target}
-    contacts = list(get_inloox().query("Contact", filter=eq("Email", target), select=["ContactId", "DisplayName"], top=2))
+    with inloox_slot():
+        contacts = list(get_inloox().query("Contact", filter=eq("Email", target), select=["ContactId", "DisplayName"],
+                                           top=2))
     if len(contacts) != 1:
         return {**user, "email": target}
     return {**user, "email": target, **contacts[0]}
@@ -146,8 +148,9 @@ def _resolve_task(event: Event, args: dict, prefix: str) -> tuple[Event, str | N
 
 
 def _open_tasks(name_filter) -> list[dict]:
-    return list(get_inloox().query("Task", filter=and_(name_filter, eq("IsDone", False)),
-                                   select=["TaskItemId", "Name"], top=PICK_LIST_SIZE + 1))
+    with inloox_slot():
+        return list(get_inloox().query("Task", filter=and_(name_filter, eq("IsDone", False)),
+                                       select=["TaskItemId", "Name"], top=PICK_LIST_SIZE + 1))
 
 
 def _with_task(text: str, typed: str, task_id: str) -> str:

@@ -9,7 +9,7 @@ from flask import Blueprint, g, jsonify
 from rq import Worker
 
 from inloox import InLooxError
-from web.resources import get_context, get_inloox, get_redis
+from web.resources import get_context, get_inloox, get_redis, inloox_slot
 from workers import rule_files
 from workers.poller import beats as poller_beats
 from workers.worker import CONSUMER_BEAT, CONSUMER_BEAT_TTL, CONSUMER_STATES
@@ -55,7 +55,8 @@ def _check_inloox() -> dict:
         # web out of its load balancer; each workspace's runs pause on their own (see workers.jobs).
         return {"ok": True, "skipped": "no default workspace"}
     try:
-        me = get_inloox().me()
+        with inloox_slot():  # a probe, too, holds none of the web's threads for long while InLoox hangs
+            me = get_inloox().me()
     except InLooxError as exc:
         return {"ok": False, "error": str(exc)}
     except redis.RedisError as exc:  # the shared request budget lives in Redis

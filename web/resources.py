@@ -6,16 +6,28 @@ are those of the request's workspace (see web/workspace.py).
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import redis
 from flask import Flask, current_app
 
 from inloox import Client
+from inloox.errors import Throttled
 from workers import registry, workspaces
 from workers.logs import follow_registry
 from workers.secrets import Keyring, SecretsKeyError
-from workers.worker_context import WorkerContext, build_context
+from workers.worker_context import WorkerContext, build_context, inloox_client
 
 _EXTENSION = "inloox_automation"
+# What the web asks InLoox (who a chat user is, which task they mean; /readyz's question) a person or a probe waits
+# for, on a thread every customer's webhooks need too: Slack wants its answer within 3 s. One workspace's InLoox
+# that hung held a thread per request for INLOOX_TIMEOUT, and a few chat commands held every thread of the web.
+WEB_INLOOX_SECONDS = 2.5
+WEB_INLOOX_SLOTS = 2  # requests of one workspace waiting for its InLoox at once, per web process; the others are told
+_slots: dict[str, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
 
 
 def get_redis() -> redis.Redis:
@@ -81,8 +93,32 @@ def get_context() -> WorkerContext:
 
 
 def get_inloox() -> Client:
-    """The InLoox client of the current workspace."""
-    return get_context().client
+    """The InLoox client of the current workspace for the web: answers within WEB_INLOOX_SECONDS (or INLOOX_TIMEOUT,
+    if shorter). Use it inside `inloox_slot()`."""
+    workspace = workspaces.current()
+    store = current_app.extensions[_EXTENSION]
+    built = store.get(f"inloox:{workspace.name}")
+    if built is None or built[0] != workspace:
+        timeout = min(float(current_app.config["INLOOX_TIMEOUT"]), WEB_INLOOX_SECONDS)
+        built = store[f"inloox:{workspace.name}"] = (workspace, inloox_client(current_app.config, workspace, get_redis(),
+                                                                              timeout=timeout))
+    return built[1]
+
+
+@contextmanager
+def inloox_slot() -> Iterator[None]:
+    """One of the current workspace's WEB_INLOOX_SLOTS in this process, for the InLoox requests inside (and the reading
+    of their answers); Throttled at once when every one is taken: its InLoox is slow, and no more of the web's
+    threads wait for it."""
+    name = workspaces.current().name
+    with _slots_lock:
+        slot = _slots.setdefault(name, threading.BoundedSemaphore(WEB_INLOOX_SLOTS))
+    if not slot.acquire(blocking=False):
+        raise Throttled(f"{WEB_INLOOX_SLOTS} requests of workspace {name!r} are already waiting for its InLoox")
+    try:
+        yield
+    finally:
+        slot.release()
 
 
 def _cached(name: str, build):

@@ -206,16 +206,23 @@ def _inloox_answer(text: str):
     return parse_json(text, "the answer", repair=True)
 
 
-def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -> WorkerContext:
-    """The context of one workspace; its InLoox client counts requests and obeys the shared rate limit."""
+def inloox_client(config: dict, workspace: Workspace, connection: redis.Redis, *, timeout: float | None = None) -> Client:
+    """The workspace's InLoox client: it counts requests and obeys the shared rate limit; answers within `timeout`
+    seconds (INLOOX_TIMEOUT unless given)."""
     throttle = Throttle(connection, workspace.prefix + "inloox:rate", workspace.limits.inloox_requests_per_second,
                         on_refused=metrics.refusal_observer(workspace.name))
     # The process's InLoox connections are kept for as many requests as its threads can have out at
     # once: a smaller pool closed every connection beyond it after use ("Connection pool is full,
     # discarding connection", hundreds of times per 3,000 writes), so those writes each opened a new one.
-    client = Client(workspace.inloox_url, workspace.inloox_api_key, timeout=float(config["INLOOX_TIMEOUT"]),
-                    on_response=metrics.request_observer(workspace.name), throttle=throttle,
-                    pool_size=threads(config), parse=_inloox_answer)
+    return Client(workspace.inloox_url, workspace.inloox_api_key,
+                  timeout=float(config["INLOOX_TIMEOUT"]) if timeout is None else timeout,
+                  on_response=metrics.request_observer(workspace.name), throttle=throttle,
+                  pool_size=threads(config), parse=_inloox_answer)
+
+
+def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -> WorkerContext:
+    """The context of one workspace; its InLoox client counts requests and obeys the shared rate limit."""
+    client = inloox_client(config, workspace, connection)
     return WorkerContext(workspace=workspace, client=client, connection=connection,
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
                          rule_env=rule_env(config), rules=RuleSource(connection, workspace),

@@ -494,3 +494,38 @@ def test_each_workspace_has_its_own_slack_app_commands_and_queue(redis_url, sand
     [entry] = eventlog.waiting(connection, workspace="acme")
     assert entry.event["kind"] == "done"
     assert eventlog.waiting(connection, workspace="globex") == []
+
+
+@pytest.mark.timeout(90)
+def test_slash_commands_of_a_workspace_whose_inloox_hangs_do_not_hold_up_every_web_thread(engine, sandbox, rules_dir):
+    """Each slash command asks InLoox who its user is. A workspace's InLoox that hangs held a web thread per command for
+    the InLoox time-out: six at once held all four threads, and every customer's webhooks waited. Now the web waits
+    for InLoox at most a few seconds (Slack wants its answer in three), and at most two of a workspace's requests
+    wait for it at once in a process: the others are told at once that InLoox is slow, and webhooks are answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.stack import deliver
+
+    for name, text in (("done", DONE_RULE),):
+        write_rule(rules_dir, name, text)
+    engine.env.update(SLACK_SIGNING_SECRET=SLACK_SECRET, CHAT_USER_MAP="U2CERLKJA=ann@example.com")
+    web = engine.web(threads=4)
+    sandbox.fault(kind="latency", latency_ms=8000, methods=["GET"], path="^Contact", count=1000)
+
+    def command(n: int) -> tuple[float, str]:
+        body = slack_body("done Write report", trigger_id=f"hang{n}")
+        began = time.monotonic()
+        reply = requests.post(f"{web}/chat/slack", data=body, headers=slack_headers(body), timeout=30)
+        return time.monotonic() - began, reply.json()["text"]
+
+    with ThreadPoolExecutor(6) as pool:
+        commands = [pool.submit(command, n) for n in range(6)]
+        time.sleep(0.5)  # the commands are waiting for InLoox now (not a wait for a condition)
+        began = time.monotonic()
+        acked = deliver(web, {"title": "Meanwhile"}, "msg_meanwhile")
+        ack_took = time.monotonic() - began
+        answers = [c.result() for c in commands]
+
+    assert acked.status_code == 202 and ack_took < 1.5, f"the webhook waited {ack_took:.1f} s"
+    assert all(took < 3.5 for took, _ in answers), [round(t, 1) for t, _ in answers]  # within Slack's 3 s, or about
+    assert all("InLoox" in text and "try again" in text for _, text in answers), answers
