@@ -648,14 +648,12 @@ then:
 QUEUED_NOTIFY_RULE = NOTIFY_RULE.replace("when:", "concurrency: {key: team, limit: 10}\nwhen:", 1)
 
 
-def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_queued_runs(
-        stack, sandbox, other_sandbox, receiver, tmp_path, redis_url):
-    """RQ's jobs (retries, holds, queued runs, deliveries) of one customer whose InLoox hangs: another's still run
-    at once, and the first one's runs each write once when its InLoox answers again."""
+def quick_and_stuck(stack, sandbox, other_sandbox, tmp_path, quick_rule: str) -> dict:
+    """Workspaces `quick` (the sandbox, `quick_rule`) and `stuck` (the other sandbox, STUCK_RULE) for the stack."""
     from workers.workspaces import Limits, Workspace
 
     served, entries = {}, []
-    accounts = (("quick", sandbox, QUEUED_NOTIFY_RULE),
+    accounts = (("quick", sandbox, quick_rule),
                 ("stuck", other_sandbox, STUCK_RULE.format(project=ensure_project(other_sandbox))))
     for name, inloox, rule in accounts:
         folder = tmp_path / name
@@ -666,7 +664,16 @@ def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_queue
         served[name] = Workspace(name, inloox.base_url, inloox.token, rules_path=str(folder),
                                  limits=Limits(inloox_requests_per_second=0))
     (tmp_path / "workspaces.yaml").write_text("workspaces:" + "".join(entries) + "\n")
-    stack.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"), INLOOX_TIMEOUT="4")
+    stack.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"))
+    return served
+
+
+def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_queued_runs(
+        stack, sandbox, other_sandbox, receiver, tmp_path, redis_url):
+    """RQ's jobs (retries, holds, queued runs, deliveries) of one customer whose InLoox hangs: another's still run
+    at once, and the first one's runs each write once when its InLoox answers again."""
+    served = quick_and_stuck(stack, sandbox, other_sandbox, tmp_path, QUEUED_NOTIFY_RULE)
+    stack.env.update(INLOOX_TIMEOUT="4")
     stack.worker("worker", queues=("quick", "stuck"))
     other_sandbox.fault(kind="latency", latency_ms=8000, count=100000)  # past the client's 4 s, every request
     submit_forms(redis_url, served["stuck"], 12, "s")
@@ -698,21 +705,8 @@ def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_event
         stack, sandbox, other_sandbox, receiver, tmp_path, redis_url):
     """A backlog of one customer whose InLoox hangs: each of its events waits out the InLoox time-out on the worker's
     event path. Another customer's events are still handled at once, not after those time-outs."""
-    from workers.workspaces import Limits, Workspace
-
-    served, entries = {}, []
-    accounts = (("quick", sandbox, NOTIFY_RULE),
-                ("stuck", other_sandbox, STUCK_RULE.format(project=ensure_project(other_sandbox))))
-    for name, inloox, rule in accounts:
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "forms.yaml").write_text(textwrap.dedent(rule))
-        entries.append(f"\n  {name}:\n    inloox_url: {inloox.base_url}\n    inloox_api_key: {inloox.token}"
-                       f"\n    rules: {folder}\n    limits: {{inloox_requests_per_second: 0}}")
-        served[name] = Workspace(name, inloox.base_url, inloox.token, rules_path=str(folder),
-                                 limits=Limits(inloox_requests_per_second=0))
-    (tmp_path / "workspaces.yaml").write_text("workspaces:" + "".join(entries) + "\n")
-    stack.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"), INLOOX_TIMEOUT="6", WORKER_THREADS="48")
+    served = quick_and_stuck(stack, sandbox, other_sandbox, tmp_path, NOTIFY_RULE)
+    stack.env.update(INLOOX_TIMEOUT="6", WORKER_THREADS="48")
     stack.worker("worker", queues=("quick", "stuck"))
     other_sandbox.fault(kind="latency", latency_ms=10000, count=100000)  # past the client's 6 s, every request
     submit_forms(redis_url, served["stuck"], 300, "s")
