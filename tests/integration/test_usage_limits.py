@@ -39,6 +39,10 @@ def _task_names(sandbox) -> list[str]:
             if r["method"] == "POST" and r["path"].rstrip("/").endswith("Task") and r["status"] < 300]
 
 
+def _messages(receiver) -> list[str]:
+    return [str((r["body"] or {}).get("message", "")) for r in receiver.received if isinstance(r["body"], dict)]
+
+
 def _alerts(receiver) -> list[str]:
     return [str((r["body"] or {}).get("message", "")) for r in receiver.received
             if isinstance(r["body"], dict) and "runs this month" in str(r["body"].get("message", ""))]
@@ -175,8 +179,10 @@ def test_webhooks_over_the_daily_event_limit_are_answered_429(stack, sandbox, re
     assert refused.status_code == 429
     assert 0 < int(refused.headers["Retry-After"]) <= 86400
     assert "limit of 2 events today" in refused.json()["error"]["message"]
-    messages = [str((r["body"] or {}).get("message", "")) for r in receiver.received if isinstance(r["body"], dict)]
-    assert sum("100 % of 2 events today" in m for m in messages) == 1
+    wait_until(lambda: sum("100 % of 2 events today" in m for m in _messages(receiver)) == 1, 10, "the alert at 100 %")
+    assert deliver(web, {"title": "Day 4", "project": PROJECT}, "day_4", path=HOOK, secret=secret).status_code == 429
+    time.sleep(0.5)  # an alert sent again would be on its way by now (not a wait for a condition)
+    assert sum("100 % of 2 events today" in m for m in _messages(receiver)) == 1  # once, not at every refusal
 
 
 @pytest.mark.timeout(90)
@@ -197,10 +203,11 @@ def test_webhooks_over_the_backlog_limit_are_answered_429_until_the_workers_catc
     assert "has 2 events and runs waiting (the limit is 2)" in refused.json()["error"]["message"]
     assert send(1).status_code == 200  # a redelivery of an accepted one is still told it is a duplicate
     assert send(4).status_code == 429
-    alerts = [m for m in (str((r["body"] or {}).get("message", "")) for r in receiver.received
-                          if isinstance(r["body"], dict)) if "backlog_limit" in m]
-    assert alerts == ["webhooks of workspace acme are answered 429: 2 events and runs are waiting (its backlog_limit "
-                      "is 2); they are accepted again once fewer wait"]  # once an hour, not at every refusal
+    alerts = wait_until(lambda: [m for m in _messages(receiver) if "backlog_limit" in m], 10, "the backlog alert")
+    time.sleep(0.5)  # an alert sent again would be on its way by now (not a wait for a condition)
+    assert [m for m in _messages(receiver) if "backlog_limit" in m] == alerts == [
+        "webhooks of workspace acme are answered 429: 2 events and runs are waiting (its backlog_limit is 2); they "
+        "are accepted again once fewer wait"]  # once an hour, not at every refusal
 
     stack.worker()
     wait_until(lambda: send(3).status_code == 202, 30, "room once a worker handled the two")
@@ -233,16 +240,42 @@ def test_webhooks_faster_than_the_workspaces_pace_are_answered_429_and_another_w
     assert "accepts webhooks at 1 a second (after a burst of 10); retry in 1 s" in refused[0].json()["error"]["message"]
     assert send(0).status_code == 200  # a redelivery of an accepted one is still told it is a duplicate
     assert deliver(web, {"title": "Default", "project": PROJECT}, "default_1").status_code == 202
-    alerts = [m for m in (str((r["body"] or {}).get("message", "")) for r in receiver.received
-                          if isinstance(r["body"], dict)) if "webhooks_per_second" in m]
-    assert alerts == ["webhooks of workspace acme are answered 429: they come faster than its webhooks_per_second "
-                      "(1); they are accepted again at that pace"]  # once an hour, not at every refusal
+    alerts = wait_until(lambda: [m for m in _messages(receiver) if "webhooks_per_second" in m], 10, "the pace alert")
+    time.sleep(0.5)  # an alert sent again would be on its way by now (not a wait for a condition)
+    assert [m for m in _messages(receiver) if "webhooks_per_second" in m] == alerts == [
+        "webhooks of workspace acme are answered 429: they come faster than its webhooks_per_second (1); they are "
+        "accepted again at that pace"]  # once an hour, not at every refusal
 
     time.sleep(1.1)  # the pace's next event (not a wait for a condition)
     late = refused and max(n for n, r in answers.items() if r.status_code == 429)
     assert send(late).status_code == 202
     written = [f"Paced {n}" for n in accepted + [late]] + ["Default"]
     wait_until(lambda: sorted(_task_names(sandbox)) == sorted(written), 30, "one task for each accepted webhook")
+
+
+@pytest.mark.timeout(90)
+def test_a_workspaces_alerts_channel_that_hangs_holds_up_no_answer_to_its_webhooks(stack, sandbox, receiver):
+    """The usage alerts (80 % and 100 % of `events_per_day` here) go to the workspace's channel, which answers after
+    8 s: the webhooks that set them off are answered at once all the same (before, each waited for the channel on a
+    web thread every customer's webhooks need), and the alerts still arrive."""
+    ensure_project(sandbox)
+    web = _start(stack)
+    _, secret = _workspace(web, sandbox, {"events_per_day": 2}, receiver.json_url,
+                           {"forms.yaml": FORM_RULE.format(extra="")})
+    wait_until(lambda: deliver(web, {"title": "Slow 1", "project": PROJECT}, "slow_1", path=HOOK,
+                               secret=secret).status_code == 202, 5, "the new source to be served")
+    receiver.delay = 8.0
+
+    answers = []
+    for n in (2, 3):
+        began = time.monotonic()
+        answers.append((deliver(web, {"title": f"Slow {n}", "project": PROJECT}, f"slow_{n}", path=HOOK,
+                                secret=secret).status_code, time.monotonic() - began))
+
+    assert [status for status, _ in answers] == [202, 429]  # the second sets off the 80 % alert, the third 100 %
+    assert all(took < 2 for _, took in answers), answers
+    wait_until(lambda: sum("% of 2 events today" in m for m in _messages(receiver)) == 2, 30,
+               "both alerts, once the channel answers")
 
 
 def test_the_usage_page_the_cli_and_prometheus_show_the_counts(app, client, runner, redis_url, workspace):

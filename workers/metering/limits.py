@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -210,7 +211,15 @@ def _alert(connection: redis.Redis, workspace: workspaces.Workspace, policy: Out
     log.warning("usage alert: %s", text)
     if not workspace.alerts:
         return
+    # On a thread of its own: it is set off by a webhook (on a web thread every customer's webhooks need) or a run,
+    # and a workspace's channel that hangs held that thread for the outbound time-out. At most a few an hour each.
+    threading.Thread(target=_send_alert, args=(policy, workspace, text), name="usage-alert", daemon=True).start()
+
+
+def _send_alert(policy: OutboundPolicy, workspace: workspaces.Workspace, text: str) -> None:
     try:
         notify(policy, workspace.alerts, text, title=f"Usage of workspace {workspace.name}")
     except OutboundRefused as exc:
         log.warning("usage alert for workspace %s not delivered: %s", workspace.name, exc)
+    except Exception:  # noqa: BLE001 - a thread of its own: said here, not by Python's hook on stderr
+        log.exception("usage alert for workspace %s not delivered", workspace.name)
