@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -36,6 +37,9 @@ CONFIRM_TTL_SECONDS = 600
 SETTLED_TTL_SECONDS = DEDUP_TTL_SECONDS
 CONFIRMED, CANCELLED = "confirmed", "cancelled"
 PICK_LIST_SIZE = 5
+# Seconds a surface waits for our answer (Slack 3, Teams 5), less a margin for sending it. Past them the person is
+# shown an error and sends the command again: one that took effect anyway would then run twice.
+ANSWER_SECONDS = {"slack": 2.7, "teams": 4.5}
 _GUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 
 
@@ -49,6 +53,11 @@ class ChatCommand:
     user: dict = field(hash=False)  # {"id", "name"} as the surface knows the person
     response_url: str | None = None
     prefix: str = ""  # how the person invokes us ("/inloox "), for usage lines
+    received: float = field(default_factory=time.monotonic, compare=False)  # when the surface's request came
+
+    def too_late(self) -> bool:
+        """Whether our answer would no longer reach the person in time (ANSWER_SECONDS)."""
+        return time.monotonic() - self.received > ANSWER_SECONDS.get(self.surface, ANSWER_SECONDS["slack"])
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,8 @@ def _plan_and_submit(command: ChatCommand, ruleset: Ruleset, event: Event) -> Re
     if problem:
         return Reply(problem)
     plans = evaluate(event, ruleset, now=now, env=env)
+    if command.too_late():  # InLoox was slow to tell us who or which task: the person sees an error and tries again
+        return Reply("InLoox was too slow to answer in time, so nothing was done; please send the command again.")
     summary = "; ".join(describe_plan(p, ruleset.get(p.rule_id).description) for p in plans)
     reason = next((r for r in map(confirmation_reason, plans) if r), None)
     if reason:

@@ -529,3 +529,26 @@ def test_slash_commands_of_a_workspace_whose_inloox_hangs_do_not_hold_up_every_w
     assert acked.status_code == 202 and ack_took < 1.5, f"the webhook waited {ack_took:.1f} s"
     assert all(took < 3.5 for took, _ in answers), [round(t, 1) for t, _ in answers]  # within Slack's 3 s, or about
     assert all("InLoox" in text and "try again" in text for _, text in answers), answers
+
+
+@pytest.mark.timeout(90)
+def test_a_command_whose_answer_would_reach_slack_too_late_does_nothing(engine, sandbox, rules_dir, redis_url):
+    """Slack shows the person an error when the answer takes over 3 s, and they send the command again. InLoox
+    answering each of the command's lookups in 1.5 s (who the user is, which task): the command used to be stored
+    after ~3 s all the same and run, so the one sent again ran twice. Now it is answered that nothing was done."""
+    write_rule(rules_dir, "done", DONE_RULE)
+    make_task(sandbox, "Write report")
+    engine.env.update(SLACK_SIGNING_SECRET=SLACK_SECRET, CHAT_USER_MAP="U2CERLKJA=ann@example.com")
+    engine.worker()
+    web = engine.web()
+    sandbox.fault(kind="latency", latency_ms=1500, methods=["GET"], path="^(Contact|Task)", count=1000)
+
+    body = slack_body("done Write report", trigger_id="slow1")
+    began = time.monotonic()
+    reply = requests.post(f"{web}/chat/slack", data=body, headers=slack_headers(body), timeout=30)
+    took = time.monotonic() - began
+
+    assert reply.status_code == 200 and "nothing was done" in reply.json()["text"], reply.json()
+    assert took < 4.5, took
+    time.sleep(3)  # a run would have been made by now (not a wait for a condition)
+    assert all_runs(redis_url) == []
