@@ -242,7 +242,8 @@ class EventConsumer:
             self._stop.wait(LINGER_SECONDS)
         free = self._wait_for_space()
         if not free and self._how() == "lane":
-            self._read_idle()
+            if not self._read_idle():
+                self._flush_acks()  # what was handled meanwhile, acknowledged as when nothing is read
             return
         readable = self._readable() if free else []
         if not readable:  # no room; or no workspace served now, or every one paused
@@ -273,19 +274,21 @@ class EventConsumer:
         for stream_key, entries in _in_turns(_chunks(batch, per_thread)):
             self._submit(self.streams[stream_key], entries)
 
-    def _read_idle(self) -> None:
+    def _read_idle(self) -> bool:
         """No place free on the lane (a slow InLoox's mode, where each event holds a place until its answer): still
         read the workspaces with nothing in flight, `_least` events each, without waiting, and put them on the lane
         beyond the limit. One customer whose InLoox hangs fills every place with events that wait out the InLoox
         time-out, and another's events used to wait for them (10 s with the default INLOOX_TIMEOUT). Beyond the
-        limit by at most that many events per workspace; the limit itself is left to grow as its answers say."""
+        limit by at most that many events per workspace; the limit itself is left to grow as its answers say.
+        Whether it read (the handled entries are acknowledged in the same round trip)."""
         with self._lock:
             idle = [key for key, stream in self.streams.items() if not stream.handling]
         readable = [key for key in self._readable() if key in idle] if idle else []
         if not readable:
-            return
+            return False
         batch = self._read(readable, self._least(), room=0, most=self._least(), block_ms=None)
         self._hand_out_mixed(batch, TOGETHER, how="lane")
+        return True
 
     def _readable(self) -> list[str]:
         """The logs to read this turn: not those of a workspace paused since the worker last followed the registry.
