@@ -69,17 +69,23 @@ def _start(stack) -> str:
     return web
 
 
+def _started_with(stack, sandbox, receiver, limits: dict, first: str) -> tuple[str, str, str]:
+    """The stack with `acme` (`limits`, the form rule, alerts to the receiver), once its source takes the delivery
+    titled `first` (id "<first, lowered, _ for spaces>"): (web, admin token, webhook secret)."""
+    ensure_project(sandbox)
+    web = _start(stack)
+    admin, secret = _workspace(web, sandbox, limits, receiver.json_url, {"forms.yaml": FORM_RULE.format(extra="")})
+    wait_until(lambda: deliver(web, {"title": first, "project": PROJECT}, first.lower().replace(" ", "_"), path=HOOK,
+                               secret=secret).status_code == 202, 5, "the new source to be served")
+    return web, admin, secret
+
+
 HOOK = "/workspaces/acme/hooks/forms"
 
 
 @pytest.mark.timeout(150)
 def test_runs_over_the_monthly_limit_wait_and_run_once_each_when_it_is_raised(stack, sandbox, receiver):
-    ensure_project(sandbox)
-    web = _start(stack)
-    admin, secret = _workspace(web, sandbox, {"runs_per_month": 5}, receiver.json_url,
-                               {"forms.yaml": FORM_RULE.format(extra="")})
-    wait_until(lambda: deliver(web, {"title": "Limit 1", "project": PROJECT}, "limit_1", path=HOOK,
-                               secret=secret).status_code == 202, 5, "the new source to be served")
+    web, admin, secret = _started_with(stack, sandbox, receiver, {"runs_per_month": 5}, "Limit 1")
     for n in range(2, 8):
         assert deliver(web, {"title": f"Limit {n}", "project": PROJECT}, f"limit_{n}", path=HOOK,
                        secret=secret).status_code == 202
@@ -168,12 +174,7 @@ def test_usage_equals_what_happened(stack, sandbox, receiver):
 
 @pytest.mark.timeout(90)
 def test_webhooks_over_the_daily_event_limit_are_answered_429(stack, sandbox, receiver):
-    ensure_project(sandbox)
-    web = _start(stack)
-    _, secret = _workspace(web, sandbox, {"events_per_day": 2}, receiver.json_url,
-                           {"forms.yaml": FORM_RULE.format(extra="")})
-    wait_until(lambda: deliver(web, {"title": "Day 1", "project": PROJECT}, "day_1", path=HOOK,
-                               secret=secret).status_code == 202, 5, "the new source to be served")
+    web, _, secret = _started_with(stack, sandbox, receiver, {"events_per_day": 2}, "Day 1")
     assert deliver(web, {"title": "Day 2", "project": PROJECT}, "day_2", path=HOOK, secret=secret).status_code == 202
     refused = deliver(web, {"title": "Day 3", "project": PROJECT}, "day_3", path=HOOK, secret=secret)
     assert refused.status_code == 429
@@ -221,16 +222,12 @@ def test_webhooks_faster_than_the_workspaces_pace_are_answered_429_and_another_w
     """`webhooks_per_second: 1`: a burst of ten seconds' worth is accepted, the next ones are told to retry in a
     second, nothing of them stored; a redelivery of an accepted id is still a 200; the default workspace (no pace)
     is served meanwhile; a second later one more is accepted; every accepted one writes once."""
-    ensure_project(sandbox)
-    (rules_dir / "forms.yaml").write_text(FORM_RULE.format(extra=""))
-    web = _start(stack)
-    _, secret = _workspace(web, sandbox, {"webhooks_per_second": 1}, receiver.json_url,
-                           {"forms.yaml": FORM_RULE.format(extra="")})
+    (rules_dir / "forms.yaml").write_text(FORM_RULE.format(extra=""))  # the default workspace's rule
+    web, _, secret = _started_with(stack, sandbox, receiver, {"webhooks_per_second": 1}, "Paced 0")
 
     def send(n: int) -> requests.Response:
         return deliver(web, {"title": f"Paced {n}", "project": PROJECT}, f"paced_{n}", path=HOOK, secret=secret)
 
-    wait_until(lambda: send(0).status_code == 202, 5, "the new source to be served")
     answers = {n: send(n) for n in range(1, 16)}
     accepted = [0] + [n for n, r in answers.items() if r.status_code == 202]
     refused = [r for r in answers.values() if r.status_code == 429]
@@ -258,12 +255,7 @@ def test_a_workspaces_alerts_channel_that_hangs_holds_up_no_answer_to_its_webhoo
     """The usage alerts (80 % and 100 % of `events_per_day` here) go to the workspace's channel, which answers after
     8 s: the webhooks that set them off are answered at once all the same (before, each waited for the channel on a
     web thread every customer's webhooks need), and the alerts still arrive."""
-    ensure_project(sandbox)
-    web = _start(stack)
-    _, secret = _workspace(web, sandbox, {"events_per_day": 2}, receiver.json_url,
-                           {"forms.yaml": FORM_RULE.format(extra="")})
-    wait_until(lambda: deliver(web, {"title": "Slow 1", "project": PROJECT}, "slow_1", path=HOOK,
-                               secret=secret).status_code == 202, 5, "the new source to be served")
+    web, _, secret = _started_with(stack, sandbox, receiver, {"events_per_day": 2}, "Slow 1")
     receiver.delay = 8.0
 
     answers = []
