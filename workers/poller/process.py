@@ -57,7 +57,7 @@ class Polling:
         # Without `polls`: `python -m workers.scheduler`, the schedules' loop alone, watched over and beating the same way.
         self.kind = "poller" if polls else "scheduler"
         self.loops: dict[str, Callable[[], None]] = {"poller": self.poll} if polls else {}
-        if with_scheduler or not polls:
+        if with_scheduler:
             self.loops["scheduler"] = self.schedule
         self.threads: dict[str, threading.Thread] = {}
         self.starts: dict[str, int] = {}  # loop name → how many times it was started (failpoint subjects)
