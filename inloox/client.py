@@ -240,8 +240,10 @@ class Client:
 
     def _rows(self, url: str, limit: int | None) -> Iterator[dict]:
         yielded = 0
+        read = set()  # every page's URL so far: a link back to any of them would page in a circle forever
         while url and (limit is None or yielded < limit):
             page = self._json("GET", url)
+            read.add(url)
             rows = page.get("value") if isinstance(page, dict) else None
             if not isinstance(rows, list):
                 shown = self._shown(url)
@@ -249,18 +251,18 @@ class Client:
             for row in rows[:None if limit is None else limit - yielded]:
                 yielded += 1
                 yield row
-            url = self._next_link(page, url)
+            url = self._next_link(page, url, read)
 
-    def _next_link(self, page: dict, current: str) -> str | None:
+    def _next_link(self, page: dict, current: str, read: set[str]) -> str | None:
         link = page.get("@odata.nextLink")
         if not link:
             return None
         # Followed verbatim, as OData requires; only a relative link is resolved against the base URL.
         url = link if urlsplit(link).scheme else urljoin(self.base_url, link)
-        if _origin(url) != _origin(self.base_url) or url == current:
+        if _origin(url) != _origin(self.base_url) or url in read:
             shown = self._shown(url)
             raise InLooxError(f"refusing to follow @odata.nextLink {shown} from {self._shown(current)}: "
-                              "it leaves the InLoox base URL's origin or repeats the page",
+                              "it leaves the InLoox base URL's origin or repeats a page already read",
                               method="GET", url=shown)
         return url
 

@@ -212,6 +212,19 @@ def test_next_link_to_another_origin_is_refused_before_sending(server, other_ser
     assert other_server.received == []
 
 
+def test_next_links_that_go_round_in_a_circle_are_refused_not_followed_forever(server, client):
+    # Page 2 links back to page 1: a poll that followed it would read (and keep) rows until memory ran out.
+    server.reply("GET", "Task", body=_page([{"n": 0}], next_link=server.url + "Task?$skiptoken=1"))
+    server.reply("GET", "Task?$skiptoken=1", body=_page([{"n": 1}], next_link=server.url + "Task?$skiptoken=2"))
+    server.reply("GET", "Task?$skiptoken=2", body=_page([{"n": 2}], next_link=server.url + "Task?$skiptoken=1"))
+    rows = []
+    with pytest.raises(InLooxError, match="refusing to follow @odata.nextLink"):
+        for row in client.query("Task"):
+            rows.append(row["n"])
+            assert len(rows) < 50, f"went round the circle of pages: {rows[:10]}…"
+    assert rows == [0, 1, 2] and len(server.received) == 3
+
+
 def test_next_link_is_followed_verbatim(server, client):
     second = "Task?$skiptoken=a%2Bb'c;d&$filter=Name%20eq%20'x%26y'&empty="
     server.reply("GET", "Task", body=_page([{"n": 1}], next_link=server.url + second))
