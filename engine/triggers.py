@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from inloox.changes import change_feed, unobservable
 from inloox.metadata import load_metadata
@@ -323,6 +323,7 @@ def _rule_keys(event: Event) -> list[IndexKey]:
 
 
 CATCH_UP = ("skip", "latest")
+_SOME_START = datetime(2000, 1, 1, tzinfo=timezone.utc)  # where `_never_fires` looks from (any instant would do)
 _SCHEDULE_OPTIONS = {
     "schedule": _prop("A five-field cron expression, e.g. '0 9 * * 1-5'.", type="string"),
     "timezone": _prop("The IANA time zone the cron expression is read in (default UTC).", type="string"),
@@ -338,6 +339,10 @@ def _compile_schedule(config, path, comp):
     if not croniter.is_valid(cron) or len(cron.split()) != 5:
         comp.fail(path + ("schedule",), f"{cron!r} is not a valid five-field cron expression",
                   hint="minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5'")
+    if _never_fires(cron):
+        comp.fail(path + ("schedule",), f"{cron!r} never fires: its day and month name no date that exists",
+                  hint="February has no 30th or 31st, and April, June, September and November no 31st; "
+                       "'L' is a month's last day")
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
@@ -347,6 +352,19 @@ def _compile_schedule(config, path, comp):
     catch_up = config.get("catch_up", "skip")
     return Trigger("schedule", f"schedule {cron} ({tz})", (("schedule", comp.rule_id),), scope,
                    check, cron=cron, timezone=tz, catch_up=catch_up)
+
+
+def _never_fires(cron: str) -> bool:
+    """True for valid fields that name no date ever (`0 9 31 2 *`): the scheduler could compute no tick of it.
+
+    Looked for from a fixed start, not the clock: a cron expression has no year, and a date that
+    exists at all (February 29th) comes within eight years.
+    """
+    try:
+        croniter(cron, _SOME_START).get_next(datetime)
+    except CroniterBadDateError:
+        return True
+    return False
 
 
 @trigger("manual", event_keys=_rule_keys, context=lambda event: {"input": dict(event.payload)},

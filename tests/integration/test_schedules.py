@@ -98,6 +98,22 @@ def test_after_downtime_skip_fires_nothing_and_latest_fires_the_last_missed_tick
     assert [r["rule_id"] for r in all_runs(redis_url)] == ["catch-up-latest"]
 
 
+def test_a_schedule_on_a_date_that_never_comes_keeps_no_other_schedule_from_firing(stack, rules_dir, redis_url):
+    # February 31st: five valid cron fields, and no such day. Its file sorts first, so its rule is looked at first.
+    write_rule(rules_dir, "february-31", RULE.format(id="february-31", cron="0 9 31 2 *", catch_up="skip"))
+    write_rule(rules_dir, "minutely", RULE.format(id="every-minute", cron="* * * * *", catch_up="skip"))
+    tick = minute(datetime.now(timezone.utc))
+    connection = seed_last_look(redis_url, february_31=tick - timedelta(seconds=30),
+                                every_minute=tick - timedelta(seconds=30))
+
+    scheduler = stack.scheduler()
+    wait_until(lambda: queued_ticks(connection), 20, "the every-minute rule's tick")
+    scheduler.stop()
+
+    assert {rule_id for rule_id, _ in queued_ticks(connection)} == {"every-minute"}
+    assert "february-31" in scheduler.output() and "never" in scheduler.output(), scheduler.output()[-3000:]
+
+
 def cli(redis_url, sandbox, rules_dir):
     """`flask` commands in a second shell, as the stack's rules folder and Redis are configured."""
     from app import create_app
