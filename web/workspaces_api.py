@@ -10,6 +10,8 @@
     DELETE /workspaces/<name>               paused first, then every Redis key, job and queue of it removed
 
 Every change goes to the registry (workers/registry), which every process follows within seconds.
+Without OPERATOR_TOKEN the API is open only while no workspace has an admin token either (local
+development); otherwise it answers 401 and the operator uses `flask workspaces` (or sets the token).
 The URL variable is `name`, not `ws`: these routes act on a workspace rather than inside one.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 from functools import cache
 from pathlib import Path
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, request
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
@@ -34,7 +36,7 @@ SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "workspace.sc
 @bp.put("/<name>")
 def put(name: str):
     """Create the workspace or update the fields given; the same body twice changes nothing."""
-    require_operator_token()
+    _require_operator()
     body = _body()
     try:
         change = registry.put(get_redis(), get_keyring(), name, body)
@@ -50,7 +52,7 @@ def put(name: str):
 @bp.get("")
 def list_workspaces():
     """Every workspace, with whether it is paused and whether this process can serve it."""
-    require_operator_token()
+    _require_operator()
     connection, unreadable = get_redis(), get_registry().unreadable()
     shown = [{**registry.get(connection, name), "unreadable": unreadable.get(name, "")}
              for name in registry.names(connection)]
@@ -76,7 +78,7 @@ def admin_token(name: str):
 @bp.post("/<name>/pause")
 def pause(name: str):
     """Pause: webhooks and InLoox changes are still accepted into its log, nothing runs."""
-    require_operator_token()
+    _require_operator()
     shown = _registry_call(registry.pause, get_redis(), name)
     get_registry().refresh()
     return jsonify(shown)
@@ -85,7 +87,7 @@ def pause(name: str):
 @bp.post("/<name>/resume")
 def resume(name: str):
     """Resume: what waited runs, in order."""
-    require_operator_token()
+    _require_operator()
     shown = _registry_call(registry.resume, get_redis(), name)
     get_registry().refresh()
     return jsonify(shown)
@@ -105,7 +107,7 @@ def export_workspace(name: str):
 @bp.delete("/<name>")
 def delete(name: str):
     """Delete the workspace whole (a running one is paused first); its routes answer 404 from now on."""
-    require_operator_token()
+    _require_operator()
     removed = _registry_call(registry.delete, get_redis(), name)
     get_registry().refresh()
     return jsonify(workspace=name, deleted=True, keys_removed=removed)
@@ -116,7 +118,23 @@ def _require_owner(name: str) -> None:
     record = registry.read(get_redis(), name) if _valid(name) else None
     if record is not None and registry.token_matches(bearer_token(), record["admin_token_sha256"]):
         return
+    _require_operator()
+
+
+def _require_operator() -> None:
+    """The operator's token; with none configured, only a deployment whose workspaces have no admin token either."""
+    if not current_app.config.get("OPERATOR_TOKEN") and _admin_tokens_in_use():
+        # Open here, anyone could mint a workspace a new admin token (or change, pause or delete it): the admin
+        # token that guards its own routes would be worth nothing, one customer's against another's neither.
+        abort(401, "the operator API needs OPERATOR_TOKEN, since workspaces have admin tokens; "
+                   "without it, use `flask workspaces`")
     require_operator_token()
+
+
+def _admin_tokens_in_use() -> bool:
+    """Whether any workspace has an admin token (one this process cannot read is taken to have one)."""
+    view = get_registry()
+    return bool(view.unreadable()) or any(w.admin_token_hash or w.admin_token for w in view.workspaces().values())
 
 
 def _valid(name: str) -> bool:

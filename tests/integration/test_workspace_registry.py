@@ -136,6 +136,32 @@ def test_a_new_admin_token_replaces_the_old_one_at_once(api, sandbox):
     assert client.get("/workspaces/acme/runs", headers=auth(second.json["admin_token"])).status_code == 200
 
 
+def test_without_an_operator_token_no_one_gets_past_a_workspaces_admin_token(redis_url, sandbox):
+    from app import create_app
+    from workers.workspaces import Workspace
+
+    # Two customers with admin tokens, and no OPERATOR_TOKEN: acme's admin (or anyone) took globex over
+    # by asking the operator API for a new admin token of globex's, or paused, changed or deleted it.
+    served = {name: Workspace(name, sandbox.base_url, sandbox.token, admin_token=f"{name}-admin-7Kp")
+              for name in ("acme", "globex")}
+    client = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": served}).test_client()
+    for token in ("acme-admin-7Kp", ""):
+        assert client.post("/workspaces/globex/admin-token", headers=auth(token)).status_code == 401
+        assert client.put("/workspaces/globex", headers=auth(token),
+                          json={"inloox_url": "https://elsewhere.example/api/odata/"}).status_code == 401
+        assert client.post("/workspaces/globex/pause", headers=auth(token)).status_code == 401
+        assert client.delete("/workspaces/globex", headers=auth(token)).status_code == 401
+        assert client.get("/workspaces", headers=auth(token)).status_code == 401
+    assert client.get("/workspaces/globex/runs", headers=auth("globex-admin-7Kp")).status_code == 200  # still its own
+    assert client.get("/workspaces/globex", headers=auth("globex-admin-7Kp")).json["paused"] is False
+
+    # One workspace protected by ADMIN_TOKEN (README), no OPERATOR_TOKEN: its token is not to be had without it.
+    single = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                         "INLOOX_API_KEY": sandbox.token, "ADMIN_TOKEN": "single-admin-7Kp"}).test_client()
+    assert single.post("/workspaces/default/admin-token").status_code == 401
+    assert single.post("/workspaces/default/admin-token", headers=auth("single-admin-7Kp")).status_code == 201
+
+
 def test_pause_and_resume_set_the_flag_every_process_reads(api, sandbox, redis_url):
     client = api.test_client()
     create(client, "acme", sandbox)
