@@ -13,11 +13,20 @@ PATTERN = r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$"  # the same grammar, for the JSON Sch
 def parse_duration(value: Any) -> timedelta | None:
     """A timedelta from `10m`-style text or seconds; None when it is neither."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=value) if value >= 0 else None
+        return _delta(value) if value >= 0 else None
     if not isinstance(value, str):
         return None
     m = _DURATION.match(value)
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+    return _delta(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+
+
+def _delta(seconds: float) -> timedelta | None:
+    # `9999999999w` and `1e400` are written as durations are, but timedelta holds at most 999,999,999 days
+    # (and no infinity): its OverflowError was a 500 wherever a duration is read (a rule upload, ?since=).
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        return None
 
 
 def format_duration(delta: timedelta) -> str:

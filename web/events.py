@@ -65,7 +65,9 @@ def since_epoch(text: str | None) -> float | None:
     delta = parse_duration(text)
     if delta is None:
         raise ReplayRefused(f"since {text!r} is not a duration such as 10m, 1h or 7d")
-    return time.time() - delta.total_seconds()
+    # Further back than 1970 is every event kept: the log's ids are milliseconds since then, and a
+    # negative one is an error of Redis's (a 500).
+    return max(0.0, time.time() - delta.total_seconds())
 
 
 def selected_entries(connection, *, since: str | None, event_ids) -> list:

@@ -130,6 +130,24 @@ def test_a_replay_that_names_no_events_or_both_ways_is_a_422(client, body, where
     assert "either a time (`since`) or event ids (`events`)" in error(response) or "non-empty" in error(response)
 
 
+@pytest.mark.parametrize("since", ["9999999999w", "9" * 400 + "d"])
+def test_a_since_longer_than_any_clock_is_a_4xx_naming_it(client, since):
+    # Written as a duration should be, but too long for Python's timedelta: an OverflowError, a 500.
+    listed = client.get(f"/events?since={since}", headers=AUTH)
+    assert listed.status_code == 400 and error(listed).startswith(f"since '{since[:20]}"), listed.text
+    replayed = client.post("/events/replay", json={"since": since, "dry_run": True}, headers=AUTH)
+    assert replayed.status_code == 422 and error(replayed).startswith(f"since '{since[:20]}"), replayed.text
+
+
+@pytest.mark.parametrize("since", ["3000w", "999999999d"])
+def test_a_since_before_1970_lists_and_replays_every_event(client, since):
+    client.post("/rules/say-hello/run", json={"input": {"by": "Ann"}}, headers=AUTH)
+    listed = client.get(f"/events?since={since}", headers=AUTH)
+    assert listed.status_code == 200 and len(listed.json["events"]) == 1, listed.text
+    replayed = client.post("/events/replay", json={"since": since, "dry_run": True}, headers=AUTH)
+    assert replayed.status_code == 200 and replayed.json["events"] == 1, replayed.text
+
+
 @pytest.mark.parametrize("body, where", [
     ({"url": "", "events": ["Task.updated"]}, "url: '' does not match '^https?://'; http(s) URL"),
     ({"events": ["Task.updated"]}, "url: is required"),

@@ -31,3 +31,16 @@ def test_a_bundle_whose_aliases_expand_too_far_is_refused_with_422_at_the_alias(
                             "once its YAML aliases are expanded (the limit is 10 times the file's size"), error
     listing = api.get("/workspaces/globex/rules", headers={"Authorization": f"Bearer {ADMIN}"}).get_json()
     assert listing["versions"] == []  # nothing was stored
+
+
+@pytest.mark.parametrize("backoff", ["9999999999w", "1e400"])
+def test_a_duration_too_long_for_the_clock_is_refused_with_422_at_its_line(api, backoff):
+    rule = ("id: patient\ndescription: Waits long between tries.\nwhen:\n  - manual: true\n"
+            f"retry: {{attempts: 2, backoff: {backoff}}}\nthen:\n  - notify: json://127.0.0.1:9/x\n    body: hi\n")
+
+    refused = api.put("/workspaces/globex/rules", data=rule, headers={
+        "Content-Type": "application/yaml", "Authorization": f"Bearer {ADMIN}"})
+
+    assert refused.status_code == 422, refused.text
+    assert refused.get_json()["errors"][0].startswith("rules.yaml:5:"), refused.text
+    assert "is not a duration" in refused.get_json()["errors"][0], refused.text
