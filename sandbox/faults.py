@@ -3,7 +3,9 @@
 Kinds: `latency` (sleep latency_ms, then serve normally), `status` (answer `status` with an OData
 error body and optional Retry-After, without touching data), `drop` (close the connection before
 doing anything), `commit_then_hang` (apply and commit the write, hold the response hang_s seconds,
-then close the connection without answering). A rule matches by method and a regex on the path
+then close the connection without answering), `commit_then_status` (apply and commit the write, then
+answer `status` with an OData error body instead of the write's answer, as a gateway in front of
+InLoox does when InLoox took longer than it waits: 504). A rule matches by method and a regex on the path
 after /api/odata/, fires with probability `fraction`, and expires after `count` firings.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import BadRequest
 
-KINDS = ("latency", "status", "drop", "commit_then_hang")
+KINDS = ("latency", "status", "drop", "commit_then_hang", "commit_then_status")
 # A fault holds a server thread while it sleeps: beyond an hour it is a typo, and past ~1e10 s
 # time.sleep raises OverflowError, which would be a 500 on every request the rule fires for.
 _MAX_LATENCY_MS, _MAX_HANG_S = 3_600_000, 3600
@@ -104,8 +106,8 @@ def _rule_from(spec, rule_id: int) -> FaultRule:
     if kind not in KINDS:
         raise BadRequest(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}", target="kind")
     status = _number(spec, "status", int, 100, 599)
-    if kind == "status" and status is None:
-        raise BadRequest("A 'status' fault needs 'status' (e.g. 429 or 503)", target="status")
+    if kind in ("status", "commit_then_status") and status is None:
+        raise BadRequest(f"A '{kind}' fault needs 'status' (e.g. 429 or 503)", target="status")
     methods = spec.get("methods")
     if methods is not None and (not isinstance(methods, list) or not all(isinstance(m, str) for m in methods)):
         raise BadRequest("'methods' must be a list of HTTP methods", target="methods")

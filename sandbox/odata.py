@@ -50,6 +50,8 @@ def gate():
             return _fault_status(rule)
         elif rule.kind == "commit_then_hang":
             g.hang_s = rule.hang_s
+        elif rule.kind == "commit_then_status":
+            g.answer_instead = rule
     token = request.headers.get("x-api-key", "")
     g.user = sandbox.user_of(token)
     g.log_entry["user"] = g.user  # whose request: tells workspaces (one token each) apart in the log
@@ -97,7 +99,11 @@ def _method() -> str:
 
 @bp.after_request
 def record(response: Response) -> Response:
-    """Finish the log entry; for commit_then_hang, hold and then drop the connection."""
+    """Finish the log entry; for commit_then_status, answer its status instead; for commit_then_hang, hold
+    and then drop the connection."""
+    instead = g.pop("answer_instead", None)
+    if instead is not None:
+        response = _fault_status(instead)  # the write is committed: only its answer is replaced
     entry = g.pop("log_entry", None)
     if entry is not None:
         entry["status"] = response.status_code if entry["fault"] != "drop" else None

@@ -33,6 +33,12 @@ MARKER_FIELDS = {
 }
 
 
+# What a gateway in front of InLoox answers when InLoox's own answer broke off (502) or did not come in time
+# (504): like a lost answer, it says nothing of whether InLoox applied the write. (A 503 says InLoox is not
+# taking requests.)
+GATEWAY_ANSWERS = (502, 504)
+
+
 class NotSettled(OutcomeUnknown):
     """A create whose answer was lost is not in InLoox yet, but may still arrive: look for it again
     after `retry_after` seconds rather than send it again now."""
@@ -172,7 +178,11 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object]):
         ledger.mark_lost(ctx.connection, key)
         raise
     except InLooxError as exc:
-        if exc.retryable or exc.status is not None and exc.status < 500:
+        if exc.status in GATEWAY_ANSWERS:
+            # A gateway answered for InLoox, which took the request: it may have applied it, or still will.
+            # Kept as a lost answer, so that the next attempt looks for it (it used to be sent again: twice).
+            ledger.mark_lost(ctx.connection, key)
+        elif exc.retryable or exc.status is not None and exc.status < 500:
             ledger.clear(ctx.connection, key)  # InLoox said no, or nothing reached it
         raise
     except OutboundRefused:

@@ -76,6 +76,14 @@ def test_commit_then_hang_holds_the_answer_beyond_a_client_timeout(sandbox):
     wait_until(lambda: sandbox.count("Task") == 1, timeout=5, message="the hung write to be visible")
 
 
+def test_commit_then_status_commits_and_answers_the_status_instead(sandbox):
+    sandbox.fault(kind="commit_then_status", status=504, count=1, methods=["POST"])
+    answer = sandbox.post("Task", {"Name": "landed"})
+    assert answer.status_code == 504 and answer.json()["error"]["code"] == "SandboxFault"
+    assert sandbox.count("Task", "Name eq 'landed'") == 1
+    assert [(r["status"], r["fault"]) for r in sandbox.requests()][0] == (504, "commit_then_status")
+
+
 def test_request_log_records_every_request_with_status_and_body(sandbox):
     sandbox.fault(kind="status", status=503, count=1, methods=["POST"])
     sandbox.post("Task", {"Name": "a"})
