@@ -32,7 +32,7 @@ from inloox.errors import (
     EXCERPT_CHARS, WRITE_METHODS, HTTPStatusError, InLooxError, OutcomeUnknown, TransportError,
     UnexpectedRedirect, parse_error_body, parse_retry_after, status_error_class,
 )
-from inloox.metadata import Metadata, load_metadata
+from inloox.metadata import EntitySet, Metadata, load_metadata
 from inloox.query import (
     Filter, function_arguments, identifier, key_predicate, orderby_option, qualified_name, render_filter,
     select_option, top_option,
@@ -192,8 +192,19 @@ class Client:
     # Writes
 
     def create(self, entity_set: str, body: dict) -> dict:
-        """POST a new entity; returns it as created (with its key), or {} if InLoox sent no body."""
-        return _without_context(self._json("POST", self._url(identifier(entity_set)), body) or {})
+        """POST a new entity; returns it as created, with its key.
+
+        An answer that is not that entity (an empty body, an OData error inside a 201) says nothing of whether
+        InLoox created it: OutcomeUnknown, as for a lost answer, so that the caller looks before sending again.
+        """
+        url = self._url(identifier(entity_set))
+        created = _without_context(self._json("POST", url, body))
+        if not _is_entity(created, self.metadata.entity_set(identifier(entity_set))):
+            shown = self._shown(url)
+            raise OutcomeUnknown(f"the answer to POST {shown} is not the created {entity_set}, which may or may not "
+                                 f"have been created: {self._api_key.redact(repr(created))[:EXCERPT_CHARS]}",
+                                 method="POST", url=shown)
+        return created
 
     def update(self, entity_set: str, key, changes: dict) -> dict | None:
         """PATCH only `changes` onto an entity; returns the entity if InLoox sent it back."""
@@ -273,9 +284,19 @@ class Client:
         try:
             return self._parse(response.text)
         except RecursionError:  # nested deeper than the parser goes
-            raise self._status_error(method, url, response, "answered with a body that is not JSON") from None
+            complaint = "answered with a body that is not JSON"
         except ValueError as exc:
-            raise self._status_error(method, url, response, f"answered with a body that is not JSON: {exc}") from None
+            complaint = f"answered with a body that is not JSON: {exc}"
+        raise self._unreadable(method, url, response, complaint)
+
+    def _unreadable(self, method: str, url: str, response: _Answer, complaint: str) -> InLooxError:
+        """The error for a 2xx answer we cannot read. To a write it is as good as lost (OutcomeUnknown): InLoox
+        said it did something, not what, and the caller must look before sending it again."""
+        if method not in WRITE_METHODS:
+            return self._status_error(method, url, response, complaint)
+        shown, redact = self._shown(url), self._api_key.redact
+        return OutcomeUnknown(redact(f"{response.status} {response.reason} from {method} {url}: {complaint}; it may "
+                                     "or may not have been applied"), method=method, url=shown)
 
     def _send(self, method: str, url: str, body: dict | None = None) -> _Answer:
         shown = self._shown(url)
@@ -505,6 +526,12 @@ def _without_context(entity: Any) -> Any:
     if isinstance(entity, dict):
         entity.pop("@odata.context", None)
     return entity
+
+
+def _is_entity(answer: Any, entity_set: EntitySet | None) -> bool:
+    """True when `answer` is an entity of `entity_set` (if the schema knows the set): an object with its key."""
+    keys = entity_set.key if entity_set is not None else ()
+    return isinstance(answer, dict) and all(answer.get(name) not in (None, "") for name in keys)
 
 
 def _unwrapped(result: Any) -> Any:

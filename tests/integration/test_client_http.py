@@ -306,6 +306,18 @@ def test_a_body_that_is_not_json_is_an_error(server, client):
     assert not caught.value.retryable
 
 
+@pytest.mark.parametrize("answer", [
+    {"body": "<html>signed in</html>"}, {"body": {"error": {"code": "x", "message": "no"}}}, {"status": 204},
+], ids=["not JSON", "an error inside a 201", "no body"])
+def test_a_create_answered_with_success_but_not_the_entity_is_an_unknown_outcome(server, client, answer):
+    """Whether InLoox created it is unknown: the caller must look for it before sending again, not take the answer
+    for the entity, nor InLoox's word that nothing happened."""
+    server.reply("POST", "Task", **{"status": 201, **answer})
+    with pytest.raises(OutcomeUnknown, match="POST .*Task.* may or may not") as caught:
+        client.create("Task", {"Name": "x"})
+    assert not caught.value.retryable
+
+
 def test_the_token_is_redacted_even_when_the_server_echoes_it(server, client, caplog):
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="urllib3")

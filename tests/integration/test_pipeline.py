@@ -52,6 +52,30 @@ def test_each_intended_write_lands_exactly_once_through_faults(stack, sandbox, r
     assert run["outputs"]["task"]["Name"] == "Call Ann"
 
 
+@pytest.mark.parametrize("fault", [
+    {"kind": "status", "status": 201},  # an OData error inside a 201: nothing was created
+    {"kind": "commit_then_status", "status": 201},  # the task was created, the answer is not the task
+], ids=["error inside a 201", "created, answered with an error"])
+def test_a_create_answered_without_the_entity_lands_once_and_the_run_keeps_the_entity(
+        stack, sandbox, rules_dir, redis_url, fault):
+    """InLoox (or something in front of it) answers a create with a success status but not with the entity. Whether
+    the task exists is unknown, as when the answer is lost: the run looks for its marker, adopts the task or sends the
+    create once more, and its output is the task. It used to take the answer for the task: the run succeeded with no
+    task in InLoox, or with an error body as the step's output for later steps to read."""
+    write_form_rule(rules_dir, "retry: {backoff: 0.5s}")
+    sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
+    stack.env["INLOOX_SETTLE_SECONDS"] = "2"  # nothing is on its way: the answer came
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(methods=["POST"], path="^Task$", count=1, **fault)
+
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_no_entity").status_code == 202
+
+    [run] = wait_until(lambda: runs_in(redis_url, "succeeded"), 40, "the run to succeed despite the answer")
+    assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann"]
+    assert run["outputs"]["task"]["Name"] == "Call Ann" and run["outputs"]["task"]["TaskItemId"]
+
+
 def test_an_inloox_that_is_down_uses_none_of_a_rules_attempts_until_its_outage_time_is_over(
         stack, sandbox, rules_dir, redis_url):
     """An InLoox answering 503 (down, say for maintenance) more often than the rule's retry attempts allow: the
