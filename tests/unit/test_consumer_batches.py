@@ -60,6 +60,9 @@ def _busy_consumer(monkeypatch, handle) -> EventConsumer:
     """A consumer whose in-flight limit found the process busy with its own work (one thread, several
     events together), handing one event to `handle(workspace, entries)` on its thread of batches."""
     monkeypatch.setattr(consumer, "_handle_together", lambda batches: handle(*batches[0]))
+    # The process's answer times are global (inloox.connections.exchanges): earlier tests' slow answers
+    # (test_client_http's time-outs) would be this consumer's first window, and send it to 48 threads.
+    exchanges.take()
     taker = EventConsumer(redis.Redis(), ["default"], name="test", pool_size=400)  # no command sent
     taker.limit.value = BUSY_FLOOR
     assert taker.limit.batch() == TOGETHER
