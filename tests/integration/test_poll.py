@@ -250,3 +250,62 @@ def test_an_idle_set_backs_off_yet_sees_a_change_and_a_webhook_or_a_visit_brings
     assert requests.get(f"{web}/ui/poller", timeout=10).status_code == 200
     wait_until(lambda: "feed every 0.5s" in runner.invoke(args=["poller", "status"]).output, 3,
                "the Task feed back at POLL_INTERVAL after a dashboard visit")
+
+
+# --- hostile answers: one set's answer that cannot be handled fails that set alone ----------------------
+
+PROJECT_RENAMED_RULE = """
+id: watch-project-names
+when:
+  - inloox: Project
+    on: updated
+    changes:
+      changed: [Name]
+then:
+  - notify: "json://127.0.0.1:9/never"
+    body: "{{ project.Name }}"
+"""
+
+
+@pytest.fixture
+def spoiler(sandbox):
+    from tests.support.hostile import Spoiler
+
+    spoiler = Spoiler(sandbox.base_url)
+    yield spoiler
+    spoiler.stop()
+
+
+def _first_stamp_without_offset(answer: dict) -> dict:
+    """The first project's change time with no time zone, beside the others' with one (InLoox writes UTC `Z`)."""
+    from tests.support.hostile import without_offset
+
+    rows = answer.get("value") or []
+    if rows and rows[0].get("LastChangedDateTime"):
+        rows[0]["LastChangedDateTime"] = without_offset(rows[0]["LastChangedDateTime"])
+    return answer
+
+
+@pytest.mark.timeout(120)
+def test_a_project_answer_that_cannot_be_read_keeps_the_workspace_s_tasks_polled(engine, sandbox, rules_dir,
+                                                                                 redis_url, spoiler):
+    from tests.support.processes import wait_until
+    from tests.support.stack import ensure_project, make_task
+
+    # Files are read in name order: Project is polled first, before Task.
+    (rules_dir / "a-project.yaml").write_text(PROJECT_RENAMED_RULE)
+    (rules_dir / "b-task.yaml").write_text(IDLE_TASK_RULE)
+    ensure_project(sandbox)
+    assert sandbox.post("Project", json={"Name": "Second project"}).status_code == 201
+    task = make_task(sandbox, "Quiet task", work=0)
+    spoiler.spoil("Project", _first_stamp_without_offset)
+    engine.env.update({"INLOOX_URL": spoiler.url, "POLL_INTERVAL": "0.5"})
+    poller = engine.poller()
+    connection = redis.Redis.from_url(redis_url)
+
+    wait_until(lambda: connection.exists("ws:default:poll:Task:cursor"), 30,
+               "the Task baseline, though the Project answers cannot be handled")
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).status_code in (200, 204)
+    wait_until(lambda: _task_events(connection, task), 30, "the person's Task change in the event log")
+    # The Project answer's failure is told, with whose and which set it was.
+    wait_until(lambda: "default: poll Project failed" in poller.output(), 10, "the Project poll's failure logged")

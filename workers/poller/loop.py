@@ -307,14 +307,21 @@ def _cycle(account: Account, watched: dict, poller: PollerSettings, *, sweep: bo
             if sweep:
                 _noticed(pace, _report(sweep_deleted(client, connection, how, settings)), time.time())
         except (InLooxError, redis.RedisError) as exc:
-            # The cursor did not move: the next cycle reads the same changes again, at the active
-            # interval rather than a backed-off one (as before backoff existed).
-            pace.due_at = min(pace.due_at, time.time() + pace.pace.active)
-            log.warning("poll %s failed, will retry: %s", entity_set, exc)
+            _retry_soon(pace)
+            log.warning("%s: poll %s failed, will retry: %s", account.workspace.name, entity_set, exc)
+        except Exception:  # noqa: BLE001 - an answer nobody foresaw (or a bug): this set's failure alone
+            _retry_soon(pace)
+            log.exception("%s: poll %s failed, will retry", account.workspace.name, entity_set)
     if due and (account.scanning is None or not account.scanning.is_alive()):
         account.scanning = threading.Thread(target=_scans, args=(account, due, poller, me), daemon=True,
                                             name=f"scan-{account.workspace.name}")
         account.scanning.start()
+
+
+def _retry_soon(pace: SetPace) -> None:
+    """A poll or sweep failed: the cursor did not move, so the next cycle reads the same changes again, at
+    the active interval rather than a backed-off one (as before backoff existed)."""
+    pace.due_at = min(pace.due_at, time.time() + pace.pace.active)
 
 
 def _scans(account: Account, due: list, poller: PollerSettings, me: str) -> None:
@@ -325,11 +332,18 @@ def _scans(account: Account, due: list, poller: PollerSettings, me: str) -> None
             except LeaseLost:
                 return  # another poller has the workspace now; it scans from here on
             except (InLooxError, redis.RedisError) as exc:
-                # Nothing of it was kept: try again after a few polls rather than a whole interval.
-                pace = account.paces.get(scan.entity_set)
-                if pace is not None:
-                    pace.due_at = time.time() + min(pace.interval(time.time()), 5 * poller.interval)
-                log.warning("scan %s failed, will retry: %s", scan.entity_set, exc)
+                _scan_again_soon(account, scan, poller)
+                log.warning("%s: scan %s failed, will retry: %s", account.workspace.name, scan.entity_set, exc)
+            except Exception:  # noqa: BLE001 - as in _cycle: the scans due after it still run
+                _scan_again_soon(account, scan, poller)
+                log.exception("%s: scan %s failed, will retry", account.workspace.name, scan.entity_set)
+
+
+def _scan_again_soon(account: Account, scan: Scan, poller: PollerSettings) -> None:
+    """Nothing of the failed scan was kept: try again after a few polls rather than a whole interval."""
+    pace = account.paces.get(scan.entity_set)
+    if pace is not None:
+        pace.due_at = time.time() + min(pace.interval(time.time()), 5 * poller.interval)
 
 
 def _scan(account: Account, scan: Scan, fields, poller: PollerSettings, me: str) -> None:

@@ -1,0 +1,70 @@
+"""A hostile InLoox for tests: the sandbox behind a local proxy that spoils the answers a test names.
+
+The sandbox answers as InLoox documents; what a server that does not (a self-hosted InLoox's bug, or
+one that lies on purpose) may answer, the proxy makes of it, for one entity set while the others
+stay the sandbox's.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import requests
+
+_FORWARDED = ("x-api-key", "Content-Type", "Accept", "OData-MaxVersion")
+
+
+class Spoiler:
+    """Forwards /api/odata/ to the sandbox; `spoil(path, change)` rewrites the JSON answers to `path`."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream  # the sandbox's base URL (…/api/odata/)
+        self.spoils: dict[str, Callable[[dict], dict]] = {}
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/api/odata/"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def spoil(self, path: str, change: Callable[[dict], dict]) -> None:
+        """Answers to `path` (the entity set, before any `?` or `(`) pass through `change(answer)` first."""
+        self.spoils[path] = change
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def without_offset(stamp: str) -> str:
+    """`2025-04-01T09:00:00Z` as `2025-04-01T09:00:00`: a date-time that says no time zone."""
+    return re.sub(r"(Z|[+-]\d\d:\d\d)$", "", stamp)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        owner = self.server.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        relative = self.path.removeprefix("/api/odata/")
+        answer = requests.request(self.command, owner.upstream + relative, timeout=30,
+                                  data=self.rfile.read(length) if length else None,
+                                  headers={h: self.headers[h] for h in _FORWARDED if h in self.headers})
+        # nextLinks name the sandbox: they go through the proxy too.
+        body = answer.content.replace(owner.upstream.encode(), owner.url.encode())
+        change = owner.spoils.get(re.split(r"[?(]", relative, maxsplit=1)[0])
+        if change is not None and answer.ok and body:
+            body = json.dumps(change(json.loads(body))).encode()
+        self.send_response(answer.status_code)
+        self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PATCH = do_DELETE = do_GET
+
+    def log_message(self, *args):
+        pass
