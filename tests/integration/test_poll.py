@@ -8,9 +8,10 @@ import redis
 import requests
 from workers import eventlog
 
-from inloox import Client
+from inloox import Client, InLooxError
 from tests.support.polling import client, connection  # noqa: F401  (fixtures)
 from inloox.changes import change_feed
+from tests.support.hostile import without_offset
 from workers.poller.poll import PollSettings, poll_once, sweep_deleted
 
 TASKS = change_feed("Task")
@@ -278,8 +279,6 @@ def spoiler(sandbox):
 
 def _first_stamp_without_offset(answer: dict) -> dict:
     """The first project's change time with no time zone, beside the others' with one (InLoox writes UTC `Z`)."""
-    from tests.support.hostile import without_offset
-
     rows = answer.get("value") or []
     if rows and rows[0].get("LastChangedDateTime"):
         rows[0]["LastChangedDateTime"] = without_offset(rows[0]["LastChangedDateTime"])
@@ -307,5 +306,58 @@ def test_a_project_answer_that_cannot_be_read_keeps_the_workspace_s_tasks_polled
                "the Task baseline, though the Project answers cannot be handled")
     assert sandbox.patch(f"Task({task})", json={"IsDone": True}).status_code in (200, 204)
     wait_until(lambda: _task_events(connection, task), 30, "the person's Task change in the event log")
-    # The Project answer's failure is told, with whose and which set it was.
-    wait_until(lambda: "default: poll Project failed" in poller.output(), 10, "the Project poll's failure logged")
+    # What could not be handled is told, with whose and which set it was.
+    wait_until(lambda: "default: poll Project" in poller.output(), 10, "the Project answer's trouble logged")
+
+
+PROJECTS = change_feed("Project")
+# Rows InLoox should never send, each as a spoiled copy of a real one.
+SPOILED_ROWS = {
+    "a change time without an offset": lambda row: {**row, "LastChangedDateTime": without_offset(row["LastChangedDateTime"])},
+    "no change time": lambda row: {**row, "LastChangedDateTime": None},
+    "not an object": lambda row: [row],
+    "no key": lambda row: {name: value for name, value in row.items() if name != "ProjectId"},
+}
+
+
+def _spoiled(key_column: str, key: str, spoil):
+    """An answer's change: the row of entity `key` spoiled, the others as InLoox sent them."""
+    def change(answer: dict) -> dict:
+        rows = answer.get("value")
+        if isinstance(rows, list):
+            answer["value"] = [spoil(r) if r.get(key_column) == key else r for r in rows]
+        return answer
+    return change
+
+
+@pytest.mark.parametrize("spoiled", SPOILED_ROWS)
+def test_a_row_that_cannot_be_read_is_skipped_and_its_change_seen_once_inloox_answers_it_right(
+        sandbox, connection, project, spoiler, spoiled, caplog):
+    second = sandbox.post("Project", json={"Name": "Second project"}).json()["ProjectId"]
+    with Client(spoiler.url, sandbox.token) as client:
+        assert poll_once(client, connection, PROJECTS, frozenset({"Name"})).baseline
+        spoiler.spoil("Project", _spoiled("ProjectId", project, SPOILED_ROWS[spoiled]))
+        assert sandbox.patch(f"Project({project})", json={"Name": "Relaunch, phase 2"}).ok
+        assert sandbox.patch(f"Project({second})", json={"Name": "Second project, renamed"}).ok
+
+        poll_once(client, connection, PROJECTS, frozenset({"Name"}))
+        assert [e["key"] for e in queued(connection)] == [second]  # the set's other changes go on
+        assert "default: poll Project: row 1 of Project skipped" in caplog.text
+
+        # InLoox answers that row right again: the cursor did not pass its change, so it is seen now.
+        spoiler.spoils.clear()
+        poll_once(client, connection, PROJECTS, frozenset({"Name"}))
+    events = queued(connection)
+    assert [e["key"] for e in events] == [second, project]
+    assert events[1]["changes"] == {"Name": ["Website relaunch", "Relaunch, phase 2"]}
+
+
+def test_a_sweep_answer_with_a_row_that_cannot_be_read_deletes_nothing(sandbox, connection, project, spoiler):
+    # A sweep takes a key it does not list for a deleted entity: skipping the row would delete its task.
+    tasks = [make_task(sandbox, project, "Write report"), make_task(sandbox, project, "Review report")]
+    with Client(spoiler.url, sandbox.token) as client:
+        assert poll_once(client, connection, TASKS, frozenset({"IsDone"})).baseline
+        spoiler.spoil("Task", _spoiled("TaskItemId", tasks[0], lambda row: {}))
+        with pytest.raises(InLooxError, match="of Task cannot be read: its key TaskItemId is missing"):
+            sweep_deleted(client, connection, TASKS)
+    assert queued(connection) == []

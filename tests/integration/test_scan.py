@@ -68,6 +68,25 @@ def test_a_changed_field_becomes_one_updated_event_with_from_and_to(sandbox, sca
     assert scans(CONTACTS, frozenset({"Email"})).accepted == []
 
 
+def test_a_row_that_cannot_be_read_fails_the_scan_and_deletes_nothing(sandbox, scans, connection):
+    from inloox import Client, InLooxError
+    from tests.support.hostile import Spoiler
+
+    contact = make(sandbox, "Contact", DisplayName="Brigitte Koch", Email="brigitte@example.com")["ContactId"]
+    scans(CONTACTS, frozenset({"Email"}))
+    spoiler = Spoiler(sandbox.base_url)
+    # Brigitte's row without its key: skipped, she would be missing from the scan, and taken for deleted.
+    spoiler.spoil("Contact", lambda answer: {**answer, "value": [
+        {"Email": r["Email"]} if r.get("ContactId") == contact else r for r in answer.get("value", [])]})
+    try:
+        with Client(spoiler.url, sandbox.token) as hostile, \
+                pytest.raises(InLooxError, match="scan Contact: row .* cannot be read: its key ContactId is missing"):
+            scan_once(hostile, connection, CONTACTS, frozenset({"Email"}), now=datetime.now(timezone.utc))
+    finally:
+        spoiler.stop()
+    assert queued(connection) == []
+
+
 def test_unwatched_fields_are_not_read_and_fire_nothing(sandbox, scans, connection):
     contact = make(sandbox, "Contact", DisplayName="Brigitte Koch", Email="brigitte@example.com")["ContactId"]
     scans(CONTACTS, frozenset({"Email"}))

@@ -14,15 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import reprlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import redis
 
 from engine.diff import diff_snapshots
-from engine.edm import parse_datetime
+from engine.edm import is_guid, parse_datetime
 from engine.events import Event
-from inloox import Client, eq, ge, or_
+from inloox import Client, InLooxError, eq, ge, or_
 from inloox.changes import ChangeFeed, Stamp
 from inloox.metadata import load_metadata
 from workers import guards, workspaces
@@ -67,12 +68,13 @@ def poll_once(client: Client, connection: redis.Redis, feed: ChangeFeed, fields:
     if cursor is None:
         return _baseline(client, store, feed, watched, stamps)
     since = parse_datetime(cursor) - settings.overlap
-    rows = list(client.query(feed.view, filter=or_(*(ge(s.column, since) for s in stamps)),
-                             select=_select(feed, watched, stamps), orderby=_order(feed, stamps)))
+    rows, passed = _usable(feed, stamps, client.query(
+        feed.view, filter=or_(*(ge(s.column, since) for s in stamps)),
+        select=_select(feed, watched, stamps), orderby=_order(feed, stamps)))
     result = PollResult(feed.entity_set, rows=len(rows))
     found, quiet = _changes(feed, watched, stamps, rows,
                             store.load(str(r[feed.column(feed.key)]) for r in rows))
-    newest = _newest(cursor, rows, stamps)
+    newest = _newest(cursor, passed, stamps)
     if len(found) > settings.flood_limit:
         result.held = hold_flood(connection, feed.entity_set,
                                  [_event(feed, stamps, c, {}, settings) for c in found], settings.flood_limit)
@@ -130,6 +132,50 @@ def selection(columns: list[str]) -> list[str] | None:
 def _order(feed: ChangeFeed, stamps: tuple[Stamp, ...]) -> list[str]:
     """By the one stamp (then key), or by key alone when rows have several stamps to be newest by."""
     return [feed.stamp, feed.column(feed.key)] if len(stamps) == 1 else [feed.column(feed.key)]
+
+
+def _usable(feed: ChangeFeed, stamps: tuple[Stamp, ...], rows, *, dated: bool = True) -> tuple[list[dict], list[dict]]:
+    """The rows a poll can use, and those of them the cursor may move past; the others logged and skipped.
+
+    A row that cannot be compared (not an object, no GUID key, a change time that is no instant, or
+    none at all when `dated`: it was asked for by its change time) is one answer's fault: the set's
+    other changes go on. Its own change is not seen, so the cursor must not pass it: a feed with one
+    stamp is read in stamp order, so the rows before it may count; one read in key order (several
+    stamps) keeps its cursor until InLoox answers the row right.
+    """
+    usable, passed, skipped = [], [], False
+    for number, row in enumerate(rows, start=1):
+        problem = row_problem(row, (feed.column(feed.key),), [s.column for s in stamps])
+        if not problem and dated and all(row.get(s.column) is None for s in stamps):
+            problem = "it has no change time, though it was read for one"
+        if problem:
+            log.warning("%s: poll %s: row %d of %s skipped: %s", workspaces.current().name, feed.entity_set,
+                        number, feed.view, problem)
+            skipped = True
+            continue
+        usable.append(row)
+        if not skipped:
+            passed.append(row)
+    return usable, passed if len(stamps) == 1 or not skipped else []
+
+
+def row_problem(row, key: tuple[str, ...], stamps: list[str] = ()) -> str:
+    """Why a row of an InLoox answer cannot be compared with its snapshot ("" when it can).
+
+    Its key must be there (a GUID when it is one column: every InLoox key is) and each change time an
+    ISO date-time with a UTC offset, or null: `2025-04-01T09:00:00` names no instant, and Python
+    cannot even compare it with one.
+    """
+    if not isinstance(row, dict):
+        return f"it is not an object but {reprlib.repr(row)}"
+    for column in key:
+        value = row.get(column)
+        if value is None or (len(key) == 1 and not is_guid(value)):
+            return f"its key {column} is {'missing' if value is None else reprlib.repr(value) + ', not a GUID'}"
+    for column in stamps:
+        if row.get(column) is not None and _moment(row[column]) is None:
+            return f"its change time {column} is {reprlib.repr(row[column])}, not a date-time with a UTC offset"
+    return ""
 
 
 def _newest_stamp(stamps: tuple[Stamp, ...], row: dict) -> Stamp:
@@ -212,7 +258,8 @@ def _fetch(client: Client, feed: ChangeFeed, keys: list[str]) -> dict[str, dict]
     for start in range(0, len(keys), FETCH_CHUNK):
         chunk = keys[start:start + FETCH_CHUNK]
         for row in client.query(feed.entity_set, filter=or_(*(eq(feed.key, k) for k in chunk))):
-            entities[str(row[feed.key])] = row
+            if not row_problem(row, (feed.key,)):  # else the event carries the view's row, as for a missing one
+                entities[str(row[feed.key])] = row
     return entities
 
 
@@ -236,7 +283,8 @@ def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
     store = SnapshotStore(connection, feed.entity_set, workspaces.current().prefix)
     # Known keys first: an entity created after this line cannot be mistaken for a deleted one.
     known = store.keys()
-    existing = {str(row[feed.key]) for row in client.query(feed.entity_set, select=[feed.key])}
+    existing = {_listed_key(feed, number, row)
+                for number, row in enumerate(client.query(feed.entity_set, select=[feed.key]), start=1)}
     result = PollResult(feed.entity_set, rows=len(existing))
     gone = {k: s for k, s in store.load(sorted(known - existing)).items() if s is not None}
     hops = guards.hops_of(connection, feed.entity_set, gone)
@@ -250,6 +298,15 @@ def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
     return result
 
 
+def _listed_key(feed: ChangeFeed, number: int, row) -> str:
+    """A key the sweep reads; a row it cannot read fails the sweep: skipped, its entity would look deleted."""
+    problem = row_problem(row, (feed.key,))
+    if problem:
+        raise InLooxError(f"sweep {feed.entity_set}: row {number} of {feed.entity_set} cannot be read: {problem}",
+                          method="GET")
+    return str(row[feed.key])
+
+
 def deleted_event(entity_set: str, key: str, snapshot: dict, occurred_at: datetime, event_id: str,
                   hops: int = 0) -> Event:
     """A `deleted` event from the entity's last snapshot; chained when our own delete left a note (hops > 0)."""
@@ -260,9 +317,10 @@ def deleted_event(entity_set: str, key: str, snapshot: dict, occurred_at: dateti
 
 def _baseline(client, store, feed, watched, stamps) -> PollResult:
     """First poll: remember every row as it is now and fire nothing."""
-    rows = list(client.query(feed.view, select=_select(feed, watched, stamps), orderby=_order(feed, stamps)))
+    rows, passed = _usable(feed, stamps, client.query(feed.view, select=_select(feed, watched, stamps),
+                                                      orderby=_order(feed, stamps)), dated=False)
     snapshots = {str(r[feed.column(feed.key)]): _snapshot(feed, watched, stamps, r) for r in rows}
-    store.save_many(snapshots, _newest(None, rows, stamps) or "1970-01-01T00:00:00Z")
+    store.save_many(snapshots, _newest(None, passed, stamps) or "1970-01-01T00:00:00Z")
     return PollResult(feed.entity_set, rows=len(rows), baseline=True)
 
 
@@ -273,7 +331,13 @@ def _newest(cursor: str | None, rows: list[dict], stamps: tuple[Stamp, ...]) -> 
 
 
 def _instant(stamp: str) -> datetime:
-    return parse_datetime(stamp) or datetime.min.replace(tzinfo=timezone.utc)
+    return _moment(stamp) or datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _moment(stamp) -> datetime | None:
+    """The instant of a change time; None when it is none (not a date-time, or one without a UTC offset)."""
+    moment = parse_datetime(stamp) if isinstance(stamp, str) else None
+    return moment if moment is not None and moment.tzinfo is not None else None
 
 
 def seen_key(event: Event) -> str:

@@ -31,12 +31,13 @@ import redis
 
 from engine.diff import diff_snapshots
 from engine.events import Event, id_part
-from inloox import Client, and_, eq, or_
+from inloox import Client, InLooxError, and_, eq, or_
 from inloox.changes import PAGE_SIZE, Scan
 from workers import guards, workspaces
 from workers.intake import submit_event
 from workers.poller.poll import (
-    FETCH_CHUNK, PollResult, PollSettings, deleted_event, hold_flood, seen_key, selection, watched_fields,
+    FETCH_CHUNK, PollResult, PollSettings, deleted_event, hold_flood, row_problem, seen_key, selection,
+    watched_fields,
 )
 from workers.poller.snapshots import SnapshotStore
 
@@ -100,7 +101,7 @@ def _read(client: Client, scan: Scan, watched: list[str], keep_lease) -> dict[st
     rows = {}
     for count, row in enumerate(client.query(scan.entity_set, select=selection([*scan.key, *watched]),
                                              orderby=list(scan.key)), start=1):
-        rows[scan.key_text(row)] = row
+        rows[_key_text(scan, count, row)] = row
         if count % PAGE_SIZE == 0:
             _keep(keep_lease)
     return rows
@@ -141,9 +142,21 @@ def _read_keys(client: Client, scan: Scan, keys: Iterable[dict], *, select: list
     keys, found = list(keys), {}
     for start in range(0, len(keys), FETCH_CHUNK):
         chunk = [and_(*(eq(k, parts[k]) for k in scan.key)) for parts in keys[start:start + FETCH_CHUNK]]
-        for row in client.query(scan.entity_set, filter=or_(*chunk), select=select):
-            found[scan.key_text(row)] = row
+        for number, row in enumerate(client.query(scan.entity_set, filter=or_(*chunk), select=select), start=1):
+            found[_key_text(scan, number, row)] = row
     return found
+
+
+def _key_text(scan: Scan, number: int, row) -> str:
+    """The key of a row read; a row that cannot be read fails the scan, which keeps nothing of it.
+
+    Skipped, it would be missing from the scan, and its entity taken for a deleted one.
+    """
+    problem = row_problem(row, scan.key)
+    if problem:
+        raise InLooxError(f"scan {scan.entity_set}: row {number} of an answer cannot be read: {problem}",
+                          method="GET")
+    return scan.key_text(row)
 
 
 def _ours(connection, scan: Scan, keys: list[str], *, since: datetime) -> dict[str, int]:
