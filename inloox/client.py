@@ -44,6 +44,11 @@ DEFAULT_TIMEOUT = (5.0, 30.0)  # seconds to connect; seconds for a whole answer 
 # megabytes of gzip that inflate to gigabytes would otherwise take that process, and every customer on
 # it, down. A page of 100 rows is a few hundred kilobytes; many threads may each hold this much at once.
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+# Pages one query follows through @odata.nextLink: 1,000,000 rows at InLoox's 100 a page, ten times a
+# large account's whole task list (100,000 tasks: the 1,000 pages a baseline, sweep or scan reads).
+# A server whose every page links to one never read before (a skiptoken counting up) would otherwise
+# hold the reading thread for good, and a poll that keeps its rows would grow until its process died.
+MAX_PAGES = 10_000
 _READ_CHUNK = 256 * 1024  # decompressed bytes per read: urllib3's decoders inflate no more than asked
 DEFAULT_POOL_SIZE = 10  # connections kept open: size it to the number of threads sharing the client
 NAMESPACE = "Default"  # where InLoox's bound actions and functions live
@@ -110,7 +115,7 @@ class Client:
                  on_response: Callable[[str, int | None], None] | None = None,
                  throttle: Callable[[str], None] | None = None,
                  on_received: Callable[[int], None] | None = None,
-                 parse: Callable[[str], Any] = json.loads):
+                 parse: Callable[[str], Any] = json.loads, max_pages: int = MAX_PAGES):
         """`on_response(method, status)` is called after every request (status None: no answer came).
 
         `throttle(method)` is called right before every request; it may sleep, or raise
@@ -119,12 +124,14 @@ class Client:
         `parse(text)` turns an answer's text into data; a ValueError from it (its message is kept) makes the
         answer one that is not JSON. The workers pass `engine.bodies`' parser, which holds an answer to
         the limits a webhook's body meets (depth, lone surrogates); the engine is not this package's to import.
+        `max_pages`: how many pages one query follows before it raises InLooxError.
         """
         self.base_url = _normalized_base_url(base_url)
         self.on_response = on_response
         self.throttle = throttle
         self.on_received = on_received
         self._parse = parse
+        self.max_pages = max_pages
         self.timeout = _checked_timeout(timeout)
         self.metadata = metadata if metadata is not None else load_metadata()
         self._api_key = _ApiKey(token)
@@ -268,6 +275,10 @@ class Client:
         link = page.get("@odata.nextLink")
         if not link:
             return None
+        if len(read) >= self.max_pages:
+            shown = self._shown(current)
+            raise InLooxError(f"refusing to follow @odata.nextLink from {shown}: the answer runs to more than "
+                              f"{self.max_pages} pages", method="GET", url=shown)
         # Followed verbatim, as OData requires; only a relative link is resolved against the base URL.
         url = link if urlsplit(link).scheme else urljoin(self.base_url, link)
         if _origin(url) != _origin(self.base_url) or url in read:

@@ -27,7 +27,7 @@ from inloox import (
     TransportError, UnexpectedRedirect, eq,
 )
 from inloox import together
-from inloox.client import MAX_ANSWER_BYTES
+from inloox.client import MAX_ANSWER_BYTES, MAX_PAGES
 from tests.support.processes import free_port
 
 TOKEN = "ilx_SENTINELsentinelSENTINELsentinel01"
@@ -101,6 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
         if payload is DROP:
             self.close_connection = True
             return
+        if callable(payload):
+            payload = payload(relative)  # an answer made for this request (e.g. a nextLink never seen before)
         self._write(status, payload, headers)
 
     def _write(self, status, payload, headers):
@@ -223,6 +225,24 @@ def test_next_links_that_go_round_in_a_circle_are_refused_not_followed_forever(s
             rows.append(row["n"])
             assert len(rows) < 50, f"went round the circle of pages: {rows[:10]}…"
     assert rows == [0, 1, 2] and len(server.received) == 3
+
+
+def test_next_links_that_never_end_are_followed_no_further_than_a_bound(server):
+    # Each page links to a page never read before (a skiptoken counting up forever): the circle check
+    # never fires, and a poll reading it with list(...) would grow until its process died.
+    def endless(path):
+        number = int(path.rpartition("=")[2]) if "=" in path else 0
+        return _page([{"n": number}], next_link=f"{server.url}Task?$skiptoken={number + 1}")
+    server.reply("GET", "Task", body=endless)
+    assert MAX_PAGES >= 1_000  # a large account's 100,000 tasks are read whole, 100 a page
+    rows = 0
+    # A bound of 20 here: 10,000 pages of the stdlib server take minutes.
+    with Client(server.url, TOKEN, timeout=(2, 2), max_pages=20) as client, \
+            pytest.raises(InLooxError, match="more than 20 pages"):
+        for _ in client.query("Task"):
+            rows += 1
+            assert rows <= 20, "followed fresh nextLinks past 20 pages"
+    assert rows == 20 and len(server.received) == 20
 
 
 def test_next_link_is_followed_verbatim(server, client):
