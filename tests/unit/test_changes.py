@@ -10,6 +10,7 @@ from inloox.changes import ChangeFeed, Scan, change_feed, observation, scan_requ
 from inloox.metadata import load_metadata
 from web.rules_cli import rules_cli
 from workers.poller.loop import watched_sets
+from workers.poller.poll import row_problem
 from workers.poller.settings import PollerSettings, parse_scan_seconds
 
 RULE = """
@@ -117,3 +118,17 @@ def test_unreadable_scan_intervals_are_refused(text, words):
 def test_the_poller_watches_every_field_a_trigger_reads(tmp_path, options, fields):
     (tmp_path / "rule.yaml").write_text(RULE.format(entity_set="Task", options=options))
     assert watched_sets(load_rules(tmp_path)) == {"Task": fields}
+
+
+@pytest.mark.parametrize("row, problem", [
+    ({"Key": "new-timeline"}, ""),  # FeatureFlagInfo's key is text, not a GUID: its scan reads every row
+    ({"Key": "3fa85f64-5717-4562-b3fc-2c963f66afa6"}, ""),
+    ({"Key": None}, "its key Key is missing"),
+    ({"Key": True}, "its key Key is True, not text or a number"),
+    ({"Key": {"id": 1}}, "its key Key is {'id': 1}, not text or a number"),
+    (["Key"], "it is not an object but ['Key']"),
+])
+def test_a_row_of_a_set_keyed_by_text_is_read_and_a_key_that_is_not_a_value_is_refused(row, problem):
+    assert observation("FeatureFlagInfo") == Scan("FeatureFlagInfo", ("Key",))
+    assert load_metadata().entity_set("FeatureFlagInfo").property("Key").type == "Edm.String"
+    assert row_problem(row, ("Key",)) == problem

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 import redis
 
 from engine.diff import diff_snapshots
-from engine.edm import is_guid, parse_datetime
+from engine.edm import parse_datetime
 from engine.events import Event
 from inloox import Client, InLooxError, eq, ge, or_
 from inloox.changes import ChangeFeed, Stamp
@@ -162,16 +162,18 @@ def _usable(feed: ChangeFeed, stamps: tuple[Stamp, ...], rows, *, dated: bool = 
 def row_problem(row, key: tuple[str, ...], stamps: list[str] = ()) -> str:
     """Why a row of an InLoox answer cannot be compared with its snapshot ("" when it can).
 
-    Its key must be there (a GUID when it is one column: every InLoox key is) and each change time an
-    ISO date-time with a UTC offset, or null: `2025-04-01T09:00:00` names no instant, and Python
-    cannot even compare it with one.
+    Its key must be there, as text or a number (not always a GUID: FeatureFlagInfo's is text, and a
+    scan may watch it), and each change time an ISO date-time with a UTC offset, or null:
+    `2025-04-01T09:00:00` names no instant, and Python cannot even compare it with one.
     """
     if not isinstance(row, dict):
         return f"it is not an object but {reprlib.repr(row)}"
     for column in key:
         value = row.get(column)
-        if value is None or (len(key) == 1 and not is_guid(value)):
-            return f"its key {column} is {'missing' if value is None else reprlib.repr(value) + ', not a GUID'}"
+        if value is None or value == "":
+            return f"its key {column} is missing"
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return f"its key {column} is {reprlib.repr(value)}, not text or a number"
     for column in stamps:
         if row.get(column) is not None and _moment(row[column]) is None:
             return f"its change time {column} is {reprlib.repr(row[column])}, not a date-time with a UTC offset"
