@@ -23,7 +23,7 @@ from flask import Blueprint, abort, current_app, redirect, render_template, requ
 from web import charts, times
 from web.resources import get_context, get_redis
 from web.resources import get_registry
-from web.workspace import admin_token_hashes, bearer_token, is_admin, require_workspace
+from web.workspace import admin_token_hashes, bearer_token, is_admin, operator_open, require_workspace
 from web.events import replay_summary, selected_entries, since_epoch
 from web.workspace_states import workspace_states
 from web.usage import usage_page
@@ -92,10 +92,12 @@ def _presented(hashes: list[str]) -> bool:
 
 
 def is_operator_session() -> bool:
-    """True for the operator's session or bearer token, and for everyone let in when no OPERATOR_TOKEN is
-    configured (local development: the dashboard's own login, if any, already let them in)."""
+    """True for the operator's session or bearer token, and for everyone while the operator's powers are open
+    (web.workspace.operator_open: no OPERATOR_TOKEN and no admin token anywhere, i.e. local development)."""
+    if operator_open():
+        return True
     operator = current_app.config.get("OPERATOR_TOKEN")
-    return not operator or _presented([registry.token_hash(operator)])
+    return bool(operator) and _presented([registry.token_hash(operator)])
 
 
 def _same(given: str, expected: str) -> bool:

@@ -108,6 +108,17 @@ def is_operator(given: str) -> bool:
     return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def operator_open() -> bool:
+    """True when the operator's powers are anyone's: no OPERATOR_TOKEN, and no workspace has an admin token
+    either (local development); a workspace this process cannot read is taken to have one."""
+    if current_app.config.get("OPERATOR_TOKEN"):
+        return False
+    # Open while an admin token guards a workspace, anyone (that workspace's admin, another customer's, a
+    # stranger) could change, pause or delete it, or mint it a new admin token: the token would be worth nothing.
+    view = get_registry()
+    return not view.unreadable() and not any(w.admin_token_hash or w.admin_token for w in view.workspaces().values())
+
+
 def is_admin(given: str) -> bool:
     """True when `given` is an admin token of the current workspace (or no token is configured at all)."""
     workspace = workspaces.current()

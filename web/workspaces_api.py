@@ -25,7 +25,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from web.resources import get_keyring, get_redis, get_registry
-from web.workspace import bearer_token, require_operator_token
+from web.workspace import bearer_token, operator_open, require_operator_token
 from workers import registry, workspaces
 from workers.workspace_export import export
 
@@ -123,18 +123,12 @@ def _require_owner(name: str) -> None:
 
 def _require_operator() -> None:
     """The operator's token; with none configured, only a deployment whose workspaces have no admin token either."""
-    if not current_app.config.get("OPERATOR_TOKEN") and _admin_tokens_in_use():
-        # Open here, anyone could mint a workspace a new admin token (or change, pause or delete it): the admin
-        # token that guards its own routes would be worth nothing, one customer's against another's neither.
+    if operator_open():
+        return
+    if not current_app.config.get("OPERATOR_TOKEN"):
         abort(401, "the operator API needs OPERATOR_TOKEN, since workspaces have admin tokens; "
                    "without it, use `flask workspaces`")
     require_operator_token()
-
-
-def _admin_tokens_in_use() -> bool:
-    """Whether any workspace has an admin token (one this process cannot read is taken to have one)."""
-    view = get_registry()
-    return bool(view.unreadable()) or any(w.admin_token_hash or w.admin_token for w in view.workspaces().values())
 
 
 def _valid(name: str) -> bool:

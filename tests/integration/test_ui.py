@@ -296,6 +296,24 @@ def test_a_workspace_admin_may_not_see_or_use_the_workspaces_page(operated):
     assert stranger.post("/ui/workspaces/acme/pause").status_code == 401
 
 
+def test_without_an_operator_token_a_workspace_admin_may_not_pause_another_workspace(redis_url, sandbox):
+    from workers.workspaces import Workspace
+
+    # Two customers with admin tokens, no OPERATOR_TOKEN: acme's admin, logged into acme's dashboard, counted as
+    # the operator there and paused globex through acme's own workspaces page.
+    served = {name: Workspace(name, sandbox.base_url, ENGINE_TOKEN, admin_token=f"{name}-admin-7Kp")
+              for name in ("acme", "globex")}
+    app = create_app({"REDIS_URL": redis_url, "WORKSPACES": served})
+    acme = app.test_client()
+    assert acme.post("/workspaces/acme/ui/login", data={"token": "acme-admin-7Kp"}).status_code == 302
+    assert acme.get("/workspaces/acme/ui/rules").status_code == 200  # its own dashboard still opens
+    assert acme.post("/workspaces/acme/ui/workspaces/globex/pause").status_code == 403
+    assert acme.get("/workspaces/acme/ui/workspaces").status_code == 403
+    assert 'href="/workspaces/acme/ui/workspaces"' not in page(acme, "/workspaces/acme/ui/rules")
+    globex = app.test_client().get("/workspaces/globex", headers={"Authorization": "Bearer globex-admin-7Kp"})
+    assert globex.get_json()["paused"] is False  # nothing changed
+
+
 def signed_post(client, path: str, body: dict, msg_id: str, *, secret: str = WEBHOOK_SECRET):
     """A Standard-Webhooks-signed POST through the test client (as tests.support.stack.deliver does over HTTP)."""
     raw, stamp = json.dumps(body), int(time.time())
