@@ -9,9 +9,11 @@
     confirm(command, code)      typed `confirm <code>` and Slack's Confirm button alike: one claim decides
     cancel(command, code)       Slack's Cancel button: the pending event dropped, so no confirm can run it
 
-A pending plan is settled once, by one Lua script (`_SETTLE`): it takes the pending event and records
-the outcome (confirmed or cancelled) in the same step, so a typed confirm, a click and a second click
-cannot both run it, and the later ones are told what became of it.
+A pending plan is settled once, by one Lua script (`_SETTLE`): it records the outcome (confirmed or
+cancelled) and a cancel takes the pending event in the same step, so a typed confirm, a click and a
+second click cannot both run it, and the later ones are told what became of it. A confirm's event
+leaves in the step that submits it (deduplicated): a confirm that met a Redis failure before that
+step is answered "try again", and the next one submits it.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from engine.commands import chat_commands, confirmation_reason, describe_plan, h
 from engine.match import bindings
 from inloox import and_, contains, eq
 from web.resources import get_context, get_inloox, get_redis, inloox_slot
+from workers import failpoints
 from workers.intake import submit_event
 from workers.workspaces import current, key
 
@@ -186,10 +189,16 @@ def confirm(command: ChatCommand, code: str) -> str:
     held, settled = _settle(command, code, CONFIRMED)
     if held is None:
         return _not_waiting(code, settled)
+    failpoints.hit("chat_confirmed")
     event = Event.from_dict(json.loads(held))
     # The newer response_url: Slack's URLs expire, and the person expects the answer under `confirm`.
     event = replace(event, payload={**event.payload, "response_url": command.response_url})
-    submit_event(get_redis(), event, dedup_key=key(f"chat:confirmed:{event.id}"), dedup_ttl=DEDUP_TTL_SECONDS)
+    pending = _pending_key(command, code)
+    # The held event goes in the step that submits it: until then (Redis failed in between) a confirm sent again
+    # submits it, and the dedup key lets only one of two confirms at once through.
+    if not submit_event(get_redis(), event, dedup_key=key(f"chat:confirmed:{event.id}"), dedup_ttl=DEDUP_TTL_SECONDS,
+                        also=lambda pipe: pipe.delete(pending)):
+        return _not_waiting(code, CONFIRMED)
     return f"Confirmed: `{event.payload['typed']}` is on its way." + (
         " The result follows here." if command.response_url else "")
 
@@ -211,19 +220,35 @@ def _not_waiting(code: str, settled: str | None) -> str:
 
 
 # KEYS: the pending event, its outcome. ARGV: the outcome to record, its TTL.
-# Returns {event JSON, false} to the one caller that took the event, else {false, the outcome or false}.
+# Returns {event JSON, false} to a caller that goes on with the event, else {false, the outcome or false}.
+# A cancel takes the event. A confirm leaves it, for as long as the outcome is kept, to `confirm`'s submit, which
+# removes it: a confirm sent again after Redis failed before that submit goes on with it too (and only one of them
+# gets the event submitted, by its dedup key).
 _SETTLE = """
-local held = redis.call('GETDEL', KEYS[1])
-if held then
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-  return {held, false}
+local held = redis.call('GET', KEYS[1])
+local settled = redis.call('GET', KEYS[2])
+if settled then
+  if held and settled == 'confirmed' and ARGV[1] == 'confirmed' then
+    return {held, false}
+  end
+  return {false, settled}
 end
-return {false, redis.call('GET', KEYS[2])}
+if not held then
+  return {false, false}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+if ARGV[1] == 'confirmed' then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+return {held, false}
 """
 
 
 def _settle(command: ChatCommand, code: str, outcome: str) -> tuple[str | None, str | None]:
-    """(the held event's JSON if this call took it, else None; the outcome an earlier call recorded, if any)."""
+    """(the held event's JSON if this call may go on with it, else None; the outcome an earlier call recorded, if
+    any). The first call records its outcome; a confirm after a confirm whose event was not submitted goes on too."""
     held, settled = get_redis().eval(_SETTLE, 2, _pending_key(command, code), _settled_key(command, code),
                                      outcome, SETTLED_TTL_SECONDS)
     return (held.decode() if held else None), (settled.decode() if settled else None)

@@ -41,6 +41,7 @@ The points (see docs/execution.md, "Crash points"):
                     installed: workers/worker.py bootstrap)
     rq_turn         RQ's loop starts a turn (its check for suspension: workers/worker.py)
     rq_wait         RQ's loop starts to wait for a job (before it writes its state "idle": workers/worker.py)
+    chat_confirmed  a chat confirmation took its held plan, its event not yet submitted (web/commands.py confirm)
 """
 from __future__ import annotations
 
@@ -99,7 +100,9 @@ def hit(name: str, *, when: bool = True, subject: str = "") -> None:
         return
     if name in _FREEZING:  # the test sees the process stopped (state T) and continues it (SIGCONT)
         os.write(2, f"failpoint {name}: SIGSTOP (hit {count})\n".encode())
-        os.kill(os.getpid(), signal.SIGSTOP)
+        # To this thread: sent to the process, the kernel may hand the stop to another thread (the main one, idle in
+        # a select), and this one runs on meanwhile, long enough to send a request the point was to come before.
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
         return
     os.write(2, f"failpoint {name}: SIGKILL (hit {count})\n".encode())  # the test reads where it died
     os.kill(os.getpid(), signal.SIGKILL)

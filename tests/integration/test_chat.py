@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import json
 import re
+import signal
+import threading
 import time
 from urllib.parse import urlencode
 
@@ -21,9 +23,12 @@ from workers import eventlog
 from slack_sdk.signature import SignatureVerifier
 
 from app import create_app
+from tests.support.crashes import frozen_at
 from tests.support.processes import wait_until
 from tests.support.stack import all_runs, make_task, write_rule
+from tests.support.valkey import Valkey
 from web.signatures import SignatureError, verify_slack
+from web.slack_buttons import CONFIRM
 
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TEAMS_TOKEN = base64.b64encode(b"teams-security-token-for-tests!!").decode()
@@ -455,6 +460,56 @@ def test_a_cancel_click_drops_the_plan_so_no_confirm_runs_it(chat_stack, stack_c
     assert "was cancelled; nothing runs" in chat_stack(f"confirm {code}", "rt-8").json()["text"]
     assert sandbox.count("Task", f"TaskItemId eq {task}") == 1
     assert all_runs(redis_url) == [] and queued_events(redis_url) == []
+
+
+@pytest.fixture
+def own_valkey(tmp_path, engine):
+    """This test's own Valkey (AOF in tmp_path), which the test may stop and start again; the stack uses it."""
+    server = Valkey(tmp_path / "redis").start()
+    engine.env["REDIS_URL"] = server.url
+    yield server
+    engine.end()  # the stack's processes go before their Redis does
+    if server.alive():
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_confirm_click_that_meets_a_redis_outage_runs_the_plan_once_when_clicked_again(
+        engine, own_valkey, rules_dir, sandbox, receiver):
+    """Redis goes away after a Confirm click took the held plan and before its event is submitted: the click is
+    answered 503 ("please click again"); the next click runs the plan, once, rather than "Already confirmed"."""
+    write_rule(rules_dir, "drop", DROP_RULE)
+    engine.env.update(SLACK_SIGNING_SECRET=SLACK_SECRET)
+    engine.worker()
+    engine.env["ENGINE_FAILPOINTS"] = "freeze:chat_confirmed"  # the web only: it stops once the plan is taken
+    web = engine.web()
+    del engine.env["ENGINE_FAILPOINTS"]
+    [web_process] = [p for p in engine.processes if p.name == "web"]
+
+    def click_confirm(code: str) -> requests.Response:
+        body = click_body(CONFIRM, code, response_url=f"{receiver.url}/slack-action")
+        return requests.post(f"{web}/chat/slack/interactive", data=body, headers=slack_headers(body), timeout=60)
+
+    task = make_task(sandbox, "Old task")
+    body = slack_body(f"drop {task}", trigger_id="rt-outage", response_url=f"{receiver.url}/slack-response")
+    code = held_code(requests.post(f"{web}/chat/slack", data=body, headers=slack_headers(body), timeout=10).json())
+
+    first: list[requests.Response] = []
+    clicking = threading.Thread(target=lambda: first.append(click_confirm(code)))
+    clicking.start()
+    wait_until(lambda: frozen_at(web_process, "chat_confirmed"), 20, "the web to freeze with the plan taken")
+    own_valkey.stop()  # a clean stop writes the AOF: the take is still there when Valkey is back
+    web_process.signal(signal.SIGCONT)
+    clicking.join(60)
+    assert first and first[0].status_code == 503, first and first[0].text
+    own_valkey.start()
+
+    assert click_confirm(code).status_code == 200
+    [outcome] = wait_until(lambda: [m for m in posted(receiver, "/slack-action") if m.get("replace_original")], 20,
+                           "the second click's outcome")
+    assert outcome["text"].startswith("Confirmed:"), outcome["text"]
+    wait_until(lambda: sandbox.count("Task", f"TaskItemId eq {task}") == 0, 20, "the confirmed delete to run")
+    assert [r["rule_id"] for r in all_runs(own_valkey.url)] == ["chat-drop"]
 
 
 def test_time_is_booked_for_the_person_who_typed_the_command(chat_stack, sandbox, receiver):

@@ -12,11 +12,11 @@ import itertools
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.support.crashes import frozen_at
 from tests.support.partition import Partition
 from tests.support.processes import wait_until
 from tests.support.stack import (BOOKING_RULE, PREFIX, PROJECT, all_runs, deliver, ensure_project, make_task, runs_in,
@@ -297,14 +297,6 @@ def test_a_worker_stops_on_sigterm_while_redis_is_down(stack, killable_valkey, r
 
     wait_until(lambda: not worker.alive(), 15, "the worker to stop although Redis is away")
     assert "Traceback" not in worker.output()
-
-
-def frozen_at(process, point: str) -> bool:
-    """The process stopped itself at failpoint `point` (ENGINE_FAILPOINTS=freeze:…) and is stopped still."""
-    if f"failpoint {point}: SIGSTOP" not in process.output():
-        return False
-    stat = Path(f"/proc/{process.popen.pid}/stat").read_text()
-    return stat.rpartition(")")[2].split()[0] == "T"  # the state follows the command's name in parentheses
 
 
 def frozen_worker(stack, valkey, rules_dir, failpoints: str, point: str):

@@ -1,6 +1,8 @@
-"""Helpers for crash tests: workers armed with failpoints (workers/failpoints.py), and which event
-log consumer a worker process is, so a test can kill it while it has events in flight."""
+"""Helpers for crash tests: workers armed with failpoints (workers/failpoints.py), whether a process froze at
+one, and which event log consumer a worker process is, so a test can kill it while it has events in flight."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import redis
 
@@ -27,6 +29,14 @@ def died_at(process: Process) -> str | None:
         if line.startswith("failpoint ") and ": SIGKILL" in line:
             return line.split()[1].rstrip(":")
     return None
+
+
+def frozen_at(process: Process, point: str) -> bool:
+    """The process stopped itself at failpoint `point` (ENGINE_FAILPOINTS=freeze:…) and is stopped still."""
+    if f"failpoint {point}: SIGSTOP" not in process.output():
+        return False
+    stat = Path(f"/proc/{process.popen.pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] == "T"  # the state follows the command's name in parentheses
 
 
 def consumer_name(redis_url: str, process: Process) -> str | None:
