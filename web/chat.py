@@ -80,13 +80,33 @@ def teams():
     except SignatureError as exc:
         abort(401, f"Teams signature rejected: {exc}")
     activity = request.get_json(force=True)  # signed by Teams; unreadable JSON is a 400 saying why (web.json_bodies)
-    if not isinstance(activity, dict) or not activity.get("id"):
-        abort(400, "the body is not a Teams activity with an id")
-    sender = activity.get("from") or {}
-    command = ChatCommand(
-        surface="teams", request_id=str(activity["id"]), text=_MENTION.sub("", activity.get("text") or "").strip(),
-        user={"id": sender.get("aadObjectId") or sender.get("id", ""), "name": sender.get("name", "")})
+    try:
+        command = _teams_command(activity)
+    except BodyError as exc:
+        abort(400, str(exc))
     return jsonify(type="message", text=_answer(command).text)
+
+
+def _teams_command(activity) -> ChatCommand:
+    """The command in a Teams activity; a BodyError says which field is missing or of the wrong type.
+
+    Signed is not well-formed: the person's id keys their confirmation codes, and what the activity
+    holds goes into the event log, so each field is checked as any body from outside.
+    """
+    if not isinstance(activity, dict) or not isinstance(activity.get("id"), str) or not activity["id"]:
+        raise BodyError("the body is not a Teams activity with an id")
+    text, sender = activity.get("text") or "", activity.get("from")
+    if not isinstance(text, str):
+        raise BodyError("the activity's 'text' is not a string")
+    if not isinstance(sender, dict):
+        raise BodyError("the activity's 'from' is not an object")
+    if not isinstance(sender.get("id"), str) or not sender["id"]:
+        raise BodyError("the activity's 'from' has no id")
+    for name in ("name", "aadObjectId"):
+        if not isinstance(sender.get(name, ""), str):
+            raise BodyError(f"the activity's 'from.{name}' is not a string")
+    return ChatCommand(surface="teams", request_id=activity["id"], text=_MENTION.sub("", text).strip(),
+                       user={"id": sender.get("aadObjectId") or sender["id"], "name": sender.get("name", "")})
 
 
 def _verify_slack() -> None:

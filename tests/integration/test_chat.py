@@ -353,6 +353,31 @@ def test_teams_signature_matrix(chat_app, auth, status):
         assert response.json["type"] == "message" and "done <task>" in response.json["text"]
 
 
+ANN = {"id": "29:1", "name": "Ann Other", "aadObjectId": "aad-ann"}
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"text": 42}, "'text' is not a string"),
+    ({"text": ["done", "Write report"]}, "'text' is not a string"),
+    ({"from": "Ann Other"}, "'from' is not an object"),
+    ({"from": ["29:1"]}, "'from' is not an object"),
+    ({"from": {"name": "Ann Other"}}, "'from' has no id"),
+    ({"from": {**ANN, "id": 29}}, "'from' has no id"),
+    ({"from": {**ANN, "name": {"first": "Ann"}}}, "'from.name' is not a string"),
+    ({"from": {**ANN, "aadObjectId": ["aad-ann"]}}, "'from.aadObjectId' is not a string"),
+    ({"id": {"n": 1}}, "not a Teams activity with an id"),
+])
+def test_a_signed_teams_activity_of_the_wrong_shape_is_a_400_naming_what(chat_app, redis_url, fields, named):
+    # Signed is not well-formed: what Teams (or whoever holds the token) sends is checked as any body from outside.
+    raw = json.dumps({"type": "message", "id": "act-bad", "text": "<at>InLoox</at> done Write report", "from": ANN,
+                      **fields}).encode()
+    response = chat_app.test_client().post("/chat/teams", data=raw, headers={"content-type": "application/json",
+                                                                             "Authorization": teams_auth(raw)})
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert named in response.json["error"]["message"]
+    assert queued_events(redis_url) == []
+
+
 def test_teams_commands_are_deduplicated_by_activity_id(chat_app, sandbox, redis_url):
     make_task(sandbox, "Write report")
     client = chat_app.test_client()
