@@ -195,8 +195,7 @@ def rules():
 def runs():
     """Runs, newest first, filtered by rule, status, source and age (hours)."""
     args = request.args
-    hours = args.get("hours", type=float)
-    since = datetime.now(timezone.utc) - timedelta(hours=hours) if hours and hours > 0 else None
+    since = _created_since(args.get("hours", type=float))
     found = list_runs(get_redis(), rule=args.get("rule") or None, status=args.get("status") or None, limit=500)
     shown = [r for r in found if (not args.get("source") or r.get("source") == args["source"])
              and (since is None or datetime.fromisoformat(r["created_at"]) >= since)][:200]
@@ -351,6 +350,17 @@ def _require_operator() -> None:
     # require_login already let in the workspace's admin; this page shows and acts on every workspace.
     if not is_operator_session():
         abort(403, "the workspaces page is the operator's: log in with OPERATOR_TOKEN")
+
+
+def _created_since(hours: float | None) -> datetime | None:
+    """The oldest creation time the runs page's `?hours=` shows; None (every run) for none, or for more hours than
+    the clock holds (inf, 1e300: an OverflowError). A clamp rather than a 400: no run is older, so it asks for all."""
+    if hours is None or not hours > 0:
+        return None
+    try:
+        return datetime.now(timezone.utc) - timedelta(hours=hours)
+    except OverflowError:
+        return None
 
 
 def _hours() -> int:

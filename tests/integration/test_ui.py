@@ -19,8 +19,8 @@ from workers import workspaces
 from workers.enqueue import queue_run
 from workers.poller.poll import PollSettings, poll_once
 from tests.support.processes import wait_until
-from tests.support.stack import (ENGINE_TOKEN, PROJECT, WATCH_RULE, WEBHOOK_SECRET, deliver, failed_form_run,
-                                 make_task, runs_in, write_form_rule, write_rule)
+from tests.support.stack import (ENGINE_TOKEN, PROJECT, WATCH_RULE, WEBHOOK_SECRET, deliver, ensure_project,
+                                 failed_form_run, make_task, runs_in, write_form_rule, write_rule)
 
 ADMIN = "admin-secret-token"
 
@@ -92,6 +92,16 @@ def test_runs_filter_and_a_retry_button_runs_a_failed_run_again(dashboard, stack
     wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 2, 20, "the retried run to succeed")
     assert 'id="status" class="status-succeeded"' in page(dashboard, f"/ui/runs/{failed['id']}")
     assert sandbox.count("Task") == 2
+
+
+@pytest.mark.parametrize("hours", ["inf", "1e300", "1e12", "1e8", "-inf", "nan"])
+def test_more_hours_than_the_clock_holds_lists_every_run(dashboard, stack, sandbox, redis_url, hours):
+    # `?hours=inf` (or 1e300, past timedelta's 999,999,999 days, or 1e8, before year 1) made the runs page a 500.
+    ensure_project(sandbox)
+    stack.worker()
+    deliver(stack.web(), {"title": "Call Bo", "project": PROJECT}, "msg_ui_hours")
+    [ok] = wait_until(lambda: runs_in(redis_url, "succeeded"), 20, "the run")
+    assert ok["id"] in page(dashboard, f"/ui/runs?hours={hours}")
 
 
 def test_rq_dashboard_shows_the_queued_job_to_the_admin_only(dashboard, redis_url, sandbox, rules_dir):
