@@ -139,16 +139,26 @@ operator("exists", operand="bool", explanation="the value is present and not nul
     lambda v, o, now: (v is not MISSING and v is not None) == o)
 
 
+def _instant(value: Any) -> datetime | None:
+    """The moment a value names, or None: text that is no date-time, or one without an offset.
+
+    "2025-03-01T00:00:00" (a webhook's, a row's) is a time on no clock we know; Python refuses to
+    compare it with `now` (a TypeError that failed the event for every rule), so it holds no more
+    than any other text that is not a date-time."""
+    moment = parse_datetime(value)
+    return moment if moment is not None and moment.utcoffset() is not None else None
+
+
 @operator("older_than", operand="duration", explanation="a date-time lies further back than a duration before now")
 def _older_than(value, operand, now):
-    moment = parse_datetime(value)
+    moment = _instant(value)
     return moment is not None and moment < now - operand
 
 
 @operator("newer_than", operand="duration", explanation="a date-time lies within a duration before now",
           synonyms=("within_last", "within_the_last", "younger_than"))
 def _newer_than(value, operand, now):
-    moment = parse_datetime(value)
+    moment = _instant(value)
     return moment is not None and moment >= now - operand
 
 

@@ -162,6 +162,17 @@ def test_typed_fields_coerce_guids_and_datetimes():
     assert task_reason(clause("task.EndDateTime", "lt", "{{ now }}"), {"EndDateTime": "2025-03-30T00:00:00Z"}) is None
 
 
+@pytest.mark.parametrize("clause,value", [
+    (v("older_than", "2d"), "2025-03-01T00:00:00"), (v("newer_than", "2d"), "2025-03-31T23:00:00"),
+])
+def test_a_date_time_without_an_offset_names_no_instant_and_does_not_hold(clause, value):
+    """A webhook's "2025-03-01T00:00:00" is a time on no clock we know: like text that is no date-time,
+    the clause does not hold. Compared with `now` it raised TypeError, which failed the event for
+    every rule of the workspace instead of being this clause's reason."""
+    assert reason(clause, {"v": value}) == f"if: webhook.body.v was {value!r}, wanted {clause['op']} '2d'"
+    assert task_reason(clause | {"path": "task.EndDateTime"}, {"EndDateTime": value}) is not None
+
+
 def test_change_paths_are_readable_in_conditions():
     assert task_reason(clause("change.WorkAmount.from", "lt", 2), {}, {"WorkAmount": (1, 3)}) is None
 
