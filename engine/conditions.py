@@ -85,20 +85,35 @@ def condition(name: str, *, explanation: str, keys: dict, extra: dict | None = N
         CONDITIONS[name] = ConditionKind(name, compile_fn, explanation, schema)
         return compile_fn
     return register
+
+
+# Booleans and numbers are unlike types, as in the JSON events carry them: Python's `True == 1` and
+# `True > 0` made `{path: webhook.body.count, op: gt, value: 0}` hold for `"count": true`.
+def _same(value: Any, operand: Any) -> bool:
+    """Equal as JSON values are: true is not 1, nor false 0."""
+    return value == operand and isinstance(value, bool) is isinstance(operand, bool)
+
+
+def _unlike(value: Any, operand: Any) -> bool:
+    """A boolean against a number (or against a bound of a pair), which Python would order."""
+    bounds = operand if isinstance(operand, tuple) else (operand,)
+    return any(isinstance(value, bool) is not isinstance(bound, bool) for bound in bounds)
+
+
 def _ordered(test):
     def safe(value, operand, now):
         try:
-            return value is not None and test(value, operand)
+            return value is not None and not _unlike(value, operand) and test(value, operand)
         except TypeError:  # comparing unlike types (text with a number) simply does not hold
             return False
     return safe
 
 
 operator("eq", operand="value", explanation="equals",
-         synonyms=("equals", "equal", "equal_to", "is", "=", "==", "same_as"))(lambda v, o, now: v == o)
+         synonyms=("equals", "equal", "equal_to", "is", "=", "==", "same_as"))(lambda v, o, now: _same(v, o))
 operator("ne", operand="value", explanation="does not equal",
          synonyms=("not_equal", "not_equals", "not_equal_to", "neq", "is_not", "!=", "<>", "differs_from"))(
-    lambda v, o, now: v != o)
+    lambda v, o, now: not _same(v, o))
 operator("lt", operand="value", explanation="is less than",
          synonyms=("less_than", "lower_than", "smaller_than", "fewer_than", "below", "<"))(_ordered(lambda v, o: v < o))
 operator("le", operand="value", explanation="is at most",
@@ -111,9 +126,11 @@ operator("ge", operand="value", explanation="is at least",
          synonyms=("greater_than_or_equal", "greater_than_or_equal_to", "greater_or_equal", "gte", "at_least", ">="))(
     _ordered(lambda v, o: v >= o))
 operator("in", operand="list", explanation="is one of the listed values",
-         synonyms=("in_list", "one_of", "is_one_of", "any_of", "is_in"))(lambda v, o, now: v in o)
+         synonyms=("in_list", "one_of", "is_one_of", "any_of", "is_in"))(
+    lambda v, o, now: any(_same(v, item) for item in o))
 operator("not_in", operand="list", explanation="is none of the listed values",
-         synonyms=("not_in_list", "none_of", "not_one_of", "nin", "is_not_in"))(lambda v, o, now: v not in o)
+         synonyms=("not_in_list", "none_of", "not_one_of", "nin", "is_not_in"))(
+    lambda v, o, now: not any(_same(v, item) for item in o))
 operator("between", operand="pair", explanation="lies between two values, inclusive",
          synonyms=("in_range", "range", "within_range"))(_ordered(lambda v, o: o[0] <= v <= o[1]))
 
@@ -123,7 +140,7 @@ operator("between", operand="pair", explanation="lies between two values, inclus
 def _contains(value, operand, now):
     if isinstance(value, str):
         return isinstance(operand, str) and operand in value
-    return isinstance(value, (list, tuple)) and operand in value
+    return isinstance(value, (list, tuple)) and any(_same(item, operand) for item in value)
 
 
 operator("prefix", operand="text", explanation="text starts with",

@@ -64,6 +64,19 @@ def test_operator(clause, value, holds):
     assert (reason(clause, {"v": value}) is None) == holds
 
 
+@pytest.mark.parametrize("clause,value,holds", [
+    (v("eq", 1), True, False), (v("eq", 0), False, False), (v("eq", True), 1, False), (v("ne", 1), True, True),
+    (v("in", [0, 1]), True, False), (v("not_in", [0, 1]), False, True), (v("contains", 1), [True], False),
+    (v("gt", 0), True, False), (v("le", 0), False, False), (v("between", [0, 2]), True, False),
+    (v("eq", True), True, True), (v("eq", 1), 1.0, True), (v("in", [True]), True, True), (v("gt", 0), 1, True),
+])
+def test_true_and_false_are_not_numbers(clause, value, holds):
+    """A webhook's `"approved": true` is no count of 1: in JSON, and in what a rule means by `gt 0`,
+    booleans and numbers are unlike types, which never compare equal or in order. Python's
+    `True == 1` made `{path: webhook.body.count, op: gt, value: 0}` hold for `"count": true`."""
+    assert (reason(clause, {"v": value}) is None) == holds
+
+
 @pytest.mark.timeout(120)
 def test_a_pattern_that_backtracks_in_python_matches_in_linear_time():
     """A rule's pattern meets the event's text in a process that serves every workspace: with Python's
