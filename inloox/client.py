@@ -263,9 +263,12 @@ class Client:
             page = self._json("GET", url)
             read.add(url)
             rows = page.get("value") if isinstance(page, dict) else None
-            if not isinstance(rows, list):
+            # Every row an object: what reads a row takes it for an entity (a create's marker lookup adopts it as
+            # the created one, for_each binds it as `item`), and a string there broke the batch it ran in.
+            if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
                 shown = self._shown(url)
-                raise InLooxError(f"GET {shown}: expected a collection", method="GET", url=shown)
+                raise InLooxError(f"GET {shown}: expected a collection of entities, got "
+                                  f"{self._api_key.redact(repr(rows))[:EXCERPT_CHARS]}", method="GET", url=shown)
             for row in rows[:None if limit is None else limit - yielded]:
                 yielded += 1
                 yield row

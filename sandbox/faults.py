@@ -1,7 +1,7 @@
 """Injected faults: rules that delay, fail, drop or hang requests to /api/odata/.
 
 Kinds: `latency` (sleep latency_ms, then serve normally), `status` (answer `status` with an OData
-error body and optional Retry-After, without touching data), `drop` (close the connection before
+error body, or with `body` (any JSON) when given, and optional Retry-After, without touching data), `drop` (close the connection before
 doing anything), `commit_then_hang` (apply and commit the write, hold the response hang_s seconds,
 then close the connection without answering), `commit_then_status` (apply and commit the write, then
 answer `status` with an OData error body instead of the write's answer, as a gateway in front of
@@ -22,7 +22,7 @@ KINDS = ("latency", "status", "drop", "commit_then_hang", "commit_then_status")
 # A fault holds a server thread while it sleeps: beyond an hour it is a typo, and past ~1e10 s
 # time.sleep raises OverflowError, which would be a 500 on every request the rule fires for.
 _MAX_LATENCY_MS, _MAX_HANG_S = 3_600_000, 3600
-_FIELDS = {"kind", "status", "retry_after", "latency_ms", "hang_s", "count", "fraction", "methods", "path"}
+_FIELDS = {"kind", "status", "body", "retry_after", "latency_ms", "hang_s", "count", "fraction", "methods", "path"}
 
 
 @dataclass
@@ -32,6 +32,7 @@ class FaultRule:
     id: int
     kind: str
     status: int | None = None
+    body: object = None  # what a `status` fault answers instead of an OData error (an InLoox answering nonsense)
     retry_after: float | None = None
     latency_ms: int = 0
     hang_s: float = 30.0
@@ -108,11 +109,13 @@ def _rule_from(spec, rule_id: int) -> FaultRule:
     status = _number(spec, "status", int, 100, 599)
     if kind in ("status", "commit_then_status") and status is None:
         raise BadRequest(f"A '{kind}' fault needs 'status' (e.g. 429 or 503)", target="status")
+    if spec.get("body") is not None and kind != "status":
+        raise BadRequest("Only a 'status' fault answers a 'body'", target="body")
     methods = spec.get("methods")
     if methods is not None and (not isinstance(methods, list) or not all(isinstance(m, str) for m in methods)):
         raise BadRequest("'methods' must be a list of HTTP methods", target="methods")
     return FaultRule(
-        id=rule_id, kind=kind, status=status,
+        id=rule_id, kind=kind, status=status, body=spec.get("body"),
         retry_after=_number(spec, "retry_after", (int, float), 0, None),
         latency_ms=_number(spec, "latency_ms", int, 0, _MAX_LATENCY_MS) or 0,
         hang_s=_number(spec, "hang_s", (int, float), 0, _MAX_HANG_S) if spec.get("hang_s") is not None else 30.0,

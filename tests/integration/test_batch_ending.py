@@ -100,6 +100,33 @@ def test_one_event_that_cannot_be_handled_stops_none_of_the_others_of_its_batch(
     assert _tasks(sandbox) == ["Task 1", "Task 3"]
 
 
+@ORDERS
+def test_a_marker_lookup_answered_with_nonsense_stops_none_of_the_others_of_its_batch(
+        redis_url, sandbox, tmp_path, batched_counts, together):
+    """A create found "sent" is looked for by its marker, and InLoox's answer to that query is hostile input: a row
+    that is not an entity. It used to be adopted as the created task, and the loop guard's note of it
+    (`_note_write`, which reads the entity's key) raised AttributeError while the batch's succeeded runs were being
+    stored together: every event of the batch failed, the others' runs stayed queued under their leases, their
+    writes in InLoox but not their "done" (a notification among them would have stopped as "needs attention")."""
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        lock = workspaces.key(f"run-lock:{run_id_of(1)}")
+        ctx.connection.set(lock, "other", px=30_000)  # an executor that took the event over holds its run
+        handle(ctx, _event(1), accepted_at=time.time())  # stored with its create marked "sent", left to the other
+        ctx.connection.delete(lock)  # which died before sending: the event is handled again, in a batch
+        sandbox.fault(kind="status", status=200, body={"value": ["not a task"]}, count=1, methods=["GET"],
+                      path="^Task$")
+        outcomes = handle_batch(ctx, [Arrival(_event(1), 0.0), Arrival(_event(2), 0.0)], together=together)
+        runs = [load_run(ctx.connection, run_id_of(n)) for n in (1, 2)]
+
+    assert [type(o).__name__ for o in outcomes] == ["dict", "dict"], outcomes
+    assert runs[1]["status"] == "succeeded"
+    assert runs[0]["status"] == "failed" and "not a task" in runs[0]["reason"], runs[0]["reason"]
+    assert _tasks(sandbox) == ["Task 2"]
+
+
 # A worker's thread with a batch of events, killed (SIGKILL, workers/failpoints.py) once their runs
 # were written to InLoox and before their statuses were stored.
 CHILD = textwrap.dedent("""

@@ -84,6 +84,14 @@ def test_commit_then_status_commits_and_answers_the_status_instead(sandbox):
     assert [(r["status"], r["fault"]) for r in sandbox.requests()][0] == (504, "commit_then_status")
 
 
+def test_a_status_fault_answers_its_body_instead_of_an_odata_error(sandbox):
+    sandbox.post("Task", {"Name": "kept"})
+    sandbox.fault(kind="status", status=200, body={"value": ["not a task"]}, count=1, methods=["GET"], path="^Task$")
+    answer = sandbox.get("Task")
+    assert answer.status_code == 200 and answer.json() == {"value": ["not a task"]}
+    assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["kept"]
+
+
 def test_request_log_records_every_request_with_status_and_body(sandbox):
     sandbox.fault(kind="status", status=503, count=1, methods=["POST"])
     sandbox.post("Task", {"Name": "a"})
