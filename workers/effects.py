@@ -85,6 +85,14 @@ def checkable_write(operation: dict) -> bool:
     return operation["verb"] == "update" or operation["verb"] == "create" and entity_set in MARKER_FIELDS
 
 
+def checked_again(verb: str, params: dict) -> bool:
+    """True for a step whose next attempt asks InLoox before writing anything again: a read, a create that
+    carries its marker, an update (read first), a delete (a 404 is done). After an error InLoox answered
+    (a 500: the write may have half happened) such a step may be tried again by itself; invoke, notify and
+    http may not (found "sent", they wait for a person)."""
+    return verb in ("get", "query", "delete") or checkable_write({"verb": verb, "params": params})
+
+
 def marker(key: str) -> str:
     """The text a created entity carries so that a later attempt can find it."""
     return f"[automation {key}]"

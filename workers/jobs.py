@@ -26,11 +26,11 @@ from engine.errors import StepSkipped
 from engine.iteration import iterate, query_operation
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata, together
 from inloox.changes import ChangeFeed, observation
-from inloox.errors import Throttled
+from inloox.errors import ServerError, Throttled
 from workers import deliveries, failpoints, guards, ledger, metrics, recovery, round_trips, scripts, workspaces
 from workers.enqueue import queue_run
 from workers.holds import schedule_check
-from workers.effects import EXECUTORS, NeedsAttention, StepContext, checkable_write
+from workers.effects import EXECUTORS, NeedsAttention, StepContext, checkable_write, checked_again
 from workers.outbound import OutboundRefused, redacted
 from workers.runs import (ACTIVE, TERMINAL, Creation, Lease, create_run, list_runs, load_run, new_run, queue_create,
                           record_step, save_run, save_trace)
@@ -666,7 +666,8 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
         trace.update(status="skipped", reason=exc.message, ms=_ms_since(started))
         return _record(ctx, step_ctx, run, trace, defer=last)
     except (InLooxError, NeedsAttention, OutboundRefused, TemplateError) as exc:
-        return _failed_step(ctx, run, plan, trace, exc, lock=step_ctx.lock)
+        return _failed_step(ctx, run, plan, trace, exc, lock=step_ctx.lock,
+                            checked=checked_again(operation.verb, operation.params))
     trace.update(status="done", output=output, ms=_ms_since(started))
     run.pop("unavailable", None)  # InLoox answered: an outage's clock starts again at the next one
     step_ctx.after.append(lambda pipe: _note_write(pipe, plan, operation, output))
@@ -718,7 +719,10 @@ def _key_field(entity_set: str) -> str | None:
     return meta.key[0] if meta and len(meta.key) == 1 else None
 
 
-def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Exception, *, lock) -> str:
+def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Exception, *, lock,
+                 checked: bool = False) -> str:
+    """Record the failed step and move the run: paused, retrying or failed. `checked`: the step's next attempt
+    asks InLoox before writing again (effects.checked_again), so a 500 is retried, as any 5xx is promised to be."""
     trace.update(status="error", error=str(exc), error_type=type(exc).__name__,
                  ms=_ms_since(datetime.fromisoformat(trace["started_at"])))
     record_step(run, trace)
@@ -727,7 +731,7 @@ def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Ex
         # Every run of this account would fail the same way: stop them all until a person looks.
         ctx.connection.set(workspaces.key(PAUSED), f"InLoox refused the token ({exc.status}) at {trace['started_at']}")
         return _stop(ctx, run, "paused", f"InLoox refused the token: {exc}", lock=lock)
-    if isinstance(exc, OutcomeUnknown) or getattr(exc, "retryable", False):
+    if isinstance(exc, OutcomeUnknown) or getattr(exc, "retryable", False) or checked and isinstance(exc, ServerError):
         return _retry(ctx, run, plan, exc, lock=lock)
     return _stop(ctx, run, "failed", f"step {trace['index']} ({trace['id']}): {exc}", lock=lock)
 

@@ -32,7 +32,7 @@ def test_a_failed_run_keeps_the_request_and_the_inloox_error_and_retries_from_th
     assert [r["id"] for r in listed] == [failed["id"]]
     shown = get(api, f"/runs/{failed['id']}").json
     [step] = shown["run"]["steps"]
-    assert step["status"] == "error" and "500" in step["error"]
+    assert step["status"] == "error" and "400" in step["error"]
     assert step["request"]["values"]["Name"] == "Call Ann"
     assert [r["rule"] for r in shown["trace"]["rules"] if r["matched"]] == ["form-to-task"]
     assert sandbox.count("Task") == 0
@@ -40,7 +40,7 @@ def test_a_failed_run_keeps_the_request_and_the_inloox_error_and_retries_from_th
     shown = api.test_cli_runner().invoke(args=["runs", "show", failed["id"]])  # for people: a few lines
     assert shown.exit_code == 0 and len(shown.output.splitlines()) <= 6, shown.output
     assert f"{failed['id']}  form-to-task  failed" in shown.output
-    assert "create Task → error" in shown.output and "Call Ann" in shown.output and "500" in shown.output
+    assert "create Task → error" in shown.output and "Call Ann" in shown.output and "400" in shown.output
     whole = api.test_cli_runner().invoke(args=["runs", "show", failed["id"], "--json"])
     assert json.loads(whole.output)["run"]["steps"][0]["request"]["values"]["Name"] == "Call Ann"
 

@@ -85,7 +85,7 @@ def test_runs_filter_and_a_retry_button_runs_a_failed_run_again(dashboard, stack
     assert "No runs match" in page(dashboard, "/ui/runs?source=inloox")
 
     shown = page(dashboard, f"/ui/runs/{failed['id']}")
-    assert "500" in shown and "Call Ann" in shown and "retry-failed-step" in shown
+    assert "400" in shown and "Call Ann" in shown and "retry-failed-step" in shown
 
     response = dashboard.post(f"/ui/runs/{failed['id']}/retry", follow_redirects=True)
     assert "Queued again." in response.get_data(as_text=True)
@@ -180,8 +180,8 @@ def test_the_overview_shows_the_last_hour_recent_failures_and_broken_rule_files(
     web, failed = failed_form_run(stack, sandbox, redis_url, "msg_failures")
     text = page(dashboard, "/ui/overview")
     failures = html.unescape(section(text, "failures"))
-    assert re.search(rf"{failed['id']} form-to-task (just now|\d+ s ago) step 0 \(task\): 500 INTERNAL SERVER "
-                     r"ERROR from POST http://\S+: Injected fault: HTTP 500$", failures), failures
+    assert re.search(rf"{failed['id']} form-to-task (just now|\d+ s ago) step 0 \(task\): 400 BAD REQUEST "
+                     r"from POST http://\S+: Injected fault: HTTP 400$", failures), failures
     assert f'href="/ui/runs/{failed["id"]}"' in text
     broken = section(text, "broken-files")
     assert broken.startswith("Broken rule files broken.yaml, broken") and "broken.yaml:" in broken, broken

@@ -107,7 +107,7 @@ def test_an_admin_logs_in_sees_every_page_and_retries_a_failed_run(browser, stac
     wait_until(lambda: overview_complete(browser), 30, "every chart of the overview to have points", interval=1)
     assert checked(browser) == 4  # runs, InLoox requests, queue depth, poll lag
     failures = browser.find_element(By.ID, "failures")
-    assert "form-to-task" in failures.text and "500" in failures.text, failures.text
+    assert "form-to-task" in failures.text and "400" in failures.text, failures.text
     assert failures.find_element(By.LINK_TEXT, failed["id"]).is_displayed()
     shot(browser, tmp_path, "overview")
     assert visit(browser, "Poller", "Poller") == 1  # the lag of the watched set
@@ -122,7 +122,7 @@ def test_an_admin_logs_in_sees_every_page_and_retries_a_failed_run(browser, stac
     wait_until(lambda: heading(browser) == f"Run {failed['id']}", 10, "the failed run's page")
     assert checked(browser) == 0
     assert browser.find_element(By.ID, "status").text == "failed"
-    assert "500" in browser.find_element(By.ID, "steps").text
+    assert "400" in browser.find_element(By.ID, "steps").text
     for box in browser.find_elements(By.CSS_SELECTOR, "#steps pre"):  # a request or response shown whole
         assert box.get_property("scrollWidth") <= box.get_property("clientWidth") + 1, box.text[:200]
     shot(browser, tmp_path, "run")

@@ -160,14 +160,14 @@ then:
 
 
 def failed_form_run(stack: Stack, sandbox, redis_url: str, msg_id: str, title: str = "Call Ann") -> tuple[str, dict]:
-    """Start a worker and the web, and deliver a form whose task InLoox refuses once (500).
+    """Start a worker and the web, and deliver a form whose task InLoox refuses once (400: a 500 would be retried).
 
     Returns the web's URL and the failed run. The `forms` rule must be in the rules folder.
     """
     ensure_project(sandbox)
     stack.worker()
     web = stack.web()
-    sandbox.fault(kind="status", status=500, methods=["POST"], path="^Task$", count=1)
+    sandbox.fault(kind="status", status=400, methods=["POST"], path="^Task$", count=1)
     deliver(web, {"title": title, "project": PROJECT}, msg_id)
     [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 40, "the run to fail")
     return web, failed
