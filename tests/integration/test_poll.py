@@ -315,7 +315,6 @@ PROJECTS = change_feed("Project")
 SPOILED_ROWS = {
     "a change time without an offset": lambda row: {**row, "LastChangedDateTime": without_offset(row["LastChangedDateTime"])},
     "no change time": lambda row: {**row, "LastChangedDateTime": None},
-    "not an object": lambda row: [row],
     "no key": lambda row: {name: value for name, value in row.items() if name != "ProjectId"},
 }
 
@@ -350,6 +349,22 @@ def test_a_row_that_cannot_be_read_is_skipped_and_its_change_seen_once_inloox_an
     events = queued(connection)
     assert [e["key"] for e in events] == [second, project]
     assert events[1]["changes"] == {"Name": ["Website relaunch", "Relaunch, phase 2"]}
+
+
+def test_an_answer_whose_rows_are_not_all_objects_fails_the_poll_and_its_changes_are_seen_later(
+        sandbox, connection, project, spoiler):
+    # No OData collection at all (inloox/client.py refuses the page, as one without `value`): the set's poll
+    # fails, and the cursor stays where it was.
+    with Client(spoiler.url, sandbox.token) as client:
+        assert poll_once(client, connection, PROJECTS, frozenset({"Name"})).baseline
+        spoiler.spoil("Project", _spoiled("ProjectId", project, lambda row: [row]))
+        assert sandbox.patch(f"Project({project})", json={"Name": "Relaunch, phase 2"}).ok
+        with pytest.raises(InLooxError, match="expected a collection of entities"):
+            poll_once(client, connection, PROJECTS, frozenset({"Name"}))
+        assert queued(connection) == []
+        spoiler.spoils.clear()
+        poll_once(client, connection, PROJECTS, frozenset({"Name"}))
+    assert [e["changes"] for e in queued(connection)] == [{"Name": ["Website relaunch", "Relaunch, phase 2"]}]
 
 
 def test_a_sweep_answer_with_a_row_that_cannot_be_read_deletes_nothing(sandbox, connection, project, spoiler):
