@@ -257,8 +257,13 @@ def jsonable(value: Any, rule_id: str, step: str) -> Any:
     """A rendered value in JSON form: date-times as ISO UTC, durations as seconds."""
     if value is None or type(value) in _PLAIN:  # most values: first, before the checks for the others
         return value
-    if isinstance(value, (datetime, date)):
-        return isoformat(value) if isinstance(value, datetime) else value.isoformat()
+    if isinstance(value, datetime):
+        try:
+            return isoformat(value)
+        except ValueError as exc:  # one without an offset (`now.replace(tzinfo=None)`) names no instant
+            raise TemplateError(str(exc), rule_id=rule_id, step=step) from exc
+    if isinstance(value, date):
+        return value.isoformat()
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, (str, int, float, bool)) or value is None:

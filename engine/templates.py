@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
@@ -36,17 +36,27 @@ class TemplateFunction:
 
 
 def isoformat(value: Any) -> str:
-    """An ISO date-time in UTC with a `Z`, from a datetime or an ISO string."""
-    moment = parse_datetime(value) if not isinstance(value, date) else value
-    if not isinstance(moment, datetime):
+    """An ISO date-time in UTC with a `Z`, from a datetime or an ISO string; raises ValueError without an offset."""
+    moment = parse_datetime(value)
+    if moment is None:
         raise ValueError(f"isoformat wants a date-time, got {value!r}")
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return _with_offset(moment, value).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _to_datetime(value: Any) -> datetime:
     moment = parse_datetime(value)
     if moment is None:
         raise ValueError(f"{value!r} is not an ISO date-time")
+    return _with_offset(moment, value)
+
+
+def _with_offset(moment: datetime, value: Any) -> datetime:
+    """`moment`, if it names an instant. "2025-03-01T09:00:00" (a webhook's) is a time on no clock we
+    know: Python reads it in the host's local zone, so the same rule wrote another StartDateTime on
+    a host outside UTC (or met `now` with a TypeError)."""
+    if moment.utcoffset() is None:
+        shown = value if isinstance(value, str) else moment.isoformat()
+        raise ValueError(f"{shown!r} is not a date-time with an offset (write Z or +01:00 after it)")
     return moment
 
 

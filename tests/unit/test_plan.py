@@ -1,5 +1,6 @@
 """Planning: operations, idempotency keys, deferred step templates and the run policy."""
 import json
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -38,6 +39,32 @@ def test_steps_become_primitive_operations():
         "ProjectId": PROJECT_ID, "StartDateTime": "2025-04-01T08:00:00Z", "EndDateTime": "2025-04-01T10:00:00Z"}})
     assert (rename.verb, rename.params) == ("update", {"entity_set": "Task", "key": TASK_ID,
                                                         "values": {"Name": "Spec (booked)"}})
+
+
+@pytest.fixture
+def host_zone(monkeypatch):
+    """Sets the process's local time zone (TZ) for one test; the zone in force before is back after it."""
+    def set_zone(zone):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize("zone", ["UTC0", "IST-5:30"])
+@pytest.mark.parametrize("start", [
+    "{{ webhook.body.start | isoformat }}", "{{ webhook.body.start | datetime }}", "{{ now.replace(tzinfo=None) }}",
+])
+def test_a_date_time_without_an_offset_is_written_on_no_hosts_clock(start, zone, host_zone):
+    """The host's time zone is no input of a rule: "2025-03-01T09:00:00" was written as 09:00Z on a
+    host in UTC and as 03:30Z on one in India. The rule fails with the reason instead of writing."""
+    host_zone(zone)
+    rule = {"id": "h", "when": [{"webhook": "h"}],
+            "then": [{"inloox.create": "TimeEntry", "values": {"StartDateTime": start}}]}
+    event = Event("webhook", "h", NOW, payload={"body": {"start": "2025-03-01T09:00:00"}})
+    (plan,) = evaluate(event, ruleset(rule), now=NOW, env={})
+    assert "is not a date-time with an offset" in (plan.error or ""), plan.operations[0].params
 
 
 def test_idempotency_keys_are_deterministic_per_event_rule_version_and_step():

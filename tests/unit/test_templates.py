@@ -26,6 +26,19 @@ def test_render(source, context, expected):
     assert render(compile_template(source), context) == expected
 
 
+@pytest.mark.parametrize("source", [
+    "{{ datetime(webhook.body.start) }}", "{{ webhook.body.start | datetime }}",
+    "{{ webhook.body.start | isoformat }}", "{{ (webhook.body.start | datetime) < now }}",
+    "{{ now - datetime(webhook.body.start) }}", "{{ now.replace(tzinfo=None) | isoformat }}",
+])
+def test_a_date_time_without_an_offset_is_refused(source):
+    """A webhook's "2025-03-01T09:00:00" is a time on no clock we know: Python reads it in the host's
+    local zone (`| isoformat`) or refuses it beside `now` (a TypeError), so it is not a date-time here."""
+    with pytest.raises(TemplateError, match=r"'2025-03-01T09:00:00' is not a date-time with an offset"):
+        render(compile_template(source), {"webhook": {"body": {"start": "2025-03-01T09:00:00"}},
+                                          "now": datetime(2025, 3, 1, 9, tzinfo=timezone.utc)})
+
+
 def test_chains_and_step_needs_are_found_statically():
     t = compile_template("{{ task.Name }} {{ steps.find.value[0].Name }} {{ steps['other'] }} {{ now }}")
     assert t.chains == (("task", "Name"), ("steps", "find", "value", "0", "Name"), ("steps", "other"), ("now",))
