@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from .documents import format_path
 from .durations import parse_duration
-from .edm import coercer, parse_datetime, type_problem
+from .edm import coercer, parse_datetime, same_value, type_problem
 from .errors import TemplateError, did_you_mean
 from .scope import Compilation, FieldType
 from .templates import is_template, render
@@ -88,12 +88,8 @@ def condition(name: str, *, explanation: str, keys: dict, extra: dict | None = N
 
 
 # Booleans and numbers are unlike types, as in the JSON events carry them: Python's `True == 1` and
-# `True > 0` made `{path: webhook.body.count, op: gt, value: 0}` hold for `"count": true`.
-def _same(value: Any, operand: Any) -> bool:
-    """Equal as JSON values are: true is not 1, nor false 0."""
-    return value == operand and isinstance(value, bool) is isinstance(operand, bool)
-
-
+# `True > 0` made `{path: webhook.body.count, op: gt, value: 0}` hold for `"count": true`
+# (equality is edm.same_value, which a trigger's from/to shares).
 def _unlike(value: Any, operand: Any) -> bool:
     """A boolean against a number (or against a bound of a pair), which Python would order."""
     bounds = operand if isinstance(operand, tuple) else (operand,)
@@ -110,10 +106,10 @@ def _ordered(test):
 
 
 operator("eq", operand="value", explanation="equals",
-         synonyms=("equals", "equal", "equal_to", "is", "=", "==", "same_as"))(lambda v, o, now: _same(v, o))
+         synonyms=("equals", "equal", "equal_to", "is", "=", "==", "same_as"))(lambda v, o, now: same_value(v, o))
 operator("ne", operand="value", explanation="does not equal",
          synonyms=("not_equal", "not_equals", "not_equal_to", "neq", "is_not", "!=", "<>", "differs_from"))(
-    lambda v, o, now: not _same(v, o))
+    lambda v, o, now: not same_value(v, o))
 operator("lt", operand="value", explanation="is less than",
          synonyms=("less_than", "lower_than", "smaller_than", "fewer_than", "below", "<"))(_ordered(lambda v, o: v < o))
 operator("le", operand="value", explanation="is at most",
@@ -127,10 +123,10 @@ operator("ge", operand="value", explanation="is at least",
     _ordered(lambda v, o: v >= o))
 operator("in", operand="list", explanation="is one of the listed values",
          synonyms=("in_list", "one_of", "is_one_of", "any_of", "is_in"))(
-    lambda v, o, now: any(_same(v, item) for item in o))
+    lambda v, o, now: any(same_value(v, item) for item in o))
 operator("not_in", operand="list", explanation="is none of the listed values",
          synonyms=("not_in_list", "none_of", "not_one_of", "nin", "is_not_in"))(
-    lambda v, o, now: not any(_same(v, item) for item in o))
+    lambda v, o, now: not any(same_value(v, item) for item in o))
 operator("between", operand="pair", explanation="lies between two values, inclusive",
          synonyms=("in_range", "range", "within_range"))(_ordered(lambda v, o: o[0] <= v <= o[1]))
 
@@ -140,7 +136,7 @@ operator("between", operand="pair", explanation="lies between two values, inclus
 def _contains(value, operand, now):
     if isinstance(value, str):
         return isinstance(operand, str) and operand in value
-    return isinstance(value, (list, tuple)) and any(_same(item, operand) for item in value)
+    return isinstance(value, (list, tuple)) and any(same_value(item, operand) for item in value)
 
 
 operator("prefix", operand="text", explanation="text starts with",

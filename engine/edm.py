@@ -25,6 +25,11 @@ def parse_datetime(value: Any) -> datetime | None:
     return None
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as JSON values are: true is not 1, nor false 0 (for Python, `True == 1`)."""
+    return a == b and isinstance(a, bool) is isinstance(b, bool)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -21,7 +21,7 @@ from inloox.changes import change_feed, unobservable
 from inloox.metadata import load_metadata
 
 from .durations import PATTERN as DURATION_PATTERN, format_duration, parse_duration
-from .edm import coercer, type_problem
+from .edm import coercer, same_value, type_problem
 from .documents import format_path
 from .errors import did_you_mean
 from .events import Event, entity_name
@@ -238,7 +238,7 @@ def _compile_change(name: str, spec: Mapping, path: tuple, meta, comp: Compilati
         before, after = (coerce(v) for v in changes[name])
         for test, values in wanted.items():
             actual = before if test.endswith("from") else after
-            if (actual in values) == test.startswith("not_"):
+            if any(same_value(actual, v) for v in values) == test.startswith("not_"):
                 shown = values[0] if len(values) == 1 else list(values)
                 return f"{where}: went {before!r} → {after!r}, wanted {test} {shown!r}"
         return None

@@ -48,6 +48,21 @@ def test_changes(changes, event_changes, holds):
     assert (match_rule(event, rule, now=NOW, env={}).reason is None) == holds
 
 
+@pytest.mark.parametrize("spec,change,holds", [
+    ({"from": 1}, (True, False), False), ({"to": 0}, (True, False), False), ({"to": [0, 1]}, (False, True), False),
+    ({"not_to": 1}, (False, True), True), ({"not_from": 0}, (False, True), True), ({"to": True}, (0, 1), False),
+    ({"to": True}, (False, True), True), ({"to": 1}, (0, 1.0), True),
+])
+def test_true_and_false_are_not_numbers_in_changes(spec, change, holds):
+    """A custom field's type is not in `$metadata` (DynamicProject is an open type), so no check at load
+    refuses `from: 1`: Python's `True == 1` made it meet a checkbox going true → false, where
+    conditions (and JSON) hold a boolean and a number unlike."""
+    rule = rule_with({"inloox": "DynamicProject", "changes": {"Project_cf_2283e9e4_Approved": spec}})
+    event = Event("inloox", "updated", NOW, entity_set="DynamicProject", key="k",
+                  changes={"Project_cf_2283e9e4_Approved": change})
+    assert (match_rule(event, rule, now=NOW, env={}).reason is None) == holds
+
+
 def test_change_reason_says_what_happened():
     rule = rule_with({"inloox": "Task", "changes": {"IsDone": {"to": True}}})
     assert match_rule(task_event(changes={"IsDone": (True, False)}), rule, now=NOW, env={}).reason == \
