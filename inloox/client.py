@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -29,7 +30,7 @@ import urllib3.exceptions
 from inloox import awaited, deadlines, together
 from inloox.connections import exchanges, route_of, shared_pool
 from inloox.errors import (
-    EXCERPT_CHARS, WRITE_METHODS, HTTPStatusError, InLooxError, OutcomeUnknown, TransportError,
+    EXCERPT_CHARS, WRITE_METHODS, HTTPStatusError, InLooxError, InvalidArguments, OutcomeUnknown, TransportError,
     UnexpectedRedirect, parse_error_body, parse_retry_after, status_error_class,
 )
 from inloox.metadata import EntitySet, Metadata, load_metadata
@@ -107,6 +108,24 @@ class _Answer:
         return self.body.decode(_charset(self.headers.get("Content-Type", "")), errors="replace")
 
 
+def _checked_arguments(request: Callable) -> Callable:
+    """A request method whose arguments cannot make a request (query.py's ValueError: a key that is no GUID,
+    a field that is no identifier) raises InvalidArguments, an InLooxError, before anything is sent.
+
+    Such values often come from outside (a webhook's body in a step's key): a step that met a plain ValueError
+    caught none of it, and its run stayed queued while its event was handled again and again.
+    """
+    @functools.wraps(request)
+    def checked(self, *args, **kwargs):
+        try:
+            return request(self, *args, **kwargs)
+        except InLooxError:
+            raise
+        except ValueError as exc:  # only the arguments' checks raise it: answers become InLooxErrors
+            raise InvalidArguments(f"{request.__name__} not sent: {str(exc)[:EXCERPT_CHARS]}") from exc
+    return checked
+
+
 class Client:
     """One InLoox account over OData: reads (paged lazily), writes, bound operations, typed errors."""
 
@@ -163,6 +182,7 @@ class Client:
 
     # Reads
 
+    @_checked_arguments
     def query(self, entity_set: str, *, filter: Filter | None = None, select: list[str] | None = None,
               orderby: str | list[str] | None = None, top: int | None = None) -> Iterator[dict]:
         """Rows of `entity_set`, fetched lazily page by page through `@odata.nextLink`.
@@ -173,6 +193,7 @@ class Client:
                    "$orderby": orderby_option(orderby), "$top": top_option(top)}
         return self._rows(self._url(identifier(entity_set), options), top)
 
+    @_checked_arguments
     def count(self, entity_set: str, filter: Filter | None = None) -> int:
         """How many rows of `entity_set` match `filter` (the `/$count` segment)."""
         options = {"$filter": self._filter_text(entity_set, filter)}
@@ -182,6 +203,7 @@ class Client:
             raise self._status_error("GET", url, response, "answered with something that is not a count")
         return int(response.text)
 
+    @_checked_arguments
     def get(self, entity_set: str, key, *, select: list[str] | None = None) -> dict:
         """One entity by key; raises NotFound if there is none."""
         url = self._url(self.entity_path(entity_set, key), {"$select": select_option(select)})
@@ -198,6 +220,7 @@ class Client:
 
     # Writes
 
+    @_checked_arguments
     def create(self, entity_set: str, body: dict) -> dict:
         """POST a new entity; returns it as created, with its key.
 
@@ -213,15 +236,18 @@ class Client:
                                  method="POST", url=shown)
         return created
 
+    @_checked_arguments
     def update(self, entity_set: str, key, changes: dict) -> dict | None:
         """PATCH only `changes` onto an entity; returns the entity if InLoox sent it back."""
         result = self._json("PATCH", self._url(self.entity_path(entity_set, key)), changes)
         return _without_context(result) if result else None
 
+    @_checked_arguments
     def delete(self, entity_set: str, key) -> None:
         """DELETE an entity (InLoox also deletes its children; there is no undo)."""
         self._send("DELETE", self._url(self.entity_path(entity_set, key)))
 
+    @_checked_arguments
     def action(self, entity_set: str, key, name: str, params: dict | None = None) -> Any:
         """POST a bound action (`Task(<key>)/Default.AddNote`); key None binds to the whole set.
 
@@ -230,6 +256,7 @@ class Client:
         url = self._url(f"{self._binding_path(entity_set, key)}/{_operation_name(name)}")
         return _unwrapped(self._json("POST", url, params or {}))
 
+    @_checked_arguments
     def function(self, entity_set: str, key, name: str, params: dict | None = None) -> Any:
         """GET a bound function (`Project(<key>)/Default.CopyProject()`); returns as `action()` does."""
         operation = self.metadata.operation(entity_set, name, collection=key is None)

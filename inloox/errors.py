@@ -9,6 +9,8 @@ The API token never appears in any of them: the client redacts it before buildin
 
     InLooxError                      .method .url .status .odata_code .message .retry_after
     ├── Throttled                    our own shared rate limit said wait; nothing sent    retryable
+    ├── InvalidArguments             what was asked cannot be a request (a key that is no  not retryable
+    │                                GUID); nothing sent; also a ValueError
     ├── TransportError               no response (connect failure, read timeout, reset)   retryable
     │                                (unavailable: could not connect)
     │   └── OutcomeUnknown           a write was sent but no answer came back             NOT retryable
@@ -61,6 +63,15 @@ class Throttled(InLooxError):
     """
 
     retryable = True
+
+
+class InvalidArguments(InLooxError, ValueError):
+    """What a caller asked cannot be put into a request (a key that is no GUID, a name that is no identifier,
+    a value with no OData literal), so nothing was sent; not retryable: the same arguments fail the same way.
+
+    The values often come from outside (a webhook's body rendered into a step's key): the caller's error to
+    report, as InLoox's own 400 would be. A ValueError too, for callers that check arguments so.
+    """
 
 
 class TransportError(InLooxError):

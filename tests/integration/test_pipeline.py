@@ -166,3 +166,34 @@ def test_runs_waiting_for_a_down_inloox_start_once_it_answers_though_the_worker_
     wait_until(lambda: len(runs_in(redis_url, "succeeded")) == 5, 15, "the waiting runs, started once InLoox answers")
     names = [t["Name"] for t in sandbox.get("Task").json()["value"]]
     assert sorted(names) == [f"Parked {n}" for n in range(5)]
+
+
+# A key and a filter value from the sender: what InLoox would be asked is checked before anything is sent.
+FORM_TO_TASK_BY_KEY = """
+id: rename-by-key
+when:
+  - webhook: forms
+then:
+  - inloox.update: Task
+    key: "{{ webhook.body.task }}"
+    values:
+      Name: "{{ webhook.body.title }}"
+"""
+
+
+def test_a_key_from_the_sender_that_is_no_guid_fails_its_run_and_the_next_event_runs(stack, sandbox, rules_dir,
+                                                                                       redis_url):
+    # The client refuses such a key before sending (inloox/query.py) with a ValueError, which no step caught: the
+    # run stayed queued, its event was handled again and again, and no trace said why.
+    (rules_dir / "rename.yaml").write_text(FORM_TO_TASK_BY_KEY)
+    sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
+    task = sandbox.post("Task", json={"Name": "Call Ann", "ProjectId": PROJECT}).json()["TaskItemId"]
+    stack.worker()
+    web = stack.web()
+    assert deliver(web, {"task": "1) or (1 eq 1", "title": "Renamed by mistake"}, "msg_bad_key").status_code == 202
+    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 30, "the run with the bad key to fail")
+    assert "not sent: not a GUID" in failed["reason"], failed["reason"]
+    assert deliver(web, {"task": task, "title": "Call Ann back"}, "msg_good_key").status_code == 202
+    wait_until(lambda: runs_in(redis_url, "succeeded"), 30, "the next event's run")
+    assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann back"]
+    assert [r["status"] for r in all_runs(redis_url)] == ["failed", "succeeded"]
