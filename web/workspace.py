@@ -147,10 +147,15 @@ def require_admin_token() -> None:
         abort(401, "an admin token is needed (Authorization: Bearer …)")
 
 
-def require_operator_token() -> None:
-    """Deployment-wide routes (all workspaces' metrics) need the operator token when one is set."""
+def require_operator_token(without: str = "") -> None:
+    """Deployment-wide routes (every workspace's metrics and usage, the operator API) need the operator token;
+    without one configured they are open only while `operator_open()` (`without`: what to use instead)."""
     expected = current_app.config.get("OPERATOR_TOKEN")
-    if expected and not hmac.compare_digest(bearer_token().encode(), expected.encode()):
+    if not expected:
+        if not operator_open():  # they show or change every workspace: no customer's admin token opens them
+            abort(401, "this route needs OPERATOR_TOKEN, since workspaces have admin tokens" + without)
+        return
+    if not hmac.compare_digest(bearer_token().encode(), expected.encode()):
         abort(401, "the operator token is needed (Authorization: Bearer …)")
 
 

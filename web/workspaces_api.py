@@ -20,12 +20,12 @@ import json
 from functools import cache
 from pathlib import Path
 
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, abort, jsonify, request
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from web.resources import get_keyring, get_redis, get_registry
-from web.workspace import bearer_token, operator_open, require_operator_token
+from web.workspace import bearer_token, require_operator_token
 from workers import registry, workspaces
 from workers.workspace_export import export
 
@@ -123,12 +123,7 @@ def _require_owner(name: str) -> None:
 
 def _require_operator() -> None:
     """The operator's token; with none configured, only a deployment whose workspaces have no admin token either."""
-    if operator_open():
-        return
-    if not current_app.config.get("OPERATOR_TOKEN"):
-        abort(401, "the operator API needs OPERATOR_TOKEN, since workspaces have admin tokens; "
-                   "without it, use `flask workspaces`")
-    require_operator_token()
+    require_operator_token(without="; without it, use `flask workspaces`")
 
 
 def _valid(name: str) -> bool:

@@ -162,6 +162,30 @@ def test_without_an_operator_token_no_one_gets_past_a_workspaces_admin_token(red
     assert single.post("/workspaces/default/admin-token", headers=auth("single-admin-7Kp")).status_code == 201
 
 
+def test_without_an_operator_token_no_customer_sees_every_workspaces_usage_and_metrics(redis_url, sandbox):
+    from app import create_app
+    from workers.workspaces import Workspace
+
+    # /usage and /metrics list every workspace (names, events, runs, billable runs, rule ids): an operator's
+    # view. Without OPERATOR_TOKEN they were open to anyone while the workspaces had admin tokens.
+    served = {name: Workspace(name, sandbox.base_url, sandbox.token, admin_token=f"{name}-admin-7Kp")
+              for name in ("acme", "globex")}
+    client = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": served}).test_client()
+    for token in ("acme-admin-7Kp", ""):
+        for route in ("/usage", "/metrics"):
+            refused = client.get(route, headers=auth(token))
+            assert refused.status_code == 401 and "OPERATOR_TOKEN" in refused.get_data(as_text=True), route
+    assert client.get("/workspaces/acme/usage", headers=auth("acme-admin-7Kp")).status_code == 200  # its own
+    assert client.get("/workspaces/acme/metrics", headers=auth("acme-admin-7Kp")).status_code == 200
+
+    # Local development (no admin token anywhere, no OPERATOR_TOKEN): open, as before. (acme and globex went to the
+    # registry in this Redis, which every process reads: a deployment of its own starts from an empty one.)
+    redis.Redis.from_url(redis_url).flushdb()
+    local = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                        "INLOOX_API_KEY": sandbox.token}).test_client()
+    assert local.get("/usage").status_code == 200 and local.get("/metrics").status_code == 200
+
+
 def test_pause_and_resume_set_the_flag_every_process_reads(api, sandbox, redis_url):
     client = api.test_client()
     create(client, "acme", sandbox)
