@@ -597,7 +597,9 @@ def _abandon(lock, token: bytes, run_id: str) -> None:
 def _execute(ctx: WorkerContext, run: dict, lock, *, fresh: bool = False, marked: str | None = None,
              ending: Ending | None = None) -> str:
     plan = Plan.from_dict(run["plan"])
-    if not run["steps"] and not run.get("limit_counted"):
+    # Not only before the first step: a person's retry of a failed run from its failed step keeps its steps done
+    # (a query, a skipped step) and needs a slot again all the same (limits.settle). A billed run is counted already.
+    if not run.get("limit_counted") and not run.get("billed"):
         if not limits.admit(ctx.connection, ctx.workspace, ctx.outbound, run):
             return _stop(ctx, run, limits.OVER_LIMIT, limits.over_reason(ctx.workspace), pending=[limits.wait(run)],
                          lock=lock)

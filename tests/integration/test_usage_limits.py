@@ -131,6 +131,41 @@ def test_runs_over_the_monthly_limit_wait_and_run_once_each_when_it_is_raised(st
     assert report["rules"] == [{"rule": "form-to-task", "billable_runs": 7}]
 
 
+@pytest.mark.timeout(150)
+def test_a_failed_run_retried_by_a_person_waits_over_the_monthly_limit_like_a_new_one(stack, sandbox, receiver):
+    """`runs_per_month: 1`: a run that fails at its first write (400) bills nothing and gives its slot back; another
+    run then bills the month's one. Retried by a person, the failed run must be admitted again: it waits
+    `over_limit` (before, it ran on the slot it had given back, and the month billed 2 runs of 1), and runs once
+    when the limit is raised."""
+    sandbox.fault(kind="status", status=400, methods=["POST"], path="^Task$", count=1)
+    web, admin, secret = _started_with(stack, sandbox, receiver, {"runs_per_month": 1}, "Refused 1")
+
+    def runs(status: str) -> list[dict]:
+        return _call("GET", f"{web}/workspaces/acme/runs?status={status}", admin).json()["runs"]
+
+    def billed() -> int:
+        return _call("GET", f"{web}/workspaces/acme/usage", admin).json()["billable_runs"]
+
+    [failed] = wait_until(lambda: runs("failed"), 30, "the first run to fail (400)")
+    assert deliver(web, {"title": "Billed 2", "project": PROJECT}, "billed_2", path=HOOK,
+                   secret=secret).status_code == 202
+    wait_until(lambda: _task_names(sandbox) == ["Billed 2"] and billed() == 1, 30, "the second run to bill the month")
+
+    retried = _call("POST", f"{web}/workspaces/acme/runs/{failed['id']}/retry", admin)
+    assert retried.status_code == 202, retried.text
+    def status() -> str:
+        return _call("GET", f"{web}/workspaces/acme/runs/{failed['id']}", admin).json()["run"]["status"]
+
+    wait_until(lambda: status() not in ("queued", "retrying"), 30, "the retried run to be taken up")
+    time.sleep(2)  # nothing more happens while the limit holds
+    assert (status(), _task_names(sandbox), billed()) == ("over_limit", ["Billed 2"], 1)
+
+    raised = _call("PUT", f"{web}/workspaces/acme", OPERATOR, {"limits": {"runs_per_month": 2}})
+    assert raised.status_code == 200, raised.text
+    wait_until(lambda: sorted(_task_names(sandbox)) == ["Billed 2", "Refused 1"] and billed() == 2, 30,
+               "the retried run to run once there is room")
+
+
 @pytest.mark.timeout(120)
 def test_usage_equals_what_happened(stack, sandbox, receiver):
     ensure_project(sandbox)

@@ -89,9 +89,14 @@ def wait(run: dict):
 
 
 def settle(pipe, run: dict, *, finished: bool) -> None:
-    """Queue on `pipe` giving back the run's slot once it billed (the count holds it now) or `finished`."""
+    """Queue on `pipe` giving back the run's slot once it billed (the count holds it now) or `finished`
+    (then, unbilled, it must be admitted again to run again)."""
     if run.get("billed") or finished:
         pipe.zrem(workspaces.key(INFLIGHT), run["id"])
+    if finished and not run.get("billed"):
+        # It gave its slot back without billing (failed, paused): should a person retry it (or resume the
+        # account), it is admitted again as any new run is; with the mark kept it ran on no slot, over the limit.
+        run.pop("limit_counted", None)
 
 
 def alert_runs(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *, used: int) -> None:
