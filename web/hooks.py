@@ -61,7 +61,10 @@ def receive(source: str):
     try:
         accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
                                 dedup_ttl=DEDUP_TTL_SECONDS, backlog_limit=own.backlog_limit,
-                                per_second=own.webhooks_per_second)
+                                per_second=own.webhooks_per_second, per_day=own.events_per_day)
+    except eventlog.DayFull as full:  # others were stored since `_within_daily_events` read the count
+        _alert(limits.alert_events, used=full.used)
+        raise _day_full(limits.until_midnight()) from None
     except eventlog.BacklogFull as full:
         _alert(limits.alert_backlog, waiting=full.waiting)
         raise TooManyRequests(f"workspace {workspaces.current().name!r} has {full}; retry later",
@@ -110,9 +113,14 @@ def _within_daily_events() -> None:
         current_app.logger.exception("the daily event limit could not be read")
         abort(503, "the event could not be stored; retry later")
     if wait is not None:
-        limit = workspaces.current().limits.events_per_day
-        raise TooManyRequests(f"workspace {workspaces.current().name!r} accepted its limit of {limit} events today; "
-                              f"retry after midnight UTC (in {wait}s)", retry_after=wait)
+        raise _day_full(wait)
+
+
+def _day_full(wait: int) -> TooManyRequests:
+    """The 429 of a webhook over the workspace's events_per_day, to retry in `wait` seconds (midnight UTC)."""
+    limit = workspaces.current().limits.events_per_day
+    return TooManyRequests(f"workspace {workspaces.current().name!r} accepted its limit of {limit} events today; "
+                           f"retry after midnight UTC (in {wait}s)", retry_after=wait)
 
 
 def _text(body: bytes) -> str:

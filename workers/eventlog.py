@@ -37,9 +37,12 @@ EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
 # the workspace's activity stamp (workers/activity.py), its unfinished runs (workers/runs.py ACTIVE), its
 # backlog as last counted, its pace. ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field
 # if duplicate, usage field, day ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is
-# used, the headroom below the limit it needs for that, events a second (0: no pace), events at once. Returns the
-# new entry's id, false for a duplicate, {waiting} when the workspace's backlog is at its limit, or {-1, ms} when it
-# is ahead of its pace by ms (nothing written either way).
+# used, the headroom below the limit it needs for that, events a second (0: no pace), events at once, events a day
+# (0: no limit), then the day's usage field of each source. Returns the new entry's id, false for a duplicate,
+# {waiting} when the workspace's backlog is at its limit, {-1, ms} when it is ahead of its pace by ms, or {-2, used}
+# when it accepted its events of the day (nothing written either way).
+# The day's events are counted here, with the append: read by the web before it (limits.events_wait), the count let
+# every webhook through that two web processes (or threads) read before the others were stored, however many.
 # The pace is GCRA (a token bucket kept as one time): the key holds when the workspace's sending would be back to
 # its pace, by Redis's clock (ms); an event may be accepted while that is at most the burst's time ahead of now.
 # An accepted event marks its workspace active (the entry id's milliseconds), so that the poller polls
@@ -51,6 +54,12 @@ EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
 # deployment accepts for one workspace in BACKLOG_LOOK_MS) is kept that long and used by the next events.
 _APPEND = """
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
+local daily = tonumber(ARGV[15])
+if daily > 0 and fresh then
+  local used = 0
+  for _, n in ipairs(redis.call('HMGET', KEYS[4], unpack(ARGV, 16))) do used = used + (tonumber(n) or 0) end
+  if used >= daily then return {-2, used} end
+end
 local pace, now, due = tonumber(ARGV[13]), 0, nil
 if pace > 0 and fresh then
   local clock = redis.call('TIME')
@@ -126,6 +135,14 @@ class BacklogFull(Exception):
         self.waiting, self.limit = waiting, limit
 
 
+class DayFull(Exception):
+    """The workspace accepted `used` events today (UTC), at or over its `limit` (events_per_day): nothing was stored."""
+
+    def __init__(self, used: int, limit: int):
+        super().__init__(f"{used:,} events accepted today (the limit is {limit:,})")
+        self.used, self.limit = used, limit
+
+
 class TooFast(Exception):
     """The workspace sends faster than its `per_second` (after a burst of `burst`): nothing was stored; the next event
     may be accepted in `wait` seconds."""
@@ -136,14 +153,15 @@ class TooFast(Exception):
 
 
 def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tuple[str, str], backlog_limit: int = 0,
-           per_second: float = 0.0):
+           per_second: float = 0.0, per_day: int = 0):
     """Run the append script on `target`: the new entry's id (None for a duplicate), or queue it on a pipeline.
 
     `counted` is the (accepted, duplicate) counter fields; the script counts the outcome itself, so
     the count is exact without knowing the outcome beforehand; so is the workspace's usage (an
     accepted event only). With a `backlog_limit` (on a connection only), an event that is not a duplicate
     is refused with BacklogFull while the workspace has that many events and runs waiting; with `per_second`,
-    with TooFast while the workspace's events come faster (after a burst of PACE_BURST_SECONDS' worth).
+    with TooFast while the workspace's events come faster (after a burst of PACE_BURST_SECONDS' worth); with
+    `per_day`, with DayFull once the workspace accepted that many events today, every source counted.
     """
     name, day = workspaces.current().name, usage.today()
     burst = max(1, round(per_second * PACE_BURST_SECONDS))
@@ -152,10 +170,12 @@ def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tupl
     reply = scripts.call(target, _APPEND_SCRIPT, keys=keys,
                          args=[event["id"], dedup_ttl, encode(event), *counted, usage.event_field(event["source"]),
                                usage.DAY_TTL, usage.MONTH_TTL, backlog_limit, GROUP, BACKLOG_LOOK_MS, BACKLOG_HEADROOM,
-                               per_second, burst])
+                               per_second, burst, per_day, *map(usage.event_field, usage.SOURCES)])
     if isinstance(reply, list):
         if int(reply[0]) == -1:
             raise TooFast(int(reply[1]) / 1000, per_second, burst)
+        if int(reply[0]) == -2:
+            raise DayFull(int(reply[1]), per_day)
         raise BacklogFull(int(reply[0]), backlog_limit)
     return reply
 

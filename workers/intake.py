@@ -18,7 +18,8 @@ from workers import eventlog, metrics, workspaces
 
 
 def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup_ttl: int,
-                 also: Callable[[Pipeline], None] | None = None, backlog_limit: int = 0, per_second: float = 0.0) -> bool:
+                 also: Callable[[Pipeline], None] | None = None, backlog_limit: int = 0, per_second: float = 0.0,
+                 per_day: int = 0) -> bool:
     """Log `event` for the current workspace once per `dedup_key`: True if accepted now, False for a duplicate.
 
     `dedup_key` is a full Redis key (the source builds it with `workspaces.key`). `also` adds the
@@ -27,7 +28,8 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
     Raises redis.RedisError when Redis fails (also while it loads its data after a restart): then
     nothing was stored and a retry can succeed. With a `backlog_limit` (a source whose sender retries:
     webhooks), raises eventlog.BacklogFull, nothing stored, while the workspace has that many events and
-    runs waiting (not with `also`); with `per_second`, eventlog.TooFast while its events come faster than that.
+    runs waiting (not with `also`); with `per_second`, eventlog.TooFast while its events come faster than that;
+    with `per_day`, eventlog.DayFull once it accepted that many events today.
     """
     labels = {"workspace": workspaces.current().name, "source": event.source, "kind": event.kind}
     counted = (metrics.field("events", {**labels, "outcome": "accepted"}),
@@ -35,7 +37,7 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
     record = event.to_dict()
     if also is None:
         return bool(eventlog.append(connection, record, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted,
-                                    backlog_limit=backlog_limit, per_second=per_second))
+                                    backlog_limit=backlog_limit, per_second=per_second, per_day=per_day))
     with connection.pipeline(transaction=True) as pipe:
         eventlog.append(pipe, record, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted)
         also(pipe)

@@ -8,8 +8,10 @@ webhook events and seven billable runs. Over `events_per_day`, a webhook is answ
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 import requests
 
 from tests.support.processes import wait_until
@@ -219,6 +221,32 @@ def test_webhooks_over_the_daily_event_limit_are_answered_429(stack, sandbox, re
     assert deliver(web, {"title": "Day 4", "project": PROJECT}, "day_4", path=HOOK, secret=secret).status_code == 429
     time.sleep(0.5)  # an alert sent again would be on its way by now (not a wait for a condition)
     assert sum("100 % of 2 events today" in m for m in _messages(receiver)) == 1  # once, not at every refusal
+
+
+@pytest.mark.timeout(120)
+def test_two_web_processes_at_once_accept_no_more_than_the_daily_event_limit(stack, sandbox, receiver, redis_url):
+    """`events_per_day: 3` and two web processes: 24 distinct webhooks arriving while Redis holds its writes back for a
+    moment (CLIENT PAUSE WRITE, as a failover or a slow disk does), half to each process, get 3 202s and 21 429s, and
+    the day counts 3 events. Before, each webhook read the day's count and stored its event in two steps: every one
+    that read the count before the others were stored was let through, however many."""
+    ensure_project(sandbox)
+    stack.env["OPERATOR_TOKEN"] = OPERATOR
+    webs = [stack.web(threads=12), stack.web(threads=12)]  # no worker: nothing needs to run
+    admin, secret = _workspace(webs[0], sandbox, {"events_per_day": 3}, "", {"forms.yaml": FORM_RULE.format(extra="")})
+    for web in webs:  # a wrong signature is refused (401) once the source is served: no event stored
+        wait_until(lambda: deliver(web, {}, "probe", path=HOOK, secret="whsec_" + "A" * 32).status_code == 401, 10,
+                   "the new source to be served by each web process")
+
+    def send(n: int) -> int:
+        return deliver(webs[n % 2], {"title": f"Busy {n}", "project": PROJECT}, f"busy_{n}", path=HOOK,
+                       secret=secret).status_code
+
+    redis.Redis.from_url(redis_url).client_pause(2000, all=False)  # reads go on, writes wait 2 s
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(send, range(24)))
+
+    assert (answers.count(202), answers.count(429)) == (3, 21), answers
+    assert _call("GET", f"{webs[0]}/workspaces/acme/usage", admin).json()["events"]["webhook"] == 3
 
 
 @pytest.mark.timeout(90)

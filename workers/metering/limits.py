@@ -16,7 +16,10 @@ its own id: its lock, status and step ledger make it run at most once (and a rul
 most once per event: the run id is the event's and the rule's).
 
 Over `events_per_day`, webhooks are answered 429 (web/hooks.py); events of other sources (our own
-polling, schedules, chat, manual) are still accepted, and all sources count towards the limit.
+polling, schedules, chat, manual) are still accepted, and all sources count towards the limit. The web
+reads the day's count first (`events_wait`: the answer and the alerts), and the event log's append
+script checks it again as it stores the webhook (workers/eventlog.py), so that webhooks read at once
+by several web processes are not all let through.
 At 80 % and 100 % of either limit, one notification goes to the workspace's `alerts` channel and
 one log line is written, once each per period (the claim above). So, once an hour while it lasts, does a
 webhook refused for the workspace's `backlog_limit` (workers/eventlog.py).
@@ -148,10 +151,16 @@ def events_wait(connection: redis.Redis, workspace: workspaces.Workspace, policy
     used = usage.events_on(connection, workspace.name, usage.today(now))
     if used >= limit:
         alert_events(connection, workspace, policy, used=used)
-        midnight = datetime.combine(usage.today(now) + timedelta(days=1), datetime.min.time(), timezone.utc)
-        return max(1, math.ceil((midnight - now).total_seconds()))
+        return until_midnight(now)
     alert_events(connection, workspace, policy, used=used + 1)  # this one will be accepted
     return None
+
+
+def until_midnight(now: datetime | None = None) -> int:
+    """Seconds (at least 1) until the next UTC midnight, when a new day's events_per_day begin."""
+    now = now or datetime.now(timezone.utc)
+    midnight = datetime.combine(usage.today(now) + timedelta(days=1), datetime.min.time(), timezone.utc)
+    return max(1, math.ceil((midnight - now).total_seconds()))
 
 
 def release_waiting(connection: redis.Redis, workspace: workspaces.Workspace) -> list[str]:
