@@ -62,7 +62,7 @@ def receive(source: str):
         accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
                                 dedup_ttl=DEDUP_TTL_SECONDS, backlog_limit=own.backlog_limit,
                                 per_second=own.webhooks_per_second, per_day=own.events_per_day)
-    except eventlog.DayFull as full:  # others were stored since `_within_daily_events` read the count
+    except eventlog.DayFull as full:  # counted with the append: two web processes at once keep to the limit
         _alert(limits.alert_events, used=full.used)
         raise _day_full(limits.until_midnight()) from None
     except eventlog.BacklogFull as full:
@@ -105,15 +105,14 @@ def _alert(alert, **details) -> None:
 
 
 def _within_daily_events() -> None:
-    """Refuse (429 with Retry-After: the next UTC midnight) once the workspace's events_per_day are used."""
+    """Alert the workspace at 80 % and 100 % of its events_per_day. Refusing is the append script's, after its
+    check for a duplicate (eventlog.DayFull): a sender's redelivery of an accepted id gets its 200 over the limit."""
     try:
-        wait = limits.events_wait(get_redis(), workspaces.current(),
-                                  OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]))
+        limits.events_wait(get_redis(), workspaces.current(),
+                           OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]))
     except redis.RedisError:
         current_app.logger.exception("the daily event limit could not be read")
         abort(503, "the event could not be stored; retry later")
-    if wait is not None:
-        raise _day_full(wait)
 
 
 def _day_full(wait: int) -> TooManyRequests:

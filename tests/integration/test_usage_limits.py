@@ -221,6 +221,10 @@ def test_webhooks_over_the_daily_event_limit_are_answered_429(stack, sandbox, re
     assert deliver(web, {"title": "Day 4", "project": PROJECT}, "day_4", path=HOOK, secret=secret).status_code == 429
     time.sleep(0.5)  # an alert sent again would be on its way by now (not a wait for a condition)
     assert sum("100 % of 2 events today" in m for m in _messages(receiver)) == 1  # once, not at every refusal
+    # A sender that did not hear our 202 sends it again: an accepted id is a duplicate, 200, as for the backlog and
+    # the pace (it was a 429 until midnight, and retried all day).
+    again = deliver(web, {"title": "Day 2", "project": PROJECT}, "day_2", path=HOOK, secret=secret)
+    assert (again.status_code, again.json().get("status")) == (200, "duplicate")
 
 
 @pytest.mark.timeout(120)
