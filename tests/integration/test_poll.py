@@ -376,3 +376,24 @@ def test_a_sweep_answer_with_a_row_that_cannot_be_read_deletes_nothing(sandbox, 
         with pytest.raises(InLooxError, match="of Task cannot be read: its key TaskItemId is missing"):
             sweep_deleted(client, connection, TASKS)
     assert queued(connection) == []
+
+
+@pytest.mark.parametrize("spoiled", SPOILED_ROWS)
+def test_a_row_the_baseline_cannot_read_is_not_taken_for_a_created_entity_once_inloox_answers_it_right(
+        sandbox, connection, project, spoiler, spoiled):
+    # A row the baseline left out had no snapshot: read right later, the project that existed all along looked
+    # created, and a rule `on: created` would have written for it.
+    with Client(spoiler.url, sandbox.token) as client:
+        spoiler.spoil("Project", _spoiled("ProjectId", project, SPOILED_ROWS[spoiled]))
+        try:
+            poll_once(client, connection, PROJECTS, frozenset({"Name"}))
+        except InLooxError as exc:  # which entity the row is cannot be known: the baseline is taken again
+            assert spoiled == "no key" and "its key ProjectId is missing" in str(exc)
+        spoiler.spoils.clear()
+        poll_once(client, connection, PROJECTS, frozenset({"Name"}))
+        assert queued(connection) == []
+
+        # A project created once the baseline is taken is still a created one.
+        second = sandbox.post("Project", json={"Name": "Second project"}).json()["ProjectId"]
+        poll_once(client, connection, PROJECTS, frozenset({"Name"}))
+    assert [(e["kind"], e["key"]) for e in queued(connection)] == [("created", second)]

@@ -134,11 +134,11 @@ def _order(feed: ChangeFeed, stamps: tuple[Stamp, ...]) -> list[str]:
     return [feed.stamp, feed.column(feed.key)] if len(stamps) == 1 else [feed.column(feed.key)]
 
 
-def _usable(feed: ChangeFeed, stamps: tuple[Stamp, ...], rows, *, dated: bool = True) -> tuple[list[dict], list[dict]]:
+def _usable(feed: ChangeFeed, stamps: tuple[Stamp, ...], rows) -> tuple[list[dict], list[dict]]:
     """The rows a poll can use, and those of them the cursor may move past; the others logged and skipped.
 
     A row that cannot be compared (not an object, no GUID key, a change time that is no instant, or
-    none at all when `dated`: it was asked for by its change time) is one answer's fault: the set's
+    none at all: it was asked for by its change time) is one answer's fault: the set's
     other changes go on. Its own change is not seen, so the cursor must not pass it: a feed with one
     stamp is read in stamp order, so the rows before it may count; one read in key order (several
     stamps) keeps its cursor until InLoox answers the row right.
@@ -146,7 +146,7 @@ def _usable(feed: ChangeFeed, stamps: tuple[Stamp, ...], rows, *, dated: bool = 
     usable, passed, skipped = [], [], False
     for number, row in enumerate(rows, start=1):
         problem = row_problem(row, (feed.column(feed.key),), [s.column for s in stamps])
-        if not problem and dated and all(row.get(s.column) is None for s in stamps):
+        if not problem and all(row.get(s.column) is None for s in stamps):
             problem = "it has no change time, though it was read for one"
         if problem:
             log.warning("%s: poll %s: row %d of %s skipped: %s", workspaces.current().name, feed.entity_set,
@@ -318,12 +318,30 @@ def deleted_event(entity_set: str, key: str, snapshot: dict, occurred_at: dateti
 
 
 def _baseline(client, store, feed, watched, stamps) -> PollResult:
-    """First poll: remember every row as it is now and fire nothing."""
-    rows, passed = _usable(feed, stamps, client.query(feed.view, select=_select(feed, watched, stamps),
-                                                      orderby=_order(feed, stamps)), dated=False)
-    snapshots = {str(r[feed.column(feed.key)]): _snapshot(feed, watched, stamps, r) for r in rows}
-    store.save_many(snapshots, _newest(None, passed, stamps) or "1970-01-01T00:00:00Z")
+    """First poll: remember every row as it is now and fire nothing.
+
+    Every row, or none: a row left out has no snapshot, so once InLoox answers it right a later poll
+    takes the entity, there all along, for a created one, and rules `on: created` write for it. A row
+    whose key cannot be read fails the baseline (taken again at the next poll), as it fails a sweep;
+    one whose change time cannot be read is still known by its key, and is remembered without moving
+    the cursor.
+    """
+    key, columns = feed.column(feed.key), [s.column for s in stamps]
+    rows = [_known_row(feed, number, row) for number, row in enumerate(
+        client.query(feed.view, select=_select(feed, watched, stamps), orderby=_order(feed, stamps)), start=1)]
+    snapshots = {str(r[key]): _snapshot(feed, watched, stamps, r) for r in rows}
+    dated = [r for r in rows if not row_problem(r, (key,), columns)]
+    store.save_many(snapshots, _newest(None, dated, stamps) or "1970-01-01T00:00:00Z")
     return PollResult(feed.entity_set, rows=len(rows), baseline=True)
+
+
+def _known_row(feed: ChangeFeed, number: int, row) -> dict:
+    """A row of the baseline, whose key says which entity it is (its change time may be unreadable)."""
+    problem = row_problem(row, (feed.column(feed.key),))
+    if problem:
+        raise InLooxError(f"baseline {feed.entity_set}: row {number} of {feed.view} cannot be read: {problem}",
+                          method="GET")
+    return row
 
 
 def _newest(cursor: str | None, rows: list[dict], stamps: tuple[Stamp, ...]) -> str | None:
