@@ -13,6 +13,7 @@ plan per item with `item` bound and idempotency keys of (event, rule, version, s
 """
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -81,6 +82,24 @@ def items(rows: Iterable[Mapping], spec: Mapping) -> list[tuple[str, Any]]:
         group = groups.setdefault(_text(value), {"key": value, "entities": []})
         group["entities"].append(dict(row))
     return list(groups.items())
+
+
+def unkeyed(rows: Iterable[Mapping], spec: Mapping) -> str:
+    """Why a row of the query's answer can be no item ("" when every row can).
+
+    Ungrouped, an item is its entity's key: the key names its run and its writes' idempotency keys, so
+    a row without one (InLoox's answer at fault: the key is always selected) could never be written to
+    exactly once. Groups need no key (an entity without the grouped field is in the null group).
+    """
+    if spec.get("group_by"):
+        return ""
+    for number, row in enumerate(rows, start=1):
+        value = row.get(spec["key"])
+        if value is None or value == "":
+            return f"row {number} of the answer has no key {spec['key']}: {reprlib.repr(dict(row))}"
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return f"row {number} of the answer has {spec['key']} {reprlib.repr(value)}, not text or a number"
+    return ""
 
 
 def _text(value: Any) -> str:

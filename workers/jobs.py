@@ -23,7 +23,7 @@ import redis
 
 from engine import Event, Plan, TemplateError, explain, render_deferred
 from engine.errors import StepSkipped
-from engine.iteration import iterate, query_operation
+from engine.iteration import iterate, query_operation, unkeyed
 from inloox import AuthError, InLooxError, OutcomeUnknown, load_metadata, together
 from inloox.changes import ChangeFeed, observation
 from inloox.errors import ServerError, Throttled
@@ -638,7 +638,7 @@ def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, d
     """for_each: run the query (once: its rows are kept), then start one run per item."""
     operation = query_operation(plan)
     if operation.step not in done:
-        outcome = _step(ctx, step_ctx, run, plan, operation)
+        outcome = _step(ctx, step_ctx, run, plan, operation, check=functools.partial(_itemized, plan))
         if outcome != "done":
             return outcome
     rows = run["outputs"][operation.step_id]["value"]
@@ -649,10 +649,20 @@ def _fan_out(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, d
     return _stop(ctx, run, "succeeded", f"{len(run['item_runs'])} item run(s) started", lock=step_ctx.lock)
 
 
-def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, operation, *, last: bool = False) -> str:
+def _itemized(plan: Plan, output: dict) -> None:
+    """Refuse a for_each answer with a row that can be no item: the query's step fails, naming the row,
+    rather than the run being left queued by a KeyError; a retry asks InLoox again (the rows are not kept)."""
+    problem = unkeyed(output["value"], plan.for_each)
+    if problem:
+        raise InLooxError(f"for_each {plan.for_each['query']['entity_set']}: {problem}", method="GET")
+
+
+def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, operation, *, last: bool = False,
+          check=None) -> str:
     """Perform one operation and record its trace; returns "done" or the run's new status.
 
-    The last step's record waits in `step_ctx.after` for the run's final status (one round trip).
+    The last step's record waits in `step_ctx.after` for the run's final status (one round trip). `check`
+    sees the output first and may refuse it (an InLooxError) as if InLoox had refused the step.
     """
     started = datetime.now(timezone.utc)
     trace = {"index": operation.step, "id": operation.step_id, "action": operation.action,
@@ -662,6 +672,8 @@ def _step(ctx: WorkerContext, step_ctx: StepContext, run: dict, plan: Plan, oper
         trace["request"] = redacted(operation.params)  # a notification URL's token never lands in the record
         _note_write_ahead(ctx, plan, operation)
         output = EXECUTORS[operation.verb](step_ctx, operation.params, operation.idempotency_key)
+        if check is not None:
+            check(output)
         failpoints.hit("during_notify", when=operation.verb == "notify")  # tests only
     except StepSkipped as exc:
         # The step's own `if:` did not hold: nothing to do, and not a failure.

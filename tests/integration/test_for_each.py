@@ -52,3 +52,49 @@ def test_the_digest_sends_each_assignee_one_notification_listing_their_overdue_t
     [query_run] = [r for r in runs if r["plan"]["for_each"]]
     assert sorted(query_run["item_runs"]) == sorted(r["id"] for r in runs if r["plan"]["item_key"])
     assert len(runs) == len(expected) + 1
+
+
+EACH_TASK = """
+id: each-open-task
+when:
+  - manual: true
+for_each:
+  inloox.query: Task
+  filter: "IsDone eq false"
+  select: [TaskItemId, Name]
+then:
+  - notify: "{{ env.TEAM_CHANNEL_URL }}"
+    title: "Open: {{ item.Name }}"
+    body: "{{ item.TaskItemId }}"
+"""
+
+
+def test_a_queried_row_without_its_key_fails_the_run_naming_the_row_and_a_retry_asks_again(
+        stack, sandbox, receiver, rules_dir, redis_url, workspace):
+    from tests.support.stack import make_task
+    from workers.jobs import retry_run
+
+    # Such a row has no item key (a run's id and its writes' idempotency keys): it raised KeyError where the
+    # items were made, and the query's run was left queued for the sweeper to start again and again.
+    (rules_dir / "each-open-task.yaml").write_text(EACH_TASK)
+    tasks = sorted([make_task(sandbox, "Write report"), make_task(sandbox, "Review report")])
+    sandbox.fault(kind="status", status=200, count=1, methods=["GET"], path="^Task$",
+                  body={"value": [{"TaskItemId": tasks[0], "Name": "Write report"}, {"Name": "Review report"}]})
+    stack.worker("worker-1")
+
+    event = Event("manual", "each-open-task", datetime.now(timezone.utc), id="manual:each-open-task:1")
+    connection = redis.Redis.from_url(redis_url)
+    assert submit_event(connection, event, dedup_key="test:each-open-task:1", dedup_ttl=60)
+
+    [run] = wait_until(lambda: (r := all_runs(redis_url)) and r[0]["status"] not in ("queued", "retrying") and r,
+                       60, "the query's run to end")
+    assert run["status"] == "failed", run["reason"]
+    assert "row 2" in run["reason"] and "TaskItemId" in run["reason"] and "Review report" in run["reason"]
+    assert receiver.received == []  # no item of that answer ran
+
+    # InLoox answers right again: the retry asks it again rather than fan out the rows it refused.
+    retry_run(connection, run["id"])
+    wait_until(lambda: len(receiver.received) == 2, 60, "a notification per task")
+    runs = wait_until(lambda: (r := all_runs(redis_url)) and {x["status"] for x in r} == {"succeeded"} and r,
+                      30, "every run to succeed")
+    assert sorted(r["plan"]["item_key"] for r in runs if r["plan"]["item_key"]) == tasks

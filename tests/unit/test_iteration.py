@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import pytest
 
 from engine import Event, load_texts, plan_rule, render_deferred
-from engine.iteration import items, iterate
+from engine.iteration import items, iterate, unkeyed
 
 NOW = datetime(2025, 4, 1, 7, 0, tzinfo=timezone.utc)
 ANN, BEN = "5e1f7c2a-aaaa-4c1e-9a57-7d0a3e2b9c11", "5e1f7c2a-bbbb-4c1e-9a57-7d0a3e2b9c12"
@@ -70,3 +70,15 @@ def test_the_rules_if_cannot_read_item():
             "if": {"path": "item.Name", "op": "exists"}, "then": [{"notify": "x", "body": "y"}]}
     [error] = load_texts([("r.yaml", json.dumps(rule))]).errors
     assert "unknown name 'item'" in error.message
+
+
+@pytest.mark.parametrize("row, problem", [
+    ({"Name": "Spec"}, "row 2 of the answer has no key TaskItemId: {'Name': 'Spec'}"),
+    ({"TaskItemId": None, "Name": "Spec"}, "row 2 of the answer has no key TaskItemId"),
+    ({"TaskItemId": {"id": 1}}, "row 2 of the answer has TaskItemId {'id': 1}, not text or a number"),
+])
+def test_a_row_without_its_key_can_be_no_item_unless_grouped(row, problem):
+    spec = {"key": "TaskItemId", "group_by": None}
+    assert unkeyed(ROWS[:1], spec) == ""
+    assert unkeyed([ROWS[0], row], spec).startswith(problem)
+    assert unkeyed([ROWS[0], row], {**spec, "group_by": "ContactId"}) == ""  # a group needs no key
