@@ -5,6 +5,9 @@ it. It refuses, with a message a sender can act on (the caller answers 4xx with 
 - bytes that are not UTF-8 (the offset of the first bad byte);
 - JSON nested deeper than `MAX_DEPTH` (Python's parser recurses, and so does everything after it:
   schema checks, templates, copies; a 30,000-deep body would be a RecursionError somewhere later);
+- NaN, Infinity and numbers beyond a float's range (`1e400`): Python's parser takes them, but JSON
+  (RFC 8259) has no such numbers, and no later step can keep them: a run's record writes NaN as null,
+  so a retry would write null to InLoox where the sender meant no number at all;
 - text holding a lone surrogate (`"\\ud800"` is legal JSON but no UTF-8 can carry it, so every later
   step that stores or prints the event would fail on it: the poison event of issue 19). Where a
   person wrote the text (a rule file) it is refused; where a program sent it (a webhook, an InLoox
@@ -12,11 +15,13 @@ it. It refuses, with a message a sender can act on (the caller answers 4xx with 
   becomes U+FFFD, as the WHATWG encoding standard (TextEncoder, `String.toWellFormed`) does, and the
   event goes on.
 The checks cost a C-speed scan of the raw text in the common case: a body with fewer brackets than
-the depth limit and without a `\\ud800`-`\\udfff` escape cannot break either rule, and is not walked.
+the depth limit and without a `\\ud800`-`\\udfff` escape cannot break either rule, and is not walked;
+only a body with a long exponent or digit run has its fractions parsed by a check of ours.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -43,7 +48,7 @@ def parse_json(raw: bytes | str, what: str = "the body", *, max_depth: int = MAX
     """
     text = decode_text(raw, what) if isinstance(raw, (bytes, bytearray)) else raw
     try:
-        data = json.loads(text)
+        data = (_BOUNDED if _HUGE.search(text) else _DECODER).decode(text)
     except RecursionError:  # the C parser stops at the interpreter's recursion limit, cleanly
         raise BodyError(f"{what} nests deeper than {max_depth} levels") from None
     except ValueError as exc:
@@ -55,6 +60,23 @@ def parse_json(raw: bytes | str, what: str = "the body", *, max_depth: int = MAX
         if surrogates and repair:
             data = well_formed(data)
     return data
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value (send a number, or null)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is beyond the range of a number (about ±1.8e308)")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_BOUNDED = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
+# Only a number with an exponent of three digits or more, or 309 digits, can pass a float's range.
+_HUGE = re.compile(r"[eE][+-]?\d{3}|\d{309}")
 
 
 def well_formed(data: Any) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections import abc
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
@@ -256,6 +257,9 @@ def _set(tree: Any, path: tuple, value: Any) -> None:
 def jsonable(value: Any, rule_id: str, step: str) -> Any:
     """A rendered value in JSON form: date-times as ISO UTC, durations as seconds."""
     if value is None or type(value) in _PLAIN:  # most values: first, before the checks for the others
+        if type(value) is float and not math.isfinite(value):
+            # Not JSON, and a run's record would keep it as null: a retry would write null to InLoox.
+            raise TemplateError(f"rendered {value}, which is not a JSON number", rule_id=rule_id, step=step)
         return value
     if isinstance(value, datetime):
         try:

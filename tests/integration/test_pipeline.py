@@ -197,3 +197,44 @@ def test_a_key_from_the_sender_that_is_no_guid_fails_its_run_and_the_next_event_
     wait_until(lambda: runs_in(redis_url, "succeeded"), 30, "the next event's run")
     assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann back"]
     assert [r["status"] for r in all_runs(redis_url)] == ["failed", "succeeded"]
+
+
+# A number that is no number (NaN: not JSON, though Python's parser takes it) from the sender, in a write's values.
+# The first read of the task fails once, so that the run's next attempt is executed from its stored record.
+COLOUR_FROM_FORM = """
+id: colour-from-form
+when:
+  - webhook: forms
+retry: {attempts: 3, backoff: 1s}
+then:
+  - id: task
+    inloox.get: Task
+    key: "{{ webhook.body.task }}"
+  - inloox.update: Task
+    key: "{{ webhook.body.task }}"
+    values:
+      CustomColor: "COLOUR"
+"""
+
+
+@pytest.mark.parametrize("colour, sent", [("{{ webhook.body.color }}", float("nan")),
+                                          ("{{ webhook.body.color | float }}", "nan")], ids=["in the body", "rendered"])
+def test_a_number_that_is_no_number_is_refused_and_never_written_as_null(stack, sandbox, rules_dir, redis_url,
+                                                                          colour, sent):
+    # A run record is written by orjson, which writes NaN as null: the attempt executed from the record PATCHed
+    # CustomColor null over the task's 3, a write nobody asked for.
+    (rules_dir / "colour.yaml").write_text(COLOUR_FROM_FORM.replace("COLOUR", colour))
+    sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
+    task = sandbox.post("Task", json={"Name": "Call Ann", "ProjectId": PROJECT, "CustomColor": 3}).json()["TaskItemId"]
+    sandbox.fault(kind="status", status=500, count=1, methods=["GET"], path=r"^Task\(")
+    stack.worker()
+    answer = deliver(stack.web(), {"task": task, "color": sent}, "msg_nan")
+    if answer.status_code == 202:
+        wait_until(lambda: (r := all_runs(redis_url)) and r[0]["status"] in ("succeeded", "failed") and r, 60,
+                   "the run to end")
+    assert [t["CustomColor"] for t in sandbox.get("Task").json()["value"]] == [3]
+    if isinstance(sent, float):  # not JSON (RFC 8259 has no NaN): refused at the edge, naming it
+        assert answer.status_code == 400 and "NaN is not a JSON value" in answer.text, answer.text
+    else:  # a template made it: the run fails, saying which step rendered what
+        [failed] = runs_in(redis_url, "failed")
+        assert "rendered nan, which is not a JSON number" in failed["reason"], failed["reason"]
