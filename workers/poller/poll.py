@@ -137,7 +137,7 @@ def _order(feed: ChangeFeed, stamps: tuple[Stamp, ...]) -> list[str]:
 def _usable(feed: ChangeFeed, stamps: tuple[Stamp, ...], rows) -> tuple[list[dict], list[dict]]:
     """The rows a poll can use, and those of them the cursor may move past; the others logged and skipped.
 
-    A row that cannot be compared (not an object, no GUID key, a change time that is no instant, or
+    A row that cannot be compared (not an object, no key, a change time that is no instant, or
     none at all: it was asked for by its change time) is one answer's fault: the set's
     other changes go on. Its own change is not seen, so the cursor must not pass it: a feed with one
     stamp is read in stamp order, so the rows before it may count; one read in key order (several
