@@ -3,7 +3,8 @@
     fan_out(connection, event)     for an accepted InLoox change: one delivery per subscription
                                    that wants it (called while the event is handled, before it
                                    is acknowledged, so a crash re-creates nothing twice)
-    deliver(delivery_id, ws)       RQ job: one attempt; the next one is scheduled on failure
+    deliver(delivery_id, ws)       RQ job: one attempt; the next one is scheduled on failure (a second
+                                   job that comes before that attempt is due does nothing)
     sweep(connection)              deliveries whose job got lost (a killed worker) are queued again
 
     <prefix>delivery:<id>          JSON record: subscription, event, type, body, status
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 DELIVER = "workers.deliveries.deliver"
 SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000, 86400)  # seconds before attempts 2, 3, …
 GRACE = 60  # seconds past its due time before a pending delivery's job counts as lost
+EARLY = 1.0  # seconds an attempt may start before it is due: the clocks of the workers that schedule and run it differ
 KEEP_PER_SUBSCRIPTION = 1000  # deliveries listed per subscription (the newest)
 RECORD_TTL = 7 * 86400  # seconds a delivery record is kept after its last change
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -99,12 +101,17 @@ def deliver(ctx: WorkerContext, delivery: str) -> str:
     if not lock.acquire():
         return "locked"
     try:
-        record = load(connection, delivery)
+        record, due = _load_due(connection, delivery)
         if record is None or record["status"] != PENDING:
             connection.zrem(key("deliveries:due"), delivery)  # nothing left to do (an event handled twice)
             return record["status"] if record else "missing"
-        sub = subscriptions.get(connection, record["subscription"])
         now = time.time()
+        if due is not None and due > now + EARLY:
+            # A second job for an attempt already made: the sweeper's, for a delivery that waited its turn in a busy
+            # queue past GRACE, or a redelivery's. Sent now, the retry would go out before its time and use up the
+            # schedule (a delivery failed within seconds); the job queued for the next attempt comes at its time.
+            return "not due"
+        sub = subscriptions.get(connection, record["subscription"])
         if sub is None or sub.disabled:
             return _finish(connection, record, FAILED, now, "the subscription was deleted" if sub is None
                            else f"the subscription is disabled: {sub.disabled}")
@@ -238,6 +245,15 @@ def _job(delivery: str):
     """A first attempt's job, for Queue.enqueue_many."""
     return Queue.prepare_data(DELIVER, (delivery, current().name), job_id=workspace_job_id(f"{delivery}-0"),
                               result_ttl=0, timeout=60)
+
+
+def _load_due(connection: redis.Redis, delivery: str) -> tuple[dict | None, float | None]:
+    """The delivery's record and when its next attempt is due (None: no attempt is), in one round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.get(_key(delivery))
+        pipe.zscore(key("deliveries:due"), delivery)
+        raw, due = pipe.execute()
+    return (json.loads(raw) if raw is not None else None), due
 
 
 def load(connection: redis.Redis, delivery: str) -> dict | None:

@@ -204,3 +204,46 @@ def test_a_subscription_failing_for_five_days_is_disabled_and_the_operator_told(
     wait_until(lambda: "disabled: every delivery failed" in worker.output(), 10, "the worker's error line")
     wait_until(lambda: 'inloox_automation_subscriptions_disabled_total{workspace="default"} 1.0'
                in api.get("/metrics").get_data(as_text=True), 10, "the counter on /metrics")
+
+
+
+
+def test_a_delivery_waiting_its_turn_behind_a_slow_subscriber_is_not_attempted_before_it_is_due(stack, sandbox,
+                                                                                                 receiver, redis_url):
+    """Deliveries of a burst of changes, for a subscriber that answers 503 after 2 s, wait their turn (4 at a time) for
+    over a minute. The sweeper took those still waiting for deliveries whose job was lost and queued each again, and
+    the second job sent it again as soon as the first had failed: its retry, due in 10 minutes, went out at once, and
+    the delivery was failed (its schedule used up) seconds after its first attempt. (With the burst itself, 180
+    changes, 8 were failed so.)"""
+    import collections
+    import time
+
+    import redis as redis_lib
+    from rq import Queue
+
+    from workers import subscriptions, workspaces
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    receiver.answers, receiver.delay = [503] * 100, 2.0
+    stack.env["DELIVERY_RETRY_SECONDS"] = "600"  # one retry, 10 minutes after the first attempt
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+        sub, _ = subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.updated"]},
+                                      keyring=Keyring.from_config(os.environ))
+        for number in range(40):  # made two minutes ago, their jobs still queued behind the burst's others
+            event = {"id": f"evt-{number}", "source": "inloox", "kind": "updated", "entity_set": "Task",
+                     "key": f"task-{number}", "occurred_at": "2026-11-30T08:00:00+00:00",
+                     "changes": {"IsDone": [False, True]}, "entity": {}, "actor": {}}
+            deliveries.fan_out(connection, event, now=time.time() - 120)
+    stack.worker()
+
+    def shown() -> list[dict]:
+        with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+            return deliveries.listed(connection, sub.id, limit=100)
+
+    wait_until(lambda: all(d["attempts"] for d in shown()), 60, "every delivery's first attempt")
+    wait_until(lambda: Queue("default", connection=connection).count == 0, 60, "the queue to be drained")
+    time.sleep(5)  # the jobs taken last end (2 s each)
+
+    sent = collections.Counter(r["headers"]["webhook-id"] for r in receiver.received)
+    assert len(sent) == 40 and set(sent.values()) == {1}, "a delivery sent again before its retry was due"
+    assert collections.Counter(d["status"] for d in shown()) == {"pending": 40}
