@@ -53,7 +53,7 @@ class Guard:
     def addresses(self, host: str, port: int) -> list[str]:
         """The addresses to connect to for `host`: all of its answers, once each is found acceptable."""
         name = host.strip("[]").lower()
-        answers = list(dict.fromkeys(a[4][0] for a in socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)))
+        answers = list(dict.fromkeys(a[4][0] for a in _resolve(name, port)))
         if name not in self.allow:
             for address in answers:
                 if not is_public(address):
@@ -66,6 +66,19 @@ class Guard:
         """Record a refusal (libraries may swallow the exception); returns the exception to raise."""
         self.refusals.append(reason)
         return DestinationRefused(reason)
+
+
+def _resolve(name: str, port: int) -> list[tuple]:
+    """`socket.getaddrinfo` for a stream; a name that is none (an empty label, one over 63 characters) is not found.
+
+    Python's resolver encodes the name first and raises UnicodeError for those, which no library takes for a failed
+    connection: a subscriber's host with a typo (`hooks..example.com`) crashed every delivery job (urllib3's own
+    create_connection, which the guard replaces, checks this itself). As a lookup that failed, it is an OSError.
+    """
+    try:
+        return socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)
+    except UnicodeError:
+        raise socket.gaierror(socket.EAI_NONAME, f"{name} is not a host name (an empty label, or one too long)") from None
 
 
 _active: contextvars.ContextVar[Guard | None] = contextvars.ContextVar("outbound_guard", default=None)

@@ -247,3 +247,34 @@ def test_a_delivery_waiting_its_turn_behind_a_slow_subscriber_is_not_attempted_b
     sent = collections.Counter(r["headers"]["webhook-id"] for r in receiver.received)
     assert len(sent) == 40 and set(sent.values()) == {1}, "a delivery sent again before its retry was due"
     assert collections.Counter(d["status"] for d in shown()) == {"pending": 40}
+
+
+def test_a_subscriber_url_whose_host_is_no_name_fails_its_deliveries_on_the_schedule(stack, sandbox, receiver, api,
+                                                                                   redis_url):
+    """A typo in a subscriber's host (an empty label, or one over 63 characters) is no name to look up: Python's
+    resolver raised UnicodeError through the outbound guard, which crashed every attempt's job. Its deliveries stayed
+    pending with no attempt shown, the sweeper queued them again every minute for ever (each crash a failed RQ job
+    kept), and the subscription was never disabled. Now such a host fails as a name that is not found does."""
+    import time
+
+    import redis as redis_lib
+
+    from workers import subscriptions, workspaces
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    stack.env["DELIVERY_RETRY_SECONDS"] = "0.2"
+    event = {"id": "evt-typo", "source": "inloox", "kind": "updated", "entity_set": "Task", "key": "k1",
+             "occurred_at": "2026-11-30T08:00:00+00:00", "changes": {"IsDone": [False, True]}, "entity": {}, "actor": {}}
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+        typo, _ = subscriptions.create(connection, {"url": "https://hooks..example.com/inloox", "events": ["Task.*"]},
+                                       keyring=Keyring.from_config(os.environ))
+        long, _ = subscriptions.create(connection, {"url": f"https://{'a' * 64}.example.com/", "events": ["Task.*"]},
+                                       keyring=Keyring.from_config(os.environ))
+        deliveries.fan_out(connection, event, now=time.time())
+    stack.worker()
+
+    for sub in (typo, long):
+        [failed] = wait_until(lambda: [d for d in api.get(f"/subscriptions/{sub.id}/deliveries", headers=ADMIN)
+                                       .get_json()["deliveries"] if d["status"] == "failed"], 30,
+                              f"the delivery to {sub.url} to fail")
+        assert [a["error"] for a in failed["attempts"]] == ["failed: ConnectionError"] * 2  # tried, then retried once
