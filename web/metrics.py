@@ -19,7 +19,7 @@ from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from web.resources import get_redis, get_registry
-from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_operator_token
+from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_view_of_every_workspace
 from workers import eventlog, rule_files, workspaces
 from workers.metrics import COUNTERS, STEP_MS_BUCKETS, parse_field
 from workers.poller.status import poll_status
@@ -63,7 +63,7 @@ def metrics():
     """Every metric of every workspace in Prometheus' text format."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # here: see the note above bp
 
-    require_operator_token()
+    require_view_of_every_workspace()
     served = list(get_registry().workspaces().values())
     return Response(generate_latest(RedisCollector(get_redis(), served)), mimetype=CONTENT_TYPE_LATEST)
 

@@ -15,7 +15,7 @@ from flask import Blueprint, abort, jsonify, render_template, request
 from web import charts
 from web.openapi import check_query
 from web.resources import get_redis
-from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_operator_token
+from web.workspace import WORKSPACE_PREFIX, require_admin_token, require_view_of_every_workspace
 from workers import eventlog, registry, runs, workspaces
 from workers.metering import usage
 from workers.metering.limits import WAITING
@@ -30,7 +30,7 @@ TOP_RULES = 10
 @bp.get("/usage")
 def every_workspace():
     """Each workspace's usage over the span (the operator's token)."""
-    require_operator_token()
+    require_view_of_every_workspace()
     first, last = _span()
     connection = get_redis()
     return jsonify(workspaces=[usage.over(connection, name, first, last) for name in registry.names(connection)])

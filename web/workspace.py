@@ -159,6 +159,19 @@ def require_operator_token(without: str = "") -> None:
         abort(401, "the operator token is needed (Authorization: Bearer …)")
 
 
+def require_view_of_every_workspace() -> None:
+    """Views of every workspace (/metrics, /usage): the operator's, or, without OPERATOR_TOKEN, a token that
+    administers every workspace served (a deployment of one workspace and its ADMIN_TOKEN: it sees only its own)."""
+    if current_app.config.get("OPERATOR_TOKEN") or operator_open():
+        return require_operator_token()
+    given, view = bearer_token(), get_registry()
+    served = view.workspaces().values()
+    if not given or view.unreadable() or not all(registry.token_matches(given, w.admin_token_hash or registry_hash(w.admin_token))
+                            for w in served):
+        abort(401, "this route shows every workspace: it needs OPERATOR_TOKEN (or, without one, a token that "
+                   "administers every workspace); a workspace's own is at /workspaces/<ws>/…")
+
+
 @contextlib.contextmanager
 def redis_errors_as_messages():
     """A `flask` command meeting an unreachable Redis says so in one line, not with a traceback."""

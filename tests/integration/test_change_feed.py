@@ -203,7 +203,7 @@ def test_a_subscription_failing_for_five_days_is_disabled_and_the_operator_told(
     assert failed["status"] == "failed" and len(failed["attempts"]) == 1
     wait_until(lambda: "disabled: every delivery failed" in worker.output(), 10, "the worker's error line")
     wait_until(lambda: 'inloox_automation_subscriptions_disabled_total{workspace="default"} 1.0'
-               in api.get("/metrics").get_data(as_text=True), 10, "the counter on /metrics")
+               in api.get("/metrics", headers=ADMIN).get_data(as_text=True), 10, "the counter on /metrics")
 
 
 

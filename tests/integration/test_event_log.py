@@ -129,7 +129,7 @@ def test_a_rule_file_that_breaks_keeps_running_its_last_good_version(stack, sand
     checked = app.test_cli_runner().invoke(args=["rules", "check", str(rules_dir)])
     assert checked.exit_code == 1 and "forms.yaml: broken since" in checked.output
     assert "the stack runs its last good version" in checked.output, checked.output
-    metrics = client.get("/metrics").get_data(as_text=True)
+    metrics = client.get("/metrics", headers=ADMIN).get_data(as_text=True)
     assert 'inloox_automation_rule_file_broken{file="forms.yaml",running="last good",workspace="default"} 1.0' in metrics
 
 

@@ -178,6 +178,14 @@ def test_without_an_operator_token_no_customer_sees_every_workspaces_usage_and_m
     assert client.get("/workspaces/acme/usage", headers=auth("acme-admin-7Kp")).status_code == 200  # its own
     assert client.get("/workspaces/acme/metrics", headers=auth("acme-admin-7Kp")).status_code == 200
 
+    # One workspace and its ADMIN_TOKEN (README): every workspace is its own, so its token sees them.
+    redis.Redis.from_url(redis_url).flushdb()
+    single = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                         "INLOOX_API_KEY": sandbox.token, "ADMIN_TOKEN": "single-admin-7Kp"}).test_client()
+    for route in ("/usage", "/metrics"):
+        assert single.get(route).status_code == 401, route
+        assert single.get(route, headers=auth("single-admin-7Kp")).status_code == 200, route
+
     # Local development (no admin token anywhere, no OPERATOR_TOKEN): open, as before. (acme and globex went to the
     # registry in this Redis, which every process reads: a deployment of its own starts from an empty one.)
     redis.Redis.from_url(redis_url).flushdb()
