@@ -647,6 +647,7 @@ def _handle_events(workspace: str, entries: list[Entry]) -> list[BaseException |
 def _handle_together(batches: list[tuple[str, list[Entry]]]) -> list[BaseException | None]:
     """Handle the entries of each workspace, all at once (workers.jobs.handle_together); what each raised,
     in order, one workspace after the other."""
+    log.debug("%d events of %d workspace(s) together", sum(len(entries) for _, entries in batches), len(batches))
     with GATE.held():
         return _handle_on_lane(batches)
 
