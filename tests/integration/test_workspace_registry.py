@@ -425,3 +425,30 @@ def test_the_append_only_file_holds_no_secret_in_plain_text(tmp_path, sandbox):
             assert secret.removeprefix("whsec_").encode() not in written, secret
     finally:
         server.stop()
+
+
+def test_a_leftover_purge_that_meets_redis_away_is_done_once_redis_is_back(tmp_path, sandbox):
+    """A worker notes a deleted workspace's leftovers for 3 and 15 s later; Redis away at both times (a failover
+    as the workspace is deleted) must not leave what it wrote meanwhile for good: the purge waits for Redis."""
+    from tests.support.valkey import Valkey
+
+    server = Valkey(tmp_path / "redis").start()
+    try:
+        connection = server.client()
+        keyring = Keyring([generate_key()])
+        registry.put(connection, keyring, "acme", {"inloox_url": sandbox.base_url, "inloox_api_key": INLOOX_TOKEN})
+        registry.delete(connection, "acme")
+        leftovers = registry.Leftovers()
+        leftovers.let_go("acme", now=0.0)  # the worker noticed the deletion
+        connection.set("ws:acme:runs:done", "written in the second before it noticed")
+
+        server.stop()  # Redis away at both purges: the worker logs the error and goes on (workers/worker.py)
+        for at in registry.Leftovers.AFTER:
+            with pytest.raises(redis.ConnectionError):
+                leftovers.purge_due(connection, now=at)
+        server.start()
+
+        leftovers.purge_due(connection, now=registry.Leftovers.AFTER[-1] + 1.0)
+        assert list(connection.scan_iter(match="*acme*")) == []
+    finally:
+        server.stop()

@@ -53,12 +53,15 @@ class Leftovers:
     def purge_due(self, connection: redis.Redis, *, now: float | None = None) -> int:
         """Delete the leftovers that are due; how many keys went."""
         now = time.monotonic() if now is None else now
-        due = [name for at, name in self._due if at <= now]
+        due = {name for at, name in self._due if at <= now}
         if not due:
             return 0
+        # Deleted first, forgotten after: a purge that meets Redis away raises to the caller and stays due,
+        # so its next turn deletes once Redis is back (a late write would otherwise stay for good).
+        removed = sum(_delete_everything(connection, name) for name in due
+                      if not connection.hexists("registry:workspaces", name))
         self._due = [(at, name) for at, name in self._due if at > now]
-        return sum(_delete_everything(connection, name) for name in set(due)
-                   if not connection.hexists("registry:workspaces", name))
+        return removed
 
 
 def _delete_everything(connection: redis.Redis, name: str) -> int:
