@@ -536,9 +536,33 @@ def _run(ctx: WorkerContext, run_id: str, run: dict | None = None, *, acquired: 
             return run["status"] if run else "missing"
         if paused is not None:
             return _stop(ctx, run, "paused", paused.decode(), lock=lock)
-        return _execute(ctx, run, lock, fresh=fresh, marked=marked if fresh else None, ending=ending)
+        try:
+            return _execute(ctx, run, lock, fresh=fresh, marked=marked if fresh else None, ending=ending)
+        except redis.RedisError:
+            raise  # Redis away: the lock is given back once it answers (`_release`), and the run started again
+        except Exception as exc:  # noqa: BLE001 - a bug met by this run: see `_met_a_bug`
+            if lock.local.token is None:
+                raise  # its status is stored (or waits in its batch's Ending) already: only what came after failed
+            return _met_a_bug(ctx, run, exc, lock=lock)
     finally:
         _release(lock, run_id)
+
+
+class InternalError(Exception):
+    """What a run's attempt raised that no step expects (a bug), as the run's record tells it."""
+
+    def __init__(self, error: Exception):
+        super().__init__(f"internal error {type(error).__name__}: {error} (see the workers' logs)")
+
+
+def _met_a_bug(ctx: WorkerContext, run: dict, exc: Exception, *, lock) -> str:
+    """The attempt raised what no step expects (a bug): it counts as a retryable failure, and the run fails once its
+    rule's attempts are used up, saying what was raised. Raised on, it left the run queued for good: its event was
+    delivered again and given up on, and the sweeper started the run again every half minute (an RQ job failing four
+    times each). A retry writes nothing twice: the ledger's "sent" has the next attempt look in InLoox first, or ask a
+    person (notify, http, invoke)."""
+    log.exception("run %s (%s): its attempt raised an unexpected error", run["id"], run["rule_id"])
+    return _retry(ctx, run, Plan.from_dict(run["plan"]), InternalError(exc), lock=lock)
 
 
 def _acquire(ctx: WorkerContext, run_id: str):

@@ -18,7 +18,7 @@ import redis
 
 from engine.events import Event
 from tests.support.processes import wait_until
-from tests.support.stack import PROJECT, deliver, ensure_project, write_form_rule
+from tests.support.stack import PROJECT, all_runs, deliver, ensure_project, runs_in, write_form_rule
 from workers import eventlog
 
 GOOD = 15
@@ -109,3 +109,28 @@ def test_a_poison_event_never_holds_up_good_deliveries_across_a_worker_restart(s
     legacy = runner.invoke(args=["events", "show", legacy_id])
     assert legacy.exit_code == 0, legacy.output
     assert "forms" in legacy.output and "run" in legacy.output, legacy.output
+
+
+def test_a_run_whose_step_raises_ends_failed_with_its_error_rather_than_queued_for_good(stack, sandbox, rules_dir,
+                                                                                      redis_url):
+    """A bug met while a run writes (`before_send~` raises FailpointError at every write, as a bug would) is retried as
+    a retryable failure, and the run fails once its rule's attempts are used up, saying what was raised; its event is
+    handled. It used to stay queued for good: its event was delivered again and given up on, and the sweeper started
+    the run again every ~30 s, an RQ job failing four times each, with no end."""
+    stack.env["ENGINE_FAILPOINTS"] = "before_send~"
+    write_form_rule(rules_dir, extra="retry: {attempts: 2, backoff: 0.1}")
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    assert deliver(web, {"title": "Buggy", "project": PROJECT}, "msg_buggy").status_code == 202
+
+    [run] = wait_until(lambda: all_runs(redis_url), 15, "the run")
+    try:
+        [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 20, "the run to fail")
+    except AssertionError:
+        raise AssertionError(f"the run is {all_runs(redis_url)[0]['status']}, not failed") from None
+    assert failed["id"] == run["id"] and "FailpointError" in failed["reason"], failed["reason"]
+    assert sandbox.count("Task", "Name eq 'Buggy'") == 0
+    connection = redis.Redis.from_url(redis_url)
+    wait_until(lambda: not connection.xpending(eventlog.stream_key("default"), eventlog.GROUP)["pending"], 10,
+               "the event to be acknowledged")
