@@ -2,6 +2,7 @@
 
     history(connection, since=…, source=…, kind=…, unmatched=True, limit=50)   newest first
     find(connection, "evt-id" or "1764480000000-0")                              one event
+    entries_of(connection, ["evt-id", …])                                        many, for a replay
 
 Each event's `status`:
     waiting      accepted, no worker has finished handling it yet
@@ -114,7 +115,7 @@ def find(connection: redis.Redis, wanted: str) -> LoggedEvent | None:
     trace = None if entry_id else load_trace(connection, wanted)
     if trace is not None and trace.get("entry"):
         entry_id = trace["entry"]
-    entry = _entry_at(connection, stream, entry_id) if entry_id else _search(connection, stream, wanted)
+    entry = _entry_at(connection, stream, entry_id) if entry_id else _search(connection, stream, {wanted}).get(wanted)
     if entry is None:
         return None
     if trace is None:
@@ -122,6 +123,34 @@ def find(connection: redis.Redis, wanted: str) -> LoggedEvent | None:
     logged = _with_outcomes(connection, [entry], Handled(connection, stream))[0]
     logged.trace = trace if trace is not None else logged.trace
     return logged
+
+
+def entries_of(connection: redis.Redis, wanted: list[str]) -> dict[str, eventlog.Entry]:
+    """The kept entries of these event ids (or entry ids), by the id asked for; ids not kept are left out.
+
+    For replay: the ids a trace places are read in one round trip, the rest found in one pass over the
+    log for all of them. Looked for one at a time, each event older than its trace read the log again.
+    """
+    stream, placed = eventlog.stream_key(), _placed(connection, wanted)
+    unplaced = {w for w in wanted if w not in placed}
+    return _entries_at(connection, stream, placed) | (_search(connection, stream, unplaced) if unplaced else {})
+
+
+def _placed(connection: redis.Redis, wanted: list[str]) -> dict[str, str]:
+    """The entry id of each wanted id that is one, or whose event's trace names one."""
+    traced = [w for w in wanted if not _is_entry_id(w)]
+    raws = connection.mget([key(f"trace:{w}") for w in traced]) if traced else []
+    traces = {w: decode_record(raw) for w, raw in zip(traced, raws) if raw is not None}
+    return {w: w for w in wanted if _is_entry_id(w)} | {w: t["entry"] for w, t in traces.items() if t.get("entry")}
+
+
+def _entries_at(connection: redis.Redis, stream: str, placed: dict[str, str]) -> dict[str, eventlog.Entry]:
+    """The entries at these ids that the log still keeps (as `find`: one its trace names but trimmed is gone)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for entry_id in placed.values():
+            pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+        pages = pipe.execute(raise_on_error=False)  # an id past what Redis reads (99999999999999999999-0) is not kept
+    return {w: eventlog.decode_entry(*page[0]) for w, page in zip(placed, pages) if isinstance(page, list) and page}
 
 
 def entries_since(connection: redis.Redis, since: float, *, limit: int = SCAN_MAX) -> list[eventlog.Entry]:
@@ -171,20 +200,22 @@ def _entry_at(connection: redis.Redis, stream: str, entry_id: str) -> eventlog.E
     return eventlog.decode_entry(*found[0]) if found else None
 
 
-def _search(connection: redis.Redis, stream: str, event_id: str) -> eventlog.Entry | None:
-    """The newest entry holding `event_id`: for events with no trace (waiting, or traces trimmed)."""
-    high, looked = "+", 0
-    while looked < SCAN_MAX:
+def _search(connection: redis.Redis, stream: str, event_ids: set[str]) -> dict[str, eventlog.Entry]:
+    """The newest entry holding each of `event_ids`: for events with no trace (waiting, or traces trimmed).
+
+    One pass over the log, newest first, for all of them; it stops once each is found."""
+    high, looked, found = "+", 0, {}
+    while looked < SCAN_MAX and len(found) < len(event_ids):
         page = connection.xrevrange(stream, max=high, min="-", count=1000)
         if not page:
-            return None
+            break
         looked += len(page)
         for entry_id, fields in page:
             entry = eventlog.decode_entry(entry_id, fields)
-            if entry.event.get("id") == event_id:
-                return entry
+            if entry.event.get("id") in event_ids:
+                found.setdefault(entry.event["id"], entry)
         high = "(" + eventlog.as_text(page[-1][0])
-    return None
+    return found
 
 
 def _is_entry_id(text: str) -> bool:

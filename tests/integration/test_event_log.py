@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -245,3 +246,34 @@ def test_events_show_prints_an_event_with_odd_characters_and_its_handling_error(
     assert as_json.exit_code == 0 and json.loads(as_json.output)["trace"]["error"].startswith("poison")
     listed = app.test_cli_runner().invoke(args=["events", "list"])
     assert listed.exit_code == 0 and "webhook:forms:msg_odd" in listed.output
+
+
+def test_a_replay_naming_many_old_events_reads_the_log_once_not_once_for_each(redis_url, app, client):
+    # The log keeps ten times more events than traces: an older event is found by reading the log, newest
+    # first. Naming 100 of them read the log 100 times over on a web thread (about 0.9 s each at the log's
+    # 100,000 entries), and looked at the workers' pending list once for each, before any limit applied.
+    connection = redis.Redis.from_url(redis_url)
+    with workspaces.using(workspaces.Workspace("default", "http://unused", "unused")):
+        stream = eventlog.stream_key()
+        with connection.pipeline(transaction=False) as pipe:
+            for n in range(20_000):
+                pipe.xadd(stream, {"z": eventlog.encode(_task_done(f"old-{n}", 1.0))})
+            pipe.execute()
+        eventlog.ensure_group(connection, stream)
+    named = [f"old-{n}" for n in range(100)] * 2  # the oldest, and each twice: one replay each, in log order
+
+    before, started = _log_reads(connection), time.monotonic()
+    answer = client.post("/events/replay", json={"events": named, "dry_run": True}, headers=ADMIN)
+    reads, took = _log_reads(connection) - before, time.monotonic() - started
+
+    assert reads <= 20_000 // 1000 + 5, f"{reads} reads of the log and its pending list in {took:.1f} s"
+    assert answer.status_code == 200 and answer.get_json()["events"] == 100, answer.text[:300]
+    assert [d["event_id"] for d in answer.get_json()["replayed"]] == named[:100]
+    too_many = client.post("/events/replay", json={"events": [f"e{n}" for n in range(10_001)]}, headers=ADMIN)
+    assert too_many.status_code == 422 and "at most 10000" in too_many.get_json()["error"]["message"]
+
+
+def _log_reads(connection) -> int:
+    """Commands that read the event log or its pending list, counted by the server so far."""
+    stats = connection.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("xrange", "xrevrange", "xpending"))
