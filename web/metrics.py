@@ -65,7 +65,7 @@ def metrics():
 
     require_view_of_every_workspace()
     served = list(get_registry().workspaces().values())
-    return Response(generate_latest(RedisCollector(get_redis(), served)), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(RedisCollector(get_redis(), served)), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get(WORKSPACE_PREFIX + "/metrics")
@@ -75,7 +75,7 @@ def workspace_metrics():
 
     require_admin_token()
     collector = RedisCollector(get_redis(), [workspaces.current()])
-    return Response(generate_latest(collector), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(collector), content_type=CONTENT_TYPE_LATEST)
 
 
 class RedisCollector:

@@ -21,7 +21,9 @@ def scrape(api) -> dict:
     """{(sample name, sorted labels): value} of one /metrics answer."""
     response = api.test_client().get("/metrics")
     assert response.status_code == 200
-    assert response.content_type.startswith("text/plain")
+    # Prometheus's own header, whose charset was written a second time (`; charset=utf-8; charset=utf-8`)
+    from prometheus_client import CONTENT_TYPE_LATEST
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
     samples = [s for family in text_string_to_metric_families(response.get_data(as_text=True)) for s in family.samples]
     # Every counter and poll gauge is the default workspace's here; the label itself is checked once.
     assert {s.labels.get("workspace") for s in samples if "_total" in s.name or "poll_" in s.name} <= {"default"}
