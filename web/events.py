@@ -75,7 +75,12 @@ def selected_entries(connection, *, since: str | None, event_ids) -> list:
     if bool(since) == bool(event_ids):
         raise ReplayRefused("name the events to replay: either a time (since, e.g. 1h) or event ids, not both")
     if since:
-        return event_history.entries_since(connection, since_epoch(since))
+        # One more than a replay takes tells that there are too many, without reading the log's 100,000.
+        entries = event_history.entries_since(connection, since_epoch(since), limit=MAX_EVENTS + 1)
+        if len(entries) > MAX_EVENTS:
+            raise ReplayRefused(f"more than {MAX_EVENTS} events since {since}; a replay takes at most {MAX_EVENTS}"
+                                " (narrow since)")
+        return entries
     if isinstance(event_ids, str) or not all(isinstance(i, str) for i in event_ids):
         raise ReplayRefused("events must be a list of event ids")
     named = list(dict.fromkeys(event_ids))  # an event named twice is replayed once

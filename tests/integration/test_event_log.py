@@ -310,3 +310,25 @@ def test_the_what_if_page_of_a_large_bundle_answers_in_seconds_and_says_how_many
     assert took < 20, f"the what-if page answered after {took:.0f} s"
     compared = int(page.split("Compared the oldest ")[1].split()[0])
     assert 0 < compared < 4000 and "of the 4000 logged events" in page, page
+
+
+def test_a_replay_since_a_time_with_too_many_events_is_refused_after_reading_one_more_than_it_takes(redis_url, app,
+                                                                                                    client):
+    # A replay takes at most MAX_EVENTS (10,000) events. By a time on a busy workspace, the log was read
+    # and decoded up to its 100,000 entries (~1.7 s of a shared web thread) before the replay refused.
+    from workers.replay import MAX_EVENTS
+
+    connection = redis.Redis.from_url(redis_url)
+    with workspaces.using(workspaces.Workspace("default", "http://unused", "unused")):
+        stream = eventlog.stream_key()
+        with connection.pipeline(transaction=False) as pipe:
+            for n in range(2 * MAX_EVENTS):
+                pipe.xadd(stream, {"z": eventlog.encode(_task_done(f"busy-{n}", 1.0))})
+            pipe.execute()
+
+    before = _log_reads(connection)
+    answer = client.post("/events/replay", json={"since": "7d", "dry_run": True}, headers=ADMIN)
+    reads = _log_reads(connection) - before
+
+    assert answer.status_code == 422 and "at most 10000" in answer.get_json()["error"]["message"], answer.text[:300]
+    assert reads <= MAX_EVENTS // 1000 + 2, f"{reads} reads of the log for a replay it refused"
