@@ -238,16 +238,21 @@ class Worker(SimpleWorker):
         # RQ's wait for work retries Redis errors in a loop of its own, where the StopRequested its
         # signal handler raises can be swallowed by redis-py; this is the first call of each turn.
         if self._stop_requested and self.get_state() != WorkerStatus.BUSY:
-            if self.consumer is not None:
-                self.consumer.stop_reading()  # its last read ends while RQ's scheduler stops
-            if self.polling is not None:
-                self.polling.stop_event.set()  # its polls under way end meanwhile too
+            self._stop_taking_work()
             raise StopRequested()
         self._follow_workspaces()
         self._narrow()
         self._consumer_beat()
         self._beat_jobs()
         return super().heartbeat(*args, **kwargs)
+
+    def _stop_taking_work(self) -> None:
+        """A warm stop: the consumer reads no more events and the poller starts no more polls (each ends what it has
+        under way, `work`), while RQ's loop winds down its scheduler and its jobs."""
+        if self.consumer is not None:
+            self.consumer.stop_reading()  # its last read ends while RQ's scheduler stops
+        if self.polling is not None:
+            self.polling.stop_event.set()  # its polls under way end meanwhile too
 
     def _follow_workspaces(self) -> None:
         """Serve the running workspaces as the registry has them now: their event logs and RQ queues.
@@ -423,6 +428,11 @@ class Worker(SimpleWorker):
 
     def teardown(self):
         """RQ's, once the jobs under way have ended (a warm stop lets them finish, as RQ's own)."""
+        if self._stop_requested:
+            # RQ's loop also stops at the top of a turn, our heartbeat not called: a stop that came as its wait
+            # handed it a job. The consumer read on while the jobs ended (up to JOBS_STOP_SECONDS), taking events a
+            # supervisor's SIGKILL would leave to the claim of idle entries. Not on an error: RQ's loop starts again.
+            self._stop_taking_work()
         if not self._places.wait_for_none(JOBS_STOP_SECONDS):
             log.warning("worker %s: stopping with %d job(s) still running; they are found abandoned and run again",
                         self.name, len(self._places.jobs()))

@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from tests.support.crashes import frozen_at
+from tests.support.crashes import EVENTS, consumer_name, frozen_at
 from tests.support.partition import Partition
 from tests.support.processes import wait_until
 from tests.support.stack import (BOOKING_RULE, PREFIX, PROJECT, all_runs, deliver, ensure_project, make_task, runs_in,
@@ -441,6 +441,43 @@ def test_a_worker_whose_redis_dies_at_a_turn_of_its_loop_stops_cleanly(stack, ki
 
     wait_until(lambda: not worker.alive(), 15, "the worker to stop although Redis is away")
     assert "Traceback" not in worker.output()
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_stopped_as_it_takes_a_job_reads_no_more_events_while_the_job_ends(stack, sandbox, rules_dir, redis_url):
+    """The SIGTERM comes while RQ's wait hands the worker a job: RQ's loop stops at the top of its next turn and its
+    teardown waits for the job (up to 60 s). Meanwhile the event consumer must read no more: an event taken then
+    is one a supervisor's SIGKILL leaves to the claim of idle entries (20 s), not to a worker that is not stopping."""
+    import redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    connection = redis.Redis.from_url(redis_url)
+    job = Queue("default", connection=connection, serializer=JSONSerializer).enqueue("time.sleep", 20, job_timeout=60)
+    stack.env["ENGINE_FAILPOINTS"] = "freeze:rq_turn@2"  # the turn after its first (which takes the job)
+    stopping = stack.worker("stopping")
+    wait_until(lambda: frozen_at(stopping, "rq_turn"), 20, "the worker to freeze at the turn after taking the job")
+    assert job.get_status(refresh=True) == "started"
+    name = consumer_name(redis_url, stopping)
+
+    stopping.signal(signal.SIGTERM)  # pending until the worker goes on: RQ's loop reads it at the turn's top
+    stopping.signal(signal.SIGCONT)
+
+    def last_read_ms() -> int:
+        consumers = connection.xinfo_consumers(EVENTS, "engine")
+        return next(c["idle"] for c in consumers if c["name"].decode() == name)
+
+    wait_until(lambda: last_read_ms() > 2000, 10, "the stopping worker's consumer to read its event log no more")
+    web = stack.web()
+    assert deliver(web, {"title": "While stopping", "project": PROJECT}, "msg_stopping").status_code == 202
+    stack.env.pop("ENGINE_FAILPOINTS")
+    stack.worker("other")
+    wait_until(lambda: runs_of(redis_url, "While stopping", "succeeded"), 20, "the other worker to handle the event")
+    assert stopping.alive(), "the stopping worker should still wait for its job"
+    wait_until(lambda: not stopping.alive(), 30, "the worker to stop once its job ended")
+    assert job.get_status(refresh=True) == "finished" and "Traceback" not in stopping.output()
 
 
 @pytest.mark.timeout(170)
