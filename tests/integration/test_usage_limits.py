@@ -187,9 +187,14 @@ def test_usage_equals_what_happened(stack, sandbox, receiver):
     def report() -> dict:
         return _call("GET", f"{web}/workspaces/acme/usage", admin).json()
 
-    # The worker writes its batched counts within a second or two.
-    wait_until(lambda: report()["billable_runs"] == 3 and report()["inloox_requests"]["write"] >= 2, 10,
-               "the worker's counts")
+    # The worker writes its batched counts (runs started, steps, requests) within a second or two; billable runs
+    # go with each run's end. Waiting for the latter alone read the notification's count before its batch (CI).
+    def counted() -> bool:
+        seen = report()
+        return (seen["billable_runs"], seen["runs"], seen["notifications"]) == (3, 3, 1) and \
+            seen["inloox_requests"]["write"] >= 2
+
+    wait_until(counted, 10, "the worker's counts")
     seen = report()
     assert seen["events"] == {"webhook": 2, "inloox": 0, "chat": 0, "schedule": 0, "manual": 0}
     assert seen["runs"] == 3  # form-to-task twice, form-to-chat for the urgent one
