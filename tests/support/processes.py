@@ -1,8 +1,11 @@
 """Real processes for integration tests: free ports, waiting on conditions, owned subprocesses."""
 from __future__ import annotations
 
+import atexit
 import ctypes
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +16,18 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def _log_folder() -> Path:
+    """Where this test process's children write their output: one folder, removed when the process ends.
+
+    A log file of each process a test started (several per test) stayed in /tmp for good: some 500 a run of the
+    suite. A failing test prints the output it needs (its teardown's captured output) before the folder goes.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="engine-tests-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def free_port() -> int:
@@ -86,7 +101,7 @@ class Process:
 
     def __init__(self, args: list[str], *, name: str, env: dict | None = None, cwd: Path = ROOT):
         self.name = name
-        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=_log_folder())[1])
         # A value of None removes an inherited variable (e.g. REDIS_URL from the developer's shell).
         merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env = {name: value for name, value in merged.items() if value is not None}
