@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from .documents import format_path
 from .durations import parse_duration
-from .edm import coercer, parse_datetime, same_value, type_problem
+from .edm import coercer, parse_datetime, parse_instant, same_value, type_problem
 from .errors import TemplateError, did_you_mean
 from .scope import Compilation, FieldType
 from .templates import is_template, render
@@ -152,26 +152,17 @@ operator("exists", operand="bool", explanation="the value is present and not nul
     lambda v, o, now: (v is not MISSING and v is not None) == o)
 
 
-def _instant(value: Any) -> datetime | None:
-    """The moment a value names, or None: text that is no date-time, or one without an offset.
-
-    "2025-03-01T00:00:00" (a webhook's, a row's) is a time on no clock we know; Python refuses to
-    compare it with `now` (a TypeError that failed the event for every rule), so it holds no more
-    than any other text that is not a date-time."""
-    moment = parse_datetime(value)
-    return moment if moment is not None and moment.utcoffset() is not None else None
-
-
 @operator("older_than", operand="duration", explanation="a date-time lies further back than a duration before now")
 def _older_than(value, operand, now):
-    moment = _instant(value)
+    # A date-time without an offset holds no more than text that is none (Python cannot compare it with `now`).
+    moment = parse_instant(value)
     return moment is not None and moment < now - operand
 
 
 @operator("newer_than", operand="duration", explanation="a date-time lies within a duration before now",
           synonyms=("within_last", "within_the_last", "younger_than"))
 def _newer_than(value, operand, now):
-    moment = _instant(value)
+    moment = parse_instant(value)
     return moment is not None and moment >= now - operand
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import reprlib
 from datetime import datetime
 from typing import Any, Callable
 
@@ -23,6 +24,23 @@ def parse_datetime(value: Any) -> datetime | None:
         except ValueError:
             return None
     return None
+
+
+def parse_instant(value: Any) -> datetime | None:
+    """`parse_datetime`, but only a moment: None also for a date-time without an offset ("2025-03-01T09:00:00",
+    a webhook's or a row's), which names a time on no clock we know and which Python cannot compare with one."""
+    moment = parse_datetime(value)
+    return moment if moment is not None and moment.utcoffset() is not None else None
+
+
+def key_problem(value: Any) -> str:
+    """Why `value` cannot be an entity's key ("" when it can): "missing", or what it is instead of text or a
+    number. Not always a GUID: FeatureFlagInfo's key is text."""
+    if value is None or value == "":
+        return "missing"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return f"{reprlib.repr(value)}, not text or a number"
+    return ""
 
 
 def same_value(a: Any, b: Any) -> bool:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from inloox.metadata import load_metadata
 
+from .edm import key_problem
 from .errors import did_you_mean
 from .scope import Compilation, Root
 
@@ -94,11 +95,11 @@ def unkeyed(rows: Iterable[Mapping], spec: Mapping) -> str:
     if spec.get("group_by"):
         return ""
     for number, row in enumerate(rows, start=1):
-        value = row.get(spec["key"])
-        if value is None or value == "":
+        problem = key_problem(row.get(spec["key"]))
+        if problem == "missing":
             return f"row {number} of the answer has no key {spec['key']}: {reprlib.repr(dict(row))}"
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            return f"row {number} of the answer has {spec['key']} {reprlib.repr(value)}, not text or a number"
+        if problem:
+            return f"row {number} of the answer has {spec['key']} {problem}"
     return ""
 
 

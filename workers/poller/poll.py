@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 import redis
 
 from engine.diff import diff_snapshots
-from engine.edm import parse_datetime
+from engine.edm import key_problem, parse_datetime, parse_instant
 from engine.events import Event
 from inloox import Client, InLooxError, eq, ge, or_
 from inloox.changes import ChangeFeed, Stamp
@@ -169,13 +169,10 @@ def row_problem(row, key: tuple[str, ...], stamps: list[str] = ()) -> str:
     if not isinstance(row, dict):
         return f"it is not an object but {reprlib.repr(row)}"
     for column in key:
-        value = row.get(column)
-        if value is None or value == "":
-            return f"its key {column} is missing"
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            return f"its key {column} is {reprlib.repr(value)}, not text or a number"
+        if problem := key_problem(row.get(column)):
+            return f"its key {column} is {problem}"
     for column in stamps:
-        if row.get(column) is not None and _moment(row[column]) is None:
+        if row.get(column) is not None and parse_instant(row[column]) is None:
             return f"its change time {column} is {reprlib.repr(row[column])}, not a date-time with a UTC offset"
     return ""
 
@@ -302,11 +299,15 @@ def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
 
 def _listed_key(feed: ChangeFeed, number: int, row) -> str:
     """A key the sweep reads; a row it cannot read fails the sweep: skipped, its entity would look deleted."""
-    problem = row_problem(row, (feed.key,))
-    if problem:
-        raise InLooxError(f"sweep {feed.entity_set}: row {number} of {feed.entity_set} cannot be read: {problem}",
-                          method="GET")
-    return str(row[feed.key])
+    return str(readable_row(row, (feed.key,), f"sweep {feed.entity_set}: row {number} of {feed.entity_set}")[feed.key])
+
+
+def readable_row(row, key: tuple[str, ...], which: str) -> dict:
+    """`row`, if its key can be read; else an InLooxError naming `which` row: a read that must know every row (a
+    baseline, a sweep, a scan) fails, keeps nothing, and is tried again."""
+    if problem := row_problem(row, key):
+        raise InLooxError(f"{which} cannot be read: {problem}", method="GET")
+    return row
 
 
 def deleted_event(entity_set: str, key: str, snapshot: dict, occurred_at: datetime, event_id: str,
@@ -327,21 +328,14 @@ def _baseline(client, store, feed, watched, stamps) -> PollResult:
     the cursor.
     """
     key, columns = feed.column(feed.key), [s.column for s in stamps]
-    rows = [_known_row(feed, number, row) for number, row in enumerate(
-        client.query(feed.view, select=_select(feed, watched, stamps), orderby=_order(feed, stamps)), start=1)]
+    # A row whose key cannot be read fails it; one whose change time cannot be read is known by its key.
+    rows = [readable_row(row, (key,), f"baseline {feed.entity_set}: row {number} of {feed.view}")
+            for number, row in enumerate(client.query(feed.view, select=_select(feed, watched, stamps),
+                                                      orderby=_order(feed, stamps)), start=1)]
     snapshots = {str(r[key]): _snapshot(feed, watched, stamps, r) for r in rows}
     dated = [r for r in rows if not row_problem(r, (key,), columns)]
     store.save_many(snapshots, _newest(None, dated, stamps) or "1970-01-01T00:00:00Z")
     return PollResult(feed.entity_set, rows=len(rows), baseline=True)
-
-
-def _known_row(feed: ChangeFeed, number: int, row) -> dict:
-    """A row of the baseline, whose key says which entity it is (its change time may be unreadable)."""
-    problem = row_problem(row, (feed.column(feed.key),))
-    if problem:
-        raise InLooxError(f"baseline {feed.entity_set}: row {number} of {feed.view} cannot be read: {problem}",
-                          method="GET")
-    return row
 
 
 def _newest(cursor: str | None, rows: list[dict], stamps: tuple[Stamp, ...]) -> str | None:
@@ -351,13 +345,7 @@ def _newest(cursor: str | None, rows: list[dict], stamps: tuple[Stamp, ...]) -> 
 
 
 def _instant(stamp: str) -> datetime:
-    return _moment(stamp) or datetime.min.replace(tzinfo=timezone.utc)
-
-
-def _moment(stamp) -> datetime | None:
-    """The instant of a change time; None when it is none (not a date-time, or one without a UTC offset)."""
-    moment = parse_datetime(stamp) if isinstance(stamp, str) else None
-    return moment if moment is not None and moment.tzinfo is not None else None
+    return parse_instant(stamp) or datetime.min.replace(tzinfo=timezone.utc)
 
 
 def seen_key(event: Event) -> str:

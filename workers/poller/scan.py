@@ -31,12 +31,12 @@ import redis
 
 from engine.diff import diff_snapshots
 from engine.events import Event, id_part
-from inloox import Client, InLooxError, and_, eq, or_
+from inloox import Client, and_, eq, or_
 from inloox.changes import PAGE_SIZE, Scan
 from workers import guards, workspaces
 from workers.intake import submit_event
 from workers.poller.poll import (
-    FETCH_CHUNK, PollResult, PollSettings, deleted_event, hold_flood, row_problem, seen_key, selection,
+    FETCH_CHUNK, PollResult, PollSettings, deleted_event, hold_flood, readable_row, seen_key, selection,
     watched_fields,
 )
 from workers.poller.snapshots import SnapshotStore
@@ -152,11 +152,7 @@ def _key_text(scan: Scan, number: int, row) -> str:
 
     Skipped, it would be missing from the scan, and its entity taken for a deleted one.
     """
-    problem = row_problem(row, scan.key)
-    if problem:
-        raise InLooxError(f"scan {scan.entity_set}: row {number} of an answer cannot be read: {problem}",
-                          method="GET")
-    return scan.key_text(row)
+    return scan.key_text(readable_row(row, scan.key, f"scan {scan.entity_set}: row {number} of an answer"))
 
 
 def _ours(connection, scan: Scan, keys: list[str], *, since: datetime) -> dict[str, int]:
