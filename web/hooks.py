@@ -56,7 +56,7 @@ def receive(source: str):
     except SignatureError as exc:
         abort(401, f"webhook signature rejected: {exc}")
     event = _event(source, request.headers["webhook-id"], _json(text))
-    _within_daily_events()
+    _alert_day_events()
     own = workspaces.current().limits
     try:
         accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
@@ -104,12 +104,12 @@ def _alert(alert, **details) -> None:
         current_app.logger.warning("the alert of refused webhooks could not be claimed")
 
 
-def _within_daily_events() -> None:
+def _alert_day_events() -> None:
     """Alert the workspace at 80 % and 100 % of its events_per_day. Refusing is the append script's, after its
     check for a duplicate (eventlog.DayFull): a sender's redelivery of an accepted id gets its 200 over the limit."""
     try:
-        limits.events_wait(get_redis(), workspaces.current(),
-                           OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]))
+        limits.alert_day_events(get_redis(), workspaces.current(),
+                                OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]))
     except redis.RedisError:
         current_app.logger.exception("the daily event limit could not be read")
         abort(503, "the event could not be stored; retry later")

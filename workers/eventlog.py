@@ -41,8 +41,8 @@ EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
 # (0: no limit), then the day's usage field of each source. Returns the new entry's id, false for a duplicate,
 # {waiting} when the workspace's backlog is at its limit, {-1, ms} when it is ahead of its pace by ms, or {-2, used}
 # when it accepted its events of the day (nothing written either way).
-# The day's events are counted here, with the append: read by the web before it (limits.events_wait), the count let
-# every webhook through that two web processes (or threads) read before the others were stored, however many.
+# The day's events are counted here, with the append: read by the web before it, the count let every webhook through
+# that two web processes (or threads) read before the others were stored, however many.
 # The pace is GCRA (a token bucket kept as one time): the key holds when the workspace's sending would be back to
 # its pace, by Redis's clock (ms); an event may be accepted while that is at most the burst's time ahead of now.
 # An accepted event marks its workspace active (the entry id's milliseconds), so that the poller polls
