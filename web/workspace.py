@@ -162,12 +162,13 @@ def require_operator_token(without: str = "") -> None:
 def require_view_of_every_workspace() -> None:
     """Views of every workspace (/metrics, /usage): the operator's, or, without OPERATOR_TOKEN, a token that
     administers every workspace served (a deployment of one workspace and its ADMIN_TOKEN: it sees only its own)."""
-    if current_app.config.get("OPERATOR_TOKEN") or operator_open():
+    if current_app.config.get("OPERATOR_TOKEN"):
         return require_operator_token()
+    if operator_open():
+        return
     given, view = bearer_token(), get_registry()
-    served = view.workspaces().values()
-    if not given or view.unreadable() or not all(registry.token_matches(given, w.admin_token_hash or registry_hash(w.admin_token))
-                            for w in served):
+    hashes = [w.admin_token_hash or registry_hash(w.admin_token) for w in view.workspaces().values()]
+    if not given or view.unreadable() or not all(registry.token_matches(given, h) for h in hashes):
         abort(401, "this route shows every workspace: it needs OPERATOR_TOKEN (or, without one, a token that "
                    "administers every workspace); a workspace's own is at /workspaces/<ws>/…")
 
