@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from .edm import parse_datetime
+from .edm import parse_datetime, same_value
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal values, treating one instant written two ways (`Z` vs `+00:00`) as the same."""
-    if a == b:
+    """Equal values, treating one instant written two ways (`Z` vs `+00:00`) as the same; true is not 1."""
+    if same_value(a, b):
         return True
     if isinstance(a, str) and isinstance(b, str):
         da, db = parse_datetime(a), parse_datetime(b)

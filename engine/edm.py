@@ -44,8 +44,14 @@ def key_problem(value: Any) -> str:
 
 
 def same_value(a: Any, b: Any) -> bool:
-    """Equal as JSON values are: true is not 1, nor false 0 (for Python, `True == 1`)."""
-    return a == b and isinstance(a, bool) is isinstance(b, bool)
+    """Equal as JSON values are: true is not 1, nor false 0 (for Python, `True == 1`), in lists and objects too."""
+    if a != b or isinstance(a, bool) is not isinstance(b, bool):
+        return False
+    if isinstance(a, dict):  # equal, so the same keys
+        return all(same_value(value, b[key]) for key, value in a.items())
+    if isinstance(a, (list, tuple)):
+        return all(map(same_value, a, b))
+    return True
 
 
 def _is_number(value: Any) -> bool:
