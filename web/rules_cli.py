@@ -190,7 +190,11 @@ def explain_command(event_file: Path, rules_path: Path | None, now: str | None, 
 @click.option("--dry-run", is_flag=True, help="Print the plan (the explain report) and write nothing.")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
               help="A value for env.NAME, over those RULES_ENV allows from the settings (repeatable).")
-def run_command(rule_id: str, event_file: Path | None, tick: bool, dry_run: bool, env_pairs: tuple[str, ...]):
+@click.option("--input", "input_pairs", multiple=True, metavar="NAME=VALUE",
+              help="A value for input.NAME of the manual event (repeatable); VALUE is read as JSON if it is JSON "
+                   "(2, true, null, [1,2]), else as text.")
+def run_command(rule_id: str, event_file: Path | None, tick: bool, dry_run: bool, env_pairs: tuple[str, ...],
+                input_pairs: tuple[str, ...]):
     """Run RULE_ID now: its event goes to the intake and a worker runs it, like any other event.
 
     With --event, every rule that event matches runs (the event is simply accepted again). With
@@ -198,16 +202,20 @@ def run_command(rule_id: str, event_file: Path | None, tick: bool, dry_run: bool
     """
     if tick and event_file:
         raise click.UsageError("give --event or --tick, not both")
+    if input_pairs and (tick or event_file):
+        raise click.UsageError("--input is the manual event's: give it without --event and --tick")
     now = datetime.now(timezone.utc)
     ruleset = get_context().ruleset()
     upcoming = _next_tick(ruleset, rule_id, now) if tick else None
     event = (schedule_event(rule_id, upcoming.at) if upcoming else _read_event(event_file) if event_file
-             else manual_event(rule_id, now=now, given={"by": "flask rules run"}))
+             else manual_event(rule_id, now=now, given={"by": "flask rules run", **_given(input_pairs)}))
     env = _rule_env(env_pairs)
     try:
         plan = plan_manual_run(ruleset, rule_id, event, now=now, env=env)
     except ManualRunRefused as exc:
-        raise click.ClickException(str(exc)) from exc
+        # As the dashboard's form asks for a manual rule's input, say how to give it here.
+        hint = " (give it with --input NAME=VALUE)" if event.source == "manual" and "input." in str(exc) else ""
+        raise click.ClickException(f"{exc}{hint}") from exc
     if dry_run:
         # Without --env the plan shows env.* templates as written: the worker fills them in.
         click.echo("\n".join(explain(event, ruleset, now=now, env=env, defer_env=not env_pairs).lines()))
@@ -287,11 +295,22 @@ def _rule_env(env_pairs: tuple[str, ...]) -> dict:
     return {**rule_env({"RULES_ENV": allowed}), **dict(_pair(p) for p in env_pairs)}
 
 
-def _pair(text: str) -> tuple[str, str]:
+def _pair(text: str, option: str = "--env") -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
-        raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--env")
+        raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint=option)
     return name, value
+
+
+def _given(input_pairs: tuple[str, ...]) -> dict:
+    """--input NAME=VALUE pairs as the manual event's input: JSON where VALUE is JSON, else the text."""
+    given = {}
+    for name, value in (_pair(p, "--input") for p in input_pairs):
+        try:
+            given[name] = json.loads(value)
+        except ValueError:  # plain text: `reason=done by hand`
+            given[name] = value
+    return given
 
 
 def _error_dict(error: RuleError) -> dict:

@@ -53,3 +53,27 @@ def test_a_rule_that_would_not_run_is_refused_with_its_reason(runner, rule_id, w
     result = runner.invoke(args=["rules", "run", rule_id, "--dry-run"])
     assert result.exit_code == 1
     assert words in result.output
+
+
+def test_a_manual_rule_that_reads_input_is_given_it_with_input_pairs(runner):
+    """As the dashboard's form asks for a manual rule's input, `--input NAME=VALUE` gives it; without it the
+    refusal says how."""
+    result = runner.invoke(args=["rules", "run", "archive-project", "--dry-run"])
+    assert result.exit_code == 1
+    assert "input.project_id is undefined" in result.output and "(give it with --input NAME=VALUE)" in result.output
+    result = runner.invoke(args=["rules", "run", "archive-project", "--dry-run",
+                                 "--input", "project_id=3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                                 "--input", "reason=done by hand"])
+    assert result.exit_code == 0, result.output
+    assert '"key": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "values": {"IsArchived": true}' in result.output
+    assert "<p>Archived by hand: done by hand</p>" in result.output
+    assert result.output.splitlines()[-1] == "dry run: nothing was written"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--input", "project_id"], "'project_id' is not NAME=VALUE"),
+    (["--input", "a=1", "--tick"], "--input is the manual event's"),
+])
+def test_input_pairs_that_cannot_be_used_are_refused(runner, args, words):
+    result = runner.invoke(args=["rules", "run", "archive-project", "--dry-run", *args])
+    assert result.exit_code == 2 and words in result.output
