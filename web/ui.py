@@ -29,7 +29,8 @@ from web.workspace_states import workspace_states
 from web.usage import usage_page
 from engine.rules import load_texts
 from engine.whatif import whatif
-from workers import activity, bundles, deliveries, event_history, registry, rule_files, series, subscriptions, workspaces
+from workers import (activity, bundles, deliveries, event_history, failpoints, registry, rule_files, series,
+                     subscriptions, workspaces)
 from workers.replay import ReplayRefused, replay
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
@@ -256,6 +257,7 @@ def replay_events():
     """The replay buttons: one event (`event`), or every event of the last `since`; `dry_run`, `force`."""
     form = request.form
     event_id, dry_run = form.get("event") or "", bool(form.get("dry_run"))
+    failpoints.hit("heavy_request")
     try:
         entries = selected_entries(get_redis(), since=form.get("since") or None,
                                    event_ids=[event_id] if event_id else [])
@@ -284,6 +286,7 @@ def whatif_page():
         texts = bundles.files(connection, context.workspace.prefix, number)
         if texts is None:
             abort(404, f"no rule bundle version {number}")
+        failpoints.hit("heavy_request")
         entries = event_history.entries_since(connection, time.time() - WHATIF_SPAN.total_seconds(), limit=WHATIF_EVENTS)
         candidate = load_texts(sorted(texts.items()))
         events = ((e.event, datetime.fromtimestamp(e.accepted_at, timezone.utc)) for e in entries)

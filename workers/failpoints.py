@@ -19,7 +19,13 @@ then continues it with SIGCONT:
 
     ENGINE_FAILPOINTS=freeze:rq_turn      stops at the first hit (`freeze:rq_turn@2`: the second)
 
-The variable is read once, at import.
+A point can hold the thread that hits it instead, every time, until the file named by
+ENGINE_FAILPOINTS_RELEASE exists, while the process's other threads go on (a web request kept
+in progress, holding its waitress thread, while the test sends others):
+
+    ENGINE_FAILPOINTS=hold:heavy_request  each hit waits for the release file (stderr: "failpoint heavy_request: held")
+
+The variables are read once, at import.
 
 The points (see docs/execution.md, "Crash points"):
     before_send     a write's ledger "sent" mark is stored, the request not yet sent (workers/effects.py
@@ -42,26 +48,31 @@ The points (see docs/execution.md, "Crash points"):
     rq_turn         RQ's loop starts a turn (its check for suspension: workers/worker.py)
     rq_wait         RQ's loop starts to wait for a job (before it writes its state "idle": workers/worker.py)
     chat_confirmed  a chat confirmation took its held plan, its event not yet submitted (web/commands.py confirm)
+    heavy_request   a replay, a rule bundle upload or a what-if comparison starts its work on a web thread
+                    (web/events.py, web/rules_api.py, web/ui.py)
 """
 from __future__ import annotations
 
 import os
 import signal
 import threading
+import time
 
 ENVIRONMENT = "ENGINE_FAILPOINTS"
+RELEASE = "ENGINE_FAILPOINTS_RELEASE"  # the file whose existence lets held threads go on
 
 
 class FailpointError(RuntimeError):
     """Raised by a point armed to raise: stands for any bug met while handling something."""
 
 
-def _parse(text: str) -> tuple[dict[str, int], dict[str, str], frozenset[str]]:
-    """"a,b@3,c~x,freeze:d" -> ({"a": 1, "b": 3, "d": 1}, {"c": "x"}, {"d"}): the hit (1-based) at which
-    each point kills or freezes; what raises; which freeze."""
+def _parse(text: str) -> tuple[dict[str, int], dict[str, str], frozenset[str], frozenset[str]]:
+    """"a,b@3,c~x,freeze:d,hold:e" -> ({"a": 1, "b": 3, "d": 1, "e": 1}, {"c": "x"}, {"d"}, {"e"}): the hit
+    (1-based) at which each point kills or freezes; what raises; which freeze; which hold (every hit)."""
     points: dict[str, int] = {}
     raising: dict[str, str] = {}
     freezing: set[str] = set()
+    holding: set[str] = set()
     for item in text.split(","):
         name, tilde, subject = item.strip().partition("~")
         if tilde:
@@ -71,12 +82,15 @@ def _parse(text: str) -> tuple[dict[str, int], dict[str, str], frozenset[str]]:
         if name.startswith("freeze:"):
             name = name.removeprefix("freeze:")
             freezing.add(name)
+        if name.startswith("hold:"):
+            name = name.removeprefix("hold:")
+            holding.add(name)
         if name:
             points[name] = int(nth) if nth else 1
-    return points, raising, frozenset(freezing)
+    return points, raising, frozenset(freezing), frozenset(holding)
 
 
-_NTH, _RAISING, _FREEZING = _parse(os.environ.get(ENVIRONMENT, ""))
+_NTH, _RAISING, _FREEZING, _HOLDING = _parse(os.environ.get(ENVIRONMENT, ""))
 ARMED = frozenset(_NTH) | frozenset(_RAISING)  # empty unless a test set ENGINE_FAILPOINTS
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
@@ -96,6 +110,12 @@ def hit(name: str, *, when: bool = True, subject: str = "") -> None:
         return
     with _lock:
         _hits[name] = count = _hits.get(name, 0) + 1
+    if name in _HOLDING:  # every hit: the test counts the lines, then creates the release file
+        os.write(2, f"failpoint {name}: held (hit {count})\n".encode())
+        release = os.environ.get(RELEASE, "")
+        while not (release and os.path.exists(release)):
+            time.sleep(0.02)
+        return
     if count != _NTH[name]:
         return
     if name in _FREEZING:  # the test sees the process stopped (state T) and continues it (SIGCONT)
