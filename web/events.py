@@ -11,6 +11,7 @@ import time
 from flask import Blueprint, abort, jsonify, request
 
 from engine.durations import parse_duration
+from web.heavy import limited
 from web.openapi import check_query, request_body
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
@@ -46,6 +47,7 @@ def show(event_id: str):
 
 
 @bp.post("/replay")
+@limited  # seconds of a web thread: one at a time per process and workspace, else 429 (web/heavy.py)
 def replay_events():
     """Match logged events against the current rules again and start the runs they make now (202)."""
     body = request_body()  # an object naming either `since` or `events` (schemas/openapi.json)

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, abort, jsonify, request
 
 from engine import Event, explain
+from web.heavy import limited
 from web.openapi import check_query, request_body
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
@@ -57,6 +58,7 @@ def _event(body: dict, rule_id: str, now: datetime) -> Event:
 
 
 @bp.put("")
+@limited  # validating a large bundle takes seconds of a web thread: one at a time, else 429 (web/heavy.py)
 def upload():
     """Upload a rule bundle (JSON `{"files": {…}}`, one YAML file, or a .tar.gz of a rules folder).
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
-from web import charts, times
+from web import charts, heavy, times
 from web.resources import get_context, get_redis
 from web.resources import get_registry
 from web.workspace import admin_token_hashes, bearer_token, is_admin, operator_open, require_workspace
@@ -257,12 +257,13 @@ def replay_events():
     """The replay buttons: one event (`event`), or every event of the last `since`; `dry_run`, `force`."""
     form = request.form
     event_id, dry_run = form.get("event") or "", bool(form.get("dry_run"))
-    failpoints.hit("heavy_request")
     try:
-        entries = selected_entries(get_redis(), since=form.get("since") or None,
-                                   event_ids=[event_id] if event_id else [])
-        done = replay(get_context(), entries, force=bool(form.get("force")), dry_run=dry_run, by="dashboard")
-    except ReplayRefused as exc:
+        with heavy.turn():  # as POST /events/replay: one at a time per process and workspace (web/heavy.py)
+            failpoints.hit("heavy_request")
+            entries = selected_entries(get_redis(), since=form.get("since") or None,
+                                       event_ids=[event_id] if event_id else [])
+            done = replay(get_context(), entries, force=bool(form.get("force")), dry_run=dry_run, by="dashboard")
+    except (ReplayRefused, heavy.Busy) as exc:
         notice = f"Not replayed: {exc}"
     else:
         summary = replay_summary(done, dry_run=dry_run)
@@ -286,14 +287,22 @@ def whatif_page():
         texts = bundles.files(connection, context.workspace.prefix, number)
         if texts is None:
             abort(404, f"no rule bundle version {number}")
-        failpoints.hit("heavy_request")
-        entries = event_history.entries_since(connection, time.time() - WHATIF_SPAN.total_seconds(), limit=WHATIF_EVENTS)
-        candidate = load_texts(sorted(texts.items()))
-        events = ((e.event, datetime.fromtimestamp(e.accepted_at, timezone.utc)) for e in entries)
-        report = whatif(_for_seconds(events, WHATIF_SECONDS), candidate=candidate, active=context.rules.ruleset(),
-                        env=context.rule_env).to_dict() | {"logged": len(entries), "seconds": WHATIF_SECONDS}
+        try:
+            with heavy.turn():  # up to WHATIF_SECONDS of a web thread: one at a time (web/heavy.py)
+                failpoints.hit("heavy_request")
+                report = _whatif(connection, context, texts)
+        except heavy.Busy as exc:
+            return redirect(url_for(".whatif_page", notice=f"Not compared: {exc}"))
     return render_template("ui/whatif.html", folder=None, versions=stored, number=number, report=report,
                            span=WHATIF_SPAN)
+
+
+def _whatif(connection, context, texts: dict[str, str]) -> dict:
+    entries = event_history.entries_since(connection, time.time() - WHATIF_SPAN.total_seconds(), limit=WHATIF_EVENTS)
+    candidate = load_texts(sorted(texts.items()))
+    events = ((e.event, datetime.fromtimestamp(e.accepted_at, timezone.utc)) for e in entries)
+    return whatif(_for_seconds(events, WHATIF_SECONDS), candidate=candidate, active=context.rules.ruleset(),
+                  env=context.rule_env).to_dict() | {"logged": len(entries), "seconds": WHATIF_SECONDS}
 
 
 @bp.get("/subscriptions")

@@ -9,6 +9,7 @@ import os
 import textwrap
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 
 import pytest
@@ -50,6 +51,12 @@ def write_workspaces(tmp_path, text: str):
 @pytest.fixture
 def hosted(stack, sandbox, other_sandbox, tmp_path):
     """acme (sandbox, rules folder in git) and globex (other sandbox, uploaded bundles), one web, one worker."""
+    two_workspaces(stack, sandbox, other_sandbox, tmp_path)
+    return stack.web()
+
+
+def two_workspaces(stack, sandbox, other_sandbox, tmp_path) -> None:
+    """`hosted`'s workspaces and worker, for a test that starts the web itself."""
     acme_rules = tmp_path / "acme"
     acme_rules.mkdir()
     (acme_rules / "forms.yaml").write_text(textwrap.dedent(FORM_RULE.format(extra="")))
@@ -74,12 +81,11 @@ def hosted(stack, sandbox, other_sandbox, tmp_path):
     stack.env.update(WORKSPACES_FILE=str(path), OPERATOR_TOKEN=OPERATOR, ACME_INLOOX_TOKEN=ACME_TOKEN,
                      GLOBEX_INLOOX_TOKEN=GLOBEX_TOKEN, GLOBEX_ADMIN_TOKEN=GLOBEX_ADMIN)
     stack.worker("worker", queues=("acme", "globex"))
-    return stack.web()
 
 
 def call(method: str, url: str, token: str | None = None, *, headers: dict | None = None, **kwargs) -> requests.Response:
     headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
-    return requests.request(method, url, headers=headers, timeout=10, **kwargs)
+    return requests.request(method, url, headers=headers, **{"timeout": 10, **kwargs})
 
 
 def task_names(sandbox) -> list[str]:
@@ -164,6 +170,82 @@ def test_a_broken_bundle_is_refused_with_its_errors_and_the_active_version_keeps
     body = {"title": "Still running", "project": PROJECT}
     assert deliver(web, body, "msg_9", path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET).status_code == 202
     wait_until(lambda: task_names(other_sandbox) == ["Still running"], 20, "the task made by version 1")
+
+
+@pytest.mark.timeout(120)
+def test_heavy_admin_requests_of_one_workspace_leave_the_web_answering_another_workspaces_webhooks(
+        stack, sandbox, other_sandbox, tmp_path):
+    """A replay (up to 10,000 events) or a bundle upload keeps a web thread ~10 s. acme's admin sending as many at
+    once as the web has threads held every thread: globex's webhook waited in waitress's queue until one ended.
+    Now a process serves one at a time (web/heavy.py): the others are answered 429 at once, and the webhook is
+    acknowledged while the one served is still in progress (held there by the heavy_request failpoint)."""
+    threads, release = 3, tmp_path / "release-heavy"
+    two_workspaces(stack, sandbox, other_sandbox, tmp_path)
+    stack.env.update(ENGINE_FAILPOINTS="hold:heavy_request", ENGINE_FAILPOINTS_RELEASE=str(release))
+    web = stack.web(threads=threads)
+    [web_process] = [p for p in stack.processes if p.name == "web"]
+    seen: list[str] = []  # what the clients saw, in the order they saw it
+    answers: list[requests.Response] = []
+
+    def replay() -> None:
+        answer = call("POST", f"{web}/workspaces/acme/events/replay", ACME_ADMIN, json={"since": "1h"}, timeout=60)
+        answers.append(answer)
+        seen.append(f"replay {answer.status_code}")
+
+    def webhook() -> None:
+        try:
+            acked = deliver(web, {"title": "Meanwhile", "project": PROJECT}, "msg_meanwhile",
+                            path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET)
+            seen.append(f"webhook {acked.status_code}")
+        except requests.RequestException as exc:
+            seen.append(f"webhook {type(exc).__name__}")
+
+    def held() -> int:
+        return web_process.output().count("failpoint heavy_request: held")
+
+    with ThreadPoolExecutor(threads + 2) as pool:
+        replays = [pool.submit(replay) for _ in range(threads)]
+        # Each replay is either in progress on a thread (held) or answered.
+        wait_until(lambda: held() >= 1 and held() + len(answers) == threads, 30, "every replay held or answered")
+        wait([pool.submit(webhook)], timeout=30)
+        # The dashboard's replay button, meanwhile: the page says why nothing was replayed.
+        page = pool.submit(call, "POST", f"{web}/workspaces/acme/ui/events/replay", ACME_ADMIN, data={"since": "1h"},
+                           timeout=60)
+        wait([page], timeout=30)
+        seen.append("released")
+        release.touch()
+        for done in replays:
+            done.result()
+        page = page.result()
+
+    assert "webhook 202" in seen[:seen.index("released")], seen  # acknowledged while a replay was in progress
+    assert sorted(a.status_code for a in answers) == [202] + [429] * (threads - 1), [a.text for a in answers]
+    busy = [a for a in answers if a.status_code == 429]
+    assert all(a.headers["Retry-After"] == "10" and "busy with a replay" in a.json()["error"]["message"]
+               for a in busy), [(a.headers, a.text) for a in busy]
+    assert page.status_code == 200 and "Not replayed: this web server is busy with a replay" in page.text, page.text
+    assert held() == 1
+
+
+def test_a_second_heavy_request_of_a_workspace_is_answered_429_while_another_process_serves_its_first(
+        redis_url, sandbox, client):
+    """One workspace, one heavy request at a time across the web's processes (a lease in Redis): one admin does not
+    take every process's turn. Here the lease is held as a request in another process holds it."""
+    from tests.support.stack import PREFIX
+
+    connection = redis.Redis.from_url(redis_url)
+    connection.set(f"{PREFIX}heavy", "another process's request", ex=60)
+
+    refused = client.post("/events/replay", json={"since": "1h"})
+    page = client.post("/ui/events/replay", data={"since": "1h"}, follow_redirects=True)
+
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "10", refused.text
+    assert "has a replay, a rule bundle upload or a what-if comparison in progress" in refused.json["error"]["message"]
+    assert "Not replayed: workspace &#39;default&#39; has a replay" in page.text
+    assert connection.get(f"{PREFIX}heavy") == b"another process's request"  # not taken, so not given back
+    connection.delete(f"{PREFIX}heavy")
+    assert client.post("/events/replay", json={"since": "1h"}).status_code == 202
+    assert connection.exists(f"{PREFIX}heavy") == 0  # given back when it ended
 
 
 DONE_RULE = """

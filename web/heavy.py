@@ -1,0 +1,76 @@
+"""Heavy admin requests take a bounded share of a web process's threads: one at a time, and one per workspace.
+
+A replay (up to 10,000 events), a rule bundle upload (up to 2 MiB) and a what-if comparison each keep a waitress
+thread for seconds (~10 s for the largest). A server process has a fixed number of threads (web/server.py; the
+Procfile's 8), shared by every workspace: with as many of them in progress as threads, one workspace's admin held
+every customer's webhooks in waitress's queue until one ended, and a sender that waits seconds for its ack retries
+or gives up (tests/integration/test_workspaces.py). So a process serves PER_PROCESS of them at once, and a
+workspace one at a time in the whole deployment (a lease in Redis, so that one admin does not take every
+process's turn); one over either bound is answered at once, 429 with Retry-After, never queued behind the others.
+"""
+from __future__ import annotations
+
+import functools
+import secrets
+import threading
+from contextlib import contextmanager
+
+from werkzeug.exceptions import TooManyRequests
+
+from web.resources import get_redis
+from workers import workspaces
+from workers.workspaces import key
+
+PER_PROCESS = 1  # of the process's threads (at least 2, the Procfile's 8): the others stay for webhooks and pages
+RETRY_AFTER_SECONDS = 10  # about as long as the largest replay or upload takes
+# A workspace's lease outlives its longest heavy request; one whose process died (no `finally`) goes after this long.
+LEASE_SECONDS = 300
+WHAT = "a replay, a rule bundle upload or a what-if comparison"
+
+_slots = threading.BoundedSemaphore(PER_PROCESS)
+
+# KEYS: the workspace's lease. ARGV: this request's token. Only the request that took the lease gives it back: one
+# that outlived LEASE_SECONDS must not end the lease a later request holds now.
+_GIVE_BACK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Busy(Exception):
+    """Another heavy request holds the process's turn or the workspace's: try again in `retry_after` seconds."""
+
+    retry_after = RETRY_AFTER_SECONDS
+
+
+@contextmanager
+def turn():
+    """Hold this process's and the workspace's turn for one heavy request; Busy at once when either is taken."""
+    if not _slots.acquire(blocking=False):
+        raise Busy(f"this web server is busy with {WHAT} (one at a time, so that webhooks stay answered); "
+                   f"try again in {RETRY_AFTER_SECONDS} s")
+    try:
+        connection, lease, token = get_redis(), key("heavy"), secrets.token_hex(16)
+        if not connection.set(lease, token, nx=True, ex=LEASE_SECONDS):
+            raise Busy(f"workspace {workspaces.current().name!r} has {WHAT} in progress already (one at a time); "
+                       f"try again in {RETRY_AFTER_SECONDS} s")
+        try:
+            yield
+        finally:
+            connection.eval(_GIVE_BACK, 1, lease, token)
+    finally:
+        _slots.release()
+
+
+def limited(view):
+    """An API view that takes a turn (`turn`): over the bound, 429 with Retry-After and the reason."""
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        try:
+            with turn():
+                return view(*args, **kwargs)
+        except Busy as exc:
+            raise TooManyRequests(str(exc), retry_after=exc.retry_after) from None
+    return wrapped
