@@ -17,6 +17,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from engine.bodies import BodyError
 from inloox import InLooxError
+from web.arrival import arrived
 from web.commands import ChatCommand, Reply, answer, cancel, confirm
 from web.resources import get_redis
 from web.signatures import SignatureError, verify_slack, verify_teams
@@ -42,7 +43,8 @@ def slack():
     command = ChatCommand(
         surface="slack", request_id=form["trigger_id"], text=form.get("text", ""),
         user={"id": form.get("user_id", ""), "name": form.get("user_name", "")},
-        response_url=form.get("response_url") or None, prefix=f"{form.get('command', '/inloox')} ")
+        response_url=form.get("response_url") or None, prefix=f"{form.get('command', '/inloox')} ",
+        received=arrived(request.environ))  # not when a thread took it: Slack's 3 s count its wait in the queue
     reply = _answer(command)
     if reply.code is None:
         return jsonify(response_type="ephemeral", text=reply.text)
@@ -59,7 +61,7 @@ def slack_interactive():
     except BodyError as exc:
         abort(400, str(exc))
     command = ChatCommand(surface="slack", request_id=click.trigger_id, text=f"{click.action} {click.code}",
-                          user=click.user, response_url=click.response_url)
+                          user=click.user, response_url=click.response_url, received=arrived(request.environ))
     try:
         text = (confirm if click.action == CONFIRM else cancel)(command, click.code)
         if click.response_url:
@@ -106,7 +108,8 @@ def _teams_command(activity) -> ChatCommand:
         if not isinstance(sender.get(name, ""), str):
             raise BodyError(f"the activity's 'from.{name}' is not a string")
     return ChatCommand(surface="teams", request_id=activity["id"], text=_MENTION.sub("", text).strip(),
-                       user={"id": sender.get("aadObjectId") or sender["id"], "name": sender.get("name", "")})
+                       user={"id": sender.get("aadObjectId") or sender["id"], "name": sender.get("name", "")},
+                       received=arrived(request.environ))  # Teams' 5 s count its wait for a thread too
 
 
 def _verify_slack() -> None:

@@ -56,7 +56,9 @@ class ChatCommand:
     user: dict = field(hash=False)  # {"id", "name"} as the surface knows the person
     response_url: str | None = None
     prefix: str = ""  # how the person invokes us ("/inloox "), for usage lines
-    received: float = field(default_factory=time.monotonic, compare=False)  # when the surface's request came
+    # When the surface's request came (time.monotonic()): the web's views pass the time waitress read its first bytes
+    # (web/arrival.py), so that a wait in waitress's queue for a thread counts.
+    received: float = field(default_factory=time.monotonic, compare=False)
 
     def too_late(self) -> bool:
         """Whether our answer would no longer reach the person in time (ANSWER_SECONDS)."""
@@ -87,6 +89,9 @@ def answer(command: ChatCommand) -> Reply:
         return Reply(f"Unknown command `{name}`. The commands are:\n" + help_text(ruleset, prefix=command.prefix))
     if get_redis().exists(_seen_key(command)):
         return Reply("Already received; the result comes when it is done.")
+    if command.too_late():  # it waited for a web thread (web/arrival.py) past the surface's patience
+        return Reply("The command waited too long for its turn here, so nothing was done; please send the command "
+                     "again.")
     return _plan_and_submit(command, ruleset, _event(command, name, rest.strip()))
 
 

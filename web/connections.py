@@ -21,6 +21,8 @@ import time
 
 from waitress.server import TcpWSGIServer, create_server
 
+from web.arrival import StampedChannel
+
 log = logging.getLogger(__name__)
 
 REPORT_SECONDS = 60  # at most one warning line this often while connections are being closed
@@ -29,6 +31,7 @@ REPORT_SECONDS = 60  # at most one warning line this often while connections are
 class MakesRoom(TcpWSGIServer):
     """waitress's TCP server, closing its quietest idle connection when full instead of no longer accepting."""
 
+    channel_class = StampedChannel  # each request's environ says when it came (web/arrival.py), for the chat views
     closed_for_room = 0  # since the last warning line
     reported_at = 0.0
 

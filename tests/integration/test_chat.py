@@ -14,6 +14,7 @@ import re
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
@@ -25,9 +26,10 @@ from slack_sdk.signature import SignatureVerifier
 from app import create_app
 from tests.support.crashes import frozen_at
 from tests.support.processes import wait_until
-from tests.support.stack import all_runs, make_task, write_rule
+from tests.support.stack import PREFIX, all_runs, make_task, write_rule
 from tests.support.valkey import Valkey
 from web.signatures import SignatureError, verify_slack
+from web.commands import ANSWER_SECONDS
 from web.slack_buttons import CONFIRM
 
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -632,3 +634,43 @@ def test_a_command_whose_answer_would_reach_slack_too_late_does_nothing(engine, 
     assert took < 4.5, took
     time.sleep(3)  # a run would have been made by now (not a wait for a condition)
     assert all_runs(redis_url) == []
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("surface", ["slack", "teams"])
+def test_a_command_that_waited_for_a_web_thread_past_the_chats_patience_does_nothing(
+        engine, sandbox, rules_dir, redis_url, tmp_path, surface):
+    """The answer's time used to start when a thread took the request: one that had waited in waitress's queue
+    behind busy threads longer than the chat waits (Slack shows an error after 3 s) was stored and run all the same,
+    so the one the person sent again ran twice. Now its time starts when its first bytes came (web/arrival.py)."""
+    write_rule(rules_dir, "done", DONE_RULE)
+    task = make_task(sandbox, "Write report")  # by id: the command asks InLoox nothing, so only the queue is slow
+    release = tmp_path / "release-heavy"
+    engine.env.update(SLACK_SIGNING_SECRET=SLACK_SECRET, TEAMS_SECURITY_TOKEN=TEAMS_TOKEN,
+                      ENGINE_FAILPOINTS="hold:heavy_request", ENGINE_FAILPOINTS_RELEASE=str(release))
+    web = engine.web(threads=1)
+    [web_process] = [p for p in engine.processes if p.name == "web"]
+
+    def command() -> requests.Response:
+        if surface == "slack":
+            body = slack_body(f"done {task}", trigger_id="queued1")
+            return requests.post(f"{web}/chat/slack", data=body, headers=slack_headers(body), timeout=60)
+        raw = activity(f"done {task}", activity_id="queued1")
+        return requests.post(f"{web}/chat/teams", data=raw, timeout=60,
+                             headers={"content-type": "application/json", "Authorization": teams_auth(raw)})
+
+    with ThreadPoolExecutor(2) as pool:
+        # The web's one thread is kept busy by a replay, held in progress.
+        replay = pool.submit(requests.post, f"{web}/events/replay", json={"since": "1h"}, timeout=60)
+        wait_until(lambda: "failpoint heavy_request: held" in web_process.output(), 20, "the replay to be held")
+        sent = pool.submit(command)
+        time.sleep(ANSWER_SECONDS[surface] + 0.5)  # the command waits in the queue past the chat's patience
+        release.touch()
+        reply, replayed = sent.result(), replay.result()
+
+    assert replayed.status_code == 202, replayed.text
+    text = reply.json()["text"]
+    assert reply.status_code == 200 and "nothing was done" in text and "send the command again" in text, text
+    connection = redis.Redis.from_url(redis_url)
+    assert connection.xlen(f"{PREFIX}events") == 0  # nothing stored, so nothing runs
+    assert not connection.keys(f"{PREFIX}chat:seen:*")
