@@ -228,24 +228,35 @@ def test_heavy_admin_requests_of_one_workspace_leave_the_web_answering_another_w
 
 
 def test_a_second_heavy_request_of_a_workspace_is_answered_429_while_another_process_serves_its_first(
-        redis_url, sandbox, client):
+        redis_url, sandbox):
     """One workspace, one heavy request at a time across the web's processes (a lease in Redis): one admin does not
     take every process's turn. Here the lease is held as a request in another process holds it."""
-    from tests.support.stack import PREFIX
+    from app import create_app
+    from workers.workspaces import Workspace
 
+    globex = Workspace("globex", sandbox.base_url, sandbox.token, admin_token="g")
+    client = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {"globex": globex}}).test_client()
+    admin, base, lease = {"Authorization": "Bearer g"}, "/workspaces/globex", "ws:globex:heavy"
+    bundle = {"files": {"forms.yaml": textwrap.dedent(FORM_RULE.format(extra=""))}}
+    assert client.put(f"{base}/rules", json=bundle, headers=admin).status_code == 201
     connection = redis.Redis.from_url(redis_url)
-    connection.set(f"{PREFIX}heavy", "another process's request", ex=60)
+    connection.set(lease, "another process's request", ex=60)
 
-    refused = client.post("/events/replay", json={"since": "1h"})
-    page = client.post("/ui/events/replay", data={"since": "1h"}, follow_redirects=True)
+    replay = client.post(f"{base}/events/replay", json={"since": "1h"}, headers=admin)
+    upload = client.put(f"{base}/rules", json=bundle, headers=admin)
+    page = client.post(f"{base}/ui/events/replay", data={"since": "1h"}, headers=admin, follow_redirects=True)
+    whatif = client.get(f"{base}/ui/whatif?version=1", headers=admin, follow_redirects=True)
 
-    assert refused.status_code == 429 and refused.headers["Retry-After"] == "10", refused.text
-    assert "has a replay, a rule bundle upload or a what-if comparison in progress" in refused.json["error"]["message"]
-    assert "Not replayed: workspace &#39;default&#39; has a replay" in page.text
-    assert connection.get(f"{PREFIX}heavy") == b"another process's request"  # not taken, so not given back
-    connection.delete(f"{PREFIX}heavy")
-    assert client.post("/events/replay", json={"since": "1h"}).status_code == 202
-    assert connection.exists(f"{PREFIX}heavy") == 0  # given back when it ended
+    for refused in (replay, upload):
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "10", refused.text
+        message = refused.json["error"]["message"]
+        assert "has a replay, a rule bundle upload or a what-if comparison in progress" in message, message
+    assert "Not replayed: workspace &#39;globex&#39; has a replay" in page.text
+    assert "Not compared: workspace &#39;globex&#39; has a replay" in whatif.text
+    assert connection.get(lease) == b"another process's request"  # not taken, so not given back
+    connection.delete(lease)
+    assert client.post(f"{base}/events/replay", json={"since": "1h"}, headers=admin).status_code == 202
+    assert connection.exists(lease) == 0  # given back when it ended
 
 
 DONE_RULE = """
