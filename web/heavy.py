@@ -11,15 +11,19 @@ process's turn); one over either bound is answered at once, 429 with Retry-After
 from __future__ import annotations
 
 import functools
+import logging
 import secrets
 import threading
 from contextlib import contextmanager
 
+import redis
 from werkzeug.exceptions import TooManyRequests
 
 from web.resources import get_redis
 from workers import workspaces
 from workers.workspaces import key
+
+log = logging.getLogger(__name__)
 
 PER_PROCESS = 1  # of the process's threads (at least 2, the Procfile's 8): the others stay for webhooks and pages
 RETRY_AFTER_SECONDS = 10  # about as long as the largest replay or upload takes
@@ -59,7 +63,11 @@ def turn():
         try:
             yield
         finally:
-            connection.eval(_GIVE_BACK, 1, lease, token)
+            try:
+                connection.eval(_GIVE_BACK, 1, lease, token)
+            except redis.RedisError:  # the request's own answer stands; the lease goes by itself (LEASE_SECONDS)
+                log.warning("the heavy-request lease of workspace %r could not be given back; it ends in %d s",
+                            workspaces.current().name, LEASE_SECONDS)
     finally:
         _slots.release()
 
