@@ -30,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 from rq import Queue
+from rq.job import Job
 from standardwebhooks.webhooks import Webhook
 
 from workers import failpoints, metrics, outbound, subscriptions
@@ -49,6 +50,7 @@ KEEP_PER_SUBSCRIPTION = 1000  # deliveries listed per subscription (the newest)
 RECORD_TTL = 7 * 86400  # seconds a delivery record is kept after its last change
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 RETRYABLE = {429} | set(range(500, 600))
+WAITING = frozenset({"queued", "scheduled", "deferred"})  # RQ statuses of a job that is still to run
 
 
 def delivery_id(sub_id: str, event_id: str) -> str:
@@ -281,17 +283,52 @@ def redeliver(connection: redis.Redis, sub_id: str, delivery: str) -> dict | Non
 
 
 def sweep(connection: redis.Redis, *, now: float | None = None) -> list[str]:
-    """Queue again the pending deliveries GRACE past due whose job was lost (no one holds their lock)."""
+    """Queue again the pending deliveries GRACE past due whose job was lost (no one holds their lock, and no job of
+    theirs waits in the queue or is scheduled). Four round trips for up to 100, and one job each queued again.
+
+    A delivery waiting its turn behind a backlog (its job queued, not lost) is left to that job: a job more at each
+    look would pile up in Redis, one a minute per delivery, for as long as the backlog lasts. It is looked at again
+    GRACE later.
+    """
     now = time.time() if now is None else now
     lost = [i.decode() for i in connection.zrangebyscore(key("deliveries:due"), "-inf", now - GRACE, start=0, num=100)]
+    if not lost:
+        return []
+    with connection.pipeline(transaction=False) as pipe:
+        for delivery in lost:
+            pipe.exists(key(f"delivery-lock:{delivery}"))
+            pipe.get(_key(delivery))
+        looked = pipe.execute()
+    unlocked, done = {}, []  # unlocked: delivery -> the number of its next attempt, which names its job (`_queue`)
+    for delivery, locked, raw in zip(lost, looked[::2], looked[1::2]):
+        record = json.loads(raw) if raw is not None else None
+        if record is None or record["status"] != PENDING:
+            done.append(delivery)  # nothing left to do (its job would say the same)
+        elif not locked:
+            unlocked[delivery] = len(record["attempts"])
+    with connection.pipeline(transaction=False) as pipe:
+        for delivery, attempt in unlocked.items():
+            for name in _job_names(delivery, attempt):
+                pipe.hget(Job.key_for(workspace_job_id(name)), "status")
+        if done:
+            pipe.zrem(key("deliveries:due"), *done)
+        statuses = iter(pipe.execute())
     restarted = []
-    for delivery in lost:
-        if connection.exists(key(f"delivery-lock:{delivery}")):
-            continue
-        connection.zadd(key("deliveries:due"), {delivery: now})
-        _queue(connection, delivery, tag=f"-sweep{int(now)}")
-        restarted.append(delivery)
+    for delivery in unlocked:
+        own, swept = next(statuses), next(statuses)
+        # Not "started": RQ says so of a job whose worker died until it cleans up; the lock says whether one runs.
+        if not any(status is not None and status.decode() in WAITING for status in (own, swept)):
+            restarted.append(delivery)
+    if unlocked:
+        connection.zadd(key("deliveries:due"), {delivery: now for delivery in unlocked})
+    for delivery in restarted:
+        _queue(connection, delivery, attempt=unlocked[delivery], tag="-sweep")
     return restarted
+
+
+def _job_names(delivery: str, attempt: int) -> tuple[str, str]:
+    """The names of the jobs that may be waiting for a delivery's attempt: its own, and the sweeper's."""
+    return f"{delivery}-{attempt}", f"{delivery}-{attempt}-sweep"
 
 
 def _key(delivery: str) -> str:

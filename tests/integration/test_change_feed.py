@@ -278,3 +278,41 @@ def test_a_subscriber_url_whose_host_is_no_name_fails_its_deliveries_on_the_sche
                                        .get_json()["deliveries"] if d["status"] == "failed"], 30,
                               f"the delivery to {sub.url} to fail")
         assert [a["error"] for a in failed["attempts"]] == ["failed: ConnectionError"] * 2  # tried, then retried once
+
+
+def test_a_delivery_waiting_its_turn_has_one_job_however_often_the_sweeper_looks(redis_url, sandbox, receiver):
+    """Behind a long backlog (no worker here takes the queue), the sweeper queued another job for a delivery whose
+    first job was still waiting, at every look a minute past its due time: RQ jobs piled up in Redis, one a minute
+    per delivery, for as long as the backlog lasted. Now a delivery has one job waiting; one whose job was lost gets
+    one again, once."""
+    import time
+
+    import redis as redis_lib
+
+    from workers import enqueue, subscriptions, workspaces
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    event = {"id": "evt-backlog", "source": "inloox", "kind": "updated", "entity_set": "Task", "key": "k1",
+             "occurred_at": "2026-11-30T08:00:00+00:00", "changes": {"IsDone": [False, True]}, "entity": {},
+             "actor": {}}
+
+    def jobs_of(delivery: str) -> list[str]:
+        queue = enqueue.queue(connection)
+        ids = queue.job_ids + queue.scheduled_job_registry.get_job_ids()
+        return [i for i in ids if delivery in i]
+
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+        subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.*"]},
+                             keyring=Keyring.from_config(os.environ))
+        made = time.time()
+        [delivery] = deliveries.fan_out(connection, event, now=made)
+        for minutes in range(1, 6):  # five looks, each a minute and more past the last
+            deliveries.sweep(connection, now=made + minutes * (deliveries.GRACE + 1))
+        assert len(jobs_of(delivery)) == 1, jobs_of(delivery)
+
+        # Its job lost (a worker killed with it, Redis restarted without it): queued again, once.
+        connection.delete(*connection.keys("rq:queue:*"), *connection.keys("rq:job:*"))
+        later = made + 10 * (deliveries.GRACE + 1)
+        assert deliveries.sweep(connection, now=later) == [delivery]
+        assert deliveries.sweep(connection, now=later + deliveries.GRACE + 1) == []
+        assert len(jobs_of(delivery)) == 1, jobs_of(delivery)
