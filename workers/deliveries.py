@@ -30,11 +30,10 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 from rq import Queue
-from rq.job import Job
 from standardwebhooks.webhooks import Webhook
 
 from workers import failpoints, metrics, outbound, subscriptions
-from workers.enqueue import queue, workspace_job_id
+from workers.enqueue import job_status_key, queue, waiting, workspace_job_id
 from workers.outbound import OutboundRefused
 from workers.secrets import SecretUnreadable
 from workers.worker_context import WorkerContext, workspace_job
@@ -50,7 +49,6 @@ KEEP_PER_SUBSCRIPTION = 1000  # deliveries listed per subscription (the newest)
 RECORD_TTL = 7 * 86400  # seconds a delivery record is kept after its last change
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 RETRYABLE = {429} | set(range(500, 600))
-WAITING = frozenset({"queued", "scheduled", "deferred"})  # RQ statuses of a job that is still to run
 
 
 def delivery_id(sub_id: str, event_id: str) -> str:
@@ -309,15 +307,14 @@ def sweep(connection: redis.Redis, *, now: float | None = None) -> list[str]:
     with connection.pipeline(transaction=False) as pipe:
         for delivery, attempt in unlocked.items():
             for name in _job_names(delivery, attempt):
-                pipe.hget(Job.key_for(workspace_job_id(name)), "status")
+                pipe.hget(*job_status_key(name))
         if done:
             pipe.zrem(key("deliveries:due"), *done)
         statuses = iter(pipe.execute())
     restarted = []
     for delivery in unlocked:
         own, swept = next(statuses), next(statuses)
-        # Not "started": RQ says so of a job whose worker died until it cleans up; the lock says whether one runs.
-        if not any(status is not None and status.decode() in WAITING for status in (own, swept)):
+        if not (waiting(own) or waiting(swept)):  # a started one still running holds the lock
             restarted.append(delivery)
     if unlocked:
         connection.zadd(key("deliveries:due"), {delivery: now for delivery in unlocked})

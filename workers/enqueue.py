@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import redis
 from rq import Retry
+from rq.job import Job
 from rq.rate_limit import RateLimit
 
 from workers import workspaces
@@ -17,6 +18,9 @@ from workers.rq_schedule import IndexedQueue
 
 RUN_JOB_TIMEOUT = 40  # seconds; with the worker's short grace a killed run resumes within a minute
 EXECUTE_RUN = "workers.jobs.execute_run"
+# RQ's statuses of a job that is still to run. Not "started": RQ says so of a job whose worker died until it
+# cleans up (minutes later), so a sweeper asks a lock, or gives a started job a grace, instead.
+WAITING = frozenset({"queued", "scheduled", "deferred"})
 
 
 def queue(connection: redis.Redis) -> IndexedQueue:
@@ -27,6 +31,16 @@ def queue(connection: redis.Redis) -> IndexedQueue:
 def workspace_job_id(name: str) -> str:
     """An RQ job id unique across workspaces: run ids repeat when two accounts see the same event id."""
     return f"{workspaces.current().name}-{name}"
+
+
+def job_status_key(name: str) -> tuple[str, str]:
+    """The hash and field that hold the status of the current workspace's job `name` (HGET them: None, no job)."""
+    return Job.key_for(workspace_job_id(name)), "status"
+
+
+def waiting(status: bytes | None) -> bool:
+    """Whether an RQ job whose status (as HGET answers) is `status` is still to run."""
+    return status is not None and status.decode() in WAITING
 
 
 def queue_run(connection: redis.Redis, run: dict, *, job_id: str | None = None, delay: float = 0.0) -> None:

@@ -7,6 +7,7 @@ the rule is matched against its current state (its `changes` against the current
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -24,10 +25,21 @@ RECHECK_AFTER_ERROR = 30.0  # seconds; InLoox could not be read when the hold en
 
 
 def schedule_check(connection: redis.Redis, run: dict) -> None:
-    """Schedule the end of a held run's hold (again, harmlessly, if it is already scheduled)."""
+    """Schedule the end of a held run's hold (again, harmlessly, if it is already scheduled), or its check again
+    once InLoox could not be read (`resume_at`): not sooner, whoever schedules it (the sweeper, an event handled
+    again)."""
     due = datetime.fromisoformat(run["created_at"]) + timedelta(seconds=run["plan"]["hold_seconds"])
+    if run.get("resume_at"):
+        due = max(due, datetime.fromtimestamp(run["resume_at"], timezone.utc))
     queue(connection).enqueue_at(due, check_hold, run["id"], workspaces.current().name,
-                                 job_id=workspace_job_id(f"{run['id']}-hold"))
+                                 job_id=workspace_job_id(check_job_name(run)))
+
+
+def check_job_name(run: dict) -> str:
+    """The name of a held run's check job (`workspace_job_id` makes its id), the same whoever schedules it (the
+    sweeper looks it up). A check scheduled again names its time: under the name of the check that schedules it,
+    RQ would mark it finished as that check ends (and let it expire with that check's result)."""
+    return f"{run['id']}-hold" + (f"{run['resume_at']:.0f}" if run.get("resume_at") else "")
 
 
 @workspace_job
@@ -45,8 +57,10 @@ def check_hold(ctx, run_id: str) -> str:
     except NotFound:
         return _finish(ctx, run, "skipped", "the entity was deleted during the hold")
     except InLooxError as exc:
-        queue(ctx.connection).enqueue_in(timedelta(seconds=RECHECK_AFTER_ERROR), check_hold, run_id,
-                                         ctx.workspace.name, job_id=workspace_job_id(f"{run_id}-hold"))
+        # The run's deadline counts from the next check (workers/runs.py deadline), not from now: else it fell at
+        # the moment that check was due, and the sweeper took the run for lost whenever the check came a little late.
+        run["resume_at"] = time.time() + RECHECK_AFTER_ERROR
+        schedule_check(ctx.connection, run)
         return _finish(ctx, run, "held", f"could not re-read InLoox ({exc}); checking again soon")
     now = datetime.now(timezone.utc)
     match = match_rule(event, rule, now=now, env=ctx.rule_env)

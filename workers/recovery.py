@@ -35,9 +35,9 @@ from datetime import datetime, timezone
 import redis
 
 from inloox.errors import InLooxError, Throttled
-from workers import deliveries, metrics, scripts, workspaces
+from workers import deliveries, enqueue, metrics, scripts, workspaces
 from workers.enqueue import queue_run
-from workers.holds import schedule_check
+from workers.holds import check_job_name, schedule_check
 from workers.runs import ACTIVE, GRACE, is_active, load_run, load_trace, save_trace
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,11 @@ def _restart(connection: redis.Redis, run_id: str, now: float) -> bool:
     run = load_run(connection, run_id)
     if run is None or not is_active(run):
         connection.zrem(active, run_id)
+        return False
+    if run["status"] == "held" and enqueue.waiting(connection.hget(*enqueue.job_status_key(check_job_name(run)))):
+        # Its check waits its turn (queued behind a backlog, or scheduled again while InLoox is down): not lost.
+        # Checked again now would be a second check beside it, and a false `executor_lost` for the operator.
+        connection.zadd(active, {run_id: now + GRACE})
         return False
     _start_again(connection, run, now, why="executor_lost")
     log.warning("run %s (%s) was %s past its deadline with no executor: started again",

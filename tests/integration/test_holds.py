@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import signal
+from datetime import datetime
+
+import redis as redis_lib
+from rq.job import Job
 
 from sandbox.seed import ME_ID
 from tests.support.processes import wait_until
 from tests.support.stack import all_runs, make_task, runs_in, start, write_rule
+from workers import enqueue, recovery, workspaces
+from workers.holds import RECHECK_AFTER_ERROR
+from workers.runs import GRACE
 
 UNASSIGNED_RULE = """
 id: unassigned-task-alert
@@ -62,3 +69,53 @@ def test_a_hold_survives_a_killed_worker(engine, sandbox, receiver, rules_dir, r
     # (20 s, workers/rq_schedule.py) has expired, so the run fires late but exactly once.
     wait_until(lambda: runs_in(redis_url, "succeeded"), 100, "the held run to fire after the restart")
     assert len(receiver.received) == 1
+
+
+def test_a_held_run_rechecked_while_inloox_is_down_is_not_taken_for_lost(engine, sandbox, receiver, rules_dir,
+                                                                         redis_url, client, runner):
+    """InLoox down when a hold ends: the check is scheduled again 30 s later, and the run's deadline was set to that
+    same moment. The sweeper took the run for one whose executor was lost as soon as the check was a little late
+    (a hanging InLoox holds it for its whole timeout, a backlog for longer), every 30 s of the outage: a false
+    `executor_lost` on /metrics and in the worker's log (the run's own record, `runs show`, said nothing of it), and a
+    second check queued beside the first. Now the deadline
+    counts from the recheck, and a run whose check waits in the queue is its check's, not lost; one whose check was
+    lost is started again, as before."""
+    write_rule(rules_dir, "unassigned", UNASSIGNED_RULE.format(hold="1s"))
+    start(engine, redis_url)
+    sandbox.fault(kind="status", status=503, count=100_000, methods=["GET"], path=r"^Task\(")  # InLoox down for it
+    make_task(sandbox, "Nobody's job")
+    [run] = wait_until(lambda: [r for r in runs_in(redis_url, "held") if "could not re-read InLoox" in r["reason"]],
+                       30, "the hold's check to meet InLoox down")
+    engine.stop()  # from here on the test's looks are the only ones (the workers' sweeps and checks have ended)
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    workspace = workspaces.Workspace("default", sandbox.base_url, sandbox.token)
+    recheck = datetime.fromisoformat(run["updated_at"]).timestamp() + RECHECK_AFTER_ERROR
+    with workspaces.using(workspace):
+        [check] = [Job.fetch(i, connection=connection, serializer="json")
+                   for i in enqueue.queue(connection).scheduled_job_registry.get_job_ids() if run["id"] in i]
+    # Scheduled, and RQ says so (under the name of the check that scheduled it, RQ marked it finished as that ended).
+    assert check.get_status() == "scheduled"
+
+    def sweep(at: float) -> list[str]:
+        with workspaces.using(workspace):
+            connection.delete(workspaces.key("runs:sweeping"))  # a look of its own, whoever looked a moment ago
+            return recovery.sweep(connection, workspace, now=at)
+
+    def shown() -> str:
+        return runner.invoke(args=["runs", "show", run["id"]]).output.splitlines()[0]
+
+    def restarted() -> list[str]:
+        return [line for line in client.get("/metrics").get_data(as_text=True).splitlines()
+                if line.startswith("inloox_automation_runs_restarted_total")]
+
+    check.set_status("started")  # the recheck under way, its InLoox read waiting out the client's timeout
+    assert sweep(recheck + 5) == []
+    check.set_status("queued")  # the recheck waiting its turn behind a backlog
+    assert sweep(recheck + GRACE + 5) == []
+    assert restarted() == [] and "held: could not re-read InLoox" in shown()
+
+    check.delete()  # the recheck lost (with a worker killed under it): the sweeper checks the hold again, once
+    assert sweep(recheck + 2 * GRACE + 10) == [run["id"]]
+    assert sweep(recheck + 2 * GRACE + 11) == []
+    assert restarted() == ['inloox_automation_runs_restarted_total{why="executor_lost",workspace="default"} 1.0']
