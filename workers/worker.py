@@ -64,7 +64,7 @@ from workers.poller.process import Polling
 from workers.logs import configure_logging, follow_registry
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
 from workers.settings import load_config, redis_client
-from workers.worker_context import served
+from workers.worker_context import run_lease, served
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,8 @@ class Worker(SimpleWorker):
         self.polling: Polling | None = None  # with WORKER_POLLS: the poller's and the schedules' loops
         self._next_beat = 0.0
         self._following: list[str] | None = None  # the workspaces served now, as last followed
-        self._leftovers = registry.Leftovers()
+        # Its runs in flight when a workspace is deleted end within a lease of the purge that takes their lease.
+        self._leftovers = registry.Leftovers(lease=run_lease(float(self.config["INLOOX_TIMEOUT"])))
         self._cleaned: dict[str, float] = {}  # queue name → when (monotonic) its registries were last cleaned
         self._known: set[str] = set()  # every workspace served, paused or not, at the last look
         # WORKER_WORKSPACES names the workspaces this worker may serve (a shard); empty: every one.

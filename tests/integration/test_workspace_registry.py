@@ -452,3 +452,38 @@ def test_a_leftover_purge_that_meets_redis_away_is_done_once_redis_is_back(tmp_p
         assert list(connection.scan_iter(match="*acme*")) == []
     finally:
         server.stop()
+
+
+def test_a_run_that_ends_long_after_its_workspace_was_deleted_leaves_nothing_behind(redis_url, sandbox):
+    """A worker's last purge of a deleted workspace came 15 s after it let the workspace go, while a run of it in
+    flight (several steps of a slow InLoox, each up to three requests of INLOOX_TIMEOUT) stored its record when it
+    ended, later: a deleted customer's run stayed in Redis for a week. Each step renews the run's lease, which the
+    15 s purge deletes with the workspace's other keys, so such a run stops at its next step or, at its last, stores
+    its record within one lease: the worker purges once more after that."""
+    from datetime import datetime, timezone
+
+    from engine import Plan
+    from workers import workspaces
+    from workers.runs import create_run
+    from workers.worker_context import run_lease
+
+    connection = redis.Redis.from_url(redis_url)
+    lease = run_lease(10.0)  # a worker's, at the default INLOOX_TIMEOUT
+    registry.put(connection, Keyring([generate_key()]), "acme", {"inloox_url": sandbox.base_url,
+                                                                "inloox_api_key": INLOOX_TOKEN})
+    registry.delete(connection, "acme")
+    leftovers = registry.Leftovers(lease=lease)
+    leftovers.let_go("acme", now=0.0)  # the worker noticed the deletion
+    for at in (3.0, 15.0):
+        leftovers.purge_due(connection, now=at)
+
+    # The run's last step began just before the 15 s purge, under a full lease; its record is stored as it ends.
+    with workspaces.using(workspaces.Workspace("acme", sandbox.base_url, INLOOX_TOKEN)):
+        now = datetime.now(timezone.utc)
+        create_run(connection, {"id": "run_late", "rule_id": "r", "rule_version": "1", "event_id": "e",
+                                "status": "succeeded", "reason": "", "created_at": now.isoformat(),
+                                "updated_at": now.isoformat(), "steps": [], "outputs": {}, "attempts": 0,
+                                "plan": Plan(rule_id="r", rule_version="1", event_id="e", event={}).to_dict()})
+    assert list(connection.scan_iter(match="ws:acme:*"))
+    leftovers.purge_due(connection, now=15.0 + lease + registry.Leftovers.MARGIN)
+    assert list(connection.scan_iter(match="*acme*")) == []

@@ -39,16 +39,25 @@ class Leftovers:
     it (a count flushed, a scheduler lock refreshed, a poll finished). Each process notes the
     workspaces it let go and, a few seconds later and once more after that, deletes whatever of
     them is left, unless the workspace was created again. Nothing of the name stays in Redis.
+
+    A worker's runs (and deliveries) in flight may take longer: a run stores its record when it ends, which
+    can be a while after those purges (several steps of a slow InLoox). Each step renews the run's lease
+    (`run-lock:<id>`, a key of the workspace, deleted with the others), and a run whose lease is gone stops
+    at its next step without writing; so whatever a run still writes comes within one lease of the purge
+    that took its lease. `lease` (a worker's run lease, longer than its deliveries' locks) adds a purge
+    after that.
     """
 
     AFTER = (3.0, 15.0)  # seconds after letting go: past the metrics batch, a poll round and a lease renewal
+    MARGIN = 15.0  # seconds past the last lease: the round trip that stores a run's status, a clock that drifts
 
-    def __init__(self):
+    def __init__(self, lease: float = 0.0):
+        self.after = self.AFTER + ((self.AFTER[-1] + lease + self.MARGIN,) if lease else ())
         self._due: list[tuple[float, str]] = []
 
     def let_go(self, name: str, *, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        self._due.extend((now + after, name) for after in self.AFTER)
+        self._due.extend((now + after, name) for after in self.after)
 
     def purge_due(self, connection: redis.Redis, *, now: float | None = None) -> int:
         """Delete the leftovers that are due; how many keys went."""
