@@ -10,8 +10,8 @@ production code against a real Valkey (durable, as in production), in alternatin
     counts (the lines are cut from eventlog's own text; the bench stops if they are not there),
     each run on `--events` distinct events: this process's CPU plus Valkey's, per event;
     plus the Python that names the usage keys for the script (`usage.today()`, the keys, the field);
-  - a billable run's stop: `usage.bill` and its `billable_runs` counter queued on a pipeline with a
-    run record's save, against the same pipeline without them, executed: this process plus Valkey;
+  - a billable run's stop: `usage.bill` and its `billable_runs` counter, the counts written with the run's
+    record (`save_run`'s script), against the same save without them, executed: this process plus Valkey;
   - the counters that also feed usage (`runs_started`, a notify step, an InLoox request): what
     `metrics.count` spends on `usage.usage_fields` and the pending usage counts;
   - the limits, without a plan limit (a workspace without limits pays no round trip: checked here).
@@ -22,11 +22,11 @@ session) to give the share.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,6 +37,7 @@ import redis  # noqa: E402
 from workers import eventlog, metrics, scripts, workspaces  # noqa: E402
 from workers.metering import limits, usage  # noqa: E402
 from workers.outbound import OutboundPolicy  # noqa: E402
+from workers.runs import save_run  # noqa: E402
 from workers.workspaces import Workspace  # noqa: E402
 
 COUNTING_LINES = (
@@ -90,17 +91,19 @@ def naming(n: int) -> float:
 
 
 def stop(connection, valkey: int, n: int, round_: int, counted: bool) -> float:
-    """A run's stop pipeline (its record, its status count) with or without its billing."""
-    record = json.dumps({"steps": [{"verb": "create", "status": "done"}], "pad": "x" * 600})
+    """A run's stop pipeline (its record, its status count) with or without its billing (the counts written with
+    the record in one script, `save_run`'s `counts`, instead of the record's SET alone)."""
+    steps = [{"verb": "create", "status": "done", "pad": "x" * 600}]
+    now = datetime.now(timezone.utc)
     before = cpu(valkey)
     for i in range(n):
-        run = {"id": f"r{round_}:{i}", "rule_id": "log-time", "steps": [{"verb": "create", "status": "done"}]}
+        run = {"id": f"r{round_}:{i}", "rule_id": "log-time", "status": "succeeded", "steps": steps,
+               "plan": {"operations": []}, "outputs": {}, "created_at": now.isoformat()}
         with connection.pipeline(transaction=False) as pipe:
+            counts = usage.bill("bench", run, day=usage.today()) if counted else None
             if counted:
-                usage.bill(pipe, "bench", run, day=usage.today())
                 metrics.count(pipe, "billable_runs", rule=run["rule_id"])
-            pipe.set(f"ws:bench:run:{run['id']}", record, ex=3600)
-            pipe.zadd("ws:bench:runs", {run["id"]: i})
+            save_run(pipe, run, now=now, counts=counts)
             pipe.execute()
     return spent(before, valkey, n)
 

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -847,8 +848,10 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()
             write(pipe)
         if status in ("succeeded", "skipped", "shadow"):
             ledger.finished(pipe, [op["idempotency_key"] for op in run["plan"].get("operations", ())])
-        billed = _bill(ctx, pipe, run, finished=status in TERMINAL or status == "paused")
-        save_run(pipe, run, now=datetime.now(timezone.utc))  # the status and its count together
+        counts, slot = _bill(ctx, pipe, run, finished=status in TERMINAL or status == "paused")
+        # The status, the `billed` mark and the billable counts in one script: all or nothing (usage.bill).
+        billed = save_run(pipe, run, now=datetime.now(timezone.utc), counts=counts)
+        slot(pipe)  # the slot under the monthly limit goes back once the count holds it, not before
         metrics.count(pipe, "runs", status=status)
         if token is not None:
             _queue_release(pipe, lock, token)
@@ -953,15 +956,14 @@ class Ending:
             raise failed
 
 
-def _bill(ctx: WorkerContext, pipe, run: dict, *, finished: bool) -> int | None:
-    """Count the run once as billable when it wrote or notified, and give back its slot under the
-    monthly limit; the index of the month's new billable count among `pipe`'s replies, or None."""
-    billed = usage.bill(pipe, ctx.workspace.name, run, day=usage.today())
-    if billed is not None:
+def _bill(ctx: WorkerContext, pipe, run: dict, *, finished: bool) -> tuple[list | None, Callable]:
+    """Count the run once as billable when it wrote or notified (marking it `billed`), and give back its slot
+    under the monthly limit: (its billable counts, for `save_run` to write with its record, or None; the pipeline
+    write that gives the slot back, to queue after the record's)."""
+    counts = usage.bill(ctx.workspace.name, run, day=usage.today())
+    if counts is not None:
         metrics.count(pipe, "billable_runs", rule=run["rule_id"])
-    if run.get("limit_counted"):
-        limits.settle(pipe, run, finished=finished)
-    return billed
+    return counts, limits.settle(run, finished=finished) if run.get("limit_counted") else lambda pipe: None
 
 
 def _workspace_wait(ctx: WorkerContext) -> float:

@@ -115,6 +115,26 @@ return {1, 0, paused, count, leased}
 """
 _CREATE_SCRIPT = scripts.script(_CREATE)
 
+# A run's record and the counts that must land with it, or neither (a billable run's, whose record says `billed`:
+# workers/metering/usage.py `bill`). KEYS: the record, then each counted hash. ARGV: the record, its TTL, then for
+# each hash: its TTL (0: left as it is), how many fields, then each field and amount. Returns the first count.
+_SAVE_COUNTED = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local first, at = false, 3
+for i = 2, #KEYS do
+  local ttl, fields = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  at = at + 2
+  for _ = 1, fields do
+    local n = redis.call('HINCRBY', KEYS[i], ARGV[at], ARGV[at + 1])
+    first = first or n
+    at = at + 2
+  end
+  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return first
+"""
+_SAVE_COUNTED_SCRIPT = scripts.script(_SAVE_COUNTED)
+
 
 TRIM_EVERY = 1.0  # seconds between one process's trims of one index (at the default keep and age)
 _last_trim: dict[str, float] = {}
@@ -239,37 +259,60 @@ def load_run(connection: redis.Redis, run_id: str) -> dict | None:
 
 
 def save_run(connection: redis.Redis, run: dict, *, now: datetime, keep: int | None = None,
-             max_age: int | None = None) -> None:
+             max_age: int | None = None, counts: list[tuple[str, int, dict[str, int]]] | None = None) -> int | None:
     """Write the run back after a change (on a connection, or queued on the caller's pipeline).
 
     A finished run joins `runs:done`, by the time it finished, and retention is applied as in
     `create_run`. An unfinished one leaves `runs:done` first, so that no trim deletes it from then
     on, and is listed again should a trim have taken it a moment before (a failed run retried just
     as it was the oldest kept).
+
+    `counts` ([(hash, its TTL or 0, {field: amount})]) are added in the script that writes the record, so that
+    both land or neither: the caller's pipeline may be cut off in the middle, and what the record says about
+    them (a billable run's `billed`, workers/metering/usage.py) must be true. On a pipeline, the index of that
+    script's reply (the first count's new value); else None.
     """
     run["updated_at"] = now.isoformat()
     if isinstance(connection, Pipeline):
-        _queue_save(connection, run, now, keep, max_age)
-        return
+        return _queue_save(connection, run, now, keep, max_age, counts)
     with connection.pipeline() as pipe:
-        _queue_save(pipe, run, now, keep, max_age)
+        _queue_save(pipe, run, now, keep, max_age, counts)
         pipe.execute()
+    return None
 
 
-def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_age: int | None) -> None:
+def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_age: int | None,
+                counts: list | None) -> int | None:
     max_age = RUNS_MAX_AGE if max_age is None else max_age
     if is_active(run):
         pipe.zadd(key(ACTIVE), {run["id"]: deadline(run, now=now.timestamp())})
     else:
         pipe.zrem(key(ACTIVE), run["id"])
     if run["status"] in TERMINAL:
-        pipe.set(_key(run["id"]), _encode_run(run), ex=max_age)
+        at = _queue_record(pipe, run, max_age, counts)
         pipe.zadd(key("runs:done"), {_done_member(run): now.timestamp()})
         _trim_runs(pipe, keep, max_age)
     else:
         pipe.zrem(key("runs:done"), _done_member(run))
-        pipe.set(_key(run["id"]), _encode_run(run), ex=max_age)
+        at = _queue_record(pipe, run, max_age, counts)
         _list(pipe, run)
+    return at if counts else None
+
+
+def _queue_record(pipe: Pipeline, run: dict, max_age: int, counts: list | None) -> int:
+    """Queue the record's write (with `counts`, in one script); the index of its reply."""
+    at = len(pipe.command_stack)
+    if not counts:
+        pipe.set(_key(run["id"]), _encode_run(run), ex=max_age)
+        return at
+    args: list = [_encode_run(run), max_age]
+    for _, ttl, fields in counts:
+        args += [ttl, len(fields)]
+        for field, amount in fields.items():
+            args += [field, amount]
+    scripts.call(pipe, _SAVE_COUNTED_SCRIPT, keys=[_key(run["id"]), *(hash_key for hash_key, _, _ in counts)],
+                 args=args)
+    return at
 
 
 def _trim_runs(pipe: Pipeline, keep: int | None, max_age: int) -> None:

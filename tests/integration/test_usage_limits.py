@@ -14,8 +14,12 @@ import pytest
 import redis
 import requests
 
+from tests.integration.test_run_round_trips import _context, _event, batched_counts
+from tests.support.cut import MidWriteCut
 from tests.support.processes import wait_until
 from tests.support.stack import FORM_RULE, PROJECT, deliver, ensure_project
+
+__all__ = ["batched_counts"]  # the fixture, used by name
 
 OPERATOR = "operator-usage-4Tq9"
 NOTIFY_RULE = """
@@ -414,3 +418,64 @@ def test_an_accepted_event_counts_once_and_its_day_and_month_keep_a_ttl(redis_ur
     assert month["events:webhook"] == 3
     assert connection.ttl(usage.day_key("ttl-intake", day)) > 0
     assert connection.ttl(usage.month_key("ttl-intake", usage.month_of(day))) > 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ends", [1, 2], ids=["one-run", "two-runs-in-one-round-trip"])
+def test_a_run_whose_end_is_cut_off_mid_write_and_ended_again_bills_once(redis_url, sandbox, tmp_path, batched_counts,
+                                                                         ends):
+    """A run's end (its status, its billable counts and its `billed` mark) goes in one write, with other runs' ends
+    when they end together. The connection lost in the middle of it leaves Redis with the commands sent before
+    the cut: the event is handled again and the run ended again. Cut after each command of the write from the
+    first billable count on, each run must count once: before, a cut after the counts and before the run's record
+    (which says `billed`) counted the run again at its second end (a customer charged twice for one run)."""
+    from workers import recovery, workspaces
+    from workers.jobs import Arrival, handle_batch
+    from workers.metering import usage
+
+    ensure_project(sandbox)
+    (tmp_path / "forms.yaml").write_text(FORM_RULE.format(extra=""))
+    direct = redis.Redis.from_url(redis_url)
+    port = direct.connection_pool.connection_kwargs["port"]
+    month = usage.month_of(usage.today())
+
+    def billed() -> tuple[int, int, int]:
+        counted = usage.read_month(direct, "default", month)
+        day = usage.read_days(direct, "default", [usage.today()])[usage.today()]
+        return counted.get("billable_runs", 0), counted.get("rule:form-to-task", 0), day.get("billable_runs", 0)
+
+    picks = lambda command: b"billable_runs" in command  # noqa: E731 - the run's first billable count
+    with MidWriteCut(port) as proxy:
+        ctx, workspace = _context(proxy.url, sandbox, tmp_path)
+        with workspaces.using(workspace):
+            handle_batch(ctx, [Arrival(_event(0), 0.0)])  # rules read, connections open
+            sent = len(proxy.commands)
+            assert not [o for o in handle_batch(ctx, [Arrival(_event(n), 0.0) for n in range(1, ends + 1)])
+                        if isinstance(o, BaseException)]
+            end = proxy.commands[sent:]
+            first = next(i for i, command in enumerate(end) if picks(b" ".join(command)))
+            cuts = len(end) - first  # the cut points from the first billable count to the write's last command
+            assert billed() == (ends + 1,) * 3
+
+            miscounted, events = {}, ends + 1
+            for after in range(cuts):
+                arrivals = [Arrival(_event(events + n), 0.0) for n in range(ends)]
+                events += ends
+                proxy.arm(picks, after=after)
+                outcomes = handle_batch(ctx, arrivals)
+                if not any(isinstance(o, BaseException) for o in outcomes):  # this end had fewer commands (a trim
+                    proxy.disarm()  # of old runs, a TTL set goes with some ends only): that point is not cut here
+                    continue
+                proxy.wait_cut()
+                assert all(isinstance(o, redis.ConnectionError) for o in outcomes), outcomes
+                recovery.give_back(direct)  # the worker gives the runs' locks back once Redis answers
+                assert not [o for o in handle_batch(ctx, arrivals) if isinstance(o, BaseException)]  # handled again
+                if billed() != (events,) * 3:
+                    miscounted[after] = billed()  # then set right, so that each cut point is judged alone
+                    direct.hset(usage.month_key("default", month), mapping=dict(zip(
+                        ("billable_runs", "rule:form-to-task"), (events, events))))
+                    direct.hset(usage.day_key("default", usage.today()), "billable_runs", events)
+
+    assert cuts >= 2
+    assert miscounted == {}, f"runs counted other than once when their end was cut after these commands: {miscounted}"
+    assert sorted(_task_names(sandbox)) == sorted(f"Task {n}" for n in range(events)), "each task once"

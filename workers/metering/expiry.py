@@ -19,11 +19,18 @@ _lock = threading.Lock()
 
 def expire(target, key: str, ttl: int) -> None:
     """Queue `EXPIRE key ttl` on `target` unless this process did within RESET_SECONDS."""
+    if due(key):
+        target.expire(key, ttl)
+
+
+def due(key: str) -> bool:
+    """True (and noted as set now) when this process has not set `key`'s TTL within RESET_SECONDS: the caller
+    sets it (a script that counts on the key does it there, `expire` queues it)."""
     now = time.monotonic()
     with _lock:
         if now - _set_at.get(key, -RESET_SECONDS) < RESET_SECONDS:
-            return
+            return False
         if len(_set_at) >= _MAX_KEYS:
             _set_at.clear()
         _set_at[key] = now
-    target.expire(key, ttl)
+    return True

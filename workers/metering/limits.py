@@ -30,6 +30,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import redis
@@ -91,15 +92,17 @@ def wait(run: dict):
     return lambda pipe: pipe.zadd(workspaces.key(WAITING), {run["id"]: created})
 
 
-def settle(pipe, run: dict, *, finished: bool) -> None:
-    """Queue on `pipe` giving back the run's slot once it billed (the count holds it now) or `finished`
-    (then, unbilled, it must be admitted again to run again)."""
-    if run.get("billed") or finished:
-        pipe.zrem(workspaces.key(INFLIGHT), run["id"])
+def settle(run: dict, *, finished: bool) -> Callable:
+    """The pipeline write giving back the run's slot once it billed (the count holds it now) or `finished`
+    (then, unbilled, it must be admitted again to run again). Queued after the run's record: given back
+    before its count, over a connection lost in between, the slot let one more run in over the limit."""
     if finished and not run.get("billed"):
         # It gave its slot back without billing (failed, paused): should a person retry it (or resume the
         # account), it is admitted again as any new run is; with the mark kept it ran on no slot, over the limit.
         run.pop("limit_counted", None)
+    if run.get("billed") or finished:
+        return lambda pipe: pipe.zrem(workspaces.key(INFLIGHT), run["id"])
+    return lambda pipe: None
 
 
 def alert_runs(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *, used: int) -> None:

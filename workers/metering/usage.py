@@ -8,8 +8,8 @@ Fields of both:
                               event log's append script, so only events really stored count
     runs                      runs started (stored for a matched rule, whatever became of them)
     billable_runs             runs that performed at least one InLoox write or notification; counted
-                              once per run, on the pipeline that stores its status (exact: the
-                              monthly limit reads it)
+                              once per run, in the script that stores its status and its `billed`
+                              mark (exact: the monthly limit reads it)
     rule:<rule id>            billable runs of that rule
     inloox_requests:read      GET requests to InLoox (polling, scans and runs)
     inloox_requests:write     every other request to InLoox
@@ -93,23 +93,21 @@ def is_billable(run: dict) -> bool:
     return any(s.get("status") == "done" and s.get("verb") in BILLABLE_VERBS for s in run.get("steps", ()))
 
 
-def bill(pipe, workspace: str, run: dict, *, day: date) -> int | None:
-    """Count `run` as billable once (marking it `billed`); the index of the month's new count in `pipe`'s replies.
+def bill(workspace: str, run: dict, *, day: date) -> list[tuple[str, int, dict[str, int]]] | None:
+    """Count `run` as billable once: marks it `billed` and returns its counts, [(hash, its TTL or 0, {field: 1})],
+    the month's `billable_runs` first; None when the run is not billable (yet) or was counted before.
 
-    None when the run is not billable (yet) or was counted before. Call before the run is saved.
+    The counts are written with the record that says `billed`, in one script (workers/runs.py `save_run`'s
+    `counts`): a run's end shares a pipeline with others', and a connection lost in the middle of one leaves
+    Redis with the commands sent before the cut. Counted apart from their mark, the counts of a run whose
+    record was not stored were counted again when its event was handled again (the customer billed twice).
     """
     if run.get("billed") or not is_billable(run):
         return None
     run["billed"] = day.isoformat()
+    fields = {"billable_runs": 1, RULE + run["rule_id"]: 1}
     month, daily = month_key(workspace, month_of(day)), day_key(workspace, day)
-    at = len(pipe.command_stack)
-    pipe.hincrby(month, "billable_runs", 1)
-    pipe.hincrby(month, RULE + run["rule_id"], 1)
-    expiry.expire(pipe, month, MONTH_TTL)
-    pipe.hincrby(daily, "billable_runs", 1)
-    pipe.hincrby(daily, RULE + run["rule_id"], 1)
-    expiry.expire(pipe, daily, DAY_TTL)
-    return at
+    return [(month, MONTH_TTL if expiry.due(month) else 0, fields), (daily, DAY_TTL if expiry.due(daily) else 0, fields)]
 
 
 def billable_this_month(connection: redis.Redis, workspace: str, *, day: date) -> int:

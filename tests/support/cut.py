@@ -1,0 +1,174 @@
+"""A TCP proxy to Redis that loses a connection in the middle of a client's write: what a pipeline sent
+before the cut is executed, what it sent after is not, and the client hears nothing back.
+
+    with MidWriteCut(port) as proxy:             # proxy.url: redis://127.0.0.1:<its port>/0
+        proxy.arm(lambda command: b"billable_runs" in command, after=1)
+        ...                                      # the next command holding those bytes, and 0 more, reach Redis;
+        proxy.wait_cut()                         # then the connection is closed, the rest of the write dropped
+        proxy.disarm()                           # (or, when that write had fewer commands: no cut after all)
+
+A connection reset by the network (a failover, a worker's host losing its link) cuts a write at any
+byte. The proxy cuts between whole commands, counted from the first command the armed test picks out:
+Redis executes every whole command it received, so that is where a client can be left half-written.
+Only the next such command is cut at; other connections, and the connections opened after, go through.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Callable
+
+CHUNK = 65536
+
+
+def split_commands(buffer: bytes) -> tuple[list[list[bytes]], bytes]:
+    """The whole RESP commands (arrays of bulk strings, as clients send them) at the start of `buffer`, and the
+    bytes left over (a command not yet wholly received)."""
+    commands, at = [], 0
+    while at < len(buffer):
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0 or buffer[at:at + 1] != b"*":
+            break
+        count, cursor, args = int(buffer[at + 1:line_end]), line_end + 2, []
+        for _ in range(count):
+            length_end = buffer.find(b"\r\n", cursor)
+            if length_end < 0:
+                break
+            length = int(buffer[cursor + 1:length_end])
+            if length_end + 2 + length + 2 > len(buffer):
+                break
+            args.append(buffer[length_end + 2:length_end + 2 + length])
+            cursor = length_end + 2 + length + 2
+        if len(args) < count:
+            break
+        commands.append(args)
+        at = cursor
+    return commands, buffer[at:]
+
+
+class MidWriteCut:
+    """Forwards 127.0.0.1:<port> to 127.0.0.1:<target_port>; `arm` closes the connection that sends the picked
+    command, after forwarding it and `after - 1` more (`after=0`: before it). `commands` is every command
+    forwarded, in order, each a list of its arguments."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.commands: list[list[bytes]] = []
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self._picks: Callable[[bytes], bool] | None = None
+        self._after = 0
+        self._counting: object | None = None  # the connection the picked command came on, once it came
+        self._left = 0
+        self._cut = threading.Event()
+        threading.Thread(target=self._accept, name="cut-accept", daemon=True).start()
+
+    def arm(self, picks: Callable[[bytes], bool], *, after: int) -> None:
+        """Cut the connection that sends the next command whose bytes `picks` says yes to, after it and the
+        `after - 1` commands that follow it on that connection (before it with `after=0`)."""
+        with self.lock:
+            self._picks, self._after, self._counting, self._left = picks, after, None, after
+            self._cut.clear()
+
+    def wait_cut(self, timeout: float = 10.0) -> None:
+        """Until the armed cut happened and Redis has executed what it got before it (it closed its end)."""
+        if not self._cut.wait(timeout):
+            raise AssertionError(f"no connection was cut within {timeout}s: the picked command was not sent")
+
+    def disarm(self) -> None:
+        """No cut, if the armed one has not happened: the write with the picked command was shorter than `after`."""
+        with self.lock:
+            self._picks = None
+            self._counting = None
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.sockets += [client, upstream]
+            threading.Thread(target=self._requests, args=(client, upstream), name="cut-requests", daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, client), name="cut-replies", daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Client to Redis, command by command, until the armed cut (then: Redis is told the connection ended
+        once it has what was forwarded, and the client gets no reply to anything of this write)."""
+        pending = b""
+        try:
+            while data := client.recv(CHUNK):
+                commands, pending = split_commands(pending + data)
+                for command in commands:
+                    if self._cuts_before(client, command):
+                        upstream.shutdown(socket.SHUT_WR)  # a FIN after what was sent: Redis executes that first
+                        client.shutdown(socket.SHUT_RDWR)
+                        return
+                    upstream.sendall(_packed(command))
+                    with self.lock:
+                        self.commands.append(command)
+        except OSError:
+            pass
+        for sock in (client, upstream):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _cuts_before(self, connection: socket.socket, command: list[bytes]) -> bool:
+        with self.lock:
+            if self._picks is None:
+                return False
+            if self._counting is None:
+                if not self._picks(b" ".join(command)):
+                    return False
+                self._counting = connection
+            elif self._counting is not connection:
+                return False
+            if self._left > 0:
+                self._left -= 1
+                return False
+            self._picks = None
+            self._counting = connection  # `_replies` sets `_cut` when this connection's Redis end closes
+            return True
+
+    def _replies(self, upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := upstream.recv(CHUNK):
+                try:
+                    client.sendall(data)
+                except OSError:
+                    pass  # the client's end is cut: Redis's replies to what it got are lost with it
+        except OSError:
+            pass
+        with self.lock:
+            if self._picks is None and self._counting is client:
+                self._cut.set()  # Redis closed its end after our FIN: it executed everything before the cut
+        try:
+            client.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close alone may not)
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            for sock in self.sockets:
+                sock.close()
+
+    def __enter__(self) -> "MidWriteCut":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _packed(command: list[bytes]) -> bytes:
+    return b"".join([b"*%d\r\n" % len(command)] + [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command])
