@@ -14,7 +14,7 @@ from web.resources import get_redis
 from web.workspace import require_workspace
 from web.signatures import SignatureError, verify_standard_webhook
 from workers import eventlog, metrics, workspaces
-from workers.intake import submit_event
+from workers.intake import accept_event
 from workers.metering import limits
 from workers.outbound import OutboundPolicy
 
@@ -56,12 +56,11 @@ def receive(source: str):
     except SignatureError as exc:
         abort(401, f"webhook signature rejected: {exc}")
     event = _event(source, request.headers["webhook-id"], _json(text))
-    _alert_day_events()
     own = workspaces.current().limits
     try:
-        accepted = submit_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
-                                dedup_ttl=DEDUP_TTL_SECONDS, backlog_limit=own.backlog_limit,
-                                per_second=own.webhooks_per_second, per_day=own.events_per_day)
+        used = accept_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
+                            dedup_ttl=DEDUP_TTL_SECONDS, backlog_limit=own.backlog_limit,
+                            per_second=own.webhooks_per_second, per_day=own.events_per_day)
     except eventlog.DayFull as full:  # counted with the append: two web processes at once keep to the limit
         _alert(limits.alert_events, used=full.used)
         raise _day_full(limits.until_midnight()) from None
@@ -77,6 +76,11 @@ def receive(source: str):
     except redis.RedisError:
         current_app.logger.exception("webhook %s from %s not stored", event.id, source)
         abort(503, "the event could not be stored; retry later")
+    accepted = used is not None
+    if accepted and own.events_per_day:
+        # At 80 % and 100 % of events_per_day, by the count the event was stored with: only an event counted sets
+        # an alert off (not a redelivery, nor one refused); the refusal over the limit alerts above (DayFull).
+        _alert(limits.alert_events, used=used)
     status = "accepted" if accepted else "duplicate"
     return jsonify(status=status, event_id=event.id), 202 if accepted else 200
 
@@ -96,23 +100,13 @@ def count_rejected(response):
 
 
 def _alert(alert, **details) -> None:
-    """`alert` the workspace that its webhooks are refused (once an hour: a claim in Redis)."""
+    """`alert` the workspace of its usage or that its webhooks are refused (once per period: a claim in Redis). A
+    Redis error is told in the log, not to the sender: its webhook was stored, or refused, all the same."""
     try:
         alert(get_redis(), workspaces.current(), OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]),
               **details)
     except redis.RedisError:
-        current_app.logger.warning("the alert of refused webhooks could not be claimed")
-
-
-def _alert_day_events() -> None:
-    """Alert the workspace at 80 % and 100 % of its events_per_day. Refusing is the append script's, after its
-    check for a duplicate (eventlog.DayFull): a sender's redelivery of an accepted id gets its 200 over the limit."""
-    try:
-        limits.alert_day_events(get_redis(), workspaces.current(),
-                                OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]))
-    except redis.RedisError:
-        current_app.logger.exception("the daily event limit could not be read")
-        abort(503, "the event could not be stored; retry later")
+        current_app.logger.warning("a usage alert could not be claimed")
 
 
 def _day_full(wait: int) -> TooManyRequests:

@@ -38,11 +38,12 @@ EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
 # backlog as last counted, its pace. ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field
 # if duplicate, usage field, day ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is
 # used, the headroom below the limit it needs for that, events a second (0: no pace), events at once, events a day
-# (0: no limit), then the day's usage field of each source. Returns the new entry's id, false for a duplicate,
-# {waiting} when the workspace's backlog is at its limit, {-1, ms} when it is ahead of its pace by ms, or {-2, used}
-# when it accepted its events of the day (nothing written either way).
+# (0: no limit), then the day's usage field of each source. Returns the new entry's id ({id, the day's events with
+# it} with a daily limit), false for a duplicate, {waiting} when the workspace's backlog is at its limit, {-1, ms}
+# when it is ahead of its pace by ms, or {-2, used} when it accepted its events of the day (nothing written either way).
 # The day's events are counted here, with the append: read by the web before it, the count let every webhook through
-# that two web processes (or threads) read before the others were stored, however many.
+# that two web processes (or threads) read before the others were stored, however many. The count it returns is
+# what the web's usage alerts read: they follow an event counted, never a duplicate or a refusal.
 # The pace is GCRA (a token bucket kept as one time): the key holds when the workspace's sending would be back to
 # its pace, by Redis's clock (ms); an event may be accepted while that is at most the burst's time ahead of now.
 # An accepted event marks its workspace active (the entry id's milliseconds), so that the poller polls
@@ -54,9 +55,8 @@ EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
 # deployment accepts for one workspace in BACKLOG_LOOK_MS) is kept that long and used by the next events.
 _APPEND = """
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
-local daily = tonumber(ARGV[15])
+local daily, used = tonumber(ARGV[15]), 0
 if daily > 0 and fresh then
-  local used = 0
   for _, n in ipairs(redis.call('HMGET', KEYS[4], unpack(ARGV, 16))) do used = used + (tonumber(n) or 0) end
   if used >= daily then return {-2, used} end
 end
@@ -99,6 +99,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   if redis.call('HINCRBY', KEYS[4], ARGV[6], 1) == 1 then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
   if redis.call('HINCRBY', KEYS[5], ARGV[6], 1) == 1 then redis.call('EXPIRE', KEYS[5], ARGV[8]) end
   redis.call('SET', KEYS[6], string.match(id, '^%d+'))
+  if daily > 0 then return {id, used + 1} end
   return id
 end
 redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
@@ -155,6 +156,7 @@ class TooFast(Exception):
 def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tuple[str, str], backlog_limit: int = 0,
            per_second: float = 0.0, per_day: int = 0):
     """Run the append script on `target`: the new entry's id (None for a duplicate), or queue it on a pipeline.
+    With `per_day` (on a connection), an accepted event's reply is (its id, the events accepted today with it).
 
     `counted` is the (accepted, duplicate) counter fields; the script counts the outcome itself, so
     the count is exact without knowing the outcome beforehand; so is the workspace's usage (an
@@ -172,6 +174,8 @@ def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tupl
                                usage.DAY_TTL, usage.MONTH_TTL, backlog_limit, GROUP, BACKLOG_LOOK_MS, BACKLOG_HEADROOM,
                                per_second, burst, per_day, *map(usage.event_field, usage.SOURCES)])
     if isinstance(reply, list):
+        if isinstance(reply[0], (bytes, str)):  # accepted, with the day's count
+            return reply[0], int(reply[1])
         if int(reply[0]) == -1:
             raise TooFast(int(reply[1]) / 1000, per_second, burst)
         if int(reply[0]) == -2:

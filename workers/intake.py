@@ -31,14 +31,30 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
     runs waiting (not with `also`); with `per_second`, eventlog.TooFast while its events come faster than that;
     with `per_day`, eventlog.DayFull once it accepted that many events today.
     """
-    labels = {"workspace": workspaces.current().name, "source": event.source, "kind": event.kind}
-    counted = (metrics.field("events", {**labels, "outcome": "accepted"}),
-               metrics.field("events", {**labels, "outcome": "duplicate"}))
-    record = event.to_dict()
     if also is None:
-        return bool(eventlog.append(connection, record, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted,
-                                    backlog_limit=backlog_limit, per_second=per_second, per_day=per_day))
+        return accept_event(connection, event, dedup_key=dedup_key, dedup_ttl=dedup_ttl, backlog_limit=backlog_limit,
+                            per_second=per_second, per_day=per_day) is not None
     with connection.pipeline(transaction=True) as pipe:
-        eventlog.append(pipe, record, dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=counted)
+        eventlog.append(pipe, event.to_dict(), dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=_counted(event))
         also(pipe)
         return bool(pipe.execute()[0])
+
+
+def accept_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup_ttl: int, backlog_limit: int = 0,
+                 per_second: float = 0.0, per_day: int = 0) -> int | None:
+    """`submit_event` without `also`: None for a duplicate; when accepted now, the events the workspace accepted today
+    with this one (the append script's count, with `per_day`; 0 without). What the usage alert of `per_day` reads
+    (web/hooks.py): a count read before the append let a redelivery, not counted, set the alert off."""
+    reply = eventlog.append(connection, event.to_dict(), dedup_key=dedup_key, dedup_ttl=dedup_ttl,
+                            counted=_counted(event), backlog_limit=backlog_limit, per_second=per_second,
+                            per_day=per_day)
+    if not reply:
+        return None
+    return reply[1] if isinstance(reply, tuple) else 0
+
+
+def _counted(event: Event) -> tuple[str, str]:
+    """The (accepted, duplicate) counter fields of `event` (the append script counts its outcome)."""
+    labels = {"workspace": workspaces.current().name, "source": event.source, "kind": event.kind}
+    return (metrics.field("events", {**labels, "outcome": "accepted"}),
+            metrics.field("events", {**labels, "outcome": "duplicate"}))

@@ -479,3 +479,29 @@ def test_a_run_whose_end_is_cut_off_mid_write_and_ended_again_bills_once(redis_u
     assert cuts >= 2
     assert miscounted == {}, f"runs counted other than once when their end was cut after these commands: {miscounted}"
     assert sorted(_task_names(sandbox)) == sorted(f"Task {n}" for n in range(events)), "each task once"
+
+
+@pytest.mark.timeout(90)
+def test_the_daily_event_alert_follows_an_event_counted_not_a_redelivery(stack, sandbox, receiver, redis_url):
+    """`events_per_day: 5`: three webhooks accepted, then a redelivery of the third (200, not counted again). The
+    80 % alert (4 events) must wait for a fourth event counted: before, the web read the day's count before
+    storing the webhook and alerted as if it would be counted, so the redelivery set the alert off with 3 of 5
+    events used (its claim taken, so the fourth event sent nothing more)."""
+    from workers.metering import usage
+
+    web, _, secret = _started_with(stack, sandbox, receiver, {"events_per_day": 5}, "Count 1")
+    for n in (2, 3):
+        assert deliver(web, {"title": f"Count {n}", "project": PROJECT}, f"count_{n}", path=HOOK,
+                       secret=secret).status_code == 202
+    again = deliver(web, {"title": "Count 3", "project": PROJECT}, "count_3", path=HOOK, secret=secret)
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    connection = redis.Redis.from_url(redis_url)
+    claim = f"ws:acme:limits:alerted:events_per_day:{usage.today().isoformat()}:80"
+    # Claimed (SET NX) before the web answers, the alert's first step: not for an event that was not counted.
+    assert not connection.exists(claim)
+    assert usage.events_on(connection, "acme", usage.today()) == 3
+
+    assert deliver(web, {"title": "Count 4", "project": PROJECT}, "count_4", path=HOOK, secret=secret).status_code == 202
+    alerts = wait_until(lambda: [m for m in _messages(receiver) if "events today" in m], 10, "the alert at 80 %")
+    assert alerts == ["80 % of 5 events today used (4 accepted) in workspace acme"]
+    assert connection.exists(claim)

@@ -16,10 +16,11 @@ its own id: its lock, status and step ledger make it run at most once (and a rul
 most once per event: the run id is the event's and the rule's).
 
 Over `events_per_day`, webhooks are answered 429 (web/hooks.py); events of other sources (our own
-polling, schedules, chat, manual) are still accepted, and all sources count towards the limit. The web
-reads the day's count first for the alerts (`alert_day_events`); the event log's append script
-refuses over it as it stores the webhook (workers/eventlog.py), after its check for a duplicate, so
-that webhooks read at once by several web processes are not all let through.
+polling, schedules, chat, manual) are still accepted, and all sources count towards the limit. The event
+log's append script refuses over it as it stores the webhook (workers/eventlog.py), after its check for
+a duplicate, so that webhooks read at once by several web processes are not all let through; it returns
+the day's count with the event it stored, and the web alerts (`alert_events`) from that: after an event
+counted, never for a redelivery or a refusal.
 At 80 % and 100 % of either limit, one notification goes to the workspace's `alerts` channel and
 one log line is written, once each per period (the claim above). So, once an hour while it lasts, does a
 webhook refused for the workspace's `backlog_limit` (workers/eventlog.py).
@@ -142,16 +143,6 @@ def alert_pace(connection: redis.Redis, workspace: workspaces.Workspace, policy:
     _alert(connection, workspace, policy, f"webhooks_per_second:{datetime.now(timezone.utc):%Y-%m-%dT%H}",
            f"webhooks of workspace {workspace.name} are answered 429: they come faster than its webhooks_per_second "
            f"({pace:g}); they are accepted again at that pace")
-
-
-def alert_day_events(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy) -> None:
-    """Tell the workspace at 80 % and 100 % of its events_per_day, counting the event at hand; no round trip
-    without a limit. Refusing over it is the append script's (workers/eventlog.py DayFull)."""
-    limit = workspace.limits.events_per_day
-    if limit:
-        used = usage.events_on(connection, workspace.name, usage.today())
-        # Below the limit, this one will be accepted (the append script refuses it at the limit).
-        alert_events(connection, workspace, policy, used=used if used >= limit else used + 1)
 
 
 def until_midnight(now: datetime | None = None) -> int:
