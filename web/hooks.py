@@ -106,7 +106,7 @@ def _alert(alert, **details) -> None:
         alert(get_redis(), workspaces.current(), OutboundPolicy.from_setting(current_app.config["OUTBOUND_ALLOW"]),
               **details)
     except redis.RedisError:
-        current_app.logger.warning("a usage alert could not be claimed")
+        current_app.logger.warning("a usage alert could not be claimed; asked again with the next webhook over it")
 
 
 def _day_full(wait: int) -> TooManyRequests:

@@ -461,11 +461,8 @@ def test_a_run_whose_end_is_cut_off_mid_write_and_ended_again_bills_once(redis_u
             for after in range(cuts):
                 arrivals = [Arrival(_event(events + n), 0.0) for n in range(ends)]
                 events += ends
-                proxy.arm(picks, after=after)
+                proxy.arm(picks, after=after)  # (an end with fewer commands, without a trim, is cut after its last)
                 outcomes = handle_batch(ctx, arrivals)
-                if not any(isinstance(o, BaseException) for o in outcomes):  # this end had fewer commands (a trim
-                    proxy.disarm()  # of old runs, a TTL set goes with some ends only): that point is not cut here
-                    continue
                 proxy.wait_cut()
                 assert all(isinstance(o, redis.ConnectionError) for o in outcomes), outcomes
                 recovery.give_back(direct)  # the worker gives the runs' locks back once Redis answers
@@ -505,3 +502,40 @@ def test_the_daily_event_alert_follows_an_event_counted_not_a_redelivery(stack, 
     alerts = wait_until(lambda: [m for m in _messages(receiver) if "events today" in m], 10, "the alert at 80 %")
     assert alerts == ["80 % of 5 events today used (4 accepted) in workspace acme"]
     assert connection.exists(claim)
+
+
+@pytest.mark.parametrize("after", [0, 1], ids=["claim-not-stored", "claim-stored-answer-lost"])
+def test_a_usage_alert_whose_claim_met_a_lost_connection_is_sent_once_at_the_next_chance(redis_url, receiver, caplog,
+                                                                                         after):
+    """The 80 % alert's claim (SET NX) is cut off: before Redis got it, or after (stored, its answer lost). The
+    alert is not sent then (Redis failed), but once, at the next event over 80 %: before, this process noted the
+    claim as taken before asking Redis, and never asked again (the alert of a deployment of one web process was
+    lost for the day); and a claim stored whose answer was lost was every process's reason not to send it."""
+    import logging
+
+    from workers import workspaces
+    from workers.metering import limits
+    from workers.outbound import OutboundPolicy
+
+    workspace = workspaces.Workspace(f"alerted-{after}", "http://127.0.0.1:9/api/odata/", "token",
+                                     limits=workspaces.Limits(events_per_day=10), alerts=receiver.json_url)
+    policy = OutboundPolicy.from_setting("127.0.0.1")
+    direct = redis.Redis.from_url(redis_url)
+
+    def sent() -> list[str]:  # logged as the claim is taken, before the notification is handed to its thread
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("usage alert:")]
+
+    caplog.set_level(logging.WARNING, logger="workers.metering.limits")
+    with MidWriteCut(direct.connection_pool.connection_kwargs["port"]) as proxy:
+        connection = redis.Redis.from_url(proxy.url)
+        proxy.arm(lambda command: b"limits:alerted:events_per_day" in command, after=after)
+        with pytest.raises(redis.ConnectionError):
+            limits.alert_events(connection, workspace, policy, used=8)
+        proxy.wait_cut()
+        assert sent() == []
+        limits.alert_events(connection, workspace, policy, used=8)  # the next event, still over 80 %
+        limits.alert_events(connection, workspace, policy, used=9)  # and the one after
+        assert limits.alert_events(direct, workspace, policy, used=9) is None  # another process
+
+    assert sent() == [f"usage alert: 80 % of 10 events today used (8 accepted) in workspace alerted-{after}"]
+    wait_until(lambda: [m for m in _messages(receiver) if "80 % of 10 events" in m], 10, "the alert")

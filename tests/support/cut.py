@@ -3,9 +3,9 @@ before the cut is executed, what it sent after is not, and the client hears noth
 
     with MidWriteCut(port) as proxy:             # proxy.url: redis://127.0.0.1:<its port>/0
         proxy.arm(lambda command: b"billable_runs" in command, after=1)
-        ...                                      # the next command holding those bytes, and 0 more, reach Redis;
+        ...                                      # the next command holding those bytes reaches Redis, no more;
         proxy.wait_cut()                         # then the connection is closed, the rest of the write dropped
-        proxy.disarm()                           # (or, when that write had fewer commands: no cut after all)
+                                                 # (after its last command, when it had fewer than `after`)
 
 A connection reset by the network (a failover, a worker's host losing its link) cuts a write at any
 byte. The proxy cuts between whole commands, counted from the first command the armed test picks out:
@@ -19,6 +19,9 @@ import threading
 from typing import Callable
 
 CHUNK = 65536
+# Once the picked command came, a client silent this long is waiting for its answers: its write is over (a pipeline
+# goes out at once), so it is cut after its last command. Not a wait for a result: the client waits as long.
+WRITE_ENDED = 0.2
 
 
 def split_commands(buffer: bytes) -> tuple[list[list[bytes]], bytes]:
@@ -48,7 +51,7 @@ def split_commands(buffer: bytes) -> tuple[list[list[bytes]], bytes]:
 
 class MidWriteCut:
     """Forwards 127.0.0.1:<port> to 127.0.0.1:<target_port>; `arm` closes the connection that sends the picked
-    command, after forwarding it and `after - 1` more (`after=0`: before it). `commands` is every command
+    command, once it forwarded `after` commands from it on (`after=0`: before it). `commands` is every command
     forwarded, in order, each a list of its arguments."""
 
     def __init__(self, target_port: int):
@@ -60,29 +63,24 @@ class MidWriteCut:
         self.lock = threading.Lock()
         self.sockets: list[socket.socket] = []
         self._picks: Callable[[bytes], bool] | None = None
-        self._after = 0
         self._counting: object | None = None  # the connection the picked command came on, once it came
         self._left = 0
         self._cut = threading.Event()
         threading.Thread(target=self._accept, name="cut-accept", daemon=True).start()
 
     def arm(self, picks: Callable[[bytes], bool], *, after: int) -> None:
-        """Cut the connection that sends the next command whose bytes `picks` says yes to, after it and the
-        `after - 1` commands that follow it on that connection (before it with `after=0`)."""
+        """Cut the connection that sends the next command whose bytes `picks` says yes to, once it forwarded that
+        one and the `after - 1` commands that follow it on that connection (before it with `after=0`), without
+        waiting for more: what else that write holds is dropped; a write with fewer is cut after its last one.
+        Nothing Redis answers on that connection from then on reaches the client."""
         with self.lock:
-            self._picks, self._after, self._counting, self._left = picks, after, None, after
+            self._picks, self._counting, self._left = picks, None, after
             self._cut.clear()
 
     def wait_cut(self, timeout: float = 10.0) -> None:
         """Until the armed cut happened and Redis has executed what it got before it (it closed its end)."""
         if not self._cut.wait(timeout):
             raise AssertionError(f"no connection was cut within {timeout}s: the picked command was not sent")
-
-    def disarm(self) -> None:
-        """No cut, if the armed one has not happened: the write with the picked command was shorter than `after`."""
-        with self.lock:
-            self._picks = None
-            self._counting = None
 
     def _accept(self) -> None:
         while True:
@@ -101,16 +99,27 @@ class MidWriteCut:
         once it has what was forwarded, and the client gets no reply to anything of this write)."""
         pending = b""
         try:
-            while data := client.recv(CHUNK):
+            while True:
+                try:
+                    data = client.recv(CHUNK)
+                except TimeoutError:  # the client waits for answers: its write ended before the count did
+                    with self.lock:
+                        self._picks = None
+                    return self._cut_off(client, upstream)
+                if not data:
+                    break
                 commands, pending = split_commands(pending + data)
                 for command in commands:
-                    if self._cuts_before(client, command):
-                        upstream.shutdown(socket.SHUT_WR)  # a FIN after what was sent: Redis executes that first
-                        client.shutdown(socket.SHUT_RDWR)
-                        return
+                    if self._counts(client, command) == 0:
+                        return self._cut_off(client, upstream)
                     upstream.sendall(_packed(command))
                     with self.lock:
                         self.commands.append(command)
+                    if self._counts(client, None) == 0:
+                        return self._cut_off(client, upstream)
+                with self.lock:
+                    counting = self._counting is client
+                client.settimeout(WRITE_ENDED if counting else None)
         except OSError:
             pass
         for sock in (client, upstream):
@@ -119,30 +128,40 @@ class MidWriteCut:
             except OSError:
                 pass
 
-    def _cuts_before(self, connection: socket.socket, command: list[bytes]) -> bool:
+    def _counts(self, connection: socket.socket, command: list[bytes] | None) -> int | None:
+        """Before `command` (None: after the one just forwarded), how many more commands the armed cut lets through
+        on `connection`: 0 cuts it there (None: no cut is counting on it)."""
         with self.lock:
             if self._picks is None:
-                return False
+                return None
             if self._counting is None:
-                if not self._picks(b" ".join(command)):
-                    return False
-                self._counting = connection
+                if command is None or not self._picks(b" ".join(command)):
+                    return None
+                self._counting = connection  # from now on `_replies` passes nothing on to this client
             elif self._counting is not connection:
-                return False
-            if self._left > 0:
-                self._left -= 1
-                return False
-            self._picks = None
-            self._counting = connection  # `_replies` sets `_cut` when this connection's Redis end closes
-            return True
+                return None
+            elif command is None:
+                self._left -= 1  # the command just forwarded
+            if self._left == 0:
+                self._picks = None  # `_replies` sets `_cut` when this connection's Redis end closes
+            return self._left
+
+    @staticmethod
+    def _cut_off(client: socket.socket, upstream: socket.socket) -> None:
+        upstream.shutdown(socket.SHUT_WR)  # a FIN after what was sent: Redis executes that first
+        client.shutdown(socket.SHUT_RDWR)  # the client hears nothing more: no reply, then the end
 
     def _replies(self, upstream: socket.socket, client: socket.socket) -> None:
         try:
             while data := upstream.recv(CHUNK):
+                with self.lock:
+                    cut = self._counting is client
+                if cut:  # an answer must not slip through before the cut: the client would have heard it
+                    continue
                 try:
                     client.sendall(data)
                 except OSError:
-                    pass  # the client's end is cut: Redis's replies to what it got are lost with it
+                    pass
         except OSError:
             pass
         with self.lock:

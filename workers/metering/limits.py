@@ -4,7 +4,8 @@
                                      billed or finished yet (a run's slot), by admission time
     ws:<name>:limits:runs:waiting    sorted set: runs over the limit (status `over_limit`), by creation
                                      time: the order they are released in
-    ws:<name>:limits:alerted:<limit>:<period>:<percent>   the claim (SET NX) that the alert was sent
+    ws:<name>:limits:alerted:<limit>:<period>:<percent>   the claim (SET NX) that the alert was sent: the name
+                                     of the process that sent it
 
 A run is admitted (`admit`) before its first step when the month's billable runs plus the runs in
 flight stay under the limit; one script, so runs admitted at once never exceed it. A run that bills
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -64,6 +66,15 @@ return 1
 _ADMIT_SCRIPT = scripts.script(_ADMIT)
 
 _claimed: set[str] = set()  # alert claims this process has seen taken (by itself or another one)
+_claimant = os.urandom(8).hex()  # this process's name in the claims it takes
+
+
+def _renamed() -> None:
+    global _claimant
+    _claimant = os.urandom(8).hex()  # a fork (a web server's processes) claims under a name of its own
+
+
+os.register_at_fork(after_in_child=_renamed)
 
 
 def admit(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, run: dict) -> bool:
@@ -204,12 +215,19 @@ def _reached(used: int, limit: int) -> list[int]:
 
 def _alert(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, claim: str,
            text: str) -> None:
-    """Send `text` to the workspace's alerts channel and log it, if nobody claimed `claim` before."""
+    """Send `text` to the workspace's alerts channel and log it, if nobody claimed `claim` before.
+
+    The claim holds this process's name: should Redis fail as it is taken (raised, the alert not sent), the next
+    call asks again (noted as seen only once Redis answered) and finds either no claim (it takes it now) or its
+    own, stored but its answer lost (it sends the alert then); another process's name, it leaves the alert be.
+    Before, the claim was noted before Redis answered, and an alert whose claim met a Redis error was never
+    sent: not by this process, which had noted it, nor by another, if the claim got stored."""
     name = f"ws:{workspace.name}:limits:alerted:{claim}"
     if name in _claimed:
         return
+    held = connection.set(name, _claimant, nx=True, ex=ALERT_TTL, get=True)  # the claim there was, if any
     _claimed.add(name)
-    if not connection.set(name, 1, nx=True, ex=ALERT_TTL):
+    if held is not None and held.decode() != _claimant:
         return  # another process (or an earlier life of this one) sent it
     log.warning("usage alert: %s", text)
     if not workspace.alerts:
