@@ -110,16 +110,6 @@ def bill(workspace: str, run: dict, *, day: date) -> list[tuple[str, int, dict[s
     return [(month, MONTH_TTL if expiry.due(month) else 0, fields), (daily, DAY_TTL if expiry.due(daily) else 0, fields)]
 
 
-def billable_this_month(connection: redis.Redis, workspace: str, *, day: date) -> int:
-    """Billable runs of `workspace` in the month of `day`."""
-    return int(connection.hget(month_key(workspace, month_of(day)), "billable_runs") or 0)
-
-
-def events_on(connection: redis.Redis, workspace: str, day: date) -> int:
-    """Events of `workspace` accepted on `day`, all sources."""
-    return sum(int(n or 0) for n in connection.hmget(day_key(workspace, day), [event_field(s) for s in SOURCES]))
-
-
 def days(first: date, last: date) -> list[date]:
     """Every day from `first` to `last`, both included."""
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
