@@ -70,14 +70,18 @@ def intake(connection, valkey: int, n: int, round_: int, counted: bool) -> float
     event = {"id": "", "source": "webhook", "kind": "order", "payload": {"order": 1, "total": 12.5}}
     script = eventlog._APPEND_SCRIPT if counted else uncounted_append()
     name, day = workspaces.current().name, usage.today()
+    # The keys and arguments eventlog.append hands the script, without a backlog limit, pace or daily limit.
     keys = ["", eventlog.stream_key(), metrics.COUNTERS, usage.day_key(name, day),
-            usage.month_key(name, usage.month_of(day)), "ws:bench:active"]
+            usage.month_key(name, usage.month_of(day)), "ws:bench:active", "ws:bench:runs:active",
+            "ws:bench:events:backlog", "ws:bench:events:pace"]
     before = cpu(valkey)
     for i in range(n):
         event["id"] = f"bench:{round_}:{counted}:{i}"
         keys[0] = f"ws:bench:hooks:seen:{event['id']}"
-        scripts.call(connection, script, keys=keys, args=[event["id"], 3600, eventlog.encode(event),
-                                                          "a", "d", usage.event_field("webhook"), 100, 100])
+        scripts.call(connection, script, keys=keys, args=[
+            event["id"], 3600, eventlog.encode(event), "a", "d", usage.event_field("webhook"), 100, 100, 0,
+            eventlog.GROUP, eventlog.BACKLOG_LOOK_MS, eventlog.BACKLOG_HEADROOM, 0, 1, 0,
+            *map(usage.event_field, usage.SOURCES)])
     return spent(before, valkey, n)
 
 
