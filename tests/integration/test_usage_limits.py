@@ -539,3 +539,39 @@ def test_a_usage_alert_whose_claim_met_a_lost_connection_is_sent_once_at_the_nex
 
     assert sent() == [f"usage alert: 80 % of 10 events today used (8 accepted) in workspace alerted-{after}"]
     wait_until(lambda: [m for m in _messages(receiver) if "80 % of 10 events" in m], 10, "the alert")
+
+
+def test_a_usage_alert_claimed_by_two_threads_of_one_process_at_once_is_sent_once(redis_url, caplog):
+    """Every webhook refused over its pace or backlog asks for the hour's alert, on each of the web's threads: two
+    of one process asking at once both found the claim holding this process's own name (SET NX GET), the first's,
+    and both sent the alert (an answer lost is what that name is for, not a thread of the same process)."""
+    import logging
+    import threading
+
+    from workers import workspaces
+    from workers.metering import limits
+    from workers.outbound import OutboundPolicy
+
+    workspace = workspaces.Workspace("alerted-twice", "http://127.0.0.1:9/api/odata/", "token",
+                                     limits=workspaces.Limits(events_per_day=10))
+    policy = OutboundPolicy.from_setting("127.0.0.1")
+    direct = redis.Redis.from_url(redis_url)
+    both = threading.Barrier(2, timeout=2)
+
+    class Together:  # each thread's SET is answered, then it waits for the other's (or 2 s) before going on
+        def set(self, *args, **kwargs):
+            held = direct.set(*args, **kwargs)
+            try:
+                both.wait()
+            except threading.BrokenBarrierError:
+                pass  # the other thread asked nothing
+            return held
+
+    caplog.set_level(logging.WARNING, logger="workers.metering.limits")
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(limits.alert_events, Together(), workspace, policy, used=8) for _ in range(2)]:
+            done.result()
+
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("usage alert:")] == [
+        "usage alert: 80 % of 10 events today used (8 accepted) in workspace alerted-twice"]
+

@@ -65,7 +65,8 @@ return 1
 """
 _ADMIT_SCRIPT = scripts.script(_ADMIT)
 
-_claimed: set[str] = set()  # alert claims this process has seen taken (by itself or another one)
+_claimed: set[str] = set()  # alert claims this process has seen taken (by itself or another one), or is asking for
+_claiming = threading.Lock()  # one thread of this process asks for a claim: another finds it in `_claimed`
 _claimant = os.urandom(8).hex()  # this process's name in the claims it takes
 
 
@@ -218,15 +219,22 @@ def _alert(connection: redis.Redis, workspace: workspaces.Workspace, policy: Out
     """Send `text` to the workspace's alerts channel and log it, if nobody claimed `claim` before.
 
     The claim holds this process's name: should Redis fail as it is taken (raised, the alert not sent), the next
-    call asks again (noted as seen only once Redis answered) and finds either no claim (it takes it now) or its
+    call asks again (the note of it as seen is dropped again) and finds either no claim (it takes it now) or its
     own, stored but its answer lost (it sends the alert then); another process's name, it leaves the alert be.
-    Before, the claim was noted before Redis answered, and an alert whose claim met a Redis error was never
-    sent: not by this process, which had noted it, nor by another, if the claim got stored."""
+    Before, an alert whose claim met a Redis error was never sent: not by this process, which had noted it, nor
+    by another, if the claim got stored. One thread of this process asks at a time (noted as seen while it asks):
+    two asking at once both found this process's name, the first one's claim, and both sent the alert."""
     name = f"ws:{workspace.name}:limits:alerted:{claim}"
-    if name in _claimed:
-        return
-    held = connection.set(name, _claimant, nx=True, ex=ALERT_TTL, get=True)  # the claim there was, if any
-    _claimed.add(name)
+    with _claiming:
+        if name in _claimed:
+            return
+        _claimed.add(name)
+    try:
+        held = connection.set(name, _claimant, nx=True, ex=ALERT_TTL, get=True)  # the claim there was, if any
+    except BaseException:
+        with _claiming:
+            _claimed.discard(name)
+        raise
     if held is not None and held.decode() != _claimant:
         return  # another process (or an earlier life of this one) sent it
     log.warning("usage alert: %s", text)
