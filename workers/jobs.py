@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -849,9 +848,9 @@ def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=()
         if status in ("succeeded", "skipped", "shadow"):
             ledger.finished(pipe, [op["idempotency_key"] for op in run["plan"].get("operations", ())])
         counts, slot = _bill(ctx, pipe, run, finished=status in TERMINAL or status == "paused")
-        # The status, the `billed` mark and the billable counts in one script: all or nothing (usage.bill).
-        billed = save_run(pipe, run, now=datetime.now(timezone.utc), counts=counts)
-        slot(pipe)  # the slot under the monthly limit goes back once the count holds it, not before
+        # The status, the `billed` mark, the billable counts and the slot under the monthly limit given back, in one
+        # script: all or nothing (usage.bill, limits.settle).
+        billed = save_run(pipe, run, now=datetime.now(timezone.utc), counts=counts, slot=slot)
         metrics.count(pipe, "runs", status=status)
         if token is not None:
             _queue_release(pipe, lock, token)
@@ -956,14 +955,14 @@ class Ending:
             raise failed
 
 
-def _bill(ctx: WorkerContext, pipe, run: dict, *, finished: bool) -> tuple[list | None, Callable]:
+def _bill(ctx: WorkerContext, pipe, run: dict, *, finished: bool) -> tuple[list | None, str | None]:
     """Count the run once as billable when it wrote or notified (marking it `billed`), and give back its slot
-    under the monthly limit: (its billable counts, for `save_run` to write with its record, or None; the pipeline
-    write that gives the slot back, to queue after the record's)."""
+    under the monthly limit: (its billable counts, or None; the sorted set its slot goes back to, or None), for
+    `save_run` to write with its record, in one script."""
     counts = usage.bill(ctx.workspace.name, run, day=usage.today())
     if counts is not None:
         metrics.count(pipe, "billable_runs", rule=run["rule_id"])
-    return counts, limits.settle(run, finished=finished) if run.get("limit_counted") else lambda pipe: None
+    return counts, limits.settle(run, finished=finished) if run.get("limit_counted") else None
 
 
 def _workspace_wait(ctx: WorkerContext) -> float:

@@ -116,12 +116,19 @@ return {1, 0, paused, count, leased}
 _CREATE_SCRIPT = scripts.script(_CREATE)
 
 # A run's record and the counts that must land with it, or neither (a billable run's, whose record says `billed`:
-# workers/metering/usage.py `bill`). KEYS: the record, then each counted hash. ARGV: the record, its TTL, then for
-# each hash: its TTL (0: left as it is), how many fields, then each field and amount. Returns the first count.
+# workers/metering/usage.py `bill`), and its slot under the monthly limit given back with them (a slot given back
+# without the record let one more run in over the limit; a record without its slot given back kept the slot for
+# good). KEYS: the record, the slots' sorted set (when ARGV[3] names a member), then each counted hash. ARGV: the
+# record, its TTL, the run's slot ('' for none), then for each hash: its TTL (0: left as it is), how many fields,
+# then each field and amount. Returns the first count.
 _SAVE_COUNTED = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-local first, at = false, 3
-for i = 2, #KEYS do
+local first, at, counted = false, 4, 2
+if ARGV[3] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  counted = 3
+end
+for i = counted, #KEYS do
   local ttl, fields = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   at = at + 2
   for _ = 1, fields do
@@ -259,7 +266,8 @@ def load_run(connection: redis.Redis, run_id: str) -> dict | None:
 
 
 def save_run(connection: redis.Redis, run: dict, *, now: datetime, keep: int | None = None,
-             max_age: int | None = None, counts: list[tuple[str, int, dict[str, int]]] | None = None) -> int | None:
+             max_age: int | None = None, counts: list[tuple[str, int, dict[str, int]]] | None = None,
+             slot: str | None = None) -> int | None:
     """Write the run back after a change (on a connection, or queued on the caller's pipeline).
 
     A finished run joins `runs:done`, by the time it finished, and retention is applied as in
@@ -270,48 +278,50 @@ def save_run(connection: redis.Redis, run: dict, *, now: datetime, keep: int | N
     `counts` ([(hash, its TTL or 0, {field: amount})]) are added in the script that writes the record, so that
     both land or neither: the caller's pipeline may be cut off in the middle, and what the record says about
     them (a billable run's `billed`, workers/metering/usage.py) must be true. On a pipeline, the index of that
-    script's reply (the first count's new value); else None.
+    script's reply (the first count's new value); else None. `slot` (a sorted set) gives the run's slot under the
+    monthly limit back in that script too (workers/metering/limits.py `settle`): not before the record, nor after.
     """
     run["updated_at"] = now.isoformat()
     if isinstance(connection, Pipeline):
-        return _queue_save(connection, run, now, keep, max_age, counts)
+        return _queue_save(connection, run, now, keep, max_age, counts, slot)
     with connection.pipeline() as pipe:
-        _queue_save(pipe, run, now, keep, max_age, counts)
+        _queue_save(pipe, run, now, keep, max_age, counts, slot)
         pipe.execute()
     return None
 
 
 def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_age: int | None,
-                counts: list | None) -> int | None:
+                counts: list | None, slot: str | None) -> int | None:
     max_age = RUNS_MAX_AGE if max_age is None else max_age
     if is_active(run):
         pipe.zadd(key(ACTIVE), {run["id"]: deadline(run, now=now.timestamp())})
     else:
         pipe.zrem(key(ACTIVE), run["id"])
     if run["status"] in TERMINAL:
-        at = _queue_record(pipe, run, max_age, counts)
+        at = _queue_record(pipe, run, max_age, counts, slot)
         pipe.zadd(key("runs:done"), {_done_member(run): now.timestamp()})
         _trim_runs(pipe, keep, max_age)
     else:
         pipe.zrem(key("runs:done"), _done_member(run))
-        at = _queue_record(pipe, run, max_age, counts)
+        at = _queue_record(pipe, run, max_age, counts, slot)
         _list(pipe, run)
     return at if counts else None
 
 
-def _queue_record(pipe: Pipeline, run: dict, max_age: int, counts: list | None) -> int:
-    """Queue the record's write (with `counts`, in one script); the index of its reply."""
+def _queue_record(pipe: Pipeline, run: dict, max_age: int, counts: list | None, slot: str | None) -> int:
+    """Queue the record's write (with `counts` and `slot`, in one script); the index of its reply."""
     at = len(pipe.command_stack)
-    if not counts:
+    if not counts and slot is None:
         pipe.set(_key(run["id"]), _encode_run(run), ex=max_age)
         return at
-    args: list = [_encode_run(run), max_age]
+    counts = counts or []
+    args: list = [_encode_run(run), max_age, run["id"] if slot is not None else ""]
     for _, ttl, fields in counts:
         args += [ttl, len(fields)]
         for field, amount in fields.items():
             args += [field, amount]
-    scripts.call(pipe, _SAVE_COUNTED_SCRIPT, keys=[_key(run["id"]), *(hash_key for hash_key, _, _ in counts)],
-                 args=args)
+    keys = [_key(run["id"]), *([slot] if slot is not None else []), *(hash_key for hash_key, _, _ in counts)]
+    scripts.call(pipe, _SAVE_COUNTED_SCRIPT, keys=keys, args=args)
     return at
 
 

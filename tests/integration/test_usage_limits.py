@@ -575,3 +575,39 @@ def test_a_usage_alert_claimed_by_two_threads_of_one_process_at_once_is_sent_onc
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("usage alert:")] == [
         "usage alert: 80 % of 10 events today used (8 accepted) in workspace alerted-twice"]
 
+
+@pytest.mark.timeout(60)
+def test_a_run_whose_end_is_cut_off_after_its_record_gives_back_its_slot_under_the_monthly_limit(
+        redis_url, sandbox, tmp_path, batched_counts):
+    """Under `runs_per_month`, a run holds a slot (limits:runs:inflight) until it bills or finishes. Its end wrote its
+    record (`billed`, its counts) in one script and gave the slot back in a command after it: a connection lost
+    between the two left the run succeeded, counted, and its slot taken for good (the event handled again finds the
+    run done; nothing else gives a slot back), one run fewer a month for the customer from then on."""
+    from dataclasses import replace
+
+    from workers import recovery, workspaces
+    from workers.jobs import Arrival, handle_batch
+    from workers.metering import limits, usage
+
+    ensure_project(sandbox)
+    (tmp_path / "forms.yaml").write_text(FORM_RULE.format(extra=""))
+    direct = redis.Redis.from_url(redis_url)
+    with MidWriteCut(direct.connection_pool.connection_kwargs["port"]) as proxy:
+        ctx, workspace = _context(proxy.url, sandbox, tmp_path)
+        workspace = replace(workspace, limits=replace(workspace.limits, runs_per_month=1000))
+        ctx = replace(ctx, workspace=workspace)
+        with workspaces.using(workspace):
+            assert not [o for o in handle_batch(ctx, [Arrival(_event(0), 0.0)]) if isinstance(o, BaseException)]
+            assert direct.zcard(workspaces.key(limits.INFLIGHT)) == 0
+            arrivals = [Arrival(_event(1), 0.0)]
+            proxy.arm(lambda command: b"billable_runs" in command, after=1)  # the record's script, nothing after it
+            outcomes = handle_batch(ctx, arrivals)
+            proxy.wait_cut()
+            assert all(isinstance(o, redis.ConnectionError) for o in outcomes), outcomes
+            recovery.give_back(direct)
+            assert not [o for o in handle_batch(ctx, arrivals) if isinstance(o, BaseException)]  # handled again
+            inflight = [member.decode() for member in direct.zrange(workspaces.key(limits.INFLIGHT), 0, -1)]
+            counted = usage.read_month(direct, "default", usage.month_of(usage.today())).get("billable_runs", 0)
+
+    assert counted == 2
+    assert inflight == [], "a succeeded, billed run keeps a slot under the monthly limit"

@@ -9,7 +9,7 @@
 
 A run is admitted (`admit`) before its first step when the month's billable runs plus the runs in
 flight stay under the limit; one script, so runs admitted at once never exceed it. A run that bills
-(workers/metering/usage.py `bill`) or finishes gives its slot back, on the pipeline of that write.
+(workers/metering/usage.py `bill`) or finishes gives its slot back in the script that writes its record (and count).
 A run refused waits, stored with status `over_limit` and listed in `waiting`; each worker's
 maintenance calls `release_waiting`, which starts as many as there is room for, oldest first,
 once the limit is raised or removed, or a new month began. A released run is queued again under
@@ -33,7 +33,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import redis
@@ -105,17 +104,19 @@ def wait(run: dict):
     return lambda pipe: pipe.zadd(workspaces.key(WAITING), {run["id"]: created})
 
 
-def settle(run: dict, *, finished: bool) -> Callable:
-    """The pipeline write giving back the run's slot once it billed (the count holds it now) or `finished`
-    (then, unbilled, it must be admitted again to run again). Queued after the run's record: given back
-    before its count, over a connection lost in between, the slot let one more run in over the limit."""
+def settle(run: dict, *, finished: bool) -> str | None:
+    """The sorted set to give the run's slot back to once it billed (the count holds it now) or `finished`
+    (then, unbilled, it must be admitted again to run again), or None: given back in the script that writes the
+    run's record and its count (workers/runs.py `save_run`'s `slot`). Given back before the count, over a
+    connection lost in between, the slot let one more run in over the limit; after the record, in a command of
+    its own, such a loss kept the slot of a run that had ended for good."""
     if finished and not run.get("billed"):
         # It gave its slot back without billing (failed, paused): should a person retry it (or resume the
         # account), it is admitted again as any new run is; with the mark kept it ran on no slot, over the limit.
         run.pop("limit_counted", None)
     if run.get("billed") or finished:
-        return lambda pipe: pipe.zrem(workspaces.key(INFLIGHT), run["id"])
-    return lambda pipe: None
+        return workspaces.key(INFLIGHT)
+    return None
 
 
 def alert_runs(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *, used: int) -> None:
