@@ -17,7 +17,7 @@ import threading
 from contextlib import contextmanager
 
 import redis
-from werkzeug.exceptions import TooManyRequests
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from web.resources import get_redis
 from workers import workspaces
@@ -49,6 +49,10 @@ class Busy(Exception):
     retry_after = RETRY_AFTER_SECONDS
 
 
+class Unreachable(Busy):
+    """Redis failed as the workspace's turn was asked for: nothing was done, try again (503, not 429)."""
+
+
 @contextmanager
 def turn():
     """Hold this process's and the workspace's turn for one heavy request; Busy at once when either is taken."""
@@ -57,28 +61,44 @@ def turn():
                    f"try again in {RETRY_AFTER_SECONDS} s")
     try:
         connection, lease, token = get_redis(), key("heavy"), secrets.token_hex(16)
-        if not connection.set(lease, token, nx=True, ex=LEASE_SECONDS):
+        try:
+            taken = connection.set(lease, token, nx=True, ex=LEASE_SECONDS)
+        except redis.RedisError:
+            # Perhaps stored, its answer lost: given back if Redis answers now, else it ends in LEASE_SECONDS.
+            # Left there, it refused every heavy request of the workspace as "in progress" with none in progress.
+            _give_back(connection, lease, token)
+            raise Unreachable(f"Redis did not answer as {WHAT} of workspace {workspaces.current().name!r} began, "
+                              f"so nothing was done; try again in {RETRY_AFTER_SECONDS} s") from None
+        if not taken:
             raise Busy(f"workspace {workspaces.current().name!r} has {WHAT} in progress already (one at a time); "
                        f"try again in {RETRY_AFTER_SECONDS} s")
         try:
             yield
         finally:
-            try:
-                connection.eval(_GIVE_BACK, 1, lease, token)
-            except redis.RedisError:  # the request's own answer stands; the lease goes by itself (LEASE_SECONDS)
-                log.warning("the heavy-request lease of workspace %r could not be given back; it ends in %d s",
-                            workspaces.current().name, LEASE_SECONDS)
+            _give_back(connection, lease, token)  # the request's own answer stands whatever Redis says here
     finally:
         _slots.release()
 
 
+def _give_back(connection, lease: str, token: str) -> None:
+    """Give the workspace's lease back if it is this request's; on a Redis error it goes by itself (LEASE_SECONDS)."""
+    try:
+        connection.eval(_GIVE_BACK, 1, lease, token)
+    except redis.RedisError:
+        log.warning("the heavy-request lease of workspace %r could not be given back; it ends in %d s",
+                    workspaces.current().name, LEASE_SECONDS)
+
+
 def limited(view):
-    """An API view that takes a turn (`turn`): over the bound, 429 with Retry-After and the reason."""
+    """An API view that takes a turn (`turn`): over the bound, 429 with Retry-After and the reason (Redis failing as
+    the turn is asked for: 503)."""
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         try:
             with turn():
                 return view(*args, **kwargs)
+        except Unreachable as exc:
+            raise ServiceUnavailable(str(exc), retry_after=exc.retry_after) from None
         except Busy as exc:
             raise TooManyRequests(str(exc), retry_after=exc.retry_after) from None
     return wrapped
