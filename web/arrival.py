@@ -28,6 +28,13 @@ class StampedParser(HTTPRequestParser):
         super().__init__(adj)
         self.arrived = time.monotonic()
 
+    def received(self, data):
+        if self.body_rcv is None and not self.header_plus.strip():
+            # Nothing but blank lines yet: the CRLF a client may send after a request (RFC 9112 2.2, which waitress
+            # skips) makes the next request's parser on a keep-alive connection; the request starts with these bytes.
+            self.arrived = time.monotonic()
+        return super().received(data)
+
 
 class StampedTask(WSGITask):
     """A request's task, whose WSGI environ says when the request came."""
