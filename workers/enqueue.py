@@ -18,9 +18,10 @@ from workers.rq_schedule import IndexedQueue
 
 RUN_JOB_TIMEOUT = 40  # seconds; with the worker's short grace a killed run resumes within a minute
 EXECUTE_RUN = "workers.jobs.execute_run"
-# RQ's statuses of a job that is still to run. Not "started": RQ says so of a job whose worker died until it
-# cleans up (minutes later), so a sweeper asks a lock, or gives a started job a grace, instead.
-WAITING = frozenset({"queued", "scheduled", "deferred"})
+# RQ's statuses of a job that is still to run ("rate_limited": held back by a rule's `concurrency` until a place
+# is free). Not "started": RQ says so of a job whose worker died until it cleans up (minutes later), so a sweeper
+# asks a lock, or gives a started job a grace, instead.
+WAITING = frozenset({"queued", "scheduled", "deferred", "rate_limited"})
 
 
 def queue(connection: redis.Redis) -> IndexedQueue:

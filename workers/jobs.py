@@ -830,7 +830,10 @@ def _duration(seconds: float) -> str:
 
 def _retry_later(ctx: WorkerContext, run: dict, delay: float, *, tag: str) -> None:
     run["resume_at"] = time.time() + delay  # the sweeper's deadline counts from here
-    queue_run(ctx.connection, run, job_id=f"{run['id']}-{tag}", delay=delay)
+    # Stored with the run's new status (`_stop`): a sweeper that finds the run past its deadline asks this job
+    # whether it still waits its turn (workers/recovery.py), rather than queue another beside it.
+    run["job"] = f"{run['id']}-{tag}"
+    queue_run(ctx.connection, run, job_id=run["job"], delay=delay)
 
 
 def _stop(ctx: WorkerContext, run: dict, status: str, reason: str, *, pending=(), lock=None,
@@ -1003,9 +1006,10 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
     run.pop("unavailable", None)
     run.update(status="queued", attempts=0, reason="retried " + ("from the start" if from_start else "from the failed step"))
     run["retries"] = run.get("retries", 0) + 1
+    run["job"] = f"{run_id}-r{run['retries']}"  # stored with the run: the sweeper asks it (`_retry_later`)
     save_run(connection, run, now=datetime.now(timezone.utc))
     metrics.count(connection, "retries", kind="manual")
-    queue_run(connection, run, job_id=f"{run_id}-r{run['retries']}")
+    queue_run(connection, run, job_id=run["job"])
     return run
 
 

@@ -2,7 +2,8 @@
 
 Every run that is neither finished nor waiting for a person has a deadline in the workspace's
 `runs:active` sorted set, written with the run record by workers/runs.py: when it should have
-started, retried or ended its hold, plus a grace. Each worker sweeps the set every few seconds (workers/consumer/). An overdue run whose lock nobody holds lost its executor (a killed
+started, retried or ended its hold, plus a grace. Each worker sweeps the set every few seconds (workers/consumer/). An overdue run whose lock nobody holds and whose job no
+longer waits its turn in RQ (`_job_waits`: a backlog is no lost executor) lost its executor (a killed
 worker, an RQ job that was lost with its worker or with Redis): it gets a fresh RQ job, or a fresh
 hold check. Run locks, the step ledger and run ids derived from (event, rule) make a second
 executor harmless, so the sweeper may be early, never wrong. See docs/execution.md.
@@ -38,7 +39,7 @@ from inloox.errors import InLooxError, Throttled
 from workers import deliveries, enqueue, metrics, scripts, workspaces
 from workers.enqueue import queue_run
 from workers.holds import check_job_name, schedule_check
-from workers.runs import ACTIVE, GRACE, is_active, load_run, load_trace, save_trace
+from workers.runs import ACTIVE, GRACE, is_active, load_run, load_trace, save_run, save_trace
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +85,67 @@ def _restart(connection: redis.Redis, run_id: str, now: float) -> bool:
     if run is None or not is_active(run):
         connection.zrem(active, run_id)
         return False
-    if run["status"] == "held" and enqueue.waiting(connection.hget(*enqueue.job_status_key(check_job_name(run)))):
-        # Its check waits its turn (queued behind a backlog, or scheduled again while InLoox is down): not lost.
-        # Checked again now would be a second check beside it, and a false `executor_lost` for the operator.
+    if _job_waits(connection, run):
+        # Its job waits its turn (queued behind a backlog, scheduled while no scheduler runs, held back by its rule's
+        # `concurrency`; a held run's check scheduled again while InLoox is down): not lost. Started again now, it
+        # would be a job more beside it at every look for as long as the backlog lasts, each a false `executor_lost`.
         connection.zadd(active, {run_id: now + GRACE})
         return False
-    _start_again(connection, run, now, why="executor_lost")
+    if not _start_again(connection, run, now, why="executor_lost"):
+        return False
     log.warning("run %s (%s) was %s past its deadline with no executor: started again",
                 run_id, run["rule_id"], run["status"])
     return True
 
 
-def _start_again(connection: redis.Redis, run: dict, now: float, *, why: str) -> None:
-    """Queue the run again (a hold check for a held one), counted as `runs_restarted{why}`: an operator sees
-    how often workers die under runs (`executor_lost`) or Redis fails under them (`redis_failed`)."""
+def _job_waits(connection: redis.Redis, run: dict) -> bool:
+    """Whether a job that will move the run on is still to run: a held run's check; any other run's first job
+    (named after the run: a run with `concurrency`, one a hold's end or a `for_each` started), or the job last
+    queued for it with its record (`job`: a retry's, a released limit's, a person's, the sweeper's)."""
+    names = [check_job_name(run)] if run["status"] == "held" else [run["id"], *([run["job"]] if run.get("job") else [])]
     with connection.pipeline(transaction=False) as pipe:
-        pipe.zadd(workspaces.key(ACTIVE), {run["id"]: now + GRACE})
-        metrics.count(pipe, "runs_restarted", why=why)
-        pipe.execute()
+        for name in names:
+            pipe.hget(*enqueue.job_status_key(name))
+        return any(enqueue.waiting(status) for status in pipe.execute())
+
+
+def _start_again(connection: redis.Redis, run: dict, now: float, *, why: str) -> bool:
+    """Queue the run again (a hold check for a held one), counted as `runs_restarted{why}`: an operator sees
+    how often workers die under runs (`executor_lost`) or Redis fails under them (`redis_failed`). False, and
+    nothing done, when an executor took the run's lock meanwhile or the run moved on.
+
+    The new job is named in the run's record (`job`), so that the next look finds it waiting its turn. The record
+    is written under the run's lock, taken for that moment: read before an executor's last write and written after
+    it, it would undo that write. A held run's check is named after the record already (holds.check_job_name)."""
     if run["status"] == "held":
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.zadd(workspaces.key(ACTIVE), {run["id"]: now + GRACE})
+            metrics.count(pipe, "runs_restarted", why=why)
+            pipe.execute()
         schedule_check(connection, run)
-    else:
-        queue_run(connection, run, job_id=f"{run['id']}-sweep{int(now)}")
+        return True
+    lock = connection.lock(workspaces.key(f"run-lock:{run['id']}"), timeout=SWEEP_LEASE, blocking=False)
+    if not lock.acquire():
+        return False  # an executor has it now
+    try:
+        run = load_run(connection, run["id"])  # under the lock: as its last executor left it
+        if run is None or not is_active(run) or run["status"] == "held":
+            return False
+        run["job"] = f"{run['id']}-sweep{int(now)}"
+        with connection.pipeline(transaction=False) as pipe:
+            save_run(pipe, run, now=datetime.fromtimestamp(now, timezone.utc))  # its deadline with it
+            metrics.count(pipe, "runs_restarted", why=why)
+            scripts.call(pipe, lock.lua_release, keys=[lock.name], args=[lock.local.token])
+            pipe.execute()
+        lock.local.token = None  # given back with the record, before the job that takes it can start
+    finally:
+        if lock.local.token is not None:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                pass  # it ran out: nothing of ours to give back
+    queue_run(connection, run, job_id=run["job"])
+    return True
 
 
 @dataclass(frozen=True)
@@ -179,7 +219,8 @@ def _run_again(connection: redis.Redis, *, run_id: str) -> bool:
     run = load_run(connection, run_id)
     if run is None or not is_active(run) or (run.get("resume_at") or 0) > time.time():
         return False  # finished, or waiting for a retry's time: its deadline stands
-    _start_again(connection, run, time.time(), why="redis_failed")
+    if not _start_again(connection, run, time.time(), why="redis_failed"):
+        return False  # another executor took it meanwhile
     log.warning("run %s (%s): its attempt here was cut short by Redis; its lock given back, started again",
                 run["id"], run["rule_id"])
     return True

@@ -13,6 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 import requests
+from rq.job import Job
 
 from engine import Plan
 from engine.events import Event
@@ -22,7 +23,7 @@ from tests.support.stack import PROJECT, FORM_RULE, all_runs, deliver, ensure_pr
 from workers import enqueue, eventlog, metrics, recovery, workspaces
 from workers.intake import submit_event
 from workers.jobs import RetryRefused, retry_run
-from workers.runs import create_run, load_run
+from workers.runs import LIMITED_GRACE, create_run, load_run
 
 SINK = Path(__file__).resolve().parents[2] / "bench" / "sink.py"
 
@@ -269,3 +270,84 @@ def _most_overlapping(starts: list[str], window: float) -> int:
     """The most requests that started within any `window` seconds (ISO times)."""
     times = [datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for s in starts]
     return max(sum(1 for t in times if first <= t < first + window) for first in times)
+
+
+def test_a_run_whose_job_waits_its_turn_is_not_taken_for_lost(stack, sandbox, rules_dir, redis_url, client):
+    """A retrying run whose next attempt's job is still scheduled (no scheduler up to move it) or queued (behind
+    another customer's backlog) past the run's deadline is that job's: the sweeper used to queue it another job
+    (`-sweep<time>`) at every look, 30 s apart, for as long as the backlog lasted (RQ jobs piling up in the Redis
+    and the workers every workspace shares), each a false `runs_restarted{why="executor_lost"}` and a warning. A
+    run whose job was really lost is started again, once."""
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    # InLoox says "not now, in 10 minutes": the run retries then (its job scheduled), and nobody touches it meanwhile.
+    sandbox.fault(kind="status", status=429, retry_after=600, methods=["POST"], path="^Task$", count=1)
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_waits").status_code == 202
+    [run] = wait_until(lambda: runs_in(redis_url, "retrying"), 30, "the run to wait for its retry")
+    stack.stop()  # from here on the test's looks are the only ones
+
+    connection = redis.Redis.from_url(redis_url)
+    workspace = workspaces.Workspace("default", sandbox.base_url, sandbox.token)
+    with workspaces.using(workspace):
+        queue = enqueue.queue(connection)
+        [job] = [Job.fetch(i, connection=connection, serializer="json")
+                 for i in queue.scheduled_job_registry.get_job_ids() if run["id"] in i]
+    assert job.get_status() == "scheduled"
+
+    def sweep(at: float) -> list[str]:
+        with workspaces.using(workspace):
+            connection.delete(workspaces.key("runs:sweeping"))  # a look of its own, whoever looked a moment ago
+            return recovery.sweep(connection, workspace, now=at)
+
+    def jobs_of_the_run() -> list[str]:
+        with workspaces.using(workspace):
+            return [i for i in queue.get_job_ids() + queue.scheduled_job_registry.get_job_ids() if run["id"] in i]
+
+    def restarted() -> list[str]:
+        return [line for line in client.get("/metrics").get_data(as_text=True).splitlines()
+                if line.startswith("inloox_automation_runs_restarted_total")]
+
+    due = run["resume_at"] + recovery.GRACE
+    assert sweep(due + 5) == []  # its job still scheduled: no worker's scheduler has moved it yet
+    with workspaces.using(workspace):
+        queue.scheduled_job_registry.remove(job)
+        queue.enqueue_job(job)  # as the scheduler moves it at its time: now it waits behind the queue's backlog
+    assert job.get_status() == "queued"
+    assert sweep(due + recovery.GRACE + 10) == []
+    assert sweep(due + 2 * recovery.GRACE + 15) == []
+    assert jobs_of_the_run() == [job.id] and restarted() == []
+
+    with workspaces.using(workspace):
+        queue.remove(job)
+    job.delete()  # lost (with a worker killed under it): the sweeper starts the run again, once
+    assert sweep(due + 3 * recovery.GRACE + 20) == [run["id"]]
+    assert sweep(due + 4 * recovery.GRACE + 25) == []  # the job it queued waits its turn in turn
+    assert len(jobs_of_the_run()) == 1 and jobs_of_the_run() != [job.id]
+    assert restarted() == ['inloox_automation_runs_restarted_total{why="executor_lost",workspace="default"} 1.0']
+
+
+def test_a_run_waiting_behind_its_rules_concurrency_limit_is_not_taken_for_lost(redis_url, sandbox):
+    """A run of a rule with `concurrency` has an RQ job of its own from the start (`<run id>`), which RQ holds back
+    (`rate_limited`) while the rule's limit is full: past the run's deadline it is not lost, nor is a first job
+    queued behind a backlog."""
+    connection = redis.Redis.from_url(redis_url)
+    workspace = workspaces.Workspace("default", sandbox.base_url, sandbox.token)
+    plan = Plan(rule_id="r", rule_version="1", event_id="e", event={}, concurrency={"key": "k", "limit": 1}).to_dict()
+    with workspaces.using(workspace):
+        now = datetime.now(timezone.utc)
+        for run_id in ("run_first", "run_second"):
+            run = {"id": run_id, "rule_id": "r", "rule_version": "1", "event_id": "e", "status": "queued",
+                   "reason": "", "created_at": now.isoformat(), "updated_at": now.isoformat(), "steps": [],
+                   "outputs": {}, "attempts": 0, "plan": plan}
+            create_run(connection, run)
+            enqueue.queue_run(connection, run)
+        queue = enqueue.queue(connection)
+        assert [Job.fetch(workspaces.current().name + "-" + i, connection=connection, serializer="json").get_status()
+                for i in ("run_first", "run_second")] == ["queued", "rate_limited"]
+        later = time.time() + LIMITED_GRACE + 60
+        assert recovery.sweep(connection, workspace, now=later) == []
+        connection.delete(workspaces.key("runs:sweeping"))
+        assert recovery.sweep(connection, workspace, now=later + 60) == []
+        assert len(queue.get_job_ids()) == 1  # no job more for either

@@ -202,12 +202,15 @@ def _release(connection: redis.Redis, run_id: str) -> bool:
     if run is None or run["status"] != OVER_LIMIT:
         connection.zrem(workspaces.key(WAITING), run_id)
         return False
-    run.update(status="queued", reason="released: the monthly run limit has room again")
+    # The job's name is stored with the run: a sweeper that finds it past its deadline asks that job whether it
+    # still waits its turn (workers/recovery.py).
+    run.update(status="queued", reason="released: the monthly run limit has room again",
+               job=f"{run_id}-limit{time.time_ns()}")
     with connection.pipeline() as pipe:
         save_run(pipe, run, now=datetime.now(timezone.utc))
         pipe.zrem(workspaces.key(WAITING), run_id)
         pipe.execute()
-    queue_run(connection, run, job_id=f"{run_id}-limit{time.time_ns()}")
+    queue_run(connection, run, job_id=run["job"])
     return True
 
 
