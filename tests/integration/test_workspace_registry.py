@@ -487,3 +487,74 @@ def test_a_run_that_ends_long_after_its_workspace_was_deleted_leaves_nothing_beh
     assert list(connection.scan_iter(match="ws:acme:*"))
     leftovers.purge_due(connection, now=15.0 + lease + registry.Leftovers.MARGIN)
     assert list(connection.scan_iter(match="*acme*")) == []
+
+
+TWO_TASKS = """\
+id: two-tasks
+description: Each form becomes two tasks, one step after the other.
+when:
+  - webhook: forms
+then:
+  - id: first
+    inloox.create: Task
+    values: {Name: "First {{ webhook.body.title }}", ProjectId: "{{ webhook.body.project }}", WorkAmount: 1}
+  - id: second
+    inloox.create: Task
+    values: {Name: "Second {{ webhook.body.title }}", ProjectId: "{{ webhook.body.project }}", WorkAmount: 1}
+"""
+
+
+def test_a_run_in_flight_as_its_workspace_is_deleted_writes_nothing_more_anywhere(api, stack, sandbox, redis_url,
+                                                                                  rules_dir, tmp_path):
+    """A real worker's run of a workspace is held between its two steps (its first task written in InLoox) while
+    the operator deletes the workspace; it goes on only after every purge the worker makes of it. It then finds its
+    lease gone and stops: no second task in the deleted customer's InLoox, and nothing of the workspace in Redis.
+    Meanwhile the worker's event consumer turns without error: it used to keep reading the deleted workspace's
+    log while that event was in flight (NOGROUP: a Redis error, and the log made again), and to look after it (no
+    such workspace), each turn failing before it read any other workspace's events."""
+    from tests.support.stack import ensure_project, write_form_rule
+
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    project = ensure_project(sandbox)
+    acme = sandbox.add_user(INLOOX_TOKEN, "Acme", "Bot")
+    token = create(client, "acme", sandbox)["admin_token"]
+    secret = client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms"}).json["secret"]
+    assert client.put("/workspaces/acme/rules", headers=auth(token),
+                      json={"files": {"two.yaml": TWO_TASKS}}).status_code == 201
+    helpdesk = api.test_cli_runner().invoke(args=["webhooks", "add", "helpdesk"]).output.split("secret: ")[1].split()[0]
+    write_form_rule(rules_dir)  # the default workspace's rules: another customer's, served by the same worker
+    (rules_dir / "forms.yaml").write_text((rules_dir / "forms.yaml").read_text().replace("webhook: forms",
+                                                                                        "webhook: helpdesk"))
+    release = tmp_path / "release-run"
+    # INLOOX_TIMEOUT=1: a run lease of 18 s, so the worker's last purge of a deleted workspace comes ~48 s after it.
+    stack.env.update(ENGINE_FAILPOINTS="hold:between_steps", ENGINE_FAILPOINTS_RELEASE=str(release),
+                     INLOOX_TIMEOUT="1")
+    worker = stack.worker("worker", queues=("acme",))
+    assert _signed(client, "/workspaces/acme/hooks/forms", {"title": "Call Ann", "project": project}, "msg_1",
+                   secret).status_code == 202
+    wait_until(lambda: "failpoint between_steps: held" in worker.output(), 30, "the run held after its first step")
+    assert task_names(sandbox) == ["First Call Ann"]
+    writes = [r for r in sandbox.requests() if r["method"] != "GET" and r["user"] == acme]
+
+    assert client.delete("/workspaces/acme", headers=auth()).status_code == 200
+    # Each of the worker's purges deletes every key of the workspace: a key of our own shows when one has come.
+    for purge in range(len(registry.Leftovers(lease=18.0).after)):
+        connection.set("ws:acme:canary", purge)
+        wait_until(lambda: not connection.exists("ws:acme:canary"), 90, f"the worker's purge {purge + 1}")
+    assert _signed(client, "/hooks/helpdesk", {"title": "Meanwhile", "project": project}, "msg_2",
+                   helpdesk).status_code == 202  # the source was added before the worker started: served
+    # (The held thread is the one that runs a quiet worker's events together: that event waits for it either way.)
+    assert "error in its loop" not in worker.output() and "NOGROUP" not in worker.output()
+    release.touch()
+    wait_until(lambda: "event webhook:forms:msg_1 (acme) not handled" in worker.output(), 30,
+               "the held run to end")
+    wait_until(lambda: "Meanwhile" in task_names(sandbox), 30, "the other workspace's event")
+
+    assert [k for k in connection.scan_iter(match="*acme*")] == []
+    assert [f for f in connection.hkeys("metrics:counters") if b"acme" in f] == []
+    assert [r for r in sandbox.requests() if r["method"] != "GET" and r["user"] == acme] == writes
+    assert task_names(sandbox) == ["First Call Ann", "Meanwhile"]
+
+
+def task_names(sandbox) -> list[str]:
+    return sorted(t["Name"] for t in sandbox.get("Task").json()["value"])

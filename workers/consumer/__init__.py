@@ -100,6 +100,11 @@ class _Stream:
     handling: set[str] = field(default_factory=set)  # entry ids in the pool now
     done: list[str] = field(default_factory=list)  # handled, to acknowledge
     next_quiet_look: float = 0.0  # monotonic time of the next housekeeping while the workspace is quiet
+    # No longer served (paused, deleted, another shard's), kept only until its events in flight are done and
+    # acknowledged: neither read nor looked after. A deleted workspace's log and group are gone, and the worker
+    # knows it no more: read (NOGROUP), its group made again, or looked after (no such workspace), each turn failed
+    # before it read any workspace's events, for as long as that workspace's last event ran (up to a lease).
+    let_go: bool = False
 
 
 class EventConsumer:
@@ -212,7 +217,7 @@ class EventConsumer:
                 if self._take_wanted():
                     ready = False
                 if not ready:
-                    for stream in self.streams.values():
+                    for stream in self._served():
                         eventlog.ensure_group(self.connection, stream.key)
                     ready = True
                 self._cycle()
@@ -301,8 +306,8 @@ class EventConsumer:
             known = served().workspaces()
         except Exception:  # the view could not be read now: the worker's own following still applies
             log.warning("event consumer %s: could not read the workspace registry", self.name, exc_info=True)
-            return list(self.streams)
-        return [key for key, stream in self.streams.items()
+            return [stream.key for stream in self._served()]
+        return [stream.key for stream in self._served()
                 if not (stream.workspace in known and known[stream.workspace].paused)]
 
     def _take_wanted(self) -> bool:
@@ -315,14 +320,16 @@ class EventConsumer:
         if wanted is None:
             return False
         keys = {eventlog.stream_key(w): w for w in wanted}
-        added = [k for k in keys if k not in self.streams]
+        added = [k for k in keys if k not in self.streams or self.streams[k].let_go]
         for key in added:
-            self.streams[key] = _Stream(keys[key], key)
+            self.streams[key] = self.streams.get(key) or _Stream(keys[key], key)
+            self.streams[key].let_go = False  # served again (resumed) before its last events were done
         for key in [k for k in self.streams if k not in keys]:
             stream = self.streams[key]
             with self._lock:
                 busy = bool(stream.handling or stream.done)
             if busy:  # its events in flight finish first; try again at the next turn
+                stream.let_go = True
                 with self._lock:
                     self._wanted = self._wanted if self._wanted is not None else wanted
                 continue
@@ -426,7 +433,7 @@ class EventConsumer:
             self._again.difference_update(entry.id for key, entry in todo if key not in self.streams)
         by_stream: dict[str, list[Entry]] = {}
         for key, entry in todo:
-            if key in self.streams:  # still served; the others are claimed by a worker that serves them
+            if key in self.streams and not self.streams[key].let_go:  # the others: claimed by a worker serving them
                 by_stream.setdefault(key, []).append(entry)
         how = self._how()
         size = TOGETHER if how == "lane" else self.limit.batch()
@@ -512,21 +519,26 @@ class EventConsumer:
             recovery.sweep(self.connection, worker_context(stream.workspace).workspace)
             limits.release_waiting(self.connection, worker_context(stream.workspace).workspace)  # room again?
         recovery.learn_outages(self.connection, self._followed)  # parked by another process too (one SMEMBERS)
-        for stream in self.streams.values():  # quiet or not: a workspace quiet for a minute may wait on its InLoox
+        for stream in self._served():  # quiet or not: a workspace quiet for a minute may wait on its InLoox
             self._ask_inloox(stream.workspace)
         if time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + TRIM_SECONDS
-            for stream in self.streams.values():
+            for stream in self._served():
                 eventlog.trim(self.connection, stream.key)
         if time.monotonic() >= self._next_sample:
             self._next_sample = time.monotonic() + self.sample_seconds
-            for stream in self.streams.values():
+            for stream in self._served():
                 gauges.sample(self.connection, worker_context(stream.workspace).workspace, now=time.time(),
                               every=self.sample_seconds)
 
+    def _served(self) -> list[_Stream]:
+        """The streams of the workspaces served now (not those let go, whose last events are still in flight)."""
+        return [stream for stream in self.streams.values() if not stream.let_go]
+
     def _followed(self, name: str):
         """The workspace `name` if this consumer follows it, else None."""
-        return worker_context(name).workspace if eventlog.stream_key(name) in self.streams else None
+        stream = self.streams.get(eventlog.stream_key(name))
+        return worker_context(name).workspace if stream is not None and not stream.let_go else None
 
     def _ask_inloox(self, workspace: str) -> None:
         """Runs parked here while the workspace's InLoox was down start once it answers (workers/recovery.py). The
@@ -544,10 +556,11 @@ class EventConsumer:
 
         One MGET of the activity stamps (workers/activity.py) decides, whatever the number of workspaces.
         """
-        quiet = activity.quiet(self.connection, [s.workspace for s in self.streams.values()])
+        served = self._served()
+        quiet = activity.quiet(self.connection, [s.workspace for s in served])
         now = time.monotonic()
         due = []
-        for stream in self.streams.values():
+        for stream in served:
             with self._lock:
                 busy = bool(stream.handling)
             if busy or stream.workspace not in quiet or now >= stream.next_quiet_look:
@@ -586,7 +599,7 @@ class EventConsumer:
         waiting for the next maintenance."""
         soon, self._claim_soon = self._claim_soon, set()
         for key in soon:
-            if key in self.streams:
+            if key in self.streams and not self.streams[key].let_go:
                 self._claim(self.streams[key])
 
 
