@@ -339,6 +339,9 @@ def _compile_schedule(config, path, comp):
     if not croniter.is_valid(cron) or len(cron.split()) != 5:
         comp.fail(path + ("schedule",), f"{cron!r} is not a valid five-field cron expression",
                   hint="minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5'")
+    if _random(cron):
+        comp.fail(path + ("schedule",), f"{cron!r} has a random field (R): each scheduler, and each of its looks, "
+                  "would draw another time, so a tick could fire twice, or never", hint="write the minute and hour")
     if _never_fires(cron):
         comp.fail(path + ("schedule",), f"{cron!r} never fires: its day and month name no date that exists",
                   hint="February has no 30th or 31st, and April, June, September and November no 31st; "
@@ -352,6 +355,15 @@ def _compile_schedule(config, path, comp):
     catch_up = config.get("catch_up", "skip")
     return Trigger("schedule", f"schedule {cron} ({tz})", (("schedule", comp.rule_id),), scope,
                    check, cron=cron, timezone=tz, catch_up=catch_up)
+
+
+# croniter's `R`, `R(0-29)`, `R/15` in a field: a new random value every time croniter reads the expression.
+_RANDOM_ITEM = re.compile(r"^r(\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE | re.ASCII)
+
+
+def _random(cron: str) -> bool:
+    """True when a field draws at random: no two computations of the ticks (two schedulers, two rounds) agree."""
+    return any(_RANDOM_ITEM.match(item) for field in cron.split() for item in field.split(","))
 
 
 def _never_fires(cron: str) -> bool:

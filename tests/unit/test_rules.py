@@ -74,6 +74,8 @@ CASES = [
     ("bad_cron", 3, 15, "id: a\nwhen:\n  - schedule: \"0 25 * * *\"\n" + N, "is not a valid five-field cron expression", ""),
     ("cron_on_no_date", 3, 15, "id: a\nwhen:\n  - schedule: \"0 9 31 2 *\"\n" + N,
      "'0 9 31 2 *' never fires: its day and month name no date that exists", "February has no 30th or 31st"),
+    ("random_cron", 3, 15, "id: a\nwhen:\n  - schedule: \"R 9 * * 1-5\"\n" + N,
+     "'R 9 * * 1-5' has a random field (R)", "write the minute and hour"),
     ("bad_timezone", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    timezone: Mars/Base\n" + N,
      "unknown time zone 'Mars/Base'", ""),
     ("bad_catch_up", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    catch_up: lates\n" + N,
