@@ -6,12 +6,20 @@ old; older ones were missed (no scheduler ran) and the trigger's `catch_up` deci
     skip     fire none of the missed ticks, only those on time (the default)
     latest   when no tick is on time, fire the most recent missed tick once
 No `last` (the rule was never seen) fires nothing: the scheduler starts counting from now.
+
+Daylight saving time, as cron (Vixie/cronie) and Temporal's schedules have it: a time the clocks skip
+(02:30 on the day they go forward) fires once, at the first instant after the gap (croniter's
+03:00); a time the clocks pass twice (02:30 in Berlin on the day they go back) fires once, at its
+first pass. An expression whose minute or hour field starts with `*` (`*/30 * * * *`, `0 * * * *`)
+follows elapsed time instead and fires in both passes of that hour, every 30 minutes or every hour
+as on any other day. Every tick is computed through `_ticks`/`_ticks_before`, so the scheduler,
+`next_tick` (`rules list`, `rules run --tick`) and catch-up agree on them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -23,19 +31,49 @@ DEFAULT_GRACE = timedelta(minutes=2)  # how late a tick may still fire as on tim
 _JUST_AFTER = timedelta(microseconds=1)  # croniter's get_prev is strict; this makes "at or before"
 
 
+def _ticks(cron: str, tz: str, after: datetime) -> Iterator[datetime]:
+    """The ticks strictly after `after`, soonest first, as aware UTC date-times (see the module docstring)."""
+    ticks = croniter(cron, after.astimezone(ZoneInfo(tz)))
+    while True:
+        tick = ticks.get_next(datetime).astimezone(timezone.utc)
+        if not _second_pass(cron, tz, tick):
+            yield tick
+
+
+def _ticks_before(cron: str, tz: str, before: datetime) -> Iterator[datetime]:
+    """The ticks strictly before `before`, latest first, as `_ticks` has them."""
+    ticks = croniter(cron, before.astimezone(ZoneInfo(tz)))
+    while True:
+        tick = ticks.get_prev(datetime).astimezone(timezone.utc)
+        if not _second_pass(cron, tz, tick):
+            yield tick
+
+
+def _second_pass(cron: str, tz: str, tick: datetime) -> bool:
+    """True for a fixed-time tick in the second pass of an hour the clocks went back through.
+
+    croniter yields such a wall time twice, an hour apart: a daily 02:30 ran twice on the day the
+    clocks go back (two tick ids, two runs, two sets of InLoox writes).
+    """
+    minute, hour = cron.split()[:2]
+    if minute.startswith("*") or hour.startswith("*"):
+        return False  # follows elapsed time: both passes are ticks of their own
+    local = tick.astimezone(ZoneInfo(tz))  # from UTC, so `fold` says which pass this is
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
+
+
 def ticks_between(cron: str, tz: str, after: datetime, until: datetime) -> list[datetime]:
     """The ticks t with after < t <= until, read in time zone `tz`, as aware UTC date-times."""
-    ticks = croniter(cron, after.astimezone(ZoneInfo(tz)))
     found = []
-    while (tick := ticks.get_next(datetime)) <= until:
-        found.append(tick.astimezone(timezone.utc))
-    return found
+    for tick in _ticks(cron, tz, after):
+        if tick > until:
+            return found
+        found.append(tick)
 
 
 def latest_tick(cron: str, tz: str, at: datetime) -> datetime:
     """The most recent tick at or before `at`, as an aware UTC date-time."""
-    local = (at + _JUST_AFTER).astimezone(ZoneInfo(tz))
-    return croniter(cron, local).get_prev(datetime).astimezone(timezone.utc)
+    return next(_ticks_before(cron, tz, at + _JUST_AFTER))
 
 
 def due_ticks(cron: str, tz: str, *, last: datetime | None, now: datetime, catch_up: str = "skip",
@@ -70,4 +108,4 @@ def next_tick(rule: "Rule", after: datetime) -> NextTick | None:
 
 
 def _next(cron: str, tz: str, after: datetime) -> datetime:
-    return croniter(cron, after.astimezone(ZoneInfo(tz))).get_next(datetime).astimezone(timezone.utc)
+    return next(_ticks(cron, tz, after))

@@ -389,4 +389,6 @@ def _compile_manual(config, path, comp):
 
 def next_fire(trig: Trigger, after: datetime) -> datetime:
     """When a schedule trigger fires next after `after` (aware, in the trigger's time zone)."""
-    return croniter(trig.cron, after.astimezone(ZoneInfo(trig.timezone))).get_next(datetime)
+    from .schedules import _next  # the scheduler's own ticks (daylight saving time included); schedules imports rules
+
+    return _next(trig.cron, trig.timezone, after).astimezone(ZoneInfo(trig.timezone))
