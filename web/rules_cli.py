@@ -224,7 +224,7 @@ def run_command(rule_id: str, event_file: Path | None, tick: bool, dry_run: bool
     from web.resources import get_redis  # only a real run needs Redis
 
     if upcoming:
-        fired = fire_tick(get_redis(), event)
+        fired = fire_tick(get_redis(), event, now=now)
         click.echo(f"{'fired' if fired else 'already fired before'}: the tick of {_tick_words(upcoming)}, "
                    f"event {event.id}, run {run_id(plan)}")
         return

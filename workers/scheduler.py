@@ -7,7 +7,7 @@ Every SCHEDULE_INTERVAL seconds, for each workspace and each of its enabled rule
 Keys are the workspace's own (`workspaces.key`):
 
     schedule:last                 sorted set: rule id → the time (epoch s) up to which ticks were handled
-    schedule:fired:<rule>:<tick>  the tick's dedup claim, kept FIRED_TTL
+    schedule:fired:<rule>:<tick>  the tick's dedup claim, kept FIRED_TTL after the tick (or after now, if later)
 
 The dedup claim is the lock: any number of schedulers may run side by side, and each tick of a
 rule is accepted once. A crash between submitting and moving `last` only means the next round
@@ -127,7 +127,7 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
         last = last_look(connection, rule.id) or (upcoming.last(rule) if upcoming else None)
         for tick in rule_ticks(rule, last, now, grace):
             event = schedule_event(rule.id, tick)
-            if fire_tick(connection, event):
+            if fire_tick(connection, event, now=now):
                 accepted.append(event.id)
         # GT: never move back (another scheduler may have looked a moment later than we did).
         connection.zadd(key(LAST_KEY), {rule.id: now.timestamp()}, gt=True)
@@ -136,13 +136,16 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
     return accepted
 
 
-def fire_tick(connection: redis.Redis, event: Event) -> bool:
+def fire_tick(connection: redis.Redis, event: Event, *, now: datetime) -> bool:
     """Submit one tick's event (see `schedule_event`) unless that tick fired before; True when it fires now.
 
     The scheduler's path, and `flask rules run RULE --tick`'s: a tick fired by hand is not fired again.
+    The claim outlives the tick itself by FIRED_TTL: `--tick` fires a tick before its time (a monthly
+    report's, weeks ahead), and a claim gone by then let the scheduler fire it a second time.
     """
+    ahead = max(0, int((event.occurred_at - now).total_seconds()) + 1)
     return submit_event(connection, event, dedup_key=key(f"schedule:fired:{event.kind}:{event.payload['time']}"),
-                        dedup_ttl=FIRED_TTL)
+                        dedup_ttl=FIRED_TTL + ahead)
 
 
 def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSettings, stop: threading.Event, *,

@@ -196,3 +196,18 @@ def test_between_ticks_a_scheduler_asks_redis_nothing_and_still_fires_the_next_t
         assert scheduler.fire_due(connection, ruleset, now=next_hour + timedelta(seconds=3), upcoming=upcoming) == [
             f"schedule:hourly:{next_hour.isoformat().replace('+00:00', 'Z')}"]
         assert scheduler.fire_due(connection, ruleset, now=next_hour + timedelta(seconds=8), upcoming=upcoming) == []
+
+
+def test_a_tick_fired_by_hand_weeks_ahead_keeps_its_claim_until_its_time_is_long_past(redis_url, sandbox, rules_dir):
+    """`rules run --tick` on a yearly schedule: the claim must still stand when the scheduler reaches the tick."""
+    month = (datetime.now(timezone.utc).month + 5) % 12 + 1  # six months ahead: far beyond the claim's week
+    write_rule(rules_dir, "yearly", RULE.format(id="yearly-review", cron=f"0 9 1 {month} *", catch_up="skip"))
+
+    fired = cli(redis_url, sandbox, rules_dir).invoke(args=["rules", "run", "yearly-review", "--tick"])
+    assert fired.exit_code == 0 and fired.output.startswith("fired: the tick of "), fired.output
+
+    time = fired.output.split("schedule:yearly-review:")[1].split(",")[0]
+    tick = datetime.fromisoformat(time.replace("Z", "+00:00"))
+    claim = redis.Redis.from_url(redis_url).ttl(f"ws:default:schedule:fired:yearly-review:{time}")
+    # Until the tick and FIRED_TTL after it, as for a tick the scheduler fires itself.
+    assert claim >= (tick - datetime.now(timezone.utc)).total_seconds() + scheduler.FIRED_TTL - 60, (claim, tick)
