@@ -103,9 +103,10 @@ class Ruleset:
     def get(self, rule_id: str) -> Rule | None:
         return self.rules.get(rule_id)
 
-    def schedules(self) -> list[Rule]:
-        """Enabled rules with a schedule trigger (see `rule.triggers[i].cron`), for the scheduler."""
-        return [r for r in self.rules.values() if r.enabled and any(t.cron for t in r.triggers)]
+    def schedules(self, *, disabled: bool = False) -> list[Rule]:
+        """Enabled rules with a schedule trigger (see `rule.triggers[i].cron`), for the scheduler; with `disabled`,
+        the disabled ones too."""
+        return [r for r in self.rules.values() if (r.enabled or disabled) and any(t.cron for t in r.triggers)]
 
 
 def rule_files(path: str | Path) -> list[Path]:

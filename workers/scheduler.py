@@ -90,12 +90,12 @@ class Upcoming:
 
     @staticmethod
     def _schedule(rule: Rule) -> tuple:
-        return tuple((t.cron, t.timezone, t.catch_up) for t in rule.triggers if t.cron)
+        return (rule.enabled, *((t.cron, t.timezone, t.catch_up) for t in rule.triggers if t.cron))
 
     def waiting(self, rule: Rule, now: datetime) -> bool:
         """True while the rule's next tick is still ahead of `now` (nothing to ask Redis).
 
-        An edited schedule is looked at again at once.
+        An edited schedule, or a rule enabled or disabled, is looked at again at once.
         """
         seen = self._seen.get(self._key(rule))
         return seen is not None and seen[0] == self._schedule(rule) and (seen[2] is None or now < seen[2])
@@ -119,13 +119,16 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
     """Submit the due ticks of every schedule rule; returns the ids of the events accepted now.
 
     With `upcoming` (the scheduler's loop), a rule whose next tick is still ahead is skipped.
+    A disabled rule fires nothing, but its last look moves on all the same: its ticks meanwhile were
+    not missed by a scheduler that was down, and `catch_up: latest` must not fire one of them (a
+    rule disabled for a week would run for a tick of that week the moment it is enabled again).
     """
     accepted = []
-    for rule in ruleset.schedules():
+    for rule in ruleset.schedules(disabled=True):
         if upcoming is not None and upcoming.waiting(rule, now):
             continue
         last = last_look(connection, rule.id) or (upcoming.last(rule) if upcoming else None)
-        for tick in rule_ticks(rule, last, now, grace):
+        for tick in rule_ticks(rule, last, now, grace) if rule.enabled else ():
             event = schedule_event(rule.id, tick)
             if fire_tick(connection, event, now=now):
                 accepted.append(event.id)

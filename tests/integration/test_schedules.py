@@ -211,3 +211,31 @@ def test_a_tick_fired_by_hand_weeks_ahead_keeps_its_claim_until_its_time_is_long
     claim = redis.Redis.from_url(redis_url).ttl(f"ws:default:schedule:fired:yearly-review:{time}")
     # Until the tick and FIRED_TTL after it, as for a tick the scheduler fires itself.
     assert claim >= (tick - datetime.now(timezone.utc)).total_seconds() + scheduler.FIRED_TTL - 60, (claim, tick)
+
+
+def test_a_rule_enabled_again_fires_no_tick_that_came_while_it_was_disabled(redis_url, sandbox, rules_dir):
+    """`catch_up: latest` catches up a scheduler's downtime, not the time a person had the rule switched off."""
+    from engine import load_rules
+    text = RULE.format(id="hourly-latest", cron="0 * * * *", catch_up="latest")
+    write_rule(rules_dir, "hourly", text)
+    enabled = load_rules(rules_dir)
+    write_rule(rules_dir, "hourly", text.replace("then:", "enabled: false\nthen:"))
+    disabled = load_rules(rules_dir)
+    connection = redis.Redis.from_url(redis_url)
+    upcoming = scheduler.Upcoming()
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
+        assert scheduler.fire_due(connection, enabled, now=hour + timedelta(minutes=1), upcoming=upcoming) == []
+        # Switched off for two hours: the scheduler keeps turning, and the 1:00 and 2:00 ticks pass.
+        for minutes in range(5, 150, 5):
+            assert scheduler.fire_due(connection, disabled, now=hour + timedelta(minutes=minutes),
+                                      upcoming=upcoming) == []
+        # Enabled again at 2:30: the 2:00 tick came while it was off; nothing fires.
+        assert scheduler.fire_due(connection, enabled, now=hour + timedelta(minutes=150), upcoming=upcoming) == []
+        # A scheduler started afresh (no memory of its own) finds the same.
+        assert scheduler.fire_due(connection, enabled, now=hour + timedelta(minutes=151)) == []
+        # The next tick fires on time, once.
+        three = hour + timedelta(hours=3)
+        assert scheduler.fire_due(connection, enabled, now=three + timedelta(seconds=2), upcoming=upcoming) == [
+            f"schedule:hourly-latest:{three.isoformat().replace('+00:00', 'Z')}"]
+    assert queued_ticks(connection) == [("hourly-latest", three.isoformat().replace("+00:00", "Z"))]
