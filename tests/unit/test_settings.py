@@ -41,3 +41,18 @@ def test_the_poller_and_scheduler_settings_are_read_here_too():
     config = settings_from({"POLL_SCAN_SECONDS": "60 Contact=30", "SCHEDULE_INTERVAL": "0.5"})
     assert (config["POLL_INTERVAL"], config["POLL_SCAN_SECONDS"]) == ("2", "60 Contact=30")
     assert scheduler_settings(config).interval == 0.5
+
+
+@pytest.mark.parametrize("interval", ["5", "300"])
+def test_a_tick_between_two_looks_of_the_scheduler_fires_whatever_its_interval(interval):
+    from datetime import datetime, timedelta, timezone
+
+    from engine.schedules import due_ticks
+    from workers.scheduler import settings_from as scheduler_settings
+
+    settings = scheduler_settings(settings_from({"SCHEDULE_INTERVAL": interval}))
+    tick = datetime(2025, 4, 1, 9, tzinfo=timezone.utc)
+    look = tick - timedelta(seconds=1)
+    # The round after the one a second before the tick comes an interval later (a round takes its own time too).
+    then = look + timedelta(seconds=settings.interval + 1)
+    assert due_ticks("0 9 * * *", "UTC", last=look, now=then, grace=settings.grace) == [tick]
