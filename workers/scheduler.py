@@ -2,7 +2,8 @@
 
 Every SCHEDULE_INTERVAL seconds, for each workspace and each of its enabled rules with a `schedule:` trigger, it asks
 `engine.schedules.due_ticks` which ticks came since the rule's last look and submits one
-`schedule` event per tick through `workers.intake.submit_event`, like every other source.
+`schedule` event per tick through `workers.intake.submit_event`, like every other source. A disabled rule's
+last look moves on at its ticks too, with nothing fired (see `fire_due`).
 
 Keys are the workspace's own (`workspaces.key`):
 
