@@ -350,12 +350,20 @@ def _compile_schedule(config, path, comp):
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         comp.fail(path + ("timezone",), f"unknown time zone {tz!r}", hint="use an IANA name like Europe/Berlin")
+    else:
+        if tz in _HOST_ZONES:
+            # Read from each host's own files: two schedulers on hosts set differently compute other ticks, other
+            # tick ids, and both fire.
+            comp.fail(path + ("timezone",), f"time zone {tz!r} is each host's own, not one place's",
+                      hint="use an IANA name like Europe/Berlin")
     scope = Scope({"schedule": Root("free")})
     check = lambda event: _identity(event, "schedule", comp.rule_id, "this rule's schedule", path)  # noqa: E731
     catch_up = config.get("catch_up", "skip")
     return Trigger("schedule", f"schedule {cron} ({tz})", (("schedule", comp.rule_id),), scope,
                    check, cron=cron, timezone=tz, catch_up=catch_up)
 
+
+_HOST_ZONES = frozenset({"localtime", "posixrules"})  # files of the zone database that name no place
 
 # croniter's `R`, `R(0-29)`, `R/15` in a field: a new random value every time croniter reads the expression.
 _RANDOM_ITEM = re.compile(r"^r(\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE | re.ASCII)

@@ -78,6 +78,8 @@ CASES = [
      "'R 9 * * 1-5' has a random field (R)", "write the minute and hour"),
     ("bad_timezone", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    timezone: Mars/Base\n" + N,
      "unknown time zone 'Mars/Base'", ""),
+    ("host_timezone", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    timezone: localtime\n" + N,
+     "time zone 'localtime' is each host's own", "use an IANA name like Europe/Berlin"),
     ("bad_catch_up", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    catch_up: lates\n" + N,
      "'lates' is not one of skip, latest", "did you mean 'latest'?"),
     ("bad_hold", 4, 10, T + "    for: ten minutes\nthen: [{inloox.delete: Task}]\n", "does not match", ""),
