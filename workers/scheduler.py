@@ -22,6 +22,7 @@ workspaces used to cost two commands each every 5 s).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -131,7 +132,11 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
         last = last_look(connection, rule.id) or (upcoming.last(rule) if upcoming else None)
         for tick in rule_ticks(rule, last, now, grace) if rule.enabled else ():
             event = schedule_event(rule.id, tick)
-            if fire_tick(connection, event, now=now):
+            # The last look moves to the tick in the tick's own transaction: moved after it, a connection lost in
+            # between left the look behind a tick already fired, and `catch_up: latest` fired it again once its
+            # claim (FIRED_TTL) had gone.
+            look = functools.partial(_look, rule_id=rule.id, at=tick.timestamp())
+            if fire_tick(connection, event, now=now, also=look):
                 accepted.append(event.id)
         # GT: never move back (another scheduler may have looked a moment later than we did).
         connection.zadd(key(LAST_KEY), {rule.id: now.timestamp()}, gt=True)
@@ -140,7 +145,13 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
     return accepted
 
 
-def fire_tick(connection: redis.Redis, event: Event, *, now: datetime) -> bool:
+def _look(pipe, *, rule_id: str, at: float) -> None:
+    """Queue the rule's last look moving to `at` (GT: never back)."""
+    pipe.zadd(key(LAST_KEY), {rule_id: at}, gt=True)
+
+
+def fire_tick(connection: redis.Redis, event: Event, *, now: datetime,
+              also: Callable[[redis.client.Pipeline], None] | None = None) -> bool:
     """Submit one tick's event (see `schedule_event`) unless that tick fired before; True when it fires now.
 
     The scheduler's path, and `flask rules run RULE --tick`'s: a tick fired by hand is not fired again.
@@ -149,7 +160,7 @@ def fire_tick(connection: redis.Redis, event: Event, *, now: datetime) -> bool:
     """
     ahead = max(0, int((event.occurred_at - now).total_seconds()) + 1)
     return submit_event(connection, event, dedup_key=key(f"schedule:fired:{event.kind}:{event.payload['time']}"),
-                        dedup_ttl=FIRED_TTL + ahead)
+                        dedup_ttl=FIRED_TTL + ahead, also=also)
 
 
 def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSettings, stop: threading.Event, *,

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import redis
 from workers import eventlog
 
@@ -239,3 +240,28 @@ def test_a_rule_enabled_again_fires_no_tick_that_came_while_it_was_disabled(redi
         assert scheduler.fire_due(connection, enabled, now=three + timedelta(seconds=2), upcoming=upcoming) == [
             f"schedule:hourly-latest:{three.isoformat().replace('+00:00', 'Z')}"]
     assert queued_ticks(connection) == [("hourly-latest", three.isoformat().replace("+00:00", "Z"))]
+
+
+def test_a_tick_and_the_rules_last_look_are_stored_together_or_not_at_all(redis_url, sandbox, rules_dir):
+    """A connection lost right after a tick's event was stored left the rule's last look behind that tick: its claim
+    lasts FIRED_TTL (7 days), and a scheduler back after longer, with `catch_up: latest` on a monthly rule, found the
+    same tick still missed and fired it again. The tick and the look now go in one transaction."""
+    from engine import load_rules
+    from tests.support.cut import MidWriteCut
+    write_rule(rules_dir, "hourly", RULE.format(id="hourly-latest", cron="0 * * * *", catch_up="latest"))
+    ruleset = load_rules(rules_dir)
+    direct = redis.Redis.from_url(redis_url)
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    direct.zadd(LAST_KEY, {"hourly-latest": (hour - timedelta(minutes=30)).timestamp()})
+    direct.script_load(eventlog._APPEND_SCRIPT.script)  # as in a running deployment: no NOSCRIPT round first
+    claim = f"ws:default:schedule:fired:hourly-latest:{hour.isoformat().replace('+00:00', 'Z')}"
+    with MidWriteCut(direct.connection_pool.connection_kwargs["port"]) as proxy, \
+            workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token,
+                                                  rules_path=str(rules_dir))):
+        connection = redis.Redis.from_url(proxy.url)
+        proxy.arm(lambda command: b"schedule:fired:hourly-latest" in command, after=1)  # the tick's append, no more
+        with pytest.raises(redis.ConnectionError):
+            scheduler.fire_due(connection, ruleset, now=hour + timedelta(seconds=5))
+        proxy.wait_cut()
+    fired, look = direct.exists(claim), direct.zscore(LAST_KEY, "hourly-latest")
+    assert (fired, look >= hour.timestamp()) in ((1, True), (0, False)), (fired, look)
