@@ -397,3 +397,40 @@ def test_a_row_the_baseline_cannot_read_is_not_taken_for_a_created_entity_once_i
         second = sandbox.post("Project", json={"Name": "Second project"}).json()["ProjectId"]
         poll_once(client, connection, PROJECTS, frozenset({"Name"}))
     assert [(e["kind"], e["key"]) for e in queued(connection)] == [("created", second)]
+
+
+def test_a_field_a_rule_starts_watching_has_its_first_change_seen_on_a_task_that_was_quiet(
+        sandbox, client, connection, project):
+    # No overlap: the first task's change is long past the cursor, as in an account where rules are edited.
+    settings = PollSettings(overlap=timedelta(0))
+    quiet = make_task(sandbox, project, "Write report")
+    later = make_task(sandbox, project, "Review report")
+    assert poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings).baseline
+    # A rule on the task's name is added: the next poll reads only what changed since, `later`.
+    poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
+    assert sandbox.patch(f"Task({quiet})", json={"Name": "Write the report"}).ok
+
+    poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
+
+    assert [(e["key"], e["changes"]) for e in queued(connection)] == [
+        (quiet, {"Name": ["Write report", "Write the report"]})]
+    assert later != quiet
+
+
+def test_a_field_watched_again_after_a_while_unwatched_has_its_first_change_seen(sandbox, client, connection, project):
+    settings = PollSettings(overlap=timedelta(0))
+    task = make_task(sandbox, project, "Write report")
+    poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
+    # The rule on the name is removed; the task's next change is snapshotted without its name.
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    make_task(sandbox, project, "Review report")  # moves the cursor past the task's change
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    # and added again.
+    poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
+    assert sandbox.patch(f"Task({task})", json={"Name": "Write the report"}).ok
+
+    poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
+
+    assert [e["changes"] for e in queued(connection) if e["key"] == task] == [
+        {"IsDone": [False, True]}, {"Name": ["Write report", "Write the report"]}]

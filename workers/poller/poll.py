@@ -5,8 +5,10 @@ change timestamp is at or after the cursor (less a small overlap, for writes tha
 selecting only the key, the timestamps, the authors and the watched fields; a second request reads
 the changed entities in full for the rules. A Dynamic view's row has a timestamp per joined table
 (`TaskItem_UpdatedAt`, `Planning_UpdatedAt`, …): the rows where any watched table's stamp moved are
-read, and the newest stamp is the row's. Each event is accepted in the same Redis transaction that
-stores its entity's new snapshot, so a crash re-polls into duplicates, which intake drops.
+read, and the newest stamp is the row's. A field rules start watching is in no snapshot of a row
+that did not change since, so the poll after it reads every row once and learns it silently. Each
+event is accepted in the same Redis transaction that stores its entity's new snapshot, so a crash
+re-polls into duplicates, which intake drops.
 Sets without a change feed are scanned instead (workers/poller/scan.py), with the same events and rules.
 """
 from __future__ import annotations
@@ -64,25 +66,34 @@ def poll_once(client: Client, connection: redis.Redis, feed: ChangeFeed, fields:
     store = SnapshotStore(connection, feed.entity_set, workspaces.current().prefix)
     watched = watched_fields(feed.entity_set, fields, exclude=(feed.key,))
     stamps = feed.stamps(watched)
-    cursor = store.cursor()
+    cursor, covered = store.position()
     if cursor is None:
         return _baseline(client, store, feed, watched, stamps)
     since = parse_datetime(cursor) - settings.overlap
-    rows, passed = _usable(feed, stamps, client.query(
-        feed.view, filter=or_(*(ge(s.column, since) for s in stamps)),
-        select=_select(feed, watched, stamps), orderby=_order(feed, stamps)))
-    result = PollResult(feed.entity_set, rows=len(rows))
+    # A snapshot holds the fields watched when its row was last read. A field rules watch since is
+    # in none of the rows that did not change, which the filter would not read: the first change of
+    # such a row would find no `from` and fire nothing. So every row is read once, to learn it.
+    learning = covered is None or not set(watched) <= set(covered)
+    answer = list(client.query(feed.view, filter=None if learning else or_(*(ge(s.column, since) for s in stamps)),
+                               select=_select(feed, watched, stamps), orderby=_order(feed, stamps)))
+    recent, older = _split(feed, stamps, answer, since) if learning else (answer, [])
+    rows, passed = _usable(feed, stamps, recent)
+    result = PollResult(feed.entity_set, rows=len(answer))
     found, quiet = _changes(feed, watched, stamps, rows,
                             store.load(str(r[feed.column(feed.key)]) for r in rows))
+    quiet.update(_learned(store, feed, watched, stamps, older,
+                          besides={str(r[feed.column(feed.key)]) for r in rows}))
     newest = _newest(cursor, passed, stamps)
+    # Recorded once every row was read right (a row skipped would keep a snapshot without the new fields).
+    recorded = watched if watched != covered and (not learning or len(older) + len(rows) == len(answer)) else None
     if len(found) > settings.flood_limit:
         result.held = hold_flood(connection, feed.entity_set,
                                  [_event(feed, stamps, c, {}, settings) for c in found], settings.flood_limit)
         quiet.update({c.key: c.snapshot for c in found})  # held changes count as seen
     else:
         _emit(client, connection, store, feed, stamps, found, settings, result)
-    if quiet or newest != cursor:  # nothing moved: no write (an idle set's poll is a read and nothing else)
-        store.save_many(quiet, newest)
+    if quiet or newest != cursor or recorded:  # nothing moved: no write (an idle set's poll is a read and nothing else)
+        store.save_many(quiet, newest, fields=recorded)
     return result
 
 
@@ -205,6 +216,38 @@ def _changes(feed, watched, stamps, rows, snapshots) -> tuple[list[_Change], dic
         elif old.get(STAMP) != new[STAMP] or set(old) != set(new):
             quiet[key] = new
     return found, quiet
+
+
+def _split(feed: ChangeFeed, stamps: tuple[Stamp, ...], rows: list, since: datetime) -> tuple[list, list[dict]]:
+    """A read of every row as the rows the poll's filter would have read, and the older ones (no stamp since).
+
+    A row that cannot be read right goes with the first, whose checks say why it is skipped.
+    """
+    recent, older = [], []
+    for row in rows:
+        old = not row_problem(row, (feed.column(feed.key),), [s.column for s in stamps]) and all(
+            row.get(s.column) is None or parse_instant(row[s.column]) < since for s in stamps)
+        (older if old else recent).append(row)
+    return recent, older
+
+
+def _learned(store: SnapshotStore, feed: ChangeFeed, watched: list[str], stamps: tuple[Stamp, ...],
+             rows: list[dict], *, besides: set[str]) -> dict:
+    """The snapshots of rows that did not change since the cursor, with the fields newly watched added.
+
+    What a snapshot holds already is kept as it is (a change of it is the change feed's to see); a
+    row without one, which no poll read since the baseline, is learned whole, so that its next change
+    is an update rather than a created entity. An entity the view also lists among the recent rows
+    (`besides`) is theirs to snapshot.
+    """
+    snapshots = {key: _snapshot(feed, watched, stamps, row) for row in rows
+                 if (key := str(row[feed.column(feed.key)])) not in besides}
+    learned = {}
+    for key, old in store.load(snapshots).items():
+        new = {**snapshots[key], **(old or {})}
+        if new != old:
+            learned[key] = new
+    return learned
 
 
 def _emit(client, connection, store, feed, stamps, found, settings, result) -> None:
@@ -334,7 +377,7 @@ def _baseline(client, store, feed, watched, stamps) -> PollResult:
                                                       orderby=_order(feed, stamps)), start=1)]
     snapshots = {str(r[key]): _snapshot(feed, watched, stamps, r) for r in rows}
     dated = [r for r in rows if not row_problem(r, (key,), columns)]
-    store.save_many(snapshots, _newest(None, dated, stamps) or "1970-01-01T00:00:00Z")
+    store.save_many(snapshots, _newest(None, dated, stamps) or "1970-01-01T00:00:00Z", fields=watched)
     return PollResult(feed.entity_set, rows=len(rows), baseline=True)
 
 

@@ -3,6 +3,8 @@
 Per entity set, under the workspace's key prefix:
     poll:<Set>:cursor   a change feed's newest change timestamp seen (the server's own clock, ISO
                         text); a scanned set's: when its last complete scan started (our clock)
+    poll:<Set>:fields   a change feed's watched fields (JSON list) that every snapshot of the set holds:
+                        when rules watch one more, the next poll reads every row once to learn it
     poll:<Set>:snap     hash: entity key → the watched fields' values and the row's timestamp (a
                         scanned set's rows have none; their key's parts are kept instead)
     poll:layouts        hash: layout id → JSON list of the field names a snapshot's values stand for
@@ -44,6 +46,7 @@ class SnapshotStore:
     def __init__(self, connection: redis.Redis, entity_set: str, prefix: str = "", *, key_field: str | None = None):
         self.connection = connection
         self.cursor_key = f"{prefix}poll:{entity_set}:cursor"
+        self.fields_key = f"{prefix}poll:{entity_set}:fields"
         self.snap_key = f"{prefix}poll:{entity_set}:snap"
         self.layouts_key = f"{prefix}poll:layouts"
         self.key_field = key_field
@@ -52,6 +55,11 @@ class SnapshotStore:
         """The newest timestamp seen, or None before the first (baseline) poll."""
         value = self.connection.get(self.cursor_key)
         return value.decode() if value is not None else None
+
+    def position(self) -> tuple[str | None, list[str] | None]:
+        """The cursor and the fields every snapshot holds, in one round trip (None: not known)."""
+        cursor, fields = self.connection.mget(self.cursor_key, self.fields_key)
+        return (cursor.decode() if cursor is not None else None), (json.loads(fields) if fields is not None else None)
 
     def load(self, keys: Iterable[str]) -> dict[str, dict | None]:
         """Snapshots of `keys` in one round trip (two the first time this process meets a layout); None: never seen."""
@@ -86,14 +94,18 @@ class SnapshotStore:
         """Queue the removal of a deleted entity's snapshot on `pipe`."""
         pipe.hdel(self.snap_key, key)
 
-    def save_many(self, snapshots: Mapping[str, Mapping], cursor: str | None, *, forget: Iterable[str] = ()) -> None:
-        """Write many snapshots, drop those of `forget`, and move the cursor, in one transaction."""
+    def save_many(self, snapshots: Mapping[str, Mapping], cursor: str | None, *, forget: Iterable[str] = (),
+                  fields: list[str] | None = None) -> None:
+        """Write many snapshots, drop those of `forget`, move the cursor and record `fields` (when given) as the
+        ones every snapshot holds, in one transaction."""
         with self.connection.pipeline() as pipe:
             self.save_all(pipe, snapshots)
             for key in forget:
                 self.forget(pipe, key)
             if cursor is not None:
                 pipe.set(self.cursor_key, cursor)
+            if fields is not None:
+                pipe.set(self.fields_key, json.dumps(fields))
             pipe.execute()
 
     def _fields(self, key: str, snapshot: Mapping) -> tuple[tuple[str, ...], list]:
