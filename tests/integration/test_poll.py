@@ -434,3 +434,28 @@ def test_a_field_watched_again_after_a_while_unwatched_has_its_first_change_seen
 
     assert [e["changes"] for e in queued(connection) if e["key"] == task] == [
         {"IsDone": [False, True]}, {"Name": ["Write report", "Write the report"]}]
+
+
+def test_a_project_changed_again_while_the_poll_reads_its_pages_is_one_event_to_its_last_value(
+        sandbox, connection, project, spoiler):
+    # No overlap: the project's second change is behind the cursor once the poll is done, as a second
+    # change is in an account when the pages take longer than the overlap to read.
+    settings = PollSettings(overlap=timedelta(0))
+    others = [sandbox.post("Project", json={"Name": f"Project {n}"}).json()["ProjectId"] for n in range(101)]
+    with Client(spoiler.url, sandbox.token) as client:
+        assert poll_once(client, connection, PROJECTS, frozenset({"Name"}), settings).baseline
+        assert sandbox.patch(f"Project({project})", json={"Name": "Relaunch, phase 1"}).ok
+        for other in others[:100]:  # the changes read take more than a page: the project is on the first
+            assert sandbox.patch(f"Project({other})", json={"IsArchived": True}).ok
+
+        def meanwhile(answer: dict) -> dict:
+            if "@odata.nextLink" in answer and spoiler.spoils.pop("Project", None):  # once, after the first page
+                assert sandbox.patch(f"Project({project})", json={"Name": "Relaunch, phase 2"}).ok
+                assert sandbox.patch(f"Project({others[100]})", json={"Name": "Project 100, renamed"}).ok
+            return answer
+        spoiler.spoil("Project", meanwhile)
+        poll_once(client, connection, PROJECTS, frozenset({"Name"}), settings)
+        poll_once(client, connection, PROJECTS, frozenset({"Name"}), settings)
+
+    assert [e["changes"] for e in queued(connection) if e["key"] == project] == [
+        {"Name": ["Website relaunch", "Relaunch, phase 2"]}]

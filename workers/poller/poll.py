@@ -193,18 +193,26 @@ def _newest_stamp(stamps: tuple[Stamp, ...], row: dict) -> Stamp:
     return max(stamps, key=lambda s: _instant(row.get(s.column) or ""))
 
 
+def _row_instant(stamps: tuple[Stamp, ...], row: dict) -> datetime:
+    """When the row last changed, by the newest of its stamps."""
+    return _instant(row.get(_newest_stamp(stamps, row).column) or "")
+
+
 def _snapshot(feed: ChangeFeed, watched: list[str], stamps: tuple[Stamp, ...], row: dict) -> dict:
     return {STAMP: row.get(_newest_stamp(stamps, row).column), **{f: row.get(feed.column(f)) for f in watched}}
 
 
 def _changes(feed, watched, stamps, rows, snapshots) -> tuple[list[_Change], dict]:
     """Rows that changed a watched field (or are new), and the quiet rows' refreshed snapshots."""
-    found, quiet, done = [], {}, set()
+    found, quiet, latest = [], {}, {}
     for row in rows:
+        # A view may list one entity twice (a task with two joined rows): once is enough. So does a
+        # read whose pages go by change time when the entity changes again while they are read: its
+        # newer row comes on a later page, and the cursor moves past it, so that row is the one to keep.
         key = str(row[feed.column(feed.key)])
-        if key in done:
-            continue  # a view may list one entity twice (a task with two joined rows): once is enough
-        done.add(key)
+        if key not in latest or _row_instant(stamps, row) > _row_instant(stamps, latest[key]):
+            latest[key] = row
+    for key, row in latest.items():
         new, old = _snapshot(feed, watched, stamps, row), snapshots.get(key)
         if old is None:
             found.append(_Change(key, "created", {}, new, row))
