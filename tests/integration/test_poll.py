@@ -459,3 +459,20 @@ def test_a_project_changed_again_while_the_poll_reads_its_pages_is_one_event_to_
 
     assert [e["changes"] for e in queued(connection) if e["key"] == project] == [
         {"Name": ["Website relaunch", "Relaunch, phase 2"]}]
+
+
+def test_a_task_deleted_again_after_it_was_put_back_under_its_key_is_a_second_deleted_event(
+        sandbox, client, connection, project):
+    task = make_task(sandbox, project, "Write report")
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    assert sandbox.delete(f"Task({task})").status_code == 204
+    sweep_deleted(client, connection, TASKS)
+    # Put back with its key (a restore, or an import of what was deleted), seen, and deleted again.
+    make_task(sandbox, project, "Write report", TaskItemId=task)
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    assert sandbox.delete(f"Task({task})").status_code == 204
+
+    sweep_deleted(client, connection, TASKS)
+    sweep_deleted(client, connection, TASKS)
+
+    assert [e["kind"] for e in queued(connection) if e["key"] == task] == ["deleted", "created", "deleted"]

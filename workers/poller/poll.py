@@ -339,8 +339,10 @@ def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
     gone = {k: s for k, s in store.load(sorted(known - existing)).items() if s is not None}
     hops = guards.hops_of(connection, feed.entity_set, gone)
     for key, snapshot in gone.items():
+        # The last change seen is in the id: two sweeps of one delete are one event, while an entity put back
+        # under its key and deleted again (within the dedup claim's week) is a delete of its own.
         event = deleted_event(feed.entity_set, key, snapshot, _instant(snapshot.get(STAMP) or ""),
-                              f"inloox:{feed.entity_set}:{key}:deleted", hops[key])
+                              f"inloox:{feed.entity_set}:{key}:{snapshot.get(STAMP)}:deleted", hops[key])
         if submit_event(connection, event, dedup_key=seen_key(event),
                         dedup_ttl=settings.dedup_ttl,
                         also=lambda pipe, k=key: store.forget(pipe, k)):
