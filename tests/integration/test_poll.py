@@ -476,3 +476,22 @@ def test_a_task_deleted_again_after_it_was_put_back_under_its_key_is_a_second_de
     sweep_deleted(client, connection, TASKS)
 
     assert [e["kind"] for e in queued(connection) if e["key"] == task] == ["deleted", "created", "deleted"]
+
+
+def test_a_sweep_whose_listing_misses_a_task_that_is_still_there_deletes_nothing(
+        sandbox, connection, project, spoiler):
+    # Where pages go by $skip, a delete elsewhere while the sweep reads them moves the next page's first
+    # row onto the page already read, and the listing never has it. Here the listing leaves it out.
+    tasks = [make_task(sandbox, project, "Write report"), make_task(sandbox, project, "Review report")]
+
+    def missing_the_first(answer: dict) -> dict:
+        if spoiler.spoils.pop("Task", None):  # that one listing; looked up by key, the task is there
+            answer["value"] = [row for row in answer["value"] if row.get("TaskItemId") != tasks[0]]
+        return answer
+    with Client(spoiler.url, sandbox.token) as client:
+        assert poll_once(client, connection, TASKS, frozenset({"IsDone"})).baseline
+        spoiler.spoil("Task", missing_the_first)
+        assert sweep_deleted(client, connection, TASKS).accepted == []
+        assert sandbox.patch(f"Task({tasks[0]})", json={"IsDone": True}).ok
+        poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    assert [(e["kind"], e["key"]) for e in queued(connection)] == [("updated", tasks[0])]

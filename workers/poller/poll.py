@@ -329,14 +329,21 @@ def hold_flood(connection: redis.Redis, entity_set: str, events: list[Event], li
 
 def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
                   settings: PollSettings = PollSettings()) -> PollResult:
-    """Find deleted entities (invisible to a timestamp poll) by listing every key; emit `deleted`."""
+    """Find deleted entities (invisible to a timestamp poll) by listing every key; emit `deleted`.
+
+    A key no longer listed is looked up again first (one request per FETCH_CHUNK of them).
+    """
     store = SnapshotStore(connection, feed.entity_set, workspaces.current().prefix)
     # Known keys first: an entity created after this line cannot be mistaken for a deleted one.
     known = store.keys()
     existing = {_listed_key(feed, number, row)
                 for number, row in enumerate(client.query(feed.entity_set, select=[feed.key]), start=1)}
     result = PollResult(feed.entity_set, rows=len(existing))
-    gone = {k: s for k, s in store.load(sorted(known - existing)).items() if s is not None}
+    missing = {k: s for k, s in store.load(sorted(known - existing)).items() if s is not None}
+    # Looked up again by key, as a scan does: where pages go by $skip, a delete elsewhere while they are
+    # read moves a row onto the page already read, and the listing never has it.
+    there = _still_there(client, feed, list(missing))
+    gone = {k: s for k, s in missing.items() if k not in there}
     hops = guards.hops_of(connection, feed.entity_set, gone)
     for key, snapshot in gone.items():
         # The last change seen is in the id: two sweeps of one delete are one event, while an entity put back
@@ -348,6 +355,16 @@ def sweep_deleted(client: Client, connection: redis.Redis, feed: ChangeFeed,
                         also=lambda pipe, k=key: store.forget(pipe, k)):
             result.accepted.append(event.id)
     return result
+
+
+def _still_there(client: Client, feed: ChangeFeed, keys: list[str]) -> set[str]:
+    """Those of `keys` InLoox lists when asked by key, a chunk of keys per request."""
+    there = set()
+    for start in range(0, len(keys), FETCH_CHUNK):
+        rows = client.query(feed.entity_set, filter=or_(*(eq(feed.key, k) for k in keys[start:start + FETCH_CHUNK])),
+                            select=[feed.key])
+        there.update(_listed_key(feed, number, row) for number, row in enumerate(rows, start=1))
+    return there
 
 
 def _listed_key(feed: ChangeFeed, number: int, row) -> str:
