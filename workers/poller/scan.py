@@ -22,6 +22,8 @@ entities (read in full for the rules) and one per FETCH_CHUNK missing keys (look
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,13 +82,14 @@ def scan_once(client: Client, connection: redis.Redis, scan: Scan, fields: froze
     found += _deleted(client, scan, store.load(sorted(known - rows.keys())))
     _keep(keep_lease)
     if len(found) > settings.flood_limit:
-        held = [_event(scan, c, c.snapshot, now, 0) for c in found]
+        held = [_event(scan, c, c.snapshot, now, 0, previous) for c in found]
         result.held = hold_flood(connection, scan.entity_set, held, settings.flood_limit)
         quiet.update({c.key: c.snapshot for c in found if c.kind != "deleted"})  # held changes count as seen
         store.save_many(quiet, now.isoformat(), forget=[c.key for c in found if c.kind == "deleted"])
         return result
     ours = _ours(connection, scan, [c.key for c in found], since=datetime.fromisoformat(previous))
-    _emit(client, connection, store, scan, found, ours, settings, result, now=now, complete=fields is None)
+    _emit(client, connection, store, scan, found, ours, settings, result, now=now, previous=previous,
+          complete=fields is None)
     store.save_many(quiet, now.isoformat())
     return result
 
@@ -162,12 +165,14 @@ def _ours(connection, scan: Scan, keys: list[str], *, since: datetime) -> dict[s
             if age <= elapsed}
 
 
-def _emit(client, connection, store, scan, found, ours, settings, result, *, now, complete: bool) -> None:
+def _emit(client, connection, store, scan, found, ours, settings, result, *, now, previous: str,
+          complete: bool) -> None:
     # The rows read carry every field when every field is watched; else read the changed ones in full.
     changed = [c.snapshot for c in found if c.kind != "deleted"]
     entities = {scan.key_text(s): s for s in changed} if complete else _read_keys(client, scan, changed)
     for change in found:
-        event = _event(scan, change, entities.get(change.key, change.snapshot), now, ours.get(change.key, 0))
+        event = _event(scan, change, entities.get(change.key, change.snapshot), now, ours.get(change.key, 0),
+                       previous)
         accepted = submit_event(connection, event, dedup_key=seen_key(event), dedup_ttl=settings.dedup_ttl,
                                 also=lambda pipe, c=change, ours=event.chained: _store(pipe, store, scan, c, ours))
         if accepted:
@@ -186,13 +191,17 @@ def _store(pipe, store: SnapshotStore, scan: Scan, change: _Change, ours: bool) 
         guards.forget_write(pipe, scan.entity_set, change.key)
 
 
-def _event(scan: Scan, change: _Change, entity: dict, now: datetime, hops: int) -> Event:
+def _event(scan: Scan, change: _Change, entity: dict, now: datetime, hops: int, previous: str) -> Event:
     """The event of one change; `occurred_at` is the start of the scan that saw it (InLoox keeps no time).
 
-    Its id is one shell word (a composite key's quotes are escaped) and depends only on the change and
-    the scan's start, so the same change seen by the same scan always dedupes to one event.
+    Its id is one shell word (a composite key's quotes are escaped) and depends only on the change
+    (what it changed from and to) and on the start of the last complete scan before it (`previous`),
+    not on this scan's start: two scans that both read the entity before either stored it (two
+    pollers holding the workspace for a while) make one event of one change, while the same values
+    coming back after a complete scan are a change of their own.
     """
-    event_id = f"inloox:{scan.entity_set}:{id_part(change.key)}:scan@{now.isoformat()}:{change.kind}"
+    seen = hashlib.sha256(json.dumps([change.changes, change.snapshot], sort_keys=True, default=str).encode())
+    event_id = f"inloox:{scan.entity_set}:{id_part(change.key)}:scan@{previous}:{seen.hexdigest()[:12]}:{change.kind}"
     if change.kind == "deleted":
         return deleted_event(scan.entity_set, change.key, change.snapshot, now, event_id, hops)
     return Event(source="inloox", kind=change.kind, entity_set=scan.entity_set, key=change.key, occurred_at=now,
