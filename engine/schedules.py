@@ -12,7 +12,7 @@ Daylight saving time, as cron (Vixie/cronie) and Temporal's schedules have it: a
 03:00); a time the clocks pass twice (02:30 in Berlin on the day they go back) fires once, at its
 first pass. An expression whose minute or hour field starts with `*` (`*/30 * * * *`, `0 * * * *`)
 follows elapsed time instead and fires in both passes of that hour, every 30 minutes or every hour
-as on any other day. Every tick is computed through `_ticks`/`_ticks_before`, so the scheduler,
+as on any other day. Every tick is computed through `_ticks`, so the scheduler,
 `next_tick` (`rules list`, `rules run --tick`) and catch-up agree on them.
 """
 from __future__ import annotations
@@ -31,20 +31,13 @@ DEFAULT_GRACE = timedelta(minutes=2)  # how late a tick may still fire as on tim
 _JUST_AFTER = timedelta(microseconds=1)  # croniter's get_prev is strict; this makes "at or before"
 
 
-def _ticks(cron: str, tz: str, after: datetime) -> Iterator[datetime]:
-    """The ticks strictly after `after`, soonest first, as aware UTC date-times (see the module docstring)."""
-    ticks = croniter(cron, after.astimezone(ZoneInfo(tz)))
+def _ticks(cron: str, tz: str, start: datetime, *, back: bool = False) -> Iterator[datetime]:
+    """The ticks strictly after `start`, soonest first (`back`: strictly before it, latest first), as aware UTC
+    date-times (see the module docstring)."""
+    ticks = croniter(cron, start.astimezone(ZoneInfo(tz)))
+    step = ticks.get_prev if back else ticks.get_next
     while True:
-        tick = ticks.get_next(datetime).astimezone(timezone.utc)
-        if not _second_pass(cron, tz, tick):
-            yield tick
-
-
-def _ticks_before(cron: str, tz: str, before: datetime) -> Iterator[datetime]:
-    """The ticks strictly before `before`, latest first, as `_ticks` has them."""
-    ticks = croniter(cron, before.astimezone(ZoneInfo(tz)))
-    while True:
-        tick = ticks.get_prev(datetime).astimezone(timezone.utc)
+        tick = step(datetime).astimezone(timezone.utc)
         if not _second_pass(cron, tz, tick):
             yield tick
 
@@ -73,7 +66,7 @@ def ticks_between(cron: str, tz: str, after: datetime, until: datetime) -> list[
 
 def latest_tick(cron: str, tz: str, at: datetime) -> datetime:
     """The most recent tick at or before `at`, as an aware UTC date-time."""
-    return next(_ticks_before(cron, tz, at + _JUST_AFTER))
+    return next(_ticks(cron, tz, at + _JUST_AFTER, back=True))
 
 
 def due_ticks(cron: str, tz: str, *, last: datetime | None, now: datetime, catch_up: str = "skip",

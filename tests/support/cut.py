@@ -18,6 +18,8 @@ import socket
 import threading
 from typing import Callable
 
+from tests.support.proxy import Proxy
+
 CHUNK = 65536
 # Once the picked command came, a client silent this long is waiting for its answers: its write is over (a pipeline
 # goes out at once), so it is cut after its last command. Not a wait for a result: the client waits as long.
@@ -49,24 +51,19 @@ def split_commands(buffer: bytes) -> tuple[list[list[bytes]], bytes]:
     return commands, buffer[at:]
 
 
-class MidWriteCut:
+class MidWriteCut(Proxy):
     """Forwards 127.0.0.1:<port> to 127.0.0.1:<target_port>; `arm` closes the connection that sends the picked
     command, once it forwarded `after` commands from it on (`after=0`: before it). `commands` is every command
     forwarded, in order, each a list of its arguments."""
 
     def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(target_port)
         self.commands: list[list[bytes]] = []
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
         self._picks: Callable[[bytes], bool] | None = None
         self._counting: object | None = None  # the connection the picked command came on, once it came
         self._left = 0
         self._cut = threading.Event()
-        threading.Thread(target=self._accept, name="cut-accept", daemon=True).start()
+        self.start("cut-accept")
 
     def arm(self, picks: Callable[[bytes], bool], *, after: int) -> None:
         """Cut the connection that sends the next command whose bytes `picks` says yes to, once it forwarded that
@@ -171,22 +168,6 @@ class MidWriteCut:
             client.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close alone may not)
-        except OSError:
-            pass
-        self.listener.close()
-        with self.lock:
-            for sock in self.sockets:
-                sock.close()
-
-    def __enter__(self) -> "MidWriteCut":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _packed(command: list[bytes]) -> bytes:

@@ -14,22 +14,19 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.support.proxy import Proxy
+
 CHUNK = 65536
 
 
-class Partition:
+class Partition(Proxy):
     """Forwards 127.0.0.1:<port> to 127.0.0.1:<target_port> until cut; each connection on two threads."""
 
     def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(target_port)
         self.era = 0  # a connection forwards while the era it was opened in lasts; cut() ends it
         self.cutting = False
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, name="partition-accept", daemon=True).start()
+        self.start("partition-accept")
 
     def cut(self) -> None:
         with self.lock:
@@ -70,19 +67,3 @@ class Partition:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close alone may not)
-        except OSError:
-            pass
-        self.listener.close()
-        with self.lock:
-            for sock in self.sockets:
-                sock.close()
-
-    def __enter__(self) -> "Partition":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
