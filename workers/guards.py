@@ -77,15 +77,16 @@ class Admission:
     window: int = RUN_WINDOW
 
 
-def admission(rule_id: str, event: dict) -> Admission:
+def admission(rule_id: str, event: dict, *, counted: bool = True) -> Admission:
     """What to read (and count) before a run of this rule starts for this event.
 
     workers.runs.create_run asks it in the script that stores the run (no round trip of its own);
-    `refusal` asks it on its own.
+    `refusal` asks it on its own. `counted=False`: the run is not counted as one more run on the event's
+    entity (a for_each item's: its query's run was counted, and it is part of that one run).
     """
     hops = int((event.get("payload") or {}).get("hops", 0))
     too_deep = bool(event.get("chained")) and hops >= HOP_LIMIT
-    counted = event.get("entity_set") and not too_deep
+    counted = counted and event.get("entity_set") and not too_deep
     return Admission(rule_id, ws_key(f"rule:paused:{rule_id}"),
                      ws_key(f"rate:{rule_id}:{event['entity_set']}:{event['key']}") if counted else None,
                      f"{event.get('entity_set')}({event.get('key')})", hops, too_deep)

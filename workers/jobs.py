@@ -500,7 +500,10 @@ def _initial_status(connection: redis.Redis, plan: Plan) -> tuple[dict, guards.A
     (None: nothing, or they have answered already)."""
     if plan.error:
         return {"status": "failed", "reason": plan.error}, None
-    asked = guards.admission(plan.rule_id, plan.event)
+    # A for_each item's run is part of its query's run, which the loop guard counted once for the event: counted
+    # again per item, an event's query of more than RUN_LIMIT rows paused the rule as a loop and its later items
+    # were skipped for good (a skipped run is never retried), rows never written.
+    asked = guards.admission(plan.rule_id, plan.event, counted=plan.item_key is None)
     if asked.too_deep:  # refused whatever Redis holds; the guards' own round trip says why (rare)
         return {"status": "skipped", "reason": guards.refusal(connection, plan.rule_id, plan.event)}, None
     if plan.mode == "shadow":

@@ -11,7 +11,7 @@ import redis
 
 from engine import Event
 from tests.support.processes import wait_until
-from tests.support.stack import all_runs
+from tests.support.stack import PREFIX, all_runs
 from workers.intake import submit_event
 
 DIGEST = Path(__file__).parents[2] / "rules" / "overdue-tasks-digest.yaml"
@@ -98,3 +98,44 @@ def test_a_queried_row_without_its_key_fails_the_run_naming_the_row_and_a_retry_
     runs = wait_until(lambda: (r := all_runs(redis_url)) and {x["status"] for x in r} == {"succeeded"} and r,
                       30, "every run to succeed")
     assert sorted(r["plan"]["item_key"] for r in runs if r["plan"]["item_key"]) == tasks
+
+
+CLOSE_PROJECT_TASKS = """
+id: close-project-tasks
+when:
+  - inloox: Project
+    on: updated
+for_each:
+  inloox.query: Task
+  filter: "ProjectId eq {{ project.ProjectId | odata }} and IsDone eq false"
+  select: [TaskItemId, Name]
+then:
+  - inloox.update: Task
+    key: "{{ item.TaskItemId }}"
+    values: {IsDone: true}
+"""
+
+
+def test_an_inloox_event_s_for_each_over_many_rows_writes_every_row_and_pauses_no_rule(
+        stack, sandbox, rules_dir, redis_url, workspace):
+    from tests.support.stack import PROJECT, make_task
+
+    # The loop guard pauses a rule that runs more than 10 times on one entity within a minute. Each item run
+    # of one event's for_each counted as a run of the rule on the event's entity: the tenth row's run was
+    # refused (skipped, never retried), the rule paused, and the rows after it never written.
+    (rules_dir / "close-project-tasks.yaml").write_text(CLOSE_PROJECT_TASKS)
+    tasks = sorted(make_task(sandbox, f"Task {n}") for n in range(14))
+    stack.worker("worker-1")
+
+    project = sandbox.get(f"Project({PROJECT})").json()
+    event = Event("inloox", "updated", datetime.now(timezone.utc), id="inloox:project:closed:1", entity_set="Project",
+                  key=PROJECT, changes={"Name": ["Relaunch", "Relaunch (closed)"]}, entity=project)
+    connection = redis.Redis.from_url(redis_url)
+    assert submit_event(connection, event, dedup_key="test:project:closed:1", dedup_ttl=60)
+
+    runs = wait_until(lambda: (r := all_runs(redis_url)) and len(r) == len(tasks) + 1
+                      and all(x["status"] not in ("queued", "retrying") for x in r) and r, 60, "every run to end")
+    assert {r["plan"]["item_key"]: (r["status"], r["reason"]) for r in runs if r["plan"]["item_key"]} == \
+        {task: ("succeeded", "") for task in tasks}
+    assert sandbox.count("Task", "IsDone eq false") == 0
+    assert not connection.exists(f"{PREFIX}rule:paused:close-project-tasks")
