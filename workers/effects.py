@@ -3,7 +3,8 @@
 Writes go through the step ledger so that a retried or recovered step never writes twice:
     create   durable "sent" mark, then POST with a marker in the entity; a later attempt that finds
              the mark looks for the marker and adopts the entity it finds instead of posting again
-    update   read first; skipped when InLoox already has the values (so a re-send is a no-op)
+    update   read first; skipped when InLoox already has the values (so a re-send is a no-op), or when the
+             ledger says it was done (a retry from the start: what a person changed since stays)
     delete   a 404 means done
     invoke, notify, http   at most once: after an unknown outcome they stop and ask a person
 Reads (get, query) have no effect to protect and simply run again.
@@ -117,7 +118,12 @@ def create(ctx: StepContext, params: dict, key: str) -> dict:
 
 
 def update(ctx: StepContext, params: dict, key: str) -> dict:
-    """PATCH only the fields that differ; nothing is sent when InLoox has the values already."""
+    """PATCH only the fields that differ; nothing is sent when InLoox has the values already, or had them once."""
+    earlier = ctx.earlier(key)
+    if earlier and earlier["state"] == "done":
+        # It landed (or was found in place): a person's retry from the start must not send it again, over what
+        # a person changed since (docs/execution.md). Only a "sent" mark is checked in InLoox again.
+        return earlier["output"]
     entity_set, target, values = params["entity_set"], params["key"], params["values"]
     current = ctx.client.get(entity_set, target, select=list(values))
     changes = diff_snapshots(current, values, values)

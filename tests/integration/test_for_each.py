@@ -139,3 +139,55 @@ def test_an_inloox_event_s_for_each_over_many_rows_writes_every_row_and_pauses_n
         {task: ("succeeded", "") for task in tasks}
     assert sandbox.count("Task", "IsDone eq false") == 0
     assert not connection.exists(f"{PREFIX}rule:paused:close-project-tasks")
+
+
+CLOSE_AND_FOLLOW_UP = """
+id: close-and-follow-up
+when:
+  - manual: true
+for_each:
+  inloox.query: Task
+  filter: "IsDone eq false"
+  select: [TaskItemId, Name, ProjectId]
+then:
+  - id: close
+    inloox.update: Task
+    key: "{{ item.TaskItemId }}"
+    values: {IsDone: true}
+  - id: follow_up
+    inloox.create: Task
+    values: {Name: "Follow-up {{ item.Name }}", ProjectId: "{{ item.ProjectId }}"}
+"""
+
+
+def test_a_failed_item_retried_from_the_start_does_not_repeat_its_landed_update(
+        stack, sandbox, rules_dir, redis_url, workspace):
+    from tests.support.stack import make_task
+    from workers.jobs import retry_run
+
+    # `runs retry --from-start` promises that landed writes are not repeated: the ledger gives their first result.
+    # An update did not ask the ledger: it read the task again and, finding it reopened by a person since, sent
+    # its PATCH a second time, undoing the person's change.
+    (rules_dir / "close-and-follow-up.yaml").write_text(CLOSE_AND_FOLLOW_UP)
+    tasks = {make_task(sandbox, "Write report"): "Write report", make_task(sandbox, "Review report"): "Review report"}
+    sandbox.fault(kind="status", status=400, count=1, methods=["POST"], path="^Task$")  # one item's follow-up
+    stack.worker("worker-1")
+
+    event = Event("manual", "close-and-follow-up", datetime.now(timezone.utc), id="manual:close-and-follow-up:1")
+    connection = redis.Redis.from_url(redis_url)
+    assert submit_event(connection, event, dedup_key="test:close-and-follow-up:1", dedup_ttl=60)
+    runs = wait_until(lambda: (r := all_runs(redis_url)) and len(r) == 3
+                      and all(x["status"] not in ("queued", "retrying") for x in r) and r, 60, "every run to end")
+    [failed] = [r for r in runs if r["status"] == "failed"]
+    assert [(s["id"], s["status"]) for s in failed["steps"]] == [("close", "done"), ("follow_up", "error")]
+    reopened = failed["plan"]["item_key"]
+    assert sandbox.patch(f"Task({reopened})", json={"IsDone": False}).status_code in (200, 204)  # a person
+
+    retry_run(connection, failed["id"], from_start=True)
+    wait_until(lambda: (r := [x for x in all_runs(redis_url) if x["id"] == failed["id"]]) and
+               r[0]["status"] not in ("queued", "retrying"), 60, "the retried run to end")
+    retried = next(x for x in all_runs(redis_url) if x["id"] == failed["id"])
+    assert retried["status"] == "succeeded", retried["reason"]
+    assert sandbox.get(f"Task({reopened})").json()["IsDone"] is False  # the person's change stands
+    for name in tasks.values():
+        assert sandbox.count("Task", f"Name eq 'Follow-up {name}'") == 1
