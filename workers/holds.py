@@ -18,7 +18,7 @@ from engine.match import match_rule
 from inloox import InLooxError, NotFound
 from workers import workspaces
 from workers.enqueue import queue, queue_run, workspace_job_id
-from workers.runs import load_run, save_run
+from workers.runs import load_run, plan_record, save_run
 from workers.worker_context import workspace_job
 
 RECHECK_AFTER_ERROR = 30.0  # seconds; InLoox could not be read when the hold ended
@@ -70,7 +70,8 @@ def check_hold(ctx, run_id: str) -> str:
         fresh = plan_rule(event, rule, now=now, env=ctx.rule_env, defer_env=True)
     except TemplateError as exc:
         return _finish(ctx, run, "failed", str(exc))
-    run["plan"] = fresh.to_dict()
+    # A forced run keeps writing under keys of its own: under the first run's, its create adopted that run's entity.
+    run["plan"] = plan_record(fresh, run.get("forced"))
     _finish(ctx, run, "queued", "the hold is over and the rule still matches")
     queue_run(ctx.connection, run)
     return "queued"

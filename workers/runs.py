@@ -176,10 +176,7 @@ def new_run(plan: Plan, *, now: datetime, status: str = "queued", reason: str = 
     """
     identity = run_id(plan) if forced is None else _run_id(f"{plan.event_id}\nforced {forced['at']}", plan.rule_id,
                                                           plan.item_key)
-    planned = plan.to_dict()
-    if forced is not None:  # writes of their own: the ledger and InLoox markers know the first run's keys
-        planned["operations"] = [{**op, "idempotency_key": _forced_key(op["idempotency_key"], forced["at"])}
-                                 for op in planned["operations"]]
+    planned = plan_record(plan, forced)
     return {
         **({"forced": forced} if forced else {}),
         "id": identity, "rule_id": plan.rule_id, "rule_version": plan.rule_version,
@@ -188,6 +185,16 @@ def new_run(plan: Plan, *, now: datetime, status: str = "queued", reason: str = 
         "status": status, "reason": reason, "created_at": now.isoformat(), "updated_at": now.isoformat(),
         "plan": planned, "steps": [], "outputs": {}, "attempts": 0,
     }
+
+
+def plan_record(plan: Plan, forced: dict | None) -> dict:
+    """`plan` as a run record keeps it: a forced run's writes under keys of their own (the ledger and InLoox
+    markers know the first run's keys). Also for a plan made again for a stored run (a hold's end)."""
+    planned = plan.to_dict()
+    if forced is not None:
+        planned["operations"] = [{**op, "idempotency_key": _forced_key(op["idempotency_key"], forced["at"])}
+                                 for op in planned["operations"]]
+    return planned
 
 
 def _forced_key(key: str, at: str) -> str:

@@ -119,3 +119,44 @@ def test_a_held_run_rechecked_while_inloox_is_down_is_not_taken_for_lost(engine,
     assert sweep(recheck + 2 * GRACE + 10) == [run["id"]]
     assert sweep(recheck + 2 * GRACE + 11) == []
     assert restarted() == ['inloox_automation_runs_restarted_total{why="executor_lost",workspace="default"} 1.0']
+
+
+FOLLOW_UP_AFTER_HOLD = """
+id: follow-up-after-hold
+when:
+  - inloox: Task
+    on: updated
+    for: 1s
+then:
+  - inloox.create: Task
+    values: {Name: "Follow-up {{ task.Name }}", ProjectId: "{{ task.ProjectId }}"}
+"""
+
+
+def test_a_forced_replay_of_a_held_rule_writes_its_own_entity(stack, sandbox, rules_dir, redis_url, workspace):
+    from app import create_app
+    from engine import Event
+    from workers.intake import submit_event
+
+    # A forced run (events replay --force) writes under idempotency keys of its own, so that it is not taken for the
+    # first run. When its hold ended, the fresh plan replaced its keys with the first run's: its create found that
+    # run's "done" in the ledger (or its marker in InLoox) and adopted its entity: the forced write never happened.
+    write_rule(rules_dir, "follow-up", FOLLOW_UP_AFTER_HOLD)
+    task = make_task(sandbox, "Write report")
+    stack.worker("worker-1")
+    connection = redis_lib.Redis.from_url(redis_url)
+    entity = sandbox.get(f"Task({task})").json()
+    event = Event("inloox", "updated", datetime.now().astimezone(), id="inloox:task:renamed:1", entity_set="Task",
+                  key=task, changes={"Name": ["Write", "Write report"]}, entity=entity)
+    assert submit_event(connection, event, dedup_key="test:task:renamed:1", dedup_ttl=60)
+    wait_until(lambda: [r["status"] for r in all_runs(redis_url)] == ["succeeded"], 20, "the first run")
+    assert sandbox.count("Task", "Name eq 'Follow-up Write report'") == 1
+
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": sandbox.token, "RULES_PATH": str(rules_dir), "INLOOX_REQUESTS_PER_SECOND": "0"})
+    forced = app.test_cli_runner().invoke(args=["events", "replay", event.id, "--force"])
+    assert "started 1 run(s)" in forced.output, forced.output
+    runs = wait_until(lambda: (r := all_runs(redis_url)) and len(r) == 2 and
+                      all(x["status"] in ("succeeded", "failed") for x in r) and r, 30, "the forced run to end")
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+    assert sandbox.count("Task", "Name eq 'Follow-up Write report'") == 2
