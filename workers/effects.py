@@ -5,7 +5,7 @@ Writes go through the step ledger so that a retried or recovered step never writ
              the mark looks for the marker and adopts the entity it finds instead of posting again
     update   read first; skipped when InLoox already has the values (so a re-send is a no-op), or when the
              ledger says it was done (a retry from the start: what a person changed since stays)
-    delete   a 404 means done
+    delete   a 404 means done; found "done" in the ledger, not sent again
     invoke, notify, http   at most once: after an unknown outcome they stop and ask a person
 Reads (get, query) have no effect to protect and simply run again.
 
@@ -134,12 +134,20 @@ def update(ctx: StepContext, params: dict, key: str) -> dict:
 
 
 def delete(ctx: StepContext, params: dict, key: str) -> dict:
-    """DELETE; an entity that is already gone counts as deleted."""
+    """DELETE; an entity that is already gone counts as deleted. Done once, it is not sent again."""
+    earlier = ctx.earlier(key)
+    if earlier and earlier["state"] == "done":
+        # A retry from the start asks its queries again: a key read from `steps.<id>` may now name another entity
+        # (the next one a query finds, the first being gone), which a second DELETE would remove too.
+        return earlier["output"]
     try:
         ctx.client.delete(params["entity_set"], params["key"])
     except NotFound:
-        return {"deleted": False, "already_gone": True}
-    return {"deleted": True}
+        output = {"deleted": False, "already_gone": True}
+    else:
+        output = {"deleted": True}
+    ctx.mark_done(key, output)  # with the step's record: a crash before it sends the DELETE again, as before
+    return output
 
 
 def invoke(ctx: StepContext, params: dict, key: str):

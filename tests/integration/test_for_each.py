@@ -191,3 +191,47 @@ def test_a_failed_item_retried_from_the_start_does_not_repeat_its_landed_update(
     assert sandbox.get(f"Task({reopened})").json()["IsDone"] is False  # the person's change stands
     for name in tasks.values():
         assert sandbox.count("Task", f"Name eq 'Follow-up {name}'") == 1
+
+
+DELETE_OLDEST = """
+id: delete-oldest-open
+when:
+  - manual: true
+then:
+  - id: oldest
+    inloox.query: Task
+    filter: "IsDone eq false"
+    orderby: Name
+    top: 1
+  - inloox.delete: Task
+    key: "{{ steps.oldest.value[0].TaskItemId }}"
+  - inloox.create: Task
+    values: {Name: "Deleted {{ steps.oldest.value[0].Name }}", ProjectId: "{{ steps.oldest.value[0].ProjectId }}"}
+"""
+
+
+def test_a_run_retried_from_the_start_does_not_repeat_its_landed_delete_on_what_a_query_finds_now(
+        stack, sandbox, rules_dir, redis_url, workspace):
+    from tests.support.stack import make_task
+    from workers.jobs import retry_run
+
+    # A retry from the start asks its queries again, and a later step reading `steps.<id>` gets today's answer. The
+    # delete did not ask the ledger: its query now found the next task (the first one was deleted by the first
+    # attempt), and the retry deleted that one too.
+    (rules_dir / "delete-oldest-open.yaml").write_text(DELETE_OLDEST)
+    first, second = make_task(sandbox, "A first"), make_task(sandbox, "B second")
+    sandbox.fault(kind="status", status=400, count=1, methods=["POST"], path="^Task$")  # the third step, once
+    stack.worker("worker-1")
+
+    event = Event("manual", "delete-oldest-open", datetime.now(timezone.utc), id="manual:delete-oldest-open:1")
+    connection = redis.Redis.from_url(redis_url)
+    assert submit_event(connection, event, dedup_key="test:delete-oldest-open:1", dedup_ttl=60)
+    [run] = wait_until(lambda: (r := all_runs(redis_url)) and r[0]["status"] not in ("queued", "retrying") and r,
+                       60, "the run to end")
+    assert run["status"] == "failed", run["reason"]
+    assert sandbox.get(f"Task({first})").status_code == 404 and sandbox.get(f"Task({second})").status_code == 200
+
+    retry_run(connection, run["id"], from_start=True)
+    wait_until(lambda: all_runs(redis_url)[0]["status"] not in ("queued", "retrying"), 60, "the retried run to end")
+    assert all_runs(redis_url)[0]["status"] == "succeeded", all_runs(redis_url)[0]["reason"]
+    assert sandbox.get(f"Task({second})").status_code == 200  # deleted once: not the next task the query finds
