@@ -330,6 +330,30 @@ def test_a_secret_this_process_cannot_unseal_stops_only_its_workspace(api, sandb
     assert listed["acme"] == "" and other_key.key_ids[0] in listed["globex"]
 
 
+def test_a_process_with_another_key_leaves_the_declared_secrets_sealed_for_the_others(redis_url, sandbox):
+    """A process started with a wrong SECRETS_KEY (a typo, a key dropped too early) applies the same declaration
+    at its start: it cannot open what is stored, and must not seal it again under a key the others lack."""
+    from workers.workspaces import Workspace
+
+    connection, ours, typo = redis.Redis.from_url(redis_url), Keyring([generate_key()]), Keyring([generate_key()])
+    hook = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
+    declared = {"acme": Workspace(name="acme", inloox_url=sandbox.base_url, inloox_api_key=INLOOX_TOKEN,
+                                  slack_signing_secret=SLACK_SECRET, webhook_sources={"forms": [hook]})}
+    registry.apply_workspaces(connection, ours, declared)
+    version = registry.version(connection)
+
+    registry.apply_workspaces(connection, typo, declared)
+
+    assert registry.version(connection) == version  # nothing written
+    served = registry.View(connection, ours, refresh_seconds=0)
+    assert served.unreadable() == {}
+    assert served.workspaces()["acme"].inloox_api_key == INLOOX_TOKEN
+    assert served.workspaces()["acme"].slack_signing_secret == SLACK_SECRET
+    assert served.workspaces()["acme"].webhook_sources == {"forms": [hook]}
+    # The process with the wrong key says which key it lacks, for that workspace only.
+    assert ours.key_ids[0] in registry.View(connection, typo, refresh_seconds=0).unreadable()["acme"]
+
+
 def test_export_holds_bundles_subscriptions_events_and_runs_but_no_secret(api, sandbox):
     client = api.test_client()
     token = create(client, "acme", sandbox)["admin_token"]

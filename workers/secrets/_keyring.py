@@ -85,6 +85,14 @@ class Keyring:
             raise SecretUnreadable(f"the secret sealed with key {wanted} is damaged (it does not verify)",
                                    wanted) from None
 
+    def missing_key(self, sealed: str) -> str:
+        """The id of the key `sealed` was sealed with when this keyring does not hold it; "" otherwise
+        (held, or not a sealed secret at all)."""
+        if not is_sealed(sealed):
+            return ""
+        wanted = sealed.split(":", 2)[1]
+        return "" if wanted in self._fernets else wanted
+
     def rotated(self, sealed: str) -> str:
         """`sealed` re-sealed under the newest key (unchanged when it already is)."""
         if self.is_current(sealed):
