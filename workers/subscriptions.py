@@ -175,18 +175,22 @@ def _update(connection: redis.Redis, subs_key: str, sub_id: str, change) -> Subs
     raise redis.RedisError(f"subscription {sub_id} changed {_ATTEMPTS} times while it was being written; try again")
 
 
-def reseal_all(connection: redis.Redis, keyring: Keyring) -> int:
+def reseal_all(connection: redis.Redis, keyring: Keyring, unreadable: list[str]) -> int:
     """Every workspace's subscription secrets sealed under the newest key, plain ones included; how many.
 
-    Secrets past their overlap are dropped (they sign nothing any more). Raises SecretUnreadable
-    naming the workspace and subscription when one cannot be opened; those done before stay done.
+    Secrets past their overlap are dropped (they sign nothing any more). A subscription with a secret
+    that cannot be opened is left as it is and named in `unreadable` (its workspace and id, the key
+    it needs); every other one is still re-sealed.
     """
     count = 0
     for subs_key in connection.scan_iter(match=_ALL_SUBS, _type="hash"):
         subs_key = subs_key.decode()
         workspace = subs_key.split(":")[1]
         for sub_id in connection.hkeys(subs_key):
-            count += _reseal(connection, keyring, subs_key, sub_id.decode(), workspace)
+            try:
+                count += _reseal(connection, keyring, subs_key, sub_id.decode(), workspace)
+            except SecretUnreadable as exc:
+                unreadable.append(str(exc))
     return count
 
 

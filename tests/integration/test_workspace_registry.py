@@ -313,6 +313,31 @@ def test_after_rotating_to_a_new_key_only_the_new_key_is_needed(api, sandbox, re
     assert only_old.workspaces() == {} and Keyring([new_key]).key_ids[0] in only_old.unreadable()["acme"]
 
 
+def test_secrets_rotate_seals_every_other_workspace_past_one_it_cannot_open_and_says_which(api, sandbox, redis_url):
+    from app import create_app
+
+    connection, lost = redis.Redis.from_url(redis_url), Keyring([generate_key()])
+    registry.put(connection, lost, "aaa", {"inloox_url": sandbox.base_url, "inloox_api_key": INLOOX_TOKEN})
+    client = api.test_client()
+    create(client, "zzz", sandbox, slack_signing_secret=SLACK_SECRET)
+    sub = client.post("/workspaces/zzz/subscriptions", headers=auth(),
+                      json={"url": "https://example.com/hook", "events": ["Task.updated"]})
+    assert sub.status_code == 201, sub.text
+    old_key, new_key = api.config["SECRETS_KEY"], generate_key()
+
+    rotating = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                           "INLOOX_API_KEY": sandbox.token, "SECRETS_KEY": f"{new_key},{old_key}"})
+    result = rotating.test_cli_runner().invoke(args=["secrets", "rotate"])
+
+    assert result.exit_code != 0  # not done: the old key must not be dropped yet
+    assert "'aaa'" in result.output and lost.key_ids[0] in result.output and INLOOX_TOKEN not in result.output
+    only_new = registry.View(connection, Keyring([new_key]), refresh_seconds=0)
+    assert set(only_new.workspaces()) == {"default", "zzz"}  # the others are all under the new key
+    assert only_new.workspaces()["zzz"].slack_signing_secret == SLACK_SECRET
+    stored = b"".join(connection.hvals("ws:zzz:subs"))
+    assert stored.count(f"fernet:{Keyring([new_key]).newest}:".encode()) == 1 and f"fernet:{Keyring([old_key]).newest}:".encode() not in stored
+
+
 def test_a_secret_this_process_cannot_unseal_stops_only_its_workspace(api, sandbox, redis_url):
     connection = redis.Redis.from_url(redis_url)
     other_key = Keyring([generate_key()])

@@ -9,20 +9,31 @@ import redis
 from workers import subscriptions
 from workers.registry import _records
 from workers.registry._store import names, update
-from workers.secrets import Keyring
+from workers.secrets import Keyring, SecretUnreadable
 
 
 def rotate_secrets(connection: redis.Redis, keyring: Keyring) -> int:
     """Re-seal every secret not yet under the newest key, in the registry and in every workspace's
     subscriptions (sealing those stored in plain text before sealing began); returns how many.
 
-    Raises SecretUnreadable (naming the workspace and the key) when one cannot be opened with these
-    keys: nothing of that workspace is changed, and the ones rotated before it stay rotated.
+    A workspace (or subscription) with a secret these keys cannot open is left as it is, and every
+    other one is still re-sealed: one customer's lost key must not keep every other secret under the
+    old key. Then it raises SecretUnreadable naming each one left and the key it needs (never a
+    secret), after the others are done: the old keys must stay in SECRETS_KEY until those are fixed.
     """
-    count = 0
+    count, unreadable = 0, []
     for name in names(connection):
-        count += _rotate_record(connection, keyring, name)
-    return count + subscriptions.reseal_all(connection, keyring)
+        try:
+            count += _rotate_record(connection, keyring, name)
+        except SecretUnreadable as exc:
+            unreadable.append(str(exc))
+    count += subscriptions.reseal_all(connection, keyring, unreadable)
+    if unreadable:
+        raise SecretUnreadable(f"re-sealed {count} secret(s) under key {keyring.newest}, but {len(unreadable)} "
+                               "workspace record(s) or subscription(s) hold a secret SECRETS_KEY cannot open, left as "
+                               "they are (keep their key in SECRETS_KEY, or set those secrets again): "
+                               + "; ".join(unreadable))
+    return count
 
 
 def _rotate_record(connection: redis.Redis, keyring: Keyring, name: str) -> int:
@@ -45,8 +56,6 @@ def _rotate_record(connection: redis.Redis, keyring: Keyring, name: str) -> int:
 
 
 def _with_workspace(name: str, rotate, sealed: str) -> str:
-    from workers.secrets import SecretUnreadable
-
     try:
         return rotate(sealed)
     except SecretUnreadable as exc:
