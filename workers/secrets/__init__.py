@@ -7,8 +7,9 @@ process missing a key can say which one, and never needs to print a key or a sec
 
 SECRETS_KEY holds one or more Fernet keys, comma-separated, newest first: new secrets are sealed
 under the first, and every key still opens what it sealed (MultiFernet's rotation). `make run`
-generates one into var/secrets.key. `flask secrets rotate` re-seals everything under the newest key,
-after which the older keys can be dropped.
+generates one into var/secrets.key. A new key is added last first (every process can then read what
+the others seal under it), then moved first; `flask secrets rotate` re-seals everything under the
+newest key, after which the older keys can be dropped (docs/deploy.md, "Secrets at rest").
 """
 from workers.secrets._keyring import Keyring, SecretUnreadable, SecretsKeyError, generate_key, is_sealed
 
