@@ -124,6 +124,8 @@ def secrets_of(config: dict) -> list[str]:
     """The secret values in a configuration mapping (as `workers.settings.load_config()` returns it)."""
     found = [str(config.get(name) or "") for name in SECRET_SETTINGS]
     found += [s for pair in (config.get("WEBHOOK_SOURCES") or {}).values() for s in pair]
+    # Each key of SECRETS_KEY on its own (comma-separated, maybe with spaces): one opens every stored secret.
+    found += [k.strip() for k in str(config.get("SECRETS_KEY") or "").split(",")]
     # Every workspace's own: its InLoox token, admin token, webhook and chat secrets.
     return found + [s for workspace in (config.get("WORKSPACES") or {}).values() for s in workspace.secrets()]
 

@@ -77,6 +77,13 @@ def test_every_workspaces_secrets_and_the_operator_token_are_redacted_too():
     assert json.loads(line)["message"] == "*** *** *** *** ***"
 
 
+def test_every_key_of_secrets_key_is_redacted_too():
+    new, old = "f3Vn0Dk9Q2sB7yT1mZ8cX4rW6pL5hJ0aE2uI9oY3tGs=", "q9Wm2Lk7Xc4Vb1Nz8As5Df3Gh6Jk0Lp2Oi9Uy7Tr4Ew="
+    line = JsonFormatter(secrets_of({"SECRETS_KEY": f"{new}, {old}"})).format(
+        record("keys %s and %s", new, old))
+    assert json.loads(line)["message"] == "keys *** and ***"
+
+
 def test_overlapping_secrets_are_masked_whole_not_one_after_the_other():
     # Replacing the longer first would leave "tok_ab", a piece of the shorter, in the line.
     line = JsonFormatter(["tok_abcdef", "cdef_more_secret"]).format(record("got tok_abcdef_more_secret."))
