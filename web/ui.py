@@ -6,7 +6,7 @@ nothing fetched from elsewhere. Times show as "3 min ago" with the exact UTC tim
 
 Served for each workspace (`/ui` is the default one's, `/workspaces/<ws>/ui` any one's). With an
 admin token set (the workspace's, or OPERATOR_TOKEN), every page needs a login (a form that sets
-an HttpOnly, SameSite=Strict cookie, scoped to that dashboard's path, holding an HMAC of the token,
+an HttpOnly, SameSite=Strict cookie, scoped to that dashboard's path, holding an HMAC of the token under SECRETS_KEY,
 never the token) or `Authorization: Bearer <token>`. Pages show run records and rule files, which
 hold no tokens or webhook secrets.
 """
@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
 from web import charts, heavy, times
-from web.resources import get_context, get_redis
+from web.resources import get_context, get_keyring, get_redis
 from web.resources import get_registry
 from web.workspace import admin_token_hashes, bearer_token, is_admin, operator_open, require_workspace
 from web.events import replay_summary, selected_entries, since_epoch
@@ -32,6 +32,7 @@ from engine.whatif import whatif
 from workers import (activity, bundles, deliveries, event_history, failpoints, registry, rule_files, series,
                      subscriptions, workspaces)
 from workers.replay import ReplayRefused, replay
+from workers.secrets import SecretsKeyError
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
 from workers.outbound import redacted
@@ -93,7 +94,7 @@ def _login_needed(hashes: list[str], *, login: str | None):
 def _presented(hashes: list[str]) -> bool:
     """True when the session cookie or the bearer token is one of the tokens hashed in `hashes`."""
     cookie, bearer = request.cookies.get(COOKIE, ""), registry.token_hash(bearer_token())
-    return any(_same(cookie, _session(h)) or _same(bearer, h) for h in hashes)
+    return any(_same(bearer, h) or any(_same(cookie, s) for s in _sessions(h)) for h in hashes)
 
 
 def is_operator_session() -> bool:
@@ -146,7 +147,7 @@ def login():
     home = url_for(".index")  # /ui, or /workspaces/<ws>/ui: each workspace's session is its own
     target = request.args.get("next", "")
     response = redirect(target if target.startswith(home) else url_for(".overview"))
-    response.set_cookie(COOKIE, _session(registry.token_hash(given)), httponly=True, samesite="Strict", secure=request.is_secure,
+    response.set_cookie(COOKIE, _sessions(registry.token_hash(given))[0], httponly=True, samesite="Strict", secure=request.is_secure,
                         path=home)
     return response
 
@@ -436,7 +437,14 @@ def _rule_row(connection, rule, since: datetime) -> dict:
             "runs_24h": len(recent), "failures_24h": sum(r["status"] == "failed" for r in recent)}
 
 
-def _session(token_hash: str) -> str:
-    # The cookie proves the token was given without holding it: a stolen cookie reveals nothing. It
-    # is made from the token's hash, all the registry keeps of it.
-    return hmac.new(token_hash.encode(), b"inloox-automation dashboard", hashlib.sha256).hexdigest()
+def _sessions(token_hash: str) -> list[str]:
+    """The session cookies that prove `token_hash`'s token was given, the one to set first.
+
+    A stolen cookie reveals nothing of the token. It is made from the token's hash (all the registry keeps of
+    it) under the keys of SECRETS_KEY: made from the hash alone, anyone who reads Redis (a dump, a backup)
+    could make every workspace's cookie. One per key, so a rotation of SECRETS_KEY ends no session early.
+    """
+    try:
+        return get_keyring().tags(b"dashboard session\0" + token_hash.encode())
+    except SecretsKeyError:  # no registry then: the hash is in no Redis, only in this process's settings
+        return [hmac.new(token_hash.encode(), b"inloox-automation dashboard", hashlib.sha256).hexdigest()]

@@ -379,6 +379,26 @@ def test_a_process_with_another_key_leaves_the_declared_secrets_sealed_for_the_o
     assert ours.key_ids[0] in registry.View(connection, typo, refresh_seconds=0).unreadable()["acme"]
 
 
+def test_a_dashboard_session_cannot_be_made_from_what_redis_keeps_and_ends_with_its_token(api, sandbox, redis_url):
+    import hashlib
+    import hmac
+
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    token = create(client, "acme", sandbox)["admin_token"]
+    stored = registry.read(connection, "acme")["admin_token_sha256"]
+    # Whoever reads Redis (a dump, a backup) has the token's hash: a cookie made from it alone must not log in.
+    forged = hmac.new(stored.encode(), b"inloox-automation dashboard", hashlib.sha256).hexdigest()
+    stranger = api.test_client()
+    stranger.set_cookie("ui_session", forged, path="/workspaces/acme/ui")
+    assert stranger.get("/workspaces/acme/ui/runs").status_code == 302  # to the login form
+
+    admin = api.test_client()
+    assert admin.post("/workspaces/acme/ui/login", data={"token": token}).status_code == 302
+    assert admin.get("/workspaces/acme/ui/runs").status_code == 200
+    assert client.post("/workspaces/acme/admin-token", headers=auth()).status_code == 201
+    assert admin.get("/workspaces/acme/ui/runs").status_code == 302  # the old token's session ends with it
+
+
 def test_export_holds_bundles_subscriptions_events_and_runs_but_no_secret(api, sandbox):
     client = api.test_client()
     token = create(client, "acme", sandbox)["admin_token"]

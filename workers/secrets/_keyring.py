@@ -1,7 +1,9 @@
 """The keyring: seal, unseal and re-seal secrets under the keys of SECRETS_KEY."""
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 from collections.abc import Mapping, Sequence
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -46,9 +48,11 @@ class Keyring:
             raise SecretsKeyError("SECRETS_KEY is empty: set one or more Fernet keys, comma-separated, newest first "
                                   "(make run generates var/secrets.key)")
         self._fernets: dict[str, Fernet] = {}
+        self._tag_keys: dict[str, bytes] = {}
         for place, key in enumerate(keys, 1):
             try:
                 self._fernets.setdefault(key_id(key), Fernet(key))
+                self._tag_keys.setdefault(key_id(key), base64.urlsafe_b64decode(key))
             except ValueError:
                 raise SecretsKeyError(f"SECRETS_KEY: key {place} of {len(keys)} is not a Fernet key "
                                       "(32 url-safe base64-encoded bytes)") from None
@@ -63,6 +67,12 @@ class Keyring:
     def key_ids(self) -> list[str]:
         """The ids of this keyring's keys, newest first."""
         return list(self._fernets)
+
+    def tags(self, data: bytes) -> list[str]:
+        """HMAC-SHA256 of `data` under each key, newest first: a proof only a holder of SECRETS_KEY can make
+        (the dashboard's session cookie), checked against each so a key rotation ends no session early."""
+        return [hmac.new(raw, b"inloox-automation tag\0" + data, hashlib.sha256).hexdigest()
+                for raw in self._tag_keys.values()]
 
     def seal(self, text: str) -> str:
         """`text` encrypted under the newest key, as `fernet:<key id>:<token>`."""
