@@ -302,13 +302,17 @@ def _pair(text: str, option: str = "--env") -> tuple[str, str]:
     return name, value
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 def _given(input_pairs: tuple[str, ...]) -> dict:
     """--input NAME=VALUE pairs as the manual event's input: JSON where VALUE is JSON, else the text."""
     given = {}
     for name, value in (_pair(p, "--input") for p in input_pairs):
         try:
-            given[name] = json.loads(value)
-        except ValueError:  # plain text: `reason=done by hand`
+            given[name] = json.loads(value, parse_constant=_not_json)
+        except ValueError:  # plain text: `reason=done by hand`, and NaN, which no JSON holds
             given[name] = value
     return given
 

@@ -67,6 +67,10 @@ def test_a_manual_rule_that_reads_input_is_given_it_with_input_pairs(runner):
     assert result.exit_code == 0, result.output
     assert '"key": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "values": {"IsArchived": true}' in result.output
     assert "<p>Archived by hand: done by hand</p>" in result.output
+    # NaN and Infinity are Python's JSON, not JSON: text, as a webhook body's would be refused
+    result = runner.invoke(args=["rules", "run", "archive-project", "--dry-run", "--input", "reason=NaN",
+                                 "--input", "project_id=3fa85f64-5717-4562-b3fc-2c963f66afa6"])
+    assert "<p>Archived by hand: NaN</p>" in result.output and "nan" not in result.output
     assert result.output.splitlines()[-1] == "dry run: nothing was written"
 
 
