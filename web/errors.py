@@ -1,7 +1,8 @@
 """One JSON error shape for every HTTP error: {"error": {"code", "message", "details"}}."""
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+import redis
+from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
 from workers.secrets import SecretsKeyError
@@ -30,6 +31,17 @@ def no_secrets_key(exc: SecretsKeyError):
     return handle_http_error(ServiceUnavailable(f"this needs the workspace registry's keys: {exc}"))
 
 
+REDIS_RETRY_SECONDS = 5
+
+
+def redis_unreachable(exc: redis.RedisError):
+    """Redis could not be reached (an outage, a failover) under a route that does not handle it itself: 503 with
+    Retry-After, as the webhook route answers, not a 500 (which says the request met a bug)."""
+    current_app.logger.error("%s %s: Redis could not be reached: %s", request.method, request.path, exc)
+    return handle_http_error(ServiceUnavailable("the data store (Redis) could not be reached; retry later",
+                                                retry_after=REDIS_RETRY_SECONDS))
+
+
 def favicon():
     """No icon: 204 rather than a 404 logged for every dashboard page a browser opens."""
     return "", 204
@@ -38,4 +50,7 @@ def favicon():
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(SecretsKeyError, no_secrets_key)
+    # Not every RedisError: a script's ResponseError is a bug, and stays a 500 with its traceback.
+    app.register_error_handler(redis.ConnectionError, redis_unreachable)
+    app.register_error_handler(redis.TimeoutError, redis_unreachable)
     app.add_url_rule("/favicon.ico", "favicon", favicon)
