@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import redis
 from dotenv import load_dotenv
 
+from workers.secrets import Keyring, SecretsKeyError
 from workers.workspaces import WorkspaceConfigError, load_workspaces
 
 STACK_ENV = "var/stack.env"
@@ -123,10 +124,13 @@ DEFAULTS = {
 def load_config() -> dict:
     """Every setting (see the module docstring for where each is found), plus the workspaces served.
 
-    A broken WORKSPACES_FILE stops the process with its errors (SystemExit), not a traceback.
+    A broken WORKSPACES_FILE stops the process with its errors (SystemExit), not a traceback; so does
+    a SECRETS_KEY that is set but holds an entry that is not a Fernet key (the message names the entry,
+    never the key). An empty SECRETS_KEY is allowed: the process serves its declared workspaces alone.
     """
     read_setting_files()
     config = settings_from(os.environ)
+    check_secrets_key(config)
     try:
         config["WORKSPACES"] = load_workspaces(config)
     except WorkspaceConfigError as exc:
@@ -164,6 +168,20 @@ def threads(config: Mapping[str, str]) -> int:
     """The most threads a process's settings let it run at once (a worker's events and jobs, a poller's polls)."""
     return (int(config.get("WORKER_THREADS") or 0) + int(config.get("WORKER_JOBS") or 0)
             + int(config.get("POLL_THREADS") or 0))
+
+
+def check_secrets_key(config: Mapping[str, str]) -> None:
+    """Stop the process (SystemExit) when SECRETS_KEY is set but an entry is not a Fernet key.
+
+    A typo must not pass for a missing key: the process would serve its declared workspaces alone,
+    and every workspace created through the API would answer 404 on it (docs/deploy.md, "Secrets at rest").
+    """
+    if not any(key.strip() for key in (config.get("SECRETS_KEY") or "").split(",")):
+        return  # empty: no registry, said once by each process (workers/registry/_served.py)
+    try:
+        Keyring.from_config(config)
+    except SecretsKeyError as exc:
+        raise SystemExit(f"Error: {exc}") from None
 
 
 def secrets_key(environ: Mapping[str, str] = os.environ) -> dict:

@@ -17,7 +17,7 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import free_port, port_open, wait_until
 from workers.runs import decode_record, decode_run
 from tests.support.sandbox import SandboxServer
 from tests.support.stack import FORM_RULE, PROJECT, ensure_project, deliver
@@ -719,6 +719,35 @@ def test_a_process_given_a_broken_workspaces_file_stops_with_its_errors(tmp_path
                               capture_output=True, text=True, timeout=30)
         assert done.returncode == 1 and "Traceback" not in done.stderr
         assert done.stderr.startswith(f"Error: {path}:4: workspaces.acme.inloox_url: 'ftp://acme.example' does not match")
+
+
+@pytest.mark.timeout(180)
+def test_a_process_given_a_malformed_secrets_key_stops_naming_the_entry_never_the_key(redis_url):
+    """A typo in SECRETS_KEY is not a missing key: each process stops at its start, saying which entry is wrong,
+    rather than serve its declared workspaces alone (and none of those created through the API)."""
+    from rq import Worker
+
+    from tests.support.processes import Process
+    from workers.poller import beats as poller_beats
+    from workers.secrets import generate_key
+
+    connection, port = redis.Redis.from_url(redis_url), free_port()
+    # RQ's command line reaches Redis before it builds the worker: a live Redis, so only the key can stop it.
+    env = {"SECRETS_KEY": f"{generate_key()},not-A-fernet-key-typo", "STACK_ENV": "", "REDIS_URL": redis_url}
+    started = {"web": (["-m", "web.server", "--port", str(port), "--no-pin"], lambda: port_open(port)),
+               "poller": (["-m", "workers.poller", "--no-pin"], lambda: poller_beats.read(connection)),
+               "scheduler": (["-m", "workers.scheduler"], lambda: poller_beats.read(connection)),
+               "worker": (["-m", "rq.cli", "worker", "--worker-class", "workers.worker.Worker", "--url", redis_url],
+                          lambda: Worker.all(connection=connection))}
+    for name, (args, serving) in started.items():
+        process = Process.python(*args, name=f"typo-{name}", env=env)
+        try:
+            wait_until(lambda: not process.alive() or serving(), 60, f"the {name} to stop or start serving")
+            assert not process.alive() and process.popen.returncode == 1, f"{name} serves: {process.output()[-2000:]}"
+            assert "Error: SECRETS_KEY: key 2 of 2 is not a Fernet key" in process.output(), process.output()
+            assert "Traceback" not in process.output() and "not-A-fernet-key-typo" not in process.output()
+        finally:
+            process.stop()
 
 
 def test_a_poller_keeps_every_lease_it_holds_renewed_with_one_script(stack, sandbox, tmp_path, redis_url):

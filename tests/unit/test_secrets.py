@@ -35,3 +35,13 @@ def test_a_bad_secrets_key_is_refused_without_printing_it(setting, message):
     with pytest.raises(SecretsKeyError, match=message) as refused:
         Keyring.from_config({"SECRETS_KEY": setting})
     assert "not-a-key" not in str(refused.value)
+
+
+@pytest.mark.parametrize("setting", ["", " ", " , "])
+def test_an_empty_secrets_key_lets_a_process_start_and_a_malformed_one_stops_it(setting):
+    from workers.settings import check_secrets_key
+
+    check_secrets_key({"SECRETS_KEY": setting})  # no registry: the declared workspaces alone, said once
+    with pytest.raises(SystemExit, match=r"^Error: SECRETS_KEY: key 2 of 2 is not a Fernet key") as stopped:
+        check_secrets_key({"SECRETS_KEY": f"{generate_key()},typo{setting}"})
+    assert "typo" not in str(stopped.value)
