@@ -9,8 +9,8 @@ from flask import Blueprint, g, jsonify
 from rq import Worker
 
 from inloox import InLooxError
-from web.resources import get_context, get_inloox, get_redis, inloox_slot
-from workers import rule_files
+from web.resources import DeclaredOnly, get_context, get_inloox, get_redis, get_registry, inloox_slot
+from workers import registry, rule_files, workspaces
 from workers.poller import beats as poller_beats
 from workers.worker import CONSUMER_BEAT, CONSUMER_BEAT_TTL, CONSUMER_STATES
 
@@ -33,9 +33,10 @@ def readyz():
 
     `rules` says which version of the rules runs and which files are broken; a broken file does not
     make the service unready (its last good version runs, and the web must keep accepting events).
+    `secrets` names the workspaces this process cannot unseal; only when it can unseal none is it unready.
     """
-    checks = {"redis": _check_redis(), "inloox": _check_inloox(), "worker": _check_worker(),
-              "pollers": _check_pollers(), "rules": _check_rules()}
+    checks = {"redis": _check_redis(), "secrets": _check_secrets(), "inloox": _check_inloox(),
+              "worker": _check_worker(), "pollers": _check_pollers(), "rules": _check_rules()}
     ready = all(check["ok"] for check in checks.values())
     return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
 
@@ -53,7 +54,7 @@ def _check_inloox() -> dict:
     if "workspace_token" not in g:
         # A hosted deployment without a default workspace: one account's outage must not take the
         # web out of its load balancer; each workspace's runs pause on their own (see workers.jobs).
-        return {"ok": True, "skipped": "no default workspace"}
+        return _without_default()
     try:
         with inloox_slot():  # a probe, too, holds none of the web's threads for long while InLoox hangs
             me = get_inloox().me()
@@ -66,7 +67,7 @@ def _check_inloox() -> dict:
 
 def _check_rules() -> dict:
     if "workspace_token" not in g:
-        return {"ok": True, "skipped": "no default workspace"}
+        return _without_default()
     try:
         context = get_context()
         _, version = context.rules.current()
@@ -74,6 +75,43 @@ def _check_rules() -> dict:
     except redis.RedisError as exc:
         return {"ok": True, "error": f"rule file states unavailable: {type(exc).__name__}: {exc}"}
     return {"ok": True, "version": version, "broken": broken}
+
+
+def _check_secrets() -> dict:
+    """The registry's workspaces this process cannot unseal: each by name, with the id of the key it lacks
+    (never a secret; no id when the record or a secret of it is damaged).
+
+    Unready only when the registry holds workspaces and this process can unseal none of them: its
+    SECRETS_KEY serves nobody, and a load balancer should send it nothing. Some unreadable is
+    "degraded" and ready: one customer's record must not take every web out of the load balancer
+    (those answer 503 on their own routes). What the registry view already holds, re-read only when
+    the registry changed: no unsealing per probe.
+    """
+    try:
+        view = get_registry()
+        readable, needed = view.workspaces(), view.needed_keys()
+    except (registry.RegistryUnavailable, redis.RedisError) as exc:
+        return {"ok": False, "error": f"the workspace registry cannot be read: {exc}"}
+    if isinstance(view, DeclaredOnly):
+        return {"ok": True, "skipped": f"no workspace registry ({view.why}): serving the declared workspaces only"}
+    if not needed:
+        return {"ok": True, "workspaces": len(readable)}
+    unreadable = [{"workspace": name, "needs_key": key} if key else {"workspace": name, "damaged": True}
+                  for name, key in sorted(needed.items())]
+    if not readable:
+        return {"ok": False, "workspaces": 0, "unreadable": unreadable,
+                "error": f"SECRETS_KEY opens none of the registry's {len(needed)} workspace(s)"}
+    return {"ok": True, "degraded": True, "workspaces": len(readable), "unreadable": unreadable}
+
+
+def _without_default() -> dict:
+    """A check of the default workspace's, skipped: there is none, or this process cannot unseal it."""
+    try:
+        unreadable = workspaces.DEFAULT in get_registry().needed_keys()
+    except (registry.RegistryUnavailable, redis.RedisError):
+        unreadable = False
+    return {"ok": True, "skipped": "the default workspace cannot be unsealed here (see checks.secrets)"
+            if unreadable else "no default workspace"}
 
 
 def _check_worker() -> dict:

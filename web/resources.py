@@ -77,6 +77,9 @@ class DeclaredOnly:
     def unreadable(self) -> dict:
         return {}
 
+    def needed_keys(self) -> dict:
+        return {}
+
     def refresh(self) -> None:
         pass
 

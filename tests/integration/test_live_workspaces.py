@@ -145,3 +145,5 @@ def test_a_web_process_without_secrets_key_serves_its_declared_workspace_and_nev
                          json={"inloox_url": sandbox.base_url, "inloox_api_key": "k"})
     assert refused.status_code == 503
     assert "SECRETS_KEY is empty" in refused.json["error"]["message"]
+    secrets = client.get("/readyz").json["checks"]["secrets"]  # ready: it serves its declared workspace
+    assert secrets["ok"] is True and "SECRETS_KEY is empty" in secrets["skipped"]

@@ -355,6 +355,41 @@ def test_a_secret_this_process_cannot_unseal_stops_only_its_workspace(api, sandb
     assert listed["acme"] == "" and other_key.key_ids[0] in listed["globex"]
 
 
+def test_readyz_names_the_workspaces_this_process_cannot_unseal_and_stays_ready_while_it_serves_others(
+        api, sandbox, redis_url):
+    connection, other_key = redis.Redis.from_url(redis_url), Keyring([generate_key()])
+    registry.put(connection, other_key, "globex", {"inloox_url": sandbox.base_url, "inloox_api_key": INLOOX_TOKEN})
+    client = api.test_client()
+    create(client, "acme", sandbox)
+
+    answer = client.get("/readyz")
+    assert answer.json["checks"].get("secrets") == {"ok": True, "degraded": True, "workspaces": 2,  # acme, default
+                                                    "unreadable": [{"workspace": "globex",
+                                                                    "needs_key": other_key.key_ids[0]}]}
+    assert INLOOX_TOKEN not in answer.text and api.config["SECRETS_KEY"] not in answer.text
+
+
+def test_readyz_is_not_ready_when_secrets_key_opens_no_workspace_of_the_registry(api, sandbox, redis_url):
+    from app import create_app
+
+    client = api.test_client()
+    create(client, "acme", sandbox)
+    ours = Keyring([api.config["SECRETS_KEY"]]).key_ids[0]
+    wrong = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                        "INLOOX_API_KEY": sandbox.token, "INLOOX_REQUESTS_PER_SECOND": "0",
+                        "SECRETS_KEY": generate_key()})
+
+    answer = wrong.test_client().get("/readyz")
+    assert answer.status_code == 503
+    secrets = answer.json["checks"].get("secrets", {})
+    assert secrets.get("ok") is False and secrets["error"] == "SECRETS_KEY opens none of the registry's 2 workspace(s)"
+    assert secrets["unreadable"] == [{"workspace": "acme", "needs_key": ours}, {"workspace": "default", "needs_key": ours}]
+    # Its default workspace is there, unreadable: not "no default workspace".
+    assert answer.json["checks"]["inloox"] == {"ok": True, "skipped": "the default workspace cannot be unsealed "
+                                                                      "here (see checks.secrets)"}
+    assert INLOOX_TOKEN not in answer.text and sandbox.token not in answer.text
+
+
 def test_a_process_with_another_key_leaves_the_declared_secrets_sealed_for_the_others(redis_url, sandbox):
     """A process started with a wrong SECRETS_KEY (a typo, a key dropped too early) applies the same declaration
     at its start: it cannot open what is stored, and must not seal it again under a key the others lack."""

@@ -35,6 +35,7 @@ class View:
         self._checked_at = float("-inf")
         self._workspaces: dict[str, Workspace] | None = None
         self._unreadable: dict[str, str] = {}
+        self._needed_keys: dict[str, str] = {}
         self._next_expiry = float("inf")
 
     def workspaces(self) -> dict[str, Workspace]:
@@ -46,6 +47,12 @@ class View:
         """Workspaces left out because a secret of theirs cannot be unsealed: name → why (no secret in it)."""
         self._follow()
         return dict(self._unreadable)
+
+    def needed_keys(self) -> dict[str, str]:
+        """The same workspaces: name → the id of the key a secret of theirs is sealed with and this process
+        lacks ("" when their record is damaged, or their key is held and the secret does not verify)."""
+        self._follow()
+        return dict(self._needed_keys)
 
     def held(self) -> dict[str, Workspace]:
         """The workspaces as last read, without looking at Redis (none before the first read): for what
@@ -86,15 +93,15 @@ class View:
         with self._connection.pipeline(transaction=True) as pipe:
             pipe.get(VERSION).hgetall(RECORDS)
             self._version, records = pipe.execute()
-        self._workspaces, self._unreadable = _unsealed(self._keyring, records)
+        self._workspaces, self._unreadable, self._needed_keys = _unsealed(self._keyring, records)
         # A webhook secret at the end of its rotation overlap stops verifying then, not at the next change.
         self._next_expiry = min((s["expires_at"] for raw in records.values()
                                  for hook in _records.decode(raw).get("webhooks", {}).values()
                                  for s in hook["secrets"] if s["expires_at"]), default=float("inf"))
 
 
-def _unsealed(keyring: Keyring, records: dict) -> tuple[dict[str, Workspace], dict[str, str]]:
-    served, unreadable = {}, {}
+def _unsealed(keyring: Keyring, records: dict) -> tuple[dict[str, Workspace], dict[str, str], dict[str, str]]:
+    served, unreadable, needed = {}, {}, {}
     now = time.time()
     for raw_name, raw in records.items():
         name = raw_name.decode()
@@ -102,8 +109,10 @@ def _unsealed(keyring: Keyring, records: dict) -> tuple[dict[str, Workspace], di
             served[name] = _records.to_workspace(keyring, _records.live_secrets(_records.decode(raw), now))
         except SecretUnreadable as exc:
             unreadable[name] = f"workspace {name!r} cannot be served: a secret of it cannot be read: {exc}"
+            needed[name] = "" if exc.key_id in keyring.key_ids else exc.key_id  # held: the secret is damaged
             log.error("%s", unreadable[name])
         except (ValueError, KeyError, TypeError) as exc:  # a damaged record: this workspace only
             unreadable[name] = f"workspace {name!r} cannot be served: its registry record is damaged ({exc!r})"
+            needed[name] = ""
             log.error("%s", unreadable[name])
-    return served, unreadable
+    return served, unreadable, needed
