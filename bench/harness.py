@@ -5,9 +5,11 @@ stack exactly as the tests and the Procfile do. Everything listens on 127.0.0.1 
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -60,8 +62,21 @@ def busy_processes(limit: int = 5) -> list[str]:
 
 # --- processes --------------------------------------------------------------------------------------
 def redis_server(*, durable: bool = True):
-    """An embedded Valkey on a free port, durable as in production (AOF, fsync every second)."""
-    return start_embedded(free_port(), Path(tempfile.mkdtemp(prefix="bench-valkey-")), durable=durable)
+    """An embedded Valkey on a free port, durable as in production (AOF, fsync every second); its data folder goes
+    when the bench exits (each run left its AOF in /tmp)."""
+    data = Path(tempfile.mkdtemp(prefix="bench-valkey-"))
+    _data.append(data)
+    return start_embedded(free_port(), data, durable=durable)
+
+
+_data: list[Path] = []  # the Valkey data folders this bench made
+
+
+@atexit.register
+def remove_data() -> None:
+    """Delete the bench's Valkey data folders (at exit; a bench that ends with os._exit calls it itself)."""
+    while _data:
+        shutil.rmtree(_data.pop(), ignore_errors=True)
 
 
 def gunicorn(env: dict, *, workers: int = WEB_WORKERS, threads: int = WEB_THREADS,
@@ -153,19 +168,6 @@ def _summed_kb(pids, file: str, label: str) -> int:
         except OSError:
             continue
     return total_kb
-
-
-def pss_mb(pids) -> float:
-    """Sum of proportional set sizes (Pss), in MB: pages shared by gunicorn's forks count once."""
-    total_kb = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024
 
 
 def tree_rss_mb(root: int) -> float:

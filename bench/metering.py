@@ -161,6 +161,7 @@ def main() -> None:
                           share=f"{100 * total / (args.per_event_ms * 1000):.1f}%"))
     print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
     server.stop() if hasattr(server, "stop") else None
+    harness.remove_data()  # os._exit runs no atexit handler
     os._exit(0)
 
 

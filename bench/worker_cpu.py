@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -173,6 +174,7 @@ def child(args) -> None:
         print(json.dumps(line), flush=True)
     finally:
         server.stop()
+        shutil.rmtree(data, ignore_errors=True)  # its AOF, left in /tmp by every run before
 
 
 def _another(ctx, name: str):
