@@ -28,6 +28,21 @@ def overdue_by_assignee(sandbox) -> dict[str, list[str]]:
     return found
 
 
+def run_by_hand(redis_url: str, rule_id: str) -> redis.Redis:
+    """Submit one manual event of `rule_id`, as `flask rules run` does; the connection, for what follows."""
+    connection = redis.Redis.from_url(redis_url)
+    event = Event("manual", rule_id, datetime.now(timezone.utc), id=f"manual:{rule_id}:1")
+    assert submit_event(connection, event, dedup_key=f"test:{rule_id}:1", dedup_ttl=60)
+    return connection
+
+
+def one_run_ended(redis_url: str, what: str) -> dict:
+    """The only run, once it is neither queued nor retrying."""
+    [run] = wait_until(lambda: (r := all_runs(redis_url)) and r[0]["status"] not in ("queued", "retrying") and r,
+                       60, what)
+    return run
+
+
 def test_the_digest_sends_each_assignee_one_notification_listing_their_overdue_tasks(stack, sandbox, receiver,
                                                                                       rules_dir, redis_url, workspace):
     sandbox.reset(seed="demo")
@@ -82,12 +97,9 @@ def test_a_queried_row_without_its_key_fails_the_run_naming_the_row_and_a_retry_
                   body={"value": [{"TaskItemId": tasks[0], "Name": "Write report"}, {"Name": "Review report"}]})
     stack.worker("worker-1")
 
-    event = Event("manual", "each-open-task", datetime.now(timezone.utc), id="manual:each-open-task:1")
-    connection = redis.Redis.from_url(redis_url)
-    assert submit_event(connection, event, dedup_key="test:each-open-task:1", dedup_ttl=60)
+    connection = run_by_hand(redis_url, "each-open-task")
 
-    [run] = wait_until(lambda: (r := all_runs(redis_url)) and r[0]["status"] not in ("queued", "retrying") and r,
-                       60, "the query's run to end")
+    run = one_run_ended(redis_url, "the query's run to end")
     assert run["status"] == "failed", run["reason"]
     assert "row 2" in run["reason"] and "TaskItemId" in run["reason"] and "Review report" in run["reason"]
     assert receiver.received == []  # no item of that answer ran
@@ -173,9 +185,7 @@ def test_a_failed_item_retried_from_the_start_does_not_repeat_its_landed_update(
     sandbox.fault(kind="status", status=400, count=1, methods=["POST"], path="^Task$")  # one item's follow-up
     stack.worker("worker-1")
 
-    event = Event("manual", "close-and-follow-up", datetime.now(timezone.utc), id="manual:close-and-follow-up:1")
-    connection = redis.Redis.from_url(redis_url)
-    assert submit_event(connection, event, dedup_key="test:close-and-follow-up:1", dedup_ttl=60)
+    connection = run_by_hand(redis_url, "close-and-follow-up")
     runs = wait_until(lambda: (r := all_runs(redis_url)) and len(r) == 3
                       and all(x["status"] not in ("queued", "retrying") for x in r) and r, 60, "every run to end")
     [failed] = [r for r in runs if r["status"] == "failed"]
@@ -223,11 +233,8 @@ def test_a_run_retried_from_the_start_does_not_repeat_its_landed_delete_on_what_
     sandbox.fault(kind="status", status=400, count=1, methods=["POST"], path="^Task$")  # the third step, once
     stack.worker("worker-1")
 
-    event = Event("manual", "delete-oldest-open", datetime.now(timezone.utc), id="manual:delete-oldest-open:1")
-    connection = redis.Redis.from_url(redis_url)
-    assert submit_event(connection, event, dedup_key="test:delete-oldest-open:1", dedup_ttl=60)
-    [run] = wait_until(lambda: (r := all_runs(redis_url)) and r[0]["status"] not in ("queued", "retrying") and r,
-                       60, "the run to end")
+    connection = run_by_hand(redis_url, "delete-oldest-open")
+    run = one_run_ended(redis_url, "the run to end")
     assert run["status"] == "failed", run["reason"]
     assert sandbox.get(f"Task({first})").status_code == 404 and sandbox.get(f"Task({second})").status_code == 200
 
