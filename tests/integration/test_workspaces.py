@@ -259,43 +259,33 @@ def test_a_second_heavy_request_of_a_workspace_is_answered_429_while_another_pro
     assert connection.exists(lease) == 0  # given back when it ended
 
 
-def test_a_heavy_requests_lease_whose_answer_redis_lost_is_503_and_leaves_no_lease_behind(redis_url, sandbox,
-                                                                                        monkeypatch):
-    """Redis failed as the workspace's lease was taken (here: stored, its answer lost, as a connection reset does).
-    The request was answered 500 with a traceback, and the lease it had stored refused every replay, upload and
-    what-if of the workspace for LEASE_SECONDS (5 minutes) as "in progress already", with none in progress. Now it
-    is a 503 saying to try again (the dashboard: a notice), and a lease stored is given back."""
+def test_a_heavy_requests_lease_whose_answer_redis_lost_is_503_and_leaves_no_lease_behind(redis_url, sandbox):
+    """Redis failed as the workspace's lease was taken (here: stored, its answer lost, as a connection reset does:
+    a proxy cuts the connection right after the lease's SET). The request was answered 500 with a traceback, and the
+    lease it had stored refused every replay, upload and what-if of the workspace for LEASE_SECONDS (5 minutes) as
+    "in progress already", with none in progress. Now it is a 503 saying to try again (the dashboard: a notice), and
+    a lease stored is given back."""
     from app import create_app
-    from web import heavy
+    from tests.support.cut import MidWriteCut
     from workers.workspaces import Workspace
 
     globex = Workspace("globex", sandbox.base_url, sandbox.token, admin_token="g")
-    client = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {"globex": globex}}).test_client()
     admin, base, lease = {"Authorization": "Bearer g"}, "/workspaces/globex", "ws:globex:heavy"
     connection = redis.Redis.from_url(redis_url)
+    with MidWriteCut(connection.connection_pool.connection_kwargs["port"]) as proxy:
+        client = create_app({"TESTING": True, "REDIS_URL": proxy.url, "WORKSPACES": {"globex": globex}}).test_client()
+        proxy.arm(lambda command: lease.encode() in command, after=1)  # the lease's SET reaches Redis, no answer
+        replay = client.post(f"{base}/events/replay", json={"since": "1h"}, headers=admin)
+        proxy.wait_cut()
+        proxy.arm(lambda command: lease.encode() in command, after=1)
+        page = client.post(f"{base}/ui/events/replay", data={"since": "1h"}, headers=admin, follow_redirects=True)
+        proxy.wait_cut()
 
-    class AnswerLost:  # the lease's SET reaches Redis, its answer does not come back
-        def __init__(self, real):
-            self.real = real
-
-        def set(self, *args, **kwargs):
-            self.real.set(*args, **kwargs)
-            raise redis.ConnectionError("Connection reset by peer")
-
-        def __getattr__(self, name):
-            return getattr(self.real, name)
-
-    real_redis = heavy.get_redis
-    monkeypatch.setattr(heavy, "get_redis", lambda: AnswerLost(real_redis()))
-    replay = client.post(f"{base}/events/replay", json={"since": "1h"}, headers=admin)
-    page = client.post(f"{base}/ui/events/replay", data={"since": "1h"}, headers=admin, follow_redirects=True)
-
-    assert replay.status_code == 503 and replay.headers["Retry-After"] == "10", replay.text
-    assert "nothing was done" in replay.json["error"]["message"], replay.text
-    assert page.status_code == 200 and "Not replayed: " in page.text, page.text
-    assert connection.exists(lease) == 0
-    monkeypatch.setattr(heavy, "get_redis", real_redis)
-    assert client.post(f"{base}/events/replay", json={"since": "1h"}, headers=admin).status_code == 202
+        assert replay.status_code == 503 and replay.headers["Retry-After"] == "10", replay.text
+        assert "nothing was done" in replay.json["error"]["message"], replay.text
+        assert page.status_code == 200 and "Not replayed: " in page.text, page.text
+        assert connection.exists(lease) == 0
+        assert client.post(f"{base}/events/replay", json={"since": "1h"}, headers=admin).status_code == 202
 
 
 DONE_RULE = """
