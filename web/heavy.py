@@ -17,10 +17,12 @@ import threading
 from contextlib import contextmanager
 
 import redis
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from web.resources import get_redis
-from workers import workspaces
+from workers import failpoints, workspaces
 from workers.workspaces import key
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,6 @@ LEASE_SECONDS = 300
 WHAT = "a replay, a rule bundle upload or a what-if comparison"
 
 _slots = threading.BoundedSemaphore(PER_PROCESS)
-
-# KEYS: the workspace's lease. ARGV: this request's token. Only the request that took the lease gives it back: one
-# that outlived LEASE_SECONDS must not end the lease a later request holds now.
-_GIVE_BACK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 
 class Busy(Exception):
     """Another heavy request holds the process's turn or the workspace's: try again in `retry_after` seconds."""
@@ -60,30 +52,35 @@ def turn():
         raise Busy(f"this web server is busy with {WHAT} (one at a time, so that webhooks stay answered); "
                    f"try again in {RETRY_AFTER_SECONDS} s")
     try:
-        connection, lease, token = get_redis(), key("heavy"), secrets.token_hex(16)
+        # redis-py's Lock: only the request that took the lease gives it back (one that outlived LEASE_SECONDS must
+        # not end the lease a later request holds now).
+        lease, token = get_redis().lock(key("heavy"), timeout=LEASE_SECONDS, blocking=False), secrets.token_hex(16)
         try:
-            taken = connection.set(lease, token, nx=True, ex=LEASE_SECONDS)
+            taken = lease.acquire(token=token)
         except redis.RedisError:
             # Perhaps stored, its answer lost: given back if Redis answers now, else it ends in LEASE_SECONDS.
             # Left there, it refused every heavy request of the workspace as "in progress" with none in progress.
-            _give_back(connection, lease, token)
+            _give_back(lease, token)
             raise Unreachable(f"Redis did not answer as {WHAT} of workspace {workspaces.current().name!r} began, "
                               f"so nothing was done; try again in {RETRY_AFTER_SECONDS} s") from None
         if not taken:
             raise Busy(f"workspace {workspaces.current().name!r} has {WHAT} in progress already (one at a time); "
                        f"try again in {RETRY_AFTER_SECONDS} s")
         try:
+            failpoints.hit("heavy_request")  # tests only: the request held in progress, its thread taken
             yield
         finally:
-            _give_back(connection, lease, token)  # the request's own answer stands whatever Redis says here
+            _give_back(lease, token)  # the request's own answer stands whatever Redis says here
     finally:
         _slots.release()
 
 
-def _give_back(connection, lease: str, token: str) -> None:
+def _give_back(lease: Lock, token: str) -> None:
     """Give the workspace's lease back if it is this request's; on a Redis error it goes by itself (LEASE_SECONDS)."""
     try:
-        connection.eval(_GIVE_BACK, 1, lease, token)
+        lease.do_release(token)
+    except LockNotOwnedError:
+        pass  # not taken after all, or run out and taken by another since: nothing of ours to give back
     except redis.RedisError:
         log.warning("the heavy-request lease of workspace %r could not be given back; it ends in %d s",
                     workspaces.current().name, LEASE_SECONDS)

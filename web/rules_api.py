@@ -19,7 +19,7 @@ from web.heavy import limited
 from web.openapi import check_query, request_body
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
-from workers import bundles, failpoints, workspaces
+from workers import bundles, workspaces
 from workers.manual import ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
 from workers.runs import run_id
 
@@ -67,7 +67,6 @@ def upload():
     """
     _require_bundle_workspace()
     request.max_content_length = MAX_BUNDLE_BYTES
-    failpoints.hit("heavy_request")
     try:
         files = bundles.parse_bundle(request.get_data(cache=False), request.content_type or "")
     except bundles.RefusedBundle as exc:  # read, but holding what no rule may: answered as invalid rules are

@@ -29,8 +29,8 @@ from web.workspace_states import workspace_states
 from web.usage import usage_page
 from engine.rules import load_texts
 from engine.whatif import whatif
-from workers import (activity, bundles, deliveries, event_history, failpoints, registry, rule_files, series,
-                     subscriptions, workspaces)
+from workers import (activity, bundles, deliveries, event_history, registry, rule_files, series, subscriptions,
+                     workspaces)
 from workers.replay import ReplayRefused, replay
 from workers.secrets import SecretsKeyError
 from workers.workspaces import key
@@ -260,7 +260,6 @@ def replay_events():
     event_id, dry_run = form.get("event") or "", bool(form.get("dry_run"))
     try:
         with heavy.turn():  # as POST /events/replay: one at a time per process and workspace (web/heavy.py)
-            failpoints.hit("heavy_request")
             entries = selected_entries(get_redis(), since=form.get("since") or None,
                                        event_ids=[event_id] if event_id else [])
             done = replay(get_context(), entries, force=bool(form.get("force")), dry_run=dry_run, by="dashboard")
@@ -290,7 +289,6 @@ def whatif_page():
             abort(404, f"no rule bundle version {number}")
         try:
             with heavy.turn():  # up to WHATIF_SECONDS of a web thread: one at a time (web/heavy.py)
-                failpoints.hit("heavy_request")
                 report = _whatif(connection, context, texts)
         except heavy.Busy as exc:
             return redirect(url_for(".whatif_page", notice=f"Not compared: {exc}"))
