@@ -34,5 +34,7 @@ def test_a_request_is_dated_by_its_first_bytes_not_its_last():
     parser = StampedParser(Adjustments())  # waitress makes it as the first bytes come
     feed(parser, REQUEST[:10])
     time.sleep(0.1)
+    rest = time.monotonic()
     feed(parser, REQUEST[10:])
-    assert parser.completed and sent <= parser.arrived < sent + 0.05
+    # By order, not by a time bound (a busy machine may take any time between two lines).
+    assert parser.completed and sent <= parser.arrived < rest
