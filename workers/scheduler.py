@@ -7,7 +7,8 @@ last look moves on at its ticks too, with nothing fired (see `fire_due`).
 
 Keys are the workspace's own (`workspaces.key`):
 
-    schedule:last                 sorted set: rule id → the time (epoch s) up to which ticks were handled
+    schedule:last                 sorted set: rule id → the time (epoch s) up to which ticks were handled;
+                                  a rule that leaves the rules loses its entry (see `fire_due`)
     schedule:fired:<rule>:<tick>  the tick's dedup claim, kept FIRED_TTL after the tick (or after now, if later)
 
 The dedup claim is the lock: any number of schedulers may run side by side, and each tick of a
@@ -85,6 +86,17 @@ class Upcoming:
     def __init__(self) -> None:
         # (workspace, rule id) → (its schedule when looked at, the last look, the next tick after it)
         self._seen: dict[tuple[str, str], tuple[tuple, datetime, datetime | None]] = {}
+        self._rules: dict[str, Ruleset] = {}  # workspace → the rules its last round read
+
+    def rules_changed(self, ruleset: Ruleset) -> bool:
+        """True until `keep_only` was told of these rules of this workspace (a first round, rules loaded again)."""
+        return self._rules.get(workspaces.current().name) is not ruleset
+
+    def keep_only(self, ruleset: Ruleset, rule_ids: set[str]) -> None:
+        """Forget what is remembered of this workspace's rules other than `rule_ids`, the schedules of `ruleset`."""
+        name = workspaces.current().name
+        self._seen = {k: v for k, v in self._seen.items() if k[0] != name or k[1] in rule_ids}
+        self._rules[name] = ruleset
 
     @staticmethod
     def _key(rule: Rule) -> tuple[str, str]:
@@ -110,6 +122,7 @@ class Upcoming:
     def forget(self, workspace: str) -> None:
         """Drop what is remembered of a workspace no longer served (deleted: its rules are gone)."""
         self._seen = {k: v for k, v in self._seen.items() if k[0] != workspace}
+        self._rules.pop(workspace, None)
 
     def looked(self, rule: Rule, now: datetime) -> None:
         upcoming = next_tick(rule, now)
@@ -124,8 +137,12 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
     A disabled rule fires nothing, but its last look moves on all the same: its ticks meanwhile were
     not missed by a scheduler that was down, and `catch_up: latest` must not fire one of them (a
     rule disabled for a week would run for a tick of that week the moment it is enabled again).
+    For the same reason a rule deleted from the rules (or that lost its schedule) has its last look
+    forgotten when the rules change: added again later, it is a new rule and starts from then.
     """
     accepted = []
+    if upcoming is None or upcoming.rules_changed(ruleset):
+        _forget_gone(connection, ruleset, upcoming)
     for rule in ruleset.schedules(disabled=True):
         if upcoming is not None and upcoming.waiting(rule, now):
             continue
@@ -143,6 +160,21 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
         if upcoming is not None:
             upcoming.looked(rule, now)
     return accepted
+
+
+def _forget_gone(connection: redis.Redis, ruleset: Ruleset, upcoming: Upcoming | None) -> None:
+    """Drop the last looks (in Redis and remembered) of rules that are no longer schedule rules.
+
+    Kept, a rule removed in January and added again in March under the same id found January's
+    look and, with `catch_up: latest`, fired February's last tick the moment it came back.
+    """
+    present = {rule.id for rule in ruleset.schedules(disabled=True)}
+    gone = [rule_id for rule_id in connection.zrange(key(LAST_KEY), 0, -1)
+            if rule_id.decode() not in present]
+    if gone:
+        connection.zrem(key(LAST_KEY), *gone)
+    if upcoming is not None:
+        upcoming.keep_only(ruleset, present)
 
 
 def _look(pipe, *, rule_id: str, at: float) -> None:

@@ -242,6 +242,35 @@ def test_a_rule_enabled_again_fires_no_tick_that_came_while_it_was_disabled(redi
     assert queued_ticks(connection) == [("hourly-latest", three.isoformat().replace("+00:00", "Z"))]
 
 
+def test_a_rule_deleted_and_added_again_fires_no_tick_from_the_time_it_was_gone(redis_url, sandbox, rules_dir):
+    """A rule removed from the rules kept its last look in `schedule:last` (one entry per rule id ever); added again
+    under the same id hours later, `catch_up: latest` fired the last tick of the time it did not exist."""
+    from engine import load_rules
+    write_rule(rules_dir, "hourly", RULE.format(id="hourly-latest", cron="0 * * * *", catch_up="latest"))
+    with_rule = load_rules(rules_dir)
+    (rules_dir / "hourly.yaml").unlink()
+    write_rule(rules_dir, "other", RULE.format(id="daily", cron="0 3 * * *", catch_up="skip"))
+    without = load_rules(rules_dir)
+    connection = redis.Redis.from_url(redis_url)
+    upcoming = scheduler.Upcoming()
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
+        assert scheduler.fire_due(connection, with_rule, now=hour + timedelta(minutes=1), upcoming=upcoming) == []
+        # Deleted at 0:05; the scheduler goes on with the other rules past the 1:00 and 2:00 ticks.
+        for minutes in range(5, 150, 5):
+            assert scheduler.fire_due(connection, without, now=hour + timedelta(minutes=minutes),
+                                      upcoming=upcoming) == []
+        gone = connection.zrange(LAST_KEY, 0, -1)
+        # Added again at 2:30, as this scheduler sees it and as one started afresh does: nothing fires.
+        assert scheduler.fire_due(connection, with_rule, now=hour + timedelta(minutes=150), upcoming=upcoming) == []
+        assert scheduler.fire_due(connection, with_rule, now=hour + timedelta(minutes=151)) == []
+        three = hour + timedelta(hours=3)
+        assert scheduler.fire_due(connection, with_rule, now=three + timedelta(seconds=2), upcoming=upcoming) == [
+            f"schedule:hourly-latest:{three.isoformat().replace('+00:00', 'Z')}"]
+    assert queued_ticks(connection) == [("hourly-latest", three.isoformat().replace("+00:00", "Z"))]
+    assert gone == [b"daily"]  # while it was gone, nothing of it was kept
+
+
 def test_a_tick_and_the_rules_last_look_are_stored_together_or_not_at_all(redis_url, sandbox, rules_dir):
     """A connection lost right after a tick's event was stored left the rule's last look behind that tick: its claim
     lasts FIRED_TTL (7 days), and a scheduler back after longer, with `catch_up: latest` on a monthly rule, found the
