@@ -44,37 +44,59 @@ def check_job_name(run: dict) -> str:
 
 @workspace_job
 def check_hold(ctx, run_id: str) -> str:
-    """The hold is over: run the rule if it still matches, skip it otherwise; returns the status."""
+    """The hold is over: run the rule if it still matches, skip it otherwise; returns the status.
+
+    Under the run's lock (the one its executors take): two checks of one run at once (scheduled again by the
+    sweeper or by its event handled again while one was reading InLoox) each read "held" and queued the run with
+    a plan of its own; with the rules changed between them, the later plan ran after the first had finished, and
+    wrote what the first had not (tests/integration/test_holds.py). A check that finds the lock taken leaves the
+    run to whoever has it; should that one die, the sweeper schedules the check again once the lock ran out.
+    """
+    lock = ctx.connection.lock(workspaces.key(f"run-lock:{run_id}"), timeout=ctx.run_lease, blocking=False)
+    if not lock.acquire():
+        return "locked"
+    try:
+        run, queued = _check(ctx, run_id)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass  # it ran out (a check longer than a lease): nothing of ours to give back
+    if queued:
+        queue_run(ctx.connection, run)  # after the lock is given back: the executor takes it
+    return run["status"] if run else "missing"
+
+
+def _check(ctx, run_id: str) -> tuple[dict | None, bool]:
+    """check_hold's work under the run's lock: (the run as it stands now, whether it is to be queued)."""
     run = load_run(ctx.connection, run_id)
     if run is None or run["status"] != "held":
-        return run["status"] if run else "missing"
+        return run, False
     plan = Plan.from_dict(run["plan"])
     rule = ctx.ruleset().get(plan.rule_id)
     if rule is None:
-        return _finish(ctx, run, "skipped", "the rule was removed during the hold")
+        return _finish(ctx, run, "skipped", "the rule was removed during the hold"), False
     try:
         event = _current(ctx.client, Event.from_dict(plan.event))
     except NotFound:
-        return _finish(ctx, run, "skipped", "the entity was deleted during the hold")
+        return _finish(ctx, run, "skipped", "the entity was deleted during the hold"), False
     except InLooxError as exc:
         # The run's deadline counts from the next check (workers/runs.py deadline), not from now: else it fell at
         # the moment that check was due, and the sweeper took the run for lost whenever the check came a little late.
         run["resume_at"] = time.time() + RECHECK_AFTER_ERROR
         schedule_check(ctx.connection, run)
-        return _finish(ctx, run, "held", f"could not re-read InLoox ({exc}); checking again soon")
+        return _finish(ctx, run, "held", f"could not re-read InLoox ({exc}); checking again soon"), False
     now = datetime.now(timezone.utc)
     match = match_rule(event, rule, now=now, env=ctx.rule_env)
     if match.reason is not None:
-        return _finish(ctx, run, "skipped", f"no longer matches after the hold: {match.reason}")
+        return _finish(ctx, run, "skipped", f"no longer matches after the hold: {match.reason}"), False
     try:
         fresh = plan_rule(event, rule, now=now, env=ctx.rule_env, defer_env=True)
     except TemplateError as exc:
-        return _finish(ctx, run, "failed", str(exc))
+        return _finish(ctx, run, "failed", str(exc)), False
     # A forced run keeps writing under keys of its own: under the first run's, its create adopted that run's entity.
     run["plan"] = plan_record(fresh, run.get("forced"))
-    _finish(ctx, run, "queued", "the hold is over and the rule still matches")
-    queue_run(ctx.connection, run)
-    return "queued"
+    return _finish(ctx, run, "queued", "the hold is over and the rule still matches"), True
 
 
 def _current(client, event: Event) -> Event:
@@ -86,7 +108,7 @@ def _current(client, event: Event) -> Event:
     return replace(event, entity=entity, changes=changes)
 
 
-def _finish(ctx, run: dict, status: str, reason: str) -> str:
+def _finish(ctx, run: dict, status: str, reason: str) -> dict:
     run["status"], run["reason"] = status, reason
     save_run(ctx.connection, run, now=datetime.now(timezone.utc))
-    return status
+    return run

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from datetime import datetime
 
 import redis as redis_lib
@@ -160,3 +161,51 @@ def test_a_forced_replay_of_a_held_rule_writes_its_own_entity(stack, sandbox, ru
                       all(x["status"] in ("succeeded", "failed") for x in r) and r, 30, "the forced run to end")
     assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
     assert sandbox.count("Task", "Name eq 'Follow-up Write report'") == 2
+
+
+def test_two_checks_of_one_hold_at_once_with_new_rules_between_write_once(stack, sandbox, rules_dir, redis_url):
+    """Two checks of one held run at once (the sweeper or a redelivered event schedules one while another reads
+    InLoox): each read "held" and queued the run with its own plan. With the rule edited between them, the first
+    check's plan ran and wrote; the late one then stored its own plan over the finished run and queued it again:
+    a second follow-up task, written by the old rule. Checks now take the run's lock."""
+    import threading
+
+    from engine import Event
+    from workers import holds
+    from workers.intake import submit_event
+    from workers.worker_context import build_context
+
+    write_rule(rules_dir, "follow-up", FOLLOW_UP_AFTER_HOLD.replace("for: 1s", "for: 1h"))  # checked by the test
+    workspace = workspaces.Workspace(workspaces.DEFAULT, sandbox.base_url, sandbox.token, rules_path=str(rules_dir),
+                                     limits=workspaces.Limits(inloox_requests_per_second=0))
+    task = make_task(sandbox, "Write report")
+    stack.worker("worker-1")  # executes what a check queues
+    connection = redis_lib.Redis.from_url(redis_url)
+    event = Event("inloox", "updated", datetime.now().astimezone(), id="inloox:task:renamed:2", entity_set="Task",
+                  key=task, changes={"Name": ["Write", "Write report"]}, entity=sandbox.get(f"Task({task})").json())
+    with workspaces.using(workspace):
+        assert submit_event(connection, event, dedup_key="test:task:renamed:2", dedup_ttl=60)
+    [run] = wait_until(lambda: runs_in(redis_url, "held"), 20, "the run to be held")
+
+    config = {"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": "", "RULES_ENV": "", "DELIVERY_RETRY_SECONDS": ""}
+    ctx = build_context(config, workspace, connection)
+    sandbox.fault(kind="latency", latency_ms=8000, count=1, methods=["GET"], path=r"^Task\(")  # the first check's read
+    results = {}
+
+    def check(name: str) -> None:
+        with workspaces.using(workspace):
+            results[name] = holds.check_hold.__wrapped__(ctx, run["id"])
+
+    first = threading.Thread(target=check, args=("first",))
+    first.start()
+    time.sleep(1)  # its read under way (the sandbox logs a request once it has answered it)
+    write_rule(rules_dir, "follow-up", FOLLOW_UP_AFTER_HOLD.replace("for: 1s", "for: 1h")
+               .replace("Follow-up", "Next step"))
+    time.sleep(2.5)  # past RULES_RECHECK_SECONDS: the second check reads the new rule
+    check("second")
+    first.join(20)
+    wait_until(lambda: [r["status"] for r in all_runs(redis_url)] == ["succeeded"], 30, "the run to end")
+    time.sleep(2)  # anything queued again would run by now
+    assert [r["status"] for r in all_runs(redis_url)] == ["succeeded"]
+    names = sorted(t["Name"] for t in sandbox.get("Task").json()["value"] if t["Name"] != "Write report")
+    assert len(names) == 1, names
