@@ -126,7 +126,12 @@ def all_subscriptions(connection: redis.Redis) -> list[Subscription]:
 
 
 def delete(connection: redis.Redis, sub_id: str) -> bool:
-    return bool(connection.hdel(key("subs"), sub_id))
+    # Its index of deliveries goes with it: nothing reads it once the subscription is gone, and a workspace that
+    # subscribes again and again left one behind each time (the records themselves expire).
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hdel(key("subs"), sub_id)
+        pipe.delete(key(f"subs:{sub_id}:deliveries"))
+        return bool(pipe.execute()[0])
 
 
 def rotate(connection: redis.Redis, sub_id: str, *, keyring: Keyring,

@@ -316,3 +316,25 @@ def test_a_delivery_waiting_its_turn_has_one_job_however_often_the_sweeper_looks
         assert deliveries.sweep(connection, now=later) == [delivery]
         assert deliveries.sweep(connection, now=later + deliveries.GRACE + 1) == []
         assert len(jobs_of(delivery)) == 1, jobs_of(delivery)
+
+
+def test_a_deleted_subscription_leaves_no_delivery_index_behind(api, redis_url, receiver):
+    """Each subscription keeps an index of its newest deliveries (up to KEEP_PER_SUBSCRIPTION ids). Deleting the
+    subscription left that index in Redis for good: a workspace that subscribes and unsubscribes (an integration
+    set up again at each deploy) added one more each time, which nothing ever read or deleted."""
+    import redis as redis_lib
+
+    from workers import workspaces
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    for round_ in range(5):
+        sub = _subscribe(api, receiver, ["Task.*"])
+        with workspaces.using(workspaces.Workspace("default", "http://unused.invalid/", "")):
+            for n in range(20):
+                deliveries.fan_out(connection, {
+                    "id": f"evt-{round_}-{n}", "source": "inloox", "kind": "updated", "entity_set": "Task",
+                    "key": f"k{n}", "occurred_at": "2026-11-30T08:00:00+00:00", "changes": {"IsDone": [False, True]},
+                    "entity": {}, "actor": {}})
+        assert connection.zcard(f"ws:default:subs:{sub['id']}:deliveries") == 20
+        assert api.delete(f"/subscriptions/{sub['id']}", headers=ADMIN).status_code == 204
+    assert connection.keys("ws:default:subs:*:deliveries") == []
