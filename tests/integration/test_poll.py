@@ -1,6 +1,7 @@
 """Finding InLoox changes by polling the sandbox's Dynamic views, with snapshots in a real Redis."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -111,6 +112,24 @@ def test_a_flood_of_changes_is_held_not_run(sandbox, client, connection, project
     assert queued(connection) == []
     assert connection.llen("ws:default:poll:Task:held") == 5
     assert poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings).held == 0
+
+
+def test_floods_nobody_releases_keep_only_the_newest_held_changes(sandbox, client, connection, project):
+    """Held changes wait for a person. Nobody came, and every flood (a bulk edit, a nightly import) added its
+    changes to the set's held list for good: the shared Redis grew by each import's size, day after day. Now the
+    newest `held_keep` stay; the rest are dropped, and the poller's log says how many."""
+    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(5)]
+    settings = PollSettings(flood_limit=3, held_keep=8)
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    for done in (True, False, True, False):  # four floods of five changes each
+        for task in tasks:
+            sandbox.patch(f"Task({task})", json={"IsDone": done})
+        assert poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings).held == 5
+
+    held = [json.loads(raw) for raw in connection.lrange("ws:default:poll:Task:held", 0, -1)]
+    assert len(held) == 8
+    assert [e["changes"]["IsDone"] for e in held[-5:]] == [[True, False]] * 5  # the last flood kept whole
+    assert queued(connection) == []
 
 
 def test_a_poll_costs_two_requests_however_many_rows_the_account_has(sandbox, client, connection, project):

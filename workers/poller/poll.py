@@ -44,6 +44,9 @@ class PollSettings:
 
     overlap: timedelta = timedelta(seconds=5)
     flood_limit: int = 500
+    # Held changes kept per set (the newest): a flood waits for a person, and one who never comes let each bulk
+    # edit or nightly import add its changes to the Redis every workspace shares, for good.
+    held_keep: int = 10_000
     dedup_ttl: int = 7 * 24 * 3600
     own_contact_id: str | None = None  # the engine's own InLoox user: its changes are "chained"
 
@@ -88,7 +91,8 @@ def poll_once(client: Client, connection: redis.Redis, feed: ChangeFeed, fields:
     recorded = watched if watched != covered and (not learning or len(older) + len(rows) == len(answer)) else None
     if len(found) > settings.flood_limit:
         result.held = hold_flood(connection, feed.entity_set,
-                                 [_event(feed, stamps, c, {}, settings) for c in found], settings.flood_limit)
+                                 [_event(feed, stamps, c, {}, settings) for c in found], settings.flood_limit,
+                                 keep=settings.held_keep)
         quiet.update({c.key: c.snapshot for c in found})  # held changes count as seen
     else:
         _emit(client, connection, store, feed, stamps, found, settings, result)
@@ -317,13 +321,19 @@ def _plain(feed: ChangeFeed, row: dict) -> dict:
     return {name: value for column, value in row.items() if (name := feed.field(column)) is not None}
 
 
-def hold_flood(connection: redis.Redis, entity_set: str, events: list[Event], limit: int) -> int:
-    """Too many changes at once (a bulk edit or an import): keep their events for a person to release."""
+def hold_flood(connection: redis.Redis, entity_set: str, events: list[Event], limit: int, *,
+               keep: int = PollSettings.held_keep) -> int:
+    """Too many changes at once (a bulk edit or an import): keep their events for a person to release, the newest
+    `keep` of the set's held ones."""
     key = workspaces.key(f"poll:{entity_set}:held")
     with connection.pipeline() as pipe:
         pipe.rpush(key, *(json.dumps(e.to_dict(), default=str) for e in events))
-        pipe.execute()
+        pipe.ltrim(key, -keep, -1)
+        length = pipe.execute()[0]
     log.warning("poll %s: %d changes held (flood limit %d); nothing was run", entity_set, len(events), limit)
+    if length > keep:
+        log.warning("poll %s: %d older held changes dropped: at most %d are kept until a person releases them",
+                    entity_set, length - keep, keep)
     return len(events)
 
 

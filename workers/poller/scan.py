@@ -83,7 +83,7 @@ def scan_once(client: Client, connection: redis.Redis, scan: Scan, fields: froze
     _keep(keep_lease)
     if len(found) > settings.flood_limit:
         held = [_event(scan, c, c.snapshot, now, 0, previous) for c in found]
-        result.held = hold_flood(connection, scan.entity_set, held, settings.flood_limit)
+        result.held = hold_flood(connection, scan.entity_set, held, settings.flood_limit, keep=settings.held_keep)
         quiet.update({c.key: c.snapshot for c in found if c.kind != "deleted"})  # held changes count as seen
         store.save_many(quiet, now.isoformat(), forget=[c.key for c in found if c.kind == "deleted"])
         return result
