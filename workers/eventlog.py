@@ -32,6 +32,7 @@ BACKLOG_HEADROOM = 20_000
 PACE_BURST_SECONDS = 10  # a paced workspace may send this many seconds' worth at once after a quiet spell
 EVENTS_KEEP = 100_000  # handled entries kept per workspace (the newest), at most
 EVENTS_MAX_AGE = 7 * 86400  # seconds a handled entry is kept, at most
+CONSUMER_FORGET_MS = 3600 * 1000  # a consumer of the group silent this long, with nothing pending, is deleted
 
 # KEYS: dedup claim, stream, metrics hash, usage of the day, usage of the month (workers/metering),
 # the workspace's activity stamp (workers/activity.py), its unfinished runs (workers/runs.py ACTIVE), its
@@ -106,6 +107,25 @@ redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
 return false
 """
 _APPEND_SCRIPT = scripts.script(_APPEND)
+
+# Each worker reads as a consumer of its own name (RQ's, new at every start), and Redis keeps a consumer in the
+# group until it is deleted: every restart of every worker added one to every workspace's group, for good. One
+# that has nothing pending and has not asked for ARGV[2] ms is deleted here, in one step with the look at its
+# pending entries (one with any keeps them: another worker takes them over, workers/consumer/). A live one deleted
+# is made again by its next read. KEYS: the stream. ARGV: the group, idle ms. Returns how many went.
+_FORGET = """
+local gone = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #consumer, 2 do f[consumer[i]] = consumer[i + 1] end
+  if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    gone = gone + 1
+  end
+end
+return gone
+"""
+_FORGET_SCRIPT = scripts.script(_FORGET)
 
 
 @dataclass(frozen=True)
@@ -250,8 +270,9 @@ def ack(target, stream: str, ids: list[str]) -> None:
 
 
 def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_age: float = EVENTS_MAX_AGE,
-         now: float | None = None, approximate: bool = True) -> None:
-    """Drop handled entries older than `max_age`, and beyond the newest `keep` when nothing waits.
+         now: float | None = None, approximate: bool = True, forget_idle_ms: int = CONSUMER_FORGET_MS) -> None:
+    """Drop handled entries older than `max_age`, and beyond the newest `keep` when nothing waits; and the group's
+    consumers idle `forget_idle_ms` with nothing pending (workers gone).
 
     Never an entry that is not handled yet: the cut stops at the oldest pending or undelivered one.
     `approximate` lets Redis cut at its storage nodes' bounds (cheap; a few more entries stay).
@@ -268,6 +289,8 @@ def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_a
     connection.xtrim(stream, minid=cut, approximate=approximate)
     if not summary["pending"] and group.get("lag") == 0:  # None: Redis cannot tell; keep everything then
         connection.xtrim(stream, maxlen=keep, approximate=approximate)
+    if int(group.get("consumers") or 0) > 1:
+        scripts.call(connection, _FORGET_SCRIPT, keys=[stream], args=[GROUP, forget_idle_ms])
 
 
 def entries(connection: redis.Redis, *, workspace: str | None = None, count: int = 1000) -> list[Entry]:

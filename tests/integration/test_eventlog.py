@@ -70,6 +70,30 @@ def test_trimming_never_drops_an_event_not_yet_handled(connection):
     assert [e.event["payload"]["n"] for e in eventlog.entries(connection, workspace="default")] == [8, 9]
 
 
+def test_the_group_forgets_the_consumers_of_workers_gone_but_never_one_with_events_in_hand(connection):
+    """Every worker reads under a name of its own (RQ's, new at each start), and Redis kept each such consumer in
+    the group until deleted, which nothing did: each restart of each worker added one to every workspace's group,
+    for as long as the deployment ran. Now a trim deletes those silent for a while with nothing pending."""
+    stream = eventlog.stream_key("default")
+    eventlog.ensure_group(connection, stream)
+    for n in range(40):  # forty restarts: each worker read, handled what it got, and went
+        accept(connection, n)
+        for _, entry in eventlog.read_new(connection, [stream], f"worker-{n}", count=10, block_ms=None):
+            eventlog.ack(connection, stream, [entry.id])
+    accept(connection, 100)
+    eventlog.read_new(connection, [stream], "worker-died-with-one", count=10, block_ms=None)  # never acknowledged
+    time.sleep(0.3)
+    eventlog.read_new(connection, [stream], "worker-alive", count=10, block_ms=None)
+    assert len(connection.xinfo_consumers(stream, eventlog.GROUP)) == 42
+
+    eventlog.trim(connection, stream, forget_idle_ms=200)
+
+    left = {c["name"].decode(): c["pending"] for c in connection.xinfo_consumers(stream, eventlog.GROUP)}
+    assert left == {"worker-died-with-one": 1, "worker-alive": 0}
+    [(_, claimed, _)] = eventlog.claim_stale(connection, stream, "worker-alive", min_idle_ms=0, count=10)
+    assert claimed == eventlog.waiting(connection, workspace="default")[0].id  # its event is still taken over
+
+
 def test_a_busy_worker_takes_over_a_dead_workers_events_a_batch_at_a_time(connection, monkeypatch):
     """A worker at its busy floor keeps one place, of TOGETHER events run together. Its claims were sized
     in free places: a dead worker's events came back one every 5 s (the maintenance), none while a batch
