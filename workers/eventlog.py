@@ -25,6 +25,7 @@ import redis
 
 from workers import activity, metrics, runs, scripts, workspaces
 from workers.metering import usage
+from workers.metering.limits import WAITING as OVER_LIMIT
 
 GROUP = "engine"
 BACKLOG_LOOK_MS = 1000
@@ -36,9 +37,9 @@ CONSUMER_FORGET_MS = 3600 * 1000  # a consumer of the group silent this long, wi
 
 # KEYS: dedup claim, stream, metrics hash, usage of the day, usage of the month (workers/metering),
 # the workspace's activity stamp (workers/activity.py), its unfinished runs (workers/runs.py ACTIVE), its
-# backlog as last counted, its pace. ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field
-# if duplicate, usage field, day ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is
-# used, the headroom below the limit it needs for that, events a second (0: no pace), events at once, events a day
+# backlog as last counted, its pace, its runs waiting over its monthly limit (workers/metering/limits.py WAITING).
+# ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field if duplicate, usage field, day
+# ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is used, the headroom below the limit it needs for that, events a second (0: no pace), events at once, events a day
 # (0: no limit), then the day's usage field of each source. Returns the new entry's id ({id, the day's events with
 # it} with a daily limit), false for a duplicate, {waiting} when the workspace's backlog is at its limit, {-1, ms}
 # when it is ahead of its pace by ms, or {-2, used} when it accepted its events of the day (nothing written either way).
@@ -50,7 +51,9 @@ CONSUMER_FORGET_MS = 3600 * 1000  # a consumer of the group silent this long, wi
 # An accepted event marks its workspace active (the entry id's milliseconds), so that the poller polls
 # it at full speed again, at no round trip of its own.
 # The backlog: the log's entries the workers have not acknowledged (pending) or not read (lag; all of
-# them before a worker made the group) and the runs not finished. A lag Redis cannot tell counts 0:
+# them before a worker made the group) and the runs not finished, those waiting over the monthly limit too (not
+# in ACTIVE: no sweeper moves them on; uncounted, a workspace over its limit stored a run record for every
+# webhook, kept 7 days, however many). A lag Redis cannot tell counts 0:
 # wrongly refusing every sender is worse than a late refusal. Counting it cost Valkey ~16 us an event
 # (XINFO GROUPS), ~15 % of its part: a count far enough below the limit (BACKLOG_HEADROOM, more than a
 # deployment accepts for one workspace in BACKLOG_LOOK_MS) is kept that long and used by the next events.
@@ -74,7 +77,7 @@ local limit = tonumber(ARGV[9])
 if limit > 0 and fresh then
   local waiting = tonumber(redis.call('GET', KEYS[8]))
   if not waiting then
-    waiting = redis.call('ZCARD', KEYS[7])
+    waiting = redis.call('ZCARD', KEYS[7]) + redis.call('ZCARD', KEYS[10])
     if redis.call('EXISTS', KEYS[2]) == 1 then
       local grouped = false
       for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
@@ -188,7 +191,8 @@ def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tupl
     name, day = workspaces.current().name, usage.today()
     burst = max(1, round(per_second * PACE_BURST_SECONDS))
     keys = [dedup_key, stream_key(), metrics.COUNTERS, usage.day_key(name, day), usage.month_key(name, usage.month_of(day)),
-            activity.key(), workspaces.key(runs.ACTIVE), workspaces.key("events:backlog"), workspaces.key("events:pace")]
+            activity.key(), workspaces.key(runs.ACTIVE), workspaces.key("events:backlog"), workspaces.key("events:pace"),
+            workspaces.key(OVER_LIMIT)]
     reply = scripts.call(target, _APPEND_SCRIPT, keys=keys,
                          args=[event["id"], dedup_ttl, encode(event), *counted, usage.event_field(event["source"]),
                                usage.DAY_TTL, usage.MONTH_TTL, backlog_limit, GROUP, BACKLOG_LOOK_MS, BACKLOG_HEADROOM,

@@ -611,3 +611,28 @@ def test_a_run_whose_end_is_cut_off_after_its_record_gives_back_its_slot_under_t
 
     assert counted == 2
     assert inflight == [], "a succeeded, billed run keeps a slot under the monthly limit"
+
+
+@pytest.mark.timeout(90)
+def test_runs_waiting_over_the_monthly_limit_count_in_the_backlog_and_its_webhooks_are_refused_at_it(
+        stack, sandbox, receiver, redis_url):
+    """A run over `runs_per_month` waits (status `over_limit`), stored with its record, for as long as 7 days, but
+    was not counted in the backlog: a workspace past its plan's runs kept every webhook accepted, and each made one
+    more waiting run, as fast as its senders went (100 a second by default: ~60 million records in the 7 days). Now
+    those runs count, and its webhooks are answered 429 once backlog_limit of them wait."""
+    web, _, secret = _started_with(stack, sandbox, receiver, {"runs_per_month": 1, "backlog_limit": 3}, "Over 0")
+    from workers import eventlog
+
+    connection = redis.Redis.from_url(redis_url)
+    waiting = "ws:acme:limits:runs:waiting"
+    answers = []
+    for n in range(1, 8):
+        answers.append(deliver(web, {"title": f"Over {n}", "project": PROJECT}, f"over_{n}", path=HOOK,
+                               secret=secret).status_code)
+        if answers[-1] == 202:  # handled (its run waiting over the limit) before the next one is sent
+            wait_until(lambda: connection.zcard(waiting) == answers.count(202)
+                       and eventlog.backlog(connection, workspace="acme") == 0, 20, f"run {n} to wait over the limit")
+
+    assert answers == [202, 202, 202, 429, 429, 429, 429]
+    assert connection.zcard(waiting) == 3
+    assert _task_names(sandbox) == ["Over 0"]
