@@ -274,9 +274,9 @@ def ack(target, stream: str, ids: list[str]) -> None:
 
 
 def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_age: float = EVENTS_MAX_AGE,
-         now: float | None = None, approximate: bool = True, forget_idle_ms: int = CONSUMER_FORGET_MS) -> None:
-    """Drop handled entries older than `max_age`, and beyond the newest `keep` when nothing waits; and the group's
-    consumers idle `forget_idle_ms` with nothing pending (workers gone).
+         now: float | None = None, approximate: bool = True, forget_idle_ms: int | None = None) -> None:
+    """Drop handled entries older than `max_age`, and beyond the newest `keep` when nothing waits; with
+    `forget_idle_ms`, also the group's consumers idle that long with nothing pending (workers gone).
 
     Never an entry that is not handled yet: the cut stops at the oldest pending or undelivered one.
     `approximate` lets Redis cut at its storage nodes' bounds (cheap; a few more entries stay).
@@ -293,7 +293,7 @@ def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_a
     connection.xtrim(stream, minid=cut, approximate=approximate)
     if not summary["pending"] and group.get("lag") == 0:  # None: Redis cannot tell; keep everything then
         connection.xtrim(stream, maxlen=keep, approximate=approximate)
-    if int(group.get("consumers") or 0) > 1:
+    if forget_idle_ms is not None and int(group.get("consumers") or 0) > 1:
         scripts.call(connection, _FORGET_SCRIPT, keys=[stream], args=[GROUP, forget_idle_ms])
 
 

@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 CLAIM_IDLE = 20.0  # seconds an entry may go unacknowledged and untouched (its worker touches it every 5 s)
 MAINTENANCE_SECONDS = 5.0
 TRIM_SECONDS = 30.0
+# How often a trim also deletes the consumers of workers gone (eventlog.CONSUMER_FORGET_MS): they only pile up
+# with restarts, and the look (XINFO CONSUMERS) at every trim of every quiet workspace was a command more each.
+FORGET_SECONDS = 600.0
 MAX_DELIVERIES = 5
 READ_BLOCK_MS = 500
 MAX_BACKOFF = 5.0  # a Redis back from a restart is used again within seconds
@@ -144,6 +147,7 @@ class EventConsumer:
         self._cut_short: list[tuple[str, Entry]] = []  # (stream key, entry) whose handling lost Redis: again soon
         self._again: set[str] = set()  # entry ids handed out again so (once: then the claim, which counts them)
         self._next_trim = 0.0
+        self._next_forget = 0.0
         self.sample_seconds = sample_seconds
         self._next_sample = 0.0
         self._last_turn = time.monotonic()
@@ -523,8 +527,11 @@ class EventConsumer:
             self._ask_inloox(stream.workspace)
         if time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + TRIM_SECONDS
+            forget = eventlog.CONSUMER_FORGET_MS if time.monotonic() >= self._next_forget else None
+            if forget is not None:
+                self._next_forget = time.monotonic() + FORGET_SECONDS
             for stream in self._served():
-                eventlog.trim(self.connection, stream.key)
+                eventlog.trim(self.connection, stream.key, forget_idle_ms=forget)
         if time.monotonic() >= self._next_sample:
             self._next_sample = time.monotonic() + self.sample_seconds
             for stream in self._served():
