@@ -196,16 +196,18 @@ def fire_tick(connection: redis.Redis, event: Event, *, now: datetime,
 
 
 def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSettings, stop: threading.Event, *,
-        rounds: Callable[[bool], None] = lambda ok: None) -> None:
+        rounds: Callable[[bool], None] = lambda ok: None, turned: Callable[[], None] = lambda: None) -> None:
     """Fire due ticks of every workspace served until `stop` is set; rules are read again when they change.
 
     Workspaces are followed live: one created through the operator API has its ticks fired from the
     next round on (a paused one's too: they wait in its event log, as its webhooks do).
-    `rounds(ok)` hears how each round went (False: a workspace's failed on something other than Redis).
+    `rounds(ok)` hears how each round went (False: a workspace's failed on something other than Redis); `turned()`
+    that a round, or a workspace's turn in it, starts (a round over many workspaces is long, and not stuck).
     """
     sources: dict[str, RuleSource] = {}
     upcoming = Upcoming()
     while not stop.is_set():
+        turned()
         current = served.workspaces()
         for name in [n for n in sources if n not in current]:
             del sources[name]
@@ -215,6 +217,7 @@ def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSett
                 sources[name] = RuleSource(connection, workspace)
         ok = True
         for source in sources.values():
+            turned()
             with workspaces.using(source.workspace):
                 ok = _fire(connection, source, settings, upcoming) and ok
         rounds(ok)

@@ -179,3 +179,18 @@ def test_readyz_names_a_scheduler_process_whose_rounds_fail_and_it_goes_on(polle
     process.popen.wait(timeout=20)
     assert process.popen.returncode == 0, process.output()[-3000:]
     assert pollers_check(pollers, sandbox) == {"ok": True, "pollers": 0}  # stopped, so not missed
+
+
+def test_readyz_names_a_scheduler_process_whose_round_hangs(pollers, sandbox, rules_dir):
+    # Before, a schedules loop blocked for good kept its thread alive, and its beat said "polling" while no tick fired.
+    pollers.env["ENGINE_FAILPOINTS"] = "hold:schedule_workspace"  # the workspace's turn held, never released
+    write_rule(rules_dir, "tick", TICK_RULE)
+    process = pollers.scheduler()
+    wait_until(lambda: "failpoint schedule_workspace: held" in process.output(), 15, "the first round to hang")
+
+    check = wait_until(lambda: (c := pollers_check(pollers, sandbox))["ok"] is False and c, 12,
+                       "/readyz to name the stalled scheduler process")
+
+    assert f"pid {process.popen.pid}) (scheduler stalled)" in check["error"]
+    assert process.alive()
+    process.signal(signal.SIGKILL)  # its stop would wait out STOP_SECONDS for the loop that never ends

@@ -84,6 +84,23 @@ def test_readyz_names_a_worker_whose_poll_rounds_fail_and_the_poller_goes_on(pol
     assert worker.popen.poll() is None
 
 
+def test_readyz_names_a_worker_whose_poll_round_hangs(polling, redis_url, sandbox):
+    # Before, a poll loop blocked for good (a lock, a socket without a time-out) left its thread alive, and /readyz
+    # said the worker ready while nothing was polled.
+    polling.env.update(ENGINE_FAILPOINTS="hold:poll_round", POLL_LEASE_SECONDS="3")  # each round held, never released
+    worker = polling.worker("stuck-poller")
+    wait_until(lambda: "failpoint poll_round: held" in worker.output(), 15, "the first round to hang")
+    client = create_app({"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                         "INLOOX_API_KEY": polling.env["INLOOX_API_KEY"]}).test_client()
+
+    response = wait_until(lambda: (r := client.get("/readyz")).status_code == 503
+                          and "poller" in r.json["checks"]["worker"].get("error", "") and r,
+                          12, "/readyz to notice the stalled poller")
+
+    assert "(poller stalled)" in response.json["checks"]["worker"]["error"]
+    assert worker.popen.poll() is None
+
+
 def test_a_poller_process_survives_a_failing_round(engine):
     # Before, one exception in a round ended `python -m workers.poller` (and with it, under honcho, the stack).
     engine.env.update(POLL_INTERVAL="0.5", ENGINE_FAILPOINTS="poll_round~")

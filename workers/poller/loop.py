@@ -96,17 +96,19 @@ class Account:
 
 
 def run(connection: redis.Redis, follow: Callable[[], list[Account]], poller: PollerSettings,
-        stop: threading.Event, *, me: str = "", rounds: Callable[[bool], None] = lambda ok: None) -> None:
+        stop: threading.Event, *, me: str = "", rounds: Callable[[bool], None] = lambda ok: None,
+        turned: Callable[[], None] = lambda: None) -> None:
     """Poll the workspaces whose lease this process holds until `stop` is set; take free ones up to a fair share.
 
     `follow()` gives the accounts to poll this round (workspaces come and go while it runs);
-    `rounds(ok)` hears how each round went (False: it failed on something other than Redis).
+    `rounds(ok)` hears how each round went (False: it failed on something other than Redis), `turned()` that one starts.
     """
     me = me or uuid.uuid4().hex[:8]
     accounts: list[Account] = []
     pool = ThreadPoolExecutor(max(1, poller.threads), thread_name_prefix="poll")
     while not stop.is_set():
         ok = True
+        turned()
         try:
             failpoints.hit("poll_round", subject=me)  # tests only (inert unless ENGINE_FAILPOINTS is set)
             accounts = follow()

@@ -34,6 +34,12 @@ SUPERVISE_SECONDS = 1.0  # how soon a poller process starts a dead loop again
 # 10 s sees a loop that died once; one that keeps dying is said all along.
 RESTARTED_SHOWN_SECONDS = 15.0
 STOP_SECONDS = 10.0  # a stopping poller process waits this long for its polls under way (then its leases expire)
+# The schedules' loop is stuck (said "scheduler stalled") once it has not turned for this many of its intervals, and
+# not before STALL_FLOOR_SECONDS (a Redis command may take REDIS_SOCKET_TIMEOUT): 30 s at SCHEDULE_INTERVAL=5, as the
+# event consumer's. The poller's loop is stuck once it has not turned for a lease period beyond its wait between rounds:
+# its leases have expired, and the other pollers count it gone (workers/poller/leases.py).
+STALL_ROUNDS = 6
+STALL_FLOOR_SECONDS = 5.0
 
 
 class Polling:
@@ -63,6 +69,16 @@ class Polling:
         self.starts: dict[str, int] = {}  # loop name → how many times it was started (failpoint subjects)
         self.restarted_at: dict[str, float] = {}  # loop name → when (monotonic) it was last started again
         self.failing: set[str] = set()  # the loops whose last round failed on something other than Redis
+        # A thread that is alive says nothing of a loop blocked for good (a lock, a socket without a time-out): each
+        # loop notes when it last turned (a round, or a workspace's turn in one), and one silent past its bound is
+        # stalled.
+        self.turned_at: dict[str, float] = {}  # loop name → when (monotonic) it last turned
+        self.stall_after = {"poller": self.settings.lease_seconds + self.settings.interval}
+        if with_scheduler:
+            from workers import scheduler
+
+            self.stall_after["scheduler"] = max(STALL_FLOOR_SECONDS,
+                                                STALL_ROUNDS * scheduler.settings_from(config).interval)
 
     def announce(self) -> None:
         poller = self.settings
@@ -80,7 +96,11 @@ class Polling:
             self.announce()
         except redis.RedisError as exc:  # Redis restarting: the rounds wait for it
             log.warning("poller %s: starting while Redis is unavailable (%s)", self.me, exc)
-        run(self.connection, self.follow, self.settings, self.stop_event, me=self.me, rounds=self._round_went)
+        run(self.connection, self.follow, self.settings, self.stop_event, me=self.me, rounds=self._round_went,
+            turned=lambda: self._turned("poller"))
+
+    def _turned(self, loop: str) -> None:
+        self.turned_at[loop] = time.monotonic()
 
     def _round_went(self, ok: bool, loop: str = "poller") -> None:
         if ok:
@@ -96,13 +116,14 @@ class Polling:
         # Tests only: `scheduler_loop~start 1.` ends the first run of the loop as a bug escaping it would.
         failpoints.hit("scheduler_loop", subject=f"start {self.starts['scheduler']}.")
         scheduler.run(self.connection, self.served, scheduler.settings_from(self.config), self.stop_event,
-                      rounds=lambda ok: self._round_went(ok, "scheduler"))
+                      rounds=lambda ok: self._round_went(ok, "scheduler"), turned=lambda: self._turned("scheduler"))
 
     def start(self, *names: str) -> None:
         """The loops named (all by default) on threads of their own, named after them."""
         for name in names or self.loops:
             thread = threading.Thread(target=self._loop, args=(name,), name=name, daemon=True)
             self.threads[name] = thread
+            self._turned(name)
             thread.start()
 
     def _loop(self, name: str) -> None:
@@ -124,7 +145,8 @@ class Polling:
         deadlines.keep_running()
 
     def trouble(self) -> str | None:
-        """What is wrong with the loops ("poller failing", "scheduler stopped", …); None when all run.
+        """What is wrong with the loops ("poller failing", "scheduler stopped", "poller stalled", …); None when all
+        run.
 
         A loop started again within RESTARTED_SHOWN_SECONDS counts as stopped: one that dies at every
         start is alive only for moments, and a beat taken in one of them would say all is well.
@@ -134,6 +156,10 @@ class Polling:
                       or moment - self.restarted_at.get(name, float("-inf")) < RESTARTED_SHOWN_SECONDS)
         if dead:
             return f"{' and '.join(dead)} stopped"
+        stalled = sorted(name for name in self.threads
+                         if moment - self.turned_at.get(name, moment) > self.stall_after[name])
+        if stalled:
+            return f"{' and '.join(stalled)} stalled"
         failing = sorted(self.failing)  # once: the loops' threads change it
         return f"{' and '.join(failing)} failing" if failing else deadlines.trouble()
 
