@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from app import create_app
 from tests.support.processes import free_port, wait_until
@@ -76,6 +77,22 @@ def test_readyz_is_not_ready_while_a_workers_event_consumer_does_not_run(client,
     check = response.json["checks"]["worker"]
     assert check["ok"] is False and check["workers"] == 1
     assert check["error"].startswith("not running in ") and "(event consumer failing)" in check["error"]
+
+
+def test_readyz_is_not_ready_while_redis_refuses_every_turn_of_a_workers_event_consumer(client, stack, redis_url):
+    # Before, any Redis error counted as an outage, which /readyz's own Redis check would show; but Redis answered
+    # (WRONGTYPE at every read of the log), no event was handled, and the worker's beat said "running".
+    stack.worker("refused-worker")
+    wait_until(lambda: _ready(client), 20, "/readyz with the worker's first beat")
+    connection = redis.Redis.from_url(redis_url)
+    connection.delete("ws:default:events")  # the workspace's event log replaced by a value of another type
+    connection.set("ws:default:events", "not a stream")
+
+    response = wait_until(lambda: (r := client.get("/readyz")).status_code == 503 and r, 15,
+                          "/readyz to notice the consumer")
+
+    assert "(event consumer failing)" in response.json["checks"]["worker"]["error"]
+    assert response.json["checks"]["redis"] == {"ok": True}
 
 
 @pytest.mark.timeout(120)

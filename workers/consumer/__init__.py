@@ -228,7 +228,11 @@ class EventConsumer:
                 self._failing_since = None
                 backoff = 1.0
             except redis.RedisError as exc:
-                log.warning("event consumer %s: Redis unavailable (%s); retrying in %.0fs", self.name, exc, backoff)
+                if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) and self._failing_since is None:
+                    # Redis answered and refused (a key of the wrong type, out of memory, a read-only replica): no
+                    # outage that /readyz's own check of Redis shows, and it may refuse every turn from now on.
+                    self._failing_since = time.monotonic()
+                log.warning("event consumer %s: Redis error (%s); retrying in %.0fs", self.name, exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 ready = False  # a restarted Redis without its data has no group: make it again
