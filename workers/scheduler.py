@@ -201,8 +201,8 @@ def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSett
 
     Workspaces are followed live: one created through the operator API has its ticks fired from the
     next round on (a paused one's too: they wait in its event log, as its webhooks do).
-    `rounds(ok)` hears how each round went (False: a workspace's failed on something other than Redis); `turned()`
-    that a round, or a workspace's turn in it, starts (a round over many workspaces is long, and not stuck).
+    `rounds(ok)` hears how each round went (False: a workspace's failed on something other than Redis being away);
+    `turned()` that a round, or a workspace's turn in it, starts (a round over many workspaces is long, and not stuck).
     """
     sources: dict[str, RuleSource] = {}
     upcoming = Upcoming()
@@ -225,7 +225,8 @@ def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSett
 
 
 def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettings, upcoming: Upcoming) -> bool:
-    """Fire the workspace's due ticks; False when that failed on a bug (its trace is logged, the others still fire)."""
+    """Fire the workspace's due ticks; False when that failed on a bug or a refusal of Redis (its trace is logged, the
+    others still fire)."""
     try:
         failpoints.hit("schedule_workspace", subject=source.workspace.name)  # tests only
         ruleset = source.ruleset()
@@ -235,6 +236,9 @@ def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettin
     except redis.RedisError as exc:
         # Nothing moved: the next round redoes it.
         log.warning("%s: could not fire schedules, will retry: %s", source.workspace.name, exc)
+        # Redis away is /readyz's check of Redis to say; Redis that answered and refused (a key of the wrong type, out
+        # of memory) may refuse this workspace at every round.
+        return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
     except Exception:  # a bug, or a rule nobody foresaw: this workspace's schedules, not every workspace's
         log.exception("%s: could not fire schedules", source.workspace.name)
         return False

@@ -18,6 +18,7 @@ from tests.support.stack import PREFIX, TICK_RULE, write_rule
 from tests.support.valkey import Valkey
 from workers import scheduler
 from workers.poller import beats as poller_beats
+from workers.poller import leases
 
 
 @pytest.fixture
@@ -194,3 +195,29 @@ def test_readyz_names_a_scheduler_process_whose_round_hangs(pollers, sandbox, ru
     assert f"pid {process.popen.pid}) (scheduler stalled)" in check["error"]
     assert process.alive()
     process.signal(signal.SIGKILL)  # its stop would wait out STOP_SECONDS for the loop that never ends
+
+
+def test_readyz_names_a_poller_process_whose_rounds_redis_refuses(pollers, sandbox, redis_url):
+    # Before, every Redis error was taken for an outage (/readyz's Redis check says those): Redis answered WRONGTYPE at
+    # every round, nothing was polled, and the poller's beat said "polling".
+    poller = start_poller(pollers)
+    wait_until(lambda: pollers_check(pollers, sandbox) == {"ok": True, "pollers": 1}, 20, "the poller's first beat")
+    # The pollers' roll call replaced by a value of another type.
+    redis.Redis.from_url(redis_url).set(leases.POLLERS_KEY, "not a sorted set")
+
+    check = wait_until(lambda: (c := pollers_check(pollers, sandbox))["ok"] is False and c, 12,
+                       "/readyz to name the poller whose rounds fail")
+
+    assert f"pid {poller.popen.pid}) (poller failing)" in check["error"]
+
+
+def test_readyz_names_a_scheduler_process_whose_workspace_redis_refuses(pollers, sandbox, rules_dir, redis_url):
+    write_rule(rules_dir, "tick", TICK_RULE)
+    redis.Redis.from_url(redis_url).set(f"{PREFIX}{scheduler.LAST_KEY}", "not a sorted set")  # WRONGTYPE at each look
+    process = pollers.scheduler()
+
+    check = wait_until(lambda: (c := pollers_check(pollers, sandbox))["ok"] is False and c, 15,
+                       "/readyz to name the scheduler whose workspace's rounds fail")
+
+    assert f"pid {process.popen.pid}) (scheduler failing)" in check["error"]
+    assert "could not fire schedules, will retry: WRONGTYPE" in process.output()

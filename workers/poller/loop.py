@@ -101,7 +101,8 @@ def run(connection: redis.Redis, follow: Callable[[], list[Account]], poller: Po
     """Poll the workspaces whose lease this process holds until `stop` is set; take free ones up to a fair share.
 
     `follow()` gives the accounts to poll this round (workspaces come and go while it runs);
-    `rounds(ok)` hears how each round went (False: it failed on something other than Redis), `turned()` that one starts.
+    `rounds(ok)` hears how each round went (False: it failed on something other than Redis being away), `turned()` that
+    one starts.
     """
     me = me or uuid.uuid4().hex[:8]
     accounts: list[Account] = []
@@ -115,6 +116,9 @@ def run(connection: redis.Redis, follow: Callable[[], list[Account]], poller: Po
             _round(connection, accounts, poller, me, pool)
         except redis.RedisError as exc:  # Redis restarting: nothing moved, the next round tries again
             log.warning("poll round failed, will retry: %s", exc)
+            # Redis answered and refused (a key of the wrong type, out of memory): no outage that /readyz's own check of
+            # Redis shows, and it may refuse every round from now on.
+            ok = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
         except Exception:  # a bug: its trace, and the next round (a poller that quit would poll nothing)
             log.exception("poll round failed")
             ok = False
