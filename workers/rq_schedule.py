@@ -36,7 +36,7 @@ from rq.scheduler import RQScheduler
 from rq.scripts import ACQUIRE_OR_REFRESH_LOCK_SCRIPT, acquire_or_refresh_lock, release_lock
 from rq.utils import current_timestamp, now, utcformat
 
-from workers import scripts
+from workers import failpoints, scripts
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ LOCK = "rq:scheduler-lock"  # no queue suffix: workspace names cannot make this 
 # killed holder's due jobs move again within about half a minute (RQ: 61 s + up to 10 minutes).
 LOCK_SECONDS = 20
 SWEEP_SECONDS = 60  # the safety net's period (module docstring)
+# The holder turns every second: one silent for ten has held every due retry and hold up that long, and is stuck
+# (said "RQ scheduler stalled"); its thread alive, nothing else starts a scheduler here, and past LOCK_SECONDS its
+# lock lapses.
+STALL_SECONDS = 10.0
 
 # RQ's lock script: 1 acquired, 2 refreshed (ours already), 0 held by another scheduler.
 _ACQUIRE_OR_REFRESH = scripts.script(ACQUIRE_OR_REFRESH_LOCK_SCRIPT)
@@ -95,6 +99,8 @@ class ThreadScheduler(RQScheduler):
         super().__init__(*args, **kwargs)
         self._next_sweep = 0.0  # the first turn looks at every registry: jobs an older process scheduled
         self._woken = threading.Event()  # a stop request ends the wait between turns at once
+        self._turned = time.monotonic()  # when its loop last began a turn
+        self._failing = False  # its last run ended on something but Redis being away, and no turn has worked since
 
     def request_stop(self, signum=None, frame=None) -> None:
         """Stop after this turn (called by the worker's teardown, in its main thread, not a signal handler)."""
@@ -117,6 +123,18 @@ class ThreadScheduler(RQScheduler):
         if self._acquired_locks:
             release_lock(self.connection, LOCK, self.name)
         self._acquired_locks = set()
+
+    def trouble(self) -> str | None:
+        """What is wrong with this worker's scheduler, for its beat (/readyz): "RQ scheduler failing" (its runs end
+        on an error its restart meets again), "RQ scheduler stalled" (its thread alive, not turning); None when it
+        runs, and while another worker holds the lock (that one says it)."""
+        if not self._acquired_locks or self._process is None:
+            return None
+        if self._failing:
+            return "RQ scheduler failing"
+        if self._process.is_alive() and time.monotonic() - self._turned > STALL_SECONDS:
+            return "RQ scheduler stalled"
+        return None
 
     def heartbeat(self) -> None:
         """Renew the lock (one script) and RQ's record of this scheduler; a lock lost is let go."""
@@ -172,6 +190,7 @@ class ThreadScheduler(RQScheduler):
         self._status = self.Status.STARTED
         self._stop_requested = False
         self._woken.clear()
+        self._turned = time.monotonic()
         self._process = threading.Thread(target=self._work, name="rq-scheduler", daemon=True)
         self._process.start()
         return self._process
@@ -180,17 +199,26 @@ class ThreadScheduler(RQScheduler):
         """Each interval: renew the lock, move what is due; returns on a stop request or a lock lost."""
         self.register_birth()
         while not self._stop_requested:
+            self._turned = time.monotonic()
+            failpoints.hit("rq_schedule_turn")  # tests only (inert unless ENGINE_FAILPOINTS is set)
             self.heartbeat()
             if not self._acquired_locks:
                 self.register_death()  # RQ's maintenance (every 10 s) asks for the lock again
                 return
             self.enqueue_scheduled_jobs()
+            self._failing = False
             self._woken.wait(self.interval)  # RQ sleeps here: a stopping worker waited up to a second for it
         self.stop()
 
     def _work(self) -> None:
         try:
             self.work()
-        except redis.RedisError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The thread ends; the worker's maintenance (every 10 s) takes the lock and starts it again.
             log.warning("RQ scheduler stopped on a Redis error (%s); it restarts with the worker's maintenance", exc)
+        except Exception:
+            # Redis answered and refused (a key of the wrong type, out of memory), or a bug: its restart may well meet
+            # it again, each time, with no due job moved meanwhile; logged here (so redacted), not on stderr by
+            # Python's hook.
+            self._failing = True
+            log.exception("RQ scheduler stopped on an error; it restarts with the worker's maintenance")

@@ -286,7 +286,7 @@ class Worker(SimpleWorker):
 
     def _consumer_beat(self) -> None:
         """Start a dead consumer, poller or answer-deadline watcher thread again, and say for /readyz (CONSUMER_BEAT)
-        whether they run."""
+        whether they run, and RQ's scheduler when this worker holds its lock (RQ's maintenance starts that again)."""
         if self.consumer is not None:
             self.consumer.keep_running()  # every turn (≤ IDLE_WAKE_SECONDS)
         if self.polling is not None:
@@ -302,6 +302,8 @@ class Worker(SimpleWorker):
             state = deadlines.trouble() or state
         if state in ("none", "running") and not self._burst:
             state = self._places.held() or state
+        if state in ("none", "running") and isinstance(self.scheduler, ThreadScheduler):
+            state = self.scheduler.trouble() or state  # due retries and holds moved: every workspace's
         try:
             self.connection.set(CONSUMER_BEAT + self.name, state, ex=CONSUMER_BEAT_TTL)
         except redis.RedisError:

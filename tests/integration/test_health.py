@@ -6,6 +6,7 @@ import redis
 
 from app import create_app
 from tests.support.processes import free_port, wait_until
+from workers import rq_schedule
 
 
 def test_healthz_answers_without_dependencies():
@@ -93,6 +94,30 @@ def test_readyz_is_not_ready_while_redis_refuses_every_turn_of_a_workers_event_c
 
     assert "(event consumer failing)" in response.json["checks"]["worker"]["error"]
     assert response.json["checks"]["redis"] == {"ok": True}
+
+
+def test_readyz_names_a_worker_whose_rq_scheduler_fails_at_every_start(client, stack, redis_url):
+    # Before, /readyz never looked at RQ's scheduler: it ended at each start (restarted by RQ's maintenance every 10 s),
+    # no retry or hold of any workspace moved onto its queue, and the worker was ready.
+    stack.worker("scheduling-worker")
+    wait_until(lambda: _ready(client), 20, "/readyz with the worker's first beat")
+    redis.Redis.from_url(redis_url).set(rq_schedule.DUE, "not a sorted set")  # WRONGTYPE at each look at the index
+
+    response = wait_until(lambda: (r := client.get("/readyz")).status_code == 503 and r, 15,
+                          "/readyz to notice the scheduler")
+
+    assert "(RQ scheduler failing)" in response.json["checks"]["worker"]["error"]
+
+
+def test_readyz_names_a_worker_whose_rq_scheduler_hangs(client, stack):
+    stack.env["ENGINE_FAILPOINTS"] = "hold:rq_schedule_turn"  # its first turn held, never released
+    worker = stack.worker("stuck-scheduler")
+    wait_until(lambda: "failpoint rq_schedule_turn: held" in worker.output(), 15, "the scheduler's first turn to hang")
+
+    response = wait_until(lambda: (r := client.get("/readyz")).status_code == 503 and r,
+                          18, "/readyz to notice the scheduler")  # ten seconds of silence, then a beat within five
+
+    assert "(RQ scheduler stalled)" in response.json["checks"]["worker"]["error"]
 
 
 @pytest.mark.timeout(120)
