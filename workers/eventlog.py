@@ -16,6 +16,7 @@ rules at least that new (workers/worker_context.py), and retention cuts the stre
 from __future__ import annotations
 
 import json
+import logging
 import time
 import zlib
 from collections.abc import Iterable
@@ -26,6 +27,8 @@ import redis
 from workers import activity, metrics, runs, scripts, workspaces
 from workers.metering import usage
 from workers.metering.limits import WAITING as OVER_LIMIT
+
+log = logging.getLogger(__name__)
 
 GROUP = "engine"
 BACKLOG_LOOK_MS = 1000
@@ -235,8 +238,9 @@ def read_new(connection: redis.Redis, streams: list[str], consumer: str, *, coun
             answers = pipe.execute()[-2 if extra else -1:]
     else:
         answers = [connection.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)]
-    return [(as_text(stream), decode_entry(entry_id, fields))
-            for answer in answers for stream, entries in answer or [] for entry_id, fields in entries if fields]
+    return [(as_text(stream), entry)
+            for answer in answers for stream, entries in answer or [] for entry_id, fields in entries
+            if fields and (entry := _decoded(entry_id, fields)) is not None]
 
 
 def claim_stale(connection: redis.Redis, stream: str, consumer: str, *, min_idle_ms: int,
@@ -256,7 +260,7 @@ def claim_stale(connection: redis.Redis, stream: str, consumer: str, *, min_idle
         if entry_id not in claimed and not _claimed_by(item, consumer):
             continue  # another worker took it first
         fields = claimed.get(entry_id)
-        result.append((decode_entry(entry_id, fields) if fields else None, entry_id, int(item["times_delivered"])))
+        result.append((_decoded(entry_id, fields) if fields else None, entry_id, int(item["times_delivered"])))
     return result
 
 
@@ -348,6 +352,19 @@ def encode(event: dict) -> bytes:
 
 def decode_entry(entry_id, fields: dict) -> Entry:
     return Entry(as_text(entry_id), json.loads(zlib.decompress(fields[b"z"])))
+
+
+def _decoded(entry_id, fields: dict) -> Entry | None:
+    """The entry for the workers, or None when it cannot be decoded (damaged, or written by no web of ours).
+
+    Raised, it failed the whole read or claim that brought it, and so every good entry beside it, at every claim
+    again. Left out of a read it stays pending, and the claim that takes it over gives up on it as on a trimmed one.
+    """
+    try:
+        return decode_entry(entry_id, fields)
+    except (KeyError, ValueError, zlib.error):  # ValueError: JSON's and UTF-8's errors
+        log.error("event entry %s cannot be decoded; it is given up on when claimed", as_text(entry_id), exc_info=True)
+        return None
 
 
 def id_order(entry_id: str) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import redis
 from engine.events import Event
 from tests.support.processes import wait_until
 from tests.support.stack import PROJECT, all_runs, deliver, ensure_project, runs_in, write_form_rule
-from workers import eventlog
+from workers import activity, eventlog
 
 GOOD = 15
 LATENCY_LIMIT = 30.0
@@ -134,3 +134,27 @@ def test_a_run_whose_step_raises_ends_failed_with_its_error_rather_than_queued_f
     connection = redis.Redis.from_url(redis_url)
     wait_until(lambda: not connection.xpending(eventlog.stream_key("default"), eventlog.GROUP)["pending"], 10,
                "the event to be acknowledged")
+
+
+def test_an_entry_that_cannot_be_decoded_holds_up_no_event_read_with_it_and_is_given_up(stack, sandbox, rules_dir,
+                                                                                        redis_url):
+    # Before, the read that brought it failed whole: the good event read with it stayed pending, and the claim that
+    # took both over 20 s later failed the same way, at every claim, before any give-up: neither was ever handled.
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    connection, stream = redis.Redis.from_url(redis_url), eventlog.stream_key("default")
+    damaged = connection.xadd(stream, {"z": b"not what any web writes"}).decode()
+    good = Event(source="webhook", kind="forms", id="webhook:forms:msg_after_damage",
+                 occurred_at=datetime.now(timezone.utc),
+                 payload={"id": "msg_after_damage", "body": {"title": "After damage", "project": PROJECT},
+                          "headers": {}})
+    connection.xadd(stream, {"z": eventlog.encode(good.to_dict())})
+    activity.note(connection, prefix="ws:default:")  # as the web's acceptance does: looked after every few seconds
+    worker = stack.worker()
+
+    wait_until(lambda: sandbox.count("Task", "Name eq 'After damage'") == 1, 15, "the good event's task")
+    assert f"event entry {damaged} cannot be decoded" in worker.output()
+    # Idle long enough to be claimed at the worker's next look (CLAIM_IDLE passed, as 20 s on would have it).
+    connection.xclaim(stream, eventlog.GROUP, "another-worker", 0, [damaged], idle=600_000)
+    wait_until(lambda: not connection.xpending(stream, eventlog.GROUP)["pending"], 10, "the damaged entry given up on")
+    assert f"event entry {damaged} (default) given up" in worker.output()
