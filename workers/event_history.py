@@ -98,7 +98,7 @@ def history(connection: redis.Redis, *, since: float | None = None, source: str 
         if not page:
             break
         looked += len(page)
-        entries = [eventlog.decode_entry(i, f) for i, f in page]
+        entries = [e for i, f in page if (e := eventlog.readable(i, f)) is not None]
         entries = [e for e in entries if (not source or e.event.get("source") == source)
                    and (not kind or e.event.get("kind") == kind)]
         for logged in _with_outcomes(connection, entries, handled):
@@ -150,7 +150,8 @@ def _entries_at(connection: redis.Redis, stream: str, placed: dict[str, str]) ->
         for entry_id in placed.values():
             pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
         pages = pipe.execute(raise_on_error=False)  # an id past what Redis reads (99999999999999999999-0) is not kept
-    return {w: eventlog.decode_entry(*page[0]) for w, page in zip(placed, pages) if isinstance(page, list) and page}
+    return {w: entry for w, page in zip(placed, pages)
+            if isinstance(page, list) and page and (entry := eventlog.readable(*page[0])) is not None}
 
 
 def entries_since(connection: redis.Redis, since: float, *, limit: int = SCAN_MAX) -> list[eventlog.Entry]:
@@ -160,7 +161,7 @@ def entries_since(connection: redis.Redis, since: float, *, limit: int = SCAN_MA
         page = connection.xrange(stream, min=low, max="+", count=min(1000, limit - len(found)))
         if not page:
             break
-        found += [eventlog.decode_entry(i, f) for i, f in page]
+        found += [e for i, f in page if (e := eventlog.readable(i, f)) is not None]
         low = "(" + eventlog.as_text(page[-1][0])
     return found
 
@@ -197,7 +198,7 @@ def _outcome(entry: eventlog.Entry, trace: dict | None, handled: bool) -> Logged
 
 def _entry_at(connection: redis.Redis, stream: str, entry_id: str) -> eventlog.Entry | None:
     found = connection.xrange(stream, min=entry_id, max=entry_id, count=1)
-    return eventlog.decode_entry(*found[0]) if found else None
+    return eventlog.readable(*found[0]) if found else None
 
 
 def _search(connection: redis.Redis, stream: str, event_ids: set[str]) -> dict[str, eventlog.Entry]:
@@ -211,8 +212,8 @@ def _search(connection: redis.Redis, stream: str, event_ids: set[str]) -> dict[s
             break
         looked += len(page)
         for entry_id, fields in page:
-            entry = eventlog.decode_entry(entry_id, fields)
-            if entry.event.get("id") in event_ids:
+            entry = eventlog.readable(entry_id, fields)
+            if entry is not None and entry.event.get("id") in event_ids:
                 found.setdefault(entry.event["id"], entry)
         high = "(" + eventlog.as_text(page[-1][0])
     return found

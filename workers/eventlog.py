@@ -240,7 +240,7 @@ def read_new(connection: redis.Redis, streams: list[str], consumer: str, *, coun
         answers = [connection.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms)]
     return [(as_text(stream), entry)
             for answer in answers for stream, entries in answer or [] for entry_id, fields in entries
-            if fields and (entry := _decoded(entry_id, fields)) is not None]
+            if fields and (entry := readable(entry_id, fields)) is not None]
 
 
 def claim_stale(connection: redis.Redis, stream: str, consumer: str, *, min_idle_ms: int,
@@ -260,7 +260,7 @@ def claim_stale(connection: redis.Redis, stream: str, consumer: str, *, min_idle
         if entry_id not in claimed and not _claimed_by(item, consumer):
             continue  # another worker took it first
         fields = claimed.get(entry_id)
-        result.append((_decoded(entry_id, fields) if fields else None, entry_id, int(item["times_delivered"])))
+        result.append((readable(entry_id, fields) if fields else None, entry_id, int(item["times_delivered"])))
     return result
 
 
@@ -304,7 +304,7 @@ def trim(connection: redis.Redis, stream: str, *, keep: int = EVENTS_KEEP, max_a
 def entries(connection: redis.Redis, *, workspace: str | None = None, count: int = 1000) -> list[Entry]:
     """The newest `count` events of the log, oldest first (handled or not)."""
     found = connection.xrevrange(stream_key(workspace), count=count)
-    return [decode_entry(entry_id, fields) for entry_id, fields in reversed(found)]
+    return [entry for entry_id, fields in reversed(found) if (entry := readable(entry_id, fields)) is not None]
 
 
 def waiting(connection: redis.Redis, *, workspace: str | None = None) -> list[Entry]:
@@ -354,17 +354,22 @@ def decode_entry(entry_id, fields: dict) -> Entry:
     return Entry(as_text(entry_id), json.loads(zlib.decompress(fields[b"z"])))
 
 
-def _decoded(entry_id, fields: dict) -> Entry | None:
-    """The entry for the workers, or None when it cannot be decoded (damaged, or written by no web of ours).
+def readable(entry_id, fields: dict) -> Entry | None:
+    """The entry, or None when it cannot be decoded (damaged, or written by no web of ours): logged by its id.
 
-    Raised, it failed the whole read or claim that brought it, and so every good entry beside it, at every claim
-    again. Left out of a read it stays pending, and the claim that takes it over gives up on it as on a trimmed one.
+    Every read of the log goes through here. Raised, it failed the whole read or claim that brought it, and so every
+    good entry beside it, at every claim again; the web's pages and replays of the log answered 500. Left out of a
+    worker's read it stays pending, and the claim that takes it over gives up on it as on a trimmed one.
     """
     try:
-        return decode_entry(entry_id, fields)
+        entry = decode_entry(entry_id, fields)
     except (KeyError, ValueError, zlib.error):  # ValueError: JSON's and UTF-8's errors
-        log.error("event entry %s cannot be decoded; it is given up on when claimed", as_text(entry_id), exc_info=True)
+        entry = None
+    if entry is None or not isinstance(entry.event, dict):
+        log.error("event entry %s cannot be decoded; it is left out (and given up on when a worker claims it)",
+                  as_text(entry_id))
         return None
+    return entry
 
 
 def id_order(entry_id: str) -> tuple[int, int]:

@@ -332,3 +332,26 @@ def test_a_replay_since_a_time_with_too_many_events_is_refused_after_reading_one
 
     assert answer.status_code == 422 and "at most 10000" in answer.get_json()["error"]["message"], answer.text[:300]
     assert reads <= MAX_EVENTS // 1000 + 2, f"{reads} reads of the log for a replay it refused"
+
+
+def test_an_entry_that_cannot_be_read_is_left_out_of_every_page_and_replay_of_the_log(redis_url, app, client):
+    """One entry of the log no web of ours wrote (damaged, or not an event) failed every read of the log that met it:
+    the events list, the dashboard's events page, an event's own page and replays answered 500 for as long as it was
+    kept. It is left out now (and logged by its id); the events beside it are listed and replayed."""
+    connection = redis.Redis.from_url(redis_url)
+    with workspaces.using(workspaces.Workspace("default", "http://unused", "unused")):
+        _log(connection, _task_done("before", 1.0))
+        stream = eventlog.stream_key()
+        damaged = [connection.xadd(stream, fields).decode() for fields in (
+            {"z": b"not zlib"}, {"x": b"no z at all"}, {"z": eventlog.runs.compress_small(b"[1, 2]")})]
+        _log(connection, _task_done("after", 1.0))
+
+    listed = client.get("/events", headers=ADMIN)
+    assert listed.status_code == 200 and [e["id"] for e in listed.get_json()["events"]] == ["after", "before"]
+    assert client.get("/ui/events", headers=ADMIN).status_code == 200
+    assert client.get("/events/after", headers=ADMIN).status_code == 200
+    assert [client.get(f"/events/{entry}", headers=ADMIN).status_code for entry in damaged] == [404] * 3
+    replay = client.post("/events/replay", json={"since": "10m", "dry_run": True}, headers=ADMIN)
+    assert replay.status_code == 200 and replay.get_json()["events"] == 2, replay.text[:300]
+    named = client.post("/events/replay", json={"events": ["before"], "dry_run": True}, headers=ADMIN)
+    assert named.status_code == 200 and named.get_json()["events"] == 1, named.text[:300]
