@@ -31,7 +31,9 @@ def make_run(tmp_path, ports: dict, **env) -> Process:
     given.update(REDIS_URL=None, INLOOX_URL=None, INLOOX_API_KEY=None, EMBEDDED_REDIS=None)
     # No secrets key either: `make run` generates one (here beside its data) and hands it on.
     given.update(SECRETS_KEY=None, SECRETS_KEY_FILE=str(tmp_path / "secrets.key"))
-    return Process([shutil.which("make") or "make", "run"], name="make-run", env={**given, **env})
+    # Through the reaper: a test run killed would leave honcho and the stack under it running (make alone dies with it).
+    return Process.python("-m", "tests.support.reaper", shutil.which("make") or "make", "run", name="make-run",
+                          env={**given, **env})
 
 
 def free_ports() -> dict:
