@@ -221,25 +221,7 @@ def test_a_rule_enabled_again_fires_no_tick_that_came_while_it_was_disabled(redi
     write_rule(rules_dir, "hourly", text)
     enabled = load_rules(rules_dir)
     write_rule(rules_dir, "hourly", text.replace("then:", "enabled: false\nthen:"))
-    disabled = load_rules(rules_dir)
-    connection = redis.Redis.from_url(redis_url)
-    upcoming = scheduler.Upcoming()
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
-    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
-        assert scheduler.fire_due(connection, enabled, now=hour + timedelta(minutes=1), upcoming=upcoming) == []
-        # Switched off for two hours: the scheduler keeps turning, and the 1:00 and 2:00 ticks pass.
-        for minutes in range(5, 150, 5):
-            assert scheduler.fire_due(connection, disabled, now=hour + timedelta(minutes=minutes),
-                                      upcoming=upcoming) == []
-        # Enabled again at 2:30: the 2:00 tick came while it was off; nothing fires.
-        assert scheduler.fire_due(connection, enabled, now=hour + timedelta(minutes=150), upcoming=upcoming) == []
-        # A scheduler started afresh (no memory of its own) finds the same.
-        assert scheduler.fire_due(connection, enabled, now=hour + timedelta(minutes=151)) == []
-        # The next tick fires on time, once.
-        three = hour + timedelta(hours=3)
-        assert scheduler.fire_due(connection, enabled, now=three + timedelta(seconds=2), upcoming=upcoming) == [
-            f"schedule:hourly-latest:{three.isoformat().replace('+00:00', 'Z')}"]
-    assert queued_ticks(connection) == [("hourly-latest", three.isoformat().replace("+00:00", "Z"))]
+    _away_two_hours_fires_nothing_after(redis_url, sandbox, rules_dir, enabled, load_rules(rules_dir))
 
 
 def test_a_rule_deleted_and_added_again_fires_no_tick_from_the_time_it_was_gone(redis_url, sandbox, rules_dir):
@@ -250,25 +232,32 @@ def test_a_rule_deleted_and_added_again_fires_no_tick_from_the_time_it_was_gone(
     with_rule = load_rules(rules_dir)
     (rules_dir / "hourly.yaml").unlink()
     write_rule(rules_dir, "other", RULE.format(id="daily", cron="0 3 * * *", catch_up="skip"))
-    without = load_rules(rules_dir)
+    kept = _away_two_hours_fires_nothing_after(redis_url, sandbox, rules_dir, with_rule, load_rules(rules_dir))
+    assert kept == [b"daily"]  # while it was gone, nothing of it was kept
+
+
+def _away_two_hours_fires_nothing_after(redis_url, sandbox, rules_dir, present, away) -> list[bytes]:
+    """The scheduler sees rule hourly-latest (`present`) at 0:01, then `away` (disabled, or gone) until 2:30, when
+    it has `present` again: no tick of the two hours fires, the 3:00 tick fires once. Returns `schedule:last`'s
+    members as the time away ended."""
     connection = redis.Redis.from_url(redis_url)
     upcoming = scheduler.Upcoming()
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
     with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
-        assert scheduler.fire_due(connection, with_rule, now=hour + timedelta(minutes=1), upcoming=upcoming) == []
-        # Deleted at 0:05; the scheduler goes on with the other rules past the 1:00 and 2:00 ticks.
+        assert scheduler.fire_due(connection, present, now=hour + timedelta(minutes=1), upcoming=upcoming) == []
+        # Away for two hours: the scheduler keeps turning, and the 1:00 and 2:00 ticks pass.
         for minutes in range(5, 150, 5):
-            assert scheduler.fire_due(connection, without, now=hour + timedelta(minutes=minutes),
-                                      upcoming=upcoming) == []
-        gone = connection.zrange(LAST_KEY, 0, -1)
-        # Added again at 2:30, as this scheduler sees it and as one started afresh does: nothing fires.
-        assert scheduler.fire_due(connection, with_rule, now=hour + timedelta(minutes=150), upcoming=upcoming) == []
-        assert scheduler.fire_due(connection, with_rule, now=hour + timedelta(minutes=151)) == []
+            assert scheduler.fire_due(connection, away, now=hour + timedelta(minutes=minutes), upcoming=upcoming) == []
+        kept = connection.zrange(LAST_KEY, 0, -1)
+        # Back at 2:30: the 2:00 tick came while it was away; nothing fires, here or in a scheduler started afresh.
+        assert scheduler.fire_due(connection, present, now=hour + timedelta(minutes=150), upcoming=upcoming) == []
+        assert scheduler.fire_due(connection, present, now=hour + timedelta(minutes=151)) == []
+        # The next tick fires on time, once.
         three = hour + timedelta(hours=3)
-        assert scheduler.fire_due(connection, with_rule, now=three + timedelta(seconds=2), upcoming=upcoming) == [
+        assert scheduler.fire_due(connection, present, now=three + timedelta(seconds=2), upcoming=upcoming) == [
             f"schedule:hourly-latest:{three.isoformat().replace('+00:00', 'Z')}"]
     assert queued_ticks(connection) == [("hourly-latest", three.isoformat().replace("+00:00", "Z"))]
-    assert gone == [b"daily"]  # while it was gone, nothing of it was kept
+    return kept
 
 
 def test_a_tick_and_the_rules_last_look_are_stored_together_or_not_at_all(redis_url, sandbox, rules_dir):
