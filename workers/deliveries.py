@@ -14,7 +14,7 @@
 
 The delivery id is the `webhook-id`: the same for every attempt, so a receiver can drop repeats.
 Attempts after a 5xx, a 429, a timeout or a lost connection follow SCHEDULE (the Standard Webhooks
-reference schedule, then a day: about three days in all); then the delivery is failed and can be
+reference schedule, then a day: about two days, 52 h, in all); then the delivery is failed and can be
 sent again by a person (`redeliver`). Other answers (3xx: redirects are not followed; 4xx) fail it
 at once. Every connection goes through the outbound guard (workers/egress.py). Deliveries run as
 RQ jobs, apart from rule runs, which the event consumer executes on its own threads.

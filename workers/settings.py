@@ -92,7 +92,7 @@ DEFAULTS = {
     # Hosted: the operator's bearer token, accepted for every workspace (each also has its own).
     "OPERATOR_TOKEN": "",
     # Change-feed deliveries: seconds before each retry of a failed one (empty: the Standard
-    # Webhooks schedule, about three days; workers/deliveries.py).
+    # Webhooks schedule, then a day: about two days; workers/deliveries.py).
     "DELIVERY_RETRY_SECONDS": "",
     # Seconds between two samples of the gauges the dashboard charts (queue depth, poll lag); a
     # chart shows one point per minute, so less than 60 only helps tests.
