@@ -2,7 +2,9 @@
 
 Web, worker and poller are separate processes, so their counters live in Redis (`workers.metrics`)
 and this collector reads them; gauges (queue depth, poll lag, held floods, workers) are measured
-from Redis as they are now. Every series has a `workspace` label. `/metrics` shows all workspaces
+from Redis as they are now. Every series has a `workspace` label but the queue depths' (a `queue`, named
+after its workspace), the step histogram's (summed over the workspaces shown) and the workers' count
+(the deployment's). `/metrics` shows all workspaces
 (the operator's token, when OPERATOR_TOKEN is set); `/workspaces/<ws>/metrics` shows one workspace's
 series only, to its admin token.
 """

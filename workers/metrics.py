@@ -10,7 +10,7 @@ metrics at `/metrics`. Fields are JSON `[name, {label: value}]`; every counter c
     runs          {status}            each time a run reaches a status
     steps         {verb, status}      done | skipped | error
     inloox_requests {method, status_class}            2xx … 5xx, or "error" when no answer came
-    retries       {kind}              automatic | manual
+    retries       {kind}              automatic | unavailable (InLoox unreachable, no attempt used) | manual
     runs_restarted {why}              executor_lost (the sweeper) | redis_failed (workers/recovery.py)
     loops_stopped {reason}            the guards' refusals: paused | hops | frequency
     held_changes  {entity_set}        changes held back by flood protection
