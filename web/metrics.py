@@ -51,6 +51,8 @@ COUNTER_METRICS = {
     "runs_restarted": ("runs_restarted", "Runs queued again after their executor was lost (executor_lost) or "
                        "Redis failed under their attempt (redis_failed)", ("why",)),
     "held_changes": ("held_changes", "Changes held back by flood protection", ("entity_set",)),
+    "events_failed": ("events_failed", "Handlings of an event that failed (its trace says why), by error type",
+                      ("error",)),
     "polls": ("polls", "Polls of an entity set", ("entity_set",)),
     "deliveries": ("deliveries", "Change-feed deliveries finished, by status (delivered, failed)", ("status",)),
     "runs_started": ("runs_started", "Runs started (stored for a matched rule): the usage's runs", ()),

@@ -48,6 +48,8 @@ The points (see docs/execution.md, "Crash points"):
     rq_turn         RQ's loop starts a turn (its check for suspension: workers/worker.py)
     rq_wait         RQ's loop starts to wait for a job (before it writes its state "idle": workers/worker.py)
     rq_schedule_turn  RQ's scheduler thread starts a turn (workers/rq_schedule.py ThreadScheduler.work)
+    delivery_sent   a change-feed delivery's attempt was made (answered or not), its outcome not yet recorded
+                    (workers/deliveries.py)
     chat_confirmed  a chat confirmation took its held plan, its event not yet submitted (web/commands.py confirm)
     heavy_request   a replay, a rule bundle upload or a what-if comparison starts its work on a web thread,
                     its turn taken (web/heavy.py)

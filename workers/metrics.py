@@ -14,6 +14,7 @@ metrics at `/metrics`. Fields are JSON `[name, {label: value}]`; every counter c
     runs_restarted {why}              executor_lost (the sweeper) | redis_failed (workers/recovery.py)
     loops_stopped {reason}            the guards' refusals: paused | hops | frequency
     held_changes  {entity_set}        changes held back by flood protection
+    events_failed {error}             handlings of an event that failed (workers/consumer/): its trace says why
     polls         {entity_set}
 
 A few of these are also kept per minute for the dashboard's charts (workers/series.py), and some

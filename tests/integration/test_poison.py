@@ -73,7 +73,7 @@ class TaskWatch:
 
 @pytest.mark.timeout(170)
 def test_a_poison_event_never_holds_up_good_deliveries_across_a_worker_restart(stack, sandbox, rules_dir,
-                                                                               redis_url, runner):
+                                                                               redis_url, runner, client):
     stack.env["ENGINE_FAILPOINTS"] = "handle_event~poison"
     write_form_rule(rules_dir)
     ensure_project(sandbox)
@@ -104,6 +104,9 @@ def test_a_poison_event_never_holds_up_good_deliveries_across_a_worker_restart(s
     poison = runner.invoke(args=["events", "show", "webhook:forms:msg_poison"])
     assert poison.exit_code == 0, poison.output
     assert "handling failed: FailpointError" in poison.output, poison.output
+    # Each failed handling is counted on /metrics (it was counted in Redis and never shown).
+    failed = 'inloox_automation_events_failed_total{error="FailpointError",workspace="default"}'
+    wait_until(lambda: failed in client.get("/metrics").get_data(as_text=True), 10, "the failures on /metrics")
 
     # The legacy entry was handled like any other: its trace kept, its run stored, and the CLI shows it.
     legacy = runner.invoke(args=["events", "show", legacy_id])
