@@ -398,6 +398,14 @@ def _list(pipe: Pipeline, run: dict) -> None:
     pipe.zadd(key(f"runs:rule:{run['rule_id']}"), {run["id"]: score})
 
 
+def unlist(pipe: Pipeline, run_id: str, rule_id: str | None) -> None:
+    """Queue the removal of a run whose record is gone (expired untouched) from the listings (the rule's too, when
+    known): only a finished run leaves them with the trim, and a listing removes only the ids it comes across."""
+    pipe.zrem(key("runs"), run_id)
+    if rule_id:
+        pipe.zrem(key(f"runs:rule:{rule_id}"), run_id)
+
+
 def _done_member(run: dict) -> str:
     return f"{run['id']} {run['rule_id']}"  # run ids have no spaces; the rule names its per-rule index
 

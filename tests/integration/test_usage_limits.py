@@ -636,3 +636,30 @@ def test_runs_waiting_over_the_monthly_limit_count_in_the_backlog_and_its_webhoo
     assert answers == [202, 202, 202, 429, 429, 429, 429]
     assert connection.zcard(waiting) == 3
     assert _task_names(sandbox) == ["Over 0"]
+
+
+def test_a_run_that_expired_waiting_over_the_limit_leaves_the_run_listings_when_the_month_has_room(redis_url):
+    """A run waiting over `runs_per_month` whose record expired untouched (7 days) was dropped from the waiting list
+    once the limit had room again, but its id stayed in the run listings (`runs`, `runs:rule:<rule>`) for good: only a
+    finished run leaves them with the trim. A workspace over its limit for weeks left up to `backlog_limit` ids a week."""
+    from datetime import datetime, timezone
+
+    from workers import workspaces
+    from workers.metering import limits
+
+    connection = redis.Redis.from_url(redis_url)
+    workspace = workspaces.Workspace("default", "http://unused", "unused")
+    with workspaces.using(workspace):
+        created = datetime(2026, 11, 2, tzinfo=timezone.utc).isoformat()
+        with connection.pipeline() as pipe:
+            for n in range(3):
+                run = {"id": f"run_expired_{n}", "rule_id": "forms", "created_at": created}
+                limits.wait(run)(pipe)
+                pipe.zadd(workspaces.key("runs"), {run["id"]: 1})  # as its creation listed it; the record is gone
+                pipe.zadd(workspaces.key("runs:rule:forms"), {run["id"]: 1})
+            pipe.execute()
+
+        assert limits.release_waiting(connection, workspace) == []  # no limit set: the month has room
+        assert connection.zcard(workspaces.key(limits.WAITING)) == 0
+        assert connection.zrange(workspaces.key("runs"), 0, -1) == []
+        assert connection.zrange(workspaces.key("runs:rule:forms"), 0, -1) == []
