@@ -26,7 +26,7 @@ import redis
 
 from workers import activity, metrics, runs, scripts, workspaces
 from workers.metering import usage
-from workers.metering.limits import WAITING as OVER_LIMIT
+from workers.metering.limits import WAITING as WAITING_OVER_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tupl
     burst = max(1, round(per_second * PACE_BURST_SECONDS))
     keys = [dedup_key, stream_key(), metrics.COUNTERS, usage.day_key(name, day), usage.month_key(name, usage.month_of(day)),
             activity.key(), workspaces.key(runs.ACTIVE), workspaces.key("events:backlog"), workspaces.key("events:pace"),
-            workspaces.key(OVER_LIMIT)]
+            workspaces.key(WAITING_OVER_LIMIT)]
     reply = scripts.call(target, _APPEND_SCRIPT, keys=keys,
                          args=[event["id"], dedup_ttl, encode(event), *counted, usage.event_field(event["source"]),
                                usage.DAY_TTL, usage.MONTH_TTL, backlog_limit, GROUP, BACKLOG_LOOK_MS, BACKLOG_HEADROOM,
