@@ -663,3 +663,22 @@ def test_a_run_that_expired_waiting_over_the_limit_leaves_the_run_listings_when_
         assert connection.zcard(workspaces.key(limits.WAITING)) == 0
         assert connection.zrange(workspaces.key("runs"), 0, -1) == []
         assert connection.zrange(workspaces.key("runs:rule:forms"), 0, -1) == []
+
+
+def test_a_process_forgets_the_alert_claims_of_hours_past(redis_url):
+    """Each process notes the alert claims it has seen taken, so that the webhooks refused in one hour ask Redis once
+    between them. The notes of hours past stayed for as long as the process lived: one more an hour for each workspace
+    refused over its backlog or pace, on every web process and worker, for good."""
+    from workers import workspaces
+    from workers.metering import limits
+    from workers.outbound import OutboundPolicy
+
+    workspace = workspaces.Workspace("refused-all-week", "http://127.0.0.1:9/api/odata/", "token")
+    connection, policy = redis.Redis.from_url(redis_url), OutboundPolicy.from_setting("127.0.0.1")
+    start = time.monotonic() + 10 * limits.FORGET_EVERY  # later than any claim the tests before noted
+    for hour in range(24 * 7):
+        limits._alert(connection, workspace, policy, f"backlog_limit:hour-{hour}", "refused", period=limits.HOUR,
+                      now=start + hour * limits.HOUR)
+    kept = [name for name in limits._claimed if name.startswith("ws:refused-all-week:")]
+    assert 1 <= len(kept) <= 3, kept  # the hours whose claims may still be asked for, no more
+    assert connection.exists("ws:refused-all-week:limits:alerted:backlog_limit:hour-0")  # Redis's claims as before

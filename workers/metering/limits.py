@@ -64,7 +64,12 @@ return 1
 """
 _ADMIT_SCRIPT = scripts.script(_ADMIT)
 
-_claimed: set[str] = set()  # alert claims this process has seen taken (by itself or another one), or is asking for
+# Alert claims this process has seen taken (by itself or another one), or is asking for → when it may forget each:
+# once its period (an hour, a day, a month, in the claim's name) is past, nobody asks for that claim again.
+_claimed: dict[str, float] = {}
+_forget_at = [0.0]  # when `_claimed` is next looked through for claims to forget (monotonic)
+FORGET_EVERY = 3600.0
+HOUR, DAY, MONTH = 3600.0, 86400.0, 31 * 86400.0
 _claiming = threading.Lock()  # one thread of this process asks for a claim: another finds it in `_claimed`
 _claimant = os.urandom(8).hex()  # this process's name in the claims it takes
 
@@ -127,7 +132,7 @@ def alert_runs(connection: redis.Redis, workspace: workspaces.Workspace, policy:
         text = f"{percent} % of {limit} runs this month used ({used} billable runs) in workspace {workspace.name}"
         if percent == 100:
             text += "; new runs wait (status over_limit) until the limit is raised or the month ends"
-        _alert(connection, workspace, policy, f"runs_per_month:{period}:{percent}", text)
+        _alert(connection, workspace, policy, f"runs_per_month:{period}:{percent}", text, period=MONTH)
 
 
 def alert_events(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *, used: int) -> None:
@@ -138,7 +143,7 @@ def alert_events(connection: redis.Redis, workspace: workspaces.Workspace, polic
         text = f"{percent} % of {limit} events today used ({used} accepted) in workspace {workspace.name}"
         if percent == 100:
             text += "; webhooks are answered 429 until midnight UTC"
-        _alert(connection, workspace, policy, f"events_per_day:{period}:{percent}", text)
+        _alert(connection, workspace, policy, f"events_per_day:{period}:{percent}", text, period=DAY)
 
 
 def alert_backlog(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, *,
@@ -147,7 +152,7 @@ def alert_backlog(connection: redis.Redis, workspace: workspaces.Workspace, poli
     limit = workspace.limits.backlog_limit
     _alert(connection, workspace, policy, f"backlog_limit:{datetime.now(timezone.utc):%Y-%m-%dT%H}",
            f"webhooks of workspace {workspace.name} are answered 429: {waiting:,} events and runs are waiting "
-           f"(its backlog_limit is {limit:,}); they are accepted again once fewer wait")
+           f"(its backlog_limit is {limit:,}); they are accepted again once fewer wait", period=HOUR)
 
 
 def alert_pace(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy) -> None:
@@ -155,7 +160,7 @@ def alert_pace(connection: redis.Redis, workspace: workspaces.Workspace, policy:
     pace = workspace.limits.webhooks_per_second
     _alert(connection, workspace, policy, f"webhooks_per_second:{datetime.now(timezone.utc):%Y-%m-%dT%H}",
            f"webhooks of workspace {workspace.name} are answered 429: they come faster than its webhooks_per_second "
-           f"({pace:g}); they are accepted again at that pace")
+           f"({pace:g}); they are accepted again at that pace", period=HOUR)
 
 
 def until_midnight(now: datetime | None = None) -> int:
@@ -226,7 +231,7 @@ def _reached(used: int, limit: int) -> list[int]:
 
 
 def _alert(connection: redis.Redis, workspace: workspaces.Workspace, policy: OutboundPolicy, claim: str,
-           text: str) -> None:
+           text: str, *, period: float, now: float | None = None) -> None:
     """Send `text` to the workspace's alerts channel and log it, if nobody claimed `claim` before.
 
     The claim holds this process's name: should Redis fail as it is taken (raised, the alert not sent), the next
@@ -234,17 +239,24 @@ def _alert(connection: redis.Redis, workspace: workspaces.Workspace, policy: Out
     own, stored but its answer lost (it sends the alert then); another process's name, it leaves the alert be.
     Before, an alert whose claim met a Redis error was never sent: not by this process, which had noted it, nor
     by another, if the claim got stored. One thread of this process asks at a time (noted as seen while it asks):
-    two asking at once both found this process's name, the first one's claim, and both sent the alert."""
+    two asking at once both found this process's name, the first one's claim, and both sent the alert.
+    `period`: how long the claim's name is asked for (an hour's, a day's, a month's), after which it is forgotten here
+    (kept, a web process noted one claim more an hour for each workspace refused over its backlog, for good)."""
     name = f"ws:{workspace.name}:limits:alerted:{claim}"
+    now = time.monotonic() if now is None else now
     with _claiming:
         if name in _claimed:
             return
-        _claimed.add(name)
+        _claimed[name] = now + 2 * period
+        if now >= _forget_at[0]:
+            _forget_at[0] = now + FORGET_EVERY
+            for gone in [n for n, until in _claimed.items() if until <= now]:
+                del _claimed[gone]
     try:
         held = connection.set(name, _claimant, nx=True, ex=ALERT_TTL, get=True)  # the claim there was, if any
     except BaseException:
         with _claiming:
-            _claimed.discard(name)
+            _claimed.pop(name, None)
         raise
     if held is not None and held.decode() != _claimant:
         return  # another process (or an earlier life of this one) sent it
