@@ -28,6 +28,8 @@ _NUMBERS = {"Edm.Int16", "Edm.Int32", "Edm.Int64", "Edm.Byte", "Edm.Double", "Ed
 _STRING_FUNCTIONS = {"tolower": "lower", "toupper": "upper", "trim": "trim"}
 _TEXT_MATCHES = ("contains", "startswith", "endswith")
 _SQL_INTEGERS = range(-2**63, 2**63)  # what SQLite can bind
+_HINTS = {"Edm.Guid": ": write the GUID unquoted, e.g. 3fa85f64-5717-4562-b3fc-2c963f66afa6",
+          "Edm.DateTimeOffset": ": write the date-time unquoted with its offset, e.g. 2025-04-01T09:00:00Z"}
 MAX_DEPTH = 100  # far deeper than filters people write (use `in (…)` for long lists of values)
 
 
@@ -169,8 +171,8 @@ class _Compiler:
             return _convert_literal(node, column_type)
         except (ValueError, TypeError, OverflowError):
             raise BadRequest(
-                f"$filter: {_describe(node)} cannot be compared with {name or 'a value'} ({column_type})",
-                target=name or "$filter") from None
+                f"$filter: {_describe(node)} cannot be compared with {name or 'a value'} ({column_type})"
+                + _HINTS.get(column_type, ""), target=name or "$filter") from None
 
     def _arity(self, node):
         raise BadRequest(f"$filter: {node.func.name}() takes one argument", target="$filter")
@@ -183,15 +185,24 @@ def _convert_literal(node, column_type: str | None):
         return node.val
     if column_type is None and isinstance(node, (ast.Integer, ast.Float)):
         return _sql_number(node.py_val)
-    if column_type == "Edm.Guid" and isinstance(node, (ast.GUID, ast.String)):
+    # GUIDs and date-times are bare literals: InLoox's ASP.NET OData refuses a quoted one
+    # ('Edm.Guid' vs 'Edm.String': incompatible types), and a date-time without an offset names no instant.
+    if column_type == "Edm.Guid" and isinstance(node, ast.GUID):
         return edm.normalize_guid(node.val)
-    if column_type == "Edm.DateTimeOffset" and isinstance(node, (ast.DateTime, ast.Date, ast.String)):
+    if column_type == "Edm.DateTimeOffset" and isinstance(node, ast.DateTime) and _has_offset(node.val):
+        return edm.normalize_datetime(node.val)
+    if column_type == "Edm.DateTimeOffset" and isinstance(node, ast.Date):
         return edm.normalize_datetime(node.val)
     if column_type == "Edm.Boolean" and isinstance(node, ast.Boolean):
         return int(node.val.lower() == "true")
     if column_type in _NUMBERS and isinstance(node, (ast.Integer, ast.Float)):
         return _sql_number(node.py_val)
     raise TypeError(node)
+
+
+def _has_offset(text: str) -> bool:
+    """Whether an ISO date-time literal ends in `Z` or a `+hh:mm`/`-hh:mm` offset."""
+    return text[-1:] in ("Z", "z") or (len(text) > 6 and text[-6] in "+-" and text[-3] == ":")
 
 
 def _sql_number(value):

@@ -78,6 +78,21 @@ def test_guid_literals_are_unquoted_and_case_insensitive(sandbox, tasks):
     assert names(sandbox, **{"$filter": f"TaskItemId ne {key} and ProjectId eq null"}) == sorted(set(tasks) - {"beta"})
 
 
+@pytest.mark.parametrize("filter_text, mentions", [
+    ("TaskItemId eq '{beta}'", "GUID unquoted"),
+    ("ProjectId in ('{beta}', '{beta}')", "GUID unquoted"),
+    ("EndDateTime lt '2025-04-02T09:00:00Z'", "date-time unquoted"),
+    ("EndDateTime lt 2025-04-02T09:00:00", "with its offset"),
+])
+def test_quoted_guids_and_date_times_without_offset_are_400(sandbox, tasks, filter_text, mentions):
+    # InLoox (ASP.NET Core OData) refuses a GUID or date-time compared as a string, and a date-time
+    # that names no offset: a filter the sandbox took would pass tests and fail against InLoox.
+    text = filter_text.format(beta=tasks["beta"])
+    for response in (sandbox.get("Task", **{"$filter": text}), sandbox.get("Task/$count", **{"$filter": text})):
+        assert response.status_code == 400, response.text
+        assert mentions in response.json()["error"]["message"]
+
+
 def test_a_value_that_looks_like_filter_syntax_injects_nothing(sandbox, tasks):
     for attempt in ["x') or 1=1 --", "'; DROP TABLE Task; --", TRICKY]:
         escaped = attempt.replace("'", "''")
