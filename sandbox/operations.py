@@ -2,7 +2,8 @@
 
 Modelled: `UserInfo/Me()`; `AddNote` on Task, Project, TimeEntry and Document (notes are stored and
 listed at `GET /_sandbox/notes`); Task `StartStopwatch`, `PauseStopwatch`, `StopStopwatch` (books a
-TimeEntry for the elapsed time) and `GetStopwatch`, using the UserStopwatch set. Every other
+TimeEntry for the elapsed time) and `GetStopwatch`, using the UserStopwatch set: a watch belongs
+to the user who started it (its hidden `_created_by`), so each person runs at most one. Every other
 operation of the metadata answers 501 naming itself. Each registration names the entity set its
 result belongs to (the stopwatch operations are bound to Task but return a UserStopwatch), which
 is what the answer's `@odata.context` names.
@@ -86,7 +87,9 @@ def add_note(ctx: WriteContext, resource: Resource, body):
 
 
 def _stopwatch(ctx: WriteContext, task_id: str) -> dict | None:
-    cursor = ctx.conn.execute('SELECT * FROM "UserStopwatch" WHERE TaskItemId = ?', (task_id,))
+    """The caller's stopwatch on a task: each user times a task on a watch of their own."""
+    cursor = ctx.conn.execute('SELECT * FROM "UserStopwatch" WHERE TaskItemId = ? AND _created_by = ?',
+                              (task_id, ctx.user))
     found = cursor.fetchone()
     return dict(zip([d[0] for d in cursor.description], found)) if found else None
 
@@ -116,8 +119,9 @@ def start_stopwatch(ctx: WriteContext, resource: Resource, body):
     task = writes.read_entity(ctx.store, resource.entity_set, resource.key)
     if not task["ProjectId"]:
         raise BadRequest("A stopwatch needs a task that belongs to a project", target="ProjectId")
-    # Only one stopwatch runs per user: starting this one pauses any other.
-    running = ctx.conn.execute('SELECT TaskItemId FROM "UserStopwatch" WHERE PausedAt IS NULL').fetchall()
+    # Only one stopwatch runs per user: starting this one pauses the caller's other one, not a colleague's.
+    running = ctx.conn.execute('SELECT TaskItemId FROM "UserStopwatch" WHERE PausedAt IS NULL AND _created_by = ?',
+                               (ctx.user,)).fetchall()
     for (other,) in running:
         if other != task["TaskItemId"]:
             _pause(ctx, _stopwatch(ctx, other))

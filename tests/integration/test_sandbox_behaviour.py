@@ -140,6 +140,26 @@ def test_starting_a_second_stopwatch_pauses_the_first(sandbox, project):
     assert [w["TaskItemId"] for w in running] == [second["TaskItemId"]]
 
 
+def test_stopwatches_are_per_user(sandbox, project):
+    # "Only one stopwatch runs per user": a colleague starting theirs pauses nothing of ours, and
+    # each of two people timing one task has a watch of their own, booked as their own time entry.
+    sandbox.add_user("ann-token", "Ann", "Other")
+    as_ann = sandbox.as_user("ann-token")
+    mine, hers = (sandbox.post("Task", {"Name": n, "ProjectId": project["ProjectId"]}).json() for n in "ab")
+    assert sandbox.post(f"Task({mine['TaskItemId']})/StartStopwatch").status_code == 200
+    assert as_ann.post(f"{sandbox.base_url}Task({hers['TaskItemId']})/StartStopwatch", timeout=10).status_code == 200
+    assert sandbox.get(f"Task({mine['TaskItemId']})/GetStopwatch()").json()["PausedAt"] is None
+    ann_on_mine = as_ann.post(f"{sandbox.base_url}Task({mine['TaskItemId']})/StartStopwatch", timeout=10).json()
+    ours = sandbox.get(f"Task({mine['TaskItemId']})/GetStopwatch()").json()
+    assert ours["PausedAt"] is None and ann_on_mine["UserStopwatchId"] != ours["UserStopwatchId"]
+    assert as_ann.get(f"{sandbox.base_url}Task({hers['TaskItemId']})/GetStopwatch()", timeout=10).json()["PausedAt"]
+    assert sandbox.post(f"Task({hers['TaskItemId']})/StopStopwatch").status_code == 400  # not ours to stop
+    assert sandbox.post(f"Task({mine['TaskItemId']})/StopStopwatch").status_code == 200
+    [entry] = sandbox.get("TimeEntry").json()["value"]
+    assert entry["PerformedByContactId"] == ME_ID
+    assert as_ann.get(f"{sandbox.base_url}Task({mine['TaskItemId']})/GetStopwatch()", timeout=10).json()["PausedAt"] is None
+
+
 def test_add_note_is_stored_for_task_project_and_time_entry(sandbox, project):
     task = sandbox.post("Task", {"Name": "t", "ProjectId": project["ProjectId"]}).json()
     entry = sandbox.post("TimeEntry", {"ProjectId": project["ProjectId"]}).json()
