@@ -73,7 +73,7 @@ def _convert(edm_type: str, value):
     if edm_type == "Edm.Guid":
         return normalize_guid(value)
     if edm_type == "Edm.DateTimeOffset":
-        return normalize_datetime(value)
+        return normalize_datetime(_with_offset(_require(value, str)))
     if edm_type == "Edm.Boolean":
         return int(_require(value, bool))
     if edm_type in _INT_RANGES:
@@ -86,6 +86,15 @@ def _convert(edm_type: str, value):
     if edm_type.startswith("Collection("):
         return json.dumps([_convert(edm_type[11:-1], item) for item in _require(value, list)])
     return json.dumps(value)  # complex and enum types: kept as given
+
+
+def _with_offset(text: str) -> str:
+    """`text` if it is a bare date or names its offset; InLoox's OData reader refuses a date-time
+    without one ("the time zone information is missing"), where this sandbox would guess UTC."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None and len(text) > 10:
+        raise ValueError(text)
+    return text
 
 
 def _require(value, kind):
@@ -119,7 +128,7 @@ def _number(edm_type: str, value) -> float:
 def _describe(edm_type: str) -> str:
     return {
         "Edm.String": "a string", "Edm.Guid": "a GUID such as 3fa85f64-5717-4562-b3fc-2c963f66afa6",
-        "Edm.DateTimeOffset": "an ISO date-time such as 2025-04-01T09:00:00Z",
+        "Edm.DateTimeOffset": "an ISO date-time with its offset, such as 2025-04-01T09:00:00Z",
         "Edm.Boolean": "true or false", "Edm.Binary": "base64 text",
     }.get(edm_type, f"a value of type {edm_type}")
 

@@ -189,6 +189,8 @@ BAD_INPUT = [
     ("POST", "Task", {"ProjectId": "not-a-guid"}, 400, "ProjectId"),
     ("POST", "Task", {"WorkAmount": "3"}, 400, "WorkAmount"),
     ("POST", "Task", {"StartDateTime": "tomorrow"}, 400, "StartDateTime"),
+    # InLoox's OData reader wants the offset ("the time zone information is missing"); no guessing UTC.
+    ("POST", "Task", {"StartDateTime": "2025-04-01T09:00:00"}, 400, "with its offset"),
     ("POST", "Task", {"IsDone": None}, 400, "IsDone"),
     ("POST", "Task", "not json", 400, "JSON"),
     ("POST", "Task", ["a list"], 400, "JSON object"),
