@@ -72,7 +72,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "Edm.Double": (_is_number, "a number"),
     "Edm.Single": (_is_number, "a number"),
     "Edm.Decimal": (_is_number, "a number"),
-    "Edm.DateTimeOffset": (lambda v: parse_datetime(v) is not None, "an ISO date-time like 2025-04-01T09:00:00Z"),
+    # With its offset: InLoox refuses a date-time without one (it names a time on no clock), in a body and a filter.
+    "Edm.DateTimeOffset": (lambda v: parse_instant(v) is not None,
+                           "an ISO date-time with its offset, like 2025-04-01T09:00:00Z"),
 }
 
 

@@ -53,6 +53,12 @@ CASES = [
      "Task has no field 'Statuss'", "did you mean 'TaskItemStatusId'?"),
     ("condition_literal_type", 5, 44, T + "if:\n  - {path: task.WorkAmount, op: gt, value: lots}\nthen: [{inloox.delete: Task}]\n",
      "'lots' is not a valid Edm.Double", ""),
+    ("condition_date_time_without_offset", 5, 47,
+     T + "if:\n  - {path: task.StartDateTime, op: gt, value: \"2026-03-02T09:00:00\"}\nthen: [{inloox.delete: Task}]\n",
+     "'2026-03-02T09:00:00' is not a valid Edm.DateTimeOffset, wanted an ISO date-time with its offset", ""),
+    ("write_date_time_without_offset", 6, 22, M + "then:\n  - inloox.create: TimeEntry\n    values:\n"
+     "      StartDateTime: 2026-03-02 09:00:00\n",
+     "'2026-03-02T09:00:00' is not a valid Edm.DateTimeOffset, wanted an ISO date-time with its offset", ""),
     ("condition_list_item_type", 5, 47, T + "if:\n  - {path: task.IsDone, op: in, value: [true, maybe]}\nthen: [{inloox.delete: Task}]\n",
      "'maybe' is not a valid Edm.Boolean", ""),
     ("operator_needs_value", 5, 5, T + "if:\n  - {path: task.WorkAmount, op: gt}\nthen: [{inloox.delete: Task}]\n",
