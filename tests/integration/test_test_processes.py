@@ -43,8 +43,9 @@ def _killed_test_run_leaves_nothing_listening(tmp_path, test: str) -> None:
     servers listen, and wait for every one of them to stop listening."""
     inner = tmp_path / "test_inner.py"
     inner.write_text(f"import time\n\n\n{test}    time.sleep(300)\n")
+    # Its temporary files under this test's: killed, it cannot remove its processes' log folder (processes.py).
     run = Process.python("-m", "pytest", "-n", "0", "-s", "-p", "no:cacheprovider", "-p", "tests.conftest",
-                         str(inner), name="inner-pytest")
+                         str(inner), name="inner-pytest", env={"TMPDIR": str(tmp_path)})
     try:
         line = wait_until(lambda: [l for l in run.output().splitlines() if "SERVERS " in l], 90,
                           "the inner test's servers")[0]
