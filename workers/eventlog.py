@@ -42,8 +42,9 @@ CONSUMER_FORGET_MS = 3600 * 1000  # a consumer of the group silent this long, wi
 # the workspace's activity stamp (workers/activity.py), its unfinished runs (workers/runs.py ACTIVE), its
 # backlog as last counted, its pace, its runs waiting over its monthly limit (workers/metering/limits.py WAITING).
 # ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field if duplicate, usage field, day
-# ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is used, the headroom below the limit it needs for that, events a second (0: no pace), events at once, events a day
-# (0: no limit), then the day's usage field of each source. Returns the new entry's id ({id, the day's events with
+# ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is used, the headroom below the
+# limit it needs for that, events a second (0: no pace), events at once, events a day (0: no limit), then the
+# day's usage field of each source. Returns the new entry's id ({id, the day's events with
 # it} with a daily limit), false for a duplicate, {waiting} when the workspace's backlog is at its limit, {-1, ms}
 # when it is ahead of its pace by ms, or {-2, used} when it accepted its events of the day (nothing written either way).
 # The day's events are counted here, with the append: read by the web before it, the count let every webhook through

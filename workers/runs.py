@@ -259,7 +259,7 @@ def queue_create(pipe: Pipeline, run: dict, *, guard=None, lease: Lease | None =
                  # A run created under its lease starts at once and its record is replaced when it
                  # ends, most often within the second: compressing it would cost CPU for nothing kept.
                  args=[_encode_run(run, compress=lease is None), max_age, run["id"], created_at, lost_at,
-                       _done_member(run) if finished else "", _stamp(run["updated_at"]),
+                       member(run) if finished else "", _stamp(run["updated_at"]),
                        guard.limit if guard else 0, guard.window if guard else 0,
                        lease.token if lease else "", lease.ms if lease else 0])
     _trim_runs(pipe, keep, max_age)
@@ -306,10 +306,10 @@ def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_
         pipe.zrem(key(ACTIVE), run["id"])
     if run["status"] in TERMINAL:
         at = _queue_record(pipe, run, max_age, counts, slot)
-        pipe.zadd(key("runs:done"), {_done_member(run): now.timestamp()})
+        pipe.zadd(key("runs:done"), {member(run): now.timestamp()})
         _trim_runs(pipe, keep, max_age)
     else:
-        pipe.zrem(key("runs:done"), _done_member(run))
+        pipe.zrem(key("runs:done"), member(run))
         at = _queue_record(pipe, run, max_age, counts, slot)
         _list(pipe, run)
     return at if counts else None
@@ -406,8 +406,16 @@ def unlist(pipe: Pipeline, run_id: str, rule_id: str | None) -> None:
         pipe.zrem(key(f"runs:rule:{rule_id}"), run_id)
 
 
-def _done_member(run: dict) -> str:
-    return f"{run['id']} {run['rule_id']}"  # run ids have no spaces; the rule names its per-rule index
+def member(run: dict) -> str:
+    """The run as a member of a set that must find its listings again ("<run id> <rule id>": runs:done, the runs
+    waiting over the monthly limit); run ids have no spaces, and the rule names its per-rule listing."""
+    return f"{run['id']} {run['rule_id']}"
+
+
+def member_parts(text: str) -> tuple[str, str]:
+    """(run id, rule id) of a `member`; the rule is "" for a bare run id (as listed before the rule was named)."""
+    run_id, _, rule_id = text.partition(" ")
+    return run_id, rule_id
 
 
 def _stamp(iso: str) -> float:

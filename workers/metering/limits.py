@@ -41,7 +41,7 @@ from workers import scripts, workspaces
 from workers.enqueue import queue_run
 from workers.metering import usage
 from workers.outbound import OutboundPolicy, OutboundRefused, notify
-from workers.runs import load_run, save_run, unlist
+from workers.runs import load_run, member, member_parts, save_run, unlist
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def over_reason(workspace: workspaces.Workspace) -> str:
 def wait(run: dict):
     """A pipeline write listing `run` among the waiting ones (in the order of creation), as "<run id> <rule id>"."""
     created = datetime.fromisoformat(run["created_at"]).timestamp()
-    return lambda pipe: pipe.zadd(workspaces.key(WAITING), {f"{run['id']} {run['rule_id']}": created})
+    return lambda pipe: pipe.zadd(workspaces.key(WAITING), {member(run): created})
 
 
 def settle(run: dict, *, finished: bool) -> str | None:
@@ -179,7 +179,7 @@ def release_waiting(connection: redis.Redis, workspace: workspaces.Workspace) ->
         room = _room(connection, workspace)
         if room <= 0 or not connection.set(workspaces.key("limits:releasing"), 1, nx=True, ex=RELEASE_LEASE):
             return []
-        released = [member.split(" ")[0] for member in waiting[:room] if _release(connection, member)]
+        released = [member_parts(listed)[0] for listed in waiting[:room] if _release(connection, listed)]
         if released:
             log.info("workspace %s: %d run(s) waiting over the limit released", workspace.name, len(released))
         return released
@@ -197,7 +197,7 @@ def _room(connection: redis.Redis, workspace: workspaces.Workspace) -> int:
     return limit - int(billed or 0) - in_flight
 
 
-def _release(connection: redis.Redis, member: str) -> bool:
+def _release(connection: redis.Redis, listed: str) -> bool:
     """Queue one waiting run ("<run id> <rule id>"; the run id alone, as listed before the rule was named) again: its
     new status and its leaving the list in one transaction, then its job.
 
@@ -205,11 +205,11 @@ def _release(connection: redis.Redis, member: str) -> bool:
     sweeper (workers/recovery.py) starts it. A run whose record expired while it waited (7 days untouched) leaves
     the run listings too: they kept its id for good, up to `backlog_limit` of them a week of a workspace over its limit.
     """
-    run_id, _, rule_id = member.partition(" ")
+    run_id, rule_id = member_parts(listed)
     run = load_run(connection, run_id)
     if run is None or run["status"] != OVER_LIMIT:
         with connection.pipeline(transaction=False) as pipe:
-            pipe.zrem(workspaces.key(WAITING), member)
+            pipe.zrem(workspaces.key(WAITING), listed)
             if run is None:
                 unlist(pipe, run_id, rule_id)
             pipe.execute()
@@ -220,7 +220,7 @@ def _release(connection: redis.Redis, member: str) -> bool:
                job=f"{run_id}-limit{time.time_ns()}")
     with connection.pipeline() as pipe:
         save_run(pipe, run, now=datetime.now(timezone.utc))
-        pipe.zrem(workspaces.key(WAITING), member)
+        pipe.zrem(workspaces.key(WAITING), listed)
         pipe.execute()
     queue_run(connection, run, job_id=run["job"])
     return True
