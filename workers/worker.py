@@ -76,9 +76,11 @@ METRICS_BATCH_SECONDS = 1.0  # counts reach Redis (and /metrics) at most this la
 MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within seconds
 # Each worker says whether its event consumer runs ("running"; "failing", "stalled" or "stopped" when
 # not; "none" before it has one), or else what is wrong with its poller ("poller failing", "scheduler
-# stopped", …), under its RQ name; /readyz reads it beside RQ's heartbeat.
+# stopped", …), under its RQ name; /readyz reads it beside RQ's heartbeat. A running consumer that sets aside
+# the event logs Redis refuses says "running" followed by REFUSED and their workspaces (a, b): the others are served.
 CONSUMER_BEAT = "consumer:beat:"
 CONSUMER_STATES = ("failing", "stalled", "stopped")
+REFUSED = "; event logs refused: "
 CONSUMER_BEAT_SECONDS = 5
 CONSUMER_BEAT_TTL = 30
 # A stopping worker waits this long for its polls under way (a poller that stops releases its leases,
@@ -304,6 +306,8 @@ class Worker(SimpleWorker):
             state = self._places.held() or state
         if state in ("none", "running") and isinstance(self.scheduler, ThreadScheduler):
             state = self.scheduler.trouble() or state  # due retries and holds moved: every workspace's
+        if state == "running" and (refused := self.consumer.refused()):
+            state += REFUSED + ", ".join(refused)
         try:
             self.connection.set(CONSUMER_BEAT + self.name, state, ex=CONSUMER_BEAT_TTL)
         except redis.RedisError:

@@ -871,3 +871,37 @@ def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_event
     took = time.monotonic() - started
     other_sandbox.clear_faults()
     assert took < 3, f"the quick account's events took {took:.1f} s"
+
+
+def test_a_workspace_whose_event_log_redis_refuses_leaves_another_workspaces_events_handled(
+        hosted, sandbox, other_sandbox, redis_url):
+    # Before, the worker read every workspace's log in one command: one log that Redis refused (a key of another type
+    # in its place) failed every read, and no workspace's events were handled again until someone mended that key.
+    web = hosted
+    bundle = {"files": {"forms.yaml": textwrap.dedent(FORM_RULE.format(extra=""))}}
+    assert call("PUT", f"{web}/workspaces/globex/rules", GLOBEX_ADMIN, json=bundle).status_code == 201
+    connection = redis.Redis.from_url(redis_url)
+    body = {"title": "Before", "project": PROJECT}
+    assert deliver(web, body, "msg_0", path="/workspaces/acme/hooks/forms", secret=ACME_SECRET).status_code == 202
+    wait_until(lambda: task_names(sandbox) == ["Before"], 20, "acme's first task")
+    connection.delete("ws:globex:events")
+    connection.set("ws:globex:events", "not a stream")
+
+    refused = deliver(web, body, "msg_1", path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET)
+    body = {"title": "After", "project": PROJECT}
+    assert deliver(web, body, "msg_2", path="/workspaces/acme/hooks/forms", secret=ACME_SECRET).status_code == 202
+
+    wait_until(lambda: task_names(sandbox) == ["After", "Before"], 20, "acme's second task")
+    assert refused.status_code == 503, refused.text  # globex's sender is told to try again, not that it was taken
+    # One customer's damaged key takes no deployment out of service; /readyz names it.
+    ready = wait_until(lambda: (r := call("GET", f"{web}/readyz")).json()["checks"]["worker"].get("degraded") and r,
+                       15, "/readyz to name globex's log")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["worker"]["event_logs_refused"] == ["globex"]
+
+    # Mended (the key deleted): globex's log is tried again within seconds, its events handled, and /readyz is clear.
+    connection.delete("ws:globex:events")
+    body = {"title": "Mended", "project": PROJECT}
+    assert deliver(web, body, "msg_3", path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET).status_code == 202
+    wait_until(lambda: task_names(other_sandbox) == ["Mended"], 30, "globex's task")
+    wait_until(lambda: "degraded" not in call("GET", f"{web}/readyz").json()["checks"]["worker"], 15, "/readyz clear")

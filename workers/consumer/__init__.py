@@ -40,7 +40,10 @@ service are idle, and five housekeeping commands each every 5 s were most of wha
 Redis. Anything that makes work for it (an event accepted, a person on its dashboard) stamps it
 active first; what a quiet look can be late for is a safety net (a run or delivery whose executor
 died long after its event, a run waiting over a limit raised meanwhile): ≤ 30 s later than before.
-A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled. Once Redis
+One workspace's log that Redis refuses (WRONGTYPE: something else written under its key) is set aside for
+REFUSED_SECONDS and the others are read meanwhile (one read covers them all, and that one log failed it for every
+workspace); housekeeping of one workspace that fails other than by an outage is logged, and the others are looked
+after all the same. A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled. Once Redis
 answers again, the loop gives back the run locks of attempts the outage cut short (workers/recovery.py)
 and hands out again, at once, the events whose handling it cut short (rather than CLAIM_IDLE later).
 Of the threads in flight, at most a few run this process's own work at once; the others wait for
@@ -84,6 +87,9 @@ SAMPLE_SECONDS = 60.0  # the dashboard's charts show gauges per minute
 STALL_SECONDS = 30.0  # a loop that has not turned for this long is not running (/readyz says so)
 FAILING_SECONDS = 5.0  # a loop whose every turn failed for this long is not running either
 QUIET_MAINTENANCE_SECONDS = 30.0
+# A workspace's log that Redis refuses (WRONGTYPE: something else was written under its key) is left aside this long,
+# then tried again: one read covers every workspace, and one refused log failed it for all of them.
+REFUSED_SECONDS = 10.0
 QUESTION_THREADS = 4  # threads asking down InLoox accounts whether they answer again (each bounded by INLOOX_TIMEOUT)
 # After a read that brought a few events and left none behind (a trickle: a quiet worker's events come one at a
 # time), the next read waits this long first, so that those arriving meanwhile are read, planned, stored and ended
@@ -108,6 +114,10 @@ class _Stream:
     # knows it no more: read (NOGROUP), its group made again, or looked after (no such workspace), each turn failed
     # before it read any workspace's events, for as long as that workspace's last event ran (up to a lease).
     let_go: bool = False
+    # Redis refused this workspace's log (a key of another type in its place; see `_refused`): neither read nor
+    # looked after until then (monotonic), so that the other workspaces' events go on being read.
+    refused_until: float = 0.0
+    aside: bool = False  # set aside, and not tried again since
 
 
 class EventConsumer:
@@ -222,8 +232,9 @@ class EventConsumer:
                     ready = False
                 if not ready:
                     for stream in self._served():
-                        eventlog.ensure_group(self.connection, stream.key)
+                        self._apart(stream, eventlog.ensure_group, self.connection, stream.key)
                     ready = True
+                self._take_back()
                 self._cycle()
                 self._failing_since = None
                 backoff = 1.0
@@ -488,6 +499,11 @@ class EventConsumer:
         try:
             return eventlog.read_new(self.connection, readable, self.name, count=count, block_ms=block_ms,
                                      acks=todo, more=(busy, extra) if extra > 0 else None)
+        except redis.ResponseError as exc:  # Redis answered and refused: one workspace's log, or every one?
+            self._give_back_acks(todo)
+            if not self._refused(readable, exc):
+                raise
+            return []
         except Exception:  # Redis away, or anything else: acknowledged at a later turn
             self._give_back_acks(todo)
             raise
@@ -506,8 +522,9 @@ class EventConsumer:
             raise
 
     def _take_acks(self) -> dict[str, list[str]]:
-        with self._lock:
-            todo = {s.key: s.done[:] for s in self.streams.values() if s.done}
+        now = time.monotonic()
+        with self._lock:  # none for a log set aside: not a stream now, its entries are gone with it
+            todo = {s.key: s.done[:] for s in self.streams.values() if s.done and s.refused_until <= now}
             for stream in self.streams.values():
                 stream.done.clear()
         return todo
@@ -520,12 +537,7 @@ class EventConsumer:
     def _maintain(self) -> None:
         self._next_maintenance = time.monotonic() + MAINTENANCE_SECONDS
         for stream in self._due_for_maintenance():
-            with self._lock:
-                handling = list(stream.handling)
-            eventlog.touch(self.connection, stream.key, self.name, handling)
-            self._claim(stream)
-            recovery.sweep(self.connection, worker_context(stream.workspace).workspace)
-            limits.release_waiting(self.connection, worker_context(stream.workspace).workspace)  # room again?
+            self._look_after(stream, self._maintain_one, stream)
         recovery.learn_outages(self.connection, self._followed)  # parked by another process too (one SMEMBERS)
         for stream in self._served():  # quiet or not: a workspace quiet for a minute may wait on its InLoox
             self._ask_inloox(stream.workspace)
@@ -535,16 +547,76 @@ class EventConsumer:
             if forget is not None:
                 self._next_forget = time.monotonic() + FORGET_SECONDS
             for stream in self._served():
-                eventlog.trim(self.connection, stream.key, forget_idle_ms=forget)
+                self._look_after(stream, eventlog.trim, self.connection, stream.key, forget_idle_ms=forget)
         if time.monotonic() >= self._next_sample:
             self._next_sample = time.monotonic() + self.sample_seconds
             for stream in self._served():
-                gauges.sample(self.connection, worker_context(stream.workspace).workspace, now=time.time(),
-                              every=self.sample_seconds)
+                self._look_after(stream, gauges.sample, self.connection, worker_context(stream.workspace).workspace,
+                                 now=time.time(), every=self.sample_seconds)
+
+    def _maintain_one(self, stream: _Stream) -> None:
+        with self._lock:
+            handling = list(stream.handling)
+        eventlog.touch(self.connection, stream.key, self.name, handling)
+        self._claim(stream)
+        recovery.sweep(self.connection, worker_context(stream.workspace).workspace)
+        limits.release_waiting(self.connection, worker_context(stream.workspace).workspace)  # room again?
+
+    def _look_after(self, stream: _Stream, step, *args, **kwargs) -> None:
+        """`step(*args)`, housekeeping of one workspace: should it fail other than by an outage (Redis refusing a key
+        of that workspace, a record it cannot read), the log says so and the others are looked after all the same.
+        An outage stops the turn, as any other, to wait for Redis."""
+        try:
+            step(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception:
+            log.exception("event consumer %s: could not look after workspace %s", self.name, stream.workspace)
 
     def _served(self) -> list[_Stream]:
-        """The streams of the workspaces served now (not those let go, whose last events are still in flight)."""
-        return [stream for stream in self.streams.values() if not stream.let_go]
+        """The streams of the workspaces served now (not those let go, whose last events are still in flight, nor
+        those whose log Redis refused a moment ago)."""
+        now = time.monotonic()
+        return [stream for stream in self.streams.values() if not stream.let_go and stream.refused_until <= now]
+
+    def refused(self) -> list[str]:
+        """The workspaces whose event log is set aside now (Redis refused it), by name."""
+        now = time.monotonic()
+        return sorted(stream.workspace for stream in self.streams.values() if stream.refused_until > now)
+
+    def _refused(self, keys: list[str], error: redis.ResponseError) -> bool:
+        """After `error` from a command on the logs `keys`: set aside those of another type than a stream, which
+        Redis refuses whatever is asked of them; whether there were any (if not, the error is everybody's)."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.type(key)
+            kinds = pipe.execute()
+        refused = [key for key, kind in zip(keys, kinds) if eventlog.as_text(kind) not in ("stream", "none")]
+        for key in refused:
+            self._set_aside(self.streams[key], error)
+        return bool(refused)
+
+    def _set_aside(self, stream: _Stream, error: BaseException) -> None:
+        stream.refused_until, stream.aside = time.monotonic() + REFUSED_SECONDS, True
+        log.error("event consumer %s: Redis refuses the event log of workspace %s (%s): its events are not read; "
+                  "again in %.0fs", self.name, stream.workspace, error, REFUSED_SECONDS)
+
+    def _take_back(self) -> None:
+        """Try again the logs set aside whose time is up: a log mended by deleting the key has no group now."""
+        now = time.monotonic()
+        for stream in self.streams.values():
+            if stream.aside and stream.refused_until <= now and not stream.let_go:
+                stream.aside = False
+                self._apart(stream, eventlog.ensure_group, self.connection, stream.key)
+
+    def _apart(self, stream: _Stream, step, *args, **kwargs) -> None:
+        """`step(*args)` for one workspace: should Redis refuse it (a key of that workspace of another type, not an
+        outage, which stops the turn as before), that workspace's log is set aside and the turn goes on for the
+        others."""
+        try:
+            step(*args, **kwargs)
+        except redis.ResponseError as exc:
+            self._set_aside(stream, exc)
 
     def _followed(self, name: str):
         """The workspace `name` if this consumer follows it, else None."""
@@ -611,7 +683,7 @@ class EventConsumer:
         soon, self._claim_soon = self._claim_soon, set()
         for key in soon:
             if key in self.streams and not self.streams[key].let_go:
-                self._claim(self.streams[key])
+                self._look_after(self.streams[key], self._claim, self.streams[key])
 
 
 def _chunks(batch: list[tuple[str, Entry]], size: int) -> list[tuple[str, list[Entry]]]:
