@@ -11,6 +11,8 @@ at most once per event. The run keeps the plan (and rule version) it was made wi
     runs:done           finished runs ("<run id> <rule id>") by the time they finished: what is trimmed
     runs:active         runs some process must still move on (not finished, not paused), by the
                         time they count as lost: what the sweeper reads (workers/recovery.py)
+    runs:paused         paused runs ("<run id> <rule id>") by their last write: what takes the
+                        listings' ids of those whose record expired untouched
     trace:<event id>    the event's explain report; `traces` lists them by the time it was handled
 
 Retention, by count and by age (see docs/deploy.md):
@@ -21,7 +23,8 @@ Retention, by count and by age (see docs/deploy.md):
   (queued, retrying, held, paused, over_limit) are never in `runs:done`, so no count deletes a run that is
   still waiting; a run joins it when it finishes.
 - Every record expires RUNS_MAX_AGE after its last write (a waiting run's TTL starts again on each
-  change); finished runs older than that leave the indexes when a run is next stored or finishes.
+  change); finished runs older than that leave the indexes when a run is next stored or finishes, and
+  so do paused runs nobody resumed in that time (`runs:paused`).
 - Traces: the newest TRACES_KEEP, at most RUNS_MAX_AGE old, deleted with their index entries.
 
 Records are compact JSON: a step's output is kept once (in `outputs`) and its request once (in the
@@ -55,6 +58,7 @@ WAITING_FOR_A_PERSON = frozenset({"paused"})
 # Runs over the workspace's monthly limit: workers/metering/limits.py lists and releases them, not the sweeper.
 WAITING_FOR_THE_LIMIT = frozenset({"over_limit"})
 ACTIVE = "runs:active"
+PAUSED = "runs:paused"
 GRACE = 30.0  # seconds past a run's due time before it counts as lost
 LIMITED_GRACE = 600.0  # the same for a run waiting its turn behind its rule's `concurrency` limit
 # zlib-compress run records and traces (about 60% smaller); readers go through decode_run /
@@ -63,9 +67,9 @@ COMPRESS = True
 COMPRESS_OVER = 200  # bytes of JSON below which compressing gains nothing
 
 # Deletes what is past the keep-count or the age cut-off from a retention index, records included.
-# KEYS: the retention index (runs:done or traces), the listing index (runs or traces).
+# KEYS: the retention index (runs:done, runs:paused or traces), the listing index (runs or traces).
 # ARGV: keep, age cut-off (a score), record key prefix, per-rule index prefix ("" for traces), batch.
-# runs:done members are "<run id> <rule id>"; trace members are event ids (any text).
+# runs:done and runs:paused members are "<run id> <rule id>"; trace members are event ids (any text).
 _TRIM = """
 local done, listing = KEYS[1], KEYS[2]
 local keep, batch = tonumber(ARGV[1]), tonumber(ARGV[5])
@@ -90,6 +94,7 @@ end
 return #members
 """
 _TRIM_SCRIPT = scripts.script(_TRIM)
+_NO_COUNT = 2**53  # a keep-count no index reaches: trimmed by age alone
 
 # KEYS: record, runs, runs:rule:<rule>, runs:active, runs:done, then optional ones ("" for none): the
 # rule's pause flag, its run counter on the entity (workers/guards.py), the run's lock (workers/jobs.py).
@@ -304,6 +309,13 @@ def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_
         pipe.zadd(key(ACTIVE), {run["id"]: deadline(run, now=now.timestamp())})
     else:
         pipe.zrem(key(ACTIVE), run["id"])
+    # A paused run waits for a person, who may never come: noted by its last write, so that its ids leave the
+    # listings once its record expired untouched (`_trim_runs`); the sweeper knows nothing of it, nor does the trim
+    # of finished runs, and a listing unlists only the ids it reads.
+    if run["status"] in WAITING_FOR_A_PERSON:
+        pipe.zadd(key(PAUSED), {member(run): now.timestamp()})
+    else:
+        pipe.zrem(key(PAUSED), member(run))
     if run["status"] in TERMINAL:
         at = _queue_record(pipe, run, max_age, counts, slot)
         pipe.zadd(key("runs:done"), {member(run): now.timestamp()})
@@ -335,9 +347,13 @@ def _queue_record(pipe: Pipeline, run: dict, max_age: int, counts: list | None, 
 def _trim_runs(pipe: Pipeline, keep: int | None, max_age: int) -> None:
     if keep is None and max_age == RUNS_MAX_AGE and not _due(key("runs:done")):
         return  # trimmed by this process less than TRIM_EVERY ago: a second's runs more is no matter
+    cut = time.time() - max_age
     scripts.call(pipe, _TRIM_SCRIPT, keys=[key("runs:done"), key("runs")],
-                 args=[RUNS_KEEP if keep is None else keep, time.time() - max_age, key("run:"), key("runs:rule:"),
-                       TRIM_BATCH])
+                 args=[RUNS_KEEP if keep is None else keep, cut, key("run:"), key("runs:rule:"), TRIM_BATCH])
+    # Paused runs by age alone (no count: a run still waiting is never deleted to make room): last written before
+    # the cut, their records have expired.
+    scripts.call(pipe, _TRIM_SCRIPT, keys=[key(PAUSED), key("runs")],
+                 args=[_NO_COUNT, cut, key("run:"), key("runs:rule:"), TRIM_BATCH])
 
 
 def is_active(run: dict) -> bool:
