@@ -258,6 +258,9 @@ def test_the_default_workspace_takes_webhook_sources_at_slash_webhooks(app, runn
 def test_delete_leaves_no_key_of_the_workspace_and_its_routes_answer_404(api, sandbox, redis_url):
     from rq import Queue
 
+    from workers import workspaces
+    from workers.enqueue import queue_run
+
     client, connection = api.test_client(), redis.Redis.from_url(redis_url)
     token = create(client, "zephyrco", sandbox)["admin_token"]
     secret = client.post("/workspaces/zephyrco/webhooks", headers=auth(), json={"source": "forms"}).json["secret"]
@@ -265,6 +268,10 @@ def test_delete_leaves_no_key_of_the_workspace_and_its_routes_answer_404(api, sa
     assert client.put("/workspaces/zephyrco/rules", headers=auth(token), json=bundle).status_code == 201, "bundle"
     assert _signed(client, "/workspaces/zephyrco/hooks/forms", {"a": 1}, "msg_1", secret).status_code == 202
     Queue("zephyrco", connection=connection).enqueue("workers.jobs.nothing", job_id="zephyrco-job-1")
+    with workspaces.using(workspaces.Workspace("zephyrco", sandbox.base_url, INLOOX_TOKEN)):
+        for n in range(2):  # a rule's `concurrency`: RQ's rate-limit keys, named after ours; the second waits its turn
+            queue_run(connection, {"id": f"run_{n}", "plan": {"concurrency": {"key": "forms", "limit": 1}}})
+    assert list(connection.scan_iter(match="rq:rl:ws:zephyrco:*"))
     assert client.post("/workspaces/zephyrco/subscriptions", headers=auth(token),
                        json={"url": "https://example.com/hook", "events": ["Task.updated"]}).status_code == 201
     assert list(connection.scan_iter(match="*zephyrco*"))  # there was something to delete
@@ -662,3 +669,4 @@ def test_a_run_in_flight_as_its_workspace_is_deleted_writes_nothing_more_anywher
 
 def task_names(sandbox) -> list[str]:
     return sorted(t["Name"] for t in sandbox.get("Task").json()["value"])
+

@@ -1,11 +1,13 @@
-"""Deleting a workspace whole: its registry record, every `ws:<name>:` key, its RQ queue and jobs, and
-its series in the deployment's shared counters (metrics:counters, labelled by workspace)."""
+"""Deleting a workspace whole: its registry record, every `ws:<name>:` key, its RQ queue and jobs, RQ's keys of
+its rules' `concurrency` limits, and its series in the deployment's shared counters (metrics:counters, labelled by
+workspace)."""
 from __future__ import annotations
 
 import time
 
 import redis
 from rq import Queue
+from rq.rate_limit import RateLimitRegistry
 
 from workers import metrics
 from workers.rq_schedule import DUE
@@ -75,7 +77,8 @@ class Leftovers:
 
 def _delete_everything(connection: redis.Redis, name: str) -> int:
     removed = _delete_jobs(connection, name) + _delete_matching(connection, f"ws:{name}:*")
-    removed += _delete_queue_keys(connection, name) + _delete_counters(connection, name)
+    removed += _delete_queue_keys(connection, name) + _delete_rate_limits(connection, name)
+    removed += _delete_counters(connection, name)
     from workers.recovery import OUTAGES  # here: recovery needs the worker's context, which needs this package
     connection.srem(OUTAGES, name)  # its runs waiting for its InLoox went with its keys
     return removed + connection.unlink(f"rq:scheduler-lock:{name}")
@@ -116,6 +119,16 @@ def _delete_queue_keys(connection: redis.Redis, name: str) -> int:
     keys = [k for k in connection.scan_iter(match=f"rq:*:{name}", count=_SCAN_COUNT)
             if k.decode().split(":", 2)[-1] == name]
     return connection.unlink(*keys) if keys else 0
+
+
+def _delete_rate_limits(connection: redis.Redis, name: str) -> int:
+    """RQ's keys of the workspace's `concurrency` limits (workers/enqueue.py names each `ws:<name>:concurrency:<key>`):
+    rq:rl:<that>, its :allowed and :rate_limited sets, and its member of RQ's list of limits. RQ drops a limit only
+    once a worker's maintenance finds it empty; its jobs deleted, they named the workspace until then."""
+    limits = [m for m in connection.sscan_iter(RateLimitRegistry.rl_keys_key, match=f"ws:{name}:*", count=_SCAN_COUNT)]
+    if limits:
+        connection.srem(RateLimitRegistry.rl_keys_key, *limits)
+    return _delete_matching(connection, f"rq:rl:ws:{name}:*")
 
 
 def _delete_counters(connection: redis.Redis, name: str) -> int:
