@@ -38,10 +38,12 @@ def create(client, name: str, sandbox, **fields) -> dict:
     return answer.json
 
 
-def every_value(connection: redis.Redis) -> list[bytes]:
-    """Every key and every value stored, whatever its type."""
+def every_value(connection: redis.Redis, *, leave_out: bytes | None = None) -> list[bytes]:
+    """Every key and every value stored, whatever its type (but those of keys starting with `leave_out`)."""
     found = []
     for key in connection.scan_iter(count=1000):
+        if leave_out is not None and key.startswith(leave_out):
+            continue
         found.append(key)
         kind = connection.type(key).decode()
         if kind == "string":
@@ -670,3 +672,85 @@ def test_a_run_in_flight_as_its_workspace_is_deleted_writes_nothing_more_anywher
 def task_names(sandbox) -> list[str]:
     return sorted(t["Name"] for t in sandbox.get("Task").json()["value"])
 
+
+FORMS_ONE_AT_A_TIME = """\
+id: forms-one-at-a-time
+description: A form becomes a task, one at a time per project.
+when:
+  - webhook: forms
+concurrency: {key: "{{ webhook.body.project }}", limit: 1}
+then:
+  - id: task
+    inloox.create: Task
+    values: {Name: "{{ webhook.body.title }}", ProjectId: "{{ webhook.body.project }}", WorkAmount: 1}
+"""
+STILL_OPEN = """\
+id: still-open
+description: A task still open an hour after it was created.
+when:
+  - inloox: Task
+    on: created
+    for: 1h
+then:
+  - notify: "{url}"
+    body: "still open: {{{{ task.Name }}}}"
+"""
+EVERY_MINUTE = """\
+id: every-minute
+description: A tick every minute.
+when:
+  - schedule: "* * * * *"
+then:
+  - notify: "{url}"
+    body: tick
+"""
+
+
+def test_a_deleted_workspace_leaves_no_key_or_value_naming_it_after_events_runs_holds_ticks_polls_and_deliveries(
+        api, stack, sandbox, redis_url, receiver):
+    """Everything a served workspace writes, written by a real worker that polls and schedules too: webhook events,
+    runs under a rule's `concurrency` (RQ's rate-limit keys, named after our key), a held run and its check
+    scheduled in RQ, schedule ticks, polls of its InLoox, change-feed deliveries. Deleted, and once the worker has
+    let it go, nothing in the shared Redis names it: no key, no member of a shared set, no field of a shared hash."""
+    from tests.support.stack import ensure_project
+
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    project = ensure_project(sandbox)
+    sandbox.add_user(INLOOX_TOKEN, "Acme", "Bot")
+    token = create(client, "acme", sandbox)["admin_token"]
+    secret = client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms"}).json["secret"]
+    bundle = {"forms.yaml": FORMS_ONE_AT_A_TIME, "still-open.yaml": STILL_OPEN.format(url=receiver.json_url),
+              "every-minute.yaml": EVERY_MINUTE.format(url=receiver.json_url)}
+    assert client.put("/workspaces/acme/rules", headers=auth(token), json={"files": bundle}).status_code == 201
+    assert client.post("/workspaces/acme/subscriptions", headers=auth(token),
+                       json={"url": f"{receiver.url}/feed", "events": ["Task.created"]}).status_code == 201
+    # One create at a time, each slow: the later forms wait their turn in RQ's rate limit as the workspace goes.
+    sandbox.fault(kind="latency", latency_ms=1500, methods=["POST"], path="^Task$")
+    stack.env.update(WORKER_POLLS="1", POLL_INTERVAL="0.5", SCHEDULE_INTERVAL="0.5")
+    worker = stack.worker("worker")  # as the Procfile starts it: it serves every workspace of the registry
+
+    for n in range(3):
+        assert _signed(client, "/workspaces/acme/hooks/forms", {"title": f"Form {n}", "project": project},
+                       f"msg_{n}", secret).status_code == 202
+    assert sandbox.post("Task", json={"Name": "Opened by Alex", "ProjectId": project, "WorkAmount": 1}).ok
+    wait_until(lambda: any(r["path"] == "/feed" for r in receiver.received), 60, "the change-feed delivery")
+    wait_until(lambda: _statuses(client, token).count("held") == 1, 60, "the held run")
+    wait_until(lambda: list(connection.scan_iter(match="rq:rl:ws:acme:*")), 30, "a run waiting its turn")
+    wait_until(lambda: _statuses(client, token).count("succeeded") == 3, 60, "the forms' tasks")
+
+    assert client.delete("/workspaces/acme", headers=auth()).status_code == 200
+    # The worker and its poller each purge what is left of the workspace 3 and 15 s after they let it go (the
+    # worker once more a run lease later, for runs still in flight: none here). Each purge deletes every key of the
+    # workspace: a key of our own shows when one has come.
+    for purge in range(3):
+        connection.set("ws:acme:canary", purge)
+        wait_until(lambda: not connection.exists("ws:acme:canary"), 120, f"the worker's purge {purge + 1}")
+
+    assert "error in its loop" not in worker.output()
+    assert [k for k in connection.scan_iter(match="*acme*")] == []
+    # RQ's record of the worker itself names the queues it served when it started (acme too): it goes with the worker.
+    assert [v for v in every_value(connection, leave_out=b"rq:worker:") if b"acme" in v] == []
+
+
+def _statuses(client, token: str) -> list[str]:
+    return [r["status"] for r in client.get("/workspaces/acme/runs?limit=100", headers=auth(token)).json["runs"]]
