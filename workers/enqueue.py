@@ -1,4 +1,5 @@
-"""Putting run jobs on the queue: one place for the queue's name, the job timeout and retries.
+"""Putting run jobs on the queue: one place for the queue's name, the job timeout, retries and how long a failed
+job is kept.
 
 Jobs are named by their dotted path, so modules that queue work never import the job code. Every
 queue here is an IndexedQueue: a job scheduled for later (enqueue_at, enqueue_in) also notes its queue
@@ -15,6 +16,7 @@ from rq.rate_limit import RateLimit
 
 from workers import workspaces
 from workers.rq_schedule import IndexedQueue
+from workers.runs import RUNS_MAX_AGE
 
 RUN_JOB_TIMEOUT = 40  # seconds; with the worker's short grace a killed run resumes within a minute
 EXECUTE_RUN = "workers.jobs.execute_run"
@@ -22,11 +24,23 @@ EXECUTE_RUN = "workers.jobs.execute_run"
 # is free). Not "started": RQ says so of a job whose worker died until it cleans up (minutes later), so a sweeper
 # asks a lock, or gives a started job a grace, instead.
 WAITING = frozenset({"queued", "scheduled", "deferred", "rate_limited"})
+# A job that raised stays in RQ's failed registry (its record and traceback) this long: as long as the run it
+# served is kept. RQ's default is a year, which on a Redis shared by every customer kept each failure for a year.
+FAILED_JOB_TTL = RUNS_MAX_AGE
+
+
+class _Queue(IndexedQueue):
+    """An IndexedQueue whose jobs are kept FAILED_JOB_TTL once failed, unless queued with a `failure_ttl` of their own.
+    Every job of ours is created here (a retry keeps its job's TTL)."""
+
+    def create_job(self, *args, failure_ttl: int | None = None, **kwargs):
+        return super().create_job(*args, failure_ttl=FAILED_JOB_TTL if failure_ttl is None else failure_ttl,
+                                  **kwargs)
 
 
 def queue(connection: redis.Redis) -> IndexedQueue:
     """The current workspace's queue, with RQ's JSON serializer (job arguments are ids and plain data)."""
-    return IndexedQueue(workspaces.current().queue, connection=connection, serializer="json")
+    return _Queue(workspaces.current().queue, connection=connection, serializer="json")
 
 
 def workspace_job_id(name: str) -> str:

@@ -3,12 +3,14 @@ deleted (not only unlisted), waiting runs never trimmed, compact and compressed 
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis as redis_lib
 
 from engine import Event, explain, load_texts
+from tests.support.processes import wait_until
 from workers import ledger, runs, workspaces
 from workers.runs import (create_run, decode_record, list_runs, load_run, load_trace, new_run, record_step, save_run,
                           save_trace)
@@ -234,3 +236,24 @@ def test_what_one_ordinary_event_costs_in_redis(connection, monkeypatch, compres
     used = sum(connection.memory_usage(k, samples=0) for k in connection.scan_iter(PREFIX + "*")
                if not k.startswith(PREFIX.encode() + b"metrics"))
     assert used / 500 <= most, f"{used / 500:.0f} bytes per event"
+
+
+def test_a_job_that_failed_is_kept_in_rqs_failed_registry_as_long_as_a_run_not_a_year(stack, receiver, redis_url,
+                                                                                      workspace):
+    """A job that raises stays in RQ's failed registry (its record and traceback, for `rq info` and people) until
+    its failure TTL, which RQ makes a year unless the job is given one: a workspace whose Slack kept refusing
+    its replies kept a job a failure for a year. Ours keep it as long as a run (RUNS_MAX_AGE)."""
+    from rq import Queue
+
+    from workers.chat import queue_reply
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    receiver.answers = [500]  # Slack's response_url refuses the reply: the job raises (no retries: workers/chat.py)
+    queue_reply(connection, receiver.url + "/slack", {"text": "confirmed"})
+    stack.worker()
+
+    failed = Queue(workspace.queue, connection=connection).failed_job_registry
+    [job_id] = wait_until(lambda: failed.get_job_ids(), 30, "the reply's job to fail")
+    assert 6 * 86400 < connection.ttl(f"rq:job:{job_id}") <= runs.RUNS_MAX_AGE
+    kept_until = connection.zscore(failed.key, job_id)
+    assert kept_until - time.time() <= runs.RUNS_MAX_AGE
