@@ -64,6 +64,17 @@ def parse_field(raw: str | bytes) -> tuple[str, dict]:
     return name, labels
 
 
+def forget(connection, **labels) -> int:
+    """Delete every counter whose labels include all of `labels` (what they counted is gone); how many went.
+
+    One HSCAN of the shared hash: for what is rare (a webhook source removed), not for a request's path.
+    """
+    wanted = {k: str(v) for k, v in labels.items()}
+    fields = [f for f, _ in connection.hscan_iter(COUNTERS, count=1000)
+              if wanted.items() <= parse_field(f)[1].items()]
+    return connection.hdel(COUNTERS, *fields) if fields else 0
+
+
 def batch(seconds: float) -> None:
     """Keep this process's counts in memory and write them at most every `seconds` (0: with each write).
 

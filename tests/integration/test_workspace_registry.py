@@ -246,6 +246,30 @@ def test_a_rotated_webhook_secret_keeps_working_beside_the_new_one_until_removed
     assert client.delete("/workspaces/acme/webhooks/helpdesk", headers=auth()).status_code == 404
 
 
+def test_a_removed_webhook_source_leaves_no_counter_of_its_own(api, sandbox, redis_url):
+    """Each source counts its events (`events{source="webhook", kind=<source>}` in metrics:counters, shown at
+    /metrics); removed, its deliveries count as `kind="unknown"`, and its own counters stayed in the shared hash
+    (and at /metrics) for as long as the workspace lived, one set more for every source ever removed."""
+    from workers import metrics
+
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    create(client, "acme", sandbox)
+    secrets = {s: client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": s}).json["secret"]
+               for s in ("helpdesk", "forms")}
+    for source, secret in secrets.items():
+        assert _signed(client, f"/workspaces/acme/hooks/{source}", {"a": 1}, "msg_1", secret).status_code == 202
+        assert _signed(client, f"/workspaces/acme/hooks/{source}", {"a": 1}, "msg_1", secret).status_code == 200
+        assert _signed(client, f"/workspaces/acme/hooks/{source}", {"a": 1}, "msg_2", "whsec_" + "A" * 32).status_code == 401
+
+    def kinds() -> set[str]:
+        return {metrics.parse_field(f)[1].get("kind") for f in connection.hkeys(metrics.COUNTERS)
+                if metrics.parse_field(f)[1].get("workspace") == "acme"}
+
+    assert kinds() == {"helpdesk", "forms"}
+    assert client.delete("/workspaces/acme/webhooks/helpdesk", headers=auth()).status_code == 200
+    assert kinds() == {"forms"}
+
+
 def test_the_default_workspace_takes_webhook_sources_at_slash_webhooks(app, runner):
     added = runner.invoke(args=["webhooks", "add", "helpdesk"])
     assert added.exit_code == 0, added.output

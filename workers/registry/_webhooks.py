@@ -6,6 +6,7 @@ import time
 
 import redis
 
+from workers import metrics
 from workers.registry import _records
 from workers.registry._store import ROTATION_OVERLAP, RegistryError, UnknownWorkspace, existing, read, update
 from workers.secrets import Keyring
@@ -62,12 +63,15 @@ def rotate_webhook(connection: redis.Redis, keyring: Keyring, name: str, source:
 
 
 def remove_webhook(connection: redis.Redis, name: str, source: str) -> None:
-    """Remove webhook source `source`: its deliveries are refused from now on."""
+    """Remove webhook source `source`: its deliveries are refused from now on, and its counters go."""
     def change(old):
         _hook(old, name, source)
         return {**old, "webhooks": {k: v for k, v in old["webhooks"].items() if k != source}}
 
     update(connection, name, existing(connection, name)(change))
+    # Its events' counters (metrics:counters, shared by every workspace) would stay for as long as the workspace
+    # lives, a set more for each source ever removed: its deliveries now count as kind "unknown" (web/hooks.py).
+    metrics.forget(connection, workspace=name, source="webhook", kind=source)
 
 
 def webhooks(connection: redis.Redis, name: str) -> list[dict]:
