@@ -67,7 +67,7 @@ COMPRESS = True
 COMPRESS_OVER = 200  # bytes of JSON below which compressing gains nothing
 
 # Deletes what is past the keep-count or the age cut-off from a retention index, records included.
-# KEYS: the retention index (runs:done, runs:paused or traces), the listing index (runs or traces).
+# KEYS: the retention index (runs:done or traces), the listing index (runs or traces).
 # ARGV: keep, age cut-off (a score), record key prefix, per-rule index prefix ("" for traces), batch.
 # runs:done and runs:paused members are "<run id> <rule id>"; trace members are event ids (any text).
 _TRIM = """
@@ -94,7 +94,26 @@ end
 return #members
 """
 _TRIM_SCRIPT = scripts.script(_TRIM)
-_NO_COUNT = 2**53  # a keep-count no index reaches: trimmed by age alone
+
+# Takes out of runs:paused the runs last paused before the age cut-off whose record is gone (it expired while paused),
+# and their ids out of the listings. One whose record is there was resumed since (a record is rewritten at each
+# change), or its record outlives the cut by the clocks' skew: looked at again a record's life later.
+# KEYS: runs:paused, runs. ARGV: age cut-off (a score), record key prefix, per-rule index prefix, batch, now (a score).
+_FORGET_PAUSED_SCRIPT = scripts.script("""
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+for _, m in ipairs(members) do
+  local space = string.find(m, ' ', 1, true)
+  local id = string.sub(m, 1, space - 1)
+  if redis.call('EXISTS', ARGV[2] .. id) == 0 then
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', ARGV[3] .. string.sub(m, space + 1), id)
+    redis.call('ZREM', KEYS[1], m)
+  else
+    redis.call('ZADD', KEYS[1], ARGV[5], m)
+  end
+end
+return #members
+""")
 
 # KEYS: record, runs, runs:rule:<rule>, runs:active, runs:done, then optional ones ("" for none): the
 # rule's pause flag, its run counter on the entity (workers/guards.py), the run's lock (workers/jobs.py).
@@ -312,10 +331,10 @@ def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_
     # A paused run waits for a person, who may never come: noted by its last write, so that its ids leave the
     # listings once its record expired untouched (`_trim_runs`); the sweeper knows nothing of it, nor does the trim
     # of finished runs, and a listing unlists only the ids it reads.
+    # Not taken out when it goes on (a command more on every save of every run, for what is rare): the trim asks
+    # whether its record is still there.
     if run["status"] in WAITING_FOR_A_PERSON:
         pipe.zadd(key(PAUSED), {member(run): now.timestamp()})
-    else:
-        pipe.zrem(key(PAUSED), member(run))
     if run["status"] in TERMINAL:
         at = _queue_record(pipe, run, max_age, counts, slot)
         pipe.zadd(key("runs:done"), {member(run): now.timestamp()})
@@ -350,10 +369,10 @@ def _trim_runs(pipe: Pipeline, keep: int | None, max_age: int) -> None:
     cut = time.time() - max_age
     scripts.call(pipe, _TRIM_SCRIPT, keys=[key("runs:done"), key("runs")],
                  args=[RUNS_KEEP if keep is None else keep, cut, key("run:"), key("runs:rule:"), TRIM_BATCH])
-    # Paused runs by age alone (no count: a run still waiting is never deleted to make room): last written before
-    # the cut, their records have expired.
-    scripts.call(pipe, _TRIM_SCRIPT, keys=[key(PAUSED), key("runs")],
-                 args=[_NO_COUNT, cut, key("run:"), key("runs:rule:"), TRIM_BATCH])
+    # Paused runs by age alone (no count: a run still waiting is never deleted to make room), and only those whose
+    # record expired: one paused then resumed was not taken out of runs:paused (no command more on every save).
+    scripts.call(pipe, _FORGET_PAUSED_SCRIPT, keys=[key(PAUSED), key("runs")],
+                 args=[cut, key("run:"), key("runs:rule:"), TRIM_BATCH, time.time()])
 
 
 def is_active(run: dict) -> bool:

@@ -149,19 +149,24 @@ def test_a_paused_run_whose_record_expired_leaves_the_run_listings_when_the_next
     """A paused run (its account's token refused) waits for a person; left untouched, its record expires after
     RUNS_MAX_AGE. Its id stayed in `runs` and `runs:rule:<rule>` for good: only a finished run leaves them with the
     trim, and a listing unlists only the gone ids it reads, from the one listing it reads."""
-    old = datetime.now(timezone.utc) - timedelta(days=8)
-    expired = [handled(connection, n, status="paused", at=old + timedelta(seconds=n), steps=False) for n in range(3)]
-    for run in expired:  # what 7 days untouched did to their records
-        connection.delete(PREFIX + f"run:{run['id']}")
-    resumed = handled(connection, 3, status="paused", at=old, steps=False)
+    now = datetime.now(timezone.utc)
+    expired = [handled(connection, n, status="paused", at=now, steps=False) for n in range(3)]
+    resumed = handled(connection, 3, status="paused", at=now, steps=False)
     resumed["status"] = "queued"  # what retry_run does when a person resumes the account: it waits no more
-    save_run(connection, resumed, now=datetime.now(timezone.utc))
+    save_run(connection, resumed, now=now)
+    # Eight days pass: the records left untouched expire; the pauses are eight days old.
+    for run in expired:
+        connection.delete(PREFIX + f"run:{run['id']}")
+    old = (now - timedelta(days=8)).timestamp()
+    connection.zadd(PREFIX + "runs:paused", {m: old for m in connection.zrange(PREFIX + "runs:paused", 0, -1)})
     fresh = handled(connection, 4, at=datetime.now(timezone.utc))
 
     listed = {resumed["id"], fresh["id"]}
     assert {i.decode() for i in connection.zrange(PREFIX + "runs", 0, -1)} == listed
     assert {i.decode() for i in connection.zrange(PREFIX + "runs:rule:form-to-task", 0, -1)} == listed
     assert load_run(connection, resumed["id"])["status"] == "queued"
+    # The expired ones are forgotten; the resumed one is looked at again a record's life later (its record lives on).
+    assert connection.zrange(PREFIX + "runs:paused", 0, -1) == [f"{resumed['id']} form-to-task".encode()]
 
 
 def test_a_compact_record_reads_back_whole_with_its_steps_requests_responses_and_trace(connection):
