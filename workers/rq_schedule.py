@@ -156,8 +156,14 @@ class ThreadScheduler(RQScheduler):
             return
         if time.monotonic() >= self._next_sweep:
             self.sweep()
-        for name in self.connection.zrangebyscore(DUE, "-inf", current_timestamp()):
-            self._move_due_jobs(name.decode())
+        for listed in self.connection.zrangebyscore(DUE, "-inf", current_timestamp()):
+            try:
+                queue_name = listed.decode()
+            except UnicodeDecodeError:  # no queue is named so (names are text): due at every turn, and it ended them
+                log.warning("RQ scheduler: %r in %s names no queue; removed", listed, DUE)
+                self.connection.zrem(DUE, listed)
+                continue
+            self._move_due_jobs(queue_name)
 
     def _move_due_jobs(self, queue_name: str) -> None:
         """RQ's move for one queue's registry, then its index entry set again from what is left there."""
@@ -165,10 +171,14 @@ class ThreadScheduler(RQScheduler):
         self._scheduled_job_registries = [registry]
         try:
             super().enqueue_scheduled_jobs()
-        except redis.RedisError:
-            raise  # the thread ends; the worker's maintenance starts it again
-        except Exception:  # noqa: BLE001 - one queue's bad job must not stop the others' (it is tried next turn)
-            log.exception("RQ scheduler: could not move the due jobs of queue %s", queue_name)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # Redis away: the thread ends; the worker's maintenance starts it again
+        except Exception:  # noqa: BLE001 - one queue's bad job, or Redis refusing one queue's key (WRONGTYPE), must
+            # not stop the others' queues: raised, it ended the thread at every start, and no workspace's retry moved.
+            log.exception("RQ scheduler: could not move the due jobs of queue %s; tried again in %ds", queue_name,
+                          SWEEP_SECONDS)
+            # Not at every turn (each second): what failed is most likely there still, and its trace filled the log.
+            self.connection.zadd(DUE, {queue_name: current_timestamp() + SWEEP_SECONDS}, xx=True)
             return
         scripts.call(self.connection, _RESETTLE, keys=[DUE, registry.key], args=[queue_name])
 
@@ -179,9 +189,12 @@ class ThreadScheduler(RQScheduler):
         with self.connection.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.zrange(ScheduledJobRegistry(name, connection=self.connection).key, 0, 0, withscores=True)
-            firsts = pipe.execute()
+            # One queue's registry Redis refuses (WRONGTYPE) is that queue's: raised, it ended every turn's sweep.
+            firsts = pipe.execute(raise_on_error=False)
             for name, first in zip(names, firsts):
-                if first:
+                if isinstance(first, redis.ResponseError):
+                    log.warning("RQ scheduler: the scheduled jobs of queue %s cannot be read: %s", name, first)
+                elif first:
                     pipe.zadd(DUE, {name: int(first[0][1])}, lt=True)
             pipe.execute()
         self._next_sweep = time.monotonic() + SWEEP_SECONDS

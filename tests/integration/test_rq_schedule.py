@@ -13,7 +13,7 @@ from rq.job import Job
 
 from tests.support.processes import wait_until
 from tests.support.stack import PROJECT, all_runs, deliver, ensure_project, runs_in, write_form_rule
-from workers import registry
+from workers import registry, rq_schedule
 from workers.secrets import Keyring
 
 IDLE_WORKSPACES = 50
@@ -101,3 +101,43 @@ def test_a_job_scheduled_without_the_index_is_still_moved(stack, redis_url):
 
     wait_until(lambda: Job.fetch(job.id, connection=connection, serializer="json").get_status() == "finished", 20,
                "the job scheduled without the index to run (the scheduler's look at every registry)")
+
+
+def _break_registry_listed_due(connection: redis.Redis) -> None:
+    connection.set("rq:scheduled:broken", "not a sorted set")
+    connection.zadd(rq_schedule.DUE, {"broken": 0})  # due before any other queue
+
+
+def _break_registry_listed_in_queues(connection: redis.Redis) -> None:
+    connection.set("rq:scheduled:broken", "not a sorted set")
+    connection.sadd(Queue.redis_queues_keys, "rq:queue:broken")  # met by the first turn's look at every registry
+
+
+def _break_due_member(connection: redis.Redis) -> None:
+    connection.zadd(rq_schedule.DUE, {b"\xff\xfe broken": 0})  # no queue's name: not even text
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("breakage", [_break_registry_listed_due, _break_registry_listed_in_queues, _break_due_member],
+                         ids=["registry-of-wrong-type-due", "registry-of-wrong-type-in-rq-queues",
+                              "undecodable-due-member"])
+def test_one_queues_broken_scheduling_keys_hold_up_no_other_queues_jobs(client, stack, redis_url, breakage):
+    # Before, Redis refusing one workspace's registry (WRONGTYPE), or a member of the due index that is no text,
+    # ended the scheduler's thread at each start: no retry or hold of any workspace moved, and /readyz said
+    # "RQ scheduler failing" for what one workspace's key held.
+    connection = redis.Redis.from_url(redis_url)
+    breakage(connection)
+    worker = stack.worker()
+    job = rq_schedule.IndexedQueue("default", connection=connection, serializer="json").enqueue_in(
+        timedelta(seconds=1), "time.sleep", 0, job_id="default-beside-broken")
+
+    wait_until(lambda: Job.fetch(job.id, connection=connection, serializer="json").get_status() == "finished", 20,
+               "the default workspace's scheduled job to run")
+    wait_until(lambda: "broken" in worker.output(), 10, "the broken queue's trouble said, by name")
+    response = wait_until(lambda: _ready(client), 15, "/readyz ready: the scheduler runs")
+    assert response.json["checks"]["worker"] == {"ok": True, "workers": 1}
+
+
+def _ready(client):
+    response = client.get("/readyz")
+    return response if response.status_code == 200 else None
