@@ -46,7 +46,19 @@ def latest(connection: redis.Redis, names: Iterable[str]) -> dict[str, float]:
     if not names:
         return {}
     stamps = connection.mget([key(name) for name in names])
-    return {name: int(stamp) / 1000 for name, stamp in zip(names, stamps) if stamp is not None}
+    return {name: seconds for name, stamp in zip(names, stamps) if (seconds := _seconds(stamp)) is not None}
+
+
+def _seconds(stamp: bytes | None) -> float | None:
+    """A stamp's epoch seconds; None for none, or for one that is no number of milliseconds.
+
+    Not written by `note` or the event log, it is one workspace's trouble: raised, it failed the read of every
+    workspace's stamp, and so every round of the poller (and the workers' looks at which workspaces are quiet).
+    """
+    try:
+        return None if stamp is None else int(stamp) / 1000
+    except ValueError:
+        return None
 
 
 def quiet(connection: redis.Redis, names: Iterable[str], *, now: float | None = None) -> set[str]:

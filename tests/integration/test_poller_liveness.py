@@ -14,7 +14,7 @@ import redis
 
 from app import create_app
 from tests.support.processes import Process, wait_until
-from tests.support.stack import PREFIX, TICK_RULE, write_rule
+from tests.support.stack import PREFIX, TICK_RULE, WATCH_RULE, write_rule
 from tests.support.valkey import Valkey
 from workers import scheduler
 from workers.poller import beats as poller_beats
@@ -221,3 +221,50 @@ def test_readyz_names_a_scheduler_process_whose_workspace_redis_refuses(pollers,
 
     assert f"pid {process.popen.pid}) (scheduler failing)" in check["error"]
     assert "could not fire schedules, will retry: WRONGTYPE" in process.output()
+
+
+def _watching_workspaces(pollers, sandbox, tmp_path, names: tuple[str, ...]) -> None:
+    """Workspaces `names`, each on the sandbox with a rule that makes the poller watch Task, for the pollers."""
+    entries = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        write_rule(tmp_path / name, "watch", WATCH_RULE)
+        entries.append(f"""
+          {name}:
+            inloox_url: {sandbox.base_url}
+            inloox_api_key: {pollers.env["INLOOX_API_KEY"]}
+            rules: {tmp_path / name}""")
+    (tmp_path / "workspaces.yaml").write_text("workspaces:" + "".join(entries) + "\n")
+    pollers.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"), POLL_LEASE_SECONDS="1.5")
+
+
+def _break_lease(connection: redis.Redis) -> None:
+    connection.delete("ws:broken:poll:lease")  # the lease the poller holds, replaced by a value of another type
+    connection.hset("ws:broken:poll:lease", "not", "a lock")
+
+
+def _break_activity(connection: redis.Redis) -> None:
+    connection.set("ws:broken:active", "not a time")
+
+
+@pytest.mark.parametrize("breakage, said", [
+    (_break_lease, "broken: its poll lease ws:broken:poll:lease cannot be read"),
+    (_break_activity, ""),  # the workspace counts as without activity: polled at its quiet pace
+], ids=["lease-of-wrong-type", "garbage-activity"])
+def test_one_workspaces_broken_poll_keys_hold_up_no_other_workspaces_polls(pollers, sandbox, tmp_path, redis_url,
+                                                                           breakage, said):
+    # Before, the poller's round renewed every lease in one script, which Redis refused whole for the one lease of the
+    # wrong type; and it read every workspace's activity stamp as a number: one that was not failed every round, and
+    # no workspace was polled again, while /readyz said "poller failing" for one workspace's key.
+    _watching_workspaces(pollers, sandbox, tmp_path, ("broken", "fine"))
+    poller = start_poller(pollers)
+    connection = redis.Redis.from_url(redis_url)
+    wait_until(lambda: connection.exists("ws:broken:poll:Task:cursor", "ws:fine:poll:Task:cursor") == 2, 30,
+               "both workspaces' baselines")
+
+    breakage(connection)
+    polled = connection.llen("ws:fine:poll:recent")
+
+    wait_until(lambda: connection.llen("ws:fine:poll:recent") >= polled + 5, 20, "the fine workspace polled on")
+    assert said in poller.output()
+    assert pollers_check(pollers, sandbox) == {"ok": True, "pollers": 1}

@@ -8,6 +8,7 @@ them, and the workspaces of a poller that died are taken over by the others with
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from typing import TYPE_CHECKING
@@ -20,6 +21,8 @@ from workers.poller.settings import PollerSettings
 
 if TYPE_CHECKING:
     from workers.poller.loop import Account  # the round's view of a workspace: its lease and when it was renewed
+
+log = logging.getLogger("poller")
 
 POLLERS_KEY = "pollers:alive"  # deployment-wide: poller id → last round (epoch s)
 
@@ -65,11 +68,15 @@ def hold_lease(account: Account, poller: PollerSettings, *, may_take: bool = Tru
     return True
 
 
-# For each lease (KEYS[i], our token ARGV[i+1]): extend it to ARGV[1] ms if it is still ours; 1 or 0 each.
+# For each lease (KEYS[i], our token ARGV[i+1]): extend it to ARGV[1] ms if it is still ours; 1 or 0 each, -1 for a
+# lease Redis refuses to read (a key of another type): an error of `call` would fail the script for every lease in it.
 _RENEW = scripts.script("""
 local renewed = {}
 for i, lease in ipairs(KEYS) do
-    if redis.call('get', lease) == ARGV[i + 1] then
+    local holder = redis.pcall('get', lease)
+    if type(holder) == 'table' and holder.err then
+        renewed[i] = -1
+    elseif holder == ARGV[i + 1] then
         redis.call('pexpire', lease, ARGV[1])
         renewed[i] = 1
     else
@@ -94,7 +101,10 @@ def renew_leases(connection: redis.Redis, accounts: list[Account], poller: Polle
     renewed = scripts.call(connection, _RENEW, keys=[a.lease.name for a in due],
                            args=[int(poller.lease_seconds * 1000), *(a.lease.local.token for a in due)])
     for account, ours in zip(due, renewed):
-        account.renewed_at = now if ours else None
+        account.renewed_at = now if ours == 1 else None
+        if ours == -1:  # no poller can take it again (SET NX finds the key): the workspace is not polled until it goes
+            log.warning("%s: its poll lease %s cannot be read (not a lock); it is no longer polled",
+                        account.workspace.name, account.lease.name)
 
 
 def release(account: Account) -> None:
