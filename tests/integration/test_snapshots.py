@@ -161,3 +161,25 @@ def test_a_rule_on_new_checklists_keeps_no_field_and_its_event_still_carries_the
     [event] = queued(connection)
     assert (event["kind"], event["key"]) == ("created", new["CheckListId"])
     assert event["entity"]["Name"] == "Launch checklist" and event["entity"]["ProjectId"] == PROJECT["ProjectId"]
+
+
+def test_a_layout_another_workspace_holds_wrong_never_reads_this_workspaces_snapshots(sandbox, client, connection,
+                                                                                       task):
+    # A layout's names are cached by the process for good, for every workspace (its id is their digest). Before, the
+    # names one workspace's `poll:layouts` held under an id were cached unchecked: names that were not that id's made
+    # every other workspace's snapshots of it read with the wrong fields, and their changes fire as other changes.
+    # Fields no other test watches together, so that no test before this one has had the process cache their layout.
+    fields = frozenset({"Name", "IsDone", "WorkAmount", "DescriptionHTML", "EndDateTime"})
+    poll_once(client, connection, TASKS, fields)  # the default workspace's baseline: snapshots of one layout
+    [(layout, names)] = connection.hgetall(f"{workspaces.current().prefix}poll:layouts").items()
+    other = SnapshotStore(connection, "Task", "ws:other:")
+    connection.hset(other.layouts_key, layout, json.dumps(list(reversed(json.loads(names)))))  # not that id's names
+    connection.hset(other.snap_key, task, stored(connection, "Task", task))
+    with pytest.raises(LookupError):  # the other workspace's poll reads its snapshot first: its own poll fails
+        other.load([task])
+
+    sandbox.patch(f"Task({task})", json={"IsDone": True})
+    poll_once(client, connection, TASKS, fields)
+
+    [event] = queued(connection)
+    assert (event["kind"], event["changes"]) == ("updated", {"IsDone": [False, True]})

@@ -117,8 +117,11 @@ class SnapshotStore:
         missing = sorted(ids - _layouts.keys())
         if missing:
             for layout, names in zip(missing, self.connection.hmget(self.layouts_key, missing)):
-                if names is not None:
-                    _layouts[layout] = tuple(json.loads(names))
+                names = _names(names)
+                # Cached for every workspace of the process: only names that are the id's (its digest) are. Others,
+                # in one workspace's hash, made every workspace's snapshots of that id read with the wrong fields.
+                if names is not None and layout_id(names) == layout:
+                    _layouts[layout] = names
 
     def _decode(self, key: str, value: bytes) -> dict:
         if value[:1] == b"{":  # written before layouts: the snapshot as a JSON object
@@ -135,6 +138,15 @@ class SnapshotStore:
 def layout_id(names: tuple[str, ...]) -> bytes:
     """The id of a list of field names: a digest, the same in every process and workspace."""
     return hashlib.sha256(json.dumps(names).encode()).hexdigest()[:_LAYOUT_ID_LENGTH].encode()
+
+
+def _names(stored: bytes | None) -> tuple[str, ...] | None:
+    """The field names a layout entry holds, or None when it holds no JSON list (the layout then counts as missing)."""
+    try:
+        names = json.loads(stored) if stored is not None else None
+    except ValueError:
+        return None
+    return tuple(names) if isinstance(names, list) else None
 
 
 def _pack(values: list) -> bytes:
