@@ -10,6 +10,7 @@ series only, to its admin token.
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from datetime import datetime, timezone
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 # needs it, and imported with the app it cost each web process ~0.8 MB of RSS (issue 22).
 
 bp = Blueprint("metrics", __name__)
+log = logging.getLogger(__name__)
 
 PREFIX = "inloox_automation_"
 # name in Redis → (Prometheus name, help, label names)
@@ -113,7 +115,14 @@ class RedisCollector:
                                   labels=labels)
         for workspace in self.served:
             with workspaces.using(workspace):
-                for entry in poll_status(self.connection, now=datetime.now(timezone.utc)):
+                try:
+                    status = poll_status(self.connection, now=datetime.now(timezone.utc))
+                except (redis.ResponseError, ValueError) as exc:
+                    # A key of the workspace Redis refuses (WRONGTYPE) or that is no JSON: its gauges are left out
+                    # (said here), not the scrape of every workspace (a 500). Redis away still fails the scrape.
+                    log.warning("metrics: the poll status of workspace %s cannot be read: %s", workspace.name, exc)
+                    continue
+                for entry in status:
                     series = [workspace.name, entry["entity_set"]]
                     if entry["lag_seconds"] is not None:
                         lag.add_metric(series, entry["lag_seconds"])

@@ -92,3 +92,29 @@ def test_poll_lag_and_held_floods_per_entity_set(api, redis_url):
     samples = scrape(api)
     assert samples["inloox_automation_poll_lag_seconds", (("entity_set", "Task"),)] > 3600
     assert samples["inloox_automation_held_floods", (("entity_set", "Task"),)] == 2
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda c: c.set("ws:broken:poll:watched", "not json"),
+    lambda c: c.set("ws:broken:poll:Task:snap", "not a hash"),
+], ids=["garbage-watched-sets", "snapshots-of-wrong-type"])
+def test_one_workspaces_broken_poll_keys_leave_every_other_workspaces_metrics(redis_url, sandbox, tmp_path, breakage):
+    # Before, /metrics read every workspace's poll status in one go: one workspace's key it could not read answered
+    # 500, and no workspace's metrics were scraped while it lasted.
+    entries = "".join(f"\n  {name}:\n    inloox_url: {sandbox.base_url}\n    inloox_api_key: {sandbox.token}"
+                      for name in ("broken", "fine"))
+    (tmp_path / "workspaces.yaml").write_text("workspaces:" + entries + "\n")
+    api = create_app({"REDIS_URL": redis_url, "WORKSPACES_FILE": str(tmp_path / "workspaces.yaml"),
+                      "INLOOX_REQUESTS_PER_SECOND": "0"})
+    connection = redis.Redis.from_url(redis_url)
+    for name in ("broken", "fine"):
+        connection.set(f"ws:{name}:poll:Task:cursor", "2020-01-01T00:00:00Z")
+        connection.hset(f"ws:{name}:poll:Task:last", mapping={"started": "2020-01-01T00:00:05+00:00"})
+    breakage(connection)
+
+    response = api.test_client().get("/metrics")
+
+    assert response.status_code == 200
+    lags = {s.labels["workspace"] for family in text_string_to_metric_families(response.get_data(as_text=True))
+            for s in family.samples if s.name == "inloox_automation_poll_lag_seconds"}
+    assert "fine" in lags
