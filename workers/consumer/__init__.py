@@ -180,7 +180,7 @@ class EventConsumer:
         now = time.monotonic()
         return (self._thread is not None and self._thread.is_alive() and now - self._last_turn < STALL_SECONDS
                 and (self._failing_since is None or now - self._failing_since < FAILING_SECONDS)
-                and self._lane.trouble() is None)
+                and self._lane.trouble() is None and not self._serves_none())
 
     def trouble(self) -> str:
         """Why `running()` is False: "stopped" (no thread), "failing" (every turn errs), "stalled", or why
@@ -190,7 +190,14 @@ class EventConsumer:
         lane = self._lane.trouble()
         if lane is not None and self._failing_since is None and time.monotonic() - self._last_turn < STALL_SECONDS:
             return f"event lane {lane}"
-        return "failing" if self._failing_since is not None else "stalled"
+        return "failing" if self._failing_since is not None or self._serves_none() else "stalled"
+
+    def _serves_none(self) -> bool:
+        """Every workspace's log is set aside (Redis refuses each): the loop turns, and handles nothing. Some of them:
+        the others are served, and the worker says which are not (`refused`), as ready."""
+        now = time.monotonic()
+        kept = [stream for stream in self.streams.values() if not stream.let_go]
+        return bool(kept) and all(stream.refused_until > now for stream in kept)
 
     def keep_running(self) -> bool:
         """Start the loop's thread again if it ended without being stopped, and its lane's; True if it had to."""
