@@ -158,9 +158,9 @@ def test_a_workspace_whose_schedules_fail_holds_up_no_other_workspace(pollers, s
     poller = start_poller(pollers)
 
     wait_until(lambda: "fine: fired schedule:tick:" in poller.output(), 20, "fine's tick")
-    check = wait_until(lambda: (c := pollers_check(pollers, sandbox))["ok"] is False and c, 20,
-                       "/readyz to name the poller whose schedules fail")
-    assert "(scheduler failing)" in check["error"]
+    wait_until(lambda: poller.output().count("broken: could not fire schedules") >= 3, 20, "broken's rounds failing")
+    # One customer's failing schedules take no deployment out of its load balancer: the loop fires the others'.
+    assert pollers_check(pollers, sandbox) == {"ok": True, "pollers": 1}
     assert "broken: fired" not in poller.output()
 
 
