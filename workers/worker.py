@@ -329,10 +329,18 @@ class Worker(SimpleWorker):
             if queue.name in quiet and moment - self._cleaned.get(queue.name, -QUIET_CLEAN_SECONDS) < QUIET_CLEAN_SECONDS:
                 continue
             if queue.acquire_maintenance_lock():  # one worker at a time cleans a queue (RQ's lock)
-                clean_registries(queue, self._exc_handlers)
-                worker_registration.clean_worker_registry(queue)
-                queue.intermediate_queue.cleanup(self, queue)
-                queue.release_maintenance_lock()
+                try:
+                    clean_registries(queue, self._exc_handlers)
+                    worker_registration.clean_worker_registry(queue)
+                    queue.intermediate_queue.cleanup(self, queue)
+                except (redis.ConnectionError, redis.TimeoutError):
+                    raise  # Redis away: the maintenance is skipped (run_maintenance_tasks)
+                except Exception:  # noqa: BLE001 - one workspace's: Redis refusing a key of its queue, a damaged job
+                    # Raised, it ended RQ's loop at every maintenance (started again after a backoff, every
+                    # workspace's jobs waiting meanwhile), and the queues after it were never cleaned.
+                    log.exception("worker %s: could not clean the registries of queue %s", self.name, queue.name)
+                finally:
+                    queue.release_maintenance_lock()
             self._cleaned[queue.name] = moment
         self.last_cleaned_at = now()
 

@@ -905,3 +905,22 @@ def test_a_workspace_whose_event_log_redis_refuses_leaves_another_workspaces_eve
     assert deliver(web, body, "msg_3", path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET).status_code == 202
     wait_until(lambda: task_names(other_sandbox) == ["Mended"], 30, "globex's task")
     wait_until(lambda: "degraded" not in call("GET", f"{web}/readyz").json()["checks"]["worker"], 15, "/readyz clear")
+
+
+@pytest.mark.timeout(120)
+def test_a_queue_whose_registry_redis_refuses_leaves_the_workers_rq_loop_and_other_queues_cleaned(
+        hosted, stack, redis_url):
+    # RQ's maintenance cleans every workspace's queue registries in one pass: one registry Redis refused (a key of
+    # another type) raised out of it, RQ's loop quit ("RQ's loop stopped on an error") at every maintenance and was
+    # started again after a backoff, every workspace's RQ jobs (retries, holds, replies) waiting meanwhile, and the
+    # queues after it never cleaned.
+    connection = redis.Redis.from_url(redis_url)
+    connection.delete("rq:finished:globex")
+    connection.set("rq:finished:globex", "not a sorted set")
+    connection.set("ws:globex:active", int(time.time() * 1000))  # lively: cleaned at each maintenance
+    connection.set("ws:acme:active", int(time.time() * 1000))
+    [worker] = stack.workers
+
+    wait_until(lambda: worker.output().count("could not clean the registries of queue globex") >= 2, 40,
+               "two maintenances to meet globex's registry")
+    assert "RQ's loop stopped" not in worker.output()
