@@ -115,14 +115,8 @@ class RedisCollector:
                                   labels=labels)
         for workspace in self.served:
             with workspaces.using(workspace):
-                try:
-                    status = poll_status(self.connection, now=datetime.now(timezone.utc))
-                except (redis.ResponseError, ValueError) as exc:
-                    # A key of the workspace Redis refuses (WRONGTYPE) or that is no JSON: its gauges are left out
-                    # (said here), not the scrape of every workspace (a 500). Redis away still fails the scrape.
-                    log.warning("metrics: the poll status of workspace %s cannot be read: %s", workspace.name, exc)
-                    continue
-                for entry in status:
+                status = _read(workspace, "poll status", poll_status, self.connection, now=datetime.now(timezone.utc))
+                for entry in status or ():
                     series = [workspace.name, entry["entity_set"]]
                     if entry["lag_seconds"] is not None:
                         lag.add_metric(series, entry["lag_seconds"])
@@ -137,15 +131,14 @@ class RedisCollector:
 
         depth = GaugeMetricFamily(PREFIX + "queue_jobs", "RQ jobs by state", labels=["queue", "state"])
         for workspace in self.served:
-            queue = Queue(workspace.queue, connection=self.connection, serializer="json")
-            depth.add_metric([queue.name, "queued"], queue.count)
-            for state, registry in (("started", StartedJobRegistry), ("scheduled", ScheduledJobRegistry),
-                                    ("failed", FailedJobRegistry)):
-                depth.add_metric([queue.name, state], registry(queue=queue).count)
+            for state, count in (_read(workspace, "RQ queue", _queue_counts, self.connection, workspace.queue) or ()):
+                depth.add_metric([workspace.queue, state], count)
         waiting = GaugeMetricFamily(PREFIX + "events_waiting", "Accepted events not handled yet (event log)",
                                     labels=["workspace"])
         for workspace in self.served:
-            waiting.add_metric([workspace.name], eventlog.backlog(self.connection, workspace=workspace.name))
+            backlog = _read(workspace, "event log", eventlog.backlog, self.connection, workspace=workspace.name)
+            if backlog is not None:
+                waiting.add_metric([workspace.name], backlog)
         workers = GaugeMetricFamily(PREFIX + "workers", "RQ workers registered")
         workers.add_metric([], len(Worker.all(connection=self.connection)))
         return depth, waiting, workers
@@ -160,10 +153,28 @@ class RedisCollector:
         since = GaugeMetricFamily(PREFIX + "rule_file_broken_since_seconds",
                                   "When the rule file broke (Unix time)", labels=["workspace", "file"])
         for workspace in self.served:
-            for entry in rule_files.broken_files(self.connection, workspace.prefix):
+            for entry in _read(workspace, "rule file states", rule_files.broken_files, self.connection,
+                               workspace.prefix) or ():
                 broken.add_metric([workspace.name, entry["file"], rule_files.running(entry)], 1)
                 since.add_metric([workspace.name, entry["file"]], entry["since"])
         return broken, since
+
+
+def _read(owner, what: str, read, /, *args, **kwargs):
+    """`read(*args)` for one workspace's (`owner`'s) series, or None when a key of that workspace cannot be read (Redis refuses
+    it, WRONGTYPE; or it is no JSON): its series are left out, said in the log, not the scrape of every workspace (a
+    500). Redis away still fails the scrape."""
+    try:
+        return read(*args, **kwargs)
+    except (redis.ResponseError, ValueError) as exc:
+        log.warning("metrics: the %s of workspace %s cannot be read: %s", what, owner.name, exc)
+        return None
+
+
+def _queue_counts(connection, name: str) -> list[tuple[str, int]]:
+    queue = Queue(name, connection=connection, serializer="json")
+    return [("queued", queue.count), *((state, registry(queue=queue).count) for state, registry in (
+        ("started", StartedJobRegistry), ("scheduled", ScheduledJobRegistry), ("failed", FailedJobRegistry)))]
 
 
 def _counter_families(counters: list[tuple[str, dict, int]]):

@@ -97,7 +97,11 @@ def test_poll_lag_and_held_floods_per_entity_set(api, redis_url):
 @pytest.mark.parametrize("breakage", [
     lambda c: c.set("ws:broken:poll:watched", "not json"),
     lambda c: c.set("ws:broken:poll:Task:snap", "not a hash"),
-], ids=["garbage-watched-sets", "snapshots-of-wrong-type"])
+    lambda c: c.set("ws:broken:events", "not a stream"),
+    lambda c: c.set("rq:wip:broken", "not a sorted set"),
+    lambda c: c.set("ws:broken:rules:broken", "not a hash"),
+], ids=["garbage-watched-sets", "snapshots-of-wrong-type", "event-log-of-wrong-type", "rq-registry-of-wrong-type",
+        "rule-file-states-of-wrong-type"])
 def test_one_workspaces_broken_poll_keys_leave_every_other_workspaces_metrics(redis_url, sandbox, tmp_path, breakage):
     # Before, /metrics read every workspace's poll status in one go: one workspace's key it could not read answered
     # 500, and no workspace's metrics were scraped while it lasted.
