@@ -903,7 +903,10 @@ def test_a_workspace_whose_event_log_redis_refuses_leaves_another_workspaces_eve
     connection.delete("ws:globex:events")
     body = {"title": "Mended", "project": PROJECT}
     assert deliver(web, body, "msg_3", path="/workspaces/globex/hooks/forms", secret=GLOBEX_SECRET).status_code == 202
-    wait_until(lambda: task_names(other_sandbox) == ["Mended"], 30, "globex's task")
+    # Counted by name: the module's other_sandbox may still commit tasks of an earlier test's hung requests (its
+    # latency fault holds them past that test's end and this one's reset).
+    wait_until(lambda: "Mended" in task_names(other_sandbox), 30, "globex's task")
+    assert task_names(other_sandbox).count("Mended") == 1
     wait_until(lambda: "degraded" not in call("GET", f"{web}/readyz").json()["checks"]["worker"], 15, "/readyz clear")
 
 
