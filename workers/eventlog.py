@@ -98,9 +98,13 @@ if limit > 0 and fresh then
   end
   if waiting >= limit then return {waiting} end
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  if due then redis.call('SET', KEYS[9], due, 'PX', math.ceil(due - now) + 1) end
+if fresh then
+  -- The entry first, then the claim of its id: Redis keeps what a script wrote before an error, and a claim
+  -- written before an XADD Redis refused (the log's key of another type) made the sender's retry of an event
+  -- answered 503 a duplicate, the event lost.
   local id = redis.call('XADD', KEYS[2], '*', 'z', ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  if due then redis.call('SET', KEYS[9], due, 'PX', math.ceil(due - now) + 1) end
   redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
   -- The day's and month's TTLs are set by their first count of this source (every writer sets them
   -- when it makes a key; workers/metering/expiry.py), not with every event.
