@@ -157,6 +157,9 @@ class ThreadScheduler(RQScheduler):
         if time.monotonic() >= self._next_sweep:
             self.sweep()
         for listed in self.connection.zrangebyscore(DUE, "-inf", current_timestamp()):
+            # A queue's move is progress: a turn over thousands of queues due at once (after an outage) outlasted
+            # STALL_SECONDS, and /readyz said stalled of a scheduler busy moving their jobs.
+            self._turned = time.monotonic()
             try:
                 queue_name = listed.decode()
             except UnicodeDecodeError:  # no queue is named so (names are text): due at every turn, and it ended them

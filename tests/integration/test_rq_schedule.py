@@ -141,3 +141,32 @@ def test_one_queues_broken_scheduling_keys_hold_up_no_other_queues_jobs(client, 
 def _ready(client):
     response = client.get("/readyz")
     return response if response.status_code == 200 else None
+
+
+def test_a_turn_that_moves_many_queues_due_jobs_is_not_taken_for_a_stalled_scheduler(redis_url, monkeypatch):
+    # A turn moves every due queue's jobs (up to a thousand each): with thousands of workspaces due at once after an
+    # outage, a turn outlasted STALL_SECONDS and /readyz said "RQ scheduler stalled" of a scheduler busy moving them.
+    connection = redis.Redis.from_url(redis_url)
+    moved: list[str] = []
+
+    class Slow(rq_schedule.ThreadScheduler):
+        def _move_due_jobs(self, queue_name: str) -> None:
+            time.sleep(0.1)  # each queue's move takes a while; the turn, 3 s
+            moved.append(queue_name)
+            super()._move_due_jobs(queue_name)
+
+    monkeypatch.setattr(rq_schedule, "STALL_SECONDS", 1.0)
+    connection.zadd(rq_schedule.DUE, {f"ws-{n}": 1 for n in range(30)})
+    scheduler = Slow(queues=[], connection=connection, serializer="json")
+    scheduler._next_sweep = time.monotonic() + 3600  # the index alone: the queues listed due
+    scheduler.acquire_locks(auto_start=True)
+    try:
+        seen = []
+        while len(moved) < 30:
+            seen.append(scheduler.trouble())
+            time.sleep(0.05)
+        assert len(seen) > 40 and set(seen) == {None}
+    finally:
+        scheduler.request_stop()
+        scheduler._process.join(5)
+        scheduler.release_locks()
