@@ -117,7 +117,6 @@ class _Stream:
     # Redis refused this workspace's log (a key of another type in its place; see `_refused`): neither read nor
     # looked after until then (monotonic), so that the other workspaces' events go on being read.
     refused_until: float = 0.0
-    aside: bool = False  # set aside, and not tried again since
 
 
 class EventConsumer:
@@ -164,6 +163,7 @@ class EventConsumer:
         self._failing_since: float | None = None  # when the loop's turns began to fail (None: the last one worked)
         self._linger = False  # the last read brought a few events: let more gather before the next
         self._full: set[str] = set()  # the streams that gave the last read all it asked of them
+        self._aside: set[str] = set()  # the streams set aside (Redis refused them), not tried again since
 
     def start(self) -> None:
         """Run the loop on a thread of its own (the RQ worker's main thread keeps taking RQ jobs)."""
@@ -604,16 +604,22 @@ class EventConsumer:
         return bool(refused)
 
     def _set_aside(self, stream: _Stream, error: BaseException) -> None:
-        stream.refused_until, stream.aside = time.monotonic() + REFUSED_SECONDS, True
+        stream.refused_until = time.monotonic() + REFUSED_SECONDS
+        self._aside.add(stream.key)
         log.error("event consumer %s: Redis refuses the event log of workspace %s (%s): its events are not read; "
                   "again in %.0fs", self.name, stream.workspace, error, REFUSED_SECONDS)
 
     def _take_back(self) -> None:
         """Try again the logs set aside whose time is up: a log mended by deleting the key has no group now."""
+        if not self._aside:
+            return
         now = time.monotonic()
-        for stream in self.streams.values():
-            if stream.aside and stream.refused_until <= now and not stream.let_go:
-                stream.aside = False
+        for key in list(self._aside):
+            stream = self.streams.get(key)
+            if stream is None or stream.let_go:  # no longer served
+                self._aside.discard(key)
+            elif stream.refused_until <= now:
+                self._aside.discard(key)
                 self._apart(stream, eventlog.ensure_group, self.connection, stream.key)
 
     def _apart(self, stream: _Stream, step, *args, **kwargs) -> None:
