@@ -5,6 +5,9 @@ means the same everywhere: the event is in the workspace's event log (workers/ev
 we answer the sender. Claim and entry are written by one Lua script, and the source's own
 bookkeeping (`also`, e.g. the poller's snapshot) in the same MULTI/EXEC: a failure leaves nothing
 behind, so a sender's retry is never turned into a "duplicate" of an event that was not stored.
+The bookkeeping lands only with the event's claim (`_ALSO`): Redis runs every command of a MULTI
+even when one of them fails, and bookkeeping that landed beside an append Redis refused marked seen
+a change or a tick whose event was never stored.
 """
 from __future__ import annotations
 
@@ -14,7 +17,23 @@ import redis
 from redis.client import Pipeline
 
 from engine.events import Event
-from workers import eventlog, metrics, workspaces
+from workers import eventlog, metrics, scripts, workspaces
+
+# The source's bookkeeping (`also`'s commands, as ARGV: each one's word count, then its words), run only when the
+# event's dedup claim (KEYS[1]) exists: the append before it in the same MULTI writes the claim after the entry, and
+# finds it for a duplicate. Queued as plain commands, they ran even when Redis refused the append (the log's key of
+# another type): the poller's snapshot said the change was seen, a schedule's last look passed the tick, and neither
+# was ever delivered once the log was mended.
+_ALSO = scripts.script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local at = 1
+while at <= #ARGV do
+  local words = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + words))
+  at = at + words + 1
+end
+return 1
+""")
 
 
 def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup_ttl: int,
@@ -36,8 +55,15 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
                             per_second=per_second, per_day=per_day) is not None
     with connection.pipeline(transaction=True) as pipe:
         eventlog.append(pipe, event.to_dict(), dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=_counted(event))
-        also(pipe)
+        scripts.call(pipe, _ALSO, keys=[dedup_key], args=_words(connection, also))
         return bool(pipe.execute()[0])
+
+
+def _words(connection: redis.Redis, also: Callable[[Pipeline], None]) -> list:
+    """The commands `also` queues, as `_ALSO` takes them: each one's word count, then its words."""
+    with connection.pipeline(transaction=False) as recorder:
+        also(recorder)
+        return [word for args, _ in recorder.command_stack for word in (len(args), *args)]
 
 
 def accept_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup_ttl: int, backlog_limit: int = 0,

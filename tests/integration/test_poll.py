@@ -514,3 +514,39 @@ def test_a_sweep_whose_listing_misses_a_task_that_is_still_there_deletes_nothing
         assert sandbox.patch(f"Task({tasks[0]})", json={"IsDone": True}).ok
         poll_once(client, connection, TASKS, frozenset({"IsDone"}))
     assert [(e["kind"], e["key"]) for e in queued(connection)] == [("updated", tasks[0])]
+
+
+def test_a_change_whose_event_redis_refuses_is_seen_again_once_the_log_is_mended(sandbox, client, connection, project):
+    # Redis runs every command of a MULTI even when one fails: the snapshot stored with a refused event (the log's
+    # key of another type) made the change look seen, and it was never delivered once the log was mended.
+    task = make_task(sandbox, project, "Write report")
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).status_code in (200, 204)
+    log = eventlog.stream_key("default")
+    connection.set(log, "not a stream")
+
+    with pytest.raises(redis.ResponseError):
+        poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    connection.delete(log)
+    result = poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+
+    [event] = queued(connection)
+    assert result.accepted == [event["id"]]
+    assert (event["kind"], event["key"], event["changes"]) == ("updated", task, {"IsDone": [False, True]})
+
+
+def test_a_delete_whose_event_redis_refuses_is_found_again_once_the_log_is_mended(sandbox, client, connection, project):
+    # As above for the sweep: the snapshot forgotten with a refused event left no trace of the task to find gone.
+    gone = make_task(sandbox, project, "Gone")
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}))
+    assert sandbox.delete(f"Task({gone})").status_code == 204
+    log = eventlog.stream_key("default")
+    connection.set(log, "not a stream")
+
+    with pytest.raises(redis.ResponseError):
+        sweep_deleted(client, connection, TASKS)
+    connection.delete(log)
+
+    assert len(sweep_deleted(client, connection, TASKS).accepted) == 1
+    [event] = queued(connection)
+    assert (event["kind"], event["key"]) == ("deleted", gone)

@@ -283,3 +283,23 @@ def test_a_tick_and_the_rules_last_look_are_stored_together_or_not_at_all(redis_
         proxy.wait_cut()
     fired, look = direct.exists(claim), direct.zscore(LAST_KEY, "hourly-latest")
     assert (fired, look >= hour.timestamp()) in ((1, True), (0, False)), (fired, look)
+
+
+def test_a_tick_whose_event_redis_refuses_fires_once_the_log_is_mended(redis_url, sandbox, rules_dir):
+    """Redis runs every command of a MULTI even when one fails: the last look stored with a tick's event it refused
+    (the log's key of another type) moved past the tick, and the tick never fired once the log was mended."""
+    from engine import load_rules
+    write_rule(rules_dir, "hourly", RULE.format(id="hourly", cron="0 * * * *", catch_up="latest"))
+    ruleset = load_rules(rules_dir)
+    connection = redis.Redis.from_url(redis_url)
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    connection.zadd(LAST_KEY, {"hourly": (hour - timedelta(minutes=30)).timestamp()})
+    log = eventlog.stream_key("default")
+    connection.set(log, "not a stream")
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
+        with pytest.raises(redis.ResponseError):
+            scheduler.fire_due(connection, ruleset, now=hour + timedelta(seconds=5))
+        connection.delete(log)
+        assert scheduler.fire_due(connection, ruleset, now=hour + timedelta(seconds=10)) == [
+            f"schedule:hourly:{hour.isoformat().replace('+00:00', 'Z')}"]
+    assert queued_ticks(connection) == [("hourly", hour.isoformat().replace("+00:00", "Z"))]
