@@ -32,7 +32,7 @@ import redis
 from rq import Queue
 from standardwebhooks.webhooks import Webhook
 
-from workers import failpoints, metrics, outbound, subscriptions
+from workers import failpoints, metrics, outbound, scripts, subscriptions
 from workers.enqueue import job_status_key, queue, waiting, workspace_job_id
 from workers.outbound import OutboundRefused
 from workers.secrets import SecretUnreadable
@@ -49,6 +49,22 @@ KEEP_PER_SUBSCRIPTION = 1000  # deliveries listed per subscription (the newest)
 RECORD_TTL = 7 * 86400  # seconds a delivery record is kept after its last change
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 RETRYABLE = {429} | set(range(500, 600))
+
+
+# A delivery made once: its entry among the due ones (should we die before queueing its job, the sweeper finds it
+# there), its record (SET NX: the claim a second handling of the event finds, and makes nothing), its subscription's
+# index. The record after the due entry, in a script: Redis keeps what was written before a command it refuses, and a
+# record stored beside a due index it refused (a key of another type) was a delivery no job and no sweeper would
+# ever send. (A subscription's index refused after a new record leaves it due: the sweeper sends it.) KEYS: the due
+# index, the record, the subscription's index. ARGV: id, now, record, its TTL, how many the index keeps. Returns 1
+# when the record is new.
+_CREATE = scripts.script("""
+redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+local new = redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) and 1 or 0
+redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
+return new
+""")
 
 
 def delivery_id(sub_id: str, event_id: str) -> str:
@@ -81,13 +97,10 @@ def fan_out(connection: redis.Redis, event: dict, *, now: float | None = None) -
                 "status": PENDING, "attempts": [], "body": payload} for sub in wanted]
     with connection.pipeline(transaction=False) as pipe:
         for record in records:
-            pipe.set(_key(record["id"]), json.dumps(record), nx=True, ex=RECORD_TTL)
-            # In the same round trip: should we die before queueing below, the sweeper finds them here.
-            pipe.zadd(key("deliveries:due"), {record["id"]: now}, nx=True)
-            sub_index = key(f"subs:{record['subscription']}:deliveries")
-            pipe.zadd(sub_index, {record["id"]: now}, nx=True)
-            pipe.zremrangebyrank(sub_index, 0, -KEEP_PER_SUBSCRIPTION - 1)
-        created = [r for r, new in zip(records, pipe.execute()[::4]) if new]
+            scripts.call(pipe, _CREATE, keys=[key("deliveries:due"), _key(record["id"]),
+                                              key(f"subs:{record['subscription']}:deliveries")],
+                         args=[record["id"], now, json.dumps(record), RECORD_TTL, KEEP_PER_SUBSCRIPTION])
+        created = [r for r, new in zip(records, pipe.execute()) if new]
     if created:  # the others were queued by an earlier handling of this event (or are the sweeper's)
         queue(connection).enqueue_many([_job(record["id"]) for record in created])
     return [r["id"] for r in created]

@@ -338,3 +338,28 @@ def test_a_deleted_subscription_leaves_no_delivery_index_behind(api, redis_url, 
         assert connection.zcard(f"ws:default:subs:{sub['id']}:deliveries") == 20
         assert api.delete(f"/subscriptions/{sub['id']}", headers=ADMIN).status_code == 204
     assert connection.keys("ws:default:subs:*:deliveries") == []
+
+
+def test_a_delivery_whose_index_redis_refuses_is_made_once_the_index_is_mended(redis_url, sandbox, receiver):
+    """A delivery's record (SET NX, its claim) went before its entry among the due ones: with the due index under a key
+    of another type, the record was stored and the rest refused, and the event handled again found the record, made
+    nothing and queued nothing, and no sweeper knew of it: the change was never delivered."""
+    import redis as redis_lib
+
+    from workers import enqueue, subscriptions, workspaces
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    event = {"id": "evt-refused", "source": "inloox", "kind": "updated", "entity_set": "Task", "key": "k1",
+             "occurred_at": "2026-11-30T08:00:00+00:00", "changes": {"IsDone": [False, True]}, "entity": {},
+             "actor": {}}
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+        subscriptions.create(connection, {"url": f"{receiver.url}/hook", "events": ["Task.*"]},
+                             keyring=Keyring.from_config(os.environ))
+        connection.set("ws:default:deliveries:due", "not a sorted set")
+        with pytest.raises(redis_lib.ResponseError):
+            deliveries.fan_out(connection, event)
+        connection.delete("ws:default:deliveries:due")
+
+        [delivery] = deliveries.fan_out(connection, event)  # the event handled again (it failed)
+        queue = enqueue.queue(connection)
+        assert [i for i in queue.job_ids if delivery in i], queue.job_ids
