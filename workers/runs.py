@@ -145,13 +145,36 @@ _CREATE_SCRIPT = scripts.script(_CREATE)
 # good). KEYS: the record, the slots' sorted set (when ARGV[3] names a member), then each counted hash. ARGV: the
 # record, its TTL, the run's slot ('' for none), then for each hash: its TTL (0: left as it is), how many fields,
 # then each field and amount. Returns the first count.
+# Every key and field is checked before anything is written: Redis keeps what a script wrote before an error, and a
+# record saying `billed` stored before a count Redis refused (a hash under a key of another type, a field that is no
+# integer) was a billable run never counted, its end handled again finding it billed.
 _SAVE_COUNTED = """
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-local first, at, counted = false, 4, 2
-if ARGV[3] ~= '' then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  counted = 3
+local counted = ARGV[3] ~= '' and 3 or 2
+local function refuse(code, key, what)
+  return redis.error_reply(code .. ' ' .. key .. ' ' .. what .. ': the run and its counts are not stored')
 end
+if counted == 3 and not ({none = true, zset = true})[redis.call('TYPE', KEYS[2]).ok] then
+  return refuse('WRONGTYPE', KEYS[2], 'holds no sorted set')
+end
+local at = 4
+for i = counted, #KEYS do
+  if not ({none = true, hash = true})[redis.call('TYPE', KEYS[i]).ok] then
+    return refuse('WRONGTYPE', KEYS[i], 'holds no hash')
+  end
+  local fields = tonumber(ARGV[at + 1])
+  at = at + 2
+  for _ = 1, fields do
+    local n = redis.call('HGET', KEYS[i], ARGV[at])
+    if n and not (n == '0' or (#n < 19 and string.match(n, '^-?[1-9]%d*$'))) then
+      return refuse('ERR', KEYS[i], 'field ' .. ARGV[at] .. ' holds no integer')
+    end
+    at = at + 2
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if counted == 3 then redis.call('ZREM', KEYS[2], ARGV[3]) end
+local first = false
+at = 4
 for i = counted, #KEYS do
   local ttl, fields = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   at = at + 2

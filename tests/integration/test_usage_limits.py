@@ -682,3 +682,33 @@ def test_a_process_forgets_the_alert_claims_of_hours_past(redis_url):
     kept = [name for name in limits._claimed if name.startswith("ws:refused-all-week:")]
     assert 1 <= len(kept) <= 3, kept  # the hours whose claims may still be asked for, no more
     assert connection.exists("ws:refused-all-week:limits:alerted:backlog_limit:hour-0")  # Redis's claims as before
+
+
+@pytest.mark.timeout(90)
+def test_a_run_whose_count_redis_refuses_bills_once_when_ended_again(redis_url, sandbox, tmp_path, batched_counts):
+    """A run's end writes its record (saying `billed`) and its billable counts in one script. Redis keeps what a
+    script wrote before an error: with the month's count a field Redis cannot add to, the record was stored saying
+    `billed` and the counts were not; the event handled again found the run succeeded and billed, and the run was
+    never counted (the monthly limit let one more run in). Nothing is written now until every count can be."""
+    from workers import recovery, workspaces
+    from workers.jobs import Arrival, handle_batch
+    from workers.metering import usage
+
+    ensure_project(sandbox)
+    (tmp_path / "forms.yaml").write_text(FORM_RULE.format(extra=""))
+    direct = redis.Redis.from_url(redis_url)
+    month_key = usage.month_key("default", usage.month_of(usage.today()))
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        direct.hset(month_key, "billable_runs", "not a number")
+        [refused] = handle_batch(ctx, [Arrival(_event(0), 0.0)])
+        assert isinstance(refused, redis.ResponseError), refused
+        direct.hdel(month_key, "billable_runs")  # mended
+        recovery.give_back(direct)  # the worker gives the run's lock back once Redis answers
+        [handled] = handle_batch(ctx, [Arrival(_event(0), 0.0)])  # the event handled again
+        assert not isinstance(handled, BaseException), handled
+
+    counted = usage.read_month(direct, "default", usage.month_of(usage.today()))
+    day = usage.read_days(direct, "default", [usage.today()])[usage.today()]
+    assert (counted.get("billable_runs"), counted.get("rule:form-to-task"), day.get("billable_runs")) == (1, 1, 1)
+    assert _task_names(sandbox) == ["Task 0"]
