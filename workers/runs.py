@@ -150,29 +150,23 @@ _CREATE_SCRIPT = scripts.script(_CREATE)
 # integer) was a billable run never counted, its end handled again finding it billed.
 _SAVE_COUNTED = """
 local counted = ARGV[3] ~= '' and 3 or 2
-local function refuse(code, key, what)
-  return redis.error_reply(code .. ' ' .. key .. ' ' .. what .. ': the run and its counts are not stored')
-end
-if counted == 3 and not ({none = true, zset = true})[redis.call('TYPE', KEYS[2]).ok] then
-  return refuse('WRONGTYPE', KEYS[2], 'holds no sorted set')
-end
+-- Every count's field read first: an HGET of a key of another type raises here, before anything is written, and a
+-- field that is no integer is refused here, not by its HINCRBY after the record.
 local at = 4
 for i = counted, #KEYS do
-  if not ({none = true, hash = true})[redis.call('TYPE', KEYS[i]).ok] then
-    return refuse('WRONGTYPE', KEYS[i], 'holds no hash')
-  end
   local fields = tonumber(ARGV[at + 1])
   at = at + 2
   for _ = 1, fields do
     local n = redis.call('HGET', KEYS[i], ARGV[at])
     if n and not (n == '0' or (#n < 19 and string.match(n, '^-?[1-9]%d*$'))) then
-      return refuse('ERR', KEYS[i], 'field ' .. ARGV[at] .. ' holds no integer')
+      return redis.error_reply('ERR ' .. KEYS[i] .. ' field ' .. ARGV[at] ..
+                               ' holds no integer: the run and its counts are not stored')
     end
     at = at + 2
   end
 end
+if counted == 3 then redis.call('ZREM', KEYS[2], ARGV[3]) end  -- before the record: it raises on a key of another type
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if counted == 3 then redis.call('ZREM', KEYS[2], ARGV[3]) end
 local first = false
 at = 4
 for i = counted, #KEYS do
