@@ -3,7 +3,7 @@
     python -m workers.redis_server serve --port 6390 --dir var/redis   # foreground, AOF on
     python -m workers.redis_server wait                                 # block until REDIS_URL answers
 
-`serve` writes Valkey's configuration, then becomes the keeper (workers/valkey_keeper.py), which
+`serve` writes Valkey's configuration, then becomes the keeper (workers/valkey_keeper.sh), which
 runs Valkey, starts it again should it die, and stops it *last* when the stack stops. `serve`
 idles (and says so) when EMBEDDED_REDIS is 0, i.e. when the stack points at an external Redis, so
 the Procfile can stay the same for both setups.
@@ -82,9 +82,9 @@ def _serve(args: argparse.Namespace) -> int:
     config_file = data_dir / "valkey.conf"
     generate_config_file(config_file, args.port, data_dir, {**DURABLE_CONFIG, "logfile": ""})
     print(f"redis: embedded Valkey on redis://127.0.0.1:{args.port} (AOF in {data_dir})", flush=True)
-    # Stay beside Valkey as the keeper, without the libraries loaded for the set-up (same PID).
-    keeper = [sys.executable, "-m", "workers.valkey_keeper", str(get_binary_path()), str(config_file), str(args.port)]
-    os.execv(sys.executable, keeper)
+    # Stay beside Valkey as the keeper, a shell without the libraries loaded for the set-up (same PID).
+    keeper = Path(__file__).with_name("valkey_keeper.sh")
+    os.execv("/bin/sh", ["/bin/sh", str(keeper), str(get_binary_path()), str(config_file), str(args.port), sys.executable])
 
 
 def redacted_url(url: str) -> str:

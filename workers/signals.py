@@ -8,8 +8,6 @@ inside another run of itself (Ctrl+C reaches every process of `make run` and hon
 follows at once) and while the main thread holds the Event's own lock (waiting on it); the lock
 is not reentrant, so a handler that set the Event itself could deadlock the process on its way
 out, holding its port. A web server did (web/server.py, tests/integration/test_server.py).
-
-Standard library only: the Valkey keeper (workers/valkey_keeper.py) imports it.
 """
 from __future__ import annotations
 
