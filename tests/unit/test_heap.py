@@ -79,3 +79,18 @@ def test_keep_settles_once_a_minute_and_makes_the_young_generation_larger():
     assert gc.get_freeze_count() == frozen, "not before a minute"
     heap.keep(now=10.0 + heap.SETTLE_SECONDS)
     assert gc.get_freeze_count() >= frozen + len(built)
+
+
+def test_each_settle_gives_the_c_heaps_free_pages_back(monkeypatch):
+    trims = []
+    monkeypatch.setattr(heap, "_trim", trims.append)  # glibc's malloc_trim, as found on first use
+    heap.settle(now=0.0)
+    heap.keep(now=heap.SETTLE_SECONDS - 1)
+    assert trims == [0], "once per settle, not per keep"
+    heap.keep(now=heap.SETTLE_SECONDS)
+    assert trims == [0, 0]
+
+
+def test_releasing_without_glibcs_malloc_trim_does_nothing(monkeypatch):
+    monkeypatch.setattr(heap, "_trim", False)
+    heap.release()

@@ -73,6 +73,10 @@ class Polling:
         # loop notes when it last turned (a round, or a workspace's turn in one), and one silent past its bound is
         # stalled.
         self.turned_at: dict[str, float] = {}  # loop name → when (monotonic) it last turned
+        # The loops that have not yet made a round: their first builds what the process keeps of the workspaces it
+        # follows (contexts, rules), and leaves what it parsed and compiled on the way as garbage. Once each made
+        # one, the heap is settled (workers/heap.py): that garbage collected, its pages given back, the rest frozen.
+        self.first_rounds = set(self.loops)
         self.stall_after = {"poller": self.settings.lease_seconds + self.settings.interval}
         if with_scheduler:
             from workers import scheduler
@@ -107,6 +111,10 @@ class Polling:
             self.failing.discard(loop)
         else:
             self.failing.add(loop)
+        if self.first_rounds:
+            self.first_rounds.discard(loop)
+            if not self.first_rounds:
+                heap.settle()  # the rest of start-up: what the first rounds built is kept, what they freed given back
 
     def schedule(self) -> None:
         """The schedules' loop on the calling thread, until `stop_event` is set."""
