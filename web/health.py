@@ -12,7 +12,7 @@ from inloox import InLooxError
 from web.resources import DeclaredOnly, get_context, get_inloox, get_redis, get_registry, inloox_slot
 from workers import registry, rule_files, workspaces
 from workers.poller import beats as poller_beats
-from workers.worker import CONSUMER_BEAT, CONSUMER_BEAT_TTL, CONSUMER_STATES, REFUSED
+from workers.consumer_beat import CONSUMER_BEAT, CONSUMER_BEAT_TTL, CONSUMER_STATES, REFUSED
 
 bp = Blueprint("health", __name__)
 

@@ -60,6 +60,8 @@ from rq.worker import SimpleWorker, WorkerStatus
 from inloox import deadlines
 from workers import activity, failpoints, heap, metrics, registry
 from workers.consumer import EventConsumer
+from workers.consumer_beat import (CONSUMER_BEAT, CONSUMER_BEAT_SECONDS, CONSUMER_BEAT_TTL,  # noqa: F401
+                                   CONSUMER_STATES, REFUSED)
 from workers.poller.process import Polling
 from workers.logs import configure_logging, follow_registry
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
@@ -74,15 +76,6 @@ QUIET_CLEAN_SECONDS = 600  # RQ's own maintenance interval, for the queues of qu
 IDLE_WAKE_SECONDS = 2  # also how soon an idle worker notices a stop signal
 METRICS_BATCH_SECONDS = 1.0  # counts reach Redis (and /metrics) at most this late
 MAX_BACKOFF_SECONDS = 5  # Redis back after a restart: work resumes within seconds
-# Each worker says whether its event consumer runs ("running"; "failing", "stalled" or "stopped" when
-# not; "none" before it has one), or else what is wrong with its poller ("poller failing", "scheduler
-# stopped", …), under its RQ name; /readyz reads it beside RQ's heartbeat. A running consumer that sets aside
-# the event logs Redis refuses says "running" followed by REFUSED and their workspaces (a, b): the others are served.
-CONSUMER_BEAT = "consumer:beat:"
-CONSUMER_STATES = ("failing", "stalled", "stopped")
-REFUSED = "; event logs refused: "
-CONSUMER_BEAT_SECONDS = 5
-CONSUMER_BEAT_TTL = 30
 # A stopping worker waits this long for its polls under way (a poller that stops releases its leases,
 # so another takes its workspaces at once rather than after POLL_LEASE_SECONDS).
 POLLING_STOP_SECONDS = 3.0
