@@ -67,12 +67,14 @@ class Operation:
 
 @dataclass(frozen=True)
 class Metadata:
-    """The whole schema: entity sets by name and bound operations, plus the raw document."""
+    """The whole schema: entity sets by name and bound operations.
+
+    Not the raw document: 185 KB in every process that reads the schema, for the sandbox's `$metadata`
+    alone, which reads the file (issue 22)."""
 
     namespace: str
     entity_sets: dict[str, EntitySet]
     operations: tuple[Operation, ...]
-    document: bytes
 
     def entity_set(self, name: str) -> EntitySet | None:
         return self.entity_sets.get(name)
@@ -145,7 +147,7 @@ def parse_metadata(document: bytes) -> Metadata:
             parameters=tuple(Parameter(p.get("Name"), p.get("Type"), _nullable(p)) for p in params[1:]),
             return_type=None if returns is None else returns.get("Type"),
         ))
-    return Metadata(namespace, sets, tuple(operations), document)
+    return Metadata(namespace, sets, tuple(operations))
 
 
 @functools.lru_cache(maxsize=4)

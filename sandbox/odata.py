@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, Response, g, request
 
+from inloox.metadata import METADATA_PATH
+
 from . import bodies, connection, operations, queries, writes
 from .errors import BadRequest, MethodNotAllowed, ODataError, Unauthorized
 from .paths import format_key, parse_path
@@ -120,7 +122,7 @@ def record(response: Response) -> Response:
 @bp.route("/$metadata")
 def metadata():
     """InLoox's own EDMX document."""
-    return Response(get_sandbox().store.metadata.document, mimetype="application/xml")
+    return Response(METADATA_PATH.read_bytes(), mimetype="application/xml")
 
 
 @bp.route("/")
