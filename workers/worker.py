@@ -60,8 +60,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from inloox import deadlines
 from workers import activity, failpoints, heap, metrics, registry
 from workers.consumer import EventConsumer
-from workers.consumer_beat import (CONSUMER_BEAT, CONSUMER_BEAT_SECONDS, CONSUMER_BEAT_TTL,  # noqa: F401
-                                   CONSUMER_STATES, REFUSED)
+from workers.consumer_beat import CONSUMER_BEAT, CONSUMER_BEAT_SECONDS, CONSUMER_BEAT_TTL, REFUSED
 from workers.poller.process import Polling
 from workers.logs import configure_logging, follow_registry
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
