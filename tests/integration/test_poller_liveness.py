@@ -141,17 +141,8 @@ def test_a_poller_process_beats_again_after_a_redis_outage(pollers, own_valkey, 
 
 def test_a_workspace_whose_schedules_fail_holds_up_no_other_workspace(pollers, sandbox, tmp_path, redis_url):
     # Before, the bug met in `broken` ended the schedules loop at every start: `fine`, after it, never fired.
-    entries = []
-    for name in ("broken", "fine"):
-        (tmp_path / name).mkdir()
-        write_rule(tmp_path / name, "tick", TICK_RULE)
-        entries.append(f"""
-          {name}:
-            inloox_url: {sandbox.base_url}
-            inloox_api_key: {pollers.env["INLOOX_API_KEY"]}
-            rules: {tmp_path / name}""")
-    (tmp_path / "workspaces.yaml").write_text("workspaces:" + "".join(entries) + "\n")
-    pollers.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"), ENGINE_FAILPOINTS="schedule_workspace~broken")
+    _workspaces(pollers, sandbox, tmp_path, ("broken", "fine"), "tick", TICK_RULE)
+    pollers.env.update(ENGINE_FAILPOINTS="schedule_workspace~broken")
     last = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(seconds=30)
     for name in ("broken", "fine"):
         redis.Redis.from_url(redis_url).zadd(f"ws:{name}:{scheduler.LAST_KEY}", {"tick": last.timestamp()})
@@ -226,19 +217,25 @@ def test_readyz_names_a_scheduler_process_whose_workspace_redis_refuses(pollers,
     assert "could not fire schedules, will retry: WRONGTYPE" in process.output()
 
 
-def _watching_workspaces(pollers, sandbox, tmp_path, names: tuple[str, ...]) -> None:
-    """Workspaces `names`, each on the sandbox with a rule that makes the poller watch Task, for the pollers."""
+def _workspaces(pollers, sandbox, tmp_path, names: tuple[str, ...], rule_id: str, rule: str) -> None:
+    """Workspaces `names`, each on the sandbox with `rule` in a rules folder of its own, for the pollers."""
     entries = []
     for name in names:
         (tmp_path / name).mkdir()
-        write_rule(tmp_path / name, "watch", WATCH_RULE)
+        write_rule(tmp_path / name, rule_id, rule)
         entries.append(f"""
           {name}:
             inloox_url: {sandbox.base_url}
             inloox_api_key: {pollers.env["INLOOX_API_KEY"]}
             rules: {tmp_path / name}""")
     (tmp_path / "workspaces.yaml").write_text("workspaces:" + "".join(entries) + "\n")
-    pollers.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"), POLL_LEASE_SECONDS="1.5")
+    pollers.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"))
+
+
+def _watching_workspaces(pollers, sandbox, tmp_path, names: tuple[str, ...]) -> None:
+    """Workspaces `names`, each on the sandbox with a rule that makes the poller watch Task, for the pollers."""
+    _workspaces(pollers, sandbox, tmp_path, names, "watch", WATCH_RULE)
+    pollers.env.update(POLL_LEASE_SECONDS="1.5")
 
 
 def _break_lease(connection: redis.Redis) -> None:
