@@ -779,3 +779,20 @@ def test_a_deleted_workspace_leaves_no_key_or_value_naming_it_after_events_runs_
 
 def _statuses(client, token: str) -> list[str]:
     return [r["status"] for r in client.get("/workspaces/acme/runs?limit=100", headers=auth(token)).json["runs"]]
+
+
+def test_a_workspace_write_redis_refuses_is_not_half_made(api, sandbox, redis_url):
+    # The registry's write stored the record, then bumped the version every process re-reads on: with the version
+    # refused (a value that is no counter), the operator was answered an error, the workspace existed all the same,
+    # no process had re-read it, and the retry was answered that it exists.
+    api.config["PROPAGATE_EXCEPTIONS"] = False  # answered as the operator would be answered
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    connection.set("registry:version", "not a counter")
+    body = {"inloox_url": sandbox.base_url, "inloox_api_key": INLOOX_TOKEN}
+
+    refused = client.put("/workspaces/acme", headers=auth(), json=body)
+
+    assert refused.status_code >= 500
+    assert client.get("/workspaces/acme", headers=auth()).status_code == 404
+    connection.delete("registry:version")  # mended
+    assert client.put("/workspaces/acme", headers=auth(), json=body).status_code == 201

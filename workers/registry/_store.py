@@ -22,8 +22,10 @@ _ATTEMPTS = 20  # compare-and-set attempts before giving up on a record many wri
 _SWAP = scripts.script("""
 local stored = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if stored ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+-- The version first: Redis keeps what a script wrote before an error, and a record written before an INCR it refused
+-- (a version that is no counter) was a workspace made, answered as an error, and never re-read by any process.
 redis.call('INCR', KEYS[2])
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1
 """)
 
