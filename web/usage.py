@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
-from flask import Blueprint, abort, jsonify, render_template, request
+import redis
+from flask import Blueprint, abort, current_app, jsonify, render_template, request
 
 from web import charts
 from web.openapi import check_query
@@ -33,7 +34,17 @@ def every_workspace():
     require_view_of_every_workspace()
     first, last = _span()
     connection = get_redis()
-    return jsonify(workspaces=[usage.over(connection, name, first, last) for name in registry.names(connection)])
+    return jsonify(workspaces=[_over(connection, name, first, last) for name in registry.names(connection)])
+
+
+def _over(connection, name: str, first, last) -> dict:
+    """One workspace's report, or what kept it from being read: a count Redis refuses (a key of another type) or that is
+    no number is that workspace's, not a 500 of every workspace's report. Redis away still fails the request."""
+    try:
+        return usage.over(connection, name, first, last)
+    except (redis.ResponseError, ValueError) as exc:
+        current_app.logger.warning("usage of workspace %s cannot be read: %s", name, exc)
+        return {"workspace": name, "error": f"its usage cannot be read: {exc}"}
 
 
 @bp.get(WORKSPACE_PREFIX + "/usage")

@@ -796,3 +796,24 @@ def test_a_workspace_write_redis_refuses_is_not_half_made(api, sandbox, redis_ur
     assert client.get("/workspaces/acme", headers=auth()).status_code == 404
     connection.delete("registry:version")  # mended
     assert client.put("/workspaces/acme", headers=auth(), json=body).status_code == 201
+
+
+def test_the_operators_usage_of_every_workspace_leaves_out_only_one_whose_counts_redis_refuses(api, sandbox, redis_url):
+    # Every workspace's usage was read in one pass: one workspace's day of counts under a key of another type answered
+    # the operator's whole report with a 500.
+    from datetime import datetime, timezone
+
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    api.config["PROPAGATE_EXCEPTIONS"] = False  # answered as the operator would be answered
+    create(client, "acme", sandbox)
+    create(client, "globex", sandbox)
+    today = datetime.now(timezone.utc).date().isoformat()
+    connection.set(f"ws:globex:usage:{today}", "not a hash")
+
+    answer = client.get("/usage", headers=auth())
+
+    assert answer.status_code == 200, answer.text
+    shown = {w["workspace"]: w for w in answer.json["workspaces"]}
+    assert {"acme", "globex"} <= set(shown)
+    assert "error" not in shown["acme"] and shown["acme"]["runs"] == 0
+    assert "cannot be read" in shown["globex"]["error"]
