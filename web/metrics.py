@@ -61,6 +61,8 @@ COUNTER_METRICS = {
     "billable_runs": ("billable_runs", "Runs that performed at least one InLoox write or notification, by rule",
                       ("rule",)),
     "subscriptions_disabled": ("subscriptions_disabled", "Subscriptions disabled after days of failed deliveries", ()),
+    "schedule_failures": ("schedule_failures", "Turns of the schedules loop that failed for the workspace (a bug, a rule "
+                          "nobody foresaw, a key Redis refuses): its ticks wait", ()),
 }
 
 

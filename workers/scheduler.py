@@ -37,7 +37,7 @@ from engine import Event, Ruleset
 from engine.rules import Rule
 from engine.schedules import DEFAULT_GRACE, due_ticks, next_tick
 from engine.templates import isoformat
-from workers import failpoints, workspaces
+from workers import failpoints, metrics, workspaces
 from workers.intake import submit_event
 from workers.logs import configure_logging, follow_registry
 from workers.settings import load_config
@@ -240,11 +240,24 @@ def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettin
         log.warning("%s: could not fire schedules, will retry: %s", source.workspace.name, exc)
         # Redis away is /readyz's check of Redis to say; Redis that answered and refused (a key of the wrong type, out
         # of memory) may refuse this workspace at every round.
-        return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            return True
+        _count_failure(connection)
+        return False
     except Exception:  # a bug, or a rule nobody foresaw: this workspace's schedules, not every workspace's
         log.exception("%s: could not fire schedules", source.workspace.name)
+        _count_failure(connection)
         return False
     return True
+
+
+def _count_failure(connection: redis.Redis) -> None:
+    """Count a workspace's failed turn (`schedule_failures`, labelled by workspace): one customer's failing schedules make
+    no deployment unready, so the operator's alert on this counter is what names it."""
+    try:
+        metrics.count(connection, "schedule_failures")
+    except redis.RedisError:
+        pass  # Redis refusing the counters too: the log line above is what there is
 
 
 def settings_from(config: dict) -> SchedulerSettings:

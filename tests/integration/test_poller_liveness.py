@@ -16,7 +16,7 @@ from app import create_app
 from tests.support.processes import Process, wait_until
 from tests.support.stack import PREFIX, TICK_RULE, WATCH_RULE, write_rule
 from tests.support.valkey import Valkey
-from workers import scheduler
+from workers import metrics, scheduler
 from workers.poller import beats as poller_beats
 from workers.poller import leases
 
@@ -156,6 +156,10 @@ def test_a_workspace_whose_schedules_fail_holds_up_no_other_workspace(pollers, s
     # One customer's failing schedules take no deployment out of its load balancer: the loop fires the others'.
     assert pollers_check(pollers, sandbox) == {"ok": True, "pollers": 1}
     assert "broken: fired" not in poller.output()
+    # What names it to the operator's alerts: a counter of its failed turns, none of the other's.
+    failures = wait_until(lambda: {metrics.parse_field(f)[1]["workspace"] for f in connection.hkeys(metrics.COUNTERS)
+                                   if metrics.parse_field(f)[0] == "schedule_failures"}, 10, "the failures counted")
+    assert failures == {"broken"}
 
 
 def test_readyz_names_a_scheduler_process_whose_rounds_fail_and_it_goes_on(pollers, sandbox, rules_dir):
