@@ -5,7 +5,9 @@ error body, or with `body` (any JSON) when given, and optional Retry-After, with
 doing anything), `commit_then_hang` (apply and commit the write, hold the response hang_s seconds,
 then close the connection without answering), `commit_then_status` (apply and commit the write, then
 answer `status` with an OData error body instead of the write's answer, as a gateway in front of
-InLoox does when InLoox took longer than it waits: 504). A rule matches by method and a regex on the path
+InLoox does when InLoox took longer than it waits: 504). Either status kind answers `text` instead, when
+given, as text/plain, `repeat` times over: an answer that is no JSON, or one too big to read, to a write
+that landed or not. A rule matches by method and a regex on the path
 after /api/odata/, fires with probability `fraction`, and expires after `count` firings.
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ KINDS = ("latency", "status", "drop", "commit_then_hang", "commit_then_status")
 # A fault holds a server thread while it sleeps: beyond an hour it is a typo, and past ~1e10 s
 # time.sleep raises OverflowError, which would be a 500 on every request the rule fires for.
 _MAX_LATENCY_MS, _MAX_HANG_S = 3_600_000, 3600
-_FIELDS = {"kind", "status", "body", "retry_after", "latency_ms", "hang_s", "count", "fraction", "methods", "path"}
+_MAX_TEXT = 64 * 1024 * 1024  # characters a `text` answer runs to, repeats included: past the client's 8 MB limit
+_FIELDS = {"kind", "status", "body", "text", "repeat", "retry_after", "latency_ms", "hang_s", "count", "fraction", "methods", "path"}
 
 
 @dataclass
@@ -33,6 +36,8 @@ class FaultRule:
     kind: str
     status: int | None = None
     body: object = None  # what a `status` fault answers instead of an OData error (an InLoox answering nonsense)
+    text: str | None = None  # answered as is instead of any JSON (a proxy's HTML page, a body that is no JSON)
+    repeat: int = 1  # `text` this many times over: an answer of megabytes from a rule of a few bytes
     retry_after: float | None = None
     latency_ms: int = 0
     hang_s: float = 30.0
@@ -111,11 +116,17 @@ def _rule_from(spec, rule_id: int) -> FaultRule:
         raise BadRequest(f"A '{kind}' fault needs 'status' (e.g. 429 or 503)", target="status")
     if spec.get("body") is not None and kind != "status":
         raise BadRequest("Only a 'status' fault answers a 'body'", target="body")
+    text = spec.get("text")
+    if text is not None and (kind not in ("status", "commit_then_status") or not isinstance(text, str)
+                             or spec.get("body") is not None):
+        raise BadRequest("Only a 'status' or 'commit_then_status' fault answers a 'text' (a string), and not "
+                         "with a 'body'", target="text")
     methods = spec.get("methods")
     if methods is not None and (not isinstance(methods, list) or not all(isinstance(m, str) for m in methods)):
         raise BadRequest("'methods' must be a list of HTTP methods", target="methods")
     return FaultRule(
-        id=rule_id, kind=kind, status=status, body=spec.get("body"),
+        id=rule_id, kind=kind, status=status, body=spec.get("body"), text=text,
+        repeat=_number(spec, "repeat", int, 1, _MAX_TEXT // max(1, len(text or ""))) or 1,
         retry_after=_number(spec, "retry_after", (int, float), 0, None),
         latency_ms=_number(spec, "latency_ms", int, 0, _MAX_LATENCY_MS) or 0,
         hang_s=_number(spec, "hang_s", (int, float), 0, _MAX_HANG_S) if spec.get("hang_s") is not None else 30.0,

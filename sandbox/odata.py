@@ -67,6 +67,8 @@ def _fault_status(rule) -> Response:
     if rule.retry_after is not None:
         seconds = rule.retry_after
         headers = {"Retry-After": str(int(seconds) if float(seconds).is_integer() else seconds)}
+    if rule.text is not None:
+        return Response(rule.text * rule.repeat, status=rule.status, headers=headers, mimetype="text/plain")
     if rule.body is not None:
         return json_response(rule.body, rule.status, headers)
     error = ODataError(f"Injected fault: HTTP {rule.status}")

@@ -84,6 +84,15 @@ def test_commit_then_status_commits_and_answers_the_status_instead(sandbox):
     assert [(r["status"], r["fault"]) for r in sandbox.requests()][0] == (504, "commit_then_status")
 
 
+def test_commit_then_status_answers_its_text_repeated_after_the_write_landed(sandbox):
+    # A body that is no JSON, or one too big for a client to read, to a write InLoox applied.
+    sandbox.fault(kind="commit_then_status", status=201, text="<p>ok</p>", repeat=3, count=1, methods=["POST"])
+    answer = sandbox.post("Task", {"Name": "landed"})
+    assert answer.status_code == 201 and answer.text == "<p>ok</p>" * 3
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    assert sandbox.count("Task", "Name eq 'landed'") == 1
+
+
 def test_a_status_fault_answers_its_body_instead_of_an_odata_error(sandbox):
     sandbox.post("Task", {"Name": "kept"})
     sandbox.fault(kind="status", status=200, body={"value": ["not a task"]}, count=1, methods=["GET"], path="^Task$")
@@ -121,6 +130,8 @@ def test_reset_clears_faults_log_and_data(sandbox):
     ({"kind": "status", "status": 503, "fraction": 2}, "fraction"),
     ({"kind": "drop", "path": "("}, "path"),
     ({"kind": "drop", "colour": "red"}, "colour"),
+    ({"kind": "drop", "text": "x"}, "text"),
+    ({"kind": "status", "status": 200, "text": "x", "repeat": 64 * 1024 * 1024 + 1}, "repeat"),
 ])
 def test_a_bad_fault_rule_is_rejected(sandbox, rule, mentions):
     response = requests.post(sandbox.admin_url + "faults", json=rule, timeout=5)
