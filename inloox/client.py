@@ -365,9 +365,12 @@ class Client:
             self.on_received(len(answer.body))
         log.debug("%s %s -> %d in %.0f ms", method, shown, answer.status, (time.monotonic() - started) * 1000)
         if not whole:
-            # Not retryable, whatever the status: the same request would be answered the same way.
-            raise self._status_error(method, url, answer, f"answered with a body over {MAX_ANSWER_BYTES} bytes "
-                                                          "(decompressed), which is not read")
+            # Not retryable, whatever the status: the same request would be answered the same way. But a 2xx to a
+            # write says InLoox did something, not what: as good as lost (OutcomeUnknown), as an unreadable one is.
+            complaint = f"answered with a body over {MAX_ANSWER_BYTES} bytes (decompressed), which is not read"
+            if 200 <= answer.status < 300:
+                raise self._unreadable(method, url, answer, complaint)
+            raise self._status_error(method, url, answer, complaint)
         if not 200 <= answer.status < 300:
             raise self._status_error(method, url, answer)
         return answer

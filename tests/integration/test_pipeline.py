@@ -80,6 +80,50 @@ def test_a_create_answered_without_the_entity_lands_once_and_the_run_keeps_the_e
     assert run["outputs"]["task"]["Name"] == "Call Ann" and run["outputs"]["task"]["TaskItemId"]
 
 
+def _ended(redis_url: str, what: str) -> dict:
+    """The only run, once it is neither queued nor retrying."""
+    [run] = wait_until(lambda: (r := all_runs(redis_url)) and r[0]["status"] not in ("queued", "retrying") and r,
+                       60, what)
+    return run
+
+
+def _retried_by_a_person_if_failed(redis_url: str, run: dict) -> dict:
+    """What a person does with a failed run whose InLoox answered oddly (dashboard, `flask runs retry`): retry it."""
+    import redis
+
+    from workers.jobs import retry_run
+
+    if run["status"] != "failed":
+        return run
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        retry_run(connection, run["id"])
+    finally:
+        connection.close()
+    return wait_until(lambda: (r := all_runs(redis_url)) and r[0]["status"] == "succeeded" and r[0]
+                      or r and r[0]["status"] == "failed" and r[0]["retries"] and r[0], 60, "the retried run to end")
+
+
+def test_a_create_that_landed_and_was_answered_too_big_to_read_makes_one_task(stack, sandbox, rules_dir, redis_url,
+                                                                               workspace):
+    """InLoox created the task and answered with a 201 over the client's 8 MB limit (a self-hosted InLoox, or a proxy
+    gone wrong). A 2xx says the write landed: the run must not fail as though InLoox refused it and forget that it
+    was sent. It did: the run said failed with the task in InLoox, and its retry made a second task."""
+    write_form_rule(rules_dir, "retry: {backoff: 0.5s}")
+    sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="commit_then_status", status=201, text="x", repeat=9 * 1024 * 1024,
+                  methods=["POST"], path="^Task$", count=1)
+
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_too_big").status_code == 202
+
+    run = _retried_by_a_person_if_failed(redis_url, _ended(redis_url, "the run to end"))
+    assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann"]
+    assert run["status"] == "succeeded" and not run.get("retries"), run["reason"]
+    assert run["outputs"]["task"]["Name"] == "Call Ann"
+
+
 def test_an_inloox_that_is_down_uses_none_of_a_rules_attempts_until_its_outage_time_is_over(
         stack, sandbox, rules_dir, redis_url):
     """An InLoox answering 503 (down, say for maintenance) more often than the rule's retry attempts allow: the
