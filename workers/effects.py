@@ -204,8 +204,10 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object]):
             # A gateway answered for InLoox, which took the request: it may have applied it, or still will.
             # Kept as a lost answer, so that the next attempt looks for it (it used to be sent again: twice).
             ledger.mark_lost(ctx.connection, key)
-        elif exc.retryable or exc.status is not None and exc.status < 500:
-            ledger.clear(ctx.connection, key)  # InLoox said no, or nothing reached it
+        elif exc.retryable or exc.status is not None and 400 <= exc.status < 500:
+            # InLoox said no, or nothing reached it. A 3xx is no refusal (a 303 See Other follows a POST that
+            # landed): kept "sent", so that a person's retry looks for the write before sending it again.
+            ledger.clear(ctx.connection, key)
         raise
     except OutboundRefused:
         ledger.clear(ctx.connection, key)  # refused before sending, or the receiver said no

@@ -124,6 +124,28 @@ def test_a_create_that_landed_and_was_answered_too_big_to_read_makes_one_task(st
     assert run["outputs"]["task"]["Name"] == "Call Ann"
 
 
+def test_a_create_that_landed_and_was_answered_with_a_redirect_is_not_sent_again_on_retry(
+        stack, sandbox, rules_dir, redis_url, workspace):
+    """InLoox (or something in front of it) applied the create and answered 303 See Other, as servers do after a POST
+    (a 3xx to another host too: redirects are never followed, the token would go along). The run fails, as it should,
+    for a person to look; their retry must look for the task before sending it again. It sent it at once: two tasks,
+    because a 3xx was taken for InLoox's refusal, as a 4xx is."""
+    write_form_rule(rules_dir, "retry: {backoff: 0.5s}")
+    sandbox.post("Project", json={"ProjectId": PROJECT, "Name": "Relaunch"})
+    stack.worker()
+    web = stack.web()
+    sandbox.fault(kind="commit_then_status", status=303, methods=["POST"], path="^Task$", count=1)
+
+    assert deliver(web, {"title": "Call Ann", "project": PROJECT}, "msg_redirected").status_code == 202
+
+    failed = _ended(redis_url, "the run to fail on the redirect")
+    assert failed["status"] == "failed" and "303" in failed["reason"], failed["reason"]
+    run = _retried_by_a_person_if_failed(redis_url, failed)
+    assert [t["Name"] for t in sandbox.get("Task").json()["value"]] == ["Call Ann"]
+    assert run["status"] == "succeeded", run["reason"]
+    assert run["outputs"]["task"]["Name"] == "Call Ann"
+
+
 def test_an_inloox_that_is_down_uses_none_of_a_rules_attempts_until_its_outage_time_is_over(
         stack, sandbox, rules_dir, redis_url):
     """An InLoox answering 503 (down, say for maintenance) more often than the rule's retry attempts allow: the
