@@ -36,7 +36,8 @@ MARKER_FIELDS = {
 
 # What a gateway in front of InLoox answers when InLoox's own answer broke off (502) or did not come in time
 # (504): like a lost answer, it says nothing of whether InLoox applied the write. (A 503 says InLoox is not
-# taking requests.)
+# taking requests, mostly: some proxies, Envoy's among them, answer 503 to a request whose server closed the
+# connection before answering, when it may have applied it; see `_write`.)
 GATEWAY_ANSWERS = (502, 504)
 
 
@@ -114,7 +115,7 @@ def create(ctx: StepContext, params: dict, key: str) -> dict:
         _settled(ctx, earlier, entity_set)
     if field:
         values[field] = _with_marker(values.get(field), key, html=field.endswith("HTML"))
-    return _write(ctx, key, lambda: ctx.client.create(entity_set, values))
+    return _write(ctx, key, lambda: ctx.client.create(entity_set, values), looked_for=field is not None)
 
 
 def update(ctx: StepContext, params: dict, key: str) -> dict:
@@ -187,8 +188,14 @@ EXECUTORS: dict[str, Callable[[StepContext, dict, str], object]] = {
 }
 
 
-def _write(ctx: StepContext, key: str, send: Callable[[], object]):
-    """Mark "sent", send, mark "done"; InLoox's clear refusals unmark so a retry may send again."""
+def _write(ctx: StepContext, key: str, send: Callable[[], object], *, looked_for: bool = False):
+    """Mark "sent", send, mark "done"; InLoox's clear refusals unmark so a retry may send again.
+
+    `looked_for`: a later attempt that finds the write "sent" looks for it in InLoox (a create with its marker),
+    so even a 503 keeps the mark: it costs that look, where a 503 after InLoox applied the create (a proxy's
+    answer to a connection its server closed) made a second entity. Steps that cannot be looked for are sent
+    again after a 503, as before: kept "sent", they would stop for a person after every outage.
+    """
     if key != ctx.marked:
         ledger.mark_sent(ctx.connection, key)
     failpoints.hit("before_send")  # tests only (inert unless ENGINE_FAILPOINTS is set)
@@ -204,7 +211,8 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object]):
             # A gateway answered for InLoox, which took the request: it may have applied it, or still will.
             # Kept as a lost answer, so that the next attempt looks for it (it used to be sent again: twice).
             ledger.mark_lost(ctx.connection, key)
-        elif exc.retryable or exc.status is not None and 400 <= exc.status < 500:
+        elif exc.retryable and not (looked_for and exc.status == 503) or \
+                exc.status is not None and 400 <= exc.status < 500:
             # InLoox said no, or nothing reached it. A 3xx is no refusal (a 303 See Other follows a POST that
             # landed): kept "sent", so that a person's retry looks for the write before sending it again.
             ledger.clear(ctx.connection, key)

@@ -32,11 +32,13 @@ def test_a_webhook_delivered_five_times_creates_one_task(stack, sandbox, rules_d
     # A gateway's 504 after InLoox applied the create says nothing of the request either: the retry looks for
     # the marker before sending again (it used to forget the create was sent, and made a second task).
     ({"kind": "commit_then_status", "status": 504, "count": 1}, 1, 0),
+    ({"kind": "commit_then_status", "status": 502, "count": 1}, 1, 0),
+    ({"kind": "commit_then_status", "status": 503, "count": 1}, 1, 0),
     # A 500 is InLoox's own error, after which its marker says whether the task exists: the run tries again by
     # itself (it used to fail at once, for a person to retry), and adopts the task or posts it once more.
     ({"kind": "status", "status": 500, "count": 1}, 2, 1),
     ({"kind": "commit_then_status", "status": 500, "count": 1}, 1, 1),
-], ids=["429 with Retry-After", "503 burst", "commit then hang", "commit then 504", "500", "commit then 500"])
+], ids=["429 with Retry-After", "503 burst", "commit then hang", "commit then 504", "commit then 502", "commit then 503", "500", "commit then 500"])
 def test_each_intended_write_lands_exactly_once_through_faults(stack, sandbox, rules_dir, redis_url,
                                                                fault, posts, attempts):
     write_form_rule(rules_dir, "retry: {backoff: 0.5s}")  # backoff is not under test: 1-4 s, not 4-16
