@@ -61,7 +61,8 @@ def test_each_intended_write_lands_exactly_once_through_faults(stack, sandbox, r
 @pytest.mark.parametrize("fault", [
     {"kind": "status", "status": 201},  # an OData error inside a 201: nothing was created
     {"kind": "commit_then_status", "status": 201},  # the task was created, the answer is not the task
-], ids=["error inside a 201", "created, answered with an error"])
+    {"kind": "commit_then_status", "status": 201, "text": "<html>Created</html>"},  # created, answered with no JSON
+], ids=["error inside a 201", "created, answered with an error", "created, answered with no JSON"])
 def test_a_create_answered_without_the_entity_lands_once_and_the_run_keeps_the_entity(
         stack, sandbox, rules_dir, redis_url, fault):
     """InLoox (or something in front of it) answers a create with a success status but not with the entity. Whether
