@@ -17,6 +17,7 @@ A fixture file is a YAML list of cases:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from .explain import explain
 from .iteration import iterate
 from .plan import Plan, render_deferred
 from .rules import RULE_SUFFIXES
+
+_UNDEFINED_ENV = re.compile(r"\benv\.(\w+) is undefined")
 
 
 @dataclass
@@ -92,6 +95,10 @@ def _compare(report, case: dict, result: CaseResult) -> None:
             why = o.reason if o else "not a candidate for this event"
             result.problems.append(f"{rid} was expected to match: {why}")
             continue
+        if o.plan is None and "error" not in (want or {}):
+            # Said in words: compared as a plan, the error showed only as "plan.operations is missing".
+            result.problems.append(f"{rid} matched but could not be planned: {o.error}{_env_hint(o.error, case)}")
+            continue
         got = _run(o.plan, case) if o.plan else {"error": o.error}
         result.problems += [f"{rid}: {p}" for p in _subset_problems(want or {}, got, "plan")]
     for rid, words in (case.get("reasons") or {}).items():
@@ -99,6 +106,16 @@ def _compare(report, case: dict, result: CaseResult) -> None:
         reason = o.reason if o else "not a candidate for this event"
         if reason is None or words not in reason:
             result.problems.append(f"{rid}: reason {reason!r} does not contain {words!r}")
+
+
+def _env_hint(error: str | None, case: dict) -> str:
+    """A case's rules read only the case's own `env:` (not the stack's settings, as explain and run do)."""
+    missing = _UNDEFINED_ENV.search(error or "")
+    if not missing:
+        return ""
+    given = ", ".join(sorted(case.get("env") or {})) or "nothing"
+    return (f" (a fixture's rules read env only from the case's env:, which gives {given}; "
+            f"add e.g. env: {{{missing[1]}: ...}} to the case)")
 
 
 def _run(plan: Plan, case: dict) -> dict:

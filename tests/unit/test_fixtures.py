@@ -51,3 +51,29 @@ def test_reason_words_must_appear(tmp_path):
 def test_malformed_fixtures_raise_rule_errors(tmp_path, text, message):
     with pytest.raises(RuleError, match=message):
         run(tmp_path, text)
+
+
+def test_a_rule_that_cannot_be_planned_says_why_and_where_env_comes_from(tmp_path):
+    # A rule's env.* in a case is only the case's env:, so a notify to env.TEAM_CHANNEL_URL fails to
+    # plan; the case used to report only "plan.operations is missing".
+    (result,) = run(tmp_path, "- name: c\n  event: {source: inloox, kind: updated, occurred_at: 2025-04-01T00:00:00Z,"
+                              " entity_set: Task, key: 3fa85f64-5717-4562-b3fc-2c963f66afa6,"
+                              " changes: {IsDone: [false, true]}, entity: {Name: t, WorkAmount: 2,"
+                              " TaskItemId: 3fa85f64-5717-4562-b3fc-2c963f66afa6,"
+                              " ProjectId: 3fa85f64-5717-4562-b3fc-2c963f66afa7}}\n"
+                              "  expect: {log-time-when-task-done: {operations: [{}, {}]}}\n")
+    (problem,) = result.problems
+    assert problem.startswith("log-time-when-task-done matched but could not be planned: ")
+    assert "env.TEAM_CHANNEL_URL is undefined" in problem
+    assert "add e.g. env: {TEAM_CHANNEL_URL: ...} to the case" in problem
+
+
+def test_an_expected_planning_error_is_still_compared(tmp_path):
+    (result,) = run(tmp_path, "- name: c\n  event: {source: inloox, kind: updated, occurred_at: 2025-04-01T00:00:00Z,"
+                              " entity_set: Task, key: 3fa85f64-5717-4562-b3fc-2c963f66afa6,"
+                              " changes: {IsDone: [false, true]}, entity: {Name: t, WorkAmount: 2,"
+                              " TaskItemId: 3fa85f64-5717-4562-b3fc-2c963f66afa6,"
+                              " ProjectId: 3fa85f64-5717-4562-b3fc-2c963f66afa7}}\n"
+                              "  expect: {log-time-when-task-done: {error: nope}}\n")
+    (problem,) = result.problems
+    assert problem.startswith("log-time-when-task-done: plan.error was ")
