@@ -12,6 +12,18 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 
 _STANDARD_WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+# What the sender can do about each of the library's refusals: its own words ("Missing required headers")
+# name no header and no way to sign; a first sender has nothing else to go on. The recipe is in docs/rules.md.
+_HOW_TO_SIGN = ("webhook-signature is v1,<base64 of HMAC-SHA256 of '<webhook-id>.<webhook-timestamp>.<body>' "
+                "keyed by the base64-decoded part of the whsec_ secret after 'whsec_'> (docs/rules.md, 'Sending a webhook')")
+_ADVICE = {
+    "No matching signature found": f"no signature matches this body with the source's secret: {_HOW_TO_SIGN}",
+    "Message timestamp too old": "webhook-timestamp is more than 5 minutes old: it is the time of sending, "
+                                 "in seconds since 1970 (date +%s), and a retry signs again",
+    "Message timestamp too new": "webhook-timestamp is more than 5 minutes ahead of this server's clock: it is "
+                                 "the time of sending, in seconds since 1970 (date +%s)",
+    "Invalid Signature Headers": "webhook-timestamp is not a number of seconds since 1970 (date +%s)",
+}
 
 
 class SignatureError(Exception):
@@ -27,17 +39,22 @@ def verify_standard_webhook(body: bytes, headers: Mapping[str, str], secrets: It
     # The library reads these three (lower-cased) and nothing else: copying every header of the
     # request into a dict for it was half the check's time.
     signed = {name: headers[name] for name in _STANDARD_WEBHOOK_HEADERS if name in headers}
+    missing = [name for name in _STANDARD_WEBHOOK_HEADERS if not signed.get(name)]
+    if missing:
+        raise SignatureError(f"missing {', '.join(missing)} header{'s' if len(missing) > 1 else ''}: a delivery "
+                             f"carries webhook-id (its unique id), webhook-timestamp and webhook-signature; "
+                             f"{_HOW_TO_SIGN}")
     reason = "no secret configured"
     for secret in secrets:
         try:
             Webhook(secret).verify(body, signed, json_parse=False)
             return
         except WebhookVerificationError as exc:
-            reason = str(exc)
+            reason = _ADVICE.get(str(exc), str(exc))
         except ValueError:
             # The library splits and base64-decodes header parts itself and raises ValueError
             # (binascii.Error, UnicodeDecodeError) on malformed ones: that is a bad signature too.
-            reason = "malformed signature headers"
+            reason = f"malformed signature headers: {_HOW_TO_SIGN}"
     raise SignatureError(reason)
 
 
