@@ -75,6 +75,40 @@ class Event:
         )
 
 
+_FIELDS = ("source", "kind", "occurred_at", "id", "entity_set", "key", "changes", "entity", "actor", "payload",
+           "chained")
+_REQUIRED = {"source": "one of " + ", ".join(SOURCES), "kind": "e.g. updated, or the webhook's name",
+             "occurred_at": "an ISO date-time with an offset, e.g. 2025-04-01T09:00:00Z"}
+
+
+def event_from_file(data: Any) -> Event:
+    """An Event from what a person wrote (a fixture's `event:`, `flask rules explain --event FILE`).
+
+    `from_dict` reads stored events and takes no notice of keys it does not know; a person's file is
+    checked, since a webhook's `body:` written beside `source:` instead of under `payload:` would
+    otherwise make every condition on `webhook.body` read "missing", with nothing to say why.
+    `flask events show --json` output (the event under `event`, beside its `summary`) is taken as it is.
+    Raises ValueError saying what to write.
+    """
+    if not isinstance(data, abc.Mapping):
+        raise ValueError(f"an event is a mapping with {', '.join(_REQUIRED)}, not {type(data).__name__}")
+    if "source" not in data and isinstance(data.get("event"), abc.Mapping):
+        data = data["event"]
+    unknown = [str(k) for k in data if k not in _FIELDS]
+    if unknown:
+        webhook = " (a webhook's body and headers go under payload: {body: …, headers: …})" \
+            if data.get("source") == "webhook" or {"body", "headers"} & set(unknown) else ""
+        raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: an event "
+                         f"has {', '.join(_FIELDS)}{webhook}")
+    for name, example in _REQUIRED.items():
+        if data.get(name) in (None, ""):
+            raise ValueError(f"{name} is missing: {example}")
+    for name in ("changes", "entity", "actor", "payload"):
+        if data.get(name) is not None and not isinstance(data[name], abc.Mapping):
+            raise ValueError(f"{name} is a mapping, not {type(data[name]).__name__}")
+    return Event.from_dict(data)
+
+
 def id_part(text: str) -> str:
     """`text` made fit for an event id: each character a shell would split or strip at becomes %XX (UTF-8).
 

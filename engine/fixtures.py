@@ -25,7 +25,7 @@ from typing import Any
 from .documents import Document, parse_documents
 from .edm import parse_datetime
 from .errors import StepSkipped, TemplateError
-from .events import Event
+from .events import event_from_file
 from .explain import explain
 from .iteration import iterate
 from .plan import Plan, render_deferred
@@ -72,7 +72,7 @@ def _run_case(doc: Document, index: int, ruleset) -> CaseResult:
     case = doc.data[index]
     result = CaseResult(doc.file, doc.locate((index,))[0], str(case.get("name", f"case {index}")))
     try:
-        event = Event.from_dict(case["event"])
+        event = event_from_file(case["event"])
     except (KeyError, TypeError, ValueError) as exc:
         raise doc.error((index, "event"), f"not an event: {exc}") from exc
     now = parse_datetime(case.get("now")) if case.get("now") else event.occurred_at

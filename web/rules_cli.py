@@ -15,6 +15,7 @@ from web.resources import get_context
 from web.workspace import cli_workspace
 from engine.documents import parse_documents
 from engine.edm import parse_datetime
+from engine.events import event_from_file
 from engine.schedules import NextTick, next_tick
 from engine.fixtures import fixture_files, run_fixture_file
 from workers.manual import ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
@@ -281,7 +282,7 @@ def schema_command():
 def _read_event(path: Path) -> Event:
     try:
         (doc,) = parse_documents(path.read_text(encoding="utf-8"), str(path))
-        return Event.from_dict(doc.data)
+        return event_from_file(doc.data)
     except RuleError as exc:
         raise click.ClickException(exc.format()) from exc
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -146,3 +146,31 @@ def test_test_json_lists_each_case(runner):
     report = json.loads(result.output)
     assert report["failed"] == 0 and report["cases"] and all(c["passed"] for c in report["cases"])
     assert {"file", "line", "name", "problems"} <= set(report["cases"][0])
+
+
+@pytest.mark.parametrize("text,message", [
+    # A webhook's body beside source: instead of under payload: made every webhook.body condition "missing".
+    ("source: webhook\nkind: forms\noccurred_at: 2025-04-01T00:00:00Z\nbody: {title: t}\n",
+     "not an event: unknown key 'body': an event has source, kind, occurred_at"),
+    ("source: webhook\nkind: forms\noccurred_at: 2025-04-01T00:00:00Z\nbody: {title: t}\n",
+     "(a webhook's body and headers go under payload: {body: …, headers: …})"),
+    ("source: webhook\nkind: forms\npayload: {body: {}}\n",
+     "not an event: occurred_at is missing: an ISO date-time with an offset, e.g. 2025-04-01T09:00:00Z"),
+    ("kind: forms\noccurred_at: 2025-04-01T00:00:00Z\n", "not an event: source is missing: one of inloox, webhook"),
+    ("- source: webhook\n", "not an event: an event is a mapping with source, kind, occurred_at, not list"),
+])
+def test_explain_says_what_an_event_file_lacks(runner, tmp_path, text, message):
+    (tmp_path / "event.yaml").write_text(text)
+    result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.yaml"), "--rules", str(RULES)])
+    assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_explain_takes_the_output_of_events_show_json(runner, tmp_path):
+    shown = {"event": {"id": "webhook:forms:msg_1", "source": "webhook", "kind": "forms",
+                       "occurred_at": "2025-04-01T08:00:00+00:00", "entity_set": None, "key": None, "changes": {},
+                       "entity": {}, "actor": {}, "payload": {"body": {"title": "t"}}, "chained": False},
+             "summary": {"status": "ran"}}
+    (tmp_path / "event.json").write_text(json.dumps(shown))
+    result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.json"), "--rules", str(RULES)])
+    assert result.exit_code == 0, result.output
+    assert "form-to-task [webhook forms]: if[0]: webhook.body.project_number was missing" in result.output
