@@ -174,3 +174,15 @@ def test_explain_takes_the_output_of_events_show_json(runner, tmp_path):
     result = runner.invoke(args=["rules", "explain", "--event", str(tmp_path / "event.json"), "--rules", str(RULES)])
     assert result.exit_code == 0, result.output
     assert "form-to-task [webhook forms]: if[0]: webhook.body.project_number was missing" in result.output
+
+
+def test_check_says_when_the_stack_has_not_yet_read_a_file_fixed_since(runner, tmp_path, monkeypatch):
+    (tmp_path / "fixed.yaml").write_text((RULES / "archive-project.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text("id: bad\nwhen: {inloox: Tasks}\nthen: [{inloox.delete: Task}]\n")
+    stack = [{"file": "fixed.yaml", "since": 1.0, "running": False}, {"file": "bad.yaml", "since": 1.0, "running": False}]
+    monkeypatch.setattr("web.rules_cli._running_state", lambda path: stack)
+    result = runner.invoke(args=["rules", "check", str(tmp_path)])
+    lines = result.output.splitlines()
+    assert ("fixed.yaml: broken since 1970-01-01 00:00 UTC; none of its rules run (it has never loaded) (as the stack "
+            "last read it: the file loads now, and the stack takes it up within seconds)") in lines
+    assert "bad.yaml: broken since 1970-01-01 00:00 UTC; none of its rules run (it has never loaded)" in lines
