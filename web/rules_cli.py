@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import click
 import redis
@@ -22,7 +23,7 @@ from workers.manual import ManualRunRefused, manual_event, plan_manual_run, subm
 from workers import registry, rule_files, workspaces
 from workers.secrets import Keyring, SecretsKeyError
 from workers.runs import run_id
-from workers.scheduler import fire_tick, schedule_event
+from workers.scheduler import fire_tick, schedule_event, tick_fired
 from workers.settings import DEFAULTS
 from workers.worker_context import rule_env
 
@@ -244,7 +245,8 @@ def run_command(rule_id: str, event_file: Path | None, tick: bool, dry_run: bool
 def list_command(as_json: bool):
     """The rules the stack runs, their triggers, and each schedule rule's next tick in its time zone."""
     now, ruleset = datetime.now(timezone.utc), get_context().ruleset()
-    listed = [_listed(rule, now) for rule in sorted(ruleset.rules.values(), key=lambda r: r.id)]
+    fired = _fired_ticks()
+    listed = [_listed(rule, now, fired) for rule in sorted(ruleset.rules.values(), key=lambda r: r.id)]
     if as_json:
         click.echo(json.dumps({"rules": listed, "skipped": [e.format() for e in ruleset.errors]}, indent=2))
         return
@@ -258,8 +260,26 @@ def list_command(as_json: bool):
         click.echo("no rules")
 
 
-def _listed(rule, now: datetime) -> dict:
+def _fired_ticks() -> Callable[[str, datetime], bool]:
+    """Whether a rule's tick fired already: `--tick` fires the next tick ahead of its time, and listing that
+    tick as the next one said it was still to come. Without Redis, none is known to have fired."""
+    from web.resources import get_redis
+
+    def fired(rule_id: str, at: datetime) -> bool:
+        try:
+            return tick_fired(get_redis(), rule_id, at)
+        except redis.RedisError:
+            return False
+    return fired
+
+
+def _listed(rule, now: datetime, fired: Callable[[str, datetime], bool] = lambda rule_id, at: False) -> dict:
     upcoming = next_tick(rule, now) if rule.enabled else None
+    # A tick fired by hand ahead of its time does not fire again at it (a few at most: one per --tick).
+    for _ in range(10):
+        if upcoming is None or not fired(rule.id, upcoming.at):
+            break
+        upcoming = next_tick(rule, upcoming.at)
     return {"id": rule.id, "triggers": rule.summary, "enabled": rule.enabled, "file": rule.file, "line": rule.line,
             "next_tick": upcoming.local.isoformat() if upcoming else None,
             "timezone": upcoming.timezone if upcoming else None}

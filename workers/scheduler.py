@@ -191,8 +191,17 @@ def fire_tick(connection: redis.Redis, event: Event, *, now: datetime,
     report's, weeks ahead), and a claim gone by then let the scheduler fire it a second time.
     """
     ahead = max(0, int((event.occurred_at - now).total_seconds()) + 1)
-    return submit_event(connection, event, dedup_key=key(f"schedule:fired:{event.kind}:{event.payload['time']}"),
+    return submit_event(connection, event, dedup_key=_fired_key(event.kind, event.payload["time"]),
                         dedup_ttl=FIRED_TTL + ahead, also=also)
+
+
+def tick_fired(connection: redis.Redis, rule_id: str, tick: datetime) -> bool:
+    """Whether the rule's tick at `tick` fired already (by the scheduler, or ahead of its time by `--tick`)."""
+    return bool(connection.exists(_fired_key(rule_id, isoformat(tick))))
+
+
+def _fired_key(rule_id: str, time: str) -> str:
+    return key(f"schedule:fired:{rule_id}:{time}")
 
 
 def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSettings, stop: threading.Event, *,

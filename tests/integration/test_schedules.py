@@ -158,6 +158,11 @@ def test_rules_run_tick_fires_the_next_tick_once_and_the_scheduler_not_again(sta
 
     again = runner.invoke(args=["rules", "run", "morning-digest", "--tick"])
     assert again.exit_code == 0 and again.output.startswith("already fired before: the tick of"), again.output
+    # `rules list` names the tick that is still to fire, not the one fired by hand (it listed that one before).
+    listed = runner.invoke(args=["rules", "list"])
+    [digest] = [line for line in listed.output.splitlines() if line.startswith("morning-digest")]
+    shown = datetime.fromisoformat(digest.split("next tick ")[1].split(" ")[0])
+    assert shown > datetime.fromisoformat(time.replace("Z", "+00:00")) and shown.hour == 9, digest
     # When that tick comes, the scheduler finds it fired: nothing more (its own path, `now` moved there).
     tick = datetime.fromisoformat(time.replace("Z", "+00:00"))
     with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
