@@ -214,16 +214,18 @@ def render(template: Template, context: Mapping[str, Any], *, rule_id: str = "",
         if isinstance(value, Undefined):
             str(value)  # a strict undefined raises only when used
     except UndefinedError as exc:
-        variable = _missing_chain(template, context)
-        raise TemplateError(f"{variable or exc.message} is undefined in {template.source!r}",
+        variable, note = _missing_chain(template, context)
+        raise TemplateError(f"{variable or exc.message} is undefined in {template.source!r}{note}",
                             rule_id=rule_id, step=step, variable=variable) from exc
     except (SecurityError, TypeError, ValueError, ArithmeticError) as exc:
         raise TemplateError(f"{exc} in {template.source!r}", rule_id=rule_id, step=step) from exc
     return value
 
 
-def _missing_chain(template: Template, context: Mapping[str, Any]) -> str:
-    """The first `a.b.c` chain of the template that the context cannot resolve."""
+def _missing_chain(template: Template, context: Mapping[str, Any]) -> tuple[str, str]:
+    """The first `a.b.c` chain of the template that the context cannot resolve, and a note when it
+    stopped at a list: `steps.found.value.0` of a query that found nothing is an empty list, which
+    "is undefined" alone does not say."""
     for chain in template.chains:
         value: Any = context
         for i, part in enumerate(chain):
@@ -234,8 +236,12 @@ def _missing_chain(template: Template, context: Mapping[str, Any]) -> str:
             elif i == 0 and part in BUILTIN_NAMES:
                 break
             else:
-                return ".".join(chain[: i + 1])
-    return ""
+                note = ""
+                if isinstance(value, list) and i:
+                    held = f"has {len(value)} item(s)" if value else "is an empty list (did its query find nothing?)"
+                    note = f": {'.'.join(chain[:i])} {held}"
+                return ".".join(chain[: i + 1]), note
+    return "", ""
 
 
 _EXPRESSION = re.compile(r"\{\{.*?\}\}", re.DOTALL)

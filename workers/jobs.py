@@ -774,7 +774,9 @@ def _failed_step(ctx: WorkerContext, run: dict, plan: Plan, trace: dict, exc: Ex
         return _stop(ctx, run, "paused", f"InLoox refused the token: {exc}", lock=lock)
     if isinstance(exc, OutcomeUnknown) or getattr(exc, "retryable", False) or checked and isinstance(exc, ServerError):
         return _retry(ctx, run, plan, exc, lock=lock)
-    return _stop(ctx, run, "failed", f"step {trace['index']} ({trace['id']}): {exc}", lock=lock)
+    # A TemplateError names its rule and step itself, which the run's reason says already.
+    detail = exc.message if isinstance(exc, TemplateError) and exc.step else exc
+    return _stop(ctx, run, "failed", f"step {trace['index']} ({trace['id']}): {detail}", lock=lock)
 
 
 def _retry(ctx: WorkerContext, run: dict, plan: Plan, exc: Exception, *, lock) -> str:

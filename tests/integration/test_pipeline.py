@@ -307,3 +307,32 @@ def test_a_number_that_is_no_number_is_refused_and_never_written_as_null(stack, 
     else:  # a template made it: the run fails, saying which step rendered what
         [failed] = runs_in(redis_url, "failed")
         assert "rendered nan, which is not a JSON number" in failed["reason"], failed["reason"]
+
+
+FORM_TO_TASK_BY_NUMBER = """
+id: task-by-number
+when:
+  - webhook: forms
+then:
+  - id: project
+    inloox.query: Project
+    filter: "Number eq {{ webhook.body.number | string | odata }}"
+    select: [ProjectId]
+    top: 1
+  - inloox.create: Task
+    values:
+      Name: "{{ webhook.body.title }}"
+      ProjectId: "{{ steps.project.value[0].ProjectId }}"
+"""
+
+
+def test_a_query_that_found_nothing_fails_the_next_step_saying_so_once(stack, sandbox, rules_dir, redis_url):
+    # The reason read "step 1 (step1): rule task-by-number step 1 (step1): steps.project.value.0 is undefined in …":
+    # the step twice, and nothing about the empty answer.
+    (rules_dir / "by-number.yaml").write_text(FORM_TO_TASK_BY_NUMBER)
+    stack.worker()
+    assert deliver(stack.web(), {"number": "9999_0001", "title": "Nowhere"}, "msg_nowhere").status_code == 202
+    [failed] = wait_until(lambda: runs_in(redis_url, "failed"), 30, "the run to fail")
+    assert failed["reason"] == ("step 1 (step1): steps.project.value.0 is undefined in "
+                                "'{{ steps.project.value[0].ProjectId }}': steps.project.value is an empty list "
+                                "(did its query find nothing?)"), failed["reason"]

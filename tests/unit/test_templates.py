@@ -142,3 +142,14 @@ def test_a_template_that_only_reads_a_path_renders_as_jinja_renders_it(source, c
         except TemplateError as exc:
             return "error", str(exc)
     assert outcome(fast) == outcome(jinja)
+
+
+def test_an_index_past_a_list_says_how_long_the_list_is():
+    # A query that found nothing: "steps.project.value.0 is undefined" alone left the reader to guess why.
+    with pytest.raises(TemplateError) as info:
+        render(compile_template("{{ steps.project.value[0].ProjectId }}"), {"steps": {"project": {"value": []}}})
+    assert str(info.value) == ("steps.project.value.0 is undefined in '{{ steps.project.value[0].ProjectId }}': "
+                               "steps.project.value is an empty list (did its query find nothing?)")
+    assert info.value.variable == "steps.project.value.0"
+    with pytest.raises(TemplateError, match=r"in '\{\{ rows\[2\] \}\}': rows has 2 item\(s\)$"):
+        render(compile_template("{{ rows[2] }}"), {"rows": [1, 2]})
