@@ -54,3 +54,6 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(redis.ConnectionError, redis_unreachable)
     app.register_error_handler(redis.TimeoutError, redis_unreachable)
     app.add_url_rule("/favicon.ico", "favicon", favicon)
+    # RQ's dashboard (/ui/rq, an app of its own: web/queues.py) links its icon as its app's
+    # url_for("static"), /static/favicon.ico, a path of ours that had no such file: a 404 on each of its pages.
+    app.add_url_rule("/static/favicon.ico", "rq_dashboard_favicon", favicon)

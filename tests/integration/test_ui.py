@@ -110,6 +110,8 @@ def test_rq_dashboard_shows_the_queued_job_to_the_admin_only(dashboard, redis_ur
         queue_run(redis.Redis.from_url(redis_url), {"id": "run_rq", "plan": {}}, job_id="run_rq-r1")
 
     assert "<title>RQ dashboard</title>" in page(dashboard, "/ui/rq/")  # its lists come as JSON
+    [icon] = re.findall(r'<link rel="shortcut icon" href="([^"]+)"', page(dashboard, "/ui/rq/"))
+    assert dashboard.get(icon).status_code == 204, icon  # its icon link was a 404 on every page of it
     [queue] = dashboard.get("/ui/rq/0/data/queues.json").get_json()["queues"]
     assert (queue["name"], queue["count"]) == ("default", 1)
     assert 'href="/ui/rq/"' in page(dashboard, "/ui/rules")  # the navigation links to it
