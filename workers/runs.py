@@ -121,6 +121,9 @@ return #members
 # finished (score), counter limit, counter window (seconds), lock token, lock lease (ms).
 # Returns {created, refused, the pause reason or nil, the count or nil, leased}: refused, nothing is stored.
 _CREATE = """
+-- A run that exists already (its event handled again: a worker died before acknowledging it) is neither counted by
+-- the loop guard nor refused by it: counted at each handling, redeliveries of one event paused its rule as a loop.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0, false, false, 0} end
 local paused, count = false, false
 if KEYS[6] ~= '' then paused = redis.call('GET', KEYS[6]) end
 if KEYS[7] ~= '' then

@@ -174,3 +174,30 @@ def test_the_wait_for_a_slow_notification_is_seen_by_the_workers_in_flight_limit
 
     assert [m["body"]["message"] for m in receiver.received] == ["Task 1"]
     assert max(waits, default=0.0) >= 0.3, waits
+
+
+def test_an_event_handled_again_after_its_rule_was_paused_leaves_its_run_as_it_was(
+        redis_url, sandbox, tmp_path, batched_counts):
+    # An event is handled again when its worker died before acknowledging it (up to five deliveries). The run's
+    # creation asked the guards before it looked whether the run existed: each handling counted the entity's runs
+    # again, and redeliveries of one event beside a few others of the same entity paused the rule as a loop. The run
+    # itself was safe (its record is stored only if none exists), and stays so.
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        event = _event(1) | {"entity_set": "Task", "key": "k1"}
+        handle(ctx, event, accepted_at=time.time())
+        ctx.connection.set(workspaces.key("rule:paused:form-to-task"), "paused by Ann")
+        handle(ctx, event, accepted_at=time.time())  # the same event, delivered again
+        for n in range(2, guards.RUN_LIMIT + 1):  # other events of the same entity, up to the loop limit
+            handle(ctx, _event(n) | {"entity_set": "Task", "key": "k2"}, accepted_at=time.time())
+        ctx.connection.delete(workspaces.key("rule:paused:form-to-task"))
+        for _ in range(guards.RUN_LIMIT):  # delivered again and again: one run, counted once
+            handle(ctx, event, accepted_at=time.time())
+        run = load_run(ctx.connection, run_id_of(1))
+        paused = ctx.connection.get(workspaces.key("rule:paused:form-to-task"))
+
+    assert (run["status"], run["reason"]) == ("succeeded", "")
+    assert paused is None
+    assert sandbox.count("Task") == 1  # the k2 events came while the rule was paused: skipped
