@@ -1,6 +1,6 @@
 """The rules API (admin token): run a rule now, and manage a workspace's uploaded rule bundles.
 
-    POST /rules/<id>/run                 run a rule now (a manual event, or a given one)
+    POST /rules/<id>/run                 run a rule now (a manual event, or a given one; Idempotency-Key: once)
     PUT  /rules                          upload a bundle: validated, stored as a new version, activated
     GET  /rules                          the versions, newest first, and which one is active
     POST /rules/versions/<n>/activate    roll back (or forward) to a stored version
@@ -48,13 +48,26 @@ def run(rule_id: str):
     return jsonify(accepted=accepted, event_id=event.id, run_id=run_id(plan)), 202
 
 
+MAX_IDEMPOTENCY_KEY = 255  # characters, printable ASCII: what Stripe's keys are held to
+
+
 def _event(body: dict, rule_id: str, now: datetime) -> Event:
     if "event" not in body:
-        return manual_event(rule_id, now=now, given=body.get("input") or {})
+        return manual_event(rule_id, now=now, given=body.get("input") or {}, idempotency_key=_idempotency_key())
     try:  # the document checked the shape; what is left is a value the shape cannot say (a date, a source)
         return Event.from_dict(body["event"])
     except ValueError as exc:
         abort(422, f"event: {exc}")
+
+
+def _idempotency_key() -> str | None:
+    """The request's Idempotency-Key header: a client's retry of the same request is the same manual run."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
+        abort(400, f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    return key
 
 
 @bp.put("")

@@ -27,9 +27,13 @@ class ManualRunRefused(Exception):
     """The rule cannot run now (unknown, does not match the event, or cannot be planned); says why."""
 
 
-def manual_event(rule_id: str, *, now: datetime, given: Mapping[str, Any] | None = None) -> Event:
-    """A new `manual` event for the rule (the rule reads `given` as `input`); a new id each time."""
-    return Event("manual", rule_id, now, id=f"manual:{rule_id}:{uuid.uuid4().hex}", payload=dict(given or {}))
+def manual_event(rule_id: str, *, now: datetime, given: Mapping[str, Any] | None = None,
+                 idempotency_key: str | None = None) -> Event:
+    """A new `manual` event for the rule (the rule reads `given` as `input`): a new id each time, or, with the
+    client's `idempotency_key`, the same id for the same key (a request sent again is the same event, run once
+    within DEDUP_TTL; Stripe's and Temporal Cloud's way of making a retried request safe)."""
+    tail = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32] if idempotency_key else uuid.uuid4().hex
+    return Event("manual", rule_id, now, id=f"manual:{rule_id}:{tail}", payload=dict(given or {}))
 
 
 def plan_manual_run(ruleset: Ruleset, rule_id: str, event: Event, *, now: datetime, env: Mapping[str, Any]) -> Plan:

@@ -58,3 +58,22 @@ def test_post_rules_run_needs_the_admin_token_and_runs_the_rule(app, stack, rece
     assert message["body"]["message"] == "Hello from Ann"
     wait_until(lambda: [r["id"] for r in all_runs(redis_url) if r["status"] == "succeeded"] == [response.json["run_id"]],
                10, "the run the API named")
+
+
+def test_post_rules_run_sent_again_with_its_idempotency_key_runs_the_rule_once(app, stack, receiver, redis_url):
+    # A client that did not see the answer (a time-out, a dropped connection) sends the request again: without a key
+    # each request was a new manual event, a new run, a second notification (or InLoox write). With the same
+    # Idempotency-Key it is the same event and run, accepted once; another key is another run.
+    client = app.test_client()
+    auth = {"Authorization": "Bearer s3cret"}
+    sent = [client.post("/rules/say-hello/run", json={"input": {"by": "Ann"}}, headers={**auth, "Idempotency-Key": key})
+            for key in ("order-7-hello", "order-7-hello", "order-8-hello")]
+
+    assert [r.status_code for r in sent] == [202, 202, 202]
+    assert [r.json["accepted"] for r in sent] == [True, False, True]
+    assert sent[0].json["run_id"] == sent[1].json["run_id"] != sent[2].json["run_id"]
+    stack.worker()
+    wait_until(lambda: len([r for r in all_runs(redis_url) if r["status"] == "succeeded"]) == 2, 20, "two runs")
+    assert len(receiver.received) == 2
+    bad = client.post("/rules/say-hello/run", json={}, headers={**auth, "Idempotency-Key": "x" * 256})
+    assert bad.status_code == 400 and "Idempotency-Key" in bad.json["error"]["message"]
