@@ -131,11 +131,13 @@ if KEYS[7] ~= '' then
   redis.call('EXPIRE', KEYS[7], ARGV[9], 'NX')
 end
 if paused or (count and count > tonumber(ARGV[8])) then return {0, 1, paused, count, 0} end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return {0, 0, paused, count, 0} end
+-- The listings and the sweeper's index before the record (none exists: see above): Redis keeps what a script wrote
+-- before an error, and a record stored before a listing Redis refused was a run no listing showed and no sweeper knew.
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3]) end
 if ARGV[6] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6]) end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 local leased = 0
 if KEYS[8] ~= '' and redis.call('SET', KEYS[8], ARGV[10], 'NX', 'PX', ARGV[11]) then leased = 1 end
 return {1, 0, paused, count, leased}

@@ -201,3 +201,24 @@ def test_an_event_handled_again_after_its_rule_was_paused_leaves_its_run_as_it_w
     assert (run["status"], run["reason"]) == ("succeeded", "")
     assert paused is None
     assert sandbox.count("Task") == 1  # the k2 events came while the rule was paused: skipped
+
+
+def test_a_run_whose_listing_redis_refused_is_listed_once_its_event_is_handled_again(
+        redis_url, sandbox, tmp_path, batched_counts):
+    # The run's creation stored its record, then listed it: with the listing refused (a key of another type), the
+    # record stayed unlisted and unknown to the sweeper; the event's next handling found the record and ran it, and
+    # no listing ever showed the run.
+    ensure_project(sandbox)
+    write_form_rule(tmp_path)
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    with workspaces.using(workspace):
+        ctx.connection.set(workspaces.key("runs"), "not a sorted set")
+        with pytest.raises(redis.ResponseError):
+            handle(ctx, _event(1), accepted_at=time.time())
+        ctx.connection.delete(workspaces.key("runs"))  # mended
+        handle(ctx, _event(1), accepted_at=time.time())  # the event, delivered again
+        listed = [i.decode() for i in ctx.connection.zrange(workspaces.key("runs"), 0, -1)]
+        run = load_run(ctx.connection, run_id_of(1))
+
+    assert listed == [run_id_of(1)] and run["status"] == "succeeded"
+    assert sandbox.count("Task") == 1
