@@ -53,6 +53,13 @@ def _context(redis_url: str, sandbox, rules_dir, *, outbound_allow: str = ""):
     return build_context(config, workspace, connection), workspace
 
 
+def _form_context(redis_url: str, sandbox, rules_dir):
+    """`_context` for the forms rule (tests/support/stack.py), its project in the sandbox."""
+    ensure_project(sandbox)
+    write_form_rule(rules_dir)
+    return _context(redis_url, sandbox, rules_dir)
+
+
 def _event(n: int) -> dict:
     body = {"title": f"Task {n}", "project": PROJECT}
     return Event(source="webhook", kind="forms", id=f"webhook:forms:msg_rt_{n}", occurred_at=datetime.now(timezone.utc),
@@ -70,9 +77,7 @@ def batched_counts(redis_url):
 
 
 def test_a_one_step_run_costs_few_round_trips(redis_url, sandbox, tmp_path, batched_counts):
-    ensure_project(sandbox)
-    write_form_rule(tmp_path)
-    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    ctx, workspace = _form_context(redis_url, sandbox, tmp_path)
     observer = redis.Redis.from_url(redis_url)
     with workspaces.using(workspace):
         handle(ctx, _event(0), accepted_at=time.time())  # rules read, scripts cached, connections open
@@ -97,9 +102,7 @@ def run_id_of(n: int) -> str:
 
 
 def test_a_paused_rule_stores_its_run_as_skipped_and_writes_nothing(redis_url, sandbox, tmp_path, batched_counts):
-    ensure_project(sandbox)
-    write_form_rule(tmp_path)
-    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    ctx, workspace = _form_context(redis_url, sandbox, tmp_path)
     with workspaces.using(workspace):
         ctx.connection.set(workspaces.key("rule:paused:form-to-task"), "paused by Ann")
         handle(ctx, _event(1), accepted_at=time.time())
@@ -110,9 +113,7 @@ def test_a_paused_rule_stores_its_run_as_skipped_and_writes_nothing(redis_url, s
 
 
 def test_a_rule_running_too_often_on_one_entity_is_paused(redis_url, sandbox, tmp_path, batched_counts):
-    ensure_project(sandbox)
-    write_form_rule(tmp_path)
-    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    ctx, workspace = _form_context(redis_url, sandbox, tmp_path)
     with workspaces.using(workspace):
         for n in range(guards.RUN_LIMIT + 2):
             event = _event(n) | {"entity_set": "Task", "key": "k1"}
@@ -133,9 +134,7 @@ def test_a_rule_running_too_often_on_one_entity_is_paused(redis_url, sandbox, tm
 
 def test_a_second_handling_of_an_event_continues_its_runs_and_writes_once(redis_url, sandbox, tmp_path,
                                                                           batched_counts):
-    ensure_project(sandbox)
-    write_form_rule(tmp_path)
-    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    ctx, workspace = _form_context(redis_url, sandbox, tmp_path)
     with workspaces.using(workspace):
         first = handle(ctx, _event(1), accepted_at=time.time())
         second = handle(ctx, _event(1), accepted_at=time.time())
@@ -182,9 +181,7 @@ def test_an_event_handled_again_after_its_rule_was_paused_leaves_its_run_as_it_w
     # creation asked the guards before it looked whether the run existed: each handling counted the entity's runs
     # again, and redeliveries of one event beside a few others of the same entity paused the rule as a loop. The run
     # itself was safe (its record is stored only if none exists), and stays so.
-    ensure_project(sandbox)
-    write_form_rule(tmp_path)
-    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    ctx, workspace = _form_context(redis_url, sandbox, tmp_path)
     with workspaces.using(workspace):
         event = _event(1) | {"entity_set": "Task", "key": "k1"}
         handle(ctx, event, accepted_at=time.time())
@@ -208,9 +205,7 @@ def test_a_run_whose_listing_redis_refused_is_listed_once_its_event_is_handled_a
     # The run's creation stored its record, then listed it: with the listing refused (a key of another type), the
     # record stayed unlisted and unknown to the sweeper; the event's next handling found the record and ran it, and
     # no listing ever showed the run.
-    ensure_project(sandbox)
-    write_form_rule(tmp_path)
-    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    ctx, workspace = _form_context(redis_url, sandbox, tmp_path)
     with workspaces.using(workspace):
         ctx.connection.set(workspaces.key("runs"), "not a sorted set")
         with pytest.raises(redis.ResponseError):
