@@ -133,6 +133,4 @@ def _delete_rate_limits(connection: redis.Redis, name: str) -> int:
 
 def _delete_counters(connection: redis.Redis, name: str) -> int:
     """The workspace's fields of the shared counters hash (their labels name it)."""
-    fields = [f for f, _ in connection.hscan_iter(metrics.COUNTERS, count=_SCAN_COUNT)
-              if metrics.parse_field(f)[1].get("workspace") == name]
-    return connection.hdel(metrics.COUNTERS, *fields) if fields else 0
+    return metrics.forget(connection, workspace=name)
