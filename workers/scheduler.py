@@ -231,7 +231,7 @@ def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSett
                 failed += not _fire(connection, source, settings, upcoming)
         # One workspace's failure is its own (logged by its name; the others fired): as for the poller's rounds and
         # the workers' event logs, one customer's bug or damaged key takes no deployment out of its load balancer.
-        rounds(failed == 0 or failed < len(sources))
+        rounds(not sources or failed < len(sources))
         stop.wait(settings.interval)
 
 
