@@ -74,7 +74,10 @@ def deliveries_index(sub_id: str):
 @bp.post("/<sub_id>/deliveries/<delivery_id>/redeliver")
 def redeliver(sub_id: str, delivery_id: str):
     _found(sub_id)
-    record = deliveries.redeliver(get_redis(), sub_id, delivery_id)
+    try:
+        record = deliveries.redeliver(get_redis(), sub_id, delivery_id)
+    except deliveries.AttemptInFlight as exc:
+        abort(409, str(exc))
     if record is None:
         abort(404, f"no delivery {delivery_id} of subscription {sub_id}")
     return jsonify(delivery={k: v for k, v in record.items() if k != "body"}), 202

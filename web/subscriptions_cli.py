@@ -96,7 +96,11 @@ def deliveries_command(sub_id, limit, as_json):
 @click.argument("delivery_id")
 def redeliver_command(sub_id, delivery_id):
     """Send a delivery again (same webhook-id and body)."""
-    if deliveries.redeliver(get_redis(), sub_id, delivery_id) is None:
+    try:
+        found = deliveries.redeliver(get_redis(), sub_id, delivery_id)
+    except deliveries.AttemptInFlight as exc:
+        raise click.ClickException(str(exc)) from None
+    if found is None:
         raise click.ClickException(f"no delivery {delivery_id} of subscription {sub_id}")
     click.echo(f"{delivery_id} queued again")
 

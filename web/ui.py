@@ -316,7 +316,10 @@ def subscriptions_page():
 @bp.post("/subscriptions/<sub_id>/deliveries/<delivery_id>/redeliver")
 def redeliver(sub_id: str, delivery_id: str):
     """The redeliver button of a failed delivery: the same webhook-id and body, sent again."""
-    found = deliveries.redeliver(get_redis(), sub_id, delivery_id)
+    try:
+        found = deliveries.redeliver(get_redis(), sub_id, delivery_id)
+    except deliveries.AttemptInFlight as exc:
+        return redirect(url_for(".subscriptions_page", notice=f"Not queued: {exc}."))
     notice = "Queued again." if found else f"No delivery {delivery_id} of {sub_id}."
     return redirect(url_for(".subscriptions_page", notice=notice))
 

@@ -281,15 +281,40 @@ def listed(connection: redis.Redis, sub_id: str, *, limit: int = 50) -> list[dic
     return [{k: v for k, v in r.items() if k != "body"} for r in records]
 
 
+class AttemptInFlight(Exception):
+    """A delivery's attempt is being sent right now: its answer, not yet stored, would overwrite a redelivery."""
+
+
 def redeliver(connection: redis.Redis, sub_id: str, delivery: str) -> dict | None:
-    """Send a failed (or delivered) delivery again, same id and body; None when there is no such delivery."""
-    record = load(connection, delivery)
-    if record is None or record["subscription"] != sub_id:
-        return None
-    record["status"] = PENDING
-    record.pop("error", None)
-    _save(connection, record, due=time.time())
-    _queue(connection, delivery, attempt=len(record["attempts"]), tag=f"-again{int(time.time())}")
+    """Send a failed (or delivered) delivery again, same id and body; None when there is no such delivery. A pending
+    one is sent now rather than at its next attempt's time.
+
+    Raises AttemptInFlight while an attempt holds the delivery's lock: that attempt ends by storing its own copy of
+    the record (delivered), over the redelivery's "pending", and the redelivery's job then finds nothing to send (a
+    202 and no delivery, in a CI run). The lock and the record are watched, so an attempt that starts or ends between
+    the look and the write makes it look again.
+    """
+    lock = key(f"delivery-lock:{delivery}")
+    now = time.time()
+
+    def again(pipe) -> dict | None:
+        raw = pipe.get(_key(delivery))
+        record = json.loads(raw) if raw is not None else None
+        if record is None or record["subscription"] != sub_id:
+            return None
+        if pipe.exists(lock):
+            raise AttemptInFlight(f"an attempt of {delivery} is being sent right now; redeliver it once that "
+                                  "attempt is listed")
+        record["status"] = PENDING
+        record.pop("error", None)
+        pipe.multi()
+        pipe.set(_key(delivery), json.dumps(record), ex=RECORD_TTL)
+        pipe.zadd(key("deliveries:due"), {delivery: now})
+        return record
+
+    record = connection.transaction(again, _key(delivery), lock, value_from_callable=True)
+    if record is not None:
+        _queue(connection, delivery, attempt=len(record["attempts"]), tag=f"-again{int(now)}")
     return record
 
 

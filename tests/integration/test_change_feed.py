@@ -101,13 +101,54 @@ def test_a_subscription_to_a_private_address_is_refused_at_delivery_and_can_be_r
     assert refused["error"].startswith("refused: 127.0.0.2 resolves to 127.0.0.2, a non-public address")
     assert len(refused["attempts"]) == 1  # a refusal is not retried
 
-    [delivered] = api.get(f"/subscriptions/{good['id']}/deliveries", headers=ADMIN).get_json()["deliveries"]
+    # The receiver has it a moment before the worker stores its answer; sent again before then, the redelivery is
+    # refused (409, the next test), so wait for it as a person would see it listed.
+    [delivered] = wait_until(lambda: [d for d in api.get(f"/subscriptions/{good['id']}/deliveries",
+                                                         headers=ADMIN).get_json()["deliveries"]
+                                      if d["status"] == "delivered"], 10, "the delivery's answer listed")
     again = api.post(f"/subscriptions/{good['id']}/deliveries/{delivered['id']}/redeliver", headers=ADMIN)
     assert again.status_code == 202
     wait_until(lambda: len(receiver.received) == 2, 20, "the redelivery")
     assert receiver.received[1]["headers"]["webhook-id"] == receiver.received[0]["headers"]["webhook-id"] == delivered["id"]
     assert api.delete(f"/subscriptions/{good['id']}", headers=ADMIN).status_code == 204
     assert api.get(f"/subscriptions/{good['id']}", headers=ADMIN).status_code == 404
+
+
+def test_a_delivery_whose_attempt_is_on_its_way_is_not_redelivered_but_told_so(api, redis_url, receiver):
+    """A redelivery asked for while an attempt was being sent (the receiver had it, its answer not yet stored) was
+    answered 202 and never sent: the attempt ended by storing its own copy of the record, "delivered", over the
+    redelivery's "pending", and the redelivery's job found nothing to send (a CI run). Now it is a 409 until the
+    attempt's answer is stored, and then a redelivery like any other."""
+    import redis as redis_lib
+
+    from workers import workspaces
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    sub = _subscribe(api, receiver, ["Task.*"])
+    with workspaces.using(workspaces.Workspace("default", "http://unused.invalid/", "")):
+        [delivery] = deliveries.fan_out(connection, {
+            "id": "evt-1", "source": "inloox", "kind": "updated", "entity_set": "Task", "key": "k1",
+            "occurred_at": "2026-11-30T08:00:00+00:00", "changes": {"IsDone": [False, True]}, "entity": {},
+            "actor": {}})
+        attempt = connection.lock(workspaces.key(f"delivery-lock:{delivery}"), timeout=30)  # as a worker's attempt
+        assert attempt.acquire(blocking=False)
+    path = f"/subscriptions/{sub['id']}/deliveries/{delivery}/redeliver"
+
+    busy = api.post(path, headers=ADMIN)
+    assert busy.status_code == 409
+    assert "being sent right now" in busy.get_json()["error"]["message"]
+    from app import create_app
+
+    cli = create_app({"REDIS_URL": redis_url, "ADMIN_TOKEN": "feed-admin"}).test_cli_runner()
+    said = cli.invoke(args=["subscriptions", "redeliver", sub["id"], delivery])
+    assert said.exit_code != 0 and "being sent right now" in said.output
+    page = api.post(f"/ui{path}", headers=ADMIN, follow_redirects=True).get_data(as_text=True)
+    assert "Not queued: an attempt of" in page
+
+    attempt.release()
+    again = api.post(path, headers=ADMIN)
+    assert again.status_code == 202 and again.get_json()["delivery"]["status"] == "pending"
+    assert connection.zscore("ws:default:deliveries:due", delivery) is not None
 
 
 def test_bad_subscriptions_are_refused_with_the_field_named(api):
