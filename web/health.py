@@ -10,6 +10,7 @@ from rq import Worker
 
 from inloox import InLooxError
 from web.resources import DeclaredOnly, get_context, get_inloox, get_redis, get_registry, inloox_slot
+from web.workspace import bearer_token, is_operator, operator_open
 from workers import registry, rule_files, workspaces
 from workers.poller import beats as poller_beats
 from workers.consumer_beat import CONSUMER_BEAT, CONSUMER_BEAT_TTL, CONSUMER_STATES, REFUSED
@@ -34,6 +35,7 @@ def readyz():
     `rules` says which version of the rules runs and which files are broken; a broken file does not
     make the service unready (its last good version runs, and the web must keep accepting events).
     `secrets` names the workspaces this process cannot unseal; only when it can unseal none is it unready.
+    Workspaces are named to the operator's token only (`_names_shown`); anyone else is told how many.
     """
     checks = {"redis": _check_redis(), "secrets": _check_secrets(), "inloox": _check_inloox(),
               "worker": _check_worker(), "pollers": _check_pollers(), "rules": _check_rules()}
@@ -98,10 +100,26 @@ def _check_secrets() -> dict:
         return {"ok": True, "workspaces": len(readable)}
     unreadable = [{"workspace": name, "needs_key": key} if key else {"workspace": name, "damaged": True}
                   for name, key in sorted(needed.items())]
+    if not _names_shown():
+        unreadable = _counted(len(unreadable))
     if not readable:
         return {"ok": False, "workspaces": 0, "unreadable": unreadable,
                 "error": f"SECRETS_KEY opens none of the registry's {len(needed)} workspace(s)"}
     return {"ok": True, "degraded": True, "workspaces": len(readable), "unreadable": unreadable}
+
+
+def _names_shown() -> bool:
+    """Whether this request may see customers' workspace names: with the operator's token, or where the operator's
+    powers are anyone's (local development). A hosted deployment's /readyz answers its load balancer and whoever
+    else asks; which customers' keys are missing or whose log is damaged is not theirs to know."""
+    try:
+        return is_operator(bearer_token()) or operator_open()
+    except (registry.RegistryUnavailable, redis.RedisError):
+        return False  # the registry cannot say whether anyone is guarded: named to the operator only
+
+
+def _counted(count: int) -> dict:
+    return {"count": count, "names": "shown to the operator's token (OPERATOR_TOKEN)"}
 
 
 def _without_default() -> dict:
@@ -140,7 +158,8 @@ def _check_worker() -> dict:
     refused = sorted({name for state in states if state and state.startswith("running" + REFUSED)
                       for name in state.removeprefix("running" + REFUSED).split(", ")})
     if refused:
-        return {"ok": True, "degraded": True, "workers": len(alive), "event_logs_refused": refused}
+        return {"ok": True, "degraded": True, "workers": len(alive),
+                "event_logs_refused": refused if _names_shown() else _counted(len(refused))}
     return {"ok": True, "workers": len(alive)}
 
 

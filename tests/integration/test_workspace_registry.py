@@ -395,11 +395,19 @@ def test_readyz_names_the_workspaces_this_process_cannot_unseal_and_stays_ready_
     client = api.test_client()
     create(client, "acme", sandbox)
 
-    answer = client.get("/readyz")
+    answer = client.get("/readyz", headers=auth())
     assert answer.json["checks"].get("secrets") == {"ok": True, "degraded": True, "workspaces": 2,  # acme, default
                                                     "unreadable": [{"workspace": "globex",
                                                                     "needs_key": other_key.key_ids[0]}]}
     assert INLOOX_TOKEN not in answer.text and api.config["SECRETS_KEY"] not in answer.text
+
+    # Anyone else (the load balancer, a customer, a stranger) is told how many, not which customers: /readyz is
+    # public, and named every workspace whose key this process lacked.
+    for headers in ({}, {"Authorization": "Bearer not-the-operator"}):
+        public = client.get("/readyz", headers=headers)  # not ready: no worker runs here
+        assert public.json["checks"]["secrets"]["unreadable"] == {
+            "count": 1, "names": "shown to the operator's token (OPERATOR_TOKEN)"}
+        assert "globex" not in public.text and other_key.key_ids[0] not in public.text
 
 
 def test_readyz_is_not_ready_when_secrets_key_opens_no_workspace_of_the_registry(api, sandbox, redis_url):
@@ -416,7 +424,7 @@ def test_readyz_is_not_ready_when_secrets_key_opens_no_workspace_of_the_registry
     assert answer.status_code == 503
     secrets = answer.json["checks"].get("secrets", {})
     assert secrets.get("ok") is False and secrets["error"] == "SECRETS_KEY opens none of the registry's 2 workspace(s)"
-    assert secrets["unreadable"] == [{"workspace": "acme", "needs_key": ours}, {"workspace": "default", "needs_key": ours}]
+    assert secrets["unreadable"]["count"] == 2 and "acme" not in answer.text  # no operator token here to name them
     # Its default workspace is there, unreadable: not "no default workspace".
     assert answer.json["checks"]["inloox"] == {"ok": True, "skipped": "the default workspace cannot be unsealed "
                                                                       "here (see checks.secrets)"}
