@@ -204,6 +204,34 @@ def test_events_that_trickle_in_are_read_and_handled_several_at_a_time(connectio
     assert len([n for n in reading.reads if n]) <= 40, reading.reads  # before: one read per event, or nearly
 
 
+def test_a_log_purged_under_the_reader_stops_no_other_workspaces_events_and_is_not_made_again(connection, monkeypatch,
+                                                                                              caplog):
+    """Deleting a workspace purges its log at once; the worker learns of the deletion a second or so later. Meanwhile
+    the one read of every workspace's log failed with NOGROUP, a Redis error for all of them, again each second (a CI
+    run), and for as long as the worker kept serving it. The missing log is now set aside and the others are read in
+    the next turn; a workspace the registry no longer serves does not have its log made again."""
+    from workers import consumer
+
+    monkeypatch.setattr(consumer, "GONE_SECONDS", 0.2, raising=False)  # looked at again, and found still not served, in this test
+    gone = eventlog.stream_key("deleted")
+    for key in (eventlog.stream_key("default"), gone):
+        eventlog.ensure_group(connection, key)
+    reading = _Reading(connection, monkeypatch, ["default", "deleted"], "purged-worker")
+    try:
+        accept(connection, 0)
+        reading.wait_for(1)
+        connection.delete(gone)  # the purge of a workspace deleted through the operator API
+        accept(connection, 1)
+        reading.wait_for(2, timeout=5)
+        time.sleep(1)  # a few looks at the set-aside log
+    finally:
+        reading.stop()
+    assert len(reading.handled) == 2
+    assert not connection.exists(gone)
+    assert not [r for r in caplog.records if "Redis error" in r.getMessage()]
+    assert reading.taker.refused() == []  # not a log Redis refuses: /readyz says nothing of it
+
+
 def test_a_workspace_with_a_backlog_among_many_quiet_ones_is_read_without_lingering(connection, monkeypatch):
     """A hosted worker asks each of its many workspaces for an event or so a turn: the one with a backlog gave
     all it was asked for, and a read that lingered after it (as after a trickle) let it have one event per

@@ -42,7 +42,8 @@ active first; what a quiet look can be late for is a safety net (a run or delive
 died long after its event, a run waiting over a limit raised meanwhile): ≤ 30 s later than before.
 One workspace's log that Redis refuses (WRONGTYPE: something else written under its key) is set aside for
 REFUSED_SECONDS and the others are read meanwhile (one read covers them all, and that one log failed it for every
-workspace); housekeeping of one workspace that fails other than by an outage is logged, and the others are looked
+workspace); one whose log is gone under a read (its workspace deleted, the worker not told yet) is set aside for
+GONE_SECONDS, and made again only if its workspace is still served then; housekeeping of one workspace that fails other than by an outage is logged, and the others are looked
 after all the same. A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled. Once Redis
 answers again, the loop gives back the run locks of attempts the outage cut short (workers/recovery.py)
 and hands out again, at once, the events whose handling it cut short (rather than CLAIM_IDLE later).
@@ -90,6 +91,10 @@ QUIET_MAINTENANCE_SECONDS = 30.0
 # A workspace's log that Redis refuses (WRONGTYPE: something else was written under its key) is left aside this long,
 # then tried again: one read covers every workspace, and one refused log failed it for all of them.
 REFUSED_SECONDS = 10.0
+# A workspace's log gone under a read (NOGROUP: its workspace deleted a moment ago, the worker not told yet) is left
+# aside this long: the registry's view is re-read within a second, and a workspace still served then has its log made
+# again. Read on, the one missing log failed every workspace's read, each a second apart, until the worker followed.
+GONE_SECONDS = 2.0
 QUESTION_THREADS = 4  # threads asking down InLoox accounts whether they answer again (each bounded by INLOOX_TIMEOUT)
 # After a read that brought a few events and left none behind (a trickle: a quiet worker's events come one at a
 # time), the next read waits this long first, so that those arriving meanwhile are read, planned, stored and ended
@@ -117,6 +122,7 @@ class _Stream:
     # Redis refused this workspace's log (a key of another type in its place; see `_refused`): neither read nor
     # looked after until then (monotonic), so that the other workspaces' events go on being read.
     refused_until: float = 0.0
+    gone: bool = False  # set aside because its log was missing (GONE_SECONDS), not refused: /readyz does not name it
 
 
 class EventConsumer:
@@ -589,7 +595,7 @@ class EventConsumer:
     def refused(self) -> list[str]:
         """The workspaces whose event log is set aside now (Redis refused it), by name."""
         now = time.monotonic()
-        return sorted(stream.workspace for stream in self.streams.values() if stream.refused_until > now)
+        return sorted(stream.workspace for stream in self.streams.values() if stream.refused_until > now and not stream.gone)
 
     def _refused(self, keys: list[str], error: redis.ResponseError) -> bool:
         """After `error` from a command on the logs `keys`: set aside those of another type than a stream, which
@@ -601,10 +607,18 @@ class EventConsumer:
         refused = [key for key, kind in zip(keys, kinds) if eventlog.as_text(kind) not in ("stream", "none")]
         for key in refused:
             self._set_aside(self.streams[key], error)
-        return bool(refused)
+        gone = [key for key, kind in zip(keys, kinds) if eventlog.as_text(kind) == "none"] \
+            if "NOGROUP" in str(error) else []  # (in a pipeline, after "Command # n … caused error:")
+        for key in gone:
+            stream = self.streams[key]
+            stream.refused_until, stream.gone = time.monotonic() + GONE_SECONDS, True
+            self._aside.add(key)
+            log.info("event consumer %s: the event log of workspace %s is gone (the workspace deleted?); looked at "
+                     "again in %.0fs", self.name, stream.workspace, GONE_SECONDS)
+        return bool(refused or gone)
 
     def _set_aside(self, stream: _Stream, error: BaseException) -> None:
-        stream.refused_until = time.monotonic() + REFUSED_SECONDS
+        stream.refused_until, stream.gone = time.monotonic() + REFUSED_SECONDS, False
         self._aside.add(stream.key)
         log.error("event consumer %s: Redis refuses the event log of workspace %s (%s): its events are not read; "
                   "again in %.0fs", self.name, stream.workspace, error, REFUSED_SECONDS)
@@ -618,9 +632,22 @@ class EventConsumer:
             stream = self.streams.get(key)
             if stream is None or stream.let_go:  # no longer served
                 self._aside.discard(key)
-            elif stream.refused_until <= now:
+            elif stream.refused_until > now:
+                continue
+            elif stream.gone and not self._still_served(stream.workspace):
+                stream.refused_until = now + GONE_SECONDS  # deleted: its log is not made again; the worker lets it go
+            else:
                 self._aside.discard(key)
+                stream.gone = False
                 self._apart(stream, eventlog.ensure_group, self.connection, stream.key)
+
+    @staticmethod
+    def _still_served(workspace: str) -> bool:
+        try:
+            return workspace in served().workspaces()
+        except Exception:  # the view cannot be read now: taken as served, its log made again as before
+            log.warning("event consumer: could not read the workspace registry", exc_info=True)
+            return True
 
     def _apart(self, stream: _Stream, step, *args, **kwargs) -> None:
         """`step(*args)` for one workspace: should Redis refuse it (a key of that workspace of another type, not an
