@@ -56,6 +56,8 @@ COUNTER_METRICS = {
     "events_failed": ("events_failed", "Handlings of an event that failed (its trace says why), by error type",
                       ("error",)),
     "polls": ("polls", "Polls of an entity set", ("entity_set",)),
+    "poll_failures": ("poll_failures", "Polls of an entity set that failed (*: every poll of the workspace, before "
+                      "any set's); the Poller page says why", ("entity_set",)),
     "deliveries": ("deliveries", "Change-feed deliveries finished, by status (delivered, failed)", ("status",)),
     "runs_started": ("runs_started", "Runs started (stored for a matched rule): the usage's runs", ()),
     "billable_runs": ("billable_runs", "Runs that performed at least one InLoox write or notification, by rule",

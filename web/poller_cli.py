@@ -10,7 +10,7 @@ from inloox.changes import observation
 from web.resources import get_redis
 from web.workspace import cli_workspace
 from workers.poller.poll import release_held
-from workers.poller.status import poll_status
+from workers.poller.status import WHOLE, poll_status, troubles
 
 poller_cli = AppGroup("poller", help="Inspect the InLoox change poller and release held floods.")
 
@@ -18,9 +18,16 @@ poller_cli = AppGroup("poller", help="Inspect the InLoox change poller and relea
 @poller_cli.command("status")
 @cli_workspace
 def status_command():
-    """Per watched entity set: how it is polled, how stale our view is (lag), what a scan costs, changes held."""
+    """Per watched entity set: how it is polled, how stale our view is (lag), what a scan costs, changes held, and
+    which polls fail now and why."""
+    whole = troubles(get_redis()).get(WHOLE)
+    if whole:
+        click.echo(f"no poll works (since {whole['since']}, last {whole['at']}): {whole['error']}")
     for entry in poll_status(get_redis(), now=datetime.now(timezone.utc)):
         click.echo("  ".join([f"{entry['entity_set']:<16}", _describe(entry)]))
+        if entry["failing"]:
+            click.echo(f"{'':<16}  failing since {entry['failing']['since']} (last {entry['failing']['at']}): "
+                       f"{entry['failing']['error']}")
 
 
 def _describe(entry: dict) -> str:

@@ -36,7 +36,7 @@ from workers.secrets import SecretsKeyError
 from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
 from workers.outbound import redacted
-from workers.poller.status import poll_status
+from workers.poller.status import WHOLE, poll_status, troubles
 from workers.runs import decode_run, list_runs, load_run, load_trace
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
@@ -326,12 +326,14 @@ def redeliver(sub_id: str, delivery_id: str):
 
 @bp.get("/poller")
 def poller():
-    """Per watched entity set: lag over the last hours (a chart), cursor, last poll (time, cost), held floods."""
+    """Per watched entity set: lag over the last hours (a chart), cursor, last poll (time, cost), held floods, and
+    which polls fail now and why."""
     hours, polled = _hours(), poll_status(get_redis(), now=datetime.now(timezone.utc))
+    whole = troubles(get_redis()).get(WHOLE)  # every poll of the workspace fails, before any set's own
     lag_sets = [s["entity_set"] for s in polled if s["watched"]]
     window, found = _history(hours, [f"poll_lag:{s}" for s in lag_sets])
     return render_template("ui/poller.html", sets=polled, lag_sets=lag_sets, hours=hours, windows=charts.WINDOWS,
-                           lag=_lag_chart(found, lag_sets, window))
+                           lag=_lag_chart(found, lag_sets, window), whole=whole)
 
 
 @bp.get("/workspaces")

@@ -1,4 +1,5 @@
-"""What the operator's dashboard page shows of each workspace of the registry: state, rules, last event, lag, queue.
+"""What the operator's dashboard page shows of each workspace of the registry: state, rules, last event, lag (and what
+fails of its polling), queue.
 
 A workspace whose secrets this process cannot unseal still has its Redis keys: its last event,
 poll lag and queue are read all the same (only its rules need the workspace itself).
@@ -12,7 +13,7 @@ from rq import Queue
 
 from web.resources import get_context
 from workers import eventlog, registry, workspaces
-from workers.poller.status import poll_status
+from workers.poller.status import WHOLE, poll_status, troubles
 
 RUNNING, PAUSED, UNREADABLE = "running", "paused", "unreadable secret"
 
@@ -37,9 +38,11 @@ def _row(connection: redis.Redis, name: str, served: workspaces.Workspace | None
         rules_version = get_context().rules.current()[1] if served else ""
         last_event = _last_event(connection)
         lag = _poll_lag(connection, now)
+        failing = troubles(connection)
     state = UNREADABLE if unreadable else PAUSED if record["paused"] else RUNNING
     return {"name": name, "state": state, "why": unreadable, "paused": bool(record["paused"]),
             "rules_version": rules_version, "last_event": last_event, "poll_lag_seconds": lag,
+            "poll_failing": _failing(failing),
             "jobs_queued": Queue(workspace.queue, connection=connection).count,
             "events_waiting": eventlog.backlog(connection, workspace=name)}
 
@@ -51,6 +54,13 @@ def _last_event(connection: redis.Redis) -> float | None:
         return None
     entry_id = newest[0][0].decode() if isinstance(newest[0][0], bytes) else newest[0][0]
     return int(entry_id.split("-")[0]) / 1000
+
+
+def _failing(failing: dict[str, dict]) -> str:
+    """What fails of the workspace's polling, in a line ("" when nothing does): all of it, or which sets and why."""
+    if WHOLE in failing:
+        return f"no poll works: {failing[WHOLE]['error']}"
+    return "; ".join(f"{name}: {trouble['error']}" for name, trouble in sorted(failing.items()))
 
 
 def _poll_lag(connection: redis.Redis, now: datetime) -> float | None:

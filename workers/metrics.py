@@ -16,6 +16,7 @@ metrics at `/metrics`. Fields are JSON `[name, {label: value}]`; every counter c
     held_changes  {entity_set}        changes held back by flood protection
     events_failed {error}             handlings of an event that failed (workers/consumer/): its trace says why
     polls         {entity_set}
+    poll_failures {entity_set}        polls that failed (* for all of a workspace's); workers/poller/status.py says why
 
 A few of these are also kept per minute for the dashboard's charts (workers/series.py), and some
 add to the workspace's usage per day and month (workers/metering): both are gathered in memory here

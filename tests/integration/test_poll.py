@@ -329,6 +329,46 @@ def test_a_project_answer_that_cannot_be_read_keeps_the_workspace_s_tasks_polled
     wait_until(lambda: "default: poll Project" in poller.output(), 10, "the Project answer's trouble logged")
 
 
+@pytest.mark.timeout(120)
+def test_a_set_whose_polls_fail_says_so_where_its_customer_and_the_operator_look_until_a_poll_works(
+        engine, sandbox, rules_dir, redis_url, spoiler):
+    """A poll that failed was told in the poller's log alone, which a hosted service's customer never sees: their
+    Project rule fired no more, and the Poller page showed a lag that grew, with no why. Now the Poller page, `flask
+    poller status`, the operator's Workspaces page and /metrics say which set fails, since when, and why, until a
+    poll of it completes; and a workspace none of whose polls can start (InLoox refuses its token) says that."""
+    from app import create_app
+    from tests.support.processes import wait_until
+    from tests.support.stack import ensure_project
+
+    (rules_dir / "a-project.yaml").write_text(PROJECT_RENAMED_RULE)
+    (rules_dir / "b-task.yaml").write_text(IDLE_TASK_RULE)
+    project = ensure_project(sandbox)
+    spoiler.spoil("Project", _spoiled("ProjectId", project, lambda row: [row]))  # no collection: the poll fails
+    engine.env.update({"INLOOX_URL": spoiler.url, "POLL_INTERVAL": "0.5"})
+    poller = engine.poller()
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": sandbox.token, "RULES_PATH": str(rules_dir)})
+    status = lambda: app.test_cli_runner().invoke(args=["poller", "status"]).output  # noqa: E731
+
+    wait_until(lambda: "failing since" in status(), 30, "the Project polls' failure in `flask poller status`")
+    assert "expected a collection of entities" in status() and status().count("failing since") == 1
+    page = app.test_client().get("/ui/poller").get_data(as_text=True)
+    assert 'class="failing" data-set="Project"' in page and "expected a collection of entities" in page
+    assert 'class="failing" data-set="Task"' not in page
+    assert 'poll_failures_total{entity_set="Project",workspace="default"}' in app.test_client().get(
+        "/metrics").get_data(as_text=True)
+
+    spoiler.spoils.clear()  # InLoox answers right again: the next complete poll clears it
+    wait_until(lambda: "failing since" not in status(), 20, "the Project polls' failure cleared")
+    poller.stop()
+
+    engine.env.update({"INLOOX_API_KEY": "not-a-token-inloox-knows"})
+    poller = engine.poller()
+    wait_until(lambda: "no poll works" in status(), 30, "the refused token in `flask poller status`")
+    assert "401" in status()
+    assert "No poll of this workspace works" in app.test_client().get("/ui/poller").get_data(as_text=True)
+
+
 PROJECTS = change_feed("Project")
 # Rows InLoox should never send, each as a spoiled copy of a real one.
 SPOILED_ROWS = {

@@ -296,6 +296,23 @@ def test_the_workspaces_page_shows_the_last_event_of_a_workspace(operated, sandb
     assert re.match(r"default running files:\S+ (just now|\d+ s ago) not polled 1 0", row), row
 
 
+def test_the_workspaces_page_says_whose_polling_fails_and_why(operated, redis_url):
+    """Which customers' polling fails was in the pollers' logs alone: the row shows it, as the poller keeps it."""
+    from datetime import datetime, timezone
+
+    from inloox import InLooxError
+    from workers import workspaces
+    from workers.poller.status import WHOLE, record_trouble
+
+    client = logged_in(operated, OPERATOR)
+    with workspaces.using(workspaces.Workspace("acme", "http://unused.invalid/", "")):
+        record_trouble(redis.Redis.from_url(redis_url), WHOLE, InLooxError("401 Unauthorized: the token is not valid"),
+                       now=datetime.now(timezone.utc))
+    row = workspace_row(page(client, "/ui/workspaces"), "acme")
+    assert "no poll works: InLooxError: 401 Unauthorized: the token is not valid" in row, row
+    assert "no poll works" not in workspace_row(page(client, "/ui/workspaces"), "default")
+
+
 def test_a_workspace_admin_may_not_see_or_use_the_workspaces_page(operated):
     admin = logged_in(operated, ADMIN)
     assert admin.get("/ui/workspaces").status_code == 403

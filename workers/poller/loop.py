@@ -44,7 +44,7 @@ from workers.poller.poll import PollResult, PollSettings, poll_once, sweep_delet
 from workers.poller.pace import SetPace
 from workers.poller.settings import PollerSettings
 from workers import subscriptions, workspaces
-from workers.poller.status import PollRun, record_poll, record_watched
+from workers.poller.status import WHOLE, PollRun, record_poll, record_trouble, record_watched
 from workers.poller.scan import LeaseLost, scan_once
 from workers.registry import Leftovers, Served, Shard
 from workers.worker_context import WorkerContext, build_context, folder_stamp
@@ -256,6 +256,7 @@ def _poll_account(account: Account, poller: PollerSettings, me: str) -> None:
         watched = _watching(account, poller)
     except (InLooxError, redis.RedisError) as exc:
         log.warning("%s: cannot poll yet: %s", account.workspace.name, exc)
+        record_trouble(account.context.connection, WHOLE, exc, now=datetime.now(timezone.utc))
         return
     try:
         _cycle(account, watched, poller, sweep=sweep, me=me)
@@ -315,9 +316,11 @@ def _cycle(account: Account, watched: dict, poller: PollerSettings, *, sweep: bo
         except (InLooxError, redis.RedisError) as exc:
             _retry_soon(pace)
             log.warning("%s: poll %s failed, will retry: %s", account.workspace.name, entity_set, exc)
-        except Exception:  # noqa: BLE001 - an answer nobody foresaw (or a bug): this set's failure alone
+            record_trouble(connection, entity_set, exc, now=datetime.now(timezone.utc))
+        except Exception as exc:  # noqa: BLE001 - an answer nobody foresaw (or a bug): this set's failure alone
             _retry_soon(pace)
             log.exception("%s: poll %s failed, will retry", account.workspace.name, entity_set)
+            record_trouble(connection, entity_set, exc, now=datetime.now(timezone.utc))
     if due and (account.scanning is None or not account.scanning.is_alive()):
         account.scanning = threading.Thread(target=_scans, args=(account, due, poller, me), daemon=True,
                                             name=f"scan-{account.workspace.name}")
@@ -340,9 +343,11 @@ def _scans(account: Account, due: list, poller: PollerSettings, me: str) -> None
             except (InLooxError, redis.RedisError) as exc:
                 _scan_again_soon(account, scan, poller)
                 log.warning("%s: scan %s failed, will retry: %s", account.workspace.name, scan.entity_set, exc)
-            except Exception:  # noqa: BLE001 - as in _cycle: the scans due after it still run
+                record_trouble(account.context.connection, scan.entity_set, exc, now=datetime.now(timezone.utc))
+            except Exception as exc:  # noqa: BLE001 - as in _cycle: the scans due after it still run
                 _scan_again_soon(account, scan, poller)
                 log.exception("%s: scan %s failed, will retry", account.workspace.name, scan.entity_set)
+                record_trouble(account.context.connection, scan.entity_set, exc, now=datetime.now(timezone.utc))
 
 
 def _scan_again_soon(account: Account, scan: Scan, poller: PollerSettings) -> None:

@@ -5,7 +5,10 @@ The poller writes `poll:<Set>:last` (a hash: when the poll started and ended, by
 `poll:watched` (JSON: the sets its rules watch now) when that changes, and `poll:recent` (the last
 RECENT_POLLS "<poller> <when>" entries, newest first: which poller owned the workspace when, for
 operators chasing a stuck or double poll); the cursor and the held floods are the poller's own
-keys (see `workers.poller.snapshots`, `workers.poller.poll`).
+keys (see `workers.poller.snapshots`, `workers.poller.poll`). `poll:trouble` (a hash: entity set, or
+WHOLE for all of the workspace's polls, → JSON {since, at, error}) says which polls fail now and why
+(an InLoox that refuses the workspace's token, say): written at each failure, cleared by the next
+complete poll.
 
 Lag is how stale our view of InLoox is: now − the start of the last complete poll of the set.
 Whatever changed before that start has been seen; an idle account keeps it under a few intervals
@@ -25,6 +28,10 @@ from engine.edm import parse_datetime
 from inloox.changes import CHANGE_FEEDS, scan_requests
 from workers import metrics
 from workers.workspaces import key
+
+TROUBLE = "poll:trouble"
+WHOLE = "*"  # every poll of the workspace failed before any set's own (InLoox would not say who we are, say)
+ERROR_CHARS = 300  # of a failure's text kept (an InLoox answer's text is in it: another party's bytes)
 
 # Enough to see a handover, or two pollers taking turns: about a minute of an active workspace's
 # polls, half an hour of an idle one's. Every workspace keeps its own list: 200 took ~9 KB each.
@@ -55,9 +62,41 @@ def record_poll(connection: redis.Redis, result, run: PollRun, *, poller: str = 
             "seconds": f"{run.seconds:.3f}",
             "requests": run.requests, "rows": result.rows, "events": len(result.accepted), "held": result.held})
         metrics.count(pipe, "polls", entity_set=result.entity_set)
+        pipe.hdel(key(TROUBLE), result.entity_set, WHOLE)  # polling works again (one command more in this round trip)
         if result.held:
             metrics.count(pipe, "held_changes", result.held, entity_set=result.entity_set)
         pipe.execute()
+
+
+def record_trouble(connection: redis.Redis, entity_set: str, error: BaseException, *, now: datetime) -> None:
+    """Keep that polling `entity_set` (WHOLE: the workspace) failed now, and why, until a poll of it completes; count
+    it. `since` stays the first failure's time. Redis away (the failure itself, perhaps): the log says it."""
+    # Printable characters only: a terminal shows it (`flask poller status`), and InLoox's answer may be in it.
+    text = "".join(c if c.isprintable() else " " for c in f"{type(error).__name__}: {error}")
+    text = text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 1] + "…"
+    try:
+        earlier = _trouble(connection.hget(key(TROUBLE), entity_set))
+        since = earlier.get("since") or now.isoformat()
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.hset(key(TROUBLE), entity_set, json.dumps({"since": since, "at": now.isoformat(), "error": text}))
+            metrics.count(pipe, "poll_failures", entity_set=entity_set)
+            pipe.execute()
+    except redis.RedisError:
+        pass
+
+
+def troubles(connection: redis.Redis) -> dict[str, dict]:
+    """Entity set (or WHOLE) → {since, at, error} of the polls failing now."""
+    found = {k.decode(): _trouble(v) for k, v in connection.hgetall(key(TROUBLE)).items()}
+    return {name: trouble for name, trouble in found.items() if trouble}
+
+
+def _trouble(raw: bytes | None) -> dict:
+    try:
+        found = json.loads(raw) if raw else {}
+    except ValueError:  # damaged: read as no trouble; the next failure writes it whole again
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def record_watched(connection: redis.Redis, entity_sets: Iterable[str]) -> None:
@@ -76,15 +115,18 @@ def poll_status(connection: redis.Redis, *, now: datetime) -> list[dict]:
             pipe.llen(key(f"poll:{name}:held"))
             pipe.hlen(key(f"poll:{name}:snap"))
             pipe.hgetall(key(f"poll:{name}:last"))
-        replies = pipe.execute()
+        pipe.hgetall(key(TROUBLE))
+        *replies, failing = pipe.execute()
+    failing = {k.decode(): _trouble(v) for k, v in failing.items()}
     status = []
     for index, name in enumerate(names):
         cursor, held, known, last = replies[4 * index:4 * index + 4]
-        if cursor is None and not held:
+        if cursor is None and not held and not failing.get(name):  # never polled (a set failing from the start is)
             continue
         last = {k.decode(): v.decode() for k, v in last.items()}
-        status.append(_entry(name, cursor.decode() if cursor else None, held, known, last,
-                             watched=name in watched or not recorded, now=now))
+        status.append({**_entry(name, cursor.decode() if cursor else None, held, known, last,
+                                watched=name in watched or not recorded, now=now),
+                       "failing": failing.get(name) or None})
     return status
 
 
