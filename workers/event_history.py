@@ -98,7 +98,7 @@ def history(connection: redis.Redis, *, since: float | None = None, source: str 
         if not page:
             break
         looked += len(page)
-        entries = [e for i, f in page if (e := eventlog.readable(i, f)) is not None]
+        entries = [eventlog.shown(i, f) for i, f in page]  # a damaged one shown as such, with its trace's error
         entries = [e for e in entries if (not source or e.event.get("source") == source)
                    and (not kind or e.event.get("kind") == kind)]
         for logged in _with_outcomes(connection, entries, handled):
@@ -112,6 +112,8 @@ def find(connection: redis.Redis, wanted: str) -> LoggedEvent | None:
     """The logged event with this event id (or stream entry id), with its whole trace; None if not kept."""
     stream = eventlog.stream_key()
     entry_id = wanted if _is_entry_id(wanted) else None
+    standing_in = wanted.removeprefix(f"{eventlog.DAMAGED}:")  # a damaged entry's stand-in names its place
+    entry_id = entry_id or (standing_in if _is_entry_id(standing_in) else None)
     trace = None if entry_id else load_trace(connection, wanted)
     if trace is not None and trace.get("entry"):
         entry_id = trace["entry"]
@@ -198,7 +200,7 @@ def _outcome(entry: eventlog.Entry, trace: dict | None, handled: bool) -> Logged
 
 def _entry_at(connection: redis.Redis, stream: str, entry_id: str) -> eventlog.Entry | None:
     found = connection.xrange(stream, min=entry_id, max=entry_id, count=1)
-    return eventlog.readable(*found[0]) if found else None
+    return eventlog.shown(*found[0]) if found else None
 
 
 def _search(connection: redis.Redis, stream: str, event_ids: set[str]) -> dict[str, eventlog.Entry]:

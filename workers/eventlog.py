@@ -252,7 +252,8 @@ def claim_stale(connection: redis.Redis, stream: str, consumer: str, *, min_idle
                 count: int) -> list[tuple[Entry | None, str, int]]:
     """Take over entries another worker got but has not acknowledged for `min_idle_ms`.
 
-    Returns (entry, id, times delivered before); the entry is None when it was trimmed meanwhile.
+    Returns (entry, id, times delivered before); the entry is None when it was trimmed meanwhile, a stand-in
+    (`damaged`) when it cannot be decoded: given up on, with a trace that says so.
     """
     stale = connection.xpending_range(stream, GROUP, min="-", max="+", count=count, idle=min_idle_ms)
     if not stale:
@@ -265,7 +266,8 @@ def claim_stale(connection: redis.Redis, stream: str, consumer: str, *, min_idle
         if entry_id not in claimed and not _claimed_by(item, consumer):
             continue  # another worker took it first
         fields = claimed.get(entry_id)
-        result.append((readable(entry_id, fields) if fields else None, entry_id, int(item["times_delivered"])))
+        entry = (readable(entry_id, fields) or damaged(entry_id)) if fields else None
+        result.append((entry, entry_id, int(item["times_delivered"])))
     return result
 
 
@@ -355,26 +357,44 @@ def encode(event: dict) -> bytes:
     return runs.compress_small(json.dumps(event, separators=(",", ":"), default=str).encode())
 
 
+DAMAGED = "damaged"  # the source, and the event id's prefix, of an entry that cannot be decoded (`damaged`)
+
+
 def decode_entry(entry_id, fields: dict) -> Entry:
     return Entry(as_text(entry_id), json.loads(zlib.decompress(fields[b"z"])))
 
 
-def readable(entry_id, fields: dict) -> Entry | None:
-    """The entry, or None when it cannot be decoded (damaged, or written by no web of ours): logged by its id.
+def readable(entry_id, fields: dict, *, told: bool = True) -> Entry | None:
+    """The entry, or None when it cannot be decoded (damaged, or written by no web of ours): logged by its id
+    (`told`).
 
     Every read of the log goes through here. Raised, it failed the whole read or claim that brought it, and so every
     good entry beside it, at every claim again; the web's pages and replays of the log answered 500. Left out of a
-    worker's read it stays pending, and the claim that takes it over gives up on it as on a trimmed one.
+    worker's read it stays pending, and the claim that takes it over gives up on it, keeping a trace that says so
+    under its stand-in's id (`damaged`).
     """
     try:
         entry = decode_entry(entry_id, fields)
     except (KeyError, ValueError, zlib.error):  # ValueError: JSON's and UTF-8's errors
         entry = None
     if entry is None or not isinstance(entry.event, dict):
-        log.error("event entry %s cannot be decoded; it is left out (and given up on when a worker claims it)",
-                  as_text(entry_id))
+        if told:
+            log.error("event entry %s cannot be decoded; it is left out (and given up on when a worker claims it)",
+                      as_text(entry_id))
         return None
     return entry
+
+
+def shown(entry_id, fields: dict) -> Entry:
+    """The entry as a person's listing of the log shows it: a stand-in (`damaged`) when it cannot be decoded."""
+    return readable(entry_id, fields, told=False) or damaged(entry_id)
+
+
+def damaged(entry_id) -> Entry:
+    """A stand-in for an entry that cannot be decoded, under the event id `damaged:<entry id>`: its trace (kept when
+    a worker gives up on it) and the event pages name it by that; nothing ever runs for it."""
+    entry_id = as_text(entry_id)
+    return Entry(entry_id, {"id": f"{DAMAGED}:{entry_id}", "source": DAMAGED, "kind": "entry", "damaged": True})
 
 
 def id_order(entry_id: str) -> tuple[int, int]:

@@ -334,10 +334,11 @@ def test_a_replay_since_a_time_with_too_many_events_is_refused_after_reading_one
     assert reads <= MAX_EVENTS // 1000 + 2, f"{reads} reads of the log for a replay it refused"
 
 
-def test_an_entry_that_cannot_be_read_is_left_out_of_every_page_and_replay_of_the_log(redis_url, app, client):
+def test_an_entry_that_cannot_be_read_is_shown_as_such_and_left_out_of_every_replay_of_the_log(redis_url, app, client):
     """One entry of the log no web of ours wrote (damaged, or not an event) failed every read of the log that met it:
     the events list, the dashboard's events page, an event's own page and replays answered 500 for as long as it was
-    kept. It is left out now (and logged by its id); the events beside it are listed and replayed."""
+    kept. The pages show it as a stand-in (`damaged:<entry>`, waiting until a worker gives up on it and keeps a trace
+    that says why); replays leave it out; the events beside it are listed and replayed."""
     connection = redis.Redis.from_url(redis_url)
     with workspaces.using(workspaces.Workspace("default", "http://unused", "unused")):
         _log(connection, _task_done("before", 1.0))
@@ -347,10 +348,15 @@ def test_an_entry_that_cannot_be_read_is_left_out_of_every_page_and_replay_of_th
         _log(connection, _task_done("after", 1.0))
 
     listed = client.get("/events", headers=ADMIN)
-    assert listed.status_code == 200 and [e["id"] for e in listed.get_json()["events"]] == ["after", "before"]
+    assert listed.status_code == 200
+    assert [e["id"] for e in listed.get_json()["events"]] == ["after"] + [f"damaged:{d}" for d in damaged[::-1]] + [
+        "before"]
+    assert {e["status"] for e in listed.get_json()["events"] if e["id"].startswith("damaged:")} == {"waiting"}
     assert client.get("/ui/events", headers=ADMIN).status_code == 200
     assert client.get("/events/after", headers=ADMIN).status_code == 200
-    assert [client.get(f"/events/{entry}", headers=ADMIN).status_code for entry in damaged] == [404] * 3
+    shown = [client.get(f"/events/{entry}", headers=ADMIN) for entry in damaged]
+    assert [(a.status_code, a.get_json()["event"]["source"]) for a in shown] == [(200, "damaged")] * 3
+    assert client.get(f"/events/damaged:{damaged[0]}", headers=ADMIN).status_code == 200  # as the events page links it
     replay = client.post("/events/replay", json={"since": "10m", "dry_run": True}, headers=ADMIN)
     assert replay.status_code == 200 and replay.get_json()["events"] == 2, replay.text[:300]
     named = client.post("/events/replay", json={"events": ["before"], "dry_run": True}, headers=ADMIN)

@@ -160,4 +160,17 @@ def test_an_entry_that_cannot_be_decoded_holds_up_no_event_read_with_it_and_is_g
     # Idle long enough to be claimed at the worker's next look (CLAIM_IDLE passed, as 20 s on would have it).
     connection.xclaim(stream, eventlog.GROUP, "another-worker", 0, [damaged], idle=600_000)
     wait_until(lambda: not connection.xpending(stream, eventlog.GROUP)["pending"], 10, "the damaged entry given up on")
-    assert f"event entry {damaged} (default) given up" in worker.output()
+    wait_until(lambda: f"event entry {damaged} (default) given up" in worker.output(), 5, "the give-up logged")
+    # It ends in a trace of its own, as every event that cannot be handled does: before, in the worker's log alone,
+    # and the log's listings left it out (a person saw nothing of it).
+    from app import create_app
+
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": sandbox.token, "RULES_PATH": str(rules_dir)})
+    listed = app.test_client().get("/events?limit=5").get_json()["events"]
+    [shown] = [e for e in listed if e["entry"] == damaged]
+    assert shown["id"] == f"damaged:{damaged}" and shown["status"] == "not handled"
+    assert shown["error"].startswith("this entry of the event log cannot be decoded")
+    assert "cannot be decoded" in app.test_cli_runner().invoke(args=["events", "show", damaged]).output
+    page = app.test_client().get(f"/ui/events/damaged:{damaged}").get_data(as_text=True)
+    assert "cannot be decoded" in page

@@ -704,7 +704,7 @@ class EventConsumer:
                                        min_idle_ms=int(CLAIM_IDLE * 1000), count=count)
         taken = []
         for entry, entry_id, deliveries in claimed:
-            if entry is None or deliveries >= MAX_DELIVERIES:
+            if entry is None or entry.event.get("damaged") or deliveries >= MAX_DELIVERIES:
                 _give_up(self.connection, stream, entry, entry_id, deliveries)
                 continue
             log.warning("event %s (%s): taken over from a worker that did not finish it (delivery %d)",
@@ -745,12 +745,15 @@ def _in_turns(batch: list[tuple[str, object]]) -> list[tuple[str, object]]:
 
 
 def _give_up(connection: redis.Redis, stream: _Stream, entry: Entry | None, entry_id: str, deliveries: int) -> None:
-    """Acknowledge an entry that failed every delivery (or was trimmed), keeping a trace that says so."""
+    """Acknowledge an entry that failed every delivery (or was trimmed, or cannot be decoded), keeping a trace that
+    says so: one that cannot be decoded, under its stand-in's id (eventlog.damaged), which the event pages show."""
+    damaged = entry is not None and entry.event.get("damaged")
+    why = ("this entry of the event log cannot be decoded (damaged, or written by no web of ours): nothing ran"
+           if damaged else f"not handled after {deliveries} deliveries; see the workers' logs")
     if entry is not None:
         try:
-            recovery.record_unhandled(connection, worker_context(stream.workspace).workspace, entry.event,
-                                      f"not handled after {deliveries} deliveries; see the workers' logs",
-                                      entry_id=entry_id, keep_error=True)
+            recovery.record_unhandled(connection, worker_context(stream.workspace).workspace, entry.event, why,
+                                      entry_id=entry_id, keep_error=not damaged)
         except redis.RedisError:
             raise  # acknowledged at a later turn, once Redis answers
         except Exception:  # even its trace cannot be kept: the log line is all there is
