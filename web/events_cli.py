@@ -23,7 +23,8 @@ events_cli = AppGroup("events", help="The event log: list and inspect accepted e
 @events_cli.command("list")
 @cli_workspace
 @click.option("--since", help="Only events accepted this long ago or later (10m, 1h, 7d).")
-@click.option("--source", help="Only events of this source (inloox, webhook, chat, schedule, manual).")
+@click.option("--source", help="Only events of this source (inloox, webhook, chat, schedule, manual; damaged: entries "
+                                "that cannot be decoded).")
 @click.option("--kind", help="Only events of this kind (updated, a hook's name, a command …).")
 @click.option("--unmatched", is_flag=True, help="Only events no rule ran for (unmatched or not handled).")
 @click.option("--limit", default=50, show_default=True)
