@@ -212,7 +212,8 @@ def test_a_log_purged_under_the_reader_stops_no_other_workspaces_events_and_is_n
     the next turn; a workspace the registry no longer serves does not have its log made again."""
     from workers import consumer
 
-    monkeypatch.setattr(consumer, "GONE_SECONDS", 0.2, raising=False)  # looked at again, and found still not served, in this test
+    # Looked at again, and found still not served, within this test.
+    monkeypatch.setattr(consumer, "GONE_SECONDS", 0.2, raising=False)
     gone = eventlog.stream_key("deleted")
     for key in (eventlog.stream_key("default"), gone):
         eventlog.ensure_group(connection, key)

@@ -43,9 +43,9 @@ died long after its event, a run waiting over a limit raised meanwhile): ≤ 30 
 One workspace's log that Redis refuses (WRONGTYPE: something else written under its key) is set aside for
 REFUSED_SECONDS and the others are read meanwhile (one read covers them all, and that one log failed it for every
 workspace); one whose log is gone under a read (its workspace deleted, the worker not told yet) is set aside for
-GONE_SECONDS, and made again only if its workspace is still served then; housekeeping of one workspace that fails other than by an outage is logged, and the others are looked
-after all the same. A Redis outage pauses the loop with backoff; nothing is acknowledged that was not handled. Once Redis
-answers again, the loop gives back the run locks of attempts the outage cut short (workers/recovery.py)
+GONE_SECONDS, and made again only if its workspace is still served then; housekeeping of one workspace that fails
+other than by an outage is logged, and the others are looked after all the same. A Redis outage pauses the loop with
+backoff; nothing is acknowledged that was not handled. Once Redis answers again, the loop gives back the run locks of attempts the outage cut short (workers/recovery.py)
 and hands out again, at once, the events whose handling it cut short (rather than CLAIM_IDLE later).
 Of the threads in flight, at most a few run this process's own work at once; the others wait for
 answers or for a place (gate.py).
@@ -595,7 +595,8 @@ class EventConsumer:
     def refused(self) -> list[str]:
         """The workspaces whose event log is set aside now (Redis refused it), by name."""
         now = time.monotonic()
-        return sorted(stream.workspace for stream in self.streams.values() if stream.refused_until > now and not stream.gone)
+        return sorted(stream.workspace for stream in self.streams.values()
+                      if stream.refused_until > now and not stream.gone)
 
     def _refused(self, keys: list[str], error: redis.ResponseError) -> bool:
         """After `error` from a command on the logs `keys`: set aside those of another type than a stream, which
