@@ -2,7 +2,7 @@
 
 POST/GET/DELETE /_sandbox/faults, DELETE /_sandbox/faults/<id>, POST /_sandbox/reset,
 GET/DELETE /_sandbox/requests, GET /_sandbox/notes[?object_id=], GET /_sandbox/health,
-POST /_sandbox/users (another person with a token of their own).
+POST /_sandbox/users (another person with a token of their own), PUT /_sandbox/paging (keyset or skip).
 """
 from __future__ import annotations
 
@@ -68,6 +68,16 @@ def reset():
     seed = _body().get("seed", "empty")
     get_sandbox().reset(seed)
     return json_response({"seed": seed})
+
+
+@bp.put("/paging")
+def set_paging():
+    """How nextLinks go on: {"by": "keyset"} (the default, back at each reset) or {"by": "skip"}."""
+    by = _body().get("by")
+    if by not in ("keyset", "skip"):
+        raise BadRequest("'by' must be \"keyset\" or \"skip\"", target="by")
+    get_sandbox().paging["by"] = by
+    return json_response({"by": by})
 
 
 @bp.post("/users")

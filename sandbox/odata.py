@@ -159,7 +159,8 @@ def _collection(sandbox, target):
     if _method() != "GET":
         raise MethodNotAllowed(f"{request.method} is not allowed on the collection {entity_set.name}")
     query = queries.parse_query(request.args, sandbox.store.columns(entity_set.name))
-    rows, position, total = queries.read_page(sandbox.store, entity_set.name, query)
+    rows, position, total = queries.read_page(sandbox.store, entity_set.name, query,
+                                              keyset_allowed=sandbox.paging["by"] != "skip")
     payload = {"@odata.context": f"{_base_url()}$metadata#{entity_set.name}"}
     if total is not None:
         payload["@odata.count"] = total

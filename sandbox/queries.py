@@ -85,10 +85,14 @@ def _count_option(args, name: str) -> int | None:
     return int(text)
 
 
-def read_page(store: Store, set_name: str, query: Query) -> tuple[list[dict], dict | None, int | None]:
-    """One page of rows, the arguments for the next page (or None) and the total if `$count=true`."""
+def read_page(store: Store, set_name: str, query: Query, *, keyset_allowed: bool = True
+              ) -> tuple[list[dict], dict | None, int | None]:
+    """One page of rows, the arguments for the next page (or None) and the total if `$count=true`.
+
+    `keyset_allowed=False` pages every order by $skip, as a server that knows no other way."""
     order = _full_order(query, store.metadata.entity_sets[set_name].key)
-    keyset = len(order) <= 2 and len({d for _, d in order}) == 1 and (len(order) == 1 or not query.order[1:])
+    keyset = keyset_allowed and len(order) <= 2 and len({d for _, d in order}) == 1 and (
+        len(order) == 1 or not query.order[1:])
     where, params = _conditions(query, order if keyset else None)
     limit = PAGE_SIZE if query.top is None else min(PAGE_SIZE, query.top)
     extra = [c for c, _ in order if c not in query.select]  # fetched for the next $skiptoken only

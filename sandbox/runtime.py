@@ -25,6 +25,9 @@ class Sandbox:
     user: str = ME_ID
     users: dict[str, str] = field(default_factory=dict)  # extra token → ContactId (other people)
     people: dict[str, tuple[str, str]] = field(default_factory=dict)  # token → name, from the command line
+    # How nextLinks go on: "keyset" (after the last row's order values, when the order allows) or "skip" (an
+    # OFFSET, as an OData server that pages by $skip does: a row that moves ahead meanwhile shifts the rest).
+    paging: dict = field(default_factory=lambda: {"by": "keyset"})
 
     def __post_init__(self):
         self._add_people()
@@ -38,7 +41,7 @@ class Sandbox:
         return found
 
     def reset(self, seed: str) -> None:
-        """Clear data, notes, faults, extra tokens and the request log, then load `seed`.
+        """Clear data, notes, faults, extra tokens, the request log and the paging style, then load `seed`.
 
         An unknown seed raises BadRequest before anything is cleared."""
         check_seed(seed)
@@ -46,6 +49,7 @@ class Sandbox:
         self.log.clear()
         self.users.clear()
         self.store.clear()
+        self.paging["by"] = "keyset"
         plant(self.store, seed)
         self._add_people()
 

@@ -45,6 +45,10 @@ class SandboxServer:
         """Clear data, faults, request log and notes; load `seed`."""
         self._admin("POST", "reset", json={"seed": seed})
 
+    def paging(self, by: str) -> None:
+        """Page nextLinks by "skip" (an OFFSET) or "keyset" (the default, back at each reset)."""
+        self._admin("PUT", "paging", json={"by": by})
+
     def fault(self, **rule) -> int:
         """Add a fault rule (see sandbox/faults.py); returns its id."""
         return self._admin("POST", "faults", json=rule).json()["id"]
