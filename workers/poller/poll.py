@@ -14,6 +14,7 @@ Sets without a change feed are scanned instead (workers/poller/scan.py), with th
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import reprlib
@@ -25,7 +26,7 @@ import redis
 from engine.diff import diff_snapshots
 from engine.edm import key_problem, parse_datetime, parse_instant
 from engine.events import Event
-from inloox import Client, InLooxError, eq, ge, or_
+from inloox import Client, InLooxError, and_, eq, ge, or_
 from inloox.changes import ChangeFeed, Stamp
 from inloox.metadata import load_metadata
 from workers import guards, workspaces
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 40  # keys per `or` filter when reading changed entities: keeps URLs well under 4 KB
 SELECT_LIMIT = 40  # more columns than this are read whole: a longer `$select` would make URLs too long
+PAGE = 100  # rows a poll reads before it asks for the next ones itself (InLoox's page: ../shared/inloox-api.md)
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,8 @@ def poll_once(client: Client, connection: redis.Redis, feed: ChangeFeed, fields:
     # in none of the rows that did not change, which the filter would not read: the first change of
     # such a row would find no `from` and fire nothing. So every row is read once, to learn it.
     learning = covered is None or not set(watched) <= set(covered)
-    answer = list(client.query(feed.view, filter=None if learning else or_(*(ge(s.column, since) for s in stamps)),
-                               select=_select(feed, watched, stamps), orderby=_order(feed, stamps)))
+    answer = _read(client, feed, stamps, None if learning else or_(*(ge(s.column, since) for s in stamps)),
+                   _select(feed, watched, stamps))
     recent, older = _split(feed, stamps, answer, since) if learning else (answer, [])
     rows, passed = _usable(feed, stamps, recent)
     result = PollResult(feed.entity_set, rows=len(answer))
@@ -142,6 +144,40 @@ def selection(columns: list[str]) -> list[str] | None:
     """`columns` once each for `$select`, or None (every column) when there are more than SELECT_LIMIT."""
     columns = list(dict.fromkeys(columns))
     return columns if len(columns) <= SELECT_LIMIT else None
+
+
+def _read(client: Client, feed: ChangeFeed, stamps: tuple[Stamp, ...], where, select: list[str] | None) -> list[dict]:
+    """The rows of a poll, in change-time order: each next page is asked for from the change time of the last row read
+    (`ge`: the rows of that instant come again, and are dropped), not through the server's nextLink.
+
+    A server that pages by $skip (an offset) lists the rows as they are at each page: a row of a page read already that
+    changes again meanwhile moves to the end, the rest slide back by one, and the row that slid into the page read
+    already is never listed; the cursor went on past it, and its change was lost. Asked for from the last change time,
+    the row that moved is read at the end and nothing slides. In key order (several stamps) a row keeps its place when
+    it changes; there, and for a run of PAGE rows or more with one change time (a bulk update: asked for from it, the
+    same page comes again), or a change time that is no instant, the server's own paging goes on.
+    """
+    def query(condition):
+        return client.query(feed.view, filter=condition, select=select, orderby=_order(feed, stamps))
+
+    pages = query(where)
+    if len(stamps) != 1:
+        return list(pages)
+    stamp, key = stamps[0].column, feed.column(feed.key)
+    rows, seen, since = [], set(), None
+    for _ in range(client.max_pages):
+        page = list(itertools.islice(pages, PAGE))
+        fresh = [row for row in page if (str(row.get(key)), str(row.get(stamp))) not in seen]
+        rows += fresh
+        seen.update((str(row.get(key)), str(row.get(stamp))) for row in fresh)
+        if len(page) < PAGE:
+            return rows
+        last = parse_instant(page[-1][stamp]) if isinstance(page[-1].get(stamp), str) else None
+        if last is None or not fresh or (since is not None and last <= since):
+            return rows + [row for row in pages if (str(row.get(key)), str(row.get(stamp))) not in seen]
+        since = last
+        pages = query(ge(stamp, last) if where is None else and_(where, ge(stamp, last)))
+    raise InLooxError(f"a poll of {feed.view} runs to more than {client.max_pages} pages")
 
 
 def _order(feed: ChangeFeed, stamps: tuple[Stamp, ...]) -> list[str]:
