@@ -181,6 +181,34 @@ def test_no_change_is_lost_when_inloox_pages_by_skip_and_a_row_read_already_chan
     assert sorted(done) == sorted(tasks)  # each task's change once: none lost, none twice
 
 
+def test_a_baseline_read_while_a_row_changes_on_a_skip_paging_inloox_takes_no_task_for_created_later(
+        sandbox, connection, project, spoiler):
+    """The baseline reads every row, page after page, in change-time order, and a row without a snapshot is a created
+    entity at its next change (`on: created` rules write for it). On a server that pages by $skip, the row that slid
+    into a page read already, while a person changed a row of it, had none: an old task, "created"."""
+    settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)
+    sandbox.paging("skip")
+    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
+    key = TASKS.column(TASKS.key)
+    touched = []
+
+    def meanwhile(answer: dict) -> dict:
+        if not touched and answer.get("value"):
+            touched.append(answer["value"][0][key])
+            assert sandbox.patch(f"Task({touched[0]})", json={"Name": "Renamed meanwhile"}).ok
+        return answer
+
+    with Client(spoiler.url, sandbox.token) as client:
+        spoiler.spoil("DynamicTaskItem", meanwhile)
+        assert poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings).baseline
+        spoiler.spoils.clear()
+        for task in tasks:
+            assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
+        poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+    assert touched
+    assert sorted((e["kind"], e["key"]) for e in queued(connection)) == sorted(("updated", t) for t in tasks)
+
+
 def test_a_bulk_update_of_more_rows_than_a_page_with_one_change_time_is_read_whole(sandbox, connection, project,
                                                                                      spoiler):
     """Asked for from the last row's change time, a page of rows that all share it comes again, and again: a bulk
