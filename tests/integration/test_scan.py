@@ -53,6 +53,39 @@ def test_the_first_scan_remembers_every_row_and_fires_nothing(sandbox, scans, co
     assert queued(connection) == []
 
 
+def test_a_row_deleted_during_the_first_scan_of_a_skip_paging_inloox_leaves_no_other_taken_for_created_later(
+        sandbox, connection):
+    """The first scan reads the set in key order, page after page. On a server that pages by $skip, a row deleted from a
+    page read already makes the rest slide back by one, and the row that slid into that page was never listed: it had
+    no snapshot, and the next scan took the old contact for a created one (`on: created` rules wrote for it). The
+    first scan now reads the set twice, and keeps every row either read found."""
+    from inloox import Client
+    from tests.support.hostile import Spoiler
+
+    sandbox.paging("skip")
+    for n in range(150):
+        make(sandbox, "Contact", DisplayName=f"Person {n}", Email=f"p{n}@example.com")
+    gone = []
+
+    def meanwhile(answer: dict) -> dict:
+        if not gone and answer.get("value"):  # between the first page and the second, a person deletes a contact
+            gone.append(answer["value"][0]["ContactId"])
+            assert sandbox.delete(f"Contact({gone[0]})").status_code == 204
+        return answer
+
+    spoiler = Spoiler(sandbox.base_url)
+    try:
+        with Client(spoiler.url, sandbox.token) as client:
+            spoiler.spoil("Contact", meanwhile)
+            assert scan_once(client, connection, CONTACTS, frozenset({"Email"}), now=datetime.now(timezone.utc)).baseline
+            spoiler.spoils.clear()
+            scan_once(client, connection, CONTACTS, frozenset({"Email"}), now=datetime.now(timezone.utc))
+    finally:
+        spoiler.stop()
+    assert gone
+    assert [(e["kind"], e["key"]) for e in queued(connection)] == [("deleted", gone[0])]
+
+
 def test_a_changed_field_becomes_one_updated_event_with_from_and_to(sandbox, scans, connection):
     contact = make(sandbox, "Contact", DisplayName="Brigitte Koch", Email="brigitte@example.com")["ContactId"]
     scans(CONTACTS, frozenset({"Email"}))

@@ -4,7 +4,8 @@ A scan reads every row of the set, the key and the watched fields only (`$select
 a request, following @odata.nextLink, and compares each row with its snapshot from the previous
 scan: a new key is `created`, a changed watched field `updated`, a key no longer listed `deleted`.
 A missing key is first looked up again by key, because a page boundary that moved under a delete
-elsewhere can hide a row that still exists. Events carry `changes` exactly as the change feeds' do
+elsewhere can hide a row that still exists; the first scan (the baseline) reads the set twice, for
+the same reason. Events carry `changes` exactly as the change feeds' do
 (workers/poller/poll.py) and go through the same intake: the first scan is a silent baseline, more changes
 than the flood limit are held for a person, and each event is accepted in the transaction that
 stores its entity's new snapshot. Nothing is kept of a scan whose lease was lost on the way.
@@ -72,6 +73,12 @@ def scan_once(client: Client, connection: redis.Redis, scan: Scan, fields: froze
     baseline = previous is None
     known = store.keys()  # before reading: a row created during the scan is never taken for a deleted one
     rows = _read(client, scan, watched, keep_lease)
+    if baseline:
+        # Read twice, every row either read found kept (the second's when both did): on a server that pages by
+        # $skip, a row deleted from a page read already makes the row behind it slide into that page, unseen; with no
+        # snapshot, the next scan would take it for a created entity (`on: created` rules write for it). A later scan
+        # looks up again what it misses; the first has nothing to look up against. Paid once per set.
+        rows |= _read(client, scan, watched, keep_lease)
     snapshots = {key: _snapshot(scan, watched, row) for key, row in rows.items()}
     if baseline:
         _keep(keep_lease)
