@@ -68,6 +68,10 @@ def verify_slack(body: bytes, headers: Mapping[str, str], secret: str, *, now: f
     stamp, signature = headers.get("X-Slack-Request-Timestamp"), headers.get("X-Slack-Signature")
     if not stamp or not signature:
         raise SignatureError("missing X-Slack-Request-Timestamp or X-Slack-Signature")
+    if not signature.isascii():
+        # The verifier's compare_digest raises TypeError on str with non-ASCII text (a 500), and the header is
+        # the sender's: ours is "v0=" and hex, so one that is not ASCII is a bad signature.
+        raise SignatureError("bad signature or timestamp more than 300 s off")
     # The verifier compares in constant time and refuses timestamps more than five minutes off. Imported
     # here: slack_sdk costs a web process 1.4 MB, for a route only Slack's commands use.
     from slack_sdk.signature import SignatureVerifier

@@ -164,6 +164,15 @@ def test_slack_endpoint_checks_the_signature_and_its_age(chat_app, age, tamper, 
     assert chat_app.test_client().post("/chat/slack", data=sent, headers=headers).status_code == status
 
 
+@pytest.mark.parametrize("path", ["/chat/slack", "/chat/slack/interactive"])
+def test_a_slack_signature_that_is_not_ascii_is_401(chat_app, path):
+    # Unsigned, with a fresh timestamp: the verifier's compare_digest raised TypeError on it, a 500 for anyone.
+    body = slack_body("help")
+    headers = {**slack_headers(body), "X-Slack-Signature": "v0=\xe9"}  # the header's bytes, read as Latin-1
+    response = chat_app.test_client().post(path, data=body, headers=headers)
+    assert response.status_code == 401 and "Slack signature rejected" in response.json["error"]["message"]
+
+
 def test_slack_endpoint_without_signature_headers_is_401(chat_app):
     response = chat_app.test_client().post("/chat/slack", data=slack_body("help"),
                                            headers={"content-type": "application/x-www-form-urlencoded"})
