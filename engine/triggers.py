@@ -9,6 +9,7 @@ Kinds:
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -302,7 +303,10 @@ def _compile_chat(config, path, comp):
 
     def arguments(event: Event) -> dict | None:
         m = pattern.match(str(event.payload.get("text", "")).strip())
-        return None if m is None else {k: _number(v) if k in numbers else v for k, v in m.groupdict().items()}
+        if m is None:
+            return None
+        args = {k: _number(v) if k in numbers else v for k, v in m.groupdict().items()}
+        return None if any(v is None for v in args.values()) else args
 
     def check(event: Event):
         wrong = _identity(event, "chat", command, f"chat command {command}", path)
@@ -314,8 +318,15 @@ def _compile_chat(config, path, comp):
     return Trigger("chat", f"chat {usage}", (("chat", command),), Scope({"chat": Root("free")}), check, bind)
 
 
-def _number(text: str) -> int | float:
-    return float(text) if "." in text else int(text)
+def _number(text: str) -> int | float | None:
+    """The number typed, or None when it is beyond a number's range (about ±1.8e308, as engine.bodies takes): the
+    text does not fit. int() refused over 4,300 digits with a ValueError (a chat command answered 500), and
+    float() made a 400-digit decimal infinity."""
+    try:
+        value = float(text) if "." in text else int(text)
+        return value if math.isfinite(value) else None  # an int too large for a float raises OverflowError
+    except (ValueError, OverflowError):
+        return None
 
 
 def _rule_keys(event: Event) -> list[IndexKey]:

@@ -194,6 +194,15 @@ def test_a_command_that_does_not_fit_its_pattern_gets_its_usage(slack):
     assert "/inloox log <hours:number> <task>" in slack("log lots Write report").json["text"]
 
 
+@pytest.mark.parametrize("hours", ["1" * 5000, "1" * 400 + ".5"])
+def test_a_number_beyond_a_numbers_range_does_not_fit_its_pattern(slack, sandbox, redis_url, hours):
+    # 5,000 digits were a 500 (int() refuses over 4,300); a 400-digit decimal was stored as infinity hours.
+    task = make_task(sandbox, "Write report")
+    response = slack(f"log {hours} {task}")
+    assert response.status_code == 200
+    assert response.json["text"].startswith("That does not fit `log`") and queued_events(redis_url) == []
+
+
 def test_an_ambiguous_task_name_gets_a_pick_list_and_no_run(slack, sandbox, redis_url):
     first, second = make_task(sandbox, "Write report"), make_task(sandbox, "Write report draft")
     text = slack("done Write rep").json["text"]

@@ -122,6 +122,9 @@ def test_named_triggers_expose_their_payload(trigger, root):
     ("done <task>", "", None),
     ("log <hours:number> <task>", "1.5 Write it", {"hours": 1.5, "task": "Write it"}),
     ("log <hours:number> <task>", "lots Write it", None),
+    ("log <hours:number> <task>", "1" * 5000 + " Write it", None),        # int() refuses over 4,300 digits
+    ("log <hours:number> <task>", "1" * 400 + ".5 Write it", None),       # float() makes it infinity
+    ("log <hours:number> <task>", "-" + "9" * 309 + " Write it", None),   # beyond what a float (or JSON) holds
     ("move <task> to <column>", "spec to Review board", {"task": "spec", "column": "Review board"}),
     ("ping", "", {}),
 ])
