@@ -398,6 +398,19 @@ def test_a_signed_teams_activity_of_the_wrong_shape_is_a_400_naming_what(chat_ap
     assert queued_events(redis_url) == []
 
 
+def test_a_teams_text_of_unclosed_mentions_is_answered_at_once(chat_app, redis_url):
+    # Each "<at>" was tried to the end of the text for its "</at>": 15,000 of them took the process 5 s or more.
+    raw = json.dumps({"type": "message", "id": "act-at", "text": "<at>InLoox</at> help " + "<at>" * 15_000,
+                      "from": ANN}).encode()
+    began = time.monotonic()
+    response = chat_app.test_client().post("/chat/teams", data=raw, headers={"content-type": "application/json",
+                                                                             "Authorization": teams_auth(raw)})
+    took = time.monotonic() - began
+    assert response.status_code == 200 and "done <task>" in response.json["text"]
+    assert took < 1.5, f"{took:.1f} s"
+    assert queued_events(redis_url) == []
+
+
 def test_teams_commands_are_deduplicated_by_activity_id(chat_app, sandbox, redis_url):
     make_task(sandbox, "Write report")
     client = chat_app.test_client()
