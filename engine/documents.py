@@ -27,8 +27,8 @@ from .yaml_limits import CheckedParser, Refused
 Path = tuple  # a path into a document: keys and list indexes, e.g. ("then", 0, "values")
 
 MAX_NODES = 50_000  # values in one document once YAML aliases are expanded; rules have hundreds
-# Characters of text (keys and string values) a file may expand to through its aliases. A file
-# without aliases holds at most its own size, so 10× leaves room for anchors used as intended; the
+# Characters of text (keys and string values, plus one per value) a file may expand to through its
+# aliases. A file without aliases holds at most its own size, so 10× leaves room for anchors used as intended; the
 # floor keeps a small file free to reuse a paragraph, and the ceiling bounds what any one file costs
 # the process loading it: an alias repeats a string without copying it in YAML, but each use is a
 # copy once the document is plain data (and again in the rule's version hash and in schema checks).
@@ -142,6 +142,11 @@ def _plain(node: Any, path: Path, doc: Document, cost: _Expansion) -> Any:
 
 
 def _copy(node: Any, path: Path, doc: Document, cost: _Expansion) -> Any:
+    # Every value costs one character besides its text, as it takes at least one written out: an
+    # alias of numbers or lists spends no text, and MAX_NODES counts per document, so a file of
+    # thousands of small documents, each aliasing 49,999 numbers, was copied whole (10 KB: 1.7 million
+    # values, 3.5 s and 640 MB; a 1 MB upload would end the process).
+    cost.spend(1, doc, path)
     if isinstance(node, (CommentedMap, CommentedSeq)) and len(path) >= MAX_DEPTH:
         # The parser bounds the nesting as written; aliases can nest anchored values in each other past it.
         line, col = doc.locate(path)

@@ -280,6 +280,24 @@ def test_aliases_of_a_long_string_are_refused_at_the_alias_that_passes_the_limit
     assert peak < 20 * 1024 * 1024, f"loading took {peak / 2**20:.0f} MiB"
 
 
+def test_aliases_of_values_without_text_count_across_the_documents_of_a_file():
+    # 2.6 KB of YAML: ten documents each aliasing 42,000 numbers (under MAX_NODES per document, no
+    # text to spend) were 425,000 values and 150 MiB; a 1 MB upload of them would end the process.
+    level = lambda name, item: f"{name}: &{name} [" + ", ".join([item] * 20) + "]\n"
+    doc = ("id: r\nwhen: {manual: true}\nthen: [{notify: x, body: y}]\n"
+           + level("a", "1") + level("b", "*a") + level("c", "*b") + "d: [*c, *c, *c, *c]\n")
+    text = "---\n".join([doc] * 10)
+    tracemalloc.start()
+    try:
+        error = only_error(text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error.message == (f"the alias *c takes the file past {expansion_limit(text):,} characters "
+                             "once its YAML aliases are expanded"), error.format()
+    assert peak < 40 * 1024 * 1024, f"loading took {peak / 2**20:.0f} MiB"
+
+
 def test_aliases_used_as_intended_load():
     paragraph = "A long paragraph the team wants in several notifications. " * 20
     steps = "".join(f"  - notify: x\n    body: *p\n" for _ in range(20))

@@ -193,6 +193,8 @@ def test_nested_yaml_aliases_are_refused_before_they_expand():
     # 6 levels of 10 aliases each would be a million values from a few hundred bytes.
     levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [
         f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]" for prev, name in zip("abcde", "bcdef")]
-    ruleset = load_texts([("bomb.yaml", "\n".join(levels + ["id: bomb"]))])
+    # A long description lets the file's character budget (engine.documents.expansion_limit) pass the values'.
+    text = "\n".join(levels + ["id: bomb", "description: " + "d" * 20_000])
+    ruleset = load_texts([("bomb.yaml", text)])
     [error] = ruleset.errors
     assert error.file == "bomb.yaml" and "more than 50000 values" in error.message
