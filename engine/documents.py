@@ -224,8 +224,11 @@ def parse_documents(text: str | bytes, file: str) -> list[Document]:
         col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
         raise RuleError(f"the character U+{exc.character:04X} cannot appear in YAML text", file=file, line=line,
                         col=col, hint="remove it", detail=str(exc).replace("\n", " ")) from exc
-    except ValueError as exc:  # an explicit tag the value does not fit, e.g. `!!int x`
-        raise RuleError(f"a value does not fit its YAML tag: {exc}", file=file, hint="remove the tag (!!…)") from exc
+    except (ValueError, KeyError, IndexError) as exc:  # an explicit tag the value does not fit, e.g. `!!int x`
+        # ruamel's constructors raise a KeyError for `!!bool maybe` and an IndexError for `!!int 0x` or
+        # `!!float ''`: messages that say nothing to the person, so only a ValueError's is kept.
+        why = f": {exc}" if isinstance(exc, ValueError) else ""
+        raise RuleError(f"a value does not fit its YAML tag{why}", file=file, hint="remove the tag (!!…)") from exc
     cost = _Expansion(text, expansion_limit(text))
     docs = []
     for node in nodes:
