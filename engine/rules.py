@@ -319,8 +319,16 @@ def _check_options(d: dict, comp: Compilation, invalid: set[tuple]) -> None:
     for path in (("retry", "backoff"), ("rate_limit", "per")):
         section = d.get(path[0])
         value = section.get(path[1]) if isinstance(section, dict) else None
-        if value is not None and _untouched(path, invalid) and parse_duration(value) is None:
+        if value is None or not _untouched(path, invalid):
+            continue
+        duration = parse_duration(value)
+        if duration is None:
             comp.report(path, f"{value!r} is not a duration", hint="write e.g. 30s, 10m, 2h")
+        elif path[0] == "rate_limit" and not duration:  # `0s`, or under the microsecond a timedelta keeps
+            # The worker counts runs per window of this length (workers/guards.rate_wait): an empty one
+            # was a ZeroDivisionError in every run of the rule, each failing as an internal error.
+            comp.report(path, f"{value!r} is no time: a rate limit's window must be longer than 0s",
+                        hint="write e.g. 1m or 1h")
 
 
 def _compile_steps(configs: Any, comp: Compilation, invalid: set[tuple]) -> tuple[Step, ...]:

@@ -106,6 +106,8 @@ CASES = [
     ("key_not_a_guid", 5, 10, M + "then:\n  - inloox.delete: Task\n    key: 42-x\n", "'42-x' is not a valid Edm.Guid", ""),
     ("value_type", 5, 22, M + "then:\n  - inloox.create: Task\n    values: {IsDone: maybe}\n",
      "'maybe' is not a valid Edm.Boolean", ""),
+    ("empty_rate_window", 4, 27, M + N + "rate_limit: {max: 1, per: 0s}\n",
+     "'0s' is no time: a rate limit's window must be longer than 0s", "1m"),
     ("bad_regex", 4, 46, "id: a\nwhen: {webhook: x}\nif:\n  - {path: webhook.body.t, op: regex, value: \"(\"}\n" + N,
      "invalid regular expression", ""),
     ("regex_lookahead", 4, 46, "id: a\nwhen: {webhook: x}\nif:\n  - {path: webhook.body.t, op: regex, value: \"(?=a)\"}\n"
