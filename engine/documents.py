@@ -28,8 +28,8 @@ Path = tuple  # a path into a document: keys and list indexes, e.g. ("then", 0, 
 
 MAX_NODES = 50_000  # values in one document once YAML aliases are expanded; rules have hundreds
 # Characters of text (keys and string values, plus one per value) a file may expand to through its
-# aliases. A file without aliases holds at most its own size, so 10× leaves room for anchors used as intended; the
-# floor keeps a small file free to reuse a paragraph, and the ceiling bounds what any one file costs
+# aliases. A file without aliases holds at most its own size, so 10× leaves room for anchors used as
+# intended; the floor keeps a small file free to reuse a paragraph, and the ceiling bounds what any one file costs
 # the process loading it: an alias repeats a string without copying it in YAML, but each use is a
 # copy once the document is plain data (and again in the rule's version hash and in schema checks).
 EXPANSION_FACTOR = 10

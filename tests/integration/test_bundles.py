@@ -15,8 +15,8 @@ import redis as redis_lib
 
 from engine import load_rules
 from engine.bodies import MAX_DEPTH
-from workers.bundles import (MAX_BYTES, MAX_FILES, MAX_INFLATED, MAX_VERSIONS, BundleError, UnknownVersion, activate, active,
-                             active_number, parse_bundle, upload, versions)
+from workers.bundles import (MAX_BYTES, MAX_FILES, MAX_INFLATED, MAX_VERSIONS, BundleError, UnknownVersion, activate,
+                             active, active_number, parse_bundle, upload, versions)
 from workers.workspaces import Workspace
 
 RULES = Path(__file__).parents[2] / "rules"
