@@ -415,7 +415,6 @@ def test_readyz_is_not_ready_when_secrets_key_opens_no_workspace_of_the_registry
 
     client = api.test_client()
     create(client, "acme", sandbox)
-    ours = Keyring([api.config["SECRETS_KEY"]]).key_ids[0]
     wrong = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
                         "INLOOX_API_KEY": sandbox.token, "INLOOX_REQUESTS_PER_SECOND": "0",
                         "SECRETS_KEY": generate_key()})
