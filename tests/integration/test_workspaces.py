@@ -840,8 +840,9 @@ def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_queue
     started = time.monotonic()
     submit_forms(redis_url, served["quick"], 5, "q")
     wait_until(lambda: len(receiver.received) >= 5, 60, "the quick account's five messages")
-    # One after the other on RQ's loop, each of the five waited behind one 4 s retry of the other account (20 s).
-    assert time.monotonic() - started < 6, f"the quick account's queued runs took {time.monotonic() - started:.1f} s"
+    # One after the other on RQ's loop, each of the five waited behind one 4 s retry of the other account (20 s). A
+    # second or two now; 12 s leaves room for a crowded machine (6.7 s in a CI run beside other tests on 2 cores).
+    assert time.monotonic() - started < 12, f"the quick account's queued runs took {time.monotonic() - started:.1f} s"
     # Read alone while the other's queue waited for a place, none of its jobs is left in RQ's intermediate list.
     assert connection.lrange("rq:queue:quick:intermediate", 0, -1) == []
 
