@@ -179,6 +179,29 @@ def test_slack_endpoint_without_signature_headers_is_401(chat_app):
     assert response.status_code == 401
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_slacks_certificate_check_is_an_empty_200_that_does_nothing(chat_app, redis_url, signed):
+    # Slack checks the URL's certificate with `ssl_check=1` (and the legacy token), no command and no trigger_id;
+    # it wants a 200. That was a 400 "no trigger_id" signed, a 401 unsigned.
+    client, connection = chat_app.test_client(), redis.Redis.from_url(redis_url)
+    assert client.post("/chat/slack", data={"text": "help"}).status_code == 401  # the workspace registry is set up
+    before = set(connection.keys("*"))
+    body = urlencode({"ssl_check": "1", "token": "x"})
+    headers = slack_headers(body) if signed else {"content-type": "application/x-www-form-urlencoded"}
+    response = client.post("/chat/slack", data=body, headers=headers)
+    assert response.status_code == 200 and response.data == b""
+    assert set(connection.keys("*")) == before and queued_events(redis_url) == []
+
+
+@pytest.mark.parametrize("body", [urlencode({"ssl_check": "0", "token": "x"}), urlencode({"ssl_check": "yes"}),
+                                  slack_body("help") + "&ssl_check=0"])
+def test_an_unsigned_request_that_is_no_certificate_check_is_still_refused(chat_app, redis_url, body):
+    response = chat_app.test_client().post("/chat/slack", data=body,
+                                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 401 and "Slack signature rejected" in response.json["error"]["message"]
+    assert queued_events(redis_url) == []
+
+
 def test_an_unknown_command_gets_the_commands_the_rules_define(slack, redis_url):
     response = slack("frobnicate everything")
     assert response.status_code == 200 and response.json["response_type"] == "ephemeral"
