@@ -42,6 +42,10 @@ def slack():
     form = request.form
     if not form.get("trigger_id"):
         abort(400, "no trigger_id")
+    # Signed is not well-formed: the person's id keys their confirmation codes, and a code kept under an empty id
+    # would be confirmed by any other command that came without one.
+    if not form.get("user_id", "").strip():
+        abort(400, "no user_id")
     command = ChatCommand(
         surface="slack", request_id=form["trigger_id"], text=form.get("text", ""),
         user={"id": form.get("user_id", ""), "name": form.get("user_name", "")},

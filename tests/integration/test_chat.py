@@ -202,6 +202,17 @@ def test_an_unsigned_request_that_is_no_certificate_check_is_still_refused(chat_
     assert queued_events(redis_url) == []
 
 
+@pytest.mark.parametrize("user_id", [None, "", "  "])
+def test_a_signed_command_without_a_user_id_is_a_400_and_holds_nothing(chat_app, sandbox, redis_url, user_id):
+    # Codes are kept under the person's id: one kept under "" was anyone's without an id to confirm.
+    task = make_task(sandbox, "Old task")
+    body = slack_body(f"drop {task}", user_id=user_id or "")
+    body = body.replace("user_id=&", "") if user_id is None else body
+    response = chat_app.test_client().post("/chat/slack", data=body, headers=slack_headers(body))
+    assert response.status_code == 400 and "user_id" in response.json["error"]["message"]
+    assert redis.Redis.from_url(redis_url).keys("*chat:*") == [] and queued_events(redis_url) == []
+
+
 def test_an_unknown_command_gets_the_commands_the_rules_define(slack, redis_url):
     response = slack("frobnicate everything")
     assert response.status_code == 200 and response.json["response_type"] == "ephemeral"
@@ -351,6 +362,7 @@ def test_a_click_with_a_bad_signature_runs_nothing(chat_app, slack, sandbox, red
     (urlencode({"payload": "[1, 2]"}), "not a JSON object"),
     (urlencode({"payload": json.dumps({"type": "block_actions", "actions": []})}), "has no actions"),
     (urlencode({"text": "confirm 123456"}), "no 'payload' form field"),
+    (click_body("confirm", "123456", user_id=""), "names no user id"),
 ])
 def test_an_interaction_we_do_not_handle_is_a_400_naming_it(chat_app, redis_url, body, named):
     response = chat_app.test_client().post("/chat/slack/interactive", data=body, headers=slack_headers(body))
