@@ -12,6 +12,9 @@ from .rules import Ruleset
 WRITE_VERBS = ("create", "update", "delete", "invoke")
 # Commands the chat surfaces answer themselves; a rule cannot define them.
 BUILT_IN = {"help": "this list", "confirm <code>": "go ahead with a command that asked for it"}
+# How much of what a person typed a reply quotes back: a command's text may fill a 64 KiB request, and a reply
+# quoting it whole went past what Slack and Teams take in a message.
+ECHO_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ def help_text(ruleset: Ruleset, *, prefix: str = "", only: str | None = None) ->
     return "\n".join(lines) if lines else "No chat commands are defined."
 
 
+def excerpt(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` as a reply quotes it: whole up to `limit` characters, else its first `limit` and an ellipsis."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def confirmation_reason(plan: Plan) -> str | None:
     """Why the plan must be confirmed first (any delete, or writes to more than one entity), or None."""
     writes = [op for op in plan.operations if op.verb in WRITE_VERBS]
@@ -62,4 +70,5 @@ def _step_words(op) -> str:
     target = (op.params or {}).get("entity_set") or op.args.get(op.action) or op.action
     key = (op.params or {}).get("key")
     target = target if isinstance(target, str) and "{" not in target else op.action
-    return f"{op.verb} {target}" + (f" {key}" if key else "")
+    # The key may be rendered from what the person typed (`key: "{{ chat.args.task }}"`).
+    return f"{op.verb} {target}" + (f" {excerpt(str(key))}" if key else "")

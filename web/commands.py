@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from engine import Event, Ruleset, evaluate, match_event
-from engine.commands import chat_commands, confirmation_reason, describe_plan, help_text
+from engine.commands import chat_commands, confirmation_reason, describe_plan, excerpt, help_text
 from engine.match import bindings
 from inloox import and_, contains, eq
 from web.resources import get_context, get_inloox, get_redis, inloox_slot
@@ -40,6 +40,9 @@ CONFIRM_TTL_SECONDS = 600
 SETTLED_TTL_SECONDS = DEDUP_TTL_SECONDS
 CONFIRMED, CANCELLED = "confirmed", "cancelled"
 PICK_LIST_SIZE = 5
+# A pick-list line is a command to copy, so it is cut much later than a quote (engine.commands.ECHO_CHARS): a real
+# command fits, and five lines stay far within a chat message, where five copies of a 64 KiB text did not.
+PICK_LINE_CHARS = 500
 # Seconds a surface waits for our answer (Slack 3, Teams 5), less a margin for sending it. Past them the person is
 # shown an error and sends the command again: one that took effect anyway would then run twice.
 ANSWER_SECONDS = {"slack": 2.7, "teams": 4.5}
@@ -86,7 +89,8 @@ def answer(command: ChatCommand) -> Reply:
     if name == "confirm":
         return Reply(confirm(command, rest.strip()))
     if name not in {c.name for c in chat_commands(ruleset)}:
-        return Reply(f"Unknown command `{name}`. The commands are:\n" + help_text(ruleset, prefix=command.prefix))
+        return Reply(f"Unknown command `{excerpt(name)}`. The commands are:\n"
+                     + help_text(ruleset, prefix=command.prefix))
     if get_redis().exists(_seen_key(command)):
         return Reply("Already received; the result comes when it is done.")
     if command.too_late():  # it waited for a web thread (web/arrival.py) past the surface's patience
@@ -156,12 +160,13 @@ def _resolve_task(event: Event, args: dict, prefix: str) -> tuple[Event, str | N
         return event, None
     found = _open_tasks(eq("Name", typed)) or _open_tasks(contains("Name", typed))
     if not found:
-        return event, f"No open task is called or contains '{typed}'."
+        return event, f"No open task is called or contains '{excerpt(typed)}'."
     if len(found) > 1:
-        lines = [f"• `{prefix}{event.kind} {_with_task(event.payload['text'], typed, t['TaskItemId'])}`: {t['Name']}"
-                 for t in found[:PICK_LIST_SIZE]]
+        shown = found[:PICK_LIST_SIZE]
+        picks = [f"{prefix}{event.kind} {_with_task(event.payload['text'], typed, t['TaskItemId'])}" for t in shown]
+        lines = [f"• `{excerpt(pick, PICK_LINE_CHARS)}`: {t['Name']}" for pick, t in zip(picks, shown)]
         more = " (showing the first few)" if len(found) > PICK_LIST_SIZE else ""
-        return event, f"Several open tasks fit '{typed}'{more}. Which one?\n" + "\n".join(lines)
+        return event, f"Several open tasks fit '{excerpt(typed)}'{more}. Which one?\n" + "\n".join(lines)
     text = _with_task(event.payload["text"], typed, found[0]["TaskItemId"])
     return replace(event, payload={**event.payload, "text": text, "task": found[0]}), None
 
@@ -204,7 +209,7 @@ def confirm(command: ChatCommand, code: str) -> str:
     if not submit_event(get_redis(), event, dedup_key=key(f"chat:confirmed:{event.id}"), dedup_ttl=DEDUP_TTL_SECONDS,
                         also=lambda pipe: pipe.delete(pending)):
         return _not_waiting(code, CONFIRMED)
-    return f"Confirmed: `{event.payload['typed']}` is on its way." + (
+    return f"Confirmed: `{excerpt(event.payload['typed'])}` is on its way." + (
         " The result follows here." if command.response_url else "")
 
 
@@ -213,10 +218,11 @@ def cancel(command: ChatCommand, code: str) -> str:
     held, settled = _settle(command, code, CANCELLED)
     if held is None:
         return _not_waiting(code, settled)
-    return f"Cancelled: `{json.loads(held)['payload']['typed']}` will not run."
+    return f"Cancelled: `{excerpt(json.loads(held)['payload']['typed'])}` will not run."
 
 
 def _not_waiting(code: str, settled: str | None) -> str:
+    code = excerpt(code)  # a typed `confirm` takes the rest of the text as its code
     if settled == CONFIRMED:
         return f"Already confirmed: the command with the code '{code}' runs once; nothing more was started."
     if settled == CANCELLED:

@@ -11,6 +11,7 @@ import logging
 
 import redis
 
+from engine.commands import excerpt
 from workers import workspaces
 from workers.enqueue import queue, workspace_job_id
 from workers.outbound import http
@@ -63,7 +64,7 @@ def post_reply(ctx, reply: dict) -> str:
 def result_text(run: dict) -> str:
     """The run in a few lines: the command as typed, its status, and each step's outcome."""
     payload = run["plan"]["event"]["payload"]
-    typed = payload.get("typed") or f"{run['plan']['event']['kind']} {payload.get('text', '')}"
+    typed = excerpt(payload.get("typed") or f"{run['plan']['event']['kind']} {payload.get('text', '')}")
     head = f"`{typed}`: {run['status']}" + (f" ({run['reason']})" if run.get("reason") else "")
     lines = [f"• {s['verb']} {_target(s)}: {s['status']}" + (f" ({s.get('reason') or s.get('error')})"
                                                             if s["status"] != "done" else "")

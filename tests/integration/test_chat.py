@@ -31,6 +31,7 @@ from tests.support.valkey import Valkey
 from web.signatures import SignatureError, verify_slack
 from web.commands import ANSWER_SECONDS
 from web.slack_buttons import CONFIRM
+from workers.chat import result_text
 
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TEAMS_TOKEN = base64.b64encode(b"teams-security-token-for-tests!!").decode()
@@ -290,6 +291,30 @@ def test_a_delete_waits_for_its_confirmation_and_runs_once(slack, sandbox, redis
     assert slack(f"confirm {code}", trigger_id="t5").json["text"].startswith("Already confirmed")
     [event] = queued_events(redis_url)
     assert event["kind"] == "drop" and event["id"] == "chat:slack:t1"
+
+
+# A command's text may fill the 64 KiB body: quoted whole, a reply went past what Slack and Teams show.
+@pytest.mark.parametrize("text", ["x" * 60_000, "confirm " + "x" * 60_000, "done " + "x" * 60_000])
+def test_a_reply_quotes_at_most_the_start_of_what_was_typed(slack, redis_url, text):
+    reply = slack(text).json["text"]
+    assert "x" * 80 + "…" in reply and "x" * 81 not in reply and len(reply) < 1000
+    assert queued_events(redis_url) == []
+
+
+def test_a_pick_list_and_a_confirmation_quote_at_most_the_start_of_a_long_task_name(slack, sandbox):
+    make_task(sandbox, "o" * 200 + " one"), make_task(sandbox, "o" * 200 + " two")
+    heading = slack("done " + "o" * 200).json["text"].splitlines()[0]  # the lines below name the tasks as InLoox does
+    assert heading == f"Several open tasks fit '{'o' * 80}…'. Which one?"
+    make_task(sandbox, "p" * 200)
+    code = held_code(slack("drop " + "p" * 200, trigger_id="t2").json)
+    confirmed = slack(f"confirm {code}", trigger_id="t3").json["text"]
+    assert confirmed.startswith(f"Confirmed: `{'drop ' + 'p' * 75}…` is on its way.")
+
+
+def test_a_posted_result_quotes_at_most_the_start_of_the_command():
+    event = {"kind": "done", "payload": {"typed": "done " + "q" * 60_000}}
+    run = {"status": "succeeded", "steps": [], "plan": {"event": event}}
+    assert result_text(run) == f"`{'done ' + 'q' * 75}…`: succeeded"
 
 
 # --- Slack's Confirm / Cancel buttons ------------------------------------------------------------------

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from engine import Event, evaluate, load_texts
-from engine.commands import chat_commands, confirmation_reason, describe_plan, help_text
+from engine.commands import chat_commands, confirmation_reason, describe_plan, excerpt, help_text
 
 NOW = datetime(2025, 4, 1, 17, 0, tzinfo=timezone.utc)
 RULES = """
@@ -65,3 +65,14 @@ def test_deletes_and_several_writes_need_a_confirmation(ruleset, command, reason
 
 def test_a_plan_in_words_names_its_steps(ruleset):
     assert describe_plan(plan(ruleset, f"drop {TASK}"), "Delete a task.") == f"Delete a task. (delete Task {TASK})"
+
+
+def test_a_plan_in_words_quotes_at_most_the_start_of_a_typed_key(ruleset):
+    # The key is whatever the person typed for <task> when it names no task: up to a whole 64 KiB command.
+    words = describe_plan(plan(ruleset, "drop " + "k" * 60_000), "Delete a task.")
+    assert words == f"Delete a task. (delete Task {'k' * 80}…)"
+
+
+@pytest.mark.parametrize("text, shown", [("", ""), ("a" * 80, "a" * 80), ("a" * 81, "a" * 80 + "…")])
+def test_an_excerpt_is_the_text_up_to_80_characters(text, shown):
+    assert excerpt(text) == shown
