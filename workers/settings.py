@@ -108,6 +108,9 @@ DEFAULTS = {
     "POLL_LEASE_SECONDS": "15",
     "POLL_SCAN_SECONDS": "60",
     "POLL_SCAN_FLOOR_SECONDS": "10",
+    # Seconds a change feed's poll reads back before its cursor: a row InLoox stamped before it committed (a long
+    # transaction, a bulk import) shows up with a change time the cursor has passed.
+    "POLL_OVERLAP_SECONDS": "5",
     # Workspaces one poller polls at the same time: an InLoox account that answers slowly (or not
     # until the client's timeout) holds one of these, not every other workspace's polls.
     "POLL_THREADS": "8",

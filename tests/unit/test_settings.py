@@ -56,3 +56,20 @@ def test_a_tick_between_two_looks_of_the_scheduler_fires_whatever_its_interval(i
     # The round after the one a second before the tick comes an interval later (a round takes its own time too).
     then = look + timedelta(seconds=settings.interval + 1)
     assert due_ticks("0 9 * * *", "UTC", last=look, now=then, grace=settings.grace) == [tick]
+
+
+@pytest.mark.parametrize("text, seconds", [("5", 5.0), ("0", 0.0), ("30.5", 30.5)])
+def test_a_feed_poll_reads_back_as_far_as_poll_overlap_seconds_says(text, seconds):
+    """The 5 s a poll reads back before its cursor, for rows InLoox stamped before it committed, was fixed in the code:
+    an account whose commits take longer (bulk imports) lost those changes, with nothing to turn."""
+    from workers.poller.settings import poller_settings
+
+    assert poller_settings(settings_from({"POLL_OVERLAP_SECONDS": text})).overlap == seconds
+
+
+@pytest.mark.parametrize("text", ["-1", "nan", "3601", "soon"])
+def test_a_poll_overlap_that_is_no_seconds_from_0_to_an_hour_stops_the_process_naming_it(text):
+    from workers.poller.settings import poller_settings
+
+    with pytest.raises(SystemExit, match="POLL_OVERLAP_SECONDS"):
+        poller_settings(settings_from({"POLL_OVERLAP_SECONDS": text}))

@@ -28,7 +28,7 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import redis
@@ -251,6 +251,7 @@ def _poll_account(account: Account, poller: PollerSettings, me: str) -> None:
         if account.settings is None:
             user = account.context.client.me()  # the engine's own InLoox user: its changes are "chained"
             account.settings = PollSettings(own_contact_id=str(user.get("ContactId")),
+                                            overlap=timedelta(seconds=poller.overlap),
                                             flood_limit=account.workspace.limits.flood_limit)
             log.info("%s: polling as %s", account.workspace.name, user.get("DisplayName"))
         watched = _watching(account, poller)

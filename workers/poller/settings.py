@@ -30,6 +30,7 @@ class PollerSettings:
     max_interval: float = 30.0  # a change feed's ceiling
     scan_max: float = 600.0  # a scan's ceiling
     threads: int = 8  # workspaces polled at the same time (POLL_THREADS)
+    overlap: float = 5.0  # seconds a feed's poll reads back before its cursor, for late commits (POLL_OVERLAP_SECONDS)
 
     def scan_interval(self, entity_set: str) -> float:
         """Seconds between two scans of `entity_set`: its own setting or the default, never below the floor."""
@@ -72,6 +73,17 @@ def poller_settings(config: Mapping[str, str]) -> PollerSettings:
                               idle_after=float(config["POLL_IDLE_AFTER_SECONDS"]),
                               max_interval=float(config["POLL_MAX_INTERVAL"]),
                               scan_max=float(config["POLL_SCAN_MAX_SECONDS"]),
-                              threads=int(config["POLL_THREADS"]))
+                              threads=int(config["POLL_THREADS"]),
+                              overlap=_bounded_seconds("POLL_OVERLAP_SECONDS", config["POLL_OVERLAP_SECONDS"]))
     except ValueError as exc:
         raise SystemExit(f"Error: a POLL_* setting: {exc}") from None
+
+
+def _bounded_seconds(name: str, text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 <= seconds <= 3600:  # nan fails too; past an hour every poll rereads an hour of changes
+        raise ValueError(f"{name}: {text!r} is not seconds from 0 to 3600")
+    return seconds
