@@ -82,7 +82,7 @@ def parse_bundle(body: bytes, content_type: str) -> dict[str, str]:
     if kind == "application/json":
         files = _json_files(body)
     elif kind in _YAML_TYPES:
-        files = {"rules.yaml": _text(body, "rules.yaml")}
+        files = _yaml_file(body, kind)
     elif kind in _TAR_TYPES:
         files = _tar_files(body)
     else:
@@ -188,6 +188,15 @@ def _text(raw: bytes, file: str) -> str:
         return read_rule_text(raw, file)
     except RuleError as exc:
         raise RefusedBundle(str(exc)) from None
+
+
+def _yaml_file(body: bytes, kind: str) -> dict[str, str]:
+    text = _text(body, "rules.yaml")
+    if not text.strip():
+        # Stored, it would be a version without rules that switches every rule of the workspace off: a
+        # body sent empty by mistake is refused as an empty JSON bundle or an archive without rule files is.
+        raise BundleError(f"the bundle holds no rule file: the {kind} body is empty")
+    return {"rules.yaml": text}
 
 
 def _json_files(body: bytes) -> dict[str, str]:

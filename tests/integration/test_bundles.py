@@ -323,6 +323,19 @@ def test_a_hostile_upload_leaves_the_active_version_running(api):
     assert listing["active"] == "v1" and [v["number"] for v in listing["versions"]] == [1]
 
 
+@pytest.mark.parametrize("body", [b"", b"\n  \n", b"\xef\xbb\xbf"], ids=["empty", "blank", "bom-only"])
+def test_an_empty_yaml_body_is_refused_as_an_empty_json_bundle_is(api, body):
+    good = json.dumps({"files": {"tasks.yaml": LOG_TIME}}).encode()
+    assert put_bundle(api, good, "application/json").status_code == 201
+
+    refused = put_bundle(api, body, "application/yaml")
+
+    assert refused.status_code == 400, refused.get_data(as_text=True)[:500]
+    assert "the bundle holds no rule file: the application/yaml body is empty" in refused.get_data(as_text=True)
+    listing = api.get("/workspaces/globex/rules", headers={"Authorization": f"Bearer {ADMIN}"}).get_json()
+    assert listing["active"] == "v1" and [v["number"] for v in listing["versions"]] == [1]
+
+
 def test_an_archive_whose_headers_inflate_past_the_limit_is_refused_before_they_are_read(api):
     # tarfile reads a pax header whole before its member: 20 MiB of one from a 20 KiB upload (a 2 MB
     # upload held 1.9 GB of it, and took 3.9 GB and 17 s of the web process).
