@@ -37,6 +37,7 @@ MAX_ARCHIVE_ENTRIES = 1000  # tar headers cost even when ignored: refuse archive
 MAX_INFLATED = 2 * MAX_BYTES
 MAX_VERSIONS = 50  # per workspace; the oldest go when an upload makes more
 _FILE_NAME = re.compile(r"\w[\w.\-]{0,200}\.ya?ml")  # no folders, no hidden files, no spaces
+SHOWN_NAME_CHARS = 80  # of a refused file name in an error: a 100 KB name made a 100 KB answer
 _YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml"}
 _TAR_TYPES = {"application/gzip", "application/x-gzip", "application/x-tar"}
 
@@ -209,7 +210,7 @@ def _json_files(body: bytes) -> dict[str, str]:
         raise BundleError('a JSON bundle is {"files": {"name.yaml": "YAML text", …}}')
     for name, text in files.items():
         if not isinstance(text, str):
-            raise BundleError(f"files[{name!r}] is not a string of YAML text")
+            raise BundleError(f"files[{_shown(name)}] is not a string of YAML text")
     return files
 
 
@@ -226,6 +227,7 @@ def _tar_files(body: bytes) -> dict[str, str]:
                     raise BundleError(f"the archive is bigger than {MAX_BYTES} bytes or {MAX_ARCHIVE_ENTRIES} entries")
                 name = _archive_name(member.name)
                 if member.isfile() and _is_rule_file(name):
+                    _check_name(name)  # before its text: a text's RuleError would name the file in full
                     files[name] = _text(archive.extractfile(member).read(), name)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise BundleError(f"the body is not a gzip'd tar archive: {exc}") from exc
@@ -255,7 +257,7 @@ class _Inflated:
 def _archive_name(name: str) -> str:
     """The member's name relative to the archive root; raises BundleError for names that escape it."""
     if name.startswith("/") or ".." in name.split("/"):
-        raise BundleError(f"archive entry {name!r} points outside the rules folder")
+        raise BundleError(f"archive entry {_shown(name)} points outside the rules folder")
     while name.startswith("./"):
         name = name[2:]
     return name
@@ -266,14 +268,23 @@ def _is_rule_file(name: str) -> bool:
     return "/" not in name and not name.startswith(".") and name.endswith((".yaml", ".yml"))
 
 
+def _check_name(name: str) -> None:
+    if not _FILE_NAME.fullmatch(name):
+        raise BundleError(f"{_shown(name)} is not a plain file name ending in .yaml or .yml")
+
+
+def _shown(name: str) -> str:
+    """A file name quoted for an error message, cut after SHOWN_NAME_CHARS characters."""
+    return repr(name if len(name) <= SHOWN_NAME_CHARS else name[:SHOWN_NAME_CHARS] + "…")
+
+
 def _checked(files: dict[str, str]) -> dict[str, str]:
     if not files:
         raise BundleError("the bundle holds no .yaml or .yml rule files")
     if len(files) > MAX_FILES:
         raise BundleError(f"the bundle holds {len(files)} files; at most {MAX_FILES} are taken")
     for name in files:
-        if not _FILE_NAME.fullmatch(name):
-            raise BundleError(f"{name!r} is not a plain file name ending in .yaml or .yml")
+        _check_name(name)
     size = sum(len(text.encode()) for text in files.values())
     if size > MAX_BYTES:
         raise BundleError(f"the bundle holds {size} bytes of YAML; at most {MAX_BYTES} are taken")

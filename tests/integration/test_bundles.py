@@ -336,6 +336,25 @@ def test_an_empty_yaml_body_is_refused_as_an_empty_json_bundle_is(api, body):
     assert listing["active"] == "v1" and [v["number"] for v in listing["versions"]] == [1]
 
 
+LONG = "r" * 100_000  # a file name of 100 KB: the answer names it by its first 80 characters
+LONG_NAMES = [
+    ("json-not-plain", json.dumps({"files": {LONG + ".txt": "id: a"}}).encode(), "application/json", 400),
+    ("json-not-text", json.dumps({"files": {LONG + ".yaml": 3}}).encode(), "application/json", 400),
+    ("tar-outside", tar_gz({"../" + LONG + ".yaml": b"id: a"}), "application/gzip", 400),
+    ("tar-not-plain", tar_gz({"./" + LONG + ".yaml": b"id: a"}), "application/gzip", 400),
+    ("tar-long-not-utf8", tar_gz({"./" + LONG + ".yaml": b"id: caf\xe9\n"}), "application/gzip", 400),
+]
+
+
+@pytest.mark.parametrize("body, content_type, status", [c[1:] for c in LONG_NAMES], ids=[c[0] for c in LONG_NAMES])
+def test_a_refused_file_name_is_echoed_cut_short(api, body, content_type, status):
+    refused = put_bundle(api, body, content_type)
+
+    assert refused.status_code == status, refused.get_data(as_text=True)[:500]
+    assert "r" * 77 + "…'" in json.dumps(refused.get_json(), ensure_ascii=False)  # 80 with `../`
+    assert len(refused.get_data()) < 1000
+
+
 def test_an_archive_whose_headers_inflate_past_the_limit_is_refused_before_they_are_read(api):
     # tarfile reads a pax header whole before its member: 20 MiB of one from a 20 KiB upload (a 2 MB
     # upload held 1.9 GB of it, and took 3.9 GB and 17 s of the web process).
