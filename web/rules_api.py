@@ -110,6 +110,8 @@ def activate(number: str):
     """Make a stored version the active one (a rollback, or back forward)."""
     _require_bundle_workspace()
     try:
+        if not (number.isascii() and number.isdigit()):  # int() also reads "١", "１", " 1" and "+1" as 1
+            raise ValueError("a version number is written in the digits 0-9")
         version = bundles.activate(get_redis(), workspaces.current().prefix, int(number))
     except (ValueError, bundles.UnknownVersion) as exc:
         abort(404, f"no rule bundle version {number!r}: {exc}")

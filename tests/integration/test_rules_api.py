@@ -44,3 +44,18 @@ def test_a_duration_too_long_for_the_clock_is_refused_with_422_at_its_line(api, 
     assert refused.status_code == 422, refused.text
     assert refused.get_json()["errors"][0].startswith("rules.yaml:5:"), refused.text
     assert "is not a duration" in refused.get_json()["errors"][0], refused.text
+
+
+@pytest.mark.parametrize("number", ["١", "１", " 1", "+1", "1_0", "-1", "x"])
+def test_a_version_number_is_ascii_digits_only(api, number):
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    for rule_id in ("first", "second"):  # version 2 active; `int()` would read each path as 1 or 10
+        bundle = f"id: {rule_id}\nwhen: {{manual: true}}\nthen:\n  - notify: json://127.0.0.1:9/x\n    body: hi\n"
+        assert api.put("/workspaces/globex/rules", data=bundle, headers={
+            **auth, "Content-Type": "application/yaml"}).status_code == 201
+
+    refused = api.post(f"/workspaces/globex/rules/versions/{number}/activate", headers=auth)
+
+    assert refused.status_code == 404, refused.text
+    assert refused.get_json()["error"]["message"].startswith(f"no rule bundle version {number!r}")
+    assert api.get("/workspaces/globex/rules", headers=auth).get_json()["active"] == "v2"
