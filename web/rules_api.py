@@ -20,7 +20,7 @@ from web.openapi import check_query, request_body
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
 from workers import bundles, workspaces
-from workers.manual import ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
+from workers.manual import KeyReused, ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
 from workers.runs import run_id
 
 bp = Blueprint("rules_api", __name__, url_prefix="/rules")
@@ -44,7 +44,11 @@ def run(rule_id: str):
     if request.args.get("dry_run") in ("1", "true"):
         return jsonify(dry_run=True, event_id=event.id, run_id=run_id(plan),
                        report=explain(event, ruleset, now=now, env=env).to_dict())
-    accepted = submit_manual_run(get_redis(), event)
+    keyed = "event" not in body and _idempotency_key() is not None  # an event's own id is its key
+    try:
+        accepted = submit_manual_run(get_redis(), event, keyed=keyed)
+    except KeyReused as exc:
+        abort(422, str(exc))
     return jsonify(accepted=accepted, event_id=event.id, run_id=run_id(plan)), 202
 
 

@@ -8,6 +8,7 @@ and a dry run can show the plan without writing anything.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import datetime
 from typing import Any, Mapping
@@ -25,6 +26,10 @@ DEDUP_TTL = 86400  # a given event submitted again within a day is the same manu
 
 class ManualRunRefused(Exception):
     """The rule cannot run now (unknown, does not match the event, or cannot be planned); says why."""
+
+
+class KeyReused(Exception):
+    """An Idempotency-Key sent again for the rule with another input than it was first used with; says so."""
 
 
 def manual_event(rule_id: str, *, now: datetime, given: Mapping[str, Any] | None = None,
@@ -52,7 +57,28 @@ def plan_manual_run(ruleset: Ruleset, rule_id: str, event: Event, *, now: dateti
         raise ManualRunRefused(f"{rule_id} cannot be planned: {exc}") from exc
 
 
-def submit_manual_run(connection: redis.Redis, event: Event) -> bool:
-    """Hand the event to the intake; False when this very event was submitted before."""
+def submit_manual_run(connection: redis.Redis, event: Event, *, keyed: bool = False) -> bool:
+    """Hand the event to the intake; False when this very event was submitted before.
+
+    `keyed`: the event's id comes from a client's Idempotency-Key (`manual_event`); raises KeyReused when
+    the key was first used with another input, which this event then does not replace.
+    """
     digest = hashlib.sha256(event.id.encode()).hexdigest()[:32]
-    return submit_event(connection, event, dedup_key=key(f"manual:seen:{digest}"), dedup_ttl=DEDUP_TTL)
+    dedup_key = key(f"manual:seen:{digest}")
+    if not keyed:
+        return submit_event(connection, event, dedup_key=dedup_key, dedup_ttl=DEDUP_TTL)
+    # The key's first input, kept beside its claim (written in the same MULTI, the first writer's kept): a
+    # duplicate was answered as one whatever its input, and a request that was not a retry went unrun unsaid.
+    given, fingerprint = key(f"manual:given:{digest}"), _fingerprint(event.payload)
+    accepted = submit_event(connection, event, dedup_key=dedup_key, dedup_ttl=DEDUP_TTL,
+                            also=lambda pipe: pipe.set(given, fingerprint, nx=True, ex=DEDUP_TTL))
+    if not accepted and connection.get(given) not in (None, fingerprint.encode()):  # None: the claim just expired
+        raise KeyReused(f"this Idempotency-Key was used for rule {event.kind!r} with another input: a key "
+                        "stands for one request, sent again unchanged; give a new request a new key")
+    return accepted
+
+
+def _fingerprint(given: Mapping[str, Any]) -> str:
+    """A digest of a manual event's input, the same for the same JSON whatever its keys' order."""
+    text = json.dumps(given, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

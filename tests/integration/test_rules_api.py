@@ -59,3 +59,27 @@ def test_a_version_number_is_ascii_digits_only(api, number):
     assert refused.status_code == 404, refused.text
     assert refused.get_json()["error"]["message"].startswith(f"no rule bundle version {number!r}")
     assert api.get("/workspaces/globex/rules", headers=auth).get_json()["active"] == "v2"
+
+
+def test_an_idempotency_key_sent_again_with_another_input_is_refused_with_422(api):
+    # Stripe's rule: a key stands for one request. Answered as a duplicate, the second input was dropped unsaid.
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    bundle = "id: hello\nwhen: {manual: true}\nthen:\n  - notify: json://127.0.0.1:9/x\n    body: 'hi {{ input.by }}'\n"
+    assert api.put("/workspaces/globex/rules", data=bundle, headers={
+        **auth, "Content-Type": "application/yaml"}).status_code == 201
+
+    def run(key: str, given: dict):
+        return api.post("/workspaces/globex/rules/hello/run", json={"input": given},
+                        headers={**auth, "Idempotency-Key": key})
+
+    first, again, other = run("order-7", {"by": "Ann"}), run("order-7", {"by": "Ann"}), run("order-7", {"by": "Bob"})
+
+    assert (first.status_code, first.get_json()["accepted"]) == (202, True)
+    assert (again.status_code, again.get_json()["accepted"]) == (202, False)
+    assert again.get_json()["run_id"] == first.get_json()["run_id"]
+    assert other.status_code == 422, other.text
+    assert other.get_json()["error"]["message"] == (
+        "this Idempotency-Key was used for rule 'hello' with another input: a key stands for one request, "
+        "sent again unchanged; give a new request a new key")
+    assert run("order-7", {"by": "Ann"}).get_json()["accepted"] is False  # the first input still stands
+    assert run("order-8", {"by": "Bob"}).get_json()["accepted"] is True
