@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from .actions import ACTIONS
 from .conditions import Checker, compile_condition, operator_meanings
-from .documents import Document, parse_documents
+from .documents import Budget, Document, parse_documents
 from .durations import parse_duration
 from .errors import RuleError, RulesetError, did_you_mean
 from .iteration import ForEach, compile_for_each
@@ -126,12 +126,17 @@ def load_rules(paths: str | Path | Iterable[str | Path], *, strict: bool = False
 
 
 def load_texts(sources: Iterable[tuple[str, str | bytes]], *, strict: bool = False) -> Ruleset:
-    """Load rules from (file name, YAML text or its bytes) pairs; the pure core of load_rules."""
+    """Load rules from (file name, YAML text or its bytes) pairs; the pure core of load_rules.
+
+    The files share one budget for what their YAML aliases expand to (`engine.documents.Budget`).
+    """
     rules: dict[str, Rule] = {}
     skipped: list[Skipped] = []
+    sources = [(file, _decoded(text)) for file, text in sources]
+    budget = Budget.shared([text for _, text in sources])
     for file, text in sources:
         try:
-            docs = parse_documents(text, file)
+            docs = parse_documents(text, file, budget=budget)
         except RuleError as exc:
             skipped.append(Skipped(file, "", [exc]))
             continue
@@ -140,6 +145,17 @@ def load_texts(sources: Iterable[tuple[str, str | bytes]], *, strict: bool = Fal
     if strict and skipped:
         raise RulesetError([e for s in skipped for e in s.errors])
     return Ruleset(rules, skipped)
+
+
+def _decoded(text: str | bytes) -> str | bytes:
+    """The text of a source, its size known before any is parsed; bytes that are not UTF-8 are left
+    for parse_documents to refuse at their line."""
+    if isinstance(text, str):
+        return text
+    try:
+        return text.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return text
 
 
 def _load_document(doc: Document, rules: dict[str, Rule], skipped: list[Skipped]) -> None:

@@ -298,6 +298,29 @@ def test_aliases_of_values_without_text_count_across_the_documents_of_a_file():
     assert peak < 40 * 1024 * 1024, f"loading took {peak / 2**20:.0f} MiB"
 
 
+def test_the_files_loaded_together_share_one_alias_budget():
+    # Each file had a floor of 64 Ki characters to itself: 200 files of ~470 bytes, each aliasing 46,656
+    # numbers, were a 94 KB bundle that took 12.8 million values and 19 s of CPU to refuse. The floor is
+    # the load's now: of three such files, the second passes it.
+    level = lambda name, item: f"{name}: &{name} [" + ", ".join([item] * 34) + "]\n"
+    bomb = lambda n: (f"id: r{n}\nwhen: {{manual: true}}\nthen: [{{notify: x, body: y}}]\n"
+                      + level("a", "1") + level("b", "*a") + "c: [" + ", ".join(["*b"] * 34) + "]\n")
+    files = [(f"r{n}.yaml", bomb(n)) for n in range(3)]
+    assert not [e for e in load_texts(files[:1]).errors if "characters" in e.message]  # one alone fits
+    assert expansion_limit("".join(text for _, text in files)) == 64 * 1024
+
+    errors = [e.format() for e in load_texts(files).errors if "characters" in e.message]
+
+    assert errors[0].startswith("r1.yaml:6:77: c[18][30][16]: the alias *b takes the rule files loaded with it past "
+                                "65,536 characters once their YAML aliases are expanded (the limit is 10 times the "
+                                "size of the 3 files loaded together, at least 65,536 and at most 4,194,304 for all "
+                                "of them; r0.yaml spent the most of it"), errors
+    assert errors[1:] == ["r2.yaml:1:1: not read: the rule files loaded before it passed 65,536 characters once their "
+                          "YAML aliases were expanded (the limit is 10 times the size of the 3 files loaded together, "
+                          "at least 65,536 and at most 4,194,304 for all of them; r0.yaml spent the most of it "
+                          "(41,762); repeat long values less, or write them out)"]
+
+
 def test_aliases_used_as_intended_load():
     paragraph = "A long paragraph the team wants in several notifications. " * 20
     steps = "".join(f"  - notify: x\n    body: *p\n" for _ in range(20))
