@@ -12,7 +12,7 @@ from workers import eventlog
 from inloox import Client, InLooxError
 from tests.support.polling import client, connection  # noqa: F401  (fixtures)
 from inloox.changes import change_feed
-from tests.support.hostile import without_offset
+from tests.support.hostile import between_pages, without_offset
 from workers.poller.poll import PollSettings, poll_once, sweep_deleted
 
 TASKS = change_feed("Task")
@@ -149,6 +149,12 @@ def test_a_poll_costs_two_requests_however_many_rows_the_account_has(sandbox, cl
     assert len(reads) == 2, reads
 
 
+def _renamed(sandbox, feed):
+    """A person's rename of the row's task (between two pages: it moves to the end of a read in change-time order)."""
+    return lambda row: sandbox.patch(f"Task({row[feed.column(feed.key)]})",
+                                     json={"Name": "Renamed meanwhile"}).raise_for_status()
+
+
 def test_no_change_is_lost_when_inloox_pages_by_skip_and_a_row_read_already_changes_again_meanwhile(
         sandbox, connection, project, spoiler):
     """A poll reads its changes in change-time order, page after page. An OData server that pages by $skip (an offset)
@@ -159,14 +165,7 @@ def test_no_change_is_lost_when_inloox_pages_by_skip_and_a_row_read_already_chan
     settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)  # no overlap: the next poll reads nothing older
     sandbox.paging("skip")
     tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
-    key = TASKS.column(TASKS.key)
-    touched = []
-
-    def meanwhile(answer: dict) -> dict:
-        if not touched and answer.get("value"):  # between the first page and the second, a person edits the first row
-            touched.append(answer["value"][0][key])
-            assert sandbox.patch(f"Task({touched[0]})", json={"Name": "Renamed meanwhile"}).ok
-        return answer
+    meanwhile, touched = between_pages(_renamed(sandbox, TASKS))
 
     with Client(spoiler.url, sandbox.token) as client:
         poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)  # the baseline
@@ -189,14 +188,7 @@ def test_a_baseline_read_while_a_row_changes_on_a_skip_paging_inloox_takes_no_ta
     settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)
     sandbox.paging("skip")
     tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
-    key = TASKS.column(TASKS.key)
-    touched = []
-
-    def meanwhile(answer: dict) -> dict:
-        if not touched and answer.get("value"):
-            touched.append(answer["value"][0][key])
-            assert sandbox.patch(f"Task({touched[0]})", json={"Name": "Renamed meanwhile"}).ok
-        return answer
+    meanwhile, touched = between_pages(_renamed(sandbox, TASKS))
 
     with Client(spoiler.url, sandbox.token) as client:
         spoiler.spoil("DynamicTaskItem", meanwhile)
@@ -219,26 +211,20 @@ def test_a_key_order_baseline_while_a_task_is_deleted_on_a_skip_paging_inloox_ta
     settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)
     sandbox.paging("skip")
     tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
-    key = feed.column(feed.key)
-    gone = []
-
-    def meanwhile(answer: dict) -> dict:
-        if not gone and answer.get("value"):
-            gone.append(answer["value"][0][key])
-            assert sandbox.delete(f"Task({gone[0]})").status_code == 204
-        return answer
+    meanwhile, acted = between_pages(
+        lambda row: sandbox.delete(f"Task({row[feed.column(feed.key)]})").raise_for_status())
 
     with Client(spoiler.url, sandbox.token) as client:
         spoiler.spoil("DynamicTaskItem", meanwhile)
         assert poll_once(client, connection, feed, fields, settings).baseline
         spoiler.spoils.clear()
         for task in tasks:
-            if task not in gone:
+            if task != acted[0][feed.column(feed.key)]:
                 assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
         poll_once(client, connection, feed, fields, settings)
-    assert gone
+    [gone] = [row[feed.column(feed.key)] for row in acted]
     assert sorted((e["kind"], e["key"]) for e in queued(connection)) == sorted(("updated", t) for t in tasks
-                                                                              if t not in gone)
+                                                                              if t != gone)
 
 
 def test_a_bulk_update_of_more_rows_than_a_page_with_one_change_time_is_read_whole(sandbox, connection, project,

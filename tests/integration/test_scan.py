@@ -60,18 +60,13 @@ def test_a_row_deleted_during_the_first_scan_of_a_skip_paging_inloox_leaves_no_o
     no snapshot, and the next scan took the old contact for a created one (`on: created` rules wrote for it). The
     first scan now reads the set twice, and keeps every row either read found."""
     from inloox import Client
-    from tests.support.hostile import Spoiler
+    from tests.support.hostile import Spoiler, between_pages
 
     sandbox.paging("skip")
     for n in range(150):
         make(sandbox, "Contact", DisplayName=f"Person {n}", Email=f"p{n}@example.com")
-    gone = []
-
-    def meanwhile(answer: dict) -> dict:
-        if not gone and answer.get("value"):  # between the first page and the second, a person deletes a contact
-            gone.append(answer["value"][0]["ContactId"])
-            assert sandbox.delete(f"Contact({gone[0]})").status_code == 204
-        return answer
+    # Between the first page and the second, a person deletes a contact of the first.
+    meanwhile, acted = between_pages(lambda row: sandbox.delete(f"Contact({row['ContactId']})").raise_for_status())
 
     spoiler = Spoiler(sandbox.base_url)
     try:
@@ -82,8 +77,8 @@ def test_a_row_deleted_during_the_first_scan_of_a_skip_paging_inloox_leaves_no_o
             scan_once(client, connection, CONTACTS, frozenset({"Email"}), now=datetime.now(timezone.utc))
     finally:
         spoiler.stop()
-    assert gone
-    assert [(e["kind"], e["key"]) for e in queued(connection)] == [("deleted", gone[0])]
+    [gone] = [row["ContactId"] for row in acted]
+    assert [(e["kind"], e["key"]) for e in queued(connection)] == [("deleted", gone)]
 
 
 def test_a_changed_field_becomes_one_updated_event_with_from_and_to(sandbox, scans, connection):

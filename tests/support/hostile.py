@@ -38,6 +38,20 @@ class Spoiler:
         self.httpd.server_close()
 
 
+def between_pages(act: Callable[[dict], object]) -> tuple[Callable[[dict], dict], list[dict]]:
+    """A spoil that lets the answer through and, at the first answer with rows, calls `act(its first row)` once: a
+    person's edit or delete between the first page of a read and the next. Returns it, and the rows acted on."""
+    acted: list[dict] = []
+
+    def spoil(answer: dict) -> dict:
+        if not acted and answer.get("value"):
+            acted.append(answer["value"][0])
+            act(acted[0])
+        return answer
+
+    return spoil, acted
+
+
 def without_offset(stamp: str) -> str:
     """`2025-04-01T09:00:00Z` as `2025-04-01T09:00:00`: a date-time that says no time zone."""
     return re.sub(r"(Z|[+-]\d\d:\d\d)$", "", stamp)

@@ -260,17 +260,21 @@ def test_check_leads_with_plain_words_and_keeps_the_parser_text(runner, tmp_path
 
 # --- aliases bounded by what they expand to ---------------------------------------------------------
 
+def _with_peak(load, text: str):
+    """`load(text)` and the most memory Python held while it ran (tracemalloc), in bytes."""
+    tracemalloc.start()
+    try:
+        return load(text), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_aliases_of_a_long_string_are_refused_at_the_alias_that_passes_the_limit():
     # 108 KiB of YAML naming one 100 KiB string 2,000 times: 195 MiB once expanded, before this limit.
     text = ("id: bomb\nwhen: {manual: true}\ndescription: &s " + "x" * 100 * 1024 + "\n"
             "then:\n  - notify: x\n    body: y\n    tags: [" + ", ".join(["*s"] * 2000) + "]\n")
     assert 100 * 1024 < len(text) < 110 * 1024
-    tracemalloc.start()
-    try:
-        error = only_error(text)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    error, peak = _with_peak(only_error, text)
     limit = expansion_limit(text)
     uses = limit // (100 * 1024)  # copies that fit, the description itself being the first
     assert (error.file, error.line, error.col) == ("r.yaml", 7, 12 + 4 * (uses - 1))  # the `*s` in line 7 that passed it
@@ -287,12 +291,7 @@ def test_aliases_of_values_without_text_count_across_the_documents_of_a_file():
     doc = ("id: r\nwhen: {manual: true}\nthen: [{notify: x, body: y}]\n"
            + level("a", "1") + level("b", "*a") + level("c", "*b") + "d: [*c, *c, *c, *c]\n")
     text = "---\n".join([doc] * 10)
-    tracemalloc.start()
-    try:
-        error = only_error(text)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    error, peak = _with_peak(only_error, text)
     assert error.message == (f"the alias *c takes the file past {expansion_limit(text):,} characters "
                              "once its YAML aliases are expanded"), error.format()
     assert peak < 40 * 1024 * 1024, f"loading took {peak / 2**20:.0f} MiB"
