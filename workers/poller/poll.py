@@ -154,15 +154,20 @@ def _read(client: Client, feed: ChangeFeed, stamps: tuple[Stamp, ...], where, se
     changes again meanwhile moves to the end, the rest slide back by one, and the row that slid into the page read
     already is never listed; the cursor went on past it, and its change was lost. Asked for from the last change time,
     the row that moved is read at the end and nothing slides. In key order (several stamps) a row keeps its place when
-    it changes; there, and for a run of PAGE rows or more with one change time (a bulk update: asked for from it, the
-    same page comes again), or a change time that is no instant, the server's own paging goes on.
+    it changes, and the server's own paging is followed (a read of more than a page twice, for deletes); so it is for
+    a run of PAGE rows or more with one change time (a bulk update: asked for from it, the same page comes again), or
+    a change time that is no instant.
     """
     def query(condition):
         return client.query(feed.view, filter=condition, select=select, orderby=_order(feed, stamps))
 
     pages = query(where)
     if len(stamps) != 1:
-        return list(pages)
+        # In key order a change moves no row, but a row deleted from a page read already makes the one behind it slide
+        # into that page, unseen: a read of more than a page is read again, and a row either read found counts
+        # (`_changes` keeps the newer of the two).
+        rows = list(pages)
+        return rows + list(query(where)) if len(rows) > PAGE else rows
     stamp, key = stamps[0].column, feed.column(feed.key)
     rows, seen, since = [], set(), None
     for _ in range(client.max_pages):
@@ -446,13 +451,9 @@ def _baseline(client, store, feed, watched, stamps) -> PollResult:
     key, columns = feed.column(feed.key), [s.column for s in stamps]
     # A row whose key cannot be read fails it; one whose change time cannot be read is known by its key.
     # Read as a poll is (`_read`): on a server that pages by $skip, a row that slid into a page read already would
-    # have no snapshot, and its next change would be taken for a created entity. In key order (several stamps) only a
-    # row deleted meanwhile makes one slide: read twice there, as a scan's first read is (workers/poller/scan.py).
-    read = _read(client, feed, stamps, None, _select(feed, watched, stamps))
-    if len(stamps) != 1:
-        read += _read(client, feed, stamps, None, _select(feed, watched, stamps))
+    # have no snapshot, and its next change would be taken for a created entity.
     rows = [readable_row(row, (key,), f"baseline {feed.entity_set}: row {number} of {feed.view}")
-            for number, row in enumerate(read, start=1)]
+            for number, row in enumerate(_read(client, feed, stamps, None, _select(feed, watched, stamps)), start=1)]
     snapshots = {str(r[key]): _snapshot(feed, watched, stamps, r) for r in rows}
     dated = [r for r in rows if not row_problem(r, (key,), columns)]
     store.save_many(snapshots, _newest(None, dated, stamps) or "1970-01-01T00:00:00Z", fields=watched)
