@@ -36,6 +36,7 @@ from workers.workspaces import current, key
 # Slack retries for minutes and Teams for seconds; a day covers both with room to spare.
 DEDUP_TTL_SECONDS = 24 * 3600
 CONFIRM_TTL_SECONDS = 600
+_CODE = re.compile(r"[0-9]{6}")  # a confirmation code as made (secrets.randbelow), ASCII digits only
 # How long a settled code still answers "already confirmed" / "cancelled" rather than "no such code".
 SETTLED_TTL_SECONDS = DEDUP_TTL_SECONDS
 CONFIRMED, CANCELLED = "confirmed", "cancelled"
@@ -260,6 +261,11 @@ return {held, false}
 def _settle(command: ChatCommand, code: str, outcome: str) -> tuple[str | None, str | None]:
     """(the held event's JSON if this call may go on with it, else None; the outcome an earlier call recorded, if
     any). The first call records its outcome; a confirm after a confirm whose event was not submitted goes on too."""
+    if not _CODE.fullmatch(code):
+        # The code ends the key after the person's id, and Teams ids hold colons: taken as typed, `confirm 1:<code>`
+        # from the person `29` was the held command of `29:1`. Codes are six digits (`_hold_for_confirmation`): nothing
+        # else is one.
+        return None, None
     held, settled = get_redis().eval(_SETTLE, 2, _pending_key(command, code), _settled_key(command, code),
                                      outcome, SETTLED_TTL_SECONDS)
     return (held.decode() if held else None), (settled.decode() if settled else None)

@@ -293,6 +293,18 @@ def test_a_delete_waits_for_its_confirmation_and_runs_once(slack, sandbox, redis
     assert event["kind"] == "drop" and event["id"] == "chat:slack:t1"
 
 
+def test_a_confirm_code_is_six_digits_so_no_one_confirms_a_command_held_for_a_longer_id(slack, sandbox, redis_url):
+    """A held command is kept under `<surface>:<user id>:<code>`, and the code was taken as typed. Teams ids hold colons
+    (`29:1…`): the person whose id is `29` confirmed `29:1`'s command with `confirm 1:<code>`. Codes are six digits, so
+    anything else is no code of anyone's."""
+    task = make_task(sandbox, "Old task")
+    code = re.search(r"confirm (\d{6})", slack(f"drop {task}", user_id="U29:1").json["text"]).group(1)
+
+    taken = slack(f"confirm 1:{code}", trigger_id="t2", user_id="U29").json["text"]
+    assert "No command of yours" in taken and queued_events(redis_url) == []
+    assert slack(f"confirm {code}", trigger_id="t3", user_id="U29:1").json["text"].startswith("Confirmed")
+
+
 # A command's text may fill the 64 KiB body: quoted whole, a reply went past what Slack and Teams show.
 @pytest.mark.parametrize("text", ["x" * 60_000, "confirm " + "x" * 60_000, "done " + "x" * 60_000])
 def test_a_reply_quotes_at_most_the_start_of_what_was_typed(slack, redis_url, text):
