@@ -224,11 +224,21 @@ def _brief(error) -> str:
     return error.message.replace(repr(error.instance), reprlib.repr(error.instance))
 
 
+# The words other automation tools use for a rule's parts (Zapier's trigger and action steps and its
+# Filter, n8n's nodes, Home Assistant's trigger/condition/action, GitHub Actions' `on`), pointed to
+# the key that says it here. Only a word whose key is allowed where it was written is suggested.
+_KEY_MEANINGS = {
+    "trigger": "when", "triggers": "when", "on": "when",
+    "condition": "if", "conditions": "if", "filter": "if", "filters": "if",
+    "action": "then", "actions": "then", "steps": "then", "do": "then",
+}
+
+
 def _unknown_key_hint(key: str, known) -> str:
-    hint = did_you_mean(key, known)
+    hint = did_you_mean(key, known, meanings=_KEY_MEANINGS)
     if not hint and key in {**TRIGGERS, **ACTIONS}:
         hint = f"{key!r} is another kind here; give only one"
-    return hint
+    return hint or "the keys here: " + ", ".join(sorted(known))
 
 
 def rule_version(data: Any) -> str:
