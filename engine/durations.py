@@ -8,6 +8,9 @@ from typing import Any
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 PATTERN = r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$"  # the same grammar, for the JSON Schema
+WORDS = "a duration: a number and one of the units s, m, h, d, w (90s, 10m, 2h, 3d, 1w), or a number of seconds"
+_SPELT_OUT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(sec|second|min|minute|hr|hour|day|week)s?\s*$", re.IGNORECASE)
+_SHORT = {"sec": "s", "second": "s", "min": "m", "minute": "m", "hr": "h", "hour": "h", "day": "d", "week": "w"}
 
 
 def parse_duration(value: Any) -> timedelta | None:
@@ -18,6 +21,12 @@ def parse_duration(value: Any) -> timedelta | None:
         return None
     m = _DURATION.match(value)
     return _delta(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+
+
+def short_form(text: str) -> str | None:
+    """`10m` for a duration whose unit is spelt out (`10 minutes`, `2 hrs`), else None."""
+    m = _SPELT_OUT.match(text)
+    return f"{m.group(1)}{_SHORT[m.group(2).lower()]}" if m else None
 
 
 def _delta(seconds: float) -> timedelta | None:

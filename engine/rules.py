@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,10 +17,10 @@ from typing import Any, Iterable
 from .actions import ACTIONS
 from .conditions import Checker, compile_condition, operator_meanings
 from .documents import Budget, Document, parse_documents
-from .durations import parse_duration
+from .durations import PATTERN as DURATION_PATTERN, WORDS as DURATION_WORDS, parse_duration, short_form
 from .errors import RuleError, RulesetError, did_you_mean
 from .iteration import ForEach, compile_for_each
-from .schema import rule_schema
+from .schema import RULE_ID_PATTERN, RULE_ID_WORDS, rule_schema
 from .scope import Compilation, Root, Scope
 from .templates import Template, is_template
 from .triggers import TRIGGERS, Trigger, compile_trigger
@@ -207,6 +208,11 @@ def _schema_problems(doc: Document) -> list[tuple[tuple, RuleError]]:
                                                   hint=did_you_mean(error.instance, error.validator_value,
                                                                     meanings=operator_meanings()),
                                                   rule_id=rule_id)))
+        elif error.validator == "pattern" and error.validator_value in _PATTERN_WORDS:
+            words, suggest = _PATTERN_WORDS[error.validator_value]
+            meant = suggest(str(error.instance))
+            found.append(("pattern", path, doc.error(path, f"{error.instance!r} is not {words}",
+                                                     hint=f"did you mean {meant!r}?" if meant else "", rule_id=rule_id)))
         elif error.validator == "required":  # the value that is wrong is the one not there
             found.append(("required", path + (None,), doc.error(path, _brief(error), rule_id=rule_id)))
         elif error.validator != "if":  # a failing if/then is reported by its "then" branch
@@ -215,6 +221,16 @@ def _schema_problems(doc: Document) -> list[tuple[tuple, RuleError]]:
     unknown_at = {path[:-1] for validator, path, _ in found if validator == "unknown"}
     problems = [(path, e) for validator, path, e in found if not (validator == "required" and path[:-1] in unknown_at)]
     return sorted(problems, key=lambda p: (p[1].line, p[1].col))
+
+
+def _id_from(text: str) -> str | None:
+    """`done-review-time` for an id written as a title (`Done Review Time`), else None."""
+    meant = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")
+    return meant if re.fullmatch(RULE_ID_PATTERN, meant) else None
+
+
+# The schema's patterns in words, with what the value probably meant: a user reads no regular expression.
+_PATTERN_WORDS = {RULE_ID_PATTERN: (RULE_ID_WORDS, _id_from), DURATION_PATTERN: (DURATION_WORDS, short_form)}
 
 
 def _brief(error) -> str:

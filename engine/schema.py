@@ -13,6 +13,7 @@ from .triggers import TRIGGERS
 
 SCHEMA_ID = "urn:inloox-automation:schemas:rule"
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+RULE_ID_WORDS = "an id: lowercase letters, digits, '-' and '_', starting with a letter or digit"
 
 
 def _d(description: str, **schema) -> dict:

@@ -108,7 +108,8 @@ def test_each_trigger_condition_step_and_option_is_checked_on_its_own():
         " (earlier steps: first, step1) (did you mean 'first'?)",
         "r.yaml:18:5: then[3]: a step needs exactly one action (found none)"
         " (did you mean 'inloox.create' or 'inloox.get' or 'inloox.update'?)",
-        r"r.yaml:19:27: rate_limit.per: 'soon' does not match '^\\s*\\d+(\\.\\d+)?\\s*[smhdw]\\s*$'",
+        "r.yaml:19:27: rate_limit.per: 'soon' is not a duration: a number and one of the units s, m, h, d, w"
+        " (90s, 10m, 2h, 3d, 1w), or a number of seconds",
     ]
 
 
