@@ -397,11 +397,29 @@ def _compile_action(index: int, step_id: str, config: dict, comp: Compilation) -
     path = ("then", index)
     kinds = [k for k in config if k in ACTIONS]
     if len(kinds) != 1:
-        close = " ".join(did_you_mean(k, ACTIONS) for k in config if k not in ACTIONS).strip()
-        comp.fail(path, f"a step needs exactly one action (found {', '.join(kinds) or 'none'})",
-                  hint=close or "actions: " + ", ".join(ACTIONS))
+        _fail_without_one_action(kinds, config, path, comp)
     given = {k: v for k, v in config.items() if k not in ("id", "if")}
     return _compile_step(index, step_id, kinds[0], given, path, comp)
+
+
+# Words for an action in other tools (Zapier's "Send Email" or "Slack" step, n8n's HTTP Request node).
+_ACTION_MEANINGS = {
+    "email": "notify", "mail": "notify", "slack": "notify", "teams": "notify", "message": "notify",
+    "send": "notify", "webhook": "http", "request": "http", "http_request": "http", "post": "http",
+    "create": "inloox.create", "update": "inloox.update", "delete": "inloox.delete", "get": "inloox.get",
+    "find": "inloox.query", "search": "inloox.query", "query": "inloox.query",
+}
+
+
+def _fail_without_one_action(kinds: list[str], config: dict, path: tuple, comp: Compilation):
+    """Raise the RuleError of a step with no action or several; a misspelt action is named at its key."""
+    arguments = {"id", "if"} | {name for kind in ACTIONS.values() for name in kind.schema.get("properties", {})}
+    for key in (k for k in config if not kinds and k not in ACTIONS and k not in arguments):
+        if close := did_you_mean(str(key), ACTIONS, meanings=_ACTION_MEANINGS):
+            comp.fail(path + (key,), f"{key!r} is not an action", hint=close, key=True)
+    others = ", ".join(str(k) for k in config if k not in kinds)
+    comp.fail(path, f"a step needs exactly one action (found {', '.join(kinds) or 'none'}"
+                    f"{' among ' + others if others and not kinds else ''})", hint="actions: " + ", ".join(ACTIONS))
 
 
 def _compile_step(index: int, step_id: str, name: str, given: dict, path: tuple, comp: Compilation) -> Step:

@@ -106,7 +106,7 @@ def test_each_trigger_condition_step_and_option_is_checked_on_its_own():
         "r.yaml:15:22: then[1].values.IsDone: IsDone: 'maybe' is not a valid Edm.Boolean, wanted true or false",
         "r.yaml:17:11: then[2].body: steps.frist.x: step 'frist' is not an earlier step"
         " (earlier steps: first, step1) (did you mean 'first'?)",
-        "r.yaml:18:5: then[3]: a step needs exactly one action (found none)"
+        "r.yaml:18:5: then[3].inloox.craete: 'inloox.craete' is not an action"
         " (did you mean 'inloox.create' or 'inloox.get' or 'inloox.update'?)",
         "r.yaml:19:27: rate_limit.per: 'soon' is not a duration: a number and one of the units s, m, h, d, w"
         " (90s, 10m, 2h, 3d, 1w), or a number of seconds",
