@@ -8,25 +8,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
-import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from .actions import ACTIONS
-from .conditions import Checker, compile_condition, operator_meanings
+from .conditions import Checker, compile_condition
 from .documents import Budget, Document, parse_documents
-from .durations import PATTERN as DURATION_PATTERN, WORDS as DURATION_WORDS, parse_duration, short_form
+from .durations import parse_duration
 from .errors import RuleError, RulesetError, did_you_mean
 from .iteration import ForEach, compile_for_each
-from .schema import RULE_ID_PATTERN, RULE_ID_WORDS, rule_schema
 from .scope import Compilation, Root, Scope
 from .templates import Template, is_template
 from .triggers import TRIGGERS, Trigger, compile_trigger
+from .violations import schema_problems
 
 RULE_SUFFIXES = (".yaml", ".yml")
-_MAX_MESSAGE = 300  # characters of a schema message before the value it quotes is cut short
 
 
 @dataclass(frozen=True)
@@ -162,7 +159,7 @@ def _decoded(text: str | bytes) -> str | bytes:
 def _load_document(doc: Document, rules: dict[str, Rule], skipped: list[Skipped]) -> None:
     rule_id = doc.data.get("id", "") if isinstance(doc.data, dict) else ""
     rule_id = rule_id if isinstance(rule_id, str) else ""
-    problems = _schema_problems(doc)
+    problems = schema_problems(doc)
     errors = [error for _, error in problems]
     if not errors and rule_id in rules:
         first = rules[rule_id]
@@ -181,80 +178,6 @@ def _in_file_order(errors: list[RuleError]) -> list[RuleError]:
     """Errors sorted by line and column, each once (two checks may find the same mistake)."""
     unique = {error.format(): error for error in errors}
     return sorted(unique.values(), key=lambda e: (e.line, e.col))
-
-
-def schema_errors(doc: Document) -> list[RuleError]:
-    """Every JSON Schema violation of a document, located; unknown keys get a did-you-mean."""
-    return [error for _, error in _schema_problems(doc)]
-
-
-def _schema_problems(doc: Document) -> list[tuple[tuple, RuleError]]:
-    """(path of the offending value, error) for every schema violation, in file order."""
-    from jsonschema.exceptions import best_match  # here: see _validator
-
-    rule_id = str(doc.data.get("id", "")) if isinstance(doc.data, dict) else ""
-    found: list[tuple[str, tuple, RuleError]] = []
-    for error in _validator().iter_errors(doc.data):
-        # Under anyOf, say what the closest alternative wanted, not "not valid under any of the given schemas".
-        error = best_match([error]) if error.context else error
-        path = tuple(error.absolute_path)
-        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            known = error.schema.get("properties", {})
-            found += [("unknown", path + (key,), doc.error(path + (key,), f"unknown key {key!r}", key=True,
-                                                           hint=_unknown_key_hint(key, known), rule_id=rule_id))
-                      for key in error.instance if key not in known]
-        elif error.validator == "enum" and isinstance(error.instance, str):
-            found.append(("enum", path, doc.error(path, f"{error.instance!r} is not one of {', '.join(error.validator_value)}",
-                                                  hint=did_you_mean(error.instance, error.validator_value,
-                                                                    meanings=operator_meanings()),
-                                                  rule_id=rule_id)))
-        elif error.validator == "pattern" and error.validator_value in _PATTERN_WORDS:
-            words, suggest = _PATTERN_WORDS[error.validator_value]
-            meant = suggest(str(error.instance))
-            found.append(("pattern", path, doc.error(path, f"{error.instance!r} is not {words}",
-                                                     hint=f"did you mean {meant!r}?" if meant else "", rule_id=rule_id)))
-        elif error.validator == "required":  # the value that is wrong is the one not there
-            found.append(("required", path + (None,), doc.error(path, _brief(error), rule_id=rule_id)))
-        elif error.validator != "if":  # a failing if/then is reported by its "then" branch
-            found.append((error.validator, path, doc.error(path, _brief(error), rule_id=rule_id)))
-    # A misspelt key also makes the real one "required": the unknown-key error already says so.
-    unknown_at = {path[:-1] for validator, path, _ in found if validator == "unknown"}
-    problems = [(path, e) for validator, path, e in found if not (validator == "required" and path[:-1] in unknown_at)]
-    return sorted(problems, key=lambda p: (p[1].line, p[1].col))
-
-
-def _id_from(text: str) -> str | None:
-    """`done-review-time` for an id written as a title (`Done Review Time`), else None."""
-    meant = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")
-    return meant if re.fullmatch(RULE_ID_PATTERN, meant) else None
-
-
-# The schema's patterns in words, with what the value probably meant: a user reads no regular expression.
-_PATTERN_WORDS = {RULE_ID_PATTERN: (RULE_ID_WORDS, _id_from), DURATION_PATTERN: (DURATION_WORDS, short_form)}
-
-
-def _brief(error) -> str:
-    """The schema's message, with a long value in it cut short (it quotes the whole value)."""
-    if len(error.message) <= _MAX_MESSAGE:
-        return error.message
-    return error.message.replace(repr(error.instance), reprlib.repr(error.instance))
-
-
-# The words other automation tools use for a rule's parts (Zapier's trigger and action steps and its
-# Filter, n8n's nodes, Home Assistant's trigger/condition/action, GitHub Actions' `on`), pointed to
-# the key that says it here. Only a word whose key is allowed where it was written is suggested.
-_KEY_MEANINGS = {
-    "trigger": "when", "triggers": "when", "on": "when",
-    "condition": "if", "conditions": "if", "filter": "if", "filters": "if",
-    "action": "then", "actions": "then", "steps": "then", "do": "then",
-}
-
-
-def _unknown_key_hint(key: str, known) -> str:
-    hint = did_you_mean(key, known, meanings=_KEY_MEANINGS)
-    if not hint and key in {**TRIGGERS, **ACTIONS}:
-        hint = f"{key!r} is another kind here; give only one"
-    return hint or "the keys here: " + ", ".join(sorted(known))
 
 
 def rule_version(data: Any) -> str:
@@ -441,15 +364,3 @@ def _template_strings(value: Any, path: tuple):
             yield from _template_strings(v, path + (i,))
     elif is_template(value):
         yield path, value
-
-
-@functools.cache
-def _validator():
-    """The rule schema's validator, made the first time a rule file is loaded.
-
-    jsonschema is imported here, not at the top: an idle worker loads no rules until its first
-    event, and jsonschema costs a process ~3.5 MB.
-    """
-    from jsonschema import Draft202012Validator
-
-    return Draft202012Validator(rule_schema())
