@@ -88,7 +88,9 @@ def _compare(report, case: dict, result: CaseResult) -> None:
     outcomes = {o.rule_id: o for o in report.outcomes}
     planned = {rid for rid, o in outcomes.items() if o.reason is None}
     for rid in sorted(planned - set(expected)):
-        result.problems.append(f"{rid} matched but was not expected")
+        # Typically a rule just added whose trigger an older case's event also fires.
+        result.problems.append(f"{rid} matched but was not expected (expect: names every rule that plans for "
+                               f"this event; add `{rid}: {{}}` to it if the match is right)")
     for rid, want in expected.items():
         o = outcomes.get(rid)
         if o is None or o.reason is not None:

@@ -23,7 +23,8 @@ def test_example_fixtures_are_found_in_rules_tests():
 
 def test_unexpected_match_fails(tmp_path):
     (result,) = run(tmp_path, "- name: c\n" + EVENT + "  expect: {}\n")
-    assert result.problems == ["archive-project matched but was not expected"]
+    assert result.problems == ["archive-project matched but was not expected (expect: names every rule that plans "
+                               "for this event; add `archive-project: {}` to it if the match is right)"]
 
 
 def test_expected_match_that_did_not_happen_fails_with_reason(tmp_path):
