@@ -10,7 +10,7 @@ from web.resources import get_redis
 from web.workspace import cli_workspace
 from workers.guards import resume_rule
 from workers.jobs import RetryRefused, resume_account, retry_run
-from workers.runs import list_runs, load_run, load_trace
+from workers.runs import STATUSES, list_runs, load_run, load_trace
 
 runs_cli = AppGroup("runs", help="List, inspect and retry rule runs.")
 
@@ -18,7 +18,7 @@ runs_cli = AppGroup("runs", help="List, inspect and retry rule runs.")
 @runs_cli.command("list")
 @cli_workspace
 @click.option("--rule", help="Only runs of this rule id.")
-@click.option("--status", help="Only runs in this status (queued, retrying, succeeded, failed, paused, …).")
+@click.option("--status", type=click.Choice(STATUSES), help="Only runs in this status.")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(rule, status, limit, as_json):

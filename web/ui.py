@@ -37,7 +37,7 @@ from workers.workspaces import key
 from workers.jobs import RetryRefused, retry_run
 from workers.outbound import redacted
 from workers.poller.status import WHOLE, poll_status, troubles
-from workers.runs import decode_run, list_runs, load_run, load_trace
+from workers.runs import STATUSES, decode_run, list_runs, load_run, load_trace
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
 bp.add_url_rule("/usage", "usage", usage_page)  # the view lives with the usage API (web/usage.py)
@@ -205,7 +205,7 @@ def runs():
     found = list_runs(get_redis(), rule=args.get("rule") or None, status=args.get("status") or None, limit=500)
     shown = [r for r in found if (not args.get("source") or r.get("source") == args["source"])
              and (since is None or datetime.fromisoformat(r["created_at"]) >= since)][:200]
-    return render_template("ui/runs.html", runs=shown, filters=args)
+    return render_template("ui/runs.html", runs=shown, filters=args, statuses=STATUSES)
 
 
 @bp.get("/runs/<run_id>")

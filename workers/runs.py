@@ -53,6 +53,9 @@ RUNS_KEEP = 10_000  # finished runs kept per workspace (newest first); unfinishe
 TRACES_KEEP = 10_000  # event traces kept per workspace (newest first)
 RUNS_MAX_AGE = 7 * 24 * 3600  # seconds a run record or trace lives after its last write
 TRIM_BATCH = 1000  # most entries one store deletes (a lowered keep-count catches up over several)
+# Every status a run can be in, in the order a run moves through them (the runs API's `status`
+# enum, the dashboard's filter and `flask runs list --status` offer these).
+STATUSES = ("queued", "held", "retrying", "succeeded", "failed", "skipped", "shadow", "paused", "over_limit")
 TERMINAL = frozenset({"succeeded", "failed", "skipped", "shadow"})
 WAITING_FOR_A_PERSON = frozenset({"paused"})
 # Runs over the workspace's monthly limit: workers/metering/limits.py lists and releases them, not the sweeper.

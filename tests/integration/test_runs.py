@@ -90,3 +90,18 @@ def test_the_runs_api_needs_the_admin_token_when_one_is_set(api):
     assert api.test_client().get("/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert get(api, "/runs").status_code == 200
     assert get(api, "/runs/run_nope").status_code == 404
+
+
+def test_runs_list_refuses_a_status_runs_never_have(api):
+    # `--status done` listed "no runs", as if none had finished; the API answers 400 for it.
+    result = api.test_cli_runner().invoke(args=["runs", "list", "--status", "done"])
+    assert result.exit_code == 2
+    assert "'done' is not one of 'queued', 'held', 'retrying', 'succeeded', 'failed'" in result.output
+
+
+def test_the_runs_api_and_the_cli_offer_the_same_statuses(api):
+    from workers.runs import STATUSES
+
+    spec = get(api, "/openapi.json").json
+    [status] = [p for p in spec["paths"]["/runs"]["get"]["parameters"] if p["name"] == "status"]
+    assert tuple(status["schema"]["enum"]) == STATUSES
