@@ -15,6 +15,7 @@ from engine import Event, RuleError, explain, load_rules, rule_schema
 from web.resources import get_context
 from web.workspace import cli_workspace
 from engine.documents import parse_documents
+from engine.rules import rule_files as rule_files_at
 from engine.edm import parse_datetime
 from engine.events import event_from_file
 from engine.schedules import NextTick, next_tick
@@ -57,12 +58,24 @@ def check_command(path: Path, as_json: bool):
             fixed = "" if entry["file"] in broken_now else \
                 " (as the stack last read it: the file loads now, and the stack takes it up within seconds)"
             click.echo(f"{entry['file']}: {_running_words(entry)}{fixed}", err=True)
-        for warning in _missing_sources(path, ruleset):
+        for warning in _missing_sources(path, ruleset) + _unread_files(path):
             click.echo(warning, err=True)
     if ruleset.errors:
         raise click.ClickException(f"{len(ruleset.errors)} error(s); {len(ruleset.rules)} rule(s) loaded")
     if not as_json:
         click.echo(f"ok: {len(ruleset.rules)} rule(s) in {path}")
+
+
+def _unread_files(path: Path) -> list[str]:
+    """A warning when a folder holds no rule file but YAML files elsewhere in it (a subfolder, an upper-case suffix)."""
+    if not path.is_dir() or rule_files_at(path):
+        return []
+    elsewhere = [f for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in (".yaml", ".yml")
+                 and "tests" not in f.relative_to(path).parts]
+    named = ", ".join(str(f) for f in elsewhere[:3]) + (", …" if len(elsewhere) > 3 else "")
+    found = f" (not read: {named})" if elsewhere else ""
+    return [f"warning: no rule files in {path}: rules are the *.yaml and *.yml files directly in the folder, "
+            f"not in its subfolders{found}"]
 
 
 def _running_state(path: Path) -> list[dict]:

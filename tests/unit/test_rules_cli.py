@@ -186,3 +186,14 @@ def test_check_says_when_the_stack_has_not_yet_read_a_file_fixed_since(runner, t
     assert ("fixed.yaml: broken since 1970-01-01 00:00 UTC; none of its rules run (it has never loaded) (as the stack "
             "last read it: the file loads now, and the stack takes it up within seconds)") in lines
     assert "bad.yaml: broken since 1970-01-01 00:00 UTC; none of its rules run (it has never loaded)" in lines
+
+
+def test_check_warns_when_the_folder_holds_no_rule_file(runner, tmp_path):
+    # The rules sit one folder down: "ok: 0 rule(s)" alone read as if they had passed.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "r.yaml").write_text((RULES / "archive-project.yaml").read_text())
+    result = runner.invoke(args=["rules", "check", str(tmp_path)])
+    assert result.exit_code == 0
+    assert (f"warning: no rule files in {tmp_path}: rules are the *.yaml and *.yml files directly in the folder, "
+            f"not in its subfolders (not read: {tmp_path}/mine/r.yaml)") in result.output
+    assert "warning" not in runner.invoke(args=["rules", "check", str(RULES)]).output
