@@ -37,7 +37,8 @@ def schema_problems(doc: Document) -> list[tuple[tuple, RuleError]]:
                                                            hint=_unknown_key_hint(key, known), rule_id=rule_id))
                       for key in error.instance if key not in known]
         elif error.validator == "enum" and isinstance(error.instance, str):
-            found.append(("enum", path, doc.error(path, f"{error.instance!r} is not one of {', '.join(error.validator_value)}",
+            allowed = ", ".join(error.validator_value)
+            found.append(("enum", path, doc.error(path, f"{error.instance!r} is not one of {allowed}",
                                                   hint=did_you_mean(error.instance, error.validator_value,
                                                                     meanings=operator_meanings()),
                                                   rule_id=rule_id)))
@@ -45,7 +46,8 @@ def schema_problems(doc: Document) -> list[tuple[tuple, RuleError]]:
             words, suggest = _PATTERN_WORDS[error.validator_value]
             meant = suggest(str(error.instance))
             found.append(("pattern", path, doc.error(path, f"{error.instance!r} is not {words}",
-                                                     hint=f"did you mean {meant!r}?" if meant else "", rule_id=rule_id)))
+                                                     hint=f"did you mean {meant!r}?" if meant else "",
+                                                     rule_id=rule_id)))
         elif error.validator == "required":  # the value that is wrong is the one not there
             found.append(("required", path + (None,), doc.error(path, _brief(error), rule_id=rule_id)))
         elif error.validator != "if":  # a failing if/then is reported by its "then" branch
