@@ -162,8 +162,10 @@ def show_lines(found: event_history.LoggedEvent) -> list[str]:
         lines.append(f"  replayed {note['at'][:19]}: started {len(note['runs'])} run(s)"
                      + (" (forced)" if note.get("forced") else ""))
     event = found.event
-    lines.append("  payload: " + json.dumps({k: event.get(k) for k in ("changes", "payload", "actor") if event.get(k)},
-                                            default=str, ensure_ascii=False)[:400])
+    # "data", not "payload": a webhook's event has a `payload` of its own, and `payload: {"payload": …}` read as a
+    # mistake to a person seeing it first.
+    lines.append("  data: " + json.dumps({k: event.get(k) for k in ("changes", "payload", "actor") if event.get(k)},
+                                         default=str, ensure_ascii=False)[:400])
     return lines
 
 

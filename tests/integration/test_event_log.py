@@ -71,6 +71,7 @@ def test_events_for_a_rule_that_never_loaded_are_replayed_once_it_is_fixed(stack
 
     shown = runner.invoke(args=["events", "show", event_id])
     assert "ran" in shown.output and "replayed" in shown.output and "(forced)" in shown.output, shown.output
+    assert '  data: {"payload": {' in shown.output and "payload: {\"payload\"" not in shown.output, shown.output
 
 
 def test_a_replay_says_what_became_of_every_event_it_lists(stack, sandbox, rules_dir, redis_url, app, client):
