@@ -222,5 +222,8 @@ def _search(connection: redis.Redis, stream: str, event_ids: set[str]) -> dict[s
 
 
 def _is_entry_id(text: str) -> bool:
+    """`<ms>-<seq>` as Redis reads a stream id: ASCII digits, each part at most 64 bits. Anything else is looked
+    for as an event id: str.isdigit() also takes "١" and "²", and Redis refused those, and a part past 64 bits,
+    with an error (the event page's 500)."""
     ms, dash, seq = text.partition("-")
-    return bool(dash) and ms.isdigit() and seq.isdigit()
+    return bool(dash) and all(p.isascii() and p.isdigit() and len(p) <= 20 and int(p) < 2 ** 64 for p in (ms, seq))

@@ -148,6 +148,16 @@ def test_a_since_before_1970_lists_and_replays_every_event(client, since):
     assert replayed.status_code == 200 and replayed.json["events"] == 1, replayed.text
 
 
+@pytest.mark.parametrize("event_id", ["99999999999999999999-0", "1-99999999999999999999",
+                                      "damaged:99999999999999999999-0", "\u0661-\u0661", "\u00b2-0"])
+def test_an_event_id_shaped_as_an_entry_redis_cannot_read_is_a_404(client, event_id):
+    # Taken for a stream entry id (digits, a dash, digits), it went to XRANGE as one: past 64 bits, or digits
+    # str.isdigit() reads and Redis does not ("١", "²"), Redis refused it and the event page answered 500.
+    client.post("/rules/say-hello/run", json={"input": {"by": "Ann"}}, headers=AUTH)
+    response = client.get(f"/events/{event_id}", headers=AUTH)
+    assert response.status_code == 404 and error(response).startswith(f"no event {event_id} "), response.text
+
+
 @pytest.mark.parametrize("body, where", [
     ({"url": "", "events": ["Task.updated"]}, "url: '' does not match '^https?://'; http(s) URL"),
     ({"events": ["Task.updated"]}, "url: is required"),
