@@ -23,7 +23,7 @@ from engine import Event, explain
 from workers import eventlog
 from workers.event_history import Handled
 from workers.jobs import start_run
-from workers.runs import decode_record, new_run, save_trace
+from workers.runs import decode_record, new_run, run_id, save_trace
 from workers.worker_context import WorkerContext
 from workers.workspaces import key
 
@@ -95,14 +95,21 @@ def _replay_one(ctx: WorkerContext, entry: eventlog.Entry, ruleset, version: str
     parsed = Event.from_dict(entry.event)
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env, defer_env=True)
     plans = [p for p in report.plans if rule is None or p.rule_id == rule]
+    # The runs the trace names ran for the event even when their records are gone: finished runs are kept by count,
+    # traces by event, so a run is trimmed while its event's trace is kept (two rules per event, a for_each), and its
+    # ledger entries went an hour after it succeeded. Started again, its writes were sent a second time.
+    ran = set((trace or {}).get("runs") or ()) if forced is None else set()
     for plan in plans:
+        if run_id(plan) in ran:
+            done.already.append(run_id(plan))
+            continue
         if dry_run:
             run = new_run(plan, now=now, forced=forced)
             exists = forced is None and ctx.connection.exists(key(f"run:{run['id']}"))
             (done.already if exists else done.started).append(run["id"])
             continue
-        run_id, created = start_run(ctx, parsed, plan, now, version, forced=forced)
-        (done.started if created else done.already).append(run_id)
+        started, created = start_run(ctx, parsed, plan, now, version, forced=forced)
+        (done.started if created else done.already).append(started)
     if not dry_run and done.started:
         _note_on_trace(ctx, trace, report.to_dict() | {"ruleset_version": version, "entry": entry.id},
                        done, forced, now)

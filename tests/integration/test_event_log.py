@@ -103,6 +103,37 @@ def test_a_replay_says_what_became_of_every_event_it_lists(stack, sandbox, rules
     assert sum(summary["outcomes"].values()) == summary["events"] == 3
 
 
+def test_a_replay_without_force_starts_nothing_for_a_rule_the_trace_says_ran_though_its_run_was_trimmed(
+        stack, sandbox, rules_dir, redis_url, client):
+    # Finished runs are kept by count (the newest 10,000), traces by event (the newest 10,000): with two rules per
+    # event, or a for_each, a run is trimmed while its event's trace is kept, and its ledger entries went an hour
+    # after it succeeded. The replay looked only for the run's record: it started the rule again for the event and
+    # created the task a second time, without `force`.
+    from workers import ledger
+    from workers.runs import load_run, save_run
+
+    write_form_rule(rules_dir)
+    ensure_project(sandbox)
+    stack.worker()
+    web = stack.web()
+    assert deliver(web, {"title": "Form", "project": PROJECT}, "msg_trimmed").status_code == 202
+    [run] = wait_until(lambda: runs_in(redis_url, "succeeded"), 30, "the run")
+    connection = redis.Redis.from_url(redis_url)
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+        save_run(connection, load_run(connection, run["id"]), now=datetime.now().astimezone(), keep=0)  # the trim
+        assert load_run(connection, run["id"]) is None
+        connection.delete(*[ledger._key(op["idempotency_key"]) for op in run["plan"]["operations"]])  # an hour on
+
+    dry = client.post("/events/replay", json={"events": ["webhook:forms:msg_trimmed"], "dry_run": True}, headers=ADMIN)
+    again = client.post("/events/replay", json={"events": ["webhook:forms:msg_trimmed"]}, headers=ADMIN)
+
+    assert dry.get_json()["outcomes"]["already ran"] == 1 and dry.get_json()["started"] == 0, dry.get_json()
+    assert again.status_code == 202 and again.get_json()["already"] == 1, again.get_json()
+    assert again.get_json()["started"] == 0 and all_runs(redis_url) == []
+    time.sleep(2)  # what a started run would take to write
+    assert sandbox.count("Task") == 1
+
+
 def test_a_rule_file_that_breaks_keeps_running_its_last_good_version(stack, sandbox, rules_dir, redis_url, app,
                                                                      client):
     write_form_rule(rules_dir)
