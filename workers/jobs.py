@@ -989,6 +989,9 @@ class RetryRefused(Exception):
     """The run cannot be retried now (it is not failed or paused); the message says why."""
 
 
+RETRY_LEASE = 10  # seconds a retry holds the run's lock while it checks and stores it (a few round trips)
+
+
 def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False) -> dict:
     """Queue a failed or paused run again, from its failed step (default) or from the start.
 
@@ -996,6 +999,26 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
     ledger returns their first result. A step that stopped because its outcome was unknown
     and uncheckable is sent again: retrying it is the person's decision.
     """
+    # The run's lock (an executor's) while the run is checked and stored: two retries at once both read it failed,
+    # both answered 202 and queued its job twice, and the later one stored the record it had read over what the
+    # first one's executor had done since. The job is queued once the lock is given back, or its executor would
+    # find the run locked and leave it.
+    lock = connection.lock(workspaces.key(f"run-lock:{run_id}"), timeout=RETRY_LEASE, blocking=False)
+    if not lock.acquire():
+        raise RetryRefused(f"run {run_id} is being worked on (by an executor or another retry); only failed or "
+                           "paused runs, or runs that are past their deadline with nobody working on them, can be "
+                           "retried")
+    try:
+        run = _retried(connection, run_id, from_start=from_start)
+    finally:
+        _release(lock, run_id)
+    metrics.count(connection, "retries", kind="manual")
+    queue_run(connection, run, job_id=run["job"])
+    return run
+
+
+def _retried(connection: redis.Redis, run_id: str, *, from_start: bool) -> dict:
+    """The run stored as queued again (under its lock: nobody else works on it now), or RetryRefused."""
     run = load_run(connection, run_id)
     if run is None:
         raise RetryRefused(f"no run {run_id}")
@@ -1013,14 +1036,12 @@ def retry_run(connection: redis.Redis, run_id: str, *, from_start: bool = False)
     run["retries"] = run.get("retries", 0) + 1
     run["job"] = f"{run_id}-r{run['retries']}"  # stored with the run: the sweeper asks it (`_retry_later`)
     save_run(connection, run, now=datetime.now(timezone.utc))
-    metrics.count(connection, "retries", kind="manual")
-    queue_run(connection, run, job_id=run["job"])
     return run
 
 
 def _stuck(connection: redis.Redis, run: dict) -> bool:
-    """True for a waiting run that nobody works on and that is past its deadline (see workers.recovery)."""
-    if run["status"] not in ("queued", "retrying", "held") or connection.exists(workspaces.key(f"run-lock:{run['id']}")):
+    """True for a waiting run past its deadline (see workers.recovery); the caller holds its lock, so nobody works on it."""
+    if run["status"] not in ("queued", "retrying", "held"):
         return False
     due = connection.zscore(workspaces.key(ACTIVE), run["id"])
     return due is None or due <= time.time()

@@ -105,3 +105,44 @@ def test_the_runs_api_and_the_cli_offer_the_same_statuses(api):
     spec = get(api, "/openapi.json").json
     [status] = [p for p in spec["paths"]["/runs"]["get"]["parameters"] if p["name"] == "status"]
     assert tuple(status["schema"]["enum"]) == STATUSES
+
+
+def test_two_retries_of_one_failed_run_at_once_queue_it_once_and_the_second_is_a_409(api, redis_url, sandbox):
+    # Each retry read the run, saw it failed and stored it queued: two at once both passed the check, both answered
+    # 202 and queued the same job twice (its `retries` counting one), and the later one wrote back the record it read
+    # before, over whatever the first one's executor had done meanwhile.
+    import threading
+    from datetime import datetime, timezone
+
+    import redis
+
+    from engine import Plan
+    from workers import workspaces
+    from workers.runs import create_run, load_run
+
+    connection = redis.Redis.from_url(redis_url)
+    for trial in range(10):
+        run_id = f"run_twice_{trial}"
+        with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+            now = datetime.now(timezone.utc).isoformat()
+            create_run(connection, {"id": run_id, "rule_id": "r", "rule_version": "1", "event_id": "e",
+                                    "status": "failed", "reason": "InLoox said 400", "created_at": now,
+                                    "updated_at": now, "steps": [], "outputs": {}, "attempts": 1,
+                                    "plan": Plan(rule_id="r", rule_version="1", event_id="e", event={}).to_dict()})
+        together, answers = threading.Barrier(2), []
+
+        def retry():
+            client = api.test_client()
+            together.wait()
+            answers.append(client.post(f"/runs/{run_id}/retry", headers={"Authorization": "Bearer admin-secret"}))
+
+        threads = [threading.Thread(target=retry) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
+        with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token)):
+            assert load_run(connection, run_id)["retries"] == 1
+        assert connection.lrange("rq:queue:default", 0, -1).count(f"default-{run_id}-r1".encode()) == 1
