@@ -35,7 +35,9 @@ from pathlib import Path
 from ruamel.yaml import YAML, YAMLError
 
 DEFAULT = "default"
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")  # also part of Redis keys, queue names and RQ job ids
+# Also part of Redis keys, queue names and RQ job ids. `\Z`, not `$`: `$` also matches before a final newline, and
+# "acme\n" was a workspace of its own, listed as "acme".
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}\Z")
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "workspaces.schema.json"
 
 

@@ -116,6 +116,21 @@ def test_an_unreadable_webhook_source_body_is_400_saying_why(api, sandbox, data,
     assert answer.status_code == 400 and reason in answer.json["error"]["message"], answer.text
 
 
+def test_a_name_or_source_with_a_newline_at_its_end_is_refused_not_made_a_look_alike_of_another(api, sandbox):
+    # The names' patterns ended in `$`, which Python also matches before a final newline: PUT /workspaces/acme%0A made
+    # a second workspace listed as "acme", with a newline in its Redis keys and queue name, whose export answered 500
+    # (a newline in the Content-Disposition header); a webhook source "forms\n" was added, at /hooks/forms%0A.
+    client = api.test_client()
+    create(client, "acme", sandbox)
+    answer = client.put("/workspaces/acme%0A", headers=auth(),
+                        json={"inloox_url": sandbox.base_url, "inloox_api_key": INLOOX_TOKEN})
+    assert answer.status_code == 422 and "workspace name 'acme\\n'" in answer.json["error"]["message"], answer.text
+    assert [w["name"] for w in client.get("/workspaces", headers=auth()).json["workspaces"]] == ["acme", "default"]
+    assert client.get("/workspaces/acme%0A/export", headers=auth()).status_code == 404
+    source = client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms\n"})
+    assert source.status_code == 422 and "source 'forms\\n'" in source.json["error"]["message"], source.text
+
+
 def test_the_operator_api_needs_the_operator_token(api, sandbox):
     client = api.test_client()
     assert client.put("/workspaces/acme", json={"inloox_url": sandbox.base_url}).status_code == 401

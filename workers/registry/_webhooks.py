@@ -11,7 +11,8 @@ from workers.registry import _records
 from workers.registry._store import ROTATION_OVERLAP, RegistryError, UnknownWorkspace, existing, read, update
 from workers.secrets import Keyring
 
-SOURCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")  # also part of the hooks URL and of event ids
+# Also part of the hooks URL and of event ids; `\Z`, not `$`, which also matches before a final newline ("forms\n").
+SOURCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}\Z")
 
 
 class UnknownSource(RegistryError):
