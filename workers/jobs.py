@@ -1040,7 +1040,8 @@ def _retried(connection: redis.Redis, run_id: str, *, from_start: bool) -> dict:
 
 
 def _stuck(connection: redis.Redis, run: dict) -> bool:
-    """True for a waiting run past its deadline (see workers.recovery); the caller holds its lock, so nobody works on it."""
+    """True for a waiting run past its deadline (see workers.recovery); the caller holds its lock, so nobody works on
+    it."""
     if run["status"] not in ("queued", "retrying", "held"):
         return False
     due = connection.zscore(workspaces.key(ACTIVE), run["id"])
