@@ -201,18 +201,23 @@ def test_a_baseline_read_while_a_row_changes_on_a_skip_paging_inloox_takes_no_ta
     assert sorted((e["kind"], e["key"]) for e in queued(connection)) == sorted(("updated", t) for t in tasks)
 
 
+def _key_order_read_with_a_delete(sandbox, project):
+    """The Task view read for a joined table's fields (two change times a row: key order) on a sandbox paging by
+    $skip, 150 tasks, no overlap, and a spoil that deletes the first row's task between two pages."""
+    feed, fields = change_feed("DynamicTaskItem"), frozenset({"TaskItem_IsDone", "Planning_EndDateTime"})
+    assert len(feed.stamps(sorted(fields))) == 2
+    sandbox.paging("skip")
+    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
+    deleted = between_pages(lambda row: sandbox.delete(f"Task({row[feed.column(feed.key)]})").raise_for_status())
+    return feed, fields, PollSettings(overlap=timedelta(0), flood_limit=10_000), tasks, deleted
+
+
 def test_a_key_order_baseline_while_a_task_is_deleted_on_a_skip_paging_inloox_takes_no_task_for_created_later(
         sandbox, connection, project, spoiler):
     """Read for fields of a joined table (two change times a row), the view is read in key order: there a task deleted
     from a page read already made the one behind it slide into that page, unseen by the baseline, and "created" at its
     next change. That baseline reads twice now."""
-    feed, fields = change_feed("DynamicTaskItem"), frozenset({"TaskItem_IsDone", "Planning_EndDateTime"})
-    assert len(feed.stamps(sorted(fields))) == 2
-    settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)
-    sandbox.paging("skip")
-    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
-    meanwhile, acted = between_pages(
-        lambda row: sandbox.delete(f"Task({row[feed.column(feed.key)]})").raise_for_status())
+    feed, fields, settings, tasks, (meanwhile, acted) = _key_order_read_with_a_delete(sandbox, project)
 
     with Client(spoiler.url, sandbox.token) as client:
         spoiler.spoil("DynamicTaskItem", meanwhile)
@@ -232,12 +237,7 @@ def test_a_key_order_poll_of_more_than_a_page_while_a_task_is_deleted_on_a_skip_
     """In key order (a joined table's fields watched) a change moves no row, but a task deleted from a page read already
     made the one behind it slide into that page, unseen, and the cursor went on past its change. A read of more than
     a page is read again there, and a row either read found counts (the newer of the two)."""
-    feed, fields = change_feed("DynamicTaskItem"), frozenset({"TaskItem_IsDone", "Planning_EndDateTime"})
-    settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)
-    sandbox.paging("skip")
-    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
-    meanwhile, acted = between_pages(
-        lambda row: sandbox.delete(f"Task({row[feed.column(feed.key)]})").raise_for_status())
+    feed, fields, settings, tasks, (meanwhile, acted) = _key_order_read_with_a_delete(sandbox, project)
 
     with Client(spoiler.url, sandbox.token) as client:
         assert poll_once(client, connection, feed, fields, settings).baseline
