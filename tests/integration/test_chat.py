@@ -294,9 +294,9 @@ def test_a_delete_waits_for_its_confirmation_and_runs_once(slack, sandbox, redis
 
 
 def test_a_confirm_code_is_six_digits_so_no_one_confirms_a_command_held_for_a_longer_id(slack, sandbox, redis_url):
-    """A held command is kept under `<surface>:<user id>:<code>`, and the code was taken as typed. Teams ids hold colons
-    (`29:1…`): the person whose id is `29` confirmed `29:1`'s command with `confirm 1:<code>`. Codes are six digits, so
-    anything else is no code of anyone's."""
+    """A held command is kept under `<surface>:<user id>:<code>`, and the code was taken as typed. Teams ids hold
+    colons (`29:1…`): the person whose id is `29` confirmed `29:1`'s command with `confirm 1:<code>`. Codes are six
+    digits, so anything else is no code of anyone's."""
     task = make_task(sandbox, "Old task")
     code = re.search(r"confirm (\d{6})", slack(f"drop {task}", user_id="U29:1").json["text"]).group(1)
 

@@ -45,8 +45,9 @@ REFUSED_SECONDS and the others are read meanwhile (one read covers them all, and
 workspace); one whose log is gone under a read (its workspace deleted, the worker not told yet) is set aside for
 GONE_SECONDS, and made again only if its workspace is still served then; housekeeping of one workspace that fails
 other than by an outage is logged, and the others are looked after all the same. A Redis outage pauses the loop with
-backoff; nothing is acknowledged that was not handled. Once Redis answers again, the loop gives back the run locks of attempts the outage cut short (workers/recovery.py)
-and hands out again, at once, the events whose handling it cut short (rather than CLAIM_IDLE later).
+backoff; nothing is acknowledged that was not handled. Once Redis answers again, the loop gives back the run locks of
+attempts the outage cut short (workers/recovery.py) and hands out again, at once, the events whose handling it cut
+short (rather than CLAIM_IDLE later).
 Of the threads in flight, at most a few run this process's own work at once; the others wait for
 answers or for a place (gate.py).
 """

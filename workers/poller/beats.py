@@ -2,7 +2,8 @@
 with only the schedules' loop) says every few seconds how its loops are, for /readyz.
 
 A worker that polls (WORKER_POLLS=1) says it in its own beat, under its RQ name (workers/worker.py
-CONSUMER_BEAT, workers/consumer_beat.py); these are the processes that run nothing but polling, which RQ's registry does not know.
+CONSUMER_BEAT, workers/consumer_beat.py); these are the processes that run nothing but polling, which RQ's
+registry does not know.
 
     pollers:beats   hash: poller id → {"state", "at" (epoch s), "host", "pid", "kind"} as JSON
 

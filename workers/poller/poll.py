@@ -27,7 +27,7 @@ from engine.diff import diff_snapshots
 from engine.edm import key_problem, parse_datetime, parse_instant
 from engine.events import Event
 from inloox import Client, InLooxError, and_, eq, ge, or_
-from inloox.changes import ChangeFeed, Stamp
+from inloox.changes import PAGE_SIZE, ChangeFeed, Stamp
 from inloox.metadata import load_metadata
 from workers import guards, workspaces
 from workers.intake import submit_event
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 40  # keys per `or` filter when reading changed entities: keeps URLs well under 4 KB
 SELECT_LIMIT = 40  # more columns than this are read whole: a longer `$select` would make URLs too long
-PAGE = 100  # rows a poll reads before it asks for the next ones itself (InLoox's page: ../shared/inloox-api.md)
 
 
 @dataclass(frozen=True)
@@ -155,8 +154,8 @@ def _read(client: Client, feed: ChangeFeed, stamps: tuple[Stamp, ...], where, se
     already is never listed; the cursor went on past it, and its change was lost. Asked for from the last change time,
     the row that moved is read at the end and nothing slides. In key order (several stamps) a row keeps its place when
     it changes, and the server's own paging is followed (a read of more than a page twice, for deletes); so it is for
-    a run of PAGE rows or more with one change time (a bulk update: asked for from it, the same page comes again), or
-    a change time that is no instant.
+    a run of PAGE_SIZE rows or more with one change time (a bulk update: asked for from it, the same page comes
+    again), or a change time that is no instant.
     """
     def query(condition):
         return client.query(feed.view, filter=condition, select=select, orderby=_order(feed, stamps))
@@ -167,19 +166,23 @@ def _read(client: Client, feed: ChangeFeed, stamps: tuple[Stamp, ...], where, se
         # into that page, unseen: a read of more than a page is read again, and a row either read found counts
         # (`_changes` keeps the newer of the two).
         rows = list(pages)
-        return rows + list(query(where)) if len(rows) > PAGE else rows
+        return rows + list(query(where)) if len(rows) > PAGE_SIZE else rows
     stamp, key = stamps[0].column, feed.column(feed.key)
+
+    def version(row: dict) -> tuple[str, str]:  # a row as read at one change time: read again, it is dropped
+        return str(row.get(key)), str(row.get(stamp))
+
     rows, seen, since = [], set(), None
     for _ in range(client.max_pages):
-        page = list(itertools.islice(pages, PAGE))
-        fresh = [row for row in page if (str(row.get(key)), str(row.get(stamp))) not in seen]
+        page = list(itertools.islice(pages, PAGE_SIZE))
+        fresh = [row for row in page if version(row) not in seen]
         rows += fresh
-        seen.update((str(row.get(key)), str(row.get(stamp))) for row in fresh)
-        if len(page) < PAGE:
+        seen.update(map(version, fresh))
+        if len(page) < PAGE_SIZE:
             return rows
         last = parse_instant(page[-1][stamp]) if isinstance(page[-1].get(stamp), str) else None
         if last is None or not fresh or (since is not None and last <= since):
-            return rows + [row for row in pages if (str(row.get(key)), str(row.get(stamp))) not in seen]
+            return rows + [row for row in pages if version(row) not in seen]
         since = last
         pages = query(ge(stamp, last) if where is None else and_(where, ge(stamp, last)))
     raise InLooxError(f"a poll of {feed.view} runs to more than {client.max_pages} pages")

@@ -87,16 +87,23 @@ def record_trouble(connection: redis.Redis, entity_set: str, error: BaseExceptio
 
 def troubles(connection: redis.Redis) -> dict[str, dict]:
     """Entity set (or WHOLE) → {since, at, error} of the polls failing now."""
-    found = {k.decode(): _trouble(v) for k, v in connection.hgetall(key(TROUBLE)).items()}
+    return _troubles(connection.hgetall(key(TROUBLE)))
+
+
+def _troubles(stored: dict) -> dict[str, dict]:
+    found = {k.decode(): _trouble(v) for k, v in stored.items()}
     return {name: trouble for name, trouble in found.items() if trouble}
 
 
 def _trouble(raw: bytes | None) -> dict:
+    """A stored trouble, or {} when there is none or it is damaged (the pages read its three texts; the next failure
+    writes it whole again)."""
     try:
         found = json.loads(raw) if raw else {}
-    except ValueError:  # damaged: read as no trouble; the next failure writes it whole again
+    except ValueError:
         return {}
-    return found if isinstance(found, dict) else {}
+    whole = isinstance(found, dict) and all(isinstance(found.get(k), str) for k in ("since", "at", "error"))
+    return found if whole else {}
 
 
 def record_watched(connection: redis.Redis, entity_sets: Iterable[str]) -> None:
@@ -117,7 +124,7 @@ def poll_status(connection: redis.Redis, *, now: datetime) -> list[dict]:
             pipe.hgetall(key(f"poll:{name}:last"))
         pipe.hgetall(key(TROUBLE))
         *replies, failing = pipe.execute()
-    failing = {k.decode(): _trouble(v) for k, v in failing.items()}
+    failing = _troubles(failing)
     status = []
     for index, name in enumerate(names):
         cursor, held, known, last = replies[4 * index:4 * index + 4]
@@ -126,7 +133,7 @@ def poll_status(connection: redis.Redis, *, now: datetime) -> list[dict]:
         last = {k.decode(): v.decode() for k, v in last.items()}
         status.append({**_entry(name, cursor.decode() if cursor else None, held, known, last,
                                 watched=name in watched or not recorded, now=now),
-                       "failing": failing.get(name) or None})
+                       "failing": failing.get(name)})
     return status
 
 
