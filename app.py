@@ -38,9 +38,10 @@ def create_app(test_config: dict | None = None, *, commands: bool = True) -> Fla
     resources.init_app(app)
     errors.init_app(app)
     workspace.init_app(app)
+    hooks.init_app(app)  # the webhook route, answered in front of Flask's routes
     app.register_blueprint(health.bp)
     # Workspace routes: at their own path for the default workspace, and under /workspaces/<ws>/.
-    for bp in (hooks.bp, chat.bp, runs.bp, events.bp, subscriptions.bp, rules_api.bp, ui.bp, webhook_sources.bp):
+    for bp in (chat.bp, runs.bp, events.bp, subscriptions.bp, rules_api.bp, ui.bp, webhook_sources.bp):
         workspace.register(app, bp)
     app.register_blueprint(workspaces_api.bp)
     app.register_blueprint(metrics.bp)

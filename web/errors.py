@@ -10,8 +10,15 @@ from workers.secrets import SecretsKeyError
 
 def handle_http_error(exc: HTTPException):
     """Render an HTTP error (from `abort()` or routing) as JSON instead of Werkzeug's HTML page."""
-    body = {"error": {"code": exc.name.replace(" ", ""), "message": _message(exc), "details": []}}
-    return jsonify(body), exc.code, _headers(exc)
+    body, status, headers = problem(exc, request.max_content_length)
+    return jsonify(body), status, headers
+
+
+def problem(exc: HTTPException, max_content_length: int | None = None) -> tuple[dict, int, list[tuple[str, str]]]:
+    """The JSON body, status and headers of `exc` (also for web/hooks.py, which answers outside Flask's request);
+    `max_content_length` is the limit of the request's body, named by a 413."""
+    body = {"error": {"code": exc.name.replace(" ", ""), "message": _message(exc, max_content_length), "details": []}}
+    return body, exc.code, _headers(exc)
 
 
 def _headers(exc: HTTPException) -> list[tuple[str, str]]:
@@ -19,16 +26,20 @@ def _headers(exc: HTTPException) -> list[tuple[str, str]]:
     return [(name, value) for name, value in exc.get_headers() if name.lower() != "content-type"]
 
 
-def _message(exc: HTTPException) -> str:
-    if isinstance(exc, RequestEntityTooLarge) and request.max_content_length:
+def _message(exc: HTTPException, max_content_length: int | None) -> str:
+    if isinstance(exc, RequestEntityTooLarge) and max_content_length:
         # Werkzeug's text ("exceeds the capacity limit") does not say what the limit is.
-        return f"the request body is over {request.max_content_length // 1024} KiB, the most this endpoint accepts"
+        return f"the request body is over {max_content_length // 1024} KiB, the most this endpoint accepts"
     return exc.description
 
 
 def no_secrets_key(exc: SecretsKeyError):
     """A route that seals or unseals a secret, in a process started without SECRETS_KEY: 503 saying so."""
-    return handle_http_error(ServiceUnavailable(f"this needs the workspace registry's keys: {exc}"))
+    return handle_http_error(secrets_unavailable(exc))
+
+
+def secrets_unavailable(exc: SecretsKeyError) -> ServiceUnavailable:
+    return ServiceUnavailable(f"this needs the workspace registry's keys: {exc}")
 
 
 REDIS_RETRY_SECONDS = 5

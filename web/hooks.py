@@ -1,25 +1,35 @@
-"""Inbound webhooks: `POST /hooks/<source>`, signed per Standard Webhooks, acknowledged once durable."""
+"""Inbound webhooks: `POST /hooks/<source>`, signed per Standard Webhooks, acknowledged once durable.
+
+Every sender's delivery takes this one route, so it is answered in front of Flask: `Intake` wraps the app's
+`wsgi_app` (the way Flask's docs add WSGI middleware) and answers `/hooks/<source>` and
+`/workspaces/<ws>/hooks/<source>` itself, with Werkzeug's request (the body limit, headers and content type Flask's
+own request reads) inside an app context (for web/resources.py). Flask's request context, URL map, request hooks and
+`jsonify` around the view were a third of the web's CPU per acknowledgement (bench/RESULTS.md section 48). Errors
+have the shape of every other route's (web/errors.py); every other path is Flask's.
+"""
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 
 import redis
-from flask import Blueprint, abort, current_app, g, jsonify, request
-from werkzeug.exceptions import TooManyRequests
+from flask import Flask, abort, current_app
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, NotFound, TooManyRequests
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wrappers import Request
 
 from engine.bodies import BodyError, decode_text, parse_json
 from engine.events import Event
+from web import errors
 from web.resources import get_redis
-from web.workspace import require_workspace
 from web.signatures import SignatureError, verify_standard_webhook
+from web.workspace import NO_DEFAULT, served_workspace
 from workers import eventlog, metrics, workspaces
 from workers.intake import accept_event
 from workers.metering import limits
 from workers.outbound import OutboundPolicy
-
-bp = Blueprint("hooks", __name__, url_prefix="/hooks")
-bp.before_request(require_workspace)
+from workers.secrets import SecretsKeyError
 
 MAX_BODY_BYTES = 64 * 1024
 # Headers kept with the event (the id also in every key and record made of it): waitress takes a header of
@@ -29,10 +39,86 @@ MAX_KEPT_HEADER_CHARS = 256
 # Senders retry for up to ~3 days; remembering ids for 5 makes every retry a duplicate.
 DEDUP_TTL_SECONDS = 5 * 24 * 3600
 BACKLOG_RETRY_SECONDS = 60  # Retry-After while the workspace's backlog is at its limit (workers/workspaces.py)
+ALLOWED = ("OPTIONS", "POST")  # what a 405 and an OPTIONS name, as Flask's routing would for a POST route
 
 
-@bp.post("/<source>")
-def receive(source: str):
+def init_app(app: Flask) -> None:
+    """Answer the webhook route in front of the app's other routes."""
+    app.wsgi_app = Intake(app, app.wsgi_app)
+
+
+class Intake:
+    """The app's WSGI callable: the webhook route answered here, everything else passed to `wsgi_app` (Flask's)."""
+
+    def __init__(self, app: Flask, wsgi_app):
+        self.app, self.wsgi_app = app, wsgi_app
+
+    def __call__(self, environ, start_response):
+        route = _route(environ.get("PATH_INFO", ""))
+        if route is None:
+            return self.wsgi_app(environ, start_response)
+        method = environ.get("REQUEST_METHOD", "")
+        if method == "OPTIONS":
+            start_response("200 OK", [("Allow", ", ".join(ALLOWED)), ("Content-Length", "0")])
+            return [b""]
+        request = Request(environ)
+        request.max_content_length = MAX_BODY_BYTES  # larger bodies end in 413 before being read
+        with self.app.app_context():
+            try:
+                if method != "POST":
+                    raise MethodNotAllowed(valid_methods=ALLOWED)
+                body, status, headers = _answer(*route, request)
+            except HTTPException as exc:
+                body, status, headers = errors.problem(exc, MAX_BODY_BYTES)
+            except SecretsKeyError as exc:
+                body, status, headers = errors.problem(errors.secrets_unavailable(exc))
+            except Exception:
+                if self.app.config["PROPAGATE_EXCEPTIONS"] or self.app.testing or self.app.debug:
+                    raise  # as Flask does: the test or the debugger sees the traceback
+                self.app.logger.exception("Exception on %s [%s]", request.path, method)
+                body, status, headers = errors.problem(InternalServerError())
+        data = (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", [("Content-Type", "application/json"),
+                                                       ("Content-Length", str(len(data))), *headers])
+        return [data]
+
+
+def _route(path: str) -> tuple[str | None, str] | None:
+    """(workspace name, source) of a webhook path (None for the default workspace's), or None for any other path.
+
+    Matched as Flask's URL map would, `<ws>` and `<source>` each one non-empty segment: PATH_INFO carries the path's
+    bytes as Latin-1 (WSGI), read as UTF-8 as Werkzeug reads it."""
+    parts = path.split("/")
+    if len(parts) == 3 and parts[0] == "" and parts[1] == "hooks" and parts[2]:
+        return None, _text_of(parts[2])
+    if len(parts) == 5 and parts[0] == "" and parts[1] == "workspaces" and parts[2] and parts[3] == "hooks" \
+            and parts[4]:
+        return _text_of(parts[2]), _text_of(parts[4])
+    return None
+
+
+def _text_of(segment: str) -> str:
+    return segment.encode("latin-1").decode(errors="replace")
+
+
+def _answer(ws: str | None, source: str, request: Request) -> tuple[dict, int, list]:
+    """The answer to a delivery for workspace `ws` (None: the default), counted as `rejected` if refused (4xx)."""
+    served = served_workspace(ws)
+    if served is None:
+        raise NotFound(NO_DEFAULT)
+    token = workspaces.enter(served)
+    try:
+        try:
+            return _receive(source, request)
+        except HTTPException as exc:
+            if 400 <= exc.code < 500:
+                _count_rejected(source)
+            raise
+    finally:
+        workspaces.leave(token)
+
+
+def _receive(source: str, request: Request) -> tuple[dict, int, list]:
     """Verify, store durably, then answer 202 (200 for a redelivery of an accepted id)."""
     secrets = workspaces.current().webhook_sources.get(source)
     if not secrets:
@@ -41,7 +127,6 @@ def receive(source: str):
         abort(404, f"unknown webhook source {source!r} in workspace {ws!r}: add it with `flask webhooks add "
                    f"{source}{'' if ws == workspaces.DEFAULT else ' --workspace ' + ws}` or POST {route} "
                    f"{{\"source\": \"{source}\"}} (served at once, no restart)")
-    request.max_content_length = MAX_BODY_BYTES  # larger bodies end in 413 before being read
     for name in ("webhook-id", "Content-Type"):
         if len(request.headers.get(name, "")) > MAX_KEPT_HEADER_CHARS:
             abort(400, f"the {name} header is {len(request.headers[name]):,} characters long; at most "
@@ -55,7 +140,7 @@ def receive(source: str):
         verify_standard_webhook(body, request.headers, secrets)
     except SignatureError as exc:
         abort(401, f"webhook signature rejected: {exc}")
-    event = _event(source, request.headers["webhook-id"], _json(text))
+    event = _event(source, request, _json(text))
     own = workspaces.current().limits
     try:
         used = accept_event(get_redis(), event, dedup_key=workspaces.key(f"hooks:seen:{source}:{event.payload['id']}"),
@@ -82,21 +167,17 @@ def receive(source: str):
         # an alert off (not a redelivery, nor one refused); the refusal over the limit alerts above (DayFull).
         _alert(limits.alert_events, used=used)
     status = "accepted" if accepted else "duplicate"
-    return jsonify(status=status, event_id=event.id), 202 if accepted else 200
+    return {"status": status, "event_id": event.id}, 202 if accepted else 200, []
 
 
-@bp.after_request
-def count_rejected(response):
-    """Count refused deliveries (unknown source, bad signature, bad body) as `rejected` events."""
-    if 400 <= response.status_code < 500 and "workspace_token" in g:  # not for unknown workspaces
-        source = (request.view_args or {}).get("source")
-        known = source in workspaces.current().webhook_sources
-        try:
-            metrics.count(get_redis(), "events", source="webhook", outcome="rejected",
-                          kind=source if known else "unknown")  # never a sender's arbitrary name
-        except redis.RedisError:
-            current_app.logger.warning("could not count a rejected webhook")
-    return response
+def _count_rejected(source: str) -> None:
+    """Count a refused delivery (unknown source, bad signature, bad body, a limit) as a `rejected` event."""
+    known = source in workspaces.current().webhook_sources
+    try:
+        metrics.count(get_redis(), "events", source="webhook", outcome="rejected",
+                      kind=source if known else "unknown")  # never a sender's arbitrary name
+    except redis.RedisError:
+        current_app.logger.warning("could not count a rejected webhook")
 
 
 def _alert(alert, **details) -> None:
@@ -132,7 +213,8 @@ def _json(text: str):
         abort(400, str(exc))
 
 
-def _event(source: str, webhook_id: str, body) -> Event:
+def _event(source: str, request: Request, body) -> Event:
+    webhook_id = request.headers["webhook-id"]
     return Event(
         source="webhook", kind=source, id=f"webhook:{source}:{webhook_id}",
         occurred_at=datetime.now(timezone.utc),

@@ -52,6 +52,15 @@ def _enter_workspace(endpoint, values) -> None:
     if name is None and request.blueprint not in current_app.extensions.get(_SCOPED, ()):
         _enter_default_if_served()  # a deployment-wide route (RQ's dashboard reads the default's admin)
         return
+    served = served_workspace(name)
+    if served is not None:
+        g.workspace_token = workspaces.enter(served)
+
+
+def served_workspace(name: str | None) -> workspaces.Workspace | None:
+    """The workspace a workspace route's URL names (`name`, None for the unprefixed route: the default one); None for
+    an unprefixed route in a hosted deployment without a default workspace; 404 or 503 (an HTTPException) if it is
+    not served or cannot be read."""
     try:
         view = get_registry()
         known = view.workspaces()
@@ -61,11 +70,11 @@ def _enter_workspace(endpoint, values) -> None:
     if unreadable:
         abort(503, unreadable)
     if name is None and workspaces.DEFAULT not in known:
-        return  # an unprefixed route in a hosted deployment without a default workspace
+        return None
     name = name or workspaces.DEFAULT
     if name not in known:
         abort(404, f"no workspace {name!r}")
-    g.workspace_token = workspaces.enter(known[name])
+    return known[name]
 
 
 def _enter_default_if_served() -> None:
@@ -92,10 +101,13 @@ def _leave_workspace(exc=None) -> None:
         workspaces.leave(token)
 
 
+NO_DEFAULT = "this deployment has no default workspace; use /workspaces/<ws>/…"
+
+
 def require_workspace() -> None:
     """Refuse a workspace route that has no workspace (hosted deployment, no default workspace)."""
     if "workspace_token" not in g:
-        abort(404, "this deployment has no default workspace; use /workspaces/<ws>/…")
+        abort(404, NO_DEFAULT)
 
 
 def bearer_token() -> str:

@@ -74,11 +74,19 @@ def test_a_rule_run_still_takes_no_body_or_a_whole_event(client):
 @pytest.mark.parametrize("method, path, allowed", [
     ("PATCH", "/runs", {"GET"}), ("DELETE", "/events/replay", {"POST"}), ("PUT", "/healthz", {"GET"}),
     ("GET", "/rules/say-hello/run", {"POST"}), ("POST", "/subscriptions/sub_1", {"GET", "DELETE"}),
+    # The webhook route is answered in front of Flask's (web/hooks.py), with the same answers.
+    ("GET", "/hooks/forms", {"POST"}), ("PUT", "/workspaces/default/hooks/forms", {"POST"}),
 ])
 def test_a_method_not_allowed_answer_says_which_are(client, method, path, allowed):
     response = client.open(path, method=method, headers=AUTH)
     assert response.status_code == 405 and response.json["error"]["code"] == "MethodNotAllowed"
     assert allowed <= {m.strip() for m in response.headers["Allow"].split(",")}, response.headers
+
+
+@pytest.mark.parametrize("path", ["/hooks/forms", "/workspaces/default/hooks/forms"])
+def test_options_names_the_methods_a_route_takes(client, path):
+    response = client.options(path)
+    assert response.status_code == 200 and "OPTIONS" in response.headers["Allow"], response.headers
 
 
 @pytest.mark.parametrize("depth", [1_000, 5_000, 30_000])
