@@ -346,6 +346,14 @@ def save_run(connection: redis.Redis, run: dict, *, now: datetime, keep: int | N
     return None
 
 
+def note_reason(connection: redis.Redis, run: dict, reason: str, *, now: datetime) -> None:
+    """Store `reason` in the record of a run that waits, and nothing else (its status, indexes and deadline as they
+    are): why it does not move on when Redis refuses a key its move needs (workers/metering/limits.py). `save_run`
+    would write that key too. Its TTL starts again, as at any change of a waiting run."""
+    run.update(reason=reason, updated_at=now.isoformat())
+    connection.set(_key(run["id"]), _encode_run(run), ex=RUNS_MAX_AGE)
+
+
 def _queue_save(pipe: Pipeline, run: dict, now: datetime, keep: int | None, max_age: int | None,
                 counts: list | None, slot: str | None) -> int | None:
     max_age = RUNS_MAX_AGE if max_age is None else max_age

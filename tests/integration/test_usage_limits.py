@@ -712,3 +712,50 @@ def test_a_run_whose_count_redis_refuses_bills_once_when_ended_again(redis_url, 
     day = usage.read_days(direct, "default", [usage.today()])[usage.today()]
     assert (counted.get("billable_runs"), counted.get("rule:form-to-task"), day.get("billable_runs")) == (1, 1, 1)
     assert _task_names(sandbox) == ["Task 0"]
+
+
+@pytest.mark.timeout(90)
+def test_a_run_released_while_redis_refuses_the_active_runs_waits_says_why_and_runs_once_mended(
+        redis_url, sandbox, tmp_path, batched_counts):
+    """A run waiting over `runs_per_month` is released once the month has room: its status, its deadline for the
+    sweeper (`runs:active`) and its leaving the waiting list went in one MULTI, then its job. With `runs:active` a
+    key of another type, Redis refused the deadline and applied the rest: the run said `queued`, left the waiting
+    list, had no job and no deadline, and was never run nor failed, not even once the key was mended."""
+    from dataclasses import replace
+
+    from workers import enqueue, recovery, workspaces
+    from workers.jobs import Arrival, execute_run, handle_batch
+    from workers.metering import limits
+    from workers.runs import ACTIVE, load_run
+
+    from tests.integration.test_run_round_trips import run_id_of
+
+    ensure_project(sandbox)
+    (tmp_path / "forms.yaml").write_text(FORM_RULE.format(extra=""))
+    ctx, workspace = _context(redis_url, sandbox, tmp_path)
+    full = replace(workspace, limits=replace(workspace.limits, runs_per_month=1))
+    roomy = replace(workspace, limits=replace(workspace.limits, runs_per_month=10))
+    direct = redis.Redis.from_url(redis_url)
+    with workspaces.using(full):
+        outcomes = handle_batch(replace(ctx, workspace=full), [Arrival(_event(0), 0.0), Arrival(_event(1), 0.0)])
+        assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+        assert load_run(direct, run_id_of(1))["status"] == limits.OVER_LIMIT
+
+        active = workspaces.key(ACTIVE)
+        direct.delete(active)
+        direct.set(active, "not a sorted set")  # damaged
+        with pytest.raises(redis.ResponseError):
+            limits.release_waiting(direct, roomy)  # the limit was raised: room for the waiting run
+        waiting = load_run(direct, run_id_of(1))
+        direct.delete(active)  # mended
+        direct.delete(workspaces.key("limits:releasing"))  # the next maintenance, past the release lease
+        limits.release_waiting(direct, roomy)
+        recovery.sweep(direct, roomy, now=time.time() + 3600)  # a sweeper long after: a lost run is started again
+        run = load_run(direct, run_id_of(1))
+        assert run["status"] == "queued", run
+        assert enqueue.waiting(direct.hget(*enqueue.job_status_key(run["job"]))), "the released run has no job"
+        assert execute_run.__wrapped__(replace(ctx, workspace=roomy), run_id_of(1)) == "succeeded"  # its job, run
+
+    assert waiting["status"] == limits.OVER_LIMIT and f"Redis refuses {active} (WRONGTYPE" in waiting["reason"], waiting
+    assert sorted(_task_names(sandbox)) == ["Task 0", "Task 1"]  # each once
+

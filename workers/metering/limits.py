@@ -41,7 +41,7 @@ from workers import scripts, workspaces
 from workers.enqueue import queue_run
 from workers.metering import usage
 from workers.outbound import OutboundPolicy, OutboundRefused, notify
-from workers.runs import load_run, member, member_parts, save_run, unlist
+from workers.runs import ACTIVE, deadline, load_run, member, member_parts, note_reason, save_run, unlist
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,8 @@ def _room(connection: redis.Redis, workspace: workspaces.Workspace) -> int:
 
 def _release(connection: redis.Redis, listed: str) -> bool:
     """Queue one waiting run ("<run id> <rule id>"; the run id alone, as listed before the rule was named) again: its
-    new status and its leaving the list in one transaction, then its job.
+    deadline for the sweeper, then its new status and its leaving the list in one transaction, then its job. Raises
+    Redis's refusal of the deadline (`runs:active` of another type), the run left waiting, its record saying why.
 
     Should this process die before queueing the job, the run is `queued` with a deadline: the
     sweeper (workers/recovery.py) starts it. A run whose record expired while it waited (7 days untouched) leaves
@@ -216,14 +217,32 @@ def _release(connection: redis.Redis, listed: str) -> bool:
         return False
     # The job's name is stored with the run: a sweeper that finds it past its deadline asks that job whether it
     # still waits its turn (workers/recovery.py).
-    run.update(status="queued", reason="released: the monthly run limit has room again",
-               job=f"{run_id}-limit{time.time_ns()}")
+    released = {**run, "status": "queued", "reason": "released: the monthly run limit has room again",
+                "job": f"{run_id}-limit{time.time_ns()}"}
+    now = datetime.now(timezone.utc)
+    try:
+        # Its deadline for the sweeper first, in a command of its own: Redis applies the rest of a MULTI whose one
+        # command it refuses, and with `runs:active` of another type the run said `queued`, had left the waiting list
+        # and had neither deadline nor job: never run nor failed, even once the key was mended. Refused here, the run
+        # waits as it was; listed, it is the sweeper's should what follows be cut off or refused.
+        connection.zadd(workspaces.key(ACTIVE), {run_id: deadline(released, now=now.timestamp())})
+    except redis.ResponseError as exc:
+        _note_refused(connection, run, exc, now=now)
+        raise  # the worker's housekeeping logs it, for this workspace alone (workers/consumer/)
     with connection.pipeline() as pipe:
-        save_run(pipe, run, now=datetime.now(timezone.utc))
+        save_run(pipe, released, now=now)
         pipe.zrem(workspaces.key(WAITING), listed)
         pipe.execute()
-    queue_run(connection, run, job_id=run["job"])
+    queue_run(connection, released, job_id=released["job"])
     return True
+
+
+def _note_refused(connection: redis.Redis, run: dict, error: redis.ResponseError, *, now: datetime) -> None:
+    """The waiting run's record says why it was not released (once: each maintenance meets the refusal again)."""
+    reason = (f"the monthly run limit has room again, but Redis refuses {workspaces.key(ACTIVE)} ({error}): "
+              "the run starts once that key is mended")
+    if run.get("reason") != reason:
+        note_reason(connection, run, reason, now=now)
 
 
 def _reached(used: int, limit: int) -> list[int]:
