@@ -759,3 +759,44 @@ def test_a_run_released_while_redis_refuses_the_active_runs_waits_says_why_and_r
     assert waiting["status"] == limits.OVER_LIMIT and f"Redis refuses {active} (WRONGTYPE" in waiting["reason"], waiting
     assert sorted(_task_names(sandbox)) == ["Task 0", "Task 1"]  # each once
 
+
+@pytest.mark.timeout(150)
+def test_a_workspace_whose_active_runs_redis_refuses_holds_up_no_other_workspaces_waiting_runs(
+        stack, sandbox, receiver, redis_url):
+    """Two workspaces over their monthly limit, one of them with `runs:active` a key of another type: once both
+    limits are raised, the other one's waiting run starts all the same, and the first one's once its key is mended."""
+    ensure_project(sandbox)
+    web = _start(stack)
+    secrets = {}
+    for name in ("acme", "globex"):
+        created = _call("PUT", f"{web}/workspaces/{name}", OPERATOR,
+                        {"inloox_url": sandbox.base_url, "inloox_api_key": sandbox.token,
+                         "limits": {"runs_per_month": 1}})
+        assert created.status_code == 201, created.text
+        admin = created.json()["admin_token"]
+        assert _call("PUT", f"{web}/workspaces/{name}/rules", admin,
+                     {"files": {"forms.yaml": FORM_RULE.format(extra="")}}).status_code in (200, 201)
+        added = _call("POST", f"{web}/workspaces/{name}/webhooks", admin, {"source": "forms"})
+        assert added.status_code == 201, added.text
+        secrets[name] = added.json()["secret"]
+
+    def send(name: str, n: int) -> int:
+        return deliver(web, {"title": f"{name} {n}", "project": PROJECT}, f"{name}_{n}",
+                       path=f"/workspaces/{name}/hooks/forms", secret=secrets[name]).status_code
+
+    connection = redis.Redis.from_url(redis_url)
+    for name in ("acme", "globex"):
+        wait_until(lambda: send(name, 1) == 202, 5, f"{name}'s source to be served")
+        assert send(name, 2) == 202
+        wait_until(lambda: connection.zcard(f"ws:{name}:limits:runs:waiting") == 1, 20, f"{name}'s run to wait")
+    connection.delete("ws:globex:runs:active")
+    connection.set("ws:globex:runs:active", "not a sorted set")  # damaged
+    for name in ("globex", "acme"):
+        raised = _call("PUT", f"{web}/workspaces/{name}", OPERATOR, {"limits": {"runs_per_month": 10}})
+        assert raised.status_code == 200, raised.text
+
+    wait_until(lambda: "acme 2" in _task_names(sandbox), 40, "acme's waiting run, beside globex's damaged key")
+    assert "globex 2" not in _task_names(sandbox)
+    connection.delete("ws:globex:runs:active")  # mended
+    wait_until(lambda: "globex 2" in _task_names(sandbox), 60, "globex's waiting run once its key is mended")
+    assert sorted(_task_names(sandbox)) == ["acme 1", "acme 2", "globex 1", "globex 2"]  # each once
