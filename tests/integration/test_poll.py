@@ -715,3 +715,50 @@ def test_a_delete_whose_event_redis_refuses_is_found_again_once_the_log_is_mende
     assert len(sweep_deleted(client, connection, TASKS).accepted) == 1
     [event] = queued(connection)
     assert (event["kind"], event["key"]) == ("deleted", gone)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("fault", ["hangs", "trickles"])
+def test_a_poll_whose_inloox_never_answers_ends_says_so_and_the_next_poll_sees_the_change(
+        engine, sandbox, rules_dir, redis_url, spoiler, fault):
+    """InLoox takes the poll's connection and never answers, or answers a byte at a time for good (each byte well
+    within the read timeout). The poll must end at the client's timeout, say which set fails and why where the
+    customer looks, the set's polls go on, and once InLoox answers again the change made meanwhile is seen."""
+    from app import create_app
+    from tests.support.processes import wait_until
+    from tests.support.stack import ensure_project, make_task
+    from workers.poller.status import troubles
+    from workers.workspaces import Workspace, using
+
+    (rules_dir / "watch-done.yaml").write_text(IDLE_TASK_RULE)
+    ensure_project(sandbox)
+    task = make_task(sandbox, "Quiet task", work=0)
+    engine.env.update({"INLOOX_URL": spoiler.url, "POLL_INTERVAL": "0.5", "INLOOX_TIMEOUT": "2"})
+    engine.poller()
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url,
+                      "INLOOX_API_KEY": sandbox.token, "RULES_PATH": str(rules_dir)})
+    status = lambda: app.test_cli_runner().invoke(args=["poller", "status"]).output  # noqa: E731
+    direct = redis.Redis.from_url(redis_url)
+
+    def trouble() -> dict:
+        with using(Workspace("default", sandbox.base_url, sandbox.token)):
+            return troubles(direct).get("Task") or {}
+
+    wait_until(lambda: direct.exists("ws:default:poll:Task:cursor"), 30, "the Task baseline")
+    if fault == "hangs":
+        sandbox.fault(kind="latency", latency_ms=600_000, methods=["GET"], path="^DynamicTaskItem")
+    else:
+        spoiler.drip("DynamicTaskItem")
+    assert sandbox.patch(f"Task({task})", json={"IsDone": True}).status_code in (200, 204)
+
+    wait_until(lambda: "failing since" in status(), 30, "the hung Task poll's failure in `flask poller status`")
+    assert "no answer to GET" in status(), status()
+    first = trouble()["at"]
+    wait_until(lambda: trouble().get("at", first) != first, 30, "another poll of the set while InLoox hangs")
+    assert not _task_events(direct, task)
+
+    sandbox.clear_faults()
+    spoiler.drips.clear()
+    wait_until(lambda: _task_events(direct, task), 30, "the change made while InLoox hung, in the event log")
+    wait_until(lambda: "failing since" not in status(), 20, "the Task polls' failure cleared")
+    assert len(_task_events(direct, task)) == 1

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 import requests
 
+DRIP_SECONDS = 0.2
 _FORWARDED = ("x-api-key", "Content-Type", "Accept", "OData-MaxVersion")
 
 
@@ -23,6 +25,7 @@ class Spoiler:
     def __init__(self, upstream: str):
         self.upstream = upstream  # the sandbox's base URL (…/api/odata/)
         self.spoils: dict[str, Callable[[dict], dict]] = {}
+        self.drips: set[str] = set()  # paths answered a byte at a time, for good (`drip`)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.owner = self
@@ -33,7 +36,13 @@ class Spoiler:
         """Answers to `path` (the entity set, before any `?` or `(`) pass through `change(answer)` first."""
         self.spoils[path] = change
 
+    def drip(self, path: str) -> None:
+        """Answers to `path` (as in `spoil`) are a status line and headers, then a byte every DRIP_SECONDS for as
+        long as the client reads (or until `drips` is cleared): each read comes well within any read timeout."""
+        self.drips.add(path)
+
     def stop(self) -> None:
+        self.drips.clear()  # the answers still dripping end
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -64,12 +73,15 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         length = int(self.headers.get("Content-Length") or 0)
         relative = self.path.removeprefix("/api/odata/")
+        path = re.split(r"[?(]", relative, maxsplit=1)[0]
+        if path in owner.drips:
+            return self._drip(owner, path)
         answer = requests.request(self.command, owner.upstream + relative, timeout=30,
                                   data=self.rfile.read(length) if length else None,
                                   headers={h: self.headers[h] for h in _FORWARDED if h in self.headers})
         # nextLinks name the sandbox: they go through the proxy too.
         body = answer.content.replace(owner.upstream.encode(), owner.url.encode())
-        change = owner.spoils.get(re.split(r"[?(]", relative, maxsplit=1)[0])
+        change = owner.spoils.get(path)
         if change is not None and answer.ok and body:
             body = json.dumps(change(json.loads(body))).encode()
         self.send_response(answer.status_code)
@@ -79,6 +91,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     do_POST = do_PATCH = do_DELETE = do_GET
+
+    def _drip(self, owner: Spoiler, path: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(10**9))
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self.wfile.write(b'{"value": [')
+            while path in owner.drips:
+                time.sleep(DRIP_SECONDS)
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            pass  # the client gave up on the answer: what a trickle is for
 
     def log_message(self, *args):
         pass
