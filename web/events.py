@@ -1,8 +1,12 @@
 """The event log over HTTP: `GET /events`, `GET /events/<id>`, `POST /events/replay` (admin token).
 
 Also under `/workspaces/<ws>/events`. Listing filters: ?since=1h, ?source=, ?kind=, ?unmatched=1,
-?limit= (at most 500). A replay body names the events (`events`: ids) or a time (`since`), and
-optionally `rule`, `force` and `dry_run`; it answers what it started and what it left alone.
+?limit= (at most 500), ?before= (the listing's `next`). A replay body names the events (`events`: ids) or a time
+(`since`), and optionally `rule`, `force` and `dry_run`; it answers what it started and what it left alone.
+
+A request reads at most event_history.SCAN_PER_REQUEST entries of the log on its thread (the web's threads and CPU
+answer every workspace's webhooks): a listing whose filters match few events answers those it found, its `next`
+and a `note` that says so, as Temporal's and n8n's listings hand back a page token.
 """
 from __future__ import annotations
 
@@ -31,10 +35,18 @@ def index():
         since = since_epoch(args.get("since"))
     except ReplayRefused as exc:
         abort(400, str(exc))
-    found = event_history.history(get_redis(), since=since, source=args.get("source"),
-                                  kind=args.get("kind"), unmatched=args.get("unmatched") in ("1", "true"),
-                                  limit=args.get("limit", 50, type=int))
-    return jsonify(events=[e.summary() for e in found])
+    before = args.get("before")
+    if before is not None and not event_history.is_entry_id(before):
+        abort(400, f"before {before[:40]!r} is not an entry id of the log (such as 1764480000000-0): "
+                   "pass the next of the listing to go on from")
+    page = event_history.listing(get_redis(), since=since, before=before, source=args.get("source"),
+                                 kind=args.get("kind"), unmatched=args.get("unmatched") in ("1", "true"),
+                                 limit=args.get("limit", 50, type=int), scan=event_history.SCAN_PER_REQUEST)
+    answer = {"events": [e.summary() for e in page.events], "next": page.next}
+    if page.cut:
+        answer["note"] = (f"looked at {page.looked:,} entries of the log (the most one request reads) and found "
+                          f"{len(page.events)} that match; older ones may match too: ask again, with the same filters and before={page.next}")
+    return jsonify(answer)
 
 
 @bp.get("/<event_id>")

@@ -1,6 +1,7 @@
 """What became of each logged event: the event log (workers/eventlog.py) joined with the events' traces.
 
     history(connection, since=…, source=…, kind=…, unmatched=True, limit=50)   newest first
+    listing(connection, before=…, scan=SCAN_PER_REQUEST, …)                     the same, a page and its cursor
     find(connection, "evt-id" or "1764480000000-0")                              one event
     entries_of(connection, ["evt-id", …])                                        many, for a replay
 
@@ -30,6 +31,10 @@ KEPT_FOR = (f"{eventlog.EVENTS_MAX_AGE // 86400} days, the newest {eventlog.EVEN
             f"their traces: the newest {TRACES_KEEP:,}")
 PAGE = 200  # entries read from the stream per round trip while filtering
 SCAN_MAX = 100_000  # entries looked at, at most, for one listing (the log's default size)
+# Entries one web request looks at, at most (~55 ms of CPU; the log's 100,000 took 1.2 s, and a few such requests at
+# once held the GIL of the process that answers every workspace's webhooks): a listing whose filters match little
+# answers what it found with a cursor to go on from.
+SCAN_PER_REQUEST = 5_000
 # The fields that name an entity or a webhook's subject, most telling first; compared case-insensitively
 # (InLoox writes Name and DisplayName, a form's body title or name). DynamicTaskItem's columns are prefixed.
 NAME_FIELDS = ("name", "displayname", "title", "subject", "taskitem_name", "project_name")
@@ -86,17 +91,34 @@ def _newest(change) -> object:
     return None
 
 
+@dataclass
+class Listing:
+    """A page of the log's events, and where to go on from: `next`, an entry id to list before (None: nothing older
+    is left); `cut` when the page stopped at its scan's bound before it had `limit` events."""
+
+    events: list[LoggedEvent]
+    next: str | None
+    looked: int
+    cut: bool
+
+
 def history(connection: redis.Redis, *, since: float | None = None, source: str | None = None,
             kind: str | None = None, unmatched: bool = False, limit: int = 50) -> list[LoggedEvent]:
     """Logged events accepted at or after `since` (epoch seconds), newest first, filtered."""
+    return listing(connection, since=since, source=source, kind=kind, unmatched=unmatched, limit=limit).events
+
+
+def listing(connection: redis.Redis, *, since: float | None = None, before: str | None = None,
+            source: str | None = None, kind: str | None = None, unmatched: bool = False, limit: int = 50,
+            scan: int = SCAN_MAX) -> Listing:
+    """`history`, from the entry before `before` (an entry id) on, looking at `scan` entries of the log at most."""
     stream = eventlog.stream_key()
     low = f"{int(since * 1000)}-0" if since else "-"
-    high, found, looked = "+", [], 0
+    high, found, looked = f"({before}" if before else "+", [], 0
     handled = Handled(connection, stream)
-    while len(found) < limit and looked < SCAN_MAX:
-        page = connection.xrevrange(stream, max=high, min=low, count=PAGE)
-        if not page:
-            break
+    while len(found) < limit and looked < scan:
+        count = min(PAGE, scan - looked)
+        page = connection.xrevrange(stream, max=high, min=low, count=count)
         looked += len(page)
         entries = [eventlog.shown(i, f) for i, f in page]  # a damaged one shown as such, with its trace's error
         entries = [e for e in entries if (not source or e.event.get("source") == source)
@@ -104,16 +126,20 @@ def history(connection: redis.Redis, *, since: float | None = None, source: str 
         for logged in _with_outcomes(connection, entries, handled):
             if not unmatched or logged.status in (UNMATCHED, NOT_HANDLED):
                 found.append(logged)
+            if len(found) == limit:  # the next page starts after the last event shown, not the last one read
+                return Listing(found, logged.entry.id, looked, cut=False)
+        if len(page) < count:  # the log (or `since`) ends here
+            return Listing(found, None, looked, cut=False)
         high = "(" + eventlog.as_text(page[-1][0])
-    return found[:limit]
+    return Listing(found, high[1:] if looked else None, looked, cut=True)
 
 
 def find(connection: redis.Redis, wanted: str) -> LoggedEvent | None:
     """The logged event with this event id (or stream entry id), with its whole trace; None if not kept."""
     stream = eventlog.stream_key()
-    entry_id = wanted if _is_entry_id(wanted) else None
+    entry_id = wanted if is_entry_id(wanted) else None
     standing_in = wanted.removeprefix(f"{eventlog.DAMAGED}:")  # a damaged entry's stand-in names its place
-    entry_id = entry_id or (standing_in if _is_entry_id(standing_in) else None)
+    entry_id = entry_id or (standing_in if is_entry_id(standing_in) else None)
     trace = None if entry_id else load_trace(connection, wanted)
     if trace is not None and trace.get("entry"):
         entry_id = trace["entry"]
@@ -140,10 +166,10 @@ def entries_of(connection: redis.Redis, wanted: list[str]) -> dict[str, eventlog
 
 def _placed(connection: redis.Redis, wanted: list[str]) -> dict[str, str]:
     """The entry id of each wanted id that is one, or whose event's trace names one."""
-    traced = [w for w in wanted if not _is_entry_id(w)]
+    traced = [w for w in wanted if not is_entry_id(w)]
     raws = connection.mget([key(f"trace:{w}") for w in traced]) if traced else []
     traces = {w: decode_record(raw) for w, raw in zip(traced, raws) if raw is not None}
-    return {w: w for w in wanted if _is_entry_id(w)} | {w: t["entry"] for w, t in traces.items() if t.get("entry")}
+    return {w: w for w in wanted if is_entry_id(w)} | {w: t["entry"] for w, t in traces.items() if t.get("entry")}
 
 
 def _entries_at(connection: redis.Redis, stream: str, placed: dict[str, str]) -> dict[str, eventlog.Entry]:
@@ -221,7 +247,7 @@ def _search(connection: redis.Redis, stream: str, event_ids: set[str]) -> dict[s
     return found
 
 
-def _is_entry_id(text: str) -> bool:
+def is_entry_id(text: str) -> bool:
     """`<ms>-<seq>` as Redis reads a stream id: ASCII digits, each part at most 64 bits. Anything else is looked
     for as an event id: str.isdigit() also takes "١" and "²", and Redis refused those, and a part past 64 bits,
     with an error (the event page's 500)."""
