@@ -6,7 +6,8 @@ Also under `/workspaces/<ws>/events`. Listing filters: ?since=1h, ?source=, ?kin
 
 A request reads at most event_history.SCAN_PER_REQUEST entries of the log on its thread (the web's threads and CPU
 answer every workspace's webhooks): a listing whose filters match few events answers those it found, its `next`
-and a `note` that says so, as Temporal's and n8n's listings hand back a page token.
+and a `note` that says so, as Temporal's and n8n's listings hand back a page token; a look-up of an event id that
+neither a trace nor the newest entries place reads the rest of the log on a heavy request's turn (web/heavy.py).
 """
 from __future__ import annotations
 
@@ -52,10 +53,18 @@ def index():
 @bp.get("/<event_id>")
 def show(event_id: str):
     """One event: its payload, its acceptance, the rule-set version it met, its trace and runs."""
-    found = event_history.find(get_redis(), event_id)
+    try:
+        found = event_history.find(get_redis(), event_id, scan=event_history.SCAN_PER_REQUEST)
+    except event_history.SearchCut:
+        found = _found_in_whole_log(event_id)
     if found is None:
         abort(404, f"no event {event_id} in the event log (kept {event_history.KEPT_FOR})")
     return jsonify(event=found.event, summary=found.summary(), trace=found.trace)
+
+
+@limited  # an id neither a trace nor the newest entries place: up to the log's 100,000 entries, ~1.2 s of CPU
+def _found_in_whole_log(event_id: str):
+    return event_history.find(get_redis(), event_id)
 
 
 @bp.post("/replay")

@@ -1,10 +1,12 @@
 """Heavy admin requests take a bounded share of a web process's threads: one at a time, and one per workspace.
 
-A replay (up to 10,000 events), a rule bundle upload (up to 2 MiB), a what-if comparison and a workspace's export
-(up to 10,000 events and runs, hundreds of MiB) each keep a waitress thread for seconds (~10 s for the largest). A
-server process has a fixed number of threads (web/server.py; the Procfile's 8), shared by every workspace: with as
-many of them in progress as threads, one workspace's admin held every customer's webhooks in waitress's queue until
-one ended, and a sender that waits seconds for its ack retries or gives up (tests/integration/test_workspaces.py).
+A replay (up to 10,000 events), a rule bundle upload (up to 2 MiB), a what-if comparison, a workspace's export
+(up to 10,000 events and runs, hundreds of MiB) and a look-up of an event that only a read of the whole event log
+finds (its 100,000 entries, ~1.2 s of CPU; web/events.py) each keep a waitress thread for seconds (~10 s for the
+largest). A server process has a fixed number of threads (web/server.py; the Procfile's 8), shared by every
+workspace: with as many of them in progress as threads, one workspace's admin held every customer's webhooks in
+waitress's queue until one ended, and a sender that waits seconds for its ack retries or gives up
+(tests/integration/test_workspaces.py).
 So a process serves PER_PROCESS of them at once, and a workspace one at a time in the whole deployment (a lease in
 Redis, so that one admin does not take every process's turn); one over either bound is answered at once, 429 with
 Retry-After, never queued behind the others.
@@ -32,7 +34,7 @@ PER_PROCESS = 1  # of the process's threads (at least 2, the Procfile's 8): the 
 RETRY_AFTER_SECONDS = 10  # about as long as the largest replay or upload takes
 # A workspace's lease outlives its longest heavy request; one whose process died (no `finally`) goes after this long.
 LEASE_SECONDS = 300
-WHAT = "a replay, a rule bundle upload, a what-if comparison or an export"
+WHAT = "a replay, a rule bundle upload, a what-if comparison, an export or a search of the whole event log"
 
 _slots = threading.BoundedSemaphore(PER_PROCESS)
 

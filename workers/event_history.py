@@ -33,7 +33,8 @@ PAGE = 200  # entries read from the stream per round trip while filtering
 SCAN_MAX = 100_000  # entries looked at, at most, for one listing (the log's default size)
 # Entries one web request looks at, at most (~55 ms of CPU; the log's 100,000 took 1.2 s, and a few such requests at
 # once held the GIL of the process that answers every workspace's webhooks): a listing whose filters match little
-# answers what it found with a cursor to go on from.
+# answers what it found with a cursor to go on from, and a look-up of an id no trace places reads the rest of the log
+# only on a heavy request's turn (web/heavy.py).
 SCAN_PER_REQUEST = 5_000
 # The fields that name an entity or a webhook's subject, most telling first; compared case-insensitively
 # (InLoox writes Name and DisplayName, a form's body title or name). DynamicTaskItem's columns are prefixed.
@@ -134,8 +135,15 @@ def listing(connection: redis.Redis, *, since: float | None = None, before: str 
     return Listing(found, high[1:] if looked else None, looked, cut=True)
 
 
-def find(connection: redis.Redis, wanted: str) -> LoggedEvent | None:
-    """The logged event with this event id (or stream entry id), with its whole trace; None if not kept."""
+class SearchCut(Exception):
+    """A look-up read the `scan` newest entries of the log without finding its id, and the log holds older ones."""
+
+
+def find(connection: redis.Redis, wanted: str, *, scan: int = SCAN_MAX) -> LoggedEvent | None:
+    """The logged event with this event id (or stream entry id), with its whole trace; None if not kept.
+
+    An event id no trace places (its event waiting, its trace trimmed, or none such) is looked for in the log, newest
+    first: SearchCut when it is not among the `scan` newest entries and the log holds more."""
     stream = eventlog.stream_key()
     entry_id = wanted if is_entry_id(wanted) else None
     standing_in = wanted.removeprefix(f"{eventlog.DAMAGED}:")  # a damaged entry's stand-in names its place
@@ -143,7 +151,7 @@ def find(connection: redis.Redis, wanted: str) -> LoggedEvent | None:
     trace = None if entry_id else load_trace(connection, wanted)
     if trace is not None and trace.get("entry"):
         entry_id = trace["entry"]
-    entry = _entry_at(connection, stream, entry_id) if entry_id else _search(connection, stream, {wanted}).get(wanted)
+    entry = _entry_at(connection, stream, entry_id) if entry_id else _searched(connection, stream, wanted, scan)
     if entry is None:
         return None
     if trace is None:
@@ -161,7 +169,7 @@ def entries_of(connection: redis.Redis, wanted: list[str]) -> dict[str, eventlog
     """
     stream, placed = eventlog.stream_key(), _placed(connection, wanted)
     unplaced = {w for w in wanted if w not in placed}
-    return _entries_at(connection, stream, placed) | (_search(connection, stream, unplaced) if unplaced else {})
+    return _entries_at(connection, stream, placed) | (_search(connection, stream, unplaced)[0] if unplaced else {})
 
 
 def _placed(connection: redis.Redis, wanted: list[str]) -> dict[str, str]:
@@ -229,22 +237,32 @@ def _entry_at(connection: redis.Redis, stream: str, entry_id: str) -> eventlog.E
     return eventlog.shown(*found[0]) if found else None
 
 
-def _search(connection: redis.Redis, stream: str, event_ids: set[str]) -> dict[str, eventlog.Entry]:
-    """The newest entry holding each of `event_ids`: for events with no trace (waiting, or traces trimmed).
+def _searched(connection: redis.Redis, stream: str, wanted: str, scan: int) -> eventlog.Entry | None:
+    found, ended = _search(connection, stream, {wanted}, scan=scan)
+    if wanted not in found and not ended:
+        raise SearchCut(f"event {wanted} is not among the newest {scan:,} entries of the event log")
+    return found.get(wanted)
 
-    One pass over the log, newest first, for all of them; it stops once each is found."""
+
+def _search(connection: redis.Redis, stream: str, event_ids: set[str],
+            scan: int = SCAN_MAX) -> tuple[dict[str, eventlog.Entry], bool]:
+    """The newest entry holding each of `event_ids`: for events with no trace (waiting, or traces trimmed); and
+    whether the search went as far as a whole one does (the log's end, or SCAN_MAX entries).
+
+    One pass over the log, newest first, for all of them; it stops once each is found, or after `scan` entries."""
     high, looked, found = "+", 0, {}
-    while looked < SCAN_MAX and len(found) < len(event_ids):
-        page = connection.xrevrange(stream, max=high, min="-", count=1000)
-        if not page:
-            break
+    while looked < scan and len(found) < len(event_ids):
+        count = min(1000, scan - looked)
+        page = connection.xrevrange(stream, max=high, min="-", count=count)
         looked += len(page)
         for entry_id, fields in page:
             entry = eventlog.readable(entry_id, fields)
             if entry is not None and entry.event.get("id") in event_ids:
                 found.setdefault(entry.event["id"], entry)
+        if len(page) < count:
+            return found, True  # the log ends here
         high = "(" + eventlog.as_text(page[-1][0])
-    return found
+    return found, looked >= SCAN_MAX or len(found) == len(event_ids)
 
 
 def is_entry_id(text: str) -> bool:

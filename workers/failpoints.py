@@ -51,8 +51,8 @@ The points (see docs/execution.md, "Crash points"):
     delivery_sent   a change-feed delivery's attempt was made (answered or not), its outcome not yet recorded
                     (workers/deliveries.py)
     chat_confirmed  a chat confirmation took its held plan, its event not yet submitted (web/commands.py confirm)
-    heavy_request   a replay, a rule bundle upload, a what-if comparison or an export starts its work on a web thread,
-                    its turn taken (web/heavy.py)
+    heavy_request   a heavy request (a replay, an export …: web/heavy.py WHAT) starts its work on a web thread,
+                    its turn taken
 """
 from __future__ import annotations
 

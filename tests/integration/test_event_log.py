@@ -454,3 +454,29 @@ def test_pages_of_a_listing_follow_each_other_without_gap_or_repeat(redis_url, a
     refused = client.get("/events?before=yesterday", headers=ADMIN)
     assert refused.status_code == 400 and "pass the next of the listing" in refused.json["error"]["message"]
 
+
+def test_looking_up_an_event_the_newest_entries_do_not_hold_takes_a_heavy_requests_turn(redis_url, app, client):
+    # An id no trace places (unknown, waiting, or its trace trimmed) was looked for in the whole log on any web
+    # thread, however many at once: ~1.2 s of CPU each at the log's 100,000 entries.
+    from workers.event_history import SCAN_PER_REQUEST
+
+    connection = redis.Redis.from_url(redis_url)
+    _fill_log(connection, SCAN_PER_REQUEST + 1000)
+    connection.set("ws:default:heavy", "another request's", ex=60)  # the workspace's heavy turn, taken
+
+    before = _log_reads(connection)
+    unknown = client.get("/events/no-such-event", headers=ADMIN)
+    old = client.get("/events/old-0", headers=ADMIN)
+    reads = _log_reads(connection) - before
+    recent = client.get(f"/events/old-{SCAN_PER_REQUEST + 999}", headers=ADMIN)
+
+    for busy in (unknown, old):
+        assert busy.status_code == 429 and busy.headers["Retry-After"] == "10", busy.text[:300]
+        assert "has a replay" in busy.json["error"]["message"] and "search of the whole event log in progress" in \
+            busy.json["error"]["message"], busy.json
+    assert reads <= 2 * (SCAN_PER_REQUEST // 1000 + 2), f"{reads} reads of the log for two refused look-ups"
+    assert recent.status_code == 200 and recent.json["event"]["id"] == f"old-{SCAN_PER_REQUEST + 999}"
+    connection.delete("ws:default:heavy")
+    assert client.get("/events/old-0", headers=ADMIN).json["event"]["id"] == "old-0"
+    missing = client.get("/events/no-such-event", headers=ADMIN)
+    assert missing.status_code == 404 and "no event no-such-event in the event log" in missing.json["error"]["message"]
