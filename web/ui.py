@@ -236,16 +236,28 @@ def events():
         since = since_epoch(args.get("since"))
     except ReplayRefused as exc:
         return redirect(url_for(".events", notice=str(exc)))
-    found = event_history.history(get_redis(), since=since, source=args.get("source") or None,
-                                  kind=args.get("kind") or None, unmatched=bool(args.get("unmatched")), limit=200)
-    rows = [{**e.summary(), "accepted": e.entry.accepted_at} for e in found]
-    return render_template("ui/events.html", events=rows, filters=args, kept_for=event_history.KEPT_FOR)
+    before = args.get("before") if event_history.is_entry_id(args.get("before") or "") else None
+    # As GET /events: at most SCAN_PER_REQUEST entries of the log per page (web/events.py), and a link to go on.
+    page = event_history.listing(get_redis(), since=since, before=before, source=args.get("source") or None,
+                                 kind=args.get("kind") or None, unmatched=bool(args.get("unmatched")), limit=200,
+                                 scan=event_history.SCAN_PER_REQUEST)
+    rows = [{**e.summary(), "accepted": e.entry.accepted_at} for e in page.events]
+    older = url_for(".events", **{**args.to_dict(), "before": page.next}) if page.next else None
+    return render_template("ui/events.html", events=rows, filters=args, kept_for=event_history.KEPT_FOR,
+                           older=older, looked=page.looked if page.cut else None)
 
 
 @bp.get("/events/<event_id>")
 def event(event_id: str):
     """One event's path: source → rules (matched, and why the others did not) → runs → their steps."""
-    found = event_history.find(get_redis(), event_id)
+    try:
+        found = event_history.find(get_redis(), event_id, scan=event_history.SCAN_PER_REQUEST)
+    except event_history.SearchCut:
+        try:
+            with heavy.turn():  # the rest of the log, as GET /events/<id> reads it (web/events.py)
+                found = event_history.find(get_redis(), event_id)
+        except heavy.Busy as exc:
+            abort(429, f"Not looked up: {exc}")
     if found is None:
         abort(404, f"no event {event_id} in the event log")
     runs = [r for r in (load_run(get_redis(), i) for i in found.runs) if r]

@@ -480,3 +480,26 @@ def test_looking_up_an_event_the_newest_entries_do_not_hold_takes_a_heavy_reques
     assert client.get("/events/old-0", headers=ADMIN).json["event"]["id"] == "old-0"
     missing = client.get("/events/no-such-event", headers=ADMIN)
     assert missing.status_code == 404 and "no event no-such-event in the event log" in missing.json["error"]["message"]
+
+
+def test_the_dashboards_event_pages_read_a_bounded_part_of_a_large_log_and_link_to_older_events(redis_url, app,
+                                                                                                client):
+    # The dashboard lists and looks up events in the same web process as the API: the same bounds apply.
+    from workers.event_history import SCAN_PER_REQUEST
+
+    connection = redis.Redis.from_url(redis_url)
+    _fill_log(connection, SCAN_PER_REQUEST + 1000, webhooks_at=(0, SCAN_PER_REQUEST + 999))
+    connection.set("ws:default:heavy", "another request's", ex=60)
+
+    before = _log_reads(connection)
+    first = client.get("/ui/events?source=webhook", headers=ADMIN)
+    looked_up = client.get("/ui/events/no-such-event", headers=ADMIN)
+    reads = _log_reads(connection) - before
+
+    assert first.status_code == 200 and f"form-{SCAN_PER_REQUEST + 999}" in first.text and "form-0<" not in first.text
+    assert f"Looked at {SCAN_PER_REQUEST:,} entries of the log" in first.text, first.text
+    older = first.text.split('<a id="older" href="')[1].split('"')[0].replace("&amp;", "&")
+    second = client.get(older, headers=ADMIN)
+    assert second.status_code == 200 and "form-0<" in second.text and "Looked at" not in second.text
+    assert looked_up.status_code == 429 and "search of the whole event log in progress" in looked_up.text
+    assert reads <= SCAN_PER_REQUEST // 200 + SCAN_PER_REQUEST // 1000 + 5, f"{reads} reads of the log"
