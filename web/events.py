@@ -46,7 +46,8 @@ def index():
     answer = {"events": [e.summary() for e in page.events], "next": page.next}
     if page.cut:
         answer["note"] = (f"looked at {page.looked:,} entries of the log (the most one request reads) and found "
-                          f"{len(page.events)} that match; older ones may match too: ask again, with the same filters and before={page.next}")
+                          f"{len(page.events)} that match; older ones may match too: ask again, with the same filters "
+                          f"and before={page.next}")
     return jsonify(answer)
 
 
