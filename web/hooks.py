@@ -4,7 +4,7 @@ Every sender's delivery takes this one route, so it is answered in front of Flas
 `wsgi_app` (the way Flask's docs add WSGI middleware) and answers `/hooks/<source>` and
 `/workspaces/<ws>/hooks/<source>` itself, with Werkzeug's request (the body limit, headers and content type Flask's
 own request reads) inside an app context (for web/resources.py). Flask's request context, URL map, request hooks and
-`jsonify` around the view were a third of the web's CPU per acknowledgement (bench/RESULTS.md section 48). Errors
+`jsonify` around the view were a quarter of the web's CPU per acknowledgement (bench/RESULTS.md section 48). Errors
 have the shape of every other route's (web/errors.py); every other path is Flask's.
 """
 from __future__ import annotations
