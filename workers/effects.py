@@ -192,9 +192,11 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object], *, looked_for
     """Mark "sent", send, mark "done"; InLoox's clear refusals unmark so a retry may send again.
 
     `looked_for`: a later attempt that finds the write "sent" looks for it in InLoox (a create with its marker),
-    so even a 503 keeps the mark: it costs that look, where a 503 after InLoox applied the create (a proxy's
-    answer to a connection its server closed) made a second entity. Steps that cannot be looked for are sent
-    again after a 503, as before: kept "sent", they would stop for a person after every outage.
+    so even a 503 keeps the mark, as a lost answer: a router's 503 (Heroku's H12 answers it when the application
+    takes longer than the router waits) says nothing of what InLoox did, which may still apply the create after
+    the look; it is sent again only INLOOX_SETTLE_SECONDS after the 503, as after a gateway's 502 or 504. Steps that
+    cannot be looked for are sent again after a 503, as before: kept "sent", they would stop for a person after every
+    outage.
     """
     if key != ctx.marked:
         ledger.mark_sent(ctx.connection, key)
@@ -207,12 +209,11 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object], *, looked_for
         ledger.mark_lost(ctx.connection, key)
         raise
     except InLooxError as exc:
-        if exc.status in GATEWAY_ANSWERS:
+        if exc.status in GATEWAY_ANSWERS or looked_for and exc.status == 503:
             # A gateway answered for InLoox, which took the request: it may have applied it, or still will.
             # Kept as a lost answer, so that the next attempt looks for it (it used to be sent again: twice).
             ledger.mark_lost(ctx.connection, key)
-        elif exc.retryable and not (looked_for and exc.status == 503) or \
-                exc.status is not None and 400 <= exc.status < 500:
+        elif exc.retryable or exc.status is not None and 400 <= exc.status < 500:
             # InLoox said no, or nothing reached it. A 3xx is no refusal (a 303 See Other follows a POST that
             # landed): kept "sent", so that a person's retry looks for the write before sending it again.
             ledger.clear(ctx.connection, key)

@@ -12,6 +12,7 @@ from datetime import datetime
 
 import redis
 
+from tests.support.hostile import Spoiler
 from tests.support.processes import wait_until
 from tests.support.stack import (BOOKING_RULE, ENGINE_TOKEN, MISSION_RULE, PREFIX, all_runs, make_task, runs_in,
                                  start, write_rule)
@@ -94,6 +95,32 @@ def test_a_create_inloox_still_held_when_its_answer_was_lost_is_not_sent_twice(e
     sent = time.monotonic()
     [run] = wait_until(lambda: runs_in(redis_url, "succeeded"), 60, "the run to finish")
     time.sleep(max(0.0, 11 - (time.monotonic() - sent)))  # the held create has been applied by now
+
+    assert sandbox.count("TimeEntry") == 1
+    assert run["outputs"]["book"]["TaskItemId"] == task
+
+
+def test_a_create_a_router_answered_503_while_inloox_still_held_it_is_not_sent_twice(engine, sandbox, rules_dir,
+                                                                                    redis_url):
+    write_rule(rules_dir, "booking", BOOKING_RULE)
+    task = make_task(sandbox)
+    # A router in front of InLoox answers 503 once InLoox takes more than 1 s, and InLoox goes on with the request:
+    # it applies the create 9 s after it came. The retry's look for the create's marker, soon after, finds nothing yet.
+    spoiler = Spoiler(sandbox.base_url)
+    try:
+        spoiler.gives_up("TimeEntry", after=1)
+        engine.env.update(INLOOX_URL=spoiler.url, INLOOX_SETTLE_SECONDS="15")
+        start(engine, redis_url)
+        sandbox.fault(kind="latency", latency_ms=9000, methods=["POST"], path="^TimeEntry$", count=1)
+
+        sandbox.patch(f"Task({task})", json={"IsDone": True})
+        wait_until(lambda: [r for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "TimeEntry"],
+                   15, "the create to be sent")
+        sent = time.monotonic()
+        [run] = wait_until(lambda: runs_in(redis_url, "succeeded"), 60, "the run to finish")
+        time.sleep(max(0.0, 11 - (time.monotonic() - sent)))  # the held create has been applied by now
+    finally:
+        spoiler.stop()
 
     assert sandbox.count("TimeEntry") == 1
     assert run["outputs"]["book"]["TaskItemId"] == task

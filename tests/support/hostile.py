@@ -6,6 +6,7 @@ stay the sandbox's.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -26,6 +27,7 @@ class Spoiler:
         self.upstream = upstream  # the sandbox's base URL (…/api/odata/)
         self.spoils: dict[str, Callable[[dict], dict]] = {}
         self.drips: set[str] = set()  # paths answered a byte at a time, for good (`drip`)
+        self.give_ups: dict[str, float] = {}  # path → seconds after which a write to it is answered 503 (`gives_up`)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.owner = self
@@ -40,6 +42,12 @@ class Spoiler:
         """Answers to `path` (as in `spoil`) are a status line and headers, then a byte every DRIP_SECONDS for as
         long as the client reads (or until `drips` is cleared): each read comes well within any read timeout."""
         self.drips.add(path)
+
+    def gives_up(self, path: str, after: float) -> None:
+        """Writes to `path` (as in `spoil`) that the sandbox has not answered within `after` seconds are answered 503
+        by the proxy, while the sandbox goes on with them and applies them: a router in front of InLoox that waits
+        less than InLoox takes (Heroku's H12, whose 503 says nothing of what the application did)."""
+        self.give_ups[path] = after
 
     def stop(self) -> None:
         self.drips.clear()  # the answers still dripping end
@@ -76,9 +84,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = re.split(r"[?(]", relative, maxsplit=1)[0]
         if path in owner.drips:
             return self._drip(owner, path)
-        answer = requests.request(self.command, owner.upstream + relative, timeout=30,
-                                  data=self.rfile.read(length) if length else None,
-                                  headers={h: self.headers[h] for h in _FORWARDED if h in self.headers})
+        forward = functools.partial(requests.request, self.command, owner.upstream + relative, timeout=30,
+                                    data=self.rfile.read(length) if length else None,
+                                    headers={h: self.headers[h] for h in _FORWARDED if h in self.headers})
+        if self.command != "GET" and path in owner.give_ups:
+            return self._unless_given_up(forward, owner.give_ups[path])
+        answer = forward()
         # nextLinks name the sandbox: they go through the proxy too.
         body = answer.content.replace(owner.upstream.encode(), owner.url.encode())
         change = owner.spoils.get(path)
@@ -91,6 +102,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     do_POST = do_PATCH = do_DELETE = do_GET
+
+    def _unless_given_up(self, forward: Callable[[], requests.Response], after: float) -> None:
+        answered: list[requests.Response] = []
+        sent = threading.Thread(target=lambda: answered.append(forward()), daemon=True)
+        sent.start()
+        sent.join(after)  # the request goes on upstream after this, answered or not
+        status, body = (answered[0].status_code, answered[0].content) if answered else (503, b"Application error")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if answered else "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _drip(self, owner: Spoiler, path: str) -> None:
         self.send_response(200)
