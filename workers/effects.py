@@ -15,6 +15,7 @@ InLoox first, which is all an early mark costs should the run stop before sendin
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,6 +40,11 @@ MARKER_FIELDS = {
 # taking requests, mostly: some proxies, Envoy's among them, answer 503 to a request whose server closed the
 # connection before answering, when it may have applied it; see `_write`.)
 GATEWAY_ANSWERS = (502, 504)
+# A 503 that took this long to come is taken for a router in front of InLoox that gave up waiting for it (Heroku's
+# router answers 503 after 30 s, Azure Front Door after its origin timeout), while InLoox may go on with the request
+# and apply it later; one that came sooner is InLoox, or a proxy with no server to ask, not taking requests. Routers
+# wait longer than this; InLoox's own 503 comes at once. (Past INLOOX_TIMEOUT no answer comes: a lost answer.)
+SLOW_503_SECONDS = 2.0
 
 
 class NotSettled(OutcomeUnknown):
@@ -192,15 +198,18 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object], *, looked_for
     """Mark "sent", send, mark "done"; InLoox's clear refusals unmark so a retry may send again.
 
     `looked_for`: a later attempt that finds the write "sent" looks for it in InLoox (a create with its marker),
-    so even a 503 keeps the mark, as a lost answer: a router's 503 (Heroku's H12 answers it when the application
-    takes longer than the router waits) says nothing of what InLoox did, which may still apply the create after
-    the look; it is sent again only INLOOX_SETTLE_SECONDS after the 503, as after a gateway's 502 or 504. Steps that
-    cannot be looked for are sent again after a 503, as before: kept "sent", they would stop for a person after every
-    outage.
+    so even a 503 keeps the mark: it costs that look, where a 503 after InLoox applied the create (a proxy's
+    answer to a connection its server closed) made a second entity. A slow 503 (SLOW_503_SECONDS) is kept as a
+    lost answer: a router that gave up waiting says nothing of what InLoox did, which may still apply the create
+    after the look, so it is sent again only INLOOX_SETTLE_SECONDS after the 503, as after a gateway's 502 or 504; a
+    quick 503 (InLoox down for maintenance) is looked for and sent again at once, or every short outage would cost
+    each create a minute. Steps that cannot be looked for are sent again after a 503, as before: kept "sent",
+    they would stop for a person after every outage.
     """
     if key != ctx.marked:
         ledger.mark_sent(ctx.connection, key)
     failpoints.hit("before_send")  # tests only (inert unless ENGINE_FAILPOINTS is set)
+    sent = time.monotonic()
     try:
         output = send()
     except OutcomeUnknown:
@@ -209,11 +218,13 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object], *, looked_for
         ledger.mark_lost(ctx.connection, key)
         raise
     except InLooxError as exc:
-        if exc.status in GATEWAY_ANSWERS or looked_for and exc.status == 503:
+        if exc.status in GATEWAY_ANSWERS or \
+                looked_for and exc.status == 503 and time.monotonic() - sent >= SLOW_503_SECONDS:
             # A gateway answered for InLoox, which took the request: it may have applied it, or still will.
             # Kept as a lost answer, so that the next attempt looks for it (it used to be sent again: twice).
             ledger.mark_lost(ctx.connection, key)
-        elif exc.retryable or exc.status is not None and 400 <= exc.status < 500:
+        elif exc.retryable and not (looked_for and exc.status == 503) or \
+                exc.status is not None and 400 <= exc.status < 500:
             # InLoox said no, or nothing reached it. A 3xx is no refusal (a 303 See Other follows a POST that
             # landed): kept "sent", so that a person's retry looks for the write before sending it again.
             ledger.clear(ctx.connection, key)

@@ -104,11 +104,11 @@ def test_a_create_a_router_answered_503_while_inloox_still_held_it_is_not_sent_t
                                                                                     redis_url):
     write_rule(rules_dir, "booking", BOOKING_RULE)
     task = make_task(sandbox)
-    # A router in front of InLoox answers 503 once InLoox takes more than 1 s, and InLoox goes on with the request:
+    # A router in front of InLoox answers 503 once InLoox takes more than 3 s, and InLoox goes on with the request:
     # it applies the create 9 s after it came. The retry's look for the create's marker, soon after, finds nothing yet.
     spoiler = Spoiler(sandbox.base_url)
     try:
-        spoiler.gives_up("TimeEntry", after=1)
+        spoiler.gives_up("TimeEntry", after=3)
         engine.env.update(INLOOX_URL=spoiler.url, INLOOX_SETTLE_SECONDS="15")
         start(engine, redis_url)
         sandbox.fault(kind="latency", latency_ms=9000, methods=["POST"], path="^TimeEntry$", count=1)
