@@ -86,12 +86,11 @@ def upload():
     request.max_content_length = MAX_BUNDLE_BYTES
     try:
         files = bundles.parse_bundle(request.get_data(cache=False), request.content_type or "")
+        outcome = bundles.upload(get_redis(), workspaces.current().prefix, files, by=_who())
     except bundles.RefusedBundle as exc:  # read, but holding what no rule may: answered as invalid rules are
         outcome = [exc]
-    except bundles.BundleError as exc:
+    except bundles.BundleError as exc:  # not a bundle, or one without a rule
         abort(400, str(exc))
-    else:
-        outcome = bundles.upload(get_redis(), workspaces.current().prefix, files, by=_who())
     if isinstance(outcome, list):
         return jsonify(error="the rule bundle is not valid; the active version is unchanged",
                        errors=[str(e) for e in outcome]), 422

@@ -94,10 +94,16 @@ def parse_bundle(body: bytes, content_type: str) -> dict[str, str]:
 
 def upload(connection: redis.Redis, prefix: str, files: dict[str, str], *, by: str = "",
            now: datetime | None = None) -> Version | list[RuleError]:
-    """Store a valid bundle as a new version and activate it; or store nothing and return its errors."""
+    """Store a valid bundle as a new version and activate it; or store nothing and return its errors.
+
+    Raises BundleError, storing nothing, when the files hold no rule (only comments or empty documents).
+    """
     ruleset = load_texts(sorted(files.items()))
     if ruleset.errors:
         return ruleset.errors
+    if not ruleset.rules:
+        # As an empty body is (_yaml_file): stored, a version without rules switches every rule of the workspace off.
+        raise BundleError("the bundle holds no rule: its files hold only comments, blank lines or empty YAML documents")
     content = json.dumps(files, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     moment = now or datetime.now(timezone.utc)
 

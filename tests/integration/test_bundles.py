@@ -336,6 +336,28 @@ def test_an_empty_yaml_body_is_refused_as_an_empty_json_bundle_is(api, body):
     assert listing["active"] == "v1" and [v["number"] for v in listing["versions"]] == [1]
 
 
+NO_RULE = [
+    ("yaml-comments", b"# the rules moved to acme.yaml\n\n  # (kept for the history)\n", "application/yaml"),
+    ("yaml-empty-documents", b"---\n# nothing here yet\n---\nnull\n", "application/yaml"),
+    ("json-comments", json.dumps({"files": {"a.yaml": "# todo\n", "b.yml": "---\n"}}).encode(), "application/json"),
+    ("tar-comments", tar_gz({"./a.yaml": b"# todo\n"}), "application/gzip"),
+]
+
+
+@pytest.mark.parametrize("body, content_type", [c[1:] for c in NO_RULE], ids=[c[0] for c in NO_RULE])
+def test_a_bundle_of_comments_alone_is_refused_as_an_empty_one_is(api, body, content_type):
+    # Stored, a bundle that holds no rule switches every rule of the workspace off, as an empty body would.
+    good = json.dumps({"files": {"tasks.yaml": LOG_TIME}}).encode()
+    assert put_bundle(api, good, "application/json").status_code == 201
+
+    refused = put_bundle(api, body, content_type)
+
+    assert refused.status_code == 400, refused.get_data(as_text=True)[:500]
+    assert refused.get_json()["error"]["message"] == (
+        "the bundle holds no rule: its files hold only comments, blank lines or empty YAML documents")
+    listing = api.get("/workspaces/globex/rules", headers={"Authorization": f"Bearer {ADMIN}"}).get_json()
+    assert listing["active"] == "v1" and [v["number"] for v in listing["versions"]] == [1]
+
 LONG = "r" * 100_000  # a file name of 100 KB: the answer names it by its first 80 characters
 LONG_NAMES = [
     ("json-not-plain", json.dumps({"files": {LONG + ".txt": "id: a"}}).encode(), "application/json", 400),
