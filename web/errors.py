@@ -27,7 +27,8 @@ def _headers(exc: HTTPException) -> list[tuple[str, str]]:
 
 
 def _message(exc: HTTPException, max_content_length: int | None) -> str:
-    if isinstance(exc, RequestEntityTooLarge) and max_content_length:
+    if isinstance(exc, RequestEntityTooLarge) and max_content_length \
+            and exc.description == RequestEntityTooLarge.description:  # not a view's own 413 with its reason
         # Werkzeug's text ("exceeds the capacity limit") does not say what the limit is.
         return f"the request body is over {max_content_length // 1024} KiB, the most this endpoint accepts"
     return exc.description

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, request
+from werkzeug.exceptions import ServiceUnavailable
 
 from engine import Event, explain
-from web.heavy import limited
+from web.heavy import RETRY_AFTER_SECONDS, limited
 from web.openapi import check_query, request_body
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
-from workers import bundles, workspaces
+from workers import bundle_check, bundles, workspaces
 from workers.manual import KeyReused, ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
 from workers.runs import run_id
 
@@ -75,22 +76,28 @@ def _idempotency_key() -> str | None:
 
 
 @bp.put("")
-@limited  # validating a large bundle takes seconds of a web thread: one at a time, else 429 (web/heavy.py)
+@limited  # validating a large bundle keeps a web thread waiting seconds: one at a time, else 429 (web/heavy.py)
 def upload():
     """Upload a rule bundle (JSON `{"files": {…}}`, one YAML file, or a .tar.gz of a rules folder).
 
     422 with every error (file:line:col, as `flask rules check` prints them) when it does not
-    validate; the active version then stays as it was.
+    validate; the active version then stays as it was. Validated in a child process, off this
+    process's GIL (workers/bundle_check.py): 413 when that takes more CPU time or memory than allowed.
     """
     _require_bundle_workspace()
     request.max_content_length = MAX_BUNDLE_BYTES
     try:
         files = bundles.parse_bundle(request.get_data(cache=False), request.content_type or "")
-        outcome = bundles.upload(get_redis(), workspaces.current().prefix, files, by=_who())
+        checked = bundle_check.check_in_child(files, cpu_seconds=int(current_app.config["BUNDLE_CHECK_CPU_SECONDS"]))
+        outcome = bundles.upload(get_redis(), workspaces.current().prefix, files, by=_who(), checked=checked)
     except bundles.RefusedBundle as exc:  # read, but holding what no rule may: answered as invalid rules are
         outcome = [exc]
     except bundles.BundleError as exc:  # not a bundle, or one without a rule
         abort(400, str(exc))
+    except bundle_check.TooCostly as exc:
+        abort(413, str(exc))
+    except bundle_check.Unfinished as exc:
+        raise ServiceUnavailable(str(exc), retry_after=RETRY_AFTER_SECONDS) from None
     if isinstance(outcome, list):
         return jsonify(error="the rule bundle is not valid; the active version is unchanged",
                        errors=[str(e) for e in outcome]), 422

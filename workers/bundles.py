@@ -25,8 +25,8 @@ import redis
 from engine.bodies import BodyError, parse_json
 from engine.documents import read_rule_text
 from engine.errors import RuleError
-from engine.rules import load_texts
 from workers import activity
+from workers.bundle_check import Checked, check
 
 MAX_FILES = 200
 MAX_BYTES = 1024 * 1024  # uncompressed, all files together (a tar's ignored entries count too)
@@ -93,15 +93,17 @@ def parse_bundle(body: bytes, content_type: str) -> dict[str, str]:
 
 
 def upload(connection: redis.Redis, prefix: str, files: dict[str, str], *, by: str = "",
-           now: datetime | None = None) -> Version | list[RuleError]:
+           now: datetime | None = None, checked: Checked | None = None) -> Version | list[RuleError]:
     """Store a valid bundle as a new version and activate it; or store nothing and return its errors.
 
-    Raises BundleError, storing nothing, when the files hold no rule (only comments or empty documents).
+    `checked`: what validating `files` found elsewhere (the web validates in a child process:
+    workers/bundle_check.py); None validates them here. Raises BundleError, storing nothing, when the
+    files hold no rule (only comments or empty documents).
     """
-    ruleset = load_texts(sorted(files.items()))
-    if ruleset.errors:
-        return ruleset.errors
-    if not ruleset.rules:
+    checked = check(files) if checked is None else checked
+    if checked.errors:
+        return checked.errors
+    if not checked.rule_ids:
         # As an empty body is (_yaml_file): stored, a version without rules switches every rule of the workspace off.
         raise BundleError("the bundle holds no rule: its files hold only comments, blank lines or empty YAML documents")
     content = json.dumps(files, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -110,7 +112,7 @@ def upload(connection: redis.Redis, prefix: str, files: dict[str, str], *, by: s
     def store(pipe) -> Version:
         number = int(pipe.get(f"{prefix}rules:seq") or 0) + 1
         version = Version(number, moment.isoformat(), by, hashlib.sha256(content.encode()).hexdigest(),
-                          sorted(ruleset.rules), len(files), active=True)
+                          checked.rule_ids, len(files), active=True)
         stored = sorted(int(n) for n in pipe.hkeys(f"{prefix}rules:versions"))
         trimmed = stored[:max(0, len(stored) + 1 - MAX_VERSIONS)]  # all older than the new active one
         pipe.multi()

@@ -1,0 +1,137 @@
+"""A rule bundle validated in a child process of the web (workers/bundle_check.py): its limits, its answer, its end."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import wait_until
+from workers.bundle_check import TooCostly, check, check_in_child
+from workers.workspaces import Workspace
+
+ROOT = Path(__file__).parents[2]
+RULES = ROOT / "rules"
+ADMIN = "globex-admin-token"
+
+
+def large_bundle(size: int = 1_000_000) -> dict[str, str]:
+    """~`size` bytes of valid rules in 100 files: the example rules again and again, each copy under its own id."""
+    examples = [path.read_text() for path in sorted(RULES.glob("*.yaml"))]
+    files: dict[str, list[str]] = {f"r{n:03d}.yaml": [] for n in range(100)}
+    total, copy = 0, 0
+    while total < size:
+        for text in examples:
+            first_id = next(line for line in text.splitlines() if line.startswith("id: "))
+            files[f"r{copy % 100:03d}.yaml"].append(text.replace(first_id, f"{first_id}-{copy}", 1))
+            total += len(text)
+            copy += 1
+    return {name: "\n---\n".join(texts) for name, texts in files.items()}
+
+
+@pytest.fixture
+def api(redis_url):
+    """A web app whose uploads may take 1 s of CPU to check (the default is 30): the 1 MB bundle takes ~5 s."""
+    from app import create_app
+
+    globex = Workspace("globex", "http://127.0.0.1:9", "unused", admin_token=ADMIN)
+    return create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {"globex": globex},
+                       "BUNDLE_CHECK_CPU_SECONDS": "1"}).test_client()
+
+
+def test_a_bundle_that_takes_longer_to_check_than_allowed_is_refused_413_and_nothing_is_stored(api):
+    # Checked in the web process, the 1 MB bundle held the process's GIL for ~5 s (every webhook on it slowed down);
+    # checked in a child held to its CPU limit, the upload that costs more is refused, saying why.
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+
+    refused = api.put("/workspaces/globex/rules", json={"files": large_bundle()}, headers=headers)
+
+    assert refused.status_code == 413, refused.get_data(as_text=True)[:500]
+    assert refused.get_json()["error"]["message"] == (
+        "the rule bundle is too costly to check: validating it takes more than 1 s of CPU time, the most an upload "
+        "may use; upload fewer or simpler rules")
+    assert api.get("/workspaces/globex/rules", headers=headers).get_json()["versions"] == []
+    small = {"files": {"tasks.yaml": (RULES / "log-time-when-task-done.yaml").read_text()}}
+    assert api.put("/workspaces/globex/rules", json=small, headers=headers).status_code == 201
+
+
+def test_a_bundle_that_needs_more_memory_to_check_than_allowed_is_too_costly():
+    # 240,000 list items: ~200 MB of YAML nodes before the values are counted (and refused), from a 1 MB file.
+    files = {"list.yaml": "id: x\nwhen: [{manual: true}]\nthen: [{notify: x, body: y}]\nv:\n" + "- a\n" * 240_000}
+
+    with pytest.raises(TooCostly) as refused:
+        check_in_child(files, cpu_seconds=30, memory_bytes=64 * 1024 * 1024)
+
+    assert str(refused.value) == ("the rule bundle is too costly to check: validating it takes more than 64 MiB of "
+                                  "memory, the most an upload may use; upload fewer or simpler rules")
+
+
+def test_the_child_finds_the_rules_and_errors_the_web_itself_would():
+    log_time = (RULES / "log-time-when-task-done.yaml").read_text()
+    files = {
+        "good.yaml": log_time,
+        "typo.yaml": log_time.replace("id: log-time-when-task-done", "id: typo").replace("  changes:", "  chnages:"),
+        "twice.yaml": log_time,  # a duplicate id
+        "broken.yml": "id: x\nwhen: [\n",
+        "tagged.yaml": "id: y\nv: !custom 3\n",
+        "surrogate.yaml": 'id: "\\ud800"\n',
+    }
+
+    here, there = check(files), check_in_child(files, cpu_seconds=30)
+
+    assert there.rule_ids == here.rule_ids == ["log-time-when-task-done"]
+    assert [str(e) for e in there.errors] == [str(e) for e in here.errors] and len(here.errors) >= 5
+    assert [vars(e) for e in there.errors] == [vars(e) for e in here.errors]
+
+
+def test_a_check_ends_with_the_process_that_started_it(tmp_path):
+    """A web killed outright (SIGKILL) leaves no check running: the kernel kills the child (PR_SET_PDEATHSIG)."""
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps(large_bundle()))
+    script = ("import json, sys; from workers.bundle_check import check_in_child; "
+              "check_in_child(json.load(open(sys.argv[1])), cpu_seconds=60)")
+    starter = subprocess.Popen([sys.executable, "-c", script, str(bundle)], cwd=ROOT)
+    children: list[int] = []
+    try:
+        # The child is under way once it runs at its lower priority: it asked for its parent's death signal before.
+        children.append(wait_until(lambda: _child_of(starter.pid, nice=10), 30, "the check's child process to start"))
+        os.kill(children[0], signal.SIGSTOP)  # stopped, it would stay for good were nothing to kill it
+        starter.kill()
+        starter.wait()
+        wait_until(lambda: _state(children[0]) in (None, "Z"), 10, "the check's child to end with its parent")
+    finally:
+        starter.kill()
+        starter.wait()
+        for pid in children:  # only should the test fail: the stopped child left behind
+            if _state(pid) not in (None, "Z"):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children_of(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None and int(stat[1]) == parent:
+            found.append(int(entry))
+    return found
+
+
+def _child_of(parent: int, *, nice: int) -> int | None:
+    return next((pid for pid in _children_of(parent) if int(_stat(pid)[16]) == nice), None)
+
+
+def _state(pid: int) -> str | None:
+    stat = _stat(pid)
+    return stat[0] if stat is not None else None
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command's name: state, ppid, ... (None when the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
