@@ -4,8 +4,8 @@
         # stdin: the files as JSON {name: YAML text}; stdout: {"rule_ids": [...], "errors": [{RuleError's fields}]}
 
 Validating the largest bundle an upload may hold (1 MB of YAML, ~1,400 rules) takes ~5-6 s of CPU. In the web
-process it held the process's one GIL in stretches all that time: every workspace's webhooks on that process were
-acknowledged at half the rate, their latency up to 120 ms (bench/bundle_check.py). `check_in_child` runs it here
+process it held the process's one GIL in stretches all that time: every workspace's webhooks on that process waited
+for it, acknowledged in 14 ms rather than 4 (p50; up to 116 ms: bench/bundle_upload.py). `check_in_child` runs it here
 instead, and the web thread waits on a pipe, which needs no GIL. The child lowers its CPU priority and may run on
 any core (the web keeps to one: workers/cores.py), so the web's own threads keep the CPU first.
 
