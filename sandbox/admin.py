@@ -2,7 +2,8 @@
 
 POST/GET/DELETE /_sandbox/faults, DELETE /_sandbox/faults/<id>, POST /_sandbox/reset,
 GET/DELETE /_sandbox/requests, GET /_sandbox/notes[?object_id=], GET /_sandbox/health,
-POST /_sandbox/users (another person with a token of their own), PUT /_sandbox/paging (keyset or skip).
+POST /_sandbox/users (another person with a token of their own), PUT /_sandbox/paging (keyset or skip),
+PUT /_sandbox/clock (frozen: writes share one change time).
 """
 from __future__ import annotations
 
@@ -78,6 +79,17 @@ def set_paging():
         raise BadRequest("'by' must be \"keyset\" or \"skip\"", target="by")
     get_sandbox().paging["by"] = by
     return json_response({"by": by})
+
+
+@bp.put("/clock")
+def set_clock():
+    """{"frozen": true}: every write gets one change time, as every row of one UPDATE statement at InLoox (a bulk
+    edit, an import) does, until {"frozen": false} (the default, back at each reset)."""
+    frozen = _body().get("frozen")
+    if not isinstance(frozen, bool):
+        raise BadRequest("'frozen' must be true or false", target="frozen")
+    get_sandbox().store.clock.freeze(frozen)
+    return json_response({"frozen": frozen})
 
 
 @bp.post("/users")

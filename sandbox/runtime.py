@@ -41,7 +41,8 @@ class Sandbox:
         return found
 
     def reset(self, seed: str) -> None:
-        """Clear data, notes, faults, extra tokens, the request log and the paging style, then load `seed`.
+        """Clear data, notes, faults, extra tokens, the request log, the paging style and a frozen clock, then load
+        `seed`.
 
         An unknown seed raises BadRequest before anything is cleared."""
         check_seed(seed)
@@ -50,6 +51,7 @@ class Sandbox:
         self.users.clear()
         self.store.clear()
         self.paging["by"] = "keyset"
+        self.store.clock.freeze(False)
         plant(self.store, seed)
         self._add_people()
 

@@ -266,3 +266,37 @@ def test_paging_through_ties_and_nulls_loses_and_repeats_nothing(sandbox, orderb
     column, _, direction = orderby.split(",")[0].partition(" ")
     values = [r[column] or "" for r in rows]
     assert values == sorted(values, reverse=direction == "desc")
+
+
+def test_a_frozen_clock_stamps_every_write_alike_until_thawed(sandbox):
+    """A bulk UPDATE at InLoox stamps its rows alike: frozen, the sandbox's writes share one change time."""
+    before = sandbox.post("Task", {"Name": "before"}).json()["TaskItemId"]
+    sandbox.freeze_clock()
+    bulk = [sandbox.post("Task", {"Name": f"bulk {i}"}).json()["TaskItemId"] for i in range(3)]
+    sandbox.freeze_clock(False)
+    after = sandbox.post("Task", {"Name": "after"}).json()["TaskItemId"]
+
+    stamps = {row["TaskItem_TaskItemId"]: row["TaskItem_UpdatedAt"]
+              for row in walk(sandbox, "DynamicTaskItem", **{"$select": "TaskItem_TaskItemId,TaskItem_UpdatedAt"})}
+    assert len({stamps[t] for t in bulk}) == 1
+    assert stamps[before] < stamps[bulk[0]] < stamps[after]
+
+
+def test_a_compound_keyset_pages_through_a_run_of_one_change_time_on_a_skip_paging_sandbox(sandbox):
+    """(stamp eq X and key gt K) or stamp gt X, ordered by stamp then key: each next page of a run that shares one
+    change time, asked for after the last row read, whatever the server's own paging."""
+    sandbox.paging("skip")
+    sandbox.freeze_clock()
+    for i in range(150):
+        sandbox.post("Task", {"Name": f"bulk {i}"})
+    sandbox.freeze_clock(False)
+    sandbox.post("Task", {"Name": "after"})
+    order = {"$orderby": "TaskItem_UpdatedAt,TaskItem_TaskItemId",
+             "$select": "TaskItem_TaskItemId,TaskItem_UpdatedAt"}
+    first = sandbox.get("DynamicTaskItem", **order).json()["value"]
+    stamp, key = first[-1]["TaskItem_UpdatedAt"], first[-1]["TaskItem_TaskItemId"]
+    after = f"(TaskItem_UpdatedAt eq {stamp} and TaskItem_TaskItemId gt {key}) or TaskItem_UpdatedAt gt {stamp}"
+    rest = walk(sandbox, "DynamicTaskItem", **order, **{"$filter": after})
+    assert len(first) == 100 and len(rest) == 51
+    assert len({r["TaskItem_TaskItemId"] for r in first + rest}) == 151
+    assert [r["TaskItem_TaskItemId"] for r in rest[:50]] == sorted(r["TaskItem_TaskItemId"] for r in rest[:50])

@@ -49,6 +49,10 @@ class SandboxServer:
         """Page nextLinks by "skip" (an OFFSET) or "keyset" (the default, back at each reset)."""
         self._admin("PUT", "paging", json={"by": by})
 
+    def freeze_clock(self, frozen: bool = True) -> None:
+        """Every write gets one change time while frozen (a bulk UPDATE at InLoox); thawed at each reset."""
+        self._admin("PUT", "clock", json={"frozen": frozen})
+
     def fault(self, **rule) -> int:
         """Add a fault rule (see sandbox/faults.py); returns its id."""
         return self._admin("POST", "faults", json=rule).json()["id"]
