@@ -25,6 +25,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 _QUALIFIED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _ORDER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?: (asc|desc))?\Z")
+_FRACTION = re.compile(r"T\d\d:\d\d:\d\d[.,](\d{7,})")  # a time's fraction finer than a microsecond
 
 
 def identifier(name: str) -> str:
@@ -53,12 +54,22 @@ def guid(value) -> uuid.UUID:
 
 
 def datetime_literal(value) -> str:
-    """An aware datetime (or ISO string with an offset) as UTC ISO `2025-04-01T09:00:00Z`."""
+    """An aware datetime (or ISO string with an offset) as UTC ISO `2025-04-01T09:00:00Z`.
+
+    A string's digits past the microsecond are kept: a .NET server writes its instants in 100 ns ticks
+    (`.1234567`), which Python's datetime cuts to microseconds, and a filter `eq` an instant the server
+    wrote (a poll's keyset) must name that very instant, not one a little before it.
+    """
+    ticks = ""
     if isinstance(value, str):
-        value = datetime.fromisoformat(value)
+        fraction = _FRACTION.search(value)
+        ticks = fraction.group(1)[6:] if fraction else ""
+        value = datetime.fromisoformat(value)  # cuts the fraction to microseconds (it never rounds up)
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError(f"not a timezone-aware datetime: {value!r}")
     utc = value.astimezone(timezone.utc)
+    if ticks:
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%f") + ticks + "Z"
     return utc.strftime("%Y-%m-%dT%H:%M:%S.%f" if utc.microsecond else "%Y-%m-%dT%H:%M:%S") + "Z"
 
 

@@ -62,7 +62,19 @@ def test_datetimeoffset_typed_literal_is_utc_and_unquoted(value):
     assert literal(value, "Edm.DateTimeOffset") == "2025-04-01T09:00:00Z"
 
 
-@pytest.mark.parametrize("value", ["2025-04-01T09:00:00", "yesterday", "2025-04-01T09:00:00Z) or (1 eq 1"])
+@pytest.mark.parametrize("value, expected", [
+    ("2025-04-01T11:00:00.1234567+02:00", "2025-04-01T09:00:00.1234567Z"),
+    ("2025-04-01T09:00:00.9999999Z", "2025-04-01T09:00:00.9999999Z"),
+    ("2025-04-01T09:00:00.0000001Z", "2025-04-01T09:00:00.0000001Z"),
+    ("2025-04-01T09:00:00.123Z", "2025-04-01T09:00:00.123000Z"),
+])
+def test_a_datetimeoffset_string_keeps_its_digits_past_the_microsecond(value, expected):
+    """A .NET server's change time in 100 ns ticks, compared `eq` in a poll's keyset, must name that instant."""
+    assert literal(value, "Edm.DateTimeOffset") == expected
+
+
+@pytest.mark.parametrize("value", ["2025-04-01T09:00:00", "yesterday", "2025-04-01T09:00:00Z) or (1 eq 1",
+                                   "2025-04-01T09:00:00.1234567", "2025-04-01T09:00:00.1234567Z) or (1 eq 1"])
 def test_datetimeoffset_typed_literal_needs_an_aware_iso_time(value):
     with pytest.raises(ValueError):
         literal(value, "Edm.DateTimeOffset")
