@@ -55,13 +55,17 @@ class Spoiler:
         self.httpd.server_close()
 
 
-def between_pages(act: Callable[[dict], object]) -> tuple[Callable[[dict], dict], list[dict]]:
-    """A spoil that lets the answer through and, at the first answer with rows, calls `act(its first row)` once: a
-    person's edit or delete between the first page of a read and the next. Returns it, and the rows acted on."""
+def between_pages(act: Callable[[dict], object], at: int = 1) -> tuple[Callable[[dict], dict], list[dict]]:
+    """A spoil that lets the answer through and, at the `at`-th answer with rows (the first by default), calls
+    `act(its first row)` once: a person's edit or delete between that page of a read and the next. Returns it, and
+    the rows acted on."""
     acted: list[dict] = []
+    answers = 0
 
     def spoil(answer: dict) -> dict:
-        if not acted and answer.get("value"):
+        nonlocal answers
+        answers += bool(answer.get("value"))
+        if not acted and answers == at:
             acted.append(answer["value"][0])
             act(acted[0])
         return answer
