@@ -160,8 +160,8 @@ def test_no_change_is_lost_when_inloox_pages_by_skip_and_a_row_read_already_chan
     """A poll reads its changes in change-time order, page after page. An OData server that pages by $skip (an offset)
     lists the rows as they are at each page: a row of a page read already that changes again meanwhile moves to the
     end, the rest slide back by one, and the row that slid into the page read already was never listed. The cursor
-    went on past it, so its change was lost. The poller now asks for each next page itself, from the change time of
-    the last row it read on (the server's own paging only for a run of 100 rows or more with one change time)."""
+    went on past it, so its change was lost. The poller now asks for each next page itself, after the last row it
+    read: from its change time (and key, for a run of 100 rows or more with one change time)."""
     settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)  # no overlap: the next poll reads nothing older
     sandbox.paging("skip")
     tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
@@ -252,26 +252,77 @@ def test_a_key_order_poll_of_more_than_a_page_while_a_task_is_deleted_on_a_skip_
     assert sorted(done) == sorted(tasks)
 
 
-def test_a_bulk_update_of_more_rows_than_a_page_with_one_change_time_is_read_whole(sandbox, connection, project,
-                                                                                     spoiler):
-    """Asked for from the last row's change time, a page of rows that all share it comes again, and again: a bulk
-    update that stamps 150 rows alike (one UPDATE statement) goes on through the server's own paging instead."""
+def test_a_bulk_update_of_more_rows_than_a_page_with_one_change_time_is_read_whole(sandbox, client, connection,
+                                                                                     project):
+    """Asked for from the last row's change time, a page of rows that all share it would come again, and again: a bulk
+    update that stamps 150 rows alike (one UPDATE statement) is paged after the last row's change time and key."""
     settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)
     tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
-    stamp = TASKS.stamp
+    poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)  # the baseline
+    sandbox.freeze_clock()
+    for task in tasks:
+        assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
+    sandbox.freeze_clock(False)
+    sandbox.clear_requests()
+
+    result = poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
+
+    assert result.rows == 150 and len(result.accepted) == 150
+    reads = [r["query"] for r in sandbox.requests() if r["method"] == "GET" and "DynamicTaskItem" in r["path"]]
+    assert len(reads) == 2, reads  # the first page, then the rest after its last row: no page twice, no nextLink
+    assert "TaskItemId%20gt%20" in reads[1] and "skiptoken" not in reads[1], reads
+
+
+def test_an_inloox_that_refuses_a_keyset_of_change_time_and_key_has_the_run_read_through_its_own_paging(
+        sandbox, connection, project, spoiler):
+    """OData 4.0 does not promise `gt` on a GUID, and an InLoox that refuses it (400) must not fail every poll while a
+    bulk update is in the poll's window (the cursor would never move past it): the run goes on through the server's
+    nextLink, as before."""
+    settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)
+    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
+    refuse, acted = between_pages(lambda row: sandbox.fault(kind="status", status=400, count=1,
+                                                            path="^DynamicTaskItem"))
 
     with Client(spoiler.url, sandbox.token) as client:
         poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)  # the baseline
-        at = sandbox.get("DynamicTaskItem?$orderby=TaskItem_UpdatedAt desc&$top=1").json()["value"][0][stamp]
+        sandbox.freeze_clock()
         for task in tasks:
             assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
-        spoiler.spoil("DynamicTaskItem", lambda answer: {**answer, "value": [{**row, stamp: at} if row.get(stamp)
-                                                                             else row for row in answer["value"]]})
+        sandbox.freeze_clock(False)
+        spoiler.spoil("DynamicTaskItem", refuse)
         sandbox.clear_requests()
         result = poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
-    assert result.rows == 150 and len(result.accepted) == 150
-    reads = [r for r in sandbox.requests() if r["method"] == "GET" and "DynamicTaskItem" in r["path"]]
-    assert len(reads) == 3  # the first page, the same one asked for from its change time, then its nextLink
+    assert acted and result.rows == 150 and len(result.accepted) == 150
+    reads = [(r["status"], r["query"]) for r in sandbox.requests() if "DynamicTaskItem" in r["path"]]
+    assert [status for status, _ in reads] == [200, 400, 200], reads  # the first page, the keyset, its nextLink
+    assert "TaskItemId%20gt%20" in reads[1][1] and "TaskItemId%20gt%20" not in reads[2][1], reads
+
+
+def test_a_bulk_update_of_more_rows_than_a_page_loses_no_change_when_inloox_pages_by_skip_and_one_changes_meanwhile(
+        sandbox, connection, project, spoiler):
+    """A bulk update stamps 250 rows with one change time (one UPDATE statement). Asked for from that change time, the
+    first page came again, and the poll went on through the server's own paging: on a server that pages by $skip, a
+    person's edit of a row of the page read already (between the second answer and the next) moved it to the end, the
+    rest slid back by one, and the row that slid into the page read already was never listed; the cursor went on past
+    its change. The run is now paged after its last row read: its change time, then its key."""
+    settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)  # no overlap: the next poll reads nothing older
+    sandbox.paging("skip")
+    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(250)]
+    meanwhile, touched = between_pages(_renamed(sandbox, TASKS), at=2)
+
+    with Client(spoiler.url, sandbox.token) as client:
+        poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)  # the baseline
+        sandbox.freeze_clock()
+        for task in tasks:
+            assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
+        sandbox.freeze_clock(False)
+        spoiler.spoil("DynamicTaskItem", meanwhile)
+        poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
+        spoiler.spoils.clear()
+        poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
+    assert touched
+    done = [e["key"] for e in queued(connection) if (e["changes"].get("IsDone") or [None, None])[1] is True]
+    assert sorted(done) == sorted(tasks)  # each task's change once: none lost, none twice
 
 
 def test_a_second_poller_after_a_restart_fires_nothing_twice(sandbox, client, connection, project):

@@ -26,7 +26,7 @@ import redis
 from engine.diff import diff_snapshots
 from engine.edm import key_problem, parse_datetime, parse_instant
 from engine.events import Event
-from inloox import Client, InLooxError, and_, eq, ge, or_
+from inloox import Client, InLooxError, InvalidArguments, InvalidRequest, ServerError, and_, eq, ge, gt, or_
 from inloox.changes import PAGE_SIZE, ChangeFeed, Stamp
 from inloox.metadata import load_metadata
 from workers import guards, workspaces
@@ -146,16 +146,19 @@ def selection(columns: list[str]) -> list[str] | None:
 
 
 def _read(client: Client, feed: ChangeFeed, stamps: tuple[Stamp, ...], where, select: list[str] | None) -> list[dict]:
-    """The rows of a poll, in change-time order: each next page is asked for from the change time of the last row read
-    (`ge`: the rows of that instant come again, and are dropped), not through the server's nextLink.
+    """The rows of a poll, in change-time order: each next page is asked for after the last row read, not through the
+    server's nextLink: from its change time (`ge`: the rows of that instant come again, and are dropped), or, where
+    that brings the same rows again (a page whose rows all share one change time: a bulk update's run of PAGE_SIZE rows
+    or more), after its change time and key: `(stamp eq X and key gt K) or stamp gt X`, in the order of both.
 
     A server that pages by $skip (an offset) lists the rows as they are at each page: a row of a page read already that
     changes again meanwhile moves to the end, the rest slide back by one, and the row that slid into the page read
-    already is never listed; the cursor went on past it, and its change was lost. Asked for from the last change time,
-    the row that moved is read at the end and nothing slides. In key order (several stamps) a row keeps its place when
-    it changes, and the server's own paging is followed (a read of more than a page twice, for deletes); so it is for
-    a run of PAGE_SIZE rows or more with one change time (a bulk update: asked for from it, the same page comes
-    again), or a change time that is no instant.
+    already is never listed; the cursor went on past it, and its change was lost. Asked for after the last row read,
+    the row that moved is read at the end and nothing slides. In key order (several stamps: a row's change time is the
+    newest of its columns, which no $orderby can name) a row keeps its place when it changes, and the server's own
+    paging is followed (a read of more than a page twice, for deletes); so it is for a change time that is no instant,
+    a page that brings no row not read already (a server that ignores the filter), and a key InLoox cannot compare
+    (a GUID's `gt`, which OData 4.0 does not promise: a 400, or a 500 that is no outage; or a key that is no GUID).
     """
     def query(condition):
         return client.query(feed.view, filter=condition, select=select, orderby=_order(feed, stamps))
@@ -172,19 +175,37 @@ def _read(client: Client, feed: ChangeFeed, stamps: tuple[Stamp, ...], where, se
     def version(row: dict) -> tuple[str, str]:  # a row as read at one change time: read again, it is dropped
         return str(row.get(key)), str(row.get(stamp))
 
+    def instant(row: dict) -> datetime | None:
+        return parse_instant(row[stamp]) if isinstance(row.get(stamp), str) else None
+
     rows, seen, since = [], set(), None
+    page = list(itertools.islice(pages, PAGE_SIZE))
     for _ in range(client.max_pages):
-        page = list(itertools.islice(pages, PAGE_SIZE))
         fresh = [row for row in page if version(row) not in seen]
         rows += fresh
         seen.update(map(version, fresh))
         if len(page) < PAGE_SIZE:
             return rows
-        last = parse_instant(page[-1][stamp]) if isinstance(page[-1].get(stamp), str) else None
-        if last is None or not fresh or (since is not None and last <= since):
+        last = instant(page[-1])
+        if last is None or not fresh or (since is not None and last < since):
             return rows + [row for row in pages if version(row) not in seen]
+        # `ge` the last change time brings this page's rows of it again: where they are the whole page, or the
+        # previous page ended on it too, no row would be new, so the run goes on after the last row's key.
+        run = last in (since, instant(page[0]))
+        after = or_(and_(eq(stamp, page[-1][stamp]), gt(key, page[-1][key])), gt(stamp, page[-1][stamp])) if run \
+            else ge(stamp, last)
         since = last
-        pages = query(ge(stamp, last) if where is None else and_(where, ge(stamp, last)))
+        try:
+            following = query(after if where is None else and_(where, after))
+            page = list(itertools.islice(following, PAGE_SIZE))
+        except (InvalidArguments, InvalidRequest, ServerError) as error:  # the first: a key that is no GUID
+            if not run or error.retryable:
+                raise
+            log.warning("%s: poll %s: %s refused to page after a change time and key (%s); the run of rows "
+                        "changed at %s goes on through its own paging", workspaces.current().name,
+                        feed.entity_set, feed.view, error, page[-1][stamp])
+            return rows + [row for row in pages if version(row) not in seen]
+        pages = following
     raise InLooxError(f"a poll of {feed.view} runs to more than {client.max_pages} pages")
 
 
