@@ -1,6 +1,7 @@
 """What became of each logged event: the event log (workers/eventlog.py) joined with the events' traces.
 
     history(connection, since=…, source=…, kind=…, unmatched=True, limit=50)   newest first
+    newest(connection, limit=10_000)                                             the same, read as it is consumed
     listing(connection, before=…, scan=SCAN_PER_REQUEST, …)                     the same, a page and its cursor
     find(connection, "evt-id" or "1764480000000-0")                              one event
     entries_of(connection, ["evt-id", …])                                        many, for a replay
@@ -18,6 +19,7 @@ Title…, or a webhook body's title), and says whether the event is one of our o
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -133,6 +135,21 @@ def listing(connection: redis.Redis, *, since: float | None = None, before: str 
             return Listing(found, None, looked, cut=False)
         high = "(" + eventlog.as_text(page[-1][0])
     return Listing(found, high[1:] if looked else None, looked, cut=True)
+
+
+def newest(connection: redis.Redis, *, limit: int, page: int = PAGE) -> Iterator[LoggedEvent]:
+    """`history(limit=limit)` unfiltered, read `page` entries at a time as it is consumed: an export's 10,000 events
+    (webhook bodies of up to 64 KiB each) were all held at once."""
+    stream, high, given = eventlog.stream_key(), "+", 0
+    handled = Handled(connection, stream)  # one look at the workers' progress for the whole read, as `listing` takes
+    while given < limit:
+        count = min(page, limit - given)
+        entries = connection.xrevrange(stream, max=high, min="-", count=count)
+        yield from _with_outcomes(connection, [eventlog.shown(i, f) for i, f in entries], handled)
+        given += len(entries)
+        if len(entries) < count:  # the log ends here
+            return
+        high = "(" + eventlog.as_text(entries[-1][0])
 
 
 class SearchCut(Exception):

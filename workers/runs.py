@@ -37,6 +37,7 @@ import hashlib
 import json
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -428,11 +429,17 @@ def list_runs(connection: redis.Redis, *, rule: str | None = None, status: str |
 
     Ids whose record is gone (a waiting run that expired untouched) are skipped and unlisted.
     """
+    return list(newest_runs(connection, rule=rule, status=status, limit=limit))
+
+
+def newest_runs(connection: redis.Redis, *, rule: str | None = None, status: str | None = None, limit: int = 50,
+                batch: int = 200) -> Iterator[dict]:
+    """`list_runs` read `batch` records at a time as it is consumed (an export's 10,000 runs were all held at once);
+    the gone ids are unlisted once it is consumed whole."""
     index = key(f"runs:rule:{rule}" if rule else "runs")
-    runs, gone = [], []
-    batch_start = 0
-    while len(runs) < limit:
-        ids = connection.zrevrange(index, batch_start, batch_start + 199)
+    given, gone, batch_start = 0, [], 0
+    while given < limit:
+        ids = connection.zrevrange(index, batch_start, batch_start + batch - 1)
         if not ids:
             break
         batch_start += len(ids)
@@ -442,12 +449,12 @@ def list_runs(connection: redis.Redis, *, rule: str | None = None, status: str |
                 continue
             run = decode_run(raw)
             if status is None or run["status"] == status:
-                runs.append(run)
-                if len(runs) >= limit:
+                yield run
+                given += 1
+                if given >= limit:
                     break
-    if gone:
+    if gone:  # not before: unlisted while the ranks are read, the ids after them would move and be skipped
         connection.zrem(index, *gone)
-    return runs
 
 
 def record_step(run: dict, step: dict[str, Any]) -> None:
