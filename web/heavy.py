@@ -1,12 +1,12 @@
 """Heavy admin requests take a bounded share of a web process's threads: one at a time, and one per workspace.
 
-A replay (up to 10,000 events), a rule bundle upload (up to 2 MiB), a what-if comparison, a workspace's export
-(up to 10,000 events and runs, hundreds of MiB) and a look-up of an event that only a read of the whole event log
-finds (its 100,000 entries, ~1.2 s of CPU; web/events.py) each keep a waitress thread for seconds (~10 s for the
-largest). A server process has a fixed number of threads (web/server.py; the Procfile's 8), shared by every
-workspace: with as many of them in progress as threads, one workspace's admin held every customer's webhooks in
-waitress's queue until one ended, and a sender that waits seconds for its ack retries or gives up
-(tests/integration/test_workspaces.py).
+A replay (up to 10,000 events), a rule bundle upload (up to 2 MiB), a what-if comparison, a workspace's export (up
+to 10,000 events and runs, hundreds of MiB written to a file, which waitress then sends without a thread) and a
+look-up of an event that only a read of the whole event log finds (its 100,000 entries, ~1.2 s of CPU;
+web/events.py) each keep a waitress thread for seconds (~10 s for the largest). A server process has a fixed number
+of threads (web/server.py; the Procfile's 8), shared by every workspace: with as many of them in progress as
+threads, one workspace's admin held every customer's webhooks in waitress's queue until one ended, and a sender that
+waits seconds for its ack retries or gives up (tests/integration/test_workspaces.py).
 So a process serves PER_PROCESS of them at once, and a workspace one at a time in the whole deployment (a lease in
 Redis, so that one admin does not take every process's turn); one over either bound is answered at once, 429 with
 Retry-After, never queued behind the others.

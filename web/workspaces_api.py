@@ -17,21 +17,24 @@ The URL variable is `name`, not `ws`: these routes act on a workspace rather tha
 from __future__ import annotations
 
 import json
+import tempfile
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, request, send_file
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
+from werkzeug.exceptions import ServiceUnavailable
 
 from web.heavy import limited
 from web.resources import get_keyring, get_redis, get_registry
 from web.workspace import bearer_token, require_operator_token
-from workers import registry, workspaces
-from workers.workspace_export import export
+from workers import registry, workspace_export, workspaces
 
 bp = Blueprint("workspaces_api", __name__, url_prefix="/workspaces")
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "workspace.schema.json"
+EXPORT_RETRY_SECONDS = 60  # after the disk had no room for an archive
 
 
 @bp.put("/<name>")
@@ -103,11 +106,60 @@ def export_workspace(name: str):
         return _archive(record)
 
 
-@limited  # up to 10,000 events and runs, hundreds of MiB: one at a time per process and workspace, else 429
+@limited  # up to 10,000 events and runs, hundreds of MiB to write: one at a time per process and workspace, else 429
 def _archive(record: dict):
-    response = jsonify(export(get_redis(), record))
+    # Sent from a file, not from memory nor a generator: waitress hands a file to its I/O loop (wsgi.file_wrapper),
+    # so a slow download holds no thread, and the turn ends once the archive is written. A streamed body held its
+    # thread, and with it this turn, whenever 16 MiB waited to be sent.
+    archive, size = _written(record)
+    response = send_file(archive, mimetype="application/json", conditional=False, etag=False)
+    response.content_length = size
     response.headers["Content-Disposition"] = f'attachment; filename="{record["name"]}.json"'
     return response
+
+
+def _written(record: dict) -> tuple[BinaryIO, int]:
+    """The archive in a temporary file, at its start, and its size; 409 past EXPORT_MAX_BYTES, 503 when the disk
+    has no room for it.
+
+    The file has no name (unlinked as it is made), so its space goes back when it is closed, however the request
+    ends: sent, the client gone, an error, the process killed."""
+    try:
+        archive = tempfile.TemporaryFile()
+    except OSError as exc:
+        raise _no_room(exc) from None
+    try:
+        size = workspace_export.write(get_redis(), record, archive, max_bytes=workspace_export.EXPORT_MAX_BYTES,
+                                      **_json_options())
+        archive.write(b"\n")  # as jsonify ends its body
+        archive.seek(0)
+    except workspace_export.TooLarge as exc:
+        archive.close()
+        abort(409, f"workspace {record['name']!r} was not exported: {exc}")
+    except OSError as exc:
+        archive.close()
+        raise _no_room(exc) from None
+    except BaseException:
+        archive.close()  # a Redis error too: its space goes back now, not whenever the collector gets to it
+        raise
+    return archive, size + 1
+
+
+def _json_options() -> dict:
+    """How jsonify writes JSON in this app (flask.json.provider.DefaultJSONProvider.response): the archive's text is
+    what it was when jsonify wrote it."""
+    provider = current_app.json
+    indented = provider.compact is False or (provider.compact is None and current_app.debug)
+    return {"default": provider.default, "ensure_ascii": provider.ensure_ascii, "sort_keys": provider.sort_keys,
+            **({"indent": 2} if indented else {"separators": (",", ":")})}
+
+
+def _no_room(exc: OSError) -> ServiceUnavailable:
+    """The archive's file could not be made or written (most likely a full disk): the server's state, not the
+    request's."""
+    current_app.logger.error("a workspace's export could not be written to a temporary file: %s", exc)
+    return ServiceUnavailable(f"this web server has no room for the archive now ({exc.strerror or exc}); "
+                              f"try again in {EXPORT_RETRY_SECONDS} s", retry_after=EXPORT_RETRY_SECONDS)
 
 
 @bp.delete("/<name>")

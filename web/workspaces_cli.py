@@ -11,10 +11,9 @@ from rq import Queue
 
 from web.resources import get_context, get_keyring, get_redis
 from web.workspace import cli_registry, redis_errors_as_messages
-from workers import eventlog, registry, workspaces
+from workers import eventlog, registry, workspace_export, workspaces
 from workers.jobs import PAUSED
 from workers.poller.status import poll_status
-from workers.workspace_export import export
 
 PAUSED_BY_OPERATOR = "paused by the operator"
 
@@ -117,14 +116,15 @@ def admin_token_command(name: str):
 
 @workspaces_cli.command("export")
 @click.argument("name")
-@click.option("--output", "-o", type=click.File("w"), default="-", help="The file to write (default: stdout).")
+@click.option("--output", "-o", type=click.File("wb"), default="-", help="The file to write (default: stdout).")
 def export_command(name: str, output):
     """An archive of NAME (rule bundles, subscriptions without secrets, events, runs) as JSON."""
     shown = _registry_call(registry.get, get_redis(), name)
     if shown is None:
         raise click.ClickException(f"no workspace {name!r}")
     with redis_errors_as_messages():
-        json.dump(export(get_redis(), shown), output, indent=2)
+        # Written as it is read, a page of events or runs at a time (as the web's export is), never held whole.
+        workspace_export.write(get_redis(), shown, output, indent=2)
 
 
 @workspaces_cli.command("delete")
