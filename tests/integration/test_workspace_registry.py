@@ -2,14 +2,19 @@
 secrets sealed at rest (issue 20). Real Valkey, the real app (test client, or a web process over HTTP)."""
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import time
+import tracemalloc
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
 
 from tests.support.processes import wait_until
 from tests.support.stack import deliver
-from workers import registry
+from workers import registry, workspace_export
 from workers.secrets import Keyring, generate_key
 
 OPERATOR = "operator-registry-5Tq1"
@@ -528,6 +533,98 @@ def test_an_export_is_a_heavy_request_one_at_a_time_per_workspace(api, sandbox, 
     connection.delete("ws:acme:heavy")
     assert client.get("/workspaces/acme/export", headers=auth(token)).status_code == 200
     assert connection.exists("ws:acme:heavy") == 0  # given back when it ended
+
+
+EXPORTED_EVENTS = 400  # four of the export's pages (EXPORT_PAGE), each event's body 60 KB
+EXPORTED_RUNS = 250
+
+
+def test_an_export_is_written_to_a_file_a_page_at_a_time_and_the_file_is_gone_once_sent(api, sandbox, redis_url):
+    # Built whole in the web process, which answers every workspace's webhooks, an export of 2,000 events of 60 KiB
+    # (a 128 MiB archive) took 389 MiB more memory; here 400 of them took nearly three times their archive. Now it is
+    # written to a nameless temporary file a page of events or runs at a time, and waitress sends the file.
+    client = api.test_client()
+    token = create(client, "acme", sandbox, limits={"webhooks_per_second": 0, "events_per_day": 0})["admin_token"]
+    secret = client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms"}).json["secret"]
+    for n in range(EXPORTED_EVENTS):
+        body = {"title": f"Form {n}", "text": f"{n:06d} é" * 4600}  # 60 KB as sent (é as \u00e9)
+        assert _signed(client, "/workspaces/acme/hooks/forms", body, f"msg_{n}", secret).status_code == 202
+    made = _runs("acme", redis_url, EXPORTED_RUNS)
+    unlinked_before = _unlinked_temporary_files()
+
+    tracemalloc.start()
+    try:
+        answer = client.get("/workspaces/acme/export", headers=auth(token))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    waiting = _unlinked_temporary_files()
+    text = answer.get_data()
+    answer.close()
+
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Disposition"] == 'attachment; filename="acme.json"'
+    assert answer.mimetype == "application/json" and int(answer.headers["Content-Length"]) == len(text)
+    assert peak < len(text) / 2, f"the export took {peak / 2 ** 20:.1f} MiB for a {len(text) / 2 ** 20:.1f} MiB archive"
+    # Every byte as jsonify wrote the archive: compact, keys sorted, ASCII, a newline at the end.
+    archive = json.loads(text)
+    assert text == (json.dumps(archive, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    assert [e["id"] for e in archive["events"]] == [f"webhook:forms:msg_{n}" for n in reversed(range(EXPORTED_EVENTS))]
+    assert archive["events"][0]["event"]["payload"]["body"]["text"] == f"{EXPORTED_EVENTS - 1:06d} é" * 4600
+    assert [r["id"] for r in archive["runs"]] == [r["id"] for r in reversed(made)]
+    assert [size for inode, size in waiting.items() if inode not in unlinked_before] == [len(text)]  # on disk
+    assert set(_unlinked_temporary_files()) == set(unlinked_before)  # and gone once sent
+
+
+def test_an_export_past_its_bound_is_a_409_and_leaves_no_file(api, sandbox, redis_url, monkeypatch):
+    client = api.test_client()
+    token = create(client, "acme", sandbox)["admin_token"]
+    _runs("acme", redis_url, 300)  # ~170 KB of runs
+    monkeypatch.setattr(workspace_export, "EXPORT_MAX_BYTES", 100_000)  # 2 GiB of runs would take minutes
+    unlinked_before = _unlinked_temporary_files()
+
+    refused = client.get("/workspaces/acme/export", headers=auth(token))
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json["error"]["message"] == ("workspace 'acme' was not exported: the archive grew past 100,000 "
+                                                "bytes, the most an export writes")
+    assert set(_unlinked_temporary_files()) == set(unlinked_before)
+    assert redis.Redis.from_url(redis_url).exists("ws:acme:heavy") == 0  # its turn given back
+    assert client.get("/workspaces/acme/export", headers=auth(token)).status_code == 409  # and taken again
+
+
+def _runs(name: str, redis_url: str, count: int) -> list[dict]:
+    """`count` finished runs of the workspace, stored as a worker stores them, oldest first."""
+    from engine import Plan
+    from workers import workspaces
+    from workers.runs import create_run
+
+    connection, made = redis.Redis.from_url(redis_url), []
+    with workspaces.using(workspaces.Workspace(name, "http://unused/", "unused")):
+        for n in range(count):
+            at = datetime(2030, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=n)
+            run = {"id": f"run_{n}", "rule_id": "r", "rule_version": "1", "event_id": f"e{n}", "status": "succeeded",
+                   "reason": "", "created_at": at.isoformat(), "updated_at": at.isoformat(), "steps": [],
+                   "outputs": {"step": {"Name": f"Task {n}", "DescriptionHTML": "<p>done</p>" * 40}}, "attempts": 1,
+                   "plan": Plan(rule_id="r", rule_version="1", event_id=f"e{n}", event={}).to_dict()}
+            assert create_run(connection, run)
+            made.append(run)
+    return made
+
+
+def _unlinked_temporary_files() -> dict[tuple[int, int], int]:
+    """The files of the temporary folder this process holds open with no name left (tempfile.TemporaryFile): their
+    size by (device, inode). pytest's captured output is some of them."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(tempfile.gettempdir()) and target.endswith(" (deleted)"):
+                stat = os.fstat(int(fd))
+                found[(stat.st_dev, stat.st_ino)] = stat.st_size
+        except OSError:
+            continue  # closed since it was listed (the listing's own descriptor among them)
+    return found
 
 
 def test_a_workspaces_file_is_applied_again_without_changing_anything(redis_url, sandbox, tmp_path):
