@@ -9,7 +9,7 @@ upload's answer and wall time, the web process's own CPU meanwhile (its child's 
 latency (p50, p90, max) in each phase.
 
 One run, 2 shared cores, 1 MB (1,408 rules), 1 sender: validated in the web, the upload used 7.9 s of the web's
-CPU and acks went from p50 4.0 ms (max 14) to 14.1 ms (max 116); in a child (workers/bundle_check.py) 0.5 s
+CPU and acks went from p50 4.0 ms (max 14) to 14.1 ms (max 116); in a child (web/bundle_check.py) 0.5 s
 of the web's CPU (its acks') and 3.9 ms (max 16). 8 senders: p50 8.4 -> 14.6 ms (max 103) against 5.3 -> 5.1
 ms (max 34).
 """

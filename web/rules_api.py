@@ -20,7 +20,8 @@ from web.heavy import RETRY_AFTER_SECONDS, limited
 from web.openapi import check_query, request_body
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
-from workers import bundle_check, bundles, workspaces
+from web import bundle_check
+from workers import bundles, workspaces
 from workers.manual import KeyReused, ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
 from workers.runs import run_id
 
@@ -82,7 +83,7 @@ def upload():
 
     422 with every error (file:line:col, as `flask rules check` prints them) when it does not
     validate; the active version then stays as it was. Validated in a child process, off this
-    process's GIL (workers/bundle_check.py): 413 when that takes more CPU time or memory than allowed.
+    process's GIL (web/bundle_check.py): 413 when that takes more CPU time or memory than allowed.
     """
     _require_bundle_workspace()
     request.max_content_length = MAX_BUNDLE_BYTES

@@ -25,8 +25,8 @@ import redis
 from engine.bodies import BodyError, parse_json
 from engine.documents import read_rule_text
 from engine.errors import RuleError
+from engine.rules import load_texts
 from workers import activity
-from workers.bundle_check import Checked, check
 
 MAX_FILES = 200
 MAX_BYTES = 1024 * 1024  # uncompressed, all files together (a tar's ignored entries count too)
@@ -92,12 +92,26 @@ def parse_bundle(body: bytes, content_type: str) -> dict[str, str]:
     return _checked(files)
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What validating a bundle found: the ids of its rules (sorted), and its errors (file:line:col each)."""
+
+    rule_ids: list[str]
+    errors: list[RuleError]
+
+
+def check(files: dict[str, str]) -> Checked:
+    """Validate the files (name → YAML text) in this process."""
+    ruleset = load_texts(sorted(files.items()))
+    return Checked(sorted(ruleset.rules), ruleset.errors)
+
+
 def upload(connection: redis.Redis, prefix: str, files: dict[str, str], *, by: str = "",
            now: datetime | None = None, checked: Checked | None = None) -> Version | list[RuleError]:
     """Store a valid bundle as a new version and activate it; or store nothing and return its errors.
 
     `checked`: what validating `files` found elsewhere (the web validates in a child process:
-    workers/bundle_check.py); None validates them here. Raises BundleError, storing nothing, when the
+    web/bundle_check.py); None validates them here. Raises BundleError, storing nothing, when the
     files hold no rule (only comments or empty documents).
     """
     checked = check(files) if checked is None else checked

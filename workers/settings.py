@@ -122,7 +122,7 @@ DEFAULTS = {
     "POLL_SCAN_MAX_SECONDS": "600",
     "SCHEDULE_INTERVAL": "5",
     # Seconds of CPU time an uploaded rule bundle's validation may take, in a child process of the web
-    # (workers/bundle_check.py); past it the upload is refused 413. The largest bundle takes ~5-6 s.
+    # (web/bundle_check.py); past it the upload is refused 413. The largest bundle takes ~5-6 s.
     "BUNDLE_CHECK_CPU_SECONDS": "30",
 }
 

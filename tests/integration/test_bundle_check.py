@@ -1,4 +1,4 @@
-"""A rule bundle validated in a child process of the web (workers/bundle_check.py): its limits, its answer, its end."""
+"""A rule bundle validated in a child process of the web (web/bundle_check.py): its limits, its answer, its end."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import wait_until
-from workers.bundle_check import TooCostly, check, check_in_child
+from web.bundle_check import TooCostly, check_in_child
+from workers.bundles import check
 from workers.workspaces import Workspace
 
 ROOT = Path(__file__).parents[2]
@@ -92,7 +93,7 @@ def test_a_check_ends_with_the_process_that_started_it(tmp_path):
     """A web killed outright (SIGKILL) leaves no check running: the kernel kills the child (PR_SET_PDEATHSIG)."""
     bundle = tmp_path / "bundle.json"
     bundle.write_text(json.dumps(large_bundle()))
-    script = ("import json, sys; from workers.bundle_check import check_in_child; "
+    script = ("import json, sys; from web.bundle_check import check_in_child; "
               "check_in_child(json.load(open(sys.argv[1])), cpu_seconds=60)")
     starter = subprocess.Popen([sys.executable, "-c", script, str(bundle)], cwd=ROOT)
     children: list[int] = []

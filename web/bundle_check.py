@@ -1,6 +1,6 @@
 """A rule bundle's validation in a process of its own, held to a CPU time and a memory limit.
 
-    python -m workers.bundle_check PARENT_PID CPU_SECONDS MEMORY_BYTES
+    python -m web.bundle_check PARENT_PID CPU_SECONDS MEMORY_BYTES
         # stdin: the files as JSON {name: YAML text}; stdout: {"rule_ids": [...], "errors": [{RuleError's fields}]}
 
 Validating the largest bundle an upload may hold (1 MB of YAML, ~1,400 rules) takes ~5-6 s of CPU. In the web
@@ -12,7 +12,7 @@ any core (the web keeps to one: workers/cores.py), so the web's own threads keep
 The limits bound what one upload may cost: past CPU_SECONDS of CPU time (RLIMIT_CPU, its own start of ~0.3 s
 included) or MEMORY_BYTES of address space (RLIMIT_AS) the check stops and the bundle is TooCostly (413). The
 child dies with the web (PR_SET_PDEATHSIG on Linux; elsewhere its CPU limit ends it). Both processes validate
-with `check`, so the answer is the one the web would have found itself, error for error.
+with `workers.bundles.check`, so the answer is the one the web would have found itself, error for error.
 """
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import RuleError
-from engine.rules import load_texts
+from workers.bundles import Checked, check
 
 # The largest valid bundle's check peaks at ~60 MB of address space; 1 MB of one YAML list (240,000 items,
 # refused as too many values) at ~200 MB.
@@ -37,17 +36,9 @@ NICE = 10  # as the workers' (WORKER_NICE): the web answers its senders first
 WALL_PER_CPU_SECOND = 4
 WALL_START_SECONDS = 10
 CPU_EXIT, MEMORY_EXIT = 3, 4  # the child's exit codes for a limit it reached
-_ROOT = Path(__file__).resolve().parents[1]  # where `-m workers.bundle_check` imports from
+_ROOT = Path(__file__).resolve().parents[1]  # where `-m web.bundle_check` imports from
 log = logging.getLogger(__name__)
 _FIELDS = ("message", "file", "line", "col", "path", "hint", "rule_id", "detail")  # RuleError's, all of them
-
-
-@dataclass(frozen=True)
-class Checked:
-    """What validating a bundle found: the ids of its rules (sorted), and its errors (file:line:col each)."""
-
-    rule_ids: list[str]
-    errors: list[RuleError]
 
 
 class TooCostly(Exception):
@@ -59,15 +50,9 @@ class Unfinished(Exception):
     outside): nothing was decided, a retry may succeed (503)."""
 
 
-def check(files: dict[str, str]) -> Checked:
-    """Validate the files (name → YAML text) in this process."""
-    ruleset = load_texts(sorted(files.items()))
-    return Checked(sorted(ruleset.rules), ruleset.errors)
-
-
 def check_in_child(files: dict[str, str], *, cpu_seconds: int, memory_bytes: int = MEMORY_BYTES) -> Checked:
     """`check(files)` in a child process held to the limits; raises TooCostly or Unfinished."""
-    args = [sys.executable, "-m", "workers.bundle_check", str(os.getpid()), str(cpu_seconds), str(memory_bytes)]
+    args = [sys.executable, "-m", "web.bundle_check", str(os.getpid()), str(cpu_seconds), str(memory_bytes)]
     wall = cpu_seconds * WALL_PER_CPU_SECOND + WALL_START_SECONDS
     # env: the web's environment holds secrets (tokens, SECRETS_KEY); validating reads none of it.
     with subprocess.Popen(args, cwd=_ROOT, env={}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
