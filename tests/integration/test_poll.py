@@ -162,22 +162,8 @@ def test_no_change_is_lost_when_inloox_pages_by_skip_and_a_row_read_already_chan
     end, the rest slide back by one, and the row that slid into the page read already was never listed. The cursor
     went on past it, so its change was lost. The poller now asks for each next page itself, after the last row it
     read: from its change time (and key, for a run of 100 rows or more with one change time)."""
-    settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)  # no overlap: the next poll reads nothing older
-    sandbox.paging("skip")
-    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
-    meanwhile, touched = between_pages(_renamed(sandbox, TASKS))
-
-    with Client(spoiler.url, sandbox.token) as client:
-        poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)  # the baseline
-        for task in tasks:
-            assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
-        spoiler.spoil("DynamicTaskItem", meanwhile)
-        poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
-        spoiler.spoils.clear()
-        poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
-    assert touched
-    done = [e["key"] for e in queued(connection) if (e["changes"].get("IsDone") or [None, None])[1] is True]
-    assert sorted(done) == sorted(tasks)  # each task's change once: none lost, none twice
+    _each_change_once_while_a_row_changes_between_pages(sandbox, connection, project, spoiler, tasks=150, at=1,
+                                                         bulk=False)
 
 
 def test_a_baseline_read_while_a_row_changes_on_a_skip_paging_inloox_takes_no_task_for_created_later(
@@ -305,15 +291,23 @@ def test_a_bulk_update_of_more_rows_than_a_page_loses_no_change_when_inloox_page
     person's edit of a row of the page read already (between the second answer and the next) moved it to the end, the
     rest slid back by one, and the row that slid into the page read already was never listed; the cursor went on past
     its change. The run is now paged after its last row read: its change time, then its key."""
+    _each_change_once_while_a_row_changes_between_pages(sandbox, connection, project, spoiler, tasks=250, at=2,
+                                                         bulk=True)
+
+
+def _each_change_once_while_a_row_changes_between_pages(sandbox, connection, project, spoiler, *, tasks: int, at: int,
+                                                        bulk: bool) -> None:
+    """`tasks` tasks marked done (by one UPDATE if `bulk`: one change time), polled from a $skip-paging InLoox while a
+    person renames a task between the `at`-th answer with rows and the next: each task's change comes once."""
     settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)  # no overlap: the next poll reads nothing older
     sandbox.paging("skip")
-    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(250)]
-    meanwhile, touched = between_pages(_renamed(sandbox, TASKS), at=2)
+    made = [make_task(sandbox, project, f"Task {n}") for n in range(tasks)]
+    meanwhile, touched = between_pages(_renamed(sandbox, TASKS), at=at)
 
     with Client(spoiler.url, sandbox.token) as client:
         poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)  # the baseline
-        sandbox.freeze_clock()
-        for task in tasks:
+        sandbox.freeze_clock(bulk)
+        for task in made:
             assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
         sandbox.freeze_clock(False)
         spoiler.spoil("DynamicTaskItem", meanwhile)
@@ -322,7 +316,7 @@ def test_a_bulk_update_of_more_rows_than_a_page_loses_no_change_when_inloox_page
         poll_once(client, connection, TASKS, frozenset({"IsDone", "Name"}), settings)
     assert touched
     done = [e["key"] for e in queued(connection) if (e["changes"].get("IsDone") or [None, None])[1] is True]
-    assert sorted(done) == sorted(tasks)  # each task's change once: none lost, none twice
+    assert sorted(done) == sorted(made)  # each task's change once: none lost, none twice
 
 
 def test_a_baseline_of_an_import_of_more_rows_than_a_page_takes_no_task_for_created_later_on_a_skip_paging_inloox(
