@@ -171,20 +171,8 @@ def test_a_baseline_read_while_a_row_changes_on_a_skip_paging_inloox_takes_no_ta
     """The baseline reads every row, page after page, in change-time order, and a row without a snapshot is a created
     entity at its next change (`on: created` rules write for it). On a server that pages by $skip, the row that slid
     into a page read already, while a person changed a row of it, had none: an old task, "created"."""
-    settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)
-    sandbox.paging("skip")
-    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(150)]
-    meanwhile, touched = between_pages(_renamed(sandbox, TASKS))
-
-    with Client(spoiler.url, sandbox.token) as client:
-        spoiler.spoil("DynamicTaskItem", meanwhile)
-        assert poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings).baseline
-        spoiler.spoils.clear()
-        for task in tasks:
-            assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
-        poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
-    assert touched
-    assert sorted((e["kind"], e["key"]) for e in queued(connection)) == sorted(("updated", t) for t in tasks)
+    _no_task_created_after_a_baseline_while_a_row_changes_between_pages(sandbox, connection, project, spoiler,
+                                                                         tasks=150, at=1, bulk=False)
 
 
 def _key_order_read_with_a_delete(sandbox, project):
@@ -324,22 +312,31 @@ def test_a_baseline_of_an_import_of_more_rows_than_a_page_takes_no_task_for_crea
     """An import stamps 250 new rows with one change time. The baseline read them through the server's own paging
     after the first page came again, and on a server that pages by $skip the row that slid into a page read already,
     while a person edited a row of it, got no snapshot: an old task, "created" at its next change."""
+    _no_task_created_after_a_baseline_while_a_row_changes_between_pages(sandbox, connection, project, spoiler,
+                                                                         tasks=250, at=2, bulk=True)
+
+
+def _no_task_created_after_a_baseline_while_a_row_changes_between_pages(sandbox, connection, project, spoiler, *,
+                                                                        tasks: int, at: int, bulk: bool) -> None:
+    """`tasks` tasks made (by one import if `bulk`: one change time), their baseline read from a $skip-paging InLoox
+    while a person renames a task between the `at`-th answer with rows and the next: each task's next change is an
+    update, none a created task."""
     settings = PollSettings(overlap=timedelta(0), flood_limit=10_000)
     sandbox.paging("skip")
-    sandbox.freeze_clock()
-    tasks = [make_task(sandbox, project, f"Task {n}") for n in range(250)]
+    sandbox.freeze_clock(bulk)
+    made = [make_task(sandbox, project, f"Task {n}") for n in range(tasks)]
     sandbox.freeze_clock(False)
-    meanwhile, touched = between_pages(_renamed(sandbox, TASKS), at=2)
+    meanwhile, touched = between_pages(_renamed(sandbox, TASKS), at=at)
 
     with Client(spoiler.url, sandbox.token) as client:
         spoiler.spoil("DynamicTaskItem", meanwhile)
         assert poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings).baseline
         spoiler.spoils.clear()
-        for task in tasks:
+        for task in made:
             assert sandbox.patch(f"Task({task})", json={"IsDone": True}).ok
         poll_once(client, connection, TASKS, frozenset({"IsDone"}), settings)
     assert touched
-    assert sorted((e["kind"], e["key"]) for e in queued(connection)) == sorted(("updated", t) for t in tasks)
+    assert sorted((e["kind"], e["key"]) for e in queued(connection)) == sorted(("updated", t) for t in made)
 
 
 def test_a_second_poller_after_a_restart_fires_nothing_twice(sandbox, client, connection, project):
