@@ -1,15 +1,19 @@
-"""`flask webhooks add|rotate|remove|list`: a workspace's webhook sources, live in every process."""
+"""`flask webhooks add|rotate|remove|list|send`: a workspace's webhook sources, live in every process, and a
+signed test delivery to one of them (as `stripe trigger` or `svix message create` sends one)."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timezone
 
 import click
+import requests
 from flask.cli import AppGroup
+from standardwebhooks.webhooks import Webhook
 
 from web.resources import get_keyring, get_redis
 from web.workspace import cli_workspace
-from workers import registry, workspaces
+from workers import registry, settings, workspaces
 
 webhooks_cli = AppGroup("webhooks", help="Webhook sources (/hooks/<source>) of a workspace.")
 
@@ -64,3 +68,68 @@ def list_command(as_json: bool):
         click.echo(f"{hook['source']:<24} added {added}" + ("  (rotating)" if hook["rotating"] else ""))
     if not found:
         click.echo("no webhook sources; add one with: flask webhooks add <source>")
+
+
+SEND_TIMEOUT = 10  # seconds the web has to answer a test delivery: it answers once the event is stored
+
+
+@webhooks_cli.command("send")
+@click.argument("source")
+@click.argument("body", default="{}")
+@click.option("--url", help="The web's base URL.  [default: http://127.0.0.1:$PORT, as make run serves it]")
+@click.option("--id", "webhook_id", help="The webhook-id (default: a new one); an id sent before is a duplicate.")
+@cli_workspace
+def send_command(source: str, body: str, url: str | None, webhook_id: str | None):
+    """POST BODY (JSON, default {}) to /hooks/SOURCE, signed with SOURCE's current secret; prints the answer."""
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="BODY") from exc
+    workspace = workspaces.current()
+    secrets = workspace.webhook_sources.get(source)
+    if not secrets:
+        raise click.ClickException(f"workspace {workspace.name!r} has no webhook source {source!r}; add it with: "
+                                   f"flask webhooks add {source}{_workspace_option(workspace.name)}")
+    base = (url or settings.web_url()).rstrip("/")
+    scope = "" if workspace.name == workspaces.DEFAULT else f"/workspaces/{workspace.name}"
+    target = f"{base}{scope}/hooks/{source}"
+    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    click.echo(f"POST {target}  webhook-id: {webhook_id}")
+    answer = _post(target, body, webhook_id, secrets[0])  # the newest secret: the one a sender is given now
+    click.echo(_answer_line(answer))
+    if answer.status_code >= 300:
+        raise click.ClickException(f"the web refused the delivery ({answer.status_code})")
+
+
+def _workspace_option(name: str) -> str:
+    return "" if name == workspaces.DEFAULT else f" --workspace {name}"
+
+
+def _post(target: str, body: str, webhook_id: str, secret: str) -> requests.Response:
+    """The delivery signed as the web verifies it (web/signatures.py), and the web's answer."""
+    now = datetime.now(timezone.utc)
+    signature = Webhook(secret).sign(webhook_id, now, body)
+    headers = {"content-type": "application/json", "webhook-id": webhook_id,
+               "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": signature}
+    try:
+        return requests.post(target, data=body.encode(), headers=headers, timeout=SEND_TIMEOUT)
+    except requests.ConnectionError as exc:
+        raise click.ClickException(f"nothing answers at {target}: is the web running? `make run` starts it "
+                                   "(or give its address with --url)") from exc
+    except requests.RequestException as exc:  # a timeout, a URL that is not one
+        raise click.ClickException(f"{target}: {exc}") from exc
+
+
+def _answer_line(answer: requests.Response) -> str:
+    """The status and what it means: the event id when stored, the error's message when refused."""
+    try:
+        said = answer.json()
+    except ValueError:
+        said = {}
+    said = said if isinstance(said, dict) else {}
+    if said.get("event_id"):
+        meaning = {"accepted": "accepted", "duplicate": "duplicate: this webhook-id was accepted before; "
+                                                        "not run again"}.get(said.get("status"), said.get("status"))
+        return f"{answer.status_code} {meaning}  event {said['event_id']}  (flask events show {said['event_id']})"
+    error = said.get("error") if isinstance(said.get("error"), dict) else {}
+    return f"{answer.status_code} {error.get('message') or answer.reason or answer.text[:200]}"

@@ -34,6 +34,9 @@ STACK_ENV = "var/stack.env"
 # from it (REDIS_URL, INLOOX_URL). Not settings of their own: rq-dashboard, mounted in the app,
 # would take a REDIS_PORT in the app's config for its own connection.
 PORTS = {"REDIS_PORT": "6390", "SANDBOX_PORT": "8090"}
+# `make run`'s web port (PORT, also in var/stack.env): where a `flask` command finds the web it talks to over
+# HTTP (`flask webhooks send`). Not in PORTS: every process parses those, and honcho or a platform sets PORT.
+WEB_PORT = "8000"
 
 # Every setting, its environment variable and its default.
 DEFAULTS = {
@@ -215,6 +218,11 @@ def settings_from(environ: Mapping[str, str]) -> dict:
 def ports(environ: Mapping[str, str]) -> dict[str, int]:
     """REDIS_PORT and SANDBOX_PORT as the environment gives them, or `make run`'s."""
     return {name: int(environ.get(name, default)) for name, default in PORTS.items()}
+
+
+def web_url(environ: Mapping[str, str] = os.environ) -> str:
+    """The running web's base URL as `make run` serves it: http://127.0.0.1:$PORT (8000 when PORT is unset)."""
+    return f"http://127.0.0.1:{environ.get('PORT') or WEB_PORT}"
 
 
 def _urls_from_ports(environ: Mapping[str, str]) -> dict:
