@@ -17,7 +17,7 @@ from rq import Worker
 
 from tests.support.processes import ROOT, Process, free_port, wait_until
 from workers.runs import TERMINAL
-from workers.settings import DEFAULTS, PORTS
+from workers.settings import DEFAULTS, PORTS, WEB_PORT
 
 ALEX = {"x-api-key": "stack-token"}  # the sandbox's person (SANDBOX_TOKEN below)
 
@@ -209,6 +209,7 @@ def test_make_run_and_the_settings_module_share_their_defaults():
     assert {name: given[name] for name in ("REDIS_URL", "INLOOX_URL", "INLOOX_API_KEY")} == \
         {name: DEFAULTS[name] for name in ("REDIS_URL", "INLOOX_URL", "INLOOX_API_KEY")}
     assert (given["REDIS_PORT"], given["SANDBOX_PORT"]) == (PORTS["REDIS_PORT"], PORTS["SANDBOX_PORT"])
+    assert given["PORT"] == WEB_PORT  # where `flask webhooks send` looks for the web by default
 
 
 def _mark_a_task_done(sandbox: str) -> dict:
