@@ -6,8 +6,10 @@ import json
 import click
 from flask.cli import AppGroup
 
-from web.resources import get_redis
+from engine.errors import did_you_mean
+from web.resources import get_context, get_redis
 from web.workspace import cli_workspace
+from workers import workspaces
 from workers.guards import resume_rule
 from workers.jobs import RetryRefused, resume_account, retry_run
 from workers.runs import STATUSES, list_runs, load_run, load_trace
@@ -24,6 +26,8 @@ runs_cli = AppGroup("runs", help="List, inspect and retry rule runs.")
 def list_command(rule, status, limit, as_json):
     """The newest runs first."""
     runs = list_runs(get_redis(), rule=rule, status=status, limit=limit)
+    if rule and not runs:
+        _check_rule(rule)
     if as_json:
         click.echo(json.dumps(runs, indent=2))
         return
@@ -31,6 +35,19 @@ def list_command(rule, status, limit, as_json):
         click.echo(f"{run['id']}  {run['created_at'][:19]}  {run['status']:<9}  {run['rule_id']}  {run['reason']}")
     if not runs:
         click.echo("no runs")
+
+
+def _check_rule(rule_id: str) -> None:
+    """Refuse a --rule no active rule has: "no runs" alone reads as a rule that never ran, not as a typo.
+
+    Asked only when nothing is listed: the runs of a rule since removed or renamed are still listed.
+    """
+    ruleset = get_context().ruleset()
+    if rule_id in ruleset.rules:
+        return
+    hint = did_you_mean(rule_id, ruleset.rules) or (
+        "`flask rules list` lists its rules" if ruleset.rules else "it has no rules")
+    raise click.ClickException(f"no rule {rule_id!r} in workspace {workspaces.current().name!r}; {hint}")
 
 
 @runs_cli.command("show")

@@ -99,6 +99,24 @@ def test_runs_list_refuses_a_status_runs_never_have(api):
     assert "'done' is not one of 'queued', 'held', 'retrying', 'succeeded', 'failed'" in result.output
 
 
+def test_runs_list_of_a_rule_id_no_rule_has_names_the_closest_ones(redis_url, sandbox, rules_dir):
+    # `--rule form-to-tsk` printed "no runs", as if the rule had never run: a typo looked like a quiet rule.
+    write_form_rule(rules_dir)
+    app = create_app({"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": sandbox.token,
+                      "RULES_PATH": str(rules_dir)})
+
+    typo = app.test_cli_runner().invoke(args=["runs", "list", "--rule", "form-to-tsk"])
+    assert typo.exit_code == 1  # as `runs show` of an unknown run and every other "no such …" of the CLI
+    assert typo.output == "Error: no rule 'form-to-tsk' in workspace 'default'; did you mean 'form-to-task'?\n"
+
+    far = app.test_cli_runner().invoke(args=["runs", "list", "--rule", "nope"])
+    assert far.exit_code == 1
+    assert far.output == "Error: no rule 'nope' in workspace 'default'; `flask rules list` lists its rules\n"
+
+    quiet = app.test_cli_runner().invoke(args=["runs", "list", "--rule", "form-to-task"])  # a rule yet to run
+    assert (quiet.exit_code, quiet.output) == (0, "no runs\n")
+
+
 def test_the_runs_api_and_the_cli_offer_the_same_statuses(api):
     from workers.runs import STATUSES
 
