@@ -141,7 +141,8 @@ def delete_command(name: str, yes: bool):
 @workspaces_cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(as_json: bool):
-    """Each workspace: its InLoox, its active rules, its queue, whether it is paused, its poll lag."""
+    """Each workspace: its InLoox, its active rules, its queue, whether it is paused, and the poll lag of its
+    slowest watched set (how stale its view of InLoox is; `flask poller status` has each set's)."""
     view = cli_registry()
     with redis_errors_as_messages():
         rows = [_row(workspace) for workspace in view.workspaces().values()]
@@ -153,7 +154,9 @@ def list_command(as_json: bool):
         if "unreadable" in row:
             click.echo(f"{row['workspace']:<16} UNREADABLE: {row['unreadable']}")
             continue
-        lag = "never polled" if row["poll_lag_seconds"] is None else f"lag {row['poll_lag_seconds']:.0f}s"
+        # A bare "lag 12s" said neither of what nor of which set: it is the slowest watched set's, named here.
+        lag = "never polled" if row["poll_lag_seconds"] is None else \
+            f"poll lag {row['poll_lag_seconds']:.0f}s (slowest watched set: {row['poll_lag_set']})"
         paused = f"  PAUSED: {row['paused']}" if row["paused"] else ""
         click.echo(f"{row['workspace']:<16} {row['rules']} ({row['ruleset_version']}, {row['rule_count']} rules)  "
                    f"queued {row['queued']}  {lag}  {row['inloox_url']}{paused}")
@@ -164,12 +167,13 @@ def _row(workspace: workspaces.Workspace) -> dict:
     with workspaces.using(workspace):
         ruleset, version = get_context().rules.current()
         refused = connection.get(workspaces.key(PAUSED))
-        lags = [s["lag_seconds"] for s in poll_status(connection, now=datetime.now(timezone.utc))
+        lags = [(s["lag_seconds"], s["entity_set"]) for s in poll_status(connection, now=datetime.now(timezone.utc))
                 if s["lag_seconds"] is not None]
+    slowest = max(lags) if lags else (None, None)
     return {"workspace": workspace.name, "inloox_url": workspace.inloox_url,
             "rules": workspace.rules_path or "uploaded bundles", "ruleset_version": version,
             "rule_count": len(ruleset.rules), "queued": Queue(workspace.queue, connection=connection).count
             + eventlog.backlog(connection, workspace=workspace.name),
             # Why nothing of it runs: the operator paused it, or InLoox refused its token ("" if neither).
             "paused": PAUSED_BY_OPERATOR if workspace.paused else refused.decode() if refused else "",
-            "poll_lag_seconds": max(lags) if lags else None}
+            "poll_lag_seconds": slowest[0], "poll_lag_set": slowest[1]}

@@ -683,6 +683,25 @@ def test_the_operator_lists_every_workspace_with_its_rules_queue_and_pause(redis
     assert "globex" in text and "PAUSED: InLoox refused the token (401)" in text
 
 
+def test_workspaces_list_says_its_lag_is_the_slowest_watched_sets(app, redis_url):
+    import json
+    import re
+
+    # Two watched sets, Task last polled in 2020 and Project in 2021: the row shows Task's lag, and says whose.
+    connection = redis.Redis.from_url(redis_url)
+    connection.set("ws:default:poll:watched", json.dumps(["Project", "Task"]))
+    for name, year in (("Task", 2020), ("Project", 2021)):
+        connection.set(f"ws:default:poll:{name}:cursor", f"{year}-01-01T00:00:00Z")
+        connection.hset(f"ws:default:poll:{name}:last", mapping={"started": f"{year}-01-01T00:00:05+00:00"})
+
+    result = app.test_cli_runner().invoke(args=["workspaces", "list"])
+
+    assert result.exit_code == 0, result.output
+    assert re.search(r"  poll lag \d+s \(slowest watched set: Task\)  ", result.output), result.output
+    [row] = json.loads(app.test_cli_runner().invoke(args=["workspaces", "list", "--json"]).output)
+    assert row["poll_lag_set"] == "Task" and row["poll_lag_seconds"] > 365 * 86400
+
+
 def test_operator_commands_say_in_one_line_that_redis_is_unreachable(sandbox):
     from app import create_app
     from tests.support.processes import free_port
