@@ -11,6 +11,7 @@ import requests
 from flask.cli import AppGroup
 from standardwebhooks.webhooks import Webhook
 
+from engine.errors import did_you_mean
 from web.resources import get_keyring, get_redis
 from web.workspace import cli_workspace
 from workers import registry, settings, workspaces
@@ -88,8 +89,10 @@ def send_command(source: str, body: str, url: str | None, webhook_id: str | None
     workspace = workspaces.current()
     secrets = workspace.webhook_sources.get(source)
     if not secrets:
-        raise click.ClickException(f"workspace {workspace.name!r} has no webhook source {source!r}; add it with: "
-                                   f"flask webhooks add {source}{_workspace_option(workspace.name)}")
+        close = did_you_mean(source, workspace.webhook_sources)
+        raise click.ClickException(f"workspace {workspace.name!r} has no webhook source {source!r}; "
+                                   + (f"{close} Or add it with: " if close else "add it with: ")
+                                   + f"flask webhooks add {source}{_workspace_option(workspace.name)}")
     base = (url or settings.web_url()).rstrip("/")
     scope = "" if workspace.name == workspaces.DEFAULT else f"/workspaces/{workspace.name}"
     target = f"{base}{scope}/hooks/{source}"

@@ -55,6 +55,10 @@ def test_send_names_the_command_that_adds_an_unknown_source_and_refuses_a_body_t
         in unknown.output
 
     _add_shop(runner)
+    typo = runner.invoke(args=["webhooks", "send", "shops", BODY, "--url", f"http://127.0.0.1:{free_port()}"])
+    assert typo.exit_code == 1
+    assert "no webhook source 'shops'; did you mean 'shop'? Or add it with: flask webhooks add shops" in typo.output
+
     broken = runner.invoke(args=["webhooks", "send", "shop", "{status: paid}"])
     assert broken.exit_code == 2
     assert "Invalid value for BODY: not JSON" in broken.output
