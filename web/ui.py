@@ -176,7 +176,7 @@ def overview():
     }
     totals = {name: int(sum(found[name].values())) for name in ("runs", "failures", "requests", "throttled")}
     context, connection = get_context(), get_redis()
-    context.rules.current()  # the folder looked at again if it is due, so its broken files are as of now
+    context.rules.version()  # a folder looked at again if it is due, so its broken files are as of now
     return render_template("ui/overview.html", figures=figures, totals=totals, hours=hours, window=window,
                            windows=charts.WINDOWS, lag_sets=lag_sets, failures=_recent_failures(connection),
                            broken=rule_files.broken_files(connection, context.workspace.prefix),

@@ -35,7 +35,7 @@ def _row(connection: redis.Redis, name: str, served: workspaces.Workspace | None
     # A stand-in carries only the name, enough to reach the keys of a workspace we cannot unseal.
     workspace = served or workspaces.Workspace(name, inloox_url="", inloox_api_key="")
     with workspaces.using(workspace):
-        rules_version = get_context().rules.current()[1] if served else ""
+        rules_version = get_context().rules.version() if served else ""  # not every workspace's rules compiled
         last_event = _last_event(connection)
         lag = _poll_lag(connection, now)
         failing = troubles(connection)

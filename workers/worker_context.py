@@ -85,6 +85,21 @@ class RuleSource:
                 self._checked = time.monotonic()
             return self._ruleset, self._version
 
+    def version(self) -> str:
+        """The version `current()` names, without compiling a bundle's rules: a readiness probe or a page that
+        shows only the version must not pay the compile (~5 s of CPU for a 1 MB bundle, in the web's one GIL).
+
+        A folder's version names the texts that run (a broken file's last good one), found only by loading them.
+        """
+        if self.workspace.rules_path is not None:
+            return self.current()[1]
+        number = bundles.active_number(self.connection, self.workspace.prefix)
+        return "none" if number is None else f"v{number}"
+
+    def compiled(self) -> bool:
+        """Whether `current()` would answer from the rules this process holds, compiling nothing (as of now)."""
+        return self._ruleset is not None and self._stamp_now(None)[1] == self._stamp
+
     def _stamp_now(self, not_before: float | None) -> tuple[float, str]:
         """(time.time() the look began, what is active: the folder's file stamps or the bundle number)."""
         path = self.workspace.rules_path

@@ -18,6 +18,7 @@ from inloox.changes import change_feed
 from workers import workspaces
 from workers.enqueue import queue_run
 from workers.poller.poll import PollSettings, poll_once
+from tests.support.bundled import HELLO, OPERATOR as BUNDLED_OPERATOR, bundled_app, compiled_from, upload
 from tests.support.processes import wait_until
 from tests.support.stack import (ENGINE_TOKEN, PROJECT, WATCH_RULE, WEBHOOK_SECRET, deliver, ensure_project,
                                  failed_form_run, make_task, runs_in, write_form_rule, write_rule)
@@ -350,3 +351,19 @@ def signed_post(client, path: str, body: dict, msg_id: str, *, secret: str = WEB
     answer = client.post(path, data=raw, headers={"content-type": "application/json", "webhook-id": msg_id,
                                                   "webhook-timestamp": str(stamp), "webhook-signature": signature})
     assert answer.status_code == 202, answer.get_data(as_text=True)
+
+
+def test_the_overview_and_the_workspaces_page_show_a_bundle_without_compiling_its_rules(redis_url):
+    # Compiling a 1 MB bundle holds the web's one GIL ~5 s; the workspaces page compiled every workspace's rules
+    # for their version numbers, the overview for a folder's broken files (a bundle has none).
+    app = bundled_app(redis_url)
+    upload(app, {"hello.yaml": HELLO})
+    client = app.test_client()
+    operator = {"Authorization": f"Bearer {BUNDLED_OPERATOR}"}
+
+    overview, listed = client.get("/ui/overview", headers=operator), client.get("/ui/workspaces", headers=operator)
+
+    assert overview.status_code == 200, overview.get_data(as_text=True)[:500]
+    assert listed.status_code == 200, listed.get_data(as_text=True)[:500]
+    assert '<td class="rules-version">v1</td>' in listed.get_data(as_text=True)
+    assert compiled_from(app) == ""

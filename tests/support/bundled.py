@@ -1,0 +1,34 @@
+"""An app whose default workspace runs uploaded rule bundles, and what the app has compiled of its rules."""
+from __future__ import annotations
+
+from flask import Flask
+
+from web.resources import get_context
+from workers.workspaces import Workspace
+
+ADMIN = "bundled-admin-token"
+OPERATOR = "bundled-operator-token"
+HELLO = "id: hello\nwhen: {manual: true}\nthen:\n  - notify: json://127.0.0.1:9/x\n    body: hi\n"
+
+
+def bundled_app(redis_url: str, **config) -> Flask:
+    """The app in-process; its default workspace's rules are bundles (its InLoox is nobody: no call succeeds)."""
+    from app import create_app
+
+    default = Workspace("default", "http://127.0.0.1:9", "unused", admin_token=ADMIN)
+    return create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {"default": default},
+                       "OPERATOR_TOKEN": OPERATOR, **config})
+
+
+def upload(app: Flask, files: dict[str, str]) -> dict:
+    """Upload a bundle as the workspace's admin does; its answer (201)."""
+    response = app.test_client().put("/rules", json={"files": files}, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert response.status_code == 201, response.get_data(as_text=True)[:500]
+    return response.get_json()
+
+
+def compiled_from(app: Flask) -> str:
+    """What the app's rules of the default workspace were compiled from: the bundle number, "" before any compile."""
+    with app.test_request_context("/readyz"):
+        app.preprocess_request()  # enters the default workspace, as a request does
+        return get_context().rules.loaded_from
