@@ -17,6 +17,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from engine.bodies import BodyError
 from inloox import InLooxError
+from web import heavy
 from web.arrival import arrived
 from web.commands import ChatCommand, Reply, answer, cancel, confirm
 from web.resources import get_redis
@@ -162,3 +163,5 @@ def _answer(command: ChatCommand) -> Reply:
     except redis.RedisError:
         current_app.logger.exception("chat command %s not stored", command.request_id)
         return Reply("The command could not be stored; please try again in a minute.")
+    except heavy.Busy as exc:  # the rules' first compile here waits for another heavy request (web/heavy.py)
+        return Reply(f"Nothing was done: {exc}.")

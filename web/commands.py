@@ -28,6 +28,7 @@ from engine import Event, Ruleset, evaluate, match_event
 from engine.commands import chat_commands, confirmation_reason, describe_plan, excerpt, help_text
 from engine.match import bindings
 from inloox import and_, contains, eq
+from web.heavy import compiled_rules
 from web.resources import get_context, get_inloox, get_redis, inloox_slot
 from workers import failpoints
 from workers.intake import submit_event
@@ -84,7 +85,7 @@ class Reply:
 def answer(command: ChatCommand) -> Reply:
     """Handle one command and return what to tell the person right away."""
     name, _, rest = command.text.strip().partition(" ")
-    ruleset = get_context().ruleset()
+    ruleset, _ = compiled_rules()  # Busy while another heavy request holds the turn a first compile needs
     if name in ("", "help"):
         return Reply(help_text(ruleset, prefix=command.prefix))
     if name == "confirm":

@@ -10,6 +10,10 @@ waits seconds for its ack retries or gives up (tests/integration/test_workspaces
 So a process serves PER_PROCESS of them at once, and a workspace one at a time in the whole deployment (a lease in
 Redis, so that one admin does not take every process's turn); one over either bound is answered at once, 429 with
 Retry-After, never queued behind the others.
+
+A workspace's rules compiled in the web (a manual run plans with them, the rules page lists them, a chat command
+matches them) cost ~5.6 s of CPU for the largest bundle, in the process's one GIL: the first use of a version in a
+process takes a turn too (`compiled_rules`); later uses find them compiled and take none.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
-from web.resources import get_redis
+from engine import Ruleset
+from web.resources import get_context, get_redis
 from workers import failpoints, workspaces
 from workers.workspaces import key
 
@@ -34,7 +39,8 @@ PER_PROCESS = 1  # of the process's threads (at least 2, the Procfile's 8): the 
 RETRY_AFTER_SECONDS = 10  # about as long as the largest replay or upload takes
 # A workspace's lease outlives its longest heavy request; one whose process died (no `finally`) goes after this long.
 LEASE_SECONDS = 300
-WHAT = "a replay, a rule bundle upload, a what-if comparison, an export or a search of the whole event log"
+WHAT = ("a replay, a rule bundle upload, a what-if comparison, an export, a search of the whole event log or a "
+        "first compile of a rule bundle")
 
 _slots = threading.BoundedSemaphore(PER_PROCESS)
 
@@ -89,16 +95,30 @@ def _give_back(lease: Lock, token: str) -> None:
                     workspaces.current().name, LEASE_SECONDS)
 
 
+def compiled_rules() -> tuple[Ruleset, str]:
+    """The workspace's (rules, version) now; compiled on a turn (`turn`: Busy) when this process holds them not yet."""
+    rules = get_context().rules
+    if rules.compiled():  # a switch to another version in between compiles outside a turn: rare, and bounded still
+        return rules.current()
+    with turn():
+        return rules.current()
+
+
+@contextmanager
+def answered():
+    """Busy said as 429 with Retry-After and the reason (Redis failing as the turn is asked for: 503)."""
+    try:
+        yield
+    except Unreachable as exc:
+        raise ServiceUnavailable(str(exc), retry_after=exc.retry_after) from None
+    except Busy as exc:
+        raise TooManyRequests(str(exc), retry_after=exc.retry_after) from None
+
+
 def limited(view):
-    """An API view that takes a turn (`turn`): over the bound, 429 with Retry-After and the reason (Redis failing as
-    the turn is asked for: 503)."""
+    """An API view that takes a turn (`turn`): over the bound, 429 or 503 (`answered`)."""
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        try:
-            with turn():
-                return view(*args, **kwargs)
-        except Unreachable as exc:
-            raise ServiceUnavailable(str(exc), retry_after=exc.retry_after) from None
-        except Busy as exc:
-            raise TooManyRequests(str(exc), retry_after=exc.retry_after) from None
+        with answered(), turn():
+            return view(*args, **kwargs)
     return wrapped

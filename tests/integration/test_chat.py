@@ -24,6 +24,7 @@ from workers import eventlog
 from slack_sdk.signature import SignatureVerifier
 
 from app import create_app
+from tests.support.bundled import HELLO, bundled_app, compiled_from, heavy_turn_held, upload
 from tests.support.crashes import frozen_at
 from tests.support.processes import wait_until
 from tests.support.stack import PREFIX, all_runs, make_task, write_rule
@@ -777,3 +778,18 @@ def test_a_command_that_waited_for_a_web_thread_past_the_chats_patience_does_not
     connection = redis.Redis.from_url(redis_url)
     assert connection.xlen(f"{PREFIX}events") == 0  # nothing stored, so nothing runs
     assert not connection.keys(f"{PREFIX}chat:seen:*")
+
+
+def test_a_chat_command_that_must_compile_the_bundle_first_waits_for_a_heavy_turn(redis_url):
+    # The rules' first compile in this process (~5.6 s of CPU for a 1 MB bundle) holds the web's one GIL: it takes a
+    # heavy request's turn, and while another holds it the person is told so, at once.
+    app = bundled_app(redis_url, slack_signing_secret=SLACK_SECRET)
+    upload(app, {"hello.yaml": HELLO})
+    body = slack_body("help")
+
+    with heavy_turn_held(app):
+        busy = app.test_client().post("/chat/slack", data=body, headers=slack_headers(body))
+
+    assert busy.status_code == 200
+    assert "Nothing was done: this web server is busy with" in busy.get_data(as_text=True)
+    assert compiled_from(app) == ""

@@ -1,8 +1,12 @@
 """An app whose default workspace runs uploaded rule bundles, and what the app has compiled of its rules."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from flask import Flask
 
+from web import heavy
 from web.resources import get_context
 from workers.workspaces import Workspace
 
@@ -11,11 +15,12 @@ OPERATOR = "bundled-operator-token"
 HELLO = "id: hello\nwhen: {manual: true}\nthen:\n  - notify: json://127.0.0.1:9/x\n    body: hi\n"
 
 
-def bundled_app(redis_url: str, **config) -> Flask:
+def bundled_app(redis_url: str, *, slack_signing_secret: str = "", **config) -> Flask:
     """The app in-process; its default workspace's rules are bundles (its InLoox is nobody: no call succeeds)."""
     from app import create_app
 
-    default = Workspace("default", "http://127.0.0.1:9", "unused", admin_token=ADMIN)
+    default = Workspace("default", "http://127.0.0.1:9", "unused", admin_token=ADMIN,
+                        slack_signing_secret=slack_signing_secret)
     return create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {"default": default},
                        "OPERATOR_TOKEN": OPERATOR, **config})
 
@@ -32,3 +37,12 @@ def compiled_from(app: Flask) -> str:
     with app.test_request_context("/readyz"):
         app.preprocess_request()  # enters the default workspace, as a request does
         return get_context().rules.loaded_from
+
+
+@contextmanager
+def heavy_turn_held(app: Flask) -> Iterator[None]:
+    """The process's heavy-request turn held (as by an upload in progress) for the default workspace."""
+    with app.test_request_context("/readyz"):
+        app.preprocess_request()
+        with heavy.turn():
+            yield
