@@ -171,6 +171,11 @@ def files(connection: redis.Redis, prefix: str, number: int) -> dict[str, str] |
     return json.loads(content) if content is not None else None
 
 
+def size(connection: redis.Redis, prefix: str, number: int) -> int:
+    """Bytes of a stored version's files as stored (JSON), 0 when there is no such version: what compiling it costs."""
+    return connection.strlen(f"{prefix}rules:files:{int(number)}")
+
+
 def activate(connection: redis.Redis, prefix: str, number: int) -> Version:
     """Make a stored version the active one (rollback or forward); raises UnknownVersion.
 

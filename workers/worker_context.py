@@ -96,9 +96,14 @@ class RuleSource:
         number = bundles.active_number(self.connection, self.workspace.prefix)
         return "none" if number is None else f"v{number}"
 
-    def compiled(self) -> bool:
-        """Whether `current()` would answer from the rules this process holds, compiling nothing (as of now)."""
-        return self._ruleset is not None and self._stamp_now(None)[1] == self._stamp
+    def pending_bytes(self) -> int:
+        """Bytes of rule text `current()` would compile now: 0 when it would answer from the rules held here."""
+        _, stamp = self._stamp_now(None)
+        if self._ruleset is not None and stamp == self._stamp:
+            return 0
+        if self.workspace.rules_path is not None:  # the stamp's lines: file, mtime, size
+            return sum(int(line.rpartition("\t")[2]) for line in stamp.splitlines())
+        return 0 if stamp == "None" else bundles.size(self.connection, self.workspace.prefix, int(stamp))
 
     def _stamp_now(self, not_before: float | None) -> tuple[float, str]:
         """(time.time() the look began, what is active: the folder's file stamps or the bundle number)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.bundled import large_bundle
 from tests.support.processes import wait_until
 from web.bundle_check import TooCostly, check_in_child
 from workers.bundles import check
@@ -18,20 +19,6 @@ from workers.workspaces import Workspace
 ROOT = Path(__file__).parents[2]
 RULES = ROOT / "rules"
 ADMIN = "globex-admin-token"
-
-
-def large_bundle(size: int = 1_000_000) -> dict[str, str]:
-    """~`size` bytes of valid rules in 100 files: the example rules again and again, each copy under its own id."""
-    examples = [path.read_text() for path in sorted(RULES.glob("*.yaml"))]
-    files: dict[str, list[str]] = {f"r{n:03d}.yaml": [] for n in range(100)}
-    total, copy = 0, 0
-    while total < size:
-        for text in examples:
-            first_id = next(line for line in text.splitlines() if line.startswith("id: "))
-            files[f"r{copy % 100:03d}.yaml"].append(text.replace(first_id, f"{first_id}-{copy}", 1))
-            total += len(text)
-            copy += 1
-    return {name: "\n---\n".join(texts) for name, texts in files.items()}
 
 
 @pytest.fixture

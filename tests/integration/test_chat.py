@@ -24,7 +24,7 @@ from workers import eventlog
 from slack_sdk.signature import SignatureVerifier
 
 from app import create_app
-from tests.support.bundled import HELLO, bundled_app, compiled_from, heavy_turn_held, upload
+from tests.support.bundled import HELLO, LARGE, bundled_app, compiled_from, heavy_turn_held, large_bundle, upload
 from tests.support.crashes import frozen_at
 from tests.support.processes import wait_until
 from tests.support.stack import PREFIX, all_runs, make_task, write_rule
@@ -784,7 +784,7 @@ def test_a_chat_command_that_must_compile_the_bundle_first_waits_for_a_heavy_tur
     # The rules' first compile in this process (~5.6 s of CPU for a 1 MB bundle) holds the web's one GIL: it takes a
     # heavy request's turn, and while another holds it the person is told so, at once.
     app = bundled_app(redis_url, slack_signing_secret=SLACK_SECRET)
-    upload(app, {"hello.yaml": HELLO})
+    upload(app, {**large_bundle(LARGE), "hello.yaml": HELLO})
     body = slack_body("help")
 
     with heavy_turn_held(app):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.bundled import ADMIN as BUNDLED_ADMIN, HELLO, bundled_app, compiled_from, heavy_turn_held, upload
+from tests.support.bundled import (ADMIN as BUNDLED_ADMIN, HELLO, LARGE, bundled_app, compiled_from, heavy_turn_held,
+                                   large_bundle, upload)
 from workers.workspaces import Workspace
 
 ADMIN = "globex-admin-token"
@@ -90,7 +91,7 @@ def test_a_manual_run_that_must_compile_the_bundle_first_takes_a_heavy_turn(redi
     # Its first compile in this process (~5.6 s of CPU for a 1 MB bundle) holds the web's one GIL: one at a time, as
     # an upload's check is; once compiled, runs of the same version take no turn.
     app = bundled_app(redis_url)
-    upload(app, {"hello.yaml": HELLO})
+    upload(app, {**large_bundle(LARGE), "hello.yaml": HELLO})
     client, auth = app.test_client(), {"Authorization": f"Bearer {BUNDLED_ADMIN}"}
 
     with heavy_turn_held(app):

@@ -18,8 +18,8 @@ from inloox.changes import change_feed
 from workers import workspaces
 from workers.enqueue import queue_run
 from workers.poller.poll import PollSettings, poll_once
-from tests.support.bundled import (HELLO, OPERATOR as BUNDLED_OPERATOR, bundled_app, compiled_from, heavy_turn_held,
-                                   upload)
+from tests.support.bundled import (HELLO, LARGE, OPERATOR as BUNDLED_OPERATOR, bundled_app, compiled_from,
+                                   heavy_turn_held, large_bundle, upload)
 from tests.support.processes import wait_until
 from tests.support.stack import (ENGINE_TOKEN, PROJECT, WATCH_RULE, WEBHOOK_SECRET, deliver, ensure_project,
                                  failed_form_run, make_task, runs_in, write_form_rule, write_rule)
@@ -373,7 +373,7 @@ def test_the_overview_and_the_workspaces_page_show_a_bundle_without_compiling_it
 def test_the_rules_page_compiles_a_bundle_on_a_heavy_turn(redis_url):
     # It lists each rule's description and trigger: compiled rules, which a 1 MB bundle takes ~5.6 s of CPU to make.
     app = bundled_app(redis_url)
-    upload(app, {"hello.yaml": HELLO})
+    upload(app, {**large_bundle(LARGE), "hello.yaml": HELLO})
     client, operator = app.test_client(), {"Authorization": f"Bearer {BUNDLED_OPERATOR}"}
 
     with heavy_turn_held(app):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from flask import Flask
 
@@ -12,7 +13,25 @@ from workers.workspaces import Workspace
 
 ADMIN = "bundled-admin-token"
 OPERATOR = "bundled-operator-token"
+RULES = Path(__file__).parents[2] / "rules"
 HELLO = "id: hello\nwhen: {manual: true}\nthen:\n  - notify: json://127.0.0.1:9/x\n    body: hi\n"
+
+# More rule text than web.heavy.COMPILE_BYTES: its first compile in a process takes a heavy turn (~0.5 s of CPU).
+LARGE = 90_000
+
+
+def large_bundle(size: int = 1_000_000) -> dict[str, str]:
+    """~`size` bytes of valid rules in 100 files: the example rules again and again, each copy under its own id."""
+    examples = [path.read_text() for path in sorted(RULES.glob("*.yaml"))]
+    files: dict[str, list[str]] = {f"r{n:03d}.yaml": [] for n in range(100)}
+    total, copy = 0, 0
+    while total < size:
+        for text in examples:
+            first_id = next(line for line in text.splitlines() if line.startswith("id: "))
+            files[f"r{copy % 100:03d}.yaml"].append(text.replace(first_id, f"{first_id}-{copy}", 1))
+            total += len(text)
+            copy += 1
+    return {name: "\n---\n".join(texts) for name, texts in files.items()}
 
 
 def bundled_app(redis_url: str, *, slack_signing_secret: str = "", **config) -> Flask:
