@@ -16,11 +16,11 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable
 
 from engine import Event, explain
+from web import bundle_check
 from web.heavy import RETRY_AFTER_SECONDS, answered, compiled_rules, limited
 from web.openapi import check_query, request_body
 from web.resources import get_context, get_redis
 from web.workspace import require_admin_token
-from web import bundle_check
 from workers import bundles, workspaces
 from workers.manual import KeyReused, ManualRunRefused, manual_event, plan_manual_run, submit_manual_run
 from workers.runs import run_id
