@@ -1,7 +1,11 @@
-"""A rule bundle's validation in a process of its own, held to a CPU time and a memory limit.
+"""A rule bundle's validation, and a what-if comparison of two versions, in a process of its own, held to a CPU time
+and a memory limit.
 
-    python -m web.bundle_check PARENT_PID CPU_SECONDS MEMORY_BYTES
+    python -m web.bundle_check check PARENT_PID CPU_SECONDS MEMORY_BYTES
         # stdin: the files as JSON {name: YAML text}; stdout: {"rule_ids": [...], "errors": [{RuleError's fields}]}
+    python -m web.bundle_check whatif PARENT_PID CPU_SECONDS MEMORY_BYTES
+        # stdin: {"candidate": files, "active": files, "events": [[event, accepted_at], ...], "env": {...},
+        #         "seconds": planning time}; stdout: engine.whatif's report as a dict (`compare`)
 
 Validating the largest bundle an upload may hold (1 MB of YAML, ~1,400 rules) takes ~5-6 s of CPU. In the web
 process it held the process's one GIL in stretches all that time: every workspace's webhooks on that process waited
@@ -9,10 +13,15 @@ for it, acknowledged in 14 ms rather than 4 (p50; up to 116 ms: bench/bundle_upl
 instead, and the web thread waits on a pipe, which needs no GIL. The child lowers its CPU priority and may run on
 any core (the web keeps to one: workers/cores.py), so the web's own threads keep the CPU first.
 
-The limits bound what one upload may cost: past CPU_SECONDS of CPU time (RLIMIT_CPU, its own start of ~0.3 s
-included) or MEMORY_BYTES of address space (RLIMIT_AS) the check stops and the bundle is TooCostly (413). The
-child dies with the web (PR_SET_PDEATHSIG on Linux; elsewhere its CPU limit ends it). Both processes validate
-with `workers.bundles.check`, so the answer is the one the web would have found itself, error for error.
+The what-if page (/ui/whatif) compiles a stored version and the active one (~5.6 s of CPU each for the largest)
+and plans the last week's events against both (up to WHATIF_SECONDS): `whatif_in_child` runs that here too, with
+the same limits and the same child, so a comparison holds none of the web's GIL either.
+
+The limits bound what one upload or comparison may cost: past CPU_SECONDS of CPU time (RLIMIT_CPU, its own start
+of ~0.3 s included) or MEMORY_BYTES of address space (RLIMIT_AS) the child stops and the work is TooCostly (an
+upload's 413, the what-if page's notice). The child dies with the web (PR_SET_PDEATHSIG on Linux; elsewhere its CPU
+limit ends it). The child validates with `workers.bundles.check` and compares with `engine.whatif`, so the answer is
+the one the web would have found itself, error for error.
 """
 from __future__ import annotations
 
@@ -22,9 +31,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.errors import RuleError
+from engine.rules import load_texts
+from engine.whatif import whatif
 from workers.bundles import Checked, check
 
 # The largest valid bundle's check peaks at ~60 MB of address space; 1 MB of one YAML list (240,000 items,
@@ -42,68 +57,132 @@ _FIELDS = ("message", "file", "line", "col", "path", "hint", "rule_id", "detail"
 
 
 class TooCostly(Exception):
-    """The bundle needs more CPU time or memory to validate than an upload's check may use (413); nothing stored."""
+    """The work needs more CPU time or memory than the child may use (an upload's 413, the what-if page's notice);
+    nothing stored."""
 
 
 class Unfinished(Exception):
-    """The check ended without an answer, though not at a limit (the machine too busy, the child killed from
+    """The child ended without an answer, though not at a limit (the machine too busy, the child killed from
     outside): nothing was decided, a retry may succeed (503)."""
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One kind of work the child does, and how its answers name it to the person who asked."""
+
+    run: Callable[[object], dict]  # in the child: the JSON read from stdin → the JSON written to stdout
+    name: str  # "… did not finish", "… was stopped", "… failed"
+    costly: str  # "…: <doing it> takes more than N s of CPU time"
+    of: str  # "the most <of> may use"
+    advice: str
+    retry: str  # after Unfinished: what was (not) done, and to try again
 
 
 def check_in_child(files: dict[str, str], *, cpu_seconds: int, memory_bytes: int = MEMORY_BYTES) -> Checked:
     """`check(files)` in a child process held to the limits; raises TooCostly or Unfinished."""
-    args = [sys.executable, "-m", "web.bundle_check", str(os.getpid()), str(cpu_seconds), str(memory_bytes)]
-    wall = cpu_seconds * WALL_PER_CPU_SECOND + WALL_START_SECONDS
-    # env: the web's environment holds secrets (tokens, SECRETS_KEY); validating reads none of it.
-    with subprocess.Popen(args, cwd=_ROOT, env={}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as child:
-        try:
-            out, err = child.communicate(json.dumps(files).encode(), timeout=wall)
-        except subprocess.TimeoutExpired:
-            raise Unfinished(f"the rule bundle's check did not finish in {wall} s (the server is busy); "
-                             "nothing was stored, try again") from None
-        finally:
-            if child.returncode is None:  # timed out, or this thread interrupted: no child outlives its request
-                child.kill()
-    return _answer(child.returncode, out, err, cpu_seconds=cpu_seconds, memory_bytes=memory_bytes)
-
-
-def _answer(code: int, out: bytes, err: bytes, *, cpu_seconds: int, memory_bytes: int) -> Checked:
-    # SIGXCPU: the soft CPU limit met the child in C code, its handler not run; SIGKILL: the hard limit after it.
-    if code in (CPU_EXIT, -signal.SIGXCPU, -signal.SIGKILL):
-        raise TooCostly(f"the rule bundle is too costly to check: validating it takes more than {cpu_seconds} s of "
-                        "CPU time, the most an upload may use; upload fewer or simpler rules")
-    if code in (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS):
-        # Where C code meets the memory limit it may crash rather than raise MemoryError (seen at the limit's edge);
-        # a check that crashes for another reason would crash again, so a retry helps neither way.
-        log.warning("the rule bundle's check crashed (signal %s), taken as out of memory: %s",
-                    signal.Signals(-code).name, err.decode(errors="replace")[-2000:])
-        code = MEMORY_EXIT
-    if code == MEMORY_EXIT:
-        raise TooCostly(f"the rule bundle is too costly to check: validating it takes more than "
-                        f"{memory_bytes // (1024 * 1024)} MiB of memory, the most an upload may use; "
-                        "upload fewer or simpler rules")
-    if code < 0:
-        raise Unfinished(f"the rule bundle's check was stopped by signal {signal.Signals(-code).name}; "
-                         "nothing was stored, try again")
-    if code != 0:  # a bug in the check: the web's 500, with the child's traceback for its log
-        raise RuntimeError(f"the rule bundle's check failed (exit {code}): {err.decode(errors='replace')[-2000:]}")
-    found = json.loads(out)
+    found = _in_child("check", files, cpu_seconds=cpu_seconds, memory_bytes=memory_bytes)
     return Checked(found["rule_ids"], [RuleError(**fields) for fields in found["errors"]])
 
 
+def whatif_in_child(candidate: dict[str, str], active: dict[str, str], events: Iterable[tuple[dict, float]], *,
+                    env: dict, seconds: float, cpu_seconds: int, memory_bytes: int = MEMORY_BYTES) -> dict:
+    """`compare(...)` in a child process held to the limits; raises TooCostly or Unfinished."""
+    work = {"candidate": candidate, "active": active, "events": [[event, at] for event, at in events], "env": env,
+            "seconds": seconds}
+    return _in_child("whatif", work, cpu_seconds=cpu_seconds, memory_bytes=memory_bytes)
+
+
+def compare(candidate: dict[str, str], active: dict[str, str], events: Iterable[tuple[dict, float]], *, env: dict,
+            seconds: float) -> dict:
+    """engine.whatif's report (`to_dict`) of the candidate files against the active ones over (event, acceptance time
+    as a Unix timestamp) pairs, oldest first; events are planned for `seconds` at most, the rest left out."""
+    timed = ((event, datetime.fromtimestamp(at, timezone.utc)) for event, at in events)
+    # The active files compile as the workers compile them (workers.worker_context.RuleSource): sorted by name.
+    return whatif(_for_seconds(timed, seconds), candidate=load_texts(sorted(candidate.items())),
+                  active=load_texts(sorted(active.items())), env=env).to_dict()
+
+
+def _for_seconds(items, seconds: float):
+    """`items` until `seconds` have passed since the first was asked for (the rest are not yielded)."""
+    deadline = time.monotonic() + seconds
+    for item in items:
+        if time.monotonic() > deadline:
+            return
+        yield item
+
+
+def _checked(files: dict[str, str]) -> dict:
+    checked = check(files)
+    errors = [{name: getattr(error, name) for name in _FIELDS} for error in checked.errors]
+    return {"rule_ids": checked.rule_ids, "errors": errors}
+
+
+def _compared(work: dict) -> dict:
+    return compare(work["candidate"], work["active"], work["events"], env=work["env"], seconds=work["seconds"])
+
+
+_WORK = {
+    "check": _Work(_checked, "the rule bundle's check", "the rule bundle is too costly to check: validating it",
+                   "an upload", "upload fewer or simpler rules", "nothing was stored, try again"),
+    "whatif": _Work(_compared, "the what-if comparison",
+                    "the comparison is too costly: compiling both versions and planning the events with them",
+                    "a what-if comparison", "compare them with `flask rules whatif --rules DIR`, off the web",
+                    "try again"),
+}
+
+
+def _in_child(kind: str, given, *, cpu_seconds: int, memory_bytes: int) -> dict:
+    """The JSON the child writes for `given` (any JSON), doing the `kind` of work within the limits."""
+    work = _WORK[kind]
+    args = [sys.executable, "-m", "web.bundle_check", kind, str(os.getpid()), str(cpu_seconds), str(memory_bytes)]
+    wall = cpu_seconds * WALL_PER_CPU_SECOND + WALL_START_SECONDS
+    # env: the web's environment holds secrets (tokens, SECRETS_KEY); the work reads none of it (a what-if's rule
+    # env, the RULES_ENV variables rules may read, comes in on stdin).
+    with subprocess.Popen(args, cwd=_ROOT, env={}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as child:
+        try:
+            out, err = child.communicate(json.dumps(given).encode(), timeout=wall)
+        except subprocess.TimeoutExpired:
+            raise Unfinished(f"{work.name} did not finish in {wall} s (the server is busy); {work.retry}") from None
+        finally:
+            if child.returncode is None:  # timed out, or this thread interrupted: no child outlives its request
+                child.kill()
+    _refuse_failed(work, child.returncode, err, cpu_seconds=cpu_seconds, memory_bytes=memory_bytes)
+    return json.loads(out)
+
+
+def _refuse_failed(work: _Work, code: int, err: bytes, *, cpu_seconds: int, memory_bytes: int) -> None:
+    # SIGXCPU: the soft CPU limit met the child in C code, its handler not run; SIGKILL: the hard limit after it.
+    if code in (CPU_EXIT, -signal.SIGXCPU, -signal.SIGKILL):
+        raise TooCostly(f"{work.costly} takes more than {cpu_seconds} s of CPU time, the most {work.of} may use; "
+                        f"{work.advice}")
+    if code in (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS):
+        # Where C code meets the memory limit it may crash rather than raise MemoryError (seen at the limit's edge);
+        # a child that crashes for another reason would crash again, so a retry helps neither way.
+        log.warning("%s crashed (signal %s), taken as out of memory: %s", work.name, signal.Signals(-code).name,
+                    err.decode(errors="replace")[-2000:])
+        code = MEMORY_EXIT
+    if code == MEMORY_EXIT:
+        raise TooCostly(f"{work.costly} takes more than {memory_bytes // (1024 * 1024)} MiB of memory, the most "
+                        f"{work.of} may use; {work.advice}")
+    if code < 0:
+        raise Unfinished(f"{work.name} was stopped by signal {signal.Signals(-code).name}; {work.retry}")
+    if code != 0:  # a bug in the work: the web's 500, with the child's traceback for its log
+        raise RuntimeError(f"{work.name} failed (exit {code}): {err.decode(errors='replace')[-2000:]}")
+
+
 def main(argv: list[str]) -> int:
-    """The child: read the files, validate them within the limits, write what was found."""
-    parent, cpu_seconds, memory_bytes = (int(arg) for arg in argv)
+    """The child: read the work's input, do it within the limits, write what was found."""
+    kind = argv[0]
+    parent, cpu_seconds, memory_bytes = (int(arg) for arg in argv[1:])
     _die_with(parent)
     _limit(cpu_seconds, memory_bytes)
     _yield_cpu()
     try:
-        checked = check(json.loads(sys.stdin.buffer.read()))
+        found = _WORK[kind].run(json.loads(sys.stdin.buffer.read()))
     except MemoryError:
         return MEMORY_EXIT
-    errors = [{name: getattr(error, name) for name in _FIELDS} for error in checked.errors]
-    sys.stdout.write(json.dumps({"rule_ids": checked.rule_ids, "errors": errors}))
+    sys.stdout.write(json.dumps(found))
     return 0
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.bundled import large_bundle
 from tests.support.processes import wait_until
-from web.bundle_check import TooCostly, check_in_child
+from web.bundle_check import TooCostly, check_in_child, compare, whatif_in_child
 from workers.bundles import check
 from workers.workspaces import Workspace
 
@@ -74,6 +74,35 @@ def test_the_child_finds_the_rules_and_errors_the_web_itself_would():
     assert there.rule_ids == here.rule_ids == ["log-time-when-task-done"]
     assert [str(e) for e in there.errors] == [str(e) for e in here.errors] and len(here.errors) >= 5
     assert [vars(e) for e in there.errors] == [vars(e) for e in here.errors]
+
+
+def test_the_child_compares_two_versions_as_the_web_itself_would():
+    # The what-if page compared in the web (two compiles of ~5.6 s of CPU for the largest bundles, then seconds of
+    # planning, in the web's one GIL); the child compiles and plans the same, to the same report.
+    log_time = (RULES / "log-time-when-task-done.yaml").read_text()
+    active = {"tasks.yaml": log_time, "other.yaml": (RULES / "form-to-task.yaml").read_text()}
+    candidate = {"tasks.yaml": log_time.replace("{path: task.WorkAmount, op: gt, value: 0}",
+                                                "{path: task.WorkAmount, op: gt, value: 2}")}
+    events = [(_task_done(f"done-{hours}h", hours), 1_764_489_600.0 + hours) for hours in (0, 1, 3)]
+    # A lone surrogate, as a logged webhook body may hold: the JSON on the pipe carries it as the web holds it.
+    events.append(({"id": "form-odd", "source": "webhook", "kind": "forms", "occurred_at": "2026-11-30T08:00:00+00:00",
+                    "payload": {"body": {"title": "half \ud83d a pair", "project_number": 7}, "headers": {}}}, 1.5e9))
+
+    here = compare(candidate, active, events, env={"TEAM": "a"}, seconds=600)
+    there = whatif_in_child(candidate, active, events, env={"TEAM": "a"}, seconds=600, cpu_seconds=30)
+
+    assert there == here
+    assert here["events"] == 4 and here["changed_events"] == ["done-1h", "form-odd"]
+    assert [(rule["rule_id"], rule["lost"]) for rule in here["rules"]] == [("form-to-task", 1),
+                                                                            ("log-time-when-task-done", 1)]
+
+
+def _task_done(event_id: str, work: float) -> dict:
+    task = {"TaskItemId": "0f8fad5b-d9cb-469f-a165-70867728950e", "Name": "Write report", "WorkAmount": work,
+            "ProjectId": "b3f1e2c4-0000-4000-8000-000000000001", "IsDone": True}
+    return {"id": event_id, "source": "inloox", "kind": "updated", "occurred_at": "2026-11-30T08:00:00+00:00",
+            "entity_set": "Task", "key": task["TaskItemId"], "changes": {"IsDone": [False, True]},
+            "entity": task, "actor": {"ContactId": "someone"}, "payload": {}, "chained": False}
 
 
 def test_a_check_ends_with_the_process_that_started_it(tmp_path):
