@@ -20,15 +20,13 @@ from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 
-from web import charts, heavy, times
+from web import bundle_check, charts, heavy, times
 from web.resources import get_context, get_keyring, get_redis
 from web.resources import get_registry
 from web.workspace import admin_token_hashes, bearer_token, is_admin, operator_open, require_workspace
 from web.events import replay_summary, selected_entries, since_epoch
 from web.workspace_states import workspace_states
 from web.usage import usage_page
-from engine.rules import load_texts
-from engine.whatif import whatif
 from workers import (activity, bundles, deliveries, event_history, registry, rule_files, series, subscriptions,
                      workspaces)
 from workers.replay import ReplayRefused, replay
@@ -50,9 +48,10 @@ FAILURES_SCAN = 1000  # runs of the last 24 h looked at for them, newest first: 
 DEFAULT_HOURS = 1  # a new stack's first runs fill the chart, not a sliver of a day
 WHATIF_SPAN = timedelta(days=7)  # the logged events a what-if looks at
 WHATIF_EVENTS = 10_000  # at most (the oldest of the span first): a page must answer in seconds
-# Of a web thread's time, at most, the page spends planning events: each is planned against every rule of
-# both versions, and a bundle of 1 MiB holds thousands (hours for 10,000 events). The page says how many
-# it compared; `flask rules whatif`, off the web, compares them all.
+# Seconds, at most, the page's comparison spends planning events (in a child process: web/bundle_check.py,
+# which a web thread waits for): each is planned against every rule of both versions, and a bundle of 1 MiB
+# holds thousands (hours for 10,000 events). The page says how many it compared; `flask rules whatif`, off
+# the web, compares them all.
 WHATIF_SECONDS = 5
 OVERVIEW_SERIES = ("runs", "failures", "requests", "throttled", "backlog", "queued")  # workers/series.py
 
@@ -303,20 +302,25 @@ def whatif_page():
         if texts is None:
             abort(404, f"no rule bundle version {number}")
         try:
-            with heavy.turn():  # up to WHATIF_SECONDS of a web thread: one at a time (web/heavy.py)
+            with heavy.turn():  # a web thread waits seconds for the comparison: one at a time (web/heavy.py)
                 report = _whatif(connection, context, texts)
-        except heavy.Busy as exc:
+        except (heavy.Busy, bundle_check.TooCostly, bundle_check.Unfinished) as exc:
             return redirect(url_for(".whatif_page", notice=f"Not compared: {exc}"))
     return render_template("ui/whatif.html", folder=None, versions=stored, number=number, report=report,
                            span=WHATIF_SPAN)
 
 
 def _whatif(connection, context, texts: dict[str, str]) -> dict:
+    """The candidate `texts` against the active version, compiled and compared in a child process: both compiles
+    (~5.6 s of CPU each for the largest bundles) and the planning held the web's one GIL, slowing every workspace's
+    acks on this process. Raises bundle_check.TooCostly past BUNDLE_CHECK_CPU_SECONDS, or Unfinished."""
     entries = event_history.entries_since(connection, time.time() - WHATIF_SPAN.total_seconds(), limit=WHATIF_EVENTS)
-    candidate = load_texts(sorted(texts.items()))
-    events = ((e.event, datetime.fromtimestamp(e.accepted_at, timezone.utc)) for e in entries)
-    return whatif(_for_seconds(events, WHATIF_SECONDS), candidate=candidate, active=context.rules.ruleset(),
-                  env=context.rule_env).to_dict() | {"logged": len(entries), "seconds": WHATIF_SECONDS}
+    active = bundles.active(connection, context.workspace.prefix)  # None before the first activation: no rules
+    events = [(e.event, e.accepted_at) for e in entries]
+    report = bundle_check.whatif_in_child(texts, active[1] if active else {}, events, env=context.rule_env,
+                                          seconds=WHATIF_SECONDS,
+                                          cpu_seconds=int(current_app.config["BUNDLE_CHECK_CPU_SECONDS"]))
+    return report | {"logged": len(entries), "seconds": WHATIF_SECONDS}
 
 
 @bp.get("/subscriptions")
@@ -386,15 +390,6 @@ def _require_operator() -> None:
     # require_login already let in the workspace's admin; this page shows and acts on every workspace.
     if not is_operator_session():
         abort(403, "the workspaces page is the operator's: log in with OPERATOR_TOKEN")
-
-
-def _for_seconds(items, seconds: float):
-    """`items` until `seconds` have passed since the first was asked for (the rest are not yielded)."""
-    deadline = time.monotonic() + seconds
-    for item in items:
-        if time.monotonic() > deadline:
-            return
-        yield item
 
 
 def _created_since(hours: float | None) -> datetime | None:
