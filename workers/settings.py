@@ -124,8 +124,10 @@ DEFAULTS = {
     "POLL_MAX_INTERVAL": "30",
     "POLL_SCAN_MAX_SECONDS": "600",
     "SCHEDULE_INTERVAL": "5",
-    # Seconds of CPU time an uploaded rule bundle's validation may take, in a child process of the web
-    # (web/bundle_check.py); past it the upload is refused 413. The largest bundle takes ~5-6 s.
+    # Seconds of CPU time an uploaded rule bundle's validation, or the What-if page's comparison, may take, in a
+    # child process of the web (web/bundle_check.py); past it the upload is refused 413 and the page says the
+    # comparison is too costly. The largest bundle takes ~5-6 s to validate; a comparison compiles both versions
+    # and plans events for up to 5 s more (~15 s for two of the largest).
     "BUNDLE_CHECK_CPU_SECONDS": "30",
 }
 
