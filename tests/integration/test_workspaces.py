@@ -250,8 +250,8 @@ def test_a_second_heavy_request_of_a_workspace_is_answered_429_while_another_pro
     for refused in (replay, upload):
         assert refused.status_code == 429 and refused.headers["Retry-After"] == "10", refused.text
         message = refused.json["error"]["message"]
-        assert ("has a replay, a rule bundle upload, a what-if comparison, an export or a search of the whole event "
-                "log in progress") in message, message
+        assert ("has a replay, a rule bundle upload, a what-if comparison, an export, a search of the whole event "
+                "log or a first compile of a rule bundle in progress") in message, message
     assert "Not replayed: workspace &#39;globex&#39; has a replay" in page.text
     assert "Not compared: workspace &#39;globex&#39; has a replay" in whatif.text
     assert connection.get(lease) == b"another process's request"  # not taken, so not given back
