@@ -13,7 +13,7 @@ from rq import Queue
 
 from web.resources import get_context
 from workers import eventlog, registry, workspaces
-from workers.poller.status import WHOLE, poll_status, troubles
+from workers.poller.status import WHOLE, slowest, troubles
 
 RUNNING, PAUSED, UNREADABLE = "running", "paused", "unreadable secret"
 
@@ -37,7 +37,7 @@ def _row(connection: redis.Redis, name: str, served: workspaces.Workspace | None
     with workspaces.using(workspace):
         rules_version = get_context().rules.version() if served else ""  # not every workspace's rules compiled
         last_event = _last_event(connection)
-        lag = _poll_lag(connection, now)
+        lag, _ = slowest(connection, now=now)
         failing = troubles(connection)
     state = UNREADABLE if unreadable else PAUSED if record["paused"] else RUNNING
     return {"name": name, "state": state, "why": unreadable, "paused": bool(record["paused"]),
@@ -61,9 +61,3 @@ def _failing(failing: dict[str, dict]) -> str:
     if WHOLE in failing:
         return f"no poll works: {failing[WHOLE]['error']}"
     return "; ".join(f"{name}: {trouble['error']}" for name, trouble in sorted(failing.items()))
-
-
-def _poll_lag(connection: redis.Redis, now: datetime) -> float | None:
-    """The largest lag of the sets the workspace's rules watch (as the Poller page computes it), or None."""
-    lags = [s["lag_seconds"] for s in poll_status(connection, now=now) if s["lag_seconds"] is not None]
-    return max(lags) if lags else None

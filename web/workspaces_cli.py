@@ -13,7 +13,7 @@ from web.resources import get_context, get_keyring, get_redis
 from web.workspace import cli_registry, redis_errors_as_messages
 from workers import eventlog, registry, workspace_export, workspaces
 from workers.jobs import PAUSED
-from workers.poller.status import poll_status
+from workers.poller.status import slowest
 
 PAUSED_BY_OPERATOR = "paused by the operator"
 
@@ -167,13 +167,11 @@ def _row(workspace: workspaces.Workspace) -> dict:
     with workspaces.using(workspace):
         ruleset, version = get_context().rules.current()
         refused = connection.get(workspaces.key(PAUSED))
-        lags = [(s["lag_seconds"], s["entity_set"]) for s in poll_status(connection, now=datetime.now(timezone.utc))
-                if s["lag_seconds"] is not None]
-    slowest = max(lags) if lags else (None, None)
+        lag, lagging = slowest(connection, now=datetime.now(timezone.utc))
     return {"workspace": workspace.name, "inloox_url": workspace.inloox_url,
             "rules": workspace.rules_path or "uploaded bundles", "ruleset_version": version,
             "rule_count": len(ruleset.rules), "queued": Queue(workspace.queue, connection=connection).count
             + eventlog.backlog(connection, workspace=workspace.name),
             # Why nothing of it runs: the operator paused it, or InLoox refused its token ("" if neither).
             "paused": PAUSED_BY_OPERATOR if workspace.paused else refused.decode() if refused else "",
-            "poll_lag_seconds": slowest[0], "poll_lag_set": slowest[1]}
+            "poll_lag_seconds": lag, "poll_lag_set": lagging}

@@ -137,6 +137,14 @@ def poll_status(connection: redis.Redis, *, now: datetime) -> list[dict]:
     return status
 
 
+def slowest(connection: redis.Redis, *, now: datetime) -> tuple[float | None, str | None]:
+    """(lag, entity set) of the set polled longest ago (`poll_status`'s lag), or (None, None) when none was polled: how
+    stale a workspace's view of InLoox is, as its list and the dashboard's workspaces page show it."""
+    lags = [(s["lag_seconds"], s["entity_set"]) for s in poll_status(connection, now=now)
+            if s["lag_seconds"] is not None]
+    return max(lags) if lags else (None, None)
+
+
 def lags(connection: redis.Redis, *, now: datetime) -> dict[str, float]:
     """Entity set → lag in seconds (now − the start of its last complete poll), for the sets watched now.
 
