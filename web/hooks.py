@@ -78,8 +78,8 @@ class Intake:
                 self.app.logger.exception("Exception on %s [%s]", request.path, method)
                 body, status, headers = errors.problem(InternalServerError())
         data = (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode()
-        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", [("Content-Type", "application/json"),
-                                                       ("Content-Length", str(len(data))), *headers])
+        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers])
         return [data]
 
 
