@@ -1,7 +1,7 @@
 """The worker's own CPU per event, in one process on one thread, code against code (issue 22).
 
     .venv/bin/python bench/worker_cpu.py [--events 6000] [--batch 8] [--together [--workspaces N]] [--repeats 3]
-        [--breakdown] [--root DIR ...]
+        [--breakdown | --instructions] [--root DIR ...]
 
 bench/stack.py measures the whole stack, and its figures move by 5-15 % with whatever else the machine
 runs: a change worth 3 % of the worker cannot be seen there without many pairs. This runs only what a
@@ -18,6 +18,14 @@ run-end log lines (logging is at WARNING here; a worker writes one INFO line per
 Each `--root` (a checkout or an exported tree; default this one) runs in a child process of its own,
 with its own Valkey, roots alternating, `--repeats` times; the figure is the median. The child imports
 the engine and the workers of its root, nothing of this checkout but what it is handed in files.
+
+`--instructions`: instead of CPU time, the instructions the child executes per event, counted by valgrind
+(`--tool=cachegrind --cache-sim=no`; `apt-get install -y valgrind`): each run handles `--events` and a fifth
+of them under valgrind, and the figure is the difference over the difference of events, so start-up and the
+warm-up cancel out. CPU time on this shared machine moves by 10-30 % with what else runs (helpers' test runs,
+other benches); the instruction count of the same tree moves by well under 1 %, so a change worth 3 % shows
+in one pair. It is slow (valgrind runs Python ~40 times slower: ~2 minutes a run for 2,000 events), and
+instructions are not time: a system call or a cache miss costs more than its count says.
 
 `--breakdown`: also where an event's CPU goes, by timing (thread CPU) what handle_batch calls: the plan
 (`_plan`), storing the runs (`_start_each`), the InLoox request (`Client._send`, of which http.client's
@@ -62,17 +70,25 @@ def parent(args) -> None:
             env = {name: None for name in os.environ if stack.is_stack_setting(name)}
             for repeat in range(args.repeats):
                 for root in roots:
-                    sink.reset()
-                    line = _child(root, args, Path(tmp), bodies, sink.url, env, harness)
-                    written = sink.stats()
-                    if written["distinct"] != args.events + WARM_UP or written["duplicated"]:
-                        raise SystemExit(f"{root}: the sink saw {written['distinct']} distinct writes "
-                                         f"({written['duplicated']} twice or more), not {args.events + WARM_UP}")
+                    if args.instructions:
+                        fewer = max(args.events // 5, args.batch)
+                        counts = [_counted(root, args, events, Path(tmp), bodies, sink, env, harness)
+                                  for events in (fewer, args.events)]
+                        per_event = (counts[1] - counts[0]) / (args.events - fewer)
+                        figures[root].append(per_event)
+                        print(f"{root} run {repeat + 1}: {per_event / 1e6:.3f} M instructions per event", flush=True)
+                        continue
+                    line = _measured(root, args, args.events, Path(tmp), bodies, sink, env, harness)
                     figures[root].append(line["us_per_event"])
                     breakdown = "".join(f"; {k} {v:.0f}" for k, v in line.get("breakdown", {}).items())
                     print(f"{root} run {repeat + 1}: {line['us_per_event']:.0f} us of CPU per event, "
                           f"{line['events_per_second']:.0f} events/s{breakdown}", flush=True)
             for root, values in figures.items():
+                if args.instructions:
+                    print(f"worker_cpu: root={root} batch={args.batch} events={args.events} "
+                          f"instructions_per_event={statistics.median(values) / 1e6:.3f}M "
+                          f"(min {min(values) / 1e6:.3f}, max {max(values) / 1e6:.3f}, {len(values)} runs)")
+                    continue
                 print(f"worker_cpu: root={root} batch={args.batch} events={args.events} "
                       f"us_per_event={statistics.median(values):.0f} (min {min(values):.0f}, max {max(values):.0f}, "
                       f"{len(values)} runs)")
@@ -81,8 +97,33 @@ def parent(args) -> None:
     print("busy after:", ", ".join(harness.busy_processes()) or "nothing over 5%")
 
 
-def _child(root: Path, args, tmp: Path, bodies: Path, sink_url: str, env: dict, harness) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(root), "--events", str(args.events),
+def _measured(root: Path, args, events: int, tmp: Path, bodies: Path, sink, env: dict, harness,
+              valgrind: list[str] = ()) -> dict:
+    """One child's run of `events` (after the warm-up), its JSON line; the sink must have seen each write once."""
+    sink.reset()
+    line = _child(root, args, events, tmp, bodies, sink.url, env, harness, valgrind)
+    written = sink.stats()
+    if written["distinct"] != events + WARM_UP or written["duplicated"]:
+        raise SystemExit(f"{root}: the sink saw {written['distinct']} distinct writes "
+                         f"({written['duplicated']} twice or more), not {events + WARM_UP}")
+    return line
+
+
+def _counted(root: Path, args, events: int, tmp: Path, bodies: Path, sink, env: dict, harness) -> int:
+    """The instructions one child executed for `events` (and its start-up and warm-up), counted by valgrind."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind: apt-get install -y valgrind")
+    out = tmp / f"cachegrind.{root.name}.{events}"
+    _measured(root, args, events, tmp, bodies, sink, env, harness,
+              ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}"])
+    summary = [line for line in out.read_text().splitlines() if line.startswith("summary:")]
+    out.unlink()
+    return int(summary[0].split()[1])
+
+
+def _child(root: Path, args, events: int, tmp: Path, bodies: Path, sink_url: str, env: dict, harness,
+           valgrind: list[str] = ()) -> dict:
+    command = [*valgrind, sys.executable, str(Path(__file__).resolve()), "--child", str(root), "--events", str(events),
                "--batch", str(args.batch), "--bodies", str(bodies), "--rules", str(tmp / "rules"),
                "--sink", sink_url, "--source", harness.WEBHOOK_SOURCE]
     if args.breakdown:
@@ -134,7 +175,7 @@ def child(args) -> None:
         now, pid = datetime.now(timezone.utc), os.getpid()
         events = [Event(source="webhook", kind=args.source, id=f"webhook:{args.source}:cpu{pid}_{i}", occurred_at=now,
                         payload={"id": f"cpu{pid}_{i}", "body": body, "headers": {}}).to_dict()
-                  for i, body in enumerate(json.loads(Path(args.bodies).read_text()))]
+                  for i, body in enumerate(json.loads(Path(args.bodies).read_text())[:WARM_UP + args.events])]
         accepted = time.time()
 
         together = {"together": True} if args.together else {}  # a root from before has no such argument
@@ -229,6 +270,8 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="also where an event's CPU goes")
     parser.add_argument("--together", action="store_true", help="run each batch's events together (the busy floor's way)")
     parser.add_argument("--workspaces", type=int, default=1, help="with --together: spread each batch over this many workspaces")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per event under valgrind instead of CPU time")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
     child_options = parser.add_argument_group("a child's (one run of one root, started by the parent)")
     child_options.add_argument("--child", help=argparse.SUPPRESS)
