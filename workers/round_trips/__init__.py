@@ -27,6 +27,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from inloox.connections import exchanges
+from workers.round_trips.pipeline import pipeline
 
 WINDOW = 0.005  # seconds a leader waits for other threads' commands, when some are expected
 MAX_COMMANDS = 5000  # a round trip that holds this many sends without waiting for more
@@ -117,7 +118,7 @@ class RoundTrips:
             stacks.append(pipe.command_stack)
             pipe.command_stack = []
         try:
-            with self.connection.pipeline(transaction=False) as pipe:
+            with pipeline(self.connection) as pipe:
                 for commands in stacks:
                     pipe.command_stack.extend(commands)
                 replies = pipe.execute(raise_on_error=False) if pipe.command_stack else []
@@ -149,7 +150,7 @@ class RoundTrips:
             if self._gathering is group:  # closed: whoever comes next leads the next one
                 self._gathering = None
         try:
-            with self.connection.pipeline(transaction=False) as pipe:
+            with pipeline(self.connection) as pipe:
                 for turn in group:
                     pipe.command_stack.extend(turn.commands)
                 replies = pipe.execute(raise_on_error=False)
