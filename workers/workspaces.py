@@ -83,6 +83,10 @@ class Workspace:
     alerts: str = ""  # where alerts about this workspace go (an Apprise URL); "" for none
     # What the registry keeps of the admin token (workers/registry): its sha256, never the token.
     admin_token_hash: str = field(default="", repr=False)
+    # Which life of the name this is: made when the registry record is created, kept by every change of it, another
+    # after a delete and a create under the same name (whose bundles start at v1 again). "" when not read from the
+    # registry (declared, with no registry to read): then nothing compiled is kept across contexts.
+    incarnation: str = ""
 
     @property
     def prefix(self) -> str:

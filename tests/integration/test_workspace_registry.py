@@ -228,6 +228,66 @@ def test_pause_and_resume_set_the_flag_every_process_reads(api, sandbox, redis_u
     assert client.post("/workspaces/nope/pause", headers=auth()).status_code == 404
 
 
+def test_a_workspaces_incarnation_is_made_at_its_create_and_kept_until_it_is_deleted(api, sandbox, redis_url):
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    view = registry.View(connection, Keyring.from_config(api.config), refresh_seconds=0)
+    create(client, "acme", sandbox)
+    first = view.workspaces()["acme"].incarnation
+    assert first
+
+    assert client.post("/workspaces/acme/pause", headers=auth()).status_code == 200
+    assert client.post("/workspaces/acme/resume", headers=auth()).status_code == 200
+    changed = client.put("/workspaces/acme", headers=auth(),
+                         json={"limits": {"runs_per_minute": 60}, "alerts": "json://a"})
+    assert changed.status_code == 200 and changed.json["limits"]["runs_per_minute"] == 60
+    assert client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms"}).status_code == 201
+    registry.rotate_secrets(connection, Keyring.from_config(api.config))
+    assert view.workspaces()["acme"].incarnation == first
+    assert "incarnation" not in client.get("/workspaces/acme", headers=auth()).json  # nothing for the API to show
+
+    assert client.delete("/workspaces/acme", headers=auth()).status_code in (200, 204)
+    create(client, "acme", sandbox)
+    assert view.workspaces()["acme"].incarnation not in ("", first)
+
+
+def test_a_record_made_before_incarnations_has_one_of_its_own_that_changes_stay_with(api, sandbox, redis_url):
+    client, connection = api.test_client(), redis.Redis.from_url(redis_url)
+    view = registry.View(connection, Keyring.from_config(api.config), refresh_seconds=0)
+    for name in ("acme", "globex"):
+        create(client, name, sandbox)
+        record = registry.read(connection, name)
+        del record["incarnation"]  # as the version before incarnations stored it
+        connection.hset(registry.RECORDS, name, json.dumps(record))
+    connection.incr(registry.VERSION)
+    old = view.workspaces()["acme"].incarnation
+    assert old and old != view.workspaces()["globex"].incarnation
+
+    assert client.post("/workspaces/acme/pause", headers=auth()).status_code == 200
+    assert client.put("/workspaces/acme", headers=auth(), json={"limits": {"runs_per_minute": 60}}).status_code == 200
+    assert view.workspaces()["acme"].incarnation == old
+    client.delete("/workspaces/acme", headers=auth())
+    create(client, "acme", sandbox)
+    assert view.workspaces()["acme"].incarnation not in ("", old)
+
+
+def test_a_declared_workspace_is_served_with_the_registrys_incarnation_of_it(redis_url, sandbox):
+    from workers.workspaces import Workspace
+
+    connection = redis.Redis.from_url(redis_url)
+    keyring = Keyring.from_config({"SECRETS_KEY": os.environ["SECRETS_KEY"]})
+    declared = {"acme": Workspace(name="acme", inloox_url=sandbox.base_url, inloox_api_key=INLOOX_TOKEN)}
+    served = registry.Served(connection, {"WORKSPACES": declared, "SECRETS_KEY": os.environ["SECRETS_KEY"]},
+                             refresh_seconds=0)
+    registry.apply_workspaces(connection, keyring, declared)
+    first = served.workspaces()["acme"].incarnation
+    assert first == registry.workspace(keyring, registry.read(connection, "acme")).incarnation != ""
+
+    registry.delete(connection, "acme")
+    assert served.workspaces()["acme"].incarnation == ""  # declared, not in the registry: nothing kept for it
+    registry.apply_workspaces(connection, keyring, declared)
+    assert served.workspaces()["acme"].incarnation not in ("", first)
+
+
 def test_a_webhook_source_added_in_one_process_is_served_by_the_web_without_a_restart(api, stack, sandbox):
     stack.env.update(OPERATOR_TOKEN=OPERATOR)
     web = stack.web()

@@ -17,6 +17,7 @@ SECRET_FIELDS = ("inloox_api_key", "slack_signing_secret", "teams_security_token
 FIELDS = PLAIN_FIELDS + SECRET_FIELDS
 WEBHOOK_SECRET_BYTES = 24  # Standard Webhooks asks for 24 to 64 random bytes
 ADMIN_TOKEN_BYTES = 32
+INCARNATION_BYTES = 16  # random: two creates of a name in two processes never make the same one
 
 
 def new_webhook_secret() -> str:
@@ -40,10 +41,21 @@ def token_matches(given: str, stored_hash: str) -> bool:
 
 
 def empty_record(name: str, now: float) -> dict:
-    """The record of a workspace that has nothing set yet."""
+    """The record of a workspace that has nothing set yet: a new incarnation of `name`."""
     return {"name": name, "inloox_url": "", "inloox_api_key": "", "admin_token_sha256": "", "rules": None,
             "webhooks": {}, "slack_signing_secret": "", "teams_security_token": "", "chat_user_map": "",
-            "alerts": "", "limits": asdict(Limits()), "paused": False, "created_at": now, "updated_at": now}
+            "alerts": "", "limits": asdict(Limits()), "paused": False, "created_at": now, "updated_at": now,
+            "incarnation": random.token_hex(INCARNATION_BYTES)}
+
+
+def incarnation(record: dict) -> str:
+    """Which life of its name `record` is (Workspace.incarnation).
+
+    Every change of a record copies the one it read, so only a create makes a new incarnation. A record created
+    before incarnations were made has none: its creation time stands for it, which no later create of the name
+    repeats (a delete and a create are several round trips apart). Never "" for a record: "" keeps nothing.
+    """
+    return record.get("incarnation") or f"created-{record['created_at']!r}"
 
 
 def decode(raw: bytes | str) -> dict:
@@ -97,7 +109,7 @@ def to_workspace(keyring: Keyring, record: dict) -> Workspace:
         slack_signing_secret=_unsealed(keyring, record["slack_signing_secret"]),
         teams_security_token=_unsealed(keyring, record["teams_security_token"]),
         chat_user_map=record["chat_user_map"], limits=Limits(**record["limits"]),
-        paused=record["paused"], alerts=record["alerts"],
+        paused=record["paused"], alerts=record["alerts"], incarnation=incarnation(record),
     )
 
 

@@ -27,7 +27,7 @@ _NONE: dict[str, Workspace] = {}  # the registry's set when it cannot be read: o
 
 
 class Served:
-    """The workspaces this process serves, by name; `paused` as the registry says."""
+    """The workspaces this process serves, by name; `paused` and `incarnation` as the registry says."""
 
     def __init__(self, connection: redis.Redis, config: Mapping, *, refresh_seconds: float = 1.0):
         self.declared: dict[str, Workspace] = dict(config.get("WORKSPACES") or {})
@@ -55,8 +55,11 @@ class Served:
     def _merge(self, live: dict[str, Workspace]) -> dict[str, Workspace]:
         served = {name: ws for name, ws in live.items() if name not in self.declared}
         for name, declared in self.declared.items():
-            paused = live[name].paused if name in live else declared.paused
-            served[name] = dataclasses.replace(declared, paused=paused) if paused != declared.paused else declared
+            # The incarnation too: a declared workspace deleted and made again is another life of it, whose bundle
+            # numbers start at v1 again (what its processes compiled of the other must not be kept for it).
+            paused, incarnation = (live[name].paused, live[name].incarnation) if name in live else (declared.paused, "")
+            same = paused == declared.paused and incarnation == declared.incarnation
+            served[name] = declared if same else dataclasses.replace(declared, paused=paused, incarnation=incarnation)
         return served
 
     def running(self) -> dict[str, Workspace]:
