@@ -26,7 +26,7 @@ from engine.bodies import BodyError, parse_json
 from engine.documents import read_rule_text
 from engine.errors import RuleError
 from engine.rules import load_texts
-from workers import activity
+from workers import activity, scripts
 
 MAX_FILES = 200
 MAX_BYTES = 1024 * 1024  # uncompressed, all files together (a tar's ignored entries count too)
@@ -40,6 +40,16 @@ _FILE_NAME = re.compile(r"\w[\w.\-]{0,200}\.ya?ml")  # no folders, no hidden fil
 SHOWN_NAME_CHARS = 80  # of a refused file name in an error: a 100 KB name made a 100 KB answer
 _YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml"}
 _TAR_TYPES = {"application/gzip", "application/x-gzip", "application/x-tar"}
+# KEYS: rules:active, rules:versions. The active number and the sha256 its version's metadata holds ("" without
+# metadata), nil before the first upload: as one GET of the pointer was, one round trip; the metadata stays in Redis.
+# The digest is found by pattern, not decoded: it comes before the rule ids, and no string value of the JSON can
+# hold `"sha256": "` (its quotes would be escaped).
+_ACTIVE_DIGEST = scripts.script("""
+local number = redis.call('GET', KEYS[1])
+if not number then return false end
+local meta = redis.call('HGET', KEYS[2], number) or ''
+return {number, string.match(meta, '"sha256": *"(%x+)"') or ''}
+""")
 
 
 class BundleError(ValueError):
@@ -155,14 +165,33 @@ def versions(connection: redis.Redis, prefix: str) -> list[Version]:
 
 def active(connection: redis.Redis, prefix: str) -> tuple[int, dict[str, str]] | None:
     """The active version's number and files, or None before the first upload."""
+    found = active_version(connection, prefix)
+    return None if found is None else (found[0], found[2])
+
+
+def active_version(connection: redis.Redis, prefix: str) -> tuple[int, str, dict[str, str]] | None:
+    """The active version's number, sha256 (as `active_digest` gives it) and files, or None before the first upload."""
     while True:
         number = connection.get(f"{prefix}rules:active")
         if number is None:
             return None
-        with connection.pipeline() as pipe:  # MULTI/EXEC: the pointer and the files from one moment
-            still, content = pipe.get(f"{prefix}rules:active").get(f"{prefix}rules:files:{int(number)}").execute()
+        with connection.pipeline() as pipe:  # MULTI/EXEC: the pointer, the files and the digest from one moment
+            still, content, meta = pipe.get(f"{prefix}rules:active").get(f"{prefix}rules:files:{int(number)}") \
+                .hget(f"{prefix}rules:versions", int(number)).execute()
         if still == number:  # else a switch came in between (and a trim may follow it): read again
-            return int(number), json.loads(content)
+            return int(number), json.loads(meta)["sha256"] if meta is not None else "", json.loads(content)
+
+
+def active_digest(connection: redis.Redis, prefix: str) -> tuple[int, str] | None:
+    """The active version's number and its content's sha256 ("" when its metadata is gone), None before the first
+    upload; one round trip.
+
+    The number alone does not name the rules that run: a workspace deleted and created again under the same name
+    numbers its bundles from v1 again, other rules under the same number.
+    """
+    found = scripts.call(connection, _ACTIVE_DIGEST, keys=[f"{prefix}rules:active", f"{prefix}rules:versions"],
+                         args=[])
+    return None if found is None else (int(found[0]), found[1].decode())
 
 
 def files(connection: redis.Redis, prefix: str, number: int) -> dict[str, str] | None:

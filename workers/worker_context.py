@@ -52,7 +52,8 @@ class RuleSource:
     workspace: Workspace
     _ruleset: Ruleset | None = None
     _version: str = ""
-    _stamp: str = ""  # what we last loaded from: the files' mtimes and sizes, or the bundle number
+    # What we last loaded from: the folder's files' mtimes and sizes, or the bundle's "<number>:<sha256>".
+    _stamp: str = ""
     _checked: float = 0.0
     _checked_wall: float = 0.0  # time.time() when the last check began
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,7 +63,7 @@ class RuleSource:
     @property
     def loaded_from(self) -> str:
         """What the rules in use were loaded from: the folder's file stamps (see `folder_stamp`) or the bundle number."""
-        return self._stamp
+        return self._stamp if self.workspace.rules_path is not None else self._stamp.partition(":")[0]
 
     def ruleset(self) -> Ruleset:
         """The current rules, re-read when the folder's files or the active bundle changed."""
@@ -80,8 +81,7 @@ class RuleSource:
             if self._ruleset is None or stale or (not_before is not None and not_before >= self._checked_wall):
                 self._checked_wall, stamp = self._stamp_now(not_before)
                 if self._ruleset is None or stamp != self._stamp:
-                    self._ruleset, self._version, recorded = self._load()
-                    self._stamp = stamp if recorded else ""  # not recorded in Redis: load again next time
+                    self._ruleset, self._version, self._stamp = self._load(stamp)
                 self._checked = time.monotonic()
             return self._ruleset, self._version
 
@@ -103,29 +103,39 @@ class RuleSource:
             return 0
         if self.workspace.rules_path is not None:  # the stamp's lines: file, mtime, size
             return sum(int(line.rpartition("\t")[2]) for line in stamp.splitlines())
-        return 0 if stamp == "None" else bundles.size(self.connection, self.workspace.prefix, int(stamp))
+        return 0 if stamp == "None" else bundles.size(self.connection, self.workspace.prefix,
+                                                      int(stamp.partition(":")[0]))
 
     def _stamp_now(self, not_before: float | None) -> tuple[float, str]:
-        """(time.time() the look began, what is active: the folder's file stamps or the bundle number)."""
+        """(time.time() the look began, what is active: the folder's file stamps, or the bundle's number and digest).
+
+        A bundle's number alone would not do: a workspace deleted and created again under its name numbers its
+        bundles from v1 again, and a context of the deleted one still in use here (until this process sees the
+        registry change) would keep running the old v1's rules for the new one's events.
+        """
         path = self.workspace.rules_path
         if path is not None:
             return folder_stamp(path, not_before=not_before)
         began = time.time()
-        return began, str(bundles.active_number(self.connection, self.workspace.prefix))
+        return began, _bundle_stamp(bundles.active_digest(self.connection, self.workspace.prefix))
 
-    def _load(self) -> tuple[Ruleset, str, bool]:
-        """(rules, version, whether the folder's state was recorded in Redis)."""
+    def _load(self, stamp: str) -> tuple[Ruleset, str, str]:
+        """(rules, version, the stamp they are the rules of: "" when a folder's state was not recorded in Redis, so
+        that the next look loads it again). `stamp`: what `_stamp_now` found just before."""
         path = self.workspace.rules_path
         if path is not None:
             files = rule_files(path) if Path(path).exists() else []
             texts = [(str(f), f.read_text(encoding="utf-8", errors="replace")) for f in files]
-            return self._load_folder(texts)
-        active = bundles.active(self.connection, self.workspace.prefix)
+            ruleset, version, recorded = self._load_folder(texts)
+            return ruleset, version, stamp if recorded else ""
+        # The stamp of what is read, not `stamp`: a switch in between, and one back, must not leave other rules
+        # running under the stamp now active.
+        active = bundles.active_version(self.connection, self.workspace.prefix)
         if active is None:
-            return load_texts([]), "none", True
-        number, files = active
+            return load_texts([]), "none", _bundle_stamp(None)
+        number, digest, files = active
         texts = sorted(files.items())
-        return shared(("bundle", texts), lambda: load_texts(texts)), f"v{number}", True
+        return shared(("bundle", texts), lambda: load_texts(texts)), f"v{number}", _bundle_stamp((number, digest))
 
     def _load_folder(self, texts: list[tuple[str, str]]) -> tuple[Ruleset, str, bool]:
         prefix = self.workspace.prefix
@@ -142,6 +152,11 @@ class RuleSource:
                 raise
         self.trouble, self._files = loaded.trouble, loaded
         return loaded.ruleset, loaded.version, recorded
+
+
+def _bundle_stamp(active: tuple[int, str] | None) -> str:
+    """A bundle's stamp: "<number>:<sha256>" of the active version, "None" before the first upload."""
+    return "None" if active is None else f"{active[0]}:{active[1]}"
 
 
 # Rules compiled from the same texts are the same rules, so workspaces whose rules are the same texts

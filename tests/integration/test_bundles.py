@@ -74,6 +74,19 @@ def test_second_upload_activates_2_and_rollback_activates_1(connection):
     assert [(v.number, v.active) for v in versions(connection, ACME)] == [(2, False), (1, True)]
 
 
+def test_the_active_digest_names_the_active_versions_content_in_one_round_trip(connection):
+    from workers.bundles import active_digest, active_version
+
+    assert active_digest(connection, ACME) is None and active_version(connection, ACME) is None
+    first = upload(connection, ACME, {"tasks.yaml": LOG_TIME}, by='ann "sha256": "00"', now=NOW)
+    second = upload(connection, ACME, {"tasks.yaml": renamed(LOG_TIME, "log-time-v2")}, now=NOW)
+    assert active_digest(connection, ACME) == (2, second.sha256)
+    assert active_version(connection, ACME) == (2, second.sha256, {"tasks.yaml": renamed(LOG_TIME, "log-time-v2")})
+    activate(connection, ACME, 1)
+    assert active_digest(connection, ACME) == (1, first.sha256)  # not fooled by an uploader's name
+    assert active_version(connection, ACME)[:2] == (1, first.sha256)
+
+
 def test_a_broken_bundle_stores_nothing_and_names_file_and_line(connection):
     good = {"tasks.yaml": LOG_TIME}
     upload(connection, ACME, good, now=NOW)
