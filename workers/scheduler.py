@@ -43,7 +43,7 @@ from workers.logs import configure_logging, follow_registry
 from workers.settings import load_config
 from workers.signals import stop_event
 from workers.registry import Served, Shard
-from workers.worker_context import RuleSource, served
+from workers.worker_context import RuleSource, forget, served
 from workers.workspaces import key
 
 log = logging.getLogger("scheduler")
@@ -221,6 +221,7 @@ def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSett
         for name in [n for n in sources if n not in current]:
             del sources[name]
             upcoming.forget(name)
+            forget(name)  # its compiled rules, kept across its record's changes
         for name, workspace in current.items():
             if name not in sources or sources[name].workspace != workspace:
                 sources[name] = RuleSource(connection, workspace)

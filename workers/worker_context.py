@@ -101,6 +101,8 @@ class RuleSource:
         _, stamp = self._stamp_now(None)
         if self._ruleset is not None and stamp == self._stamp:
             return 0
+        if self.workspace.rules_path is None and _kept_rules(self.workspace, stamp) is not None:
+            return 0  # compiled for an earlier context of this workspace
         if self.workspace.rules_path is not None:  # the stamp's lines: file, mtime, size
             return sum(int(line.rpartition("\t")[2]) for line in stamp.splitlines())
         return 0 if stamp == "None" else bundles.size(self.connection, self.workspace.prefix,
@@ -128,6 +130,9 @@ class RuleSource:
             texts = [(str(f), f.read_text(encoding="utf-8", errors="replace")) for f in files]
             ruleset, version, recorded = self._load_folder(texts)
             return ruleset, version, stamp if recorded else ""
+        kept = _kept_rules(self.workspace, stamp)
+        if kept is not None:  # `stamp` was read in one round trip: these are the rules of the version it names
+            return kept, f"v{stamp.partition(':')[0]}", stamp
         # The stamp of what is read, not `stamp`: a switch in between, and one back, must not leave other rules
         # running under the stamp now active.
         active = bundles.active_version(self.connection, self.workspace.prefix)
@@ -135,7 +140,9 @@ class RuleSource:
             return load_texts([]), "none", _bundle_stamp(None)
         number, digest, files = active
         texts = sorted(files.items())
-        return shared(("bundle", texts), lambda: load_texts(texts)), f"v{number}", _bundle_stamp((number, digest))
+        ruleset = shared(("bundle", texts), lambda: load_texts(texts))
+        _keep(self.workspace, _bundle_stamp((number, digest)), ruleset)
+        return ruleset, f"v{number}", _bundle_stamp((number, digest))
 
     def _load_folder(self, texts: list[tuple[str, str]]) -> tuple[Ruleset, str, bool]:
         prefix = self.workspace.prefix
@@ -157,6 +164,43 @@ class RuleSource:
 def _bundle_stamp(active: tuple[int, str] | None) -> str:
     """A bundle's stamp: "<number>:<sha256>" of the active version, "None" before the first upload."""
     return "None" if active is None else f"{active[0]}:{active[1]}"
+
+
+# Each workspace's compiled bundle, kept while this process serves the workspace. A change of its record (paused,
+# resumed, new limits, a webhook source) builds its context anew in every process, and the bundle compiled again
+# there cost seconds of CPU for a large one, on a worker's event thread (other customers' events waited behind it):
+# the copy `shared` holds goes with the context it was compiled for. Kept under what decides the rules: the
+# workspace's incarnation (made when it is created: a workspace deleted and made again under its name numbers its
+# bundles from v1 again), the version's number and its content's sha256. One entry a workspace, the latest compile.
+_kept: dict[str, tuple[tuple[str, str], Ruleset]] = {}
+
+
+def _kept_rules(workspace: Workspace, stamp: str) -> Ruleset | None:
+    """The rules compiled here for `workspace`'s incarnation at bundle `stamp`, if they were."""
+    with _shared_lock:
+        found = _kept.get(workspace.name)
+    if found is None or not _keepable(workspace, stamp) or found[0] != (workspace.incarnation, stamp):
+        return None
+    return found[1]
+
+
+def _keep(workspace: Workspace, stamp: str, ruleset: Ruleset) -> None:
+    if _keepable(workspace, stamp):
+        with _shared_lock:
+            _kept[workspace.name] = ((workspace.incarnation, stamp), ruleset)
+
+
+def _keepable(workspace: Workspace, stamp: str) -> bool:
+    """Only a registry's workspace has an incarnation ("" otherwise: a declared one no registry holds, whose context
+    is never rebuilt), and only a version with a digest has rules known by it."""
+    number, _, digest = stamp.partition(":")
+    return bool(workspace.incarnation and number.isdigit() and digest)
+
+
+def forget(name: str) -> None:
+    """Let go of what is kept for workspace `name` (this process serves it no longer)."""
+    with _shared_lock:
+        _kept.pop(name, None)
 
 
 # Rules compiled from the same texts are the same rules, so workspaces whose rules are the same texts
@@ -352,6 +396,7 @@ def worker_context(workspace: str) -> WorkerContext:
     with _build_lock:
         if current is None:
             _contexts.pop(workspace, None)
+            forget(workspace)
             raise UnknownWorkspace(f"this deployment serves no workspace {workspace!r}")
         ctx = _contexts.get(workspace)
         if ctx is None or (ctx.workspace is not current and ctx.workspace != current):

@@ -78,6 +78,30 @@ def rule_ids(context) -> list[str]:
     return sorted(context.rules.current(not_before=time.time())[0].rules)
 
 
+def test_pausing_resuming_and_new_limits_do_not_compile_a_workspaces_bundle_again(process, connection, keyring):
+    create(connection, keyring)
+    upload(connection, "rule-a")
+    process.served().view.refresh()
+    assert rule_ids(process.worker_context("acme")) == ["rule-a"]
+    compiled = process.compiles
+
+    changes = [(lambda: registry.pause(connection, "acme"), True),
+               (lambda: registry.resume(connection, "acme"), False),
+               (lambda: registry.put(connection, keyring, "acme", {"limits": {"runs_per_minute": 60}}), False)]
+    for change, paused in changes:
+        before = process.worker_context("acme").workspace
+        change()
+        process.served().view.refresh()
+        context = process.worker_context("acme")
+        assert context.workspace != before and context.workspace.paused is paused  # a context built anew
+        assert context.workspace.incarnation == before.incarnation != ""
+        before = None
+        gc.collect()  # the context replaced is gone, as it soon is in a process that runs on
+        assert rule_ids(context) == ["rule-a"]
+
+    assert process.compiles == compiled
+
+
 def test_a_workspace_deleted_and_made_again_never_runs_the_v1_rules_of_the_one_deleted(process, connection, keyring):
     create(connection, keyring)
     assert upload(connection, "old-rule") == 1
@@ -98,3 +122,17 @@ def test_a_workspace_deleted_and_made_again_never_runs_the_v1_rules_of_the_one_d
     # Nor does anything this process kept of the old one come back, however its contexts are built.
     process._contexts.clear()
     assert rule_ids(process.worker_context("acme")) == ["new-rule"]
+
+
+def test_what_is_kept_of_a_workspace_goes_when_the_process_serves_it_no_longer(process, connection, keyring):
+    create(connection, keyring)
+    upload(connection, "rule-a")
+    process.served().view.refresh()
+    assert rule_ids(process.worker_context("acme")) == ["rule-a"]
+    assert "acme" in process._kept
+
+    registry.delete(connection, "acme")
+    process.served().view.refresh()
+    with pytest.raises(process.UnknownWorkspace):
+        process.worker_context("acme")
+    assert "acme" not in process._kept

@@ -47,7 +47,7 @@ from workers import subscriptions, workspaces
 from workers.poller.status import WHOLE, PollRun, record_poll, record_trouble, record_watched
 from workers.poller.scan import LeaseLost, scan_once
 from workers.registry import Leftovers, Served, Shard
-from workers.worker_context import WorkerContext, build_context, folder_stamp
+from workers.worker_context import WorkerContext, build_context, folder_stamp, forget
 from workers.workspaces import Workspace
 
 log = logging.getLogger("poller")
@@ -153,6 +153,7 @@ class Following:
                 if gone.lease.owned():
                     gone.lease.release()
             self.leftovers.let_go(name)  # a poll or scan of it may still have been finishing
+            forget(name)  # its compiled rules, kept across its record's changes
             log.info("poller: %s is no longer served", name)
         self.leftovers.purge_due(self.connection)
         for name, workspace in current.items():
