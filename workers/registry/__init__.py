@@ -3,7 +3,9 @@ every process follows live.
 
     registry:workspaces   hash: name → record JSON: every field of a Workspace, each secret sealed
                           (workers/secrets), the admin token only as its sha256, the webhook sources
-                          with their secrets' creation and expiry times, and `paused`
+                          with their secrets' creation and expiry times, `paused`, and `incarnation`: a random
+                          id made at the create, kept by every change, another after a delete and a create of
+                          the name (records made before it had one stand for it by their `created_at`)
     registry:version      a counter every write bumps: a View re-reads the records only when it moved
 
 Every write is one compare-and-set script that also bumps the version; a write that changes nothing
