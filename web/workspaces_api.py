@@ -17,7 +17,6 @@ The URL variable is `name`, not `ws`: these routes act on a workspace rather tha
 from __future__ import annotations
 
 import json
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
@@ -25,8 +24,9 @@ from typing import BinaryIO
 from flask import Blueprint, abort, current_app, jsonify, request, send_file
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
+from web import export_disk
 from web.heavy import limited
 from web.resources import get_keyring, get_redis, get_registry
 from web.workspace import bearer_token, require_operator_token
@@ -34,7 +34,7 @@ from workers import registry, workspace_export, workspaces
 
 bp = Blueprint("workspaces_api", __name__, url_prefix="/workspaces")
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "workspace.schema.json"
-EXPORT_RETRY_SECONDS = 60  # after the disk had no room for an archive
+EXPORT_RETRY_SECONDS = 60  # after the disk (or EXPORT_DISK_BYTES) had no room for an archive: downloads end
 
 
 @bp.put("/<name>")
@@ -110,7 +110,8 @@ def export_workspace(name: str):
 def _archive(record: dict):
     # Sent from a file, not from memory nor a generator: waitress hands a file to its I/O loop (wsgi.file_wrapper),
     # so a slow download holds no thread, and the turn ends once the archive is written. A streamed body held its
-    # thread, and with it this turn, whenever 16 MiB waited to be sent.
+    # thread, and with it this turn, whenever 16 MiB waited to be sent. The file stays on disk until its download
+    # ends: EXPORT_DISK_BYTES bounds all of them (web/export_disk.py).
     archive, size = _written(record)
     response = send_file(archive, mimetype="application/json", conditional=False, etag=False)
     response.content_length = size
@@ -119,13 +120,15 @@ def _archive(record: dict):
 
 
 def _written(record: dict) -> tuple[BinaryIO, int]:
-    """The archive in a temporary file, at its start, and its size; 409 past EXPORT_MAX_BYTES, 503 when the disk
-    has no room for it.
+    """The archive in a temporary file, at its start, and its size; 409 past EXPORT_MAX_BYTES (or alone past
+    EXPORT_DISK_BYTES), 429 when the exports this process still sends leave too little of EXPORT_DISK_BYTES for it,
+    503 when the disk has no room for it.
 
     The file has no name (unlinked as it is made), so its space goes back when it is closed, however the request
-    ends: sent, the client gone, an error, the process killed."""
+    ends: sent, the client gone, an error, the process killed; its bytes count against the process's
+    EXPORT_DISK_BYTES until then (web/export_disk.py)."""
     try:
-        archive = tempfile.TemporaryFile()
+        archive = export_disk.HeldFile(export_disk.budget(), int(current_app.config["EXPORT_DISK_BYTES"]))
     except OSError as exc:
         raise _no_room(exc) from None
     try:
@@ -133,14 +136,18 @@ def _written(record: dict) -> tuple[BinaryIO, int]:
                                       **_json_options())
         archive.write(b"\n")  # as jsonify ends its body
         archive.seek(0)
-    except workspace_export.TooLarge as exc:
+    except (workspace_export.TooLarge, export_disk.LargerThanBudget) as exc:
         archive.close()
         abort(409, f"workspace {record['name']!r} was not exported: {exc}")
+    except export_disk.OverBudget as exc:
+        archive.close()  # its bytes so far given back with its file
+        raise TooManyRequests(f"workspace {record['name']!r} was not exported: {exc}; try again in "
+                              f"{EXPORT_RETRY_SECONDS} s", retry_after=EXPORT_RETRY_SECONDS) from None
     except OSError as exc:
         archive.close()
         raise _no_room(exc) from None
     except BaseException:
-        archive.close()  # a Redis error too: its space goes back now, not whenever the collector gets to it
+        archive.close()  # a Redis error too: its space and count go back now, not whenever the collector gets to it
         raise
     return archive, size + 1
 

@@ -129,6 +129,10 @@ DEFAULTS = {
     # comparison is too costly. The largest bundle takes ~5-6 s to validate; a comparison compiles both versions
     # and plans events for up to 5 s more (~15 s for two of the largest).
     "BUNDLE_CHECK_CPU_SECONDS": "30",
+    # Bytes of workspace exports one web process keeps on disk at once, from their writing until their downloads
+    # end (web/export_disk.py): past it an export is refused 429 until downloads end (409 for one archive larger
+    # than this alone). 4 GiB: two of the largest archives (EXPORT_MAX_BYTES, workers/workspace_export.py).
+    "EXPORT_DISK_BYTES": str(4 * 1024 ** 3),
 }
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 import tracemalloc
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlparse
 
 import pytest
 import redis
+import requests
 
 from tests.support.processes import wait_until
 from tests.support.stack import deliver
@@ -651,6 +654,110 @@ def test_an_export_past_its_bound_is_a_409_and_leaves_no_file(api, sandbox, redi
     assert set(_unlinked_temporary_files()) == set(unlinked_before)
     assert redis.Redis.from_url(redis_url).exists("ws:acme:heavy") == 0  # its turn given back
     assert client.get("/workspaces/acme/export", headers=auth(token)).status_code == 409  # and taken again
+
+
+def _exported_size(client, name: str, token: str) -> int:
+    answer = client.get(f"/workspaces/{name}/export", headers=auth(token))
+    assert answer.status_code == 200, answer.text
+    size = len(answer.get_data())
+    answer.close()
+    return size
+
+
+def test_exports_still_being_downloaded_hold_at_most_export_disk_bytes_of_the_process(api, sandbox, redis_url):
+    # An export's turn (web/heavy.py) ends once its file is written, but the file stays on disk until its download
+    # ends: exports of one workspace after another, each downloaded slowly, kept up to 2 GiB each until the disk the
+    # web's temporary files share was full, and every workspace's exports (and more) failed.
+    client = api.test_client()
+    acme = create(client, "acme", sandbox)["admin_token"]
+    globex = create(client, "globex", sandbox)["admin_token"]
+    _runs("acme", redis_url, 300)  # ~170 KB
+    _runs("globex", redis_url, 50)  # ~30 KB
+    acme_size, globex_size = _exported_size(client, "acme", acme), _exported_size(client, "globex", globex)
+    api.config["EXPORT_DISK_BYTES"] = str(acme_size + globex_size // 2)  # room for acme's, not for both
+    unlinked_before = _unlinked_temporary_files()
+
+    downloading = client.get("/workspaces/acme/export", headers=auth(acme))  # its body not read yet
+    refused = client.get("/workspaces/globex/export", headers=auth(globex))
+
+    assert downloading.status_code == 200, downloading.text
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "60", refused.text
+    message = refused.json["error"]["message"]
+    assert message.startswith("workspace 'globex' was not exported: exports still being downloaded from this web "
+                              f"server hold {acme_size:,} of the {acme_size + globex_size // 2:,} bytes it keeps on "
+                              "disk for exports (EXPORT_DISK_BYTES)"), message
+    assert [size for inode, size in _unlinked_temporary_files().items()
+            if inode not in unlinked_before] == [acme_size]  # globex's part written is gone
+    assert len(downloading.get_data()) == acme_size and len(json.loads(downloading.get_data())["runs"]) == 300
+    downloading.close()
+    assert set(_unlinked_temporary_files()) == set(unlinked_before)
+
+    # globex's refused part was given back with its file: its whole archive fits in barely more than itself.
+    api.config["EXPORT_DISK_BYTES"] = str(globex_size + 100)
+    assert _exported_size(client, "globex", globex) in range(globex_size - 100, globex_size + 100)
+    assert _exported_size(client, "globex", globex) in range(globex_size - 100, globex_size + 100)
+
+
+def test_an_export_larger_than_export_disk_bytes_alone_is_a_409_and_gives_its_part_back(api, sandbox, redis_url):
+    client = api.test_client()
+    token = create(client, "acme", sandbox)["admin_token"]
+    _runs("acme", redis_url, 50)
+    size = _exported_size(client, "acme", token)
+    api.config["EXPORT_DISK_BYTES"] = str(size // 2)
+    unlinked_before = _unlinked_temporary_files()
+
+    refused = client.get("/workspaces/acme/export", headers=auth(token))
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json["error"]["message"] == (f"workspace 'acme' was not exported: the archive grew past "
+                                                f"{size // 2:,} bytes, the most this web server keeps on disk for "
+                                                f"exports (EXPORT_DISK_BYTES)")
+    assert set(_unlinked_temporary_files()) == set(unlinked_before)
+    api.config["EXPORT_DISK_BYTES"] = str(size + 100)  # had the half written stayed counted, this would be a 429
+    assert _exported_size(client, "acme", token) in range(size - 100, size + 100)
+
+
+@pytest.mark.timeout(90)
+def test_an_export_whose_client_goes_mid_download_gives_its_disk_back(api, stack, sandbox, redis_url):
+    # Under waitress the file is sent from its I/O loop and closed there, once sent or once the client is gone;
+    # Flask's call_on_close is never called for it (web/export_disk.py). Had the count ended anywhere else, a
+    # client gone mid-download would have kept its bytes counted for good, and refused every later export.
+    client = api.test_client()
+    acme = create(client, "acme", sandbox, limits={"webhooks_per_second": 0, "events_per_day": 0})["admin_token"]
+    globex = create(client, "globex", sandbox)["admin_token"]
+    secret = client.post("/workspaces/acme/webhooks", headers=auth(), json={"source": "forms"}).json["secret"]
+    for n in range(200):  # ~12 MB: more than the sockets' buffers hold, so the download is still going
+        body = {"title": f"Form {n}", "text": f"{n:06d} e" * 7500}
+        assert _signed(client, "/workspaces/acme/hooks/forms", body, f"msg_{n}", secret).status_code == 202
+    _runs("globex", redis_url, 50)
+    acme_size, globex_size = _exported_size(client, "acme", acme), _exported_size(client, "globex", globex)
+    stack.env.update(OPERATOR_TOKEN=OPERATOR, EXPORT_DISK_BYTES=str(acme_size + globex_size // 2))
+    web = stack.web(threads=2)
+    address = urlparse(web)
+
+    downloading = socket.socket()
+    downloading.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader's small window
+    try:
+        downloading.settimeout(30)
+        downloading.connect((address.hostname, address.port))
+        downloading.sendall(f"GET /workspaces/acme/export HTTP/1.1\r\nHost: x\r\n"
+                            f"Authorization: Bearer {acme}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += downloading.recv(1024)
+        assert head.startswith(b"HTTP/1.1 200 "), head[:200]
+
+        refused = requests.get(f"{web}/workspaces/globex/export", headers=auth(globex), timeout=30)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "60", refused.text
+        assert "(EXPORT_DISK_BYTES)" in refused.json()["error"]["message"]
+    finally:
+        downloading.close()  # gone mid-download, most of the archive unread
+
+    wait_until(lambda: requests.get(f"{web}/workspaces/globex/export", headers=auth(globex),
+                                    timeout=30).status_code == 200,
+               30, "globex's export to be served once acme's client was gone")
+    served = requests.get(f"{web}/workspaces/globex/export", headers=auth(globex), timeout=30)
+    assert served.status_code == 200 and len(served.content) in range(globex_size - 100, globex_size + 100)
 
 
 def _runs(name: str, redis_url: str, count: int) -> list[dict]:
