@@ -4,8 +4,8 @@ and a memory limit.
     python -m web.bundle_check check PARENT_PID CPU_SECONDS MEMORY_BYTES
         # stdin: the files as JSON {name: YAML text}; stdout: {"rule_ids": [...], "errors": [{RuleError's fields}]}
     python -m web.bundle_check whatif PARENT_PID CPU_SECONDS MEMORY_BYTES
-        # stdin: {"candidate": files, "active": files, "events": [[event, accepted_at], ...], "env": {...},
-        #         "seconds": planning time}; stdout: engine.whatif's report as a dict (`compare`)
+        # stdin: JSON lines: {"candidate": files, "active": files, "env": {...}, "seconds": planning time}, then
+        #        [event, accepted_at] for each event; stdout: engine.whatif's report as a dict (`compare`)
 
 Validating the largest bundle an upload may hold (1 MB of YAML, ~1,400 rules) takes ~5-6 s of CPU. In the web
 process it held the process's one GIL in stretches all that time: every workspace's webhooks on that process waited
@@ -15,7 +15,12 @@ any core (the web keeps to one: workers/cores.py), so the web's own threads keep
 
 The what-if page (/ui/whatif) compiles a stored version and the active one (~5.6 s of CPU each for the largest)
 and plans the last week's events against both (up to WHATIF_SECONDS): `whatif_in_child` runs that here too, with
-the same limits and the same child, so a comparison holds none of the web's GIL either.
+the same limits and the same child, so a comparison holds none of the web's GIL either. Its events go to the child
+one line each, written as the child reads them and read a line at a time: sent as one message, 10,000 logged events
+of up to 64 KiB (over 600 MiB as JSON, more with text's escapes) were held whole by the web, and by the child, which needs
+the memory of both the message and the events it parses, past MEMORY_BYTES: the page said the comparison was too
+costly although comparing them is cheap. Now the web holds the page of events it reads (web/ui.py) and a line, the
+child an event at a time.
 
 The limits bound what one upload or comparison may cost: past CPU_SECONDS of CPU time (RLIMIT_CPU, its own start
 of ~0.3 s included) or MEMORY_BYTES of address space (RLIMIT_AS) the child stops and the work is TooCostly (an
@@ -25,17 +30,20 @@ the one the web would have found itself, error for error.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.errors import RuleError
 from engine.rules import load_texts
@@ -51,6 +59,8 @@ NICE = 10  # as the workers' (WORKER_NICE): the web answers its senders first
 WALL_PER_CPU_SECOND = 4
 WALL_START_SECONDS = 10
 CPU_EXIT, MEMORY_EXIT = 3, 4  # the child's exit codes for a limit it reached
+WRITE_BYTES = 1024 * 1024  # of a line, at most, per write to the child (its pipe takes what it has room for)
+READ_BYTES = 64 * 1024
 _ROOT = Path(__file__).resolve().parents[1]  # where `-m web.bundle_check` imports from
 log = logging.getLogger(__name__)
 _FIELDS = ("message", "file", "line", "col", "path", "hint", "rule_id", "detail")  # RuleError's, all of them
@@ -70,7 +80,7 @@ class Unfinished(Exception):
 class _Work:
     """One kind of work the child does, and how its answers name it to the person who asked."""
 
-    run: Callable[[object], dict]  # in the child: the JSON read from stdin → the JSON written to stdout
+    run: Callable[[BinaryIO], dict]  # in the child: its stdin → the JSON written to stdout
     name: str  # "… did not finish", "… was stopped", "… failed"
     costly: str  # "…: <doing it> takes more than N s of CPU time"
     of: str  # "the most <of> may use"
@@ -80,16 +90,20 @@ class _Work:
 
 def check_in_child(files: dict[str, str], *, cpu_seconds: int, memory_bytes: int = MEMORY_BYTES) -> Checked:
     """`check(files)` in a child process held to the limits; raises TooCostly or Unfinished."""
-    found = _in_child("check", files, cpu_seconds=cpu_seconds, memory_bytes=memory_bytes)
+    found = _in_child("check", [json.dumps(files).encode()], cpu_seconds=cpu_seconds, memory_bytes=memory_bytes)
     return Checked(found["rule_ids"], [RuleError(**fields) for fields in found["errors"]])
 
 
 def whatif_in_child(candidate: dict[str, str], active: dict[str, str], events: Iterable[tuple[dict, float]], *,
                     env: dict, seconds: float, cpu_seconds: int, memory_bytes: int = MEMORY_BYTES) -> dict:
-    """`compare(...)` in a child process held to the limits; raises TooCostly or Unfinished."""
-    work = {"candidate": candidate, "active": active, "events": [[event, at] for event, at in events], "env": env,
-            "seconds": seconds}
-    return _in_child("whatif", work, cpu_seconds=cpu_seconds, memory_bytes=memory_bytes)
+    """`compare(...)` in a child process held to the limits; raises TooCostly or Unfinished.
+
+    `events` are taken one at a time as the child reads them, and no more once it stops reading (its planning time
+    is up): neither side holds them all."""
+    work = {"candidate": candidate, "active": active, "env": env, "seconds": seconds}
+    lines = (json.dumps([event, at]).encode() + b"\n" for event, at in events)  # json escapes every line break
+    return _in_child("whatif", itertools.chain([json.dumps(work).encode() + b"\n"], lines), cpu_seconds=cpu_seconds,
+                     memory_bytes=memory_bytes)
 
 
 def compare(candidate: dict[str, str], active: dict[str, str], events: Iterable[tuple[dict, float]], *, env: dict,
@@ -111,14 +125,16 @@ def _for_seconds(items, seconds: float):
         yield item
 
 
-def _checked(files: dict[str, str]) -> dict:
-    checked = check(files)
+def _checked(given: BinaryIO) -> dict:
+    checked = check(json.loads(given.read()))
     errors = [{name: getattr(error, name) for name in _FIELDS} for error in checked.errors]
     return {"rule_ids": checked.rule_ids, "errors": errors}
 
 
-def _compared(work: dict) -> dict:
-    return compare(work["candidate"], work["active"], work["events"], env=work["env"], seconds=work["seconds"])
+def _compared(given: BinaryIO) -> dict:
+    work = json.loads(given.readline())
+    events = (json.loads(line) for line in given)  # a line at a time, as compare plans them
+    return compare(work["candidate"], work["active"], events, env=work["env"], seconds=work["seconds"])
 
 
 _WORK = {
@@ -131,8 +147,9 @@ _WORK = {
 }
 
 
-def _in_child(kind: str, given, *, cpu_seconds: int, memory_bytes: int) -> dict:
-    """The JSON the child writes for `given` (any JSON), doing the `kind` of work within the limits."""
+def _in_child(kind: str, given: Iterable[bytes], *, cpu_seconds: int, memory_bytes: int) -> dict:
+    """The JSON the child writes for `given` (its stdin, a part at a time), doing the `kind` of work within the
+    limits."""
     work = _WORK[kind]
     args = [sys.executable, "-m", "web.bundle_check", kind, str(os.getpid()), str(cpu_seconds), str(memory_bytes)]
     wall = cpu_seconds * WALL_PER_CPU_SECOND + WALL_START_SECONDS
@@ -141,7 +158,7 @@ def _in_child(kind: str, given, *, cpu_seconds: int, memory_bytes: int) -> dict:
     with subprocess.Popen(args, cwd=_ROOT, env={}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE) as child:
         try:
-            out, err = child.communicate(json.dumps(given).encode(), timeout=wall)
+            out, err = _exchange(child, iter(given), deadline=time.monotonic() + wall)
         except subprocess.TimeoutExpired:
             raise Unfinished(f"{work.name} did not finish in {wall} s (the server is busy); {work.retry}") from None
         finally:
@@ -149,6 +166,49 @@ def _in_child(kind: str, given, *, cpu_seconds: int, memory_bytes: int) -> dict:
                 child.kill()
     _refuse_failed(work, child.returncode, err, cpu_seconds=cpu_seconds, memory_bytes=memory_bytes)
     return json.loads(out)
+
+
+def _exchange(child: subprocess.Popen, given: Iterator[bytes], *, deadline: float) -> tuple[bytes, bytes]:
+    """Popen.communicate, its input taken a part at a time as the child reads it (communicate takes it whole): the
+    child's stdout and stderr once it has ended. Raises subprocess.TimeoutExpired past `deadline`.
+
+    A child that stops reading (done with what it wants, or failed) is given no more: the rest of `given` is left."""
+    found: dict[int, list[bytes]] = {child.stdout.fileno(): [], child.stderr.fileno(): []}
+    writing, written = memoryview(b""), 0
+    os.set_blocking(child.stdin.fileno(), False)  # a write takes what the pipe has room for, never waits
+    with selectors.DefaultSelector() as selector:
+        selector.register(child.stdin, selectors.EVENT_WRITE)
+        for stream in (child.stdout, child.stderr):
+            selector.register(stream, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            ready = selector.select(left) if left > 0 else []
+            if not ready:
+                raise subprocess.TimeoutExpired(child.args, 0)
+            for selected, _ in ready:
+                if selected.fileobj is not child.stdin:
+                    data = os.read(selected.fd, READ_BYTES)
+                    if data:
+                        found[selected.fd].append(data)
+                    else:  # the child closed it (it ended)
+                        selector.unregister(selected.fileobj)
+                    continue
+                if written == len(writing):
+                    part = next(given, None)
+                    if part is None:
+                        selector.unregister(child.stdin)
+                        child.stdin.close()  # all given: the child reads to its end
+                        continue
+                    writing, written = memoryview(part), 0
+                try:
+                    written += os.write(selected.fd, writing[written:written + WRITE_BYTES])
+                except BlockingIOError:
+                    pass  # no room after all; the selector says when there is
+                except BrokenPipeError:  # the child reads no more
+                    selector.unregister(child.stdin)
+                    child.stdin.close()
+    child.wait(max(deadline - time.monotonic(), 0))  # its pipes closed: it ends, or TimeoutExpired
+    return b"".join(found[child.stdout.fileno()]), b"".join(found[child.stderr.fileno()])
 
 
 def _refuse_failed(work: _Work, code: int, err: bytes, *, cpu_seconds: int, memory_bytes: int) -> None:
@@ -179,7 +239,7 @@ def main(argv: list[str]) -> int:
     _limit(cpu_seconds, memory_bytes)
     _yield_cpu()
     try:
-        found = _WORK[kind].run(json.loads(sys.stdin.buffer.read()))
+        found = _WORK[kind].run(sys.stdin.buffer)
     except MemoryError:
         return MEMORY_EXIT
     sys.stdout.write(json.dumps(found))

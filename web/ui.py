@@ -53,6 +53,7 @@ WHATIF_EVENTS = 10_000  # at most (the oldest of the span first): a page must an
 # holds thousands (hours for 10,000 events). The page says how many it compared; `flask rules whatif`, off
 # the web, compares them all.
 WHATIF_SECONDS = 5
+WHATIF_PAGE = 100  # logged events read from Redis and held at once: 100 webhook bodies of 64 KiB are ~6 MiB
 OVERVIEW_SERIES = ("runs", "failures", "requests", "throttled", "backlog", "queued")  # workers/series.py
 
 
@@ -314,13 +315,24 @@ def _whatif(connection, context, texts: dict[str, str]) -> dict:
     """The candidate `texts` against the active version, compiled and compared in a child process: both compiles
     (~5.6 s of CPU each for the largest bundles) and the planning held the web's one GIL, slowing every workspace's
     acks on this process. Raises bundle_check.TooCostly past BUNDLE_CHECK_CPU_SECONDS, or Unfinished."""
-    entries = event_history.entries_since(connection, time.time() - WHATIF_SPAN.total_seconds(), limit=WHATIF_EVENTS)
     active = bundles.active(connection, context.workspace.prefix)  # None before the first activation: no rules
-    events = [(e.event, e.accepted_at) for e in entries]
-    report = bundle_check.whatif_in_child(texts, active[1] if active else {}, events, env=context.rule_env,
+    # Read WHATIF_PAGE at a time as the child takes them (web/bundle_check.py), not all 10,000 held at once.
+    entries = event_history.read_since(connection, time.time() - WHATIF_SPAN.total_seconds(), limit=WHATIF_EVENTS,
+                                       page=WHATIF_PAGE)
+    taken = 0
+
+    def events():
+        nonlocal taken
+        for entry in entries:
+            taken += 1
+            yield entry.event, entry.accepted_at
+
+    report = bundle_check.whatif_in_child(texts, active[1] if active else {}, events(), env=context.rule_env,
                                           seconds=WHATIF_SECONDS,
                                           cpu_seconds=int(current_app.config["BUNDLE_CHECK_CPU_SECONDS"]))
-    return report | {"logged": len(entries), "seconds": WHATIF_SECONDS}
+    # Those the child did not take (its planning time ran out) are counted, a page at a time, for the page's "of N".
+    left = sum(1 for _ in entries)
+    return report | {"logged": taken + left, "seconds": WHATIF_SECONDS}
 
 
 @bp.get("/subscriptions")

@@ -208,15 +208,22 @@ def _entries_at(connection: redis.Redis, stream: str, placed: dict[str, str]) ->
 
 
 def entries_since(connection: redis.Redis, since: float, *, limit: int = SCAN_MAX) -> list[eventlog.Entry]:
-    """Every logged entry accepted at or after `since`, oldest first (for replay and what-if)."""
-    stream, found, low = eventlog.stream_key(), [], f"{int(since * 1000)}-0"
-    while len(found) < limit:
-        page = connection.xrange(stream, min=low, max="+", count=min(1000, limit - len(found)))
-        if not page:
-            break
-        found += [e for i, f in page if (e := eventlog.readable(i, f)) is not None]
-        low = "(" + eventlog.as_text(page[-1][0])
-    return found
+    """Every logged entry accepted at or after `since`, oldest first (for replay)."""
+    return list(read_since(connection, since, limit=limit, page=1000))
+
+
+def read_since(connection: redis.Redis, since: float, *, limit: int, page: int = PAGE) -> Iterator[eventlog.Entry]:
+    """`entries_since`, read `page` entries at a time as it is consumed (for what-if): its 10,000 events (webhook
+    bodies of up to 64 KiB each) were all held at once."""
+    stream, low, given = eventlog.stream_key(), f"{int(since * 1000)}-0", 0
+    while given < limit:
+        entries = connection.xrange(stream, min=low, max="+", count=min(page, limit - given))
+        if not entries:
+            return
+        readable = [e for i, f in entries if (e := eventlog.readable(i, f)) is not None]
+        given += len(readable)
+        yield from readable
+        low = "(" + eventlog.as_text(entries[-1][0])
 
 
 class Handled:

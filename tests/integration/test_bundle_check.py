@@ -97,6 +97,55 @@ def test_the_child_compares_two_versions_as_the_web_itself_would():
                                                                             ("log-time-when-task-done", 1)]
 
 
+WHATIF_MEMORY = 96 * 1024 * 1024  # the child's memory limit in these tests (512 MiB on the web)
+
+
+def _large_forms(count: int):
+    """`count` logged webhook events of ~90 KB as JSON each (é is written \\u00e9), made one at a time."""
+    for n in range(count):
+        body = {"title": f"Form {n}", "project_number": 7, "text": f"{n:06d} é" * 7000}
+        yield ({"id": f"form-{n}", "source": "webhook", "kind": "forms", "occurred_at": "2026-11-30T08:00:00+00:00",
+                "payload": {"body": body, "headers": {}}}, 1.5e9 + n)
+
+
+def test_a_comparison_of_more_events_than_the_childs_memory_holds_is_the_same_report_as_in_the_web():
+    # Sent as one message, the events were read whole by the child (the message and the events parsed from it) and
+    # past its memory limit the page said the comparison was too costly: 10,000 webhook bodies of 64 KiB are over
+    # 600 MiB. They go a line at a time now, read as they are planned.
+    form = (RULES / "form-to-task.yaml").read_text()
+    active = {"forms.yaml": form}
+    candidate = {"forms.yaml": form.replace("id: form-to-task", "id: form-to-task-renamed")}
+    count = 1200
+    assert sum(len(json.dumps([event, at])) for event, at in _large_forms(count)) > WHATIF_MEMORY  # no one message
+
+    here = compare(candidate, active, _large_forms(count), env={}, seconds=600)
+    there = whatif_in_child(candidate, active, _large_forms(count), env={}, seconds=600, cpu_seconds=60,
+                            memory_bytes=WHATIF_MEMORY)
+
+    assert there == here
+    assert here["events"] == count and here["changed_events"] == [f"form-{n}" for n in range(count)]
+    assert [(rule["rule_id"], rule["lost"], rule["new"]) for rule in here["rules"]] == [
+        ("form-to-task", count, 0), ("form-to-task-renamed", 0, count)]
+
+
+def test_a_comparison_cut_by_its_planning_time_leaves_the_rest_of_the_events_unsent():
+    # The child stops reading once its planning time is up, and answers with what it compared; the web sends no
+    # more (on the page: reads no more of the log for it) and shows that report.
+    form = (RULES / "form-to-task.yaml").read_text()
+    sent = []
+
+    def events():
+        for n in range(50_000):  # some hundreds of times what the child plans in its 0.2 s
+            sent.append(f"form-{n}")
+            yield ({"id": f"form-{n}", "source": "webhook", "kind": "forms", "occurred_at": "2026-11-30T08:00:00+00:00",
+                    "payload": {"body": {"title": f"Form {n}", "project_number": 7}, "headers": {}}}, 1.5e9 + n)
+
+    there = whatif_in_child({"forms.yaml": form}, {}, events(), env={}, seconds=0.2, cpu_seconds=60,
+                            memory_bytes=WHATIF_MEMORY)
+
+    assert 0 < there["events"] < len(sent) < 50_000
+    assert there["changed_events"] == sent[:there["events"]]
+
 def _task_done(event_id: str, work: float) -> dict:
     task = {"TaskItemId": "0f8fad5b-d9cb-469f-a165-70867728950e", "Name": "Write report", "WorkAmount": work,
             "ProjectId": "b3f1e2c4-0000-4000-8000-000000000001", "IsDone": True}
