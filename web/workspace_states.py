@@ -37,11 +37,12 @@ def _row(connection: redis.Redis, name: str, served: workspaces.Workspace | None
     with workspaces.using(workspace):
         rules_version = get_context().rules.version() if served else ""  # not every workspace's rules compiled
         last_event = _last_event(connection)
-        lag, _ = slowest(connection, now=now)
+        lag, lagging = slowest(connection, now=now)
         failing = troubles(connection)
     state = UNREADABLE if unreadable else PAUSED if record["paused"] else RUNNING
     return {"name": name, "state": state, "why": unreadable, "paused": bool(record["paused"]),
             "rules_version": rules_version, "last_event": last_event, "poll_lag_seconds": lag,
+            "poll_lag_set": lagging,  # whose lag it is, as `flask workspaces list` says (workers/poller/status.py)
             "poll_failing": _failing(failing),
             "jobs_queued": Queue(workspace.queue, connection=connection).count,
             "events_waiting": eventlog.backlog(connection, workspace=name)}

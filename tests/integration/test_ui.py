@@ -315,6 +315,21 @@ def test_the_workspaces_page_says_whose_polling_fails_and_why(operated, redis_ur
     assert "no poll works" not in workspace_row(page(client, "/ui/workspaces"), "default")
 
 
+def test_the_workspaces_page_names_the_set_whose_poll_lag_it_shows(operated, redis_url):
+    # A bare "12 s" said neither of what nor of which set; `flask workspaces list` names the slowest watched set.
+    connection = redis.Redis.from_url(redis_url)
+    connection.set("ws:acme:poll:watched", json.dumps(["Project", "Task"]))
+    for name, year in (("Task", 2020), ("Project", 2021)):  # Task polled longest ago: its lag is the row's
+        connection.set(f"ws:acme:poll:{name}:cursor", f"{year}-01-01T00:00:00Z")
+        connection.hset(f"ws:acme:poll:{name}:last", mapping={"started": f"{year}-01-01T00:00:05+00:00"})
+
+    client = logged_in(operated, OPERATOR)
+    row = workspace_row(page(client, "/ui/workspaces"), "acme")
+
+    assert re.search(r" \d{9,} s \(slowest watched set: Task\) 0 0", row), row
+    assert "not polled" in workspace_row(page(client, "/ui/workspaces"), "default")
+
+
 def test_a_workspace_admin_may_not_see_or_use_the_workspaces_page(operated):
     admin = logged_in(operated, ADMIN)
     assert admin.get("/ui/workspaces").status_code == 403
