@@ -13,6 +13,10 @@ closes its buffers), and werkzeug's test client and a HEAD request through the r
 so it would have kept the count for good under waitress. A file dropped unclosed is closed by the collector, which
 gives its count back too.
 
+And one workspace keeps one archive on disk at a time (per process): its next export waits for the download of the
+one before to end (429). Without it, one customer's exports downloaded slowly took the whole budget, and every
+other customer's export was refused until they ended.
+
 The count is this process's own (each of `web.server --processes N` keeps its own, as each has its own files).
 """
 from __future__ import annotations
@@ -32,6 +36,10 @@ class OverBudget(Exception):
     is kept (429: their downloads end, the room comes back)."""
 
 
+class Downloading(OverBudget):
+    """The workspace has an archive of this process's on disk already, its download not ended (429)."""
+
+
 class LargerThanBudget(OverBudget):
     """The archive alone is larger than EXPORT_DISK_BYTES: no retry can fit it (409)."""
 
@@ -43,6 +51,21 @@ class Budget:
     def __init__(self):
         self._lock = threading.Lock()
         self.held = 0
+        self._files: set[str] = set()  # the workspaces with an archive on disk
+
+    def open(self, workspace: str) -> None:
+        """Count the workspace's one archive on disk; Downloading when it has one already."""
+        with self._lock:
+            if workspace in self._files:
+                raise Downloading(f"an export of workspace {workspace!r} is still being downloaded from this web "
+                                  f"server (one at a time)")
+            self._files.add(workspace)
+
+    def closed(self, workspace: str, count: int) -> None:
+        """The workspace's archive is gone: its `count` bytes given back."""
+        with self._lock:
+            self._files.discard(workspace)
+            self.held -= count
 
     def take(self, count: int, own: int, limit: int) -> None:
         """Count `count` more bytes of an archive that holds `own` already; OverBudget when they do not fit."""
@@ -56,10 +79,6 @@ class Budget:
                                  f"left for this archive")
             self.held += count
 
-    def give_back(self, count: int) -> None:
-        with self._lock:
-            self.held -= count
-
 
 def budget() -> Budget:
     """The app's budget (one app per web process)."""
@@ -67,18 +86,24 @@ def budget() -> Budget:
 
 
 class HeldFile(io.BufferedRandom):
-    """A nameless temporary file whose bytes count against `budget` from their write until the file is closed."""
+    """A workspace's archive in a nameless temporary file, counted against `budget` (its bytes from their write) until
+    the file is closed. Downloading when the workspace has one already."""
 
-    def __init__(self, budget_: Budget, limit: int):
-        fd, path = tempfile.mkstemp()
+    def __init__(self, budget_: Budget, limit: int, workspace: str):
+        budget_.open(workspace)
         try:
-            os.unlink(path)  # nameless, as tempfile.TemporaryFile: its space goes back when it is closed
-            raw = io.FileIO(fd, "w+b")
+            fd, path = tempfile.mkstemp()
+            try:
+                os.unlink(path)  # nameless, as tempfile.TemporaryFile: its space goes back when it is closed
+                raw = io.FileIO(fd, "w+b")
+            except BaseException:
+                os.close(fd)
+                raise
+            super().__init__(raw)
         except BaseException:
-            os.close(fd)
+            budget_.closed(workspace, 0)  # no file: the workspace's turn back
             raise
-        super().__init__(raw)
-        self._budget, self._limit, self.held = budget_, limit, 0
+        self._budget, self._limit, self._workspace, self.held, self._open = budget_, limit, workspace, 0, True
 
     def write(self, data) -> int:
         count = memoryview(data).nbytes
@@ -90,6 +115,6 @@ class HeldFile(io.BufferedRandom):
         try:
             super().close()
         finally:
-            held, self.held = getattr(self, "held", 0), 0  # once, however often close is called
-            if held:
-                self._budget.give_back(held)
+            if getattr(self, "_open", False):  # once, however often close is called
+                self._open = False
+                self._budget.closed(self._workspace, self.held)

@@ -121,14 +121,17 @@ def _archive(record: dict):
 
 def _written(record: dict) -> tuple[BinaryIO, int]:
     """The archive in a temporary file, at its start, and its size; 409 past EXPORT_MAX_BYTES (or alone past
-    EXPORT_DISK_BYTES), 429 when the exports this process still sends leave too little of EXPORT_DISK_BYTES for it,
-    503 when the disk has no room for it.
+    EXPORT_DISK_BYTES), 429 when the exports this process still sends leave too little of EXPORT_DISK_BYTES for it
+    or one of the workspace's is among them, 503 when the disk has no room for it.
 
     The file has no name (unlinked as it is made), so its space goes back when it is closed, however the request
     ends: sent, the client gone, an error, the process killed; its bytes count against the process's
     EXPORT_DISK_BYTES until then (web/export_disk.py)."""
     try:
-        archive = export_disk.HeldFile(export_disk.budget(), int(current_app.config["EXPORT_DISK_BYTES"]))
+        archive = export_disk.HeldFile(export_disk.budget(), int(current_app.config["EXPORT_DISK_BYTES"]),
+                                       record["name"])
+    except export_disk.Downloading as exc:
+        raise _busy(record, exc) from None
     except OSError as exc:
         raise _no_room(exc) from None
     try:
@@ -141,8 +144,7 @@ def _written(record: dict) -> tuple[BinaryIO, int]:
         abort(409, f"workspace {record['name']!r} was not exported: {exc}")
     except export_disk.OverBudget as exc:
         archive.close()  # its bytes so far given back with its file
-        raise TooManyRequests(f"workspace {record['name']!r} was not exported: {exc}; try again in "
-                              f"{EXPORT_RETRY_SECONDS} s", retry_after=EXPORT_RETRY_SECONDS) from None
+        raise _busy(record, exc) from None
     except OSError as exc:
         archive.close()
         raise _no_room(exc) from None
@@ -150,6 +152,12 @@ def _written(record: dict) -> tuple[BinaryIO, int]:
         archive.close()  # a Redis error too: its space and count go back now, not whenever the collector gets to it
         raise
     return archive, size + 1
+
+
+def _busy(record: dict, exc: export_disk.OverBudget) -> TooManyRequests:
+    """Exports still being downloaded hold the room this one needs: once they end, it is there."""
+    return TooManyRequests(f"workspace {record['name']!r} was not exported: {exc}; try again in "
+                           f"{EXPORT_RETRY_SECONDS} s", retry_after=EXPORT_RETRY_SECONDS)
 
 
 def _json_options() -> dict:

@@ -131,7 +131,8 @@ DEFAULTS = {
     "BUNDLE_CHECK_CPU_SECONDS": "30",
     # Bytes of workspace exports one web process keeps on disk at once, from their writing until their downloads
     # end (web/export_disk.py): past it an export is refused 429 until downloads end (409 for one archive larger
-    # than this alone). 4 GiB: two of the largest archives (EXPORT_MAX_BYTES, workers/workspace_export.py).
+    # than this alone; a workspace keeps one archive at a time). 4 GiB: two of the largest archives (EXPORT_MAX_BYTES,
+    # workers/workspace_export.py).
     "EXPORT_DISK_BYTES": str(4 * 1024 ** 3),
 }
 

@@ -717,6 +717,28 @@ def test_an_export_larger_than_export_disk_bytes_alone_is_a_409_and_gives_its_pa
     assert _exported_size(client, "acme", token) in range(size - 100, size + 100)
 
 
+def test_a_workspace_keeps_one_export_on_disk_at_a_time_and_leaves_the_rest_to_the_others(api, sandbox, redis_url):
+    # Without a share of its own, one customer's exports, each downloaded slowly, took all of EXPORT_DISK_BYTES and
+    # every other customer's export was refused until they ended.
+    client = api.test_client()
+    acme = create(client, "acme", sandbox)["admin_token"]
+    globex = create(client, "globex", sandbox)["admin_token"]
+    _runs("acme", redis_url, 50)
+
+    downloading = client.get("/workspaces/acme/export", headers=auth(acme))
+    again = client.get("/workspaces/acme/export", headers=auth(acme))
+
+    assert downloading.status_code == 200, downloading.text
+    assert again.status_code == 429 and again.headers["Retry-After"] == "60", again.text[:300]
+    assert again.json["error"]["message"] == ("workspace 'acme' was not exported: an export of workspace 'acme' is "
+                                              "still being downloaded from this web server (one at a time); try "
+                                              "again in 60 s")
+    assert client.get("/workspaces/globex/export", headers=auth(globex)).status_code == 200  # another's is served
+    downloading.get_data()
+    downloading.close()
+    assert client.get("/workspaces/acme/export", headers=auth(acme)).status_code == 200
+
+
 @pytest.mark.timeout(90)
 def test_an_export_whose_client_goes_mid_download_gives_its_disk_back(api, stack, sandbox, redis_url):
     # Under waitress the file is sent from its I/O loop and closed there, once sent or once the client is gone;
