@@ -17,10 +17,10 @@ The what-if page (/ui/whatif) compiles a stored version and the active one (~5.6
 and plans the last week's events against both (up to WHATIF_SECONDS): `whatif_in_child` runs that here too, with
 the same limits and the same child, so a comparison holds none of the web's GIL either. Its events go to the child
 one line each, written as the child reads them and read a line at a time: sent as one message, 10,000 logged events
-of up to 64 KiB (over 600 MiB as JSON, more with text's escapes) were held whole by the web, and by the child, which needs
-the memory of both the message and the events it parses, past MEMORY_BYTES: the page said the comparison was too
-costly although comparing them is cheap. Now the web holds the page of events it reads (web/ui.py) and a line, the
-child an event at a time.
+of up to 64 KiB (over 600 MiB as JSON, more with text's escapes) were held whole by the web, and by the child,
+which needs the memory of both the message and the events it parses, past MEMORY_BYTES: the page said the
+comparison was too costly although comparing them is cheap. Now the web holds the page of events it reads
+(web/ui.py) and a line, the child an event at a time.
 
 The limits bound what one upload or comparison may cost: past CPU_SECONDS of CPU time (RLIMIT_CPU, its own start
 of ~0.3 s included) or MEMORY_BYTES of address space (RLIMIT_AS) the child stops and the work is TooCostly (an
