@@ -172,3 +172,77 @@ class MidWriteCut(Proxy):
 
 def _packed(command: list[bytes]) -> bytes:
     return b"".join([b"*%d\r\n" % len(command)] + [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command])
+
+
+class LostAnswer(Proxy):
+    """Forwards 127.0.0.1:<port> to 127.0.0.1:<target_port>; `arm` makes the connection that sends the next picked
+    command go silent once that command reached Redis: Redis executes it, its answer (and any after it) never
+    reaches the client, and nothing is closed, so the client waits until its own socket timeout. A reply lost
+    or too slow (a congested link, a Redis stalled by a fork or a slow disk) after the command was executed."""
+
+    def __init__(self, target_port: int):
+        super().__init__(target_port)
+        self.commands: list[list[bytes]] = []
+        self._picks: Callable[[bytes], bool] | None = None
+        self._silent: set[int] = set()  # id() of the client sockets that hear nothing more
+        self._lost = threading.Event()
+        self.start("lost-answer-accept")
+
+    def arm(self, picks: Callable[[bytes], bool]) -> None:
+        """The next command whose bytes `picks` says yes to is executed and its connection hears nothing back."""
+        with self.lock:
+            self._picks = picks
+            self._lost.clear()
+
+    def wait_lost(self, timeout: float = 10.0) -> None:
+        if not self._lost.wait(timeout):
+            raise AssertionError(f"no answer was lost within {timeout}s: the picked command was not sent")
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.sockets += [client, upstream]
+            threading.Thread(target=self._requests, args=(client, upstream), name="lost-requests", daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, client), name="lost-replies", daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        pending = b""
+        try:
+            while data := client.recv(CHUNK):
+                commands, pending = split_commands(pending + data)
+                for command in commands:
+                    with self.lock:
+                        if self._picks is not None and self._picks(b" ".join(command)):
+                            self._picks = None  # silenced before it is sent: its answer cannot slip through
+                            self._silent.add(id(client))
+                            self._lost.set()
+                        self.commands.append(command)
+                    upstream.sendall(_packed(command))
+        except OSError:
+            pass
+        try:
+            upstream.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _replies(self, upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := upstream.recv(CHUNK):
+                with self.lock:
+                    silent = id(client) in self._silent
+                if not silent:
+                    client.sendall(data)
+        except OSError:
+            pass
+        with self.lock:
+            silent = id(client) in self._silent
+        if not silent:  # a silenced connection says nothing, not even its end
+            try:
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
