@@ -18,6 +18,7 @@ from inloox.errors import Throttled
 from workers import registry, workspaces
 from workers.logs import follow_registry
 from workers.secrets import Keyring, SecretsKeyError
+from workers.settings import send_once
 from workers.worker_context import WorkerContext, build_context, inloox_client
 
 _EXTENSION = "inloox_automation"
@@ -33,7 +34,7 @@ _slots_lock = threading.Lock()
 def get_redis() -> redis.Redis:
     """The app's Redis client (a connection pool shared by all threads of this process)."""
     return _cached("redis", lambda: redis.Redis.from_url(
-        current_app.config["REDIS_URL"], socket_connect_timeout=2, socket_timeout=5,
+        current_app.config["REDIS_URL"], socket_connect_timeout=2, socket_timeout=5, retry=send_once(),
     ))
 
 

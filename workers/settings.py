@@ -25,6 +25,8 @@ from collections.abc import Mapping
 
 import redis
 from dotenv import load_dotenv
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from workers.secrets import Keyring, SecretsKeyError
 from workers.workspaces import WorkspaceConfigError, load_workspaces
@@ -165,6 +167,17 @@ REDIS_SPARE_CONNECTIONS = 32  # beyond the threads a process runs: its loops, sw
 REDIS_SOCKET_TIMEOUT = 5.0
 
 
+def send_once() -> Retry:
+    """redis-py's retry policy for every client of the processes: none. A command, or a pipeline, whose answer was
+    lost (a connection reset after the write, an answer slower than the socket timeout) may have been executed:
+    sent again by redis-py, an INCR counted twice, a run's end billed twice, a SET NX claim answered nil to the
+    process that took it (tests/integration/test_redis_resend.py). The error is raised instead, and the caller's
+    recovery, built for an outcome it does not know, handles it (the event handled again, the ledger's "sent" mark,
+    the run's `billed` mark). Said here, not left to how a client is built: `redis.Redis(host=…)` retries 10 times
+    by default, and REDIS_URL's `?retry_on_timeout=true`, which redis-py honours, gave every client a retry."""
+    return Retry(NoBackoff(), 0)
+
+
 def redis_client(config: Mapping[str, str]) -> redis.Redis:
     """The process's Redis client, with room in its pool for every thread the settings give it.
 
@@ -176,7 +189,8 @@ def redis_client(config: Mapping[str, str]) -> redis.Redis:
     pool = redis.BlockingConnectionPool.from_url(config["REDIS_URL"], timeout=20,
                                                  max_connections=max(100, threads(config) + REDIS_SPARE_CONNECTIONS),
                                                  socket_timeout=REDIS_SOCKET_TIMEOUT,
-                                                 socket_connect_timeout=REDIS_SOCKET_TIMEOUT)
+                                                 socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+                                                 retry=send_once())
     return redis.Redis(connection_pool=pool)
 
 

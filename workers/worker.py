@@ -64,7 +64,7 @@ from workers.consumer_beat import CONSUMER_BEAT, CONSUMER_BEAT_SECONDS, CONSUMER
 from workers.poller.process import Polling
 from workers.logs import configure_logging, follow_registry
 from workers.rq_schedule import IndexedQueue, ThreadScheduler
-from workers.settings import load_config, redis_client
+from workers.settings import load_config, redis_client, send_once
 from workers.worker_context import run_lease, served
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,9 @@ class Worker(SimpleWorker):
         kwargs["queue_class"] = IndexedQueue
         queues = [queues] if isinstance(queues, (str, Queue)) else queues
         super().__init__([q.name if isinstance(q, Queue) else q for q in queues], *args, **kwargs)
+        # RQ's CLI built this client from --url $REDIS_URL: it takes the jobs off their queues (a pop sent twice
+        # loses a job) and keeps their registries, so it sends each command once too, whatever the URL asks.
+        self.connection.set_retry(send_once())
         self.maintenance_interval = min(self.maintenance_interval, MAINTENANCE_SECONDS)
         self.max_connection_wait_time = MAX_BACKOFF_SECONDS  # RQ's own wait while dequeueing (60 s)
         self.consumer: EventConsumer | None = None

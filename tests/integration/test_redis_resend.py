@@ -72,11 +72,11 @@ def _lose_answer(loss: str, port: int):
     return proxy, lambda name: proxy.arm(lambda command: command.startswith(name))
 
 
-def _incr_once(build, loss: str, direct: redis.Redis) -> tuple[str, int]:
+def _incr_once(build, loss: str, direct: redis.Redis, url_options: str = "") -> tuple[str, int]:
     """What the client built by `build` made of an INCR whose answer was lost, and the count Valkey holds."""
     proxy, arm = _lose_answer(loss, direct.connection_pool.connection_kwargs["port"])
     with proxy:
-        client = build(proxy.url)
+        client = build(proxy.url + url_options)
         client.ping()  # connected: the INCR goes on this connection
         arm(b"INCR")
         try:
@@ -105,6 +105,18 @@ def test_each_process_client_sends_a_command_once_when_its_answer_is_lost(redis_
     monkeypatch.setenv("REDIS_URL", redis_url)  # the worker's own settings (RQ's client is the one under test)
     direct = redis.Redis.from_url(redis_url)
     outcome, counted = _incr_once(CLIENTS[process], loss, direct)
+    assert (outcome, counted) == ("ConnectionError" if loss == "reset" else "TimeoutError", 1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("process, loss", CASES)
+def test_a_retry_asked_for_in_redis_url_sends_nothing_twice(redis_url, monkeypatch, process, loss):
+    """REDIS_URL is the operator's, passed to redis-py as it is: `?retry_on_timeout=true` (a common advice for a
+    flaky network) gave every client a retry, and the INCR whose answer was lost was counted twice. A run's end
+    (its billable counts) or a claim would have been sent twice the same way."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    direct = redis.Redis.from_url(redis_url)
+    outcome, counted = _incr_once(CLIENTS[process], loss, direct, "?retry_on_timeout=true")
     assert (outcome, counted) == ("ConnectionError" if loss == "reset" else "TimeoutError", 1)
 
 
@@ -144,11 +156,13 @@ def test_threads_sharing_a_round_trip_whose_answer_is_lost_each_raise_and_count_
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("url_options", ["", "?retry_on_timeout=true"], ids=["as-shipped", "retry-in-url"])
 def test_a_run_whose_end_is_answered_too_late_on_the_workers_client_bills_once_when_handled_again(
-        redis_url, sandbox, tmp_path, batched_counts):
+        redis_url, sandbox, tmp_path, batched_counts, url_options):
     """The event path on the worker's own client: a run's end (its record, `billed`, its billable counts, in one
     script, in the batch's shared round trip) reaches Valkey and its answer does not come within the socket
-    timeout. The worker raises and the event is handled again: one task in InLoox, the run counted once."""
+    timeout. The worker raises and the event is handled again: one task in InLoox, the run counted once. With a
+    retry asked for in REDIS_URL, redis-py sent the run's end again and the run was billed twice."""
     from workers import recovery
     from workers.jobs import Arrival, handle_batch
     from workers.metering import usage
@@ -162,7 +176,7 @@ def test_a_run_whose_end_is_answered_too_late_on_the_workers_client_bills_once_w
         workspace = workspaces.Workspace(workspaces.DEFAULT, sandbox.base_url, sandbox.token, rules_path=str(tmp_path),
                                          limits=workspaces.Limits(inloox_requests_per_second=0))
         config = {"INLOOX_TIMEOUT": "10", "OUTBOUND_ALLOW": "", "RULES_ENV": "", "DELIVERY_RETRY_SECONDS": ""}
-        ctx = build_context(config, workspace, _worker_client(proxy.url))
+        ctx = build_context(config, workspace, _worker_client(proxy.url + url_options))
         with workspaces.using(workspace):
             assert not [o for o in handle_batch(ctx, [Arrival(_event(0), 0.0)]) if isinstance(o, BaseException)]
             arrivals = [Arrival(_event(1), 0.0)]
