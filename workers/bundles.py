@@ -26,7 +26,7 @@ from engine.bodies import BodyError, parse_json
 from engine.documents import read_rule_text
 from engine.errors import RuleError
 from engine.rules import load_texts
-from workers import activity, scripts
+from workers import activity, scripts, watched
 
 MAX_FILES = 200
 MAX_BYTES = 1024 * 1024  # uncompressed, all files together (a tar's ignored entries count too)
@@ -150,8 +150,7 @@ def upload(connection: redis.Redis, prefix: str, files: dict[str, str], *, by: s
             pipe.delete(*(f"{prefix}rules:files:{n}" for n in trimmed))
         return version
 
-    return connection.transaction(store, f"{prefix}rules:seq", f"{prefix}rules:versions",
-                                  value_from_callable=True)
+    return watched.transaction(connection, store, f"{prefix}rules:seq", f"{prefix}rules:versions")
 
 
 def versions(connection: redis.Redis, prefix: str) -> list[Version]:
@@ -221,7 +220,7 @@ def activate(connection: redis.Redis, prefix: str, number: int) -> Version:
         return _marked(Version(**json.loads(meta)), True)
 
     # Watching the versions hash: an upload trimming this version meanwhile makes us look again.
-    return connection.transaction(switch, f"{prefix}rules:versions", value_from_callable=True)
+    return watched.transaction(connection, switch, f"{prefix}rules:versions")
 
 
 def active_number(connection: redis.Redis, prefix: str) -> int | None:

@@ -32,7 +32,7 @@ import redis
 from rq import Queue
 from standardwebhooks.webhooks import Webhook
 
-from workers import failpoints, metrics, outbound, scripts, subscriptions
+from workers import failpoints, metrics, outbound, scripts, subscriptions, watched
 from workers.enqueue import job_status_key, queue, waiting, workspace_job_id
 from workers.outbound import OutboundRefused
 from workers.secrets import SecretUnreadable
@@ -312,7 +312,7 @@ def redeliver(connection: redis.Redis, sub_id: str, delivery: str) -> dict | Non
         pipe.zadd(key("deliveries:due"), {delivery: now})
         return record
 
-    record = connection.transaction(again, _key(delivery), lock, value_from_callable=True)
+    record = watched.transaction(connection, again, _key(delivery), lock)
     if record is not None:
         _queue(connection, delivery, attempt=len(record["attempts"]), tag=f"-again{int(now)}")
     return record

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from workers import activity
+from workers import activity, watched
 from workers.secrets import Keyring, SecretUnreadable, is_sealed
 from workers.workspaces import key
 
@@ -175,8 +175,8 @@ def _update(connection: redis.Redis, subs_key: str, sub_id: str, change) -> Subs
                 pipe.hset(subs_key, sub_id, json.dumps(asdict(sub)))
                 pipe.execute()
                 return sub
-            except redis.WatchError:
-                continue
+            except redis.WatchError as exc:
+                watched.raise_lost(exc)  # an answer lost is no change of the key: the write may have landed
     raise redis.RedisError(f"subscription {sub_id} changed {_ATTEMPTS} times while it was being written; try again")
 
 

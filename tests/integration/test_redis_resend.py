@@ -191,3 +191,62 @@ def test_a_run_whose_end_is_answered_too_late_on_the_workers_client_bills_once_w
     assert billed == 2, "the run whose answer was lost was billed other than once"
     titles = sorted(t["Name"] for t in sandbox.get("Task").json()["value"] if t["Name"].startswith("Task "))
     assert titles == ["Task 0", "Task 1"], "each task once"
+
+
+RULE = """rules:
+  - id: r1
+    trigger: {webhook: forms}
+    actions: []
+"""
+
+
+def _exec_lost(loss: str, port: int):
+    """A proxy to `port` that loses the answer of the next EXEC, once Valkey executed it."""
+    proxy, arm = _lose_answer(loss, port)
+    return proxy, lambda: arm(b"EXEC")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loss", ["reset", "timeout"])
+def test_a_bundle_upload_whose_exec_answer_is_lost_stores_one_version_and_says_it_failed(redis_url, loss):
+    """An upload is a WATCH/MULTI/EXEC transaction. redis-py turns a connection error met while keys are watched into
+    a WatchError, and `Redis.transaction` ran the upload again on it: Valkey had executed the EXEC, so one upload
+    stored two versions (no retry of redis-py's involved). The error is raised now (the web answers 503)."""
+    from workers import bundles
+
+    direct = redis.Redis.from_url(redis_url)
+    proxy, arm = _exec_lost(loss, direct.connection_pool.connection_kwargs["port"])
+    with proxy:
+        client = _worker_client(proxy.url)
+        client.ping()
+        arm()
+        with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+            bundles.upload(client, "ws:lost:", {"a.yaml": RULE}, by="alex", checked=bundles.Checked(["r1"], []))
+
+    assert sorted(int(n) for n in direct.hkeys("ws:lost:rules:versions")) == [1], "one upload, one version"
+    assert direct.get("ws:lost:rules:active") == b"1"
+
+
+def test_a_subscription_rotation_whose_exec_answer_is_lost_adds_its_new_secret_once(redis_url):
+    """A rotation is a change of the subscription under WATCH: run again after its EXEC's answer was lost, it added
+    the same new secret twice (one current, one as the old secret of the overlap)."""
+    import os
+
+    from workers import subscriptions
+    from workers.secrets import Keyring
+
+    keyring = Keyring.from_config(os.environ)
+    direct = redis.Redis.from_url(redis_url)
+    with workspaces.using(workspaces.Workspace("lost", NOWHERE, "token")):
+        sub, _ = subscriptions.create(direct, {"url": "https://example.com/hook", "events": ["Task.*"]},
+                                      keyring=keyring)
+        with MidWriteCut(direct.connection_pool.connection_kwargs["port"]) as proxy:
+            client = _worker_client(proxy.url)
+            client.ping()
+            proxy.arm(lambda command: command.startswith(b"EXEC"), after=1)
+            with pytest.raises(redis.ConnectionError):
+                subscriptions.rotate(client, sub.id, keyring=keyring)
+            proxy.wait_cut()
+        secrets = [keyring.unseal(s["secret"]) for s in subscriptions.get(direct, sub.id).secrets]
+
+    assert len(secrets) == 2 and len(set(secrets)) == 2, "the new secret and the old one, each once"
