@@ -80,7 +80,9 @@ class Intake:
         data = (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode()
         start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers])
-        return [data]
+        # A HEAD answer has headers only (as Werkzeug's response gives it): waitress sends whatever it is given, and
+        # a body after them would be read as the next answer on the connection, which a proxy may pass to another.
+        return [] if method == "HEAD" else [data]
 
 
 def _route(path: str) -> tuple[str | None, str] | None:

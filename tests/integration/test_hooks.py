@@ -239,3 +239,37 @@ def test_a_webhook_id_or_content_type_over_256_characters_is_400_and_queues_noth
     assert "the Content-Type header is 320 characters long; at most 256 are accepted" == response.json["error"]["message"]
     assert queued_events(redis_url) == []
     assert post({"n": 3}, msg_id="msg_" + "x" * 252).status_code == 202  # 256 exactly
+
+
+# -- the route answered in front of Flask (web/hooks.py Intake): the answers Flask's routing gave --------------
+
+def _answers_on_one_connection(web: str, *requests_: bytes) -> bytes:
+    """What the web sends back on one kept-alive connection for `requests_`, each sent once the last was answered."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(web)
+    received = b""
+    with socket.create_connection((address.hostname, address.port), timeout=5) as conn:
+        for request in requests_:
+            conn.sendall(request)
+            time.sleep(0.3)  # answered by then: what follows it on the wire is this request's answer alone
+        conn.settimeout(1)
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass  # the connection is kept open: all was sent
+    return received
+
+
+def test_a_head_request_is_answered_405_without_a_body_so_the_next_answer_on_the_connection_is_its_own(stack):
+    # A HEAD answer has no body (RFC 9110 9.3.2): bytes after its headers are read as the next answer on the
+    # connection, which a proxy keeping connections to the web may hand to another sender.
+    web = stack.web()
+    received = _answers_on_one_connection(web, b"HEAD /hooks/forms HTTP/1.1\r\nHost: x\r\n\r\n",
+                                          b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and b"Allow: " in head, received
+    assert rest.startswith(b"HTTP/1.1 200 "), received
+
