@@ -58,13 +58,15 @@ class Intake:
         if route is None:
             return self.wsgi_app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "")
-        if method == "OPTIONS":
-            start_response("200 OK", [("Allow", ", ".join(ALLOWED)), ("Content-Length", "0")])
-            return [b""]
         request = Request(environ)
         request.max_content_length = MAX_BODY_BYTES  # larger bodies end in 413 before being read
         with self.app.app_context():
             try:
+                if method == "OPTIONS":
+                    # Flask resolved the workspace before its own OPTIONS answer: one not served is a 404 here too.
+                    _workspace(route[0])
+                    start_response("200 OK", [("Allow", ", ".join(ALLOWED)), ("Content-Length", "0")])
+                    return [b""]
                 if method != "POST":
                     raise MethodNotAllowed(valid_methods=ALLOWED)
                 body, status, headers = _answer(*route, request)
@@ -105,10 +107,7 @@ def _text_of(segment: str) -> str:
 
 def _answer(ws: str | None, source: str, request: Request) -> tuple[dict, int, list]:
     """The answer to a delivery for workspace `ws` (None: the default), counted as `rejected` if refused (4xx)."""
-    served = served_workspace(ws)
-    if served is None:
-        raise NotFound(NO_DEFAULT)
-    token = workspaces.enter(served)
+    token = workspaces.enter(_workspace(ws))
     try:
         try:
             return _receive(source, request)
@@ -118,6 +117,14 @@ def _answer(ws: str | None, source: str, request: Request) -> tuple[dict, int, l
             raise
     finally:
         workspaces.leave(token)
+
+
+def _workspace(ws: str | None) -> workspaces.Workspace:
+    """The served workspace `ws` names (None: the default); 404 or 503 (an HTTPException) if there is none."""
+    served = served_workspace(ws)
+    if served is None:
+        raise NotFound(NO_DEFAULT)
+    return served
 
 
 def _receive(source: str, request: Request) -> tuple[dict, int, list]:

@@ -273,3 +273,15 @@ def test_a_head_request_is_answered_405_without_a_body_so_the_next_answer_on_the
     assert head.startswith(b"HTTP/1.1 405 ") and b"Allow: " in head, received
     assert rest.startswith(b"HTTP/1.1 200 "), received
 
+
+@pytest.mark.parametrize("path, message", [("/workspaces/nope/hooks/forms", "no workspace 'nope'"),
+                                           ("/hooks/forms", "this deployment has no default workspace")])
+def test_options_for_a_workspace_not_served_is_404_as_any_other_method_of_it(redis_url, path, message):
+    from workers.workspaces import Workspace
+
+    app = create_app({"TESTING": True, "REDIS_URL": redis_url, "WORKSPACES": {
+        "acme": Workspace("acme", "http://127.0.0.1:1/", "token", webhook_sources={"forms": [SECRET]})}})
+    response = app.test_client().options(path)
+    assert response.status_code == 404, response.data
+    assert response.json["error"]["message"].startswith(message)
+    assert app.test_client().options("/workspaces/acme/hooks/forms").status_code == 200
