@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 40  # keys per `or` filter when reading changed entities: keeps URLs well under 4 KB
 SELECT_LIMIT = 40  # more columns than this are read whole: a longer `$select` would make URLs too long
+RUN_READS = 3  # reads of a run of rows with one change time, where InLoox cannot page it by key, before a poll fails
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,9 @@ def _read(client: Client, feed: ChangeFeed, stamps: tuple[Stamp, ...], where, se
     the row that moved is read at the end and nothing slides. In key order (several stamps: a row's change time is the
     newest of its columns, which no $orderby can name) a row keeps its place when it changes, and the server's own
     paging is followed (a read of more than a page twice, for deletes); so it is for a change time that is no instant,
-    a page that brings no row not read already (a server that ignores the filter), and a key InLoox cannot compare
-    (a GUID's `gt`, which OData 4.0 does not promise: a 400, or a 500 that is no outage; or a key that is no GUID).
+    and a page that brings no row not read already (a server that ignores the filter). Where InLoox cannot compare the
+    keys (a GUID's `gt`, which OData 4.0 does not promise: a 400, or a 500 that is no outage; or a key that is no
+    GUID), a run is read by itself (`_whole_run`) and the rows after it from its change time (`gt`).
     """
     def query(condition):
         return client.query(feed.view, filter=condition, select=select, orderby=_order(feed, stamps))
@@ -178,7 +180,7 @@ def _read(client: Client, feed: ChangeFeed, stamps: tuple[Stamp, ...], where, se
     def instant(row: dict) -> datetime | None:
         return parse_instant(row[stamp]) if isinstance(row.get(stamp), str) else None
 
-    rows, seen, since = [], set(), None
+    rows, seen, since, keyset = [], set(), None, True
     page = list(itertools.islice(pages, PAGE_SIZE))
     for _ in range(client.max_pages):
         fresh = [row for row in page if version(row) not in seen]
@@ -191,22 +193,49 @@ def _read(client: Client, feed: ChangeFeed, stamps: tuple[Stamp, ...], where, se
             return rows + [row for row in pages if version(row) not in seen]
         # `ge` the last change time brings this page's rows of it again: where they are the whole page, or the
         # previous page ended on it too, no row would be new, so the run goes on after the last row's key.
-        run = last in (since, instant(page[0]))
-        after = or_(and_(eq(stamp, page[-1][stamp]), gt(key, page[-1][key])), gt(stamp, page[-1][stamp])) if run \
-            else ge(stamp, last)
+        run, at = last in (since, instant(page[0])), page[-1][stamp]
         since = last
-        try:
-            following = query(after if where is None else and_(where, after))
-            page = list(itertools.islice(following, PAGE_SIZE))
-        except (InvalidArguments, InvalidRequest, ServerError) as error:  # the first: a key that is no GUID
-            if not run or error.retryable:
-                raise
-            log.warning("%s: poll %s: %s refused to page after a change time and key (%s); the run of rows "
-                        "changed at %s goes on through its own paging", workspaces.current().name,
-                        feed.entity_set, feed.view, error, page[-1][stamp])
-            return rows + [row for row in pages if version(row) not in seen]
-        pages = following
+        if run and keyset:
+            try:
+                pages = query(_within(where, or_(and_(eq(stamp, at), gt(key, page[-1][key])), gt(stamp, at))))
+                page = list(itertools.islice(pages, PAGE_SIZE))
+                continue
+            except (InvalidArguments, InvalidRequest, ServerError) as error:  # the first: a key that is no GUID
+                if error.retryable:
+                    raise
+                log.warning("%s: poll %s: %s refused to page after a change time and key (%s); the run of rows "
+                            "changed at %s is read by itself", workspaces.current().name, feed.entity_set,
+                            feed.view, error, at)
+                keyset = False
+        if run:
+            whole = _whole_run(client, feed, at, select)
+            rows += [row for row in whole if version(row) not in seen]
+            seen.update(map(version, whole))
+        pages = query(_within(where, gt(stamp, at) if run else ge(stamp, last)))
+        page = list(itertools.islice(pages, PAGE_SIZE))
     raise InLooxError(f"a poll of {feed.view} runs to more than {client.max_pages} pages")
+
+
+def _within(where, after):
+    return after if where is None else and_(where, after)
+
+
+def _whole_run(client: Client, feed: ChangeFeed, at: str, select: list[str] | None) -> list[dict]:
+    """Every row of a one-stamp feed changed at `at`, for an InLoox that cannot page them after a key: read through
+    its own paging, again until no row left them while they were read; raises InLooxError after RUN_READS reads.
+
+    A row leaves a run when it changes again or is deleted, and none joins it (its change time is past). On a server
+    that pages by $skip, a row that leaves a page read already makes the row behind it slide into that page, unseen,
+    so a read counts only if as many rows are there before it, in it and after it.
+    """
+    condition = eq(feed.stamp, at)
+    for _ in range(RUN_READS):
+        before = client.count(feed.view, condition)
+        rows = list(client.query(feed.view, filter=condition, select=select, orderby=[feed.column(feed.key)]))
+        if len(rows) == before == client.count(feed.view, condition):
+            return rows
+    raise InLooxError(f"the rows of {feed.view} changed at {at} kept changing while they were read "
+                      f"({RUN_READS} reads)", method="GET")
 
 
 def _order(feed: ChangeFeed, stamps: tuple[Stamp, ...]) -> list[str]:
