@@ -83,7 +83,8 @@ def test_a_command_the_lean_way_is_not_sure_of_goes_redis_pys_way(connection):
         assert pipe.execute() == [[False], True, b"view"]
 
 
-def test_a_lost_connection_is_retried_as_redis_pys_pipeline_retries_it(connection):
+def test_a_connection_the_server_closed_is_replaced_as_redis_py_replaces_it(connection):
+    """The pooled connection is redis-py's: one Valkey closed is found at its next checkout and opened again."""
     connection.flushdb()
     with pipeline(connection) as pipe:
         pipe.set("first", 1).execute()
