@@ -79,18 +79,6 @@ class MidWriteCut(Proxy):
         if not self._cut.wait(timeout):
             raise AssertionError(f"no connection was cut within {timeout}s: the picked command was not sent")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self.lock:
-                self.sockets += [client, upstream]
-            threading.Thread(target=self._requests, args=(client, upstream), name="cut-requests", daemon=True).start()
-            threading.Thread(target=self._replies, args=(upstream, client), name="cut-replies", daemon=True).start()
-
     def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
         """Client to Redis, command by command, until the armed cut (then: Redis is told the connection ended
         once it has what was forwarded, and the client gets no reply to anything of this write)."""
@@ -197,18 +185,6 @@ class LostAnswer(Proxy):
     def wait_lost(self, timeout: float = 10.0) -> None:
         if not self._lost.wait(timeout):
             raise AssertionError(f"no answer was lost within {timeout}s: the picked command was not sent")
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self.lock:
-                self.sockets += [client, upstream]
-            threading.Thread(target=self._requests, args=(client, upstream), name="lost-requests", daemon=True).start()
-            threading.Thread(target=self._replies, args=(upstream, client), name="lost-replies", daemon=True).start()
 
     def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
         pending = b""

@@ -1,7 +1,7 @@
 """What the tests' TCP proxies to Redis share: a listener on 127.0.0.1, the sockets they opened, closing them all.
 
-tests/support/partition.py (a network partition) and tests/support/cut.py (a connection lost mid-write) forward
-each connection their own way (`_accept`, started by `start`).
+tests/support/partition.py (a network partition) and tests/support/cut.py (a connection lost mid-write, an answer
+lost) forward each connection their own way (`_accept`, started by `start`, or its `_requests` and `_replies`).
 """
 from __future__ import annotations
 
@@ -24,6 +24,23 @@ class Proxy:
         threading.Thread(target=self._accept, name=name, daemon=True).start()
 
     def _accept(self) -> None:
+        """Each connection forwarded by two threads of the proxy's own: `_requests` (client to Redis) and `_replies`
+        (Redis to client)."""
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.sockets += [client, upstream]
+            for forward, ends in ((self._requests, (client, upstream)), (self._replies, (upstream, client))):
+                threading.Thread(target=forward, args=ends, name=forward.__name__, daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _replies(self, upstream: socket.socket, client: socket.socket) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
