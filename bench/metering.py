@@ -70,7 +70,7 @@ def intake(connection, valkey: int, n: int, round_: int, counted: bool) -> float
     event = {"id": "", "source": "webhook", "kind": "order", "payload": {"order": 1, "total": 12.5}}
     script = eventlog._APPEND_SCRIPT if counted else uncounted_append()
     name, day = workspaces.current().name, usage.today()
-    # The keys and arguments eventlog.append hands the script, without a backlog limit, pace or daily limit.
+    # The keys and arguments eventlog.append hands the script: no backlog limit, pace, daily limit or latest time.
     keys = ["", eventlog.stream_key(), metrics.COUNTERS, usage.day_key(name, day),
             usage.month_key(name, usage.month_of(day)), "ws:bench:active", "ws:bench:runs:active",
             "ws:bench:events:backlog", "ws:bench:events:pace"]
@@ -80,7 +80,7 @@ def intake(connection, valkey: int, n: int, round_: int, counted: bool) -> float
         keys[0] = f"ws:bench:hooks:seen:{event['id']}"
         scripts.call(connection, script, keys=keys, args=[
             event["id"], 3600, eventlog.encode(event), "a", "d", usage.event_field("webhook"), 100, 100, 0,
-            eventlog.GROUP, eventlog.BACKLOG_LOOK_MS, eventlog.BACKLOG_HEADROOM, 0, 1, 0,
+            eventlog.GROUP, eventlog.BACKLOG_LOOK_MS, eventlog.BACKLOG_HEADROOM, 0, 1, 0, 0,
             *map(usage.event_field, usage.SOURCES)])
     return spent(before, valkey, n)
 

@@ -31,6 +31,7 @@ from inloox import and_, contains, eq
 from web.heavy import compiled_rules
 from web.resources import get_context, get_inloox, get_redis, inloox_slot
 from workers import failpoints
+from workers.eventlog import TooLate
 from workers.intake import submit_event
 from workers.workspaces import current, key
 
@@ -68,6 +69,11 @@ class ChatCommand:
     def too_late(self) -> bool:
         """Whether our answer would no longer reach the person in time (ANSWER_SECONDS)."""
         return time.monotonic() - self.received > ANSWER_SECONDS.get(self.surface, ANSWER_SECONDS["slack"])
+
+    def answer_by(self) -> float:
+        """The time.time() after which our answer would no longer reach the person (ANSWER_SECONDS)."""
+        patience = ANSWER_SECONDS.get(self.surface, ANSWER_SECONDS["slack"])
+        return time.time() + patience - (time.monotonic() - self.received)
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,15 @@ def _plan_and_submit(command: ChatCommand, ruleset: Ruleset, event: Event) -> Re
         code = _hold_for_confirmation(command, event)
         return Reply(f"This will: {summary}.\nIt needs a confirmation because {reason}: "
                      f"send `{command.prefix}confirm {code}` within {CONFIRM_TTL_SECONDS // 60} minutes.", code)
-    if not submit_event(get_redis(), event, dedup_key=_seen_key(command), dedup_ttl=DEDUP_TTL_SECONDS):
+    try:
+        # Stored only by the chat's patience, by Redis's clock as it stores it: a Redis that held the write seconds
+        # (a failover's pause, a slow disk) stored the command after Slack had shown the person an error, and the
+        # command they sent again ran too. The clocks of web and Redis are taken to agree (NTP) to well within it.
+        accepted = submit_event(get_redis(), event, dedup_key=_seen_key(command), dedup_ttl=DEDUP_TTL_SECONDS,
+                                latest=command.answer_by())
+    except TooLate:
+        return Reply("The command could not be stored in time, so nothing was done; please send the command again.")
+    if not accepted:
         return Reply("Already received; the result comes when it is done.")
     return Reply(f"On it: {summary}." + (" The result follows here." if command.response_url else ""))
 

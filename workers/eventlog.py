@@ -44,9 +44,12 @@ CONSUMER_FORGET_MS = 3600 * 1000  # a consumer of the group silent this long, wi
 # ARGV: event id, claim ttl, event JSON, counter field if accepted, counter field if duplicate, usage field, day
 # ttl, month ttl, backlog limit (0: none), the workers' group, how long a count is used, the headroom below the
 # limit it needs for that, events a second (0: no pace), events at once, events a day (0: no limit), then the
-# day's usage field of each source. Returns the new entry's id ({id, the day's events with
-# it} with a daily limit), false for a duplicate, {waiting} when the workspace's backlog is at its limit, {-1, ms}
-# when it is ahead of its pace by ms, or {-2, used} when it accepted its events of the day (nothing written either way).
+# latest time to accept it by Redis's clock (ms since 1970; 0: any time), then the day's usage field of each source.
+# Returns the new entry's id ({id, the day's events with it} with a daily limit), false for a duplicate, {waiting}
+# when the workspace's backlog is at its limit, {-1, ms} when it is ahead of its pace by ms, {-2, used} when it
+# accepted its events of the day, or {-3, ms} when it came ms after its latest time (nothing written in any case).
+# The latest time is a chat's patience (web/commands.py): checked here, where the entry is written, because a Redis
+# that holds writes (a failover's CLIENT PAUSE, a slow fsync) stored a command seconds after the web sent it.
 # The day's events are counted here, with the append: read by the web before it, the count let every webhook through
 # that two web processes (or threads) read before the others were stored, however many. The count it returns is
 # what the web's usage alerts read: they follow an event counted, never a duplicate or a refusal.
@@ -63,9 +66,15 @@ CONSUMER_FORGET_MS = 3600 * 1000  # a consumer of the group silent this long, wi
 # deployment accepts for one workspace in BACKLOG_LOOK_MS) is kept that long and used by the next events.
 _APPEND = """
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
+local latest = tonumber(ARGV[16])
+if latest > 0 and fresh then
+  local clock = redis.call('TIME')
+  local late = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000 - latest
+  if late > 0 then return {-3, math.ceil(late)} end
+end
 local daily, used = tonumber(ARGV[15]), 0
 if daily > 0 and fresh then
-  for _, n in ipairs(redis.call('HMGET', KEYS[4], unpack(ARGV, 16))) do used = used + (tonumber(n) or 0) end
+  for _, n in ipairs(redis.call('HMGET', KEYS[4], unpack(ARGV, 17))) do used = used + (tonumber(n) or 0) end
   if used >= daily then return {-2, used} end
 end
 local pace, now, due = tonumber(ARGV[13]), 0, nil
@@ -175,6 +184,15 @@ class DayFull(Exception):
         self.used, self.limit = used, limit
 
 
+class TooLate(Exception):
+    """The event came `late` seconds after the latest time it could be accepted (`append`'s `latest`): nothing was
+    stored."""
+
+    def __init__(self, late: float):
+        super().__init__(f"{late:.3f} s after the latest time it could be accepted")
+        self.late = late
+
+
 class TooFast(Exception):
     """The workspace sends faster than its `per_second` (after a burst of `burst`): nothing was stored; the next event
     may be accepted in `wait` seconds."""
@@ -185,7 +203,7 @@ class TooFast(Exception):
 
 
 def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tuple[str, str], backlog_limit: int = 0,
-           per_second: float = 0.0, per_day: int = 0):
+           per_second: float = 0.0, per_day: int = 0, latest: float = 0.0):
     """Run the append script on `target`: the new entry's id (None for a duplicate), or queue it on a pipeline.
     With `per_day` (on a connection), an accepted event's reply is (its id, the events accepted today with it).
 
@@ -194,7 +212,8 @@ def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tupl
     accepted event only). With a `backlog_limit` (on a connection only), an event that is not a duplicate
     is refused with BacklogFull while the workspace has that many events and runs waiting; with `per_second`,
     with TooFast while the workspace's events come faster (after a burst of PACE_BURST_SECONDS' worth); with
-    `per_day`, with DayFull once the workspace accepted that many events today, every source counted.
+    `per_day`, with DayFull once the workspace accepted that many events today, every source counted; with `latest`
+    (a time.time()), with TooLate when Redis's clock is past it as the event would be written.
     """
     name, day = workspaces.current().name, usage.today()
     burst = max(1, round(per_second * PACE_BURST_SECONDS))
@@ -204,7 +223,8 @@ def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tupl
     reply = scripts.call(target, _APPEND_SCRIPT, keys=keys,
                          args=[event["id"], dedup_ttl, encode(event), *counted, usage.event_field(event["source"]),
                                usage.DAY_TTL, usage.MONTH_TTL, backlog_limit, GROUP, BACKLOG_LOOK_MS, BACKLOG_HEADROOM,
-                               per_second, burst, per_day, *map(usage.event_field, usage.SOURCES)])
+                               per_second, burst, per_day, round(latest * 1000),
+                               *map(usage.event_field, usage.SOURCES)])
     if isinstance(reply, list):
         if isinstance(reply[0], (bytes, str)):  # accepted, with the day's count
             return reply[0], int(reply[1])
@@ -212,6 +232,8 @@ def append(target, event: dict, *, dedup_key: str, dedup_ttl: int, counted: tupl
             raise TooFast(int(reply[1]) / 1000, per_second, burst)
         if int(reply[0]) == -2:
             raise DayFull(int(reply[1]), per_day)
+        if int(reply[0]) == -3:
+            raise TooLate(int(reply[1]) / 1000)
         raise BacklogFull(int(reply[0]), backlog_limit)
     return reply
 

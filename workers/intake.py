@@ -38,7 +38,7 @@ return 1
 
 def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup_ttl: int,
                  also: Callable[[Pipeline], None] | None = None, backlog_limit: int = 0, per_second: float = 0.0,
-                 per_day: int = 0) -> bool:
+                 per_day: int = 0, latest: float = 0.0) -> bool:
     """Log `event` for the current workspace once per `dedup_key`: True if accepted now, False for a duplicate.
 
     `dedup_key` is a full Redis key (the source builds it with `workspaces.key`). `also` adds the
@@ -48,11 +48,14 @@ def submit_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup
     nothing was stored and a retry can succeed. With a `backlog_limit` (a source whose sender retries:
     webhooks), raises eventlog.BacklogFull, nothing stored, while the workspace has that many events and
     runs waiting (not with `also`); with `per_second`, eventlog.TooFast while its events come faster than that;
-    with `per_day`, eventlog.DayFull once it accepted that many events today.
+    with `per_day`, eventlog.DayFull once it accepted that many events today; with `latest` (a time.time(), not with
+    `also` either), eventlog.TooLate, nothing stored, when Redis would store it after then (a chat's patience).
     """
     if also is None:
         return accept_event(connection, event, dedup_key=dedup_key, dedup_ttl=dedup_ttl, backlog_limit=backlog_limit,
-                            per_second=per_second, per_day=per_day) is not None
+                            per_second=per_second, per_day=per_day, latest=latest) is not None
+    if latest:
+        raise ValueError("submit_event: `latest` is not checked with `also`")
     with connection.pipeline(transaction=True) as pipe:
         eventlog.append(pipe, event.to_dict(), dedup_key=dedup_key, dedup_ttl=dedup_ttl, counted=_counted(event))
         scripts.call(pipe, _ALSO, keys=[dedup_key], args=_words(connection, also))
@@ -67,13 +70,13 @@ def _words(connection: redis.Redis, also: Callable[[Pipeline], None]) -> list:
 
 
 def accept_event(connection: redis.Redis, event: Event, *, dedup_key: str, dedup_ttl: int, backlog_limit: int = 0,
-                 per_second: float = 0.0, per_day: int = 0) -> int | None:
+                 per_second: float = 0.0, per_day: int = 0, latest: float = 0.0) -> int | None:
     """`submit_event` without `also`: None for a duplicate; when accepted now, the events the workspace accepted today
     with this one (the append script's count, with `per_day`; 0 without). What the usage alert of `per_day` reads
     (web/hooks.py): a count read before the append let a redelivery, not counted, set the alert off."""
     reply = eventlog.append(connection, event.to_dict(), dedup_key=dedup_key, dedup_ttl=dedup_ttl,
                             counted=_counted(event), backlog_limit=backlog_limit, per_second=per_second,
-                            per_day=per_day)
+                            per_day=per_day, latest=latest)
     if not reply:
         return None
     return reply[1] if isinstance(reply, tuple) else 0

@@ -741,6 +741,31 @@ def test_a_command_whose_answer_would_reach_slack_too_late_does_nothing(engine, 
 
 
 @pytest.mark.timeout(90)
+def test_a_command_that_redis_would_store_past_the_chats_patience_does_nothing(engine, own_valkey, sandbox, rules_dir):
+    """Redis held writes for 4 s (as a failover's CLIENT PAUSE does): the command was stored once they went on, ~4 s
+    after Slack sent it, and run, and its "On it" came after Slack had shown the person an error, so the command
+    they sent again ran twice. Now Redis refuses to store it past the chat's patience, and nothing was done."""
+    write_rule(rules_dir, "done", DONE_RULE)
+    task = make_task(sandbox, "Write report")  # by id, no user map: the command asks InLoox nothing
+    engine.env.update(SLACK_SIGNING_SECRET=SLACK_SECRET)
+    engine.worker()
+    web = engine.web()
+    warm = slack_body("help", trigger_id="warm")  # the rules compiled: only the write is slow
+    assert requests.post(f"{web}/chat/slack", data=warm, headers=slack_headers(warm), timeout=10).status_code == 200
+
+    connection = redis.Redis.from_url(own_valkey.url)
+    connection.execute_command("CLIENT", "PAUSE", 4000, "WRITE")  # reads go on; writes wait 4 s
+    body = slack_body(f"done {task}", trigger_id="paused1")
+    reply = requests.post(f"{web}/chat/slack", data=body, headers=slack_headers(body), timeout=30)
+
+    text = reply.json()["text"]
+    assert reply.status_code == 200 and "nothing was done" in text and "send the command again" in text, text
+    assert connection.xlen(f"{PREFIX}events") == 0  # nothing stored, so nothing runs
+    time.sleep(2)  # a run would have been made by now (not a wait for a condition)
+    assert all_runs(own_valkey.url) == [] and sandbox.get(f"Task({task})").json()["IsDone"] is False
+
+
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("surface", ["slack", "teams"])
 def test_a_command_that_waited_for_a_web_thread_past_the_chats_patience_does_nothing(
         engine, sandbox, rules_dir, redis_url, tmp_path, surface):
