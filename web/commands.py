@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
+import redis
+
 from engine import Event, Ruleset, evaluate, match_event
 from engine.commands import chat_commands, confirmation_reason, describe_plan, excerpt, help_text
 from engine.match import bindings
@@ -198,16 +200,29 @@ def _with_task(text: str, typed: str, task_id: str) -> str:
     return text[: -len(typed)] + task_id if text.endswith(typed) else text.replace(typed, task_id, 1)
 
 
+# KEYS: the pending event, its outcome, the command's seen mark. ARGV: the event JSON, its TTL, the event id, the
+# mark's TTL. Holds the event under a code that is no other held or settled command's of this person (1), else 0.
+_HOLD = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+return 1
+"""
+HOLD_DRAWS = 20  # a person holds a few codes of 900,000 at a time: 20 draws that all meet one do not happen
+
+
 def _hold_for_confirmation(command: ChatCommand, event: Event) -> str:
     """Keep the event until its user confirms it; the code only works for that user, once."""
-    connection = get_redis()
-    code = f"{secrets.randbelow(900_000) + 100_000}"
-    with connection.pipeline() as pipe:
-        pipe.set(_seen_key(command), event.id, ex=DEDUP_TTL_SECONDS)
-        pipe.set(_pending_key(command, code), json.dumps(event.to_dict()), ex=CONFIRM_TTL_SECONDS)
-        pipe.delete(_settled_key(command, code))  # a code drawn again must not inherit an old outcome
-        pipe.execute()
-    return code
+    connection, held = get_redis(), json.dumps(event.to_dict())
+    for _ in range(HOLD_DRAWS):
+        code = f"{secrets.randbelow(900_000) + 100_000}"
+        # A code of this person's that is held or settled (a day) is drawn again: the buttons of its message stay
+        # until the outcome replaces them, and under a code given twice a click on the first command's Confirm
+        # ran the second one, which the person had not confirmed.
+        if connection.eval(_HOLD, 3, _pending_key(command, code), _settled_key(command, code), _seen_key(command),
+                           held, CONFIRM_TTL_SECONDS, event.id, DEDUP_TTL_SECONDS):
+            return code
+    raise redis.RedisError(f"no free confirmation code in {HOLD_DRAWS} draws")
 
 
 def confirm(command: ChatCommand, code: str) -> str:

@@ -30,7 +30,8 @@ from tests.support.processes import wait_until
 from tests.support.stack import PREFIX, all_runs, make_task, write_rule
 from tests.support.valkey import Valkey
 from web.signatures import SignatureError, verify_slack
-from web.commands import ANSWER_SECONDS
+from web import commands
+from web.commands import ANSWER_SECONDS, CONFIRMED
 from web.slack_buttons import CONFIRM
 from workers.chat import result_text
 
@@ -292,6 +293,28 @@ def test_a_delete_waits_for_its_confirmation_and_runs_once(slack, sandbox, redis
     assert slack(f"confirm {code}", trigger_id="t5").json["text"].startswith("Already confirmed")
     [event] = queued_events(redis_url)
     assert event["kind"] == "drop" and event["id"] == "chat:slack:t1"
+
+
+@pytest.mark.parametrize("first", ["pending", CONFIRMED])
+def test_a_code_drawn_again_for_the_same_person_is_not_given_to_a_second_command(slack, sandbox, redis_url,
+                                                                                 monkeypatch, first):
+    """Codes are drawn at random, and a second command drew the code of the person's first one, pending or settled
+    (whose message still shows its buttons until the outcome replaces them): the second replaced the first under
+    it, so a click on the first command's Confirm ran the second, a delete the person had not confirmed. Now a code
+    is drawn again until it is no other command's of this person's."""
+    old, new = make_task(sandbox, "Old task"), make_task(sandbox, "Keep this")
+    draws = iter([23_456, 23_456, 34_567])  # codes 123456, 123456 again, then 134567
+    monkeypatch.setattr(commands.secrets, "randbelow", lambda _: next(draws))
+    assert held_code(slack(f"drop {old}").json) == "123456"
+    if first == CONFIRMED:
+        assert slack("confirm 123456", trigger_id="t2").json["text"].startswith(f"Confirmed: `drop {old}`")
+
+    assert held_code(slack(f"drop {new}", trigger_id="t3").json) == "134567"
+    again = slack("confirm 123456", trigger_id="t4").json["text"]  # the first command's button, clicked (again)
+
+    expected = "Already confirmed" if first == CONFIRMED else f"Confirmed: `drop {old}`"
+    assert again.startswith(expected), again
+    assert [e["payload"]["typed"] for e in queued_events(redis_url)] == [f"drop {old}"]
 
 
 def test_a_confirm_code_is_six_digits_so_no_one_confirms_a_command_held_for_a_longer_id(slack, sandbox, redis_url):
