@@ -19,7 +19,8 @@ Between ticks a round asks Redis nothing: each scheduler remembers, per workspac
 look it wrote and the rule's next tick after it (`Upcoming`), and reads `schedule:last` again only
 once that tick is due. Leaving `last` where it was meanwhile changes nothing: no tick lies between
 it and now, so the ticks computed at the next look are the same (a daily digest in 1,000 idle
-workspaces used to cost two commands each every 5 s).
+workspaces used to cost two commands each every 5 s). That holds for the schedule remembered only: a rule whose
+schedule is edited is looked at from the last round that saw the old one (`Upcoming.last`), not from `schedule:last`.
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ class Upcoming:
     """What one scheduler remembers of each schedule rule: its last look written, and the next tick after it."""
 
     def __init__(self) -> None:
-        # (workspace, rule id) → (its schedule when looked at, the last look, the next tick after it)
+        # (workspace, rule id) → (its schedule when looked at, the last look or the last round after it that found the
+        # same schedule and no tick due, the next tick after that look)
         self._seen: dict[tuple[str, str], tuple[tuple, datetime, datetime | None]] = {}
         self._rules: dict[str, Ruleset] = {}  # workspace → the rules its last round read
 
@@ -111,11 +113,22 @@ class Upcoming:
 
         An edited schedule, or a rule enabled or disabled, is looked at again at once.
         """
-        seen = self._seen.get(self._key(rule))
-        return seen is not None and seen[0] == self._schedule(rule) and (seen[2] is None or now < seen[2])
+        rule_key = self._key(rule)
+        seen = self._seen.get(rule_key)
+        if seen is None or seen[0] != self._schedule(rule) or (seen[2] is not None and now >= seen[2]):
+            return False
+        self._seen[rule_key] = (seen[0], now, seen[2])  # no Redis: a later look starts no earlier than this
+        return True
 
     def last(self, rule: Rule) -> datetime | None:
-        """The last look this scheduler wrote (stands in for `schedule:last` should Redis have lost it)."""
+        """The time up to which this scheduler saw the rule's ticks handled: its last look, or a later round that found
+        the schedule unchanged and no tick due (None: never seen).
+
+        Stands in for `schedule:last` should Redis have lost it, and is the later of the two when the schedule was
+        edited: `schedule:last` is then as old as the rule's last tick, and the new schedule's ticks between it and
+        the edit (an hourly rule made `30 * * * *` at 9:40: 9:30) were no ticks of the rule, yet `catch_up: latest`
+        fired the latest of them, and `skip` one within the grace.
+        """
         seen = self._seen.get(self._key(rule))
         return seen[1] if seen else None
 
@@ -146,7 +159,8 @@ def fire_due(connection: redis.Redis, ruleset: Ruleset, *, now: datetime,
     for rule in ruleset.schedules(disabled=True):
         if upcoming is not None and upcoming.waiting(rule, now):
             continue
-        last = last_look(connection, rule.id) or (upcoming.last(rule) if upcoming else None)
+        looks = (last_look(connection, rule.id), upcoming.last(rule) if upcoming else None)
+        last = max((look for look in looks if look is not None), default=None)
         for tick in rule_ticks(rule, last, now, grace) if rule.enabled else ():
             event = schedule_event(rule.id, tick)
             # The last look moves to the tick in the tick's own transaction: moved after it, a connection lost in

@@ -308,3 +308,34 @@ def test_a_tick_whose_event_redis_refuses_fires_once_the_log_is_mended(redis_url
         assert scheduler.fire_due(connection, ruleset, now=hour + timedelta(seconds=10)) == [
             f"schedule:hourly:{hour.isoformat().replace('+00:00', 'Z')}"]
     assert queued_ticks(connection) == [("hourly", hour.isoformat().replace("+00:00", "Z"))]
+
+
+@pytest.mark.parametrize("catch_up, noticed", [("latest", 40), ("skip", 31)])
+def test_a_schedule_edited_mid_interval_fires_no_tick_its_old_schedule_did_not_have(redis_url, sandbox, rules_dir,
+                                                                                   catch_up, noticed):
+    """Between ticks a scheduler writes no last look, so `schedule:last` is the time of the rule's last tick: an hourly
+    rule edited to `30 * * * *` at 9:40 found its 9:30 tick "missed" since 9:00 and fired it (`latest`; with `skip`,
+    edited at 9:31, within the grace), a tick that came while the rule's schedule had none and the scheduler ran."""
+    from engine import load_rules
+    write_rule(rules_dir, "report", RULE.format(id="report", cron="0 * * * *", catch_up=catch_up))
+    hourly = load_rules(rules_dir)
+    write_rule(rules_dir, "report", RULE.format(id="report", cron="30 * * * *", catch_up=catch_up))
+    half_past = load_rules(rules_dir)
+    connection = redis.Redis.from_url(redis_url)
+    upcoming = scheduler.Upcoming()
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
+    with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
+        assert scheduler.fire_due(connection, hourly, now=hour - timedelta(seconds=58), upcoming=upcoming) == []
+        fired = scheduler.fire_due(connection, hourly, now=hour + timedelta(seconds=2), upcoming=upcoming)
+        assert fired == [f"schedule:report:{hour.isoformat().replace('+00:00', 'Z')}"]
+        # Rounds every 5 s until the edit is noticed: the old schedule has no tick meanwhile.
+        for seconds in range(7, noticed * 60, 5):
+            now = hour + timedelta(seconds=seconds)
+            assert scheduler.fire_due(connection, hourly, now=now, upcoming=upcoming) == []
+        edited = hour + timedelta(minutes=noticed, seconds=2)
+        assert scheduler.fire_due(connection, half_past, now=edited, upcoming=upcoming) == []
+        # The new schedule's first tick after the edit fires on time, once.
+        next_tick = hour + timedelta(hours=1, minutes=30)
+        assert scheduler.fire_due(connection, half_past, now=next_tick + timedelta(seconds=2), upcoming=upcoming) == [
+            f"schedule:report:{next_tick.isoformat().replace('+00:00', 'Z')}"]
+        assert scheduler.fire_due(connection, half_past, now=next_tick + timedelta(seconds=7), upcoming=upcoming) == []
