@@ -353,6 +353,12 @@ def _compile_schedule(config, path, comp):
     if _random(cron):
         comp.fail(path + ("schedule",), f"{cron!r} has a random field (R): each scheduler, and each of its looks, "
                   "would draw another time, so a tick could fire twice, or never", hint="write the minute and hour")
+    if whole := _equal_range(cron):
+        item, field, start, star = whole
+        # croniter 7 widens an equal range to the whole field ("Jan-Jan" is the whole cycle); cron and Temporal read it
+        # as its one value: a daily 09:00 written "0 9-9 * * *" would run, and write to InLoox, every hour.
+        comp.fail(path + ("schedule",), f"{item!r} in the {field} field is read as {star!r} (the whole field), not as "
+                  f"{start}", hint=f"write {start!r}")
     if _never_fires(cron):
         comp.fail(path + ("schedule",), f"{cron!r} never fires: its day and month name no date that exists",
                   hint="February has no 30th or 31st, and April, June, September and November no 31st; "
@@ -383,6 +389,25 @@ _RANDOM_ITEM = re.compile(r"^r(\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE | re.ASCII)
 def _random(cron: str) -> bool:
     """True when a field draws at random: no two computations of the ticks (two schedulers, two rounds) agree."""
     return any(_RANDOM_ITEM.match(item) for field in cron.split() for item in field.split(","))
+
+
+_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_RANGE_ITEM = re.compile(r"^(\w+)-(\w+)(/\d+)?$", re.ASCII)
+
+
+def _equal_range(cron: str) -> tuple[str, str, str, str] | None:
+    """The first range item whose ends are the same value (`9-9`, `tue-TUE/2`): (it, its field, its start, what
+    croniter reads instead); None without."""
+    for field, items in zip(_FIELDS, cron.split()):
+        for item in items.split(","):
+            found = _RANGE_ITEM.match(item)
+            if found and _same_value(found[1], found[2]):
+                return item, field, found[1], "*" + (found[3] or "")
+    return None
+
+
+def _same_value(a: str, b: str) -> bool:
+    return int(a) == int(b) if a.isdigit() and b.isdigit() else a.lower() == b.lower()
 
 
 def _never_fires(cron: str) -> bool:

@@ -87,6 +87,11 @@ CASES = [
      "'0 9 31 2 *' never fires: its day and month name no date that exists", "February has no 30th or 31st"),
     ("random_cron", 3, 15, "id: a\nwhen:\n  - schedule: \"R 9 * * 1-5\"\n" + N,
      "'R 9 * * 1-5' has a random field (R)", "write the minute and hour"),
+    # croniter reads a range whose ends are equal as the whole field: "9-9" every hour, "tue-tue" every day.
+    ("equal_range_cron", 3, 15, "id: a\nwhen:\n  - schedule: \"0 9-9 * * *\"\n" + N,
+     "'9-9' in the hour field is read as '*' (the whole field), not as 9", "write '9'"),
+    ("equal_range_cron_with_step", 3, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * 1,Tue-tue/2\"\n" + N,
+     "'Tue-tue/2' in the day-of-week field is read as '*/2' (the whole field), not as Tue", "write 'Tue'"),
     ("bad_timezone", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    timezone: Mars/Base\n" + N,
      "unknown time zone 'Mars/Base'", ""),
     ("host_timezone", 4, 15, "id: a\nwhen:\n  - schedule: \"0 9 * * *\"\n    timezone: localtime\n" + N,
