@@ -43,7 +43,7 @@ from workers.intake import submit_event
 from workers.logs import configure_logging, follow_registry
 from workers.settings import load_config
 from workers.signals import stop_event
-from workers.registry import Served, Shard
+from workers.registry import Leftovers, Served, Shard
 from workers.worker_context import RuleSource, forget, served
 from workers.workspaces import key
 
@@ -229,6 +229,9 @@ def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSett
     """
     sources: dict[str, RuleSource] = {}
     upcoming = Upcoming()
+    # A turn of a workspace in progress as it is deleted still stores its looks, its ticks, its rules' last good
+    # texts: `python -m workers.scheduler` runs no poll loop, whose purges delete those, and they stayed for good.
+    leftovers = Leftovers()
     while not stop.is_set():
         turned()
         current = served.workspaces()
@@ -236,6 +239,11 @@ def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSett
             del sources[name]
             upcoming.forget(name)
             forget(name)  # its compiled rules, kept across its record's changes
+            leftovers.let_go(name)
+        try:
+            leftovers.purge_due(connection)
+        except redis.RedisError as exc:  # still due: the next round purges once Redis is back
+            log.warning("could not delete what is left of deleted workspaces, will retry: %s", exc)
         for name, workspace in current.items():
             if name not in sources or sources[name].workspace != workspace:
                 sources[name] = RuleSource(connection, workspace)

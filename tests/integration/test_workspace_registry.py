@@ -1148,3 +1148,30 @@ def test_the_operators_usage_of_every_workspace_leaves_out_only_one_whose_counts
     assert {"acme", "globex"} <= set(shown)
     assert "error" not in shown["acme"] and shown["acme"]["runs"] == 0
     assert "cannot be read" in shown["globex"]["error"]
+
+
+def test_a_scheduler_process_deletes_what_it_wrote_of_a_workspace_deleted_during_its_round(api, stack, sandbox,
+                                                                                          redis_url, tmp_path):
+    """`python -m workers.scheduler` runs no poll loop, whose purges (workers/poller/loop.py Following) delete what a
+    process wrote of a workspace in the moment before it noticed the deletion: a scheduler's turn of the workspace in
+    progress as it was deleted stored the rule's last look after the delete, and `ws:acme:schedule:last` stayed for
+    good (a name created again found it: the old life's look)."""
+    from tests.support.stack import TICK_RULE, write_rule
+
+    folder = tmp_path / "acme-rules"
+    folder.mkdir()
+    write_rule(folder, "tick", TICK_RULE)
+    create(api.test_client(), "acme", sandbox, rules=str(folder))
+    release = tmp_path / "release-turn"
+    stack.env.update(ENGINE_FAILPOINTS="hold:schedule_workspace", ENGINE_FAILPOINTS_RELEASE=str(release))
+    scheduler = stack.scheduler()
+    wait_until(lambda: "failpoint schedule_workspace: held" in scheduler.output(), 20, "a workspace's turn held")
+
+    connection = redis.Redis.from_url(redis_url)
+    assert api.test_client().delete("/workspaces/acme", headers=auth()).status_code == 200
+    release.touch()  # the round goes on with acme, which it listed before the delete
+    wait_until(lambda: connection.exists("ws:acme:schedule:last"), 10, "the held turn to store its look")
+    time.sleep(registry.Leftovers.AFTER[-1] + 3.0)  # the purges' times, and a round after
+
+    assert [k for k in connection.scan_iter(match="ws:acme:*")] == [], scheduler.output()[-3000:]
+    assert scheduler.alive()
