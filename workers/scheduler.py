@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import threading
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from workers.workspaces import key
 log = logging.getLogger("scheduler")
 
 LAST_KEY = "schedule:last"
+MIN_INTERVAL, MAX_INTERVAL = 0.1, 3600.0  # SCHEDULE_INTERVAL's bounds (see `settings_from`)
 FIRED_TTL = 7 * 86400  # far longer than any tick can be computed again (at most `grace` after it)
 
 
@@ -299,7 +301,16 @@ def settings_from(config: dict) -> SchedulerSettings:
     with the grace alone, SCHEDULE_INTERVAL=300 left most ticks more than two minutes old when a round
     came to them, and `catch_up: skip` fired none of them, silently.
     """
-    interval = float(config["SCHEDULE_INTERVAL"])
+    text = config["SCHEDULE_INTERVAL"]
+    try:
+        interval = float(text)
+    except ValueError:
+        interval = math.nan
+    # Not below a tenth of a second (0 never waits: a core spins), nor above an hour: the grace is two intervals, and
+    # one of days took in every tick missed while no scheduler ran, fired as on time in spite of `catch_up: skip`.
+    if not MIN_INTERVAL <= interval <= MAX_INTERVAL:  # NaN too
+        raise SystemExit(f"Error: SCHEDULE_INTERVAL={text!r} is not a number of seconds from {MIN_INTERVAL:g} to "
+                         f"{MAX_INTERVAL:g}")
     return SchedulerSettings(interval=interval, grace=max(DEFAULT_GRACE, timedelta(seconds=2 * interval)))
 
 

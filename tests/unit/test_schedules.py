@@ -118,3 +118,19 @@ def test_schedules_across_daylight_saving_changes(cron, tz, start, expected):
     begin = at(start)
     end = at(expected[-1] + ":00")
     assert ticks_between(cron, tz, begin, end) == [at(t + ":00") for t in expected]
+
+
+@pytest.mark.parametrize("value", ["0", "1e-9", "-5", "1e12", "86400", "nan", "inf", "five"])
+def test_a_schedule_interval_that_would_spin_or_fire_every_missed_tick_stops_the_process_saying_so(value):
+    # 0 or 1e-9: the loop never waited, a core spun. 1e12: the grace (two intervals) took in every tick missed while
+    # no scheduler ran, so `catch_up: skip` fired them all (a week of a minutely rule: 10,080 runs), and the loop
+    # waited 30,000 years for its next round.
+    from workers.scheduler import settings_from
+    with pytest.raises(SystemExit, match=f"SCHEDULE_INTERVAL={value!r}"):
+        settings_from({"SCHEDULE_INTERVAL": value})
+
+
+@pytest.mark.parametrize("value, interval", [("0.5", 0.5), ("5", 5.0), ("300", 300.0)])
+def test_a_schedule_interval_in_bounds_is_taken(value, interval):
+    from workers.scheduler import settings_from
+    assert settings_from({"SCHEDULE_INTERVAL": value}).interval == interval
