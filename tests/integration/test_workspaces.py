@@ -891,7 +891,9 @@ def test_an_account_whose_inloox_hangs_does_not_hold_up_another_workspaces_event
     wait_until(lambda: len(receiver.received) >= 5, 60, "the quick account's five messages")
     took = time.monotonic() - started
     other_sandbox.clear_faults()
-    assert took < 3, f"the quick account's events took {took:.1f} s"
+    # 0.4-0.6 s alone; 3.8 s once in a CI run whose machine had a core taken by another job. Behind the other
+    # account's events they would wait out its 6 s time-out at least.
+    assert took < 5, f"the quick account's events took {took:.1f} s"
 
 
 def test_a_workspace_whose_event_log_redis_refuses_leaves_another_workspaces_events_handled(
