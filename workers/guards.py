@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from workers import metrics
+from workers.redis_set import set_key
 from workers.workspaces import key as ws_key
 
 HOP_LIMIT = 3
@@ -28,7 +29,7 @@ WROTE_TTL = 600  # a chained event arrives within a few polls of the write that 
 
 def note_write(connection: redis.Redis, entity_set: str, key: str, hops: int) -> None:
     """Remember that we wrote this entity at chain depth `hops`."""
-    connection.set(ws_key(f"wrote:{entity_set}:{key}"), hops, ex=WROTE_TTL)
+    set_key(connection, ws_key(f"wrote:{entity_set}:{key}"), hops, ex=WROTE_TTL)
 
 
 def hops_of(connection: redis.Redis, entity_set: str, keys: Iterable[str]) -> dict[str, int]:

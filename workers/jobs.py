@@ -32,6 +32,7 @@ from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext, checkable_write, checked_again
 from workers.outbound import OutboundRefused, redacted
+from workers.redis_set import set_key
 from workers.runs import (ACTIVE, TERMINAL, Creation, Lease, create_run, list_runs, load_run, new_run, queue_create,
                           record_step, save_run, save_trace)
 from workers.worker_context import WorkerContext, workspace_job
@@ -572,7 +573,7 @@ def _acquire(ctx: WorkerContext, run_id: str):
     """(the run's lock if we got it else None, the workspace's pause reason or None): one round trip."""
     lease = _lease(ctx, run_id)
     with ctx.connection.pipeline(transaction=False) as pipe:
-        pipe.set(lease.key, lease.token, nx=True, px=lease.ms)
+        set_key(pipe, lease.key, lease.token, nx=True, px=lease.ms)
         pipe.get(workspaces.key(PAUSED))
         acquired, paused = pipe.execute()
     return (_lock(ctx, lease) if acquired else None), paused, None

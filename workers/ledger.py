@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 import redis
 
 from workers import workspaces
+from workers.redis_set import set_key
 from workers.runs import decode_record, encode_record
 
 LEDGER_MAX_AGE = 7 * 24 * 3600  # seconds; workers.runs.RUNS_MAX_AGE, the sources' longest dedup claim
@@ -33,18 +34,18 @@ def entry(connection: redis.Redis, key: str) -> dict | None:
 
 def mark_sent(connection: redis.Redis, key: str) -> None:
     """Record, durably, that the write is about to be sent."""
-    connection.set(_key(key), _dumps({"state": "sent", "at": _now()}), ex=LEDGER_MAX_AGE)
+    set_key(connection, _key(key), _dumps({"state": "sent", "at": _now()}), ex=LEDGER_MAX_AGE)
 
 
 def mark_sent_first(target, key: str) -> None:
     """`mark_sent` unless the operation has an entry already (pipeline-friendly): with the creation of
     the run that will send it, so that a worker which also handles the event never overwrites a "done"."""
-    target.set(_key(key), _dumps({"state": "sent", "at": _now()}), ex=LEDGER_MAX_AGE, nx=True)
+    set_key(target, _key(key), _dumps({"state": "sent", "at": _now()}), ex=LEDGER_MAX_AGE, nx=True)
 
 
 def mark_done(connection: redis.Redis, key: str, output) -> None:
     """Record that the write landed, with its output for later steps and later attempts."""
-    connection.set(_key(key), _dumps({"state": "done", "output": output, "at": _now()}), ex=LEDGER_MAX_AGE)
+    set_key(connection, _key(key), _dumps({"state": "done", "output": output, "at": _now()}), ex=LEDGER_MAX_AGE)
 
 
 def finished(target, keys, *, keep_for: int = LEDGER_AFTER_FINISH) -> None:
@@ -55,7 +56,7 @@ def finished(target, keys, *, keep_for: int = LEDGER_AFTER_FINISH) -> None:
 
 def mark_lost(connection: redis.Redis, key: str) -> None:
     """Record that the write went out and its answer was lost (InLoox may still apply it later)."""
-    connection.set(_key(key), _dumps({"state": "sent", "at": _now(), "answer_lost": True}), ex=LEDGER_MAX_AGE)
+    set_key(connection, _key(key), _dumps({"state": "sent", "at": _now(), "answer_lost": True}), ex=LEDGER_MAX_AGE)
 
 
 def clear(connection: redis.Redis, key: str) -> None:

@@ -48,6 +48,7 @@ from redis.client import Pipeline
 
 from engine import Plan
 from workers import scripts
+from workers.redis_set import set_key
 from workers.workspaces import key
 
 RUNS_KEEP = 10_000  # finished runs kept per workspace (newest first); unfinished runs are never trimmed
@@ -384,7 +385,7 @@ def _queue_record(pipe: Pipeline, run: dict, max_age: int, counts: list | None, 
     """Queue the record's write (with `counts` and `slot`, in one script); the index of its reply."""
     at = len(pipe.command_stack)
     if not counts and slot is None:
-        pipe.set(_key(run["id"]), _encode_run(run), ex=max_age)
+        set_key(pipe, _key(run["id"]), _encode_run(run), ex=max_age)
         return at
     counts = counts or []
     args: list = [_encode_run(run), max_age, run["id"] if slot is not None else ""]
@@ -590,7 +591,7 @@ def save_trace(pipe, report: dict, run_ids: list[str], *, now: datetime, keep: i
     trace = {**report, "rules": rules, "runs": run_ids, "handled_at": now.isoformat()}
     if run_ids:  # the event is in its runs' plans: kept there once (load_trace puts it back)
         trace["event"] = {"id": event_id, "in_run": run_ids[0]}
-    pipe.set(key(f"trace:{event_id}"), encode_record(trace, compress=COMPRESS), ex=max_age)
+    set_key(pipe, key(f"trace:{event_id}"), encode_record(trace, compress=COMPRESS), ex=max_age)
     pipe.zadd(key("traces"), {event_id: now.timestamp()})
     if keep is None and max_age == RUNS_MAX_AGE and not _due(key("traces")):
         return
