@@ -93,9 +93,7 @@ def count(target, name: str, amount: int = 1, **labels) -> None:
     per-minute series, and all counts when batching) once they are due.
     """
     workspace = workspaces.current().name
-    counter = field(name, {"workspace": workspace, **labels})
-    followed = series.counted(name, labels)
-    metered = usage.usage_fields(name, labels)
+    counter, followed, metered = _counted(name, workspace, **labels)
     with _pending_lock:
         for each in followed:
             _pending_series[workspace, each] += amount
@@ -108,6 +106,18 @@ def count(target, name: str, amount: int = 1, **labels) -> None:
         _flush_requests(target)
         return
     flush_due(target)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _counted(name: str, workspace: str, **labels) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(hash field, series, usage fields) of a count: what `count` adds to.
+
+    Cached whole: a busy worker counts eight times an event, nearly always the same few counters, and working
+    these out each time was 9,000 instructions of a count's 22,000 even with `field`'s cache; cached, its
+    instructions per event went from 3.82 M to 3.76 M, 1.6 % (bench/worker_cpu.py --instructions). Typed, so
+    that a label 1 and a label True stay two counters, as `field` has them."""
+    counter = field(name, {"workspace": workspace, **labels})
+    return counter, series.counted(name, labels), usage.usage_fields(name, labels)
 
 
 def flush_due(target) -> None:
