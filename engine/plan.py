@@ -9,7 +9,7 @@ import copy
 import hashlib
 import math
 from collections import abc
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -81,9 +81,14 @@ class Plan:
 
     def to_dict(self) -> dict:
         """JSON-safe form (RQ job argument); from_dict reverses it."""
-        d = {f.name: _copied(getattr(self, f.name)) for f in fields(self) if f.name != "operations"}
-        d["operations"] = [op.to_dict() for op in self.operations]
-        return d
+        # Field by field, as Operation.to_dict: dataclasses.fields() and a getattr each were ~25,000 of its ~44,000
+        # instructions, twice an event: 1.5 % of a busy worker's (3.67 M -> 3.61 M, bench/worker_cpu.py --instructions).
+        return {"rule_id": self.rule_id, "rule_version": self.rule_version, "event_id": self.event_id,
+                "event": _copied(self.event), "planned_at": self.planned_at, "mode": self.mode,
+                "allow_chained": self.allow_chained, "hold_seconds": self.hold_seconds, "retry": _copied(self.retry),
+                "concurrency": _copied(self.concurrency), "bindings": _copied(self.bindings),
+                "rate_limit": _copied(self.rate_limit), "error": self.error, "for_each": _copied(self.for_each),
+                "item_key": self.item_key, "operations": [op.to_dict() for op in self.operations]}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Plan":

@@ -1,4 +1,5 @@
 """Planning: operations, idempotency keys, deferred step templates and the run policy."""
+import dataclasses
 import json
 import time
 from datetime import datetime, timezone
@@ -79,6 +80,8 @@ def test_idempotency_keys_are_deterministic_per_event_rule_version_and_step():
 def test_plan_round_trips_through_json():
     (plan,) = evaluate(done_event(), ruleset(DONE), now=NOW, env={})
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    # to_dict names its fields one by one: one left out would come back as its default.
+    assert list(plan.to_dict()) == [f.name for f in dataclasses.fields(Plan) if f.name != "operations"] + ["operations"]
 
 
 def test_step_outputs_are_deferred_and_rendered_later():
