@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from workers import metrics
-from workers.redis_set import set_key
+from workers.round_trips.pipeline import set_key
 from workers.workspaces import key as ws_key
 
 HOP_LIMIT = 3

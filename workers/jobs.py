@@ -32,7 +32,7 @@ from workers.enqueue import queue_run
 from workers.holds import schedule_check
 from workers.effects import EXECUTORS, NeedsAttention, StepContext, checkable_write, checked_again
 from workers.outbound import OutboundRefused, redacted
-from workers.redis_set import set_key
+from workers.round_trips.pipeline import set_key
 from workers.runs import (ACTIVE, TERMINAL, Creation, Lease, create_run, list_runs, load_run, new_run, queue_create,
                           record_step, save_run, save_trace)
 from workers.worker_context import WorkerContext, workspace_job

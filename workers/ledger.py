@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import redis
 
 from workers import workspaces
-from workers.redis_set import set_key
+from workers.round_trips.pipeline import set_key
 from workers.runs import decode_record, encode_record
 
 LEDGER_MAX_AGE = 7 * 24 * 3600  # seconds; workers.runs.RUNS_MAX_AGE, the sources' longest dedup claim

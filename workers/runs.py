@@ -48,7 +48,7 @@ from redis.client import Pipeline
 
 from engine import Plan
 from workers import scripts
-from workers.redis_set import set_key
+from workers.round_trips.pipeline import set_key
 from workers.workspaces import key
 
 RUNS_KEEP = 10_000  # finished runs kept per workspace (newest first); unfinished runs are never trimmed

@@ -37,7 +37,7 @@ from redis.lock import Lock
 
 from engine.rules import Ruleset
 from inloox import InLooxError
-from inloox.changes import CHANGE_FEEDS, ChangeFeed, Scan, observation
+from inloox.changes import CHANGE_FEEDS, Scan, observation
 from workers import activity, failpoints, metrics
 from workers.poller import leases
 from workers.poller.poll import PollResult, PollSettings, poll_once, sweep_deleted
