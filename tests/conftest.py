@@ -115,6 +115,8 @@ def stack(redis_url, sandbox, receiver, rules_dir):
     env = {"REDIS_URL": redis_url, "INLOOX_URL": sandbox.base_url, "INLOOX_API_KEY": sandbox.token,
            "RULES_PATH": str(rules_dir), "TEAM_CHANNEL_URL": receiver.json_url,
            "OUTBOUND_ALLOW": "127.0.0.1", "POLL_INTERVAL": "1",
+           # The receiver stands in for Slack as a chat command's response_url (tests/integration/test_chat.py).
+           "SLACK_RESPONSE_HOSTS": "hooks.slack.com, http://127.0.0.1",
            # No shared InLoox rate limit here: tests of other things should not wait for it
            # (tests/integration/test_workspaces.py checks the limit itself).
            "INLOOX_REQUESTS_PER_SECOND": "0"}

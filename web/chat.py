@@ -25,7 +25,7 @@ from web.signatures import SignatureError, verify_slack, verify_teams
 from web.slack_buttons import CONFIRM, confirmation_blocks, outcome_message, read_click
 from web.workspace import require_workspace
 from workers import workspaces
-from workers.chat import queue_reply
+from workers.chat import queue_reply, response_url_refusal
 
 bp = Blueprint("chat", __name__, url_prefix="/chat")
 bp.before_request(require_workspace)
@@ -52,6 +52,9 @@ def slack():
         user={"id": form.get("user_id", ""), "name": form.get("user_name", "")},
         response_url=form.get("response_url") or None, prefix=f"{form.get('command', '/inloox')} ",
         received=arrived(request.environ))  # not when a thread took it: Slack's 3 s count its wait in the queue
+    refusal = _response_url_refusal(command)
+    if refusal:
+        return jsonify(response_type="ephemeral", text=f"Nothing was done: {refusal}.")
     reply = _answer(command)
     if reply.code is None:
         return jsonify(response_type="ephemeral", text=reply.text)
@@ -69,6 +72,9 @@ def slack_interactive():
         abort(400, str(exc))
     command = ChatCommand(surface="slack", request_id=click.trigger_id, text=f"{click.action} {click.code}",
                           user=click.user, response_url=click.response_url, received=arrived(request.environ))
+    refusal = _response_url_refusal(command)
+    if refusal:  # nothing settled: a confirm here would start a plan whose outcome could be told nowhere
+        abort(400, f"nothing was done: {refusal}")
     try:
         text = (confirm if click.action == CONFIRM else cancel)(command, click.code)
         if click.response_url:
@@ -152,6 +158,21 @@ def _verify_slack() -> None:
         verify_slack(body, request.headers, workspaces.current().slack_signing_secret)
     except SignatureError as exc:
         abort(401, f"Slack signature rejected: {exc}")
+
+
+def _response_url_refusal(command: ChatCommand) -> str | None:
+    """Why the command's response_url is not one to post to (SLACK_RESPONSE_HOSTS), said in the log; None if it is.
+
+    Refused rather than run without its result: Slack always sends https://hooks.slack.com/…, so another host in a
+    signed request is a setting that misses this Slack's hosts (said at once, not as results that never come) or
+    a request signed by someone holding the secret; either way nothing should run on it, and nothing be posted.
+    """
+    if not command.response_url:
+        return None
+    refusal = response_url_refusal(command.response_url, current_app.config.get("SLACK_RESPONSE_HOSTS", ""))
+    if refusal:
+        current_app.logger.warning("Slack %s refused: %s", command.request_id, refusal)
+    return refusal
 
 
 def _answer(command: ChatCommand) -> Reply:

@@ -4,10 +4,16 @@
     post_result(run_id)          RQ job: post the result once, through the outbound guard
     queue_reply(connection, url, message)   queue post_reply: one message to a response_url
     post_reply(reply)            RQ job: post it, through the outbound guard (a Slack click's outcome)
+    response_url_refusal(url, hosts)   why a response_url is not on SLACK_RESPONSE_HOSTS, or None
+
+A response_url comes in the request, and the outbound guard alone would let workers post a run's result to any
+public host: only the hosts of SLACK_RESPONSE_HOSTS (Slack's own, hooks.slack.com) are posted to. The web refuses
+a command or click whose URL is elsewhere; the jobs check again, for what was queued before the setting changed.
 """
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 import redis
 
@@ -42,6 +48,10 @@ def post_result(ctx, run_id: str) -> str:
     if not ctx.connection.set(workspaces.key(f"chat:posted:{run_id}"), 1, nx=True, ex=POSTED_TTL_SECONDS):
         return "already posted"
     url = run["plan"]["event"]["payload"]["response_url"]
+    refusal = response_url_refusal(url, ctx.slack_response_hosts)
+    if refusal:  # said in the log, and as the job's result; the run itself is done and stays as it is
+        log.warning("run %s: result not posted: %s", run_id, refusal)
+        return f"refused: {refusal}"
     # OutboundRefused propagates: the job fails visibly, and the claim above keeps it from repeating.
     http(ctx.outbound, "POST", url, body={"response_type": "ephemeral", "text": result_text(run)})
     return "posted"
@@ -56,9 +66,35 @@ def queue_reply(connection: redis.Redis, url: str, message: dict) -> None:
 @workspace_job
 def post_reply(ctx, reply: dict) -> str:
     """Post `reply["message"]` to `reply["url"]` once (no retries: a late "confirmed" would only confuse)."""
+    refusal = response_url_refusal(reply["url"], ctx.slack_response_hosts)
+    if refusal:
+        log.warning("Slack reply not posted: %s", refusal)
+        return f"refused: {refusal}"
     # OutboundRefused propagates: the job fails visibly in RQ's failed registry.
     http(ctx.outbound, "POST", reply["url"], body=reply["message"])
     return "posted"
+
+
+def response_url_refusal(url: str, hosts: str) -> str | None:
+    """Why `url` may not be posted to under SLACK_RESPONSE_HOSTS `hosts`, or None if it may.
+
+    A bare host allows https only; `http://HOST` allows http too. Hosts are compared exactly (lowercased), as
+    OUTBOUND_ALLOW's are: `hooks.slack.com.evil.example` or `evil.example/hooks.slack.com` is not Slack's.
+    """
+    try:
+        parts = urlsplit(url)
+        host, scheme = (parts.hostname or "").lower(), parts.scheme.lower()
+        parts.port  # noqa: B018 - a port that is no number raises ValueError here: such a URL is refused
+    except ValueError:
+        host, scheme = "", ""
+    allowed = set()
+    for entry in (e.strip().lower() for e in hosts.replace(",", " ").split()):
+        schemes = ("http", "https") if entry.startswith("http://") else ("https",)
+        allowed.update((s, entry.removeprefix("http://").removeprefix("https://").rstrip("/")) for s in schemes)
+    if host and (scheme, host) in allowed:
+        return None
+    shown = f"{scheme}://{host}" if host else "a URL without a host"
+    return f"the response_url's host ({shown}) is not on SLACK_RESPONSE_HOSTS ({hosts or 'empty'})"
 
 
 def result_text(run: dict) -> str:

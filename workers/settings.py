@@ -66,6 +66,10 @@ DEFAULTS = {
     "SLACK_SIGNING_SECRET": "",
     "TEAMS_SECURITY_TOKEN": "",
     "CHAT_USER_MAP": "",
+    # Hosts a Slack response_url may point at, comma-separated (workers/chat.py): Slack's is always
+    # https://hooks.slack.com/…, and any other would have workers post run results wherever a request said.
+    # A bare host is https only; `http://HOST` also allows plain http (a local stand-in, in tests).
+    "SLACK_RESPONSE_HOSTS": "hooks.slack.com",
     # InLoox requests per second of the default workspace, shared by all processes (0: no limit).
     "INLOOX_REQUESTS_PER_SECOND": "5",
     # Webhooks the default workspace accepts a second, after a burst of ten seconds' worth (0: no limit).

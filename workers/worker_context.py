@@ -276,6 +276,7 @@ class WorkerContext:
     outage_seconds: float = 24 * 3600.0  # a run waits this long for an unreachable InLoox (INLOOX_OUTAGE_HOURS)
     delivery_schedule: tuple[float, ...] | None = None  # change-feed retry delays (None: workers.deliveries.SCHEDULE)
     keyring: Keyring | None = None  # opens sealed secrets (subscriptions'); None: no usable SECRETS_KEY
+    slack_response_hosts: str = "hooks.slack.com"  # where chat results may be posted (SLACK_RESPONSE_HOSTS)
 
     def ruleset(self) -> Ruleset:
         return self.rules.ruleset()
@@ -318,7 +319,8 @@ def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -
                          settle_seconds=float(config.get("INLOOX_SETTLE_SECONDS", 60)),
                          outage_seconds=float(config.get("INLOOX_OUTAGE_HOURS", 24)) * 3600,
                          delivery_schedule=retry_schedule(config.get("DELIVERY_RETRY_SECONDS", "")),
-                         keyring=keyring_of(config))
+                         keyring=keyring_of(config),
+                         slack_response_hosts=config.get("SLACK_RESPONSE_HOSTS", "hooks.slack.com"))
 
 
 _keyless_told = False  # said once per process, not once per workspace

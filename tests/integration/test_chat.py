@@ -440,6 +440,15 @@ def test_a_click_is_acknowledged_at_once_and_someone_elses_click_runs_nothing(sl
     assert slack(f"confirm {code}", trigger_id="t2").json["text"].startswith(f"Confirmed: `drop {task}`")
 
 
+def test_a_click_whose_response_url_is_not_slacks_is_a_400_and_settles_nothing(slack, click, sandbox, redis_url):
+    task = make_task(sandbox, "Old task")
+    code = held_code(slack(f"drop {task}").json)
+    response = click("confirm", code, response_url="https://hooks.slack.com.example.net/actions/T1/1/x")
+    assert response.status_code == 400 and b"not on SLACK_RESPONSE_HOSTS" in response.data
+    assert queued_events(redis_url) == []
+    assert slack(f"confirm {code}", trigger_id="t2").json["text"].startswith(f"Confirmed: `drop {task}`")
+
+
 # --- Teams -------------------------------------------------------------------------------------------
 
 def teams_auth(raw: bytes, token: str = TEAMS_TOKEN) -> str:
@@ -673,6 +682,36 @@ def test_time_is_booked_for_the_person_who_typed_the_command(chat_stack, sandbox
     [entry] = wait_until(lambda: sandbox.get("TimeEntry").json()["value"], 15, "the time entry")
     assert entry["PerformedByContactId"] == ann and entry["TaskItemId"] == task
     assert entry["DurationMinutes"] == 120
+
+
+def test_a_command_whose_response_url_is_not_slacks_runs_nothing_and_gets_nothing_posted(
+        request, engine, sandbox, receiver, redis_url):
+    """SLACK_RESPONSE_HOSTS at its default (hooks.slack.com): a signed command whose response_url is the receiver is
+    refused, said in the reply and the web's log, and nothing is posted there (the outbound guard alone let it)."""
+    del engine.env["SLACK_RESPONSE_HOSTS"]
+    web = request.getfixturevalue("chat_web")
+    task = make_task(sandbox, "Write report")
+    body = slack_body("done Write report", trigger_id="rt-foreign", response_url=f"{receiver.url}/slack-response")
+    reply = requests.post(f"{web}/chat/slack", data=body, headers=slack_headers(body), timeout=5)
+    time.sleep(2)  # time enough for a run and its post (the round trips above take well under a second)
+    assert receiver.received == [] and all_runs(redis_url) == []
+    assert reply.status_code == 200
+    assert reply.json()["text"].startswith("Nothing was done: the response_url's host (http://127.0.0.1) is not on "
+                                           "SLACK_RESPONSE_HOSTS"), reply.text
+    assert sandbox.get(f"Task({task})").json()["IsDone"] is False
+    wait_until(lambda: "not on SLACK_RESPONSE_HOSTS" in engine.logs(), 5, "the refusal in the web's log")
+
+
+def test_a_queued_reply_to_a_host_not_on_slack_response_hosts_is_not_posted(stack, receiver, redis_url, workspace):
+    """The worker checks too (a reply queued before the setting was narrowed): the job says so, and posts nothing."""
+    from workers.chat import queue_reply
+
+    del stack.env["SLACK_RESPONSE_HOSTS"]
+    queue_reply(redis.Redis.from_url(redis_url), receiver.url + "/slack-action", {"text": "confirmed"})
+    stack.worker()
+    wait_until(lambda: "Slack reply not posted: the response_url's host (http://127.0.0.1) is not on" in stack.logs()
+               or receiver.received, 20, "the reply's job to end")
+    assert receiver.received == []
 
 
 def test_each_workspace_has_its_own_slack_app_commands_and_queue(redis_url, sandbox, tmp_path):
