@@ -19,7 +19,7 @@ from workers import registry, workspaces
 from workers.logs import follow_registry
 from workers.secrets import Keyring, SecretsKeyError
 from workers.settings import send_once
-from workers.worker_context import WorkerContext, build_context, inloox_client
+from workers.worker_context import WorkerContext, build_context, forget, inloox_client
 
 _EXTENSION = "inloox_automation"
 # What the web asks InLoox (who a chat user is, which task they mean; /readyz's question) a person or a probe waits
@@ -29,6 +29,9 @@ WEB_INLOOX_SECONDS = 2.5
 WEB_INLOOX_SLOTS = 2  # requests of one workspace waiting for its InLoox at once, per web process; the others are told
 _slots: dict[str, threading.BoundedSemaphore] = {}
 _slots_lock = threading.Lock()
+_PER_WORKSPACE = ("context:", "inloox:")  # the store's keys built for one workspace: <prefix><name>
+_SEEN = "served_seen"  # the store's key of the registry's set last swept against (the View keeps one dict per read)
+_sweep_lock = threading.Lock()
 
 
 def get_redis() -> redis.Redis:
@@ -83,6 +86,37 @@ class DeclaredOnly:
 
     def refresh(self) -> None:
         pass
+
+
+def let_go_of_unserved(known: dict) -> None:
+    """Drop what this process built for a workspace `known` (the registry's set, as the View read it) no longer lists.
+
+    A hosted service creates and deletes workspaces all day, and a deleted one's context, InLoox client, slot and
+    compiled rules would otherwise stay until the process restarts. The View keeps one dict until the registry
+    changes, so this is an identity check per request and a sweep of the store once per change. The sweep takes
+    every name not served, not only those the change removed: a request that resolved a workspace just before its
+    deletion may build its context after a sweep, and the next change lets go of it.
+    """
+    store = current_app.extensions[_EXTENSION]
+    if store.get(_SEEN) is known or not _sweep_lock.acquire(blocking=False):
+        return  # another thread sweeps: this one serves on
+    try:
+        if store.get(_SEEN) is known:
+            return
+        gone = set()
+        for key in list(store):  # a copy: other threads build contexts meanwhile
+            prefix, _, name = key.partition(":")
+            if f"{prefix}:" in _PER_WORKSPACE and name not in known:
+                store.pop(key, None)
+                gone.add(name)
+        with _slots_lock:
+            for name in [name for name in _slots if name not in known]:
+                del _slots[name]  # a request holding it releases its own; the next one is given a new one
+        for name in gone:
+            forget(name)  # its compiled rules (workers.worker_context keeps them across its context's rebuilds)
+        store[_SEEN] = known
+    finally:
+        _sweep_lock.release()
 
 
 def get_context() -> WorkerContext:

@@ -24,7 +24,7 @@ import click
 import redis
 from flask import Blueprint, Flask, abort, current_app, g, request
 
-from web.resources import get_registry
+from web.resources import get_registry, let_go_of_unserved
 from workers import registry, workspaces
 from workers.redis_server import redacted_url
 from workers.secrets import SecretsKeyError
@@ -66,6 +66,7 @@ def served_workspace(name: str | None) -> workspaces.Workspace | None:
         known = view.workspaces()
     except (registry.RegistryUnavailable, redis.RedisError) as exc:
         abort(503, f"the workspace registry cannot be read: {exc}")
+    let_go_of_unserved(known)
     unreadable = view.unreadable().get(name or workspaces.DEFAULT)
     if unreadable:
         abort(503, unreadable)
@@ -81,9 +82,11 @@ def _enter_default_if_served() -> None:
     """Enter the default workspace when it is served and the registry can say so; never refuse:
     /healthz and /metrics answer whatever the registry's state."""
     try:
-        served = get_registry().workspaces().get(workspaces.DEFAULT)
+        known = get_registry().workspaces()
     except (registry.RegistryUnavailable, redis.RedisError, SecretsKeyError):
         return
+    let_go_of_unserved(known)
+    served = known.get(workspaces.DEFAULT)
     if served is not None:
         g.workspace_token = workspaces.enter(served)
 

@@ -394,6 +394,31 @@ def test_delete_leaves_no_key_of_the_workspace_and_its_routes_answer_404(api, sa
     assert client.get("/runs", headers=auth()).status_code == 200  # the default workspace is untouched
 
 
+def test_the_web_lets_go_of_a_deleted_workspaces_context_and_compiled_rules(api, sandbox, monkeypatch):
+    """A hosted web process outlives thousands of workspaces: what it built for one deleted must not stay."""
+    from web import resources
+    from workers import worker_context
+
+    monkeypatch.setattr(worker_context, "_kept", {})  # this process's compiled rules: none of an earlier test
+    monkeypatch.setattr(resources, "_slots", {})
+    client, store = api.test_client(), api.extensions["inloox_automation"]
+    token = create(client, "zephyrco", sandbox)["admin_token"]
+    rule = "id: a\ndescription: A.\nwhen:\n  - manual: true\nthen:\n  - notify: json://127.0.0.1:9/x\n    body: hi\n"
+    uploaded = client.put("/workspaces/zephyrco/rules", headers=auth(token), json={"files": {"a.yaml": rule}})
+    assert uploaded.status_code == 201, uploaded.text
+    planned = client.post("/workspaces/zephyrco/rules/a/run?dry_run=1", headers=auth(token), json={"input": {}})
+    assert planned.status_code == 200, planned.text
+    assert "context:zephyrco" in store and "zephyrco" in worker_context._kept  # built and compiled here
+    store["inloox:zephyrco"] = ("built", "for the chat")  # as a chat command's InLoox client and slot are kept
+    resources._slots["zephyrco"] = object()
+
+    assert client.delete("/workspaces/zephyrco", headers=auth()).status_code == 200
+    assert client.get("/runs", headers=auth()).status_code == 200  # any request, once the registry changed
+
+    assert [key for key in store if "zephyrco" in key] == []
+    assert "zephyrco" not in worker_context._kept and "zephyrco" not in resources._slots
+
+
 def test_no_secret_or_token_is_stored_in_plain_text(api, sandbox, redis_url):
     client = api.test_client()
     admin = create(client, "acme", sandbox, slack_signing_secret=SLACK_SECRET)["admin_token"]
