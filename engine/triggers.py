@@ -398,11 +398,11 @@ _RANGE_ITEM = re.compile(r"^(\w+)-(\w+)(/\d+)?$", re.ASCII)
 def _equal_range(cron: str) -> tuple[str, str, str, str] | None:
     """The first range item whose ends are the same value (`9-9`, `tue-TUE/2`): (it, its field, its start, what
     croniter reads instead); None without."""
-    for field, items in zip(_FIELDS, cron.split()):
+    for name, items in zip(_FIELDS, cron.split()):  # not `field`: dataclasses' is imported here
         for item in items.split(","):
             found = _RANGE_ITEM.match(item)
             if found and _same_value(found[1], found[2]):
-                return item, field, found[1], "*" + (found[3] or "")
+                return item, name, found[1], "*" + (found[3] or "")
     return None
 
 
