@@ -101,12 +101,11 @@ class RuleSource:
         _, stamp = self._stamp_now(None)
         if self._ruleset is not None and stamp == self._stamp:
             return 0
-        if self.workspace.rules_path is None and _kept_rules(self.workspace, stamp) is not None:
-            return 0  # compiled for an earlier context of this workspace
         if self.workspace.rules_path is not None:  # the stamp's lines: file, mtime, size
             return sum(int(line.rpartition("\t")[2]) for line in stamp.splitlines())
-        return 0 if stamp == "None" else bundles.size(self.connection, self.workspace.prefix,
-                                                      int(stamp.partition(":")[0]))
+        if stamp == "None" or _kept_rules(self.workspace, stamp) is not None:  # none, or compiled for an earlier context
+            return 0
+        return bundles.size(self.connection, self.workspace.prefix, int(stamp.partition(":")[0]))
 
     def _stamp_now(self, not_before: float | None) -> tuple[float, str]:
         """(time.time() the look began, what is active: the folder's file stamps, or the bundle's number and digest).
