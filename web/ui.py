@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from web import bundle_check, charts, heavy, times
 from web.resources import get_context, get_keyring, get_redis
@@ -189,8 +190,10 @@ def rules():
     context = get_context()
     try:
         ruleset, version = heavy.compiled_rules()  # a first compile of a large bundle: seconds, one at a time
+    except heavy.Unreachable as exc:  # Redis failed as the turn was asked for: as heavy.answered says it, 503
+        raise ServiceUnavailable(f"Not listed: {exc}", retry_after=exc.retry_after) from None
     except heavy.Busy as exc:
-        abort(429, f"Not listed: {exc}")
+        raise TooManyRequests(f"Not listed: {exc}", retry_after=exc.retry_after) from None
     connection = get_redis()
     since = datetime.now(timezone.utc) - RECENT
     rows = [_rule_row(connection, rule, since) for rule in sorted(ruleset.rules.values(), key=lambda r: r.id)]
