@@ -32,7 +32,7 @@ from engine.match import bindings
 from inloox import and_, contains, eq
 from web.heavy import compiled_rules
 from web.resources import get_context, get_inloox, get_redis, inloox_slot
-from workers import failpoints
+from workers import failpoints, scripts
 from workers.eventlog import TooLate
 from workers.intake import submit_event
 from workers.workspaces import current, key
@@ -202,12 +202,12 @@ def _with_task(text: str, typed: str, task_id: str) -> str:
 
 # KEYS: the pending event, its outcome, the command's seen mark. ARGV: the event JSON, its TTL, the event id, the
 # mark's TTL. Holds the event under a code that is no other held or settled command's of this person (1), else 0.
-_HOLD = """
+_HOLD = scripts.script("""
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return 1
-"""
+""")
 HOLD_DRAWS = 20  # a person holds a few codes of 900,000 at a time: 20 draws that all meet one do not happen
 
 
@@ -219,8 +219,9 @@ def _hold_for_confirmation(command: ChatCommand, event: Event) -> str:
         # A code of this person's that is held or settled (a day) is drawn again: the buttons of its message stay
         # until the outcome replaces them, and under a code given twice a click on the first command's Confirm
         # ran the second one, which the person had not confirmed.
-        if connection.eval(_HOLD, 3, _pending_key(command, code), _settled_key(command, code), _seen_key(command),
-                           held, CONFIRM_TTL_SECONDS, event.id, DEDUP_TTL_SECONDS):
+        if scripts.call(connection, _HOLD, keys=[_pending_key(command, code), _settled_key(command, code),
+                                                 _seen_key(command)],
+                        args=[held, CONFIRM_TTL_SECONDS, event.id, DEDUP_TTL_SECONDS]):
             return code
     raise redis.RedisError(f"no free confirmation code in {HOLD_DRAWS} draws")
 
@@ -266,7 +267,7 @@ def _not_waiting(code: str, settled: str | None) -> str:
 # A cancel takes the event. A confirm leaves it, for as long as the outcome is kept, to `confirm`'s submit, which
 # removes it: a confirm sent again after Redis failed before that submit goes on with it too (and only one of them
 # gets the event submitted, by its dedup key).
-_SETTLE = """
+_SETTLE = scripts.script("""
 local held = redis.call('GET', KEYS[1])
 local settled = redis.call('GET', KEYS[2])
 if settled then
@@ -285,7 +286,7 @@ else
   redis.call('DEL', KEYS[1])
 end
 return {held, false}
-"""
+""")
 
 
 def _settle(command: ChatCommand, code: str, outcome: str) -> tuple[str | None, str | None]:
@@ -296,8 +297,8 @@ def _settle(command: ChatCommand, code: str, outcome: str) -> tuple[str | None, 
         # from the person `29` was the held command of `29:1`. Codes are six digits (`_hold_for_confirmation`): nothing
         # else is one.
         return None, None
-    held, settled = get_redis().eval(_SETTLE, 2, _pending_key(command, code), _settled_key(command, code),
-                                     outcome, SETTLED_TTL_SECONDS)
+    held, settled = scripts.call(get_redis(), _SETTLE, keys=[_pending_key(command, code), _settled_key(command, code)],
+                                 args=[outcome, SETTLED_TTL_SECONDS])
     return (held.decode() if held else None), (settled.decode() if settled else None)
 
 
