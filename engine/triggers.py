@@ -354,10 +354,10 @@ def _compile_schedule(config, path, comp):
         comp.fail(path + ("schedule",), f"{cron!r} has a random field (R): each scheduler, and each of its looks, "
                   "would draw another time, so a tick could fire twice, or never", hint="write the minute and hour")
     if whole := _equal_range(cron):
-        item, field, start, star = whole
+        item, name, start, star = whole
         # croniter 7 widens an equal range to the whole field ("Jan-Jan" is the whole cycle); cron and Temporal read it
         # as its one value: a daily 09:00 written "0 9-9 * * *" would run, and write to InLoox, every hour.
-        comp.fail(path + ("schedule",), f"{item!r} in the {field} field is read as {star!r} (the whole field), not as "
+        comp.fail(path + ("schedule",), f"{item!r} in the {name} field is read as {star!r} (the whole field), not as "
                   f"{start}", hint=f"write {start!r}")
     if _never_fires(cron):
         comp.fail(path + ("schedule",), f"{cron!r} never fires: its day and month name no date that exists",
