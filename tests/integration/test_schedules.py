@@ -247,7 +247,9 @@ def _away_two_hours_fires_nothing_after(redis_url, sandbox, rules_dir, present, 
     members as the time away ended."""
     connection = redis.Redis.from_url(redis_url)
     upcoming = scheduler.Upcoming()
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
+    # Yesterday at 10:00, not at this hour: run between 1:00 and 3:00 UTC, the two hours away held the 3:00 tick of
+    # the `daily` rule beside it (`0 3 * * *`), which fired then.
+    hour = datetime.now(timezone.utc).replace(hour=10, minute=0, second=0, microsecond=0) - timedelta(days=1)
     with workspaces.using(workspaces.Workspace("default", sandbox.base_url, sandbox.token, rules_path=str(rules_dir))):
         assert scheduler.fire_due(connection, present, now=hour + timedelta(minutes=1), upcoming=upcoming) == []
         # Away for two hours: the scheduler keeps turning, and the 1:00 and 2:00 ticks pass.
