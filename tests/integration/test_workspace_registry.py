@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 import tracemalloc
 from datetime import datetime, timedelta, timezone
@@ -976,6 +977,52 @@ def test_a_run_that_ends_long_after_its_workspace_was_deleted_leaves_nothing_beh
     assert list(connection.scan_iter(match="ws:acme:*"))
     leftovers.purge_due(connection, now=15.0 + lease + registry.Leftovers.MARGIN)
     assert list(connection.scan_iter(match="*acme*")) == []
+
+
+def test_a_deleted_workspace_s_many_leftovers_keep_no_other_workspace_s_tick_waiting(redis_url, sandbox, rules_dir):
+    """A scheduler purged a deleted workspace's leftovers whole in one round: with 200,000 of them, every other
+    customer's ticks of that round waited for it. Its rounds go on meanwhile: a customer who signs up as the purge
+    begins has its due tick fired while most of them are still there, and they all go in the end."""
+    from tests.support.stack import TICK_RULE, write_rule
+    from workers import eventlog, scheduler
+
+    connection = redis.Redis.from_url(redis_url)
+    keyring = Keyring.from_config({"SECRETS_KEY": os.environ["SECRETS_KEY"]})
+    fields = {"inloox_url": sandbox.base_url, "inloox_api_key": INLOOX_TOKEN}
+    registry.put(connection, keyring, "acme", fields)
+    write_rule(rules_dir, "tick", TICK_RULE)
+    leftovers, turns, release, stop = 200_000, [], threading.Event(), threading.Event()
+    rounds = []  # at each round's end: (keys in Redis, globex's ticks fired)
+
+    def turned():
+        turns.append(None)
+        if len(turns) == 2:  # acme's turn in the first round, held while acme is deleted and leaves its keys
+            release.wait(60)
+
+    def round_ended(ok):
+        size = connection.dbsize()
+        if release.is_set() and size < leftovers and not connection.hexists(registry.RECORDS, "globex"):
+            connection.zadd("ws:globex:" + scheduler.LAST_KEY, {"tick": time.time() - 90})  # a tick is due
+            registry.put(connection, keyring, "globex", {**fields, "rules": str(rules_dir)})
+        rounds.append((size, len(eventlog.waiting(connection, workspace="globex"))))
+
+    served = registry.Served(connection, {"SECRETS_KEY": os.environ["SECRETS_KEY"]}, refresh_seconds=0)
+    thread = threading.Thread(target=scheduler.run, args=(connection, served, scheduler.SchedulerSettings(0.05), stop),
+                              kwargs={"rounds": round_ended, "turned": turned})
+    thread.start()
+    try:
+        wait_until(lambda: len(turns) >= 2, 20, "acme's turn")
+        registry.delete(connection, "acme")
+        for start in range(0, leftovers, 10_000):  # what its turn, and other processes, still wrote of it
+            connection.mset({f"ws:acme:runs:{n}": "x" for n in range(start, start + 10_000)})
+        release.set()
+        fired = wait_until(lambda: [size for size, ticks in rounds if ticks], 120, "globex's tick")[0]
+        assert fired > leftovers // 2, rounds  # most of acme's leftovers were still there
+        wait_until(lambda: not list(connection.scan_iter(match="ws:acme:*", count=10_000)), 300, "acme's leftovers gone")
+    finally:
+        release.set()
+        stop.set()
+        thread.join(30)
 
 
 TWO_TASKS = """\
