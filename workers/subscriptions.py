@@ -162,22 +162,18 @@ def update(connection: redis.Redis, sub_id: str, change) -> Subscription | None:
 
 
 def _update(connection: redis.Redis, subs_key: str, sub_id: str, change) -> Subscription | None:
-    for _ in range(_ATTEMPTS):
-        with connection.pipeline() as pipe:
-            try:
-                pipe.watch(subs_key)
-                raw = pipe.hget(subs_key, sub_id)
-                if raw is None:
-                    return None
-                sub = Subscription(**json.loads(raw))
-                change(sub)
-                pipe.multi()
-                pipe.hset(subs_key, sub_id, json.dumps(asdict(sub)))
-                pipe.execute()
-                return sub
-            except redis.WatchError as exc:
-                watched.raise_lost(exc)  # an answer lost is no change of the key: the write may have landed
-    raise redis.RedisError(f"subscription {sub_id} changed {_ATTEMPTS} times while it was being written; try again")
+    def write(pipe) -> Subscription | None:
+        raw = pipe.hget(subs_key, sub_id)
+        if raw is None:
+            return None
+        sub = Subscription(**json.loads(raw))
+        change(sub)
+        pipe.multi()
+        pipe.hset(subs_key, sub_id, json.dumps(asdict(sub)))
+        return sub
+
+    # Watched: the whole hash, so any subscription of the workspace written meanwhile makes it read again.
+    return watched.transaction(connection, write, subs_key, attempts=_ATTEMPTS)
 
 
 def reseal_all(connection: redis.Redis, keyring: Keyring, unreadable: list[str]) -> int:

@@ -8,6 +8,7 @@ the outcome is unknown, as after any lost answer, and the caller treats it so (t
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,15 +26,22 @@ def raise_lost(exc: redis.WatchError) -> None:
         raise lost
 
 
-def transaction(connection: redis.Redis, func: Callable[[Pipeline], T], *watches: str) -> T:
+def transaction(connection: redis.Redis, func: Callable[[Pipeline], T], *watches: str,
+                attempts: int | None = None) -> T:
     """`connection.transaction(func, *watches, value_from_callable=True)`, but a connection error is raised, not
-    taken for a change of a watched key."""
+    taken for a change of a watched key.
+
+    `attempts`: at most this many runs of `func`, then WatchError; None runs it until it writes. A key many writers
+    change at once (a hash of records, each written whole) can lose every race for as long as they keep writing.
+    """
     with connection.pipeline() as pipe:
-        while True:
+        for _ in itertools.repeat(None) if attempts is None else range(attempts):
             try:
                 pipe.watch(*watches)
                 value = func(pipe)
-                pipe.execute()
+                if pipe.explicit_transaction:  # else `func` wrote nothing (it found nothing to change): no EXEC
+                    pipe.execute()
                 return value
             except redis.WatchError as exc:
                 raise_lost(exc)
+    raise redis.WatchError(f"{' '.join(watches)} changed {attempts} times while being written; try again")

@@ -227,9 +227,12 @@ def test_a_bundle_upload_whose_exec_answer_is_lost_stores_one_version_and_says_i
     assert direct.get("ws:lost:rules:active") == b"1"
 
 
-def test_a_subscription_rotation_whose_exec_answer_is_lost_adds_its_new_secret_once(redis_url):
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loss", ["reset", "timeout"])
+def test_a_subscription_rotation_whose_exec_answer_is_lost_adds_its_new_secret_once(redis_url, loss):
     """A rotation is a change of the subscription under WATCH: run again after its EXEC's answer was lost, it added
-    the same new secret twice (one current, one as the old secret of the overlap)."""
+    the same new secret twice (one current, one as the old secret of the overlap). An answer that never comes (the
+    socket timeout) is turned into a WatchError as a reset is, so both are checked."""
     import os
 
     from workers import subscriptions
@@ -240,13 +243,15 @@ def test_a_subscription_rotation_whose_exec_answer_is_lost_adds_its_new_secret_o
     with workspaces.using(workspaces.Workspace("lost", NOWHERE, "token")):
         sub, _ = subscriptions.create(direct, {"url": "https://example.com/hook", "events": ["Task.*"]},
                                       keyring=keyring)
-        with MidWriteCut(direct.connection_pool.connection_kwargs["port"]) as proxy:
+        proxy, arm = _exec_lost(loss, direct.connection_pool.connection_kwargs["port"])
+        with proxy:
             client = _worker_client(proxy.url)
             client.ping()
-            proxy.arm(lambda command: command.startswith(b"EXEC"), after=1)
-            with pytest.raises(redis.ConnectionError):
+            arm()
+            with pytest.raises(redis.ConnectionError if loss == "reset" else redis.TimeoutError):
                 subscriptions.rotate(client, sub.id, keyring=keyring)
-            proxy.wait_cut()
+            # Redis has executed the EXEC: a cut once it closed its end, a silence once the client timed out.
+            proxy.wait_cut() if loss == "reset" else proxy.wait_lost(0)
         secrets = [keyring.unseal(s["secret"]) for s in subscriptions.get(direct, sub.id).secrets]
 
     assert len(secrets) == 2 and len(set(secrets)) == 2, "the new secret and the old one, each once"
