@@ -3,18 +3,18 @@ signed test delivery to one of them (as `stripe trigger` or `svix message create
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import datetime, timezone
 
 import click
 import requests
 from flask.cli import AppGroup
-from standardwebhooks.webhooks import Webhook
 
 from engine.errors import did_you_mean
 from web.resources import get_keyring, get_redis
 from web.workspace import cli_workspace
-from workers import registry, settings, workspaces
+from workers import deliveries, registry, settings, workspaces
 
 webhooks_cli = AppGroup("webhooks", help="Webhook sources (/hooks/<source>) of a workspace.")
 
@@ -110,10 +110,7 @@ def _workspace_option(name: str) -> str:
 
 def _post(target: str, body: str, webhook_id: str, secret: str) -> requests.Response:
     """The delivery signed as the web verifies it (web/signatures.py), and the web's answer."""
-    now = datetime.now(timezone.utc)
-    signature = Webhook(secret).sign(webhook_id, now, body)
-    headers = {"content-type": "application/json", "webhook-id": webhook_id,
-               "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": signature}
+    headers = deliveries.signed_headers(webhook_id, body, [secret], time.time())
     try:
         return requests.post(target, data=body.encode(), headers=headers, timeout=SEND_TIMEOUT)
     except requests.ConnectionError as exc:

@@ -174,19 +174,26 @@ def _again(connection: redis.Redis, *, delivery: str) -> bool:
     return True
 
 
+def signed_headers(webhook_id: str, body: str, secrets: list[str], now: float) -> dict[str, str]:
+    """The headers of a Standard Webhooks POST of the JSON `body` at `now` (seconds), signed with each of `secrets`.
+
+    Also what `flask webhooks send` signs its test delivery with: one way to sign, the way the web verifies.
+    """
+    stamp = datetime.fromtimestamp(int(now), timezone.utc)
+    return {"content-type": "application/json", "webhook-id": webhook_id, "webhook-timestamp": str(int(now)),
+            "webhook-signature": " ".join(Webhook(s).sign(webhook_id, stamp, body) for s in secrets)}
+
+
 def _send(ctx: WorkerContext, sub: subscriptions.Subscription, record: dict,
           now: float) -> tuple[int | None, str, bool]:
     """(HTTP status or None, error text, refused by the guard) of one POST, signed with every active secret."""
-    stamp = datetime.fromtimestamp(int(now), timezone.utc)
     try:
         secrets = sub.signing_secrets(now, ctx.keyring)
     except SecretUnreadable as exc:
         # Retried on the schedule: a process started with the right SECRETS_KEY will sign it.
         log.error("delivery %s (%s) not sent: cannot sign: %s", record["id"], current().name, exc)
         return None, f"cannot sign: {exc}", False
-    signatures = " ".join(Webhook(s).sign(record["id"], stamp, record["body"]) for s in secrets)
-    headers = {"content-type": "application/json", "user-agent": "inloox-automation",
-               "webhook-id": record["id"], "webhook-timestamp": str(int(now)), "webhook-signature": signatures}
+    headers = {**signed_headers(record["id"], record["body"], secrets, now), "user-agent": "inloox-automation"}
     try:
         # Only the status counts: a receiver's 2xx with a long body is a delivery, not a failure to retry.
         response = outbound.send(ctx.outbound, "POST", sub.url, answer_bytes=0, data=record["body"].encode(),
