@@ -41,7 +41,8 @@ class Downloading(OverBudget):
 
 
 class LargerThanBudget(OverBudget):
-    """The archive alone is larger than EXPORT_DISK_BYTES: no retry can fit it (409)."""
+    """The archive alone is larger than EXPORT_DISK_BYTES, or than the most an export writes: no retry can fit it
+    (409)."""
 
 
 class Budget:
@@ -87,9 +88,13 @@ def budget() -> Budget:
 
 class HeldFile(io.BufferedRandom):
     """A workspace's archive in a nameless temporary file, counted against `budget` (its bytes from their write) until
-    the file is closed. Downloading when the workspace has one already."""
+    the file is closed, and refused past `max_bytes` (LargerThanBudget). Downloading when the workspace has one
+    already.
 
-    def __init__(self, budget_: Budget, limit: int, workspace: str):
+    `held` is the one count of the archive's bytes: the budget's, its bound's and the answer's Content-Length.
+    """
+
+    def __init__(self, budget_: Budget, limit: int, workspace: str, *, max_bytes: int):
         budget_.open(workspace)
         try:
             fd, path = tempfile.mkstemp()
@@ -104,9 +109,12 @@ class HeldFile(io.BufferedRandom):
             budget_.closed(workspace, 0)  # no file: the workspace's turn back
             raise
         self._budget, self._limit, self._workspace, self.held, self._open = budget_, limit, workspace, 0, True
+        self._max_bytes = max_bytes
 
     def write(self, data) -> int:
         count = memoryview(data).nbytes
+        if self.held + count > self._max_bytes:
+            raise LargerThanBudget(f"the archive grew past {self._max_bytes:,} bytes, the most an export writes")
         self._budget.take(count, self.held, self._limit)  # before it reaches the disk
         self.held += count
         return super().write(data)

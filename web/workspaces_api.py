@@ -129,17 +129,16 @@ def _written(record: dict) -> tuple[BinaryIO, int]:
     EXPORT_DISK_BYTES until then (web/export_disk.py)."""
     try:
         archive = export_disk.HeldFile(export_disk.budget(), int(current_app.config["EXPORT_DISK_BYTES"]),
-                                       record["name"])
+                                       record["name"], max_bytes=workspace_export.EXPORT_MAX_BYTES)
     except export_disk.Downloading as exc:
         raise _busy(record, exc) from None
     except OSError as exc:
         raise _no_room(exc) from None
     try:
-        size = workspace_export.write(get_redis(), record, archive, max_bytes=workspace_export.EXPORT_MAX_BYTES,
-                                      **_json_options())
+        workspace_export.write(get_redis(), record, archive, **_json_options())
         archive.write(b"\n")  # as jsonify ends its body
         archive.seek(0)
-    except (workspace_export.TooLarge, export_disk.LargerThanBudget) as exc:
+    except export_disk.LargerThanBudget as exc:
         archive.close()
         abort(409, f"workspace {record['name']!r} was not exported: {exc}")
     except export_disk.OverBudget as exc:
@@ -151,7 +150,7 @@ def _written(record: dict) -> tuple[BinaryIO, int]:
     except BaseException:
         archive.close()  # a Redis error too: its space and count go back now, not whenever the collector gets to it
         raise
-    return archive, size + 1
+    return archive, archive.held
 
 
 def _busy(record: dict, exc: export_disk.OverBudget) -> TooManyRequests:

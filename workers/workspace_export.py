@@ -11,7 +11,7 @@ every workspace's webhooks.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import BinaryIO
 
@@ -24,25 +24,20 @@ EXPORT_RUNS = 10_000  # the newest runs, at most
 EXPORT_PAGE = 100  # events (or runs) read from Redis and held at once: 100 webhook bodies of 64 KiB are ~6 MiB
 # Bytes an archive may take on disk. EXPORT_EVENTS webhook bodies of 64 KiB are 625 MiB as ASCII JSON (twice that
 # for text JSON escapes), and EXPORT_RUNS runs some hundreds of MiB more; past this, something is wrong and the
-# disk the web's temporary files share is kept from filling.
+# disk the web's temporary files share is kept from filling (its file refuses more: web/export_disk.py).
 EXPORT_MAX_BYTES = 2 * 1024 ** 3
 FORMAT = "inloox-automation/workspace-export/1"
 
 
-class TooLarge(Exception):
-    """The archive grew past `max_bytes` as it was written; what was written is incomplete."""
-
-
-def write(connection: redis.Redis, record: dict, out: BinaryIO, *, max_bytes: int | None = None,
-          **json_options) -> int:
+def write(connection: redis.Redis, record: dict, out: BinaryIO, **json_options) -> None:
     """Write the archive of the workspace whose public registry record is `record` to `out` as
-    `json.dump(archive, out, **json_options)` would (UTF-8), holding a page of events or runs at a time; returns
-    the bytes written. Raises TooLarge once more than `max_bytes` are written."""
+    `json.dump(archive, out, **json_options)` would (UTF-8), holding a page of events or runs at a time.
+
+    `out` counts and bounds the bytes, if anyone does: the web's file (web/export_disk.py) does, for its disk.
+    """
     workspace = workspaces.Workspace(record["name"], record["inloox_url"], "")
-    sink = _Sink(out, max_bytes)
     with workspaces.using(workspace):
-        _write_json(sink, _archive(connection, workspace, record), json_options)
-    return sink.written
+        _write_json(lambda text: out.write(text.encode()), _archive(connection, workspace, record), json_options)
 
 
 def _archive(connection: redis.Redis, workspace: workspaces.Workspace, record: dict) -> dict:
@@ -59,21 +54,7 @@ def _archive(connection: redis.Redis, workspace: workspaces.Workspace, record: d
     }
 
 
-class _Sink:
-    """`out`, counting the bytes written into it, and refusing more than `max_bytes`."""
-
-    def __init__(self, out: BinaryIO, max_bytes: int | None):
-        self.out, self.max_bytes, self.written = out, max_bytes, 0
-
-    def write(self, text: str) -> None:
-        encoded = text.encode()
-        self.written += len(encoded)
-        if self.max_bytes is not None and self.written > self.max_bytes:
-            raise TooLarge(f"the archive grew past {self.max_bytes:,} bytes, the most an export writes")
-        self.out.write(encoded)
-
-
-def _write_json(sink: _Sink, archive: dict, options: dict) -> None:
+def _write_json(sink: Callable[[str], object], archive: dict, options: dict) -> None:
     """`json.dumps(archive, **options)`, the same text, written a part at a time: each item of a value that is an
     iterator on its own (an archive's events and runs: 10,000 of each, up to 64 KiB each)."""
     indent = options.get("indent")
@@ -89,24 +70,24 @@ def _write_json(sink: _Sink, archive: dict, options: dict) -> None:
         return json.dumps(value, **options).replace("\n", line(level))
 
     if not archive:
-        sink.write("{}")
+        sink("{}")
         return
-    sink.write("{")
+    sink("{")
     for n, name in enumerate(sorted(archive) if options.get("sort_keys") else archive):
-        sink.write((item_separator if n else "") + line(1) + nested(name, 1) + key_separator)
+        sink((item_separator if n else "") + line(1) + nested(name, 1) + key_separator)
         value = archive[name]
         if isinstance(value, Iterator):
             _write_items(sink, value, nested, item_separator, line)
         else:
-            sink.write(nested(value, 1))
-    sink.write(line(0) + "}")
+            sink(nested(value, 1))
+    sink(line(0) + "}")
 
 
-def _write_items(sink: _Sink, items: Iterator, nested, item_separator: str, line) -> None:
+def _write_items(sink: Callable[[str], object], items: Iterator, nested, item_separator: str, line) -> None:
     """A JSON array of `items`, one at a time, as the value of one of the archive's keys (its level 1)."""
-    sink.write("[")
+    sink("[")
     empty = True
     for item in items:
-        sink.write(("" if empty else item_separator) + line(2) + nested(item, 2))
+        sink(("" if empty else item_separator) + line(2) + nested(item, 2))
         empty = False
-    sink.write("]" if empty else line(1) + "]")
+    sink("]" if empty else line(1) + "]")
