@@ -748,10 +748,9 @@ def test_each_workspace_has_its_own_slack_app_commands_and_queue(redis_url, sand
 
     task = make_task(sandbox)
     assert send("acme", f"done {task}", SLACK_SECRET, trigger_id="t2").status_code == 200
-    connection = redis.Redis.from_url(redis_url)
-    [entry] = eventlog.waiting(connection, workspace="acme")
-    assert entry.event["kind"] == "done"
-    assert eventlog.waiting(connection, workspace="globex") == []
+    [event] = client.get("/workspaces/acme/events").json["events"]
+    assert (event["kind"], event["status"]) == ("done", "waiting")  # no worker here
+    assert client.get("/workspaces/globex/events").json["events"] == []
 
 
 @pytest.mark.timeout(90)
