@@ -48,6 +48,21 @@ class Document:
     data: Any
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    schema_clean: bool = False  # the schema was checked where it was parsed and found nothing (`parse_texts`)
+
+    def to_json(self) -> dict:
+        """The document as JSON, for `from_json` in another process: positions as [path, [line, col]] pairs."""
+        return {"file": self.file, "data": self.data, "schema_clean": self.schema_clean,
+                "values": [[path, at] for path, at in self.values.items()],
+                "keys": [[path, at] for path, at in self.keys.items()]}
+
+    @classmethod
+    def from_json(cls, found: dict) -> Document:
+        """The document `to_json` wrote. A key YAML wrote as a list (`? [a, b]`) comes back as a tuple, hashable."""
+        def located(pairs):
+            return {tuple(tuple(k) if isinstance(k, list) else k for k in path): tuple(at) for path, at in pairs}
+        return cls(found["file"], found["data"], located(found["values"]), located(found["keys"]),
+                   found["schema_clean"])
 
     def locate(self, path: Path, *, key: bool = False) -> tuple[int, int]:
         """Position of the value (or key) at `path`, or of its nearest located parent."""

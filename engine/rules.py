@@ -128,15 +128,34 @@ def load_texts(sources: Iterable[tuple[str, str | bytes]], *, strict: bool = Fal
 
     The files share one budget for what their YAML aliases expand to (`engine.documents.Budget`).
     """
-    rules: dict[str, Rule] = {}
-    skipped: list[Skipped] = []
+    return load_parsed(parse_texts(sources), strict=strict)
+
+
+def parse_texts(sources: Iterable[tuple[str, str | bytes]], *,
+                check_schema: bool = False) -> list[tuple[str, list[Document] | RuleError]]:
+    """Each file's YAML documents, or the RuleError that refused the file: `load_texts`'s first half, its YAML
+    (~70 % of its CPU; the schema check, with `check_schema`, ~20 % more: `Document.schema_clean`)."""
     sources = [(file, _decoded(text)) for file, text in sources]
-    budget = Budget.shared([text for _, text in sources])
+    budget, parsed = Budget.shared([text for _, text in sources]), []
     for file, text in sources:
         try:
             docs = parse_documents(text, file, budget=budget)
         except RuleError as exc:
-            skipped.append(Skipped(file, "", [exc]))
+            parsed.append((file, exc))
+            continue
+        for doc in docs if check_schema else ():
+            doc.schema_clean = not schema_problems(doc)
+        parsed.append((file, docs))
+    return parsed
+
+
+def load_parsed(parsed: Iterable[tuple[str, list[Document] | RuleError]], *, strict: bool = False) -> Ruleset:
+    """The rules of `parse_texts`'s documents: `load_texts`'s second half."""
+    rules: dict[str, Rule] = {}
+    skipped: list[Skipped] = []
+    for file, docs in parsed:
+        if isinstance(docs, RuleError):
+            skipped.append(Skipped(file, "", [docs]))
             continue
         for doc in docs:
             _load_document(doc, rules, skipped)
@@ -159,7 +178,7 @@ def _decoded(text: str | bytes) -> str | bytes:
 def _load_document(doc: Document, rules: dict[str, Rule], skipped: list[Skipped]) -> None:
     rule_id = doc.data.get("id", "") if isinstance(doc.data, dict) else ""
     rule_id = rule_id if isinstance(rule_id, str) else ""
-    problems = schema_problems(doc)
+    problems = [] if doc.schema_clean else schema_problems(doc)
     errors = [error for _, error in problems]
     if not errors and rule_id in rules:
         first = rules[rule_id]

@@ -12,8 +12,8 @@ Redis, so that one admin does not take every process's turn); one over either bo
 Retry-After, never queued behind the others.
 
 A workspace's rules compiled in the web (a manual run plans with them, the rules page lists them, a chat command
-matches them) cost ~5.6 s of CPU for the largest bundle, in the process's one GIL: the first use of a large version
-in a process takes a turn too (`compiled_rules`); later uses find them compiled and take none.
+matches them) cost ~5.6 s of CPU for the largest bundle, ~90 % of it in a child (`bundle_check.compile_bundle`):
+the first use of a large version in a process takes a turn too (`compiled_rules`); later uses take none.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from redis.lock import Lock
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from engine import Ruleset
+from web import bundle_check
 from web.resources import get_context, get_redis
 from workers import failpoints, workspaces
 from workers.workspaces import key
@@ -39,9 +40,9 @@ PER_PROCESS = 1  # of the process's threads (at least 2, the Procfile's 8): the 
 RETRY_AFTER_SECONDS = 10  # about as long as the largest replay or upload takes
 # A workspace's lease outlives its longest heavy request; one whose process died (no `finally`) goes after this long.
 LEASE_SECONDS = 300
-# Rule text compiled without a turn: ~0.35 s of CPU (~5.5 s a MB). A small folder's first compile in each of a
-# burst of requests (chat commands, each waiting for InLoox) would otherwise be refused for no cost worth bounding.
-COMPILE_BYTES = 64 * 1024
+# Rule text compiled without a turn (and with no child): ~0.35 s of CPU (~5.5 s a MB). A small folder's first compile
+# in each of a burst of requests (chat commands, each waiting for InLoox) would otherwise be refused for nothing.
+COMPILE_BYTES = bundle_check.COMPILE_HERE_BYTES
 WHAT = ("a replay, a rule bundle upload, a what-if comparison, an export, a search of the whole event log or a "
         "first compile of a rule bundle")
 

@@ -6,6 +6,7 @@ are those of the request's workspace (see web/workspace.py).
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from flask import Flask, current_app
 
 from inloox import Client
 from inloox.errors import Throttled
+from web import bundle_check
 from workers import registry, workspaces
 from workers.logs import follow_registry
 from workers.secrets import Keyring, SecretsKeyError
@@ -125,8 +127,11 @@ def get_context() -> WorkerContext:
     store = current_app.extensions[_EXTENSION]
     built = store.get(f"context:{workspace.name}")
     if built is None or built[0] != workspace:
-        built = store[f"context:{workspace.name}"] = (workspace, build_context(current_app.config, workspace,
-                                                                               get_redis()))
+        # A large bundle's YAML is parsed in a child, off the GIL every workspace's webhooks on this process need.
+        compile_bundle = functools.partial(bundle_check.compile_bundle,
+                                           cpu_seconds=int(current_app.config["BUNDLE_CHECK_CPU_SECONDS"]))
+        built = store[f"context:{workspace.name}"] = (workspace, build_context(
+            current_app.config, workspace, get_redis(), compile_bundle=compile_bundle))
     return built[1]
 
 

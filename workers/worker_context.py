@@ -59,6 +59,8 @@ class RuleSource:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _files: LoadedFiles | None = field(default=None, repr=False)  # what `_ruleset` came from, when a folder: keeps it shared (see shared)
     trouble: tuple[FileState, ...] = ()  # the folder's files that did not load at the last look (see engine.last_good)
+    # A bundle's (name, text) pairs → its rules: the web's parses large ones in a child (web/bundle_check.py).
+    compile_bundle: Callable[[list[tuple[str, str]]], Ruleset] = load_texts
 
     @property
     def loaded_from(self) -> str:
@@ -139,7 +141,7 @@ class RuleSource:
             return load_texts([]), "none", _bundle_stamp(None)
         number, digest, files = active
         texts = sorted(files.items())
-        ruleset = shared(("bundle", texts), lambda: load_texts(texts))
+        ruleset = shared(("bundle", texts), lambda: self.compile_bundle(texts))
         _keep(self.workspace, _bundle_stamp((number, digest)), ruleset)
         return ruleset, f"v{number}", _bundle_stamp((number, digest))
 
@@ -308,12 +310,14 @@ def inloox_client(config: dict, workspace: Workspace, connection: redis.Redis, *
                   pool_size=threads(config), parse=_inloox_answer)
 
 
-def build_context(config: dict, workspace: Workspace, connection: redis.Redis) -> WorkerContext:
+def build_context(config: dict, workspace: Workspace, connection: redis.Redis, *,
+                  compile_bundle: Callable[[list[tuple[str, str]]], Ruleset] = load_texts) -> WorkerContext:
     """The context of one workspace; its InLoox client counts requests and obeys the shared rate limit."""
     client = inloox_client(config, workspace, connection)
+    rules = RuleSource(connection, workspace, compile_bundle=compile_bundle)
     return WorkerContext(workspace=workspace, client=client, connection=connection,
                          outbound=OutboundPolicy.from_setting(config["OUTBOUND_ALLOW"]),
-                         rule_env=rule_env(config), rules=RuleSource(connection, workspace),
+                         rule_env=rule_env(config), rules=rules,
                          run_lease=run_lease(float(config["INLOOX_TIMEOUT"])),
                          settle_seconds=float(config.get("INLOOX_SETTLE_SECONDS", 60)),
                          outage_seconds=float(config.get("INLOOX_OUTAGE_HOURS", 24)) * 3600,
