@@ -104,12 +104,14 @@ def compile_bundle(files: list[tuple[str, str]], *, cpu_seconds: int) -> Ruleset
     """`load_texts(files)` for the web (a manual run, a chat command, the rules page): the YAML parsed and checked in a
     child, ~90 % of the CPU (in the web, 5-7 s of its GIL for 1 MB: every workspace's acks on it took 14 ms, not 3,
     p99 98 ms, not 5); the web builds the rules from its documents (~0.7 s). Up to COMPILE_HERE_BYTES of text, or
-    when the child does not answer (TooCostly, Unfinished), compiled here as before: the same rules."""
+    when the child does not answer or fails, compiled here as before: the same rules."""
     if sum(len(text) for _, text in files) <= COMPILE_HERE_BYTES:
         return load_texts(files)
     try:
         parsed = _in_child("parse", [json.dumps(files).encode()], cpu_seconds=cpu_seconds, memory_bytes=MEMORY_BYTES)
-    except (TooCostly, Unfinished) as exc:
+    except (TooCostly, Unfinished, RuntimeError, OSError, ValueError) as exc:
+        # A child that failed for any reason (its limits, no process to be had, a bug of its own, logged here) costs
+        # the customer nothing but this process's CPU: the same rules, compiled here, not a 500 for their command.
         log.warning("compiling the rule bundle in the web process: %s", exc)
         return load_texts(files)
     # Each document its own JSON text: 1 MB of rules is ~3 MB of documents, and json.loads held the GIL for all of it

@@ -8,6 +8,7 @@ import pytest
 from tests.support.bundled import (ADMIN as BUNDLED_ADMIN, HELLO, LARGE, bundled_app, compiled_from, heavy_turn_held,
                                    large_bundle, upload)
 from engine import load_texts
+from web import bundle_check
 from web.resources import get_context
 from workers.workspaces import Workspace
 
@@ -131,3 +132,16 @@ def test_a_manual_runs_first_compile_of_a_large_bundle_parses_its_yaml_off_the_w
         there = get_context().rules.ruleset()
     assert [(r.id, r.version, r.file, r.line, r.summary) for r in there.rules.values()] == [
         (r.id, r.version, r.file, r.line, r.summary) for r in here.rules.values()]
+
+
+def test_a_large_bundles_compile_whose_child_fails_is_done_in_the_web_not_answered_500(redis_url, monkeypatch, tmp_path):
+    # The child parse is the web's saving, not the customer's risk: a child that fails for a reason of its own (here it
+    # cannot import the web: started in an empty folder) leaves the compile to the web, as before the child.
+    app = bundled_app(redis_url)
+    upload(app, {**large_bundle(LARGE), "hello.yaml": HELLO})
+    monkeypatch.setattr(bundle_check, "_ROOT", tmp_path)
+
+    answer = app.test_client().post("/rules/hello/run", json={}, headers={"Authorization": f"Bearer {BUNDLED_ADMIN}"})
+
+    assert answer.status_code == 202, answer.text
+    assert compiled_from(app) == "1"
