@@ -369,10 +369,10 @@ class Client:
             # write says InLoox did something, not what: as good as lost (OutcomeUnknown), as an unreadable one is.
             complaint = f"answered with a body over {MAX_ANSWER_BYTES} bytes (decompressed), which is not read"
             if 200 <= answer.status < 300:
-                raise self._unreadable(method, url, answer, complaint)
-            raise self._status_error(method, url, answer, complaint)
+                raise _took(self._unreadable(method, url, answer, complaint), started)
+            raise _took(self._status_error(method, url, answer, complaint), started)
         if not 200 <= answer.status < 300:
-            raise self._status_error(method, url, answer)
+            raise _took(self._status_error(method, url, answer), started)
         return answer
 
     def _exchange(self, method: str, url: str, payload: bytes | None, headers: dict,
@@ -580,3 +580,9 @@ def _is_entity(answer: Any, entity_set: EntitySet | None) -> bool:
 
 def _unwrapped(result: Any) -> Any:
     return result["value"] if isinstance(result, dict) and "value" in result else result
+
+
+def _took(error: InLooxError, started: float) -> InLooxError:
+    """`error` with the time its request took from its send to its answer (a slow 503 is read as a router's)."""
+    error.seconds = time.monotonic() - started
+    return error

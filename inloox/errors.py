@@ -54,6 +54,9 @@ class InLooxError(Exception):
         self.odata_code = odata_code
         self.message = message if message is not None else text
         self.retry_after = retry_after
+        # How long the request took from its send (past the client's own waits: the request budget) to its
+        # answer; None when no answer came. Set by the client.
+        self.seconds: float | None = None
 
 
 class Throttled(InLooxError):

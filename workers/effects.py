@@ -218,8 +218,9 @@ def _write(ctx: StepContext, key: str, send: Callable[[], object], *, looked_for
         ledger.mark_lost(ctx.connection, key)
         raise
     except InLooxError as exc:
-        if exc.status in GATEWAY_ANSWERS or \
-                looked_for and exc.status == 503 and time.monotonic() - sent >= SLOW_503_SECONDS:
+        # The 503's own time, from the client's send: a wait for the request budget before it is no router's.
+        took = exc.seconds if exc.seconds is not None else time.monotonic() - sent
+        if exc.status in GATEWAY_ANSWERS or looked_for and exc.status == 503 and took >= SLOW_503_SECONDS:
             # A gateway answered for InLoox, which took the request: it may have applied it, or still will.
             # Kept as a lost answer, so that the next attempt looks for it (it used to be sent again: twice).
             ledger.mark_lost(ctx.connection, key)

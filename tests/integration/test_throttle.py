@@ -173,3 +173,24 @@ def test_a_wait_for_a_slot_in_a_batch_run_together_holds_up_none_of_its_other_ev
 
     together.run([lambda: event("first", True), lambda: event("second", True), lambda: event("third", False)])
     assert done == ["first", "third", "second"]  # the second waited about a second for its slot
+
+
+def test_a_quick_503_after_a_wait_for_a_slot_is_sent_again_at_once_not_held_as_a_routers(sandbox, redis_url):
+    """InLoox down for maintenance answers 503 at once. A create that first waited for its workspace's request budget
+    (here 2.5 s, a stand-in for a slot's wait; up to DEFAULT_MAX_SLEEP) had its 503 timed from before that wait, and
+    one over SLOW_503_SECONDS was taken for a router's that gave up on InLoox: its next attempt, once InLoox answered,
+    waited INLOOX_SETTLE_SECONDS (a minute) before sending it again. The 503's own time is what says whose it is."""
+    from workers import effects, workspaces
+
+    connection = redis.Redis.from_url(redis_url)
+    workspace = workspaces.Workspace("default", sandbox.base_url, sandbox.token)
+    params, key = {"entity_set": "Task", "values": {"Name": "after the wait"}}, "op_throttled_503"
+    sandbox.fault(kind="status", status=503, count=1)
+    with workspaces.using(workspace), Client(sandbox.base_url, sandbox.token, throttle=lambda method: time.sleep(2.5)) as client:
+        with pytest.raises(Exception) as refused:
+            effects.create(effects.StepContext(client, connection, outbound=None, fresh=True), params, key)
+    assert getattr(refused.value, "status", None) == 503
+
+    with workspaces.using(workspace), Client(sandbox.base_url, sandbox.token) as client:  # the next attempt
+        task = effects.create(effects.StepContext(client, connection, outbound=None), params, key)
+    assert task["Name"].startswith("after the wait") and sandbox.count("Task") == 1
