@@ -201,10 +201,12 @@ def _started_batch(ctx: WorkerContext, arrivals: list[Arrival]) -> tuple[list, l
     return outcomes, planned, starts, stored
 
 
-def _plan_into(ctx: WorkerContext, arrival: Arrival, i: int, planned: list, outcomes: list) -> None:
-    """Plan the batch's `i`th event: (i, its plans) appended to `planned`, or its error in `outcomes`."""
+def _plan_into(ctx: WorkerContext, arrival: Arrival, i: int, planned: list, outcomes: list, *,
+               wait: bool = True) -> None:
+    """Plan the batch's `i`th event: (i, its plans) appended to `planned`, or its error in `outcomes` (Compiling,
+    unless it may `wait` for its rules' compile: see RuleSource.current)."""
     try:
-        planned.append((i, _plan(ctx, arrival)))
+        planned.append((i, _plan(ctx, arrival, wait=wait)))
     except Exception as exc:  # noqa: BLE001 - that event's error, kept as its trace by the consumer
         outcomes[i] = exc
 
@@ -230,8 +232,10 @@ class _Part:
         self.ends: tuple | None = None  # what `queue_end` took from `ending`, until `ended`
 
     def plan(self, i: int) -> None:
+        # Not a compile of seconds on this thread, which runs other workspaces' events: the consumer hands an event
+        # whose rules must be compiled so (a large bundle just activated) to a thread of its own.
         with workspaces.using(self.ctx.workspace):
-            _plan_into(self.ctx, self.arrivals[i], i, self.planned, self.outcomes)
+            _plan_into(self.ctx, self.arrivals[i], i, self.planned, self.outcomes, wait=False)
 
     def queue_start(self, pipe) -> bool:
         self.starts = _queue_each(self.ctx, pipe, [p for _, p in self.planned])
@@ -322,12 +326,12 @@ def _end(ending: Ending, waiting: list[int], outcomes: list) -> None:
                 outcomes[i] = exc
 
 
-def _plan(ctx: WorkerContext, arrival: Arrival) -> tuple[Event, list[Plan], datetime, str, dict]:
+def _plan(ctx: WorkerContext, arrival: Arrival, *, wait: bool = True) -> tuple[Event, list[Plan], datetime, str, dict]:
     """The event's plans (pure: the rules as of its acceptance), with the explain report kept as its trace."""
     event = arrival.event
     failpoints.hit("handle_event", subject=event.get("id", ""))  # tests only (inert unless ENGINE_FAILPOINTS is set)
     parsed, now = Event.from_dict(event), datetime.now(timezone.utc)
-    ruleset, version = ctx.rules.current(not_before=arrival.accepted_at)
+    ruleset, version = ctx.rules.current(not_before=arrival.accepted_at, wait=wait)
     report = explain(parsed, ruleset, now=now, env=ctx.rule_env, defer_env=True)  # plans as evaluate makes them
     trace = report.to_dict() | {"ruleset_version": version, "entry": arrival.entry_id}
     if ctx.rules.trouble:  # the event met these files at their last good version, or not at all

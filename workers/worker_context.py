@@ -34,8 +34,17 @@ from workers.workspaces import DEFAULT, Workspace, using
 
 T = TypeVar("T")
 RULES_RECHECK_SECONDS = 2.0  # how stale a process's view of the rule files may get
+# Rule text a thread that runs every workspace's events compiles itself (~0.35 s of CPU): more, and the events of the
+# workspace go to a thread of their own first (`Compiling`), not the others' after them (1 MB: 5-8 s of CPU).
+COMPILE_HERE_BYTES = 64 * 1024
+LOCK_LOOK_SECONDS = 0.05  # how often `current(wait=False)` looks whether the thread it waits for compiles
 
 log = logging.getLogger(__name__)
+
+
+class Compiling(Exception):
+    """The workspace's rules are to be compiled, at a cost the thread that asked (`RuleSource.current(wait=False)`)
+    does not pay: ask again on a thread of its own, nothing was done."""
 
 
 @dataclass
@@ -57,6 +66,7 @@ class RuleSource:
     _checked: float = 0.0
     _checked_wall: float = 0.0  # time.time() when the last check began
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _compiling: bool = False  # a thread holding `_lock` loads the rules now
     _files: LoadedFiles | None = field(default=None, repr=False)  # what `_ruleset` came from, when a folder: keeps it shared (see shared)
     trouble: tuple[FileState, ...] = ()  # the folder's files that did not load at the last look (see engine.last_good)
     # A bundle's (name, text) pairs → its rules: the web's parses large ones in a child (web/bundle_check.py).
@@ -71,21 +81,38 @@ class RuleSource:
         """The current rules, re-read when the folder's files or the active bundle changed."""
         return self.current()[0]
 
-    def current(self, *, not_before: float | None = None) -> tuple[Ruleset, str]:
+    def current(self, *, not_before: float | None = None, wait: bool = True) -> tuple[Ruleset, str]:
         """(rules, version) as they are now: at most RULES_RECHECK_SECONDS stale, and looked at no
         earlier than `not_before` (time.time() of an event's acceptance) when it is given.
 
         An event must meet the rules that were active when it was accepted: a rule added (or a
         bundle activated) a moment before would otherwise miss the event it was written for.
+
+        `wait=False` (the thread that runs every workspace's events in turns, workers/consumer/): raises Compiling
+        rather than compile more than COMPILE_HERE_BYTES of rule text, or wait while another thread compiles.
         """
-        with self._lock:
+        while wait or not self._compiling:  # without `wait`, no waiting out another thread's compile either
+            if self._lock.acquire(timeout=-1 if wait else LOCK_LOOK_SECONDS):
+                break
+        else:
+            raise Compiling(self.workspace.name)
+        try:
             stale = time.monotonic() - self._checked > RULES_RECHECK_SECONDS
             if self._ruleset is None or stale or (not_before is not None and not_before >= self._checked_wall):
-                self._checked_wall, stamp = self._stamp_now(not_before)
+                wall, stamp = self._stamp_now(not_before)
                 if self._ruleset is None or stamp != self._stamp:
-                    self._ruleset, self._version, self._stamp = self._load(stamp)
-                self._checked = time.monotonic()
+                    if not wait and self._pending(stamp) > COMPILE_HERE_BYTES:
+                        raise Compiling(self.workspace.name)
+                    self._compiling = True
+                    try:
+                        self._ruleset, self._version, self._stamp = self._load(stamp)
+                    finally:
+                        self._compiling = False
+                # Only once the rules of `stamp` are held: events accepted before `wall` take them without a look.
+                self._checked_wall, self._checked = wall, time.monotonic()
             return self._ruleset, self._version
+        finally:
+            self._lock.release()
 
     def version(self) -> str:
         """The version `current()` names, without compiling a bundle's rules: a readiness probe or a page that
@@ -100,7 +127,9 @@ class RuleSource:
 
     def pending_bytes(self) -> int:
         """Bytes of rule text `current()` would compile now: 0 when it would answer from the rules held here."""
-        _, stamp = self._stamp_now(None)
+        return self._pending(self._stamp_now(None)[1])
+
+    def _pending(self, stamp: str) -> int:
         if self._ruleset is not None and stamp == self._stamp:
             return 0
         if self.workspace.rules_path is not None:  # the stamp's lines: file, mtime, size

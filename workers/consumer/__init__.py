@@ -71,7 +71,7 @@ from workers.consumer.in_flight import TOGETHER, InFlightLimit
 from workers.eventlog import Entry
 from workers.metering import limits
 from workers.jobs import Arrival, handle_batch, handle_together
-from workers.worker_context import served, worker_context
+from workers.worker_context import Compiling, served, worker_context
 from workers.workspaces import using
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ class EventConsumer:
         self._claim_soon: set[str] = set()  # streams whose last claim may have left more to take over
         self._cut_short: list[tuple[str, Entry]] = []  # (stream key, entry) whose handling lost Redis: again soon
         self._again: set[str] = set()  # entry ids handed out again so (once: then the claim, which counts them)
+        self._to_compile: list[tuple[str, Entry]] = []  # (stream key, entry) whose rules compile first: `_compile_apart`
         self._next_trim = 0.0
         self._next_forget = 0.0
         self.sample_seconds = sample_seconds
@@ -274,6 +275,7 @@ class EventConsumer:
         metrics.flush_due(self.connection)
         recovery.give_back(self.connection)  # run locks left behind when Redis failed under their attempts
         self._hand_out_cut_short()
+        self._compile_apart()
         if time.monotonic() >= self._next_maintenance:
             self._maintain()
         if self._linger:
@@ -391,16 +393,16 @@ class EventConsumer:
         self._hand_out([(stream, entry) for entry in entries], how=how)
 
     def _hand_out(self, items: list[tuple[_Stream, Entry]], *, how: str) -> None:
-        """Hand `items` to one thread: the pool's, one after the other (one stream's), or the one that runs
-        batches together (of any streams, "together"); or to the lane as one batch among many ("lane"),
-        each of its events one place of the in-flight limit."""
+        """Hand `items` to one thread: the pool's, one after the other (one stream's; "compile": outside the in-flight
+        limit), or the one that runs batches together (of any streams, "together"); or to the lane as one batch among
+        many ("lane"), each of its events one place of the in-flight limit."""
         with self._lock:
             items = [(stream, entry) for stream, entry in items if entry.id not in stream.handling]
             if not items:
                 return
             for stream, entry in items:
                 stream.handling.add(entry.id)
-            weight = len(items) if how == "lane" else 1
+            weight = len(items) if how == "lane" else 0 if how == "compile" else 1
             self._in_flight += weight
         groups: dict[str, tuple[_Stream, list[Entry]]] = {}
         for stream, entry in items:
@@ -427,9 +429,11 @@ class EventConsumer:
             errors = [None] * len(items)
         else:  # what each entry raised; or, should the thread itself have failed, that for all of them
             errors = future.result() if future.exception() is None else [future.exception()] * len(items)
-        cut_short = []
+        cut_short, to_compile = [], []
         for (stream, entry), error in zip(items, errors):
-            if error is not None:
+            if isinstance(error, Compiling):  # not handled: its workspace's rules compile first, on a thread apart
+                to_compile.append((stream.key, entry))
+            elif error is not None:
                 # Left pending: another delivery (after CLAIM_IDLE) tries again, up to MAX_DELIVERIES; or, when
                 # Redis went away under it, this worker once Redis answers (`_hand_out_cut_short`).
                 log.error("event %s (%s) not handled: %r", entry.event.get("id"), stream.workspace, error,
@@ -444,6 +448,7 @@ class EventConsumer:
             if cut_short:
                 self._again.update(entry.id for _, entry in cut_short)
                 self._cut_short += cut_short
+            self._to_compile += to_compile
             for (stream, entry), error in zip(items, errors):
                 stream.handling.discard(entry.id)
                 if not future.cancelled() and error is None:
@@ -475,6 +480,21 @@ class EventConsumer:
                      self.name, len(entries), self.streams[key].workspace)
             for i in range(0, len(entries), size):
                 self._submit(self.streams[key], entries[i:i + size], how=how)
+
+    def _compile_apart(self) -> None:
+        """Hand the events whose workspace's rules must be compiled first (a large bundle just activated: 5-8 s of CPU
+        for 1 MB) to threads of the pool, outside the in-flight limit: one compiles them, and each handles its events
+        then. On the busy floor's thread or the lane every other workspace's events waited for the compile (8-24 s
+        on a loaded 2-core machine); now they share the CPU with it. Entries of a workspace no longer served are left
+        pending, for the worker that serves it to take over."""
+        with self._lock:
+            todo, self._to_compile = self._to_compile, []
+        by_stream: dict[str, list[Entry]] = {}
+        for key, entry in todo:
+            if key in self.streams:
+                by_stream.setdefault(key, []).append(entry)
+        for key, entries in by_stream.items():
+            self._submit(self.streams[key], entries, how="compile")
 
     def _least(self) -> int:
         """The fewest entries a read asks of each stream: 1, or 2 after a trickle, so that a workspace giving one
