@@ -415,7 +415,8 @@ class EventConsumer:
             future = self._lane.submit(lambda: _handle_on_lane(batches))
         else:
             (stream, entries), = groups.values()
-            future = self._pool.submit(_handle_events, stream.workspace, entries)
+            future = self._pool.submit(_compile_events if how == "compile" else _handle_events, stream.workspace,
+                                       entries)
         future.add_done_callback(lambda f, i=items, w=weight: self._finished(i, f, weight=w))
 
     def _hand_out_mixed(self, batch: list[tuple[str, Entry]], size: int, *, how: str) -> None:
@@ -803,6 +804,21 @@ def _handle_events(workspace: str, entries: list[Entry]) -> list[BaseException |
     with GATE.held(), using(ctx.workspace):
         outcomes = handle_batch(ctx, [_arrival(e) for e in entries])
     return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
+
+
+def _compile_events(workspace: str, entries: list[Entry]) -> list[BaseException | None]:
+    """`_handle_events` for events whose rules must be compiled first (`_compile_apart`): the compile, or the wait for
+    another thread's, outside the gate. Events of the workspace arriving during a compile come back from the busy
+    floor's thread each turn, each hand-out a thread that waits for that compile: inside the gate, WIDTH of them held
+    every place, and the busy floor's thread (every other workspace's events) waited for the compile after all. A
+    compile that fails is each event's error (kept as its trace), not compiled again for each of them."""
+    ctx = worker_context(workspace)
+    with using(ctx.workspace):
+        try:
+            ctx.rules.current(not_before=max(entry.accepted_at for entry in entries))
+        except Exception as exc:  # noqa: BLE001 - the events' error: left pending, delivered again later
+            return [exc] * len(entries)
+    return _handle_events(workspace, entries)
 
 
 def _handle_together(batches: list[tuple[str, list[Entry]]]) -> list[BaseException | None]:
