@@ -944,6 +944,32 @@ def test_a_leftover_purge_that_meets_redis_away_is_done_once_redis_is_back(tmp_p
         server.stop()
 
 
+def test_a_leftover_purge_whose_step_fails_is_begun_again_not_taken_as_done(redis_url, monkeypatch):
+    """A purge goes on over several calls (one generator of steps): a step that raised other than a Redis error ended
+    that generator, and the next call took the ended generator for a purge done, forgot it, and left the rest of the
+    workspace's keys for good. Like one that meets Redis away, it is begun again."""
+    from workers.registry import _removal
+
+    connection = redis.Redis.from_url(redis_url)
+    connection.set("ws:acme:runs:done", "x")
+    connection.set("rq:scheduler-lock:acme", "x")  # deleted by the purge's last step
+    real, failed = _removal._delete_queue_keys, []
+
+    def failing_once(connection, name):
+        if not failed:
+            failed.append(name)
+            raise ValueError("a key the purge cannot read")
+        yield from real(connection, name)
+
+    monkeypatch.setattr(_removal, "_delete_queue_keys", failing_once)
+    leftovers = registry.Leftovers()
+    leftovers.let_go("acme", now=0.0)
+    with pytest.raises(ValueError):
+        leftovers.purge_due(connection, now=registry.Leftovers.AFTER[0])
+    leftovers.purge_due(connection, now=registry.Leftovers.AFTER[0] + 1.0)
+    assert list(connection.scan_iter(match="*acme*")) == []
+
+
 def test_a_run_that_ends_long_after_its_workspace_was_deleted_leaves_nothing_behind(redis_url, sandbox):
     """A worker's last purge of a deleted workspace came 15 s after it let the workspace go, while a run of it in
     flight (several steps of a slow InLoox, each up to three requests of INLOOX_TIMEOUT) stored its record when it

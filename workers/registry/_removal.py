@@ -83,9 +83,10 @@ class Leftovers:
                     done = step is None
                     removed += step or 0
                     steps += 1
-            except redis.RedisError:
+            except Exception:
                 # Deleted first, forgotten after: a purge that meets Redis away raises to the caller and stays due,
                 # so a later call begins it again once Redis is back (a late write would otherwise stay for good).
+                # Any other error too: it ended the generator, which the next call would take for a purge done.
                 del self._purging[name]
                 raise
             if done:  # what was written before it began is gone; a purge due since then begins at the next call
