@@ -86,3 +86,19 @@ def test_events_arriving_while_a_large_bundle_compiles_do_not_hold_up_another_wo
         taker._pool.shutdown(wait=True)
         taker._together.shutdown(wait=True)
     assert handled.count("big") == 12 and contexts["big"].rules.compiles == 1
+
+
+def test_events_to_compile_of_a_workspace_let_go_are_left_pending(monkeypatch):
+    # Paused (or deleted) between the busy floor's thread giving its events back and the next turn: nothing of it
+    # runs from then on, as for the events Redis cut short (`_hand_out_cut_short`); they stay pending, for the claim.
+    handed = []
+    monkeypatch.setattr(consumer, "_compile_events", lambda workspace, entries: handed.append(workspace) or [])
+    taker = EventConsumer(redis.Redis(), ["big"], name="test", pool_size=4)  # no command sent
+    stream = next(iter(taker.streams.values()))
+    taker._to_compile.append((stream.key, Entry("1-0", {"id": "b0"})))
+    stream.let_go = True
+    try:
+        taker._compile_apart()
+    finally:
+        taker._pool.shutdown(wait=True)
+    assert handed == [] and stream.handling == set() and taker._to_compile == []

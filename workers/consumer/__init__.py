@@ -492,7 +492,7 @@ class EventConsumer:
             todo, self._to_compile = self._to_compile, []
         by_stream: dict[str, list[Entry]] = {}
         for key, entry in todo:
-            if key in self.streams:
+            if key in self.streams and not self.streams[key].let_go:  # let go: paused or deleted, nothing of it runs
                 by_stream.setdefault(key, []).append(entry)
         for key, entries in by_stream.items():
             self._submit(self.streams[key], entries, how="compile")
