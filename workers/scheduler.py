@@ -21,6 +21,10 @@ once that tick is due. Leaving `last` where it was meanwhile changes nothing: no
 it and now, so the ticks computed at the next look are the same (a daily digest in 1,000 idle
 workspaces used to cost two commands each every 5 s). That holds for the schedule remembered only: a rule whose
 schedule is edited is looked at from the last round that saw the old one (`Upcoming.last`), not from `schedule:last`.
+
+A workspace whose rules need a long compile (a large bundle just activated) has them compiled on a thread apart
+(`Compiles`), not on the loop, where every other workspace's ticks waited for it; until then it is skipped with its last
+look left where it was, so that the round after the compile fires the ticks due meanwhile, each once.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import logging
 import math
 import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
@@ -45,7 +50,7 @@ from workers.logs import configure_logging, follow_registry
 from workers.settings import load_config
 from workers.signals import stop_event
 from workers.registry import Leftovers, Served, Shard
-from workers.worker_context import RuleSource, forget, served
+from workers.worker_context import Compiling, RuleSource, forget, served
 from workers.workspaces import key
 
 log = logging.getLogger("scheduler")
@@ -220,6 +225,45 @@ def _fired_key(rule_id: str, time: str) -> str:
     return key(f"schedule:fired:{rule_id}:{time}")
 
 
+class Compiles:
+    """The workspaces whose rules compile on a thread apart from the loop's: more than COMPILE_HERE_BYTES of rule text
+    (a 1 MB bundle just activated: 5-8 s of CPU), which on the loop held up every other workspace's ticks."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self._connection = connection
+        # One thread: compiles are CPU under the process's one GIL, so one at a time finishes the first soonest.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="schedule-compile")
+        self._running: dict[str, Future] = {}
+
+    def start(self, source: RuleSource) -> None:
+        """Compile the workspace's rules apart, unless they compile already; its RuleSource keeps them for a round."""
+        name = source.workspace.name
+        if name not in self._running:
+            self._running[name] = self._pool.submit(_compile, self._connection, source)
+
+    def ended(self) -> list[str]:
+        """The workspaces whose compile ended since the last call (a failed one is started again at its next turn)."""
+        ended = [name for name, job in self._running.items() if job.done()]
+        for name in ended:
+            del self._running[name]
+        return ended
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _compile(connection: redis.Redis, source: RuleSource) -> None:
+    """Compile the workspace's rules (on the compile thread); a failure is logged and counted, as `_fire` does."""
+    with workspaces.using(source.workspace):
+        try:
+            source.current()
+        except redis.RedisError as exc:
+            log.warning("%s: could not compile its rules, will retry: %s", source.workspace.name, exc)
+        except Exception:  # a bug: this workspace's schedules, not every workspace's
+            log.exception("%s: could not compile its rules", source.workspace.name)
+            _count_failure(connection)
+
+
 def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSettings, stop: threading.Event, *,
         rounds: Callable[[bool], None] = lambda ok: None, turned: Callable[[], None] = lambda: None) -> None:
     """Fire due ticks of every workspace served until `stop` is set; rules are read again when they change.
@@ -234,38 +278,53 @@ def run(connection: redis.Redis, served: Served | Shard, settings: SchedulerSett
     # A turn of a workspace in progress as it is deleted still stores its looks, its ticks, its rules' last good
     # texts: `python -m workers.scheduler` runs no poll loop, whose purges delete those, and they stayed for good.
     leftovers = Leftovers()
-    while not stop.is_set():
-        turned()
-        current = served.workspaces()
-        for name in [n for n in sources if n not in current]:
-            del sources[name]
-            upcoming.forget(name)
-            forget(name)  # its compiled rules, kept across its record's changes
-            leftovers.let_go(name)
-        try:
-            leftovers.purge_due(connection)
-        except redis.RedisError as exc:  # still due: the next round purges once Redis is back
-            log.warning("could not delete what is left of deleted workspaces, will retry: %s", exc)
-        for name, workspace in current.items():
-            if name not in sources or sources[name].workspace != workspace:
-                sources[name] = RuleSource(connection, workspace)
-        failed = 0
-        for source in sources.values():
+    compiles = Compiles(connection)
+    try:
+        while not stop.is_set():
             turned()
-            with workspaces.using(source.workspace):
-                failed += not _fire(connection, source, settings, upcoming)
-        # One workspace's failure is its own (logged by its name; the others fired): as for the poller's rounds and
-        # the workers' event logs, one customer's bug or damaged key takes no deployment out of its load balancer.
-        rounds(not sources or failed < len(sources))
-        stop.wait(settings.interval)
+            current = served.workspaces()
+            for name in [n for n in sources if n not in current]:
+                del sources[name]
+                upcoming.forget(name)
+                forget(name)  # its compiled rules, kept across its record's changes
+                leftovers.let_go(name)
+            for name in compiles.ended():
+                if name not in sources:  # let go while its rules compiled: what the compile kept (and wrote) goes too
+                    forget(name)
+                    leftovers.let_go(name)
+            try:
+                leftovers.purge_due(connection)
+            except redis.RedisError as exc:  # still due: the next round purges once Redis is back
+                log.warning("could not delete what is left of deleted workspaces, will retry: %s", exc)
+            for name, workspace in current.items():
+                if name not in sources or sources[name].workspace != workspace:
+                    sources[name] = RuleSource(connection, workspace)
+            failed = 0
+            for source in sources.values():
+                turned()
+                with workspaces.using(source.workspace):
+                    failed += not _fire(connection, source, settings, upcoming, compiles)
+            # One workspace's failure is its own (logged by its name; the others fired): as for the poller's rounds and
+            # the workers' event logs, one customer's bug or damaged key takes no deployment out of its load balancer.
+            rounds(not sources or failed < len(sources))
+            stop.wait(settings.interval)
+    finally:
+        compiles.close()  # the compile under way finishes (the process's exit waits for it), the queued ones go
 
 
-def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettings, upcoming: Upcoming) -> bool:
+def _fire(connection: redis.Redis, source: RuleSource, settings: SchedulerSettings, upcoming: Upcoming,
+          compiles: Compiles) -> bool:
     """Fire the workspace's due ticks; False when that failed on a bug or a refusal of Redis (its trace is logged, the
-    others still fire)."""
+    others still fire). Rules that would take long to compile compile apart (`Compiles`), and the workspace waits."""
     try:
         failpoints.hit("schedule_workspace", subject=source.workspace.name)  # tests only
-        ruleset = source.ruleset()
+        try:
+            ruleset = source.current(wait=False)[0]
+        except Compiling:
+            # Nothing of its ticks moved: a round after the compile fires those due meanwhile, each once (its last
+            # look is where it was, and a compile of seconds is well within the grace).
+            compiles.start(source)
+            return True
         for event_id in fire_due(connection, ruleset, now=datetime.now(timezone.utc), grace=settings.grace,
                                  upcoming=upcoming):
             log.info("%s: fired %s", source.workspace.name, event_id)
