@@ -14,6 +14,7 @@ import pytest
 import redis
 from workers import eventlog
 
+from tests.support.bundled import large_bundle
 from tests.support.processes import wait_until
 from tests.support.stack import all_runs, write_rule
 from workers import scheduler, workspaces
@@ -341,3 +342,47 @@ def test_a_schedule_edited_mid_interval_fires_no_tick_its_old_schedule_did_not_h
         assert scheduler.fire_due(connection, half_past, now=next_tick + timedelta(seconds=2), upcoming=upcoming) == [
             f"schedule:report:{next_tick.isoformat().replace('+00:00', 'Z')}"]
         assert scheduler.fire_due(connection, half_past, now=next_tick + timedelta(seconds=7), upcoming=upcoming) == []
+
+
+def test_a_large_bundle_compiling_for_one_workspace_holds_up_no_other_workspaces_tick(stack, sandbox, tmp_path,
+                                                                                      redis_url):
+    """One customer's first round after activating a 1 MB bundle compiles it (seconds of CPU): another customer's due
+    tick fires meanwhile, and the first customer's own due tick fires once its rules are compiled, once."""
+    from workers import bundles
+
+    quick = tmp_path / "quick"
+    quick.mkdir()
+    write_rule(quick, "every-minute", RULE.format(id="every-minute", cron="* * * * *", catch_up="skip"))
+    # big first: a round takes the workspaces in this order (and by name), so a compile on the loop came before quick.
+    (tmp_path / "workspaces.yaml").write_text(
+        f"workspaces:\n  big:\n    inloox_url: {sandbox.base_url}\n    inloox_api_key: {sandbox.token}\n"
+        f"  quick:\n    inloox_url: {sandbox.base_url}\n    inloox_api_key: {sandbox.token}\n    rules: {quick}\n")
+    stack.env.update(WORKSPACES_FILE=str(tmp_path / "workspaces.yaml"))
+    connection = redis.Redis.from_url(redis_url)
+    files = {**large_bundle(), "ping.yaml": RULE.format(id="ping", cron="* * * * *", catch_up="skip")}
+    began = time.monotonic()
+    assert isinstance(bundles.upload(connection, "ws:big:", files), bundles.Version)  # validated: its YAML parsed
+    parsing = time.monotonic() - began  # most of what a compile costs (~4-7 s here)
+    tick = minute(datetime.now(timezone.utc))
+    for name, rule_id in (("quick", "every-minute"), ("big", "ping")):
+        connection.zadd(f"ws:{name}:{scheduler.LAST_KEY}", {rule_id: (tick - timedelta(seconds=30)).timestamp()})
+
+    process = stack.scheduler()
+    wait_until(lambda: "every 0.5s" in process.output(), 30, "the scheduler's start")
+    started = time.monotonic()
+    wait_until(lambda: ticks_of(connection, "quick"), 60, "quick's tick")
+    took = time.monotonic() - started
+    assert took < parsing / 3, f"quick's tick took {took:.1f} s; the bundle parsed in {parsing:.1f} s"
+    assert not ticks_of(connection, "big"), "quick's tick fired only after big's rules were compiled"
+    wait_until(lambda: ticks_of(connection, "big"), 60, "big's tick, once its rules are compiled")
+    wait_until(lambda: connection.zscore(f"ws:big:{scheduler.LAST_KEY}", "ping") > tick.timestamp(), 10, "a look after")
+    time.sleep(1.0)  # two more rounds: each could have fired the tick again
+    process.stop()
+    ticks = Counter(ticks_of(connection, "big"))  # a minute may have turned meanwhile: that tick, too, only once
+    assert ticks[("ping", tick.isoformat().replace("+00:00", "Z"))] == 1 and set(ticks.values()) == {1}, ticks
+
+
+def ticks_of(connection, workspace: str) -> list[tuple[str, str]]:
+    """The (rule id, tick time) of the workspace's accepted schedule events."""
+    events = [entry.event for entry in eventlog.waiting(connection, workspace=workspace)]
+    return [(event["kind"], event["payload"]["time"]) for event in events if event["source"] == "schedule"]
