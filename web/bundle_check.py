@@ -52,7 +52,7 @@ from engine.documents import Document
 from engine.errors import RuleError
 from engine.rules import load_parsed, load_texts, parse_texts
 from engine.whatif import whatif
-from workers.bundles import Checked, check
+from workers.bundles import COMPILE_HERE_BYTES, Checked, check
 
 # The largest valid bundle's check peaks at ~60 MB of address space; 1 MB of one YAML list (240,000 items,
 # refused as too many values) at ~200 MB.
@@ -65,8 +65,6 @@ WALL_START_SECONDS = 10
 CPU_EXIT, MEMORY_EXIT = 3, 4  # the child's exit codes for a limit it reached
 WRITE_BYTES = 1024 * 1024  # of a line, at most, per write to the child (its pipe takes what it has room for)
 READ_BYTES = 64 * 1024
-# Rule text a web compiles itself (~0.35 s of CPU): a child costs ~0.3 s to start (web/heavy.py takes no turn for it).
-COMPILE_HERE_BYTES = 64 * 1024
 _ROOT = Path(__file__).resolve().parents[1]  # where `-m web.bundle_check` imports from
 log = logging.getLogger(__name__)
 _FIELDS = ("message", "file", "line", "col", "path", "hint", "rule_id", "detail")  # RuleError's, all of them

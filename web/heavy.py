@@ -29,9 +29,8 @@ from redis.lock import Lock
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from engine import Ruleset
-from web import bundle_check
 from web.resources import get_context, get_redis
-from workers import failpoints, workspaces
+from workers import bundles, failpoints, workspaces
 from workers.workspaces import key
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ RETRY_AFTER_SECONDS = 10  # about as long as the largest replay or upload takes
 LEASE_SECONDS = 300
 # Rule text compiled without a turn (and with no child): ~0.35 s of CPU (~5.5 s a MB). A small folder's first compile
 # in each of a burst of requests (chat commands, each waiting for InLoox) would otherwise be refused for nothing.
-COMPILE_BYTES = bundle_check.COMPILE_HERE_BYTES
+COMPILE_BYTES = bundles.COMPILE_HERE_BYTES
 WHAT = ("a replay, a rule bundle upload, a what-if comparison, an export, a search of the whole event log or a "
         "first compile of a rule bundle")
 

@@ -35,6 +35,10 @@ MAX_ARCHIVE_ENTRIES = 1000  # tar headers cost even when ignored: refuse archive
 # MAX_ARCHIVE_ENTRIES). Bounds what the member sizes cannot: tarfile reads a GNU long name or a pax
 # header whole before it hands over the member it belongs to.
 MAX_INFLATED = 2 * MAX_BYTES
+# Rule text a thread serving other workspaces (a worker's busy floor, the schedules' loop, a web request) compiles
+# itself, ~0.35 s of CPU; more (1 MB: 5-8 s) compiles elsewhere: a pool thread (workers/worker_context.py Compiling),
+# the scheduler's compile thread, the web's parse child (web/bundle_check.py), which costs ~0.3 s to start.
+COMPILE_HERE_BYTES = 64 * 1024
 MAX_VERSIONS = 50  # per workspace; the oldest go when an upload makes more
 _FILE_NAME = re.compile(r"\w[\w.\-]{0,200}\.ya?ml")  # no folders, no hidden files, no spaces
 SHOWN_NAME_CHARS = 80  # of a refused file name in an error: a 100 KB name made a 100 KB answer

@@ -226,7 +226,7 @@ def _fired_key(rule_id: str, time: str) -> str:
 
 
 class Compiles:
-    """The workspaces whose rules compile on a thread apart from the loop's: more than COMPILE_HERE_BYTES of rule text
+    """The workspaces whose rules compile on a thread apart from the loop's: more than bundles.COMPILE_HERE_BYTES of rule text
     (a 1 MB bundle just activated: 5-8 s of CPU), which on the loop held up every other workspace's ticks."""
 
     def __init__(self, connection: redis.Redis) -> None:

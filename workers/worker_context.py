@@ -34,9 +34,6 @@ from workers.workspaces import DEFAULT, Workspace, using
 
 T = TypeVar("T")
 RULES_RECHECK_SECONDS = 2.0  # how stale a process's view of the rule files may get
-# Rule text a thread that runs every workspace's events compiles itself (~0.35 s of CPU): more, and the events of the
-# workspace go to a thread of their own first (`Compiling`), not the others' after them (1 MB: 5-8 s of CPU).
-COMPILE_HERE_BYTES = 64 * 1024
 LOCK_LOOK_SECONDS = 0.05  # how often `current(wait=False)` looks whether the thread it waits for compiles
 
 log = logging.getLogger(__name__)
@@ -89,7 +86,7 @@ class RuleSource:
         bundle activated) a moment before would otherwise miss the event it was written for.
 
         `wait=False` (the thread that runs every workspace's events in turns, workers/consumer/): raises Compiling
-        rather than compile more than COMPILE_HERE_BYTES of rule text, or wait while another thread compiles.
+        rather than compile more than bundles.COMPILE_HERE_BYTES of rule text, or wait while another thread compiles.
         """
         while wait or not self._compiling:  # without `wait`, no waiting out another thread's compile either
             if self._lock.acquire(timeout=-1 if wait else LOCK_LOOK_SECONDS):
@@ -101,7 +98,7 @@ class RuleSource:
             if self._ruleset is None or stale or (not_before is not None and not_before >= self._checked_wall):
                 wall, stamp = self._stamp_now(not_before)
                 if self._ruleset is None or stamp != self._stamp:
-                    if not wait and self._pending(stamp) > COMPILE_HERE_BYTES:
+                    if not wait and self._pending(stamp) > bundles.COMPILE_HERE_BYTES:
                         raise Compiling(self.workspace.name)
                     self._compiling = True
                     try:
